@@ -1,0 +1,176 @@
+"""Claims: `mkdir tasks/<t>/claim` is the lock, `claim/owner.json` says who holds it.
+
+Liveness is proved, not guessed (like filelock / nq):
+  * same host: the holder pid must exist *and* have the start time recorded in owner.json
+    (a recycled pid has another start time) on the same boot (boot_id);
+  * another host (a home shared over NFS): the newest of owner.json's and claim/heartbeat's
+    mtimes must be younger than the lease;
+  * a claim folder without owner.json is a claim being born: it gets a grace period.
+A stale claim is broken by renaming it away under a per-goal lock (fcntl, released by the
+kernel if the breaker dies), after re-reading the owner inside the lock, so two breakers
+never both win and a breaker never removes a claim that was re-taken in the meantime.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+
+from . import fsio
+from .store import CLAIM, Home, dumps, loads, now_iso
+
+HOST = socket.gethostname()
+HALF_BORN_GRACE = 10.0
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+BOOT_ID = _boot_id()
+
+
+def proc_start(pid: int) -> str | None:
+    """Start time of a live process as a string (clock ticks since boot on Linux), None if
+    there is no such process. Together with the pid it identifies a process for good."""
+    if pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        data = b""
+    if data:
+        rest = data[data.rfind(b")") + 2:].split()
+        if rest and rest[0] == b"Z":   # a zombie has finished: it holds nothing any more
+            return None
+        return rest[19].decode()
+    try:  # no /proc (macOS): psutil gives the creation time
+        import psutil
+        return f"{psutil.Process(pid).create_time():.3f}"
+    except Exception:  # noqa: BLE001 - NoSuchProcess, AccessDenied, ImportError
+        return None
+
+
+def new_owner(worker: str, attempt: int, *, kind: str, pid: int | None = None) -> dict:
+    pid = os.getpid() if pid is None else pid
+    return {
+        "worker": worker, "host": HOST, "boot_id": BOOT_ID, "pid": pid, "pid_start": proc_start(pid),
+        "attempt": attempt, "since": now_iso(), "kind": kind, "nonce": secrets.token_hex(6),
+        "handle": None,
+    }
+
+
+def acquire(home: Home, g: str, t: str) -> bool:
+    """mkdir the claim. False if somebody holds it. The caller publishes owner.json next
+    (until then the claim is "being born" and others give it a grace period)."""
+    tdir = home.task_dir(g, t)
+    if not os.path.isdir(tdir):
+        fsio.makedirs(tdir)
+    return fsio.mkdir(os.path.join(tdir, CLAIM))
+
+
+def update_owner(home: Home, g: str, t: str, owner: dict) -> None:
+    fsio.write_atomic(home.owner_path(g, t), dumps(owner))
+
+
+def read_owner(home: Home, g: str, t: str) -> dict | None:
+    return loads(fsio.read_bytes(home.owner_path(g, t)))
+
+
+def holds(home: Home, g: str, t: str, nonce: str) -> bool:
+    o = read_owner(home, g, t)
+    return bool(o) and o.get("nonce") == nonce
+
+
+def heartbeat_age(home: Home, g: str, t: str, now: float | None = None) -> float | None:
+    now = time.time() if now is None else now
+    newest = 0.0
+    for p in (home.owner_path(g, t), home.heartbeat_path(g, t)):
+        try:
+            newest = max(newest, os.stat(p).st_mtime)
+        except FileNotFoundError:
+            pass
+    return None if newest == 0.0 else now - newest
+
+
+def judge(home: Home, g: str, t: str, owner: dict | None, *, lease: float,
+          grace: float = HALF_BORN_GRACE, now: float | None = None) -> str | None:
+    """None when the claim is live; otherwise the reason it is stale (one short phrase)."""
+    now = time.time() if now is None else now
+    if owner is None:
+        try:
+            age = now - os.stat(home.claim_dir(g, t)).st_mtime
+        except FileNotFoundError:
+            return None  # gone already
+        return f"half-created claim (no owner.json) for {age:.0f}s" if age > grace else None
+    if owner.get("host") == HOST:
+        if owner.get("boot_id") and BOOT_ID and owner["boot_id"] != BOOT_ID:
+            return f"holder {owner.get('worker')} ran before a reboot"
+        pid = int(owner.get("pid") or 0)
+        start = proc_start(pid)
+        if start is None:
+            return f"holder {owner.get('worker')} (pid {pid}) is gone"
+        if owner.get("pid_start") and start != owner["pid_start"]:
+            return f"pid {pid} of holder {owner.get('worker')} now belongs to another process"
+        return None
+    age = heartbeat_age(home, g, t, now)
+    if age is not None and age > lease:
+        return f"no heartbeat from {owner.get('worker')} on {owner.get('host')} for {age:.0f}s (lease {lease:g}s)"
+    return None
+
+
+def break_claim(home: Home, g: str, t: str, expect_nonce: str | None, *, lease: float,
+                grace: float = HALF_BORN_GRACE) -> tuple[dict | None, str] | None:
+    """Break the claim if (re-judged under the lock) it is still the stale one we looked at.
+
+    Returns (owner, reason) of the broken claim, or None if nothing was broken."""
+    from filelock import FileLock  # imported here: only needed on this rare path
+
+    lock = FileLock(os.path.join(home.goal_dir(g), ".break.lock"))
+    with lock:
+        owner = read_owner(home, g, t)
+        if (owner.get("nonce") if owner else None) != expect_nonce:
+            return None   # someone else broke it (and maybe re-claimed) in the meantime
+        reason = judge(home, g, t, owner, lease=lease, grace=grace)
+        if reason is None:
+            return None
+        cdir = home.claim_dir(g, t)
+        gone = os.path.join(home.task_dir(g, t), f".claim.broken.{secrets.token_hex(4)}")
+        try:
+            fsio.rename(cdir, gone)
+        except FileNotFoundError:
+            return None
+    fsio.rmtree(gone)
+    return owner, reason
+
+
+def release(home: Home, g: str, t: str) -> None:
+    """Make the claim disappear in one step (rename it away), then delete it. A crash in
+    between leaves only a dot-folder that sweep_leftovers() removes."""
+    cdir = home.claim_dir(g, t)
+    gone = os.path.join(home.task_dir(g, t), f".claim.released.{secrets.token_hex(4)}")
+    try:
+        fsio.rename(cdir, gone)
+    except FileNotFoundError:
+        return
+    fsio.rmtree(gone)
+
+
+def sweep_leftovers(home: Home, g: str, t: str) -> None:
+    """Remove claim folders renamed away by a process that died before deleting them."""
+    tdir = home.task_dir(g, t)
+    try:
+        names = os.listdir(tdir)
+    except FileNotFoundError:
+        return
+    for n in names:
+        if n.startswith(".claim."):
+            fsio.rmtree(os.path.join(tdir, n))

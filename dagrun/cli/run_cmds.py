@@ -1,0 +1,117 @@
+"""run (one goal in the foreground) and worker (every goal: systemd daemon or cron)."""
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from . import app
+from .common import fmt_event, home_of, is_tty
+
+
+def _resolve(ctx, target: str, replace: bool) -> str:
+    """A path to a plan (submitted if needed) or the id of a submitted goal."""
+    from ..errors import UsageError
+    from ..ops import submit
+    from ..plan import valid_id
+
+    home = home_of(ctx)
+    if os.path.isfile(target):
+        return submit(home, target, replace=replace).goal
+    if valid_id(target) and home.has_goal(target):
+        return target
+    if os.path.exists(target):
+        raise UsageError(f"{target} is not a plan file")
+    if target.endswith(".json") or os.sep in target:
+        raise UsageError(f"no plan file {target}")
+    raise UsageError(f"no plan file and no goal named {target!r} under {home.root}")
+
+
+@app.command()
+def run(ctx: typer.Context,
+        target: str = typer.Argument(..., metavar="PLAN|GOAL", help="A dag.json (submitted if needed) or a goal id."),
+        jobs: int = typer.Option(None, "-j", "--jobs", min=1, help="Agents at once (default: the plan's max_parallel, else 4)."),
+        name: str = typer.Option(None, "--worker", "--name", help="Worker name in claims and events (default: HOST-PID)."),
+        poll: float = typer.Option(None, "--poll", min=0.01, metavar="SECONDS",
+                                   help="Poll the files every SECONDS instead of inotify (for NFS)."),
+        replace: bool = typer.Option(False, "--replace", help="If the goal exists with another plan, replace it (see submit)."),
+        quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output; only the final line.")):
+    """Submit if needed, then run the goal in the foreground until it ends; resumes an
+    interrupted goal (done work is never redone)."""
+    from ..engine import Engine
+    from ..ops import goal_detail
+
+    home = home_of(ctx)
+    goal = _resolve(ctx, target, replace)
+    plan = home.load_plan(goal)
+    jobs = jobs or plan.max_parallel or 4
+    log = _stderr_log
+    view = live = None
+    on_event = None
+    if not quiet and is_tty():
+        from rich.live import Live
+
+        from .common import console
+        from .live import GoalView
+        view = GoalView(goal_detail(home, goal))
+        live = Live(view, console=console(), auto_refresh=True, refresh_per_second=4, transient=False)
+        on_event = view.apply
+    elif not quiet:
+        def on_event(e):
+            print(fmt_event(e), flush=True)
+    eng = Engine(home, worker=name, jobs=jobs, goal=goal, poll=poll, log=log, on_event=on_event)
+    if live is not None:
+        with live:
+            rc = eng.run()
+    else:
+        rc = eng.run()
+    d = goal_detail(home, goal)
+    c = d["counts"]
+    parts = ", ".join(f"{v} {k}" for k, v in c.items())
+    if rc == 130 or rc >= 128:
+        print(f"goal {goal} interrupted: {parts} (run it again to resume)", file=sys.stderr)
+    else:
+        print(f"goal {goal} {d['state']}: {parts}")
+        if d["state"] != "done":
+            failed = [r for r in d["tasks"] if r["state"] in ("failed", "cancelled")]
+            for r in failed:
+                print(f"  {r['state']}: {r['task']}" + (f" ({r['reason']})" if r.get("reason") else ""))
+            blocked = [r["task"] for r in d["tasks"] if r["state"] == "blocked"]
+            if blocked:
+                print(f"  blocked: {' '.join(blocked)}")
+    raise typer.Exit(rc)
+
+
+@app.command()
+def worker(ctx: typer.Context,
+           jobs: int = typer.Option(4, "-j", "--jobs", min=1, help="Agents at once, over all goals."),
+           until_idle: bool = typer.Option(False, "--until-idle", help="Exit 0 once nothing this worker can run is "
+                                           "ready or running (for cron)."),
+           name: str = typer.Option(None, "--name", "--worker", help="Worker name (default: HOST-PID)."),
+           poll: float = typer.Option(None, "--poll", min=0.01, metavar="SECONDS",
+                                      help="Poll every SECONDS instead of inotify (homes on NFS)."),
+           rescan: float = typer.Option(10.0, "--rescan", min=0.1, metavar="SECONDS",
+                                        help="Full rescan of the files at least this often (safety net).")):
+    """Serve every goal under the home: the daemon for systemd, or --until-idle for cron.
+    Logs one line per event of its own to stderr."""
+    from ..engine import Engine, default_worker_name
+
+    home = home_of(ctx)
+    me = name or default_worker_name()
+
+    def on_event(e):
+        if e.get("worker") == me or e.get("type", "").endswith("goal.finished"):
+            _stderr_log(fmt_event(e))
+    eng = Engine(home, worker=me, jobs=jobs, until_idle=until_idle, poll=poll, log=_stderr_log,
+                 on_event=on_event, rescan_every=rescan)
+    _stderr_log(f"worker {me} serving {home.root} with -j {jobs}" + (" until idle" if until_idle else ""))
+    rc = eng.run()
+    raise typer.Exit(rc)
+
+
+def _stderr_log(msg: str) -> None:
+    try:
+        print(f"dagrun: {msg}", file=sys.stderr, flush=True)
+    except OSError:
+        pass

@@ -1,0 +1,343 @@
+"""Task transitions on disk, in commit order. Used by the engine and by the protocol commands
+(`claim`, `complete`, `fail`, `cancel`, `retry`), so both write exactly the same files.
+
+Success:  attempts/<n>.out -> output (rename)  ->  done (publish)  ->  claim removed  ->  events
+Failure:  attempts/<n>.json (publish)  ->  failed (publish, only when no retry is left)
+          ->  claim removed  ->  events
+A crash before the marker leaves a claim whose holder is dead: it is broken, the attempt is
+recorded as lost and the task runs again. A crash after the marker: the marker wins, the
+leftover claim is swept, and the task never runs again.
+"""
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from . import claim as claims
+from . import events as ev
+from . import fsio
+from .errors import Refused, os_error
+from .plan import Plan, Task
+from .prompt import Upstream, failure_note, render
+from .scheduler import Scheduler
+from .store import COUNTED, MARKERS, Home, TaskFacts, dumps, loads, now_iso
+
+BACKOFF_CAP = 600.0
+
+
+@dataclass
+class Claim:
+    goal: str
+    task: str
+    attempt: int
+    owner: dict
+    started: float            # wall clock
+
+    @property
+    def nonce(self) -> str:
+        return self.owner["nonce"]
+
+
+def marker_of(home: Home, g: str, t: str) -> str | None:
+    """The winning marker of a task (done > cancelled > failed), or None."""
+    try:
+        names = set(os.listdir(home.task_dir(g, t)))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    for m in MARKERS:
+        if m in names:
+            return m
+    return None
+
+
+def latest_attempt(home: Home, g: str, t: str) -> tuple[int, dict | None]:
+    return home._latest_attempt(g, t, with_record=True)
+
+
+# ---------------------------------------------------------------------------------- claiming
+def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: int | None = None,
+               state_of: Callable[[str], str] | None = None) -> Claim | None:
+    """Claim task t and render its prompt.md. None if it is held, or already ended.
+
+    `state_of` (the scheduler's view) says which soft dependencies ended without output;
+    when it is None that is judged from their markers."""
+    g = plan.goal
+    tdir = home.task_dir(g, t)
+    if os.path.isdir(tdir):
+        claims.sweep_leftovers(home, g, t)
+    if not claims.acquire(home, g, t):
+        return None
+    # Under the claim nobody else changes this task: read its history now.
+    if marker_of(home, g, t) is not None:   # it ended between our look and our mkdir
+        claims.release(home, g, t)
+        return None
+    attempt, record = latest_attempt(home, g, t)
+    attempt += 1
+    owner = claims.new_owner(worker, attempt, kind=kind, pid=pid)
+    c = Claim(g, t, attempt, owner, time.time())
+    try:
+        claims.update_owner(home, g, t, owner)
+        text = render_prompt(home, plan, plan.task(t), record, state_of)
+        fsio.write_atomic(home.prompt_path(g, t), text.encode("utf-8", "surrogateescape"))
+        fsio.makedirs(home.attempts_dir(g, t))
+    except OSError as e:
+        claims.release(home, g, t)
+        raise os_error("prepare", tdir, e) from None
+    return c
+
+
+def render_prompt(home: Home, plan: Plan, task: Task, record: dict | None,
+                  state_of: Callable[[str], str] | None) -> str:
+    g = plan.goal
+    ups = []
+    for dep, soft in [(d, False) for d in task.deps] + [(d, True) for d in task.soft_deps]:
+        out = home.output_path(g, dep)
+        state = (state_of(dep) if state_of else None) or marker_of(home, g, dep) or "blocked"
+        if state == "done":
+            data = home.read_task_file(out, task.context_limit + 1)
+            size = home.file_size(out)
+            ups.append(Upstream(dep, "done", data or b"", size, out, soft))
+        else:
+            ups.append(Upstream(dep, state, None, 0, out, soft))
+    note = None
+    if task.retry_context == "error" and record and record.get("outcome") in COUNTED:
+        n = int(record.get("attempt", 0))
+        tail = _tail(home.attempt_path(g, task.id, n, "err"), 2000)
+        note = failure_note(n, record["outcome"], record.get("exit_code"), tail, task.timeout)
+    return render(task.prompt, ups, task.context_limit, note)
+
+
+def _tail(path: str, nbytes: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - nbytes))
+            data = f.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", "replace")
+    if size > nbytes:
+        text = text.split("\n", 1)[-1]
+    return "\n".join(text.splitlines()[-20:])
+
+
+# ---------------------------------------------------------------------------------- ending
+def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: int | None = 0,
+                output_from: str | None = None, output_data: bytes | None = None,
+                forced_by: str | None = None) -> dict:
+    """Publish the output and the done marker, then drop the claim."""
+    g, t = c.goal, c.task
+    out = home.output_path(g, t)
+    try:
+        if output_from is not None:
+            fsio.rename(output_from, out)
+        else:
+            fsio.write_atomic(out, output_data or b"")
+        _publish_stderr(home, g, t, c.attempt)
+        body = {
+            "attempt": c.attempt, "worker": c.owner.get("worker"), "started": now_iso(c.started),
+            "ended": now_iso(ended), "duration": round(ended - c.started, 3), "exit_code": exit_code,
+            "definition": plan.task(t).definition_digest(), "output_bytes": home.file_size(out),
+        }
+        if forced_by:
+            body["forced_by"] = forced_by
+        home.write_marker(g, t, "done", body)
+    except OSError as e:
+        raise os_error("commit", home.task_dir(g, t), e) from None
+    claims.release(home, g, t)
+    return body
+
+
+def backoff(task: Task, failures: int) -> float:
+    if task.retry_backoff <= 0:
+        return 0.0
+    base = min(BACKOFF_CAP, task.retry_backoff * (2 ** max(0, failures - 1)))
+    return base * random.uniform(0.5, 1.5)
+
+
+def commit_failure(home: Home, plan: Plan, c: Claim, *, outcome: str, ended: float,
+                   exit_code: int | None = None, signal: int | None = None, reason: str = "",
+                   prev_failures: int | None = None, forced_by: str | None = None) -> dict:
+    """Record a failed attempt; write `failed` when no retry is left. Returns the record
+    (record["final"] tells which)."""
+    g, t = c.goal, c.task
+    task = plan.task(t)
+    if prev_failures is None:
+        prev = _record_before(home, g, t, c.attempt)
+        prev_failures = int(prev.get("failures", 0)) if prev else 0
+    counted = outcome in COUNTED
+    failures = prev_failures + (1 if counted else 0)
+    final = counted and failures > task.retries
+    rec = {
+        "attempt": c.attempt, "outcome": outcome, "exit_code": exit_code, "signal": signal,
+        "reason": reason, "worker": c.owner.get("worker"), "started": now_iso(c.started),
+        "ended": now_iso(ended), "duration": round(ended - c.started, 3), "counted": counted,
+        "failures": failures, "retry_at": None if final or not counted else ended + backoff(task, failures),
+        "final": final,
+    }
+    if forced_by:
+        rec["forced_by"] = forced_by
+    try:
+        fsio.write_atomic(home.attempt_path(g, t, c.attempt, "json"), dumps(rec))
+        _publish_stderr(home, g, t, c.attempt)
+        if final:
+            home.write_marker(g, t, "failed", {k: rec[k] for k in (
+                "attempt", "outcome", "exit_code", "signal", "reason", "worker", "started", "ended", "duration")})
+    except OSError as e:
+        raise os_error("commit", home.task_dir(g, t), e) from None
+    claims.release(home, g, t)
+    return rec
+
+
+def record_unfinished(home: Home, g: str, t: str, attempt: int, *, outcome: str, reason: str,
+                      worker: str | None, started: str | None = None) -> dict:
+    """An attempt that ended without a verdict (lost holder, interrupt, cancel): it does not
+    use up a retry."""
+    prev = _record_before(home, g, t, attempt)
+    rec = {"attempt": attempt, "outcome": outcome, "reason": reason, "worker": worker,
+           "started": started, "ended": now_iso(), "counted": False,
+           "failures": int(prev.get("failures", 0)) if prev else 0, "retry_at": None, "final": False}
+    if os.path.isdir(home.task_dir(g, t)):
+        fsio.makedirs(home.attempts_dir(g, t))
+        fsio.write_atomic(home.attempt_path(g, t, attempt, "json"), dumps(rec))
+    return rec
+
+
+def _record_before(home: Home, g: str, t: str, attempt: int) -> dict | None:
+    for n in range(attempt - 1, 0, -1):
+        r = loads(fsio.read_bytes(home.attempt_path(g, t, n, "json")))
+        if r is not None:
+            return r
+    return None
+
+
+def _publish_stderr(home: Home, g: str, t: str, attempt: int) -> None:
+    """stderr.log = the latest finished attempt's stderr (a hard link: no copy)."""
+    src = home.attempt_path(g, t, attempt, "err")
+    if not os.path.exists(src):
+        return
+    dst = home.stderr_path(g, t)
+    tmp = fsio.tmp_name(dst)
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fsio.link(src, tmp)
+    fsio.rename(tmp, dst)
+
+
+# ---------------------------------------------------------------------------------- stale claims
+def break_if_stale(home: Home, plan: Plan, t: str, *, worker: str, lease: float | None = None,
+                   reap=None) -> str | None:
+    """Break t's claim if its holder is provably gone; record the attempt as lost and announce
+    the task ready again. Returns the reason, or None if the claim is live (or gone)."""
+    g = plan.goal
+    owner = claims.read_owner(home, g, t)
+    lease = plan.lease if lease is None else lease
+    reason = claims.judge(home, g, t, owner, lease=lease)
+    if reason is None:
+        return None
+    res = claims.break_claim(home, g, t, owner.get("nonce") if owner else None, lease=lease)
+    if res is None:
+        return None
+    owner, reason = res
+    if owner and owner.get("handle") and reap is not None:
+        reap(owner["handle"], plan.task(t).kill_grace)   # an orphaned agent must not keep going
+    if marker_of(home, g, t) is not None:
+        return reason            # it had finished; the claim was only a leftover
+    attempt = int(owner.get("attempt") or 0) if owner else 0
+    if attempt == 0:
+        attempt = latest_attempt(home, g, t)[0] or 1
+    record_unfinished(home, g, t, attempt, outcome="lost", reason=reason,
+                      worker=owner.get("worker") if owner else None, started=owner.get("since") if owner else None)
+    ev.status(home, g, t, ev.READY, attempt=attempt + 1, worker=worker, reason=f"claim broken: {reason}")
+    return reason
+
+
+# ---------------------------------------------------------------------------------- consequences
+def emit_changes(home: Home, g: str, changes, worker: str, skip: str | None = None) -> None:
+    """Events for what a terminal transition unlocked or blocked (the first change is the
+    task itself, announced by the caller with its details)."""
+    for tid, state, root in changes:
+        if tid == skip:
+            continue
+        if state == "ready":
+            ev.status(home, g, tid, ev.READY, worker=worker)
+        elif state == "blocked":
+            ev.emit(home, g, ev.TASK_BLOCKED, task=tid, reason="failed dependency", blocked_by=root, worker=worker)
+
+
+def build_scheduler(home: Home, plan: Plan, now: float | None = None) -> tuple[Scheduler, dict[str, TaskFacts]]:
+    """A scheduler that reflects the files right now (the rescan)."""
+    now = time.time() if now is None else now
+    facts = home.snapshot(plan.goal, plan)
+    initial = {}
+    for tid, f in facts.items():
+        if f.state == "pending" and f.record and f.record.get("retry_at") and not f.record.get("final") \
+                and f.retry_at > now:
+            initial[tid] = "retrying"
+        else:
+            initial[tid] = f.state
+    return Scheduler(plan.tasks, initial), facts
+
+
+def stop_goal(home: Home, plan: Plan, sched: Scheduler, root: str, worker: str) -> list:
+    """on_failure=stop: everything not started yet is cancelled, naming the failed task."""
+    changes = []
+    reason = f"goal stopped: {root} failed (on_failure=stop)"
+    for tid in list(sched.not_started()):
+        if mark_cancelled(home, plan.goal, tid, by=worker, reason=reason):
+            ev.status(home, plan.goal, tid, ev.CANCELLED, worker=worker, reason=reason)
+        ch = sched.finish(tid, "cancelled")
+        changes.extend(ch[1:] if ch else [])
+    return changes
+
+
+def mark_cancelled(home: Home, g: str, t: str, *, by: str, reason: str) -> bool:
+    if marker_of(home, g, t) in ("done", "cancelled"):
+        return False
+    fsio.makedirs(home.task_dir(g, t))
+    home.write_marker(g, t, "cancelled", {"by": by, "reason": reason, "ts": now_iso()})
+    return True
+
+
+def finish_goal_if_ended(home: Home, plan: Plan, sched: Scheduler, worker: str) -> dict | None:
+    """When nothing can run any more, publish summary.json exactly once (link(2) is
+    exclusive) and let the winner announce agent.goal.finished."""
+    if not sched.is_finished():
+        return None
+    from .summary import build_summary
+    summary = build_summary(home, plan, sched)
+    try:
+        won = fsio.write_atomic(home.summary_path(plan.goal), dumps(summary), exclusive=True)
+    except OSError as e:
+        raise os_error("write", home.summary_path(plan.goal), e) from None
+    if won:
+        ev.emit(home, plan.goal, ev.GOAL_FINISHED, worker=worker, outcome=summary["outcome"],
+                counts=summary["counts"], failed_roots=summary["failed_roots"])
+    return summary
+
+
+def new_run_id() -> str:
+    return secrets.token_hex(8)
+
+
+def check_holder(owner: dict | None, *, worker: str | None, pid: int | None, force: bool,
+                 what: str, g: str, t: str) -> None:
+    """Only the holder may complete/fail/heartbeat an external claim."""
+    if owner is None:
+        raise Refused(f"cannot {what} {g}/{t}: it is not claimed (claim it first: dagrun claim {g})")
+    if force:
+        return
+    if worker is not None and owner.get("worker") == worker:
+        return
+    if pid is not None and owner.get("pid") == pid and owner.get("host") == claims.HOST:
+        return
+    raise Refused(f"cannot {what} {g}/{t}: held by worker {owner.get('worker')} (pid {owner.get('pid')} "
+                  f"on {owner.get('host')}), not by you; pass --worker NAME as used for the claim, or --force")
+

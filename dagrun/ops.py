@@ -1,0 +1,467 @@
+"""The operations behind the commands that are not the engine loop: submit / diff / replace,
+the external claim protocol, cancel, retry, and the status data. Each is one function over
+the files; the CLI only parses arguments and renders what these return."""
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from . import claim as claims
+from . import events as ev
+from . import fsio
+from . import plan as planmod
+from .errors import DagrunError, ExitCode, NotFound, Refused, UsageError, os_error
+from .lifecycle import (Claim, break_if_stale, build_scheduler, check_holder, claim_task, commit_done,
+                        commit_failure, emit_changes, finish_goal_if_ended, latest_attempt, marker_of,
+                        mark_cancelled, stop_goal)
+from .plan import Plan, check_id
+from .scheduler import RUNNING
+from .store import Home, dumps, loads, now_iso, parse_iso
+
+
+# ====================================================================================== submit
+@dataclass
+class Diff:
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)        # definition differs
+    downstream: list[str] = field(default_factory=list)     # unchanged, but below a changed task
+    kept_done: list[str] = field(default_factory=list)
+
+    @property
+    def rerun(self) -> list[str]:
+        return self.changed + self.downstream
+
+    def empty(self) -> bool:
+        return not (self.added or self.removed or self.changed or self.downstream)
+
+    def to_dict(self) -> dict:
+        return {"added": self.added, "removed": self.removed, "changed": self.changed,
+                "downstream": self.downstream, "kept_done": self.kept_done}
+
+
+@dataclass
+class SubmitResult:
+    goal: str
+    action: str                 # created | unchanged | replaced | would-replace
+    diff: Diff | None = None
+
+
+def submit(home: Home, path: str, *, replace: bool = False, dry_run: bool = False, by: str = "submit") -> SubmitResult:
+    plan = planmod.load(path)          # raises PlanError before anything is written
+    g = plan.goal
+    old_raw = fsio.read_bytes(home.plan_path(g)) if os.path.isdir(home.goals_dir) else None
+    if old_raw is None:
+        if dry_run:
+            return SubmitResult(g, "would-create")
+        home.ensure()
+        return SubmitResult(g, _create_goal(home, plan, by))
+    old = Plan.from_dict(loads(old_raw) or {})
+    if old_raw == plan.canonical():
+        return SubmitResult(g, "unchanged")
+    d = diff(home, old, plan)
+    if dry_run:
+        return SubmitResult(g, "would-replace", d)
+    if not replace:
+        raise Refused(f"goal {g!r} already exists with a different plan (from {old.source}); "
+                      f"`dagrun diff {path}` shows what would re-run, `--replace` applies it")
+    _replace_goal(home, old, plan, d, by)
+    return SubmitResult(g, "replaced", d)
+
+
+def _create_goal(home: Home, plan: Plan, by: str) -> str:
+    """Build the goal folder under a dot-name and rename it into place: a goal is there
+    whole (plan.json, events.jsonl, tasks/) or not at all."""
+    g = plan.goal
+    tmp = os.path.join(home.goals_dir, f".new-{g}-{secrets.token_hex(4)}")
+    try:
+        fsio.makedirs(os.path.join(tmp, "tasks"))
+        fsio.write_atomic(os.path.join(tmp, "plan.json"), plan.canonical())
+        lines = [ev.encode(ev.make(ev.PLAN_CREATED, g, worker=by, tasks=len(plan.tasks), source=plan.source))]
+        for t in plan.tasks:
+            if not t.deps and not t.soft_deps:
+                lines.append(ev.encode(ev.make(ev.TASK_STATUS, g, task=t.id, status=ev.READY, worker=by)))
+        fsio.write_atomic(os.path.join(tmp, "events.jsonl"), b"".join(lines))
+        try:
+            fsio.rename(tmp, home.goal_dir(g))
+        except OSError:   # ENOTEMPTY/EEXIST: a concurrent submit won
+            fsio.rmtree(tmp)
+            existing = fsio.read_bytes(home.plan_path(g))
+            if existing == plan.canonical():
+                return "unchanged"
+            if existing is None:
+                raise DagrunError(f"cannot create goal folder {home.goal_dir(g)}: it exists but has no plan.json; "
+                                  f"remove it or pick another goal id") from None
+            raise Refused(f"goal {g!r} was just submitted with a different plan by another process") from None
+    except OSError as e:
+        fsio.rmtree(tmp)
+        raise os_error("create goal", home.goal_dir(g), e) from None
+    return "created"
+
+
+def diff(home: Home, old: Plan, new: Plan) -> Diff:
+    """What replacing `old` by `new` would re-run: tasks whose definition changed and all
+    that depend on them (their inputs change); done tasks elsewhere are kept."""
+    facts = home.snapshot(old.goal, old, detail=True)
+    d = Diff()
+    changed = set()
+    for t in new.tasks:
+        if not old.has(t.id):
+            d.added.append(t.id)
+            continue
+        f = facts[t.id]
+        have = (f.marker or {}).get("definition") if f.state == "done" else None
+        have = have or old.task(t.id).definition_digest()
+        if have != t.definition_digest():
+            changed.add(t.id)
+            d.changed.append(t.id)
+    below = set(new.descendants(changed)) - changed
+    d.downstream = [t for t in new.ids() if t in below and old.has(t) and facts[t].state != "pending"]
+    d.removed = [t for t in old.ids() if not new.has(t)]
+    d.kept_done = [t for t in new.ids() if old.has(t) and t not in changed and t not in below
+                   and facts[t].state == "done"]
+    # tasks below a change that never ran need nothing archived, but they will run with new inputs
+    return d
+
+
+def _replace_goal(home: Home, old: Plan, new: Plan, d: Diff, by: str) -> None:
+    """Archive the task folders that must re-run (claims of running ones go with them, so
+    their holders see the claim vanish and stop), then publish the new plan."""
+    g = new.goal
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+    adir = os.path.join(home.archive_dir(g), stamp)
+    below = set(new.descendants(d.changed)) | set(d.changed)
+    moved = []
+    try:
+        for t in [*d.changed, *[t for t in new.ids() if t in below and t not in d.changed], *d.removed]:
+            src = home.task_dir(g, t)
+            if os.path.isdir(src):
+                fsio.makedirs(adir)
+                fsio.rename(src, os.path.join(adir, t))
+                moved.append(t)
+        fsio.write_atomic(home.plan_path(g), new.canonical())
+        fsio.remove(home.summary_path(g))
+    except OSError as e:
+        raise os_error("replace the plan of", home.goal_dir(g), e) from None
+    ev.emit(home, g, ev.PLAN_REPLACED, worker=by, changed=d.changed, downstream=d.downstream,
+            removed=d.removed, added=d.added, archived=moved, archive=adir if moved else None)
+
+
+# ====================================================================================== external protocol
+def _holder_pid(pid: int | None) -> int:
+    return pid if pid else os.getppid()
+
+
+def claim_external(home: Home, g: str, *, worker: str, pid: int | None = None) -> tuple[int, Claim | None]:
+    """Claim one ready task for a script. (exit code, claim): 0 claimed, 3 nothing ready yet,
+    1 the goal has ended."""
+    plan = home.load_plan(g)
+    sched, facts = build_scheduler(home, plan)
+    for t, f in facts.items():          # nobody else may be around to recover dead holders
+        if f.state == "running" and break_if_stale(home, plan, t, worker=worker) is not None:
+            sched.requeue(t)
+    if sched.is_finished():
+        finish_goal_if_ended(home, plan, sched, worker)
+        return ExitCode.GOAL_FAILED, None
+    holder = _holder_pid(pid)
+    while True:
+        if plan.max_parallel and sched.n(RUNNING) >= plan.max_parallel:
+            return ExitCode.NOTHING_READY, None
+        if plan.on_failure == "stop" and any(f.state == "failed" for f in facts.values()):
+            return ExitCode.NOTHING_READY, None
+        t = sched.take()
+        if t is None:
+            return ExitCode.NOTHING_READY, None
+        c = claim_task(home, plan, t, worker=worker, kind="external", pid=holder, state_of=sched.state_of)
+        if c is not None:
+            c.owner["definition"] = plan.task(t).definition_digest()
+            claims.update_owner(home, g, t, c.owner)
+            ev.status(home, g, t, ev.RUNNING, attempt=c.attempt, worker=worker)
+            return ExitCode.OK, c
+
+
+def _held(home: Home, g: str, t: str, *, worker: str | None, pid: int | None, force: bool, what: str):
+    check_id("goal", g)
+    check_id("task", t)
+    plan = home.load_plan(g)
+    if not plan.has(t):
+        raise NotFound(f"goal {g!r} has no task {t!r}")
+    m = marker_of(home, g, t)
+    if m is not None:
+        raise Refused(f"cannot {what} {g}/{t}: it is already {m}")
+    owner = claims.read_owner(home, g, t)
+    check_holder(owner, worker=worker, pid=_holder_pid(pid) if not worker else None, force=force,
+                 what=what, g=g, t=t)
+    want = owner.get("definition")
+    if want and want != plan.task(t).definition_digest() and not force:
+        raise Refused(f"cannot {what} {g}/{t}: the plan changed since it was claimed; it will run again")
+    started = parse_iso(owner["since"]) if owner.get("since") else time.time()
+    c = Claim(g, t, int(owner.get("attempt") or 1), owner, started)
+    return plan, c
+
+
+def complete(home: Home, g: str, t: str, *, output: str | None, worker: str | None, pid: int | None,
+             force: bool, stdin=None) -> dict:
+    plan, c = _held(home, g, t, worker=worker, pid=pid, force=force, what="complete")
+    data = None
+    src = None
+    default_out = home.attempt_path(g, t, c.attempt, "out")
+    if output == "-":
+        data = (stdin.read() if stdin is not None else b"")
+    elif output:
+        try:
+            with open(output, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise UsageError(f"cannot read --output {output}: {e.strerror}") from None
+    elif os.path.exists(default_out):
+        src = default_out              # the script wrote $DAGRUN_OUTPUT_FILE
+    else:
+        data = b""
+    sched, _ = build_scheduler(home, plan)
+    by = worker or c.owner.get("worker")
+    body = commit_done(home, plan, c, ended=time.time(), output_from=src, output_data=data,
+                       forced_by=by if force else None)
+    ev.status(home, g, t, ev.DONE, attempt=c.attempt, worker=by, duration=body["duration"], exit_code=0,
+              forced=True if force else None)
+    changes = sched.finish(t, "done") or []
+    emit_changes(home, g, changes[1:], by)
+    finish_goal_if_ended(home, plan, sched, by)
+    return body
+
+
+def fail(home: Home, g: str, t: str, *, reason: str, worker: str | None, pid: int | None, force: bool,
+         exit_code: int | None = None) -> dict:
+    plan, c = _held(home, g, t, worker=worker, pid=pid, force=force, what="fail")
+    sched, _ = build_scheduler(home, plan)
+    by = worker or c.owner.get("worker")
+    rec = commit_failure(home, plan, c, outcome="failed", ended=time.time(), exit_code=exit_code,
+                         reason=reason or "reported failed by the worker", forced_by=by if force else None)
+    if rec["final"]:
+        ev.status(home, g, t, ev.FAILED, attempt=c.attempt, worker=by, duration=rec["duration"],
+                  exit_code=exit_code, reason=rec["reason"], outcome="failed")
+        changes = sched.finish(t, "failed") or []
+        emit_changes(home, g, changes[1:], by)
+        if plan.on_failure == "stop":
+            emit_changes(home, g, stop_goal(home, plan, sched, t, by), by)
+        finish_goal_if_ended(home, plan, sched, by)
+    else:
+        ev.status(home, g, t, ev.RETRYING, attempt=c.attempt, worker=by, duration=rec["duration"],
+                  exit_code=exit_code, reason=rec["reason"], outcome="failed", retry_at=rec["retry_at"])
+    return rec
+
+
+def heartbeat(home: Home, g: str, t: str, *, worker: str | None, pid: int | None) -> None:
+    check_id("goal", g)
+    check_id("task", t)
+    m = marker_of(home, g, t)
+    if m == "cancelled":
+        raise Refused(f"{g}/{t} was cancelled: stop working on it")
+    if m is not None:
+        raise Refused(f"{g}/{t} is already {m}")
+    owner = claims.read_owner(home, g, t)
+    check_holder(owner, worker=worker, pid=_holder_pid(pid) if not worker else None, force=False,
+                 what="heartbeat", g=g, t=t)
+    try:
+        fsio.touch(home.heartbeat_path(g, t))
+    except OSError as e:
+        raise os_error("touch", home.heartbeat_path(g, t), e) from None
+
+
+# ====================================================================================== control
+def cancel(home: Home, g: str, t: str | None, *, by: str, reason: str = "", wait: float = 10.0) -> list[str]:
+    """Cancel one task (its dependents become blocked) or every unfinished task of the goal.
+    Running agents are stopped by their holders (which watch for the marker); a holder that is
+    gone is broken here, and its orphaned agent group is killed."""
+    from .executor import ProcessRunner
+
+    plan = home.load_plan(g)
+    if t is not None:
+        check_id("task", t)
+        if not plan.has(t):
+            raise NotFound(f"goal {g!r} has no task {t!r}")
+    sched, facts = build_scheduler(home, plan)
+    if t is not None:
+        st = sched.state_of(t)
+        if st in ("done", "cancelled"):
+            raise Refused(f"cannot cancel {g}/{t}: it is already {st}")
+        targets = [t]
+    else:
+        targets = [x for x in plan.ids() if sched.state_of(x) in ("waiting", "ready", "running", "retrying")]
+    why = reason or f"cancelled by {by}"
+    done = []
+    running = []
+    for x in targets:
+        if sched.state_of(x) == "running":
+            running.append(x)
+        if mark_cancelled(home, g, x, by=by, reason=why):
+            ev.status(home, g, x, ev.CANCELLED, worker=by, reason=why)
+            done.append(x)
+        ch = sched.finish(x, "cancelled") or []
+        emit_changes(home, g, ch[1:], by)
+    reap = ProcessRunner().reap_orphan
+    deadline = time.monotonic() + wait
+    pending = list(running)
+    while pending and time.monotonic() < deadline:
+        for x in list(pending):
+            if not os.path.isdir(home.claim_dir(g, x)):
+                pending.remove(x)
+                continue
+            owner = claims.read_owner(home, g, x)
+            if owner and owner.get("kind") == "external":
+                pending.remove(x)          # a script's agent: it learns on its next heartbeat
+                continue
+            break_if_stale(home, plan, x, worker=by, reap=reap)
+        if pending:
+            time.sleep(0.05)
+    finish_goal_if_ended(home, plan, sched, by)
+    return done
+
+
+def retry(home: Home, g: str, t: str | None, *, cascade: bool = False, force: bool = False,
+          by: str = "retry") -> list[str]:
+    """Make failed / cancelled tasks (or, with force, done ones) run again with a fresh attempt
+    and a fresh retry budget. A blocked task is retried by retrying what blocks it."""
+    plan = home.load_plan(g)
+    sched, facts = build_scheduler(home, plan)
+    if t is None:
+        roots = [x for x in plan.ids() if sched.state_of(x) in ("failed", "cancelled")]
+        if not roots:
+            raise Refused(f"nothing to retry in goal {g!r}: no task failed or was cancelled")
+    else:
+        check_id("task", t)
+        if not plan.has(t):
+            raise NotFound(f"goal {g!r} has no task {t!r}")
+        st = sched.state_of(t)
+        if st == "blocked":
+            roots = _blocking_roots(plan, sched, t)
+        elif st in ("failed", "cancelled"):
+            roots = [t]
+        elif st == "done":
+            if not force:
+                raise Refused(f"{g}/{t} is done; `dagrun retry --force {g} {t}` runs it and everything "
+                              f"downstream of it again (their outputs are archived)")
+            return _redo_done(home, plan, t, by)
+        else:
+            raise Refused(f"nothing to retry: {g}/{t} is {st}")
+    targets = list(roots)
+    if cascade:
+        targets += [x for x in plan.descendants(roots) if sched.state_of(x) in ("failed", "cancelled")
+                    and x not in targets]
+    for x in targets:
+        _clear(home, g, x)
+        ev.status(home, g, x, ev.RESET, worker=by, reason=f"retry requested by {by}")
+    try:
+        fsio.remove(home.summary_path(g))
+    except OSError as e:
+        raise os_error("remove", home.summary_path(g), e) from None
+    return targets
+
+
+def _blocking_roots(plan: Plan, sched, t: str) -> list[str]:
+    out, seen, stack = [], set(), [t]
+    while stack:
+        x = stack.pop()
+        for d in plan.task(x).deps:
+            if d in seen:
+                continue
+            seen.add(d)
+            s = sched.state_of(d)
+            if s in ("failed", "cancelled"):
+                out.append(d)
+            elif s == "blocked":
+                stack.append(d)
+    return [x for x in plan.ids() if x in out]
+
+
+def _clear(home: Home, g: str, t: str) -> None:
+    """Remove the failed/cancelled marker; reset the retry budget on the latest attempt record."""
+    try:
+        n, rec = latest_attempt(home, g, t)
+        if rec is not None and rec.get("failures"):
+            rec = {**rec, "failures": 0, "retry_at": None, "reset": now_iso()}
+            fsio.write_atomic(home.attempt_path(g, t, int(rec.get("attempt", n)), "json"), dumps(rec))
+        fsio.remove(home.marker_path(g, t, "failed"))
+        fsio.remove(home.marker_path(g, t, "cancelled"))
+    except OSError as e:
+        raise os_error("reset", home.task_dir(g, t), e) from None
+
+
+def _redo_done(home: Home, plan: Plan, t: str, by: str) -> list[str]:
+    g = plan.goal
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+    adir = os.path.join(home.archive_dir(g), stamp)
+    targets = [t] + plan.descendants([t])
+    try:
+        for x in targets:
+            src = home.task_dir(g, x)
+            if os.path.isdir(src):
+                fsio.makedirs(adir)
+                fsio.rename(src, os.path.join(adir, x))
+        fsio.remove(home.summary_path(g))
+    except OSError as e:
+        raise os_error("archive", home.task_dir(g, t), e) from None
+    for x in targets:
+        ev.status(home, g, x, ev.RESET, worker=by, reason=f"forced re-run of {t} requested by {by}",
+                  archive=adir)
+    return targets
+
+
+# ====================================================================================== status
+def goal_overview(home: Home, g: str) -> dict:
+    plan = home.load_plan(g)
+    sched, facts = build_scheduler(home, plan)
+    counts = sched.counts()
+    return {"goal": g, "state": _goal_state(sched, len(plan.tasks)), "tasks": len(plan.tasks), "counts": counts,
+            "source": plan.source}
+
+
+def _goal_state(sched, n: int) -> str:
+    c = sched.counts()
+    if sched.is_finished():
+        if c.get("done", 0) == n:
+            return "done"
+        return "failed" if c.get("failed", 0) else "cancelled"
+    if c.get("running", 0):
+        return "running"
+    if c.get("retrying", 0):
+        return "retrying"
+    return "ready"
+
+
+def goal_detail(home: Home, g: str) -> dict:
+    plan = home.load_plan(g)
+    facts = home.snapshot(g, plan, detail=True)
+    sched, _ = build_scheduler(home, plan)
+    now = time.time()
+    rows = []
+    for t in plan.ids():
+        f = facts[t]
+        st = sched.state_of(t)
+        row = {"task": t, "state": st, "attempt": f.attempt, "worker": None, "started": None,
+               "duration": None}
+        if st == "running" and f.owner:
+            row["worker"] = f.owner.get("worker")
+            row["started"] = f.owner.get("since")
+            if f.owner.get("since"):
+                row["duration"] = round(now - parse_iso(f.owner["since"]), 3)
+        elif f.marker:
+            row["worker"] = f.marker.get("worker") or f.marker.get("by")
+            row["started"] = f.marker.get("started")
+            row["duration"] = f.marker.get("duration")
+            if f.marker.get("reason"):
+                row["reason"] = f.marker["reason"]
+            if f.marker.get("exit_code") is not None and st == "failed":
+                row["exit_code"] = f.marker["exit_code"]
+        elif st == "retrying" and f.record:
+            row["retry_at"] = now_iso(f.retry_at)
+            row["reason"] = f.record.get("reason")
+        if st == "blocked":
+            row["blocked_by"] = sched.blocked_by(t)
+        rows.append(row)
+    summary = loads(fsio.read_bytes(home.summary_path(g)))
+    return {"goal": g, "state": _goal_state(sched, len(plan.tasks)), "counts": sched.counts(),
+            "tasks": rows, "summary": summary, "source": plan.source}
+

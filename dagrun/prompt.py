@@ -1,0 +1,71 @@
+"""Render the prompt an agent gets on stdin. Pure: text in, text out.
+
+The prompt and the outputs are only ever written to prompt.md and handed to the agent as
+its stdin; they never become part of a shell command line, so `$(...)`, backticks and `;`
+inside them are inert text.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Upstream:
+    id: str
+    state: str              # done | failed | cancelled | blocked
+    data: bytes | None      # the first `limit`+1 bytes of its output (None when unavailable)
+    size: int               # size of the whole output in bytes
+    path: str               # where the whole output is
+    soft: bool = False
+
+
+def render(prompt: str, upstream: list[Upstream], limit: int, previous_failure: str | None = None) -> str:
+    parts = [prompt.rstrip("\n"), ""]
+    if upstream:
+        parts += ["---", "", "# Outputs of the tasks this one depends on", ""]
+    for u in upstream:
+        if u.data is None:
+            why = "it was blocked by a failed dependency" if u.state == "blocked" else f"it {u.state}"
+            parts += [f"## Output of {u.id} (unavailable: {why})", ""]
+            continue
+        parts += [f"## Output of {u.id}", ""]
+        text = _clip(u.data, limit)
+        parts.append(text.rstrip("\n"))
+        if u.size > limit:
+            parts.append(f"[... truncated: the first {limit} of {u.size} bytes are shown; "
+                         f"the whole output is in {u.path}]")
+        parts.append("")
+    if previous_failure:
+        parts += ["---", "", previous_failure.rstrip("\n"), ""]
+    return "\n".join(parts)
+
+
+def _clip(data: bytes, limit: int) -> str:
+    """At most `limit` bytes, cut on a character boundary; invalid UTF-8 shown as U+FFFD."""
+    if len(data) > limit:
+        return data[:limit].decode("utf-8", "ignore") if _is_text(data[:limit]) else data[:limit].decode("utf-8", "replace")
+    return data.decode("utf-8", "replace")
+
+
+def _is_text(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+        return True
+    except UnicodeDecodeError as e:
+        return e.start >= len(b) - 3   # only a character cut in half at the end
+
+
+def failure_note(attempt: int, outcome: str, exit_code: int | None, stderr_tail: str, timeout: float | None) -> str:
+    """The `retry_context: "error"` block appended to the next attempt's prompt."""
+    if outcome == "timeout":
+        what = f"was killed after its timeout of {timeout:g}s" if timeout else "timed out"
+    elif outcome == "stalled":
+        what = "was killed because it stalled (no output and no heartbeat)"
+    elif outcome == "output_limit":
+        what = "was killed because its output exceeded max_output"
+    else:
+        what = f"exited with code {exit_code}"
+    lines = [f"# Previous attempt {attempt} failed", "", f"It {what}."]
+    if stderr_tail.strip():
+        lines += ["The last lines of its stderr:", "", "```", stderr_tail.rstrip("\n"), "```"]
+    return "\n".join(lines)

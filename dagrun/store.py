@@ -1,0 +1,275 @@
+"""The on-disk layout. Every path comes from here; task state is derived from which files exist.
+
+    $DAGRUN_HOME/goals/<goal>/plan.json              normalised plan as submitted
+    $DAGRUN_HOME/goals/<goal>/events.jsonl           append-only event log (also the change feed)
+    $DAGRUN_HOME/goals/<goal>/summary.json           written once when the goal ends
+    $DAGRUN_HOME/goals/<goal>/archive/               task folders replaced by a plan edit or a forced retry
+    $DAGRUN_HOME/goals/<goal>/tasks/<task>/claim/owner.json   exists while a worker holds the task
+    $DAGRUN_HOME/goals/<goal>/tasks/<task>/claim/heartbeat    touched by `dagrun heartbeat` (stall/lease)
+    $DAGRUN_HOME/goals/<goal>/tasks/<task>/prompt.md
+    $DAGRUN_HOME/goals/<goal>/tasks/<task>/output    stdout of the successful attempt
+    $DAGRUN_HOME/goals/<goal>/tasks/<task>/stderr.log   stderr of the latest finished attempt
+    $DAGRUN_HOME/goals/<goal>/tasks/<task>/done | failed | cancelled   markers (JSON inside)
+    $DAGRUN_HOME/goals/<goal>/tasks/<task>/attempts/<n>.out|.err|.json   every attempt, kept
+
+Precedence when several markers exist (a race between `cancel` and a finishing agent):
+done > cancelled > failed. A claim with a marker beside it is a leftover and is swept.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import orjson
+
+from . import fsio
+from .errors import FsError, NotFound, os_error
+from .plan import Plan, check_id
+
+DONE, FAILED, CANCELLED = "done", "failed", "cancelled"
+MARKERS = (DONE, CANCELLED, FAILED)  # precedence order
+CLAIM = "claim"
+OWNER = "owner.json"
+HEARTBEAT = "heartbeat"
+ATTEMPTS = "attempts"
+
+# Attempt outcomes. Counted ones use up `retries`; the others were not the agent's fault.
+COUNTED = {"failed", "timeout", "stalled", "output_limit"}
+UNCOUNTED = {"lost", "interrupted", "cancelled", "superseded"}
+
+
+def default_home() -> str:
+    return os.environ.get("DAGRUN_HOME") or os.path.join(os.getcwd(), ".dagrun")
+
+
+def now_iso(t: float | None = None) -> str:
+    t = time.time() if t is None else t
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
+
+
+def parse_iso(s: str) -> float:
+    import datetime as dt
+    return dt.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+
+
+def dumps(obj) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+
+
+def loads(data: bytes | None):
+    """JSON from a marker/record; None for a missing or unreadable one (a half-written file
+    cannot exist -- we publish by rename -- but a hand-edited one can)."""
+    if data is None:
+        return None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+
+
+@dataclass
+class TaskFacts:
+    """What the files say about one task (the scheduler turns pending into waiting/ready/blocked)."""
+    state: str = "pending"              # done | failed | cancelled | running | pending
+    attempt: int = 0                    # number of the latest attempt started (0: never)
+    owner: dict | None = None           # claim/owner.json when running
+    marker: dict | None = None          # the marker's JSON (detail=True only)
+    record: dict | None = None          # attempts/<attempt>.json of the latest ended attempt
+    claim_mtime: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def failures(self) -> int:
+        return int(self.record.get("failures", 0)) if self.record else 0
+
+    @property
+    def retry_at(self) -> float:
+        return float(self.record.get("retry_at") or 0.0) if self.record else 0.0
+
+
+class Home:
+    def __init__(self, root: str | None = None):
+        self.root = os.path.abspath(root or default_home())
+        self.goals_dir = os.path.join(self.root, "goals")
+
+    # -- creation
+    def ensure(self) -> None:
+        """Create the home 0700: prompts and outputs are often private (see ARCHITECTURE.md)."""
+        if os.path.isdir(self.goals_dir):
+            return
+        try:
+            fsio.makedirs(self.root, mode=0o700)
+            fsio.makedirs(self.goals_dir, mode=0o700)
+        except OSError as e:
+            raise os_error("create home", self.root, e) from None
+
+    # -- paths
+    def goal_dir(self, g: str) -> str:
+        return os.path.join(self.goals_dir, g)
+
+    def plan_path(self, g: str) -> str:
+        return os.path.join(self.goals_dir, g, "plan.json")
+
+    def events_path(self, g: str) -> str:
+        return os.path.join(self.goals_dir, g, "events.jsonl")
+
+    def summary_path(self, g: str) -> str:
+        return os.path.join(self.goals_dir, g, "summary.json")
+
+    def archive_dir(self, g: str) -> str:
+        return os.path.join(self.goals_dir, g, "archive")
+
+    def tasks_dir(self, g: str) -> str:
+        return os.path.join(self.goals_dir, g, "tasks")
+
+    def task_dir(self, g: str, t: str) -> str:
+        return os.path.join(self.goals_dir, g, "tasks", t)
+
+    def claim_dir(self, g: str, t: str) -> str:
+        return os.path.join(self.goals_dir, g, "tasks", t, CLAIM)
+
+    def owner_path(self, g: str, t: str) -> str:
+        return os.path.join(self.goals_dir, g, "tasks", t, CLAIM, OWNER)
+
+    def heartbeat_path(self, g: str, t: str) -> str:
+        return os.path.join(self.goals_dir, g, "tasks", t, CLAIM, HEARTBEAT)
+
+    def marker_path(self, g: str, t: str, kind: str) -> str:
+        return os.path.join(self.goals_dir, g, "tasks", t, kind)
+
+    def prompt_path(self, g: str, t: str) -> str:
+        return os.path.join(self.goals_dir, g, "tasks", t, "prompt.md")
+
+    def output_path(self, g: str, t: str) -> str:
+        return os.path.join(self.goals_dir, g, "tasks", t, "output")
+
+    def stderr_path(self, g: str, t: str) -> str:
+        return os.path.join(self.goals_dir, g, "tasks", t, "stderr.log")
+
+    def attempts_dir(self, g: str, t: str) -> str:
+        return os.path.join(self.goals_dir, g, "tasks", t, ATTEMPTS)
+
+    def attempt_path(self, g: str, t: str, n: int, ext: str) -> str:
+        return os.path.join(self.goals_dir, g, "tasks", t, ATTEMPTS, f"{n}.{ext}")
+
+    # -- goals
+    def goals(self) -> list[str]:
+        try:
+            names = os.listdir(self.goals_dir)
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            raise os_error("list goals in", self.goals_dir, e) from None
+        return sorted(n for n in names if not n.startswith(".") and os.path.isfile(os.path.join(self.goals_dir, n, "plan.json")))
+
+    def has_goal(self, g: str) -> bool:
+        return os.path.isfile(self.plan_path(g))
+
+    def load_plan(self, g: str) -> Plan:
+        check_id("goal", g)
+        data = fsio.read_bytes(self.plan_path(g))
+        if data is None:
+            raise NotFound(f"no goal {g!r} under {self.root} (submit a plan first; `dagrun status` lists goals)")
+        try:
+            return Plan.from_dict(orjson.loads(data))
+        except (orjson.JSONDecodeError, KeyError, TypeError) as e:
+            raise FsError(f"corrupt plan file {self.plan_path(g)}: {e}") from None
+
+    def plan_stamp(self, g: str) -> tuple:
+        """Identity of the current plan.json (changes when a plan is replaced)."""
+        try:
+            st = os.stat(self.plan_path(g))
+        except FileNotFoundError:
+            return ()
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    # -- reading task files without following symlinks out of the home
+    def read_task_file(self, path: str, limit: int | None = None) -> bytes | None:
+        """Read a file in a task folder; a symlink there is refused (it could point anywhere)."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if e.errno == 40:  # ELOOP: the final component is a symlink
+                raise FsError(f"refusing to read {path}: it is a symbolic link") from None
+            raise os_error("read", path, e) from None
+        with os.fdopen(fd, "rb") as f:
+            return f.read() if limit is None else f.read(limit)
+
+    def file_size(self, path: str) -> int:
+        try:
+            return os.lstat(path).st_size
+        except FileNotFoundError:
+            return 0
+
+    # -- facts
+    def task_facts(self, g: str, t: str, *, detail: bool = False) -> TaskFacts:
+        tdir = self.task_dir(g, t)
+        try:
+            names = set(os.listdir(tdir))
+        except (FileNotFoundError, NotADirectoryError):
+            return TaskFacts()
+        f = TaskFacts()
+        for m in MARKERS:
+            if m in names:
+                f.state = m
+                if detail:
+                    f.marker = loads(fsio.read_bytes(os.path.join(tdir, m))) or {}
+                break
+        if ATTEMPTS in names:
+            f.attempt, f.record = self._latest_attempt(g, t, with_record=(f.state == "pending" or detail))
+        if CLAIM in names:
+            owner = loads(fsio.read_bytes(os.path.join(tdir, CLAIM, OWNER)))
+            if f.state == "pending":
+                f.state = "running"
+            f.owner = owner
+            try:
+                f.claim_mtime = os.stat(os.path.join(tdir, CLAIM)).st_mtime
+            except FileNotFoundError:
+                pass
+            if owner and owner.get("attempt"):
+                f.attempt = max(f.attempt, int(owner["attempt"]))
+        if f.marker and f.marker.get("attempt"):
+            f.attempt = max(f.attempt, int(f.marker["attempt"]))
+        return f
+
+    def _latest_attempt(self, g: str, t: str, with_record: bool) -> tuple[int, dict | None]:
+        try:
+            names = os.listdir(self.attempts_dir(g, t))
+        except FileNotFoundError:
+            return 0, None
+        nums = []
+        recs = []
+        for n in names:
+            stem, _, ext = n.partition(".")
+            if stem.isdigit():
+                nums.append(int(stem))
+                if ext == "json":
+                    recs.append(int(stem))
+        top = max(nums, default=0)
+        rec = None
+        if with_record and recs:
+            rec = loads(fsio.read_bytes(self.attempt_path(g, t, max(recs), "json")))
+        return top, rec
+
+    def snapshot(self, g: str, plan: Plan, *, detail: bool = False) -> dict[str, TaskFacts]:
+        """Facts for every task of the plan: one listdir of tasks/ plus one per existing task folder."""
+        try:
+            present = set(os.listdir(self.tasks_dir(g)))
+        except FileNotFoundError:
+            present = set()
+        except OSError as e:
+            raise os_error("list", self.tasks_dir(g), e) from None
+        out = {}
+        for tid in plan.ids():
+            out[tid] = self.task_facts(g, tid, detail=detail) if tid in present else TaskFacts()
+        return out
+
+    def write_marker(self, g: str, t: str, kind: str, body: dict) -> None:
+        path = self.marker_path(g, t, kind)
+        try:
+            fsio.write_atomic(path, dumps(body))
+        except OSError as e:
+            raise os_error("write", path, e) from None
