@@ -106,8 +106,8 @@ def judge(home: Home, g: str, t: str, owner: dict | None, *, lease: float,
     """None when the claim is live; otherwise the reason it is stale (one short phrase)."""
     now = time.time() if now is None else now
     if owner is None:
-        try:
-            age = now - os.stat(home.claim_dir(g, t)).st_mtime
+        try:   # ctime: a claim made by renaming a spare folder keeps the spare's old mtime
+            age = now - os.stat(home.claim_dir(g, t)).st_ctime
         except FileNotFoundError:
             return None  # gone already
         return f"half-created claim (no owner.json) for {age:.0f}s" if age > grace else None
@@ -128,10 +128,11 @@ def judge(home: Home, g: str, t: str, owner: dict | None, *, lease: float,
 
 
 def break_claim(home: Home, g: str, t: str, expect_nonce: str | None, *, lease: float,
-                grace: float = HALF_BORN_GRACE) -> tuple[dict | None, str] | None:
+                grace: float = HALF_BORN_GRACE) -> tuple[dict | None, str, str] | None:
     """Break the claim if (re-judged under the lock) it is still the stale one we looked at.
 
-    Returns (owner, reason) of the broken claim, or None if nothing was broken."""
+    Returns (owner, reason, folder) -- the claim renamed to a private folder, which the
+    caller empties and removes -- or None if nothing was broken."""
     from filelock import FileLock  # imported here: only needed on this rare path
 
     lock = FileLock(os.path.join(home.goal_dir(g), ".break.lock"))
@@ -142,20 +143,24 @@ def break_claim(home: Home, g: str, t: str, expect_nonce: str | None, *, lease: 
         reason = judge(home, g, t, owner, lease=lease, grace=grace)
         if reason is None:
             return None
-        cdir = home.claim_dir(g, t)
         gone = os.path.join(home.task_dir(g, t), f".claim.broken.{secrets.token_hex(4)}")
         try:
-            fsio.rename(cdir, gone)
+            fsio.rename(home.claim_dir(g, t), gone)
         except FileNotFoundError:
             return None
-    fsio.rmtree(gone)
-    return owner, reason
+    return owner, reason, gone
 
 
 def release(home: Home, g: str, t: str) -> None:
-    """Make the claim disappear in one step (rename it away), then delete it. A crash in
-    between leaves only a dot-folder that sweep_leftovers() removes."""
+    """Drop our claim. Usually the folder is empty by now (owner.json became the marker) and
+    one rmdir(2) does it; otherwise rename it away in one step, then delete it -- a crash in
+    between leaves only a dot-folder that the next claim of the task sweeps."""
     cdir = home.claim_dir(g, t)
+    try:
+        fsio.rmdir(cdir)
+        return
+    except OSError:
+        pass
     gone = os.path.join(home.task_dir(g, t), f".claim.released.{secrets.token_hex(4)}")
     try:
         fsio.rename(cdir, gone)

@@ -1,21 +1,22 @@
 """The engine loop: files -> scheduler -> claim -> runner -> commit -> event.
 
 One engine serves one goal (`dagrun run`) or every goal under the home (`dagrun worker`).
-It sleeps in a single select() on: the watcher's doorbell, one pidfd per running agent, and
-the nearest timer (timeouts, backoffs, heartbeats, rescans). Nothing polls in a busy loop.
+It sleeps in a single select() on: the inotify fd, a self-pipe for signals, one pidfd and two
+output pipes per running agent, and the nearest timer (timeouts, backoffs, heartbeats,
+rescans). Nothing polls in a busy loop; an idle engine uses no CPU.
 
 Hot path (per state change, no rescan): an agent exits -> its pidfd wakes us -> commit its
 files -> scheduler.finish() hands back exactly the tasks it unlocked -> claim and start them.
-Other processes' changes arrive as appended lines of events.jsonl (doorbell from watchdog or
-the polling tick); each is checked against the marker files before the scheduler believes it.
-The periodic rescan rebuilds each goal's scheduler from the files: the safety net for
-anything a crash or a lost event could have left out.
+Other processes' changes arrive as appended lines of events.jsonl (inotify, or the polling
+tick); each is checked against the marker files before the scheduler believes it. The
+periodic rescan rebuilds each goal's scheduler from the files: the safety net for anything a
+crash or a lost event could have left out.
 """
 from __future__ import annotations
 
 import heapq
 import os
-import selectors
+import select
 import signal
 import socket
 import time
@@ -34,7 +35,7 @@ from .scheduler import RUNNING, Scheduler
 from .store import Home
 from .watcher import Doorbell, Watcher
 
-HOUSEKEEPING = 1.0        # s: liveness of other workers' claims, stall and output checks
+HOUSEKEEPING = 1.0        # s: liveness of other workers' claims, stall checks
 NO_PIDFD_POLL = 0.02      # s: child-exit polling where pidfd_open is missing
 
 
@@ -50,17 +51,15 @@ class Run:
     claim: Claim
     handle: dict
     key: str
-    out: str
-    err: str
+    definition: str                           # the task's definition when it was claimed
     t0: float                                 # monotonic start
     deadline: float | None = None             # monotonic timeout
     kill_at: float | None = None              # monotonic: KILL if still alive
     stop_outcome: str | None = None           # why we are stopping it
     stop_reason: str = ""
-    progress_size: int = -1
-    progress_at: float = 0.0
     hb_at: float = 0.0
     heartbeat_seen: float = 0.0
+    progress_at: float = 0.0
 
 
 @dataclass
@@ -71,7 +70,6 @@ class GoalState:
     stamp: tuple
     foreign: set = field(default_factory=set)
     next_rescan: float = 0.0
-    rescan_cost: float = 0.0
     finished: bool = False
     stopped: bool = False
 
@@ -94,43 +92,46 @@ class Engine:
         self.goals: dict[str, GoalState] = {}
         self.runs: dict[str, Run] = {}            # runner key -> Run
         self.by_task: dict[tuple[str, str], Run] = {}
-        self.timers: list[tuple[float, int, str, str]] = []   # (mono, seq, goal, task) retry timers
+        self.timers: list[tuple[float, int, str, str]] = []   # retry timers: (mono, seq, goal, task)
         self._seq = 0
         self.bell = Doorbell()
-        self.sel = selectors.DefaultSelector()
-        self.sel.register(self.bell.r, selectors.EVENT_READ, None)
-        self.stopping: int = 0                    # signal number once asked to stop
+        self._ready: set[int] = set()
+        self._touched: set[str] = set()          # goals we appended events to this turn
+        self.stopping = 0                         # the signal that asked us to stop
         self.signals = 0
+        self._stop_begun = False
+        self._killed_all = False
         self._rr = 0
         self._next_house = 0.0
         self._next_poll = 0.0
         self.watcher: Watcher | None = None
-        self.exit_code = ExitCode.OK
 
     # ================================================================== public
     def run(self) -> int:
         self.home.ensure()
         old = self._install_signals()
+        fsio.start_spares(self.home.root, threads=2, target=max(16, 4 * self.jobs))
         try:
-            self.watcher = Watcher(self.home.goals_dir, self.bell, poll=self.poll, log=self.log)
-            self._discover(initial=True)
+            self.watcher = Watcher(self.home.goals_dir, poll=self.poll, log=self.log)
+            self._discover()
             while True:
-                if self.stopping and not getattr(self, "_stop_begun", False):
+                if self.stopping and not self._stop_begun:
                     self._begin_stop()
-                if self.signals >= 2:       # asked twice: no more grace
+                if self.signals >= 2 and not self._killed_all:   # asked twice: no more grace
+                    self._killed_all = True
                     for r in self.runs.values():
                         self.runner.kill(r.handle)
                 self._loop_once()
                 if self._should_exit():
                     break
-                self._wait(self._next_wakeup())
+                self._ready = self._wait(self._next_wakeup())
         finally:
             self._restore_signals(old)
+            fsio.stop_spares()
             if self.watcher:
                 self.watcher.close()
             self.runner.close()
             self.bell.close()
-            self.sel.close()
         if self.stopping:
             return ExitCode.INTERRUPTED if self.stopping == signal.SIGINT else 128 + self.stopping
         if self.only:
@@ -139,22 +140,34 @@ class Engine:
                 return ExitCode.GOAL_FAILED
         return ExitCode.OK
 
+    def request_stop(self, signum: int = signal.SIGINT) -> None:
+        self.stopping = signum
+        self.bell.ring(None)
+
     # ================================================================== loop
     def _loop_once(self) -> None:
-        dirty, rescan = self.bell.take()
+        ready, self._ready = self._ready, set()
+        _, rescan = self.bell.take()
+        dirty: set[str] = set()
+        w = self.watcher
+        if w is not None and w.fd is not None and w.fd in ready:
+            dirty, root_changed = w.read()
+            rescan = rescan or root_changed
         now = time.monotonic()
-        polling = self.watcher.polling if self.watcher else True
-        if polling and now >= self._next_poll:
-            self._next_poll = now + (self.watcher.poll or 1.0)
-            dirty = set(self.goals)
-            if not self.only:
+        if w is None or w.polling:
+            if now >= self._next_poll:
+                self._next_poll = now + (w.poll if w is not None and w.poll else 1.0)
+                dirty = {g for g, gs in self.goals.items()
+                         if gs.reader.size_changed() or self.home.plan_stamp(g) != gs.stamp}
                 rescan = True
         if rescan and not self.only:
             self._discover()
-        for g in list(dirty):
+        for g in dirty:
             gs = self.goals.get(g)
             if gs is not None:
                 self._feed(gs)
+        if ready:
+            self.runner.service(ready)
         self._reap()
         now = time.monotonic()
         self._fire_timers(now)
@@ -166,15 +179,26 @@ class Engine:
                 self._resync(gs)
         if not self.stopping:
             self._dispatch()
-        for gs in list(self.goals.values()):
-            self._feed(gs)            # our own events, for the on_event view
+        touched, self._touched = self._touched, set()
+        for g in touched:                  # read back our own events: the on_event view
+            gs = self.goals.get(g)
+            if gs is not None:
+                self._feed(gs)
 
-    def _wait(self, timeout: float | None) -> None:
+    def _wait(self, timeout: float) -> set[int]:
+        # A fresh poll set every time: epoll would keep a registration for an fd number that
+        # was closed and reused by a new pipe (and miss its events); a poll set of a few
+        # dozen fds costs microseconds.
+        p = select.poll()
+        p.register(self.bell.r, select.POLLIN)
+        if self.watcher is not None and self.watcher.fd is not None:
+            p.register(self.watcher.fd, select.POLLIN)
+        for fd in self.runner.fds():
+            p.register(fd, select.POLLIN)
         try:
-            for key, _ in self.sel.select(timeout):
-                pass  # which fd does not matter: _loop_once looks at everything that can change
+            return {fd for fd, _ in p.poll(timeout * 1000.0)}
         except InterruptedError:
-            pass
+            return set()
 
     def _next_wakeup(self) -> float:
         now = time.monotonic()
@@ -189,10 +213,10 @@ class Engine:
                 t = min(t, r.deadline)
             if r.kill_at is not None:
                 t = min(t, r.kill_at)
-            if r.task.stall_timeout or r.task.max_output or r.stop_outcome:
+            if r.task.stall_timeout or r.task.max_output:
                 needs_house = True
             t = min(t, r.hb_at)
-        if needs_house or (self.until_idle and not self.runs):
+        if needs_house:
             t = min(t, self._next_house)
         if self.watcher is None or self.watcher.polling:
             t = min(t, self._next_poll)
@@ -211,14 +235,11 @@ class Engine:
         if self.until_idle:
             if self.timers:
                 return False
-            for gs in self.goals.values():
-                if self._dispatchable(gs):
-                    return False
-            return True
+            return not any(self._dispatchable(gs) for gs in self.goals.values())
         return False
 
     # ================================================================== goals
-    def _discover(self, initial: bool = False) -> None:
+    def _discover(self) -> None:
         names = [self.only] if self.only else self.home.goals()
         for g in names:
             if g in self.goals:
@@ -231,10 +252,10 @@ class Engine:
                 self.log(f"warning: skipping goal {g}: {e}")
                 continue
             reader = ev.Reader(self.home.events_path(g))
-            reader.offset = _size(reader.path)        # history is in the snapshot
+            reader.offset = _size(reader.path)        # the past is in the snapshot
             gs = GoalState(plan=plan, sched=None, reader=reader, stamp=self.home.plan_stamp(g))  # type: ignore[arg-type]
             self.goals[g] = gs
-            if self.watcher:
+            if self.watcher is not None:
                 self.watcher.watch_goal(g)
             self._resync(gs)
 
@@ -250,11 +271,10 @@ class Engine:
             try:
                 gs.plan = self.home.load_plan(g)
             except DagrunError as e:
-                self.log(f"warning: cannot reload plan of {g}: {e}")
+                self.log(f"warning: cannot reload the plan of {g}: {e}")
                 return
             gs.stamp = stamp
-            gs.finished = False
-            gs.stopped = False
+            gs.finished = gs.stopped = False
         plan = gs.plan
         sched, facts = build_scheduler(self.home, plan)
         gs.sched = sched
@@ -263,106 +283,116 @@ class Engine:
         for t in mine:
             run = self.by_task[(g, t)]
             f = facts.get(t)
-            if f is None or not f.owner or f.owner.get("nonce") != run.claim.nonce:
-                if f is not None and f.state == "cancelled":
-                    self._stop_run(run, "cancelled", "cancelled")
-                else:
-                    self._stop_run(run, "superseded", "the plan changed or the claim was taken away")
+            if f is not None and f.state == "cancelled":
+                self._stop_run(run, "cancelled", "cancelled")
+            elif f is None or plan.task(t).definition_digest() != run.definition or \
+                    not claims.holds(self.home, g, t, run.claim.nonce):
+                self._stop_run(run, "superseded", "the plan changed or the claim was taken away")
             else:
                 sched.start(t)
         now_wall = time.time()
         for t, f in facts.items():
-            if f.owner is not None or (f.state == "running"):
-                if t in mine:
-                    continue
-                if f.state == "running":
-                    gs.foreign.add(t)
-                else:
-                    self._sweep_leftover_claim(gs, t, f.owner)
+            if t in mine:
+                continue
+            if f.state == "running":
+                gs.foreign.add(t)
+            elif f.owner is not None or f.claim_mtime:
+                self._sweep_leftover_claim(gs, t, f.owner)
             if sched.state_of(t) == "retrying":
                 self._add_timer(time.monotonic() + max(0.0, f.retry_at - now_wall), g, t)
-        gs.rescan_cost = time.monotonic() - t0
-        gs.next_rescan = time.monotonic() + max(self.rescan_every, 50 * gs.rescan_cost)
+        if plan.on_failure == "stop" and any(f.state == "failed" for f in facts.values()):
+            gs.stopped = True
+        cost = time.monotonic() - t0
+        gs.next_rescan = time.monotonic() + max(self.rescan_every, 50 * cost)
         self._check_ended(gs)
 
     def _sweep_leftover_claim(self, gs: GoalState, t: str, owner: dict | None) -> None:
-        """A claim beside a done/failed/cancelled marker: the holder died after committing."""
-        if claims.judge(self.home, gs.plan.goal, t, owner, lease=gs.plan.lease) is not None:
-            claims.break_claim(self.home, gs.plan.goal, t, owner.get("nonce") if owner else None,
-                               lease=gs.plan.lease)
+        """A claim beside a done/failed/cancelled marker: its holder committed and died before
+        removing it. Remove it now if the holder is gone (the marker proves the work ended)."""
+        g = gs.plan.goal
+        if owner is None or claims.judge(self.home, g, t, owner, lease=gs.plan.lease) is not None:
+            res = claims.break_claim(self.home, g, t, owner.get("nonce") if owner else None,
+                                     lease=gs.plan.lease, grace=0.0)
+            if res is not None:
+                fsio.rmtree(res[2])
 
     def _drop_goal(self, g: str) -> None:
-        for (gg, t), run in list(self.by_task.items()):
+        for (gg, _t), run in list(self.by_task.items()):
             if gg == g:
                 self._stop_run(run, "superseded", "the goal was removed")
         if not any(gg == g for (gg, _t) in self.by_task):
             self.goals.pop(g, None)
-            if self.watcher:
+            if self.watcher is not None:
                 self.watcher.unwatch_goal(g)
 
     def _check_ended(self, gs: GoalState) -> None:
         if gs.sched.is_finished() and not any(k[0] == gs.plan.goal for k in self.by_task):
             if not gs.finished:
                 gs.finished = True
+                self._touched.add(gs.plan.goal)
                 finish_goal_if_ended(self.home, gs.plan, gs.sched, self.worker)
         else:
             gs.finished = False
 
     # ================================================================== the change feed
     def _feed(self, gs: GoalState) -> None:
+        resync = False
         for e in gs.reader.read():
             if e.get("worker") != self.worker:
-                self._apply(gs, e)
+                resync = self._apply(gs, e) or resync
             self.on_event(e)
-        if self.home.plan_stamp(gs.plan.goal) != gs.stamp:
+        if resync or self.home.plan_stamp(gs.plan.goal) != gs.stamp:
             self._resync(gs)
 
-    def _apply(self, gs: GoalState, e: dict) -> None:
+    def _apply(self, gs: GoalState, e: dict) -> bool:
+        """Update the scheduler from another process's event. True: rebuild from the files."""
         typ = e.get("type")
         if typ == ev.PLAN_REPLACED:
-            self._resync(gs)
-            return
+            return True
         if typ != ev.TASK_STATUS:
-            return
+            return False
         t = e.get("task")
         g = gs.plan.goal
         if not isinstance(t, str) or not gs.plan.has(t):
-            return
+            return False
         st = e.get("status")
         sched = gs.sched
+        mine = (g, t) in self.by_task
         if st == ev.RUNNING:
-            if (g, t) not in self.by_task:
+            if not mine:
                 sched.start(t)
                 gs.foreign.add(t)
         elif st in (ev.DONE, ev.FAILED, ev.CANCELLED):
             m = marker_of(self.home, g, t)
             if m is None:
-                return               # reset since; the rescan will tell
-            run = self.by_task.get((g, t))
-            if run is not None and m == "cancelled":
-                self._stop_run(run, "cancelled", e.get("reason") or "cancelled")
+                return False             # reset since then; the files will tell
+            if mine and m == "cancelled":
+                self._stop_run(self.by_task[(g, t)], "cancelled", e.get("reason") or "cancelled")
             gs.foreign.discard(t)
             changes = sched.finish(t, m)
             if changes is None:
-                self._resync(gs)
-            elif m == "failed" and gs.plan.on_failure == "stop":
+                return True
+            if m == "failed" and gs.plan.on_failure == "stop":
                 gs.stopped = True
             self._check_ended(gs)
         elif st == ev.RETRYING:
-            if (g, t) not in self.by_task:
+            if not mine:
                 sched.retrying(t)
                 gs.foreign.discard(t)
                 when = float(e.get("retry_at") or 0.0)
                 self._add_timer(time.monotonic() + max(0.0, when - time.time()), g, t)
         elif st == ev.READY:
             s = sched.state_of(t)
-            if (g, t) in self.by_task:
-                return
-            if s == "retrying" or (s == "running" and not os.path.isdir(self.home.claim_dir(g, t))):
+            if not mine and (s == "retrying" or (s == "running" and not os.path.isdir(self.home.claim_dir(g, t)))):
                 gs.foreign.discard(t)
                 sched.requeue(t)
         elif st == ev.RESET:
-            self._resync(gs)
+            return True
+        return False
+
+    def _emit(self, g: str, t: str, status: str, **fields) -> None:
+        ev.status(self.home, g, t, status, worker=self.worker, **fields)
+        self._touched.add(g)
 
     # ================================================================== dispatch
     def _dispatchable(self, gs: GoalState) -> bool:
@@ -373,9 +403,7 @@ class Engine:
 
     def _dispatch(self) -> None:
         goals = list(self.goals.values())
-        if not goals:
-            return
-        while len(self.runs) < self.jobs:
+        while goals and len(self.runs) < self.jobs:
             progressed = False
             for k in range(len(goals)):
                 gs = goals[(self._rr + k) % len(goals)]
@@ -384,70 +412,70 @@ class Engine:
                 if not self._dispatchable(gs):
                     continue
                 t = gs.sched.take()
-                if t is None:
-                    continue
-                progressed = True
-                self._start(gs, t)
+                if t is not None:
+                    progressed = True
+                    self._start(gs, t)
             self._rr += 1
             if not progressed:
                 break
 
     def _start(self, gs: GoalState, t: str) -> None:
-        plan, g = gs.plan, gs.plan.goal
-        sched = gs.sched
+        plan, g, sched = gs.plan, gs.plan.goal, gs.sched
         try:
-            c = claim_task(self.home, plan, t, worker=self.worker, kind="engine", state_of=sched.state_of)
+            c = claim_task(self.home, plan, t, worker=self.worker, kind="engine", state_of=sched.state_of,
+                           publish_owner=False)
         except DagrunError as e:
             self.log(f"error: {e}")
-            sched.requeue(t)
-            self._add_timer(time.monotonic() + 1.0, g, t)   # retry the claim a bit later
             sched.retrying(t)
+            self._add_timer(time.monotonic() + 5.0, g, t)    # try this claim again later
             return
         if c is None:
             m = marker_of(self.home, g, t)
             if m is not None:
-                changes = sched.finish(t, m)
-                if changes is None:
+                if sched.finish(t, m) is None:
                     self._resync(gs)
             else:
-                gs.foreign.add(t)          # somebody else holds it; sched says running
+                gs.foreign.add(t)          # somebody else holds it; the scheduler says running
             return
         task = plan.task(t)
-        out = self.home.attempt_path(g, t, c.attempt, "out")
-        err = self.home.attempt_path(g, t, c.attempt, "err")
+        cdir = self.home.claim_dir(g, t)
         env = dict(os.environ)
         env.update({
             "DAGRUN_HOME": self.home.root, "DAGRUN_GOAL": g, "DAGRUN_TASK": t,
             "DAGRUN_ATTEMPT": str(c.attempt), "DAGRUN_TASK_DIR": self.home.task_dir(g, t),
-            "DAGRUN_PROMPT_FILE": self.home.prompt_path(g, t), "DAGRUN_OUTPUT_FILE": out,
-            "DAGRUN_WORKER": self.worker,
+            "DAGRUN_PROMPT_FILE": self.home.prompt_path(g, t),
+            "DAGRUN_OUTPUT_FILE": self.home.output_path(g, t), "DAGRUN_WORKER": self.worker,
         })
         launch = Launch(agent=task.agent, cwd=task.workdir, env=env, stdin_path=self.home.prompt_path(g, t),
-                        stdout_path=out, stderr_path=err, run_id=c.nonce)
+                        stdout_path=os.path.join(cdir, "stdout"), stderr_path=os.path.join(cdir, "stderr"),
+                        run_id=c.owner["run_id"], max_output=task.max_output)
         now = time.monotonic()
         try:
             fsio._step(f"spawn {g}/{t}")
             handle = self.runner.start(launch)
         except StartError as e:
-            rec = commit_failure(self.home, plan, c, outcome="failed", ended=time.time(), exit_code=None,
-                                 reason=str(e))
-            self._after_failure(gs, c, rec, duration=0.0)
+            claims.update_owner(self.home, g, t, c.owner)
+            rec = commit_failure(self.home, plan, c, outcome="failed", ended=time.time(), reason=str(e))
+            self._after_failure(gs, c, rec)
             return
         c.owner["handle"] = handle
         try:
             claims.update_owner(self.home, g, t, c.owner)
         except OSError as e:
-            self.log(f"warning: cannot record the agent's handle for {g}/{t}: {e.strerror}")
-        key = self.runner.key(handle)
-        run = Run(goal=g, task=task, claim=c, handle=handle, key=key, out=out, err=err, t0=now,
-                  deadline=now + task.timeout if task.timeout else None, progress_at=now,
-                  hb_at=now + plan.lease / 3)
-        self.runs[key] = run
+            self.log(f"error: cannot publish {self.home.owner_path(g, t)}: {e.strerror}; stopping the agent")
+            self.runner.kill(handle)
+            while self.runner.poll(handle) is None:
+                time.sleep(0.01)
+            claims.release(self.home, g, t)
+            sched.retrying(t)
+            self._add_timer(time.monotonic() + 5.0, g, t)
+            return
+        run = Run(goal=g, task=task, claim=c, handle=handle, key=self.runner.key(handle),
+                  definition=task.definition_digest(), t0=now, progress_at=now,
+                  deadline=now + task.timeout if task.timeout else None, hb_at=now + plan.lease / 3)
+        self.runs[run.key] = run
         self.by_task[(g, t)] = run
-        for fd, k in self.runner.wait_fds().items():
-            if k == key:
-                self.sel.register(fd, selectors.EVENT_READ, key)
-        ev.status(self.home, g, t, ev.RUNNING, attempt=c.attempt, worker=self.worker)
+        self._emit(g, t, ev.RUNNING, attempt=c.attempt)
 
     # ================================================================== endings
     def _reap(self) -> None:
@@ -455,41 +483,41 @@ class Engine:
             ex = self.runner.poll(run.handle)
             if ex is None:
                 continue
-            self._unregister(key)
             del self.runs[key]
             del self.by_task[(run.goal, run.task.id)]
-            self._commit(run, ex)
-
-    def _unregister(self, key: str) -> None:
-        for fd, k in list(self.sel.get_map().items()):
-            if k.data == key:
-                self.sel.unregister(fd)
+            try:
+                self._commit(run, ex)
+            except (OSError, DagrunError) as e:
+                self.log(f"error: {e}")
+                gs = self.goals.get(run.goal)
+                if gs is not None:
+                    self._give_back(gs, run.claim)
 
     def _commit(self, run: Run, ex: Exit) -> None:
         g, t, c = run.goal, run.task.id, run.claim
         gs = self.goals.get(g)
-        ended = time.time()
-        if not claims.holds(self.home, g, t, c.nonce) or gs is None or not gs.plan.has(t):
+        if gs is not None and self.home.plan_stamp(g) != gs.stamp:
+            self._resync(gs)         # a plan edit landed while it ran: judge against the new plan
+        if gs is None or not gs.plan.has(t) or not claims.holds(self.home, g, t, c.nonce):
             return                   # taken away (plan edit, broken claim): not ours to commit
         plan = gs.plan
+        stats = self.runner.stats(run.handle) if hasattr(self.runner, "stats") else {}
+        if run.stop_outcome is None and plan.task(t).definition_digest() != run.definition:
+            run.stop_outcome, run.stop_reason = "superseded", "the task's definition changed while it ran"
         if run.stop_outcome in ("cancelled", "superseded", "interrupted"):
             record_unfinished(self.home, g, t, c.attempt, outcome=run.stop_outcome, reason=run.stop_reason,
-                              worker=self.worker, started=c.owner.get("since"))
+                              worker=self.worker, started=c.owner.get("since"),
+                              captures_from=self.home.claim_dir(g, t))
             claims.release(self.home, g, t)
-            if run.stop_outcome == "interrupted":
-                ev.status(self.home, g, t, ev.READY, attempt=c.attempt + 1, worker=self.worker,
-                          reason=f"attempt {c.attempt} interrupted")
+            if run.stop_outcome != "cancelled":
+                self._emit(g, t, ev.READY, attempt=c.attempt + 1, reason=f"attempt {c.attempt}: {run.stop_reason}")
                 gs.sched.requeue(t)
             return
+        ended = time.time()
         if run.stop_outcome is None and ex.ok:
-            try:
-                body = commit_done(self.home, plan, c, ended=ended, output_from=run.out)
-            except DagrunError as e:
-                self.log(f"error: {e}")
-                self._give_back(gs, c, str(e))
-                return
-            ev.status(self.home, g, t, ev.DONE, attempt=c.attempt, worker=self.worker,
-                      duration=body["duration"], exit_code=0)
+            body = commit_done(self.home, plan, c, ended=ended)
+            self._emit(g, t, ev.DONE, attempt=c.attempt, duration=body["duration"], exit_code=0,
+                       output_bytes=body["output_bytes"], first_byte=_rel(stats.get("first_byte"), run.t0))
             changes = gs.sched.finish(t, "done")
             if changes is None:
                 self._resync(gs)
@@ -498,30 +526,25 @@ class Engine:
             self._check_ended(gs)
             return
         outcome = run.stop_outcome or "failed"
-        reason = run.stop_reason or ex.describe()
-        try:
-            rec = commit_failure(self.home, plan, c, outcome=outcome, ended=ended, exit_code=ex.code,
-                                 signal=ex.signal, reason=reason)
-        except DagrunError as e:
-            self.log(f"error: {e}")
-            self._give_back(gs, c, str(e))
-            return
-        self._after_failure(gs, c, rec, duration=rec["duration"])
+        rec = commit_failure(self.home, plan, c, outcome=outcome, ended=ended, exit_code=ex.code,
+                             signal=ex.signal, reason=run.stop_reason or ex.describe())
+        self._after_failure(gs, c, rec)
 
-    def _give_back(self, gs: GoalState, c: Claim, why: str) -> None:
-        """Committing failed (disk full...): leave no half state; the task runs again later."""
+    def _give_back(self, gs: GoalState, c: Claim) -> None:
+        """Committing failed (disk full ...): the claim goes back, the task runs again later."""
         try:
             claims.release(self.home, c.goal, c.task)
         except OSError:
             pass
-        gs.sched.retrying(c.task)
-        self._add_timer(time.monotonic() + 5.0, c.goal, c.task)
+        if gs.plan.has(c.task):
+            gs.sched.retrying(c.task)
+            self._add_timer(time.monotonic() + 5.0, c.goal, c.task)
 
-    def _after_failure(self, gs: GoalState, c: Claim, rec: dict, duration: float) -> None:
+    def _after_failure(self, gs: GoalState, c: Claim, rec: dict) -> None:
         g, t = c.goal, c.task
         if rec["final"]:
-            ev.status(self.home, g, t, ev.FAILED, attempt=c.attempt, worker=self.worker, duration=duration,
-                      exit_code=rec.get("exit_code"), reason=rec.get("reason"), outcome=rec["outcome"])
+            self._emit(g, t, ev.FAILED, attempt=c.attempt, duration=rec["duration"], exit_code=rec.get("exit_code"),
+                       reason=rec.get("reason"), outcome=rec["outcome"])
             changes = gs.sched.finish(t, "failed")
             if changes is None:
                 self._resync(gs)
@@ -532,9 +555,8 @@ class Engine:
                 emit_changes(self.home, g, stop_goal(self.home, gs.plan, gs.sched, t, self.worker), self.worker)
             self._check_ended(gs)
         else:
-            ev.status(self.home, g, t, ev.RETRYING, attempt=c.attempt, worker=self.worker, duration=duration,
-                      exit_code=rec.get("exit_code"), reason=rec.get("reason"), outcome=rec["outcome"],
-                      retry_at=rec["retry_at"])
+            self._emit(g, t, ev.RETRYING, attempt=c.attempt, duration=rec["duration"], exit_code=rec.get("exit_code"),
+                       reason=rec.get("reason"), outcome=rec["outcome"], retry_at=rec["retry_at"])
             gs.sched.retrying(t)
             self._add_timer(time.monotonic() + max(0.0, rec["retry_at"] - time.time()), g, t)
 
@@ -564,38 +586,38 @@ class Engine:
             if run.kill_at is not None and now >= run.kill_at:
                 self.runner.kill(run.handle)
                 run.kill_at = None
+            if run.task.max_output and not run.stop_outcome and self.runner.stats(run.handle).get("over_limit"):
+                self._stop_run(run, "output_limit", f"stdout exceeded max_output ({run.task.max_output} bytes)")
             if now >= run.hb_at:
                 gs = self.goals.get(run.goal)
                 run.hb_at = now + (gs.plan.lease / 3 if gs else 20.0)
                 try:
-                    os.utime(self.home.owner_path(run.goal, run.task.id))   # lease for other hosts
+                    os.utime(self.home.owner_path(run.goal, run.task.id))   # the lease, for other hosts
                 except OSError:
                     pass
 
     def _housekeeping(self, now: float) -> None:
-        if self.watcher is not None and not self.watcher.healthy():
-            self._next_poll = now
         for run in list(self.runs.values()):
-            if run.stop_outcome:
-                continue
             task = run.task
-            if task.stall_timeout or task.max_output:
-                size = _size(run.out) + _size(run.err)
-                hb = _mtime(self.home.heartbeat_path(run.goal, task.id))
-                if size != run.progress_size or hb > run.heartbeat_seen:
-                    run.progress_size, run.heartbeat_seen, run.progress_at = size, hb, now
-                if task.max_output and _size(run.out) > task.max_output:
-                    self._stop_run(run, "output_limit", f"stdout exceeded max_output ({task.max_output} bytes)")
-                elif task.stall_timeout and now - run.progress_at > task.stall_timeout:
-                    reason = f"stalled: no output and no heartbeat for {task.stall_timeout:g}s"
-                    ev.emit(self.home, run.goal, ev.TASK_BLOCKED, task=task.id, reason=reason,
-                            attempt=run.claim.attempt, worker=self.worker)
-                    self._stop_run(run, "stalled", reason)
+            if run.stop_outcome or not task.stall_timeout:
+                continue
+            st = self.runner.stats(run.handle)
+            hb = _mtime(self.home.heartbeat_path(run.goal, task.id))
+            if hb > run.heartbeat_seen:
+                run.heartbeat_seen, run.progress_at = hb, now
+            run.progress_at = max(run.progress_at, st.get("last_output") or 0.0)
+            if now - run.progress_at > task.stall_timeout:
+                reason = f"stalled: no output and no heartbeat for {task.stall_timeout:g}s"
+                ev.emit(self.home, run.goal, ev.TASK_BLOCKED, task=task.id, reason=reason,
+                        attempt=run.claim.attempt, worker=self.worker)
+                self._touched.add(run.goal)
+                self._stop_run(run, "stalled", reason)
         for gs in list(self.goals.values()):
             for t in list(gs.foreign):
                 self._check_foreign(gs, t)
 
     def _check_foreign(self, gs: GoalState, t: str) -> None:
+        """Is another worker's claim still alive? Break it if its holder is provably gone."""
         g = gs.plan.goal
         if gs.sched.state_of(t) != "running" or (g, t) in self.by_task:
             gs.foreign.discard(t)
@@ -603,13 +625,12 @@ class Engine:
         if not os.path.isdir(self.home.claim_dir(g, t)):
             m = marker_of(self.home, g, t)
             gs.foreign.discard(t)
-            if m is not None:
-                ch = gs.sched.finish(t, m)
-                if ch is None:
-                    self._resync(gs)
-                self._check_ended(gs)
-            else:
+            if m is None:
                 gs.sched.requeue(t)
+            elif gs.sched.finish(t, m) is None:
+                self._resync(gs)
+            else:
+                self._check_ended(gs)
             return
         try:
             reason = break_if_stale(self.home, gs.plan, t, worker=self.worker, reap=self.runner.reap_orphan)
@@ -618,13 +639,13 @@ class Engine:
             return
         if reason is not None:
             self.log(f"recovered {g}/{t}: {reason}")
+            self._touched.add(g)
             gs.foreign.discard(t)
             m = marker_of(self.home, g, t)
-            if m is not None:
-                gs.sched.finish(t, m)
-                self._check_ended(gs)
-            else:
+            if m is None:
                 gs.sched.requeue(t)
+            elif gs.sched.finish(t, m) is not None:
+                self._check_ended(gs)
 
     # ================================================================== signals
     def _install_signals(self):
@@ -640,7 +661,7 @@ class Engine:
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             try:
                 old[s] = signal.signal(s, handler)
-            except ValueError:      # not the main thread (tests)
+            except ValueError:      # not the main thread
                 pass
         return old
 
@@ -650,17 +671,11 @@ class Engine:
 
     def _begin_stop(self) -> None:
         self._stop_begun = True
-        self.log(f"stopping: terminating {len(self.runs)} running agent(s)")
+        if self.runs:
+            self.log(f"stopping: terminating {len(self.runs)} running agent(s)")
         for run in list(self.runs.values()):
             self._stop_run(run, "interrupted", f"worker {self.worker} was stopped")
-            run.kill_at = min(run.kill_at or 0, time.monotonic() + min(run.task.kill_grace, 5.0))
-
-    def request_stop(self, signum: int = signal.SIGINT) -> None:
-        self.stopping = signum
-        try:
-            os.write(self.bell.w, b"s")
-        except OSError:
-            pass
+            run.kill_at = time.monotonic() + min(run.task.kill_grace, 5.0)
 
 
 def _size(path: str) -> int:
@@ -676,3 +691,6 @@ def _mtime(path: str) -> float:
     except OSError:
         return 0.0
 
+
+def _rel(t: float | None, t0: float) -> float | None:
+    return None if t is None else round(t - t0, 3)

@@ -5,24 +5,31 @@ is written into claim/owner.json, so a restarted driver (or a Slurm/Ray runner l
 handle is a job id) can find the attempt again; poll/terminate/kill/reap_orphan work on it.
 The task's files are committed by the engine, whatever runner ran the attempt.
 
-ProcessRunner runs `sh -c "$agent"` in a new session (own process group), stdin from the
-rendered prompt.md, stdout/stderr into files -- never pipes, so an agent that floods stdout,
-never reads stdin or closes it early cannot block or bloat dagrun. Exits are noticed through a
-pidfd per child (poll(2)-able: the engine sleeps in one select() on pidfds + the watcher's
-doorbell), falling back to a short poll where pidfd_open is missing.
+ProcessRunner runs `sh -c "$agent"` in a new session (own process group) with stdin = the
+rendered prompt.md (a file: an agent that never reads it, or closes it early, blocks nobody).
+stdout and stderr are pipes that the engine's loop drains into capture files, created on the
+first byte (an agent that prints nothing costs no inode: on slow disks inode creation is
+the dominant per-task cost). Draining in 64 KiB reads keeps memory flat however much an agent
+prints, gives exact "last output" times for stall detection and the first-byte latency,
+and lets max_output stop a flood exactly. When the shell exits, what is left of its process
+group is killed; a process that escaped the group and still holds the pipe gets EOF taken
+away (SIGPIPE on its next write) instead of being waited for.
 """
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from .claim import BOOT_ID, HOST, proc_start
 
 RUN_ID_VAR = "DAGRUN_RUN_ID"
+CHUNK = 65536
+FAIR_SHARE = 4 * 1024 * 1024     # bytes drained from one pipe before others get a turn
 
 
 @dataclass(frozen=True)
@@ -31,9 +38,10 @@ class Launch:
     cwd: str
     env: dict
     stdin_path: str
-    stdout_path: str
+    stdout_path: str         # capture files, created on the first byte
     stderr_path: str
-    run_id: str              # unique per attempt; exported as DAGRUN_RUN_ID to find strays
+    run_id: str              # exported as DAGRUN_RUN_ID: finds strays of this attempt
+    max_output: int | None = None
 
 
 @dataclass(frozen=True)
@@ -62,7 +70,9 @@ class Runner(Protocol):
     def poll(self, handle: dict) -> Exit | None: ...
     def terminate(self, handle: dict) -> None: ...
     def kill(self, handle: dict) -> None: ...
-    def wait_fds(self) -> dict[int, str]: ...       # fd -> handle key; readable when it ended
+    def fds(self) -> list[int]: ...                 # readable when something happened
+    def service(self, ready: set[int]) -> None: ...  # called with the readable ones
+    def stats(self, handle: dict) -> dict: ...       # bytes, first/last output times
     def key(self, handle: dict) -> str: ...
     def reap_orphan(self, handle: dict, grace: float) -> bool: ...
     def close(self) -> None: ...
@@ -72,67 +82,170 @@ class StartError(Exception):
     """The agent could not be started (cwd missing, sh missing, fork failed)."""
 
 
+@dataclass
+class _Stream:
+    fd: int
+    path: str
+    out: int | None = None           # capture file fd, opened on the first byte
+    bytes: int = 0
+    cap: int | None = None
+    eof: bool = False
+
+
+@dataclass
+class _Proc:
+    popen: subprocess.Popen
+    handle: dict
+    streams: dict = field(default_factory=dict)   # "out"/"err" -> _Stream
+    pidfd: int | None = None
+    rc: int | None = None
+    first_byte: float | None = None
+    last_output: float = 0.0
+    over_limit: bool = False
+    exited_at: float | None = None
+
+
 class ProcessRunner:
     name = "process"
 
     def __init__(self):
-        self._procs: dict[str, subprocess.Popen] = {}
-        self._pidfds: dict[str, int] = {}
-        self._fd_key: dict[int, str] = {}
+        self._procs: dict[str, _Proc] = {}
+        self._fd_owner: dict[int, tuple[str, str]] = {}   # fd -> (key, "out"|"err"|"pid")
         self.pidfd_ok = hasattr(os, "pidfd_open")
 
     def key(self, handle: dict) -> str:
-        return f"{handle['pid']}"
+        return str(handle["pid"])
 
+    # ------------------------------------------------------------------ start
     def start(self, launch: Launch) -> dict:
         env = dict(launch.env)
         env[RUN_ID_VAR] = launch.run_id
-        fds = []
+        opened: list[int] = []
         try:
-            fds.append(os.open(launch.stdin_path, os.O_RDONLY | os.O_CLOEXEC))
-            fds.append(os.open(launch.stdout_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644))
-            fds.append(os.open(launch.stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644))
-            # start_new_session: own session + process group, so signals reach the whole agent
-            # tree with killpg and the terminal's Ctrl-C does not (we decide how agents stop).
+            stdin = os.open(launch.stdin_path, os.O_RDONLY | os.O_CLOEXEC)
+            opened.append(stdin)
+            r_out, w_out = os.pipe2(os.O_CLOEXEC)
+            opened += [r_out, w_out]
+            r_err, w_err = os.pipe2(os.O_CLOEXEC)
+            opened += [r_err, w_err]
+            # start_new_session: own session + process group, so killpg reaches the whole
+            # agent tree and the terminal's Ctrl-C does not (we decide how agents stop).
             p = subprocess.Popen(["/bin/sh", "-c", launch.agent], cwd=launch.cwd, env=env,
-                                 stdin=fds[0], stdout=fds[1], stderr=fds[2],
+                                 stdin=stdin, stdout=w_out, stderr=w_err,
                                  start_new_session=True, close_fds=True)
         except OSError as e:
-            raise StartError(f"cannot start agent in {launch.cwd}: {e.strerror or e}") from None
-        finally:
-            for fd in fds:
-                os.close(fd)
+            for fd in opened:
+                _close(fd)
+            raise StartError(f"cannot start the agent in {launch.cwd}: {e.strerror or e}") from None
+        for fd in (stdin, w_out, w_err):
+            _close(fd)
+        for fd in (r_out, r_err):
+            os.set_blocking(fd, False)
         k = str(p.pid)
-        self._procs[k] = p
+        handle = {"runner": self.name, "host": HOST, "boot_id": BOOT_ID, "pid": p.pid, "pgid": p.pid,
+                  "start": proc_start(p.pid), "run_id": launch.run_id}
+        proc = _Proc(popen=p, handle=handle, last_output=time.monotonic())
+        proc.streams["out"] = _Stream(r_out, launch.stdout_path, cap=launch.max_output)
+        proc.streams["err"] = _Stream(r_err, launch.stderr_path)
+        self._fd_owner[r_out] = (k, "out")
+        self._fd_owner[r_err] = (k, "err")
         if self.pidfd_ok:
             try:
-                pfd = os.pidfd_open(p.pid)
-                self._pidfds[k] = pfd
-                self._fd_key[pfd] = k
+                proc.pidfd = os.pidfd_open(p.pid)
+                self._fd_owner[proc.pidfd] = (k, "pid")
             except OSError:
                 self.pidfd_ok = False
-        return {"runner": self.name, "host": HOST, "boot_id": BOOT_ID, "pid": p.pid, "pgid": p.pid,
-                "start": proc_start(p.pid), "run_id": launch.run_id}
+        self._procs[k] = proc
+        return handle
+
+    # ------------------------------------------------------------------ the loop's side
+    def fds(self) -> list[int]:
+        return list(self._fd_owner)
+
+    def service(self, ready: set[int]) -> None:
+        """Drain the readable pipes (bounded per call, so a flood cannot starve the loop)."""
+        for fd in ready:
+            owner = self._fd_owner.get(fd)
+            if owner is None or owner[1] == "pid":
+                continue
+            proc = self._procs.get(owner[0])
+            if proc is not None:
+                self._drain(proc, proc.streams[owner[1]], FAIR_SHARE)
+
+    def _drain(self, proc: _Proc, s: _Stream, budget: int | None) -> None:
+        while not s.eof and (budget is None or budget > 0):
+            try:
+                data = os.read(s.fd, CHUNK)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                s.eof = True
+                self._fd_owner.pop(s.fd, None)
+                _close(s.fd)
+                return
+            now = time.monotonic()
+            if proc.first_byte is None and s is proc.streams["out"]:
+                proc.first_byte = now
+            proc.last_output = now
+            if s.cap is not None and s.bytes + len(data) > s.cap:
+                data = data[: max(0, s.cap - s.bytes)]
+                proc.over_limit = True
+            if data:
+                if s.out is None:
+                    s.out = os.open(s.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+                _write_all(s.out, data)
+                s.bytes += len(data)
+            if budget is not None:
+                budget -= len(data) or CHUNK
+
+    def stats(self, handle: dict) -> dict:
+        p = self._procs.get(self.key(handle))
+        if p is None:
+            return {}
+        return {"out_bytes": p.streams["out"].bytes, "err_bytes": p.streams["err"].bytes,
+                "first_byte": p.first_byte, "last_output": p.last_output, "over_limit": p.over_limit}
 
     def poll(self, handle: dict) -> Exit | None:
         k = self.key(handle)
-        p = self._procs.get(k)
-        if p is None:
+        proc = self._procs.get(k)
+        if proc is None:
             return Exit(None, signal.SIGKILL)
-        rc = p.poll()
-        if rc is None:
-            return None
+        if proc.rc is None:
+            rc = proc.popen.poll()
+            if rc is None:
+                return None
+            proc.rc = rc
+            # the shell is gone; whatever it left running in its group goes too (its output
+            # still sits in the pipes and is read below)
+            _killpg(handle["pgid"], signal.SIGKILL)
+        for s in proc.streams.values():
+            self._drain(proc, s, None)
+            if not s.eof:               # held open by a process outside the group: stop listening
+                self._fd_owner.pop(s.fd, None)
+                _close(s.fd)
+                s.eof = True
+            if s.out is not None:
+                _close(s.out)
+                s.out = None
         self._forget(k)
-        # the shell is gone; whatever it left running in its group goes too
-        _killpg(handle["pgid"], signal.SIGKILL)
+        rc = proc.rc
         return Exit(rc, None) if rc >= 0 else Exit(None, -rc)
 
     def _forget(self, k: str) -> None:
-        self._procs.pop(k, None)
-        pfd = self._pidfds.pop(k, None)
-        if pfd is not None:
-            self._fd_key.pop(pfd, None)
-            os.close(pfd)
+        proc = self._procs.pop(k, None)
+        if proc is None:
+            return
+        if proc.pidfd is not None:
+            self._fd_owner.pop(proc.pidfd, None)
+            _close(proc.pidfd)
+        for s in proc.streams.values():
+            if not s.eof:
+                self._fd_owner.pop(s.fd, None)
+                _close(s.fd)
+            if s.out is not None:
+                _close(s.out)
 
     def terminate(self, handle: dict) -> None:
         _killpg(handle["pgid"], signal.SIGTERM)
@@ -141,23 +254,23 @@ class ProcessRunner:
         _killpg(handle["pgid"], signal.SIGKILL)
         kill_strays(handle.get("run_id"))
 
-    def wait_fds(self) -> dict[int, str]:
-        return self._fd_key
-
     def running(self) -> int:
         return len(self._procs)
 
-    def reap_orphan(self, handle: dict, grace: float) -> bool:
-        """Stop what is left of an attempt whose driver died (we are not its parent).
-        Only on the same host and boot, and only processes proved to be that attempt's:
-        the group leader by pid + start time, the rest by DAGRUN_RUN_ID in their environment."""
-        if not handle or handle.get("runner") != self.name:
+    def reap_orphan(self, handle: dict | None, grace: float, run_id: str | None = None) -> bool:
+        """Stop what is left of an attempt whose driver died (we are not its parent). Only on
+        the same host and boot, and only processes proved to be that attempt's: the group
+        leader by pid + start time, the rest by DAGRUN_RUN_ID in their environment."""
+        handle = handle or {}
+        if handle and handle.get("runner") != self.name:
             return False
-        if handle.get("host") != HOST or (handle.get("boot_id") and handle["boot_id"] != BOOT_ID):
+        if handle.get("host", HOST) != HOST or (handle.get("boot_id") and handle["boot_id"] != BOOT_ID):
             return False
+        run_id = handle.get("run_id") or run_id
         pid = int(handle.get("pid") or 0)
-        leader_ours = pid > 0 and proc_start(pid) == handle.get("start")
-        strays = _processes_with(RUN_ID_VAR, handle.get("run_id")) if handle.get("run_id") else []
+        start = handle.get("start")
+        leader_ours = pid > 0 and start is not None and proc_start(pid) == start
+        strays = _processes_with(RUN_ID_VAR, run_id) if run_id else []
         if not leader_ours and not strays:
             return False
         if leader_ours:
@@ -166,12 +279,13 @@ class ProcessRunner:
             _kill(p, signal.SIGTERM)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
-            if proc_start(pid) != handle.get("start") and not any(proc_start(p) for p in strays):
+            alive = (leader_ours and proc_start(pid) == start) or any(proc_start(p) for p in strays)
+            if not alive:
                 break
-            time.sleep(0.05)
-        if leader_ours and proc_start(pid) == handle.get("start"):
+            time.sleep(0.02)
+        if leader_ours and proc_start(pid) == start:
             _killpg(handle["pgid"], signal.SIGKILL)
-        kill_strays(handle.get("run_id"))
+        kill_strays(run_id)
         return True
 
     def close(self) -> None:
@@ -211,6 +325,18 @@ def _processes_with(var: str, value: str) -> list[int]:
     return out
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except OSError as e:
+            if e.errno == errno.EINTR:
+                continue
+            raise
+        view = view[n:]
+
+
 def _killpg(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
@@ -222,4 +348,11 @@ def _kill(pid: int, sig: int) -> None:
     try:
         os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
         pass

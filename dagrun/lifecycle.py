@@ -60,34 +60,51 @@ def latest_attempt(home: Home, g: str, t: str) -> tuple[int, dict | None]:
 
 # ---------------------------------------------------------------------------------- claiming
 def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: int | None = None,
-               state_of: Callable[[str], str] | None = None) -> Claim | None:
+               state_of: Callable[[str], str] | None = None, publish_owner: bool = True) -> Claim | None:
     """Claim task t and render its prompt.md. None if it is held, or already ended.
 
     `state_of` (the scheduler's view) says which soft dependencies ended without output;
-    when it is None that is judged from their markers."""
+    when it is None that is judged from their markers. The engine passes
+    publish_owner=False and publishes owner.json itself once the agent runs, with the
+    runner's handle in it (one file instead of two: inode creation is the costly part)."""
     g = plan.goal
     tdir = home.task_dir(g, t)
-    if os.path.isdir(tdir):
-        claims.sweep_leftovers(home, g, t)
     if not claims.acquire(home, g, t):
         return None
-    # Under the claim nobody else changes this task: read its history now.
-    if marker_of(home, g, t) is not None:   # it ended between our look and our mkdir
+    # Under the claim nobody else changes this task: read its history now (one listdir).
+    try:
+        names = os.listdir(tdir)
+    except OSError as e:
+        claims.release(home, g, t)
+        raise os_error("list", tdir, e) from None
+    if any(m in names for m in MARKERS):       # it ended between our look and our mkdir
         claims.release(home, g, t)
         return None
-    attempt, record = latest_attempt(home, g, t)
+    for n in names:
+        if n.startswith(".claim."):
+            fsio.rmtree(os.path.join(tdir, n))   # a breaker or releaser died half-way
+    attempt, record = latest_attempt(home, g, t) if "attempts" in names else (0, None)
     attempt += 1
     owner = claims.new_owner(worker, attempt, kind=kind, pid=pid)
+    owner["run_id"] = run_id(home, g, t, attempt)
     c = Claim(g, t, attempt, owner, time.time())
     try:
-        claims.update_owner(home, g, t, owner)
         text = render_prompt(home, plan, plan.task(t), record, state_of)
         fsio.write_atomic(home.prompt_path(g, t), text.encode("utf-8", "surrogateescape"))
-        fsio.makedirs(home.attempts_dir(g, t))
+        if publish_owner:
+            claims.update_owner(home, g, t, owner)
     except OSError as e:
         claims.release(home, g, t)
         raise os_error("prepare", tdir, e) from None
     return c
+
+
+def run_id(home: Home, g: str, t: str, attempt: int) -> str:
+    """Identifies one attempt's processes (DAGRUN_RUN_ID): derivable from the files, so even a
+    claim whose owner.json was never written can have its orphaned agent found and stopped."""
+    import hashlib
+    h = hashlib.sha1(home.root.encode()).hexdigest()[:8]
+    return f"{h}:{g}/{t}/{attempt}"
 
 
 def render_prompt(home: Home, plan: Plan, task: Task, record: dict | None,
@@ -130,15 +147,28 @@ def _tail(path: str, nbytes: int) -> str:
 def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: int | None = 0,
                 output_from: str | None = None, output_data: bytes | None = None,
                 forced_by: str | None = None) -> dict:
-    """Publish the output and the done marker, then drop the claim."""
+    """Publish output, stderr.log and the done marker, then drop the claim.
+
+    The output is the capture file claim/stdout (renamed), or `output_from` / `output_data`;
+    the done marker is claim/owner.json renamed out of the claim and rewritten under a
+    temporary name, then renamed to `done` -- no new inode for it."""
     g, t = c.goal, c.task
+    tdir = home.task_dir(g, t)
+    cdir = home.claim_dir(g, t)
     out = home.output_path(g, t)
     try:
+        captured = os.path.join(cdir, "stdout")
         if output_from is not None:
             fsio.rename(output_from, out)
+        elif output_data is not None:
+            fsio.write_atomic(out, output_data)
+        elif os.path.exists(captured):
+            fsio.rename(captured, out)
         else:
-            fsio.write_atomic(out, output_data or b"")
-        _publish_stderr(home, g, t, c.attempt)
+            fsio.write_atomic(out, b"")
+        err = os.path.join(cdir, "stderr")
+        if os.path.exists(err):
+            fsio.rename(err, home.stderr_path(g, t))
         body = {
             "attempt": c.attempt, "worker": c.owner.get("worker"), "started": now_iso(c.started),
             "ended": now_iso(ended), "duration": round(ended - c.started, 3), "exit_code": exit_code,
@@ -146,11 +176,24 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
         }
         if forced_by:
             body["forced_by"] = forced_by
-        home.write_marker(g, t, "done", body)
+        _publish_from_owner(home, g, t, "done", body)
     except OSError as e:
-        raise os_error("commit", home.task_dir(g, t), e) from None
+        raise os_error("commit", tdir, e) from None
     claims.release(home, g, t)
     return body
+
+
+def _publish_from_owner(home: Home, g: str, t: str, kind: str, body: dict) -> None:
+    """Publish a marker by recycling claim/owner.json's inode (rename out, rewrite, rename)."""
+    owner = home.owner_path(g, t)
+    tmp = fsio.tmp_name(home.marker_path(g, t, kind))
+    try:
+        fsio.rename(owner, tmp)
+    except FileNotFoundError:
+        home.write_marker(g, t, kind, body)
+        return
+    fsio.rewrite(tmp, dumps(body))
+    fsio.rename(tmp, home.marker_path(g, t, kind))
 
 
 def backoff(task: Task, failures: int) -> float:
@@ -183,10 +226,10 @@ def commit_failure(home: Home, plan: Plan, c: Claim, *, outcome: str, ended: flo
     if forced_by:
         rec["forced_by"] = forced_by
     try:
+        keep_captures(home, g, t, home.claim_dir(g, t), c.attempt)
         fsio.write_atomic(home.attempt_path(g, t, c.attempt, "json"), dumps(rec))
-        _publish_stderr(home, g, t, c.attempt)
         if final:
-            home.write_marker(g, t, "failed", {k: rec[k] for k in (
+            _publish_from_owner(home, g, t, "failed", {k: rec[k] for k in (
                 "attempt", "outcome", "exit_code", "signal", "reason", "worker", "started", "ended", "duration")})
     except OSError as e:
         raise os_error("commit", home.task_dir(g, t), e) from None
@@ -195,7 +238,7 @@ def commit_failure(home: Home, plan: Plan, c: Claim, *, outcome: str, ended: flo
 
 
 def record_unfinished(home: Home, g: str, t: str, attempt: int, *, outcome: str, reason: str,
-                      worker: str | None, started: str | None = None) -> dict:
+                      worker: str | None, started: str | None = None, captures_from: str | None = None) -> dict:
     """An attempt that ended without a verdict (lost holder, interrupt, cancel): it does not
     use up a retry."""
     prev = _record_before(home, g, t, attempt)
@@ -203,6 +246,8 @@ def record_unfinished(home: Home, g: str, t: str, attempt: int, *, outcome: str,
            "started": started, "ended": now_iso(), "counted": False,
            "failures": int(prev.get("failures", 0)) if prev else 0, "retry_at": None, "final": False}
     if os.path.isdir(home.task_dir(g, t)):
+        if captures_from:
+            keep_captures(home, g, t, captures_from, attempt)
         fsio.makedirs(home.attempts_dir(g, t))
         fsio.write_atomic(home.attempt_path(g, t, attempt, "json"), dumps(rec))
     return rec
@@ -216,46 +261,52 @@ def _record_before(home: Home, g: str, t: str, attempt: int) -> dict | None:
     return None
 
 
-def _publish_stderr(home: Home, g: str, t: str, attempt: int) -> None:
-    """stderr.log = the latest finished attempt's stderr (a hard link: no copy)."""
-    src = home.attempt_path(g, t, attempt, "err")
-    if not os.path.exists(src):
-        return
-    dst = home.stderr_path(g, t)
-    tmp = fsio.tmp_name(dst)
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
-    fsio.link(src, tmp)
-    fsio.rename(tmp, dst)
+def keep_captures(home: Home, g: str, t: str, cdir: str, attempt: int) -> None:
+    """Move an unsuccessful attempt's stdout/stderr into attempts/<n>.out|.err (kept for
+    good); stderr.log becomes a hard link to the latest one."""
+    out, err = os.path.join(cdir, "stdout"), os.path.join(cdir, "stderr")
+    have_out, have_err = os.path.exists(out), os.path.exists(err)
+    fsio.makedirs(home.attempts_dir(g, t))
+    if have_out:
+        fsio.rename(out, home.attempt_path(g, t, attempt, "out"))
+    if have_err:
+        dst = home.attempt_path(g, t, attempt, "err")
+        fsio.rename(err, dst)
+        tmp = fsio.tmp_name(home.stderr_path(g, t))
+        fsio.remove(tmp)
+        fsio.link(dst, tmp)
+        fsio.rename(tmp, home.stderr_path(g, t))
 
 
 # ---------------------------------------------------------------------------------- stale claims
 def break_if_stale(home: Home, plan: Plan, t: str, *, worker: str, lease: float | None = None,
                    reap=None) -> str | None:
-    """Break t's claim if its holder is provably gone; record the attempt as lost and announce
-    the task ready again. Returns the reason, or None if the claim is live (or gone)."""
+    """Break t's claim if its holder is provably gone; stop the orphaned agent if it still
+    runs here, keep the attempt's output, record it as lost, and announce the task ready.
+    Returns the reason, or None if the claim is live (or gone)."""
     g = plan.goal
     owner = claims.read_owner(home, g, t)
     lease = plan.lease if lease is None else lease
-    reason = claims.judge(home, g, t, owner, lease=lease)
-    if reason is None:
+    if claims.judge(home, g, t, owner, lease=lease) is None:
         return None
     res = claims.break_claim(home, g, t, owner.get("nonce") if owner else None, lease=lease)
     if res is None:
         return None
-    owner, reason = res
-    if owner and owner.get("handle") and reap is not None:
-        reap(owner["handle"], plan.task(t).kill_grace)   # an orphaned agent must not keep going
-    if marker_of(home, g, t) is not None:
-        return reason            # it had finished; the claim was only a leftover
+    owner, reason, gone = res
     attempt = int(owner.get("attempt") or 0) if owner else 0
-    if attempt == 0:
-        attempt = latest_attempt(home, g, t)[0] or 1
-    record_unfinished(home, g, t, attempt, outcome="lost", reason=reason,
-                      worker=owner.get("worker") if owner else None, started=owner.get("since") if owner else None)
-    ev.status(home, g, t, ev.READY, attempt=attempt + 1, worker=worker, reason=f"claim broken: {reason}")
+    if attempt == 0:                      # a claim that died before owner.json was written
+        attempt = latest_attempt(home, g, t)[0] + 1
+    if reap is not None:                  # an orphaned agent must not keep going
+        reap(owner.get("handle") if owner else None, plan.task(t).kill_grace,
+             run_id=(owner or {}).get("run_id") or run_id(home, g, t, attempt))
+    ended = marker_of(home, g, t)
+    if ended is None:
+        record_unfinished(home, g, t, attempt, outcome="lost", reason=reason,
+                          worker=owner.get("worker") if owner else None,
+                          started=owner.get("since") if owner else None, captures_from=gone)
+    fsio.rmtree(gone)
+    if ended is None:
+        ev.status(home, g, t, ev.READY, attempt=attempt + 1, worker=worker, reason=f"claim broken: {reason}")
     return reason
 
 

@@ -83,7 +83,6 @@ def fmt_event(e: dict) -> str:
             v = '"' + v.replace('"', "'") + '"'
         extras.append(f"{k}={v}")
     if typ.endswith("goal.finished"):
-        extras.append(f"outcome={e.get('outcome')}")
         c = e.get("counts") or {}
         extras.append("counts=" + ",".join(f"{k}:{v}" for k, v in c.items()))
     return " ".join([ts, who, what] + extras)

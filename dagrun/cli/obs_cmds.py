@@ -39,20 +39,22 @@ def events(ctx: typer.Context,
     emit(reader.read())
     if not follow:
         return
-    from ..watcher import Doorbell, Watcher
     import selectors
 
-    bell = Doorbell()
-    w = Watcher(home.goals_dir, bell)
+    from ..watcher import Watcher
+
+    w = Watcher(home.goals_dir)
     w.watch_goal(goal)
     sel = selectors.DefaultSelector()
-    sel.register(bell.r, selectors.EVENT_READ)
+    if w.fd is not None:
+        sel.register(w.fd, selectors.EVENT_READ)
     try:
         while True:
-            sel.select(w.poll if w.polling else None)
-            bell.take()
+            if w.fd is not None:
+                sel.select(None)
+                w.read()
+            else:
+                sel.select(w.poll or 1.0) if sel.get_map() else __import__("time").sleep(w.poll or 1.0)
             emit(reader.read())
-    except KeyboardInterrupt:
-        pass
     finally:
         w.close()
