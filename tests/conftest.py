@@ -1,0 +1,147 @@
+"""Shared helpers: real files, real processes, the installed `dagrun` binary."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+
+
+def dagrun_bin() -> str:
+    """The installed console script (next to this interpreter, else on PATH)."""
+    cand = Path(sys.executable).parent / "dagrun"
+    if cand.exists():
+        return str(cand)
+    found = shutil.which("dagrun")
+    if not found:
+        pytest.fail("the dagrun command is not installed (pip install -e '.[test]')")
+    return found
+
+
+DAGRUN = dagrun_bin()
+
+
+def run(*args, home: Path | str | None = None, check: bool | int = True, timeout: float = 60, env=None,
+        input: bytes | str | None = None, cwd=None) -> subprocess.CompletedProcess:
+    """Run `dagrun args...` and return the finished process (text mode)."""
+    e = dict(os.environ)
+    e.pop("DAGRUN_HOME", None)
+    if env:
+        e.update(env)
+    argv = [DAGRUN] + ([f"--home={home}"] if home is not None else []) + [str(a) for a in args]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=e, input=input, cwd=cwd)
+    if check is True and p.returncode != 0:
+        raise AssertionError(f"dagrun {' '.join(map(str, args))} exited {p.returncode}\n"
+                             f"stdout:\n{p.stdout}\nstderr:\n{p.stderr}")
+    if check is not True and check is not False and p.returncode != check:
+        raise AssertionError(f"dagrun {' '.join(map(str, args))} exited {p.returncode}, expected {check}\n"
+                             f"stdout:\n{p.stdout}\nstderr:\n{p.stderr}")
+    return p
+
+
+def spawn(*args, home: Path | str, env=None, cwd=None, **kw) -> subprocess.Popen:
+    """Start `dagrun args...` in the background (own session, so tests can signal it)."""
+    e = dict(os.environ)
+    e.pop("DAGRUN_HOME", None)
+    if env:
+        e.update(env)
+    argv = [DAGRUN, f"--home={home}"] + [str(a) for a in args]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=e, cwd=cwd,
+                            start_new_session=True, **kw)
+
+
+def write_plan(folder: Path, tasks: list[dict], name: str = "dag.json", **top) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    doc = dict(top)
+    doc["tasks"] = tasks
+    p = folder / name
+    p.write_text(json.dumps(doc, indent=1))
+    return p
+
+
+def wait_for(pred, timeout: float = 20.0, interval: float = 0.02, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def task_dir(home: Path, goal: str, task: str) -> Path:
+    return Path(home) / "goals" / goal / "tasks" / task
+
+
+def events(home: Path, goal: str) -> list[dict]:
+    p = Path(home) / "goals" / goal / "events.jsonl"
+    if not p.exists():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def processes_with_env(var: str, value: str | None = None) -> list[int]:
+    """Live processes whose environment has var (=value): finds agents dagrun started."""
+    needle = (f"{var}={value}" if value is not None else f"{var}=").encode()
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            env = Path(f"/proc/{d}/environ").read_bytes()
+            stat = Path(f"/proc/{d}/stat").read_text()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[-1].split()[0] == "Z":
+            continue
+        if any(part.startswith(needle) for part in env.split(b"\0")):
+            out.append(int(d))
+    return out
+
+
+def kill_group(p: subprocess.Popen, sig=signal.SIGKILL) -> None:
+    try:
+        os.killpg(p.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture
+def home(tmp_path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def plans(tmp_path) -> Path:
+    d = tmp_path / "plans"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_agents():
+    """Every test must leave no agent processes behind (agents carry DAGRUN_RUN_ID)."""
+    before = set(processes_with_env("DAGRUN_RUN_ID"))
+    yield
+    deadline = time.monotonic() + 5
+    left = []
+    while time.monotonic() < deadline:
+        left = [p for p in processes_with_env("DAGRUN_RUN_ID") if p not in before]
+        if not left:
+            break
+        time.sleep(0.05)
+    for p in left:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not left, f"agent processes left running after the test: {left}"

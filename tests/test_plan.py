@@ -1,0 +1,190 @@
+"""Plan validation: one table row per error class; each is one precise line, exit 2, nothing written."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from conftest import REPO, run, write_plan
+from dagrun import plan as planmod
+from dagrun.errors import PlanError
+
+OK_TASK = {"id": "a", "prompt": "p"}
+AGENT = {"agent": "true"}
+
+# (name, plan document or raw text, extra files, substring expected in the error)
+CASES = [
+    ("malformed json", '{"tasks": [', {}, "dag.json:1:"),
+    ("trailing comma", '{"tasks": [{"id": "a", "prompt": "p",}]}', {}, "malformed JSON"),
+    ("empty file", "", {}, "the file is empty"),
+    ("bom", "\ufeff{}", {}, "byte-order mark"),
+    ("not an object", "[1, 2]", {}, "expected an object, got an array"),
+    ("no tasks", {"defaults": AGENT}, {}, 'missing "tasks"'),
+    ("tasks not array", {"tasks": {}}, {}, "tasks: expected an array of tasks"),
+    ("no tasks in array", {"tasks": []}, {}, "at least one task"),
+    ("unknown top field", {"tasks": [OK_TASK], "defaults": AGENT, "paralel": 3}, {}, 'unknown field "paralel"'),
+    ("unknown task field", {"tasks": [{**OK_TASK, "dep": ["x"]}], "defaults": AGENT}, {}, 'tasks[0].dep: unknown field "dep"'),
+    ("unknown defaults field", {"tasks": [OK_TASK], "defaults": {**AGENT, "tiemout": 3}}, {}, 'defaults.tiemout: unknown field'),
+    ("bad task id slash", {"tasks": [{"id": "a/b", "prompt": "p"}], "defaults": AGENT}, {}, 'tasks[0].id: invalid id "a/b"'),
+    ("bad task id dotdot", {"tasks": [{"id": "..", "prompt": "p"}], "defaults": AGENT}, {}, 'invalid id ".."'),
+    ("bad task id unicode", {"tasks": [{"id": "tаsk", "prompt": "p"}], "defaults": AGENT}, {}, "invalid id"),
+    ("bad task id newline", {"tasks": [{"id": "a\nb", "prompt": "p"}], "defaults": AGENT}, {}, "invalid id"),
+    ("bad goal id", {"goal": "my goal", "tasks": [OK_TASK], "defaults": AGENT}, {}, 'goal: invalid id "my goal"'),
+    ("duplicate ids", {"tasks": [OK_TASK, {"id": "a", "prompt": "q"}], "defaults": AGENT}, {},
+     'tasks[1].id: duplicate task id "a" (first at tasks[0])'),
+    ("unknown dependency", {"tasks": [OK_TASK, {"id": "b", "prompt": "q", "deps": ["zz"]}], "defaults": AGENT}, {},
+     'tasks[1].deps[0]: unknown dependency "zz" (asked for by task "b")'),
+    ("dep listed twice", {"tasks": [OK_TASK, {"id": "b", "prompt": "q", "deps": ["a", "a"]}], "defaults": AGENT}, {},
+     '"a" is listed twice'),
+    ("cycle of 1", {"tasks": [{"id": "a", "prompt": "p", "deps": ["a"]}], "defaults": AGENT}, {},
+     "dependency cycle: a -> a"),
+    ("cycle of 3", {"tasks": [{"id": "a", "prompt": "p", "deps": ["c"]}, {"id": "b", "prompt": "p", "deps": ["a"]},
+                              {"id": "c", "prompt": "p", "deps": ["b"]}], "defaults": AGENT}, {},
+     "dependency cycle: a -> c -> b -> a"),
+    ("both prompt and prompt_file", {"tasks": [{**OK_TASK, "prompt_file": "x.md"}], "defaults": AGENT}, {},
+     'exactly one of "prompt" or "prompt_file" (it has both)'),
+    ("neither prompt", {"tasks": [{"id": "a"}], "defaults": AGENT}, {}, 'exactly one of "prompt" or "prompt_file"'),
+    ("missing prompt_file", {"tasks": [{"id": "a", "prompt_file": "nope.md"}], "defaults": AGENT}, {},
+     'tasks[0].prompt_file: cannot read "nope.md"'),
+    ("prompt_file outside", {"tasks": [{"id": "a", "prompt_file": "../outside.md"}], "defaults": AGENT}, {},
+     "resolves outside the plan's folder"),
+    ("prompt_file absolute", {"tasks": [{"id": "a", "prompt_file": "/etc/hostname"}], "defaults": AGENT}, {},
+     "must be relative to the plan's folder"),
+    ("no agent", {"tasks": [OK_TASK]}, {}, 'task "a" has no agent'),
+    ("negative timeout", {"tasks": [{**OK_TASK, "timeout": -5}], "defaults": AGENT}, {}, "tasks[0].timeout: must be greater than 0"),
+    ("huge timeout", {"tasks": [{**OK_TASK, "timeout": 1e12}], "defaults": AGENT}, {}, "tasks[0].timeout: must be at most"),
+    ("timeout string", {"tasks": [{**OK_TASK, "timeout": "10"}], "defaults": AGENT}, {}, "expected a number, got a string"),
+    ("retries bool", {"tasks": [{**OK_TASK, "retries": True}], "defaults": AGENT}, {}, "expected an integer, got a boolean"),
+    ("retries fraction", {"tasks": [{**OK_TASK, "retries": 1.5}], "defaults": AGENT}, {}, "expected an integer"),
+    ("deps not list", {"tasks": [{**OK_TASK, "deps": "b"}], "defaults": AGENT}, {}, "expected an array of task ids"),
+    ("dep not string", {"tasks": [{**OK_TASK, "deps": [1]}], "defaults": AGENT}, {}, "tasks[0].deps[0]: expected a task id"),
+    ("bad enum", {"tasks": [OK_TASK], "defaults": AGENT, "on_failure": "explode"}, {}, 'on_failure: must be one of "continue", "stop"'),
+    ("dup key", '{"tasks": [{"id": "a", "id": "b", "prompt": "p"}], "defaults": {"agent": "true"}}', {}, 'duplicate key "id"'),
+    ("nan", '{"tasks": [{"id": "a", "prompt": "p", "timeout": NaN}], "defaults": {"agent": "true"}}', {}, "NaN"),
+    ("empty agent", {"tasks": [{**OK_TASK, "agent": "  "}]}, {}, "tasks[0].agent: must not be empty"),
+    ("soft and hard", {"tasks": [OK_TASK, {"id": "b", "prompt": "q", "deps": ["a"], "soft_deps": ["a"]}],
+                       "defaults": AGENT}, {}, '"a" is in both deps and soft_deps'),
+]
+
+
+def _write(plans, doc, files):
+    for name, text in files.items():
+        (plans / name).write_text(text)
+    p = plans / "dag.json"
+    p.write_text(doc if isinstance(doc, str) else json.dumps(doc, indent=1, ensure_ascii=False))
+    return p
+
+
+@pytest.mark.parametrize("name,doc,files,expect", CASES, ids=[c[0] for c in CASES])
+def test_invalid_plans_are_one_precise_line(plans, home, name, doc, files, expect):
+    p = _write(plans, doc, files)
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert expect in str(ei.value)
+    assert "\n" not in str(ei.value)
+
+
+@pytest.mark.parametrize("cmd", ["validate", "submit", "run"])
+def test_cli_rejects_invalid_plan_with_exit_2_and_writes_nothing(plans, home, cmd):
+    p = _write(plans, {"tasks": [OK_TASK, {"id": "b", "prompt": "q", "deps": ["zz"]}], "defaults": AGENT}, {})
+    r = run(cmd, p, home=home, check=2)
+    assert r.stderr.startswith("dagrun: ") and r.stderr.count("\n") == 1
+    assert 'unknown dependency "zz"' in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not home.exists()
+
+
+def test_error_line_points_at_the_line(plans):
+    text = '{\n "defaults": {"agent": "true"},\n "tasks": [\n  {"id": "a", "prompt": "p"},\n  {"id": "b",\n   "prompt": "q",\n   "timeout": -1}\n ]\n}\n'
+    p = plans / "dag.json"
+    p.write_text(text)
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert f"{p}:7: tasks[1].timeout" in str(ei.value)
+
+
+def test_cycle_of_1000_is_reported_without_recursion(plans):
+    n = 1000
+    tasks = [{"id": f"t{i}", "prompt": "p", "deps": [f"t{(i + 1) % n}"]} for i in range(n)]
+    p = write_plan(plans, tasks, defaults=AGENT)
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    msg = str(ei.value)
+    assert "dependency cycle: t0 -> t1 -> t2" in msg and msg.endswith("-> t0")
+
+
+def test_valid_plan_normalises_defaults_and_prompt_file(plans):
+    (plans / "prompts").mkdir()
+    (plans / "prompts" / "x.md").write_text("from a file\n")
+    p = write_plan(plans, [{"id": "a", "prompt": "p"}, {"id": "b", "prompt_file": "prompts/x.md", "deps": ["a"],
+                                                       "agent": "cat", "retries": 2}],
+                   defaults={"agent": "true", "timeout": 30})
+    pl = planmod.load(str(p))
+    assert pl.goal == "dag"
+    a, b = pl.tasks
+    assert a.agent == "true" and a.timeout == 30.0 and a.retries == 0
+    assert b.agent == "cat" and b.prompt == "from a file\n" and b.retries == 2 and b.deps == ("a",)
+    assert b.workdir == str(plans)
+    assert planmod.Plan.from_dict(json.loads(pl.canonical())) == pl
+
+
+def test_validate_prints_summary(plans):
+    p = write_plan(plans, [{"id": "a", "prompt": "p"}, {"id": "b", "prompt": "q", "deps": ["a"]}], defaults=AGENT)
+    r = run("validate", p)
+    assert r.stdout.strip() == "ok: goal dag: 2 tasks, 1 dependencies, longest path 2 tasks"
+    r = run("validate", "--json", p)
+    assert json.loads(r.stdout)["tasks"] == 2
+
+
+def test_shipped_schema_is_generated_from_the_field_table():
+    with open(planmod.SCHEMA_PATH) as f:
+        assert f.read() == planmod.schema_text(), "run: python -c 'from dagrun import plan; open(plan.SCHEMA_PATH,\"w\").write(plan.schema_text())'"
+    r = run("schema")
+    assert json.loads(r.stdout)["title"].startswith("dagrun plan")
+
+
+def test_schema_agrees_with_validator_on_examples_and_cases(plans):
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = planmod.json_schema()
+    for ex in ["examples/add-auth/dag.json", "examples/minimal/dag.json"]:
+        doc = json.loads((REPO / ex).read_text())
+        jsonschema.validate(doc, schema)
+        planmod.load(str(REPO / ex))
+    # type and field errors are caught by both
+    for name, doc, files, _ in CASES:
+        if isinstance(doc, dict) and name in ("unknown top field", "unknown task field", "timeout string",
+                                              "retries bool", "negative timeout", "bad enum", "deps not list",
+                                              "bad task id slash", "both prompt and prompt_file", "no tasks in array"):
+            with pytest.raises(jsonschema.ValidationError):
+                jsonschema.validate(doc, schema)
+
+
+def test_plan_file_that_does_not_exist(home, plans):
+    r = run("validate", plans / "nope.json", check=2)
+    assert "cannot read plan" in r.stderr and "No such file" in r.stderr
+
+
+def test_huge_dependency_list_is_fine(plans):
+    n = 10_000
+    tasks = [{"id": f"t{i}", "prompt": "p"} for i in range(n)] + \
+            [{"id": "sink", "prompt": "p", "deps": [f"t{i}" for i in range(n)]}]
+    p = write_plan(plans, tasks, defaults=AGENT)
+    pl = planmod.load(str(p))
+    assert len(pl.task("sink").deps) == n
+
+
+def test_plan_too_large_is_refused_before_reading(plans, monkeypatch):
+    monkeypatch.setattr(planmod, "MAX_PLAN_BYTES", 100)
+    p = write_plan(plans, [{"id": "a", "prompt": "x" * 200}], defaults=AGENT)
+    with pytest.raises(PlanError, match="the limit is 100 bytes"):
+        planmod.load(str(p))
+
+
+def test_symlinked_prompt_file_pointing_outside_is_refused(plans, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("s3cret")
+    os.symlink(secret, plans / "link.md")
+    p = write_plan(plans, [{"id": "a", "prompt_file": "link.md"}], defaults=AGENT)
+    with pytest.raises(PlanError, match="resolves outside"):
+        planmod.load(str(p))

@@ -1,0 +1,155 @@
+"""The pure scheduler, table-driven: no files, no processes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from dagrun.scheduler import Scheduler
+
+
+@dataclass
+class T:
+    id: str
+    deps: tuple = ()
+    soft_deps: tuple = ()
+    priority: int = 0
+
+
+def plan(spec: str) -> list[T]:
+    """'a; b<a; c<a,b; d~c' : '<' hard deps, '~' soft deps."""
+    out = []
+    for part in spec.split(";"):
+        part = part.strip()
+        soft = ()
+        if "~" in part:
+            part, s = part.split("~")
+            soft = tuple(s.split(","))
+        deps = ()
+        if "<" in part:
+            part, d = part.split("<")
+            deps = tuple(d.split(","))
+        out.append(T(part.strip(), deps, soft))
+    return out
+
+
+DIAMOND = "a; b<a; c<a; d<b,c"
+
+# (plan, initial states, expected ready order, expected states of interest)
+LOAD_CASES = [
+    (DIAMOND, {}, ["a"], {"b": "waiting", "d": "waiting"}),
+    (DIAMOND, {"a": "done"}, ["b", "c"], {"d": "waiting"}),
+    (DIAMOND, {"a": "done", "b": "failed"}, ["c"], {"d": "blocked"}),
+    (DIAMOND, {"a": "cancelled"}, [], {"b": "blocked", "c": "blocked", "d": "blocked"}),
+    (DIAMOND, {"a": "running"}, [], {"b": "waiting"}),
+    ("a; b~a", {"a": "failed"}, ["b"], {"b": "ready"}),
+    ("a; b<a; c~b", {"a": "failed"}, ["c"], {"b": "blocked"}),
+    ("a; b~a", {"a": "running"}, [], {"b": "waiting"}),
+    ("a; b; c<a,b", {"a": "done", "b": "retrying"}, [], {"c": "waiting", "b": "retrying"}),
+]
+
+
+@pytest.mark.parametrize("spec,initial,ready,states", LOAD_CASES)
+def test_load(spec, initial, ready, states):
+    s = Scheduler(plan(spec), initial)
+    assert s.ready_ids() == ready
+    for t, st in states.items():
+        assert s.state_of(t) == st
+
+
+def test_blocked_names_the_failed_root_transitively():
+    s = Scheduler(plan("a; b<a; c<b; d<c; e"), {"a": "failed"})
+    assert [s.blocked_by(x) for x in "bcd"] == ["a", "a", "a"]
+    assert s.state_of("e") == "ready"
+
+
+FINISH_CASES = [
+    # (plan, steps [(task, outcome)], expected changes of the last step)
+    (DIAMOND, [("a", "done")], [("a", "done", None), ("b", "ready", None), ("c", "ready", None)]),
+    (DIAMOND, [("a", "done"), ("b", "done")], [("b", "done", None)]),
+    (DIAMOND, [("a", "done"), ("b", "done"), ("c", "done")], [("c", "done", None), ("d", "ready", None)]),
+    (DIAMOND, [("a", "done"), ("b", "failed")], [("b", "failed", None), ("d", "blocked", "b")]),
+    ("a; b<a; c~b", [("a", "failed")], [("a", "failed", None), ("b", "blocked", "a"), ("c", "ready", None)]),
+    ("a; b~a", [("a", "cancelled")], [("a", "cancelled", None), ("b", "ready", None)]),
+    (DIAMOND, [("a", "done"), ("a", "done")], []),          # idempotent
+]
+
+
+@pytest.mark.parametrize("spec,steps,changes", FINISH_CASES)
+def test_finish(spec, steps, changes):
+    s = Scheduler(plan(spec))
+    for t, _ in steps:
+        if s.state_of(t) == "ready":
+            s.take() if s.peek() == t else s.start(t)
+    out = None
+    for t, outcome in steps:
+        out = s.finish(t, outcome)
+    assert out == changes
+
+
+def test_finish_outside_incremental_rules_asks_for_rebuild():
+    s = Scheduler(plan("a; b<a"), {"a": "failed"})
+    assert s.finish("a", "done") is None
+
+
+def test_misuse_names_the_task():
+    s = Scheduler(plan("a"))
+    with pytest.raises(ValueError, match="'zz'"):
+        s.finish("zz", "done")
+    with pytest.raises(ValueError, match="not a terminal outcome"):
+        s.finish("a", "running")
+
+
+def test_cycle_is_a_value_error():
+    with pytest.raises(ValueError, match="cycle"):
+        Scheduler(plan("a<b; b<a"))
+
+
+def test_critical_path_first_then_priority():
+    # the chain a->b->c->d is longer than the single tasks x, y: a goes first
+    tasks = plan("x; y; a; b<a; c<b; d<c")
+    s = Scheduler(tasks)
+    assert s.ready_ids() == ["a", "x", "y"]
+    tasks[1].priority = 5
+    s = Scheduler(tasks)
+    assert s.take() == "y"
+
+
+def test_take_requeue_retrying_cycle():
+    s = Scheduler(plan("a; b<a"))
+    assert s.take() == "a" and s.state_of("a") == "running"
+    assert s.take() is None
+    s.retrying("a")
+    assert s.state_of("a") == "retrying" and not s.is_finished()
+    assert s.requeue("a") == [("a", "ready", None)]
+    assert s.take() == "a"
+    s.finish("a", "done")
+    assert s.take() == "b"
+    s.finish("b", "done")
+    assert s.is_finished() and s.counts() == {"done": 2}
+
+
+def test_incremental_matches_rebuild_on_random_dags():
+    import random
+    rng = random.Random(7)
+    for trial in range(50):
+        n = rng.randint(1, 40)
+        tasks = []
+        for i in range(n):
+            prev = [f"t{j}" for j in range(i)]
+            hard = tuple(rng.sample(prev, min(len(prev), rng.randint(0, 3))))
+            soft = tuple(x for x in rng.sample(prev, min(len(prev), rng.randint(0, 2))) if x not in hard)
+            tasks.append(T(f"t{i}", hard, soft))
+        s = Scheduler(tasks)
+        facts = {}
+        while True:
+            t = s.take()
+            if t is None:
+                break
+            outcome = rng.choice(["done", "done", "done", "failed", "cancelled"])
+            s.finish(t, outcome)
+            facts[t] = outcome
+            rebuilt = Scheduler(tasks, facts)
+            assert rebuilt.states() == {k: ("waiting" if v == "running" else v) for k, v in s.states().items()} \
+                or rebuilt.states() == s.states()
+        assert s.is_finished()
