@@ -6,7 +6,8 @@ then renamed over the final name. Appends to logs are a single write(2) on an O_
 
 Every mutation goes through `_step()`, so a crash can be injected at the k-th file-system
 operation (`DAGRUN_CRASH_AT=k` kills the process with SIGKILL right before that operation;
-`DAGRUN_CRASH_AT=k:after` right after it). The reliability tests use it to crash at every step.
+`DAGRUN_CRASH_AT=k:after` right after it). The reliability tests use it to crash at every step;
+`DAGRUN_STEP_TRACE=file` appends "k label" for every step (how many steps a clean run takes).
 
 `DAGRUN_FSYNC=1` fsyncs data and the folder around each publish: needed to survive power
 loss, not process crashes (the kernel keeps written pages whatever happens to the process).
@@ -25,20 +26,25 @@ DURABLE = os.environ.get("DAGRUN_FSYNC", "") not in ("", "0")
 _crash_at = 0
 _crash_after = False
 _steps = 0
+_step_trace = os.environ.get("DAGRUN_STEP_TRACE", "")
 _env = os.environ.get("DAGRUN_CRASH_AT", "")
 if _env:
     _n, _, _when = _env.partition(":")
     _crash_at = int(_n)
     _crash_after = _when == "after"
+_counting = bool(_crash_at or _step_trace)
 del _env
 
 
 def _step(label: str) -> None:
     """Count one file-system mutation; die here if the crash harness asked for it."""
     global _steps
-    if not _crash_at:
+    if not _counting:
         return
     _steps += 1
+    if _step_trace:
+        with open(_step_trace, "a") as f:
+            f.write(f"{_steps} {label}\n")
     if _steps == _crash_at and not _crash_after:
         _die(label)
 
