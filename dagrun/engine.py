@@ -109,6 +109,7 @@ class Engine:
     # ================================================================== public
     def run(self) -> int:
         self.home.ensure()
+        self.home.sweep_unborn_goals()     # left by a submit that was killed half-way
         old = self._install_signals()
         fsio.start_spares(self.home.root, threads=2, target=max(16, 4 * self.jobs))
         try:

@@ -106,5 +106,18 @@ class Reader:
         return out
 
 
+def mentions(path: str, needle: str, tail: int | None = None) -> bool:
+    """Does events.jsonl (or its last `tail` bytes) contain `needle`? (A cheap look for one
+    event by its id, without parsing.)"""
+    try:
+        with open(path, "rb") as f:
+            if tail is not None:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - tail))
+            return needle.encode() in f.read()
+    except FileNotFoundError:
+        return False
+
+
 def read_all(path: str) -> list[dict]:
     return Reader(path).read()

@@ -75,7 +75,8 @@ def _create_goal(home: Home, plan: Plan, by: str) -> str:
     """Build the goal folder under a dot-name and rename it into place: a goal is there
     whole (plan.json, events.jsonl, tasks/) or not at all."""
     g = plan.goal
-    tmp = os.path.join(home.goals_dir, f".new-{g}-{secrets.token_hex(4)}")
+    home.sweep_unborn_goals()
+    tmp = home.unborn_goal_dir(g)
     try:
         fsio.makedirs(os.path.join(tmp, "tasks"))
         fsio.write_atomic(os.path.join(tmp, "plan.json"), plan.canonical())

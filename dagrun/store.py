@@ -17,7 +17,9 @@ done > cancelled > failed. A claim with a marker beside it is a leftover and is 
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 
@@ -37,6 +39,9 @@ ATTEMPTS = "attempts"
 # Attempt outcomes. Counted ones use up `retries`; the others were not the agent's fault.
 COUNTED = {"failed", "timeout", "stalled", "output_limit"}
 UNCOUNTED = {"lost", "interrupted", "cancelled", "superseded"}
+
+
+HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]   # in names of scratch folders
 
 
 def default_home() -> str:
@@ -162,6 +167,36 @@ class Home:
         except OSError as e:
             raise os_error("list goals in", self.goals_dir, e) from None
         return sorted(n for n in names if not n.startswith(".") and os.path.isfile(os.path.join(self.goals_dir, n, "plan.json")))
+
+    def unborn_goal_dir(self, g: str) -> str:
+        """Where `submit` builds a goal before renaming it into place. The name carries host
+        and pid, so a folder left by a submit that died can be proved dead and swept."""
+        import secrets
+        return os.path.join(self.goals_dir, f".new-{g}.{HOST_TAG}.{os.getpid()}.{secrets.token_hex(4)}")
+
+    def sweep_unborn_goals(self, max_age: float = 3600.0) -> int:
+        """Remove goal folders whose submit died before renaming them into place: on this
+        host when the pid is gone, from other hosts (a shared NFS home) after max_age."""
+        try:
+            entries = [e for e in os.scandir(self.goals_dir) if e.name.startswith(".new-")]
+        except OSError:
+            return 0
+        n = 0
+        now = time.time()
+        for e in entries:
+            parts = e.name.rsplit(".", 3)
+            dead = False
+            if len(parts) == 4 and parts[1] == HOST_TAG and parts[2].isdigit():
+                dead = not fsio._pid_alive(int(parts[2]))
+            if not dead:
+                try:
+                    dead = now - e.stat(follow_symlinks=False).st_mtime > max_age
+                except FileNotFoundError:
+                    continue
+            if dead:
+                fsio.rmtree(e.path)
+                n += 1
+        return n
 
     def has_goal(self, g: str) -> bool:
         return os.path.isfile(self.plan_path(g))
