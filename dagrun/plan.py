@@ -223,6 +223,8 @@ def load(path: str) -> Plan:
 def parse(raw: bytes, *, shown: str, source: str, default_goal: str) -> Plan:
     if raw.startswith(b"\xef\xbb\xbf"):
         raise PlanError(f"{shown}:1:1: malformed JSON: the file starts with a UTF-8 byte-order mark; save it without BOM")
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise PlanError(f"{shown}:1:1: malformed JSON: the file is UTF-16 text; save it as UTF-8")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -263,7 +265,11 @@ def _parse_json(text: str, shown: str):
     except RecursionError:
         raise PlanError(f"{shown}: malformed JSON: nested too deeply") from None
     except ValueError as e:  # NaN/Infinity, or an integer with thousands of digits
-        raise PlanError(f"{shown}: malformed JSON: {e}") from None
+        m = re.search(r"[\[:,]\s*(-?Infinity|NaN|-?\d{4000,})", text)
+        where = f"{shown}:{text.count(chr(10), 0, m.start(1)) + 1}" if m else shown
+        if m and m.group(1)[-1].isdigit():
+            raise PlanError(f"{where}: malformed JSON: a number with {len(m.group(1).lstrip('-'))} digits") from None
+        raise PlanError(f"{where}: malformed JSON: {e}") from None
 
 
 def _line_of_key(text: str, key: str) -> int:
@@ -410,7 +416,7 @@ class _Validator:
         cycle = find_cycle({t.id: list(t.deps) + list(t.soft_deps) for t in tasks})
         if cycle:
             first = by_id[cycle[0]]
-            self.fail(("tasks", first), "dependency cycle: " + " -> ".join(cycle))
+            self.fail(("tasks", first), _fmt_cycle(cycle))
         return Plan(goal=goal, source=self.source, plan_dir=plan_dir, tasks=tuple(tasks),
                     max_parallel=opts.get("max_parallel"), on_failure=opts.get("on_failure", "continue"),
                     lease=float(opts.get("lease", DEFAULT_LEASE)), description=opts.get("description"))
@@ -517,6 +523,15 @@ def _has_lone_surrogate(s: str) -> bool:
     except UnicodeEncodeError:
         return True
     return False
+
+
+def _fmt_cycle(cycle: list[str]) -> str:
+    """`a -> b -> a`; a long cycle keeps its ends and says how much it left out (one line)."""
+    n = len(cycle) - 1
+    if n <= 12:
+        return "dependency cycle: " + " -> ".join(cycle)
+    return (f"dependency cycle of {n} tasks: " + " -> ".join(cycle[:4]) + f" -> ... ({n - 7} more) -> "
+            + " -> ".join(cycle[-4:]))
 
 
 def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
