@@ -193,9 +193,12 @@ class ProcessRunner:
                 data = data[: max(0, s.cap - s.bytes)]
                 proc.over_limit = True
             if data:
-                if s.out is None:
-                    s.out = os.open(s.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-                _write_all(s.out, data)
+                try:
+                    if s.out is None:
+                        s.out = os.open(s.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+                    _write_all(s.out, data)
+                except OSError as e:      # disk full: name the file (write(2) errors carry none)
+                    raise OSError(e.errno, e.strerror, s.path) from None
                 s.bytes += len(data)
             if budget is not None:
                 budget -= len(data) or CHUNK
