@@ -156,16 +156,36 @@ def append_line(path: str, line: bytes) -> None:
     if not line.endswith(b"\n"):
         line += b"\n"
     _step(f"append {path}")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         n = os.write(fd, line)
         if n != len(line):  # only on a full disk; a partial line must not stay half-written
-            raise OSError(errno.ENOSPC, "short write (file system full?)")
+            _cut_partial(fd, line[:n])
+            raise OSError(errno.ENOSPC, "No space left on device (short write)", path)
         if DURABLE:
             os.fsync(fd)
     finally:
         os.close(fd)
     _done_step(f"append {path}")
+
+
+def _cut_partial(fd: int, written: bytes) -> None:
+    """Remove the first part of a line that a full disk cut short -- if it is still the last
+    thing in the file (nobody appended after it); shrinking needs no free space. Otherwise
+    end it with a newline, making it one unreadable line that readers skip."""
+    if not written:
+        return
+    try:
+        size = os.fstat(fd).st_size
+        if size >= len(written) and os.pread(fd, len(written), size - len(written)) == written:
+            os.ftruncate(fd, size - len(written))
+            return
+    except OSError:
+        pass
+    try:
+        os.write(fd, b"\n")
+    except OSError:
+        pass
 
 
 def mkdir(path: str, *, mode: int = 0o755) -> bool:
