@@ -192,8 +192,18 @@ def _publish_from_owner(home: Home, g: str, t: str, kind: str, body: dict) -> No
     except FileNotFoundError:
         home.write_marker(g, t, kind, body)
         return
-    fsio.rewrite(tmp, dumps(body))
-    fsio.rename(tmp, home.marker_path(g, t, kind))
+    try:
+        fsio.rewrite(tmp, dumps(body))
+        fsio.rename(tmp, home.marker_path(g, t, kind))
+    except OSError:
+        # disk full / I/O error half-way: put owner.json back (a rename needs no space) so
+        # the claim keeps a provable holder -- released now, or broken as soon as we are gone
+        # -- instead of looking half-born for the grace period
+        try:
+            fsio.rename(tmp, owner)
+        except OSError:
+            pass
+        raise
 
 
 def backoff(task: Task, failures: int) -> float:
