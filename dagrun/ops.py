@@ -3,6 +3,7 @@ the external claim protocol, cancel, retry, and the status data. Each is one fun
 the files; the CLI only parses arguments and renders what these return."""
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import time
@@ -87,8 +88,10 @@ def _create_goal(home: Home, plan: Plan, by: str) -> str:
         fsio.write_atomic(os.path.join(tmp, "events.jsonl"), b"".join(lines))
         try:
             fsio.rename(tmp, home.goal_dir(g))
-        except OSError:   # ENOTEMPTY/EEXIST: a concurrent submit won
-            fsio.rmtree(tmp)
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise                         # disk full, I/O error: reported below
+            fsio.rmtree(tmp)                  # a concurrent submit won
             existing = fsio.read_bytes(home.plan_path(g))
             if existing == plan.canonical():
                 return "unchanged"
