@@ -26,7 +26,7 @@ from typing import Callable
 from . import claim as claims
 from . import events as ev
 from . import fsio
-from .errors import DagrunError, ExitCode
+from .errors import DagrunError, ExitCode, FsError
 from .executor import Exit, Launch, ProcessRunner, Runner, StartError
 from .lifecycle import (Claim, break_if_stale, build_scheduler, claim_task, commit_done, commit_failure,
                         emit_changes, finish_goal_if_ended, marker_of, record_unfinished, stop_goal)
@@ -105,6 +105,7 @@ class Engine:
         self._next_house = 0.0
         self._next_poll = 0.0
         self.watcher: Watcher | None = None
+        self.fs_error: FsError | None = None      # the disk said no: stop, exit 5
 
     # ================================================================== public
     def run(self) -> int:
@@ -116,13 +117,16 @@ class Engine:
             self.watcher = Watcher(self.home.goals_dir, poll=self.poll, log=self.log)
             self._discover()
             while True:
-                if self.stopping and not self._stop_begun:
+                if (self.stopping or self.fs_error) and not self._stop_begun:
                     self._begin_stop()
                 if self.signals >= 2 and not self._killed_all:   # asked twice: no more grace
                     self._killed_all = True
                     for r in self.runs.values():
                         self.runner.kill(r.handle)
-                self._loop_once()
+                try:
+                    self._loop_once()
+                except (OSError, FsError) as e:
+                    self._fs_failed(e)
                 if self._should_exit():
                     break
                 self._ready = self._wait(self._next_wakeup())
@@ -133,6 +137,8 @@ class Engine:
                 self.watcher.close()
             self.runner.close()
             self.bell.close()
+        if self.fs_error is not None:
+            raise self.fs_error
         if self.stopping:
             return ExitCode.INTERRUPTED if self.stopping == signal.SIGINT else 128 + self.stopping
         if self.only:
@@ -178,7 +184,7 @@ class Engine:
         for gs in list(self.goals.values()):
             if now >= gs.next_rescan:
                 self._resync(gs)
-        if not self.stopping:
+        if not self.stopping and not self.fs_error:
             self._dispatch()
         touched, self._touched = self._touched, set()
         for g in touched:                  # read back our own events: the on_event view
@@ -226,7 +232,7 @@ class Engine:
         return max(0.0, t - now)
 
     def _should_exit(self) -> bool:
-        if self.stopping:
+        if self.stopping or self.fs_error:
             return not self.runs
         if self.runs:
             return False
@@ -252,6 +258,7 @@ class Engine:
                     raise
                 self.log(f"warning: skipping goal {g}: {e}")
                 continue
+            fsio.sweep_temps(self.home.goal_dir(g))   # e.g. .summary.json.<pid>.tmp of a killed finisher
             reader = ev.Reader(self.home.events_path(g))
             reader.offset = _size(reader.path)        # the past is in the snapshot
             gs = GoalState(plan=plan, sched=None, reader=reader, stamp=self.home.plan_stamp(g))  # type: ignore[arg-type]
@@ -293,6 +300,10 @@ class Engine:
                 sched.start(t)
         now_wall = time.time()
         for t, f in facts.items():
+            if f.extra.get("temps"):
+                tdir = self.home.task_dir(g, t)
+                fsio.sweep_temps(tdir)
+                fsio.sweep_temps(os.path.join(tdir, "attempts"))
             if t in mine:
                 continue
             if f.state == "running":
@@ -426,9 +437,12 @@ class Engine:
             c = claim_task(self.home, plan, t, worker=self.worker, kind="engine", state_of=sched.state_of,
                            publish_owner=False)
         except DagrunError as e:
-            self.log(f"error: {e}")
             sched.retrying(t)
             self._add_timer(time.monotonic() + 5.0, g, t)    # try this claim again later
+            if isinstance(e, FsError):
+                self._fs_failed(e)
+            else:
+                self.log(f"error: {e}")
             return
         if c is None:
             m = marker_of(self.home, g, t)
@@ -463,13 +477,19 @@ class Engine:
         try:
             claims.update_owner(self.home, g, t, c.owner)
         except OSError as e:
-            self.log(f"error: cannot publish {self.home.owner_path(g, t)}: {e.strerror}; stopping the agent")
             self.runner.kill(handle)
             while self.runner.poll(handle) is None:
                 time.sleep(0.01)
-            claims.release(self.home, g, t)
+            try:                # the agent ran (perhaps to its end): its attempt number is used up
+                record_unfinished(self.home, g, t, c.attempt, outcome="interrupted", worker=self.worker,
+                                  reason=f"could not publish owner.json: {e.strerror or e}",
+                                  started=c.owner.get("since"), captures_from=cdir)
+                claims.release(self.home, g, t)
+            except (OSError, DagrunError):
+                pass            # a claim without owner.json: the next engine breaks it after the grace
             sched.retrying(t)
             self._add_timer(time.monotonic() + 5.0, g, t)
+            self._fs_failed(FsError(f"cannot publish {self.home.owner_path(g, t)}: {e.strerror or e}"))
             return
         run = Run(goal=g, task=task, claim=c, handle=handle, key=self.runner.key(handle),
                   definition=task.definition_digest(), t0=now, progress_at=now,
@@ -489,10 +509,13 @@ class Engine:
             try:
                 self._commit(run, ex)
             except (OSError, DagrunError) as e:
-                self.log(f"error: {e}")
+                if isinstance(e, (OSError, FsError)):
+                    self._fs_failed(e)
+                else:
+                    self.log(f"error: {e}")
                 gs = self.goals.get(run.goal)
                 if gs is not None:
-                    self._give_back(gs, run.claim)
+                    self._give_back(gs, run.claim, f"could not commit the attempt: {e}")
 
     def _commit(self, run: Run, ex: Exit) -> None:
         g, t, c = run.goal, run.task.id, run.claim
@@ -531,11 +554,19 @@ class Engine:
                              signal=ex.signal, reason=run.stop_reason or ex.describe())
         self._after_failure(gs, c, rec)
 
-    def _give_back(self, gs: GoalState, c: Claim) -> None:
-        """Committing failed (disk full ...): the claim goes back, the task runs again later."""
+    def _give_back(self, gs: GoalState, c: Claim, reason: str) -> None:
+        """Committing failed (disk full ...): the attempt is recorded as interrupted (so its
+        number is not reused), the claim goes back and the task runs again later. If even that
+        fails, the claim stays with this engine's owner.json in it: once this engine has
+        exited, the next one proves it dead, breaks the claim and re-runs the task."""
         try:
-            claims.release(self.home, c.goal, c.task)
-        except OSError:
+            if claims.holds(self.home, c.goal, c.task, c.nonce) and marker_of(self.home, c.goal, c.task) is None:
+                record_unfinished(self.home, c.goal, c.task, c.attempt, outcome="interrupted", reason=reason,
+                                  worker=self.worker, started=c.owner.get("since"),
+                                  captures_from=self.home.claim_dir(c.goal, c.task))
+            if claims.holds(self.home, c.goal, c.task, c.nonce):
+                claims.release(self.home, c.goal, c.task)
+        except (OSError, DagrunError):
             pass
         if gs.plan.has(c.task):
             gs.sched.retrying(c.task)
@@ -635,7 +666,10 @@ class Engine:
             return
         try:
             reason = break_if_stale(self.home, gs.plan, t, worker=self.worker, reap=self.runner.reap_orphan)
-        except (OSError, DagrunError) as e:
+        except (OSError, FsError) as e:     # the disk is full or failing: nothing can progress
+            self._fs_failed(e)
+            return
+        except DagrunError as e:
             self.log(f"warning: cannot break the stale claim of {g}/{t}: {e}")
             return
         if reason is not None:
@@ -670,12 +704,27 @@ class Engine:
         for s, h in old.items():
             signal.signal(s, h)
 
+    def _fs_failed(self, err: Exception) -> None:
+        """A file-system error (disk full, I/O error, permission): nothing can be committed
+        any more, so stop -- terminate the agents, record what still can be recorded -- and
+        exit 5 with this one error. Every file is published by rename, so what is on disk is
+        consistent; run again once the disk is fixed (done work is kept)."""
+        if self.fs_error is not None:
+            return                       # the same cause again while stopping: said once
+        if isinstance(err, FsError):
+            self.fs_error = err
+        else:
+            where = getattr(err, "filename", None)
+            self.fs_error = FsError(f"cannot write {where}: {err.strerror or err}" if where else
+                                    f"file-system error: {getattr(err, 'strerror', None) or err}")
+
     def _begin_stop(self) -> None:
         self._stop_begun = True
-        if self.runs:
+        if self.runs and not self.fs_error:
             self.log(f"stopping: terminating {len(self.runs)} running agent(s)")
+        why = f"worker {self.worker} stopped: {self.fs_error}" if self.fs_error else f"worker {self.worker} was stopped"
         for run in list(self.runs.values()):
-            self._stop_run(run, "interrupted", f"worker {self.worker} was stopped")
+            self._stop_run(run, "interrupted", why)
             run.kill_at = time.monotonic() + min(run.task.kill_grace, 5.0)
 
 

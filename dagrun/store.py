@@ -247,6 +247,8 @@ class Home:
         except (FileNotFoundError, NotADirectoryError):
             return TaskFacts()
         f = TaskFacts()
+        if any(n.endswith(".tmp") and n.startswith(".") for n in names):
+            f.extra["temps"] = True       # a writer died mid-publish here: sweep when old
         for m in MARKERS:
             if m in names:
                 f.state = m
