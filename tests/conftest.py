@@ -127,15 +127,31 @@ def plans(tmp_path) -> Path:
     return d
 
 
+def _session_agents(base: str) -> list[int]:
+    """Agents (DAGRUN_RUN_ID) whose home is under this pytest session's temp folder: other
+    sessions on a shared machine run their own agents, which are none of our business."""
+    needle = f"DAGRUN_HOME={base}".encode()
+    out = []
+    for pid in processes_with_env("DAGRUN_RUN_ID"):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if any(part.startswith(needle) for part in env.split(b"\0")):
+            out.append(pid)
+    return out
+
+
 @pytest.fixture(autouse=True)
-def _no_stray_agents():
+def _no_stray_agents(tmp_path_factory):
     """Every test must leave no agent processes behind (agents carry DAGRUN_RUN_ID)."""
-    before = set(processes_with_env("DAGRUN_RUN_ID"))
+    base = str(tmp_path_factory.getbasetemp())
+    before = set(_session_agents(base))
     yield
     deadline = time.monotonic() + 5
     left = []
     while time.monotonic() < deadline:
-        left = [p for p in processes_with_env("DAGRUN_RUN_ID") if p not in before]
+        left = [p for p in _session_agents(base) if p not in before]
         if not left:
             break
         time.sleep(0.05)
