@@ -1,0 +1,308 @@
+"""File-system faults: a disk that fills up (ENOSPC) or fails (EIO), and exhausted inotify.
+
+Disk faults come from faultfs.so (faultfs.c, compiled here with gcc and LD_PRELOADed into
+dagrun): mutations under the test's folder fail -- every one while a flag file exists (the
+disk is full), or only the n-th one (a fault at every step, like the crash tests). The
+promise checked: dagrun says what failed in ONE line and exits 5, stops its agents, leaves
+files that tell the truth, and once the disk is fine again the same command finishes the
+goal with every task done exactly once.
+
+inotify faults come from `strace -e inject=...` (inotify_init -> EMFILE, inotify_add_watch ->
+ENOSPC): dagrun warns once, polls, and still finishes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import harness as H  # noqa: E402
+from conftest import DAGRUN, events, processes_with_env, run, wait_for, write_plan  # noqa: E402
+
+SRC = Path(__file__).resolve().parent / "faultfs.c"
+MESSAGES = {"ENOSPC": "No space left on device", "EIO": "Input/output error"}
+
+
+@pytest.fixture(scope="session")
+def faultfs(tmp_path_factory) -> str:
+    if not shutil.which("gcc"):
+        pytest.skip("gcc is needed to build the fault-injection shim")
+    out = tmp_path_factory.mktemp("faultfs") / "faultfs.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-o", str(out), str(SRC), "-ldl"], check=True)
+    return str(out)
+
+
+def fault_env(so: str, root: Path, **kw) -> dict:
+    env = {"LD_PRELOAD": so, "FAULT_DIR": str(root)}
+    env.update({k: str(v) for k, v in kw.items()})
+    return env
+
+
+def agents_of(home: Path) -> list[int]:
+    return [p for p in processes_with_env("DAGRUN_RUN_ID")
+            if f"DAGRUN_HOME={home}".encode() in Path(f"/proc/{p}/environ").read_bytes()]
+
+
+def _one_error_line(stderr: str, errname: str) -> str | None:
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    if len(lines) != 1 or not lines[0].startswith("dagrun: cannot ") or MESSAGES[errname] not in lines[0]:
+        return f"expected one 'dagrun: cannot ...: {MESSAGES[errname]}' line, got {stderr.strip()[-500:]!r}"
+    return None
+
+
+# ------------------------------------------------------------------------------ a fault at every step
+def fault_trial(base: Path, ref: H.Reference, so: str, n: int, errname: str, short: bool = False) -> list[str]:
+    """Fail the n-th mutation of `dagrun run`, then run again without faults and check."""
+    if base.exists():
+        shutil.rmtree(base)
+    base.mkdir(parents=True)
+    log = base / "ran.log"
+    plan = H.make_plan(base / "plan", log)
+    home = base / "home"
+    env = fault_env(so, base, FAULT_AT=n, FAULT_ERRNO=errname, FAULT_LOG=base / "fault.log",
+                    **({"FAULT_SHORT": 1} if short else {}))
+    first = H.dagrun(["run", plan], home, env)
+    problems = []
+    what = (base / "fault.log").read_text().strip() if (base / "fault.log").exists() else "(no fault)"
+    if first.returncode not in (0, 5):
+        return [f"n={n} ({what}): exited {first.returncode}: {first.stderr.strip()[-400:]}"]
+    if first.returncode == 5:
+        bad = _one_error_line(first.stderr, errname)
+        if bad:
+            problems.append(f"n={n} ({what}): {bad}")
+    left = agents_of(home)
+    if left:
+        problems.append(f"n={n} ({what}): agents still running after exit {first.returncode}: {left}")
+    tdir = home / "goals" / H.GOAL / "tasks"
+    done_before = {t for t in H.TASKS if (tdir / t / "done").exists()}
+    log_before = H._log_lines(log)
+    for t in done_before:   # consistent right after the failure: a done task has its output
+        if (tdir / t / "output").read_bytes() != ref.outputs[t]:
+            problems.append(f"n={n} ({what}): {t} is done but its output is wrong")
+    again = H.dagrun(["run", plan], home)
+    if again.returncode != 0:
+        return problems + [f"n={n} ({what}): the run after the fault exited {again.returncode}: "
+                           f"{again.stderr.strip()[-400:]} {H.diagnose(home)}"]
+    problems += [f"n={n} ({what}): {p}" for p in
+                 H.check_home(home, ref, log, log_before, done_before, dead_pids={first.pid})]
+    return problems
+
+
+@pytest.fixture(scope="module")
+def ref(tmp_path_factory):
+    return H.reference_run(tmp_path_factory.mktemp("ref"), "run")
+
+
+def _count(so: str, tmp: Path) -> list[str]:
+    """The mutations a clean run makes under its folder, in order (paths)."""
+    base = tmp / "count"
+    base.mkdir()
+    plan = H.make_plan(base / "plan", base / "ran.log")
+    r = H.dagrun(["run", plan], base / "home", fault_env(so, base, FAULT_AT=0, FAULT_TRACE=base / "trace"))
+    assert r.returncode == 0, r.stderr
+    return [ln.split(" ", 1)[1] for ln in (base / "trace").read_text().splitlines()]
+
+
+def _sweep(tmp_path, ref, so, ns, errname, short=False):
+    with ThreadPoolExecutor(3) as pool:
+        res = list(pool.map(lambda i_n: fault_trial(tmp_path / f"f{i_n[0]}", ref, so, i_n[1], errname, short),
+                            enumerate(ns)))
+    problems = [p for r in res for p in r]
+    assert not problems, f"{len(problems)} problems over {len(ns)} fault points:\n" + "\n".join(problems[:30])
+
+
+def _kind(path: str) -> str:
+    s = re.sub(r"^.*/home", "", path)
+    s = re.sub(r"\.new-[^/]+", ".new", s)
+    s = re.sub(r"\.\d+\.tmp$", ".tmp", s)
+    return re.sub(r"tasks/[^/]+", "tasks/T", s)
+
+
+def test_enospc_at_each_kind_of_step(tmp_path, ref, faultfs):
+    """One fault per kind of mutation (paths with task ids and pids normalised)."""
+    kinds: dict[str, int] = {}
+    for i, p in enumerate(_count(faultfs, tmp_path), 1):
+        kinds.setdefault(_kind(p), i)
+    _sweep(tmp_path, ref, faultfs, sorted(kinds.values()), "ENOSPC")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("errname,short", [("ENOSPC", False), ("EIO", False), ("ENOSPC", True)])
+def test_fault_at_every_step(tmp_path, ref, faultfs, errname, short):
+    """Every mutation of a clean run fails once, in turn (ENOSPC, EIO, and ENOSPC after a
+    short write: part of the bytes went to disk)."""
+    n = len(_count(faultfs, tmp_path))
+    step = 1 if errname == "ENOSPC" and not short else 3      # the others: every third step
+    _sweep(tmp_path, ref, faultfs, list(range(1, n + 2, step)), errname, short)
+
+
+# ------------------------------------------------------------------------------ the disk fills up
+@pytest.mark.parametrize("errname", ["ENOSPC", "EIO"])
+def test_disk_fails_mid_run_then_recovers(tmp_path, faultfs, errname):
+    log = tmp_path / "ran.log"
+    agent = f'sleep 0.3; echo "$DAGRUN_TASK" >> {log}; echo "out $DAGRUN_TASK"'
+    tasks = [{"id": f"s{i}", "prompt": "p", "deps": [f"s{i - 1}"] if i else []} for i in range(6)]
+    tasks += [{"id": f"w{i}", "prompt": "p", "deps": ["s1"]} for i in range(2)]
+    plan = write_plan(tmp_path / "plan", tasks, goal="full", defaults={"agent": agent})
+    home = tmp_path / "home"
+    flag = tmp_path / "disk-full"
+    e = dict(os.environ)
+    e.pop("DAGRUN_HOME", None)
+    e.update(fault_env(faultfs, tmp_path, FAULT_FLAG=flag, FAULT_ERRNO=errname))
+    proc = subprocess.Popen([DAGRUN, f"--home={home}", "run", str(plan), "-q"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=e, start_new_session=True)
+    tdir = home / "goals" / "full" / "tasks"
+    wait_for(lambda: (tdir / "s1" / "done").exists() and agents_of(home), timeout=30, what="s1 done, agents running")
+    flag.write_text(errname)                        # the disk is full from now on
+    try:
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 5, err
+    assert _one_error_line(err, errname) is None, _one_error_line(err, errname)
+    wait_for(lambda: not agents_of(home), timeout=5, what="agents to be stopped")
+    done_before = {p.parent.name for p in tdir.glob("*/done")}
+    assert {"s0", "s1"} <= done_before
+    for t in done_before:
+        assert (tdir / t / "output").read_text() == f"out {t}\n"
+    for p in home.rglob("*"):
+        if p.is_file() and (p.name in ("done", "failed", "plan.json") or p.suffix == ".json"):
+            json.loads(p.read_bytes())
+    for line in (home / "goals" / "full" / "events.jsonl").read_bytes().splitlines():
+        json.loads(line)
+    ran_before = log.read_text().split()
+    # while the disk is still full, a second attempt fails the same way and changes nothing
+    r = run("run", plan, "-q", home=home, check=5, env={**fault_env(faultfs, tmp_path, FAULT_FLAG=flag,
+                                                                       FAULT_ERRNO=errname)})
+    assert _one_error_line(r.stderr, errname) is None
+    flag.unlink()                                   # space is back
+    r = run("run", plan, home=home, env={"DAGRUN_CLAIM_GRACE": "0"}, timeout=120)
+    assert "full done: 8 done" in r.stdout
+    ran_after = log.read_text().split()[len(ran_before):]
+    assert not set(ran_after) & done_before, "a task that was done ran again"
+    assert sorted(set(ran_before) | set(ran_after)) == sorted(t["id"] for t in tasks)
+    assert not list(tdir.glob("*/claim"))
+
+
+def test_submit_and_complete_on_a_full_disk(tmp_path, plans, faultfs):
+    home = tmp_path / "home"
+    flag = tmp_path / "disk-full"
+    flag.write_text("")
+    full = fault_env(faultfs, tmp_path, FAULT_FLAG=flag)
+    p = write_plan(plans, [{"id": "a", "prompt": "p"}, {"id": "b", "prompt": "p", "deps": ["a"]}],
+                   goal="proto", defaults={"agent": "true"})
+    r = run("submit", p, home=home, check=5, env=full)
+    assert _one_error_line(r.stderr, "ENOSPC") is None and "cannot create home" in r.stderr
+    assert not (home / "goals" / "proto").exists()
+    flag.unlink()
+    run("submit", p, home=home)
+    assert run("claim", "proto", "--worker", "w1", home=home).stdout.strip().endswith("a")
+    flag.write_text("")
+    out = tmp_path / "result.txt"
+    out.write_text("the result\n")
+    r = run("complete", "proto", "a", "--worker", "w1", "--output", out, home=home, check=5, env=full)
+    assert _one_error_line(r.stderr, "ENOSPC") is None
+    tdir = home / "goals" / "proto" / "tasks" / "a"
+    assert not (tdir / "done").exists() and (tdir / "claim" / "owner.json").exists()   # still held by w1
+    flag.unlink()
+    run("complete", "proto", "a", "--worker", "w1", "--output", out, home=home)
+    assert (tdir / "output").read_text() == "the result\n" and (tdir / "done").exists()
+    assert not (tdir / "claim").exists()
+
+
+def test_a_short_write_never_leaves_half_an_event_line(tmp_path, faultfs):
+    """A disk with a few bytes left takes part of an events.jsonl append: the fragment is
+    removed again, so the log stays one JSON object per line."""
+    plan = H.make_plan(tmp_path / "plan", tmp_path / "ran.log")
+    trace_base = tmp_path / "t"
+    trace_base.mkdir()
+    r = H.dagrun(["run", plan], trace_base / "home", fault_env(faultfs, trace_base, FAULT_AT=0, FAULT_TRACE=tmp_path / "trace"))
+    assert r.returncode == 0
+    appends = [int(ln.split(" ", 1)[0]) for ln in (tmp_path / "trace").read_text().splitlines()
+               if ln.endswith("events.jsonl") and "/.new-" not in ln]
+    base = tmp_path / "f"
+    base.mkdir()
+    for n in appends[1:6:2]:
+        home = base / f"h{n}"
+        r = H.dagrun(["run", plan], home, fault_env(faultfs, base, FAULT_AT=n, FAULT_SHORT=1))
+        assert r.returncode == 5 and "short write" in r.stderr, r.stderr
+        lines = (home / "goals" / H.GOAL / "events.jsonl").read_bytes().split(b"\n")
+        assert lines[-1] == b""
+        for line in lines[:-1]:
+            json.loads(line)
+
+
+# ------------------------------------------------------------------------------ inotify exhausted
+def _strace() -> str:
+    s = shutil.which("strace")
+    if not s:
+        pytest.skip("strace is not installed")
+    probe = subprocess.run([s, "-f", "-qq", "-e", "trace=none", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"strace cannot trace here: {probe.stderr.decode()[:200]}")
+    return s
+
+
+@pytest.mark.parametrize("inject,hint", [
+    ("/^inotify_init:error=EMFILE", "max_user_instances"),
+    ("inotify_add_watch:error=ENOSPC", "max_user_watches"),
+    ("inotify_add_watch:error=ENOSPC:when=2", "max_user_watches"),   # the goal's watch, after goals/'s
+])
+def test_inotify_exhausted_falls_back_to_polling(tmp_path, plans, inject, hint):
+    strace = _strace()
+    log = tmp_path / "ran.log"
+    p = write_plan(plans, [{"id": "a", "prompt": "p"}, {"id": "b", "prompt": "p", "deps": ["a"]},
+                           {"id": "c", "prompt": "p", "deps": ["a"]}],
+                   goal="ino", defaults={"agent": f'echo "$DAGRUN_TASK" >> {log}; echo ok'})
+    home = tmp_path / "home"
+    run("submit", p, home=home)
+    e = dict(os.environ)
+    e.pop("DAGRUN_HOME", None)
+    r = subprocess.run([strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=/^inotify", "-e", f"inject={inject}",
+                        DAGRUN, f"--home={home}", "worker", "--until-idle"],
+                       capture_output=True, text=True, env=e, timeout=60)
+    assert r.returncode == 0, r.stderr
+    warn = [ln for ln in r.stderr.splitlines() if "inotify unavailable" in ln]
+    assert len(warn) == 1 and warn[0].startswith("dagrun: warning: ") and hint in warn[0] and "polling" in warn[0], r.stderr
+    assert sorted(log.read_text().split()) == ["a", "b", "c"]
+    assert events(home, "ino")[-1]["type"] == "agent.goal.finished"
+
+
+def test_polling_engine_sees_other_processes(tmp_path, plans):
+    """With inotify unavailable the engine still notices what other processes do (here: a
+    cancel from the command line) within its polling interval."""
+    _strace()
+    p = write_plan(plans, [{"id": "long", "prompt": "p", "agent": "sleep 30"}, {"id": "next", "prompt": "p", "deps": ["long"]}],
+                   goal="pollg", defaults={"agent": "true"})
+    home = tmp_path / "home"
+    run("submit", p, home=home)
+    e = dict(os.environ)
+    e.pop("DAGRUN_HOME", None)
+    proc = subprocess.Popen([shutil.which("strace"), "-f", "-qq", "-o", "/dev/null", "-e", "trace=/^inotify",
+                             "-e", "inject=/^inotify_init:error=EMFILE", DAGRUN, f"--home={home}", "run", "pollg"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e, start_new_session=True)
+    try:
+        wait_for(lambda: agents_of(home), timeout=20, what="the agent to start")
+        t0 = time.monotonic()
+        run("cancel", "pollg", "long", home=home)
+        out, err = proc.communicate(timeout=30)
+        assert time.monotonic() - t0 < 15
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1, err
+    assert "inotify unavailable" in err
+    st = {r["task"]: r["state"] for r in json.loads(run("status", "pollg", "--json", home=home).stdout)["tasks"]}
+    assert st == {"long": "cancelled", "next": "blocked"}
