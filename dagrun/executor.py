@@ -48,6 +48,8 @@ class Launch:
 class Exit:
     code: int | None         # exit status, or None when killed by a signal
     signal: int | None = None
+    strays: int = 0          # processes it left behind outside its group, killed by us
+    lost_output: bool = False   # its capture file vanished (the task folder was deleted)
 
     @property
     def ok(self) -> bool:
@@ -90,6 +92,7 @@ class _Stream:
     bytes: int = 0
     cap: int | None = None
     eof: bool = False
+    lost: bool = False               # the capture file's folder vanished: output is discarded
 
 
 @dataclass
@@ -112,12 +115,15 @@ class ProcessRunner:
         self._procs: dict[str, _Proc] = {}
         self._fd_owner: dict[int, tuple[str, str]] = {}   # fd -> (key, "out"|"err"|"pid")
         self.pidfd_ok = hasattr(os, "pidfd_open")
+        self._subreaper: bool | None = None       # set on the first start()
 
     def key(self, handle: dict) -> str:
         return str(handle["pid"])
 
     # ------------------------------------------------------------------ start
     def start(self, launch: Launch) -> dict:
+        if self._subreaper is None:
+            self._subreaper = _become_subreaper()
         env = dict(launch.env)
         env[RUN_ID_VAR] = launch.run_id
         opened: list[int] = []
@@ -192,11 +198,13 @@ class ProcessRunner:
             if s.cap is not None and s.bytes + len(data) > s.cap:
                 data = data[: max(0, s.cap - s.bytes)]
                 proc.over_limit = True
-            if data:
+            if data and not s.lost:
                 try:
                     if s.out is None:
                         s.out = os.open(s.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
                     _write_all(s.out, data)
+                except (FileNotFoundError, NotADirectoryError):
+                    s.lost = True         # the agent deleted its task folder: keep draining, drop it
                 except OSError as e:      # disk full: name the file (write(2) errors carry none)
                     raise OSError(e.errno, e.strerror, s.path) from None
                 s.bytes += len(data)
@@ -233,8 +241,36 @@ class ProcessRunner:
                 _close(s.out)
                 s.out = None
         self._forget(k)
+        strays = self.sweep()
         rc = proc.rc
-        return Exit(rc, None) if rc >= 0 else Exit(None, -rc)
+        lost = any(s.lost for s in proc.streams.values())
+        return Exit(rc, None, strays, lost) if rc >= 0 else Exit(None, -rc, strays, lost)
+
+    def sweep(self) -> int:
+        """Kill the processes our agents left behind outside their process group (a
+        daemonised grandchild: setsid + double fork). As a child subreaper (prctl) we inherit
+        every orphan of our agents, so one read of our own children list finds them -- no scan
+        of /proc. An orphan of an attempt that still runs is left alone (it may be a helper
+        the agent waits for); it is killed when that attempt ends. Returns how many were killed."""
+        if not self._subreaper:
+            return 0
+        mine = {str(p.popen.pid) for p in self._procs.values()}
+        active = {p.handle.get("run_id") for p in self._procs.values()}
+        n = 0
+        for pid in _children():
+            if str(pid) in mine:
+                continue
+            if _is_zombie(pid):
+                _reap(pid)
+                continue
+            rid = _env_value(pid, RUN_ID_VAR)
+            if rid is not None and rid in active:
+                continue
+            if _pgid(pid) == pid:            # it leads a group of its own: take the group too
+                _killpg(pid, signal.SIGKILL)
+            _kill(pid, signal.SIGKILL)
+            n += 1
+        return n
 
     def _forget(self, k: str) -> None:
         proc = self._procs.pop(k, None)
@@ -294,6 +330,69 @@ class ProcessRunner:
     def close(self) -> None:
         for k in list(self._procs):
             self._forget(k)
+        # orphans adopted after the last agent ended (their parent died a moment later)
+        deadline = time.monotonic() + 0.5
+        while self._subreaper and time.monotonic() < deadline:
+            self.sweep()
+            if not _children():
+                break
+            time.sleep(0.02)
+
+
+def _become_subreaper() -> bool:
+    """prctl(PR_SET_CHILD_SUBREAPER): orphans of our agents are re-parented to us, not init."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(36, 1, 0, 0, 0) == 0       # 36 = PR_SET_CHILD_SUBREAPER (Linux >= 3.4)
+    except (OSError, AttributeError):
+        return False
+
+
+def _children() -> list[int]:
+    me = os.getpid()
+    try:
+        with open(f"/proc/{me}/task/{me}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    rest = data[data.rfind(b")") + 2:].split()
+    return bool(rest) and rest[0] == b"Z"
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _pgid(pid: int) -> int:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return -1
+
+
+def _env_value(pid: int, var: str) -> str | None:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read()
+    except OSError:
+        return None
+    key = var.encode() + b"="
+    for part in env.split(b"\0"):
+        if part.startswith(key):
+            return part[len(key):].decode(errors="replace")
+    return None
 
 
 def kill_strays(run_id: str | None) -> int:
