@@ -32,7 +32,7 @@ from .lifecycle import (Claim, break_if_stale, build_scheduler, claim_task, comm
                         emit_changes, finish_goal_if_ended, marker_of, record_unfinished, stop_goal)
 from .plan import Plan, Task
 from .scheduler import RUNNING, Scheduler
-from .store import Home
+from .store import Home, loads
 from .watcher import Doorbell, Watcher
 
 HOUSEKEEPING = 1.0        # s: liveness of other workers' claims, stall checks
@@ -522,8 +522,12 @@ class Engine:
         gs = self.goals.get(g)
         if gs is not None and self.home.plan_stamp(g) != gs.stamp:
             self._resync(gs)         # a plan edit landed while it ran: judge against the new plan
+        if gs is not None and gs.plan.has(t) and self._vanished(gs, c, ex):
+            return
         if gs is None or not gs.plan.has(t) or not claims.holds(self.home, g, t, c.nonce):
             return                   # taken away (plan edit, broken claim): not ours to commit
+        if ex.strays:
+            self.log(f"{g}/{t}: killed {ex.strays} process(es) attempt {c.attempt} left running outside its group")
         plan = gs.plan
         stats = self.runner.stats(run.handle) if hasattr(self.runner, "stats") else {}
         if run.stop_outcome is None and plan.task(t).definition_digest() != run.definition:
@@ -541,7 +545,8 @@ class Engine:
         if run.stop_outcome is None and ex.ok:
             body = commit_done(self.home, plan, c, ended=ended)
             self._emit(g, t, ev.DONE, attempt=c.attempt, duration=body["duration"], exit_code=0,
-                       output_bytes=body["output_bytes"], first_byte=_rel(stats.get("first_byte"), run.t0))
+                       output_bytes=body["output_bytes"], first_byte=_rel(stats.get("first_byte"), run.t0),
+                       strays_killed=ex.strays or None)
             changes = gs.sched.finish(t, "done")
             if changes is None:
                 self._resync(gs)
@@ -553,6 +558,30 @@ class Engine:
         rec = commit_failure(self.home, plan, c, outcome=outcome, ended=ended, exit_code=ex.code,
                              signal=ex.signal, reason=run.stop_reason or ex.describe())
         self._after_failure(gs, c, rec)
+
+    def _vanished(self, gs: GoalState, c: Claim, ex: Exit) -> bool:
+        """The claim (or the whole task folder) disappeared while the agent ran, and nobody
+        recorded why -- no marker, no record of this attempt (a breaker or a plan edit
+        leaves those): the agent (or a person) deleted it. That is the attempt's failure,
+        counted like any other, so an agent that always does it ends failed, not looping."""
+        g, t = c.goal, c.task
+        if os.path.isdir(self.home.claim_dir(g, t)) or marker_of(self.home, g, t) is not None or \
+                os.path.exists(self.home.attempt_path(g, t, c.attempt, "json")):
+            return False
+        try:       # a plan edit moves the folder, claim and all, into archive/: not vanished
+            for stamp in os.listdir(self.home.archive_dir(g)):
+                o = loads(fsio.read_bytes(os.path.join(self.home.archive_dir(g), stamp, t, "claim", "owner.json")))
+                if o and o.get("nonce") == c.nonce:
+                    return False
+        except FileNotFoundError:
+            pass
+        fsio.makedirs(self.home.task_dir(g, t))
+        reason = f"its task folder was deleted while it ran ({ex.describe()})"
+        rec = commit_failure(self.home, gs.plan, c, outcome="failed", ended=time.time(), exit_code=ex.code,
+                             signal=ex.signal, reason=reason)
+        self.log(f"{g}/{t}: attempt {c.attempt} failed: {reason}")
+        self._after_failure(gs, c, rec)
+        return True
 
     def _give_back(self, gs: GoalState, c: Claim, reason: str) -> None:
         """Committing failed (disk full ...): the attempt is recorded as interrupted (so its
