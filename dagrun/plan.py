@@ -530,7 +530,7 @@ def _fmt_cycle(cycle: list[str]) -> str:
     n = len(cycle) - 1
     if n <= 12:
         return "dependency cycle: " + " -> ".join(cycle)
-    return (f"dependency cycle of {n} tasks: " + " -> ".join(cycle[:4]) + f" -> ... ({n - 7} more) -> "
+    return ("dependency cycle: " + " -> ".join(cycle[:4]) + f" -> ... {n - 7} more of {n} tasks ... -> "
             + " -> ".join(cycle[-4:]))
 
 
