@@ -116,6 +116,7 @@ class ProcessRunner:
         self._fd_owner: dict[int, tuple[str, str]] = {}   # fd -> (key, "out"|"err"|"pid")
         self.pidfd_ok = hasattr(os, "pidfd_open")
         self._subreaper: bool | None = None       # set on the first start()
+        self._ended_groups: dict[int, None] = {}   # pgids of ended attempts (recent ones), killed already
 
     def key(self, handle: dict) -> str:
         return str(handle["pid"])
@@ -231,6 +232,9 @@ class ProcessRunner:
             # the shell is gone; whatever it left running in its group goes too (its output
             # still sits in the pipes and is read below)
             _killpg(handle["pgid"], signal.SIGKILL)
+            self._ended_groups[handle["pgid"]] = None
+            if len(self._ended_groups) > 1024:
+                del self._ended_groups[next(iter(self._ended_groups))]
         for s in proc.streams.values():
             self._drain(proc, s, None)
             if not s.eof:               # held open by a process outside the group: stop listening
@@ -266,10 +270,12 @@ class ProcessRunner:
             rid = _env_value(pid, RUN_ID_VAR)
             if rid is not None and rid in active:
                 continue
-            if _pgid(pid) == pid:            # it leads a group of its own: take the group too
+            pgid = _pgid(pid)
+            if pgid == pid:                  # it leads a group of its own: take the group too
                 _killpg(pid, signal.SIGKILL)
             _kill(pid, signal.SIGKILL)
-            n += 1
+            if pgid not in self._ended_groups:   # not just a member of a group we killed, dying
+                n += 1
         return n
 
     def _forget(self, k: str) -> None:
