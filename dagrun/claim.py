@@ -18,6 +18,7 @@ import socket
 import time
 
 from . import fsio
+from .errors import FsError
 from .store import CLAIM, Home, dumps, loads, now_iso
 
 HOST = socket.gethostname()
@@ -86,6 +87,9 @@ def acquire(home: Home, g: str, t: str) -> bool:
     """mkdir the claim. False if somebody holds it. The caller publishes owner.json next
     (until then the claim is "being born" and others give it a grace period)."""
     tdir = home.task_dir(g, t)
+    if os.path.islink(tdir):
+        raise FsError(f"refusing to use {tdir}: it is a symbolic link (task folders are made by dagrun; "
+                      f"remove it)")
     if not os.path.isdir(tdir):
         fsio.makedirs(tdir)
     return fsio.mkdir(os.path.join(tdir, CLAIM))
@@ -96,7 +100,10 @@ def update_owner(home: Home, g: str, t: str, owner: dict) -> None:
 
 
 def read_owner(home: Home, g: str, t: str) -> dict | None:
-    return loads(fsio.read_bytes(home.owner_path(g, t)))
+    path = home.owner_path(g, t)
+    if os.path.islink(os.path.dirname(path)):
+        return None                      # a symlinked claim is never read through (judge: stale)
+    return loads(fsio.read_bytes(path, follow=False))
 
 
 def holds(home: Home, g: str, t: str, nonce: str) -> bool:
@@ -119,6 +126,8 @@ def judge(home: Home, g: str, t: str, owner: dict | None, *, lease: float,
           grace: float = HALF_BORN_GRACE, now: float | None = None) -> str | None:
     """None when the claim is live; otherwise the reason it is stale (one short phrase)."""
     now = time.time() if now is None else now
+    if os.path.islink(home.claim_dir(g, t)):
+        return "the claim is a symbolic link (not made by dagrun)"
     if owner is None:
         try:   # ctime: a claim made by renaming a spare folder keeps the spare's old mtime
             age = now - os.stat(home.claim_dir(g, t)).st_ctime

@@ -67,15 +67,19 @@ def steps() -> int:
 
 
 # ---------------------------------------------------------------------------------- reads
-def read_bytes(path: str) -> bytes | None:
-    """The file's content, or None when it does not exist."""
+def read_bytes(path: str, *, follow: bool = True) -> bytes | None:
+    """The file's content, or None when it does not exist (follow=False: or when its last
+    component is a symbolic link)."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    except NotADirectoryError:
-        return None
+    except OSError as e:
+        if e.errno == errno.ELOOP and not follow:
+            return None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
 
 
 def exists(path: str) -> bool:
@@ -262,8 +266,12 @@ def rmdir(path: str) -> bool:
 
 
 def rmtree(path: str) -> None:
+    """Remove a folder and everything in it; a symbolic link is removed itself, never followed."""
     _step(f"rmtree {path}")
-    shutil.rmtree(path, ignore_errors=True)
+    if os.path.islink(path):
+        _unlink_quiet(path)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
     _done_step(f"rmtree {path}")
 
 

@@ -20,7 +20,7 @@ from typing import Callable
 from . import claim as claims
 from . import events as ev
 from . import fsio
-from .errors import Refused, os_error
+from .errors import DagrunError, Refused, os_error
 from .plan import Plan, Task
 from .prompt import Upstream, failure_note, render
 from .scheduler import Scheduler
@@ -123,14 +123,20 @@ def render_prompt(home: Home, plan: Plan, task: Task, record: dict | None,
     note = None
     if task.retry_context == "error" and record and record.get("outcome") in COUNTED:
         n = int(record.get("attempt", 0))
-        tail = _tail(home.attempt_path(g, task.id, n, "err"), 2000)
+        tail = _tail(home, home.attempt_path(g, task.id, n, "err"), 2000)
         note = failure_note(n, record["outcome"], record.get("exit_code"), tail, task.timeout)
     return render(task.prompt, ups, task.context_limit, note)
 
 
-def _tail(path: str, nbytes: int) -> str:
+def _tail(home: Home, path: str, nbytes: int) -> str:
     try:
-        with open(path, "rb") as f:
+        fd = home.open_task_file(path)     # no symlink followed: this text goes into a prompt
+    except DagrunError:
+        return ""
+    if fd is None:
+        return ""
+    try:
+        with os.fdopen(fd, "rb") as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
             f.seek(max(0, size - nbytes))
@@ -313,7 +319,8 @@ def break_if_stale(home: Home, plan: Plan, t: str, *, worker: str, lease: float 
     if ended is None:
         record_unfinished(home, g, t, attempt, outcome="lost", reason=reason,
                           worker=owner.get("worker") if owner else None,
-                          started=owner.get("since") if owner else None, captures_from=gone)
+                          started=owner.get("since") if owner else None,
+                          captures_from=None if os.path.islink(gone) else gone)
     fsio.rmtree(gone)
     if ended is None:
         ev.status(home, g, t, ev.READY, attempt=attempt + 1, worker=worker, reason=f"claim broken: {reason}")

@@ -17,9 +17,11 @@ done > cancelled > failed. A claim with a marker beside it is a leftover and is 
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import socket
+import stat
 import time
 from dataclasses import dataclass, field
 
@@ -27,7 +29,7 @@ import orjson
 
 from . import fsio
 from .errors import FsError, NotFound, os_error
-from .plan import Plan, check_id
+from .plan import ID_RE, Plan, check_id
 
 DONE, FAILED, CANCELLED = "done", "failed", "cancelled"
 MARKERS = (DONE, CANCELLED, FAILED)  # precedence order
@@ -42,6 +44,12 @@ UNCOUNTED = {"lost", "interrupted", "cancelled", "superseded"}
 
 
 HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]   # in names of scratch folders
+
+
+def _id(kind: str, s: str) -> str:
+    if ID_RE.fullmatch(s) is None:           # cheap: every path of the home goes through here
+        check_id(kind, s)                    # raises the usual one-line error
+    return s
 
 
 def default_home() -> str:
@@ -109,54 +117,55 @@ class Home:
         except OSError as e:
             raise os_error("create home", self.root, e) from None
 
-    # -- paths
+    # -- paths: built only from validated ids, so no path can leave the home (a "../x" or
+    # "a/b" id raises here even if a caller forgot to check it)
     def goal_dir(self, g: str) -> str:
-        return os.path.join(self.goals_dir, g)
+        return os.path.join(self.goals_dir, _id("goal", g))
 
     def plan_path(self, g: str) -> str:
-        return os.path.join(self.goals_dir, g, "plan.json")
+        return os.path.join(self.goal_dir(g), "plan.json")
 
     def events_path(self, g: str) -> str:
-        return os.path.join(self.goals_dir, g, "events.jsonl")
+        return os.path.join(self.goal_dir(g), "events.jsonl")
 
     def summary_path(self, g: str) -> str:
-        return os.path.join(self.goals_dir, g, "summary.json")
+        return os.path.join(self.goal_dir(g), "summary.json")
 
     def archive_dir(self, g: str) -> str:
-        return os.path.join(self.goals_dir, g, "archive")
+        return os.path.join(self.goal_dir(g), "archive")
 
     def tasks_dir(self, g: str) -> str:
-        return os.path.join(self.goals_dir, g, "tasks")
+        return os.path.join(self.goal_dir(g), "tasks")
 
     def task_dir(self, g: str, t: str) -> str:
-        return os.path.join(self.goals_dir, g, "tasks", t)
+        return os.path.join(self.goals_dir, _id("goal", g), "tasks", _id("task", t))
 
     def claim_dir(self, g: str, t: str) -> str:
-        return os.path.join(self.goals_dir, g, "tasks", t, CLAIM)
+        return os.path.join(self.task_dir(g, t), CLAIM)
 
     def owner_path(self, g: str, t: str) -> str:
-        return os.path.join(self.goals_dir, g, "tasks", t, CLAIM, OWNER)
+        return os.path.join(self.task_dir(g, t), CLAIM, OWNER)
 
     def heartbeat_path(self, g: str, t: str) -> str:
-        return os.path.join(self.goals_dir, g, "tasks", t, CLAIM, HEARTBEAT)
+        return os.path.join(self.task_dir(g, t), CLAIM, HEARTBEAT)
 
     def marker_path(self, g: str, t: str, kind: str) -> str:
-        return os.path.join(self.goals_dir, g, "tasks", t, kind)
+        return os.path.join(self.task_dir(g, t), kind)
 
     def prompt_path(self, g: str, t: str) -> str:
-        return os.path.join(self.goals_dir, g, "tasks", t, "prompt.md")
+        return os.path.join(self.task_dir(g, t), "prompt.md")
 
     def output_path(self, g: str, t: str) -> str:
-        return os.path.join(self.goals_dir, g, "tasks", t, "output")
+        return os.path.join(self.task_dir(g, t), "output")
 
     def stderr_path(self, g: str, t: str) -> str:
-        return os.path.join(self.goals_dir, g, "tasks", t, "stderr.log")
+        return os.path.join(self.task_dir(g, t), "stderr.log")
 
     def attempts_dir(self, g: str, t: str) -> str:
-        return os.path.join(self.goals_dir, g, "tasks", t, ATTEMPTS)
+        return os.path.join(self.task_dir(g, t), ATTEMPTS)
 
     def attempt_path(self, g: str, t: str, n: int, ext: str) -> str:
-        return os.path.join(self.goals_dir, g, "tasks", t, ATTEMPTS, f"{n}.{ext}")
+        return os.path.join(self.task_dir(g, t), ATTEMPTS, f"{int(n)}.{ext}")
 
     # -- goals
     def goals(self) -> list[str]:
@@ -166,7 +175,7 @@ class Home:
             return []
         except OSError as e:
             raise os_error("list goals in", self.goals_dir, e) from None
-        return sorted(n for n in names if not n.startswith(".") and os.path.isfile(os.path.join(self.goals_dir, n, "plan.json")))
+        return sorted(n for n in names if ID_RE.fullmatch(n) and os.path.isfile(os.path.join(self.goals_dir, n, "plan.json")))
 
     def unborn_goal_dir(self, g: str) -> str:
         """Where `submit` builds a goal before renaming it into place. The name carries host
@@ -220,16 +229,53 @@ class Home:
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     # -- reading task files without following symlinks out of the home
-    def read_task_file(self, path: str, limit: int | None = None) -> bytes | None:
-        """Read a file in a task folder; a symlink there is refused (it could point anywhere)."""
+    def open_task_file(self, path: str) -> int | None:
+        """Open a file under the home for reading, following no symbolic link below the home
+        folder itself: each component is opened with O_NOFOLLOW relative to the previous one,
+        so a symlinked task folder, claim or output (planted by a sandboxed agent, or by
+        another user of a shared home) cannot make dagrun read -- and put into a prompt, or
+        print -- a file outside the home. None when the file does not exist."""
+        rel = os.path.relpath(path, self.root)
+        parts = rel.split(os.sep)
+        if rel.startswith("..") or os.path.isabs(rel) or not parts:
+            raise FsError(f"refusing to read {path}: it is outside {self.root}")
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         except OSError as e:
-            if e.errno == 40:  # ELOOP: the final component is a symlink
-                raise FsError(f"refusing to read {path}: it is a symbolic link") from None
             raise os_error("read", path, e) from None
+        try:
+            for i, part in enumerate(parts):
+                last = i == len(parts) - 1
+                flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | (0 if last else os.O_DIRECTORY)
+                try:
+                    nxt = os.open(part, flags, dir_fd=fd)
+                except (FileNotFoundError, NotADirectoryError) as e:
+                    if isinstance(e, NotADirectoryError) and os.path.islink(os.path.join(self.root, *parts[:i + 1])):
+                        raise FsError(f"refusing to read {path}: {os.path.join(self.root, *parts[:i + 1])} "
+                                      f"is a symbolic link") from None
+                    return None
+                except OSError as e:
+                    if e.errno == errno.ELOOP:
+                        raise FsError(f"refusing to read {path}: {os.path.join(self.root, *parts[:i + 1])} "
+                                      f"is a symbolic link") from None
+                    raise os_error("read", path, e) from None
+                os.close(fd)
+                fd = nxt
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise FsError(f"refusing to read {path}: not a regular file")
+            out, fd = fd, -1
+            return out
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def read_task_file(self, path: str, limit: int | None = None) -> bytes | None:
+        """A file's bytes (see open_task_file: no symlink is followed), None if missing."""
+        fd = self.open_task_file(path)
+        if fd is None:
+            return None
         with os.fdopen(fd, "rb") as f:
             return f.read() if limit is None else f.read(limit)
 

@@ -117,12 +117,13 @@ def logs(ctx: typer.Context,
     if not n:
         raise NotFound(f"{goal}/{task} has not started yet: no logs")
     path = home.attempt_path(goal, task, n, "out" if stdout else "err")
-    if stdout and not os.path.exists(path) and os.path.exists(home.output_path(goal, task)):
-        path = home.output_path(goal, task)
-    if not os.path.exists(path):
+    fd = home.open_task_file(path)            # follows no symlink out of the home
+    if fd is None and stdout:
+        fd = home.open_task_file(home.output_path(goal, task))
+    if fd is None:
         raise NotFound(f"{goal}/{task}: attempt {n} has no {'stdout' if stdout else 'stderr'} file")
     out = sys.stdout.buffer
-    with open(path, "rb") as f:
+    with os.fdopen(fd, "rb") as f:
         while True:
             chunk = f.read(65536)
             if chunk:
