@@ -187,6 +187,19 @@ def crash_trial(base: Path, ref: Reference, k: int, after: bool, mode: str = "ru
     return tr
 
 
+def agents_of(home: Path) -> list[int]:
+    """Live agent processes (DAGRUN_RUN_ID) of this home."""
+    from conftest import processes_with_env
+    out = []
+    for p in processes_with_env("DAGRUN_RUN_ID"):
+        try:
+            if f"DAGRUN_HOME={home}".encode() in Path(f"/proc/{p}/environ").read_bytes():
+                out.append(p)
+        except OSError:
+            pass
+    return out
+
+
 def diagnose(home: Path) -> str:
     """What the files say about the tasks that did not end done (for failure reports)."""
     out = []

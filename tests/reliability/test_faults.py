@@ -28,7 +28,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import harness as H  # noqa: E402
-from conftest import DAGRUN, events, processes_with_env, run, wait_for, write_plan  # noqa: E402
+from conftest import DAGRUN, events, run, wait_for, write_plan  # noqa: E402
 
 SRC = Path(__file__).resolve().parent / "faultfs.c"
 MESSAGES = {"ENOSPC": "No space left on device", "EIO": "Input/output error"}
@@ -49,9 +49,7 @@ def fault_env(so: str, root: Path, **kw) -> dict:
     return env
 
 
-def agents_of(home: Path) -> list[int]:
-    return [p for p in processes_with_env("DAGRUN_RUN_ID")
-            if f"DAGRUN_HOME={home}".encode() in Path(f"/proc/{p}/environ").read_bytes()]
+agents_of = H.agents_of
 
 
 def _one_error_line(stderr: str, errname: str) -> str | None:

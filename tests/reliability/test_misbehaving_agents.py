@@ -18,18 +18,13 @@ import psutil
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from conftest import DAGRUN, events, processes_with_env, run, spawn, task_dir, wait_for, write_plan  # noqa: E402
+from conftest import DAGRUN, events, run, spawn, task_dir, write_plan  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness as H  # noqa: E402
 
 
-def agents_of(home: Path) -> list[int]:
-    out = []
-    for p in processes_with_env("DAGRUN_RUN_ID"):
-        try:
-            if f"DAGRUN_HOME={home}".encode() in Path(f"/proc/{p}/environ").read_bytes():
-                out.append(p)
-        except OSError:
-            pass
-    return out
+agents_of = H.agents_of
 
 
 def states(home: Path, goal: str) -> dict[str, str]:
