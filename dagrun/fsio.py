@@ -221,8 +221,21 @@ def makedirs(path: str, *, mode: int = 0o755) -> None:
         if SPARES.take_dir(path) is not None or os.path.isdir(path):
             _done_step(f"makedirs {path}")
             return
-    os.makedirs(path, mode=mode, exist_ok=True)
+    _makedirs(path, mode)
     _done_step(f"makedirs {path}")
+
+
+def _makedirs(path: str, mode: int) -> None:
+    """os.makedirs, but missing parents get 0755 (less the umask) too: os.makedirs gives them
+    0777 less the umask, i.e. group-writable under a umask of 002."""
+    parent = os.path.dirname(path)
+    if parent and parent != path and not os.path.isdir(parent):
+        _makedirs(parent, 0o755)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
 
 
 def rename(src: str, dst: str) -> None:
