@@ -19,7 +19,7 @@ import time
 
 from . import fsio
 from .errors import FsError
-from .store import CLAIM, Home, dumps, loads, now_iso
+from .store import CLAIM, Home, as_int, dumps, loads_obj, now_iso
 
 HOST = socket.gethostname()
 
@@ -103,7 +103,7 @@ def read_owner(home: Home, g: str, t: str) -> dict | None:
     path = home.owner_path(g, t)
     if os.path.islink(os.path.dirname(path)):
         return None                      # a symlinked claim is never read through (judge: stale)
-    return loads(fsio.read_bytes(path, follow=False))
+    return loads_obj(fsio.read_bytes(path, follow=False))
 
 
 def holds(home: Home, g: str, t: str, nonce: str) -> bool:
@@ -137,7 +137,7 @@ def judge(home: Home, g: str, t: str, owner: dict | None, *, lease: float,
     if owner.get("host") == HOST:
         if owner.get("boot_id") and BOOT_ID and owner["boot_id"] != BOOT_ID:
             return f"holder {owner.get('worker')} ran before a reboot"
-        pid = int(owner.get("pid") or 0)
+        pid = as_int(owner.get("pid"))
         start = proc_start(pid)
         if start is None:
             return f"holder {owner.get('worker')} (pid {pid}) is gone"

@@ -312,7 +312,11 @@ class ProcessRunner:
         if handle.get("host", HOST) != HOST or (handle.get("boot_id") and handle["boot_id"] != BOOT_ID):
             return False
         run_id = handle.get("run_id") or run_id
-        pid = int(handle.get("pid") or 0)
+        try:
+            pid = int(handle.get("pid") or 0)
+        except (TypeError, ValueError):
+            pid = 0
+        pgid = handle.get("pgid") if isinstance(handle.get("pgid"), int) else pid
         start = handle.get("start")
         leader_ours = pid > 0 and start is not None and proc_start(pid) == start
         strays = _processes_with(RUN_ID_VAR, run_id) if run_id else []

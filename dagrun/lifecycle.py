@@ -24,7 +24,7 @@ from .errors import DagrunError, Refused, os_error
 from .plan import Plan, Task
 from .prompt import Upstream, failure_note, render
 from .scheduler import Scheduler
-from .store import COUNTED, MARKERS, Home, TaskFacts, dumps, loads, now_iso
+from .store import COUNTED, MARKERS, Home, TaskFacts, as_int, dumps, loads, now_iso
 
 BACKOFF_CAP = 600.0
 
@@ -122,7 +122,7 @@ def render_prompt(home: Home, plan: Plan, task: Task, record: dict | None,
             ups.append(Upstream(dep, state, None, 0, out, soft))
     note = None
     if task.retry_context == "error" and record and record.get("outcome") in COUNTED:
-        n = int(record.get("attempt", 0))
+        n = as_int(record.get("attempt", 0))
         tail = _tail(home, home.attempt_path(g, task.id, n, "err"), 2000)
         note = failure_note(n, record["outcome"], record.get("exit_code"), tail, task.timeout)
     return render(task.prompt, ups, task.context_limit, note)
@@ -228,7 +228,7 @@ def commit_failure(home: Home, plan: Plan, c: Claim, *, outcome: str, ended: flo
     task = plan.task(t)
     if prev_failures is None:
         prev = _record_before(home, g, t, c.attempt)
-        prev_failures = int(prev.get("failures", 0)) if prev else 0
+        prev_failures = as_int(prev.get("failures", 0)) if prev else 0
     counted = outcome in COUNTED
     failures = prev_failures + (1 if counted else 0)
     final = counted and failures > task.retries
@@ -260,7 +260,7 @@ def record_unfinished(home: Home, g: str, t: str, attempt: int, *, outcome: str,
     prev = _record_before(home, g, t, attempt)
     rec = {"attempt": attempt, "outcome": outcome, "reason": reason, "worker": worker,
            "started": started, "ended": now_iso(), "counted": False,
-           "failures": int(prev.get("failures", 0)) if prev else 0, "retry_at": None, "final": False}
+           "failures": as_int(prev.get("failures", 0)) if prev else 0, "retry_at": None, "final": False}
     if os.path.isdir(home.task_dir(g, t)):
         if captures_from:
             keep_captures(home, g, t, captures_from, attempt)
@@ -309,11 +309,12 @@ def break_if_stale(home: Home, plan: Plan, t: str, *, worker: str, lease: float 
     if res is None:
         return None
     owner, reason, gone = res
-    attempt = int(owner.get("attempt") or 0) if owner else 0
+    attempt = as_int(owner.get("attempt")) if owner else 0
     if attempt == 0:                      # a claim that died before owner.json was written
         attempt = latest_attempt(home, g, t)[0] + 1
     if reap is not None:                  # an orphaned agent must not keep going
-        reap(owner.get("handle") if owner else None, plan.task(t).kill_grace,
+        handle = owner.get("handle") if owner else None
+        reap(handle if isinstance(handle, dict) else None, plan.task(t).kill_grace,
              run_id=(owner or {}).get("run_id") or run_id(home, g, t, attempt))
     ended = marker_of(home, g, t)
     if ended is None:
@@ -407,7 +408,7 @@ def announce_if_lost(home: Home, g: str, worker: str) -> bool:
     if not fid or ev.mentions(path, fid, tail=65536):
         return False
     if fin.get("host") == claims.HOST and fin.get("boot_id") == claims.BOOT_ID:
-        start = claims.proc_start(int(fin.get("pid") or 0))
+        start = claims.proc_start(as_int(fin.get("pid")))
         if start is not None and start == fin.get("pid_start"):
             return False              # alive: it appends the event itself in a moment
     else:

@@ -19,7 +19,7 @@ from .lifecycle import (Claim, break_if_stale, build_scheduler, check_holder, cl
                         mark_cancelled, stop_goal)
 from .plan import Plan, check_id
 from .scheduler import RUNNING
-from .store import Home, dumps, loads, now_iso, parse_iso
+from .store import Home, as_int, dumps, loads, now_iso, parse_iso
 
 
 # ====================================================================================== submit
@@ -201,8 +201,8 @@ def _held(home: Home, g: str, t: str, *, worker: str | None, pid: int | None, fo
     want = owner.get("definition")
     if want and want != plan.task(t).definition_digest() and not force:
         raise Refused(f"cannot {what} {g}/{t}: the plan changed since it was claimed; it will run again")
-    started = parse_iso(owner["since"]) if owner.get("since") else time.time()
-    c = Claim(g, t, int(owner.get("attempt") or 1), owner, started)
+    started = _when(owner.get("since")) or time.time()
+    c = Claim(g, t, as_int(owner.get("attempt"), 1) or 1, owner, started)
     return plan, c
 
 
@@ -414,6 +414,14 @@ def _redo_done(home: Home, plan: Plan, t: str, by: str) -> list[str]:
 
 
 # ====================================================================================== status
+def _when(ts) -> float | None:
+    """A timestamp from a record, or None if it is missing or not one (a hand-edited file)."""
+    try:
+        return parse_iso(ts) if isinstance(ts, str) else None
+    except ValueError:
+        return None
+
+
 def goal_overview(home: Home, g: str) -> dict:
     plan = home.load_plan(g)
     sched, facts = build_scheduler(home, plan)
@@ -449,8 +457,8 @@ def goal_detail(home: Home, g: str) -> dict:
         if st == "running" and f.owner:
             row["worker"] = f.owner.get("worker")
             row["started"] = f.owner.get("since")
-            if f.owner.get("since"):
-                row["duration"] = round(now - parse_iso(f.owner["since"]), 3)
+            if _when(f.owner.get("since")):
+                row["duration"] = round(now - _when(f.owner["since"]), 3)
         elif f.marker:
             row["worker"] = f.marker.get("worker") or f.marker.get("by")
             row["started"] = f.marker.get("started")

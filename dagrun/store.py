@@ -70,6 +70,22 @@ def dumps(obj) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
 
 
+def as_int(v, default: int = 0) -> int:
+    """An int from a record's field, whatever a hand-edited (or hostile) file put there."""
+    if isinstance(v, bool):
+        return default
+    try:
+        return int(v)
+    except (TypeError, ValueError, OverflowError):
+        return default
+
+
+def loads_obj(data: bytes | None) -> dict | None:
+    """Like loads, but only a JSON object counts (records and markers are objects)."""
+    v = loads(data)
+    return v if isinstance(v, dict) else None
+
+
 def loads(data: bytes | None):
     """JSON from a marker/record; None for a missing or unreadable one (a half-written file
     cannot exist -- we publish by rename -- but a hand-edited one can)."""
@@ -94,11 +110,14 @@ class TaskFacts:
 
     @property
     def failures(self) -> int:
-        return int(self.record.get("failures", 0)) if self.record else 0
+        return as_int(self.record.get("failures", 0)) if self.record else 0
 
     @property
     def retry_at(self) -> float:
-        return float(self.record.get("retry_at") or 0.0) if self.record else 0.0
+        try:
+            return float(self.record.get("retry_at") or 0.0) if self.record else 0.0
+        except (TypeError, ValueError):
+            return 0.0
 
 
 class Home:
@@ -299,12 +318,12 @@ class Home:
             if m in names:
                 f.state = m
                 if detail:
-                    f.marker = loads(fsio.read_bytes(os.path.join(tdir, m))) or {}
+                    f.marker = loads_obj(fsio.read_bytes(os.path.join(tdir, m), follow=False)) or {}
                 break
         if ATTEMPTS in names:
             f.attempt, f.record = self._latest_attempt(g, t, with_record=(f.state == "pending" or detail))
         if CLAIM in names:
-            owner = loads(fsio.read_bytes(os.path.join(tdir, CLAIM, OWNER)))
+            owner = loads_obj(fsio.read_bytes(os.path.join(tdir, CLAIM, OWNER), follow=False))
             if f.state == "pending":
                 f.state = "running"
             f.owner = owner
@@ -313,9 +332,9 @@ class Home:
             except FileNotFoundError:
                 pass
             if owner and owner.get("attempt"):
-                f.attempt = max(f.attempt, int(owner["attempt"]))
+                f.attempt = max(f.attempt, as_int(owner["attempt"]))
         if f.marker and f.marker.get("attempt"):
-            f.attempt = max(f.attempt, int(f.marker["attempt"]))
+            f.attempt = max(f.attempt, as_int(f.marker["attempt"]))
         return f
 
     def _latest_attempt(self, g: str, t: str, with_record: bool) -> tuple[int, dict | None]:
@@ -334,7 +353,7 @@ class Home:
         top = max(nums, default=0)
         rec = None
         if with_record and recs:
-            rec = loads(fsio.read_bytes(self.attempt_path(g, t, max(recs), "json")))
+            rec = loads_obj(fsio.read_bytes(self.attempt_path(g, t, max(recs), "json"), follow=False))
         return top, rec
 
     def snapshot(self, g: str, plan: Plan, *, detail: bool = False) -> dict[str, TaskFacts]:
