@@ -151,11 +151,17 @@ def judge(home: Home, g: str, t: str, owner: dict | None, *, lease: float,
 
 
 def break_claim(home: Home, g: str, t: str, expect_nonce: str | None, *, lease: float,
-                grace: float = HALF_BORN_GRACE) -> tuple[dict | None, str, str] | None:
+                grace: float = HALF_BORN_GRACE, settle=None) -> tuple[dict | None, str, str] | None:
     """Break the claim if (re-judged under the lock) it is still the stale one we looked at.
 
+    settle(owner, reason) runs first, under the lock and while the claim still stands: it
+    stops the orphaned agent and records the lost attempt. Only then is the claim renamed
+    away -- if it were renamed first, another worker could claim the task in between, before
+    the record exists, and run it again under the same attempt number (and run id: the reap
+    would then kill the new attempt's agent). Found by the soak test.
+
     Returns (owner, reason, folder) -- the claim renamed to a private folder, which the
-    caller empties and removes -- or None if nothing was broken."""
+    caller removes -- or None if nothing was broken."""
     from filelock import FileLock  # imported here: only needed on this rare path
 
     lock = FileLock(os.path.join(home.goal_dir(g), ".break.lock"))
@@ -166,6 +172,8 @@ def break_claim(home: Home, g: str, t: str, expect_nonce: str | None, *, lease: 
         reason = judge(home, g, t, owner, lease=lease, grace=grace)
         if reason is None:
             return None
+        if settle is not None:
+            settle(owner, reason)
         gone = os.path.join(home.task_dir(g, t), f".claim.broken.{secrets.token_hex(4)}")
         try:
             fsio.rename(home.claim_dir(g, t), gone)

@@ -182,14 +182,14 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
         }
         if forced_by:
             body["forced_by"] = forced_by
-        _publish_from_owner(home, g, t, "done", body)
+        _publish_from_owner(home, g, t, "done", body, c.owner)
     except OSError as e:
         raise os_error("commit", tdir, e) from None
     claims.release(home, g, t)
     return body
 
 
-def _publish_from_owner(home: Home, g: str, t: str, kind: str, body: dict) -> None:
+def _publish_from_owner(home: Home, g: str, t: str, kind: str, body: dict, holder: dict | None = None) -> None:
     """Publish a marker by recycling claim/owner.json's inode (rename out, rewrite, rename)."""
     owner = home.owner_path(g, t)
     tmp = fsio.tmp_name(home.marker_path(g, t, kind))
@@ -198,14 +198,19 @@ def _publish_from_owner(home: Home, g: str, t: str, kind: str, body: dict) -> No
     except FileNotFoundError:
         home.write_marker(g, t, kind, body)
         return
+    rewritten = False
     try:
         fsio.rewrite(tmp, dumps(body))
+        rewritten = True
         fsio.rename(tmp, home.marker_path(g, t, kind))
     except OSError:
-        # disk full / I/O error half-way: put owner.json back (a rename needs no space) so
-        # the claim keeps a provable holder -- released now, or broken as soon as we are gone
-        # -- instead of looking half-born for the grace period
+        # disk full / I/O error half-way: put owner.json back (with the holder's record again
+        # if it was already overwritten) so the claim keeps a provable holder -- released
+        # now, or broken as soon as we are gone -- instead of looking half-born (grace) or
+        # like another host's claim (lease)
         try:
+            if rewritten and holder is not None:
+                fsio.rewrite(tmp, dumps(holder))
             fsio.rename(tmp, owner)
         except OSError:
             pass
@@ -246,7 +251,8 @@ def commit_failure(home: Home, plan: Plan, c: Claim, *, outcome: str, ended: flo
         fsio.write_atomic(home.attempt_path(g, t, c.attempt, "json"), dumps(rec))
         if final:
             _publish_from_owner(home, g, t, "failed", {k: rec[k] for k in (
-                "attempt", "outcome", "exit_code", "signal", "reason", "worker", "started", "ended", "duration")})
+                "attempt", "outcome", "exit_code", "signal", "reason", "worker", "started", "ended", "duration")},
+                c.owner)
     except OSError as e:
         raise os_error("commit", home.task_dir(g, t), e) from None
     claims.release(home, g, t)
@@ -305,23 +311,30 @@ def break_if_stale(home: Home, plan: Plan, t: str, *, worker: str, lease: float 
     lease = plan.lease if lease is None else lease
     if claims.judge(home, g, t, owner, lease=lease) is None:
         return None
-    res = claims.break_claim(home, g, t, owner.get("nonce") if owner else None, lease=lease)
+    attempt = 0
+    ended = None
+
+    def settle(owner, reason):           # under the break lock, before the claim goes away
+        nonlocal attempt, ended
+        attempt = as_int(owner.get("attempt")) if owner else 0
+        if attempt == 0:                  # a claim that died before owner.json was written
+            attempt = latest_attempt(home, g, t)[0] + 1
+        if reap is not None:              # an orphaned agent must not keep going
+            handle = owner.get("handle") if owner else None
+            reap(handle if isinstance(handle, dict) else None, plan.task(t).kill_grace,
+                 run_id=(owner or {}).get("run_id") or run_id(home, g, t, attempt))
+        ended = marker_of(home, g, t)
+        if ended is None:
+            cdir = home.claim_dir(g, t)
+            record_unfinished(home, g, t, attempt, outcome="lost", reason=reason,
+                              worker=owner.get("worker") if owner else None,
+                              started=owner.get("since") if owner else None,
+                              captures_from=None if os.path.islink(cdir) else cdir)
+
+    res = claims.break_claim(home, g, t, owner.get("nonce") if owner else None, lease=lease, settle=settle)
     if res is None:
         return None
-    owner, reason, gone = res
-    attempt = as_int(owner.get("attempt")) if owner else 0
-    if attempt == 0:                      # a claim that died before owner.json was written
-        attempt = latest_attempt(home, g, t)[0] + 1
-    if reap is not None:                  # an orphaned agent must not keep going
-        handle = owner.get("handle") if owner else None
-        reap(handle if isinstance(handle, dict) else None, plan.task(t).kill_grace,
-             run_id=(owner or {}).get("run_id") or run_id(home, g, t, attempt))
-    ended = marker_of(home, g, t)
-    if ended is None:
-        record_unfinished(home, g, t, attempt, outcome="lost", reason=reason,
-                          worker=owner.get("worker") if owner else None,
-                          started=owner.get("since") if owner else None,
-                          captures_from=None if os.path.islink(gone) else gone)
+    _owner, reason, gone = res
     fsio.rmtree(gone)
     if ended is None:
         ev.status(home, g, t, ev.READY, attempt=attempt + 1, worker=worker, reason=f"claim broken: {reason}")
