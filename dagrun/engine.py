@@ -480,6 +480,13 @@ class Engine:
             self.runner.kill(handle)
             while self.runner.poll(handle) is None:
                 time.sleep(0.01)
+            if isinstance(e, FileNotFoundError) and not os.path.isdir(cdir):
+                # our claim was broken while we started the agent (we looked dead: a very
+                # slow start, past the half-born grace): the breaker recorded the attempt
+                self.log(f"warning: the claim of {g}/{t} was broken while its agent started; it runs again")
+                sched.retrying(t)
+                self._add_timer(time.monotonic() + 1.0, g, t)
+                return
             try:                # the agent ran (perhaps to its end): its attempt number is used up
                 record_unfinished(self.home, g, t, c.attempt, outcome="interrupted", worker=self.worker,
                                   reason=f"could not publish owner.json: {e.strerror or e}",
