@@ -268,8 +268,8 @@ class ProcessRunner:
                 _reap(pid)
                 continue
             rid = _env_value(pid, RUN_ID_VAR)
-            if rid is not None and rid in active:
-                continue
+            if rid in active or (rid is None and active):
+                continue     # a running attempt's helper -- or, without a run id, maybe one
             pgid = _pgid(pid)
             if pgid == pid:                  # it leads a group of its own: take the group too
                 _killpg(pid, signal.SIGKILL)
