@@ -468,6 +468,7 @@ class Engine:
         try:
             fsio._step(f"spawn {g}/{t}")
             handle = self.runner.start(launch)
+            fsio._done_step(f"spawn {g}/{t}")
         except StartError as e:
             claims.update_owner(self.home, g, t, c.owner)
             rec = commit_failure(self.home, plan, c, outcome="failed", ended=time.time(), reason=str(e))

@@ -169,11 +169,11 @@ def test_soak_random_kills_of_four_workers(tmp_path):
     t0 = time.monotonic()
     try:
         while w.kills < kills_wanted and time.monotonic() - t0 < 600:
-            time.sleep(rng.uniform(0.05, 0.5))
+            time.sleep(rng.uniform(0.02, 0.25))
             victims = rng.sample(range(WORKERS), 2 if rng.random() < 0.1 else 1)
             for v in victims:
                 w.kill(v)
-            if rng.random() < 0.3:
+            if rng.random() < 0.2:
                 time.sleep(rng.uniform(0, 0.3))     # sometimes nobody replaces it for a while
             for v in victims:
                 w.start(v)
