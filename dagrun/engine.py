@@ -288,7 +288,9 @@ class Engine:
             elif f is None or plan.task(t).definition_digest() != run.definition or \
                     not claims.holds(self.home, g, t, run.claim.nonce):
                 self._stop_run(run, "superseded", "the plan changed or the claim was taken away")
-            else:
+            if f is not None:
+                # running until its process is reaped, even when being stopped: a second
+                # attempt must not start beside the one still dying (_commit requeues it)
                 sched.start(t)
         now_wall = time.time()
         for t, f in facts.items():
@@ -300,8 +302,13 @@ class Engine:
                 self._sweep_leftover_claim(gs, t, f.owner)
             if sched.state_of(t) == "retrying":
                 self._add_timer(time.monotonic() + max(0.0, f.retry_at - now_wall), g, t)
-        if plan.on_failure == "stop" and any(f.state == "failed" for f in facts.values()):
-            gs.stopped = True
+        gs.stopped = plan.on_failure == "stop" and any(f.state == "failed" for f in facts.values())
+        if gs.stopped and any(True for _ in sched.not_started()):
+            # a stop that was cut short (a crash inside stop_goal, or a failure committed by
+            # another process): finish it, or the goal would wait for ever
+            root = next(t for t, f in facts.items() if f.state == "failed")
+            emit_changes(self.home, g, stop_goal(self.home, plan, sched, root, self.worker), self.worker)
+            self._touched.add(g)
         cost = time.monotonic() - t0
         gs.next_rescan = time.monotonic() + max(self.rescan_every, 50 * cost)
         self._check_ended(gs)
@@ -484,7 +491,8 @@ class Engine:
             if ex is None:
                 continue
             del self.runs[key]
-            del self.by_task[(run.goal, run.task.id)]
+            if self.by_task.get((run.goal, run.task.id)) is run:
+                del self.by_task[(run.goal, run.task.id)]
             try:
                 self._commit(run, ex)
             except (OSError, DagrunError) as e:
@@ -499,7 +507,9 @@ class Engine:
         if gs is not None and self.home.plan_stamp(g) != gs.stamp:
             self._resync(gs)         # a plan edit landed while it ran: judge against the new plan
         if gs is None or not gs.plan.has(t) or not claims.holds(self.home, g, t, c.nonce):
-            return                   # taken away (plan edit, broken claim): not ours to commit
+            if gs is not None:       # taken away (plan edit, forced retry, broken claim): not
+                self._resync(gs)     # ours to commit; the files say what the task is now
+            return
         plan = gs.plan
         stats = self.runner.stats(run.handle) if hasattr(self.runner, "stats") else {}
         if run.stop_outcome is None and plan.task(t).definition_digest() != run.definition:
