@@ -101,10 +101,17 @@ def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: i
 
 def run_id(home: Home, g: str, t: str, attempt: int) -> str:
     """Identifies one attempt's processes (DAGRUN_RUN_ID): derivable from the files, so even a
-    claim whose owner.json was never written can have its orphaned agent found and stopped."""
+    claim whose owner.json was never written can have its orphaned agent found and stopped.
+    The task folder's inode is part of it: after a plan edit or a forced retry archived the
+    folder, attempt numbers start again at 1 in a new folder, and stopping an old attempt's
+    strays must not hit the new attempt's processes."""
     import hashlib
     h = hashlib.sha1(home.root.encode()).hexdigest()[:8]
-    return f"{h}:{g}/{t}/{attempt}"
+    try:
+        ino = os.stat(home.task_dir(g, t)).st_ino
+    except OSError:
+        ino = 0
+    return f"{h}:{g}/{t}/{ino:x}/{attempt}"
 
 
 def render_prompt(home: Home, plan: Plan, task: Task, record: dict | None,
