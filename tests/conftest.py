@@ -128,14 +128,20 @@ def plans(tmp_path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _no_stray_agents():
-    """Every test must leave no agent processes behind (agents carry DAGRUN_RUN_ID)."""
-    before = set(processes_with_env("DAGRUN_RUN_ID"))
+def _no_stray_agents(tmp_path_factory):
+    """Every test must leave no agent processes behind (agents carry DAGRUN_RUN_ID). Only
+    agents of this pytest session count (their DAGRUN_HOME is under its basetemp): other test
+    sessions on the same machine have agents of their own, which are none of our business."""
+    mine = str(tmp_path_factory.getbasetemp()) + os.sep
+
+    def agents():
+        return set(processes_with_env("DAGRUN_RUN_ID")) & set(processes_with_env("DAGRUN_HOME", mine))
+    before = agents()
     yield
     deadline = time.monotonic() + 5
     left = []
     while time.monotonic() < deadline:
-        left = [p for p in processes_with_env("DAGRUN_RUN_ID") if p not in before]
+        left = [p for p in agents() if p not in before]
         if not left:
             break
         time.sleep(0.05)
