@@ -179,7 +179,9 @@ def test_sigkill_mid_goal_then_resume_never_reruns_done_work(home, plans, tmp_pa
     marker_time = {t: json.loads((task_dir(home, "crash", t) / "done").read_text())["ended"] for t in done_by_markers}
     assert all(marker_time.values())
     for t in done_by_markers:
-        assert ran.count(t) <= 2
+        # each of the three engines may have started it once: an agent orphaned by a SIGKILLed
+        # engine runs to its end (and logs) while the next engine starts a new attempt
+        assert ran.count(t) <= 3
         assert json.loads((task_dir(home, "crash", t) / "done").read_text())["attempt"] >= 1
     assert not list((home / "goals" / "crash" / "tasks").glob("*/claim"))
 
