@@ -1,9 +1,10 @@
 """Task transitions on disk, in commit order. Used by the engine and by the protocol commands
 (`claim`, `complete`, `fail`, `cancel`, `retry`), so both write exactly the same files.
 
-Success:  attempts/<n>.out -> output (rename)  ->  done (publish)  ->  claim removed  ->  events
-Failure:  attempts/<n>.json (publish)  ->  failed (publish, only when no retry is left)
-          ->  claim removed  ->  events
+Success:  claim/stdout -> output (rename)  ->  [retried task: attempts/<n>.* links + record]
+          ->  done (publish)  ->  claim removed  ->  events
+Failure:  attempts/<n>.out|.err|.prompt.md, attempts/<n>.json (publish)  ->  failed (publish,
+          only when no retry is left)  ->  claim removed  ->  events
 A crash before the marker leaves a claim whose holder is dead: it is broken, the attempt is
 recorded as lost and the task runs again. A crash after the marker: the marker wins, the
 leftover claim is swept, and the task never runs again.
@@ -174,7 +175,8 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
         else:
             fsio.write_atomic(out, b"")
         err = os.path.join(cdir, "stderr")
-        if os.path.exists(err):
+        have_err = os.path.exists(err)
+        if have_err:
             fsio.rename(err, home.stderr_path(g, t))
         body = {
             "attempt": c.attempt, "worker": c.owner.get("worker"), "started": now_iso(c.started),
@@ -183,11 +185,39 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
         }
         if forced_by:
             body["forced_by"] = forced_by
+        if os.path.isdir(home.attempts_dir(g, t)):
+            # earlier attempts are kept under attempts/: keep this one beside them (links, no
+            # copies). A task that succeeds at once has no attempts/ and pays nothing here.
+            _keep_success(home, g, t, c.attempt, body, have_err)
         _publish_from_owner(home, g, t, "done", body)
     except OSError as e:
         raise os_error("commit", tdir, e) from None
     claims.release(home, g, t)
     return body
+
+
+def _keep_success(home: Home, g: str, t: str, n: int, body: dict, have_err: bool) -> None:
+    _link_over(home.output_path(g, t), home.attempt_path(g, t, n, "out"))
+    if have_err:
+        _link_over(home.stderr_path(g, t), home.attempt_path(g, t, n, "err"))
+    else:          # stderr.log must not go on showing a failed attempt's stderr
+        fsio.remove(home.stderr_path(g, t))
+    if os.path.exists(home.prompt_path(g, t)):
+        _link_over(home.prompt_path(g, t), home.attempt_path(g, t, n, "prompt.md"))
+    prev = _record_before(home, g, t, n)
+    rec = {"attempt": n, "outcome": "done", "exit_code": body.get("exit_code"), "signal": None, "reason": "",
+           "worker": body.get("worker"), "started": body.get("started"), "ended": body.get("ended"),
+           "duration": body.get("duration"), "counted": False,
+           "failures": int(prev.get("failures", 0)) if prev else 0, "retry_at": None, "final": True}
+    fsio.write_atomic(home.attempt_path(g, t, n, "json"), dumps(rec))
+
+
+def _link_over(src: str, dst: str) -> None:
+    """dst becomes another name of src's inode (replacing whatever dst was), in one rename."""
+    tmp = fsio.tmp_name(dst)
+    fsio.remove(tmp)
+    fsio.link(src, tmp)
+    fsio.rename(tmp, dst)
 
 
 def _publish_from_owner(home: Home, g: str, t: str, kind: str, body: dict) -> None:
@@ -279,10 +309,9 @@ def keep_captures(home: Home, g: str, t: str, cdir: str, attempt: int) -> None:
     if have_err:
         dst = home.attempt_path(g, t, attempt, "err")
         fsio.rename(err, dst)
-        tmp = fsio.tmp_name(home.stderr_path(g, t))
-        fsio.remove(tmp)
-        fsio.link(dst, tmp)
-        fsio.rename(tmp, home.stderr_path(g, t))
+        _link_over(dst, home.stderr_path(g, t))
+    if os.path.exists(home.prompt_path(g, t)):    # the next attempt re-renders prompt.md
+        _link_over(home.prompt_path(g, t), home.attempt_path(g, t, attempt, "prompt.md"))
 
 
 # ---------------------------------------------------------------------------------- stale claims
