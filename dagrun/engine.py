@@ -28,7 +28,7 @@ from . import events as ev
 from . import fsio
 from .errors import DagrunError, ExitCode
 from .executor import Exit, Launch, ProcessRunner, Runner, StartError
-from .lifecycle import (Claim, break_if_stale, build_scheduler, claim_task, commit_done, commit_failure,
+from .lifecycle import (Claim, Stale, break_if_stale, build_scheduler, claim_task, commit_done, commit_failure,
                         emit_changes, finish_goal_if_ended, marker_of, record_unfinished, stop_goal)
 from .plan import Plan, Task
 from .scheduler import RUNNING, Scheduler
@@ -427,10 +427,19 @@ class Engine:
                 break
 
     def _start(self, gs: GoalState, t: str) -> None:
+        # claim, render, spawn and owner.json under the goal's shared edit lock: a plan edit
+        # or forced retry archives folders only in between (see claim.edit_lock)
+        with claims.edit_lock(self.home, gs.plan.goal):
+            self._start_locked(gs, t)
+
+    def _start_locked(self, gs: GoalState, t: str) -> None:
         plan, g, sched = gs.plan, gs.plan.goal, gs.sched
         try:
             c = claim_task(self.home, plan, t, worker=self.worker, kind="engine", state_of=sched.state_of,
                            publish_owner=False)
+        except Stale:
+            self._resync(gs)               # a dependency was archived under us: ask the files
+            return
         except DagrunError as e:
             self.log(f"error: {e}")
             sched.retrying(t)
@@ -502,6 +511,10 @@ class Engine:
                     self._give_back(gs, run.claim)
 
     def _commit(self, run: Run, ex: Exit) -> None:
+        with claims.edit_lock(self.home, run.goal):   # the claim cannot be archived mid-commit
+            self._commit_locked(run, ex)
+
+    def _commit_locked(self, run: Run, ex: Exit) -> None:
         g, t, c = run.goal, run.task.id, run.claim
         gs = self.goals.get(g)
         if gs is not None and self.home.plan_stamp(g) != gs.stamp:

@@ -30,6 +30,11 @@ from .store import COUNTED, MARKERS, Home, TaskFacts, dumps, loads, now_iso
 BACKOFF_CAP = 600.0
 
 
+class Stale(Exception):
+    """The caller's view of the goal is out of date: a dependency it believed done is not
+    (a plan edit or a forced retry archived it). Rebuild from the files and try again."""
+
+
 @dataclass
 class Claim:
     goal: str
@@ -97,6 +102,9 @@ def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: i
     except OSError as e:
         claims.release(home, g, t)
         raise os_error("prepare", tdir, e) from None
+    except Stale:
+        claims.release(home, g, t)
+        raise
     return c
 
 
@@ -124,6 +132,10 @@ def render_prompt(home: Home, plan: Plan, task: Task, record: dict | None,
         state = (state_of(dep) if state_of else None) or marker_of(home, g, dep) or "blocked"
         if state == "done":
             data = home.read_task_file(out, task.context_limit + 1)
+            if data is None and marker_of(home, g, dep) != "done":
+                # a done task always has an output file; without one it was archived (plan
+                # edit, forced retry) after the caller looked: never run on a vanished input
+                raise Stale(f"{g}/{dep} is no longer done")
             size = home.file_size(out)
             ups.append(Upstream(dep, "done", data or b"", size, out, soft))
         else:

@@ -3,6 +3,7 @@ the external claim protocol, cancel, retry, and the status data. Each is one fun
 the files; the CLI only parses arguments and renders what these return."""
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import time
@@ -13,7 +14,7 @@ from . import events as ev
 from . import fsio
 from . import plan as planmod
 from .errors import DagrunError, ExitCode, NotFound, Refused, UsageError, os_error
-from .lifecycle import (Claim, break_if_stale, build_scheduler, check_holder, claim_task, commit_done,
+from .lifecycle import (Claim, Stale, break_if_stale, build_scheduler, check_holder, claim_task, commit_done,
                         commit_failure, emit_changes, finish_goal_if_ended, latest_attempt, marker_of,
                         mark_cancelled, stop_goal)
 from .plan import Plan, check_id
@@ -130,23 +131,39 @@ def _replace_goal(home: Home, old: Plan, new: Plan, d: Diff, by: str) -> None:
     """Archive the task folders that must re-run (claims of running ones go with them, so
     their holders see the claim vanish and stop), then publish the new plan."""
     g = new.goal
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
-    adir = os.path.join(home.archive_dir(g), stamp)
     below = set(new.descendants(d.changed)) | set(d.changed)
-    moved = []
-    try:
-        for t in [*d.changed, *[t for t in new.ids() if t in below and t not in d.changed], *d.removed]:
-            src = home.task_dir(g, t)
-            if os.path.isdir(src):
-                fsio.makedirs(adir)
-                fsio.rename(src, os.path.join(adir, t))
-                moved.append(t)
-        fsio.write_atomic(home.plan_path(g), new.canonical())
-        fsio.remove(home.summary_path(g))
-    except OSError as e:
-        raise os_error("replace the plan of", home.goal_dir(g), e) from None
+    targets = below | set(d.removed)
+    with claims.edit_lock(home, g, exclusive=True):
+        try:
+            fsio.remove(home.summary_path(g))
+            adir, moved = _archive(home, old, g, targets)
+            fsio.write_atomic(home.plan_path(g), new.canonical())
+        except OSError as e:
+            raise os_error("replace the plan of", home.goal_dir(g), e) from None
     ev.emit(home, g, ev.PLAN_REPLACED, worker=by, changed=d.changed, downstream=d.downstream,
             removed=d.removed, added=d.added, archived=moved, archive=adir if moved else None)
+
+
+def _archive(home: Home, plan: Plan, g: str, targets: set[str]) -> tuple[str, list[str]]:
+    """Move the task folders of `targets` to archive/<stamp>/ -- dependents before what they
+    depend on (reverse topological order of `plan`, the plan in force on disk). The caller
+    holds the goal's exclusive edit lock, so nobody claims or commits meanwhile; the order is
+    for a crash half-way: every task still done then has all its inputs still done, the state
+    stays consistent, and running the same command again finishes the job."""
+    from .scheduler import Scheduler
+
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+    adir = os.path.join(home.archive_dir(g), stamp)
+    order = [plan.tasks[i].id for i in reversed(Scheduler(plan.tasks).order)]
+    order = [t for t in sorted(targets) if not plan.has(t)] + [t for t in order if t in targets]
+    moved = []
+    for t in order:
+        src = home.task_dir(g, t)
+        if os.path.isdir(src):
+            fsio.makedirs(adir)
+            fsio.rename(src, os.path.join(adir, t))
+            moved.append(t)
+    return adir, moved
 
 
 # ====================================================================================== external protocol
@@ -174,10 +191,17 @@ def claim_external(home: Home, g: str, *, worker: str, pid: int | None = None) -
         t = sched.take()
         if t is None:
             return ExitCode.NOTHING_READY, None
-        c = claim_task(home, plan, t, worker=worker, kind="external", pid=holder, state_of=sched.state_of)
+        try:
+            with claims.edit_lock(home, g):
+                c = claim_task(home, plan, t, worker=worker, kind="external", pid=holder, state_of=sched.state_of)
+                if c is not None:
+                    c.owner["definition"] = plan.task(t).definition_digest()
+                    claims.update_owner(home, g, t, c.owner)
+        except Stale:                  # an input was archived since we looked: look again
+            plan = home.load_plan(g)
+            sched, facts = build_scheduler(home, plan)
+            continue
         if c is not None:
-            c.owner["definition"] = plan.task(t).definition_digest()
-            claims.update_owner(home, g, t, c.owner)
             ev.status(home, g, t, ev.RUNNING, attempt=c.attempt, worker=worker)
             return ExitCode.OK, c
 
@@ -202,6 +226,18 @@ def _held(home: Home, g: str, t: str, *, worker: str | None, pid: int | None, fo
     return plan, c
 
 
+def _shared_edit_lock(fn):
+    """Run a commit of an external claim under the goal's shared edit lock (claim.edit_lock):
+    the claim cannot be archived by a plan edit between the holder check and the commit."""
+    @functools.wraps(fn)
+    def locked(home: Home, g: str, *args, **kw):
+        check_id("goal", g)
+        with claims.edit_lock(home, g):
+            return fn(home, g, *args, **kw)
+    return locked
+
+
+@_shared_edit_lock
 def complete(home: Home, g: str, t: str, *, output: str | None, worker: str | None, pid: int | None,
              force: bool, stdin=None) -> dict:
     plan, c = _held(home, g, t, worker=worker, pid=pid, force=force, what="complete")
@@ -232,6 +268,7 @@ def complete(home: Home, g: str, t: str, *, output: str | None, worker: str | No
     return body
 
 
+@_shared_edit_lock
 def fail(home: Home, g: str, t: str, *, reason: str, worker: str | None, pid: int | None, force: bool,
          exit_code: int | None = None) -> dict:
     plan, c = _held(home, g, t, worker=worker, pid=pid, force=force, what="fail")
@@ -391,18 +428,13 @@ def _clear(home: Home, g: str, t: str) -> None:
 
 def _redo_done(home: Home, plan: Plan, t: str, by: str) -> list[str]:
     g = plan.goal
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
-    adir = os.path.join(home.archive_dir(g), stamp)
     targets = [t] + plan.descendants([t])
-    try:
-        for x in targets:
-            src = home.task_dir(g, x)
-            if os.path.isdir(src):
-                fsio.makedirs(adir)
-                fsio.rename(src, os.path.join(adir, x))
-        fsio.remove(home.summary_path(g))
-    except OSError as e:
-        raise os_error("archive", home.task_dir(g, t), e) from None
+    with claims.edit_lock(home, g, exclusive=True):
+        try:
+            fsio.remove(home.summary_path(g))
+            adir, _ = _archive(home, plan, g, set(targets))
+        except OSError as e:
+            raise os_error("archive", home.task_dir(g, t), e) from None
     for x in targets:
         ev.status(home, g, x, ev.RESET, worker=by, reason=f"forced re-run of {t} requested by {by}",
                   archive=adir)
