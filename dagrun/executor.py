@@ -308,6 +308,11 @@ class ProcessRunner:
             self._forget(k)
 
 
+def attempt_processes(run_id: str) -> list[int]:
+    """Live processes of one attempt (they carry DAGRUN_RUN_ID=<run_id>)."""
+    return _processes_with(RUN_ID_VAR, run_id)
+
+
 def kill_strays(run_id: str | None) -> int:
     """SIGKILL every process that carries DAGRUN_RUN_ID=<run_id>: what an agent started in
     another process group or session (daemonised grandchildren) still inherits it."""

@@ -18,7 +18,7 @@ from .lifecycle import (Claim, Stale, break_if_stale, build_scheduler, check_hol
                         commit_failure, emit_changes, finish_goal_if_ended, latest_attempt, marker_of,
                         mark_cancelled, stop_goal)
 from .plan import Plan, check_id
-from .scheduler import RUNNING
+from .scheduler import READY, RETRYING, RUNNING, WAITING
 from .store import Home, dumps, loads, now_iso, parse_iso
 
 
@@ -308,11 +308,24 @@ def heartbeat(home: Home, g: str, t: str, *, worker: str | None, pid: int | None
 
 
 # ====================================================================================== control
-def cancel(home: Home, g: str, t: str | None, *, by: str, reason: str = "", wait: float = 10.0) -> list[str]:
+@dataclass
+class CancelResult:
+    cancelled: list[str] = field(default_factory=list)     # newly marked cancelled
+    stopped: list[str] = field(default_factory=list)       # had a running agent, now gone
+    still_running: list[str] = field(default_factory=list) # agent not gone when the wait ended
+    external: list[str] = field(default_factory=list)      # held by a script (it stops on its next heartbeat)
+
+
+def cancel(home: Home, g: str, t: str | None, *, by: str, reason: str = "",
+           wait: float | None = None) -> CancelResult:
     """Cancel one task (its dependents become blocked) or every unfinished task of the goal.
-    Running agents are stopped by their holders (which watch for the marker); a holder that is
-    gone is broken here, and its orphaned agent group is killed."""
-    from .executor import ProcessRunner
+
+    The markers and events are written first; the engine that runs an agent watches the
+    events and stops its process group (TERM, kill_grace, KILL). A holder that is gone is
+    broken here and its orphaned agent killed. Then we wait -- by default the largest
+    kill_grace plus 5 s -- until no claim is left and no process of those attempts
+    (DAGRUN_RUN_ID) is alive, so that when this returns the agents are gone."""
+    from .executor import ProcessRunner, attempt_processes
 
     plan = home.load_plan(g)
     if t is not None:
@@ -326,35 +339,46 @@ def cancel(home: Home, g: str, t: str | None, *, by: str, reason: str = "", wait
             raise Refused(f"cannot cancel {g}/{t}: it is already {st}")
         targets = [t]
     else:
-        targets = [x for x in plan.ids() if sched.state_of(x) in ("waiting", "ready", "running", "retrying")]
+        # dependents first: each gets its own cancelled marker, not a "blocked" on the way
+        targets = [sched.ids[i] for i in reversed(sched.order)
+                   if sched.state[i] in (WAITING, READY, RUNNING, RETRYING)]
     why = reason or f"cancelled by {by}"
-    done = []
-    running = []
+    res = CancelResult()
     for x in targets:
-        if sched.state_of(x) == "running":
-            running.append(x)
         if mark_cancelled(home, g, x, by=by, reason=why):
             ev.status(home, g, x, ev.CANCELLED, worker=by, reason=why)
-            done.append(x)
+            res.cancelled.append(x)
         ch = sched.finish(x, "cancelled") or []
         emit_changes(home, g, ch[1:], by)
+    # after the markers: a task claimed just before its marker landed is running too
+    pending = {x for x in targets if os.path.isdir(home.claim_dir(g, x))}
+    if wait is None:
+        wait = max((plan.task(x).kill_grace for x in pending), default=0.0) + 5.0
     reap = ProcessRunner().reap_orphan
     deadline = time.monotonic() + wait
-    pending = list(running)
-    while pending and time.monotonic() < deadline:
-        for x in list(pending):
-            if not os.path.isdir(home.claim_dir(g, x)):
-                pending.remove(x)
-                continue
+    run_ids: dict[str, str] = {}
+    while True:
+        for x in sorted(pending):
             owner = claims.read_owner(home, g, x)
-            if owner and owner.get("kind") == "external":
-                pending.remove(x)          # a script's agent: it learns on its next heartbeat
-                continue
-            break_if_stale(home, plan, x, worker=by, reap=reap)
-        if pending:
-            time.sleep(0.05)
+            if owner:
+                rid = owner.get("run_id") or (owner.get("handle") or {}).get("run_id")
+                if rid:
+                    run_ids[x] = rid
+            if not os.path.isdir(home.claim_dir(g, x)):
+                pending.discard(x)
+            elif owner and owner.get("kind") == "external":
+                pending.discard(x)         # a script's agent: it learns on its next heartbeat
+                res.external.append(x)
+            else:
+                break_if_stale(home, plan, x, worker=by, reap=reap)
+        alive = {x for x, rid in run_ids.items() if attempt_processes(rid)}
+        if (not pending and not alive) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    res.still_running = sorted(pending | alive)
+    res.stopped = sorted(x for x in run_ids if x not in res.still_running and x not in res.external)
     finish_goal_if_ended(home, plan, sched, by)
-    return done
+    return res
 
 
 def retry(home: Home, g: str, t: str | None, *, cascade: bool = False, force: bool = False,
