@@ -333,21 +333,26 @@ def cancel(home: Home, g: str, t: str | None, *, by: str, reason: str = "",
         if not plan.has(t):
             raise NotFound(f"goal {g!r} has no task {t!r}")
     sched, facts = build_scheduler(home, plan)
+    # A task already cancelled that still has a claim: an earlier cancel may have died between
+    # the marker and the event, so the engine running it never heard. Announce it again.
+    unheard = {x for x in plan.ids() if sched.state_of(x) == "cancelled" and os.path.isdir(home.claim_dir(g, x))}
     if t is not None:
         st = sched.state_of(t)
-        if st in ("done", "cancelled"):
+        if st == "done" or (st == "cancelled" and t not in unheard):
             raise Refused(f"cannot cancel {g}/{t}: it is already {st}")
         targets = [t]
     else:
         # dependents first: each gets its own cancelled marker, not a "blocked" on the way
         targets = [sched.ids[i] for i in reversed(sched.order)
-                   if sched.state[i] in (WAITING, READY, RUNNING, RETRYING)]
+                   if sched.state[i] in (WAITING, READY, RUNNING, RETRYING) or sched.ids[i] in unheard]
     why = reason or f"cancelled by {by}"
     res = CancelResult()
     for x in targets:
         if mark_cancelled(home, g, x, by=by, reason=why):
             ev.status(home, g, x, ev.CANCELLED, worker=by, reason=why)
             res.cancelled.append(x)
+        elif x in unheard:
+            ev.status(home, g, x, ev.CANCELLED, worker=by, reason=why, repeated=True)
         ch = sched.finish(x, "cancelled") or []
         emit_changes(home, g, ch[1:], by)
     # after the markers: a task claimed just before its marker landed is running too
