@@ -667,3 +667,69 @@ def test_running_goal_picks_up_a_plan_edit_without_restart(home, plans, tmp_path
     assert (task_dir(home, "live", "m") / "output").read_text() == "out-m-2\n"
     arch = list((home / "goals" / "live" / "archive").glob("*/m"))
     assert len(arch) == 1 and not (arch[0] / "done").exists()     # the old attempt, cut off
+
+
+def test_forced_retry_while_a_downstream_task_runs(home, plans, tmp_path):
+    """c is running when `retry --force a` archives a, b and c (c's claim with it): the engine
+    stops the old c, then runs a, b and c again in order."""
+    agent, ctl = ctl_agent(tmp_path)
+    (ctl / "hold.c").touch()
+    p = write_plan(plans, [{"id": "a", "prompt": "p"}, {"id": "b", "prompt": "p", "deps": ["a"]},
+                           {"id": "c", "prompt": "p", "deps": ["b"]}, {"id": "x", "prompt": "p"}],
+                   goal="frr", defaults={"agent": agent, "kill_grace": 1})
+    eng = spawn("run", p, home=home)
+    try:
+        wait_for(lambda: _running(home, "frr", "c"), what="c running")
+        assert run("retry", "frr", "a", "--force", home=home).stdout.split() == ["a", "b", "c"]
+        wait_for(lambda: runs(ctl, "c") == 2, what="the new c")
+        (ctl / "hold.c").unlink()
+        assert eng.wait(timeout=30) == 0
+    finally:
+        if eng.poll() is None:
+            eng.kill()
+    check_consistent(home, "frr", ctl)
+    assert [runs(ctl, t) for t in "abcx"] == [2, 2, 2, 1]
+    assert "out-b-2" in (task_dir(home, "frr", "c") / "prompt.md").read_text()
+
+
+def test_a_claim_on_an_archived_input_is_refused(home, plans):
+    """The engine's view can lag behind an archive: rendering finds the input gone and the
+    claim is given back (Stale), instead of running on an empty input."""
+    import shutil as sh
+
+    from dagrun.lifecycle import Stale, claim_task
+    from dagrun.store import Home
+    p = write_plan(plans, [{"id": "a", "prompt": "p"}, {"id": "b", "prompt": "p", "deps": ["a"]}],
+                   goal="st", defaults={"agent": "echo A"})
+    run("run", p, home=home)
+    h = Home(str(home))
+    plan = h.load_plan("st")
+    sh.rmtree(task_dir(home, "st", "b"))
+    (home / "goals" / "st" / "archive").mkdir()
+    os.rename(task_dir(home, "st", "a"), home / "goals" / "st" / "archive" / "a")
+    try:
+        claim_task(h, plan, "b", worker="w", kind="engine", state_of=lambda t: "done")
+        raise AssertionError("claimed b on a vanished input")
+    except Stale:
+        pass
+    assert not (task_dir(home, "st", "b") / "claim").exists()
+
+
+def test_archiving_waits_for_claims_in_flight_and_blocks_new_ones(home, plans):
+    """`dagrun claim` takes the goal's edit lock shared: while a plan replace or forced retry
+    holds it exclusive, the claim waits."""
+    import subprocess
+    import time
+
+    from conftest import DAGRUN
+    from dagrun import claim
+    from dagrun.store import Home
+    p = write_plan(plans, [{"id": "a", "prompt": "p"}], goal="lk", defaults={"agent": "true"})
+    run("submit", p, home=home)
+    with claim.edit_lock(Home(str(home)), "lk", exclusive=True):
+        c = subprocess.Popen([DAGRUN, f"--home={home}", "claim", "lk", "--worker", "w"],
+                             stdout=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        assert c.poll() is None, "claimed while the goal was being edited"
+    assert c.wait(timeout=30) == 0 and c.stdout.read().strip() == "a"
+    run("fail", "lk", "a", "--worker", "w", home=home)
