@@ -320,7 +320,8 @@ def emit_changes(home: Home, g: str, changes, worker: str, skip: str | None = No
         if state == "ready":
             ev.status(home, g, tid, ev.READY, worker=worker)
         elif state == "blocked":
-            ev.emit(home, g, ev.TASK_BLOCKED, task=tid, reason="failed dependency", blocked_by=root, worker=worker)
+            cause = "cancelled" if marker_of(home, g, root) == "cancelled" else "failed"
+            ev.emit(home, g, ev.TASK_BLOCKED, task=tid, reason=f"{cause} dependency", blocked_by=root, worker=worker)
 
 
 def build_scheduler(home: Home, plan: Plan, now: float | None = None) -> tuple[Scheduler, dict[str, TaskFacts]]:
