@@ -363,6 +363,8 @@ def finish_goal_if_ended(home: Home, plan: Plan, sched: Scheduler, worker: str) 
     exclusive) and let the winner announce agent.goal.finished."""
     if not sched.is_finished():
         return None
+    if os.path.exists(home.summary_path(plan.goal)):
+        return None     # already written (and announced): the analysis reads every task's files
     from .summary import build_summary
     summary = build_summary(home, plan, sched)
     try:
