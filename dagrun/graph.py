@@ -77,7 +77,8 @@ def dot(plan: Plan, states: dict[str, str] | None = None, critical: list[str] | 
         if states:
             s = states.get(t, "waiting")
             stroke, fill = STATE_COLOURS.get(s, STATE_COLOURS["waiting"])
-            attrs += [f"label={_q(t + chr(10) + s)}", f'fillcolor="{fill}"', f'color="{stroke}"']
+            label = _q(t)[:-1] + "\\n" + s + '"'           # \n: Graphviz's centred line break
+            attrs += [f"label={label}", f'fillcolor="{fill}"', f'color="{stroke}"']
         if t in on_path:
             attrs.append("penwidth=2.5")
         lines.append(f"  {_q(t)}" + (f" [{', '.join(attrs)}]" if attrs else "") + ";")

@@ -197,6 +197,7 @@ def svg(rep: Report, *, standalone: bool = False) -> str:
     for r in by_row:
         by_row[r].sort(key=lambda i: attempts[i].start)
     for r, idxs in by_row.items():
+        prev_end = float(LABEL_W)
         for n, i in enumerate(idxs):
             a = attempts[i]
             end = a.end if a.end is not None else now
@@ -218,6 +219,10 @@ def svg(rep: Report, *, standalone: bool = False) -> str:
             elif tw <= nxt - (bx + bw):
                 out.append(f'<text class="outside" x="{bx + bw + 4:.1f}" y="{by + BAR_H / 2 + 4:.1f}">'
                            f'{_e(label)}</text>')
+            elif tw <= bx - prev_end:
+                out.append(f'<text class="outside" x="{bx - 4:.1f}" y="{by + BAR_H / 2 + 4:.1f}" '
+                           f'text-anchor="end">{_e(label)}</text>')
+            prev_end = bx + bw
             out.append(f"<title>{_e(tip)}</title></g>")
     # arrows above the bars, the critical ones on top
     out += [p for c, p in deps if not c] + [p for c, p in deps if c]

@@ -115,7 +115,9 @@ class GoalView:
         from rich.text import Text
 
         ended, total = self.progress()
-        bar = ProgressBar(total=max(total, 1), completed=ended, width=60)
+        bar = Table.grid(padding=(0, 1))          # a bare ProgressBar ends without a line break
+        bar.add_row(ProgressBar(total=max(total, 1), completed=ended, width=60),
+                    Text(f"{ended}/{total} ended", style="bright_black"))
         run = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
         run.add_column("running")
         run.add_column("attempt", justify="right")
@@ -142,7 +144,7 @@ class GoalView:
             by_state.rstrip()
             parts.append(by_state)
         if self.recent:
-            parts.append(Text("\n".join(self.recent), style="bright_black"))
+            parts.append(Text("\n".join(self.recent), style="bright_black", no_wrap=True, overflow="ellipsis"))
         return Group(*parts)
 
 
@@ -190,7 +192,7 @@ class GoalsView:
                               other)
             parts = [t]
             if self.recent:
-                parts.append(Text("\n".join(self.recent), style="bright_black"))
+                parts.append(Text("\n".join(self.recent), style="bright_black", no_wrap=True, overflow="ellipsis"))
             return Group(*parts)
 
 
