@@ -151,6 +151,11 @@ def test_events_filters_and_errors(home, plans):
         assert r.stderr.startswith("dagrun: ") and msg in r.stderr and len(r.stderr.splitlines()) == 1
 
 
+def _cpu_ticks(pid: int) -> int:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])          # utime + stime
+
+
 def _read_json_lines(proc, n: int, timeout: float = 20.0) -> list[dict]:
     out = []
     deadline = time.monotonic() + timeout
@@ -204,6 +209,10 @@ def test_events_follow_one_goal_ends_only_when_stopped(home, plans):
         assert [(e["task"], e["status"]) for e in got] == [
             ("a", "running"), ("a", "done"), ("b", "ready"), ("b", "running"), ("b", "done")]
         assert fol.poll() is None                # following goes on after the goal ends
+        # and costs nothing while nothing is appended: it sleeps on inotify, not on a timer
+        before = _cpu_ticks(fol.pid)
+        time.sleep(2.0)
+        assert _cpu_ticks(fol.pid) - before <= 2
     finally:
         kill_group(fol, signal.SIGINT)
         assert fol.wait(10) == 130
