@@ -19,7 +19,6 @@ import orjson
 from . import fsio
 from .errors import UsageError, os_error
 from .store import Home, now_iso, parse_iso
-from .watcher import Watcher
 
 PLAN_CREATED = "agent.plan.created"
 PLAN_REPLACED = "agent.plan.replaced"
@@ -133,6 +132,7 @@ class Follower:
         self.home = home
         self.goal = goal
         self.start = start
+        from .watcher import Watcher     # not needed by the protocol commands: keep their start fast
         if goal is None:
             home.ensure()               # the watch on goals/ needs the folder
         self.watcher = Watcher(home.goals_dir, poll=poll)

@@ -132,7 +132,8 @@ def test_metrics_of_a_running_goal(home, plans):
 def test_worker_refreshes_its_textfile_with_the_statebus_lag(home, plans, tmp_path):
     """Worker A keeps a textfile; `dagrun run` (another process) runs tasks of the same goal,
     and A measures how long its events took to reach it."""
-    prom = tmp_path / "w.prom"
+    (tmp_path / "prom").mkdir()
+    prom = tmp_path / "prom" / "w.prom"
     p = write_plan(plans, [{"id": f"t{i}", "prompt": "p"} for i in range(6)], goal="lag",
                    defaults={"agent": "sleep 0.3"})
     run("submit", p, home=home)
@@ -158,4 +159,4 @@ def test_worker_refreshes_its_textfile_with_the_statebus_lag(home, plans, tmp_pa
     finally:
         kill_group(a, signal.SIGTERM)
         assert a.wait(30) == 143
-    assert not [f for f in os.listdir(tmp_path) if f != "w.prom"]       # no temporary file left behind
+    assert os.listdir(tmp_path / "prom") == ["w.prom"]       # no temporary file left behind
