@@ -128,14 +128,16 @@ class Follower:
     events it reads afterwards: nothing falls in between)."""
 
     def __init__(self, home: Home, goal: str | None = None, *, start: str = "begin",
-                 poll: float | None = None):
+                 poll: float | None = None, watch: bool = True):
         self.home = home
         self.goal = goal
         self.start = start
-        from .watcher import Watcher     # not needed by the protocol commands: keep their start fast
-        if goal is None:
-            home.ensure()               # the watch on goals/ needs the folder
-        self.watcher = Watcher(home.goals_dir, poll=poll)
+        self.watcher = None
+        if watch:                        # watch=False: read what is there (no inotify, no home created)
+            from .watcher import Watcher     # not needed by the protocol commands: keep their start fast
+            if goal is None:
+                home.ensure()               # the watch on goals/ needs the folder
+            self.watcher = Watcher(home.goals_dir, poll=poll)
         self.readers: dict[str, Reader] = {}
         self._initial = True
         self._discover()
@@ -143,14 +145,15 @@ class Follower:
 
     @property
     def polling(self) -> bool:
-        return self.watcher.polling
+        return self.watcher is None or self.watcher.polling
 
     def _discover(self) -> None:
         names = [self.goal] if self.goal else self.home.goals()
         for g in names:
             if g in self.readers:
                 continue
-            self.watcher.watch_goal(g)     # watch first, then read: no append slips between
+            if self.watcher is not None:
+                self.watcher.watch_goal(g)     # watch first, then read: no append slips between
             r = Reader(self.home.events_path(g))
             if self._initial and self.start == "end":
                 try:
@@ -172,6 +175,8 @@ class Follower:
     def wait(self, timeout: float | None = None) -> None:
         """Sleep until something may have been appended (or `timeout` seconds passed)."""
         w = self.watcher
+        if w is None:
+            raise RuntimeError("Follower(watch=False) cannot wait")
         if w.polling:
             step = w.poll or 1.0
             deadline = None if timeout is None else time.monotonic() + timeout
@@ -197,7 +202,8 @@ class Follower:
                 self._discover()
 
     def close(self) -> None:
-        self.watcher.close()
+        if self.watcher is not None:
+            self.watcher.close()
 
 
 # ---------------------------------------------------------------------------------- filtering

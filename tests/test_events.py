@@ -217,3 +217,11 @@ def test_events_follow_one_goal_ends_only_when_stopped(home, plans):
         kill_group(fol, signal.SIGINT)
         assert fol.wait(10) == 130
     assert not (task_dir(home, "fg", "a") / "claim").exists()
+
+
+def test_reading_an_empty_home_creates_nothing(tmp_path):
+    home = tmp_path / "nothing-here"
+    assert run("events", "--all", home=home).stdout == ""
+    assert run("watch", home=home).stdout == f"no goals under {home}\n"
+    assert "dagrun_running_tasks 0" in run("metrics", home=home).stdout
+    assert not home.exists()

@@ -246,6 +246,9 @@ def watch_all(home, *, tty: bool, poll: float | None = None) -> int:
     from ..events import Follower
     from ..ops import goal_detail
 
+    if not home.goals():
+        print(f"no goals under {home.root}", flush=True)
+        return 0
     fol = Follower(home, None, start="end", poll=poll)
     try:
         load = lambda g: goal_detail(home, g)   # noqa: E731
@@ -271,7 +274,4 @@ def watch_all(home, *, tty: bool, poll: float | None = None) -> int:
                     print(fmt_event(e), flush=True)
     finally:
         fol.close()
-    if not gv.views:
-        print(f"no goals under {home.root}", flush=True)
-        return 0
     return 0 if all(v.outcome == "done" for v in gv.views.values()) else 1

@@ -38,7 +38,7 @@ def events(ctx: typer.Context,
         check_id("goal", goal)
         home.load_plan(goal)     # a clear error for an unknown goal
     ok = matcher(parse_since(since) if since else None, type_)
-    fol = Follower(home, goal, start="begin", poll=poll)
+    fol = Follower(home, goal, start="begin", poll=poll, watch=follow)
     out = sys.stdout.buffer
     try:
         while True:
