@@ -29,7 +29,8 @@ from . import fsio
 from .errors import DagrunError, ExitCode
 from .executor import Exit, Launch, ProcessRunner, Runner, StartError
 from .lifecycle import (Claim, break_if_stale, build_scheduler, claim_task, commit_done, commit_failure,
-                        emit_changes, finish_goal_if_ended, marker_of, record_unfinished, stop_goal)
+                        emit_changes, finish_goal_if_ended, latest_attempt, marker_of, record_unfinished,
+                        stop_goal)
 from .plan import Plan, Task
 from .scheduler import RUNNING, Scheduler
 from .store import Home
@@ -37,6 +38,7 @@ from .watcher import Doorbell, Watcher
 
 HOUSEKEEPING = 1.0        # s: liveness of other workers' claims, stall checks
 NO_PIDFD_POLL = 0.02      # s: child-exit polling where pidfd_open is missing
+FOREIGN_RETRY_GRACE = 1.0  # s: past another worker's retry_at before we requeue without its `ready`
 
 
 def default_worker_name() -> str:
@@ -316,7 +318,11 @@ class Engine:
             elif f.owner is not None or f.claim_mtime:
                 self._sweep_leftover_claim(gs, t, f.owner)
             if sched.state_of(t) == "retrying":
-                self._add_timer(time.monotonic() + max(0.0, f.retry_at - now_wall), g, t)
+                # a retry this worker recorded is announced by whichever of its timers fires
+                # first; another's waits a grace longer for that announcement (one `ready` line)
+                ours = (f.record or {}).get("worker") == self.worker
+                delay = max(0.0, f.retry_at - now_wall) + (0.0 if ours else FOREIGN_RETRY_GRACE)
+                self._add_timer(time.monotonic() + delay, g, t, announce=f.attempt + 1 if ours else 0)
         if plan.on_failure == "stop" and any(f.state == "failed" for f in facts.values()):
             gs.stopped = True
         cost = time.monotonic() - t0
@@ -397,7 +403,9 @@ class Engine:
                 sched.retrying(t)
                 gs.foreign.discard(t)
                 when = float(e.get("retry_at") or 0.0)
-                self._add_timer(time.monotonic() + max(0.0, when - time.time()), g, t)
+                # the worker that recorded the retry announces `ready` when its backoff ends and
+                # we requeue on that line; this timer only matters if that worker is gone
+                self._add_timer(time.monotonic() + max(0.0, when - time.time()) + FOREIGN_RETRY_GRACE, g, t)
         elif st == ev.READY:
             s = sched.state_of(t)
             if not mine and (s == "retrying" or (s == "running" and not os.path.isdir(self.home.claim_dir(g, t)))):
@@ -657,7 +665,15 @@ class Engine:
             m = marker_of(self.home, g, t)
             gs.foreign.discard(t)
             if m is None:
-                gs.sched.requeue(t)
+                # released without a marker: given back, or failed with a retry left -- then its
+                # backoff holds (we may not have read the `retrying` line yet)
+                rec = latest_attempt(self.home, g, t)[1] or {}
+                wait = float(rec.get("retry_at") or 0.0) - time.time() if not rec.get("final") else 0.0
+                if wait > 0:
+                    gs.sched.retrying(t)
+                    self._add_timer(time.monotonic() + wait + FOREIGN_RETRY_GRACE, g, t)
+                else:
+                    gs.sched.requeue(t)
             elif gs.sched.finish(t, m) is None:
                 self._resync(gs)
             else:

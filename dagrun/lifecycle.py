@@ -61,7 +61,8 @@ def latest_attempt(home: Home, g: str, t: str) -> tuple[int, dict | None]:
 # ---------------------------------------------------------------------------------- claiming
 def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: int | None = None,
                state_of: Callable[[str], str] | None = None, publish_owner: bool = True) -> Claim | None:
-    """Claim task t and render its prompt.md. None if it is held, or already ended.
+    """Claim task t and render its prompt.md. None if it is held, already ended, or waiting
+    out a retry backoff.
 
     `state_of` (the scheduler's view) says which soft dependencies ended without output;
     when it is None that is judged from their markers. The engine passes
@@ -84,6 +85,9 @@ def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: i
         if n.startswith(".claim."):
             fsio.rmtree(os.path.join(tdir, n))   # a breaker or releaser died half-way
     attempt, record = latest_attempt(home, g, t) if "attempts" in names else (0, None)
+    if record and not record.get("final") and float(record.get("retry_at") or 0.0) > time.time() + 0.05:
+        claims.release(home, g, t)     # its retry backoff has not ended (a peer's scheduler was stale)
+        return None
     attempt += 1
     owner = claims.new_owner(worker, attempt, kind=kind, pid=pid)
     owner["run_id"] = run_id(home, g, t, attempt)
