@@ -225,3 +225,18 @@ def test_reading_an_empty_home_creates_nothing(tmp_path):
     assert run("watch", home=home).stdout == f"no goals under {home}\n"
     assert "dagrun_running_tasks 0" in run("metrics", home=home).stdout
     assert not home.exists()
+
+
+def test_one_ready_line_after_a_backoff_however_many_workers(home, plans):
+    flag = plans / "failed-once"
+    p = write_plan(plans, [{"id": "f", "prompt": "p", "agent": f"test -e {flag} || {{ touch {flag}; exit 1; }}",
+                            "retries": 1, "retry_backoff": 0.3}] +
+                   [{"id": f"n{i}", "prompt": "p", "deps": ["f"]} for i in range(3)],
+                   goal="two", defaults={"agent": "true"})
+    run("submit", p, home=home)
+    workers = [spawn("worker", "--until-idle", "--name", f"w{k}", home=home) for k in range(3)]
+    for w in workers:
+        assert w.wait(60) == 0
+    f = [e for e in _lines(home, "two") if e.get("task") == "f"]
+    assert [e["status"] for e in f] == ["ready", "running", "retrying", "ready", "running", "done"]
+    assert f[3]["worker"] == f[2]["worker"] and f[3]["attempt"] == 2      # announced by who recorded the retry
