@@ -376,7 +376,7 @@ def cancel(home: Home, g: str, t: str | None, *, by: str, reason: str = "",
                 res.external.append(x)
             else:
                 break_if_stale(home, plan, x, worker=by, reap=reap)
-        alive = {x for x, rid in run_ids.items() if attempt_processes(rid)}
+        alive = {x for x, rid in run_ids.items() if x not in res.external and attempt_processes(rid)}
         if (not pending and not alive) or time.monotonic() >= deadline:
             break
         time.sleep(0.05)
