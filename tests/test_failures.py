@@ -733,3 +733,22 @@ def test_archiving_waits_for_claims_in_flight_and_blocks_new_ones(home, plans):
         assert c.poll() is None, "claimed while the goal was being edited"
     assert c.wait(timeout=30) == 0 and c.stdout.read().strip() == "a"
     run("fail", "lk", "a", "--worker", "w", home=home)
+
+
+def test_cancel_of_a_task_held_by_a_script(home, plans):
+    """A bash worker's agent cannot be killed from here: cancel says so at once, the script's
+    next heartbeat is refused (exit 4) and so is its complete."""
+    import time
+    p = write_plan(plans, [{"id": "a", "prompt": "p"}, {"id": "b", "prompt": "p", "deps": ["a"]}],
+                   goal="ext", defaults={"agent": "true"})
+    run("submit", p, home=home)
+    assert run("claim", "ext", "--worker", "lobster", home=home).stdout.strip() == "a"
+    t0 = time.monotonic()
+    r = run("cancel", "ext", "a", home=home)
+    assert time.monotonic() - t0 < 5
+    assert r.stdout.split() == ["a"] and "held by a script" in r.stderr
+    hb = run("heartbeat", "ext", "a", "--worker", "lobster", home=home, check=4)
+    assert "cancelled" in hb.stderr
+    run("complete", "ext", "a", "--worker", "lobster", home=home, check=4)
+    st = {r["task"]: r for r in json.loads(run("status", "ext", "--json", home=home).stdout)["tasks"]}
+    assert st["a"]["state"] == "cancelled" and st["b"]["state"] == "blocked" and st["b"]["blocked_by"] == "a"
