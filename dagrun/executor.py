@@ -48,6 +48,8 @@ class Launch:
 class Exit:
     code: int | None         # exit status, or None when killed by a signal
     signal: int | None = None
+    stats: dict | None = field(default=None, compare=False)   # stats() as of the exit (the
+    #                          runner forgets the attempt once it has reported its exit)
     strays: int = 0          # processes it left behind outside its group, killed by us
     lost_output: bool = False   # its capture file vanished (the task folder was deleted)
 
@@ -106,6 +108,7 @@ class _Proc:
     last_output: float = 0.0
     over_limit: bool = False
     exited_at: float | None = None
+    stopping: bool = False          # we sent TERM/KILL: nothing of this attempt may outlive it
 
 
 class ProcessRunner:
@@ -235,6 +238,11 @@ class ProcessRunner:
             self._ended_groups[handle["pgid"]] = None
             if len(self._ended_groups) > 1024:
                 del self._ended_groups[next(iter(self._ended_groups))]
+            if proc.stopping:
+                # a stopped attempt (timeout, stall, cancel, Ctrl-C): also what escaped the
+                # group (setsid, daemonised children), found by DAGRUN_RUN_ID. The shell may
+                # have died of the TERM long before its TERM-ignoring escapees would.
+                kill_strays(handle.get("run_id"))
         for s in proc.streams.values():
             self._drain(proc, s, None)
             if not s.eof:               # held open by a process outside the group: stop listening
@@ -244,11 +252,14 @@ class ProcessRunner:
             if s.out is not None:
                 _close(s.out)
                 s.out = None
+        st = self.stats(handle)
         self._forget(k)
         strays = self.sweep()
         rc = proc.rc
         lost = any(s.lost for s in proc.streams.values())
-        return Exit(rc, None, strays, lost) if rc >= 0 else Exit(None, -rc, strays, lost)
+        if rc >= 0:
+            return Exit(rc, None, st, strays=strays, lost_output=lost)
+        return Exit(None, -rc, st, strays=strays, lost_output=lost)
 
     def sweep(self) -> int:
         """Kill the processes our agents left behind outside their process group (a
@@ -293,11 +304,20 @@ class ProcessRunner:
                 _close(s.out)
 
     def terminate(self, handle: dict) -> None:
+        self._mark_stopping(handle)
         _killpg(handle["pgid"], signal.SIGTERM)
+        for p in _processes_with(RUN_ID_VAR, handle["run_id"]) if handle.get("run_id") else ():
+            _kill(p, signal.SIGTERM)      # escapees of the group get the same grace
 
     def kill(self, handle: dict) -> None:
+        self._mark_stopping(handle)
         _killpg(handle["pgid"], signal.SIGKILL)
         kill_strays(handle.get("run_id"))
+
+    def _mark_stopping(self, handle: dict) -> None:
+        p = self._procs.get(self.key(handle))
+        if p is not None:
+            p.stopping = True
 
     def running(self) -> int:
         return len(self._procs)
@@ -403,6 +423,11 @@ def _env_value(pid: int, var: str) -> str | None:
         if part.startswith(key):
             return part[len(key):].decode(errors="replace")
     return None
+
+
+def attempt_processes(run_id: str) -> list[int]:
+    """Live processes of one attempt (they carry DAGRUN_RUN_ID=<run_id>)."""
+    return _processes_with(RUN_ID_VAR, run_id)
 
 
 def kill_strays(run_id: str | None) -> int:

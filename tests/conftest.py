@@ -127,31 +127,21 @@ def plans(tmp_path) -> Path:
     return d
 
 
-def _session_agents(base: str) -> list[int]:
-    """Agents (DAGRUN_RUN_ID) whose home is under this pytest session's temp folder: other
-    sessions on a shared machine run their own agents, which are none of our business."""
-    needle = f"DAGRUN_HOME={base}".encode()
-    out = []
-    for pid in processes_with_env("DAGRUN_RUN_ID"):
-        try:
-            env = Path(f"/proc/{pid}/environ").read_bytes()
-        except OSError:
-            continue
-        if any(part.startswith(needle) for part in env.split(b"\0")):
-            out.append(pid)
-    return out
-
-
 @pytest.fixture(autouse=True)
 def _no_stray_agents(tmp_path_factory):
-    """Every test must leave no agent processes behind (agents carry DAGRUN_RUN_ID)."""
-    base = str(tmp_path_factory.getbasetemp())
-    before = set(_session_agents(base))
+    """Every test must leave no agent processes behind (agents carry DAGRUN_RUN_ID). Only
+    agents of this pytest session count (their DAGRUN_HOME is under its basetemp): other test
+    sessions on the same machine have agents of their own, which are none of our business."""
+    mine = str(tmp_path_factory.getbasetemp()) + os.sep
+
+    def agents():
+        return set(processes_with_env("DAGRUN_RUN_ID")) & set(processes_with_env("DAGRUN_HOME", mine))
+    before = agents()
     yield
     deadline = time.monotonic() + 5
     left = []
     while time.monotonic() < deadline:
-        left = [p for p in _session_agents(base) if p not in before]
+        left = [p for p in agents() if p not in before]
         if not left:
             break
         time.sleep(0.05)

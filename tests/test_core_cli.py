@@ -75,7 +75,7 @@ def test_failing_agent_writes_failed_marker_and_exit_1(home, plans):
                            {"id": "b", "prompt": "p", "deps": ["a"]}, {"id": "c", "prompt": "p"}],
                    goal="f", defaults={"agent": "true"})
     r = run("run", p, home=home, check=1)
-    assert "failed: a (exit code 3)" in r.stdout and "blocked: b" in r.stdout
+    assert "failed: a (exit code 3)" in r.stdout and "blocked by a: b" in r.stdout
     failed = json.loads((task_dir(home, "f", "a") / "failed").read_text())
     assert failed["exit_code"] == 3 and failed["outcome"] == "failed"
     assert (task_dir(home, "f", "a") / "stderr.log").read_text() == "oops\n"
@@ -160,9 +160,8 @@ def _agent_log_plan(plans: Path, log: Path, n_chain: int = 6, sleep: float = 0.3
 def test_sigkill_mid_goal_then_resume_never_reruns_done_work(home, plans, tmp_path):
     log = tmp_path / "ran.log"
     p = _agent_log_plan(plans, log)
-    for kill_after in (0.5, 1.3):
-        if kill_after > 0.5:
-            pass
+    kills = (0.5, 1.3)
+    for kill_after in kills:
         proc = spawn("run", p, "-j", "2", home=home)
         wait_for(lambda: log.exists() and len(log.read_text().split()) >= (1 if kill_after < 1 else 3),
                  timeout=20, what="some tasks to finish")
@@ -174,13 +173,11 @@ def test_sigkill_mid_goal_then_resume_never_reruns_done_work(home, plans, tmp_pa
     ran = log.read_text().split()
     done_by_markers = {t for t in "abcd"} | {f"k{i}" for i in range(6)}
     assert set(ran) == done_by_markers
-    # an agent killed mid-run may have finished its work but not been recorded: it may run
-    # again; a task recorded done (marker written) never does
-    marker_time = {t: json.loads((task_dir(home, "crash", t) / "done").read_text())["ended"] for t in done_by_markers}
-    assert all(marker_time.values())
+    # An agent whose engine was SIGKILLed keeps running until it writes to its dead stdout pipe
+    # (SIGPIPE) or a restarted engine stops it, so an uncommitted task can run once per kill
+    # plus once more; a task whose done marker was written never runs again (next test).
     for t in done_by_markers:
-        assert ran.count(t) <= 2
-        assert json.loads((task_dir(home, "crash", t) / "done").read_text())["attempt"] >= 1
+        assert 1 <= ran.count(t) <= 1 + len(kills)
     assert not list((home / "goals" / "crash" / "tasks").glob("*/claim"))
 
 

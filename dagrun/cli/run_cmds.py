@@ -77,9 +77,12 @@ def run(ctx: typer.Context,
             failed = [r for r in d["tasks"] if r["state"] in ("failed", "cancelled")]
             for r in failed:
                 print(f"  {r['state']}: {r['task']}" + (f" ({r['reason']})" if r.get("reason") else ""))
-            blocked = [r["task"] for r in d["tasks"] if r["state"] == "blocked"]
-            if blocked:
-                print(f"  blocked: {' '.join(blocked)}")
+            by_root: dict = {}
+            for r in d["tasks"]:
+                if r["state"] == "blocked":
+                    by_root.setdefault(r.get("blocked_by") or "?", []).append(r["task"])
+            for root, tasks in by_root.items():
+                print(f"  blocked by {root}: {' '.join(tasks)}")
     raise typer.Exit(rc)
 
 
@@ -92,19 +95,30 @@ def worker(ctx: typer.Context,
            poll: float = typer.Option(None, "--poll", min=0.01, metavar="SECONDS",
                                       help="Poll every SECONDS instead of inotify (homes on NFS)."),
            rescan: float = typer.Option(10.0, "--rescan", min=0.1, metavar="SECONDS",
-                                        help="Full rescan of the files at least this often (safety net).")):
+                                        help="Full rescan of the files at least this often (safety net)."),
+           metrics_path: str = typer.Option(None, "--metrics", metavar="PATH",
+                                            help="Keep a Prometheus textfile at PATH up to date (see `dagrun "
+                                                 "metrics`), plus the state-bus lag this worker observes."),
+           metrics_every: float = typer.Option(15.0, "--metrics-every", min=0.1, metavar="SECONDS",
+                                               help="How often --metrics rewrites the file.")):
     """Serve every goal under the home: the daemon for systemd, or --until-idle for cron.
     Logs one line per event of its own to stderr."""
     from ..engine import Engine, default_worker_name
 
     home = home_of(ctx)
     me = name or default_worker_name()
+    wm = None
+    if metrics_path:
+        from ..metrics import WorkerMetrics
+        wm = WorkerMetrics(home, metrics_path, me)
 
     def on_event(e):
+        if wm is not None:
+            wm.observe(e)
         if e.get("worker") == me or e.get("type", "").endswith("goal.finished"):
             _stderr_log(fmt_event(e))
     eng = Engine(home, worker=me, jobs=jobs, until_idle=until_idle, poll=poll, log=_stderr_log,
-                 on_event=on_event, rescan_every=rescan)
+                 on_event=on_event, rescan_every=rescan, tick=wm, tick_every=metrics_every)
     _stderr_log(f"worker {me} serving {home.root} with -j {jobs}" + (" until idle" if until_idle else ""))
     rc = eng.run()
     raise typer.Exit(rc)
