@@ -290,7 +290,7 @@ def check_home(home: Path, ref: Reference, log: Path, log_before: list, done_bef
                 if int(m.group(1)) not in dead_pids:
                     bad.append(f"temp file of a process that was not killed: {rel}")
                 continue
-X
+            if name.startswith(".") and name not in (".break.lock", ".edit.lock"):   # flock files
                 bad.append(f"unexpected dot-file: {rel}")
                 continue
             if name in JSON_NAMES or name.endswith(".json"):
