@@ -118,6 +118,7 @@ class Engine:
     def run(self) -> int:
         self.home.ensure()
         self.home.sweep_unborn_goals()     # left by a submit that was killed half-way
+        fsio.sweep_spares(self.home.root)  # pools of engines that were killed
         old = self._install_signals()
         try:
             self.watcher = Watcher(self.home.goals_dir, poll=self.poll, log=self.log)

@@ -368,15 +368,7 @@ class Spares:
             th.start()
 
     def _sweep(self) -> None:
-        """Remove the pools of engines that died (their pid is gone)."""
-        try:
-            names = os.listdir(self.base)
-        except OSError:
-            return
-        for n in names:
-            pid = n.split("-", 1)[0]
-            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-                shutil.rmtree(os.path.join(self.base, n), ignore_errors=True)
+        sweep_spares(os.path.dirname(self.base))
 
     def _fill(self, d: str, k: int) -> None:
         seq = 0
@@ -473,6 +465,20 @@ class Spares:
             th.join(timeout=2)
         for k in range(len(self._threads)):
             shutil.rmtree(os.path.join(self.base, f"{os.getpid()}-{k}"), ignore_errors=True)
+
+
+def sweep_spares(home: str) -> None:
+    """Remove the spare pools of engines that died (their pid is gone). Called when an engine
+    starts, whether or not it will make a pool of its own."""
+    base = os.path.join(home, ".spare")
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for n in names:
+        pid = n.split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(os.path.join(base, n), ignore_errors=True)
 
 
 def start_spares(home: str, **kw) -> "Spares | None":
