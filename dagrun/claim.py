@@ -20,7 +20,7 @@ import time
 from contextlib import contextmanager
 
 from . import fsio
-from .errors import FsError
+from .errors import FsError, os_error
 from .store import CLAIM, Home, as_int, dumps, loads_obj, now_iso
 
 HOST = socket.gethostname()
@@ -229,6 +229,8 @@ def edit_lock(home: Home, g: str, *, exclusive: bool = False):
     except FileNotFoundError:        # no such goal (any more): nothing to protect
         yield
         return
+    except OSError as e:             # disk full (the lock file is new): one clear line, exit 5
+        raise os_error("lock", path, e) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield
