@@ -234,10 +234,11 @@ def _shared_edit_lock(fn):
     """Run a commit of an external claim under the goal's shared edit lock (claim.edit_lock):
     the claim cannot be archived by a plan edit between the holder check and the commit."""
     @functools.wraps(fn)
-    def locked(home: Home, g: str, *args, **kw):
+    def locked(home: Home, g: str, t: str, *args, **kw):
         check_id("goal", g)
+        check_id("task", t)          # before the lock file: a refused command creates nothing
         with claims.edit_lock(home, g):
-            return fn(home, g, *args, **kw)
+            return fn(home, g, t, *args, **kw)
     return locked
 
 
