@@ -104,7 +104,7 @@ def _sound(p: planmod.Plan) -> None:
     assert again.canonical() == p.canonical()
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(doc=plan_docs())
 def test_validation_of_random_plans_never_crashes(doc, tmp_path_factory):
     tmp = str(tmp_path_factory.getbasetemp())
@@ -174,7 +174,7 @@ def expected_states(tasks: list[dict]) -> dict[str, str]:
     return st_
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(spec=runnable_plans())
 def test_accepted_small_plans_run_to_completion(spec, tmp_path_factory):
