@@ -207,11 +207,13 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
         }
         if forced_by:
             body["forced_by"] = forced_by
+        _publish_from_owner(home, g, t, "done", body, c.owner)
         if os.path.isdir(home.attempts_dir(g, t)):
             # earlier attempts are kept under attempts/: keep this one beside them (links, no
             # copies). A task that succeeds at once has no attempts/ and pays nothing here.
+            # After the done marker, not before: a crash in between must not leave a record
+            # saying "done" for an attempt that never committed (found by the crash tests).
             _keep_success(home, g, t, c.attempt, body, have_err)
-        _publish_from_owner(home, g, t, "done", body, c.owner)
     except OSError as e:
         raise os_error("commit", tdir, e) from None
     claims.release(home, g, t)
@@ -236,6 +238,11 @@ def _keep_success(home: Home, g: str, t: str, n: int, body: dict, have_err: bool
 
 def _link_over(src: str, dst: str) -> None:
     """dst becomes another name of src's inode (replacing whatever dst was), in one rename."""
+    try:
+        if os.path.samefile(src, dst):
+            return     # already: and rename(2) of a link onto another link of the same inode
+    except OSError:    # does nothing at all, which would leave the temp name behind for good
+        pass
     tmp = fsio.tmp_name(dst)
     fsio.remove(tmp)
     fsio.link(src, tmp)
@@ -369,8 +376,10 @@ def break_if_stale(home: Home, plan: Plan, t: str, *, worker: str, lease: float 
     def settle(owner, reason):           # under the break lock, before the claim goes away
         nonlocal attempt, ended
         attempt = as_int(owner.get("attempt")) if owner else 0
-        if attempt == 0:                  # a claim that died before owner.json was written
-            attempt = latest_attempt(home, g, t)[0] + 1
+        if attempt == 0:                  # a claim that died before owner.json was written:
+            _n, rec = latest_attempt(home, g, t)      # the attempt after the last *recorded*
+            attempt = (as_int(rec.get("attempt")) if rec else 0) + 1   # one (a breaker that died
+            #                               half-way may have left files of this one, no record)
         if reap is not None:              # an orphaned agent must not keep going
             handle = owner.get("handle") if owner else None
             reap(handle if isinstance(handle, dict) else None, plan.task(t).kill_grace,
