@@ -321,7 +321,10 @@ class Home:
                     f.marker = loads_obj(fsio.read_bytes(os.path.join(tdir, m), follow=False)) or {}
                 break
         if ATTEMPTS in names:
-            f.attempt, f.record = self._latest_attempt(g, t, with_record=(f.state == "pending" or detail))
+            temps: list = []
+            f.attempt, f.record = self._latest_attempt(g, t, with_record=(f.state == "pending" or detail), temps=temps)
+            if temps:
+                f.extra["temps"] = True
         if CLAIM in names:
             owner = loads_obj(fsio.read_bytes(os.path.join(tdir, CLAIM, OWNER), follow=False))
             if f.state == "pending":
@@ -337,7 +340,7 @@ class Home:
             f.attempt = max(f.attempt, as_int(f.marker["attempt"]))
         return f
 
-    def _latest_attempt(self, g: str, t: str, with_record: bool) -> tuple[int, dict | None]:
+    def _latest_attempt(self, g: str, t: str, with_record: bool, temps: list | None = None) -> tuple[int, dict | None]:
         try:
             names = os.listdir(self.attempts_dir(g, t))
         except FileNotFoundError:
@@ -345,6 +348,8 @@ class Home:
         nums = []
         recs = []
         for n in names:
+            if temps is not None and n.startswith(".") and n.endswith(".tmp"):
+                temps.append(n)
             stem, _, ext = n.partition(".")
             if stem.isdigit():
                 nums.append(int(stem))
