@@ -92,6 +92,8 @@ def test_crash_at_every_step(tmp_path, ref_run, ref_worker):
     with ThreadPoolExecutor(POOL) as pool:
         trials = list(pool.map(one, enumerate(plan)))
     crashed = [t for t in trials if t.crashed]
+    print(f"crash at every step: {len(plan)} trials, {len(crashed)} crashed, k = 1..{n}, "
+          f"{sum(bool(t.problems) for t in trials)} broke an invariant")
     assert len(crashed) >= len(plan) * 0.9 - 8, "the crash hook did not fire at most steps"
     assert not any(t.problems for t in trials), _report(trials)
 
@@ -118,5 +120,7 @@ def test_crash_during_recovery(tmp_path, ref_run):
         return H.crash_trial(tmp_path / f"r{i}", ref_run, k, True, "run", restart_env=env)
     with ThreadPoolExecutor(POOL) as pool:
         trials = list(pool.map(one, enumerate(plan)))
+    print(f"crash during recovery: {len(plan)} trials over the {n} steps of the restart, "
+          f"{sum(bool(t.problems) for t in trials)} broke an invariant")
     assert not any(t.problems for t in trials), _report(trials)
     assert sum(t.restarts >= 2 for t in trials) >= len(plan) * 0.9 - 2, "the restarts did not crash"

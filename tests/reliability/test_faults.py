@@ -152,6 +152,7 @@ def test_fault_at_every_step(tmp_path, ref, faultfs):
     with ThreadPoolExecutor(3) as pool:
         res = list(pool.map(lambda ip: fault_trial(tmp_path / f"f{ip[0]}", ref, faultfs, *ip[1]), enumerate(plan)))
     problems = [p for r in res for p in r]
+    print(f"fault at every step: {len(plan)} trials over {n} mutations, {len(problems)} problems")
     assert not problems, f"{len(problems)} problems over {len(plan)} fault points:\n" + "\n".join(problems[:30])
 
 

@@ -69,6 +69,7 @@ def _flood(home: Path, plans: Path, nbytes: int, cap: int | None):
 @pytest.mark.slow
 def test_a_1gb_flood_is_streamed_to_disk_in_bounded_memory(home, plans):
     rc, peak, err = _flood(home, plans, 1_000_000_000, None)
+    print(f"1 GB flood: dagrun peak RSS {peak / 2**20:.1f} MiB")
     assert rc == 0, err
     assert peak < 120 * 2**20, f"dagrun's RSS reached {peak / 2**20:.0f} MiB while streaming 1 GB"
     out = task_dir(home, "flood", "flood") / "output"
