@@ -179,7 +179,9 @@ def test_sigkill_mid_goal_then_resume_never_reruns_done_work(home, plans, tmp_pa
     marker_time = {t: json.loads((task_dir(home, "crash", t) / "done").read_text())["ended"] for t in done_by_markers}
     assert all(marker_time.values())
     for t in done_by_markers:
-        assert ran.count(t) <= 2
+        # each of the two kills can cut off one attempt of a task (its orphaned agent may
+        # still log before it is reaped), and the final run completes it: at most 3 runs
+        assert ran.count(t) <= 3
         assert json.loads((task_dir(home, "crash", t) / "done").read_text())["attempt"] >= 1
     assert not list((home / "goals" / "crash" / "tasks").glob("*/claim"))
 
