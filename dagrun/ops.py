@@ -168,10 +168,11 @@ def holder_of(pid: int | None) -> int:
 
 
 def _caller(pid: int | None) -> list[tuple[int, str | None]]:
-    """Who is asking: --pid, else our parent and its ancestors (pid, start time)."""
+    """Who is asking: --pid, else we and our ancestors (pid, start time). We count too: a
+    shell that exec's `dagrun complete` as its last command hands its pid over to us."""
     if pid:
         return [(pid, claims.proc_start(pid))]
-    return claims.lineage(os.getppid())
+    return claims.lineage(os.getpid())
 
 
 def claim_external(home: Home, g: str, *, worker: str | None, pid: int | None = None) -> tuple[int, dict | None]:
