@@ -17,6 +17,18 @@ LOBSTER = REPO / "contrib" / "lobster.sh"
 pytestmark = pytest.mark.skipif(not shutil.which("dash"), reason="dash is not installed")
 
 
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""                         # gone meanwhile
+
+
+def sleeping(goal: str) -> list[int]:
+    """The goal's agents' `sleep` processes still alive."""
+    return [p for p in processes_with_env("DAGRUN_GOAL", goal) if cmdline(p).startswith(b"sleep")]
+
+
 def lobster(home, goal: str, **env) -> subprocess.Popen:
     e = dict(os.environ)
     e.update({"DAGRUN_HOME": str(home), "PATH": str(Path(DAGRUN).parent) + os.pathsep + e["PATH"], "POLL": "0.1"})
@@ -79,9 +91,7 @@ def test_cancel_reaches_the_agent_through_the_heartbeat(home, plans):
         wait_for(lambda: len(processes_with_env("DAGRUN_TASK", "slow")) >= 3, what="the agent")
         t0 = time.monotonic()
         run("cancel", "cx", "slow", home=home)
-        wait_for(lambda: not [p for p in processes_with_env("DAGRUN_TASK", "slow")
-                              if "sleep" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")],
-                 timeout=10, what="the agent to be stopped")
+        wait_for(lambda: not sleeping("cx"), timeout=10, what="the agent to be stopped")
         assert time.monotonic() - t0 < 6
         out, err = lb.communicate(timeout=20)
     finally:
@@ -102,9 +112,7 @@ def test_sigterm_stops_the_agent_and_the_task_is_taken_again(home, plans):
     os.kill(lb.pid, signal.SIGTERM)
     lb.communicate(timeout=20)
     assert lb.returncode == 143
-    wait_for(lambda: not [p for p in processes_with_env("DAGRUN_GOAL", "term")
-                          if "sleep" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")],
-             timeout=10, what="the agent to be stopped")
+    wait_for(lambda: not sleeping("term"), timeout=10, what="the agent to be stopped")
     # the claim died with the script: the next worker takes the task (attempt 1 was lost)
     r = run("worker", "--until-idle", home=home, timeout=30)
     assert (task_dir(home, "term", "t") / "output").read_text() == "second\n"
@@ -119,10 +127,7 @@ def test_sigkilled_lobster_orphan_agent_is_reaped(home, plans):
                    defaults={"agent": 'if [ "$DAGRUN_ATTEMPT" = 1 ]; then exec sleep 60; fi; echo fine'})
     run("submit", p, home=home)
     lb = lobster(home, "orph")
-    wait_for(lambda: processes_with_env("DAGRUN_GOAL", "orph"), what="the agent")
-    orphans = [p for p in processes_with_env("DAGRUN_GOAL", "orph")
-               if Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"sleep")]
-    assert orphans
+    orphans = wait_for(lambda: sleeping("orph"), what="the agent")
     os.kill(lb.pid, signal.SIGKILL)
     lb.wait()
     assert all(Path(f"/proc/{p}").exists() for p in orphans)     # still running: nobody told it
@@ -133,6 +138,6 @@ def test_sigkilled_lobster_orphan_agent_is_reaped(home, plans):
         os.killpg(w.pid, signal.SIGTERM)
         w.communicate(timeout=20)
     assert (task_dir(home, "orph", "t") / "output").read_text() == "fine\n"
-    wait_for(lambda: not any(Path(f"/proc/{p}").exists() and b"sleep" in Path(f"/proc/{p}/cmdline").read_bytes()
-                             for p in orphans), timeout=10, what="the orphan to be stopped")
+    wait_for(lambda: not any(cmdline(p).startswith(b"sleep") for p in orphans), timeout=10,
+             what="the orphan to be stopped")
     assert any(e.get("reason", "").startswith("claim broken: holder") for e in events(home, "orph"))
