@@ -37,11 +37,18 @@ stop_children() {
 trap 'stop_children; exit 130' INT
 trap 'stop_children; exit 143' TERM HUP
 
-heartbeat_loop() {          # runs in a subshell; $me is still the script's pid
+heartbeat_loop() {          # a subshell beside the agent; $me is still the script's pid
+    # It checks every second that the agent still runs, so it ends on its own even if the
+    # TERM below is lost (dash drops a signal that lands between fork and the subshell's
+    # own trap). It is not part of the agent: out of reach of the orphan reaper.
+    unset DAGRUN_RUN_ID
+    s=
     trap 'kill "$s" 2>/dev/null; exit 0' TERM
     every=$(( ${DAGRUN_LEASE%.*} / 3 )); [ "$every" -ge 1 ] || every=1
-    while :; do
-        sleep "$every" & s=$!; wait "$s"
+    n=0
+    while sleep 1 & s=$!; wait "$s"; kill -0 "$agent" 2>/dev/null; do
+        n=$((n + 1)); [ "$n" -ge "$every" ] || continue
+        n=0
         if ! $DAGRUN heartbeat --pid "$me" "$DAGRUN_GOAL" "$DAGRUN_TASK" 2>/dev/null; then
             log "$DAGRUN_TASK: heartbeat refused (cancelled or claim lost): stopping the agent"
             kill -TERM -"$agent" 2>/dev/null || kill -TERM "$agent" 2>/dev/null
