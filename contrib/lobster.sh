@@ -7,7 +7,8 @@
 # Loop: claim one ready task -> run "$AGENT" with its prompt.md on stdin, in the task's
 # workdir, stdout/stderr into the claim -> complete (exit 0) or fail (any other exit code).
 # While the agent runs, a background loop heartbeats every lease/3 seconds; if a heartbeat
-# is refused (the task was cancelled, or the claim was taken away) the agent is stopped.
+# is refused (the task was cancelled, or the claim was taken away) the agent is stopped,
+# and so it is after the task's `timeout` (the attempt then fails as timed out).
 #
 # Environment:
 #   AGENT    the agent command, run as sh -c "$AGENT" (default: the task's "agent" from the plan)
@@ -45,10 +46,15 @@ heartbeat_loop() {          # a subshell beside the agent; $me is still the scri
     s=
     trap 'kill "$s" 2>/dev/null; exit 0' TERM
     every=$(( ${DAGRUN_LEASE%.*} / 3 )); [ "$every" -ge 1 ] || every=1
-    n=0
+    limit=${DAGRUN_TIMEOUT%.*} t=0
     while sleep 1 & s=$!; wait "$s"; kill -0 "$agent" 2>/dev/null; do
-        n=$((n + 1)); [ "$n" -ge "$every" ] || continue
-        n=0
+        t=$((t + 1))
+        if [ -n "$limit" ] && [ "$t" -ge "$limit" ]; then     # the plan's timeout for this task
+            log "$DAGRUN_TASK: timed out after ${DAGRUN_TIMEOUT}s: stopping the agent"
+            kill -TERM -"$agent" 2>/dev/null || kill -TERM "$agent" 2>/dev/null
+            exit 124
+        fi
+        [ $((t % every)) -eq 0 ] || continue
         if ! $DAGRUN heartbeat --pid "$me" "$DAGRUN_GOAL" "$DAGRUN_TASK" 2>/dev/null; then
             log "$DAGRUN_TASK: heartbeat refused (cancelled or claim lost): stopping the agent"
             kill -TERM -"$agent" 2>/dev/null || kill -TERM "$agent" 2>/dev/null
@@ -74,9 +80,12 @@ while [ -z "${MAX_TASKS:-}" ] || [ "$ran" -lt "$MAX_TASKS" ]; do
     agent=$!
     heartbeat_loop & hb=$!
     wait "$agent"; code=$?
-    kill "$hb" 2>/dev/null; wait "$hb" 2>/dev/null; agent= hb=
+    kill "$hb" 2>/dev/null; wait "$hb"; why=$?; agent= hb=
     ran=$((ran + 1))
-    if [ "$code" -eq 0 ]; then
+    if [ "$why" -eq 124 ]; then
+        $DAGRUN fail --pid "$me" --exit-code "$code" --reason "timed out after ${DAGRUN_TIMEOUT}s" \
+            "$DAGRUN_GOAL" "$DAGRUN_TASK" && log "$DAGRUN_TASK: failed (timeout)"
+    elif [ "$code" -eq 0 ]; then
         $DAGRUN complete --pid "$me" "$DAGRUN_GOAL" "$DAGRUN_TASK" && log "$DAGRUN_TASK: done"
     else
         $DAGRUN fail --pid "$me" --exit-code "$code" --reason "agent exited with code $code" \

@@ -141,3 +141,26 @@ def test_sigkilled_lobster_orphan_agent_is_reaped(home, plans):
     wait_for(lambda: not any(cmdline(p).startswith(b"sleep") for p in orphans), timeout=10,
              what="the orphan to be stopped")
     assert any(e.get("reason", "").startswith("claim broken: holder") for e in events(home, "orph"))
+
+
+def test_heartbeats_while_the_agent_runs_and_timeout_is_enforced(home, plans):
+    p = write_plan(plans, [{"id": "hb", "prompt": "p", "agent": "sleep 3; echo ok"},
+                           {"id": "slow", "prompt": "p", "agent": "sleep 40 & sleep 41; wait", "timeout": 2,
+                            "deps": ["hb"]}], goal="hbt", lease=3)
+    run("submit", p, home=home)
+    lb = lobster(home, "hbt")
+    try:
+        beat = task_dir(home, "hbt", "hb") / "claim" / "heartbeat"
+        wait_for(beat.exists, timeout=10, what="a heartbeat (every lease/3 = 1 s)")
+        m0 = beat.stat().st_mtime
+        wait_for(lambda: not beat.exists() or beat.stat().st_mtime > m0, timeout=10, what="the next heartbeat")
+        out, err = lb.communicate(timeout=30)
+    finally:
+        if lb.poll() is None:
+            os.killpg(lb.pid, signal.SIGKILL)
+            lb.wait()
+    assert (task_dir(home, "hbt", "hb") / "output").read_text() == "ok\n"
+    failed = json.loads((task_dir(home, "hbt", "slow") / "failed").read_text())
+    assert failed["reason"] == "timed out after 2s" and failed["exit_code"] == 143
+    assert "slow: timed out after 2s: stopping the agent" in err
+    assert not sleeping("hbt")
