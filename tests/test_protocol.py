@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DAGRUN, events, run, spawn, task_dir, wait_for, write_plan
+from conftest import DAGRUN, events, processes_with_env, run, spawn, task_dir, wait_for, write_plan
 
 SHELLS = [s for s in ("dash", "bash") if shutil.which(s)]
 
@@ -334,3 +334,26 @@ def test_protocol_commands_do_not_load_heavy_modules(home, plans):
         p = subprocess.run([sys.executable, "-c", probe, f"--home={home}", *args], capture_output=True, text=True,
                            timeout=30)
         assert p.stderr.strip().endswith("0 []"), (args, p.stderr)
+
+
+def test_force_complete_over_a_workers_claim_stops_its_agent(home, plans):
+    p = write_plan(plans, [{"id": "a", "prompt": "p", "agent": "sleep 60"},
+                           {"id": "b", "prompt": "p", "deps": ["a"], "agent": "echo b-ran"}], goal="fw")
+    run("submit", p, home=home)
+    w = spawn("worker", "--name", "busy", home=home)
+    try:
+        wait_for(lambda: (task_dir(home, "fw", "a") / "claim" / "owner.json").exists(), what="the agent")
+        r = run("complete", "fw", "a", "--force", "--output", "-", input="by hand\n", home=home)
+        assert "over the claim of busy (pid" in r.stderr
+        wait_for(lambda: (task_dir(home, "fw", "b") / "done").exists(), timeout=20, what="b")
+        wait_for(lambda: not [x for x in processes_with_env("DAGRUN_TASK", "a")
+                              if x in processes_with_env("DAGRUN_GOAL", "fw")], timeout=10,
+                 what="the worker to stop its agent")
+    finally:
+        os.killpg(w.pid, signal.SIGTERM)
+        out, err = w.communicate(timeout=30)
+    assert (task_dir(home, "fw", "a") / "output").read_text() == "by hand\n"
+    done = json.loads((task_dir(home, "fw", "a") / "done").read_text())
+    assert done["held_by"].startswith("busy (pid ") and done["attempt"] == 1
+    assert (task_dir(home, "fw", "b") / "output").read_text() == "b-ran\n"
+    assert w.returncode == 143 and b"error" not in err
