@@ -161,11 +161,13 @@ def test_overlapping_cron_runs_finish_the_goal_without_duplicates(home, plans, t
     """Cron starts a worker every minute; when runs overlap the claims decide: no task runs
     twice, the goal finishes, both exit 0."""
     log = tmp_path / "ran.log"
-    p = layered(plans, "cron", log, width=8, depth=5, sleep=0.05)
+    # layer 0 takes 2 s a task: the first run holds three of its eight tasks (-j 3) while
+    # the second starts, so both get work however slow the machine is today
+    p = layered(plans, "cron", log, width=8, depth=5, sleep='$(case $DAGRUN_TASK in l0-*) echo 2;; *) echo 0.05;; esac)')
     run("submit", p, home=home)
     extra = ["--poll", poll] if poll else []
     w1 = spawn("worker", "--until-idle", "-j", "3", "--name", "cron-1", *extra, home=home)
-    wait_for(lambda: ran(log), what="first worker to start")
+    wait_for(lambda: list((home / "goals" / "cron" / "tasks").glob("*/claim")), what="the first run's claims")
     w2 = spawn("worker", "--until-idle", "-j", "3", "--name", "cron-2", *extra, home=home)
     for w in (w1, w2):
         w.communicate(timeout=120)
