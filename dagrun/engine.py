@@ -103,6 +103,7 @@ class Engine:
         self.signals = 0
         self._stop_begun = False
         self._killed_all = False
+        self._spares_on = False
         self._rr = 0
         self._next_house = 0.0
         self._next_poll = 0.0
@@ -112,7 +113,6 @@ class Engine:
     def run(self) -> int:
         self.home.ensure()
         old = self._install_signals()
-        fsio.start_spares(self.home.root, threads=2, target=max(16, 4 * self.jobs))
         try:
             self.watcher = Watcher(self.home.goals_dir, poll=self.poll, log=self.log)
             self._discover()
@@ -441,6 +441,9 @@ class Engine:
 
     def _start(self, gs: GoalState, t: str) -> None:
         plan, g, sched = gs.plan, gs.plan.goal, gs.sched
+        if not self._spares_on:          # only once there is work: idle runs create nothing
+            self._spares_on = True
+            fsio.start_spares(self.home.root, threads=2, target=max(16, 4 * self.jobs))
         try:
             c = claim_task(self.home, plan, t, worker=self.worker, kind="engine", state_of=sched.state_of,
                            publish_owner=False)

@@ -12,7 +12,10 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Iterable
+
+import orjson
 
 from .errors import PlanError
 
@@ -116,11 +119,15 @@ class Task:
     description: str | None = None
 
     def definition_digest(self) -> str:
+        return self._digest
+
+    @cached_property
+    def _digest(self) -> str:
         """What decides the task's result: a done task whose digest is unchanged is kept
         when a plan is replaced. Timeouts, retries and priority do not change the result."""
         d = [self.prompt, self.agent, list(self.deps), list(self.soft_deps), self.workdir,
              self.context_limit, self.retry_context]
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(orjson.dumps(d)).hexdigest()[:16]
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -183,7 +190,13 @@ class Plan:
         }
 
     def canonical(self) -> bytes:
-        return json.dumps(self.to_dict(), sort_keys=True, indent=1, ensure_ascii=False).encode() + b"\n"
+        """plan.json: sorted keys, indented, UTF-8 -- byte-identical for the same plan."""
+        return self._canonical
+
+    @cached_property
+    def _canonical(self) -> bytes:
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2 |
+                            orjson.OPT_APPEND_NEWLINE)
 
     def digest(self) -> str:
         return hashlib.sha256(self.canonical()).hexdigest()[:16]

@@ -160,9 +160,8 @@ def _agent_log_plan(plans: Path, log: Path, n_chain: int = 6, sleep: float = 0.3
 def test_sigkill_mid_goal_then_resume_never_reruns_done_work(home, plans, tmp_path):
     log = tmp_path / "ran.log"
     p = _agent_log_plan(plans, log)
-    for kill_after in (0.5, 1.3):
-        if kill_after > 0.5:
-            pass
+    kills = (0.5, 1.3)
+    for kill_after in kills:
         proc = spawn("run", p, "-j", "2", home=home)
         wait_for(lambda: log.exists() and len(log.read_text().split()) >= (1 if kill_after < 1 else 3),
                  timeout=20, what="some tasks to finish")
@@ -174,15 +173,11 @@ def test_sigkill_mid_goal_then_resume_never_reruns_done_work(home, plans, tmp_pa
     ran = log.read_text().split()
     done_by_markers = {t for t in "abcd"} | {f"k{i}" for i in range(6)}
     assert set(ran) == done_by_markers
-    # an agent killed mid-run may have finished its work but not been recorded: it may run
-    # again; a task recorded done (marker written) never does
-    marker_time = {t: json.loads((task_dir(home, "crash", t) / "done").read_text())["ended"] for t in done_by_markers}
-    assert all(marker_time.values())
+    # An agent whose engine was SIGKILLed keeps running until it writes to its dead stdout pipe
+    # (SIGPIPE) or a restarted engine stops it, so an uncommitted task can run once per kill
+    # plus once more; a task whose done marker was written never runs again (next test).
     for t in done_by_markers:
-        # each of the two kills can cut off one attempt of a task (its orphaned agent may
-        # still log before it is reaped), and the final run completes it: at most 3 runs
-        assert ran.count(t) <= 3
-        assert json.loads((task_dir(home, "crash", t) / "done").read_text())["attempt"] >= 1
+        assert 1 <= ran.count(t) <= 1 + len(kills)
     assert not list((home / "goals" / "crash" / "tasks").glob("*/claim"))
 
 
