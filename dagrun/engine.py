@@ -29,7 +29,8 @@ from . import fsio
 from .errors import DagrunError, ExitCode
 from .executor import Exit, Launch, ProcessRunner, Runner, StartError
 from .lifecycle import (Claim, break_if_stale, build_scheduler, claim_task, commit_done, commit_failure,
-                        emit_changes, finish_goal_if_ended, marker_of, record_unfinished, stop_goal)
+                        emit_changes, finish_goal_if_ended, latest_attempt, marker_of, record_unfinished,
+                        stop_goal)
 from .plan import Plan, Task
 from .scheduler import RUNNING, Scheduler
 from .store import Home
@@ -38,6 +39,7 @@ from .watcher import Doorbell, Watcher
 HOUSEKEEPING = 1.0        # s: liveness of other workers' claims, stall checks
 IDLE_RETRY_HORIZON = 60.0  # s: --until-idle waits for a retry due this soon; a later one is the next run's
 NO_PIDFD_POLL = 0.02      # s: child-exit polling where pidfd_open is missing
+FOREIGN_RETRY_GRACE = 1.0  # s: past another worker's retry_at before we requeue without its `ready`
 
 
 def default_worker_name() -> str:
@@ -79,7 +81,8 @@ class Engine:
     def __init__(self, home: Home, *, worker: str | None = None, jobs: int = 4, goal: str | None = None,
                  until_idle: bool = False, poll: float | None = None, runner: Runner | None = None,
                  log: Callable[[str], None] | None = None, on_event: Callable[[dict], None] | None = None,
-                 rescan_every: float = 10.0, lease: float | None = None):
+                 rescan_every: float = 10.0, lease: float | None = None,
+                 tick: Callable[["Engine"], None] | None = None, tick_every: float = 15.0):
         self.home = home
         self.worker = worker or default_worker_name()
         self.jobs = max(1, jobs)
@@ -91,10 +94,13 @@ class Engine:
         self.on_event = on_event or (lambda e: None)
         self.rescan_every = rescan_every
         self.lease = lease                        # --lease: a floor for judging other hosts' claims
+        self.tick = tick                          # periodic hook (the --metrics textfile), in the loop's thread
+        self.tick_every = max(0.05, tick_every)
+        self._next_tick = 0.0
         self.goals: dict[str, GoalState] = {}
         self.runs: dict[str, Run] = {}            # runner key -> Run
         self.by_task: dict[tuple[str, str], Run] = {}
-        self.timers: list[tuple[float, int, str, str]] = []   # retry timers: (mono, seq, goal, task)
+        self.timers: list[tuple[float, int, str, str, int]] = []   # retry timers: (mono, seq, goal, task, announce)
         self._seq = 0
         self.bell = Doorbell()
         self._ready: set[int] = set()
@@ -124,9 +130,13 @@ class Engine:
                     for r in self.runs.values():
                         self.runner.kill(r.handle)
                 self._loop_once()
+                if self.tick is not None and time.monotonic() >= self._next_tick:
+                    self._run_tick()
                 if self._should_exit():
                     break
                 self._ready = self._wait(self._next_wakeup())
+            if self.tick is not None:
+                self._run_tick()                   # the final state, for --until-idle
         finally:
             self._restore_signals(old)
             fsio.stop_spares()
@@ -141,6 +151,13 @@ class Engine:
             if gs is not None and gs.sched.counts().get("done", 0) != len(gs.plan.tasks):
                 return ExitCode.GOAL_FAILED
         return ExitCode.OK
+
+    def _run_tick(self) -> None:
+        self._next_tick = time.monotonic() + self.tick_every
+        try:
+            self.tick(self)
+        except (OSError, DagrunError) as e:
+            self.log(f"warning: {e}")
 
     def request_stop(self, signum: int = signal.SIGINT) -> None:
         self.stopping = signum
@@ -222,6 +239,8 @@ class Engine:
             t = min(t, self._next_house)
         if self.watcher is None or self.watcher.polling:
             t = min(t, self._next_poll)
+        if self.tick is not None:
+            t = min(t, self._next_tick)
         if self.runs and not getattr(self.runner, "pidfd_ok", True):
             t = min(t, now + NO_PIDFD_POLL)
         return max(0.0, t - now)
@@ -239,7 +258,7 @@ class Engine:
             # retry due soon. Tasks held by others, waiting on them, or retrying much later
             # are left to their holders and to the next run (cron starts one every minute).
             soon = time.monotonic() + IDLE_RETRY_HORIZON
-            for when, _, g, t in self.timers:
+            for when, _, g, t, _ in self.timers:
                 gs = self.goals.get(g)
                 if when <= soon and gs is not None and gs.plan.has(t) and gs.sched.state_of(t) == "retrying":
                     return False
@@ -316,7 +335,11 @@ class Engine:
             elif f.owner is not None or f.claim_mtime:
                 self._sweep_leftover_claim(gs, t, f.owner)
             if sched.state_of(t) == "retrying":
-                self._add_timer(time.monotonic() + max(0.0, f.retry_at - now_wall), g, t)
+                # a retry this worker recorded is announced by whichever of its timers fires
+                # first; another's waits a grace longer for that announcement (one `ready` line)
+                ours = (f.record or {}).get("worker") == self.worker
+                delay = max(0.0, f.retry_at - now_wall) + (0.0 if ours else FOREIGN_RETRY_GRACE)
+                self._add_timer(time.monotonic() + delay, g, t, announce=f.attempt + 1 if ours else 0)
         if plan.on_failure == "stop" and any(f.state == "failed" for f in facts.values()):
             gs.stopped = True
         cost = time.monotonic() - t0
@@ -400,7 +423,9 @@ class Engine:
                 sched.retrying(t)
                 gs.foreign.discard(t)
                 when = float(e.get("retry_at") or 0.0)
-                self._add_timer(time.monotonic() + max(0.0, when - time.time()), g, t)
+                # the worker that recorded the retry announces `ready` when its backoff ends and
+                # we requeue on that line; this timer only matters if that worker is gone
+                self._add_timer(time.monotonic() + max(0.0, when - time.time()) + FOREIGN_RETRY_GRACE, g, t)
         elif st == ev.READY:
             s = sched.state_of(t)
             if not mine and (s == "retrying" or (s == "running" and not os.path.isdir(self.home.claim_dir(g, t)))):
@@ -524,7 +549,7 @@ class Engine:
         if gs is None or not gs.plan.has(t) or not claims.holds(self.home, g, t, c.nonce):
             return                   # taken away (plan edit, broken claim): not ours to commit
         plan = gs.plan
-        stats = self.runner.stats(run.handle) if hasattr(self.runner, "stats") else {}
+        stats = ex.stats if ex.stats is not None else self.runner.stats(run.handle)
         if run.stop_outcome is None and plan.task(t).definition_digest() != run.definition:
             run.stop_outcome, run.stop_reason = "superseded", "the task's definition changed while it ran"
         if run.stop_outcome in ("cancelled", "superseded", "interrupted"):
@@ -540,7 +565,7 @@ class Engine:
         if run.stop_outcome is None and ex.ok:
             body = commit_done(self.home, plan, c, ended=ended)
             self._emit(g, t, ev.DONE, attempt=c.attempt, duration=body["duration"], exit_code=0,
-                       output_bytes=body["output_bytes"], first_byte=_rel(stats.get("first_byte"), run.t0))
+                       output_bytes=body["output_bytes"], first_byte=_first_byte(stats.get("first_byte"), c.started))
             changes = gs.sched.finish(t, "done")
             if changes is None:
                 self._resync(gs)
@@ -567,7 +592,7 @@ class Engine:
         g, t = c.goal, c.task
         if rec["final"]:
             self._emit(g, t, ev.FAILED, attempt=c.attempt, duration=rec["duration"], exit_code=rec.get("exit_code"),
-                       reason=rec.get("reason"), outcome=rec["outcome"])
+                       signal=rec.get("signal"), reason=rec.get("reason"), outcome=rec["outcome"])
             changes = gs.sched.finish(t, "failed")
             if changes is None:
                 self._resync(gs)
@@ -579,9 +604,13 @@ class Engine:
             self._check_ended(gs)
         else:
             self._emit(g, t, ev.RETRYING, attempt=c.attempt, duration=rec["duration"], exit_code=rec.get("exit_code"),
-                       reason=rec.get("reason"), outcome=rec["outcome"], retry_at=rec["retry_at"])
+                       signal=rec.get("signal"), reason=rec.get("reason"), outcome=rec["outcome"],
+                       retry_at=rec["retry_at"])
             gs.sched.retrying(t)
-            self._add_timer(time.monotonic() + max(0.0, rec["retry_at"] - time.time()), g, t)
+            # this engine recorded the retry, so it announces `ready` when the backoff ends
+            # (other engines requeue silently on their own timers: one line, not one per worker)
+            self._add_timer(time.monotonic() + max(0.0, rec["retry_at"] - time.time()), g, t,
+                            announce=c.attempt + 1)
 
     def _stop_run(self, run: Run, outcome: str, reason: str) -> None:
         if run.stop_outcome is not None:
@@ -593,16 +622,23 @@ class Engine:
         run.deadline = None
 
     # ================================================================== timers
-    def _add_timer(self, when: float, g: str, t: str) -> None:
+    def _add_timer(self, when: float, g: str, t: str, announce: int = 0) -> None:
+        """announce: the attempt number to announce as `ready` when it fires (0: silent)."""
         self._seq += 1
-        heapq.heappush(self.timers, (when, self._seq, g, t))
+        heapq.heappush(self.timers, (when, self._seq, g, t, announce))
 
     def _fire_timers(self, now: float) -> None:
+        requeued: set[tuple[str, str]] = set()
         while self.timers and self.timers[0][0] <= now:
-            _, _, g, t = heapq.heappop(self.timers)
+            _, _, g, t, announce = heapq.heappop(self.timers)
             gs = self.goals.get(g)
-            if gs is not None and gs.plan.has(t) and gs.sched.state_of(t) == "retrying":
+            if gs is None or not gs.plan.has(t):
+                continue
+            if gs.sched.state_of(t) == "retrying":
                 gs.sched.requeue(t)
+                requeued.add((g, t))
+            if announce and (g, t) in requeued:     # a rescan's silent twin may have fired first
+                self._emit(g, t, ev.READY, attempt=announce, reason="retry backoff ended")
         for run in list(self.runs.values()):
             if run.deadline is not None and now >= run.deadline:
                 self._stop_run(run, "timeout", f"timed out after {run.task.timeout:g}s")
@@ -649,7 +685,15 @@ class Engine:
             m = marker_of(self.home, g, t)
             gs.foreign.discard(t)
             if m is None:
-                gs.sched.requeue(t)
+                # released without a marker: given back, or failed with a retry left -- then its
+                # backoff holds (we may not have read the `retrying` line yet)
+                rec = latest_attempt(self.home, g, t)[1] or {}
+                wait = float(rec.get("retry_at") or 0.0) - time.time() if not rec.get("final") else 0.0
+                if wait > 0:
+                    gs.sched.retrying(t)
+                    self._add_timer(time.monotonic() + wait + FOREIGN_RETRY_GRACE, g, t)
+                else:
+                    gs.sched.requeue(t)
             elif gs.sched.finish(t, m) is None:
                 self._resync(gs)
             else:
@@ -716,5 +760,9 @@ def _mtime(path: str) -> float:
         return 0.0
 
 
-def _rel(t: float | None, t0: float) -> float | None:
-    return None if t is None else round(t - t0, 3)
+def _first_byte(mono: float | None, claimed_wall: float) -> float | None:
+    """Seconds from the claim to the agent's first byte of stdout (the generation latency);
+    the runner stamps it on the monotonic clock, the claim on the wall clock."""
+    if mono is None:
+        return None
+    return round(max(0.0, time.time() - (time.monotonic() - mono) - claimed_wall), 3)

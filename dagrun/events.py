@@ -9,13 +9,16 @@ before the scheduler believes it, and a periodic rescan repairs anything a crash
 from __future__ import annotations
 
 import os
+import re
+import select
 import socket
+import time
 
 import orjson
 
 from . import fsio
-from .errors import os_error
-from .store import Home, now_iso
+from .errors import UsageError, os_error
+from .store import Home, now_iso, parse_iso
 
 PLAN_CREATED = "agent.plan.created"
 PLAN_REPLACED = "agent.plan.replaced"
@@ -108,3 +111,150 @@ class Reader:
 
 def read_all(path: str) -> list[dict]:
     return Reader(path).read()
+
+
+# ---------------------------------------------------------------------------------- following
+class Follower:
+    """`tail -f` over one goal's events.jsonl, or over every goal under the home (`goal=None`:
+    goals submitted later join as they appear, from their first line).
+
+    wait() sleeps on the inotify fd of watcher.py (one watch per goal folder plus one on
+    goals/), so a follower costs nothing while nothing happens and wakes within
+    milliseconds of an append. Where inotify is unavailable (NFS, exhausted watches,
+    DAGRUN_NO_INOTIFY=1) it polls the files' sizes every `poll` seconds instead.
+
+    start="begin" reads each goal's log from its first line; "end" only what is appended
+    from now on (take a snapshot of the files *after* creating the follower and apply the
+    events it reads afterwards: nothing falls in between)."""
+
+    def __init__(self, home: Home, goal: str | None = None, *, start: str = "begin",
+                 poll: float | None = None, watch: bool = True):
+        self.home = home
+        self.goal = goal
+        self.start = start
+        self.watcher = None
+        if watch:                        # watch=False: read what is there (no inotify, no home created)
+            from .watcher import Watcher     # not needed by the protocol commands: keep their start fast
+            if goal is None:
+                home.ensure()               # the watch on goals/ needs the folder
+            self.watcher = Watcher(home.goals_dir, poll=poll)
+        self.readers: dict[str, Reader] = {}
+        self._initial = True
+        self._discover()
+        self._initial = False
+
+    @property
+    def polling(self) -> bool:
+        return self.watcher is None or self.watcher.polling
+
+    def _discover(self) -> None:
+        names = [self.goal] if self.goal else self.home.goals()
+        for g in names:
+            if g in self.readers:
+                continue
+            if self.watcher is not None:
+                self.watcher.watch_goal(g)     # watch first, then read: no append slips between
+            r = Reader(self.home.events_path(g))
+            if self._initial and self.start == "end":
+                try:
+                    r.offset = os.stat(r.path).st_size
+                except FileNotFoundError:
+                    pass
+            self.readers[g] = r
+
+    def read(self) -> list[dict]:
+        """The complete lines appended since the last read, oldest first (merged by time
+        across goals)."""
+        out: list[dict] = []
+        for r in list(self.readers.values()):
+            out.extend(r.read())
+        if len(self.readers) > 1:
+            out.sort(key=lambda e: str(e.get("ts", "")))
+        return out
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Sleep until something may have been appended (or `timeout` seconds passed)."""
+        w = self.watcher
+        if w is None:
+            raise RuntimeError("Follower(watch=False) cannot wait")
+        if w.polling:
+            step = w.poll or 1.0
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                if any(r.size_changed() for r in self.readers.values()):
+                    return
+                if self.goal is None and len(self.home.goals()) != len(self.readers):
+                    self._discover()
+                    return
+                left = step if deadline is None else min(step, deadline - time.monotonic())
+                if left <= 0:
+                    return
+                time.sleep(left)
+        p = select.poll()
+        p.register(w.fd, select.POLLIN)
+        try:
+            ready = p.poll(None if timeout is None else max(0.0, timeout) * 1000.0)
+        except InterruptedError:
+            ready = []
+        if ready:
+            _, root_changed = w.read()
+            if w.polling or (root_changed and self.goal is None):
+                self._discover()
+
+    def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.close()
+
+
+# ---------------------------------------------------------------------------------- filtering
+_REL = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
+
+
+def parse_since(text: str, now: float | None = None) -> str:
+    """--since: an ISO time (UTC unless it names an offset; 'T' or a space), a Unix time, or
+    an age like 90s / 15m / 2h / 1d. Returns the canonical ts string: event times have a
+    fixed width, so comparing strings compares times."""
+    s = text.strip()
+    now = time.time() if now is None else now
+    m = _REL.match(s)
+    if m:
+        return now_iso(now - float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)])
+    try:
+        return now_iso(float(s))
+    except ValueError:
+        pass
+    iso = s.replace(" ", "T", 1)
+    if len(iso) == 10:
+        iso += "T00:00:00"
+    try:
+        import datetime as dt
+        d = dt.datetime.fromisoformat(iso.replace("Z", "+00:00"))
+        if d.tzinfo is None:
+            d = d.replace(tzinfo=dt.timezone.utc)
+        return now_iso(d.timestamp())
+    except ValueError:
+        raise UsageError(f"--since {text!r}: expected an ISO time (2026-11-25T14:00:00Z), a Unix time "
+                         f"or an age like 90s, 15m, 2h, 1d") from None
+
+
+def matcher(since: str | None = None, types: list[str] | None = None):
+    """A predicate for `dagrun events`: at or after `since` (a canonical ts) and of one of
+    `types` (full names, or a suffix such as task.blocked / blocked / goal.finished)."""
+    types = [t for t in (types or []) if t]
+
+    def ok(e: dict) -> bool:
+        if since and str(e.get("ts", "")) < since:
+            return False
+        if types:
+            typ = str(e.get("type", ""))
+            return any(typ == t or typ.endswith("." + t) for t in types)
+        return True
+    return ok
+
+
+def age(e: dict, now: float | None = None) -> float | None:
+    """Seconds since the event was written (None for a line without a readable ts)."""
+    try:
+        return (time.time() if now is None else now) - parse_iso(str(e["ts"]))
+    except (KeyError, ValueError):
+        return None

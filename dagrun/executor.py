@@ -48,6 +48,8 @@ class Launch:
 class Exit:
     code: int | None         # exit status, or None when killed by a signal
     signal: int | None = None
+    stats: dict | None = field(default=None, compare=False)   # stats() as of the exit (the
+    #                          runner forgets the attempt once it has reported its exit)
 
     @property
     def ok(self) -> bool:
@@ -229,9 +231,10 @@ class ProcessRunner:
             if s.out is not None:
                 _close(s.out)
                 s.out = None
+        st = self.stats(handle)
         self._forget(k)
         rc = proc.rc
-        return Exit(rc, None) if rc >= 0 else Exit(None, -rc)
+        return Exit(rc, None, st) if rc >= 0 else Exit(None, -rc, st)
 
     def _forget(self, k: str) -> None:
         proc = self._procs.pop(k, None)

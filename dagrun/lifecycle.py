@@ -61,7 +61,8 @@ def latest_attempt(home: Home, g: str, t: str) -> tuple[int, dict | None]:
 # ---------------------------------------------------------------------------------- claiming
 def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: int | None = None,
                state_of: Callable[[str], str] | None = None, publish_owner: bool = True) -> Claim | None:
-    """Claim task t and render its prompt.md. None if it is held, or already ended.
+    """Claim task t and render its prompt.md. None if it is held, already ended, or waiting
+    out a retry backoff.
 
     `state_of` (the scheduler's view) says which soft dependencies ended without output;
     when it is None that is judged from their markers. The engine passes
@@ -84,6 +85,9 @@ def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: i
         if n.startswith(".claim."):
             fsio.rmtree(os.path.join(tdir, n))   # a breaker or releaser died half-way
     attempt, record = latest_attempt(home, g, t) if "attempts" in names else (0, None)
+    if record and not record.get("final") and float(record.get("retry_at") or 0.0) > time.time() + 0.05:
+        claims.release(home, g, t)     # its retry backoff has not ended (a peer's scheduler was stale)
+        return None
     attempt += 1
     owner = claims.new_owner(worker, attempt, kind=kind, pid=pid)
     owner["run_id"] = run_id(home, g, t, attempt)
@@ -324,7 +328,8 @@ def emit_changes(home: Home, g: str, changes, worker: str, skip: str | None = No
         if state == "ready":
             ev.status(home, g, tid, ev.READY, worker=worker)
         elif state == "blocked":
-            ev.emit(home, g, ev.TASK_BLOCKED, task=tid, reason="failed dependency", blocked_by=root, worker=worker)
+            cause = "cancelled" if marker_of(home, g, root) == "cancelled" else "failed"
+            ev.emit(home, g, ev.TASK_BLOCKED, task=tid, reason=f"{cause} dependency", blocked_by=root, worker=worker)
 
 
 def build_scheduler(home: Home, plan: Plan, now: float | None = None) -> tuple[Scheduler, dict[str, TaskFacts]]:
@@ -366,6 +371,8 @@ def finish_goal_if_ended(home: Home, plan: Plan, sched: Scheduler, worker: str) 
     exclusive) and let the winner announce agent.goal.finished."""
     if not sched.is_finished():
         return None
+    if os.path.exists(home.summary_path(plan.goal)):
+        return None     # already written (and announced): the analysis reads every task's files
     from .summary import build_summary
     summary = build_summary(home, plan, sched)
     try:

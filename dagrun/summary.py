@@ -1,18 +1,278 @@
-"""The aggregator: summary.json of an ended goal, computed from the files."""
+"""The aggregator: what a goal's run looked like, computed from the files alone.
+
+Sources, all plain files: the `done` marker (the successful attempt: worker, started, ended),
+`attempts/<n>.json` (every unsuccessful attempt: failed, timed out, stalled, lost, interrupted,
+cancelled ...), `claim/owner.json` (an attempt running now) and events.jsonl (what the files do
+not keep: how often a task was blocked, how many attempts were started over the goal's life
+-- archived task folders included -- and the first-byte latency of done attempts).
+
+`build_summary` is what lands in summary.json when the goal ends (written once, by
+lifecycle.finish_goal_if_ended); `goal_run` is the same analysis for a goal at any moment
+(the report and `dagrun graph GOAL` use it on running goals too).
+
+The critical path is the chain of dependencies with the largest sum of *actual* task spans
+(a task's span: its first attempt's start to its last attempt's end, so retries and their
+backoff count). Makespan is the first attempt's start to the last attempt's end; agent time
+is the sum of every attempt's duration; achieved parallelism is agent time / makespan.
+"""
 from __future__ import annotations
 
+import os
+import time
+from dataclasses import dataclass, field
+
+from . import events as ev
+from . import fsio
 from .plan import Plan
 from .scheduler import Scheduler
-from .store import Home, now_iso
+from .store import ATTEMPTS, CLAIM, MARKERS, OWNER, Home, loads, now_iso, parse_iso
+
+SLOWEST = 5
+
+
+@dataclass
+class Attempt:
+    task: str
+    attempt: int
+    outcome: str                 # done | running | failed | timeout | stalled | output_limit | lost | ...
+    worker: str | None
+    start: float | None          # epoch seconds; None when the files do not say (a claim lost before owner.json)
+    end: float | None            # None while running
+    exit_code: int | None = None
+    reason: str | None = None
+
+    def duration(self, now: float) -> float:
+        if self.start is None:
+            return 0.0
+        return max(0.0, (self.end if self.end is not None else now) - self.start)
+
+    def to_dict(self) -> dict:
+        d = {"task": self.task, "attempt": self.attempt, "outcome": self.outcome, "worker": self.worker,
+             "started": now_iso(self.start) if self.start is not None else None,
+             "ended": now_iso(self.end) if self.end is not None else None}
+        if self.start is not None and self.end is not None:
+            d["duration"] = round(self.end - self.start, 3)
+        if self.exit_code is not None:
+            d["exit_code"] = self.exit_code
+        if self.reason:
+            d["reason"] = self.reason
+        return d
+
+
+@dataclass
+class GoalRun:
+    """A goal's run so far: attempts from the files, tallies from the events."""
+    plan: Plan
+    states: dict[str, str]
+    attempts: list[Attempt]
+    now: float
+    blocked_total: int = 0
+    repeat_total: int = 0
+    first_bytes: list[float] = field(default_factory=list)
+
+    def by_task(self) -> dict[str, list[Attempt]]:
+        out: dict[str, list[Attempt]] = {t: [] for t in self.plan.ids()}
+        for a in self.attempts:
+            out.setdefault(a.task, []).append(a)
+        return out
+
+    def spans(self) -> dict[str, tuple[float, float]]:
+        """task -> (first start, last end) over its timed attempts."""
+        out: dict[str, tuple[float, float]] = {}
+        for a in self.attempts:
+            if a.start is None:
+                continue
+            end = a.end if a.end is not None else self.now
+            s, e = out.get(a.task, (a.start, end))
+            out[a.task] = (min(s, a.start), max(e, end))
+        return out
+
+    def window(self) -> tuple[float, float] | None:
+        sp = self.spans().values()
+        if not sp:
+            return None
+        return min(s for s, _ in sp), max(e for _, e in sp)
+
+    def makespan(self) -> float:
+        w = self.window()
+        return round(w[1] - w[0], 3) if w else 0.0
+
+    def agent_time(self) -> float:
+        return round(sum(a.duration(self.now) for a in self.attempts), 3)
+
+    def parallelism(self) -> float | None:
+        m = self.makespan()
+        return round(self.agent_time() / m, 3) if m > 0 else None
+
+    def critical_path(self) -> tuple[list[str], float]:
+        """The dependency chain with the largest sum of actual spans (tasks that ran)."""
+        spans = self.spans()
+        best: dict[str, tuple[float, str | None]] = {}
+        for t in _topo(self.plan):
+            if t not in spans:
+                continue
+            s, e = spans[t]
+            prev, acc = None, 0.0
+            task = self.plan.task(t)
+            for d in [*task.deps, *task.soft_deps]:
+                if d in best and best[d][0] > acc:
+                    prev, acc = d, best[d][0]
+            best[t] = (acc + (e - s), prev)
+        if not best:
+            return [], 0.0
+        pos = {t: i for i, t in enumerate(self.plan.ids())}
+        end = max(best, key=lambda t: (best[t][0], -pos[t]))
+        path, cur = [], end
+        while cur is not None:
+            path.append(cur)
+            cur = best[cur][1]
+        return path[::-1], round(best[end][0], 3)
+
+    def slowest(self, n: int = SLOWEST) -> list[dict]:
+        by = self.by_task()
+        spans = self.spans()
+        rows = [{"task": t, "duration": round(e - s, 3), "attempts": len(by.get(t, []))}
+                for t, (s, e) in spans.items()]
+        rows.sort(key=lambda r: -r["duration"])
+        return rows[:n]
+
+
+def _topo(plan: Plan) -> list[str]:
+    order, seen = [], set()
+    for t in plan.ids():
+        stack = [(t, False)]
+        while stack:
+            x, expanded = stack.pop()
+            if expanded:
+                order.append(x)
+                continue
+            if x in seen:
+                continue
+            seen.add(x)
+            stack.append((x, True))
+            task = plan.task(x)
+            for d in [*task.deps, *task.soft_deps]:
+                if d not in seen:
+                    stack.append((d, False))
+    return order
+
+
+# ---------------------------------------------------------------------------------- reading
+def _ts(s) -> float | None:
+    if not s:
+        return None
+    if isinstance(s, (int, float)):
+        return float(s)
+    try:
+        return parse_iso(str(s))
+    except ValueError:
+        return None
+
+
+def read_attempts(home: Home, g: str, t: str) -> list[Attempt]:
+    """Every attempt of one task that the files remember, in attempt order."""
+    tdir = home.task_dir(g, t)
+    try:
+        names = set(os.listdir(tdir))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    out: dict[int, Attempt] = {}
+    if ATTEMPTS in names:
+        try:
+            recs = os.listdir(os.path.join(tdir, ATTEMPTS))
+        except FileNotFoundError:
+            recs = []
+        for n in recs:
+            stem, _, ext = n.partition(".")
+            if ext != "json" or not stem.isdigit():
+                continue
+            r = loads(fsio.read_bytes(os.path.join(tdir, ATTEMPTS, n)))
+            if not isinstance(r, dict):
+                continue
+            k = int(r.get("attempt") or stem)
+            out[k] = Attempt(t, k, str(r.get("outcome") or "failed"), r.get("worker"), _ts(r.get("started")),
+                             _ts(r.get("ended")), r.get("exit_code"), r.get("reason"))
+    if "done" in names:
+        m = loads(fsio.read_bytes(os.path.join(tdir, "done"))) or {}
+        k = int(m.get("attempt") or (max(out, default=0) + 1))
+        out[k] = Attempt(t, k, "done", m.get("worker"), _ts(m.get("started")), _ts(m.get("ended")),
+                         m.get("exit_code"))
+    elif CLAIM in names and not any(x in names for x in MARKERS):
+        o = loads(fsio.read_bytes(os.path.join(tdir, CLAIM, OWNER))) or {}
+        if o.get("attempt"):
+            k = int(o["attempt"])
+            out.setdefault(k, Attempt(t, k, "running", o.get("worker"), _ts(o.get("since")), None))
+    return [out[k] for k in sorted(out)]
+
+
+def tally_events(path: str) -> dict:
+    """What only the event log knows: blocked events, attempts started (repeats), first-byte
+    latencies of done attempts."""
+    blocked = 0
+    started: dict[str, int] = {}
+    first_bytes: list[float] = []
+    for e in ev.read_all(path):
+        typ = e.get("type")
+        if typ == ev.TASK_BLOCKED:
+            blocked += 1
+        elif typ == ev.TASK_STATUS:
+            st = e.get("status")
+            if st == ev.RUNNING:
+                t = str(e.get("task"))
+                started[t] = started.get(t, 0) + 1
+            elif st == ev.DONE and isinstance(e.get("first_byte"), (int, float)):
+                first_bytes.append(float(e["first_byte"]))
+    return {"blocked_total": blocked, "repeat_total": sum(n - 1 for n in started.values()),
+            "first_bytes": first_bytes}
+
+
+def goal_run(home: Home, plan: Plan, states: dict[str, str], now: float | None = None) -> GoalRun:
+    g = plan.goal
+    attempts: list[Attempt] = []
+    try:
+        present = set(os.listdir(home.tasks_dir(g)))
+    except FileNotFoundError:
+        present = set()
+    for t in plan.ids():
+        if t in present:
+            attempts.extend(read_attempts(home, g, t))
+    tl = tally_events(home.events_path(g))
+    return GoalRun(plan, states, attempts, time.time() if now is None else now,
+                   blocked_total=tl["blocked_total"], repeat_total=tl["repeat_total"],
+                   first_bytes=tl["first_bytes"])
+
+
+def _pct(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    s = sorted(xs)
+    return round(s[min(len(s) - 1, int(q * len(s)))], 3)
+
+
+def summarize(run: GoalRun, counts: dict[str, int], blocked: list[dict], failed_roots: list[str]) -> dict:
+    plan = run.plan
+    outcome = "done" if counts.get("done", 0) == len(plan.tasks) else "failed"
+    w = run.window()
+    path, length = run.critical_path()
+    by_outcome: dict[str, int] = {}
+    for a in run.attempts:
+        by_outcome[a.outcome] = by_outcome.get(a.outcome, 0) + 1
+    return {
+        "goal": plan.goal, "outcome": outcome, "finished": now_iso(run.now), "tasks": len(plan.tasks),
+        "counts": counts, "failed_roots": failed_roots, "blocked": blocked,
+        "started": now_iso(w[0]) if w else None, "ended": now_iso(w[1]) if w else None,
+        "makespan": run.makespan(), "agent_time": run.agent_time(), "parallelism": run.parallelism(),
+        "critical_path": {"tasks": path, "duration": length},
+        "attempts": len(run.attempts), "attempts_by_outcome": by_outcome,
+        "repeat_total": run.repeat_total, "blocked_total": run.blocked_total,
+        "slowest": run.slowest(),
+        "generation_latency": {"p50": _pct(run.first_bytes, 0.5), "max": _pct(run.first_bytes, 1.0)},
+        "workers": sorted({a.worker for a in run.attempts if a.worker}),
+    }
 
 
 def build_summary(home: Home, plan: Plan, sched: Scheduler) -> dict:
-    counts = sched.counts()
     states = sched.states()
     failed_roots = [t for t in plan.ids() if states[t] in ("failed", "cancelled")]
     blocked = [{"task": t, "blocked_by": sched.blocked_by(t)} for t in plan.ids() if states[t] == "blocked"]
-    outcome = "done" if counts.get("done", 0) == len(states) else "failed"
-    return {
-        "goal": plan.goal, "outcome": outcome, "finished": now_iso(), "tasks": len(states),
-        "counts": counts, "failed_roots": failed_roots, "blocked": blocked,
-    }
+    return summarize(goal_run(home, plan, states), sched.counts(), blocked, failed_roots)

@@ -44,7 +44,8 @@ def _root(
     ctx.obj = Ctx(home)
 
 
-from . import control_cmds, obs_cmds, plan_cmds, protocol_cmds, read_cmds, run_cmds  # noqa: E402,F401
+from . import (control_cmds, graph_cmds, metrics_cmds, obs_cmds, plan_cmds, protocol_cmds,  # noqa: E402,F401
+               read_cmds, run_cmds)
 
 
 def main(argv: list[str] | None = None) -> None:

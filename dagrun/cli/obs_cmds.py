@@ -1,60 +1,81 @@
-"""events: the state bus, as JSON lines (like `tail -f events.jsonl | jq -c`)."""
+"""events (the state bus as JSON lines, like `tail -f events.jsonl | jq -c`) and watch (a live
+view that redraws on events)."""
 from __future__ import annotations
 
 import sys
 
-import orjson
 import typer
 
 from . import app
-from .common import home_of
+from .common import home_of, is_tty
 
 
 @app.command()
 def events(ctx: typer.Context,
-           goal: str = typer.Argument(..., help="Goal id."),
+           goal: str = typer.Argument(None, help="Goal id (or --all)."),
+           all_: bool = typer.Option(False, "--all", help="Every goal under the home; with -f, goals submitted "
+                                     "later join."),
            follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new events as they are appended."),
-           since: str = typer.Option(None, "--since", metavar="TS", help="Only events at or after this ISO time."),
+           since: str = typer.Option(None, "--since", metavar="TS",
+                                     help="Only events at or after TS: ISO time (UTC unless it has an offset), "
+                                          "Unix time, or an age like 15m, 2h, 1d."),
            type_: list[str] = typer.Option(None, "--type", metavar="TYPE",
-                                           help="Only these event types (repeatable; a suffix like task.blocked works).")):
-    """Print a goal's events, one JSON object per line."""
-    from ..events import Reader
+                                           help="Only these event types (repeatable; a suffix like task.blocked "
+                                                "or goal.finished works)."),
+           poll: float = typer.Option(None, "--poll", min=0.01, metavar="SECONDS",
+                                      help="With -f: poll every SECONDS instead of inotify (homes on NFS).")):
+    """Print events, one JSON object per line: a goal's, or every goal's with --all."""
+    import orjson
+
+    from ..errors import UsageError
+    from ..events import Follower, matcher, parse_since
     from ..plan import check_id
 
-    check_id("goal", goal)
+    if (goal is None) == (not all_):
+        raise UsageError("give a GOAL or --all (not both)" if goal else "give a GOAL, or --all for every goal")
     home = home_of(ctx)
-    home.load_plan(goal)     # a clear error for an unknown goal
-    reader = Reader(home.events_path(goal))
-
-    def emit(batch):
-        out = sys.stdout.buffer
-        for e in batch:
-            if since and str(e.get("ts", "")) < since:
-                continue
-            if type_ and not any(str(e.get("type", "")).endswith(t) for t in type_):
-                continue
-            out.write(orjson.dumps(e) + b"\n")
-        out.flush()
-
-    emit(reader.read())
-    if not follow:
-        return
-    import selectors
-
-    from ..watcher import Watcher
-
-    w = Watcher(home.goals_dir)
-    w.watch_goal(goal)
-    sel = selectors.DefaultSelector()
-    if w.fd is not None:
-        sel.register(w.fd, selectors.EVENT_READ)
+    if goal is not None:
+        check_id("goal", goal)
+        home.load_plan(goal)     # a clear error for an unknown goal
+    ok = matcher(parse_since(since) if since else None, type_)
+    fol = Follower(home, goal, start="begin", poll=poll, watch=follow)
+    out = sys.stdout.buffer
     try:
         while True:
-            if w.fd is not None:
-                sel.select(None)
-                w.read()
-            else:
-                sel.select(w.poll or 1.0) if sel.get_map() else __import__("time").sleep(w.poll or 1.0)
-            emit(reader.read())
+            for e in fol.read():
+                if ok(e):
+                    out.write(orjson.dumps(e) + b"\n")
+            out.flush()
+            if not follow:
+                return
+            fol.wait()
     finally:
-        w.close()
+        fol.close()
+
+
+@app.command()
+def watch(ctx: typer.Context,
+          goal: str = typer.Argument(None, help="Goal id (default: the only unfinished goal, else an overview "
+                                                "of every goal)."),
+          poll: float = typer.Option(None, "--poll", min=0.01, metavar="SECONDS",
+                                     help="Poll every SECONDS instead of inotify (homes on NFS).")):
+    """A live view that redraws on state changes (not on a timer) and exits when the goal
+    ends: exit 0 if it ended done, 1 if not. Off a terminal: one line per event."""
+    from ..ops import goal_overview
+    from ..plan import check_id
+
+    home = home_of(ctx)
+    if goal is None:
+        active = [g for g in home.goals() if goal_overview(home, g)["state"] not in ("done", "failed", "cancelled")]
+        if len(active) == 1:
+            goal = active[0]
+    tty = is_tty()
+    if goal is not None:
+        check_id("goal", goal)
+        home.load_plan(goal)
+        from .live import watch_goal
+        rc = watch_goal(home, goal, tty=tty, poll=poll)
+    else:
+        from .live import watch_all
+        rc = watch_all(home, tty=tty, poll=poll)
+    raise typer.Exit(rc)

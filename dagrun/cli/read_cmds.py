@@ -50,11 +50,26 @@ def status(ctx: typer.Context,
                       fmt_duration(r.get("duration")), note[:60]])
     _table(table, ["TASK", "STATE", "ATTEMPT", "WORKER", "STARTED", "DURATION", "NOTE"])
     c = d["counts"]
-    line = f"goal {goal}: {d['state']} (" + ", ".join(f"{v} {k}" for k, v in c.items()) + ")"
-    s = d.get("summary") or {}
-    if s.get("makespan") is not None:
-        line += f"; makespan {fmt_duration(s['makespan'])}"
-    print(line)
+    print(f"goal {goal}: {d['state']} (" + ", ".join(f"{v} {k}" for k, v in c.items()) + ")")
+    for line in _summary_lines(d.get("summary")):
+        print("  " + line)
+
+
+def _summary_lines(s: dict | None) -> list[str]:
+    """summary.json (written when the goal ended) in three lines."""
+    if not s or s.get("makespan") is None:
+        return []
+    par = f"{s['parallelism']:.2f}" if s.get("parallelism") else "-"
+    out = [f"makespan {fmt_duration(s['makespan'])}, agent time {fmt_duration(s.get('agent_time'))}, "
+           f"parallelism {par}, repeats {s.get('repeat_total', 0)}, blocked {s.get('blocked_total', 0)}"]
+    cp = s.get("critical_path") or {}
+    if cp.get("tasks"):
+        out.append(f"critical path {' -> '.join(cp['tasks'])} ({fmt_duration(cp.get('duration'))})")
+    if s.get("slowest"):
+        out.append("slowest: " + ", ".join(f"{r['task']} {fmt_duration(r['duration'])}" +
+                                           (f" ({r['attempts']} attempts)" if r.get("attempts", 1) > 1 else "")
+                                           for r in s["slowest"][:3]))
+    return out
 
 
 def _table(rows, header):

@@ -95,19 +95,30 @@ def worker(ctx: typer.Context,
                                         help="Full rescan of the files at least this often (safety net)."),
            lease: float = typer.Option(None, "--lease", min=1.0, metavar="SECONDS",
                                        help="Judge other hosts' claims stale only after this long without a "
-                                            "heartbeat, if longer than the plan's lease.")):
+                                            "heartbeat, if longer than the plan's lease."),
+           metrics_path: str = typer.Option(None, "--metrics", metavar="PATH",
+                                            help="Keep a Prometheus textfile at PATH up to date (see `dagrun "
+                                                 "metrics`), plus the state-bus lag this worker observes."),
+           metrics_every: float = typer.Option(15.0, "--metrics-every", min=0.1, metavar="SECONDS",
+                                               help="How often --metrics rewrites the file.")):
     """Serve every goal under the home: the daemon for systemd, or --until-idle for cron.
     Logs one line per event of its own to stderr."""
     from ..engine import Engine, default_worker_name
 
     home = home_of(ctx)
     me = name or default_worker_name()
+    wm = None
+    if metrics_path:
+        from ..metrics import WorkerMetrics
+        wm = WorkerMetrics(home, metrics_path, me)
 
     def on_event(e):
+        if wm is not None:
+            wm.observe(e)
         if e.get("worker") == me or e.get("type", "").endswith("goal.finished"):
             _stderr_log(fmt_event(e))
     eng = Engine(home, worker=me, jobs=jobs, until_idle=until_idle, poll=poll, log=_stderr_log,
-                 on_event=on_event, rescan_every=rescan, lease=lease)
+                 on_event=on_event, rescan_every=rescan, lease=lease, tick=wm, tick_every=metrics_every)
     _stderr_log(f"worker {me} serving {home.root} with -j {jobs}" + (" until idle" if until_idle else ""))
     rc = eng.run()
     _stderr_log(f"worker {me} exiting: " + ("idle" if rc == 0 else f"stopped by signal {rc - 128}" if rc > 128

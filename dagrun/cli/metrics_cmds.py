@@ -1,0 +1,28 @@
+"""metrics: Prometheus text format, for the node exporter's textfile collector."""
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from . import app
+from .common import home_of
+
+
+@app.command()
+def metrics(ctx: typer.Context,
+            textfile: str = typer.Option(None, "--textfile", metavar="PATH",
+                                         help="Write to PATH (published by rename; name it *.prom in the node "
+                                              "exporter's --collector.textfile.directory) instead of stdout.")):
+    """Print every goal's metrics in Prometheus text format: tasks by state, ready-queue depth,
+    running, blocked/repeat totals, parallelism, task duration and generation latency
+    histograms. (`dagrun worker --metrics PATH` keeps such a file fresh and adds the
+    state-bus lag it observes.)"""
+    from ..metrics import Collector, write_textfile
+
+    text = Collector(home_of(ctx)).render()
+    if textfile:
+        write_textfile(textfile, text)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()

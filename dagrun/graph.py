@@ -1,0 +1,101 @@
+"""The plan as a picture: Mermaid (renders in GitHub/GitLab markdown) or Graphviz dot.
+
+Nodes get generated ids (t0, t1 ...) in Mermaid, with the task id as the label: task ids may
+contain `-` and `.` and may be Mermaid keywords (`end`), which would break a bare id. Dot
+quotes every id. With states (a submitted goal), nodes are coloured by state; edges of the
+run's critical path are drawn thick and red. Soft dependencies are dashed.
+"""
+from __future__ import annotations
+
+from .plan import Plan
+
+# state -> (stroke, fill)
+STATE_COLOURS = {
+    "done": ("#2e7d32", "#c8e6c9"),
+    "running": ("#0277bd", "#b3e5fc"),
+    "ready": ("#1565c0", "#e3f2fd"),
+    "waiting": ("#757575", "#fafafa"),
+    "retrying": ("#f57f17", "#fff59d"),
+    "failed": ("#c62828", "#ffcdd2"),
+    "blocked": ("#6a1b9a", "#e1bee7"),
+    "cancelled": ("#424242", "#e0e0e0"),
+}
+CRITICAL = "#d32f2f"
+
+
+def _edges(plan: Plan) -> list[tuple[str, str, bool]]:
+    """(from, to, soft) in plan order."""
+    out = []
+    for t in plan.tasks:
+        out += [(d, t.id, False) for d in t.deps]
+        out += [(d, t.id, True) for d in t.soft_deps]
+    return out
+
+
+def _critical_edges(path: list[str]) -> set[tuple[str, str]]:
+    return set(zip(path, path[1:]))
+
+
+def mermaid(plan: Plan, states: dict[str, str] | None = None, critical: list[str] | None = None) -> str:
+    ids = {t: f"t{i}" for i, t in enumerate(plan.ids())}
+    crit = _critical_edges(critical or [])
+    lines = ["flowchart LR"]
+    for t in plan.ids():
+        label = t if not states else f"{t}<br/>{states.get(t, 'waiting')}"
+        lines.append(f'    {ids[t]}["{label}"]')
+    styled = []
+    for k, (a, b, soft) in enumerate(_edges(plan)):
+        lines.append(f"    {ids[a]} {'-.->' if soft else '-->'} {ids[b]}")
+        if (a, b) in crit:
+            styled.append(str(k))
+    if states:
+        for s, (stroke, fill) in STATE_COLOURS.items():
+            members = [ids[t] for t in plan.ids() if states.get(t) == s]
+            if members:
+                lines.append(f"    classDef {s} fill:{fill},stroke:{stroke},color:#000")
+                lines.append(f"    class {','.join(members)} {s}")
+    if styled:
+        lines.append(f"    linkStyle {','.join(styled)} stroke:{CRITICAL},stroke-width:3px")
+    for t in critical or []:
+        lines.append(f"    style {ids[t]} stroke-width:3px")
+    return "\n".join(lines) + "\n"
+
+
+def _q(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def dot(plan: Plan, states: dict[str, str] | None = None, critical: list[str] | None = None) -> str:
+    crit = _critical_edges(critical or [])
+    on_path = set(critical or [])
+    lines = [f"digraph {_q(plan.goal)} {{",
+             "  rankdir=LR;",
+             '  node [shape=box, style="rounded,filled", fillcolor="#ffffff", fontname="Helvetica", fontsize=11];',
+             '  edge [color="#607d8b", arrowsize=0.7];']
+    for t in plan.ids():
+        attrs = []
+        if states:
+            s = states.get(t, "waiting")
+            stroke, fill = STATE_COLOURS.get(s, STATE_COLOURS["waiting"])
+            label = _q(t)[:-1] + "\\n" + s + '"'           # \n: Graphviz's centred line break
+            attrs += [f"label={label}", f'fillcolor="{fill}"', f'color="{stroke}"']
+        if t in on_path:
+            attrs.append("penwidth=2.5")
+        lines.append(f"  {_q(t)}" + (f" [{', '.join(attrs)}]" if attrs else "") + ";")
+    for a, b, soft in _edges(plan):
+        attrs = []
+        if soft:
+            attrs.append("style=dashed")
+        if (a, b) in crit:
+            attrs += [f'color="{CRITICAL}"', "penwidth=2.5"]
+        lines.append(f"  {_q(a)} -> {_q(b)}" + (f" [{', '.join(attrs)}]" if attrs else "") + ";")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def render(plan: Plan, fmt: str, states: dict[str, str] | None = None, critical: list[str] | None = None) -> str:
+    if fmt == "mermaid":
+        return mermaid(plan, states, critical)
+    if fmt == "dot":
+        return dot(plan, states, critical)
+    raise ValueError(f"unknown graph format {fmt!r}")

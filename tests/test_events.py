@@ -1,0 +1,242 @@
+"""The state bus: every state change is one whole JSON line in events.jsonl, with the fields a
+consumer needs; `dagrun events` prints, filters and follows it (one goal or the whole home)."""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import time
+
+import pytest
+
+from conftest import EXAMPLES, events, kill_group, run, spawn, task_dir, wait_for, write_plan
+
+SIX = ["research-api", "research-auth", "design-schema", "implement", "test", "review"]
+DEPS = {"research-api": [], "research-auth": [], "design-schema": ["research-api"],
+        "implement": ["design-schema", "research-auth"], "test": ["implement"], "review": ["implement"]}
+
+
+def _lines(home, goal) -> list[dict]:
+    """Every line of the log parsed on its own: a torn or merged line fails here."""
+    raw = (home / "goals" / goal / "events.jsonl").read_bytes()
+    assert raw.endswith(b"\n")
+    return [json.loads(line) for line in raw[:-1].split(b"\n")]
+
+
+def test_example_goal_event_stream_is_exactly_the_expected_sequence(home):
+    run("run", EXAMPLES / "add-auth" / "dag.json", home=home, env={"FAKE_AGENT_SLEEP": "0.1"})
+    evs = _lines(home, "add-auth")
+    assert all({"ts", "type", "goal"} <= e.keys() and e["goal"] == "add-auth" for e in evs)
+    assert [e["ts"] for e in evs] == sorted(e["ts"] for e in evs)
+    assert evs[0]["type"] == "agent.plan.created" and evs[0]["tasks"] == 6
+    assert evs[-1]["type"] == "agent.goal.finished"
+    assert evs[-1]["outcome"] == "done" and evs[-1]["counts"] == {"done": 6} and evs[-1]["failed_roots"] == []
+    assert len(evs) == 1 + 6 * 3 + 1          # plan.created, ready/running/done per task, goal.finished
+    for t in SIX:
+        mine = [e for e in evs if e.get("task") == t]
+        assert [e["type"] for e in mine] == ["agent.task.status.updated"] * 3
+        assert [e["status"] for e in mine] == ["ready", "running", "done"], t
+        ready, running, done = mine
+        assert ready["worker"] == ("submit" if not DEPS[t] else running["worker"])
+        assert running["attempt"] == 1 and running["worker"]
+        assert done["attempt"] == 1 and done["worker"] == running["worker"] and done["exit_code"] == 0
+        assert 0.05 < done["duration"] < 30 and done["output_bytes"] > 0
+        assert 0 < done["first_byte"] <= done["duration"] + 0.05
+        # a task is announced ready only after all of its dependencies are done
+        for d in DEPS[t]:
+            assert evs.index(ready) > evs.index(next(e for e in evs if e.get("task") == d and e["status"] == "done"))
+
+
+def test_failure_retry_stall_and_cancel_sequences(home, plans):
+    p = write_plan(plans, [
+        {"id": "a", "prompt": "p", "agent": "echo boom >&2; exit 3", "retries": 1, "retry_backoff": 0.05},
+        {"id": "b", "prompt": "p", "deps": ["a"]},
+        {"id": "c", "prompt": "p", "deps": ["b"]},
+        {"id": "s", "prompt": "p", "agent": "sleep 30", "stall_timeout": 0.5},
+        {"id": "x", "prompt": "p", "agent": "sleep 30"},
+        {"id": "y", "prompt": "p", "deps": ["x"]},
+    ], goal="seq", defaults={"agent": "true"})
+    proc = spawn("run", p, "-j", "4", home=home)
+    try:
+        wait_for(lambda: any(e.get("task") == "x" and e.get("status") == "running" for e in events(home, "seq")),
+                 what="x to run")
+        run("cancel", "seq", "x", home=home)
+        assert proc.wait(timeout=60) == 1
+    finally:
+        kill_group(proc)
+    evs = _lines(home, "seq")
+
+    def seq(t):
+        return [e.get("status") or e["type"].removeprefix("agent.") for e in evs if e.get("task") == t]
+    assert seq("a") == ["ready", "running", "retrying", "ready", "running", "failed"]
+    a = [e for e in evs if e.get("task") == "a"]
+    assert a[2]["attempt"] == 1 and a[2]["exit_code"] == 3 and a[2]["outcome"] == "failed" and a[2]["retry_at"]
+    assert a[3]["attempt"] == 2 and a[3]["reason"] == "retry backoff ended"
+    assert a[5]["attempt"] == 2 and a[5]["exit_code"] == 3 and a[5]["duration"] >= 0 and a[5]["worker"]
+    for t in ("b", "c"):
+        assert seq(t) == ["task.blocked"]
+        blk = next(e for e in evs if e.get("task") == t)
+        assert blk["reason"] == "failed dependency" and blk["blocked_by"] == "a"
+    assert seq("s") == ["ready", "running", "task.blocked", "failed"]
+    stall = next(e for e in evs if e.get("task") == "s" and e["type"] == "agent.task.blocked")
+    assert stall["reason"].startswith("stalled") and stall["attempt"] == 1
+    s_failed = [e for e in evs if e.get("task") == "s"][-1]
+    assert s_failed["outcome"] == "stalled" and s_failed["signal"] == signal.SIGTERM
+    assert seq("x") == ["ready", "running", "cancelled"]
+    assert seq("y") == ["task.blocked"]
+    y = next(e for e in evs if e.get("task") == "y")
+    assert y["reason"] == "cancelled dependency" and y["blocked_by"] == "x"
+    fin = [e for e in evs if e["type"] == "agent.goal.finished"]
+    assert len(fin) == 1 and fin[0]["outcome"] == "failed"
+    assert sorted(fin[0]["failed_roots"]) == ["a", "s", "x"]
+
+
+def _writer(home: str, k: int, n: int) -> None:
+    from dagrun import events as ev
+    from dagrun.store import Home
+    h = Home(home)
+    for i in range(n):
+        # sizes from ~100 bytes to ~3.5 KB: many lines are larger than a small write buffer
+        body = chr(ord("a") + k) * ((i * 37 + k * 101) % 3400)
+        ev.emit(h, "bus", ev.TASK_STATUS, task=f"w{k}", status="running", attempt=i, worker=f"writer-{k}",
+                detail=body, n=len(body))
+
+
+def test_8_concurrent_writers_append_10k_whole_lines(home):
+    goal_dir = home / "goals" / "bus"
+    goal_dir.mkdir(parents=True)
+    ctx = mp.get_context("fork")
+    per = 1250
+    procs = [ctx.Process(target=_writer, args=(str(home), k, per)) for k in range(8)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    evs = _lines(home, "bus")              # every line parses on its own
+    assert len(evs) == 8 * per
+    for k in range(8):
+        mine = [e for e in evs if e["worker"] == f"writer-{k}"]
+        assert [e["attempt"] for e in mine] == list(range(per))     # in order, none lost
+        for e in mine:
+            assert len(e["detail"]) == e["n"] and set(e["detail"]) <= {chr(ord("a") + k)}
+
+
+def test_events_filters_and_errors(home, plans):
+    run("run", EXAMPLES / "add-auth" / "dag.json", home=home, env={"FAKE_AGENT_SLEEP": "0.05"})
+    p = write_plan(plans, [{"id": "z", "prompt": "p", "agent": "exit 1"}, {"id": "w", "prompt": "p", "deps": ["z"]}],
+                   goal="other", defaults={"agent": "true"})
+    run("run", p, home=home, check=1)
+    out = run("events", "add-auth", home=home).stdout.splitlines()
+    assert len(out) == 20 and all(json.loads(line)["goal"] == "add-auth" for line in out)
+    only = [json.loads(x) for x in run("events", "other", "--type", "task.blocked", home=home).stdout.splitlines()]
+    assert [(e["task"], e["blocked_by"]) for e in only] == [("w", "z")]
+    fin = run("events", "add-auth", "--type", "goal.finished", "--type", "plan.created", home=home).stdout.splitlines()
+    assert [json.loads(x)["type"] for x in fin] == ["agent.plan.created", "agent.goal.finished"]
+    # --since: ISO time or an age
+    evs = events(home, "add-auth")
+    cut = evs[10]["ts"]
+    later = run("events", "add-auth", "--since", cut, home=home).stdout.splitlines()
+    assert [json.loads(x)["ts"] for x in later] == [e["ts"] for e in evs if e["ts"] >= cut]
+    assert run("events", "add-auth", "--since", "1h", home=home).stdout.count("\n") == 20
+    assert run("events", "add-auth", "--since", "2099-01-01", home=home).stdout == ""
+    # --all: both goals, merged by time
+    both = [json.loads(x) for x in run("events", "--all", home=home).stdout.splitlines()]
+    assert {e["goal"] for e in both} == {"add-auth", "other"} and len(both) == 20 + len(events(home, "other"))
+    assert [e["ts"] for e in both] == sorted(e["ts"] for e in both)
+    for args, msg in ((["events"], "give a GOAL"), (["events", "add-auth", "--all"], "not both"),
+                      (["events", "nope"], "no goal 'nope'"), (["events", "add-auth", "--since", "soon"], "--since")):
+        r = run(*args, home=home, check=2)
+        assert r.stderr.startswith("dagrun: ") and msg in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])          # utime + stime
+
+
+def _read_json_lines(proc, n: int, timeout: float = 20.0) -> list[dict]:
+    out = []
+    deadline = time.monotonic() + timeout
+    os.set_blocking(proc.stdout.fileno(), False)
+    buf = b""
+    while len(out) < n and time.monotonic() < deadline:
+        chunk = proc.stdout.read()
+        if chunk:
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            out += [json.loads(x) for x in lines if x]
+        else:
+            time.sleep(0.02)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["inotify", "polling"])
+def test_events_all_follow_sees_goals_submitted_later(home, plans, mode):
+    env = {"DAGRUN_NO_INOTIFY": "1"} if mode == "polling" else None
+    first = write_plan(plans, [{"id": "a", "prompt": "p"}], name="g1.json", goal="g1", defaults={"agent": "true"})
+    run("submit", first, home=home)
+    fol = spawn("events", "--all", "--follow", "--poll", "0.1", home=home, env=env) if mode == "polling" else \
+        spawn("events", "--all", "-f", home=home, env=env)
+    try:
+        got = _read_json_lines(fol, 2)          # g1's history: plan.created, a ready
+        assert [e["type"] for e in got] == ["agent.plan.created", "agent.task.status.updated"]
+        later = write_plan(plans, [{"id": "b", "prompt": "p"}], name="g2.json", goal="g2", defaults={"agent": "true"})
+        run("run", later, home=home)
+        got = _read_json_lines(fol, 5)          # g2: created, b ready, running, done, finished
+        assert [e["goal"] for e in got] == ["g2"] * 5
+        assert [e.get("status") or e["type"] for e in got] == [
+            "agent.plan.created", "ready", "running", "done", "agent.goal.finished"]
+        run("run", "g1", home=home)             # the first goal keeps being followed too
+        got = _read_json_lines(fol, 3)
+        assert [(e["goal"], e.get("status") or e["type"]) for e in got] == [
+            ("g1", "running"), ("g1", "done"), ("g1", "agent.goal.finished")]
+    finally:
+        kill_group(fol, signal.SIGTERM)
+        fol.wait(10)
+
+
+def test_events_follow_one_goal_ends_only_when_stopped(home, plans):
+    p = write_plan(plans, [{"id": "a", "prompt": "p"}, {"id": "b", "prompt": "p", "deps": ["a"]}], goal="fg",
+                   defaults={"agent": "sleep 0.2"})
+    run("submit", p, home=home)
+    fol = spawn("events", "fg", "-f", "--type", "status.updated", home=home)
+    try:
+        assert [e["task"] for e in _read_json_lines(fol, 1)] == ["a"]
+        run("run", "fg", home=home)
+        got = _read_json_lines(fol, 5)
+        assert [(e["task"], e["status"]) for e in got] == [
+            ("a", "running"), ("a", "done"), ("b", "ready"), ("b", "running"), ("b", "done")]
+        assert fol.poll() is None                # following goes on after the goal ends
+        # and costs nothing while nothing is appended: it sleeps on inotify, not on a timer
+        before = _cpu_ticks(fol.pid)
+        time.sleep(2.0)
+        assert _cpu_ticks(fol.pid) - before <= 2
+    finally:
+        kill_group(fol, signal.SIGINT)
+        assert fol.wait(10) == 130
+    assert not (task_dir(home, "fg", "a") / "claim").exists()
+
+
+def test_reading_an_empty_home_creates_nothing(tmp_path):
+    home = tmp_path / "nothing-here"
+    assert run("events", "--all", home=home).stdout == ""
+    assert run("watch", home=home).stdout == f"no goals under {home}\n"
+    assert "dagrun_running_tasks 0" in run("metrics", home=home).stdout
+    assert not home.exists()
+
+
+def test_one_ready_line_after_a_backoff_however_many_workers(home, plans):
+    flag = plans / "failed-once"
+    p = write_plan(plans, [{"id": "f", "prompt": "p", "agent": f"test -e {flag} || {{ touch {flag}; exit 1; }}",
+                            "retries": 1, "retry_backoff": 0.3}] +
+                   [{"id": f"n{i}", "prompt": "p", "deps": ["f"]} for i in range(3)],
+                   goal="two", defaults={"agent": "true"})
+    run("submit", p, home=home)
+    workers = [spawn("worker", "--until-idle", "--name", f"w{k}", home=home) for k in range(3)]
+    for w in workers:
+        assert w.wait(60) == 0
+    f = [e for e in _lines(home, "two") if e.get("task") == "f"]
+    assert [e["status"] for e in f] == ["ready", "running", "retrying", "ready", "running", "done"]
+    assert f[3]["worker"] == f[2]["worker"] and f[3]["attempt"] == 2      # announced by who recorded the retry
