@@ -127,6 +127,20 @@ def plans(tmp_path) -> Path:
     return d
 
 
+def agents_of(home) -> list[int]:
+    """Live agent processes (DAGRUN_RUN_ID set) working for this home."""
+    want = b"DAGRUN_HOME=" + str(Path(home).resolve()).encode()
+    out = []
+    for pid in processes_with_env("DAGRUN_RUN_ID"):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if want in env:
+            out.append(pid)
+    return out
+
+
 def _our_agents(root: str) -> list[int]:
     """Agents (DAGRUN_RUN_ID set) whose DAGRUN_HOME lies under this test session's temp
     folder: other people's test runs on a shared machine are none of our business."""

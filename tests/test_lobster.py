@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DAGRUN, REPO, events, processes_with_env, run, spawn, task_dir, wait_for, write_plan
+from conftest import DAGRUN, REPO, agents_of, events, run, spawn, task_dir, wait_for, write_plan
 
 LOBSTER = REPO / "contrib" / "lobster.sh"
 pytestmark = pytest.mark.skipif(not shutil.which("dash"), reason="dash is not installed")
@@ -24,9 +24,9 @@ def cmdline(pid: int) -> bytes:
         return b""                         # gone meanwhile
 
 
-def sleeping(goal: str) -> list[int]:
-    """The goal's agents' `sleep` processes still alive."""
-    return [p for p in processes_with_env("DAGRUN_GOAL", goal) if cmdline(p).startswith(b"sleep")]
+def sleeping(home) -> list[int]:
+    """`sleep` processes of agents working for this test's home."""
+    return [p for p in agents_of(home) if cmdline(p).startswith(b"sleep")]
 
 
 def lobster(home, goal: str, **env) -> subprocess.Popen:
@@ -88,10 +88,10 @@ def test_cancel_reaches_the_agent_through_the_heartbeat(home, plans):
     run("submit", p, home=home)
     lb = lobster(home, "cx")
     try:
-        wait_for(lambda: len(processes_with_env("DAGRUN_TASK", "slow")) >= 3, what="the agent")
+        wait_for(lambda: len(sleeping(home)) >= 2, what="the agent")
         t0 = time.monotonic()
         run("cancel", "cx", "slow", home=home)
-        wait_for(lambda: not sleeping("cx"), timeout=10, what="the agent to be stopped")
+        wait_for(lambda: not sleeping(home), timeout=10, what="the agent to be stopped")
         assert time.monotonic() - t0 < 6
         out, err = lb.communicate(timeout=20)
     finally:
@@ -108,11 +108,11 @@ def test_sigterm_stops_the_agent_and_the_task_is_taken_again(home, plans):
                    defaults={"agent": 'if [ "$DAGRUN_ATTEMPT" = 1 ]; then sleep 50 & sleep 51; wait; fi; echo second'})
     run("submit", p, home=home)
     lb = lobster(home, "term")
-    wait_for(lambda: len(processes_with_env("DAGRUN_TASK", "t")) >= 3, what="the agent")
+    wait_for(lambda: len(sleeping(home)) >= 2, what="the agent")
     os.kill(lb.pid, signal.SIGTERM)
     lb.communicate(timeout=20)
     assert lb.returncode == 143
-    wait_for(lambda: not sleeping("term"), timeout=10, what="the agent to be stopped")
+    wait_for(lambda: not sleeping(home), timeout=10, what="the agent to be stopped")
     # the claim died with the script: the next worker takes the task (attempt 1 was lost)
     r = run("worker", "--until-idle", home=home, timeout=30)
     assert (task_dir(home, "term", "t") / "output").read_text() == "second\n"
@@ -127,7 +127,7 @@ def test_sigkilled_lobster_orphan_agent_is_reaped(home, plans):
                    defaults={"agent": 'if [ "$DAGRUN_ATTEMPT" = 1 ]; then exec sleep 60; fi; echo fine'})
     run("submit", p, home=home)
     lb = lobster(home, "orph")
-    orphans = wait_for(lambda: sleeping("orph"), what="the agent")
+    orphans = wait_for(lambda: sleeping(home), what="the agent")
     os.kill(lb.pid, signal.SIGKILL)
     lb.wait()
     assert all(Path(f"/proc/{p}").exists() for p in orphans)     # still running: nobody told it
@@ -163,4 +163,4 @@ def test_heartbeats_while_the_agent_runs_and_timeout_is_enforced(home, plans):
     failed = json.loads((task_dir(home, "hbt", "slow") / "failed").read_text())
     assert failed["reason"] == "timed out after 2s" and failed["exit_code"] == 143
     assert "slow: timed out after 2s: stopping the agent" in err
-    assert not sleeping("hbt")
+    assert not sleeping(home)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DAGRUN, events, processes_with_env, run, spawn, task_dir, wait_for, write_plan
+from conftest import DAGRUN, agents_of, events, run, spawn, task_dir, wait_for, write_plan
 
 SHELLS = [s for s in ("dash", "bash") if shutil.which(s)]
 
@@ -346,9 +346,7 @@ def test_force_complete_over_a_workers_claim_stops_its_agent(home, plans):
         r = run("complete", "fw", "a", "--force", "--output", "-", input="by hand\n", home=home)
         assert "over the claim of busy (pid" in r.stderr
         wait_for(lambda: (task_dir(home, "fw", "b") / "done").exists(), timeout=20, what="b")
-        wait_for(lambda: not [x for x in processes_with_env("DAGRUN_TASK", "a")
-                              if x in processes_with_env("DAGRUN_GOAL", "fw")], timeout=10,
-                 what="the worker to stop its agent")
+        wait_for(lambda: not agents_of(home), timeout=10, what="the worker to stop its agent")
     finally:
         os.killpg(w.pid, signal.SIGTERM)
         out, err = w.communicate(timeout=30)

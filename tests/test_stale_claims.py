@@ -11,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import events, processes_with_env, run, spawn, task_dir, wait_for, write_plan
+from conftest import agents_of, events, run, spawn, task_dir, wait_for, write_plan
 
 
 def boot_id() -> str:
@@ -54,7 +54,7 @@ def test_sigkilled_worker_claims_are_recovered_by_another(home, plans, tmp_path)
     run("submit", p, home=home)
     a = spawn("worker", "-j", "4", "--name", "victim", home=home)
     wait_for(lambda: log.exists() and len(log.read_text().splitlines()) == 4, what="4 agents of the victim")
-    first = processes_with_env("DAGRUN_WORKER", "victim")
+    first = agents_of(home)
     assert first
     b = spawn("worker", "-j", "2", "--name", "rescuer", home=home)
     try:
@@ -80,7 +80,7 @@ def test_sigkilled_worker_claims_are_recovered_by_another(home, plans, tmp_path)
         assert len(ev) == 1 and ev[0]["worker"] == "rescuer" and ev[0]["attempt"] == 2
         assert f"recovered kill/t{i}: holder victim (pid {a.pid}) is gone" in err
     # the victim's orphaned agents were stopped by the rescuer (not left sleeping)
-    assert not [pid for pid in first if pid in processes_with_env("DAGRUN_WORKER", "victim")]
+    assert not set(first) & set(agents_of(home))
 
 
 def test_pid_reuse_is_detected(home, plans):
