@@ -12,10 +12,12 @@ never both win and a breaker never removes a claim that was re-taken in the mean
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import socket
 import time
+from contextlib import contextmanager
 
 from . import fsio
 from .store import CLAIM, Home, dumps, loads, now_iso
@@ -234,3 +236,25 @@ def sweep_leftovers(home: Home, g: str, t: str) -> None:
     for n in names:
         if n.startswith(".claim."):
             fsio.rmtree(os.path.join(tdir, n))
+
+
+@contextmanager
+def edit_lock(home: Home, g: str, *, exclusive: bool = False):
+    """The goal's edit lock (flock on goals/<g>/.edit.lock; the kernel drops it if we die).
+
+    Claiming (claim + prompt render + spawn) and committing take it shared, so any number of
+    engines and scripts do that at once; the operations that archive task folders (plan
+    replace, forced retry) take it exclusive. Without it a downstream task could read an
+    upstream output that is being archived, or a commit could land in a folder that an
+    archive just replaced, leaving a `done` built on an output that no longer exists."""
+    path = os.path.join(home.goal_dir(g), ".edit.lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except FileNotFoundError:        # no such goal (any more): nothing to protect
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)                 # closing the only fd of the lock releases it

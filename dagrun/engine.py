@@ -28,7 +28,7 @@ from . import events as ev
 from . import fsio
 from .errors import DagrunError, ExitCode
 from .executor import Exit, Launch, ProcessRunner, Runner, StartError
-from .lifecycle import (Claim, break_if_stale, build_scheduler, claim_task, commit_done, commit_failure,
+from .lifecycle import (Claim, Stale, break_if_stale, build_scheduler, claim_task, commit_done, commit_failure,
                         emit_changes, finish_goal_if_ended, latest_attempt, marker_of, record_unfinished,
                         stop_goal)
 from .plan import Plan, Task
@@ -324,7 +324,9 @@ class Engine:
             elif f is None or plan.task(t).definition_digest() != run.definition or \
                     not claims.holds(self.home, g, t, run.claim.nonce):
                 self._stop_run(run, "superseded", "the plan changed or the claim was taken away")
-            else:
+            if f is not None:
+                # running until its process is reaped, even when being stopped: a second
+                # attempt must not start beside the one still dying (_commit requeues it)
                 sched.start(t)
         now_wall = time.time()
         for t, f in facts.items():
@@ -340,8 +342,13 @@ class Engine:
                 ours = (f.record or {}).get("worker") == self.worker
                 delay = max(0.0, f.retry_at - now_wall) + (0.0 if ours else FOREIGN_RETRY_GRACE)
                 self._add_timer(time.monotonic() + delay, g, t, announce=f.attempt + 1 if ours else 0)
-        if plan.on_failure == "stop" and any(f.state == "failed" for f in facts.values()):
-            gs.stopped = True
+        gs.stopped = plan.on_failure == "stop" and any(f.state == "failed" for f in facts.values())
+        if gs.stopped and any(True for _ in sched.not_started()):
+            # a stop that was cut short (a crash inside stop_goal, or a failure committed by
+            # another process): finish it, or the goal would wait for ever
+            root = next(t for t, f in facts.items() if f.state == "failed")
+            emit_changes(self.home, g, stop_goal(self.home, plan, sched, root, self.worker), self.worker)
+            self._touched.add(g)
         cost = time.monotonic() - t0
         gs.next_rescan = time.monotonic() + max(self.rescan_every, 50 * cost)
         self._check_ended(gs)
@@ -465,6 +472,12 @@ class Engine:
                 break
 
     def _start(self, gs: GoalState, t: str) -> None:
+        # claim, render, spawn and owner.json under the goal's shared edit lock: a plan edit
+        # or forced retry archives folders only in between (see claim.edit_lock)
+        with claims.edit_lock(self.home, gs.plan.goal):
+            self._start_locked(gs, t)
+
+    def _start_locked(self, gs: GoalState, t: str) -> None:
         plan, g, sched = gs.plan, gs.plan.goal, gs.sched
         if not self._spares_on:          # only once there is work: idle runs create nothing
             self._spares_on = True
@@ -472,6 +485,9 @@ class Engine:
         try:
             c = claim_task(self.home, plan, t, worker=self.worker, kind="engine", state_of=sched.state_of,
                            publish_owner=False)
+        except Stale:
+            self._resync(gs)               # a dependency was archived under us: ask the files
+            return
         except DagrunError as e:
             self.log(f"error: {e}")
             sched.retrying(t)
@@ -532,7 +548,8 @@ class Engine:
             if ex is None:
                 continue
             del self.runs[key]
-            del self.by_task[(run.goal, run.task.id)]
+            if self.by_task.get((run.goal, run.task.id)) is run:
+                del self.by_task[(run.goal, run.task.id)]
             try:
                 self._commit(run, ex)
             except (OSError, DagrunError) as e:
@@ -542,12 +559,18 @@ class Engine:
                     self._give_back(gs, run.claim)
 
     def _commit(self, run: Run, ex: Exit) -> None:
+        with claims.edit_lock(self.home, run.goal):   # the claim cannot be archived mid-commit
+            self._commit_locked(run, ex)
+
+    def _commit_locked(self, run: Run, ex: Exit) -> None:
         g, t, c = run.goal, run.task.id, run.claim
         gs = self.goals.get(g)
         if gs is not None and self.home.plan_stamp(g) != gs.stamp:
             self._resync(gs)         # a plan edit landed while it ran: judge against the new plan
         if gs is None or not gs.plan.has(t) or not claims.holds(self.home, g, t, c.nonce):
-            return                   # taken away (plan edit, broken claim): not ours to commit
+            if gs is not None:       # taken away (plan edit, forced retry, broken claim): not
+                self._resync(gs)     # ours to commit; the files say what the task is now
+            return
         plan = gs.plan
         stats = ex.stats if ex.stats is not None else self.runner.stats(run.handle)
         if run.stop_outcome is None and plan.task(t).definition_digest() != run.definition:

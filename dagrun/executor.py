@@ -105,6 +105,7 @@ class _Proc:
     last_output: float = 0.0
     over_limit: bool = False
     exited_at: float | None = None
+    stopping: bool = False          # we sent TERM/KILL: nothing of this attempt may outlive it
 
 
 class ProcessRunner:
@@ -222,6 +223,11 @@ class ProcessRunner:
             # the shell is gone; whatever it left running in its group goes too (its output
             # still sits in the pipes and is read below)
             _killpg(handle["pgid"], signal.SIGKILL)
+            if proc.stopping:
+                # a stopped attempt (timeout, stall, cancel, Ctrl-C): also what escaped the
+                # group (setsid, daemonised children), found by DAGRUN_RUN_ID. The shell may
+                # have died of the TERM long before its TERM-ignoring escapees would.
+                kill_strays(handle.get("run_id"))
         for s in proc.streams.values():
             self._drain(proc, s, None)
             if not s.eof:               # held open by a process outside the group: stop listening
@@ -251,11 +257,20 @@ class ProcessRunner:
                 _close(s.out)
 
     def terminate(self, handle: dict) -> None:
+        self._mark_stopping(handle)
         _killpg(handle["pgid"], signal.SIGTERM)
+        for p in _processes_with(RUN_ID_VAR, handle["run_id"]) if handle.get("run_id") else ():
+            _kill(p, signal.SIGTERM)      # escapees of the group get the same grace
 
     def kill(self, handle: dict) -> None:
+        self._mark_stopping(handle)
         _killpg(handle["pgid"], signal.SIGKILL)
         kill_strays(handle.get("run_id"))
+
+    def _mark_stopping(self, handle: dict) -> None:
+        p = self._procs.get(self.key(handle))
+        if p is not None:
+            p.stopping = True
 
     def running(self) -> int:
         return len(self._procs)
@@ -294,6 +309,11 @@ class ProcessRunner:
     def close(self) -> None:
         for k in list(self._procs):
             self._forget(k)
+
+
+def attempt_processes(run_id: str) -> list[int]:
+    """Live processes of one attempt (they carry DAGRUN_RUN_ID=<run_id>)."""
+    return _processes_with(RUN_ID_VAR, run_id)
 
 
 def kill_strays(run_id: str | None) -> int:

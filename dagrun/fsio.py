@@ -388,8 +388,16 @@ class Spares:
             return None
 
     def give_dir(self, path: str) -> bool:
-        """Recycle an empty folder instead of rmdir + a later mkdir."""
+        """Recycle an empty folder instead of rmdir + a later mkdir. A folder with something
+        in it is refused (rmdir(2) semantics: the caller gets ENOTEMPTY from os.rmdir); rename(2)
+        would happily move it, and its files would turn up inside the next folder taken from
+        the pool (a claim's owner.json inside a task's attempts/)."""
         if self._noreplace is None:
+            return False
+        try:
+            if os.listdir(path):
+                return False
+        except OSError:
             return False
         with self._lock:
             if self._stop or len(self._dirs) >= 2 * self.target:
@@ -399,6 +407,13 @@ class Spares:
             os.rename(path, dst)
         except OSError:
             return False
+        try:
+            dirty = bool(os.listdir(dst))    # a file landed between our look and the rename
+        except OSError:
+            dirty = True
+        if dirty:
+            shutil.rmtree(dst, ignore_errors=True)
+            return True
         with self._lock:
             self._dirs.append(dst)
         return True

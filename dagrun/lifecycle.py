@@ -1,9 +1,10 @@
 """Task transitions on disk, in commit order. Used by the engine and by the protocol commands
 (`claim`, `complete`, `fail`, `cancel`, `retry`), so both write exactly the same files.
 
-Success:  attempts/<n>.out -> output (rename)  ->  done (publish)  ->  claim removed  ->  events
-Failure:  attempts/<n>.json (publish)  ->  failed (publish, only when no retry is left)
-          ->  claim removed  ->  events
+Success:  claim/stdout -> output (rename)  ->  [retried task: attempts/<n>.* links + record]
+          ->  done (publish)  ->  claim removed  ->  events
+Failure:  attempts/<n>.out|.err|.prompt.md, attempts/<n>.json (publish)  ->  failed (publish,
+          only when no retry is left)  ->  claim removed  ->  events
 A crash before the marker leaves a claim whose holder is dead: it is broken, the attempt is
 recorded as lost and the task runs again. A crash after the marker: the marker wins, the
 leftover claim is swept, and the task never runs again.
@@ -27,6 +28,11 @@ from .scheduler import Scheduler
 from .store import COUNTED, MARKERS, Home, TaskFacts, dumps, loads, now_iso
 
 BACKOFF_CAP = 600.0
+
+
+class Stale(Exception):
+    """The caller's view of the goal is out of date: a dependency it believed done is not
+    (a plan edit or a forced retry archived it). Rebuild from the files and try again."""
 
 
 @dataclass
@@ -100,15 +106,25 @@ def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: i
     except OSError as e:
         claims.release(home, g, t)
         raise os_error("prepare", tdir, e) from None
+    except Stale:
+        claims.release(home, g, t)
+        raise
     return c
 
 
 def run_id(home: Home, g: str, t: str, attempt: int) -> str:
     """Identifies one attempt's processes (DAGRUN_RUN_ID): derivable from the files, so even a
-    claim whose owner.json was never written can have its orphaned agent found and stopped."""
+    claim whose owner.json was never written can have its orphaned agent found and stopped.
+    The task folder's inode is part of it: after a plan edit or a forced retry archived the
+    folder, attempt numbers start again at 1 in a new folder, and stopping an old attempt's
+    strays must not hit the new attempt's processes."""
     import hashlib
     h = hashlib.sha1(home.root.encode()).hexdigest()[:8]
-    return f"{h}:{g}/{t}/{attempt}"
+    try:
+        ino = os.stat(home.task_dir(g, t)).st_ino
+    except OSError:
+        ino = 0
+    return f"{h}:{g}/{t}/{ino:x}/{attempt}"
 
 
 def render_prompt(home: Home, plan: Plan, task: Task, record: dict | None,
@@ -120,6 +136,10 @@ def render_prompt(home: Home, plan: Plan, task: Task, record: dict | None,
         state = (state_of(dep) if state_of else None) or marker_of(home, g, dep) or "blocked"
         if state == "done":
             data = home.read_task_file(out, task.context_limit + 1)
+            if data is None and marker_of(home, g, dep) != "done":
+                # a done task always has an output file; without one it was archived (plan
+                # edit, forced retry) after the caller looked: never run on a vanished input
+                raise Stale(f"{g}/{dep} is no longer done")
             size = home.file_size(out)
             ups.append(Upstream(dep, "done", data or b"", size, out, soft))
         else:
@@ -171,7 +191,8 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
         else:
             fsio.write_atomic(out, b"")
         err = os.path.join(cdir, "stderr")
-        if os.path.exists(err):
+        have_err = os.path.exists(err)
+        if have_err:
             fsio.rename(err, home.stderr_path(g, t))
         body = {
             "attempt": c.attempt, "worker": c.owner.get("worker"), "started": now_iso(c.started),
@@ -181,11 +202,39 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
         if forced_by:
             body["forced_by"] = forced_by
             body["held_by"] = held_by
+        if os.path.isdir(home.attempts_dir(g, t)):
+            # earlier attempts are kept under attempts/: keep this one beside them (links, no
+            # copies). A task that succeeds at once has no attempts/ and pays nothing here.
+            _keep_success(home, g, t, c.attempt, body, have_err)
         _publish_from_owner(home, g, t, "done", body)
     except OSError as e:
         raise os_error("commit", tdir, e) from None
     claims.release(home, g, t)
     return body
+
+
+def _keep_success(home: Home, g: str, t: str, n: int, body: dict, have_err: bool) -> None:
+    _link_over(home.output_path(g, t), home.attempt_path(g, t, n, "out"))
+    if have_err:
+        _link_over(home.stderr_path(g, t), home.attempt_path(g, t, n, "err"))
+    else:          # stderr.log must not go on showing a failed attempt's stderr
+        fsio.remove(home.stderr_path(g, t))
+    if os.path.exists(home.prompt_path(g, t)):
+        _link_over(home.prompt_path(g, t), home.attempt_path(g, t, n, "prompt.md"))
+    prev = _record_before(home, g, t, n)
+    rec = {"attempt": n, "outcome": "done", "exit_code": body.get("exit_code"), "signal": None, "reason": "",
+           "worker": body.get("worker"), "started": body.get("started"), "ended": body.get("ended"),
+           "duration": body.get("duration"), "counted": False,
+           "failures": int(prev.get("failures", 0)) if prev else 0, "retry_at": None, "final": True}
+    fsio.write_atomic(home.attempt_path(g, t, n, "json"), dumps(rec))
+
+
+def _link_over(src: str, dst: str) -> None:
+    """dst becomes another name of src's inode (replacing whatever dst was), in one rename."""
+    tmp = fsio.tmp_name(dst)
+    fsio.remove(tmp)
+    fsio.link(src, tmp)
+    fsio.rename(tmp, dst)
 
 
 def _publish_from_owner(home: Home, g: str, t: str, kind: str, body: dict) -> None:
@@ -280,10 +329,9 @@ def keep_captures(home: Home, g: str, t: str, cdir: str, attempt: int) -> None:
     if have_err:
         dst = home.attempt_path(g, t, attempt, "err")
         fsio.rename(err, dst)
-        tmp = fsio.tmp_name(home.stderr_path(g, t))
-        fsio.remove(tmp)
-        fsio.link(dst, tmp)
-        fsio.rename(tmp, home.stderr_path(g, t))
+        _link_over(dst, home.stderr_path(g, t))
+    if os.path.exists(home.prompt_path(g, t)):    # the next attempt re-renders prompt.md
+        _link_over(home.prompt_path(g, t), home.attempt_path(g, t, attempt, "prompt.md"))
 
 
 # ---------------------------------------------------------------------------------- stale claims

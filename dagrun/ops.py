@@ -3,6 +3,7 @@ the external claim protocol, cancel, retry, and the status data. Each is one fun
 the files; the CLI only parses arguments and renders what these return."""
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import time
@@ -13,11 +14,11 @@ from . import events as ev
 from . import fsio
 from . import plan as planmod
 from .errors import DagrunError, ExitCode, NotFound, Refused, UsageError, os_error
-from .lifecycle import (Claim, break_if_stale, build_scheduler, check_holder, claim_task, commit_done,
+from .lifecycle import (Claim, Stale, break_if_stale, build_scheduler, check_holder, claim_task, commit_done,
                         commit_failure, emit_changes, finish_goal_if_ended, latest_attempt, marker_of,
                         mark_cancelled, stop_goal)
 from .plan import Plan, check_id
-from .scheduler import RUNNING
+from .scheduler import READY, RETRYING, RUNNING, WAITING
 from .store import Home, dumps, loads, now_iso, parse_iso
 
 
@@ -130,23 +131,39 @@ def _replace_goal(home: Home, old: Plan, new: Plan, d: Diff, by: str) -> None:
     """Archive the task folders that must re-run (claims of running ones go with them, so
     their holders see the claim vanish and stop), then publish the new plan."""
     g = new.goal
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
-    adir = os.path.join(home.archive_dir(g), stamp)
     below = set(new.descendants(d.changed)) | set(d.changed)
-    moved = []
-    try:
-        for t in [*d.changed, *[t for t in new.ids() if t in below and t not in d.changed], *d.removed]:
-            src = home.task_dir(g, t)
-            if os.path.isdir(src):
-                fsio.makedirs(adir)
-                fsio.rename(src, os.path.join(adir, t))
-                moved.append(t)
-        fsio.write_atomic(home.plan_path(g), new.canonical())
-        fsio.remove(home.summary_path(g))
-    except OSError as e:
-        raise os_error("replace the plan of", home.goal_dir(g), e) from None
+    targets = below | set(d.removed)
+    with claims.edit_lock(home, g, exclusive=True):
+        try:
+            fsio.remove(home.summary_path(g))
+            adir, moved = _archive(home, old, g, targets)
+            fsio.write_atomic(home.plan_path(g), new.canonical())
+        except OSError as e:
+            raise os_error("replace the plan of", home.goal_dir(g), e) from None
     ev.emit(home, g, ev.PLAN_REPLACED, worker=by, changed=d.changed, downstream=d.downstream,
             removed=d.removed, added=d.added, archived=moved, archive=adir if moved else None)
+
+
+def _archive(home: Home, plan: Plan, g: str, targets: set[str]) -> tuple[str, list[str]]:
+    """Move the task folders of `targets` to archive/<stamp>/ -- dependents before what they
+    depend on (reverse topological order of `plan`, the plan in force on disk). The caller
+    holds the goal's exclusive edit lock, so nobody claims or commits meanwhile; the order is
+    for a crash half-way: every task still done then has all its inputs still done, the state
+    stays consistent, and running the same command again finishes the job."""
+    from .scheduler import Scheduler
+
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+    adir = os.path.join(home.archive_dir(g), stamp)
+    order = [plan.tasks[i].id for i in reversed(Scheduler(plan.tasks).order)]
+    order = [t for t in sorted(targets) if not plan.has(t)] + [t for t in order if t in targets]
+    moved = []
+    for t in order:
+        src = home.task_dir(g, t)
+        if os.path.isdir(src):
+            fsio.makedirs(adir)
+            fsio.rename(src, os.path.join(adir, t))
+            moved.append(t)
+    return adir, moved
 
 
 # ====================================================================================== external protocol
@@ -197,16 +214,23 @@ def claim_external(home: Home, g: str, *, worker: str | None, pid: int | None = 
         t = sched.take()
         if t is None:
             return ExitCode.NOTHING_READY, None
-        c = claim_task(home, plan, t, worker=worker, kind="external", pid=holder, state_of=sched.state_of,
-                       publish_owner=False)
+        try:
+            with claims.edit_lock(home, g):
+                c = claim_task(home, plan, t, worker=worker, kind="external", pid=holder, state_of=sched.state_of,
+                               publish_owner=False)
+                if c is not None:
+                    c.owner["definition"] = plan.task(t).definition_digest()
+                    try:
+                        claims.update_owner(home, g, t, c.owner)
+                    except OSError as e:
+                        claims.release(home, g, t)
+                        raise os_error("publish", home.owner_path(g, t), e) from None
+        except Stale:                  # an input was archived since we looked: look again
+            plan = home.load_plan(g)
+            sched, facts = build_scheduler(home, plan)
+            continue
         if c is None:
             continue
-        c.owner["definition"] = plan.task(t).definition_digest()
-        try:
-            claims.update_owner(home, g, t, c.owner)
-        except OSError as e:
-            claims.release(home, g, t)
-            raise os_error("publish", home.owner_path(g, t), e) from None
         ev.status(home, g, t, ev.RUNNING, attempt=c.attempt, worker=worker, pid=holder)
         task = plan.task(t)
         cdir = home.claim_dir(g, t)
@@ -256,6 +280,18 @@ def _forced_fields(c: Claim, forced: bool, by: str) -> dict:
     return {"forced_by": by, "held_by": f"{o.get('worker')} (pid {o.get('pid')} on {o.get('host')})"}
 
 
+def _shared_edit_lock(fn):
+    """Run a commit of an external claim under the goal's shared edit lock (claim.edit_lock):
+    the claim cannot be archived by a plan edit between the holder check and the commit."""
+    @functools.wraps(fn)
+    def locked(home: Home, g: str, *args, **kw):
+        check_id("goal", g)
+        with claims.edit_lock(home, g):
+            return fn(home, g, *args, **kw)
+    return locked
+
+
+@_shared_edit_lock
 def complete(home: Home, g: str, t: str, *, output: str | None, worker: str | None, pid: int | None,
              force: bool, stdin=None) -> dict:
     """Commit a script's claim as done. The output is --output FILE, stdin (`-`), or what
@@ -287,6 +323,7 @@ def complete(home: Home, g: str, t: str, *, output: str | None, worker: str | No
     return body
 
 
+@_shared_edit_lock
 def fail(home: Home, g: str, t: str, *, reason: str, worker: str | None, pid: int | None, force: bool,
          exit_code: int | None = None) -> dict:
     """Commit a script's claim as a failed attempt (retried while `retries` last); what it
@@ -337,11 +374,24 @@ def heartbeat(home: Home, g: str, t: str, *, worker: str | None, pid: int | None
 
 
 # ====================================================================================== control
-def cancel(home: Home, g: str, t: str | None, *, by: str, reason: str = "", wait: float = 10.0) -> list[str]:
+@dataclass
+class CancelResult:
+    cancelled: list[str] = field(default_factory=list)     # newly marked cancelled
+    stopped: list[str] = field(default_factory=list)       # had a running agent, now gone
+    still_running: list[str] = field(default_factory=list) # agent not gone when the wait ended
+    external: list[str] = field(default_factory=list)      # held by a script (it stops on its next heartbeat)
+
+
+def cancel(home: Home, g: str, t: str | None, *, by: str, reason: str = "",
+           wait: float | None = None) -> CancelResult:
     """Cancel one task (its dependents become blocked) or every unfinished task of the goal.
-    Running agents are stopped by their holders (which watch for the marker); a holder that is
-    gone is broken here, and its orphaned agent group is killed."""
-    from .executor import ProcessRunner
+
+    The markers and events are written first; the engine that runs an agent watches the
+    events and stops its process group (TERM, kill_grace, KILL). A holder that is gone is
+    broken here and its orphaned agent killed. Then we wait -- by default the largest
+    kill_grace plus 5 s -- until no claim is left and no process of those attempts
+    (DAGRUN_RUN_ID) is alive, so that when this returns the agents are gone."""
+    from .executor import ProcessRunner, attempt_processes
 
     plan = home.load_plan(g)
     if t is not None:
@@ -349,41 +399,57 @@ def cancel(home: Home, g: str, t: str | None, *, by: str, reason: str = "", wait
         if not plan.has(t):
             raise NotFound(f"goal {g!r} has no task {t!r}")
     sched, facts = build_scheduler(home, plan)
+    # A task already cancelled that still has a claim: an earlier cancel may have died between
+    # the marker and the event, so the engine running it never heard. Announce it again.
+    unheard = {x for x in plan.ids() if sched.state_of(x) == "cancelled" and os.path.isdir(home.claim_dir(g, x))}
     if t is not None:
         st = sched.state_of(t)
-        if st in ("done", "cancelled"):
+        if st == "done" or (st == "cancelled" and t not in unheard):
             raise Refused(f"cannot cancel {g}/{t}: it is already {st}")
         targets = [t]
     else:
-        targets = [x for x in plan.ids() if sched.state_of(x) in ("waiting", "ready", "running", "retrying")]
+        # dependents first: each gets its own cancelled marker, not a "blocked" on the way
+        targets = [sched.ids[i] for i in reversed(sched.order)
+                   if sched.state[i] in (WAITING, READY, RUNNING, RETRYING) or sched.ids[i] in unheard]
     why = reason or f"cancelled by {by}"
-    done = []
-    running = []
+    res = CancelResult()
     for x in targets:
-        if sched.state_of(x) == "running":
-            running.append(x)
         if mark_cancelled(home, g, x, by=by, reason=why):
             ev.status(home, g, x, ev.CANCELLED, worker=by, reason=why)
-            done.append(x)
+            res.cancelled.append(x)
+        elif x in unheard:
+            ev.status(home, g, x, ev.CANCELLED, worker=by, reason=why, repeated=True)
         ch = sched.finish(x, "cancelled") or []
         emit_changes(home, g, ch[1:], by)
+    # after the markers: a task claimed just before its marker landed is running too
+    pending = {x for x in targets if os.path.isdir(home.claim_dir(g, x))}
+    if wait is None:
+        wait = max((plan.task(x).kill_grace for x in pending), default=0.0) + 5.0
     reap = ProcessRunner().reap_orphan
     deadline = time.monotonic() + wait
-    pending = list(running)
-    while pending and time.monotonic() < deadline:
-        for x in list(pending):
-            if not os.path.isdir(home.claim_dir(g, x)):
-                pending.remove(x)
-                continue
+    run_ids: dict[str, str] = {}
+    while True:
+        for x in sorted(pending):
             owner = claims.read_owner(home, g, x)
-            if owner and owner.get("kind") == "external":
-                pending.remove(x)          # a script's agent: it learns on its next heartbeat
-                continue
-            break_if_stale(home, plan, x, worker=by, reap=reap)
-        if pending:
-            time.sleep(0.05)
+            if owner:
+                rid = owner.get("run_id") or (owner.get("handle") or {}).get("run_id")
+                if rid:
+                    run_ids[x] = rid
+            if not os.path.isdir(home.claim_dir(g, x)):
+                pending.discard(x)
+            elif owner and owner.get("kind") == "external":
+                pending.discard(x)         # a script's agent: it learns on its next heartbeat
+                res.external.append(x)
+            else:
+                break_if_stale(home, plan, x, worker=by, reap=reap)
+        alive = {x for x, rid in run_ids.items() if x not in res.external and attempt_processes(rid)}
+        if (not pending and not alive) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    res.still_running = sorted(pending | alive)
+    res.stopped = sorted(x for x in run_ids if x not in res.still_running and x not in res.external)
     finish_goal_if_ended(home, plan, sched, by)
-    return done
+    return res
 
 
 def retry(home: Home, g: str, t: str | None, *, cascade: bool = False, force: bool = False,
@@ -457,18 +523,13 @@ def _clear(home: Home, g: str, t: str) -> None:
 
 def _redo_done(home: Home, plan: Plan, t: str, by: str) -> list[str]:
     g = plan.goal
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
-    adir = os.path.join(home.archive_dir(g), stamp)
     targets = [t] + plan.descendants([t])
-    try:
-        for x in targets:
-            src = home.task_dir(g, x)
-            if os.path.isdir(src):
-                fsio.makedirs(adir)
-                fsio.rename(src, os.path.join(adir, x))
-        fsio.remove(home.summary_path(g))
-    except OSError as e:
-        raise os_error("archive", home.task_dir(g, t), e) from None
+    with claims.edit_lock(home, g, exclusive=True):
+        try:
+            fsio.remove(home.summary_path(g))
+            adir, _ = _archive(home, plan, g, set(targets))
+        except OSError as e:
+            raise os_error("archive", home.task_dir(g, t), e) from None
     for x in targets:
         ev.status(home, g, x, ev.RESET, worker=by, reason=f"forced re-run of {t} requested by {by}",
                   archive=adir)

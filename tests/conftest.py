@@ -141,30 +141,21 @@ def agents_of(home) -> list[int]:
     return out
 
 
-def _our_agents(root: str) -> list[int]:
-    """Agents (DAGRUN_RUN_ID set) whose DAGRUN_HOME lies under this test session's temp
-    folder: other people's test runs on a shared machine are none of our business."""
-    out = []
-    for pid in processes_with_env("DAGRUN_RUN_ID"):
-        try:
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(e.startswith(b"DAGRUN_HOME=" + root.encode()) for e in env):
-            out.append(pid)
-    return out
-
-
 @pytest.fixture(autouse=True)
 def _no_stray_agents(tmp_path_factory):
-    """Every test must leave no agent processes behind (agents carry DAGRUN_RUN_ID)."""
-    root = str(tmp_path_factory.getbasetemp().resolve())
-    before = set(_our_agents(root))
+    """Every test must leave no agent processes behind (agents carry DAGRUN_RUN_ID). Only
+    agents of this pytest session count (their DAGRUN_HOME is under its basetemp): other test
+    sessions on the same machine have agents of their own, which are none of our business."""
+    mine = str(tmp_path_factory.getbasetemp()) + os.sep
+
+    def agents():
+        return set(processes_with_env("DAGRUN_RUN_ID")) & set(processes_with_env("DAGRUN_HOME", mine))
+    before = agents()
     yield
     deadline = time.monotonic() + 5
     left = []
     while time.monotonic() < deadline:
-        left = [p for p in _our_agents(root) if p not in before]
+        left = [p for p in agents() if p not in before]
         if not left:
             break
         time.sleep(0.05)

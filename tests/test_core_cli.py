@@ -75,7 +75,7 @@ def test_failing_agent_writes_failed_marker_and_exit_1(home, plans):
                            {"id": "b", "prompt": "p", "deps": ["a"]}, {"id": "c", "prompt": "p"}],
                    goal="f", defaults={"agent": "true"})
     r = run("run", p, home=home, check=1)
-    assert "failed: a (exit code 3)" in r.stdout and "blocked: b" in r.stdout
+    assert "failed: a (exit code 3)" in r.stdout and "blocked by a: b" in r.stdout
     failed = json.loads((task_dir(home, "f", "a") / "failed").read_text())
     assert failed["exit_code"] == 3 and failed["outcome"] == "failed"
     assert (task_dir(home, "f", "a") / "stderr.log").read_text() == "oops\n"

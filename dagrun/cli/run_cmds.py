@@ -77,9 +77,12 @@ def run(ctx: typer.Context,
             failed = [r for r in d["tasks"] if r["state"] in ("failed", "cancelled")]
             for r in failed:
                 print(f"  {r['state']}: {r['task']}" + (f" ({r['reason']})" if r.get("reason") else ""))
-            blocked = [r["task"] for r in d["tasks"] if r["state"] == "blocked"]
-            if blocked:
-                print(f"  blocked: {' '.join(blocked)}")
+            by_root: dict = {}
+            for r in d["tasks"]:
+                if r["state"] == "blocked":
+                    by_root.setdefault(r.get("blocked_by") or "?", []).append(r["task"])
+            for root, tasks in by_root.items():
+                print(f"  blocked by {root}: {' '.join(tasks)}")
     raise typer.Exit(rc)
 
 
