@@ -60,7 +60,7 @@ def test_claim_json_prompt_ready_and_exit_codes(home, plans):
     assert c["task_dir"] == str(tdir) and c["prompt_file"] == str(tdir / "prompt.md")
     assert c["stdout_file"] == str(tdir / "claim" / "stdout") and c["stderr_file"] == str(tdir / "claim" / "stderr")
     assert c["output_file"] == str(tdir / "output") and c["lease"] == 60 and c["agent"] == "cat"
-    assert c["workdir"] == str(plans) and c["run_id"].endswith(":p/a/1") and c["home"] == str(home.resolve())
+    assert c["workdir"] == str(plans) and ":p/a/" in c["run_id"] and c["run_id"].endswith("/1") and c["home"] == str(home.resolve())
     # the prompt was rendered before claim returned
     assert (tdir / "prompt.md").read_text().startswith("first")
     # b waits for a, a is claimed (by a live process: us): nothing ready, exit 3
@@ -92,7 +92,7 @@ def test_claim_env_for_eval(home, plans, shell):
     assert f[:3] == ["e", "t1", "1"]
     assert f[3] == str(tdir / "prompt.md") and f[4] == str(tdir / "claim" / "stdout")
     assert f[5] == "echo 'it'\"'\"'s $HOME'"          # single quotes survive eval, nothing expanded
-    assert f[6:9] == ["60", "90", f[8]] and f[8].endswith(":e/t1/1")
+    assert f[6:8] == ["60", "90"] and ":e/t1/" in f[8] and f[8].endswith("/1")
     assert (tdir / "output").read_text() == "it's $HOME\n"
 
 

@@ -156,8 +156,7 @@ def test_until_idle_never_exits_while_holding_claims(home, plans, tmp_path):
     assert json.loads((task_dir(home, "lng", "long") / "done").read_text())["worker"] == "first"
 
 
-@pytest.mark.parametrize("poll", [None, "0.2"])
-def test_overlapping_cron_runs_finish_the_goal_without_duplicates(home, plans, tmp_path, poll):
+def test_overlapping_cron_runs_finish_the_goal_without_duplicates(home, plans, tmp_path):
     """Cron starts a worker every minute; when runs overlap the claims decide: no task runs
     twice, the goal finishes, both exit 0."""
     log = tmp_path / "ran.log"
@@ -165,10 +164,9 @@ def test_overlapping_cron_runs_finish_the_goal_without_duplicates(home, plans, t
     # the second starts, so both get work however slow the machine is today
     p = layered(plans, "cron", log, width=8, depth=5, sleep='$(case $DAGRUN_TASK in l0-*) echo 2;; *) echo 0.05;; esac)')
     run("submit", p, home=home)
-    extra = ["--poll", poll] if poll else []
-    w1 = spawn("worker", "--until-idle", "-j", "3", "--name", "cron-1", *extra, home=home)
+    w1 = spawn("worker", "--until-idle", "-j", "3", "--name", "cron-1", home=home)
     wait_for(lambda: list((home / "goals" / "cron" / "tasks").glob("*/claim")), what="the first run's claims")
-    w2 = spawn("worker", "--until-idle", "-j", "3", "--name", "cron-2", *extra, home=home)
+    w2 = spawn("worker", "--until-idle", "-j", "3", "--name", "cron-2", home=home)
     for w in (w1, w2):
         w.communicate(timeout=120)
         assert w.returncode == 0
