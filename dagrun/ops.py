@@ -184,6 +184,18 @@ def holder_of(pid: int | None) -> int:
     return claims.script_pid(os.getppid())
 
 
+def _owner(home: Home, g: str, t: str, wait: float = 3.0) -> dict | None:
+    """claim/owner.json -- waiting up to `wait` s while the claim is being born (claim/ there,
+    owner.json not yet): an engine publishes it just after starting the agent, and the agent
+    may call `dagrun heartbeat` before that."""
+    deadline = time.monotonic() + wait
+    while True:
+        o = claims.read_owner(home, g, t)
+        if o is not None or time.monotonic() > deadline or not os.path.isdir(home.claim_dir(g, t)):
+            return o
+        time.sleep(0.01)
+
+
 def _caller(pid: int | None) -> list[tuple[int, str | None]]:
     """Who is asking: --pid, else we and our ancestors (pid, start time). We count too: a
     shell that exec's `dagrun complete` as its last command hands its pid over to us."""
@@ -252,7 +264,7 @@ def _held(home: Home, g: str, t: str, *, worker: str | None, pid: int | None, fo
     m = marker_of(home, g, t)
     if m is not None:
         raise Refused(f"cannot {what} {g}/{t}: it is already {m}")
-    owner = claims.read_owner(home, g, t)
+    owner = _owner(home, g, t)
     forced = check_holder(owner, worker=worker, caller=_caller(pid), force=force, what=what, g=g, t=t)
     want = owner.get("definition")
     if want and want != plan.task(t).definition_digest():
@@ -363,7 +375,7 @@ def heartbeat(home: Home, g: str, t: str, *, worker: str | None, pid: int | None
         raise Refused(f"{g}/{t} was cancelled: stop working on it")
     if m is not None:
         raise Refused(f"{g}/{t} is already {m}")
-    owner = claims.read_owner(home, g, t)
+    owner = _owner(home, g, t)
     check_holder(owner, worker=worker, caller=_caller(pid), force=False, what="heartbeat", g=g, t=t)
     try:
         fsio.touch(home.heartbeat_path(g, t))

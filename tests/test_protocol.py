@@ -355,3 +355,20 @@ def test_force_complete_over_a_workers_claim_stops_its_agent(home, plans):
     assert done["held_by"].startswith("busy (pid ") and done["attempt"] == 1
     assert (task_dir(home, "fw", "b") / "output").read_text() == "b-ran\n"
     assert w.returncode == 143 and b"error" not in err
+
+
+def test_heartbeat_waits_for_a_claim_being_born(home, plans):
+    """An engine publishes owner.json just after starting the agent; an agent that calls
+    `dagrun heartbeat` at once must not be refused meanwhile."""
+    run("submit", two_step(plans), home=home)
+    cdir = task_dir(home, "p", "a") / "claim"
+    cdir.mkdir(parents=True)
+    hb = spawn("heartbeat", "--worker", "eng-1", "p", "a", home=home)
+    time.sleep(0.5)
+    assert hb.poll() is None                       # still waiting for owner.json
+    body = {"worker": "eng-1", "host": socket.gethostname(), "pid": os.getpid(), "attempt": 1, "nonce": "n"}
+    (cdir / ".owner.tmp").write_text(json.dumps(body))
+    (cdir / ".owner.tmp").rename(cdir / "owner.json")
+    _, err = hb.communicate(timeout=20)
+    assert hb.returncode == 0, err
+    assert (cdir / "heartbeat").exists()
