@@ -1,3 +1,3 @@
-from .cli import main
+from .protocol import main
 
 main()

@@ -76,6 +76,61 @@ def proc_start(pid: int) -> str | None:
         return None
 
 
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    rest = data[data.rfind(b")") + 2:].split()
+    return int(rest[1]) if len(rest) > 1 else None
+
+
+def _image(pid: int) -> tuple[str, bytes] | None:
+    """(program, command line) of a process: a forked copy that never exec'd has its parent's."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return os.readlink(f"/proc/{pid}/exe"), f.read()
+    except OSError:
+        return None
+
+
+SHELLS = {"sh", "dash", "bash", "zsh", "ksh", "ksh93", "mksh", "ash", "busybox", "yash", "posh", "oksh"}
+
+
+def script_pid(pid: int) -> int:
+    """The process a script's claim belongs to: `pid` (the caller of `dagrun claim`) -- unless
+    that is a *subshell*, a copy of a shell script forked to run `$(dagrun claim g || true)`,
+    `$(dagrun claim g 2>/dev/null)` (bash), `( ... )` or a pipeline: it exits the moment
+    `dagrun claim` does, and a claim owned by it would look dead at once and be taken while
+    the script works on it. A subshell is recognised as a shell process with exactly the
+    program and command line of its parent (fork without exec); the claim goes to the
+    script it was forked from. Python, or any non-shell caller, is never walked past."""
+    for _ in range(32):
+        pp = _parent(pid)
+        if pp is None or pp <= 1:
+            return pid
+        img = _image(pid)
+        if img is None or os.path.basename(img[0]) not in SHELLS or img != _image(pp):
+            return pid
+        pid = pp
+    return pid
+
+
+def lineage(pid: int) -> list[tuple[int, str | None]]:
+    """(pid, start time) of `pid` and each of its ancestors up to (not including) init."""
+    out = []
+    for _ in range(64):
+        if pid <= 1:
+            break
+        out.append((pid, proc_start(pid)))
+        pp = _parent(pid)
+        if pp is None:
+            break
+        pid = pp
+    return out
+
+
 def new_owner(worker: str, attempt: int, *, kind: str, pid: int | None = None) -> dict:
     pid = os.getpid() if pid is None else pid
     return {

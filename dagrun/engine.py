@@ -37,6 +37,7 @@ from .store import Home, loads
 from .watcher import Doorbell, Watcher
 
 HOUSEKEEPING = 1.0        # s: liveness of other workers' claims, stall checks
+IDLE_RETRY_HORIZON = 60.0  # s: --until-idle waits for a retry due this soon; a later one is the next run's
 NO_PIDFD_POLL = 0.02      # s: child-exit polling where pidfd_open is missing
 FOREIGN_RETRY_GRACE = 1.0  # s: past another worker's retry_at before we requeue without its `ready`
 
@@ -80,8 +81,8 @@ class Engine:
     def __init__(self, home: Home, *, worker: str | None = None, jobs: int = 4, goal: str | None = None,
                  until_idle: bool = False, poll: float | None = None, runner: Runner | None = None,
                  log: Callable[[str], None] | None = None, on_event: Callable[[dict], None] | None = None,
-                 rescan_every: float = 10.0, tick: Callable[["Engine"], None] | None = None,
-                 tick_every: float = 15.0):
+                 rescan_every: float = 10.0, lease: float | None = None,
+                 tick: Callable[["Engine"], None] | None = None, tick_every: float = 15.0):
         self.home = home
         self.worker = worker or default_worker_name()
         self.jobs = max(1, jobs)
@@ -92,6 +93,7 @@ class Engine:
         self.log = log or (lambda m: None)
         self.on_event = on_event or (lambda e: None)
         self.rescan_every = rescan_every
+        self.lease = lease                        # --lease: a floor for judging other hosts' claims
         self.tick = tick                          # periodic hook (the --metrics textfile), in the loop's thread
         self.tick_every = max(0.05, tick_every)
         self._next_tick = 0.0
@@ -260,10 +262,25 @@ class Engine:
             gs = self.goals.get(self.only)
             return gs is None or gs.sched.is_finished()
         if self.until_idle:
-            if self.timers:
-                return False
+            # Nothing of ours runs. Stay only for what we could start: a ready task, or a
+            # retry due soon. Tasks held by others, waiting on them, or retrying much later
+            # are left to their holders and to the next run (cron starts one every minute).
+            soon = time.monotonic() + IDLE_RETRY_HORIZON
+            for when, _, g, t, _ in self.timers:
+                gs = self.goals.get(g)
+                if when <= soon and gs is not None and gs.plan.has(t) and gs.sched.state_of(t) == "retrying":
+                    return False
             return not any(self._dispatchable(gs) for gs in self.goals.values())
         return False
+
+    def _judge_lease(self, plan: Plan) -> float:
+        """How long another host's claim may go without a heartbeat: the plan's lease, or the
+        worker's --lease if that is longer (judging never gets more eager than either)."""
+        return max(plan.lease, self.lease or 0.0)
+
+    def _refresh_every(self, plan: Plan) -> float:
+        """Our own claims' lease refresh: often enough for the shorter of the two."""
+        return min(plan.lease, self.lease or plan.lease) / 3
 
     # ================================================================== goals
     def _discover(self) -> None:
@@ -353,9 +370,10 @@ class Engine:
         """A claim beside a done/failed/cancelled marker: its holder committed and died before
         removing it. Remove it now if the holder is gone (the marker proves the work ended)."""
         g = gs.plan.goal
-        if owner is None or claims.judge(self.home, g, t, owner, lease=gs.plan.lease) is not None:
+        lease = self._judge_lease(gs.plan)
+        if owner is None or claims.judge(self.home, g, t, owner, lease=lease) is not None:
             res = claims.break_claim(self.home, g, t, owner.get("nonce") if owner else None,
-                                     lease=gs.plan.lease, grace=0.0)
+                                     lease=lease, grace=0.0)
             if res is not None:
                 fsio.rmtree(res[2])
 
@@ -411,6 +429,8 @@ class Engine:
                 return False             # reset since then; the files will tell
             if mine and m == "cancelled":
                 self._stop_run(self.by_task[(g, t)], "cancelled", e.get("reason") or "cancelled")
+            elif mine:     # `dagrun complete/fail --force` over our claim: the agent's work is moot
+                self._stop_run(self.by_task[(g, t)], "superseded", f"{m} with --force by {e.get('worker')}")
             gs.foreign.discard(t)
             changes = sched.finish(t, m)
             if changes is None:
@@ -546,7 +566,7 @@ class Engine:
             return
         run = Run(goal=g, task=task, claim=c, handle=handle, key=self.runner.key(handle),
                   definition=task.definition_digest(), t0=now, progress_at=now,
-                  deadline=now + task.timeout if task.timeout else None, hb_at=now + plan.lease / 3)
+                  deadline=now + task.timeout if task.timeout else None, hb_at=now + self._refresh_every(plan))
         self.runs[run.key] = run
         self.by_task[(g, t)] = run
         self._emit(g, t, ev.RUNNING, attempt=c.attempt)
@@ -722,7 +742,7 @@ class Engine:
                 self._stop_run(run, "output_limit", f"stdout exceeded max_output ({run.task.max_output} bytes)")
             if now >= run.hb_at:
                 gs = self.goals.get(run.goal)
-                run.hb_at = now + (gs.plan.lease / 3 if gs else 20.0)
+                run.hb_at = now + (self._refresh_every(gs.plan) if gs else 20.0)
                 try:
                     os.utime(self.home.owner_path(run.goal, run.task.id))   # the lease, for other hosts
                 except OSError:
@@ -773,7 +793,8 @@ class Engine:
                 self._check_ended(gs)
             return
         try:
-            reason = break_if_stale(self.home, gs.plan, t, worker=self.worker, reap=self.runner.reap_orphan)
+            reason = break_if_stale(self.home, gs.plan, t, worker=self.worker, reap=self.runner.reap_orphan,
+                                    lease=self._judge_lease(gs.plan))
         except (OSError, FsError) as e:     # the disk is full or failing: nothing can progress
             self._fs_failed(e)
             return

@@ -3,6 +3,8 @@ them into a single `dagrun: ...` line on stderr and the exit code below."""
 from __future__ import annotations
 
 import enum
+import os
+import sys
 
 
 class ExitCode(enum.IntEnum):
@@ -50,3 +52,37 @@ def os_error(action: str, path: str, err: OSError) -> FsError:
     """`cannot write goals/g/tasks/t/done: No space left on device` -- one shape for every OS error."""
     reason = err.strerror or str(err)
     return FsError(f"cannot {action} {path}: {reason}")
+
+
+def describe(e: BaseException) -> tuple[int, str | None]:
+    """The boundary's table (cli.main and the protocol fast path): an exception -> the exit
+    code and the message for the one `dagrun: ...` line (None: print nothing)."""
+    if isinstance(e, DagrunError):
+        return int(e.exit_code), str(e)
+    if isinstance(e, KeyboardInterrupt):
+        return int(ExitCode.INTERRUPTED), "interrupted"
+    if isinstance(e, BrokenPipeError):      # `dagrun events | head`: the reader left
+        return 0, None
+    if isinstance(e, OSError):
+        return int(ExitCode.IO), f"{e.strerror or e}" + (f": {e.filename}" if getattr(e, "filename", None) else "")
+    return 70, (f"internal error: {type(e).__name__}: {e} (set DAGRUN_DEBUG=1 for a traceback; "
+                f"please report it)")
+
+
+def report(e: BaseException) -> int:
+    """At the boundary: print the exception's one line on stderr, return its exit code.
+    DAGRUN_DEBUG=1 re-raises internal errors so the traceback reaches a bug report."""
+    code, msg = describe(e)
+    if code == 70 and os.environ.get("DAGRUN_DEBUG"):
+        raise e
+    if isinstance(e, BrokenPipeError):
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+    if msg is not None:
+        try:
+            print(f"dagrun: {msg}", file=sys.stderr)
+        except OSError:
+            pass
+    return code

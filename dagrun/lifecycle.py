@@ -176,7 +176,7 @@ def _tail(home: Home, path: str, nbytes: int) -> str:
 # ---------------------------------------------------------------------------------- ending
 def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: int | None = 0,
                 output_from: str | None = None, output_data: bytes | None = None,
-                forced_by: str | None = None) -> dict:
+                forced_by: str | None = None, held_by: str | None = None) -> dict:
     """Publish output, stderr.log and the done marker, then drop the claim.
 
     The output is the capture file claim/stdout (renamed), or `output_from` / `output_data`;
@@ -207,6 +207,7 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
         }
         if forced_by:
             body["forced_by"] = forced_by
+            body["held_by"] = held_by
         _publish_from_owner(home, g, t, "done", body, c.owner)
         if os.path.isdir(home.attempts_dir(g, t)):
             # earlier attempts are kept under attempts/: keep this one beside them (links, no
@@ -286,7 +287,8 @@ def backoff(task: Task, failures: int) -> float:
 
 def commit_failure(home: Home, plan: Plan, c: Claim, *, outcome: str, ended: float,
                    exit_code: int | None = None, signal: int | None = None, reason: str = "",
-                   prev_failures: int | None = None, forced_by: str | None = None) -> dict:
+                   prev_failures: int | None = None, forced_by: str | None = None,
+                   held_by: str | None = None) -> dict:
     """Record a failed attempt; write `failed` when no retry is left. Returns the record
     (record["final"] tells which)."""
     g, t = c.goal, c.task
@@ -306,13 +308,14 @@ def commit_failure(home: Home, plan: Plan, c: Claim, *, outcome: str, ended: flo
     }
     if forced_by:
         rec["forced_by"] = forced_by
+        rec["held_by"] = held_by
     try:
         keep_captures(home, g, t, home.claim_dir(g, t), c.attempt)
         fsio.write_atomic(home.attempt_path(g, t, c.attempt, "json"), dumps(rec))
         if final:
             _publish_from_owner(home, g, t, "failed", {k: rec[k] for k in (
-                "attempt", "outcome", "exit_code", "signal", "reason", "worker", "started", "ended", "duration")},
-                c.owner)
+                "attempt", "outcome", "exit_code", "signal", "reason", "worker", "started", "ended", "duration",
+                *(("forced_by", "held_by") if forced_by else ()))}, c.owner)
     except OSError as e:
         raise os_error("commit", home.task_dir(g, t), e) from None
     claims.release(home, g, t)
@@ -508,17 +511,21 @@ def new_run_id() -> str:
     return secrets.token_hex(8)
 
 
-def check_holder(owner: dict | None, *, worker: str | None, pid: int | None, force: bool,
-                 what: str, g: str, t: str) -> None:
-    """Only the holder may complete/fail/heartbeat an external claim."""
+def check_holder(owner: dict | None, *, worker: str | None, caller: list[tuple[int, str | None]],
+                 force: bool, what: str, g: str, t: str) -> bool:
+    """Only the holder may complete/fail/heartbeat an external claim: the caller names the
+    claim's worker (--worker), or the claim's pid is the caller or one of its ancestors on
+    this host with the same start time (the script that claimed, or --pid). Returns True when
+    only --force let it through (the caller logs that)."""
     if owner is None:
         raise Refused(f"cannot {what} {g}/{t}: it is not claimed (claim it first: dagrun claim {g})")
-    if force:
-        return
     if worker is not None and owner.get("worker") == worker:
-        return
-    if pid is not None and owner.get("pid") == pid and owner.get("host") == claims.HOST:
-        return
-    raise Refused(f"cannot {what} {g}/{t}: held by worker {owner.get('worker')} (pid {owner.get('pid')} "
-                  f"on {owner.get('host')}), not by you; pass --worker NAME as used for the claim, or --force")
-
+        return False
+    if owner.get("host") == claims.HOST:
+        for pid, start in caller:
+            if pid == owner.get("pid") and (not owner.get("pid_start") or start == owner["pid_start"]):
+                return False
+    if force:
+        return True
+    raise Refused(f"cannot {what} {g}/{t}: it is held by worker {owner.get('worker')} (pid {owner.get('pid')} "
+                  f"on {owner.get('host')}), not by you; give the --worker or --pid used to claim it, or --force")

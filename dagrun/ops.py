@@ -171,13 +171,49 @@ def _archive(home: Home, plan: Plan, g: str, targets: set[str]) -> tuple[str, li
 
 
 # ====================================================================================== external protocol
-def _holder_pid(pid: int | None) -> int:
-    return pid if pid else os.getppid()
+# A script's claim belongs to a process that outlives `dagrun claim`: the calling script (the
+# parent of `dagrun claim`, or the shell a subshell was forked from, see claim.script_pid), or
+# --pid. On this host the claim lives exactly as long as that process (pid + start time); from
+# other hosts it lives while `dagrun heartbeat` (or the holder's engine) refreshes it within
+# the plan's lease. complete/fail/heartbeat are accepted from the holder or any process it
+# started (a background heartbeat loop, a subshell), or from whoever names its --worker.
+
+def holder_of(pid: int | None) -> int:
+    """The process an external claim will belong to: --pid if given (it must exist), else the
+    script that called us."""
+    if pid:
+        if claims.proc_start(pid) is None:
+            raise UsageError(f"--pid {pid}: no such process")
+        return pid
+    return claims.script_pid(os.getppid())
 
 
-def claim_external(home: Home, g: str, *, worker: str, pid: int | None = None) -> tuple[int, Claim | None]:
-    """Claim one ready task for a script. (exit code, claim): 0 claimed, 3 nothing ready yet,
-    1 the goal has ended."""
+def _owner(home: Home, g: str, t: str, wait: float = 3.0) -> dict | None:
+    """claim/owner.json -- waiting up to `wait` s while the claim is being born (claim/ there,
+    owner.json not yet): an engine publishes it just after starting the agent, and the agent
+    may call `dagrun heartbeat` before that."""
+    deadline = time.monotonic() + wait
+    while True:
+        o = claims.read_owner(home, g, t)
+        if o is not None or time.monotonic() > deadline or not os.path.isdir(home.claim_dir(g, t)):
+            return o
+        time.sleep(0.01)
+
+
+def _caller(pid: int | None) -> list[tuple[int, str | None]]:
+    """Who is asking: --pid, else we and our ancestors (pid, start time). We count too: a
+    shell that exec's `dagrun complete` as its last command hands its pid over to us."""
+    if pid:
+        return [(pid, claims.proc_start(pid))]
+    return claims.lineage(os.getpid())
+
+
+def claim_external(home: Home, g: str, *, worker: str | None, pid: int | None = None) -> tuple[int, dict | None]:
+    """Claim one ready task for a script. (exit code, facts about the claim): 0 claimed,
+    3 nothing ready yet, 1 the goal has ended. prompt.md is in place when this returns."""
+    check_id("goal", g)
+    holder = holder_of(pid)
+    worker = worker or f"{claims.HOST}-{holder}"
     plan = home.load_plan(g)
     sched, facts = build_scheduler(home, plan)
     for t, f in facts.items():          # nobody else may be around to recover dead holders
@@ -186,7 +222,6 @@ def claim_external(home: Home, g: str, *, worker: str, pid: int | None = None) -
     if sched.is_finished():
         finish_goal_if_ended(home, plan, sched, worker)
         return ExitCode.GOAL_FAILED, None
-    holder = _holder_pid(pid)
     while True:
         if plan.max_parallel and sched.n(RUNNING) >= plan.max_parallel:
             return ExitCode.NOTHING_READY, None
@@ -197,17 +232,31 @@ def claim_external(home: Home, g: str, *, worker: str, pid: int | None = None) -
             return ExitCode.NOTHING_READY, None
         try:
             with claims.edit_lock(home, g):
-                c = claim_task(home, plan, t, worker=worker, kind="external", pid=holder, state_of=sched.state_of)
+                c = claim_task(home, plan, t, worker=worker, kind="external", pid=holder, state_of=sched.state_of,
+                               publish_owner=False)
                 if c is not None:
                     c.owner["definition"] = plan.task(t).definition_digest()
-                    claims.update_owner(home, g, t, c.owner)
+                    try:
+                        claims.update_owner(home, g, t, c.owner)
+                    except OSError as e:
+                        claims.release(home, g, t)
+                        raise os_error("publish", home.owner_path(g, t), e) from None
         except Stale:                  # an input was archived since we looked: look again
             plan = home.load_plan(g)
             sched, facts = build_scheduler(home, plan)
             continue
-        if c is not None:
-            ev.status(home, g, t, ev.RUNNING, attempt=c.attempt, worker=worker)
-            return ExitCode.OK, c
+        if c is None:
+            continue
+        ev.status(home, g, t, ev.RUNNING, attempt=c.attempt, worker=worker, pid=holder)
+        task = plan.task(t)
+        cdir = home.claim_dir(g, t)
+        return ExitCode.OK, {
+            "goal": g, "task": t, "attempt": c.attempt, "worker": worker, "pid": holder,
+            "home": home.root, "task_dir": home.task_dir(g, t), "prompt_file": home.prompt_path(g, t),
+            "stdout_file": os.path.join(cdir, "stdout"), "stderr_file": os.path.join(cdir, "stderr"),
+            "output_file": home.output_path(g, t), "run_id": c.owner["run_id"], "lease": plan.lease,
+            "agent": task.agent, "workdir": task.workdir, "timeout": task.timeout,
+        }
 
 
 def _held(home: Home, g: str, t: str, *, worker: str | None, pid: int | None, force: bool, what: str):
@@ -219,15 +268,32 @@ def _held(home: Home, g: str, t: str, *, worker: str | None, pid: int | None, fo
     m = marker_of(home, g, t)
     if m is not None:
         raise Refused(f"cannot {what} {g}/{t}: it is already {m}")
-    owner = claims.read_owner(home, g, t)
-    check_holder(owner, worker=worker, pid=_holder_pid(pid) if not worker else None, force=force,
-                 what=what, g=g, t=t)
+    owner = _owner(home, g, t)
+    forced = check_holder(owner, worker=worker, caller=_caller(pid), force=force, what=what, g=g, t=t)
     want = owner.get("definition")
-    if want and want != plan.task(t).definition_digest() and not force:
-        raise Refused(f"cannot {what} {g}/{t}: the plan changed since it was claimed; it will run again")
+    if want and want != plan.task(t).definition_digest():
+        if not force:
+            raise Refused(f"cannot {what} {g}/{t}: the plan changed since it was claimed; it will run again")
+        forced = True
     started = _when(owner.get("since")) or time.time()
     c = Claim(g, t, as_int(owner.get("attempt"), 1) or 1, owner, started)
-    return plan, c
+    return plan, c, forced
+
+
+def _by(c: Claim, worker: str | None, forced: bool) -> str:
+    """The worker name events carry: the holder's, or (forced) whoever forced it."""
+    if forced:
+        return worker or f"{claims.HOST}-{claims.script_pid(os.getppid())}"
+    return worker or c.owner.get("worker") or "?"
+
+
+def _forced_fields(c: Claim, forced: bool, by: str) -> dict:
+    """What a forced complete/fail records (marker/attempt record and event): who forced it
+    over whose claim."""
+    if not forced:
+        return {}
+    o = c.owner
+    return {"forced_by": by, "held_by": f"{o.get('worker')} (pid {o.get('pid')} on {o.get('host')})"}
 
 
 def _shared_edit_lock(fn):
@@ -245,10 +311,11 @@ def _shared_edit_lock(fn):
 @_shared_edit_lock
 def complete(home: Home, g: str, t: str, *, output: str | None, worker: str | None, pid: int | None,
              force: bool, stdin=None) -> dict:
-    plan, c = _held(home, g, t, worker=worker, pid=pid, force=force, what="complete")
+    """Commit a script's claim as done. The output is --output FILE, stdin (`-`), or what
+    the script wrote to claim/stdout (stdout_file of `dagrun claim --json`); stderr it wrote to
+    claim/stderr becomes stderr.log."""
+    plan, c, forced = _held(home, g, t, worker=worker, pid=pid, force=force, what="complete")
     data = None
-    src = None
-    default_out = home.attempt_path(g, t, c.attempt, "out")
     if output == "-":
         data = (stdin.read() if stdin is not None else b"")
     elif output:
@@ -257,33 +324,37 @@ def complete(home: Home, g: str, t: str, *, output: str | None, worker: str | No
                 data = f.read()
         except OSError as e:
             raise UsageError(f"cannot read --output {output}: {e.strerror}") from None
-    elif os.path.exists(default_out):
-        src = default_out              # the script wrote $DAGRUN_OUTPUT_FILE
-    else:
-        data = b""
+    by = _by(c, worker, forced)
+    extra = _forced_fields(c, forced, by)
     sched, _ = build_scheduler(home, plan)
-    by = worker or c.owner.get("worker")
-    body = commit_done(home, plan, c, ended=time.time(), output_from=src, output_data=data,
-                       forced_by=by if force else None)
+    body = commit_done(home, plan, c, ended=time.time(), output_data=data, forced_by=extra.get("forced_by"),
+                       held_by=extra.get("held_by"))
     ev.status(home, g, t, ev.DONE, attempt=c.attempt, worker=by, duration=body["duration"], exit_code=0,
-              forced=True if force else None)
+              output_bytes=body["output_bytes"], **extra)
     changes = sched.finish(t, "done") or []
     emit_changes(home, g, changes[1:], by)
     finish_goal_if_ended(home, plan, sched, by)
+    body["forced"] = forced
+    if forced:
+        body["held_by"] = extra["held_by"]
     return body
 
 
 @_shared_edit_lock
 def fail(home: Home, g: str, t: str, *, reason: str, worker: str | None, pid: int | None, force: bool,
          exit_code: int | None = None) -> dict:
-    plan, c = _held(home, g, t, worker=worker, pid=pid, force=force, what="fail")
+    """Commit a script's claim as a failed attempt (retried while `retries` last); what it
+    wrote to claim/stdout and claim/stderr is kept under attempts/."""
+    plan, c, forced = _held(home, g, t, worker=worker, pid=pid, force=force, what="fail")
+    by = _by(c, worker, forced)
+    extra = _forced_fields(c, forced, by)
     sched, _ = build_scheduler(home, plan)
-    by = worker or c.owner.get("worker")
     rec = commit_failure(home, plan, c, outcome="failed", ended=time.time(), exit_code=exit_code,
-                         reason=reason or "reported failed by the worker", forced_by=by if force else None)
+                         reason=reason or "reported failed by the worker", forced_by=extra.get("forced_by"),
+                         held_by=extra.get("held_by"))
     if rec["final"]:
         ev.status(home, g, t, ev.FAILED, attempt=c.attempt, worker=by, duration=rec["duration"],
-                  exit_code=exit_code, reason=rec["reason"], outcome="failed")
+                  exit_code=exit_code, reason=rec["reason"], outcome="failed", **extra)
         changes = sched.finish(t, "failed") or []
         emit_changes(home, g, changes[1:], by)
         if plan.on_failure == "stop":
@@ -291,11 +362,17 @@ def fail(home: Home, g: str, t: str, *, reason: str, worker: str | None, pid: in
         finish_goal_if_ended(home, plan, sched, by)
     else:
         ev.status(home, g, t, ev.RETRYING, attempt=c.attempt, worker=by, duration=rec["duration"],
-                  exit_code=exit_code, reason=rec["reason"], outcome="failed", retry_at=rec["retry_at"])
+                  exit_code=exit_code, reason=rec["reason"], outcome="failed", retry_at=rec["retry_at"], **extra)
+    rec["forced"] = forced
+    if forced:
+        rec["held_by"] = extra["held_by"]
     return rec
 
 
 def heartbeat(home: Home, g: str, t: str, *, worker: str | None, pid: int | None) -> None:
+    """The holder says it is alive and working: refreshes the lease other hosts judge the
+    claim by, and resets stall_timeout. Refused (exit 4) once the task was cancelled, ended,
+    or the claim is no longer the caller's -- the script should stop its agent then."""
     check_id("goal", g)
     check_id("task", t)
     m = marker_of(home, g, t)
@@ -303,11 +380,12 @@ def heartbeat(home: Home, g: str, t: str, *, worker: str | None, pid: int | None
         raise Refused(f"{g}/{t} was cancelled: stop working on it")
     if m is not None:
         raise Refused(f"{g}/{t} is already {m}")
-    owner = claims.read_owner(home, g, t)
-    check_holder(owner, worker=worker, pid=_holder_pid(pid) if not worker else None, force=False,
-                 what="heartbeat", g=g, t=t)
+    owner = _owner(home, g, t)
+    check_holder(owner, worker=worker, caller=_caller(pid), force=False, what="heartbeat", g=g, t=t)
     try:
         fsio.touch(home.heartbeat_path(g, t))
+    except FileNotFoundError:
+        raise Refused(f"cannot heartbeat {g}/{t}: its claim is gone") from None
     except OSError as e:
         raise os_error("touch", home.heartbeat_path(g, t), e) from None
 

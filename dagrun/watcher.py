@@ -11,8 +11,9 @@ one on goals/: a goal's events.jsonl is appended on every state change, so the g
 watch sees everything without a watch per task (10 000 tasks would exhaust the default
 fs.inotify.max_user_watches).
 
-When inotify cannot be used -- a home on NFS (other hosts' writes raise no inotify events),
-an exhausted max_user_watches / max_user_instances, a platform without inotify -- the Watcher
+When inotify cannot be used -- a home on a network file system (NFS, CIFS, Ceph ...: other
+hosts' writes raise no inotify events here, so a watch would silently miss them), an
+exhausted max_user_watches / max_user_instances, a platform without inotify -- the Watcher
 says `polling`, and the engine wakes every `poll` seconds and compares the events files'
 sizes (one stat per goal). A periodic full rescan backs both modes.
 """
@@ -36,6 +37,36 @@ IN_ONLYDIR = 0x01000000
 
 GOAL_MASK = IN_MODIFY | IN_MOVED_TO | IN_CREATE | IN_DELETE_SELF | IN_MOVE_SELF
 ROOT_MASK = IN_CREATE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_ONLYDIR
+
+
+# File systems where several machines may write the home: inotify only reports this kernel's
+# own writes there.
+NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "lustre", "gpfs", "afs",
+              "ocfs2", "gfs2", "beegfs", "orangefs", "fuse.sshfs", "fuse.glusterfs", "fuse.ceph",
+              "fuse.s3fs", "fuse.rclone", "fuse.juicefs", "fuse.gcsfuse", "fuse.beegfs"}
+AUTO_POLL = 1.0
+
+
+def fs_type(path: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The type of the file system `path` lives on (Linux: the longest matching mount point
+    in mountinfo), or None when that cannot be told."""
+    try:
+        with open(mountinfo, "rb") as f:
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    path = os.path.realpath(path)
+    best, kind = -1, None
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5 or not right:
+            continue
+        mnt = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+        if path == mnt or path.startswith(mnt.rstrip("/") + "/"):
+            if len(mnt) >= best:          # later lines with the same mount point shadow earlier ones
+                best, kind = len(mnt), right.split()[0]
+    return kind
 
 
 class Doorbell:
@@ -89,6 +120,13 @@ class Watcher:
         self._wd_goal: dict[int, str | None] = {}
         self._goal_wd: dict[str, int] = {}
         if poll is None:
+            kind = fs_type(os.path.dirname(goals_dir) if not os.path.exists(goals_dir) else goals_dir)
+            if kind in NETWORK_FS:
+                self.poll = AUTO_POLL
+                self.reason = (f"the home is on {kind}: inotify does not see other hosts' writes there; "
+                               f"polling every {AUTO_POLL:g}s (--poll to change)")
+                self.log(f"warning: {self.reason}")
+                return
             try:
                 self._start()
             except Exception as e:  # noqa: BLE001 - any failure of the backend means: poll
@@ -124,13 +162,13 @@ class Watcher:
             self._goal_wd[goal] = wd
 
     def _degrade(self, err: Exception) -> None:
-        self.poll = 1.0
+        self.poll = AUTO_POLL
         hint = ""
         if isinstance(err, OSError) and err.errno == errno.ENOSPC:
             hint = " (raise fs.inotify.max_user_watches)"
         elif isinstance(err, OSError) and err.errno == errno.EMFILE:
             hint = " (raise fs.inotify.max_user_instances)"
-        self.reason = f"inotify unavailable: {err}{hint}; polling every 1s"
+        self.reason = f"inotify unavailable: {err}{hint}; polling every {AUTO_POLL:g}s"
         self.log(f"warning: {self.reason}")
         self.close()
 

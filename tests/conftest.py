@@ -127,6 +127,20 @@ def plans(tmp_path) -> Path:
     return d
 
 
+def agents_of(home) -> list[int]:
+    """Live agent processes (DAGRUN_RUN_ID set) working for this home."""
+    want = b"DAGRUN_HOME=" + str(Path(home).resolve()).encode()
+    out = []
+    for pid in processes_with_env("DAGRUN_RUN_ID"):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if want in env:
+            out.append(pid)
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _no_stray_agents(tmp_path_factory):
     """Every test must leave no agent processes behind (agents carry DAGRUN_RUN_ID). Only

@@ -15,6 +15,7 @@ LAYERS = {
     "events": 3, "claim": 3,
     "summary": 4, "lifecycle": 5, "executor": 4, "watcher": 0,
     "ops": 6, "engine": 6,
+    "protocol": 9,       # the entry point + protocol fast path: beside cli, never imports typer
     "metrics": 7, "graph": 7, "report": 7, "timeline": 7,
     "cli": 9,
 }

@@ -14,7 +14,7 @@ import sys
 import typer
 
 from .. import __version__
-from ..errors import DagrunError, ExitCode
+from ..errors import ExitCode, report
 from .common import Ctx
 
 app = typer.Typer(
@@ -57,9 +57,6 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rc = cmd.main(args=argv, prog_name="dagrun", standalone_mode=False)
         code = rc if isinstance(rc, int) else 0
-    except DagrunError as e:
-        _err(str(e))
-        code = e.exit_code
     except cx.NoArgsIsHelpError as e:
         print(e.format_message() if hasattr(e, "format_message") else str(e), file=sys.stderr)
         code = ExitCode.USAGE
@@ -71,26 +68,15 @@ def main(argv: list[str] | None = None) -> None:
     except cx.ClickException as e:
         _err(e.format_message().replace("\n", " "))
         code = ExitCode.USAGE
-    except (typer.Abort, KeyboardInterrupt):
+    except typer.Abort:
         _err("interrupted")
         code = ExitCode.INTERRUPTED
     except typer.Exit as e:
         code = e.exit_code
-    except BrokenPipeError:
-        # `dagrun events | head`: the reader left; not an error worth a message
-        try:
-            sys.stdout = open(os.devnull, "w")
-        except OSError:
-            pass
-        code = 0
-    except OSError as e:
-        _err(f"{e.strerror or e}" + (f": {e.filename}" if getattr(e, "filename", None) else ""))
-        code = ExitCode.IO
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, never a traceback
-        if os.environ.get("DAGRUN_DEBUG"):
-            raise
-        _err(f"internal error: {type(e).__name__}: {e} (set DAGRUN_DEBUG=1 for a traceback; please report it)")
-        code = 70
+        code = report(e)
+    except KeyboardInterrupt as e:
+        code = report(e)
     try:
         sys.stdout.flush()
     except (BrokenPipeError, OSError):

@@ -78,7 +78,7 @@ def fmt_event(e: dict) -> str:
             v = now_iso(v)[11:19]
         if k == "duration":
             v = fmt_duration(v)
-        v = str(v)
+        v = str(v).replace("\n", "\\n").replace("\r", "\\r")   # one event, one line (journald, grep)
         if " " in v:
             v = '"' + v.replace('"', "'") + '"'
         extras.append(f"{k}={v}")

@@ -1,51 +1,43 @@
 """claim, complete, fail, heartbeat: the protocol for bash workers that run the agent themselves.
 
-Holder identity: a claim records the pid of the calling script (the parent of `dagrun claim`,
-or --pid) and a worker name; complete/fail/heartbeat must come from the same script (same
-parent pid) or name the same --worker. Pass `--pid $$` when calling from a pipeline or
-subshell, whose parent is a short-lived copy of the shell.
+These definitions are the reference for the commands' options and help. A call that
+dagrun.protocol's fast parser fully understands never reaches typer (start-up time matters in
+a bash loop); both paths run the same dagrun.protocol.cmd_* functions.
+
+Holder identity: a claim belongs to the calling script (the parent of `dagrun claim`, or the
+script a subshell was forked from), or to --pid; complete/fail/heartbeat are accepted from
+that process or anything it started, or from whoever names the claim's --worker.
 """
 from __future__ import annotations
-
-import sys
 
 import typer
 
 from . import app
-from .common import home_of, print_json
+from .common import home_of
 
-_PID = typer.Option(None, "--pid", help="Pid of the process that holds the claim (default: the calling shell).")
+_PID_HELP = ("Pid of the process that holds the claim (default: the calling script; "
+             "see README 'Workers').")
+_WORKER = typer.Option(None, "--worker", help="The worker name used for the claim.")
 
 
 @app.command()
 def claim(ctx: typer.Context,
           goal: str = typer.Argument(..., help="Goal id."),
-          worker: str = typer.Option(None, "--worker", help="Worker name (default: HOST-PID of the caller)."),
-          pid: int = _PID,
-          json: bool = typer.Option(False, "--json", help="Print goal, task, attempt, task_dir, prompt_file, output_file.")):
+          worker: str = typer.Option(None, "--worker", help="Worker name (default: HOST-PID of the holder)."),
+          pid: int = typer.Option(None, "--pid", help=_PID_HELP),
+          json: bool = typer.Option(False, "--json", help="Print the claim as JSON: task, attempt, task_dir, "
+                                    "prompt_file, stdout_file, stderr_file, output_file, lease, agent, workdir ..."),
+          env: bool = typer.Option(False, "--env", help="Print `export DAGRUN_TASK=...` lines for eval "
+                                   "(DAGRUN_GOAL, _TASK, _ATTEMPT, _PROMPT_FILE, _STDOUT_FILE, _LEASE ...).")):
     """Atomically claim one ready task and print its id. Exit 0 claimed, 3 nothing ready yet,
     1 the goal has ended. prompt.md is rendered before this returns."""
-    import os
-    import socket
+    from ..errors import UsageError
+    from ..protocol import cmd_claim
 
-    from ..ops import claim_external
-    from ..plan import check_id
-
-    check_id("goal", goal)
-    home = home_of(ctx)
-    me = worker or f"{socket.gethostname()}-{pid or os.getppid()}"
-    rc, c = claim_external(home, goal, worker=me, pid=pid)
-    if c is None:
-        if json:
-            print_json({"goal": goal, "task": None, "exit": int(rc)})
-        raise typer.Exit(rc)
-    if json:
-        print_json({"goal": goal, "task": c.task, "attempt": c.attempt, "worker": me,
-                    "task_dir": home.task_dir(goal, c.task), "prompt_file": home.prompt_path(goal, c.task),
-                    "output_file": home.attempt_path(goal, c.task, c.attempt, "out"),
-                    "stderr_file": home.attempt_path(goal, c.task, c.attempt, "err")})
-    else:
-        print(c.task)
+    if json and env:
+        raise UsageError("--json and --env exclude each other")
+    raise typer.Exit(cmd_claim(home_of(ctx), goal, worker=worker, pid=pid,
+                               fmt="json" if json else "env" if env else "id"))
 
 
 @app.command()
@@ -53,14 +45,16 @@ def complete(ctx: typer.Context,
              goal: str = typer.Argument(..., help="Goal id."),
              task: str = typer.Argument(..., help="Task id."),
              output: str = typer.Option(None, "--output", "-o", metavar="FILE|-",
-                                        help="The task's output (default: what was written to the claim's output_file)."),
-             worker: str = typer.Option(None, "--worker", help="The worker name used for the claim."),
-             pid: int = _PID,
-             force: bool = typer.Option(False, "--force", help="Complete even if somebody else holds the claim (logged).")):
+                                        help="The task's output: a file, or - for stdin "
+                                             "(default: what was written to the claim's stdout_file)."),
+             worker: str = _WORKER,
+             pid: int = typer.Option(None, "--pid", help=_PID_HELP),
+             force: bool = typer.Option(False, "--force", help="Complete even if somebody else holds the claim "
+                                        "(recorded in the done marker and the event).")):
     """Mark a claimed task done with its output; dependents become ready."""
-    from ..ops import complete as do_complete
+    from ..protocol import cmd_complete
 
-    do_complete(home_of(ctx), goal, task, output=output, worker=worker, pid=pid, force=force, stdin=sys.stdin.buffer)
+    raise typer.Exit(cmd_complete(home_of(ctx), goal, task, output=output, worker=worker, pid=pid, force=force))
 
 
 @app.command()
@@ -69,27 +63,25 @@ def fail(ctx: typer.Context,
          task: str = typer.Argument(..., help="Task id."),
          reason: str = typer.Option("", "--reason", help="Why (shown by status, kept in the attempt record)."),
          exit_code: int = typer.Option(None, "--exit-code", help="The agent's exit code, for the record."),
-         worker: str = typer.Option(None, "--worker", help="The worker name used for the claim."),
-         pid: int = _PID,
-         force: bool = typer.Option(False, "--force", help="Fail even if somebody else holds the claim (logged).")):
+         worker: str = _WORKER,
+         pid: int = typer.Option(None, "--pid", help=_PID_HELP),
+         force: bool = typer.Option(False, "--force", help="Fail even if somebody else holds the claim "
+                                    "(recorded in the attempt record and the event).")):
     """Mark a claimed task failed (it is retried while its retries last)."""
-    from ..ops import fail as do_fail
+    from ..protocol import cmd_fail
 
-    rec = do_fail(home_of(ctx), goal, task, reason=reason, worker=worker, pid=pid, force=force, exit_code=exit_code)
-    if not rec["final"]:
-        from ..store import now_iso
-        print(f"dagrun: {goal}/{task} will be retried (attempt {rec['attempt'] + 1}) after "
-              f"{now_iso(rec['retry_at'])[11:19]}", file=sys.stderr)
+    raise typer.Exit(cmd_fail(home_of(ctx), goal, task, reason=reason, exit_code=exit_code, worker=worker,
+                              pid=pid, force=force))
 
 
 @app.command()
 def heartbeat(ctx: typer.Context,
               goal: str = typer.Argument(..., help="Goal id."),
               task: str = typer.Argument(..., help="Task id."),
-              worker: str = typer.Option(None, "--worker", help="The worker name used for the claim."),
-              pid: int = _PID):
+              worker: str = _WORKER,
+              pid: int = typer.Option(None, "--pid", help=_PID_HELP)):
     """Say the holder is alive and working (keeps a cross-host lease; resets stall_timeout).
     Exit 4 when the task was cancelled or the claim is gone: stop working on it."""
-    from ..ops import heartbeat as do_heartbeat
+    from ..protocol import cmd_heartbeat
 
-    do_heartbeat(home_of(ctx), goal, task, worker=worker, pid=pid)
+    raise typer.Exit(cmd_heartbeat(home_of(ctx), goal, task, worker=worker, pid=pid))

@@ -96,6 +96,9 @@ def worker(ctx: typer.Context,
                                       help="Poll every SECONDS instead of inotify (homes on NFS)."),
            rescan: float = typer.Option(10.0, "--rescan", min=0.1, metavar="SECONDS",
                                         help="Full rescan of the files at least this often (safety net)."),
+           lease: float = typer.Option(None, "--lease", min=1.0, metavar="SECONDS",
+                                       help="Judge other hosts' claims stale only after this long without a "
+                                            "heartbeat, if longer than the plan's lease."),
            metrics_path: str = typer.Option(None, "--metrics", metavar="PATH",
                                             help="Keep a Prometheus textfile at PATH up to date (see `dagrun "
                                                  "metrics`), plus the state-bus lag this worker observes."),
@@ -118,9 +121,11 @@ def worker(ctx: typer.Context,
         if e.get("worker") == me or e.get("type", "").endswith("goal.finished"):
             _stderr_log(fmt_event(e))
     eng = Engine(home, worker=me, jobs=jobs, until_idle=until_idle, poll=poll, log=_stderr_log,
-                 on_event=on_event, rescan_every=rescan, tick=wm, tick_every=metrics_every)
+                 on_event=on_event, rescan_every=rescan, lease=lease, tick=wm, tick_every=metrics_every)
     _stderr_log(f"worker {me} serving {home.root} with -j {jobs}" + (" until idle" if until_idle else ""))
     rc = eng.run()
+    _stderr_log(f"worker {me} exiting: " + ("idle" if rc == 0 else f"stopped by signal {rc - 128}" if rc > 128
+                                            else f"exit {rc}"))
     raise typer.Exit(rc)
 
 

@@ -1,0 +1,203 @@
+"""The bash protocol -- `claim`, `complete`, `fail`, `heartbeat` -- and the `dagrun` entry point.
+
+A lobster loop calls these commands once or twice per task, so their start-up time is part of
+every task's latency. typer builds its command tree through pydantic: ~100 ms of imports
+before any command runs, against ~60 ms for the whole protocol path. So `main()` parses these
+four commands itself, with a strict little parser, and hands everything else -- other
+commands, --help, and any argument list it does not fully understand -- to the typer CLI,
+which stays the reference for parsing, help and error messages. Both paths call the same
+`cmd_*` functions below, which do the work and print the result.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from .errors import ExitCode, report
+from .store import Home
+
+
+# ------------------------------------------------------------------------------ the commands
+def cmd_claim(home: Home, goal: str, *, worker: str | None, pid: int | None, fmt: str = "id") -> int:
+    """fmt: "id" (the task id), "json", or "env" (shell assignments to eval)."""
+    from .ops import claim_external
+
+    rc, info = claim_external(home, goal, worker=worker, pid=pid)
+    if info is None:
+        if fmt == "json":
+            _write_json({"goal": goal, "task": None, "exit": int(rc)})
+        return int(rc)
+    if fmt == "json":
+        _write_json(info)
+    elif fmt == "env":
+        sys.stdout.write(shell_env(info))
+    else:
+        sys.stdout.write(info["task"] + "\n")
+    return 0
+
+
+ENV_VARS = (("DAGRUN_HOME", "home"), ("DAGRUN_GOAL", "goal"), ("DAGRUN_TASK", "task"),
+            ("DAGRUN_ATTEMPT", "attempt"), ("DAGRUN_WORKER", "worker"), ("DAGRUN_TASK_DIR", "task_dir"),
+            ("DAGRUN_PROMPT_FILE", "prompt_file"), ("DAGRUN_STDOUT_FILE", "stdout_file"),
+            ("DAGRUN_STDERR_FILE", "stderr_file"), ("DAGRUN_OUTPUT_FILE", "output_file"),
+            ("DAGRUN_RUN_ID", "run_id"), ("DAGRUN_LEASE", "lease"), ("DAGRUN_AGENT", "agent"),
+            ("DAGRUN_WORKDIR", "workdir"), ("DAGRUN_TIMEOUT", "timeout"))
+
+
+def shell_env(info: dict) -> str:
+    """`export NAME='value'` lines for `eval` in any POSIX shell (values single-quoted, so
+    nothing in them is expanded)."""
+    lines = []
+    for var, key in ENV_VARS:
+        v = info.get(key)
+        if v is None:
+            v = ""
+        elif isinstance(v, float) and v.is_integer():
+            v = int(v)
+        lines.append(f"export {var}='" + str(v).replace("'", "'\\''") + "'\n")
+    return "".join(lines)
+
+
+def cmd_complete(home: Home, goal: str, task: str, *, output: str | None, worker: str | None,
+                 pid: int | None, force: bool) -> int:
+    from .ops import complete
+
+    body = complete(home, goal, task, output=output, worker=worker, pid=pid, force=force, stdin=sys.stdin.buffer)
+    if body.get("forced"):
+        _note(f"{goal}/{task} completed with --force over the claim of {body['held_by']}")
+    return 0
+
+
+def cmd_fail(home: Home, goal: str, task: str, *, reason: str, exit_code: int | None, worker: str | None,
+             pid: int | None, force: bool) -> int:
+    from .ops import fail
+    from .store import now_iso
+
+    rec = fail(home, goal, task, reason=reason, worker=worker, pid=pid, force=force, exit_code=exit_code)
+    if rec.get("forced"):
+        _note(f"{goal}/{task} failed with --force over the claim of {rec['held_by']}")
+    if not rec["final"]:
+        _note(f"{goal}/{task} will be retried (attempt {rec['attempt'] + 1}) after "
+              f"{now_iso(rec['retry_at'])[11:19]}")
+    return 0
+
+
+def cmd_heartbeat(home: Home, goal: str, task: str, *, worker: str | None, pid: int | None) -> int:
+    from .ops import heartbeat
+
+    heartbeat(home, goal, task, worker=worker, pid=pid)
+    return 0
+
+
+def _note(msg: str) -> None:
+    print(f"dagrun: {msg}", file=sys.stderr)
+
+
+def _write_json(obj) -> None:
+    import orjson
+    sys.stdout.buffer.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
+
+
+# ------------------------------------------------------------------------------ the fast path
+# command -> (positional names, {option: (key, kind)}); kind: "str", "int", "flag"
+_WHO = {"--worker": ("worker", "str"), "--pid": ("pid", "int")}
+SPEC = {
+    "claim": (("goal",), {**_WHO, "--json": ("json", "flag"), "--env": ("env", "flag")}),
+    "complete": (("goal", "task"), {**_WHO, "--output": ("output", "str"), "-o": ("output", "str"),
+                                    "--force": ("force", "flag")}),
+    "fail": (("goal", "task"), {**_WHO, "--reason": ("reason", "str"), "--exit-code": ("exit_code", "int"),
+                                "--force": ("force", "flag")}),
+    "heartbeat": (("goal", "task"), dict(_WHO)),
+}
+
+
+def parse_fast(argv: list[str]) -> tuple[str | None, str, dict] | None:
+    """(home, command, arguments) when argv is a protocol command this parser fully
+    understands; None for anything else (typer then parses it and reports errors)."""
+    home = None
+    i = 0
+    while i < len(argv) and argv[i].startswith("--home"):
+        a = argv[i]
+        if a.startswith("--home="):
+            home = a[len("--home="):]
+        elif a == "--home" and i + 1 < len(argv):
+            i += 1
+            home = argv[i]
+        else:
+            return None
+        i += 1
+    if i >= len(argv) or argv[i] not in SPEC:
+        return None
+    cmd = argv[i]
+    names, opts = SPEC[cmd]
+    args: dict = {}
+    pos: list[str] = []
+    rest = argv[i + 1:]
+    j = 0
+    while j < len(rest):
+        a = rest[j]
+        j += 1
+        if a == "-" or not a.startswith("-"):
+            pos.append(a)
+            continue
+        name, eq, val = a.partition("=") if a.startswith("--") else (a, "", "")
+        if name not in opts:
+            return None                      # --help, --, an unknown or misspelt option
+        key, kind = opts[name]
+        if key in args:
+            return None
+        if kind == "flag":
+            if eq:
+                return None
+            args[key] = True
+            continue
+        if not eq:
+            if j >= len(rest):
+                return None
+            val = rest[j]
+            j += 1
+        if kind == "int":
+            try:
+                val = int(val)
+            except ValueError:
+                return None
+        args[key] = val
+    if len(pos) != len(names) or (args.get("json") and args.get("env")):
+        return None
+    args.update(zip(names, pos))
+    return home, cmd, args
+
+
+def run_parsed(home: Home, cmd: str, a: dict) -> int:
+    who = {"worker": a.get("worker"), "pid": a.get("pid")}
+    if cmd == "claim":
+        fmt = "json" if a.get("json") else "env" if a.get("env") else "id"
+        return cmd_claim(home, a["goal"], fmt=fmt, **who)
+    if cmd == "complete":
+        return cmd_complete(home, a["goal"], a["task"], output=a.get("output"), force=bool(a.get("force")), **who)
+    if cmd == "fail":
+        return cmd_fail(home, a["goal"], a["task"], reason=a.get("reason") or "", exit_code=a.get("exit_code"),
+                        force=bool(a.get("force")), **who)
+    return cmd_heartbeat(home, a["goal"], a["task"], **who)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The `dagrun` command."""
+    argv = sys.argv[1:] if argv is None else argv
+    parsed = None if os.environ.get("DAGRUN_NO_FAST_PATH") else parse_fast(argv)
+    if parsed is None:
+        from .cli import main as full
+        full(argv)
+        return
+    home, cmd, a = parsed
+    try:
+        code = run_parsed(Home(home), cmd, a)
+    except BaseException as e:  # noqa: BLE001 - the boundary: one line, an exit code
+        if isinstance(e, SystemExit):
+            raise
+        code = report(e)
+    try:
+        sys.stdout.flush()
+    except OSError:
+        code = code or ExitCode.IO
+    sys.exit(int(code))

@@ -1,0 +1,87 @@
+"""The race: eight worker processes -- `dagrun worker` daemons, cron-style `--until-idle`
+workers and contrib/lobster.sh loops under dash -- on one goal of 500 tasks. Every task must
+run exactly once (each agent appends its task id to a shared log), nobody's live claim may
+be broken, and the goal must finish. Once with inotify, once polling."""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import DAGRUN, REPO, events, run, spawn, task_dir, wait_for, write_plan
+
+LOBSTER = REPO / "contrib" / "lobster.sh"
+WIDTH, DEPTH = 50, 10
+
+
+def plan_500(plans: Path, log: Path) -> Path:
+    """10 layers of 50; each task needs two tasks of the layer above (so readiness arrives
+    in waves, and every worker keeps finding freshly unlocked work)."""
+    tasks = []
+    for d in range(DEPTH):
+        for i in range(WIDTH):
+            deps = [] if d == 0 else sorted({f"l{d - 1}-{i}", f"l{d - 1}-{(i * 7 + 3) % WIDTH}"})
+            tasks.append({"id": f"l{d}-{i}", "prompt": f"layer {d} item {i}", "deps": deps})
+    return write_plan(plans, tasks, goal="race",
+                      defaults={"agent": f'echo "$DAGRUN_TASK $DAGRUN_WORKER" >> {log}'})
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not shutil.which("dash"), reason="dash is not installed")
+@pytest.mark.parametrize("mode", ["inotify", "poll"])
+def test_eight_workers_500_tasks_exactly_once(home, plans, tmp_path, mode):
+    log = tmp_path / "ran.log"
+    p = plan_500(plans, log)
+    run("submit", p, home=home)
+    poll = ["--poll", "0.2"] if mode == "poll" else []
+    env = {"DAGRUN_NO_INOTIFY": "1"} if mode == "poll" else {}
+    procs: dict[str, subprocess.Popen] = {}
+    lenv = dict(os.environ, DAGRUN_HOME=str(home), POLL="0.2", **env)
+    lenv["PATH"] = str(Path(DAGRUN).parent) + os.pathsep + lenv["PATH"]
+    try:
+        for k in range(4):
+            procs[f"lobster-{k}"] = subprocess.Popen(["dash", str(LOBSTER), "race"], env=lenv,
+                                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                                     start_new_session=True)
+        for k in range(2):
+            procs[f"daemon-{k}"] = spawn("worker", "-j", "3", "--name", f"daemon-{k}", *poll, home=home, env=env)
+        time.sleep(0.5)     # the cron-style workers join a goal already in progress
+        for k in range(2):
+            procs[f"cron-{k}"] = spawn("worker", "--until-idle", "-j", "3", "--name", f"cron-{k}", *poll,
+                                       home=home, env=env)
+        summary = home / "goals" / "race" / "summary.json"
+        wait_for(summary.exists, timeout=240, interval=0.2, what="the goal to finish")
+        for name, pr in procs.items():
+            if name.startswith(("lobster", "cron")):     # these leave on their own
+                pr.communicate(timeout=60)
+                assert pr.returncode == 0, (name, pr.returncode)
+    finally:
+        errs = {}
+        for name, pr in procs.items():
+            if pr.poll() is None:
+                os.killpg(pr.pid, signal.SIGTERM)
+            errs[name] = pr.communicate(timeout=60)[1]
+    lines = log.read_text().splitlines()
+    ids = [line.split()[0] for line in lines]
+    twice = [t for t, n in collections.Counter(ids).items() if n > 1]
+    assert not twice, f"tasks executed more than once: {twice}"
+    assert len(ids) == WIDTH * DEPTH
+    assert json.loads(summary.read_text())["outcome"] == "done"
+    tasks = home / "goals" / "race" / "tasks"
+    assert len(list(tasks.glob("*/done"))) == WIDTH * DEPTH and not list(tasks.glob("*/claim"))
+    for t in ("l0-0", "l9-49"):
+        assert json.loads((task_dir(home, "race", t) / "done").read_text())["attempt"] == 1
+    ev = events(home, "race")
+    assert not [e for e in ev if "claim broken" in str(e.get("reason", ""))], "a live claim was broken"
+    by = collections.Counter(line.split()[1] for line in lines)
+    engines = {"daemon-0", "daemon-1", "cron-0", "cron-1"}
+    lobster_runs = sum(n for w, n in by.items() if w not in engines)
+    assert lobster_runs > 0 and len(lines) - lobster_runs > 0, by
+    print(f"\n{mode}: runs per worker {dict(by)}")

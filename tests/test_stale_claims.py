@@ -1,0 +1,201 @@
+"""Stale claims: a claim whose holder is provably gone is broken and its task runs again; a
+live holder's claim never is. Real processes and signals; other hosts are simulated by
+writing owner.json with another host name (the judge cannot tell the difference)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import agents_of, events, run, spawn, task_dir, wait_for, write_plan
+
+
+def boot_id() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def fake_claim(home, goal, task, **owner) -> dict:
+    """A claim as a worker would leave it: claim/ plus owner.json (published by rename)."""
+    cdir = task_dir(home, goal, task) / "claim"
+    cdir.mkdir(parents=True)
+    body = {"worker": "ghost", "host": socket.gethostname(), "boot_id": boot_id(), "pid": 1, "pid_start": "1",
+            "attempt": 1, "since": "2026-01-01T00:00:00.000000Z", "kind": "engine", "nonce": "feedface0001",
+            "handle": None, **owner}
+    tmp = cdir / ".owner.json.tmp"
+    tmp.write_text(json.dumps(body))
+    tmp.rename(cdir / "owner.json")
+    return body
+
+
+def stop(p: subprocess.Popen) -> str:
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    return p.communicate(timeout=30)[1].decode()
+
+
+def recovered(home, goal, task) -> list[dict]:
+    return [e for e in events(home, goal) if e.get("task") == task and e.get("status") == "ready"
+            and str(e.get("reason", "")).startswith("claim broken: ")]
+
+
+def test_sigkilled_worker_claims_are_recovered_by_another(home, plans, tmp_path):
+    log = tmp_path / "ran.log"
+    agent = (f'echo "$DAGRUN_TASK $DAGRUN_ATTEMPT $DAGRUN_WORKER" >> {log}; '
+             'if [ "$DAGRUN_WORKER" = victim ]; then sleep 60; fi; echo "out $DAGRUN_TASK"')
+    p = write_plan(plans, [{"id": f"t{i}", "prompt": "p"} for i in range(4)] +
+                   [{"id": "after", "prompt": "p", "deps": [f"t{i}" for i in range(4)]}],
+                   goal="kill", defaults={"agent": agent})
+    run("submit", p, home=home)
+    a = spawn("worker", "-j", "4", "--name", "victim", home=home)
+    wait_for(lambda: log.exists() and len(log.read_text().splitlines()) == 4, what="4 agents of the victim")
+    first = agents_of(home)
+    assert first
+    b = spawn("worker", "-j", "2", "--name", "rescuer", home=home)
+    try:
+        time.sleep(1.5)                   # the rescuer leaves live claims alone
+        assert not any(recovered(home, "kill", f"t{i}") for i in range(4))
+        os.kill(a.pid, signal.SIGKILL)    # the worker only: its agents live on as orphans
+        a.wait()
+        wait_for(lambda: (task_dir(home, "kill", "after") / "done").exists(), timeout=30, what="recovery")
+    finally:
+        err = stop(b)
+        a.communicate()
+    rows = [line.split() for line in log.read_text().splitlines()]
+    assert sorted(r[0] for r in rows if r[2] == "victim") == ["t0", "t1", "t2", "t3"]
+    assert sorted((r[0], r[1]) for r in rows if r[2] == "rescuer") == \
+        [("after", "1")] + [(f"t{i}", "2") for i in range(4)]
+    for i in range(4):
+        d = task_dir(home, "kill", f"t{i}")
+        assert json.loads((d / "done").read_text())["attempt"] == 2
+        lost = json.loads((d / "attempts" / "1.json").read_text())
+        assert lost["outcome"] == "lost" and lost["counted"] is False and lost["worker"] == "victim"
+        assert f"holder victim (pid {a.pid}) is gone" in lost["reason"]
+        ev = recovered(home, "kill", f"t{i}")
+        assert len(ev) == 1 and ev[0]["worker"] == "rescuer" and ev[0]["attempt"] == 2
+        assert f"recovered kill/t{i}: holder victim (pid {a.pid}) is gone" in err
+    # the victim's orphaned agents were stopped by the rescuer (not left sleeping)
+    assert not set(first) & set(agents_of(home))
+
+
+def test_pid_reuse_is_detected(home, plans):
+    """owner.json names a live pid, but that process started at another time than the
+    holder did: the pid was recycled. The claim is broken; the innocent process is not touched."""
+    p = write_plan(plans, [{"id": "a", "prompt": "p"}], goal="reuse", defaults={"agent": "echo fresh"})
+    run("submit", p, home=home)
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        fake_claim(home, "reuse", "a", pid=other.pid, pid_start="12345")    # not sleep's start time
+        r = run("worker", "--until-idle", "--name", "w", home=home, timeout=30)
+        assert other.poll() is None, "the process now owning the pid must not be killed"
+    finally:
+        other.kill()
+        other.wait()
+    d = task_dir(home, "reuse", "a")
+    assert json.loads((d / "done").read_text())["attempt"] == 2
+    lost = json.loads((d / "attempts" / "1.json").read_text())
+    assert lost["outcome"] == "lost" and f"pid {other.pid} of holder ghost now belongs to another process" in lost["reason"]
+    assert recovered(home, "reuse", "a")[0]["worker"] == "w"
+    assert "recovered reuse/a: pid" in r.stderr
+
+
+def test_same_pid_same_start_time_is_alive(home, plans):
+    """The control: the same claim with the right start time is left alone."""
+    p = write_plan(plans, [{"id": "a", "prompt": "p"}], goal="alive", defaults={"agent": "true"})
+    run("submit", p, home=home)
+    holder = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        start = Path(f"/proc/{holder.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        fake_claim(home, "alive", "a", pid=holder.pid, pid_start=start)
+        run("worker", "--until-idle", home=home, timeout=30)
+        run("claim", "alive", home=home, check=3)
+        assert (task_dir(home, "alive", "a") / "claim" / "owner.json").exists()
+        assert not recovered(home, "alive", "a")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_other_host_claim_lives_while_it_heartbeats_and_is_broken_after_the_lease(home, plans):
+    p = write_plan(plans, [{"id": "a", "prompt": "p"}], goal="nfs", lease=1.5, defaults={"agent": "echo here"})
+    run("submit", p, home=home)
+    fake_claim(home, "nfs", "a", host="far-away", boot_id="another-boot", pid=os.getpid(), worker="remote-1")
+    hb = task_dir(home, "nfs", "a") / "claim" / "heartbeat"
+    w = spawn("worker", "--name", "local", home=home)
+    try:
+        t_end = time.monotonic() + 4.5               # three leases, heartbeating every 0.25 s
+        while time.monotonic() < t_end:
+            hb.touch()
+            time.sleep(0.25)
+        owner = json.loads((task_dir(home, "nfs", "a") / "claim" / "owner.json").read_text())
+        assert owner["nonce"] == "feedface0001" and not recovered(home, "nfs", "a")
+        stopped = time.monotonic()                   # the remote holder goes silent
+        wait_for(lambda: (task_dir(home, "nfs", "a") / "done").exists(), timeout=20, what="lease expiry")
+        assert time.monotonic() - stopped > 1.2      # not before the lease ran out
+    finally:
+        err = stop(w)
+    ev = recovered(home, "nfs", "a")
+    assert len(ev) == 1 and "no heartbeat from remote-1 on far-away for " in ev[0]["reason"]
+    assert ev[0]["reason"].endswith("(lease 1.5s)")
+    assert json.loads((task_dir(home, "nfs", "a") / "done").read_text())["attempt"] == 2
+    assert "recovered nfs/a: no heartbeat from remote-1 on far-away" in err
+
+
+def test_worker_lease_is_a_floor(home, plans):
+    """`dagrun worker --lease 30` judges other hosts more patiently than a plan's lease 1."""
+    p = write_plan(plans, [{"id": "a", "prompt": "p"}], goal="fl", lease=1, defaults={"agent": "true"})
+    run("submit", p, home=home)
+    fake_claim(home, "fl", "a", host="far-away", boot_id="x")
+    old = time.time() - 10
+    os.utime(task_dir(home, "fl", "a") / "claim" / "owner.json", (old, old))
+    w = spawn("worker", "--lease", "30", home=home)
+    try:
+        time.sleep(2.5)
+        assert not recovered(home, "fl", "a")
+    finally:
+        stop(w)
+    run("worker", "--until-idle", home=home, timeout=30)     # the plan's lease: 10 s silent > 1 s
+    assert recovered(home, "fl", "a") and (task_dir(home, "fl", "a") / "done").exists()
+
+
+def test_half_created_claim_gets_a_grace_period(home, plans):
+    """claim/ without owner.json: a claim being born (or a holder that died between mkdir and
+    publishing owner.json). Left alone for 10 s, then recovered."""
+    p = write_plan(plans, [{"id": "a", "prompt": "p"}], goal="half", defaults={"agent": "true"})
+    run("submit", p, home=home)
+    (task_dir(home, "half", "a") / "claim").mkdir(parents=True)
+    t0 = time.monotonic()
+    w = spawn("worker", "--name", "w", home=home)
+    try:
+        time.sleep(4)
+        assert (task_dir(home, "half", "a") / "claim").is_dir() and not recovered(home, "half", "a")
+        wait_for(lambda: (task_dir(home, "half", "a") / "done").exists(), timeout=20, what="grace to expire")
+        assert time.monotonic() - t0 > 9
+    finally:
+        stop(w)
+    ev = recovered(home, "half", "a")
+    assert len(ev) == 1 and "half-created claim (no owner.json)" in ev[0]["reason"]
+    assert json.loads((task_dir(home, "half", "a") / "attempts" / "1.json").read_text())["outcome"] == "lost"
+
+
+def test_live_worker_claim_survives_past_the_lease(home, plans):
+    """A worker's agent that runs for several leases keeps its claim: another worker checks
+    it every second and leaves it alone; the attempt completes as attempt 1."""
+    p = write_plan(plans, [{"id": "long", "prompt": "p", "agent": "sleep 3.5; echo mine"}], goal="keep", lease=1)
+    run("submit", p, home=home)
+    a = spawn("worker", "--until-idle", "--name", "owner", home=home)
+    wait_for(lambda: (task_dir(home, "keep", "long") / "claim" / "owner.json").exists(), what="claim")
+    b = spawn("worker", "--name", "other", home=home)
+    try:
+        a.communicate(timeout=30)
+        assert a.returncode == 0
+    finally:
+        stop(b)
+    done = json.loads((task_dir(home, "keep", "long") / "done").read_text())
+    assert done["attempt"] == 1 and done["worker"] == "owner"
+    assert not recovered(home, "keep", "long")
