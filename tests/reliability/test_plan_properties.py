@@ -152,7 +152,8 @@ def runnable_plans(draw):
         deps = draw(st.lists(st.sampled_from(earlier), unique=True, max_size=3)) if earlier else []
         rest = [e for e in earlier if e not in deps]
         soft = draw(st.lists(st.sampled_from(rest), unique=True, max_size=2)) if rest and draw(st.booleans()) else []
-        t = {"id": f"t{i}", "prompt": draw(st.text(max_size=30)), "deps": deps,
+        text = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=30)
+        t = {"id": f"t{i}", "prompt": draw(text), "deps": deps,
              "agent": draw(st.sampled_from(sorted(AGENTS)))}
         if soft:
             t["soft_deps"] = soft
