@@ -131,10 +131,23 @@ def lineage(pid: int) -> list[tuple[int, str | None]]:
     return out
 
 
+_SELF: tuple[int, str | None] = (0, None)
+
+
+def _self_start() -> str | None:
+    """This process's start time, read once per process (a forked child reads its own)."""
+    global _SELF
+    pid = os.getpid()
+    if _SELF[0] != pid:
+        _SELF = (pid, proc_start(pid))
+    return _SELF[1]
+
+
 def new_owner(worker: str, attempt: int, *, kind: str, pid: int | None = None) -> dict:
+    start = _self_start() if pid is None or pid == os.getpid() else proc_start(pid)
     pid = os.getpid() if pid is None else pid
     return {
-        "worker": worker, "host": HOST, "boot_id": BOOT_ID, "pid": pid, "pid_start": proc_start(pid),
+        "worker": worker, "host": HOST, "boot_id": BOOT_ID, "pid": pid, "pid_start": start,
         "attempt": attempt, "since": now_iso(), "kind": kind, "nonce": secrets.token_hex(6),
         "handle": None,
     }

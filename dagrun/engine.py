@@ -115,6 +115,7 @@ class Engine:
         self._next_poll = 0.0
         self.watcher: Watcher | None = None
         self.fs_error: FsError | None = None      # the disk said no: stop, exit 5
+        self._base_env = dict(os.environ)         # the agents' environment, copied once (not per task)
 
     # ================================================================== public
     def run(self) -> int:
@@ -519,7 +520,7 @@ class Engine:
             return
         task = plan.task(t)
         cdir = self.home.claim_dir(g, t)
-        env = dict(os.environ)
+        env = dict(self._base_env)
         env.update({
             "DAGRUN_HOME": self.home.root, "DAGRUN_GOAL": g, "DAGRUN_TASK": t,
             "DAGRUN_ATTEMPT": str(c.attempt), "DAGRUN_TASK_DIR": self.home.task_dir(g, t),

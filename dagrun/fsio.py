@@ -140,13 +140,19 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o644, exclusive: bool =
 
 
 def rewrite(path: str, data: bytes) -> None:
-    """Replace the content of an existing private (temporary-named) file in place."""
+    """Replace the content of an existing private (temporary-named) file in place.
+
+    Written over the old bytes, then cut to length -- not opened with O_TRUNC: on ext4 a
+    truncate-to-zero followed by a write makes close(2) start writeback at once
+    (auto_da_alloc, the replace-via-truncate heuristic), which costs ~0.1 ms per task."""
     _step(f"rewrite {path}")
-    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
+        if os.fstat(fd).st_size > len(data):
+            os.ftruncate(fd, len(data))
         if DURABLE:
             os.fsync(fd)
     finally:

@@ -290,8 +290,8 @@ def test_stalled_agent_is_reported_killed_and_retried(home, plans, tmp_path):
 
 def test_heartbeat_keeps_a_silent_agent_from_stalling(home, plans):
     from conftest import DAGRUN
-    # silent for 4 x (0.4 s + a heartbeat call) > stall_timeout, never without a beat for as long
-    beat = (f'for i in 1 2 3 4; do sleep 0.4; '
+    # silent for 6 x (0.4 s + a heartbeat call) > stall_timeout, never without a beat for as long
+    beat = (f'for i in 1 2 3 4 5 6; do sleep 0.4; '
             f'{DAGRUN} heartbeat "$DAGRUN_GOAL" "$DAGRUN_TASK" --worker "$DAGRUN_WORKER" || exit 9; done; echo ok')
     p = write_plan(plans, [{"id": "quiet", "prompt": "p", "stall_timeout": 2, "agent": beat}], goal="hb")
     run("run", p, home=home)
