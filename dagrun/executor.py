@@ -336,14 +336,14 @@ class ProcessRunner:
             pid = int(handle.get("pid") or 0)
         except (TypeError, ValueError):
             pid = 0
-        pgid = handle.get("pgid") if isinstance(handle.get("pgid"), int) else pid
+        pgid = pid     # started as a session leader: its group is its pid (owner.json's pgid is not trusted)
         start = handle.get("start")
         leader_ours = pid > 0 and start is not None and proc_start(pid) == start
         strays = _processes_with(RUN_ID_VAR, run_id) if run_id else []
         if not leader_ours and not strays:
             return False
         if leader_ours:
-            _killpg(handle["pgid"], signal.SIGTERM)
+            _killpg(pgid, signal.SIGTERM)
         for p in strays:
             _kill(p, signal.SIGTERM)
         deadline = time.monotonic() + grace
@@ -353,7 +353,7 @@ class ProcessRunner:
                 break
             time.sleep(0.02)
         if leader_ours and proc_start(pid) == start:
-            _killpg(handle["pgid"], signal.SIGKILL)
+            _killpg(pgid, signal.SIGKILL)
         kill_strays(run_id)
         return True
 

@@ -96,28 +96,47 @@ def tmp_name(path: str) -> str:
     return os.path.join(d, f".{name}.{os.getpid()}.tmp")
 
 
+def _write_whole(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    if DURABLE:
+        os.fsync(fd)
+
+
+_SPARE_PUBLISH = True    # False once a rename out of the spare pool was refused (EXDEV)
+
+
 def write_atomic(path: str, data: bytes, *, mode: int = 0o644, exclusive: bool = False) -> bool:
     """Publish `data` at `path` whole or not at all.
+
+    The temporary file is a spare of the pool when there is one: written where it lies (the
+    pool's folder is private to this process) and renamed straight to `path` -- one rename
+    instead of create + rename; a crash leaves it in the pool of a dead process, which the
+    next engine sweeps. Otherwise `.<name>.<pid>.tmp` next to `path`.
 
     exclusive=True publishes only if `path` does not exist yet (link(2) instead of rename(2):
     link fails with EEXIST, so exactly one of several racing writers wins). Returns False when
     another writer won, True otherwise.
     """
+    global _SPARE_PUBLISH
     tmp = tmp_name(path)
-    if not exclusive and mode == 0o644 and _publish_spare(path, data, tmp):
-        return True
     _step(f"create {tmp}")
-    fd = _open_new(tmp, mode)
+    src, fd = tmp, None
+    pool = SPARES if _SPARE_PUBLISH and not exclusive and mode == 0o644 else None
+    spare = pool.pop_file() if pool is not None else None
+    if spare is not None:
+        try:
+            src, fd = spare, os.open(spare, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            src = tmp
+    if fd is None:
+        fd = _open_new(tmp, mode)
     try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        if DURABLE:
-            os.fsync(fd)
+        _write_whole(fd, data)
     except BaseException:
         os.close(fd)
-        _unlink_quiet(tmp)
+        _unlink_quiet(src)
         raise
     os.close(fd)
     _done_step(f"create {tmp}")
@@ -125,56 +144,21 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o644, exclusive: bool =
     try:
         if exclusive:
             try:
-                os.link(tmp, path)
+                os.link(src, path)
             except FileExistsError:
                 return False
             finally:
-                _unlink_quiet(tmp)
+                _unlink_quiet(src)
         else:
-            os.rename(tmp, path)
-    except BaseException:
-        _unlink_quiet(tmp)
-        raise
-    _done_step(f"publish {path}")
-    if DURABLE:
-        fsync_dir(os.path.dirname(path))
-    return True
-
-
-def _publish_spare(path: str, data: bytes, tmp: str) -> bool:
-    """write_atomic with a spare file of the pool as the temporary file: written where it
-    lies (the pool's folder is private to this process) and renamed straight to `path` --
-    one rename instead of two. False when there is no spare (or it cannot be renamed there,
-    EXDEV): the caller goes the usual way. A crash leaves the written spare in the pool of a
-    dead process, which the next engine sweeps."""
-    pool = SPARES
-    src = pool.pop_file() if pool is not None else None
-    if src is None:
-        return False
-    _step(f"create {tmp}")
-    try:
-        fd = os.open(src, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        if DURABLE:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        _unlink_quiet(src)
-        raise
-    os.close(fd)
-    _done_step(f"create {tmp}")
-    _step(f"publish {path}")
-    try:
-        os.rename(src, path)
+            os.rename(src, path)
     except OSError as e:
         _unlink_quiet(src)
-        if e.errno == errno.EXDEV:
-            return False
+        if e.errno == errno.EXDEV and src != tmp:    # the pool is on another file system
+            _SPARE_PUBLISH = False
+            return write_atomic(path, data, mode=mode, exclusive=exclusive)
+        raise
+    except BaseException:
+        _unlink_quiet(src)
         raise
     _done_step(f"publish {path}")
     if DURABLE:
@@ -185,19 +169,16 @@ def _publish_spare(path: str, data: bytes, tmp: str) -> bool:
 def rewrite(path: str, data: bytes) -> None:
     """Replace the content of an existing private (temporary-named) file in place.
 
-    Written over the old bytes, then cut to length -- not opened with O_TRUNC: on ext4 a
+    Cut to the new length (when shorter), then written over the old bytes -- not opened
+    with O_TRUNC: on ext4 a
     truncate-to-zero followed by a write makes close(2) start writeback at once
     (auto_da_alloc, the replace-via-truncate heuristic), which costs ~0.1 ms per task."""
     _step(f"rewrite {path}")
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
         if os.fstat(fd).st_size > len(data):
-            os.ftruncate(fd, len(data))
-        if DURABLE:
-            os.fsync(fd)
+            os.ftruncate(fd, len(data))       # shrinking keeps the block: no writeback at close
+        _write_whole(fd, data)
     finally:
         os.close(fd)
     _done_step(f"rewrite {path}")
@@ -357,8 +338,8 @@ def open_for_output(path: str) -> int:
 
 
 def _open_new(path: str, mode: int = 0o644) -> int:
-    """Open a fresh file for writing: a spare renamed into place, or O_CREAT."""
-    pool = SPARES
+    """Open a fresh file for writing: a spare (made 0644) renamed into place, or O_CREAT."""
+    pool = SPARES if mode == 0o644 else None
     if pool is not None and pool.take_file(path):
         try:
             return os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)

@@ -8,7 +8,6 @@ start fast.
 """
 from __future__ import annotations
 
-import os
 import sys
 
 import typer
