@@ -52,21 +52,29 @@ def _boot_id() -> str:
 BOOT_ID = _boot_id()
 
 
-def proc_start(pid: int) -> str | None:
-    """Start time of a live process as a string (clock ticks since boot on Linux), None if
-    there is no such process. Together with the pid it identifies a process for good."""
-    if pid <= 0:
-        return None
+def stat_fields(pid: int) -> list[bytes] | None:
+    """Fields of /proc/<pid>/stat after the command name (state first); None when there is
+    no such process (or no /proc), [] when it cannot be read."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
     except FileNotFoundError:
         return None
     except OSError:
-        data = b""
-    if data:
-        rest = data[data.rfind(b")") + 2:].split()
-        if rest and rest[0] == b"Z":   # a zombie has finished: it holds nothing any more
+        return []
+    return data[data.rfind(b")") + 2:].split()
+
+
+def proc_start(pid: int) -> str | None:
+    """Start time of a live process as a string (clock ticks since boot on Linux), None if
+    there is no such process. Together with the pid it identifies a process for good."""
+    if pid <= 0:
+        return None
+    rest = stat_fields(pid)
+    if rest is None:
+        return None
+    if rest:
+        if rest[0] == b"Z":            # a zombie has finished: it holds nothing any more
             return None
         return rest[19].decode()
     try:  # no /proc (macOS): psutil gives the creation time
@@ -77,13 +85,8 @@ def proc_start(pid: int) -> str | None:
 
 
 def _parent(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    rest = data[data.rfind(b")") + 2:].split()
-    return int(rest[1]) if len(rest) > 1 else None
+    rest = stat_fields(pid)
+    return int(rest[1]) if rest and len(rest) > 1 else None
 
 
 def _image(pid: int) -> tuple[str, bytes] | None:

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .claim import BOOT_ID, HOST, proc_start
+from .claim import BOOT_ID, HOST, proc_start, stat_fields
 
 RUN_ID_VAR = "DAGRUN_RUN_ID"
 CHUNK = 65536
@@ -389,12 +389,7 @@ def _children() -> list[int]:
 
 
 def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return False
-    rest = data[data.rfind(b")") + 2:].split()
+    rest = stat_fields(pid)
     return bool(rest) and rest[0] == b"Z"
 
 
