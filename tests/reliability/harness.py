@@ -98,19 +98,22 @@ def reference_run(base: Path, mode: str = "run") -> Reference:
     plan = make_plan(base / "plan", log)
     home = base / "home"
     trace = base / "steps"
-    env = {"DAGRUN_STEP_TRACE": str(trace)}
-    if mode == "worker":
-        r = dagrun(["submit", plan], home)
-        assert r.returncode == 0, r.stderr
-        r = dagrun(["worker", "--until-idle"], home, env)
-    else:
-        r = dagrun(["run", plan], home, env)
+    r = drive(mode, plan, home, {"DAGRUN_STEP_TRACE": str(trace)})
     assert r.returncode == 0, r.stderr
     tdir = home / "goals" / GOAL / "tasks"
     labels = [ln.split(" ", 1)[1] for ln in trace.read_text().splitlines()]
     return Reference(outputs={t: (tdir / t / "output").read_bytes() for t in TASKS},
                      prompts={t: (tdir / t / "prompt.md").read_bytes() for t in TASKS},
                      steps=len(labels), labels=labels)
+
+
+def drive(mode: str, plan, home: Path, env: dict):
+    """`dagrun run PLAN`, or (mode "worker") `submit` then `worker --until-idle`."""
+    if mode == "worker":
+        r = dagrun(["submit", plan], home)
+        assert r.returncode == 0, r.stderr
+        return dagrun(["worker", "--until-idle"], home, env)
+    return dagrun(["run", plan], home, env)
 
 
 @dataclass
@@ -138,12 +141,7 @@ def crash_trial(base: Path, ref: Reference, k: int, after: bool, mode: str = "ru
     trace = base / "trace"
     tr = Trial(k, after)
     crash = {"DAGRUN_CRASH_AT": f"{k}:after" if after else str(k), "DAGRUN_CRASH_TRACE": str(trace)}
-    if mode == "worker":
-        r = dagrun(["submit", plan], home)
-        assert r.returncode == 0, r.stderr
-        first = dagrun(["worker", "--until-idle"], home, crash)
-    else:
-        first = dagrun(["run", plan], home, crash)
+    first = drive(mode, plan, home, crash)
     tr.crashed = first.returncode == -9
     if not tr.crashed:
         if first.returncode != 0:
