@@ -363,6 +363,11 @@ def fail(home: Home, g: str, t: str, *, reason: str, worker: str | None, pid: in
     else:
         ev.status(home, g, t, ev.RETRYING, attempt=c.attempt, worker=by, duration=rec["duration"],
                   exit_code=exit_code, reason=rec["reason"], outcome="failed", retry_at=rec["retry_at"], **extra)
+        if float(rec.get("retry_at") or 0) <= time.time():
+            # no backoff: ready again right now, and nobody else will say so (a running
+            # worker would requeue it silently after its grace for a foreign retry)
+            ev.status(home, g, t, ev.READY, attempt=c.attempt + 1, worker=by,
+                      reason=f"attempt {c.attempt}: {rec['reason']}")
     rec["forced"] = forced
     if forced:
         rec["held_by"] = extra["held_by"]

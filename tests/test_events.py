@@ -240,3 +240,20 @@ def test_one_ready_line_after_a_backoff_however_many_workers(home, plans):
     f = [e for e in _lines(home, "two") if e.get("task") == "f"]
     assert [e["status"] for e in f] == ["ready", "running", "retrying", "ready", "running", "done"]
     assert f[3]["worker"] == f[2]["worker"] and f[3]["attempt"] == 2      # announced by who recorded the retry
+
+
+def test_a_scripts_fail_without_backoff_announces_ready(home, plans):
+    p = write_plan(plans, [{"id": "s", "prompt": "p", "retries": 2, "retry_backoff": 0},
+                           {"id": "b", "prompt": "p", "retries": 1, "retry_backoff": 30}],
+                   goal="sf", defaults={"agent": "true"})
+    run("submit", p, home=home)
+    for t in ("s", "b"):
+        assert run("claim", "sf", "--worker", "bash1", home=home).stdout.strip() in ("s", "b")
+    for t in ("s", "b"):
+        run("fail", "sf", t, "--worker", "bash1", "--reason", "agent said no", home=home)
+    s = [e for e in _lines(home, "sf") if e.get("task") == "s"]
+    assert [e["status"] for e in s] == ["ready", "running", "retrying", "ready"]
+    assert s[3]["attempt"] == 2 and s[3]["worker"] == "bash1" and "agent said no" in s[3]["reason"]
+    b = [e for e in _lines(home, "sf") if e.get("task") == "b"]
+    assert [e["status"] for e in b] == ["ready", "running", "retrying"]   # ready comes when the backoff ends
+    assert run("claim", "sf", "--worker", "bash1", home=home).stdout.strip() == "s"
