@@ -147,8 +147,8 @@ def _self_start() -> str | None:
 
 
 def new_owner(worker: str, attempt: int, *, kind: str, pid: int | None = None) -> dict:
-    start = _self_start() if pid is None or pid == os.getpid() else proc_start(pid)
     pid = os.getpid() if pid is None else pid
+    start = _self_start() if pid == os.getpid() else proc_start(pid)
     return {
         "worker": worker, "host": HOST, "boot_id": BOOT_ID, "pid": pid, "pid_start": start,
         "attempt": attempt, "since": now_iso(), "kind": kind, "nonce": secrets.token_hex(6),

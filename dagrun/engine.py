@@ -26,7 +26,7 @@ from typing import Callable
 from . import claim as claims
 from . import events as ev
 from . import fsio
-from .errors import DagrunError, ExitCode, FsError
+from .errors import DagrunError, ExitCode, FsError, os_error
 from .executor import Exit, Launch, ProcessRunner, Runner, StartError
 from .lifecycle import (Claim, Stale, break_if_stale, build_scheduler, claim_task, commit_done, commit_failure,
                         emit_changes, finish_goal_if_ended, latest_attempt, marker_of, record_unfinished,
@@ -563,7 +563,7 @@ class Engine:
                 pass            # a claim without owner.json: the next engine breaks it after the grace
             sched.retrying(t)
             self._add_timer(time.monotonic() + 5.0, g, t)
-            self._fs_failed(FsError(f"cannot publish {self.home.owner_path(g, t)}: {e.strerror or e}"))
+            self._fs_failed(os_error("publish", self.home.owner_path(g, t), e))
             return
         run = Run(goal=g, task=task, claim=c, handle=handle, key=self.runner.key(handle),
                   definition=task.definition_digest(), t0=now, progress_at=now,
@@ -845,8 +845,8 @@ class Engine:
             self.fs_error = err
         else:
             where = getattr(err, "filename", None)
-            self.fs_error = FsError(f"cannot write {where}: {err.strerror or err}" if where else
-                                    f"file-system error: {getattr(err, 'strerror', None) or err}")
+            self.fs_error = os_error("write", where, err) if where else \
+                FsError(f"file-system error: {getattr(err, 'strerror', None) or err}")
 
     def _begin_stop(self) -> None:
         self._stop_begun = True

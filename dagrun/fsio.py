@@ -170,9 +170,9 @@ def rewrite(path: str, data: bytes) -> None:
     """Replace the content of an existing private (temporary-named) file in place.
 
     Cut to the new length (when shorter), then written over the old bytes -- not opened
-    with O_TRUNC: on ext4 a
-    truncate-to-zero followed by a write makes close(2) start writeback at once
-    (auto_da_alloc, the replace-via-truncate heuristic), which costs ~0.1 ms per task."""
+    with O_TRUNC: on ext4 a truncate-to-zero followed by a write makes close(2) start
+    writeback at once (auto_da_alloc, the replace-via-truncate heuristic), which costs
+    ~0.1 ms per task."""
     _step(f"rewrite {path}")
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
@@ -432,11 +432,9 @@ class Spares:
             return self._files.pop()
 
     def take_file(self, dst: str) -> bool:
-        with self._lock:
-            if not self._files:
-                return False
-            src = self._files.pop()
-            self._want.notify()
+        src = self.pop_file()
+        if src is None:
+            return False
         try:
             os.rename(src, dst)
             return True

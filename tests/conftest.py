@@ -68,6 +68,14 @@ def write_plan(folder: Path, tasks: list[dict], name: str = "dag.json", **top) -
     return p
 
 
+def run_goal(base: Path, tasks: list[dict], *, check: bool | int = True, **top) -> tuple[Path, Path]:
+    """base/plans/dag.json from `tasks`, run to its end with `dagrun run` in base/home:
+    (home, plan). For module fixtures that look at one finished goal from many tests."""
+    plan = write_plan(base / "plans", tasks, **top)
+    run("run", plan, home=base / "home", check=check)
+    return base / "home", plan
+
+
 def wait_for(pred, timeout: float = 20.0, interval: float = 0.02, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

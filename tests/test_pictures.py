@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLES, run, write_plan
+from conftest import EXAMPLES, run, run_goal
 
 TASKS = [
     {"id": "a", "prompt": "p", "agent": "sleep 0.4; echo a"},
@@ -35,11 +35,8 @@ MERMAID_LINE = re.compile(
 
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory):
-    base = tmp_path_factory.mktemp("pics")
-    home = base / "home"
-    plan = write_plan(base / "plans", TASKS, goal="pics", defaults={"agent": "true"}, max_parallel=3)
-    run("run", plan, home=home, check=1)
-    return home, plan
+    return run_goal(tmp_path_factory.mktemp("pics"), TASKS, check=1, goal="pics", defaults={"agent": "true"},
+                    max_parallel=3)
 
 
 def _check_mermaid(text: str) -> dict[str, str]:

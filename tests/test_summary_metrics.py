@@ -9,7 +9,7 @@ import signal
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import kill_group, run, spawn, wait_for, write_plan
+from conftest import kill_group, run, run_goal, spawn, wait_for, write_plan
 
 # a -> b is the long chain (2 x 0.5 s); c is short; d fails twice (one retry) and blocks e
 TASKS = [
@@ -23,10 +23,8 @@ TASKS = [
 
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory):
-    base = tmp_path_factory.mktemp("agg")
-    home = base / "home"
-    p = write_plan(base / "plans", TASKS, goal="agg", defaults={"agent": "true"}, max_parallel=4)
-    run("run", p, home=home, check=1)
+    home, _ = run_goal(tmp_path_factory.mktemp("agg"), TASKS, check=1, goal="agg", defaults={"agent": "true"},
+                       max_parallel=4)
     return home
 
 
