@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .claim import BOOT_ID, HOST, proc_start, stat_fields
+from .store import as_int
 
 RUN_ID_VAR = "DAGRUN_RUN_ID"
 CHUNK = 65536
@@ -51,7 +52,6 @@ class Exit:
     stats: dict | None = field(default=None, compare=False)   # stats() as of the exit (the
     #                          runner forgets the attempt once it has reported its exit)
     strays: int = 0          # processes it left behind outside its group, killed by us
-    lost_output: bool = False   # its capture file vanished (the task folder was deleted)
 
     @property
     def ok(self) -> bool:
@@ -256,10 +256,7 @@ class ProcessRunner:
         self._forget(k)
         strays = self.sweep()
         rc = proc.rc
-        lost = any(s.lost for s in proc.streams.values())
-        if rc >= 0:
-            return Exit(rc, None, st, strays=strays, lost_output=lost)
-        return Exit(None, -rc, st, strays=strays, lost_output=lost)
+        return Exit(rc if rc >= 0 else None, -rc if rc < 0 else None, st, strays=strays)
 
     def sweep(self) -> int:
         """Kill the processes our agents left behind outside their process group (a
@@ -269,11 +266,10 @@ class ProcessRunner:
         the agent waits for); it is killed when that attempt ends. Returns how many were killed."""
         if not self._subreaper:
             return 0
-        mine = {str(p.popen.pid) for p in self._procs.values()}
         active = {p.handle.get("run_id") for p in self._procs.values()}
         n = 0
         for pid in _children():
-            if str(pid) in mine:
+            if str(pid) in self._procs:      # an agent of ours (keyed by its pid)
                 continue
             if _is_zombie(pid):
                 _reap(pid)
@@ -306,8 +302,7 @@ class ProcessRunner:
     def terminate(self, handle: dict) -> None:
         self._mark_stopping(handle)
         _killpg(handle["pgid"], signal.SIGTERM)
-        for p in _processes_with(RUN_ID_VAR, handle["run_id"]) if handle.get("run_id") else ():
-            _kill(p, signal.SIGTERM)      # escapees of the group get the same grace
+        kill_strays(handle.get("run_id"), signal.SIGTERM)   # escapees of the group get the same grace
 
     def kill(self, handle: dict) -> None:
         self._mark_stopping(handle)
@@ -332,10 +327,7 @@ class ProcessRunner:
         if handle.get("host", HOST) != HOST or (handle.get("boot_id") and handle["boot_id"] != BOOT_ID):
             return False
         run_id = handle.get("run_id") or run_id
-        try:
-            pid = int(handle.get("pid") or 0)
-        except (TypeError, ValueError):
-            pid = 0
+        pid = as_int(handle.get("pid"))
         pgid = pid     # started as a session leader: its group is its pid (owner.json's pgid is not trusted)
         start = handle.get("start")
         leader_ours = pid > 0 and start is not None and proc_start(pid) == start
@@ -425,36 +417,25 @@ def attempt_processes(run_id: str) -> list[int]:
     return _processes_with(RUN_ID_VAR, run_id)
 
 
-def kill_strays(run_id: str | None) -> int:
-    """SIGKILL every process that carries DAGRUN_RUN_ID=<run_id>: what an agent started in
-    another process group or session (daemonised grandchildren) still inherits it."""
+def kill_strays(run_id: str | None, sig: int = signal.SIGKILL) -> int:
+    """Signal (SIGKILL) every process that carries DAGRUN_RUN_ID=<run_id>: what an agent
+    started in another process group or session (daemonised grandchildren) still inherits it."""
     if not run_id:
         return 0
     n = 0
     for p in _processes_with(RUN_ID_VAR, run_id):
-        _kill(p, signal.SIGKILL)
+        _kill(p, sig)
         n += 1
     return n
 
 
 def _processes_with(var: str, value: str) -> list[int]:
-    needle = f"{var}={value}".encode() + b"\0"
     me = os.getpid()
-    out = []
     try:
         pids = [int(d) for d in os.listdir("/proc") if d.isdigit()]
     except OSError:
-        return out
-    for pid in pids:
-        if pid == me:
-            continue
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if needle in f.read() + b"\0":
-                    out.append(pid)
-        except OSError:
-            continue
-    return out
+        return []
+    return [pid for pid in pids if pid != me and _env_value(pid, var) == value]
 
 
 def _write_all(fd: int, data: bytes) -> None:
