@@ -20,7 +20,7 @@ from .lifecycle import (Claim, Stale, break_if_stale, build_scheduler, check_hol
                         mark_cancelled, stop_goal)
 from .plan import Plan, check_id
 from .scheduler import READY, RETRYING, RUNNING, WAITING
-from .store import Home, as_int, dumps, loads, now_iso, parse_iso
+from .store import Home, as_int, dumps, loads, now_iso, parse_ts
 
 
 # ====================================================================================== submit
@@ -260,9 +260,7 @@ def claim_external(home: Home, g: str, *, worker: str | None, pid: int | None = 
 
 
 def _held(home: Home, g: str, t: str, *, worker: str | None, pid: int | None, force: bool, what: str):
-    check_id("goal", g)
-    check_id("task", t)
-    plan = home.load_plan(g)
+    plan = home.load_plan(g)          # (ids checked by _shared_edit_lock, its callers' wrapper)
     if not plan.has(t):
         raise NotFound(f"goal {g!r} has no task {t!r}")
     m = marker_of(home, g, t)
@@ -275,7 +273,7 @@ def _held(home: Home, g: str, t: str, *, worker: str | None, pid: int | None, fo
         if not force:
             raise Refused(f"cannot {what} {g}/{t}: the plan changed since it was claimed; it will run again")
         forced = True
-    started = _when(owner.get("since")) or time.time()
+    started = parse_ts(owner.get("since")) or time.time()
     c = Claim(g, t, as_int(owner.get("attempt"), 1) or 1, owner, started)
     return plan, c, forced
 
@@ -327,16 +325,12 @@ def complete(home: Home, g: str, t: str, *, output: str | None, worker: str | No
     by = _by(c, worker, forced)
     extra = _forced_fields(c, forced, by)
     sched, _ = build_scheduler(home, plan)
-    body = commit_done(home, plan, c, ended=time.time(), output_data=data, forced_by=extra.get("forced_by"),
-                       held_by=extra.get("held_by"))
+    body = commit_done(home, plan, c, ended=time.time(), output_data=data, **extra)
     ev.status(home, g, t, ev.DONE, attempt=c.attempt, worker=by, duration=body["duration"], exit_code=0,
               output_bytes=body["output_bytes"], **extra)
     changes = sched.finish(t, "done") or []
     emit_changes(home, g, changes[1:], by)
     finish_goal_if_ended(home, plan, sched, by)
-    body["forced"] = forced
-    if forced:
-        body["held_by"] = extra["held_by"]
     return body
 
 
@@ -350,8 +344,7 @@ def fail(home: Home, g: str, t: str, *, reason: str, worker: str | None, pid: in
     extra = _forced_fields(c, forced, by)
     sched, _ = build_scheduler(home, plan)
     rec = commit_failure(home, plan, c, outcome="failed", ended=time.time(), exit_code=exit_code,
-                         reason=reason or "reported failed by the worker", forced_by=extra.get("forced_by"),
-                         held_by=extra.get("held_by"))
+                         reason=reason or "reported failed by the worker", **extra)
     if rec["final"]:
         ev.status(home, g, t, ev.FAILED, attempt=c.attempt, worker=by, duration=rec["duration"],
                   exit_code=exit_code, reason=rec["reason"], outcome="failed", **extra)
@@ -368,9 +361,6 @@ def fail(home: Home, g: str, t: str, *, reason: str, worker: str | None, pid: in
             # worker would requeue it silently after its grace for a foreign retry)
             ev.status(home, g, t, ev.READY, attempt=c.attempt + 1, worker=by,
                       reason=f"attempt {c.attempt}: {rec['reason']}")
-    rec["forced"] = forced
-    if forced:
-        rec["held_by"] = extra["held_by"]
     return rec
 
 
@@ -559,14 +549,6 @@ def _redo_done(home: Home, plan: Plan, t: str, by: str) -> list[str]:
 
 
 # ====================================================================================== status
-def _when(ts) -> float | None:
-    """A timestamp from a record, or None if it is missing or not one (a hand-edited file)."""
-    try:
-        return parse_iso(ts) if isinstance(ts, str) else None
-    except ValueError:
-        return None
-
-
 def goal_overview(home: Home, g: str) -> dict:
     plan = home.load_plan(g)
     sched, facts = build_scheduler(home, plan)
@@ -602,8 +584,9 @@ def goal_detail(home: Home, g: str) -> dict:
         if st == "running" and f.owner:
             row["worker"] = f.owner.get("worker")
             row["started"] = f.owner.get("since")
-            if _when(f.owner.get("since")):
-                row["duration"] = round(now - _when(f.owner["since"]), 3)
+            since = parse_ts(f.owner.get("since"))
+            if since:
+                row["duration"] = round(now - since, 3)
         elif f.marker:
             row["worker"] = f.marker.get("worker") or f.marker.get("by")
             row["started"] = f.marker.get("started")

@@ -63,7 +63,7 @@ def cmd_complete(home: Home, goal: str, task: str, *, output: str | None, worker
     from .ops import complete
 
     body = complete(home, goal, task, output=output, worker=worker, pid=pid, force=force, stdin=sys.stdin.buffer)
-    if body.get("forced"):
+    if body.get("forced_by"):
         _note(f"{goal}/{task} completed with --force over the claim of {body['held_by']}")
     return 0
 
@@ -74,7 +74,7 @@ def cmd_fail(home: Home, goal: str, task: str, *, reason: str, exit_code: int | 
     from .store import now_iso
 
     rec = fail(home, goal, task, reason=reason, worker=worker, pid=pid, force=force, exit_code=exit_code)
-    if rec.get("forced"):
+    if rec.get("forced_by"):
         _note(f"{goal}/{task} failed with --force over the claim of {rec['held_by']}")
     if not rec["final"]:
         _note(f"{goal}/{task} will be retried (attempt {rec['attempt'] + 1}) after "

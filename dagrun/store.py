@@ -66,6 +66,19 @@ def parse_iso(s: str) -> float:
     return dt.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
 
 
+def parse_ts(v) -> float | None:
+    """A time from a record's field (ISO string or Unix seconds), None when it is missing or
+    not one -- whatever a hand-edited file put there."""
+    if not v:
+        return None
+    if isinstance(v, (int, float)):
+        return float(v)
+    try:
+        return parse_iso(str(v))
+    except ValueError:
+        return None
+
+
 def dumps(obj) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
 
