@@ -25,7 +25,7 @@ from . import events as ev
 from . import fsio
 from .plan import Plan
 from .scheduler import Scheduler
-from .store import ATTEMPTS, CLAIM, MARKERS, OWNER, Home, loads, now_iso, parse_iso
+from .store import ATTEMPTS, CLAIM, MARKERS, OWNER, Home, as_int, loads_obj, now_iso, parse_ts
 
 SLOWEST = 5
 
@@ -158,17 +158,6 @@ def _topo(plan: Plan) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------- reading
-def _ts(s) -> float | None:
-    if not s:
-        return None
-    if isinstance(s, (int, float)):
-        return float(s)
-    try:
-        return parse_iso(str(s))
-    except ValueError:
-        return None
-
-
 def read_attempts(home: Home, g: str, t: str) -> list[Attempt]:
     """Every attempt of one task that the files remember, in attempt order."""
     tdir = home.task_dir(g, t)
@@ -186,22 +175,22 @@ def read_attempts(home: Home, g: str, t: str) -> list[Attempt]:
             stem, _, ext = n.partition(".")
             if ext != "json" or not stem.isdigit():
                 continue
-            r = loads(fsio.read_bytes(os.path.join(tdir, ATTEMPTS, n)))
-            if not isinstance(r, dict):
+            r = loads_obj(fsio.read_bytes(os.path.join(tdir, ATTEMPTS, n), follow=False))
+            if r is None:
                 continue
-            k = int(r.get("attempt") or stem)
-            out[k] = Attempt(t, k, str(r.get("outcome") or "failed"), r.get("worker"), _ts(r.get("started")),
-                             _ts(r.get("ended")), r.get("exit_code"), r.get("reason"))
+            k = as_int(r.get("attempt")) or int(stem)
+            out[k] = Attempt(t, k, str(r.get("outcome") or "failed"), r.get("worker"), parse_ts(r.get("started")),
+                             parse_ts(r.get("ended")), r.get("exit_code"), r.get("reason"))
     if "done" in names:
-        m = loads(fsio.read_bytes(os.path.join(tdir, "done"))) or {}
-        k = int(m.get("attempt") or (max(out, default=0) + 1))
-        out[k] = Attempt(t, k, "done", m.get("worker"), _ts(m.get("started")), _ts(m.get("ended")),
+        m = loads_obj(fsio.read_bytes(os.path.join(tdir, "done"), follow=False)) or {}
+        k = as_int(m.get("attempt")) or (max(out, default=0) + 1)
+        out[k] = Attempt(t, k, "done", m.get("worker"), parse_ts(m.get("started")), parse_ts(m.get("ended")),
                          m.get("exit_code"))
     elif CLAIM in names and not any(x in names for x in MARKERS):
-        o = loads(fsio.read_bytes(os.path.join(tdir, CLAIM, OWNER))) or {}
-        if o.get("attempt"):
-            k = int(o["attempt"])
-            out.setdefault(k, Attempt(t, k, "running", o.get("worker"), _ts(o.get("since")), None))
+        o = loads_obj(fsio.read_bytes(os.path.join(tdir, CLAIM, OWNER), follow=False)) or {}
+        if as_int(o.get("attempt")):
+            k = as_int(o["attempt"])
+            out.setdefault(k, Attempt(t, k, "running", o.get("worker"), parse_ts(o.get("since")), None))
     return [out[k] for k in sorted(out)]
 
 

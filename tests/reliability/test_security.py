@@ -197,6 +197,24 @@ def test_garbage_owner_json_is_judged_not_crashed_on(home, plans, owner):
     assert st.returncode == 0
 
 
+@pytest.mark.parametrize("record,marker", [
+    ('{"attempt": "x", "started": "yesterday"}', '[1]'), ('{"attempt": 99999999999999999999999}', '{"attempt": "two"}'),
+    ('"text"', '{"attempt": [], "started": {}}'),
+])
+def test_garbage_attempt_records_and_markers_are_summarised_not_crashed_on(home, plans, tmp_path, record, marker):
+    flag = tmp_path / "failed-once"
+    p = write_plan(plans, [{"id": "a", "prompt": "p", "retries": 1, "retry_backoff": 0,
+                            "agent": f"test -e {flag} || {{ touch {flag}; exit 1; }}; echo ok"}], goal="gsum")
+    run("run", p, home=home)
+    tdir = task_dir(home, "gsum", "a")
+    (tdir / "attempts" / "1.json").write_text(record)
+    (tdir / "done").write_text(marker)
+    (home / "goals" / "gsum" / "summary.json").unlink()
+    out = tmp_path / "r.html"
+    r = run("report", "gsum", "--out", out, home=home)      # builds the summary from the files
+    assert out.exists() and "Traceback" not in r.stderr and "internal error" not in r.stderr
+
+
 def test_prompts_never_appear_on_a_command_line_or_in_the_environment(home, plans):
     marker = "PROMPT-MARKER-7f3a"
     p = write_plan(plans, [{"id": "a", "prompt": f"{marker} $(id) `id`", "agent": "sleep 1; cat"},
