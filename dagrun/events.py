@@ -156,10 +156,6 @@ class Follower:
         self._discover()
         self._initial = False
 
-    @property
-    def polling(self) -> bool:
-        return self.watcher is None or self.watcher.polling
-
     def _discover(self) -> None:
         names = [self.goal] if self.goal else self.home.goals()
         for g in names:
@@ -196,7 +192,7 @@ class Follower:
             while True:
                 if any(r.size_changed() for r in self.readers.values()):
                     return
-                if self.goal is None and len(self.home.goals()) != len(self.readers):
+                if self.goal is None and set(self.home.goals()) - self.readers.keys():
                     self._discover()
                     return
                 left = step if deadline is None else min(step, deadline - time.monotonic())

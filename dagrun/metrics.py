@@ -63,16 +63,11 @@ class GoalTally:
     agent_seconds: float = 0.0
     first_start: float | None = None
     last_end: float | None = None
-    finished: bool = False
 
     def add(self, e: dict) -> None:
         typ = e.get("type")
         if typ == ev.TASK_BLOCKED:
             self.blocked_total += 1
-        elif typ == ev.GOAL_FINISHED:
-            self.finished = True
-        elif typ in (ev.PLAN_REPLACED,):
-            self.finished = False
         if typ != ev.TASK_STATUS:
             return
         st = e.get("status")
@@ -86,8 +81,6 @@ class GoalTally:
             self.started[t] = n + 1
             self.repeat_total += 1 if n else 0
             self.first_start = ts if self.first_start is None else min(self.first_start, ts)
-        elif st in (ev.READY, ev.RESET):
-            self.finished = False
         d = e.get("duration")
         if st in (ev.DONE, ev.FAILED, ev.RETRYING) and isinstance(d, (int, float)):
             outcome = "done" if st == ev.DONE else "failed"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from .lifecycle import build_scheduler
 from .store import Home, now_iso
-from .summary import Attempt, GoalRun, goal_run, summarize
+from .summary import Attempt, GoalRun, build_summary, goal_run
 
 OUTCOME_COLOURS = {
     "done": "#43a047", "running": "#039be5", "failed": "#e53935", "timeout": "#e53935",
@@ -39,14 +39,11 @@ class Report:
 def collect(home: Home, goal: str) -> Report:
     plan = home.load_plan(goal)
     sched, _ = build_scheduler(home, plan)
-    states = sched.states()
-    run = goal_run(home, plan, states)
-    failed_roots = [t for t in plan.ids() if states[t] in ("failed", "cancelled")]
-    blocked = [{"task": t, "blocked_by": sched.blocked_by(t)} for t in plan.ids() if states[t] == "blocked"]
-    s = summarize(run, sched.counts(), blocked, failed_roots)
+    run = goal_run(home, plan)
+    s = build_summary(home, plan, sched, run)
     if not sched.is_finished():
         s["outcome"] = "running" if sched.counts().get("running") else "unfinished"
-    return Report(run, s, states, {b["task"]: b["blocked_by"] for b in blocked})
+    return Report(run, s, sched.states(), {b["task"]: b["blocked_by"] for b in s["blocked"]})
 
 
 # ---------------------------------------------------------------------------------- layout

@@ -46,24 +46,11 @@ class Attempt:
             return 0.0
         return max(0.0, (self.end if self.end is not None else now) - self.start)
 
-    def to_dict(self) -> dict:
-        d = {"task": self.task, "attempt": self.attempt, "outcome": self.outcome, "worker": self.worker,
-             "started": now_iso(self.start) if self.start is not None else None,
-             "ended": now_iso(self.end) if self.end is not None else None}
-        if self.start is not None and self.end is not None:
-            d["duration"] = round(self.end - self.start, 3)
-        if self.exit_code is not None:
-            d["exit_code"] = self.exit_code
-        if self.reason:
-            d["reason"] = self.reason
-        return d
-
 
 @dataclass
 class GoalRun:
     """A goal's run so far: attempts from the files, tallies from the events."""
     plan: Plan
-    states: dict[str, str]
     attempts: list[Attempt]
     now: float
     blocked_total: int = 0
@@ -215,7 +202,7 @@ def tally_events(path: str) -> dict:
             "first_bytes": first_bytes}
 
 
-def goal_run(home: Home, plan: Plan, states: dict[str, str], now: float | None = None) -> GoalRun:
+def goal_run(home: Home, plan: Plan, now: float | None = None) -> GoalRun:
     g = plan.goal
     attempts: list[Attempt] = []
     try:
@@ -226,7 +213,7 @@ def goal_run(home: Home, plan: Plan, states: dict[str, str], now: float | None =
         if t in present:
             attempts.extend(read_attempts(home, g, t))
     tl = tally_events(home.events_path(g))
-    return GoalRun(plan, states, attempts, time.time() if now is None else now,
+    return GoalRun(plan, attempts, time.time() if now is None else now,
                    blocked_total=tl["blocked_total"], repeat_total=tl["repeat_total"],
                    first_bytes=tl["first_bytes"])
 
@@ -260,8 +247,9 @@ def summarize(run: GoalRun, counts: dict[str, int], blocked: list[dict], failed_
     }
 
 
-def build_summary(home: Home, plan: Plan, sched: Scheduler) -> dict:
+def build_summary(home: Home, plan: Plan, sched: Scheduler, run: GoalRun | None = None) -> dict:
+    """summary.json of the goal as the scheduler sees it (`run`: already read by the caller)."""
     states = sched.states()
     failed_roots = [t for t in plan.ids() if states[t] in ("failed", "cancelled")]
     blocked = [{"task": t, "blocked_by": sched.blocked_by(t)} for t in plan.ids() if states[t] == "blocked"]
-    return summarize(goal_run(home, plan, states), sched.counts(), blocked, failed_roots)
+    return summarize(run or goal_run(home, plan), sched.counts(), blocked, failed_roots)

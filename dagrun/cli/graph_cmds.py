@@ -32,7 +32,7 @@ def graph(ctx: typer.Context,
         from ..summary import goal_run
         plan = home.load_plan(target)
         states = build_scheduler(home, plan)[0].states()
-        critical = goal_run(home, plan, states).critical_path()[0]
+        critical = goal_run(home, plan).critical_path()[0]
     else:
         raise UsageError(f"no plan file and no goal named {target!r} under {home.root}")
     sys.stdout.write(render(plan, fmt, states, critical))
