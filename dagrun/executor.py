@@ -412,9 +412,12 @@ def _env_value(pid: int, var: str) -> str | None:
     return None
 
 
-def attempt_processes(run_id: str) -> list[int]:
-    """Live processes of one attempt (they carry DAGRUN_RUN_ID=<run_id>)."""
-    return _processes_with(RUN_ID_VAR, run_id)
+def live_attempts(run_ids: set[str]) -> set[str]:
+    """Which of these attempts still have a live process (one carrying DAGRUN_RUN_ID=<id>):
+    one pass over /proc however many are asked about."""
+    if not run_ids:
+        return set()
+    return {rid for pid in _pids() if (rid := _env_value(pid, RUN_ID_VAR)) in run_ids}
 
 
 def kill_strays(run_id: str | None, sig: int = signal.SIGKILL) -> int:
@@ -429,13 +432,17 @@ def kill_strays(run_id: str | None, sig: int = signal.SIGKILL) -> int:
     return n
 
 
-def _processes_with(var: str, value: str) -> list[int]:
+def _pids() -> list[int]:
+    """Every process but this one."""
     me = os.getpid()
     try:
-        pids = [int(d) for d in os.listdir("/proc") if d.isdigit()]
+        return [int(d) for d in os.listdir("/proc") if d.isdigit() and int(d) != me]
     except OSError:
         return []
-    return [pid for pid in pids if pid != me and _env_value(pid, var) == value]
+
+
+def _processes_with(var: str, value: str) -> list[int]:
+    return [pid for pid in _pids() if _env_value(pid, var) == value]
 
 
 def _write_all(fd: int, data: bytes) -> None:

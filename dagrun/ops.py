@@ -403,14 +403,14 @@ def cancel(home: Home, g: str, t: str | None, *, by: str, reason: str = "",
     broken here and its orphaned agent killed. Then we wait -- by default the largest
     kill_grace plus 5 s -- until no claim is left and no process of those attempts
     (DAGRUN_RUN_ID) is alive, so that when this returns the agents are gone."""
-    from .executor import ProcessRunner, attempt_processes
+    from .executor import ProcessRunner, live_attempts
 
     plan = home.load_plan(g)
     if t is not None:
         check_id("task", t)
         if not plan.has(t):
             raise NotFound(f"goal {g!r} has no task {t!r}")
-    sched, facts = build_scheduler(home, plan)
+    sched, _ = build_scheduler(home, plan)
     # A task already cancelled that still has a claim: an earlier cancel may have died between
     # the marker and the event, so the engine running it never heard. Announce it again.
     unheard = {x for x in plan.ids() if sched.state_of(x) == "cancelled" and os.path.isdir(home.claim_dir(g, x))}
@@ -454,7 +454,9 @@ def cancel(home: Home, g: str, t: str | None, *, by: str, reason: str = "",
                 res.external.append(x)
             else:
                 break_if_stale(home, plan, x, worker=by, reap=reap)
-        alive = {x for x, rid in run_ids.items() if x not in res.external and attempt_processes(rid)}
+        watched = {x: rid for x, rid in run_ids.items() if x not in res.external}
+        live = live_attempts(set(watched.values()))
+        alive = {x for x, rid in watched.items() if rid in live}
         if (not pending and not alive) or time.monotonic() >= deadline:
             break
         time.sleep(0.05)
@@ -469,7 +471,7 @@ def retry(home: Home, g: str, t: str | None, *, cascade: bool = False, force: bo
     """Make failed / cancelled tasks (or, with force, done ones) run again with a fresh attempt
     and a fresh retry budget. A blocked task is retried by retrying what blocks it."""
     plan = home.load_plan(g)
-    sched, facts = build_scheduler(home, plan)
+    sched, _ = build_scheduler(home, plan)
     if t is None:
         roots = [x for x in plan.ids() if sched.state_of(x) in ("failed", "cancelled")]
         if not roots:
@@ -551,7 +553,7 @@ def _redo_done(home: Home, plan: Plan, t: str, by: str) -> list[str]:
 # ====================================================================================== status
 def goal_overview(home: Home, g: str) -> dict:
     plan = home.load_plan(g)
-    sched, facts = build_scheduler(home, plan)
+    sched, _ = build_scheduler(home, plan)
     counts = sched.counts()
     return {"goal": g, "state": _goal_state(sched, len(plan.tasks)), "tasks": len(plan.tasks), "counts": counts,
             "source": plan.source}
