@@ -21,6 +21,8 @@ import signal
 import threading
 import time
 
+from .errors import os_error
+
 DURABLE = os.environ.get("DAGRUN_FSYNC", "") not in ("", "0")
 
 _crash_at = 0
@@ -110,10 +112,12 @@ _SPARE_PUBLISH = True    # False once a rename out of the spare pool was refused
 def write_atomic(path: str, data: bytes, *, mode: int = 0o644, exclusive: bool = False) -> bool:
     """Publish `data` at `path` whole or not at all.
 
-    The temporary file is a spare of the pool when there is one: written where it lies (the
-    pool's folder is private to this process) and renamed straight to `path` -- one rename
-    instead of create + rename; a crash leaves it in the pool of a dead process, which the
-    next engine sweeps. Otherwise `.<name>.<pid>.tmp` next to `path`.
+    For a file under the home the temporary file is a spare of the pool when there is one:
+    written where it lies (the pool's folder is private to this process) and renamed straight
+    to `path` -- one rename instead of create + rename; a crash leaves it in the pool of a
+    dead process, which the next engine sweeps. Otherwise `.<name>.<pid>.tmp` next to `path`
+    (a file outside the home -- `--metrics` textfile, `report --out` -- may be on another
+    file system, and its folder may be watched for a name pattern the temp must not match).
 
     exclusive=True publishes only if `path` does not exist yet (link(2) instead of rename(2):
     link fails with EEXIST, so exactly one of several racing writers wins). Returns False when
@@ -124,7 +128,7 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o644, exclusive: bool =
     _step(f"create {tmp}")
     src, fd = tmp, None
     pool = SPARES if _SPARE_PUBLISH and not exclusive and mode == 0o644 else None
-    spare = pool.pop_file() if pool is not None else None
+    spare = pool.pop_file() if pool is not None and path.startswith(pool.inside) else None
     if spare is not None:
         try:
             src, fd = spare, os.open(spare, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -153,7 +157,7 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o644, exclusive: bool =
             os.rename(src, path)
     except OSError as e:
         _unlink_quiet(src)
-        if e.errno == errno.EXDEV and src != tmp:    # the pool is on another file system
+        if e.errno == errno.EXDEV and src != tmp:    # a mount inside the home: no more spares
             _SPARE_PUBLISH = False
             return write_atomic(path, data, mode=mode, exclusive=exclusive)
         raise
@@ -164,6 +168,15 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o644, exclusive: bool =
     if DURABLE:
         fsync_dir(os.path.dirname(path))
     return True
+
+
+def write_named(path: str, data: bytes) -> None:
+    """write_atomic for a file the user named (`report --out`, `metrics --textfile`): an OS
+    error becomes the one-line FsError naming it."""
+    try:
+        write_atomic(path, data)
+    except OSError as e:
+        raise os_error("write", path, e) from None
 
 
 def rewrite(path: str, data: bytes) -> None:
@@ -380,6 +393,7 @@ def _renameat2():
 class Spares:
     def __init__(self, home: str, *, threads: int = 2, target: int = 48):
         self.base = os.path.join(home, ".spare")
+        self.inside = os.path.join(home, "")     # the files it may stand in for: under the home
         self.target = target
         self._lock = threading.Lock()
         self._want = threading.Condition(self._lock)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from . import events as ev
 from . import fsio
-from .errors import DagrunError, os_error
+from .errors import DagrunError
 from .lifecycle import build_scheduler
 from .scheduler import NAMES
 from .store import Home, parse_iso
@@ -236,15 +236,6 @@ def _num(v) -> str:
     return repr(float(v))
 
 
-def write_textfile(path: str, text: str) -> None:
-    """Publish by rename in the target's folder (the textfile collector reads *.prom only,
-    so the temporary name is never collected)."""
-    try:
-        fsio.write_atomic(path, text.encode())
-    except OSError as e:
-        raise os_error("write", path, e) from None
-
-
 class WorkerMetrics:
     """`dagrun worker --metrics PATH`: the engine's tick writes the textfile every few
     seconds from its in-memory schedulers plus the new event lines; its on_event feeds the
@@ -262,4 +253,6 @@ class WorkerMetrics:
 
     def __call__(self, engine) -> None:
         states = {g: gs.sched.counts() for g, gs in engine.goals.items() if gs.sched is not None}
-        write_textfile(self.path, self.collector.render(states))
+        # published by rename in the target's folder: the textfile collector reads *.prom
+        # only, so the temporary name is never collected
+        fsio.write_named(self.path, self.collector.render(states).encode())

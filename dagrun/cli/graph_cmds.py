@@ -45,8 +45,8 @@ def report(ctx: typer.Context,
                                    help="Where to write it; .svg writes the timeline alone.")):
     """Write a self-contained (offline) timeline of every attempt by worker slot, with the
     dependencies and the critical path, plus a table of every task."""
-    from ..errors import UsageError, os_error
-    from ..fsio import write_atomic
+    from ..errors import UsageError
+    from ..fsio import write_named
     from ..plan import check_id
     from ..report import render
 
@@ -55,8 +55,5 @@ def report(ctx: typer.Context,
     if ext not in (".html", ".htm", ".svg"):
         raise UsageError(f"--out {out}: name it .html or .svg")
     text = render(home_of(ctx), goal, "svg" if ext == ".svg" else "html")
-    try:
-        write_atomic(out, text.encode())
-    except OSError as e:
-        raise os_error("write", out, e) from None
+    write_named(out, text.encode())
     print(out)

@@ -18,11 +18,12 @@ def metrics(ctx: typer.Context,
     running, blocked/repeat totals, parallelism, task duration and generation latency
     histograms. (`dagrun worker --metrics PATH` keeps such a file fresh and adds the
     state-bus lag it observes.)"""
-    from ..metrics import Collector, write_textfile
+    from ..fsio import write_named
+    from ..metrics import Collector
 
     text = Collector(home_of(ctx)).render()
     if textfile:
-        write_textfile(textfile, text)
+        write_named(textfile, text.encode())
     else:
         sys.stdout.write(text)
         sys.stdout.flush()
