@@ -14,7 +14,7 @@ import os
 import sys
 
 from .errors import ExitCode, report
-from .store import Home
+from .store import Home, dumps
 
 
 # ------------------------------------------------------------------------------ the commands
@@ -94,8 +94,7 @@ def _note(msg: str) -> None:
 
 
 def _write_json(obj) -> None:
-    import orjson
-    sys.stdout.buffer.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
+    sys.stdout.buffer.write(dumps(obj))
 
 
 # ------------------------------------------------------------------------------ the fast path

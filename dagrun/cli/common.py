@@ -4,9 +4,8 @@ from __future__ import annotations
 import os
 import sys
 
-import orjson
 
-from ..store import Home
+from ..store import Home, dumps
 
 
 class Ctx:
@@ -31,7 +30,7 @@ def is_tty(stream=None) -> bool:
 
 
 def print_json(obj) -> None:
-    sys.stdout.buffer.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
+    sys.stdout.buffer.write(dumps(obj))
     sys.stdout.flush()
 
 
