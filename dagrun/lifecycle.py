@@ -66,14 +66,16 @@ def latest_attempt(home: Home, g: str, t: str) -> tuple[int, dict | None]:
 
 # ---------------------------------------------------------------------------------- claiming
 def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: int | None = None,
-               state_of: Callable[[str], str] | None = None, publish_owner: bool = True) -> Claim | None:
+               state_of: Callable[[str], str] | None = None, publish_owner: bool = True,
+               owner_extra: dict | None = None) -> Claim | None:
     """Claim task t and render its prompt.md. None if it is held, already ended, or waiting
     out a retry backoff.
 
     `state_of` (the scheduler's view) says which soft dependencies ended without output;
     when it is None that is judged from their markers. The engine passes
     publish_owner=False and publishes owner.json itself once the agent runs, with the
-    runner's handle in it (one file instead of two: inode creation is the costly part)."""
+    runner's handle in it (one file instead of two: inode creation is the costly part).
+    `owner_extra`: more fields for owner.json (a script's claim records the definition)."""
     g = plan.goal
     tdir = home.task_dir(g, t)
     if not claims.acquire(home, g, t):
@@ -97,18 +99,23 @@ def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: i
     attempt += 1
     owner = claims.new_owner(worker, attempt, kind=kind, pid=pid)
     owner["run_id"] = run_id(home, g, t, attempt)
+    owner.update(owner_extra or {})
     c = Claim(g, t, attempt, owner, time.time())
     try:
         text = render_prompt(home, plan, plan.task(t), record, state_of)
         fsio.write_atomic(home.prompt_path(g, t), text.encode("utf-8", "surrogateescape"))
-        if publish_owner:
-            claims.update_owner(home, g, t, owner)
     except OSError as e:
         claims.release(home, g, t)
         raise os_error("prepare", tdir, e) from None
     except Stale:
         claims.release(home, g, t)
         raise
+    if publish_owner:
+        try:
+            claims.update_owner(home, g, t, owner)
+        except OSError as e:
+            claims.release(home, g, t)
+            raise os_error("publish", home.owner_path(g, t), e) from None
     return c
 
 

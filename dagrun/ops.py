@@ -233,14 +233,7 @@ def claim_external(home: Home, g: str, *, worker: str | None, pid: int | None = 
         try:
             with claims.edit_lock(home, g):
                 c = claim_task(home, plan, t, worker=worker, kind="external", pid=holder, state_of=sched.state_of,
-                               publish_owner=False)
-                if c is not None:
-                    c.owner["definition"] = plan.task(t).definition_digest()
-                    try:
-                        claims.update_owner(home, g, t, c.owner)
-                    except OSError as e:
-                        claims.release(home, g, t)
-                        raise os_error("publish", home.owner_path(g, t), e) from None
+                               owner_extra={"definition": plan.task(t).definition_digest()})
         except Stale:                  # an input was archived since we looked: look again
             plan = home.load_plan(g)
             sched, facts = build_scheduler(home, plan)
