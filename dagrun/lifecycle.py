@@ -142,13 +142,13 @@ def render_prompt(home: Home, plan: Plan, task: Task, record: dict | None,
         out = home.output_path(g, dep)
         state = (state_of(dep) if state_of else None) or marker_of(home, g, dep) or "blocked"
         if state == "done":
-            data = home.read_task_file(out, task.context_limit + 1)
-            if data is None and marker_of(home, g, dep) != "done":
+            got = home.read_task_file_sized(out, task.context_limit + 1)
+            if got is None and marker_of(home, g, dep) != "done":
                 # a done task always has an output file; without one it was archived (plan
                 # edit, forced retry) after the caller looked: never run on a vanished input
                 raise Stale(f"{g}/{dep} is no longer done")
-            size = home.file_size(out)
-            ups.append(Upstream(dep, "done", data or b"", size, out, soft))
+            data, size = got or (b"", 0)
+            ups.append(Upstream(dep, "done", data, size, out, soft))
         else:
             ups.append(Upstream(dep, state, None, 0, out, soft))
     note = None

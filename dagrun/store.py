@@ -305,11 +305,16 @@ class Home:
 
     def read_task_file(self, path: str, limit: int | None = None) -> bytes | None:
         """A file's bytes (see open_task_file: no symlink is followed), None if missing."""
+        got = self.read_task_file_sized(path, limit)
+        return None if got is None else got[0]
+
+    def read_task_file_sized(self, path: str, limit: int | None = None) -> tuple[bytes, int] | None:
+        """(the first `limit` bytes, the whole size) of the file read by read_task_file."""
         fd = self.open_task_file(path)
         if fd is None:
             return None
         with os.fdopen(fd, "rb") as f:
-            return f.read() if limit is None else f.read(limit)
+            return (f.read() if limit is None else f.read(limit)), os.fstat(f.fileno()).st_size
 
     def file_size(self, path: str) -> int:
         try:
