@@ -39,7 +39,7 @@ class Report:
 def collect(home: Home, goal: str) -> Report:
     plan = home.load_plan(goal)
     sched, _ = build_scheduler(home, plan)
-    run = goal_run(home, plan)
+    run = goal_run(home, plan, sched)
     s = build_summary(home, plan, sched, run)
     if not sched.is_finished():
         s["outcome"] = "running" if sched.counts().get("running") else "unfinished"

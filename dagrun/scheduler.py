@@ -51,6 +51,10 @@ class Scheduler:
         self.key = [(-t.priority, -height[i], i) for i, t in enumerate(tasks)]
         self.load(initial or {})
 
+    def topo_ids(self) -> list[str]:
+        """The task ids, every one after its (hard and soft) dependencies."""
+        return [self.ids[i] for i in self.order]
+
     def _topo(self) -> list[int]:
         n = len(self.ids)
         indeg = [len(self.deps[i]) + len(self.soft[i]) for i in range(n)]

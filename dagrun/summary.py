@@ -51,6 +51,7 @@ class Attempt:
 class GoalRun:
     """A goal's run so far: attempts from the files, tallies from the events."""
     plan: Plan
+    order: list[str]             # the plan's ids, dependencies first (Scheduler.topo_ids)
     attempts: list[Attempt]
     now: float
     blocked_total: int = 0
@@ -95,7 +96,7 @@ class GoalRun:
         """The dependency chain with the largest sum of actual spans (tasks that ran)."""
         spans = self.spans()
         best: dict[str, tuple[float, str | None]] = {}
-        for t in _topo(self.plan):
+        for t in self.order:
             if t not in spans:
                 continue
             s, e = spans[t]
@@ -122,26 +123,6 @@ class GoalRun:
                 for t, (s, e) in spans.items()]
         rows.sort(key=lambda r: -r["duration"])
         return rows[:n]
-
-
-def _topo(plan: Plan) -> list[str]:
-    order, seen = [], set()
-    for t in plan.ids():
-        stack = [(t, False)]
-        while stack:
-            x, expanded = stack.pop()
-            if expanded:
-                order.append(x)
-                continue
-            if x in seen:
-                continue
-            seen.add(x)
-            stack.append((x, True))
-            task = plan.task(x)
-            for d in [*task.deps, *task.soft_deps]:
-                if d not in seen:
-                    stack.append((d, False))
-    return order
 
 
 # ---------------------------------------------------------------------------------- reading
@@ -202,7 +183,7 @@ def tally_events(path: str) -> dict:
             "first_bytes": first_bytes}
 
 
-def goal_run(home: Home, plan: Plan, now: float | None = None) -> GoalRun:
+def goal_run(home: Home, plan: Plan, sched: Scheduler, now: float | None = None) -> GoalRun:
     g = plan.goal
     attempts: list[Attempt] = []
     try:
@@ -213,7 +194,7 @@ def goal_run(home: Home, plan: Plan, now: float | None = None) -> GoalRun:
         if t in present:
             attempts.extend(read_attempts(home, g, t))
     tl = tally_events(home.events_path(g))
-    return GoalRun(plan, attempts, time.time() if now is None else now,
+    return GoalRun(plan, sched.topo_ids(), attempts, time.time() if now is None else now,
                    blocked_total=tl["blocked_total"], repeat_total=tl["repeat_total"],
                    first_bytes=tl["first_bytes"])
 
@@ -252,4 +233,4 @@ def build_summary(home: Home, plan: Plan, sched: Scheduler, run: GoalRun | None 
     states = sched.states()
     failed_roots = [t for t in plan.ids() if states[t] in ("failed", "cancelled")]
     blocked = [{"task": t, "blocked_by": sched.blocked_by(t)} for t in plan.ids() if states[t] == "blocked"]
-    return summarize(run or goal_run(home, plan), sched.counts(), blocked, failed_roots)
+    return summarize(run or goal_run(home, plan, sched), sched.counts(), blocked, failed_roots)

@@ -31,8 +31,9 @@ def graph(ctx: typer.Context,
         from ..lifecycle import build_scheduler
         from ..summary import goal_run
         plan = home.load_plan(target)
-        states = build_scheduler(home, plan)[0].states()
-        critical = goal_run(home, plan).critical_path()[0]
+        sched = build_scheduler(home, plan)[0]
+        states = sched.states()
+        critical = goal_run(home, plan, sched).critical_path()[0]
     else:
         raise UsageError(f"no plan file and no goal named {target!r} under {home.root}")
     sys.stdout.write(render(plan, fmt, states, critical))
