@@ -31,7 +31,9 @@ from .executor import Exit, Launch, ProcessRunner, Runner, StartError
 from .lifecycle import (Claim, Stale, break_if_stale, build_scheduler, claim_task, commit_done, commit_failure,
                         emit_changes, finish_goal_if_ended, latest_attempt, marker_of, record_unfinished,
                         stop_goal)
+from .usage import agent_env, attempt_usage, failure_reason
 from .plan import Plan, Task
+from .presets import shell_command
 from .scheduler import RUNNING, Scheduler
 from .store import Home, loads
 from .watcher import Doorbell, Watcher
@@ -527,7 +529,8 @@ class Engine:
             "DAGRUN_PROMPT_FILE": self.home.prompt_path(g, t),
             "DAGRUN_OUTPUT_FILE": self.home.output_path(g, t), "DAGRUN_WORKER": self.worker,
         })
-        launch = Launch(agent=task.agent, cwd=task.workdir, env=env, stdin_path=self.home.prompt_path(g, t),
+        env.update(agent_env(cdir))                         # agents: DAGRUN_USAGE_FILE, DAGRUN_RAW_FILE
+        launch = Launch(agent=shell_command(task.agent), cwd=task.workdir, env=env, stdin_path=self.home.prompt_path(g, t),
                         stdout_path=os.path.join(cdir, "stdout"), stderr_path=os.path.join(cdir, "stderr"),
                         run_id=c.owner["run_id"], max_output=task.max_output)
         now = time.monotonic()
@@ -623,11 +626,12 @@ class Engine:
                 gs.sched.requeue(t)
             return
         ended = time.time()
+        used = attempt_usage(self.home.claim_dir(g, t), lambda w: self.log(f"warning: {g}/{t}: {w}"))  # agents
         if run.stop_outcome is None and ex.ok:
-            body = commit_done(self.home, plan, c, ended=ended)
+            body = commit_done(self.home, plan, c, ended=ended, extra=used)
             self._emit(g, t, ev.DONE, attempt=c.attempt, duration=body["duration"], exit_code=0,
                        output_bytes=body["output_bytes"], first_byte=_first_byte(stats.get("first_byte"), c.started),
-                       strays_killed=ex.strays or None)
+                       strays_killed=ex.strays or None, usage=body.get("usage"))
             changes = gs.sched.finish(t, "done")
             if changes is None:
                 self._resync(gs)
@@ -637,7 +641,8 @@ class Engine:
             return
         outcome = run.stop_outcome or "failed"
         rec = commit_failure(self.home, plan, c, outcome=outcome, ended=ended, exit_code=ex.code,
-                             signal=ex.signal, reason=run.stop_reason or ex.describe())
+                             signal=ex.signal, extra=used,
+                             reason=run.stop_reason or failure_reason(self.home.claim_dir(g, t), ex.describe()))
         self._after_failure(gs, c, rec)
 
     def _vanished(self, gs: GoalState, c: Claim, ex: Exit) -> bool:
@@ -686,7 +691,8 @@ class Engine:
         g, t = c.goal, c.task
         if rec["final"]:
             self._emit(g, t, ev.FAILED, attempt=c.attempt, duration=rec["duration"], exit_code=rec.get("exit_code"),
-                       signal=rec.get("signal"), reason=rec.get("reason"), outcome=rec["outcome"])
+                       signal=rec.get("signal"), reason=rec.get("reason"), outcome=rec["outcome"],
+                       usage=rec.get("usage"))
             changes = gs.sched.finish(t, "failed")
             if changes is None:
                 self._resync(gs)
@@ -699,7 +705,7 @@ class Engine:
         else:
             self._emit(g, t, ev.RETRYING, attempt=c.attempt, duration=rec["duration"], exit_code=rec.get("exit_code"),
                        signal=rec.get("signal"), reason=rec.get("reason"), outcome=rec["outcome"],
-                       retry_at=rec["retry_at"])
+                       retry_at=rec["retry_at"], usage=rec.get("usage"))
             gs.sched.retrying(t)
             # this engine recorded the retry, so it announces `ready` when the backoff ends
             # (other engines requeue silently on their own timers: one line, not one per worker)

@@ -26,6 +26,7 @@ from .plan import Plan, Task
 from .prompt import Upstream, failure_note, render
 from .scheduler import Scheduler
 from .store import COUNTED, MARKERS, Home, TaskFacts, as_int, dumps, loads, now_iso
+from .usage import RAW_FILE
 
 BACKOFF_CAP = 600.0
 
@@ -183,12 +184,13 @@ def _tail(home: Home, path: str, nbytes: int) -> str:
 # ---------------------------------------------------------------------------------- ending
 def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: int | None = 0,
                 output_from: str | None = None, output_data: bytes | None = None,
-                forced_by: str | None = None, held_by: str | None = None) -> dict:
+                forced_by: str | None = None, held_by: str | None = None, extra: dict | None = None) -> dict:
     """Publish output, stderr.log and the done marker, then drop the claim.
 
     The output is the capture file claim/stdout (renamed), or `output_from` / `output_data`;
     the done marker is claim/owner.json renamed out of the claim and rewritten under a
-    temporary name, then renamed to `done` -- no new inode for it."""
+    temporary name, then renamed to `done` -- no new inode for it. `extra`: more fields for
+    the marker (the attempt's `usage`)."""
     g, t = c.goal, c.task
     tdir = home.task_dir(g, t)
     cdir = home.claim_dir(g, t)
@@ -207,6 +209,9 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
         have_err = os.path.exists(err)
         if have_err:
             fsio.rename(err, home.stderr_path(g, t))
+        raw = os.path.join(cdir, RAW_FILE)        # a preset's raw tool output, beside `output`
+        if os.path.exists(raw):
+            fsio.rename(raw, os.path.join(tdir, RAW_FILE))
         body = {
             "attempt": c.attempt, "worker": c.owner.get("worker"), "started": now_iso(c.started),
             "ended": now_iso(ended), "duration": round(ended - c.started, 3), "exit_code": exit_code,
@@ -215,6 +220,7 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
         if forced_by:
             body["forced_by"] = forced_by
             body["held_by"] = held_by
+        body.update(extra or {})
         _publish_from_owner(home, g, t, "done", body, c.owner)
         if os.path.isdir(home.attempts_dir(g, t)):
             # earlier attempts are kept under attempts/: keep this one beside them (links, no
@@ -241,6 +247,8 @@ def _keep_success(home: Home, g: str, t: str, n: int, body: dict, have_err: bool
            "worker": body.get("worker"), "started": body.get("started"), "ended": body.get("ended"),
            "duration": body.get("duration"), "counted": False,
            "failures": as_int(prev.get("failures", 0)) if prev else 0, "retry_at": None, "final": True}
+    if body.get("usage"):
+        rec["usage"] = body["usage"]
     fsio.write_atomic(home.attempt_path(g, t, n, "json"), dumps(rec))
 
 
@@ -295,9 +303,10 @@ def backoff(task: Task, failures: int) -> float:
 def commit_failure(home: Home, plan: Plan, c: Claim, *, outcome: str, ended: float,
                    exit_code: int | None = None, signal: int | None = None, reason: str = "",
                    prev_failures: int | None = None, forced_by: str | None = None,
-                   held_by: str | None = None) -> dict:
+                   held_by: str | None = None, extra: dict | None = None) -> dict:
     """Record a failed attempt; write `failed` when no retry is left. Returns the record
-    (record["final"] tells which)."""
+    (record["final"] tells which). `extra`: more fields for the record and the marker
+    (the attempt's `usage`)."""
     g, t = c.goal, c.task
     task = plan.task(t)
     if prev_failures is None:
@@ -316,13 +325,14 @@ def commit_failure(home: Home, plan: Plan, c: Claim, *, outcome: str, ended: flo
     if forced_by:
         rec["forced_by"] = forced_by
         rec["held_by"] = held_by
+    rec.update(extra or {})
     try:
         keep_captures(home, g, t, home.claim_dir(g, t), c.attempt)
         fsio.write_atomic(home.attempt_path(g, t, c.attempt, "json"), dumps(rec))
         if final:
             _publish_from_owner(home, g, t, "failed", {k: rec[k] for k in (
                 "attempt", "outcome", "exit_code", "signal", "reason", "worker", "started", "ended", "duration",
-                *(("forced_by", "held_by") if forced_by else ()))}, c.owner)
+                *(("forced_by", "held_by") if forced_by else ()), *(extra or {}))}, c.owner)
     except OSError as e:
         raise os_error("commit", home.task_dir(g, t), e) from None
     claims.release(home, g, t)
@@ -365,6 +375,9 @@ def keep_captures(home: Home, g: str, t: str, cdir: str, attempt: int) -> None:
         dst = home.attempt_path(g, t, attempt, "err")
         fsio.rename(err, dst)
         _link_over(dst, home.stderr_path(g, t))
+    raw = os.path.join(cdir, RAW_FILE)
+    if os.path.exists(raw):
+        fsio.rename(raw, home.attempt_path(g, t, attempt, RAW_FILE))
     if os.path.exists(home.prompt_path(g, t)):    # the next attempt re-renders prompt.md
         _link_over(home.prompt_path(g, t), home.attempt_path(g, t, attempt, "prompt.md"))
 

@@ -19,6 +19,8 @@ from .lifecycle import (Claim, Stale, break_if_stale, build_scheduler, check_hol
                         commit_failure, emit_changes, finish_goal_if_ended, latest_attempt, marker_of,
                         mark_cancelled, stop_goal)
 from .plan import Plan, check_id
+from .presets import shell_command
+from .usage import agent_env, attempt_usage
 from .scheduler import READY, RETRYING, RUNNING, WAITING
 from .store import Home, as_int, dumps, loads, now_iso, parse_ts
 
@@ -52,7 +54,7 @@ class SubmitResult:
 
 
 def submit(home: Home, path: str, *, replace: bool = False, dry_run: bool = False, by: str = "submit") -> SubmitResult:
-    plan = planmod.load(path)          # raises PlanError before anything is written
+    plan = planmod.load(path, home.root)   # raises PlanError before anything is written
     g = plan.goal
     old_raw = fsio.read_bytes(home.plan_path(g)) if os.path.isdir(home.goals_dir) else None
     if old_raw is None:
@@ -248,7 +250,8 @@ def claim_external(home: Home, g: str, *, worker: str | None, pid: int | None = 
             "home": home.root, "task_dir": home.task_dir(g, t), "prompt_file": home.prompt_path(g, t),
             "stdout_file": os.path.join(cdir, "stdout"), "stderr_file": os.path.join(cdir, "stderr"),
             "output_file": home.output_path(g, t), "run_id": c.owner["run_id"], "lease": plan.lease,
-            "agent": task.agent, "workdir": task.workdir, "timeout": task.timeout,
+            "agent": shell_command(task.agent), "workdir": task.workdir, "timeout": task.timeout,
+            **{k.removeprefix("DAGRUN_").lower(): v for k, v in agent_env(cdir).items()},   # usage_file, raw_file
         }
 
 
@@ -318,9 +321,10 @@ def complete(home: Home, g: str, t: str, *, output: str | None, worker: str | No
     by = _by(c, worker, forced)
     extra = _forced_fields(c, forced, by)
     sched, _ = build_scheduler(home, plan)
-    body = commit_done(home, plan, c, ended=time.time(), output_data=data, **extra)
+    used = attempt_usage(home.claim_dir(g, t))             # the agent's $DAGRUN_USAGE_FILE lines
+    body = commit_done(home, plan, c, ended=time.time(), output_data=data, extra=used, **extra)
     ev.status(home, g, t, ev.DONE, attempt=c.attempt, worker=by, duration=body["duration"], exit_code=0,
-              output_bytes=body["output_bytes"], **extra)
+              output_bytes=body["output_bytes"], usage=body.get("usage"), **extra)
     changes = sched.finish(t, "done") or []
     emit_changes(home, g, changes[1:], by)
     finish_goal_if_ended(home, plan, sched, by)
@@ -337,10 +341,11 @@ def fail(home: Home, g: str, t: str, *, reason: str, worker: str | None, pid: in
     extra = _forced_fields(c, forced, by)
     sched, _ = build_scheduler(home, plan)
     rec = commit_failure(home, plan, c, outcome="failed", ended=time.time(), exit_code=exit_code,
-                         reason=reason or "reported failed by the worker", **extra)
+                         reason=reason or "reported failed by the worker", extra=attempt_usage(home.claim_dir(g, t)),
+                         **extra)
     if rec["final"]:
         ev.status(home, g, t, ev.FAILED, attempt=c.attempt, worker=by, duration=rec["duration"],
-                  exit_code=exit_code, reason=rec["reason"], outcome="failed", **extra)
+                  exit_code=exit_code, reason=rec["reason"], outcome="failed", usage=rec.get("usage"), **extra)
         changes = sched.finish(t, "failed") or []
         emit_changes(home, g, changes[1:], by)
         if plan.on_failure == "stop":
@@ -348,7 +353,8 @@ def fail(home: Home, g: str, t: str, *, reason: str, worker: str | None, pid: in
         finish_goal_if_ended(home, plan, sched, by)
     else:
         ev.status(home, g, t, ev.RETRYING, attempt=c.attempt, worker=by, duration=rec["duration"],
-                  exit_code=exit_code, reason=rec["reason"], outcome="failed", retry_at=rec["retry_at"], **extra)
+                  exit_code=exit_code, reason=rec["reason"], outcome="failed", retry_at=rec["retry_at"],
+                  usage=rec.get("usage"), **extra)
         if float(rec.get("retry_at") or 0) <= time.time():
             # no backoff: ready again right now, and nobody else will say so (a running
             # worker would requeue it silently after its grace for a foreign retry)

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 import orjson
 
+from . import presets
 from .errors import PlanError
 
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -53,7 +54,8 @@ class F:
 
 
 KNOBS: dict[str, F] = {  # allowed in "defaults" and on every task
-    "agent": F("string", "Shell command, run as `sh -c \"$agent\"` with the rendered prompt on stdin."),
+    "agent": F("string", "Shell command, run as `sh -c \"$agent\"` with the rendered prompt on stdin; or a preset: "
+               "`@claude`, `@codex`, `@gemini`, `@aider`, `@llm` (or one from $DAGRUN_HOME/presets.json) with extra arguments."),
     "timeout": F("number", "Seconds before the agent's process group gets TERM, then KILL. null: none.",
                  gt=0, hi=MAX_SECONDS, nullable=True),
     "retries": F("integer", "Extra attempts after a failed or timed-out one.", lo=0, hi=100, default=0),
@@ -212,7 +214,7 @@ class Plan:
 
 
 # ------------------------------------------------------------------------------ loading
-def load(path: str) -> Plan:
+def load(path: str, home: str | None = None) -> Plan:
     """Read, parse and validate a dag.json; raise PlanError with one precise line."""
     shown = path
     try:
@@ -230,10 +232,11 @@ def load(path: str) -> Plan:
         raise PlanError(f"cannot read plan {shown}: {e.strerror}") from None
     source = os.path.abspath(path)
     stem = os.path.splitext(os.path.basename(path))[0]
-    return parse(raw, shown=shown, source=source, default_goal=stem)
+    return parse(raw, shown=shown, source=source, default_goal=stem, home=home)
 
 
-def parse(raw: bytes, *, shown: str, source: str, default_goal: str) -> Plan:
+def parse(raw: bytes, *, shown: str, source: str, default_goal: str, home: str | None = None) -> Plan:
+    """`home`: whose presets.json extends the agent presets (default: $DAGRUN_HOME)."""
     if raw.startswith(b"\xef\xbb\xbf"):
         raise PlanError(f"{shown}:1:1: malformed JSON: the file starts with a UTF-8 byte-order mark; save it without BOM")
     if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
@@ -244,7 +247,7 @@ def parse(raw: bytes, *, shown: str, source: str, default_goal: str) -> Plan:
         line = raw[: e.start].count(b"\n") + 1
         raise PlanError(f"{shown}:{line}: malformed JSON: invalid UTF-8 at byte {e.start}") from None
     doc = _parse_json(text, shown)
-    return _Validator(text, shown, source, default_goal).plan(doc)
+    return _Validator(text, shown, source, default_goal, home).plan(doc)
 
 
 class _DupKey(Exception):
@@ -323,9 +326,20 @@ def _show(v) -> str:
 
 
 class _Validator:
-    def __init__(self, text: str, shown: str, source: str, default_goal: str):
+    def __init__(self, text: str, shown: str, source: str, default_goal: str, home: str | None = None):
         self.text, self.shown, self.source, self.default_goal = text, shown, source, default_goal
         self._lines: dict | None = None
+        self.home = home
+        self._presets: dict | None = None
+
+    def check_agent(self, path: tuple, agent: str) -> None:
+        if not presets.is_preset(agent):
+            return
+        if self._presets is None:
+            self._presets = presets.load(self.home)
+        problem = presets.check(agent, self._presets)
+        if problem:
+            self.fail(path, problem)
 
     # -- errors
     def fail(self, path: tuple, msg: str):
@@ -469,6 +483,7 @@ class _Validator:
         agent = knobs.get("agent")
         if not agent:
             self.fail(path, f"task {_show(tid)} has no agent: set \"agent\" on it or in \"defaults\"")
+        self.check_agent(path + ("agent",) if "agent" in rt else ("defaults", "agent"), agent)
         workdir = knobs.get("workdir")
         workdir = os.path.normpath(os.path.join(plan_dir, workdir)) if workdir else plan_dir
         prio = self.check(path + ("priority",), TASK_FIELDS["priority"], rt["priority"]) if "priority" in rt else 0

@@ -10,8 +10,9 @@ PKG = Path(__file__).resolve().parent.parent / "dagrun"
 # lower number = lower layer. A module may import modules of its own layer or below.
 LAYERS = {
     "errors": 0, "fsio": 0,
-    "plan": 1, "prompt": 1, "scheduler": 1,
-    "store": 2,
+    "presets": 0.5, "plan": 1, "prompt": 1, "scheduler": 1,
+    "agentrun": 2,       # the preset adapter, run as the agent (python -m dagrun.agentrun); stdlib + presets only
+    "store": 2, "usage": 2,
     "events": 3, "claim": 3,
     "summary": 4, "lifecycle": 5, "executor": 4, "watcher": 0,
     "ops": 6, "engine": 6,
@@ -19,7 +20,7 @@ LAYERS = {
     "metrics": 7, "graph": 7, "report": 7, "timeline": 7,
     "cli": 9,
 }
-ONLY_IN = {"typer": {"cli"}, "rich": {"cli"}, "watchdog": {"watcher"}, "subprocess": {"executor"}}
+ONLY_IN = {"typer": {"cli"}, "rich": {"cli"}, "watchdog": {"watcher"}, "subprocess": {"executor", "agentrun"}}
 
 
 def _modules():
