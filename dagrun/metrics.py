@@ -27,6 +27,7 @@ from .errors import DagrunError
 from .lifecycle import build_scheduler
 from .scheduler import NAMES
 from .store import Home, parse_iso
+from .usage import by_model
 
 DURATION_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -63,6 +64,8 @@ class GoalTally:
     agent_seconds: float = 0.0
     first_start: float | None = None
     last_end: float | None = None
+    cost_usd: float = 0.0
+    tokens: dict = field(default_factory=dict)        # (model, kind) -> tokens; kind: in|out|cached
 
     def add(self, e: dict) -> None:
         typ = e.get("type")
@@ -89,6 +92,16 @@ class GoalTally:
             self.last_end = ts if self.last_end is None else max(self.last_end, ts)
             if st == ev.DONE and isinstance(e.get("first_byte"), (int, float)):
                 self.latency.observe(float(e["first_byte"]))
+        if st in (ev.DONE, ev.FAILED, ev.RETRYING) and isinstance(e.get("usage"), dict):
+            for model, u in by_model(e["usage"]).items():
+                if not isinstance(u, dict):
+                    continue
+                if isinstance(u.get("cost_usd"), (int, float)):
+                    self.cost_usd += float(u["cost_usd"])
+                for kind in ("in", "out", "cached"):
+                    v = u.get(f"tokens_{kind}")
+                    if isinstance(v, int) and not isinstance(v, bool):
+                        self.tokens[(str(model), kind)] = self.tokens.get((str(model), kind), 0) + v
 
     def parallelism(self) -> float | None:
         if self.first_start is None or self.last_end is None or self.last_end <= self.first_start:
@@ -172,6 +185,15 @@ class Collector:
         out.family("dagrun_agent_seconds_total", "counter", "Seconds agents ran, summed over ended attempts.")
         for g, t in tallies.items():
             out.sample("dagrun_agent_seconds_total", {"goal": g}, round(t.agent_seconds, 3))
+        out.family("dagrun_agent_cost_usd_total", "counter", "US dollars agents reported spending "
+                   "(ended attempts, failed ones included).")
+        for g, t in tallies.items():
+            out.sample("dagrun_agent_cost_usd_total", {"goal": g}, round(t.cost_usd, 6))
+        out.family("dagrun_agent_tokens_total", "counter", "Tokens agents reported, by model and kind "
+                   "(in: prompt tokens, cached ones included; out; cached).")
+        for g, t in tallies.items():
+            for (model, kind), n in sorted(t.tokens.items()):
+                out.sample("dagrun_agent_tokens_total", {"goal": g, "model": model, "kind": kind}, n)
         out.family("dagrun_goal_parallelism", "gauge", "Achieved parallelism: agent seconds / seconds from "
                    "the first attempt's start to the last attempt's end.")
         for g, t in tallies.items():

@@ -20,6 +20,7 @@ from .lifecycle import (Claim, Stale, break_if_stale, build_scheduler, check_hol
                         mark_cancelled, stop_goal)
 from .plan import Plan, check_id
 from .presets import shell_command
+from .summary import goal_run
 from .usage import agent_env, attempt_usage
 from .scheduler import READY, RETRYING, RUNNING, WAITING
 from .store import Home, as_int, dumps, loads, now_iso, parse_ts
@@ -603,6 +604,11 @@ def goal_detail(home: Home, g: str) -> dict:
             row["blocked_by"] = sched.blocked_by(t)
         rows.append(row)
     summary = loads(fsio.read_bytes(home.summary_path(g)))
+    run = goal_run(home, plan, sched, now)                # usage: every attempt's, failed ones too
+    per = run.usage_by_task()
+    for row in rows:
+        if row["task"] in per:
+            row["usage"] = per[row["task"]]
     return {"goal": g, "state": _goal_state(sched, len(plan.tasks)), "counts": sched.counts(),
-            "tasks": rows, "summary": summary, "source": plan.source}
+            "tasks": rows, "summary": summary, "source": plan.source, "usage": run.usage()}
 

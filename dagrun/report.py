@@ -14,6 +14,7 @@ import html
 import math
 from dataclasses import dataclass
 
+from .usage import fmt as fmt_usage
 from .lifecycle import build_scheduler
 from .store import Home, now_iso
 from .summary import Attempt, GoalRun, build_summary, goal_run
@@ -248,6 +249,9 @@ def html_page(rep: Report) -> str:
         _card("repeats", str(s["repeat_total"])),
         _card("blocked", str(s["blocked_total"])),
     ]
+    usage_total, usage_by = run.usage(), run.usage_by_task()
+    if usage_total:
+        cards.append(_card("agent usage", fmt_usage(usage_total)))
     rows = []
     for t in plan.ids():
         att = by_task.get(t, [])
@@ -265,7 +269,9 @@ def html_page(rep: Report) -> str:
         rows.append(f'<tr class="{_e(st)}{" critical" if t in crit["tasks"] else ""}"><td class="task">'
                     f'{mark}{_e(t)}</td><td><span class="state" style="background:{STATE_COLOURS.get(st, "#9e9e9e")}">'
                     f'{_e(st)}</span></td><td class="n">{len(att)}</td><td>{_e(workers)}</td><td class="n">{start}</td>'
-                    f'<td class="n">{dur}</td><td>{_e(deps)}</td><td class="note">{_e(note[:160])}</td></tr>')
+                    f'<td class="n">{dur}</td><td>{_e(deps)}</td>'
+                    + (f'<td class="n">{_e(fmt_usage(usage_by.get(t)))}</td>' if usage_total else "")
+                    + f'<td class="note">{_e(note[:160])}</td></tr>')
     legend = "".join(f'<span><i style="background:{c}"></i>{_e(k)}</span>' for k, c in
                      (("done", "#43a047"), ("running", "#039be5"), ("failed / timeout / stalled", "#e53935"),
                       ("lost / interrupted", "#fb8c00"), ("cancelled", "#9e9e9e")))
@@ -315,7 +321,7 @@ td.note {{ color: #607d8b; }}
 </div>
 <table class="tasks">
 <thead><tr><th>task</th><th>state</th><th>attempts</th><th>worker</th><th>start</th><th>span</th>
-<th>depends on</th><th>note</th></tr></thead>
+<th>depends on</th>{"<th>usage</th>" if usage_total else ""}<th>note</th></tr></thead>
 <tbody>
 {chr(10).join(rows)}
 </tbody></table>

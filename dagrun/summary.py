@@ -25,6 +25,7 @@ from . import events as ev
 from . import fsio
 from .plan import Plan
 from .scheduler import Scheduler
+from .usage import add as add_usage
 from .store import ATTEMPTS, CLAIM, MARKERS, OWNER, Home, as_int, loads_obj, now_iso, parse_ts
 
 SLOWEST = 5
@@ -40,6 +41,7 @@ class Attempt:
     end: float | None            # None while running
     exit_code: int | None = None
     reason: str | None = None
+    usage: dict | None = None    # tokens/cost the attempt reported (usage.py)
 
     def duration(self, now: float) -> float:
         if self.start is None:
@@ -116,6 +118,20 @@ class GoalRun:
             cur = best[cur][1]
         return path[::-1], round(best[end][0], 3)
 
+    def usage_by_task(self) -> dict[str, dict]:
+        """task -> the summed usage of all its attempts (failed ones cost too)."""
+        out: dict[str, dict] = {}
+        for a in self.attempts:
+            if a.usage:
+                out[a.task] = add_usage(out.get(a.task), a.usage)
+        return out
+
+    def usage(self) -> dict | None:
+        total = None
+        for u in self.usage_by_task().values():
+            total = add_usage(total, u)
+        return total
+
     def slowest(self, n: int = SLOWEST) -> list[dict]:
         by = self.by_task()
         spans = self.spans()
@@ -148,12 +164,13 @@ def read_attempts(home: Home, g: str, t: str) -> list[Attempt]:
                 continue
             k = as_int(r.get("attempt")) or int(stem)
             out[k] = Attempt(t, k, str(r.get("outcome") or "failed"), r.get("worker"), parse_ts(r.get("started")),
-                             parse_ts(r.get("ended")), r.get("exit_code"), r.get("reason"))
+                             parse_ts(r.get("ended")), r.get("exit_code"), r.get("reason"),
+                             r.get("usage") if isinstance(r.get("usage"), dict) else None)
     if "done" in names:
         m = loads_obj(fsio.read_bytes(os.path.join(tdir, "done"), follow=False)) or {}
         k = as_int(m.get("attempt")) or (max(out, default=0) + 1)
         out[k] = Attempt(t, k, "done", m.get("worker"), parse_ts(m.get("started")), parse_ts(m.get("ended")),
-                         m.get("exit_code"))
+                         m.get("exit_code"), usage=m.get("usage") if isinstance(m.get("usage"), dict) else None)
     elif CLAIM in names and not any(x in names for x in MARKERS):
         o = loads_obj(fsio.read_bytes(os.path.join(tdir, CLAIM, OWNER), follow=False)) or {}
         if as_int(o.get("attempt")):
@@ -225,6 +242,7 @@ def summarize(run: GoalRun, counts: dict[str, int], blocked: list[dict], failed_
         "slowest": run.slowest(),
         "generation_latency": {"p50": _pct(run.first_bytes, 0.5), "max": _pct(run.first_bytes, 1.0)},
         "workers": sorted({a.worker for a in run.attempts if a.worker}),
+        "usage": run.usage(), "usage_by_task": run.usage_by_task(),
     }
 
 

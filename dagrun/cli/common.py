@@ -81,6 +81,12 @@ def fmt_event(e: dict) -> str:
         if " " in v:
             v = '"' + v.replace('"', "'") + '"'
         extras.append(f"{k}={v}")
+    u = e.get("usage")
+    if isinstance(u, dict):                  # an agent that reported usage (presets, $DAGRUN_USAGE_FILE)
+        if isinstance(u.get("tokens_in"), int) or isinstance(u.get("tokens_out"), int):
+            extras.append(f"tokens={u.get('tokens_in', 0)}/{u.get('tokens_out', 0)}")
+        if isinstance(u.get("cost_usd"), (int, float)):
+            extras.append(f"cost=${u['cost_usd']:.4f}")
     if typ.endswith("goal.finished"):
         c = e.get("counts") or {}
         extras.append("counts=" + ",".join(f"{k}:{v}" for k, v in c.items()))

@@ -18,6 +18,7 @@ def status(ctx: typer.Context,
     """A table of goals, or one goal's tasks with state, attempt, worker, start and duration."""
     from ..ops import goal_detail, goal_overview
     from ..plan import check_id
+    from ..usage import fmt as fmt_usage
 
     home = home_of(ctx)
     if goal is None:
@@ -46,11 +47,17 @@ def status(ctx: typer.Context,
         note = r.get("reason") or ""
         if r.get("retry_at"):
             note = f"retry at {r['retry_at'][11:19]}: {note}"
-        table.append([r["task"], state, str(r["attempt"] or "-"), r.get("worker") or "-", started,
-                      fmt_duration(r.get("duration")), note[:60]])
-    _table(table, ["TASK", "STATE", "ATTEMPT", "WORKER", "STARTED", "DURATION", "NOTE"])
+        row = [r["task"], state, str(r["attempt"] or "-"), r.get("worker") or "-", started,
+               fmt_duration(r.get("duration"))]
+        if d.get("usage"):           # only goals whose agents report usage get the column
+            row.append(fmt_usage(r.get("usage")))
+        table.append(row + [note[:60]])
+    _table(table, ["TASK", "STATE", "ATTEMPT", "WORKER", "STARTED", "DURATION"] +
+           (["USAGE"] if d.get("usage") else []) + ["NOTE"])
     c = d["counts"]
     print(f"goal {goal}: {d['state']} (" + ", ".join(f"{v} {k}" for k, v in c.items()) + ")")
+    if d.get("usage"):
+        print(f"  usage {fmt_usage(d['usage'])}")
     for line in _summary_lines(d.get("summary")):
         print("  " + line)
 
