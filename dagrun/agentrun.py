@@ -24,12 +24,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 from . import presets
 from .errors import PlanError
 
 from .usage import ERROR_PREFIX
 TAIL = 64 * 1024
+ANSWER_FILE = "answer"     # beside $DAGRUN_CHECK_FILE: the answer the check reads as $DAGRUN_OUTPUT
 
 
 class Result:
@@ -40,17 +42,53 @@ class Result:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """python -m dagrun.agentrun [--check JSON_ARGV [--check-timeout S]] (PRESET [ARGS...] | --sh COMMAND)"""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv:
-        return _fail("usage: python -m dagrun.agentrun PRESET [ARGS...]", 2)
-    name, extra = argv[0], argv[1:]
+    check, check_timeout = None, 600.0
+    while argv[:1] in (["--check"], ["--check-timeout"]):
+        if len(argv) < 2:
+            return _fail(f"{argv[0]} needs a value", 2)
+        try:
+            if argv[0] == "--check":
+                check = json.loads(argv[1])
+                if not isinstance(check, list) or not check or not all(isinstance(a, str) for a in check):
+                    raise ValueError("not a non-empty array of strings")
+            else:
+                check_timeout = float(argv[1])
+        except ValueError as e:
+            return _fail(f"bad {argv[0]} {argv[1]!r}: {e}", 2)
+        argv = argv[2:]
+    if not argv or argv[0] == "--sh" and len(argv) != 2:
+        return _fail("usage: python -m dagrun.agentrun [--check JSON [--check-timeout S]] (PRESET [ARGS...] | --sh COMMAND)", 2)
+    if argv[0] == "--sh":
+        rc, answer = _run_shell(argv[1])
+    else:
+        rc, answer = _run_preset(argv[0], argv[1:])
+    if rc != 0 or answer is None:
+        return rc or 1
+    if check is not None:
+        ok, answer = _check(check, check_timeout, answer)
+        if not ok:
+            return 1
+    if isinstance(answer, bytes):
+        sys.stdout.buffer.write(answer)
+    else:
+        with open(answer, "rb") as f:       # a plain command's stdout, kept while its check ran
+            while chunk := f.read(1 << 20):
+                sys.stdout.buffer.write(chunk)
+    sys.stdout.flush()
+    return 0
+
+
+def _run_preset(name: str, extra: list[str]) -> tuple[int, bytes | None]:
+    """Run a preset's CLI; (0, the answer) or (exit code, None) after saying why on stderr."""
     try:
         table = presets.load()
     except PlanError as e:
-        return _fail(str(e), 2)
+        return _fail(str(e), 2), None
     row = table.get(name)
     if row is None:
-        return _fail(f"unknown agent preset @{name} (known: {', '.join('@' + n for n in sorted(table))})", 2)
+        return _fail(f"unknown agent preset @{name} (known: {', '.join('@' + n for n in sorted(table))})", 2), None
     cmd = list(row["command"]) + list(row.get("args", [])) + extra
     env = dict(os.environ)
     env.update(row.get("env", {}))
@@ -63,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc, err_tail = _run(cmd, env, raw_path, name)
         if rc is None:
-            return 127
+            return 127, None
         with open(raw_path, "rb") as f:
             raw = f.read().decode("utf-8", "replace")
     finally:
@@ -76,11 +114,150 @@ def main(argv: list[str] | None = None) -> int:
         msg = res.error or ((_last_line(err_tail) or _last_line(raw)) if rc != 0 else None) or "empty answer"
         if rc < 0:
             msg += f" (killed by signal {-rc})"
-        return _fail(f"@{name}: {msg}", rc if rc > 0 else (128 - rc if rc < 0 else 1))
+        return _fail(f"@{name}: {msg}", rc if rc > 0 else (128 - rc if rc < 0 else 1)), None
     out = res.answer if res.answer.endswith("\n") else res.answer + "\n"
-    sys.stdout.buffer.write(out.encode("utf-8", "surrogateescape"))
-    sys.stdout.flush()
-    return 0
+    return 0, out.encode("utf-8", "surrogateescape")
+
+
+def _side_path(name: str) -> str:
+    """A file beside $DAGRUN_CHECK_FILE in the claim (a scratch file when run by hand)."""
+    base = os.environ.get("DAGRUN_CHECK_FILE")
+    if base:
+        return os.path.join(os.path.dirname(base), name)
+    fd, path = tempfile.mkstemp(prefix=f"dagrun-{name}.")
+    os.close(fd)
+    return path
+
+
+def _run_shell(command: str) -> tuple[int, str | None]:
+    """A plain agent command with a check: its stdout goes to a file the check can read."""
+    path = _side_path(ANSWER_FILE)
+    with open(path, "wb") as out:
+        try:
+            p = subprocess.Popen(["/bin/sh", "-c", command], stdout=out)
+        except OSError as e:
+            return _fail(f"cannot run the agent: {e.strerror or e}", 127), None
+    _forward_signals(p)
+    rc = p.wait()
+    if rc != 0:
+        return (rc if rc > 0 else 128 - rc), None
+    return 0, path
+
+
+def _check(argv: list[str], timeout: float, answer: bytes | str) -> tuple[bool, bytes | str]:
+    """Run the acceptance check with DAGRUN_OUTPUT = the answer's file. Its output goes to our
+    stderr (stderr.log) and, as a tail, into $DAGRUN_CHECK_FILE (the attempt's record)."""
+    if isinstance(answer, bytes):
+        path = _side_path(ANSWER_FILE)
+        with open(path, "wb") as f:
+            f.write(answer)
+    else:
+        path = answer
+    env = dict(os.environ, DAGRUN_OUTPUT=path)
+    shown = " ".join(argv)
+    t0 = time.monotonic()
+    sys.stderr.write(f"dagrun-check: running {shown}\n")
+    sys.stderr.flush()
+    try:
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             env=env, process_group=0)
+    except OSError as e:
+        res = {"argv": argv, "passed": False, "exit_code": None, "timed_out": False, "duration": 0.0,
+               "tail": f"cannot run {argv[0]!r}: {e.strerror or e}"}
+        _write_check(res)
+        _fail(f"check failed: cannot run {argv[0]!r}: {e.strerror or e}", 1)
+        return False, answer
+    _forward_signals(p, group=True)
+    tail, timed_out = _tee(p, time.monotonic() + timeout)
+    rc = p.wait()
+    res = {"argv": argv, "passed": rc == 0 and not timed_out, "exit_code": rc if rc >= 0 else None,
+           "signal": -rc if rc < 0 else None, "timed_out": timed_out,
+           "duration": round(time.monotonic() - t0, 3), "tail": _tail_text(tail)}
+    _write_check(res)
+    if not res["passed"]:
+        why = f"timed out after {timeout:g}s" if timed_out else (
+            f"exit code {rc}" if rc >= 0 else f"killed by signal {-rc}")
+        _fail(f"check failed: {shown}: {why}", 1)
+    return res["passed"], answer
+
+
+def _tee(p, deadline: float) -> tuple[bytes, bool]:
+    """Copy the check's output to our stderr, keep its tail; at the deadline TERM its group,
+    KILL it 2 s later, and stop waiting for the pipe 1 s after that (an escaped holder)."""
+    import select
+    fd = p.stdout.fileno()
+    tail = bytearray()
+    timed_out = False
+    kill_at = give_up_at = None
+    while True:
+        now = time.monotonic()
+        if not timed_out and now >= deadline:
+            timed_out = True
+            _killpg(p.pid, signal.SIGTERM)
+            kill_at = now + 2.0
+        if kill_at is not None and now >= kill_at:
+            _killpg(p.pid, signal.SIGKILL)
+            kill_at, give_up_at = None, now + 1.0
+        if give_up_at is not None and now >= give_up_at:
+            break
+        nxt = kill_at if kill_at is not None else give_up_at if give_up_at is not None else (
+            None if timed_out else deadline)
+        r, _, _ = select.select([fd], [], [], None if nxt is None else max(0.0, nxt - now))
+        if not r:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        try:
+            sys.stderr.buffer.write(chunk)
+            sys.stderr.flush()
+        except OSError:
+            pass
+        tail += chunk
+        if len(tail) > 2 * TAIL:
+            del tail[:-TAIL]
+    p.stdout.close()
+    if timed_out:
+        _killpg(p.pid, signal.SIGKILL)     # whatever of the check's group still holds on
+    return bytes(tail), timed_out
+
+
+def _tail_text(data: bytes, nbytes: int = 2000, lines: int = 20) -> str:
+    text = data[-nbytes:].decode("utf-8", "replace")
+    if len(data) > nbytes:
+        text = text.split("\n", 1)[-1]
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _write_check(res: dict) -> None:
+    path = os.environ.get("DAGRUN_CHECK_FILE")
+    if not path:
+        return
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(res, f)
+    os.replace(tmp, path)
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except OSError:
+        pass
+
+
+def _forward_signals(p, group: bool = False) -> None:
+    """A runner that signals only us (or the engine's TERM to our group): pass it on."""
+    def forward(signum, frame):
+        try:
+            if group:
+                os.killpg(p.pid, signum)
+            else:
+                p.send_signal(signum)
+        except OSError:
+            pass
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, forward)
 
 
 def _run(cmd: list[str], env: dict, raw_path: str, name: str) -> tuple[int | None, str]:
@@ -92,13 +269,7 @@ def _run(cmd: list[str], env: dict, raw_path: str, name: str) -> tuple[int | Non
                   f"(set its \"command\" in $DAGRUN_HOME/presets.json)", 127)
             return None, ""
 
-    def forward(signum, frame):           # a runner that signals only us: pass it on
-        try:
-            p.send_signal(signum)
-        except OSError:
-            pass
-    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(s, forward)
+    _forward_signals(p)
     tail = bytearray()
     out = sys.stderr.buffer
     fd = p.stderr.fileno()

@@ -31,7 +31,7 @@ from .executor import Exit, Launch, ProcessRunner, Runner, StartError
 from .lifecycle import (Claim, Stale, break_if_stale, build_scheduler, claim_task, commit_done, commit_failure,
                         emit_changes, finish_goal_if_ended, latest_attempt, marker_of, record_unfinished,
                         stop_goal)
-from .usage import agent_env, attempt_usage, failure_reason
+from .agentio import agent_env, attempt_extra, failure_verdict
 from .plan import Plan, Task
 from .presets import shell_command
 from .scheduler import RUNNING, Scheduler
@@ -529,8 +529,8 @@ class Engine:
             "DAGRUN_PROMPT_FILE": self.home.prompt_path(g, t),
             "DAGRUN_OUTPUT_FILE": self.home.output_path(g, t), "DAGRUN_WORKER": self.worker,
         })
-        env.update(agent_env(cdir))                         # agents: DAGRUN_USAGE_FILE, DAGRUN_RAW_FILE
-        launch = Launch(agent=shell_command(task.agent), cwd=task.workdir, env=env, stdin_path=self.home.prompt_path(g, t),
+        env.update(agent_env(cdir))                # agents: DAGRUN_USAGE_FILE, _RAW_FILE, _CHECK_FILE
+        launch = Launch(agent=shell_command(task.agent, task.check, task.check_timeout), cwd=task.workdir, env=env, stdin_path=self.home.prompt_path(g, t),
                         stdout_path=os.path.join(cdir, "stdout"), stderr_path=os.path.join(cdir, "stderr"),
                         run_id=c.owner["run_id"], max_output=task.max_output)
         now = time.monotonic()
@@ -626,7 +626,7 @@ class Engine:
                 gs.sched.requeue(t)
             return
         ended = time.time()
-        used = attempt_usage(self.home.claim_dir(g, t), lambda w: self.log(f"warning: {g}/{t}: {w}"))  # agents
+        used = attempt_extra(self.home.claim_dir(g, t), lambda w: self.log(f"warning: {g}/{t}: {w}"))  # agents
         if run.stop_outcome is None and ex.ok:
             body = commit_done(self.home, plan, c, ended=ended, extra=used)
             self._emit(g, t, ev.DONE, attempt=c.attempt, duration=body["duration"], exit_code=0,
@@ -639,10 +639,10 @@ class Engine:
                 emit_changes(self.home, g, changes[1:], self.worker)
             self._check_ended(gs)
             return
-        outcome = run.stop_outcome or "failed"
+        verdict, why = failure_verdict(self.home.claim_dir(g, t), ex.describe())     # agents: check_failed?
+        outcome = run.stop_outcome or verdict
         rec = commit_failure(self.home, plan, c, outcome=outcome, ended=ended, exit_code=ex.code,
-                             signal=ex.signal, extra=used,
-                             reason=run.stop_reason or failure_reason(self.home.claim_dir(g, t), ex.describe()))
+                             signal=ex.signal, extra=used, reason=run.stop_reason or why)
         self._after_failure(gs, c, rec)
 
     def _vanished(self, gs: GoalState, c: Claim, ex: Exit) -> bool:

@@ -156,7 +156,11 @@ def render_prompt(home: Home, plan: Plan, task: Task, record: dict | None,
     if task.retry_context == "error" and record and record.get("outcome") in COUNTED:
         n = as_int(record.get("attempt", 0))
         tail = _tail(home, home.attempt_path(g, task.id, n, "err"), 2000)
-        note = failure_note(n, record["outcome"], record.get("exit_code"), tail, task.timeout)
+        chk = record.get("check") if isinstance(record.get("check"), dict) else None
+        if chk and isinstance(chk.get("tail"), str):     # a failed acceptance check: its own output
+            tail = chk["tail"]
+        note = failure_note(n, record["outcome"], record.get("exit_code"), tail, task.timeout,
+                            check=" ".join(task.check) if task.check and chk else None)
     return render(task.prompt, ups, task.context_limit, note)
 
 

@@ -21,7 +21,7 @@ from .lifecycle import (Claim, Stale, break_if_stale, build_scheduler, check_hol
 from .plan import Plan, check_id
 from .presets import shell_command
 from .summary import goal_run
-from .usage import agent_env, attempt_usage
+from .agentio import agent_env, attempt_extra
 from .scheduler import READY, RETRYING, RUNNING, WAITING
 from .store import Home, as_int, dumps, loads, now_iso, parse_ts
 
@@ -251,8 +251,8 @@ def claim_external(home: Home, g: str, *, worker: str | None, pid: int | None = 
             "home": home.root, "task_dir": home.task_dir(g, t), "prompt_file": home.prompt_path(g, t),
             "stdout_file": os.path.join(cdir, "stdout"), "stderr_file": os.path.join(cdir, "stderr"),
             "output_file": home.output_path(g, t), "run_id": c.owner["run_id"], "lease": plan.lease,
-            "agent": shell_command(task.agent), "workdir": task.workdir, "timeout": task.timeout,
-            **{k.removeprefix("DAGRUN_").lower(): v for k, v in agent_env(cdir).items()},   # usage_file, raw_file
+            "agent": shell_command(task.agent, task.check, task.check_timeout), "workdir": task.workdir, "timeout": task.timeout,
+            **{k.removeprefix("DAGRUN_").lower(): v for k, v in agent_env(cdir).items()},   # usage_file, raw_file, check_file
         }
 
 
@@ -322,7 +322,7 @@ def complete(home: Home, g: str, t: str, *, output: str | None, worker: str | No
     by = _by(c, worker, forced)
     extra = _forced_fields(c, forced, by)
     sched, _ = build_scheduler(home, plan)
-    used = attempt_usage(home.claim_dir(g, t))             # the agent's $DAGRUN_USAGE_FILE lines
+    used = attempt_extra(home.claim_dir(g, t))             # the agent's $DAGRUN_USAGE_FILE lines
     body = commit_done(home, plan, c, ended=time.time(), output_data=data, extra=used, **extra)
     ev.status(home, g, t, ev.DONE, attempt=c.attempt, worker=by, duration=body["duration"], exit_code=0,
               output_bytes=body["output_bytes"], usage=body.get("usage"), **extra)
@@ -342,7 +342,7 @@ def fail(home: Home, g: str, t: str, *, reason: str, worker: str | None, pid: in
     extra = _forced_fields(c, forced, by)
     sched, _ = build_scheduler(home, plan)
     rec = commit_failure(home, plan, c, outcome="failed", ended=time.time(), exit_code=exit_code,
-                         reason=reason or "reported failed by the worker", extra=attempt_usage(home.claim_dir(g, t)),
+                         reason=reason or "reported failed by the worker", extra=attempt_extra(home.claim_dir(g, t)),
                          **extra)
     if rec["final"]:
         ev.status(home, g, t, ev.FAILED, attempt=c.attempt, worker=by, duration=rec["duration"],

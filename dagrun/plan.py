@@ -43,7 +43,7 @@ def check_id(kind: str, s: str) -> str:
 # ------------------------------------------------------------------------------ the field table
 @dataclass(frozen=True)
 class F:
-    kind: str                        # string|text|id|ids|integer|number|enum|object|tasks
+    kind: str                        # string|text|id|ids|integer|number|enum|object|tasks|argv
     doc: str
     lo: float | None = None          # inclusive minimum
     hi: float | None = None          # inclusive maximum
@@ -71,6 +71,11 @@ KNOBS: dict[str, F] = {  # allowed in "defaults" and on every task
                        lo=0, hi=MAX_PROMPT_BYTES, default=DEFAULT_CONTEXT_LIMIT),
     "max_output": F("integer", "Bytes of stdout after which the agent is killed and the attempt fails. null: no cap.",
                     lo=1, hi=2**62, nullable=True),
+    "check": F("argv", "Acceptance check: a program and its arguments (never a shell), run in the workdir after the "
+               "agent exits 0, with DAGRUN_OUTPUT = the output's path; non-zero fails the attempt (check_failed). null: none.",
+               nullable=True),
+    "check_timeout": F("number", "Seconds the acceptance check may run before it is killed (and fails).",
+                       gt=0, hi=MAX_SECONDS, default=600.0),
 }
 
 TASK_FIELDS: dict[str, F] = {
@@ -119,6 +124,8 @@ class Task:
     max_output: int | None
     priority: int
     description: str | None = None
+    check: tuple[str, ...] | None = None
+    check_timeout: float = 600.0
 
     def definition_digest(self) -> str:
         return self._digest
@@ -129,12 +136,18 @@ class Task:
         when a plan is replaced. Timeouts, retries and priority do not change the result."""
         d = [self.prompt, self.agent, list(self.deps), list(self.soft_deps), self.workdir,
              self.context_limit, self.retry_context]
+        if self.check:           # what is accepted as a result (absent: the digests of older plans hold)
+            d.append(list(self.check))
         return hashlib.sha256(orjson.dumps(d)).hexdigest()[:16]
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["deps"] = list(self.deps)
         d["soft_deps"] = list(self.soft_deps)
+        if self.check:
+            d["check"] = list(self.check)
+        else:         # absent when unused: plan.json of plans without checks stays byte-identical
+            del d["check"], d["check_timeout"]
         return d
 
 
@@ -207,7 +220,8 @@ class Plan:
     def from_dict(cls, d: dict) -> "Plan":
         """Load a normalised plan (plan.json under the home: already validated, trusted)."""
         tasks = tuple(
-            Task(**{**t, "deps": tuple(t["deps"]), "soft_deps": tuple(t["soft_deps"])}) for t in d["tasks"])
+            Task(**{**t, "deps": tuple(t["deps"]), "soft_deps": tuple(t["soft_deps"]),
+                    "check": tuple(t["check"]) if t.get("check") else None}) for t in d["tasks"])
         return cls(goal=d["goal"], source=d["source"], plan_dir=d["plan_dir"], tasks=tasks,
                    max_parallel=d.get("max_parallel"), on_failure=d.get("on_failure", "continue"),
                    lease=d.get("lease", DEFAULT_LEASE), description=d.get("description"))
@@ -386,6 +400,19 @@ class _Validator:
             if f.hi is not None and v > f.hi:
                 self.fail(path, f"must be at most {f.hi:g}, got {_show(v)}")
             return v
+        if k == "argv":
+            if not isinstance(v, list):
+                self.fail(path, f"expected an array of strings (a program and its arguments; no shell), got {_type_name(v)}")
+            if not v:
+                self.fail(path, "must name a program: an empty array runs nothing")
+            for j, a in enumerate(v):
+                if not isinstance(a, str):
+                    self.fail(path + (j,), f"expected a string, got {_type_name(a)}")
+                if "\x00" in a:
+                    self.fail(path + (j,), "contains a NUL character")
+            if not v[0].strip():
+                self.fail(path + (0,), "the program name must not be empty")
+            return tuple(v)
         if k == "enum":
             if v not in f.choices:
                 self.fail(path, f"must be one of {', '.join(json.dumps(c) for c in f.choices)}, got {_show(v)}")
@@ -499,7 +526,7 @@ class _Validator:
             retry_backoff=float(get("retry_backoff")), retry_context=get("retry_context"),
             stall_timeout=float(stall) if stall is not None else None, kill_grace=float(get("kill_grace")),
             workdir=workdir, context_limit=int(get("context_limit")), max_output=get("max_output"),
-            priority=int(prio), description=desc)
+            priority=int(prio), description=desc, check=get("check"), check_timeout=float(get("check_timeout")))
 
     def ids(self, path: tuple, v) -> list[str]:
         if not isinstance(v, list):
@@ -683,6 +710,8 @@ def json_schema() -> dict:
                 s["maximum"] = f.hi
             if f.gt is not None:
                 s["exclusiveMinimum"] = f.gt
+        elif k == "argv":
+            s = {"type": "array", "minItems": 1, "items": {"type": "string"}}
         elif k == "enum":
             s = {"enum": list(f.choices)}
         elif k == "object":

@@ -110,13 +110,22 @@ def check(agent: str, table: dict[str, dict]) -> str | None:
     return None
 
 
-def shell_command(agent: str, python: str | None = None) -> str:
-    """What the runner runs for a task's agent: plain commands unchanged; a preset becomes
-    the adapter's command line (the preset is looked up when the adapter starts, in the
-    agent's own environment, from $DAGRUN_HOME/presets.json and the package table)."""
-    if not is_preset(agent):
+def shell_command(agent: str, check: tuple[str, ...] | list[str] | None = None, check_timeout: float = 600.0,
+                  python: str | None = None) -> str:
+    """What the runner runs for a task's agent: a plain command without a check unchanged;
+    a preset, or any agent with an acceptance check, becomes the adapter's command line (the
+    preset is looked up when the adapter starts, in the agent's own environment, from
+    $DAGRUN_HOME/presets.json and the package table; the check runs after the agent, inside
+    the same process tree)."""
+    if not is_preset(agent) and not check:
         return agent
-    name, args = split(agent)
     # -I: no cwd on sys.path (a `dagrun/` folder in the workdir must not shadow us), no user site
-    words = [python or sys.executable, "-I", "-m", "dagrun.agentrun", name, *args]
+    words = [python or sys.executable, "-I", "-m", "dagrun.agentrun"]
+    if check:
+        words += ["--check", json.dumps(list(check)), "--check-timeout", f"{float(check_timeout):g}"]
+    if is_preset(agent):
+        name, args = split(agent)
+        words += [name, *args]
+    else:
+        words += ["--sh", agent]
     return "exec " + " ".join(shlex.quote(w) for w in words)

@@ -55,8 +55,15 @@ def _is_text(b: bytes) -> bool:
         return e.start >= len(b) - 3   # only a character cut in half at the end
 
 
-def failure_note(attempt: int, outcome: str, exit_code: int | None, stderr_tail: str, timeout: float | None) -> str:
+def failure_note(attempt: int, outcome: str, exit_code: int | None, stderr_tail: str, timeout: float | None,
+                 check: str | None = None) -> str:
     """The `retry_context: "error"` block appended to the next attempt's prompt."""
+    if outcome == "check_failed":
+        lines = [f"# Previous attempt {attempt} failed", "",
+                 f"It finished, but its result failed the acceptance check `{check or 'check'}`."]
+        if stderr_tail.strip():
+            lines += ["The last lines of the check's output:", "", "```", stderr_tail.rstrip("\n"), "```"]
+        return "\n".join(lines)
     if outcome == "timeout":
         what = f"was killed after its timeout of {timeout:g}s" if timeout else "timed out"
     elif outcome == "stalled":

@@ -42,7 +42,8 @@ ENV_VARS = (("DAGRUN_HOME", "home"), ("DAGRUN_GOAL", "goal"), ("DAGRUN_TASK", "t
             ("DAGRUN_STDERR_FILE", "stderr_file"), ("DAGRUN_OUTPUT_FILE", "output_file"),
             ("DAGRUN_RUN_ID", "run_id"), ("DAGRUN_LEASE", "lease"), ("DAGRUN_AGENT", "agent"),
             ("DAGRUN_WORKDIR", "workdir"), ("DAGRUN_TIMEOUT", "timeout"),
-            ("DAGRUN_USAGE_FILE", "usage_file"), ("DAGRUN_RAW_FILE", "raw_file"))
+            ("DAGRUN_USAGE_FILE", "usage_file"), ("DAGRUN_RAW_FILE", "raw_file"),
+            ("DAGRUN_CHECK_FILE", "check_file"))
 
 
 def shell_env(info: dict) -> str:

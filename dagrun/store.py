@@ -39,7 +39,7 @@ HEARTBEAT = "heartbeat"
 ATTEMPTS = "attempts"
 
 # Attempt outcomes. Counted ones use up `retries`; the others were not the agent's fault.
-COUNTED = {"failed", "timeout", "stalled", "output_limit"}
+COUNTED = {"failed", "timeout", "stalled", "output_limit", "check_failed"}
 UNCOUNTED = {"lost", "interrupted", "cancelled", "superseded"}
 
 

@@ -147,37 +147,3 @@ def fmt(u: dict | None) -> str:
 def _k(n) -> str:
     n = float(n)
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e4 else f"{int(n)}"
-
-
-def agent_error(stderr_path: str) -> str | None:
-    """The adapter's failure message (the last `dagrun-agent: ` line of the attempt's stderr),
-    for the failure reason; None when there is none."""
-    data = _read(stderr_path, 8192, tail=True)
-    if not data:
-        return None
-    for line in reversed(data.decode("utf-8", "replace").splitlines()):
-        if line.startswith(ERROR_PREFIX):
-            return line[len(ERROR_PREFIX):].strip()[:1000] or None
-    return None
-
-
-# ------------------------------------------------------------------ the runner/commit side
-def agent_env(claim_dir: str) -> dict[str, str]:
-    """What an attempt's environment gets besides the DAGRUN_* basics."""
-    return {"DAGRUN_USAGE_FILE": os.path.join(claim_dir, USAGE_FILE),
-            "DAGRUN_RAW_FILE": os.path.join(claim_dir, RAW_FILE)}
-
-
-def attempt_usage(claim_dir: str, warn=None) -> dict | None:
-    """The fields an ending attempt adds to its marker/record: {"usage": {...}} or None."""
-    u, warnings = read(os.path.join(claim_dir, USAGE_FILE))
-    for w in warnings:
-        if warn:
-            warn(w)
-    return {"usage": u} if u else None
-
-
-def failure_reason(claim_dir: str, describe: str) -> str:
-    """'exit code 1' -> 'exit code 1: @claude: API Error: 400 ...' when the adapter said why."""
-    why = agent_error(os.path.join(claim_dir, "stderr"))
-    return f"{describe}: {why}" if why else describe

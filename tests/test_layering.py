@@ -12,7 +12,7 @@ LAYERS = {
     "errors": 0, "fsio": 0,
     "presets": 0.5, "plan": 1, "prompt": 1, "scheduler": 1,
     "agentrun": 2,       # the preset adapter, run as the agent (python -m dagrun.agentrun); stdlib + presets only
-    "store": 2, "usage": 2,
+    "store": 2, "usage": 2, "agentio": 2,
     "events": 3, "claim": 3,
     "summary": 4, "lifecycle": 5, "executor": 4, "watcher": 0,
     "ops": 6, "engine": 6,
