@@ -43,7 +43,7 @@ def check_id(kind: str, s: str) -> str:
 # ------------------------------------------------------------------------------ the field table
 @dataclass(frozen=True)
 class F:
-    kind: str                        # string|text|id|ids|integer|number|enum|object|tasks|argv
+    kind: str                        # string|text|id|ids|integer|number|enum|object|tasks|argv|estimate
     doc: str
     lo: float | None = None          # inclusive minimum
     hi: float | None = None          # inclusive maximum
@@ -76,6 +76,8 @@ KNOBS: dict[str, F] = {  # allowed in "defaults" and on every task
                nullable=True),
     "check_timeout": F("number", "Seconds the acceptance check may run before it is killed (and fails).",
                        gt=0, hi=MAX_SECONDS, default=600.0),
+    "estimate": F("estimate", "What a run of the task is expected to take, for `dagrun plan`: {\"seconds\": s, \"usd\": d} "
+                  "(either may be left out: then the history of earlier runs in this home is used)."),
 }
 
 TASK_FIELDS: dict[str, F] = {
@@ -126,6 +128,8 @@ class Task:
     description: str | None = None
     check: tuple[str, ...] | None = None
     check_timeout: float = 600.0
+    estimate_seconds: float | None = None     # `estimate` (for `dagrun plan`; not part of the definition)
+    estimate_usd: float | None = None
 
     def definition_digest(self) -> str:
         return self._digest
@@ -148,6 +152,9 @@ class Task:
             d["check"] = list(self.check)
         else:         # absent when unused: plan.json of plans without checks stays byte-identical
             del d["check"], d["check_timeout"]
+        for k in ("estimate_seconds", "estimate_usd"):
+            if d[k] is None:
+                del d[k]
         return d
 
 
@@ -400,6 +407,15 @@ class _Validator:
             if f.hi is not None and v > f.hi:
                 self.fail(path, f"must be at most {f.hi:g}, got {_show(v)}")
             return v
+        if k == "estimate":
+            if not isinstance(v, dict):
+                self.fail(path, f"expected an object like {{\"seconds\": 120, \"usd\": 0.5}}, got {_type_name(v)}")
+            for key, x in v.items():
+                if key not in ("seconds", "usd"):
+                    self.fail(path + (key,), f"unknown field {json.dumps(key)} in estimate (known: seconds, usd)")
+                if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0:
+                    self.fail(path + (key,), f"expected a non-negative number, got {_show(x)}")
+            return {k2: float(x) for k2, x in v.items()}
         if k == "argv":
             if not isinstance(v, list):
                 self.fail(path, f"expected an array of strings (a program and its arguments; no shell), got {_type_name(v)}")
@@ -526,7 +542,8 @@ class _Validator:
             retry_backoff=float(get("retry_backoff")), retry_context=get("retry_context"),
             stall_timeout=float(stall) if stall is not None else None, kill_grace=float(get("kill_grace")),
             workdir=workdir, context_limit=int(get("context_limit")), max_output=get("max_output"),
-            priority=int(prio), description=desc, check=get("check"), check_timeout=float(get("check_timeout")))
+            priority=int(prio), description=desc, check=get("check"), check_timeout=float(get("check_timeout")),
+            estimate_seconds=(knobs.get("estimate") or {}).get("seconds"), estimate_usd=(knobs.get("estimate") or {}).get("usd"))
 
     def ids(self, path: tuple, v) -> list[str]:
         if not isinstance(v, list):
@@ -712,6 +729,9 @@ def json_schema() -> dict:
                 s["exclusiveMinimum"] = f.gt
         elif k == "argv":
             s = {"type": "array", "minItems": 1, "items": {"type": "string"}}
+        elif k == "estimate":
+            s = {"type": "object", "additionalProperties": False,
+                 "properties": {"seconds": {"type": "number", "minimum": 0}, "usd": {"type": "number", "minimum": 0}}}
         elif k == "enum":
             s = {"enum": list(f.choices)}
         elif k == "object":

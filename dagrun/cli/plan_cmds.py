@@ -84,3 +84,36 @@ def _print_diff(d, out) -> None:
     line("added", d.added)
     line("removed", d.removed)
     print(f"{'kept':<10} {len(d.kept_done)} done task(s) keep their output", file=out)
+
+
+@app.command("plan")
+def plan_cmd(ctx: typer.Context,
+             plan: str = typer.Argument(..., metavar="PLAN", help="Path of a dag.json."),
+             jobs: int = typer.Option(None, "-j", "--jobs", min=1,
+                                      help="Agents at once (default: the plan's max_parallel, else 4)."),
+             json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """Predict a plan before running it: waves, critical path, makespan and cost, from the
+    tasks' `estimate` or the history of earlier runs in this home. Writes nothing."""
+    from ..estimate import predict_file
+    from .common import fmt_duration
+
+    p = predict_file(home_of(ctx), plan, jobs)
+    if json:
+        print_json(p)
+        return
+    est = p["estimates"]
+
+    def one(t):
+        e = est[t]
+        cost = f", ${e['usd']:.4f}" if e["usd"] is not None else ""
+        return f"{t} ({fmt_duration(e['seconds']) if e['source'] != 'unknown' else '?'}{cost})"
+    print(f"plan {p['goal']}: {p['tasks']} tasks in {len(p['waves'])} waves, -j {p['jobs']}")
+    for i, w in enumerate(p["waves"], 1):
+        print(f"  wave {i}: " + ", ".join(one(t) for t in w))
+    cp = p["critical_path"]
+    print(f"critical path {' -> '.join(cp['tasks'])} ({fmt_duration(cp['seconds'])})")
+    cost = f"${p['usd']:.4f}" if p["usd"] is not None else "unknown"
+    print(f"predicted makespan {fmt_duration(p['makespan'])}, agent time {fmt_duration(p['agent_seconds'])}, cost {cost}")
+    src = p["sources"]
+    print("estimates: " + ", ".join(f"{n} {k}" for k, n in sorted(src.items())) +
+          (f" (unknown, counted as 0: {' '.join(p['unknown'])})" if p["unknown"] else ""))

@@ -1,0 +1,165 @@
+"""`dagrun plan`: what a plan will take before it runs -- waves, critical path, makespan, cost.
+
+Each task's seconds and dollars come, in this order, from
+  1. its `estimate` in the plan ({"seconds": .., "usd": ..}; either may be left out),
+  2. the history of this home: the median of earlier done runs of the same task id with the
+     same agent command (seconds: the done attempt's duration; dollars: the usage its
+     attempts reported, failed ones included),
+  3. the median over every done task in the home that used the same agent command,
+  4. else unknown: counted as 0 and listed, so the prediction says what it does not know.
+
+The makespan is a simulation of the real scheduler (scheduler.Scheduler: same priority, same
+critical-path-first order) with `-j` slots (and the plan's max_parallel) and those durations.
+It ignores dispatch overhead, retries and backoffs, which the history's durations do not see.
+"""
+from __future__ import annotations
+
+import heapq
+import os
+import statistics
+from dataclasses import dataclass, field
+
+from . import fsio
+from .errors import DagrunError
+from .plan import Plan
+from .scheduler import Scheduler
+from .store import Home, loads_obj
+from .summary import read_attempts
+
+
+@dataclass
+class History:
+    """Durations and costs of done tasks in a home, by (task id, agent) and by agent."""
+    by_task: dict[tuple[str, str], list[tuple[float, float | None]]] = field(default_factory=dict)
+    by_agent: dict[str, list[tuple[float, float | None]]] = field(default_factory=dict)
+
+    def add(self, task: str, agent: str, seconds: float, usd: float | None) -> None:
+        self.by_task.setdefault((task, agent), []).append((seconds, usd))
+        self.by_agent.setdefault(agent, []).append((seconds, usd))
+
+
+def read_history(home: Home) -> History:
+    h = History()
+    for g in home.goals():
+        try:
+            plan = home.load_plan(g)
+        except DagrunError:
+            continue
+        for t in plan.tasks:
+            done = loads_obj(fsio.read_bytes(os.path.join(home.task_dir(g, t.id), "done"), follow=False))
+            if not done or not isinstance(done.get("duration"), (int, float)):
+                continue
+            usd = None
+            for a in read_attempts(home, g, t.id):
+                c = (a.usage or {}).get("cost_usd")
+                if isinstance(c, (int, float)):
+                    usd = (usd or 0.0) + float(c)
+            h.add(t.id, t.agent, float(done["duration"]), usd)
+    return h
+
+
+def _median(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+@dataclass
+class TaskGuess:
+    seconds: float
+    usd: float | None
+    source: str              # estimate | history | agent-median | unknown
+
+
+def guess(plan: Plan, hist: History) -> dict[str, TaskGuess]:
+    out = {}
+    for t in plan.tasks:
+        runs = hist.by_task.get((t.id, t.agent)) or []
+        src = "history" if runs else None
+        if not runs:
+            runs = hist.by_agent.get(t.agent) or []
+            src = "agent-median" if runs else "unknown"
+        sec = t.estimate_seconds if t.estimate_seconds is not None else _median([s for s, _ in runs])
+        usd = t.estimate_usd if t.estimate_usd is not None else _median([u for _, u in runs if u is not None])
+        if t.estimate_seconds is not None:
+            src = "estimate"
+        out[t.id] = TaskGuess(float(sec) if sec is not None else 0.0, usd, src if sec is not None else "unknown")
+    return out
+
+
+def waves(plan: Plan) -> list[list[str]]:
+    """Tasks by depth: wave 1 has no dependencies, wave n depends on wave n-1 at the latest."""
+    sched = Scheduler(plan.tasks)
+    level: dict[str, int] = {}
+    for t in sched.topo_ids():
+        task = plan.task(t)
+        level[t] = 1 + max((level[d] for d in (*task.deps, *task.soft_deps)), default=0)
+    out: list[list[str]] = [[] for _ in range(max(level.values(), default=0))]
+    for t in plan.ids():
+        out[level[t] - 1].append(t)
+    return out
+
+
+def critical_path(plan: Plan, seconds: dict[str, float]) -> tuple[list[str], float]:
+    best: dict[str, tuple[float, str | None]] = {}
+    for t in Scheduler(plan.tasks).topo_ids():
+        task = plan.task(t)
+        prev, acc = None, 0.0
+        for d in (*task.deps, *task.soft_deps):
+            if best[d][0] > acc:
+                prev, acc = d, best[d][0]
+        best[t] = (acc + seconds[t], prev)
+    end = max(best, key=lambda t: best[t][0])
+    path, cur = [], end
+    while cur is not None:
+        path.append(cur)
+        cur = best[cur][1]
+    return path[::-1], best[end][0]
+
+
+def simulate(plan: Plan, seconds: dict[str, float], slots: int) -> float:
+    """Makespan of the plan on `slots` workers, dispatched by the real scheduler's order."""
+    sched = Scheduler(plan.tasks)
+    now = 0.0
+    running: list[tuple[float, int, str]] = []
+    seq = 0
+    while True:
+        while len(running) < slots:
+            t = sched.take()
+            if t is None:
+                break
+            seq += 1
+            heapq.heappush(running, (now + seconds[t], seq, t))
+        if not running:
+            return now
+        now, _, t = heapq.heappop(running)
+        sched.finish(t, "done")
+
+
+def predict(home: Home, plan: Plan, jobs: int | None = None) -> dict:
+    hist = read_history(home)
+    g = guess(plan, hist)
+    seconds = {t: x.seconds for t, x in g.items()}
+    j = jobs or plan.max_parallel or 4
+    slots = max(1, min(j, plan.max_parallel) if plan.max_parallel else j)
+    path, length = critical_path(plan, seconds)
+    usd_known = [x.usd for x in g.values() if x.usd is not None]
+    sources: dict[str, int] = {}
+    for x in g.values():
+        sources[x.source] = sources.get(x.source, 0) + 1
+    return {
+        "goal": plan.goal, "jobs": slots, "tasks": len(plan.tasks),
+        "waves": waves(plan),
+        "critical_path": {"tasks": path, "seconds": round(length, 3)},
+        "makespan": round(simulate(plan, seconds, slots), 3),
+        "usd": round(sum(usd_known), 6) if usd_known else None,
+        "agent_seconds": round(sum(seconds.values()), 3),
+        "sources": sources,
+        "unknown": [t for t, x in g.items() if x.source == "unknown"],
+        "estimates": {t: {"seconds": round(x.seconds, 3), "usd": None if x.usd is None else round(x.usd, 6),
+                          "source": x.source} for t, x in g.items()},
+    }
+
+
+def predict_file(home: Home, path: str, jobs: int | None = None) -> dict:
+    """`dagrun plan PLAN`: validate the plan (as submit would), then predict it."""
+    from .plan import load
+    return predict(home, load(path, home.root), jobs)
