@@ -145,3 +145,18 @@ def test_example_goal_passes_with_a_preset(home, tmp_path):
     run("run", plan, home=home, timeout=300)
     st = json.loads(run("status", src["goal"], "--json", home=home).stdout)
     assert st["counts"] == {"done": len(src["tasks"])} or st.get("outcome") == "done", st
+
+
+def test_acceptance_check_sees_the_real_clis_answer(home, tmp_path):
+    """A check on a preset: it reads the extracted answer at $DAGRUN_OUTPUT; a failing one
+    fails the attempt as check_failed and its output reaches the retry's prompt."""
+    plan = write_plan(tmp_path / "plan", [
+        {"id": "ok", "prompt": "hello", "check": ["sh", "-c", 'grep -q "^MOCK REPLY: hello" "$DAGRUN_OUTPUT"']},
+        {"id": "no", "prompt": "hello", "check": ["sh", "-c", 'echo "got: $(cat "$DAGRUN_OUTPUT")"; exit 1'],
+         "retries": 1, "retry_backoff": 0, "retry_context": "error"},
+    ], goal="chk", defaults={"agent": "@claude", "timeout": 120})
+    run("run", plan, home=home, check=1, timeout=300)
+    assert (_task(home, "ok", "chk") / "done").exists()
+    f = json.loads((_task(home, "no", "chk") / "failed").read_text())
+    assert f["outcome"] == "check_failed" and "got: MOCK REPLY: hello" in f["check"]["tail"]
+    assert "got: MOCK REPLY: hello" in (_task(home, "no", "chk") / "attempts" / "2.prompt.md").read_text()
