@@ -43,7 +43,8 @@ anything = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_siz
 def knob_value(name: str):
     f = planmod.KNOBS.get(name) or planmod.TASK_FIELDS.get(name) or planmod.TOP_FIELDS.get(name)
     good = {
-        "string": st.sampled_from(["true", "cat", "sh -c 'exit 1'", "", "  "]),
+        "string": st.sampled_from(["true", "cat", "sh -c 'exit 1'", "", "  ", "@claude --model 'x y'", "@nope",
+                                   "@", "@claude 'open"]),
         "text": st.text(max_size=20),
         "id": ids,
         "ids": st.lists(ids, max_size=4),
@@ -52,6 +53,9 @@ def knob_value(name: str):
         "enum": st.sampled_from(list(f.choices) + ["nope"]) if f and f.choices else st.text(max_size=4),
         "object": st.dictionaries(st.sampled_from(list(planmod.KNOBS) + ["bogus"]), scalars, max_size=3),
         "tasks": st.just([]),
+        "argv": st.lists(st.one_of(st.sampled_from(["true", "pytest", "-q", ""]), scalars), max_size=3),
+        "estimate": st.dictionaries(st.sampled_from(["seconds", "usd", "bogus"]),
+                                    st.one_of(scalars, st.floats(0, 1e6)), max_size=2),
     }[f.kind] if f else anything
     return st.one_of(good, anything) if f else anything
 
