@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from . import cache
 from . import claim as claims
 from . import events as ev
 from . import fsio
@@ -84,7 +85,8 @@ class Engine:
                  until_idle: bool = False, poll: float | None = None, runner: Runner | None = None,
                  log: Callable[[str], None] | None = None, on_event: Callable[[dict], None] | None = None,
                  rescan_every: float = 10.0, lease: float | None = None,
-                 tick: Callable[["Engine"], None] | None = None, tick_every: float = 15.0):
+                 tick: Callable[["Engine"], None] | None = None, tick_every: float = 15.0,
+                 use_cache: bool = True):
         self.home = home
         self.worker = worker or default_worker_name()
         self.jobs = max(1, jobs)
@@ -118,6 +120,7 @@ class Engine:
         self.watcher: Watcher | None = None
         self.fs_error: FsError | None = None      # the disk said no: stop, exit 5
         self._base_env = dict(os.environ)         # the agents' environment, copied once (not per task)
+        self.use_cache = use_cache                # --no-cache: neither look up nor store results
 
     # ================================================================== public
     def run(self) -> int:
@@ -521,6 +524,8 @@ class Engine:
                 gs.foreign.add(t)          # somebody else holds it; the scheduler says running
             return
         task = plan.task(t)
+        if task.cache and self.use_cache and self._serve_cached(gs, c, task):    # the result cache
+            return
         cdir = self.home.claim_dir(g, t)
         env = dict(self._base_env)
         env.update({
@@ -632,6 +637,8 @@ class Engine:
             self._emit(g, t, ev.DONE, attempt=c.attempt, duration=body["duration"], exit_code=0,
                        output_bytes=body["output_bytes"], first_byte=_first_byte(stats.get("first_byte"), c.started),
                        strays_killed=ex.strays or None, usage=body.get("usage"))
+            if plan.task(t).cache and self.use_cache:       # after the done marker: never a result not committed
+                self._cache_store(plan, t, body)
             changes = gs.sched.finish(t, "done")
             if changes is None:
                 self._resync(gs)
@@ -644,6 +651,39 @@ class Engine:
         rec = commit_failure(self.home, plan, c, outcome=outcome, ended=ended, exit_code=ex.code,
                              signal=ex.signal, extra=used, reason=run.stop_reason or why)
         self._after_failure(gs, c, rec)
+
+    def _serve_cached(self, gs: GoalState, c: Claim, task: Task) -> bool:
+        """A cache hit: commit the cached output as this attempt (no agent starts). False on a miss."""
+        g, t = c.goal, c.task
+        try:
+            hit = cache.lookup_for(self.home, gs.plan, task)
+            if hit is None:
+                return False
+            key, data, _ = hit
+            body = commit_done(self.home, gs.plan, c, ended=time.time(), exit_code=None, output_data=data,
+                               extra={"cached": True, "cache_key": key})
+        except (OSError, DagrunError) as e:
+            self._give_back(gs, c, f"result cache: {e}")
+            if isinstance(e, (OSError, FsError)):
+                self._fs_failed(e)
+            else:
+                self.log(f"error: {e}")
+            return True
+        self._emit(g, t, ev.DONE, attempt=c.attempt, duration=body["duration"], output_bytes=body["output_bytes"],
+                   cached=True)
+        changes = gs.sched.finish(t, "done")
+        if changes is None:
+            self._resync(gs)
+        else:
+            emit_changes(self.home, g, changes[1:], self.worker)
+        self._check_ended(gs)
+        return True
+
+    def _cache_store(self, plan: Plan, t: str, body: dict) -> None:
+        try:
+            cache.store_for(self.home, plan, plan.task(t), body)
+        except (OSError, DagrunError) as e:       # the task is done; only the reuse is lost
+            self.log(f"warning: {plan.goal}/{t}: could not store the result in the cache: {e}")
 
     def _vanished(self, gs: GoalState, c: Claim, ex: Exit) -> bool:
         """The claim (or the whole task folder) disappeared while the agent ran, and nobody

@@ -47,7 +47,7 @@ def read_history(home: Home) -> History:
             continue
         for t in plan.tasks:
             done = loads_obj(fsio.read_bytes(os.path.join(home.task_dir(g, t.id), "done"), follow=False))
-            if not done or not isinstance(done.get("duration"), (int, float)):
+            if not done or not isinstance(done.get("duration"), (int, float)) or done.get("cached"):
                 continue
             usd = None
             for a in read_attempts(home, g, t.id):

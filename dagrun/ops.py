@@ -595,6 +595,8 @@ def goal_detail(home: Home, g: str) -> dict:
             row["duration"] = f.marker.get("duration")
             if f.marker.get("reason"):
                 row["reason"] = f.marker["reason"]
+            if f.marker.get("cached") is True:
+                row["cached"] = True
             if f.marker.get("exit_code") is not None and st == "failed":
                 row["exit_code"] = f.marker["exit_code"]
         elif st == "retrying" and f.record:

@@ -43,7 +43,7 @@ def check_id(kind: str, s: str) -> str:
 # ------------------------------------------------------------------------------ the field table
 @dataclass(frozen=True)
 class F:
-    kind: str                        # string|text|id|ids|integer|number|enum|object|tasks|argv|estimate
+    kind: str                        # string|text|id|ids|integer|number|enum|object|tasks|argv|estimate|boolean
     doc: str
     lo: float | None = None          # inclusive minimum
     hi: float | None = None          # inclusive maximum
@@ -76,6 +76,8 @@ KNOBS: dict[str, F] = {  # allowed in "defaults" and on every task
                nullable=True),
     "check_timeout": F("number", "Seconds the acceptance check may run before it is killed (and fails).",
                        gt=0, hi=MAX_SECONDS, default=600.0),
+    "cache": F("boolean", "Reuse the result of an identical earlier run (same agent, check, normalised prompt and "
+               "upstream outputs) from the home's result cache instead of running the agent.", default=False),
     "estimate": F("estimate", "What a run of the task is expected to take, for `dagrun plan`: {\"seconds\": s, \"usd\": d} "
                   "(either may be left out: then the history of earlier runs in this home is used)."),
 }
@@ -128,6 +130,7 @@ class Task:
     description: str | None = None
     check: tuple[str, ...] | None = None
     check_timeout: float = 600.0
+    cache: bool = False                       # the result cache (cache.py); not part of the definition
     estimate_seconds: float | None = None     # `estimate` (for `dagrun plan`; not part of the definition)
     estimate_usd: float | None = None
 
@@ -155,6 +158,8 @@ class Task:
         for k in ("estimate_seconds", "estimate_usd"):
             if d[k] is None:
                 del d[k]
+        if not d["cache"]:
+            del d["cache"]
         return d
 
 
@@ -407,6 +412,10 @@ class _Validator:
             if f.hi is not None and v > f.hi:
                 self.fail(path, f"must be at most {f.hi:g}, got {_show(v)}")
             return v
+        if k == "boolean":
+            if not isinstance(v, bool):
+                self.fail(path, f"expected true or false, got {_type_name(v)}")
+            return v
         if k == "estimate":
             if not isinstance(v, dict):
                 self.fail(path, f"expected an object like {{\"seconds\": 120, \"usd\": 0.5}}, got {_type_name(v)}")
@@ -543,7 +552,7 @@ class _Validator:
             stall_timeout=float(stall) if stall is not None else None, kill_grace=float(get("kill_grace")),
             workdir=workdir, context_limit=int(get("context_limit")), max_output=get("max_output"),
             priority=int(prio), description=desc, check=get("check"), check_timeout=float(get("check_timeout")),
-            estimate_seconds=(knobs.get("estimate") or {}).get("seconds"), estimate_usd=(knobs.get("estimate") or {}).get("usd"))
+            cache=bool(get("cache")), estimate_seconds=(knobs.get("estimate") or {}).get("seconds"), estimate_usd=(knobs.get("estimate") or {}).get("usd"))
 
     def ids(self, path: tuple, v) -> list[str]:
         if not isinstance(v, list):
@@ -729,6 +738,8 @@ def json_schema() -> dict:
                 s["exclusiveMinimum"] = f.gt
         elif k == "argv":
             s = {"type": "array", "minItems": 1, "items": {"type": "string"}}
+        elif k == "boolean":
+            s = {"type": "boolean"}
         elif k == "estimate":
             s = {"type": "object", "additionalProperties": False,
                  "properties": {"seconds": {"type": "number", "minimum": 0}, "usd": {"type": "number", "minimum": 0}}}

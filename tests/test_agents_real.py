@@ -160,3 +160,28 @@ def test_acceptance_check_sees_the_real_clis_answer(home, tmp_path):
     f = json.loads((_task(home, "no", "chk") / "failed").read_text())
     assert f["outcome"] == "check_failed" and "got: MOCK REPLY: hello" in f["check"]["tail"]
     assert "got: MOCK REPLY: hello" in (_task(home, "no", "chk") / "attempts" / "2.prompt.md").read_text()
+
+
+def test_cached_plan_makes_no_request_the_second_time(home, tmp_path):
+    """`cache: true`: the second goal with the same tasks sends nothing to the API (counted in
+    the mock's request log by a nonce in the prompts; other users of the mock do not count)."""
+    import uuid
+    nonce = uuid.uuid4().hex
+    log = R / "mock.log"
+
+    def requests() -> int:
+        return sum(1 for line in log.read_text(errors="replace").splitlines() if nonce in line)
+
+    tasks = [{"id": "a", "prompt": f"first {nonce}"}, {"id": "b", "prompt": f"second {nonce}", "deps": ["a"]}]
+    run("run", write_plan(tmp_path / "p", tasks, goal="c1", defaults={"agent": "@codex", "cache": True}),
+        home=home, timeout=300)
+    first = requests()
+    assert first >= 2
+    run("run", write_plan(tmp_path / "p", tasks, goal="c2", defaults={"agent": "@codex", "cache": True},
+                          name="c2.json"), home=home, timeout=300)
+    assert requests() == first
+    for t in "ab":
+        assert (_task(home, t, "c2") / "output").read_bytes() == (_task(home, t, "c1") / "output").read_bytes()
+        assert json.loads((_task(home, t, "c2") / "done").read_text())["cached"] is True
+    st = json.loads(run("status", "c2", "--json", home=home).stdout)
+    assert st.get("usage") is None                     # a cache hit costs nothing

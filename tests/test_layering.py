@@ -14,7 +14,7 @@ LAYERS = {
     "agentrun": 2,       # the preset adapter, run as the agent (python -m dagrun.agentrun); stdlib + presets only
     "store": 2, "usage": 2, "agentio": 2,
     "events": 3, "claim": 3,
-    "summary": 4, "estimate": 4, "lifecycle": 5, "executor": 4, "watcher": 0,
+    "summary": 4, "estimate": 4, "cache": 4, "lifecycle": 5, "executor": 4, "watcher": 0,
     "ops": 6, "engine": 6,
     "protocol": 9,       # the entry point + protocol fast path: beside cli, never imports typer
     "metrics": 7, "graph": 7, "report": 7, "timeline": 7,

@@ -43,8 +43,8 @@ def _root(
     ctx.obj = Ctx(home)
 
 
-from . import (control_cmds, graph_cmds, metrics_cmds, obs_cmds, plan_cmds, protocol_cmds,  # noqa: E402,F401
-               read_cmds, run_cmds)
+from . import (cache_cmds, control_cmds, graph_cmds, metrics_cmds, obs_cmds, plan_cmds,  # noqa: E402,F401
+               protocol_cmds, read_cmds, run_cmds)
 
 
 def main(argv: list[str] | None = None) -> None:

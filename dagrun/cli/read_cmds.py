@@ -44,7 +44,7 @@ def status(ctx: typer.Context,
         if state == "blocked" and r.get("blocked_by"):
             state = f"blocked by {r['blocked_by']}"
         started = (r.get("started") or "-")[:19].replace("T", " ")
-        note = r.get("reason") or ""
+        note = r.get("reason") or ("cached" if r.get("cached") else "")
         if r.get("retry_at"):
             note = f"retry at {r['retry_at'][11:19]}: {note}"
         row = [r["task"], state, str(r["attempt"] or "-"), r.get("worker") or "-", started,

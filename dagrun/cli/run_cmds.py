@@ -36,7 +36,8 @@ def run(ctx: typer.Context,
         poll: float = typer.Option(None, "--poll", min=0.01, metavar="SECONDS",
                                    help="Poll the files every SECONDS instead of inotify (for NFS)."),
         replace: bool = typer.Option(False, "--replace", help="If the goal exists with another plan, replace it (see submit)."),
-        quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output; only the final line.")):
+        quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output; only the final line."),
+        no_cache: bool = typer.Option(False, "--no-cache", help="Run every agent: neither use nor fill the result cache.")):
     """Submit if needed, then run the goal in the foreground until it ends; resumes an
     interrupted goal (done work is never redone)."""
     from ..engine import Engine
@@ -60,7 +61,8 @@ def run(ctx: typer.Context,
     elif not quiet:
         def on_event(e):
             print(fmt_event(e), flush=True)
-    eng = Engine(home, worker=name, jobs=jobs, goal=goal, poll=poll, log=log, on_event=on_event)
+    eng = Engine(home, worker=name, jobs=jobs, goal=goal, poll=poll, log=log, on_event=on_event,
+                 use_cache=not no_cache)
     if live is not None:
         with live:
             rc = eng.run()
@@ -103,7 +105,8 @@ def worker(ctx: typer.Context,
                                             help="Keep a Prometheus textfile at PATH up to date (see `dagrun "
                                                  "metrics`), plus the state-bus lag this worker observes."),
            metrics_every: float = typer.Option(15.0, "--metrics-every", min=0.1, metavar="SECONDS",
-                                               help="How often --metrics rewrites the file.")):
+                                               help="How often --metrics rewrites the file."),
+           no_cache: bool = typer.Option(False, "--no-cache", help="Run every agent: neither use nor fill the result cache.")):
     """Serve every goal under the home: the daemon for systemd, or --until-idle for cron.
     Logs one line per event of its own to stderr."""
     from ..engine import Engine, default_worker_name
@@ -121,7 +124,8 @@ def worker(ctx: typer.Context,
         if e.get("worker") == me or e.get("type", "").endswith("goal.finished"):
             _stderr_log(fmt_event(e))
     eng = Engine(home, worker=me, jobs=jobs, until_idle=until_idle, poll=poll, log=_stderr_log,
-                 on_event=on_event, rescan_every=rescan, lease=lease, tick=wm, tick_every=metrics_every)
+                 on_event=on_event, rescan_every=rescan, lease=lease, tick=wm, tick_every=metrics_every,
+                 use_cache=not no_cache)
     _stderr_log(f"worker {me} serving {home.root} with -j {jobs}" + (" until idle" if until_idle else ""))
     rc = eng.run()
     _stderr_log(f"worker {me} exiting: " + ("idle" if rc == 0 else f"stopped by signal {rc - 128}" if rc > 128

@@ -53,6 +53,7 @@ def knob_value(name: str):
         "enum": st.sampled_from(list(f.choices) + ["nope"]) if f and f.choices else st.text(max_size=4),
         "object": st.dictionaries(st.sampled_from(list(planmod.KNOBS) + ["bogus"]), scalars, max_size=3),
         "tasks": st.just([]),
+        "boolean": st.one_of(st.booleans(), scalars),
         "argv": st.lists(st.one_of(st.sampled_from(["true", "pytest", "-q", ""]), scalars), max_size=3),
         "estimate": st.dictionaries(st.sampled_from(["seconds", "usd", "bogus"]),
                                     st.one_of(scalars, st.floats(0, 1e6)), max_size=2),

@@ -1,0 +1,74 @@
+"""cache ls|rm|gc: the home's result cache (see dagrun/cache.py)."""
+from __future__ import annotations
+
+import re
+
+import typer
+
+from . import app
+from .common import home_of, plain_table, print_json
+
+cache_app = typer.Typer(help="The result cache of tasks with `cache: true` (shared by the home's goals).",
+                        no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(text: str) -> float:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not m:
+        raise typer.BadParameter(f"{text!r}: use a number with s, m, h or d (e.g. 30d)")
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+@cache_app.command("ls")
+def ls(ctx: typer.Context, json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """List the cached results: key, origin, size, last use."""
+    from ..cache import entries
+
+    rows = entries(home_of(ctx))
+    if json:
+        print_json({"entries": rows})
+        return
+    plain_table([[r["key"][:16], f"{r['goal']}/{r['task']}", str(r["bytes"]), (r["created"] or "-")[:19],
+                  (r["last_used"] or "-")[:19]] for r in rows], ["KEY", "FROM", "BYTES", "CREATED", "LAST USED"])
+
+
+@cache_app.command("rm")
+def rm(ctx: typer.Context,
+       keys: list[str] = typer.Argument(None, metavar="KEY...", help="Keys (64 hex digits; a unique prefix will do)."),
+       all_: bool = typer.Option(False, "--all", help="Remove every entry.")):
+    """Remove cached results: the next identical task runs its agent again."""
+    from ..cache import entries, remove
+    from ..errors import UsageError
+
+    home = home_of(ctx)
+    have = [r["key"] for r in entries(home)]
+    if all_ == bool(keys):
+        raise UsageError("give KEY... or --all")
+    chosen = have if all_ else []
+    for k in keys or []:
+        match = [h for h in have if h.startswith(k.lower())]
+        if len(match) != 1:
+            raise UsageError(f"{'no' if not match else 'more than one'} cache entry matches {k!r}")
+        chosen.append(match[0])
+    for k in chosen:
+        remove(home, k)
+    print(f"removed {len(chosen)} cache entr{'y' if len(chosen) == 1 else 'ies'}")
+
+
+@cache_app.command("gc")
+def gc(ctx: typer.Context,
+       older_than: str = typer.Option("30d", "--older-than", metavar="AGE",
+                                      help="Remove entries not used for this long (e.g. 12h, 30d)."),
+       json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """Remove entries not used for a while and leftovers of interrupted writes."""
+    from ..cache import gc as do_gc
+
+    r = do_gc(home_of(ctx), _seconds(older_than))
+    if json:
+        print_json(r)
+        return
+    print(f"removed {len(r['removed'])} unused entr{'y' if len(r['removed']) == 1 else 'ies'}, "
+          f"{r['leftovers']} leftover(s)")
