@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 
+from .store import HEARTBEAT
 from .usage import ERROR_PREFIX, RAW_FILE, USAGE_FILE, _read, read as read_usage
 
 CHECK_FILE = "check.json"
@@ -27,7 +28,8 @@ def agent_env(claim_dir: str) -> dict[str, str]:
     """What an attempt's environment gets besides the DAGRUN_* basics."""
     return {"DAGRUN_USAGE_FILE": os.path.join(claim_dir, USAGE_FILE),
             "DAGRUN_RAW_FILE": os.path.join(claim_dir, RAW_FILE),
-            "DAGRUN_CHECK_FILE": os.path.join(claim_dir, CHECK_FILE)}
+            "DAGRUN_CHECK_FILE": os.path.join(claim_dir, CHECK_FILE),
+            "DAGRUN_HEARTBEAT_FILE": os.path.join(claim_dir, HEARTBEAT)}
 
 
 def read_check(claim_dir: str) -> dict | None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from .errors import PlanError
 
 from .usage import ERROR_PREFIX
 TAIL = 64 * 1024
+HEARTBEAT_EVERY = 1.0      # s
 ANSWER_FILE = "answer"     # beside $DAGRUN_CHECK_FILE: the answer the check reads as $DAGRUN_OUTPUT
 
 
@@ -184,7 +186,6 @@ def _check(argv: list[str], timeout: float, answer: bytes | str) -> tuple[bool, 
 def _tee(p, deadline: float) -> tuple[bytes, bool]:
     """Copy the check's output to our stderr, keep its tail; at the deadline TERM its group,
     KILL it 2 s later, and stop waiting for the pipe 1 s after that (an escaped holder)."""
-    import select
     fd = p.stdout.fileno()
     tail = bytearray()
     timed_out = False
@@ -273,8 +274,13 @@ def _run(cmd: list[str], env: dict, raw_path: str, name: str) -> tuple[int | Non
     tail = bytearray()
     out = sys.stderr.buffer
     fd = p.stderr.fileno()
+    beat = _Heartbeat(raw_path)
     while True:
         try:
+            ready, _, _ = select.select([fd], [], [], HEARTBEAT_EVERY)
+            beat.check()            # the tool's stdout goes to the raw file: show its progress
+            if not ready:
+                continue
             chunk = os.read(fd, 65536)
         except InterruptedError:
             continue
@@ -291,6 +297,36 @@ def _run(cmd: list[str], env: dict, raw_path: str, name: str) -> tuple[int | Non
     p.stderr.close()
     rc = p.wait()
     return rc, bytes(tail[-TAIL:]).decode("utf-8", "replace")
+
+
+class _Heartbeat:
+    """stall_timeout sees our stdout and stderr; a preset's stdout goes to the raw file
+    instead, so while that file grows we touch $DAGRUN_HEARTBEAT_FILE (at most once a
+    second), exactly what `dagrun heartbeat` does."""
+
+    def __init__(self, raw_path: str):
+        self.raw = raw_path
+        self.path = os.environ.get("DAGRUN_HEARTBEAT_FILE")
+        self.size = 0
+        self.at = 0.0
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if not self.path or now - self.at < HEARTBEAT_EVERY:
+            return
+        self.at = now
+        try:
+            size = os.stat(self.raw).st_size
+        except OSError:
+            return
+        if size > self.size:
+            self.size = size
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+                os.close(fd)
+                os.utime(self.path)
+            except OSError:
+                pass
 
 
 def _fail(msg: str, code: int) -> int:

@@ -43,7 +43,7 @@ ENV_VARS = (("DAGRUN_HOME", "home"), ("DAGRUN_GOAL", "goal"), ("DAGRUN_TASK", "t
             ("DAGRUN_RUN_ID", "run_id"), ("DAGRUN_LEASE", "lease"), ("DAGRUN_AGENT", "agent"),
             ("DAGRUN_WORKDIR", "workdir"), ("DAGRUN_TIMEOUT", "timeout"),
             ("DAGRUN_USAGE_FILE", "usage_file"), ("DAGRUN_RAW_FILE", "raw_file"),
-            ("DAGRUN_CHECK_FILE", "check_file"))
+            ("DAGRUN_CHECK_FILE", "check_file"), ("DAGRUN_HEARTBEAT_FILE", "heartbeat_file"))
 
 
 def shell_env(info: dict) -> str:

@@ -227,3 +227,24 @@ def test_adapter_imports_stay_small():
             "('orjson','typer','rich','watchdog','filelock','psutil') or m.startswith('dagrun.')))")
     out = subprocess.run([PY, "-I", "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['dagrun.agentrun', 'dagrun.errors', 'dagrun.presets', 'dagrun.usage']"
+
+
+def test_a_presets_stdout_counts_as_progress_for_stall_timeout(tmp_path):
+    """The CLI's stdout goes to the raw file, not through dagrun's pipe: while it grows, the
+    adapter touches the heartbeat, so a working CLI is not killed as stalled; a silent one is."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (tmp_path / "talk.py").write_text(
+        "import sys, time\nsys.stdin.read()\n"
+        "for i in range(8):\n    print('line', i, flush=True); time.sleep(0.4)\n")
+    (tmp_path / "mute.py").write_text("import sys, time\nsys.stdin.read()\ntime.sleep(4)\nprint('late')\n")
+    (home / "presets.json").write_text(json.dumps({
+        "talk": {"command": [PY, str(tmp_path / "talk.py")]},
+        "mute": {"command": [PY, str(tmp_path / "mute.py")]}}))
+    plan = write_plan(tmp_path / "p", [{"id": "talk", "prompt": "x", "agent": "@talk"},
+                                       {"id": "mute", "prompt": "x", "agent": "@mute"}],
+                      goal="st", defaults={"stall_timeout": 1.5})
+    run("run", plan, home=home, check=1)
+    assert (_task(home, "st", "talk") / "output").read_text().startswith("line 0\n")
+    f = json.loads((_task(home, "st", "mute") / "failed").read_text())
+    assert f["outcome"] == "stalled"
