@@ -534,8 +534,9 @@ class Engine:
             "DAGRUN_PROMPT_FILE": self.home.prompt_path(g, t),
             "DAGRUN_OUTPUT_FILE": self.home.output_path(g, t), "DAGRUN_WORKER": self.worker,
         })
-        env.update(agent_env(cdir))                # agents: DAGRUN_USAGE_FILE, _RAW_FILE, _CHECK_FILE
-        launch = Launch(agent=shell_command(task.agent, task.check, task.check_timeout), cwd=task.workdir, env=env, stdin_path=self.home.prompt_path(g, t),
+        env.update(agent_env(cdir))                # agents: DAGRUN_USAGE_FILE, _RAW_, _CHECK_, _HEARTBEAT_FILE
+        agent = shell_command(task.agent, task.check, task.check_timeout)   # agents: presets and checks
+        launch = Launch(agent=agent, cwd=task.workdir, env=env, stdin_path=self.home.prompt_path(g, t),
                         stdout_path=os.path.join(cdir, "stdout"), stderr_path=os.path.join(cdir, "stderr"),
                         run_id=c.owner["run_id"], max_output=task.max_output)
         now = time.monotonic()
