@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .claim import BOOT_ID, HOST, proc_start, stat_fields
+from .proc import BOOT_ID, HOST, is_alive, proc_start, stat_fields
 from .store import as_int
 
 RUN_ID_VAR = "DAGRUN_RUN_ID"
@@ -325,12 +325,12 @@ class ProcessRunner:
         if handle and handle.get("runner") != self.name:
             return False
         if handle.get("host", HOST) != HOST or (handle.get("boot_id") and handle["boot_id"] != BOOT_ID):
-            return False
+            return False      # another host's or boot's processes: not ours to signal
         run_id = handle.get("run_id") or run_id
         pid = as_int(handle.get("pid"))
         pgid = pid     # started as a session leader: its group is its pid (owner.json's pgid is not trusted)
         start = handle.get("start")
-        leader_ours = pid > 0 and start is not None and proc_start(pid) == start
+        leader_ours = pid > 0 and start is not None and is_alive(HOST, None, pid, start)
         strays = _processes_with(RUN_ID_VAR, run_id) if run_id else []
         if not leader_ours and not strays:
             return False

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import random
-import secrets
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -23,6 +22,7 @@ from . import events as ev
 from . import fsio
 from .errors import DagrunError, Refused, os_error
 from .plan import Plan, Task
+from .proc import BOOT_ID, HOST, is_alive
 from .prompt import Upstream, failure_note, render
 from .scheduler import Scheduler
 from .store import COUNTED, MARKERS, Home, TaskFacts, as_int, dumps, loads, now_iso
@@ -495,9 +495,8 @@ def announce_if_lost(home: Home, g: str, worker: str) -> bool:
     path = home.events_path(g)
     if not fid or ev.mentions(path, fid, tail=65536):
         return False
-    if fin.get("host") == claims.HOST and fin.get("boot_id") == claims.BOOT_ID:
-        start = claims.proc_start(as_int(fin.get("pid")))
-        if start is not None and start == fin.get("pid_start"):
+    if fin.get("host") == HOST and fin.get("boot_id") == BOOT_ID:
+        if is_alive(HOST, BOOT_ID, as_int(fin.get("pid")), fin.get("pid_start") or "?"):
             return False              # alive: it appends the event itself in a moment
     else:
         try:
@@ -514,10 +513,6 @@ def announce_if_lost(home: Home, g: str, worker: str) -> bool:
     return True
 
 
-def new_run_id() -> str:
-    return secrets.token_hex(8)
-
-
 def check_holder(owner: dict | None, *, worker: str | None, caller: list[tuple[int, str | None]],
                  force: bool, what: str, g: str, t: str) -> bool:
     """Only the holder may complete/fail/heartbeat an external claim: the caller names the
@@ -528,7 +523,7 @@ def check_holder(owner: dict | None, *, worker: str | None, caller: list[tuple[i
         raise Refused(f"cannot {what} {g}/{t}: it is not claimed (claim it first: dagrun claim {g})")
     if worker is not None and owner.get("worker") == worker:
         return False
-    if owner.get("host") == claims.HOST:
+    if owner.get("host") == HOST:
         for pid, start in caller:
             if pid == owner.get("pid") and (not owner.get("pid_start") or start == owner["pid_start"]):
                 return False

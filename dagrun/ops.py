@@ -14,6 +14,7 @@ from . import claim as claims
 from . import events as ev
 from . import fsio
 from . import plan as planmod
+from . import proc
 from .errors import DagrunError, ExitCode, NotFound, Refused, UsageError, os_error
 from .lifecycle import (Claim, Stale, break_if_stale, build_scheduler, check_holder, claim_task, commit_done,
                         commit_failure, emit_changes, finish_goal_if_ended, latest_attempt, marker_of,
@@ -182,10 +183,10 @@ def holder_of(pid: int | None) -> int:
     """The process an external claim will belong to: --pid if given (it must exist), else the
     script that called us."""
     if pid:
-        if claims.proc_start(pid) is None:
+        if proc.proc_start(pid) is None:
             raise UsageError(f"--pid {pid}: no such process")
         return pid
-    return claims.script_pid(os.getppid())
+    return proc.script_pid(os.getppid())
 
 
 def _owner(home: Home, g: str, t: str, wait: float = 3.0) -> dict | None:
@@ -204,8 +205,8 @@ def _caller(pid: int | None) -> list[tuple[int, str | None]]:
     """Who is asking: --pid, else we and our ancestors (pid, start time). We count too: a
     shell that exec's `dagrun complete` as its last command hands its pid over to us."""
     if pid:
-        return [(pid, claims.proc_start(pid))]
-    return claims.lineage(os.getpid())
+        return [(pid, proc.proc_start(pid))]
+    return proc.lineage(os.getpid())
 
 
 def claim_external(home: Home, g: str, *, worker: str | None, pid: int | None = None) -> tuple[int, dict | None]:
@@ -213,7 +214,7 @@ def claim_external(home: Home, g: str, *, worker: str | None, pid: int | None = 
     3 nothing ready yet, 1 the goal has ended. prompt.md is in place when this returns."""
     check_id("goal", g)
     holder = holder_of(pid)
-    worker = worker or f"{claims.HOST}-{holder}"
+    worker = worker or f"{proc.HOST}-{holder}"
     plan = home.load_plan(g)
     sched, facts = build_scheduler(home, plan)
     for t, f in facts.items():          # nobody else may be around to recover dead holders
@@ -274,7 +275,7 @@ def _held(home: Home, g: str, t: str, *, worker: str | None, pid: int | None, fo
 def _by(c: Claim, worker: str | None, forced: bool) -> str:
     """The worker name events carry: the holder's, or (forced) whoever forced it."""
     if forced:
-        return worker or f"{claims.HOST}-{claims.script_pid(os.getppid())}"
+        return worker or f"{proc.HOST}-{proc.script_pid(os.getppid())}"
     return worker or c.owner.get("worker") or "?"
 
 

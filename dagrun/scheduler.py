@@ -14,10 +14,50 @@ from __future__ import annotations
 import heapq
 from typing import Iterable, Protocol, Sequence
 
+from . import states as S
+
 WAITING, READY, RUNNING, RETRYING, DONE, FAILED, CANCELLED, BLOCKED = range(8)
-NAMES = ("waiting", "ready", "running", "retrying", "done", "failed", "cancelled", "blocked")
+NAMES = (S.WAITING, S.READY, S.RUNNING, S.RETRYING, S.DONE, S.FAILED, S.CANCELLED, S.BLOCKED)
 TERMINAL = frozenset((DONE, FAILED, CANCELLED, BLOCKED))
 _BY_NAME = {n: i for i, n in enumerate(NAMES)}
+
+
+class CycleError(ValueError):
+    """The graph has a dependency cycle; `.cycle` is one of them as [a, b, ..., a], each
+    depending on the next (like graphlib.CycleError's second argument)."""
+
+    def __init__(self, cycle: list[str]):
+        super().__init__("dependency cycle: " + " -> ".join(cycle), cycle)
+        self.cycle = cycle
+
+
+def topo_order(ids: Sequence[str], preds: Sequence[Sequence[int]], succs: Sequence[Sequence[int]]) -> list[int]:
+    """Kahn's order of node indices, every one after its predecessors, in one traversal;
+    CycleError naming a cycle if there is none. The cycle is found among the nodes the
+    traversal could not order (each still waits for one of them): walking from the first such
+    node to a predecessor that is also left, a node repeats -- no second walk of the graph."""
+    n = len(ids)
+    indeg = [len(p) for p in preds]
+    order = [i for i in range(n) if indeg[i] == 0]
+    k = 0
+    while k < len(order):
+        i = order[k]
+        k += 1
+        for d in succs[i]:
+            indeg[d] -= 1
+            if indeg[d] == 0:
+                order.append(d)
+    if len(order) == n:
+        return order
+    at = next(i for i in range(n) if indeg[i] > 0)
+    seen: dict[int, int] = {}
+    path: list[int] = []
+    while at not in seen:
+        seen[at] = len(path)
+        path.append(at)
+        at = next(p for p in preds[at] if indeg[p] > 0)
+    cyc = path[seen[at]:] + [at]
+    raise CycleError([ids[i] for i in cyc])
 
 
 class TaskLike(Protocol):
@@ -56,20 +96,8 @@ class Scheduler:
         return [self.ids[i] for i in self.order]
 
     def _topo(self) -> list[int]:
-        n = len(self.ids)
-        indeg = [len(self.deps[i]) + len(self.soft[i]) for i in range(n)]
-        order = [i for i in range(n) if indeg[i] == 0]
-        k = 0
-        while k < len(order):
-            i = order[k]
-            k += 1
-            for d in self.hard_out[i] + self.soft_out[i]:
-                indeg[d] -= 1
-                if indeg[d] == 0:
-                    order.append(d)
-        if len(order) != n:
-            raise ValueError("the plan has a dependency cycle")
-        return order
+        return topo_order(self.ids, [self.deps[i] + self.soft[i] for i in range(len(self.ids))],
+                          [self.hard_out[i] + self.soft_out[i] for i in range(len(self.ids))])
 
     # ------------------------------------------------------------------ building
     def load(self, initial: dict[str, str]) -> None:

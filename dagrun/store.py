@@ -30,9 +30,9 @@ import orjson
 from . import fsio
 from .errors import FsError, NotFound, os_error
 from .plan import ID_RE, Plan, check_id
+from .proc import pid_alive
 
-DONE, FAILED, CANCELLED = "done", "failed", "cancelled"
-MARKERS = (DONE, CANCELLED, FAILED)  # precedence order
+from .states import CANCELLED, DONE, FAILED, MARKERS, PENDING, RUNNING  # noqa: F401 (re-exported)
 CLAIM = "claim"
 OWNER = "owner.json"
 HEARTBEAT = "heartbeat"
@@ -113,7 +113,7 @@ def loads(data: bytes | None):
 @dataclass
 class TaskFacts:
     """What the files say about one task (the scheduler turns pending into waiting/ready/blocked)."""
-    state: str = "pending"              # done | failed | cancelled | running | pending
+    state: str = PENDING              # done | failed | cancelled | running | pending
     attempt: int = 0                    # number of the latest attempt started (0: never)
     owner: dict | None = None           # claim/owner.json when running
     marker: dict | None = None          # the marker's JSON (detail=True only)
@@ -228,7 +228,7 @@ class Home:
             parts = e.name.rsplit(".", 3)
             dead = False
             if len(parts) == 4 and parts[1] == HOST_TAG and parts[2].isdigit():
-                dead = not fsio._pid_alive(int(parts[2]))
+                dead = not pid_alive(int(parts[2]))
             if not dead:
                 try:
                     dead = now - e.stat(follow_symlinks=False).st_mtime > max_age
@@ -340,13 +340,13 @@ class Home:
                 break
         if ATTEMPTS in names:
             temps: list = []
-            f.attempt, f.record = self._latest_attempt(g, t, with_record=(f.state == "pending" or detail), temps=temps)
+            f.attempt, f.record = self._latest_attempt(g, t, with_record=(f.state == PENDING or detail), temps=temps)
             if temps:
                 f.extra["temps"] = True
         if CLAIM in names:
             owner = loads_obj(fsio.read_bytes(os.path.join(tdir, CLAIM, OWNER), follow=False))
-            if f.state == "pending":
-                f.state = "running"
+            if f.state == PENDING:
+                f.state = RUNNING
             f.owner = owner
             try:
                 f.claim_mtime = os.stat(os.path.join(tdir, CLAIM)).st_mtime

@@ -7,17 +7,29 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "dagrun"
 
-# lower number = lower layer. A module may import modules of its own layer or below.
+# lower number = lower layer. A module may import modules of its own layer or below. The
+# layers are the ones ARCHITECTURE.md draws ("Module map"), bottom up:
 LAYERS = {
-    "errors": 0, "fsio": 0,
-    "plan": 1, "prompt": 1, "scheduler": 1,
-    "store": 2,
-    "events": 3, "claim": 3,
-    "summary": 4, "lifecycle": 5, "executor": 4, "watcher": 0,
-    "ops": 6, "engine": 6,
-    "protocol": 9,       # the entry point + protocol fast path: beside cli, never imports typer
-    "metrics": 7, "graph": 7, "report": 7, "timeline": 7,
-    "cli": 9,
+    # 0: vocabulary and facts about processes; no dagrun imports
+    "errors": 0, "states": 0, "proc": 0,
+    # 1: the one module that changes files
+    "fsio": 1,
+    # 2: pure: the plan, prompts, the scheduler (no I/O, no clock)
+    "plan": 2, "prompt": 2, "scheduler": 2,
+    # 3: the on-disk layout
+    "store": 3,
+    # 4: adapters at the edge: the events log, claims, the inotify doorbell, the runners
+    "events": 4, "claim": 4, "watcher": 4, "executor": 4,
+    # 5: the files of one task transition; the aggregator over them
+    "lifecycle": 5, "summary": 5,
+    # 6: the one transition path (markers -> events -> scheduler changes)
+    "transitions": 6,
+    # 7: the drivers: the engine loop and its reconciliation, the operations
+    "engine": 7, "reconcile": 7, "ops": 7,
+    # 8: views over the files
+    "metrics": 8, "graph": 8, "report": 8,
+    # 9: the command line and its fast path
+    "protocol": 9, "cli": 9, "entry": 9,
 }
 ONLY_IN = {"typer": {"cli"}, "rich": {"cli"}, "watchdog": {"watcher"}, "subprocess": {"executor"}}
 
