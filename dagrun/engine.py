@@ -32,7 +32,7 @@ from .lifecycle import (Claim, Stale, break_if_stale, build_scheduler, claim_tas
                         emit_changes, finish_goal_if_ended, latest_attempt, marker_of, record_unfinished,
                         stop_goal)
 from .plan import Plan, Task
-from .scheduler import RUNNING, Scheduler
+from .scheduler import Scheduler
 from .store import Home, loads
 from .watcher import Doorbell, Watcher
 
@@ -74,7 +74,8 @@ class GoalState:
     foreign: set = field(default_factory=set)
     next_rescan: float = 0.0
     finished: bool = False
-    stopped: bool = False
+    stopped: bool = False     # on_failure=stop was acted on (stop_goal ran, here or in another
+    #                           process): run it once. What may start is the scheduler's call.
 
 
 class Engine:
@@ -271,7 +272,7 @@ class Engine:
                 gs = self.goals.get(g)
                 if when <= soon and gs is not None and gs.plan.has(t) and gs.sched.state_of(t) == "retrying":
                     return False
-            return not any(self._dispatchable(gs) for gs in self.goals.values())
+            return not any(gs.sched.may_start() for gs in self.goals.values())
         return False
 
     def _judge_lease(self, plan: Plan) -> float:
@@ -461,12 +462,6 @@ class Engine:
         self._touched.add(g)
 
     # ================================================================== dispatch
-    def _dispatchable(self, gs: GoalState) -> bool:
-        if gs.stopped or gs.sched.peek() is None:
-            return False
-        mp = gs.plan.max_parallel
-        return not (mp and gs.sched.n(RUNNING) >= mp)
-
     def _dispatch(self) -> None:
         goals = list(self.goals.values())
         while goals and len(self.runs) < self.jobs:
@@ -475,7 +470,7 @@ class Engine:
                 gs = goals[(self._rr + k) % len(goals)]
                 if len(self.runs) >= self.jobs:
                     break
-                if not self._dispatchable(gs):
+                if not gs.sched.may_start():
                     continue
                 t = gs.sched.take()
                 if t is not None:

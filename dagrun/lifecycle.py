@@ -437,7 +437,8 @@ def build_scheduler(home: Home, plan: Plan, now: float | None = None) -> tuple[S
             initial[tid] = "retrying"
         else:
             initial[tid] = f.state
-    return Scheduler(plan.tasks, initial), facts
+    return Scheduler(plan.tasks, initial, max_parallel=plan.max_parallel,
+                     stop_on_failure=plan.on_failure == "stop"), facts
 
 
 def stop_goal(home: Home, plan: Plan, sched: Scheduler, root: str, worker: str) -> list:

@@ -224,11 +224,7 @@ def claim_external(home: Home, g: str, *, worker: str | None, pid: int | None = 
         finish_goal_if_ended(home, plan, sched, worker)
         return ExitCode.GOAL_FAILED, None
     while True:
-        if plan.max_parallel and sched.n(RUNNING) >= plan.max_parallel:
-            return ExitCode.NOTHING_READY, None
-        if plan.on_failure == "stop" and any(f.state == "failed" for f in facts.values()):
-            return ExitCode.NOTHING_READY, None
-        t = sched.take()
+        t = sched.take()              # None too when max_parallel or on_failure=stop say wait
         if t is None:
             return ExitCode.NOTHING_READY, None
         try:

@@ -68,7 +68,13 @@ class TaskLike(Protocol):
 
 
 class Scheduler:
-    def __init__(self, tasks: Sequence[TaskLike], initial: dict[str, str] | None = None):
+    def __init__(self, tasks: Sequence[TaskLike], initial: dict[str, str] | None = None, *,
+                 max_parallel: int | None = None, stop_on_failure: bool = False):
+        # Capacity rules: what may start, decided here and nowhere else (engine, claim and
+        # the CLI only ask may_start()/take()). A new rule (a resource, a budget) is one more
+        # condition in may_start().
+        self.max_parallel = max_parallel or None     # running tasks of this goal, any worker's
+        self.stop_on_failure = stop_on_failure       # on_failure=stop: nothing new after a failure
         self.ids = [t.id for t in tasks]
         idx = self.index = {tid: i for i, tid in enumerate(self.ids)}
         n = len(self.ids)
@@ -167,6 +173,18 @@ class Scheduler:
         """Nothing waiting, ready, running or retrying: the goal has ended."""
         return self.count[WAITING] + self.count[READY] + self.count[RUNNING] + self.count[RETRYING] == 0
 
+    @property
+    def stopped(self) -> bool:
+        """on_failure=stop and a task failed: nothing new may start."""
+        return self.stop_on_failure and self.count[FAILED] > 0
+
+    def at_capacity(self) -> bool:
+        return bool(self.max_parallel) and self.count[RUNNING] >= self.max_parallel
+
+    def may_start(self) -> bool:
+        """A ready task exists and the goal's rules let one more start now."""
+        return not self.stopped and not self.at_capacity() and self.peek() is not None
+
     def peek(self) -> str | None:
         h = self.heap
         while h and self.state[h[0][2]] != READY:
@@ -178,7 +196,10 @@ class Scheduler:
 
     # ------------------------------------------------------------------ transitions
     def take(self) -> str | None:
-        """Pop the best ready task and mark it running (the caller is about to claim it)."""
+        """Pop the best ready task and mark it running (the caller is about to claim it); None
+        when nothing is ready or the goal's rules (max_parallel, on_failure=stop) say wait."""
+        if self.stopped or self.at_capacity():
+            return None
         tid = self.peek()
         if tid is not None:
             heapq.heappop(self.heap)
