@@ -26,11 +26,11 @@ from typing import Callable
 from . import claim as claims
 from . import events as ev
 from . import fsio
+from . import states as S
 from .errors import DagrunError, ExitCode, FsError, os_error
 from .executor import Exit, Launch, ProcessRunner, Runner, StartError
-from .lifecycle import (Claim, Stale, break_if_stale, build_scheduler, claim_task, commit_done, commit_failure,
-                        emit_changes, finish_goal_if_ended, latest_attempt, marker_of, record_unfinished,
-                        stop_goal)
+from . import transitions as tr
+from .lifecycle import Claim, Stale, build_scheduler, claim_task, latest_attempt, marker_of, record_unfinished
 from .plan import Plan, Task
 from .scheduler import Scheduler
 from .store import Home, loads
@@ -362,7 +362,7 @@ class Engine:
             # a stop that was cut short (a crash inside stop_goal, or a failure committed by
             # another process): finish it, or the goal would wait for ever
             root = next(t for t, f in facts.items() if f.state == "failed")
-            emit_changes(self.home, g, stop_goal(self.home, plan, sched, root, self.worker), self.worker)
+            tr.stop_goal(self.home, plan, sched, root, self.worker)
             self._touched.add(g)
         cost = time.monotonic() - t0
         gs.next_rescan = time.monotonic() + max(self.rescan_every, 50 * cost)
@@ -393,7 +393,7 @@ class Engine:
             if not gs.finished:
                 gs.finished = True
                 self._touched.add(gs.plan.goal)
-                finish_goal_if_ended(self.home, gs.plan, gs.sched, self.worker)
+                tr.end_goal_if_finished(self.home, gs.plan, gs.sched, self.worker)
         else:
             gs.finished = False
 
@@ -456,10 +456,6 @@ class Engine:
         elif st == ev.RESET:
             return True
         return False
-
-    def _emit(self, g: str, t: str, status: str, **fields) -> None:
-        ev.status(self.home, g, t, status, worker=self.worker, **fields)
-        self._touched.add(g)
 
     # ================================================================== dispatch
     def _dispatch(self) -> None:
@@ -532,8 +528,7 @@ class Engine:
             fsio._done_step(f"spawn {g}/{t}")
         except StartError as e:
             claims.update_owner(self.home, g, t, c.owner)
-            rec = commit_failure(self.home, plan, c, outcome="failed", ended=time.time(), reason=str(e))
-            self._after_failure(gs, c, rec)
+            self._finish(gs, c, ok=False, reason=str(e))
             return
         c.owner["handle"] = handle
         try:
@@ -565,7 +560,8 @@ class Engine:
                   deadline=now + task.timeout if task.timeout else None, hb_at=now + self._refresh_every(plan))
         self.runs[run.key] = run
         self.by_task[(g, t)] = run
-        self._emit(g, t, ev.RUNNING, attempt=c.attempt)
+        tr.started(self.home, c, worker=self.worker)
+        self._touched.add(g)
 
     # ================================================================== endings
     def _reap(self) -> None:
@@ -608,32 +604,17 @@ class Engine:
         stats = ex.stats if ex.stats is not None else self.runner.stats(run.handle)
         if run.stop_outcome is None and plan.task(t).definition_digest() != run.definition:
             run.stop_outcome, run.stop_reason = "superseded", "the task's definition changed while it ran"
-        if run.stop_outcome in ("cancelled", "superseded", "interrupted"):
-            record_unfinished(self.home, g, t, c.attempt, outcome=run.stop_outcome, reason=run.stop_reason,
-                              worker=self.worker, started=c.owner.get("since"),
-                              captures_from=self.home.claim_dir(g, t))
-            claims.release(self.home, g, t)
-            if run.stop_outcome != "cancelled":
-                self._emit(g, t, ev.READY, attempt=c.attempt + 1, reason=f"attempt {c.attempt}: {run.stop_reason}")
-                gs.sched.requeue(t)
+        if run.stop_outcome in (S.CANCELLED, "superseded", "interrupted"):
+            tr.interrupted(self.home, gs.sched, c, outcome=run.stop_outcome, reason=run.stop_reason,
+                           worker=self.worker)
+            self._touched.add(g)
             return
-        ended = time.time()
         if run.stop_outcome is None and ex.ok:
-            body = commit_done(self.home, plan, c, ended=ended)
-            self._emit(g, t, ev.DONE, attempt=c.attempt, duration=body["duration"], exit_code=0,
-                       output_bytes=body["output_bytes"], first_byte=_first_byte(stats.get("first_byte"), c.started),
-                       strays_killed=ex.strays or None)
-            changes = gs.sched.finish(t, "done")
-            if changes is None:
-                self._resync(gs)
-            else:
-                emit_changes(self.home, g, changes[1:], self.worker)
-            self._check_ended(gs)
+            self._finish(gs, c, ok=True, fields={"first_byte": _first_byte(stats.get("first_byte"), c.started),
+                                                 "strays_killed": ex.strays or None})
             return
-        outcome = run.stop_outcome or "failed"
-        rec = commit_failure(self.home, plan, c, outcome=outcome, ended=ended, exit_code=ex.code,
-                             signal=ex.signal, reason=run.stop_reason or ex.describe())
-        self._after_failure(gs, c, rec)
+        self._finish(gs, c, ok=False, outcome=run.stop_outcome or S.FAILED, exit_code=ex.code, signal=ex.signal,
+                     reason=run.stop_reason or ex.describe())
 
     def _vanished(self, gs: GoalState, c: Claim, ex: Exit) -> bool:
         """The claim (or the whole task folder) disappeared while the agent ran, and nobody
@@ -653,10 +634,8 @@ class Engine:
             pass
         fsio.makedirs(self.home.task_dir(g, t))
         reason = f"its task folder was deleted while it ran ({ex.describe()})"
-        rec = commit_failure(self.home, gs.plan, c, outcome="failed", ended=time.time(), exit_code=ex.code,
-                             signal=ex.signal, reason=reason)
         self.log(f"{g}/{t}: attempt {c.attempt} failed: {reason}")
-        self._after_failure(gs, c, rec)
+        self._finish(gs, c, ok=False, exit_code=ex.code, signal=ex.signal, reason=reason)
         return True
 
     def _give_back(self, gs: GoalState, c: Claim, reason: str) -> None:
@@ -677,29 +656,25 @@ class Engine:
             gs.sched.retrying(c.task)
             self._add_timer(time.monotonic() + 5.0, c.goal, c.task)
 
-    def _after_failure(self, gs: GoalState, c: Claim, rec: dict) -> None:
+    def _finish(self, gs: GoalState, c: Claim, *, ok: bool, **kw) -> None:
+        """An attempt of ours ended with a verdict: the transition, then what this engine does
+        next (rebuild, a retry timer, the goal's end)."""
         g, t = c.goal, c.task
-        if rec["final"]:
-            self._emit(g, t, ev.FAILED, attempt=c.attempt, duration=rec["duration"], exit_code=rec.get("exit_code"),
-                       signal=rec.get("signal"), reason=rec.get("reason"), outcome=rec["outcome"])
-            changes = gs.sched.finish(t, "failed")
-            if changes is None:
-                self._resync(gs)
-                return
-            emit_changes(self.home, g, changes[1:], self.worker)
-            if gs.plan.on_failure == "stop" and not gs.stopped:
-                gs.stopped = True
-                emit_changes(self.home, g, stop_goal(self.home, gs.plan, gs.sched, t, self.worker), self.worker)
-            self._check_ended(gs)
-        else:
-            self._emit(g, t, ev.RETRYING, attempt=c.attempt, duration=rec["duration"], exit_code=rec.get("exit_code"),
-                       signal=rec.get("signal"), reason=rec.get("reason"), outcome=rec["outcome"],
-                       retry_at=rec["retry_at"])
-            gs.sched.retrying(t)
+        done = tr.finish(self.home, gs.plan, gs.sched, c, ok=ok, worker=self.worker, stop_handled=gs.stopped, **kw)
+        self._touched.add(g)
+        if done.outcome == S.RETRYING:
             # this engine recorded the retry, so it announces `ready` when the backoff ends
             # (other engines requeue silently on their own timers: one line, not one per worker)
+            rec = done.record
             self._add_timer(time.monotonic() + max(0.0, rec["retry_at"] - time.time()), g, t,
                             announce=c.attempt + 1)
+            return
+        if done.changes.rebuild:
+            self._resync(gs)
+            return
+        if done.outcome == S.FAILED and gs.sched.stop_on_failure:
+            gs.stopped = True
+        self._check_ended(gs)
 
     def _stop_run(self, run: Run, outcome: str, reason: str) -> None:
         if run.stop_outcome is not None:
@@ -727,7 +702,8 @@ class Engine:
                 gs.sched.requeue(t)
                 requeued.add((g, t))
             if announce and (g, t) in requeued:     # a rescan's silent twin may have fired first
-                self._emit(g, t, ev.READY, attempt=announce, reason="retry backoff ended")
+                tr.retry_due(self.home, g, t, attempt=announce, worker=self.worker)
+                self._touched.add(g)
         for run in list(self.runs.values()):
             if run.deadline is not None and now >= run.deadline:
                 self._stop_run(run, "timeout", f"timed out after {run.task.timeout:g}s")
@@ -756,8 +732,7 @@ class Engine:
             run.progress_at = max(run.progress_at, st.get("last_output") or 0.0)
             if now - run.progress_at > task.stall_timeout:
                 reason = f"stalled: no output and no heartbeat for {task.stall_timeout:g}s"
-                ev.emit(self.home, run.goal, ev.TASK_BLOCKED, task=task.id, reason=reason,
-                        attempt=run.claim.attempt, worker=self.worker)
+                tr.stalled(self.home, run.claim, reason=reason, worker=self.worker)
                 self._touched.add(run.goal)
                 self._stop_run(run, "stalled", reason)
         for gs in list(self.goals.values()):
@@ -789,7 +764,7 @@ class Engine:
                 self._check_ended(gs)
             return
         try:
-            reason = break_if_stale(self.home, gs.plan, t, worker=self.worker, reap=self.runner.reap_orphan,
+            reason = tr.break_stale(self.home, gs.plan, t, worker=self.worker, reap=self.runner.reap_orphan,
                                     lease=self._judge_lease(gs.plan))
         except (OSError, FsError) as e:     # the disk is full or failing: nothing can progress
             self._fs_failed(e)

@@ -15,10 +15,10 @@ from . import events as ev
 from . import fsio
 from . import plan as planmod
 from . import proc
+from . import states as S
 from .errors import DagrunError, ExitCode, NotFound, Refused, UsageError, os_error
-from .lifecycle import (Claim, Stale, break_if_stale, build_scheduler, check_holder, claim_task, commit_done,
-                        commit_failure, emit_changes, finish_goal_if_ended, latest_attempt, marker_of,
-                        mark_cancelled, stop_goal)
+from . import transitions as tr
+from .lifecycle import Claim, Stale, build_scheduler, check_holder, claim_task, latest_attempt, marker_of
 from .plan import Plan, check_id
 from .scheduler import READY, RETRYING, RUNNING, WAITING
 from .store import Home, as_int, dumps, loads, now_iso, parse_ts
@@ -145,8 +145,8 @@ def _replace_goal(home: Home, old: Plan, new: Plan, d: Diff, by: str) -> None:
             fsio.write_atomic(home.plan_path(g), new.canonical())
         except OSError as e:
             raise os_error("replace the plan of", home.goal_dir(g), e) from None
-    ev.emit(home, g, ev.PLAN_REPLACED, worker=by, changed=d.changed, downstream=d.downstream,
-            removed=d.removed, added=d.added, archived=moved, archive=adir if moved else None)
+    tr.plan_replaced(home, g, by=by, changed=d.changed, downstream=d.downstream,
+                     removed=d.removed, added=d.added, archived=moved, archive=adir if moved else None)
 
 
 def _archive(home: Home, plan: Plan, g: str, targets: set[str]) -> tuple[str, list[str]]:
@@ -218,10 +218,10 @@ def claim_external(home: Home, g: str, *, worker: str | None, pid: int | None = 
     plan = home.load_plan(g)
     sched, facts = build_scheduler(home, plan)
     for t, f in facts.items():          # nobody else may be around to recover dead holders
-        if f.state == "running" and break_if_stale(home, plan, t, worker=worker) is not None:
+        if f.state == S.RUNNING and tr.break_stale(home, plan, t, worker=worker) is not None:
             sched.requeue(t)
     if sched.is_finished():
-        finish_goal_if_ended(home, plan, sched, worker)
+        tr.end_goal_if_finished(home, plan, sched, worker)
         return ExitCode.GOAL_FAILED, None
     while True:
         t = sched.take()              # None too when max_parallel or on_failure=stop say wait
@@ -237,7 +237,7 @@ def claim_external(home: Home, g: str, *, worker: str | None, pid: int | None = 
             continue
         if c is None:
             continue
-        ev.status(home, g, t, ev.RUNNING, attempt=c.attempt, worker=worker, pid=holder)
+        tr.started(home, c, worker=worker, pid=holder)
         task = plan.task(t)
         cdir = home.claim_dir(g, t)
         return ExitCode.OK, {
@@ -315,13 +315,9 @@ def complete(home: Home, g: str, t: str, *, output: str | None, worker: str | No
     by = _by(c, worker, forced)
     extra = _forced_fields(c, forced, by)
     sched, _ = build_scheduler(home, plan)
-    body = commit_done(home, plan, c, ended=time.time(), output_data=data, **extra)
-    ev.status(home, g, t, ev.DONE, attempt=c.attempt, worker=by, duration=body["duration"], exit_code=0,
-              output_bytes=body["output_bytes"], **extra)
-    changes = sched.finish(t, "done") or []
-    emit_changes(home, g, changes[1:], by)
-    finish_goal_if_ended(home, plan, sched, by)
-    return body
+    done = tr.finish(home, plan, sched, c, ok=True, worker=by, output_data=data, forced=extra)
+    tr.end_goal_if_finished(home, plan, sched, by)
+    return done.record
 
 
 @_shared_edit_lock
@@ -333,25 +329,13 @@ def fail(home: Home, g: str, t: str, *, reason: str, worker: str | None, pid: in
     by = _by(c, worker, forced)
     extra = _forced_fields(c, forced, by)
     sched, _ = build_scheduler(home, plan)
-    rec = commit_failure(home, plan, c, outcome="failed", ended=time.time(), exit_code=exit_code,
-                         reason=reason or "reported failed by the worker", **extra)
-    if rec["final"]:
-        ev.status(home, g, t, ev.FAILED, attempt=c.attempt, worker=by, duration=rec["duration"],
-                  exit_code=exit_code, reason=rec["reason"], outcome="failed", **extra)
-        changes = sched.finish(t, "failed") or []
-        emit_changes(home, g, changes[1:], by)
-        if plan.on_failure == "stop":
-            emit_changes(home, g, stop_goal(home, plan, sched, t, by), by)
-        finish_goal_if_ended(home, plan, sched, by)
-    else:
-        ev.status(home, g, t, ev.RETRYING, attempt=c.attempt, worker=by, duration=rec["duration"],
-                  exit_code=exit_code, reason=rec["reason"], outcome="failed", retry_at=rec["retry_at"], **extra)
-        if float(rec.get("retry_at") or 0) <= time.time():
-            # no backoff: ready again right now, and nobody else will say so (a running
-            # worker would requeue it silently after its grace for a foreign retry)
-            ev.status(home, g, t, ev.READY, attempt=c.attempt + 1, worker=by,
-                      reason=f"attempt {c.attempt}: {rec['reason']}")
-    return rec
+    # a retry without backoff is announced ready at once: nobody else will say so (a running
+    # worker would requeue it silently after its grace for a foreign retry)
+    done = tr.finish(home, plan, sched, c, ok=False, worker=by, exit_code=exit_code,
+                     reason=reason or "reported failed by the worker", forced=extra, announce_ready=True)
+    if done.outcome == S.FAILED:
+        tr.end_goal_if_finished(home, plan, sched, by)
+    return done.record
 
 
 def heartbeat(home: Home, g: str, t: str, *, worker: str | None, pid: int | None) -> None:
@@ -416,13 +400,9 @@ def cancel(home: Home, g: str, t: str | None, *, by: str, reason: str = "",
     why = reason or f"cancelled by {by}"
     res = CancelResult()
     for x in targets:
-        if mark_cancelled(home, g, x, by=by, reason=why):
-            ev.status(home, g, x, ev.CANCELLED, worker=by, reason=why)
+        new, _ch = tr.cancel(home, sched, g, x, by=by, reason=why, repeat=x in unheard)
+        if new:
             res.cancelled.append(x)
-        elif x in unheard:
-            ev.status(home, g, x, ev.CANCELLED, worker=by, reason=why, repeated=True)
-        ch = sched.finish(x, "cancelled") or []
-        emit_changes(home, g, ch[1:], by)
     # after the markers: a task claimed just before its marker landed is running too
     pending = {x for x in targets if os.path.isdir(home.claim_dir(g, x))}
     if wait is None:
@@ -443,7 +423,7 @@ def cancel(home: Home, g: str, t: str | None, *, by: str, reason: str = "",
                 pending.discard(x)         # a script's agent: it learns on its next heartbeat
                 res.external.append(x)
             else:
-                break_if_stale(home, plan, x, worker=by, reap=reap)
+                tr.break_stale(home, plan, x, worker=by, reap=reap)
         watched = {x: rid for x, rid in run_ids.items() if x not in res.external}
         live = live_attempts(set(watched.values()))
         alive = {x for x, rid in watched.items() if rid in live}
@@ -452,7 +432,7 @@ def cancel(home: Home, g: str, t: str | None, *, by: str, reason: str = "",
         time.sleep(0.05)
     res.still_running = sorted(pending | alive)
     res.stopped = sorted(x for x in run_ids if x not in res.still_running and x not in res.external)
-    finish_goal_if_ended(home, plan, sched, by)
+    tr.end_goal_if_finished(home, plan, sched, by)
     return res
 
 
@@ -488,7 +468,7 @@ def retry(home: Home, g: str, t: str | None, *, cascade: bool = False, force: bo
                     and x not in targets]
     for x in targets:
         _clear(home, g, x)
-        ev.status(home, g, x, ev.RESET, worker=by, reason=f"retry requested by {by}")
+        tr.reset(home, g, x, by=by, reason=f"retry requested by {by}")
     try:
         fsio.remove(home.summary_path(g))
     except OSError as e:
@@ -535,8 +515,7 @@ def _redo_done(home: Home, plan: Plan, t: str, by: str) -> list[str]:
         except OSError as e:
             raise os_error("archive", home.task_dir(g, t), e) from None
     for x in targets:
-        ev.status(home, g, x, ev.RESET, worker=by, reason=f"forced re-run of {t} requested by {by}",
-                  archive=adir)
+        tr.reset(home, g, x, by=by, reason=f"forced re-run of {t} requested by {by}", archive=adir)
     return targets
 
 

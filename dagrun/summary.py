@@ -7,7 +7,7 @@ not keep: how often a task was blocked, how many attempts were started over the 
 -- archived task folders included -- and the first-byte latency of done attempts).
 
 `build_summary` is what lands in summary.json when the goal ends (written once, by
-lifecycle.finish_goal_if_ended); `goal_run` is the same analysis for a goal at any moment
+transitions.end_goal_if_finished); `goal_run` is the same analysis for a goal at any moment
 (the report and `dagrun graph GOAL` use it on running goals too).
 
 The critical path is the chain of dependencies with the largest sum of *actual* task spans
