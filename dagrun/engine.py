@@ -28,7 +28,8 @@ from . import events as ev
 from . import fsio
 from . import states as S
 from .errors import DagrunError, ExitCode, FsError, os_error
-from .executor import Exit, Launch, ProcessRunner, Runner, StartError
+from . import executor
+from .executor import Exit, Launch, ProcessRunner, Runner, StartError, Wakeup
 from . import transitions as tr
 from .lifecycle import Claim, Stale, build_scheduler, claim_task, latest_attempt, marker_of, record_unfinished
 from .plan import Plan, Task
@@ -38,7 +39,6 @@ from .watcher import Doorbell, Watcher
 
 HOUSEKEEPING = 1.0        # s: liveness of other workers' claims, stall checks
 IDLE_RETRY_HORIZON = 60.0  # s: --until-idle waits for a retry due this soon; a later one is the next run's
-NO_PIDFD_POLL = 0.02      # s: child-exit polling where pidfd_open is missing
 FOREIGN_RETRY_GRACE = 1.0  # s: past another worker's retry_at before we requeue without its `ready`
 
 
@@ -117,6 +117,7 @@ class Engine:
         self.watcher: Watcher | None = None
         self.fs_error: FsError | None = None      # the disk said no: stop, exit 5
         self._base_env = dict(os.environ)         # the agents' environment, copied once (not per task)
+        self._wake = Wakeup()                     # the runner's wake-up, as of _next_wakeup
 
     # ================================================================== public
     def run(self) -> int:
@@ -222,7 +223,7 @@ class Engine:
         p.register(self.bell.r, select.POLLIN)
         if self.watcher is not None and self.watcher.fd is not None:
             p.register(self.watcher.fd, select.POLLIN)
-        for fd in self.runner.fds():
+        for fd in self._wake.fds:
             p.register(fd, select.POLLIN)
         try:
             return {fd for fd, _ in p.poll(timeout * 1000.0)}
@@ -251,8 +252,9 @@ class Engine:
             t = min(t, self._next_poll)
         if self.tick is not None:
             t = min(t, self._next_tick)
-        if self.runs and not getattr(self.runner, "pidfd_ok", True):
-            t = min(t, now + NO_PIDFD_POLL)
+        self._wake = self.runner.wakeup()
+        if self.runs and self._wake.timeout is not None:
+            t = min(t, now + self._wake.timeout)
         return max(0.0, t - now)
 
     def _should_exit(self) -> bool:
@@ -601,7 +603,7 @@ class Engine:
         if ex.strays:
             self.log(f"{g}/{t}: killed {ex.strays} process(es) attempt {c.attempt} left running outside its group")
         plan = gs.plan
-        stats = ex.stats if ex.stats is not None else self.runner.stats(run.handle)
+        prog = ex.progress if ex.progress is not None else self.runner.progress(run.handle)
         if run.stop_outcome is None and plan.task(t).definition_digest() != run.definition:
             run.stop_outcome, run.stop_reason = "superseded", "the task's definition changed while it ran"
         if run.stop_outcome in (S.CANCELLED, "superseded", "interrupted"):
@@ -610,7 +612,7 @@ class Engine:
             self._touched.add(g)
             return
         if run.stop_outcome is None and ex.ok:
-            self._finish(gs, c, ok=True, fields={"first_byte": _first_byte(stats.get("first_byte"), c.started),
+            self._finish(gs, c, ok=True, fields={"first_byte": _first_byte(prog.first_byte, c.started),
                                                  "strays_killed": ex.strays or None})
             return
         self._finish(gs, c, ok=False, outcome=run.stop_outcome or S.FAILED, exit_code=ex.code, signal=ex.signal,
@@ -710,7 +712,7 @@ class Engine:
             if run.kill_at is not None and now >= run.kill_at:
                 self.runner.kill(run.handle)
                 run.kill_at = None
-            if run.task.max_output and not run.stop_outcome and self.runner.stats(run.handle).get("over_limit"):
+            if run.task.max_output and not run.stop_outcome and self.runner.progress(run.handle).over_limit:
                 self._stop_run(run, "output_limit", f"stdout exceeded max_output ({run.task.max_output} bytes)")
             if now >= run.hb_at:
                 gs = self.goals.get(run.goal)
@@ -725,11 +727,11 @@ class Engine:
             task = run.task
             if run.stop_outcome or not task.stall_timeout:
                 continue
-            st = self.runner.stats(run.handle)
+            prog = self.runner.progress(run.handle)
             hb = _mtime(self.home.heartbeat_path(run.goal, task.id))
             if hb > run.heartbeat_seen:
                 run.heartbeat_seen, run.progress_at = hb, now
-            run.progress_at = max(run.progress_at, st.get("last_output") or 0.0)
+            run.progress_at = max(run.progress_at, prog.last_output or 0.0)
             if now - run.progress_at > task.stall_timeout:
                 reason = f"stalled: no output and no heartbeat for {task.stall_timeout:g}s"
                 tr.stalled(self.home, run.claim, reason=reason, worker=self.worker)
@@ -764,7 +766,7 @@ class Engine:
                 self._check_ended(gs)
             return
         try:
-            reason = tr.break_stale(self.home, gs.plan, t, worker=self.worker, reap=self.runner.reap_orphan,
+            reason = tr.break_stale(self.home, gs.plan, t, worker=self.worker, reap=self._reap_orphan,
                                     lease=self._judge_lease(gs.plan))
         except (OSError, FsError) as e:     # the disk is full or failing: nothing can progress
             self._fs_failed(e)
@@ -781,6 +783,10 @@ class Engine:
                 gs.sched.requeue(t)
             elif gs.sched.finish(t, m) is not None:
                 self._check_ended(gs)
+
+    def _reap_orphan(self, handle: dict | None, grace: float, run_id: str | None = None) -> bool:
+        """A dead driver's attempt, through the runner its handle names (ours if the same)."""
+        return executor.reap_orphan(handle, grace, run_id, mine=self.runner)
 
     # ================================================================== signals
     def _install_signals(self):

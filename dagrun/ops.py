@@ -377,7 +377,7 @@ def cancel(home: Home, g: str, t: str | None, *, by: str, reason: str = "",
     broken here and its orphaned agent killed. Then we wait -- by default the largest
     kill_grace plus 5 s -- until no claim is left and no process of those attempts
     (DAGRUN_RUN_ID) is alive, so that when this returns the agents are gone."""
-    from .executor import ProcessRunner, live_attempts
+    from . import executor
 
     plan = home.load_plan(g)
     if t is not None:
@@ -407,16 +407,17 @@ def cancel(home: Home, g: str, t: str | None, *, by: str, reason: str = "",
     pending = {x for x in targets if os.path.isdir(home.claim_dir(g, x))}
     if wait is None:
         wait = max((plan.task(x).kill_grace for x in pending), default=0.0) + 5.0
-    reap = ProcessRunner().reap_orphan
+    reap = executor.reap_orphan      # through the runner each claim's handle names
     deadline = time.monotonic() + wait
-    run_ids: dict[str, str] = {}
+    run_ids: dict[str, dict] = {}     # task -> the attempt's handle (with its run id)
     while True:
         for x in sorted(pending):
             owner = claims.read_owner(home, g, x)
             if owner:
-                rid = owner.get("run_id") or (owner.get("handle") or {}).get("run_id")
+                h = owner.get("handle") if isinstance(owner.get("handle"), dict) else {"runner": "process"}
+                rid = owner.get("run_id") or h.get("run_id")
                 if rid:
-                    run_ids[x] = rid
+                    run_ids[x] = {**h, "run_id": rid}
             if not os.path.isdir(home.claim_dir(g, x)):
                 pending.discard(x)
             elif owner and owner.get("kind") == "external":
@@ -424,9 +425,8 @@ def cancel(home: Home, g: str, t: str | None, *, by: str, reason: str = "",
                 res.external.append(x)
             else:
                 tr.break_stale(home, plan, x, worker=by, reap=reap)
-        watched = {x: rid for x, rid in run_ids.items() if x not in res.external}
-        live = live_attempts(set(watched.values()))
-        alive = {x for x, rid in watched.items() if rid in live}
+        watched = {x: h for x, h in run_ids.items() if x not in res.external}
+        alive = executor.alive(watched)
         if (not pending and not alive) or time.monotonic() >= deadline:
             break
         time.sleep(0.05)
