@@ -20,26 +20,24 @@ import select
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from . import claim as claims
-from . import events as ev
+from . import executor
 from . import fsio
 from . import states as S
-from .errors import DagrunError, ExitCode, FsError, os_error
-from . import executor
-from .executor import Exit, Launch, ProcessRunner, Runner, StartError, Wakeup
 from . import transitions as tr
-from .lifecycle import Claim, Stale, build_scheduler, claim_task, latest_attempt, marker_of, record_unfinished
+from .errors import DagrunError, ExitCode, FsError, os_error
+from .executor import Exit, Launch, ProcessRunner, Runner, StartError, Wakeup
+from .lifecycle import Claim, Stale, claim_task, marker_of, record_unfinished
 from .plan import Plan, Task
-from .scheduler import Scheduler
+from .reconcile import GoalState, Reconciler
 from .store import Home, loads
 from .watcher import Doorbell, Watcher
 
 HOUSEKEEPING = 1.0        # s: liveness of other workers' claims, stall checks
 IDLE_RETRY_HORIZON = 60.0  # s: --until-idle waits for a retry due this soon; a later one is the next run's
-FOREIGN_RETRY_GRACE = 1.0  # s: past another worker's retry_at before we requeue without its `ready`
 
 
 def default_worker_name() -> str:
@@ -65,20 +63,7 @@ class Run:
     progress_at: float = 0.0
 
 
-@dataclass
-class GoalState:
-    plan: Plan
-    sched: Scheduler
-    reader: ev.Reader
-    stamp: tuple
-    foreign: set = field(default_factory=set)
-    next_rescan: float = 0.0
-    finished: bool = False
-    stopped: bool = False     # on_failure=stop was acted on (stop_goal ran, here or in another
-    #                           process): run it once. What may start is the scheduler's call.
-
-
-class Engine:
+class Engine(Reconciler):
     def __init__(self, home: Home, *, worker: str | None = None, jobs: int = 4, goal: str | None = None,
                  until_idle: bool = False, poll: float | None = None, runner: Runner | None = None,
                  log: Callable[[str], None] | None = None, on_event: Callable[[dict], None] | None = None,
@@ -286,110 +271,6 @@ class Engine:
         """Our own claims' lease refresh: often enough for the shorter of the two."""
         return min(plan.lease, self.lease or plan.lease) / 3
 
-    # ================================================================== goals
-    def _discover(self) -> None:
-        names = [self.only] if self.only else self.home.goals()
-        for g in names:
-            if g in self.goals:
-                continue
-            try:
-                plan = self.home.load_plan(g)
-            except DagrunError as e:
-                if self.only:
-                    raise
-                self.log(f"warning: skipping goal {g}: {e}")
-                continue
-            fsio.sweep_temps(self.home.goal_dir(g))   # e.g. .summary.json.<pid>.tmp of a killed finisher
-            reader = ev.Reader(self.home.events_path(g))
-            reader.offset = _size(reader.path)        # the past is in the snapshot
-            gs = GoalState(plan=plan, sched=None, reader=reader, stamp=self.home.plan_stamp(g))  # type: ignore[arg-type]
-            self.goals[g] = gs
-            if self.watcher is not None:
-                self.watcher.watch_goal(g)
-            self._resync(gs)
-
-    def _resync(self, gs: GoalState) -> None:
-        """Rebuild the goal's scheduler from the files (start-up, plan change, periodic)."""
-        g = gs.plan.goal
-        t0 = time.monotonic()
-        stamp = self.home.plan_stamp(g)
-        if not stamp:
-            self._drop_goal(g)
-            return
-        if stamp != gs.stamp:
-            try:
-                gs.plan = self.home.load_plan(g)
-            except DagrunError as e:
-                self.log(f"warning: cannot reload the plan of {g}: {e}")
-                return
-            gs.stamp = stamp
-            gs.finished = gs.stopped = False
-        plan = gs.plan
-        sched, facts = build_scheduler(self.home, plan)
-        gs.sched = sched
-        gs.foreign = set()
-        mine = {t for (gg, t) in self.by_task if gg == g}
-        for t in mine:
-            run = self.by_task[(g, t)]
-            f = facts.get(t)
-            if f is not None and f.state == "cancelled":
-                self._stop_run(run, "cancelled", "cancelled")
-            elif f is None or plan.task(t).definition_digest() != run.definition or \
-                    not claims.holds(self.home, g, t, run.claim.nonce):
-                self._stop_run(run, "superseded", "the plan changed or the claim was taken away")
-            if f is not None:
-                # running until its process is reaped, even when being stopped: a second
-                # attempt must not start beside the one still dying (_commit requeues it)
-                sched.start(t)
-        now_wall = time.time()
-        for t, f in facts.items():
-            if f.extra.get("temps"):
-                tdir = self.home.task_dir(g, t)
-                fsio.sweep_temps(tdir)
-                fsio.sweep_temps(os.path.join(tdir, "attempts"))
-            if t in mine:
-                continue
-            if f.state == "running":
-                gs.foreign.add(t)
-            elif f.owner is not None or f.claim_mtime:
-                self._sweep_leftover_claim(gs, t, f.owner)
-            if sched.state_of(t) == "retrying":
-                # a retry this worker recorded is announced by whichever of its timers fires
-                # first; another's waits a grace longer for that announcement (one `ready` line)
-                ours = (f.record or {}).get("worker") == self.worker
-                delay = max(0.0, f.retry_at - now_wall) + (0.0 if ours else FOREIGN_RETRY_GRACE)
-                self._add_timer(time.monotonic() + delay, g, t, announce=f.attempt + 1 if ours else 0)
-        gs.stopped = plan.on_failure == "stop" and any(f.state == "failed" for f in facts.values())
-        if gs.stopped and any(True for _ in sched.not_started()):
-            # a stop that was cut short (a crash inside stop_goal, or a failure committed by
-            # another process): finish it, or the goal would wait for ever
-            root = next(t for t, f in facts.items() if f.state == "failed")
-            tr.stop_goal(self.home, plan, sched, root, self.worker)
-            self._touched.add(g)
-        cost = time.monotonic() - t0
-        gs.next_rescan = time.monotonic() + max(self.rescan_every, 50 * cost)
-        self._check_ended(gs)
-
-    def _sweep_leftover_claim(self, gs: GoalState, t: str, owner: dict | None) -> None:
-        """A claim beside a done/failed/cancelled marker: its holder committed and died before
-        removing it. Remove it now if the holder is gone (the marker proves the work ended)."""
-        g = gs.plan.goal
-        lease = self._judge_lease(gs.plan)
-        if owner is None or claims.judge(self.home, g, t, owner, lease=lease) is not None:
-            res = claims.break_claim(self.home, g, t, owner.get("nonce") if owner else None,
-                                     lease=lease, grace=0.0)
-            if res is not None:
-                fsio.rmtree(res[2])
-
-    def _drop_goal(self, g: str) -> None:
-        for (gg, _t), run in list(self.by_task.items()):
-            if gg == g:
-                self._stop_run(run, "superseded", "the goal was removed")
-        if not any(gg == g for (gg, _t) in self.by_task):
-            self.goals.pop(g, None)
-            if self.watcher is not None:
-                self.watcher.unwatch_goal(g)
-
     def _check_ended(self, gs: GoalState) -> None:
         if gs.sched.is_finished() and not any(k[0] == gs.plan.goal for k in self.by_task):
             if not gs.finished:
@@ -398,66 +279,6 @@ class Engine:
                 tr.end_goal_if_finished(self.home, gs.plan, gs.sched, self.worker)
         else:
             gs.finished = False
-
-    # ================================================================== the change feed
-    def _feed(self, gs: GoalState) -> None:
-        resync = False
-        for e in gs.reader.read():
-            if e.get("worker") != self.worker:
-                resync = self._apply(gs, e) or resync
-            self.on_event(e)
-        if resync or self.home.plan_stamp(gs.plan.goal) != gs.stamp:
-            self._resync(gs)
-
-    def _apply(self, gs: GoalState, e: dict) -> bool:
-        """Update the scheduler from another process's event. True: rebuild from the files."""
-        typ = e.get("type")
-        if typ == ev.PLAN_REPLACED:
-            return True
-        if typ != ev.TASK_STATUS:
-            return False
-        t = e.get("task")
-        g = gs.plan.goal
-        if not isinstance(t, str) or not gs.plan.has(t):
-            return False
-        st = e.get("status")
-        sched = gs.sched
-        mine = (g, t) in self.by_task
-        if st == ev.RUNNING:
-            if not mine:
-                sched.start(t)
-                gs.foreign.add(t)
-        elif st in (ev.DONE, ev.FAILED, ev.CANCELLED):
-            m = marker_of(self.home, g, t)
-            if m is None:
-                return False             # reset since then; the files will tell
-            if mine and m == "cancelled":
-                self._stop_run(self.by_task[(g, t)], "cancelled", e.get("reason") or "cancelled")
-            elif mine:     # `dagrun complete/fail --force` over our claim: the agent's work is moot
-                self._stop_run(self.by_task[(g, t)], "superseded", f"{m} with --force by {e.get('worker')}")
-            gs.foreign.discard(t)
-            changes = sched.finish(t, m)
-            if changes is None:
-                return True
-            if m == "failed" and gs.plan.on_failure == "stop":
-                gs.stopped = True
-            self._check_ended(gs)
-        elif st == ev.RETRYING:
-            if not mine:
-                sched.retrying(t)
-                gs.foreign.discard(t)
-                when = float(e.get("retry_at") or 0.0)
-                # the worker that recorded the retry announces `ready` when its backoff ends and
-                # we requeue on that line; this timer only matters if that worker is gone
-                self._add_timer(time.monotonic() + max(0.0, when - time.time()) + FOREIGN_RETRY_GRACE, g, t)
-        elif st == ev.READY:
-            s = sched.state_of(t)
-            if not mine and (s == "retrying" or (s == "running" and not os.path.isdir(self.home.claim_dir(g, t)))):
-                gs.foreign.discard(t)
-                sched.requeue(t)
-        elif st == ev.RESET:
-            return True
-        return False
 
     # ================================================================== dispatch
     def _dispatch(self) -> None:
@@ -741,49 +562,6 @@ class Engine:
             for t in list(gs.foreign):
                 self._check_foreign(gs, t)
 
-    def _check_foreign(self, gs: GoalState, t: str) -> None:
-        """Is another worker's claim still alive? Break it if its holder is provably gone."""
-        g = gs.plan.goal
-        if gs.sched.state_of(t) != "running" or (g, t) in self.by_task:
-            gs.foreign.discard(t)
-            return
-        if not os.path.isdir(self.home.claim_dir(g, t)):
-            m = marker_of(self.home, g, t)
-            gs.foreign.discard(t)
-            if m is None:
-                # released without a marker: given back, or failed with a retry left -- then its
-                # backoff holds (we may not have read the `retrying` line yet)
-                rec = latest_attempt(self.home, g, t)[1] or {}
-                wait = float(rec.get("retry_at") or 0.0) - time.time() if not rec.get("final") else 0.0
-                if wait > 0:
-                    gs.sched.retrying(t)
-                    self._add_timer(time.monotonic() + wait + FOREIGN_RETRY_GRACE, g, t)
-                else:
-                    gs.sched.requeue(t)
-            elif gs.sched.finish(t, m) is None:
-                self._resync(gs)
-            else:
-                self._check_ended(gs)
-            return
-        try:
-            reason = tr.break_stale(self.home, gs.plan, t, worker=self.worker, reap=self._reap_orphan,
-                                    lease=self._judge_lease(gs.plan))
-        except (OSError, FsError) as e:     # the disk is full or failing: nothing can progress
-            self._fs_failed(e)
-            return
-        except DagrunError as e:
-            self.log(f"warning: cannot break the stale claim of {g}/{t}: {e}")
-            return
-        if reason is not None:
-            self.log(f"recovered {g}/{t}: {reason}")
-            self._touched.add(g)
-            gs.foreign.discard(t)
-            m = marker_of(self.home, g, t)
-            if m is None:
-                gs.sched.requeue(t)
-            elif gs.sched.finish(t, m) is not None:
-                self._check_ended(gs)
-
     def _reap_orphan(self, handle: dict | None, grace: float, run_id: str | None = None) -> bool:
         """A dead driver's attempt, through the runner its handle names (ours if the same)."""
         return executor.reap_orphan(handle, grace, run_id, mine=self.runner)
@@ -833,12 +611,6 @@ class Engine:
             self._stop_run(run, "interrupted", why)
             run.kill_at = time.monotonic() + min(run.task.kill_grace, 5.0)
 
-
-def _size(path: str) -> int:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
 
 
 def _mtime(path: str) -> float:

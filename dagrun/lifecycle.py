@@ -423,8 +423,14 @@ def build_scheduler(home: Home, plan: Plan, now: float | None = None) -> tuple[S
             initial[tid] = "retrying"
         else:
             initial[tid] = f.state
+    return scheduler_for(plan, initial), facts
+
+
+def scheduler_for(plan: Plan, initial: dict[str, str] | None = None) -> Scheduler:
+    """The plan's scheduler with the plan's rules for what may start (max_parallel,
+    on_failure=stop): the one place that hands plan fields to the scheduler."""
     return Scheduler(plan.tasks, initial, max_parallel=plan.max_parallel,
-                     stop_on_failure=plan.on_failure == "stop"), facts
+                     stop_on_failure=plan.on_failure == "stop")
 
 
 def mark_cancelled(home: Home, g: str, t: str, *, by: str, reason: str) -> bool:

@@ -19,13 +19,14 @@ LAYERS = {
     # 3: the on-disk layout
     "store": 3,
     # 4: adapters at the edge: the events log, claims, the inotify doorbell, the runners
-    "events": 4, "claim": 4, "watcher": 4, "executor": 4,
+    "events": 4, "claim": 4, "watcher": 4, "executor": 4, "simrun": 4,
     # 5: the files of one task transition; the aggregator over them
     "lifecycle": 5, "summary": 5,
     # 6: the one transition path (markers -> events -> scheduler changes)
     "transitions": 6,
-    # 7: the drivers: the engine loop and its reconciliation, the operations
-    "engine": 7, "reconcile": 7, "ops": 7,
+    # 7: the drivers: the engine loop and its reconciliation, the dry run, the operations
+    # (plan editing, control, the protocol commands' bodies, status data)
+    "engine": 7, "reconcile": 7, "dryrun": 7, "edit": 7, "control": 7, "commands": 7, "status": 7,
     # 8: views over the files
     "metrics": 8, "graph": 8, "report": 8,
     # 9: the command line and its fast path

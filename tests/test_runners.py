@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import wait_for, write_plan
-from dagrun import executor, ops
+from dagrun import control, edit, executor
 from dagrun.engine import Engine
 from dagrun.simrun import DryRunner, FakeRunner, Outcome
 from dagrun.store import Home
@@ -51,7 +51,7 @@ def plan_of(tmp_path, goal: str, spec: dict[str, str], deps: dict[str, list[str]
              for t, b in spec.items()]
     p = write_plan(tmp_path / f"plan-{goal}", tasks, goal=goal)
     home = Home(str(tmp_path / "home"))
-    ops.submit(home, str(p))
+    edit.submit(home, str(p))
     return home
 
 
@@ -130,7 +130,7 @@ def test_cancel_stops_a_running_attempt_and_blocks_nothing_it_should_not(tmp_pat
     try:
         wait_for(lambda: "running" in statuses(home, "g", "a") and os.path.exists(home.marker_path("g", "c", "done")),
                  what="a running, c done")
-        res = ops.cancel(home, "g", "a", by="tester", wait=10)
+        res = control.cancel(home, "g", "a", by="tester", wait=10)
         assert res.cancelled == ["a"] and res.still_running == []
         assert finish(p) == 1
     finally:
@@ -198,3 +198,48 @@ def test_dry_runner_starts_nothing_and_reports_success():
     assert h["runner"] == "dry" and r.wakeup().timeout == 0.0
     assert r.poll(h).ok and r.wakeup().timeout is None
     assert [x.agent for x in r.started] == ["exit 1"]
+
+
+# ---------------------------------------------------------------------------- dagrun run --dry-run
+def _tree(root) -> dict:
+    out = {}
+    for d, dirs, files in os.walk(root):
+        for n in dirs + files:
+            p = os.path.join(d, n)
+            st = os.lstat(p)
+            out[p] = (st.st_mtime_ns, st.st_size, st.st_ino)
+    return out
+
+
+def test_dry_run_prints_the_start_order_and_creates_no_home(tmp_path):
+    from conftest import run
+    tasks = [{"id": "a", "prompt": "p"}, {"id": "b", "prompt": "p"}, {"id": "c", "prompt": "p"},
+             {"id": "d", "prompt": "p", "deps": ["a", "b"]}, {"id": "e", "prompt": "p", "deps": ["d"], "agent": "echo e"}]
+    p = write_plan(tmp_path / "plans", tasks, goal="demo", max_parallel=2, defaults={"agent": "true"})
+    r = run("run", "--dry-run", p, home=tmp_path / "home")
+    lines = [x.split("\t") for x in r.stdout.splitlines()]
+    # max_parallel 2: a and b first; d (on the longer path) before c; e last
+    assert lines == [["1", "demo/a", "true"], ["1", "demo/b", "true"], ["2", "demo/d", "true"],
+                     ["2", "demo/c", "true"], ["3", "demo/e", "echo e"]]
+    assert "nothing was started" in r.stderr
+    assert not (tmp_path / "home").exists()
+
+
+def test_dry_run_of_a_goal_under_way_reads_the_files_and_writes_nothing(tmp_path):
+    from conftest import run
+    tasks = [{"id": "ok", "prompt": "p"}, {"id": "bad", "prompt": "p", "agent": "exit 3"},
+             {"id": "below_bad", "prompt": "p", "deps": ["bad"]}, {"id": "below_ok", "prompt": "p", "deps": ["ok"]}]
+    p = write_plan(tmp_path / "plans", tasks, goal="g", defaults={"agent": "true"})
+    home = tmp_path / "home"
+    run("run", p, home=home, check=1)
+    for m in ("done",):
+        os.remove(home / "goals" / "g" / "tasks" / "below_ok" / m)      # below_ok runs again
+    before = _tree(home)
+    r = run("run", "--dry-run", "g", home=home)
+    assert [x.split("\t")[1] for x in r.stdout.splitlines()] == ["g/below_ok"]   # bad blocks below_bad
+    assert _tree(home) == before
+    tasks[0]["prompt"] = "changed"
+    p2 = write_plan(tmp_path / "plans2", tasks, goal="g", defaults={"agent": "true"})
+    r = run("run", "--dry-run", p2, home=home, check=4)
+    assert "different plan" in r.stderr and r.stdout == ""
+    assert _tree(home) == before

@@ -32,7 +32,7 @@ def cancel(ctx: typer.Context,
     it cancelled."""
     import sys
 
-    from ..ops import cancel as do_cancel
+    from ..control import cancel as do_cancel
     from ..plan import check_id
 
     check_id("goal", goal)
@@ -60,7 +60,7 @@ def retry(ctx: typer.Context,
           json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Run failed / cancelled tasks again with a fresh attempt and retry budget. A running
     worker picks them up; otherwise `dagrun run GOAL`."""
-    from ..ops import retry as do_retry
+    from ..control import retry as do_retry
     from ..plan import check_id
 
     check_id("goal", goal)

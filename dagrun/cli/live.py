@@ -204,7 +204,7 @@ def _final_line(v: GoalView) -> str:
 
 def watch_goal(home, goal: str, *, tty: bool, poll: float | None = None) -> int:
     from ..events import PLAN_REPLACED, Follower
-    from ..ops import goal_detail
+    from ..status import goal_detail
 
     fol = Follower(home, goal, start="end", poll=poll)     # before the snapshot: nothing is missed
     try:
@@ -244,7 +244,7 @@ def _feed(fol, view: GoalView, load, replaced: str) -> list[dict]:
 def watch_all(home, *, tty: bool, poll: float | None = None) -> int:
     """No goal named and not exactly one unfinished: every goal, until all have ended."""
     from ..events import Follower
-    from ..ops import goal_detail
+    from ..status import goal_detail
 
     if not home.goals():
         print(f"no goals under {home.root}", flush=True)

@@ -61,7 +61,7 @@ def watch(ctx: typer.Context,
                                      help="Poll every SECONDS instead of inotify (homes on NFS).")):
     """A live view that redraws on state changes (not on a timer) and exits when the goal
     ends: exit 0 if it ended done, 1 if not. Off a terminal: one line per event."""
-    from ..ops import goal_overview
+    from ..status import goal_overview
     from ..plan import check_id
 
     home = home_of(ctx)

@@ -42,7 +42,7 @@ def submit(ctx: typer.Context,
            dry_run: bool = typer.Option(False, "--dry-run", help="Only show what --replace would re-run."),
            json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Validate and register a goal; print its id. Idempotent for the same plan."""
-    from ..ops import submit as do_submit
+    from ..edit import submit as do_submit
 
     r = do_submit(home_of(ctx), plan, replace=replace, dry_run=dry_run)
     if json:
@@ -60,7 +60,7 @@ def diff(ctx: typer.Context,
          plan: str = typer.Argument(..., metavar="PLAN", help="Path of the edited dag.json."),
          json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Show what `submit --replace PLAN` would re-run, keep, add and archive."""
-    from ..ops import submit as do_submit
+    from ..edit import submit as do_submit
 
     r = do_submit(home_of(ctx), plan, dry_run=True)
     if json:

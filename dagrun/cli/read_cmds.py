@@ -16,7 +16,7 @@ def status(ctx: typer.Context,
            goal: str = typer.Argument(None, help="A goal id (default: a table of every goal)."),
            json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """A table of goals, or one goal's tasks with state, attempt, worker, start and duration."""
-    from ..ops import goal_detail, goal_overview
+    from ..status import goal_detail, goal_overview
     from ..plan import check_id
 
     home = home_of(ctx)

@@ -13,7 +13,7 @@ from .common import fmt_event, home_of, is_tty
 def _resolve(ctx, target: str, replace: bool) -> str:
     """A path to a plan (submitted if needed) or the id of a submitted goal."""
     from ..errors import UsageError
-    from ..ops import submit
+    from ..edit import submit
     from ..plan import valid_id
 
     home = home_of(ctx)
@@ -36,11 +36,16 @@ def run(ctx: typer.Context,
         poll: float = typer.Option(None, "--poll", min=0.01, metavar="SECONDS",
                                    help="Poll the files every SECONDS instead of inotify (for NFS)."),
         replace: bool = typer.Option(False, "--replace", help="If the goal exists with another plan, replace it (see submit)."),
-        quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output; only the final line.")):
+        quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output; only the final line."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print what would start, in order (every task "
+                                     "succeeding), and exit: starts nothing, submits nothing, writes nothing.")):
     """Submit if needed, then run the goal in the foreground until it ends; resumes an
     interrupted goal (done work is never redone)."""
+    if dry_run:
+        _dry_run(ctx, target, jobs)
+        return
     from ..engine import Engine
-    from ..ops import goal_detail
+    from ..status import goal_detail
 
     home = home_of(ctx)
     goal = _resolve(ctx, target, replace)
@@ -84,6 +89,26 @@ def run(ctx: typer.Context,
             for root, tasks in by_root.items():
                 print(f"  blocked by {root}: {' '.join(tasks)}")
     raise typer.Exit(rc)
+
+
+def _dry_run(ctx, target: str, jobs: int | None) -> None:
+    from .. import plan as planmod
+    from ..dryrun import dry_run
+    from ..errors import UsageError
+    from ..plan import valid_id
+
+    home = home_of(ctx)
+    if os.path.isfile(target):
+        plan = planmod.load(target)
+    elif valid_id(target) and home.has_goal(target):
+        plan = home.load_plan(target)
+    else:
+        raise UsageError(f"no plan file and no goal named {target!r} under {home.root}")
+    steps = dry_run(home, plan, jobs=jobs or plan.max_parallel or 4)
+    for s in steps:
+        print(f"{s.wave}\t{s.goal}/{s.task}\t{s.agent}")
+    waves = steps[-1].wave if steps else 0
+    print(f"dry run: {len(steps)} task(s) would start in {waves} wave(s); nothing was started", file=sys.stderr)
 
 
 @app.command()
