@@ -8,15 +8,20 @@ import os
 import time
 
 from . import claim as claims
-from . import fsio
-from . import proc
+from . import fsio, proc
 from . import states as S
 from . import transitions as tr
 from .errors import ExitCode, NotFound, Refused, UsageError, os_error
-from .lifecycle import Claim, Stale, build_scheduler, check_holder, claim_task, marker_of
+from .lifecycle import (
+    Claim,
+    Stale,
+    build_scheduler,
+    check_holder,
+    claim_task,
+    marker_of,
+)
 from .plan import check_id
 from .store import Home, as_int, parse_ts
-
 
 # ====================================================================================== external protocol
 # A script's claim belongs to a process that outlives `dagrun claim`: the calling script (the
@@ -192,7 +197,7 @@ def heartbeat(home: Home, g: str, t: str, *, worker: str | None, pid: int | None
     check_id("goal", g)
     check_id("task", t)
     m = marker_of(home, g, t)
-    if m == "cancelled":
+    if m == S.CANCELLED:
         raise Refused(f"{g}/{t} was cancelled: stop working on it")
     if m is not None:
         raise Refused(f"{g}/{t} is already {m}")

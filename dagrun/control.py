@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from . import claim as claims
 from . import fsio
+from . import states as S
 from . import transitions as tr
 from .edit import _archive
 from .errors import NotFound, Refused, os_error
@@ -45,10 +46,10 @@ def cancel(home: Home, g: str, t: str | None, *, by: str, reason: str = "",
     sched, _ = build_scheduler(home, plan)
     # A task already cancelled that still has a claim: an earlier cancel may have died between
     # the marker and the event, so the engine running it never heard. Announce it again.
-    unheard = {x for x in plan.ids() if sched.state_of(x) == "cancelled" and os.path.isdir(home.claim_dir(g, x))}
+    unheard = {x for x in plan.ids() if sched.state_of(x) == S.CANCELLED and os.path.isdir(home.claim_dir(g, x))}
     if t is not None:
         st = sched.state_of(t)
-        if st == "done" or (st == "cancelled" and t not in unheard):
+        if st == S.DONE or (st == S.CANCELLED and t not in unheard):
             raise Refused(f"cannot cancel {g}/{t}: it is already {st}")
         targets = [t]
     else:
@@ -101,7 +102,7 @@ def retry(home: Home, g: str, t: str | None, *, cascade: bool = False, force: bo
     plan = home.load_plan(g)
     sched, _ = build_scheduler(home, plan)
     if t is None:
-        roots = [x for x in plan.ids() if sched.state_of(x) in ("failed", "cancelled")]
+        roots = [x for x in plan.ids() if sched.state_of(x) in (S.FAILED, S.CANCELLED)]
         if not roots:
             raise Refused(f"nothing to retry in goal {g!r}: no task failed or was cancelled")
     else:
@@ -109,11 +110,11 @@ def retry(home: Home, g: str, t: str | None, *, cascade: bool = False, force: bo
         if not plan.has(t):
             raise NotFound(f"goal {g!r} has no task {t!r}")
         st = sched.state_of(t)
-        if st == "blocked":
+        if st == S.BLOCKED:
             roots = _blocking_roots(plan, sched, t)
-        elif st in ("failed", "cancelled"):
+        elif st in (S.FAILED, S.CANCELLED):
             roots = [t]
-        elif st == "done":
+        elif st == S.DONE:
             if not force:
                 raise Refused(f"{g}/{t} is done; `dagrun retry --force {g} {t}` runs it and everything "
                               f"downstream of it again (their outputs are archived)")
@@ -122,7 +123,7 @@ def retry(home: Home, g: str, t: str | None, *, cascade: bool = False, force: bo
             raise Refused(f"nothing to retry: {g}/{t} is {st}")
     targets = list(roots)
     if cascade:
-        targets += [x for x in plan.descendants(roots) if sched.state_of(x) in ("failed", "cancelled")
+        targets += [x for x in plan.descendants(roots) if sched.state_of(x) in (S.FAILED, S.CANCELLED)
                     and x not in targets]
     for x in targets:
         _clear(home, g, x)
@@ -143,9 +144,9 @@ def _blocking_roots(plan: Plan, sched, t: str) -> list[str]:
                 continue
             seen.add(d)
             s = sched.state_of(d)
-            if s in ("failed", "cancelled"):
+            if s in (S.FAILED, S.CANCELLED):
                 out.append(d)
-            elif s == "blocked":
+            elif s == S.BLOCKED:
                 stack.append(d)
     return [x for x in plan.ids() if x in out]
 
@@ -157,8 +158,8 @@ def _clear(home: Home, g: str, t: str) -> None:
         if rec is not None and rec.get("failures"):
             rec = {**rec, "failures": 0, "retry_at": None, "reset": now_iso()}
             fsio.write_atomic(home.attempt_path(g, t, int(rec.get("attempt", n)), "json"), dumps(rec))
-        fsio.remove(home.marker_path(g, t, "failed"))
-        fsio.remove(home.marker_path(g, t, "cancelled"))
+        fsio.remove(home.marker_path(g, t, S.FAILED))
+        fsio.remove(home.marker_path(g, t, S.CANCELLED))
     except OSError as e:
         raise os_error("reset", home.task_dir(g, t), e) from None
 

@@ -12,6 +12,7 @@ from . import claim as claims
 from . import events as ev
 from . import fsio
 from . import plan as planmod
+from . import states as S
 from . import transitions as tr
 from .errors import DagrunError, Refused, os_error
 from .plan import Plan
@@ -111,16 +112,16 @@ def diff(home: Home, old: Plan, new: Plan) -> Diff:
             d.added.append(t.id)
             continue
         f = facts[t.id]
-        have = (f.marker or {}).get("definition") if f.state == "done" else None
+        have = (f.marker or {}).get("definition") if f.state == S.DONE else None
         have = have or old.task(t.id).definition_digest()
         if have != t.definition_digest():
             changed.add(t.id)
             d.changed.append(t.id)
     below = set(new.descendants(changed)) - changed
-    d.downstream = [t for t in new.ids() if t in below and old.has(t) and facts[t].state != "pending"]
+    d.downstream = [t for t in new.ids() if t in below and old.has(t) and facts[t].state != S.PENDING]
     d.removed = [t for t in old.ids() if not new.has(t)]
     d.kept_done = [t for t in new.ids() if old.has(t) and t not in changed and t not in below
-                   and facts[t].state == "done"]
+                   and facts[t].state == S.DONE]
     # tasks below a change that never ran need nothing archived, but they will run with new inputs
     return d
 

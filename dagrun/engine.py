@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import claim as claims
-from . import executor
-from . import fsio
+from . import executor, fsio
 from . import states as S
 from . import transitions as tr
 from .errors import DagrunError, ExitCode, FsError, os_error
@@ -144,7 +143,7 @@ class Engine(Reconciler):
             return ExitCode.INTERRUPTED if self.stopping == signal.SIGINT else 128 + self.stopping
         if self.only:
             gs = self.goals.get(self.only)
-            if gs is not None and gs.sched.counts().get("done", 0) != len(gs.plan.tasks):
+            if gs is not None and gs.sched.counts().get(S.DONE, 0) != len(gs.plan.tasks):
                 return ExitCode.GOAL_FAILED
         return ExitCode.OK
 
@@ -257,7 +256,7 @@ class Engine(Reconciler):
             soon = time.monotonic() + IDLE_RETRY_HORIZON
             for when, _, g, t, _ in self.timers:
                 gs = self.goals.get(g)
-                if when <= soon and gs is not None and gs.plan.has(t) and gs.sched.state_of(t) == "retrying":
+                if when <= soon and gs is not None and gs.plan.has(t) and gs.sched.state_of(t) == S.RETRYING:
                     return False
             return not any(gs.sched.may_start() for gs in self.goals.values())
         return False
@@ -521,7 +520,7 @@ class Engine(Reconciler):
             gs = self.goals.get(g)
             if gs is None or not gs.plan.has(t):
                 continue
-            if gs.sched.state_of(t) == "retrying":
+            if gs.sched.state_of(t) == S.RETRYING:
                 gs.sched.requeue(t)
                 requeued.add((g, t))
             if announce and (g, t) in requeued:     # a rescan's silent twin may have fired first

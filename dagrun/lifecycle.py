@@ -21,6 +21,7 @@ from typing import Callable
 
 from . import claim as claims
 from . import fsio
+from . import states as S
 from .errors import DagrunError, Refused, os_error
 from .plan import Plan, Task
 from .proc import HOST
@@ -141,15 +142,15 @@ def render_prompt(home: Home, plan: Plan, task: Task, record: dict | None,
     ups = []
     for dep, soft in [(d, False) for d in task.deps] + [(d, True) for d in task.soft_deps]:
         out = home.output_path(g, dep)
-        state = (state_of(dep) if state_of else None) or marker_of(home, g, dep) or "blocked"
-        if state == "done":
+        state = (state_of(dep) if state_of else None) or marker_of(home, g, dep) or S.BLOCKED
+        if state == S.DONE:
             got = home.read_task_file_sized(out, task.context_limit + 1)
-            if got is None and marker_of(home, g, dep) != "done":
+            if got is None and marker_of(home, g, dep) != S.DONE:
                 # a done task always has an output file; without one it was archived (plan
                 # edit, forced retry) after the caller looked: never run on a vanished input
                 raise Stale(f"{g}/{dep} is no longer done")
             data, size = got or (b"", 0)
-            ups.append(Upstream(dep, "done", data, size, out, soft))
+            ups.append(Upstream(dep, S.DONE, data, size, out, soft))
         else:
             ups.append(Upstream(dep, state, None, 0, out, soft))
     note = None
@@ -216,7 +217,7 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
         if forced_by:
             body["forced_by"] = forced_by
             body["held_by"] = held_by
-        _publish_from_owner(home, g, t, "done", body, c.owner)
+        _publish_from_owner(home, g, t, S.DONE, body, c.owner)
         if os.path.isdir(home.attempts_dir(g, t)):
             # earlier attempts are kept under attempts/: keep this one beside them (links, no
             # copies). A task that succeeds at once has no attempts/ and pays nothing here.
@@ -238,7 +239,7 @@ def _keep_success(home: Home, g: str, t: str, n: int, body: dict, have_err: bool
     if os.path.exists(home.prompt_path(g, t)):
         _link_over(home.prompt_path(g, t), home.attempt_path(g, t, n, "prompt.md"))
     prev = _record_before(home, g, t, n)
-    rec = {"attempt": n, "outcome": "done", "exit_code": body.get("exit_code"), "signal": None, "reason": "",
+    rec = {"attempt": n, "outcome": S.DONE, "exit_code": body.get("exit_code"), "signal": None, "reason": "",
            "worker": body.get("worker"), "started": body.get("started"), "ended": body.get("ended"),
            "duration": body.get("duration"), "counted": False,
            "failures": as_int(prev.get("failures", 0)) if prev else 0, "retry_at": None, "final": True}
@@ -321,7 +322,7 @@ def commit_failure(home: Home, plan: Plan, c: Claim, *, outcome: str, ended: flo
         keep_captures(home, g, t, home.claim_dir(g, t), c.attempt)
         fsio.write_atomic(home.attempt_path(g, t, c.attempt, "json"), dumps(rec))
         if final:
-            _publish_from_owner(home, g, t, "failed", {k: rec[k] for k in (
+            _publish_from_owner(home, g, t, S.FAILED, {k: rec[k] for k in (
                 "attempt", "outcome", "exit_code", "signal", "reason", "worker", "started", "ended", "duration",
                 *(("forced_by", "held_by") if forced_by else ()))}, c.owner)
     except OSError as e:
@@ -418,9 +419,9 @@ def build_scheduler(home: Home, plan: Plan, now: float | None = None) -> tuple[S
     facts = home.snapshot(plan.goal, plan)
     initial = {}
     for tid, f in facts.items():
-        if f.state == "pending" and f.record and f.record.get("retry_at") and not f.record.get("final") \
+        if f.state == S.PENDING and f.record and f.record.get("retry_at") and not f.record.get("final") \
                 and f.retry_at > now:
-            initial[tid] = "retrying"
+            initial[tid] = S.RETRYING
         else:
             initial[tid] = f.state
     return scheduler_for(plan, initial), facts
@@ -434,10 +435,10 @@ def scheduler_for(plan: Plan, initial: dict[str, str] | None = None) -> Schedule
 
 
 def mark_cancelled(home: Home, g: str, t: str, *, by: str, reason: str) -> bool:
-    if marker_of(home, g, t) in ("done", "cancelled"):
+    if marker_of(home, g, t) in (S.DONE, S.CANCELLED):
         return False
     fsio.makedirs(home.task_dir(g, t))
-    home.write_marker(g, t, "cancelled", {"by": by, "reason": reason, "ts": now_iso()})
+    home.write_marker(g, t, S.CANCELLED, {"by": by, "reason": reason, "ts": now_iso()})
     return True
 
 

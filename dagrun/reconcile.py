@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from . import claim as claims
 from . import events as ev
 from . import fsio
+from . import states as S
 from . import transitions as tr
 from .errors import DagrunError, FsError
 from .lifecycle import build_scheduler, latest_attempt, marker_of
@@ -85,8 +86,8 @@ class Reconciler:
         for t in mine:
             run = self.by_task[(g, t)]
             f = facts.get(t)
-            if f is not None and f.state == "cancelled":
-                self._stop_run(run, "cancelled", "cancelled")
+            if f is not None and f.state == S.CANCELLED:
+                self._stop_run(run, S.CANCELLED, S.CANCELLED)
             elif f is None or plan.task(t).definition_digest() != run.definition or \
                     not claims.holds(self.home, g, t, run.claim.nonce):
                 self._stop_run(run, "superseded", "the plan changed or the claim was taken away")
@@ -102,21 +103,21 @@ class Reconciler:
                 fsio.sweep_temps(os.path.join(tdir, "attempts"))
             if t in mine:
                 continue
-            if f.state == "running":
+            if f.state == S.RUNNING:
                 gs.foreign.add(t)
             elif f.owner is not None or f.claim_mtime:
                 self._sweep_leftover_claim(gs, t, f.owner)
-            if sched.state_of(t) == "retrying":
+            if sched.state_of(t) == S.RETRYING:
                 # a retry this worker recorded is announced by whichever of its timers fires
                 # first; another's waits a grace longer for that announcement (one `ready` line)
                 ours = (f.record or {}).get("worker") == self.worker
                 delay = max(0.0, f.retry_at - now_wall) + (0.0 if ours else FOREIGN_RETRY_GRACE)
                 self._add_timer(time.monotonic() + delay, g, t, announce=f.attempt + 1 if ours else 0)
-        gs.stopped = plan.on_failure == "stop" and any(f.state == "failed" for f in facts.values())
+        gs.stopped = plan.on_failure == "stop" and any(f.state == S.FAILED for f in facts.values())
         if gs.stopped and any(True for _ in sched.not_started()):
             # a stop that was cut short (a crash inside stop_goal, or a failure committed by
             # another process): finish it, or the goal would wait for ever
-            root = next(t for t, f in facts.items() if f.state == "failed")
+            root = next(t for t, f in facts.items() if f.state == S.FAILED)
             tr.stop_goal(self.home, plan, sched, root, self.worker)
             self._touched.add(g)
         cost = time.monotonic() - t0
@@ -174,15 +175,15 @@ class Reconciler:
             m = marker_of(self.home, g, t)
             if m is None:
                 return False             # reset since then; the files will tell
-            if mine and m == "cancelled":
-                self._stop_run(self.by_task[(g, t)], "cancelled", e.get("reason") or "cancelled")
+            if mine and m == S.CANCELLED:
+                self._stop_run(self.by_task[(g, t)], S.CANCELLED, e.get("reason") or S.CANCELLED)
             elif mine:     # `dagrun complete/fail --force` over our claim: the agent's work is moot
                 self._stop_run(self.by_task[(g, t)], "superseded", f"{m} with --force by {e.get('worker')}")
             gs.foreign.discard(t)
             changes = sched.finish(t, m)
             if changes is None:
                 return True
-            if m == "failed" and gs.plan.on_failure == "stop":
+            if m == S.FAILED and gs.plan.on_failure == "stop":
                 gs.stopped = True
             self._check_ended(gs)
         elif st == ev.RETRYING:
@@ -195,7 +196,7 @@ class Reconciler:
                 self._add_timer(time.monotonic() + max(0.0, when - time.time()) + FOREIGN_RETRY_GRACE, g, t)
         elif st == ev.READY:
             s = sched.state_of(t)
-            if not mine and (s == "retrying" or (s == "running" and not os.path.isdir(self.home.claim_dir(g, t)))):
+            if not mine and (s == S.RETRYING or (s == S.RUNNING and not os.path.isdir(self.home.claim_dir(g, t)))):
                 gs.foreign.discard(t)
                 sched.requeue(t)
         elif st == ev.RESET:
@@ -205,7 +206,7 @@ class Reconciler:
     def _check_foreign(self, gs: GoalState, t: str) -> None:
         """Is another worker's claim still alive? Break it if its holder is provably gone."""
         g = gs.plan.goal
-        if gs.sched.state_of(t) != "running" or (g, t) in self.by_task:
+        if gs.sched.state_of(t) != S.RUNNING or (g, t) in self.by_task:
             gs.foreign.discard(t)
             return
         if not os.path.isdir(self.home.claim_dir(g, t)):

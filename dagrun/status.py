@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 
 from . import fsio
+from . import states as S
 from .lifecycle import build_scheduler
 from .store import Home, loads, now_iso, parse_ts
 
@@ -19,14 +20,14 @@ def goal_overview(home: Home, g: str) -> dict:
 def _goal_state(sched, n: int) -> str:
     c = sched.counts()
     if sched.is_finished():
-        if c.get("done", 0) == n:
-            return "done"
-        return "failed" if c.get("failed", 0) else "cancelled"
-    if c.get("running", 0):
-        return "running"
-    if c.get("retrying", 0):
-        return "retrying"
-    return "ready"
+        if c.get(S.DONE, 0) == n:
+            return S.DONE
+        return S.FAILED if c.get(S.FAILED, 0) else S.CANCELLED
+    if c.get(S.RUNNING, 0):
+        return S.RUNNING
+    if c.get(S.RETRYING, 0):
+        return S.RETRYING
+    return S.READY
 
 
 def goal_detail(home: Home, g: str) -> dict:
@@ -40,7 +41,7 @@ def goal_detail(home: Home, g: str) -> dict:
         st = sched.state_of(t)
         row = {"task": t, "state": st, "attempt": f.attempt, "worker": None, "started": None,
                "duration": None}
-        if st == "running" and f.owner:
+        if st == S.RUNNING and f.owner:
             row["worker"] = f.owner.get("worker")
             row["started"] = f.owner.get("since")
             since = parse_ts(f.owner.get("since"))
@@ -52,12 +53,12 @@ def goal_detail(home: Home, g: str) -> dict:
             row["duration"] = f.marker.get("duration")
             if f.marker.get("reason"):
                 row["reason"] = f.marker["reason"]
-            if f.marker.get("exit_code") is not None and st == "failed":
+            if f.marker.get("exit_code") is not None and st == S.FAILED:
                 row["exit_code"] = f.marker["exit_code"]
-        elif st == "retrying" and f.record:
+        elif st == S.RETRYING and f.record:
             row["retry_at"] = now_iso(f.retry_at)
             row["reason"] = f.record.get("reason")
-        if st == "blocked":
+        if st == S.BLOCKED:
             row["blocked_by"] = sched.blocked_by(t)
         rows.append(row)
     summary = loads(fsio.read_bytes(home.summary_path(g)))

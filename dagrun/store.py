@@ -28,19 +28,20 @@ from dataclasses import dataclass, field
 import orjson
 
 from . import fsio
+from . import states as S
 from .errors import FsError, NotFound, os_error
 from .plan import ID_RE, Plan, check_id
 from .proc import pid_alive
-
 from .states import CANCELLED, DONE, FAILED, MARKERS, PENDING, RUNNING  # noqa: F401 (re-exported)
+
 CLAIM = "claim"
 OWNER = "owner.json"
 HEARTBEAT = "heartbeat"
 ATTEMPTS = "attempts"
 
 # Attempt outcomes. Counted ones use up `retries`; the others were not the agent's fault.
-COUNTED = {"failed", "timeout", "stalled", "output_limit"}
-UNCOUNTED = {"lost", "interrupted", "cancelled", "superseded"}
+COUNTED = {S.FAILED, "timeout", "stalled", "output_limit"}
+UNCOUNTED = {"lost", "interrupted", S.CANCELLED, "superseded"}
 
 
 HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]   # in names of scratch folders

@@ -22,8 +22,15 @@ from . import events as ev
 from . import fsio
 from . import states as S
 from .errors import os_error
-from .lifecycle import (Claim, break_if_stale, commit_done, commit_failure, mark_cancelled, marker_of,
-                        record_unfinished)
+from .lifecycle import (
+    Claim,
+    break_if_stale,
+    commit_done,
+    commit_failure,
+    mark_cancelled,
+    marker_of,
+    record_unfinished,
+)
 from .plan import Plan
 from .proc import BOOT_ID, HOST, is_alive
 from .scheduler import Scheduler
