@@ -26,6 +26,7 @@ from typing import Callable
 from . import claim as claims
 from . import events as ev
 from . import fsio
+from .agentcheck import exit_reason
 from .errors import DagrunError, ExitCode, FsError, os_error
 from .executor import Exit, Launch, ProcessRunner, Runner, StartError
 from .lifecycle import (Claim, Stale, break_if_stale, build_scheduler, claim_task, commit_done, commit_failure,
@@ -637,7 +638,8 @@ class Engine:
             return
         outcome = run.stop_outcome or "failed"
         rec = commit_failure(self.home, plan, c, outcome=outcome, ended=ended, exit_code=ex.code,
-                             signal=ex.signal, reason=run.stop_reason or ex.describe())
+                             signal=ex.signal, reason=run.stop_reason or
+                             exit_reason(ex.describe(), ex.code, run.task.agent, run.task.workdir))
         self._after_failure(gs, c, rec)
 
     def _vanished(self, gs: GoalState, c: Claim, ex: Exit) -> bool:

@@ -10,7 +10,8 @@ PKG = Path(__file__).resolve().parent.parent / "dagrun"
 # lower number = lower layer. A module may import modules of its own layer or below.
 LAYERS = {
     "errors": 0, "fsio": 0,
-    "plan": 1, "prompt": 1, "scheduler": 1,
+    "plan": 1, "prompt": 1, "scheduler": 1, "agentcheck": 1,
+    "scaffold": 3,       # `dagrun init`: the files shipped in dagrun/share, filled in
     "store": 2,
     "events": 3, "claim": 3,
     "summary": 4, "lifecycle": 5, "executor": 4, "watcher": 0,
