@@ -12,6 +12,7 @@ Global options (--home, --color) are accepted before or after the command (`hois
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -114,6 +115,9 @@ def main(argv: list[str] | None = None) -> None:
 
     argv = hoist_globals(sys.argv[1:] if argv is None else argv)
     cmd = get_cli()
+    if os.environ.get("_DAGRUN_COMPLETE"):        # a completion request from the shell script
+        from typer._completion_classes import completion_init
+        completion_init()
     try:
         rc = cmd.main(args=argv, prog_name="dagrun", standalone_mode=False)
         code = rc if isinstance(rc, int) else 0
