@@ -99,6 +99,29 @@ def lobster(folder: str, *, exe: str, force: bool) -> list[str]:
     return [_write(os.path.join(folder, "lobster.sh"), text, force, 0o755)]
 
 
+def examples() -> list[str]:
+    base = share_path("examples")
+    return sorted(n for n in os.listdir(base) if os.path.isfile(os.path.join(base, n, "dag.json")))
+
+
+def example(folder: str, name: str, *, force: bool) -> list[str]:
+    """Copy a bundled example goal to folder/NAME/ (and the fake agent it calls beside it):
+    it runs offline, `dagrun run NAME/dag.json`."""
+    if name not in examples():
+        raise UsageError(f"--example {name!r}: the bundled examples are {', '.join(examples())}")
+    src = share_path("examples", name)
+    out = []
+    for root, dirs, files in os.walk(src):
+        dirs.sort()
+        for f in sorted(files):
+            rel = os.path.relpath(os.path.join(root, f), src)
+            dst = os.path.join(folder, name, rel)
+            fsio.makedirs(os.path.dirname(dst))
+            out.append(_write(dst, _read("examples", name, rel), force))
+    out.append(_write(os.path.join(folder, "fake-agent.sh"), _read("examples", "fake-agent.sh"), force, 0o755))
+    return out
+
+
 def check_folder(folder: str) -> str:
     if not os.path.isdir(folder):
         raise UsageError(f"--dir {folder}: no such folder")

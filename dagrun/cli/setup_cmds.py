@@ -29,6 +29,7 @@ def installed_exe() -> str:
 @app.command(rich_help_panel=SETUP, epilog=examples(
     "dagrun init                      # ./dag.json to edit ($schema: dagrun schema --path)",
     "dagrun init --agent 'codex exec' --goal refactor",
+    "dagrun init --example add-auth && dagrun run add-auth/dag.json   # offline, a fake agent",
     "dagrun init --systemd --workdir ~/src --dir ~/.config/systemd/user",
     "dagrun init --cron && crontab -l | cat - crontab | crontab -",
     "dagrun init --lobster && ./lobster.sh GOAL"))
@@ -39,6 +40,8 @@ def init(ctx: typer.Context,
                                    "dagrun's path."),
          lobster: bool = typer.Option(False, "--lobster", help="Write lobster.sh (a bash-protocol worker) "
                                       "calling this dagrun."),
+         example: str = typer.Option(None, "--example", metavar="NAME", help="Copy a bundled example goal "
+                                     "(add-auth, minimal: a fake agent, no network) to DIR/NAME/."),
          folder: str = typer.Option(".", "--dir", "-d", metavar="DIR", help="Where to write (default: here)."),
          goal: str = typer.Option(None, "--goal", metavar="GOAL", help="Goal id of the starter plan "
                                   "(default: the folder's name)."),
@@ -63,7 +66,9 @@ def init(ctx: typer.Context,
         wrote += scaffold.crontab(folder, exe=exe, home=home, force=force)
     if lobster:
         wrote += scaffold.lobster(folder, exe=exe, force=force)
-    if not (systemd or cron or lobster):
+    if example:
+        wrote += scaffold.example(folder, example, force=force)
+    if not (systemd or cron or lobster or example):
         wrote += scaffold.init_plan(folder, goal=goal, agent=agent, force=force)
     for p in wrote:
         print(p)
@@ -75,7 +80,9 @@ def init(ctx: typer.Context,
         nxt.append(f"(crontab -l 2>/dev/null; cat {folder}/crontab) | crontab -")
     if lobster:
         nxt.append(f"{folder}/lobster.sh GOAL")
-    if not (systemd or cron or lobster):
+    if example:
+        nxt.append(f"dagrun run {os.path.join(folder, example, 'dag.json')}")
+    if not (systemd or cron or lobster or example):
         nxt.append(f"dagrun validate {wrote[0]} && dagrun run {wrote[0]}")
     for line in nxt:
         print(f"dagrun: next: {line}", file=sys.stderr)
