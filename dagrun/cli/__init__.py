@@ -95,7 +95,8 @@ def hoist_globals(argv: list[str]) -> list[str]:
                 moved += [a, argv[j + 1]]
                 j += 1
             else:
-                rest.append(a)          # a dangling --home: let the parser say what is missing
+                from ..errors import UsageError
+                raise UsageError(f"{a} needs a value (see: dagrun --help)")
         else:
             rest.append(a)
         j += 1
@@ -113,7 +114,10 @@ def get_cli():
 def main(argv: list[str] | None = None) -> None:
     from typer._click import exceptions as cx
 
-    argv = hoist_globals(sys.argv[1:] if argv is None else argv)
+    try:
+        argv = hoist_globals(sys.argv[1:] if argv is None else argv)
+    except Exception as e:  # noqa: BLE001 - a usage error: one line
+        sys.exit(report(e))
     cmd = get_cli()
     if os.environ.get("_DAGRUN_COMPLETE"):        # a completion request from the shell script
         from typer._completion_classes import completion_init
