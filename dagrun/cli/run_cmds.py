@@ -18,6 +18,10 @@ def _resolve(ctx, target: str, replace: bool) -> str:
 
     home = home_of(ctx)
     if os.path.isfile(target):
+        from ..agentcheck import plan_warnings
+        from ..plan import load
+        for w in plan_warnings(load(target)):
+            print(f"dagrun: {w}", file=sys.stderr)
         return submit(home, target, replace=replace).goal
     if valid_id(target) and home.has_goal(target):
         return target

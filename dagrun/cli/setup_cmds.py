@@ -74,8 +74,11 @@ def init(ctx: typer.Context,
         print(p)
     nxt = []
     if systemd:
-        nxt.append(f"cp {folder}/dagrun-worker.service ~/.config/systemd/user/ && systemctl --user daemon-reload "
-                   "&& systemctl --user enable --now dagrun-worker")
+        unit_dir = os.path.expanduser("~/.config/systemd/user")
+        cp = "" if os.path.realpath(folder) == os.path.realpath(unit_dir) else \
+            f"mkdir -p {unit_dir} && cp {folder}/dagrun-worker*.* {unit_dir}/ && "
+        nxt.append(f"{cp}systemctl --user daemon-reload && systemctl --user enable --now dagrun-worker "
+                   "(or the timer: dagrun-worker-idle.timer)")
     if cron:
         nxt.append(f"(crontab -l 2>/dev/null; cat {folder}/crontab) | crontab -")
     if lobster:
