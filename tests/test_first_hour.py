@@ -55,7 +55,7 @@ def tmux_screen(cmd: str, tmp_path: Path, cols=80, rows=40) -> str:
         while not done.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert done.exists(), "the command in tmux did not end"
-        return subprocess.run(base + ["capture-pane", "-p", "-e", "-J" if False else "-e"],
+        return subprocess.run(base + ["capture-pane", "-p", "-e"],
                               capture_output=True, text=True, check=True).stdout
     finally:
         subprocess.run(base + ["kill-server"], capture_output=True)
