@@ -150,6 +150,8 @@ def test_5_agent_not_on_path_is_named_in_the_reason_and_warned_about(tmp_path):
     assert v.returncode == 0
     assert "command not found: claude-not-here (PATH=" in v.stderr and "'a'" in v.stderr
     assert "task 'b'" not in v.stderr
+    vj = json.loads(run("validate", plan, "--json").stdout)
+    assert vj["ok"] is True and len(vj["warnings"]) == 1 and "claude-not-here" in vj["warnings"][0]
     s = run("submit", plan, home=home)
     assert s.returncode == 0 and s.stdout == "nc\n" and "command not found: claude-not-here" in s.stderr
     path = "/usr/bin:/bin"
@@ -288,6 +290,17 @@ def test_14_idle_cron_worker_is_quiet_and_journald_gets_priorities(tmp_path):
     assert lines and all(re.match(r"<[3-7]>", x) for x in lines), lines
     assert not any(x[3:].startswith("dagrun:") or re.match(r"\d{4}-\d\d-\d\d ", x[3:]) for x in lines), lines
     assert any(x.startswith("<6>add-auth/research-api running") for x in lines), lines
+    assert lines[-1].startswith("<6>worker ") and lines[-1].endswith("exiting: idle")
+    # a failure is a warning to the journal (journalctl -p warning shows it)
+    bad = write_plan(tmp_path / "bad", [{"id": "x", "prompt": "p", "agent": "exit 4"}], goal="bad")
+    run("submit", bad, home=home)
+    with open(log, "w") as f:
+        st = os.fstat(f.fileno())
+        env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+        subprocess.run([DAGRUN, f"--home={home}", "worker", "--until-idle"], stderr=f, env=env, timeout=120)
+    lines = log.read_text().splitlines()
+    assert any(x.startswith("<4>bad/x failed ") for x in lines), lines
+    assert any(x.startswith("<4>bad goal.finished") for x in lines), lines
     # a JOURNAL_STREAM that is not our stderr (inherited by a child of a unit) changes nothing
     q = run("worker", "--until-idle", "--verbose", home=home, env={"JOURNAL_STREAM": "1:1"})
     assert q.stderr.startswith("dagrun: worker ")

@@ -204,7 +204,9 @@ class LogLine:
             self(msg)
 
     def event(self, e: dict) -> None:
-        self(fmt_event(e, ts=not self.journal))
+        bad = e.get("status") == "failed" or (e.get("type", "").endswith("goal.finished")
+                                              and e.get("outcome") not in (None, "done"))
+        self(fmt_event(e, ts=not self.journal), 4 if bad else 6)
 
     def _write(self, msg: str, prio: int) -> None:
         self.said = True

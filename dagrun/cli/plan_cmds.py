@@ -29,13 +29,15 @@ def validate(plan: str = PLAN_ARG,
         if json:
             print_json(_plan_error(plan, e))
         raise
-    for w in plan_warnings(p):
+    warnings = plan_warnings(p)
+    for w in warnings:
         print(f"dagrun: {w}", file=sys.stderr)
     s = Scheduler(p.tasks)
     edges = sum(len(t.deps) + len(t.soft_deps) for t in p.tasks)
     depth = max(s.height) if s.height else 0
     if json:
-        print_json({"ok": True, "goal": p.goal, "tasks": len(p.tasks), "edges": edges, "depth": depth})
+        print_json({"ok": True, "goal": p.goal, "tasks": len(p.tasks), "edges": edges, "depth": depth,
+                    "warnings": warnings})
     else:
         print(f"ok: goal {p.goal}: {len(p.tasks)} tasks, {edges} dependencies, longest path {depth} tasks")
 
