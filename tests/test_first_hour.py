@@ -383,6 +383,13 @@ def test_completion_script_loads_in_bash_and_completes_goal_and_task_ids(failed_
     assert "cmds: status" in out
     for shell in ("zsh", "fish"):
         assert "_DAGRUN_COMPLETE" in run("completion", shell).stdout
+    # what the zsh and fish scripts ask dagrun (the shells themselves may not be installed)
+    z = run(env={"_TYPER_COMPLETE_ARGS": "dagrun logs broken ", "_DAGRUN_COMPLETE": "complete_zsh",
+                 "DAGRUN_HOME": str(home)})
+    assert '"a"' in z.stdout and '"b"' in z.stdout, z.stdout
+    f = run(env={"_TYPER_COMPLETE_ARGS": "dagrun status ", "_DAGRUN_COMPLETE": "complete_fish",
+                 "_TYPER_COMPLETE_FISH_ACTION": "get-args", "DAGRUN_HOME": str(home)})
+    assert f.stdout.split() == ["broken", "fine"], f.stdout
     assert run("completion", "tcsh", check=2).stderr.startswith("dagrun: ")
 
 
