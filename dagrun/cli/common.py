@@ -93,20 +93,19 @@ def clip(text: str, width: int) -> str:
     return text[:max(width - 1, 0)] + "\u2026" if width > 0 else ""
 
 
-def columns(rows: list[list[str]], header: list[str], *, width: int | None, shrink: list[int],
+def columns(rows: list[list[str]], header: list[str], *, width: int | None, shrink: list[tuple[int, int]],
             colours: list[str | None] | None = None, colour_col: int | None = None, on: bool = False) -> list[str]:
     """Whitespace-aligned columns (readable, `awk`-able). With a `width` (a terminal's), the
-    columns listed in `shrink` give up characters, in that order, until a row fits; cut cells
-    end with an ellipsis. `colours[i]` paints row i's cell in `colour_col`."""
+    steps of `shrink` -- (column, narrowest width) -- give up characters, in that order, until
+    a row fits; cut cells end with an ellipsis. `colours[i]` paints row i's cell in `colour_col`."""
     cols = [header] + rows
     widths = [max(len(str(r[i])) for r in cols) for i in range(len(header))]
     if width is not None:
         over = sum(widths) + 2 * (len(widths) - 1) - width
-        for i in shrink:
+        for i, floor in shrink:
             if over <= 0:
                 break
-            floor = len(header[i]) if i != len(header) - 1 else 0
-            give = min(over, max(widths[i] - max(floor, 4 if i != len(header) - 1 else 0), 0))
+            give = min(over, max(widths[i] - floor, 0))
             widths[i] -= give
             over -= give
     out = []

@@ -41,7 +41,7 @@ def status(ctx: typer.Context,
             return
         table = [[r["goal"], r["state"], f"{r['counts'].get('done', 0)}/{r['tasks']}",
                   " ".join(f"{k}:{v}" for k, v in r["counts"].items() if k != "done")] for r in rows]
-        for line in columns(table, ["GOAL", "STATE", "DONE", "OTHER"], width=width, shrink=[3, 0],
+        for line in columns(table, ["GOAL", "STATE", "DONE", "OTHER"], width=width, shrink=[(3, 8), (0, 12), (3, 0), (0, 4)],
                             colours=[COLOURS.get(r["state"]) for r in rows], colour_col=1, on=colour):
             print(line)
         return
@@ -69,9 +69,11 @@ def status(ctx: typer.Context,
             note = f"retry at {r['retry_at'][11:19]}: {note}"
         table.append([r["task"], state, str(r["attempt"] or "-"), r.get("worker") or "-", started,
                       fmt_duration(r.get("duration")), " ".join(note.split())])
-    # on a terminal: the note gives way first, then the worker, the state's "by X", the task id
+    # on a terminal, what gives way: a long note, the worker, the state's "by X", a long task
+    # id (down to 16), then the note and the task id further
     for line in columns(table, ["TASK", "STATE", "TRY", "WORKER", "STARTED", "TIME", "NOTE"], width=width,
-                        shrink=[6, 3, 1, 0], colours=states, colour_col=1, on=colour):
+                        shrink=[(6, 24), (3, 8), (1, 12), (0, 16), (6, 12), (0, 8), (6, 4), (3, 4), (6, 0)],
+                        colours=states, colour_col=1, on=colour):
         print(line)
     c = d["counts"]
     fit = (lambda s: clip(s, width)) if width else (lambda s: s)
