@@ -27,6 +27,7 @@ from . import claim as claims
 from . import executor, fsio
 from . import states as S
 from . import transitions as tr
+from .agentcheck import exit_reason
 from .errors import DagrunError, ExitCode, FsError, os_error
 from .executor import Exit, Launch, ProcessRunner, Runner, StartError, Wakeup
 from .lifecycle import Claim, Stale, claim_task, marker_of, record_unfinished
@@ -436,7 +437,7 @@ class Engine(Reconciler):
                                                  "strays_killed": ex.strays or None})
             return
         self._finish(gs, c, ok=False, outcome=run.stop_outcome or S.FAILED, exit_code=ex.code, signal=ex.signal,
-                     reason=run.stop_reason or ex.describe())
+                     reason=run.stop_reason or exit_reason(ex.describe(), ex.code, run.task.agent, run.task.workdir))
 
     def _vanished(self, gs: GoalState, c: Claim, ex: Exit) -> bool:
         """The claim (or the whole task folder) disappeared while the agent ran, and nobody

@@ -333,7 +333,9 @@ class _Validator:
         line = self.line(path)
         where = f"{self.shown}:{line}" if line else self.shown
         p = _fmt_path(path)
-        raise PlanError(f"{where}: {p}: {msg}" if path else f"{where}: {msg}")
+        err = PlanError(f"{where}: {p}: {msg}" if path else f"{where}: {msg}")
+        err.line, err.json_path = line, (p if path else None)     # for `validate --json`
+        raise err
 
     def line(self, path: tuple) -> int | None:
         if self._lines is None:

@@ -98,7 +98,7 @@ def _write_json(obj) -> None:
 
 # ------------------------------------------------------------------------------ the fast path
 # command -> (positional names, {option: (key, kind)}); kind: "str", "int", "flag"
-_WHO = {"--worker": ("worker", "str"), "--pid": ("pid", "int")}
+_WHO = {"--worker": ("worker", "str"), "--pid": ("pid", "int"), "--home": ("home", "str")}  # --home: also after
 SPEC = {
     "claim": (("goal",), {**_WHO, "--json": ("json", "flag"), "--env": ("env", "flag")}),
     "complete": (("goal", "task"), {**_WHO, "--output": ("output", "str"), "-o": ("output", "str"),
@@ -163,7 +163,7 @@ def parse_fast(argv: list[str]) -> tuple[str | None, str, dict] | None:
     if len(pos) != len(names) or (args.get("json") and args.get("env")):
         return None
     args.update(zip(names, pos))
-    return home, cmd, args
+    return args.pop("home", home), cmd, args
 
 
 def run_parsed(home: Home, cmd: str, a: dict) -> int:

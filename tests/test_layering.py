@@ -15,7 +15,7 @@ LAYERS = {
     # 1: the one module that changes files
     "fsio": 1,
     # 2: pure: the plan, prompts, the scheduler (no I/O, no clock)
-    "plan": 2, "prompt": 2, "scheduler": 2,
+    "plan": 2, "prompt": 2, "scheduler": 2, "agentcheck": 2,
     # 3: the on-disk layout
     "store": 3,
     # 4: adapters at the edge: the events log, claims, the inotify doorbell, the runners
@@ -31,6 +31,8 @@ LAYERS = {
     "metrics": 8, "graph": 8, "report": 8,
     # 9: the command line and its fast path
     "protocol": 9, "cli": 9, "entry": 9,
+    # `dagrun init`: the files shipped in dagrun/share, filled in
+    "scaffold": 8,
 }
 ONLY_IN = {"typer": {"cli"}, "rich": {"cli"}, "watchdog": {"watcher"}, "subprocess": {"executor"}}
 
