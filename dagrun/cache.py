@@ -27,7 +27,7 @@ import time
 
 import orjson
 
-from . import fsio
+from . import fsio, proc
 from .errors import UsageError
 from .plan import Plan, Task
 from .store import Home, loads_obj, now_iso
@@ -174,7 +174,7 @@ def gc(home: Home, older_than: float) -> dict:
             parts = n.split(".")
             writer = int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else None
             try:        # a writer that died (its pid is gone), or anything older than an hour
-                if (writer is not None and not fsio._pid_alive(writer)) or now - os.lstat(p).st_mtime > TMP_MAX_AGE:
+                if (writer is not None and not proc.pid_alive(writer)) or now - os.lstat(p).st_mtime > TMP_MAX_AGE:
                     fsio.rmtree(p)
                     leftovers += 1
             except OSError:

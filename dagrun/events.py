@@ -28,8 +28,8 @@ GOAL_FINISHED = "agent.goal.finished"
 ALL_TYPES = (PLAN_CREATED, PLAN_REPLACED, TASK_STATUS, TASK_BLOCKED, GOAL_FINISHED)
 
 # values of "status" in agent.task.status.updated
-READY, RUNNING, DONE, FAILED, RETRYING, CANCELLED, RESET = (
-    "ready", "running", "done", "failed", "retrying", "cancelled", "reset")
+from .states import CANCELLED, DONE, FAILED, READY, RETRYING, RUNNING  # noqa: E402,F401
+RESET = "reset"              # a retry took the marker away: the task is pending again
 
 MAX_LINE = 3800   # one write(2) well under a page; long text fields are cut to fit
 _HOST = socket.gethostname()

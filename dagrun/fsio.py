@@ -22,6 +22,7 @@ import threading
 import time
 
 from .errors import os_error
+from .proc import pid_alive
 
 DURABLE = os.environ.get("DAGRUN_FSYNC", "") not in ("", "0")
 
@@ -82,14 +83,6 @@ def read_bytes(path: str, *, follow: bool = True) -> bytes | None:
         raise
     with os.fdopen(fd, "rb") as f:
         return f.read()
-
-
-def exists(path: str) -> bool:
-    try:
-        os.stat(path)
-        return True
-    except (FileNotFoundError, NotADirectoryError):
-        return False
 
 
 # ---------------------------------------------------------------------------------- writes
@@ -342,14 +335,6 @@ def touch(path: str) -> None:
     _done_step(f"touch {path}")
 
 
-def open_for_output(path: str) -> int:
-    """A fresh file for an agent's stdout/stderr (the agent writes it, nobody renames over it)."""
-    _step(f"open {path}")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    _done_step(f"open {path}")
-    return fd
-
-
 def _open_new(path: str, mode: int = 0o644) -> int:
     """Open a fresh file for writing: a spare (made 0644) renamed into place, or O_CREAT."""
     pool = SPARES if mode == 0o644 else None
@@ -527,7 +512,7 @@ def sweep_spares(home: str) -> None:
         return
     for n in names:
         pid = n.split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             shutil.rmtree(os.path.join(base, n), ignore_errors=True)
 
 
@@ -590,13 +575,4 @@ def _unlink_quiet(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True

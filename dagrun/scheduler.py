@@ -14,10 +14,50 @@ from __future__ import annotations
 import heapq
 from typing import Iterable, Protocol, Sequence
 
+from . import states as S
+
 WAITING, READY, RUNNING, RETRYING, DONE, FAILED, CANCELLED, BLOCKED = range(8)
-NAMES = ("waiting", "ready", "running", "retrying", "done", "failed", "cancelled", "blocked")
+NAMES = (S.WAITING, S.READY, S.RUNNING, S.RETRYING, S.DONE, S.FAILED, S.CANCELLED, S.BLOCKED)
 TERMINAL = frozenset((DONE, FAILED, CANCELLED, BLOCKED))
 _BY_NAME = {n: i for i, n in enumerate(NAMES)}
+
+
+class CycleError(ValueError):
+    """The graph has a dependency cycle; `.cycle` is one of them as [a, b, ..., a], each
+    depending on the next (like graphlib.CycleError's second argument)."""
+
+    def __init__(self, cycle: list[str]):
+        super().__init__("dependency cycle: " + " -> ".join(cycle), cycle)
+        self.cycle = cycle
+
+
+def topo_order(ids: Sequence[str], preds: Sequence[Sequence[int]], succs: Sequence[Sequence[int]]) -> list[int]:
+    """Kahn's order of node indices, every one after its predecessors, in one traversal;
+    CycleError naming a cycle if there is none. The cycle is found among the nodes the
+    traversal could not order (each still waits for one of them): walking from the first such
+    node to a predecessor that is also left, a node repeats -- no second walk of the graph."""
+    n = len(ids)
+    indeg = [len(p) for p in preds]
+    order = [i for i in range(n) if indeg[i] == 0]
+    k = 0
+    while k < len(order):
+        i = order[k]
+        k += 1
+        for d in succs[i]:
+            indeg[d] -= 1
+            if indeg[d] == 0:
+                order.append(d)
+    if len(order) == n:
+        return order
+    at = next(i for i in range(n) if indeg[i] > 0)
+    seen: dict[int, int] = {}
+    path: list[int] = []
+    while at not in seen:
+        seen[at] = len(path)
+        path.append(at)
+        at = next(p for p in preds[at] if indeg[p] > 0)
+    cyc = path[seen[at]:] + [at]
+    raise CycleError([ids[i] for i in cyc])
 
 
 class TaskLike(Protocol):
@@ -28,7 +68,13 @@ class TaskLike(Protocol):
 
 
 class Scheduler:
-    def __init__(self, tasks: Sequence[TaskLike], initial: dict[str, str] | None = None):
+    def __init__(self, tasks: Sequence[TaskLike], initial: dict[str, str] | None = None, *,
+                 max_parallel: int | None = None, stop_on_failure: bool = False):
+        # Capacity rules: what may start, decided here and nowhere else (engine, claim and
+        # the CLI only ask may_start()/take()). A new rule (a resource, a budget) is one more
+        # condition in may_start().
+        self.max_parallel = max_parallel or None     # running tasks of this goal, any worker's
+        self.stop_on_failure = stop_on_failure       # on_failure=stop: nothing new after a failure
         self.ids = [t.id for t in tasks]
         idx = self.index = {tid: i for i, tid in enumerate(self.ids)}
         n = len(self.ids)
@@ -56,20 +102,8 @@ class Scheduler:
         return [self.ids[i] for i in self.order]
 
     def _topo(self) -> list[int]:
-        n = len(self.ids)
-        indeg = [len(self.deps[i]) + len(self.soft[i]) for i in range(n)]
-        order = [i for i in range(n) if indeg[i] == 0]
-        k = 0
-        while k < len(order):
-            i = order[k]
-            k += 1
-            for d in self.hard_out[i] + self.soft_out[i]:
-                indeg[d] -= 1
-                if indeg[d] == 0:
-                    order.append(d)
-        if len(order) != n:
-            raise ValueError("the plan has a dependency cycle")
-        return order
+        return topo_order(self.ids, [self.deps[i] + self.soft[i] for i in range(len(self.ids))],
+                          [self.hard_out[i] + self.soft_out[i] for i in range(len(self.ids))])
 
     # ------------------------------------------------------------------ building
     def load(self, initial: dict[str, str]) -> None:
@@ -139,6 +173,18 @@ class Scheduler:
         """Nothing waiting, ready, running or retrying: the goal has ended."""
         return self.count[WAITING] + self.count[READY] + self.count[RUNNING] + self.count[RETRYING] == 0
 
+    @property
+    def stopped(self) -> bool:
+        """on_failure=stop and a task failed: nothing new may start."""
+        return self.stop_on_failure and self.count[FAILED] > 0
+
+    def at_capacity(self) -> bool:
+        return bool(self.max_parallel) and self.count[RUNNING] >= self.max_parallel
+
+    def may_start(self) -> bool:
+        """A ready task exists and the goal's rules let one more start now."""
+        return not self.stopped and not self.at_capacity() and self.peek() is not None
+
     def peek(self) -> str | None:
         h = self.heap
         while h and self.state[h[0][2]] != READY:
@@ -150,7 +196,10 @@ class Scheduler:
 
     # ------------------------------------------------------------------ transitions
     def take(self) -> str | None:
-        """Pop the best ready task and mark it running (the caller is about to claim it)."""
+        """Pop the best ready task and mark it running (the caller is about to claim it); None
+        when nothing is ready or the goal's rules (max_parallel, on_failure=stop) say wait."""
+        if self.stopped or self.at_capacity():
+            return None
         tid = self.peek()
         if tid is not None:
             heapq.heappop(self.heap)

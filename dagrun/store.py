@@ -28,19 +28,20 @@ from dataclasses import dataclass, field
 import orjson
 
 from . import fsio
+from . import states as S
 from .errors import FsError, NotFound, os_error
 from .plan import ID_RE, Plan, check_id
+from .proc import pid_alive
+from .states import CANCELLED, DONE, FAILED, MARKERS, PENDING, RUNNING  # noqa: F401 (re-exported)
 
-DONE, FAILED, CANCELLED = "done", "failed", "cancelled"
-MARKERS = (DONE, CANCELLED, FAILED)  # precedence order
 CLAIM = "claim"
 OWNER = "owner.json"
 HEARTBEAT = "heartbeat"
 ATTEMPTS = "attempts"
 
 # Attempt outcomes. Counted ones use up `retries`; the others were not the agent's fault.
-COUNTED = {"failed", "timeout", "stalled", "output_limit", "check_failed"}
-UNCOUNTED = {"lost", "interrupted", "cancelled", "superseded"}
+COUNTED = {S.FAILED, "timeout", "stalled", "output_limit", "check_failed"}
+UNCOUNTED = {"lost", "interrupted", S.CANCELLED, "superseded"}
 
 
 HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]   # in names of scratch folders
@@ -113,7 +114,7 @@ def loads(data: bytes | None):
 @dataclass
 class TaskFacts:
     """What the files say about one task (the scheduler turns pending into waiting/ready/blocked)."""
-    state: str = "pending"              # done | failed | cancelled | running | pending
+    state: str = PENDING              # done | failed | cancelled | running | pending
     attempt: int = 0                    # number of the latest attempt started (0: never)
     owner: dict | None = None           # claim/owner.json when running
     marker: dict | None = None          # the marker's JSON (detail=True only)
@@ -228,7 +229,7 @@ class Home:
             parts = e.name.rsplit(".", 3)
             dead = False
             if len(parts) == 4 and parts[1] == HOST_TAG and parts[2].isdigit():
-                dead = not fsio._pid_alive(int(parts[2]))
+                dead = not pid_alive(int(parts[2]))
             if not dead:
                 try:
                     dead = now - e.stat(follow_symlinks=False).st_mtime > max_age
@@ -340,13 +341,13 @@ class Home:
                 break
         if ATTEMPTS in names:
             temps: list = []
-            f.attempt, f.record = self._latest_attempt(g, t, with_record=(f.state == "pending" or detail), temps=temps)
+            f.attempt, f.record = self._latest_attempt(g, t, with_record=(f.state == PENDING or detail), temps=temps)
             if temps:
                 f.extra["temps"] = True
         if CLAIM in names:
             owner = loads_obj(fsio.read_bytes(os.path.join(tdir, CLAIM, OWNER), follow=False))
-            if f.state == "pending":
-                f.state = "running"
+            if f.state == PENDING:
+                f.state = RUNNING
             f.owner = owner
             try:
                 f.claim_mtime = os.stat(os.path.join(tdir, CLAIM)).st_mtime

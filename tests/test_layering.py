@@ -7,18 +7,37 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "dagrun"
 
-# lower number = lower layer. A module may import modules of its own layer or below.
+# lower number = lower layer. A module may import modules of its own layer or below. The
+# layers are the ones ARCHITECTURE.md draws ("Module map"), bottom up:
 LAYERS = {
-    "errors": 0, "fsio": 0,
-    "presets": 0.5, "plan": 1, "prompt": 1, "scheduler": 1,
-    "agentrun": 2,       # the preset adapter, run as the agent (python -m dagrun.agentrun); stdlib + presets only
-    "store": 2, "usage": 2, "agentio": 2,
-    "events": 3, "claim": 3,
-    "summary": 4, "estimate": 4, "cache": 4, "lifecycle": 5, "executor": 4, "watcher": 0,
-    "ops": 6, "engine": 6,
-    "protocol": 9,       # the entry point + protocol fast path: beside cli, never imports typer
-    "metrics": 7, "graph": 7, "report": 7, "timeline": 7,
-    "cli": 9,
+    # 0: vocabulary and facts about processes; no dagrun imports
+    "errors": 0, "states": 0, "proc": 0,
+    # 1: the one module that changes files
+    "fsio": 1,
+    # 2: pure: the plan, prompts, the scheduler (no I/O, no clock)
+    "plan": 2, "prompt": 2, "scheduler": 2, "agentcheck": 2,
+    # agent presets (the table + $DAGRUN_HOME/presets.json) and the usage-line format
+    "presets": 2, "usage": 2,
+    # 3: the on-disk layout
+    "store": 3,
+    # 4: adapters at the edge: the events log, claims, the inotify doorbell, the runners
+    "events": 4, "claim": 4, "watcher": 4, "executor": 4, "simrun": 4,
+    # the preset adapter, run as the agent (python -m dagrun.agentrun); the claim files an agent
+    # hands back; the content-addressed result cache
+    "agentrun": 4, "agentio": 4, "cache": 4,
+    # 5: the files of one task transition; the aggregator over them
+    "lifecycle": 5, "summary": 5,
+    # 6: the one transition path (markers -> events -> scheduler changes)
+    "transitions": 6,
+    # 7: the drivers: the engine loop and its reconciliation, the dry run, the operations
+    # (plan editing, control, the protocol commands' bodies, status data)
+    "engine": 7, "reconcile": 7, "dryrun": 7, "edit": 7, "control": 7, "commands": 7, "status": 7,
+    # 8: views over the files
+    "metrics": 8, "graph": 8, "report": 8, "estimate": 8,
+    # 9: the command line and its fast path
+    "protocol": 9, "cli": 9, "entry": 9,
+    # `dagrun init`: the files shipped in dagrun/share, filled in
+    "scaffold": 8,
 }
 ONLY_IN = {"typer": {"cli"}, "rich": {"cli"}, "watchdog": {"watcher"}, "subprocess": {"executor", "agentrun"}}
 

@@ -6,11 +6,14 @@ import re
 import typer
 
 from . import app
-from .common import home_of, plain_table, print_json
+from .common import CONTROL, JSON_OPT, examples, home_of, plain_table, print_json
 
 cache_app = typer.Typer(help="The result cache of tasks with `cache: true` (shared by the home's goals).",
-                        no_args_is_help=True)
-app.add_typer(cache_app, name="cache")
+                        no_args_is_help=True, epilog=examples(
+                            "dagrun cache ls                   # key, origin, size, last use",
+                            "dagrun cache rm 3f2a9c            # one entry (a unique key prefix)",
+                            "dagrun cache gc --older-than 30d  # entries unused for 30 days"))
+app.add_typer(cache_app, name="cache", rich_help_panel=CONTROL)
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -22,8 +25,8 @@ def _seconds(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2) or "s"]
 
 
-@cache_app.command("ls")
-def ls(ctx: typer.Context, json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+@cache_app.command("ls", epilog=examples("dagrun cache ls", "dagrun cache ls --json | jq '.entries[].key'"))
+def ls(ctx: typer.Context, json: bool = JSON_OPT):
     """List the cached results: key, origin, size, last use."""
     from ..cache import entries
 
@@ -35,7 +38,8 @@ def ls(ctx: typer.Context, json: bool = typer.Option(False, "--json", help="Mach
                   (r["last_used"] or "-")[:19]] for r in rows], ["KEY", "FROM", "BYTES", "CREATED", "LAST USED"])
 
 
-@cache_app.command("rm")
+@cache_app.command("rm", epilog=examples("dagrun cache rm 3f2a9c       # a unique prefix of a key",
+                                         "dagrun cache rm --all"))
 def rm(ctx: typer.Context,
        keys: list[str] = typer.Argument(None, metavar="KEY...", help="Keys (64 hex digits; a unique prefix will do)."),
        all_: bool = typer.Option(False, "--all", help="Remove every entry.")):
@@ -58,11 +62,12 @@ def rm(ctx: typer.Context,
     print(f"removed {len(chosen)} cache entr{'y' if len(chosen) == 1 else 'ies'}")
 
 
-@cache_app.command("gc")
+@cache_app.command("gc", epilog=examples("dagrun cache gc                   # unused for 30 days",
+                                         "dagrun cache gc --older-than 12h --json"))
 def gc(ctx: typer.Context,
        older_than: str = typer.Option("30d", "--older-than", metavar="AGE",
                                       help="Remove entries not used for this long (e.g. 12h, 30d)."),
-       json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+       json: bool = JSON_OPT):
     """Remove entries not used for a while and leftovers of interrupted writes."""
     from ..cache import gc as do_gc
 
