@@ -203,7 +203,7 @@ def append_line(path: str, line: bytes) -> None:
     if not line.endswith(b"\n"):
         line += b"\n"
     _step(f"append {path}")
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     try:
         n = os.write(fd, line)
         if n != len(line):  # only on a full disk; a partial line must not stay half-written

@@ -113,9 +113,9 @@ def test_crash_at_every_step(tmp_path, ref_run, ref_worker, mode):
     line, missing = gap_coverage(mode, ref, trials)
     print(line)
     _record(f"crash-{mode}", line)
+    assert not any(t.problems for t in trials), _report(trials)
     assert not missing, f"gaps never crashed: {missing}"
     assert ref.steps in gaps_hit(trials), "the gap after the last step was not crashed"
-    assert not any(t.problems for t in trials), _report(trials)
 
 
 def _record(name: str, line: str) -> None:

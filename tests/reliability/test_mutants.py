@@ -106,3 +106,26 @@ def test_a_reused_pid_is_not_the_holder(tmp_path):
     finally:
         keeper.kill()
         keeper.wait()
+
+
+# --------------------------------------------------------------- errors.one_line: one line, always
+@pytest.mark.parametrize("doc,shown", [
+    ({"defaults": {"a\nb": 1}, "tasks": [{"id": "a", "prompt": "p", "agent": "true"}]},
+     'defaults.a\\nb: unknown field "a\\nb" in defaults'),
+    ({"tasks": [{"id": "a", "prompt": "p", "agent": "true", "k\x1b[2J\u2028": 1}]},
+     'tasks[0].k\\x1b[2J\\u2028: unknown field'),
+])
+def test_an_error_line_escapes_control_characters(tmp_path, doc, shown):
+    (tmp_path / "dag.json").write_text(json.dumps(doc, ensure_ascii=False))
+    for cmd in ("validate", "submit", "run"):
+        r = run(cmd, tmp_path / "dag.json", home=tmp_path / "home", check=2)
+        assert r.stderr.count("\n") == 1 and r.stderr.endswith("\n"), (cmd, r.stderr)
+        assert shown in r.stderr, (cmd, r.stderr)
+        assert "\x1b" not in r.stderr and "\u2028" not in r.stderr
+    assert not (tmp_path / "home").exists()
+
+
+def test_an_os_error_on_a_name_with_a_newline_is_one_line(tmp_path):
+    bad = tmp_path / "no\nsuch"
+    r = run("validate", bad, check=2)
+    assert r.stderr.count("\n") == 1 and "no\\nsuch" in r.stderr, r.stderr

@@ -17,7 +17,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+import re
+
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -27,6 +29,8 @@ from dagrun import plan as planmod  # noqa: E402
 from dagrun.errors import PlanError  # noqa: E402
 
 SHOWN = "dag.json"
+# what must never reach an error line raw (errors.one_line escapes it)
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 ids = st.one_of(
     st.sampled_from(["a", "b", "c", "d", "e", "x.y", "t-1", "T_2", "0"]),
@@ -82,7 +86,7 @@ def _check(raw: bytes, tmp: str) -> None:
         p = planmod.parse(raw, shown=SHOWN, source=os.path.join(tmp, "dag.json"), default_goal="dag")
     except PlanError as e:
         msg = str(e)
-        assert "\n" not in msg and msg.startswith(SHOWN), msg
+        assert not CONTROL.search(msg) and msg.startswith(SHOWN), msg
         return
     _sound(p)
 
@@ -106,6 +110,10 @@ def _sound(p: planmod.Plan) -> None:
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(doc=plan_docs())
+# pinned: names with control characters in JSON paths (found by chance 4 runs in 26 before)
+@example(doc={"defaults": {"a\nb": 1}, "tasks": [{"id": "a", "prompt": "p", "agent": "true"}]})
+@example(doc={"tasks": [{"id": "a", "prompt": "p", "agent": "true", "x\u2028\x1b[2J": 1}]})
+@example(doc={"goal": "g\r", "tasks": [{"id": "a\tb", "prompt": "p", "agent": "true"}]})
 def test_validation_of_random_plans_never_crashes(doc, tmp_path_factory):
     tmp = str(tmp_path_factory.getbasetemp())
     raw = json.dumps(doc, allow_nan=True).encode("utf-8", "surrogatepass")
