@@ -129,3 +129,110 @@ def test_an_os_error_on_a_name_with_a_newline_is_one_line(tmp_path):
     bad = tmp_path / "no\nsuch"
     r = run("validate", bad, check=2)
     assert r.stderr.count("\n") == 1 and "no\\nsuch" in r.stderr, r.stderr
+
+
+# --------------------------------------------------------------- plan.py: the normalised record
+# plan.json is written by one process and read by every other (to_dict / from_dict); the engine
+# runs in a subprocess, so without these in-process checks mutmut saw no test of them at all.
+FULL_DOC = {
+    "goal": "full", "description": "all fields", "max_parallel": 3, "on_failure": "stop", "lease": 30,
+    "defaults": {"agent": "echo d", "retries": 2},
+    "tasks": [
+        {"id": "a", "prompt": "pa", "timeout": 5, "retry_backoff": 0.5, "retry_context": "error",
+         "stall_timeout": 7, "kill_grace": 1, "workdir": "sub", "context_limit": 100, "max_output": 1000,
+         "priority": 9, "description": "first"},
+        {"id": "b", "prompt": "pb", "deps": ["a"], "agent": "echo b", "retries": 0},
+        {"id": "c", "prompt": "pc", "soft_deps": ["a"]},
+        {"id": "d", "prompt": "pd", "deps": ["b"], "soft_deps": ["c"]},
+    ],
+}
+
+
+def _full_plan(tmp_path) -> planmod.Plan:
+    (tmp_path / "sub").mkdir(exist_ok=True)
+    p = tmp_path / "dag.json"
+    p.write_text(json.dumps(FULL_DOC))
+    return planmod.load(str(p))
+
+
+def test_the_normalised_plan_record_is_exactly_this(tmp_path):
+    pl = _full_plan(tmp_path)
+    d = pl.to_dict()
+    assert {k: v for k, v in d.items() if k != "tasks"} == {
+        "version": 1, "goal": "full", "source": str(tmp_path / "dag.json"), "plan_dir": str(tmp_path),
+        "max_parallel": 3, "on_failure": "stop", "lease": 30.0, "description": "all fields"}
+    a, b, c, dd = d["tasks"]
+    assert a == {"id": "a", "deps": [], "soft_deps": [], "prompt": "pa", "prompt_file": None, "agent": "echo d",
+                 "timeout": 5, "retries": 2, "retry_backoff": 0.5, "retry_context": "error", "stall_timeout": 7,
+                 "kill_grace": 1, "workdir": str(tmp_path / "sub"), "context_limit": 100, "max_output": 1000,
+                 "priority": 9, "description": "first"}
+    assert b["deps"] == ["a"] and b["agent"] == "echo b" and b["retries"] == 0 and b["soft_deps"] == []
+    assert c["soft_deps"] == ["a"] and c["deps"] == []
+    assert dd["deps"] == ["b"] and dd["soft_deps"] == ["c"]
+    assert (b["retry_backoff"], b["kill_grace"], b["context_limit"], b["priority"], b["retry_context"]) == \
+        (1.0, 5.0, planmod.DEFAULT_CONTEXT_LIMIT, 0, "none")
+    assert (b["timeout"], b["stall_timeout"], b["max_output"], b["description"]) == (None, None, None, None)
+    assert json.loads(pl.canonical()) == d
+    raw = pl.canonical()
+    assert raw.endswith(b"}\n") and raw == planmod.Plan.from_dict(json.loads(raw)).canonical()
+    assert list(json.loads(raw)) == sorted(d)                      # sorted keys: byte-identical records
+
+
+def test_the_record_round_trips_and_keeps_its_defaults(tmp_path):
+    pl = _full_plan(tmp_path)
+    again = planmod.Plan.from_dict(json.loads(pl.canonical()))
+    assert again == pl and again.tasks == pl.tasks
+    for t, u in zip(again.tasks, pl.tasks):
+        assert type(t.deps) is tuple and type(t.soft_deps) is tuple and t.to_dict() == u.to_dict()
+    assert (again.max_parallel, again.on_failure, again.lease, again.description) == (3, "stop", 30.0, "all fields")
+    bare = dict(pl.to_dict())
+    for k in ("max_parallel", "on_failure", "lease", "description"):
+        del bare[k]
+    old = planmod.Plan.from_dict(bare)                             # a record written before those fields
+    assert (old.max_parallel, old.on_failure, old.lease, old.description) == (None, "continue", 60.0, None)
+    assert old.goal == "full" and old.source == pl.source and old.plan_dir == pl.plan_dir
+
+
+def test_plan_graph_helpers(tmp_path):
+    pl = _full_plan(tmp_path)
+    assert pl.ids() == ["a", "b", "c", "d"]
+    assert pl.has("a") and not pl.has("x") and pl.task("c").soft_deps == ("a",)
+    assert pl.dependents() == {"a": ["b", "c"], "b": ["d"], "c": ["d"], "d": []}
+    assert pl.descendants(["a"]) == ["b", "c", "d"]
+    assert pl.descendants(["c"]) == ["d"] and pl.descendants(["d"]) == []
+    assert pl.descendants(["b", "c"]) == ["d"]
+
+
+def test_digests(tmp_path):
+    pl = _full_plan(tmp_path)
+    dg = pl.digest()
+    assert len(dg) == 16 and int(dg, 16) >= 0 and dg == planmod.Plan.from_dict(json.loads(pl.canonical())).digest()
+    assert dg == __import__("hashlib").sha256(pl.canonical()).hexdigest()[:16]
+    doc = json.loads(json.dumps(FULL_DOC))
+    doc["tasks"][1]["prompt"] = "other"
+    (tmp_path / "dag.json").write_text(json.dumps(doc))
+    assert planmod.load(str(tmp_path / "dag.json")).digest() != dg
+    a = pl.task("a")
+    import dataclasses
+    same = [dataclasses.replace(a, timeout=99), dataclasses.replace(a, retries=7), dataclasses.replace(a, priority=-1),
+            dataclasses.replace(a, kill_grace=3), dataclasses.replace(a, description="x")]
+    assert all(t.definition_digest() == a.definition_digest() for t in same)
+    changed = [dataclasses.replace(a, prompt="x"), dataclasses.replace(a, agent="x"), dataclasses.replace(a, deps=("q",)),
+               dataclasses.replace(a, soft_deps=("q",)), dataclasses.replace(a, workdir="/x"),
+               dataclasses.replace(a, context_limit=1), dataclasses.replace(a, retry_context="none")]
+    assert len({t.definition_digest() for t in changed} | {a.definition_digest()}) == len(changed) + 1
+    assert len(a.definition_digest()) == 16
+
+
+@pytest.mark.parametrize("s", ["a", "A0", "0", "a.b-c_d", "x" * 128])
+def test_check_id_accepts(s):
+    assert planmod.valid_id(s) and planmod.check_id("goal", s) == s
+
+
+@pytest.mark.parametrize("s", ["", ".a", "-a", "_a", "a/b", "..", "a b", "x" * 129, "a\n", "é"])
+def test_check_id_refuses_in_one_line(s):
+    assert not planmod.valid_id(s)
+    with pytest.raises(PlanError) as e:
+        planmod.check_id("task", s)
+    assert str(e.value) == f"invalid task id {s!r}: use 1-128 of A-Z a-z 0-9 . _ - , starting with a letter or digit"
+    assert not planmod.valid_id(5) and not planmod.valid_id(None)
