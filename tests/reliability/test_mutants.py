@@ -236,3 +236,138 @@ def test_check_id_refuses_in_one_line(s):
         planmod.check_id("task", s)
     assert str(e.value) == f"invalid task id {s!r}: use 1-128 of A-Z a-z 0-9 . _ - , starting with a letter or digit"
     assert not planmod.valid_id(5) and not planmod.valid_id(None)
+
+
+# --------------------------------------------------------------- scheduler.py: what mutmut found untested
+from dagrun.scheduler import Scheduler  # noqa: E402
+
+
+class _T:
+    def __init__(self, id, deps=(), soft_deps=(), priority=0):
+        self.id, self.deps, self.soft_deps, self.priority = id, tuple(deps), tuple(soft_deps), priority
+
+
+DIAMOND = [_T("a"), _T("b", ["a"]), _T("c", ["a"]), _T("d", ["b", "c"])]
+
+
+def test_heights_are_the_longest_path_to_the_end():
+    """`validate` prints the depth from Scheduler.height; ready ties go to the longest path."""
+    s = Scheduler(DIAMOND + [_T("e", soft_deps=["d"]), _T("x")])
+    assert s.height == [4, 3, 3, 2, 1, 1]
+    assert Scheduler([_T("x")]).height == [1]
+
+
+def test_a_cycle_is_a_value_error_naming_it():
+    with pytest.raises(ValueError, match="^the plan has a dependency cycle$"):
+        Scheduler([_T("a", ["b"]), _T("b", soft_deps=["a"])])
+
+
+@pytest.mark.parametrize("initial", ["pending", "waiting", "ready", "blocked"])
+def test_states_a_task_may_be_loaded_in(initial):
+    s = Scheduler(DIAMOND, {"b": initial})
+    assert s.state_of("a") == "ready" and s.state_of("b") == "waiting"
+
+
+def test_an_unknown_initial_state_names_the_task():
+    with pytest.raises(ValueError, match=r"^task 'b': unknown initial state 'bogus'$"):
+        Scheduler(DIAMOND, {"b": "bogus"})
+
+
+def test_blocked_by_is_none_for_a_task_that_is_not_blocked_and_names_the_root_after_finish():
+    s = Scheduler(DIAMOND)
+    assert s.blocked_by("a") is None and s.blocked_by("d") is None
+    s.finish("a", "done")
+    s.finish("b", "failed")
+    assert s.state_of("d") == "blocked" and s.blocked_by("d") == "b" and s.blocked_by("c") is None
+    assert s.failed_roots() == ["b"]
+    s.finish("c", "cancelled")
+    assert s.failed_roots() == ["b", "c"]
+
+
+def test_is_finished_counts_ready_and_running_tasks():
+    s = Scheduler([_T("a"), _T("b")])
+    assert not s.is_finished()
+    assert s.take() == "a"                       # a running, b ready
+    assert not s.is_finished()
+    s.finish("a", "done")
+    assert s.take() == "b" and not s.is_finished()
+    s.retrying("b")
+    assert not s.is_finished() and list(s.not_started()) == ["b"]
+    s.finish("b", "failed")
+    assert s.is_finished() and list(s.not_started()) == []
+
+
+def test_start_marks_running_and_peek_skips_the_stale_heap_entry():
+    s = Scheduler([_T("a", priority=2), _T("b", priority=1), _T("c"), _T("z", ["c"])])
+    assert s.peek() == "a"
+    s.start("a")                                 # another worker took it
+    assert s.state_of("a") == "running" and s.peek() == "b" and s.ready_ids() == ["b", "c"]
+    s.start("z")                                 # waiting -> running (someone else's claim)
+    assert s.state_of("z") == "running"
+    s.finish("c", "done")
+    s.start("c")                                 # a done task stays done
+    assert s.state_of("c") == "done"
+    assert list(s.not_started()) == ["b"]
+
+
+def test_requeue():
+    s = Scheduler([_T("a"), _T("s"), _T("b", ["a"], ["s"])], {"a": "done", "b": "running"})
+    assert s.requeue("b") == [] and s.state_of("b") == "waiting"     # its soft dep s is not over yet
+    assert s.requeue("a") == [] and s.state_of("a") == "done"        # terminal: untouched
+    assert s.requeue("s") == [] and s.state_of("s") == "ready"       # already ready: nothing to do
+    s.finish("s", "done")
+    assert s.state_of("b") == "ready"
+    s.start("b")
+    assert s.requeue("b") == [("b", "ready", None)] and s.peek() == "b"
+
+
+# --------------------------------------------------------------- plan.py: lines, cycles, prompt files, schema
+def test_line_of_key_points_at_the_second_occurrence():
+    f = planmod._line_of_key
+    assert f('{\n "a": 1,\n "b": 2,\n "a": 3}', "a") == 4            # the duplicate
+    assert f('{\n\n "b" : 2}', "b") == 3                               # one occurrence: that line
+    assert f('{"x": 1}', "b") == 1                                     # none: line 1
+    assert f('\n{"a": 1, "a": 2}', "a") == 2
+
+
+def test_duplicate_key_error_names_the_line_of_the_duplicate(tmp_path):
+    p = tmp_path / "dag.json"
+    p.write_text('{\n "goal": "g",\n "tasks": [],\n "goal": "h"\n}')
+    with pytest.raises(PlanError, match=r':4: duplicate key "goal" in one object$'):
+        planmod.load(str(p))
+
+
+@pytest.mark.parametrize("n,whole", [(12, True), (13, False)])
+def test_a_cycle_of_up_to_12_tasks_is_printed_whole(tmp_path, n, whole):
+    tasks = [{"id": f"t{i}", "prompt": "p", "deps": [f"t{(i + 1) % n}"]} for i in range(n)]
+    p = write_plan(tmp_path, tasks, goal="g", defaults={"agent": "true"})
+    with pytest.raises(PlanError) as e:
+        planmod.load(str(p))
+    msg = str(e.value)
+    assert ("more of" not in msg) == whole, msg
+    assert msg.count(" -> ") == (n if whole else 8), msg
+
+
+def test_a_prompt_file_of_exactly_the_limit_is_read_whole(tmp_path):
+    (tmp_path / "big.md").write_bytes(b"x" * planmod.MAX_PROMPT_BYTES)
+    p = write_plan(tmp_path, [{"id": "a", "prompt_file": "big.md"}], goal="g", defaults={"agent": "true"})
+    assert len(planmod.load(str(p)).task("a").prompt) == planmod.MAX_PROMPT_BYTES
+    (tmp_path / "big.md").write_bytes(b"x" * (planmod.MAX_PROMPT_BYTES + 1))
+    with pytest.raises(PlanError, match=f"is {planmod.MAX_PROMPT_BYTES + 1} bytes; the limit is {planmod.MAX_PROMPT_BYTES}$"):
+        planmod.load(str(p))
+
+
+def test_the_schema_lets_nullable_knobs_be_null():
+    import jsonschema
+    schema = planmod.json_schema()
+    doc = {"tasks": [{"id": "a", "prompt": "p", "agent": "x", "timeout": None, "stall_timeout": None,
+                      "max_output": None}], "defaults": {"timeout": None}}
+    jsonschema.validate(doc, schema)
+    nullable = [k for k, f in planmod.KNOBS.items() if f.nullable]
+    assert set(nullable) == {"timeout", "stall_timeout", "max_output"}
+    knobs = schema["$defs"]["knobs"]["properties"]
+    assert all(knobs[k]["type"][-1] == "null" for k in nullable)
+    # (json_schema's `anyOf` branch for a nullable field without a "type" is unreachable with
+    # today's field table: mutmut's mutants of it are explained in tests/reliability/README.md)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"tasks": [{"id": "a", "prompt": "p", "agent": "x", "retries": None}]}, schema)
