@@ -371,3 +371,88 @@ def test_the_schema_lets_nullable_knobs_be_null():
     # today's field table: mutmut's mutants of it are explained in tests/reliability/README.md)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"tasks": [{"id": "a", "prompt": "p", "agent": "x", "retries": None}]}, schema)
+
+
+# --------------------------------------------------------------- plan._value_lines, find_cycle, load
+def _expected_lines(v, path, line, out) -> int:
+    """Oracle for json.dumps(doc, indent=...): the line each value starts on. Returns the line
+    the value ends on."""
+    out.setdefault(path, line)
+    items = list(v.items()) if isinstance(v, dict) else list(enumerate(v)) if isinstance(v, list) else []
+    if not items:
+        return line
+    end = line
+    for k, child in items:
+        end = _expected_lines(child, path + (k,), end + 1, out)
+    return end + 1
+
+
+def _random_doc(rng, depth=0):
+    chars = ['a', 'b', '"', '\\', '[', ']', '{', '}', ',', ':', ' ', '\n', '\t', 'é', '\u2028', 'x']
+    def text():
+        return "".join(rng.choice(chars) for _ in range(rng.randint(0, 6)))
+    r = rng.random()
+    if depth > 3 or r < 0.4:
+        return rng.choice([text(), rng.randint(-5, 10 ** 6), 1.5e-3, True, False, None])
+    if r < 0.7:
+        return [_random_doc(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    return {text() + str(i): _random_doc(rng, depth + 1) for i in range(rng.randint(0, 4))}
+
+
+def test_value_lines_agrees_with_an_oracle_on_random_documents():
+    import random
+    rng = random.Random(21)
+    for _ in range(400):
+        doc = _random_doc(rng)
+        want: dict = {}
+        _expected_lines(doc, (), 1, want)
+        for indent, eol in ((1, "\n"), ("\t", "\r\n"), (2, "\n")):
+            text = json.dumps(doc, indent=indent, ensure_ascii=False).replace("\n", eol)
+            assert planmod._value_lines(text) == want, text
+        flat = json.dumps(doc, ensure_ascii=False)
+        assert planmod._value_lines(flat) == dict.fromkeys(want, 1), flat
+
+
+def test_value_lines_of_a_plan_point_error_lines_at_the_value(tmp_path):
+    p = tmp_path / "dag.json"
+    p.write_text('{"tasks": [\n {"id": "a", "prompt": "q\\\\\\"x[{", "agent": "t"},\n\n {"id": "b", "prompt": "p",\r\n'
+                 '  "agent": "t", "retries": -1}]}')
+    with pytest.raises(PlanError, match=r"dag.json:5: tasks\[1\]\.retries: "):
+        planmod.load(str(p))
+
+
+@pytest.mark.parametrize("graph,cycle", [
+    ({"a": ["b"], "b": ["c"], "c": []}, None),
+    ({"a": ["b", "c"], "b": ["d"], "c": ["d"], "d": []}, None),                 # a diamond is no cycle
+    ({"a": [], "b": ["a"], "c": ["b", "a"], "d": ["c", "x"]}, None),            # x: not a task (checked before)
+    ({"a": ["a"]}, ["a", "a"]),
+    ({"x": [], "a": ["b"], "b": ["c"], "c": ["a"]}, ["a", "b", "c", "a"]),
+    ({"a": ["b"], "b": ["c"], "c": ["d"], "d": ["b"]}, ["b", "c", "d", "b"]),
+    ({"a": ["d", "b"], "b": ["c"], "c": [], "d": ["c"], "e": ["a", "e"]}, ["e", "e"]),
+    ({"a": ["b"], "b": [], "c": ["a", "d"], "d": ["c"]}, ["c", "d", "c"]),
+])
+def test_find_cycle(graph, cycle):
+    assert planmod.find_cycle(graph) == cycle
+
+
+def test_find_cycle_of_a_long_chain_is_iterative():
+    n = 50_000
+    g = {f"t{i}": [f"t{i + 1}"] for i in range(n)}
+    g[f"t{n}"] = ["t0"]
+    c = planmod.find_cycle(g)
+    assert c[0] == c[-1] and len(c) == n + 2
+
+
+def test_load_refuses_a_missing_plan_and_one_over_the_limit_in_one_line(tmp_path):
+    with pytest.raises(PlanError, match=r"^cannot read plan .*/nope\.json: No such file or directory$"):
+        planmod.load(str(tmp_path / "nope.json"))
+    big = tmp_path / "big.json"
+    with open(big, "wb") as f:
+        f.truncate(planmod.MAX_PLAN_BYTES + 1)
+    with pytest.raises(PlanError, match=f"plan is {planmod.MAX_PLAN_BYTES + 1} bytes; the limit is"):
+        planmod.load(str(big))
+    with open(big, "r+b") as f:                  # exactly the limit: read, then judged as JSON
+        f.truncate(planmod.MAX_PLAN_BYTES)
+    with pytest.raises(PlanError) as e:
+        planmod.load(str(big))
+    assert "the limit is" not in str(e.value)
