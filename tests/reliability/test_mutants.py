@@ -456,3 +456,74 @@ def test_load_refuses_a_missing_plan_and_one_over_the_limit_in_one_line(tmp_path
     with pytest.raises(PlanError) as e:
         planmod.load(str(big))
     assert "the limit is" not in str(e.value)
+
+
+# --------------------------------------------------------------- plan.py: messages and values the corpus misses in-process
+def _err(raw, shown="dag.json") -> str:
+    with pytest.raises(PlanError) as e:
+        planmod.parse(raw if isinstance(raw, bytes) else json.dumps(raw).encode(), shown=shown,
+                      source="/p/dag.json", default_goal="dag")
+    return str(e.value)
+
+
+def _ok(doc) -> planmod.Plan:
+    return planmod.parse(json.dumps(doc).encode(), shown="dag.json", source="/p/dag.json", default_goal="dag")
+
+
+T = {"id": "a", "prompt": "p", "agent": "x"}
+
+
+def test_show_quotes_ascii_and_cuts_at_40():
+    assert planmod._show("é") == '"\\u00e9"'
+    assert planmod._show("x" * 38) == '"' + "x" * 38 + '"'                 # 40 characters: whole
+    assert planmod._show("x" * 39) == '"' + "x" * 36 + "..."               # 41: cut to 37 + ...
+
+
+def test_messages_for_the_top_level_unknown_fields_and_schema():
+    assert _err([1]) == "dag.json:1: expected an object, got an array"
+    m = _err({"tasks": [T], "zz": 1, "yy": 2})
+    assert 'unknown fields "zz", "yy" in the plan (known: goal, description, defaults, max_parallel, on_failure, lease, tasks)' in m, m
+    assert 'unknown field "zz" in the plan' in _err({"tasks": [T], "zz": 1})
+    assert _ok({"$schema": "s", "tasks": [T]}).goal == "dag"
+    assert "$schema: expected a string" in _err({"$schema": 5, "tasks": [T]})
+
+
+def test_values_the_validator_normalises():
+    p = _ok({"tasks": [dict(T, retries=2.0, deps=[])]})
+    assert p.on_failure == "continue" and p.task("a").retries == 2 and type(p.task("a").retries) is int
+    assert _ok({"tasks": [dict(T, retries=100)]}).task("a").retries == 100
+    assert "tasks[0].retries: " in _err({"tasks": [dict(T, retries=101)]})
+    assert "tasks[0].timeout: must be a finite number" in _err(b'{"tasks": [{"id": "a", "prompt": "p", "agent": "x", "timeout": 1e400}]}')
+    assert "tasks[0].soft_deps[0]: " in _err({"tasks": [dict(T, soft_deps=["../x"])]})
+
+
+def test_prompt_file_is_recorded(tmp_path):
+    (tmp_path / "p.md").write_text("hello")
+    pl = planmod.load(str(write_plan(tmp_path, [{"id": "a", "prompt_file": "p.md"}], goal="g", defaults={"agent": "x"})))
+    assert pl.task("a").prompt_file == "p.md" and pl.task("a").prompt == "hello"
+
+
+def test_goal_from_an_invalid_file_name():
+    with pytest.raises(PlanError, match=r'goal id from the file name "a b" is not a valid id; set "goal" in the plan$'):
+        planmod.parse(json.dumps({"tasks": [T]}).encode(), shown="a b.json", source="/p/a b.json", default_goal="a b")
+
+
+def test_an_inline_prompt_over_the_limit():
+    big = "x" * (planmod.MAX_PROMPT_BYTES + 1)
+    assert f"tasks[0].prompt: prompt is longer than {planmod.MAX_PROMPT_BYTES} bytes" in _err({"tasks": [dict(T, prompt=big)]})
+    assert len(_ok({"tasks": [dict(T, prompt=big[:-1])]}).task("a").prompt) == planmod.MAX_PROMPT_BYTES
+
+
+def test_too_many_tasks_and_too_deep():
+    m = _err(b'{"tasks": [' + b",".join([b"{}"] * (planmod.MAX_TASKS + 1)) + b"]}")
+    assert m.endswith(f"tasks: {planmod.MAX_TASKS + 1} tasks; the limit is {planmod.MAX_TASKS}"), m
+    assert _err(b'{"tasks": ' + b"[" * 100_000 + b"]" * 100_000 + b"}") == "dag.json: malformed JSON: nested too deeply"
+
+
+def test_byte_level_errors_name_their_line():
+    assert "the file is UTF-16 text" in _err(b"\xfe\xff\x00{")
+    assert "the file is UTF-16 text" in _err(b"\xff\xfe{\x00")
+    assert _err(b'{\n"tasks":\n [\xff]}').startswith("dag.json:3: malformed JSON: invalid UTF-8")
+    m = _err(b'{"tasks": [],\n\n "lease": ' + b"9" * 5000 + b"}")
+    assert m == "dag.json:3: malformed JSON: a number with 5000 digits", m
+    assert _err(b'{"tasks": [],\n "lease": NaN}') == "dag.json:2: malformed JSON: NaN is not valid JSON"
