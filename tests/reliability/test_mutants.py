@@ -495,6 +495,7 @@ def test_values_the_validator_normalises():
     assert "tasks[0].retries: " in _err({"tasks": [dict(T, retries=101)]})
     assert "tasks[0].timeout: must be a finite number" in _err(b'{"tasks": [{"id": "a", "prompt": "p", "agent": "x", "timeout": 1e400}]}')
     assert "tasks[0].soft_deps[0]: " in _err({"tasks": [dict(T, soft_deps=["../x"])]})
+    assert "dag.json:1: defaults.retries: " in _err({"defaults": {"retries": -1}, "tasks": [T]})
 
 
 def test_prompt_file_is_recorded(tmp_path):
@@ -524,6 +525,6 @@ def test_byte_level_errors_name_their_line():
     assert "the file is UTF-16 text" in _err(b"\xfe\xff\x00{")
     assert "the file is UTF-16 text" in _err(b"\xff\xfe{\x00")
     assert _err(b'{\n"tasks":\n [\xff]}').startswith("dag.json:3: malformed JSON: invalid UTF-8")
-    m = _err(b'{"tasks": [],\n\n "lease": ' + b"9" * 5000 + b"}")
-    assert m == "dag.json:3: malformed JSON: a number with 5000 digits", m
+    m = _err(b'\n{"tasks": [],\n\n "lease": ' + b"9" * 5000 + b"\n}\n")
+    assert m == "dag.json:4: malformed JSON: a number with 5000 digits", m
     assert _err(b'{"tasks": [],\n "lease": NaN}') == "dag.json:2: malformed JSON: NaN is not valid JSON"
