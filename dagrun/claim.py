@@ -188,7 +188,7 @@ def edit_lock(home: Home, g: str, *, exclusive: bool = False):
     archive just replaced, leaving a `done` built on an output that no longer exists."""
     path = os.path.join(home.goal_dir(g), ".edit.lock")
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = fsio.open_lock(path)    # creating it is a counted step (crash/fault harnesses)
     except FileNotFoundError:        # no such goal (any more): nothing to protect
         yield
         return

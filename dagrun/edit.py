@@ -49,7 +49,7 @@ class SubmitResult:
 def submit(home: Home, path: str, *, replace: bool = False, dry_run: bool = False, by: str = "submit") -> SubmitResult:
     plan = planmod.load(path, home.root)   # raises PlanError before anything is written (home: presets.json)
     g = plan.goal
-    old_raw = fsio.read_bytes(home.plan_path(g)) if os.path.isdir(home.goals_dir) else None
+    old_raw = home.plan_bytes(g) if os.path.isdir(home.goals_dir) else None
     if old_raw is None:
         if dry_run:
             return SubmitResult(g, "would-create")

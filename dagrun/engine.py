@@ -578,7 +578,7 @@ class Engine(Reconciler):
                 gs = self.goals.get(run.goal)
                 run.hb_at = now + (self._refresh_every(gs.plan) if gs else 20.0)
                 try:
-                    os.utime(self.home.owner_path(run.goal, run.task.id))   # the lease, for other hosts
+                    fsio.utime(self.home.owner_path(run.goal, run.task.id))   # the lease, for other hosts
                 except OSError:
                     pass
 

@@ -87,7 +87,7 @@ class Reader:
 
     def read(self) -> list[dict]:
         try:
-            with open(self.path, "rb") as f:
+            with open(self.path, "rb", opener=_nofollow) as f:
                 f.seek(self.offset + len(self._partial))
                 data = f.read()
         except FileNotFoundError:
@@ -109,11 +109,16 @@ class Reader:
         return out
 
 
+def _nofollow(path: str, flags: int) -> int:
+    """events.jsonl is never read through a symbolic link (ELOOP: see fsio.append_line)."""
+    return os.open(path, flags | os.O_NOFOLLOW)
+
+
 def mentions(path: str, needle: str, tail: int | None = None) -> bool:
     """Does events.jsonl (or its last `tail` bytes) contain `needle`? (A cheap look for one
     event by its id, without parsing.)"""
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb", opener=_nofollow) as f:
             if tail is not None:
                 f.seek(0, os.SEEK_END)
                 f.seek(max(0, f.tell() - tail))

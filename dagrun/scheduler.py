@@ -30,6 +30,9 @@ class CycleError(ValueError):
         super().__init__("dependency cycle: " + " -> ".join(cycle), cycle)
         self.cycle = cycle
 
+    def __str__(self) -> str:            # the message alone, not the (message, cycle) tuple
+        return self.args[0]
+
 
 def topo_order(ids: Sequence[str], preds: Sequence[Sequence[int]], succs: Sequence[Sequence[int]]) -> list[int]:
     """Kahn's order of node indices, every one after its predecessors, in one traversal;

@@ -195,10 +195,15 @@ class Home:
         return os.path.join(self.task_dir(g, t), "stderr.log")
 
     def attempts_dir(self, g: str, t: str) -> str:
-        return os.path.join(self.task_dir(g, t), ATTEMPTS)
+        """The task's attempts/ folder; a symbolic link there (planted by an agent) is refused:
+        records are never written, nor listed, through it."""
+        p = os.path.join(self.task_dir(g, t), ATTEMPTS)
+        if os.path.islink(p):
+            raise FsError(f"refusing to use {p}: it is a symbolic link (attempts/ is made by dagrun; remove it)")
+        return p
 
     def attempt_path(self, g: str, t: str, n: int, ext: str) -> str:
-        return os.path.join(self.task_dir(g, t), ATTEMPTS, f"{int(n)}.{ext}")
+        return os.path.join(self.attempts_dir(g, t), f"{int(n)}.{ext}")
 
     # -- goals
     def goals(self) -> list[str]:
@@ -243,9 +248,17 @@ class Home:
     def has_goal(self, g: str) -> bool:
         return os.path.isfile(self.plan_path(g))
 
+    def plan_bytes(self, g: str) -> bytes | None:
+        """plan.json's bytes (None: no such goal). A symlinked goal folder is refused: every
+        command on a goal reads its plan first, so none reads or writes through the link."""
+        if os.path.islink(self.goal_dir(g)):
+            raise FsError(f"refusing to use {self.goal_dir(g)}: it is a symbolic link (goal folders are made "
+                          f"by dagrun; remove it)")
+        return fsio.read_bytes(self.plan_path(g))
+
     def load_plan(self, g: str) -> Plan:
         check_id("goal", g)
-        data = fsio.read_bytes(self.plan_path(g))
+        data = self.plan_bytes(g)
         if data is None:
             raise NotFound(f"no goal {g!r} under {self.root} (submit a plan first; `dagrun status` lists goals)")
         try:

@@ -18,7 +18,7 @@ import sys
 import typer
 
 from .. import __version__
-from ..errors import ExitCode, report
+from ..errors import ExitCode, one_line, report
 from .common import COLOR, Ctx
 from .helpfmt import DagrunGroup
 
@@ -154,6 +154,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def _err(msg: str) -> None:
     try:
-        print(f"dagrun: {msg}", file=sys.stderr)
+        print(f"dagrun: {one_line(msg)}", file=sys.stderr)
     except OSError:
         pass

@@ -6,6 +6,7 @@ import sys
 
 import typer
 
+from ..errors import one_line
 from . import app
 from .common import POLL_OPT, RUN, WORKER_NAME, LogLine, complete_goal, examples, fmt_event, home_of, is_tty
 
@@ -181,6 +182,6 @@ def worker(ctx: typer.Context,
 
 def _stderr_log(msg: str) -> None:
     try:
-        print(f"dagrun: {msg}", file=sys.stderr, flush=True)
+        print(f"dagrun: {one_line(msg)}", file=sys.stderr, flush=True)
     except OSError:
         pass
