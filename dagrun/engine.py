@@ -28,13 +28,16 @@ from . import events as ev
 from . import fsio
 from .errors import DagrunError, ExitCode, FsError, os_error
 from .executor import Exit, Launch, ProcessRunner, Runner, StartError
-from .lifecycle import (Claim, Stale, break_if_stale, build_scheduler, claim_task, commit_done, commit_failure,
+from .lifecycle import (Claim, Stale, break_if_stale, build_scheduler, capture_workspace, claim_task, commit_done,
+                        commit_failure,
                         emit_changes, finish_goal_if_ended, latest_attempt, marker_of, record_unfinished,
                         stop_goal)
 from .plan import Plan, Task
 from .scheduler import RUNNING, Scheduler
 from .store import Home, loads
 from .watcher import Doorbell, Watcher
+from .workspace import GIT_REDIRECT
+from .wsrules import may_start
 
 HOUSEKEEPING = 1.0        # s: liveness of other workers' claims, stall checks
 IDLE_RETRY_HORIZON = 60.0  # s: --until-idle waits for a retry due this soon; a later one is the next run's
@@ -477,13 +480,23 @@ class Engine:
                     break
                 if not self._dispatchable(gs):
                     continue
-                t = gs.sched.take()
+                t = gs.sched.take(self._mutex(gs))
                 if t is not None:
                     progressed = True
                     self._start(gs, t)
             self._rr += 1
             if not progressed:
                 break
+
+    @staticmethod
+    def _mutex(gs: GoalState):
+        """Tasks whose declared `files` overlap a running task's never start beside it (one
+        rule, wsrules.may_start); None when no task of the goal declares files."""
+        plan = gs.plan
+        if not any(t.files for t in plan.tasks):
+            return None
+        running = [plan.task(x).files for x in gs.sched.running_ids()]
+        return lambda t: may_start(plan.task(t).files, running)
 
     def _start(self, gs: GoalState, t: str) -> None:
         # claim, render, spawn and owner.json under the goal's shared edit lock: a plan edit
@@ -518,6 +531,9 @@ class Engine:
             else:
                 gs.foreign.add(t)          # somebody else holds it; the scheduler says running
             return
+        if c.failed is not None:           # workspace: its prerequisites do not merge
+            self._after_failure(gs, c, c.failed)
+            return
         task = plan.task(t)
         cdir = self.home.claim_dir(g, t)
         env = dict(self._base_env)
@@ -527,7 +543,13 @@ class Engine:
             "DAGRUN_PROMPT_FILE": self.home.prompt_path(g, t),
             "DAGRUN_OUTPUT_FILE": self.home.output_path(g, t), "DAGRUN_WORKER": self.worker,
         })
-        launch = Launch(agent=task.agent, cwd=task.workdir, env=env, stdin_path=self.home.prompt_path(g, t),
+        cwd = task.workdir
+        if c.workspace is not None:        # code workspace: run in the task's worktree
+            cwd = c.workspace.cwd
+            env.update(c.workspace.env())
+            for k in GIT_REDIRECT:
+                env.pop(k, None)
+        launch = Launch(agent=task.agent, cwd=cwd, env=env, stdin_path=self.home.prompt_path(g, t),
                         stdout_path=os.path.join(cdir, "stdout"), stderr_path=os.path.join(cdir, "stderr"),
                         run_id=c.owner["run_id"], max_output=task.max_output)
         now = time.monotonic()
@@ -623,7 +645,8 @@ class Engine:
                 gs.sched.requeue(t)
             return
         ended = time.time()
-        if run.stop_outcome is None and ex.ok:
+        why = capture_workspace(self.home, plan, c) if run.stop_outcome is None and ex.ok else None
+        if why is None and run.stop_outcome is None and ex.ok:
             body = commit_done(self.home, plan, c, ended=ended)
             self._emit(g, t, ev.DONE, attempt=c.attempt, duration=body["duration"], exit_code=0,
                        output_bytes=body["output_bytes"], first_byte=_first_byte(stats.get("first_byte"), c.started),
@@ -637,7 +660,7 @@ class Engine:
             return
         outcome = run.stop_outcome or "failed"
         rec = commit_failure(self.home, plan, c, outcome=outcome, ended=ended, exit_code=ex.code,
-                             signal=ex.signal, reason=run.stop_reason or ex.describe())
+                             signal=ex.signal, reason=why or run.stop_reason or ex.describe())
         self._after_failure(gs, c, rec)
 
     def _vanished(self, gs: GoalState, c: Claim, ex: Exit) -> bool:

@@ -21,6 +21,7 @@ from typing import Callable
 from . import claim as claims
 from . import events as ev
 from . import fsio
+from . import workspace as wsp
 from .errors import DagrunError, Refused, os_error
 from .plan import Plan, Task
 from .prompt import Upstream, failure_note, render
@@ -42,6 +43,8 @@ class Claim:
     attempt: int
     owner: dict
     started: float            # wall clock
+    workspace: "wsp.Prepared | None" = None   # the task's git worktree (code workspaces)
+    failed: dict | None = None  # set when preparing its workspace failed for good (the record)
 
     @property
     def nonce(self) -> str:
@@ -102,7 +105,20 @@ def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: i
     owner.update(owner_extra or {})
     c = Claim(g, t, attempt, owner, time.time())
     try:
-        text = render_prompt(home, plan, plan.task(t), record, state_of)
+        # the code workspace: a git worktree with the prerequisites' commits merged in
+        c.workspace = wsp.prepare(home, plan, t)
+    except wsp.Conflict as e:       # never starts from a wrong snapshot: fails for good
+        c.failed = commit_failure(home, plan, c, outcome="workspace_conflict", ended=time.time(),
+                                  reason=str(e), final=True)
+        return c
+    except DagrunError:
+        claims.release(home, g, t)
+        raise
+    except OSError as e:
+        claims.release(home, g, t)
+        raise os_error("prepare the workspace of", tdir, e) from None
+    try:
+        text = render_prompt(home, plan, plan.task(t), record, state_of, c.workspace)
         fsio.write_atomic(home.prompt_path(g, t), text.encode("utf-8", "surrogateescape"))
     except OSError as e:
         claims.release(home, g, t)
@@ -135,7 +151,7 @@ def run_id(home: Home, g: str, t: str, attempt: int) -> str:
 
 
 def render_prompt(home: Home, plan: Plan, task: Task, record: dict | None,
-                  state_of: Callable[[str], str] | None) -> str:
+                  state_of: Callable[[str], str] | None, workspace: "wsp.Prepared | None" = None) -> str:
     g = plan.goal
     ups = []
     for dep, soft in [(d, False) for d in task.deps] + [(d, True) for d in task.soft_deps]:
@@ -148,7 +164,8 @@ def render_prompt(home: Home, plan: Plan, task: Task, record: dict | None,
                 # edit, forced retry) after the caller looked: never run on a vanished input
                 raise Stale(f"{g}/{dep} is no longer done")
             data, size = got or (b"", 0)
-            ups.append(Upstream(dep, "done", data, size, out, soft))
+            ups.append(Upstream(dep, "done", data, size, out, soft,
+                                wsp.diffstat(home, g, dep) if plan.workspace else None))
         else:
             ups.append(Upstream(dep, state, None, 0, out, soft))
     note = None
@@ -156,7 +173,8 @@ def render_prompt(home: Home, plan: Plan, task: Task, record: dict | None,
         n = as_int(record.get("attempt", 0))
         tail = _tail(home, home.attempt_path(g, task.id, n, "err"), 2000)
         note = failure_note(n, record["outcome"], record.get("exit_code"), tail, task.timeout)
-    return render(task.prompt, ups, task.context_limit, note)
+    return render(task.prompt, ups, task.context_limit, note,
+                  wsp.prompt_note(workspace) if workspace is not None else None)
 
 
 def _tail(home: Home, path: str, nbytes: int) -> str:
@@ -181,6 +199,18 @@ def _tail(home: Home, path: str, nbytes: int) -> str:
 
 
 # ---------------------------------------------------------------------------------- ending
+def capture_workspace(home: Home, plan: Plan, c: Claim) -> str | None:
+    """Before the done marker: commit what the agent changed in its worktree and publish
+    `patch` (workspace.capture). Returns why that failed (the attempt then fails), or None."""
+    if not plan.has(c.task) or not wsp.uses(plan, plan.task(c.task)):
+        return None
+    try:
+        wsp.capture(home, plan, c.task)
+    except DagrunError as e:
+        return f"could not commit the workspace: {e}"
+    return None
+
+
 def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: int | None = 0,
                 output_from: str | None = None, output_data: bytes | None = None,
                 forced_by: str | None = None, held_by: str | None = None) -> dict:
@@ -295,7 +325,7 @@ def backoff(task: Task, failures: int) -> float:
 def commit_failure(home: Home, plan: Plan, c: Claim, *, outcome: str, ended: float,
                    exit_code: int | None = None, signal: int | None = None, reason: str = "",
                    prev_failures: int | None = None, forced_by: str | None = None,
-                   held_by: str | None = None) -> dict:
+                   held_by: str | None = None, final: bool | None = None) -> dict:
     """Record a failed attempt; write `failed` when no retry is left. Returns the record
     (record["final"] tells which)."""
     g, t = c.goal, c.task
@@ -305,7 +335,7 @@ def commit_failure(home: Home, plan: Plan, c: Claim, *, outcome: str, ended: flo
         prev_failures = as_int(prev.get("failures", 0)) if prev else 0
     counted = outcome in COUNTED
     failures = prev_failures + (1 if counted else 0)
-    final = counted and failures > task.retries
+    final = counted and failures > task.retries if final is None else final
     rec = {
         "attempt": c.attempt, "outcome": outcome, "exit_code": exit_code, "signal": signal,
         "reason": reason, "worker": c.owner.get("worker"), "started": now_iso(c.started),

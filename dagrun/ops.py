@@ -14,8 +14,10 @@ from . import claim as claims
 from . import events as ev
 from . import fsio
 from . import plan as planmod
+from . import workspace as wsp
 from .errors import DagrunError, ExitCode, NotFound, Refused, UsageError, os_error
-from .lifecycle import (Claim, Stale, break_if_stale, build_scheduler, check_holder, claim_task, commit_done,
+from .lifecycle import (Claim, Stale, break_if_stale, build_scheduler, capture_workspace, check_holder, claim_task,
+                        commit_done,
                         commit_failure, emit_changes, finish_goal_if_ended, latest_attempt, marker_of,
                         mark_cancelled, stop_goal)
 from .plan import Plan, check_id
@@ -51,15 +53,22 @@ class SubmitResult:
     diff: Diff | None = None
 
 
+def load_checked(path: str, home: Home | None = None) -> tuple[Plan, dict | None]:
+    """Parse and validate a plan, then check its code workspace against git (repository,
+    base, clean work tree): (plan, the workspace pin or None). Writes nothing."""
+    plan = planmod.load(path)
+    return plan, wsp.check_plan(plan, home.root if home is not None else None)
+
+
 def submit(home: Home, path: str, *, replace: bool = False, dry_run: bool = False, by: str = "submit") -> SubmitResult:
-    plan = planmod.load(path)          # raises PlanError before anything is written
+    plan, pinned = load_checked(path, home)   # raises PlanError before anything is written
     g = plan.goal
     old_raw = fsio.read_bytes(home.plan_path(g)) if os.path.isdir(home.goals_dir) else None
     if old_raw is None:
         if dry_run:
             return SubmitResult(g, "would-create")
         home.ensure()
-        return SubmitResult(g, _create_goal(home, plan, by))
+        return SubmitResult(g, _create_goal(home, plan, by, pinned))
     old = Plan.from_dict(loads(old_raw) or {})
     if old_raw == plan.canonical():
         return SubmitResult(g, "unchanged")
@@ -73,7 +82,7 @@ def submit(home: Home, path: str, *, replace: bool = False, dry_run: bool = Fals
     return SubmitResult(g, "replaced", d)
 
 
-def _create_goal(home: Home, plan: Plan, by: str) -> str:
+def _create_goal(home: Home, plan: Plan, by: str, pinned: dict | None = None) -> str:
     """Build the goal folder under a dot-name and rename it into place: a goal is there
     whole (plan.json, events.jsonl, tasks/) or not at all."""
     g = plan.goal
@@ -82,6 +91,8 @@ def _create_goal(home: Home, plan: Plan, by: str) -> str:
     try:
         fsio.makedirs(os.path.join(tmp, "tasks"))
         fsio.write_atomic(os.path.join(tmp, "plan.json"), plan.canonical())
+        if pinned:           # the workspace's base commit, fixed with the goal (workspace.pin)
+            fsio.write_atomic(os.path.join(tmp, os.path.basename(home.goal_workspace_path(g))), dumps(pinned))
         lines = [ev.encode(ev.make(ev.PLAN_CREATED, g, worker=by, tasks=len(plan.tasks), source=plan.source))]
         for t in plan.tasks:
             if not t.deps and not t.soft_deps:
@@ -240,6 +251,15 @@ def claim_external(home: Home, g: str, *, worker: str | None, pid: int | None = 
             continue
         if c is None:
             continue
+        if c.failed is not None:       # workspace: its prerequisites do not merge
+            rec = c.failed
+            ev.status(home, g, t, ev.FAILED, attempt=c.attempt, worker=worker, duration=rec["duration"],
+                      reason=rec["reason"], outcome=rec["outcome"])
+            emit_changes(home, g, (sched.finish(t, "failed") or [])[1:], worker)
+            if plan.on_failure == "stop":
+                emit_changes(home, g, stop_goal(home, plan, sched, t, worker), worker)
+            finish_goal_if_ended(home, plan, sched, worker)
+            continue
         ev.status(home, g, t, ev.RUNNING, attempt=c.attempt, worker=worker, pid=holder)
         task = plan.task(t)
         cdir = home.claim_dir(g, t)
@@ -248,7 +268,8 @@ def claim_external(home: Home, g: str, *, worker: str | None, pid: int | None = 
             "home": home.root, "task_dir": home.task_dir(g, t), "prompt_file": home.prompt_path(g, t),
             "stdout_file": os.path.join(cdir, "stdout"), "stderr_file": os.path.join(cdir, "stderr"),
             "output_file": home.output_path(g, t), "run_id": c.owner["run_id"], "lease": plan.lease,
-            "agent": task.agent, "workdir": task.workdir, "timeout": task.timeout,
+            "agent": task.agent, "workdir": c.workspace.cwd if c.workspace else task.workdir,
+            "timeout": task.timeout, "workspace": c.workspace.path if c.workspace else None,
         }
 
 
@@ -318,6 +339,9 @@ def complete(home: Home, g: str, t: str, *, output: str | None, worker: str | No
     by = _by(c, worker, forced)
     extra = _forced_fields(c, forced, by)
     sched, _ = build_scheduler(home, plan)
+    why = capture_workspace(home, plan, c)     # code workspace: commit it before `done`
+    if why is not None:
+        raise DagrunError(f"cannot complete {g}/{t}: {why}", ExitCode.IO)
     body = commit_done(home, plan, c, ended=time.time(), output_data=data, **extra)
     ev.status(home, g, t, ev.DONE, attempt=c.attempt, worker=by, duration=body["duration"], exit_code=0,
               output_bytes=body["output_bytes"], **extra)
@@ -600,3 +624,27 @@ def goal_detail(home: Home, g: str) -> dict:
     return {"goal": g, "state": _goal_state(sched, len(plan.tasks)), "counts": sched.counts(),
             "tasks": rows, "summary": summary, "source": plan.source}
 
+
+
+# ====================================================================================== workspaces
+def integrate(home: Home, g: str, into: str | None = None) -> "wsp.Integration":
+    """`dagrun integrate`: merge every done task's branch into dagrun/<goal>/_integrated (or --into)."""
+    check_id("goal", g)
+    plan = home.load_plan(g)
+    with claims.edit_lock(home, g):        # no plan edit archives task folders meanwhile
+        return wsp.integrate(home, plan, into)
+
+
+def gc(home: Home, *, dry_run: bool = False) -> list["wsp.GcItem"]:
+    """`dagrun gc`: worktrees of ended goals (and of archived task folders) removed; task
+    branches deleted once integrated into dagrun/<goal>/_integrated."""
+    plans, ended = [], set()
+    for g in home.goals():
+        try:
+            plan = home.load_plan(g)
+        except DagrunError:
+            continue
+        plans.append(plan)
+        if os.path.exists(home.summary_path(g)):
+            ended.add(g)
+    return wsp.gc(home, plans, ended=ended, dry_run=dry_run)

@@ -18,6 +18,7 @@ from typing import Any, Iterable
 import orjson
 
 from .errors import PlanError
+from .wsrules import check_glob
 
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_PLAN_BYTES = 64 * 1024 * 1024
@@ -80,6 +81,9 @@ TASK_FIELDS: dict[str, F] = {
     "priority": F("integer", "Higher runs first among ready tasks (ties: longest path to the end first).",
                   lo=-1_000_000, hi=1_000_000, default=0),
     "description": F("text", "Free text for people; ignored by dagrun."),
+    "workspace": F("boolean", "false: this task touches no code and runs without a git worktree (when the plan has a workspace).",
+                   default=True),
+    "files": F("globs", "Repository paths (globs, ** for any depth) this task may edit: tasks whose globs overlap never run at the same time."),
     **KNOBS,
 }
 
@@ -93,7 +97,18 @@ TOP_FIELDS: dict[str, F] = {
                     choices=("continue", "stop"), default="continue"),
     "lease": F("number", "Seconds without heartbeat after which a claim held from another host is stale.",
                gt=0, hi=MAX_SECONDS, default=DEFAULT_LEASE),
+    "workspace": F("workspace", "Code workspace: every task runs in its own git worktree of `repo` (relative to the plan's folder), "
+                   "starting from `base` with its prerequisites' commits merged in."),
     "tasks": F("tasks", "The sub-goals."),
+}
+
+WORKSPACE_FIELDS: dict[str, F] = {
+    "repo": F("string", "The git repository, relative to the plan's folder."),
+    "base": F("string", "Branch or commit the goal starts from (default: what is checked out in repo); pinned when the goal is created.",
+              default="HEAD"),
+    "author": F("author", "Identity of the commits dagrun makes: {\"name\": ..., \"email\": ...} (default: dagrun <dagrun@localhost>)."),
+    "integrate": F("boolean", "true: when the goal ends with every task done, merge the task branches into dagrun/<goal>/_integrated.",
+                   default=False),
 }
 
 
@@ -117,6 +132,8 @@ class Task:
     max_output: int | None
     priority: int
     description: str | None = None
+    workspace: bool = True                 # false: no git worktree for this task
+    files: tuple[str, ...] = ()            # globs it may edit (the mutex)
 
     def definition_digest(self) -> str:
         return self._digest
@@ -127,12 +144,18 @@ class Task:
         when a plan is replaced. Timeouts, retries and priority do not change the result."""
         d = [self.prompt, self.agent, list(self.deps), list(self.soft_deps), self.workdir,
              self.context_limit, self.retry_context]
+        if not self.workspace:
+            d.append("no-workspace")
         return hashlib.sha256(orjson.dumps(d)).hexdigest()[:16]
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["deps"] = list(self.deps)
         d["soft_deps"] = list(self.soft_deps)
+        d["files"] = list(self.files)
+        for k, dflt in (("workspace", True), ("files", [])):   # plans without workspaces keep
+            if d[k] == dflt:                                    # their plan.json byte for byte
+                del d[k]
         return d
 
 
@@ -146,6 +169,7 @@ class Plan:
     on_failure: str = "continue"
     lease: float = DEFAULT_LEASE
     description: str | None = None
+    workspace: dict | None = None      # {"repo": absolute, "base", "author"?, "integrate"}
     _index: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
@@ -183,11 +207,14 @@ class Plan:
         return [t.id for t in self.tasks if t.id in seen]
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "version": 1, "goal": self.goal, "source": self.source, "plan_dir": self.plan_dir,
             "max_parallel": self.max_parallel, "on_failure": self.on_failure, "lease": self.lease,
             "description": self.description, "tasks": [t.to_dict() for t in self.tasks],
         }
+        if self.workspace:
+            d["workspace"] = self.workspace
+        return d
 
     def canonical(self) -> bytes:
         """plan.json: sorted keys, indented, UTF-8 -- byte-identical for the same plan."""
@@ -205,10 +232,12 @@ class Plan:
     def from_dict(cls, d: dict) -> "Plan":
         """Load a normalised plan (plan.json under the home: already validated, trusted)."""
         tasks = tuple(
-            Task(**{**t, "deps": tuple(t["deps"]), "soft_deps": tuple(t["soft_deps"])}) for t in d["tasks"])
+            Task(**{**t, "deps": tuple(t["deps"]), "soft_deps": tuple(t["soft_deps"]),
+                    "files": tuple(t.get("files", ()))}) for t in d["tasks"])
         return cls(goal=d["goal"], source=d["source"], plan_dir=d["plan_dir"], tasks=tasks,
                    max_parallel=d.get("max_parallel"), on_failure=d.get("on_failure", "continue"),
-                   lease=d.get("lease", DEFAULT_LEASE), description=d.get("description"))
+                   lease=d.get("lease", DEFAULT_LEASE), description=d.get("description"),
+                   workspace=d.get("workspace"))
 
 
 # ------------------------------------------------------------------------------ loading
@@ -404,6 +433,7 @@ class _Validator:
                 opts[k] = self.check((k,), TOP_FIELDS[k], top[k])
         if "$schema" in top:
             self.check(("$schema",), TOP_FIELDS["$schema"], top["$schema"])
+        workspace = self.workspace(top["workspace"]) if "workspace" in top else None
         if "tasks" not in top:
             self.fail((), "missing \"tasks\" (an array of tasks)")
         raw_tasks = top["tasks"]
@@ -432,7 +462,33 @@ class _Validator:
             self.fail(("tasks", first), _fmt_cycle(cycle))
         return Plan(goal=goal, source=self.source, plan_dir=plan_dir, tasks=tuple(tasks),
                     max_parallel=opts.get("max_parallel"), on_failure=opts.get("on_failure", "continue"),
-                    lease=float(opts.get("lease", DEFAULT_LEASE)), description=opts.get("description"))
+                    lease=float(opts.get("lease", DEFAULT_LEASE)), description=opts.get("description"),
+                    workspace=workspace)
+
+    def workspace(self, v) -> dict:
+        """The plan's workspace object (the git checks come later: workspace.check_plan)."""
+        path = ("workspace",)
+        w = self.obj(path, v, WORKSPACE_FIELDS, "workspace")
+        if "repo" not in w:
+            self.fail(path, "workspace needs \"repo\" (the git repository, relative to the plan's folder)")
+        repo = self.check(path + ("repo",), WORKSPACE_FIELDS["repo"], w["repo"])
+        out = {"repo": os.path.normpath(os.path.join(os.path.dirname(self.source), repo))}
+        base = self.check(path + ("base",), WORKSPACE_FIELDS["base"], w.get("base", "HEAD"))
+        if base.startswith("-") or any(c.isspace() for c in base):
+            self.fail(path + ("base",), f"{_show(base)} is not a branch or commit name")
+        out["base"] = base
+        if "author" in w:
+            a = w["author"]
+            if not isinstance(a, dict) or set(a) != {"name", "email"} or not all(
+                    isinstance(a[k], str) and a[k].strip() and not any(c in a[k] for c in "<>\n\x00") for k in a):
+                self.fail(path + ("author",), "expected {\"name\": \"...\", \"email\": \"...\"} "
+                          "(non-empty strings without <, > or newlines)")
+            out["author"] = {"name": a["name"], "email": a["email"]}
+        if "integrate" in w:
+            if not isinstance(w["integrate"], bool):
+                self.fail(path + ("integrate",), f"expected true or false, got {_type_name(w['integrate'])}")
+            out["integrate"] = w["integrate"]
+        return out
 
     def task(self, i: int, rt, dflt: dict, plan_dir: str, seen: dict) -> Task:
         path = ("tasks", i)
@@ -473,6 +529,18 @@ class _Validator:
         workdir = os.path.normpath(os.path.join(plan_dir, workdir)) if workdir else plan_dir
         prio = self.check(path + ("priority",), TASK_FIELDS["priority"], rt["priority"]) if "priority" in rt else 0
         desc = self.check(path + ("description",), TASK_FIELDS["description"], rt["description"]) if "description" in rt else None
+        use_ws = rt.get("workspace", True)
+        if not isinstance(use_ws, bool):
+            self.fail(path + ("workspace",), f"expected true or false, got {_type_name(use_ws)}")
+        files = rt.get("files", [])
+        if not isinstance(files, list):
+            self.fail(path + ("files",), f"expected an array of globs, got {_type_name(files)}")
+        for j, fg in enumerate(files):
+            if not isinstance(fg, str):
+                self.fail(path + ("files", j), f"expected a glob (string), got {_type_name(fg)}")
+            why = check_glob(fg)
+            if why:
+                self.fail(path + ("files", j), f"glob {_show(fg)} {why}")
 
         def get(k):
             return knobs.get(k, KNOBS[k].default)
@@ -484,7 +552,7 @@ class _Validator:
             retry_backoff=float(get("retry_backoff")), retry_context=get("retry_context"),
             stall_timeout=float(stall) if stall is not None else None, kill_grace=float(get("kill_grace")),
             workdir=workdir, context_limit=int(get("context_limit")), max_output=get("max_output"),
-            priority=int(prio), description=desc)
+            priority=int(prio), description=desc, workspace=use_ws, files=tuple(files))
 
     def ids(self, path: tuple, v) -> list[str]:
         if not isinstance(v, list):
@@ -674,6 +742,15 @@ def json_schema() -> dict:
             s = {"$ref": "#/$defs/knobs"}
         elif k == "tasks":
             s = {"type": "array", "minItems": 1, "maxItems": MAX_TASKS, "items": {"$ref": "#/$defs/task"}}
+        elif k == "boolean":
+            s = {"type": "boolean"}
+        elif k == "globs":
+            s = {"type": "array", "items": {"type": "string", "minLength": 1}}
+        elif k == "author":
+            s = {"type": "object", "additionalProperties": False, "required": ["name", "email"],
+                 "properties": {"name": {"type": "string", "minLength": 1}, "email": {"type": "string", "minLength": 1}}}
+        elif k == "workspace":
+            s = {"$ref": "#/$defs/workspace"}
         else:
             raise AssertionError(k)
         if f.nullable:
@@ -681,7 +758,7 @@ def json_schema() -> dict:
                 s["type"] = [s["type"], "null"]
             else:
                 s = {"anyOf": [s, {"type": "null"}]}
-        if f.default is not None:
+        if f.default is not None and f.kind != "workspace":
             s["default"] = f.default
         s["description"] = f.doc
         return s
@@ -698,6 +775,8 @@ def json_schema() -> dict:
             "id": {"type": "string", "pattern": "^" + ID_RE.pattern + "$"},
             "knobs": {"type": "object", "additionalProperties": False,
                       "properties": {k: prop(f) for k, f in KNOBS.items()}},
+            "workspace": {"type": "object", "additionalProperties": False, "required": ["repo"],
+                          "properties": {k: prop(f) for k, f in WORKSPACE_FIELDS.items()}},
             "task": {
                 "type": "object", "additionalProperties": False, "required": ["id"],
                 "oneOf": [{"required": ["prompt"]}, {"required": ["prompt_file"]}],

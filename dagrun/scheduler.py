@@ -149,13 +149,30 @@ class Scheduler:
         return [self.ids[k[2]] for k in sorted(self.heap) if self.state[k[2]] == READY]
 
     # ------------------------------------------------------------------ transitions
-    def take(self) -> str | None:
-        """Pop the best ready task and mark it running (the caller is about to claim it)."""
-        tid = self.peek()
-        if tid is not None:
-            heapq.heappop(self.heap)
-            self._set(self.index[tid], RUNNING)
+    def take(self, allowed=None) -> str | None:
+        """Pop the best ready task and mark it running (the caller is about to claim it).
+        `allowed(tid)` (optional) holds tasks back: the best ready task it allows is taken,
+        the others stay ready (the files mutex of code workspaces)."""
+        if allowed is None:
+            tid = self.peek()
+            if tid is not None:
+                heapq.heappop(self.heap)
+                self._set(self.index[tid], RUNNING)
+            return tid
+        held, tid = [], None
+        while self.peek() is not None:
+            k = heapq.heappop(self.heap)
+            if allowed(self.ids[k[2]]):
+                tid = self.ids[k[2]]
+                self._set(k[2], RUNNING)
+                break
+            held.append(k)
+        for k in held:
+            heapq.heappush(self.heap, k)
         return tid
+
+    def running_ids(self) -> list[str]:
+        return [self.ids[i] for i, s in enumerate(self.state) if s == RUNNING]
 
     def start(self, tid: str) -> None:
         """Somebody (maybe another worker) is running it."""

@@ -193,6 +193,22 @@ class Home:
     def stderr_path(self, g: str, t: str) -> str:
         return os.path.join(self.task_dir(g, t), "stderr.log")
 
+    # -- code workspaces (workspace.py): a task's git worktree and what capture publishes
+    def worktree_path(self, g: str, t: str) -> str:
+        return os.path.join(self.task_dir(g, t), "worktree")
+
+    def snapshot_path(self, g: str, t: str) -> str:
+        return os.path.join(self.task_dir(g, t), "snapshot.json")
+
+    def patch_path(self, g: str, t: str) -> str:
+        return os.path.join(self.task_dir(g, t), "patch")
+
+    def changes_path(self, g: str, t: str) -> str:
+        return os.path.join(self.task_dir(g, t), "changes.json")
+
+    def goal_workspace_path(self, g: str) -> str:
+        return os.path.join(self.goal_dir(g), "workspace.json")
+
     def attempts_dir(self, g: str, t: str) -> str:
         return os.path.join(self.task_dir(g, t), ATTEMPTS)
 

@@ -14,12 +14,14 @@ LAYERS = {
     "store": 2,
     "events": 3, "claim": 3,
     "summary": 4, "lifecycle": 5, "executor": 4, "watcher": 0,
+    "wsrules": 1,        # pure rules of code workspaces (snapshot order, files mutex)
+    "workspace": 4,      # git plumbing of code workspaces: runs git, so it may use subprocess
     "ops": 6, "engine": 6,
     "protocol": 9,       # the entry point + protocol fast path: beside cli, never imports typer
     "metrics": 7, "graph": 7, "report": 7, "timeline": 7,
     "cli": 9,
 }
-ONLY_IN = {"typer": {"cli"}, "rich": {"cli"}, "watchdog": {"watcher"}, "subprocess": {"executor"}}
+ONLY_IN = {"typer": {"cli"}, "rich": {"cli"}, "watchdog": {"watcher"}, "subprocess": {"executor", "workspace"}}  # workspace: git, short synchronous commands
 
 
 def _modules():

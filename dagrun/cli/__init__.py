@@ -44,7 +44,7 @@ def _root(
 
 
 from . import (control_cmds, graph_cmds, metrics_cmds, obs_cmds, plan_cmds, protocol_cmds,  # noqa: E402,F401
-               read_cmds, run_cmds)
+               read_cmds, run_cmds, ws_cmds)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,13 +10,14 @@ from .common import home_of, print_json
 
 
 @app.command()
-def validate(plan: str = typer.Argument(..., metavar="PLAN", help="Path of a dag.json."),
+def validate(ctx: typer.Context, plan: str = typer.Argument(..., metavar="PLAN", help="Path of a dag.json."),
              json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
-    """Check a plan; exit 0 if it is valid, 2 with the problem otherwise. Writes nothing."""
-    from ..plan import load
+    """Check a plan (and its code workspace's repository); exit 0 if it is valid, 2 with the
+    problem otherwise. Writes nothing."""
+    from ..ops import load_checked
     from ..scheduler import Scheduler
 
-    p = load(plan)
+    p, _ = load_checked(plan, home_of(ctx))
     s = Scheduler(p.tasks)
     edges = sum(len(t.deps) + len(t.soft_deps) for t in p.tasks)
     depth = max(s.height) if s.height else 0
