@@ -509,9 +509,23 @@ def finish_goal_if_ended(home: Home, plan: Plan, sched: Scheduler, worker: str) 
     if won:
         ev.emit(home, plan.goal, ev.GOAL_FINISHED, worker=worker, outcome=summary["outcome"],
                 counts=summary["counts"], failed_roots=summary["failed_roots"], finish_id=me["nonce"])
+        integrate_if_asked(home, plan, summary["outcome"], worker)
     else:
         announce_if_lost(home, plan.goal, worker)
     return summary
+
+
+def integrate_if_asked(home: Home, plan: Plan, outcome: str, worker: str) -> None:
+    """workspace.integrate: true -- the finisher merges the task branches once the goal ended
+    with every task done. A conflict or git error is an event, not a failure of the goal
+    (`dagrun integrate` reports the same again)."""
+    if not plan.workspace or not plan.workspace.get("integrate") or outcome != "done":
+        return
+    try:
+        r = wsp.integrate(home, plan)
+        ev.emit(home, plan.goal, ev.GOAL_INTEGRATED, worker=worker, branch=r.branch, head=r.head, merged=r.merged)
+    except DagrunError as e:
+        ev.emit(home, plan.goal, ev.GOAL_INTEGRATED, worker=worker, error=str(e))
 
 
 def announce_if_lost(home: Home, g: str, worker: str) -> bool:

@@ -149,7 +149,9 @@ def check_plan(plan: Plan, home_root: str | None = None) -> dict | None:
         top = repo_top(ws["repo"])
         base = ws.get("base") or "HEAD"
         oid = resolve(top, base)
-        full = _out(git(top, "rev-parse", "--symbolic-full-name", "--end-of-options", base, ok=(0, 128)))
+        # (base cannot start with "-": resolve() refused that; rev-parse 2.39 would print
+        # --end-of-options back in this mode)
+        full = _out(git(top, "rev-parse", "--symbolic-full-name", base, ok=(0, 128)))
         here = _out(git(top, "symbolic-ref", "-q", "HEAD", ok=(0, 1)))
         if base == "HEAD" or (full and full == here):
             dirty = _dirty(top, home_root)
