@@ -281,11 +281,26 @@ CRASH_TASKS = [
 ]
 
 
+@pytest.mark.slow
 def test_sigkill_at_every_step_of_capture_then_resume_is_consistent(tmp_path):
+    _crash_capture(tmp_path, lambda label: True, ("", ":after"))
+
+
+def test_sigkill_between_commit_and_done_then_resume_is_consistent(tmp_path):
+    """The key points (the whole walk is the slow test above), right after: the index was
+    updated, the commit object was made, the branch moved (committed, no done yet), the
+    patch's temporary file was written."""
+    _crash_capture(tmp_path, lambda label: label.startswith(("git add", "git commit-tree", "git update-ref"))
+                   or "/A/.patch." in label, (":after",))
+
+
+def _crash_capture(tmp_path, select, whens):
     steps = _capture_steps(tmp_path)
     assert any("commit-tree" in label for _n, label in steps) and any("update-ref" in label for _n, label in steps)
-    for n, label in steps:
-        for when in ("", ":after"):
+    picked = [(n, label) for n, label in steps if select(label)]
+    assert picked
+    for n, label in picked:
+        for when in whens:
             base = tmp_path / f"k{n}{when.replace(':', '-')}"
             repo = make_repo(base / "repo")
             ws_plan(base, CRASH_TASKS)
@@ -305,6 +320,7 @@ def test_sigkill_at_every_step_of_capture_then_resume_is_consistent(tmp_path):
             shutil.rmtree(base)
 
 
+@pytest.mark.slow     # ~10 s per point: a claim that died before owner.json waits out its grace
 def test_sigkill_during_prepare_then_resume(tmp_path):
     """A crash half-way through creating B's worktree: the next engine starts it over."""
     base0 = tmp_path / "trace"
