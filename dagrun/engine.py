@@ -37,7 +37,7 @@ from .scheduler import RUNNING, Scheduler
 from .store import Home, loads
 from .watcher import Doorbell, Watcher
 from .workspace import GIT_REDIRECT
-from .wsrules import may_start
+from .wsrules import mutex
 
 HOUSEKEEPING = 1.0        # s: liveness of other workers' claims, stall checks
 IDLE_RETRY_HORIZON = 60.0  # s: --until-idle waits for a retry due this soon; a later one is the next run's
@@ -491,12 +491,9 @@ class Engine:
     @staticmethod
     def _mutex(gs: GoalState):
         """Tasks whose declared `files` overlap a running task's never start beside it (one
-        rule, wsrules.may_start); None when no task of the goal declares files."""
-        plan = gs.plan
-        if not any(t.files for t in plan.tasks):
-            return None
-        running = [plan.task(x).files for x in gs.sched.running_ids()]
-        return lambda t: may_start(plan.task(t).files, running)
+        rule: wsrules.mutex); None when no task of the goal declares files."""
+        fo = gs.plan.files_of
+        return mutex(fo, gs.sched.running_ids()) if fo else None
 
     def _start(self, gs: GoalState, t: str) -> None:
         # claim, render, spawn and owner.json under the goal's shared edit lock: a plan edit

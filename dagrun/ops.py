@@ -23,6 +23,7 @@ from .lifecycle import (Claim, Stale, break_if_stale, build_scheduler, capture_w
 from .plan import Plan, check_id
 from .scheduler import READY, RETRYING, RUNNING, WAITING
 from .store import Home, as_int, dumps, loads, now_iso, parse_ts
+from .wsrules import mutex
 
 
 # ====================================================================================== submit
@@ -61,17 +62,19 @@ def load_checked(path: str, home: Home | None = None) -> tuple[Plan, dict | None
 
 
 def submit(home: Home, path: str, *, replace: bool = False, dry_run: bool = False, by: str = "submit") -> SubmitResult:
-    plan, pinned = load_checked(path, home)   # raises PlanError before anything is written
+    plan = planmod.load(path)          # raises PlanError before anything is written
     g = plan.goal
     old_raw = fsio.read_bytes(home.plan_path(g)) if os.path.isdir(home.goals_dir) else None
     if old_raw is None:
-        if dry_run:
+        pinned = wsp.check_plan(plan, home.root)    # the repository, only when the goal is born:
+        if dry_run:                                 # resuming never depends on the user's work tree
             return SubmitResult(g, "would-create")
         home.ensure()
         return SubmitResult(g, _create_goal(home, plan, by, pinned))
     old = Plan.from_dict(loads(old_raw) or {})
     if old_raw == plan.canonical():
         return SubmitResult(g, "unchanged")
+    wsp.check_plan(plan, home.root)
     d = diff(home, old, plan)
     if dry_run:
         return SubmitResult(g, "would-replace", d)
@@ -238,7 +241,7 @@ def claim_external(home: Home, g: str, *, worker: str | None, pid: int | None = 
             return ExitCode.NOTHING_READY, None
         if plan.on_failure == "stop" and any(f.state == "failed" for f in facts.values()):
             return ExitCode.NOTHING_READY, None
-        t = sched.take()
+        t = sched.take(mutex(plan.files_of, sched.running_ids()) if plan.files_of else None)
         if t is None:
             return ExitCode.NOTHING_READY, None
         try:
@@ -263,14 +266,17 @@ def claim_external(home: Home, g: str, *, worker: str | None, pid: int | None = 
         ev.status(home, g, t, ev.RUNNING, attempt=c.attempt, worker=worker, pid=holder)
         task = plan.task(t)
         cdir = home.claim_dir(g, t)
-        return ExitCode.OK, {
+        info = {
             "goal": g, "task": t, "attempt": c.attempt, "worker": worker, "pid": holder,
             "home": home.root, "task_dir": home.task_dir(g, t), "prompt_file": home.prompt_path(g, t),
             "stdout_file": os.path.join(cdir, "stdout"), "stderr_file": os.path.join(cdir, "stderr"),
             "output_file": home.output_path(g, t), "run_id": c.owner["run_id"], "lease": plan.lease,
             "agent": task.agent, "workdir": c.workspace.cwd if c.workspace else task.workdir,
-            "timeout": task.timeout, "workspace": c.workspace.path if c.workspace else None,
+            "timeout": task.timeout,
         }
+        if c.workspace is not None:      # code workspace: the worktree (workdir is inside it)
+            info["workspace"] = c.workspace.path
+        return ExitCode.OK, info
 
 
 def _held(home: Home, g: str, t: str, *, worker: str | None, pid: int | None, force: bool, what: str):

@@ -181,6 +181,11 @@ class Plan:
     def has(self, tid: str) -> bool:
         return tid in self._index
 
+    @cached_property
+    def files_of(self) -> dict[str, tuple[str, ...]] | None:
+        """task -> its declared `files` globs; None when no task declares any (the mutex is off)."""
+        return {t.id: t.files for t in self.tasks} if any(t.files for t in self.tasks) else None
+
     def ids(self) -> list[str]:
         return [t.id for t in self.tasks]
 

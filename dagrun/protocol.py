@@ -42,6 +42,7 @@ ENV_VARS = (("DAGRUN_HOME", "home"), ("DAGRUN_GOAL", "goal"), ("DAGRUN_TASK", "t
             ("DAGRUN_STDERR_FILE", "stderr_file"), ("DAGRUN_OUTPUT_FILE", "output_file"),
             ("DAGRUN_RUN_ID", "run_id"), ("DAGRUN_LEASE", "lease"), ("DAGRUN_AGENT", "agent"),
             ("DAGRUN_WORKDIR", "workdir"), ("DAGRUN_TIMEOUT", "timeout"))
+OPTIONAL_ENV_VARS = (("DAGRUN_WORKSPACE", "workspace"),)     # only when the task has one
 
 
 def shell_env(info: dict) -> str:
@@ -55,6 +56,9 @@ def shell_env(info: dict) -> str:
         elif isinstance(v, float) and v.is_integer():
             v = int(v)
         lines.append(f"export {var}='" + str(v).replace("'", "'\\''") + "'\n")
+    for var, key in OPTIONAL_ENV_VARS:
+        if info.get(key) is not None:
+            lines.append(f"export {var}='" + str(info[key]).replace("'", "'\\''") + "'\n")
     return "".join(lines)
 
 

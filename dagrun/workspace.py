@@ -362,7 +362,7 @@ def capture(home: Home, plan: Plan, t: str) -> dict | None:
         head = new
     files = [x for x in git(wt, "diff", "--name-only", "-z", "--no-renames", snap, head, "--")
              .stdout.decode("utf-8", "surrogateescape").split("\x00") if x]
-    stat = git(wt, "diff", "--stat=100", "--no-color", snap, head, "--").stdout.decode("utf-8", "replace").rstrip()
+    stat = git(wt, "diff", "--stat=100", "--stat-count=60", "--no-color", snap, head, "--").stdout.decode("utf-8", "replace").rstrip()
     patch = git(wt, "format-patch", "--stdout", "--no-color", "--binary", f"{snap}..{head}", "--").stdout
     fsio.write_atomic(home.patch_path(g, t), patch)
     out = {"branch": branch, "snapshot": snap, "head": head, "base_commit": rec["base_commit"],

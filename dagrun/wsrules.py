@@ -88,6 +88,15 @@ def may_start(files: Sequence[str], running: Iterable[Sequence[str]]) -> bool:
     return not any(r and sets_overlap(files, r) for r in running)
 
 
+def mutex(files_of: Mapping[str, Sequence[str]] | None, running: Iterable[str]):
+    """The predicate for Scheduler.take: may this ready task start beside the running ones?
+    None (no predicate) when no task declares files."""
+    if not files_of:
+        return None
+    busy = [files_of[r] for r in running if r in files_of]
+    return lambda t: may_start(files_of.get(t, ()), busy)
+
+
 # ------------------------------------------------------------------------------ conflicts
 def conflict_parties(conflicted: Sequence[str], merged: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
     """The tasks among `merged` ([(task, files it changed)]) whose changes touch one of the

@@ -367,3 +367,20 @@ def test_plan_without_workspace_keeps_its_plan_json(tmp_path):
     p = write_plan(tmp_path, [{"id": "A", "prompt": "a", "agent": "true"}])
     d = json.loads(load(str(p)).canonical())
     assert "workspace" not in d and "files" not in d["tasks"][0] and "workspace" not in d["tasks"][0]
+
+
+def test_bash_protocol_claim_edits_the_workspace_and_complete_captures(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    ws_plan(tmp_path, [{"id": "A", "prompt": "a", "agent": "unused"},
+                       {"id": "B", "prompt": "b", "deps": ["A"], "agent": "unused"}])
+    home = tmp_path / "home"
+    run("submit", tmp_path / "dag.json", home=home)
+    script = ('eval "$(dagrun claim g --env)" && cd "$DAGRUN_WORKDIR" && test "$PWD" = "$DAGRUN_WORKSPACE" '
+              '&& echo from-script > s.txt && echo done > "$DAGRUN_STDOUT_FILE" && dagrun complete g "$DAGRUN_TASK"')
+    env = dict(os.environ, DAGRUN_HOME=str(home), PATH=os.path.dirname(run.__globals__["DAGRUN"]) + ":" +
+               os.environ["PATH"])
+    p = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert git(repo, "show", "dagrun/g/A:s.txt") == "from-script"
+    info = json.loads(run("claim", "g", "--json", home=home).stdout)
+    assert info["task"] == "B" and os.path.exists(os.path.join(info["workspace"], "s.txt"))
