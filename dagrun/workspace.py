@@ -202,10 +202,11 @@ class Prepared:
     snapshot: str             # the commit the task starts from
     merged: list              # [[task, head commit]] merged into the snapshot, in order
     cwd: str                  # where the agent runs
+    plan_dir: str             # where it would run without a workspace (scripts next to the plan)
 
     def env(self) -> dict:
         return {"DAGRUN_WORKSPACE": self.path, "DAGRUN_WORKSPACE_BRANCH": self.branch,
-                "DAGRUN_WORKSPACE_SNAPSHOT": self.snapshot}
+                "DAGRUN_WORKSPACE_SNAPSHOT": self.snapshot, "DAGRUN_PLAN_DIR": self.plan_dir}
 
 
 def agent_cwd(plan: Plan, task: Task, top: str, wt: str) -> str:
@@ -321,7 +322,7 @@ def prepare(home: Home, plan: Plan, t: str) -> Prepared | None:
 def _prepared(plan: Plan, task: Task, top: str, rec: dict) -> Prepared:
     return Prepared(path=rec["path"], branch=rec["branch"], base=rec["base"], base_commit=rec["base_commit"],
                     snapshot=rec["snapshot"], merged=rec.get("merged") or [],
-                    cwd=agent_cwd(plan, task, top, rec["path"]))
+                    cwd=agent_cwd(plan, task, top, rec["path"]), plan_dir=plan.plan_dir)
 
 
 def prompt_note(p: Prepared) -> str:

@@ -384,3 +384,19 @@ def test_bash_protocol_claim_edits_the_workspace_and_complete_captures(tmp_path)
     assert git(repo, "show", "dagrun/g/A:s.txt") == "from-script"
     info = json.loads(run("claim", "g", "--json", home=home).stdout)
     assert info["task"] == "B" and os.path.exists(os.path.join(info["workspace"], "s.txt"))
+
+
+def test_example_code_edit_runs_offline_and_integrates(tmp_path):
+    from conftest import EXAMPLES
+    ex = tmp_path / "code-edit"
+    shutil.copytree(EXAMPLES / "code-edit", ex, ignore=shutil.ignore_patterns("calc"))
+    subprocess.run(["sh", str(ex / "init.sh")], check=True, capture_output=True, env=GIT_ENV)
+    home = tmp_path / "home"
+    run("run", ex / "dag.json", home=home)
+    run("integrate", "code-edit", home=home)
+    repo = ex / "calc"
+    files = set(git(repo, "ls-tree", "-r", "--name-only", "dagrun/code-edit/_integrated").split())
+    assert files == {".gitignore", "README.md", "calc.py", "cli.py", "ops/div.py", "ops/mul.py", "test_calc.py"}
+    git(repo, "checkout", "-q", "dagrun/code-edit/_integrated")
+    p = subprocess.run(["python3", "cli.py", "6", "/", "3"], cwd=repo, capture_output=True, text=True)
+    assert p.stdout.strip() == "2.0", p.stderr
