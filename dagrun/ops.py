@@ -74,7 +74,10 @@ def submit(home: Home, path: str, *, replace: bool = False, dry_run: bool = Fals
     old = Plan.from_dict(loads(old_raw) or {})
     if old_raw == plan.canonical():
         return SubmitResult(g, "unchanged")
-    wsp.check_plan(plan, home.root)
+    pinned, was = wsp.check_plan(plan, home.root), loads(fsio.read_bytes(home.goal_workspace_path(g)))
+    if pinned and isinstance(was, dict) and was.get("repo") != pinned["repo"]:
+        raise Refused(f"goal {g!r} works in the repository {was.get('repo')}; a plan edit cannot move it to "
+                      f"{pinned['repo']}: submit it under another goal id")
     d = diff(home, old, plan)
     if dry_run:
         return SubmitResult(g, "would-replace", d)
