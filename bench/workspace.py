@@ -69,6 +69,19 @@ def one_round(root: str, k: int) -> dict[str, float]:
     return out
 
 
+def floor(root: str, n: int) -> float:
+    """The part no checkout avoids: creating n small files (and their folders) on this disk."""
+    base = os.path.join(root, "floor")
+    t0 = time.perf_counter()
+    for i in range(n):
+        d = os.path.join(base, f"pkg{i // 100:04d}")
+        if i % 100 == 0:
+            os.makedirs(d)
+        with open(os.path.join(d, f"mod{i % 100:03d}.py"), "w") as f:
+            f.write("x = 1\n")
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
@@ -77,11 +90,13 @@ def main() -> None:
         make_repo(os.path.join(root, "repo"), n)
         print(f"repository: {n} files, made in {time.perf_counter() - t0:.1f} s ({root})")
         results: dict[str, list[float]] = {}
+        print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         for k in range(rounds):
             for step, s in one_round(root, k).items():
                 results.setdefault(step, []).append(s)
+        results["floor: create as many files (python)"] = [floor(os.path.join(root, f"f{k}"), n) for k in range(rounds)]
         for step, xs in results.items():
-            print(f"{step:<38} median {statistics.median(xs) * 1000:7.0f} ms   worst {max(xs) * 1000:7.0f} ms"
+            print(f"{step:<42} median {statistics.median(xs) * 1000:7.0f} ms   worst {max(xs) * 1000:7.0f} ms"
                   f"   ({len(xs)} rounds)")
 
 
