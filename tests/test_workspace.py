@@ -400,3 +400,15 @@ def test_example_code_edit_runs_offline_and_integrates(tmp_path):
     git(repo, "checkout", "-q", "dagrun/code-edit/_integrated")
     p = subprocess.run(["python3", "cli.py", "6", "/", "3"], cwd=repo, capture_output=True, text=True)
     assert p.stdout.strip() == "2.0", p.stderr
+
+
+@pytest.mark.parametrize("task,msg", [
+    ({"files": ["../x"]}, "tasks[0].files[0]: glob \"../x\" must not contain . or .. segments"),
+    ({"files": ["/abs/**"]}, "glob \"/abs/**\" must be relative to the repository root"),
+    ({"files": "src/**"}, "tasks[0].files: expected an array of globs, got a string"),
+    ({"workspace": "no"}, "tasks[0].workspace: expected true or false, got a string"),
+])
+def test_bad_task_workspace_fields(tmp_path, task, msg):
+    p = write_plan(tmp_path, [{"id": "A", "prompt": "a", "agent": "true", **task}])
+    r = run("validate", p, check=2)
+    assert msg in r.stderr and r.stderr.count("\n") == 1, r.stderr

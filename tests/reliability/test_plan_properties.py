@@ -52,6 +52,13 @@ def knob_value(name: str):
         "enum": st.sampled_from(list(f.choices) + ["nope"]) if f and f.choices else st.text(max_size=4),
         "object": st.dictionaries(st.sampled_from(list(planmod.KNOBS) + ["bogus"]), scalars, max_size=3),
         "tasks": st.just([]),
+        "boolean": st.booleans(),
+        "globs": st.lists(st.sampled_from(["src/**", "*.py", "a/b", "../x", "/abs", "", " "]), max_size=3),
+        "workspace": st.dictionaries(
+            st.sampled_from(["repo", "base", "author", "integrate", "bogus"]),
+            st.one_of(scalars, st.sampled_from(["repo", "main", "-x", "a b"]),
+                      st.fixed_dictionaries({"name": st.sampled_from(["n", "", "a<b"]), "email": st.just("e@x")})),
+            max_size=4),
     }[f.kind] if f else anything
     return st.one_of(good, anything) if f else anything
 
