@@ -412,3 +412,16 @@ def test_bad_task_workspace_fields(tmp_path, task, msg):
     p = write_plan(tmp_path, [{"id": "A", "prompt": "a", "agent": "true", **task}])
     r = run("validate", p, check=2)
     assert msg in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_a_plan_edit_that_adds_the_workspace_keeps_done_tasks(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    tasks = [{"id": "A", "prompt": "a", "agent": "echo plain"}]
+    p = write_plan(tmp_path, tasks, goal="g")
+    run("run", p, home=tmp_path / "home")
+    ws_plan(tmp_path, tasks + [{"id": "B", "prompt": "b", "deps": ["A"], "agent": "echo b > b.txt"}])
+    run("submit", "--replace", tmp_path / "dag.json", home=tmp_path / "home")
+    run("run", "g", home=tmp_path / "home")
+    assert (tdir(tmp_path, "A") / "output").read_text() == "plain\n"       # kept, not re-run
+    assert git(repo, "show", "dagrun/g/B:b.txt") == "b"
+    assert json.loads((tdir(tmp_path, "B") / "snapshot.json").read_text())["merged"] == []
