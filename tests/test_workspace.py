@@ -425,3 +425,23 @@ def test_a_plan_edit_that_adds_the_workspace_keeps_done_tasks(tmp_path):
     assert (tdir(tmp_path, "A") / "output").read_text() == "plain\n"       # kept, not re-run
     assert git(repo, "show", "dagrun/g/B:b.txt") == "b"
     assert json.loads((tdir(tmp_path, "B") / "snapshot.json").read_text())["merged"] == []
+
+
+@pytest.mark.realagents
+@pytest.mark.parametrize("cli", ["codex-mock --sandbox workspace-write", "claude-mock"])
+def test_real_agent_cli_runs_in_its_worktree(tmp_path, cli):
+    """Codex and Claude Code (against the local mock LLM) run with a worktree as their folder;
+    the mock only answers in text, so the task's patch is empty -- what is checked is that
+    the CLIs accept the worktree (Codex wants a git repository) and the capture runs."""
+    binary = Path("/tmp/realagents/bin") / cli.split()[0]
+    if not binary.exists() or not Path("/tmp/realagents/mock.port").exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{binary} or its mock LLM API is missing")
+        pytest.skip(f"{binary} or its mock LLM API is missing (see /work/shared/realagents/README.md)")
+    repo = make_repo(tmp_path / "repo")
+    ws_plan(tmp_path, [{"id": "A", "prompt": "Say hello.", "agent": f"{binary} {' '.join(cli.split()[1:])}",
+                        "timeout": 120}])
+    run("run", tmp_path / "dag.json", home=tmp_path / "home", timeout=180)
+    assert "MOCK REPLY" in (tdir(tmp_path, "A") / "output").read_text()
+    assert json.loads((tdir(tmp_path, "A") / "changes.json").read_text())["files"] == []
+    assert git(repo, "rev-list", "--count", "main..dagrun/g/A") == "0"
