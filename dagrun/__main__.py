@@ -1,3 +1,3 @@
-from .protocol import main
+from .entry import main
 
 main()

@@ -15,16 +15,13 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
-import socket
 import time
 from contextlib import contextmanager
 
 from . import fsio
 from .errors import FsError, os_error
+from .proc import BOOT_ID, GONE, HOST, REBOOTED, proc_start, self_start, why_dead
 from .store import CLAIM, Home, as_int, dumps, loads_obj, now_iso
-
-HOST = socket.gethostname()
-
 
 def _env_seconds(name: str, default: float) -> float:
     try:
@@ -41,114 +38,9 @@ def _env_seconds(name: str, default: float) -> float:
 HALF_BORN_GRACE = _env_seconds("DAGRUN_CLAIM_GRACE", 10.0)
 
 
-def _boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
-BOOT_ID = _boot_id()
-
-
-def stat_fields(pid: int) -> list[bytes] | None:
-    """Fields of /proc/<pid>/stat after the command name (state first); None when there is
-    no such process (or no /proc), [] when it cannot be read."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return []
-    return data[data.rfind(b")") + 2:].split()
-
-
-def proc_start(pid: int) -> str | None:
-    """Start time of a live process as a string (clock ticks since boot on Linux), None if
-    there is no such process. Together with the pid it identifies a process for good."""
-    if pid <= 0:
-        return None
-    rest = stat_fields(pid)
-    if rest is None:
-        return None
-    if rest:
-        if rest[0] == b"Z":            # a zombie has finished: it holds nothing any more
-            return None
-        return rest[19].decode()
-    try:  # no /proc (macOS): psutil gives the creation time
-        import psutil
-        return f"{psutil.Process(pid).create_time():.3f}"
-    except Exception:  # noqa: BLE001 - NoSuchProcess, AccessDenied, ImportError
-        return None
-
-
-def _parent(pid: int) -> int | None:
-    rest = stat_fields(pid)
-    return int(rest[1]) if rest and len(rest) > 1 else None
-
-
-def _image(pid: int) -> tuple[str, bytes] | None:
-    """(program, command line) of a process: a forked copy that never exec'd has its parent's."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return os.readlink(f"/proc/{pid}/exe"), f.read()
-    except OSError:
-        return None
-
-
-SHELLS = {"sh", "dash", "bash", "zsh", "ksh", "ksh93", "mksh", "ash", "busybox", "yash", "posh", "oksh"}
-
-
-def script_pid(pid: int) -> int:
-    """The process a script's claim belongs to: `pid` (the caller of `dagrun claim`) -- unless
-    that is a *subshell*, a copy of a shell script forked to run `$(dagrun claim g || true)`,
-    `$(dagrun claim g 2>/dev/null)` (bash), `( ... )` or a pipeline: it exits the moment
-    `dagrun claim` does, and a claim owned by it would look dead at once and be taken while
-    the script works on it. A subshell is recognised as a shell process with exactly the
-    program and command line of its parent (fork without exec); the claim goes to the
-    script it was forked from. Python, or any non-shell caller, is never walked past."""
-    for _ in range(32):
-        pp = _parent(pid)
-        if pp is None or pp <= 1:
-            return pid
-        img = _image(pid)
-        if img is None or os.path.basename(img[0]) not in SHELLS or img != _image(pp):
-            return pid
-        pid = pp
-    return pid
-
-
-def lineage(pid: int) -> list[tuple[int, str | None]]:
-    """(pid, start time) of `pid` and each of its ancestors up to (not including) init."""
-    out = []
-    for _ in range(64):
-        if pid <= 1:
-            break
-        out.append((pid, proc_start(pid)))
-        pp = _parent(pid)
-        if pp is None:
-            break
-        pid = pp
-    return out
-
-
-_SELF: tuple[int, str | None] = (0, None)
-
-
-def _self_start() -> str | None:
-    """This process's start time, read once per process (a forked child reads its own)."""
-    global _SELF
-    pid = os.getpid()
-    if _SELF[0] != pid:
-        _SELF = (pid, proc_start(pid))
-    return _SELF[1]
-
-
 def new_owner(worker: str, attempt: int, *, kind: str, pid: int | None = None) -> dict:
     pid = os.getpid() if pid is None else pid
-    start = _self_start() if pid == os.getpid() else proc_start(pid)
+    start = self_start() if pid == os.getpid() else proc_start(pid)
     return {
         "worker": worker, "host": HOST, "boot_id": BOOT_ID, "pid": pid, "pid_start": start,
         "attempt": attempt, "since": now_iso(), "kind": kind, "nonce": secrets.token_hex(6),
@@ -208,13 +100,13 @@ def judge(home: Home, g: str, t: str, owner: dict | None, *, lease: float,
             return None  # gone already
         return f"half-created claim (no owner.json) for {age:.0f}s" if age > grace else None
     if owner.get("host") == HOST:
-        if owner.get("boot_id") and BOOT_ID and owner["boot_id"] != BOOT_ID:
-            return f"holder {owner.get('worker')} ran before a reboot"
         pid = as_int(owner.get("pid"))
-        start = proc_start(pid)
-        if start is None:
+        why = why_dead(owner.get("boot_id"), pid, owner.get("pid_start"))
+        if why == REBOOTED:
+            return f"holder {owner.get('worker')} ran before a reboot"
+        if why == GONE:
             return f"holder {owner.get('worker')} (pid {pid}) is gone"
-        if owner.get("pid_start") and start != owner["pid_start"]:
+        if why is not None:
             return f"pid {pid} of holder {owner.get('worker')} now belongs to another process"
         return None
     age = heartbeat_age(home, g, t, now)
@@ -296,7 +188,7 @@ def edit_lock(home: Home, g: str, *, exclusive: bool = False):
     archive just replaced, leaving a `done` built on an output that no longer exists."""
     path = os.path.join(home.goal_dir(g), ".edit.lock")
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = fsio.open_lock(path)    # creating it is a counted step (crash/fault harnesses)
     except FileNotFoundError:        # no such goal (any more): nothing to protect
         yield
         return

@@ -20,29 +20,25 @@ import select
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from . import claim as claims
-from . import events as ev
-from . import fsio
+from . import executor, fsio
+from . import states as S
+from . import transitions as tr
+from .agentcheck import exit_reason
 from .errors import DagrunError, ExitCode, FsError, os_error
-from .executor import Exit, Launch, ProcessRunner, Runner, StartError
-from .lifecycle import (Claim, Stale, break_if_stale, build_scheduler, capture_workspace, claim_task, commit_done,
-                        commit_failure,
-                        emit_changes, finish_goal_if_ended, latest_attempt, marker_of, record_unfinished,
-                        stop_goal)
+from .executor import Exit, Launch, ProcessRunner, Runner, StartError, Wakeup
+from .lifecycle import Claim, Stale, claim_task, marker_of, record_unfinished
 from .plan import Plan, Task
-from .scheduler import RUNNING, Scheduler
+from .reconcile import GoalState, Reconciler
 from .store import Home, loads
 from .watcher import Doorbell, Watcher
-from .workspace import GIT_REDIRECT
-from .wsrules import mutex
+from .workspace import CONFLICT, GIT_REDIRECT
 
 HOUSEKEEPING = 1.0        # s: liveness of other workers' claims, stall checks
 IDLE_RETRY_HORIZON = 60.0  # s: --until-idle waits for a retry due this soon; a later one is the next run's
-NO_PIDFD_POLL = 0.02      # s: child-exit polling where pidfd_open is missing
-FOREIGN_RETRY_GRACE = 1.0  # s: past another worker's retry_at before we requeue without its `ready`
 
 
 def default_worker_name() -> str:
@@ -68,19 +64,7 @@ class Run:
     progress_at: float = 0.0
 
 
-@dataclass
-class GoalState:
-    plan: Plan
-    sched: Scheduler
-    reader: ev.Reader
-    stamp: tuple
-    foreign: set = field(default_factory=set)
-    next_rescan: float = 0.0
-    finished: bool = False
-    stopped: bool = False
-
-
-class Engine:
+class Engine(Reconciler):
     def __init__(self, home: Home, *, worker: str | None = None, jobs: int = 4, goal: str | None = None,
                  until_idle: bool = False, poll: float | None = None, runner: Runner | None = None,
                  log: Callable[[str], None] | None = None, on_event: Callable[[dict], None] | None = None,
@@ -119,6 +103,7 @@ class Engine:
         self.watcher: Watcher | None = None
         self.fs_error: FsError | None = None      # the disk said no: stop, exit 5
         self._base_env = dict(os.environ)         # the agents' environment, copied once (not per task)
+        self._wake = Wakeup()                     # the runner's wake-up, as of _next_wakeup
 
     # ================================================================== public
     def run(self) -> int:
@@ -160,7 +145,7 @@ class Engine:
             return ExitCode.INTERRUPTED if self.stopping == signal.SIGINT else 128 + self.stopping
         if self.only:
             gs = self.goals.get(self.only)
-            if gs is not None and gs.sched.counts().get("done", 0) != len(gs.plan.tasks):
+            if gs is not None and gs.sched.counts().get(S.DONE, 0) != len(gs.plan.tasks):
                 return ExitCode.GOAL_FAILED
         return ExitCode.OK
 
@@ -224,7 +209,7 @@ class Engine:
         p.register(self.bell.r, select.POLLIN)
         if self.watcher is not None and self.watcher.fd is not None:
             p.register(self.watcher.fd, select.POLLIN)
-        for fd in self.runner.fds():
+        for fd in self._wake.fds:
             p.register(fd, select.POLLIN)
         try:
             return {fd for fd, _ in p.poll(timeout * 1000.0)}
@@ -253,8 +238,9 @@ class Engine:
             t = min(t, self._next_poll)
         if self.tick is not None:
             t = min(t, self._next_tick)
-        if self.runs and not getattr(self.runner, "pidfd_ok", True):
-            t = min(t, now + NO_PIDFD_POLL)
+        self._wake = self.runner.wakeup()
+        if self.runs and self._wake.timeout is not None:
+            t = min(t, now + self._wake.timeout)
         return max(0.0, t - now)
 
     def _should_exit(self) -> bool:
@@ -272,9 +258,9 @@ class Engine:
             soon = time.monotonic() + IDLE_RETRY_HORIZON
             for when, _, g, t, _ in self.timers:
                 gs = self.goals.get(g)
-                if when <= soon and gs is not None and gs.plan.has(t) and gs.sched.state_of(t) == "retrying":
+                if when <= soon and gs is not None and gs.plan.has(t) and gs.sched.state_of(t) == S.RETRYING:
                     return False
-            return not any(self._dispatchable(gs) for gs in self.goals.values())
+            return not any(gs.sched.may_start() for gs in self.goals.values())
         return False
 
     def _judge_lease(self, plan: Plan) -> float:
@@ -286,190 +272,16 @@ class Engine:
         """Our own claims' lease refresh: often enough for the shorter of the two."""
         return min(plan.lease, self.lease or plan.lease) / 3
 
-    # ================================================================== goals
-    def _discover(self) -> None:
-        names = [self.only] if self.only else self.home.goals()
-        for g in names:
-            if g in self.goals:
-                continue
-            try:
-                plan = self.home.load_plan(g)
-            except DagrunError as e:
-                if self.only:
-                    raise
-                self.log(f"warning: skipping goal {g}: {e}")
-                continue
-            fsio.sweep_temps(self.home.goal_dir(g))   # e.g. .summary.json.<pid>.tmp of a killed finisher
-            reader = ev.Reader(self.home.events_path(g))
-            reader.offset = _size(reader.path)        # the past is in the snapshot
-            gs = GoalState(plan=plan, sched=None, reader=reader, stamp=self.home.plan_stamp(g))  # type: ignore[arg-type]
-            self.goals[g] = gs
-            if self.watcher is not None:
-                self.watcher.watch_goal(g)
-            self._resync(gs)
-
-    def _resync(self, gs: GoalState) -> None:
-        """Rebuild the goal's scheduler from the files (start-up, plan change, periodic)."""
-        g = gs.plan.goal
-        t0 = time.monotonic()
-        stamp = self.home.plan_stamp(g)
-        if not stamp:
-            self._drop_goal(g)
-            return
-        if stamp != gs.stamp:
-            try:
-                gs.plan = self.home.load_plan(g)
-            except DagrunError as e:
-                self.log(f"warning: cannot reload the plan of {g}: {e}")
-                return
-            gs.stamp = stamp
-            gs.finished = gs.stopped = False
-        plan = gs.plan
-        sched, facts = build_scheduler(self.home, plan)
-        gs.sched = sched
-        gs.foreign = set()
-        mine = {t for (gg, t) in self.by_task if gg == g}
-        for t in mine:
-            run = self.by_task[(g, t)]
-            f = facts.get(t)
-            if f is not None and f.state == "cancelled":
-                self._stop_run(run, "cancelled", "cancelled")
-            elif f is None or plan.task(t).definition_digest() != run.definition or \
-                    not claims.holds(self.home, g, t, run.claim.nonce):
-                self._stop_run(run, "superseded", "the plan changed or the claim was taken away")
-            if f is not None:
-                # running until its process is reaped, even when being stopped: a second
-                # attempt must not start beside the one still dying (_commit requeues it)
-                sched.start(t)
-        now_wall = time.time()
-        for t, f in facts.items():
-            if f.extra.get("temps"):
-                tdir = self.home.task_dir(g, t)
-                fsio.sweep_temps(tdir)
-                fsio.sweep_temps(os.path.join(tdir, "attempts"))
-            if t in mine:
-                continue
-            if f.state == "running":
-                gs.foreign.add(t)
-            elif f.owner is not None or f.claim_mtime:
-                self._sweep_leftover_claim(gs, t, f.owner)
-            if sched.state_of(t) == "retrying":
-                # a retry this worker recorded is announced by whichever of its timers fires
-                # first; another's waits a grace longer for that announcement (one `ready` line)
-                ours = (f.record or {}).get("worker") == self.worker
-                delay = max(0.0, f.retry_at - now_wall) + (0.0 if ours else FOREIGN_RETRY_GRACE)
-                self._add_timer(time.monotonic() + delay, g, t, announce=f.attempt + 1 if ours else 0)
-        gs.stopped = plan.on_failure == "stop" and any(f.state == "failed" for f in facts.values())
-        if gs.stopped and any(True for _ in sched.not_started()):
-            # a stop that was cut short (a crash inside stop_goal, or a failure committed by
-            # another process): finish it, or the goal would wait for ever
-            root = next(t for t, f in facts.items() if f.state == "failed")
-            emit_changes(self.home, g, stop_goal(self.home, plan, sched, root, self.worker), self.worker)
-            self._touched.add(g)
-        cost = time.monotonic() - t0
-        gs.next_rescan = time.monotonic() + max(self.rescan_every, 50 * cost)
-        self._check_ended(gs)
-
-    def _sweep_leftover_claim(self, gs: GoalState, t: str, owner: dict | None) -> None:
-        """A claim beside a done/failed/cancelled marker: its holder committed and died before
-        removing it. Remove it now if the holder is gone (the marker proves the work ended)."""
-        g = gs.plan.goal
-        lease = self._judge_lease(gs.plan)
-        if owner is None or claims.judge(self.home, g, t, owner, lease=lease) is not None:
-            res = claims.break_claim(self.home, g, t, owner.get("nonce") if owner else None,
-                                     lease=lease, grace=0.0)
-            if res is not None:
-                fsio.rmtree(res[2])
-
-    def _drop_goal(self, g: str) -> None:
-        for (gg, _t), run in list(self.by_task.items()):
-            if gg == g:
-                self._stop_run(run, "superseded", "the goal was removed")
-        if not any(gg == g for (gg, _t) in self.by_task):
-            self.goals.pop(g, None)
-            if self.watcher is not None:
-                self.watcher.unwatch_goal(g)
-
     def _check_ended(self, gs: GoalState) -> None:
         if gs.sched.is_finished() and not any(k[0] == gs.plan.goal for k in self.by_task):
             if not gs.finished:
                 gs.finished = True
                 self._touched.add(gs.plan.goal)
-                finish_goal_if_ended(self.home, gs.plan, gs.sched, self.worker)
+                tr.end_goal_if_finished(self.home, gs.plan, gs.sched, self.worker)
         else:
             gs.finished = False
 
-    # ================================================================== the change feed
-    def _feed(self, gs: GoalState) -> None:
-        resync = False
-        for e in gs.reader.read():
-            if e.get("worker") != self.worker:
-                resync = self._apply(gs, e) or resync
-            self.on_event(e)
-        if resync or self.home.plan_stamp(gs.plan.goal) != gs.stamp:
-            self._resync(gs)
-
-    def _apply(self, gs: GoalState, e: dict) -> bool:
-        """Update the scheduler from another process's event. True: rebuild from the files."""
-        typ = e.get("type")
-        if typ == ev.PLAN_REPLACED:
-            return True
-        if typ != ev.TASK_STATUS:
-            return False
-        t = e.get("task")
-        g = gs.plan.goal
-        if not isinstance(t, str) or not gs.plan.has(t):
-            return False
-        st = e.get("status")
-        sched = gs.sched
-        mine = (g, t) in self.by_task
-        if st == ev.RUNNING:
-            if not mine:
-                sched.start(t)
-                gs.foreign.add(t)
-        elif st in (ev.DONE, ev.FAILED, ev.CANCELLED):
-            m = marker_of(self.home, g, t)
-            if m is None:
-                return False             # reset since then; the files will tell
-            if mine and m == "cancelled":
-                self._stop_run(self.by_task[(g, t)], "cancelled", e.get("reason") or "cancelled")
-            elif mine:     # `dagrun complete/fail --force` over our claim: the agent's work is moot
-                self._stop_run(self.by_task[(g, t)], "superseded", f"{m} with --force by {e.get('worker')}")
-            gs.foreign.discard(t)
-            changes = sched.finish(t, m)
-            if changes is None:
-                return True
-            if m == "failed" and gs.plan.on_failure == "stop":
-                gs.stopped = True
-            self._check_ended(gs)
-        elif st == ev.RETRYING:
-            if not mine:
-                sched.retrying(t)
-                gs.foreign.discard(t)
-                when = float(e.get("retry_at") or 0.0)
-                # the worker that recorded the retry announces `ready` when its backoff ends and
-                # we requeue on that line; this timer only matters if that worker is gone
-                self._add_timer(time.monotonic() + max(0.0, when - time.time()) + FOREIGN_RETRY_GRACE, g, t)
-        elif st == ev.READY:
-            s = sched.state_of(t)
-            if not mine and (s == "retrying" or (s == "running" and not os.path.isdir(self.home.claim_dir(g, t)))):
-                gs.foreign.discard(t)
-                sched.requeue(t)
-        elif st == ev.RESET:
-            return True
-        return False
-
-    def _emit(self, g: str, t: str, status: str, **fields) -> None:
-        ev.status(self.home, g, t, status, worker=self.worker, **fields)
-        self._touched.add(g)
-
     # ================================================================== dispatch
-    def _dispatchable(self, gs: GoalState) -> bool:
-        if gs.stopped or gs.sched.peek() is None:
-            return False
-        mp = gs.plan.max_parallel
-        return not (mp and gs.sched.n(RUNNING) >= mp)
-
     def _dispatch(self) -> None:
         goals = list(self.goals.values())
         while goals and len(self.runs) < self.jobs:
@@ -478,22 +290,15 @@ class Engine:
                 gs = goals[(self._rr + k) % len(goals)]
                 if len(self.runs) >= self.jobs:
                     break
-                if not self._dispatchable(gs):
+                if not gs.sched.may_start():
                     continue
-                t = gs.sched.take(self._mutex(gs))
+                t = gs.sched.take()
                 if t is not None:
                     progressed = True
                     self._start(gs, t)
             self._rr += 1
             if not progressed:
                 break
-
-    @staticmethod
-    def _mutex(gs: GoalState):
-        """Tasks whose declared `files` overlap a running task's never start beside it (one
-        rule: wsrules.mutex); None when no task of the goal declares files."""
-        fo = gs.plan.files_of
-        return mutex(fo, gs.sched.running_ids()) if fo else None
 
     def _start(self, gs: GoalState, t: str) -> None:
         # claim, render, spawn and owner.json under the goal's shared edit lock: a plan edit
@@ -528,8 +333,8 @@ class Engine:
             else:
                 gs.foreign.add(t)          # somebody else holds it; the scheduler says running
             return
-        if c.failed is not None:           # workspace: its prerequisites do not merge
-            self._after_failure(gs, c, c.failed)
+        if c.conflict is not None:         # code workspace: its prerequisites do not merge
+            self._finish(gs, c, ok=False, outcome=CONFLICT, reason=c.conflict, final=True)
             return
         task = plan.task(t)
         cdir = self.home.claim_dir(g, t)
@@ -556,8 +361,7 @@ class Engine:
             fsio._done_step(f"spawn {g}/{t}")
         except StartError as e:
             claims.update_owner(self.home, g, t, c.owner)
-            rec = commit_failure(self.home, plan, c, outcome="failed", ended=time.time(), reason=str(e))
-            self._after_failure(gs, c, rec)
+            self._finish(gs, c, ok=False, reason=str(e))
             return
         c.owner["handle"] = handle
         try:
@@ -589,7 +393,8 @@ class Engine:
                   deadline=now + task.timeout if task.timeout else None, hb_at=now + self._refresh_every(plan))
         self.runs[run.key] = run
         self.by_task[(g, t)] = run
-        self._emit(g, t, ev.RUNNING, attempt=c.attempt)
+        tr.started(self.home, c, worker=self.worker)
+        self._touched.add(g)
 
     # ================================================================== endings
     def _reap(self) -> None:
@@ -629,36 +434,21 @@ class Engine:
         if ex.strays:
             self.log(f"{g}/{t}: killed {ex.strays} process(es) attempt {c.attempt} left running outside its group")
         plan = gs.plan
-        stats = ex.stats if ex.stats is not None else self.runner.stats(run.handle)
+        prog = ex.progress if ex.progress is not None else self.runner.progress(run.handle)
         if run.stop_outcome is None and plan.task(t).definition_digest() != run.definition:
             run.stop_outcome, run.stop_reason = "superseded", "the task's definition changed while it ran"
-        if run.stop_outcome in ("cancelled", "superseded", "interrupted"):
-            record_unfinished(self.home, g, t, c.attempt, outcome=run.stop_outcome, reason=run.stop_reason,
-                              worker=self.worker, started=c.owner.get("since"),
-                              captures_from=self.home.claim_dir(g, t))
-            claims.release(self.home, g, t)
-            if run.stop_outcome != "cancelled":
-                self._emit(g, t, ev.READY, attempt=c.attempt + 1, reason=f"attempt {c.attempt}: {run.stop_reason}")
-                gs.sched.requeue(t)
+        if run.stop_outcome in (S.CANCELLED, "superseded", "interrupted"):
+            tr.interrupted(self.home, gs.sched, c, outcome=run.stop_outcome, reason=run.stop_reason,
+                           worker=self.worker)
+            self._touched.add(g)
             return
-        ended = time.time()
-        why = capture_workspace(self.home, plan, c) if run.stop_outcome is None and ex.ok else None
-        if why is None and run.stop_outcome is None and ex.ok:
-            body = commit_done(self.home, plan, c, ended=ended)
-            self._emit(g, t, ev.DONE, attempt=c.attempt, duration=body["duration"], exit_code=0,
-                       output_bytes=body["output_bytes"], first_byte=_first_byte(stats.get("first_byte"), c.started),
-                       strays_killed=ex.strays or None)
-            changes = gs.sched.finish(t, "done")
-            if changes is None:
-                self._resync(gs)
-            else:
-                emit_changes(self.home, g, changes[1:], self.worker)
-            self._check_ended(gs)
+        if run.stop_outcome is None and ex.ok:
+            self._finish(gs, c, ok=True, fields={"first_byte": _first_byte(prog.first_byte, c.started),
+                                                 "strays_killed": ex.strays or None})
             return
-        outcome = run.stop_outcome or "failed"
-        rec = commit_failure(self.home, plan, c, outcome=outcome, ended=ended, exit_code=ex.code,
-                             signal=ex.signal, reason=why or run.stop_reason or ex.describe())
-        self._after_failure(gs, c, rec)
+        self._finish(gs, c, ok=False, outcome=run.stop_outcome or S.FAILED, exit_code=ex.code, signal=ex.signal,
+                     reason=run.stop_reason or exit_reason(ex.describe(), ex.code, run.task.agent,
+                                                           c.workspace.cwd if c.workspace else run.task.workdir))
 
     def _vanished(self, gs: GoalState, c: Claim, ex: Exit) -> bool:
         """The claim (or the whole task folder) disappeared while the agent ran, and nobody
@@ -678,10 +468,8 @@ class Engine:
             pass
         fsio.makedirs(self.home.task_dir(g, t))
         reason = f"its task folder was deleted while it ran ({ex.describe()})"
-        rec = commit_failure(self.home, gs.plan, c, outcome="failed", ended=time.time(), exit_code=ex.code,
-                             signal=ex.signal, reason=reason)
         self.log(f"{g}/{t}: attempt {c.attempt} failed: {reason}")
-        self._after_failure(gs, c, rec)
+        self._finish(gs, c, ok=False, exit_code=ex.code, signal=ex.signal, reason=reason)
         return True
 
     def _give_back(self, gs: GoalState, c: Claim, reason: str) -> None:
@@ -702,29 +490,25 @@ class Engine:
             gs.sched.retrying(c.task)
             self._add_timer(time.monotonic() + 5.0, c.goal, c.task)
 
-    def _after_failure(self, gs: GoalState, c: Claim, rec: dict) -> None:
+    def _finish(self, gs: GoalState, c: Claim, *, ok: bool, **kw) -> None:
+        """An attempt of ours ended with a verdict: the transition, then what this engine does
+        next (rebuild, a retry timer, the goal's end)."""
         g, t = c.goal, c.task
-        if rec["final"]:
-            self._emit(g, t, ev.FAILED, attempt=c.attempt, duration=rec["duration"], exit_code=rec.get("exit_code"),
-                       signal=rec.get("signal"), reason=rec.get("reason"), outcome=rec["outcome"])
-            changes = gs.sched.finish(t, "failed")
-            if changes is None:
-                self._resync(gs)
-                return
-            emit_changes(self.home, g, changes[1:], self.worker)
-            if gs.plan.on_failure == "stop" and not gs.stopped:
-                gs.stopped = True
-                emit_changes(self.home, g, stop_goal(self.home, gs.plan, gs.sched, t, self.worker), self.worker)
-            self._check_ended(gs)
-        else:
-            self._emit(g, t, ev.RETRYING, attempt=c.attempt, duration=rec["duration"], exit_code=rec.get("exit_code"),
-                       signal=rec.get("signal"), reason=rec.get("reason"), outcome=rec["outcome"],
-                       retry_at=rec["retry_at"])
-            gs.sched.retrying(t)
+        done = tr.finish(self.home, gs.plan, gs.sched, c, ok=ok, worker=self.worker, stop_handled=gs.stopped, **kw)
+        self._touched.add(g)
+        if done.outcome == S.RETRYING:
             # this engine recorded the retry, so it announces `ready` when the backoff ends
             # (other engines requeue silently on their own timers: one line, not one per worker)
+            rec = done.record
             self._add_timer(time.monotonic() + max(0.0, rec["retry_at"] - time.time()), g, t,
                             announce=c.attempt + 1)
+            return
+        if done.changes.rebuild:
+            self._resync(gs)
+            return
+        if done.outcome == S.FAILED and gs.sched.stop_on_failure:
+            gs.stopped = True
+        self._check_ended(gs)
 
     def _stop_run(self, run: Run, outcome: str, reason: str) -> None:
         if run.stop_outcome is not None:
@@ -748,24 +532,25 @@ class Engine:
             gs = self.goals.get(g)
             if gs is None or not gs.plan.has(t):
                 continue
-            if gs.sched.state_of(t) == "retrying":
+            if gs.sched.state_of(t) == S.RETRYING:
                 gs.sched.requeue(t)
                 requeued.add((g, t))
             if announce and (g, t) in requeued:     # a rescan's silent twin may have fired first
-                self._emit(g, t, ev.READY, attempt=announce, reason="retry backoff ended")
+                tr.retry_due(self.home, g, t, attempt=announce, worker=self.worker)
+                self._touched.add(g)
         for run in list(self.runs.values()):
             if run.deadline is not None and now >= run.deadline:
                 self._stop_run(run, "timeout", f"timed out after {run.task.timeout:g}s")
             if run.kill_at is not None and now >= run.kill_at:
                 self.runner.kill(run.handle)
                 run.kill_at = None
-            if run.task.max_output and not run.stop_outcome and self.runner.stats(run.handle).get("over_limit"):
+            if run.task.max_output and not run.stop_outcome and self.runner.progress(run.handle).over_limit:
                 self._stop_run(run, "output_limit", f"stdout exceeded max_output ({run.task.max_output} bytes)")
             if now >= run.hb_at:
                 gs = self.goals.get(run.goal)
                 run.hb_at = now + (self._refresh_every(gs.plan) if gs else 20.0)
                 try:
-                    os.utime(self.home.owner_path(run.goal, run.task.id))   # the lease, for other hosts
+                    fsio.utime(self.home.owner_path(run.goal, run.task.id))   # the lease, for other hosts
                 except OSError:
                     pass
 
@@ -774,63 +559,23 @@ class Engine:
             task = run.task
             if run.stop_outcome or not task.stall_timeout:
                 continue
-            st = self.runner.stats(run.handle)
+            prog = self.runner.progress(run.handle)
             hb = _mtime(self.home.heartbeat_path(run.goal, task.id))
             if hb > run.heartbeat_seen:
                 run.heartbeat_seen, run.progress_at = hb, now
-            run.progress_at = max(run.progress_at, st.get("last_output") or 0.0)
+            run.progress_at = max(run.progress_at, prog.last_output or 0.0)
             if now - run.progress_at > task.stall_timeout:
                 reason = f"stalled: no output and no heartbeat for {task.stall_timeout:g}s"
-                ev.emit(self.home, run.goal, ev.TASK_BLOCKED, task=task.id, reason=reason,
-                        attempt=run.claim.attempt, worker=self.worker)
+                tr.stalled(self.home, run.claim, reason=reason, worker=self.worker)
                 self._touched.add(run.goal)
                 self._stop_run(run, "stalled", reason)
         for gs in list(self.goals.values()):
             for t in list(gs.foreign):
                 self._check_foreign(gs, t)
 
-    def _check_foreign(self, gs: GoalState, t: str) -> None:
-        """Is another worker's claim still alive? Break it if its holder is provably gone."""
-        g = gs.plan.goal
-        if gs.sched.state_of(t) != "running" or (g, t) in self.by_task:
-            gs.foreign.discard(t)
-            return
-        if not os.path.isdir(self.home.claim_dir(g, t)):
-            m = marker_of(self.home, g, t)
-            gs.foreign.discard(t)
-            if m is None:
-                # released without a marker: given back, or failed with a retry left -- then its
-                # backoff holds (we may not have read the `retrying` line yet)
-                rec = latest_attempt(self.home, g, t)[1] or {}
-                wait = float(rec.get("retry_at") or 0.0) - time.time() if not rec.get("final") else 0.0
-                if wait > 0:
-                    gs.sched.retrying(t)
-                    self._add_timer(time.monotonic() + wait + FOREIGN_RETRY_GRACE, g, t)
-                else:
-                    gs.sched.requeue(t)
-            elif gs.sched.finish(t, m) is None:
-                self._resync(gs)
-            else:
-                self._check_ended(gs)
-            return
-        try:
-            reason = break_if_stale(self.home, gs.plan, t, worker=self.worker, reap=self.runner.reap_orphan,
-                                    lease=self._judge_lease(gs.plan))
-        except (OSError, FsError) as e:     # the disk is full or failing: nothing can progress
-            self._fs_failed(e)
-            return
-        except DagrunError as e:
-            self.log(f"warning: cannot break the stale claim of {g}/{t}: {e}")
-            return
-        if reason is not None:
-            self.log(f"recovered {g}/{t}: {reason}")
-            self._touched.add(g)
-            gs.foreign.discard(t)
-            m = marker_of(self.home, g, t)
-            if m is None:
-                gs.sched.requeue(t)
-            elif gs.sched.finish(t, m) is not None:
-                self._check_ended(gs)
+    def _reap_orphan(self, handle: dict | None, grace: float, run_id: str | None = None) -> bool:
+        """A dead driver's attempt, through the runner its handle names (ours if the same)."""
+        return executor.reap_orphan(handle, grace, run_id, mine=self.runner)
 
     # ================================================================== signals
     def _install_signals(self):
@@ -877,12 +622,6 @@ class Engine:
             self._stop_run(run, "interrupted", why)
             run.kill_at = time.monotonic() + min(run.task.kill_grace, 5.0)
 
-
-def _size(path: str) -> int:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
 
 
 def _mtime(path: str) -> float:

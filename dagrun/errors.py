@@ -17,13 +17,27 @@ class ExitCode(enum.IntEnum):
     INTERRUPTED = 130    # SIGINT (SIGTERM exits 143, as shells report it)
 
 
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_ESCAPES = {c: _NAMED.get(chr(c), f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}")
+            for c in [*range(0x20), 0x7f, *range(0x80, 0xa0), 0x2028, 0x2029]}
+
+
+def one_line(text: str) -> str:
+    """`text` with every control character (C0, DEL, C1, and the Unicode line and paragraph
+    separators) escaped as `\\n`, `\\x1b`, `\\u2028`: a name or path taken from a plan, a
+    file name or the environment can never break an error line in two or drive a terminal.
+    Every error message goes through it (DagrunError, and describe() for the rest)."""
+    return text.translate(_ESCAPES)
+
+
 class DagrunError(Exception):
-    """An error the user can act on. `str(e)` is the whole one-line message."""
+    """An error the user can act on. `str(e)` is the whole one-line message (control
+    characters escaped by one_line)."""
 
     exit_code: ExitCode = ExitCode.USAGE
 
     def __init__(self, message: str, exit_code: ExitCode | None = None):
-        super().__init__(message)
+        super().__init__(one_line(message))
         if exit_code is not None:
             self.exit_code = exit_code
 
@@ -64,9 +78,9 @@ def describe(e: BaseException) -> tuple[int, str | None]:
     if isinstance(e, BrokenPipeError):      # `dagrun events | head`: the reader left
         return 0, None
     if isinstance(e, OSError):
-        return int(ExitCode.IO), f"{e.strerror or e}" + (f": {e.filename}" if getattr(e, "filename", None) else "")
-    return 70, (f"internal error: {type(e).__name__}: {e} (set DAGRUN_DEBUG=1 for a traceback; "
-                f"please report it)")
+        return int(ExitCode.IO), one_line(f"{e.strerror or e}" + (f": {e.filename}" if getattr(e, "filename", None) else ""))
+    return 70, one_line(f"internal error: {type(e).__name__}: {e} (set DAGRUN_DEBUG=1 for a traceback; "
+                        f"please report it)")
 
 
 def report(e: BaseException) -> int:

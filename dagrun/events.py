@@ -29,8 +29,8 @@ GOAL_INTEGRATED = "agent.goal.integrated"    # code workspaces: workspace.integr
 ALL_TYPES = (PLAN_CREATED, PLAN_REPLACED, TASK_STATUS, TASK_BLOCKED, GOAL_FINISHED, GOAL_INTEGRATED)
 
 # values of "status" in agent.task.status.updated
-READY, RUNNING, DONE, FAILED, RETRYING, CANCELLED, RESET = (
-    "ready", "running", "done", "failed", "retrying", "cancelled", "reset")
+from .states import CANCELLED, DONE, FAILED, READY, RETRYING, RUNNING  # noqa: E402,F401
+RESET = "reset"              # a retry took the marker away: the task is pending again
 
 MAX_LINE = 3800   # one write(2) well under a page; long text fields are cut to fit
 _HOST = socket.gethostname()
@@ -88,7 +88,7 @@ class Reader:
 
     def read(self) -> list[dict]:
         try:
-            with open(self.path, "rb") as f:
+            with open(self.path, "rb", opener=_nofollow) as f:
                 f.seek(self.offset + len(self._partial))
                 data = f.read()
         except FileNotFoundError:
@@ -110,11 +110,16 @@ class Reader:
         return out
 
 
+def _nofollow(path: str, flags: int) -> int:
+    """events.jsonl is never read through a symbolic link (ELOOP: see fsio.append_line)."""
+    return os.open(path, flags | os.O_NOFOLLOW)
+
+
 def mentions(path: str, needle: str, tail: int | None = None) -> bool:
     """Does events.jsonl (or its last `tail` bytes) contain `needle`? (A cheap look for one
     event by its id, without parsing.)"""
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb", opener=_nofollow) as f:
             if tail is not None:
                 f.seek(0, os.SEEK_END)
                 f.seek(max(0, f.tell() - tail))

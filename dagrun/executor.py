@@ -17,7 +17,6 @@ away (SIGPIPE on its next write) instead of being waited for.
 """
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import subprocess
@@ -25,10 +24,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .claim import BOOT_ID, HOST, proc_start, stat_fields
+from . import fsio
+from .proc import BOOT_ID, HOST, is_alive, proc_start, stat_fields
 from .store import as_int
 
 RUN_ID_VAR = "DAGRUN_RUN_ID"
+NO_PIDFD_POLL = 0.02      # s: child-exit polling where pidfd_open is missing
 CHUNK = 65536
 FAIR_SHARE = 4 * 1024 * 1024     # bytes drained from one pipe before others get a turn
 
@@ -46,10 +47,27 @@ class Launch:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """What an attempt has printed so far: stall detection, max_output, first-byte latency."""
+    out_bytes: int = 0
+    err_bytes: int = 0
+    first_byte: float | None = None    # monotonic time of stdout's first byte
+    last_output: float | None = None   # monotonic time of the last byte on stdout or stderr
+    over_limit: bool = False           # stdout went past max_output (cut there): stop it
+
+
+@dataclass(frozen=True)
+class Wakeup:
+    """How the driver's loop learns that something happened to a runner's attempts."""
+    fds: tuple = ()                    # poll(2) these: readable = call service()/poll()
+    timeout: float | None = None       # and come back within this many seconds (None: no need)
+
+
+@dataclass(frozen=True)
 class Exit:
     code: int | None         # exit status, or None when killed by a signal
     signal: int | None = None
-    stats: dict | None = field(default=None, compare=False)   # stats() as of the exit (the
+    progress: Progress | None = field(default=None, compare=False)   # as of the exit (the
     #                          runner forgets the attempt once it has reported its exit)
     strays: int = 0          # processes it left behind outside its group, killed by us
 
@@ -68,18 +86,92 @@ class Exit:
 
 
 class Runner(Protocol):
+    """The contract between a driver (the engine) and whatever runs agents. ARCHITECTURE.md
+    ("The Runner protocol") says what each method must guarantee; summary:
+
+    name         the registry key; start() writes it into the handle as handle["runner"]
+    start        launch an attempt; returns its handle, a small JSON-able dict that goes into
+                 claim/owner.json (a restarted driver finds the attempt by it); StartError if
+                 it could not be launched (the attempt then fails, counted)
+    key          a string naming a live attempt within this runner instance
+    poll         None while it runs; its Exit once (then the runner forgets it). Before it
+                 returns an Exit, the capture files (launch.stdout_path/stderr_path) are final
+    terminate    ask it to stop (TERM); kill: make it stop now (KILL). Idempotent
+    wakeup       fds for the driver's poll(2) plus the longest it may sleep
+    service      called with the readable fds of wakeup() (drain pipes, read a socket)
+    progress     Progress of a live attempt (zeros when unknown)
+    reap_orphan  stop what is left of an attempt whose driver died, by its handle (or, for a
+                 claim that died before its handle was published, its run id); True if it
+                 found something of that attempt
+    alive        which of these attempts (key -> handle, maybe another driver's) still run
+    close        forget everything (the driver exits)
+    """
     name: str
 
     def start(self, launch: Launch) -> dict: ...
+    def key(self, handle: dict) -> str: ...
     def poll(self, handle: dict) -> Exit | None: ...
     def terminate(self, handle: dict) -> None: ...
     def kill(self, handle: dict) -> None: ...
-    def fds(self) -> list[int]: ...                 # readable when something happened
-    def service(self, ready: set[int]) -> None: ...  # called with the readable ones
-    def stats(self, handle: dict) -> dict: ...       # bytes, first/last output times
-    def key(self, handle: dict) -> str: ...
-    def reap_orphan(self, handle: dict, grace: float) -> bool: ...
+    def wakeup(self) -> Wakeup: ...
+    def service(self, ready: set[int]) -> None: ...
+    def progress(self, handle: dict) -> Progress: ...
+    def reap_orphan(self, handle: dict | None, grace: float, run_id: str | None = None) -> bool: ...
+    def alive(self, handles: dict[str, dict]) -> set[str]: ...
     def close(self) -> None: ...
+
+
+# ---------------------------------------------------------------------------------- registry
+# name (as stored in owner.json's handle) -> (module, class). Looked up lazily: a command
+# that only reaps or cancels imports just the runner it needs.
+RUNNERS: dict[str, tuple[str, str]] = {
+    "process": ("dagrun.executor", "ProcessRunner"),
+    "fake": ("dagrun.simrun", "FakeRunner"),
+    "dry": ("dagrun.simrun", "DryRunner"),
+}
+
+
+def register(name: str, module: str, cls: str) -> None:
+    """Add a runner (a Slurm runner: register("slurm", "dagrun.slurm", "SlurmRunner"))."""
+    RUNNERS[name] = (module, cls)
+
+
+def get(name: str) -> Runner:
+    """A new runner by its name; KeyError for an unknown one."""
+    import importlib
+    module, cls = RUNNERS[name]
+    return getattr(importlib.import_module(module), cls)()
+
+
+def for_handle(handle: dict | None, mine: Runner | None = None) -> Runner | None:
+    """The runner that can act on this handle: the driver's own if it is of that kind, else a
+    new one from the registry; None for a name nobody registered. A claim that died before
+    its handle was published (handle None) can only have started a local process."""
+    name = handle.get("runner") if isinstance(handle, dict) else "process"
+    if mine is not None and getattr(mine, "name", None) == name:
+        return mine
+    if not isinstance(name, str) or name not in RUNNERS:
+        return None
+    return get(name)
+
+
+def reap_orphan(handle: dict | None, grace: float, run_id: str | None = None, *, mine: Runner | None = None) -> bool:
+    """Stop what is left of a dead driver's attempt, through the runner named in its handle."""
+    r = for_handle(handle, mine)
+    return False if r is None else r.reap_orphan(handle, grace, run_id=run_id)
+
+
+def alive(handles: dict[str, dict], *, mine: Runner | None = None) -> set[str]:
+    """Which of these attempts (key -> handle, any runner) still run: one call per runner."""
+    by_name: dict[str, dict[str, dict]] = {}
+    for k, h in handles.items():
+        by_name.setdefault(h.get("runner") or "process", {})[k] = h
+    out: set[str] = set()
+    for _name, hs in by_name.items():
+        r = for_handle(next(iter(hs.values())), mine)
+        if r is not None:
+            out |= r.alive(hs)
+    return out
 
 
 class StartError(Exception):
@@ -169,8 +261,10 @@ class ProcessRunner:
         return handle
 
     # ------------------------------------------------------------------ the loop's side
-    def fds(self) -> list[int]:
-        return list(self._fd_owner)
+    def wakeup(self) -> Wakeup:
+        """The pipes and pidfds; without pidfd_open a child's exit wakes nobody, so then
+        the loop comes back every NO_PIDFD_POLL while an agent runs."""
+        return Wakeup(tuple(self._fd_owner), None if self.pidfd_ok or not self._procs else NO_PIDFD_POLL)
 
     def service(self, ready: set[int]) -> None:
         """Drain the readable pipes (bounded per call, so a flood cannot starve the loop)."""
@@ -204,9 +298,9 @@ class ProcessRunner:
                 proc.over_limit = True
             if data and not s.lost:
                 try:
-                    if s.out is None:
-                        s.out = os.open(s.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-                    _write_all(s.out, data)
+                    if s.out is None:      # counted steps: the crash/fault harnesses reach them
+                        s.out = fsio.open_for_output(s.path)
+                    fsio.write_fd(s.out, data, s.path)
                 except (FileNotFoundError, NotADirectoryError):
                     s.lost = True         # the agent deleted its task folder: keep draining, drop it
                 except OSError as e:      # disk full: name the file (write(2) errors carry none)
@@ -215,12 +309,12 @@ class ProcessRunner:
             if budget is not None:
                 budget -= len(data) or CHUNK
 
-    def stats(self, handle: dict) -> dict:
+    def progress(self, handle: dict) -> Progress:
         p = self._procs.get(self.key(handle))
         if p is None:
-            return {}
-        return {"out_bytes": p.streams["out"].bytes, "err_bytes": p.streams["err"].bytes,
-                "first_byte": p.first_byte, "last_output": p.last_output, "over_limit": p.over_limit}
+            return Progress()
+        return Progress(out_bytes=p.streams["out"].bytes, err_bytes=p.streams["err"].bytes,
+                        first_byte=p.first_byte, last_output=p.last_output, over_limit=p.over_limit)
 
     def poll(self, handle: dict) -> Exit | None:
         k = self.key(handle)
@@ -252,7 +346,7 @@ class ProcessRunner:
             if s.out is not None:
                 _close(s.out)
                 s.out = None
-        st = self.stats(handle)
+        st = self.progress(handle)
         self._forget(k)
         strays = self.sweep()
         rc = proc.rc
@@ -314,8 +408,11 @@ class ProcessRunner:
         if p is not None:
             p.stopping = True
 
-    def running(self) -> int:
-        return len(self._procs)
+    def alive(self, handles: dict[str, dict]) -> set[str]:
+        """Attempts with a live process on this host (one carrying their DAGRUN_RUN_ID): one
+        pass over /proc however many are asked about."""
+        by_rid = {h.get("run_id"): k for k, h in handles.items() if h.get("run_id")}
+        return {by_rid[rid] for rid in live_attempts(set(by_rid))}
 
     def reap_orphan(self, handle: dict | None, grace: float, run_id: str | None = None) -> bool:
         """Stop what is left of an attempt whose driver died (we are not its parent). Only on
@@ -325,12 +422,12 @@ class ProcessRunner:
         if handle and handle.get("runner") != self.name:
             return False
         if handle.get("host", HOST) != HOST or (handle.get("boot_id") and handle["boot_id"] != BOOT_ID):
-            return False
+            return False      # another host's or boot's processes: not ours to signal
         run_id = handle.get("run_id") or run_id
         pid = as_int(handle.get("pid"))
         pgid = pid     # started as a session leader: its group is its pid (owner.json's pgid is not trusted)
         start = handle.get("start")
-        leader_ours = pid > 0 and start is not None and proc_start(pid) == start
+        leader_ours = pid > 0 and start is not None and is_alive(HOST, None, pid, start)
         strays = _processes_with(RUN_ID_VAR, run_id) if run_id else []
         if not leader_ours and not strays:
             return False
@@ -443,18 +540,6 @@ def _pids() -> list[int]:
 
 def _processes_with(var: str, value: str) -> list[int]:
     return [pid for pid in _pids() if _env_value(pid, var) == value]
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            n = os.write(fd, view)
-        except OSError as e:
-            if e.errno == errno.EINTR:
-                continue
-            raise
-        view = view[n:]
 
 
 def _killpg(pgid: int, sig: int) -> None:

@@ -22,6 +22,7 @@ import threading
 import time
 
 from .errors import os_error
+from .proc import pid_alive
 
 DURABLE = os.environ.get("DAGRUN_FSYNC", "") not in ("", "0")
 
@@ -82,14 +83,6 @@ def read_bytes(path: str, *, follow: bool = True) -> bytes | None:
         raise
     with os.fdopen(fd, "rb") as f:
         return f.read()
-
-
-def exists(path: str) -> bool:
-    try:
-        os.stat(path)
-        return True
-    except (FileNotFoundError, NotADirectoryError):
-        return False
 
 
 # ---------------------------------------------------------------------------------- writes
@@ -203,7 +196,7 @@ def append_line(path: str, line: bytes) -> None:
     if not line.endswith(b"\n"):
         line += b"\n"
     _step(f"append {path}")
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     try:
         n = os.write(fd, line)
         if n != len(line):  # only on a full disk; a partial line must not stay half-written
@@ -342,6 +335,35 @@ def touch(path: str) -> None:
     _done_step(f"touch {path}")
 
 
+def utime(path: str) -> None:
+    """Bump mtime of an existing file (a lease); never creates it."""
+    _step(f"utime {path}")
+    os.utime(path)
+    _done_step(f"utime {path}")
+
+
+def open_lock(path: str) -> int:
+    """An fd for flock(2) on `path`, creating the (empty) lock file when it is missing --
+    the creation is a counted step, opening an existing one is not a mutation."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        pass
+    _step(f"create {path}")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    _done_step(f"create {path}")
+    return fd
+
+
+def write_fd(fd: int, data: bytes, label: str) -> None:
+    """Write all of `data` to an open fd (an agent's capture file): one counted step."""
+    _step(f"write {label}")
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    _done_step(f"write {label}")
+
+
 def open_for_output(path: str) -> int:
     """A fresh file for an agent's stdout/stderr (the agent writes it, nobody renames over it)."""
     _step(f"open {path}")
@@ -402,11 +424,16 @@ class Spares:
         self._stop = False
         self._noreplace = _renameat2()
         self._threads = []
-        os.makedirs(self.base, mode=0o700, exist_ok=True)
+        if not os.path.isdir(self.base):
+            _step(f"makedirs {self.base}")
+            os.makedirs(self.base, mode=0o700, exist_ok=True)
+            _done_step(f"makedirs {self.base}")
         self._sweep()
         for k in range(threads):
             d = os.path.join(self.base, f"{os.getpid()}-{k}")
+            _step(f"mkdir {d}")
             os.makedirs(d, exist_ok=True)
+            _done_step(f"mkdir {d}")
             th = threading.Thread(target=self._fill, args=(d, k), name=f"dagrun-spares-{k}", daemon=True)
             self._threads.append(th)
             th.start()
@@ -514,7 +541,7 @@ class Spares:
         for th in self._threads:
             th.join(timeout=2)
         for k in range(len(self._threads)):
-            shutil.rmtree(os.path.join(self.base, f"{os.getpid()}-{k}"), ignore_errors=True)
+            rmtree(os.path.join(self.base, f"{os.getpid()}-{k}"))
 
 
 def sweep_spares(home: str) -> None:
@@ -527,8 +554,8 @@ def sweep_spares(home: str) -> None:
         return
     for n in names:
         pid = n.split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            shutil.rmtree(os.path.join(base, n), ignore_errors=True)
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            rmtree(os.path.join(base, n))
 
 
 def start_spares(home: str, **kw) -> "Spares | None":
@@ -590,13 +617,4 @@ def _unlink_quiet(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True

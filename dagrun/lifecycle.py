@@ -1,10 +1,14 @@
-"""Task transitions on disk, in commit order. Used by the engine and by the protocol commands
-(`claim`, `complete`, `fail`, `cancel`, `retry`), so both write exactly the same files.
+"""The files of a task transition, in commit order: claiming (mkdir, prompt.md), committing
+(output, stderr.log, attempt records, the marker), releasing, breaking a stale claim. Called
+through transitions.py (which appends the events and advances the scheduler) by the engine
+and by the protocol commands, so both write exactly the same files.
 
 Success:  claim/stdout -> output (rename)  ->  [retried task: attempts/<n>.* links + record]
           ->  done (publish)  ->  claim removed  ->  events
 Failure:  attempts/<n>.out|.err|.prompt.md, attempts/<n>.json (publish)  ->  failed (publish,
           only when no retry is left)  ->  claim removed  ->  events
+Code workspaces add one step to each: the task's git worktree is prepared under the claim
+before prompt.md, and what the agent changed is committed (patch, changes.json) before `done`.
 A crash before the marker leaves a claim whose holder is dead: it is broken, the attempt is
 recorded as lost and the task runs again. A crash after the marker: the marker wins, the
 leftover claim is swept, and the task never runs again.
@@ -13,17 +17,17 @@ from __future__ import annotations
 
 import os
 import random
-import secrets
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 from . import claim as claims
-from . import events as ev
 from . import fsio
+from . import states as S
 from . import workspace as wsp
 from .errors import DagrunError, Refused, os_error
 from .plan import Plan, Task
+from .proc import HOST
 from .prompt import Upstream, failure_note, render
 from .scheduler import Scheduler
 from .store import COUNTED, MARKERS, Home, TaskFacts, as_int, dumps, loads, now_iso
@@ -44,7 +48,8 @@ class Claim:
     owner: dict
     started: float            # wall clock
     workspace: "wsp.Prepared | None" = None   # the task's git worktree (code workspaces)
-    failed: dict | None = None  # set when preparing its workspace failed for good (the record)
+    conflict: str | None = None   # its prerequisites' commits do not merge: why (the caller
+    #                               ends the attempt with transitions.finish, outcome CONFLICT)
 
     @property
     def nonce(self) -> str:
@@ -78,7 +83,12 @@ def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: i
     when it is None that is judged from their markers. The engine passes
     publish_owner=False and publishes owner.json itself once the agent runs, with the
     runner's handle in it (one file instead of two: inode creation is the costly part).
-    `owner_extra`: more fields for owner.json (a script's claim records the definition)."""
+    `owner_extra`: more fields for owner.json (a script's claim records the definition).
+
+    Code workspaces: the task's git worktree is prepared (workspace.prepare) between the
+    history check and the prompt, which says where it is. If its prerequisites' commits do
+    not merge, the claim comes back held with `conflict` set and no prompt: the caller ends
+    the attempt (transitions.finish, outcome workspace.CONFLICT, final)."""
     g = plan.goal
     tdir = home.task_dir(g, t)
     if not claims.acquire(home, g, t):
@@ -107,9 +117,8 @@ def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: i
     try:
         # the code workspace: a git worktree with the prerequisites' commits merged in
         c.workspace = wsp.prepare(home, plan, t)
-    except wsp.Conflict as e:       # never starts from a wrong snapshot: fails for good
-        c.failed = commit_failure(home, plan, c, outcome="workspace_conflict", ended=time.time(),
-                                  reason=str(e), final=True)
+    except wsp.Conflict as e:       # never starts from a wrong snapshot: the caller fails it
+        c.conflict = str(e)         # for good (claim held, no prompt rendered)
         return c
     except DagrunError:
         claims.release(home, g, t)
@@ -156,15 +165,15 @@ def render_prompt(home: Home, plan: Plan, task: Task, record: dict | None,
     ups = []
     for dep, soft in [(d, False) for d in task.deps] + [(d, True) for d in task.soft_deps]:
         out = home.output_path(g, dep)
-        state = (state_of(dep) if state_of else None) or marker_of(home, g, dep) or "blocked"
-        if state == "done":
+        state = (state_of(dep) if state_of else None) or marker_of(home, g, dep) or S.BLOCKED
+        if state == S.DONE:
             got = home.read_task_file_sized(out, task.context_limit + 1)
-            if got is None and marker_of(home, g, dep) != "done":
+            if got is None and marker_of(home, g, dep) != S.DONE:
                 # a done task always has an output file; without one it was archived (plan
                 # edit, forced retry) after the caller looked: never run on a vanished input
                 raise Stale(f"{g}/{dep} is no longer done")
             data, size = got or (b"", 0)
-            ups.append(Upstream(dep, "done", data, size, out, soft,
+            ups.append(Upstream(dep, S.DONE, data, size, out, soft,
                                 wsp.diffstat(home, g, dep) if plan.workspace else None))
         else:
             ups.append(Upstream(dep, state, None, 0, out, soft))
@@ -200,8 +209,9 @@ def _tail(home: Home, path: str, nbytes: int) -> str:
 
 # ---------------------------------------------------------------------------------- ending
 def capture_workspace(home: Home, plan: Plan, c: Claim) -> str | None:
-    """Before the done marker: commit what the agent changed in its worktree and publish
-    `patch` (workspace.capture). Returns why that failed (the attempt then fails), or None."""
+    """Before the done marker (transitions.finish): commit what the agent changed in its
+    worktree and publish `patch` and changes.json (workspace.capture). Returns why that
+    failed (the attempt then fails instead), or None."""
     if not plan.has(c.task) or not wsp.uses(plan, plan.task(c.task)):
         return None
     try:
@@ -245,7 +255,7 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
         if forced_by:
             body["forced_by"] = forced_by
             body["held_by"] = held_by
-        _publish_from_owner(home, g, t, "done", body, c.owner)
+        _publish_from_owner(home, g, t, S.DONE, body, c.owner)
         if os.path.isdir(home.attempts_dir(g, t)):
             # earlier attempts are kept under attempts/: keep this one beside them (links, no
             # copies). A task that succeeds at once has no attempts/ and pays nothing here.
@@ -267,7 +277,7 @@ def _keep_success(home: Home, g: str, t: str, n: int, body: dict, have_err: bool
     if os.path.exists(home.prompt_path(g, t)):
         _link_over(home.prompt_path(g, t), home.attempt_path(g, t, n, "prompt.md"))
     prev = _record_before(home, g, t, n)
-    rec = {"attempt": n, "outcome": "done", "exit_code": body.get("exit_code"), "signal": None, "reason": "",
+    rec = {"attempt": n, "outcome": S.DONE, "exit_code": body.get("exit_code"), "signal": None, "reason": "",
            "worker": body.get("worker"), "started": body.get("started"), "ended": body.get("ended"),
            "duration": body.get("duration"), "counted": False,
            "failures": as_int(prev.get("failures", 0)) if prev else 0, "retry_at": None, "final": True}
@@ -350,7 +360,7 @@ def commit_failure(home: Home, plan: Plan, c: Claim, *, outcome: str, ended: flo
         keep_captures(home, g, t, home.claim_dir(g, t), c.attempt)
         fsio.write_atomic(home.attempt_path(g, t, c.attempt, "json"), dumps(rec))
         if final:
-            _publish_from_owner(home, g, t, "failed", {k: rec[k] for k in (
+            _publish_from_owner(home, g, t, S.FAILED, {k: rec[k] for k in (
                 "attempt", "outcome", "exit_code", "signal", "reason", "worker", "started", "ended", "duration",
                 *(("forced_by", "held_by") if forced_by else ()))}, c.owner)
     except OSError as e:
@@ -401,10 +411,11 @@ def keep_captures(home: Home, g: str, t: str, cdir: str, attempt: int) -> None:
 
 # ---------------------------------------------------------------------------------- stale claims
 def break_if_stale(home: Home, plan: Plan, t: str, *, worker: str, lease: float | None = None,
-                   reap=None) -> str | None:
+                   reap=None) -> tuple[str, int, str | None] | None:
     """Break t's claim if its holder is provably gone; stop the orphaned agent if it still
-    runs here, keep the attempt's output, record it as lost, and announce the task ready.
-    Returns the reason, or None if the claim is live (or gone)."""
+    runs here (`reap`, the runner's reap_orphan), keep the attempt's output and record it as
+    lost. Returns (reason, the attempt, the task's marker if it had ended), or None if the
+    claim is live (or gone). transitions.break_stale announces it."""
     g = plan.goal
     owner = claims.read_owner(home, g, t)
     lease = plan.lease if lease is None else lease
@@ -437,23 +448,7 @@ def break_if_stale(home: Home, plan: Plan, t: str, *, worker: str, lease: float 
         return None
     _owner, reason, gone = res
     fsio.rmtree(gone)
-    if ended is None:
-        ev.status(home, g, t, ev.READY, attempt=attempt + 1, worker=worker, reason=f"claim broken: {reason}")
-    return reason
-
-
-# ---------------------------------------------------------------------------------- consequences
-def emit_changes(home: Home, g: str, changes, worker: str, skip: str | None = None) -> None:
-    """Events for what a terminal transition unlocked or blocked (the first change is the
-    task itself, announced by the caller with its details)."""
-    for tid, state, root in changes:
-        if tid == skip:
-            continue
-        if state == "ready":
-            ev.status(home, g, tid, ev.READY, worker=worker)
-        elif state == "blocked":
-            cause = "cancelled" if marker_of(home, g, root) == "cancelled" else "failed"
-            ev.emit(home, g, ev.TASK_BLOCKED, task=tid, reason=f"{cause} dependency", blocked_by=root, worker=worker)
+    return reason, attempt, ended
 
 
 def build_scheduler(home: Home, plan: Plan, now: float | None = None) -> tuple[Scheduler, dict[str, TaskFacts]]:
@@ -462,104 +457,28 @@ def build_scheduler(home: Home, plan: Plan, now: float | None = None) -> tuple[S
     facts = home.snapshot(plan.goal, plan)
     initial = {}
     for tid, f in facts.items():
-        if f.state == "pending" and f.record and f.record.get("retry_at") and not f.record.get("final") \
+        if f.state == S.PENDING and f.record and f.record.get("retry_at") and not f.record.get("final") \
                 and f.retry_at > now:
-            initial[tid] = "retrying"
+            initial[tid] = S.RETRYING
         else:
             initial[tid] = f.state
-    return Scheduler(plan.tasks, initial), facts
+    return scheduler_for(plan, initial), facts
 
 
-def stop_goal(home: Home, plan: Plan, sched: Scheduler, root: str, worker: str) -> list:
-    """on_failure=stop: everything not started yet is cancelled, naming the failed task."""
-    changes = []
-    reason = f"goal stopped: {root} failed (on_failure=stop)"
-    for tid in list(sched.not_started()):
-        if mark_cancelled(home, plan.goal, tid, by=worker, reason=reason):
-            ev.status(home, plan.goal, tid, ev.CANCELLED, worker=worker, reason=reason)
-        ch = sched.finish(tid, "cancelled")
-        changes.extend(ch[1:] if ch else [])
-    return changes
+def scheduler_for(plan: Plan, initial: dict[str, str] | None = None) -> Scheduler:
+    """The plan's scheduler with the plan's rules for what may start (max_parallel,
+    on_failure=stop, the files mutex of code workspaces): the one place that hands plan
+    fields to the scheduler."""
+    return Scheduler(plan.tasks, initial, max_parallel=plan.max_parallel,
+                     stop_on_failure=plan.on_failure == "stop", files=plan.files_of)
 
 
 def mark_cancelled(home: Home, g: str, t: str, *, by: str, reason: str) -> bool:
-    if marker_of(home, g, t) in ("done", "cancelled"):
+    if marker_of(home, g, t) in (S.DONE, S.CANCELLED):
         return False
     fsio.makedirs(home.task_dir(g, t))
-    home.write_marker(g, t, "cancelled", {"by": by, "reason": reason, "ts": now_iso()})
+    home.write_marker(g, t, S.CANCELLED, {"by": by, "reason": reason, "ts": now_iso()})
     return True
-
-
-def finish_goal_if_ended(home: Home, plan: Plan, sched: Scheduler, worker: str) -> dict | None:
-    """When nothing can run any more, publish summary.json exactly once (link(2) is
-    exclusive) and let the winner announce agent.goal.finished."""
-    if not sched.is_finished():
-        return None
-    if os.path.exists(home.summary_path(plan.goal)):
-        announce_if_lost(home, plan.goal, worker)   # its writer may have died before announcing it
-        return None     # already written: the analysis reads every task's files
-    from .summary import build_summary
-    summary = build_summary(home, plan, sched)
-    me = claims.new_owner(worker, 0, kind="finisher")
-    summary["finisher"] = {k: me[k] for k in ("worker", "host", "boot_id", "pid", "pid_start", "nonce")}
-    try:
-        won = fsio.write_atomic(home.summary_path(plan.goal), dumps(summary), exclusive=True)
-    except OSError as e:
-        raise os_error("write", home.summary_path(plan.goal), e) from None
-    if won:
-        ev.emit(home, plan.goal, ev.GOAL_FINISHED, worker=worker, outcome=summary["outcome"],
-                counts=summary["counts"], failed_roots=summary["failed_roots"], finish_id=me["nonce"])
-        integrate_if_asked(home, plan, summary["outcome"], worker)
-    else:
-        announce_if_lost(home, plan.goal, worker)
-    return summary
-
-
-def integrate_if_asked(home: Home, plan: Plan, outcome: str, worker: str) -> None:
-    """workspace.integrate: true -- the finisher merges the task branches once the goal ended
-    with every task done. A conflict or git error is an event, not a failure of the goal
-    (`dagrun integrate` reports the same again)."""
-    if not plan.workspace or not plan.workspace.get("integrate") or outcome != "done":
-        return
-    try:
-        r = wsp.integrate(home, plan)
-        ev.emit(home, plan.goal, ev.GOAL_INTEGRATED, worker=worker, branch=r.branch, head=r.head, merged=r.merged)
-    except DagrunError as e:
-        ev.emit(home, plan.goal, ev.GOAL_INTEGRATED, worker=worker, error=str(e))
-
-
-def announce_if_lost(home: Home, g: str, worker: str) -> bool:
-    """The process that published summary.json died before appending agent.goal.finished
-    (found by the crash-at-every-step tests): append it for it, once. The event carries the
-    summary's finish_id, so a look at the end of events.jsonl tells whether it was written;
-    a finisher that is still alive (between its two steps) is left to do it itself."""
-    s = loads(fsio.read_bytes(home.summary_path(g)))
-    fin = (s or {}).get("finisher") or {}
-    fid = fin.get("nonce")
-    path = home.events_path(g)
-    if not fid or ev.mentions(path, fid, tail=65536):
-        return False
-    if fin.get("host") == claims.HOST and fin.get("boot_id") == claims.BOOT_ID:
-        start = claims.proc_start(as_int(fin.get("pid")))
-        if start is not None and start == fin.get("pid_start"):
-            return False              # alive: it appends the event itself in a moment
-    else:
-        try:
-            if time.time() - os.stat(home.summary_path(g)).st_mtime < 60.0:
-                return False          # another host: give it a minute
-        except OSError:
-            return False
-    from filelock import FileLock
-    with FileLock(os.path.join(home.goal_dir(g), ".break.lock")):
-        if ev.mentions(path, fid):
-            return False
-        ev.emit(home, g, ev.GOAL_FINISHED, worker=worker, outcome=s.get("outcome"), counts=s.get("counts"),
-                failed_roots=s.get("failed_roots"), finish_id=fid, recovered=True)
-    return True
-
-
-def new_run_id() -> str:
-    return secrets.token_hex(8)
 
 
 def check_holder(owner: dict | None, *, worker: str | None, caller: list[tuple[int, str | None]],
@@ -572,7 +491,7 @@ def check_holder(owner: dict | None, *, worker: str | None, caller: list[tuple[i
         raise Refused(f"cannot {what} {g}/{t}: it is not claimed (claim it first: dagrun claim {g})")
     if worker is not None and owner.get("worker") == worker:
         return False
-    if owner.get("host") == claims.HOST:
+    if owner.get("host") == HOST:
         for pid, start in caller:
             if pid == owner.get("pid") and (not owner.get("pid_start") or start == owner["pid_start"]):
                 return False

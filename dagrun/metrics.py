@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from . import events as ev
 from . import fsio
+from . import states as S
 from .errors import DagrunError
 from .lifecycle import build_scheduler
 from .scheduler import NAMES
@@ -83,7 +84,7 @@ class GoalTally:
             self.first_start = ts if self.first_start is None else min(self.first_start, ts)
         d = e.get("duration")
         if st in (ev.DONE, ev.FAILED, ev.RETRYING) and isinstance(d, (int, float)):
-            outcome = "done" if st == ev.DONE else "failed"
+            outcome = S.DONE if st == ev.DONE else S.FAILED
             self.durations.setdefault(outcome, Histogram(DURATION_BUCKETS)).observe(float(d))
             self.agent_seconds += float(d)
             self.last_end = ts if self.last_end is None else max(self.last_end, ts)
@@ -153,13 +154,13 @@ class Collector:
         out.family("dagrun_ready_queue_depth", "gauge", "Tasks of a goal whose dependencies are done, "
                    "waiting for a worker slot.")
         for g, c in counts.items():
-            out.sample("dagrun_ready_queue_depth", {"goal": g}, c.get("ready", 0))
+            out.sample("dagrun_ready_queue_depth", {"goal": g}, c.get(S.READY, 0))
         out.family("dagrun_running_tasks", "gauge", "Tasks running now, over every goal of the home.")
-        out.sample("dagrun_running_tasks", {}, sum(c.get("running", 0) for c in counts.values()))
+        out.sample("dagrun_running_tasks", {}, sum(c.get(S.RUNNING, 0) for c in counts.values()))
         out.family("dagrun_goal_finished", "gauge", "1 when the goal has ended (nothing waiting, ready, "
                    "running or retrying).")
         for g, c in counts.items():
-            live = sum(c.get(s, 0) for s in ("waiting", "ready", "running", "retrying"))
+            live = sum(c.get(s, 0) for s in (S.WAITING, S.READY, S.RUNNING, S.RETRYING))
             out.sample("dagrun_goal_finished", {"goal": g}, 0 if live else 1)
         out.family("dagrun_blocked_total", "counter", "agent.task.blocked events (a failed or cancelled "
                    "dependency, a stall, ...).")

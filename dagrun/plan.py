@@ -18,6 +18,7 @@ from typing import Any, Iterable
 import orjson
 
 from .errors import PlanError
+from .scheduler import CycleError, topo_order
 from .wsrules import check_glob
 
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -366,7 +367,9 @@ class _Validator:
         line = self.line(path)
         where = f"{self.shown}:{line}" if line else self.shown
         p = _fmt_path(path)
-        raise PlanError(f"{where}: {p}: {msg}" if path else f"{where}: {msg}")
+        err = PlanError(f"{where}: {p}: {msg}" if path else f"{where}: {msg}")
+        err.line, err.json_path = line, (p if path else None)     # for `validate --json`
+        raise err
 
     def line(self, path: tuple) -> int | None:
         if self._lines is None:
@@ -461,10 +464,11 @@ class _Validator:
                     if d not in by_id:
                         self.fail(("tasks", i, field_name, j),
                                   f"unknown dependency {_show(d)} (asked for by task {_show(t.id)})")
-        cycle = find_cycle({t.id: list(t.deps) + list(t.soft_deps) for t in tasks})
-        if cycle:
-            first = by_id[cycle[0]]
-            self.fail(("tasks", first), _fmt_cycle(cycle))
+        try:
+            topo_order(list(by_id), [[by_id[d] for d in (*t.deps, *t.soft_deps)] for t in tasks],
+                       _successors(tasks, by_id))
+        except CycleError as e:
+            self.fail(("tasks", by_id[e.cycle[0]]), _fmt_cycle(e.cycle))
         return Plan(goal=goal, source=self.source, plan_dir=plan_dir, tasks=tuple(tasks),
                     max_parallel=opts.get("max_parallel"), on_failure=opts.get("on_failure", "continue"),
                     lease=float(opts.get("lease", DEFAULT_LEASE)), description=opts.get("description"),
@@ -620,34 +624,12 @@ def _fmt_cycle(cycle: list[str]) -> str:
             + " -> ".join(cycle[-4:]))
 
 
-def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
-    """A cycle as [a, b, c, a] (each depends on the next), or None. Iterative: plans may hold
-    chains of 100k tasks."""
-    WHITE, GREY, BLACK = 0, 1, 2
-    color = dict.fromkeys(graph, WHITE)
-    for start in graph:
-        if color[start] != WHITE:
-            continue
-        stack = [(start, iter(graph[start]))]
-        color[start] = GREY
-        on_path = [start]
-        while stack:
-            node, it = stack[-1]
-            nxt = next(it, None)
-            if nxt is None:
-                stack.pop()
-                on_path.pop()
-                color[node] = BLACK
-                continue
-            c = color.get(nxt, BLACK)
-            if c == GREY:
-                k = on_path.index(nxt)
-                return on_path[k:] + [nxt]
-            if c == WHITE:
-                color[nxt] = GREY
-                on_path.append(nxt)
-                stack.append((nxt, iter(graph[nxt])))
-    return None
+def _successors(tasks, by_id: dict[str, int]) -> list[list[int]]:
+    out: list[list[int]] = [[] for _ in tasks]
+    for i, t in enumerate(tasks):
+        for d in (*t.deps, *t.soft_deps):
+            out[by_id[d]].append(i)
+    return out
 
 
 def _value_lines(text: str) -> dict[tuple, int]:

@@ -1,16 +1,15 @@
-"""The bash protocol -- `claim`, `complete`, `fail`, `heartbeat` -- and the `dagrun` entry point.
+"""The bash protocol -- `claim`, `complete`, `fail`, `heartbeat` -- and its fast path.
 
 A lobster loop calls these commands once or twice per task, so their start-up time is part of
 every task's latency. typer builds its command tree through pydantic: ~100 ms of imports
-before any command runs, against ~60 ms for the whole protocol path. So `main()` parses these
-four commands itself, with a strict little parser, and hands everything else -- other
+before any command runs, against ~60 ms for the whole protocol path. So `entry.main()` has these
+four commands parsed here, with a strict little parser, and hands everything else -- other
 commands, --help, and any argument list it does not fully understand -- to the typer CLI,
 which stays the reference for parsing, help and error messages. Both paths call the same
 `cmd_*` functions below, which do the work and print the result.
 """
 from __future__ import annotations
 
-import os
 import sys
 
 from .errors import ExitCode, report
@@ -20,7 +19,7 @@ from .store import Home, dumps
 # ------------------------------------------------------------------------------ the commands
 def cmd_claim(home: Home, goal: str, *, worker: str | None, pid: int | None, fmt: str = "id") -> int:
     """fmt: "id" (the task id), "json", or "env" (shell assignments to eval)."""
-    from .ops import claim_external
+    from .commands import claim_external
 
     rc, info = claim_external(home, goal, worker=worker, pid=pid)
     if info is None:
@@ -64,7 +63,7 @@ def shell_env(info: dict) -> str:
 
 def cmd_complete(home: Home, goal: str, task: str, *, output: str | None, worker: str | None,
                  pid: int | None, force: bool) -> int:
-    from .ops import complete
+    from .commands import complete
 
     body = complete(home, goal, task, output=output, worker=worker, pid=pid, force=force, stdin=sys.stdin.buffer)
     if body.get("forced_by"):
@@ -74,7 +73,7 @@ def cmd_complete(home: Home, goal: str, task: str, *, output: str | None, worker
 
 def cmd_fail(home: Home, goal: str, task: str, *, reason: str, exit_code: int | None, worker: str | None,
              pid: int | None, force: bool) -> int:
-    from .ops import fail
+    from .commands import fail
     from .store import now_iso
 
     rec = fail(home, goal, task, reason=reason, worker=worker, pid=pid, force=force, exit_code=exit_code)
@@ -87,7 +86,7 @@ def cmd_fail(home: Home, goal: str, task: str, *, reason: str, exit_code: int | 
 
 
 def cmd_heartbeat(home: Home, goal: str, task: str, *, worker: str | None, pid: int | None) -> int:
-    from .ops import heartbeat
+    from .commands import heartbeat
 
     heartbeat(home, goal, task, worker=worker, pid=pid)
     return 0
@@ -103,7 +102,7 @@ def _write_json(obj) -> None:
 
 # ------------------------------------------------------------------------------ the fast path
 # command -> (positional names, {option: (key, kind)}); kind: "str", "int", "flag"
-_WHO = {"--worker": ("worker", "str"), "--pid": ("pid", "int")}
+_WHO = {"--worker": ("worker", "str"), "--pid": ("pid", "int"), "--home": ("home", "str")}  # --home: also after
 SPEC = {
     "claim": (("goal",), {**_WHO, "--json": ("json", "flag"), "--env": ("env", "flag")}),
     "complete": (("goal", "task"), {**_WHO, "--output": ("output", "str"), "-o": ("output", "str"),
@@ -168,7 +167,7 @@ def parse_fast(argv: list[str]) -> tuple[str | None, str, dict] | None:
     if len(pos) != len(names) or (args.get("json") and args.get("env")):
         return None
     args.update(zip(names, pos))
-    return home, cmd, args
+    return args.pop("home", home), cmd, args
 
 
 def run_parsed(home: Home, cmd: str, a: dict) -> int:
@@ -184,14 +183,9 @@ def run_parsed(home: Home, cmd: str, a: dict) -> int:
     return cmd_heartbeat(home, a["goal"], a["task"], **who)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """The `dagrun` command."""
-    argv = sys.argv[1:] if argv is None else argv
-    parsed = None if os.environ.get("DAGRUN_NO_FAST_PATH") else parse_fast(argv)
-    if parsed is None:
-        from .cli import main as full
-        full(argv)
-        return
+def run_fast(parsed: tuple) -> None:
+    """Run a command parse_fast() fully understood; exits with its code (the boundary: one
+    line on stderr and an exit code, never a traceback)."""
     home, cmd, a = parsed
     try:
         code = run_parsed(Home(home), cmd, a)

@@ -117,6 +117,7 @@ SVG_STYLE = """
 .gantt .bar rect { stroke: rgba(0,0,0,.25); stroke-width: 1; }
 .gantt .bar text { fill: #fff; font-size: 11.5px; font-weight: 600; }
 .gantt .bar text.outside { fill: #263238; font-weight: 500; }
+.gantt .bar text.small { font-size: 10px; }
 .gantt .bar.critical rect { stroke: #b71c1c; stroke-width: 3; }
 .gantt .bar.running rect { stroke-dasharray: 4 2; }
 .gantt .dep { fill: none; stroke: #78909c; stroke-width: 1.2; opacity: .8; }
@@ -219,6 +220,13 @@ def svg(rep: Report, *, standalone: bool = False) -> str:
             elif tw <= bx - prev_end:
                 out.append(f'<text class="outside" x="{bx - 4:.1f}" y="{by + BAR_H / 2 + 4:.1f}" '
                            f'text-anchor="end">{_e(label)}</text>')
+            else:          # no room anywhere: the label, cut to the widest gap (full text in the tooltip)
+                room = max(bw, nxt - (bx + bw))
+                keep = max(int((room - 8) / 7.0), 1)
+                short = label if len(label) <= keep else label[:max(keep - 1, 1)] + "…"
+                inside = room == bw
+                out.append(f'<text class="{"" if inside else "outside "}small" x="{bx + (5 if inside else bw + 4):.1f}" '
+                           f'y="{by + BAR_H / 2 + 4:.1f}">{_e(short)}</text>')
             prev_end = bx + bw
             out.append(f"<title>{_e(tip)}</title></g>")
     # arrows above the bars, the critical ones on top
@@ -268,7 +276,8 @@ def html_page(rep: Report) -> str:
                     f'<td class="n">{dur}</td><td>{_e(deps)}</td><td class="note">{_e(note[:160])}</td></tr>')
     legend = "".join(f'<span><i style="background:{c}"></i>{_e(k)}</span>' for k, c in
                      (("done", "#43a047"), ("running", "#039be5"), ("failed / timeout / stalled", "#e53935"),
-                      ("lost / interrupted", "#fb8c00"), ("cancelled", "#9e9e9e")))
+                      ("lost / interrupted", "#fb8c00"), ("cancelled", "#9e9e9e"),
+                      ("blocked (never ran; in the table)", STATE_COLOURS["blocked"])))
     path_txt = " → ".join(crit["tasks"]) if crit["tasks"] else "(nothing ran yet)"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">

@@ -12,12 +12,56 @@ caller then rebuilds the scheduler from the files (the safety net, not the hot p
 from __future__ import annotations
 
 import heapq
-from typing import Iterable, Protocol, Sequence
+from typing import Iterable, Mapping, Protocol, Sequence
+
+from . import states as S
+from .wsrules import may_start as files_free
 
 WAITING, READY, RUNNING, RETRYING, DONE, FAILED, CANCELLED, BLOCKED = range(8)
-NAMES = ("waiting", "ready", "running", "retrying", "done", "failed", "cancelled", "blocked")
+NAMES = (S.WAITING, S.READY, S.RUNNING, S.RETRYING, S.DONE, S.FAILED, S.CANCELLED, S.BLOCKED)
 TERMINAL = frozenset((DONE, FAILED, CANCELLED, BLOCKED))
 _BY_NAME = {n: i for i, n in enumerate(NAMES)}
+
+
+class CycleError(ValueError):
+    """The graph has a dependency cycle; `.cycle` is one of them as [a, b, ..., a], each
+    depending on the next (like graphlib.CycleError's second argument)."""
+
+    def __init__(self, cycle: list[str]):
+        super().__init__("dependency cycle: " + " -> ".join(cycle), cycle)
+        self.cycle = cycle
+
+    def __str__(self) -> str:            # the message alone, not the (message, cycle) tuple
+        return self.args[0]
+
+
+def topo_order(ids: Sequence[str], preds: Sequence[Sequence[int]], succs: Sequence[Sequence[int]]) -> list[int]:
+    """Kahn's order of node indices, every one after its predecessors, in one traversal;
+    CycleError naming a cycle if there is none. The cycle is found among the nodes the
+    traversal could not order (each still waits for one of them): walking from the first such
+    node to a predecessor that is also left, a node repeats -- no second walk of the graph."""
+    n = len(ids)
+    indeg = [len(p) for p in preds]
+    order = [i for i in range(n) if indeg[i] == 0]
+    k = 0
+    while k < len(order):
+        i = order[k]
+        k += 1
+        for d in succs[i]:
+            indeg[d] -= 1
+            if indeg[d] == 0:
+                order.append(d)
+    if len(order) == n:
+        return order
+    at = next(i for i in range(n) if indeg[i] > 0)
+    seen: dict[int, int] = {}
+    path: list[int] = []
+    while at not in seen:
+        seen[at] = len(path)
+        path.append(at)
+        at = next(p for p in preds[at] if indeg[p] > 0)
+    cyc = path[seen[at]:] + [at]
+    raise CycleError([ids[i] for i in cyc])
 
 
 class TaskLike(Protocol):
@@ -28,8 +72,19 @@ class TaskLike(Protocol):
 
 
 class Scheduler:
-    def __init__(self, tasks: Sequence[TaskLike], initial: dict[str, str] | None = None):
+    def __init__(self, tasks: Sequence[TaskLike], initial: dict[str, str] | None = None, *,
+                 max_parallel: int | None = None, stop_on_failure: bool = False,
+                 files: Mapping[str, Sequence[str]] | None = None):
+        # Capacity rules: what may start, decided here and nowhere else (engine, claim and
+        # the CLI only ask may_start()/take()). A new rule (a resource, a budget) is one more
+        # condition in may_start().
+        self.max_parallel = max_parallel or None     # running tasks of this goal, any worker's
+        self.stop_on_failure = stop_on_failure       # on_failure=stop: nothing new after a failure
         self.ids = [t.id for t in tasks]
+        # the files mutex (code workspaces): a task whose declared globs overlap those of a
+        # running task stays ready until that one ends (wsrules.may_start); None: no task
+        # declares any, the rule is off
+        self.files = [tuple(files.get(tid, ())) for tid in self.ids] if files else None
         idx = self.index = {tid: i for i, tid in enumerate(self.ids)}
         n = len(self.ids)
         self.deps = [[idx[d] for d in t.deps] for t in tasks]
@@ -56,20 +111,8 @@ class Scheduler:
         return [self.ids[i] for i in self.order]
 
     def _topo(self) -> list[int]:
-        n = len(self.ids)
-        indeg = [len(self.deps[i]) + len(self.soft[i]) for i in range(n)]
-        order = [i for i in range(n) if indeg[i] == 0]
-        k = 0
-        while k < len(order):
-            i = order[k]
-            k += 1
-            for d in self.hard_out[i] + self.soft_out[i]:
-                indeg[d] -= 1
-                if indeg[d] == 0:
-                    order.append(d)
-        if len(order) != n:
-            raise ValueError("the plan has a dependency cycle")
-        return order
+        return topo_order(self.ids, [self.deps[i] + self.soft[i] for i in range(len(self.ids))],
+                          [self.hard_out[i] + self.soft_out[i] for i in range(len(self.ids))])
 
     # ------------------------------------------------------------------ building
     def load(self, initial: dict[str, str]) -> None:
@@ -139,30 +182,57 @@ class Scheduler:
         """Nothing waiting, ready, running or retrying: the goal has ended."""
         return self.count[WAITING] + self.count[READY] + self.count[RUNNING] + self.count[RETRYING] == 0
 
+    @property
+    def stopped(self) -> bool:
+        """on_failure=stop and a task failed: nothing new may start."""
+        return self.stop_on_failure and self.count[FAILED] > 0
+
+    def at_capacity(self) -> bool:
+        return bool(self.max_parallel) and self.count[RUNNING] >= self.max_parallel
+
+    def may_start(self) -> bool:
+        """A ready task exists and the goal's rules let one more start now."""
+        if self.stopped or self.at_capacity():
+            return False
+        if self.files is None:
+            return self.peek() is not None
+        busy = self._busy_files()
+        return any(self.state[k[2]] == READY and self._files_free(k[2], busy) for k in self.heap)
+
     def peek(self) -> str | None:
         h = self.heap
         while h and self.state[h[0][2]] != READY:
             heapq.heappop(h)
         return self.ids[h[0][2]] if h else None
 
+    def _busy_files(self) -> list[tuple[str, ...]]:
+        fs = self.files or []
+        return [fs[i] for i, s in enumerate(self.state) if s == RUNNING and fs[i]]
+
+    def _files_free(self, i: int, busy: list[tuple[str, ...]]) -> bool:
+        return self.files is None or files_free(self.files[i], busy)
+
     def ready_ids(self) -> list[str]:
         return [self.ids[k[2]] for k in sorted(self.heap) if self.state[k[2]] == READY]
 
     # ------------------------------------------------------------------ transitions
-    def take(self, allowed=None) -> str | None:
-        """Pop the best ready task and mark it running (the caller is about to claim it).
-        `allowed(tid)` (optional) holds tasks back: the best ready task it allows is taken,
-        the others stay ready (the files mutex of code workspaces)."""
-        if allowed is None:
+    def take(self) -> str | None:
+        """Pop the best ready task and mark it running (the caller is about to claim it); None
+        when nothing is ready or the goal's rules (max_parallel, on_failure=stop) say wait.
+        With the files mutex the best ready task whose files are free is taken; the ones it
+        passes over stay ready."""
+        if self.stopped or self.at_capacity():
+            return None
+        if self.files is None:
             tid = self.peek()
             if tid is not None:
                 heapq.heappop(self.heap)
                 self._set(self.index[tid], RUNNING)
             return tid
-        held, tid = [], None
+        busy, held, tid = self._busy_files(), [], None
         while self.peek() is not None:
             k = heapq.heappop(self.heap)
-            if allowed(self.ids[k[2]]):
+            if self._files_free(k[2], busy):
                 tid = self.ids[k[2]]
                 self._set(k[2], RUNNING)
                 break
@@ -170,9 +240,6 @@ class Scheduler:
         for k in held:
             heapq.heappush(self.heap, k)
         return tid
-
-    def running_ids(self) -> list[str]:
-        return [self.ids[i] for i, s in enumerate(self.state) if s == RUNNING]
 
     def start(self, tid: str) -> None:
         """Somebody (maybe another worker) is running it."""

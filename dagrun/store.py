@@ -28,19 +28,20 @@ from dataclasses import dataclass, field
 import orjson
 
 from . import fsio
+from . import states as S
 from .errors import FsError, NotFound, os_error
 from .plan import ID_RE, Plan, check_id
+from .proc import pid_alive
+from .states import CANCELLED, DONE, FAILED, MARKERS, PENDING, RUNNING  # noqa: F401 (re-exported)
 
-DONE, FAILED, CANCELLED = "done", "failed", "cancelled"
-MARKERS = (DONE, CANCELLED, FAILED)  # precedence order
 CLAIM = "claim"
 OWNER = "owner.json"
 HEARTBEAT = "heartbeat"
 ATTEMPTS = "attempts"
 
 # Attempt outcomes. Counted ones use up `retries`; the others were not the agent's fault.
-COUNTED = {"failed", "timeout", "stalled", "output_limit"}
-UNCOUNTED = {"lost", "interrupted", "cancelled", "superseded"}
+COUNTED = {S.FAILED, "timeout", "stalled", "output_limit"}
+UNCOUNTED = {"lost", "interrupted", S.CANCELLED, "superseded"}
 
 
 HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]   # in names of scratch folders
@@ -113,7 +114,7 @@ def loads(data: bytes | None):
 @dataclass
 class TaskFacts:
     """What the files say about one task (the scheduler turns pending into waiting/ready/blocked)."""
-    state: str = "pending"              # done | failed | cancelled | running | pending
+    state: str = PENDING              # done | failed | cancelled | running | pending
     attempt: int = 0                    # number of the latest attempt started (0: never)
     owner: dict | None = None           # claim/owner.json when running
     marker: dict | None = None          # the marker's JSON (detail=True only)
@@ -210,10 +211,15 @@ class Home:
         return os.path.join(self.goal_dir(g), "workspace.json")
 
     def attempts_dir(self, g: str, t: str) -> str:
-        return os.path.join(self.task_dir(g, t), ATTEMPTS)
+        """The task's attempts/ folder; a symbolic link there (planted by an agent) is refused:
+        records are never written, nor listed, through it."""
+        p = os.path.join(self.task_dir(g, t), ATTEMPTS)
+        if os.path.islink(p):
+            raise FsError(f"refusing to use {p}: it is a symbolic link (attempts/ is made by dagrun; remove it)")
+        return p
 
     def attempt_path(self, g: str, t: str, n: int, ext: str) -> str:
-        return os.path.join(self.task_dir(g, t), ATTEMPTS, f"{int(n)}.{ext}")
+        return os.path.join(self.attempts_dir(g, t), f"{int(n)}.{ext}")
 
     # -- goals
     def goals(self) -> list[str]:
@@ -244,7 +250,7 @@ class Home:
             parts = e.name.rsplit(".", 3)
             dead = False
             if len(parts) == 4 and parts[1] == HOST_TAG and parts[2].isdigit():
-                dead = not fsio._pid_alive(int(parts[2]))
+                dead = not pid_alive(int(parts[2]))
             if not dead:
                 try:
                     dead = now - e.stat(follow_symlinks=False).st_mtime > max_age
@@ -258,9 +264,17 @@ class Home:
     def has_goal(self, g: str) -> bool:
         return os.path.isfile(self.plan_path(g))
 
+    def plan_bytes(self, g: str) -> bytes | None:
+        """plan.json's bytes (None: no such goal). A symlinked goal folder is refused: every
+        command on a goal reads its plan first, so none reads or writes through the link."""
+        if os.path.islink(self.goal_dir(g)):
+            raise FsError(f"refusing to use {self.goal_dir(g)}: it is a symbolic link (goal folders are made "
+                          f"by dagrun; remove it)")
+        return fsio.read_bytes(self.plan_path(g))
+
     def load_plan(self, g: str) -> Plan:
         check_id("goal", g)
-        data = fsio.read_bytes(self.plan_path(g))
+        data = self.plan_bytes(g)
         if data is None:
             raise NotFound(f"no goal {g!r} under {self.root} (submit a plan first; `dagrun status` lists goals)")
         try:
@@ -356,13 +370,13 @@ class Home:
                 break
         if ATTEMPTS in names:
             temps: list = []
-            f.attempt, f.record = self._latest_attempt(g, t, with_record=(f.state == "pending" or detail), temps=temps)
+            f.attempt, f.record = self._latest_attempt(g, t, with_record=(f.state == PENDING or detail), temps=temps)
             if temps:
                 f.extra["temps"] = True
         if CLAIM in names:
             owner = loads_obj(fsio.read_bytes(os.path.join(tdir, CLAIM, OWNER), follow=False))
-            if f.state == "pending":
-                f.state = "running"
+            if f.state == PENDING:
+                f.state = RUNNING
             f.owner = owner
             try:
                 f.claim_mtime = os.stat(os.path.join(tdir, CLAIM)).st_mtime

@@ -7,7 +7,7 @@ not keep: how often a task was blocked, how many attempts were started over the 
 -- archived task folders included -- and the first-byte latency of done attempts).
 
 `build_summary` is what lands in summary.json when the goal ends (written once, by
-lifecycle.finish_goal_if_ended); `goal_run` is the same analysis for a goal at any moment
+transitions.end_goal_if_finished); `goal_run` is the same analysis for a goal at any moment
 (the report and `dagrun graph GOAL` use it on running goals too).
 
 The critical path is the chain of dependencies with the largest sum of *actual* task spans
@@ -23,9 +23,20 @@ from dataclasses import dataclass, field
 
 from . import events as ev
 from . import fsio
+from . import states as S
 from .plan import Plan
 from .scheduler import Scheduler
-from .store import ATTEMPTS, CLAIM, MARKERS, OWNER, Home, as_int, loads_obj, now_iso, parse_ts
+from .store import (
+    ATTEMPTS,
+    CLAIM,
+    MARKERS,
+    OWNER,
+    Home,
+    as_int,
+    loads_obj,
+    now_iso,
+    parse_ts,
+)
 
 SLOWEST = 5
 
@@ -147,18 +158,18 @@ def read_attempts(home: Home, g: str, t: str) -> list[Attempt]:
             if r is None:
                 continue
             k = as_int(r.get("attempt")) or int(stem)
-            out[k] = Attempt(t, k, str(r.get("outcome") or "failed"), r.get("worker"), parse_ts(r.get("started")),
+            out[k] = Attempt(t, k, str(r.get("outcome") or S.FAILED), r.get("worker"), parse_ts(r.get("started")),
                              parse_ts(r.get("ended")), r.get("exit_code"), r.get("reason"))
-    if "done" in names:
-        m = loads_obj(fsio.read_bytes(os.path.join(tdir, "done"), follow=False)) or {}
+    if S.DONE in names:
+        m = loads_obj(fsio.read_bytes(os.path.join(tdir, S.DONE), follow=False)) or {}
         k = as_int(m.get("attempt")) or (max(out, default=0) + 1)
-        out[k] = Attempt(t, k, "done", m.get("worker"), parse_ts(m.get("started")), parse_ts(m.get("ended")),
+        out[k] = Attempt(t, k, S.DONE, m.get("worker"), parse_ts(m.get("started")), parse_ts(m.get("ended")),
                          m.get("exit_code"))
     elif CLAIM in names and not any(x in names for x in MARKERS):
         o = loads_obj(fsio.read_bytes(os.path.join(tdir, CLAIM, OWNER), follow=False)) or {}
         if as_int(o.get("attempt")):
             k = as_int(o["attempt"])
-            out.setdefault(k, Attempt(t, k, "running", o.get("worker"), parse_ts(o.get("since")), None))
+            out.setdefault(k, Attempt(t, k, S.RUNNING, o.get("worker"), parse_ts(o.get("since")), None))
     return [out[k] for k in sorted(out)]
 
 
@@ -208,7 +219,7 @@ def _pct(xs: list[float], q: float) -> float | None:
 
 def summarize(run: GoalRun, counts: dict[str, int], blocked: list[dict], failed_roots: list[str]) -> dict:
     plan = run.plan
-    outcome = "done" if counts.get("done", 0) == len(plan.tasks) else "failed"
+    outcome = S.DONE if counts.get(S.DONE, 0) == len(plan.tasks) else S.FAILED
     w = run.window()
     path, length = run.critical_path()
     by_outcome: dict[str, int] = {}
@@ -216,7 +227,7 @@ def summarize(run: GoalRun, counts: dict[str, int], blocked: list[dict], failed_
         by_outcome[a.outcome] = by_outcome.get(a.outcome, 0) + 1
     return {
         "goal": plan.goal, "outcome": outcome, "finished": now_iso(run.now), "tasks": len(plan.tasks),
-        "counts": counts, "failed_roots": failed_roots, "blocked": blocked,
+        "counts": counts, "failed_roots": failed_roots, S.BLOCKED: blocked,
         "started": now_iso(w[0]) if w else None, "ended": now_iso(w[1]) if w else None,
         "makespan": run.makespan(), "agent_time": run.agent_time(), "parallelism": run.parallelism(),
         "critical_path": {"tasks": path, "duration": length},
@@ -231,6 +242,6 @@ def summarize(run: GoalRun, counts: dict[str, int], blocked: list[dict], failed_
 def build_summary(home: Home, plan: Plan, sched: Scheduler, run: GoalRun | None = None) -> dict:
     """summary.json of the goal as the scheduler sees it (`run`: already read by the caller)."""
     states = sched.states()
-    failed_roots = [t for t in plan.ids() if states[t] in ("failed", "cancelled")]
-    blocked = [{"task": t, "blocked_by": sched.blocked_by(t)} for t in plan.ids() if states[t] == "blocked"]
+    failed_roots = [t for t in plan.ids() if states[t] in (S.FAILED, S.CANCELLED)]
+    blocked = [{"task": t, "blocked_by": sched.blocked_by(t)} for t in plan.ids() if states[t] == S.BLOCKED]
     return summarize(run or goal_run(home, plan, sched), sched.counts(), blocked, failed_roots)

@@ -29,7 +29,7 @@ from . import fsio
 from .errors import DagrunError, ExitCode, PlanError, Refused, UsageError
 from .plan import Plan, Task
 from .scheduler import Scheduler
-from .store import Home, dumps, loads
+from .store import Home, dumps, loads_obj
 from .wsrules import conflict_parties, describe_conflict, prerequisites
 
 DEFAULT_AUTHOR = {"name": "dagrun", "email": "dagrun@localhost"}
@@ -37,6 +37,7 @@ DEFAULT_AUTHOR = {"name": "dagrun", "email": "dagrun@localhost"}
 GIT_REDIRECT = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_COMMON_DIR",
                 "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_NAMESPACE", "GIT_CEILING_DIRECTORIES")
 ZERO = "0" * 40
+CONFLICT = "workspace_conflict"    # the outcome of a task whose prerequisites do not merge
 
 
 class GitError(DagrunError):
@@ -172,12 +173,12 @@ def pin(home: Home, plan: Plan) -> dict:
     """The goal's base commit: fixed when the goal was created (goals/<g>/workspace.json);
     written here if it is missing (a goal submitted before its repository was ready)."""
     g = plan.goal
-    got = loads(fsio.read_bytes(home.goal_workspace_path(g)))
+    got = loads_obj(fsio.read_bytes(home.goal_workspace_path(g), follow=False))
     if isinstance(got, dict) and got.get("base_commit"):
         return got
     rec = check_plan(plan, home.root)
     fsio.write_atomic(home.goal_workspace_path(g), dumps(rec), exclusive=True)
-    return loads(fsio.read_bytes(home.goal_workspace_path(g))) or rec
+    return loads_obj(fsio.read_bytes(home.goal_workspace_path(g), follow=False)) or rec
 
 
 # ================================================================================ prepare
@@ -224,7 +225,7 @@ def agent_cwd(plan: Plan, task: Task, top: str, wt: str) -> str:
 
 
 def _changes(home: Home, g: str, t: str) -> dict | None:
-    r = loads(fsio.read_bytes(home.changes_path(g, t)))
+    r = loads_obj(fsio.read_bytes(home.changes_path(g, t), follow=False))
     return r if isinstance(r, dict) and r.get("head") else None
 
 
@@ -291,8 +292,20 @@ def prepare(home: Home, plan: Plan, t: str) -> Prepared | None:
     pinned = pin(home, plan)
     top = pinned["repo"]
     wt, branch = home.worktree_path(g, t), branch_of(g, t)
-    rec = loads(fsio.read_bytes(home.snapshot_path(g, t)))
-    if isinstance(rec, dict) and rec.get("snapshot") and os.path.isdir(wt) and _valid_worktree(wt, branch):
+    order = prerequisites({x.id: x.deps for x in plan.tasks}, Scheduler(plan.tasks).topo_ids(), t,
+                          {x.id: x.workspace for x in plan.tasks})
+    heads = []
+    for d in order:
+        ch = _changes(home, g, d)
+        if ch is None:        # done without a workspace (before the plan had one): no commits
+            continue          # (with one, changes.json is published before the done marker)
+        heads.append((d, ch["head"], ch.get("files") or []))
+    rec = loads_obj(fsio.read_bytes(home.snapshot_path(g, t), follow=False))
+    if rec and rec.get("snapshot") and rec.get("merged") == [[d, h] for d, h, _f in heads] \
+            and os.path.isdir(wt) and _valid_worktree(wt, branch):
+        # a retry, or a crash after the worktree was made: go on where it is. (Only while it
+        # holds the prerequisites' current heads: one re-done since -- a claim that came
+        # back Stale, an edited changes.json -- means a fresh snapshot.)
         _clear_stale_locks(top, wt, branch)
         return _prepared(plan, task, top, rec)
     # a fresh task folder, or a crash half-way through the last prepare: start over
@@ -300,15 +313,6 @@ def prepare(home: Home, plan: Plan, t: str) -> Prepared | None:
         fsio.rmtree(wt)
     git(top, "worktree", "prune")
     _clear_stale_locks(top, None, branch)
-    sched = Scheduler(plan.tasks)
-    use = {x.id: x.workspace for x in plan.tasks}
-    order = prerequisites({x.id: x.deps for x in plan.tasks}, sched.topo_ids(), t, use)
-    heads = []
-    for d in order:
-        ch = _changes(home, g, d)
-        if ch is None:        # done without a workspace (before the plan had one): no commits
-            continue          # (with one, changes.json is published before the done marker)
-        heads.append((d, ch["head"], ch.get("files") or []))
     author = plan.workspace.get("author")
     snap, conflicts = _merge_chain(top, pinned["base_commit"], heads, f"the snapshot of {t}", author,
                                    pinned["base"])
@@ -346,7 +350,7 @@ def capture(home: Home, plan: Plan, t: str) -> dict | None:
     changes.json. Idempotent: run again after a crash it finds nothing new to commit and
     publishes the same files. None for a task that has no worktree."""
     g = plan.goal
-    rec = loads(fsio.read_bytes(home.snapshot_path(g, t)))
+    rec = loads_obj(fsio.read_bytes(home.snapshot_path(g, t), follow=False))
     if not isinstance(rec, dict) or not rec.get("snapshot"):
         return None
     wt, branch, snap = rec["path"], rec["branch"], rec["snapshot"]
@@ -462,8 +466,8 @@ def gc(home: Home, plans: list[Plan], *, ended: set[str], dry_run: bool = False)
         if not plan.workspace:
             continue
         g = plan.goal
-        top = loads(fsio.read_bytes(home.goal_workspace_path(g)) or b"{}").get("repo") if \
-            os.path.exists(home.goal_workspace_path(g)) else None
+        pinned = loads_obj(fsio.read_bytes(home.goal_workspace_path(g), follow=False))
+        top = pinned.get("repo") if isinstance(pinned, dict) else None
         if not top or not os.path.isdir(top):
             continue
         wts = []

@@ -81,20 +81,12 @@ def sets_overlap(a: Iterable[str], b: Iterable[str]) -> bool:
 
 
 def may_start(files: Sequence[str], running: Iterable[Sequence[str]]) -> bool:
-    """The mutex: a task with declared `files` may start unless a running task of the same
-    goal declared files overlapping them. Tasks that declare nothing are never held back."""
+    """The mutex (one of Scheduler.may_start/take's rules): a task with declared `files` may
+    start unless a running task of the same goal declared files overlapping them. Tasks that
+    declare nothing are never held back."""
     if not files:
         return True
     return not any(r and sets_overlap(files, r) for r in running)
-
-
-def mutex(files_of: Mapping[str, Sequence[str]] | None, running: Iterable[str]):
-    """The predicate for Scheduler.take: may this ready task start beside the running ones?
-    None (no predicate) when no task declares files."""
-    if not files_of:
-        return None
-    busy = [files_of[r] for r in running if r in files_of]
-    return lambda t: may_start(files_of.get(t, ()), busy)
 
 
 # ------------------------------------------------------------------------------ conflicts

@@ -7,19 +7,35 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "dagrun"
 
-# lower number = lower layer. A module may import modules of its own layer or below.
+# lower number = lower layer. A module may import modules of its own layer or below. The
+# layers are the ones ARCHITECTURE.md draws ("Module map"), bottom up:
 LAYERS = {
-    "errors": 0, "fsio": 0,
-    "plan": 1, "prompt": 1, "scheduler": 1,
-    "store": 2,
-    "events": 3, "claim": 3,
-    "summary": 4, "lifecycle": 5, "executor": 4, "watcher": 0,
-    "wsrules": 1,        # pure rules of code workspaces (snapshot order, files mutex)
+    # 0: vocabulary and facts about processes; no dagrun imports
+    "errors": 0, "states": 0, "proc": 0,
+    # 1: the one module that changes files
+    "fsio": 1,
+    # 2: pure: the plan, prompts, the scheduler (no I/O, no clock)
+    "plan": 2, "prompt": 2, "scheduler": 2, "agentcheck": 2,
+    "wsrules": 2,        # pure rules of code workspaces (snapshot order, files mutex, conflicts)
+    # 3: the on-disk layout
+    "store": 3,
+    # 4: adapters at the edge: the events log, claims, the inotify doorbell, the runners
+    "events": 4, "claim": 4, "watcher": 4, "executor": 4, "simrun": 4,
     "workspace": 4,      # git plumbing of code workspaces: runs git, so it may use subprocess
-    "ops": 6, "engine": 6,
-    "protocol": 9,       # the entry point + protocol fast path: beside cli, never imports typer
-    "metrics": 7, "graph": 7, "report": 7, "timeline": 7,
-    "cli": 9,
+    # 5: the files of one task transition; the aggregator over them
+    "lifecycle": 5, "summary": 5,
+    # 6: the one transition path (markers -> events -> scheduler changes)
+    "transitions": 6,
+    # 7: the drivers: the engine loop and its reconciliation, the dry run, the operations
+    # (plan editing, control, the protocol commands' bodies, status data)
+    "engine": 7, "reconcile": 7, "dryrun": 7, "edit": 7, "control": 7, "commands": 7, "status": 7,
+    "wsops": 7,          # integrate, gc: the operations on code workspaces
+    # 8: views over the files
+    "metrics": 8, "graph": 8, "report": 8,
+    # 9: the command line and its fast path
+    "protocol": 9, "cli": 9, "entry": 9,
+    # `dagrun init`: the files shipped in dagrun/share, filled in
+    "scaffold": 8,
 }
 ONLY_IN = {"typer": {"cli"}, "rich": {"cli"}, "watchdog": {"watcher"}, "subprocess": {"executor", "workspace"}}  # workspace: git, short synchronous commands
 
@@ -28,8 +44,8 @@ def _modules():
     for p in PKG.rglob("*.py"):
         rel = p.relative_to(PKG)
         top = rel.parts[0].removesuffix(".py")
-        if top in ("__init__", "__main__"):
-            continue
+        if top in ("__init__", "__main__", "share"):    # share/: files shipped as data (the
+            continue                                     # code-edit example's seed calc.py)
         yield p, top
 
 

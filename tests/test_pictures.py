@@ -72,7 +72,7 @@ def test_graph_of_a_goal_is_coloured_with_the_critical_path(ran):
     assert re.search(rf"class [t\d,]*\b{by['a']}\b[t\d,]* done", text)
     assert f"style {by['a']} stroke-width:3px" in text and f"style {by['b']} stroke-width:3px" in text
     assert f"style {by['end']} stroke-width:3px" in text and f"style {by['c']} " not in text
-    dot = run("graph", "pics", "-f", "dot", home=home).stdout
+    dot = run("graph", "pics", "--format", "dot", home=home).stdout
     assert '"a" -> "b" [color="#d32f2f", penwidth=2.5];' in dot
     assert '"b" -> "end" [style=dashed, color="#d32f2f", penwidth=2.5];' in dot
     assert '"c" -> "end";' in dot

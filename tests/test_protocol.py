@@ -325,7 +325,7 @@ def test_protocol_commands_do_not_load_heavy_modules(home, plans):
     """claim/complete/heartbeat run in a bash loop: no typer, pydantic, rich, watchdog,
     filelock or psutil on their path (cold start, see bench/latency.py)."""
     run("submit", two_step(plans), home=home)
-    probe = ("import sys\nfrom dagrun.protocol import main\n"
+    probe = ("import sys\nfrom dagrun.entry import main\n"
              "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
              "heavy = {m.split('.')[0] for m in sys.modules} & "
              "{'typer', 'click', 'pydantic', 'rich', 'watchdog', 'filelock', 'psutil'}\n"

@@ -153,3 +153,79 @@ def test_incremental_matches_rebuild_on_random_dags():
             assert rebuilt.states() == {k: ("waiting" if v == "running" else v) for k, v in s.states().items()} \
                 or rebuilt.states() == s.states()
         assert s.is_finished()
+
+
+# ---------------------------------------------------------------------------- capacity rules
+# (plan, initial states, max_parallel, stop_on_failure, the tasks take() hands out in order)
+CAPACITY_CASES = [
+    ("a; b; c; d", {}, 2, False, ["a", "b"]),
+    ("a; b; c; d", {"a": "running"}, 2, False, ["b"]),                  # another worker's run counts
+    ("a; b; c; d", {"a": "running", "b": "running"}, 2, False, []),
+    ("a; b; c", {}, None, False, ["a", "b", "c"]),
+    ("a; b; c", {"a": "failed"}, None, True, []),                      # on_failure=stop: nothing new
+    ("a; b; c", {"a": "failed"}, None, False, ["b", "c"]),
+    ("a; b; c", {"a": "cancelled"}, None, True, ["b", "c"]),           # a cancel is not a failure
+]
+
+
+@pytest.mark.parametrize("spec,initial,mp,stop,expect", CAPACITY_CASES)
+def test_capacity_is_decided_by_the_scheduler(spec, initial, mp, stop, expect):
+    s = Scheduler(plan(spec), initial, max_parallel=mp, stop_on_failure=stop)
+    got = []
+    while (t := s.take()) is not None:
+        got.append(t)
+    assert got == expect
+    assert s.may_start() is False
+
+
+def test_a_finish_frees_capacity_and_a_failure_stops_the_goal():
+    s = Scheduler(plan("a; b; c; d"), max_parallel=1, stop_on_failure=True)
+    assert s.take() == "a" and s.take() is None and s.may_start() is False
+    s.finish("a", "done")
+    assert s.may_start() and s.take() == "b"
+    s.finish("b", "failed")
+    assert s.stopped and s.take() is None and s.state_of("c") == "ready"
+
+
+# the files mutex of code workspaces: one more capacity rule, (files per task, initial, take() order)
+FILES_CASES = [
+    ({"a": ["src/**"], "b": ["src/x.py"], "c": ["docs/*"]}, {}, ["a", "c"]),      # b waits for a
+    ({"a": ["src/**"], "b": ["src/x.py"], "c": ["docs/*"]}, {"a": "running"}, ["c"]),   # anyone's run
+    ({"a": ["*.py"], "b": ["*.md"], "c": []}, {}, ["a", "b", "c"]),               # disjoint; c declares none
+    ({"a": ["x"], "b": ["x"], "c": ["x"]}, {"a": "done"}, ["b"]),                 # a done task holds nothing
+]
+
+
+@pytest.mark.parametrize("files,initial,expect", FILES_CASES)
+def test_overlapping_files_are_a_rule_of_the_scheduler(files, initial, expect):
+    s = Scheduler(plan("a; b; c"), initial, files=files)
+    got = []
+    while (t := s.take()) is not None:
+        got.append(t)
+    assert got == expect
+    assert s.may_start() is False
+    held = [t for t in "abc" if s.state_of(t) == "ready"]
+    assert s.ready_ids() == held                      # passed over, still ready, once each
+
+
+def test_a_finish_releases_the_files_it_held():
+    s = Scheduler(plan("a; b; c"), files={"a": ["src/**"], "b": ["src/auth/*"], "c": ["src/auth/x.py"]})
+    assert s.take() == "a" and s.take() is None and not s.may_start()
+    s.finish("a", "done")
+    assert s.may_start() and s.take() == "b" and s.take() is None
+    s.finish("b", "failed")
+    assert s.take() == "c"
+
+
+@pytest.mark.parametrize("spec,cycle", [
+    ("a<a", ["a", "a"]),
+    ("a<c; b<a; c<b", ["a", "c", "b", "a"]),
+    ("x; a<x,c; b<a; c<b; d<a", ["a", "c", "b", "a"]),
+    ("a~b; b<a", ["a", "b", "a"]),
+])
+def test_cycle_error_carries_the_cycle(spec, cycle):
+    from dagrun.scheduler import CycleError
+    with pytest.raises(CycleError) as ei:
+        Scheduler(plan(spec))
+    assert ei.value.cycle == cycle
+    assert isinstance(ei.value, ValueError)

@@ -5,25 +5,38 @@ stderr and an exit code; nothing below it prints tracebacks at users.
 Heavy modules (the engine, rich, watchdog, filelock) are imported inside the commands that
 need them, so the protocol commands a bash loop calls (`claim`, `complete`, `heartbeat`)
 start fast.
+
+Help pages: commands are listed in panels (Run, Inspect, Control, ...), every page ends with
+examples, and arguments are shown as GOAL / [TASK] in the usage line (helpfmt.py).
+Global options (--home, --color) are accepted before or after the command (`hoist_globals`).
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
 
 from .. import __version__
-from ..errors import ExitCode, report
-from .common import Ctx
+from ..errors import ExitCode, one_line, report
+from .common import COLOR, Ctx
+from .helpfmt import DagrunGroup
 
 app = typer.Typer(
-    name="dagrun", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    name="dagrun", cls=DagrunGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]},
     help="Run a DAG of AI-agent sub-goals in parallel, with all state in plain files.\n\n"
          "Exit codes: 0 ok; 1 goal ended with failed/blocked/cancelled tasks (claim: goal ended); "
          "2 usage or invalid plan; 3 claim: nothing ready yet; 4 refused by the state on disk; "
          "5 file-system error; 130 interrupted.",
+    epilog="\b\nExamples:\n"
+           "  dagrun init && dagrun run dag.json      # a plan to edit, then run it\n"
+           "  dagrun status                           # every goal under ./.dagrun\n"
+           "  dagrun status add-auth --home ~/.dagrun # global options go before or after the command\n"
+           "  dagrun COMMAND --help                   # each command's options and examples",
 )
+
+COLOR_MODES = ("auto", "always", "never")
 
 
 def _version(value: bool):
@@ -32,27 +45,83 @@ def _version(value: bool):
         raise typer.Exit(0)
 
 
+def _color(value: str | None):
+    if value is not None and value not in COLOR_MODES:
+        raise typer.BadParameter(f"{value!r}: expected auto, always or never")
+    COLOR["mode"] = value or "auto"
+    return value
+
+
 @app.callback()
 def _root(
     ctx: typer.Context,
     home: str = typer.Option(None, "--home", envvar="DAGRUN_HOME", metavar="DIR",
-                             help="State folder (default: ./.dagrun)."),
+                             help="State folder (default: ./.dagrun). Before or after the command."),
+    color: str = typer.Option(None, "--color", metavar="auto|always|never", callback=_color, is_eager=True,
+                              help="Colour in tables and live views (default auto: on a terminal, unless "
+                                   "NO_COLOR is set; FORCE_COLOR=1 forces it)."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
 ):
-    ctx.obj = Ctx(home)
+    ctx.obj = Ctx(home, color or "auto")
 
 
 from . import (control_cmds, graph_cmds, metrics_cmds, obs_cmds, plan_cmds, protocol_cmds,  # noqa: E402,F401
-               read_cmds, run_cmds, ws_cmds)
+               read_cmds, run_cmds, setup_cmds, ws_cmds)
+
+GLOBAL_VALUE_OPTS = ("--home", "--color")
+
+
+def hoist_globals(argv: list[str]) -> list[str]:
+    """`dagrun status --home X` == `dagrun --home X status`: global options found after the
+    command are moved in front of it (up to a `--`). Nothing else is reordered."""
+    i = 0
+    while i < len(argv) and argv[i].split("=", 1)[0] in GLOBAL_VALUE_OPTS:
+        i += 1 if "=" in argv[i] else 2
+    if i >= len(argv):
+        return argv
+    head, rest, moved = argv[:i], [], []
+    j = i
+    while j < len(argv):
+        a = argv[j]
+        if a == "--":
+            rest += argv[j:]
+            break
+        name = a.split("=", 1)[0]
+        if j > i and name in GLOBAL_VALUE_OPTS:
+            if "=" in a:
+                moved.append(a)
+            elif j + 1 < len(argv):
+                moved += [a, argv[j + 1]]
+                j += 1
+            else:
+                from ..errors import UsageError
+                raise UsageError(f"{a} needs a value (see: dagrun --help)")
+        else:
+            rest.append(a)
+        j += 1
+    return head + moved + rest
+
+
+def get_cli():
+    """The click command tree of the app (help, completion and the man page use it)."""
+    from typer.main import get_command
+
+    from .helpfmt import polish
+    return polish(get_command(app))
 
 
 def main(argv: list[str] | None = None) -> None:
     from typer._click import exceptions as cx
-    from typer.main import get_command
 
-    argv = sys.argv[1:] if argv is None else argv
-    cmd = get_command(app)
+    try:
+        argv = hoist_globals(sys.argv[1:] if argv is None else argv)
+    except Exception as e:  # noqa: BLE001 - a usage error: one line
+        sys.exit(report(e))
+    cmd = get_cli()
+    if os.environ.get("_DAGRUN_COMPLETE"):        # a completion request from the shell script
+        from typer._completion_classes import completion_init
+        completion_init()
     try:
         rc = cmd.main(args=argv, prog_name="dagrun", standalone_mode=False)
         code = rc if isinstance(rc, int) else 0
@@ -85,6 +154,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def _err(msg: str) -> None:
     try:
-        print(f"dagrun: {msg}", file=sys.stderr)
+        print(f"dagrun: {one_line(msg)}", file=sys.stderr)
     except OSError:
         pass

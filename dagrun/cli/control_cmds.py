@@ -7,7 +7,7 @@ import socket
 import typer
 
 from . import app
-from .common import home_of, print_json
+from .common import CONTROL, GOAL_ARG, JSON_OPT, complete_task, examples, home_of, print_json
 
 
 def _me() -> str:
@@ -18,21 +18,24 @@ def _me() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-@app.command()
+@app.command(rich_help_panel=CONTROL, epilog=examples(
+    "dagrun cancel add-auth                       # every unfinished task",
+    "dagrun cancel add-auth test --reason 'not needed'"))
 def cancel(ctx: typer.Context,
-           goal: str = typer.Argument(..., help="Goal id."),
-           task: str = typer.Argument(None, help="Cancel only this task (its dependents become blocked)."),
-           reason: str = typer.Option("", "--reason", help="Recorded in the cancelled markers and events."),
+           goal: str = GOAL_ARG,
+           task: str = typer.Argument(None, metavar="TASK", help="Cancel only this task (its dependents become blocked).",
+                                      autocompletion=complete_task),
+           reason: str = typer.Option("", "--reason", metavar="TEXT", help="Recorded in the cancelled markers and events."),
            wait: float = typer.Option(None, "--wait", min=0, metavar="SECONDS",
                                       help="How long to wait for running agents to be gone "
                                            "(default: their kill_grace + 5 s)."),
-           json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+           json: bool = JSON_OPT):
     """Cancel a goal (every unfinished task) or one task. Running agents are terminated as
     process groups (TERM, kill_grace, KILL); returns when they are gone. Prints the tasks
     it cancelled."""
     import sys
 
-    from ..ops import cancel as do_cancel
+    from ..control import cancel as do_cancel
     from ..plan import check_id
 
     check_id("goal", goal)
@@ -43,6 +46,14 @@ def cancel(ctx: typer.Context,
     else:
         for t in r.cancelled:
             print(t)
+    if not r.cancelled and not r.stopped and not r.still_running and not r.external:
+        from ..status import goal_overview
+        st = goal_overview(home_of(ctx), goal)["state"]
+        what = f"{goal}/{task}" if task else f"goal {goal}"
+        if st in ("done", "failed", "cancelled"):
+            print(f"dagrun: nothing to cancel: goal {goal} had already ended ({st})", file=sys.stderr)
+        else:
+            print(f"dagrun: nothing to cancel in {what}: everything there has ended", file=sys.stderr)
     for t in r.external:
         print(f"dagrun: {goal}/{t} is held by a script: it stops on its next `dagrun heartbeat`", file=sys.stderr)
     for t in r.still_running:
@@ -50,17 +61,21 @@ def cancel(ctx: typer.Context,
               f"(is its worker stuck? `dagrun status {goal}` shows the holder)", file=sys.stderr)
 
 
-@app.command()
+@app.command(rich_help_panel=CONTROL, epilog=examples(
+    "dagrun retry add-auth                        # every failed and cancelled task",
+    "dagrun retry add-auth test --cascade         # it and the failed/cancelled tasks below it",
+    "dagrun retry --force add-auth design-schema  # redo a done task and everything downstream"))
 def retry(ctx: typer.Context,
-          goal: str = typer.Argument(..., help="Goal id."),
-          task: str = typer.Argument(None, help="The task (default: every failed or cancelled task)."),
+          goal: str = GOAL_ARG,
+          task: str = typer.Argument(None, metavar="TASK", help="The task (default: every failed or cancelled task).",
+                                     autocompletion=complete_task),
           cascade: bool = typer.Option(False, "--cascade", help="Also reset failed/cancelled tasks below it."),
           force: bool = typer.Option(False, "--force", help="Redo a done task and everything below it "
                                      "(their results are archived)."),
-          json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+          json: bool = JSON_OPT):
     """Run failed / cancelled tasks again with a fresh attempt and retry budget. A running
     worker picks them up; otherwise `dagrun run GOAL`."""
-    from ..ops import retry as do_retry
+    from ..control import retry as do_retry
     from ..plan import check_id
 
     check_id("goal", goal)

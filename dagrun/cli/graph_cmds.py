@@ -7,14 +7,17 @@ import sys
 import typer
 
 from . import app
-from .common import home_of
+from .common import GOAL_ARG, INSPECT, complete_goal, examples, home_of
 
 
-@app.command()
+@app.command(rich_help_panel=INSPECT, epilog=examples(
+    "dagrun graph examples/add-auth/dag.json                 # Mermaid, for a README or an issue",
+    "dagrun graph add-auth --format dot | dot -Tsvg > g.svg  # a goal: coloured by state"))
 def graph(ctx: typer.Context,
           target: str = typer.Argument(..., metavar="PLAN|GOAL", help="A dag.json, or a submitted goal (then the "
-                                       "tasks are coloured by state and the run's critical path is red)."),
-          fmt: str = typer.Option("mermaid", "--format", "-f", metavar="mermaid|dot",
+                                       "tasks are coloured by state and the run's critical path is red).",
+                                       autocompletion=complete_goal),
+          fmt: str = typer.Option("mermaid", "--format", metavar="mermaid|dot",
                                   help="mermaid (for markdown) or dot (for Graphviz: | dot -Tsvg > g.svg).")):
     """Print the dependency graph as Mermaid or Graphviz dot."""
     from ..errors import UsageError
@@ -39,11 +42,14 @@ def graph(ctx: typer.Context,
     sys.stdout.write(render(plan, fmt, states, critical))
 
 
-@app.command()
+@app.command(rich_help_panel=INSPECT, epilog=examples(
+    "dagrun report add-auth                   # writes ./add-auth-report.html and prints its path",
+    "dagrun report add-auth -o timeline.svg   # the timeline alone"))
 def report(ctx: typer.Context,
-           goal: str = typer.Argument(..., help="Goal id (ended or still running)."),
-           out: str = typer.Option(..., "--out", "-o", metavar="FILE.html|FILE.svg",
-                                   help="Where to write it; .svg writes the timeline alone.")):
+           goal: str = GOAL_ARG,
+           out: str = typer.Option(None, "--out", "-o", metavar="FILE.html|FILE.svg",
+                                   help="Where to write it (default: GOAL-report.html here); .svg writes the "
+                                        "timeline alone.")):
     """Write a self-contained (offline) timeline of every attempt by worker slot, with the
     dependencies and the critical path, plus a table of every task."""
     from ..errors import UsageError
@@ -52,6 +58,7 @@ def report(ctx: typer.Context,
     from ..report import render
 
     check_id("goal", goal)
+    out = out or f"{goal}-report.html"
     ext = os.path.splitext(out)[1].lower()
     if ext not in (".html", ".htm", ".svg"):
         raise UsageError(f"--out {out}: name it .html or .svg")

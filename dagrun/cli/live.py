@@ -110,13 +110,12 @@ class GoalView:
 
     def _render(self):
         from rich.console import Group
-        from rich.progress_bar import ProgressBar
         from rich.table import Table
         from rich.text import Text
 
         ended, total = self.progress()
         bar = Table.grid(padding=(0, 1))          # a bare ProgressBar ends without a line break
-        bar.add_row(ProgressBar(total=max(total, 1), completed=ended, width=60),
+        bar.add_row(progress_bar(self.counts(), ended, total, 60),
                     Text(f"{ended}/{total} ended", style="bright_black"))
         run = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
         run.add_column("running")
@@ -172,7 +171,6 @@ class GoalsView:
 
     def __rich__(self):
         from rich.console import Group
-        from rich.progress_bar import ProgressBar
         from rich.table import Table
         from rich.text import Text
 
@@ -187,13 +185,23 @@ class GoalsView:
                     ended, total = v.progress()
                     state = (v.outcome or "ended") if v.finished else ("running" if c.get("running") else "waiting")
                     other = " ".join(f"{k}:{n}" for k, n in c.items() if k not in ("done", "running"))
-                    t.add_row(g, Text(state, style=COLOURS.get(state, "")), ProgressBar(total=max(total, 1),
-                              completed=ended, width=30), f"{c.get('done', 0)}/{total}", str(c.get("running", 0)),
-                              other)
+                    t.add_row(g, Text(state, style=COLOURS.get(state, "")), progress_bar(c, ended, total, 30),
+                              f"{c.get('done', 0)}/{total}", str(c.get("running", 0)), other)
             parts = [t]
             if self.recent:
                 parts.append(Text("\n".join(self.recent), style="bright_black", no_wrap=True, overflow="ellipsis"))
             return Group(*parts)
+
+
+def progress_bar(counts: dict, ended: int, total: int, width: int):
+    """How much of the goal has ended, green only while nothing failed: a goal with failed,
+    blocked or cancelled tasks draws its bar red, so "all ended" never looks like "all done"."""
+    from rich.progress_bar import ProgressBar
+
+    bad = any(counts.get(k) for k in ("failed", "blocked", "cancelled"))
+    style = "red" if bad else "green"
+    return ProgressBar(total=max(total, 1), completed=ended, width=width,
+                       complete_style="red" if bad else "cyan", finished_style=style)
 
 
 def _final_line(v: GoalView) -> str:
@@ -204,7 +212,7 @@ def _final_line(v: GoalView) -> str:
 
 def watch_goal(home, goal: str, *, tty: bool, poll: float | None = None) -> int:
     from ..events import PLAN_REPLACED, Follower
-    from ..ops import goal_detail
+    from ..status import goal_detail
 
     fol = Follower(home, goal, start="end", poll=poll)     # before the snapshot: nothing is missed
     try:
@@ -244,7 +252,7 @@ def _feed(fol, view: GoalView, load, replaced: str) -> list[dict]:
 def watch_all(home, *, tty: bool, poll: float | None = None) -> int:
     """No goal named and not exactly one unfinished: every goal, until all have ended."""
     from ..events import Follower
-    from ..ops import goal_detail
+    from ..status import goal_detail
 
     if not home.goals():
         print(f"no goals under {home.root}", flush=True)

@@ -6,10 +6,12 @@ import sys
 import typer
 
 from . import app
-from .common import home_of
+from .common import INSPECT, examples, home_of
 
 
-@app.command()
+@app.command(rich_help_panel=INSPECT, epilog=examples(
+    "dagrun metrics | grep dagrun_tasks",
+    "dagrun metrics --textfile /var/lib/node_exporter/textfile/dagrun.prom"))
 def metrics(ctx: typer.Context,
             textfile: str = typer.Option(None, "--textfile", metavar="PATH",
                                          help="Write to PATH (published by rename; name it *.prom in the node "

@@ -7,12 +7,15 @@ import sys
 import typer
 
 from . import app
-from .common import home_of, is_tty
+from .common import INSPECT, POLL_OPT, complete_goal, examples, home_of, is_tty
 
 
-@app.command()
+@app.command(rich_help_panel=INSPECT, epilog=examples(
+    "dagrun events add-auth                         # the whole log, one JSON object a line",
+    "dagrun events add-auth -f --type goal.finished # wait for the goal to end",
+    "dagrun events --all --since 15m | jq -c '{goal, task, status}'"))
 def events(ctx: typer.Context,
-           goal: str = typer.Argument(None, help="Goal id (or --all)."),
+           goal: str = typer.Argument(None, metavar="GOAL", help="Goal id (or --all).", autocompletion=complete_goal),
            all_: bool = typer.Option(False, "--all", help="Every goal under the home; with -f, goals submitted "
                                      "later join."),
            follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new events as they are appended."),
@@ -22,14 +25,18 @@ def events(ctx: typer.Context,
            type_: list[str] = typer.Option(None, "--type", metavar="TYPE",
                                            help="Only these event types (repeatable; a suffix like task.blocked "
                                                 "or goal.finished works)."),
-           poll: float = typer.Option(None, "--poll", min=0.01, metavar="SECONDS",
-                                      help="With -f: poll every SECONDS instead of inotify (homes on NFS).")):
+           poll: float = POLL_OPT):
     """Print events, one JSON object per line: a goal's, or every goal's with --all."""
     import orjson
 
     from ..errors import UsageError
-    from ..events import Follower, matcher, parse_since
+    from ..events import ALL_TYPES, Follower, matcher, parse_since
     from ..plan import check_id
+
+    for t in type_ or []:
+        if not any(x == t or x.endswith("." + t) for x in ALL_TYPES):
+            raise UsageError(f"--type {t!r}: no such event type; known: {', '.join(ALL_TYPES)} "
+                             f"(or a suffix of one, such as task.blocked or goal.finished)")
 
     if (goal is None) == (not all_):
         raise UsageError("give a GOAL or --all (not both)" if goal else "give a GOAL, or --all for every goal")
@@ -53,15 +60,16 @@ def events(ctx: typer.Context,
         fol.close()
 
 
-@app.command()
+@app.command(rich_help_panel=INSPECT, epilog=examples(
+    "dagrun watch                # the only unfinished goal, else every goal",
+    "dagrun watch add-auth && echo all done"))
 def watch(ctx: typer.Context,
-          goal: str = typer.Argument(None, help="Goal id (default: the only unfinished goal, else an overview "
-                                                "of every goal)."),
-          poll: float = typer.Option(None, "--poll", min=0.01, metavar="SECONDS",
-                                     help="Poll every SECONDS instead of inotify (homes on NFS).")):
+          goal: str = typer.Argument(None, metavar="GOAL", help="Goal id (default: the only unfinished goal, "
+                                     "else an overview of every goal).", autocompletion=complete_goal),
+          poll: float = POLL_OPT):
     """A live view that redraws on state changes (not on a timer) and exits when the goal
     ends: exit 0 if it ended done, 1 if not. Off a terminal: one line per event."""
-    from ..ops import goal_overview
+    from ..status import goal_overview
     from ..plan import check_id
 
     home = home_of(ctx)

@@ -1,49 +1,94 @@
 """validate, schema, submit, diff."""
 from __future__ import annotations
 
+import os
+import re
 import sys
 
 import typer
 
 from . import app
-from .common import home_of, print_json
+from .common import JSON_OPT, PLAN_ARG, PLAN_TOOLS, examples, home_of, print_json
 
 
-@app.command()
-def validate(ctx: typer.Context, plan: str = typer.Argument(..., metavar="PLAN", help="Path of a dag.json."),
-             json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
-    """Check a plan (and its code workspace's repository); exit 0 if it is valid, 2 with the
-    problem otherwise. Writes nothing."""
-    from ..ops import load_checked
+@app.command(rich_help_panel=PLAN_TOOLS, epilog=examples(
+        "dagrun validate dag.json",
+        "dagrun validate dag.json --json | jq .error     # {\"ok\": false, \"error\": ..., \"line\": 14, \"path\": ...}"))
+def validate(ctx: typer.Context,
+             plan: str = PLAN_ARG,
+             json: bool = JSON_OPT):
+    """Check a plan (and, with a code workspace, its git repository, base and clean work
+    tree); exit 0 if it is valid, 2 with the problem otherwise. Writes nothing. Warns
+    (stderr) about agents whose command is not on PATH."""
+    from ..agentcheck import plan_warnings
+    from ..edit import load_checked
+    from ..errors import PlanError
     from ..scheduler import Scheduler
 
-    p, _ = load_checked(plan, home_of(ctx))
+    try:
+        p, _ = load_checked(plan, home_of(ctx))
+    except PlanError as e:
+        if json:
+            print_json(_plan_error(plan, e))
+        raise
+    warnings = plan_warnings(p)
+    for w in warnings:
+        print(f"dagrun: {w}", file=sys.stderr)
     s = Scheduler(p.tasks)
     edges = sum(len(t.deps) + len(t.soft_deps) for t in p.tasks)
     depth = max(s.height) if s.height else 0
     if json:
-        print_json({"ok": True, "goal": p.goal, "tasks": len(p.tasks), "edges": edges, "depth": depth})
+        print_json({"ok": True, "goal": p.goal, "tasks": len(p.tasks), "edges": edges, "depth": depth,
+                    "warnings": warnings})
     else:
         print(f"ok: goal {p.goal}: {len(p.tasks)} tasks, {edges} dependencies, longest path {depth} tasks")
 
 
-@app.command()
-def schema():
+_WHERE = re.compile(r"^.*?:(\d+)(?::\d+)?: (?:([A-Za-z_$][\w$]*(?:\[\d+\]|\.[\w$]+)*|\(top level\)): )?")
+
+
+def _plan_error(plan: str, e) -> dict:
+    """`validate --json` on failure: the same one line, plus its line and JSON path apart."""
+    line, path = getattr(e, "line", None), getattr(e, "json_path", None)
+    if line is None:
+        m = _WHERE.match(str(e))
+        if m:
+            line = int(m.group(1))
+            path = path or m.group(2)
+    return {"ok": False, "error": str(e), "file": plan, "line": line, "path": path}
+
+
+@app.command(rich_help_panel=PLAN_TOOLS, epilog=examples(
+        "dagrun schema > dag.schema.json",
+        "dagrun schema --path      # the installed file, for \"$schema\" in dag.json"))
+def schema(path: bool = typer.Option(False, "--path", help="Print the path of the installed schema file "
+                                     "instead of its text.")):
     """Print the JSON Schema of dag.json (point your editor's "$schema" at it)."""
     from ..plan import SCHEMA_PATH
+    if path:
+        print(os.path.abspath(SCHEMA_PATH))
+        return
     with open(SCHEMA_PATH, encoding="utf-8") as f:
         sys.stdout.write(f.read())
 
 
-@app.command()
+@app.command(rich_help_panel=PLAN_TOOLS, epilog=examples(
+        "dagrun submit dag.json            # then a worker (cron, systemd) runs it",
+        "dagrun submit --replace dag.json  # after an edit: changed tasks and those below re-run"))
 def submit(ctx: typer.Context,
-           plan: str = typer.Argument(..., metavar="PLAN", help="Path of a dag.json."),
+           plan: str = PLAN_ARG,
            replace: bool = typer.Option(False, "--replace", help="Replace the plan of an existing goal: "
                                         "changed tasks and all below them re-run, the rest keeps its results."),
            dry_run: bool = typer.Option(False, "--dry-run", help="Only show what --replace would re-run."),
-           json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
-    """Validate and register a goal; print its id. Idempotent for the same plan."""
-    from ..ops import submit as do_submit
+           json: bool = JSON_OPT):
+    """Validate and register a goal; print its id. Idempotent for the same plan. Warns
+    (stderr) about agents whose command is not on PATH."""
+    from ..agentcheck import plan_warnings
+    from ..edit import submit as do_submit
+    from ..plan import load
+
+    for w in plan_warnings(load(plan)):
+        print(f"dagrun: {w}", file=sys.stderr)
 
     r = do_submit(home_of(ctx), plan, replace=replace, dry_run=dry_run)
     if json:
@@ -56,12 +101,12 @@ def submit(ctx: typer.Context,
         print(f"dagrun: {r.action} goal {r.goal}", file=sys.stderr)
 
 
-@app.command()
+@app.command(rich_help_panel=PLAN_TOOLS, epilog=examples("dagrun diff dag.json"))
 def diff(ctx: typer.Context,
-         plan: str = typer.Argument(..., metavar="PLAN", help="Path of the edited dag.json."),
-         json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+         plan: str = PLAN_ARG,
+         json: bool = JSON_OPT):
     """Show what `submit --replace PLAN` would re-run, keep, add and archive."""
-    from ..ops import submit as do_submit
+    from ..edit import submit as do_submit
 
     r = do_submit(home_of(ctx), plan, dry_run=True)
     if json:

@@ -13,18 +13,22 @@ from __future__ import annotations
 import typer
 
 from . import app
-from .common import home_of
+from .common import GOAL_ARG, PROTOCOL, TASK_ARG, examples, home_of
 
 _PID_HELP = ("Pid of the process that holds the claim (default: the calling script; "
-             "see README 'Workers').")
-_WORKER = typer.Option(None, "--worker", help="The worker name used for the claim.")
+             "see the docs, 'Whose claim is it?').")
+_WORKER = typer.Option(None, "--worker", metavar="NAME", help="The worker name used for the claim.")
+_PID = typer.Option(None, "--pid", metavar="PID", help=_PID_HELP)
 
 
-@app.command()
+@app.command(rich_help_panel=PROTOCOL, epilog=examples(
+    'eval "$(dagrun claim --env add-auth)" || exit   # 0 claimed, 3 nothing ready, 1 goal ended',
+    'dagrun claim --json add-auth | jq -r .prompt_file',
+))
 def claim(ctx: typer.Context,
-          goal: str = typer.Argument(..., help="Goal id."),
-          worker: str = typer.Option(None, "--worker", help="Worker name (default: HOST-PID of the holder)."),
-          pid: int = typer.Option(None, "--pid", help=_PID_HELP),
+          goal: str = GOAL_ARG,
+          worker: str = typer.Option(None, "--worker", metavar="NAME", help="Worker name (default: HOST-PID of the holder)."),
+          pid: int = _PID,
           json: bool = typer.Option(False, "--json", help="Print the claim as JSON: task, attempt, task_dir, "
                                     "prompt_file, stdout_file, stderr_file, output_file, lease, agent, workdir ..."),
           env: bool = typer.Option(False, "--env", help="Print `export DAGRUN_TASK=...` lines for eval "
@@ -40,15 +44,18 @@ def claim(ctx: typer.Context,
                                fmt="json" if json else "env" if env else "id"))
 
 
-@app.command()
+@app.command(rich_help_panel=PROTOCOL, epilog=examples(
+    'dagrun complete "$DAGRUN_GOAL" "$DAGRUN_TASK"                  # output: the claim\'s stdout_file',
+    'claude -p < "$DAGRUN_PROMPT_FILE" | dagrun complete --output - "$DAGRUN_GOAL" "$DAGRUN_TASK"',
+))
 def complete(ctx: typer.Context,
-             goal: str = typer.Argument(..., help="Goal id."),
-             task: str = typer.Argument(..., help="Task id."),
+             goal: str = GOAL_ARG,
+             task: str = TASK_ARG,
              output: str = typer.Option(None, "--output", "-o", metavar="FILE|-",
                                         help="The task's output: a file, or - for stdin "
                                              "(default: what was written to the claim's stdout_file)."),
              worker: str = _WORKER,
-             pid: int = typer.Option(None, "--pid", help=_PID_HELP),
+             pid: int = _PID,
              force: bool = typer.Option(False, "--force", help="Complete even if somebody else holds the claim "
                                         "(recorded in the done marker and the event).")):
     """Mark a claimed task done with its output; dependents become ready."""
@@ -57,14 +64,16 @@ def complete(ctx: typer.Context,
     raise typer.Exit(cmd_complete(home_of(ctx), goal, task, output=output, worker=worker, pid=pid, force=force))
 
 
-@app.command()
+@app.command(rich_help_panel=PROTOCOL, epilog=examples(
+    'dagrun fail "$DAGRUN_GOAL" "$DAGRUN_TASK" --exit-code $? --reason "agent failed"',
+))
 def fail(ctx: typer.Context,
-         goal: str = typer.Argument(..., help="Goal id."),
-         task: str = typer.Argument(..., help="Task id."),
-         reason: str = typer.Option("", "--reason", help="Why (shown by status, kept in the attempt record)."),
-         exit_code: int = typer.Option(None, "--exit-code", help="The agent's exit code, for the record."),
+         goal: str = GOAL_ARG,
+         task: str = TASK_ARG,
+         reason: str = typer.Option("", "--reason", metavar="TEXT", help="Why (shown by status, kept in the attempt record)."),
+         exit_code: int = typer.Option(None, "--exit-code", metavar="N", help="The agent's exit code, for the record."),
          worker: str = _WORKER,
-         pid: int = typer.Option(None, "--pid", help=_PID_HELP),
+         pid: int = _PID,
          force: bool = typer.Option(False, "--force", help="Fail even if somebody else holds the claim "
                                     "(recorded in the attempt record and the event).")):
     """Mark a claimed task failed (it is retried while its retries last)."""
@@ -74,12 +83,14 @@ def fail(ctx: typer.Context,
                               pid=pid, force=force))
 
 
-@app.command()
+@app.command(rich_help_panel=PROTOCOL, epilog=examples(
+    'dagrun heartbeat "$DAGRUN_GOAL" "$DAGRUN_TASK" || kill "$agent"   # 4: stop working on it',
+))
 def heartbeat(ctx: typer.Context,
-              goal: str = typer.Argument(..., help="Goal id."),
-              task: str = typer.Argument(..., help="Task id."),
+              goal: str = GOAL_ARG,
+              task: str = TASK_ARG,
               worker: str = _WORKER,
-              pid: int = typer.Option(None, "--pid", help=_PID_HELP)):
+              pid: int = _PID):
     """Say the holder is alive and working (keeps a cross-host lease; resets stall_timeout).
     Exit 4 when the task was cancelled or the claim is gone: stop working on it."""
     from ..protocol import cmd_heartbeat

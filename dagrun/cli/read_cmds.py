@@ -8,18 +8,29 @@ import time
 import typer
 
 from . import app
-from .common import console, fmt_duration, home_of, is_tty, plain_table, print_json
+from .common import (GOAL_ARG, INSPECT, JSON_OPT, TASK_ARG, clip, columns, complete_goal, examples, fmt_duration,
+                     home_of, is_tty, print_json, term_width, use_color)
+from .live import COLOURS
 
 
-@app.command()
+@app.command(rich_help_panel=INSPECT, epilog=examples(
+    "dagrun status                  # every goal: state, done/total",
+    "dagrun status add-auth         # one goal's tasks (fits the terminal; coloured)",
+    "dagrun status add-auth --json | jq '.tasks[] | select(.state==\"failed\")'"))
 def status(ctx: typer.Context,
-           goal: str = typer.Argument(None, help="A goal id (default: a table of every goal)."),
-           json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
-    """A table of goals, or one goal's tasks with state, attempt, worker, start and duration."""
-    from ..ops import goal_detail, goal_overview
+           goal: str = typer.Argument(None, metavar="GOAL", help="A goal id (default: a table of every goal).",
+                                      autocompletion=complete_goal),
+           json: bool = JSON_OPT):
+    """A table of goals, or one goal's tasks with state, attempt, worker, start and duration.
+    On a terminal the table is cut to its width and states are coloured; elsewhere plain
+    aligned columns (awk-able)."""
+    from ..status import goal_detail, goal_overview
     from ..plan import check_id
 
     home = home_of(ctx)
+    tty = is_tty()
+    width = term_width() if tty else None
+    colour = use_color()
     if goal is None:
         rows = [goal_overview(home, g) for g in home.goals()]
         if json:
@@ -30,29 +41,45 @@ def status(ctx: typer.Context,
             return
         table = [[r["goal"], r["state"], f"{r['counts'].get('done', 0)}/{r['tasks']}",
                   " ".join(f"{k}:{v}" for k, v in r["counts"].items() if k != "done")] for r in rows]
-        _table(table, ["GOAL", "STATE", "DONE", "OTHER"])
+        for line in columns(table, ["GOAL", "STATE", "DONE", "OTHER"], width=width, shrink=[(3, 8), (0, 12), (3, 0), (0, 4)],
+                            colours=[COLOURS.get(r["state"]) for r in rows], colour_col=1, on=colour):
+            print(line)
         return
     check_id("goal", goal)
     d = goal_detail(home, goal)
     if json:
         print_json(d)
         return
-    table = []
+    table, states = [], []
+    today = time.strftime("%Y-%m-%d", time.gmtime())
     for r in d["tasks"]:
         state = r["state"]
+        states.append(COLOURS.get(state))
         if state == "blocked" and r.get("blocked_by"):
             state = f"blocked by {r['blocked_by']}"
-        started = (r.get("started") or "-")[:19].replace("T", " ")
+        started = r.get("started") or ""
+        if not started:
+            started = "-"
+        elif started[:10] == today:
+            started = started[11:19]                   # UTC, like the event log
+        else:
+            started = started[5:10] + " " + started[11:16]
         note = r.get("reason") or ""
         if r.get("retry_at"):
             note = f"retry at {r['retry_at'][11:19]}: {note}"
         table.append([r["task"], state, str(r["attempt"] or "-"), r.get("worker") or "-", started,
-                      fmt_duration(r.get("duration")), note[:60]])
-    _table(table, ["TASK", "STATE", "ATTEMPT", "WORKER", "STARTED", "DURATION", "NOTE"])
+                      fmt_duration(r.get("duration")), " ".join(note.split())])
+    # on a terminal, what gives way: a long note, the worker, the state's "by X", a long task
+    # id (down to 16), then the note and the task id further
+    for line in columns(table, ["TASK", "STATE", "TRY", "WORKER", "STARTED", "TIME", "NOTE"], width=width,
+                        shrink=[(6, 24), (3, 8), (1, 12), (0, 16), (6, 12), (0, 8), (6, 4), (3, 4), (6, 0)],
+                        colours=states, colour_col=1, on=colour):
+        print(line)
     c = d["counts"]
-    print(f"goal {goal}: {d['state']} (" + ", ".join(f"{v} {k}" for k, v in c.items()) + ")")
+    fit = (lambda s: clip(s, width)) if width else (lambda s: s)
+    print(fit(f"goal {goal}: {d['state']} (" + ", ".join(f"{v} {k}" for k, v in c.items()) + ")"))
     for line in _summary_lines(d.get("summary")):
-        print("  " + line)
+        print(fit("  " + line))
 
 
 def _summary_lines(s: dict | None) -> list[str]:
@@ -72,19 +99,6 @@ def _summary_lines(s: dict | None) -> list[str]:
     return out
 
 
-def _table(rows, header):
-    if not is_tty():
-        plain_table(rows, header)
-        return
-    from rich.table import Table
-    t = Table(box=None, header_style="bold", pad_edge=False)
-    for h in header:
-        t.add_column(h)
-    for r in rows:
-        t.add_row(*[str(v) for v in r])
-    console().print(t)
-
-
 def _task_args(ctx, goal: str, task: str):
     from ..errors import NotFound
     from ..plan import check_id
@@ -98,10 +112,12 @@ def _task_args(ctx, goal: str, task: str):
     return home
 
 
-@app.command()
+@app.command(rich_help_panel=INSPECT, epilog=examples(
+    "dagrun output add-auth review",
+    "dagrun output add-auth implement > implement.md"))
 def output(ctx: typer.Context,
-           goal: str = typer.Argument(..., help="Goal id."),
-           task: str = typer.Argument(..., help="Task id.")):
+           goal: str = GOAL_ARG,
+           task: str = TASK_ARG):
     """Print a done task's output (what its agent wrote to stdout)."""
     from ..errors import NotFound
     from ..lifecycle import marker_of
@@ -116,27 +132,46 @@ def output(ctx: typer.Context,
     sys.stdout.flush()
 
 
-@app.command()
+@app.command(rich_help_panel=INSPECT, epilog=examples(
+    "dagrun logs add-auth implement            # stderr of the running or latest attempt",
+    "dagrun logs add-auth implement -f         # keep printing while it runs",
+    "dagrun logs add-auth test --attempt 1 --stdout"))
 def logs(ctx: typer.Context,
-         goal: str = typer.Argument(..., help="Goal id."),
-         task: str = typer.Argument(..., help="Task id."),
-         attempt: int = typer.Option(None, "--attempt", min=1, help="A given attempt (default: the latest)."),
+         goal: str = GOAL_ARG,
+         task: str = TASK_ARG,
+         attempt: int = typer.Option(None, "--attempt", min=1, metavar="N", help="A given attempt (default: the latest)."),
          stdout: bool = typer.Option(False, "--stdout", help="Show the attempt's stdout instead of its stderr."),
          follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing while the attempt runs.")):
-    """Print a task's stderr (the running attempt's, or the latest finished one's)."""
+    """Print a task's stderr (the running attempt's, or the latest finished one's). An
+    attempt that wrote nothing prints nothing (exit 0)."""
     from ..errors import NotFound
-    from ..lifecycle import latest_attempt
+    from ..status import goal_detail
 
     home = _task_args(ctx, goal, task)
-    n = attempt or latest_attempt(home, goal, task)[0]
-    if not n:
+    row = next((r for r in goal_detail(home, goal)["tasks"] if r["task"] == task), None)
+    running = os.path.isdir(home.claim_dir(goal, task))
+    latest = int((row or {}).get("attempt") or 0)
+    if not latest:
         raise NotFound(f"{goal}/{task} has not started yet: no logs")
-    path = home.attempt_path(goal, task, n, "out" if stdout else "err")
-    fd = home.open_task_file(path)            # follows no symlink out of the home
-    if fd is None and stdout:
-        fd = home.open_task_file(home.output_path(goal, task))
+    n = attempt or latest
+    if n > latest:
+        raise NotFound(f"{goal}/{task} has {latest} attempt{'s' if latest != 1 else ''}: no attempt {n}")
+    ext, name = ("out", "stdout") if stdout else ("err", "stderr")
+    paths = []
+    if n == latest and running:
+        paths.append(os.path.join(home.claim_dir(goal, task), name))
+    paths.append(home.attempt_path(goal, task, n, ext))
+    if n == latest and not running:
+        paths.append(home.output_path(goal, task) if stdout else home.stderr_path(goal, task))
+    fd = None
+    for p in paths:
+        fd = home.open_task_file(p)            # follows no symlink out of the home
+        if fd is not None:
+            break
     if fd is None:
-        raise NotFound(f"{goal}/{task}: attempt {n} has no {'stdout' if stdout else 'stderr'} file")
+        if is_tty(sys.stderr):
+            print(f"dagrun: {goal}/{task}: attempt {n} wrote no {name}", file=sys.stderr)
+        return
     out = sys.stdout.buffer
     with os.fdopen(fd, "rb") as f:
         while True:

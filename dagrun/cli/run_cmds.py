@@ -6,18 +6,23 @@ import sys
 
 import typer
 
+from ..errors import one_line
 from . import app
-from .common import fmt_event, home_of, is_tty
+from .common import POLL_OPT, RUN, WORKER_NAME, LogLine, complete_goal, examples, fmt_event, home_of, is_tty
 
 
 def _resolve(ctx, target: str, replace: bool) -> str:
     """A path to a plan (submitted if needed) or the id of a submitted goal."""
     from ..errors import UsageError
-    from ..ops import submit
+    from ..edit import submit
     from ..plan import valid_id
 
     home = home_of(ctx)
     if os.path.isfile(target):
+        from ..agentcheck import plan_warnings
+        from ..plan import load
+        for w in plan_warnings(load(target)):
+            print(f"dagrun: {w}", file=sys.stderr)
         return submit(home, target, replace=replace).goal
     if valid_id(target) and home.has_goal(target):
         return target
@@ -28,19 +33,29 @@ def _resolve(ctx, target: str, replace: bool) -> str:
     raise UsageError(f"no plan file and no goal named {target!r} under {home.root}")
 
 
-@app.command()
+@app.command(rich_help_panel=RUN, epilog=examples(
+    "dagrun run examples/add-auth/dag.json     # submit and run; Ctrl-C stops, run again resumes",
+    "dagrun run add-auth -j 8                   # a submitted goal, 8 agents at once",
+    "dagrun run --replace dag.json              # after editing the plan: re-run what changed"))
 def run(ctx: typer.Context,
-        target: str = typer.Argument(..., metavar="PLAN|GOAL", help="A dag.json (submitted if needed) or a goal id."),
-        jobs: int = typer.Option(None, "-j", "--jobs", min=1, help="Agents at once (default: the plan's max_parallel, else 4)."),
-        name: str = typer.Option(None, "--worker", "--name", help="Worker name in claims and events (default: HOST-PID)."),
-        poll: float = typer.Option(None, "--poll", min=0.01, metavar="SECONDS",
-                                   help="Poll the files every SECONDS instead of inotify (for NFS)."),
+        target: str = typer.Argument(..., metavar="PLAN|GOAL", help="A dag.json (submitted if needed) or a goal id.",
+                                     autocompletion=complete_goal),
+        jobs: int = typer.Option(None, "-j", "--jobs", min=1, metavar="N",
+                                 help="Agents at once (default: the plan's max_parallel, else 4)."),
+        name: str = typer.Option(None, *WORKER_NAME, metavar="NAME",
+                                 help="Worker name in claims and events (default: HOST-PID)."),
+        poll: float = POLL_OPT,
         replace: bool = typer.Option(False, "--replace", help="If the goal exists with another plan, replace it (see submit)."),
-        quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output; only the final line.")):
+        quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output; only the final line."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print what would start, in order (every task "
+                                     "succeeding), and exit: starts nothing, submits nothing, writes nothing.")):
     """Submit if needed, then run the goal in the foreground until it ends; resumes an
     interrupted goal (done work is never redone)."""
+    if dry_run:
+        _dry_run(ctx, target, jobs)
+        return
     from ..engine import Engine
-    from ..ops import goal_detail
+    from ..status import goal_detail
 
     home = home_of(ctx)
     goal = _resolve(ctx, target, replace)
@@ -83,17 +98,44 @@ def run(ctx: typer.Context,
                     by_root.setdefault(r.get("blocked_by") or "?", []).append(r["task"])
             for root, tasks in by_root.items():
                 print(f"  blocked by {root}: {' '.join(tasks)}")
+            if failed:
+                plan_arg = target if os.path.isfile(target) else "PLAN"
+                print(f"dagrun: to run the failed and cancelled tasks again: dagrun retry {goal} "
+                      f"(then: dagrun run {goal}); after editing the plan: dagrun run --replace {plan_arg}",
+                      file=sys.stderr)
     raise typer.Exit(rc)
 
 
-@app.command()
+def _dry_run(ctx, target: str, jobs: int | None) -> None:
+    from .. import plan as planmod
+    from ..dryrun import dry_run
+    from ..errors import UsageError
+    from ..plan import valid_id
+
+    home = home_of(ctx)
+    if os.path.isfile(target):
+        plan = planmod.load(target)
+    elif valid_id(target) and home.has_goal(target):
+        plan = home.load_plan(target)
+    else:
+        raise UsageError(f"no plan file and no goal named {target!r} under {home.root}")
+    steps = dry_run(home, plan, jobs=jobs or plan.max_parallel or 4)
+    for s in steps:
+        print(f"{s.wave}\t{s.goal}/{s.task}\t{s.agent}")
+    waves = steps[-1].wave if steps else 0
+    print(f"dry run: {len(steps)} task(s) would start in {waves} wave(s); nothing was started", file=sys.stderr)
+
+
+@app.command(rich_help_panel=RUN, epilog=examples(
+    "dagrun worker -j 4                       # daemon (systemd): every goal, until SIGTERM",
+    "dagrun worker --until-idle -j 4          # cron: run what is ready, exit when idle (silent if idle)",
+    "dagrun init --systemd                    # the units, with this dagrun's path"))
 def worker(ctx: typer.Context,
-           jobs: int = typer.Option(4, "-j", "--jobs", min=1, help="Agents at once, over all goals."),
+           jobs: int = typer.Option(4, "-j", "--jobs", min=1, metavar="N", help="Agents at once, over all goals."),
            until_idle: bool = typer.Option(False, "--until-idle", help="Exit 0 once nothing this worker can run is "
                                            "ready or running (for cron)."),
-           name: str = typer.Option(None, "--name", "--worker", help="Worker name (default: HOST-PID)."),
-           poll: float = typer.Option(None, "--poll", min=0.01, metavar="SECONDS",
-                                      help="Poll every SECONDS instead of inotify (homes on NFS)."),
+           name: str = typer.Option(None, *WORKER_NAME, metavar="NAME", help="Worker name (default: HOST-PID)."),
+           poll: float = POLL_OPT,
            rescan: float = typer.Option(10.0, "--rescan", min=0.1, metavar="SECONDS",
                                         help="Full rescan of the files at least this often (safety net)."),
            lease: float = typer.Option(None, "--lease", min=1.0, metavar="SECONDS",
@@ -103,7 +145,9 @@ def worker(ctx: typer.Context,
                                             help="Keep a Prometheus textfile at PATH up to date (see `dagrun "
                                                  "metrics`), plus the state-bus lag this worker observes."),
            metrics_every: float = typer.Option(15.0, "--metrics-every", min=0.1, metavar="SECONDS",
-                                               help="How often --metrics rewrites the file.")):
+                                               help="How often --metrics rewrites the file."),
+           verbose: bool = typer.Option(False, "-v", "--verbose", help="With --until-idle: log the start and "
+                                        "exit lines even when there was nothing to do.")):
     """Serve every goal under the home: the daemon for systemd, or --until-idle for cron.
     Logs one line per event of its own to stderr."""
     from ..engine import Engine, default_worker_name
@@ -115,22 +159,25 @@ def worker(ctx: typer.Context,
         from ..metrics import WorkerMetrics
         wm = WorkerMetrics(home, metrics_path, me)
 
+    log = LogLine(quiet=until_idle and not verbose)
+
     def on_event(e):
         if wm is not None:
             wm.observe(e)
         if e.get("worker") == me or e.get("type", "").endswith("goal.finished"):
-            _stderr_log(fmt_event(e))
-    eng = Engine(home, worker=me, jobs=jobs, until_idle=until_idle, poll=poll, log=_stderr_log,
+            log.event(e)
+    eng = Engine(home, worker=me, jobs=jobs, until_idle=until_idle, poll=poll, log=log,
                  on_event=on_event, rescan_every=rescan, lease=lease, tick=wm, tick_every=metrics_every)
-    _stderr_log(f"worker {me} serving {home.root} with -j {jobs}" + (" until idle" if until_idle else ""))
+    log.start(f"worker {me} serving {home.root} with -j {jobs}" + (" until idle" if until_idle else ""))
     rc = eng.run()
-    _stderr_log(f"worker {me} exiting: " + ("idle" if rc == 0 else f"stopped by signal {rc - 128}" if rc > 128
-                                            else f"exit {rc}"))
+    if log.said or rc != 0:       # an idle cron run that did nothing stays silent
+        log(f"worker {me} exiting: " + ("idle" if rc == 0 else f"stopped by signal {rc - 128}" if rc > 128
+                                        else f"exit {rc}"), 6 if rc in (0, 130, 143) else 3)
     raise typer.Exit(rc)
 
 
 def _stderr_log(msg: str) -> None:
     try:
-        print(f"dagrun: {msg}", file=sys.stderr, flush=True)
+        print(f"dagrun: {one_line(msg)}", file=sys.stderr, flush=True)
     except OSError:
         pass

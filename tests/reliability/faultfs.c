@@ -1,21 +1,32 @@
 /* faultfs.so: an LD_PRELOAD shim that makes file-system mutations under one folder fail,
  * the way a full or failing disk does. Compiled by tests/reliability/test_faults.py.
  *
- *   FAULT_DIR=/abs/path    only paths (and fds of files) under this folder are affected;
- *                          paths containing "/.spare/" are never counted (a background pool)
+ * Only the dagrun process itself is affected: the first process that loads the shim without
+ * FAULT_PID set records its pid in FAULT_PID (inherited by everything it starts); any other
+ * process -- its agents, which inherit LD_PRELOAD, or a forked child before exec -- sees a
+ * different getpid() and the shim does nothing there (no fault, no count, no trace). So the
+ * indices below are the dagrun process's own mutations, whatever its agents do.
+ *
+ *   FAULT_DIR=/abs/path    only paths (and fds of files) under this folder are affected,
+ *                          including the spare pool under .spare/
  *   FAULT_ERRNO=ENOSPC|EIO the error to inject (default ENOSPC)
  *   FAULT_FLAG=/abs/file   while this file exists, every mutation under FAULT_DIR fails
- *   FAULT_AT=n             the n-th mutation under FAULT_DIR fails (once); FAULT_COUNT=file
- *                          receives the number of mutations seen when the process exits;
- *                          FAULT_LOG=file gets "n path" appended for the failed one
- *   FAULT_TRACE=file       gets "n path" appended for every counted mutation
+ *   FAULT_AT=n             the n-th mutation of the main thread fails (once)
+ *   FAULT_BG_AT=n          the n-th mutation of the other threads (the spare-pool fillers,
+ *                          whose order against the main thread depends on timing) fails (once)
+ *   FAULT_LOG=file         gets "n kind path" appended for the failed one ("bgN" for FAULT_BG_AT)
+ *   FAULT_TRACE=file       gets "n kind path" appended for every counted mutation
  *   FAULT_SHORT=1          a faulted write(2) first writes half of its bytes and returns that
  *                          short count (what a disk with a little space left does)
  *
- * Mutations: open/openat with O_CREAT or write access, write/pwrite, mkdir, rename(at)(2),
- * link(at), fsync. Reads, unlink and rmdir are left alone (a full disk still lets you delete).
+ * Mutations and their kinds: open/openat with O_CREAT ("create") or other write access
+ * ("open-w"), write/pwrite ("write", or "append" on an O_APPEND fd), ftruncate ("truncate"),
+ * fsync ("fsync"), mkdir ("mkdir"), rename/renameat/renameat2 ("rename"), link/linkat ("link"),
+ * utimensat on a path ("utime"). Reads, unlink and rmdir are left alone (a full disk still
+ * lets you delete).
  */
 #define _GNU_SOURCE
+#pragma GCC diagnostic ignored "-Wnonnull-compare"   /* utimensat(fd, NULL, ...) is legal */
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -27,38 +38,43 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 static const char *dir;
 static size_t dirlen;
 static const char *flag;
-static long at = -1;
-static long seen;
+static long at = -1, bg_at = -1;
+static long seen, bg_seen;
 static int err_no = ENOSPC;
+static pid_t target;
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 
-static void report(void) {
-    const char *out = getenv("FAULT_COUNT");
-    if (!out) return;
-    char buf[64];
-    int n = snprintf(buf, sizeof buf, "%ld\n", seen);
-    int fd = (int)syscall(SYS_openat, AT_FDCWD, out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd >= 0) { (void)syscall(SYS_write, fd, buf, n); close(fd); }
-}
-
 __attribute__((constructor)) static void init(void) {
+    const char *p = getenv("FAULT_PID");
+    if (p && *p) {
+        target = (pid_t)atol(p);
+    } else {
+        char buf[32];
+        target = getpid();
+        snprintf(buf, sizeof buf, "%ld", (long)target);
+        setenv("FAULT_PID", buf, 1);    /* before main: Python's os.environ carries it */
+    }
     dir = getenv("FAULT_DIR");
     dirlen = dir ? strlen(dir) : 0;
     flag = getenv("FAULT_FLAG");
     const char *a = getenv("FAULT_AT");
     if (a) at = atol(a);
+    const char *b = getenv("FAULT_BG_AT");
+    if (b) bg_at = atol(b);
     const char *e = getenv("FAULT_ERRNO");
     if (e && strcmp(e, "EIO") == 0) err_no = EIO;
-    if (getenv("FAULT_COUNT")) atexit(report);
 }
 
+static int active(void) { return dir && getpid() == target; }
+
 static int under(const char *path) {
-    if (!dir || !path) return 0;
+    if (!path) return 0;
     char abs[PATH_MAX];
     if (path[0] != '/') {
         if (!getcwd(abs, sizeof abs)) return 0;
@@ -70,90 +86,91 @@ static int under(const char *path) {
     return 1;
 }
 
-static int fd_under(int fd, char *buf, size_t len) {
+static int fd_path(int fd, char *buf, size_t len) {
     char link[64];
     snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
     ssize_t n = readlink(link, buf, len - 1);
     if (n <= 0) return 0;
     buf[n] = 0;
-    return under(buf);
+    return 1;
+}
+
+static void note(const char *env, const char *prefix, long k, const char *kind, const char *path) {
+    const char *out = getenv(env);
+    if (!out) return;
+    char buf[PATH_MAX + 64];
+    int n = snprintf(buf, sizeof buf, "%s%ld %s %s\n", prefix, k, kind, path);
+    int fd = (int)syscall(SYS_openat, AT_FDCWD, out, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd >= 0) { (void)syscall(SYS_write, fd, buf, n); close(fd); }
 }
 
 /* 1 if this mutation must fail (errno set) */
-static int fault(const char *path) {
-    if (!under(path)) return 0;
+static int fault(const char *kind, const char *path) {
+    if (!active() || !under(path)) return 0;
     if (flag) {
         struct stat st;
         if (syscall(SYS_newfstatat, AT_FDCWD, flag, &st, 0) == 0) { errno = err_no; return 1; }
     }
-    if (strstr(path, "/.spare/")) return 0;
-    if (at < 0) return 0;
+    int main_thread = (pid_t)syscall(SYS_gettid) == target;
     pthread_mutex_lock(&mu);
-    long k = ++seen;
+    long k = main_thread ? ++seen : ++bg_seen;
     pthread_mutex_unlock(&mu);
-    const char *tr = getenv("FAULT_TRACE");
-    if (tr) {
-        char buf[PATH_MAX + 32];
-        int n = snprintf(buf, sizeof buf, "%ld %s\n", k, path);
-        int fd = (int)syscall(SYS_openat, AT_FDCWD, tr, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-        if (fd >= 0) { (void)syscall(SYS_write, fd, buf, n); close(fd); }
-    }
-    if (k == at) {
-        const char *log = getenv("FAULT_LOG");
-        if (log) {
-            char buf[PATH_MAX + 32];
-            int n = snprintf(buf, sizeof buf, "%ld %s\n", k, path);
-            int fd = (int)syscall(SYS_openat, AT_FDCWD, log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-            if (fd >= 0) { (void)syscall(SYS_write, fd, buf, n); close(fd); }
-        }
+    note("FAULT_TRACE", main_thread ? "" : "bg", k, kind, path);
+    if ((main_thread && k == at) || (!main_thread && k == bg_at)) {
+        note("FAULT_LOG", main_thread ? "" : "bg", k, kind, path);
         errno = err_no;
         return 1;
     }
     return 0;
 }
 
-static int fd_fault(int fd) {
+static int fd_fault(const char *kind, int fd) {
     char p[PATH_MAX];
-    if (!fd_under(fd, p, sizeof p)) return 0;
-    return fault(p);
+    if (!active() || !fd_path(fd, p, sizeof p)) return 0;
+    return fault(kind, p);
 }
 
 #define REAL(ret, name, ...) static ret (*real_##name)(__VA_ARGS__); \
     if (!real_##name) real_##name = dlsym(RTLD_NEXT, #name)
 
 static int wants_write(int flags) { return (flags & O_CREAT) || (flags & O_ACCMODE) != O_RDONLY; }
+static const char *open_kind(int flags) { return (flags & O_CREAT) ? "create" : "open-w"; }
+static const char *write_kind(int fd) {
+    int fl = (int)syscall(SYS_fcntl, fd, F_GETFL);
+    return (fl >= 0 && (fl & O_APPEND)) ? "append" : "write";
+}
 
 int open(const char *path, int flags, ...) {
     REAL(int, open, const char *, int, ...);
     mode_t mode = 0;
     if (flags & (O_CREAT | O_TMPFILE)) { va_list ap; va_start(ap, flags); mode = va_arg(ap, mode_t); va_end(ap); }
-    if (wants_write(flags) && fault(path)) return -1;
+    if (wants_write(flags) && fault(open_kind(flags), path)) return -1;
     return real_open(path, flags, mode);
 }
 int open64(const char *path, int flags, ...) {
     REAL(int, open64, const char *, int, ...);
     mode_t mode = 0;
     if (flags & (O_CREAT | O_TMPFILE)) { va_list ap; va_start(ap, flags); mode = va_arg(ap, mode_t); va_end(ap); }
-    if (wants_write(flags) && fault(path)) return -1;
+    if (wants_write(flags) && fault(open_kind(flags), path)) return -1;
     return real_open64(path, flags, mode);
 }
 int openat(int dfd, const char *path, int flags, ...) {
     REAL(int, openat, int, const char *, int, ...);
     mode_t mode = 0;
     if (flags & (O_CREAT | O_TMPFILE)) { va_list ap; va_start(ap, flags); mode = va_arg(ap, mode_t); va_end(ap); }
-    if (dfd == AT_FDCWD && wants_write(flags) && fault(path)) return -1;
+    if (dfd == AT_FDCWD && wants_write(flags) && fault(open_kind(flags), path)) return -1;
     return real_openat(dfd, path, flags, mode);
 }
 int openat64(int dfd, const char *path, int flags, ...) {
     REAL(int, openat64, int, const char *, int, ...);
     mode_t mode = 0;
     if (flags & (O_CREAT | O_TMPFILE)) { va_list ap; va_start(ap, flags); mode = va_arg(ap, mode_t); va_end(ap); }
-    if (dfd == AT_FDCWD && wants_write(flags) && fault(path)) return -1;
+    if (dfd == AT_FDCWD && wants_write(flags) && fault(open_kind(flags), path)) return -1;
     return real_openat64(dfd, path, flags, mode);
 }
 ssize_t write(int fd, const void *buf, size_t n) {
     REAL(ssize_t, write, int, const void *, size_t);
-    if (fd > 2 && fd_fault(fd)) {
+    if (fd > 2 && fd_fault(write_kind(fd), fd)) {
         const char *sh = getenv("FAULT_SHORT");
         if (sh && *sh == '1' && n > 1) return real_write(fd, buf, n / 2);
         return -1;
@@ -162,41 +179,56 @@ ssize_t write(int fd, const void *buf, size_t n) {
 }
 ssize_t pwrite64(int fd, const void *buf, size_t n, off_t off) {
     REAL(ssize_t, pwrite64, int, const void *, size_t, off_t);
-    if (fd > 2 && fd_fault(fd)) return -1;
+    if (fd > 2 && fd_fault("write", fd)) return -1;
     return real_pwrite64(fd, buf, n, off);
+}
+int ftruncate(int fd, off_t len) {
+    REAL(int, ftruncate, int, off_t);
+    if (fd > 2 && fd_fault("truncate", fd)) return -1;
+    return real_ftruncate(fd, len);
+}
+int ftruncate64(int fd, off_t len) {
+    REAL(int, ftruncate64, int, off_t);
+    if (fd > 2 && fd_fault("truncate", fd)) return -1;
+    return real_ftruncate64(fd, len);
 }
 int fsync(int fd) {
     REAL(int, fsync, int);
-    if (fd_fault(fd)) return -1;
+    if (fd_fault("fsync", fd)) return -1;
     return real_fsync(fd);
 }
 int mkdir(const char *path, mode_t mode) {
     REAL(int, mkdir, const char *, mode_t);
-    if (fault(path)) return -1;
+    if (fault("mkdir", path)) return -1;
     return real_mkdir(path, mode);
 }
 int rename(const char *a, const char *b) {
     REAL(int, rename, const char *, const char *);
-    if (fault(b)) return -1;
+    if (fault("rename", b)) return -1;
     return real_rename(a, b);
 }
 int renameat(int da, const char *a, int db, const char *b) {
     REAL(int, renameat, int, const char *, int, const char *);
-    if (db == AT_FDCWD && fault(b)) return -1;
+    if (db == AT_FDCWD && fault("rename", b)) return -1;
     return real_renameat(da, a, db, b);
 }
 int renameat2(int da, const char *a, int db, const char *b, unsigned int fl) {
     REAL(int, renameat2, int, const char *, int, const char *, unsigned int);
-    if (db == AT_FDCWD && fault(b)) return -1;
+    if (db == AT_FDCWD && fault("rename", b)) return -1;
     return real_renameat2(da, a, db, b, fl);
 }
 int link(const char *a, const char *b) {
     REAL(int, link, const char *, const char *);
-    if (fault(b)) return -1;
+    if (fault("link", b)) return -1;
     return real_link(a, b);
 }
 int linkat(int da, const char *a, int db, const char *b, int fl) {
     REAL(int, linkat, int, const char *, int, const char *, int);
-    if (db == AT_FDCWD && fault(b)) return -1;
+    if (db == AT_FDCWD && fault("link", b)) return -1;
     return real_linkat(da, a, db, b, fl);
+}
+int utimensat(int dfd, const char *path, const struct timespec times[2], int fl) {
+    REAL(int, utimensat, int, const char *, const struct timespec *, int);
+    if (dfd == AT_FDCWD && path && fault("utime", path)) return -1;
+    return real_utimensat(dfd, path, times, fl);
 }

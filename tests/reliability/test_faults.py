@@ -20,7 +20,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -60,41 +62,70 @@ def _one_error_line(stderr: str, errname: str) -> str | None:
 
 
 # ------------------------------------------------------------------------------ a fault at every step
-def fault_trial(base: Path, ref: H.Reference, so: str, n: int, errname: str, short: bool = False) -> list[str]:
-    """Fail the n-th mutation of `dagrun run`, then run again without faults and check."""
+@dataclass
+class FaultTrial:
+    n: int                  # the n-th mutation of the dagrun process (FAULT_AT), or of its background threads
+    errname: str
+    short: bool
+    bg: bool = False
+    kind: str = ""          # what was faulted: create, write, append, rename, mkdir, ... ("" = nothing)
+    path: str = ""
+    exit: int | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def mode(self) -> str:
+        return f"{self.errname}{' short write' if self.short else ''}"
+
+
+def fault_trial(base: Path, ref: H.Reference, so: str, n: int, errname: str, short: bool = False,
+                bg: bool = False) -> FaultTrial:
+    """Fail the n-th mutation of `dagrun run` (bg: of its spare-pool threads), then run again
+    without faults and check. The shim must have injected the fault: a trial where it did not
+    is a problem, not a pass."""
+    tr = FaultTrial(n, errname, short, bg)
     if base.exists():
         shutil.rmtree(base)
     base.mkdir(parents=True)
     log = base / "ran.log"
     plan = H.make_plan(base / "plan", log)
     home = base / "home"
-    env = fault_env(so, base, FAULT_AT=n, FAULT_ERRNO=errname, FAULT_LOG=base / "fault.log",
-                    **({"FAULT_SHORT": 1} if short else {}))
+    env = fault_env(so, base, **{"FAULT_BG_AT" if bg else "FAULT_AT": n}, FAULT_ERRNO=errname,
+                    FAULT_LOG=base / "fault.log", **({"FAULT_SHORT": 1} if short else {}))
     first = H.dagrun(["run", plan], home, env)
-    problems = []
-    what = (base / "fault.log").read_text().strip() if (base / "fault.log").exists() else "(no fault)"
+    tr.exit = first.returncode
+    problems = tr.problems
+    flog = base / "fault.log"
+    if flog.exists():
+        _n, tr.kind, tr.path = flog.read_text().splitlines()[0].split(" ", 2)
+    what = f"{tr.kind} {tr.path}" if tr.kind else "(no fault injected)"
+    tag = f"{'bg ' if bg else ''}n={n} {tr.mode} ({what})"
+    if not tr.kind:
+        problems.append(f"{tag}: the shim injected no fault (exit {first.returncode})")
     if first.returncode not in (0, 5):
-        return [f"n={n} ({what}): exited {first.returncode}: {first.stderr.strip()[-400:]}"]
+        problems.append(f"{tag}: exited {first.returncode}: {first.stderr.strip()[-400:]}")
+        return tr
     if first.returncode == 5:
         bad = _one_error_line(first.stderr, errname)
         if bad:
-            problems.append(f"n={n} ({what}): {bad}")
+            problems.append(f"{tag}: {bad}")
     left = agents_of(home)
     if left:
-        problems.append(f"n={n} ({what}): agents still running after exit {first.returncode}: {left}")
+        problems.append(f"{tag}: agents still running after exit {first.returncode}: {left}")
     tdir = home / "goals" / H.GOAL / "tasks"
     done_before = {t for t in H.TASKS if (tdir / t / "done").exists()}
     log_before = H._log_lines(log)
     for t in done_before:   # consistent right after the failure: a done task has its output
         if (tdir / t / "output").read_bytes() != ref.outputs[t]:
-            problems.append(f"n={n} ({what}): {t} is done but its output is wrong")
+            problems.append(f"{tag}: {t} is done but its output is wrong")
     again = H.dagrun(["run", plan], home)
     if again.returncode != 0:
-        return problems + [f"n={n} ({what}): the run after the fault exited {again.returncode}: "
-                           f"{again.stderr.strip()[-400:]} {H.diagnose(home)}"]
-    problems += [f"n={n} ({what}): {p}" for p in
+        problems.append(f"{tag}: the run after the fault exited {again.returncode}: "
+                        f"{again.stderr.strip()[-400:]} {H.diagnose(home)}")
+        return tr
+    problems += [f"{tag}: {p}" for p in
                  H.check_home(home, ref, log, log_before, done_before, dead_pids={first.pid})]
-    return problems
+    return tr
 
 
 @pytest.fixture(scope="module")
@@ -102,58 +133,86 @@ def ref(tmp_path_factory):
     return H.reference_run(tmp_path_factory.mktemp("ref"), "run")
 
 
-def _count(so: str, tmp: Path) -> list[str]:
-    """The mutations a clean run makes under its folder, in order (paths)."""
+def _count(so: str, tmp: Path) -> list[tuple[str, str]]:
+    """The mutations a clean run of the dagrun process makes under its folder, in order:
+    (kind, path) of its main thread (the indices of FAULT_AT)."""
     base = tmp / "count"
     base.mkdir()
     plan = H.make_plan(base / "plan", base / "ran.log")
     r = H.dagrun(["run", plan], base / "home", fault_env(so, base, FAULT_AT=0, FAULT_TRACE=base / "trace"))
     assert r.returncode == 0, r.stderr
-    return [ln.split(" ", 1)[1] for ln in (base / "trace").read_text().splitlines()]
+    out = []
+    for ln in (base / "trace").read_text().splitlines():
+        n, kind, path = ln.split(" ", 2)
+        if not n.startswith("bg"):
+            out.append((kind, path))
+    return out
 
 
-def _sweep(tmp_path, ref, so, ns, errname, short=False):
+def _run_trials(tmp_path, ref, so, plan: list[tuple]) -> list[FaultTrial]:
+    """plan: (n, errname, short[, bg]) per trial, three at a time."""
     with ThreadPoolExecutor(3) as pool:
-        res = list(pool.map(lambda i_n: fault_trial(tmp_path / f"f{i_n[0]}", ref, so, i_n[1], errname, short),
-                            enumerate(ns)))
-    problems = [p for r in res for p in r]
-    assert not problems, f"{len(problems)} problems over {len(ns)} fault points:\n" + "\n".join(problems[:30])
+        return list(pool.map(lambda ip: fault_trial(tmp_path / f"f{ip[0]}", ref, so, *ip[1]), enumerate(plan)))
+
+
+def coverage(trials: list[FaultTrial]) -> str:
+    """Per mode: how many trials, and which kinds of mutation were faulted how often."""
+    by_mode: dict[str, Counter] = {}
+    for t in trials:
+        by_mode.setdefault(t.mode, Counter())[t.kind or "NOT INJECTED"] += 1
+    return "; ".join(f"{m} x{sum(c.values())}: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items()))
+                     for m, c in by_mode.items())
+
+
+def _check(trials: list[FaultTrial], name: str, total: int) -> None:
+    problems = [p for t in trials for p in t.problems]
+    line = (f"{len(trials)} trials over {total} mutations, "
+            f"{sum(bool(t.kind) for t in trials)} injected, {len(problems)} problems; {coverage(trials)}")
+    print(f"{name}: {line}")
+    out = os.environ.get("DAGRUN_RELIABILITY_REPORT")
+    if out:
+        with open(out, "a") as f:
+            f.write(f"{name}: {line}\n")
+    assert not problems, f"{len(problems)} problems over {len(trials)} fault points:\n" + "\n".join(problems[:30])
 
 
 def _kind(path: str) -> str:
     s = re.sub(r"^.*/home", "", path)
     s = re.sub(r"\.new-[^/]+", ".new", s)
     s = re.sub(r"\.\d+\.tmp$", ".tmp", s)
+    s = re.sub(r"/\.spare/\d+-\d+/[a-z]+\d+", "/.spare/P/S", s)
     return re.sub(r"tasks/[^/]+", "tasks/T", s)
 
 
 def test_enospc_at_each_kind_of_commit_step(tmp_path, ref, faultfs):
-    """One fault per kind of mutation of a task's claim and commit (paths with task ids and
-    pids normalised); test_fault_at_every_step (slow) does every mutation."""
+    """One fault per kind of mutation (kind x path, task ids and pids normalised) of a task's
+    claim, capture, commit -- and of the spare files that stand in for its temps;
+    test_fault_at_every_step (slow) does every mutation."""
     kinds: dict[str, int] = {}
-    for i, p in enumerate(_count(faultfs, tmp_path), 1):
-        k = _kind(p)
-        if "/tasks/T" in k:
+    for i, (kind, p) in enumerate(_count(faultfs, tmp_path), 1):
+        k = f"{kind} {_kind(p)}"
+        if "/tasks/T" in k or "/.spare/" in k:
             kinds.setdefault(k, i)
-    _sweep(tmp_path, ref, faultfs, sorted(kinds.values()), "ENOSPC")
+    _check(_run_trials(tmp_path, ref, faultfs, [(n, "ENOSPC", False) for n in sorted(kinds.values())]),
+           "fault-quick", len(kinds))
+
+
+MODES = [("ENOSPC", False), ("EIO", False), ("ENOSPC", True)]
 
 
 @pytest.mark.slow
 def test_fault_at_every_step(tmp_path, ref, faultfs):
-    """A mutation of a clean run fails once, in turn: ENOSPC, EIO, and ENOSPC after a short
-    write (part of the bytes reached the disk). CI: every 5th mutation, the error cycling;
-    DAGRUN_FAULT_FULL=1: every mutation with each of the three."""
+    """Every mutation of the dagrun process in a clean run (main thread, spare files included)
+    fails once, the mode rotating with n: ENOSPC, EIO, ENOSPC after a short write (part of the
+    bytes reached the disk); plus the first mutations of the spare-pool threads in each mode.
+    Every trial must inject its fault. DAGRUN_FAULT_FULL=1: every mutation in all three modes."""
     n = len(_count(faultfs, tmp_path))
-    kinds = [("ENOSPC", False), ("EIO", False), ("ENOSPC", True)]
     if os.environ.get("DAGRUN_FAULT_FULL") not in (None, "", "0"):
-        plan = [(k, e, sh) for k in range(1, n + 2) for e, sh in kinds]
+        plan = [(k, e, sh) for k in range(1, n + 1) for e, sh in MODES]
     else:
-        plan = [(k, *kinds[(k // 5) % 3]) for k in range(1, n + 2, 5)]
-    with ThreadPoolExecutor(3) as pool:
-        res = list(pool.map(lambda ip: fault_trial(tmp_path / f"f{ip[0]}", ref, faultfs, *ip[1]), enumerate(plan)))
-    problems = [p for r in res for p in r]
-    print(f"fault at every step: {len(plan)} trials over {n} mutations, {len(problems)} problems")
-    assert not problems, f"{len(problems)} problems over {len(plan)} fault points:\n" + "\n".join(problems[:30])
+        plan = [(k, *MODES[k % 3]) for k in range(1, n + 1)]
+    plan += [(k, e, sh, True) for k in (1, 2, 3) for e, sh in MODES]
+    _check(_run_trials(tmp_path, ref, faultfs, plan), "fault-every-step", n)
 
 
 # ------------------------------------------------------------------------------ the disk fills up
@@ -239,8 +298,8 @@ def test_a_short_write_never_leaves_half_an_event_line(tmp_path, faultfs):
     trace_base.mkdir()
     r = H.dagrun(["run", plan], trace_base / "home", fault_env(faultfs, trace_base, FAULT_AT=0, FAULT_TRACE=tmp_path / "trace"))
     assert r.returncode == 0
-    appends = [int(ln.split(" ", 1)[0]) for ln in (tmp_path / "trace").read_text().splitlines()
-               if ln.endswith("events.jsonl") and "/.new-" not in ln]
+    appends = [int(n) for n, kind, path in (ln.split(" ", 2) for ln in (tmp_path / "trace").read_text().splitlines())
+               if kind == "append" and path.endswith("events.jsonl") and "/.new-" not in path]
     base = tmp_path / "f"
     base.mkdir()
     for n in appends[1:6:2]:

@@ -17,7 +17,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+import re
+
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -27,6 +29,15 @@ from dagrun import plan as planmod  # noqa: E402
 from dagrun.errors import PlanError  # noqa: E402
 
 SHOWN = "dag.json"
+# Under mutmut (run with DAGRUN_MUTMUT=1) each mutant re-runs these tests: fewer examples, and no
+# `dagrun run` subprocesses, which mutmut's in-process mutants do not reach anyway.
+MUTMUT = bool(os.environ.get("DAGRUN_MUTMUT"))
+
+
+def _examples(n: int) -> int:
+    return min(n, 40) if MUTMUT else n
+# what must never reach an error line raw (errors.one_line escapes it)
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 ids = st.one_of(
     st.sampled_from(["a", "b", "c", "d", "e", "x.y", "t-1", "T_2", "0"]),
@@ -89,7 +100,7 @@ def _check(raw: bytes, tmp: str) -> None:
         p = planmod.parse(raw, shown=SHOWN, source=os.path.join(tmp, "dag.json"), default_goal="dag")
     except PlanError as e:
         msg = str(e)
-        assert "\n" not in msg and msg.startswith(SHOWN), msg
+        assert not CONTROL.search(msg) and msg.startswith(SHOWN), msg
         return
     _sound(p)
 
@@ -111,8 +122,12 @@ def _sound(p: planmod.Plan) -> None:
     assert again.canonical() == p.canonical()
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=_examples(250), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(doc=plan_docs())
+# pinned: names with control characters in JSON paths (found by chance 4 runs in 26 before)
+@example(doc={"defaults": {"a\nb": 1}, "tasks": [{"id": "a", "prompt": "p", "agent": "true"}]})
+@example(doc={"tasks": [{"id": "a", "prompt": "p", "agent": "true", "x\u2028\x1b[2J": 1}]})
+@example(doc={"goal": "g\r", "tasks": [{"id": "a\tb", "prompt": "p", "agent": "true"}]})
 def test_validation_of_random_plans_never_crashes(doc, tmp_path_factory):
     tmp = str(tmp_path_factory.getbasetemp())
     raw = json.dumps(doc, allow_nan=True).encode("utf-8", "surrogatepass")
@@ -126,7 +141,7 @@ def test_validation_of_random_plans_never_crashes(doc, tmp_path_factory):
     assert p.tasks
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=_examples(300), deadline=None)
 @given(data=st.data())
 def test_validation_of_mangled_bytes_never_crashes(data, tmp_path_factory):
     tmp = str(tmp_path_factory.getbasetemp())
@@ -186,6 +201,8 @@ def expected_states(tasks: list[dict]) -> dict[str, str]:
                                                                  HealthCheck.function_scoped_fixture])
 @given(spec=runnable_plans())
 def test_accepted_small_plans_run_to_completion(spec, tmp_path_factory):
+    if MUTMUT:
+        return                              # runs the installed dagrun: not what mutmut mutates
     tasks, top = spec
     base = tmp_path_factory.mktemp("prop")
     p = write_plan(base / "plan", tasks, **top)

@@ -260,3 +260,69 @@ def test_no_secret_of_the_environment_is_written_anywhere(home, plans, tmp_path)
     for name, value in secrets.items():
         for t in texts:
             assert value not in t, f"{name} was written somewhere"
+
+
+# ------------------------------------------------------------------ symlinked goal folder, attempts/, events.jsonl
+def _snapshot(folder: Path) -> dict[str, tuple]:
+    out = {}
+    for p in [folder, *folder.rglob("*")]:
+        st = p.lstat()
+        out[str(p.relative_to(folder))] = (st.st_mode, st.st_size, st.st_mtime_ns, p.read_bytes() if p.is_file() else b"")
+    return out
+
+
+def _one_line_refusal(r, code=5):
+    assert r.returncode == code, (r.returncode, r.stderr)
+    assert len(r.stderr.splitlines()) == 1 and "symbolic link" in r.stderr, r.stderr
+
+
+def test_a_symlinked_goal_folder_is_refused_by_every_command(home, plans, tmp_path):
+    """goals/<g> replaced by a link to a goal folder elsewhere (another user's, or one an agent
+    made): no command reads or writes through it; the worker skips it with one warning."""
+    p = write_plan(plans, [{"id": "a", "prompt": "p", "agent": "echo a"}, {"id": "b", "prompt": "p", "deps": ["a"]}],
+                   goal="gl", defaults={"agent": "echo ok"})
+    run("submit", p, home=home)
+    outside = tmp_path / "outside-goal"
+    (home / "goals" / "gl").rename(outside)
+    (home / "goals" / "gl").symlink_to(outside)
+    before = _snapshot(outside)
+    for argv in (["run", "gl"], ["run", p], ["submit", p], ["status", "gl"], ["events", "gl"], ["claim", "gl"],
+                 ["cancel", "gl"], ["retry", "gl", "a"], ["output", "gl", "a"], ["logs", "gl", "a"]):
+        _one_line_refusal(run(*argv, home=home, check=False))
+    r = run("worker", "--until-idle", home=home)
+    assert sum("symbolic link" in ln for ln in r.stderr.splitlines()) == 1, r.stderr
+    assert _snapshot(outside) == before
+    assert (home / "goals" / "gl").is_symlink()
+
+
+def test_a_symlinked_attempts_folder_is_never_written_or_listed(home, plans, tmp_path):
+    """An agent replaces its task's attempts/ by a link to a folder elsewhere: no attempt record,
+    output or prompt is written there, and status/logs do not list it."""
+    outside = tmp_path / "outside-attempts"
+    outside.mkdir()
+    (outside / "1.json").write_text('{"outcome": "done", "attempt": 1}')
+    plant = f'ln -s {outside} "$DAGRUN_TASK_DIR/attempts"; echo x; exit 3'
+    p = write_plan(plans, [{"id": "a", "prompt": "p", "agent": plant, "retries": 1, "retry_backoff": 0}], goal="at")
+    before = _snapshot(outside)
+    _one_line_refusal(run("run", p, home=home, check=False))
+    assert _snapshot(outside) == before
+    for argv in (["status", "at"], ["logs", "at", "a"], ["run", "at"]):
+        _one_line_refusal(run(*argv, home=home, check=False))
+    assert _snapshot(outside) == before
+    _no_leak(home)
+
+
+def test_a_symlinked_events_log_is_never_appended_or_read(home, plans, tmp_path):
+    victim = tmp_path / "victim.log"
+    victim.write_text("VICTIM-LINE\n")
+    p = write_plan(plans, [{"id": "a", "prompt": "p", "agent": "echo ok"}], goal="ev")
+    run("submit", p, home=home)
+    log = home / "goals" / "ev" / "events.jsonl"
+    log.unlink()
+    log.symlink_to(victim)
+    r = run("run", "ev", home=home, check=5)
+    assert len(r.stderr.splitlines()) == 1 and "symbolic links" in r.stderr, r.stderr
+    assert victim.read_text() == "VICTIM-LINE\n"
+    r = run("events", "ev", home=home, check=5)
+    assert "VICTIM" not in r.stdout and len(r.stderr.splitlines()) == 1, r.stderr
+    assert not [x for x in home.rglob("*") if x.is_file() and not x.is_symlink() and b"VICTIM" in x.read_bytes()]

@@ -23,7 +23,11 @@
 # 130/143; the claim dies with this script and any worker puts the task back (attempt
 # recorded as lost, not counted against retries). No lock files: the claim is the lock.
 set -u
-goal=${1:?usage: lobster.sh GOAL}
+if [ $# -ne 1 ] || [ -z "$1" ]; then
+    echo "usage: lobster.sh GOAL   (env: AGENT, DAGRUN, POLL, MAX_TASKS; see the comment at the top)" >&2
+    exit 2
+fi
+goal=$1
 DAGRUN=${DAGRUN:-dagrun}
 POLL=${POLL:-1}
 me=$$                      # the claim's holder: alive as long as this script is

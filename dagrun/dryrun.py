@@ -1,0 +1,62 @@
+"""`dagrun run --dry-run`: what would start, in order, without starting or writing anything.
+
+The scheduler is built from the files exactly as the engine builds it (done tasks stay done,
+a failed one blocks what is below it, max_parallel and on_failure hold), then driven with
+the DryRunner: up to `jobs` ready tasks "start" in the scheduler's order, every attempt
+succeeds at once, and what that unlocks starts in the next wave. Reading the home writes
+nothing (a home or goal that does not exist yet is not created).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from . import fsio
+from . import states as S
+from .errors import Refused
+from .executor import Launch
+from .lifecycle import build_scheduler, scheduler_for
+from .plan import Plan
+from .simrun import DryRunner
+from .store import Home
+
+
+@dataclass(frozen=True)
+class Step:
+    wave: int
+    goal: str
+    task: str
+    agent: str
+    workdir: str
+
+
+def dry_run(home: Home, plan: Plan, *, jobs: int) -> list[Step]:
+    """The order in which `dagrun run` would start plan's tasks with -j jobs, every one
+    succeeding. A goal already under the home is taken from its files (its plan must be this
+    one: a different plan would need `--replace`, which a dry run does not do)."""
+    g = plan.goal
+    if home.has_goal(g):
+        if fsio.read_bytes(home.plan_path(g)) != plan.canonical():
+            raise Refused(f"goal {g!r} already exists with a different plan; `dagrun diff {plan.source}` "
+                          f"shows what a --replace would re-run")
+        sched, _facts = build_scheduler(home, plan)
+    else:
+        sched = scheduler_for(plan)
+    runner = DryRunner()
+    steps: list[Step] = []
+    wave = 0
+    while True:
+        wave += 1
+        started: list[tuple[str, dict]] = []
+        while len(started) < max(1, jobs) and (t := sched.take()) is not None:
+            task = plan.task(t)
+            launch = Launch(agent=task.agent, cwd=task.workdir, env={"DAGRUN_GOAL": g, "DAGRUN_TASK": t},
+                            stdin_path=home.prompt_path(g, t), stdout_path=os.devnull, stderr_path=os.devnull,
+                            run_id="", max_output=task.max_output)
+            started.append((t, runner.start(launch)))
+            steps.append(Step(wave, g, t, task.agent, task.workdir))
+        if not started:
+            return steps
+        for t, h in started:
+            ex = runner.poll(h)
+            sched.finish(t, S.DONE if ex is not None and ex.ok else S.FAILED)

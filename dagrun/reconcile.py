@@ -1,0 +1,254 @@
+"""Reconciliation: how an engine learns of changes it did not make -- other workers, scripts
+(`dagrun complete`), `cancel`, `retry`, plan edits -- and keeps its schedulers true to the
+files. Start-up and periodic rescans rebuild a goal's scheduler from the files (_resync);
+new lines of a goal's events.jsonl are checked against the markers before the scheduler
+believes them (_feed/_apply); claims held by others are watched until they end or their
+holder is provably gone (_check_foreign). A mixin of Engine: it shares the engine's goals,
+runs and timers; the loop itself is in engine.py.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from . import claim as claims
+from . import events as ev
+from . import fsio
+from . import states as S
+from . import transitions as tr
+from .errors import DagrunError, FsError
+from .lifecycle import build_scheduler, latest_attempt, marker_of
+from .plan import Plan
+from .scheduler import Scheduler
+
+FOREIGN_RETRY_GRACE = 1.0  # s: past another worker's retry_at before we requeue without its `ready`
+
+
+@dataclass
+class GoalState:
+    plan: Plan
+    sched: Scheduler
+    reader: ev.Reader
+    stamp: tuple
+    foreign: set = field(default_factory=set)
+    next_rescan: float = 0.0
+    finished: bool = False
+    stopped: bool = False     # on_failure=stop was acted on (stop_goal ran, here or in another
+    #                           process): run it once. What may start is the scheduler's call.
+
+
+class Reconciler:
+    """The engine's side that follows the files (see the module docstring)."""
+
+    def _discover(self) -> None:
+        names = [self.only] if self.only else self.home.goals()
+        for g in names:
+            if g in self.goals:
+                continue
+            try:
+                plan = self.home.load_plan(g)
+            except DagrunError as e:
+                if self.only:
+                    raise
+                self.log(f"warning: skipping goal {g}: {e}")
+                continue
+            fsio.sweep_temps(self.home.goal_dir(g))   # e.g. .summary.json.<pid>.tmp of a killed finisher
+            reader = ev.Reader(self.home.events_path(g))
+            reader.offset = _size(reader.path)        # the past is in the snapshot
+            gs = GoalState(plan=plan, sched=None, reader=reader, stamp=self.home.plan_stamp(g))  # type: ignore[arg-type]
+            self.goals[g] = gs
+            if self.watcher is not None:
+                self.watcher.watch_goal(g)
+            self._resync(gs)
+
+    def _resync(self, gs: GoalState) -> None:
+        """Rebuild the goal's scheduler from the files (start-up, plan change, periodic)."""
+        g = gs.plan.goal
+        t0 = time.monotonic()
+        stamp = self.home.plan_stamp(g)
+        if not stamp:
+            self._drop_goal(g)
+            return
+        if stamp != gs.stamp:
+            try:
+                gs.plan = self.home.load_plan(g)
+            except DagrunError as e:
+                self.log(f"warning: cannot reload the plan of {g}: {e}")
+                return
+            gs.stamp = stamp
+            gs.finished = gs.stopped = False
+        plan = gs.plan
+        sched, facts = build_scheduler(self.home, plan)
+        gs.sched = sched
+        gs.foreign = set()
+        mine = {t for (gg, t) in self.by_task if gg == g}
+        for t in mine:
+            run = self.by_task[(g, t)]
+            f = facts.get(t)
+            if f is not None and f.state == S.CANCELLED:
+                self._stop_run(run, S.CANCELLED, S.CANCELLED)
+            elif f is None or plan.task(t).definition_digest() != run.definition or \
+                    not claims.holds(self.home, g, t, run.claim.nonce):
+                self._stop_run(run, "superseded", "the plan changed or the claim was taken away")
+            if f is not None:
+                # running until its process is reaped, even when being stopped: a second
+                # attempt must not start beside the one still dying (_commit requeues it)
+                sched.start(t)
+        now_wall = time.time()
+        for t, f in facts.items():
+            if f.extra.get("temps"):
+                tdir = self.home.task_dir(g, t)
+                fsio.sweep_temps(tdir)
+                fsio.sweep_temps(os.path.join(tdir, "attempts"))
+            if t in mine:
+                continue
+            if f.state == S.RUNNING:
+                gs.foreign.add(t)
+            elif f.owner is not None or f.claim_mtime:
+                self._sweep_leftover_claim(gs, t, f.owner)
+            if sched.state_of(t) == S.RETRYING:
+                # a retry this worker recorded is announced by whichever of its timers fires
+                # first; another's waits a grace longer for that announcement (one `ready` line)
+                ours = (f.record or {}).get("worker") == self.worker
+                delay = max(0.0, f.retry_at - now_wall) + (0.0 if ours else FOREIGN_RETRY_GRACE)
+                self._add_timer(time.monotonic() + delay, g, t, announce=f.attempt + 1 if ours else 0)
+        gs.stopped = plan.on_failure == "stop" and any(f.state == S.FAILED for f in facts.values())
+        if gs.stopped and any(True for _ in sched.not_started()):
+            # a stop that was cut short (a crash inside stop_goal, or a failure committed by
+            # another process): finish it, or the goal would wait for ever
+            root = next(t for t, f in facts.items() if f.state == S.FAILED)
+            tr.stop_goal(self.home, plan, sched, root, self.worker)
+            self._touched.add(g)
+        cost = time.monotonic() - t0
+        gs.next_rescan = time.monotonic() + max(self.rescan_every, 50 * cost)
+        self._check_ended(gs)
+
+    def _sweep_leftover_claim(self, gs: GoalState, t: str, owner: dict | None) -> None:
+        """A claim beside a done/failed/cancelled marker: its holder committed and died before
+        removing it. Remove it now if the holder is gone (the marker proves the work ended)."""
+        g = gs.plan.goal
+        lease = self._judge_lease(gs.plan)
+        if owner is None or claims.judge(self.home, g, t, owner, lease=lease) is not None:
+            res = claims.break_claim(self.home, g, t, owner.get("nonce") if owner else None,
+                                     lease=lease, grace=0.0)
+            if res is not None:
+                fsio.rmtree(res[2])
+
+    def _drop_goal(self, g: str) -> None:
+        for (gg, _t), run in list(self.by_task.items()):
+            if gg == g:
+                self._stop_run(run, "superseded", "the goal was removed")
+        if not any(gg == g for (gg, _t) in self.by_task):
+            self.goals.pop(g, None)
+            if self.watcher is not None:
+                self.watcher.unwatch_goal(g)
+
+    def _feed(self, gs: GoalState) -> None:
+        resync = False
+        for e in gs.reader.read():
+            if e.get("worker") != self.worker:
+                resync = self._apply(gs, e) or resync
+            self.on_event(e)
+        if resync or self.home.plan_stamp(gs.plan.goal) != gs.stamp:
+            self._resync(gs)
+
+    def _apply(self, gs: GoalState, e: dict) -> bool:
+        """Update the scheduler from another process's event. True: rebuild from the files."""
+        typ = e.get("type")
+        if typ == ev.PLAN_REPLACED:
+            return True
+        if typ != ev.TASK_STATUS:
+            return False
+        t = e.get("task")
+        g = gs.plan.goal
+        if not isinstance(t, str) or not gs.plan.has(t):
+            return False
+        st = e.get("status")
+        sched = gs.sched
+        mine = (g, t) in self.by_task
+        if st == ev.RUNNING:
+            if not mine:
+                sched.start(t)
+                gs.foreign.add(t)
+        elif st in (ev.DONE, ev.FAILED, ev.CANCELLED):
+            m = marker_of(self.home, g, t)
+            if m is None:
+                return False             # reset since then; the files will tell
+            if mine and m == S.CANCELLED:
+                self._stop_run(self.by_task[(g, t)], S.CANCELLED, e.get("reason") or S.CANCELLED)
+            elif mine:     # `dagrun complete/fail --force` over our claim: the agent's work is moot
+                self._stop_run(self.by_task[(g, t)], "superseded", f"{m} with --force by {e.get('worker')}")
+            gs.foreign.discard(t)
+            changes = sched.finish(t, m)
+            if changes is None:
+                return True
+            if m == S.FAILED and gs.plan.on_failure == "stop":
+                gs.stopped = True
+            self._check_ended(gs)
+        elif st == ev.RETRYING:
+            if not mine:
+                sched.retrying(t)
+                gs.foreign.discard(t)
+                when = float(e.get("retry_at") or 0.0)
+                # the worker that recorded the retry announces `ready` when its backoff ends and
+                # we requeue on that line; this timer only matters if that worker is gone
+                self._add_timer(time.monotonic() + max(0.0, when - time.time()) + FOREIGN_RETRY_GRACE, g, t)
+        elif st == ev.READY:
+            s = sched.state_of(t)
+            if not mine and (s == S.RETRYING or (s == S.RUNNING and not os.path.isdir(self.home.claim_dir(g, t)))):
+                gs.foreign.discard(t)
+                sched.requeue(t)
+        elif st == ev.RESET:
+            return True
+        return False
+
+    def _check_foreign(self, gs: GoalState, t: str) -> None:
+        """Is another worker's claim still alive? Break it if its holder is provably gone."""
+        g = gs.plan.goal
+        if gs.sched.state_of(t) != S.RUNNING or (g, t) in self.by_task:
+            gs.foreign.discard(t)
+            return
+        if not os.path.isdir(self.home.claim_dir(g, t)):
+            m = marker_of(self.home, g, t)
+            gs.foreign.discard(t)
+            if m is None:
+                # released without a marker: given back, or failed with a retry left -- then its
+                # backoff holds (we may not have read the `retrying` line yet)
+                rec = latest_attempt(self.home, g, t)[1] or {}
+                wait = float(rec.get("retry_at") or 0.0) - time.time() if not rec.get("final") else 0.0
+                if wait > 0:
+                    gs.sched.retrying(t)
+                    self._add_timer(time.monotonic() + wait + FOREIGN_RETRY_GRACE, g, t)
+                else:
+                    gs.sched.requeue(t)
+            elif gs.sched.finish(t, m) is None:
+                self._resync(gs)
+            else:
+                self._check_ended(gs)
+            return
+        try:
+            reason = tr.break_stale(self.home, gs.plan, t, worker=self.worker, reap=self._reap_orphan,
+                                    lease=self._judge_lease(gs.plan))
+        except (OSError, FsError) as e:     # the disk is full or failing: nothing can progress
+            self._fs_failed(e)
+            return
+        except DagrunError as e:
+            self.log(f"warning: cannot break the stale claim of {g}/{t}: {e}")
+            return
+        if reason is not None:
+            self.log(f"recovered {g}/{t}: {reason}")
+            self._touched.add(g)
+            gs.foreign.discard(t)
+            m = marker_of(self.home, g, t)
+            if m is None:
+                gs.sched.requeue(t)
+            elif gs.sched.finish(t, m) is not None:
+                self._check_ended(gs)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0

@@ -1,0 +1,292 @@
+"""Every task state change goes through here: start, finish (done / failed / retrying),
+an attempt that ended without a verdict, cancel, reset (retry), a lost holder, a stall, the
+goal's end. Each function writes the files in commit order (through lifecycle), appends the
+events -- this module is the only one that appends task and goal events -- and returns the
+Changes the pure scheduler computed (what became ready, blocked, or was cancelled by
+on_failure=stop). The engine, the protocol commands (claim/complete/fail), cancel and retry
+all call it; a caller only decides what to do next (start the ready ones, set timers).
+
+Commit order (see ARCHITECTURE.md): files -> marker (the commit point) -> claim removed ->
+the task's own event -> its consequences' events. A crash anywhere before the marker leaves a
+claim whose holder is dead (broken, attempt recorded lost, run again); after it the marker
+wins. Events are the change feed, never the truth: a lost event is repaired by the rescan.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from . import claim as claims
+from . import events as ev
+from . import fsio
+from . import states as S
+from . import workspace as wsp
+from .errors import DagrunError, os_error
+from .lifecycle import (
+    Claim,
+    break_if_stale,
+    capture_workspace,
+    commit_done,
+    commit_failure,
+    mark_cancelled,
+    marker_of,
+    record_unfinished,
+)
+from .plan import Plan
+from .proc import BOOT_ID, HOST, is_alive
+from .scheduler import Scheduler
+from .store import Home, as_int, dumps, loads
+
+
+@dataclass
+class Changes:
+    """What a transition did to the rest of the goal, as the scheduler computed it."""
+    ready: list[str] = field(default_factory=list)              # became ready
+    blocked: list[tuple[str, str]] = field(default_factory=list)  # (task, root that blocks it)
+    cancelled: list[str] = field(default_factory=list)          # cancelled by on_failure=stop
+    rebuild: bool = False     # outside the scheduler's incremental rules: rebuild from the files
+
+    def extend(self, other: "Changes") -> None:
+        self.ready += other.ready
+        self.blocked += other.blocked
+        self.cancelled += other.cancelled
+        self.rebuild = self.rebuild or other.rebuild
+
+
+@dataclass
+class Finished:
+    """The result of finish(): the done marker's body or the attempt record, and the changes."""
+    outcome: str              # done | failed | retrying
+    record: dict
+    changes: Changes
+
+
+def _changes(home: Home, g: str, sched_changes, worker: str) -> Changes:
+    """Announce what a terminal transition unlocked or blocked (the first entry is the task
+    itself, announced by the caller with its details) and return it."""
+    ch = Changes()
+    if sched_changes is None:
+        ch.rebuild = True
+        return ch
+    for tid, state, root in sched_changes[1:]:
+        if state == S.READY:
+            ev.status(home, g, tid, ev.READY, worker=worker)
+            ch.ready.append(tid)
+        elif state == S.BLOCKED:
+            cause = S.CANCELLED if marker_of(home, g, root) == S.CANCELLED else S.FAILED
+            ev.emit(home, g, ev.TASK_BLOCKED, task=tid, reason=f"{cause} dependency", blocked_by=root, worker=worker)
+            ch.blocked.append((tid, root))
+    return ch
+
+
+# ---------------------------------------------------------------------------------- start
+def started(home: Home, c: Claim, *, worker: str, **fields) -> None:
+    """The claim is held and the agent runs (its owner.json is published): `running`."""
+    ev.status(home, c.goal, c.task, ev.RUNNING, attempt=c.attempt, worker=worker, **fields)
+
+
+# ---------------------------------------------------------------------------------- finish
+def finish(home: Home, plan: Plan, sched: Scheduler, c: Claim, *, ok: bool, worker: str,
+           ended: float | None = None, outcome: str = S.FAILED, exit_code: int | None = None,
+           signal: int | None = None, reason: str = "", output_data: bytes | None = None,
+           forced: dict | None = None, fields: dict | None = None, stop_handled: bool = False,
+           announce_ready: bool = False, final: bool | None = None) -> Finished:
+    """An attempt ended with a verdict. ok: publish output, stderr.log and `done`; else record
+    the attempt (`failed` when no retry is left, `retrying` otherwise). Then the events and
+    the scheduler's consequences. A final failure under on_failure=stop cancels what has
+    not started (unless `stop_handled`: this process already did, or another one does).
+
+    forced: {"forced_by", "held_by"} of a `--force` complete/fail (marker, record and event).
+    fields: more fields for the task's own event (first_byte, strays_killed, ...).
+    announce_ready: a retry without backoff is announced `ready` at once (a script's `fail`:
+    nobody else would say so).
+    final: True fails the task for good whatever its retries (a workspace conflict).
+
+    With a code workspace, ok first commits the worktree (lifecycle.capture_workspace); if
+    that fails the attempt fails with git's reason instead (and is retried like any failure)."""
+    g, t = c.goal, c.task
+    ended = time.time() if ended is None else ended
+    forced = forced or {}
+    if ok:
+        why = capture_workspace(home, plan, c)
+        if why is not None:
+            ok, outcome, reason = False, S.FAILED, why
+            exit_code = 0 if exit_code is None else exit_code
+    if ok:
+        body = commit_done(home, plan, c, ended=ended, exit_code=exit_code if exit_code is not None else 0,
+                           output_data=output_data, **forced)
+        ev.status(home, g, t, ev.DONE, attempt=c.attempt, worker=worker, duration=body["duration"], exit_code=0,
+                  output_bytes=body["output_bytes"], **(fields or {}), **forced)
+        return Finished(S.DONE, body, _changes(home, g, sched.finish(t, S.DONE), worker))
+    rec = commit_failure(home, plan, c, outcome=outcome, ended=ended, exit_code=exit_code, signal=signal,
+                         reason=reason, final=final, **forced)
+    common = dict(attempt=c.attempt, worker=worker, duration=rec["duration"], exit_code=rec.get("exit_code"),
+                  signal=rec.get("signal"), reason=rec.get("reason"), outcome=rec["outcome"])
+    if rec["final"]:
+        ev.status(home, g, t, ev.FAILED, **common, **forced)
+        ch = _changes(home, g, sched.finish(t, S.FAILED), worker)
+        if not ch.rebuild and sched.stop_on_failure and not stop_handled:
+            ch.extend(stop_goal(home, plan, sched, t, worker))
+        return Finished(S.FAILED, rec, ch)
+    ev.status(home, g, t, ev.RETRYING, **common, retry_at=rec["retry_at"], **forced)
+    sched.retrying(t)
+    if announce_ready and float(rec.get("retry_at") or 0) <= time.time():
+        ev.status(home, g, t, ev.READY, attempt=c.attempt + 1, worker=worker,
+                  reason=f"attempt {c.attempt}: {rec['reason']}")
+    return Finished(S.RETRYING, rec, Changes())
+
+
+def interrupted(home: Home, sched: Scheduler | None, c: Claim, *, outcome: str, reason: str, worker: str,
+                announce: bool = True) -> None:
+    """An attempt that ended without a verdict (cancelled, superseded by a plan edit,
+    interrupted by a stop or a failing disk): recorded, not counted against `retries`; the
+    claim is released. Unless it was cancelled the task is ready again (announced when
+    `announce`)."""
+    g, t = c.goal, c.task
+    record_unfinished(home, g, t, c.attempt, outcome=outcome, reason=reason, worker=worker,
+                      started=c.owner.get("since"), captures_from=home.claim_dir(g, t))
+    claims.release(home, g, t)
+    if outcome == S.CANCELLED:
+        return
+    if announce:
+        ev.status(home, g, t, ev.READY, attempt=c.attempt + 1, worker=worker,
+                  reason=f"attempt {c.attempt}: {reason}")
+    if sched is not None:
+        sched.requeue(t)
+
+
+def retry_due(home: Home, g: str, t: str, *, attempt: int, worker: str) -> None:
+    """A retry's backoff ended: the task is ready again (announced by the worker that recorded
+    the retry)."""
+    ev.status(home, g, t, ev.READY, attempt=attempt, worker=worker, reason="retry backoff ended")
+
+
+def stalled(home: Home, c: Claim, *, reason: str, worker: str) -> None:
+    """No output and no heartbeat for stall_timeout: announced before the attempt is stopped
+    (its ending is then a normal finish with outcome `stalled`)."""
+    ev.emit(home, c.goal, ev.TASK_BLOCKED, task=c.task, reason=reason, attempt=c.attempt, worker=worker)
+
+
+# ---------------------------------------------------------------------------------- lost
+def break_stale(home: Home, plan: Plan, t: str, *, worker: str, lease: float | None = None,
+                reap=None) -> str | None:
+    """Break t's claim if its holder is provably gone (lifecycle.break_if_stale: the orphan
+    is reaped, the attempt recorded `lost`), then announce the task ready. Returns the reason,
+    or None when the claim is live (or gone)."""
+    res = break_if_stale(home, plan, t, worker=worker, lease=lease, reap=reap)
+    if res is None:
+        return None
+    reason, attempt, ended = res
+    if ended is None:
+        ev.status(home, plan.goal, t, ev.READY, attempt=attempt + 1, worker=worker, reason=f"claim broken: {reason}")
+    return reason
+
+
+# ---------------------------------------------------------------------------------- control
+def cancel(home: Home, sched: Scheduler, g: str, t: str, *, by: str, reason: str,
+           repeat: bool = False) -> tuple[bool, Changes]:
+    """Cancel one task: the `cancelled` marker (unless it is done or cancelled already), the
+    event, and the dependents it blocks. repeat: announce an existing cancel again (an earlier
+    cancel died between its marker and its event). Returns (newly marked, changes)."""
+    new = mark_cancelled(home, g, t, by=by, reason=reason)
+    if new:
+        ev.status(home, g, t, ev.CANCELLED, worker=by, reason=reason)
+    elif repeat:
+        ev.status(home, g, t, ev.CANCELLED, worker=by, reason=reason, repeated=True)
+    return new, _changes(home, g, sched.finish(t, S.CANCELLED) or [], by)
+
+
+def stop_goal(home: Home, plan: Plan, sched: Scheduler, root: str, worker: str) -> Changes:
+    """on_failure=stop: everything not started yet is cancelled, naming the failed task."""
+    out = Changes()
+    reason = f"goal stopped: {root} failed (on_failure=stop)"
+    for tid in list(sched.not_started()):
+        new, ch = cancel(home, sched, plan.goal, tid, by=worker, reason=reason)
+        if new:
+            out.cancelled.append(tid)
+        out.extend(ch)
+    return out
+
+
+def reset(home: Home, g: str, t: str, *, by: str, reason: str, **fields) -> None:
+    """The task's marker was taken away (retry) or its folder archived (forced re-run): it
+    is pending again; engines rebuild the goal from the files on this line."""
+    ev.status(home, g, t, ev.RESET, worker=by, reason=reason, **fields)
+
+
+def plan_replaced(home: Home, g: str, *, by: str, **fields) -> None:
+    ev.emit(home, g, ev.PLAN_REPLACED, worker=by, **fields)
+
+
+# ---------------------------------------------------------------------------------- the goal
+def end_goal_if_finished(home: Home, plan: Plan, sched: Scheduler, worker: str) -> dict | None:
+    """When nothing can run any more, publish summary.json exactly once (link(2) is
+    exclusive) and let the winner announce agent.goal.finished."""
+    if not sched.is_finished():
+        return None
+    if os.path.exists(home.summary_path(plan.goal)):
+        announce_if_lost(home, plan.goal, worker)   # its writer may have died before announcing it
+        return None     # already written: the analysis reads every task's files
+    from .summary import build_summary
+    summary = build_summary(home, plan, sched)
+    me = claims.new_owner(worker, 0, kind="finisher")
+    summary["finisher"] = {k: me[k] for k in ("worker", "host", "boot_id", "pid", "pid_start", "nonce")}
+    try:
+        won = fsio.write_atomic(home.summary_path(plan.goal), dumps(summary), exclusive=True)
+    except OSError as e:
+        raise os_error("write", home.summary_path(plan.goal), e) from None
+    if won:
+        ev.emit(home, plan.goal, ev.GOAL_FINISHED, worker=worker, outcome=summary["outcome"],
+                counts=summary["counts"], failed_roots=summary["failed_roots"], finish_id=me["nonce"])
+        integrate_if_asked(home, plan, summary["outcome"], worker)
+    else:
+        announce_if_lost(home, plan.goal, worker)
+    return summary
+
+
+def integrate_if_asked(home: Home, plan: Plan, outcome: str, worker: str) -> None:
+    """workspace.integrate: true -- the finisher merges the task branches once the goal ended
+    with every task done. A conflict or git error is an event, not a failure of the goal
+    (`dagrun integrate` reports the same again)."""
+    if not plan.workspace or not plan.workspace.get("integrate") or outcome != S.DONE:
+        return
+    try:
+        r = wsp.integrate(home, plan)
+        ev.emit(home, plan.goal, ev.GOAL_INTEGRATED, worker=worker, branch=r.branch, head=r.head, merged=r.merged)
+    except DagrunError as e:
+        ev.emit(home, plan.goal, ev.GOAL_INTEGRATED, worker=worker, error=str(e))
+
+
+def announce_if_lost(home: Home, g: str, worker: str) -> bool:
+    """The process that published summary.json died before appending agent.goal.finished
+    (found by the crash-at-every-step tests): append it for it, once. The event carries the
+    summary's finish_id, so a look at the end of events.jsonl tells whether it was written;
+    a finisher that is still alive (between its two steps) is left to do it itself."""
+    s = loads(fsio.read_bytes(home.summary_path(g)))
+    fin = (s or {}).get("finisher") or {}
+    fid = fin.get("nonce")
+    path = home.events_path(g)
+    if not fid or ev.mentions(path, fid, tail=65536):
+        return False
+    if fin.get("host") == HOST and fin.get("boot_id") == BOOT_ID:
+        if is_alive(HOST, BOOT_ID, as_int(fin.get("pid")), fin.get("pid_start") or "?"):
+            return False              # alive: it appends the event itself in a moment
+    else:
+        try:
+            if time.time() - os.stat(home.summary_path(g)).st_mtime < 60.0:
+                return False          # another host: give it a minute
+        except OSError:
+            return False
+    from filelock import FileLock
+    with FileLock(os.path.join(home.goal_dir(g), ".break.lock")):
+        if ev.mentions(path, fid):
+            return False
+        ev.emit(home, g, ev.GOAL_FINISHED, worker=worker, outcome=s.get("outcome"), counts=s.get("counts"),
+                failed_roots=s.get("failed_roots"), finish_id=fid, recovered=True)
+        if s.get("outcome") == S.DONE:          # the dead finisher's automatic integration too
+            try:
+                integrate_if_asked(home, home.load_plan(g), S.DONE, worker)
+            except DagrunError:
+                pass                            # an unreadable plan: `dagrun integrate` says why
+    return True
