@@ -24,6 +24,7 @@ from .lifecycle import (
 from .plan import check_id
 from .presets import shell_command
 from .store import Home, as_int, parse_ts
+from .workspace import CONFLICT
 
 # ====================================================================================== external protocol
 # A script's claim belongs to a process that outlives `dagrun claim`: the calling script (the
@@ -91,19 +92,27 @@ def claim_external(home: Home, g: str, *, worker: str | None, pid: int | None = 
             continue
         if c is None:
             continue
+        if c.conflict is not None:     # code workspace: its prerequisites do not merge
+            tr.finish(home, plan, sched, c, ok=False, worker=worker, outcome=CONFLICT, reason=c.conflict,
+                      final=True)
+            tr.end_goal_if_finished(home, plan, sched, worker)
+            continue
         tr.started(home, c, worker=worker, pid=holder)
         task = plan.task(t)
         cdir = home.claim_dir(g, t)
-        return ExitCode.OK, {
+        info = {
             "goal": g, "task": t, "attempt": c.attempt, "worker": worker, "pid": holder,
             "home": home.root, "task_dir": home.task_dir(g, t), "prompt_file": home.prompt_path(g, t),
             "stdout_file": os.path.join(cdir, "stdout"), "stderr_file": os.path.join(cdir, "stderr"),
             "output_file": home.output_path(g, t), "run_id": c.owner["run_id"], "lease": plan.lease,
             "agent": shell_command(task.agent, task.check, task.check_timeout),   # presets and checks expanded
-            "workdir": task.workdir, "timeout": task.timeout,
+            "workdir": c.workspace.cwd if c.workspace else task.workdir, "timeout": task.timeout,
             # usage_file, raw_file, check_file, heartbeat_file: what the agent hands back (agentio)
             **{k.removeprefix("DAGRUN_").lower(): v for k, v in agent_env(cdir).items()},
         }
+        if c.workspace is not None:    # code workspace: the worktree (workdir is inside it)
+            info["workspace"] = c.workspace.path
+        return ExitCode.OK, info
 
 
 def _held(home: Home, g: str, t: str, *, worker: str | None, pid: int | None, force: bool, what: str):
@@ -175,6 +184,10 @@ def complete(home: Home, g: str, t: str, *, output: str | None, worker: str | No
     done = tr.finish(home, plan, sched, c, ok=True, worker=by, output_data=data, forced=extra,
                      extra=attempt_extra(home.claim_dir(g, t)))     # the agent's $DAGRUN_USAGE_FILE lines
     tr.end_goal_if_finished(home, plan, sched, by)
+    if done.outcome != S.DONE:     # its code workspace could not be committed: the attempt failed
+        then = "it runs again" if done.outcome == S.RETRYING else "no retry is left"
+        raise Refused(f"cannot complete {g}/{t}: {done.record.get('reason')}; the attempt is recorded as "
+                      f"failed ({then})")
     return done.record
 
 

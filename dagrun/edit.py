@@ -14,9 +14,10 @@ from . import fsio
 from . import plan as planmod
 from . import states as S
 from . import transitions as tr
+from . import workspace as wsp
 from .errors import DagrunError, Refused, os_error
 from .plan import Plan
-from .store import Home, loads
+from .store import Home, dumps, loads, loads_obj
 
 
 @dataclass
@@ -46,18 +47,34 @@ class SubmitResult:
     diff: Diff | None = None
 
 
+def load_checked(path: str, home: Home | None = None) -> tuple[Plan, dict | None]:
+    """`dagrun validate`: parse and validate a plan, then check its code workspace against
+    git as submit would (repository, base, clean work tree): (plan, the workspace pin or
+    None). Writes nothing."""
+    plan = planmod.load(path, home.root if home is not None else None)
+    return plan, wsp.check_plan(plan, home.root if home is not None else None)
+
+
 def submit(home: Home, path: str, *, replace: bool = False, dry_run: bool = False, by: str = "submit") -> SubmitResult:
     plan = planmod.load(path, home.root)   # raises PlanError before anything is written (home: presets.json)
     g = plan.goal
     old_raw = home.plan_bytes(g) if os.path.isdir(home.goals_dir) else None
     if old_raw is None:
+        # the code workspace's repository is checked (and its base pinned) only when the goal
+        # is born: resuming it never depends on the state of the user's work tree
+        pinned = wsp.check_plan(plan, home.root)
         if dry_run:
             return SubmitResult(g, "would-create")
         home.ensure()
-        return SubmitResult(g, _create_goal(home, plan, by))
+        return SubmitResult(g, _create_goal(home, plan, by, pinned))
     old = Plan.from_dict(loads(old_raw) or {})
     if old_raw == plan.canonical():
         return SubmitResult(g, "unchanged")
+    pinned = wsp.check_plan(plan, home.root)
+    was = loads_obj(fsio.read_bytes(home.goal_workspace_path(g), follow=False))
+    if pinned and was and was.get("repo") != pinned["repo"]:
+        raise Refused(f"goal {g!r} works in the repository {was.get('repo')}; a plan edit cannot move it to "
+                      f"{pinned['repo']}: submit it under another goal id")
     d = diff(home, old, plan)
     if dry_run:
         return SubmitResult(g, "would-replace", d)
@@ -68,15 +85,17 @@ def submit(home: Home, path: str, *, replace: bool = False, dry_run: bool = Fals
     return SubmitResult(g, "replaced", d)
 
 
-def _create_goal(home: Home, plan: Plan, by: str) -> str:
+def _create_goal(home: Home, plan: Plan, by: str, pinned: dict | None = None) -> str:
     """Build the goal folder under a dot-name and rename it into place: a goal is there
-    whole (plan.json, events.jsonl, tasks/) or not at all."""
+    whole (plan.json, events.jsonl, tasks/, the code workspace's pinned base) or not at all."""
     g = plan.goal
     home.sweep_unborn_goals()
     tmp = home.unborn_goal_dir(g)
     try:
         fsio.makedirs(os.path.join(tmp, "tasks"))
         fsio.write_atomic(os.path.join(tmp, "plan.json"), plan.canonical())
+        if pinned:           # the workspace's base commit, fixed with the goal (workspace.pin)
+            fsio.write_atomic(os.path.join(tmp, os.path.basename(home.goal_workspace_path(g))), dumps(pinned))
         lines = [ev.encode(ev.make(ev.PLAN_CREATED, g, worker=by, tasks=len(plan.tasks), source=plan.source))]
         for t in plan.tasks:
             if not t.deps and not t.soft_deps:

@@ -38,6 +38,7 @@ from .presets import shell_command
 from .reconcile import GoalState, Reconciler
 from .store import Home, loads
 from .watcher import Doorbell, Watcher
+from .workspace import CONFLICT, GIT_REDIRECT
 
 HOUSEKEEPING = 1.0        # s: liveness of other workers' claims, stall checks
 IDLE_RETRY_HORIZON = 60.0  # s: --until-idle waits for a retry due this soon; a later one is the next run's
@@ -337,6 +338,9 @@ class Engine(Reconciler):
             else:
                 gs.foreign.add(t)          # somebody else holds it; the scheduler says running
             return
+        if c.conflict is not None:         # code workspace: its prerequisites do not merge
+            self._finish(gs, c, ok=False, outcome=CONFLICT, reason=c.conflict, final=True)
+            return
         task = plan.task(t)
         if task.cache and self.use_cache and self._serve_cached(gs, c, task):    # the result cache
             return
@@ -350,7 +354,13 @@ class Engine(Reconciler):
         })
         env.update(agent_env(cdir))                # agents: DAGRUN_USAGE_FILE, _RAW_, _CHECK_, _HEARTBEAT_FILE
         agent = shell_command(task.agent, task.check, task.check_timeout)   # agents: presets and checks
-        launch = Launch(agent=agent, cwd=task.workdir, env=env, stdin_path=self.home.prompt_path(g, t),
+        cwd = task.workdir
+        if c.workspace is not None:        # code workspace: run in the task's worktree
+            cwd = c.workspace.cwd
+            env.update(c.workspace.env())
+            for k in GIT_REDIRECT:
+                env.pop(k, None)
+        launch = Launch(agent=agent, cwd=cwd, env=env, stdin_path=self.home.prompt_path(g, t),
                         stdout_path=os.path.join(cdir, "stdout"), stderr_path=os.path.join(cdir, "stderr"),
                         run_id=c.owner["run_id"], max_output=task.max_output)
         now = time.monotonic()
@@ -450,7 +460,8 @@ class Engine(Reconciler):
             if done.outcome == S.DONE and run.task.cache and self.use_cache:
                 self._cache_store(plan, t, done.record)     # after the done marker: only committed results
             return
-        verdict, why = failure_verdict(cdir, exit_reason(ex.describe(), ex.code, run.task.agent, run.task.workdir))
+        verdict, why = failure_verdict(cdir, exit_reason(ex.describe(), ex.code, run.task.agent,
+                                                                c.workspace.cwd if c.workspace else run.task.workdir))
         self._finish(gs, c, ok=False, outcome=run.stop_outcome or verdict, exit_code=ex.code, signal=ex.signal,
                      extra=used, reason=run.stop_reason or why)
 

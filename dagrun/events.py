@@ -25,7 +25,8 @@ PLAN_REPLACED = "agent.plan.replaced"
 TASK_STATUS = "agent.task.status.updated"
 TASK_BLOCKED = "agent.task.blocked"
 GOAL_FINISHED = "agent.goal.finished"
-ALL_TYPES = (PLAN_CREATED, PLAN_REPLACED, TASK_STATUS, TASK_BLOCKED, GOAL_FINISHED)
+GOAL_INTEGRATED = "agent.goal.integrated"    # code workspaces: workspace.integrate at the goal's end
+ALL_TYPES = (PLAN_CREATED, PLAN_REPLACED, TASK_STATUS, TASK_BLOCKED, GOAL_FINISHED, GOAL_INTEGRATED)
 
 # values of "status" in agent.task.status.updated
 from .states import CANCELLED, DONE, FAILED, READY, RETRYING, RUNNING  # noqa: E402,F401

@@ -7,6 +7,8 @@ Success:  claim/stdout -> output (rename)  ->  [retried task: attempts/<n>.* lin
           ->  done (publish)  ->  claim removed  ->  events
 Failure:  attempts/<n>.out|.err|.prompt.md, attempts/<n>.json (publish)  ->  failed (publish,
           only when no retry is left)  ->  claim removed  ->  events
+Code workspaces add one step to each: the task's git worktree is prepared under the claim
+before prompt.md, and what the agent changed is committed (patch, changes.json) before `done`.
 A crash before the marker leaves a claim whose holder is dead: it is broken, the attempt is
 recorded as lost and the task runs again. A crash after the marker: the marker wins, the
 leftover claim is swept, and the task never runs again.
@@ -22,6 +24,7 @@ from typing import Callable
 from . import claim as claims
 from . import fsio
 from . import states as S
+from . import workspace as wsp
 from .errors import DagrunError, Refused, os_error
 from .plan import Plan, Task
 from .proc import HOST
@@ -45,6 +48,9 @@ class Claim:
     attempt: int
     owner: dict
     started: float            # wall clock
+    workspace: "wsp.Prepared | None" = None   # the task's git worktree (code workspaces)
+    conflict: str | None = None   # its prerequisites' commits do not merge: why (the caller
+    #                               ends the attempt with transitions.finish, outcome CONFLICT)
 
     @property
     def nonce(self) -> str:
@@ -78,7 +84,12 @@ def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: i
     when it is None that is judged from their markers. The engine passes
     publish_owner=False and publishes owner.json itself once the agent runs, with the
     runner's handle in it (one file instead of two: inode creation is the costly part).
-    `owner_extra`: more fields for owner.json (a script's claim records the definition)."""
+    `owner_extra`: more fields for owner.json (a script's claim records the definition).
+
+    Code workspaces: the task's git worktree is prepared (workspace.prepare) between the
+    history check and the prompt, which says where it is. If its prerequisites' commits do
+    not merge, the claim comes back held with `conflict` set and no prompt: the caller ends
+    the attempt (transitions.finish, outcome workspace.CONFLICT, final)."""
     g = plan.goal
     tdir = home.task_dir(g, t)
     if not claims.acquire(home, g, t):
@@ -105,7 +116,19 @@ def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: i
     owner.update(owner_extra or {})
     c = Claim(g, t, attempt, owner, time.time())
     try:
-        text = render_prompt(home, plan, plan.task(t), record, state_of)
+        # the code workspace: a git worktree with the prerequisites' commits merged in
+        c.workspace = wsp.prepare(home, plan, t)
+    except wsp.Conflict as e:       # never starts from a wrong snapshot: the caller fails it
+        c.conflict = str(e)         # for good (claim held, no prompt rendered)
+        return c
+    except DagrunError:
+        claims.release(home, g, t)
+        raise
+    except OSError as e:
+        claims.release(home, g, t)
+        raise os_error("prepare the workspace of", tdir, e) from None
+    try:
+        text = render_prompt(home, plan, plan.task(t), record, state_of, c.workspace)
         fsio.write_atomic(home.prompt_path(g, t), text.encode("utf-8", "surrogateescape"))
     except OSError as e:
         claims.release(home, g, t)
@@ -138,7 +161,7 @@ def run_id(home: Home, g: str, t: str, attempt: int) -> str:
 
 
 def render_prompt(home: Home, plan: Plan, task: Task, record: dict | None,
-                  state_of: Callable[[str], str] | None) -> str:
+                  state_of: Callable[[str], str] | None, workspace: "wsp.Prepared | None" = None) -> str:
     g = plan.goal
     ups = []
     for dep, soft in [(d, False) for d in task.deps] + [(d, True) for d in task.soft_deps]:
@@ -151,7 +174,8 @@ def render_prompt(home: Home, plan: Plan, task: Task, record: dict | None,
                 # edit, forced retry) after the caller looked: never run on a vanished input
                 raise Stale(f"{g}/{dep} is no longer done")
             data, size = got or (b"", 0)
-            ups.append(Upstream(dep, S.DONE, data, size, out, soft))
+            ups.append(Upstream(dep, S.DONE, data, size, out, soft,
+                                wsp.diffstat(home, g, dep) if plan.workspace else None))
         else:
             ups.append(Upstream(dep, state, None, 0, out, soft))
     note = None
@@ -163,7 +187,8 @@ def render_prompt(home: Home, plan: Plan, task: Task, record: dict | None,
             tail = chk["tail"]
         note = failure_note(n, record["outcome"], record.get("exit_code"), tail, task.timeout,
                             check=" ".join(task.check) if task.check and chk else None)
-    return render(task.prompt, ups, task.context_limit, note)
+    return render(task.prompt, ups, task.context_limit, note,
+                  wsp.prompt_note(workspace) if workspace is not None else None)
 
 
 def _tail(home: Home, path: str, nbytes: int) -> str:
@@ -188,6 +213,19 @@ def _tail(home: Home, path: str, nbytes: int) -> str:
 
 
 # ---------------------------------------------------------------------------------- ending
+def capture_workspace(home: Home, plan: Plan, c: Claim) -> str | None:
+    """Before the done marker (transitions.finish): commit what the agent changed in its
+    worktree and publish `patch` and changes.json (workspace.capture). Returns why that
+    failed (the attempt then fails instead), or None."""
+    if not plan.has(c.task) or not wsp.uses(plan, plan.task(c.task)):
+        return None
+    try:
+        wsp.capture(home, plan, c.task)
+    except DagrunError as e:
+        return f"could not commit the workspace: {e}"
+    return None
+
+
 def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: int | None = 0,
                 output_from: str | None = None, output_data: bytes | None = None,
                 forced_by: str | None = None, held_by: str | None = None, extra: dict | None = None) -> dict:
@@ -309,7 +347,7 @@ def backoff(task: Task, failures: int) -> float:
 def commit_failure(home: Home, plan: Plan, c: Claim, *, outcome: str, ended: float,
                    exit_code: int | None = None, signal: int | None = None, reason: str = "",
                    prev_failures: int | None = None, forced_by: str | None = None,
-                   held_by: str | None = None, extra: dict | None = None) -> dict:
+                   held_by: str | None = None, extra: dict | None = None, final: bool | None = None) -> dict:
     """Record a failed attempt; write `failed` when no retry is left. Returns the record
     (record["final"] tells which). `extra`: more fields for the record and the marker
     (the attempt's `usage`)."""
@@ -320,7 +358,7 @@ def commit_failure(home: Home, plan: Plan, c: Claim, *, outcome: str, ended: flo
         prev_failures = as_int(prev.get("failures", 0)) if prev else 0
     counted = outcome in COUNTED
     failures = prev_failures + (1 if counted else 0)
-    final = counted and failures > task.retries
+    final = counted and failures > task.retries if final is None else final
     rec = {
         "attempt": c.attempt, "outcome": outcome, "exit_code": exit_code, "signal": signal,
         "reason": reason, "worker": c.owner.get("worker"), "started": now_iso(c.started),
@@ -446,9 +484,10 @@ def build_scheduler(home: Home, plan: Plan, now: float | None = None) -> tuple[S
 
 def scheduler_for(plan: Plan, initial: dict[str, str] | None = None) -> Scheduler:
     """The plan's scheduler with the plan's rules for what may start (max_parallel,
-    on_failure=stop): the one place that hands plan fields to the scheduler."""
+    on_failure=stop, the files mutex of code workspaces): the one place that hands plan
+    fields to the scheduler."""
     return Scheduler(plan.tasks, initial, max_parallel=plan.max_parallel,
-                     stop_on_failure=plan.on_failure == "stop")
+                     stop_on_failure=plan.on_failure == "stop", files=plan.files_of)
 
 
 def mark_cancelled(home: Home, g: str, t: str, *, by: str, reason: str) -> bool:

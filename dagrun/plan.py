@@ -20,6 +20,7 @@ import orjson
 from . import presets
 from .errors import PlanError
 from .scheduler import CycleError, topo_order
+from .wsrules import check_glob
 
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_PLAN_BYTES = 64 * 1024 * 1024
@@ -92,6 +93,9 @@ TASK_FIELDS: dict[str, F] = {
     "priority": F("integer", "Higher runs first among ready tasks (ties: longest path to the end first).",
                   lo=-1_000_000, hi=1_000_000, default=0),
     "description": F("text", "Free text for people; ignored by dagrun."),
+    "workspace": F("boolean", "false: this task touches no code and runs without a git worktree (when the plan has a workspace).",
+                   default=True),
+    "files": F("globs", "Repository paths (globs, ** for any depth) this task may edit: tasks whose globs overlap never run at the same time."),
     **KNOBS,
 }
 
@@ -105,7 +109,18 @@ TOP_FIELDS: dict[str, F] = {
                     choices=("continue", "stop"), default="continue"),
     "lease": F("number", "Seconds without heartbeat after which a claim held from another host is stale.",
                gt=0, hi=MAX_SECONDS, default=DEFAULT_LEASE),
+    "workspace": F("workspace", "Code workspace: every task runs in its own git worktree of `repo` (relative to the plan's folder), "
+                   "starting from `base` with its prerequisites' commits merged in."),
     "tasks": F("tasks", "The sub-goals."),
+}
+
+WORKSPACE_FIELDS: dict[str, F] = {
+    "repo": F("string", "The git repository, relative to the plan's folder."),
+    "base": F("string", "Branch or commit the goal starts from (default: what is checked out in repo); pinned when the goal is created.",
+              default="HEAD"),
+    "author": F("author", "Identity of the commits dagrun makes: {\"name\": ..., \"email\": ...} (default: dagrun <dagrun@localhost>)."),
+    "integrate": F("boolean", "true: when the goal ends with every task done, merge the task branches into dagrun/<goal>/_integrated.",
+                   default=False),
 }
 
 
@@ -134,6 +149,8 @@ class Task:
     cache: bool = False                       # the result cache (cache.py); not part of the definition
     estimate_seconds: float | None = None     # `estimate` (for `dagrun plan`; not part of the definition)
     estimate_usd: float | None = None
+    workspace: bool = True                 # false: no git worktree for this task
+    files: tuple[str, ...] = ()            # globs it may edit (the mutex)
 
     def definition_digest(self) -> str:
         return self._digest
@@ -146,6 +163,8 @@ class Task:
              self.context_limit, self.retry_context]
         if self.check:           # what is accepted as a result (absent: the digests of older plans hold)
             d.append(list(self.check))
+        if not self.workspace:
+            d.append("no-workspace")
         return hashlib.sha256(orjson.dumps(d)).hexdigest()[:16]
 
     def to_dict(self) -> dict:
@@ -161,6 +180,10 @@ class Task:
                 del d[k]
         if not d["cache"]:
             del d["cache"]
+        d["files"] = list(self.files)
+        for k, dflt in (("workspace", True), ("files", [])):   # plans without workspaces keep
+            if d[k] == dflt:                                    # their plan.json byte for byte
+                del d[k]
         return d
 
 
@@ -174,6 +197,7 @@ class Plan:
     on_failure: str = "continue"
     lease: float = DEFAULT_LEASE
     description: str | None = None
+    workspace: dict | None = None      # {"repo": absolute, "base", "author"?, "integrate"}
     _index: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
@@ -184,6 +208,11 @@ class Plan:
 
     def has(self, tid: str) -> bool:
         return tid in self._index
+
+    @cached_property
+    def files_of(self) -> dict[str, tuple[str, ...]] | None:
+        """task -> its declared `files` globs; None when no task declares any (the mutex is off)."""
+        return {t.id: t.files for t in self.tasks} if any(t.files for t in self.tasks) else None
 
     def ids(self) -> list[str]:
         return [t.id for t in self.tasks]
@@ -211,11 +240,14 @@ class Plan:
         return [t.id for t in self.tasks if t.id in seen]
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "version": 1, "goal": self.goal, "source": self.source, "plan_dir": self.plan_dir,
             "max_parallel": self.max_parallel, "on_failure": self.on_failure, "lease": self.lease,
             "description": self.description, "tasks": [t.to_dict() for t in self.tasks],
         }
+        if self.workspace:
+            d["workspace"] = self.workspace
+        return d
 
     def canonical(self) -> bytes:
         """plan.json: sorted keys, indented, UTF-8 -- byte-identical for the same plan."""
@@ -234,10 +266,12 @@ class Plan:
         """Load a normalised plan (plan.json under the home: already validated, trusted)."""
         tasks = tuple(
             Task(**{**t, "deps": tuple(t["deps"]), "soft_deps": tuple(t["soft_deps"]),
-                    "check": tuple(t["check"]) if t.get("check") else None}) for t in d["tasks"])
+                    "check": tuple(t["check"]) if t.get("check") else None,
+                    "files": tuple(t.get("files", ()))}) for t in d["tasks"])
         return cls(goal=d["goal"], source=d["source"], plan_dir=d["plan_dir"], tasks=tasks,
                    max_parallel=d.get("max_parallel"), on_failure=d.get("on_failure", "continue"),
-                   lease=d.get("lease", DEFAULT_LEASE), description=d.get("description"))
+                   lease=d.get("lease", DEFAULT_LEASE), description=d.get("description"),
+                   workspace=d.get("workspace"))
 
 
 # ------------------------------------------------------------------------------ loading
@@ -473,6 +507,7 @@ class _Validator:
                 opts[k] = self.check((k,), TOP_FIELDS[k], top[k])
         if "$schema" in top:
             self.check(("$schema",), TOP_FIELDS["$schema"], top["$schema"])
+        workspace = self.workspace(top["workspace"]) if "workspace" in top else None
         if "tasks" not in top:
             self.fail((), "missing \"tasks\" (an array of tasks)")
         raw_tasks = top["tasks"]
@@ -502,7 +537,33 @@ class _Validator:
             self.fail(("tasks", by_id[e.cycle[0]]), _fmt_cycle(e.cycle))
         return Plan(goal=goal, source=self.source, plan_dir=plan_dir, tasks=tuple(tasks),
                     max_parallel=opts.get("max_parallel"), on_failure=opts.get("on_failure", "continue"),
-                    lease=float(opts.get("lease", DEFAULT_LEASE)), description=opts.get("description"))
+                    lease=float(opts.get("lease", DEFAULT_LEASE)), description=opts.get("description"),
+                    workspace=workspace)
+
+    def workspace(self, v) -> dict:
+        """The plan's workspace object (the git checks come later: workspace.check_plan)."""
+        path = ("workspace",)
+        w = self.obj(path, v, WORKSPACE_FIELDS, "workspace")
+        if "repo" not in w:
+            self.fail(path, "workspace needs \"repo\" (the git repository, relative to the plan's folder)")
+        repo = self.check(path + ("repo",), WORKSPACE_FIELDS["repo"], w["repo"])
+        out = {"repo": os.path.normpath(os.path.join(os.path.dirname(self.source), repo))}
+        base = self.check(path + ("base",), WORKSPACE_FIELDS["base"], w.get("base", "HEAD"))
+        if base.startswith("-") or any(c.isspace() for c in base):
+            self.fail(path + ("base",), f"{_show(base)} is not a branch or commit name")
+        out["base"] = base
+        if "author" in w:
+            a = w["author"]
+            if not isinstance(a, dict) or set(a) != {"name", "email"} or not all(
+                    isinstance(a[k], str) and a[k].strip() and not any(c in a[k] for c in "<>\n\x00") for k in a):
+                self.fail(path + ("author",), "expected {\"name\": \"...\", \"email\": \"...\"} "
+                          "(non-empty strings without <, > or newlines)")
+            out["author"] = {"name": a["name"], "email": a["email"]}
+        if "integrate" in w:
+            if not isinstance(w["integrate"], bool):
+                self.fail(path + ("integrate",), f"expected true or false, got {_type_name(w['integrate'])}")
+            out["integrate"] = w["integrate"]
+        return out
 
     def task(self, i: int, rt, dflt: dict, plan_dir: str, seen: dict) -> Task:
         path = ("tasks", i)
@@ -544,6 +605,18 @@ class _Validator:
         workdir = os.path.normpath(os.path.join(plan_dir, workdir)) if workdir else plan_dir
         prio = self.check(path + ("priority",), TASK_FIELDS["priority"], rt["priority"]) if "priority" in rt else 0
         desc = self.check(path + ("description",), TASK_FIELDS["description"], rt["description"]) if "description" in rt else None
+        use_ws = rt.get("workspace", True)
+        if not isinstance(use_ws, bool):
+            self.fail(path + ("workspace",), f"expected true or false, got {_type_name(use_ws)}")
+        files = rt.get("files", [])
+        if not isinstance(files, list):
+            self.fail(path + ("files",), f"expected an array of globs, got {_type_name(files)}")
+        for j, fg in enumerate(files):
+            if not isinstance(fg, str):
+                self.fail(path + ("files", j), f"expected a glob (string), got {_type_name(fg)}")
+            why = check_glob(fg)
+            if why:
+                self.fail(path + ("files", j), f"glob {_show(fg)} {why}")
 
         def get(k):
             return knobs.get(k, KNOBS[k].default)
@@ -556,7 +629,8 @@ class _Validator:
             stall_timeout=float(stall) if stall is not None else None, kill_grace=float(get("kill_grace")),
             workdir=workdir, context_limit=int(get("context_limit")), max_output=get("max_output"),
             priority=int(prio), description=desc, check=get("check"), check_timeout=float(get("check_timeout")),
-            cache=bool(get("cache")), estimate_seconds=(knobs.get("estimate") or {}).get("seconds"), estimate_usd=(knobs.get("estimate") or {}).get("usd"))
+            cache=bool(get("cache")), estimate_seconds=(knobs.get("estimate") or {}).get("seconds"), estimate_usd=(knobs.get("estimate") or {}).get("usd"),
+            workspace=use_ws, files=tuple(files))
 
     def ids(self, path: tuple, v) -> list[str]:
         if not isinstance(v, list):
@@ -731,6 +805,15 @@ def json_schema() -> dict:
             s = {"$ref": "#/$defs/knobs"}
         elif k == "tasks":
             s = {"type": "array", "minItems": 1, "maxItems": MAX_TASKS, "items": {"$ref": "#/$defs/task"}}
+        elif k == "boolean":
+            s = {"type": "boolean"}
+        elif k == "globs":
+            s = {"type": "array", "items": {"type": "string", "minLength": 1}}
+        elif k == "author":
+            s = {"type": "object", "additionalProperties": False, "required": ["name", "email"],
+                 "properties": {"name": {"type": "string", "minLength": 1}, "email": {"type": "string", "minLength": 1}}}
+        elif k == "workspace":
+            s = {"$ref": "#/$defs/workspace"}
         else:
             raise AssertionError(k)
         if f.nullable:
@@ -738,7 +821,7 @@ def json_schema() -> dict:
                 s["type"] = [s["type"], "null"]
             else:
                 s = {"anyOf": [s, {"type": "null"}]}
-        if f.default is not None:
+        if f.default is not None and f.kind != "workspace":
             s["default"] = f.default
         s["description"] = f.doc
         return s
@@ -755,6 +838,8 @@ def json_schema() -> dict:
             "id": {"type": "string", "pattern": "^" + ID_RE.pattern + "$"},
             "knobs": {"type": "object", "additionalProperties": False,
                       "properties": {k: prop(f) for k, f in KNOBS.items()}},
+            "workspace": {"type": "object", "additionalProperties": False, "required": ["repo"],
+                          "properties": {k: prop(f) for k, f in WORKSPACE_FIELDS.items()}},
             "task": {
                 "type": "object", "additionalProperties": False, "required": ["id"],
                 "oneOf": [{"required": ["prompt"]}, {"required": ["prompt_file"]}],

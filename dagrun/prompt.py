@@ -17,10 +17,14 @@ class Upstream:
     size: int               # size of the whole output in bytes
     path: str               # where the whole output is
     soft: bool = False
+    changes: tuple[str, str] | None = None   # (diffstat, patch path) of its workspace commits
 
 
-def render(prompt: str, upstream: list[Upstream], limit: int, previous_failure: str | None = None) -> str:
+def render(prompt: str, upstream: list[Upstream], limit: int, previous_failure: str | None = None,
+           workspace: str | None = None) -> str:
     parts = [prompt.rstrip("\n"), ""]
+    if workspace:
+        parts += ["---", "", workspace.rstrip("\n"), ""]
     if upstream:
         parts += ["---", "", "# Outputs of the tasks this one depends on", ""]
     for u in upstream:
@@ -35,6 +39,10 @@ def render(prompt: str, upstream: list[Upstream], limit: int, previous_failure: 
             parts.append(f"[... truncated: the first {limit} of {u.size} bytes are shown; "
                          f"the whole output is in {u.path}]")
         parts.append("")
+        if u.changes is not None:
+            stat, patch = u.changes
+            parts += [f"Files {u.id} changed in the workspace (the whole patch is in {patch}):", "", "```",
+                      stat.rstrip("\n"), "```", ""]
     if previous_failure:
         parts += ["---", "", previous_failure.rstrip("\n"), ""]
     return "\n".join(parts)

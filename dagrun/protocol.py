@@ -43,6 +43,7 @@ ENV_VARS = (("DAGRUN_HOME", "home"), ("DAGRUN_GOAL", "goal"), ("DAGRUN_TASK", "t
             ("DAGRUN_WORKDIR", "workdir"), ("DAGRUN_TIMEOUT", "timeout"),
             ("DAGRUN_USAGE_FILE", "usage_file"), ("DAGRUN_RAW_FILE", "raw_file"),
             ("DAGRUN_CHECK_FILE", "check_file"), ("DAGRUN_HEARTBEAT_FILE", "heartbeat_file"))
+OPTIONAL_ENV_VARS = (("DAGRUN_WORKSPACE", "workspace"),)     # only when the task has one
 
 
 def shell_env(info: dict) -> str:
@@ -56,6 +57,9 @@ def shell_env(info: dict) -> str:
         elif isinstance(v, float) and v.is_integer():
             v = int(v)
         lines.append(f"export {var}='" + str(v).replace("'", "'\\''") + "'\n")
+    for var, key in OPTIONAL_ENV_VARS:
+        if info.get(key) is not None:
+            lines.append(f"export {var}='" + str(info[key]).replace("'", "'\\''") + "'\n")
     return "".join(lines)
 
 

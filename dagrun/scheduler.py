@@ -12,9 +12,10 @@ caller then rebuilds the scheduler from the files (the safety net, not the hot p
 from __future__ import annotations
 
 import heapq
-from typing import Iterable, Protocol, Sequence
+from typing import Iterable, Mapping, Protocol, Sequence
 
 from . import states as S
+from .wsrules import may_start as files_free
 
 WAITING, READY, RUNNING, RETRYING, DONE, FAILED, CANCELLED, BLOCKED = range(8)
 NAMES = (S.WAITING, S.READY, S.RUNNING, S.RETRYING, S.DONE, S.FAILED, S.CANCELLED, S.BLOCKED)
@@ -72,13 +73,18 @@ class TaskLike(Protocol):
 
 class Scheduler:
     def __init__(self, tasks: Sequence[TaskLike], initial: dict[str, str] | None = None, *,
-                 max_parallel: int | None = None, stop_on_failure: bool = False):
+                 max_parallel: int | None = None, stop_on_failure: bool = False,
+                 files: Mapping[str, Sequence[str]] | None = None):
         # Capacity rules: what may start, decided here and nowhere else (engine, claim and
         # the CLI only ask may_start()/take()). A new rule (a resource, a budget) is one more
         # condition in may_start().
         self.max_parallel = max_parallel or None     # running tasks of this goal, any worker's
         self.stop_on_failure = stop_on_failure       # on_failure=stop: nothing new after a failure
         self.ids = [t.id for t in tasks]
+        # the files mutex (code workspaces): a task whose declared globs overlap those of a
+        # running task stays ready until that one ends (wsrules.may_start); None: no task
+        # declares any, the rule is off
+        self.files = [tuple(files.get(tid, ())) for tid in self.ids] if files else None
         idx = self.index = {tid: i for i, tid in enumerate(self.ids)}
         n = len(self.ids)
         self.deps = [[idx[d] for d in t.deps] for t in tasks]
@@ -186,7 +192,12 @@ class Scheduler:
 
     def may_start(self) -> bool:
         """A ready task exists and the goal's rules let one more start now."""
-        return not self.stopped and not self.at_capacity() and self.peek() is not None
+        if self.stopped or self.at_capacity():
+            return False
+        if self.files is None:
+            return self.peek() is not None
+        busy = self._busy_files()
+        return any(self.state[k[2]] == READY and self._files_free(k[2], busy) for k in self.heap)
 
     def peek(self) -> str | None:
         h = self.heap
@@ -194,19 +205,40 @@ class Scheduler:
             heapq.heappop(h)
         return self.ids[h[0][2]] if h else None
 
+    def _busy_files(self) -> list[tuple[str, ...]]:
+        fs = self.files or []
+        return [fs[i] for i, s in enumerate(self.state) if s == RUNNING and fs[i]]
+
+    def _files_free(self, i: int, busy: list[tuple[str, ...]]) -> bool:
+        return self.files is None or files_free(self.files[i], busy)
+
     def ready_ids(self) -> list[str]:
         return [self.ids[k[2]] for k in sorted(self.heap) if self.state[k[2]] == READY]
 
     # ------------------------------------------------------------------ transitions
     def take(self) -> str | None:
         """Pop the best ready task and mark it running (the caller is about to claim it); None
-        when nothing is ready or the goal's rules (max_parallel, on_failure=stop) say wait."""
+        when nothing is ready or the goal's rules (max_parallel, on_failure=stop) say wait.
+        With the files mutex the best ready task whose files are free is taken; the ones it
+        passes over stay ready."""
         if self.stopped or self.at_capacity():
             return None
-        tid = self.peek()
-        if tid is not None:
-            heapq.heappop(self.heap)
-            self._set(self.index[tid], RUNNING)
+        if self.files is None:
+            tid = self.peek()
+            if tid is not None:
+                heapq.heappop(self.heap)
+                self._set(self.index[tid], RUNNING)
+            return tid
+        busy, held, tid = self._busy_files(), [], None
+        while self.peek() is not None:
+            k = heapq.heappop(self.heap)
+            if self._files_free(k[2], busy):
+                tid = self.ids[k[2]]
+                self._set(k[2], RUNNING)
+                break
+            held.append(k)
+        for k in held:
+            heapq.heappush(self.heap, k)
         return tid
 
     def start(self, tid: str) -> None:

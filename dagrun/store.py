@@ -194,6 +194,22 @@ class Home:
     def stderr_path(self, g: str, t: str) -> str:
         return os.path.join(self.task_dir(g, t), "stderr.log")
 
+    # -- code workspaces (workspace.py): a task's git worktree and what capture publishes
+    def worktree_path(self, g: str, t: str) -> str:
+        return os.path.join(self.task_dir(g, t), "worktree")
+
+    def snapshot_path(self, g: str, t: str) -> str:
+        return os.path.join(self.task_dir(g, t), "snapshot.json")
+
+    def patch_path(self, g: str, t: str) -> str:
+        return os.path.join(self.task_dir(g, t), "patch")
+
+    def changes_path(self, g: str, t: str) -> str:
+        return os.path.join(self.task_dir(g, t), "changes.json")
+
+    def goal_workspace_path(self, g: str) -> str:
+        return os.path.join(self.goal_dir(g), "workspace.json")
+
     def attempts_dir(self, g: str, t: str) -> str:
         """The task's attempts/ folder; a symbolic link there (planted by an agent) is refused:
         records are never written, nor listed, through it."""

@@ -21,10 +21,12 @@ from . import claim as claims
 from . import events as ev
 from . import fsio
 from . import states as S
-from .errors import os_error
+from . import workspace as wsp
+from .errors import DagrunError, os_error
 from .lifecycle import (
     Claim,
     break_if_stale,
+    capture_workspace,
     commit_done,
     commit_failure,
     mark_cancelled,
@@ -89,7 +91,8 @@ def finish(home: Home, plan: Plan, sched: Scheduler, c: Claim, *, ok: bool, work
            ended: float | None = None, outcome: str = S.FAILED, exit_code: int | None = None,
            signal: int | None = None, reason: str = "", output_data: bytes | None = None,
            forced: dict | None = None, fields: dict | None = None, stop_handled: bool = False,
-           announce_ready: bool = False, extra: dict | None = None, cached: str | None = None) -> Finished:
+           announce_ready: bool = False, extra: dict | None = None, cached: str | None = None,
+           final: bool | None = None) -> Finished:
     """An attempt ended with a verdict. ok: publish output, stderr.log and `done`; else record
     the attempt (`failed` when no retry is left, `retrying` otherwise). Then the events and
     the scheduler's consequences. A final failure under on_failure=stop cancels what has
@@ -102,11 +105,20 @@ def finish(home: Home, plan: Plan, sched: Scheduler, c: Claim, *, ok: bool, work
     extra: what the agent handed back (agentio.attempt_extra: `usage`, the acceptance
     `check`): into the marker and the attempt record; `usage` also into the event.
     cached: the result cache's key when `output_data` is a cache hit (no agent ran): the
-    marker says `"cached": true` (no exit code) and so does the event."""
+    marker says `"cached": true` (no exit code) and so does the event.
+    final: True fails the task for good whatever its retries (a workspace conflict).
+
+    With a code workspace, ok first commits the worktree (lifecycle.capture_workspace); if
+    that fails the attempt fails with git's reason instead (and is retried like any failure)."""
     g, t = c.goal, c.task
     ended = time.time() if ended is None else ended
     forced = forced or {}
     extra = dict(extra or {})
+    if ok:
+        why = capture_workspace(home, plan, c)
+        if why is not None:
+            ok, outcome, reason = False, S.FAILED, why
+            exit_code = 0 if exit_code is None else exit_code
     if ok:
         if cached is not None:
             extra.update(cached=True, cache_key=cached)
@@ -120,7 +132,7 @@ def finish(home: Home, plan: Plan, sched: Scheduler, c: Claim, *, ok: bool, work
                   **(fields or {}), **forced)
         return Finished(S.DONE, body, _changes(home, g, sched.finish(t, S.DONE), worker))
     rec = commit_failure(home, plan, c, outcome=outcome, ended=ended, exit_code=exit_code, signal=signal,
-                         reason=reason, extra=extra or None, **forced)
+                         reason=reason, extra=extra or None, final=final, **forced)
     common = dict(attempt=c.attempt, worker=worker, duration=rec["duration"], exit_code=rec.get("exit_code"),
                   signal=rec.get("signal"), reason=rec.get("reason"), outcome=rec["outcome"], usage=rec.get("usage"))
     if rec["final"]:
@@ -239,9 +251,23 @@ def end_goal_if_finished(home: Home, plan: Plan, sched: Scheduler, worker: str) 
     if won:
         ev.emit(home, plan.goal, ev.GOAL_FINISHED, worker=worker, outcome=summary["outcome"],
                 counts=summary["counts"], failed_roots=summary["failed_roots"], finish_id=me["nonce"])
+        integrate_if_asked(home, plan, summary["outcome"], worker)
     else:
         announce_if_lost(home, plan.goal, worker)
     return summary
+
+
+def integrate_if_asked(home: Home, plan: Plan, outcome: str, worker: str) -> None:
+    """workspace.integrate: true -- the finisher merges the task branches once the goal ended
+    with every task done. A conflict or git error is an event, not a failure of the goal
+    (`dagrun integrate` reports the same again)."""
+    if not plan.workspace or not plan.workspace.get("integrate") or outcome != S.DONE:
+        return
+    try:
+        r = wsp.integrate(home, plan)
+        ev.emit(home, plan.goal, ev.GOAL_INTEGRATED, worker=worker, branch=r.branch, head=r.head, merged=r.merged)
+    except DagrunError as e:
+        ev.emit(home, plan.goal, ev.GOAL_INTEGRATED, worker=worker, error=str(e))
 
 
 def announce_if_lost(home: Home, g: str, worker: str) -> bool:
@@ -270,4 +296,9 @@ def announce_if_lost(home: Home, g: str, worker: str) -> bool:
             return False
         ev.emit(home, g, ev.GOAL_FINISHED, worker=worker, outcome=s.get("outcome"), counts=s.get("counts"),
                 failed_roots=s.get("failed_roots"), finish_id=fid, recovered=True)
+        if s.get("outcome") == S.DONE:          # the dead finisher's automatic integration too
+            try:
+                integrate_if_asked(home, home.load_plan(g), S.DONE, worker)
+            except DagrunError:
+                pass                            # an unreadable plan: `dagrun integrate` says why
     return True

@@ -18,6 +18,7 @@ LAYERS = {
     "plan": 2, "prompt": 2, "scheduler": 2, "agentcheck": 2,
     # agent presets (the table + $DAGRUN_HOME/presets.json) and the usage-line format
     "presets": 2, "usage": 2,
+    "wsrules": 2,        # pure rules of code workspaces (snapshot order, files mutex, conflicts)
     # 3: the on-disk layout
     "store": 3,
     # 4: adapters at the edge: the events log, claims, the inotify doorbell, the runners
@@ -25,6 +26,7 @@ LAYERS = {
     # the preset adapter, run as the agent (python -m dagrun.agentrun); the claim files an agent
     # hands back; the content-addressed result cache
     "agentrun": 4, "agentio": 4, "cache": 4,
+    "workspace": 4,      # git plumbing of code workspaces: runs git, so it may use subprocess
     # 5: the files of one task transition; the aggregator over them
     "lifecycle": 5, "summary": 5,
     # 6: the one transition path (markers -> events -> scheduler changes)
@@ -32,6 +34,7 @@ LAYERS = {
     # 7: the drivers: the engine loop and its reconciliation, the dry run, the operations
     # (plan editing, control, the protocol commands' bodies, status data)
     "engine": 7, "reconcile": 7, "dryrun": 7, "edit": 7, "control": 7, "commands": 7, "status": 7,
+    "wsops": 7,          # integrate, gc: the operations on code workspaces
     # 8: views over the files
     "metrics": 8, "graph": 8, "report": 8, "estimate": 8,
     # 9: the command line and its fast path
@@ -39,15 +42,16 @@ LAYERS = {
     # `dagrun init`: the files shipped in dagrun/share, filled in
     "scaffold": 8,
 }
-ONLY_IN = {"typer": {"cli"}, "rich": {"cli"}, "watchdog": {"watcher"}, "subprocess": {"executor", "agentrun"}}
+ONLY_IN = {"typer": {"cli"}, "rich": {"cli"}, "watchdog": {"watcher"},
+           "subprocess": {"executor", "agentrun", "workspace"}}   # workspace: git, short synchronous commands
 
 
 def _modules():
     for p in PKG.rglob("*.py"):
         rel = p.relative_to(PKG)
         top = rel.parts[0].removesuffix(".py")
-        if top in ("__init__", "__main__"):
-            continue
+        if top in ("__init__", "__main__", "share"):    # share/: files shipped as data (the
+            continue                                     # code-edit example's seed calc.py)
         yield p, top
 
 

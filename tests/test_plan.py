@@ -147,7 +147,7 @@ def test_shipped_schema_is_generated_from_the_field_table():
 def test_schema_agrees_with_validator_on_examples_and_cases(plans):
     jsonschema = pytest.importorskip("jsonschema")
     schema = planmod.json_schema()
-    for ex in ["examples/add-auth/dag.json", "examples/minimal/dag.json"]:
+    for ex in ["examples/add-auth/dag.json", "examples/minimal/dag.json", "examples/code-edit/dag.json"]:
         doc = json.loads((REPO / ex).read_text())
         jsonschema.validate(doc, schema)
         planmod.load(str(REPO / ex))

@@ -187,6 +187,36 @@ def test_a_finish_frees_capacity_and_a_failure_stops_the_goal():
     assert s.stopped and s.take() is None and s.state_of("c") == "ready"
 
 
+# the files mutex of code workspaces: one more capacity rule, (files per task, initial, take() order)
+FILES_CASES = [
+    ({"a": ["src/**"], "b": ["src/x.py"], "c": ["docs/*"]}, {}, ["a", "c"]),      # b waits for a
+    ({"a": ["src/**"], "b": ["src/x.py"], "c": ["docs/*"]}, {"a": "running"}, ["c"]),   # anyone's run
+    ({"a": ["*.py"], "b": ["*.md"], "c": []}, {}, ["a", "b", "c"]),               # disjoint; c declares none
+    ({"a": ["x"], "b": ["x"], "c": ["x"]}, {"a": "done"}, ["b"]),                 # a done task holds nothing
+]
+
+
+@pytest.mark.parametrize("files,initial,expect", FILES_CASES)
+def test_overlapping_files_are_a_rule_of_the_scheduler(files, initial, expect):
+    s = Scheduler(plan("a; b; c"), initial, files=files)
+    got = []
+    while (t := s.take()) is not None:
+        got.append(t)
+    assert got == expect
+    assert s.may_start() is False
+    held = [t for t in "abc" if s.state_of(t) == "ready"]
+    assert s.ready_ids() == held                      # passed over, still ready, once each
+
+
+def test_a_finish_releases_the_files_it_held():
+    s = Scheduler(plan("a; b; c"), files={"a": ["src/**"], "b": ["src/auth/*"], "c": ["src/auth/x.py"]})
+    assert s.take() == "a" and s.take() is None and not s.may_start()
+    s.finish("a", "done")
+    assert s.may_start() and s.take() == "b" and s.take() is None
+    s.finish("b", "failed")
+    assert s.take() == "c"
+
+
 @pytest.mark.parametrize("spec,cycle", [
     ("a<a", ["a", "a"]),
     ("a<c; b<a; c<b", ["a", "c", "b", "a"]),

@@ -17,15 +17,16 @@ from .common import JSON_OPT, PLAN_ARG, PLAN_TOOLS, examples, home_of, print_jso
 def validate(ctx: typer.Context,
              plan: str = PLAN_ARG,
              json: bool = JSON_OPT):
-    """Check a plan; exit 0 if it is valid, 2 with the problem otherwise. Writes nothing.
-    Warns (stderr) about agents whose command is not on PATH."""
+    """Check a plan (and, with a code workspace, its git repository, base and clean work
+    tree); exit 0 if it is valid, 2 with the problem otherwise. Writes nothing. Warns
+    (stderr) about agents whose command is not on PATH."""
     from ..agentcheck import plan_warnings
+    from ..edit import load_checked
     from ..errors import PlanError
-    from ..plan import load
     from ..scheduler import Scheduler
 
     try:
-        p = load(plan, home_of(ctx).root)      # the home's presets.json extends @presets
+        p, _ = load_checked(plan, home_of(ctx))   # the home's presets.json extends @presets
     except PlanError as e:
         if json:
             print_json(_plan_error(plan, e))

@@ -68,6 +68,12 @@ def knob_value(name: str):
         "argv": st.lists(st.one_of(st.sampled_from(["true", "pytest", "-q", ""]), scalars), max_size=3),
         "estimate": st.dictionaries(st.sampled_from(["seconds", "usd", "bogus"]),
                                     st.one_of(scalars, st.floats(0, 1e6)), max_size=2),
+        "globs": st.lists(st.sampled_from(["src/**", "*.py", "a/b", "../x", "/abs", "", " "]), max_size=3),
+        "workspace": st.dictionaries(
+            st.sampled_from(["repo", "base", "author", "integrate", "bogus"]),
+            st.one_of(scalars, st.sampled_from(["repo", "main", "-x", "a b"]),
+                      st.fixed_dictionaries({"name": st.sampled_from(["n", "", "a<b"]), "email": st.just("e@x")})),
+            max_size=4),
     }[f.kind] if f else anything
     return st.one_of(good, anything) if f else anything
 
