@@ -25,7 +25,8 @@ PLAN_REPLACED = "agent.plan.replaced"
 TASK_STATUS = "agent.task.status.updated"
 TASK_BLOCKED = "agent.task.blocked"
 GOAL_FINISHED = "agent.goal.finished"
-ALL_TYPES = (PLAN_CREATED, PLAN_REPLACED, TASK_STATUS, TASK_BLOCKED, GOAL_FINISHED)
+HOOK_FAILED = "agent.hook.failed"      # a hook (hooks.py) failed; the task's outcome is unchanged
+ALL_TYPES = (PLAN_CREATED, PLAN_REPLACED, TASK_STATUS, TASK_BLOCKED, GOAL_FINISHED, HOOK_FAILED)
 
 # values of "status" in agent.task.status.updated
 from .states import CANCELLED, DONE, FAILED, READY, RETRYING, RUNNING  # noqa: E402,F401

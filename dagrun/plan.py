@@ -27,6 +27,9 @@ MAX_TASKS = 100_000
 MAX_SECONDS = 30 * 24 * 3600          # a month: anything longer is a typo
 DEFAULT_CONTEXT_LIMIT = 64 * 1024      # bytes of each dependency's output put into a prompt
 DEFAULT_LEASE = 60.0
+HOOK_EVENTS = ("on_done", "on_failed", "on_retrying", "on_cancelled", "on_blocked", "on_goal_finished")
+DEFAULT_HOOK_TIMEOUT = 30.0
+ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
 def valid_id(s: object) -> bool:
@@ -81,6 +84,8 @@ TASK_FIELDS: dict[str, F] = {
     "priority": F("integer", "Higher runs first among ready tasks (ties: longest path to the end first).",
                   lo=-1_000_000, hi=1_000_000, default=0),
     "description": F("text", "Free text for people; ignored by dagrun."),
+    "hooks": F("hooks", "Commands / webhooks run when this task is done, failed, retrying, cancelled or blocked "
+               "(see docs/integrations.md)."),
     **KNOBS,
 }
 
@@ -94,6 +99,8 @@ TOP_FIELDS: dict[str, F] = {
                     choices=("continue", "stop"), default="continue"),
     "lease": F("number", "Seconds without heartbeat after which a claim held from another host is stale.",
                gt=0, hi=MAX_SECONDS, default=DEFAULT_LEASE),
+    "hooks": F("hooks", "Commands / webhooks run on every task's state changes and when the goal finishes "
+               "(see docs/integrations.md)."),
     "tasks": F("tasks", "The sub-goals."),
 }
 
@@ -118,6 +125,7 @@ class Task:
     max_output: int | None
     priority: int
     description: str | None = None
+    hooks: dict | None = field(default=None, compare=False, hash=False)   # event -> [hook]; not in the digest
 
     def definition_digest(self) -> str:
         return self._digest
@@ -134,6 +142,8 @@ class Task:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["deps"] = list(self.deps)
         d["soft_deps"] = list(self.soft_deps)
+        if d["hooks"] is None:
+            del d["hooks"]            # plans without hooks keep their plan.json bytes
         return d
 
 
@@ -147,6 +157,7 @@ class Plan:
     on_failure: str = "continue"
     lease: float = DEFAULT_LEASE
     description: str | None = None
+    hooks: dict | None = field(default=None, compare=False)   # event -> [hook], see HOOK_EVENTS
     _index: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
@@ -184,11 +195,14 @@ class Plan:
         return [t.id for t in self.tasks if t.id in seen]
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "version": 1, "goal": self.goal, "source": self.source, "plan_dir": self.plan_dir,
             "max_parallel": self.max_parallel, "on_failure": self.on_failure, "lease": self.lease,
             "description": self.description, "tasks": [t.to_dict() for t in self.tasks],
         }
+        if self.hooks is not None:
+            d["hooks"] = self.hooks
+        return d
 
     def canonical(self) -> bytes:
         """plan.json: sorted keys, indented, UTF-8 -- byte-identical for the same plan."""
@@ -209,7 +223,7 @@ class Plan:
             Task(**{**t, "deps": tuple(t["deps"]), "soft_deps": tuple(t["soft_deps"])}) for t in d["tasks"])
         return cls(goal=d["goal"], source=d["source"], plan_dir=d["plan_dir"], tasks=tasks,
                    max_parallel=d.get("max_parallel"), on_failure=d.get("on_failure", "continue"),
-                   lease=d.get("lease", DEFAULT_LEASE), description=d.get("description"))
+                   lease=d.get("lease", DEFAULT_LEASE), description=d.get("description"), hooks=d.get("hooks"))
 
 
 # ------------------------------------------------------------------------------ loading
@@ -407,6 +421,7 @@ class _Validator:
                 opts[k] = self.check((k,), TOP_FIELDS[k], top[k])
         if "$schema" in top:
             self.check(("$schema",), TOP_FIELDS["$schema"], top["$schema"])
+        hooks = self.hooks(("hooks",), top["hooks"], HOOK_EVENTS) if "hooks" in top else None
         if "tasks" not in top:
             self.fail((), "missing \"tasks\" (an array of tasks)")
         raw_tasks = top["tasks"]
@@ -436,7 +451,8 @@ class _Validator:
             self.fail(("tasks", by_id[e.cycle[0]]), _fmt_cycle(e.cycle))
         return Plan(goal=goal, source=self.source, plan_dir=plan_dir, tasks=tuple(tasks),
                     max_parallel=opts.get("max_parallel"), on_failure=opts.get("on_failure", "continue"),
-                    lease=float(opts.get("lease", DEFAULT_LEASE)), description=opts.get("description"))
+                    lease=float(opts.get("lease", DEFAULT_LEASE)), description=opts.get("description"),
+                    hooks=hooks)
 
     def task(self, i: int, rt, dflt: dict, plan_dir: str, seen: dict) -> Task:
         path = ("tasks", i)
@@ -488,7 +504,74 @@ class _Validator:
             retry_backoff=float(get("retry_backoff")), retry_context=get("retry_context"),
             stall_timeout=float(stall) if stall is not None else None, kill_grace=float(get("kill_grace")),
             workdir=workdir, context_limit=int(get("context_limit")), max_output=get("max_output"),
-            priority=int(prio), description=desc)
+            priority=int(prio), description=desc,
+            hooks=self.hooks(path + ("hooks",), rt["hooks"], HOOK_EVENTS[:-1]) if "hooks" in rt else None)
+
+    def hooks(self, path: tuple, v, events: tuple[str, ...]) -> dict | None:
+        """{"on_done": [hook, ...], ...}; a hook is an argv array (never a shell), {"argv": [...],
+        "timeout": s}, or a webhook {"url": "http(s)://...", "headers": {..}, "headers_env":
+        {"Header": "ENV_VAR"}, "secret_env": "ENV_VAR", "timeout": s, "retries": n}. Returned
+        normalised (every hook an object with its timeout); None when empty."""
+        if not isinstance(v, dict):
+            self.fail(path, f"expected an object of hook lists ({', '.join(events)}), got {_type_name(v)}")
+        out = {}
+        for ev_name, hooks in v.items():
+            p = path + (ev_name,)
+            if ev_name not in events:
+                self.fail(p, f"unknown hook event {_show(ev_name)} (known: {', '.join(events)})")
+            if not isinstance(hooks, list):
+                self.fail(p, f"expected an array of hooks, got {_type_name(hooks)}")
+            out[ev_name] = [self.hook(p + (j,), h) for j, h in enumerate(hooks)]
+        return {k: h for k, h in out.items() if h} or None
+
+    def hook(self, path: tuple, h) -> dict:
+        if isinstance(h, list):
+            h = {"argv": h}
+        if not isinstance(h, dict):
+            self.fail(path, f"expected an argv array or an object, got {_type_name(h)}")
+        kind = "argv" if "argv" in h else "url" if "url" in h else None
+        if kind is None:
+            self.fail(path, "a hook needs \"argv\" (a command) or \"url\" (a webhook)")
+        allowed = {"argv", "timeout"} if kind == "argv" else \
+            {"url", "headers", "headers_env", "secret_env", "timeout", "retries"}
+        unknown = sorted(set(h) - allowed)
+        if unknown:
+            self.fail(path + (unknown[0],), f"unknown field {_show(unknown[0])} in a hook (known: {', '.join(sorted(allowed))})")
+        timeout = h.get("timeout", DEFAULT_HOOK_TIMEOUT)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
+            self.fail(path + ("timeout",), f"must be a number of seconds in (0, 3600], got {_show(timeout)}")
+        out: dict = {"timeout": float(timeout)}
+        if kind == "argv":
+            argv = h["argv"]
+            if not isinstance(argv, list) or not argv or not all(isinstance(a, str) and a and "\x00" not in a
+                                                                  for a in argv):
+                self.fail(path + ("argv",), "expected a non-empty array of non-empty strings (the command and "
+                                            "its arguments; no shell)")
+            out["argv"] = list(argv)
+            return out
+        url = h["url"]
+        if not isinstance(url, str) or not re.fullmatch(r"https?://[^\s]+", url):
+            self.fail(path + ("url",), f"expected an http:// or https:// URL, got {_show(url)}")
+        out["url"] = url
+        for k in ("headers", "headers_env"):
+            hv = h.get(k, {})
+            if not isinstance(hv, dict) or not all(isinstance(a, str) and re.fullmatch(r"[A-Za-z0-9-]{1,128}", a)
+                                                   and isinstance(b, str) and "\n" not in b and "\r" not in b
+                                                   for a, b in hv.items()):
+                self.fail(path + (k,), "expected an object of header names to string values")
+            if k == "headers_env" and not all(ENV_RE.fullmatch(b) for b in hv.values()):
+                self.fail(path + (k,), "values must be environment variable names (the secret itself never "
+                                       "goes in the plan)")
+            out[k] = dict(hv)
+        se = h.get("secret_env")
+        if se is not None and not (isinstance(se, str) and ENV_RE.fullmatch(se)):
+            self.fail(path + ("secret_env",), f"expected an environment variable name, got {_show(se)}")
+        out["secret_env"] = se
+        retries = h.get("retries", 3)
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 20:
+            self.fail(path + ("retries",), f"must be an integer 0-20, got {_show(retries)}")
+        out["retries"] = retries
+        return out
 
     def ids(self, path: tuple, v) -> list[str]:
         if not isinstance(v, list):
@@ -654,6 +737,8 @@ def json_schema() -> dict:
             s = {"enum": list(f.choices)}
         elif k == "object":
             s = {"$ref": "#/$defs/knobs"}
+        elif k == "hooks":
+            s = {"type": "object", "additionalProperties": {"type": "array", "items": {"$ref": "#/$defs/hook"}}}
         elif k == "tasks":
             s = {"type": "array", "minItems": 1, "maxItems": MAX_TASKS, "items": {"$ref": "#/$defs/task"}}
         else:
@@ -678,6 +763,18 @@ def json_schema() -> dict:
         "properties": {k: prop(f) for k, f in TOP_FIELDS.items()},
         "$defs": {
             "id": {"type": "string", "pattern": "^" + ID_RE.pattern + "$"},
+            "hook": {"oneOf": [
+                {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
+                {"type": "object", "additionalProperties": False, "required": ["argv"],
+                 "properties": {"argv": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
+                                "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600}}},
+                {"type": "object", "additionalProperties": False, "required": ["url"],
+                 "properties": {"url": {"type": "string", "pattern": "^https?://"},
+                                "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                                "headers_env": {"type": "object", "additionalProperties": {"type": "string"}},
+                                "secret_env": {"type": "string"},
+                                "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+                                "retries": {"type": "integer", "minimum": 0, "maximum": 20}}}]},
             "knobs": {"type": "object", "additionalProperties": False,
                       "properties": {k: prop(f) for k, f in KNOBS.items()}},
             "task": {

@@ -1,6 +1,7 @@
 """Status data for the views: one goal's overview, one goal's task table."""
 from __future__ import annotations
 
+import os
 import time
 
 from . import fsio
@@ -62,6 +63,8 @@ def goal_detail(home: Home, g: str) -> dict:
             row["blocked_by"] = sched.blocked_by(t)
         rows.append(row)
     summary = loads(fsio.read_bytes(home.summary_path(g)))
+    # the goal's last failed hook (hooks never change a task's state, so it shows here)
+    hook_failure = loads(fsio.read_bytes(os.path.join(home.hooks_due_dir(g), "last_failure.json")))
     return {"goal": g, "state": _goal_state(sched, len(plan.tasks)), "counts": sched.counts(),
-            "tasks": rows, "summary": summary, "source": plan.source}
+            "tasks": rows, "summary": summary, "source": plan.source, "hook_failure": hook_failure}
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from . import claim as claims
 from . import events as ev
 from . import fsio
+from . import hooks as hk
 from . import states as S
 from .errors import os_error
 from .lifecycle import (
@@ -60,7 +61,32 @@ class Finished:
     changes: Changes
 
 
-def _changes(home: Home, g: str, sched_changes, worker: str) -> Changes:
+# ---------------------------------------------------------------------------------- hooks
+def _hooks(home: Home, plan: Plan | None, e: dict) -> None:
+    """Run the hooks of an event just appended (hooks.py: recorded, then on a thread; never
+    the transition's problem). plan None: loaded only if the event has a hook name."""
+    if plan is None:
+        if hk.event_name(e) is None:
+            return
+        try:
+            plan = home.load_plan(e["goal"])
+        except Exception:            # noqa: BLE001 -- a goal being replaced/removed: no hooks
+            return
+    hk.fire(home, plan, e, hook_failed)
+
+
+def hook_failed(home: Home, g: str, **fields) -> None:
+    """A hook failed (hooks.py reports it): the event, and the goal's last failure for status."""
+    e = ev.emit(home, g, ev.HOOK_FAILED, **fields)
+    fsio.write_atomic(os.path.join(home.hooks_due_dir(g), "last_failure.json"), dumps(e))
+
+
+def replay_hooks(home: Home, g: str, worker: str) -> int:
+    """Hooks left due by a process that died: run them now (engine start-up and rescan)."""
+    return hk.replay(home, g, hook_failed, worker)
+
+
+def _changes(home: Home, g: str, sched_changes, worker: str, plan: Plan | None = None) -> Changes:
     """Announce what a terminal transition unlocked or blocked (the first entry is the task
     itself, announced by the caller with its details) and return it."""
     ch = Changes()
@@ -73,7 +99,9 @@ def _changes(home: Home, g: str, sched_changes, worker: str) -> Changes:
             ch.ready.append(tid)
         elif state == S.BLOCKED:
             cause = S.CANCELLED if marker_of(home, g, root) == S.CANCELLED else S.FAILED
-            ev.emit(home, g, ev.TASK_BLOCKED, task=tid, reason=f"{cause} dependency", blocked_by=root, worker=worker)
+            e = ev.emit(home, g, ev.TASK_BLOCKED, task=tid, reason=f"{cause} dependency", blocked_by=root,
+                        worker=worker)
+            _hooks(home, plan, e)
             ch.blocked.append((tid, root))
     return ch
 
@@ -105,20 +133,21 @@ def finish(home: Home, plan: Plan, sched: Scheduler, c: Claim, *, ok: bool, work
     if ok:
         body = commit_done(home, plan, c, ended=ended, exit_code=exit_code if exit_code is not None else 0,
                            output_data=output_data, **forced)
-        ev.status(home, g, t, ev.DONE, attempt=c.attempt, worker=worker, duration=body["duration"], exit_code=0,
-                  output_bytes=body["output_bytes"], **(fields or {}), **forced)
-        return Finished(S.DONE, body, _changes(home, g, sched.finish(t, S.DONE), worker))
+        e = ev.status(home, g, t, ev.DONE, attempt=c.attempt, worker=worker, duration=body["duration"], exit_code=0,
+                      output_bytes=body["output_bytes"], **(fields or {}), **forced)
+        _hooks(home, plan, e)
+        return Finished(S.DONE, body, _changes(home, g, sched.finish(t, S.DONE), worker, plan))
     rec = commit_failure(home, plan, c, outcome=outcome, ended=ended, exit_code=exit_code, signal=signal,
                          reason=reason, **forced)
     common = dict(attempt=c.attempt, worker=worker, duration=rec["duration"], exit_code=rec.get("exit_code"),
                   signal=rec.get("signal"), reason=rec.get("reason"), outcome=rec["outcome"])
     if rec["final"]:
-        ev.status(home, g, t, ev.FAILED, **common, **forced)
-        ch = _changes(home, g, sched.finish(t, S.FAILED), worker)
+        _hooks(home, plan, ev.status(home, g, t, ev.FAILED, **common, **forced))
+        ch = _changes(home, g, sched.finish(t, S.FAILED), worker, plan)
         if not ch.rebuild and sched.stop_on_failure and not stop_handled:
             ch.extend(stop_goal(home, plan, sched, t, worker))
         return Finished(S.FAILED, rec, ch)
-    ev.status(home, g, t, ev.RETRYING, **common, retry_at=rec["retry_at"], **forced)
+    _hooks(home, plan, ev.status(home, g, t, ev.RETRYING, **common, retry_at=rec["retry_at"], **forced))
     sched.retrying(t)
     if announce_ready and float(rec.get("retry_at") or 0) <= time.time():
         ev.status(home, g, t, ev.READY, attempt=c.attempt + 1, worker=worker,
@@ -174,16 +203,16 @@ def break_stale(home: Home, plan: Plan, t: str, *, worker: str, lease: float | N
 
 # ---------------------------------------------------------------------------------- control
 def cancel(home: Home, sched: Scheduler, g: str, t: str, *, by: str, reason: str,
-           repeat: bool = False) -> tuple[bool, Changes]:
+           repeat: bool = False, plan: Plan | None = None) -> tuple[bool, Changes]:
     """Cancel one task: the `cancelled` marker (unless it is done or cancelled already), the
     event, and the dependents it blocks. repeat: announce an existing cancel again (an earlier
     cancel died between its marker and its event). Returns (newly marked, changes)."""
     new = mark_cancelled(home, g, t, by=by, reason=reason)
     if new:
-        ev.status(home, g, t, ev.CANCELLED, worker=by, reason=reason)
+        _hooks(home, plan, ev.status(home, g, t, ev.CANCELLED, worker=by, reason=reason))
     elif repeat:
         ev.status(home, g, t, ev.CANCELLED, worker=by, reason=reason, repeated=True)
-    return new, _changes(home, g, sched.finish(t, S.CANCELLED) or [], by)
+    return new, _changes(home, g, sched.finish(t, S.CANCELLED) or [], by, plan)
 
 
 def stop_goal(home: Home, plan: Plan, sched: Scheduler, root: str, worker: str) -> Changes:
@@ -191,7 +220,7 @@ def stop_goal(home: Home, plan: Plan, sched: Scheduler, root: str, worker: str) 
     out = Changes()
     reason = f"goal stopped: {root} failed (on_failure=stop)"
     for tid in list(sched.not_started()):
-        new, ch = cancel(home, sched, plan.goal, tid, by=worker, reason=reason)
+        new, ch = cancel(home, sched, plan.goal, tid, by=worker, reason=reason, plan=plan)
         if new:
             out.cancelled.append(tid)
         out.extend(ch)
@@ -226,8 +255,9 @@ def end_goal_if_finished(home: Home, plan: Plan, sched: Scheduler, worker: str) 
     except OSError as e:
         raise os_error("write", home.summary_path(plan.goal), e) from None
     if won:
-        ev.emit(home, plan.goal, ev.GOAL_FINISHED, worker=worker, outcome=summary["outcome"],
-                counts=summary["counts"], failed_roots=summary["failed_roots"], finish_id=me["nonce"])
+        _hooks(home, plan, ev.emit(home, plan.goal, ev.GOAL_FINISHED, worker=worker, outcome=summary["outcome"],
+                                   counts=summary["counts"], failed_roots=summary["failed_roots"],
+                                   finish_id=me["nonce"]))
     else:
         announce_if_lost(home, plan.goal, worker)
     return summary
@@ -257,6 +287,7 @@ def announce_if_lost(home: Home, g: str, worker: str) -> bool:
     with FileLock(os.path.join(home.goal_dir(g), ".break.lock")):
         if ev.mentions(path, fid):
             return False
-        ev.emit(home, g, ev.GOAL_FINISHED, worker=worker, outcome=s.get("outcome"), counts=s.get("counts"),
-                failed_roots=s.get("failed_roots"), finish_id=fid, recovered=True)
+        e = ev.emit(home, g, ev.GOAL_FINISHED, worker=worker, outcome=s.get("outcome"), counts=s.get("counts"),
+                    failed_roots=s.get("failed_roots"), finish_id=fid, recovered=True)
+    _hooks(home, None, e)
     return True

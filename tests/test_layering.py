@@ -21,7 +21,7 @@ LAYERS = {
     # 4: adapters at the edge: the events log, claims, the inotify doorbell, the runners
     "events": 4, "claim": 4, "watcher": 4, "executor": 4, "simrun": 4,
     # 5: the files of one task transition; the aggregator over them
-    "lifecycle": 5, "summary": 5,
+    "lifecycle": 5, "summary": 5, "hooks": 5,
     # 6: the one transition path (markers -> events -> scheduler changes)
     "transitions": 6,
     # 7: the drivers: the engine loop and its reconciliation, the dry run, the operations

@@ -80,6 +80,11 @@ def status(ctx: typer.Context,
     print(fit(f"goal {goal}: {d['state']} (" + ", ".join(f"{v} {k}" for k, v in c.items()) + ")"))
     for line in _summary_lines(d.get("summary")):
         print(fit("  " + line))
+    hf = d.get("hook_failure")
+    if hf:
+        where = f"{goal}/{hf['task']}" if hf.get("task") else goal
+        print(fit(f"  last hook failure {hf.get('ts', '')[:19]}: {hf.get('hook_event')} of {where} "
+                  f"({hf.get('hook')}): {hf.get('reason')}"))
 
 
 def _summary_lines(s: dict | None) -> list[str]:
