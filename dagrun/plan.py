@@ -262,6 +262,58 @@ def parse(raw: bytes, *, shown: str, source: str, default_goal: str) -> Plan:
     return _Validator(text, shown, source, default_goal).plan(doc)
 
 
+FRAGMENT_FIELDS: dict[str, F] = {
+    "$schema": TOP_FIELDS["$schema"],
+    "defaults": TOP_FIELDS["defaults"],
+    "tasks": F("tasks", "The tasks to add."),
+}
+
+
+def parse_fragment(raw: bytes, *, shown: str, plan: Plan) -> Plan:
+    """Validate a fragment {"tasks": [...], "defaults": {...}} to add to `plan` and return
+    the plan with the new tasks appended: the same rules as a whole plan (ids, unknown
+    dependencies, cycles, limits), plus no id may clash with an existing task. New tasks may
+    depend on existing ones, never the other way round, so existing tasks keep their
+    definitions. Prompt files and workdirs are relative to the goal's plan folder."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PlanError(f"{shown}: malformed JSON: invalid UTF-8 at byte {e.start}") from None
+    doc = _parse_json(text, shown)
+    v = _Validator(text, shown, plan.source, plan.goal)
+    top = v.obj((), doc, FRAGMENT_FIELDS, "a fragment")
+    defaults = v.obj(("defaults",), top.get("defaults", {}), KNOBS, "defaults")
+    dflt = {k: v.check(("defaults", k), KNOBS[k], x) for k, x in defaults.items()}
+    raw_tasks = top.get("tasks")
+    if not isinstance(raw_tasks, list) or not raw_tasks:
+        v.fail(("tasks",) if "tasks" in top else (), "a fragment needs \"tasks\": a non-empty array of tasks")
+    if len(plan.tasks) + len(raw_tasks) > MAX_TASKS:
+        v.fail(("tasks",), f"the goal would have {len(plan.tasks) + len(raw_tasks)} tasks; the limit is {MAX_TASKS}")
+    seen: dict[str, int] = {}
+    new = []
+    for i, rt in enumerate(raw_tasks):
+        t = v.task(i, rt, dflt, plan.plan_dir, seen)
+        if plan.has(t.id):
+            v.fail(("tasks", i, "id"), f"task id {_show(t.id)} already exists in goal {_show(plan.goal)}")
+        new.append(t)
+    tasks = list(plan.tasks) + new
+    by_id = {t.id: i for i, t in enumerate(tasks)}
+    base = len(plan.tasks)
+    for i, t in enumerate(new):
+        for field_name in ("deps", "soft_deps"):
+            for j, d in enumerate(getattr(t, field_name)):
+                if d not in by_id:
+                    v.fail(("tasks", i, field_name, j), f"unknown dependency {_show(d)} (asked for by task {_show(t.id)})")
+    try:
+        topo_order(list(by_id), [[by_id[d] for d in (*t.deps, *t.soft_deps)] for t in tasks],
+                   _successors(tasks, by_id))
+    except CycleError as e:
+        v.fail(("tasks", by_id[e.cycle[0]] - base), _fmt_cycle(e.cycle))
+    return Plan(goal=plan.goal, source=plan.source, plan_dir=plan.plan_dir, tasks=tuple(tasks),
+                max_parallel=plan.max_parallel, on_failure=plan.on_failure, lease=plan.lease,
+                description=plan.description, hooks=plan.hooks)
+
+
 class _DupKey(Exception):
     pass
 
