@@ -29,6 +29,8 @@ LAYERS = {
     "engine": 7, "reconcile": 7, "dryrun": 7, "edit": 7, "control": 7, "commands": 7, "status": 7,
     # 8: views over the files
     "metrics": 8, "graph": 8, "report": 8,
+    # the MCP server (another face of the layer-7 operations) and its client configs
+    "mcpserver": 8, "mcpconfig": 8,
     # 9: the command line and its fast path
     "protocol": 9, "cli": 9, "entry": 9,
     # `dagrun init`: the files shipped in dagrun/share, filled in
