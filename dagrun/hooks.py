@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import secrets
 import sys
 import threading
 import time
@@ -38,7 +37,6 @@ import orjson
 
 from . import fsio
 from . import events as ev
-from .executor import run_command
 from .plan import DEFAULT_HOOK_TIMEOUT, Plan
 from .proc import BOOT_ID, HOST, is_alive, self_start
 from .store import Home, loads
@@ -71,6 +69,8 @@ def hooks_for(home: Home, plan: Plan, name: str, task: str | None) -> list[dict]
         if th:
             out += [{**h, "from": "task"} for h in th.get(name, ())]
     d = home.home_hooks_dir(name)
+    if not os.path.isdir(os.path.dirname(d)):     # no $DAGRUN_HOME/hooks: the usual case, one stat
+        return out
     try:
         names = sorted(os.listdir(d))
     except OSError:
@@ -101,7 +101,7 @@ def fire(home: Home, plan: Plan, e: dict, report) -> str | None:
     if not hooks:
         return None
     g = plan.goal
-    rec = {"id": time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(6), "name": name,
+    rec = {"id": time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + os.urandom(6).hex(), "name": name,
            "event": e, "hooks": hooks, "done": [], "plan_dir": plan.plan_dir, "owner": _me()}
     d = home.hooks_due_dir(g)
     path = os.path.join(d, "due-" + rec["id"] + ".json")
@@ -208,6 +208,7 @@ def _run_one(home: Home, g: str, rec: dict, h: dict) -> str | None:
     """Run one hook; None when it succeeded, else the reason."""
     body = orjson.dumps(rec["event"]) + b"\n"
     if "argv" in h:
+        from .executor import run_command     # lazily: subprocess is not on the fast path
         cwd = h.get("cwd") or rec.get("plan_dir") or home.root
         if not os.path.isdir(cwd):
             cwd = home.root
