@@ -59,7 +59,11 @@ def encode(ev: dict) -> bytes:
 
 
 def emit(home: Home, goal: str, type_: str, **fields) -> dict:
-    ev = make(type_, goal, **fields)
+    return append(home, goal, make(type_, goal, **fields))
+
+
+def append(home: Home, goal: str, ev: dict) -> dict:
+    """Append an event made by make() (one write(2), see fsio.append_line)."""
     path = home.events_path(goal)
     try:
         fsio.append_line(path, encode(ev))

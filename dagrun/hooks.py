@@ -6,23 +6,22 @@ An argv hook is started without a shell, the event's JSON line on stdin, `DAGRUN
 in its environment; at its timeout its whole process group is killed. A webhook is a POST of
 the same JSON, retried with exponential backoff.
 
-At least once. transitions.py calls `fire()` right after it appended the event. `fire()`
-publishes a record `goals/<g>/hooks/due-<id>.json` (the event, the hooks, which of them already
-ran, and who runs them: host, boot id, pid + start time) by rename, then runs the hooks on a
-thread of their own and removes the record. The record is written after the event (a crash
-between the two loses the hook along with nothing else: the event line is the transition's
-announcement, and a transition whose event was lost is repaired by the rescan -- without its
-hooks; see docs/integrations.md) and before any hook starts, so a crash while hooks run
-leaves a record whose runner is dead; `replay()` (engine start-up and every rescan) takes it
-over under the goal's break lock and runs the hooks not marked done. A hook can therefore run
-twice (it was running when the process died), never zero times once its record exists.
+At least once. transitions.py announces a hooked event in three steps: `prepare()`
+publishes a record `goals/<g>/hooks/due-<id>.json` by rename (the event, the hooks, which of
+them already ran, and who runs them: host, boot id, pid + start time), then the event is
+appended, then `start()` runs the hooks on the goal's hook thread, which removes the record
+at the end. The record comes after the transition's commit point (its marker) and before
+its event, so a crash anywhere after the commit leaves either a record whose runner is dead
+or hooks that are running; `replay()` (engine start-up, every rescan, `dagrun claim`) takes
+such a record over under the goal's break lock and runs the hooks not marked done. A hook
+can therefore run twice (it was running when the process died), never zero times.
 
 Never in the way: a failing hook (exit != 0, timeout, webhook error) is reported through the
 callback transitions gives (an `agent.hook.failed` event, a line on stderr) and changes
 nothing about the task. The hooks run on a thread per record, so a slow hook never stalls the
 engine's loop; the threads are not daemons, so a short-lived `dagrun complete` waits for its
-hooks before it exits. With no hook configured `fire()` costs a dict lookup and one failed
-listdir of the home's hook folder.
+hooks before it exits. With no hook configured `prepare()` costs a dict lookup and one stat
+(is there a `$DAGRUN_HOME/hooks`?).
 """
 from __future__ import annotations
 
@@ -90,10 +89,10 @@ _workers: dict[str, threading.Thread] = {}
 _lock = threading.Lock()
 
 
-def fire(home: Home, plan: Plan, e: dict, report) -> str | None:
-    """Run the hooks of an event that was just appended (see the module doc). Returns the
-    record's path, or None when no hook is configured. `report(home, g, **fields)` appends
-    the failure event."""
+def prepare(home: Home, plan: Plan, e: dict):
+    """Before the event is appended: publish the record of the hooks it triggers. Returns
+    what `start` needs, or None when no hook is configured (the usual case, no I/O but one
+    stat)."""
     name = event_name(e)
     if name is None:
         return None
@@ -111,8 +110,14 @@ def fire(home: Home, plan: Plan, e: dict, report) -> str | None:
     except OSError as err:       # a hook is never the transition's problem: run it unrecorded
         _log(f"cannot record hooks due in {d}: {err.strerror}; running them without a record")
         path = None
-    _start(home, g, path, rec, report)
-    return path
+    return (home, g, path, rec)
+
+
+def start(due, report) -> None:
+    """After the event is appended: run the prepared hooks on the goal's hook thread.
+    `report(home, g, **fields)` appends the failure event."""
+    if due is not None:
+        _start(*due, report)
 
 
 def _start(home: Home, g: str, path: str | None, rec: dict, report) -> None:

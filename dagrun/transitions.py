@@ -62,17 +62,27 @@ class Finished:
 
 
 # ---------------------------------------------------------------------------------- hooks
-def _hooks(home: Home, plan: Plan | None, e: dict) -> None:
-    """Run the hooks of an event just appended (hooks.py: recorded, then on a thread; never
-    the transition's problem). plan None: loaded only if the event has a hook name."""
-    if plan is None:
-        if hk.event_name(e) is None:
-            return
-        try:
-            plan = home.load_plan(e["goal"])
-        except Exception:            # noqa: BLE001 -- a goal being replaced/removed: no hooks
-            return
-    hk.fire(home, plan, e, hook_failed)
+def _emit(home: Home, plan: Plan | None, g: str, type_: str, **fields) -> dict:
+    """Append an event that may trigger hooks: the hooks-due record is published before the
+    event line, the hooks run (hooks.py, on a thread) after it -- at least once, whatever
+    crashes after the commit point. plan None: loaded only if the event can have hooks."""
+    e = ev.make(type_, g, **fields)
+    due = None
+    if hk.event_name(e) is not None:
+        if plan is None:
+            try:
+                plan = home.load_plan(g)
+            except Exception:        # noqa: BLE001 -- a goal being replaced/removed: no hooks
+                plan = None
+        if plan is not None:
+            due = hk.prepare(home, plan, e)
+    ev.append(home, g, e)
+    hk.start(due, hook_failed)
+    return e
+
+
+def _status(home: Home, plan: Plan | None, g: str, t: str, st: str, **fields) -> dict:
+    return _emit(home, plan, g, ev.TASK_STATUS, task=t, status=st, **fields)
 
 
 def hook_failed(home: Home, g: str, **fields) -> None:
@@ -99,9 +109,8 @@ def _changes(home: Home, g: str, sched_changes, worker: str, plan: Plan | None =
             ch.ready.append(tid)
         elif state == S.BLOCKED:
             cause = S.CANCELLED if marker_of(home, g, root) == S.CANCELLED else S.FAILED
-            e = ev.emit(home, g, ev.TASK_BLOCKED, task=tid, reason=f"{cause} dependency", blocked_by=root,
-                        worker=worker)
-            _hooks(home, plan, e)
+            _emit(home, plan, g, ev.TASK_BLOCKED, task=tid, reason=f"{cause} dependency", blocked_by=root,
+                  worker=worker)
             ch.blocked.append((tid, root))
     return ch
 
@@ -133,21 +142,20 @@ def finish(home: Home, plan: Plan, sched: Scheduler, c: Claim, *, ok: bool, work
     if ok:
         body = commit_done(home, plan, c, ended=ended, exit_code=exit_code if exit_code is not None else 0,
                            output_data=output_data, **forced)
-        e = ev.status(home, g, t, ev.DONE, attempt=c.attempt, worker=worker, duration=body["duration"], exit_code=0,
-                      output_bytes=body["output_bytes"], **(fields or {}), **forced)
-        _hooks(home, plan, e)
+        _status(home, plan, g, t, ev.DONE, attempt=c.attempt, worker=worker, duration=body["duration"], exit_code=0,
+                output_bytes=body["output_bytes"], **(fields or {}), **forced)
         return Finished(S.DONE, body, _changes(home, g, sched.finish(t, S.DONE), worker, plan))
     rec = commit_failure(home, plan, c, outcome=outcome, ended=ended, exit_code=exit_code, signal=signal,
                          reason=reason, **forced)
     common = dict(attempt=c.attempt, worker=worker, duration=rec["duration"], exit_code=rec.get("exit_code"),
                   signal=rec.get("signal"), reason=rec.get("reason"), outcome=rec["outcome"])
     if rec["final"]:
-        _hooks(home, plan, ev.status(home, g, t, ev.FAILED, **common, **forced))
+        _status(home, plan, g, t, ev.FAILED, **common, **forced)
         ch = _changes(home, g, sched.finish(t, S.FAILED), worker, plan)
         if not ch.rebuild and sched.stop_on_failure and not stop_handled:
             ch.extend(stop_goal(home, plan, sched, t, worker))
         return Finished(S.FAILED, rec, ch)
-    _hooks(home, plan, ev.status(home, g, t, ev.RETRYING, **common, retry_at=rec["retry_at"], **forced))
+    _status(home, plan, g, t, ev.RETRYING, **common, retry_at=rec["retry_at"], **forced)
     sched.retrying(t)
     if announce_ready and float(rec.get("retry_at") or 0) <= time.time():
         ev.status(home, g, t, ev.READY, attempt=c.attempt + 1, worker=worker,
@@ -209,7 +217,7 @@ def cancel(home: Home, sched: Scheduler, g: str, t: str, *, by: str, reason: str
     cancel died between its marker and its event). Returns (newly marked, changes)."""
     new = mark_cancelled(home, g, t, by=by, reason=reason)
     if new:
-        _hooks(home, plan, ev.status(home, g, t, ev.CANCELLED, worker=by, reason=reason))
+        _status(home, plan, g, t, ev.CANCELLED, worker=by, reason=reason)
     elif repeat:
         ev.status(home, g, t, ev.CANCELLED, worker=by, reason=reason, repeated=True)
     return new, _changes(home, g, sched.finish(t, S.CANCELLED) or [], by, plan)
@@ -255,9 +263,8 @@ def end_goal_if_finished(home: Home, plan: Plan, sched: Scheduler, worker: str) 
     except OSError as e:
         raise os_error("write", home.summary_path(plan.goal), e) from None
     if won:
-        _hooks(home, plan, ev.emit(home, plan.goal, ev.GOAL_FINISHED, worker=worker, outcome=summary["outcome"],
-                                   counts=summary["counts"], failed_roots=summary["failed_roots"],
-                                   finish_id=me["nonce"]))
+        _emit(home, plan, plan.goal, ev.GOAL_FINISHED, worker=worker, outcome=summary["outcome"],
+              counts=summary["counts"], failed_roots=summary["failed_roots"], finish_id=me["nonce"])
     else:
         announce_if_lost(home, plan.goal, worker)
     return summary
@@ -287,7 +294,6 @@ def announce_if_lost(home: Home, g: str, worker: str) -> bool:
     with FileLock(os.path.join(home.goal_dir(g), ".break.lock")):
         if ev.mentions(path, fid):
             return False
-        e = ev.emit(home, g, ev.GOAL_FINISHED, worker=worker, outcome=s.get("outcome"), counts=s.get("counts"),
-                    failed_roots=s.get("failed_roots"), finish_id=fid, recovered=True)
-    _hooks(home, None, e)
+        _emit(home, None, g, ev.GOAL_FINISHED, worker=worker, outcome=s.get("outcome"), counts=s.get("counts"),
+              failed_roots=s.get("failed_roots"), finish_id=fid, recovered=True)
     return True
