@@ -52,6 +52,10 @@ def knob_value(name: str):
         "enum": st.sampled_from(list(f.choices) + ["nope"]) if f and f.choices else st.text(max_size=4),
         "object": st.dictionaries(st.sampled_from(list(planmod.KNOBS) + ["bogus"]), scalars, max_size=3),
         "tasks": st.just([]),
+        "hooks": st.dictionaries(st.sampled_from(list(planmod.HOOK_EVENTS) + ["bogus"]),
+                                 st.lists(st.one_of(st.lists(st.sampled_from(["true", "", "x"]), max_size=2),
+                                                    st.fixed_dictionaries({"url": st.sampled_from(["http://h/x", "ftp:"])}),
+                                                    anything), max_size=2), max_size=2),
     }[f.kind] if f else anything
     return st.one_of(good, anything) if f else anything
 
