@@ -254,3 +254,27 @@ def test_bad_hooks_are_plan_errors(tmp_path, hooks, msg):
     plan = write_plan(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}], hooks=hooks)
     p = run("validate", plan, check=2)
     assert msg in p.stderr and "Traceback" not in p.stderr
+
+
+def test_engine_killed_while_a_hook_runs_reruns_it_after_restart(tmp_path):
+    import signal
+
+    from conftest import spawn, wait_for
+
+    log = tmp_path / "slow.log"
+    slow = tmp_path / "slow.py"
+    slow.write_text("import sys, time\n"
+                    f"open({str(log)!r}, 'a').write('start\\n')\n"
+                    "time.sleep(1.5)\n"
+                    f"open({str(log)!r}, 'a').write('end\\n')\n")
+    home = tmp_path / "home"
+    plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "agent": "echo ok"}], goal="g",
+                      hooks={"on_done": [[sys.executable, str(slow)]]})
+    eng = spawn("run", plan, home=home)
+    wait_for(lambda: log.exists() and "start" in log.read_text(), what="the hook to start")
+    os.kill(eng.pid, signal.SIGKILL)
+    eng.wait()
+    assert len(_due(home, "g")) == 1                   # the dead engine's record is still due
+    run("run", "g", home=home)                         # replays it: the hook runs again
+    wait_for(lambda: log.read_text().count("end") == 2, what="both runs of the hook to end")
+    assert log.read_text().count("start") == 2 and _due(home, "g") == []
