@@ -286,13 +286,13 @@ def replay(home: Home, g: str, report, worker: str) -> int:
     taken = 0
     for n in sorted(names):
         path = os.path.join(d, n)
-        rec = loads(fsio.read_bytes(path))
-        if not isinstance(rec, dict) or not _orphaned(rec, path):
+        rec = loads(fsio.read_bytes(path, follow=False))
+        if not _well_formed(rec) or not _orphaned(rec, path):
             continue
         from filelock import FileLock
         with FileLock(os.path.join(home.goal_dir(g), ".break.lock")):
-            again = loads(fsio.read_bytes(path))
-            if not isinstance(again, dict) or again.get("owner") != rec.get("owner"):
+            again = loads(fsio.read_bytes(path, follow=False))
+            if not _well_formed(again) or again.get("owner") != rec.get("owner"):
                 continue              # another process took it (or it ran) meanwhile
             rec = {**again, "owner": _me(), "replayed_by": worker}
             try:
@@ -303,6 +303,15 @@ def replay(home: Home, g: str, report, worker: str) -> int:
         _log(f"running hooks {rec.get('name')} of {g} left due by a process that died ({n})")
         _start(home, g, path, rec, report)
     return taken
+
+
+def _well_formed(rec) -> bool:
+    """A record this module wrote (garbage is left alone, never run)."""
+    return (isinstance(rec, dict) and isinstance(rec.get("event"), dict) and isinstance(rec.get("id"), str)
+            and isinstance(rec.get("name"), str) and isinstance(rec.get("done", []), list)
+            and isinstance(rec.get("hooks"), list)
+            and all(isinstance(h, dict) and (isinstance(h.get("argv"), list) or isinstance(h.get("url"), str))
+                    for h in rec["hooks"]))
 
 
 def _orphaned(rec: dict, path: str) -> bool:
