@@ -124,8 +124,9 @@ def diff(ctx: typer.Context,
 def add(ctx: typer.Context,
         goal: str = GOAL_ARG,
         fragment: str = typer.Argument(..., metavar="FRAGMENT", show_default=False,
-                                       help="A JSON file {\"tasks\": [...], \"defaults\": {...}}, or - for stdin."),
-        by: str = typer.Option(None, "--by", help="Who adds them (recorded in the event; default: user@host)."),
+                                       help="A JSON file with \"tasks\" (an array, as in dag.json) and optional "
+                                            "\"defaults\", or - for stdin."),
+        by: str = typer.Option(None, "--by", metavar="NAME", help="Who adds them (recorded in the event; default: user@host)."),
         json: bool = JSON_OPT):
     """Add tasks to a goal, even while it runs: validated like a plan (ids, dependencies,
     cycles); new tasks may depend on existing ones, nothing existing changes or re-runs.
