@@ -196,6 +196,8 @@ def _run_record(home: Home, g: str, path: str | None, rec: dict, report) -> None
 def _env(home: Home, g: str, rec: dict) -> dict:
     e = rec["event"]
     env = dict(os.environ)
+    env.pop("DAGRUN_RUN_ID", None)     # a hook is no agent's process: never reaped as one's stray
+    env.pop("DAGRUN_OUTPUT_FILE", None)
     env.update({"DAGRUN_HOME": home.root, "DAGRUN_GOAL": g, "DAGRUN_HOOK_EVENT": rec["name"],
                 "DAGRUN_EVENT_TYPE": e.get("type", ""), "DAGRUN_HOOK_RECORD": rec["id"]})
     for k, var in (("task", "DAGRUN_TASK"), ("status", "DAGRUN_STATUS"), ("attempt", "DAGRUN_ATTEMPT"),
