@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -139,3 +140,42 @@ def test_print_config_for_each_client(tmp_path):
     assert toml.startswith("[mcp_servers.dagrun]\n") and f'"{home}"' in toml
     p = run("mcp", "--print-config", "vim", home=home, check=2)
     assert "unknown client 'vim'" in p.stderr
+
+
+REAL = "/tmp/realagents"
+
+
+@pytest.mark.realagents
+def test_claude_code_started_by_dagrun_gets_the_dagrun_tools(tmp_path):
+    """A real Claude Code (against the local mock LLM) run as a task with the config of
+    `dagrun mcp --print-config claude` starts our server and offers its tools to the model."""
+    claude = os.path.join(REAL, "bin", "claude-mock")
+    log = os.path.join(REAL, "mock.log")
+    alive = False
+    try:
+        with open(os.path.join(REAL, "mock.pid")) as f:
+            os.kill(int(f.read().strip()), 0)
+        alive = True
+    except (OSError, ValueError):
+        pass
+    if not (os.access(claude, os.X_OK) and alive):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{claude} or its mock LLM is missing (see /work/shared/realagents/README.md)")
+        pytest.skip(f"{claude} or its mock LLM is not there (see /work/shared/realagents/README.md)")
+    home = tmp_path / "home"
+    cfg = tmp_path / "mcp.json"
+    cfg.write_text(run("mcp", "--print-config", "claude", home=home).stdout)
+    token = f"dagrun-mcp-probe-{os.getpid()}-{os.urandom(4).hex()}"
+    plan = write_plan(tmp_path / "p", [{"id": "ask", "prompt": f"{token}: list the goal's tasks",
+                                        "agent": f"{claude} --mcp-config {cfg} --strict-mcp-config"}], goal="g")
+    start = os.path.getsize(log)
+    run("run", plan, home=home, timeout=180)
+    assert token in (home / "goals/g/tasks/ask/output").read_text()
+    with open(log, "rb") as f:
+        f.seek(start)
+        mine = [x for x in f.read().decode("utf-8", "replace").splitlines() if token in x]
+    assert mine, "the mock never saw the task's request"
+    # Claude Code names MCP tools mcp__<server>__<tool> (offered directly or via its tool search)
+    seen = set(re.findall(r"mcp__dagrun__([a-z]+)", "\n".join(mine)))
+    assert seen >= {"status", "output", "logs", "claim", "complete", "fail", "heartbeat", "add", "cancel",
+                    "retry"}, sorted(seen)
