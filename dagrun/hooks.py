@@ -14,7 +14,8 @@ at the end. The record comes after the transition's commit point (its marker) an
 its event, so a crash anywhere after the commit leaves either a record whose runner is dead
 or hooks that are running; `replay()` (engine start-up, every rescan, `dagrun claim`) takes
 such a record over under the goal's break lock and runs the hooks not marked done. A hook
-can therefore run twice (it was running when the process died), never zero times.
+can therefore run twice (it was running when the process died). The one gap: a crash
+between the commit point (marker, claim removed) and the record loses that transition's hooks.
 
 Never in the way: a failing hook (exit != 0, timeout, webhook error) is reported through the
 callback transitions gives (an `agent.hook.failed` event, a line on stderr) and changes
