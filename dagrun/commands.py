@@ -75,6 +75,7 @@ def claim_external(home: Home, g: str, *, worker: str | None, pid: int | None = 
     for t, f in facts.items():          # nobody else may be around to recover dead holders
         if f.state == S.RUNNING and tr.break_stale(home, plan, t, worker=worker) is not None:
             sched.requeue(t)
+    tr.replay_hooks(home, g, worker)  # hooks left due by a process that died (no engine may be around)
     if sched.is_finished():
         tr.end_goal_if_finished(home, plan, sched, worker)
         return ExitCode.GOAL_FAILED, None

@@ -59,7 +59,7 @@ def cancel(home: Home, g: str, t: str | None, *, by: str, reason: str = "",
     why = reason or f"cancelled by {by}"
     res = CancelResult()
     for x in targets:
-        new, _ch = tr.cancel(home, sched, g, x, by=by, reason=why, repeat=x in unheard)
+        new, _ch = tr.cancel(home, sched, g, x, by=by, reason=why, repeat=x in unheard, plan=plan)
         if new:
             res.cancelled.append(x)
     # after the markers: a task claimed just before its marker landed is running too

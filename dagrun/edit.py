@@ -1,5 +1,6 @@
 """Plan editing: submit a plan (a new goal folder, whole or not at all), diff two plans,
-replace a goal's plan (archive what must re-run, publish the new plan last)."""
+replace a goal's plan (archive what must re-run, publish the new plan last), add tasks to a
+goal that may be running (add_tasks)."""
 from __future__ import annotations
 
 import errno
@@ -7,6 +8,8 @@ import os
 import secrets
 import time
 from dataclasses import dataclass, field
+
+import orjson
 
 from . import claim as claims
 from . import events as ev
@@ -16,7 +19,7 @@ from . import states as S
 from . import transitions as tr
 from . import workspace as wsp
 from .errors import DagrunError, Refused, os_error
-from .plan import Plan
+from .plan import Plan, check_id
 from .store import Home, dumps, loads, loads_obj
 
 
@@ -160,6 +163,33 @@ def _replace_goal(home: Home, old: Plan, new: Plan, d: Diff, by: str) -> None:
             raise os_error("replace the plan of", home.goal_dir(g), e) from None
     tr.plan_replaced(home, g, by=by, changed=d.changed, downstream=d.downstream,
                      removed=d.removed, added=d.added, archived=moved, archive=adir if moved else None)
+
+
+def add_tasks(home: Home, g: str, fragment: bytes | dict, *, by: str, shown: str = "fragment") -> list[str]:
+    """Add the tasks of a fragment ({"tasks": [...], "defaults": {...}}) to goal g, running
+    or not: validated like a plan (plan.parse_fragment: ids, unknown deps, cycles, limits, no
+    id clash), new tasks only below existing ones or as new leaves, so nothing that exists
+    changes or re-runs. Under the goal's exclusive edit lock (no claim or commit meanwhile,
+    no second edit): summary.json goes first (the goal is open again; a crash right after
+    leaves the old plan, whose end is simply announced again), then the new plan.json is
+    published by rename -- the old plan or the new one, nothing in between -- and an
+    `agent.plan.replaced` event names who added what (engines rebuild the goal on it).
+    Returns the added ids. Raises PlanError (exit 2) before anything is written."""
+    check_id("goal", g)
+    raw = fragment if isinstance(fragment, (bytes, bytearray)) else orjson.dumps(fragment)
+    planmod.parse_fragment(bytes(raw), shown=shown, plan=home.load_plan(g))  # refused: nothing created
+    with claims.edit_lock(home, g, exclusive=True):
+        old = home.load_plan(g)                 # again under the lock: another edit may have won
+        new = planmod.parse_fragment(bytes(raw), shown=shown, plan=old)
+        added = new.ids()[len(old.tasks):]
+        try:
+            fsio.remove(home.summary_path(g))
+            fsio.write_atomic(home.plan_path(g), new.canonical())
+        except OSError as e:
+            raise os_error("add tasks to", home.goal_dir(g), e) from None
+    tr.plan_replaced(home, g, by=by, edit="add", added=added, changed=[], downstream=[], removed=[],
+                     archived=[])
+    return added
 
 
 def _archive(home: Home, plan: Plan, g: str, targets: set[str]) -> tuple[str, list[str]]:

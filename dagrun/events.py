@@ -26,7 +26,8 @@ TASK_STATUS = "agent.task.status.updated"
 TASK_BLOCKED = "agent.task.blocked"
 GOAL_FINISHED = "agent.goal.finished"
 GOAL_INTEGRATED = "agent.goal.integrated"    # code workspaces: workspace.integrate at the goal's end
-ALL_TYPES = (PLAN_CREATED, PLAN_REPLACED, TASK_STATUS, TASK_BLOCKED, GOAL_FINISHED, GOAL_INTEGRATED)
+HOOK_FAILED = "agent.hook.failed"      # a hook (hooks.py) failed; the task's outcome is unchanged
+ALL_TYPES = (PLAN_CREATED, PLAN_REPLACED, TASK_STATUS, TASK_BLOCKED, GOAL_FINISHED, GOAL_INTEGRATED, HOOK_FAILED)
 
 # values of "status" in agent.task.status.updated
 from .states import CANCELLED, DONE, FAILED, READY, RETRYING, RUNNING  # noqa: E402,F401
@@ -59,7 +60,11 @@ def encode(ev: dict) -> bytes:
 
 
 def emit(home: Home, goal: str, type_: str, **fields) -> dict:
-    ev = make(type_, goal, **fields)
+    return append(home, goal, make(type_, goal, **fields))
+
+
+def append(home: Home, goal: str, ev: dict) -> dict:
+    """Append an event made by make() (one write(2), see fsio.append_line)."""
     path = home.events_path(goal)
     try:
         fsio.append_line(path, encode(ev))

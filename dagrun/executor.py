@@ -363,7 +363,7 @@ class ProcessRunner:
         active = {p.handle.get("run_id") for p in self._procs.values()}
         n = 0
         for pid in _children():
-            if str(pid) in self._procs:      # an agent of ours (keyed by its pid)
+            if str(pid) in self._procs or pid in _COMMANDS:   # an agent of ours; a hook (run_command)
                 continue
             if _is_zombie(pid):
                 _reap(pid)
@@ -456,6 +456,36 @@ class ProcessRunner:
             if not _children():
                 break
             time.sleep(0.02)
+
+
+# ---------------------------------------------------------------------------------- hooks
+_COMMANDS: set[int] = set()    # pids of run_command's processes: never swept as strays
+
+
+def run_command(argv: list[str], *, stdin: bytes, env: dict, cwd: str, timeout: float) -> tuple[int | None, bool, bytes]:
+    """Run a hook's argv (never a shell) in a session of its own, the event JSON on stdin,
+    stdout discarded. At `timeout` its whole process group is killed. Returns (exit code or
+    -signal, timed out, the tail of stderr). Raises OSError when it cannot be started.
+    Safe from any thread; its pid is kept out of the engine's stray sweep."""
+    p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         cwd=cwd, env=env, start_new_session=True, close_fds=True)
+    _COMMANDS.add(p.pid)
+    timed_out = False
+    try:
+        try:
+            _out, err = p.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _killpg(p.pid, signal.SIGKILL)
+            try:
+                _out, err = p.communicate(timeout=2.0)
+            except subprocess.TimeoutExpired:     # a setsid'd grandchild holds stderr open
+                p.kill()
+                p.wait()
+                err = b""
+    finally:
+        _COMMANDS.discard(p.pid)
+    return p.returncode, timed_out, (err or b"")[-400:]
 
 
 def _become_subreaper() -> bool:

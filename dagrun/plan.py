@@ -29,6 +29,9 @@ MAX_TASKS = 100_000
 MAX_SECONDS = 30 * 24 * 3600          # a month: anything longer is a typo
 DEFAULT_CONTEXT_LIMIT = 64 * 1024      # bytes of each dependency's output put into a prompt
 DEFAULT_LEASE = 60.0
+HOOK_EVENTS = ("on_done", "on_failed", "on_retrying", "on_cancelled", "on_blocked", "on_goal_finished")
+DEFAULT_HOOK_TIMEOUT = 30.0
+ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
 def valid_id(s: object) -> bool:
@@ -96,6 +99,8 @@ TASK_FIELDS: dict[str, F] = {
     "workspace": F("boolean", "false: this task touches no code and runs without a git worktree (when the plan has a workspace).",
                    default=True),
     "files": F("globs", "Repository paths (globs, ** for any depth) this task may edit: tasks whose globs overlap never run at the same time."),
+    "hooks": F("hooks", "Commands / webhooks run when this task is done, failed, retrying, cancelled or blocked "
+               "(see docs/integrations.md)."),
     **KNOBS,
 }
 
@@ -111,6 +116,8 @@ TOP_FIELDS: dict[str, F] = {
                gt=0, hi=MAX_SECONDS, default=DEFAULT_LEASE),
     "workspace": F("workspace", "Code workspace: every task runs in its own git worktree of `repo` (relative to the plan's folder), "
                    "starting from `base` with its prerequisites' commits merged in."),
+    "hooks": F("hooks", "Commands / webhooks run on every task's state changes and when the goal finishes "
+               "(see docs/integrations.md)."),
     "tasks": F("tasks", "The sub-goals."),
 }
 
@@ -151,6 +158,7 @@ class Task:
     estimate_usd: float | None = None
     workspace: bool = True                 # false: no git worktree for this task
     files: tuple[str, ...] = ()            # globs it may edit (the mutex)
+    hooks: dict | None = field(default=None, compare=False, hash=False)   # event -> [hook]; not in the digest
 
     def definition_digest(self) -> str:
         return self._digest
@@ -184,6 +192,8 @@ class Task:
         for k, dflt in (("workspace", True), ("files", [])):   # plans without workspaces keep
             if d[k] == dflt:                                    # their plan.json byte for byte
                 del d[k]
+        if d["hooks"] is None:
+            del d["hooks"]            # plans without hooks keep their plan.json bytes
         return d
 
 
@@ -198,6 +208,7 @@ class Plan:
     lease: float = DEFAULT_LEASE
     description: str | None = None
     workspace: dict | None = None      # {"repo": absolute, "base", "author"?, "integrate"}
+    hooks: dict | None = field(default=None, compare=False)   # event -> [hook], see HOOK_EVENTS
     _index: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
@@ -247,6 +258,8 @@ class Plan:
         }
         if self.workspace:
             d["workspace"] = self.workspace
+        if self.hooks is not None:
+            d["hooks"] = self.hooks
         return d
 
     def canonical(self) -> bytes:
@@ -271,7 +284,7 @@ class Plan:
         return cls(goal=d["goal"], source=d["source"], plan_dir=d["plan_dir"], tasks=tasks,
                    max_parallel=d.get("max_parallel"), on_failure=d.get("on_failure", "continue"),
                    lease=d.get("lease", DEFAULT_LEASE), description=d.get("description"),
-                   workspace=d.get("workspace"))
+                   workspace=d.get("workspace"), hooks=d.get("hooks"))
 
 
 # ------------------------------------------------------------------------------ loading
@@ -309,6 +322,58 @@ def parse(raw: bytes, *, shown: str, source: str, default_goal: str, home: str |
         raise PlanError(f"{shown}:{line}: malformed JSON: invalid UTF-8 at byte {e.start}") from None
     doc = _parse_json(text, shown)
     return _Validator(text, shown, source, default_goal, home).plan(doc)
+
+
+FRAGMENT_FIELDS: dict[str, F] = {
+    "$schema": TOP_FIELDS["$schema"],
+    "defaults": TOP_FIELDS["defaults"],
+    "tasks": F("tasks", "The tasks to add."),
+}
+
+
+def parse_fragment(raw: bytes, *, shown: str, plan: Plan) -> Plan:
+    """Validate a fragment {"tasks": [...], "defaults": {...}} to add to `plan` and return
+    the plan with the new tasks appended: the same rules as a whole plan (ids, unknown
+    dependencies, cycles, limits), plus no id may clash with an existing task. New tasks may
+    depend on existing ones, never the other way round, so existing tasks keep their
+    definitions. Prompt files and workdirs are relative to the goal's plan folder."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PlanError(f"{shown}: malformed JSON: invalid UTF-8 at byte {e.start}") from None
+    doc = _parse_json(text, shown)
+    v = _Validator(text, shown, plan.source, plan.goal)
+    top = v.obj((), doc, FRAGMENT_FIELDS, "a fragment")
+    defaults = v.obj(("defaults",), top.get("defaults", {}), KNOBS, "defaults")
+    dflt = {k: v.check(("defaults", k), KNOBS[k], x) for k, x in defaults.items()}
+    raw_tasks = top.get("tasks")
+    if not isinstance(raw_tasks, list) or not raw_tasks:
+        v.fail(("tasks",) if "tasks" in top else (), "a fragment needs \"tasks\": a non-empty array of tasks")
+    if len(plan.tasks) + len(raw_tasks) > MAX_TASKS:
+        v.fail(("tasks",), f"the goal would have {len(plan.tasks) + len(raw_tasks)} tasks; the limit is {MAX_TASKS}")
+    seen: dict[str, int] = {}
+    new = []
+    for i, rt in enumerate(raw_tasks):
+        t = v.task(i, rt, dflt, plan.plan_dir, seen)
+        if plan.has(t.id):
+            v.fail(("tasks", i, "id"), f"task id {_show(t.id)} already exists in goal {_show(plan.goal)}")
+        new.append(t)
+    tasks = list(plan.tasks) + new
+    by_id = {t.id: i for i, t in enumerate(tasks)}
+    base = len(plan.tasks)
+    for i, t in enumerate(new):
+        for field_name in ("deps", "soft_deps"):
+            for j, d in enumerate(getattr(t, field_name)):
+                if d not in by_id:
+                    v.fail(("tasks", i, field_name, j), f"unknown dependency {_show(d)} (asked for by task {_show(t.id)})")
+    try:
+        topo_order(list(by_id), [[by_id[d] for d in (*t.deps, *t.soft_deps)] for t in tasks],
+                   _successors(tasks, by_id))
+    except CycleError as e:
+        v.fail(("tasks", by_id[e.cycle[0]] - base), _fmt_cycle(e.cycle))
+    return Plan(goal=plan.goal, source=plan.source, plan_dir=plan.plan_dir, tasks=tuple(tasks),
+                max_parallel=plan.max_parallel, on_failure=plan.on_failure, lease=plan.lease,
+                description=plan.description, hooks=plan.hooks)
 
 
 class _DupKey(Exception):
@@ -508,6 +573,7 @@ class _Validator:
         if "$schema" in top:
             self.check(("$schema",), TOP_FIELDS["$schema"], top["$schema"])
         workspace = self.workspace(top["workspace"]) if "workspace" in top else None
+        hooks = self.hooks(("hooks",), top["hooks"], HOOK_EVENTS) if "hooks" in top else None
         if "tasks" not in top:
             self.fail((), "missing \"tasks\" (an array of tasks)")
         raw_tasks = top["tasks"]
@@ -538,7 +604,7 @@ class _Validator:
         return Plan(goal=goal, source=self.source, plan_dir=plan_dir, tasks=tuple(tasks),
                     max_parallel=opts.get("max_parallel"), on_failure=opts.get("on_failure", "continue"),
                     lease=float(opts.get("lease", DEFAULT_LEASE)), description=opts.get("description"),
-                    workspace=workspace)
+                    workspace=workspace, hooks=hooks)
 
     def workspace(self, v) -> dict:
         """The plan's workspace object (the git checks come later: workspace.check_plan)."""
@@ -630,7 +696,74 @@ class _Validator:
             workdir=workdir, context_limit=int(get("context_limit")), max_output=get("max_output"),
             priority=int(prio), description=desc, check=get("check"), check_timeout=float(get("check_timeout")),
             cache=bool(get("cache")), estimate_seconds=(knobs.get("estimate") or {}).get("seconds"), estimate_usd=(knobs.get("estimate") or {}).get("usd"),
-            workspace=use_ws, files=tuple(files))
+            workspace=use_ws, files=tuple(files),
+            hooks=self.hooks(path + ("hooks",), rt["hooks"], HOOK_EVENTS[:-1]) if "hooks" in rt else None)
+
+    def hooks(self, path: tuple, v, events: tuple[str, ...]) -> dict | None:
+        """{"on_done": [hook, ...], ...}; a hook is an argv array (never a shell), {"argv": [...],
+        "timeout": s}, or a webhook {"url": "http(s)://...", "headers": {..}, "headers_env":
+        {"Header": "ENV_VAR"}, "secret_env": "ENV_VAR", "timeout": s, "retries": n}. Returned
+        normalised (every hook an object with its timeout); None when empty."""
+        if not isinstance(v, dict):
+            self.fail(path, f"expected an object of hook lists ({', '.join(events)}), got {_type_name(v)}")
+        out = {}
+        for ev_name, hooks in v.items():
+            p = path + (ev_name,)
+            if ev_name not in events:
+                self.fail(p, f"unknown hook event {_show(ev_name)} (known: {', '.join(events)})")
+            if not isinstance(hooks, list):
+                self.fail(p, f"expected an array of hooks, got {_type_name(hooks)}")
+            out[ev_name] = [self.hook(p + (j,), h) for j, h in enumerate(hooks)]
+        return {k: h for k, h in out.items() if h} or None
+
+    def hook(self, path: tuple, h) -> dict:
+        if isinstance(h, list):
+            h = {"argv": h}
+        if not isinstance(h, dict):
+            self.fail(path, f"expected an argv array or an object, got {_type_name(h)}")
+        kind = "argv" if "argv" in h else "url" if "url" in h else None
+        if kind is None:
+            self.fail(path, "a hook needs \"argv\" (a command) or \"url\" (a webhook)")
+        allowed = {"argv", "timeout"} if kind == "argv" else \
+            {"url", "headers", "headers_env", "secret_env", "timeout", "retries"}
+        unknown = sorted(set(h) - allowed)
+        if unknown:
+            self.fail(path + (unknown[0],), f"unknown field {_show(unknown[0])} in a hook (known: {', '.join(sorted(allowed))})")
+        timeout = h.get("timeout", DEFAULT_HOOK_TIMEOUT)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
+            self.fail(path + ("timeout",), f"must be a number of seconds in (0, 3600], got {_show(timeout)}")
+        out: dict = {"timeout": float(timeout)}
+        if kind == "argv":
+            argv = h["argv"]
+            if not isinstance(argv, list) or not argv or not all(isinstance(a, str) and a and "\x00" not in a
+                                                                  for a in argv):
+                self.fail(path + ("argv",), "expected a non-empty array of non-empty strings (the command and "
+                                            "its arguments; no shell)")
+            out["argv"] = list(argv)
+            return out
+        url = h["url"]
+        if not isinstance(url, str) or not re.fullmatch(r"https?://[^\s]+", url):
+            self.fail(path + ("url",), f"expected an http:// or https:// URL, got {_show(url)}")
+        out["url"] = url
+        for k in ("headers", "headers_env"):
+            hv = h.get(k, {})
+            if not isinstance(hv, dict) or not all(isinstance(a, str) and re.fullmatch(r"[A-Za-z0-9-]{1,128}", a)
+                                                   and isinstance(b, str) and "\n" not in b and "\r" not in b
+                                                   for a, b in hv.items()):
+                self.fail(path + (k,), "expected an object of header names to string values")
+            if k == "headers_env" and not all(ENV_RE.fullmatch(b) for b in hv.values()):
+                self.fail(path + (k,), "values must be environment variable names (the secret itself never "
+                                       "goes in the plan)")
+            out[k] = dict(hv)
+        se = h.get("secret_env")
+        if se is not None and not (isinstance(se, str) and ENV_RE.fullmatch(se)):
+            self.fail(path + ("secret_env",), f"expected an environment variable name, got {_show(se)}")
+        out["secret_env"] = se
+        retries = h.get("retries", 3)
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 20:
+            self.fail(path + ("retries",), f"must be an integer 0-20, got {_show(retries)}")
+        out["retries"] = retries
+        return out
 
     def ids(self, path: tuple, v) -> list[str]:
         if not isinstance(v, list):
@@ -803,6 +936,8 @@ def json_schema() -> dict:
             s = {"enum": list(f.choices)}
         elif k == "object":
             s = {"$ref": "#/$defs/knobs"}
+        elif k == "hooks":
+            s = {"type": "object", "additionalProperties": {"type": "array", "items": {"$ref": "#/$defs/hook"}}}
         elif k == "tasks":
             s = {"type": "array", "minItems": 1, "maxItems": MAX_TASKS, "items": {"$ref": "#/$defs/task"}}
         elif k == "boolean":
@@ -836,6 +971,18 @@ def json_schema() -> dict:
         "properties": {k: prop(f) for k, f in TOP_FIELDS.items()},
         "$defs": {
             "id": {"type": "string", "pattern": "^" + ID_RE.pattern + "$"},
+            "hook": {"oneOf": [
+                {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
+                {"type": "object", "additionalProperties": False, "required": ["argv"],
+                 "properties": {"argv": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
+                                "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600}}},
+                {"type": "object", "additionalProperties": False, "required": ["url"],
+                 "properties": {"url": {"type": "string", "pattern": "^https?://"},
+                                "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                                "headers_env": {"type": "object", "additionalProperties": {"type": "string"}},
+                                "secret_env": {"type": "string"},
+                                "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+                                "retries": {"type": "integer", "minimum": 0, "maximum": 20}}}]},
             "knobs": {"type": "object", "additionalProperties": False,
                       "properties": {k: prop(f) for k, f in KNOBS.items()}},
             "workspace": {"type": "object", "additionalProperties": False, "required": ["repo"],

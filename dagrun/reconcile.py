@@ -120,6 +120,7 @@ class Reconciler:
             root = next(t for t, f in facts.items() if f.state == S.FAILED)
             tr.stop_goal(self.home, plan, sched, root, self.worker)
             self._touched.add(g)
+        tr.replay_hooks(self.home, g, self.worker)    # hooks left due by a process that died
         cost = time.monotonic() - t0
         gs.next_rescan = time.monotonic() + max(self.rescan_every, 50 * cost)
         self._check_ended(gs)

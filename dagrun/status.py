@@ -1,6 +1,8 @@
-"""Status data for the views: one goal's overview, one goal's task table."""
+"""Status data for the views: one goal's overview, one goal's task table, a task's output and
+log files (for `dagrun output`/`logs` and the MCP server alike)."""
 from __future__ import annotations
 
+import os
 import time
 
 from . import fsio
@@ -70,6 +72,60 @@ def goal_detail(home: Home, g: str) -> dict:
     for row in rows:
         if row["task"] in per:
             row["usage"] = per[row["task"]]
+    # the goal's last failed hook (hooks never change a task's state, so it shows here)
+    hook_failure = loads(fsio.read_bytes(os.path.join(home.hooks_due_dir(g), "last_failure.json")))
     return {"goal": g, "state": _goal_state(sched, len(plan.tasks)), "counts": sched.counts(),
-            "tasks": rows, "summary": summary, "source": plan.source, "usage": run.usage()}
+            "tasks": rows, "summary": summary, "source": plan.source, "usage": run.usage(),
+            "hook_failure": hook_failure}
 
+
+
+def check_task(home: Home, g: str, t: str):
+    """Ids checked; the goal's plan has t (or its folder exists). Raises NotFound."""
+    from .errors import NotFound
+    from .plan import check_id
+
+    check_id("goal", g)
+    check_id("task", t)
+    plan = home.load_plan(g)
+    if not plan.has(t) and not os.path.isdir(home.task_dir(g, t)):
+        raise NotFound(f"goal {g!r} has no task {t!r}")
+    return plan
+
+
+def task_output(home: Home, g: str, t: str) -> bytes:
+    """A done task's output; NotFound (with its state) when it has none."""
+    from .errors import NotFound
+    from .lifecycle import marker_of
+
+    check_task(home, g, t)
+    m = marker_of(home, g, t)
+    if m != S.DONE:
+        state = m or ("running" if os.path.isdir(home.claim_dir(g, t)) else "not done")
+        raise NotFound(f"{g}/{t} has no output: it is {state}")
+    return home.read_task_file(home.output_path(g, t)) or b""
+
+
+def log_paths(home: Home, g: str, t: str, *, attempt: int | None = None,
+              stdout: bool = False) -> tuple[list[str], int, str]:
+    """Where an attempt's stderr (or stdout) is, best first: the running claim's capture, the
+    attempt record's copy, the task's stderr.log/output. (paths, attempt number, "stderr"|"stdout")."""
+    from .errors import NotFound
+
+    check_task(home, g, t)
+    row = next((r for r in goal_detail(home, g)["tasks"] if r["task"] == t), None)
+    running = os.path.isdir(home.claim_dir(g, t))
+    latest = int((row or {}).get("attempt") or 0)
+    if not latest:
+        raise NotFound(f"{g}/{t} has not started yet: no logs")
+    n = attempt or latest
+    if n > latest:
+        raise NotFound(f"{g}/{t} has {latest} attempt{'s' if latest != 1 else ''}: no attempt {n}")
+    ext, name = ("out", "stdout") if stdout else ("err", "stderr")
+    paths = []
+    if n == latest and running:
+        paths.append(os.path.join(home.claim_dir(g, t), name))
+    paths.append(home.attempt_path(g, t, n, ext))
+    if n == latest and not running:
+        paths.append(home.output_path(g, t) if stdout else home.stderr_path(g, t))
+    return paths, n, name

@@ -164,6 +164,14 @@ class Home:
     def summary_path(self, g: str) -> str:
         return os.path.join(self.goal_dir(g), "summary.json")
 
+    def hooks_due_dir(self, g: str) -> str:
+        """Hooks due for this goal: one record per transition, removed once they ran."""
+        return os.path.join(self.goal_dir(g), "hooks")
+
+    def home_hooks_dir(self, event: str) -> str:
+        """$DAGRUN_HOME/hooks/<event>.d: run-parts style hooks for every goal."""
+        return os.path.join(self.root, "hooks", event + ".d")
+
     def archive_dir(self, g: str) -> str:
         return os.path.join(self.goal_dir(g), "archive")
 

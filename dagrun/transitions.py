@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from . import claim as claims
 from . import events as ev
 from . import fsio
+from . import hooks as hk
 from . import states as S
 from . import workspace as wsp
 from .errors import DagrunError, os_error
@@ -62,7 +63,42 @@ class Finished:
     changes: Changes
 
 
-def _changes(home: Home, g: str, sched_changes, worker: str) -> Changes:
+# ---------------------------------------------------------------------------------- hooks
+def _emit(home: Home, plan: Plan | None, g: str, type_: str, **fields) -> dict:
+    """Append an event that may trigger hooks: the hooks-due record is published before the
+    event line, the hooks run (hooks.py, on a thread) after it -- at least once, whatever
+    crashes after the commit point. plan None: loaded only if the event can have hooks."""
+    e = ev.make(type_, g, **fields)
+    due = None
+    if hk.event_name(e) is not None:
+        if plan is None:
+            try:
+                plan = home.load_plan(g)
+            except Exception:        # noqa: BLE001 -- a goal being replaced/removed: no hooks
+                plan = None
+        if plan is not None:
+            due = hk.prepare(home, plan, e)
+    ev.append(home, g, e)
+    hk.start(due, hook_failed)
+    return e
+
+
+def _status(home: Home, plan: Plan | None, g: str, t: str, st: str, **fields) -> dict:
+    return _emit(home, plan, g, ev.TASK_STATUS, task=t, status=st, **fields)
+
+
+def hook_failed(home: Home, g: str, **fields) -> None:
+    """A hook failed (hooks.py reports it): the event, and the goal's last failure for status."""
+    e = ev.emit(home, g, ev.HOOK_FAILED, **fields)
+    fsio.write_atomic(os.path.join(home.hooks_due_dir(g), "last_failure.json"), dumps(e))
+
+
+def replay_hooks(home: Home, g: str, worker: str) -> int:
+    """Hooks left due by a process that died: run them now (engine start-up and rescan)."""
+    return hk.replay(home, g, hook_failed, worker)
+
+
+def _changes(home: Home, g: str, sched_changes, worker: str, plan: Plan | None = None) -> Changes:
     """Announce what a terminal transition unlocked or blocked (the first entry is the task
     itself, announced by the caller with its details) and return it."""
     ch = Changes()
@@ -75,7 +111,8 @@ def _changes(home: Home, g: str, sched_changes, worker: str) -> Changes:
             ch.ready.append(tid)
         elif state == S.BLOCKED:
             cause = S.CANCELLED if marker_of(home, g, root) == S.CANCELLED else S.FAILED
-            ev.emit(home, g, ev.TASK_BLOCKED, task=tid, reason=f"{cause} dependency", blocked_by=root, worker=worker)
+            _emit(home, plan, g, ev.TASK_BLOCKED, task=tid, reason=f"{cause} dependency", blocked_by=root,
+                  worker=worker)
             ch.blocked.append((tid, root))
     return ch
 
@@ -127,21 +164,21 @@ def finish(home: Home, plan: Plan, sched: Scheduler, c: Claim, *, ok: bool, work
             code = exit_code if exit_code is not None else 0
         body = commit_done(home, plan, c, ended=ended, exit_code=code, output_data=output_data,
                            extra=extra or None, **forced)
-        ev.status(home, g, t, ev.DONE, attempt=c.attempt, worker=worker, duration=body["duration"], exit_code=code,
-                  output_bytes=body["output_bytes"], usage=body.get("usage"), cached=True if cached else None,
-                  **(fields or {}), **forced)
-        return Finished(S.DONE, body, _changes(home, g, sched.finish(t, S.DONE), worker))
+        _status(home, plan, g, t, ev.DONE, attempt=c.attempt, worker=worker, duration=body["duration"],
+                exit_code=code, output_bytes=body["output_bytes"], usage=body.get("usage"),
+                cached=True if cached else None, **(fields or {}), **forced)
+        return Finished(S.DONE, body, _changes(home, g, sched.finish(t, S.DONE), worker, plan))
     rec = commit_failure(home, plan, c, outcome=outcome, ended=ended, exit_code=exit_code, signal=signal,
                          reason=reason, extra=extra or None, final=final, **forced)
     common = dict(attempt=c.attempt, worker=worker, duration=rec["duration"], exit_code=rec.get("exit_code"),
                   signal=rec.get("signal"), reason=rec.get("reason"), outcome=rec["outcome"], usage=rec.get("usage"))
     if rec["final"]:
-        ev.status(home, g, t, ev.FAILED, **common, **forced)
-        ch = _changes(home, g, sched.finish(t, S.FAILED), worker)
+        _status(home, plan, g, t, ev.FAILED, **common, **forced)
+        ch = _changes(home, g, sched.finish(t, S.FAILED), worker, plan)
         if not ch.rebuild and sched.stop_on_failure and not stop_handled:
             ch.extend(stop_goal(home, plan, sched, t, worker))
         return Finished(S.FAILED, rec, ch)
-    ev.status(home, g, t, ev.RETRYING, **common, retry_at=rec["retry_at"], **forced)
+    _status(home, plan, g, t, ev.RETRYING, **common, retry_at=rec["retry_at"], **forced)
     sched.retrying(t)
     if announce_ready and float(rec.get("retry_at") or 0) <= time.time():
         ev.status(home, g, t, ev.READY, attempt=c.attempt + 1, worker=worker,
@@ -197,16 +234,16 @@ def break_stale(home: Home, plan: Plan, t: str, *, worker: str, lease: float | N
 
 # ---------------------------------------------------------------------------------- control
 def cancel(home: Home, sched: Scheduler, g: str, t: str, *, by: str, reason: str,
-           repeat: bool = False) -> tuple[bool, Changes]:
+           repeat: bool = False, plan: Plan | None = None) -> tuple[bool, Changes]:
     """Cancel one task: the `cancelled` marker (unless it is done or cancelled already), the
     event, and the dependents it blocks. repeat: announce an existing cancel again (an earlier
     cancel died between its marker and its event). Returns (newly marked, changes)."""
     new = mark_cancelled(home, g, t, by=by, reason=reason)
     if new:
-        ev.status(home, g, t, ev.CANCELLED, worker=by, reason=reason)
+        _status(home, plan, g, t, ev.CANCELLED, worker=by, reason=reason)
     elif repeat:
         ev.status(home, g, t, ev.CANCELLED, worker=by, reason=reason, repeated=True)
-    return new, _changes(home, g, sched.finish(t, S.CANCELLED) or [], by)
+    return new, _changes(home, g, sched.finish(t, S.CANCELLED) or [], by, plan)
 
 
 def stop_goal(home: Home, plan: Plan, sched: Scheduler, root: str, worker: str) -> Changes:
@@ -214,7 +251,7 @@ def stop_goal(home: Home, plan: Plan, sched: Scheduler, root: str, worker: str) 
     out = Changes()
     reason = f"goal stopped: {root} failed (on_failure=stop)"
     for tid in list(sched.not_started()):
-        new, ch = cancel(home, sched, plan.goal, tid, by=worker, reason=reason)
+        new, ch = cancel(home, sched, plan.goal, tid, by=worker, reason=reason, plan=plan)
         if new:
             out.cancelled.append(tid)
         out.extend(ch)
@@ -249,8 +286,8 @@ def end_goal_if_finished(home: Home, plan: Plan, sched: Scheduler, worker: str) 
     except OSError as e:
         raise os_error("write", home.summary_path(plan.goal), e) from None
     if won:
-        ev.emit(home, plan.goal, ev.GOAL_FINISHED, worker=worker, outcome=summary["outcome"],
-                counts=summary["counts"], failed_roots=summary["failed_roots"], finish_id=me["nonce"])
+        _emit(home, plan, plan.goal, ev.GOAL_FINISHED, worker=worker, outcome=summary["outcome"],
+              counts=summary["counts"], failed_roots=summary["failed_roots"], finish_id=me["nonce"])
         integrate_if_asked(home, plan, summary["outcome"], worker)
     else:
         announce_if_lost(home, plan.goal, worker)
@@ -294,8 +331,8 @@ def announce_if_lost(home: Home, g: str, worker: str) -> bool:
     with FileLock(os.path.join(home.goal_dir(g), ".break.lock")):
         if ev.mentions(path, fid):
             return False
-        ev.emit(home, g, ev.GOAL_FINISHED, worker=worker, outcome=s.get("outcome"), counts=s.get("counts"),
-                failed_roots=s.get("failed_roots"), finish_id=fid, recovered=True)
+        _emit(home, None, g, ev.GOAL_FINISHED, worker=worker, outcome=s.get("outcome"), counts=s.get("counts"),
+              failed_roots=s.get("failed_roots"), finish_id=fid, recovered=True)
         if s.get("outcome") == S.DONE:          # the dead finisher's automatic integration too
             try:
                 integrate_if_asked(home, home.load_plan(g), S.DONE, worker)

@@ -28,7 +28,7 @@ LAYERS = {
     "agentrun": 4, "agentio": 4, "cache": 4,
     "workspace": 4,      # git plumbing of code workspaces: runs git, so it may use subprocess
     # 5: the files of one task transition; the aggregator over them
-    "lifecycle": 5, "summary": 5,
+    "lifecycle": 5, "summary": 5, "hooks": 5,
     # 6: the one transition path (markers -> events -> scheduler changes)
     "transitions": 6,
     # 7: the drivers: the engine loop and its reconciliation, the dry run, the operations
@@ -37,6 +37,8 @@ LAYERS = {
     "wsops": 7,          # integrate, gc: the operations on code workspaces
     # 8: views over the files
     "metrics": 8, "graph": 8, "report": 8, "estimate": 8,
+    # the MCP server (another face of the layer-7 operations) and its client configs
+    "mcpserver": 8, "mcpconfig": 8,
     # 9: the command line and its fast path
     "protocol": 9, "cli": 9, "entry": 9,
     # `dagrun init`: the files shipped in dagrun/share, filled in

@@ -1,4 +1,4 @@
-"""validate, schema, submit, diff, plan."""
+"""validate, schema, submit, diff, plan, add."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ import sys
 import typer
 
 from . import app
-from .common import JSON_OPT, PLAN_ARG, PLAN_TOOLS, examples, home_of, print_json
+from .common import GOAL_ARG, JSON_OPT, PLAN_ARG, PLAN_TOOLS, examples, home_of, print_json
 
 
 @app.command(rich_help_panel=PLAN_TOOLS, epilog=examples(
@@ -119,6 +119,38 @@ def diff(ctx: typer.Context,
         print(f"goal {r.goal}: the plan is unchanged")
     else:
         _print_diff(r.diff, sys.stdout)
+
+
+@app.command(rich_help_panel=PLAN_TOOLS, epilog=examples(
+        "dagrun add g more.json     # {\"tasks\": [{\"id\": \"docs\", \"deps\": [\"impl\"], \"prompt\": ..., \"agent\": ...}]}",
+        "echo '{\"tasks\": [...]}' | dagrun add g -     # from an agent's run: the fragment on stdin"))
+def add(ctx: typer.Context,
+        goal: str = GOAL_ARG,
+        fragment: str = typer.Argument(..., metavar="FRAGMENT", show_default=False,
+                                       help="A JSON file with \"tasks\" (an array, as in dag.json) and optional "
+                                            "\"defaults\", or - for stdin."),
+        by: str = typer.Option(None, "--by", metavar="NAME", help="Who adds them (recorded in the event; default: user@host)."),
+        json: bool = JSON_OPT):
+    """Add tasks to a goal, even while it runs: validated like a plan (ids, dependencies,
+    cycles); new tasks may depend on existing ones, nothing existing changes or re-runs.
+    A running engine picks them up; the goal ends when they have run too."""
+    from ..edit import add_tasks
+    from ..errors import UsageError
+
+    if fragment == "-":
+        raw = sys.stdin.buffer.read()
+    else:
+        try:
+            with open(fragment, "rb") as f:
+                raw = f.read()
+        except OSError as e:
+            raise UsageError(f"cannot read fragment {fragment}: {e.strerror}") from None
+    who = by or f"{os.environ.get('USER', 'user')}@{os.uname().nodename}"
+    added = add_tasks(home_of(ctx), goal, raw, by=who, shown=fragment if fragment != "-" else "<stdin>")
+    if json:
+        print_json({"goal": goal, "added": added})
+    else:
+        print(" ".join(added))
 
 
 def _print_diff(d, out) -> None:

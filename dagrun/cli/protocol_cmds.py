@@ -96,3 +96,38 @@ def heartbeat(ctx: typer.Context,
     from ..protocol import cmd_heartbeat
 
     raise typer.Exit(cmd_heartbeat(home_of(ctx), goal, task, worker=worker, pid=pid))
+
+
+@app.command(rich_help_panel=PROTOCOL, epilog=examples(
+    "dagrun mcp                               # serve MCP on stdin/stdout (an agent CLI starts it)",
+    "dagrun mcp --print-config claude > mcp.json && claude --mcp-config mcp.json -p '...'",
+    "dagrun mcp --print-config codex >> ~/.codex/config.toml",
+))
+def mcp(ctx: typer.Context,
+        print_config: str = typer.Option(None, "--print-config", metavar="CLIENT",
+                                         help="Print the MCP configuration that runs this server with this "
+                                              "home for CLIENT (claude, codex, gemini) and exit.")):
+    """Serve the Model Context Protocol over stdio: tools status, output, logs, claim,
+    complete, fail, heartbeat, add, cancel, retry; resources for a goal's plan, events and
+    task outputs. Same rules as the protocol commands. Needs the `mcp` SDK
+    (pip install 'dagrun[mcp]')."""
+    import os
+    import shutil
+    import sys
+
+    from ..errors import UsageError
+
+    home = home_of(ctx)
+    if print_config is not None:
+        from ..mcpconfig import CLIENTS as clients, client_config
+        if print_config not in clients:
+            raise UsageError(f"--print-config: unknown client {print_config!r} (one of: {', '.join(clients)})")
+        exe = shutil.which("dagrun") or os.path.join(os.path.dirname(sys.executable), "dagrun")
+        exe = os.path.abspath(sys.argv[0]) if os.path.basename(sys.argv[0]) == "dagrun" else exe
+        sys.stdout.write(client_config(print_config, home, exe))
+        return
+    try:
+        from ..mcpserver import serve
+    except ImportError as e:
+        raise UsageError(f"dagrun mcp needs the mcp SDK ({e}): pip install 'dagrun[mcp]'") from None
+    serve(home)

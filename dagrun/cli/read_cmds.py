@@ -90,6 +90,11 @@ def status(ctx: typer.Context,
         print(fit(f"  usage {fmt_usage(usage)}"))
     for line in _summary_lines(d.get("summary")):
         print(fit("  " + line))
+    hf = d.get("hook_failure")
+    if hf:
+        where = f"{goal}/{hf['task']}" if hf.get("task") else goal
+        print(fit(f"  last hook failure {hf.get('ts', '')[:19]}: {hf.get('hook_event')} of {where} "
+                  f"({hf.get('hook')}): {hf.get('reason')}"))
 
 
 def _summary_lines(s: dict | None) -> list[str]:
@@ -109,19 +114,6 @@ def _summary_lines(s: dict | None) -> list[str]:
     return out
 
 
-def _task_args(ctx, goal: str, task: str):
-    from ..errors import NotFound
-    from ..plan import check_id
-
-    check_id("goal", goal)
-    check_id("task", task)
-    home = home_of(ctx)
-    plan = home.load_plan(goal)
-    if not plan.has(task) and not os.path.isdir(home.task_dir(goal, task)):
-        raise NotFound(f"goal {goal!r} has no task {task!r}")
-    return home
-
-
 @app.command(rich_help_panel=INSPECT, epilog=examples(
     "dagrun output add-auth review",
     "dagrun output add-auth implement > implement.md"))
@@ -129,16 +121,9 @@ def output(ctx: typer.Context,
            goal: str = GOAL_ARG,
            task: str = TASK_ARG):
     """Print a done task's output (what its agent wrote to stdout)."""
-    from ..errors import NotFound
-    from ..lifecycle import marker_of
+    from ..status import task_output
 
-    home = _task_args(ctx, goal, task)
-    m = marker_of(home, goal, task)
-    if m != "done":
-        state = m or ("running" if os.path.isdir(home.claim_dir(goal, task)) else "not done")
-        raise NotFound(f"{goal}/{task} has no output: it is {state}")
-    data = home.read_task_file(home.output_path(goal, task))
-    sys.stdout.buffer.write(data or b"")
+    sys.stdout.buffer.write(task_output(home_of(ctx), goal, task))
     sys.stdout.flush()
 
 
@@ -154,25 +139,10 @@ def logs(ctx: typer.Context,
          follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing while the attempt runs.")):
     """Print a task's stderr (the running attempt's, or the latest finished one's). An
     attempt that wrote nothing prints nothing (exit 0)."""
-    from ..errors import NotFound
-    from ..status import goal_detail
+    from ..status import log_paths
 
-    home = _task_args(ctx, goal, task)
-    row = next((r for r in goal_detail(home, goal)["tasks"] if r["task"] == task), None)
-    running = os.path.isdir(home.claim_dir(goal, task))
-    latest = int((row or {}).get("attempt") or 0)
-    if not latest:
-        raise NotFound(f"{goal}/{task} has not started yet: no logs")
-    n = attempt or latest
-    if n > latest:
-        raise NotFound(f"{goal}/{task} has {latest} attempt{'s' if latest != 1 else ''}: no attempt {n}")
-    ext, name = ("out", "stdout") if stdout else ("err", "stderr")
-    paths = []
-    if n == latest and running:
-        paths.append(os.path.join(home.claim_dir(goal, task), name))
-    paths.append(home.attempt_path(goal, task, n, ext))
-    if n == latest and not running:
-        paths.append(home.output_path(goal, task) if stdout else home.stderr_path(goal, task))
+    home = home_of(ctx)
+    paths, n, name = log_paths(home, goal, task, attempt=attempt, stdout=stdout)
     fd = None
     for p in paths:
         fd = home.open_task_file(p)            # follows no symlink out of the home

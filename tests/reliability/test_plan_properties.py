@@ -74,6 +74,10 @@ def knob_value(name: str):
             st.one_of(scalars, st.sampled_from(["repo", "main", "-x", "a b"]),
                       st.fixed_dictionaries({"name": st.sampled_from(["n", "", "a<b"]), "email": st.just("e@x")})),
             max_size=4),
+        "hooks": st.dictionaries(st.sampled_from(list(planmod.HOOK_EVENTS) + ["bogus"]),
+                                 st.lists(st.one_of(st.lists(st.sampled_from(["true", "", "x"]), max_size=2),
+                                                    st.fixed_dictionaries({"url": st.sampled_from(["http://h/x", "ftp:"])}),
+                                                    anything), max_size=2), max_size=2),
     }[f.kind] if f else anything
     return st.one_of(good, anything) if f else anything
 

@@ -1,0 +1,181 @@
+"""`dagrun mcp` driven by the SDK's own client over stdio (mcp.client.stdio), issue 19."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+
+import pytest
+
+from conftest import DAGRUN, run, write_plan
+
+try:
+    import anyio
+    from mcp.client.session import ClientSession
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+except ImportError as e:              # pragma: no cover - depends on the environment
+    if os.environ.get("CI") == "true":
+        raise
+    pytest.skip(f"the mcp SDK is not installed ({e}): pip install -e '.[test]'", allow_module_level=True)
+
+
+def _text(res) -> str:
+    return "".join(getattr(c, "text", "") for c in res.content)
+
+
+def _data(res):
+    assert not res.is_error, _text(res)
+    return json.loads(_text(res))
+
+
+def _session(home, fn):
+    """Start `dagrun --home HOME mcp`, initialize, run `await fn(session)`."""
+    async def main():
+        params = StdioServerParameters(command=DAGRUN, args=["--home", str(home), "mcp"])
+        async with stdio_client(params) as (r, w):
+            async with ClientSession(r, w) as s:
+                await s.initialize()
+                return await fn(s)
+    return anyio.run(main)
+
+
+def test_a_whole_goal_through_mcp(tmp_path):
+    home = tmp_path / "home"
+    plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "write A", "agent": "true"},
+                                       {"id": "b", "deps": ["a"], "prompt": "use it", "agent": "true"}], goal="g")
+    run("submit", plan, home=home)
+
+    async def drive(s):
+        names = {t.name for t in (await s.list_tools()).tools}
+        assert names == {"status", "output", "logs", "claim", "complete", "fail", "heartbeat", "add", "cancel",
+                         "retry"}
+        c = _data(await s.call_tool("claim", {"goal": "g", "worker": "mcp-agent"}))
+        assert c["claimed"] and c["task"] == "a" and c["prompt"].startswith("write A")
+        assert _text(await s.call_tool("heartbeat", {"goal": "g", "task": "a"})) == "ok"
+        assert (await s.call_tool("claim", {"goal": "g"})).content and \
+            _data(await s.call_tool("claim", {"goal": "g"})) == {"claimed": False, "reason": "nothing is ready yet"}
+        done = _data(await s.call_tool("complete", {"goal": "g", "task": "a", "output": "result of A\n"}))
+        assert done["state"] == "done" and done["output_bytes"] == 12
+        st = _data(await s.call_tool("status", {"goal": "g"}))
+        assert {r["task"]: r["state"] for r in st["tasks"]} == {"a": "done", "b": "ready"}
+        assert _text(await s.call_tool("output", {"goal": "g", "task": "a"})) == "result of A\n"
+        c = _data(await s.call_tool("claim", {"goal": "g"}))
+        assert c["task"] == "b" and "result of A" in c["prompt"]
+        _data(await s.call_tool("complete", {"goal": "g", "task": "b", "output": "B"}))
+        assert _data(await s.call_tool("claim", {"goal": "g"})) == {"claimed": False, "reason": "the goal has ended"}
+        st = _data(await s.call_tool("status", {"goal": "g"}))
+        plan_res = await s.read_resource("dagrun://goals/g/plan")
+        ev_res = await s.read_resource("dagrun://goals/g/events")
+        out_res = await s.read_resource("dagrun://goals/g/tasks/a/output")
+        return st, plan_res, ev_res, out_res
+
+    st, plan_res, ev_res, out_res = _session(home, drive)
+    assert st["state"] == "done" and st["summary"]["outcome"] == "done"
+    assert json.loads(plan_res.contents[0].text)["goal"] == "g"
+    types = [json.loads(x)["type"] for x in ev_res.contents[0].text.splitlines()]
+    assert types[0] == "agent.plan.created" and types[-1] == "agent.goal.finished"
+    assert out_res.contents[0].text == "result of A\n"
+    # the same files as the bash protocol writes
+    assert (home / "goals/g/tasks/a/output").read_text() == "result of A\n"
+    assert json.loads((home / "goals/g/tasks/a/done").read_text())["worker"] == "mcp-agent"
+
+
+def test_refusals_are_tool_errors(tmp_path):
+    home = tmp_path / "home"
+    plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "agent": "true"},
+                                       {"id": "b", "prompt": "x", "agent": "true"}], goal="g")
+    run("submit", plan, home=home)
+    # another process holds a's claim (a script's claim for a sleeping holder)
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        t = run("claim", "g", "--pid", str(holder.pid), "--worker", "someone", home=home).stdout.strip()
+        assert t == "a"
+
+        async def drive(s):
+            out = {}
+            for name, args in [("complete", {"goal": "g", "task": "a", "output": "x"}),
+                               ("fail", {"goal": "g", "task": "a", "reason": "no"}),
+                               ("heartbeat", {"goal": "g", "task": "a"}),
+                               ("complete", {"goal": "g", "task": "../etc"}),
+                               ("output", {"goal": "g", "task": "nope"}),
+                               ("status", {"goal": "no such goal"}),
+                               ("add", {"goal": "g", "tasks": [{"id": "a", "prompt": "p", "agent": "true"}]}),
+                               ("add", {"goal": "g", "tasks": [{"id": "x", "deps": ["y"], "prompt": "p", "agent": "t"},
+                                                               {"id": "y", "deps": ["x"], "prompt": "p", "agent": "t"}]}),
+                               ("retry", {"goal": "g", "task": "b"})]:
+                res = await s.call_tool(name, args)
+                out[(name, json.dumps(args))] = (res.is_error, _text(res))
+            added = _data(await s.call_tool("add", {"goal": "g", "tasks": [{"id": "c", "deps": ["a"], "prompt": "p"}],
+                                                    "defaults": {"agent": "true"}}))
+            return out, added
+
+        out, added = _session(home, drive)
+    finally:
+        holder.kill()
+        holder.wait()
+    errors = list(out.values())
+    assert all(is_err for is_err, _ in errors), errors
+    msgs = [m for _, m in errors]
+    assert "not the holder" in msgs[0] or "held by" in msgs[0], msgs[0]
+    assert "held by" in msgs[1] or "not the holder" in msgs[1], msgs[1]
+    assert "invalid task id '../etc'" in msgs[3]
+    assert "goal 'g' has no task 'nope'" in msgs[4]
+    assert "invalid goal id" in msgs[5]
+    assert 'task id "a" already exists' in msgs[6]
+    assert "dependency cycle: x -> y -> x" in msgs[7]
+    assert "nothing to retry" in msgs[8]
+    assert all("Traceback" not in m for m in msgs)
+    assert added == {"goal": "g", "added": ["c"]}
+    assert not (home / "goals/g/tasks/a/done").exists()       # the refusals changed nothing
+
+
+def test_print_config_for_each_client(tmp_path):
+    home = tmp_path / "home"
+    cfg = json.loads(run("mcp", "--print-config", "claude", home=home).stdout)
+    srv = cfg["mcpServers"]["dagrun"]
+    assert srv["args"] == ["--home", str(home), "mcp"] and os.path.basename(srv["command"]) == "dagrun"
+    assert json.loads(run("mcp", "--print-config", "gemini", home=home).stdout)["mcpServers"]["dagrun"] == srv
+    toml = run("mcp", "--print-config", "codex", home=home).stdout
+    assert toml.startswith("[mcp_servers.dagrun]\n") and f'"{home}"' in toml
+    p = run("mcp", "--print-config", "vim", home=home, check=2)
+    assert "unknown client 'vim'" in p.stderr
+
+
+REAL = "/tmp/realagents"
+
+
+@pytest.mark.realagents
+def test_claude_code_started_by_dagrun_gets_the_dagrun_tools(tmp_path):
+    """A real Claude Code (against the local mock LLM) run as a task with the config of
+    `dagrun mcp --print-config claude` starts our server and offers its tools to the model."""
+    claude = os.path.join(REAL, "bin", "claude-mock")
+    log = os.path.join(REAL, "mock.log")
+    alive = False
+    try:
+        with open(os.path.join(REAL, "mock.pid")) as f:
+            os.kill(int(f.read().strip()), 0)
+        alive = True
+    except (OSError, ValueError):
+        pass
+    if not (os.access(claude, os.X_OK) and alive):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{claude} or its mock LLM is missing (see /work/shared/realagents/README.md)")
+        pytest.skip(f"{claude} or its mock LLM is not there (see /work/shared/realagents/README.md)")
+    home = tmp_path / "home"
+    cfg = tmp_path / "mcp.json"
+    cfg.write_text(run("mcp", "--print-config", "claude", home=home).stdout)
+    token = f"dagrun-mcp-probe-{os.getpid()}-{os.urandom(4).hex()}"
+    plan = write_plan(tmp_path / "p", [{"id": "ask", "prompt": f"{token}: list the goal's tasks",
+                                        "agent": f"{claude} --mcp-config {cfg} --strict-mcp-config"}], goal="g")
+    start = os.path.getsize(log)
+    run("run", plan, home=home, timeout=180)
+    assert token in (home / "goals/g/tasks/ask/output").read_text()
+    with open(log, "rb") as f:
+        f.seek(start)
+        mine = [x for x in f.read().decode("utf-8", "replace").splitlines() if token in x]
+    assert mine, "the mock never saw the task's request"
+    # Claude Code names MCP tools mcp__<server>__<tool> (offered directly or via its tool search)
+    seen = set(re.findall(r"mcp__dagrun__([a-z]+)", "\n".join(mine)))
+    assert seen >= {"status", "output", "logs", "claim", "complete", "fail", "heartbeat", "add", "cancel",
+                    "retry"}, sorted(seen)
