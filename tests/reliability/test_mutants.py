@@ -362,10 +362,10 @@ def test_the_schema_lets_nullable_knobs_be_null():
     import jsonschema
     schema = planmod.json_schema()
     doc = {"tasks": [{"id": "a", "prompt": "p", "agent": "x", "timeout": None, "stall_timeout": None,
-                      "max_output": None}], "defaults": {"timeout": None}}
+                      "max_output": None, "check": None}], "defaults": {"timeout": None, "check": ["true"]}}
     jsonschema.validate(doc, schema)
     nullable = [k for k, f in planmod.KNOBS.items() if f.nullable]
-    assert set(nullable) == {"timeout", "stall_timeout", "max_output"}
+    assert set(nullable) == {"timeout", "stall_timeout", "max_output", "check"}   # check: null = no check
     knobs = schema["$defs"]["knobs"]["properties"]
     assert all(knobs[k]["type"][-1] == "null" for k in nullable)
     # (json_schema's `anyOf` branch for a nullable field without a "type" is unreachable with
