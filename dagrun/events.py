@@ -25,7 +25,9 @@ PLAN_REPLACED = "agent.plan.replaced"
 TASK_STATUS = "agent.task.status.updated"
 TASK_BLOCKED = "agent.task.blocked"
 GOAL_FINISHED = "agent.goal.finished"
-ALL_TYPES = (PLAN_CREATED, PLAN_REPLACED, TASK_STATUS, TASK_BLOCKED, GOAL_FINISHED)
+TASK_BUDGET = "agent.task.budget"        # a running task spent past its soft share of the budget
+GOAL_BUDGET = "agent.goal.budget"        # `dagrun budget GOAL --add`: the pool was raised
+ALL_TYPES = (PLAN_CREATED, PLAN_REPLACED, TASK_STATUS, TASK_BLOCKED, GOAL_FINISHED, TASK_BUDGET, GOAL_BUDGET)
 
 # values of "status" in agent.task.status.updated
 from .states import CANCELLED, DONE, FAILED, READY, RETRYING, RUNNING  # noqa: E402,F401

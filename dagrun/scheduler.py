@@ -72,12 +72,18 @@ class TaskLike(Protocol):
 
 class Scheduler:
     def __init__(self, tasks: Sequence[TaskLike], initial: dict[str, str] | None = None, *,
-                 max_parallel: int | None = None, stop_on_failure: bool = False):
+                 max_parallel: int | None = None, stop_on_failure: bool = False,
+                 budget: dict | None = None, estimates: dict[str, float] | None = None):
         # Capacity rules: what may start, decided here and nowhere else (engine, claim and
         # the CLI only ask may_start()/take()). A new rule (a resource, a budget) is one more
         # condition in may_start().
         self.max_parallel = max_parallel or None     # running tasks of this goal, any worker's
         self.stop_on_failure = stop_on_failure       # on_failure=stop: nothing new after a failure
+        # the budget pool ({"usd", "tokens"}, either) and what the goal spent so far (set by the
+        # caller from the files, set_spent); a task's usd estimate must fit in what is left
+        self.budget = dict(budget) if budget else None
+        self.spent: dict = {}
+        self.estimates = dict(estimates or {})
         self.ids = [t.id for t in tasks]
         idx = self.index = {tid: i for i, tid in enumerate(self.ids)}
         n = len(self.ids)
@@ -186,7 +192,31 @@ class Scheduler:
 
     def may_start(self) -> bool:
         """A ready task exists and the goal's rules let one more start now."""
-        return not self.stopped and not self.at_capacity() and self.peek() is not None
+        if self.stopped or self.at_capacity():
+            return False
+        tid = self.peek()
+        return tid is not None and self.fits_budget(tid)
+
+    def set_budget(self, pool: dict | None, spent: dict) -> None:
+        """The pool as raised so far and the goal's spend ({"usd", "tokens"}) right now."""
+        self.budget = dict(pool) if pool else None
+        self.spent = dict(spent or {})
+
+    def fits_budget(self, tid: str) -> bool:
+        """Spend so far plus the task's estimate stays within the pool (no pool: always)."""
+        if not self.budget:
+            return True
+        usd, tokens = self.budget.get("usd"), self.budget.get("tokens")
+        spent_usd, spent_tokens = self.spent.get("usd", 0.0), self.spent.get("tokens", 0)
+        if usd is not None and (spent_usd >= usd or spent_usd + self.estimates.get(tid, 0.0) > usd):
+            return False
+        return tokens is None or spent_tokens < tokens
+
+    def budget_held(self) -> list[str]:
+        """Ready tasks the budget keeps from starting (the rule of may_start/take)."""
+        if not self.budget:
+            return []
+        return [t for t in self.ready_ids() if not self.fits_budget(t)]
 
     def peek(self) -> str | None:
         h = self.heap
@@ -204,6 +234,8 @@ class Scheduler:
         if self.stopped or self.at_capacity():
             return None
         tid = self.peek()
+        if tid is not None and not self.fits_budget(tid):
+            return None             # in priority order: a cheaper task does not jump the queue
         if tid is not None:
             heapq.heappop(self.heap)
             self._set(self.index[tid], RUNNING)

@@ -26,7 +26,7 @@ LAYERS = {
     # hands back; the content-addressed result cache
     "agentrun": 4, "agentio": 4, "cache": 4,
     # 5: the files of one task transition; the aggregator over them
-    "lifecycle": 5, "summary": 5,
+    "lifecycle": 5, "summary": 5, "budget": 5,
     # 6: the one transition path (markers -> events -> scheduler changes)
     "transitions": 6,
     # 7: the drivers: the engine loop and its reconciliation, the dry run, the operations

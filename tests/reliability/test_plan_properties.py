@@ -68,6 +68,8 @@ def knob_value(name: str):
         "argv": st.lists(st.one_of(st.sampled_from(["true", "pytest", "-q", ""]), scalars), max_size=3),
         "estimate": st.dictionaries(st.sampled_from(["seconds", "usd", "bogus"]),
                                     st.one_of(scalars, st.floats(0, 1e6)), max_size=2),
+        "budget": st.dictionaries(st.sampled_from(["usd", "tokens", "bogus"]),
+                                  st.one_of(scalars, st.floats(-1, 1e6), st.integers(-1, 10 ** 9)), max_size=2),
     }[f.kind] if f else anything
     return st.one_of(good, anything) if f else anything
 
