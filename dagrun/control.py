@@ -1,18 +1,19 @@
 """Control: cancel (markers and events first, then wait until the attempts are gone, through
 the runner named in each claim's handle) and retry (markers off, retry budget reset; a
-forced re-run archives the task and what is below it)."""
+forced re-run archives the task and what is below it) and the budget pool (shown, raised)."""
 from __future__ import annotations
 
 import os
 import time
 from dataclasses import dataclass, field
 
+from . import budget
 from . import claim as claims
 from . import fsio
 from . import states as S
 from . import transitions as tr
 from .edit import _archive
-from .errors import NotFound, Refused, os_error
+from .errors import NotFound, Refused, UsageError, os_error
 from .lifecycle import build_scheduler, latest_attempt
 from .plan import Plan, check_id
 from .scheduler import READY, RETRYING, RUNNING, WAITING
@@ -178,3 +179,17 @@ def _redo_done(home: Home, plan: Plan, t: str, by: str) -> list[str]:
     return targets
 
 
+def goal_budget(home: Home, g: str, *, add_usd: float = 0.0, add_tokens: int = 0, by: str = "budget") -> dict:
+    """`dagrun budget GOAL [--add D] [--add-tokens N]`: the pool (raised first when asked),
+    the spend so far and the ready tasks it holds."""
+    plan = home.load_plan(g)
+    if not plan.budget:
+        raise UsageError(f"goal {g!r} has no budget (set \"budget\": {{\"usd\": N}} in its plan)")
+    if add_usd or add_tokens:
+        added = budget.raise_pool(home, g, usd=add_usd, tokens=add_tokens)
+        tr.budget_raised(home, g, by=by, added={k: v for k, v in (("usd", add_usd), ("tokens", add_tokens)) if v},
+                         pool=budget.pool(home, plan))
+    sched, _ = build_scheduler(home, plan)
+    s = budget.spend(home, plan)
+    return {"goal": g, "pool": s.pool, "plan_budget": plan.budget, "added": budget.added(home, g), "spent": s.total,
+            "held": sched.budget_held(), "by_task": s.by_task}

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from . import budget as bud
 from . import cache
 from . import claim as claims
 from . import executor, fsio
@@ -41,6 +42,7 @@ from .watcher import Doorbell, Watcher
 from .workspace import CONFLICT, GIT_REDIRECT
 
 HOUSEKEEPING = 1.0        # s: liveness of other workers' claims, stall checks
+BUDGET_EVERY = 0.2        # s: a goal with a budget: the spend of running attempts is read this often
 IDLE_RETRY_HORIZON = 60.0  # s: --until-idle waits for a retry due this soon; a later one is the next run's
 
 
@@ -108,6 +110,9 @@ class Engine(Reconciler):
         self.fs_error: FsError | None = None      # the disk said no: stop, exit 5
         self._base_env = dict(os.environ)         # the agents' environment, copied once (not per task)
         self._wake = Wakeup()                     # the runner's wake-up, as of _next_wakeup
+        self._next_budget = 0.0
+        self._held: dict[str, set[str]] = {}      # goal -> ready tasks its budget holds (announced)
+        self._share_told: set[tuple[str, str, int]] = set()   # attempts told they are past their share
         self.use_cache = use_cache                # --no-cache: neither look up nor store results
 
     # ================================================================== public
@@ -150,6 +155,10 @@ class Engine(Reconciler):
             return ExitCode.INTERRUPTED if self.stopping == signal.SIGINT else 128 + self.stopping
         if self.only:
             gs = self.goals.get(self.only)
+            if gs is not None and self._budget_stuck(gs):
+                s = bud.spend(self.home, gs.plan)
+                self.log(f"goal {self.only}: held at its budget (spent {bud.fmt(s.total, s.pool)} of {bud.fmt(s.pool)}); "
+                         f"raise it with: dagrun budget {self.only} --add N")
             if gs is not None and gs.sched.counts().get(S.DONE, 0) != len(gs.plan.tasks):
                 return ExitCode.GOAL_FAILED
         return ExitCode.OK
@@ -198,6 +207,9 @@ class Engine(Reconciler):
         for gs in list(self.goals.values()):
             if now >= gs.next_rescan:
                 self._resync(gs)
+        if now >= self._next_budget:
+            self._next_budget = now + BUDGET_EVERY
+            self._budget_tick()
         if not self.stopping and not self.fs_error:
             self._dispatch()
         touched, self._touched = self._touched, set()
@@ -239,6 +251,8 @@ class Engine(Reconciler):
             t = min(t, r.hb_at)
         if needs_house:
             t = min(t, self._next_house)
+        if any(gs.plan.budget and not gs.sched.is_finished() for gs in self.goals.values()):
+            t = min(t, self._next_budget)
         if self.watcher is None or self.watcher.polling:
             t = min(t, self._next_poll)
         if self.tick is not None:
@@ -255,6 +269,9 @@ class Engine(Reconciler):
             return False
         if self.only:
             gs = self.goals.get(self.only)
+            if gs is not None and self._budget_stuck(gs):
+                self._budget_tick()        # announce what it holds (the last stop may have just landed)
+                return self._budget_stuck(gs)
             return gs is None or gs.sched.is_finished()
         if self.until_idle:
             # Nothing of ours runs. Stay only for what we could start: a ready task, or a
@@ -353,6 +370,8 @@ class Engine(Reconciler):
             "DAGRUN_OUTPUT_FILE": self.home.output_path(g, t), "DAGRUN_WORKER": self.worker,
         })
         env.update(agent_env(cdir))                # agents: DAGRUN_USAGE_FILE, _RAW_, _CHECK_, _HEARTBEAT_FILE
+        if plan.budget:                            # written when the task is past its share of the budget
+            env["DAGRUN_BUDGET_FILE"] = os.path.join(cdir, bud.FILE)
         agent = shell_command(task.agent, task.check, task.check_timeout)   # agents: presets and checks
         cwd = task.workdir
         if c.workspace is not None:        # code workspace: run in the task's worktree
@@ -446,13 +465,13 @@ class Engine(Reconciler):
         prog = ex.progress if ex.progress is not None else self.runner.progress(run.handle)
         if run.stop_outcome is None and plan.task(t).definition_digest() != run.definition:
             run.stop_outcome, run.stop_reason = "superseded", "the task's definition changed while it ran"
-        if run.stop_outcome in (S.CANCELLED, "superseded", "interrupted"):
-            tr.interrupted(self.home, gs.sched, c, outcome=run.stop_outcome, reason=run.stop_reason,
-                           worker=self.worker)
-            self._touched.add(g)
-            return
         cdir = self.home.claim_dir(g, t)
         used = attempt_extra(cdir, lambda w: self.log(f"warning: {g}/{t}: {w}"))   # usage, the check's verdict
+        if run.stop_outcome in (S.CANCELLED, "superseded", "interrupted", bud.OUTCOME):
+            tr.interrupted(self.home, gs.sched, c, outcome=run.stop_outcome, reason=run.stop_reason,
+                           worker=self.worker, extra={"usage": used["usage"]} if used and used.get("usage") else None)
+            self._touched.add(g)
+            return
         if run.stop_outcome is None and ex.ok:
             done = self._finish(gs, c, ok=True, extra=used,
                                 fields={"first_byte": _first_byte(prog.first_byte, c.started),
@@ -548,6 +567,49 @@ class Engine(Reconciler):
             gs.stopped = True
         self._check_ended(gs)
         return done
+
+    def _budget_stuck(self, gs: GoalState) -> bool:
+        """Nothing of the goal runs or waits for a retry, and its budget holds every ready task."""
+        sched = gs.sched
+        c = sched.counts()
+        return bool(gs.plan.budget) and not c.get(S.RUNNING) and not c.get(S.RETRYING) \
+            and bool(sched.budget_held()) and not sched.may_start()
+
+    def _budget_tick(self) -> None:
+        """Goals with a budget: hand the scheduler the spend (running attempts' usage files
+        included), announce the ready tasks it holds, stop our attempts once the spend is past
+        the pool, tell an attempt past its share (event, log, $DAGRUN_BUDGET_FILE)."""
+        for gs in list(self.goals.values()):
+            plan, g = gs.plan, gs.plan.goal
+            if not plan.budget or gs.sched.is_finished():
+                continue
+            try:
+                s = bud.apply(self.home, plan, gs.sched)
+                now_held = set(gs.sched.budget_held())
+                for t in sorted(now_held - self._held.get(g, set())):
+                    tr.budget_held(self.home, g, t, worker=self.worker,
+                                   reason=f"budget: spent {bud.fmt(s.total, s.pool)} of {bud.fmt(s.pool)}")
+                    self._touched.add(g)
+                self._held[g] = now_held
+                for run in [r for r in self.runs.values() if r.goal == g and r.stop_outcome is None]:
+                    t = run.task.id
+                    if s.over():
+                        reason = f"budget: the goal spent {bud.fmt(s.total, s.pool)}, past its pool of {bud.fmt(s.pool)}"
+                        self.log(f"{g}/{t}: stopping attempt {run.claim.attempt}: {reason}")
+                        self._stop_run(run, bud.OUTCOME, reason)
+                        continue
+                    share = bud.over_share(plan, t, s)
+                    key = (g, t, run.claim.attempt)
+                    if share and key not in self._share_told:
+                        self._share_told.add(key)
+                        mine = bud.amounts(s.by_task.get(t))
+                        reason = f"spent {bud.fmt(mine, share)}, past its share {bud.fmt(share)} of the budget"
+                        self.log(f"{g}/{t}: {reason}")
+                        bud.tell(self.home.claim_dir(g, t), share=share, spent=mine, pool_=s.pool)
+                        tr.over_share(self.home, run.claim, reason=reason, share=share, worker=self.worker)
+                        self._touched.add(g)
+            except (OSError, DagrunError) as e:
+                self.log(f"warning: {g}: budget: {e}")
 
     def _stop_run(self, run: Run, outcome: str, reason: str) -> None:
         if run.stop_outcome is not None:

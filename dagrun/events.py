@@ -27,7 +27,10 @@ TASK_BLOCKED = "agent.task.blocked"
 GOAL_FINISHED = "agent.goal.finished"
 GOAL_INTEGRATED = "agent.goal.integrated"    # code workspaces: workspace.integrate at the goal's end
 HOOK_FAILED = "agent.hook.failed"      # a hook (hooks.py) failed; the task's outcome is unchanged
-ALL_TYPES = (PLAN_CREATED, PLAN_REPLACED, TASK_STATUS, TASK_BLOCKED, GOAL_FINISHED, GOAL_INTEGRATED, HOOK_FAILED)
+TASK_BUDGET = "agent.task.budget"        # a running task spent past its soft share of the budget
+GOAL_BUDGET = "agent.goal.budget"        # `dagrun budget GOAL --add`: the pool was raised
+ALL_TYPES = (PLAN_CREATED, PLAN_REPLACED, TASK_STATUS, TASK_BLOCKED, GOAL_FINISHED, GOAL_INTEGRATED, HOOK_FAILED,
+             TASK_BUDGET, GOAL_BUDGET)
 
 # values of "status" in agent.task.status.updated
 from .states import CANCELLED, DONE, FAILED, READY, RETRYING, RUNNING  # noqa: E402,F401

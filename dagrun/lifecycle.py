@@ -384,13 +384,15 @@ def commit_failure(home: Home, plan: Plan, c: Claim, *, outcome: str, ended: flo
 
 
 def record_unfinished(home: Home, g: str, t: str, attempt: int, *, outcome: str, reason: str,
-                      worker: str | None, started: str | None = None, captures_from: str | None = None) -> dict:
+                      worker: str | None, started: str | None = None, captures_from: str | None = None,
+                      extra: dict | None = None) -> dict:
     """An attempt that ended without a verdict (lost holder, interrupt, cancel): it does not
     use up a retry."""
     prev = _record_before(home, g, t, attempt)
     rec = {"attempt": attempt, "outcome": outcome, "reason": reason, "worker": worker,
            "started": started, "ended": now_iso(), "counted": False,
            "failures": as_int(prev.get("failures", 0)) if prev else 0, "retry_at": None, "final": False}
+    rec.update(extra or {})       # what the attempt spent before it was stopped (usage)
     if os.path.isdir(home.task_dir(g, t)):
         if captures_from:
             keep_captures(home, g, t, captures_from, attempt)
@@ -479,15 +481,21 @@ def build_scheduler(home: Home, plan: Plan, now: float | None = None) -> tuple[S
             initial[tid] = S.RETRYING
         else:
             initial[tid] = f.state
-    return scheduler_for(plan, initial), facts
+    sched = scheduler_for(plan, initial)
+    if plan.budget:
+        from . import budget        # the pool as raised and the spend so far, from the files
+        budget.apply(home, plan, sched)
+    return sched, facts
 
 
 def scheduler_for(plan: Plan, initial: dict[str, str] | None = None) -> Scheduler:
     """The plan's scheduler with the plan's rules for what may start (max_parallel,
-    on_failure=stop, the files mutex of code workspaces): the one place that hands plan
-    fields to the scheduler."""
+    on_failure=stop, the files mutex of code workspaces, the budget pool and the tasks' usd
+    estimates; the pool's raises and the spend are set from the files by budget.apply): the
+    one place that hands plan fields to the scheduler."""
     return Scheduler(plan.tasks, initial, max_parallel=plan.max_parallel,
-                     stop_on_failure=plan.on_failure == "stop", files=plan.files_of)
+                     stop_on_failure=plan.on_failure == "stop", files=plan.files_of, budget=plan.budget,
+                     estimates={t.id: t.estimate_usd for t in plan.tasks if t.estimate_usd})
 
 
 def mark_cancelled(home: Home, g: str, t: str, *, by: str, reason: str) -> bool:

@@ -85,6 +85,8 @@ KNOBS: dict[str, F] = {  # allowed in "defaults" and on every task
                "upstream outputs) from the home's result cache instead of running the agent.", default=False),
     "estimate": F("estimate", "What a run of the task is expected to take, for `dagrun plan`: {\"seconds\": s, \"usd\": d} "
                   "(either may be left out: then the history of earlier runs in this home is used)."),
+    "budget_share": F("number", "The part of the plan's budget one task may spend before it is told (logged, an event, "
+                      "$DAGRUN_BUDGET_FILE); the pool itself is the hard limit.", gt=0, hi=1, default=0.4),
 }
 
 TASK_FIELDS: dict[str, F] = {
@@ -118,6 +120,9 @@ TOP_FIELDS: dict[str, F] = {
                    "starting from `base` with its prerequisites' commits merged in."),
     "hooks": F("hooks", "Commands / webhooks run on every task's state changes and when the goal finishes "
                "(see docs/integrations.md)."),
+    "budget": F("budget", "The goal's spending pool: {\"usd\": d, \"tokens\": n} (either or both). A ready task whose "
+                "estimate does not fit in what is left does not start (blocked: budget); a running task that "
+                "pushes the spend past it is stopped. `dagrun budget GOAL --add D` raises it."),
     "tasks": F("tasks", "The sub-goals."),
 }
 
@@ -159,6 +164,7 @@ class Task:
     workspace: bool = True                 # false: no git worktree for this task
     files: tuple[str, ...] = ()            # globs it may edit (the mutex)
     hooks: dict | None = field(default=None, compare=False, hash=False)   # event -> [hook]; not in the digest
+    budget_share: float = 0.4                 # of the plan's budget (budget.py; not part of the definition)
 
     def definition_digest(self) -> str:
         return self._digest
@@ -194,6 +200,8 @@ class Task:
                 del d[k]
         if d["hooks"] is None:
             del d["hooks"]            # plans without hooks keep their plan.json bytes
+        if d["budget_share"] == 0.4:   # absent when default: plan.json of older plans stays byte-identical
+            del d["budget_share"]
         return d
 
 
@@ -209,6 +217,7 @@ class Plan:
     description: str | None = None
     workspace: dict | None = None      # {"repo": absolute, "base", "author"?, "integrate"}
     hooks: dict | None = field(default=None, compare=False)   # event -> [hook], see HOOK_EVENTS
+    budget: dict | None = None     # {"usd": float, "tokens": int}, either or both (budget.py)
     _index: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
@@ -255,6 +264,7 @@ class Plan:
             "version": 1, "goal": self.goal, "source": self.source, "plan_dir": self.plan_dir,
             "max_parallel": self.max_parallel, "on_failure": self.on_failure, "lease": self.lease,
             "description": self.description, "tasks": [t.to_dict() for t in self.tasks],
+            **({"budget": self.budget} if self.budget else {}),
         }
         if self.workspace:
             d["workspace"] = self.workspace
@@ -284,7 +294,8 @@ class Plan:
         return cls(goal=d["goal"], source=d["source"], plan_dir=d["plan_dir"], tasks=tasks,
                    max_parallel=d.get("max_parallel"), on_failure=d.get("on_failure", "continue"),
                    lease=d.get("lease", DEFAULT_LEASE), description=d.get("description"),
-                   workspace=d.get("workspace"), hooks=d.get("hooks"))
+                   workspace=d.get("workspace"), hooks=d.get("hooks"),
+                   budget=d.get("budget"))
 
 
 # ------------------------------------------------------------------------------ loading
@@ -527,6 +538,21 @@ class _Validator:
                 if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0:
                     self.fail(path + (key,), f"expected a non-negative number, got {_show(x)}")
             return {k2: float(x) for k2, x in v.items()}
+        if k == "budget":
+            if not isinstance(v, dict):
+                self.fail(path, f"expected an object like {{\"usd\": 10, \"tokens\": 2000000}}, got {_type_name(v)}")
+            out = {}
+            for key, x in v.items():
+                if key not in ("usd", "tokens"):
+                    self.fail(path + (key,), f"unknown field {json.dumps(key)} in budget (known: usd, tokens)")
+                if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x <= 0:
+                    self.fail(path + (key,), f"expected a positive number, got {_show(x)}")
+                if key == "tokens" and x != int(x):
+                    self.fail(path + (key,), f"expected a whole number of tokens, got {_show(x)}")
+                out[key] = int(x) if key == "tokens" else float(x)
+            if not out:
+                self.fail(path, "an empty budget limits nothing: give \"usd\" and/or \"tokens\"")
+            return out
         if k == "argv":
             if not isinstance(v, list):
                 self.fail(path, f"expected an array of strings (a program and its arguments; no shell), got {_type_name(v)}")
@@ -567,7 +593,7 @@ class _Validator:
         defaults = self.obj(("defaults",), top.get("defaults", {}), KNOBS, "defaults")
         dflt = {k: self.check(("defaults", k), KNOBS[k], v) for k, v in defaults.items()}
         opts = {}
-        for k in ("max_parallel", "on_failure", "lease", "description"):
+        for k in ("max_parallel", "on_failure", "lease", "description", "budget"):
             if k in top:
                 opts[k] = self.check((k,), TOP_FIELDS[k], top[k])
         if "$schema" in top:
@@ -604,7 +630,7 @@ class _Validator:
         return Plan(goal=goal, source=self.source, plan_dir=plan_dir, tasks=tuple(tasks),
                     max_parallel=opts.get("max_parallel"), on_failure=opts.get("on_failure", "continue"),
                     lease=float(opts.get("lease", DEFAULT_LEASE)), description=opts.get("description"),
-                    workspace=workspace, hooks=hooks)
+                    workspace=workspace, hooks=hooks, budget=opts.get("budget"))
 
     def workspace(self, v) -> dict:
         """The plan's workspace object (the git checks come later: workspace.check_plan)."""
@@ -695,7 +721,7 @@ class _Validator:
             stall_timeout=float(stall) if stall is not None else None, kill_grace=float(get("kill_grace")),
             workdir=workdir, context_limit=int(get("context_limit")), max_output=get("max_output"),
             priority=int(prio), description=desc, check=get("check"), check_timeout=float(get("check_timeout")),
-            cache=bool(get("cache")), estimate_seconds=(knobs.get("estimate") or {}).get("seconds"), estimate_usd=(knobs.get("estimate") or {}).get("usd"),
+            cache=bool(get("cache")), budget_share=float(get("budget_share")), estimate_seconds=(knobs.get("estimate") or {}).get("seconds"), estimate_usd=(knobs.get("estimate") or {}).get("usd"),
             workspace=use_ws, files=tuple(files),
             hooks=self.hooks(path + ("hooks",), rt["hooks"], HOOK_EVENTS[:-1]) if "hooks" in rt else None)
 
@@ -932,6 +958,10 @@ def json_schema() -> dict:
         elif k == "estimate":
             s = {"type": "object", "additionalProperties": False,
                  "properties": {"seconds": {"type": "number", "minimum": 0}, "usd": {"type": "number", "minimum": 0}}}
+        elif k == "budget":
+            s = {"type": "object", "additionalProperties": False, "minProperties": 1,
+                 "properties": {"usd": {"type": "number", "exclusiveMinimum": 0},
+                                "tokens": {"type": "integer", "exclusiveMinimum": 0}}}
         elif k == "enum":
             s = {"enum": list(f.choices)}
         elif k == "object":

@@ -74,12 +74,18 @@ class TaskLike(Protocol):
 class Scheduler:
     def __init__(self, tasks: Sequence[TaskLike], initial: dict[str, str] | None = None, *,
                  max_parallel: int | None = None, stop_on_failure: bool = False,
-                 files: Mapping[str, Sequence[str]] | None = None):
+                 files: Mapping[str, Sequence[str]] | None = None,
+                 budget: dict | None = None, estimates: dict[str, float] | None = None):
         # Capacity rules: what may start, decided here and nowhere else (engine, claim and
         # the CLI only ask may_start()/take()). A new rule (a resource, a budget) is one more
         # condition in may_start().
         self.max_parallel = max_parallel or None     # running tasks of this goal, any worker's
         self.stop_on_failure = stop_on_failure       # on_failure=stop: nothing new after a failure
+        # the budget pool ({"usd", "tokens"}, either) and what the goal spent so far (set by the
+        # caller from the files, set_spent); a task's usd estimate must fit in what is left
+        self.budget = dict(budget) if budget else None
+        self.spent: dict = {}
+        self.estimates = dict(estimates or {})
         self.ids = [t.id for t in tasks]
         # the files mutex (code workspaces): a task whose declared globs overlap those of a
         # running task stays ready until that one ends (wsrules.may_start); None: no task
@@ -195,9 +201,36 @@ class Scheduler:
         if self.stopped or self.at_capacity():
             return False
         if self.files is None:
-            return self.peek() is not None
+            tid = self.peek()
+            return tid is not None and self.fits_budget(tid)
+        # the files mutex: the best ready task whose files are free is the candidate, and it
+        # must fit the budget (in priority order: a cheaper task does not jump a held one)
         busy = self._busy_files()
-        return any(self.state[k[2]] == READY and self._files_free(k[2], busy) for k in self.heap)
+        for k in sorted(self.heap):
+            if self.state[k[2]] == READY and self._files_free(k[2], busy):
+                return self.fits_budget(self.ids[k[2]])
+        return False
+
+    def set_budget(self, pool: dict | None, spent: dict) -> None:
+        """The pool as raised so far and the goal's spend ({"usd", "tokens"}) right now."""
+        self.budget = dict(pool) if pool else None
+        self.spent = dict(spent or {})
+
+    def fits_budget(self, tid: str) -> bool:
+        """Spend so far plus the task's estimate stays within the pool (no pool: always)."""
+        if not self.budget:
+            return True
+        usd, tokens = self.budget.get("usd"), self.budget.get("tokens")
+        spent_usd, spent_tokens = self.spent.get("usd", 0.0), self.spent.get("tokens", 0)
+        if usd is not None and (spent_usd >= usd or spent_usd + self.estimates.get(tid, 0.0) > usd):
+            return False
+        return tokens is None or spent_tokens < tokens
+
+    def budget_held(self) -> list[str]:
+        """Ready tasks the budget keeps from starting (the rule of may_start/take)."""
+        if not self.budget:
+            return []
+        return [t for t in self.ready_ids() if not self.fits_budget(t)]
 
     def peek(self) -> str | None:
         h = self.heap
@@ -225,6 +258,8 @@ class Scheduler:
             return None
         if self.files is None:
             tid = self.peek()
+            if tid is not None and not self.fits_budget(tid):
+                return None             # in priority order: a cheaper task does not jump the queue
             if tid is not None:
                 heapq.heappop(self.heap)
                 self._set(self.index[tid], RUNNING)
@@ -232,11 +267,13 @@ class Scheduler:
         busy, held, tid = self._busy_files(), [], None
         while self.peek() is not None:
             k = heapq.heappop(self.heap)
-            if self._files_free(k[2], busy):
-                tid = self.ids[k[2]]
-                self._set(k[2], RUNNING)
-                break
             held.append(k)
+            if self._files_free(k[2], busy):
+                if self.fits_budget(self.ids[k[2]]):
+                    held.pop()
+                    tid = self.ids[k[2]]
+                    self._set(k[2], RUNNING)
+                break                   # taken, or held at the budget: nothing behind it jumps
         for k in held:
             heapq.heappush(self.heap, k)
         return tid

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from . import fsio
+from . import budget, fsio
 from . import states as S
 from .lifecycle import build_scheduler
 from .store import Home, loads, now_iso, parse_ts
@@ -38,6 +38,7 @@ def goal_detail(home: Home, g: str) -> dict:
     facts = home.snapshot(g, plan, detail=True)
     sched, _ = build_scheduler(home, plan)
     now = time.time()
+    held = set(sched.budget_held())
     rows = []
     for t in plan.ids():
         f = facts[t]
@@ -65,6 +66,9 @@ def goal_detail(home: Home, g: str) -> dict:
             row["reason"] = f.record.get("reason")
         if st == S.BLOCKED:
             row["blocked_by"] = sched.blocked_by(t)
+        elif st == S.READY and t in held:       # the budget pool keeps it from starting
+            row["state"], row["blocked_by"] = S.BLOCKED, "budget"
+            row["reason"] = f"budget: spent {budget.fmt(sched.spent, sched.budget)} of {budget.fmt(sched.budget)}"
         rows.append(row)
     summary = loads(fsio.read_bytes(home.summary_path(g)))
     run = goal_run(home, plan, sched, now)                # usage: every attempt's, failed ones too
@@ -76,7 +80,9 @@ def goal_detail(home: Home, g: str) -> dict:
     hook_failure = loads(fsio.read_bytes(os.path.join(home.hooks_due_dir(g), "last_failure.json")))
     return {"goal": g, "state": _goal_state(sched, len(plan.tasks)), "counts": sched.counts(),
             "tasks": rows, "summary": summary, "source": plan.source, "usage": run.usage(),
-            "hook_failure": hook_failure}
+            "hook_failure": hook_failure,
+            **({"budget": {"pool": sched.budget, "spent": sched.spent, "held": sorted(held)}} if plan.budget else {})}
+
 
 
 

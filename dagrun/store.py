@@ -41,7 +41,7 @@ ATTEMPTS = "attempts"
 
 # Attempt outcomes. Counted ones use up `retries`; the others were not the agent's fault.
 COUNTED = {S.FAILED, "timeout", "stalled", "output_limit", "check_failed"}
-UNCOUNTED = {"lost", "interrupted", S.CANCELLED, "superseded"}
+UNCOUNTED = {"lost", "interrupted", S.CANCELLED, "superseded", "budget"}
 
 
 HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]   # in names of scratch folders

@@ -187,22 +187,37 @@ def finish(home: Home, plan: Plan, sched: Scheduler, c: Claim, *, ok: bool, work
 
 
 def interrupted(home: Home, sched: Scheduler | None, c: Claim, *, outcome: str, reason: str, worker: str,
-                announce: bool = True) -> None:
+                announce: bool = True, extra: dict | None = None) -> None:
     """An attempt that ended without a verdict (cancelled, superseded by a plan edit,
     interrupted by a stop or a failing disk): recorded, not counted against `retries`; the
     claim is released. Unless it was cancelled the task is ready again (announced when
     `announce`)."""
     g, t = c.goal, c.task
     record_unfinished(home, g, t, c.attempt, outcome=outcome, reason=reason, worker=worker,
-                      started=c.owner.get("since"), captures_from=home.claim_dir(g, t))
+                      started=c.owner.get("since"), captures_from=home.claim_dir(g, t), extra=extra)
     claims.release(home, g, t)
     if outcome == S.CANCELLED:
         return
     if announce:
         ev.status(home, g, t, ev.READY, attempt=c.attempt + 1, worker=worker,
-                  reason=f"attempt {c.attempt}: {reason}")
+                  reason=f"attempt {c.attempt}: {reason}", usage=(extra or {}).get("usage"))
     if sched is not None:
         sched.requeue(t)
+
+
+def budget_held(home: Home, g: str, t: str, *, reason: str, worker: str) -> None:
+    """A ready task the budget pool keeps from starting (announced once per hold)."""
+    ev.emit(home, g, ev.TASK_BLOCKED, task=t, reason=reason, blocked_by="budget", worker=worker)
+
+
+def over_share(home: Home, c: Claim, *, reason: str, share: dict, worker: str) -> None:
+    """A running task spent past its soft share of the budget (it is told, not stopped)."""
+    ev.emit(home, c.goal, ev.TASK_BUDGET, task=c.task, attempt=c.attempt, reason=reason, share=share, worker=worker)
+
+
+def budget_raised(home: Home, g: str, *, by: str, added: dict, pool: dict | None) -> None:
+    """`dagrun budget GOAL --add`: engines pick the new pool up from budget.json."""
+    ev.emit(home, g, ev.GOAL_BUDGET, worker=by, added=added, pool=pool)
 
 
 def retry_due(home: Home, g: str, t: str, *, attempt: int, worker: str) -> None:

@@ -1,4 +1,4 @@
-"""cancel, retry."""
+"""cancel, retry, budget."""
 from __future__ import annotations
 
 import getpass
@@ -85,3 +85,30 @@ def retry(ctx: typer.Context,
     else:
         for t in done:
             print(t)
+
+
+@app.command(rich_help_panel=CONTROL, epilog=examples(
+    "dagrun budget add-auth                       # the pool, what was spent, what it holds",
+    "dagrun budget add-auth --add 5               # $5 more: the held tasks go on",
+    "dagrun budget add-auth --add-tokens 200000 --json"))
+def budget(ctx: typer.Context,
+           goal: str = GOAL_ARG,
+           add: float = typer.Option(0.0, "--add", min=0, metavar="USD", help="Raise the pool by USD dollars."),
+           add_tokens: int = typer.Option(0, "--add-tokens", min=0, metavar="N", help="Raise the token pool by N."),
+           json: bool = JSON_OPT):
+    """Show a goal's budget pool and spend; --add raises it (running workers pick it up and
+    start the tasks it held)."""
+    from ..budget import fmt
+    from ..control import goal_budget
+    from ..plan import check_id
+
+    check_id("goal", goal)
+    r = goal_budget(home_of(ctx), goal, add_usd=add, add_tokens=add_tokens,
+                    by=_me())
+    if json:
+        print_json(r)
+        return
+    print(f"goal {goal}: spent {fmt(r['spent'], r['pool'])} of {fmt(r['pool'])}"
+          + (f" (plan {fmt(r['plan_budget'])} + added {fmt(r['added'])})" if r["added"] else ""))
+    if r["held"]:
+        print(f"held by the budget: {' '.join(r['held'])}")

@@ -88,6 +88,11 @@ def status(ctx: typer.Context,
     print(fit(f"goal {goal}: {d['state']} (" + ", ".join(f"{v} {k}" for k, v in c.items()) + ")"))
     if usage:
         print(fit(f"  usage {fmt_usage(usage)}"))
+    if d.get("budget"):
+        from ..budget import fmt as fmt_budget
+        b = d["budget"]
+        print(fit(f"  budget: spent {fmt_budget(b['spent'], b['pool'])} of {fmt_budget(b['pool'])}"
+                  + (f"; held: {' '.join(b['held'])} (dagrun budget {goal} --add N)" if b["held"] else "")))
     for line in _summary_lines(d.get("summary")):
         print(fit("  " + line))
     hf = d.get("hook_failure")

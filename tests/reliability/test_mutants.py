@@ -362,10 +362,10 @@ def test_the_schema_lets_nullable_knobs_be_null():
     import jsonschema
     schema = planmod.json_schema()
     doc = {"tasks": [{"id": "a", "prompt": "p", "agent": "x", "timeout": None, "stall_timeout": None,
-                      "max_output": None, "check": None}], "defaults": {"timeout": None}}
+                      "max_output": None, "check": None}], "defaults": {"timeout": None, "check": ["true"]}}
     jsonschema.validate(doc, schema)
     nullable = [k for k, f in planmod.KNOBS.items() if f.nullable]
-    assert set(nullable) == {"timeout", "stall_timeout", "max_output", "check"}   # check: null unsets a default
+    assert set(nullable) == {"timeout", "stall_timeout", "max_output", "check"}   # check: null = no check
     knobs = schema["$defs"]["knobs"]["properties"]
     assert all(knobs[k]["type"][-1] == "null" for k in nullable)
     # (json_schema's `anyOf` branch for a nullable field without a "type" is unreachable with
@@ -502,7 +502,7 @@ def test_show_quotes_ascii_and_cuts_at_40():
 def test_messages_for_the_top_level_unknown_fields_and_schema():
     assert _err([1]) == "dag.json:1: expected an object, got an array"
     m = _err({"tasks": [T], "zz": 1, "yy": 2})
-    assert 'unknown fields "zz", "yy" in the plan (known: goal, description, defaults, max_parallel, on_failure, lease, workspace, hooks, tasks)' in m, m
+    assert 'unknown fields "zz", "yy" in the plan (known: goal, description, defaults, max_parallel, on_failure, lease, workspace, hooks, budget, tasks)' in m, m
     assert 'unknown field "zz" in the plan' in _err({"tasks": [T], "zz": 1})
     assert _ok({"$schema": "s", "tasks": [T]}).goal == "dag"
     assert "$schema: expected a string" in _err({"$schema": 5, "tasks": [T]})

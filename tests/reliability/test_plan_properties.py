@@ -78,6 +78,8 @@ def knob_value(name: str):
                                  st.lists(st.one_of(st.lists(st.sampled_from(["true", "", "x"]), max_size=2),
                                                     st.fixed_dictionaries({"url": st.sampled_from(["http://h/x", "ftp:"])}),
                                                     anything), max_size=2), max_size=2),
+        "budget": st.dictionaries(st.sampled_from(["usd", "tokens", "bogus"]),
+                                  st.one_of(scalars, st.floats(-1, 1e6), st.integers(-1, 10 ** 9)), max_size=2),
     }[f.kind] if f else anything
     return st.one_of(good, anything) if f else anything
 
