@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import claim as claims
+from . import executor
 from . import events as ev
 from . import fsio
 from . import plan as planmod
@@ -48,6 +49,7 @@ class SubmitResult:
 
 def submit(home: Home, path: str, *, replace: bool = False, dry_run: bool = False, by: str = "submit") -> SubmitResult:
     plan = planmod.load(path)          # raises PlanError before anything is written
+    executor.require({t.runner for t in plan.tasks if t.runner != "local"})   # runner usable here
     g = plan.goal
     old_raw = fsio.read_bytes(home.plan_path(g)) if os.path.isdir(home.goals_dir) else None
     if old_raw is None:

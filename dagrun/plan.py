@@ -24,6 +24,9 @@ ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_PLAN_BYTES = 64 * 1024 * 1024
 MAX_PROMPT_BYTES = 16 * 1024 * 1024
 MAX_TASKS = 100_000
+RUNNER_NAMES = ("local", "slurm")                 # "runner" in a plan; executor.PLAN_RUNNERS maps them
+CLUSTER_KEYS = ("runner", "resources", "slurm")   # Task fields left out of plan.json at their defaults
+MEM_RE = re.compile(r"[0-9]{1,12}[KMGT]?")
 MAX_SECONDS = 30 * 24 * 3600          # a month: anything longer is a typo
 DEFAULT_CONTEXT_LIMIT = 64 * 1024      # bytes of each dependency's output put into a prompt
 DEFAULT_LEASE = 60.0
@@ -51,6 +54,7 @@ class F:
     choices: tuple[str, ...] = ()
     default: Any = None
     nullable: bool = False
+    fields: Any = None               # kind "object" of a runner's options: its own field table
 
 
 KNOBS: dict[str, F] = {  # allowed in "defaults" and on every task
@@ -70,6 +74,19 @@ KNOBS: dict[str, F] = {  # allowed in "defaults" and on every task
                        lo=0, hi=MAX_PROMPT_BYTES, default=DEFAULT_CONTEXT_LIMIT),
     "max_output": F("integer", "Bytes of stdout after which the agent is killed and the attempt fails. null: no cap.",
                     lo=1, hi=2**62, nullable=True),
+    # -- cluster runners (dagrun/slurm.py): where an attempt runs and what it may use
+    "runner": F("enum", "Where the agent runs: \"local\" (a process of the worker), \"slurm\" (one sbatch job per attempt).",
+                choices=RUNNER_NAMES, default="local"),
+    "resources": F("options", "What the agent may use, passed to the cluster engine: cpus (--cpus-per-task), "
+                   "mem (--mem, e.g. \"2G\"), gpu (--gres=gpu:N).", fields={
+                       "cpus": F("integer", "CPUs per attempt (--cpus-per-task).", lo=1, hi=4096),
+                       "mem": F("mem", "Memory per attempt: megabytes, or a number with K, M, G or T (--mem)."),
+                       "gpu": F("integer", "GPUs per attempt (--gres=gpu:N).", lo=0, hi=1024)}),
+    "slurm": F("options", "Options of the slurm runner.", fields={
+        "partition": F("string", "sbatch --partition."),
+        "account": F("string", "sbatch --account."),
+        "sbatch_args": F("strings", "Extra sbatch arguments, one per item (e.g. [\"--qos=short\"])."),
+    }),
 }
 
 TASK_FIELDS: dict[str, F] = {
@@ -85,6 +102,8 @@ TASK_FIELDS: dict[str, F] = {
 }
 
 TOP_FIELDS: dict[str, F] = {
+    "runner": F("enum", "The runner of every task that sets none (default \"local\"); same as defaults.runner.",
+                choices=RUNNER_NAMES),
     "$schema": F("text", "Editors' schema hint; ignored."),
     "goal": F("id", "Goal id (default: the plan file's name without extension)."),
     "description": F("text", "Free text for people; ignored by dagrun."),
@@ -118,6 +137,9 @@ class Task:
     max_output: int | None
     priority: int
     description: str | None = None
+    runner: str = "local"                                           # plan name: local | slurm
+    resources: dict = field(default_factory=dict, hash=False)       # cpus, mem, gpu
+    slurm: dict = field(default_factory=dict, hash=False)           # the slurm runner's options
 
     def definition_digest(self) -> str:
         return self._digest
@@ -132,6 +154,9 @@ class Task:
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        for k in CLUSTER_KEYS:         # left out at their defaults: plan.json of local plans unchanged
+            if d[k] == Task.__dataclass_fields__[k].default or d[k] == {}:
+                del d[k]
         d["deps"] = list(self.deps)
         d["soft_deps"] = list(self.soft_deps)
         return d
@@ -375,6 +400,19 @@ class _Validator:
             if f.hi is not None and v > f.hi:
                 self.fail(path, f"must be at most {f.hi:g}, got {_show(v)}")
             return v
+        if k == "options":
+            v = self.obj(path, v, f.fields, f"{path[-1]} options")
+            return {kk: self.check(path + (kk,), f.fields[kk], vv) for kk, vv in v.items()}
+        if k == "strings":
+            if not isinstance(v, list):
+                self.fail(path, f"expected an array of strings, got {_type_name(v)}")
+            for j, x in enumerate(v):
+                self.check(path + (j,), F("string", ""), x)
+            return list(v)
+        if k == "mem":
+            if isinstance(v, bool) or not isinstance(v, (int, str)) or not MEM_RE.fullmatch(str(v)):
+                self.fail(path, f"expected megabytes or a size like \"512M\" or \"2G\", got {_show(v)}")
+            return v
         if k == "enum":
             if v not in f.choices:
                 self.fail(path, f"must be one of {', '.join(json.dumps(c) for c in f.choices)}, got {_show(v)}")
@@ -401,6 +439,8 @@ class _Validator:
             goal = self.default_goal
         defaults = self.obj(("defaults",), top.get("defaults", {}), KNOBS, "defaults")
         dflt = {k: self.check(("defaults", k), KNOBS[k], v) for k, v in defaults.items()}
+        if "runner" in top:
+            dflt.setdefault("runner", self.check(("runner",), TOP_FIELDS["runner"], top["runner"]))
         opts = {}
         for k in ("max_parallel", "on_failure", "lease", "description"):
             if k in top:
@@ -488,7 +528,8 @@ class _Validator:
             retry_backoff=float(get("retry_backoff")), retry_context=get("retry_context"),
             stall_timeout=float(stall) if stall is not None else None, kill_grace=float(get("kill_grace")),
             workdir=workdir, context_limit=int(get("context_limit")), max_output=get("max_output"),
-            priority=int(prio), description=desc)
+            priority=int(prio), description=desc, runner=get("runner"),
+            resources=dict(knobs.get("resources") or {}), slurm=dict(knobs.get("slurm") or {}))
 
     def ids(self, path: tuple, v) -> list[str]:
         if not isinstance(v, list):
@@ -654,6 +695,13 @@ def json_schema() -> dict:
             s = {"enum": list(f.choices)}
         elif k == "object":
             s = {"$ref": "#/$defs/knobs"}
+        elif k == "options":
+            s = {"type": "object", "additionalProperties": False,
+                 "properties": {kk: prop(ff) for kk, ff in f.fields.items()}}
+        elif k == "strings":
+            s = {"type": "array", "items": {"type": "string", "minLength": 1}}
+        elif k == "mem":
+            s = {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": "^" + MEM_RE.pattern + "$"}]}
         elif k == "tasks":
             s = {"type": "array", "minItems": 1, "maxItems": MAX_TASKS, "items": {"$ref": "#/$defs/task"}}
         else:

@@ -173,3 +173,14 @@ def _no_stray_agents(tmp_path_factory):
         except ProcessLookupError:
             pass
     assert not left, f"agent processes left running after the test: {left}"
+
+
+def need_slurm() -> None:
+    """Skip (fail under CI=true) unless a Slurm cluster answers here: sbatch & co on PATH and
+    `scontrol ping` UP (SLURM_CONF from the environment; .ci/run starts one with .ci/slurm-up.sh)."""
+    from dagrun import executor
+    why = executor.unusable("slurm")
+    if why:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{why} (CI must start Slurm: .ci/slurm-up.sh)")
+        pytest.skip(f"{why}; start one with .ci/slurm-up.sh and export SLURM_CONF")
