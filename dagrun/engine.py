@@ -386,7 +386,7 @@ class Engine(Reconciler):
                   deadline=now + task.timeout if task.timeout else None, hb_at=now + self._refresh_every(plan))
         self.runs[run.key] = run
         self.by_task[(g, t)] = run
-        tr.started(self.home, c, worker=self.worker)
+        tr.started(self.home, c, worker=self.worker, **_remote(handle))
         self._touched.add(g)
 
     # ================================================================== endings
@@ -649,6 +649,13 @@ def _spec(task: Task, g: str) -> dict:
         return {}
     return {"resources": task.resources, "timeout": task.timeout, "kill_grace": task.kill_grace,
             "slurm": task.slurm, "name": f"dagrun.{g}.{task.id}"}
+
+
+def _remote(handle: dict) -> dict:
+    """A cluster runner's attempt in its `running` event: the runner and the job id."""
+    if handle.get("runner") in ("process", "fake", "dry", None):
+        return {}
+    return {"runner": handle["runner"], "job": handle.get("job")}
 
 
 def _epoch(iso) -> float:
