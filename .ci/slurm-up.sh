@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# slurm-up.sh - bring up a one-node Slurm cluster on this host, no systemd needed.
+# slurm-up.sh - bring up a one-node Slurm cluster on this host, no systemd needed (for .ci/run;
+# adapted from ../shared/slurm/slurm-up.sh, which CI may not have).
 # Debian 12 (bookworm): slurmctld slurmd slurm-client munge 22.05.8 (+ slurmdbd, mariadb-server
 # when SLURM_ACCOUNTING=dbd). Everything Slurm/MariaDB writes lives under $SLURM_ROOT; munge
 # uses its Debian defaults (/etc/munge/munge.key, /run/munge). Idempotent: safe to call again.

@@ -8,7 +8,7 @@ stdin = prompt.md, stdout -> claim/stdout, stderr -> claim/stderr. The wrapper t
 the exit status by rename as claim/exit. The handle (the job id, the cluster, the paths) goes
 into owner.json like any other runner's, and the engine commits through the same code path.
 
-An attempt's end is noticed by its exit file (a stat per running job each EXIT_POLL) and
+An attempt's end is noticed by its exit file (a stat per running job every 20-100 ms, by how many run) and
 reconciled with Slurm every QUEUE_POLL seconds (one `squeue` for all jobs of this driver): a job
 that left the queue without an exit file died under Slurm (node failure, out of memory, time
 limit, a human's scancel) and ends with Slurm's state and exit code as the reason (from
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from .executor import RUN_ID_VAR, Exit, Launch, Progress, StartError, Wakeup
 from .proc import HOST
 
-EXIT_POLL = 0.1           # s: stat of the running jobs' exit files
+EXIT_POLL = (0.02, 0.1)   # s: stat of the running jobs' exit files: 2 ms per job, within these bounds
 QUEUE_POLL = 2.0          # s: one squeue for every running job of this driver
 GONE_GRACE = 1.5          # s: a job out of the queue gets this long for its exit file to show (NFS)
 SUBMIT_INTERVAL = 0.02    # s: at most 50 sbatch calls a second from one driver
@@ -165,7 +165,9 @@ class SlurmRunner:
 
     # ------------------------------------------------------------------ the loop's side
     def wakeup(self) -> Wakeup:
-        return Wakeup((), EXIT_POLL if self._jobs else None)
+        if not self._jobs:
+            return Wakeup((), None)
+        return Wakeup((), min(EXIT_POLL[1], max(EXIT_POLL[0], 0.002 * len(self._jobs))))
 
     def service(self, ready: set[int]) -> None:
         pass
