@@ -49,7 +49,7 @@ class SubmitResult:
 
 def submit(home: Home, path: str, *, replace: bool = False, dry_run: bool = False, by: str = "submit") -> SubmitResult:
     plan = planmod.load(path)          # raises PlanError before anything is written
-    executor.require({t.runner for t in plan.tasks if t.runner != "local"})   # runner usable here
+    executor.require({t.runner for t in plan.tasks if t.runner != "local"}, options=executor.options_of([plan]))
     g = plan.goal
     old_raw = fsio.read_bytes(home.plan_path(g)) if os.path.isdir(home.goals_dir) else None
     if old_raw is None:

@@ -648,14 +648,15 @@ def _spec(task: Task, g: str) -> dict:
     if task.runner == "local" and not task.resources:
         return {}
     return {"resources": task.resources, "timeout": task.timeout, "kill_grace": task.kill_grace,
-            "slurm": task.slurm, "name": f"dagrun.{g}.{task.id}"}
+            "slurm": task.slurm, "ray": task.ray, "name": f"dagrun.{g}.{task.id}"}
 
 
 def _remote(handle: dict) -> dict:
-    """A cluster runner's attempt in its `running` event: the runner and the job id."""
+    """A cluster runner's attempt in its `running` event: the runner and the Slurm job id or
+    Ray task id."""
     if handle.get("runner") in ("process", "fake", "dry", None):
         return {}
-    return {"runner": handle["runner"], "job": handle.get("job")}
+    return {"runner": handle["runner"], **{k: handle[k] for k in ("job", "task_id") if k in handle}}
 
 
 def _epoch(iso) -> float:

@@ -135,12 +135,13 @@ RUNNERS: dict[str, tuple[str, str]] = {
     "fake": ("dagrun.simrun", "FakeRunner"),
     "dry": ("dagrun.simrun", "DryRunner"),
     "slurm": ("dagrun.slurm", "SlurmRunner"),
+    "ray": ("dagrun.rayrun", "RayRunner"),
 }
 # a plan's "runner" -> registry name
-PLAN_RUNNERS = {"local": "process", "slurm": "slurm"}
+PLAN_RUNNERS = {"local": "process", "slurm": "slurm", "ray": "ray"}
 
 
-def unusable(name: str) -> str | None:
+def unusable(name: str, opts: dict | None = None) -> str | None:
     """Why the runner of this registry name cannot start anything here (None: it can).
     Checked at submit and when a driver starts, never mid-goal."""
     if name not in RUNNERS:
@@ -148,7 +149,7 @@ def unusable(name: str) -> str | None:
     import importlib
     module, cls = RUNNERS[name]
     check = getattr(getattr(importlib.import_module(module), cls), "unusable", None)
-    return check() if check is not None else None
+    return check(opts) if check is not None else None
 
 
 def register(name: str, module: str, cls: str) -> None:
@@ -194,7 +195,7 @@ def alive(handles: dict[str, dict], *, mine: Runner | None = None) -> set[str]:
     return out
 
 
-def require(plan_names, force: str | None = None) -> None:
+def require(plan_names, force: str | None = None, options: dict | None = None) -> None:
     """UsageError (exit 2) naming the first runner that cannot start anything here: the plan's
     runners ("local", "slurm"), or the one forced by `--runner`. Checked at submit and when a
     driver starts, so a goal never fails half-way for want of its runner."""
@@ -204,15 +205,25 @@ def require(plan_names, force: str | None = None) -> None:
             raise UsageError(f"runner {force}: unknown (known: {', '.join(PLAN_RUNNERS)})")
         plan_names = {force}
     for n in sorted(set(plan_names)):
-        why = unusable(PLAN_RUNNERS.get(n, n))
+        why = unusable(PLAN_RUNNERS.get(n, n), (options or {}).get(n))
         if why:
             raise UsageError(why)
+
+
+def options_of(plans) -> dict:
+    """runner name -> the first task's options for it (a Ray address to check)."""
+    out: dict = {}
+    for p in plans:
+        for t in p.tasks:
+            if t.runner == "ray" and t.ray:
+                out.setdefault("ray", t.ray)
+    return out
 
 
 def for_driver(plans, force: str | None = None) -> "Mux":
     """The runner of an engine serving these plans (`--runner NAME`: force, a plan name):
     checked first (UsageError, exit 2), local processes always available."""
-    require({t.runner for p in plans for t in p.tasks if t.runner != "local"}, force)
+    require({t.runner for p in plans for t in p.tasks if t.runner != "local"}, force, options_of(plans))
     return Mux({"process": ProcessRunner()}, force=PLAN_RUNNERS[force] if force else None)
 
 

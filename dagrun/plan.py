@@ -24,8 +24,8 @@ ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_PLAN_BYTES = 64 * 1024 * 1024
 MAX_PROMPT_BYTES = 16 * 1024 * 1024
 MAX_TASKS = 100_000
-RUNNER_NAMES = ("local", "slurm")                 # "runner" in a plan; executor.PLAN_RUNNERS maps them
-CLUSTER_KEYS = ("runner", "resources", "slurm")   # Task fields left out of plan.json at their defaults
+RUNNER_NAMES = ("local", "slurm", "ray")                 # "runner" in a plan; executor.PLAN_RUNNERS maps them
+CLUSTER_KEYS = ("runner", "resources", "slurm", "ray")   # Task fields left out of plan.json at their defaults
 MEM_RE = re.compile(r"[0-9]{1,12}[KMGT]?")
 MAX_SECONDS = 30 * 24 * 3600          # a month: anything longer is a typo
 DEFAULT_CONTEXT_LIMIT = 64 * 1024      # bytes of each dependency's output put into a prompt
@@ -75,7 +75,7 @@ KNOBS: dict[str, F] = {  # allowed in "defaults" and on every task
     "max_output": F("integer", "Bytes of stdout after which the agent is killed and the attempt fails. null: no cap.",
                     lo=1, hi=2**62, nullable=True),
     # -- cluster runners (dagrun/slurm.py): where an attempt runs and what it may use
-    "runner": F("enum", "Where the agent runs: \"local\" (a process of the worker), \"slurm\" (one sbatch job per attempt).",
+    "runner": F("enum", "Where the agent runs: \"local\" (a process of the worker), \"slurm\" (one sbatch job per attempt), \"ray\" (one Ray task per attempt).",
                 choices=RUNNER_NAMES, default="local"),
     "resources": F("options", "What the agent may use, passed to the cluster engine: cpus (--cpus-per-task), "
                    "mem (--mem, e.g. \"2G\"), gpu (--gres=gpu:N).", fields={
@@ -86,6 +86,11 @@ KNOBS: dict[str, F] = {  # allowed in "defaults" and on every task
         "partition": F("string", "sbatch --partition."),
         "account": F("string", "sbatch --account."),
         "sbatch_args": F("strings", "Extra sbatch arguments, one per item (e.g. [\"--qos=short\"])."),
+    }),
+    "ray": F("options", "Options of the ray runner.", fields={
+        "address": F("string", "ray.init address (\"auto\", \"HOST:PORT\", \"ray://...\"); \"local\" starts a local Ray. "
+                     "Default: $RAY_ADDRESS, else \"auto\"."),
+        "runtime_env": F("json", "Ray runtime_env for the driver's connection (env_vars, pip, working_dir, ...)."),
     }),
 }
 
@@ -140,6 +145,7 @@ class Task:
     runner: str = "local"                                           # plan name: local | slurm
     resources: dict = field(default_factory=dict, hash=False)       # cpus, mem, gpu
     slurm: dict = field(default_factory=dict, hash=False)           # the slurm runner's options
+    ray: dict = field(default_factory=dict, hash=False)             # the ray runner's options
 
     def definition_digest(self) -> str:
         return self._digest
@@ -409,6 +415,10 @@ class _Validator:
             for j, x in enumerate(v):
                 self.check(path + (j,), F("string", ""), x)
             return list(v)
+        if k == "json":
+            if not isinstance(v, dict):
+                self.fail(path, f"expected an object, got {_type_name(v)}")
+            return v
         if k == "mem":
             if isinstance(v, bool) or not isinstance(v, (int, str)) or not MEM_RE.fullmatch(str(v)):
                 self.fail(path, f"expected megabytes or a size like \"512M\" or \"2G\", got {_show(v)}")
@@ -529,7 +539,8 @@ class _Validator:
             stall_timeout=float(stall) if stall is not None else None, kill_grace=float(get("kill_grace")),
             workdir=workdir, context_limit=int(get("context_limit")), max_output=get("max_output"),
             priority=int(prio), description=desc, runner=get("runner"),
-            resources=dict(knobs.get("resources") or {}), slurm=dict(knobs.get("slurm") or {}))
+            resources=dict(knobs.get("resources") or {}), slurm=dict(knobs.get("slurm") or {}),
+            ray=dict(knobs.get("ray") or {}))
 
     def ids(self, path: tuple, v) -> list[str]:
         if not isinstance(v, list):
@@ -700,6 +711,8 @@ def json_schema() -> dict:
                  "properties": {kk: prop(ff) for kk, ff in f.fields.items()}}
         elif k == "strings":
             s = {"type": "array", "items": {"type": "string", "minLength": 1}}
+        elif k == "json":
+            s = {"type": "object"}
         elif k == "mem":
             s = {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": "^" + MEM_RE.pattern + "$"}]}
         elif k == "tasks":

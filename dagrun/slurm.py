@@ -109,7 +109,7 @@ class SlurmRunner:
         self.submitted = 0                 # sbatch calls by this instance (bench, tests)
 
     @staticmethod
-    def unusable() -> str | None:
+    def unusable(opts: dict | None = None) -> str | None:
         for t in TOOLS:
             if shutil.which(t) is None:
                 return f"runner slurm: {t} not found on PATH"

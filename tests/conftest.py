@@ -184,3 +184,14 @@ def need_slurm() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{why} (CI must start Slurm: .ci/slurm-up.sh)")
         pytest.skip(f"{why}; start one with .ci/slurm-up.sh and export SLURM_CONF")
+
+
+def need_ray() -> None:
+    """Skip (fail under CI=true) unless the ray package is installed and a Ray head answers
+    (RAY_ADDRESS; .ci/run starts one with `ray start --head`)."""
+    from dagrun import executor
+    why = executor.unusable("ray")
+    if why:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{why} (CI must start a Ray head: .ci/run)")
+        pytest.skip(f"{why}; pip install -e '.[ray]', `ray start --head`, export RAY_ADDRESS")

@@ -19,7 +19,7 @@ LAYERS = {
     # 3: the on-disk layout
     "store": 3,
     # 4: adapters at the edge: the events log, claims, the inotify doorbell, the runners
-    "events": 4, "claim": 4, "watcher": 4, "executor": 4, "simrun": 4, "slurm": 4,
+    "events": 4, "claim": 4, "watcher": 4, "executor": 4, "simrun": 4, "slurm": 4, "rayrun": 4,
     # 5: the files of one task transition; the aggregator over them
     "lifecycle": 5, "summary": 5,
     # 6: the one transition path (markers -> events -> scheduler changes)
@@ -34,8 +34,10 @@ LAYERS = {
     # `dagrun init`: the files shipped in dagrun/share, filled in
     "scaffold": 8,
 }
-# slurm: the Slurm runner drives sbatch/squeue/scancel/scontrol (the cluster engine's only interface)
-ONLY_IN = {"typer": {"cli"}, "rich": {"cli"}, "watchdog": {"watcher"}, "subprocess": {"executor", "slurm"}}
+# slurm: the Slurm runner drives sbatch/squeue/scancel/scontrol (the cluster engine's only interface);
+# rayrun: its remote function starts the agent on the Ray node
+ONLY_IN = {"typer": {"cli"}, "rich": {"cli"}, "watchdog": {"watcher"}, "subprocess": {"executor", "slurm", "rayrun"},
+           "ray": {"rayrun"}}
 
 
 def _modules():
