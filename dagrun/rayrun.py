@@ -4,8 +4,8 @@ the task, and stdout, stderr and the exit status travel back; the driver writes 
 files and the engine commits them like any other attempt.
 
 The remote function runs the agent in its own session (process group) with stdin = the
-prompt, the attempt's environment (DAGRUN_* included) and PR_SET_PDEATHSIG, so the agent dies
-with the Ray worker. terminate() is `ray.cancel(ref)`: it raises KeyboardInterrupt in the
+prompt and the attempt's environment (DAGRUN_* included); a guard process kills that group if
+the Ray worker dies (a forced cancel, a crash). terminate() is `ray.cancel(ref)`: it raises KeyboardInterrupt in the
 remote function, which sends TERM to the agent's group, waits `kill_grace`, then KILL; kill()
 is `ray.cancel(ref, force=True)` (the worker is killed; the agent with it). A node that dies,
 or a worker that crashes, ends the attempt `failed` with Ray's reason; the task's `retries`
@@ -58,6 +58,12 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
         stdin.seek(0)
         p = subprocess.Popen(["/bin/sh", "-c", agent], cwd=cwd, env=env, stdin=stdin, stdout=out, stderr=err,
                              preexec_fn=child_setup, close_fds=True)
+        # a guard outside the worker: if the worker dies (force cancel, crash), the agent's whole
+        # group goes too (PDEATHSIG above reaches only the shell, not what it started)
+        guard = subprocess.Popen(["/bin/sh", "-c", "while kill -0 \"$0\" 2>/dev/null; do sleep 0.5; done; "
+                                  "kill -KILL \"-$1\" 2>/dev/null", str(os.getpid()), str(p.pid)],
+                                 env={"PATH": "/usr/bin:/bin"}, start_new_session=True, close_fds=True,
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             while p.poll() is None:
                 time.sleep(0.02)
@@ -75,6 +81,8 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
             os.killpg(p.pid, signal.SIGKILL)   # what the shell left in its group goes too
         except ProcessLookupError:
             pass
+        guard.kill()
+        guard.wait()
         out.seek(0)
         data = out.read(max_output + 1 if max_output is not None else -1)
         over = max_output is not None and len(data) > max_output
