@@ -1,4 +1,5 @@
-"""Per-task overhead of the Slurm runner against Slurm's own floor, measured in the same run.
+"""Per-task overhead of the Slurm and Ray runners against each engine's own floor, measured in
+the same run.
 
 Two shapes of no-op tasks (agent `true`):
   chain   20 tasks, each depending on the previous one (latency: one job at a time)
@@ -12,11 +13,14 @@ and for each, in this order:
   srun    the same shape as `srun true` job steps inside one allocation (salloc), the
           floor of a steps mode (chain only)
   slurm   `dagrun run --runner slurm`
+  ray floor  a bare Ray task running `sh -c true` (ray.get of one at a time for the chain, of
+          all at once for the fan-out), from a driver already connected
+  ray     `dagrun run --runner ray` (its time includes connecting to the head, ~1 s, once)
 
 Prints the Slurm settings (SchedulerParameters, the node's CPUs) and per-task times and the
-ratio dagrun/floor. Needs a cluster (SLURM_CONF; .ci/slurm-up.sh).
+ratio dagrun/floor. Needs a cluster (SLURM_CONF; .ci/slurm-up.sh) and a Ray head (RAY_ADDRESS).
 
-    SLURM_CONF=/tmp/dagrun-ci-slurm/etc/slurm.conf .venv/bin/python bench/cluster.py [CHAIN] [FANOUT]
+    SLURM_CONF=... RAY_ADDRESS=127.0.0.1:6379 .venv/bin/python bench/cluster.py [CHAIN] [FANOUT] [slurm,ray]
 """
 from __future__ import annotations
 
@@ -83,6 +87,29 @@ def srun_chain(n: int) -> float:
     return float(r.stdout.strip().splitlines()[-1])
 
 
+RAY_FLOOR = r"""
+import subprocess, sys, time, ray
+ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
+@ray.remote(num_cpus=1, max_retries=0)
+def noop():
+    return subprocess.run(["/bin/sh", "-c", "true"]).returncode
+ray.get(noop.remote())                       # warm: a worker exists, the function is exported
+shape, n = sys.argv[1], int(sys.argv[2])
+t = time.perf_counter()
+if shape == "chain":
+    for _ in range(n):
+        ray.get(noop.remote())
+else:
+    ray.get([noop.remote() for _ in range(n)])
+print(time.perf_counter() - t)
+"""
+
+
+def ray_floor(shape: str, n: int) -> float:
+    r = subprocess.run([sys.executable, "-c", RAY_FLOOR, shape, str(n)], capture_output=True, text=True, check=True)
+    return float(r.stdout.strip().splitlines()[-1])
+
+
 def settings() -> str:
     conf = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True).stdout
     keep = [x.strip() for x in conf.splitlines() if x.split("=")[0].strip() in
@@ -95,21 +122,27 @@ def settings() -> str:
 def main() -> None:
     chain = int(sys.argv[1]) if len(sys.argv) > 1 else 20
     fan = int(sys.argv[2]) if len(sys.argv) > 2 else 100
-    print("Slurm settings:\n" + settings())
+    which = sys.argv[3].split(",") if len(sys.argv) > 3 else ["slurm", "ray"]
+    if "slurm" in which:
+        print("Slurm settings:\n" + settings())
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as root:
         rows = []
         for shape, n in (("chain", chain), ("fanout", fan)):
             loc = dagrun(root, shape, n, "local")
-            fl = floor(root, shape, n)
-            sr = srun_chain(n) if shape == "chain" else None
-            sl = dagrun(root, shape, n, "slurm")
-            rows.append((shape, n, loc, fl, sr, sl))
-        print(f"\n{'shape':8} {'tasks':>5} {'local/task':>11} {'sbatch floor/task':>18} {'srun/task':>10} "
-              f"{'dagrun slurm/task':>18} {'slurm/floor':>11} {'added/task':>11}")
-        for shape, n, loc, fl, sr, sl in rows:
-            print(f"{shape:8} {n:5d} {loc / n * 1000:9.1f}ms {fl / n * 1000:16.1f}ms "
-                  f"{(f'{sr / n * 1000:8.1f}ms' if sr is not None else '-'):>10} {sl / n * 1000:16.1f}ms "
-                  f"{sl / fl:10.2f}x {(sl - fl) / n * 1000:9.1f}ms")
+            rows.append((shape, n, "local", loc, None, None))
+            if "slurm" in which:
+                fl = floor(root, shape, n)
+                sr = srun_chain(n) if shape == "chain" else None
+                rows.append((shape, n, "slurm", dagrun(root, shape, n, "slurm"), fl, sr))
+            if "ray" in which:
+                fl = ray_floor(shape, n)
+                rows.append((shape, n, "ray", dagrun(root, shape, n, "ray"), fl, None))
+        print(f"\n{'shape':7} {'tasks':>5} {'runner':6} {'dagrun/task':>11} {'floor/task':>11} {'srun/task':>10} "
+              f"{'ratio':>6} {'added/task':>11}")
+        for shape, n, runner, t, fl, sr in rows:
+            print(f"{shape:7} {n:5d} {runner:6} {t / n * 1000:9.1f}ms "
+                  f"{(f'{fl / n * 1000:9.1f}ms' if fl else '-'):>11} {(f'{sr / n * 1000:8.1f}ms' if sr else '-'):>10} "
+                  f"{(f'{t / fl:5.2f}x' if fl else '-'):>6} {(f'{(t - fl) / n * 1000:9.1f}ms' if fl else '-'):>11}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from .executor import RUN_ID_VAR, Exit, Launch, Progress, StartError, Wakeup
 
-POLL = 0.05              # s: ray.wait over the running attempts
+POLL = (0.005, 0.05)     # s: ray.wait(timeout=0) on the running attempts: 1 ms per attempt, within these
 MB = 1024 * 1024
 
 
@@ -176,7 +176,9 @@ class RayRunner:
         return handle
 
     def wakeup(self) -> Wakeup:
-        return Wakeup((), POLL if self._tasks else None)
+        if not self._tasks:
+            return Wakeup((), None)
+        return Wakeup((), min(POLL[1], max(POLL[0], 0.001 * len(self._tasks))))
 
     def service(self, ready: set[int]) -> None:
         pass
