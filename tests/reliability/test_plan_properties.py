@@ -52,6 +52,10 @@ def knob_value(name: str):
         "enum": st.sampled_from(list(f.choices) + ["nope"]) if f and f.choices else st.text(max_size=4),
         "object": st.dictionaries(st.sampled_from(list(planmod.KNOBS) + ["bogus"]), scalars, max_size=3),
         "tasks": st.just([]),
+        # the cluster runners' options: known sub-fields (and a bogus one) with anything in them
+        "options": st.dictionaries(st.sampled_from(list(f.fields or {}) + ["bogus"]) if f and f.fields else st.text(max_size=4),
+                                   st.one_of(scalars, st.lists(scalars, max_size=3), st.sampled_from(["2G", "512", "1X"])),
+                                   max_size=3),
     }[f.kind] if f else anything
     return st.one_of(good, anything) if f else anything
 
