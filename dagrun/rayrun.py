@@ -56,39 +56,50 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
     with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         stdin.write(prompt)
         stdin.seek(0)
-        p = subprocess.Popen(["/bin/sh", "-c", agent], cwd=cwd, env=env, stdin=stdin, stdout=out, stderr=err,
-                             preexec_fn=child_setup, close_fds=True)
-        # a guard outside the worker: if the worker dies (force cancel, crash), the agent's whole
-        # group goes too (PDEATHSIG above reaches only the shell, not what it started)
-        guard = subprocess.Popen(["/bin/sh", "-c", "while kill -0 \"$0\" 2>/dev/null; do sleep 0.5; done; "
-                                  "kill -KILL \"-$1\" 2>/dev/null", str(os.getpid()), str(p.pid)],
-                                 env={"PATH": "/usr/bin:/bin"}, start_new_session=True, close_fds=True,
-                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = guard = None
         try:
+            p = subprocess.Popen(["/bin/sh", "-c", agent], cwd=cwd, env=env, stdin=stdin, stdout=out, stderr=err,
+                                 preexec_fn=child_setup, close_fds=True)
+            # a guard outside the worker: if the worker dies (force cancel, crash), the agent's
+            # whole group goes too (PDEATHSIG above reaches only the shell, not what it started)
+            guard = subprocess.Popen(["/bin/sh", "-c", "while kill -0 \"$0\" 2>/dev/null; do sleep 0.5; done; "
+                                      "kill -KILL \"-$1\" 2>/dev/null", str(os.getpid()), str(p.pid)],
+                                     env={"PATH": "/usr/bin:/bin"}, start_new_session=True, close_fds=True,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             while p.poll() is None:
                 time.sleep(0.02)
         except KeyboardInterrupt:          # ray.cancel(ref): stop the whole group, TERM then KILL
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-                deadline = time.monotonic() + grace
-                while p.poll() is None and time.monotonic() < deadline:
-                    time.sleep(0.02)
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.wait()
-        try:
-            os.killpg(p.pid, signal.SIGKILL)   # what the shell left in its group goes too
-        except ProcessLookupError:
-            pass
-        guard.kill()
-        guard.wait()
+            if p is not None:
+                _stop_group(p, grace)
+            raise
+        finally:                           # however it ends, nothing of the attempt outlives it
+            if p is not None:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait()
+            if guard is not None:
+                guard.kill()
+                guard.wait()
         out.seek(0)
         data = out.read(max_output + 1 if max_output is not None else -1)
         over = max_output is not None and len(data) > max_output
         err.seek(0)
         return {"code": p.returncode, "stdout": data[:max_output] if over else data, "over_limit": over,
                 "stderr": err.read(), "node": node}
+
+
+def _stop_group(p, grace: float) -> None:
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    p.wait()
 
 
 @dataclass

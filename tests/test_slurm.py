@@ -78,13 +78,13 @@ def test_a_slurm_plan_without_sbatch_is_refused_at_submit(tmp_path):
 def test_an_unknown_runner_is_a_usage_error(tmp_path):
     p = write_plan(tmp_path / "plans", [{"id": "a", "prompt": "p"}], goal="g", defaults={"agent": "true"})
     r = run("run", "--runner", "nosuch", p, home=tmp_path / "home", check=2)
-    assert "runner nosuch: unknown (known: local, slurm)" in r.stderr
+    assert "runner nosuch: unknown (known: local, slurm, ray)" in r.stderr
     r = run("worker", "--runner", "nosuch", "--until-idle", home=tmp_path / "home", check=2)
     assert "runner nosuch: unknown" in r.stderr
     bad = write_plan(tmp_path / "bad", [{"id": "a", "prompt": "p", "runner": "pbs"}], goal="g",
                      defaults={"agent": "true"})
     r = run("validate", bad, check=2)
-    assert "tasks[0].runner: must be one of \"local\", \"slurm\"" in r.stderr
+    assert "tasks[0].runner: must be one of \"local\", \"slurm\", \"ray\"" in r.stderr
 
 
 def test_resources_and_slurm_options_are_validated(tmp_path):
@@ -236,3 +236,27 @@ def test_resources_reach_the_job(tmp_path, cluster):
         _scancel_all([job])
     assert json.loads((task_dir(home, "g", "big") / "cancelled").read_text())
     wait_for(lambda: _scontrol(job).get("JobState") in ("CANCELLED", "FAILED", None), timeout=30, what="the job gone")
+
+
+@slurm
+def test_a_job_whose_driver_died_before_publishing_its_handle_is_found_by_run_id_and_cancelled(tmp_path, cluster):
+    """SIGKILL between sbatch and owner.json: the claim is half-born (no owner.json); after the
+    grace the breaker asks the task's runner, which finds the job by its --comment (the run id)."""
+    from dagrun.lifecycle import run_id
+    from dagrun.store import Home
+    p = write_plan(tmp_path / "plans", [{"id": "a", "prompt": "p", "agent": "printf ok"}], goal="g", runner="slurm")
+    home = tmp_path / "home"
+    run("submit", p, home=home)
+    os.makedirs(task_dir(home, "g", "a") / "claim")
+    rid = run_id(Home(str(home)), "g", "a", 1)
+    job = int(subprocess.run(["sbatch", "--parsable", f"--comment={rid}", "--output=/dev/null", "--wrap", "sleep 120"],
+                             capture_output=True, text=True, check=True).stdout.strip())
+    try:
+        wait_for(lambda: _scontrol(job).get("JobState") == "RUNNING", timeout=30, what="the orphan job running")
+        r = run("run", "-q", p, home=home, timeout=120)
+        assert "goal g done" in r.stdout
+        assert _scontrol(job).get("JobState") in ("CANCELLED", "COMPLETING", "FAILED")
+        lost = json.loads((task_dir(home, "g", "a") / "attempts" / "1.json").read_text())
+        assert lost["outcome"] == "lost" and "half-created claim" in lost["reason"]
+    finally:
+        _scancel_all([job])
