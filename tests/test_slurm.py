@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLES, events, kill_group, need_slurm, run, spawn, task_dir, wait_for, write_plan
+from conftest import EXAMPLES, events, kill_group, need_slurm, processes_with_env, run, spawn, task_dir, wait_for, \
+    write_plan
 
 slurm = pytest.mark.slurm
 
@@ -45,10 +46,15 @@ def _scontrol(job: int) -> dict[str, str]:
     return dict(x.split("=", 1) for x in out.split() if "=" in x)
 
 
-def _scancel_all(jobs) -> None:
+def _scancel_all(jobs, home: Path | None = None) -> None:
+    """Cancel what a test left, and wait (up to Slurm's KillWait, 30 s) until the node has
+    killed the agents of that home: slurmd does it in its own time, under load seconds later."""
     for j in jobs:
         if j:
             subprocess.run(["scancel", str(j)], capture_output=True)
+    if home is not None:
+        wait_for(lambda: not processes_with_env("DAGRUN_HOME", str(home)), timeout=35,
+                 what="the cancelled jobs' processes gone")
 
 
 def _sbatch_counter(tmp_path: Path) -> tuple[dict, Path]:
@@ -175,7 +181,7 @@ def test_a_job_scancelled_behind_dagruns_back_fails_with_the_slurm_reason(tmp_pa
         assert d.wait(60) == 1
     finally:
         kill_group(d)
-        _scancel_all([job])
+        _scancel_all([job], home)
     failed = json.loads((task_dir(home, "g", "a") / "failed").read_text())
     assert f"slurm job {job} CANCELLED" in failed["reason"] and "without writing its exit file" in failed["reason"]
     assert any(e["type"] == "agent.task.blocked" and e.get("task") == "b" for e in events(home, "g"))
@@ -233,7 +239,7 @@ def test_resources_reach_the_job(tmp_path, cluster):
         assert d.wait(60) == 1
     finally:
         kill_group(d)
-        _scancel_all([job])
+        _scancel_all([job], home)
     assert json.loads((task_dir(home, "g", "big") / "cancelled").read_text())
     wait_for(lambda: _scontrol(job).get("JobState") in ("CANCELLED", "FAILED", None), timeout=30, what="the job gone")
 
