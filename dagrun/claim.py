@@ -147,6 +147,29 @@ def break_claim(home: Home, g: str, t: str, expect_nonce: str | None, *, lease: 
     return owner, reason, gone
 
 
+def take_over(home: Home, g: str, t: str, expect_nonce: str | None, worker: str, *, lease: float,
+              adopt) -> dict | None:
+    """Reattach: a stale claim whose attempt still runs elsewhere (a cluster job) becomes ours
+    instead of being broken. Under the break lock, if it is still the stale claim we looked at
+    and adopt(owner) says its attempt lives, owner.json is rewritten with us as the holder
+    (same attempt, run id, handle and start; a new nonce). Returns the new owner, or None."""
+    from filelock import FileLock
+
+    with FileLock(os.path.join(home.goal_dir(g), ".break.lock")):
+        owner = read_owner(home, g, t)
+        if not owner or owner.get("nonce") != expect_nonce or judge(home, g, t, owner, lease=lease) is None:
+            return None
+        if not adopt(owner):
+            return None
+        new = dict(owner)
+        fresh = new_owner(worker, as_int(owner.get("attempt")), kind="engine")
+        for k in ("worker", "host", "boot_id", "pid", "pid_start", "nonce"):
+            new[k] = fresh[k]
+        new["reattached"] = (owner.get("reattached") or 0) + 1
+        update_owner(home, g, t, new)
+        return new
+
+
 def release(home: Home, g: str, t: str) -> None:
     """Drop our claim. Usually the folder is empty by now (owner.json became the marker) and
     one rmdir(2) does it; otherwise rename it away in one step, then delete it -- a crash in

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from . import claim as claims
+from . import executor
 from . import events as ev
 from . import fsio
 from . import plan as planmod
@@ -60,6 +61,7 @@ def load_checked(path: str, home: Home | None = None) -> tuple[Plan, dict | None
 
 def submit(home: Home, path: str, *, replace: bool = False, dry_run: bool = False, by: str = "submit") -> SubmitResult:
     plan = planmod.load(path, home.root)   # raises PlanError before anything is written (home: presets.json)
+    executor.require({t.runner for t in plan.tasks if t.runner != "local"}, options=executor.options_of([plan]))
     g = plan.goal
     old_raw = home.plan_bytes(g) if os.path.isdir(home.goals_dir) else None
     if old_raw is None:

@@ -37,7 +37,7 @@ from .lifecycle import Claim, Stale, claim_task, marker_of, record_unfinished
 from .plan import Plan, Task
 from .presets import shell_command
 from .reconcile import GoalState, Reconciler
-from .store import Home, loads
+from .store import Home, as_int, loads
 from .watcher import Doorbell, Watcher
 from .workspace import CONFLICT, GIT_REDIRECT
 
@@ -82,7 +82,9 @@ class Engine(Reconciler):
         self.only = goal
         self.until_idle = until_idle
         self.poll = poll
-        self.runner = runner or ProcessRunner()
+        # tasks of one goal may name different runners (plan "runner"): a Mux starts each
+        # attempt with its own; a runner passed in (tests, --runner) runs every task
+        self.runner = runner or executor.Mux({"process": ProcessRunner()})
         self.log = log or (lambda m: None)
         self.on_event = on_event or (lambda e: None)
         self.rescan_every = rescan_every
@@ -381,7 +383,8 @@ class Engine(Reconciler):
                 env.pop(k, None)
         launch = Launch(agent=agent, cwd=cwd, env=env, stdin_path=self.home.prompt_path(g, t),
                         stdout_path=os.path.join(cdir, "stdout"), stderr_path=os.path.join(cdir, "stderr"),
-                        run_id=c.owner["run_id"], max_output=task.max_output)
+                        run_id=c.owner["run_id"], max_output=task.max_output,
+                        runner=executor.PLAN_RUNNERS.get(task.runner, task.runner), spec=_spec(task, g))
         now = time.monotonic()
         try:
             fsio._step(f"spawn {g}/{t}")
@@ -421,7 +424,7 @@ class Engine(Reconciler):
                   deadline=now + task.timeout if task.timeout else None, hb_at=now + self._refresh_every(plan))
         self.runs[run.key] = run
         self.by_task[(g, t)] = run
-        tr.started(self.home, c, worker=self.worker)
+        tr.started(self.home, c, worker=self.worker, **_remote(handle))
         self._touched.add(g)
 
     # ================================================================== endings
@@ -674,6 +677,33 @@ class Engine(Reconciler):
             for t in list(gs.foreign):
                 self._check_foreign(gs, t)
 
+    def _reattach(self, gs: GoalState, t: str) -> bool:
+        """A stale claim (its driver died) whose attempt runs on a cluster engine that outlives
+        drivers (a Slurm job): take the claim over and follow the job, never resubmit it. Only
+        runners with adopt(handle) do this; for the others the claim is broken as before."""
+        adopt = getattr(self.runner, "adopt", None)
+        g = gs.plan.goal
+        owner = claims.read_owner(self.home, g, t)
+        h = (owner or {}).get("handle")
+        if adopt is None or not isinstance(h, dict) or h.get("runner") in (None, "process"):
+            return False
+        if claims.judge(self.home, g, t, owner, lease=self._judge_lease(gs.plan)) is None:
+            return False
+        new = claims.take_over(self.home, g, t, owner.get("nonce"), self.worker, lease=self._judge_lease(gs.plan),
+                               adopt=lambda o: isinstance(o.get("handle"), dict) and adopt(o["handle"]))
+        if new is None:
+            return False
+        task = gs.plan.task(t)
+        c = Claim(g, t, as_int(new.get("attempt")), new, _epoch(new.get("since")))
+        now = time.monotonic()
+        run = Run(goal=g, task=task, claim=c, handle=new["handle"], key=self.runner.key(new["handle"]),
+                  definition=task.definition_digest(), t0=now, progress_at=now,
+                  deadline=now + task.timeout if task.timeout else None, hb_at=now)
+        self.runs[run.key] = run
+        self.by_task[(g, t)] = run
+        self.log(f"reattached {g}/{t} attempt {c.attempt} to {h.get('runner')} job {h.get('job', '?')}")
+        return True
+
     def _reap_orphan(self, handle: dict | None, grace: float, run_id: str | None = None) -> bool:
         """A dead driver's attempt, through the runner its handle names (ours if the same)."""
         return executor.reap_orphan(handle, grace, run_id, mine=self.runner)
@@ -723,6 +753,30 @@ class Engine(Reconciler):
             self._stop_run(run, "interrupted", why)
             run.kill_at = time.monotonic() + min(run.task.kill_grace, 5.0)
 
+
+
+def _spec(task: Task, g: str) -> dict:
+    """What a cluster runner passes to its engine (resources, limits, its plan options)."""
+    if task.runner == "local" and not task.resources:
+        return {}
+    return {"resources": task.resources, "timeout": task.timeout, "kill_grace": task.kill_grace,
+            "slurm": task.slurm, "ray": task.ray, "name": f"dagrun.{g}.{task.id}"}
+
+
+def _remote(handle: dict) -> dict:
+    """A cluster runner's attempt in its `running` event: the runner and the Slurm job id or
+    Ray task id."""
+    if handle.get("runner") in ("process", "fake", "dry", None):
+        return {}
+    return {"runner": handle["runner"], **{k: handle[k] for k in ("job", "task_id") if k in handle}}
+
+
+def _epoch(iso) -> float:
+    from datetime import datetime
+    try:
+        return datetime.fromisoformat(str(iso).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return time.time()
 
 
 def _mtime(path: str) -> float:

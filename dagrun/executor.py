@@ -44,6 +44,9 @@ class Launch:
     stderr_path: str
     run_id: str              # exported as DAGRUN_RUN_ID: finds strays of this attempt
     max_output: int | None = None
+    runner: str = "process"  # registry name of the runner that starts it (Mux picks by it)
+    spec: dict = field(default_factory=dict, hash=False)   # for cluster runners: resources,
+    #                          timeout, kill_grace, the runner's plan options, a job name
 
 
 @dataclass(frozen=True)
@@ -70,12 +73,15 @@ class Exit:
     progress: Progress | None = field(default=None, compare=False)   # as of the exit (the
     #                          runner forgets the attempt once it has reported its exit)
     strays: int = 0          # processes it left behind outside its group, killed by us
+    reason: str | None = None   # a cluster engine's own account of the end (Slurm state + exit code)
 
     @property
     def ok(self) -> bool:
         return self.code == 0
 
     def describe(self) -> str:
+        if self.reason:
+            return self.reason
         if self.signal is not None:
             try:
                 name = signal.Signals(self.signal).name
@@ -128,7 +134,22 @@ RUNNERS: dict[str, tuple[str, str]] = {
     "process": ("dagrun.executor", "ProcessRunner"),
     "fake": ("dagrun.simrun", "FakeRunner"),
     "dry": ("dagrun.simrun", "DryRunner"),
+    "slurm": ("dagrun.slurm", "SlurmRunner"),
+    "ray": ("dagrun.rayrun", "RayRunner"),
 }
+# a plan's "runner" -> registry name
+PLAN_RUNNERS = {"local": "process", "slurm": "slurm", "ray": "ray"}
+
+
+def unusable(name: str, opts: dict | None = None) -> str | None:
+    """Why the runner of this registry name cannot start anything here (None: it can).
+    Checked at submit and when a driver starts, never mid-goal."""
+    if name not in RUNNERS:
+        return f"runner {name}: unknown (known: {', '.join(sorted(RUNNERS))})"
+    import importlib
+    module, cls = RUNNERS[name]
+    check = getattr(getattr(importlib.import_module(module), cls), "unusable", None)
+    return check(opts) if check is not None else None
 
 
 def register(name: str, module: str, cls: str) -> None:
@@ -172,6 +193,111 @@ def alive(handles: dict[str, dict], *, mine: Runner | None = None) -> set[str]:
         if r is not None:
             out |= r.alive(hs)
     return out
+
+
+def require(plan_names, force: str | None = None, options: dict | None = None) -> None:
+    """UsageError (exit 2) naming the first runner that cannot start anything here: the plan's
+    runners ("local", "slurm"), or the one forced by `--runner`. Checked at submit and when a
+    driver starts, so a goal never fails half-way for want of its runner."""
+    from .errors import UsageError
+    if force is not None:
+        if force not in PLAN_RUNNERS:
+            raise UsageError(f"runner {force}: unknown (known: {', '.join(PLAN_RUNNERS)})")
+        plan_names = {force}
+    for n in sorted(set(plan_names)):
+        why = unusable(PLAN_RUNNERS.get(n, n), (options or {}).get(n))
+        if why:
+            raise UsageError(why)
+
+
+def options_of(plans) -> dict:
+    """runner name -> the first task's options for it (a Ray address to check)."""
+    out: dict = {}
+    for p in plans:
+        for t in p.tasks:
+            if t.runner == "ray" and t.ray:
+                out.setdefault("ray", t.ray)
+    return out
+
+
+def for_driver(plans, force: str | None = None) -> "Mux":
+    """The runner of an engine serving these plans (`--runner NAME`: force, a plan name):
+    checked first (UsageError, exit 2), local processes always available."""
+    require({t.runner for p in plans for t in p.tasks if t.runner != "local"}, force, options_of(plans))
+    return Mux({"process": ProcessRunner()}, force=PLAN_RUNNERS[force] if force else None)
+
+
+class Mux:
+    """The engine's runner when tasks of one goal use different runners: starts each attempt
+    with the runner its Launch names (created on first use) and sends every other call to the
+    runner named in the handle. `force` replaces every Launch's runner (`--runner NAME`)."""
+    name = "mux"
+
+    def __init__(self, runners: dict[str, Runner] | None = None, force: str | None = None):
+        self.runners: dict[str, Runner] = dict(runners or {})
+        self.force = force
+
+    def _get(self, name: str) -> Runner:
+        r = self.runners.get(name)
+        if r is None:
+            r = self.runners[name] = get(name)
+        return r
+
+    def _of(self, handle: dict) -> Runner:
+        return self._get(handle.get("runner") or "process")
+
+    def start(self, launch: Launch) -> dict:
+        return self._get(self.force or launch.runner).start(launch)
+
+    def key(self, handle: dict) -> str:
+        return f"{handle.get('runner')}:{self._of(handle).key(handle)}"
+
+    def poll(self, handle: dict) -> Exit | None:
+        return self._of(handle).poll(handle)
+
+    def terminate(self, handle: dict) -> None:
+        self._of(handle).terminate(handle)
+
+    def kill(self, handle: dict) -> None:
+        self._of(handle).kill(handle)
+
+    def wakeup(self) -> Wakeup:
+        fds: tuple = ()
+        timeout = None
+        for r in self.runners.values():
+            w = r.wakeup()
+            fds += tuple(w.fds)
+            if w.timeout is not None:
+                timeout = w.timeout if timeout is None else min(timeout, w.timeout)
+        return Wakeup(fds, timeout)
+
+    def service(self, ready: set[int]) -> None:
+        for r in self.runners.values():
+            r.service(ready)
+
+    def progress(self, handle: dict) -> Progress:
+        return self._of(handle).progress(handle)
+
+    def reap_orphan(self, handle: dict | None, grace: float, run_id: str | None = None) -> bool:
+        name = handle.get("runner") if isinstance(handle, dict) else "process"
+        if not isinstance(name, str) or name not in RUNNERS:
+            return False
+        return self._get(name).reap_orphan(handle, grace, run_id=run_id)
+
+    def alive(self, handles: dict[str, dict]) -> set[str]:
+        return alive(handles)
+
+    def adopt(self, handle: dict) -> bool:
+        """Follow an attempt a dead driver started (a runner with adopt(): Slurm jobs)."""
+        name = handle.get("runner")
+        if not isinstance(name, str) or name not in RUNNERS:
+            return False
+        r = self._get(name)
+        return bool(getattr(r, "adopt", None)) and r.adopt(handle)
+
+    def close(self) -> None:
+        for r in self.runners.values():
+            r.close()
 
 
 class StartError(Exception):

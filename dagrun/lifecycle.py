@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import claim as claims
+from . import executor
 from . import fsio
 from . import states as S
 from . import workspace as wsp
@@ -452,6 +453,10 @@ def break_if_stale(home: Home, plan: Plan, t: str, *, worker: str, lease: float 
             #                               half-way may have left files of this one, no record)
         if reap is not None:              # an orphaned agent must not keep going
             handle = owner.get("handle") if owner else None
+            if not isinstance(handle, dict) and plan.has(t):
+                # died before the handle was published: the task's runner started it, and
+                # finds it by the run id (a Slurm job by its --comment)
+                handle = {"runner": executor.PLAN_RUNNERS.get(plan.task(t).runner, "process")}
             reap(handle if isinstance(handle, dict) else None, plan.task(t).kill_grace,
                  run_id=(owner or {}).get("run_id") or run_id(home, g, t, attempt))
         ended = marker_of(home, g, t)

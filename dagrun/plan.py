@@ -26,6 +26,9 @@ ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_PLAN_BYTES = 64 * 1024 * 1024
 MAX_PROMPT_BYTES = 16 * 1024 * 1024
 MAX_TASKS = 100_000
+RUNNER_NAMES = ("local", "slurm", "ray")                 # "runner" in a plan; executor.PLAN_RUNNERS maps them
+CLUSTER_KEYS = ("runner", "resources", "slurm", "ray")   # Task fields left out of plan.json at their defaults
+MEM_RE = re.compile(r"[0-9]{1,12}[KMGT]?")
 MAX_SECONDS = 30 * 24 * 3600          # a month: anything longer is a typo
 DEFAULT_CONTEXT_LIMIT = 64 * 1024      # bytes of each dependency's output put into a prompt
 DEFAULT_LEASE = 60.0
@@ -56,6 +59,7 @@ class F:
     choices: tuple[str, ...] = ()
     default: Any = None
     nullable: bool = False
+    fields: Any = None               # kind "object" of a runner's options: its own field table
 
 
 KNOBS: dict[str, F] = {  # allowed in "defaults" and on every task
@@ -87,6 +91,24 @@ KNOBS: dict[str, F] = {  # allowed in "defaults" and on every task
                   "(either may be left out: then the history of earlier runs in this home is used)."),
     "budget_share": F("number", "The part of the plan's budget one task may spend before it is told (logged, an event, "
                       "$DAGRUN_BUDGET_FILE); the pool itself is the hard limit.", gt=0, hi=1, default=0.4),
+    # -- cluster runners (dagrun/slurm.py): where an attempt runs and what it may use
+    "runner": F("enum", "Where the agent runs: \"local\" (a process of the worker), \"slurm\" (one sbatch job per attempt), \"ray\" (one Ray task per attempt).",
+                choices=RUNNER_NAMES, default="local"),
+    "resources": F("options", "What the agent may use, passed to the cluster engine: cpus (--cpus-per-task), "
+                   "mem (--mem, e.g. \"2G\"), gpu (--gres=gpu:N).", fields={
+                       "cpus": F("integer", "CPUs per attempt (--cpus-per-task).", lo=1, hi=4096),
+                       "mem": F("mem", "Memory per attempt: megabytes, or a number with K, M, G or T (--mem)."),
+                       "gpu": F("integer", "GPUs per attempt (--gres=gpu:N).", lo=0, hi=1024)}),
+    "slurm": F("options", "Options of the slurm runner.", fields={
+        "partition": F("string", "sbatch --partition."),
+        "account": F("string", "sbatch --account."),
+        "sbatch_args": F("strings", "Extra sbatch arguments, one per item (e.g. [\"--qos=short\"])."),
+    }),
+    "ray": F("options", "Options of the ray runner.", fields={
+        "address": F("string", "ray.init address (\"auto\", \"HOST:PORT\", \"ray://...\"); \"local\" starts a local Ray. "
+                     "Default: $RAY_ADDRESS, else \"auto\"."),
+        "runtime_env": F("json", "Ray runtime_env for the driver's connection (env_vars, pip, working_dir, ...)."),
+    }),
 }
 
 TASK_FIELDS: dict[str, F] = {
@@ -107,6 +129,8 @@ TASK_FIELDS: dict[str, F] = {
 }
 
 TOP_FIELDS: dict[str, F] = {
+    "runner": F("enum", "The runner of every task that sets none (default \"local\"); same as defaults.runner.",
+                choices=RUNNER_NAMES),
     "$schema": F("text", "Editors' schema hint; ignored."),
     "goal": F("id", "Goal id (default: the plan file's name without extension)."),
     "description": F("text", "Free text for people; ignored by dagrun."),
@@ -165,6 +189,10 @@ class Task:
     files: tuple[str, ...] = ()            # globs it may edit (the mutex)
     hooks: dict | None = field(default=None, compare=False, hash=False)   # event -> [hook]; not in the digest
     budget_share: float = 0.4                 # of the plan's budget (budget.py; not part of the definition)
+    runner: str = "local"                                           # plan name: local | slurm
+    resources: dict = field(default_factory=dict, hash=False)       # cpus, mem, gpu
+    slurm: dict = field(default_factory=dict, hash=False)           # the slurm runner's options
+    ray: dict = field(default_factory=dict, hash=False)             # the ray runner's options
 
     def definition_digest(self) -> str:
         return self._digest
@@ -183,6 +211,9 @@ class Task:
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        for k in CLUSTER_KEYS:         # left out at their defaults: plan.json of local plans unchanged
+            if d[k] == Task.__dataclass_fields__[k].default or d[k] == {}:
+                del d[k]
         d["deps"] = list(self.deps)
         d["soft_deps"] = list(self.soft_deps)
         if self.check:
@@ -566,6 +597,23 @@ class _Validator:
             if not v[0].strip():
                 self.fail(path + (0,), "the program name must not be empty")
             return tuple(v)
+        if k == "options":
+            v = self.obj(path, v, f.fields, f"{path[-1]} options")
+            return {kk: self.check(path + (kk,), f.fields[kk], vv) for kk, vv in v.items()}
+        if k == "strings":
+            if not isinstance(v, list):
+                self.fail(path, f"expected an array of strings, got {_type_name(v)}")
+            for j, x in enumerate(v):
+                self.check(path + (j,), F("string", ""), x)
+            return list(v)
+        if k == "json":
+            if not isinstance(v, dict):
+                self.fail(path, f"expected an object, got {_type_name(v)}")
+            return v
+        if k == "mem":
+            if isinstance(v, bool) or not isinstance(v, (int, str)) or not MEM_RE.fullmatch(str(v)):
+                self.fail(path, f"expected megabytes or a size like \"512M\" or \"2G\", got {_show(v)}")
+            return v
         if k == "enum":
             if v not in f.choices:
                 self.fail(path, f"must be one of {', '.join(json.dumps(c) for c in f.choices)}, got {_show(v)}")
@@ -592,6 +640,8 @@ class _Validator:
             goal = self.default_goal
         defaults = self.obj(("defaults",), top.get("defaults", {}), KNOBS, "defaults")
         dflt = {k: self.check(("defaults", k), KNOBS[k], v) for k, v in defaults.items()}
+        if "runner" in top:
+            dflt.setdefault("runner", self.check(("runner",), TOP_FIELDS["runner"], top["runner"]))
         opts = {}
         for k in ("max_parallel", "on_failure", "lease", "description", "budget"):
             if k in top:
@@ -723,7 +773,9 @@ class _Validator:
             priority=int(prio), description=desc, check=get("check"), check_timeout=float(get("check_timeout")),
             cache=bool(get("cache")), budget_share=float(get("budget_share")), estimate_seconds=(knobs.get("estimate") or {}).get("seconds"), estimate_usd=(knobs.get("estimate") or {}).get("usd"),
             workspace=use_ws, files=tuple(files),
-            hooks=self.hooks(path + ("hooks",), rt["hooks"], HOOK_EVENTS[:-1]) if "hooks" in rt else None)
+            hooks=self.hooks(path + ("hooks",), rt["hooks"], HOOK_EVENTS[:-1]) if "hooks" in rt else None,
+            runner=get("runner"), resources=dict(knobs.get("resources") or {}), slurm=dict(knobs.get("slurm") or {}),
+            ray=dict(knobs.get("ray") or {}))
 
     def hooks(self, path: tuple, v, events: tuple[str, ...]) -> dict | None:
         """{"on_done": [hook, ...], ...}; a hook is an argv array (never a shell), {"argv": [...],
@@ -968,6 +1020,15 @@ def json_schema() -> dict:
             s = {"$ref": "#/$defs/knobs"}
         elif k == "hooks":
             s = {"type": "object", "additionalProperties": {"type": "array", "items": {"$ref": "#/$defs/hook"}}}
+        elif k == "options":
+            s = {"type": "object", "additionalProperties": False,
+                 "properties": {kk: prop(ff) for kk, ff in f.fields.items()}}
+        elif k == "strings":
+            s = {"type": "array", "items": {"type": "string", "minLength": 1}}
+        elif k == "json":
+            s = {"type": "object"}
+        elif k == "mem":
+            s = {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": "^" + MEM_RE.pattern + "$"}]}
         elif k == "tasks":
             s = {"type": "array", "minItems": 1, "maxItems": MAX_TASKS, "items": {"$ref": "#/$defs/task"}}
         elif k == "boolean":

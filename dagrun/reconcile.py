@@ -229,6 +229,9 @@ class Reconciler:
                 self._check_ended(gs)
             return
         try:
+            if self._reattach(gs, t):        # its attempt still runs on a cluster: follow it
+                gs.foreign.discard(t)
+                return
             reason = tr.break_stale(self.home, gs.plan, t, worker=self.worker, reap=self._reap_orphan,
                                     lease=self._judge_lease(gs.plan))
         except (OSError, FsError) as e:     # the disk is full or failing: nothing can progress

@@ -227,3 +227,23 @@ def pytest_terminal_summary(terminalreporter):
     tr.section(f"skips: {len(_SKIPS)} ({sum(not a for _n, _r, a in _SKIPS)} not in tests/allowed-skips.txt)")
     for nodeid, reason, allowed in _SKIPS:
         tr.line(f"{'allowed    ' if allowed else 'NOT ALLOWED'} {nodeid}: {reason}")
+def need_slurm() -> None:
+    """Skip (fail under CI=true) unless a Slurm cluster answers here: sbatch & co on PATH and
+    `scontrol ping` UP (SLURM_CONF from the environment; .ci/run starts one with .ci/slurm-up.sh)."""
+    from dagrun import executor
+    why = executor.unusable("slurm")
+    if why:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{why} (CI must start Slurm: .ci/slurm-up.sh)")
+        pytest.skip(f"{why}; start one with .ci/slurm-up.sh and export SLURM_CONF")
+
+
+def need_ray() -> None:
+    """Skip (fail under CI=true) unless the ray package is installed and a Ray head answers
+    (RAY_ADDRESS; .ci/run starts one with `ray start --head`)."""
+    from dagrun import executor
+    why = executor.unusable("ray")
+    if why:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{why} (CI must start a Ray head: .ci/run)")
+        pytest.skip(f"{why}; pip install -e '.[ray]', `ray start --head`, export RAY_ADDRESS")

@@ -22,7 +22,7 @@ LAYERS = {
     # 3: the on-disk layout
     "store": 3,
     # 4: adapters at the edge: the events log, claims, the inotify doorbell, the runners
-    "events": 4, "claim": 4, "watcher": 4, "executor": 4, "simrun": 4,
+    "events": 4, "claim": 4, "watcher": 4, "executor": 4, "simrun": 4, "slurm": 4, "rayrun": 4,
     # the preset adapter, run as the agent (python -m dagrun.agentrun); the claim files an agent
     # hands back; the content-addressed result cache
     "agentrun": 4, "agentio": 4, "cache": 4,
@@ -44,8 +44,11 @@ LAYERS = {
     # `dagrun init`: the files shipped in dagrun/share, filled in
     "scaffold": 8,
 }
+# agentrun: the preset adapter runs the agent CLI; workspace: git, short synchronous commands;
+# slurm: the Slurm runner drives sbatch/squeue/scancel/scontrol (the cluster engine's only interface);
+# rayrun: its remote function starts the agent on the Ray node
 ONLY_IN = {"typer": {"cli"}, "rich": {"cli"}, "watchdog": {"watcher"},
-           "subprocess": {"executor", "agentrun", "workspace"}}   # workspace: git, short synchronous commands
+           "subprocess": {"executor", "agentrun", "workspace", "slurm", "rayrun"}, "ray": {"rayrun"}}
 
 
 def _modules():

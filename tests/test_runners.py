@@ -13,13 +13,17 @@ import time
 
 import pytest
 
-from conftest import wait_for, write_plan
+from conftest import need_ray, need_slurm, wait_for, write_plan
 from dagrun import control, edit, executor
 from dagrun.engine import Engine
 from dagrun.simrun import DryRunner, FakeRunner, Outcome
 from dagrun.store import Home
 
-RUNNERS = ["process", "fake"]
+RUNNERS = ["process", "fake", pytest.param("slurm", marks=pytest.mark.slurm),
+           pytest.param("ray", marks=pytest.mark.ray)]
+# crash-resume: a Slurm job outlives its driver and is reattached, not lost (tests/test_slurm.py);
+# a Ray task dies with its driver (ownership): lost, then run again, as a local process
+CRASH_RUNNERS = ["process", "fake", pytest.param("ray", marks=pytest.mark.ray)]
 
 # behaviour -> (shell agent for ProcessRunner, Outcome for FakeRunner)
 BEHAVIOURS = {
@@ -41,6 +45,10 @@ def _outcome(behaviour: str, task: str) -> Outcome:
 
 
 def make_runner(name: str, spec: dict[str, str]):
+    if name == "slurm":
+        need_slurm()
+    if name == "ray":
+        need_ray()
     if name == "fake":
         return FakeRunner({t: _outcome(b, t) for t, b in spec.items()})
     return executor.get(name)
@@ -65,6 +73,10 @@ def _drive(home_root: str, goal: str, runner: str, spec: dict, kw: dict) -> None
 
 
 def engine(home: Home, goal: str, runner: str, spec: dict, **kw) -> mp.Process:
+    if runner == "slurm":
+        need_slurm()
+    if runner == "ray":
+        need_ray()
     p = mp.get_context("fork").Process(target=_drive, args=(home.root, goal, runner, spec, kw))
     p.start()
     return p
@@ -144,7 +156,7 @@ def test_cancel_stops_a_running_attempt_and_blocks_nothing_it_should_not(tmp_pat
     assert os.path.exists(home.marker_path("g", "c", "done"))
 
 
-@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("runner", CRASH_RUNNERS)
 def test_crash_resume_records_the_attempt_lost_and_runs_it_again(tmp_path, runner):
     spec = {"a": "hang1"}
     home = plan_of(tmp_path, "g", spec)

@@ -263,5 +263,8 @@ TASK_ARG = _t.Argument(..., metavar="TASK", help="Task id.", autocompletion=comp
 PLAN_ARG = _t.Argument(..., metavar="PLAN", help="Path of a dag.json.", show_default=False)
 JSON_OPT = _t.Option(False, "--json", help="Machine-readable output (one JSON object).")
 WORKER_NAME = ("--worker", "--name")     # one order everywhere: --worker first
+RUNNER_OPT = _t.Option(None, "--runner", metavar="NAME",
+                       help="Run every task with this runner, whatever the plan says: local, slurm or ray "
+                            "(see docs/cluster.md).")
 POLL_OPT = _t.Option(None, "--poll", min=0.01, metavar="SECONDS",
                      help="Poll the files every SECONDS instead of using inotify (homes on NFS).")

@@ -8,7 +8,7 @@ import typer
 
 from ..errors import one_line
 from . import app
-from .common import POLL_OPT, RUN, WORKER_NAME, LogLine, complete_goal, examples, fmt_event, home_of, is_tty
+from .common import POLL_OPT, RUN, RUNNER_OPT, WORKER_NAME, LogLine, complete_goal, examples, fmt_event, home_of, is_tty
 
 
 def _resolve(ctx, target: str, replace: bool) -> str:
@@ -45,6 +45,7 @@ def run(ctx: typer.Context,
         name: str = typer.Option(None, *WORKER_NAME, metavar="NAME",
                                  help="Worker name in claims and events (default: HOST-PID)."),
         poll: float = POLL_OPT,
+        runner: str = RUNNER_OPT,
         replace: bool = typer.Option(False, "--replace", help="If the goal exists with another plan, replace it (see submit)."),
         quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output; only the final line."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print what would start, in order (every task "
@@ -61,6 +62,8 @@ def run(ctx: typer.Context,
     home = home_of(ctx)
     goal = _resolve(ctx, target, replace)
     plan = home.load_plan(goal)
+    from ..executor import for_driver
+    runners = for_driver([plan], runner)        # exit 2 if a runner cannot start anything here
     jobs = jobs or plan.max_parallel or 4
     log = _stderr_log
     view = live = None
@@ -77,7 +80,7 @@ def run(ctx: typer.Context,
         def on_event(e):
             print(fmt_event(e), flush=True)
     eng = Engine(home, worker=name, jobs=jobs, goal=goal, poll=poll, log=log, on_event=on_event,
-                 use_cache=not no_cache)
+                 use_cache=not no_cache, runner=runners)
     if live is not None:
         with live:
             rc = eng.run()
@@ -138,6 +141,7 @@ def worker(ctx: typer.Context,
                                            "ready or running (for cron)."),
            name: str = typer.Option(None, *WORKER_NAME, metavar="NAME", help="Worker name (default: HOST-PID)."),
            poll: float = POLL_OPT,
+           runner: str = RUNNER_OPT,
            rescan: float = typer.Option(10.0, "--rescan", min=0.1, metavar="SECONDS",
                                         help="Full rescan of the files at least this often (safety net)."),
            lease: float = typer.Option(None, "--lease", min=1.0, metavar="SECONDS",
@@ -154,8 +158,10 @@ def worker(ctx: typer.Context,
     """Serve every goal under the home: the daemon for systemd, or --until-idle for cron.
     Logs one line per event of its own to stderr."""
     from ..engine import Engine, default_worker_name
+    from ..executor import for_driver
 
     home = home_of(ctx)
+    runners = for_driver([], runner)            # exit 2 if --runner cannot start anything here
     me = name or default_worker_name()
     wm = None
     if metrics_path:
@@ -171,7 +177,7 @@ def worker(ctx: typer.Context,
             log.event(e)
     eng = Engine(home, worker=me, jobs=jobs, until_idle=until_idle, poll=poll, log=log,
                  on_event=on_event, rescan_every=rescan, lease=lease, tick=wm, tick_every=metrics_every,
-                 use_cache=not no_cache)
+                 use_cache=not no_cache, runner=runners)
     log.start(f"worker {me} serving {home.root} with -j {jobs}" + (" until idle" if until_idle else ""))
     rc = eng.run()
     if log.said or rc != 0:       # an idle cron run that did nothing stays silent

@@ -1,0 +1,149 @@
+"""Per-task overhead of the Slurm and Ray runners against each engine's own floor, measured in
+the same run.
+
+Two shapes of no-op tasks (agent `true`):
+  chain   20 tasks, each depending on the previous one (latency: one job at a time)
+  fanout  100 independent tasks, -j 100 (throughput: as many jobs as the node takes)
+
+and for each, in this order:
+  local   `dagrun run` with the local runner (dagrun's own cost)
+  floor   the same shape straight on Slurm: `sbatch --parsable --wrap 'touch F'` and waiting
+          for F (stat every 10 ms) -- sbatch -> job start -> job end, nothing of dagrun's;
+          the chain submits the next job when the previous file appears
+  srun    the same shape as `srun true` job steps inside one allocation (salloc), the
+          floor of a steps mode (chain only)
+  slurm   `dagrun run --runner slurm`
+  ray floor  a bare Ray task running `sh -c true` (ray.get of one at a time for the chain, of
+          all at once for the fan-out), from a driver already connected
+  ray     `dagrun run --runner ray` (its time includes connecting to the head, ~1 s, once)
+
+Prints the Slurm settings (SchedulerParameters, the node's CPUs) and per-task times and the
+ratio dagrun/floor. Needs a cluster (SLURM_CONF; .ci/slurm-up.sh) and a Ray head (RAY_ADDRESS).
+
+    SLURM_CONF=... RAY_ADDRESS=127.0.0.1:6379 .venv/bin/python bench/cluster.py [CHAIN] [FANOUT] [slurm,ray]
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+DAGRUN = os.path.join(os.path.dirname(sys.executable), "dagrun")
+
+
+def plan(root: str, shape: str, n: int) -> str:
+    tasks = [{"id": f"t{i}", "prompt": "p", "deps": [f"t{i - 1}"] if shape == "chain" and i else []}
+             for i in range(n)]
+    path = os.path.join(root, f"{shape}.json")
+    with open(path, "w") as f:
+        json.dump({"goal": shape, "defaults": {"agent": "true"}, "tasks": tasks}, f)
+    return path
+
+
+def dagrun(root: str, shape: str, n: int, runner: str) -> float:
+    home = os.path.join(root, f"home-{runner}-{shape}")
+    p = plan(root, shape, n)
+    t = time.perf_counter()
+    subprocess.run([DAGRUN, f"--home={home}", "run", "-q", "-j", str(n if shape == "fanout" else 1),
+                    "--runner", runner, p], check=True, capture_output=True)
+    return time.perf_counter() - t
+
+
+def _wait_files(paths: list[str]) -> None:
+    left = set(paths)
+    while left:
+        left = {p for p in left if not os.path.exists(p)}
+        if left:
+            time.sleep(0.01)
+
+
+def _sbatch(flag: str) -> None:
+    subprocess.run(["sbatch", "--parsable", "--output=/dev/null", "--error=/dev/null", "--ntasks=1",
+                    "--wrap", f"touch {flag}"], check=True, capture_output=True)
+
+
+def floor(root: str, shape: str, n: int) -> float:
+    d = tempfile.mkdtemp(dir=root, prefix=f"floor-{shape}-")
+    flags = [os.path.join(d, f"f{i}") for i in range(n)]
+    t = time.perf_counter()
+    if shape == "chain":
+        for f in flags:
+            _sbatch(f)
+            _wait_files([f])
+    else:
+        for f in flags:
+            _sbatch(f)
+        _wait_files(flags)
+    return time.perf_counter() - t
+
+
+def srun_chain(n: int) -> float:
+    script = f"t=$(date +%s.%N); for i in $(seq {n}); do srun --exact -n1 true; done; " \
+             "e=$(date +%s.%N); echo \"$e - $t\" | bc"
+    r = subprocess.run(["salloc", "-n1", "--quiet", "sh", "-c", script], capture_output=True, text=True, check=True)
+    return float(r.stdout.strip().splitlines()[-1])
+
+
+RAY_FLOOR = r"""
+import subprocess, sys, time, ray
+ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
+@ray.remote(num_cpus=1, max_retries=0)
+def noop():
+    return subprocess.run(["/bin/sh", "-c", "true"]).returncode
+ray.get(noop.remote())                       # warm: a worker exists, the function is exported
+shape, n = sys.argv[1], int(sys.argv[2])
+t = time.perf_counter()
+if shape == "chain":
+    for _ in range(n):
+        ray.get(noop.remote())
+else:
+    ray.get([noop.remote() for _ in range(n)])
+print(time.perf_counter() - t)
+"""
+
+
+def ray_floor(shape: str, n: int) -> float:
+    r = subprocess.run([sys.executable, "-c", RAY_FLOOR, shape, str(n)], capture_output=True, text=True, check=True)
+    return float(r.stdout.strip().splitlines()[-1])
+
+
+def settings() -> str:
+    conf = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True).stdout
+    keep = [x.strip() for x in conf.splitlines() if x.split("=")[0].strip() in
+            ("SchedulerParameters", "SchedulerType", "SelectType", "SelectTypeParameters", "SLURM_VERSION",
+             "ProctrackType", "MinJobAge")]
+    node = subprocess.run(["sinfo", "-h", "-o", "%N cpus=%c mem=%m"], capture_output=True, text=True).stdout.strip()
+    return "\n".join(["  " + x for x in keep] + [f"  node: {node}"])
+
+
+def main() -> None:
+    chain = int(sys.argv[1]) if len(sys.argv) > 1 else 20
+    fan = int(sys.argv[2]) if len(sys.argv) > 2 else 100
+    which = sys.argv[3].split(",") if len(sys.argv) > 3 else ["slurm", "ray"]
+    if "slurm" in which:
+        print("Slurm settings:\n" + settings())
+    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as root:
+        rows = []
+        for shape, n in (("chain", chain), ("fanout", fan)):
+            loc = dagrun(root, shape, n, "local")
+            rows.append((shape, n, "local", loc, None, None))
+            if "slurm" in which:
+                fl = floor(root, shape, n)
+                sr = srun_chain(n) if shape == "chain" else None
+                rows.append((shape, n, "slurm", dagrun(root, shape, n, "slurm"), fl, sr))
+            if "ray" in which:
+                fl = ray_floor(shape, n)
+                rows.append((shape, n, "ray", dagrun(root, shape, n, "ray"), fl, None))
+        print(f"\n{'shape':7} {'tasks':>5} {'runner':6} {'dagrun/task':>11} {'floor/task':>11} {'srun/task':>10} "
+              f"{'ratio':>6} {'added/task':>11}")
+        for shape, n, runner, t, fl, sr in rows:
+            print(f"{shape:7} {n:5d} {runner:6} {t / n * 1000:9.1f}ms "
+                  f"{(f'{fl / n * 1000:9.1f}ms' if fl else '-'):>11} {(f'{sr / n * 1000:8.1f}ms' if sr else '-'):>10} "
+                  f"{(f'{t / fl:5.2f}x' if fl else '-'):>6} {(f'{(t - fl) / n * 1000:9.1f}ms' if fl else '-'):>11}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,329 @@
+"""The Slurm runner: one batch job per attempt, on a home the nodes share.
+
+start() writes a small wrapper script into the claim folder (claim/job.sh: the agent command
+quoted into it, never the prompt) and submits it with `sbatch --parsable`; the submitting
+environment (DAGRUN_* included) travels with the job (sbatch's default --export=ALL), so the
+agent runs exactly as the local runner runs it: `sh -c "$agent"` in the task's workdir,
+stdin = prompt.md, stdout -> claim/stdout, stderr -> claim/stderr. The wrapper then publishes
+the exit status by rename as claim/exit. The handle (the job id, the cluster, the paths) goes
+into owner.json like any other runner's, and the engine commits through the same code path.
+
+An attempt's end is noticed by its exit file (a stat per running job every 20-100 ms, by how many run) and
+reconciled with Slurm every QUEUE_POLL seconds (one `squeue` for all jobs of this driver): a job
+that left the queue without an exit file died under Slurm (node failure, out of memory, time
+limit, a human's scancel) and ends with Slurm's state and exit code as the reason (from
+`scontrol show job`, else `sacct`). terminate/kill are `scancel` (TERM / KILL to every process
+of the job). Submissions are spaced by at least SUBMIT_INTERVAL (no sbatch storm).
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+
+from .executor import RUN_ID_VAR, Exit, Launch, Progress, StartError, Wakeup
+from .proc import HOST
+
+EXIT_POLL = (0.02, 0.1)   # s: stat of the running jobs' exit files: 2 ms per job, within these bounds
+QUEUE_POLL = 2.0          # s: one squeue for every running job of this driver
+GONE_GRACE = 1.5          # s: a job out of the queue gets this long for its exit file to show (NFS)
+SUBMIT_INTERVAL = 0.02    # s: at most 50 sbatch calls a second from one driver
+CMD_TIMEOUT = 30.0        # s: a Slurm command that takes longer is treated as failed
+LIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING",
+               "SIGNALING", "STAGE_OUT", "STOPPED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD",
+               "UNKNOWN-LIVE"}     # squeue did not answer: nothing is judged on a controller hiccup
+TOOLS = ("sbatch", "squeue", "scancel", "scontrol")
+
+
+def _run(args: list[str], env: dict | None = None, timeout: float = CMD_TIMEOUT) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(args, 255, "", f"{args[0]} did not answer within {timeout:g}s")
+    except OSError as e:
+        return subprocess.CompletedProcess(args, 255, "", f"{args[0]}: {e.strerror or e}")
+
+
+def sbatch_args(launch: Launch, script: str) -> list[str]:
+    """The sbatch command line of an attempt: resources, limits and the plan's options."""
+    spec = launch.spec or {}
+    res = spec.get("resources") or {}
+    opts = spec.get("slurm") or {}
+    a = ["sbatch", "--parsable", f"--job-name={spec.get('name') or 'dagrun'}", f"--comment={launch.run_id}",
+         f"--chdir={launch.cwd}", "--output=/dev/null", "--error=/dev/null", "--ntasks=1"]
+    if res.get("cpus"):
+        a.append(f"--cpus-per-task={int(res['cpus'])}")
+    if res.get("mem") is not None:
+        a.append(f"--mem={res['mem']}")
+    if res.get("gpu"):
+        a.append(f"--gres=gpu:{int(res['gpu'])}")
+    if spec.get("timeout"):
+        # Slurm's limit is the backstop: dagrun's own timeout (TERM, kill_grace, KILL) fires first
+        secs = float(spec["timeout"]) + float(spec.get("kill_grace") or 0) + 60
+        a.append(f"--time={max(1, -(-int(secs) // 60))}")
+    if opts.get("partition"):
+        a.append(f"--partition={opts['partition']}")
+    if opts.get("account"):
+        a.append(f"--account={opts['account']}")
+    a += list(opts.get("sbatch_args") or [])
+    a.append(script)
+    return a
+
+
+def wrapper(launch: Launch, exit_path: str) -> str:
+    q = shlex.quote
+    return (
+        "#!/bin/sh\n"
+        f"# dagrun attempt {launch.run_id}: runs the agent as the local runner does, then publishes its exit status\n"
+        f"cd {q(launch.cwd)} || exit 126\n"
+        f"/bin/sh -c {q(launch.agent)} <{q(launch.stdin_path)} >{q(launch.stdout_path)} 2>{q(launch.stderr_path)}\n"
+        "rc=$?\n"
+        # as the local runner: a capture file exists only if something was written to it
+        f"[ -s {q(launch.stdout_path)} ] || rm -f {q(launch.stdout_path)}\n"
+        f"[ -s {q(launch.stderr_path)} ] || rm -f {q(launch.stderr_path)}\n"
+        f"printf '%s\\n' \"$rc\" >{q(exit_path + '.tmp')} && mv -f {q(exit_path + '.tmp')} {q(exit_path)}\n"
+        "exit \"$rc\"\n")
+
+
+@dataclass
+class _Job:
+    handle: dict
+    t0: float
+    gone_since: float | None = None      # monotonic: first seen out of the queue without an exit file
+    stop_sig: int | None = None          # we asked it to stop with this signal (the latest)
+    first_sig: int | None = None         # ... and first
+    state: str | None = None             # last squeue state
+
+
+class SlurmRunner:
+    name = "slurm"
+
+    def __init__(self):
+        self._jobs: dict[str, _Job] = {}
+        self._last_submit = 0.0
+        self._next_queue = 0.0
+        self.submitted = 0                 # sbatch calls by this instance (bench, tests)
+
+    @staticmethod
+    def unusable(opts: dict | None = None) -> str | None:
+        for t in TOOLS:
+            if shutil.which(t) is None:
+                return f"runner slurm: {t} not found on PATH"
+        r = _run(["scontrol", "ping"], timeout=15)
+        if r.returncode != 0 or "UP" not in r.stdout:
+            why = (r.stderr or r.stdout).strip().splitlines()
+            return f"runner slurm: the controller does not answer `scontrol ping`" + (f" ({why[-1]})" if why else "")
+        return None
+
+    def key(self, handle: dict) -> str:
+        return str(handle["job"])
+
+    # ------------------------------------------------------------------ start
+    def start(self, launch: Launch) -> dict:
+        if not os.path.isdir(launch.cwd):
+            raise StartError(f"cannot start the agent in {launch.cwd}: No such file or directory")
+        cdir = os.path.dirname(launch.stdout_path)
+        script, exit_path = os.path.join(cdir, "job.sh"), os.path.join(cdir, "exit")
+        try:
+            with open(script + ".tmp", "w") as f:
+                f.write(wrapper(launch, exit_path))
+            os.chmod(script + ".tmp", 0o700)
+            os.rename(script + ".tmp", script)
+        except OSError as e:
+            raise StartError(f"cannot write the job script {script}: {e.strerror or e}") from None
+        wait = self._last_submit + SUBMIT_INTERVAL - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        env = dict(launch.env)
+        env[RUN_ID_VAR] = launch.run_id
+        r = _run(sbatch_args(launch, script), env=env)
+        self._last_submit = time.monotonic()
+        self.submitted += 1
+        job = r.stdout.strip().split(";")[0] if r.returncode == 0 else ""
+        if not job.isdigit():
+            err = (r.stderr or r.stdout).strip().splitlines()
+            raise StartError(f"sbatch failed: {err[-1] if err else f'exit {r.returncode}'}")
+        cluster = r.stdout.strip().split(";")[1] if ";" in r.stdout else None
+        handle = {"runner": self.name, "job": int(job), "cluster": cluster, "submit_host": HOST,
+                  "run_id": launch.run_id, "exit": exit_path, "stdout": launch.stdout_path}
+        self._jobs[job] = _Job(handle, time.monotonic())
+        return handle
+
+    def adopt(self, handle: dict) -> bool:
+        """Follow a job started by a driver that died (reattach): True if it is still queued or
+        running, or ended with its exit file written (then poll reports that exit)."""
+        if not isinstance(handle.get("job"), int):
+            return False
+        if not (os.path.exists(handle.get("exit") or "") or self._states([handle["job"]]).get(handle["job"]) in LIVE_STATES):
+            return False
+        self._jobs[str(handle["job"])] = _Job(dict(handle), time.monotonic())
+        return True
+
+    # ------------------------------------------------------------------ the loop's side
+    def wakeup(self) -> Wakeup:
+        if not self._jobs:
+            return Wakeup((), None)
+        return Wakeup((), min(EXIT_POLL[1], max(EXIT_POLL[0], 0.002 * len(self._jobs))))
+
+    def service(self, ready: set[int]) -> None:
+        pass
+
+    def progress(self, handle: dict) -> Progress:
+        j = self._jobs.get(self.key(handle))
+        if j is None:
+            return Progress()
+        try:
+            st = os.stat(handle["stdout"])
+        except OSError:
+            return Progress()
+        return Progress(out_bytes=st.st_size)
+
+    def poll(self, handle: dict) -> Exit | None:
+        k = self.key(handle)
+        j = self._jobs.get(k)
+        if j is None:
+            return Exit(None, signal.SIGKILL)
+        code = _read_exit(handle.get("exit"))
+        if code is not None:
+            del self._jobs[k]
+            return Exit(code, None, self._final_progress(handle))
+        now = time.monotonic()
+        if now >= self._next_queue:
+            self._next_queue = now + (0.5 if any(x.stop_sig for x in self._jobs.values()) else QUEUE_POLL)
+            states = self._states([int(x) for x in self._jobs])
+            for kk, x in self._jobs.items():
+                x.state = states.get(int(kk))
+                if x.state in LIVE_STATES:
+                    x.gone_since = None
+                elif x.gone_since is None:
+                    x.gone_since = now
+        if j.gone_since is None or now - j.gone_since < (0.0 if j.stop_sig else GONE_GRACE):
+            return None
+        del self._jobs[k]
+        state, exitcode, reason = self.describe(handle["job"])
+        code, sig = _split_exitcode(exitcode)
+        if j.stop_sig is not None:       # we stopped it: the wrapper died with the agent
+            return Exit(None, sig or j.first_sig, self._final_progress(handle),
+                        reason=f"slurm job {handle['job']} {state or 'ended'} after dagrun's scancel")
+        why = f"slurm job {handle['job']} {state or 'vanished from the queue'}"
+        if exitcode:
+            why += f" (exit code {exitcode}" + (f", {reason}" if reason and reason != "None" else "") + ")"
+        why += " without writing its exit file"
+        return Exit(code if code else None, sig if sig else (None if code else signal.SIGKILL),
+                    self._final_progress(handle), reason=why)
+
+    def _final_progress(self, handle: dict) -> Progress:
+        try:
+            n = os.stat(handle["stdout"]).st_size
+        except OSError:
+            n = 0
+        return Progress(out_bytes=n)
+
+    # ------------------------------------------------------------------ Slurm queries
+    def _states(self, jobs: list[int]) -> dict[int, str]:
+        """job -> state for the jobs Slurm still knows (one squeue); a job missing is gone."""
+        if not jobs:
+            return {}
+        r = _run(["squeue", "-h", "-t", "all", "-o", "%i %T", "-j", ",".join(map(str, jobs))])
+        out: dict[int, str] = {}
+        if r.returncode != 0:
+            if "Invalid job id" in r.stderr:
+                return {}
+            # the controller did not answer: say every job still lives (never fail on a hiccup)
+            return {j: "UNKNOWN-LIVE" for j in jobs} if jobs else {}
+        for line in r.stdout.splitlines():
+            p = line.split()
+            if len(p) == 2 and p[0].isdigit():
+                out[int(p[0])] = p[1]
+        return out
+
+    def describe(self, job: int) -> tuple[str | None, str | None, str | None]:
+        """(state, exit code "N:S", reason) from scontrol, else sacct; Nones when unknown."""
+        r = _run(["scontrol", "-o", "show", "job", str(job)])
+        if r.returncode == 0 and "JobState=" in r.stdout:
+            f = dict(x.split("=", 1) for x in r.stdout.split() if "=" in x)
+            return f.get("JobState"), f.get("ExitCode"), f.get("Reason")
+        for args in (["sacct", "-n", "-X", "-P", "-o", "State,ExitCode", "-j", str(job)],
+                     ["sacct", "-c", "-n", "-P", "-o", "State,ExitCode", "-j", str(job)]):
+            r = _run(args)
+            line = r.stdout.strip().splitlines()[:1]
+            if r.returncode == 0 and line and "|" in line[0]:
+                st, ec = line[0].split("|")[:2]
+                return st.split()[0], ec, None
+        return None, None, None
+
+    # ------------------------------------------------------------------ stopping
+    def terminate(self, handle: dict) -> None:
+        self._signal(handle, signal.SIGTERM)
+
+    def kill(self, handle: dict) -> None:
+        self._signal(handle, signal.SIGKILL)
+
+    def _signal(self, handle: dict, sig: int) -> None:
+        j = self._jobs.get(self.key(handle))
+        if j is not None:
+            if j.stop_sig == sig:
+                return
+            j.stop_sig = sig
+            j.first_sig = j.first_sig or sig
+            self._next_queue = 0.0
+        job = str(handle["job"])
+        if sig == signal.SIGKILL:
+            _run(["scancel", job])
+        elif _run(["scancel", "--full", f"--signal={signal.Signals(sig).name[3:]}", job]).returncode != 0:
+            _run(["scancel", job])          # not running yet: a pending job is just removed
+
+    def alive(self, handles: dict[str, dict]) -> set[str]:
+        jobs = {h["job"]: k for k, h in handles.items() if isinstance(h.get("job"), int)}
+        st = self._states(list(jobs))
+        return {k for j, k in jobs.items() if st.get(j) in LIVE_STATES}
+
+    def reap_orphan(self, handle: dict | None, grace: float, run_id: str | None = None) -> bool:
+        """scancel what is left of a dead driver's job: by the job id in its handle, or (a claim
+        that died before its handle was published) by the run id sbatch put in --comment."""
+        job = (handle or {}).get("job")
+        if not isinstance(job, int):
+            rid = (handle or {}).get("run_id") or run_id
+            if not rid:
+                return False
+            r = _run(["squeue", "-h", "-o", "%i %k"])
+            found = [int(p[0]) for p in (x.split(None, 1) for x in r.stdout.splitlines())
+                     if len(p) == 2 and p[0].isdigit() and p[1].strip() == rid]
+            if not found:
+                return False
+            job = found[0]
+        if self._states([job]).get(job) not in LIVE_STATES:
+            return False
+        _run(["scancel", "--full", "--signal=TERM", str(job)])
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and self._states([job]).get(job) in LIVE_STATES:
+            time.sleep(0.2)
+        _run(["scancel", str(job)])
+        return True
+
+    def close(self) -> None:
+        self._jobs.clear()
+
+
+def _read_exit(path: str | None) -> int | None:
+    if not path:
+        return None
+    try:
+        with open(path) as f:
+            s = f.read().strip()
+    except OSError:
+        return None
+    return int(s) if s.isdigit() else None
+
+
+def _split_exitcode(ec: str | None) -> tuple[int, int]:
+    """Slurm's "code:signal"."""
+    try:
+        a, b = (ec or "0:0").split(":")
+        return int(a), int(b)
+    except ValueError:
+        return 0, 0

@@ -1,0 +1,95 @@
+"""Several hosts on one shared home, without a cluster engine: two workers, each in its own
+PID and UTS namespace (`unshare --pid --uts --fork --mount-proc`, host names hostA and hostB)
+share one home (here the same local folder: what an NFS home gives every host). A whole host
+is killed mid-goal (its namespace's init gets SIGKILL: every process in it dies at once, as in
+a power cut). Its claims are taken over only once the lease has run out, nothing runs twice,
+and the goal finishes."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import DAGRUN, task_dir, wait_for, write_plan
+
+LEASE = 3.0
+
+
+def _need_unshare() -> None:
+    ok = shutil.which("unshare") and os.geteuid() == 0 and subprocess.run(
+        ["unshare", "--pid", "--uts", "--fork", "--mount-proc", "true"], capture_output=True).returncode == 0
+    if not ok:
+        if os.environ.get("CI") == "true":
+            pytest.fail("unshare --pid --uts needs root (CI runs as root)")
+        pytest.skip("needs root and unshare(1) for PID/UTS namespaces")
+
+
+def _host(name: str, home, env) -> subprocess.Popen:
+    cmd = f"hostname {name} && exec {DAGRUN} --home={home} worker -j 3 --name w-{name}"
+    return subprocess.Popen(["unshare", "--pid", "--uts", "--fork", "--mount-proc", "sh", "-c", cmd], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def _ns_init(p: subprocess.Popen) -> int:
+    with open(f"/proc/{p.pid}/task/{p.pid}/children") as f:
+        return int(f.read().split()[0])
+
+
+def _owner_host(home, t: str) -> str | None:
+    try:
+        return json.loads((task_dir(home, "g", t) / "claim" / "owner.json").read_text()).get("host")
+    except (OSError, ValueError):
+        return None
+
+
+def test_a_killed_host_loses_its_claims_only_after_the_lease_and_nothing_runs_twice(tmp_path):
+    _need_unshare()
+    log = tmp_path / "runs.log"
+    agent = (f"echo \"start $DAGRUN_TASK $DAGRUN_ATTEMPT $(hostname) $(date +%s.%N)\" >> {log}; sleep 4; "
+             f"echo \"end $DAGRUN_TASK $DAGRUN_ATTEMPT $(hostname) $(date +%s.%N)\" >> {log}; printf %s \"$DAGRUN_TASK\"")
+    tasks = [f"t{i}" for i in range(6)]
+    p = write_plan(tmp_path / "plans", [{"id": t, "prompt": "p"} for t in tasks], goal="g", lease=LEASE,
+                   defaults={"agent": agent})
+    home = tmp_path / "home"
+    subprocess.run([DAGRUN, f"--home={home}", "submit", str(p)], check=True, capture_output=True)
+    env = {k: v for k, v in os.environ.items() if k != "DAGRUN_HOME"}
+    a = _host("hostA", home, env)
+    b = None
+    try:
+        wait_for(lambda: sum(_owner_host(home, t) == "hostA" for t in tasks) == 3, timeout=30,
+                 what="hostA running 3 tasks")
+        b = _host("hostB", home, env)
+        wait_for(lambda: sum(_owner_host(home, t) == "hostB" for t in tasks) == 3, timeout=30,
+                 what="hostB running the other 3")
+        on_a = [t for t in tasks if _owner_host(home, t) == "hostA"]
+        os.kill(_ns_init(a), signal.SIGKILL)          # the whole host dies at once
+        killed = time.time()
+        a.wait(10)
+        wait_for(lambda: all((task_dir(home, "g", t) / "done").exists() for t in tasks), timeout=60,
+                 what="every task done")
+    finally:
+        for x in (a, b):
+            if x is not None and x.poll() is None:
+                os.killpg(x.pid, signal.SIGTERM)
+                try:
+                    x.wait(15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(x.pid, signal.SIGKILL)
+    lines = [x.split() for x in log.read_text().splitlines()]
+    ends = {t: [x for x in lines if x[0] == "end" and x[1] == t] for t in tasks}
+    assert all(len(v) == 1 for v in ends.values()), ends            # every task ran to its end once
+    for t in on_a:
+        lost = json.loads((task_dir(home, "g", t) / "attempts" / "1.json").read_text())
+        assert lost["outcome"] == "lost" and not lost["counted"]
+        assert "no heartbeat from w-hostA on hostA" in lost["reason"], lost["reason"]
+        second = [x for x in lines if x[0] == "start" and x[1] == t and x[2] == "2"]
+        assert len(second) == 1 and second[0][3] == "hostB"
+        assert float(second[0][4]) >= killed + LEASE - 1.0    # not before the lease ran out (mtime: 1 s steps)
+        assert ends[t][0][3] == "hostB"
+    for t in set(tasks) - set(on_a):
+        assert json.loads((task_dir(home, "g", t) / "done").read_text())["attempt"] == 1

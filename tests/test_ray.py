@@ -1,0 +1,81 @@
+"""The Ray runner on a real Ray head (RAY_ADDRESS; .ci/run starts one): the same plans give the
+same outputs as the local runner; a Ray worker that dies under a running attempt ends it
+`failed` with Ray's reason, and the task's retries apply. Marked `ray`: skipped without the
+package or a head, failing under CI=true. The runner check (exit 2) needs no head."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+
+from conftest import EXAMPLES, events, kill_group, need_ray, processes_with_env, run, spawn, task_dir, wait_for, \
+    write_plan
+
+ray = pytest.mark.ray
+
+
+def _outputs(home, goal: str) -> dict[str, str]:
+    tasks = home / "goals" / goal / "tasks"
+    return {t: (tasks / t / "output").read_text() for t in sorted(os.listdir(tasks))
+            if (tasks / t / "done").exists()}
+
+
+def test_a_ray_plan_without_a_reachable_head_is_refused_at_submit(tmp_path):
+    p = write_plan(tmp_path / "plans", [{"id": "a", "prompt": "p"}], goal="g", runner="ray",
+                   defaults={"agent": "true", "ray": {"address": "127.0.0.1:1"}})
+    r = run("submit", p, home=tmp_path / "home", check=2)
+    assert "runner ray: " in r.stderr and ("cannot reach the Ray head at 127.0.0.1:1" in r.stderr
+                                           or "ray package is not installed" in r.stderr)
+    assert not (tmp_path / "home" / "goals" / "g").exists()
+
+
+@ray
+def test_example_goal_and_a_fifty_task_dag_give_the_local_outputs(tmp_path):
+    need_ray()
+    ex = EXAMPLES / "add-auth" / "dag.json"
+    run("run", "-q", ex, home=tmp_path / "local")
+    r = run("run", "-q", "--runner", "ray", ex, home=tmp_path / "ray", timeout=180)
+    assert "goal add-auth done" in r.stdout
+    assert _outputs(tmp_path / "ray", "add-auth") == _outputs(tmp_path / "local", "add-auth")
+
+    tasks = [{"id": f"t{layer}-{i}", "prompt": f"task {layer}/{i}",
+              "deps": [] if layer == 0 else [f"t{layer - 1}-{i}", f"t{layer - 1}-{(i + 3) % 10}"]}
+             for layer in range(5) for i in range(10)]
+    p = write_plan(tmp_path / "plans", tasks, goal="fifty",
+                   defaults={"agent": "printf '%s ' \"$DAGRUN_TASK\"; cksum | cut -d' ' -f1"})
+    run("run", "-q", "-j", "8", p, home=tmp_path / "local")
+    r = run("run", "-q", "-j", "8", "--runner", "ray", p, home=tmp_path / "ray", timeout=300)
+    assert "goal fifty done: 50 done" in r.stdout
+    assert _outputs(tmp_path / "ray", "fifty") == _outputs(tmp_path / "local", "fifty")
+    running = [e for e in events(tmp_path / "ray", "fifty") if e.get("status") == "running"]
+    assert len(running) == 50 and all(e["runner"] == "ray" and len(e["task_id"]) > 10 for e in running)
+
+
+@ray
+def test_a_ray_worker_that_dies_fails_the_attempt_with_rays_reason_then_retries(tmp_path):
+    need_ray()
+    agent = "if [ \"$DAGRUN_ATTEMPT\" = 1 ]; then sleep 60; fi; printf ok"
+    p = write_plan(tmp_path / "plans", [{"id": "a", "prompt": "p", "agent": agent, "retries": 1,
+                                         "retry_backoff": 0}], goal="g", runner="ray")
+    home = tmp_path / "home"
+    d = spawn("run", "-q", p, home=home)
+    try:
+        def parent(q):
+            return int(open(f"/proc/{q}/stat").read().rsplit(")", 1)[1].split()[1])
+
+        def agent_pid():       # the agent's shell: the one whose parent is not an agent process
+            pids = set(processes_with_env("DAGRUN_HOME", str(home))) & set(processes_with_env("DAGRUN_ATTEMPT", "1"))
+            shells = [q for q in pids if parent(q) not in pids]
+            return shells[0] if shells else None
+        wait_for(agent_pid, timeout=60, what="the agent running on the Ray worker")
+        worker = parent(agent_pid())
+        os.kill(worker, signal.SIGKILL)                      # the node's worker dies under the attempt
+        assert d.wait(90) == 0
+    finally:
+        kill_group(d)
+    rec = json.loads((task_dir(home, "g", "a") / "attempts" / "1.json").read_text())
+    assert rec["outcome"] == "failed" and rec["reason"].startswith("ray: ") and rec["counted"]
+    assert (task_dir(home, "g", "a") / "output").read_text() == "ok"
+    assert json.loads((task_dir(home, "g", "a") / "done").read_text())["attempt"] == 2

@@ -1,0 +1,268 @@
+"""The Slurm runner on a real single-node cluster (.ci/slurm-up.sh; SLURM_CONF in the
+environment): the same plans give the same outputs as the local runner, Slurm's own ends
+(scancel behind dagrun's back) become failures with Slurm's reason, a SIGKILLed driver's jobs
+are reattached (never resubmitted), resources reach sbatch. Marked `slurm`: skipped without a
+cluster, failing under CI=true. The runner checks (exit 2) need no cluster."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import EXAMPLES, events, kill_group, need_slurm, processes_with_env, run, spawn, task_dir, wait_for, \
+    write_plan
+
+slurm = pytest.mark.slurm
+
+
+@pytest.fixture
+def cluster():
+    need_slurm()
+
+
+def _outputs(home: Path, goal: str) -> dict[str, str]:
+    tasks = home / "goals" / goal / "tasks"
+    return {t: (tasks / t / "output").read_text() for t in sorted(os.listdir(tasks))
+            if (tasks / t / "done").exists()}
+
+
+def _job_of(home: Path, goal: str, task: str) -> int | None:
+    try:
+        owner = json.loads((task_dir(home, goal, task) / "claim" / "owner.json").read_text())
+    except (OSError, ValueError):
+        return None
+    h = owner.get("handle") or {}
+    return h.get("job")
+
+
+def _scontrol(job: int) -> dict[str, str]:
+    out = subprocess.run(["scontrol", "-o", "show", "job", str(job)], capture_output=True, text=True).stdout
+    return dict(x.split("=", 1) for x in out.split() if "=" in x)
+
+
+def _scancel_all(jobs, home: Path | None = None) -> None:
+    """Cancel what a test left, and wait (up to Slurm's KillWait, 30 s) until the node has
+    killed the agents of that home: slurmd does it in its own time, under load seconds later."""
+    for j in jobs:
+        if j:
+            subprocess.run(["scancel", str(j)], capture_output=True)
+    if home is not None:
+        wait_for(lambda: not processes_with_env("DAGRUN_HOME", str(home)), timeout=35,
+                 what="the cancelled jobs' processes gone")
+
+
+def _sbatch_counter(tmp_path: Path) -> tuple[dict, Path]:
+    """A PATH in front of the real sbatch that logs every call: resubmissions are counted."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    log = tmp_path / "sbatch.calls"
+    real = shutil.which("sbatch")
+    (shim / "sbatch").write_text(f"#!/bin/sh\necho \"$@\" >> {log}\nexec {real} \"$@\"\n")
+    (shim / "sbatch").chmod(0o755)
+    return {"PATH": f"{shim}:{os.environ['PATH']}"}, log
+
+
+# ------------------------------------------------------------------------------ no cluster needed
+def test_a_slurm_plan_without_sbatch_is_refused_at_submit(tmp_path):
+    p = write_plan(tmp_path / "plans", [{"id": "a", "prompt": "p"}], goal="g", runner="slurm",
+                   defaults={"agent": "true"})
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    r = run("submit", p, home=tmp_path / "home", check=2, env={"PATH": str(empty)})
+    assert r.stderr.strip().endswith("runner slurm: sbatch not found on PATH")
+    assert not (tmp_path / "home" / "goals" / "g").exists()       # nothing half-written
+    r = run("run", p, home=tmp_path / "home", check=2, env={"PATH": str(empty)})
+    assert "runner slurm: sbatch not found on PATH" in r.stderr
+
+
+def test_an_unknown_runner_is_a_usage_error(tmp_path):
+    p = write_plan(tmp_path / "plans", [{"id": "a", "prompt": "p"}], goal="g", defaults={"agent": "true"})
+    r = run("run", "--runner", "nosuch", p, home=tmp_path / "home", check=2)
+    assert "runner nosuch: unknown (known: local, slurm, ray)" in r.stderr
+    r = run("worker", "--runner", "nosuch", "--until-idle", home=tmp_path / "home", check=2)
+    assert "runner nosuch: unknown" in r.stderr
+    bad = write_plan(tmp_path / "bad", [{"id": "a", "prompt": "p", "runner": "pbs"}], goal="g",
+                     defaults={"agent": "true"})
+    r = run("validate", bad, check=2)
+    assert "tasks[0].runner: must be one of \"local\", \"slurm\", \"ray\"" in r.stderr
+
+
+def test_resources_and_slurm_options_are_validated(tmp_path):
+    for task, msg in [({"resources": {"mem": "2X"}}, "resources.mem: expected megabytes"),
+                      ({"resources": {"cpu": 2}}, "unknown field \"cpu\" in resources options"),
+                      ({"slurm": {"sbatch_args": "--qos=x"}}, "slurm.sbatch_args: expected an array of strings"),
+                      ({"resources": {"gpu": -1}}, "resources.gpu: must be at least 0")]:
+        p = write_plan(tmp_path / f"p{len(msg)}", [{"id": "a", "prompt": "p", **task}], goal="g",
+                       defaults={"agent": "true"})
+        r = run("validate", p, check=2)
+        assert msg in r.stderr, r.stderr
+
+
+def test_sbatch_command_line_maps_resources_and_options():
+    from dagrun.executor import Launch
+    from dagrun.slurm import sbatch_args
+    la = Launch(agent="x", cwd="/w", env={}, stdin_path="/p", stdout_path="/o", stderr_path="/e", run_id="r1",
+                runner="slurm", spec={"resources": {"cpus": 3, "mem": "2G", "gpu": 1}, "timeout": 100,
+                                      "kill_grace": 5, "name": "dagrun.g.t",
+                                      "slurm": {"partition": "p1", "account": "acc", "sbatch_args": ["--qos=q"]}})
+    a = sbatch_args(la, "/w/job.sh")
+    assert a[:2] == ["sbatch", "--parsable"] and a[-1] == "/w/job.sh"
+    for x in ("--cpus-per-task=3", "--mem=2G", "--gres=gpu:1", "--time=3", "--partition=p1", "--account=acc",
+              "--qos=q", "--comment=r1", "--job-name=dagrun.g.t", "--chdir=/w"):
+        assert x in a, x
+
+
+# ------------------------------------------------------------------------------ on the cluster
+def _fifty(folder: Path) -> Path:
+    """50 tasks in 5 layers of 10; each task depends on two of the layer above."""
+    tasks = []
+    for layer in range(5):
+        for i in range(10):
+            deps = [] if layer == 0 else [f"t{layer - 1}-{i}", f"t{layer - 1}-{(i + 3) % 10}"]
+            tasks.append({"id": f"t{layer}-{i}", "prompt": f"task {layer}/{i}", "deps": deps})
+    agent = "printf '%s %s ' \"$DAGRUN_TASK\" \"$DAGRUN_ATTEMPT\"; cksum | cut -d' ' -f1"
+    return write_plan(folder, tasks, goal="fifty", defaults={"agent": agent})
+
+
+@slurm
+def test_example_goal_and_a_fifty_task_dag_give_the_local_outputs(tmp_path, cluster):
+    env, calls = _sbatch_counter(tmp_path)
+    ex = EXAMPLES / "add-auth" / "dag.json"
+    run("run", "-q", ex, home=tmp_path / "local")
+    r = run("run", "-q", "--runner", "slurm", ex, home=tmp_path / "slurm", env=env, timeout=180)
+    assert "goal add-auth done" in r.stdout
+    assert _outputs(tmp_path / "slurm", "add-auth") == _outputs(tmp_path / "local", "add-auth")
+    assert len(_outputs(tmp_path / "local", "add-auth")) == 6
+
+    p = _fifty(tmp_path / "plans")
+    run("run", "-q", "-j", "8", p, home=tmp_path / "local")
+    r = run("run", "-q", "-j", "8", "--runner", "slurm", p, home=tmp_path / "slurm", env=env, timeout=300)
+    assert "goal fifty done: 50 done" in r.stdout
+    local, remote = _outputs(tmp_path / "local", "fifty"), _outputs(tmp_path / "slurm", "fifty")
+    assert len(local) == 50 and remote == local
+    assert len(calls.read_text().splitlines()) == 56          # one job per task, nothing twice
+    running = [e for e in events(tmp_path / "slurm", "fifty") if e.get("status") == "running"]
+    assert len(running) == 50 and all(e["runner"] == "slurm" and isinstance(e["job"], int) for e in running)
+    # the claim folders are gone, the wrapper scripts with them
+    assert not list((tmp_path / "slurm" / "goals" / "fifty" / "tasks").glob("*/claim"))
+
+
+@slurm
+def test_tasks_of_one_goal_run_on_their_own_runners(tmp_path, cluster):
+    p = write_plan(tmp_path / "plans", [
+        {"id": "here", "prompt": "p", "agent": "printf 'slurm job:%s' \"${SLURM_JOB_ID:-none}\""},
+        {"id": "there", "prompt": "p", "runner": "slurm", "deps": ["here"],
+         "agent": "printf 'slurm job:%s' \"${SLURM_JOB_ID:-none}\""}], goal="mixed")
+    run("run", "-q", p, home=tmp_path / "home", timeout=120)
+    out = _outputs(tmp_path / "home", "mixed")
+    assert out["here"] == "slurm job:none"
+    assert out["there"].startswith("slurm job:") and out["there"][10:].isdigit()
+
+
+@slurm
+def test_a_job_scancelled_behind_dagruns_back_fails_with_the_slurm_reason(tmp_path, cluster):
+    p = write_plan(tmp_path / "plans", [{"id": "a", "prompt": "p", "agent": "sleep 120"},
+                                        {"id": "b", "prompt": "p", "agent": "true", "deps": ["a"]}],
+                   goal="g", runner="slurm")
+    home = tmp_path / "home"
+    d = spawn("run", "-q", p, home=home)
+    job = None
+    try:
+        wait_for(lambda: _job_of(home, "g", "a"), timeout=60, what="the job id in owner.json")
+        job = _job_of(home, "g", "a")
+        wait_for(lambda: _scontrol(job).get("JobState") == "RUNNING", timeout=30, what="the job running")
+        subprocess.run(["scancel", str(job)], check=True)          # a human, not dagrun
+        assert d.wait(60) == 1
+    finally:
+        kill_group(d)
+        _scancel_all([job], home)
+    failed = json.loads((task_dir(home, "g", "a") / "failed").read_text())
+    assert f"slurm job {job} CANCELLED" in failed["reason"] and "without writing its exit file" in failed["reason"]
+    assert any(e["type"] == "agent.task.blocked" and e.get("task") == "b" for e in events(home, "g"))
+    print(failed["reason"])
+
+
+@slurm
+def test_a_sigkilled_driver_is_restarted_and_reattaches_to_its_jobs(tmp_path, cluster):
+    env, calls = _sbatch_counter(tmp_path)
+    agent = "sleep 4; printf 'done %s' \"$DAGRUN_TASK\""
+    p = write_plan(tmp_path / "plans", [{"id": f"a{i}", "prompt": "p"} for i in range(3)] +
+                   [{"id": "z", "prompt": "p", "deps": ["a0", "a1", "a2"]}],
+                   goal="g", runner="slurm", defaults={"agent": agent})
+    home = tmp_path / "home"
+    d = spawn("run", "-q", p, home=home, env=env)
+    jobs = {}
+    try:
+        wait_for(lambda: all(_job_of(home, "g", f"a{i}") for i in range(3)), timeout=60, what="3 jobs submitted")
+        jobs = {f"a{i}": _job_of(home, "g", f"a{i}") for i in range(3)}
+        kill_group(d, signal.SIGKILL)                               # the driver dies; the jobs live on
+        d.wait(10)
+        assert all(_scontrol(j).get("JobState") in ("RUNNING", "PENDING", "COMPLETING", "COMPLETED")
+                   for j in jobs.values())
+        r = run("run", "-q", p, home=home, env=env, timeout=120)
+        assert "goal g done: 4 done" in r.stdout
+    finally:
+        kill_group(d)
+        _scancel_all(jobs.values())
+    lines = calls.read_text().splitlines()
+    assert len(lines) == 4, lines                                    # a0-a2 once, z once: nothing resubmitted
+    for t, j in jobs.items():
+        done = json.loads((task_dir(home, "g", t) / "done").read_text())
+        assert done["attempt"] == 1 and (task_dir(home, "g", t) / "output").read_text() == f"done {t}"
+        assert not (task_dir(home, "g", t) / "attempts").exists()   # no lost attempt recorded
+    running = [e for e in events(home, "g") if e.get("status") == "running" and e["task"].startswith("a")]
+    assert sorted(e["job"] for e in running) == sorted(jobs.values())
+
+
+@slurm
+def test_resources_reach_the_job(tmp_path, cluster):
+    p = write_plan(tmp_path / "plans", [{"id": "big", "prompt": "p", "agent": "sleep 120", "timeout": 240,
+                                         "resources": {"cpus": 2, "mem": "123M"},
+                                         "slurm": {"sbatch_args": ["--nice=10"]}}],
+                   goal="g", runner="slurm")
+    home = tmp_path / "home"
+    d = spawn("run", "-q", p, home=home)
+    job = None
+    try:
+        wait_for(lambda: _job_of(home, "g", "big"), timeout=60, what="the job id")
+        job = _job_of(home, "g", "big")
+        info = _scontrol(job)
+        assert info["NumCPUs"] == "2" and info.get("MinMemoryNode") == "123M", info
+        assert info["TimeLimit"] == "00:06:00" and info["Nice"] == "10" and info["JobName"] == "dagrun.g.big"
+        run("cancel", "g", "big", home=home, timeout=60)
+        assert d.wait(60) == 1
+    finally:
+        kill_group(d)
+        _scancel_all([job], home)
+    assert json.loads((task_dir(home, "g", "big") / "cancelled").read_text())
+    wait_for(lambda: _scontrol(job).get("JobState") in ("CANCELLED", "FAILED", None), timeout=30, what="the job gone")
+
+
+@slurm
+def test_a_job_whose_driver_died_before_publishing_its_handle_is_found_by_run_id_and_cancelled(tmp_path, cluster):
+    """SIGKILL between sbatch and owner.json: the claim is half-born (no owner.json); after the
+    grace the breaker asks the task's runner, which finds the job by its --comment (the run id)."""
+    from dagrun.lifecycle import run_id
+    from dagrun.store import Home
+    p = write_plan(tmp_path / "plans", [{"id": "a", "prompt": "p", "agent": "printf ok"}], goal="g", runner="slurm")
+    home = tmp_path / "home"
+    run("submit", p, home=home)
+    os.makedirs(task_dir(home, "g", "a") / "claim")
+    rid = run_id(Home(str(home)), "g", "a", 1)
+    job = int(subprocess.run(["sbatch", "--parsable", f"--comment={rid}", "--output=/dev/null", "--wrap", "sleep 120"],
+                             capture_output=True, text=True, check=True).stdout.strip())
+    try:
+        wait_for(lambda: _scontrol(job).get("JobState") == "RUNNING", timeout=30, what="the orphan job running")
+        r = run("run", "-q", p, home=home, timeout=120)
+        assert "goal g done" in r.stdout
+        assert _scontrol(job).get("JobState") in ("CANCELLED", "COMPLETING", "FAILED")
+        lost = json.loads((task_dir(home, "g", "a") / "attempts" / "1.json").read_text())
+        assert lost["outcome"] == "lost" and "half-created claim" in lost["reason"]
+    finally:
+        _scancel_all([job])
