@@ -219,6 +219,22 @@ def test_events_follow_one_goal_ends_only_when_stopped(home, plans):
     assert not (task_dir(home, "fg", "a") / "claim").exists()
 
 
+def test_events_follow_ends_on_sigint_even_when_started_with_sigint_ignored(home, plans):
+    """`dagrun events -f ... &` from a script (or a test suite run with nohup/&) inherits
+    SIGINT ignored; a SIGINT must still end it with 130 rather than leave it following."""
+    p = write_plan(plans, [{"id": "a", "prompt": "p"}], goal="ig", defaults={"agent": "true"})
+    run("submit", p, home=home)
+    fol = spawn("events", "ig", "-f", home=home,
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        assert _read_json_lines(fol, 1)            # following, asleep on inotify
+        kill_group(fol, signal.SIGINT)
+        assert fol.wait(10) == 130
+    finally:
+        kill_group(fol)
+        fol.wait(10)
+
+
 def test_reading_an_empty_home_creates_nothing(tmp_path):
     home = tmp_path / "nothing-here"
     assert run("events", "--all", home=home).stdout == ""

@@ -13,6 +13,7 @@ Global options (--home, --color) are accepted before or after the command (`hois
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import typer
@@ -111,9 +112,22 @@ def get_cli():
     return polish(get_command(app))
 
 
+def _take_back_sigint() -> None:
+    """A process started in the background by a shell without job control (`cmd &` in a
+    script, nohup, many CI runners) inherits SIGINT ignored, and Python then installs no
+    handler: `kill -INT` would be lost and `dagrun events -f` / `dagrun watch` would follow
+    forever. dagrun always ends with 130 on SIGINT, however it was started."""
+    try:
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:          # not the main thread (an embedding program): leave it alone
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
     from typer._click import exceptions as cx
 
+    _take_back_sigint()
     try:
         argv = hoist_globals(sys.argv[1:] if argv is None else argv)
     except Exception as e:  # noqa: BLE001 - a usage error: one line
