@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 
 from . import fsio
@@ -117,7 +118,11 @@ def example(folder: str, name: str, *, force: bool) -> list[str]:
             rel = os.path.relpath(os.path.join(root, f), src)
             dst = os.path.join(folder, name, rel)
             fsio.makedirs(os.path.dirname(dst))
-            out.append(_write(dst, _read("examples", name, rel), force))
+            text = _read("examples", name, rel)
+            if rel == "dag.json":       # the repo-relative "$schema" would dangle: the installed one
+                text = re.sub(r'"\$schema": "[^"]*"', lambda _m: json.dumps("$schema") + ": "
+                              + json.dumps("file://" + os.path.abspath(SCHEMA_PATH)), text, count=1)
+            out.append(_write(dst, text, force))
     out.append(_write(os.path.join(folder, "fake-agent.sh"), _read("examples", "fake-agent.sh"), force, 0o755))
     return out
 
