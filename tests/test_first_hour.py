@@ -408,3 +408,16 @@ def test_man_page_renders_with_every_command(tmp_path):
     if shutil.which("groff"):
         w = subprocess.run(["groff", "-man", "-ww", "-z", str(page)], capture_output=True, text=True)
         assert w.stderr == "", w.stderr
+
+
+@pytest.mark.parametrize("name", ["add-auth", "minimal", "code-edit"])
+def test_init_example_copies_a_runnable_goal_whose_schema_resolves(tmp_path, name):
+    """`dagrun init --example NAME` in an empty folder: the copied dag.json's "$schema" is the
+    installed schema (a file that exists), and the plan validates."""
+    run("init", "--example", name, cwd=tmp_path)
+    doc = json.loads((tmp_path / name / "dag.json").read_text())
+    schema = doc.get("$schema")
+    if name != "minimal":                     # minimal has no "$schema"
+        assert schema.startswith("file://") and Path(schema[len("file://"):]).is_file(), schema
+    if name != "code-edit":                   # code-edit needs `sh init.sh` (a git repo) first
+        run("validate", tmp_path / name / "dag.json", home=tmp_path / "home")
