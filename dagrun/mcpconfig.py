@@ -10,7 +10,7 @@ import sys
 
 OPTION = "--dagrun-mcp"          # the preset option (`"agent": "@claude --dagrun-mcp"`)
 CLIENTS = ("claude", "codex", "gemini")
-BY_PARSER = {"claude-json": "claude", "codex-jsonl": "codex"}   # presets that can take it per run
+BY_PARSER = {"claude-json": "claude"}   # presets that can take it per run (see docs/integrations.md)
 
 
 def _root(home) -> str:
@@ -41,12 +41,8 @@ def dagrun_exe() -> str:
 
 def run_args(client: str, home_root: str, exe: str, config_path: str) -> tuple[list[str], str | None]:
     """For one run of a preset's CLI: the extra arguments, and the file content to write at
-    `config_path` first (None: no file). claude: `--mcp-config FILE`; codex: `-c`
-    overrides (TOML values) of this run only -- neither touches the user's own config."""
-    args = ["--home", home_root, "mcp"]
+    `config_path` first (None: no file). claude: `--mcp-config FILE` -- the user's own
+    config is not touched."""
     if client == "claude":
         return ["--mcp-config", config_path], client_config("claude", home_root, exe)
-    if client == "codex":
-        return ["-c", f"mcp_servers.dagrun.command={json.dumps(exe)}",
-                "-c", "mcp_servers.dagrun.args=[" + ", ".join(json.dumps(a) for a in args) + "]"], None
     raise ValueError(client)
