@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-from . import presets
+from . import mcpconfig, presets
 from .errors import PlanError
 
 from .usage import ERROR_PREFIX
@@ -91,6 +91,22 @@ def _run_preset(name: str, extra: list[str]) -> tuple[int, bytes | None]:
     row = table.get(name)
     if row is None:
         return _fail(f"unknown agent preset @{name} (known: {', '.join('@' + n for n in sorted(table))})", 2), None
+    if mcpconfig.OPTION in extra:          # give the CLI `dagrun mcp` with this home, per run
+        extra = [a for a in extra if a != mcpconfig.OPTION]
+        client = mcpconfig.BY_PARSER.get(row.get("parser", "text"))
+        if client is None:
+            return _fail(f"{mcpconfig.OPTION}: preset @{name} cannot be given an MCP server per run "
+                         f"(supported: the presets with the parser of "
+                         f"{', '.join('@' + c for c in mcpconfig.BY_PARSER.values())})", 2), None
+        path = _side_path("mcp.json")
+        more, content = mcpconfig.run_args(client, presets.home_root(), mcpconfig.dagrun_exe(), path)
+        if content is not None:
+            try:
+                with open(path, "w") as f:
+                    f.write(content)
+            except OSError as e:
+                return _fail(f"{mcpconfig.OPTION}: cannot write {path}: {e.strerror}", 1), None
+        extra = more + extra
     cmd = list(row["command"]) + list(row.get("args", [])) + extra
     env = dict(os.environ)
     env.update(row.get("env", {}))

@@ -10,12 +10,13 @@ At least once. transitions.py announces a hooked event in three steps: `prepare(
 publishes a record `goals/<g>/hooks/due-<id>.json` by rename (the event, the hooks, which of
 them already ran, and who runs them: host, boot id, pid + start time), then the event is
 appended, then `start()` runs the hooks on the goal's hook thread, which removes the record
-at the end. The record comes after the transition's commit point (its marker) and before
-its event, so a crash anywhere after the commit leaves either a record whose runner is dead
-or hooks that are running; `replay()` (engine start-up, every rescan, `dagrun claim`) takes
-such a record over under the goal's break lock and runs the hooks not marked done. A hook
-can therefore run twice (it was running when the process died). The one gap: a crash
-between the commit point (marker, claim removed) and the record loses that transition's hooks.
+at the end. For a task's own outcome the record is published before the commit point
+(`prepare_pending`, then `settle` once the event is known), so no crash loses it; `replay()`
+(engine start-up, every rescan, `dagrun claim`) takes over a record whose runner is dead
+under the goal's break lock and runs the hooks not marked done -- a pending one only if its
+commit (marker / attempt record of its attempt) happened, else it is discarded. A hook can
+therefore run twice (it was running when the process died). Blocked, cancelled and
+goal-finished events publish their record just after their commit point (a small window).
 
 Never in the way: a failing hook (exit != 0, timeout, webhook error) is reported through the
 callback transitions gives (an `agent.hook.failed` event, a line on stderr) and changes
@@ -26,6 +27,7 @@ hooks before it exits. With no hook configured `prepare()` costs a dict lookup a
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -111,6 +113,62 @@ def prepare(home: Home, plan: Plan, e: dict):
     except OSError as err:       # a hook is never the transition's problem: run it unrecorded
         _log(f"cannot record hooks due in {d}: {err.strerror}; running them without a record")
         path = None
+    return (home, g, path, rec)
+
+
+def prepare_pending(home: Home, plan: Plan, g: str, t: str, attempt: int, names: tuple[str, ...]):
+    """Before a task's own commit point (its `done`/`failed` marker, its attempt record):
+    publish a *pending* record of the hooks the coming event may trigger (`names`: on_done,
+    or on_failed and on_retrying -- which one is known only after the commit). `settle()`
+    turns it into an ordinary record once the event is known; a replay runs a pending record
+    only if the commit it belongs to happened (the task's marker or attempt record for this
+    attempt exists) and discards it otherwise. So no crash between the agent's exit and the
+    event loses the hooks. None when none of `names` has a hook (no I/O but the stat)."""
+    cands = {n: h for n in names if (h := hooks_for(home, plan, n, t))}
+    if not cands:
+        return None
+    rec = {"id": time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + os.urandom(6).hex(),
+           "pending": True, "task": t, "attempt": attempt, "candidates": cands,
+           "event": {"type": ev.TASK_STATUS, "goal": g, "task": t, "attempt": attempt},
+           "name": "", "hooks": [], "done": [], "plan_dir": plan.plan_dir, "owner": _me()}
+    d = home.hooks_due_dir(g)
+    path = os.path.join(d, "due-" + rec["id"] + ".json")
+    try:
+        fsio.makedirs(d)
+        fsio.write_atomic(path, orjson.dumps(rec))
+    except OSError as err:
+        _log(f"cannot record hooks due in {d}: {err.strerror}; running them without a record")
+        path = None
+    return (home, g, path, rec)
+
+
+def abandon(pending) -> None:
+    """The commit a pending record was published for did not happen (an error raised)."""
+    if pending is not None and pending[2] is not None:
+        try:
+            fsio.remove(pending[2])
+        except OSError:
+            pass
+
+
+def settle(pending, e: dict):
+    """After the commit, before the event is appended: the pending record becomes the
+    ordinary record of `e` (rewritten in place), or goes when `e` has no hook."""
+    if pending is None:
+        return None
+    home, g, path, rec = pending
+    name = event_name(e)
+    hooks = rec["candidates"].get(name) if name else None
+    if not hooks:
+        abandon(pending)
+        return None
+    rec = {k: v for k, v in rec.items() if k not in ("pending", "candidates", "task", "attempt")}
+    rec.update(name=name, event=e, hooks=hooks)
+    if path is not None:
+        try:
+            fsio.write_atomic(path, orjson.dumps(rec))
+        except OSError:
+            pass       # the pending record stays: a replay runs it (its marker exists)
     return (home, g, path, rec)
 
 
@@ -292,11 +350,19 @@ def replay(home: Home, g: str, report, worker: str) -> int:
         rec = loads(fsio.read_bytes(path, follow=False))
         if not _well_formed(rec) or not _orphaned(rec, path):
             continue
+        if rec.get("pending"):
+            rec = _resolve_pending(home, g, rec)
+            if rec is None:                  # its commit never happened: nothing was due
+                with contextlib.suppress(OSError):
+                    fsio.remove(path)
+                continue
         from filelock import FileLock
         with FileLock(os.path.join(home.goal_dir(g), ".break.lock")):
             again = loads(fsio.read_bytes(path, follow=False))
             if not _well_formed(again) or again.get("owner") != rec.get("owner"):
                 continue              # another process took it (or it ran) meanwhile
+            if again.get("pending"):
+                again = rec           # resolved above, from the same owner's record
             rec = {**again, "owner": _me(), "replayed_by": worker}
             try:
                 fsio.write_atomic(path, orjson.dumps(rec))
@@ -306,6 +372,31 @@ def replay(home: Home, g: str, report, worker: str) -> int:
         _log(f"running hooks {rec.get('name')} of {g} left due by a process that died ({n})")
         _start(home, g, path, rec, report)
     return taken
+
+
+def _resolve_pending(home: Home, g: str, rec: dict) -> dict | None:
+    """A pending record whose writer died: the ordinary record of the event its commit
+    made, or None if the commit never happened (no marker/attempt record of its attempt)."""
+    t, n, cands = rec.get("task"), rec.get("attempt"), rec.get("candidates")
+    if not isinstance(t, str) or not isinstance(n, int) or not isinstance(cands, dict):
+        return None
+    status = None
+    for kind in ("done", "failed"):
+        m = loads(fsio.read_bytes(home.marker_path(g, t, kind), follow=False))
+        if isinstance(m, dict) and m.get("attempt") == n:
+            status = kind
+            break
+    if status is None:
+        a = loads(fsio.read_bytes(home.attempt_path(g, t, n, "json"), follow=False))
+        if isinstance(a, dict) and a.get("counted") and not a.get("final"):
+            status = ev.RETRYING
+    name = "on_" + status if status else None
+    hooks = cands.get(name) if name else None
+    if not hooks:
+        return None
+    e = {**rec["event"], "status": status, "replayed": True}
+    rec = {k: v for k, v in rec.items() if k not in ("pending", "candidates", "task", "attempt")}
+    return {**rec, "name": name, "event": e, "hooks": hooks}
 
 
 def _well_formed(rec) -> bool:

@@ -18,6 +18,7 @@ import re
 import shlex
 import sys
 
+from . import mcpconfig
 from .errors import PlanError
 
 PACKAGE_TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets.json")
@@ -102,11 +103,14 @@ def check(agent: str, table: dict[str, dict]) -> str | None:
     if not is_preset(agent):
         return None
     try:
-        name, _ = split(agent)
+        name, args = split(agent)
     except ValueError as e:
         return str(e)
     if name not in table:
         return f"unknown agent preset @{name} (known: {', '.join('@' + n for n in sorted(table))})"
+    if mcpconfig.OPTION in args and table[name].get("parser", "text") not in mcpconfig.BY_PARSER:
+        return (f"{mcpconfig.OPTION}: preset @{name} cannot be given the dagrun MCP server per run "
+                f"(only {', '.join('@' + c for c in mcpconfig.BY_PARSER.values())} and presets with their parser)")
     return None
 
 

@@ -64,13 +64,17 @@ class Finished:
 
 
 # ---------------------------------------------------------------------------------- hooks
-def _emit(home: Home, plan: Plan | None, g: str, type_: str, **fields) -> dict:
+def _emit(home: Home, plan: Plan | None, g: str, type_: str, *, pending=None, **fields) -> dict:
     """Append an event that may trigger hooks: the hooks-due record is published before the
     event line, the hooks run (hooks.py, on a thread) after it -- at least once, whatever
-    crashes after the commit point. plan None: loaded only if the event can have hooks."""
+    crashes after the commit point. plan None: loaded only if the event can have hooks.
+    pending: the record hooks.prepare_pending published before the commit point (a task's
+    own done/failed/retrying), settled here into the event's record."""
     e = ev.make(type_, g, **fields)
     due = None
-    if hk.event_name(e) is not None:
+    if pending is not None:
+        due = hk.settle(pending, e)
+    elif hk.event_name(e) is not None:
         if plan is None:
             try:
                 plan = home.load_plan(g)
@@ -83,8 +87,8 @@ def _emit(home: Home, plan: Plan | None, g: str, type_: str, **fields) -> dict:
     return e
 
 
-def _status(home: Home, plan: Plan | None, g: str, t: str, st: str, **fields) -> dict:
-    return _emit(home, plan, g, ev.TASK_STATUS, task=t, status=st, **fields)
+def _status(home: Home, plan: Plan | None, g: str, t: str, st: str, *, pending=None, **fields) -> dict:
+    return _emit(home, plan, g, ev.TASK_STATUS, pending=pending, task=t, status=st, **fields)
 
 
 def hook_failed(home: Home, g: str, **fields) -> None:
@@ -162,23 +166,33 @@ def finish(home: Home, plan: Plan, sched: Scheduler, c: Claim, *, ok: bool, work
             code = None
         else:
             code = exit_code if exit_code is not None else 0
-        body = commit_done(home, plan, c, ended=ended, exit_code=code, output_data=output_data,
-                           extra=extra or None, **forced)
-        _status(home, plan, g, t, ev.DONE, attempt=c.attempt, worker=worker, duration=body["duration"],
+        pending = hk.prepare_pending(home, plan, g, t, c.attempt, ("on_done",))
+        try:
+            body = commit_done(home, plan, c, ended=ended, exit_code=code, output_data=output_data,
+                               extra=extra or None, **forced)
+        except BaseException:
+            hk.abandon(pending)
+            raise
+        _status(home, plan, g, t, ev.DONE, pending=pending, attempt=c.attempt, worker=worker, duration=body["duration"],
                 exit_code=code, output_bytes=body["output_bytes"], usage=body.get("usage"),
                 cached=True if cached else None, **(fields or {}), **forced)
         return Finished(S.DONE, body, _changes(home, g, sched.finish(t, S.DONE), worker, plan))
-    rec = commit_failure(home, plan, c, outcome=outcome, ended=ended, exit_code=exit_code, signal=signal,
-                         reason=reason, extra=extra or None, final=final, **forced)
+    pending = hk.prepare_pending(home, plan, g, t, c.attempt, ("on_failed", "on_retrying"))
+    try:
+        rec = commit_failure(home, plan, c, outcome=outcome, ended=ended, exit_code=exit_code, signal=signal,
+                             reason=reason, extra=extra or None, final=final, **forced)
+    except BaseException:
+        hk.abandon(pending)
+        raise
     common = dict(attempt=c.attempt, worker=worker, duration=rec["duration"], exit_code=rec.get("exit_code"),
                   signal=rec.get("signal"), reason=rec.get("reason"), outcome=rec["outcome"], usage=rec.get("usage"))
     if rec["final"]:
-        _status(home, plan, g, t, ev.FAILED, **common, **forced)
+        _status(home, plan, g, t, ev.FAILED, pending=pending, **common, **forced)
         ch = _changes(home, g, sched.finish(t, S.FAILED), worker, plan)
         if not ch.rebuild and sched.stop_on_failure and not stop_handled:
             ch.extend(stop_goal(home, plan, sched, t, worker))
         return Finished(S.FAILED, rec, ch)
-    _status(home, plan, g, t, ev.RETRYING, **common, retry_at=rec["retry_at"], **forced)
+    _status(home, plan, g, t, ev.RETRYING, pending=pending, **common, retry_at=rec["retry_at"], **forced)
     sched.retrying(t)
     if announce_ready and float(rec.get("retry_at") or 0) <= time.time():
         ev.status(home, g, t, ev.READY, attempt=c.attempt + 1, worker=worker,

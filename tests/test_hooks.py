@@ -128,28 +128,79 @@ def test_hanging_hook_is_killed_at_its_timeout_and_the_goal_ends(tmp_path):
     assert left == []
 
 
-def test_hook_due_at_a_crash_runs_after_restart(tmp_path):
+def _steps(trace: Path) -> list[tuple[int, str, str]]:
+    out = []
+    for line in trace.read_text().splitlines():
+        k, label, *rest = line.split(" ", 2)
+        out.append((int(k), label, rest[0] if rest else ""))
+    return out
+
+
+@pytest.mark.parametrize("agent,event,status", [("echo ok", "on_done", "done"), ("false", "on_failed", "failed")])
+def test_hook_due_at_a_crash_runs_after_restart(tmp_path, agent, event, status):
+    """SIGKILL before and after every file-system step from the agent's exit to the task's
+    status event: after a restart the hook has run at least once (and no record is left)."""
+    script, log = _recorder(tmp_path)
+    plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "agent": agent, "retries": 0}], goal="g",
+                      hooks={event: [_hook(script, log, status)]})
+    trace = tmp_path / "trace"
+    run("run", plan, home=tmp_path / "h0", check=False, env={"DAGRUN_STEP_TRACE": str(trace)})
+    assert [x["label"] for x in _log(log)] == [status]           # a clean run: exactly once
+    steps = _steps(trace)
+    owner = next(k for k, label, what in steps if label == "publish" and what.endswith("/claim/owner.json"))
+    first = next(k for k, label, what in steps if k > owner and label == "append") + 1   # after `running`
+    marker = next(k for k, label, what in steps if label == "rename" and what.endswith("/tasks/a/" + status))
+    last = next(k for k, label, what in steps if k > marker and label == "append" and what.endswith("events.jsonl"))
+    due = [k for k, label, what in steps if label == "publish" and "/hooks/due-" in what]
+    assert due and due[0] < marker                # the record is durable before the commit point
+    points = [f"{k}" for k in range(first, last + 1)] + [f"{last}:after"]
+    assert len(points) >= 8
+    for at in points:
+        log.unlink(missing_ok=True)
+        home = tmp_path / ("home-" + at.replace(":", "-"))
+        p = run("run", plan, home=home, check=False, env={"DAGRUN_CRASH_AT": at})
+        assert p.returncode == -9, (at, p.stderr)
+        assert _log(log) == [], at                                  # the engine died before the hook
+        run("run", "g", home=home, check=False)                      # the restart
+        got = [x for x in _log(log) if x["label"] == status]
+        assert len(got) >= 1, at
+        assert got[0]["stdin"]["status"] == status and got[0]["stdin"]["task"] == "a", at
+        assert _due(home, "g") == [], at
+        n = len(got)
+        run("run", "g", home=home, check=False)                      # and never again
+        assert len([x for x in _log(log) if x["label"] == status]) == n, at
+
+
+def test_no_hook_no_hook_file(tmp_path):
+    """The hot path: with no hook configured a run writes nothing under goals/<g>/hooks."""
+    plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "agent": "echo ok"},
+                                       {"id": "b", "prompt": "x", "agent": "false", "retries": 1,
+                                        "retry_backoff": 0}], goal="g")
+    trace = tmp_path / "trace"
+    home = tmp_path / "home"
+    run("run", plan, home=home, check=False, env={"DAGRUN_STEP_TRACE": str(trace)})
+    assert [line for line in trace.read_text().splitlines() if "/hooks" in line] == []
+    assert not (home / "goals/g/hooks").exists()
+
+
+def test_pending_record_of_a_commit_that_never_happened_is_discarded(tmp_path):
+    """A crash after the pending record but before the marker: the restart reruns the task
+    (its hook runs once, for the attempt that committed), the stale record is dropped."""
     script, log = _recorder(tmp_path)
     plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "agent": "echo ok"}], goal="g",
                       hooks={"on_done": [_hook(script, log, "done")]})
-    # find the step that publishes the hooks-due record
     trace = tmp_path / "trace"
     run("run", plan, home=tmp_path / "h0", env={"DAGRUN_STEP_TRACE": str(trace)})
-    k = next(int(line.split()[0]) for line in trace.read_text().splitlines()
-             if line.split()[1] == "publish" and "/hooks/due-" in line)
     log.unlink()
+    k = next(k for k, label, what in _steps(trace) if label == "publish" and "/hooks/due-" in what)
     home = tmp_path / "home"
     p = run("run", plan, home=home, check=False, env={"DAGRUN_CRASH_AT": f"{k}:after"})
-    assert p.returncode == -9, p.stderr
-    assert (home / "goals/g/tasks/a/done").exists()
-    assert len(_due(home, "g")) == 1 and _log(log) == []        # due, not run: the engine died
-    run("run", "g", home=home)                                   # the restart replays it
+    assert p.returncode == -9
+    assert not (home / "goals/g/tasks/a/done").exists() and len(_due(home, "g")) == 1
+    run("run", "g", home=home)
     got = _log(log)
-    assert [x["label"] for x in got] == ["done"]
-    assert got[0]["stdin"]["status"] == "done" and got[0]["stdin"]["task"] == "a"
+    assert [x["label"] for x in got] == ["done"] and got[0]["stdin"]["attempt"] == 2
     assert _due(home, "g") == []
-    run("run", "g", home=home)                                   # and never again
-    assert len(_log(log)) == 1
 
 
 def test_protocol_complete_runs_the_hooks_before_it_exits(tmp_path):

@@ -179,3 +179,58 @@ def test_claude_code_started_by_dagrun_gets_the_dagrun_tools(tmp_path):
     seen = set(re.findall(r"mcp__dagrun__([a-z]+)", "\n".join(mine)))
     assert seen >= {"status", "output", "logs", "claim", "complete", "fail", "heartbeat", "add", "cancel",
                     "retry"}, sorted(seen)
+
+
+def test_dagrun_mcp_option_config_per_cli(tmp_path):
+    """The preset option --dagrun-mcp: what each CLI gets for one run (no secret, this home)."""
+    from dagrun import mcpconfig
+    home, exe, path = str(tmp_path / "home"), "/opt/venv/bin/dagrun", str(tmp_path / "claim" / "mcp.json")
+    args, content = mcpconfig.run_args("claude", home, exe, path)
+    assert args == ["--mcp-config", path]
+    assert json.loads(content) == {"mcpServers": {"dagrun": {"command": exe, "args": ["--home", home, "mcp"]}}}
+    for client in ("codex", "gemini"):      # no per-run way that works (docs/integrations.md)
+        with pytest.raises(ValueError):
+            mcpconfig.run_args(client, home, exe, path)
+
+
+def test_dagrun_mcp_option_refused_for_a_preset_that_cannot_take_it(tmp_path):
+    for name in ("llm", "codex", "gemini"):
+        plan = write_plan(tmp_path / name, [{"id": "a", "prompt": "x", "agent": f"@{name} --dagrun-mcp"}], goal="g")
+        p = run("run", plan, home=tmp_path / "home", check=False)
+        assert p.returncode == 2, p.stderr
+        assert "--dagrun-mcp" in p.stderr and f"@{name}" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.realagents
+def test_claude_preset_with_dagrun_mcp_option_gets_the_dagrun_tools(tmp_path):
+    """`"agent": "@claude --dagrun-mcp"`: the adapter writes the MCP config into the claim and
+    passes --mcp-config; the real Claude Code (mock LLM) offers the dagrun tools."""
+    claude = os.path.join(REAL, "bin", "claude-mock")
+    log = os.path.join(REAL, "mock.log")
+    alive = False
+    try:
+        with open(os.path.join(REAL, "mock.pid")) as f:
+            os.kill(int(f.read().strip()), 0)
+        alive = True
+    except (OSError, ValueError):
+        pass
+    if not (os.access(claude, os.X_OK) and alive):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{claude} or its mock LLM is missing (see /work/shared/realagents/README.md)")
+        pytest.skip(f"{claude} or its mock LLM is not there (see /work/shared/realagents/README.md)")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "presets.json").write_text(json.dumps({"claude": {"command": [claude, "-p"]}}))
+    token = f"dagrun-mcp-option-{os.getpid()}-{os.urandom(4).hex()}"
+    plan = write_plan(tmp_path / "p", [{"id": "ask", "prompt": f"{token}: list the goal's tasks",
+                                        "agent": "@claude --dagrun-mcp --strict-mcp-config"}], goal="g")
+    start = os.path.getsize(log)
+    run("run", plan, home=home, timeout=180)
+    assert (home / "goals/g/tasks/ask/done").exists()
+    with open(log, "rb") as f:
+        f.seek(start)
+        mine = [x for x in f.read().decode("utf-8", "replace").splitlines() if token in x]
+    assert mine, "the mock never saw the task's request"
+    assert "--dagrun-mcp" not in "\n".join(mine)
+    seen = set(re.findall(r"mcp__dagrun__([a-z]+)", "\n".join(mine)))
+    assert seen >= {"status", "output", "claim", "complete", "add"}, sorted(seen)
