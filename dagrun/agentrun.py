@@ -225,18 +225,24 @@ def _tee(p, deadline: float) -> tuple[bytes, bool]:
         chunk = os.read(fd, 65536)
         if not chunk:
             break
-        try:
-            sys.stderr.buffer.write(chunk)
-            sys.stderr.flush()
-        except OSError:
-            pass
-        tail += chunk
-        if len(tail) > 2 * TAIL:
-            del tail[:-TAIL]
+        _pass_on(chunk, tail)
     p.stdout.close()
     if timed_out:
         _killpg(p.pid, signal.SIGKILL)     # whatever of the check's group still holds on
     return bytes(tail), timed_out
+
+
+def _pass_on(chunk: bytes, tail: bytearray) -> None:
+    """Copy a child's chunk to our stderr (the attempt's stderr capture) and keep the last
+    TAIL bytes of it (for the failure reason / the check's record)."""
+    try:
+        sys.stderr.buffer.write(chunk)
+        sys.stderr.flush()
+    except OSError:
+        pass
+    tail += chunk
+    if len(tail) > 2 * TAIL:
+        del tail[:-TAIL]
 
 
 def _tail_text(data: bytes, nbytes: int = 2000, lines: int = 20) -> str:
@@ -288,7 +294,6 @@ def _run(cmd: list[str], env: dict, raw_path: str, name: str) -> tuple[int | Non
 
     _forward_signals(p)
     tail = bytearray()
-    out = sys.stderr.buffer
     fd = p.stderr.fileno()
     beat = _Heartbeat(raw_path)
     while True:
@@ -302,14 +307,7 @@ def _run(cmd: list[str], env: dict, raw_path: str, name: str) -> tuple[int | Non
             continue
         if not chunk:
             break
-        try:
-            out.write(chunk)
-            out.flush()
-        except OSError:
-            pass
-        tail += chunk
-        if len(tail) > 2 * TAIL:
-            del tail[:-TAIL]
+        _pass_on(chunk, tail)
     p.stderr.close()
     rc = p.wait()
     return rc, bytes(tail[-TAIL:]).decode("utf-8", "replace")
