@@ -273,7 +273,7 @@ def holders(home: Home, key: str) -> list[str]:
     for k in sorted(_slots(d), key=int):
         rec = read_unit(os.path.join(d, k)) or {}
         out.append(f"{rec.get('goal', '?')}/{rec.get('task', '?')}")
-    return out
+    return list(dict.fromkeys(out))
 
 
 def acquire(home: Home, g: str, t: str, pools: dict[Pool, int], owner: dict, lease: float) -> list[str]:
