@@ -488,10 +488,10 @@ def break_if_stale(home: Home, plan: Plan, t: str, *, worker: str, lease: float 
                               started=owner.get("since") if owner else None,
                               captures_from=None if os.path.islink(cdir) else cdir)
 
-    res = claims.break_claim(home, g, t, owner.get("nonce") if owner else None, lease=lease, settle=settle)
-    if res is None:
+    broke = claims.break_claim(home, g, t, owner.get("nonce") if owner else None, lease=lease, settle=settle)
+    if broke is None:
         return None
-    _owner, reason, gone = res
+    _owner, reason, gone = broke
     fsio.rmtree(gone)
     return reason, attempt, ended
 

@@ -243,8 +243,16 @@ class Scheduler:
         """Ready tasks the resources keep from starting: task -> the pools short of units."""
         if self.needs is None:
             return {}
-        return {self.ids[k[2]]: [p for p, n in self.needs[k[2]].items() if self.free.get(p, 0) < n]
-                for k in sorted(self.heap) if self.state[k[2]] == READY and not self._fits(k[2])}
+        out, taken = {}, set()
+        for k in sorted(self.heap):
+            i = k[2]
+            if self.state[i] != READY or not self.needs[i]:
+                continue
+            short = [p for p, n in self.needs[i].items() if self.free.get(p, 0) < n or p in taken]
+            if short:                  # short of units, or they wait for a better-ranked task
+                out[self.ids[i]] = short
+                taken.update(self.needs[i])
+        return out
 
     def serial_wait(self, tid: str) -> str | None:
         """The earlier task of tid's serial group it waits for, or None."""
