@@ -110,6 +110,7 @@ class Scheduler:
         # task whose pools lack units stays ready. None: no task needs any, the rule is off
         self.needs: list[dict[str, int]] | None = None
         self.free: dict[str, int] = {}
+        self.holding: dict[int, dict[str, int]] = {}   # units of tasks take() gave out, until they end
         self.deps = [[idx[d] for d in t.deps] for t in tasks]
         self.soft = [[idx[d] for d in t.soft_deps] for t in tasks]
         self.hard_out: list[list[int]] = [[] for _ in range(n)]
@@ -235,6 +236,13 @@ class Scheduler:
         if needs is not None:
             self.needs = [dict(needs.get(tid) or {}) for tid in self.ids] if any(needs.values()) else None
         self.free = dict(free)
+        self.holding.clear()          # the files count what runs now
+
+    def _give_back(self, i: int) -> None:
+        """A task take() gave units to has ended (or goes back to the queue): they are free
+        again in this view (the caller's next read of the files says the same)."""
+        for p, n in self.holding.pop(i, {}).items():
+            self.free[p] = self.free.get(p, 0) + n
 
     def _fits(self, i: int) -> bool:
         return self.needs is None or all(self.free.get(p, 0) >= n for p, n in self.needs[i].items())
@@ -340,7 +348,8 @@ class Scheduler:
                     held.pop()
                     tid = self.ids[k[2]]
                     self._set(k[2], RUNNING)
-                    if self.needs is not None:       # its units are spoken for until the next read
+                    if self.needs is not None and self.needs[k[2]]:   # spoken for until it ends
+                        self.holding[k[2]] = self.needs[k[2]]
                         for p, n in self.needs[k[2]].items():
                             self.free[p] = self.free.get(p, 0) - n
                 break                   # taken, or held at the budget: nothing behind it jumps
@@ -357,12 +366,14 @@ class Scheduler:
     def retrying(self, tid: str) -> None:
         """The attempt failed and another one will follow after a backoff."""
         i = self._i(tid)
+        self._give_back(i)
         if self.state[i] not in TERMINAL:
             self._set(i, RETRYING)
 
     def requeue(self, tid: str) -> list[tuple[str, str, str | None]]:
         """Back to ready (a released or broken claim, a finished backoff)."""
         i = self._i(tid)
+        self._give_back(i)
         if self.state[i] in TERMINAL or self.state[i] == READY:
             return []
         if self.rem_hard[i] == 0 and self.rem_soft[i] == 0:
@@ -380,6 +391,7 @@ class Scheduler:
         s = _BY_NAME.get(outcome)
         if s not in (DONE, FAILED, CANCELLED):
             raise ValueError(f"task {tid!r}: {outcome!r} is not a terminal outcome")
+        self._give_back(i)
         cur = self.state[i]
         if cur == s:
             return []

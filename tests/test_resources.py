@@ -298,3 +298,16 @@ def test_scheduler_serial_rule():
     assert s.serial_wait("b") == "a"
     s.finish("a", "failed")
     assert s.take() == "b"
+
+
+def test_dry_run_follows_the_resources(home, plans):
+    p = write_plan(plans, [{"id": f"t{i}", "prompt": "p", "mutex": "repo"} for i in range(3)] +
+                   [{"id": "free", "prompt": "p"}], goal="dr", defaults={"agent": "true"})
+    r = run("run", "--dry-run", "-j", "4", p, home=home)
+    waves = [ln for ln in r.stdout.splitlines() if ln.strip()]
+    assert len(waves) >= 3, r.stdout         # the mutex: one of t0..t2 per wave
+    s = Scheduler([T("a"), T("b")])
+    s.set_resources({"a": {"home/m": 1}, "b": {"home/m": 1}}, {"home/m": 1})
+    assert s.take() == "a" and s.take() is None
+    s.finish("a", "done")
+    assert s.take() == "b"
