@@ -426,6 +426,7 @@ class Engine(Reconciler):
                 record_unfinished(self.home, g, t, c.attempt, outcome="interrupted", worker=self.worker,
                                   reason=f"could not publish owner.json: {e.strerror or e}",
                                   started=c.owner.get("since"), captures_from=cdir)
+                res.release_attempt(self.home, g, t, c.owner)
                 claims.release(self.home, g, t)
             except (OSError, DagrunError):
                 pass            # a claim without owner.json: the next engine breaks it after the grace

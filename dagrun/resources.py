@@ -279,7 +279,7 @@ def holders(home: Home, key: str) -> list[str]:
 def acquire(home: Home, g: str, t: str, pools: dict[Pool, int], owner: dict, lease: float) -> list[str]:
     """Take the task's units for the attempt `owner` (its claim's owner record): every unit
     or none. Raises Busy naming the first pool short of units (what was taken is given back).
-    Returns the unit folders (they go into owner.json: `units`)."""
+    Returns the units (`<scope>/<name>/<k>`, into owner.json: `units`)."""
     rec = {"goal": g, "task": t, "run_id": owner.get("run_id"), "attempt": owner.get("attempt"),
            "worker": owner.get("worker"), "host": HOST, "pid": owner.get("pid"), "since": now_iso(),
            "lease": lease}
@@ -322,7 +322,7 @@ def _take(d: str, cap: int, n: int, body: bytes, got: list[str]) -> int:
                 if e.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
                     continue                        # somebody else was faster for slot k
                 raise
-            got.append(slot)
+            got.append(f"{os.path.basename(os.path.dirname(d))}/{os.path.basename(d)}/{k}")
             new = None
             taken += 1
             if taken == n:
@@ -354,8 +354,9 @@ def release(home: Home, units, run_id: str | None) -> int:
     """Give back units of the attempt run_id (a unit re-taken by another attempt is left
     alone). Under each pool's lock: re-read, rename away, then delete. Returns how many."""
     n = 0
-    for path in units or ():
-        if not isinstance(path, str) or not path.startswith(root(home) + os.sep):
+    for unit in units or ():
+        path = unit_path(home, unit)
+        if path is None:
             continue                     # owner.json is not trusted to name a path elsewhere
         d = os.path.dirname(path)
         try:
@@ -382,9 +383,25 @@ def release_attempt(home: Home, g: str, t: str, owner: dict | None) -> list[str]
     return sorted({describe(key_of(home, u)) for u in units})
 
 
+def unit_name(home: Home, path: str) -> str:
+    """How owner.json names a unit: `<scope>/<name>/<k>`, relative to the pools (a home
+    reached by another path, a symlink or an NFS mount, still finds it)."""
+    return os.path.relpath(path, os.path.join(root(home), "pools"))
+
+
+def unit_path(home: Home, unit) -> str | None:
+    """The folder of a unit named in owner.json; None unless it is <scope>/<name>/<k>."""
+    if not isinstance(unit, str):
+        return None
+    parts = unit.split("/")
+    if len(parts) != 3 or not parts[2].isdigit() or any(p in ("", ".", "..") or p.startswith(".") for p in parts):
+        return None
+    return os.path.join(root(home), "pools", *parts)
+
+
 def key_of(home: Home, unit: str) -> str:
-    rel = os.path.relpath(os.path.dirname(unit), os.path.join(root(home), "pools"))
-    return rel.replace(os.sep, "/", 1)
+    """The pool key of a unit named in owner.json."""
+    return unit.rsplit("/", 1)[0]
 
 
 def names_of(pools: dict[Pool, int]) -> dict[str, int]:
