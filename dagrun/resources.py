@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
 import secrets
 import time
@@ -45,10 +46,11 @@ from . import claim as claims
 from . import fsio
 from .errors import UsageError, os_error
 from .plan import AGENT_RES, MAX_UNITS, Plan, Task, check_id
-from .proc import HOST
+from .proc import BOOT_ID, HOST, is_alive, self_start
 from .store import Home, dumps, loads_obj, now_iso
 
 UNIT = "unit.json"
+_HOST_KEY = hashlib.sha1(HOST.encode()).hexdigest()[:8]
 BORN_GRACE = 60.0        # s: a `.new.*` folder of a dead or slow creator is swept after this
 
 
@@ -184,7 +186,13 @@ def free(home: Home, pools) -> dict[str, int]:
     out = {}
     for p in pools:
         d = pool_dir(home, p)
-        used = len(_slots(d))
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            names = []
+        if any(n.startswith((".new.", ".gone.")) for n in names):
+            _sweep_born(d)               # what a creator or releaser killed half-way left
+        used = sum(1 for n in names if n.isdigit())
         if used >= p.cap and used:
             reclaim(home, d)
             used = len(_slots(d))
@@ -261,8 +269,20 @@ def _sweep_born(d: str) -> None:
                 old = now - os.lstat(p).st_mtime > BORN_GRACE
             except FileNotFoundError:
                 continue
-            if n.startswith(".gone.") or old:
+            if n.startswith(".gone.") or old or _creator_dead(n):
                 fsio.rmtree(p)
+
+
+def _new_name() -> str:
+    """`.new.<host key>.<pid>.<start>.<random>`: whoever finds it can tell its creator died."""
+    return f".new.{_HOST_KEY}.{os.getpid()}.{self_start() or 0}.{secrets.token_hex(4)}"
+
+
+def _creator_dead(name: str) -> bool:
+    parts = name.split(".")
+    if len(parts) != 6 or parts[2] != _HOST_KEY or not parts[3].isdigit() or parts[4] in ("0", ""):
+        return False                      # another host's (or an old name): its age decides
+    return not is_alive(HOST, BOOT_ID, int(parts[3]), parts[4])
 
 
 def holders(home: Home, key: str) -> list[str]:
@@ -313,7 +333,7 @@ def _take(d: str, cap: int, n: int, body: bytes, got: list[str]) -> int:
             if os.path.lexists(slot):
                 continue
             if new is None:
-                new = os.path.join(d, f".new.{os.getpid()}.{secrets.token_hex(4)}")
+                new = os.path.join(d, _new_name())
                 fsio.makedirs(new)
                 fsio.write_atomic(os.path.join(new, UNIT), body)
             try:
@@ -341,8 +361,10 @@ def _rename_noreplace(src: str, dst: str) -> None:
     if _NOREPLACE is None:
         _NOREPLACE = fsio._renameat2() or False
     if _NOREPLACE:
+        fsio._step(f"renameat2 {src} -> {dst}")      # a crash-injection point like every mutation
         try:
             _NOREPLACE(src, dst)
+            fsio._done_step(f"renameat2 {src} -> {dst}")
             return
         except OSError as e:
             if e.errno not in (errno.EINVAL, errno.ENOSYS):
@@ -442,6 +464,8 @@ def overview(home: Home) -> list[dict]:
         d = os.path.join(base, scope, name)
         if cap is not None and len(_slots(d)) >= cap:
             reclaim(home, d)
+        else:
+            _sweep_born(d)
         held = []
         for k in sorted(_slots(d), key=int):
             rec = read_unit(os.path.join(d, k)) or {}

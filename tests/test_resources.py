@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
+
+import pytest
 
 from conftest import DAGRUN, events, kill_group, run, spawn, task_dir, wait_for, write_plan
 
@@ -311,3 +314,55 @@ def test_dry_run_follows_the_resources(home, plans):
     assert s.take() == "a" and s.take() is None
     s.finish("a", "done")
     assert s.take() == "b"
+
+
+def _crash_walk_units(tmp_path, points=None) -> int:
+    """SIGKILL `dagrun run` before its k-th file-system step on a goal whose tasks share a
+    mutex and a home capacity (k in `points`, else every k), then resume: the goal finishes,
+    every unit came back, nothing is left in the pools."""
+    plans = tmp_path / "plans"
+    tasks = [{"id": "a", "prompt": "p", "mutex": "m", "resources": {"gpu": 1}},
+             {"id": "b", "prompt": "p", "mutex": "m", "agent": "exit 1", "retries": 1, "retry_backoff": 0},
+             {"id": "c", "prompt": "p", "resources": {"gpu": 1}, "deps": ["a"]}]
+    p = write_plan(plans, tasks, goal="cu", defaults={"agent": "echo ok"})
+    template = tmp_path / "template"
+    run("resources", "set", "gpu", "1", home=template)
+    run("submit", p, home=template)
+    if points == "units":          # the steps that take or give back units, from one traced run
+        trace = tmp_path / "trace"
+        shutil.copytree(template, tmp_path / "traced")
+        run("run", "cu", home=tmp_path / "traced", check=1, env={"DAGRUN_STEP_TRACE": str(trace)})
+        steps = [ln.split(" ", 2) for ln in trace.read_text().splitlines()]
+        renames = [int(n) for n, what, path in steps if what == "renameat2"]
+        gone = [int(n) for n, what, path in steps if what == "rename" and "/.gone." in path]
+        points = [renames[0], renames[0] + 1, gone[0] + 1]   # before/after a unit is placed, mid-release
+    k, crashed = 1, 0
+    while True:
+        if points is not None:
+            if crashed == len(points):
+                break
+            k = points[crashed]
+        home = tmp_path / f"k{k}"
+        shutil.copytree(template, home)
+        r = run("run", "cu", home=home, check=False, env={"DAGRUN_CRASH_AT": str(k)})
+        if r.returncode != -signal.SIGKILL:
+            assert r.returncode == 1 and points is None, (k, r.stderr)   # b fails for good
+            break
+        crashed += 1
+        r = run("run", "cu", home=home, check=False, env={"DAGRUN_CLAIM_GRACE": "0"})
+        assert r.returncode == 1, (k, r.stderr)
+        assert (task_dir(home, "cu", "c") / "done").exists(), k
+        held = units_held(home)
+        assert held.get("home:m", 0) == 0 and held.get("home:gpu", 0) == 0 and leftovers(home) == [], (k, held)
+        shutil.rmtree(home)
+        k += 1
+    return crashed
+
+
+def test_crash_while_taking_and_giving_back_units(tmp_path):
+    assert _crash_walk_units(tmp_path, "units") == 3
+
+
+@pytest.mark.slow
+def test_crash_at_every_step_of_taking_and_giving_back_units(tmp_path):
+    assert _crash_walk_units(tmp_path) >= 100
