@@ -151,21 +151,32 @@ def too_big(plan: Plan, lim: dict) -> list[str]:
     return out
 
 
-def apply(home: Home, plan: Plan, sched, lim: dict | None = None) -> dict[str, dict[Pool, int]]:
+def _stamp(home: Home) -> tuple:
+    try:
+        st = os.stat(limits_path(home))
+    except FileNotFoundError:
+        return ()
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def apply(home: Home, plan: Plan, sched) -> dict[str, dict[Pool, int]]:
     """Hand the scheduler what each task needs and what is free now (read from the files;
-    stale units of full pools are broken on the way). Returns the task -> pools map."""
-    lim = limits(home) if lim is None else lim
-    need = plan_pools(plan, lim)
+    stale units of full pools are broken on the way). The needs are worked out again only
+    when limits.json changed (one stat): the engine calls this before every dispatch."""
+    stamp = _stamp(home)
+    cached = getattr(sched, "_resources_of", None)       # (stamp, plan, need) of the last call
+    if cached is not None and cached[0] == stamp and cached[1] is plan:
+        need = cached[2]
+        if need:
+            sched.set_resources(None, free(home, {p for ps in need.values() for p in ps}))
+        return need
+    need = plan_pools(plan, limits(home))
+    sched._resources_of = (stamp, plan, need)
     if not need and sched.needs is None:
         return need
     pools = {p for ps in need.values() for p in ps}
     sched.set_resources({t: {p.key: n for p, n in ps.items()} for t, ps in need.items()}, free(home, pools))
     return need
-
-
-def refresh(home: Home, need: dict[str, dict[Pool, int]], sched) -> None:
-    """Only the free units again (the engine, before it dispatches)."""
-    sched.set_resources(None, free(home, {p for ps in need.values() for p in ps}))
 
 
 # ---------------------------------------------------------------------------------- the units
@@ -492,4 +503,4 @@ def _lock(path: str):
 
 
 __all__ = ["AGENT_RES", "Busy", "Pool", "acquire", "apply", "free", "holders", "judge", "limits", "overview",
-           "pools_for", "reclaim", "refresh", "release", "release_attempt", "set_capacity", "too_big"]
+           "pools_for", "reclaim", "release", "release_attempt", "set_capacity", "too_big"]
