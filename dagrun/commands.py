@@ -9,6 +9,7 @@ import time
 
 from . import claim as claims
 from . import fsio, proc
+from . import resources as res
 from . import states as S
 from . import transitions as tr
 from .agentio import agent_env, attempt_extra
@@ -91,6 +92,11 @@ def claim_external(home: Home, g: str, *, worker: str | None, pid: int | None = 
             plan = home.load_plan(g)
             sched, facts = build_scheduler(home, plan)
             continue
+        except res.Busy as e:          # another worker took the units first: that pool is full
+            sched.requeue(t)
+            res.apply(home, plan, sched)
+            sched.free[e.pool] = 0
+            continue
         if c is None:
             continue
         if c.conflict is not None:     # code workspace: its prerequisites do not merge
@@ -108,6 +114,7 @@ def claim_external(home: Home, g: str, *, worker: str | None, pid: int | None = 
             "output_file": home.output_path(g, t), "run_id": c.owner["run_id"], "lease": plan.lease,
             "agent": shell_command(task.agent, task.check, task.check_timeout),   # presets and checks expanded
             "workdir": c.workspace.cwd if c.workspace else task.workdir, "timeout": task.timeout,
+            **({"resources": c.resources} if c.resources else {}),
             # usage_file, raw_file, check_file, heartbeat_file: what the agent hands back (agentio)
             **{k.removeprefix("DAGRUN_").lower(): v for k, v in agent_env(cdir).items()},
         }

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 
 from . import fsio
+from . import resources as res
 from . import states as S
 from .errors import Refused
 from .executor import Launch
@@ -42,6 +43,7 @@ def dry_run(home: Home, plan: Plan, *, jobs: int) -> list[Step]:
         sched, _facts = build_scheduler(home, plan)
     else:
         sched = scheduler_for(plan)
+        res.apply(home, plan, sched)     # the capacities and what other goals hold now
     runner = DryRunner()
     steps: list[Step] = []
     wave = 0

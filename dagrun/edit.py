@@ -16,10 +16,11 @@ from . import executor
 from . import events as ev
 from . import fsio
 from . import plan as planmod
+from . import resources as res
 from . import states as S
 from . import transitions as tr
 from . import workspace as wsp
-from .errors import DagrunError, Refused, os_error
+from .errors import DagrunError, PlanError, Refused, os_error
 from .plan import Plan, check_id
 from .store import Home, dumps, loads, loads_obj
 
@@ -56,11 +57,23 @@ def load_checked(path: str, home: Home | None = None) -> tuple[Plan, dict | None
     git as submit would (repository, base, clean work tree): (plan, the workspace pin or
     None). Writes nothing."""
     plan = planmod.load(path, home.root if home is not None else None)
+    if home is not None:
+        check_capacities(home, plan, path)
     return plan, wsp.check_plan(plan, home.root if home is not None else None)
+
+
+def check_capacities(home: Home, plan: Plan, path: str) -> None:
+    """A task asking for more than a home or tenant capacity could never start: a plan error
+    at submit (the plan's own capacities are the validator's). A capacity lowered later
+    shows as the task's waiting reason in `dagrun status`."""
+    bad = res.too_big(plan, res.limits(home))
+    if bad:
+        raise PlanError(f"{path}: {bad[0]} in {home.root} (see: dagrun resources)")
 
 
 def submit(home: Home, path: str, *, replace: bool = False, dry_run: bool = False, by: str = "submit") -> SubmitResult:
     plan = planmod.load(path, home.root)   # raises PlanError before anything is written (home: presets.json)
+    check_capacities(home, plan, path)
     executor.require({t.runner for t in plan.tasks if t.runner != "local"}, options=executor.options_of([plan]))
     g = plan.goal
     old_raw = home.plan_bytes(g) if os.path.isdir(home.goals_dir) else None

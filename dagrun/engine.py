@@ -27,6 +27,7 @@ from . import budget as bud
 from . import cache
 from . import claim as claims
 from . import executor, fsio
+from . import resources as res
 from . import states as S
 from . import transitions as tr
 from .agentcheck import exit_reason
@@ -43,6 +44,7 @@ from .workspace import CONFLICT, GIT_REDIRECT
 
 HOUSEKEEPING = 1.0        # s: liveness of other workers' claims, stall checks
 BUDGET_EVERY = 0.2        # s: a goal with a budget: the spend of running attempts is read this often
+RESOURCE_EVERY = 0.25     # s: ready tasks wait for resource units: the pools are read again this often
 IDLE_RETRY_HORIZON = 60.0  # s: --until-idle waits for a retry due this soon; a later one is the next run's
 
 
@@ -255,6 +257,9 @@ class Engine(Reconciler):
             t = min(t, self._next_house)
         if any(gs.plan.budget and not gs.sched.is_finished() for gs in self.goals.values()):
             t = min(t, self._next_budget)
+        if len(self.runs) < self.jobs and any(gs.sched.needs is not None and gs.sched.peek() is not None
+                                              for gs in self.goals.values()):
+            t = min(t, now + RESOURCE_EVERY)   # units given back by other processes: look again soon
         if self.watcher is None or self.watcher.polling:
             t = min(t, self._next_poll)
         if self.tick is not None:
@@ -308,6 +313,10 @@ class Engine(Reconciler):
     # ================================================================== dispatch
     def _dispatch(self) -> None:
         goals = list(self.goals.values())
+        if len(self.runs) < self.jobs:
+            for gs in goals:     # resources: the units free now (others may have given some back)
+                if gs.sched.needs is not None and gs.sched.peek() is not None:
+                    res.apply(self.home, gs.plan, gs.sched)
         while goals and len(self.runs) < self.jobs:
             progressed = False
             for k in range(len(goals)):
@@ -340,6 +349,11 @@ class Engine(Reconciler):
                            publish_owner=False)
         except Stale:
             self._resync(gs)               # a dependency was archived under us: ask the files
+            return
+        except res.Busy as e:              # another worker or script took the units first:
+            sched.requeue(t)               # ready again, and that pool is full until we look again
+            res.apply(self.home, plan, sched)
+            sched.free[e.pool] = 0
             return
         except DagrunError as e:
             sched.retrying(t)
@@ -412,6 +426,7 @@ class Engine(Reconciler):
                 record_unfinished(self.home, g, t, c.attempt, outcome="interrupted", worker=self.worker,
                                   reason=f"could not publish owner.json: {e.strerror or e}",
                                   started=c.owner.get("since"), captures_from=cdir)
+                res.release_attempt(self.home, g, t, c.owner)
                 claims.release(self.home, g, t)
             except (OSError, DagrunError):
                 pass            # a claim without owner.json: the next engine breaks it after the grace
@@ -538,6 +553,7 @@ class Engine(Reconciler):
         fails, the claim stays with this engine's owner.json in it: once this engine has
         exited, the next one proves it dead, breaks the claim and re-runs the task."""
         try:
+            res.release_attempt(self.home, c.goal, c.task, c.owner)
             if claims.holds(self.home, c.goal, c.task, c.nonce) and marker_of(self.home, c.goal, c.task) is None:
                 record_unfinished(self.home, c.goal, c.task, c.attempt, outcome="interrupted", reason=reason,
                                   worker=self.worker, started=c.owner.get("since"),

@@ -24,6 +24,7 @@ from typing import Callable
 from . import claim as claims
 from . import executor
 from . import fsio
+from . import resources as res
 from . import states as S
 from . import workspace as wsp
 from .errors import DagrunError, Refused, os_error
@@ -52,6 +53,7 @@ class Claim:
     workspace: "wsp.Prepared | None" = None   # the task's git worktree (code workspaces)
     conflict: str | None = None   # its prerequisites' commits do not merge: why (the caller
     #                               ends the attempt with transitions.finish, outcome CONFLICT)
+    resources: dict | None = None   # the units it holds ({pool as shown: n}, resources.py)
 
     @property
     def nonce(self) -> str:
@@ -116,6 +118,24 @@ def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: i
     owner["run_id"] = run_id(home, g, t, attempt)
     owner.update(owner_extra or {})
     c = Claim(g, t, attempt, owner, time.time())
+
+    def give_up() -> None:          # units first, then the claim they live under
+        res.release_attempt(home, g, t, owner)
+        claims.release(home, g, t)
+
+    # resources: every unit the task needs, or none (Busy) -- taken under the claim, so a
+    # crash from here on leaves units whose claim's holder is dead: both are stale
+    try:
+        pools = res.pools_for(plan, plan.task(t), res.limits(home))
+        if pools:
+            owner["units"] = res.acquire(home, g, t, pools, owner, plan.lease)
+            c.resources = res.names_of(pools)
+    except res.Busy:
+        claims.release(home, g, t)
+        raise
+    except OSError as e:
+        claims.release(home, g, t)
+        raise os_error("take the resources of", tdir, e) from None
     try:
         # the code workspace: a git worktree with the prerequisites' commits merged in
         c.workspace = wsp.prepare(home, plan, t)
@@ -123,25 +143,25 @@ def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: i
         c.conflict = str(e)         # for good (claim held, no prompt rendered)
         return c
     except DagrunError:
-        claims.release(home, g, t)
+        give_up()
         raise
     except OSError as e:
-        claims.release(home, g, t)
+        give_up()
         raise os_error("prepare the workspace of", tdir, e) from None
     try:
         text = render_prompt(home, plan, plan.task(t), record, state_of, c.workspace)
         fsio.write_atomic(home.prompt_path(g, t), text.encode("utf-8", "surrogateescape"))
     except OSError as e:
-        claims.release(home, g, t)
+        give_up()
         raise os_error("prepare", tdir, e) from None
     except Stale:
-        claims.release(home, g, t)
+        give_up()
         raise
     if publish_owner:
         try:
             claims.update_owner(home, g, t, owner)
         except OSError as e:
-            claims.release(home, g, t)
+            give_up()
             raise os_error("publish", home.owner_path(g, t), e) from None
     return c
 
@@ -459,6 +479,7 @@ def break_if_stale(home: Home, plan: Plan, t: str, *, worker: str, lease: float 
                 handle = {"runner": executor.PLAN_RUNNERS.get(plan.task(t).runner, "process")}
             reap(handle if isinstance(handle, dict) else None, plan.task(t).kill_grace,
                  run_id=(owner or {}).get("run_id") or run_id(home, g, t, attempt))
+        res.release_attempt(home, g, t, owner)     # its units come back at once
         ended = marker_of(home, g, t)
         if ended is None:
             cdir = home.claim_dir(g, t)
@@ -467,10 +488,10 @@ def break_if_stale(home: Home, plan: Plan, t: str, *, worker: str, lease: float 
                               started=owner.get("since") if owner else None,
                               captures_from=None if os.path.islink(cdir) else cdir)
 
-    res = claims.break_claim(home, g, t, owner.get("nonce") if owner else None, lease=lease, settle=settle)
-    if res is None:
+    broke = claims.break_claim(home, g, t, owner.get("nonce") if owner else None, lease=lease, settle=settle)
+    if broke is None:
         return None
-    _owner, reason, gone = res
+    _owner, reason, gone = broke
     fsio.rmtree(gone)
     return reason, attempt, ended
 
@@ -490,6 +511,7 @@ def build_scheduler(home: Home, plan: Plan, now: float | None = None) -> tuple[S
     if plan.budget:
         from . import budget        # the pool as raised and the spend so far, from the files
         budget.apply(home, plan, sched)
+    res.apply(home, plan, sched)    # resources: what each task needs, what is free now
     return sched, facts
 
 
@@ -500,7 +522,8 @@ def scheduler_for(plan: Plan, initial: dict[str, str] | None = None) -> Schedule
     one place that hands plan fields to the scheduler."""
     return Scheduler(plan.tasks, initial, max_parallel=plan.max_parallel,
                      stop_on_failure=plan.on_failure == "stop", files=plan.files_of, budget=plan.budget,
-                     estimates={t.id: t.estimate_usd for t in plan.tasks if t.estimate_usd})
+                     estimates={t.id: t.estimate_usd for t in plan.tasks if t.estimate_usd},
+                     serial=plan.serial_of)
 
 
 def mark_cancelled(home: Home, g: str, t: str, *, by: str, reason: str) -> bool:

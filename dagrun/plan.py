@@ -41,6 +41,15 @@ def valid_id(s: object) -> bool:
     return isinstance(s, str) and ID_RE.fullmatch(s) is not None
 
 
+def agent_key(agent: str) -> str | None:
+    """The name an agent limit counts a task under: a preset's name without its @
+    (`@claude --model x` -> claude) or the program's file name (`/usr/bin/claude -p` -> claude);
+    None if that is no valid id."""
+    word = (agent or "").strip().split(None, 1)[0] if (agent or "").strip() else ""
+    word = word[1:] if word.startswith("@") else os.path.basename(word)
+    return word if valid_id(word) else None
+
+
 def check_id(kind: str, s: str) -> str:
     """For ids typed on the command line: the same rule as in plans, one clear line."""
     if not valid_id(s):
@@ -94,11 +103,15 @@ KNOBS: dict[str, F] = {  # allowed in "defaults" and on every task
     # -- cluster runners (dagrun/slurm.py): where an attempt runs and what it may use
     "runner": F("enum", "Where the agent runs: \"local\" (a process of the worker), \"slurm\" (one sbatch job per attempt), \"ray\" (one Ray task per attempt).",
                 choices=RUNNER_NAMES, default="local"),
-    "resources": F("options", "What the agent may use, passed to the cluster engine: cpus (--cpus-per-task), "
-                   "mem (--mem, e.g. \"2G\"), gpu (--gres=gpu:N).", fields={
+    "resources": F("resources", "What the agent uses. Counted against the capacities of the plan (top-level "
+                   "\"resources\"), the home and the tenant (`dagrun resources set`): any name -> a whole number of units "
+                   "(e.g. {\"repo\": 1, \"gpu\": 1}; see docs/resources.md). cpus, mem and gpu are also passed to cluster "
+                   "runners: cpus (--cpus-per-task), mem (--mem, e.g. \"2G\"; never counted), gpu (--gres=gpu:N).", fields={
                        "cpus": F("integer", "CPUs per attempt (--cpus-per-task).", lo=1, hi=4096),
                        "mem": F("mem", "Memory per attempt: megabytes, or a number with K, M, G or T (--mem)."),
                        "gpu": F("integer", "GPUs per attempt (--gres=gpu:N).", lo=0, hi=1024)}),
+    "mutex": F("id", "A resource of capacity 1 shared by every goal of the home (unless `dagrun resources set` gives "
+               "the name another capacity): tasks naming the same mutex never run at the same time."),
     "slurm": F("options", "Options of the slurm runner.", fields={
         "partition": F("string", "sbatch --partition."),
         "account": F("string", "sbatch --account."),
@@ -125,6 +138,8 @@ TASK_FIELDS: dict[str, F] = {
     "files": F("globs", "Repository paths (globs, ** for any depth) this task may edit: tasks whose globs overlap never run at the same time."),
     "hooks": F("hooks", "Commands / webhooks run when this task is done, failed, retrying, cancelled or blocked "
                "(see docs/integrations.md)."),
+    "serial": F("id", "Serial group: the tasks of a group run one at a time, in plan order (each waits until the "
+                "group's earlier tasks have ended, whatever their outcome)."),
     **KNOBS,
 }
 
@@ -147,8 +162,20 @@ TOP_FIELDS: dict[str, F] = {
     "budget": F("budget", "The goal's spending pool: {\"usd\": d, \"tokens\": n} (either or both). A ready task whose "
                 "estimate does not fit in what is left does not start (blocked: budget); a running task that "
                 "pushes the spend past it is stopped. `dagrun budget GOAL --add D` raises it."),
+    "resources": F("capacities", "Capacities of the goal: resource name -> units its tasks may hold at once "
+                   "(beside the home's and the tenant's, `dagrun resources set`); a task asking for more is an error.",
+                   lo=1),
+    "agent_limits": F("capacities", "At most this many tasks of the goal run each agent at once: agent name "
+                      "(\"claude\" for \"@claude ...\" or \"claude ...\") -> count; the same as a capacity of the "
+                      "resource agent.NAME.", lo=1),
+    "tenant": F("id", "The tenant the goal belongs to: `dagrun resources set --tenant T NAME N` limits what all "
+                "of a tenant's goals hold together."),
     "tasks": F("tasks", "The sub-goals."),
 }
+
+MAX_UNITS = 100_000                 # a capacity or a task's need of one resource
+AGENT_RES = "agent."                # the resource an agent limit is a capacity of: agent.<name>
+MEM = "mem"                         # a cluster runner's memory: passed on, never counted
 
 WORKSPACE_FIELDS: dict[str, F] = {
     "repo": F("string", "The git repository, relative to the plan's folder."),
@@ -193,6 +220,19 @@ class Task:
     resources: dict = field(default_factory=dict, hash=False)       # cpus, mem, gpu
     slurm: dict = field(default_factory=dict, hash=False)           # the slurm runner's options
     ray: dict = field(default_factory=dict, hash=False)             # the ray runner's options
+    mutex: str | None = None                  # a home-wide resource of capacity 1 (resources.py)
+    serial: str | None = None                 # serial group: one at a time, in plan order
+
+    def needs(self) -> dict[str, int]:
+        """Resource name -> units this task holds while it runs: its `resources` (but mem),
+        its mutex, and one unit of agent.<name> (counted only where a capacity exists)."""
+        out = {k: int(v) for k, v in self.resources.items() if k != MEM and isinstance(v, int) and v > 0}
+        if self.mutex:
+            out[self.mutex] = max(out.get(self.mutex, 0), 1)
+        key = agent_key(self.agent)
+        if key:
+            out.setdefault(AGENT_RES + key, 1)
+        return out
 
     def definition_digest(self) -> str:
         return self._digest
@@ -233,6 +273,9 @@ class Task:
             del d["hooks"]            # plans without hooks keep their plan.json bytes
         if d["budget_share"] == 0.4:   # absent when default: plan.json of older plans stays byte-identical
             del d["budget_share"]
+        for k in ("mutex", "serial"):
+            if d[k] is None:
+                del d[k]
         return d
 
 
@@ -249,6 +292,9 @@ class Plan:
     workspace: dict | None = None      # {"repo": absolute, "base", "author"?, "integrate"}
     hooks: dict | None = field(default=None, compare=False)   # event -> [hook], see HOOK_EVENTS
     budget: dict | None = None     # {"usd": float, "tokens": int}, either or both (budget.py)
+    capacities: dict | None = None     # plan "resources": name -> units (the goal's pool, resources.py)
+    agent_limits: dict | None = None   # agent name -> tasks running it at once (= capacity of agent.<name>)
+    tenant: str | None = None
     _index: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
@@ -267,6 +313,17 @@ class Plan:
 
     def ids(self) -> list[str]:
         return [t.id for t in self.tasks]
+
+    def goal_capacities(self) -> dict[str, int]:
+        """The plan's own capacities, agent limits as agent.<name>."""
+        out = dict(self.capacities or {})
+        out.update({AGENT_RES + k: v for k, v in (self.agent_limits or {}).items()})
+        return out
+
+    @cached_property
+    def serial_of(self) -> dict[str, str] | None:
+        """task -> its serial group; None when no task has one (the rule is off)."""
+        return {t.id: t.serial for t in self.tasks if t.serial} or None
 
     def dependents(self) -> dict[str, list[str]]:
         """task -> tasks that list it in deps or soft_deps."""
@@ -301,6 +358,9 @@ class Plan:
             d["workspace"] = self.workspace
         if self.hooks is not None:
             d["hooks"] = self.hooks
+        for k, v in (("resources", self.capacities), ("agent_limits", self.agent_limits), ("tenant", self.tenant)):
+            if v:
+                d[k] = v
         return d
 
     def canonical(self) -> bytes:
@@ -326,7 +386,8 @@ class Plan:
                    max_parallel=d.get("max_parallel"), on_failure=d.get("on_failure", "continue"),
                    lease=d.get("lease", DEFAULT_LEASE), description=d.get("description"),
                    workspace=d.get("workspace"), hooks=d.get("hooks"),
-                   budget=d.get("budget"))
+                   budget=d.get("budget"), capacities=d.get("resources"), agent_limits=d.get("agent_limits"),
+                   tenant=d.get("tenant"))
 
 
 # ------------------------------------------------------------------------------ loading
@@ -413,9 +474,11 @@ def parse_fragment(raw: bytes, *, shown: str, plan: Plan) -> Plan:
                    _successors(tasks, by_id))
     except CycleError as e:
         v.fail(("tasks", by_id[e.cycle[0]] - base), _fmt_cycle(e.cycle))
+    v.check_scheduling(tasks, plan.goal_capacities(), base)
     return Plan(goal=plan.goal, source=plan.source, plan_dir=plan.plan_dir, tasks=tuple(tasks),
                 max_parallel=plan.max_parallel, on_failure=plan.on_failure, lease=plan.lease,
-                description=plan.description, hooks=plan.hooks)
+                description=plan.description, hooks=plan.hooks, budget=plan.budget, workspace=plan.workspace,
+                capacities=plan.capacities, agent_limits=plan.agent_limits, tenant=plan.tenant)
 
 
 class _DupKey(Exception):
@@ -600,6 +663,32 @@ class _Validator:
         if k == "options":
             v = self.obj(path, v, f.fields, f"{path[-1]} options")
             return {kk: self.check(path + (kk,), f.fields[kk], vv) for kk, vv in v.items()}
+        if k == "resources":       # the cluster fields as before, any other name: units of a resource
+            if not isinstance(v, dict):
+                self.fail(path, f"expected an object of resource name -> units, like {{\"gpu\": 1}}, got {_type_name(v)}")
+            out = {}
+            for kk, vv in v.items():
+                if kk in f.fields:
+                    out[kk] = self.check(path + (kk,), f.fields[kk], vv)
+                    continue
+                if not valid_id(kk):
+                    self.fail(path + (kk,), f"invalid resource name {_show(kk)}: use 1-128 of A-Z a-z 0-9 . _ - , "
+                              f"starting with a letter or digit")
+                out[kk] = self.check(path + (kk,), F("integer", "", lo=0, hi=MAX_UNITS), vv)
+            return out
+        if k == "capacities":
+            if not isinstance(v, dict):
+                self.fail(path, f"expected an object of name -> count, like {{\"gpu\": 2}}, got {_type_name(v)}")
+            out = {}
+            for kk, vv in v.items():
+                name = kk[1:] if path[-1] == "agent_limits" and isinstance(kk, str) and kk.startswith("@") else kk
+                if not valid_id(name):
+                    self.fail(path + (kk,), f"invalid name {_show(kk)}: use 1-128 of A-Z a-z 0-9 . _ - , "
+                              f"starting with a letter or digit")
+                if name in out:
+                    self.fail(path + (kk,), f"{_show(name)} is given twice")
+                out[name] = self.check(path + (kk,), F("integer", "", lo=f.lo, hi=MAX_UNITS), vv)
+            return out
         if k == "strings":
             if not isinstance(v, list):
                 self.fail(path, f"expected an array of strings, got {_type_name(v)}")
@@ -643,7 +732,8 @@ class _Validator:
         if "runner" in top:
             dflt.setdefault("runner", self.check(("runner",), TOP_FIELDS["runner"], top["runner"]))
         opts = {}
-        for k in ("max_parallel", "on_failure", "lease", "description", "budget"):
+        for k in ("max_parallel", "on_failure", "lease", "description", "budget", "resources", "agent_limits",
+                  "tenant"):
             if k in top:
                 opts[k] = self.check((k,), TOP_FIELDS[k], top[k])
         if "$schema" in top:
@@ -677,10 +767,50 @@ class _Validator:
                        _successors(tasks, by_id))
         except CycleError as e:
             self.fail(("tasks", by_id[e.cycle[0]]), _fmt_cycle(e.cycle))
+        caps = {**(opts.get("resources") or {}), **{AGENT_RES + a: n for a, n in (opts.get("agent_limits") or {}).items()}}
+        self.check_scheduling(tasks, caps, 0)
         return Plan(goal=goal, source=self.source, plan_dir=plan_dir, tasks=tuple(tasks),
                     max_parallel=opts.get("max_parallel"), on_failure=opts.get("on_failure", "continue"),
                     lease=float(opts.get("lease", DEFAULT_LEASE)), description=opts.get("description"),
-                    workspace=workspace, hooks=hooks, budget=opts.get("budget"))
+                    workspace=workspace, hooks=hooks, budget=opts.get("budget"), capacities=opts.get("resources"),
+                    agent_limits=opts.get("agent_limits"), tenant=opts.get("tenant"))
+
+    def check_scheduling(self, tasks: list, caps: dict, base: int) -> None:
+        """No task asks for more of a resource than the plan's capacity of it (it could never
+        start), and no serial group runs against the dependencies: a task depending (directly
+        or not) on a later task of its own group would wait for it forever. tasks[base:] are
+        the ones being added (reported by their index among those)."""
+        for i, t in enumerate(tasks[base:]):
+            for name, n in t.needs().items():
+                cap = caps.get(name)
+                if cap is not None and n > cap:
+                    where = ("mutex",) if name == t.mutex and name not in t.resources else ("resources", name)
+                    what = f"the plan's agent limit of {name[len(AGENT_RES):]} is {cap}" if name.startswith(AGENT_RES) \
+                        else f"the plan's capacity of {_show(name)} is {cap}"
+                    self.fail(("tasks", i) + where, f"task {_show(t.id)} asks for {n} unit{'s' if n > 1 else ''} of "
+                              f"{_show(name)} but {what}: it could never start")
+        groups: dict[str, list[int]] = {}
+        for i, t in enumerate(tasks):
+            if t.serial:
+                groups.setdefault(t.serial, []).append(i)
+        if not any(len(m) > 1 for m in groups.values()):
+            return
+        by_id = {t.id: i for i, t in enumerate(tasks)}
+        preds = [[by_id[d] for d in (*t.deps, *t.soft_deps)] for t in tasks]
+        for members in groups.values():
+            for a, b in zip(members, members[1:]):
+                preds[b].append(a)
+        succs: list[list[int]] = [[] for _ in tasks]
+        for i, ps in enumerate(preds):
+            for p in ps:
+                succs[p].append(i)
+        try:
+            topo_order([t.id for t in tasks], preds, succs)
+        except CycleError as e:
+            t = tasks[by_id[e.cycle[0]]]
+            i = by_id[t.id]
+            self.fail(("tasks", max(0, i - base), "serial"), f"serial group {_show(t.serial)} runs in plan order, but "
+                      f"that order contradicts the dependencies: {_fmt_cycle(e.cycle)}")
 
     def workspace(self, v) -> dict:
         """The plan's workspace object (the git checks come later: workspace.check_plan)."""
@@ -775,7 +905,8 @@ class _Validator:
             workspace=use_ws, files=tuple(files),
             hooks=self.hooks(path + ("hooks",), rt["hooks"], HOOK_EVENTS[:-1]) if "hooks" in rt else None,
             runner=get("runner"), resources=dict(knobs.get("resources") or {}), slurm=dict(knobs.get("slurm") or {}),
-            ray=dict(knobs.get("ray") or {}))
+            ray=dict(knobs.get("ray") or {}), mutex=knobs.get("mutex"),
+            serial=self.check(path + ("serial",), TASK_FIELDS["serial"], rt["serial"]) if "serial" in rt else None)
 
     def hooks(self, path: tuple, v, events: tuple[str, ...]) -> dict | None:
         """{"on_done": [hook, ...], ...}; a hook is an argv array (never a shell), {"argv": [...],
@@ -1023,6 +1154,13 @@ def json_schema() -> dict:
         elif k == "options":
             s = {"type": "object", "additionalProperties": False,
                  "properties": {kk: prop(ff) for kk, ff in f.fields.items()}}
+        elif k == "resources":
+            s = {"type": "object", "propertyNames": {"$ref": "#/$defs/id"},
+                 "properties": {kk: prop(ff) for kk, ff in f.fields.items()},
+                 "additionalProperties": {"type": "integer", "minimum": 0, "maximum": MAX_UNITS}}
+        elif k == "capacities":
+            s = {"type": "object", "propertyNames": {"pattern": "^@?" + ID_RE.pattern + "$"},
+                 "additionalProperties": {"type": "integer", "minimum": f.lo or 0, "maximum": MAX_UNITS}}
         elif k == "strings":
             s = {"type": "array", "items": {"type": "string", "minLength": 1}}
         elif k == "json":

@@ -75,7 +75,8 @@ class Scheduler:
     def __init__(self, tasks: Sequence[TaskLike], initial: dict[str, str] | None = None, *,
                  max_parallel: int | None = None, stop_on_failure: bool = False,
                  files: Mapping[str, Sequence[str]] | None = None,
-                 budget: dict | None = None, estimates: dict[str, float] | None = None):
+                 budget: dict | None = None, estimates: dict[str, float] | None = None,
+                 serial: Mapping[str, str] | None = None):
         # Capacity rules: what may start, decided here and nowhere else (engine, claim and
         # the CLI only ask may_start()/take()). A new rule (a resource, a budget) is one more
         # condition in may_start().
@@ -93,6 +94,23 @@ class Scheduler:
         self.files = [tuple(files.get(tid, ())) for tid in self.ids] if files else None
         idx = self.index = {tid: i for i, tid in enumerate(self.ids)}
         n = len(self.ids)
+        # serial groups: a task starts only once every earlier task of its group (plan order)
+        # has ended; None: no task has a group, the rule is off
+        self.serial_before: list[tuple[int, ...]] | None = None
+        if serial:
+            members: dict[str, list[int]] = {}
+            self.serial_before = [()] * n
+            for i, tid in enumerate(self.ids):
+                grp = serial.get(tid)
+                if grp:
+                    self.serial_before[i] = tuple(members.setdefault(grp, []))
+                    members[grp].append(i)
+        # resources (resources.py): pool -> units a task holds while it runs, and the units free
+        # in each pool as the caller last read them from the files (set_resources); a ready
+        # task whose pools lack units stays ready. None: no task needs any, the rule is off
+        self.needs: list[dict[str, int]] | None = None
+        self.free: dict[str, int] = {}
+        self.holding: dict[int, dict[str, int]] = {}   # units of tasks take() gave out, until they end
         self.deps = [[idx[d] for d in t.deps] for t in tasks]
         self.soft = [[idx[d] for d in t.soft_deps] for t in tasks]
         self.hard_out: list[list[int]] = [[] for _ in range(n)]
@@ -200,15 +218,70 @@ class Scheduler:
         """A ready task exists and the goal's rules let one more start now."""
         if self.stopped or self.at_capacity():
             return False
-        if self.files is None:
+        if self.files is None and self.needs is None and self.serial_before is None:
             tid = self.peek()
             return tid is not None and self.fits_budget(tid)
-        # the files mutex: the best ready task whose files are free is the candidate, and it
-        # must fit the budget (in priority order: a cheaper task does not jump a held one)
-        busy = self._busy_files()
+        # the files mutex, serial groups, resources: the best ready task they let start is the
+        # candidate, and it must fit the budget (in priority order: a cheaper task does not
+        # jump a held one)
+        busy, taken = self._busy_files(), set()
         for k in sorted(self.heap):
-            if self.state[k[2]] == READY and self._files_free(k[2], busy):
+            if self.state[k[2]] == READY and self._may_run(k[2], busy, taken):
                 return self.fits_budget(self.ids[k[2]])
+        return False
+
+    def set_resources(self, needs: Mapping[str, Mapping[str, int]] | None, free: Mapping[str, int]) -> None:
+        """Pools each task needs (pool -> units; only pools with a capacity) and the units free
+        in each pool right now, read from the files by the caller (resources.apply)."""
+        if needs is not None:
+            self.needs = [dict(needs.get(tid) or {}) for tid in self.ids] if any(needs.values()) else None
+        self.free = dict(free)
+        self.holding.clear()          # the files count what runs now
+
+    def _give_back(self, i: int) -> None:
+        """A task take() gave units to has ended (or goes back to the queue): they are free
+        again in this view (the caller's next read of the files says the same)."""
+        for p, n in self.holding.pop(i, {}).items():
+            self.free[p] = self.free.get(p, 0) + n
+
+    def _fits(self, i: int) -> bool:
+        return self.needs is None or all(self.free.get(p, 0) >= n for p, n in self.needs[i].items())
+
+    def resource_held(self) -> dict[str, list[str]]:
+        """Ready tasks the resources keep from starting: task -> the pools short of units."""
+        if self.needs is None:
+            return {}
+        out, taken = {}, set()
+        for k in sorted(self.heap):
+            i = k[2]
+            if self.state[i] != READY or not self.needs[i]:
+                continue
+            short = [p for p, n in self.needs[i].items() if self.free.get(p, 0) < n or p in taken]
+            if short:                  # short of units, or they wait for a better-ranked task
+                out[self.ids[i]] = short
+                taken.update(self.needs[i])
+        return out
+
+    def serial_wait(self, tid: str) -> str | None:
+        """The earlier task of tid's serial group it waits for, or None."""
+        if self.serial_before is None:
+            return None
+        return next((self.ids[j] for j in self.serial_before[self._i(tid)] if self.state[j] not in TERMINAL), None)
+
+    def _may_run(self, i: int, busy: list, taken: set) -> bool:
+        """The files mutex, the serial group and the resources let ready task i start. taken:
+        pools a better-ranked ready task waits for -- a lower-ranked one does not take their
+        units (no starvation of a task that needs several), it may use other pools."""
+        if not self._files_free(i, busy):
+            return False
+        if self.serial_before is not None and any(self.state[j] not in TERMINAL for j in self.serial_before[i]):
+            return False
+        if self.needs is None:
+            return True
+        need = self.needs[i]
+        if self._fits(i) and not taken.intersection(need):
+            return True
+        taken.update(need)
         return False
 
     def set_budget(self, pool: dict | None, spent: dict) -> None:
@@ -239,7 +312,9 @@ class Scheduler:
         return self.ids[h[0][2]] if h else None
 
     def _busy_files(self) -> list[tuple[str, ...]]:
-        fs = self.files or []
+        fs = self.files
+        if fs is None:
+            return []
         return [fs[i] for i, s in enumerate(self.state) if s == RUNNING and fs[i]]
 
     def _files_free(self, i: int, busy: list[tuple[str, ...]]) -> bool:
@@ -256,7 +331,7 @@ class Scheduler:
         passes over stay ready."""
         if self.stopped or self.at_capacity():
             return None
-        if self.files is None:
+        if self.files is None and self.needs is None and self.serial_before is None:
             tid = self.peek()
             if tid is not None and not self.fits_budget(tid):
                 return None             # in priority order: a cheaper task does not jump the queue
@@ -264,15 +339,19 @@ class Scheduler:
                 heapq.heappop(self.heap)
                 self._set(self.index[tid], RUNNING)
             return tid
-        busy, held, tid = self._busy_files(), [], None
+        busy, held, tid, taken = self._busy_files(), [], None, set()
         while self.peek() is not None:
             k = heapq.heappop(self.heap)
             held.append(k)
-            if self._files_free(k[2], busy):
+            if self._may_run(k[2], busy, taken):
                 if self.fits_budget(self.ids[k[2]]):
                     held.pop()
                     tid = self.ids[k[2]]
                     self._set(k[2], RUNNING)
+                    if self.needs is not None and self.needs[k[2]]:   # spoken for until it ends
+                        self.holding[k[2]] = self.needs[k[2]]
+                        for p, n in self.needs[k[2]].items():
+                            self.free[p] = self.free.get(p, 0) - n
                 break                   # taken, or held at the budget: nothing behind it jumps
         for k in held:
             heapq.heappush(self.heap, k)
@@ -287,12 +366,14 @@ class Scheduler:
     def retrying(self, tid: str) -> None:
         """The attempt failed and another one will follow after a backoff."""
         i = self._i(tid)
+        self._give_back(i)
         if self.state[i] not in TERMINAL:
             self._set(i, RETRYING)
 
     def requeue(self, tid: str) -> list[tuple[str, str, str | None]]:
         """Back to ready (a released or broken claim, a finished backoff)."""
         i = self._i(tid)
+        self._give_back(i)
         if self.state[i] in TERMINAL or self.state[i] == READY:
             return []
         if self.rem_hard[i] == 0 and self.rem_soft[i] == 0:
@@ -310,6 +391,7 @@ class Scheduler:
         s = _BY_NAME.get(outcome)
         if s not in (DONE, FAILED, CANCELLED):
             raise ValueError(f"task {tid!r}: {outcome!r} is not a terminal outcome")
+        self._give_back(i)
         cur = self.state[i]
         if cur == s:
             return []

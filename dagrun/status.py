@@ -6,6 +6,7 @@ import os
 import time
 
 from . import budget, fsio
+from . import resources as res
 from . import states as S
 from .lifecycle import build_scheduler
 from .store import Home, loads, now_iso, parse_ts
@@ -33,12 +34,42 @@ def _goal_state(sched, n: int) -> str:
     return S.READY
 
 
+def _waiting(home: Home, plan, sched) -> dict[str, str]:
+    """Ready tasks that cannot start yet, and why: "waiting for resource gpu (held by g/t)",
+    "needs 3 units of gpu; its capacity is 2", "serial group s: a runs first"."""
+    out: dict[str, str] = {}
+    if sched.serial_before is not None:
+        for t in sched.ready_ids():
+            w = sched.serial_wait(t)
+            if w:
+                out[t] = f"serial group {plan.task(t).serial}: {w} runs first"
+    held = sched.resource_held()
+    if held:
+        pools = res.plan_pools(plan, res.limits(home))
+        for t, keys in held.items():
+            if t in out:
+                continue
+            why = []
+            for p, n in pools.get(t, {}).items():
+                if p.key not in keys:
+                    continue
+                if n > p.cap:
+                    why.append(f"needs {n} units of {res.describe(p.key)}; its capacity is {p.cap}")
+                else:
+                    by = res.holders(home, p.key)
+                    why.append(f"waiting for resource {res.describe(p.key)}" + (f" (held by {', '.join(by)})" if by else ""))
+            if why:
+                out[t] = "; ".join(why)
+    return out
+
+
 def goal_detail(home: Home, g: str) -> dict:
     plan = home.load_plan(g)
     facts = home.snapshot(g, plan, detail=True)
     sched, _ = build_scheduler(home, plan)
     now = time.time()
     held = set(sched.budget_held())
+    waits = _waiting(home, plan, sched)
     rows = []
     for t in plan.ids():
         f = facts[t]
@@ -69,6 +100,8 @@ def goal_detail(home: Home, g: str) -> dict:
         elif st == S.READY and t in held:       # the budget pool keeps it from starting
             row["state"], row["blocked_by"] = S.BLOCKED, "budget"
             row["reason"] = f"budget: spent {budget.fmt(sched.spent, sched.budget)} of {budget.fmt(sched.budget)}"
+        elif st == S.READY and t in waits:      # resources or its serial group keep it from starting
+            row["waiting_for"] = row["reason"] = waits[t]
         rows.append(row)
     summary = loads(fsio.read_bytes(home.summary_path(g)))
     run = goal_run(home, plan, sched, now)                # usage: every attempt's, failed ones too

@@ -21,6 +21,7 @@ from . import claim as claims
 from . import events as ev
 from . import fsio
 from . import hooks as hk
+from . import resources as res
 from . import states as S
 from . import workspace as wsp
 from .errors import DagrunError, os_error
@@ -123,8 +124,21 @@ def _changes(home: Home, g: str, sched_changes, worker: str, plan: Plan | None =
 
 # ---------------------------------------------------------------------------------- start
 def started(home: Home, c: Claim, *, worker: str, **fields) -> None:
-    """The claim is held and the agent runs (its owner.json is published): `running`."""
-    ev.status(home, c.goal, c.task, ev.RUNNING, attempt=c.attempt, worker=worker, **fields)
+    """The claim is held and the agent runs (its owner.json is published): `running`, with
+    the resource units it holds."""
+    ev.status(home, c.goal, c.task, ev.RUNNING, attempt=c.attempt, worker=worker, resources=c.resources, **fields)
+
+
+def release_resources(home: Home, c: Claim, *, worker: str, why: str) -> None:
+    """The attempt has ended (its process is gone): its resource units go back before its
+    commit, so the best ready task anywhere can have them at once. The event comes first:
+    in events.jsonl a unit's `released` line is always before the next holder's `running`."""
+    units = c.owner.get("units") if c.owner else None
+    if not units:
+        return
+    names = sorted({res.describe(res.key_of(home, u)) for u in units if isinstance(u, str)})
+    ev.emit(home, c.goal, ev.TASK_RESOURCES, task=c.task, attempt=c.attempt, released=names, why=why, worker=worker)
+    res.release(home, units, c.owner.get("run_id"))
 
 
 # ---------------------------------------------------------------------------------- finish
@@ -155,6 +169,7 @@ def finish(home: Home, plan: Plan, sched: Scheduler, c: Claim, *, ok: bool, work
     ended = time.time() if ended is None else ended
     forced = forced or {}
     extra = dict(extra or {})
+    release_resources(home, c, worker=worker, why=S.DONE if ok else (outcome or S.FAILED))
     if ok:
         why = capture_workspace(home, plan, c)
         if why is not None:
@@ -207,6 +222,7 @@ def interrupted(home: Home, sched: Scheduler | None, c: Claim, *, outcome: str, 
     claim is released. Unless it was cancelled the task is ready again (announced when
     `announce`)."""
     g, t = c.goal, c.task
+    release_resources(home, c, worker=worker, why=outcome)
     record_unfinished(home, g, t, c.attempt, outcome=outcome, reason=reason, worker=worker,
                       started=c.owner.get("since"), captures_from=home.claim_dir(g, t), extra=extra)
     claims.release(home, g, t)

@@ -68,6 +68,7 @@ def _root(
 
 
 from . import (cache_cmds, control_cmds, graph_cmds, metrics_cmds, obs_cmds, plan_cmds, protocol_cmds,  # noqa: E402,F401
+               resource_cmds,
                read_cmds, run_cmds, setup_cmds, ws_cmds)
 
 GLOBAL_VALUE_OPTS = ("--home", "--color")

@@ -164,6 +164,11 @@ def fmt_event(e: dict, ts: bool = True) -> str:
             extras.append(f"tokens={u.get('tokens_in', 0)}/{u.get('tokens_out', 0)}")
         if isinstance(u.get("cost_usd"), (int, float)):
             extras.append(f"cost=${u['cost_usd']:.4f}")
+    r = e.get("resources")
+    if isinstance(r, dict) and r:            # the units a running attempt holds
+        extras.append("resources=" + ",".join(f"{k.replace(' ', '')}:{v}" for k, v in r.items()))
+    if isinstance(e.get("released"), list):  # and gives back when it has ended
+        extras.append("released=" + ",".join(str(x).replace(" ", "") for x in e["released"]))
     if typ.endswith("goal.finished"):
         c = e.get("counts") or {}
         extras.append("counts=" + ",".join(f"{k}:{v}" for k, v in c.items()))

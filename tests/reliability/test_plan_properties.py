@@ -84,6 +84,12 @@ def knob_value(name: str):
         "options": st.dictionaries(st.sampled_from(list(f.fields or {}) + ["bogus"]) if f and f.fields else st.text(max_size=4),
                                    st.one_of(scalars, st.lists(scalars, max_size=3), st.sampled_from(["2G", "512", "1X"])),
                                    max_size=3),
+        # counted resources: the cluster fields, resource names (and bad ones), units or junk
+        "resources": st.dictionaries(st.sampled_from(list(f.fields or {}) + ["gpu", "repo", "a b", ""]) if f and f.fields
+                                     else st.text(max_size=4),
+                                     st.one_of(scalars, st.integers(-1, 3), st.sampled_from(["2G", "1X"])), max_size=3),
+        "capacities": st.dictionaries(st.sampled_from(["gpu", "repo", "@claude", "claude", "a b", ""]),
+                                      st.one_of(scalars, st.integers(-1, 3)), max_size=3),
     }[f.kind] if f else anything
     return st.one_of(good, anything) if f else anything
 
