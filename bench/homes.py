@@ -17,13 +17,16 @@ submit  PLANS plans of PLAN_TASKS tasks (a layered DAG): `dagrun submit` once pe
         `dagrun submit` of a 3-task plan (median of 20), and the same with
         DAGRUN_NO_FAST_PATH=1 (the typer path).
 
-Nothing here asserts: the machine may be shared and noisy; the numbers are for reading.
+Each time is "wall (CPU)": the median wall time and the user+system CPU seconds the command
+used, which a machine shared with other work inflates much less than wall time. Nothing here
+asserts: the numbers are for reading.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -43,14 +46,22 @@ def env_for(home: Path, **extra) -> dict:
     return e
 
 
-def timed(cmd: list[str], env: dict, reps: int, shell: bool = False) -> float:
-    xs = []
+def cpu() -> float:
+    """user + system CPU seconds of the finished child processes so far (what a command
+    costs, much less sensitive than wall time to a machine shared with other work)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def timed(cmd: list[str], env: dict, reps: int) -> str:
+    """'median wall s (median CPU s)' over reps runs."""
+    xs, cs = [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
-        subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
-                       shell=shell)
+        t0, c0 = time.perf_counter(), cpu()
+        subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
         xs.append(time.perf_counter() - t0)
-    return statistics.median(xs)
+        cs.append(cpu() - c0)
+    return f"{statistics.median(xs):.3f} ({statistics.median(cs):.3f} cpu)"
 
 
 def make_home(root: Path, goals: int, tasks: int) -> Path:
@@ -91,7 +102,7 @@ def bench_home(args) -> dict:
                           ("events_all", [DAGRUN, "events", "--all"]),
                           ("worker_until_idle", [DAGRUN, "worker", "--until-idle", "-j", "4"]),
                           ("gc_dry_run_keep0", [DAGRUN, "gc", "--dry-run", "--keep", "0"])]:
-            r[name + "_s"] = round(timed(cmd, env, args.reps), 3)
+            r[name + "_s"] = timed(cmd, env, args.reps)
         return r
 
 
@@ -115,26 +126,28 @@ def bench_submit(args) -> dict:
         small = root / "small.json"
         small.write_text(json.dumps(layered_plan("small", 3, width=1)))
         for label, extra in (("fast", {}), ("typer", {"DAGRUN_NO_FAST_PATH": "1"})):
-            xs = []
+            xs, cs = [], []
             for k in range(args.reps * 7):
                 home = root / f"h-small-{label}-{k}"
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), cpu()
                 subprocess.run([DAGRUN, "submit", str(small)], env=env_for(home, **extra), check=True,
                                stdout=subprocess.DEVNULL)
                 xs.append(time.perf_counter() - t0)
-            r[f"submit_small_{label}_median_s"] = round(statistics.median(xs), 4)
+                cs.append(cpu() - c0)
+            r[f"submit_small_{label}_median_s"] = f"{statistics.median(xs):.4f} ({statistics.median(cs):.4f} cpu)"
         loop = 'for f in "$@"; do "$DAGRUN" submit "$f" >/dev/null || exit 1; done'
         for label, extra in (("fast", {}), ("typer", {"DAGRUN_NO_FAST_PATH": "1"})):
             home = root / f"h-loop-{label}"
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), cpu()
             subprocess.run(["bash", "-c", loop, "loop", *paths], env=env_for(home, DAGRUN=DAGRUN, **extra),
                            check=True)
-            r[f"bash_loop_{label}_s"] = round(time.perf_counter() - t0, 2)
+            r[f"bash_loop_{label}_s"] = f"{time.perf_counter() - t0:.2f} ({cpu() - c0:.2f} cpu)"
         home = root / "h-multi"
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu()
         p = subprocess.run([DAGRUN, "submit", *paths], env=env_for(home), stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
-        r["one_multi_submit_s"] = round(time.perf_counter() - t0, 2) if p.returncode == 0 else "unsupported"
+        r["one_multi_submit_s"] = f"{time.perf_counter() - t0:.2f} ({cpu() - c0:.2f} cpu)" if p.returncode == 0 \
+            else "unsupported"
     return r
 
 
