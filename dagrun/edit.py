@@ -1,6 +1,8 @@
 """Plan editing: submit a plan (a new goal folder, whole or not at all), diff two plans,
 replace a goal's plan (archive what must re-run, publish the new plan last), add tasks to a
-goal that may be running (add_tasks)."""
+goal that may be running (add_tasks). transitions and claim (lifecycle, hooks) are imported
+by the functions that edit a goal: submitting a new goal -- `dagrun submit` on the fast path
+-- does not pay for them."""
 from __future__ import annotations
 
 import errno
@@ -11,14 +13,12 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from . import claim as claims
 from . import executor
 from . import events as ev
 from . import fsio
 from . import plan as planmod
 from . import resources as res
 from . import states as S
-from . import transitions as tr
 from . import workspace as wsp
 from .errors import DagrunError, PlanError, Refused, os_error
 from .plan import Plan, check_id
@@ -71,8 +71,11 @@ def check_capacities(home: Home, plan: Plan, path: str) -> None:
         raise PlanError(f"{path}: {bad[0]} in {home.root} (see: dagrun resources)")
 
 
-def submit(home: Home, path: str, *, replace: bool = False, dry_run: bool = False, by: str = "submit") -> SubmitResult:
-    plan = planmod.load(path, home.root)   # raises PlanError before anything is written (home: presets.json)
+def submit(home: Home, path: str, *, replace: bool = False, dry_run: bool = False, by: str = "submit",
+           plan: Plan | None = None) -> SubmitResult:
+    """`plan`: the plan at `path`, already loaded by the caller (planmod.load)."""
+    if plan is None:
+        plan = planmod.load(path, home.root)   # raises PlanError before anything is written (home: presets.json)
     check_capacities(home, plan, path)
     executor.require({t.runner for t in plan.tasks if t.runner != "local"}, options=executor.options_of([plan]))
     g = plan.goal
@@ -101,6 +104,45 @@ def submit(home: Home, path: str, *, replace: bool = False, dry_run: bool = Fals
                       f"`dagrun diff {path}` shows what would re-run, `--replace` applies it")
     _replace_goal(home, old, plan, d, by)
     return SubmitResult(g, "replaced", d)
+
+
+class BadPlans(DagrunError):
+    """submit_many: one or more plans were refused; `bad` has (path, error) for each."""
+
+    def __init__(self, bad: list[tuple[str, DagrunError]]):
+        super().__init__(f"{len(bad)} of the plans refused: " + "; ".join(f"{p}: {e}" for p, e in bad),
+                         max(int(e.exit_code) for _p, e in bad))
+        self.bad = bad
+
+
+def submit_many(home: Home, paths: list[str], *, replace: bool = False, dry_run: bool = False,
+                by: str = "submit", loaded: dict[str, Plan] | None = None) -> list[SubmitResult]:
+    """`dagrun submit a.json b.json ...`: all or nothing. Every plan is validated and checked
+    against the goal already there (a different plan without `replace`, two files for one
+    goal) before any is submitted; BadPlans names each bad one and nothing is written. Then
+    each is submitted in turn (each goal whole or not at all, as `submit`); a crash half-way
+    leaves the first ones submitted, and running the same command again finishes the job
+    (a plan already there is `unchanged`). `loaded`: path -> plan already loaded."""
+    loaded = dict(loaded or {})
+    bad: list[tuple[str, DagrunError]] = []
+    owner: dict[str, str] = {}
+    for p in paths:
+        try:
+            if p not in loaded:
+                loaded[p] = planmod.load(p, home.root)
+            g = loaded[p].goal
+            if g in owner:
+                raise PlanError(f"goal {g!r} is also the goal of {owner[g]}: one plan per goal")
+            owner[g] = p
+            r = submit(home, p, dry_run=True, plan=loaded[p])
+            if r.action == "would-replace" and not replace:
+                raise Refused(f"goal {g!r} already exists with a different plan; `dagrun diff {p}` shows what "
+                              f"would re-run, `--replace` applies it")
+        except DagrunError as e:
+            bad.append((p, e))
+    if bad:
+        raise BadPlans(bad)
+    return [submit(home, p, replace=replace, dry_run=dry_run, by=by, plan=loaded[p]) for p in paths]
 
 
 def _create_goal(home: Home, plan: Plan, by: str, pinned: dict | None = None) -> str:
@@ -166,6 +208,9 @@ def diff(home: Home, old: Plan, new: Plan) -> Diff:
 def _replace_goal(home: Home, old: Plan, new: Plan, d: Diff, by: str) -> None:
     """Archive the task folders that must re-run (claims of running ones go with them, so
     their holders see the claim vanish and stop), then publish the new plan."""
+    from . import claim as claims
+    from . import transitions as tr
+
     g = new.goal
     below = set(new.descendants(d.changed)) | set(d.changed)
     targets = below | set(d.removed)
@@ -190,6 +235,9 @@ def add_tasks(home: Home, g: str, fragment: bytes | dict, *, by: str, shown: str
     published by rename -- the old plan or the new one, nothing in between -- and an
     `agent.plan.replaced` event names who added what (engines rebuild the goal on it).
     Returns the added ids. Raises PlanError (exit 2) before anything is written."""
+    from . import claim as claims
+    from . import transitions as tr
+
     check_id("goal", g)
     raw = fragment if isinstance(fragment, (bytes, bytearray)) else orjson.dumps(fragment)
     planmod.parse_fragment(bytes(raw), shown=shown, plan=home.load_plan(g))  # refused: nothing created

@@ -95,6 +95,7 @@ class Engine(Reconciler):
         self.tick_every = max(0.05, tick_every)
         self._next_tick = 0.0
         self.goals: dict[str, GoalState] = {}
+        self.dormant: dict[str, int] = {}         # ended goals not loaded -> their events.jsonl size
         self.runs: dict[str, Run] = {}            # runner key -> Run
         self.by_task: dict[tuple[str, str], Run] = {}
         self.timers: list[tuple[float, int, str, str, int]] = []   # retry timers: (mono, seq, goal, task, announce)
@@ -194,8 +195,8 @@ class Engine(Reconciler):
                 dirty = {g for g, gs in self.goals.items()
                          if gs.reader.size_changed() or self.home.plan_stamp(g) != gs.stamp}
                 rescan = True
-        if rescan and not self.only:
-            self._discover()
+        if not self.only and (rescan or any(g in self.dormant for g in dirty)):
+            self._discover()                       # new goals, or a dormant goal changed: wake it up
         for g in dirty:
             gs = self.goals.get(g)
             if gs is not None:
@@ -211,6 +212,7 @@ class Engine(Reconciler):
         for gs in list(self.goals.values()):
             if now >= gs.next_rescan:
                 self._resync(gs)
+                self._maybe_sleep(gs)
         if now >= self._next_budget:
             self._next_budget = now + BUDGET_EVERY
             self._budget_tick()

@@ -28,6 +28,7 @@ from .errors import DagrunError
 from .lifecycle import build_scheduler
 from .scheduler import NAMES
 from .store import Home, parse_iso
+from .summary import ended
 from .usage import by_model
 
 DURATION_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -151,6 +152,10 @@ class Collector:
         for g in goals:
             if g in states:
                 counts[g] = states[g]
+                continue
+            s = ended(self.home, g)          # an ended goal: its summary.json, not its task files
+            if s is not None:
+                counts[g] = s["counts"]
                 continue
             try:
                 plan = self.home.load_plan(g)

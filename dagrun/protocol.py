@@ -1,9 +1,9 @@
-"""The bash protocol -- `claim`, `complete`, `fail`, `heartbeat` -- and its fast path.
+"""The bash protocol -- `claim`, `complete`, `fail`, `heartbeat` -- and `submit`, and their fast path.
 
 A lobster loop calls these commands once or twice per task, so their start-up time is part of
 every task's latency. typer builds its command tree through pydantic: ~100 ms of imports
 before any command runs, against ~60 ms for the whole protocol path. So `entry.main()` has these
-four commands parsed here, with a strict little parser, and hands everything else -- other
+commands (and `submit`, which a script calls once per goal) parsed here, with a strict little parser, and hands everything else -- other
 commands, --help, and any argument list it does not fully understand -- to the typer CLI,
 which stays the reference for parsing, help and error messages. Both paths call the same
 `cmd_*` functions below, which do the work and print the result.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from .errors import ExitCode, report
+from .errors import DagrunError, ExitCode, report
 from .store import Home, dumps
 
 
@@ -94,6 +94,65 @@ def cmd_heartbeat(home: Home, goal: str, task: str, *, worker: str | None, pid: 
     return 0
 
 
+def cmd_submit(home: Home, plans: list[str], *, replace: bool = False, dry_run: bool = False,
+               json: bool = False) -> int:
+    """`dagrun submit PLAN...` (also on the fast path: a script submitting goals in a loop
+    pays the start-up per goal). One plan: its goal id, or one error. Several: all or
+    nothing (edit.submit_many): one `dagrun: ...` line per bad file and nothing submitted,
+    else one goal id per line (--json: {"goals": [...]})."""
+    from .agentcheck import plan_warnings
+    from .edit import BadPlans, submit, submit_many
+    from .plan import load
+
+    loaded = {}
+    bad = []
+    for p in plans:
+        try:
+            loaded[p] = load(p, home.root)
+        except DagrunError as e:
+            if len(plans) == 1:
+                raise
+            bad.append((p, e))
+            continue
+        for w in plan_warnings(loaded[p], home.root):
+            _note(w)
+    try:
+        if bad:
+            raise BadPlans(bad)
+        if len(plans) == 1:
+            results = [submit(home, plans[0], replace=replace, dry_run=dry_run, plan=loaded[plans[0]])]
+        else:
+            results = submit_many(home, plans, replace=replace, dry_run=dry_run, loaded=loaded)
+    except BadPlans as e:
+        for p, err in e.bad:
+            _note(str(err) if p in str(err) else f"{p}: {err}")
+        _note(f"nothing submitted: {len(e.bad)} of {len(plans)} plans refused")
+        return int(e.exit_code)
+    if json:
+        rows = [{"goal": r.goal, "action": r.action, "diff": r.diff.to_dict() if r.diff else None} for r in results]
+        _write_json(rows[0] if len(plans) == 1 else {"goals": rows})
+        return 0
+    for r in results:
+        sys.stdout.write(r.goal + "\n")
+        sys.stdout.flush()
+        if r.diff is not None:
+            print_diff(r.diff, sys.stderr)
+        if r.action not in ("created", "unchanged"):
+            _note(f"{r.action} goal {r.goal}")
+    return 0
+
+
+def print_diff(d, out) -> None:
+    def line(label, items):
+        if items:
+            print(f"{label:<10} {' '.join(items)}", file=out)
+    line("changed", d.changed)
+    line("downstream", d.downstream)
+    line("added", d.added)
+    line("removed", d.removed)
+    print(f"{'kept':<10} {len(d.kept_done)} done task(s) keep their output", file=out)
+
+
 def _note(msg: str) -> None:
     print(f"dagrun: {msg}", file=sys.stderr)
 
@@ -112,6 +171,8 @@ SPEC = {
     "fail": (("goal", "task"), {**_WHO, "--reason": ("reason", "str"), "--exit-code": ("exit_code", "int"),
                                 "--force": ("force", "flag")}),
     "heartbeat": (("goal", "task"), dict(_WHO)),
+    "submit": (("plans...",), {"--home": ("home", "str"), "--replace": ("replace", "flag"),
+                               "--dry-run": ("dry_run", "flag"), "--json": ("json", "flag")}),
 }
 
 
@@ -166,13 +227,21 @@ def parse_fast(argv: list[str]) -> tuple[str | None, str, dict] | None:
             except ValueError:
                 return None
         args[key] = val
-    if len(pos) != len(names) or (args.get("json") and args.get("env")):
+    if names == ("plans...",):
+        if not pos:
+            return None
+        args["plans"] = pos
+    elif len(pos) != len(names) or (args.get("json") and args.get("env")):
         return None
-    args.update(zip(names, pos))
+    else:
+        args.update(zip(names, pos))
     return args.pop("home", home), cmd, args
 
 
 def run_parsed(home: Home, cmd: str, a: dict) -> int:
+    if cmd == "submit":
+        return cmd_submit(home, a["plans"], replace=bool(a.get("replace")), dry_run=bool(a.get("dry_run")),
+                          json=bool(a.get("json")))
     who = {"worker": a.get("worker"), "pid": a.get("pid")}
     if cmd == "claim":
         fmt = "json" if a.get("json") else "env" if a.get("env") else "id"

@@ -21,6 +21,7 @@ from .errors import DagrunError, FsError
 from .lifecycle import build_scheduler, latest_attempt, marker_of
 from .plan import Plan
 from .scheduler import Scheduler
+from .summary import ended
 
 FOREIGN_RETRY_GRACE = 1.0  # s: past another worker's retry_at before we requeue without its `ready`
 
@@ -43,8 +44,15 @@ class Reconciler:
 
     def _discover(self) -> None:
         names = [self.only] if self.only else self.home.goals()
+        if not self.only:
+            for g in set(self.dormant) - set(names):      # removed (dagrun gc)
+                del self.dormant[g]
+                if self.watcher is not None:
+                    self.watcher.unwatch_goal(g)
         for g in names:
             if g in self.goals:
+                continue
+            if not self.only and self._still_dormant(g):
                 continue
             try:
                 plan = self.home.load_plan(g)
@@ -61,6 +69,48 @@ class Reconciler:
             if self.watcher is not None:
                 self.watcher.watch_goal(g)
             self._resync(gs)
+
+    # -- dormant goals: a goal that ended (and settled) is not loaded, scheduled nor rescanned:
+    # a worker that served a thousand goals starts and idles as fast as a fresh one. It stays
+    # watched, and any change to its events.jsonl (a retry, a plan edit) wakes it up.
+    def _settled(self, g: str) -> bool:
+        """Ended with nothing left for an engine to do: summary.json valid (summary.ended),
+        its agent.goal.finished appended, no hook left due."""
+        s = ended(self.home, g)
+        if s is None:
+            return False
+        try:
+            with open(self.home.events_path(g), "rb") as f:
+                f.seek(s["events_size"])
+                if ev.GOAL_FINISHED.encode() not in f.read():
+                    return False            # its finisher died before announcing it
+            due = os.listdir(self.home.hooks_due_dir(g))
+        except FileNotFoundError:
+            due = []
+        except OSError:
+            return False
+        return not any(n != "last_failure.json" for n in due)
+
+    def _still_dormant(self, g: str) -> bool:
+        """True: g is (or now becomes) dormant. Re-checked only when its events.jsonl grew."""
+        size = _size(self.home.events_path(g))
+        if self.dormant.get(g) == size:
+            return True
+        if not self._settled(g):
+            self.dormant.pop(g, None)
+            return False
+        self.dormant[g] = size
+        if self.watcher is not None:
+            self.watcher.watch_goal(g)
+        return True
+
+    def _maybe_sleep(self, gs: GoalState) -> None:
+        """A goal that ended while we served it goes dormant (dropped from self.goals)."""
+        g = gs.plan.goal
+        if self.only or not gs.finished or gs.foreign or any(gg == g for (gg, _t) in self.by_task):
+            return
+        if self._still_dormant(g):
+            self.goals.pop(g, None)
 
     def _resync(self, gs: GoalState) -> None:
         """Rebuild the goal's scheduler from the files (start-up, plan change, periodic)."""

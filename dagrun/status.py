@@ -10,15 +10,32 @@ from . import resources as res
 from . import states as S
 from .lifecycle import build_scheduler
 from .store import Home, loads, now_iso, parse_ts
-from .summary import goal_run
+from .summary import ended, goal_run
 
 
 def goal_overview(home: Home, g: str) -> dict:
+    """State and counts of goal g. An ended goal is read from its summary.json (written once
+    when it ended; removed by whatever reopens it, and a task event appended after it makes
+    it void), so the goal table of a home with a thousand finished goals does not read every
+    task's files; other goals are computed from the files."""
+    row = ended_overview(home, g)
+    if row is not None:
+        return row
     plan = home.load_plan(g)
     sched, _ = build_scheduler(home, plan)
     counts = sched.counts()
     return {"goal": g, "state": _goal_state(sched, len(plan.tasks)), "tasks": len(plan.tasks), "counts": counts,
             "source": plan.source}
+
+
+def ended_overview(home: Home, g: str) -> dict | None:
+    """goal_overview from summary.json (summary.ended), or None when the goal has not ended."""
+    s = ended(home, g)
+    if s is None or "source" not in s:
+        return None
+    counts, n = s["counts"], s["tasks"]
+    state = S.DONE if counts.get(S.DONE, 0) == n else S.FAILED if counts.get(S.FAILED, 0) else S.CANCELLED
+    return {"goal": g, "state": state, "tasks": n, "counts": counts, "source": s["source"]}
 
 
 def _goal_state(sched, n: int) -> str:

@@ -244,7 +244,7 @@ def summarize(run: GoalRun, counts: dict[str, int], blocked: list[dict], failed_
         by_outcome[a.outcome] = by_outcome.get(a.outcome, 0) + 1
     return {
         "goal": plan.goal, "outcome": outcome, "finished": now_iso(run.now), "tasks": len(plan.tasks),
-        "counts": counts, "failed_roots": failed_roots, S.BLOCKED: blocked,
+        "source": plan.source, "counts": counts, "failed_roots": failed_roots, S.BLOCKED: blocked,
         "started": now_iso(w[0]) if w else None, "ended": now_iso(w[1]) if w else None,
         "makespan": run.makespan(), "agent_time": run.agent_time(), "parallelism": run.parallelism(),
         "critical_path": {"tasks": path, "duration": length},
@@ -263,3 +263,30 @@ def build_summary(home: Home, plan: Plan, sched: Scheduler, run: GoalRun | None 
     failed_roots = [t for t in plan.ids() if states[t] in (S.FAILED, S.CANCELLED)]
     blocked = [{"task": t, "blocked_by": sched.blocked_by(t)} for t in plan.ids() if states[t] == S.BLOCKED]
     return summarize(run or goal_run(home, plan, sched), sched.counts(), blocked, failed_roots)
+
+
+# events that change what a goal's tasks are: after one of these, summary.json no longer tells
+# the goal's state (e.g. a retry whose summary.json removal a crash cut off)
+_REOPENING = (ev.TASK_STATUS.encode(), ev.PLAN_REPLACED.encode())
+
+
+def ended(home: Home, g: str) -> dict | None:
+    """The summary.json of goal g if the goal has ended and nothing reopened it since: no
+    task or plan event was appended after the summary was taken ("events_size", the size of
+    events.jsonl then; only the tail past it is read). None otherwise -- the goal's state is
+    then to be computed from its task files. Cheap: two small reads, whatever the goal's size."""
+    s = loads_obj(fsio.read_bytes(home.summary_path(g)))
+    if s is None or not isinstance(s.get("counts"), dict) or not isinstance(s.get("tasks"), int):
+        return None
+    at = s.get("events_size")
+    if not isinstance(at, int) or at < 0:
+        return None                     # written by an older dagrun: cannot tell
+    try:
+        with open(home.events_path(g), "rb") as f:
+            f.seek(at)
+            tail = f.read()
+    except OSError:
+        return None
+    if any(k in tail for k in _REOPENING):
+        return None
+    return s

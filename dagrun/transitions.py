@@ -323,7 +323,13 @@ def end_goal_if_finished(home: Home, plan: Plan, sched: Scheduler, worker: str) 
         announce_if_lost(home, plan.goal, worker)   # its writer may have died before announcing it
         return None     # already written: the analysis reads every task's files
     from .summary import build_summary
+    try:        # taken first: summary.ended() reads only what was appended after it
+        at = os.stat(home.events_path(plan.goal)).st_size
+    except OSError:
+        at = None
     summary = build_summary(home, plan, sched)
+    if at is not None:
+        summary["events_size"] = at
     me = claims.new_owner(worker, 0, kind="finisher")
     summary["finisher"] = {k: me[k] for k in ("worker", "host", "boot_id", "pid", "pid_start", "nonce")}
     try:

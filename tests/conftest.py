@@ -215,18 +215,30 @@ def pytest_runtest_makereport(item, call):
         return
     reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
     allowed = skip_allowed(item.nodeid)
-    _SKIPS.append((item.nodeid, reason, allowed))
+    # noted on the report: under pytest-xdist it is built in a worker and the summary below is
+    # printed by the controller, which gets the report (user_properties included), not our list
+    rep.user_properties.append(("dagrun_skip", [reason, allowed]))
     if CI and not allowed:
         rep.outcome = "failed"
         rep.longrepr = (f"skipped under CI=true: {reason}\n.ci/run must install what this test needs; "
                         f"a skip that is right in CI goes into {ALLOWED_SKIPS_FILE.relative_to(REPO)} with its reason")
 
 
-def pytest_terminal_summary(terminalreporter):
+def pytest_runtest_logreport(report):
+    for key, value in getattr(report, "user_properties", ()):
+        if key == "dagrun_skip" and report.when in ("setup", "call"):
+            _SKIPS.append((report.nodeid, value[0], value[1]))
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if hasattr(config, "workerinput"):          # an xdist worker: the controller prints it
+        return
     tr = terminalreporter
     tr.section(f"skips: {len(_SKIPS)} ({sum(not a for _n, _r, a in _SKIPS)} not in tests/allowed-skips.txt)")
     for nodeid, reason, allowed in _SKIPS:
         tr.line(f"{'allowed    ' if allowed else 'NOT ALLOWED'} {nodeid}: {reason}")
+
+
 def need_slurm() -> None:
     """Skip (fail under CI=true) unless a Slurm cluster answers here: sbatch & co on PATH and
     `scontrol ping` UP (SLURM_CONF from the environment; .ci/run starts one with .ci/slurm-up.sh)."""

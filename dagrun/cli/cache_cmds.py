@@ -1,12 +1,10 @@
 """cache ls|rm|gc: the home's result cache (see dagrun/cache.py)."""
 from __future__ import annotations
 
-import re
-
 import typer
 
 from . import app
-from .common import CONTROL, JSON_OPT, examples, home_of, plain_table, print_json
+from .common import CONTROL, JSON_OPT, examples, home_of, parse_age, plain_table, print_json
 
 cache_app = typer.Typer(help="The result cache of tasks with `cache: true` (shared by the home's goals).",
                         no_args_is_help=True, epilog=examples(
@@ -15,14 +13,8 @@ cache_app = typer.Typer(help="The result cache of tasks with `cache: true` (shar
                             "dagrun cache gc --older-than 30d  # entries unused for 30 days"))
 app.add_typer(cache_app, name="cache", rich_help_panel=CONTROL)
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 def _seconds(text: str) -> float:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
-    if not m:
-        raise typer.BadParameter(f"{text!r}: use a number with s, m, h or d (e.g. 30d)")
-    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    return parse_age(text, "--older-than")
 
 
 @cache_app.command("ls", epilog=examples("dagrun cache ls", "dagrun cache ls --json | jq '.entries[].key'"))

@@ -233,6 +233,19 @@ RUN, INSPECT, CONTROL, PROTOCOL, PLAN_TOOLS, SETUP = (
 PANELS = (RUN, INSPECT, CONTROL, PLAN_TOOLS, PROTOCOL, SETUP)
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_age(text: str, option: str = "AGE") -> float:
+    """An age like 90s, 15m, 12h, 30d (a bare number: seconds) in seconds; typer.BadParameter
+    (exit 2, one line) otherwise."""
+    import re
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not m:
+        raise typer.BadParameter(f"{text!r}: use a number with s, m, h or d (e.g. 30d)", param_hint=option)
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
 def examples(*lines: str) -> str:
     """A help page's epilog: `Examples:` and the lines as written (\\b: click must not rewrap)."""
     return "\b\nExamples:\n" + "\n".join("  " + line for line in lines)

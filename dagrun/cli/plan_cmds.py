@@ -74,32 +74,23 @@ def schema(path: bool = typer.Option(False, "--path", help="Print the path of th
 
 @app.command(rich_help_panel=PLAN_TOOLS, epilog=examples(
         "dagrun submit dag.json            # then a worker (cron, systemd) runs it",
-        "dagrun submit --replace dag.json  # after an edit: changed tasks and those below re-run"))
+        "dagrun submit --replace dag.json  # after an edit: changed tasks and those below re-run",
+        "dagrun submit plans/*.json        # many at once: all are checked first, all or nothing"))
 def submit(ctx: typer.Context,
-           plan: str = PLAN_ARG,
+           plans: list[str] = typer.Argument(..., metavar="PLAN...", show_default=False,
+                                             help="Path(s) of dag.json files. Several: all or nothing -- if any is "
+                                                  "bad, each bad one is named and none is submitted."),
            replace: bool = typer.Option(False, "--replace", help="Replace the plan of an existing goal: "
                                         "changed tasks and all below them re-run, the rest keeps its results."),
            dry_run: bool = typer.Option(False, "--dry-run", help="Only show what --replace would re-run."),
            json: bool = JSON_OPT):
-    """Validate and register a goal; print its id. Idempotent for the same plan. Warns
+    """Validate and register goals; print their ids. Idempotent for the same plan. Warns
     (stderr) about agents whose command is not on PATH."""
-    from ..agentcheck import plan_warnings
-    from ..edit import submit as do_submit
-    from ..plan import load
+    from ..protocol import cmd_submit
 
-    home = home_of(ctx)
-    for w in plan_warnings(load(plan, home.root), home.root):
-        print(f"dagrun: {w}", file=sys.stderr)
-
-    r = do_submit(home, plan, replace=replace, dry_run=dry_run)
-    if json:
-        print_json({"goal": r.goal, "action": r.action, "diff": r.diff.to_dict() if r.diff else None})
-        return
-    print(r.goal)
-    if r.diff is not None:
-        _print_diff(r.diff, sys.stderr)
-    if r.action not in ("created", "unchanged"):
-        print(f"dagrun: {r.action} goal {r.goal}", file=sys.stderr)
+    rc = cmd_submit(home_of(ctx), plans, replace=replace, dry_run=dry_run, json=json)
+    if rc:
+        raise typer.Exit(rc)
 
 
 @app.command(rich_help_panel=PLAN_TOOLS, epilog=examples("dagrun diff dag.json"))
@@ -108,6 +99,7 @@ def diff(ctx: typer.Context,
          json: bool = JSON_OPT):
     """Show what `submit --replace PLAN` would re-run, keep, add and archive."""
     from ..edit import submit as do_submit
+    from ..protocol import print_diff
 
     r = do_submit(home_of(ctx), plan, dry_run=True)
     if json:
@@ -118,7 +110,7 @@ def diff(ctx: typer.Context,
     elif r.action == "unchanged":
         print(f"goal {r.goal}: the plan is unchanged")
     else:
-        _print_diff(r.diff, sys.stdout)
+        print_diff(r.diff, sys.stdout)
 
 
 @app.command(rich_help_panel=PLAN_TOOLS, epilog=examples(
@@ -151,17 +143,6 @@ def add(ctx: typer.Context,
         print_json({"goal": goal, "added": added})
     else:
         print(" ".join(added))
-
-
-def _print_diff(d, out) -> None:
-    def line(label, items):
-        if items:
-            print(f"{label:<10} {' '.join(items)}", file=out)
-    line("changed", d.changed)
-    line("downstream", d.downstream)
-    line("added", d.added)
-    line("removed", d.removed)
-    print(f"{'kept':<10} {len(d.kept_done)} done task(s) keep their output", file=out)
 
 
 @app.command("plan", rich_help_panel=PLAN_TOOLS, epilog=examples(

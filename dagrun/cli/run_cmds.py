@@ -8,7 +8,8 @@ import typer
 
 from ..errors import one_line
 from . import app
-from .common import POLL_OPT, RUN, RUNNER_OPT, WORKER_NAME, LogLine, complete_goal, examples, fmt_event, home_of, is_tty
+from .common import (POLL_OPT, RUN, RUNNER_OPT, WORKER_NAME, LogLine, complete_goal, examples, fmt_event, home_of,
+                     is_tty, parse_age)
 
 
 def _resolve(ctx, target: str, replace: bool) -> str:
@@ -154,7 +155,10 @@ def worker(ctx: typer.Context,
                                                help="How often --metrics rewrites the file."),
            verbose: bool = typer.Option(False, "-v", "--verbose", help="With --until-idle: log the start and "
                                         "exit lines even when there was nothing to do."),
-           no_cache: bool = typer.Option(False, "--no-cache", help="Run every agent: neither use nor fill the result cache.")):
+           no_cache: bool = typer.Option(False, "--no-cache", help="Run every agent: neither use nor fill the result cache."),
+           gc_older_than: str = typer.Option(None, "--gc-older-than", metavar="AGE",
+                                             help="Delete finished goals that ended more than AGE ago (e.g. 30d): "
+                                                  "at start, then hourly (`dagrun gc --older-than AGE`).")):
     """Serve every goal under the home: the daemon for systemd, or --until-idle for cron.
     Logs one line per event of its own to stderr."""
     from ..engine import Engine, default_worker_name
@@ -169,6 +173,10 @@ def worker(ctx: typer.Context,
         wm = WorkerMetrics(home, metrics_path, me)
 
     log = LogLine(quiet=until_idle and not verbose)
+    tick = wm
+    if gc_older_than is not None:
+        from ..goalgc import GcSchedule
+        tick = GcSchedule(home, parse_age(gc_older_than, "--gc-older-than"), log=log, then=wm)
 
     def on_event(e):
         if wm is not None:
@@ -176,7 +184,7 @@ def worker(ctx: typer.Context,
         if e.get("worker") == me or e.get("type", "").endswith("goal.finished"):
             log.event(e)
     eng = Engine(home, worker=me, jobs=jobs, until_idle=until_idle, poll=poll, log=log,
-                 on_event=on_event, rescan_every=rescan, lease=lease, tick=wm, tick_every=metrics_every,
+                 on_event=on_event, rescan_every=rescan, lease=lease, tick=tick, tick_every=metrics_every if wm is not None else 60.0,
                  use_cache=not no_cache, runner=runners)
     log.start(f"worker {me} serving {home.root} with -j {jobs}" + (" until idle" if until_idle else ""))
     rc = eng.run()
