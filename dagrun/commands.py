@@ -76,6 +76,8 @@ def claim_external(home: Home, g: str, *, worker: str | None, pid: int | None = 
         if f.state == S.RUNNING and tr.break_stale(home, plan, t, worker=worker) is not None:
             sched.requeue(t)
     tr.replay_hooks(home, g, worker)  # hooks left due by a process that died (no engine may be around)
+    if sched.awaiting():              # approval gates past their timeout (no engine may be around)
+        tr.expire_approvals(home, plan, sched, worker=worker)
     if sched.is_finished():
         tr.end_goal_if_finished(home, plan, sched, worker)
         return ExitCode.GOAL_FAILED, None
@@ -97,6 +99,13 @@ def claim_external(home: Home, g: str, *, worker: str | None, pid: int | None = 
             tr.finish(home, plan, sched, c, ok=False, worker=worker, outcome=CONFLICT, reason=c.conflict,
                       final=True)
             tr.end_goal_if_finished(home, plan, sched, worker)
+            continue
+        if c.skip is not None:         # its `when` is false: skipped, and on to the next one
+            tr.skip(home, plan, sched, c, worker=worker)
+            tr.end_goal_if_finished(home, plan, sched, worker)
+            continue
+        if plan.task(t).approval is not None:     # a gate waits on a person, not on this script
+            tr.await_approval(home, plan, sched, c, worker=worker)
             continue
         tr.started(home, c, worker=worker, pid=holder)
         task = plan.task(t)
@@ -208,6 +217,36 @@ def fail(home: Home, g: str, t: str, *, reason: str, worker: str | None, pid: in
                      extra=attempt_extra(home.claim_dir(g, t)))
     if done.outcome == S.FAILED:
         tr.end_goal_if_finished(home, plan, sched, by)
+    return done.record
+
+
+def _decider() -> str:
+    """Who decides a gate: user@host (recorded in the marker and the event)."""
+    import getpass
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{proc.HOST}"
+
+
+@_shared_edit_lock
+def decide(home: Home, g: str, t: str, *, approve: bool, text: str = "", by: str | None = None) -> dict:
+    """`dagrun approve GOAL TASK [--note]` / `dagrun reject GOAL TASK --reason`: an approval
+    gate that awaits a person becomes done (the note is its output) or failed (its dependents
+    are blocked). A gate past its timeout is rejected instead, and approving it is refused."""
+    plan = home.load_plan(g)
+    if not plan.has(t):
+        raise NotFound(f"goal {g!r} has no task {t!r}")
+    if plan.task(t).approval is None:
+        raise Refused(f"cannot {'approve' if approve else 'reject'} {g}/{t}: it is not an approval gate "
+                      "(no \"approval\" in the plan)")
+    by = by or _decider()
+    sched, _ = build_scheduler(home, plan)
+    if approve and t in tr.expire_approvals(home, plan, sched, worker=by)[0]:
+        raise Refused(f"cannot approve {g}/{t}: its approval timed out; it was rejected (dagrun retry {g} {t} asks again)")
+    done = tr.decide(home, plan, sched, t, approve=approve, by=by, text=text)
+    tr.end_goal_if_finished(home, plan, sched, by)
     return done.record
 
 

@@ -17,7 +17,8 @@ from typing import Any, Iterable
 
 import orjson
 
-from . import presets
+from . import conditions, presets
+from . import states as S
 from .errors import PlanError
 from .scheduler import CycleError, topo_order
 from .wsrules import check_glob
@@ -32,7 +33,8 @@ MEM_RE = re.compile(r"[0-9]{1,12}[KMGT]?")
 MAX_SECONDS = 30 * 24 * 3600          # a month: anything longer is a typo
 DEFAULT_CONTEXT_LIMIT = 64 * 1024      # bytes of each dependency's output put into a prompt
 DEFAULT_LEASE = 60.0
-HOOK_EVENTS = ("on_done", "on_failed", "on_retrying", "on_cancelled", "on_blocked", "on_goal_finished")
+HOOK_EVENTS = ("on_done", "on_failed", "on_retrying", "on_cancelled", "on_blocked", "on_skipped", "on_approval_needed",
+               "on_goal_finished")
 DEFAULT_HOOK_TIMEOUT = 30.0
 ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
@@ -125,6 +127,14 @@ TASK_FIELDS: dict[str, F] = {
     "files": F("globs", "Repository paths (globs, ** for any depth) this task may edit: tasks whose globs overlap never run at the same time."),
     "hooks": F("hooks", "Commands / webhooks run when this task is done, failed, retrying, cancelled or blocked "
                "(see docs/integrations.md)."),
+    "when": F("when", "Condition over the dependencies' outcomes and outputs, judged when they have ended; false: "
+              "the task is skipped (see docs/conditions.md). E.g. {\"output_of\": \"review\", \"contains\": \"NEEDS_FIX\"}."),
+    "trigger": F("enum", "When the task may run, from its deps' outcomes: all_success (all done), all_done (all ended), "
+                 "one_success, one_failed, none_failed (see docs/conditions.md).", choices=S.TRIGGERS,
+                 default="all_success"),
+    "approval": F("approval", "An approval gate: no agent runs; once its deps are done it waits (awaiting_approval) "
+                  "until `dagrun approve` (done, the note is its output) or `dagrun reject` (failed). "
+                  "{\"prompt\": \"...\", \"timeout\": \"2h\"} (timeout: rejected when nobody decided)."),
     **KNOBS,
 }
 
@@ -193,6 +203,9 @@ class Task:
     resources: dict = field(default_factory=dict, hash=False)       # cpus, mem, gpu
     slurm: dict = field(default_factory=dict, hash=False)           # the slurm runner's options
     ray: dict = field(default_factory=dict, hash=False)             # the ray runner's options
+    when: dict | None = field(default=None, compare=False, hash=False)       # conditions.py expression
+    trigger: str = "all_success"                                              # scheduler.verdict rule
+    approval: dict | None = field(default=None, compare=False, hash=False)   # {"prompt", "timeout"}: a gate
 
     def definition_digest(self) -> str:
         return self._digest
@@ -207,6 +220,8 @@ class Task:
             d.append(list(self.check))
         if not self.workspace:
             d.append("no-workspace")
+        if self.when is not None or self.trigger != "all_success" or self.approval is not None:
+            d.append([self.when, self.trigger, self.approval])     # absent: older digests hold
         return hashlib.sha256(orjson.dumps(d)).hexdigest()[:16]
 
     def to_dict(self) -> dict:
@@ -233,6 +248,9 @@ class Task:
             del d["hooks"]            # plans without hooks keep their plan.json bytes
         if d["budget_share"] == 0.4:   # absent when default: plan.json of older plans stays byte-identical
             del d["budget_share"]
+        for k, dflt in (("when", None), ("trigger", "all_success"), ("approval", None)):
+            if d[k] == dflt:
+                del d[k]
         return d
 
 
@@ -614,6 +632,20 @@ class _Validator:
             if isinstance(v, bool) or not isinstance(v, (int, str)) or not MEM_RE.fullmatch(str(v)):
                 self.fail(path, f"expected megabytes or a size like \"512M\" or \"2G\", got {_show(v)}")
             return v
+        if k == "approval":
+            v = self.obj(path, v, {"prompt": F("text", ""), "timeout": F("duration", "")}, "approval")
+            if "prompt" not in v:
+                self.fail(path, "approval needs \"prompt\": the question shown to the person who decides")
+            prompt = self.check(path + ("prompt",), F("string", ""), v["prompt"])
+            out = {"prompt": prompt, "timeout": None}
+            if v.get("timeout") is not None:
+                out["timeout"] = self.check(path + ("timeout",), F("duration", ""), v["timeout"])
+            return out
+        if k == "duration":
+            secs = parse_duration(v)
+            if secs is None:
+                self.fail(path, f"expected seconds or a duration like \"90s\", \"30m\", \"2h\", \"1d\", got {_show(v)}")
+            return secs
         if k == "enum":
             if v not in f.choices:
                 self.fail(path, f"must be one of {', '.join(json.dumps(c) for c in f.choices)}, got {_show(v)}")
@@ -760,6 +792,20 @@ class _Validator:
             if why:
                 self.fail(path + ("files", j), f"glob {_show(fg)} {why}")
 
+        trigger = self.check(path + ("trigger",), TASK_FIELDS["trigger"], rt["trigger"]) if "trigger" in rt \
+            else "all_success"
+        if trigger in ("one_success", "one_failed") and not deps:
+            self.fail(path + ("trigger",), f"trigger {_show(trigger)} needs at least one task in deps")
+        when = None
+        if "when" in rt:
+            try:
+                conditions.check(rt["when"], [*deps, *soft])
+            except conditions.ConditionError as e:
+                self.fail(path + ("when",) + e.path, str(e))
+            when = rt["when"]
+        approval = self.check(path + ("approval",), TASK_FIELDS["approval"], rt["approval"]) \
+            if rt.get("approval") is not None else None
+
         def get(k):
             return knobs.get(k, KNOBS[k].default)
 
@@ -775,7 +821,7 @@ class _Validator:
             workspace=use_ws, files=tuple(files),
             hooks=self.hooks(path + ("hooks",), rt["hooks"], HOOK_EVENTS[:-1]) if "hooks" in rt else None,
             runner=get("runner"), resources=dict(knobs.get("resources") or {}), slurm=dict(knobs.get("slurm") or {}),
-            ray=dict(knobs.get("ray") or {}))
+            ray=dict(knobs.get("ray") or {}), when=when, trigger=trigger, approval=approval)
 
     def hooks(self, path: tuple, v, events: tuple[str, ...]) -> dict | None:
         """{"on_done": [hook, ...], ...}; a hook is an argv array (never a shell), {"argv": [...],
@@ -1040,6 +1086,14 @@ def json_schema() -> dict:
                  "properties": {"name": {"type": "string", "minLength": 1}, "email": {"type": "string", "minLength": 1}}}
         elif k == "workspace":
             s = {"$ref": "#/$defs/workspace"}
+        elif k == "when":
+            s = {"$ref": "#/$defs/condition"}
+        elif k == "approval":
+            s = {"type": "object", "additionalProperties": False, "required": ["prompt"],
+                 "properties": {"prompt": {"type": "string", "minLength": 1},
+                                "timeout": {"anyOf": [{"type": "number", "exclusiveMinimum": 0},
+                                                      {"type": "string", "pattern": "^" + DURATION_RE.pattern + "$"},
+                                                      {"type": "null"}]}}}
         else:
             raise AssertionError(k)
         if f.nullable:
@@ -1074,6 +1128,7 @@ def json_schema() -> dict:
                                 "secret_env": {"type": "string"},
                                 "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
                                 "retries": {"type": "integer", "minimum": 0, "maximum": 20}}}]},
+            "condition": _condition_schema(),
             "knobs": {"type": "object", "additionalProperties": False,
                       "properties": {k: prop(f) for k, f in KNOBS.items()}},
             "workspace": {"type": "object", "additionalProperties": False, "required": ["repo"],
@@ -1085,6 +1140,49 @@ def json_schema() -> dict:
             },
         },
     }
+
+
+def _condition_schema() -> dict:
+    """The `when` language (conditions.py) as JSON Schema: one operator per object."""
+    ref = {"$ref": "#/$defs/condition"}
+    task = {"$ref": "#/$defs/id"}
+    outcomes = {"enum": list(conditions.OUTCOMES)}
+    return {"description": "A condition (docs/conditions.md): output_of, json_of, outcome_of, all, any, not.",
+            "oneOf": [
+                {"type": "object", "additionalProperties": False, "required": ["all"],
+                 "properties": {"all": {"type": "array", "minItems": 1, "items": ref}}},
+                {"type": "object", "additionalProperties": False, "required": ["any"],
+                 "properties": {"any": {"type": "array", "minItems": 1, "items": ref}}},
+                {"type": "object", "additionalProperties": False, "required": ["not"], "properties": {"not": ref}},
+                {"type": "object", "additionalProperties": False, "required": ["output_of"], "minProperties": 2,
+                 "maxProperties": 2, "properties": {"output_of": task, "contains": {"type": "string"},
+                                                    "equals": {"type": "string"}, "empty": {"type": "boolean"}}},
+                {"type": "object", "additionalProperties": False, "required": ["json_of"],
+                 "properties": {"json_of": task, "path": {"type": "string"}, "equals": {}, "in": {"type": "array"},
+                                "exists": {"type": "boolean"}, "gt": {"type": "number"}, "lt": {"type": "number"},
+                                "contains": {}}},
+                {"type": "object", "additionalProperties": False, "required": ["outcome_of"], "minProperties": 2,
+                 "maxProperties": 2, "properties": {"outcome_of": task, "is": outcomes,
+                                                    "in": {"type": "array", "minItems": 1, "items": outcomes}}},
+            ]}
+
+
+DURATION_RE = re.compile(r"[0-9]+(\.[0-9]+)?[smhd]?")
+
+
+def parse_duration(v) -> float | None:
+    """Seconds from a number or "90s" / "30m" / "2h" / "1d"; None when it is neither (or <= 0)."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        secs = float(v)
+    elif isinstance(v, str) and DURATION_RE.fullmatch(v.strip()):
+        v = v.strip()
+        mult = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(v[-1], 1)
+        secs = float(v.rstrip("smhd")) * mult
+    else:
+        return None
+    return secs if math.isfinite(secs) and 0 < secs <= MAX_SECONDS else None
 
 
 SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "schema", "dag.schema.json")
