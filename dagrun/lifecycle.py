@@ -210,13 +210,16 @@ def publish_awaiting(home: Home, g: str, t: str, body: dict) -> None:
         claims.release(home, g, t)
 
 
-def claim_gate(home: Home, plan: Plan, t: str, *, by: str, wait: float = 5.0) -> Claim:
+def claim_gate(home: Home, plan: Plan, t: str, *, by: str, wait: float | None = None) -> Claim:
     """Hold an awaiting approval gate for deciding it (approve / reject): its claim (mkdir,
     waiting up to `wait` s while another process holds it for a moment), with owner.json
     naming this process -- a decider killed half-way is proved dead and its claim broken."""
     g = plan.goal
-    deadline = time.monotonic() + wait
+    # long enough for a claim left half-born by a decider that died to be judged stale
+    deadline = time.monotonic() + (claims.HALF_BORN_GRACE + 1.0 if wait is None else wait)
     while not claims.acquire(home, g, t):
+        if break_if_stale(home, plan, t, worker=by) is not None:
+            continue                # a decider (or claimer) killed half-way: its claim is broken
         if time.monotonic() > deadline:
             raise Refused(f"cannot decide {g}/{t}: it is held by another process right now; try again")
         time.sleep(0.02)
