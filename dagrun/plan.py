@@ -818,7 +818,7 @@ class _Validator:
             workdir=workdir, context_limit=int(get("context_limit")), max_output=get("max_output"),
             priority=int(prio), description=desc, check=get("check"), check_timeout=float(get("check_timeout")),
             cache=bool(get("cache")), budget_share=float(get("budget_share")), estimate_seconds=(knobs.get("estimate") or {}).get("seconds"), estimate_usd=(knobs.get("estimate") or {}).get("usd"),
-            workspace=use_ws, files=tuple(files),
+            workspace=use_ws and approval is None, files=tuple(files),    # a gate runs no code: no worktree
             hooks=self.hooks(path + ("hooks",), rt["hooks"], HOOK_EVENTS[:-1]) if "hooks" in rt else None,
             runner=get("runner"), resources=dict(knobs.get("resources") or {}), slurm=dict(knobs.get("slurm") or {}),
             ray=dict(knobs.get("ray") or {}), when=when, trigger=trigger, approval=approval)

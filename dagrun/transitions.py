@@ -281,8 +281,7 @@ def await_approval(home: Home, plan: Plan, sched: Scheduler, c: Claim, *, worker
         _status(home, plan, g, t, ev.AWAITING, worker=worker, prompt=body["prompt"], timeout_at=body["timeout_at"])
         publish_awaiting(home, g, t, body)
     else:
-        from . import claim as _c
-        _c.release(home, g, t)
+        claims.release(home, g, t)
     sched.wait_approval(t)
     return body
 
