@@ -771,10 +771,14 @@ class _Validator:
         for k in KNOBS:
             if k in rt:
                 knobs[k] = self.check(path + (k,), KNOBS[k], rt[k])
+        approval = self.check(path + ("approval",), TASK_FIELDS["approval"], rt["approval"]) \
+            if rt.get("approval") is not None else None
         agent = knobs.get("agent")
-        if not agent:
+        if not agent and approval is None:       # a gate needs none: a person decides it
             self.fail(path, f"task {_show(tid)} has no agent: set \"agent\" on it or in \"defaults\"")
-        self.check_agent(path + ("agent",) if "agent" in rt else ("defaults", "agent"), agent)
+        agent = agent or ""
+        if agent:
+            self.check_agent(path + ("agent",) if "agent" in rt else ("defaults", "agent"), agent)
         workdir = knobs.get("workdir")
         workdir = os.path.normpath(os.path.join(plan_dir, workdir)) if workdir else plan_dir
         prio = self.check(path + ("priority",), TASK_FIELDS["priority"], rt["priority"]) if "priority" in rt else 0
@@ -803,8 +807,6 @@ class _Validator:
             except conditions.ConditionError as e:
                 self.fail(path + ("when",) + e.path, str(e))
             when = rt["when"]
-        approval = self.check(path + ("approval",), TASK_FIELDS["approval"], rt["approval"]) \
-            if rt.get("approval") is not None else None
 
         def get(k):
             return knobs.get(k, KNOBS[k].default)

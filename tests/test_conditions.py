@@ -279,3 +279,26 @@ def test_condition_and_trigger_are_in_the_schema_and_the_plan(tmp_path):
     assert b["approval"] == {"prompt": "ok?", "timeout": 7200.0}
     assert "trigger" not in stored["tasks"][0] and "when" not in stored["tasks"][0]
     shutil.rmtree(home)
+
+
+def test_graph_draws_gates_and_skipped_apart_and_replace_rejudges_a_changed_condition(tmp_path):
+    home = tmp_path / "home"
+    tasks = [{"id": "a", "prompt": "x", "agent": "echo no"},
+             {"id": "maybe", "deps": ["a"], "prompt": "x", "agent": "echo ran",
+              "when": {"output_of": "a", "contains": "yes"}},
+             {"id": "gate", "deps": ["a"], "prompt": "x", "trigger": "all_done", "approval": {"prompt": "ok?"}}]
+    p = write_plan(tmp_path / "p", tasks, goal="gr")
+    run("submit", p, home=home)
+    run("worker", "--until-idle", home=home)
+    mm = run("graph", "gr", home=home).stdout
+    assert 't2{{"gate<br/>all_done<br/>awaiting_approval"}}' in mm
+    assert "classDef skipped" in mm and "stroke-dasharray" in mm and 't1["maybe<br/>when ...<br/>skipped"]' in mm
+    dot = run("graph", "gr", "--format", "dot", home=home).stdout
+    assert "shape=hexagon" in dot and 'style="rounded,filled,dashed"' in dot
+    # a changed condition is a changed definition: the skipped task is judged again
+    tasks[1]["when"] = {"output_of": "a", "contains": "no"}
+    write_plan(tmp_path / "p", tasks, goal="gr")
+    run("submit", "--replace", p, home=home)
+    run("approve", "gr", "gate", home=home)
+    run("run", "gr", home=home)
+    assert (task_dir(home, "gr", "maybe") / "output").read_text() == "ran\n"
