@@ -32,7 +32,7 @@ from .plan import Plan, Task
 from .proc import HOST
 from .prompt import Upstream, failure_note, render
 from .scheduler import Scheduler
-from .store import COUNTED, MARKERS, Home, TaskFacts, as_int, dumps, loads, loads_obj, now_iso
+from .store import COUNTED, MARKERS, Home, TaskFacts, as_int, dumps, loads, loads_obj, now_iso, parse_ts
 from .usage import RAW_FILE
 
 BACKOFF_CAP = 600.0
@@ -237,13 +237,7 @@ def claim_gate(home: Home, plan: Plan, t: str, *, by: str, wait: float | None = 
     except OSError as e:
         claims.release(home, g, t)
         raise os_error("publish", home.owner_path(g, t), e) from None
-    c = Claim(g, t, attempt, owner, parse_iso_or_now(gate.get("since")))
-    return c
-
-
-def parse_iso_or_now(v) -> float:
-    from .store import parse_ts
-    return parse_ts(v) or time.time()
+    return Claim(g, t, attempt, owner, parse_ts(gate.get("since")) or time.time())
 
 
 def drop_awaiting(home: Home, g: str, t: str) -> None:

@@ -3,7 +3,6 @@ crash safety of a decision (docs/conditions.md)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 

@@ -302,3 +302,35 @@ def test_graph_draws_gates_and_skipped_apart_and_replace_rejudges_a_changed_cond
     run("approve", "gr", "gate", home=home)
     run("run", "gr", home=home)
     assert (task_dir(home, "gr", "maybe") / "output").read_text() == "ran\n"
+
+
+@pytest.mark.slow
+def test_crash_at_every_step_never_runs_a_skipped_task(tmp_path):
+    """SIGKILL `dagrun run` before each of its file-system steps, then resume: the task whose
+    condition is false is skipped exactly once and its agent never starts."""
+    ran = tmp_path / "RAN"
+    tasks = [{"id": "a", "prompt": "x", "agent": "echo no"},
+             {"id": "maybe", "deps": ["a"], "prompt": "x", "agent": f"touch {ran}; echo ran",
+              "when": {"output_of": "a", "contains": "yes"}},
+             {"id": "after", "deps": ["maybe"], "prompt": "x", "agent": f"touch {ran}"},
+             {"id": "soft", "soft_deps": ["maybe"], "prompt": "x", "agent": "echo soft"}]
+    p = write_plan(tmp_path / "p", tasks, goal="cr")
+    env = {"DAGRUN_CLAIM_GRACE": "0.2"}
+    k, crashed = 1, 0
+    while True:
+        home = tmp_path / f"h{k}"
+        r = run("run", p, home=home, check=False, env={**env, "DAGRUN_CRASH_AT": str(k)})
+        if r.returncode == 0:
+            break
+        crashed += 1
+        run("run", "cr", home=home, env=env)
+        assert not ran.exists(), k
+        assert (task_dir(home, "cr", "maybe") / "skipped").exists(), k
+        assert not (task_dir(home, "cr", "maybe") / "claim").exists(), k
+        st = _status(home, "cr")
+        assert st["after"]["state"] == "skipped" and st["soft"]["state"] == "done", k
+        skips = [e for e in events(home, "cr") if e.get("task") == "maybe" and e.get("status") == "skipped"]
+        assert len(skips) <= 1, k          # judged and committed once (the event may be lost with the crash)
+        shutil.rmtree(home)
+        k += 1
+    assert crashed >= 10 and not ran.exists()
