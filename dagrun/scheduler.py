@@ -349,7 +349,8 @@ class Scheduler:
             return []
         self._set(i, WAITING)
         changes: list = []
-        self._check(i, changes)
+        if self._check(i, changes):          # its rule says blocked/skipped now: so are those below
+            self._propagate(i, changes)
         return changes
 
     def wait_approval(self, tid: str) -> None:
