@@ -84,11 +84,22 @@ def claim_external(home: Home, g: str, *, worker: str | None, pid: int | None = 
     while True:
         t = sched.take()              # None too when max_parallel or on_failure=stop say wait
         if t is None:
+            if sched.is_finished():   # what was left got skipped just now: the goal has ended
+                tr.end_goal_if_finished(home, plan, sched, worker)
+                return ExitCode.GOAL_FAILED, None
             return ExitCode.NOTHING_READY, None
         try:
             with claims.edit_lock(home, g):
                 c = claim_task(home, plan, t, worker=worker, kind="external", pid=holder, state_of=sched.state_of,
                                owner_extra={"definition": plan.task(t).definition_digest()})
+                # no agent for a false `when` (skipped) or an approval gate (it waits on a
+                # person, not on this script): settled under the same lock, on to the next task
+                if c is not None and c.conflict is None and c.skip is not None:
+                    tr.skip(home, plan, sched, c, worker=worker)
+                    c = None
+                elif c is not None and c.conflict is None and plan.task(t).approval is not None:
+                    tr.await_approval(home, plan, sched, c, worker=worker)
+                    continue
         except Stale:                  # an input was archived since we looked: look again
             plan = home.load_plan(g)
             sched, facts = build_scheduler(home, plan)
@@ -99,13 +110,6 @@ def claim_external(home: Home, g: str, *, worker: str | None, pid: int | None = 
             tr.finish(home, plan, sched, c, ok=False, worker=worker, outcome=CONFLICT, reason=c.conflict,
                       final=True)
             tr.end_goal_if_finished(home, plan, sched, worker)
-            continue
-        if c.skip is not None:         # its `when` is false: skipped, and on to the next one
-            tr.skip(home, plan, sched, c, worker=worker)
-            tr.end_goal_if_finished(home, plan, sched, worker)
-            continue
-        if plan.task(t).approval is not None:     # a gate waits on a person, not on this script
-            tr.await_approval(home, plan, sched, c, worker=worker)
             continue
         tr.started(home, c, worker=worker, pid=holder)
         task = plan.task(t)
