@@ -399,25 +399,20 @@ class Scheduler:
     def _propagate(self, i: int, changes: list) -> None:
         """Task i ended: count it into its dependents' rules; what that ends, in turn."""
         stack = [i]
+        state, pend = self.state, self.pend
         while stack:
             j = stack.pop()
+            s = state[j]
+            tally = self.ndone if s == DONE else self.nskip if s == SKIPPED else self.nfail
             for d in self.hard_out[j]:
-                self.pend[d] -= 1
-                self._tally_ended(d, self.state[j])
-                if self._check(d, changes):
+                pend[d] -= 1
+                tally[d] += 1
+                if state[d] == WAITING and self._check(d, changes):
                     stack.append(d)
             for d in self.soft_out[j]:
                 self.rem_soft[d] -= 1
-                if self._check(d, changes):
+                if state[d] == WAITING and self._check(d, changes):
                     stack.append(d)
-
-    def _tally_ended(self, d: int, s: int) -> None:
-        if s == DONE:
-            self.ndone[d] += 1
-        elif s == SKIPPED:
-            self.nskip[d] += 1
-        else:
-            self.nfail[d] += 1
 
     def failed_roots(self) -> list[str]:
         return [self.ids[i] for i in range(len(self.ids)) if self.state[i] in (FAILED, CANCELLED)]
