@@ -84,6 +84,8 @@ def plan_warnings(plan, home: str | None = None) -> list[str]:
     out, seen = [], set()
     table = None
     for t in plan.tasks:
+        if not t.agent:               # an approval gate without one: nothing runs
+            continue
         key = (t.agent, t.workdir)
         if key in seen:
             continue

@@ -68,7 +68,8 @@ def key_for(home: Home, plan: Plan, task: Task) -> str | None:
                 return None
             inputs.append([dep, soft, "done", h])
         else:
-            state = next((m for m in ("cancelled", "failed") if os.path.exists(os.path.join(tdir, m))), "blocked")
+            state = next((m for m in ("skipped", "cancelled", "failed") if os.path.exists(os.path.join(tdir, m))),
+                         "blocked")
             inputs.append([dep, soft, state])
     doc = {"v": VERSION, "agent": task.agent, "check": list(task.check or ()), "context_limit": task.context_limit,
            "prompt": normalise(task.prompt), "inputs": inputs}

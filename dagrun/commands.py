@@ -77,17 +77,30 @@ def claim_external(home: Home, g: str, *, worker: str | None, pid: int | None = 
         if f.state == S.RUNNING and tr.break_stale(home, plan, t, worker=worker) is not None:
             sched.requeue(t)
     tr.replay_hooks(home, g, worker)  # hooks left due by a process that died (no engine may be around)
+    if sched.awaiting():              # approval gates past their timeout (no engine may be around)
+        tr.expire_approvals(home, plan, sched, worker=worker)
     if sched.is_finished():
         tr.end_goal_if_finished(home, plan, sched, worker)
         return ExitCode.GOAL_FAILED, None
     while True:
         t = sched.take()              # None too when max_parallel or on_failure=stop say wait
         if t is None:
+            if sched.is_finished():   # what was left got skipped just now: the goal has ended
+                tr.end_goal_if_finished(home, plan, sched, worker)
+                return ExitCode.GOAL_FAILED, None
             return ExitCode.NOTHING_READY, None
         try:
             with claims.edit_lock(home, g):
                 c = claim_task(home, plan, t, worker=worker, kind="external", pid=holder, state_of=sched.state_of,
                                owner_extra={"definition": plan.task(t).definition_digest()})
+                # no agent for a false `when` (skipped) or an approval gate (it waits on a
+                # person, not on this script): settled under the same lock, on to the next task
+                if c is not None and c.conflict is None and c.skip is not None:
+                    tr.skip(home, plan, sched, c, worker=worker)
+                    c = None
+                elif c is not None and c.conflict is None and plan.task(t).approval is not None:
+                    tr.await_approval(home, plan, sched, c, worker=worker)
+                    continue
         except Stale:                  # an input was archived since we looked: look again
             plan = home.load_plan(g)
             sched, facts = build_scheduler(home, plan)
@@ -215,6 +228,36 @@ def fail(home: Home, g: str, t: str, *, reason: str, worker: str | None, pid: in
                      extra=attempt_extra(home.claim_dir(g, t)))
     if done.outcome == S.FAILED:
         tr.end_goal_if_finished(home, plan, sched, by)
+    return done.record
+
+
+def _decider() -> str:
+    """Who decides a gate: user@host (recorded in the marker and the event)."""
+    import getpass
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{proc.HOST}"
+
+
+@_shared_edit_lock
+def decide(home: Home, g: str, t: str, *, approve: bool, text: str = "", by: str | None = None) -> dict:
+    """`dagrun approve GOAL TASK [--note]` / `dagrun reject GOAL TASK --reason`: an approval
+    gate that awaits a person becomes done (the note is its output) or failed (its dependents
+    are blocked). A gate past its timeout is rejected instead, and approving it is refused."""
+    plan = home.load_plan(g)
+    if not plan.has(t):
+        raise NotFound(f"goal {g!r} has no task {t!r}")
+    if plan.task(t).approval is None:
+        raise Refused(f"cannot {'approve' if approve else 'reject'} {g}/{t}: it is not an approval gate "
+                      "(no \"approval\" in the plan)")
+    by = by or _decider()
+    sched, _ = build_scheduler(home, plan)
+    if approve and t in tr.expire_approvals(home, plan, sched, worker=by)[0]:
+        raise Refused(f"cannot approve {g}/{t}: its approval timed out; it was rejected (dagrun retry {g} {t} asks again)")
+    done = tr.decide(home, plan, sched, t, approve=approve, by=by, text=text)
+    tr.end_goal_if_finished(home, plan, sched, by)
     return done.record
 
 

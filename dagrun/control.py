@@ -161,6 +161,7 @@ def _clear(home: Home, g: str, t: str) -> None:
             fsio.write_atomic(home.attempt_path(g, t, int(rec.get("attempt", n)), "json"), dumps(rec))
         fsio.remove(home.marker_path(g, t, S.FAILED))
         fsio.remove(home.marker_path(g, t, S.CANCELLED))
+        fsio.remove(os.path.join(home.task_dir(g, t), S.AWAITING_FILE))   # a rejected gate asks afresh
     except OSError as e:
         raise os_error("reset", home.task_dir(g, t), e) from None
 

@@ -33,7 +33,7 @@ class Step:
 
 def dry_run(home: Home, plan: Plan, *, jobs: int) -> list[Step]:
     """The order in which `dagrun run` would start plan's tasks with -j jobs, every one
-    succeeding. A goal already under the home is taken from its files (its plan must be this
+    succeeding (every `when` true, every approval gate approved). A goal already under the home is taken from its files (its plan must be this
     one: a different plan would need `--replace`, which a dry run does not do)."""
     g = plan.goal
     if home.has_goal(g):
@@ -56,7 +56,14 @@ def dry_run(home: Home, plan: Plan, *, jobs: int) -> list[Step]:
                             stdin_path=home.prompt_path(g, t), stdout_path=os.devnull, stderr_path=os.devnull,
                             run_id="", max_output=task.max_output)
             started.append((t, runner.start(launch)))
-            steps.append(Step(wave, g, t, task.agent, task.workdir))
+            # what a real run does instead of the agent, or first: an approval gate waits for a
+            # person (approved here), a `when` is judged on outputs a dry run does not have
+            what = task.agent
+            if task.approval is not None:
+                what = f"(approval gate, waits for: dagrun approve {g} {t})"
+            elif task.when is not None:
+                what = f"(if its `when` holds) {task.agent}"
+            steps.append(Step(wave, g, t, what, task.workdir))
         if not started:
             return steps
         for t, h in started:

@@ -38,7 +38,7 @@ from .lifecycle import Claim, Stale, claim_task, marker_of, record_unfinished
 from .plan import Plan, Task
 from .presets import shell_command
 from .reconcile import GoalState, Reconciler
-from .store import Home, as_int, loads
+from .store import Home, as_int, loads, parse_ts
 from .watcher import Doorbell, Watcher
 from .workspace import CONFLICT, GIT_REDIRECT
 
@@ -164,8 +164,9 @@ class Engine(Reconciler):
                 s = bud.spend(self.home, gs.plan)
                 self.log(f"goal {self.only}: held at its budget (spent {bud.fmt(s.total, s.pool)} of {bud.fmt(s.pool)}); "
                          f"raise it with: dagrun budget {self.only} --add N")
-            if gs is not None and gs.sched.counts().get(S.DONE, 0) != len(gs.plan.tasks):
-                return ExitCode.GOAL_FAILED
+            c = gs.sched.counts() if gs is not None else {}
+            if gs is not None and c.get(S.DONE, 0) + c.get(S.SKIPPED, 0) != len(gs.plan.tasks):
+                return ExitCode.GOAL_FAILED     # done or skipped (a false condition) is success
         return ExitCode.OK
 
     def _run_tick(self) -> None:
@@ -377,6 +378,9 @@ class Engine(Reconciler):
             self._finish(gs, c, ok=False, outcome=CONFLICT, reason=c.conflict, final=True)
             return
         task = plan.task(t)
+        if c.skip is not None or task.approval is not None:    # a false `when`; an approval gate
+            self._gate(gs, c)
+            return
         if task.cache and self.use_cache and self._serve_cached(gs, c, task):    # the result cache
             return
         cdir = self.home.claim_dir(g, t)
@@ -549,6 +553,33 @@ class Engine(Reconciler):
         self._finish(gs, c, ok=False, exit_code=ex.code, signal=ex.signal, reason=reason)
         return True
 
+    def _gate(self, gs: GoalState, c: Claim) -> None:
+        """No agent: a false condition skips the task; an approval gate waits on a person
+        (its timeout, if any, is one of our timers)."""
+        self._touched.add(c.goal)
+        if c.skip is not None:
+            ch = tr.skip(self.home, gs.plan, gs.sched, c, worker=self.worker)
+            if ch.rebuild:
+                self._resync(gs)
+            else:
+                self._check_ended(gs)
+            return
+        gate = tr.await_approval(self.home, gs.plan, gs.sched, c, worker=self.worker)
+        self._gate_timer(gs, c.task, gate)
+        self._check_ended(gs)
+
+    def _gate_timer(self, gs: GoalState, t: str, gate: dict | None) -> None:
+        at = parse_ts((gate or {}).get("timeout_at"))
+        if at is not None:
+            self._add_timer(time.monotonic() + max(0.0, at - time.time()) + 0.01, gs.plan.goal, t)
+
+    def _expire_gates(self, gs: GoalState) -> None:
+        """Approval gates past their timeout are rejected (by this worker)."""
+        gone, _next = tr.expire_approvals(self.home, gs.plan, gs.sched, worker=self.worker)
+        if gone:
+            self._touched.add(gs.plan.goal)
+            self._check_ended(gs)
+
     def _give_back(self, gs: GoalState, c: Claim, reason: str) -> None:
         """Committing failed (disk full ...): the attempt is recorded as interrupted (so its
         number is not reused), the claim goes back and the task runs again later. If even that
@@ -657,6 +688,8 @@ class Engine(Reconciler):
             if gs.sched.state_of(t) == S.RETRYING:
                 gs.sched.requeue(t)
                 requeued.add((g, t))
+            elif gs.sched.state_of(t) == S.AWAITING:      # an approval gate's timeout
+                self._expire_gates(gs)
             if announce and (g, t) in requeued:     # a rescan's silent twin may have fired first
                 tr.retry_due(self.home, g, t, attempt=announce, worker=self.worker)
                 self._touched.add(g)

@@ -34,7 +34,7 @@ ALL_TYPES = (PLAN_CREATED, PLAN_REPLACED, TASK_STATUS, TASK_BLOCKED, GOAL_FINISH
              TASK_BUDGET, GOAL_BUDGET, TASK_RESOURCES)
 
 # values of "status" in agent.task.status.updated
-from .states import CANCELLED, DONE, FAILED, READY, RETRYING, RUNNING  # noqa: E402,F401
+from .states import AWAITING, CANCELLED, DONE, FAILED, READY, RETRYING, RUNNING, SKIPPED  # noqa: E402,F401
 RESET = "reset"              # a retry took the marker away: the task is pending again
 
 MAX_LINE = 3800   # one write(2) well under a page; long text fields are cut to fit

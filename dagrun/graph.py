@@ -3,7 +3,9 @@
 Nodes get generated ids (t0, t1 ...) in Mermaid, with the task id as the label: task ids may
 contain `-` and `.` and may be Mermaid keywords (`end`), which would break a bare id. Dot
 quotes every id. With states (a submitted goal), nodes are coloured by state; edges of the
-run's critical path are drawn thick and red. Soft dependencies are dashed.
+run's critical path are drawn thick and red. Soft dependencies are dashed. Approval gates are
+hexagons; skipped tasks are drawn apart (grey, dashed outline); a task with a `when` or a
+trigger rule other than all_success says so under its id.
 """
 from __future__ import annotations
 
@@ -19,8 +21,21 @@ STATE_COLOURS = {
     "failed": ("#c62828", "#ffcdd2"),
     "blocked": ("#6a1b9a", "#e1bee7"),
     "cancelled": ("#424242", "#e0e0e0"),
+    "skipped": ("#9e9e9e", "#f5f5f5"),
+    "awaiting_approval": ("#ef6c00", "#ffe0b2"),
 }
 CRITICAL = "#d32f2f"
+DASHED = ("skipped",)          # drawn apart: never ran, by design rather than by failure
+
+
+def _notes(plan: Plan, t: str) -> list[str]:
+    task = plan.task(t)
+    out = []
+    if task.when is not None:
+        out.append("when ...")
+    if task.trigger != "all_success":
+        out.append(task.trigger)
+    return out
 
 
 def _edges(plan: Plan) -> list[tuple[str, str, bool]]:
@@ -41,8 +56,11 @@ def mermaid(plan: Plan, states: dict[str, str] | None = None, critical: list[str
     crit = _critical_edges(critical or [])
     lines = ["flowchart LR"]
     for t in plan.ids():
-        label = t if not states else f"{t}<br/>{states.get(t, 'waiting')}"
-        lines.append(f'    {ids[t]}["{label}"]')
+        label = "<br/>".join([t, *_notes(plan, t)] + ([states.get(t, "waiting")] if states else []))
+        if plan.task(t).approval is not None:
+            lines.append(f'    {ids[t]}{{{{"{label}"}}}}')      # a hexagon: a gate a person opens
+        else:
+            lines.append(f'    {ids[t]}["{label}"]')
     styled = []
     for k, (a, b, soft) in enumerate(_edges(plan)):
         lines.append(f"    {ids[a]} {'-.->' if soft else '-->'} {ids[b]}")
@@ -52,7 +70,8 @@ def mermaid(plan: Plan, states: dict[str, str] | None = None, critical: list[str
         for s, (stroke, fill) in STATE_COLOURS.items():
             members = [ids[t] for t in plan.ids() if states.get(t) == s]
             if members:
-                lines.append(f"    classDef {s} fill:{fill},stroke:{stroke},color:#000")
+                dash = ",stroke-dasharray:4 3" if s in DASHED else ""
+                lines.append(f"    classDef {s} fill:{fill},stroke:{stroke},color:#000{dash}")
                 lines.append(f"    class {','.join(members)} {s}")
     if styled:
         lines.append(f"    linkStyle {','.join(styled)} stroke:{CRITICAL},stroke-width:3px")
@@ -74,11 +93,17 @@ def dot(plan: Plan, states: dict[str, str] | None = None, critical: list[str] | 
              '  edge [color="#607d8b", arrowsize=0.7];']
     for t in plan.ids():
         attrs = []
+        notes = _notes(plan, t) + ([states.get(t, "waiting")] if states else [])
+        if notes:
+            attrs.append("label=" + _q(t)[:-1] + "".join("\\n" + _q(x)[1:-1] for x in notes) + '"')
+        if plan.task(t).approval is not None:
+            attrs.append("shape=hexagon")
         if states:
             s = states.get(t, "waiting")
             stroke, fill = STATE_COLOURS.get(s, STATE_COLOURS["waiting"])
-            label = _q(t)[:-1] + "\\n" + s + '"'           # \n: Graphviz's centred line break
-            attrs += [f"label={label}", f'fillcolor="{fill}"', f'color="{stroke}"']
+            attrs += [f'fillcolor="{fill}"', f'color="{stroke}"']
+            if s in DASHED:
+                attrs.append('style="rounded,filled,dashed"')
         if t in on_path:
             attrs.append("penwidth=2.5")
         lines.append(f"  {_q(t)}" + (f" [{', '.join(attrs)}]" if attrs else "") + ";")

@@ -51,8 +51,10 @@ def event_name(e: dict) -> str | None:
     typ = e.get("type")
     if typ == ev.TASK_STATUS:
         st = e.get("status")
-        if st in (ev.DONE, ev.FAILED, ev.RETRYING, ev.CANCELLED):
+        if st in (ev.DONE, ev.FAILED, ev.RETRYING, ev.CANCELLED, ev.SKIPPED):
             return "on_" + st
+        if st == ev.AWAITING:
+            return "on_approval_needed"
         return None
     if typ == ev.TASK_BLOCKED:
         return "on_blocked" if e.get("blocked_by") else None     # not a stall warning

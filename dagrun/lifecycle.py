@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import claim as claims
+from . import conditions
 from . import executor
 from . import fsio
 from . import resources as res
@@ -32,7 +33,7 @@ from .plan import Plan, Task
 from .proc import HOST
 from .prompt import Upstream, failure_note, render
 from .scheduler import Scheduler
-from .store import COUNTED, MARKERS, Home, TaskFacts, as_int, dumps, loads, now_iso
+from .store import COUNTED, MARKERS, Home, TaskFacts, as_int, dumps, loads, loads_obj, now_iso, parse_ts
 from .usage import RAW_FILE
 
 BACKOFF_CAP = 600.0
@@ -54,6 +55,7 @@ class Claim:
     conflict: str | None = None   # its prerequisites' commits do not merge: why (the caller
     #                               ends the attempt with transitions.finish, outcome CONFLICT)
     resources: dict | None = None   # the units it holds ({pool as shown: n}, resources.py)
+    skip: str | None = None       # its `when` is false: why (the caller ends it: transitions.skip)
 
     @property
     def nonce(self) -> str:
@@ -109,6 +111,15 @@ def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: i
     for n in names:
         if n.startswith(".claim."):
             fsio.rmtree(os.path.join(tdir, n))   # a breaker or releaser died half-way
+    task = plan.task(t)
+    if task.when is not None and S.AWAITING_FILE not in names:
+        # its condition, over the dependencies' outcomes and outputs (all ended: the scheduler
+        # made it ready); false: the claim comes back held with `skip` set, nothing rendered
+        ok, why = conditions.evaluate(task.when, condition_facts(home, plan, state_of))
+        if not ok:
+            c = Claim(g, t, 0, claims.new_owner(worker, 0, kind=kind, pid=pid), time.time())
+            c.skip = f"condition false: {why}"
+            return c
     attempt, record = latest_attempt(home, g, t) if "attempts" in names else (0, None)
     if record and not record.get("final") and float(record.get("retry_at") or 0.0) > time.time() + 0.05:
         claims.release(home, g, t)     # its retry backoff has not ended (a peer's scheduler was stale)
@@ -164,6 +175,97 @@ def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: i
             give_up()
             raise os_error("publish", home.owner_path(g, t), e) from None
     return c
+
+
+CONDITION_READ_LIMIT = 4 << 20      # bytes of an output a condition looks at
+
+
+def condition_facts(home: Home, plan: Plan, state_of: Callable[[str], str] | None) -> conditions.Facts:
+    """What a `when` sees: each dependency's outcome (the scheduler's view, else its marker)
+    and its output (no symlink followed; the first CONDITION_READ_LIMIT bytes)."""
+    g = plan.goal
+
+    def outcome(dep: str) -> str:
+        return (state_of(dep) if state_of else None) or marker_of(home, g, dep) or S.BLOCKED
+
+    def output(dep: str) -> bytes | None:
+        if marker_of(home, g, dep) != S.DONE:
+            return None
+        return home.read_task_file(home.output_path(g, dep), CONDITION_READ_LIMIT)
+
+    return conditions.Facts(outcome, output)
+
+
+def commit_skipped(home: Home, plan: Plan, c: Claim, *, worker: str) -> dict:
+    """A false condition: publish the `skipped` marker (the commit point), drop the claim."""
+    g, t = c.goal, c.task
+    body = {"reason": c.skip, "worker": worker, "ts": now_iso(), "when": plan.task(t).when}
+    try:
+        home.write_marker(g, t, S.SKIPPED, body)
+    finally:
+        claims.release(home, g, t)
+    return body
+
+
+def awaiting_of(home: Home, g: str, t: str) -> dict | None:
+    """The approval gate's `awaiting` file (prompt, since, timeout_at), or None."""
+    return loads_obj(fsio.read_bytes(os.path.join(home.task_dir(g, t), S.AWAITING_FILE), follow=False))
+
+
+def gate_body(plan: Plan, t: str, worker: str, now: float | None = None) -> dict:
+    a = plan.task(t).approval or {}
+    now = time.time() if now is None else now
+    timeout = a.get("timeout")
+    return {"prompt": a.get("prompt"), "since": now_iso(now), "worker": worker, "timeout": timeout,
+            "timeout_at": now_iso(now + timeout) if timeout else None}
+
+
+def publish_awaiting(home: Home, g: str, t: str, body: dict) -> None:
+    """The gate waits on a person: publish `awaiting` (by rename), then drop the claim."""
+    try:
+        fsio.write_atomic(os.path.join(home.task_dir(g, t), S.AWAITING_FILE), dumps(body))
+    except OSError as e:
+        raise os_error("publish", os.path.join(home.task_dir(g, t), S.AWAITING_FILE), e) from None
+    finally:
+        claims.release(home, g, t)
+
+
+def claim_gate(home: Home, plan: Plan, t: str, *, by: str, wait: float | None = None) -> Claim:
+    """Hold an awaiting approval gate for deciding it (approve / reject): its claim (mkdir,
+    waiting up to `wait` s while another process holds it for a moment), with owner.json
+    naming this process -- a decider killed half-way is proved dead and its claim broken."""
+    g = plan.goal
+    # long enough for a claim left half-born by a decider that died to be judged stale
+    deadline = time.monotonic() + (claims.HALF_BORN_GRACE + 1.0 if wait is None else wait)
+    while not claims.acquire(home, g, t):
+        if break_if_stale(home, plan, t, worker=by) is not None:
+            continue                # a decider (or claimer) killed half-way: its claim is broken
+        if time.monotonic() > deadline:
+            raise Refused(f"cannot decide {g}/{t}: it is held by another process right now; try again")
+        time.sleep(0.02)
+    m = marker_of(home, g, t)
+    gate = awaiting_of(home, g, t)
+    if m is not None or gate is None:
+        claims.release(home, g, t)
+        raise Refused(f"cannot decide {g}/{t}: it is already {m}" if m else
+                      f"cannot decide {g}/{t}: it is not awaiting approval (its dependencies have not all ended)")
+    attempt = latest_attempt(home, g, t)[0] + 1
+    owner = claims.new_owner(by, attempt, kind="approval")
+    owner["run_id"] = run_id(home, g, t, attempt)
+    try:
+        claims.update_owner(home, g, t, owner)
+    except OSError as e:
+        claims.release(home, g, t)
+        raise os_error("publish", home.owner_path(g, t), e) from None
+    return Claim(g, t, attempt, owner, parse_ts(gate.get("since")) or time.time())
+
+
+def drop_awaiting(home: Home, g: str, t: str) -> None:
+    """After the decision's marker: the gate's file goes (a later retry asks again, afresh)."""
+    try:
+        fsio.remove(os.path.join(home.task_dir(g, t), S.AWAITING_FILE))
+    except OSError:
+        pass            # the marker wins over it anyway
 
 
 def run_id(home: Home, g: str, t: str, attempt: int) -> str:

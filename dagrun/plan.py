@@ -17,7 +17,8 @@ from typing import Any, Iterable
 
 import orjson
 
-from . import presets
+from . import conditions, presets
+from . import states as S
 from .errors import PlanError
 from .scheduler import CycleError, topo_order
 from .wsrules import check_glob
@@ -32,7 +33,8 @@ MEM_RE = re.compile(r"[0-9]{1,12}[KMGT]?")
 MAX_SECONDS = 30 * 24 * 3600          # a month: anything longer is a typo
 DEFAULT_CONTEXT_LIMIT = 64 * 1024      # bytes of each dependency's output put into a prompt
 DEFAULT_LEASE = 60.0
-HOOK_EVENTS = ("on_done", "on_failed", "on_retrying", "on_cancelled", "on_blocked", "on_goal_finished")
+HOOK_EVENTS = ("on_done", "on_failed", "on_retrying", "on_cancelled", "on_blocked", "on_skipped", "on_approval_needed",
+               "on_goal_finished")
 DEFAULT_HOOK_TIMEOUT = 30.0
 ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
@@ -140,6 +142,14 @@ TASK_FIELDS: dict[str, F] = {
                "(see docs/integrations.md)."),
     "serial": F("id", "Serial group: the tasks of a group run one at a time, in plan order (each waits until the "
                 "group's earlier tasks have ended, whatever their outcome)."),
+    "when": F("when", "Condition over the dependencies' outcomes and outputs, judged when they have ended; false: "
+              "the task is skipped (see docs/conditions.md). E.g. {\"output_of\": \"review\", \"contains\": \"NEEDS_FIX\"}."),
+    "trigger": F("enum", "When the task may run, from its deps' outcomes: all_success (all done), all_done (all ended), "
+                 "one_success, one_failed, none_failed (see docs/conditions.md).", choices=S.TRIGGERS,
+                 default="all_success"),
+    "approval": F("approval", "An approval gate: no agent runs; once its deps are done it waits (awaiting_approval) "
+                  "until `dagrun approve` (done, the note is its output) or `dagrun reject` (failed). "
+                  "{\"prompt\": \"...\", \"timeout\": \"2h\"} (timeout: rejected when nobody decided)."),
     **KNOBS,
 }
 
@@ -222,6 +232,9 @@ class Task:
     ray: dict = field(default_factory=dict, hash=False)             # the ray runner's options
     mutex: str | None = None                  # a home-wide resource of capacity 1 (resources.py)
     serial: str | None = None                 # serial group: one at a time, in plan order
+    when: dict | None = field(default=None, compare=False, hash=False)       # conditions.py expression
+    trigger: str = "all_success"                                              # scheduler.verdict rule
+    approval: dict | None = field(default=None, compare=False, hash=False)   # {"prompt", "timeout"}: a gate
 
     def needs(self) -> dict[str, int]:
         """Resource name -> units this task holds while it runs: its `resources` (but mem),
@@ -247,6 +260,8 @@ class Task:
             d.append(list(self.check))
         if not self.workspace:
             d.append("no-workspace")
+        if self.when is not None or self.trigger != "all_success" or self.approval is not None:
+            d.append([self.when, self.trigger, self.approval])     # absent: older digests hold
         return hashlib.sha256(orjson.dumps(d)).hexdigest()[:16]
 
     def to_dict(self) -> dict:
@@ -273,8 +288,9 @@ class Task:
             del d["hooks"]            # plans without hooks keep their plan.json bytes
         if d["budget_share"] == 0.4:   # absent when default: plan.json of older plans stays byte-identical
             del d["budget_share"]
-        for k in ("mutex", "serial"):
-            if d[k] is None:
+        for k, dflt in (("mutex", None), ("serial", None), ("when", None), ("trigger", "all_success"),
+                        ("approval", None)):
+            if d[k] == dflt:
                 del d[k]
         return d
 
@@ -703,6 +719,20 @@ class _Validator:
             if isinstance(v, bool) or not isinstance(v, (int, str)) or not MEM_RE.fullmatch(str(v)):
                 self.fail(path, f"expected megabytes or a size like \"512M\" or \"2G\", got {_show(v)}")
             return v
+        if k == "approval":
+            v = self.obj(path, v, {"prompt": F("text", ""), "timeout": F("duration", "")}, "approval")
+            if "prompt" not in v:
+                self.fail(path, "approval needs \"prompt\": the question shown to the person who decides")
+            prompt = self.check(path + ("prompt",), F("string", ""), v["prompt"])
+            out = {"prompt": prompt, "timeout": None}
+            if v.get("timeout") is not None:
+                out["timeout"] = self.check(path + ("timeout",), F("duration", ""), v["timeout"])
+            return out
+        if k == "duration":
+            secs = parse_duration(v)
+            if secs is None:
+                self.fail(path, f"expected seconds or a duration like \"90s\", \"30m\", \"2h\", \"1d\", got {_show(v)}")
+            return secs
         if k == "enum":
             if v not in f.choices:
                 self.fail(path, f"must be one of {', '.join(json.dumps(c) for c in f.choices)}, got {_show(v)}")
@@ -869,10 +899,14 @@ class _Validator:
         for k in KNOBS:
             if k in rt:
                 knobs[k] = self.check(path + (k,), KNOBS[k], rt[k])
+        approval = self.check(path + ("approval",), TASK_FIELDS["approval"], rt["approval"]) \
+            if rt.get("approval") is not None else None
         agent = knobs.get("agent")
-        if not agent:
+        if not agent and approval is None:       # a gate needs none: a person decides it
             self.fail(path, f"task {_show(tid)} has no agent: set \"agent\" on it or in \"defaults\"")
-        self.check_agent(path + ("agent",) if "agent" in rt else ("defaults", "agent"), agent)
+        agent = agent or ""
+        if agent:
+            self.check_agent(path + ("agent",) if "agent" in rt else ("defaults", "agent"), agent)
         workdir = knobs.get("workdir")
         workdir = os.path.normpath(os.path.join(plan_dir, workdir)) if workdir else plan_dir
         prio = self.check(path + ("priority",), TASK_FIELDS["priority"], rt["priority"]) if "priority" in rt else 0
@@ -890,6 +924,18 @@ class _Validator:
             if why:
                 self.fail(path + ("files", j), f"glob {_show(fg)} {why}")
 
+        trigger = self.check(path + ("trigger",), TASK_FIELDS["trigger"], rt["trigger"]) if "trigger" in rt \
+            else "all_success"
+        if trigger in ("one_success", "one_failed") and not deps:
+            self.fail(path + ("trigger",), f"trigger {_show(trigger)} needs at least one task in deps")
+        when = None
+        if "when" in rt:
+            try:
+                conditions.check(rt["when"], [*deps, *soft])
+            except conditions.ConditionError as e:
+                self.fail(path + ("when",) + e.path, str(e))
+            when = rt["when"]
+
         def get(k):
             return knobs.get(k, KNOBS[k].default)
 
@@ -902,11 +948,12 @@ class _Validator:
             workdir=workdir, context_limit=int(get("context_limit")), max_output=get("max_output"),
             priority=int(prio), description=desc, check=get("check"), check_timeout=float(get("check_timeout")),
             cache=bool(get("cache")), budget_share=float(get("budget_share")), estimate_seconds=(knobs.get("estimate") or {}).get("seconds"), estimate_usd=(knobs.get("estimate") or {}).get("usd"),
-            workspace=use_ws, files=tuple(files),
+            workspace=use_ws and approval is None, files=tuple(files),    # a gate runs no code: no worktree
             hooks=self.hooks(path + ("hooks",), rt["hooks"], HOOK_EVENTS[:-1]) if "hooks" in rt else None,
             runner=get("runner"), resources=dict(knobs.get("resources") or {}), slurm=dict(knobs.get("slurm") or {}),
             ray=dict(knobs.get("ray") or {}), mutex=knobs.get("mutex"),
-            serial=self.check(path + ("serial",), TASK_FIELDS["serial"], rt["serial"]) if "serial" in rt else None)
+            serial=self.check(path + ("serial",), TASK_FIELDS["serial"], rt["serial"]) if "serial" in rt else None,
+            when=when, trigger=trigger, approval=approval)
 
     def hooks(self, path: tuple, v, events: tuple[str, ...]) -> dict | None:
         """{"on_done": [hook, ...], ...}; a hook is an argv array (never a shell), {"argv": [...],
@@ -1178,6 +1225,14 @@ def json_schema() -> dict:
                  "properties": {"name": {"type": "string", "minLength": 1}, "email": {"type": "string", "minLength": 1}}}
         elif k == "workspace":
             s = {"$ref": "#/$defs/workspace"}
+        elif k == "when":
+            s = {"$ref": "#/$defs/condition"}
+        elif k == "approval":
+            s = {"type": "object", "additionalProperties": False, "required": ["prompt"],
+                 "properties": {"prompt": {"type": "string", "minLength": 1},
+                                "timeout": {"anyOf": [{"type": "number", "exclusiveMinimum": 0},
+                                                      {"type": "string", "pattern": "^" + DURATION_RE.pattern + "$"},
+                                                      {"type": "null"}]}}}
         else:
             raise AssertionError(k)
         if f.nullable:
@@ -1212,6 +1267,7 @@ def json_schema() -> dict:
                                 "secret_env": {"type": "string"},
                                 "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
                                 "retries": {"type": "integer", "minimum": 0, "maximum": 20}}}]},
+            "condition": _condition_schema(),
             "knobs": {"type": "object", "additionalProperties": False,
                       "properties": {k: prop(f) for k, f in KNOBS.items()}},
             "workspace": {"type": "object", "additionalProperties": False, "required": ["repo"],
@@ -1223,6 +1279,49 @@ def json_schema() -> dict:
             },
         },
     }
+
+
+def _condition_schema() -> dict:
+    """The `when` language (conditions.py) as JSON Schema: one operator per object."""
+    ref = {"$ref": "#/$defs/condition"}
+    task = {"$ref": "#/$defs/id"}
+    outcomes = {"enum": list(conditions.OUTCOMES)}
+    return {"description": "A condition (docs/conditions.md): output_of, json_of, outcome_of, all, any, not.",
+            "oneOf": [
+                {"type": "object", "additionalProperties": False, "required": ["all"],
+                 "properties": {"all": {"type": "array", "minItems": 1, "items": ref}}},
+                {"type": "object", "additionalProperties": False, "required": ["any"],
+                 "properties": {"any": {"type": "array", "minItems": 1, "items": ref}}},
+                {"type": "object", "additionalProperties": False, "required": ["not"], "properties": {"not": ref}},
+                {"type": "object", "additionalProperties": False, "required": ["output_of"], "minProperties": 2,
+                 "maxProperties": 2, "properties": {"output_of": task, "contains": {"type": "string"},
+                                                    "equals": {"type": "string"}, "empty": {"type": "boolean"}}},
+                {"type": "object", "additionalProperties": False, "required": ["json_of"],
+                 "properties": {"json_of": task, "path": {"type": "string"}, "equals": {}, "in": {"type": "array"},
+                                "exists": {"type": "boolean"}, "gt": {"type": "number"}, "lt": {"type": "number"},
+                                "contains": {}}},
+                {"type": "object", "additionalProperties": False, "required": ["outcome_of"], "minProperties": 2,
+                 "maxProperties": 2, "properties": {"outcome_of": task, "is": outcomes,
+                                                    "in": {"type": "array", "minItems": 1, "items": outcomes}}},
+            ]}
+
+
+DURATION_RE = re.compile(r"[0-9]+(\.[0-9]+)?[smhd]?")
+
+
+def parse_duration(v) -> float | None:
+    """Seconds from a number or "90s" / "30m" / "2h" / "1d"; None when it is neither (or <= 0)."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        secs = float(v)
+    elif isinstance(v, str) and DURATION_RE.fullmatch(v.strip()):
+        v = v.strip()
+        mult = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(v[-1], 1)
+        secs = float(v.rstrip("smhd")) * mult
+    else:
+        return None
+    return secs if math.isfinite(secs) and 0 < secs <= MAX_SECONDS else None
 
 
 SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "schema", "dag.schema.json")

@@ -29,7 +29,8 @@ def render(prompt: str, upstream: list[Upstream], limit: int, previous_failure: 
         parts += ["---", "", "# Outputs of the tasks this one depends on", ""]
     for u in upstream:
         if u.data is None:
-            why = "it was blocked by a failed dependency" if u.state == "blocked" else f"it {u.state}"
+            why = {"blocked": "it was blocked by a failed dependency",
+                   "skipped": "it was skipped"}.get(u.state, f"it {u.state}")
             parts += [f"## Output of {u.id} (unavailable: {why})", ""]
             continue
         parts += [f"## Output of {u.id}", ""]

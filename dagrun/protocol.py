@@ -153,6 +153,16 @@ def print_diff(d, out) -> None:
     print(f"{'kept':<10} {len(d.kept_done)} done task(s) keep their output", file=out)
 
 
+def cmd_decide(home: Home, goal: str, task: str, *, approve: bool, text: str) -> int:
+    """approve / reject an approval gate (commands.decide)."""
+    from .commands import decide
+
+    rec = decide(home, goal, task, approve=approve, text=text)
+    who = rec.get("decided_by", "?")
+    _note(f"{goal}/{task} {'approved' if approve else 'rejected'} by {who}")
+    return 0
+
+
 def _note(msg: str) -> None:
     print(f"dagrun: {msg}", file=sys.stderr)
 
@@ -173,6 +183,8 @@ SPEC = {
     "heartbeat": (("goal", "task"), dict(_WHO)),
     "submit": (("plans...",), {"--home": ("home", "str"), "--replace": ("replace", "flag"),
                                "--dry-run": ("dry_run", "flag"), "--json": ("json", "flag")}),
+    "approve": (("goal", "task"), {"--home": ("home", "str"), "--note": ("note", "str")}),
+    "reject": (("goal", "task"), {"--home": ("home", "str"), "--reason": ("reason", "str")}),
 }
 
 
@@ -234,6 +246,8 @@ def parse_fast(argv: list[str]) -> tuple[str | None, str, dict] | None:
     elif len(pos) != len(names) or (args.get("json") and args.get("env")):
         return None
     else:
+        if cmd == "reject" and not (args.get("reason") or "").strip():
+            return None                          # typer says --reason is required
         args.update(zip(names, pos))
     return args.pop("home", home), cmd, args
 
@@ -251,6 +265,9 @@ def run_parsed(home: Home, cmd: str, a: dict) -> int:
     if cmd == "fail":
         return cmd_fail(home, a["goal"], a["task"], reason=a.get("reason") or "", exit_code=a.get("exit_code"),
                         force=bool(a.get("force")), **who)
+    if cmd in ("approve", "reject"):
+        return cmd_decide(home, a["goal"], a["task"], approve=cmd == "approve",
+                          text=a.get("note") or "" if cmd == "approve" else a["reason"])
     return cmd_heartbeat(home, a["goal"], a["task"], **who)
 
 

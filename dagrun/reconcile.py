@@ -163,6 +163,12 @@ class Reconciler:
                 ours = (f.record or {}).get("worker") == self.worker
                 delay = max(0.0, f.retry_at - now_wall) + (0.0 if ours else FOREIGN_RETRY_GRACE)
                 self._add_timer(time.monotonic() + delay, g, t, announce=f.attempt + 1 if ours else 0)
+        if sched.awaiting():               # approval gates: reject those past their timeout, time the rest
+            _gone, nxt = tr.expire_approvals(self.home, plan, sched, worker=self.worker)
+            if _gone:
+                self._touched.add(g)
+            if nxt is not None:
+                self._add_timer(time.monotonic() + max(0.0, nxt - time.time()) + 0.01, g, sched.awaiting()[0])
         gs.stopped = plan.on_failure == "stop" and any(f.state == S.FAILED for f in facts.values())
         if gs.stopped and any(True for _ in sched.not_started()):
             # a stop that was cut short (a crash inside stop_goal, or a failure committed by
@@ -222,7 +228,19 @@ class Reconciler:
             if not mine:
                 sched.start(t)
                 gs.foreign.add(t)
-        elif st in (ev.DONE, ev.FAILED, ev.CANCELLED):
+        elif st == ev.AWAITING:
+            if not mine and marker_of(self.home, g, t) is None and os.path.exists(
+                    os.path.join(self.home.task_dir(g, t), S.AWAITING_FILE)):
+                gs.foreign.discard(t)
+                sched.wait_approval(t)
+                at = e.get("timeout_at")
+                if at:
+                    self._gate_timer(gs, t, {"timeout_at": at})
+            elif not mine and sched.state_of(t) == S.READY:
+                return True          # the gate's file is not there yet (being published): ask the files
+        elif st in (ev.DONE, ev.FAILED, ev.CANCELLED, ev.SKIPPED):
+            if st == ev.SKIPPED and e.get("derived"):
+                return False         # our scheduler derives it from the root's own line
             m = marker_of(self.home, g, t)
             if m is None:
                 return False             # reset since then; the files will tell

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import html
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .usage import fmt as fmt_usage
 from .lifecycle import build_scheduler
-from .store import Home, now_iso
+from . import fsio
+from .store import Home, loads_obj, now_iso
 from .summary import Attempt, GoalRun, build_summary, goal_run
 
 OUTCOME_COLOURS = {
@@ -25,7 +26,8 @@ OUTCOME_COLOURS = {
     "superseded": "#fb8c00", "cancelled": "#9e9e9e",
 }
 STATE_COLOURS = {"done": "#43a047", "running": "#039be5", "ready": "#1e88e5", "waiting": "#9e9e9e",
-                 "retrying": "#f9a825", "failed": "#e53935", "blocked": "#8e24aa", "cancelled": "#757575"}
+                 "retrying": "#f9a825", "failed": "#e53935", "blocked": "#8e24aa", "cancelled": "#757575",
+                 "skipped": "#bdbdbd", "awaiting_approval": "#ef6c00"}
 LABEL_W, PLOT_W, ROW_H, BAR_H, TOP, RIGHT = 200, 960, 28, 20, 38, 24
 
 
@@ -35,6 +37,7 @@ class Report:
     summary: dict
     states: dict[str, str]
     blocked_by: dict[str, str | None]
+    skip_reasons: dict[str, str] = field(default_factory=dict)     # skipped by a false condition: why
 
 
 def collect(home: Home, goal: str) -> Report:
@@ -44,7 +47,14 @@ def collect(home: Home, goal: str) -> Report:
     s = build_summary(home, plan, sched, run)
     if not sched.is_finished():
         s["outcome"] = "running" if sched.counts().get("running") else "unfinished"
-    return Report(run, s, sched.states(), {b["task"]: b["blocked_by"] for b in s["blocked"]})
+    states = sched.states()
+    blocked_by = {b["task"]: b["blocked_by"] for b in s["blocked"]}
+    blocked_by.update({x["task"]: x["skipped_by"] for x in s.get("skipped", ()) if x.get("skipped_by")})
+    reasons = {}
+    for t in (t for t, st in states.items() if st == "skipped" and t not in blocked_by):
+        m = loads_obj(fsio.read_bytes(home.marker_path(goal, t, "skipped"), follow=False)) or {}
+        reasons[t] = str(m.get("reason") or "skipped")
+    return Report(run, s, states, blocked_by, reasons)
 
 
 # ---------------------------------------------------------------------------------- layout
@@ -267,6 +277,8 @@ def html_page(rep: Report) -> str:
         note = ""
         if st == "blocked" and rep.blocked_by.get(t):
             note = f"blocked by {rep.blocked_by[t]}"
+        elif st == "skipped":
+            note = rep.skip_reasons.get(t) or (f"{rep.blocked_by[t]} was skipped" if rep.blocked_by.get(t) else "skipped")
         elif att and att[-1].reason and att[-1].outcome != "done":
             note = att[-1].reason
         start = f"+{fmt_s(spans[t][0] - t0)}" if t in spans and t0 is not None else "-"
@@ -283,7 +295,8 @@ def html_page(rep: Report) -> str:
     legend = "".join(f'<span><i style="background:{c}"></i>{_e(k)}</span>' for k, c in
                      (("done", "#43a047"), ("running", "#039be5"), ("failed / timeout / stalled", "#e53935"),
                       ("lost / interrupted", "#fb8c00"), ("cancelled", "#9e9e9e"),
-                      ("blocked (never ran; in the table)", STATE_COLOURS["blocked"])))
+                      ("blocked (never ran; in the table)", STATE_COLOURS["blocked"]),
+                      ("skipped (never ran, by its condition; in the table)", STATE_COLOURS["skipped"])))
     path_txt = " → ".join(crit["tasks"]) if crit["tasks"] else "(nothing ran yet)"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">

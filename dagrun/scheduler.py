@@ -17,9 +17,12 @@ from typing import Iterable, Mapping, Protocol, Sequence
 from . import states as S
 from .wsrules import may_start as files_free
 
-WAITING, READY, RUNNING, RETRYING, DONE, FAILED, CANCELLED, BLOCKED = range(8)
-NAMES = (S.WAITING, S.READY, S.RUNNING, S.RETRYING, S.DONE, S.FAILED, S.CANCELLED, S.BLOCKED)
-TERMINAL = frozenset((DONE, FAILED, CANCELLED, BLOCKED))
+WAITING, READY, RUNNING, RETRYING, DONE, FAILED, CANCELLED, BLOCKED, SKIPPED, AWAITING = range(10)
+NAMES = (S.WAITING, S.READY, S.RUNNING, S.RETRYING, S.DONE, S.FAILED, S.CANCELLED, S.BLOCKED, S.SKIPPED, S.AWAITING)
+TERMINAL = frozenset((DONE, FAILED, CANCELLED, BLOCKED, SKIPPED))
+UNSUCCESSFUL = frozenset((FAILED, CANCELLED, BLOCKED))     # what a trigger rule counts as "failed"
+# trigger rules (plan field `trigger`, docs/conditions.md)
+ALL_SUCCESS, ALL_DONE, ONE_SUCCESS, ONE_FAILED, NONE_FAILED = S.TRIGGERS
 _BY_NAME = {n: i for i, n in enumerate(NAMES)}
 
 
@@ -69,6 +72,34 @@ class TaskLike(Protocol):
     deps: Sequence[str]
     soft_deps: Sequence[str]
     priority: int
+    # optional: trigger (default "all_success"), approval (a gate: not None)
+
+
+def verdict(rule: str, pending: int, done: int, failed: int, skipped: int) -> int | None:
+    """A trigger rule over the outcomes of a task's (hard) dependencies: READY, BLOCKED,
+    SKIPPED, or None (wait). `failed` counts failed, cancelled and blocked dependencies.
+    A rule that can no longer be met is decided at once (all_success / none_failed: blocked by
+    the first failure); every other verdict waits until all dependencies have ended.
+
+    all_success  all done -> ready; one failed -> blocked; else (some skipped) -> skipped
+    none_failed  none failed -> ready (skipped ones are fine); one failed -> blocked
+    all_done     all ended, whatever the outcomes -> ready
+    one_success  all ended, one done -> ready; none done -> blocked if one failed, else skipped
+    one_failed   all ended, one failed -> ready; none failed -> skipped
+    """
+    if rule in (ALL_SUCCESS, NONE_FAILED) and failed:
+        return BLOCKED
+    if pending:
+        return None
+    if rule == ALL_SUCCESS:
+        return SKIPPED if skipped else READY
+    if rule in (NONE_FAILED, ALL_DONE):
+        return READY
+    if rule == ONE_SUCCESS:
+        return READY if done else (BLOCKED if failed else SKIPPED)
+    if rule == ONE_FAILED:
+        return READY if failed else SKIPPED
+    raise ValueError(f"unknown trigger rule {rule!r}")
 
 
 class Scheduler:
@@ -112,6 +143,8 @@ class Scheduler:
         self.free: dict[str, int] = {}
         self.holding: dict[int, dict[str, int]] = {}   # units of tasks take() gave out, until they end
         self.deps = [[idx[d] for d in t.deps] for t in tasks]
+        self.trigger = [getattr(t, "trigger", None) or ALL_SUCCESS for t in tasks]
+        self.gated = [getattr(t, "approval", None) is not None for t in tasks]
         self.soft = [[idx[d] for d in t.soft_deps] for t in tasks]
         self.hard_out: list[list[int]] = [[] for _ in range(n)]
         self.soft_out: list[list[int]] = [[] for _ in range(n)]
@@ -140,39 +173,51 @@ class Scheduler:
 
     # ------------------------------------------------------------------ building
     def load(self, initial: dict[str, str]) -> None:
-        """Set every task from the facts: done/failed/cancelled/running/retrying/pending."""
+        """Set every task from the facts: done/skipped/failed/cancelled/running/retrying/
+        awaiting_approval/pending. The rest (waiting/ready/blocked/skipped by the rule) is
+        derived from the dependencies, in topological order."""
         n = len(self.ids)
         self.state = [WAITING] * n
         self.root: dict[int, int] = {}
         self.count = [0] * len(NAMES)
         self.count[WAITING] = n
-        self.rem_hard = [0] * n
+        self.pend = [0] * n          # hard dependencies not ended
+        self.ndone = [0] * n
+        self.nfail = [0] * n         # failed, cancelled or blocked
+        self.nskip = [0] * n
         self.rem_soft = [0] * n
         self.heap: list[tuple] = []
         for i in self.order:
+            for d in self.deps[i]:
+                self._tally(i, d)
+            self.rem_soft[i] = sum(1 for d in self.soft[i] if self.state[d] not in TERMINAL)
             s = initial.get(self.ids[i], "pending")
-            if s in ("done", "failed", "cancelled", "running", "retrying"):
+            if s in ("done", "failed", "cancelled", "running", "retrying", "skipped", S.AWAITING):
                 self._set(i, _BY_NAME[s])
                 continue
             if s not in ("pending", "waiting", "ready", "blocked"):
                 raise ValueError(f"task {self.ids[i]!r}: unknown initial state {s!r}")
-            root = None
-            for d in self.deps[i]:
-                if self.state[d] in (FAILED, CANCELLED):
-                    root = d
-                    break
-                if self.state[d] == BLOCKED:
-                    root = self.root[d]
-                    break
-            if root is not None:
-                self._set(i, BLOCKED)
-                self.root[i] = root
-        for i in range(n):
-            self.rem_hard[i] = sum(1 for d in self.deps[i] if self.state[d] != DONE)
-            self.rem_soft[i] = sum(1 for d in self.soft[i] if self.state[d] not in TERMINAL)
-            if self.state[i] == WAITING and self.rem_hard[i] == 0 and self.rem_soft[i] == 0:
-                self._set(i, READY)
-                heapq.heappush(self.heap, self.key[i])
+            self._check(i, [])
+
+    def _tally(self, i: int, d: int) -> None:
+        """Count dependency d's state into task i's trigger counters."""
+        s = self.state[d]
+        if s == DONE:
+            self.ndone[i] += 1
+        elif s == SKIPPED:
+            self.nskip[i] += 1
+        elif s in UNSUCCESSFUL:
+            self.nfail[i] += 1
+        else:
+            self.pend[i] += 1
+
+    def _root(self, i: int, states: frozenset) -> int:
+        """The task at the origin of i's verdict: the first dependency in one of `states`,
+        or the origin of its own (derived) verdict."""
+        for d in self.deps[i]:
+            if self.state[d] in states:
+                return self.root.get(d, d)
+        return i
 
     def _set(self, i: int, s: int) -> None:
         self.count[self.state[i]] -= 1
@@ -190,8 +235,14 @@ class Scheduler:
         return NAMES[self.state[self._i(tid)]]
 
     def blocked_by(self, tid: str) -> str | None:
+        """The failed/cancelled task that blocks tid -- or, for a task skipped by its trigger
+        rule, the task whose condition skipped it."""
         r = self.root.get(self._i(tid))
         return None if r is None else self.ids[r]
+
+    def awaiting(self) -> list[str]:
+        """Approval gates waiting on a person."""
+        return [self.ids[i] for i, s in enumerate(self.state) if s == AWAITING]
 
     def states(self) -> dict[str, str]:
         return {tid: NAMES[s] for tid, s in zip(self.ids, self.state)}
@@ -203,8 +254,9 @@ class Scheduler:
         return self.count[state]
 
     def is_finished(self) -> bool:
-        """Nothing waiting, ready, running or retrying: the goal has ended."""
-        return self.count[WAITING] + self.count[READY] + self.count[RUNNING] + self.count[RETRYING] == 0
+        """Nothing waiting, ready, running, retrying or awaiting approval: the goal has ended."""
+        return self.count[WAITING] + self.count[READY] + self.count[RUNNING] + self.count[RETRYING] + \
+            self.count[AWAITING] == 0
 
     @property
     def stopped(self) -> bool:
@@ -360,7 +412,7 @@ class Scheduler:
     def start(self, tid: str) -> None:
         """Somebody (maybe another worker) is running it."""
         i = self._i(tid)
-        if self.state[i] in (WAITING, READY, RETRYING):
+        if self.state[i] in (WAITING, READY, RETRYING, AWAITING):
             self._set(i, RUNNING)   # a stale heap entry is skipped by peek()
 
     def retrying(self, tid: str) -> None:
@@ -374,22 +426,27 @@ class Scheduler:
         """Back to ready (a released or broken claim, a finished backoff)."""
         i = self._i(tid)
         self._give_back(i)
-        if self.state[i] in TERMINAL or self.state[i] == READY:
+        if self.state[i] in TERMINAL or self.state[i] in (READY, AWAITING):
             return []
-        if self.rem_hard[i] == 0 and self.rem_soft[i] == 0:
-            self._set(i, READY)
-            heapq.heappush(self.heap, self.key[i])
-            return [(tid, "ready", None)]
         self._set(i, WAITING)
-        return []
+        changes: list = []
+        if self._check(i, changes):          # its rule says blocked/skipped now: so are those below
+            self._propagate(i, changes)
+        return changes
+
+    def wait_approval(self, tid: str) -> None:
+        """The task is an approval gate that now waits on a person (its `awaiting` file)."""
+        i = self._i(tid)
+        if self.state[i] not in TERMINAL:
+            self._set(i, AWAITING)
 
     def finish(self, tid: str, outcome: str) -> list[tuple[str, str, str | None]] | None:
-        """Record a terminal outcome (done | failed | cancelled). Returns the changes it caused,
-        [(task, new_state, root)], [] if it was already recorded, or None when the transition
-        is outside the incremental rules (rebuild from the files)."""
+        """Record a terminal outcome (done | skipped | failed | cancelled). Returns the changes
+        it caused, [(task, new_state, root)], [] if it was already recorded, or None when the
+        transition is outside the incremental rules (rebuild from the files)."""
         i = self._i(tid)
         s = _BY_NAME.get(outcome)
-        if s not in (DONE, FAILED, CANCELLED):
+        if s not in (DONE, FAILED, CANCELLED, SKIPPED):
             raise ValueError(f"task {tid!r}: {outcome!r} is not a terminal outcome")
         self._give_back(i)
         cur = self.state[i]
@@ -399,39 +456,48 @@ class Scheduler:
             return None
         self._set(i, s)
         changes: list[tuple[str, str, str | None]] = [(tid, outcome, None)]
-        if s == DONE:
-            for d in self.hard_out[i]:
-                self.rem_hard[d] -= 1
-                self._check(d, changes)
-        else:
-            self._block_from(i, i, changes)
-        for d in self.soft_out[i]:
-            self.rem_soft[d] -= 1
-            self._check(d, changes)
+        self._propagate(i, changes)
         return changes
 
-    def _check(self, d: int, changes: list) -> None:
-        if self.state[d] == WAITING and self.rem_hard[d] == 0 and self.rem_soft[d] == 0:
-            self._set(d, READY)
-            heapq.heappush(self.heap, self.key[d])
-            changes.append((self.ids[d], "ready", None))
+    def _check(self, d: int, changes: list) -> bool:
+        """Judge a waiting task by its trigger rule; True when it ended (blocked/skipped)."""
+        if self.state[d] != WAITING:
+            return False
+        v = verdict(self.trigger[d], self.pend[d], self.ndone[d], self.nfail[d], self.nskip[d])
+        if v is None:
+            return False
+        if v == READY:
+            if self.rem_soft[d] == 0:
+                self._set(d, READY)
+                heapq.heappush(self.heap, self.key[d])
+                changes.append((self.ids[d], "ready", None))
+            return False
+        root = self._root(d, UNSUCCESSFUL if v == BLOCKED else frozenset((SKIPPED,)))
+        self._set(d, v)
+        self.root[d] = root
+        changes.append((self.ids[d], NAMES[v], self.ids[root]))
+        return True
 
-    def _block_from(self, i: int, root: int, changes: list) -> None:
+    def _propagate(self, i: int, changes: list) -> None:
+        """Task i ended: count it into its dependents' rules; what that ends, in turn."""
         stack = [i]
+        state, pend = self.state, self.pend
         while stack:
             j = stack.pop()
+            s = state[j]
+            tally = self.ndone if s == DONE else self.nskip if s == SKIPPED else self.nfail
             for d in self.hard_out[j]:
-                if self.state[d] in (WAITING, READY):
-                    self._set(d, BLOCKED)
-                    self.root[d] = root
-                    changes.append((self.ids[d], "blocked", self.ids[root]))
+                pend[d] -= 1
+                tally[d] += 1
+                if state[d] == WAITING and self._check(d, changes):
                     stack.append(d)
-                    for sd in self.soft_out[d]:
-                        self.rem_soft[sd] -= 1
-                        self._check(sd, changes)
+            for d in self.soft_out[j]:
+                self.rem_soft[d] -= 1
+                if state[d] == WAITING and self._check(d, changes):
+                    stack.append(d)
 
     def failed_roots(self) -> list[str]:
         return [self.ids[i] for i in range(len(self.ids)) if self.state[i] in (FAILED, CANCELLED)]
 
     def not_started(self) -> Iterable[str]:
-        return (self.ids[i] for i in range(len(self.ids)) if self.state[i] in (WAITING, READY, RETRYING))
+        return (self.ids[i] for i in range(len(self.ids)) if self.state[i] in (WAITING, READY, RETRYING, AWAITING))

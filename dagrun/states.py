@@ -1,7 +1,8 @@
 """The state vocabulary, in one place at the bottom layer.
 
-A task is `pending` on disk until a marker says otherwise (`done` > `cancelled` > `failed`,
-in that precedence); `running` while a claim stands. The scheduler refines `pending` into
+A task is `pending` on disk until a marker says otherwise (`done` > `skipped` > `cancelled` >
+`failed`, in that precedence); `running` while a claim stands; `awaiting_approval` while an
+`awaiting` file (an approval gate, docs/conditions.md) stands and nothing else does. The scheduler refines `pending` into
 `waiting` / `ready` / `blocked` and adds `retrying` (a backoff): those are derived from the
 markers of the dependencies, never stored. Event names live in events.py; the `status`
 values of task events are these same words.
@@ -17,7 +18,12 @@ DONE = "done"
 FAILED = "failed"
 CANCELLED = "cancelled"
 BLOCKED = "blocked"
+SKIPPED = "skipped"                 # its `when` was false, or its trigger rule skips it (docs/conditions.md)
+AWAITING = "awaiting_approval"      # an approval gate waits for `dagrun approve` / `dagrun reject`
+AWAITING_FILE = "awaiting"          # the gate's file (not a terminal marker)
 
-MARKERS = (DONE, CANCELLED, FAILED)          # the marker files, in precedence order
-ENDED = frozenset((DONE, FAILED, CANCELLED, BLOCKED))   # nothing more will happen without a retry
+MARKERS = (DONE, SKIPPED, CANCELLED, FAILED)          # the marker files, in precedence order
+ENDED = frozenset((DONE, FAILED, CANCELLED, BLOCKED, SKIPPED))   # nothing more will happen without a retry
 ROOTS = frozenset((FAILED, CANCELLED))       # what blocks its dependents
+
+TRIGGERS = ("all_success", "all_done", "one_success", "one_failed", "none_failed")   # a task's `trigger`

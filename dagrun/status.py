@@ -41,13 +41,15 @@ def ended_overview(home: Home, g: str) -> dict | None:
 def _goal_state(sched, n: int) -> str:
     c = sched.counts()
     if sched.is_finished():
-        if c.get(S.DONE, 0) == n:
-            return S.DONE
+        if c.get(S.DONE, 0) + c.get(S.SKIPPED, 0) == n:
+            return S.DONE               # skipped by a condition is part of a successful run
         return S.FAILED if c.get(S.FAILED, 0) else S.CANCELLED
     if c.get(S.RUNNING, 0):
         return S.RUNNING
     if c.get(S.RETRYING, 0):
         return S.RETRYING
+    if c.get(S.AWAITING, 0) and not c.get(S.READY, 0):
+        return S.AWAITING               # nothing moves until a person decides
     return S.READY
 
 
@@ -112,6 +114,18 @@ def goal_detail(home: Home, g: str) -> dict:
         elif st == S.RETRYING and f.record:
             row["retry_at"] = now_iso(f.retry_at)
             row["reason"] = f.record.get("reason")
+        if st == S.AWAITING:              # an approval gate: what it asks, since when, until when
+            gate = f.extra.get("awaiting") or {}
+            row["started"] = gate.get("since")
+            row["reason"] = gate.get("prompt")
+            if gate.get("timeout_at"):
+                row["timeout_at"] = gate["timeout_at"]
+        if f.marker and f.marker.get("decided_by"):
+            row["decided_by"] = f.marker["decided_by"]
+            row["decided_at"] = f.marker.get("decided_at")
+        if st == S.SKIPPED and not f.marker:        # skipped by its trigger rule (derived)
+            row["skipped_by"] = sched.blocked_by(t)
+            row["reason"] = f"{row['skipped_by']} was skipped"
         if st == S.BLOCKED:
             row["blocked_by"] = sched.blocked_by(t)
         elif st == S.READY and t in held:       # the budget pool keeps it from starting
@@ -134,6 +148,29 @@ def goal_detail(home: Home, g: str) -> dict:
             **({"budget": {"pool": sched.budget, "spent": sched.spent, "held": sorted(held)}} if plan.budget else {})}
 
 
+
+
+def task_detail(home: Home, g: str, t: str) -> dict:
+    """One task for `dagrun show`: its state row, its plan fields (deps, trigger, when,
+    approval), its dependencies' states, and the rendered prompt.md if there is one (for an
+    approval gate: the upstream outputs a person decides on)."""
+    from .errors import NotFound
+
+    plan = check_task(home, g, t)
+    if not plan.has(t):
+        raise NotFound(f"goal {g!r} has no task {t!r} (any more)")
+    d = goal_detail(home, g)
+    row = next(r for r in d["tasks"] if r["task"] == t)
+    states = {r["task"]: r["state"] for r in d["tasks"]}
+    task = plan.task(t)
+    prompt = home.read_task_file(home.prompt_path(g, t), 1 << 20)
+    out = {"goal": g, **row, "deps": {x: states.get(x) for x in task.deps},
+           "soft_deps": {x: states.get(x) for x in task.soft_deps}, "trigger": task.trigger,
+           "when": task.when, "approval": task.approval,
+           "prompt_md": prompt.decode("utf-8", "replace") if prompt is not None else None}
+    if row["state"] == S.AWAITING:
+        out["commands"] = [f"dagrun approve {g} {t} --note TEXT", f"dagrun reject {g} {t} --reason TEXT"]
+    return out
 
 
 def check_task(home: Home, g: str, t: str):

@@ -114,7 +114,7 @@ def loads(data: bytes | None):
 @dataclass
 class TaskFacts:
     """What the files say about one task (the scheduler turns pending into waiting/ready/blocked)."""
-    state: str = PENDING              # done | failed | cancelled | running | pending
+    state: str = PENDING              # done | skipped | failed | cancelled | running | awaiting_approval | pending
     attempt: int = 0                    # number of the latest attempt started (0: never)
     owner: dict | None = None           # claim/owner.json when running
     marker: dict | None = None          # the marker's JSON (detail=True only)
@@ -381,9 +381,13 @@ class Home:
             f.attempt, f.record = self._latest_attempt(g, t, with_record=(f.state == PENDING or detail), temps=temps)
             if temps:
                 f.extra["temps"] = True
+        if f.state == PENDING and S.AWAITING_FILE in names:
+            f.state = S.AWAITING          # an approval gate waits on a person (no claim while it does)
+            if detail:
+                f.extra["awaiting"] = loads_obj(fsio.read_bytes(os.path.join(tdir, S.AWAITING_FILE), follow=False)) or {}
         if CLAIM in names:
             owner = loads_obj(fsio.read_bytes(os.path.join(tdir, CLAIM, OWNER), follow=False))
-            if f.state == PENDING:
+            if f.state in (PENDING, S.AWAITING):
                 f.state = RUNNING
             f.owner = owner
             try:

@@ -234,9 +234,11 @@ def _pct(xs: list[float], q: float) -> float | None:
     return round(s[min(len(s) - 1, int(q * len(s)))], 3)
 
 
-def summarize(run: GoalRun, counts: dict[str, int], blocked: list[dict], failed_roots: list[str]) -> dict:
+def summarize(run: GoalRun, counts: dict[str, int], blocked: list[dict], failed_roots: list[str],
+              skipped: list[dict] | None = None) -> dict:
     plan = run.plan
-    outcome = S.DONE if counts.get(S.DONE, 0) == len(plan.tasks) else S.FAILED
+    # done: every task done or skipped (a false condition, or its trigger rule) -- nothing failed
+    outcome = S.DONE if counts.get(S.DONE, 0) + counts.get(S.SKIPPED, 0) == len(plan.tasks) else S.FAILED
     w = run.window()
     path, length = run.critical_path()
     by_outcome: dict[str, int] = {}
@@ -245,6 +247,7 @@ def summarize(run: GoalRun, counts: dict[str, int], blocked: list[dict], failed_
     return {
         "goal": plan.goal, "outcome": outcome, "finished": now_iso(run.now), "tasks": len(plan.tasks),
         "source": plan.source, "counts": counts, "failed_roots": failed_roots, S.BLOCKED: blocked,
+        **({S.SKIPPED: skipped} if skipped else {}),
         "started": now_iso(w[0]) if w else None, "ended": now_iso(w[1]) if w else None,
         "makespan": run.makespan(), "agent_time": run.agent_time(), "parallelism": run.parallelism(),
         "critical_path": {"tasks": path, "duration": length},
@@ -262,7 +265,9 @@ def build_summary(home: Home, plan: Plan, sched: Scheduler, run: GoalRun | None 
     states = sched.states()
     failed_roots = [t for t in plan.ids() if states[t] in (S.FAILED, S.CANCELLED)]
     blocked = [{"task": t, "blocked_by": sched.blocked_by(t)} for t in plan.ids() if states[t] == S.BLOCKED]
-    return summarize(run or goal_run(home, plan, sched), sched.counts(), blocked, failed_roots)
+    skipped = [{"task": t, **({"skipped_by": sched.blocked_by(t)} if sched.blocked_by(t) else {})}
+               for t in plan.ids() if states[t] == S.SKIPPED]
+    return summarize(run or goal_run(home, plan, sched), sched.counts(), blocked, failed_roots, skipped)
 
 
 # events that change what a goal's tasks are: after one of these, summary.json no longer tells

@@ -27,12 +27,18 @@ from . import workspace as wsp
 from .errors import DagrunError, os_error
 from .lifecycle import (
     Claim,
+    awaiting_of,
     break_if_stale,
     capture_workspace,
+    claim_gate,
     commit_done,
     commit_failure,
+    commit_skipped,
+    drop_awaiting,
+    gate_body,
     mark_cancelled,
     marker_of,
+    publish_awaiting,
     record_unfinished,
 )
 from .plan import Plan
@@ -48,9 +54,11 @@ class Changes:
     blocked: list[tuple[str, str]] = field(default_factory=list)  # (task, root that blocks it)
     cancelled: list[str] = field(default_factory=list)          # cancelled by on_failure=stop
     rebuild: bool = False     # outside the scheduler's incremental rules: rebuild from the files
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (task, the task whose condition skipped it)
 
     def extend(self, other: "Changes") -> None:
         self.ready += other.ready
+        self.skipped += other.skipped
         self.blocked += other.blocked
         self.cancelled += other.cancelled
         self.rebuild = self.rebuild or other.rebuild
@@ -119,6 +127,10 @@ def _changes(home: Home, g: str, sched_changes, worker: str, plan: Plan | None =
             _emit(home, plan, g, ev.TASK_BLOCKED, task=tid, reason=f"{cause} dependency", blocked_by=root,
                   worker=worker)
             ch.blocked.append((tid, root))
+        elif state == S.SKIPPED:    # by its trigger rule (derived, like blocked: no marker)
+            _status(home, plan, g, tid, ev.SKIPPED, worker=worker, reason=f"{root} was skipped",
+                    skipped_by=root, derived=True)
+            ch.skipped.append((tid, root))
     return ch
 
 
@@ -260,6 +272,83 @@ def stalled(home: Home, c: Claim, *, reason: str, worker: str) -> None:
     """No output and no heartbeat for stall_timeout: announced before the attempt is stopped
     (its ending is then a normal finish with outcome `stalled`)."""
     ev.emit(home, c.goal, ev.TASK_BLOCKED, task=c.task, reason=reason, attempt=c.attempt, worker=worker)
+
+
+# ---------------------------------------------------------------------------------- conditions, gates
+def skip(home: Home, plan: Plan, sched: Scheduler, c: Claim, *, worker: str) -> Changes:
+    """The task's `when` is false (claim_task set c.skip): the `skipped` marker, the event,
+    and what that decides for its dependents (their trigger rules)."""
+    g, t = c.goal, c.task
+    commit_skipped(home, plan, c, worker=worker)
+    _status(home, plan, g, t, ev.SKIPPED, worker=worker, reason=c.skip)
+    return _changes(home, g, sched.finish(t, S.SKIPPED), worker, plan)
+
+
+def await_approval(home: Home, plan: Plan, sched: Scheduler, c: Claim, *, worker: str) -> dict:
+    """An approval gate whose dependencies ended (claimed, prompt.md rendered): no agent.
+    The event (and its on_approval_needed hooks) first, then the `awaiting` file, then the
+    claim is dropped: a crash in between leaves a dead claim, broken and claimed again, and
+    the event repeats -- at least once, never lost. A gate already awaiting keeps its file
+    (its `since` and timeout)."""
+    g, t = c.goal, c.task
+    body = awaiting_of(home, g, t)
+    if body is None:
+        body = gate_body(plan, t, worker)
+        _status(home, plan, g, t, ev.AWAITING, worker=worker, prompt=body["prompt"], timeout_at=body["timeout_at"])
+        publish_awaiting(home, g, t, body)
+    else:
+        claims.release(home, g, t)
+    sched.wait_approval(t)
+    return body
+
+
+def decide(home: Home, plan: Plan, sched: Scheduler, t: str, *, approve: bool, by: str, text: str = "",
+           timed_out: bool = False) -> Finished:
+    """`dagrun approve` (done; the note is its output) or `dagrun reject` / a timeout (failed
+    for good, the usual cascade) of an awaiting gate: under its claim, through finish() --
+    the marker records who decided and when; then the `awaiting` file goes."""
+    c = claim_gate(home, plan, t, by=by)
+    now = time.time()
+    gate = awaiting_of(home, plan.goal, t) or {}
+    when = {"decided_by": by, "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+            "approval_since": gate.get("since")}
+    if approve:
+        note = text if not text or text.endswith("\n") else text + "\n"
+        done = finish(home, plan, sched, c, ok=True, worker=by, ended=now, exit_code=None,
+                      output_data=note.encode("utf-8", "surrogateescape"),
+                      extra={"approved": True, **when, **({"note": text} if text else {})},
+                      fields={"approved": True, "decided_by": by})
+    else:
+        outcome = "approval_timeout" if timed_out else "rejected"
+        done = finish(home, plan, sched, c, ok=False, worker=by, ended=now, outcome=outcome, reason=text,
+                      final=True, extra={"approved": False, **when},
+                      fields={"decided_by": by})
+    drop_awaiting(home, plan.goal, t)
+    return done
+
+
+def expire_approvals(home: Home, plan: Plan, sched: Scheduler, *, worker: str, now: float | None = None
+                     ) -> tuple[list[str], float | None]:
+    """Reject the gates whose timeout passed (any engine, `dagrun claim`, `approve` itself).
+    Returns (the tasks rejected, the next deadline among those still awaiting)."""
+    from .store import parse_ts
+    now = time.time() if now is None else now
+    gone, nxt = [], None
+    for t in sched.awaiting():
+        gate = awaiting_of(home, plan.goal, t) or {}
+        at = parse_ts(gate.get("timeout_at"))
+        if at is None:
+            continue
+        if at <= now:
+            try:
+                decide(home, plan, sched, t, approve=False, by=worker, timed_out=True,
+                       text=f"approval timed out: nobody decided within {gate.get('timeout'):g}s")
+                gone.append(t)
+            except DagrunError:
+                pass        # decided or held by somebody else right now: their event tells
+        elif nxt is None or at < nxt:
+            nxt = at
+    return gone, nxt
 
 
 # ---------------------------------------------------------------------------------- lost

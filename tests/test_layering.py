@@ -15,7 +15,7 @@ LAYERS = {
     # 1: the one module that changes files
     "fsio": 1,
     # 2: pure: the plan, prompts, the scheduler (no I/O, no clock)
-    "plan": 2, "prompt": 2, "scheduler": 2, "agentcheck": 2,
+    "plan": 2, "prompt": 2, "scheduler": 2, "agentcheck": 2, "conditions": 2,
     # agent presets (the table + $DAGRUN_HOME/presets.json) and the usage-line format
     "presets": 2, "usage": 2,
     "wsrules": 2,        # pure rules of code workspaces (snapshot order, files mutex, conflicts)

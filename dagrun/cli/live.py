@@ -13,9 +13,11 @@ from collections import deque
 from ..store import parse_iso
 from .common import fmt_duration, fmt_event
 
-ORDER = ("done", "running", "ready", "waiting", "retrying", "failed", "blocked", "cancelled")
+ORDER = ("done", "running", "awaiting_approval", "ready", "waiting", "retrying", "failed", "blocked", "skipped",
+         "cancelled")
 COLOURS = {"done": "green", "running": "cyan", "ready": "blue", "waiting": "white", "retrying": "yellow",
-           "failed": "red", "blocked": "magenta", "cancelled": "bright_black"}
+           "failed": "red", "blocked": "magenta", "cancelled": "bright_black", "skipped": "bright_black",
+           "awaiting_approval": "bold yellow"}
 ENDED = ("done", "failed", "cancelled")
 TICK = 1.0          # s: the elapsed-time tick while tasks run (never faster)
 
@@ -68,8 +70,10 @@ class GoalView:
                         row["t0"] = time.time()
                 elif e.get("duration") is not None:
                     row["duration"] = e["duration"]
-                if st in ("ready", "waiting", "running", "retrying"):
+                if st in ("ready", "waiting", "running", "retrying", "awaiting_approval"):
                     self.finished = False
+                if st == "awaiting_approval" and e.get("prompt"):
+                    row["reason"] = e["prompt"]
             elif typ.endswith("task.blocked") and e.get("blocked_by"):
                 row["state"] = "blocked"
                 row["blocked_by"] = e["blocked_by"]
@@ -88,7 +92,7 @@ class GoalView:
 
     def progress(self) -> tuple[int, int]:
         c = self.counts()
-        return sum(c.get(s, 0) for s in ("done", "failed", "blocked", "cancelled")), len(self.tasks)
+        return sum(c.get(s, 0) for s in ("done", "failed", "blocked", "cancelled", "skipped")), len(self.tasks)
 
     def __rich__(self):
         with self.lock:
@@ -133,7 +137,7 @@ class GoalView:
         if running:
             parts.append(run)
         by_state = Text()
-        for s in ("ready", "retrying", "waiting", "failed", "blocked", "cancelled"):
+        for s in ("awaiting_approval", "ready", "retrying", "waiting", "failed", "blocked", "skipped", "cancelled"):
             ids = [t for t, r in self.tasks.items() if r["state"] == s]
             if ids:
                 shown = " ".join(ids[:12]) + (f" ... (+{len(ids) - 12})" if len(ids) > 12 else "")

@@ -99,6 +99,39 @@ def heartbeat(ctx: typer.Context,
 
 
 @app.command(rich_help_panel=PROTOCOL, epilog=examples(
+    'dagrun approve release merge --note "checked the diff; go"',
+    'dagrun status release     # gates waiting on a person: awaiting_approval',
+))
+def approve(ctx: typer.Context,
+            goal: str = GOAL_ARG,
+            task: str = TASK_ARG,
+            note: str = typer.Option("", "--note", metavar="TEXT", help="Becomes the task's output "
+                                     "(what its dependents see).")):
+    """Approve an approval gate that awaits a person: it is done and its dependents run.
+    Who (user@host) and when are recorded in its done marker and event."""
+    from ..protocol import cmd_decide
+
+    raise typer.Exit(cmd_decide(home_of(ctx), goal, task, approve=True, text=note))
+
+
+@app.command(rich_help_panel=PROTOCOL, epilog=examples(
+    'dagrun reject release merge --reason "tests are red on staging"',
+))
+def reject(ctx: typer.Context,
+           goal: str = GOAL_ARG,
+           task: str = TASK_ARG,
+           reason: str = typer.Option(..., "--reason", metavar="TEXT", help="Why (kept in the failed marker).")):
+    """Reject an approval gate that awaits a person: it fails (no retry) and its dependents
+    are blocked, as after any failure; `dagrun retry GOAL TASK` asks again."""
+    from ..errors import UsageError
+    from ..protocol import cmd_decide
+
+    if not reason.strip():
+        raise UsageError("--reason must not be empty")
+    raise typer.Exit(cmd_decide(home_of(ctx), goal, task, approve=False, text=reason))
+
+
+@app.command(rich_help_panel=PROTOCOL, epilog=examples(
     "dagrun mcp                               # serve MCP on stdin/stdout (an agent CLI starts it)",
     "dagrun mcp --print-config claude > mcp.json && claude --mcp-config mcp.json -p '...'",
     "dagrun mcp --print-config codex >> ~/.codex/config.toml",

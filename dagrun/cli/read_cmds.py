@@ -1,4 +1,4 @@
-"""status, output, logs."""
+"""status, show, output, logs."""
 from __future__ import annotations
 
 import os
@@ -59,6 +59,8 @@ def status(ctx: typer.Context,
         states.append(COLOURS.get(state))
         if state == "blocked" and r.get("blocked_by"):
             state = f"blocked by {r['blocked_by']}"
+        if r.get("timeout_at"):
+            r = {**r, "reason": f"{r.get('reason') or ''} (rejected at {r['timeout_at'][11:19]} unless decided)"}
         started = r.get("started") or ""
         if not started:
             started = "-"
@@ -117,6 +119,46 @@ def _summary_lines(s: dict | None) -> list[str]:
                                            (f" ({r['attempts']} attempts)" if r.get("attempts", 1) > 1 else "")
                                            for r in s["slowest"][:3]))
     return out
+
+
+@app.command(rich_help_panel=INSPECT, epilog=examples(
+    "dagrun show release merge            # an approval gate: its question and the upstream outputs",
+    "dagrun show release fix --json | jq .when"))
+def show(ctx: typer.Context,
+         goal: str = GOAL_ARG,
+         task: str = TASK_ARG,
+         json: bool = JSON_OPT):
+    """One task: its state (and why), dependencies and their states, trigger rule and
+    condition; for an approval gate the question, its deadline, the rendered prompt with the
+    upstream outputs, and the commands that decide it."""
+    from json import dumps
+
+    from ..status import task_detail
+
+    d = task_detail(home_of(ctx), goal, task)
+    if json:
+        print_json(d)
+        return
+    lines = [f"{goal}/{task}: {d['state']}" + (f" -- {d['reason']}" if d.get("reason") else "")]
+    for k in ("blocked_by", "skipped_by", "decided_by", "decided_at", "timeout_at", "worker", "started"):
+        if d.get(k):
+            lines.append(f"  {k}: {d[k]}")
+    if d["deps"]:
+        lines.append("  deps: " + ", ".join(f"{x} ({s})" for x, s in d["deps"].items()))
+    if d["soft_deps"]:
+        lines.append("  soft_deps: " + ", ".join(f"{x} ({s})" for x, s in d["soft_deps"].items()))
+    if d["trigger"] != "all_success":
+        lines.append(f"  trigger: {d['trigger']}")
+    if d.get("when") is not None:
+        lines.append(f"  when: {dumps(d['when'])}")
+    if d.get("approval"):
+        lines.append(f"  approval: {d['approval']['prompt']}")
+    for c in d.get("commands") or ():
+        lines.append(f"  decide: {c}")
+    print("\n".join(lines))
+    if d.get("prompt_md") is not None:
+        print("--- prompt.md " + "-" * 40)
+        sys.stdout.write(d["prompt_md"] if d["prompt_md"].endswith("\n") else d["prompt_md"] + "\n")
 
 
 @app.command(rich_help_panel=INSPECT, epilog=examples(

@@ -80,6 +80,17 @@ def knob_value(name: str):
                                                     anything), max_size=2), max_size=2),
         "budget": st.dictionaries(st.sampled_from(["usd", "tokens", "bogus"]),
                                   st.one_of(scalars, st.floats(-1, 1e6), st.integers(-1, 10 ** 9)), max_size=2),
+        # issue 18: a `when` condition (its operators, nested, with anything in them) and an approval gate
+        "when": st.recursive(
+            st.dictionaries(st.sampled_from(["output_of", "json_of", "outcome_of", "contains", "equals", "empty",
+                                             "path", "in", "exists", "gt", "lt", "is", "bogus"]),
+                            st.one_of(ids, scalars, st.lists(st.one_of(ids, scalars), max_size=2)), max_size=3),
+            lambda inner: st.one_of(st.dictionaries(st.sampled_from(["all", "any", "not"]),
+                                                    st.one_of(inner, st.lists(inner, max_size=3)), max_size=2),
+                                    anything), max_leaves=6),
+        "approval": st.dictionaries(st.sampled_from(["prompt", "timeout", "bogus"]),
+                                    st.one_of(scalars, st.sampled_from(["2h", "90s", "1x", "", "0", "1e9d"])),
+                                    max_size=2),
         # the cluster runners' options: known sub-fields (and a bogus one) with anything in them
         "options": st.dictionaries(st.sampled_from(list(f.fields or {}) + ["bogus"]) if f and f.fields else st.text(max_size=4),
                                    st.one_of(scalars, st.lists(scalars, max_size=3), st.sampled_from(["2G", "512", "1X"])),
