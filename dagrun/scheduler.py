@@ -75,7 +75,8 @@ class Scheduler:
     def __init__(self, tasks: Sequence[TaskLike], initial: dict[str, str] | None = None, *,
                  max_parallel: int | None = None, stop_on_failure: bool = False,
                  files: Mapping[str, Sequence[str]] | None = None,
-                 budget: dict | None = None, estimates: dict[str, float] | None = None):
+                 budget: dict | None = None, estimates: dict[str, float] | None = None,
+                 hold: Iterable[str] = ()):
         # Capacity rules: what may start, decided here and nowhere else (engine, claim and
         # the CLI only ask may_start()/take()). A new rule (a resource, a budget) is one more
         # condition in may_start().
@@ -92,6 +93,9 @@ class Scheduler:
         # declares any, the rule is off
         self.files = [tuple(files.get(tid, ())) for tid in self.ids] if files else None
         idx = self.index = {tid: i for i, tid in enumerate(self.ids)}
+        # fan-out templates not expanded yet: they become ready like any task but are never
+        # handed out (no agent runs a template); whoever sees one ready expands it (fanout.py)
+        self.hold = frozenset(idx[t] for t in hold)
         n = len(self.ids)
         self.deps = [[idx[d] for d in t.deps] for t in tasks]
         self.soft = [[idx[d] for d in t.soft_deps] for t in tasks]
@@ -154,7 +158,15 @@ class Scheduler:
             self.rem_soft[i] = sum(1 for d in self.soft[i] if self.state[d] not in TERMINAL)
             if self.state[i] == WAITING and self.rem_hard[i] == 0 and self.rem_soft[i] == 0:
                 self._set(i, READY)
-                heapq.heappush(self.heap, self.key[i])
+                self._push(i)
+
+    def _push(self, i: int) -> None:
+        if i not in self.hold:
+            heapq.heappush(self.heap, self.key[i])
+
+    def expandable(self) -> list[str]:
+        """Held templates that are ready: their items can be read now (fanout.expand)."""
+        return [self.ids[i] for i in self.hold if self.state[i] == READY]
 
     def _set(self, i: int, s: int) -> None:
         self.count[self.state[i]] -= 1
@@ -297,7 +309,7 @@ class Scheduler:
             return []
         if self.rem_hard[i] == 0 and self.rem_soft[i] == 0:
             self._set(i, READY)
-            heapq.heappush(self.heap, self.key[i])
+            self._push(i)
             return [(tid, "ready", None)]
         self._set(i, WAITING)
         return []
@@ -331,7 +343,7 @@ class Scheduler:
     def _check(self, d: int, changes: list) -> None:
         if self.state[d] == WAITING and self.rem_hard[d] == 0 and self.rem_soft[d] == 0:
             self._set(d, READY)
-            heapq.heappush(self.heap, self.key[d])
+            self._push(d)
             changes.append((self.ids[d], "ready", None))
 
     def _block_from(self, i: int, root: int, changes: list) -> None:
