@@ -62,8 +62,8 @@ def parse_items(data: bytes, *, source: str, limit: int) -> list:
             try:
                 items.append(json.loads(line, parse_constant=_no_constant))
             except (ValueError, RecursionError):
-                what = "a JSON array" if whole else "JSON"
-                raise FanoutError(f"the output of {source} is not {what} of items (nor JSON Lines: line {n} is "
+                what = "is JSON but not an array" if whole else "is not a JSON array"
+                raise FanoutError(f"the output of {source} {what} of items, nor JSON Lines (line {n} is "
                                   f"not JSON: {_clip(line)})") from None
             if len(items) > limit:
                 break
