@@ -3,6 +3,7 @@ replace a goal's plan (archive what must re-run, publish the new plan last), add
 goal that may be running (add_tasks)."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import secrets
@@ -21,7 +22,7 @@ from . import transitions as tr
 from . import workspace as wsp
 from .errors import DagrunError, Refused, os_error
 from .plan import Plan, check_id
-from .store import Home, dumps, loads, loads_obj
+from .store import Home, dumps, loads, loads_obj, now_iso
 
 
 @dataclass
@@ -167,7 +168,8 @@ def _replace_goal(home: Home, old: Plan, new: Plan, d: Diff, by: str) -> None:
                      removed=d.removed, added=d.added, archived=moved, archive=adir if moved else None)
 
 
-def add_tasks(home: Home, g: str, fragment: bytes | dict, *, by: str, shown: str = "fragment") -> list[str]:
+def add_tasks(home: Home, g: str, fragment: bytes | dict, *, by: str, shown: str = "fragment",
+              agent: dict | None = None) -> list[str]:
     """Add the tasks of a fragment ({"tasks": [...], "defaults": {...}}) to goal g, running
     or not: validated like a plan (plan.parse_fragment: ids, unknown deps, cycles, limits, no
     id clash), new tasks only below existing ones or as new leaves, so nothing that exists
@@ -175,7 +177,10 @@ def add_tasks(home: Home, g: str, fragment: bytes | dict, *, by: str, shown: str
     no second edit): summary.json goes first (the goal is open again; a crash right after
     leaves the old plan, whose end is simply announced again), then the new plan.json is
     published by rename -- the old plan or the new one, nothing in between -- and an
-    `agent.plan.replaced` event names who added what (engines rebuild the goal on it).
+    `agent.plan.replaced` event names who added what (engines rebuild the goal on it), and
+    each added task carries its `origin` in plan.json ({"edit": "add", "by", "at", and the
+    adding agent's task/attempt when `agent` says so}), so the record survives a crash
+    between the publish and the event. The goal's max_tasks caps the growth.
     Returns the added ids. Raises PlanError (exit 2) before anything is written."""
     check_id("goal", g)
     raw = fragment if isinstance(fragment, (bytes, bytearray)) else orjson.dumps(fragment)
@@ -184,13 +189,16 @@ def add_tasks(home: Home, g: str, fragment: bytes | dict, *, by: str, shown: str
         old = home.load_plan(g)                 # again under the lock: another edit may have won
         new = planmod.parse_fragment(bytes(raw), shown=shown, plan=old)
         added = new.ids()[len(old.tasks):]
+        origin = {"edit": "add", "by": by, "at": now_iso(), **(agent or {})}
+        new = new.with_tasks(list(new.tasks[:len(old.tasks)]) +
+                             [dataclasses.replace(t, origin=origin) for t in new.tasks[len(old.tasks):]])
         try:
             fsio.remove(home.summary_path(g))
             fsio.write_atomic(home.plan_path(g), new.canonical())
         except OSError as e:
             raise os_error("add tasks to", home.goal_dir(g), e) from None
     tr.plan_replaced(home, g, by=by, edit="add", added=added, changed=[], downstream=[], removed=[],
-                     archived=[])
+                     archived=[], **(agent or {}))
     return added
 
 
