@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import orjson
 
 from . import claim as claims
-from . import executor
 from . import events as ev
+from . import executor, fanout, fanrules
 from . import fsio
 from . import plan as planmod
 from . import states as S
@@ -74,6 +74,9 @@ def submit(home: Home, path: str, *, replace: bool = False, dry_run: bool = Fals
         home.ensure()
         return SubmitResult(g, _create_goal(home, plan, by, pinned))
     old = Plan.from_dict(loads(old_raw) or {})
+    if old_raw != plan.canonical():
+        # what the goal grew by itself stays: tasks `dagrun add` put in, templates' expansions
+        plan = carry_over(home, old, plan)
     if old_raw == plan.canonical():
         return SubmitResult(g, "unchanged")
     pinned = wsp.check_plan(plan, home.root)
@@ -87,8 +90,67 @@ def submit(home: Home, path: str, *, replace: bool = False, dry_run: bool = Fals
     if not replace:
         raise Refused(f"goal {g!r} already exists with a different plan (from {old.source}); "
                       f"`dagrun diff {path}` shows what would re-run, `--replace` applies it")
-    _replace_goal(home, old, plan, d, by)
+    _replace_goal(home, old, plan, d, by, old_raw)
     return SubmitResult(g, "replaced", d)
+
+
+def carry_over(home: Home, old: Plan, new: Plan) -> Plan:
+    """The goal's growth carried into a new version of its plan (`submit --replace`, and
+    `run dag.json` again on a goal that has grown):
+
+    - tasks added by `dagrun add` (origin "add") that the new plan does not name are kept,
+      unless something they depend on is gone (then they are removed, and archived);
+    - an expanded template keeps its instances, rebuilt from the items recorded in plan.json
+      with the new template (a changed prompt re-runs them, like any changed task), when its
+      `for_each` (from, as) is unchanged, its `from` task does not re-run, and the items still
+      fit `max`; otherwise the instances are removed and the template expands again once its
+      `from` task is done."""
+    kept = [fanrules.collapse(t) for t in old.tasks
+            if t.origin and t.origin.get("edit") == "add" and not new.has(t.id)]
+    plan = _expand_as_before(home, old, new)
+    for _ in range(2):     # kept tasks may hang below instances, kept templates have their own
+        if not kept:
+            break
+        plan = _expand_as_before(home, old, _keep_valid(plan, kept))
+    return plan
+
+
+def _expand_as_before(home: Home, old: Plan, plan: Plan) -> Plan:
+    d = diff(home, old, plan)
+    rerun = set(d.changed) | set(plan.descendants(d.changed))
+    for tid in plan.unexpanded:
+        t = plan.task(tid)
+        o = old.task(tid) if old.has(tid) else None
+        if o is None or o.fanout is None or not o.for_each or t.for_each["from"] in rerun or \
+                (o.for_each["from"], o.for_each["as"]) != (t.for_each["from"], t.for_each["as"]) or \
+                o.fanout > t.for_each["max"]:
+            continue
+        items = [old.task(i).origin.get("item") for i in o.instances if old.has(i) and old.task(i).origin]
+        if len(items) != o.fanout:
+            continue
+        try:
+            plan = fanout.build(plan, tid, items)
+        except fanrules.FanoutError:
+            continue
+    return plan
+
+
+def _keep_valid(new: Plan, kept: list) -> Plan:
+    """new plus the kept tasks whose dependencies all exist (to a fixpoint)."""
+    have = set(new.ids())
+    out = []
+    pending = [t for t in kept if t.id not in have]
+    changed = True
+    while changed:
+        changed = False
+        for t in list(pending):
+            if all(d in have for d in (*t.deps, *t.soft_deps)):
+                out.append(t)
+                have.add(t.id)
+                pending.remove(t)
+                changed = True
+    order = {t.id: i for i, t in enumerate(kept)}
+    return new.with_tasks(list(new.tasks) + sorted(out, key=lambda t: order[t.id]))
 
 
 def _create_goal(home: Home, plan: Plan, by: str, pinned: dict | None = None) -> str:
@@ -151,13 +213,16 @@ def diff(home: Home, old: Plan, new: Plan) -> Diff:
     return d
 
 
-def _replace_goal(home: Home, old: Plan, new: Plan, d: Diff, by: str) -> None:
+def _replace_goal(home: Home, old: Plan, new: Plan, d: Diff, by: str, old_raw: bytes | None = None) -> None:
     """Archive the task folders that must re-run (claims of running ones go with them, so
     their holders see the claim vanish and stop), then publish the new plan."""
     g = new.goal
     below = set(new.descendants(d.changed)) | set(d.changed)
     targets = below | set(d.removed)
     with claims.edit_lock(home, g, exclusive=True):
+        if old_raw is not None and home.plan_bytes(g) != old_raw:
+            raise Refused(f"the plan of goal {g!r} changed meanwhile (a fan-out or `dagrun add`); "
+                          f"run the command again")
         try:
             fsio.remove(home.summary_path(g))
             adir, moved = _archive(home, old, g, targets)
