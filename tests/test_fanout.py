@@ -153,3 +153,39 @@ echo "rc=$rc"
     tasks = home / "goals/g/tasks"
     assert [(tasks / f"migrate.{k}/output").read_text() for k in range(3)] == ["a\n", "b\n", "c\n"]
     assert (tasks / "join/done").exists() and json.loads((tasks / "migrate/output").read_text()) == ["a\n", "b\n", "c\n"]
+
+
+def test_retry_force_of_the_source_expands_again_from_the_new_output(tmp_path):
+    home = tmp_path / "home"
+    plan = _plan(tmp_path, json.dumps(["a", "b", "c"]), template={"prompt": "{{item}}"})
+    run("run", plan, home=home)
+    (tmp_path / "items.txt").write_text(json.dumps(["x", "y"]))
+    run("retry", "--force", "g", "plan-files", home=home)
+    pj = json.loads((home / "goals/g/plan.json").read_text())
+    assert [t["id"] for t in pj["tasks"]] == ["plan-files", "migrate", "join"]     # collapsed
+    run("run", "g", home=home)
+    tasks = home / "goals/g/tasks"
+    assert json.loads((tasks / "migrate/output").read_text()) == ["x\n", "y\n"]
+    assert not (tasks / "migrate.2").exists()
+
+
+def test_submit_again_keeps_the_expansion_and_a_changed_template_reruns_its_instances(tmp_path):
+    home = tmp_path / "home"
+    plan = _plan(tmp_path, json.dumps(["a", "b"]), template={"prompt": "{{item}}"})
+    run("run", plan, home=home)
+    assert run("submit", plan, "--json", home=home).stdout.count('"unchanged"') == 1
+    doc = json.loads(plan.read_text())
+    doc["tasks"][1]["prompt"] = "item {{item}}"
+    plan.write_text(json.dumps(doc))
+    d = json.loads(run("diff", plan, "--json", home=home).stdout)["diff"]
+    assert d["changed"] == ["migrate", "migrate.0", "migrate.1"] and d["downstream"] == ["join"]
+    assert d["kept_done"] == ["plan-files"] and d["removed"] == []
+    run("run", "--replace", plan, home=home)
+    assert json.loads((home / "goals/g/tasks/migrate/output").read_text()) == ["item a\n", "item b\n"]
+    # a new `from` expands again once it is done; the old instances are archived
+    doc["tasks"].insert(0, {"id": "other", "prompt": "p", "agent": "echo '[\"z\"]'"})
+    doc["tasks"][2]["for_each"]["from"] = "other"
+    plan.write_text(json.dumps(doc))
+    run("run", "--replace", plan, home=home)
+    assert json.loads((home / "goals/g/tasks/migrate/output").read_text()) == ["item z\n"]
+    assert not (home / "goals/g/tasks/migrate.1").exists()
