@@ -262,4 +262,11 @@ def build_summary(home: Home, plan: Plan, sched: Scheduler, run: GoalRun | None 
     states = sched.states()
     failed_roots = [t for t in plan.ids() if states[t] in (S.FAILED, S.CANCELLED)]
     blocked = [{"task": t, "blocked_by": sched.blocked_by(t)} for t in plan.ids() if states[t] == S.BLOCKED]
-    return summarize(run or goal_run(home, plan, sched), sched.counts(), blocked, failed_roots)
+    out = summarize(run or goal_run(home, plan, sched), sched.counts(), blocked, failed_roots)
+    grown = {t.id: {"from": t.for_each["from"], "instances": t.fanout} for t in plan.tasks if t.for_each}
+    if grown:                       # fan-out templates: what each became
+        out["templates"] = grown
+    added = [t.id for t in plan.tasks if t.origin and t.origin.get("edit") == "add"]
+    if added:                       # tasks `dagrun add` put in
+        out["added"] = added
+    return out

@@ -56,6 +56,10 @@ def test_twenty_items_fan_out_to_twenty_tasks_and_the_join_sees_twenty_outputs(t
     inst = {t["id"]: t for t in pj["tasks"]}
     assert inst["migrate.3"]["origin"] == {"edit": "fanout", "of": "migrate", "index": 3, "item": items[3]}
     assert inst["migrate"]["fanout"] == 20
+    summary = json.loads((home / "goals/g/summary.json").read_text())
+    assert summary["templates"] == {"migrate": {"from": "plan-files", "instances": 20}}
+    out = run("graph", "g", home=home).stdout
+    assert '[["migrate<br/>done<br/>x20 (for_each plan-files)"]]' in out and 'subgraph' in out
 
 
 def test_join_prompt_shares_the_context_budget_between_instances(tmp_path):
