@@ -116,6 +116,8 @@ def carry_over(home: Home, old: Plan, new: Plan) -> Plan:
 
 
 def _expand_as_before(home: Home, old: Plan, plan: Plan) -> Plan:
+    if not any(old.has(t) and old.task(t).fanout is not None for t in plan.unexpanded):
+        return plan
     d = diff(home, old, plan)
     rerun = set(d.changed) | set(plan.descendants(d.changed))
     for tid in plan.unexpanded:

@@ -68,8 +68,8 @@ def parse_items(data: bytes, *, source: str, limit: int) -> list:
             if len(items) > limit:
                 break
     if len(items) > limit:
-        raise FanoutError(f"the output of {source} lists {'more than ' if not (whole and isinstance(doc, list)) else ''}"
-                          f"{len(items)} items; for_each.max is {limit}")
+        n = f"{len(items)}" if whole and isinstance(doc, list) else f"more than {limit}"
+        raise FanoutError(f"the output of {source} lists {n} items; for_each.max is {limit}")
     for k, it in enumerate(items):
         if it is None:
             raise FanoutError(f"item {k} of the output of {source} is null")

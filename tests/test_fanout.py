@@ -193,3 +193,20 @@ def test_submit_again_keeps_the_expansion_and_a_changed_template_reruns_its_inst
     run("run", "--replace", plan, home=home)
     assert json.loads((home / "goals/g/tasks/migrate/output").read_text()) == ["item z\n"]
     assert not (home / "goals/g/tasks/migrate.1").exists()
+
+
+def test_items_and_placeholders_rules():
+    from dagrun.fanrules import FanoutError, parse_items, substitute, template_of
+    assert parse_items(b"[1, 2]", source="s", limit=5) == [1, 2]
+    assert parse_items(b'{"a": 1}\n\n{"a": 2}\n', source="s", limit=5) == [{"a": 1}, {"a": 2}]
+    assert parse_items(b"```json\n[\"a\"]\n```\n", source="s", limit=5) == ["a"]
+    with pytest.raises(FanoutError, match="lists more than 2 items"):
+        parse_items(b"1\n2\n3\n", source="s", limit=2)
+    with pytest.raises(FanoutError, match="is JSON but not an array of items, nor JSON Lines"):
+        parse_items(b'{\n"a": 1}', source="s", limit=2)
+    with pytest.raises(FanoutError, match="not UTF-8"):
+        parse_items(b"\xff[]", source="s", limit=2)
+    assert substitute("{{ f.a.0 }}|{{f}}|{{item}}|{{f_index}}", "f", {"a": ["x"]}, 3) == 'x|{"a": ["x"]}|{{item}}|3'
+    with pytest.raises(FanoutError, match="item 0 has no field 'b'"):
+        substitute("{{f.b}}", "f", {"a": 1}, 0)
+    assert template_of("port.12") == "port" and template_of("v1.2.x") is None and template_of("a.01") is None
