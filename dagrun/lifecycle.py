@@ -165,10 +165,15 @@ def render_prompt(home: Home, plan: Plan, task: Task, record: dict | None,
                   state_of: Callable[[str], str] | None, workspace: "wsp.Prepared | None" = None) -> str:
     g = plan.goal
     ups = []
+    mine = set(task.instances)
     for dep, soft in [(d, False) for d in task.deps] + [(d, True) for d in task.soft_deps]:
+        if dep in mine:             # an expanded template's own prompt (its join, no agent reads
+            if dep == task.instances[0]:      # it): its instances share one budget, as below it
+                ups += _instance_outputs(home, plan, task, task.context_limit, False)
+            continue
         out = home.output_path(g, dep)
         state = (state_of(dep) if state_of else None) or marker_of(home, g, dep) or S.BLOCKED
-        if state == S.DONE and plan.has(dep) and plan.task(dep).fanout is not None and dep not in task.instances:
+        if state == S.DONE and plan.has(dep) and plan.task(dep).fanout is not None:
             # an expanded template: every instance's output, sharing the dependency's budget
             ups += _instance_outputs(home, plan, plan.task(dep), task.context_limit, soft)
             continue
