@@ -80,6 +80,9 @@ def knob_value(name: str):
                                                     anything), max_size=2), max_size=2),
         "budget": st.dictionaries(st.sampled_from(["usd", "tokens", "bogus"]),
                                   st.one_of(scalars, st.floats(-1, 1e6), st.integers(-1, 10 ** 9)), max_size=2),
+        "for_each": st.dictionaries(st.sampled_from(["from", "as", "max", "bogus"]),
+                                    st.one_of(ids, scalars, st.sampled_from(["item", "a b", "x1"]),
+                                              st.integers(-1, 20000)), max_size=4),
         # the cluster runners' options: known sub-fields (and a bogus one) with anything in them
         "options": st.dictionaries(st.sampled_from(list(f.fields or {}) + ["bogus"]) if f and f.fields else st.text(max_size=4),
                                    st.one_of(scalars, st.lists(scalars, max_size=3), st.sampled_from(["2G", "512", "1X"])),
