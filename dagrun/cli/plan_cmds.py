@@ -8,7 +8,7 @@ import sys
 import typer
 
 from . import app
-from .common import GOAL_ARG, JSON_OPT, PLAN_ARG, PLAN_TOOLS, examples, home_of, print_json
+from .common import JSON_OPT, PLAN_ARG, PLAN_TOOLS, examples, home_of, print_json
 
 
 @app.command(rich_help_panel=PLAN_TOOLS, epilog=examples(
