@@ -8,7 +8,7 @@ import os
 import time
 
 from . import claim as claims
-from . import fsio, proc
+from . import fanout, fsio, proc
 from . import resources as res
 from . import states as S
 from . import transitions as tr
@@ -77,6 +77,9 @@ def claim_external(home: Home, g: str, *, worker: str | None, pid: int | None = 
         if f.state == S.RUNNING and tr.break_stale(home, plan, t, worker=worker) is not None:
             sched.requeue(t)
     tr.replay_hooks(home, g, worker)  # hooks left due by a process that died (no engine may be around)
+    if sched.expandable() and fanout.expand_due(home, plan, sched, worker):   # fan-out templates now ready
+        plan = home.load_plan(g)
+        sched, facts = build_scheduler(home, plan)
     if sched.awaiting():              # approval gates past their timeout (no engine may be around)
         tr.expire_approvals(home, plan, sched, worker=worker)
     if sched.is_finished():
@@ -116,6 +119,15 @@ def claim_external(home: Home, g: str, *, worker: str | None, pid: int | None = 
             tr.finish(home, plan, sched, c, ok=False, worker=worker, outcome=CONFLICT, reason=c.conflict,
                       final=True)
             tr.end_goal_if_finished(home, plan, sched, worker)
+            continue
+        if plan.task(t).fanout is not None:   # an expanded template: joined here, no agent
+            fanout.join(home, plan, sched, c, worker)
+            tr.end_goal_if_finished(home, plan, sched, worker)
+            if sched.expandable() and fanout.expand_due(home, plan, sched, worker):
+                plan = home.load_plan(g)
+                sched, facts = build_scheduler(home, plan)
+            if sched.is_finished():
+                return ExitCode.GOAL_FAILED, None     # the goal has ended
             continue
         tr.started(home, c, worker=worker, pid=holder)
         task = plan.task(t)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from . import budget
 from . import claim as claims
-from . import fsio
+from . import fanrules, fsio
 from . import states as S
 from . import transitions as tr
 from .edit import _archive
@@ -172,11 +172,24 @@ def _redo_done(home: Home, plan: Plan, t: str, by: str) -> list[str]:
     with claims.edit_lock(home, g, exclusive=True):
         try:
             fsio.remove(home.summary_path(g))
+            # fan-out templates whose items re-run are expanded again from the new output:
+            # the plan without their instances first (a crash before the archive leaves the
+            # goal consistent: the old output expands again), then the folders
+            redo = set(targets)
+            fold = [x for x in targets if plan.task(x).fanout is not None and plan.task(x).for_each["from"] in redo]
+            if fold:
+                gone = {i for x in fold for i in plan.task(x).instances}
+                plan_ = plan.with_tasks([fanrules.collapse(x) if x.id in fold else x
+                                         for x in plan.tasks if x.id not in gone])
+                fsio.write_atomic(home.plan_path(g), plan_.canonical())
             adir, _ = _archive(home, plan, g, set(targets))
         except OSError as e:
             raise os_error("archive", home.task_dir(g, t), e) from None
     for x in targets:
         tr.reset(home, g, x, by=by, reason=f"forced re-run of {t} requested by {by}", archive=adir)
+    if fold:
+        tr.plan_replaced(home, g, by=by, edit="fanout-reset", templates=fold, removed=sorted(gone), added=[],
+                         changed=[], downstream=[], archived=[])
     return targets
 
 

@@ -37,6 +37,9 @@ def dry_run(home: Home, plan: Plan, *, jobs: int) -> list[Step]:
     one: a different plan would need `--replace`, which a dry run does not do)."""
     g = plan.goal
     if home.has_goal(g):
+        from .edit import carry_over      # a goal that grew (fan-out, `dagrun add`) is still this plan
+        old = home.load_plan(g)
+        plan = carry_over(home, old, plan)
         if fsio.read_bytes(home.plan_path(g)) != plan.canonical():
             raise Refused(f"goal {g!r} already exists with a different plan; `dagrun diff {plan.source}` "
                           f"shows what a --replace would re-run")
@@ -50,6 +53,11 @@ def dry_run(home: Home, plan: Plan, *, jobs: int) -> list[Step]:
     while True:
         wave += 1
         started: list[tuple[str, dict]] = []
+        for t in sched.expandable():     # a template: its items are unknown until `from` has run
+            fe = plan.task(t).for_each
+            steps.append(Step(wave, g, t, f"(fan-out: one task per item of the output of {fe['from']}, "
+                                          f"at most {fe['max']})", plan.task(t).workdir))
+            sched.finish(t, S.DONE)
         while len(started) < max(1, jobs) and (t := sched.take()) is not None:
             task = plan.task(t)
             launch = Launch(agent=task.agent, cwd=task.workdir, env={"DAGRUN_GOAL": g, "DAGRUN_TASK": t},

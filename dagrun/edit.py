@@ -5,6 +5,7 @@ by the functions that edit a goal: submitting a new goal -- `dagrun submit` on t
 -- does not pay for them."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import secrets
@@ -14,7 +15,9 @@ from dataclasses import dataclass, field
 import orjson
 
 from . import executor
+from . import claim as claims
 from . import events as ev
+from . import executor, fanout, fanrules
 from . import fsio
 from . import plan as planmod
 from . import resources as res
@@ -22,7 +25,7 @@ from . import states as S
 from . import workspace as wsp
 from .errors import DagrunError, PlanError, Refused, os_error
 from .plan import Plan, check_id
-from .store import Home, dumps, loads, loads_obj
+from .store import Home, dumps, loads, loads_obj, now_iso
 
 
 @dataclass
@@ -89,6 +92,9 @@ def submit(home: Home, path: str, *, replace: bool = False, dry_run: bool = Fals
         home.ensure()
         return SubmitResult(g, _create_goal(home, plan, by, pinned))
     old = Plan.from_dict(loads(old_raw) or {})
+    if old_raw != plan.canonical():
+        # what the goal grew by itself stays: tasks `dagrun add` put in, templates' expansions
+        plan = carry_over(home, old, plan)
     if old_raw == plan.canonical():
         return SubmitResult(g, "unchanged")
     pinned = wsp.check_plan(plan, home.root)
@@ -102,7 +108,7 @@ def submit(home: Home, path: str, *, replace: bool = False, dry_run: bool = Fals
     if not replace:
         raise Refused(f"goal {g!r} already exists with a different plan (from {old.source}); "
                       f"`dagrun diff {path}` shows what would re-run, `--replace` applies it")
-    _replace_goal(home, old, plan, d, by)
+    _replace_goal(home, old, plan, d, by, old_raw)
     return SubmitResult(g, "replaced", d)
 
 
@@ -143,6 +149,65 @@ def submit_many(home: Home, paths: list[str], *, replace: bool = False, dry_run:
     if bad:
         raise BadPlans(bad)
     return [submit(home, p, replace=replace, dry_run=dry_run, by=by, plan=loaded[p]) for p in paths]
+def carry_over(home: Home, old: Plan, new: Plan) -> Plan:
+    """The goal's growth carried into a new version of its plan (`submit --replace`, and
+    `run dag.json` again on a goal that has grown):
+
+    - tasks added by `dagrun add` (origin "add") that the new plan does not name are kept,
+      unless something they depend on is gone (then they are removed, and archived);
+    - an expanded template keeps its instances, rebuilt from the items recorded in plan.json
+      with the new template (a changed prompt re-runs them, like any changed task), when its
+      `for_each` (from, as) is unchanged, its `from` task does not re-run, and the items still
+      fit `max`; otherwise the instances are removed and the template expands again once its
+      `from` task is done."""
+    kept = [fanrules.collapse(t) for t in old.tasks
+            if t.origin and t.origin.get("edit") == "add" and not new.has(t.id)]
+    plan = _expand_as_before(home, old, new)
+    for _ in range(2):     # kept tasks may hang below instances, kept templates have their own
+        if not kept:
+            break
+        plan = _expand_as_before(home, old, _keep_valid(plan, kept))
+    return plan
+
+
+def _expand_as_before(home: Home, old: Plan, plan: Plan) -> Plan:
+    if not any(old.has(t) and old.task(t).fanout is not None for t in plan.unexpanded):
+        return plan
+    d = diff(home, old, plan)
+    rerun = set(d.changed) | set(plan.descendants(d.changed))
+    for tid in plan.unexpanded:
+        t = plan.task(tid)
+        o = old.task(tid) if old.has(tid) else None
+        if o is None or o.fanout is None or not o.for_each or t.for_each["from"] in rerun or \
+                (o.for_each["from"], o.for_each["as"]) != (t.for_each["from"], t.for_each["as"]) or \
+                o.fanout > t.for_each["max"]:
+            continue
+        items = [old.task(i).origin.get("item") for i in o.instances if old.has(i) and old.task(i).origin]
+        if len(items) != o.fanout:
+            continue
+        try:
+            plan = fanout.build(plan, tid, items)
+        except fanrules.FanoutError:
+            continue
+    return plan
+
+
+def _keep_valid(new: Plan, kept: list) -> Plan:
+    """new plus the kept tasks whose dependencies all exist (to a fixpoint)."""
+    have = set(new.ids())
+    out = []
+    pending = [t for t in kept if t.id not in have]
+    changed = True
+    while changed:
+        changed = False
+        for t in list(pending):
+            if all(d in have for d in (*t.deps, *t.soft_deps)):
+                out.append(t)
+                have.add(t.id)
+                pending.remove(t)
+                changed = True
+    order = {t.id: i for i, t in enumerate(kept)}
+    return new.with_tasks(list(new.tasks) + sorted(out, key=lambda t: order[t.id]))
 
 
 def _create_goal(home: Home, plan: Plan, by: str, pinned: dict | None = None) -> str:
@@ -205,7 +270,7 @@ def diff(home: Home, old: Plan, new: Plan) -> Diff:
     return d
 
 
-def _replace_goal(home: Home, old: Plan, new: Plan, d: Diff, by: str) -> None:
+def _replace_goal(home: Home, old: Plan, new: Plan, d: Diff, by: str, old_raw: bytes | None = None) -> None:
     """Archive the task folders that must re-run (claims of running ones go with them, so
     their holders see the claim vanish and stop), then publish the new plan."""
     from . import claim as claims
@@ -215,6 +280,9 @@ def _replace_goal(home: Home, old: Plan, new: Plan, d: Diff, by: str) -> None:
     below = set(new.descendants(d.changed)) | set(d.changed)
     targets = below | set(d.removed)
     with claims.edit_lock(home, g, exclusive=True):
+        if old_raw is not None and home.plan_bytes(g) != old_raw:
+            raise Refused(f"the plan of goal {g!r} changed meanwhile (a fan-out or `dagrun add`); "
+                          f"run the command again")
         try:
             fsio.remove(home.summary_path(g))
             adir, moved = _archive(home, old, g, targets)
@@ -225,7 +293,8 @@ def _replace_goal(home: Home, old: Plan, new: Plan, d: Diff, by: str) -> None:
                      removed=d.removed, added=d.added, archived=moved, archive=adir if moved else None)
 
 
-def add_tasks(home: Home, g: str, fragment: bytes | dict, *, by: str, shown: str = "fragment") -> list[str]:
+def add_tasks(home: Home, g: str, fragment: bytes | dict, *, by: str, shown: str = "fragment",
+              agent: dict | None = None) -> list[str]:
     """Add the tasks of a fragment ({"tasks": [...], "defaults": {...}}) to goal g, running
     or not: validated like a plan (plan.parse_fragment: ids, unknown deps, cycles, limits, no
     id clash), new tasks only below existing ones or as new leaves, so nothing that exists
@@ -233,7 +302,10 @@ def add_tasks(home: Home, g: str, fragment: bytes | dict, *, by: str, shown: str
     no second edit): summary.json goes first (the goal is open again; a crash right after
     leaves the old plan, whose end is simply announced again), then the new plan.json is
     published by rename -- the old plan or the new one, nothing in between -- and an
-    `agent.plan.replaced` event names who added what (engines rebuild the goal on it).
+    `agent.plan.replaced` event names who added what (engines rebuild the goal on it), and
+    each added task carries its `origin` in plan.json ({"edit": "add", "by", "at", and the
+    adding agent's task/attempt when `agent` says so}), so the record survives a crash
+    between the publish and the event. The goal's max_tasks caps the growth.
     Returns the added ids. Raises PlanError (exit 2) before anything is written."""
     from . import claim as claims
     from . import transitions as tr
@@ -245,13 +317,16 @@ def add_tasks(home: Home, g: str, fragment: bytes | dict, *, by: str, shown: str
         old = home.load_plan(g)                 # again under the lock: another edit may have won
         new = planmod.parse_fragment(bytes(raw), shown=shown, plan=old)
         added = new.ids()[len(old.tasks):]
+        origin = {"edit": "add", "by": by, "at": now_iso(), **(agent or {})}
+        new = new.with_tasks(list(new.tasks[:len(old.tasks)]) +
+                             [dataclasses.replace(t, origin=origin) for t in new.tasks[len(old.tasks):]])
         try:
             fsio.remove(home.summary_path(g))
             fsio.write_atomic(home.plan_path(g), new.canonical())
         except OSError as e:
             raise os_error("add tasks to", home.goal_dir(g), e) from None
     tr.plan_replaced(home, g, by=by, edit="add", added=added, changed=[], downstream=[], removed=[],
-                     archived=[])
+                     archived=[], **(agent or {}))
     return added
 
 

@@ -26,7 +26,7 @@ from typing import Callable
 from . import budget as bud
 from . import cache
 from . import claim as claims
-from . import executor, fsio
+from . import executor, fanout, fsio
 from . import resources as res
 from . import states as S
 from . import transitions as tr
@@ -218,6 +218,7 @@ class Engine(Reconciler):
             self._next_budget = now + BUDGET_EVERY
             self._budget_tick()
         if not self.stopping and not self.fs_error:
+            self._expand()
             self._dispatch()
         touched, self._touched = self._touched, set()
         for g in touched:                  # read back our own events: the on_event view
@@ -314,6 +315,26 @@ class Engine(Reconciler):
             gs.finished = False
 
     # ================================================================== dispatch
+    def _expand(self) -> None:
+        """Fan-out: expand (or fail) the templates that became ready -- right after their
+        `from` task's commit, and at start-up and every rescan for one a crash left behind
+        (fanout.py). A goal whose expansion hit an error is tried again at its next rescan."""
+        for gs in list(self.goals.values()):
+            if not gs.plan.unexpanded or gs.expand_error or not gs.sched.expandable():
+                continue
+            try:
+                changed = fanout.expand_due(self.home, gs.plan, gs.sched, self.worker)
+            except (OSError, FsError) as e:
+                self._fs_failed(e)
+                return
+            except DagrunError as e:
+                self.log(f"error: {gs.plan.goal}: fan-out: {e}")
+                gs.expand_error = True
+                continue
+            if changed:
+                self._touched.add(gs.plan.goal)
+                self._resync(gs)
+
     def _dispatch(self) -> None:
         goals = list(self.goals.values())
         if len(self.runs) < self.jobs:
@@ -380,6 +401,16 @@ class Engine(Reconciler):
         task = plan.task(t)
         if c.skip is not None or task.approval is not None:    # a false `when`; an approval gate
             self._gate(gs, c)
+            return
+        if task.fanout is not None:        # an expanded template: the join of its instances, no agent
+            try:
+                data = fanout.join_output(self.home, plan, t)
+            except (OSError, DagrunError) as e:
+                self._give_back(gs, c, f"fan-out join: {e}")
+                self.log(f"error: {g}/{t}: {e}")
+                return
+            self._finish(gs, c, ok=True, output_data=data, fields={"instances": task.fanout},
+                         extra={"instances": task.fanout})
             return
         if task.cache and self.use_cache and self._serve_cached(gs, c, task):    # the result cache
             return

@@ -47,6 +47,20 @@ def _edges(plan: Plan) -> list[tuple[str, str, bool]]:
     return out
 
 
+def _fan_note(plan: Plan, t: str) -> str | None:
+    """A template's second line: its instance count, or what it fans out over."""
+    task = plan.task(t)
+    if not task.for_each:
+        return None
+    n = task.fanout
+    return f"for_each {task.for_each['from']}" if n is None else f"x{n} (for_each {task.for_each['from']})"
+
+
+def _groups(plan: Plan) -> dict[str, list[str]]:
+    """Expanded template -> its instances (drawn together)."""
+    return {t.id: list(t.instances) for t in plan.tasks if t.fanout}
+
+
 def _critical_edges(path: list[str]) -> set[tuple[str, str]]:
     return set(zip(path, path[1:]))
 
@@ -55,12 +69,25 @@ def mermaid(plan: Plan, states: dict[str, str] | None = None, critical: list[str
     ids = {t: f"t{i}" for i, t in enumerate(plan.ids())}
     crit = _critical_edges(critical or [])
     lines = ["flowchart LR"]
-    for t in plan.ids():
+    groups = _groups(plan)
+    inside = {i for members in groups.values() for i in members}
+
+    def node(t: str, indent: str = "    ") -> str:
         label = "<br/>".join([t, *_notes(plan, t)] + ([states.get(t, "waiting")] if states else []))
+        note = _fan_note(plan, t)
+        if note:                        # a template: the subroutine shape
+            return f'{indent}{ids[t]}[["{label}<br/>{note}"]]'
         if plan.task(t).approval is not None:
-            lines.append(f'    {ids[t]}{{{{"{label}"}}}}')      # a hexagon: a gate a person opens
-        else:
-            lines.append(f'    {ids[t]}["{label}"]')
+            return f'{indent}{ids[t]}{{{{"{label}"}}}}'      # a hexagon: a gate a person opens
+        return f'{indent}{ids[t]}["{label}"]'
+    for t in plan.ids():
+        if t in inside:
+            continue
+        lines.append(node(t))
+        if t in groups and groups[t]:
+            lines.append(f'    subgraph {ids[t]}g["instances of {t}"]')
+            lines += [node(i, "        ") for i in groups[t]]
+            lines.append("    end")
     styled = []
     for k, (a, b, soft) in enumerate(_edges(plan)):
         lines.append(f"    {ids[a]} {'-.->' if soft else '-->'} {ids[b]}")
@@ -91,12 +118,20 @@ def dot(plan: Plan, states: dict[str, str] | None = None, critical: list[str] | 
              "  rankdir=LR;",
              '  node [shape=box, style="rounded,filled", fillcolor="#ffffff", fontname="Helvetica", fontsize=11];',
              '  edge [color="#607d8b", arrowsize=0.7];']
+    groups = _groups(plan)
+    inside = {i: tpl for tpl, members in groups.items() for i in members}
+    cluster: dict[str, list[str]] = {}
     for t in plan.ids():
         attrs = []
         notes = _notes(plan, t) + ([states.get(t, "waiting")] if states else [])
+        note = _fan_note(plan, t)
+        if note:
+            notes.append(note)
         if notes:
             attrs.append("label=" + _q(t)[:-1] + "".join("\\n" + _q(x)[1:-1] for x in notes) + '"')
-        if plan.task(t).approval is not None:
+        if note:
+            attrs.append("shape=box3d")       # a template
+        elif plan.task(t).approval is not None:
             attrs.append("shape=hexagon")
         if states:
             s = states.get(t, "waiting")
@@ -106,7 +141,16 @@ def dot(plan: Plan, states: dict[str, str] | None = None, critical: list[str] | 
                 attrs.append('style="rounded,filled,dashed"')
         if t in on_path:
             attrs.append("penwidth=2.5")
-        lines.append(f"  {_q(t)}" + (f" [{', '.join(attrs)}]" if attrs else "") + ";")
+        line = f"  {_q(t)}" + (f" [{', '.join(attrs)}]" if attrs else "") + ";"
+        if t in inside:
+            cluster.setdefault(inside[t], []).append(line)
+        else:
+            lines.append(line)
+    for k, (tpl, members) in enumerate(cluster.items()):
+        lines.append(f"  subgraph {_q('cluster_' + tpl)} {{")
+        lines.append(f"    label={_q('instances of ' + tpl)}; style=dashed; color=\"#90a4ae\";")
+        lines += ["  " + m for m in members]
+        lines.append("  }")
     for a, b, soft in _edges(plan):
         attrs = []
         if soft:

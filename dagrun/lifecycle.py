@@ -287,9 +287,18 @@ def render_prompt(home: Home, plan: Plan, task: Task, record: dict | None,
                   state_of: Callable[[str], str] | None, workspace: "wsp.Prepared | None" = None) -> str:
     g = plan.goal
     ups = []
+    mine = set(task.instances)
     for dep, soft in [(d, False) for d in task.deps] + [(d, True) for d in task.soft_deps]:
+        if dep in mine:             # an expanded template's own prompt (its join, no agent reads
+            if dep == task.instances[0]:      # it): its instances share one budget, as below it
+                ups += _instance_outputs(home, plan, task, task.context_limit, False)
+            continue
         out = home.output_path(g, dep)
         state = (state_of(dep) if state_of else None) or marker_of(home, g, dep) or S.BLOCKED
+        if state == S.DONE and plan.has(dep) and plan.task(dep).fanout is not None:
+            # an expanded template: every instance's output, sharing the dependency's budget
+            ups += _instance_outputs(home, plan, plan.task(dep), task.context_limit, soft)
+            continue
         if state == S.DONE:
             got = home.read_task_file_sized(out, task.context_limit + 1)
             if got is None and marker_of(home, g, dep) != S.DONE:
@@ -312,6 +321,24 @@ def render_prompt(home: Home, plan: Plan, task: Task, record: dict | None,
                             check=" ".join(task.check) if task.check and chk else None)
     return render(task.prompt, ups, task.context_limit, note,
                   wsp.prompt_note(workspace) if workspace is not None else None)
+
+
+def _instance_outputs(home: Home, plan: Plan, tpl: Task, limit: int, soft: bool) -> list[Upstream]:
+    """A dependency on a fan-out template: one section per instance, each given an equal
+    share of the dependency's context_limit (the whole outputs stay in their files)."""
+    g = plan.goal
+    ids = tpl.instances
+    share = limit // max(1, len(ids))
+    out = []
+    for iid in ids:
+        path = home.output_path(g, iid)
+        got = home.read_task_file_sized(path, share + 1)
+        if got is None:
+            raise Stale(f"{g}/{iid} is no longer done")
+        data, size = got
+        out.append(Upstream(iid, S.DONE, data, size, path, soft, wsp.diffstat(home, g, iid) if plan.workspace else None,
+                            limit=share))
+    return out
 
 
 def _tail(home: Home, path: str, nbytes: int) -> str:
@@ -625,7 +652,7 @@ def scheduler_for(plan: Plan, initial: dict[str, str] | None = None) -> Schedule
     return Scheduler(plan.tasks, initial, max_parallel=plan.max_parallel,
                      stop_on_failure=plan.on_failure == "stop", files=plan.files_of, budget=plan.budget,
                      estimates={t.id: t.estimate_usd for t in plan.tasks if t.estimate_usd},
-                     serial=plan.serial_of)
+                     serial=plan.serial_of, hold=plan.unexpanded)
 
 
 def mark_cancelled(home: Home, g: str, t: str, *, by: str, reason: str) -> bool:

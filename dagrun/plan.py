@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 import orjson
 
-from . import conditions, presets
+from . import conditions, fanrules, presets
 from . import states as S
 from .errors import PlanError
 from .scheduler import CycleError, topo_order
@@ -150,8 +150,20 @@ TASK_FIELDS: dict[str, F] = {
     "approval": F("approval", "An approval gate: no agent runs; once its deps are done it waits (awaiting_approval) "
                   "until `dagrun approve` (done, the note is its output) or `dagrun reject` (failed). "
                   "{\"prompt\": \"...\", \"timeout\": \"2h\"} (timeout: rejected when nobody decided)."),
+    "for_each": F("for_each", "Fan-out: this task is a template. When its dependencies are done, the output of the "
+                  "task `from` (a JSON array, or JSON Lines) becomes one task per item, `<id>.<k>` (k = 0, 1, ...), "
+                  "each with `{{as}}` / `{{as.field}}` in its prompt replaced by the item; tasks that depend on the "
+                  "template wait for every instance (see docs/fanout.md)."),
     **KNOBS,
 }
+
+FOR_EACH_FIELDS: dict[str, F] = {
+    "from": F("id", "The task whose output lists the items (added to deps if missing)."),
+    "as": F("string", "The name the item has in the prompt: {{item}}, {{item.field}}.", default="item"),
+    "max": F("integer", "The most items accepted: more fails the template.", lo=1, hi=10_000, default=100),
+}
+AS_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+DEFAULT_MAX_TASKS = 1000
 
 TOP_FIELDS: dict[str, F] = {
     "runner": F("enum", "The runner of every task that sets none (default \"local\"); same as defaults.runner.",
@@ -169,6 +181,8 @@ TOP_FIELDS: dict[str, F] = {
                    "starting from `base` with its prerequisites' commits merged in."),
     "hooks": F("hooks", "Commands / webhooks run on every task's state changes and when the goal finishes "
                "(see docs/integrations.md)."),
+    "max_tasks": F("integer", "The most tasks the goal may hold once `dagrun add` and fan-out (for_each) have grown "
+                   "it (default: 1000). A plan may start with more; it then cannot grow.", lo=1, hi=MAX_TASKS),
     "budget": F("budget", "The goal's spending pool: {\"usd\": d, \"tokens\": n} (either or both). A ready task whose "
                 "estimate does not fit in what is left does not start (blocked: budget); a running task that "
                 "pushes the spend past it is stopped. `dagrun budget GOAL --add D` raises it."),
@@ -235,6 +249,9 @@ class Task:
     when: dict | None = field(default=None, compare=False, hash=False)       # conditions.py expression
     trigger: str = "all_success"                                              # scheduler.verdict rule
     approval: dict | None = field(default=None, compare=False, hash=False)   # {"prompt", "timeout"}: a gate
+    for_each: dict | None = field(default=None, hash=False)   # {"from", "as", "max"}: a template (fanrules.py)
+    fanout: int | None = None          # plan.json only: a template's number of instances once expanded
+    origin: dict | None = field(default=None, compare=False, hash=False)   # plan.json only: which edit made it
 
     def needs(self) -> dict[str, int]:
         """Resource name -> units this task holds while it runs: its `resources` (but mem),
@@ -247,6 +264,16 @@ class Task:
             out.setdefault(AGENT_RES + key, 1)
         return out
 
+    @property
+    def declared_deps(self) -> tuple[str, ...]:
+        """deps as written: an expanded template's deps end with its instances (fanrules)."""
+        return self.deps[:len(self.deps) - self.fanout] if self.fanout else self.deps
+
+    @property
+    def instances(self) -> tuple[str, ...]:
+        """An expanded template's instance ids (empty otherwise)."""
+        return self.deps[len(self.deps) - self.fanout:] if self.fanout else ()
+
     def definition_digest(self) -> str:
         return self._digest
 
@@ -254,8 +281,10 @@ class Task:
     def _digest(self) -> str:
         """What decides the task's result: a done task whose digest is unchanged is kept
         when a plan is replaced. Timeouts, retries and priority do not change the result."""
-        d = [self.prompt, self.agent, list(self.deps), list(self.soft_deps), self.workdir,
+        d = [self.prompt, self.agent, list(self.declared_deps), list(self.soft_deps), self.workdir,
              self.context_limit, self.retry_context]
+        if self.for_each:       # a template: what it fans out over (not `max`, not its instances)
+            d.append(["for_each", self.for_each["from"], self.for_each["as"]])
         if self.check:           # what is accepted as a result (absent: the digests of older plans hold)
             d.append(list(self.check))
         if not self.workspace:
@@ -289,8 +318,8 @@ class Task:
         if d["budget_share"] == 0.4:   # absent when default: plan.json of older plans stays byte-identical
             del d["budget_share"]
         for k, dflt in (("mutex", None), ("serial", None), ("when", None), ("trigger", "all_success"),
-                        ("approval", None)):
-            if d[k] == dflt:
+                        ("approval", None), ("for_each", None), ("fanout", None), ("origin", None)):
+            if d[k] == dflt:      # absent unless used: older plan.json bytes hold
                 del d[k]
         return d
 
@@ -311,6 +340,7 @@ class Plan:
     capacities: dict | None = None     # plan "resources": name -> units (the goal's pool, resources.py)
     agent_limits: dict | None = None   # agent name -> tasks running it at once (= capacity of agent.<name>)
     tenant: str | None = None
+    max_tasks: int | None = None   # the cap on growth by `dagrun add` and fan-out (None: the default)
     _index: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
@@ -341,6 +371,23 @@ class Plan:
         """task -> its serial group; None when no task has one (the rule is off)."""
         return {t.id: t.serial for t in self.tasks if t.serial} or None
 
+    def with_tasks(self, tasks) -> "Plan":
+        """The same plan with other tasks (a plan edit: add, fan-out)."""
+        return Plan(goal=self.goal, source=self.source, plan_dir=self.plan_dir, tasks=tuple(tasks),
+                    max_parallel=self.max_parallel, on_failure=self.on_failure, lease=self.lease,
+                    description=self.description, workspace=self.workspace, hooks=self.hooks,
+                    budget=self.budget, max_tasks=self.max_tasks, capacities=self.capacities,
+                    agent_limits=self.agent_limits, tenant=self.tenant)
+
+    def task_cap(self) -> int:
+        """The most tasks the goal may hold after add / fan-out (max_tasks)."""
+        return self.max_tasks or DEFAULT_MAX_TASKS
+
+    @cached_property
+    def unexpanded(self) -> tuple[str, ...]:
+        """Templates (for_each) not expanded yet: the scheduler never hands them out."""
+        return tuple(t.id for t in self.tasks if t.for_each and t.fanout is None)
+
     def dependents(self) -> dict[str, list[str]]:
         """task -> tasks that list it in deps or soft_deps."""
         out: dict[str, list[str]] = {t.id: [] for t in self.tasks}
@@ -369,6 +416,7 @@ class Plan:
             "max_parallel": self.max_parallel, "on_failure": self.on_failure, "lease": self.lease,
             "description": self.description, "tasks": [t.to_dict() for t in self.tasks],
             **({"budget": self.budget} if self.budget else {}),
+            **({"max_tasks": self.max_tasks} if self.max_tasks else {}),
         }
         if self.workspace:
             d["workspace"] = self.workspace
@@ -403,7 +451,7 @@ class Plan:
                    lease=d.get("lease", DEFAULT_LEASE), description=d.get("description"),
                    workspace=d.get("workspace"), hooks=d.get("hooks"),
                    budget=d.get("budget"), capacities=d.get("resources"), agent_limits=d.get("agent_limits"),
-                   tenant=d.get("tenant"))
+                   tenant=d.get("tenant"), max_tasks=d.get("max_tasks"))
 
 
 # ------------------------------------------------------------------------------ loading
@@ -468,8 +516,9 @@ def parse_fragment(raw: bytes, *, shown: str, plan: Plan) -> Plan:
     raw_tasks = top.get("tasks")
     if not isinstance(raw_tasks, list) or not raw_tasks:
         v.fail(("tasks",) if "tasks" in top else (), "a fragment needs \"tasks\": a non-empty array of tasks")
-    if len(plan.tasks) + len(raw_tasks) > MAX_TASKS:
-        v.fail(("tasks",), f"the goal would have {len(plan.tasks) + len(raw_tasks)} tasks; the limit is {MAX_TASKS}")
+    if len(plan.tasks) + len(raw_tasks) > plan.task_cap():
+        v.fail(("tasks",), f"the goal would have {len(plan.tasks) + len(raw_tasks)} tasks; its max_tasks is "
+               f"{plan.task_cap()}" + ("" if plan.max_tasks else " (the default; set \"max_tasks\" in the plan)"))
     seen: dict[str, int] = {}
     new = []
     for i, rt in enumerate(raw_tasks):
@@ -489,12 +538,10 @@ def parse_fragment(raw: bytes, *, shown: str, plan: Plan) -> Plan:
         topo_order(list(by_id), [[by_id[d] for d in (*t.deps, *t.soft_deps)] for t in tasks],
                    _successors(tasks, by_id))
     except CycleError as e:
-        v.fail(("tasks", by_id[e.cycle[0]] - base), _fmt_cycle(e.cycle))
+        v.fail(("tasks", max(0, by_id[e.cycle[0]] - base)), _fmt_cycle(e.cycle))
     v.check_scheduling(tasks, plan.goal_capacities(), base)
-    return Plan(goal=plan.goal, source=plan.source, plan_dir=plan.plan_dir, tasks=tuple(tasks),
-                max_parallel=plan.max_parallel, on_failure=plan.on_failure, lease=plan.lease,
-                description=plan.description, hooks=plan.hooks, budget=plan.budget, workspace=plan.workspace,
-                capacities=plan.capacities, agent_limits=plan.agent_limits, tenant=plan.tenant)
+    v.check_templates(plan.tasks, new)
+    return plan.with_tasks(tasks)
 
 
 class _DupKey(Exception):
@@ -763,7 +810,7 @@ class _Validator:
             dflt.setdefault("runner", self.check(("runner",), TOP_FIELDS["runner"], top["runner"]))
         opts = {}
         for k in ("max_parallel", "on_failure", "lease", "description", "budget", "resources", "agent_limits",
-                  "tenant"):
+                  "tenant", "max_tasks"):
             if k in top:
                 opts[k] = self.check((k,), TOP_FIELDS[k], top[k])
         if "$schema" in top:
@@ -799,11 +846,14 @@ class _Validator:
             self.fail(("tasks", by_id[e.cycle[0]]), _fmt_cycle(e.cycle))
         caps = {**(opts.get("resources") or {}), **{AGENT_RES + a: n for a, n in (opts.get("agent_limits") or {}).items()}}
         self.check_scheduling(tasks, caps, 0)
+        self.check_templates((), tasks)
+        if opts.get("max_tasks") is not None and opts["max_tasks"] < len(tasks):
+            self.fail(("max_tasks",), f"{opts['max_tasks']} is less than the plan's {len(tasks)} tasks")
         return Plan(goal=goal, source=self.source, plan_dir=plan_dir, tasks=tuple(tasks),
                     max_parallel=opts.get("max_parallel"), on_failure=opts.get("on_failure", "continue"),
                     lease=float(opts.get("lease", DEFAULT_LEASE)), description=opts.get("description"),
                     workspace=workspace, hooks=hooks, budget=opts.get("budget"), capacities=opts.get("resources"),
-                    agent_limits=opts.get("agent_limits"), tenant=opts.get("tenant"))
+                    agent_limits=opts.get("agent_limits"), tenant=opts.get("tenant"), max_tasks=opts.get("max_tasks"))
 
     def check_scheduling(self, tasks: list, caps: dict, base: int) -> None:
         """No task asks for more of a resource than the plan's capacity of it (it could never
@@ -841,6 +891,40 @@ class _Validator:
             i = by_id[t.id]
             self.fail(("tasks", max(0, i - base), "serial"), f"serial group {_show(t.serial)} runs in plan order, but "
                       f"that order contradicts the dependencies: {_fmt_cycle(e.cycle)}")
+
+    def check_templates(self, existing: tuple, new: list) -> None:
+        """Fan-out ids: `<template>.<k>` belongs to the template's instances, so no other task
+        (in the plan, or added later) may take such an id."""
+        templates = {t.id for t in (*existing, *new) if t.for_each}
+        if not templates:
+            return
+        for i, t in enumerate(new):
+            of = fanrules.template_of(t.id)
+            if of in templates and not (t.origin and t.origin.get("of") == of):
+                self.fail(("tasks", i, "id"), f"task id {_show(t.id)} is reserved for the instances of the "
+                          f"template {_show(of)} (for_each)")
+        for i, t in enumerate(new):
+            if t.for_each:
+                clash = next((e.id for e in existing if fanrules.template_of(e.id) == t.id), None)
+                if clash:
+                    self.fail(("tasks", i, "id"), f"template {_show(t.id)} would name its instances like the "
+                              f"existing task {_show(clash)}")
+
+    def for_each(self, path: tuple, v, tid: str) -> dict:
+        v = self.obj(path, v, FOR_EACH_FIELDS, "for_each")
+        if "from" not in v:
+            self.fail(path, "for_each needs \"from\": the task whose output lists the items")
+        src = self.check(path + ("from",), FOR_EACH_FIELDS["from"], v["from"])
+        if src == tid:
+            self.fail(path + ("from",), "a template cannot fan out over its own output")
+        as_ = v.get("as", "item")
+        if not isinstance(as_, str) or not AS_RE.fullmatch(as_):
+            self.fail(path + ("as",), f"expected a name of letters, digits and _ (like \"item\"), got {_show(as_)}")
+        mx = int(self.check(path + ("max",), FOR_EACH_FIELDS["max"], v.get("max", FOR_EACH_FIELDS["max"].default)))
+        if len(fanrules.instance_id(tid, mx - 1)) > 128:
+            self.fail(path + ("max",), f"the instance ids {tid}.<k> would be longer than 128 characters: "
+                                       f"shorten the template's id")
+        return {"from": src, "as": as_, "max": mx}
 
     def workspace(self, v) -> dict:
         """The plan's workspace object (the git checks come later: workspace.check_plan)."""
@@ -881,6 +965,12 @@ class _Validator:
         both = set(deps) & set(soft)
         if both:
             self.fail(path + ("soft_deps",), f"{_show(sorted(both)[0])} is in both deps and soft_deps")
+        fe = self.for_each(path + ("for_each",), rt["for_each"], tid) if "for_each" in rt else None
+        if fe is not None:
+            if fe["from"] in soft:
+                self.fail(path + ("for_each", "from"), f"{_show(fe['from'])} must be a dependency (deps), not a soft one")
+            if fe["from"] not in deps:
+                deps.append(fe["from"])           # the items come from it: it must be done first
         has_p, has_pf = "prompt" in rt, "prompt_file" in rt
         if has_p == has_pf:
             self.fail(path, f"task {_show(tid)} needs exactly one of \"prompt\" or \"prompt_file\"" +
@@ -953,7 +1043,7 @@ class _Validator:
             runner=get("runner"), resources=dict(knobs.get("resources") or {}), slurm=dict(knobs.get("slurm") or {}),
             ray=dict(knobs.get("ray") or {}), mutex=knobs.get("mutex"),
             serial=self.check(path + ("serial",), TASK_FIELDS["serial"], rt["serial"]) if "serial" in rt else None,
-            when=when, trigger=trigger, approval=approval)
+            when=when, trigger=trigger, approval=approval, for_each=fe)
 
     def hooks(self, path: tuple, v, events: tuple[str, ...]) -> dict | None:
         """{"on_done": [hook, ...], ...}; a hook is an argv array (never a shell), {"argv": [...],
@@ -1233,6 +1323,13 @@ def json_schema() -> dict:
                                 "timeout": {"anyOf": [{"type": "number", "exclusiveMinimum": 0},
                                                       {"type": "string", "pattern": "^" + DURATION_RE.pattern + "$"},
                                                       {"type": "null"}]}}}
+        elif k == "for_each":
+            s = {"type": "object", "additionalProperties": False, "required": ["from"],
+                 "properties": {"from": {"$ref": "#/$defs/id", "description": FOR_EACH_FIELDS["from"].doc},
+                                "as": {"type": "string", "pattern": "^" + AS_RE.pattern + "$", "default": "item",
+                                       "description": FOR_EACH_FIELDS["as"].doc},
+                                "max": {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 100,
+                                        "description": FOR_EACH_FIELDS["max"].doc}}}
         else:
             raise AssertionError(k)
         if f.nullable:

@@ -18,6 +18,7 @@ class Upstream:
     path: str               # where the whole output is
     soft: bool = False
     changes: tuple[str, str] | None = None   # (diffstat, patch path) of its workspace commits
+    limit: int | None = None        # its own share of the budget (a fan-out instance), else `limit`
 
 
 def render(prompt: str, upstream: list[Upstream], limit: int, previous_failure: str | None = None,
@@ -34,10 +35,11 @@ def render(prompt: str, upstream: list[Upstream], limit: int, previous_failure: 
             parts += [f"## Output of {u.id} (unavailable: {why})", ""]
             continue
         parts += [f"## Output of {u.id}", ""]
-        text = _clip(u.data, limit)
+        lim = limit if u.limit is None else u.limit
+        text = _clip(u.data, lim)
         parts.append(text.rstrip("\n"))
-        if u.size > limit:
-            parts.append(f"[... truncated: the first {limit} of {u.size} bytes are shown; "
+        if u.size > lim:
+            parts.append(f"[... truncated: the first {lim} of {u.size} bytes are shown; "
                          f"the whole output is in {u.path}]")
         parts.append("")
         if u.changes is not None:

@@ -35,6 +35,7 @@ class GoalState:
     foreign: set = field(default_factory=set)
     next_rescan: float = 0.0
     finished: bool = False
+    expand_error: bool = False   # a fan-out expansion failed with an error: retried at the next rescan
     stopped: bool = False     # on_failure=stop was acted on (stop_goal ran, here or in another
     #                           process): run it once. What may start is the scheduler's call.
 
@@ -129,6 +130,7 @@ class Reconciler:
             gs.stamp = stamp
             gs.finished = gs.stopped = False
         plan = gs.plan
+        gs.expand_error = False
         sched, facts = build_scheduler(self.home, plan)
         gs.sched = sched
         gs.foreign = set()

@@ -107,7 +107,7 @@ class Scheduler:
                  max_parallel: int | None = None, stop_on_failure: bool = False,
                  files: Mapping[str, Sequence[str]] | None = None,
                  budget: dict | None = None, estimates: dict[str, float] | None = None,
-                 serial: Mapping[str, str] | None = None):
+                 serial: Mapping[str, str] | None = None, hold: Iterable[str] = ()):
         # Capacity rules: what may start, decided here and nowhere else (engine, claim and
         # the CLI only ask may_start()/take()). A new rule (a resource, a budget) is one more
         # condition in may_start().
@@ -124,6 +124,9 @@ class Scheduler:
         # declares any, the rule is off
         self.files = [tuple(files.get(tid, ())) for tid in self.ids] if files else None
         idx = self.index = {tid: i for i, tid in enumerate(self.ids)}
+        # fan-out templates not expanded yet: they become ready like any task but are never
+        # handed out (no agent runs a template); whoever sees one ready expands it (fanout.py)
+        self.hold = frozenset(idx[t] for t in hold)
         n = len(self.ids)
         # serial groups: a task starts only once every earlier task of its group (plan order)
         # has ended; None: no task has a group, the rule is off
@@ -218,6 +221,14 @@ class Scheduler:
             if self.state[d] in states:
                 return self.root.get(d, d)
         return i
+
+    def _push(self, i: int) -> None:
+        if i not in self.hold:
+            heapq.heappush(self.heap, self.key[i])
+
+    def expandable(self) -> list[str]:
+        """Held templates that are ready: their items can be read now (fanout.expand)."""
+        return [self.ids[i] for i in self.hold if self.state[i] == READY]
 
     def _set(self, i: int, s: int) -> None:
         self.count[self.state[i]] -= 1
@@ -469,7 +480,7 @@ class Scheduler:
         if v == READY:
             if self.rem_soft[d] == 0:
                 self._set(d, READY)
-                heapq.heappush(self.heap, self.key[d])
+                self._push(d)
                 changes.append((self.ids[d], "ready", None))
             return False
         root = self._root(d, UNSUCCESSFUL if v == BLOCKED else frozenset((SKIPPED,)))

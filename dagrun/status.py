@@ -126,6 +126,13 @@ def goal_detail(home: Home, g: str) -> dict:
         if st == S.SKIPPED and not f.marker:        # skipped by its trigger rule (derived)
             row["skipped_by"] = sched.blocked_by(t)
             row["reason"] = f"{row['skipped_by']} was skipped"
+        task = plan.task(t)
+        if task.for_each:            # fan-out: a template (its instances once expanded)
+            row["template"] = {"from": task.for_each["from"], "instances": task.fanout}
+        elif task.origin and task.origin.get("edit") == "fanout":
+            row["instance_of"] = task.origin.get("of")
+        elif task.origin and task.origin.get("edit") == "add":
+            row["added_by"] = task.origin.get("by")
         if st == S.BLOCKED:
             row["blocked_by"] = sched.blocked_by(t)
         elif st == S.READY and t in held:       # the budget pool keeps it from starting

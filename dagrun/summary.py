@@ -267,7 +267,14 @@ def build_summary(home: Home, plan: Plan, sched: Scheduler, run: GoalRun | None 
     blocked = [{"task": t, "blocked_by": sched.blocked_by(t)} for t in plan.ids() if states[t] == S.BLOCKED]
     skipped = [{"task": t, **({"skipped_by": sched.blocked_by(t)} if sched.blocked_by(t) else {})}
                for t in plan.ids() if states[t] == S.SKIPPED]
-    return summarize(run or goal_run(home, plan, sched), sched.counts(), blocked, failed_roots, skipped)
+    out = summarize(run or goal_run(home, plan, sched), sched.counts(), blocked, failed_roots, skipped)
+    grown = {t.id: {"from": t.for_each["from"], "instances": t.fanout} for t in plan.tasks if t.for_each}
+    if grown:                       # fan-out templates: what each became
+        out["templates"] = grown
+    added = [t.id for t in plan.tasks if t.origin and t.origin.get("edit") == "add"]
+    if added:                       # tasks `dagrun add` put in
+        out["added"] = added
+    return out
 
 
 # events that change what a goal's tasks are: after one of these, summary.json no longer tells

@@ -69,3 +69,67 @@ def test_a_task_added_by_a_running_agent_runs_before_the_goal_ends(tmp_path):
     assert "child1" in (home / "goals/g/tasks/child2/prompt.md").read_text()
     s = json.loads((home / "goals/g/summary.json").read_text())
     assert s["counts"] == {"done": 4}
+
+
+@pytest.mark.parametrize("fragment, msg", [
+    ({"tasks": [{"id": "t.0", "prompt": "p", "agent": "true"}]}, 'task id "t.0" is reserved for the instances of the template "t"'),
+    ({"tasks": [{"id": "a.1", "prompt": "p", "agent": "true"},
+                {"id": "a", "prompt": "p", "agent": "true"}]}, 'task id "a" already exists'),
+    ({"tasks": [{"id": f"n{i}", "prompt": "p", "agent": "true"} for i in range(3)]},
+     "the goal would have 6 tasks; its max_tasks is 5"),
+])
+def test_reserved_ids_and_max_tasks_are_refused(tmp_path, fragment, msg):
+    home = tmp_path / "home"
+    plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "agent": "echo []"},
+                                       {"id": "t", "for_each": {"from": "a"}, "prompt": "x", "agent": "cat"},
+                                       {"id": "b", "deps": ["a"], "prompt": "x", "agent": "echo b"}],
+                      goal="g", max_tasks=5)
+    run("submit", plan, home=home)
+    before = (home / "goals/g/plan.json").read_bytes(), (home / "goals/g/events.jsonl").read_bytes()
+    p = run("add", "g", "-", home=home, check=2, input=json.dumps(fragment))
+    assert msg in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert ((home / "goals/g/plan.json").read_bytes(), (home / "goals/g/events.jsonl").read_bytes()) == before
+
+
+def test_an_agent_adds_three_sub_goals_with_its_dagrun_variables(tmp_path):
+    """Inside a run, `dagrun add FRAGMENT` needs no goal and no --by: $DAGRUN_GOAL names the
+    goal, $DAGRUN_TASK/$DAGRUN_ATTEMPT who added them (event and plan.json)."""
+    frag = tmp_path / "frag.json"
+    frag.write_text(json.dumps({"defaults": {"agent": "sleep 0.2; head -1"}, "tasks": [
+        {"id": f"sub{i}", "deps": ["boss"], "prompt": f"sub-goal {i}"} for i in range(3)]}))
+    home = tmp_path / "home"
+    plan = write_plan(tmp_path / "p", [
+        {"id": "boss", "prompt": "x", "agent": f"{DAGRUN} add {frag} >/dev/null && echo planned"},
+        {"id": "side", "prompt": "x", "agent": "sleep 0.5; echo side"}], goal="g")
+    run("run", plan, home=home)
+    tasks = home / "goals/g/tasks"
+    assert [(tasks / f"sub{i}/output").read_text() for i in range(3)] == [f"sub-goal {i}\n" for i in range(3)]
+    s = json.loads((home / "goals/g/summary.json").read_text())
+    assert s["counts"] == {"done": 5}
+    ev = [json.loads(x) for x in (home / "goals/g/events.jsonl").read_text().splitlines()]
+    add = [e for e in ev if e["type"] == "agent.plan.replaced"]
+    assert len(add) == 1 and add[0]["worker"] == "g/boss" and add[0]["by_task"] == "boss" and add[0]["by_attempt"] == 1
+    assert add[0]["added"] == ["sub0", "sub1", "sub2"]
+    finished = next(i for i, e in enumerate(ev) if e["type"] == "agent.goal.finished")
+    for i in range(3):
+        done = next(j for j, e in enumerate(ev) if e.get("task") == f"sub{i}" and e.get("status") == "done")
+        assert done < finished
+    pj = {t["id"]: t for t in json.loads((home / "goals/g/plan.json").read_text())["tasks"]}
+    assert pj["sub1"]["origin"]["by"] == "g/boss" and pj["sub1"]["origin"]["edit"] == "add"
+    assert "origin" not in pj["boss"]
+
+
+def test_add_keeps_the_plans_budget_and_cap(tmp_path):
+    home = tmp_path / "home"
+    plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "agent": "echo a"}], goal="g",
+                      budget={"usd": 5}, max_tasks=10)
+    run("submit", plan, home=home)
+    run("add", "g", "-", home=home, input=json.dumps({"tasks": [{"id": "b", "prompt": "p", "agent": "true"}]}))
+    pj = json.loads((home / "goals/g/plan.json").read_text())
+    assert pj["budget"] == {"usd": 5.0} and pj["max_tasks"] == 10
+
+
+def test_add_outside_a_run_needs_the_goal(tmp_path):
+    home = _goal(tmp_path)
+    p = run("add", "-", home=home, check=2, input="{}")
+    assert "give GOAL and FRAGMENT" in p.stderr

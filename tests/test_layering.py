@@ -19,6 +19,7 @@ LAYERS = {
     # agent presets (the table + $DAGRUN_HOME/presets.json) and the usage-line format
     "presets": 2, "usage": 2,
     "wsrules": 2,        # pure rules of code workspaces (snapshot order, files mutex, conflicts)
+    "fanrules": 2,       # pure rules of fan-out: instance ids, items from an output, {{item}}
     # 3: the on-disk layout
     "store": 3,
     # 4: adapters at the edge: the events log, claims, the inotify doorbell, the runners
@@ -36,6 +37,7 @@ LAYERS = {
     "engine": 7, "reconcile": 7, "dryrun": 7, "edit": 7, "control": 7, "commands": 7, "status": 7,
     "wsops": 7,          # integrate, gc: the operations on code workspaces
     "goalgc": 7,         # gc of finished goals (retention), the worker's --gc-older-than
+    "fanout": 7,         # fan-out: a template expanded into instances (a plan edit), its join
     # 8: views over the files
     "metrics": 8, "graph": 8, "report": 8, "estimate": 8,
     # the MCP server (another face of the layer-7 operations) and its client configs

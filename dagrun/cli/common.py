@@ -169,6 +169,15 @@ def fmt_event(e: dict, ts: bool = True) -> str:
         extras.append("resources=" + ",".join(f"{k.replace(' ', '')}:{v}" for k, v in r.items()))
     if isinstance(e.get("released"), list):  # and gives back when it has ended
         extras.append("released=" + ",".join(str(x).replace(" ", "") for x in e["released"]))
+    if typ.endswith("plan.replaced") and e.get("edit"):     # add / fanout: what grew the plan
+        extras.append(f"edit={e['edit']}")
+        if e.get("template"):
+            extras.append(f"template={e['template']} from={e.get('source')}")
+        added = e.get("added") or []
+        if added:
+            extras.append(f"added={len(added)}:" + ",".join(added[:5]) + (",..." if len(added) > 5 else ""))
+    if e.get("instances") is not None and typ.endswith("status.updated"):
+        extras.append(f"instances={e['instances']}")
     if typ.endswith("goal.finished"):
         c = e.get("counts") or {}
         extras.append("counts=" + ",".join(f"{k}:{v}" for k, v in c.items()))

@@ -8,7 +8,7 @@ import sys
 import typer
 
 from . import app
-from .common import GOAL_ARG, JSON_OPT, PLAN_ARG, PLAN_TOOLS, examples, home_of, print_json
+from .common import JSON_OPT, PLAN_ARG, PLAN_TOOLS, examples, home_of, print_json
 
 
 @app.command(rich_help_panel=PLAN_TOOLS, epilog=examples(
@@ -115,20 +115,31 @@ def diff(ctx: typer.Context,
 
 @app.command(rich_help_panel=PLAN_TOOLS, epilog=examples(
         "dagrun add g more.json     # {\"tasks\": [{\"id\": \"docs\", \"deps\": [\"impl\"], \"prompt\": ..., \"agent\": ...}]}",
-        "echo '{\"tasks\": [...]}' | dagrun add g -     # from an agent's run: the fragment on stdin"))
+        "echo '{\"tasks\": [...]}' | dagrun add -     # inside an agent's run: the goal is $DAGRUN_GOAL"))
 def add(ctx: typer.Context,
-        goal: str = GOAL_ARG,
-        fragment: str = typer.Argument(..., metavar="FRAGMENT", show_default=False,
-                                       help="A JSON file with \"tasks\" (an array, as in dag.json) and optional "
-                                            "\"defaults\", or - for stdin."),
-        by: str = typer.Option(None, "--by", metavar="NAME", help="Who adds them (recorded in the event; default: user@host)."),
+        args: list[str] = typer.Argument(..., metavar="[GOAL] FRAGMENT", show_default=False,
+                                         help="Goal id (default inside an agent's run: $DAGRUN_GOAL), then a JSON "
+                                              "file with \"tasks\" (an array, as in dag.json) and optional "
+                                              "\"defaults\", or - for stdin."),
+        by: str = typer.Option(None, "--by", metavar="NAME", help="Who adds them (recorded in the event and in "
+                               "plan.json; default: the agent's goal/task inside a run, else user@host)."),
         json: bool = JSON_OPT):
     """Add tasks to a goal, even while it runs: validated like a plan (ids, dependencies,
-    cycles); new tasks may depend on existing ones, nothing existing changes or re-runs.
-    A running engine picks them up; the goal ends when they have run too."""
+    cycles, the goal's max_tasks); new tasks may depend on existing ones (or be new leaves),
+    nothing existing changes or re-runs. A running engine picks them up; the goal ends when
+    they have run too. A refusal exits 2 with one line and changes nothing."""
     from ..edit import add_tasks
     from ..errors import UsageError
 
+    env = os.environ
+    if len(args) > 2:
+        raise UsageError(f"add takes GOAL and FRAGMENT, got {len(args)} arguments")
+    if len(args) == 2:
+        goal, fragment = args
+    else:                             # `dagrun add FRAGMENT` from inside an agent's run
+        goal, fragment = env.get("DAGRUN_GOAL", ""), args[0]
+        if not goal:
+            raise UsageError("add: give GOAL and FRAGMENT ($DAGRUN_GOAL names the goal only inside an agent's run)")
     if fragment == "-":
         raw = sys.stdin.buffer.read()
     else:
@@ -137,8 +148,13 @@ def add(ctx: typer.Context,
                 raw = f.read()
         except OSError as e:
             raise UsageError(f"cannot read fragment {fragment}: {e.strerror}") from None
-    who = by or f"{os.environ.get('USER', 'user')}@{os.uname().nodename}"
-    added = add_tasks(home_of(ctx), goal, raw, by=who, shown=fragment if fragment != "-" else "<stdin>")
+    agent = None
+    if env.get("DAGRUN_GOAL") == goal and env.get("DAGRUN_TASK"):      # an agent adds to its own goal
+        agent = {"by_task": env["DAGRUN_TASK"]}
+        if env.get("DAGRUN_ATTEMPT", "").isdigit():
+            agent["by_attempt"] = int(env["DAGRUN_ATTEMPT"])
+    who = by or (f"{goal}/{agent['by_task']}" if agent else f"{env.get('USER', 'user')}@{os.uname().nodename}")
+    added = add_tasks(home_of(ctx), goal, raw, by=who, shown=fragment if fragment != "-" else "<stdin>", agent=agent)
     if json:
         print_json({"goal": goal, "added": added})
     else:

@@ -69,6 +69,12 @@ def status(ctx: typer.Context,
         else:
             started = started[5:10] + " " + started[11:16]
         note = r.get("reason") or ("cached" if r.get("cached") else "")
+        if r.get("template") and not note:
+            n = r["template"]["instances"]
+            note = f"for_each {r['template']['from']}: " + (f"{n} instance{'s' if n != 1 else ''}" if n is not None
+                                                             else "not expanded yet")
+        elif r.get("added_by") and not note:
+            note = f"added by {r['added_by']}"
         if r.get("retry_at"):
             note = f"retry at {r['retry_at'][11:19]}: {note}"
         row = [r["task"], state, str(r["attempt"] or "-"), r.get("worker") or "-", started,

@@ -91,6 +91,9 @@ def knob_value(name: str):
         "approval": st.dictionaries(st.sampled_from(["prompt", "timeout", "bogus"]),
                                     st.one_of(scalars, st.sampled_from(["2h", "90s", "1x", "", "0", "1e9d"])),
                                     max_size=2),
+        "for_each": st.dictionaries(st.sampled_from(["from", "as", "max", "bogus"]),
+                                    st.one_of(ids, scalars, st.sampled_from(["item", "a b", "x1"]),
+                                              st.integers(-1, 20000)), max_size=4),
         # the cluster runners' options: known sub-fields (and a bogus one) with anything in them
         "options": st.dictionaries(st.sampled_from(list(f.fields or {}) + ["bogus"]) if f and f.fields else st.text(max_size=4),
                                    st.one_of(scalars, st.lists(scalars, max_size=3), st.sampled_from(["2G", "512", "1X"])),
