@@ -15,74 +15,11 @@ It ignores dispatch overhead, retries and backoffs, which the history's duration
 from __future__ import annotations
 
 import heapq
-import os
-import statistics
-from dataclasses import dataclass, field
 
-from . import fsio
-from .errors import DagrunError
+from .history import History, TaskGuess, guess, read_history  # noqa: F401  (re-exported)
 from .plan import Plan
 from .scheduler import Scheduler
-from .store import Home, loads_obj
-from .summary import read_attempts
-
-
-@dataclass
-class History:
-    """Durations and costs of done tasks in a home, by (task id, agent) and by agent."""
-    by_task: dict[tuple[str, str], list[tuple[float, float | None]]] = field(default_factory=dict)
-    by_agent: dict[str, list[tuple[float, float | None]]] = field(default_factory=dict)
-
-    def add(self, task: str, agent: str, seconds: float, usd: float | None) -> None:
-        self.by_task.setdefault((task, agent), []).append((seconds, usd))
-        self.by_agent.setdefault(agent, []).append((seconds, usd))
-
-
-def read_history(home: Home) -> History:
-    h = History()
-    for g in home.goals():
-        try:
-            plan = home.load_plan(g)
-        except DagrunError:
-            continue
-        for t in plan.tasks:
-            done = loads_obj(fsio.read_bytes(os.path.join(home.task_dir(g, t.id), "done"), follow=False))
-            if not done or not isinstance(done.get("duration"), (int, float)) or done.get("cached"):
-                continue
-            usd = None
-            for a in read_attempts(home, g, t.id):
-                c = (a.usage or {}).get("cost_usd")
-                if isinstance(c, (int, float)):
-                    usd = (usd or 0.0) + float(c)
-            h.add(t.id, t.agent, float(done["duration"]), usd)
-    return h
-
-
-def _median(xs: list[float]) -> float | None:
-    return statistics.median(xs) if xs else None
-
-
-@dataclass
-class TaskGuess:
-    seconds: float
-    usd: float | None
-    source: str              # estimate | history | agent-median | unknown
-
-
-def guess(plan: Plan, hist: History) -> dict[str, TaskGuess]:
-    out = {}
-    for t in plan.tasks:
-        runs = hist.by_task.get((t.id, t.agent)) or []
-        src = "history" if runs else None
-        if not runs:
-            runs = hist.by_agent.get(t.agent) or []
-            src = "agent-median" if runs else "unknown"
-        sec = t.estimate_seconds if t.estimate_seconds is not None else _median([s for s, _ in runs])
-        usd = t.estimate_usd if t.estimate_usd is not None else _median([u for _, u in runs if u is not None])
-        if t.estimate_seconds is not None:
-            src = "estimate"
-        out[t.id] = TaskGuess(float(sec) if sec is not None else 0.0, usd, src if sec is not None else "unknown")
-    return out
+from .store import Home
 
 
 def waves(plan: Plan) -> list[list[str]]:

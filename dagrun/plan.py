@@ -32,6 +32,7 @@ MEM_RE = re.compile(r"[0-9]{1,12}[KMGT]?")
 MAX_SECONDS = 30 * 24 * 3600          # a month: anything longer is a typo
 DEFAULT_CONTEXT_LIMIT = 64 * 1024      # bytes of each dependency's output put into a prompt
 DEFAULT_LEASE = 60.0
+DEFAULT_AGING = 60.0                   # seconds per priority point a waiting class gains (scheduler.py)
 HOOK_EVENTS = ("on_done", "on_failed", "on_retrying", "on_cancelled", "on_blocked", "on_goal_finished")
 DEFAULT_HOOK_TIMEOUT = 30.0
 ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -147,6 +148,10 @@ TOP_FIELDS: dict[str, F] = {
     "budget": F("budget", "The goal's spending pool: {\"usd\": d, \"tokens\": n} (either or both). A ready task whose "
                 "estimate does not fit in what is left does not start (blocked: budget); a running task that "
                 "pushes the spend past it is stopped. `dagrun budget GOAL --add D` raises it."),
+    "weight": F("number", "The goal's share of a worker serving several goals: a weight-2 goal gets two starts for each "
+                "one of a weight-1 goal while both have ready tasks (see docs/scheduling.md).", gt=0, hi=1000, default=1.0),
+    "aging": F("number", "Seconds after which a priority class that waits for a start competes one priority higher "
+               "(repeatedly), so a low priority cannot starve; 0: no aging.", lo=0, hi=MAX_SECONDS, default=DEFAULT_AGING),
     "tasks": F("tasks", "The sub-goals."),
 }
 
@@ -249,6 +254,8 @@ class Plan:
     workspace: dict | None = None      # {"repo": absolute, "base", "author"?, "integrate"}
     hooks: dict | None = field(default=None, compare=False)   # event -> [hook], see HOOK_EVENTS
     budget: dict | None = None     # {"usd": float, "tokens": int}, either or both (budget.py)
+    weight: float = 1.0            # fair share across goals (scheduler.FairShare)
+    aging: float = DEFAULT_AGING   # seconds per priority point (scheduler.Scheduler)
     _index: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
@@ -301,6 +308,10 @@ class Plan:
             d["workspace"] = self.workspace
         if self.hooks is not None:
             d["hooks"] = self.hooks
+        if self.weight != 1.0:          # absent at their defaults: older plan.json bytes unchanged
+            d["weight"] = self.weight
+        if self.aging != DEFAULT_AGING:
+            d["aging"] = self.aging
         return d
 
     def canonical(self) -> bytes:
@@ -326,7 +337,8 @@ class Plan:
                    max_parallel=d.get("max_parallel"), on_failure=d.get("on_failure", "continue"),
                    lease=d.get("lease", DEFAULT_LEASE), description=d.get("description"),
                    workspace=d.get("workspace"), hooks=d.get("hooks"),
-                   budget=d.get("budget"))
+                   budget=d.get("budget"), weight=float(d.get("weight", 1.0)),
+                   aging=float(d.get("aging", DEFAULT_AGING)))
 
 
 # ------------------------------------------------------------------------------ loading
@@ -415,7 +427,7 @@ def parse_fragment(raw: bytes, *, shown: str, plan: Plan) -> Plan:
         v.fail(("tasks", by_id[e.cycle[0]] - base), _fmt_cycle(e.cycle))
     return Plan(goal=plan.goal, source=plan.source, plan_dir=plan.plan_dir, tasks=tuple(tasks),
                 max_parallel=plan.max_parallel, on_failure=plan.on_failure, lease=plan.lease,
-                description=plan.description, hooks=plan.hooks)
+                description=plan.description, hooks=plan.hooks, weight=plan.weight, aging=plan.aging)
 
 
 class _DupKey(Exception):
@@ -643,7 +655,7 @@ class _Validator:
         if "runner" in top:
             dflt.setdefault("runner", self.check(("runner",), TOP_FIELDS["runner"], top["runner"]))
         opts = {}
-        for k in ("max_parallel", "on_failure", "lease", "description", "budget"):
+        for k in ("max_parallel", "on_failure", "lease", "description", "budget", "weight", "aging"):
             if k in top:
                 opts[k] = self.check((k,), TOP_FIELDS[k], top[k])
         if "$schema" in top:
@@ -680,7 +692,8 @@ class _Validator:
         return Plan(goal=goal, source=self.source, plan_dir=plan_dir, tasks=tuple(tasks),
                     max_parallel=opts.get("max_parallel"), on_failure=opts.get("on_failure", "continue"),
                     lease=float(opts.get("lease", DEFAULT_LEASE)), description=opts.get("description"),
-                    workspace=workspace, hooks=hooks, budget=opts.get("budget"))
+                    workspace=workspace, hooks=hooks, budget=opts.get("budget"),
+                    weight=float(opts.get("weight", 1.0)), aging=float(opts.get("aging", DEFAULT_AGING)))
 
     def workspace(self, v) -> dict:
         """The plan's workspace object (the git checks come later: workspace.check_plan)."""
