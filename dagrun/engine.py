@@ -316,15 +316,11 @@ class Engine(Reconciler):
         for r in self.runs.values():
             mine[r.goal] = mine.get(r.goal, 0) + 1
         while len(self.runs) < self.jobs:
-            g = self.share.pick({g: (mine.get(g, 0), gs.plan.weight) for g, gs in self.goals.items()
-                                 if gs.sched.may_start()})
-            if g is None:
+            nxt = self.share.take({g: (gs.sched, mine.get(g, 0), gs.plan.weight) for g, gs in self.goals.items()})
+            if nxt is None:
                 break
+            g, t = nxt
             gs = self.goals[g]
-            t = gs.sched.take()
-            if t is None:
-                break
-            self.share.served(g, gs.plan.weight)
             n = len(self.runs)
             self._start(gs, t)
             mine[g] = mine.get(g, 0) + (len(self.runs) - n)

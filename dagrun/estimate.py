@@ -8,13 +8,12 @@ Each task's seconds and dollars come, in this order, from
   3. the median over every done task in the home that used the same agent command,
   4. else unknown: counted as 0 and listed, so the prediction says what it does not know.
 
-The makespan is a simulation of the real scheduler (scheduler.Scheduler: same priority, same
-critical-path-first order) with `-j` slots (and the plan's max_parallel) and those durations.
+The makespan is `dagrun simulate`'s run (simulate.py: the real scheduler -- same priority, same
+critical-path-first order -- on a virtual clock) with `-j` slots (and the plan's max_parallel)
+and those durations.
 It ignores dispatch overhead, retries and backoffs, which the history's durations do not see.
 """
 from __future__ import annotations
-
-import heapq
 
 from .history import History, TaskGuess, guess, read_history  # noqa: F401  (re-exported)
 from .plan import Plan
@@ -53,22 +52,10 @@ def critical_path(plan: Plan, seconds: dict[str, float]) -> tuple[list[str], flo
 
 
 def simulate(plan: Plan, seconds: dict[str, float], slots: int) -> float:
-    """Makespan of the plan on `slots` workers, dispatched by the real scheduler's order."""
-    sched = Scheduler(plan.tasks)
-    now = 0.0
-    running: list[tuple[float, int, str]] = []
-    seq = 0
-    while True:
-        while len(running) < slots:
-            t = sched.take()
-            if t is None:
-                break
-            seq += 1
-            heapq.heappush(running, (now + seconds[t], seq, t))
-        if not running:
-            return now
-        now, _, t = heapq.heappop(running)
-        sched.finish(t, "done")
+    """Makespan of the plan on `slots` workers: `dagrun simulate`'s run (the real scheduler
+    and fair share on a virtual clock) with these durations."""
+    from .simulate import run
+    return run([plan], slots, {plan.goal: seconds}).makespan
 
 
 def predict(home: Home, plan: Plan, jobs: int | None = None) -> dict:

@@ -458,6 +458,21 @@ class FairShare:
                 self.passes[g] = self.vtime
         return min(goals, key=lambda g: (goals[g][0] / goals[g][1], self.passes[g], g))
 
+    def take(self, goals: Mapping[str, tuple["Scheduler", int, float]]) -> tuple[str, str] | None:
+        """The next start of a worker: goals maps goal -> (its scheduler, this worker's running
+        tasks of it, its weight). Picks the goal (pick), takes its best ready task (marked
+        running in its scheduler), counts the start; None when no goal may start one. The
+        engine's dispatch and the simulator both start tasks only through this."""
+        g = self.pick({g: (mine, w) for g, (s, mine, w) in goals.items() if s.may_start()})
+        if g is None:
+            return None
+        s, _mine, w = goals[g]
+        t = s.take()
+        if t is None:
+            return None
+        self.served(g, w)
+        return g, t
+
     def served(self, goal: str, weight: float) -> None:
         """A task of goal was started."""
         p = max(self.passes.get(goal, 0.0), self.vtime)

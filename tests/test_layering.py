@@ -36,6 +36,7 @@ LAYERS = {
     # (plan editing, control, the protocol commands' bodies, status data)
     "engine": 7, "reconcile": 7, "dryrun": 7, "edit": 7, "control": 7, "commands": 7, "status": 7,
     "wsops": 7,          # integrate, gc: the operations on code workspaces
+    "simulate": 7,       # `dagrun simulate`: the scheduler + fair share on a virtual clock (SimRunner)
     # 8: views over the files
     "metrics": 8, "graph": 8, "report": 8, "estimate": 8,
     # the MCP server (another face of the layer-7 operations) and its client configs
