@@ -8,8 +8,9 @@ attempts "run" in simrun.SimRunner for the seconds history.guess predicts (the p
 jumps from one attempt's end to the next, so a 300-task plan is simulated in milliseconds.
 
 It predicts a fresh run of the plans (every task once, every attempt succeeding). It does not
-see dispatch overhead beyond `overhead` seconds per attempt, retries, backoffs, other workers,
-or spend growing toward a budget. Reads the home's history; writes nothing.
+see dispatch overhead beyond `overhead` seconds per attempt, retries, backoffs or other
+workers; a budget's spend grows by the tasks' usd estimates. Reads the home's history;
+writes nothing.
 """
 from __future__ import annotations
 
@@ -50,17 +51,22 @@ class Result:
     seconds: dict[str, dict[str, float]] = field(default_factory=dict)
     sources: dict[str, dict[str, str]] = field(default_factory=dict)
     not_started: list[str] = field(default_factory=list)    # goal/task the rules held (budget, stop)
+    per_goal: list[tuple[float, int]] = field(default_factory=list)   # (work, slots it may use)
 
     @property
-    def lower_bound(self) -> float:
-        """No schedule on `jobs` slots is shorter: max(critical path, work / jobs)."""
-        return max(self.critical_path, self.work / self.jobs)
+    def lower_bound(self) -> float | None:
+        """No schedule on `jobs` slots is shorter: max(critical path, work / jobs, each
+        goal's work / the slots its max_parallel lets it use). None when the plans' rules held
+        tasks back (then not every task ran)."""
+        if self.not_started:
+            return None
+        return max([self.critical_path, self.work / self.jobs] + [w / n for w, n in self.per_goal])
 
     def to_dict(self) -> dict:
         return {
             "jobs": self.jobs, "makespan": round(self.makespan, 3),
             "critical_path": round(self.critical_path, 3), "work": round(self.work, 3),
-            "lower_bound": round(self.lower_bound, 3),
+            "lower_bound": None if self.lower_bound is None else round(self.lower_bound, 3),
             "goals": sorted(self.seconds),
             "tasks": [{"goal": b.goal, "task": b.task, "slot": b.slot, "start": round(b.start, 3),
                        "end": round(b.end, 3), "source": self.sources.get(b.goal, {}).get(b.task, "given")}
@@ -89,6 +95,7 @@ def run(plans: Sequence[Plan], jobs: int, seconds: dict[str, dict[str, float]], 
     mine = {g: 0 for g in goals}
     free = list(range(jobs))
     bars: list[Bar] = []
+    spent = {g: 0.0 for g in goals}
     while True:
         while len(runs) < jobs:
             nxt = share.take({g: (scheds[g], mine[g], by_goal[g].weight) for g in goals})
@@ -114,11 +121,16 @@ def run(plans: Sequence[Plan], jobs: int, seconds: dict[str, dict[str, float]], 
             heapq.heappush(free, slot)
             bars.append(Bar(g, t, slot, t0, clock.now))
             scheds[g].finish(t, S.DONE if ex.ok else S.FAILED)
+            plan = by_goal[g]
+            if plan.budget:            # the spend grows by the task's usd estimate
+                spent[g] += plan.task(t).estimate_usd or 0.0
+                scheds[g].set_budget(plan.budget, {"usd": spent[g]})
     held = [f"{g}/{t}" for g in goals for t in scheds[g].not_started()]
     bars.sort(key=lambda b: (b.start, b.slot))
     return Result(jobs=jobs, makespan=clock.now, bars=bars,
                   critical_path=max((max(s.rank, default=0.0) for s in scheds.values()), default=0.0),
                   work=sum(sum(d.values()) for d in dur.values()),
+                  per_goal=[(sum(dur[p.goal].values()), min(jobs, p.max_parallel or jobs)) for p in plans],
                   seconds=seconds, sources=sources or {}, not_started=held)
 
 

@@ -213,3 +213,21 @@ def test_simulate_text_gantt_and_errors(tmp_path):
     r = run("simulate", plan, plan, home=home, check=2)
     assert "same goal id" in r.stderr
     r = run("simulate", plan, "-j", "0", home=home, check=2)
+
+
+def test_simulate_keeps_the_plans_rules(tmp_path):
+    """max_parallel bounds the slots; the budget pool fills with the tasks' usd estimates and
+    then holds the rest (in ready order: a cheaper task does not jump a held one)."""
+    home = tmp_path / "home"
+    tasks = [{"id": t, "prompt": "x", "estimate": {"seconds": 5, "usd": 0.6}} for t in "ab"]
+    tasks.append({"id": "c", "prompt": "x", "estimate": {"seconds": 5}})
+    capped = write_plan(tmp_path / "m", tasks, goal="capped", max_parallel=1, defaults={"agent": "true"})
+    out = json.loads(run("simulate", capped, "-j", "4", "--json", home=home).stdout)
+    assert out["makespan"] == 15.0 and out["lower_bound"] == 15.0 and out["not_started"] == []
+    budget = write_plan(tmp_path / "b", tasks, goal="bud", max_parallel=1, budget={"usd": 1},
+                        defaults={"agent": "true"})
+    out = json.loads(run("simulate", budget, "-j", "4", "--json", home=home).stdout)
+    assert [x["task"] for x in out["tasks"]] == ["a"] and out["not_started"] == ["bud/b", "bud/c"]
+    assert out["lower_bound"] is None
+    r = run("simulate", budget, "-j", "4", home=home)
+    assert "held by the plan's rules, never started: bud/b bud/c" in r.stdout

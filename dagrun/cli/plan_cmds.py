@@ -247,9 +247,10 @@ def simulate_cmd(ctx: typer.Context,
         t.add_row(str(b.slot), name, f"{b.start:.1f}", f"{b.end - b.start:.1f}", bar)
     out.print(t, width=max(out.width, sum(w + 1 for _, _, w in cols) + width + 3))
     d = r.to_dict()
-    out.print(f"predicted makespan {fmt_duration(r.makespan)} with -j {r.jobs} "
-              f"(lower bound {fmt_duration(r.lower_bound)}: critical path {fmt_duration(r.critical_path)}, "
-              f"work {fmt_duration(r.work)} / {r.jobs})", markup=False)
+    bound = "" if r.lower_bound is None else (
+        f" (lower bound {fmt_duration(r.lower_bound)}: critical path {fmt_duration(r.critical_path)}, "
+        f"work {fmt_duration(r.work)} / {r.per_goal[0][1] if len(r.per_goal) == 1 else r.jobs})")
+    out.print(f"predicted makespan {fmt_duration(r.makespan)} with -j {r.jobs}{bound}", markup=False)
     if d["unknown"]:
         out.print(f"no estimate or history, counted as 1 s: {' '.join(d['unknown'])}", markup=False)
     if r.not_started:
