@@ -9,9 +9,10 @@ remaining path in seconds (the task's own duration plus the longest chain of dur
 it: the critical path first), then plan order. Durations are handed in (`durations`: the
 plan's estimates, the home's history; 1 s where nothing is known). Aging lifts a priority
 class, not a task: a class of priority p whose ready tasks have not been served for w seconds
-competes as p + floor(w / aging); serving it (a take) resets w. So with aging on, a ready
-class waits at most (p_high - p) * aging seconds for its next start, and within a class the
-critical-path order is never disturbed.
+competes as p + floor(w / aging); serving it (a take) resets w. A class that keeps waiting
+gains a point per `aging` seconds on one that keeps being served, so it overtakes a class d
+points above it after about (d + 1) * aging seconds more of waiting -- nothing starves --
+and within a class the critical-path order is never disturbed.
 
 Misuse is a ValueError naming the task (like graphlib). A transition the incremental rules do
 not cover (a failed task reported done, a done task reset) returns None from finish(): the
@@ -441,8 +442,8 @@ class FairShare:
     scheduling: every start advances the goal's pass by 1/weight), then the goal id. So
     while every goal has ready work, a weight-2 goal gets two starts for each one of a
     weight-1 goal, and equal goals alternate -- never first-submitted-first. A goal seen for
-    the first time (or again after having nothing to start) joins at the lowest pass of the
-    goals being served: no burst of catch-up starts."""
+    the first time (or again after having nothing to start) joins at the current pass (that
+    of the goal served last): no burst of catch-up starts."""
 
     def __init__(self) -> None:
         self.passes: dict[str, float] = {}
