@@ -147,6 +147,7 @@ class Reconciler:
                 self._stop_run(run, "superseded", "the goal was removed")
         if not any(gg == g for (gg, _t) in self.by_task):
             self.goals.pop(g, None)
+            self.share.forget(g)
             if self.watcher is not None:
                 self.watcher.unwatch_goal(g)
 
