@@ -37,7 +37,9 @@ from .agentio import agent_env, attempt_extra, failure_verdict
 from .lifecycle import Claim, Stale, claim_task, marker_of, record_unfinished
 from .plan import Plan, Task
 from .presets import shell_command
+from .history import History
 from .reconcile import GoalState, Reconciler
+from .scheduler import FairShare
 from .store import Home, as_int, loads, parse_ts
 from .watcher import Doorbell, Watcher
 from .workspace import CONFLICT, GIT_REDIRECT
@@ -108,7 +110,8 @@ class Engine(Reconciler):
         self._stop_begun = False
         self._killed_all = False
         self._spares_on = False
-        self._rr = 0
+        self.share = FairShare()                  # which goal the next start comes from
+        self.history: History | None = None       # durations of done runs (ranking), read once
         self._next_house = 0.0
         self._next_poll = 0.0
         self.watcher: Watcher | None = None
@@ -336,26 +339,24 @@ class Engine(Reconciler):
                 self._resync(gs)
 
     def _dispatch(self) -> None:
-        goals = list(self.goals.values())
+        """Fill free slots: the goal comes from the fair share (scheduler.FairShare: fewest of
+        our runs per weight, then least served), the task from that goal's scheduler."""
         if len(self.runs) < self.jobs:
-            for gs in goals:     # resources: the units free now (others may have given some back)
+            for gs in self.goals.values():   # resources: the units free now (others may have given some back)
                 if gs.sched.needs is not None and gs.sched.peek() is not None:
                     res.apply(self.home, gs.plan, gs.sched)
-        while goals and len(self.runs) < self.jobs:
-            progressed = False
-            for k in range(len(goals)):
-                gs = goals[(self._rr + k) % len(goals)]
-                if len(self.runs) >= self.jobs:
-                    break
-                if not gs.sched.may_start():
-                    continue
-                t = gs.sched.take()
-                if t is not None:
-                    progressed = True
-                    self._start(gs, t)
-            self._rr += 1
-            if not progressed:
+        mine: dict[str, int] = {}
+        for r in self.runs.values():
+            mine[r.goal] = mine.get(r.goal, 0) + 1
+        while len(self.runs) < self.jobs:
+            nxt = self.share.take({g: (gs.sched, mine.get(g, 0), gs.plan.weight) for g, gs in self.goals.items()})
+            if nxt is None:
                 break
+            g, t = nxt
+            gs = self.goals[g]
+            n = len(self.runs)
+            self._start(gs, t)
+            mine[g] = mine.get(g, 0) + (len(self.runs) - n)
 
     def _start(self, gs: GoalState, t: str) -> None:
         # claim, render, spawn and owner.json under the goal's shared edit lock: a plan edit

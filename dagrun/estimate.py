@@ -8,81 +8,17 @@ Each task's seconds and dollars come, in this order, from
   3. the median over every done task in the home that used the same agent command,
   4. else unknown: counted as 0 and listed, so the prediction says what it does not know.
 
-The makespan is a simulation of the real scheduler (scheduler.Scheduler: same priority, same
-critical-path-first order) with `-j` slots (and the plan's max_parallel) and those durations.
+The makespan is `dagrun simulate`'s run (simulate.py: the real scheduler -- same priority, same
+critical-path-first order -- on a virtual clock) with `-j` slots (and the plan's max_parallel)
+and those durations.
 It ignores dispatch overhead, retries and backoffs, which the history's durations do not see.
 """
 from __future__ import annotations
 
-import heapq
-import os
-import statistics
-from dataclasses import dataclass, field
-
-from . import fsio
-from .errors import DagrunError
+from .history import History, TaskGuess, guess, read_history  # noqa: F401  (re-exported)
 from .plan import Plan
 from .scheduler import Scheduler
-from .store import Home, loads_obj
-from .summary import read_attempts
-
-
-@dataclass
-class History:
-    """Durations and costs of done tasks in a home, by (task id, agent) and by agent."""
-    by_task: dict[tuple[str, str], list[tuple[float, float | None]]] = field(default_factory=dict)
-    by_agent: dict[str, list[tuple[float, float | None]]] = field(default_factory=dict)
-
-    def add(self, task: str, agent: str, seconds: float, usd: float | None) -> None:
-        self.by_task.setdefault((task, agent), []).append((seconds, usd))
-        self.by_agent.setdefault(agent, []).append((seconds, usd))
-
-
-def read_history(home: Home) -> History:
-    h = History()
-    for g in home.goals():
-        try:
-            plan = home.load_plan(g)
-        except DagrunError:
-            continue
-        for t in plan.tasks:
-            done = loads_obj(fsio.read_bytes(os.path.join(home.task_dir(g, t.id), "done"), follow=False))
-            if not done or not isinstance(done.get("duration"), (int, float)) or done.get("cached"):
-                continue
-            usd = None
-            for a in read_attempts(home, g, t.id):
-                c = (a.usage or {}).get("cost_usd")
-                if isinstance(c, (int, float)):
-                    usd = (usd or 0.0) + float(c)
-            h.add(t.id, t.agent, float(done["duration"]), usd)
-    return h
-
-
-def _median(xs: list[float]) -> float | None:
-    return statistics.median(xs) if xs else None
-
-
-@dataclass
-class TaskGuess:
-    seconds: float
-    usd: float | None
-    source: str              # estimate | history | agent-median | unknown
-
-
-def guess(plan: Plan, hist: History) -> dict[str, TaskGuess]:
-    out = {}
-    for t in plan.tasks:
-        runs = hist.by_task.get((t.id, t.agent)) or []
-        src = "history" if runs else None
-        if not runs:
-            runs = hist.by_agent.get(t.agent) or []
-            src = "agent-median" if runs else "unknown"
-        sec = t.estimate_seconds if t.estimate_seconds is not None else _median([s for s, _ in runs])
-        usd = t.estimate_usd if t.estimate_usd is not None else _median([u for _, u in runs if u is not None])
-        if t.estimate_seconds is not None:
-            src = "estimate"
-        out[t.id] = TaskGuess(float(sec) if sec is not None else 0.0, usd, src if sec is not None else "unknown")
-    return out
+from .store import Home
 
 
 def waves(plan: Plan) -> list[list[str]]:
@@ -116,22 +52,10 @@ def critical_path(plan: Plan, seconds: dict[str, float]) -> tuple[list[str], flo
 
 
 def simulate(plan: Plan, seconds: dict[str, float], slots: int) -> float:
-    """Makespan of the plan on `slots` workers, dispatched by the real scheduler's order."""
-    sched = Scheduler(plan.tasks)
-    now = 0.0
-    running: list[tuple[float, int, str]] = []
-    seq = 0
-    while True:
-        while len(running) < slots:
-            t = sched.take()
-            if t is None:
-                break
-            seq += 1
-            heapq.heappush(running, (now + seconds[t], seq, t))
-        if not running:
-            return now
-        now, _, t = heapq.heappop(running)
-        sched.finish(t, "done")
+    """Makespan of the plan on `slots` workers: `dagrun simulate`'s run (the real scheduler
+    and fair share on a virtual clock) with these durations."""
+    from .simulate import run
+    return run([plan], slots, {plan.goal: seconds}).makespan
 
 
 def predict(home: Home, plan: Plan, jobs: int | None = None) -> dict:

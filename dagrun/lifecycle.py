@@ -26,6 +26,7 @@ from . import conditions
 from . import executor
 from . import fsio
 from . import resources as res
+from . import history
 from . import states as S
 from . import workspace as wsp
 from .errors import DagrunError, Refused, os_error
@@ -625,8 +626,10 @@ def break_if_stale(home: Home, plan: Plan, t: str, *, worker: str, lease: float 
     return reason, attempt, ended
 
 
-def build_scheduler(home: Home, plan: Plan, now: float | None = None) -> tuple[Scheduler, dict[str, TaskFacts]]:
-    """A scheduler that reflects the files right now (the rescan)."""
+def build_scheduler(home: Home, plan: Plan, now: float | None = None, *, durations: dict[str, float] | None = None,
+                    clock=None) -> tuple[Scheduler, dict[str, TaskFacts]]:
+    """A scheduler that reflects the files right now (the rescan). durations/clock: see
+    scheduler_for."""
     now = time.time() if now is None else now
     facts = home.snapshot(plan.goal, plan)
     initial = {}
@@ -636,7 +639,7 @@ def build_scheduler(home: Home, plan: Plan, now: float | None = None) -> tuple[S
             initial[tid] = S.RETRYING
         else:
             initial[tid] = f.state
-    sched = scheduler_for(plan, initial)
+    sched = scheduler_for(plan, initial, durations=durations, clock=clock)
     if plan.budget:
         from . import budget        # the pool as raised and the spend so far, from the files
         budget.apply(home, plan, sched)
@@ -644,15 +647,20 @@ def build_scheduler(home: Home, plan: Plan, now: float | None = None) -> tuple[S
     return sched, facts
 
 
-def scheduler_for(plan: Plan, initial: dict[str, str] | None = None) -> Scheduler:
+def scheduler_for(plan: Plan, initial: dict[str, str] | None = None, *, durations: dict[str, float] | None = None,
+                  clock=None) -> Scheduler:
     """The plan's scheduler with the plan's rules for what may start (max_parallel,
     on_failure=stop, the files mutex of code workspaces, the budget pool and the tasks' usd
-    estimates; the pool's raises and the spend are set from the files by budget.apply): the
-    one place that hands plan fields to the scheduler."""
+    estimates; the pool's raises and the spend are set from the files by budget.apply) and
+    its ready order (priorities, `aging`, the remaining path in seconds): the one place that
+    hands plan fields to the scheduler. durations: task -> seconds (history.durations; default:
+    the plan's estimates, else 1 s each); clock: a monotonic clock for aging (none: no aging)."""
     return Scheduler(plan.tasks, initial, max_parallel=plan.max_parallel,
                      stop_on_failure=plan.on_failure == "stop", files=plan.files_of, budget=plan.budget,
                      estimates={t.id: t.estimate_usd for t in plan.tasks if t.estimate_usd},
-                     serial=plan.serial_of, hold=plan.unexpanded)
+                     serial=plan.serial_of, hold=plan.unexpanded,
+                     durations=durations if durations is not None else history.durations(plan),
+                     aging=plan.aging, clock=clock)
 
 
 def mark_cancelled(home: Home, g: str, t: str, *, by: str, reason: str) -> bool:

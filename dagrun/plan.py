@@ -33,6 +33,7 @@ MEM_RE = re.compile(r"[0-9]{1,12}[KMGT]?")
 MAX_SECONDS = 30 * 24 * 3600          # a month: anything longer is a typo
 DEFAULT_CONTEXT_LIMIT = 64 * 1024      # bytes of each dependency's output put into a prompt
 DEFAULT_LEASE = 60.0
+DEFAULT_AGING = 60.0                   # seconds per priority point a waiting class gains (scheduler.py)
 HOOK_EVENTS = ("on_done", "on_failed", "on_retrying", "on_cancelled", "on_blocked", "on_skipped", "on_approval_needed",
                "on_goal_finished")
 DEFAULT_HOOK_TIMEOUT = 30.0
@@ -194,6 +195,10 @@ TOP_FIELDS: dict[str, F] = {
                       "resource agent.NAME.", lo=1),
     "tenant": F("id", "The tenant the goal belongs to: `dagrun resources set --tenant T NAME N` limits what all "
                 "of a tenant's goals hold together."),
+    "weight": F("number", "The goal's share of a worker serving several goals: a weight-2 goal gets two starts for each "
+                "one of a weight-1 goal while both have ready tasks (see docs/scheduling.md).", gt=0, hi=1000, default=1.0),
+    "aging": F("number", "Seconds after which a priority class that waits for a start competes one priority higher "
+               "(repeatedly), so a low priority cannot starve; 0: no aging.", lo=0, hi=MAX_SECONDS, default=DEFAULT_AGING),
     "tasks": F("tasks", "The sub-goals."),
 }
 
@@ -341,6 +346,8 @@ class Plan:
     agent_limits: dict | None = None   # agent name -> tasks running it at once (= capacity of agent.<name>)
     tenant: str | None = None
     max_tasks: int | None = None   # the cap on growth by `dagrun add` and fan-out (None: the default)
+    weight: float = 1.0            # fair share across goals (scheduler.FairShare)
+    aging: float = DEFAULT_AGING   # seconds per priority point (scheduler.Scheduler)
     _index: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
@@ -377,7 +384,7 @@ class Plan:
                     max_parallel=self.max_parallel, on_failure=self.on_failure, lease=self.lease,
                     description=self.description, workspace=self.workspace, hooks=self.hooks,
                     budget=self.budget, max_tasks=self.max_tasks, capacities=self.capacities,
-                    agent_limits=self.agent_limits, tenant=self.tenant)
+                    agent_limits=self.agent_limits, tenant=self.tenant, weight=self.weight, aging=self.aging)
 
     def task_cap(self) -> int:
         """The most tasks the goal may hold after add / fan-out (max_tasks)."""
@@ -425,6 +432,10 @@ class Plan:
         for k, v in (("resources", self.capacities), ("agent_limits", self.agent_limits), ("tenant", self.tenant)):
             if v:
                 d[k] = v
+        if self.weight != 1.0:          # absent at their defaults: older plan.json bytes unchanged
+            d["weight"] = self.weight
+        if self.aging != DEFAULT_AGING:
+            d["aging"] = self.aging
         return d
 
     def canonical(self) -> bytes:
@@ -451,7 +462,8 @@ class Plan:
                    lease=d.get("lease", DEFAULT_LEASE), description=d.get("description"),
                    workspace=d.get("workspace"), hooks=d.get("hooks"),
                    budget=d.get("budget"), capacities=d.get("resources"), agent_limits=d.get("agent_limits"),
-                   tenant=d.get("tenant"), max_tasks=d.get("max_tasks"))
+                   tenant=d.get("tenant"), max_tasks=d.get("max_tasks"), weight=float(d.get("weight", 1.0)),
+                   aging=float(d.get("aging", DEFAULT_AGING)))
 
 
 # ------------------------------------------------------------------------------ loading
@@ -810,7 +822,7 @@ class _Validator:
             dflt.setdefault("runner", self.check(("runner",), TOP_FIELDS["runner"], top["runner"]))
         opts = {}
         for k in ("max_parallel", "on_failure", "lease", "description", "budget", "resources", "agent_limits",
-                  "tenant", "max_tasks"):
+                  "tenant", "max_tasks", "weight", "aging"):
             if k in top:
                 opts[k] = self.check((k,), TOP_FIELDS[k], top[k])
         if "$schema" in top:
@@ -853,7 +865,8 @@ class _Validator:
                     max_parallel=opts.get("max_parallel"), on_failure=opts.get("on_failure", "continue"),
                     lease=float(opts.get("lease", DEFAULT_LEASE)), description=opts.get("description"),
                     workspace=workspace, hooks=hooks, budget=opts.get("budget"), capacities=opts.get("resources"),
-                    agent_limits=opts.get("agent_limits"), tenant=opts.get("tenant"), max_tasks=opts.get("max_tasks"))
+                    agent_limits=opts.get("agent_limits"), tenant=opts.get("tenant"), max_tasks=opts.get("max_tasks"),
+                    weight=float(opts.get("weight", 1.0)), aging=float(opts.get("aging", DEFAULT_AGING)))
 
     def check_scheduling(self, tasks: list, caps: dict, base: int) -> None:
         """No task asks for more of a resource than the plan's capacity of it (it could never

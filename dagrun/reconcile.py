@@ -18,6 +18,7 @@ from . import fsio
 from . import states as S
 from . import transitions as tr
 from .errors import DagrunError, FsError
+from .history import durations, read_history
 from .lifecycle import build_scheduler, latest_attempt, marker_of
 from .plan import Plan
 from .scheduler import Scheduler
@@ -131,7 +132,11 @@ class Reconciler:
             gs.finished = gs.stopped = False
         plan = gs.plan
         gs.expand_error = False
-        sched, facts = build_scheduler(self.home, plan)
+        if self.history is None:
+            self.history = read_history(self.home, costs=False)
+        sched, facts = build_scheduler(self.home, plan, durations=durations(plan, self.history), clock=time.monotonic)
+        if gs.sched is not None:
+            sched.keep_waits(gs.sched)        # aging survives the rebuild
         gs.sched = sched
         gs.foreign = set()
         mine = {t for (gg, t) in self.by_task if gg == g}
@@ -200,12 +205,16 @@ class Reconciler:
                 self._stop_run(run, "superseded", "the goal was removed")
         if not any(gg == g for (gg, _t) in self.by_task):
             self.goals.pop(g, None)
+            self.share.forget(g)
             if self.watcher is not None:
                 self.watcher.unwatch_goal(g)
 
     def _feed(self, gs: GoalState) -> None:
         resync = False
         for e in gs.reader.read():
+            if e.get("type") == ev.TASK_STATUS and e.get("status") == ev.DONE and self.history is not None \
+                    and isinstance(e.get("duration"), (int, float)) and not e.get("cached") and gs.plan.has(e.get("task")):
+                self.history.add(e["task"], gs.plan.task(e["task"]).agent, float(e["duration"]), None)
             if e.get("worker") != self.worker:
                 resync = self._apply(gs, e) or resync
             self.on_event(e)

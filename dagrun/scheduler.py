@@ -1,9 +1,18 @@
 """The pure scheduler: which tasks are ready, in what order, and what a finish unlocks.
 
-No I/O, no clock. Built once from the plan and the facts on disk (O(V+E)); after that every
-transition costs O(out-degree) -- the engine never rescans the whole goal on the hot path.
-Ready tasks come out highest `priority` first, then longest remaining path (critical path
-first), then plan order.
+No I/O, and no clock of its own (aging reads the one it is handed). Built once from the plan
+and the facts on disk (O(V+E)); after that every transition costs O(out-degree) -- the engine
+never rescans the whole goal on the hot path.
+
+Ready order (docs/scheduling.md): highest *effective* priority first, then the longest
+remaining path in seconds (the task's own duration plus the longest chain of durations below
+it: the critical path first), then plan order. Durations are handed in (`durations`: the
+plan's estimates, the home's history; 1 s where nothing is known). Aging lifts a priority
+class, not a task: a class of priority p whose ready tasks have not been served for w seconds
+competes as p + floor(w / aging); serving it (a take) resets w. A class that keeps waiting
+gains a point per `aging` seconds on one that keeps being served, so it overtakes a class d
+points above it after about (d + 1) * aging seconds more of waiting -- nothing starves --
+and within a class the critical-path order is never disturbed.
 
 Misuse is a ValueError naming the task (like graphlib). A transition the incremental rules do
 not cover (a failed task reported done, a done task reset) returns None from finish(): the
@@ -12,7 +21,8 @@ caller then rebuilds the scheduler from the files (the safety net, not the hot p
 from __future__ import annotations
 
 import heapq
-from typing import Iterable, Mapping, Protocol, Sequence
+import math
+from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
 from . import states as S
 from .wsrules import may_start as files_free
@@ -107,7 +117,9 @@ class Scheduler:
                  max_parallel: int | None = None, stop_on_failure: bool = False,
                  files: Mapping[str, Sequence[str]] | None = None,
                  budget: dict | None = None, estimates: dict[str, float] | None = None,
-                 serial: Mapping[str, str] | None = None, hold: Iterable[str] = ()):
+                 serial: Mapping[str, str] | None = None, hold: Iterable[str] = (),
+                 durations: Mapping[str, float] | None = None, aging: float | None = None,
+                 clock: Callable[[], float] | None = None):
         # Capacity rules: what may start, decided here and nowhere else (engine, claim and
         # the CLI only ask may_start()/take()). A new rule (a resource, a budget) is one more
         # condition in may_start().
@@ -162,8 +174,21 @@ class Scheduler:
             outs = self.hard_out[i] + self.soft_out[i]
             if outs:
                 height[i] = 1 + max(height[d] for d in outs)
-        self.height = height
-        self.key = [(-t.priority, -height[i], i) for i, t in enumerate(tasks)]
+        self.height = height                          # unit weights: the plan's depth (validate)
+        # the remaining path in seconds (HEFT's upward rank): own duration + the longest below
+        dur = [max(0.0, float((durations or {}).get(tid, 1.0))) for tid in self.ids]
+        rank = list(dur)
+        for i in reversed(self.order):
+            outs = self.hard_out[i] + self.soft_out[i]
+            if outs:
+                rank[i] = dur[i] + max(rank[d] for d in outs)
+        self.rank = rank
+        self.prio = [int(t.priority) for t in tasks]
+        self.key = [(-rank[i], i) for i in range(n)]      # order inside a priority class
+        # aging (seconds per priority point; None/0: off) on the clock it is handed (the engine's
+        # monotonic clock, the simulator's virtual one); without a clock base priorities hold
+        self.aging = aging if aging and clock is not None else None
+        self.clock = clock
         self.load(initial or {})
 
     def topo_ids(self) -> list[str]:
@@ -189,7 +214,9 @@ class Scheduler:
         self.nfail = [0] * n         # failed, cancelled or blocked
         self.nskip = [0] * n
         self.rem_soft = [0] * n
-        self.heap: list[tuple] = []
+        self.heaps: dict[int, list[tuple]] = {}      # priority -> heap of (-rank, i)
+        self.nready: dict[int, int] = {}             # priority -> ready tasks in the class
+        self.since: dict[int, float] = {}            # priority -> last served (or became non-empty)
         for i in self.order:
             for d in self.deps[i]:
                 self._tally(i, d)
@@ -223,17 +250,70 @@ class Scheduler:
         return i
 
     def _push(self, i: int) -> None:
+        """Ready task i into its priority class's heap (a held template never: nobody takes it)."""
         if i not in self.hold:
-            heapq.heappush(self.heap, self.key[i])
+            heapq.heappush(self.heaps.setdefault(self.prio[i], []), self.key[i])
 
     def expandable(self) -> list[str]:
         """Held templates that are ready: their items can be read now (fanout.expand)."""
         return [self.ids[i] for i in self.hold if self.state[i] == READY]
 
     def _set(self, i: int, s: int) -> None:
-        self.count[self.state[i]] -= 1
+        old = self.state[i]
+        self.count[old] -= 1
         self.state[i] = s
         self.count[s] += 1
+        if old == READY:
+            self.nready[self.prio[i]] -= 1
+        if s == READY:
+            p = self.prio[i]
+            k = self.nready.get(p, 0)
+            if k == 0 and self.aging:
+                self.since[p] = self.clock()          # the class starts waiting now
+            self.nready[p] = k + 1
+
+    # ------------------------------------------------------------------ ready order
+    def effective_priority(self, p: int, now: float | None = None) -> int:
+        """A ready class's priority with its aging credit: p + floor(waited / aging)."""
+        if not self.aging or p not in self.since:
+            return p
+        now = self.clock() if now is None else now
+        return p + int(math.floor(max(0.0, now - self.since[p]) / self.aging))
+
+    def _classes(self) -> list[int]:
+        """The priorities that have ready tasks, best first (effective priority, then base)."""
+        ps = [p for p, k in self.nready.items() if k > 0]
+        if len(ps) <= 1:
+            return ps
+        now = self.clock() if self.aging else None
+        return sorted(ps, key=lambda p: (-self.effective_priority(p, now), -p))
+
+    def _ready_order(self) -> Iterable[int]:
+        """Every ready task, in take order."""
+        seen: set[int] = set()      # a requeued task may have a second (stale) heap entry
+        for p in self._classes():
+            for k in sorted(self.heaps[p]):
+                if self.state[k[1]] == READY and k[1] not in seen:
+                    seen.add(k[1])
+                    yield k[1]
+
+    def _top(self, p: int) -> int | None:
+        h = self.heaps.get(p) or []
+        while h and self.state[h[0][1]] != READY:
+            heapq.heappop(h)
+        return h[0][1] if h else None
+
+    def keep_waits(self, old: "Scheduler") -> None:
+        """Rebuilt from the files: a class that was already waiting keeps its wait."""
+        if self.aging and old.aging:
+            for p, k in self.nready.items():
+                if k > 0 and old.nready.get(p, 0) > 0 and p in old.since:
+                    self.since[p] = old.since[p]
+
+    def _served(self, i: int) -> None:
+        """Task i of its class is taken: the class's wait starts over."""
+        if self.aging:
+            self.since[self.prio[i]] = self.clock()
 
     # ------------------------------------------------------------------ queries
     def _i(self, tid: str) -> int:
@@ -288,9 +368,9 @@ class Scheduler:
         # candidate, and it must fit the budget (in priority order: a cheaper task does not
         # jump a held one)
         busy, taken = self._busy_files(), set()
-        for k in sorted(self.heap):
-            if self.state[k[2]] == READY and self._may_run(k[2], busy, taken):
-                return self.fits_budget(self.ids[k[2]])
+        for i in self._ready_order():
+            if self._may_run(i, busy, taken):
+                return self.fits_budget(self.ids[i])
         return False
 
     def set_resources(self, needs: Mapping[str, Mapping[str, int]] | None, free: Mapping[str, int]) -> None:
@@ -315,9 +395,8 @@ class Scheduler:
         if self.needs is None:
             return {}
         out, taken = {}, set()
-        for k in sorted(self.heap):
-            i = k[2]
-            if self.state[i] != READY or not self.needs[i]:
+        for i in self._ready_order():
+            if not self.needs[i]:
                 continue
             short = [p for p, n in self.needs[i].items() if self.free.get(p, 0) < n or p in taken]
             if short:                  # short of units, or they wait for a better-ranked task
@@ -369,10 +448,12 @@ class Scheduler:
         return [t for t in self.ready_ids() if not self.fits_budget(t)]
 
     def peek(self) -> str | None:
-        h = self.heap
-        while h and self.state[h[0][2]] != READY:
-            heapq.heappop(h)
-        return self.ids[h[0][2]] if h else None
+        """The task take() would start next (files and budget aside)."""
+        for p in self._classes():
+            i = self._top(p)
+            if i is not None:
+                return self.ids[i]
+        return None
 
     def _busy_files(self) -> list[tuple[str, ...]]:
         fs = self.files
@@ -384,7 +465,7 @@ class Scheduler:
         return self.files is None or files_free(self.files[i], busy)
 
     def ready_ids(self) -> list[str]:
-        return [self.ids[k[2]] for k in sorted(self.heap) if self.state[k[2]] == READY]
+        return [self.ids[i] for i in self._ready_order()]
 
     # ------------------------------------------------------------------ transitions
     def take(self) -> str | None:
@@ -399,32 +480,30 @@ class Scheduler:
             if tid is not None and not self.fits_budget(tid):
                 return None             # in priority order: a cheaper task does not jump the queue
             if tid is not None:
-                heapq.heappop(self.heap)
-                self._set(self.index[tid], RUNNING)
+                self._take(self.index[tid])
             return tid
-        busy, held, tid, taken = self._busy_files(), [], None, set()
-        while self.peek() is not None:
-            k = heapq.heappop(self.heap)
-            held.append(k)
-            if self._may_run(k[2], busy, taken):
-                if self.fits_budget(self.ids[k[2]]):
-                    held.pop()
-                    tid = self.ids[k[2]]
-                    self._set(k[2], RUNNING)
-                    if self.needs is not None and self.needs[k[2]]:   # spoken for until it ends
-                        self.holding[k[2]] = self.needs[k[2]]
-                        for p, n in self.needs[k[2]].items():
-                            self.free[p] = self.free.get(p, 0) - n
-                break                   # taken, or held at the budget: nothing behind it jumps
-        for k in held:
-            heapq.heappush(self.heap, k)
-        return tid
+        busy, taken = self._busy_files(), set()
+        for i in self._ready_order():
+            if self._may_run(i, busy, taken):
+                if not self.fits_budget(self.ids[i]):
+                    return None         # held at the budget: nothing behind it jumps
+                self._take(i)
+                return self.ids[i]
+        return None
+
+    def _take(self, i: int) -> None:
+        self._served(i)
+        self._set(i, RUNNING)           # its heap entry is stale now: _top() drops it
+        if self.needs is not None and self.needs[i]:   # spoken for until it ends
+            self.holding[i] = self.needs[i]
+            for p, n in self.needs[i].items():
+                self.free[p] = self.free.get(p, 0) - n
 
     def start(self, tid: str) -> None:
         """Somebody (maybe another worker) is running it."""
         i = self._i(tid)
         if self.state[i] in (WAITING, READY, RETRYING, AWAITING):
-            self._set(i, RUNNING)   # a stale heap entry is skipped by peek()
+            self._set(i, RUNNING)   # a stale heap entry is skipped by _top()
 
     def retrying(self, tid: str) -> None:
         """The attempt failed and another one will follow after a backoff."""

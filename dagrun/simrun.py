@@ -10,6 +10,9 @@ exactly as long as its driver, so a dead driver's fake attempt has nothing left 
 
 DryRunner: every start "succeeds" at once; it only remembers what was started, in order.
 `dagrun run --dry-run` drives it over the scheduler (dryrun.py) and writes nothing.
+
+SimRunner: attempts last the seconds the simulator predicts on a VirtualClock (`dagrun
+simulate`, simulate.py): the scheduler and the fair share run unchanged, time is virtual.
 """
 from __future__ import annotations
 
@@ -194,3 +197,74 @@ class DryRunner:
 
     def close(self) -> None:
         pass
+
+
+class VirtualClock:
+    """The simulator's time: seconds from 0, moved only by advance(). Callable, so it can be
+    handed to the scheduler as its aging clock."""
+
+    def __init__(self, start: float = 0.0):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, dt: float) -> None:
+        self.now += max(0.0, dt)
+
+
+class SimRunner:
+    """`dagrun simulate`'s runner: an attempt "runs" on a virtual clock for the seconds the
+    simulator predicts for it (`seconds(launch)`), then exits 0. wakeup() says how far the
+    clock must move for the next attempt to end; nothing is started, nothing is written."""
+    name = "sim"
+
+    def __init__(self, clock: VirtualClock, seconds: Callable[[Launch], float]):
+        self.clock = clock
+        self.seconds = seconds
+        self.started: list[Launch] = []
+        self._ends: dict[str, float] = {}
+        self._ids = itertools.count(1)
+
+    def key(self, handle: dict) -> str:
+        return f"sim-{handle['id']}"
+
+    def start(self, launch: Launch) -> dict:
+        handle = {"runner": self.name, "id": next(self._ids)}
+        self._ends[self.key(handle)] = self.clock.now + max(0.0, float(self.seconds(launch)))
+        self.started.append(launch)
+        return handle
+
+    def poll(self, handle: dict) -> Exit | None:
+        k = self.key(handle)
+        end = self._ends.get(k)
+        if end is not None and self.clock.now < end:
+            return None
+        self._ends.pop(k, None)
+        return Exit(0, None, Progress())
+
+    def terminate(self, handle: dict) -> None:
+        pass
+
+    def kill(self, handle: dict) -> None:
+        pass
+
+    def wakeup(self) -> Wakeup:
+        if not self._ends:
+            return Wakeup((), None)
+        return Wakeup((), max(0.0, min(self._ends.values()) - self.clock.now))
+
+    def service(self, ready: set[int]) -> None:
+        pass
+
+    def progress(self, handle: dict) -> Progress:
+        return Progress()
+
+    def reap_orphan(self, handle: dict | None, grace: float, run_id: str | None = None) -> bool:
+        return False
+
+    def alive(self, handles: dict[str, dict]) -> set[str]:
+        return {k for k, h in handles.items() if isinstance(h, dict) and self.key(h) in self._ends}
+
+    def close(self) -> None:
+        self._ends.clear()

@@ -30,6 +30,7 @@ LAYERS = {
     "workspace": 4,      # git plumbing of code workspaces: runs git, so it may use subprocess
     # 5: the files of one task transition; the aggregator over them
     "lifecycle": 5, "summary": 5, "hooks": 5, "budget": 5,
+    "history": 5,        # durations of done runs (estimates, history, agent medians) for ranking
     # 6: the one transition path (markers -> events -> scheduler changes)
     "transitions": 6,
     # 7: the drivers: the engine loop and its reconciliation, the dry run, the operations
@@ -38,6 +39,7 @@ LAYERS = {
     "wsops": 7,          # integrate, gc: the operations on code workspaces
     "goalgc": 7,         # gc of finished goals (retention), the worker's --gc-older-than
     "fanout": 7,         # fan-out: a template expanded into instances (a plan edit), its join
+    "simulate": 7,       # `dagrun simulate`: the scheduler + fair share on a virtual clock (SimRunner)
     # 8: views over the files
     "metrics": 8, "graph": 8, "report": 8, "estimate": 8,
     # the MCP server (another face of the layer-7 operations) and its client configs

@@ -194,3 +194,61 @@ def plan_cmd(ctx: typer.Context,
     src = p["sources"]
     print("estimates: " + ", ".join(f"{n} {k}" for k, n in sorted(src.items())) +
           (f" (unknown, counted as 0: {' '.join(p['unknown'])})" if p["unknown"] else ""))
+
+
+@app.command("simulate", rich_help_panel=PLAN_TOOLS, epilog=examples(
+        "dagrun simulate dag.json -j 8          # a text Gantt and the predicted makespan",
+        "dagrun simulate a.json b.json -j 2     # several goals on one worker: the fair share",
+        "dagrun simulate dag.json -j 4 --json | jq .makespan"))
+def simulate_cmd(ctx: typer.Context,
+                 plans: list[str] = typer.Argument(..., metavar="PLAN...", show_default=False,
+                                                   help="One or more dag.json (several: goals sharing one worker)."),
+                 jobs: int = typer.Option(4, "-j", "--jobs", min=1, metavar="N", help="Agents at once (the worker's -j)."),
+                 overhead: float = typer.Option(0.0, "--overhead", min=0.0, metavar="S",
+                                                help="Seconds added to every attempt (dispatch cost)."),
+                 width: int = typer.Option(None, "--width", min=10, max=1000, metavar="COLS",
+                                           help="Columns of the Gantt bars (default: what the terminal leaves)."),
+                 json: bool = JSON_OPT):
+    """Predict a run: the real scheduler (priorities, aging, critical path in seconds, the
+    fair share across goals, max_parallel) on a virtual clock, each task lasting its
+    `estimate` or its history in this home (1 s if unknown). Prints a Gantt chart and the
+    makespan. Writes nothing."""
+    from ..simulate import simulate_files
+    from .common import console, fmt_duration
+
+    r = simulate_files(home_of(ctx), plans, jobs, overhead=overhead)
+    if json:
+        print_json(r.to_dict())
+        return
+    from rich.table import Table
+    from rich.text import Text
+
+    out = console()
+    span = r.makespan or 1.0
+    multi = len(r.seconds) > 1
+    names = [f"{b.goal}/{b.task}" if multi else b.task for b in r.bars]
+    cols = (("slot", "right", 4), ("task", "left", max([4, *map(len, names)])), ("start", "right", 7),
+            ("secs", "right", 6))
+    width = width or max(10, out.width - sum(w + 1 for _, _, w in cols) - 2)
+    t = Table(box=None, pad_edge=False, show_edge=False)
+    for col, just, w in cols:
+        t.add_column(col, justify=just, no_wrap=True, min_width=w)
+    t.add_column("", no_wrap=True, min_width=width + 1)
+    colours = ("cyan", "green", "magenta", "yellow", "blue")
+    goal_colour = {g: colours[i % len(colours)] for i, g in enumerate(sorted(r.seconds))}
+    for b, name in zip(r.bars, names):
+        a = min(width - 1, int(round(b.start / span * width)))
+        z = max(a + 1, int(round(b.end / span * width)))
+        bar = Text(" " * a)
+        bar.append("█" * (z - a), style=goal_colour[b.goal])
+        t.add_row(str(b.slot), name, f"{b.start:.1f}", f"{b.end - b.start:.1f}", bar)
+    out.print(t, width=max(out.width, sum(w + 1 for _, _, w in cols) + width + 3))
+    d = r.to_dict()
+    bound = "" if r.lower_bound is None else (
+        f" (lower bound {fmt_duration(r.lower_bound)}: critical path {fmt_duration(r.critical_path)}, "
+        f"work {fmt_duration(r.work)} / {r.per_goal[0][1] if len(r.per_goal) == 1 else r.jobs})")
+    out.print(f"predicted makespan {fmt_duration(r.makespan)} with -j {r.jobs}{bound}", markup=False)
+    if d["unknown"]:
+        out.print(f"no estimate or history, counted as 1 s: {' '.join(d['unknown'])}", markup=False)
+    if r.not_started:
+        out.print(f"held by the plan's rules, never started: {' '.join(r.not_started)}", markup=False)

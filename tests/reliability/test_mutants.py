@@ -502,7 +502,7 @@ def test_show_quotes_ascii_and_cuts_at_40():
 def test_messages_for_the_top_level_unknown_fields_and_schema():
     assert _err([1]) == "dag.json:1: expected an object, got an array"
     m = _err({"tasks": [T], "zz": 1, "yy": 2})
-    assert 'unknown fields "zz", "yy" in the plan (known: runner, goal, description, defaults, max_parallel, on_failure, lease, workspace, hooks, max_tasks, budget, resources, agent_limits, tenant, tasks)' in m, m
+    assert 'unknown fields "zz", "yy" in the plan (known: runner, goal, description, defaults, max_parallel, on_failure, lease, workspace, hooks, max_tasks, budget, resources, agent_limits, tenant, weight, aging, tasks)' in m, m
     assert 'unknown field "zz" in the plan' in _err({"tasks": [T], "zz": 1})
     assert _ok({"$schema": "s", "tasks": [T]}).goal == "dag"
     assert "$schema: expected a string" in _err({"$schema": 5, "tasks": [T]})
