@@ -591,3 +591,52 @@ class Scheduler:
 
     def not_started(self) -> Iterable[str]:
         return (self.ids[i] for i in range(len(self.ids)) if self.state[i] in (WAITING, READY, RETRYING, AWAITING))
+
+
+class FairShare:
+    """Which goal a worker serving several starts its next task from (the engine's dispatch
+    and the simulator ask the same object): the goal with the fewest of *this worker's*
+    running tasks per unit of its `weight`, then the one served least so far (stride
+    scheduling: every start advances the goal's pass by 1/weight), then the goal id. So
+    while every goal has ready work, a weight-2 goal gets two starts for each one of a
+    weight-1 goal, and equal goals alternate -- never first-submitted-first. A goal seen for
+    the first time (or again after having nothing to start) joins at the current pass (that
+    of the goal served last): no burst of catch-up starts."""
+
+    def __init__(self) -> None:
+        self.passes: dict[str, float] = {}
+        self.vtime = 0.0             # the pass of the goal served last (before its advance)
+
+    def pick(self, goals: Mapping[str, tuple[int, float]]) -> str | None:
+        """goals: goal -> (this worker's running tasks of it, its weight), only the goals that
+        may start a task now. The goal to take from next, or None."""
+        if not goals:
+            return None
+        for g in goals:
+            if self.passes.get(g, -1.0) < self.vtime:
+                self.passes[g] = self.vtime
+        return min(goals, key=lambda g: (goals[g][0] / goals[g][1], self.passes[g], g))
+
+    def take(self, goals: Mapping[str, tuple["Scheduler", int, float]]) -> tuple[str, str] | None:
+        """The next start of a worker: goals maps goal -> (its scheduler, this worker's running
+        tasks of it, its weight). Picks the goal (pick), takes its best ready task (marked
+        running in its scheduler), counts the start; None when no goal may start one. The
+        engine's dispatch and the simulator both start tasks only through this."""
+        g = self.pick({g: (mine, w) for g, (s, mine, w) in goals.items() if s.may_start()})
+        if g is None:
+            return None
+        s, _mine, w = goals[g]
+        t = s.take()
+        if t is None:
+            return None
+        self.served(g, w)
+        return g, t
+
+    def served(self, goal: str, weight: float) -> None:
+        """A task of goal was started."""
+        p = max(self.passes.get(goal, 0.0), self.vtime)
+        self.vtime = p
+        self.passes[goal] = p + 1.0 / weight
+
+    def forget(self, goal: str) -> None:
+        self.passes.pop(goal, None)
