@@ -29,8 +29,9 @@ GOAL_INTEGRATED = "agent.goal.integrated"    # code workspaces: workspace.integr
 HOOK_FAILED = "agent.hook.failed"      # a hook (hooks.py) failed; the task's outcome is unchanged
 TASK_BUDGET = "agent.task.budget"        # a running task spent past its soft share of the budget
 GOAL_BUDGET = "agent.goal.budget"        # `dagrun budget GOAL --add`: the pool was raised
+TASK_PLACED = "agent.task.placed"        # a cluster runner's queued attempt started on a node
 ALL_TYPES = (PLAN_CREATED, PLAN_REPLACED, TASK_STATUS, TASK_BLOCKED, GOAL_FINISHED, GOAL_INTEGRATED, HOOK_FAILED,
-             TASK_BUDGET, GOAL_BUDGET)
+             TASK_BUDGET, GOAL_BUDGET, TASK_PLACED)
 
 # values of "status" in agent.task.status.updated
 from .states import CANCELLED, DONE, FAILED, READY, RETRYING, RUNNING  # noqa: E402,F401
