@@ -175,7 +175,7 @@ class SlurmRunner:
         j = self._jobs.get(self.key(handle))
         if j is None:
             return handle.get("node")
-        if j.node is None:
+        if j.node is None and j.state != "PENDING":     # (a queued job has not written it yet)
             j.node = _read_line(handle.get("node_file"))
         return j.node
 
