@@ -335,9 +335,9 @@ class RayRunner:
 
     def close(self) -> None:
         self._tasks.clear()
-        for fd in self._bell:
+        bell, self._bell = self._bell, (-1, -1)     # a late callback writes to -1, not a reused fd
+        for fd in bell:
             try:
                 os.close(fd)
             except OSError:
                 pass
-        self._bell = (-1, -1)
