@@ -15,7 +15,13 @@ and for each, in this order:
   slurm   `dagrun run --runner slurm`
   ray floor  a bare Ray task running `sh -c true` (ray.get of one at a time for the chain, of
           all at once for the fan-out), from a driver already connected
-  ray     `dagrun run --runner ray` (its time includes connecting to the head, ~1 s, once)
+  ray     `dagrun run --runner ray` (its time includes importing Ray and connecting to the
+          head, ~1-3 s, once; the floor's own import + connect is printed beside it)
+
+REPS=N (environment) repeats every measurement N times, interleaved (local, floor, dagrun,
+local, ...), and prints medians: on a busy shared machine one run is noise. For Ray it also
+prints dagrun ray - dagrun local (what the Ray runner adds to dagrun's own cost) per task.
+DAGRUN="python -m ..." (environment) runs another dagrun (an A/B against an older checkout).
 
 Prints the Slurm settings (SchedulerParameters, the node's CPUs) and per-task times and the
 ratio dagrun/floor. Needs a cluster (SLURM_CONF; .ci/slurm-up.sh) and a Ray head (RAY_ADDRESS).
@@ -31,7 +37,11 @@ import sys
 import tempfile
 import time
 
-DAGRUN = os.path.join(os.path.dirname(sys.executable), "dagrun")
+import shlex
+import statistics
+
+DAGRUN = shlex.split(os.environ.get("DAGRUN") or os.path.join(os.path.dirname(sys.executable), "dagrun"))
+REPS = int(os.environ.get("REPS") or 1)
 
 
 def plan(root: str, shape: str, n: int) -> str:
@@ -44,10 +54,10 @@ def plan(root: str, shape: str, n: int) -> str:
 
 
 def dagrun(root: str, shape: str, n: int, runner: str) -> float:
-    home = os.path.join(root, f"home-{runner}-{shape}")
+    home = tempfile.mkdtemp(dir=root, prefix=f"home-{runner}-{shape}-")
     p = plan(root, shape, n)
     t = time.perf_counter()
-    subprocess.run([DAGRUN, f"--home={home}", "run", "-q", "-j", str(n if shape == "fanout" else 1),
+    subprocess.run([*DAGRUN, f"--home={home}", "run", "-q", "-j", str(n if shape == "fanout" else 1),
                     "--runner", runner, p], check=True, capture_output=True)
     return time.perf_counter() - t
 
@@ -88,8 +98,10 @@ def srun_chain(n: int) -> float:
 
 
 RAY_FLOOR = r"""
-import subprocess, sys, time, ray
-ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
+import time
+t0 = time.perf_counter()
+import os, subprocess, sys, ray
+ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", logging_level="ERROR", log_to_driver=False)
 @ray.remote(num_cpus=1, max_retries=0)
 def noop():
     return subprocess.run(["/bin/sh", "-c", "true"]).returncode
@@ -101,13 +113,15 @@ if shape == "chain":
         ray.get(noop.remote())
 else:
     ray.get([noop.remote() for _ in range(n)])
-print(time.perf_counter() - t)
+print(time.perf_counter() - t, t - t0)
 """
 
 
-def ray_floor(shape: str, n: int) -> float:
+def ray_floor(shape: str, n: int) -> tuple[float, float]:
+    """(the tasks' time from a connected driver, the driver's import + connect + first task)"""
     r = subprocess.run([sys.executable, "-c", RAY_FLOOR, shape, str(n)], capture_output=True, text=True, check=True)
-    return float(r.stdout.strip().splitlines()[-1])
+    a, b = r.stdout.strip().splitlines()[-1].split()
+    return float(a), float(b)
 
 
 def settings() -> str:
@@ -123,26 +137,42 @@ def main() -> None:
     chain = int(sys.argv[1]) if len(sys.argv) > 1 else 20
     fan = int(sys.argv[2]) if len(sys.argv) > 2 else 100
     which = sys.argv[3].split(",") if len(sys.argv) > 3 else ["slurm", "ray"]
+    med = statistics.median
     if "slurm" in which:
         print("Slurm settings:\n" + settings())
+    print(f"medians of {REPS} interleaved run(s); dagrun: {' '.join(DAGRUN)}")
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as root:
         rows = []
         for shape, n in (("chain", chain), ("fanout", fan)):
-            loc = dagrun(root, shape, n, "local")
-            rows.append((shape, n, "local", loc, None, None))
+            m: dict[str, list] = {}
+            for _ in range(REPS):
+                m.setdefault("local", []).append(dagrun(root, shape, n, "local"))
+                if "slurm" in which:
+                    m.setdefault("slurm floor", []).append(floor(root, shape, n))
+                    if shape == "chain":
+                        m.setdefault("srun", []).append(srun_chain(n))
+                    m.setdefault("slurm", []).append(dagrun(root, shape, n, "slurm"))
+                if "ray" in which:
+                    fl, connect = ray_floor(shape, n)
+                    m.setdefault("ray floor", []).append(fl)
+                    m.setdefault("ray connect", []).append(connect)
+                    m.setdefault("ray", []).append(dagrun(root, shape, n, "ray"))
+            loc = med(m["local"])
+            rows.append((shape, n, "local", loc, None, None, None))
             if "slurm" in which:
-                fl = floor(root, shape, n)
-                sr = srun_chain(n) if shape == "chain" else None
-                rows.append((shape, n, "slurm", dagrun(root, shape, n, "slurm"), fl, sr))
+                rows.append((shape, n, "slurm", med(m["slurm"]), med(m["slurm floor"]),
+                             med(m["srun"]) if "srun" in m else None, None))
             if "ray" in which:
-                fl = ray_floor(shape, n)
-                rows.append((shape, n, "ray", dagrun(root, shape, n, "ray"), fl, None))
+                rows.append((shape, n, "ray", med(m["ray"]), med(m["ray floor"]), None,
+                             (med(m["ray"]) - loc, med(m["ray connect"]))))
         print(f"\n{'shape':7} {'tasks':>5} {'runner':6} {'dagrun/task':>11} {'floor/task':>11} {'srun/task':>10} "
-              f"{'ratio':>6} {'added/task':>11}")
-        for shape, n, runner, t, fl, sr in rows:
+              f"{'ratio':>6} {'added/task':>11} {'minus local':>12} {'floor connect':>14}")
+        for shape, n, runner, t, fl, sr, extra in rows:
             print(f"{shape:7} {n:5d} {runner:6} {t / n * 1000:9.1f}ms "
                   f"{(f'{fl / n * 1000:9.1f}ms' if fl else '-'):>11} {(f'{sr / n * 1000:8.1f}ms' if sr else '-'):>10} "
-                  f"{(f'{t / fl:5.2f}x' if fl else '-'):>6} {(f'{(t - fl) / n * 1000:9.1f}ms' if fl else '-'):>11}")
+                  f"{(f'{t / fl:5.2f}x' if fl else '-'):>6} {(f'{(t - fl) / n * 1000:9.1f}ms' if fl else '-'):>11} "
+                  f"{(f'{extra[0] / n * 1000:10.1f}ms' if extra else '-'):>12} "
+                  f"{(f'{extra[1]:12.2f}s' if extra else '-'):>14}")
 
 
 if __name__ == "__main__":

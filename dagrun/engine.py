@@ -71,6 +71,7 @@ class Run:
     hb_at: float = 0.0
     heartbeat_seen: float = 0.0
     progress_at: float = 0.0
+    node: str | None = None                   # a cluster runner: where it runs, once known
 
 
 class Engine(Reconciler):
@@ -474,7 +475,8 @@ class Engine(Reconciler):
             return
         run = Run(goal=g, task=task, claim=c, handle=handle, key=self.runner.key(handle),
                   definition=task.definition_digest(), t0=now, progress_at=now,
-                  deadline=now + task.timeout if task.timeout else None, hb_at=now + self._refresh_every(plan))
+                  deadline=now + task.timeout if task.timeout else None, hb_at=now + self._refresh_every(plan),
+                  node=handle.get("node"))
         self.runs[run.key] = run
         self.by_task[(g, t)] = run
         tr.started(self.home, c, worker=self.worker, **_remote(handle))
@@ -485,6 +487,8 @@ class Engine(Reconciler):
         for key, run in list(self.runs.items()):
             ex = self.runner.poll(run.handle)
             if ex is None:
+                if run.node is None and run.handle.get("runner") not in _LOCAL:
+                    self._placed(run)
                 continue
             del self.runs[key]
             if self.by_task.get((run.goal, run.task.id)) is run:
@@ -499,6 +503,25 @@ class Engine(Reconciler):
                 gs = self.goals.get(run.goal)
                 if gs is not None:
                     self._give_back(gs, run.claim, f"could not commit the attempt: {e}")
+
+    def _placed(self, run: Run) -> None:
+        """A cluster runner placed an attempt that was queued when it started (a pending Slurm
+        job, a Ray task waiting for a worker): its node goes into the handle in owner.json
+        (status shows it) and into a `placed` event."""
+        node = executor.node_of(self.runner, run.handle)
+        if not node:
+            return
+        run.node = node
+        run.handle["node"] = node
+        c = run.claim
+        c.owner["handle"] = run.handle
+        try:
+            if claims.holds(self.home, c.goal, c.task, c.nonce):
+                claims.update_owner(self.home, c.goal, c.task, c.owner)
+        except (OSError, DagrunError) as e:     # status misses the node; the attempt goes on
+            self.log(f"warning: {c.goal}/{c.task}: could not record its node {node}: {e}")
+        tr.placed(self.home, c, worker=self.worker, **_remote(run.handle))
+        self._touched.add(c.goal)
 
     def _commit(self, run: Run, ex: Exit) -> None:
         with claims.edit_lock(self.home, run.goal):   # the claim cannot be archived mid-commit
@@ -523,9 +546,13 @@ class Engine(Reconciler):
             run.stop_outcome, run.stop_reason = "superseded", "the task's definition changed while it ran"
         cdir = self.home.claim_dir(g, t)
         used = attempt_extra(cdir, lambda w: self.log(f"warning: {g}/{t}: {w}"))   # usage, the check's verdict
+        node = ex.node or run.node         # a cluster runner's node: into the marker, record and event
+        if node:
+            used = {**(used or {}), "node": node}
         if run.stop_outcome in (S.CANCELLED, "superseded", "interrupted", bud.OUTCOME):
+            keep = {k: used[k] for k in ("usage", "node") if used and used.get(k)}
             tr.interrupted(self.home, gs.sched, c, outcome=run.stop_outcome, reason=run.stop_reason,
-                           worker=self.worker, extra={"usage": used["usage"]} if used and used.get("usage") else None)
+                           worker=self.worker, extra=keep or None)
             self._touched.add(g)
             return
         if run.stop_outcome is None and ex.ok:
@@ -781,7 +808,7 @@ class Engine(Reconciler):
         now = time.monotonic()
         run = Run(goal=g, task=task, claim=c, handle=new["handle"], key=self.runner.key(new["handle"]),
                   definition=task.definition_digest(), t0=now, progress_at=now,
-                  deadline=now + task.timeout if task.timeout else None, hb_at=now)
+                  deadline=now + task.timeout if task.timeout else None, hb_at=now, node=new["handle"].get("node"))
         self.runs[run.key] = run
         self.by_task[(g, t)] = run
         self.log(f"reattached {g}/{t} attempt {c.attempt} to {h.get('runner')} job {h.get('job', '?')}")
@@ -846,12 +873,15 @@ def _spec(task: Task, g: str) -> dict:
             "slurm": task.slurm, "ray": task.ray, "name": f"dagrun.{g}.{task.id}"}
 
 
+_LOCAL = ("process", "fake", "dry", None)
+
+
 def _remote(handle: dict) -> dict:
-    """A cluster runner's attempt in its `running` event: the runner and the Slurm job id or
-    Ray task id."""
-    if handle.get("runner") in ("process", "fake", "dry", None):
+    """A cluster runner's attempt in its `running` (and `placed`) event: the runner, the Slurm
+    job id or Ray task id, and the node once known."""
+    if handle.get("runner") in _LOCAL:
         return {}
-    return {"runner": handle["runner"], **{k: handle[k] for k in ("job", "task_id") if k in handle}}
+    return {"runner": handle["runner"], **{k: handle[k] for k in ("job", "task_id", "node") if handle.get(k)}}
 
 
 def _epoch(iso) -> float:

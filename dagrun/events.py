@@ -30,8 +30,9 @@ HOOK_FAILED = "agent.hook.failed"      # a hook (hooks.py) failed; the task's ou
 TASK_BUDGET = "agent.task.budget"        # a running task spent past its soft share of the budget
 GOAL_BUDGET = "agent.goal.budget"        # `dagrun budget GOAL --add`: the pool was raised
 TASK_RESOURCES = "agent.task.resources"  # an ended attempt gives its resource units back (just before it does)
+TASK_PLACED = "agent.task.placed"        # a cluster runner's queued attempt started on a node
 ALL_TYPES = (PLAN_CREATED, PLAN_REPLACED, TASK_STATUS, TASK_BLOCKED, GOAL_FINISHED, GOAL_INTEGRATED, HOOK_FAILED,
-             TASK_BUDGET, GOAL_BUDGET, TASK_RESOURCES)
+             TASK_BUDGET, GOAL_BUDGET, TASK_RESOURCES, TASK_PLACED)
 
 # values of "status" in agent.task.status.updated
 from .states import AWAITING, CANCELLED, DONE, FAILED, READY, RETRYING, RUNNING, SKIPPED  # noqa: E402,F401

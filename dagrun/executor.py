@@ -74,6 +74,7 @@ class Exit:
     #                          runner forgets the attempt once it has reported its exit)
     strays: int = 0          # processes it left behind outside its group, killed by us
     reason: str | None = None   # a cluster engine's own account of the end (Slurm state + exit code)
+    node: str | None = None     # a cluster runner: the node the attempt ran on, when it knows
 
     @property
     def ok(self) -> bool:
@@ -111,6 +112,10 @@ class Runner(Protocol):
                  found something of that attempt
     alive        which of these attempts (key -> handle, maybe another driver's) still run
     close        forget everything (the driver exits)
+
+    Optional (cluster runners): adopt(handle) follows a dead driver's attempt (reattach);
+    node(handle) names the node a live attempt runs on once the engine has placed it (None
+    until then; cheap: the driver asks on every loop until it knows, see node_of).
     """
     name: str
 
@@ -139,6 +144,13 @@ RUNNERS: dict[str, tuple[str, str]] = {
 }
 # a plan's "runner" -> registry name
 PLAN_RUNNERS = {"local": "process", "slurm": "slurm", "ray": "ray"}
+
+
+def node_of(runner, handle: dict) -> str | None:
+    """Where a live attempt runs, for a runner that can tell (Slurm: the job's node; Ray: the
+    node of the Ray worker); None for the others and until it is known."""
+    f = getattr(runner, "node", None)
+    return f(handle) if f is not None else None
 
 
 def unusable(name: str, opts: dict | None = None) -> str | None:
@@ -223,8 +235,16 @@ def options_of(plans) -> dict:
 def for_driver(plans, force: str | None = None) -> "Mux":
     """The runner of an engine serving these plans (`--runner NAME`: force, a plan name):
     checked first (UsageError, exit 2), local processes always available."""
-    require({t.runner for p in plans for t in p.tasks if t.runner != "local"}, force, options_of(plans))
-    return Mux({"process": ProcessRunner()}, force=PLAN_RUNNERS[force] if force else None)
+    names = {t.runner for p in plans for t in p.tasks if t.runner != "local"}
+    require(names, force, options_of(plans))
+    mux = Mux({"process": ProcessRunner()}, force=PLAN_RUNNERS[force] if force else None)
+    # a runner with warm() starts connecting now (Ray: import + ray.init, seconds), while the
+    # engine scans the home, instead of on the first attempt
+    for n in ({force} if force else names) - {"local"}:
+        r = mux._get(PLAN_RUNNERS.get(n, n))
+        if hasattr(r, "warm"):
+            r.warm(options_of(plans).get(n) or {})
+    return mux
 
 
 class Mux:
@@ -286,6 +306,9 @@ class Mux:
 
     def alive(self, handles: dict[str, dict]) -> set[str]:
         return alive(handles)
+
+    def node(self, handle: dict) -> str | None:
+        return node_of(self._of(handle), handle)
 
     def adopt(self, handle: dict) -> bool:
         """Follow an attempt a dead driver started (a runner with adopt(): Slurm jobs)."""

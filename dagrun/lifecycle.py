@@ -442,8 +442,9 @@ def _keep_success(home: Home, g: str, t: str, n: int, body: dict, have_err: bool
            "worker": body.get("worker"), "started": body.get("started"), "ended": body.get("ended"),
            "duration": body.get("duration"), "counted": False,
            "failures": as_int(prev.get("failures", 0)) if prev else 0, "retry_at": None, "final": True}
-    if body.get("usage"):
-        rec["usage"] = body["usage"]
+    for k in ("usage", "node"):
+        if body.get(k):
+            rec[k] = body[k]
     fsio.write_atomic(home.attempt_path(g, t, n, "json"), dumps(rec))
 
 

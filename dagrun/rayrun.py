@@ -21,12 +21,13 @@ import importlib.util
 import os
 import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass
 
 from .executor import RUN_ID_VAR, Exit, Launch, Progress, StartError, Wakeup
 
-POLL = (0.005, 0.05)     # s: ray.wait(timeout=0) on the running attempts: 1 ms per attempt, within these
+PLACE_POLL = (0.01, 0.05)   # s: attempts not yet placed are asked for their node (0.5 ms each), within these
 MB = 1024 * 1024
 
 
@@ -37,37 +38,49 @@ def _mem_bytes(mem) -> int:
     return n * {"K": 1024, "M": MB, "G": 1024 * MB, "T": 1024 * 1024 * MB}[unit]
 
 
-def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | None, grace: float) -> dict:
-    """On the node: the agent as the local runner runs it; returns what the driver commits."""
-    import ctypes
+def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | None, grace: float):
+    """On the node: the agent as the local runner runs it. A generator (a Ray streaming task):
+    it first yields where it runs (the driver learns the node as soon as the attempt starts),
+    then what the driver commits."""
+    import select
     import subprocess
     import tempfile
 
-    def child_setup():
-        os.setsid()
-        try:
-            ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)   # PR_SET_PDEATHSIG: die with the worker
-        except OSError:
-            pass
-
     node = socket.gethostname()
+    yield {"node": node}
     if not os.path.isdir(cwd):
-        return {"start_error": f"cannot start the agent in {cwd} on {node}: No such file or directory", "node": node}
+        yield {"start_error": f"cannot start the agent in {cwd} on {node}: No such file or directory", "node": node}
+        return
     with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         stdin.write(prompt)
         stdin.seek(0)
         p = guard = None
         try:
+            # its own session (process group); no preexec_fn: that would make Python fork the
+            # whole Ray worker (~28 ms a task here) instead of vfork + exec (~1 ms)
             p = subprocess.Popen(["/bin/sh", "-c", agent], cwd=cwd, env=env, stdin=stdin, stdout=out, stderr=err,
-                                 preexec_fn=child_setup, close_fds=True)
+                                 start_new_session=True, close_fds=True)
             # a guard outside the worker: if the worker dies (force cancel, crash), the agent's
-            # whole group goes too (PDEATHSIG above reaches only the shell, not what it started)
+            # whole group goes too
             guard = subprocess.Popen(["/bin/sh", "-c", "while kill -0 \"$0\" 2>/dev/null; do sleep 0.5; done; "
                                       "kill -KILL \"-$1\" 2>/dev/null", str(os.getpid()), str(p.pid)],
                                      env={"PATH": "/usr/bin:/bin"}, start_new_session=True, close_fds=True,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            while p.poll() is None:
-                time.sleep(0.02)
+            # its exit wakes us at once (a pidfd); ray.cancel's KeyboardInterrupt is seen
+            # between two selects (it does not interrupt a system call)
+            try:
+                fd = os.pidfd_open(p.pid)
+            except (AttributeError, OSError):
+                fd = None
+            try:
+                while p.poll() is None:
+                    if fd is not None:
+                        select.select([fd], [], [], 0.1)
+                    else:
+                        time.sleep(0.02)
+            finally:
+                if fd is not None:
+                    os.close(fd)
         except KeyboardInterrupt:          # ray.cancel(ref): stop the whole group, TERM then KILL
             if p is not None:
                 _stop_group(p, grace)
@@ -86,8 +99,8 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
         data = out.read(max_output + 1 if max_output is not None else -1)
         over = max_output is not None and len(data) > max_output
         err.seek(0)
-        return {"code": p.returncode, "stdout": data[:max_output] if over else data, "over_limit": over,
-                "stderr": err.read(), "node": node}
+        yield {"code": p.returncode, "stdout": data[:max_output] if over else data, "over_limit": over,
+               "stderr": err.read(), "node": node}
 
 
 def _stop_group(p, grace: float) -> None:
@@ -104,12 +117,11 @@ def _stop_group(p, grace: float) -> None:
 
 @dataclass
 class _Task:
-    ref: object
+    gen: object                      # the Ray ObjectRefGenerator of the attempt
     handle: dict
     launch: Launch
     stop_sig: int | None = None
-    result: dict | None = None
-    error: str | None = None
+    node: str | None = None
 
 
 class RayRunner:
@@ -119,6 +131,14 @@ class RayRunner:
         self._tasks: dict[str, _Task] = {}
         self._ray = None
         self._remote = None
+        self._warm: threading.Thread | None = None
+        self._warm_error: BaseException | None = None
+        self._ended: set[str] = set()      # keys whose Ray task ended (set by Ray's callback thread)
+        self._lock = threading.Lock()
+        self._bell = os.pipe()             # the callback rings it: the driver's poll(2) wakes at once
+        for fd in self._bell:
+            os.set_blocking(fd, False)
+            os.set_inheritable(fd, False)
 
     @staticmethod
     def unusable(opts: dict | None = None) -> str | None:
@@ -141,7 +161,25 @@ class RayRunner:
     def key(self, handle: dict) -> str:
         return handle["task_id"]
 
+    def warm(self, opts: dict) -> None:
+        """Import Ray and connect in the background (seconds) while the driver scans its
+        home; the first start() waits for it."""
+        if self._ray is None and self._warm is None:
+            def connect():
+                try:
+                    self._init(opts)
+                except BaseException as e:      # noqa: BLE001 -- reported by the first start()
+                    self._warm_error = e
+            self._warm = threading.Thread(target=connect, name="dagrun-ray-connect", daemon=True)
+            self._warm.start()
+
     def _init(self, opts: dict) -> None:
+        if self._warm is not None and threading.current_thread() is not self._warm:
+            self._warm.join()
+            self._warm = None
+            if self._warm_error is not None:
+                e, self._warm_error = self._warm_error, None
+                raise e
         if self._ray is not None:
             return
         import ray
@@ -152,12 +190,12 @@ class RayRunner:
             if opts.get("runtime_env"):
                 kw["runtime_env"] = opts["runtime_env"]
             ray.init(**kw)
-        self._ray = ray
         # shipped by value: the nodes need Ray, not dagrun
         import ray.cloudpickle as cp
         import sys
         cp.register_pickle_by_value(sys.modules[__name__])
-        self._remote = ray.remote(max_retries=0)(run_agent)
+        self._remote = ray.remote(max_retries=0, num_returns="streaming")(run_agent)
+        self._ray = ray
 
     def start(self, launch: Launch) -> dict:
         spec = launch.spec or {}
@@ -177,43 +215,86 @@ class RayRunner:
         env = dict(launch.env)
         env[RUN_ID_VAR] = launch.run_id
         try:
-            ref = self._remote.options(**o, name=spec.get("name") or "dagrun").remote(
+            gen = self._remote.options(**o, name=spec.get("name") or "dagrun").remote(
                 launch.agent, launch.cwd, env, prompt, launch.max_output, float(spec.get("kill_grace") or 5.0))
+            tid = gen._generator_ref.task_id().hex()
+            gen.completed().future().add_done_callback(lambda _f, k=tid: self._ring(k))
         except Exception as e:      # noqa: BLE001
             raise StartError(f"ray: {e}") from None
-        handle = {"runner": self.name, "task_id": ref.task_id().hex(), "driver": os.getpid(),
+        handle = {"runner": self.name, "task_id": tid, "driver": os.getpid(),
                   "host": socket.gethostname(), "run_id": launch.run_id}
-        self._tasks[handle["task_id"]] = _Task(ref, handle, launch)
+        self._tasks[tid] = _Task(gen, handle, launch)
         return handle
+
+    def _ring(self, key: str) -> None:
+        """Ray's callback thread: the attempt's Ray task ended (any way)."""
+        with self._lock:
+            self._ended.add(key)
+        try:
+            os.write(self._bell[1], b"x")
+        except OSError:             # closed (the driver is exiting) or full (it will look anyway)
+            pass
 
     def wakeup(self) -> Wakeup:
         if not self._tasks:
-            return Wakeup((), None)
-        return Wakeup((), min(POLL[1], max(POLL[0], 0.001 * len(self._tasks))))
+            return Wakeup((self._bell[0],), None)
+        waiting = sum(1 for t in self._tasks.values() if t.node is None)
+        # ends ring the bell; only an attempt not yet placed is looked at on a timer (its node)
+        return Wakeup((self._bell[0],), min(PLACE_POLL[1], max(PLACE_POLL[0], 0.0005 * waiting)) if waiting else None)
 
     def service(self, ready: set[int]) -> None:
-        pass
+        if self._bell[0] in ready:
+            try:
+                while os.read(self._bell[0], 4096):
+                    pass
+            except BlockingIOError:
+                pass
 
     def progress(self, handle: dict) -> Progress:
         return Progress()
+
+    def node(self, handle: dict) -> str | None:
+        t = self._tasks.get(self.key(handle))
+        if t is None:
+            return handle.get("node")
+        if t.node is None:
+            self._first(t)
+        return t.node
+
+    def _first(self, t: _Task) -> None:
+        """The attempt's first item (where it runs), if Ray has it already."""
+        try:
+            ref = t.gen._next_sync(timeout_s=0)
+            if not ref.is_nil():
+                t.node = self._ray.get(ref)["node"]
+        except Exception:           # noqa: BLE001 -- it failed before it started: poll reports it
+            t.node = t.node or ""
 
     def poll(self, handle: dict) -> Exit | None:
         k = self.key(handle)
         t = self._tasks.get(k)
         if t is None:
             return Exit(None, signal.SIGKILL)
-        ready, _ = self._ray.wait([t.ref], timeout=0)
-        if not ready:
-            return None
+        with self._lock:
+            if k not in self._ended:
+                return None
+            self._ended.discard(k)
         del self._tasks[k]
         try:
-            r = self._ray.get(t.ref)
+            items = [self._ray.get(ref) for ref in t.gen]      # ended: nothing here blocks
+            r = items[-1] if items else {}
+            if "node" in r and "code" not in r and "start_error" not in r:
+                raise RuntimeError("the attempt ended without a result")
         except Exception as e:      # noqa: BLE001 -- cancelled, worker crashed, node died
+            node = t.node or None
             if t.stop_sig is not None:
-                return Exit(None, t.stop_sig, Progress(), reason=f"ray task cancelled ({signal.Signals(t.stop_sig).name})")
-            return Exit(None, None, Progress(), reason=f"ray: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
+                return Exit(None, t.stop_sig, Progress(), node=node,
+                            reason=f"ray task cancelled ({signal.Signals(t.stop_sig).name})")
+            return Exit(None, None, Progress(), node=node,
+                        reason=f"ray: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
+        node = r.get("node") or t.node or None
         if "start_error" in r:
-            return Exit(127, None, Progress(), reason=r["start_error"])
+            return Exit(127, None, Progress(), reason=r["start_error"], node=node)
         out, err = r["stdout"], r["stderr"]
         for data, path in ((out, t.launch.stdout_path), (err, t.launch.stderr_path)):
             if data:
@@ -227,21 +308,21 @@ class RayRunner:
         prog = Progress(out_bytes=len(out), err_bytes=len(err), first_byte=now if out else None, last_output=now,
                         over_limit=r["over_limit"])
         if code < 0:
-            return Exit(None, -code, prog)
-        return Exit(code, None, prog)
+            return Exit(None, -code, prog, node=node)
+        return Exit(code, None, prog, node=node)
 
     def terminate(self, handle: dict) -> None:
         t = self._tasks.get(self.key(handle))
         if t is not None and t.stop_sig is None:
             t.stop_sig = signal.SIGTERM
-            self._ray.cancel(t.ref, force=False)
+            self._ray.cancel(t.gen, force=False)
 
     def kill(self, handle: dict) -> None:
         t = self._tasks.get(self.key(handle))
         if t is not None and t.stop_sig != signal.SIGKILL:
             t.stop_sig = t.stop_sig or signal.SIGKILL
             try:
-                self._ray.cancel(t.ref, force=True)
+                self._ray.cancel(t.gen, force=True)
             except Exception:       # noqa: BLE001 -- already finished
                 pass
 
@@ -254,3 +335,9 @@ class RayRunner:
 
     def close(self) -> None:
         self._tasks.clear()
+        bell, self._bell = self._bell, (-1, -1)     # a late callback writes to -1, not a reused fd
+        for fd in bell:
+            try:
+                os.close(fd)
+            except OSError:
+                pass

@@ -76,9 +76,13 @@ def sbatch_args(launch: Launch, script: str) -> list[str]:
 
 def wrapper(launch: Launch, exit_path: str) -> str:
     q = shlex.quote
+    node_path = os.path.join(os.path.dirname(exit_path), "node")
     return (
         "#!/bin/sh\n"
-        f"# dagrun attempt {launch.run_id}: runs the agent as the local runner does, then publishes its exit status\n"
+        f"# dagrun attempt {launch.run_id}: says where it runs, runs the agent as the local runner does,\n"
+        "# then publishes its exit status\n"
+        f"printf '%s\\n' \"${{SLURMD_NODENAME:-$(hostname)}}\" >{q(node_path + '.tmp')} && "
+        f"mv -f {q(node_path + '.tmp')} {q(node_path)}\n"
         f"cd {q(launch.cwd)} || exit 126\n"
         f"/bin/sh -c {q(launch.agent)} <{q(launch.stdin_path)} >{q(launch.stdout_path)} 2>{q(launch.stderr_path)}\n"
         "rc=$?\n"
@@ -97,6 +101,7 @@ class _Job:
     stop_sig: int | None = None          # we asked it to stop with this signal (the latest)
     first_sig: int | None = None         # ... and first
     state: str | None = None             # last squeue state
+    node: str | None = None              # where it runs: claim/node (the wrapper) or squeue's %N
 
 
 class SlurmRunner:
@@ -149,7 +154,8 @@ class SlurmRunner:
             raise StartError(f"sbatch failed: {err[-1] if err else f'exit {r.returncode}'}")
         cluster = r.stdout.strip().split(";")[1] if ";" in r.stdout else None
         handle = {"runner": self.name, "job": int(job), "cluster": cluster, "submit_host": HOST,
-                  "run_id": launch.run_id, "exit": exit_path, "stdout": launch.stdout_path}
+                  "run_id": launch.run_id, "exit": exit_path, "stdout": launch.stdout_path,
+                  "node_file": os.path.join(cdir, "node")}
         self._jobs[job] = _Job(handle, time.monotonic())
         return handle
 
@@ -160,8 +166,18 @@ class SlurmRunner:
             return False
         if not (os.path.exists(handle.get("exit") or "") or self._states([handle["job"]]).get(handle["job"]) in LIVE_STATES):
             return False
-        self._jobs[str(handle["job"])] = _Job(dict(handle), time.monotonic())
+        self._jobs[str(handle["job"])] = _Job(dict(handle), time.monotonic(), node=handle.get("node"))
         return True
+
+    def node(self, handle: dict) -> str | None:
+        """The node the job runs on: what its wrapper wrote as claim/node when it started (or
+        squeue's node list); None while it is pending."""
+        j = self._jobs.get(self.key(handle))
+        if j is None:
+            return handle.get("node")
+        if j.node is None and j.state != "PENDING":     # (a queued job has not written it yet)
+            j.node = _read_line(handle.get("node_file"))
+        return j.node
 
     # ------------------------------------------------------------------ the loop's side
     def wakeup(self) -> Wakeup:
@@ -190,13 +206,15 @@ class SlurmRunner:
         code = _read_exit(handle.get("exit"))
         if code is not None:
             del self._jobs[k]
-            return Exit(code, None, self._final_progress(handle))
+            return Exit(code, None, self._final_progress(handle), node=j.node or _read_line(handle.get("node_file")))
         now = time.monotonic()
         if now >= self._next_queue:
             self._next_queue = now + (0.5 if any(x.stop_sig for x in self._jobs.values()) else QUEUE_POLL)
-            states = self._states([int(x) for x in self._jobs])
+            nodes: dict[int, str] = {}
+            states = self._states([int(x) for x in self._jobs], nodes)
             for kk, x in self._jobs.items():
                 x.state = states.get(int(kk))
+                x.node = x.node or nodes.get(int(kk))
                 if x.state in LIVE_STATES:
                     x.gone_since = None
                 elif x.gone_since is None:
@@ -206,15 +224,16 @@ class SlurmRunner:
         del self._jobs[k]
         state, exitcode, reason = self.describe(handle["job"])
         code, sig = _split_exitcode(exitcode)
+        node = j.node or _read_line(handle.get("node_file"))
         if j.stop_sig is not None:       # we stopped it: the wrapper died with the agent
-            return Exit(None, sig or j.first_sig, self._final_progress(handle),
+            return Exit(None, sig or j.first_sig, self._final_progress(handle), node=node,
                         reason=f"slurm job {handle['job']} {state or 'ended'} after dagrun's scancel")
         why = f"slurm job {handle['job']} {state or 'vanished from the queue'}"
         if exitcode:
             why += f" (exit code {exitcode}" + (f", {reason}" if reason and reason != "None" else "") + ")"
         why += " without writing its exit file"
         return Exit(code if code else None, sig if sig else (None if code else signal.SIGKILL),
-                    self._final_progress(handle), reason=why)
+                    self._final_progress(handle), reason=why, node=node)
 
     def _final_progress(self, handle: dict) -> Progress:
         try:
@@ -224,11 +243,12 @@ class SlurmRunner:
         return Progress(out_bytes=n)
 
     # ------------------------------------------------------------------ Slurm queries
-    def _states(self, jobs: list[int]) -> dict[int, str]:
-        """job -> state for the jobs Slurm still knows (one squeue); a job missing is gone."""
+    def _states(self, jobs: list[int], nodes: dict | None = None) -> dict[int, str]:
+        """job -> state for the jobs Slurm still knows (one squeue); a job missing is gone.
+        nodes: filled with job -> node list of the jobs that have one (running)."""
         if not jobs:
             return {}
-        r = _run(["squeue", "-h", "-t", "all", "-o", "%i %T", "-j", ",".join(map(str, jobs))])
+        r = _run(["squeue", "-h", "-t", "all", "-o", "%i %T %N", "-j", ",".join(map(str, jobs))])
         out: dict[int, str] = {}
         if r.returncode != 0:
             if "Invalid job id" in r.stderr:
@@ -237,8 +257,10 @@ class SlurmRunner:
             return {j: "UNKNOWN-LIVE" for j in jobs} if jobs else {}
         for line in r.stdout.splitlines():
             p = line.split()
-            if len(p) == 2 and p[0].isdigit():
+            if len(p) in (2, 3) and p[0].isdigit():
                 out[int(p[0])] = p[1]
+                if len(p) == 3 and nodes is not None:
+                    nodes[int(p[0])] = p[2]
         return out
 
     def describe(self, job: int) -> tuple[str | None, str | None, str | None]:
@@ -318,6 +340,17 @@ def _read_exit(path: str | None) -> int | None:
     except OSError:
         return None
     return int(s) if s.isdigit() else None
+
+
+def _read_line(path: str | None) -> str | None:
+    if not path:
+        return None
+    try:
+        with open(path) as f:
+            s = f.read().strip()
+    except OSError:
+        return None
+    return s or None
 
 
 def _split_exitcode(ec: str | None) -> tuple[int, int]:

@@ -97,6 +97,9 @@ def goal_detail(home: Home, g: str) -> dict:
                "duration": None}
         if st == S.RUNNING and f.owner:
             row["worker"] = f.owner.get("worker")
+            h = f.owner.get("handle")
+            if isinstance(h, dict) and h.get("node"):      # a cluster runner's node, once placed
+                row["node"] = h["node"]
             row["started"] = f.owner.get("since")
             since = parse_ts(f.owner.get("since"))
             if since:
@@ -107,6 +110,8 @@ def goal_detail(home: Home, g: str) -> dict:
             row["duration"] = f.marker.get("duration")
             if f.marker.get("reason"):
                 row["reason"] = f.marker["reason"]
+            if f.marker.get("node"):
+                row["node"] = f.marker["node"]
             if f.marker.get("cached") is True:
                 row["cached"] = True
             if f.marker.get("exit_code") is not None and st == S.FAILED:

@@ -153,6 +153,12 @@ def release_resources(home: Home, c: Claim, *, worker: str, why: str) -> None:
     res.release(home, units, c.owner.get("run_id"))
 
 
+def placed(home: Home, c: Claim, *, worker: str, **fields) -> None:
+    """A cluster runner's attempt that was queued when it started now runs on a node (its
+    `running` event could not say where): `node`, with the runner and its remote id."""
+    ev.emit(home, c.goal, ev.TASK_PLACED, task=c.task, attempt=c.attempt, worker=worker, **fields)
+
+
 # ---------------------------------------------------------------------------------- finish
 def finish(home: Home, plan: Plan, sched: Scheduler, c: Claim, *, ok: bool, worker: str,
            ended: float | None = None, outcome: str = S.FAILED, exit_code: int | None = None,
@@ -201,7 +207,7 @@ def finish(home: Home, plan: Plan, sched: Scheduler, c: Claim, *, ok: bool, work
             hk.abandon(pending)
             raise
         _status(home, plan, g, t, ev.DONE, pending=pending, attempt=c.attempt, worker=worker, duration=body["duration"],
-                exit_code=code, output_bytes=body["output_bytes"], usage=body.get("usage"),
+                exit_code=code, output_bytes=body["output_bytes"], usage=body.get("usage"), node=body.get("node"),
                 cached=True if cached else None, **(fields or {}), **forced)
         return Finished(S.DONE, body, _changes(home, g, sched.finish(t, S.DONE), worker, plan))
     pending = hk.prepare_pending(home, plan, g, t, c.attempt, ("on_failed", "on_retrying"))
@@ -212,7 +218,8 @@ def finish(home: Home, plan: Plan, sched: Scheduler, c: Claim, *, ok: bool, work
         hk.abandon(pending)
         raise
     common = dict(attempt=c.attempt, worker=worker, duration=rec["duration"], exit_code=rec.get("exit_code"),
-                  signal=rec.get("signal"), reason=rec.get("reason"), outcome=rec["outcome"], usage=rec.get("usage"))
+                  signal=rec.get("signal"), reason=rec.get("reason"), outcome=rec["outcome"], usage=rec.get("usage"),
+                  node=rec.get("node"))
     if rec["final"]:
         _status(home, plan, g, t, ev.FAILED, pending=pending, **common, **forced)
         ch = _changes(home, g, sched.finish(t, S.FAILED), worker, plan)

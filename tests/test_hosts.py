@@ -93,3 +93,77 @@ def test_a_killed_host_loses_its_claims_only_after_the_lease_and_nothing_runs_tw
         assert ends[t][0][3] == "hostB"
     for t in set(tasks) - set(on_a):
         assert json.loads((task_dir(home, "g", t) / "done").read_text())["attempt"] == 1
+
+
+FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+
+
+def _need_faketime() -> None:
+    if not os.path.exists(FAKETIME_LIB):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"libfaketime is missing ({FAKETIME_LIB}; apt-get install faketime)")
+        pytest.skip(f"needs libfaketime ({FAKETIME_LIB}; apt-get install faketime) to skew one host's clock")
+
+
+@pytest.mark.slow
+def test_a_host_whose_clock_runs_ahead_breaks_no_live_claim_and_takes_a_dead_hosts_claims(tmp_path):
+    """Clock skew where the lease logic reads times: hostB's wall clock runs SKEW seconds
+    ahead (libfaketime on its worker, time() only: file times stay the kernel's, as a shared
+    file system's server stamps them). The lease compares hostB's `now` with the mtimes of
+    hostA's owner.json / heartbeat, so hostA's live claims look SKEW seconds older to hostB;
+    hostA refreshes them every lease/3, so with SKEW < 2/3 of the lease they never look
+    stale: hostB breaks none of them while hostA lives (its tasks outlive the lease). Once
+    hostA dies, hostB takes its claims over (a little early, by the skew), each task still
+    runs to its end exactly once, and the goal finishes."""
+    _need_unshare()
+    _need_faketime()
+    lease, skew = 6.0, 3.0
+    log = tmp_path / "runs.log"
+    agent = (f"echo \"start $DAGRUN_TASK $DAGRUN_ATTEMPT $(hostname)\" >> {log}; sleep 30; "
+             f"echo \"end $DAGRUN_TASK $DAGRUN_ATTEMPT $(hostname)\" >> {log}; printf %s \"$DAGRUN_TASK\"")
+    tasks = [f"t{i}" for i in range(6)]
+    p = write_plan(tmp_path / "plans", [{"id": t, "prompt": "p"} for t in tasks], goal="g", lease=lease,
+                   defaults={"agent": agent})
+    home = tmp_path / "home"
+    subprocess.run([DAGRUN, f"--home={home}", "submit", str(p)], check=True, capture_output=True)
+    env = {k: v for k, v in os.environ.items() if k != "DAGRUN_HOME"}
+    ahead = {**env, "LD_PRELOAD": FAKETIME_LIB, "FAKETIME": f"+{skew:g}s", "DONT_FAKE_MONOTONIC": "1",
+             "NO_FAKE_STAT": "1"}
+    a = _host("hostA", home, env)
+    b = None
+    try:
+        wait_for(lambda: sum(_owner_host(home, t) == "hostA" for t in tasks) == 3, timeout=30,
+                 what="hostA running 3 tasks")
+        b = _host("hostB", home, ahead)
+        wait_for(lambda: sum(_owner_host(home, t) == "hostB" for t in tasks) == 3, timeout=30,
+                 what="hostB running the other 3")
+        on_a = [t for t in tasks if _owner_host(home, t) == "hostA"]
+        # hostB's clock is really ahead (its own view of time, as its engine reads it)
+        r = subprocess.run(["python3", "-c", "import time; print(time.time())"], env=ahead, capture_output=True,
+                           text=True, check=True)
+        assert float(r.stdout) - time.time() > skew - 1
+        # both live past a whole lease: hostB, ahead, must not take hostA's running claims
+        time.sleep(lease + 1)
+        assert not list((home / "goals" / "g" / "tasks").glob("*/attempts/*.json")), "a live claim was broken"
+        assert all(_owner_host(home, t) == "hostA" for t in on_a)   # (its agents outlive this wait)
+        os.kill(_ns_init(a), signal.SIGKILL)          # now hostA dies whole
+        a.wait(10)
+        wait_for(lambda: all((task_dir(home, "g", t) / "done").exists() for t in tasks), timeout=90,
+                 what="every task done")
+    finally:
+        for x in (a, b):
+            if x is not None and x.poll() is None:
+                os.killpg(x.pid, signal.SIGTERM)
+                try:
+                    x.wait(15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(x.pid, signal.SIGKILL)
+    lines = [x.split() for x in log.read_text().splitlines()]
+    ends = {t: [x for x in lines if x[0] == "end" and x[1] == t] for t in tasks}
+    assert all(len(v) == 1 for v in ends.values()), ends            # every task ran to its end once
+    for t in on_a:
+        lost = json.loads((task_dir(home, "g", t) / "attempts" / "1.json").read_text())
+        assert lost["outcome"] == "lost" and not lost["counted"] and "no heartbeat from w-hostA" in lost["reason"]
+        assert ends[t][0][2:] == ["2", "hostB"]
+    for t in set(tasks) - set(on_a):
+        assert json.loads((task_dir(home, "g", t) / "done").read_text())["attempt"] == 1

@@ -79,3 +79,46 @@ def test_a_ray_worker_that_dies_fails_the_attempt_with_rays_reason_then_retries(
     assert rec["outcome"] == "failed" and rec["reason"].startswith("ray: ") and rec["counted"]
     assert (task_dir(home, "g", "a") / "output").read_text() == "ok"
     assert json.loads((task_dir(home, "g", "a") / "done").read_text())["attempt"] == 2
+
+
+@ray
+def test_the_node_of_each_attempt_shows_in_status_events_and_markers(tmp_path):
+    """The Ray task says where it runs as soon as it starts (its first streamed item): the
+    node goes into owner.json (status), a `placed` event, and at the end the done marker,
+    the attempt record and the done / retrying event."""
+    import socket
+    need_ray()
+    node = socket.gethostname()        # the one-node Ray head of the tests runs on this host
+    p = write_plan(tmp_path / "plans", [
+        {"id": "a", "prompt": "p", "agent": "sleep 5; printf ok"},
+        {"id": "b", "prompt": "p", "agent": "[ \"$DAGRUN_ATTEMPT\" = 2 ] || exit 4; printf ok", "retries": 1,
+         "retry_backoff": 0}], goal="g", runner="ray")
+    home = tmp_path / "home"
+    d = spawn("run", "-q", "-j", "2", p, home=home)
+    try:
+        seen: dict = {}
+
+        def placed_running():
+            r = run("status", "g", "--json", home=home, check=False)    # (before the submit: exit 2)
+            rows = json.loads(r.stdout)["tasks"] if r.returncode == 0 else []
+            seen.update({r["task"]: r["node"] for r in rows if r["state"] == "running" and r.get("node")})
+            return "a" in seen
+        wait_for(placed_running, timeout=60, what="task a running on a known node")
+        assert seen["a"] == node
+        table = run("status", "g", home=home).stdout      # the table: WORKER@NODE (if still running)
+        assert f"@{node}" in table or "done" in table, table
+        assert d.wait(90) == 0
+    finally:
+        kill_group(d)
+    for t in ("a", "b"):
+        assert json.loads((task_dir(home, "g", t) / "done").read_text())["node"] == node
+    assert json.loads((task_dir(home, "g", "b") / "attempts" / "1.json").read_text())["node"] == node
+    assert json.loads((task_dir(home, "g", "b") / "attempts" / "2.json").read_text())["node"] == node
+    evs = events(home, "g")
+    placed = [e for e in evs if e["type"] == "agent.task.placed"]
+    # a: placed while it ran; b's attempts end at once and may end before the driver asked
+    # where they run (their end events say it all the same)
+    assert ("a", 1) in [(e["task"], e["attempt"]) for e in placed] and len(placed) <= 3
+    assert all(e["node"] == node and e["runner"] == "ray" for e in placed)
+    ends = [e for e in evs if e.get("status") in ("done", "retrying")]
+    assert len(ends) == 3 and all(e["node"] == node for e in ends)

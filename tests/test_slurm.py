@@ -266,3 +266,53 @@ def test_a_job_whose_driver_died_before_publishing_its_handle_is_found_by_run_id
         assert lost["outcome"] == "lost" and "half-created claim" in lost["reason"]
     finally:
         _scancel_all([job])
+
+
+def _slurm_node() -> str:
+    return subprocess.run(["sinfo", "-h", "-o", "%N"], capture_output=True, text=True, check=True).stdout.split()[0]
+
+
+@slurm
+def test_the_node_of_each_attempt_shows_in_status_events_and_markers(tmp_path, cluster):
+    """A pending job has no node: the `running` event is written at sbatch; once the job
+    runs, its node (what the wrapper wrote as claim/node) goes into owner.json (status shows
+    it), into a `placed` event, and at the end into the marker, the attempt record and the
+    done / failed event."""
+    p = write_plan(tmp_path / "plans", [
+        {"id": "ok", "prompt": "p", "agent": "sleep 5; printf ok"},
+        {"id": "bad", "prompt": "p", "agent": "sleep 5; exit 3", "retries": 1, "retry_backoff": 0}],
+        goal="g", runner="slurm")
+    home = tmp_path / "home"
+    node = _slurm_node()
+    d = spawn("run", "-q", "-j", "2", p, home=home)
+    jobs = []
+    try:
+        seen: dict = {}
+
+        def placed():        # status while both jobs run: each row names the node
+            r = run("status", "g", "--json", home=home, check=False)    # (before the submit: exit 2)
+            rows = json.loads(r.stdout)["tasks"] if r.returncode == 0 else []
+            seen.update({r["task"]: r["node"] for r in rows if r["state"] == "running" and r.get("node")})
+            return len(seen) == 2
+        wait_for(placed, timeout=60, what="both jobs placed on a node")
+        assert seen == {"ok": node, "bad": node}
+        jobs = [_job_of(home, "g", t) for t in ("ok", "bad")]
+        assert d.wait(120) == 1
+    finally:
+        kill_group(d)
+        _scancel_all(jobs)
+    done = json.loads((task_dir(home, "g", "ok") / "done").read_text())
+    assert done["node"] == node
+    failed = json.loads((task_dir(home, "g", "bad") / "failed").read_text())
+    assert failed["node"] == node and failed["exit_code"] == 3
+    for n in (1, 2):
+        rec = json.loads((task_dir(home, "g", "bad") / "attempts" / f"{n}.json").read_text())
+        assert rec["node"] == node
+    evs = events(home, "g")
+    placed = [e for e in evs if e["type"] == "agent.task.placed"]
+    assert sorted((e["task"], e["attempt"]) for e in placed) == [("bad", 1), ("bad", 2), ("ok", 1)]
+    assert all(e["node"] == node and e["runner"] == "slurm" and isinstance(e["job"], int) for e in placed)
+    ends = [e for e in evs if e.get("status") in ("done", "retrying", "failed")]
+    assert len(ends) == 3 and all(e["node"] == node for e in ends)
+    r = run("events", "g", home=home)     # the plain event lines name the node too
+    assert f"node={node}" in r.stdout or f'"node":"{node}"' in r.stdout or f'"node": "{node}"' in r.stdout

@@ -145,7 +145,8 @@ def fmt_event(e: dict, ts: bool = True) -> str:
     else:
         what = typ.removeprefix("agent.")
     extras = []
-    for k in ("attempt", "worker", "duration", "exit_code", "cached", "outcome", "blocked_by", "retry_at", "reason"):
+    for k in ("attempt", "worker", "node", "duration", "exit_code", "cached", "outcome", "blocked_by", "retry_at",
+              "reason"):
         v = e.get(k)
         if v is None or v == "":
             continue

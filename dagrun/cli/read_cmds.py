@@ -77,7 +77,8 @@ def status(ctx: typer.Context,
             note = f"added by {r['added_by']}"
         if r.get("retry_at"):
             note = f"retry at {r['retry_at'][11:19]}: {note}"
-        row = [r["task"], state, str(r["attempt"] or "-"), r.get("worker") or "-", started,
+        who = (r.get("worker") or "-") + (f"@{r['node']}" if r.get("node") else "")   # a cluster node
+        row = [r["task"], state, str(r["attempt"] or "-"), who, started,
                fmt_duration(r.get("duration"))]
         if usage:                    # only goals whose agents report usage get the column
             row.append(fmt_usage(r.get("usage")))
