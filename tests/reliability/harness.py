@@ -40,6 +40,7 @@ from conftest import DAGRUN, write_plan  # noqa: E402
 GOAL = "crash"
 TASKS = ["a", "b", "c", "d"] + [f"k{i}" for i in range(6)]
 TMP_RE = re.compile(r"^\..+\.(\d+)\.tmp$")
+LEASE = 0.3
 JSON_NAMES = {"done", "failed", "cancelled", "plan.json", "summary.json", "owner.json"}
 
 
@@ -56,7 +57,9 @@ def make_plan(folder: Path, log: Path) -> Path:
     for i in range(6):
         tasks.append({"id": f"k{i}", "prompt": f"step {i}", "deps": [prev]})
         prev = f"k{i}"
-    return write_plan(folder, tasks, goal=GOAL, defaults={"agent": agent(log)})
+    # lease 0.3 s: the engine renews its claims' lease (utime of owner.json) every 0.1 s, so
+    # c's 0.2 s sleep spans a renewal and the `utime` step is crashed like every other step
+    return write_plan(folder, tasks, goal=GOAL, defaults={"agent": agent(log)}, lease=LEASE)
 
 
 @dataclass
@@ -102,6 +105,7 @@ def reference_run(base: Path, mode: str = "run") -> Reference:
     assert r.returncode == 0, r.stderr
     tdir = home / "goals" / GOAL / "tasks"
     labels = [ln.split(" ", 1)[1] for ln in trace.read_text().splitlines()]
+    assert any(lab.startswith("utime ") for lab in labels), "no lease renewal in the clean run"
     return Reference(outputs={t: (tdir / t / "output").read_bytes() for t in TASKS},
                      prompts={t: (tdir / t / "prompt.md").read_bytes() for t in TASKS},
                      steps=len(labels), labels=labels)
