@@ -292,3 +292,101 @@ def test_another_hosts_claim_lives_by_its_heartbeat(tmp_path):
     assert claims.heartbeat_age(home, "g", "t") > 100
     assert claims.judge(home, "g", "t", far, lease=60) is not None             # past the lease
     assert claims.judge(home, "g", "t", far, lease=600) is None
+
+
+def test_complete_takes_the_scripts_captures_and_keeps_every_attempt(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 1, "retry_backoff": 0}])
+    first = _claim(home)
+    Path(first["stdout_file"]).write_bytes(b"partial\n")
+    Path(first["stderr_file"]).write_bytes(b"err of attempt 1\n")
+    commands.fail(home, "g", "a", reason="bad", worker="w1", pid=None, force=False, exit_code=2)
+    assert Path(home.attempt_path("g", "a", 1, "err")).read_bytes() == b"err of attempt 1\n"
+    assert Path(home.attempt_path("g", "a", 1, "out")).read_bytes() == b"partial\n"
+    assert not os.path.exists(home.output_path("g", "a"))
+    second = _claim(home)
+    assert second["attempt"] == 2
+    Path(second["stdout_file"]).write_bytes(b"OUT2")          # and no stderr this time
+    t0 = time.time()
+    body = commands.complete(home, "g", "a", output=None, worker="w1", pid=None, force=False)
+    assert Path(home.output_path("g", "a")).read_bytes() == b"OUT2" and body["output_bytes"] == 4
+    assert body["exit_code"] == 0 and 0 <= body["duration"] < time.time() - t0 + 60
+    assert body["definition"] == home.load_plan("g").task("a").definition_digest()
+    assert not os.path.exists(home.stderr_path("g", "a"))    # attempt 1's stderr is not shown as the result's
+    out2 = home.attempt_path("g", "a", 2, "out")
+    assert os.stat(out2).st_ino == os.stat(home.output_path("g", "a")).st_ino      # a link, not a copy
+    assert os.path.exists(home.attempt_path("g", "a", 2, "prompt.md"))
+    rec = _json(home.attempt_path("g", "a", 2, "json"))
+    assert (rec["outcome"], rec["failures"], rec["counted"], rec["final"], rec["exit_code"]) == ("done", 1, False,
+                                                                                               True, 0)
+    assert _json(home.attempt_path("g", "a", 1, "json"))["outcome"] == "failed"
+
+
+def test_a_done_task_has_no_attempts_folder(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    info = _claim(home)
+    Path(info["stderr_file"]).write_bytes(b"warn\n")
+    commands.complete(home, "g", "a", output="-", worker="w1", pid=None, force=False, stdin=_Bytes(b"via stdin"))
+    assert Path(home.output_path("g", "a")).read_bytes() == b"via stdin"
+    assert Path(home.stderr_path("g", "a")).read_bytes() == b"warn\n"
+    assert not os.path.exists(home.attempts_dir("g", "a"))
+
+
+class _Bytes:
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def read(self) -> bytes:
+        return self.data
+
+
+def _dead_claim(home: Home, g: str = "g", t: str = "t", **over) -> dict:
+    assert claims.acquire(home, g, t)
+    owner = {**claims.new_owner("w", 1, kind="engine"), "pid": _dead_pid(), **over}
+    claims.update_owner(home, g, t, owner)
+    return owner
+
+
+def test_break_claim_moves_the_claim_aside_in_the_task_folder_and_settles_first(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    home = Home(str(tmp_path / "home"))
+    owner = _dead_claim(home)
+    seen = []
+
+    def settle(o, reason):
+        seen.append((o, reason, os.path.isdir(home.claim_dir("g", "t"))))
+
+    o, reason, folder = claims.break_claim(home, "g", "t", owner["nonce"], lease=60, grace=0.0, settle=settle)
+    assert o == owner and "is gone" in reason
+    assert seen == [(owner, reason, True)]                  # settled while the claim still stood
+    assert os.path.dirname(folder) == home.task_dir("g", "t") and os.path.basename(folder).startswith(".claim.")
+    assert _json(os.path.join(folder, "owner.json")) == owner
+    assert os.path.exists(os.path.join(home.goal_dir("g"), ".break.lock"))
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())       # nothing in the cwd
+
+
+def test_break_claim_waits_for_another_breaker(tmp_path):
+    """Breakers exclude each other with goals/<g>/.break.lock (another process holding it)."""
+    home = Home(str(tmp_path / "home"))
+    owner = _dead_claim(home)
+    lock = os.path.join(home.goal_dir("g"), ".break.lock")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom filelock import FileLock\n"
+                               f"with FileLock({lock!r}):\n    print('held', flush=True)\n    time.sleep(1.5)\n"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        assert claims.break_claim(home, "g", "t", owner["nonce"], lease=60, grace=0.0) is not None
+        assert time.monotonic() - t0 > 0.5
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_break_claim_of_another_host_uses_the_lease(tmp_path):
+    home = Home(str(tmp_path / "home"))
+    owner = _dead_claim(home, host="elsewhere", boot_id="b", pid=1)
+    old = time.time() - 120
+    os.utime(home.owner_path("g", "t"), (old, old))
+    assert claims.break_claim(home, "g", "t", owner["nonce"], lease=600, grace=0.0) is None
+    res = claims.break_claim(home, "g", "t", owner["nonce"], lease=60, grace=0.0)
+    assert res is not None and "no heartbeat from w on elsewhere" in res[1] and "lease 60s" in res[1]
