@@ -390,3 +390,20 @@ def test_break_claim_of_another_host_uses_the_lease(tmp_path):
     assert claims.break_claim(home, "g", "t", owner["nonce"], lease=600, grace=0.0) is None
     res = claims.break_claim(home, "g", "t", owner["nonce"], lease=60, grace=0.0)
     assert res is not None and "no heartbeat from w on elsewhere" in res[1] and "lease 60s" in res[1]
+
+
+def test_a_commit_that_cannot_publish_says_so_in_one_line_and_keeps_the_claim(tmp_path):
+    from dagrun.errors import FsError
+
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    info = _claim(home)
+    Path(info["stdout_file"]).write_bytes(b"result")
+    os.mkdir(home.output_path("g", "a"))            # `output` cannot be replaced: the commit fails
+    os.mkdir(os.path.join(home.output_path("g", "a"), "x"))
+    with pytest.raises(FsError) as e:
+        commands.complete(home, "g", "a", output=None, worker="w1", pid=None, force=False)
+    msg = str(e.value)
+    assert msg.startswith(f"cannot commit {home.task_dir('g', 'a')}: ") and "\n" not in msg
+    assert marker_of(home, "g", "a") is None                     # nothing committed
+    assert os.path.exists(os.path.join(home.claim_dir("g", "a"), "owner.json"))
+    assert Path(info["stdout_file"]).read_bytes() == b"result"
