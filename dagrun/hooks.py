@@ -151,7 +151,7 @@ def prepare_blocked(home: Home, plan: Plan, g: str, root: str, attempt: int | No
     `attempt`, or its `cancelled` marker naming `cancel_id`; the scheduler's would_block
     says who): one pending record per dependent with an on_blocked hook, {dependent: record}.
     A replay runs one if that marker exists. {} without any on_blocked hook (one stat)."""
-    if not _any_hook(home, plan, "on_blocked"):
+    if not any_hook(home, plan, "on_blocked"):
         return {}
     out = {}
     for d in dependents():
@@ -175,13 +175,14 @@ def prepare_goal(home: Home, plan: Plan, finish_id: str):
                             {"type": ev.GOAL_FINISHED, "goal": plan.goal, "finish_id": finish_id})
 
 
-def _any_hook(home: Home, plan: Plan, name: str) -> bool:
-    """Has any task of the plan a hook for `name` (plan, task or home level)? No I/O but a stat."""
-    if plan.hooks and plan.hooks.get(name):
+def any_hook(home: Home, plan: Plan, *names: str) -> bool:
+    """Has any task of the plan a hook for one of `names` (plan, task or home level)? No I/O
+    but a stat when there is none."""
+    if any(n in plan.hook_events for n in names):
         return True
-    if any(t.hooks and t.hooks.get(name) for t in plan.tasks):
-        return True
-    return os.path.isdir(os.path.dirname(home.home_hooks_dir(name))) and bool(hooks_for(home, plan, name, None))
+    if not os.path.isdir(os.path.dirname(home.home_hooks_dir(names[0]))):
+        return False
+    return any(hooks_for(home, plan, n, None) for n in names)
 
 
 _PENDING_KEYS = ("pending", "candidates", "kind", "task", "attempt", "root", "root_attempt", "cancel_id",

@@ -289,7 +289,8 @@ def cancel(home: Home, sched: Scheduler, g: str, t: str, *, by: str, reason: str
     event, and the dependents it blocks. repeat: announce an existing cancel again (an earlier
     cancel died between its marker and its event). Returns (newly marked, changes)."""
     pending, blocked_due, cid = None, {}, None
-    if plan is not None and marker_of(home, g, t) not in (S.DONE, S.CANCELLED):
+    if plan is not None and hk.any_hook(home, plan, "on_cancelled", "on_blocked") \
+            and marker_of(home, g, t) not in (S.DONE, S.CANCELLED):
         # the hooks this cancel triggers, published before its marker (the commit point); the
         # marker names the cancel, so a replay runs them only for this one
         cid = os.urandom(8).hex()
