@@ -407,3 +407,24 @@ def test_a_commit_that_cannot_publish_says_so_in_one_line_and_keeps_the_claim(tm
     assert marker_of(home, "g", "a") is None                     # nothing committed
     assert os.path.exists(os.path.join(home.claim_dir("g", "a"), "owner.json"))
     assert Path(info["stdout_file"]).read_bytes() == b"result"
+
+
+def test_judge_names_why_a_holder_is_dead(tmp_path):
+    """The reason of a broken claim says which holder and why: gone, a reused pid, a reboot."""
+    home = Home(str(tmp_path / "home"))
+    assert claims.acquire(home, "g", "t")
+    me = claims.new_owner("w7", 1, kind="engine")
+    assert claims.judge(home, "g", "t", me, lease=60) is None
+    gone = {**me, "pid": _dead_pid()}
+    assert claims.judge(home, "g", "t", gone, lease=60) == f"holder w7 (pid {gone['pid']}) is gone"
+    reused = {**me, "pid_start": "1"}                       # our pid, another process's start time
+    assert claims.judge(home, "g", "t", reused, lease=60) == f"pid {os.getpid()} of holder w7 now belongs to another process"
+    rebooted = {**me, "boot_id": "an-earlier-boot"}
+    assert claims.judge(home, "g", "t", rebooted, lease=60) == "holder w7 ran before a reboot"
+    far = {**me, "host": "far", "boot_id": "x"}
+    old = time.time() - 100
+    claims.update_owner(home, "g", "t", far)
+    os.utime(home.owner_path("g", "t"), (old, old))
+    assert claims.judge(home, "g", "t", far, lease=60) == "no heartbeat from w7 on far for 100s (lease 60s)"
+    assert claims.judge(home, "g", "t", far, lease=60, now=old + 60) is None             # exactly the lease: live
+    assert claims.judge(home, "g", "t", far, lease=60, now=old + 61) is not None
