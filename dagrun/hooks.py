@@ -15,8 +15,11 @@ at the end. For a task's own outcome the record is published before the commit p
 (engine start-up, every rescan, `dagrun claim`) takes over a record whose runner is dead
 under the goal's break lock and runs the hooks not marked done -- a pending one only if its
 commit (marker / attempt record of its attempt) happened, else it is discarded. A hook can
-therefore run twice (it was running when the process died). Blocked, cancelled and
-goal-finished events publish their record just after their commit point (a small window).
+therefore run twice (it was running when the process died). The same holds for the
+transitions a commit point causes: before a `cancelled` marker (on_cancelled,
+`prepare_cancel`), before a marker that blocks dependents (one on_blocked record per task
+the scheduler's `would_block` names, `prepare_blocked`), before summary.json (on_goal_finished,
+`prepare_goal`); each is settled just before its own event is appended.
 
 Never in the way: a failing hook (exit != 0, timeout, webhook error) is reported through the
 callback transitions gives (an `agent.hook.failed` event, a line on stderr) and changes
@@ -129,9 +132,68 @@ def prepare_pending(home: Home, plan: Plan, g: str, t: str, attempt: int, names:
     cands = {n: h for n in names if (h := hooks_for(home, plan, n, t))}
     if not cands:
         return None
+    return _publish_pending(home, plan, g, {"kind": "outcome", "task": t, "attempt": attempt, "candidates": cands},
+                            {"type": ev.TASK_STATUS, "goal": g, "task": t, "attempt": attempt})
+
+
+def prepare_cancel(home: Home, plan: Plan, g: str, t: str, cancel_id: str):
+    """Before a `cancelled` marker is written: the pending record of the task's on_cancelled
+    hooks (run by a replay if the marker exists and names `cancel_id`)."""
+    hooks = hooks_for(home, plan, "on_cancelled", t)
+    if not hooks:
+        return None
+    return _publish_pending(home, plan, g, {"kind": "cancelled", "task": t, "cancel_id": cancel_id,
+                                            "candidates": {"on_cancelled": hooks}},
+                            {"type": ev.TASK_STATUS, "goal": g, "task": t})
+
+
+def prepare_blocked(home: Home, plan: Plan, g: str, root: str, attempt: int | None, cancel_id: str | None,
+                    dependents) -> dict:
+    """Before the marker of `root` that blocks `dependents()` (its final `failed` marker of
+    `attempt`, or its `cancelled` marker naming `cancel_id`; the scheduler's would_block
+    says who): one pending record per dependent with an on_blocked hook, {dependent: record}.
+    A replay runs one if that marker exists. {} without any on_blocked hook (one stat)."""
+    if not any_hook(home, plan, "on_blocked"):
+        return {}
+    out = {}
+    for d in dependents():
+        hooks = hooks_for(home, plan, "on_blocked", d)
+        if hooks:
+            out[d] = _publish_pending(home, plan, g, {"kind": "blocked", "task": d, "root": root,
+                                                      "root_attempt": attempt, "cancel_id": cancel_id,
+                                                      "candidates": {"on_blocked": hooks}},
+                                      {"type": ev.TASK_BLOCKED, "goal": g, "task": d, "blocked_by": root})
+    return out
+
+
+def prepare_goal(home: Home, plan: Plan, finish_id: str):
+    """Before summary.json is published (the goal's commit point): the pending record of the
+    on_goal_finished hooks, run by a replay if the summary names this finisher."""
+    hooks = hooks_for(home, plan, "on_goal_finished", None)
+    if not hooks:
+        return None
+    return _publish_pending(home, plan, plan.goal, {"kind": "goal", "finish_id": finish_id,
+                                                    "candidates": {"on_goal_finished": hooks}},
+                            {"type": ev.GOAL_FINISHED, "goal": plan.goal, "finish_id": finish_id})
+
+
+def any_hook(home: Home, plan: Plan, *names: str) -> bool:
+    """Has any task of the plan a hook for one of `names` (plan, task or home level)? No I/O
+    but a stat when there is none."""
+    if any(n in plan.hook_events for n in names):
+        return True
+    if not os.path.isdir(os.path.dirname(home.home_hooks_dir(names[0]))):
+        return False
+    return any(hooks_for(home, plan, n, None) for n in names)
+
+
+_PENDING_KEYS = ("pending", "candidates", "kind", "task", "attempt", "root", "root_attempt", "cancel_id",
+                 "finish_id")
+
+
+def _publish_pending(home: Home, plan: Plan, g: str, what: dict, event: dict):
     rec = {"id": time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + os.urandom(6).hex(),
-           "pending": True, "task": t, "attempt": attempt, "candidates": cands,
-           "event": {"type": ev.TASK_STATUS, "goal": g, "task": t, "attempt": attempt},
+           "pending": True, **what, "event": event,
            "name": "", "hooks": [], "done": [], "plan_dir": plan.plan_dir, "owner": _me()}
     d = home.hooks_due_dir(g)
     path = os.path.join(d, "due-" + rec["id"] + ".json")
@@ -164,7 +226,7 @@ def settle(pending, e: dict):
     if not hooks:
         abandon(pending)
         return None
-    rec = {k: v for k, v in rec.items() if k not in ("pending", "candidates", "task", "attempt")}
+    rec = {k: v for k, v in rec.items() if k not in _PENDING_KEYS}
     rec.update(name=name, event=e, hooks=hooks)
     if path is not None:
         try:
@@ -378,27 +440,71 @@ def replay(home: Home, g: str, report, worker: str) -> int:
 
 def _resolve_pending(home: Home, g: str, rec: dict) -> dict | None:
     """A pending record whose writer died: the ordinary record of the event its commit
-    made, or None if the commit never happened (no marker/attempt record of its attempt)."""
-    t, n, cands = rec.get("task"), rec.get("attempt"), rec.get("candidates")
-    if not isinstance(t, str) or not isinstance(n, int) or not isinstance(cands, dict):
+    made, or None if the commit never happened (no marker/attempt record of its attempt, no
+    `cancelled` marker, no summary.json of this finisher)."""
+    cands, kind = rec.get("candidates"), rec.get("kind", "outcome")
+    if not isinstance(cands, dict) or not isinstance(rec.get("event"), dict):
         return None
-    status = None
-    for kind in ("done", "failed"):
-        m = loads(fsio.read_bytes(home.marker_path(g, t, kind), follow=False))
-        if isinstance(m, dict) and m.get("attempt") == n:
-            status = kind
-            break
-    if status is None:
-        a = loads(fsio.read_bytes(home.attempt_path(g, t, n, "json"), follow=False))
-        if isinstance(a, dict) and a.get("counted") and not a.get("final"):
-            status = ev.RETRYING
-    name = "on_" + status if status else None
+    t = rec.get("task")
+    if (kind == "cancelled" or (kind == "blocked" and rec.get("root_attempt") is None)) \
+            and not isinstance(rec.get("cancel_id"), str):
+        return None                      # a cancel's record names its cancel
+    if kind == "outcome":
+        n = rec.get("attempt")
+        if not isinstance(t, str) or not isinstance(n, int):
+            return None
+        status = None
+        for k in ("done", "failed"):
+            if _marker_attempt(home, g, t, k) == n:
+                status = k
+                break
+        if status is None:
+            a = loads(fsio.read_bytes(home.attempt_path(g, t, n, "json"), follow=False))
+            if isinstance(a, dict) and a.get("counted") and not a.get("final"):
+                status = ev.RETRYING
+        name = "on_" + status if status else None
+        e = {**rec["event"], "status": status}
+    elif kind == "cancelled":
+        if not isinstance(t, str) or _cancel_id(home, g, t) != rec.get("cancel_id"):
+            return None
+        name, e = "on_cancelled", {**rec["event"], "status": ev.CANCELLED}
+    elif kind == "blocked":
+        root, n = rec.get("root"), rec.get("root_attempt")
+        if not isinstance(t, str) or not isinstance(root, str):
+            return None
+        if n is None:
+            cause = "cancelled" if _cancel_id(home, g, root) == rec.get("cancel_id") else None
+        else:
+            cause = "failed" if _marker_attempt(home, g, root, "failed") == n else None
+        if cause is None:
+            return None
+        name, e = "on_blocked", {**rec["event"], "reason": f"{cause} dependency"}
+    elif kind == "goal":
+        s = loads(fsio.read_bytes(home.summary_path(g), follow=False))
+        if not isinstance(s, dict) or (s.get("finisher") or {}).get("nonce") != rec.get("finish_id"):
+            return None
+        name = "on_goal_finished"
+        e = {**rec["event"], "outcome": s.get("outcome"), "counts": s.get("counts"),
+             "failed_roots": s.get("failed_roots")}
+    else:
+        return None
     hooks = cands.get(name) if name else None
     if not hooks:
         return None
-    e = {**rec["event"], "status": status, "replayed": True}
-    rec = {k: v for k, v in rec.items() if k not in ("pending", "candidates", "task", "attempt")}
-    return {**rec, "name": name, "event": e, "hooks": hooks}
+    rec = {k: v for k, v in rec.items() if k not in _PENDING_KEYS}
+    return {**rec, "name": name, "event": {**e, "replayed": True}, "hooks": hooks}
+
+
+def _cancel_id(home: Home, g: str, t: str) -> str | None:
+    """The cancel_id of t's `cancelled` marker (None: no marker, or one without an id)."""
+    m = loads(fsio.read_bytes(home.marker_path(g, t, "cancelled"), follow=False))
+    c = m.get("cancel_id") if isinstance(m, dict) else None
+    return c if isinstance(c, str) else None
+
+
+def _marker_attempt(home: Home, g: str, t: str, kind: str):
+    m = loads(fsio.read_bytes(home.marker_path(g, t, kind), follow=False))
+    return m.get("attempt") if isinstance(m, dict) else None
 
 
 def _well_formed(rec) -> bool:

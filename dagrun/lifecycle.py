@@ -664,11 +664,16 @@ def scheduler_for(plan: Plan, initial: dict[str, str] | None = None, *, duration
                      aging=plan.aging, clock=clock)
 
 
-def mark_cancelled(home: Home, g: str, t: str, *, by: str, reason: str) -> bool:
+def mark_cancelled(home: Home, g: str, t: str, *, by: str, reason: str, cancel_id: str | None = None) -> bool:
+    """Write the `cancelled` marker unless the task is done or cancelled already. cancel_id:
+    names this cancel in the marker (the hooks' pending records check it after a crash)."""
     if marker_of(home, g, t) in (S.DONE, S.CANCELLED):
         return False
     fsio.makedirs(home.task_dir(g, t))
-    home.write_marker(g, t, S.CANCELLED, {"by": by, "reason": reason, "ts": now_iso()})
+    body = {"by": by, "reason": reason, "ts": now_iso()}
+    if cancel_id is not None:
+        body["cancel_id"] = cancel_id
+    home.write_marker(g, t, S.CANCELLED, body)
     return True
 
 

@@ -360,6 +360,14 @@ class Plan:
         return tid in self._index
 
     @cached_property
+    def hook_events(self) -> frozenset:
+        """The hook events (on_done, ...) the plan or any of its tasks has a hook for."""
+        out = set(self.hooks or ())
+        for t in self.tasks:
+            out.update(t.hooks or ())
+        return frozenset(out)
+
+    @cached_property
     def files_of(self) -> dict[str, tuple[str, ...]] | None:
         """task -> its declared `files` globs; None when no task declares any (the mutex is off)."""
         return {t.id: t.files for t in self.tasks} if any(t.files for t in self.tasks) else None

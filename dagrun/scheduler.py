@@ -586,6 +586,21 @@ class Scheduler:
                 if state[d] == WAITING and self._check(d, changes):
                     stack.append(d)
 
+    def would_block(self, tid: str) -> list[str]:
+        """The tasks finish(tid, failed|cancelled) would block now, without changing anything
+        (the hooks' pending records are published before the commit point)."""
+        seen: set[int] = set()
+        stack = [self._i(tid)]
+        out = []
+        while stack:
+            j = stack.pop()
+            for d in self.hard_out[j]:
+                if d not in seen and self.state[d] in (WAITING, READY):
+                    seen.add(d)
+                    out.append(self.ids[d])
+                    stack.append(d)
+        return out
+
     def failed_roots(self) -> list[str]:
         return [self.ids[i] for i in range(len(self.ids)) if self.state[i] in (FAILED, CANCELLED)]
 

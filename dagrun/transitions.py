@@ -73,17 +73,20 @@ class Finished:
 
 
 # ---------------------------------------------------------------------------------- hooks
-def _emit(home: Home, plan: Plan | None, g: str, type_: str, *, pending=None, **fields) -> dict:
+def _emit(home: Home, plan: Plan | None, g: str, type_: str, *, pending=None, hooks: bool = True,
+          **fields) -> dict:
     """Append an event that may trigger hooks: the hooks-due record is published before the
     event line, the hooks run (hooks.py, on a thread) after it -- at least once, whatever
     crashes after the commit point. plan None: loaded only if the event can have hooks.
     pending: the record hooks.prepare_pending published before the commit point (a task's
-    own done/failed/retrying), settled here into the event's record."""
+    own done/failed/retrying, a cancel, a blocked dependent, the goal's end), settled here into
+    the event's record. hooks=False: the event's hooks are another record's business (a
+    re-announced goal end: its finisher's pending record)."""
     e = ev.make(type_, g, **fields)
     due = None
     if pending is not None:
         due = hk.settle(pending, e)
-    elif hk.event_name(e) is not None:
+    elif hooks and hk.event_name(e) is not None:
         if plan is None:
             try:
                 plan = home.load_plan(g)
@@ -111,27 +114,40 @@ def replay_hooks(home: Home, g: str, worker: str) -> int:
     return hk.replay(home, g, hook_failed, worker)
 
 
-def _changes(home: Home, g: str, sched_changes, worker: str, plan: Plan | None = None) -> Changes:
+def _changes(home: Home, g: str, sched_changes, worker: str, plan: Plan | None = None,
+             blocked_due: dict | None = None) -> Changes:
     """Announce what a terminal transition unlocked or blocked (the first entry is the task
-    itself, announced by the caller with its details) and return it."""
+    itself, announced by the caller with its details) and return it. blocked_due: the pending
+    on_blocked records published before the commit point (_prepare_blocked), settled here."""
     ch = Changes()
-    if sched_changes is None:
-        ch.rebuild = True
+    blocked_due = dict(blocked_due or {})
+    try:
+        if sched_changes is None:
+            ch.rebuild = True
+            return ch
+        for tid, state, root in sched_changes[1:]:
+            if state == S.READY:
+                ev.status(home, g, tid, ev.READY, worker=worker)
+                ch.ready.append(tid)
+            elif state == S.BLOCKED:
+                cause = S.CANCELLED if marker_of(home, g, root) == S.CANCELLED else S.FAILED
+                _emit(home, plan, g, ev.TASK_BLOCKED, pending=blocked_due.pop(tid, None), task=tid,
+                      reason=f"{cause} dependency", blocked_by=root, worker=worker)
+                ch.blocked.append((tid, root))
+            elif state == S.SKIPPED:    # by its trigger rule (derived, like blocked: no marker)
+                _status(home, plan, g, tid, ev.SKIPPED, worker=worker, reason=f"{root} was skipped",
+                        skipped_by=root, derived=True)
+                ch.skipped.append((tid, root))
         return ch
-    for tid, state, root in sched_changes[1:]:
-        if state == S.READY:
-            ev.status(home, g, tid, ev.READY, worker=worker)
-            ch.ready.append(tid)
-        elif state == S.BLOCKED:
-            cause = S.CANCELLED if marker_of(home, g, root) == S.CANCELLED else S.FAILED
-            _emit(home, plan, g, ev.TASK_BLOCKED, task=tid, reason=f"{cause} dependency", blocked_by=root,
-                  worker=worker)
-            ch.blocked.append((tid, root))
-        elif state == S.SKIPPED:    # by its trigger rule (derived, like blocked: no marker)
-            _status(home, plan, g, tid, ev.SKIPPED, worker=worker, reason=f"{root} was skipped",
-                    skipped_by=root, derived=True)
-            ch.skipped.append((tid, root))
-    return ch
+    finally:
+        for pend in blocked_due.values():      # not blocked after all (a retry, a rebuild)
+            hk.abandon(pend)
+
+
+def _prepare_blocked(home: Home, plan: Plan, sched: Scheduler, t: str, attempt: int | None,
+                     cancel_id: str | None = None) -> dict:
+    """Before the marker that may block t's dependents: their pending on_blocked records."""
+    return hk.prepare_blocked(home, plan, plan.goal, t, attempt, cancel_id, lambda: sched.would_block(t))
 
 
 # ---------------------------------------------------------------------------------- start
@@ -211,21 +227,26 @@ def finish(home: Home, plan: Plan, sched: Scheduler, c: Claim, *, ok: bool, work
                 cached=True if cached else None, **(fields or {}), **forced)
         return Finished(S.DONE, body, _changes(home, g, sched.finish(t, S.DONE), worker, plan))
     pending = hk.prepare_pending(home, plan, g, t, c.attempt, ("on_failed", "on_retrying"))
+    blocked_due = _prepare_blocked(home, plan, sched, t, c.attempt)     # if this failure is final
     try:
         rec = commit_failure(home, plan, c, outcome=outcome, ended=ended, exit_code=exit_code, signal=signal,
                              reason=reason, extra=extra or None, final=final, **forced)
     except BaseException:
         hk.abandon(pending)
+        for pend in blocked_due.values():
+            hk.abandon(pend)
         raise
     common = dict(attempt=c.attempt, worker=worker, duration=rec["duration"], exit_code=rec.get("exit_code"),
                   signal=rec.get("signal"), reason=rec.get("reason"), outcome=rec["outcome"], usage=rec.get("usage"),
                   node=rec.get("node"))
     if rec["final"]:
         _status(home, plan, g, t, ev.FAILED, pending=pending, **common, **forced)
-        ch = _changes(home, g, sched.finish(t, S.FAILED), worker, plan)
+        ch = _changes(home, g, sched.finish(t, S.FAILED), worker, plan, blocked_due)
         if not ch.rebuild and sched.stop_on_failure and not stop_handled:
             ch.extend(stop_goal(home, plan, sched, t, worker))
         return Finished(S.FAILED, rec, ch)
+    for pend in blocked_due.values():           # a retry blocks nobody
+        hk.abandon(pend)
     _status(home, plan, g, t, ev.RETRYING, pending=pending, **common, retry_at=rec["retry_at"], **forced)
     sched.retrying(t)
     if announce_ready and float(rec.get("retry_at") or 0) <= time.time():
@@ -379,12 +400,31 @@ def cancel(home: Home, sched: Scheduler, g: str, t: str, *, by: str, reason: str
     """Cancel one task: the `cancelled` marker (unless it is done or cancelled already), the
     event, and the dependents it blocks. repeat: announce an existing cancel again (an earlier
     cancel died between its marker and its event). Returns (newly marked, changes)."""
-    new = mark_cancelled(home, g, t, by=by, reason=reason)
+    pending, blocked_due, cid = None, {}, None
+    if plan is not None and hk.any_hook(home, plan, "on_cancelled", "on_blocked") \
+            and marker_of(home, g, t) not in (S.DONE, S.CANCELLED):
+        # the hooks this cancel triggers, published before its marker (the commit point); the
+        # marker names the cancel, so a replay runs them only for this one
+        cid = os.urandom(8).hex()
+        pending = hk.prepare_cancel(home, plan, g, t, cid)
+        blocked_due = _prepare_blocked(home, plan, sched, t, None, cid)
+        if pending is None and not blocked_due:
+            cid = None
+    try:
+        new = mark_cancelled(home, g, t, by=by, reason=reason, cancel_id=cid)
+    except BaseException:
+        new = False
+        raise
+    finally:
+        if not new:                  # no commit (done already, an error): nothing is due
+            for pend in (pending, *blocked_due.values()):
+                hk.abandon(pend)
+            pending, blocked_due = None, {}
     if new:
-        _status(home, plan, g, t, ev.CANCELLED, worker=by, reason=reason)
+        _status(home, plan, g, t, ev.CANCELLED, pending=pending, worker=by, reason=reason)
     elif repeat:
         ev.status(home, g, t, ev.CANCELLED, worker=by, reason=reason, repeated=True)
-    return new, _changes(home, g, sched.finish(t, S.CANCELLED) or [], by, plan)
+    return new, _changes(home, g, sched.finish(t, S.CANCELLED) or [], by, plan, blocked_due)
 
 
 def stop_goal(home: Home, plan: Plan, sched: Scheduler, root: str, worker: str) -> Changes:
@@ -428,12 +468,16 @@ def end_goal_if_finished(home: Home, plan: Plan, sched: Scheduler, worker: str) 
         summary["events_size"] = at
     me = claims.new_owner(worker, 0, kind="finisher")
     summary["finisher"] = {k: me[k] for k in ("worker", "host", "boot_id", "pid", "pid_start", "nonce")}
+    pending = hk.prepare_goal(home, plan, me["nonce"])     # on_goal_finished, before the commit point
     try:
         won = fsio.write_atomic(home.summary_path(plan.goal), dumps(summary), exclusive=True)
     except OSError as e:
+        hk.abandon(pending)
         raise os_error("write", home.summary_path(plan.goal), e) from None
+    if not won:
+        hk.abandon(pending)
     if won:
-        _emit(home, plan, plan.goal, ev.GOAL_FINISHED, worker=worker, outcome=summary["outcome"],
+        _emit(home, plan, plan.goal, ev.GOAL_FINISHED, pending=pending, worker=worker, outcome=summary["outcome"],
               counts=summary["counts"], failed_roots=summary["failed_roots"], finish_id=me["nonce"])
         integrate_if_asked(home, plan, summary["outcome"], worker)
     else:
@@ -478,8 +522,10 @@ def announce_if_lost(home: Home, g: str, worker: str) -> bool:
     with FileLock(os.path.join(home.goal_dir(g), ".break.lock")):
         if ev.mentions(path, fid):
             return False
-        _emit(home, None, g, ev.GOAL_FINISHED, worker=worker, outcome=s.get("outcome"), counts=s.get("counts"),
-              failed_roots=s.get("failed_roots"), finish_id=fid, recovered=True)
+        # no hooks here: the dead finisher published their pending record before summary.json,
+        # and the replay of that record runs them (once)
+        _emit(home, None, g, ev.GOAL_FINISHED, hooks=False, worker=worker, outcome=s.get("outcome"),
+              counts=s.get("counts"), failed_roots=s.get("failed_roots"), finish_id=fid, recovered=True)
         if s.get("outcome") == S.DONE:          # the dead finisher's automatic integration too
             try:
                 integrate_if_asked(home, home.load_plan(g), S.DONE, worker)

@@ -329,3 +329,60 @@ def test_engine_killed_while_a_hook_runs_reruns_it_after_restart(tmp_path):
     run("run", "g", home=home)                         # replays it: the hook runs again
     wait_for(lambda: log.read_text().count("end") == 2, what="both runs of the hook to end")
     assert log.read_text().count("start") == 2 and _due(home, "g") == []
+
+
+# The transitions a commit point causes (issue 19 follow-up): their hooks' records are published
+# before that commit point too. (hook event, tasks, plan-level fields, the label's expected stdin)
+_CAUSED = {
+    "on_retrying": ([{"id": "a", "prompt": "x", "agent": "false", "retries": 1, "retry_backoff": 0}], {},
+                    {"type": "agent.task.status.updated", "task": "a", "status": "retrying"}),
+    "on_blocked": ([{"id": "a", "prompt": "x", "agent": "false", "retries": 0},
+                    {"id": "b", "prompt": "x", "agent": "echo ok", "deps": ["a"]}], {},
+                   {"type": "agent.task.blocked", "task": "b", "blocked_by": "a"}),
+    "on_cancelled": ([{"id": "a", "prompt": "x", "agent": "false", "retries": 0, "priority": 1},
+                      {"id": "c", "prompt": "x", "agent": "echo ok"}], {"on_failure": "stop", "max_parallel": 1},
+                     {"type": "agent.task.status.updated", "task": "c", "status": "cancelled"}),
+    "on_goal_finished": ([{"id": "a", "prompt": "x", "agent": "echo ok"}], {},
+                         {"type": "agent.goal.finished", "outcome": "done"}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("event", sorted(_CAUSED))
+def test_caused_hooks_due_at_a_crash_run_after_restart(tmp_path, event):
+    """on_retrying, on_blocked, on_cancelled, on_goal_finished: SIGKILL before and after every
+    file-system step from the first hooks record to the event's line; after a restart the
+    hook has run at least once, with the event on stdin, and never again after that."""
+    tasks, top, want = _CAUSED[event]
+    script, log = _recorder(tmp_path)
+    plan = write_plan(tmp_path / "p", tasks, goal="g", hooks={event: [_hook(script, log, event)]}, **top)
+    trace = tmp_path / "trace"
+    h0 = tmp_path / "h0"
+    run("run", plan, home=h0, check=False, env={"DAGRUN_STEP_TRACE": str(trace)})
+    assert [x["label"] for x in _log(log)] == [event]                  # a clean run: exactly once
+    steps = _steps(trace)
+    appends = [k for k, label, what in steps if label == "append" and what.endswith("/g/events.jsonl")]
+    lines = _events(h0, "g")
+    lines = lines[len(lines) - len(appends):]        # the first ones came with the goal (by rename)
+    assert lines[0]["status"] == "running"
+    nth = next(i for i, e in enumerate(lines) if all(e.get(k) == v for k, v in want.items()))
+    last = appends[nth]                                                  # the event's own line
+    started = max(a for i, a in enumerate(appends) if a < last and lines[i].get("status") == "running")
+    first = min(k for k, label, what in steps if started < k < last and label == "publish" and "/hooks/due-" in what)
+    assert first < last
+    points = [f"{k}" for k in range(first, last + 1)] + [f"{last}:after"]
+    for at in points:
+        log.unlink(missing_ok=True)
+        home = tmp_path / ("home-" + at.replace(":", "-"))
+        p = run("run", plan, home=home, check=False, env={"DAGRUN_CRASH_AT": at})
+        assert p.returncode == -9, (at, p.stderr)
+        assert _log(log) == [], at                                        # the engine died before the hook
+        run("run", "g", home=home, check=False)                            # the restart
+        got = [x for x in _log(log) if x["label"] == event]
+        assert len(got) >= 1, at
+        assert all(got[0]["stdin"].get(k) == v for k, v in want.items()), (at, got[0]["stdin"])
+        assert got[0]["env"]["DAGRUN_HOOK_EVENT"] == event, at
+        assert _due(home, "g") == [], at
+        n = len(got)
+        run("run", "g", home=home, check=False)                            # and never again
+        assert len([x for x in _log(log) if x["label"] == event]) == n, at

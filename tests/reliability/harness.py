@@ -40,12 +40,19 @@ from conftest import DAGRUN, write_plan  # noqa: E402
 GOAL = "crash"
 TASKS = ["a", "b", "c", "d"] + [f"k{i}" for i in range(6)]
 TMP_RE = re.compile(r"^\..+\.(\d+)\.tmp$")
+LEASE = 1.5
 JSON_NAMES = {"done", "failed", "cancelled", "plan.json", "summary.json", "owner.json"}
 
 
 def agent(log: Path) -> str:
-    # c sleeps a little so that b and c overlap and a crash can orphan a running agent
-    return (f'sum=$(cksum); [ "$DAGRUN_TASK" = c ] && sleep 0.2; '
+    # c waits (at most 1 + 3 s) for its owner.json, then until its engine has renewed the lease
+    # once -- owner.json's mtime changes -- so that b and c overlap, a crash can orphan a running agent, and every run
+    # has exactly one `utime` step (the renewal comes every LEASE/3 = 0.5 s; the other agents
+    # end long before theirs)
+    return (f'sum=$(cksum); if [ "$DAGRUN_TASK" = c ]; then o="$DAGRUN_TASK_DIR/claim/owner.json"; '
+            f'i=0; while [ $i -lt 100 ] && [ ! -e "$o" ]; do sleep 0.01; i=$((i+1)); done; '
+            f'm0=$(stat -c %y "$o" 2>/dev/null); i=0; while [ $i -lt 300 ] && '
+            f'[ "$(stat -c %y "$o" 2>/dev/null)" = "$m0" ]; do sleep 0.01; i=$((i+1)); done; fi; '
             f'echo "$DAGRUN_TASK $DAGRUN_ATTEMPT" >> {log}; echo "$DAGRUN_TASK $sum"')
 
 
@@ -56,7 +63,9 @@ def make_plan(folder: Path, log: Path) -> Path:
     for i in range(6):
         tasks.append({"id": f"k{i}", "prompt": f"step {i}", "deps": [prev]})
         prev = f"k{i}"
-    return write_plan(folder, tasks, goal=GOAL, defaults={"agent": agent(log)})
+    # lease 1.5 s: the engine renews its claims' lease (utime of owner.json) every 0.5 s, and
+    # c waits for that renewal: the `utime` step is crashed like every other step
+    return write_plan(folder, tasks, goal=GOAL, defaults={"agent": agent(log)}, lease=LEASE)
 
 
 @dataclass
@@ -102,6 +111,7 @@ def reference_run(base: Path, mode: str = "run") -> Reference:
     assert r.returncode == 0, r.stderr
     tdir = home / "goals" / GOAL / "tasks"
     labels = [ln.split(" ", 1)[1] for ln in trace.read_text().splitlines()]
+    assert any(lab.startswith("utime ") for lab in labels), "no lease renewal in the clean run"
     return Reference(outputs={t: (tdir / t / "output").read_bytes() for t in TASKS},
                      prompts={t: (tdir / t / "prompt.md").read_bytes() for t in TASKS},
                      steps=len(labels), labels=labels)
