@@ -477,8 +477,14 @@ def break_if_stale(home: Home, plan: Plan, t: str, *, worker: str, lease: float 
 
 def build_scheduler(home: Home, plan: Plan, now: float | None = None) -> tuple[Scheduler, dict[str, TaskFacts]]:
     """A scheduler that reflects the files right now (the rescan)."""
-    now = time.time() if now is None else now
     facts = home.snapshot(plan.goal, plan)
+    return scheduler_from_facts(home, plan, facts, now), facts
+
+
+def scheduler_from_facts(home: Home, plan: Plan, facts: dict[str, TaskFacts], now: float | None = None) -> Scheduler:
+    """The scheduler for facts already read (home.snapshot): a caller that needs both reads
+    every task folder once, not twice."""
+    now = time.time() if now is None else now
     initial = {}
     for tid, f in facts.items():
         if f.state == S.PENDING and f.record and f.record.get("retry_at") and not f.record.get("final") \
@@ -490,7 +496,7 @@ def build_scheduler(home: Home, plan: Plan, now: float | None = None) -> tuple[S
     if plan.budget:
         from . import budget        # the pool as raised and the spend so far, from the files
         budget.apply(home, plan, sched)
-    return sched, facts
+    return sched
 
 
 def scheduler_for(plan: Plan, initial: dict[str, str] | None = None) -> Scheduler:

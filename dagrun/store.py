@@ -377,6 +377,7 @@ class Home:
                     f.marker = loads_obj(fsio.read_bytes(os.path.join(tdir, m), follow=False)) or {}
                 break
         if ATTEMPTS in names:
+            f.extra["attempts"] = True    # earlier attempts on record (status reads their usage)
             temps: list = []
             f.attempt, f.record = self._latest_attempt(g, t, with_record=(f.state == PENDING or detail), temps=temps)
             if temps:
