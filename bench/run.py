@@ -92,6 +92,7 @@ def inode_probe(folder: str, n: int = 50) -> float:
 
 
 PEERS = {"make": "make", "ninja": "ninja", "doit": os.environ.get("DOIT", "doit")}
+BASELINE: list[str] = []            # --baseline: the dagrun command of the build to compare with
 
 
 def one(runner: str, src: str, scratch: str, jobs: int, dagrun: str, home_on: str | None, goal: str, n: int):
@@ -105,7 +106,9 @@ def one(runner: str, src: str, scratch: str, jobs: int, dagrun: str, home_on: st
         argv, marks = ["ninja", "--quiet", "-j", str(jobs)], "stamps/*"
     elif runner == "doit":
         argv, marks = [PEERS["doit"], "-n", str(jobs), "-P", "process"], "stamps/*"
-    else:
+    else:                           # dagrun, or dagrun-base (--baseline: another build, same run)
+        if runner == "dagrun-base":
+            dagrun = BASELINE[0]
         home = os.path.join(home_on or work, f".dagrun-{os.getpid()}")
         shutil.rmtree(home, ignore_errors=True)
         env["DAGRUN_HOME"] = home
@@ -119,7 +122,7 @@ def one(runner: str, src: str, scratch: str, jobs: int, dagrun: str, home_on: st
     mt = sorted(os.stat(m).st_mtime_ns for m in glob.glob(pattern))
     ok = p.returncode == 0 and len(mt) == n
     gap = (mt[-1] - mt[0]) / 1e6 / (len(mt) - 1) if len(mt) > 2 else None
-    if runner == "dagrun":
+    if runner.startswith("dagrun"):
         shutil.rmtree(env["DAGRUN_HOME"], ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
     if not ok:
@@ -137,7 +140,11 @@ def main() -> int:
     ap.add_argument("--home-on", default=None, help="folder for DAGRUN_HOME (e.g. /dev/shm)")
     ap.add_argument("--dagrun", default=shutil.which("dagrun") or os.path.join(os.path.dirname(sys.executable), "dagrun"))
     ap.add_argument("--json", default=None, help="also write the raw results here")
+    ap.add_argument("--baseline", default=None, metavar="CMD",
+                    help="another dagrun command (e.g. an older checkout) timed in the same run as dagrun-base")
     a = ap.parse_args()
+    if a.baseline:
+        BASELINE.append(a.baseline)
 
     scratch = tempfile.mkdtemp(prefix="dagrun-bench-", dir=os.environ.get("BENCH_SCRATCH", "/tmp"))
     workloads = {}
@@ -148,6 +155,8 @@ def main() -> int:
     if "fanout" in a.only:
         workloads["fan-out-500"] = fanout(498)
     runners = [p for p in a.peers.split(",") if p in PEERS and shutil.which(PEERS[p])] + ["dagrun"]
+    if a.baseline:
+        runners.append("dagrun-base")
     results = {}
     probes = []
     try:

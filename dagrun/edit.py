@@ -59,8 +59,12 @@ def load_checked(path: str, home: Home | None = None) -> tuple[Plan, dict | None
     return plan, wsp.check_plan(plan, home.root if home is not None else None)
 
 
-def submit(home: Home, path: str, *, replace: bool = False, dry_run: bool = False, by: str = "submit") -> SubmitResult:
-    plan = planmod.load(path, home.root)   # raises PlanError before anything is written (home: presets.json)
+def submit(home: Home, path: str, *, replace: bool = False, dry_run: bool = False, by: str = "submit",
+           parsed: Plan | None = None) -> SubmitResult:
+    """`parsed`: the plan already loaded from `path` by the caller (the CLI checks its agents
+    first): a 100 000-task plan is parsed once, not twice."""
+    # raises PlanError before anything is written (home: presets.json)
+    plan = parsed if parsed is not None else planmod.load(path, home.root)
     executor.require({t.runner for t in plan.tasks if t.runner != "local"}, options=executor.options_of([plan]))
     g = plan.goal
     old_raw = home.plan_bytes(g) if os.path.isdir(home.goals_dir) else None

@@ -7,7 +7,7 @@ import time
 
 from . import budget, fsio
 from . import states as S
-from .lifecycle import build_scheduler, scheduler_from_facts
+from .lifecycle import scheduler_from_facts
 from .store import Home, loads, now_iso, parse_ts
 from .summary import usage_by_task
 from .usage import add as add_usage
@@ -15,7 +15,7 @@ from .usage import add as add_usage
 
 def goal_overview(home: Home, g: str) -> dict:
     plan = home.load_plan(g)
-    sched, _ = build_scheduler(home, plan)
+    sched = scheduler_from_facts(home, plan, home.snapshot(g, plan, view=True))
     counts = sched.counts()
     return {"goal": g, "state": _goal_state(sched, len(plan.tasks)), "tasks": len(plan.tasks), "counts": counts,
             "source": plan.source}
@@ -36,7 +36,7 @@ def _goal_state(sched, n: int) -> str:
 
 def goal_detail(home: Home, g: str) -> dict:
     plan = home.load_plan(g)
-    facts = home.snapshot(g, plan, detail=True)          # one read of every task folder
+    facts = home.snapshot(g, plan, detail=True, view=True)   # one read of every task folder
     sched = scheduler_from_facts(home, plan, facts)
     now = time.time()
     held = set(sched.budget_held())

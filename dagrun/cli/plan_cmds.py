@@ -88,10 +88,11 @@ def submit(ctx: typer.Context,
     from ..plan import load
 
     home = home_of(ctx)
-    for w in plan_warnings(load(plan, home.root), home.root):
+    parsed = load(plan, home.root)
+    for w in plan_warnings(parsed, home.root):
         print(f"dagrun: {w}", file=sys.stderr)
 
-    r = do_submit(home, plan, replace=replace, dry_run=dry_run)
+    r = do_submit(home, plan, replace=replace, dry_run=dry_run, parsed=parsed)
     if json:
         print_json({"goal": r.goal, "action": r.action, "diff": r.diff.to_dict() if r.diff else None})
         return
