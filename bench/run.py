@@ -45,6 +45,15 @@ def layered(width: int, depth: int, k: int = 2, seed: int = 1):
     return ids, deps
 
 
+def fanout(n: int):
+    """1 -> n -> 1: a source, n independent tasks, a sink that depends on all of them."""
+    src, sink = "t0000", f"t{n + 1:04d}"
+    mids = [f"t{i:04d}" for i in range(1, n + 1)]
+    deps = {src: [], sink: list(mids)}
+    deps.update({m: [src] for m in mids})
+    return [src] + mids + [sink], deps
+
+
 def write_workload(folder: str, goal: str, ids, deps) -> None:
     os.makedirs(folder)
     plan = {"goal": goal, "defaults": {"agent": "true"},
@@ -60,6 +69,14 @@ def write_workload(folder: str, goal: str, ids, deps) -> None:
         f.write("rule noop\n  command = true && touch $out\n")
         for t in ids:
             f.write(f"build stamps/{t}: noop {' '.join('stamps/' + d for d in deps[t])}\n")
+    with open(os.path.join(folder, "dodo.py"), "w") as f:
+        f.write("import os\nos.makedirs('stamps', exist_ok=True)\n"
+                "DOIT_CONFIG = {'verbosity': 0, 'default_tasks': ['t']}\n"
+                f"TASKS = {[(t, deps[t]) for t in ids]!r}\n\n"
+                "def task_t():\n"
+                "    for tid, deps in TASKS:\n"
+                "        yield {'name': tid, 'actions': ['true && touch stamps/' + tid],\n"
+                "               'file_dep': ['stamps/' + d for d in deps], 'targets': ['stamps/' + tid]}\n")
 
 
 def inode_probe(folder: str, n: int = 50) -> float:
@@ -74,6 +91,10 @@ def inode_probe(folder: str, n: int = 50) -> float:
     return statistics.median(times)
 
 
+PEERS = {"make": "make", "ninja": "ninja", "doit": os.environ.get("DOIT", "doit")}
+BASELINE: list[str] = []            # --baseline: the dagrun command of the build to compare with
+
+
 def one(runner: str, src: str, scratch: str, jobs: int, dagrun: str, home_on: str | None, goal: str, n: int):
     work = os.path.join(scratch, f"{os.path.basename(src)}-{runner}")
     shutil.rmtree(work, ignore_errors=True)
@@ -83,7 +104,11 @@ def one(runner: str, src: str, scratch: str, jobs: int, dagrun: str, home_on: st
         argv, marks = ["make", "-s", "-j", str(jobs)], "stamps/*"
     elif runner == "ninja":
         argv, marks = ["ninja", "--quiet", "-j", str(jobs)], "stamps/*"
-    else:
+    elif runner == "doit":
+        argv, marks = [PEERS["doit"], "-n", str(jobs), "-P", "process"], "stamps/*"
+    else:                           # dagrun, or dagrun-base (--baseline: another build, same run)
+        if runner == "dagrun-base":
+            dagrun = BASELINE[0]
         home = os.path.join(home_on or work, f".dagrun-{os.getpid()}")
         shutil.rmtree(home, ignore_errors=True)
         env["DAGRUN_HOME"] = home
@@ -97,7 +122,7 @@ def one(runner: str, src: str, scratch: str, jobs: int, dagrun: str, home_on: st
     mt = sorted(os.stat(m).st_mtime_ns for m in glob.glob(pattern))
     ok = p.returncode == 0 and len(mt) == n
     gap = (mt[-1] - mt[0]) / 1e6 / (len(mt) - 1) if len(mt) > 2 else None
-    if runner == "dagrun":
+    if runner.startswith("dagrun"):
         shutil.rmtree(env["DAGRUN_HOME"], ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
     if not ok:
@@ -109,12 +134,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--jobs", type=int, default=8)
-    ap.add_argument("--only", default="chain,layered")
-    ap.add_argument("--peers", default="make")
+    ap.add_argument("--only", default="chain,layered,fanout")
+    ap.add_argument("--peers", default="make,ninja,doit",
+                    help="peers to time beside dagrun, those installed (doit: $DOIT or on PATH)")
     ap.add_argument("--home-on", default=None, help="folder for DAGRUN_HOME (e.g. /dev/shm)")
     ap.add_argument("--dagrun", default=shutil.which("dagrun") or os.path.join(os.path.dirname(sys.executable), "dagrun"))
     ap.add_argument("--json", default=None, help="also write the raw results here")
+    ap.add_argument("--baseline", default=None, metavar="CMD",
+                    help="another dagrun command (e.g. an older checkout) timed in the same run as dagrun-base")
     a = ap.parse_args()
+    if a.baseline:
+        BASELINE.append(a.baseline)
 
     scratch = tempfile.mkdtemp(prefix="dagrun-bench-", dir=os.environ.get("BENCH_SCRATCH", "/tmp"))
     workloads = {}
@@ -122,7 +152,11 @@ def main() -> int:
         workloads["chain-200"] = chain(200)
     if "layered" in a.only:
         workloads["layered-1000"] = layered(50, 20)
-    runners = [p for p in a.peers.split(",") if p and shutil.which(p)] + ["dagrun"]
+    if "fanout" in a.only:
+        workloads["fan-out-500"] = fanout(498)
+    runners = [p for p in a.peers.split(",") if p in PEERS and shutil.which(PEERS[p])] + ["dagrun"]
+    if a.baseline:
+        runners.append("dagrun-base")
     results = {}
     probes = []
     try:

@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from . import executor
-from . import claim as claims
 from . import events as ev
 from . import executor, fanout, fanrules
 from . import fsio

@@ -631,8 +631,15 @@ def build_scheduler(home: Home, plan: Plan, now: float | None = None, *, duratio
                     clock=None) -> tuple[Scheduler, dict[str, TaskFacts]]:
     """A scheduler that reflects the files right now (the rescan). durations/clock: see
     scheduler_for."""
-    now = time.time() if now is None else now
     facts = home.snapshot(plan.goal, plan)
+    return scheduler_from_facts(home, plan, facts, now, durations=durations, clock=clock), facts
+
+
+def scheduler_from_facts(home: Home, plan: Plan, facts: dict[str, TaskFacts], now: float | None = None, *,
+                         durations: dict[str, float] | None = None, clock=None) -> Scheduler:
+    """The scheduler for facts already read (home.snapshot): a caller that needs both reads
+    every task folder once, not twice."""
+    now = time.time() if now is None else now
     initial = {}
     for tid, f in facts.items():
         if f.state == S.PENDING and f.record and f.record.get("retry_at") and not f.record.get("final") \
@@ -645,7 +652,7 @@ def build_scheduler(home: Home, plan: Plan, now: float | None = None, *, duratio
         from . import budget        # the pool as raised and the spend so far, from the files
         budget.apply(home, plan, sched)
     res.apply(home, plan, sched)    # resources: what each task needs, what is free now
-    return sched, facts
+    return sched
 
 
 def scheduler_for(plan: Plan, initial: dict[str, str] | None = None, *, durations: dict[str, float] | None = None,

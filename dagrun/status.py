@@ -8,9 +8,10 @@ import time
 from . import budget, fsio
 from . import resources as res
 from . import states as S
-from .lifecycle import build_scheduler
+from .lifecycle import scheduler_from_facts
 from .store import Home, loads, now_iso, parse_ts
-from .summary import ended, goal_run
+from .summary import ended, usage_by_task
+from .usage import add as add_usage
 
 
 def goal_overview(home: Home, g: str) -> dict:
@@ -22,7 +23,7 @@ def goal_overview(home: Home, g: str) -> dict:
     if row is not None:
         return row
     plan = home.load_plan(g)
-    sched, _ = build_scheduler(home, plan)
+    sched = scheduler_from_facts(home, plan, home.snapshot(g, plan, view=True))
     counts = sched.counts()
     return {"goal": g, "state": _goal_state(sched, len(plan.tasks)), "tasks": len(plan.tasks), "counts": counts,
             "source": plan.source}
@@ -84,8 +85,8 @@ def _waiting(home: Home, plan, sched) -> dict[str, str]:
 
 def goal_detail(home: Home, g: str) -> dict:
     plan = home.load_plan(g)
-    facts = home.snapshot(g, plan, detail=True)
-    sched, _ = build_scheduler(home, plan)
+    facts = home.snapshot(g, plan, detail=True, view=True)   # one read of every task folder
+    sched = scheduler_from_facts(home, plan, facts)
     now = time.time()
     held = set(sched.budget_held())
     waits = _waiting(home, plan, sched)
@@ -147,15 +148,16 @@ def goal_detail(home: Home, g: str) -> dict:
             row["waiting_for"] = row["reason"] = waits[t]
         rows.append(row)
     summary = loads(fsio.read_bytes(home.summary_path(g)))
-    run = goal_run(home, plan, sched, now)                # usage: every attempt's, failed ones too
-    per = run.usage_by_task()
+    per = usage_by_task(home, g, facts)                   # usage: every attempt's, failed ones too
+    total = None
     for row in rows:
         if row["task"] in per:
             row["usage"] = per[row["task"]]
+            total = add_usage(total, per[row["task"]])
     # the goal's last failed hook (hooks never change a task's state, so it shows here)
     hook_failure = loads(fsio.read_bytes(os.path.join(home.hooks_due_dir(g), "last_failure.json")))
     return {"goal": g, "state": _goal_state(sched, len(plan.tasks)), "counts": sched.counts(),
-            "tasks": rows, "summary": summary, "source": plan.source, "usage": run.usage(),
+            "tasks": rows, "summary": summary, "source": plan.source, "usage": total,
             "hook_failure": hook_failure,
             **({"budget": {"pool": sched.budget, "spent": sched.spent, "held": sorted(held)}} if plan.budget else {})}
 

@@ -361,8 +361,17 @@ class Home:
             return 0
 
     # -- facts
-    def task_facts(self, g: str, t: str, *, detail: bool = False) -> TaskFacts:
+    def task_facts(self, g: str, t: str, *, detail: bool = False, view: bool = False) -> TaskFacts:
         tdir = self.task_dir(g, t)
+        if view:
+            # read-only views (status): a task done at its first attempt is all in its `done`
+            # marker (the marker wins over anything else in the folder, and attempt 1 means
+            # no earlier attempts/): one open+read instead of listing the folder first. What
+            # the listing adds -- a writer's dead temp file, a claim left over after the
+            # marker -- only matters to an engine, which sweeps them (view=False).
+            m = loads_obj(fsio.read_bytes(os.path.join(tdir, DONE), follow=False))
+            if m is not None and as_int(m.get("attempt")) == 1:
+                return TaskFacts(state=DONE, attempt=1, marker=m if detail else None)
         try:
             names = set(os.listdir(tdir))
         except (FileNotFoundError, NotADirectoryError):
@@ -377,6 +386,7 @@ class Home:
                     f.marker = loads_obj(fsio.read_bytes(os.path.join(tdir, m), follow=False)) or {}
                 break
         if ATTEMPTS in names:
+            f.extra["attempts"] = True    # earlier attempts on record (status reads their usage)
             temps: list = []
             f.attempt, f.record = self._latest_attempt(g, t, with_record=(f.state == PENDING or detail), temps=temps)
             if temps:
@@ -421,8 +431,9 @@ class Home:
             rec = loads_obj(fsio.read_bytes(self.attempt_path(g, t, max(recs), "json"), follow=False))
         return top, rec
 
-    def snapshot(self, g: str, plan: Plan, *, detail: bool = False) -> dict[str, TaskFacts]:
-        """Facts for every task of the plan: one listdir of tasks/ plus one per existing task folder."""
+    def snapshot(self, g: str, plan: Plan, *, detail: bool = False, view: bool = False) -> dict[str, TaskFacts]:
+        """Facts for every task of the plan: one listdir of tasks/ plus one per existing task
+        folder (view=True: a done marker of a first attempt instead, see task_facts)."""
         try:
             present = set(os.listdir(self.tasks_dir(g)))
         except FileNotFoundError:
@@ -431,7 +442,7 @@ class Home:
             raise os_error("list", self.tasks_dir(g), e) from None
         out = {}
         for tid in plan.ids():
-            out[tid] = self.task_facts(g, tid, detail=detail) if tid in present else TaskFacts()
+            out[tid] = self.task_facts(g, tid, detail=detail, view=view) if tid in present else TaskFacts()
         return out
 
     def write_marker(self, g: str, t: str, kind: str, body: dict) -> None:

@@ -190,6 +190,22 @@ def read_attempts(home: Home, g: str, t: str) -> list[Attempt]:
     return [out[k] for k in sorted(out)]
 
 
+def usage_by_task(home: Home, g: str, facts: dict) -> dict[str, dict]:
+    """task -> the summed usage of all its attempts, from facts read with detail
+    (home.snapshot(detail=True)): the done marker's usage, plus attempts/<n>.json only for
+    the tasks that have earlier attempts on record -- the same sums as
+    GoalRun.usage_by_task without reading every task folder and the event log again."""
+    out: dict[str, dict] = {}
+    for t, f in facts.items():
+        if f.extra.get("attempts"):
+            for a in read_attempts(home, g, t):
+                if a.usage:
+                    out[t] = add_usage(out.get(t), a.usage)
+        elif f.state == S.DONE and f.marker and isinstance(f.marker.get("usage"), dict):
+            out[t] = add_usage(None, f.marker["usage"])
+    return out
+
+
 def tally_events(path: str) -> dict:
     """What only the event log knows: blocked events, attempts started (repeats), first-byte
     latencies of done attempts."""

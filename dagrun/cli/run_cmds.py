@@ -22,9 +22,10 @@ def _resolve(ctx, target: str, replace: bool) -> str:
     if os.path.isfile(target):
         from ..agentcheck import plan_warnings
         from ..plan import load
-        for w in plan_warnings(load(target, home.root), home.root):
+        parsed = load(target, home.root)
+        for w in plan_warnings(parsed, home.root):
             print(f"dagrun: {w}", file=sys.stderr)
-        return submit(home, target, replace=replace).goal
+        return submit(home, target, replace=replace, plan=parsed).goal
     if valid_id(target) and home.has_goal(target):
         return target
     if os.path.exists(target):

@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""dagrun at scale: a layered plan of N no-op tasks, timed command by command.
+
+    python3 bench/scale.py                       # 10 000 and 100 000 tasks, -j 16
+    python3 bench/scale.py --sizes 10000 --jobs 16 --json /tmp/scale.json
+    python3 bench/scale.py --sizes 100000 --no-run   # validate, submit, status only
+
+For every size, in a fresh DAGRUN_HOME (under $BENCH_SCRATCH, default /tmp): write dag.json
+(layers of --width tasks, each depending on 2 random tasks of the layer above, agent `true`),
+then time `dagrun validate`, `dagrun submit`, `dagrun status GOAL --json` (before the run),
+`dagrun worker --until-idle -j N` (the no-op run: wall, tasks/s, the worker's peak RSS from
+wait4(2)), and `status GOAL --json` again after the run (every task done). Prints one JSON
+object per size and a table. Nothing here asserts: the numbers are for reading.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def layered_plan(n: int, width: int, k: int = 2, seed: int = 1) -> dict:
+    rng = random.Random(seed)
+    tasks, prev = [], []
+    for start in range(0, n, width):
+        layer = [f"t{i:06d}" for i in range(start, min(n, start + width))]
+        for t in layer:
+            tasks.append({"id": t, "deps": sorted(rng.sample(prev, min(k, len(prev)))), "prompt": f"no-op {t}"})
+        prev = layer
+    return {"goal": f"scale-{n}", "defaults": {"agent": "true"}, "tasks": tasks}
+
+
+CPU: dict[str, float] = {}          # the last command's user+sys seconds (wait4), by name
+
+
+def timed(argv: list[str], env: dict) -> tuple[float, int, int, bytes]:
+    """wall seconds, exit code, peak RSS in kB (of the child and its waited-for children), stdout.
+    The CPU seconds (user+sys, children included) land in CPU[argv[1]]: on a shared machine
+    they vary far less than wall time."""
+    with tempfile.TemporaryFile() as fo, tempfile.TemporaryFile() as fe:   # files: a chatty worker never blocks
+        t0 = time.perf_counter()
+        p = subprocess.Popen(argv, env=env, stdout=fo, stderr=fe)
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        fo.seek(0)
+        fe.seek(0)
+        out, err = fo.read(), fe.read()
+    CPU[argv[1]] = ru.ru_utime + ru.ru_stime
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        sys.stderr.write(f"{' '.join(argv[:3])}: exit {p.returncode}: {err.decode()[-400:]}\n")
+    return wall, p.returncode, ru.ru_maxrss, out
+
+
+def one(n: int, a, scratch: str) -> dict:
+    folder = os.path.join(scratch, f"scale-{n}")
+    os.makedirs(folder)
+    plan_path = os.path.join(folder, "dag.json")
+    with open(plan_path, "w") as f:
+        json.dump(layered_plan(n, a.width), f)
+    env = dict(os.environ, DAGRUN_HOME=os.path.join(folder, "home"))
+    goal = f"scale-{n}"
+    r: dict = {"tasks": n, "width": a.width, "jobs": a.jobs}
+    r["validate_s"], rc, _, _ = timed([a.dagrun, "validate", plan_path], env)
+    r["submit_s"], rc, _, _ = timed([a.dagrun, "submit", plan_path], env)
+    r["validate_cpu_s"] = round(CPU["validate"], 3)
+    r["submit_cpu_s"] = round(CPU["submit"], 3)
+    r["status_before_s"], rc, _, _ = timed([a.dagrun, "status", goal, "--json"], env)
+    r["status_before_cpu_s"] = round(CPU["status"], 3)
+    if a.no_run:
+        if not a.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}
+    wall, rc, rss, _ = timed([a.dagrun, "worker", "--until-idle", "-j", str(a.jobs)], env)
+    r["run_s"], r["run_ok"], r["worker_rss_mb"] = round(wall, 3), rc == 0, round(rss / 1024, 1)
+    r["tasks_per_s"] = round(n / wall, 1)
+    r["run_cpu_s"] = round(CPU["worker"], 3)
+    r["status_after_s"], rc, _, out = timed([a.dagrun, "status", goal, "--json"], env)
+    r["status_after_cpu_s"] = round(CPU["status"], 3)
+    try:
+        counts = json.loads(out).get("counts", {})
+    except ValueError:
+        counts = {}
+    r["done"] = counts.get("done", 0)
+    for key in ("validate_s", "submit_s", "status_before_s", "status_after_s"):
+        r[key] = round(r[key], 3)
+    if not a.keep:
+        shutil.rmtree(folder, ignore_errors=True)
+    return r
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="10000,100000")
+    ap.add_argument("--width", type=int, default=100, help="tasks per layer")
+    ap.add_argument("--jobs", type=int, default=16)
+    ap.add_argument("--dagrun", default=shutil.which("dagrun") or os.path.join(os.path.dirname(sys.executable), "dagrun"))
+    ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--keep", action="store_true", help="keep the homes (printed)")
+    ap.add_argument("--no-run", action="store_true", help="validate, submit and status only (no worker run)")
+    a = ap.parse_args()
+    scratch = tempfile.mkdtemp(prefix="dagrun-scale-", dir=os.environ.get("BENCH_SCRATCH", "/tmp"))
+    rows = []
+    try:
+        for n in (int(s) for s in a.sizes.split(",")):
+            r = one(n, a, scratch)
+            rows.append(r)
+            print(json.dumps(r))
+    finally:
+        if not a.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
+        else:
+            print(f"homes kept under {scratch}", file=sys.stderr)
+    print("\nwall seconds (CPU seconds, user+sys, in brackets)")
+    print("\n| tasks | validate | submit | status before | run -j %d | tasks/s | worker RSS (MB) "
+          "| status after | done |" % a.jobs)
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        r = {"run_s": "-", "tasks_per_s": "-", "worker_rss_mb": "-", "status_after_s": "-", "done": "-", **r}
+
+        def c(k):
+            return f"{r[k + '_s']} ({r[k + '_cpu_s']})" if k + "_cpu_s" in r else f"{r[k + '_s']}"
+        print(f"| {r['tasks']} | {c('validate')} | {c('submit')} | {c('status_before')} | {c('run')} | "
+              f"{r['tasks_per_s']} | {r['worker_rss_mb']} | {c('status_after')} | {r['done']} |")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The shortcuts taken for speed (issue 20) say the same as the long way: status's view of the
+files (a first-attempt `done` marker read instead of listing the folder, the scheduler built
+from the same snapshot, usage from the markers), and the spare pool's batched refill."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from conftest import run, write_plan
+
+from dagrun import fsio
+from dagrun.lifecycle import build_scheduler
+from dagrun.store import Home
+
+
+def _facts(home: Home, g: str, **kw) -> dict:
+    plan = home.load_plan(g)
+    return {t: (f.state, f.attempt, f.marker) for t, f in home.snapshot(g, plan, detail=True, **kw).items()}
+
+
+def test_status_view_reads_the_same_facts_as_a_full_listing(tmp_path):
+    home = tmp_path / "home"
+    (tmp_path / "agent.sh").write_text(
+        'cat >/dev/null; echo \'{"tokens_in": 7, "cost_usd": 0.1}\' >> "$DAGRUN_USAGE_FILE"\n'
+        'case "$DAGRUN_TASK" in b) [ "$DAGRUN_ATTEMPT" = 2 ] || exit 3;; c) exit 4;; esac; echo ok\n')
+    plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"},
+                                       {"id": "c", "prompt": "z", "retries": 0},
+                                       {"id": "d", "prompt": "w", "deps": ["c"]}], goal="v",
+                      defaults={"agent": f"sh {tmp_path}/agent.sh", "retries": 1, "retry_backoff": 0})
+    run("run", plan, home=home, check=False)
+    h = Home(str(home))
+    full, view = _facts(h, "v"), _facts(h, "v", view=True)
+    assert view == full
+    assert full["a"][:2] == ("done", 1) and full["b"][:2] == ("done", 2) and full["c"][0] == "failed"
+    # a claim left over after the marker (a crash after the commit point): still done, in both
+    (home / "goals" / "v" / "tasks" / "a" / "claim").mkdir()
+    assert _facts(h, "v", view=True)["a"] == _facts(h, "v")["a"]
+    st = json.loads(run("status", "v", "--json", home=home).stdout)
+    rows = {r["task"]: r for r in st["tasks"]}
+    assert [rows[t]["state"] for t in "abcd"] == ["done", "done", "failed", "blocked"]
+    assert rows["b"]["attempt"] == 2 and rows["b"]["usage"]["tokens_in"] == 14    # both attempts
+    assert rows["a"]["usage"]["tokens_in"] == 7
+    assert st["usage"]["tokens_in"] == 7 + 14 + 7 and st["counts"] == build_scheduler(h, h.load_plan("v"))[0].counts()
+    over = json.loads(run("status", "--json", home=home).stdout)["goals"][0]
+    assert over["counts"] == st["counts"] and over["state"] == st["state"]
+
+
+def test_a_done_marker_of_a_later_attempt_is_read_the_long_way(tmp_path):
+    """view=True trusts the marker alone only for attempt 1: a later attempt's marker lists
+    the folder (attempts/ is there), so the attempt number and records stay right."""
+    h = Home(str(tmp_path / "home"))
+    plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x"}], goal="w", defaults={"agent": "true"})
+    run("submit", plan, home=h.root)
+    tdir = Path(h.task_dir("w", "a"))
+    (tdir / "attempts").mkdir(parents=True)
+    (tdir / "attempts" / "3.json").write_text(json.dumps({"attempt": 3, "outcome": "lost", "final": False}))
+    (tdir / "done").write_text(json.dumps({"attempt": 4, "worker": "x"}))
+    view, full = h.task_facts("w", "a", view=True, detail=True), h.task_facts("w", "a", detail=True)
+    assert view == full and view.attempt == 4 and view.extra.get("attempts")
+
+
+def test_the_spare_pool_refills_once_it_runs_low_and_stays_full(tmp_path):
+    pool = fsio.start_spares(str(tmp_path), threads=1, target=8)
+    assert pool is not None
+    try:
+        def wait_full():
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not pool._full():
+                time.sleep(0.01)
+            return pool._full()
+        assert wait_full()
+        n = len(pool._files) - 3                        # below half: the filler wakes, fills up
+        taken = [pool.pop_file() for _ in range(n)]
+        assert all(taken) and all(Path(p).is_file() for p in taken)
+        assert wait_full() and len(pool._files) >= 8
+        assert len(set(taken)) == n and not set(taken) & set(pool._files)
+    finally:
+        fsio.stop_spares()
