@@ -95,7 +95,7 @@ def test_an_unknown_runner_is_a_usage_error(tmp_path):
 
 def test_resources_and_slurm_options_are_validated(tmp_path):
     for task, msg in [({"resources": {"mem": "2X"}}, "resources.mem: expected megabytes"),
-                      ({"resources": {"cpu": 2}}, "unknown field \"cpu\" in resources options"),
+                      ({"resources": {"licence": 1.5}}, "resources.licence: expected an integer"),
                       ({"slurm": {"sbatch_args": "--qos=x"}}, "slurm.sbatch_args: expected an array of strings"),
                       ({"resources": {"gpu": -1}}, "resources.gpu: must be at least 0")]:
         p = write_plan(tmp_path / f"p{len(msg)}", [{"id": "a", "prompt": "p", **task}], goal="g",
