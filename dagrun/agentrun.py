@@ -98,7 +98,7 @@ def _run_preset(name: str, extra: list[str]) -> tuple[int, bytes | None]:
             return _fail(f"{mcpconfig.OPTION}: preset @{name} cannot be given an MCP server per run "
                          f"(supported: the presets with the parser of "
                          f"{', '.join('@' + c for c in mcpconfig.BY_PARSER.values())})", 2), None
-        path = _side_path("mcp.json")
+        path = _side_path("mcp.json") if client in mcpconfig.WRITES_FILE else None
         more, content = mcpconfig.run_args(client, presets.home_root(), mcpconfig.dagrun_exe(), path)
         if content is not None:
             try:

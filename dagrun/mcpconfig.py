@@ -10,7 +10,9 @@ import sys
 
 OPTION = "--dagrun-mcp"          # the preset option (`"agent": "@claude --dagrun-mcp"`)
 CLIENTS = ("claude", "codex", "gemini")
-BY_PARSER = {"claude-json": "claude"}   # presets that can take it per run (see docs/integrations.md)
+BY_PARSER = {"claude-json": "claude", "codex-jsonl": "codex"}   # presets that can take it per run
+#                                                  (Gemini CLI cannot: see docs/integrations.md)
+WRITES_FILE = {"claude"}         # run_args needs a file path for these (the claim's mcp.json)
 
 
 def _root(home) -> str:
@@ -25,9 +27,15 @@ def client_config(client: str, home, exe: str) -> str:
     if client == "gemini":        # .gemini/settings.json
         return json.dumps({"mcpServers": {"dagrun": {"command": exe, "args": args}}}, indent=2) + "\n"
     if client == "codex":         # ~/.codex/config.toml
-        q = ", ".join(json.dumps(a) for a in args)
-        return f"[mcp_servers.dagrun]\ncommand = {json.dumps(exe)}\nargs = [{q}]\n"
+        q = ", ".join(_toml_str(a) for a in args)
+        return f"[mcp_servers.dagrun]\ncommand = {_toml_str(exe)}\nargs = [{q}]\n"
     raise ValueError(client)
+
+
+def _toml_str(s: str) -> str:
+    """A TOML basic string: JSON's escapes are TOML's, minus surrogate pairs (so no
+    ensure_ascii) and plus DEL, which TOML wants escaped."""
+    return json.dumps(s, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def dagrun_exe() -> str:
@@ -39,10 +47,19 @@ def dagrun_exe() -> str:
     return shutil.which("dagrun") or here
 
 
-def run_args(client: str, home_root: str, exe: str, config_path: str) -> tuple[list[str], str | None]:
+def run_args(client: str, home_root: str, exe: str, config_path: str | None) -> tuple[list[str], str | None]:
     """For one run of a preset's CLI: the extra arguments, and the file content to write at
-    `config_path` first (None: no file). claude: `--mcp-config FILE` -- the user's own
-    config is not touched."""
+    `config_path` first (None: no file). The user's own config is never touched:
+    claude: `--mcp-config FILE`; codex: `-c` overrides of `mcp_servers.dagrun` (TOML values)
+    on top of the user's ~/.codex/config.toml, with the dagrun tools approved for this run
+    (`codex exec` never asks, so a tool that needs approval would always be refused) and
+    the task's DAGRUN_GOAL/DAGRUN_TASK passed on (Codex gives MCP servers a bare environment)."""
     if client == "claude":
         return ["--mcp-config", config_path], client_config("claude", home_root, exe)
+    if client == "codex":
+        args = ", ".join(_toml_str(a) for a in ["--home", home_root, "mcp"])
+        return ["-c", f"mcp_servers.dagrun.command={_toml_str(exe)}",
+                "-c", f"mcp_servers.dagrun.args=[{args}]",
+                "-c", 'mcp_servers.dagrun.default_tools_approval_mode="approve"',
+                "-c", 'mcp_servers.dagrun.env_vars=["DAGRUN_GOAL", "DAGRUN_TASK"]'], None
     raise ValueError(client)

@@ -188,13 +188,19 @@ def test_dagrun_mcp_option_config_per_cli(tmp_path):
     args, content = mcpconfig.run_args("claude", home, exe, path)
     assert args == ["--mcp-config", path]
     assert json.loads(content) == {"mcpServers": {"dagrun": {"command": exe, "args": ["--home", home, "mcp"]}}}
-    for client in ("codex", "gemini"):      # no per-run way that works (docs/integrations.md)
-        with pytest.raises(ValueError):
-            mcpconfig.run_args(client, home, exe, path)
+    args, content = mcpconfig.run_args("codex", home, exe, None)     # -c overrides, no file
+    assert content is None and args[::2] == ["-c"] * 4
+    over = dict(a.split("=", 1) for a in args[1::2])
+    import tomllib
+    assert tomllib.loads("\n".join(f"{k} = {v}" for k, v in over.items())) == {"mcp_servers": {"dagrun": {
+        "command": exe, "args": ["--home", home, "mcp"], "default_tools_approval_mode": "approve",
+        "env_vars": ["DAGRUN_GOAL", "DAGRUN_TASK"]}}}
+    with pytest.raises(ValueError):      # no per-run way that works for Gemini CLI (docs/integrations.md)
+        mcpconfig.run_args("gemini", home, exe, path)
 
 
 def test_dagrun_mcp_option_refused_for_a_preset_that_cannot_take_it(tmp_path):
-    for name in ("llm", "codex", "gemini"):
+    for name in ("llm", "gemini"):
         plan = write_plan(tmp_path / name, [{"id": "a", "prompt": "x", "agent": f"@{name} --dagrun-mcp"}], goal="g")
         p = run("run", plan, home=tmp_path / "home", check=False)
         assert p.returncode == 2, p.stderr
