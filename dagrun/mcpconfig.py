@@ -7,12 +7,23 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import NamedTuple
 
 OPTION = "--dagrun-mcp"          # the preset option (`"agent": "@claude --dagrun-mcp"`)
 CLIENTS = ("claude", "codex", "gemini")
-BY_PARSER = {"claude-json": "claude", "codex-jsonl": "codex"}   # presets that can take it per run
-#                                                  (Gemini CLI cannot: see docs/integrations.md)
-WRITES_FILE = {"claude"}         # run_args needs a file path for these (the claim's mcp.json)
+BY_PARSER = {"claude-json": "claude", "codex-jsonl": "codex", "gemini-json": "gemini"}  # presets that
+#                                                   can take it per run (see docs/integrations.md)
+GEMINI_ENV_AUTH = ("gemini-api-key", "vertex-ai")   # Gemini CLI auth types that live in the environment
+
+
+class Unavailable(Exception):
+    """This run cannot be given the server (one line: why)."""
+
+
+class RunConfig(NamedTuple):
+    args: list[str]                 # put before the task's own extra arguments
+    files: dict[str, str]           # path -> content, written (parents made) before the run
+    env: dict[str, str]             # added to the CLI's environment
 
 
 def _root(home) -> str:
@@ -47,19 +58,63 @@ def dagrun_exe() -> str:
     return shutil.which("dagrun") or here
 
 
-def run_args(client: str, home_root: str, exe: str, config_path: str | None) -> tuple[list[str], str | None]:
-    """For one run of a preset's CLI: the extra arguments, and the file content to write at
-    `config_path` first (None: no file). The user's own config is never touched:
-    claude: `--mcp-config FILE`; codex: `-c` overrides of `mcp_servers.dagrun` (TOML values)
-    on top of the user's ~/.codex/config.toml, with the dagrun tools approved for this run
-    (`codex exec` never asks, so a tool that needs approval would always be refused) and
-    the task's DAGRUN_GOAL/DAGRUN_TASK passed on (Codex gives MCP servers a bare environment)."""
+def run_args(client: str, home_root: str, exe: str, side_dir: str,
+             environ: dict | None = None) -> RunConfig:
+    """For one run of a preset's CLI, what gives it `dagrun --home HOME_ROOT mcp`; files go
+    under `side_dir` (the claim). The user's own configuration files are never touched.
+
+    claude: `--mcp-config side_dir/mcp.json`.
+    codex: `-c` overrides of `mcp_servers.dagrun` (TOML values) on top of the user's
+    ~/.codex/config.toml, the dagrun tools approved for this run (`codex exec` never asks,
+    so a tool that needs approval would always be refused) and DAGRUN_GOAL/DAGRUN_TASK
+    passed on (Codex gives MCP servers a bare environment).
+    gemini: Gemini CLI takes MCP servers only from settings files; the per-run one is a
+    Gemini home of its own (GEMINI_CLI_HOME=side_dir/gemini-home) whose settings.json names
+    the server with "trust": true (without it `gemini -p` offers none of its tools). That
+    home replaces ~/.gemini for the run, so the user's login there is not seen: only auth
+    from the environment works (Unavailable otherwise); its auth type is the only thing
+    read from the user's settings."""
+    environ = os.environ if environ is None else environ
     if client == "claude":
-        return ["--mcp-config", config_path], client_config("claude", home_root, exe)
+        path = os.path.join(side_dir, "mcp.json")
+        return RunConfig(["--mcp-config", path], {path: client_config("claude", home_root, exe)}, {})
     if client == "codex":
         args = ", ".join(_toml_str(a) for a in ["--home", home_root, "mcp"])
-        return ["-c", f"mcp_servers.dagrun.command={_toml_str(exe)}",
-                "-c", f"mcp_servers.dagrun.args=[{args}]",
-                "-c", 'mcp_servers.dagrun.default_tools_approval_mode="approve"',
-                "-c", 'mcp_servers.dagrun.env_vars=["DAGRUN_GOAL", "DAGRUN_TASK"]'], None
+        return RunConfig(["-c", f"mcp_servers.dagrun.command={_toml_str(exe)}",
+                          "-c", f"mcp_servers.dagrun.args=[{args}]",
+                          "-c", 'mcp_servers.dagrun.default_tools_approval_mode="approve"',
+                          "-c", 'mcp_servers.dagrun.env_vars=["DAGRUN_GOAL", "DAGRUN_TASK"]'], {}, {})
+    if client == "gemini":
+        gh = os.path.join(side_dir, "gemini-home")
+        settings = {"security": {"auth": {"selectedType": _gemini_auth(environ)}},
+                    "mcpServers": {"dagrun": {"command": exe, "args": ["--home", home_root, "mcp"], "trust": True}}}
+        return RunConfig([], {os.path.join(gh, ".gemini", "settings.json"): json.dumps(settings, indent=2) + "\n"},
+                         {"GEMINI_CLI_HOME": gh})
     raise ValueError(client)
+
+
+def _gemini_auth(environ) -> str:
+    """The auth type for a per-run Gemini home: the user's (from their settings.json, where
+    Gemini CLI keeps it) if it is one that lives in the environment, else the one the
+    environment gives; Unavailable when the user's login is in ~/.gemini."""
+    base = environ.get("GEMINI_CLI_HOME") or environ.get("HOME") or os.path.expanduser("~")
+    path = os.path.join(base, ".gemini", "settings.json")
+    try:
+        with open(path, "rb") as f:
+            user = json.loads(f.read(1 << 20))
+        chosen = user["security"]["auth"]["selectedType"]
+    except (OSError, ValueError, KeyError, TypeError):
+        chosen = None
+    if isinstance(chosen, str) and chosen:
+        if chosen in GEMINI_ENV_AUTH:
+            return chosen
+        raise Unavailable(f"{OPTION}: @gemini gets the server through a Gemini home of its own for the run, "
+                          f"which cannot see the login of auth type {chosen!r} selected in {path}; "
+                          f"use GEMINI_API_KEY (auth type gemini-api-key) or Vertex AI")
+    if environ.get("GEMINI_API_KEY"):
+        return "gemini-api-key"
+    if environ.get("GOOGLE_GENAI_USE_VERTEXAI", "").lower() in ("true", "1"):
+        return "vertex-ai"
+    raise Unavailable(f"{OPTION}: @gemini gets the server through a Gemini home of its own for the run, "
+                      f"so it needs its auth in the environment: set GEMINI_API_KEY (or "
+                      f"GOOGLE_GENAI_USE_VERTEXAI=true and the Vertex AI variables)")

@@ -310,3 +310,51 @@ def test_codex_preset_with_dagrun_mcp_reaches_the_dagrun_tools(home, tmp_path):
     origin = {t["id"]: t.get("origin") for t in json.loads((home / "goals/live/plan.json").read_text())["tasks"]}
     assert origin["more"]["by"] == "ask", origin
     assert "--dagrun-mcp" not in json.dumps(reqs)
+
+
+def test_gemini_preset_with_dagrun_mcp_offers_the_dagrun_tools(home, tmp_path):
+    """`"agent": "@gemini --dagrun-mcp"`: the real Gemini CLI, in a Gemini home of its own for
+    the run (GEMINI_CLI_HOME in the claim, the server entry trusted), starts `dagrun mcp` and
+    offers all ten dagrun tools to the model (the shared mock's request log); nothing is
+    written into the task's working directory or the user's ~/.gemini."""
+    user_gemini = R / "home/.gemini/settings.json"            # the wrapper's "user" settings
+    before = user_gemini.read_bytes()
+    presets = json.loads((home / "presets.json").read_text())
+    # a user whose Gemini CLI home is R/home (its settings select auth gemini-api-key)
+    presets["gemini"]["env"] = {"GEMINI_CLI_HOME": str(R / "home")}
+    (home / "presets.json").write_text(json.dumps(presets))
+    token = f"dagrun-gemini-mcp-{os.getpid()}-{os.urandom(4).hex()}"
+    plan = write_plan(tmp_path / "plan", [{"id": "ask", "prompt": f"{token}: list the goal's tasks"}],
+                      goal="gm", defaults={"agent": "@gemini --dagrun-mcp", "timeout": 120})
+    log = R / "mock.log"
+    start = log.stat().st_size
+    run("run", plan, home=home, timeout=180)
+    assert (_task(home, "ask", "gm") / "output").read_text().startswith("MOCK REPLY: ")
+    with open(log, "rb") as f:
+        f.seek(start)
+        mine = [json.loads(x) for x in f.read().decode("utf-8", "replace").splitlines() if token in x]
+    offered = [{d["name"] for t in r["body"].get("tools", []) for d in t.get("functionDeclarations", [])}
+               for r in mine]
+    dagrun_tools = {"mcp_dagrun_" + t for t in ("status", "output", "logs", "claim", "complete", "fail",
+                                                 "heartbeat", "add", "cancel", "retry")}
+    assert any(o >= dagrun_tools for o in offered), [sorted(o) for o in offered]
+    assert "--dagrun-mcp" not in json.dumps(mine)
+    assert user_gemini.read_bytes() == before
+    assert not any(p.name == ".gemini" for p in (tmp_path / "plan").rglob("*"))
+
+
+def test_gemini_dagrun_mcp_without_env_auth_fails_in_one_line(home, tmp_path):
+    """A user whose Gemini login is kept in ~/.gemini (oauth): the per-run Gemini home cannot
+    see it, so the attempt fails at once with the reason (no request is made)."""
+    user = tmp_path / "user"
+    (user / ".gemini").mkdir(parents=True)
+    (user / ".gemini/settings.json").write_text(json.dumps({"security": {"auth": {"selectedType": "oauth-personal"}}}))
+    presets = json.loads((home / "presets.json").read_text())
+    presets["gemini"]["env"] = {"GEMINI_CLI_HOME": str(user)}
+    (home / "presets.json").write_text(json.dumps(presets))
+    plan = write_plan(tmp_path / "plan", [{"id": "ask", "prompt": "hi"}], goal="go",
+                      defaults={"agent": "@gemini --dagrun-mcp", "timeout": 60})
+    run("run", plan, home=home, check=1, timeout=120)
+    failed = json.loads((_task(home, "ask", "go") / "failed").read_text())
+    assert "--dagrun-mcp" in failed["reason"] and "'oauth-personal'" in failed["reason"], failed
+    assert failed["exit_code"] == 2
