@@ -73,7 +73,8 @@ def run_args(client: str, home_root: str, exe: str, side_dir: str,
     the server with "trust": true (without it `gemini -p` offers none of its tools). That
     home replaces ~/.gemini for the run, so the user's login there is not seen: only auth
     from the environment works (Unavailable otherwise); its auth type is the only thing
-    read from the user's settings."""
+    read from the user's settings; the folders the user trusted are read from their
+    trustedFolders.json (GEMINI_CLI_TRUSTED_FOLDERS_PATH)."""
     environ = os.environ if environ is None else environ
     if client == "claude":
         path = os.path.join(side_dir, "mcp.json")
@@ -86,19 +87,27 @@ def run_args(client: str, home_root: str, exe: str, side_dir: str,
                           "-c", 'mcp_servers.dagrun.env_vars=["DAGRUN_GOAL", "DAGRUN_TASK"]'], {}, {})
     if client == "gemini":
         gh = os.path.join(side_dir, "gemini-home")
-        settings = {"security": {"auth": {"selectedType": _gemini_auth(environ)}},
+        user = _user_gemini_dir(environ)
+        settings = {"security": {"auth": {"selectedType": _gemini_auth(environ, user)}},
                     "mcpServers": {"dagrun": {"command": exe, "args": ["--home", home_root, "mcp"], "trust": True}}}
+        # the folders the user trusted stay trusted (a headless run in an untrusted folder exits 55)
+        trusted = environ.get("GEMINI_CLI_TRUSTED_FOLDERS_PATH") or os.path.join(user, "trustedFolders.json")
         return RunConfig([], {os.path.join(gh, ".gemini", "settings.json"): json.dumps(settings, indent=2) + "\n"},
-                         {"GEMINI_CLI_HOME": gh})
+                         {"GEMINI_CLI_HOME": gh, "GEMINI_CLI_TRUSTED_FOLDERS_PATH": trusted})
     raise ValueError(client)
 
 
-def _gemini_auth(environ) -> str:
+def _user_gemini_dir(environ) -> str:
+    """The user's ~/.gemini, as Gemini CLI finds it."""
+    base = environ.get("GEMINI_CLI_HOME") or environ.get("HOME") or os.path.expanduser("~")
+    return os.path.join(base, ".gemini")
+
+
+def _gemini_auth(environ, user_dir: str) -> str:
     """The auth type for a per-run Gemini home: the user's (from their settings.json, where
     Gemini CLI keeps it) if it is one that lives in the environment, else the one the
     environment gives; Unavailable when the user's login is in ~/.gemini."""
-    base = environ.get("GEMINI_CLI_HOME") or environ.get("HOME") or os.path.expanduser("~")
-    path = os.path.join(base, ".gemini", "settings.json")
+    path = os.path.join(user_dir, "settings.json")
     try:
         with open(path, "rb") as f:
             user = json.loads(f.read(1 << 20))

@@ -315,13 +315,22 @@ def test_codex_preset_with_dagrun_mcp_reaches_the_dagrun_tools(home, tmp_path):
 def test_gemini_preset_with_dagrun_mcp_offers_the_dagrun_tools(home, tmp_path):
     """`"agent": "@gemini --dagrun-mcp"`: the real Gemini CLI, in a Gemini home of its own for
     the run (GEMINI_CLI_HOME in the claim, the server entry trusted), starts `dagrun mcp` and
-    offers all ten dagrun tools to the model (the shared mock's request log); nothing is
-    written into the task's working directory or the user's ~/.gemini."""
-    user_gemini = R / "home/.gemini/settings.json"            # the wrapper's "user" settings
-    before = user_gemini.read_bytes()
+    offers all ten dagrun tools to the model (the shared mock's request log). The user's
+    auth type and trusted folders still count (no GEMINI_CLI_TRUST_WORKSPACE here: the plan
+    folder is trusted in the user's trustedFolders.json); nothing is written into the task's
+    working directory or the user's ~/.gemini."""
+    user = tmp_path / "user"                                  # the user's GEMINI_CLI_HOME
+    (user / ".gemini").mkdir(parents=True)
+    (user / ".gemini/settings.json").write_text(json.dumps({"security": {"auth": {"selectedType": "gemini-api-key"}}}))
+    (user / ".gemini/trustedFolders.json").write_text(json.dumps({str(tmp_path / "plan"): "TRUST_FOLDER"}))
+    before = {p.name: p.read_bytes() for p in (user / ".gemini").iterdir()}
+    wrapper = tmp_path / "gemini-no-trust-env"                # the gemini-mock wrapper without
+    wrapper.write_text((R / "bin/gemini-mock").read_text()    # GEMINI_CLI_TRUST_WORKSPACE=true
+                       .replace("GEMINI_CLI_TRUST_WORKSPACE=true", ""))
+    wrapper.chmod(0o755)
+    assert "TRUST_WORKSPACE" not in wrapper.read_text()
     presets = json.loads((home / "presets.json").read_text())
-    # a user whose Gemini CLI home is R/home (its settings select auth gemini-api-key)
-    presets["gemini"]["env"] = {"GEMINI_CLI_HOME": str(R / "home")}
+    presets["gemini"] = {"command": [str(wrapper)], "env": {"GEMINI_CLI_HOME": str(user)}}
     (home / "presets.json").write_text(json.dumps(presets))
     token = f"dagrun-gemini-mcp-{os.getpid()}-{os.urandom(4).hex()}"
     plan = write_plan(tmp_path / "plan", [{"id": "ask", "prompt": f"{token}: list the goal's tasks"}],
@@ -339,7 +348,7 @@ def test_gemini_preset_with_dagrun_mcp_offers_the_dagrun_tools(home, tmp_path):
                                                  "heartbeat", "add", "cancel", "retry")}
     assert any(o >= dagrun_tools for o in offered), [sorted(o) for o in offered]
     assert "--dagrun-mcp" not in json.dumps(mine)
-    assert user_gemini.read_bytes() == before
+    assert {p.name: p.read_bytes() for p in (user / ".gemini").iterdir()} == before
     assert not any(p.name == ".gemini" for p in (tmp_path / "plan").rglob("*"))
 
 

@@ -198,7 +198,8 @@ def test_dagrun_mcp_option_config_per_cli(tmp_path):
         **srv, "default_tools_approval_mode": "approve", "env_vars": ["DAGRUN_GOAL", "DAGRUN_TASK"]}}}
     c = mcpconfig.run_args("gemini", home, exe, side, {"GEMINI_API_KEY": "AIza-not-a-real-key", "HOME": str(tmp_path / "nohome")})
     gh = os.path.join(side, "gemini-home")
-    assert c.args == [] and c.env == {"GEMINI_CLI_HOME": gh}
+    assert c.args == [] and c.env == {"GEMINI_CLI_HOME": gh, "GEMINI_CLI_TRUSTED_FOLDERS_PATH":
+                                      str(tmp_path / "nohome" / ".gemini" / "trustedFolders.json")}
     assert json.loads(c.files[os.path.join(gh, ".gemini", "settings.json")]) == {
         "security": {"auth": {"selectedType": "gemini-api-key"}}, "mcpServers": {"dagrun": {**srv, "trust": True}}}
     assert "AIza" not in json.dumps(c)                # the key stays in the environment
