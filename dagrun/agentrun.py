@@ -93,6 +93,7 @@ def _run_preset(name: str, extra: list[str]) -> tuple[int, bytes | None]:
         return _fail(f"unknown agent preset @{name} (known: {', '.join('@' + n for n in sorted(table))})", 2), None
     env = dict(os.environ)
     env.update(row.get("env", {}))
+    scratch = None
     if mcpconfig.OPTION in extra:          # give the CLI `dagrun mcp` with this home, per run
         extra = [a for a in extra if a != mcpconfig.OPTION]
         client = mcpconfig.BY_PARSER.get(row.get("parser", "text"))
@@ -101,7 +102,10 @@ def _run_preset(name: str, extra: list[str]) -> tuple[int, bytes | None]:
                          f"(supported: the presets with the parser of "
                          f"{', '.join('@' + c for c in mcpconfig.BY_PARSER.values())})", 2), None
         side = os.environ.get("DAGRUN_CHECK_FILE")       # files go into the claim (a scratch dir by hand)
-        side = os.path.dirname(side) if side else tempfile.mkdtemp(prefix="dagrun-mcp.")
+        if side:
+            side = os.path.dirname(side)
+        else:
+            side = scratch = tempfile.mkdtemp(prefix="dagrun-mcp.")
         try:
             mcp = mcpconfig.run_args(client, presets.home_root(), mcpconfig.dagrun_exe(), side, env)
         except mcpconfig.Unavailable as e:
@@ -131,6 +135,9 @@ def _run_preset(name: str, extra: list[str]) -> tuple[int, bytes | None]:
     finally:
         if tmp:
             os.unlink(tmp)
+        if scratch:
+            import shutil
+            shutil.rmtree(scratch, ignore_errors=True)
     res = PARSERS[row.get("parser", "text")](raw, err_tail, rc)
     model = _model_from(cmd, row.get("model_flags", []))
     _write_usage(res.usage, model)
