@@ -656,17 +656,19 @@ def scheduler_from_facts(home: Home, plan: Plan, facts: dict[str, TaskFacts], no
 
 
 def scheduler_for(plan: Plan, initial: dict[str, str] | None = None, *, durations: dict[str, float] | None = None,
-                  clock=None) -> Scheduler:
+                  clock=None, hold_templates: bool = True) -> Scheduler:
     """The plan's scheduler with the plan's rules for what may start (max_parallel,
     on_failure=stop, the files mutex of code workspaces, the budget pool and the tasks' usd
     estimates; the pool's raises and the spend are set from the files by budget.apply) and
     its ready order (priorities, `aging`, the remaining path in seconds): the one place that
     hands plan fields to the scheduler. durations: task -> seconds (history.durations; default:
-    the plan's estimates, else 1 s each); clock: a monotonic clock for aging (none: no aging)."""
+    the plan's estimates, else 1 s each); clock: a monotonic clock for aging (none: no aging).
+    hold_templates=False (the simulator): a fan-out template runs as one task of its own
+    duration -- its items are unknown before its `from` task has run."""
     return Scheduler(plan.tasks, initial, max_parallel=plan.max_parallel,
                      stop_on_failure=plan.on_failure == "stop", files=plan.files_of, budget=plan.budget,
                      estimates={t.id: t.estimate_usd for t in plan.tasks if t.estimate_usd},
-                     serial=plan.serial_of, hold=plan.unexpanded,
+                     serial=plan.serial_of, hold=plan.unexpanded if hold_templates else (),
                      durations=durations if durations is not None else history.durations(plan),
                      aging=plan.aging, clock=clock)
 

@@ -292,7 +292,7 @@ class Scheduler:
         """Every ready task, in take order."""
         seen: set[int] = set()      # a requeued task may have a second (stale) heap entry
         for p in self._classes():
-            for k in sorted(self.heaps[p]):
+            for k in sorted(self.heaps.get(p, ())):
                 if self.state[k[1]] == READY and k[1] not in seen:
                     seen.add(k[1])
                     yield k[1]

@@ -88,7 +88,7 @@ def run(plans: Sequence[Plan], jobs: int, seconds: dict[str, dict[str, float]], 
     clock = VirtualClock()
     by_goal = {p.goal: p for p in plans}
     dur = {g: {t: float(seconds[g][t]) + overhead for t in seconds[g]} for g in goals}
-    scheds = {p.goal: scheduler_for(p, durations=dur[p.goal], clock=clock) for p in plans}
+    scheds = {p.goal: scheduler_for(p, durations=dur[p.goal], clock=clock, hold_templates=False) for p in plans}
     runner = SimRunner(clock, lambda launch: dur[launch.env["DAGRUN_GOAL"]][launch.env["DAGRUN_TASK"]])
     share = FairShare()
     runs: dict[str, tuple[str, str, dict, float, int]] = {}   # key -> goal, task, handle, start, slot

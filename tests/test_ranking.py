@@ -233,3 +233,17 @@ def test_simulate_keeps_the_plans_rules(tmp_path):
     assert out["lower_bound"] is None
     r = run("simulate", budget, "-j", "4", home=home)
     assert "held by the plan's rules, never started: bud/b bud/c" in r.stdout
+
+
+def test_simulate_counts_a_fan_out_template_as_one_task(tmp_path):
+    """A template's items are unknown before its `from` task runs: simulate runs it as one
+    task of its own duration instead of holding it (and everything below it) forever."""
+    p = tmp_path / "dag.json"
+    p.write_text(json.dumps({"goal": "fan", "defaults": {"agent": "true", "estimate": {"seconds": 2}}, "tasks": [
+        {"id": "plan", "prompt": "list"},
+        {"id": "port", "prompt": "port {{item}}", "deps": ["plan"], "for_each": {"from": "plan"}, "priority": 2},
+        {"id": "join", "prompt": "join", "deps": ["port"]}]}))
+    r = run("simulate", p, "-j", "2", "--json", home=tmp_path / "home")
+    out = json.loads(r.stdout)
+    assert out["makespan"] == pytest.approx(6.0)
+    assert not out.get("not_started")
