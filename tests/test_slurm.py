@@ -411,3 +411,35 @@ def test_cancel_of_a_step_task_kills_the_step(tmp_path, cluster):
         _scancel_all([job])
     assert not (task_dir(home, "st", "after") / "done").exists()
     assert "goal st cancelled: 1 cancelled, 1 blocked" in (tmp_path / "driver.log").read_text()
+
+
+@slurm
+def test_steps_die_with_a_killed_driver_and_the_next_driver_runs_them_again(tmp_path, cluster):
+    """The driver is the job's script: SIGKILL it and the job ends, Slurm kills its steps; a
+    new driver (a new allocation) records the attempt lost and runs the task again."""
+    p = _steps_plan(tmp_path / "plans", [{"id": "a", "prompt": "p",
+                                          "agent": "[ \"$DAGRUN_ATTEMPT\" = 1 ] && sleep 120; printf 'ran %s' \"$SLURM_JOB_ID\""}])
+    home = tmp_path / "home"
+    pidfile = tmp_path / "driver.pid"
+    r = subprocess.run(["sbatch", "--parsable", "-n", "1", "--output=/dev/null",
+                        "--wrap", f"{DAGRUN} --home={home} run -q {p} & echo $! >{pidfile}; wait"],
+                       capture_output=True, text=True, check=True)
+    job = int(r.stdout.strip().split(";")[0])
+    try:
+        wait_for((task_dir(home, "st", "a") / "claim" / "step").exists, timeout=60, what="the step started")
+        step = (task_dir(home, "st", "a") / "claim" / "step").read_text().strip()
+        os.kill(int(pidfile.read_text()), signal.SIGKILL)          # the driver dies; its script ends
+        wait_for(lambda: _scontrol(job).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", None), timeout=60,
+                 what="the driver's job ended")
+        wait_for(lambda: step not in _steps(job), timeout=30, what="the step gone")
+        wait_for(lambda: not processes_with_env("DAGRUN_HOME", str(home)), timeout=35, what="the agent killed")
+        r = subprocess.run(["sbatch", "--wait", "--parsable", "-n", "1", f"--output={tmp_path / 'driver2.log'}",
+                            "--wrap", f"{DAGRUN} --home={home} run -q {p}"], capture_output=True, text=True, timeout=120)
+        job2 = int(r.stdout.strip().split(";")[0])
+        assert r.returncode == 0, (tmp_path / "driver2.log").read_text()
+    finally:
+        _scancel_all([job])
+    assert (task_dir(home, "st", "a") / "output").read_text() == f"ran {job2}"
+    lost = json.loads((task_dir(home, "st", "a") / "attempts" / "1.json").read_text())
+    assert lost["outcome"] == "lost"
+    assert json.loads((task_dir(home, "st", "a") / "done").read_text())["attempt"] == 2
