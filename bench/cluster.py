@@ -13,6 +13,9 @@ and for each, in this order:
   srun    the same shape as `srun true` job steps inside one allocation (salloc), the
           floor of a steps mode (chain only)
   slurm   `dagrun run --runner slurm`
+  steps   `dagrun run --runner slurm` with "slurm": {"mode": "steps"}, the driver inside a salloc
+          of STEPS_CPUS (default 2) CPUs, -j STEPS_CPUS; timed inside the allocation (the wait
+          for it left out); its floor: `srun --exact -n1 true` steps, STEPS_CPUS at a time
   ray floor  a bare Ray task running `sh -c true` (ray.get of one at a time for the chain, of
           all at once for the fan-out), from a driver already connected
   ray     `dagrun run --runner ray` (its time includes importing Ray and connecting to the
@@ -26,7 +29,7 @@ DAGRUN="python -m ..." (environment) runs another dagrun (an A/B against an olde
 Prints the Slurm settings (SchedulerParameters, the node's CPUs) and per-task times and the
 ratio dagrun/floor. Needs a cluster (SLURM_CONF; .ci/slurm-up.sh) and a Ray head (RAY_ADDRESS).
 
-    SLURM_CONF=... RAY_ADDRESS=127.0.0.1:6379 .venv/bin/python bench/cluster.py [CHAIN] [FANOUT] [slurm,ray]
+    SLURM_CONF=... RAY_ADDRESS=127.0.0.1:6379 .venv/bin/python bench/cluster.py [CHAIN] [FANOUT] [slurm,steps,ray]
 """
 from __future__ import annotations
 
@@ -42,15 +45,36 @@ import statistics
 
 DAGRUN = shlex.split(os.environ.get("DAGRUN") or os.path.join(os.path.dirname(sys.executable), "dagrun"))
 REPS = int(os.environ.get("REPS") or 1)
+STEPS_CPUS = int(os.environ.get("STEPS_CPUS") or 2)
 
 
-def plan(root: str, shape: str, n: int) -> str:
+def plan(root: str, shape: str, n: int, steps: bool = False) -> str:
     tasks = [{"id": f"t{i}", "prompt": "p", "deps": [f"t{i - 1}"] if shape == "chain" and i else []}
              for i in range(n)]
-    path = os.path.join(root, f"{shape}.json")
+    path = os.path.join(root, f"{shape}{'-steps' if steps else ''}.json")
+    defaults = {"agent": "true", **({"slurm": {"mode": "steps"}} if steps else {})}
     with open(path, "w") as f:
-        json.dump({"goal": shape, "defaults": {"agent": "true"}, "tasks": tasks}, f)
+        json.dump({"goal": shape, "defaults": defaults, "tasks": tasks}, f)
     return path
+
+
+def _in_allocation(cpus: int, script: str) -> float:
+    """Seconds `script` takes inside a fresh salloc of `cpus` CPUs (the wait for it left out)."""
+    timed = f"t=$(date +%s.%N); {script} || exit 1; e=$(date +%s.%N); echo \"$e - $t\" | bc"
+    r = subprocess.run(["salloc", f"-n{cpus}", "--quiet", "sh", "-c", timed], capture_output=True, text=True, check=True)
+    return float(r.stdout.strip().splitlines()[-1])
+
+
+def dagrun_steps(root: str, shape: str, n: int) -> float:
+    home = tempfile.mkdtemp(dir=root, prefix=f"home-steps-{shape}-")
+    cmd = [*DAGRUN, f"--home={home}", "run", "-q", "-j", str(1 if shape == "chain" else STEPS_CPUS),
+           "--runner", "slurm", plan(root, shape, n, steps=True)]
+    return _in_allocation(STEPS_CPUS, " ".join(shlex.quote(x) for x in cmd) + " >/dev/null")
+
+
+def srun_steps(shape: str, n: int) -> float:
+    par = 1 if shape == "chain" else STEPS_CPUS
+    return _in_allocation(STEPS_CPUS, f"seq {n} | xargs -P {par} -I@ srun --exact -n1 true")
 
 
 def dagrun(root: str, shape: str, n: int, runner: str) -> float:
@@ -138,7 +162,7 @@ def main() -> None:
     fan = int(sys.argv[2]) if len(sys.argv) > 2 else 100
     which = sys.argv[3].split(",") if len(sys.argv) > 3 else ["slurm", "ray"]
     med = statistics.median
-    if "slurm" in which:
+    if "slurm" in which or "steps" in which:
         print("Slurm settings:\n" + settings())
     print(f"medians of {REPS} interleaved run(s); dagrun: {' '.join(DAGRUN)}")
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as root:
@@ -152,6 +176,9 @@ def main() -> None:
                     if shape == "chain":
                         m.setdefault("srun", []).append(srun_chain(n))
                     m.setdefault("slurm", []).append(dagrun(root, shape, n, "slurm"))
+                if "steps" in which:
+                    m.setdefault("steps floor", []).append(srun_steps(shape, n))
+                    m.setdefault("steps", []).append(dagrun_steps(root, shape, n))
                 if "ray" in which:
                     fl, connect = ray_floor(shape, n)
                     m.setdefault("ray floor", []).append(fl)
@@ -162,6 +189,8 @@ def main() -> None:
             if "slurm" in which:
                 rows.append((shape, n, "slurm", med(m["slurm"]), med(m["slurm floor"]),
                              med(m["srun"]) if "srun" in m else None, None))
+            if "steps" in which:
+                rows.append((shape, n, "steps", med(m["steps"]), med(m["steps floor"]), None, None))
             if "ray" in which:
                 rows.append((shape, n, "ray", med(m["ray"]), med(m["ray floor"]), None,
                              (med(m["ray"]) - loc, med(m["ray connect"]))))

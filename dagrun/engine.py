@@ -867,7 +867,7 @@ class Engine(Reconciler):
 
 def _spec(task: Task, g: str) -> dict:
     """What a cluster runner passes to its engine (resources, limits, its plan options)."""
-    if task.runner == "local" and not task.resources:
+    if task.runner == "local" and not task.resources and not task.slurm and not task.ray:
         return {}
     return {"resources": task.resources, "timeout": task.timeout, "kill_grace": task.kill_grace,
             "slurm": task.slurm, "ray": task.ray, "name": f"dagrun.{g}.{task.id}"}

@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -242,6 +243,12 @@ def for_driver(plans, force: str | None = None) -> "Mux":
     # engine scans the home, instead of on the first attempt
     for n in ({force} if force else names) - {"local"}:
         r = mux._get(PLAN_RUNNERS.get(n, n))
+        # what only a driver needs (Slurm steps mode: to run inside an allocation)
+        check = getattr(r, "driver_unusable", None)
+        why = check([t for p in plans for t in p.tasks if force or t.runner == n]) if check else None
+        if why:
+            from .errors import UsageError
+            raise UsageError(why)
         if hasattr(r, "warm"):
             r.warm(options_of(plans).get(n) or {})
     return mux
@@ -352,10 +359,14 @@ class _Proc:
     stopping: bool = False          # we sent TERM/KILL: nothing of this attempt may outlive it
 
 
+_INSTANCES: "weakref.WeakSet[ProcessRunner]" = weakref.WeakSet()   # every live ProcessRunner of this process
+
+
 class ProcessRunner:
     name = "process"
 
     def __init__(self):
+        _INSTANCES.add(self)     # (a cluster runner may hold one too: Slurm steps' srun processes)
         self._procs: dict[str, _Proc] = {}
         self._fd_owner: dict[int, tuple[str, str]] = {}   # fd -> (key, "out"|"err"|"pid")
         self.pidfd_ok = hasattr(os, "pidfd_open")
@@ -509,10 +520,13 @@ class ProcessRunner:
         the agent waits for); it is killed when that attempt ends. Returns how many were killed."""
         if not self._subreaper:
             return 0
-        active = {p.handle.get("run_id") for p in self._procs.values()}
+        # the agents of every ProcessRunner of this process are ours (Mux's, Slurm steps')
+        procs = [p for r in list(_INSTANCES) for p in r._procs.values()]
+        mine = {p.popen.pid for p in procs}
+        active = {p.handle.get("run_id") for p in procs}
         n = 0
         for pid in _children():
-            if str(pid) in self._procs or pid in _COMMANDS:   # an agent of ours; a hook (run_command)
+            if pid in mine or pid in _COMMANDS:   # an agent of ours; a hook (run_command)
                 continue
             if _is_zombie(pid):
                 _reap(pid)

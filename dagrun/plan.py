@@ -119,6 +119,10 @@ KNOBS: dict[str, F] = {  # allowed in "defaults" and on every task
         "partition": F("string", "sbatch --partition."),
         "account": F("string", "sbatch --account."),
         "sbatch_args": F("strings", "Extra sbatch arguments, one per item (e.g. [\"--qos=short\"])."),
+        "mode": F("enum", "\"jobs\" (default): one sbatch job per attempt; \"steps\": one `srun --exact` job step per "
+                  "attempt inside the allocation the driver runs in (`salloc ... dagrun run`, `sbatch --wrap 'dagrun "
+                  "worker --until-idle'`): ~50 ms per task instead of ~1 s; see docs/cluster.md.",
+                  choices=("jobs", "steps"), default="jobs"),
     }),
     "ray": F("options", "Options of the ray runner.", fields={
         "address": F("string", "ray.init address (\"auto\", \"HOST:PORT\", \"ray://...\"); \"local\" starts a local Ray. "

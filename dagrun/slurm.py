@@ -14,6 +14,16 @@ that left the queue without an exit file died under Slurm (node failure, out of 
 limit, a human's scancel) and ends with Slurm's state and exit code as the reason (from
 `scontrol show job`, else `sacct`). terminate/kill are `scancel` (TERM / KILL to every process
 of the job). Submissions are spaced by at least SUBMIT_INTERVAL (no sbatch storm).
+
+Steps mode (`"slurm": {"mode": "steps"}`): the driver runs inside an allocation it holds
+(`salloc ... dagrun run`, `sbatch --wrap 'dagrun worker --until-idle'`) and each attempt is a
+local child `srun --exact --nodes=1 --ntasks=1 ...` that starts one job step of that
+allocation. The srun process is run by a ProcessRunner, so liveness (pid + start time, run id),
+pipes (output streams as it comes), timeouts, cancel, stray killing and the recovery of a dead
+driver's claims are the local runner's; srun forwards TERM to the step, a KILL also
+`scancel`s the step. When the allocation ends (the driver's batch script exits) Slurm kills its
+steps. Handles carry "mode": "steps" and the allocation's job id; the step writes its node to
+claim/node and its step id to claim/step.
 """
 from __future__ import annotations
 
@@ -23,9 +33,9 @@ import shutil
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from .executor import RUN_ID_VAR, Exit, Launch, Progress, StartError, Wakeup
+from .executor import RUN_ID_VAR, Exit, Launch, ProcessRunner, Progress, StartError, Wakeup
 from .proc import HOST
 
 EXIT_POLL = (0.02, 0.1)   # s: stat of the running jobs' exit files: 2 ms per job, within these bounds
@@ -37,6 +47,9 @@ LIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "
                "SIGNALING", "STAGE_OUT", "STOPPED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD",
                "UNKNOWN-LIVE"}     # squeue did not answer: nothing is judged on a controller hiccup
 TOOLS = ("sbatch", "squeue", "scancel", "scontrol")
+STEPS = "steps"
+NO_ALLOCATION = ("runner slurm: mode \"steps\" needs the driver inside a Slurm allocation (SLURM_JOB_ID is not set): "
+                 "run it as `salloc ... dagrun run PLAN` or `sbatch --wrap 'dagrun worker --until-idle'`")
 
 
 def _run(args: list[str], env: dict | None = None, timeout: float = CMD_TIMEOUT) -> subprocess.CompletedProcess:
@@ -72,6 +85,26 @@ def sbatch_args(launch: Launch, script: str) -> list[str]:
     a += list(opts.get("sbatch_args") or [])
     a.append(script)
     return a
+
+
+def srun_args(launch: Launch, cdir: str) -> list[str]:
+    """The srun command line of a step-mode attempt: one task on one node of the allocation,
+    only the resources it asks for (--exact), the agent run as the local runner runs it after
+    the step has written its node and step id into the claim folder."""
+    spec = launch.spec or {}
+    res = spec.get("resources") or {}
+    q = shlex.quote
+    node, step = os.path.join(cdir, "node"), os.path.join(cdir, "step")
+    inner = (f"printf '%s\\n' \"${{SLURMD_NODENAME:-$(hostname)}}\" >{q(node + '.tmp')} && mv -f {q(node + '.tmp')} {q(node)}; "
+             f"printf '%s.%s\\n' \"$SLURM_JOB_ID\" \"$SLURM_STEP_ID\" >{q(step + '.tmp')} && mv -f {q(step + '.tmp')} {q(step)}; "
+             f"exec /bin/sh -c {q(launch.agent)}")
+    a = ["srun", "--quiet", "--exact", "--nodes=1", "--ntasks=1", f"--cpus-per-task={int(res.get('cpus') or 1)}",
+         f"--job-name={spec.get('name') or 'dagrun'}", f"--chdir={launch.cwd}"]
+    if res.get("mem") is not None:
+        a.append(f"--mem={res['mem']}")
+    if res.get("gpu"):
+        a.append(f"--gres=gpu:{int(res['gpu'])}")
+    return a + ["/bin/sh", "-c", inner]
 
 
 def wrapper(launch: Launch, exit_path: str) -> str:
@@ -112,6 +145,22 @@ class SlurmRunner:
         self._last_submit = 0.0
         self._next_queue = 0.0
         self.submitted = 0                 # sbatch calls by this instance (bench, tests)
+        self._steps: ProcessRunner | None = None    # runs the srun processes of steps mode
+
+    def _proc(self) -> ProcessRunner:
+        if self._steps is None:
+            self._steps = ProcessRunner()
+        return self._steps
+
+    @staticmethod
+    def driver_unusable(tasks) -> str | None:
+        """What a driver of these tasks lacks (checked when it starts): steps mode runs inside
+        the driver's own allocation."""
+        if not any((t.slurm or {}).get("mode") == STEPS for t in tasks):
+            return None
+        if shutil.which("srun") is None:
+            return "runner slurm: srun not found on PATH"
+        return None if os.environ.get("SLURM_JOB_ID", "").isdigit() else NO_ALLOCATION
 
     @staticmethod
     def unusable(opts: dict | None = None) -> str | None:
@@ -125,10 +174,14 @@ class SlurmRunner:
         return None
 
     def key(self, handle: dict) -> str:
+        if handle.get("mode") == STEPS:
+            return f"step{handle['pid']}"
         return str(handle["job"])
 
     # ------------------------------------------------------------------ start
     def start(self, launch: Launch) -> dict:
+        if ((launch.spec or {}).get("slurm") or {}).get("mode") == STEPS:
+            return self._start_step(launch)
         if not os.path.isdir(launch.cwd):
             raise StartError(f"cannot start the agent in {launch.cwd}: No such file or directory")
         cdir = os.path.dirname(launch.stdout_path)
@@ -159,10 +212,22 @@ class SlurmRunner:
         self._jobs[job] = _Job(handle, time.monotonic())
         return handle
 
+    def _start_step(self, launch: Launch) -> dict:
+        job = str(launch.env.get("SLURM_JOB_ID") or "")
+        if not job.isdigit():
+            raise StartError(NO_ALLOCATION)
+        cdir = os.path.dirname(launch.stdout_path)
+        agent = "exec " + " ".join(shlex.quote(x) for x in srun_args(launch, cdir))
+        handle = self._proc().start(replace(launch, agent=agent, runner="process"))
+        handle.update(runner=self.name, mode=STEPS, job=int(job), node_file=os.path.join(cdir, "node"),
+                      step_file=os.path.join(cdir, "step"))
+        return handle
+
     def adopt(self, handle: dict) -> bool:
         """Follow a job started by a driver that died (reattach): True if it is still queued or
-        running, or ended with its exit file written (then poll reports that exit)."""
-        if not isinstance(handle.get("job"), int):
+        running, or ended with its exit file written (then poll reports that exit). A step is
+        never adopted: its srun was the dead driver's child (it is reaped like a local agent)."""
+        if handle.get("mode") == STEPS or not isinstance(handle.get("job"), int):
             return False
         if not (os.path.exists(handle.get("exit") or "") or self._states([handle["job"]]).get(handle["job"]) in LIVE_STATES):
             return False
@@ -172,6 +237,8 @@ class SlurmRunner:
     def node(self, handle: dict) -> str | None:
         """The node the job runs on: what its wrapper wrote as claim/node when it started (or
         squeue's node list); None while it is pending."""
+        if handle.get("mode") == STEPS:
+            return handle.get("node") or _read_line(handle.get("node_file"))
         j = self._jobs.get(self.key(handle))
         if j is None:
             return handle.get("node")
@@ -181,14 +248,19 @@ class SlurmRunner:
 
     # ------------------------------------------------------------------ the loop's side
     def wakeup(self) -> Wakeup:
+        w = self._steps.wakeup() if self._steps is not None else Wakeup((), None)
         if not self._jobs:
-            return Wakeup((), None)
-        return Wakeup((), min(EXIT_POLL[1], max(EXIT_POLL[0], 0.002 * len(self._jobs))))
+            return w
+        t = min(EXIT_POLL[1], max(EXIT_POLL[0], 0.002 * len(self._jobs)))
+        return Wakeup(w.fds, t if w.timeout is None else min(t, w.timeout))
 
     def service(self, ready: set[int]) -> None:
-        pass
+        if self._steps is not None:
+            self._steps.service(ready)
 
     def progress(self, handle: dict) -> Progress:
+        if handle.get("mode") == STEPS:
+            return self._proc().progress(handle)
         j = self._jobs.get(self.key(handle))
         if j is None:
             return Progress()
@@ -199,6 +271,9 @@ class SlurmRunner:
         return Progress(out_bytes=st.st_size)
 
     def poll(self, handle: dict) -> Exit | None:
+        if handle.get("mode") == STEPS:
+            e = self._proc().poll(handle)
+            return None if e is None else replace(e, node=_read_line(handle.get("node_file")) or handle.get("node"))
         k = self.key(handle)
         j = self._jobs.get(k)
         if j is None:
@@ -286,6 +361,15 @@ class SlurmRunner:
         self._signal(handle, signal.SIGKILL)
 
     def _signal(self, handle: dict, sig: int) -> None:
+        if handle.get("mode") == STEPS:
+            # TERM: srun forwards it to the step; KILL: srun cannot forward it, so the step
+            # (if it got as far as naming itself) is scancelled too
+            if sig == signal.SIGKILL:
+                self._proc().kill(handle)
+                _cancel_step(handle)
+            else:
+                self._proc().terminate(handle)
+            return
         j = self._jobs.get(self.key(handle))
         if j is not None:
             if j.stop_sig == sig:
@@ -300,13 +384,21 @@ class SlurmRunner:
             _run(["scancel", job])          # not running yet: a pending job is just removed
 
     def alive(self, handles: dict[str, dict]) -> set[str]:
-        jobs = {h["job"]: k for k, h in handles.items() if isinstance(h.get("job"), int)}
+        steps = {k: h for k, h in handles.items() if h.get("mode") == STEPS}
+        out = self._proc().alive(steps) if steps else set()
+        jobs = {h["job"]: k for k, h in handles.items() if isinstance(h.get("job"), int) and k not in steps}
+        if not jobs:
+            return out
         st = self._states(list(jobs))
-        return {k for j, k in jobs.items() if st.get(j) in LIVE_STATES}
+        return out | {k for j, k in jobs.items() if st.get(j) in LIVE_STATES}
 
     def reap_orphan(self, handle: dict | None, grace: float, run_id: str | None = None) -> bool:
         """scancel what is left of a dead driver's job: by the job id in its handle, or (a claim
-        that died before its handle was published) by the run id sbatch put in --comment."""
+        that died before its handle was published) by the run id sbatch put in --comment.
+        A step: its srun process on this host, as the local runner reaps an agent, then the step."""
+        if (handle or {}).get("mode") == STEPS:
+            found = self._proc().reap_orphan({**handle, "runner": self._proc().name}, grace, run_id)
+            return _cancel_step(handle) or found
         job = (handle or {}).get("job")
         if not isinstance(job, int):
             rid = (handle or {}).get("run_id") or run_id
@@ -329,6 +421,17 @@ class SlurmRunner:
 
     def close(self) -> None:
         self._jobs.clear()
+        if self._steps is not None:
+            self._steps.close()
+
+
+def _cancel_step(handle: dict) -> bool:
+    """scancel the step a steps-mode attempt wrote into claim/step (KILL to its tasks, on
+    whatever node); False when it never named itself or is gone."""
+    step = _read_line(handle.get("step_file"))
+    if not step or not all(p.isdigit() for p in step.split(".")) or step.count(".") != 1:
+        return False
+    return _run(["scancel", step]).returncode == 0
 
 
 def _read_exit(path: str | None) -> int | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLES, events, kill_group, need_slurm, processes_with_env, run, spawn, task_dir, wait_for, \
+from conftest import DAGRUN, EXAMPLES, events, kill_group, need_slurm, processes_with_env, run, spawn, task_dir, wait_for, \
     write_plan
 
 slurm = pytest.mark.slurm
@@ -316,3 +316,130 @@ def test_the_node_of_each_attempt_shows_in_status_events_and_markers(tmp_path, c
     assert len(ends) == 3 and all(e["node"] == node for e in ends)
     r = run("events", "g", home=home)     # the plain event lines name the node too
     assert f"node={node}" in r.stdout or f'"node":"{node}"' in r.stdout or f'"node": "{node}"' in r.stdout
+
+
+# ------------------------------------------------------------------------------ steps mode
+def test_a_bad_slurm_mode_is_refused(tmp_path):
+    p = write_plan(tmp_path / "plans", [{"id": "a", "prompt": "p"}], goal="g", runner="slurm",
+                   defaults={"agent": "true", "slurm": {"mode": "step"}})
+    r = run("validate", p, check=2)
+    assert 'defaults.slurm.mode: must be one of "jobs", "steps", got "step"' in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_srun_command_line_of_a_step():
+    from dagrun.executor import Launch
+    from dagrun.slurm import srun_args
+    la = Launch(agent="claude -p", cwd="/w", env={}, stdin_path="/p", stdout_path="/c/stdout", stderr_path="/e",
+                run_id="r1", runner="slurm", spec={"resources": {"cpus": 3, "mem": "2G"}, "name": "dagrun.g.t",
+                                                   "slurm": {"mode": "steps"}})
+    a = srun_args(la, "/c")
+    assert a[:6] == ["srun", "--quiet", "--exact", "--nodes=1", "--ntasks=1", "--cpus-per-task=3"]
+    assert "--mem=2G" in a and "--job-name=dagrun.g.t" in a and "--chdir=/w" in a
+    assert a[-3:-1] == ["/bin/sh", "-c"] and a[-1].endswith("exec /bin/sh -c 'claude -p'")
+
+
+def _steps_plan(folder: Path, tasks: list[dict], goal: str = "st") -> Path:
+    return write_plan(folder, tasks, goal=goal, runner="slurm", defaults={"slurm": {"mode": "steps"}})
+
+
+def _steps(job: int) -> list[str]:
+    """The job steps Slurm runs for this job now (squeue -s), batch/extern steps left out."""
+    out = subprocess.run(["squeue", "-h", "-s", "-j", str(job), "-o", "%i"], capture_output=True, text=True).stdout
+    return [s for s in out.split() if s.split(".")[-1].isdigit()]
+
+
+@slurm
+def test_steps_mode_runs_the_tasks_as_steps_of_the_drivers_allocation(tmp_path, cluster):
+    agent = "printf '%s %s.%s' \"$DAGRUN_TASK\" \"$SLURM_JOB_ID\" \"$SLURM_STEP_ID\""
+    p = _steps_plan(tmp_path / "plans", [{"id": f"t{i}", "prompt": "p", "agent": agent} for i in range(20)])
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
+    # outside an allocation: refused before anything runs
+    r = subprocess.run([DAGRUN, f"--home={home}", "run", str(p)], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 2 and 'mode "steps" needs the driver inside a Slurm allocation' in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not [e for e in events(home, "st") if e.get("status") == "running"]      # submitted, nothing started
+    # the driver as the batch script of one job holding 2 CPUs: every task is a step of it
+    env, calls = _sbatch_counter(tmp_path)
+    r = subprocess.run(["sbatch", "--wait", "--parsable", "-n", "2", f"--output={tmp_path / 'driver.log'}",
+                        "--wrap", f"{DAGRUN} --home={home} run -q -j 2 {p}"],
+                       capture_output=True, text=True, env={**os.environ, **env}, timeout=180)
+    assert r.returncode == 0, (r.stderr, (tmp_path / "driver.log").read_text())
+    job = int(r.stdout.strip().split(";")[0])
+    assert "goal st done: 20 done" in (tmp_path / "driver.log").read_text()
+    assert len(calls.read_text().splitlines()) == 1                 # our sbatch only: no job per task
+    outs = _outputs(home, "st")
+    assert len(outs) == 20
+    steps = set()
+    for t, o in outs.items():
+        name, step = o.split()
+        assert name == t and step.split(".")[0] == str(job)
+        steps.add(step)
+    assert len(steps) == 20                                         # 20 distinct steps of that one job
+    node = _slurm_node()
+    evs = events(home, "st")
+    running = [e for e in evs if e.get("status") == "running"]
+    assert len(running) == 20 and all(e["runner"] == "slurm" and e["job"] == job for e in running)
+    done = [e for e in evs if e.get("status") == "done"]
+    assert len(done) == 20 and all(e["node"] == node for e in done)
+    assert json.loads((task_dir(home, "st", "t0") / "done").read_text())["node"] == node
+
+
+@slurm
+def test_cancel_of_a_step_task_kills_the_step(tmp_path, cluster):
+    p = _steps_plan(tmp_path / "plans", [{"id": "long", "prompt": "p", "agent": "sleep 120"},
+                                         {"id": "after", "prompt": "p", "agent": "true", "deps": ["long"]}])
+    home = tmp_path / "home"
+    r = subprocess.run(["sbatch", "--parsable", "-n", "1", f"--output={tmp_path / 'driver.log'}",
+                        "--wrap", f"{DAGRUN} --home={home} run -q {p}"], capture_output=True, text=True, check=True)
+    job = int(r.stdout.strip().split(";")[0])
+    try:
+        step_file = task_dir(home, "st", "long") / "claim" / "step"
+        wait_for(step_file.exists, timeout=60, what="the step started")
+        step = step_file.read_text().strip()
+        assert step.split(".")[0] == str(job) and step in _steps(job)
+        assert processes_with_env("DAGRUN_HOME", str(home))
+        r = run("cancel", "st", "long", home=home, timeout=60)
+        assert json.loads((task_dir(home, "st", "long") / "cancelled").read_text())
+        wait_for(lambda: step not in _steps(job), timeout=30, what="the step gone from squeue -s")
+        wait_for(lambda: not processes_with_env("DAGRUN_HOME", str(home)), timeout=30, what="the agent killed")
+        # the driver ends (its goal has nothing left to run), and the allocation with it
+        wait_for(lambda: _scontrol(job).get("JobState") in ("COMPLETED", "FAILED", None), timeout=60,
+                 what="the driver's job ended")
+    finally:
+        _scancel_all([job])
+    assert not (task_dir(home, "st", "after") / "done").exists()
+    assert "goal st cancelled: 1 cancelled, 1 blocked" in (tmp_path / "driver.log").read_text()
+
+
+@slurm
+def test_steps_die_with_a_killed_driver_and_the_next_driver_runs_them_again(tmp_path, cluster):
+    """The driver is the job's script: SIGKILL it and the job ends, Slurm kills its steps; a
+    new driver (a new allocation) records the attempt lost and runs the task again."""
+    p = _steps_plan(tmp_path / "plans", [{"id": "a", "prompt": "p",
+                                          "agent": "[ \"$DAGRUN_ATTEMPT\" = 1 ] && sleep 120; printf 'ran %s' \"$SLURM_JOB_ID\""}])
+    home = tmp_path / "home"
+    pidfile = tmp_path / "driver.pid"
+    r = subprocess.run(["sbatch", "--parsable", "-n", "1", "--output=/dev/null",
+                        "--wrap", f"{DAGRUN} --home={home} run -q {p} & echo $! >{pidfile}; wait"],
+                       capture_output=True, text=True, check=True)
+    job = int(r.stdout.strip().split(";")[0])
+    try:
+        wait_for((task_dir(home, "st", "a") / "claim" / "step").exists, timeout=60, what="the step started")
+        step = (task_dir(home, "st", "a") / "claim" / "step").read_text().strip()
+        os.kill(int(pidfile.read_text()), signal.SIGKILL)          # the driver dies; its script ends
+        wait_for(lambda: _scontrol(job).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", None), timeout=60,
+                 what="the driver's job ended")
+        wait_for(lambda: step not in _steps(job), timeout=30, what="the step gone")
+        wait_for(lambda: not processes_with_env("DAGRUN_HOME", str(home)), timeout=35, what="the agent killed")
+        r = subprocess.run(["sbatch", "--wait", "--parsable", "-n", "1", f"--output={tmp_path / 'driver2.log'}",
+                            "--wrap", f"{DAGRUN} --home={home} run -q {p}"], capture_output=True, text=True, timeout=120)
+        job2 = int(r.stdout.strip().split(";")[0])
+        assert r.returncode == 0, (tmp_path / "driver2.log").read_text()
+    finally:
+        _scancel_all([job])
+    assert (task_dir(home, "st", "a") / "output").read_text() == f"ran {job2}"
+    lost = json.loads((task_dir(home, "st", "a") / "attempts" / "1.json").read_text())
+    assert lost["outcome"] == "lost"
+    assert json.loads((task_dir(home, "st", "a") / "done").read_text())["attempt"] == 2
