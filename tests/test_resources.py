@@ -366,3 +366,8 @@ def test_crash_while_taking_and_giving_back_units(tmp_path):
 @pytest.mark.slow
 def test_crash_at_every_step_of_taking_and_giving_back_units(tmp_path):
     assert _crash_walk_units(tmp_path) >= 100
+
+
+def test_a_usage_error_of_a_sub_command_names_its_whole_path(tmp_path):
+    r = run("resources", "set", "gpu", "-1", home=tmp_path / "home", check=2)
+    assert "(see: dagrun resources set --help)" in r.stderr and r.stderr.count("\n") == 1, r.stderr

@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
         print(e.format_message() if hasattr(e, "format_message") else str(e), file=sys.stderr)
         code = ExitCode.USAGE
     except cx.UsageError as e:
-        hint = f" (see: dagrun {e.ctx.info_name} --help)" if getattr(e, "ctx", None) and e.ctx.info_name != "dagrun" else \
+        ctx = getattr(e, "ctx", None)      # the whole path: `dagrun resources set`, not `dagrun set`
+        hint = f" (see: {ctx.command_path} --help)" if ctx is not None and ctx.info_name != "dagrun" else \
             " (see: dagrun --help)"
         _err(e.format_message().replace("\n", " ") + hint)
         code = ExitCode.USAGE
