@@ -169,7 +169,7 @@ def _no_stray_agents(tmp_path_factory):
         return set(processes_with_env("DAGRUN_RUN_ID")) & set(processes_with_env("DAGRUN_HOME", mine))
     before = agents()
     yield
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 15   # a remote runner (Ray) stops a cancelled agent asynchronously
     left = []
     while time.monotonic() < deadline:
         left = [p for p in agents() if p not in before]
