@@ -435,14 +435,8 @@ def _cancel_step(handle: dict) -> bool:
 
 
 def _read_exit(path: str | None) -> int | None:
-    if not path:
-        return None
-    try:
-        with open(path) as f:
-            s = f.read().strip()
-    except OSError:
-        return None
-    return int(s) if s.isdigit() else None
+    s = _read_line(path)
+    return int(s) if s is not None and s.isdigit() else None
 
 
 def _read_line(path: str | None) -> str | None:
