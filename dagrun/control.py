@@ -52,7 +52,11 @@ def cancel(home: Home, g: str, t: str | None, *, by: str, reason: str = "",
         st = sched.state_of(t)
         if st == S.DONE or (st == S.CANCELLED and t not in unheard):
             raise Refused(f"cannot cancel {g}/{t}: it is already {st}")
-        targets = [t]
+        # an expanded fan-out template is the join of its instances: cancelling it cancels
+        # the instances still to finish too (the join first, then each instance, so each gets
+        # its own cancelled marker rather than a "blocked" on the way)
+        live = (S.WAITING, S.READY, S.RUNNING, S.RETRYING)
+        targets = [t] + [x for x in plan.task(t).instances if sched.state_of(x) in live or x in unheard]
     else:
         # dependents first: each gets its own cancelled marker, not a "blocked" on the way
         targets = [sched.ids[i] for i in reversed(sched.order)

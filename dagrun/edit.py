@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from . import events as ev
-from . import executor, fanout, fanrules
+from . import executor, fanrules
 from . import fsio
 from . import plan as planmod
 from . import resources as res
@@ -184,6 +184,7 @@ def _expand_as_before(home: Home, old: Plan, plan: Plan) -> Plan:
         if len(items) != o.fanout:
             continue
         try:
+            from . import fanout      # only a resubmit of an expanded goal needs it (keeps submit's start-up small)
             plan = fanout.build(plan, tid, items)
         except fanrules.FanoutError:
             continue

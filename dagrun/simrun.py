@@ -62,7 +62,38 @@ def _by_agent(launch: Launch) -> Outcome:
     return Outcome()
 
 
-class FakeRunner:
+class _InDriver:
+    """What the three in-driver runners share: an attempt leaves no process behind its
+    driver, so there is never an orphan to reap, and by default nothing to service, no
+    progress to report and nothing to stop (FakeRunner overrides what it simulates)."""
+    name = "in-driver"
+
+    def key(self, handle: dict) -> str:
+        return f"{self.name}-{handle['id']}"
+
+    def terminate(self, handle: dict) -> None:
+        pass
+
+    def kill(self, handle: dict) -> None:
+        pass
+
+    def service(self, ready: set[int]) -> None:
+        pass
+
+    def progress(self, handle: dict) -> Progress:
+        return Progress()
+
+    def reap_orphan(self, handle: dict | None, grace: float, run_id: str | None = None) -> bool:
+        return False       # an in-driver attempt ends with its driver: nothing is left to stop
+
+    def alive(self, handles: dict[str, dict]) -> set[str]:
+        return set()
+
+    def close(self) -> None:
+        pass
+
+
+class FakeRunner(_InDriver):
     name = "fake"
 
     def __init__(self, decide: Callable[[Launch], Outcome] | dict[str, Outcome] | None = None):
@@ -73,9 +104,6 @@ class FakeRunner:
         self.started: list[Launch] = []
         self._runs: dict[str, _Attempt] = {}
         self._ids = itertools.count(1)
-
-    def key(self, handle: dict) -> str:
-        return f"fake-{handle['id']}"
 
     def start(self, launch: Launch) -> dict:
         o = self.decide(launch)
@@ -129,9 +157,6 @@ class FakeRunner:
                for a in self._runs.values() if a.exit is not None or a.ends_at is not None]
         return Wakeup((), max(0.0, min(due)) if due else None)
 
-    def service(self, ready: set[int]) -> None:
-        pass
-
     def progress(self, handle: dict) -> Progress:
         a = self._runs.get(self.key(handle))
         return Progress() if a is None else self._progress(a)
@@ -141,9 +166,6 @@ class FakeRunner:
         return Progress(out_bytes=a.out_bytes, err_bytes=len(a.outcome.stderr), first_byte=out,
                         last_output=a.t0, over_limit=a.over_limit)
 
-    def reap_orphan(self, handle: dict | None, grace: float, run_id: str | None = None) -> bool:
-        return False       # a fake attempt ends with its driver: nothing is left to stop
-
     def alive(self, handles: dict[str, dict]) -> set[str]:
         return {k for k, h in handles.items() if isinstance(h, dict) and h.get("driver") == os.getpid()
                 and self._runs.get(self.key(h)) is not None}
@@ -152,7 +174,7 @@ class FakeRunner:
         self._runs.clear()
 
 
-class DryRunner:
+class DryRunner(_InDriver):
     """Starts nothing: every attempt succeeds the moment it is polled. `started` is the order."""
     name = "dry"
 
@@ -160,9 +182,6 @@ class DryRunner:
         self.started: list[Launch] = []
         self._ids = itertools.count(1)
         self._live: set[str] = set()
-
-    def key(self, handle: dict) -> str:
-        return f"dry-{handle['id']}"
 
     def start(self, launch: Launch) -> dict:
         handle = {"runner": self.name, "id": next(self._ids)}
@@ -174,29 +193,8 @@ class DryRunner:
         self._live.discard(self.key(handle))
         return Exit(0, None, Progress())
 
-    def terminate(self, handle: dict) -> None:
-        pass
-
-    def kill(self, handle: dict) -> None:
-        pass
-
     def wakeup(self) -> Wakeup:
         return Wakeup((), 0.0 if self._live else None)
-
-    def service(self, ready: set[int]) -> None:
-        pass
-
-    def progress(self, handle: dict) -> Progress:
-        return Progress()
-
-    def reap_orphan(self, handle: dict | None, grace: float, run_id: str | None = None) -> bool:
-        return False
-
-    def alive(self, handles: dict[str, dict]) -> set[str]:
-        return set()
-
-    def close(self) -> None:
-        pass
 
 
 class VirtualClock:
@@ -213,7 +211,7 @@ class VirtualClock:
         self.now += max(0.0, dt)
 
 
-class SimRunner:
+class SimRunner(_InDriver):
     """`dagrun simulate`'s runner: an attempt "runs" on a virtual clock for the seconds the
     simulator predicts for it (`seconds(launch)`), then exits 0. wakeup() says how far the
     clock must move for the next attempt to end; nothing is started, nothing is written."""
@@ -225,9 +223,6 @@ class SimRunner:
         self.started: list[Launch] = []
         self._ends: dict[str, float] = {}
         self._ids = itertools.count(1)
-
-    def key(self, handle: dict) -> str:
-        return f"sim-{handle['id']}"
 
     def start(self, launch: Launch) -> dict:
         handle = {"runner": self.name, "id": next(self._ids)}
@@ -243,25 +238,10 @@ class SimRunner:
         self._ends.pop(k, None)
         return Exit(0, None, Progress())
 
-    def terminate(self, handle: dict) -> None:
-        pass
-
-    def kill(self, handle: dict) -> None:
-        pass
-
     def wakeup(self) -> Wakeup:
         if not self._ends:
             return Wakeup((), None)
         return Wakeup((), max(0.0, min(self._ends.values()) - self.clock.now))
-
-    def service(self, ready: set[int]) -> None:
-        pass
-
-    def progress(self, handle: dict) -> Progress:
-        return Progress()
-
-    def reap_orphan(self, handle: dict | None, grace: float, run_id: str | None = None) -> bool:
-        return False
 
     def alive(self, handles: dict[str, dict]) -> set[str]:
         return {k for k, h in handles.items() if isinstance(h, dict) and self.key(h) in self._ends}

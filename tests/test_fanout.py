@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import DAGRUN, run, write_plan
+from conftest import DAGRUN, agents_of, run, spawn, wait_for, write_plan
 
 PY = sys.executable
 
@@ -210,3 +210,21 @@ def test_items_and_placeholders_rules():
     with pytest.raises(FanoutError, match="item 0 has no field 'b'"):
         substitute("{{f.b}}", "f", {"a": 1}, 0)
     assert template_of("port.12") == "port" and template_of("v1.2.x") is None and template_of("a.01") is None
+
+
+def test_cancelling_an_expanded_template_cancels_its_running_instances(tmp_path):
+    """The template is the join of its instances: `dagrun cancel g migrate` stops them too,
+    and the goal ends (it does not wait for instances nobody wants any more)."""
+    home = tmp_path / "home"
+    plan = _plan(tmp_path, json.dumps(["a", "b", "c"]), template={"prompt": "{{item}}", "agent": "sleep 60"})
+    p = spawn("run", plan, "-j", "4", home=home)
+    tasks = home / "goals/g/tasks"
+    wait_for(lambda: all((tasks / f"migrate.{k}/claim").is_dir() for k in range(3)), what="three instances running")
+    out = run("cancel", "g", "migrate", home=home).stdout.split()
+    assert out == ["migrate", "migrate.0", "migrate.1", "migrate.2"]
+    assert p.wait(timeout=30) == 1
+    for k in range(3):
+        assert (tasks / f"migrate.{k}/cancelled").exists() and not (tasks / f"migrate.{k}/claim").exists()
+    assert agents_of(home) == []
+    st = json.loads(run("status", "g", "--json", home=home, check=False).stdout)
+    assert st["counts"] == {"done": 1, "cancelled": 4, "blocked": 1}
