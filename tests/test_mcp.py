@@ -183,18 +183,57 @@ def test_claude_code_started_by_dagrun_gets_the_dagrun_tools(tmp_path):
 
 def test_dagrun_mcp_option_config_per_cli(tmp_path):
     """The preset option --dagrun-mcp: what each CLI gets for one run (no secret, this home)."""
+    import tomllib
     from dagrun import mcpconfig
-    home, exe, path = str(tmp_path / "home"), "/opt/venv/bin/dagrun", str(tmp_path / "claim" / "mcp.json")
-    args, content = mcpconfig.run_args("claude", home, exe, path)
-    assert args == ["--mcp-config", path]
-    assert json.loads(content) == {"mcpServers": {"dagrun": {"command": exe, "args": ["--home", home, "mcp"]}}}
-    for client in ("codex", "gemini"):      # no per-run way that works (docs/integrations.md)
-        with pytest.raises(ValueError):
-            mcpconfig.run_args(client, home, exe, path)
+    home, exe, side = str(tmp_path / "home"), "/opt/venv/bin/dagrun", str(tmp_path / "claim")
+    srv = {"command": exe, "args": ["--home", home, "mcp"]}
+    c = mcpconfig.run_args("claude", home, exe, side, {})
+    path = os.path.join(side, "mcp.json")
+    assert c.args == ["--mcp-config", path] and c.env == {}
+    assert json.loads(c.files[path]) == {"mcpServers": {"dagrun": srv}}
+    c = mcpconfig.run_args("codex", home, exe, side, {})        # -c overrides, no file
+    assert c.files == {} and c.env == {} and c.args[::2] == ["-c"] * 4
+    over = dict(a.split("=", 1) for a in c.args[1::2])
+    assert tomllib.loads("\n".join(f"{k} = {v}" for k, v in over.items())) == {"mcp_servers": {"dagrun": {
+        **srv, "default_tools_approval_mode": "approve", "env_vars": ["DAGRUN_GOAL", "DAGRUN_TASK"]}}}
+    c = mcpconfig.run_args("gemini", home, exe, side, {"GEMINI_API_KEY": "AIza-not-a-real-key", "HOME": str(tmp_path / "nohome")})
+    gh = os.path.join(side, "gemini-home")
+    assert c.args == [] and c.env == {"GEMINI_CLI_HOME": gh, "GEMINI_CLI_TRUSTED_FOLDERS_PATH":
+                                      str(tmp_path / "nohome" / ".gemini" / "trustedFolders.json")}
+    assert json.loads(c.files[os.path.join(gh, ".gemini", "settings.json")]) == {
+        "security": {"auth": {"selectedType": "gemini-api-key"}}, "mcpServers": {"dagrun": {**srv, "trust": True}}}
+    assert "AIza" not in json.dumps(c)                # the key stays in the environment
+
+
+def test_dagrun_mcp_gemini_auth_must_come_from_the_environment(tmp_path):
+    """The per-run Gemini home hides ~/.gemini: the user's auth type (only that) is read from
+    their settings; a login kept in ~/.gemini (oauth) or no auth at all is a one-line refusal."""
+    from dagrun import mcpconfig
+
+    def user(selected):
+        d = tmp_path / f"u-{selected}"
+        (d / ".gemini").mkdir(parents=True)
+        (d / ".gemini/settings.json").write_text(json.dumps({"security": {"auth": {"selectedType": selected}},
+                                                             "mcpServers": {"mine": {"env": {"TOKEN": "s3cret"}}}}))
+        return str(d)
+
+    def settings(environ):
+        c = mcpconfig.run_args("gemini", "/h", "/bin/dagrun", str(tmp_path / "claim"), environ)
+        return json.loads(next(iter(c.files.values())))
+
+    assert settings({"HOME": user("vertex-ai")})["security"]["auth"]["selectedType"] == "vertex-ai"
+    s = settings({"GEMINI_CLI_HOME": user("gemini-api-key"), "HOME": "/nonexistent"})
+    assert s["security"]["auth"]["selectedType"] == "gemini-api-key" and "s3cret" not in json.dumps(s)
+    assert settings({"HOME": "/nonexistent", "GOOGLE_GENAI_USE_VERTEXAI": "true"})["security"]["auth"][
+        "selectedType"] == "vertex-ai"
+    with pytest.raises(mcpconfig.Unavailable, match="'oauth-personal'"):
+        settings({"HOME": user("oauth-personal"), "GEMINI_API_KEY": "k"})
+    with pytest.raises(mcpconfig.Unavailable, match="GEMINI_API_KEY"):
+        settings({"HOME": "/nonexistent"})
 
 
 def test_dagrun_mcp_option_refused_for_a_preset_that_cannot_take_it(tmp_path):
-    for name in ("llm", "codex", "gemini"):
+    for name in ("llm", "aider"):
         plan = write_plan(tmp_path / name, [{"id": "a", "prompt": "x", "agent": f"@{name} --dagrun-mcp"}], goal="g")
         p = run("run", plan, home=tmp_path / "home", check=False)
         assert p.returncode == 2, p.stderr
