@@ -14,6 +14,11 @@ CLIENTS = ("claude", "codex", "gemini")
 BY_PARSER = {"claude-json": "claude", "codex-jsonl": "codex", "gemini-json": "gemini"}  # presets that
 #                                                   can take it per run (see docs/integrations.md)
 GEMINI_ENV_AUTH = ("gemini-api-key", "vertex-ai")   # Gemini CLI auth types that live in the environment
+# How long a CLI may wait for the server: its start (the `mcp` SDK's import alone takes 1-3 s
+# on a loaded 2-core machine, bench/mcp_startup.py) and one tool call (`cancel` waits for
+# the cancelled agents to end). Generous: the task's own timeout bounds the run anyway.
+STARTUP_TIMEOUT_S = 60
+TOOL_TIMEOUT_S = 600
 
 
 class Unavailable(Exception):
@@ -36,11 +41,26 @@ def client_config(client: str, home, exe: str) -> str:
     if client == "claude":        # claude --mcp-config FILE (or the JSON itself)
         return json.dumps({"mcpServers": {"dagrun": {"command": exe, "args": args}}}, indent=2) + "\n"
     if client == "gemini":        # .gemini/settings.json
-        return json.dumps({"mcpServers": {"dagrun": {"command": exe, "args": args}}}, indent=2) + "\n"
+        return json.dumps({"mcpServers": {"dagrun": {"command": exe, "args": args, **GEMINI_WAIT}}},
+                          indent=2) + "\n"
     if client == "codex":         # ~/.codex/config.toml
         q = ", ".join(_toml_str(a) for a in args)
-        return f"[mcp_servers.dagrun]\ncommand = {_toml_str(exe)}\nargs = [{q}]\n"
+        return (f"[mcp_servers.dagrun]\ncommand = {_toml_str(exe)}\nargs = [{q}]\n"
+                + "".join(f"{k} = {v}\n" for k, v in CODEX_WAIT))
     raise ValueError(client)
+
+
+# Codex (0.169): `required` makes the session wait for the server before the first model
+# request and fail ("required MCP servers failed to initialize: dagrun: ...") if it cannot
+# start; without it Codex starts MCP servers in the background, and a model request made
+# before `dagrun mcp` answered (its tool_search included) sees none of its tools.
+# startup_timeout_sec (default 30) bounds that wait, tool_timeout_sec (default 60) a call.
+CODEX_WAIT = (("required", "true"), ("startup_timeout_sec", str(STARTUP_TIMEOUT_S)),
+              ("tool_timeout_sec", str(TOOL_TIMEOUT_S)))
+# Gemini CLI (0.61): `gemini -p` always waits for its MCP servers before the first request;
+# the per-server `timeout` (ms, default 600000) bounds the connection, the tool listing and
+# each call. Set explicitly, so the bound is dagrun's and not a default that may change.
+GEMINI_WAIT = {"timeout": TOOL_TIMEOUT_S * 1000}
 
 
 def _toml_str(s: str) -> str:
@@ -67,7 +87,8 @@ def run_args(client: str, home_root: str, exe: str, side_dir: str,
     codex: `-c` overrides of `mcp_servers.dagrun` (TOML values) on top of the user's
     ~/.codex/config.toml, the dagrun tools approved for this run (`codex exec` never asks,
     so a tool that needs approval would always be refused) and DAGRUN_GOAL/DAGRUN_TASK
-    passed on (Codex gives MCP servers a bare environment).
+    passed on (Codex gives MCP servers a bare environment), and the server `required`, so
+    the run waits for it (CODEX_WAIT).
     gemini: Gemini CLI takes MCP servers only from settings files; the per-run one is a
     Gemini home of its own (GEMINI_CLI_HOME=side_dir/gemini-home) whose settings.json names
     the server with "trust": true (without it `gemini -p` offers none of its tools). That
@@ -84,12 +105,14 @@ def run_args(client: str, home_root: str, exe: str, side_dir: str,
         return RunConfig(["-c", f"mcp_servers.dagrun.command={_toml_str(exe)}",
                           "-c", f"mcp_servers.dagrun.args=[{args}]",
                           "-c", 'mcp_servers.dagrun.default_tools_approval_mode="approve"',
-                          "-c", 'mcp_servers.dagrun.env_vars=["DAGRUN_GOAL", "DAGRUN_TASK"]'], {}, {})
+                          "-c", 'mcp_servers.dagrun.env_vars=["DAGRUN_GOAL", "DAGRUN_TASK"]']
+                         + [a for k, v in CODEX_WAIT for a in ("-c", f"mcp_servers.dagrun.{k}={v}")], {}, {})
     if client == "gemini":
         gh = os.path.join(side_dir, "gemini-home")
         user = _user_gemini_dir(environ)
         settings = {"security": {"auth": {"selectedType": _gemini_auth(environ, user)}},
-                    "mcpServers": {"dagrun": {"command": exe, "args": ["--home", home_root, "mcp"], "trust": True}}}
+                    "mcpServers": {"dagrun": {"command": exe, "args": ["--home", home_root, "mcp"],
+                                              "trust": True, **GEMINI_WAIT}}}
         # the folders the user trusted stay trusted (a headless run in an untrusted folder exits 55)
         trusted = environ.get("GEMINI_CLI_TRUSTED_FOLDERS_PATH") or os.path.join(user, "trustedFolders.json")
         return RunConfig([], {os.path.join(gh, ".gemini", "settings.json"): json.dumps(settings, indent=2) + "\n"},

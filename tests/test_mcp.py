@@ -5,6 +5,7 @@ import json
 import os
 import re
 import subprocess
+import tomllib
 
 import pytest
 
@@ -135,9 +136,12 @@ def test_print_config_for_each_client(tmp_path):
     cfg = json.loads(run("mcp", "--print-config", "claude", home=home).stdout)
     srv = cfg["mcpServers"]["dagrun"]
     assert srv["args"] == ["--home", str(home), "mcp"] and os.path.basename(srv["command"]) == "dagrun"
-    assert json.loads(run("mcp", "--print-config", "gemini", home=home).stdout)["mcpServers"]["dagrun"] == srv
+    assert json.loads(run("mcp", "--print-config", "gemini", home=home).stdout)["mcpServers"]["dagrun"] == {
+        **srv, "timeout": 600000}                 # ms: connecting, listing the tools, each call
     toml = run("mcp", "--print-config", "codex", home=home).stdout
-    assert toml.startswith("[mcp_servers.dagrun]\n") and f'"{home}"' in toml
+    assert toml.startswith("[mcp_servers.dagrun]\n")
+    assert tomllib.loads(toml) == {"mcp_servers": {"dagrun": {**srv, "required": True, "startup_timeout_sec": 60,
+                                                              "tool_timeout_sec": 600}}}
     p = run("mcp", "--print-config", "vim", home=home, check=2)
     assert "unknown client 'vim'" in p.stderr
 
@@ -183,7 +187,6 @@ def test_claude_code_started_by_dagrun_gets_the_dagrun_tools(tmp_path):
 
 def test_dagrun_mcp_option_config_per_cli(tmp_path):
     """The preset option --dagrun-mcp: what each CLI gets for one run (no secret, this home)."""
-    import tomllib
     from dagrun import mcpconfig
     home, exe, side = str(tmp_path / "home"), "/opt/venv/bin/dagrun", str(tmp_path / "claim")
     srv = {"command": exe, "args": ["--home", home, "mcp"]}
@@ -192,16 +195,18 @@ def test_dagrun_mcp_option_config_per_cli(tmp_path):
     assert c.args == ["--mcp-config", path] and c.env == {}
     assert json.loads(c.files[path]) == {"mcpServers": {"dagrun": srv}}
     c = mcpconfig.run_args("codex", home, exe, side, {})        # -c overrides, no file
-    assert c.files == {} and c.env == {} and c.args[::2] == ["-c"] * 4
+    assert c.files == {} and c.env == {} and c.args[::2] == ["-c"] * 7
     over = dict(a.split("=", 1) for a in c.args[1::2])
     assert tomllib.loads("\n".join(f"{k} = {v}" for k, v in over.items())) == {"mcp_servers": {"dagrun": {
-        **srv, "default_tools_approval_mode": "approve", "env_vars": ["DAGRUN_GOAL", "DAGRUN_TASK"]}}}
+        **srv, "default_tools_approval_mode": "approve", "env_vars": ["DAGRUN_GOAL", "DAGRUN_TASK"],
+        "required": True, "startup_timeout_sec": 60, "tool_timeout_sec": 600}}}
     c = mcpconfig.run_args("gemini", home, exe, side, {"GEMINI_API_KEY": "AIza-not-a-real-key", "HOME": str(tmp_path / "nohome")})
     gh = os.path.join(side, "gemini-home")
     assert c.args == [] and c.env == {"GEMINI_CLI_HOME": gh, "GEMINI_CLI_TRUSTED_FOLDERS_PATH":
                                       str(tmp_path / "nohome" / ".gemini" / "trustedFolders.json")}
     assert json.loads(c.files[os.path.join(gh, ".gemini", "settings.json")]) == {
-        "security": {"auth": {"selectedType": "gemini-api-key"}}, "mcpServers": {"dagrun": {**srv, "trust": True}}}
+        "security": {"auth": {"selectedType": "gemini-api-key"}},
+        "mcpServers": {"dagrun": {**srv, "trust": True, "timeout": 600000}}}
     assert "AIza" not in json.dumps(c)                # the key stays in the environment
 
 
