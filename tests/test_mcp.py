@@ -41,16 +41,26 @@ def _session(home, fn):
     return anyio.run(main)
 
 
-def test_a_whole_goal_through_mcp(tmp_path):
-    home = tmp_path / "home"
-    plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "write A", "agent": "true"},
-                                       {"id": "b", "deps": ["a"], "prompt": "use it", "agent": "true"}], goal="g")
-    run("submit", plan, home=home)
+@pytest.fixture
+def home(tmp_path):
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def submit(tmp_path, home):
+    """submit(tasks): goal `g` with these tasks submitted to `home` (nothing runs them)."""
+    def submit(tasks):
+        run("submit", write_plan(tmp_path / "p", tasks, goal="g"), home=home)
+    return submit
+
+
+def test_a_whole_goal_through_mcp(home, submit):
+    submit([{"id": "a", "prompt": "write A", "agent": "true"},
+            {"id": "b", "deps": ["a"], "prompt": "use it", "agent": "true"}])
 
     async def drive(s):
         names = {t.name for t in (await s.list_tools()).tools}
-        assert names == {"status", "output", "logs", "claim", "complete", "fail", "heartbeat", "add", "cancel",
-                         "retry"}
+        assert names == TOOLS
         c = _data(await s.call_tool("claim", {"goal": "g", "worker": "mcp-agent"}))
         assert c["claimed"] and c["task"] == "a" and c["prompt"].startswith("write A")
         assert _text(await s.call_tool("heartbeat", {"goal": "g", "task": "a"})) == "ok"
@@ -82,11 +92,8 @@ def test_a_whole_goal_through_mcp(tmp_path):
     assert json.loads((home / "goals/g/tasks/a/done").read_text())["worker"] == "mcp-agent"
 
 
-def test_refusals_are_tool_errors(tmp_path):
-    home = tmp_path / "home"
-    plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "agent": "true"},
-                                       {"id": "b", "prompt": "x", "agent": "true"}], goal="g")
-    run("submit", plan, home=home)
+def test_refusals_are_tool_errors(home, submit):
+    submit([{"id": "a", "prompt": "x", "agent": "true"}, {"id": "b", "prompt": "x", "agent": "true"}])
     # another process holds a's claim (a script's claim for a sleeping holder)
     holder = subprocess.Popen(["sleep", "60"])
     try:
@@ -131,8 +138,7 @@ def test_refusals_are_tool_errors(tmp_path):
     assert not (home / "goals/g/tasks/a/done").exists()       # the refusals changed nothing
 
 
-def test_print_config_for_each_client(tmp_path):
-    home = tmp_path / "home"
+def test_print_config_for_each_client(home):
     cfg = json.loads(run("mcp", "--print-config", "claude", home=home).stdout)
     srv = cfg["mcpServers"]["dagrun"]
     assert srv["args"] == ["--home", str(home), "mcp"] and os.path.basename(srv["command"]) == "dagrun"
@@ -147,14 +153,30 @@ def test_print_config_for_each_client(tmp_path):
 
 
 REAL = "/tmp/realagents"
+TOOLS = {"status", "output", "logs", "claim", "complete", "fail", "heartbeat", "add", "cancel", "retry"}
 
 
-@pytest.mark.realagents
-def test_claude_code_started_by_dagrun_gets_the_dagrun_tools(tmp_path):
-    """A real Claude Code (against the local mock LLM) run as a task with the config of
-    `dagrun mcp --print-config claude` starts our server and offers its tools to the model."""
-    claude = os.path.join(REAL, "bin", "claude-mock")
+class _ClaudeMock:
+    """The real Claude Code wrapper against the shared mock LLM, and what the mock saw of
+    one task: its request log lines carrying the task's token (other users of the mock do
+    not count)."""
+    cli = os.path.join(REAL, "bin", "claude-mock")
     log = os.path.join(REAL, "mock.log")
+
+    def __init__(self):
+        self.token = f"dagrun-mcp-probe-{os.getpid()}-{os.urandom(4).hex()}"
+        self.start = os.path.getsize(self.log)
+
+    def requests(self) -> str:
+        with open(self.log, "rb") as f:
+            f.seek(self.start)
+            mine = [x for x in f.read().decode("utf-8", "replace").splitlines() if self.token in x]
+        assert mine, "the mock never saw the task's request"
+        return "\n".join(mine)
+
+
+@pytest.fixture
+def claude_mock():
     alive = False
     try:
         with open(os.path.join(REAL, "mock.pid")) as f:
@@ -162,27 +184,30 @@ def test_claude_code_started_by_dagrun_gets_the_dagrun_tools(tmp_path):
         alive = True
     except (OSError, ValueError):
         pass
-    if not (os.access(claude, os.X_OK) and alive):
+    if not (os.access(_ClaudeMock.cli, os.X_OK) and alive):
+        why = f"{_ClaudeMock.cli} or its mock LLM is not there (see /work/shared/realagents/README.md)"
         if os.environ.get("CI") == "true":
-            pytest.fail(f"{claude} or its mock LLM is missing (see /work/shared/realagents/README.md)")
-        pytest.skip(f"{claude} or its mock LLM is not there (see /work/shared/realagents/README.md)")
-    home = tmp_path / "home"
+            pytest.fail(why)
+        pytest.skip(why)
+    return _ClaudeMock()
+
+
+@pytest.mark.realagents
+def test_claude_code_started_by_dagrun_gets_the_dagrun_tools(tmp_path, home, claude_mock):
+    """A real Claude Code (against the local mock LLM) run as a task with the config of
+    `dagrun mcp --print-config claude` starts our server and offers its tools to the model."""
     cfg = tmp_path / "mcp.json"
     cfg.write_text(run("mcp", "--print-config", "claude", home=home).stdout)
-    token = f"dagrun-mcp-probe-{os.getpid()}-{os.urandom(4).hex()}"
+    token = claude_mock.token
     plan = write_plan(tmp_path / "p", [{"id": "ask", "prompt": f"{token}: list the goal's tasks",
-                                        "agent": f"{claude} --mcp-config {cfg} --strict-mcp-config"}], goal="g")
-    start = os.path.getsize(log)
+                                        "agent": f"{claude_mock.cli} --mcp-config {cfg} --strict-mcp-config"}],
+                      goal="g")
     run("run", plan, home=home, timeout=180)
     assert token in (home / "goals/g/tasks/ask/output").read_text()
-    with open(log, "rb") as f:
-        f.seek(start)
-        mine = [x for x in f.read().decode("utf-8", "replace").splitlines() if token in x]
-    assert mine, "the mock never saw the task's request"
+    mine = claude_mock.requests()
     # Claude Code names MCP tools mcp__<server>__<tool> (offered directly or via its tool search)
-    seen = set(re.findall(r"mcp__dagrun__([a-z]+)", "\n".join(mine)))
-    assert seen >= {"status", "output", "logs", "claim", "complete", "fail", "heartbeat", "add", "cancel",
-                    "retry"}, sorted(seen)
+    seen = set(re.findall(r"mcp__dagrun__([a-z]+)", mine))
+    assert seen >= TOOLS, sorted(seen)
 
 
 def test_dagrun_mcp_option_config_per_cli(tmp_path):
@@ -237,44 +262,25 @@ def test_dagrun_mcp_gemini_auth_must_come_from_the_environment(tmp_path):
         settings({"HOME": "/nonexistent"})
 
 
-def test_dagrun_mcp_option_refused_for_a_preset_that_cannot_take_it(tmp_path):
+def test_dagrun_mcp_option_refused_for_a_preset_that_cannot_take_it(tmp_path, home):
     for name in ("llm", "aider"):
         plan = write_plan(tmp_path / name, [{"id": "a", "prompt": "x", "agent": f"@{name} --dagrun-mcp"}], goal="g")
-        p = run("run", plan, home=tmp_path / "home", check=False)
+        p = run("run", plan, home=home, check=False)
         assert p.returncode == 2, p.stderr
         assert "--dagrun-mcp" in p.stderr and f"@{name}" in p.stderr and "Traceback" not in p.stderr
 
 
 @pytest.mark.realagents
-def test_claude_preset_with_dagrun_mcp_option_gets_the_dagrun_tools(tmp_path):
+def test_claude_preset_with_dagrun_mcp_option_gets_the_dagrun_tools(tmp_path, home, claude_mock):
     """`"agent": "@claude --dagrun-mcp"`: the adapter writes the MCP config into the claim and
     passes --mcp-config; the real Claude Code (mock LLM) offers the dagrun tools."""
-    claude = os.path.join(REAL, "bin", "claude-mock")
-    log = os.path.join(REAL, "mock.log")
-    alive = False
-    try:
-        with open(os.path.join(REAL, "mock.pid")) as f:
-            os.kill(int(f.read().strip()), 0)
-        alive = True
-    except (OSError, ValueError):
-        pass
-    if not (os.access(claude, os.X_OK) and alive):
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{claude} or its mock LLM is missing (see /work/shared/realagents/README.md)")
-        pytest.skip(f"{claude} or its mock LLM is not there (see /work/shared/realagents/README.md)")
-    home = tmp_path / "home"
     home.mkdir()
-    (home / "presets.json").write_text(json.dumps({"claude": {"command": [claude, "-p"]}}))
-    token = f"dagrun-mcp-option-{os.getpid()}-{os.urandom(4).hex()}"
-    plan = write_plan(tmp_path / "p", [{"id": "ask", "prompt": f"{token}: list the goal's tasks",
+    (home / "presets.json").write_text(json.dumps({"claude": {"command": [claude_mock.cli, "-p"]}}))
+    plan = write_plan(tmp_path / "p", [{"id": "ask", "prompt": f"{claude_mock.token}: list the goal's tasks",
                                         "agent": "@claude --dagrun-mcp --strict-mcp-config"}], goal="g")
-    start = os.path.getsize(log)
     run("run", plan, home=home, timeout=180)
     assert (home / "goals/g/tasks/ask/done").exists()
-    with open(log, "rb") as f:
-        f.seek(start)
-        mine = [x for x in f.read().decode("utf-8", "replace").splitlines() if token in x]
-    assert mine, "the mock never saw the task's request"
-    assert "--dagrun-mcp" not in "\n".join(mine)
-    seen = set(re.findall(r"mcp__dagrun__([a-z]+)", "\n".join(mine)))
+    mine = claude_mock.requests()
+    assert "--dagrun-mcp" not in mine
+    seen = set(re.findall(r"mcp__dagrun__([a-z]+)", mine))
     assert seen >= {"status", "output", "claim", "complete", "add"}, sorted(seen)
