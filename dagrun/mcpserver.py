@@ -19,7 +19,6 @@ modules behind the tools are imported on a tool's first call (bench/mcp_startup.
 from __future__ import annotations
 
 import io
-import json
 import os
 
 from mcp.server.mcpserver import MCPServer
