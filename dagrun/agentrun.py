@@ -91,6 +91,9 @@ def _run_preset(name: str, extra: list[str]) -> tuple[int, bytes | None]:
     row = table.get(name)
     if row is None:
         return _fail(f"unknown agent preset @{name} (known: {', '.join('@' + n for n in sorted(table))})", 2), None
+    env = dict(os.environ)
+    env.update(row.get("env", {}))
+    scratch = None
     if mcpconfig.OPTION in extra:          # give the CLI `dagrun mcp` with this home, per run
         extra = [a for a in extra if a != mcpconfig.OPTION]
         client = mcpconfig.BY_PARSER.get(row.get("parser", "text"))
@@ -98,18 +101,25 @@ def _run_preset(name: str, extra: list[str]) -> tuple[int, bytes | None]:
             return _fail(f"{mcpconfig.OPTION}: preset @{name} cannot be given an MCP server per run "
                          f"(supported: the presets with the parser of "
                          f"{', '.join('@' + c for c in mcpconfig.BY_PARSER.values())})", 2), None
-        path = _side_path("mcp.json")
-        more, content = mcpconfig.run_args(client, presets.home_root(), mcpconfig.dagrun_exe(), path)
-        if content is not None:
+        side = os.environ.get("DAGRUN_CHECK_FILE")       # files go into the claim (a scratch dir by hand)
+        if side:
+            side = os.path.dirname(side)
+        else:
+            side = scratch = tempfile.mkdtemp(prefix="dagrun-mcp.")
+        try:
+            mcp = mcpconfig.run_args(client, presets.home_root(), mcpconfig.dagrun_exe(), side, env)
+        except mcpconfig.Unavailable as e:
+            return _fail(str(e), 2), None
+        for path, content in mcp.files.items():
             try:
+                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
                 with open(path, "w") as f:
                     f.write(content)
             except OSError as e:
                 return _fail(f"{mcpconfig.OPTION}: cannot write {path}: {e.strerror}", 1), None
-        extra = more + extra
+        extra = mcp.args + extra
+        env.update(mcp.env)
     cmd = list(row["command"]) + list(row.get("args", [])) + extra
-    env = dict(os.environ)
-    env.update(row.get("env", {}))
     raw_path = os.environ.get("DAGRUN_RAW_FILE")
     tmp = None
     if not raw_path:
@@ -125,6 +135,9 @@ def _run_preset(name: str, extra: list[str]) -> tuple[int, bytes | None]:
     finally:
         if tmp:
             os.unlink(tmp)
+        if scratch:
+            import shutil
+            shutil.rmtree(scratch, ignore_errors=True)
     res = PARSERS[row.get("parser", "text")](raw, err_tail, rc)
     model = _model_from(cmd, row.get("model_flags", []))
     _write_usage(res.usage, model)

@@ -18,8 +18,11 @@ commit (marker / attempt record of its attempt) happened, else it is discarded. 
 therefore run twice (it was running when the process died). The same holds for the
 transitions a commit point causes: before a `cancelled` marker (on_cancelled,
 `prepare_cancel`), before a marker that blocks dependents (one on_blocked record per task
-the scheduler's `would_block` names, `prepare_blocked`), before summary.json (on_goal_finished,
-`prepare_goal`); each is settled just before its own event is appended.
+the scheduler's `would_block` names, `prepare_blocked`), before a marker that skips tasks (a
+task's own `skipped` marker, or any marker after which a trigger rule skips dependents: one
+on_skipped record per task the scheduler's `would_end` names, `prepare_skipped`), before
+summary.json (on_goal_finished, `prepare_goal`); each is settled just before its own event
+is appended.
 
 Never in the way: a failing hook (exit != 0, timeout, webhook error) is reported through the
 callback transitions gives (an `agent.hook.failed` event, a line on stderr) and changes
@@ -166,6 +169,25 @@ def prepare_blocked(home: Home, plan: Plan, g: str, root: str, attempt: int | No
     return out
 
 
+def prepare_skipped(home: Home, plan: Plan, g: str, cause: dict, skips) -> dict:
+    """Before the marker that skips tasks (`cause`: {"marker": done|failed|skipped|cancelled,
+    "task", "attempt" of a done/failed marker, "id": the skip_id/cancel_id it names}): one
+    pending record per task in `skips()` -- [(task, its coming skipped event's fields)]: the
+    task's own skip (its `when` was false) and those its trigger rule skips, as the
+    scheduler's would_end says -- with an on_skipped hook, {task: record}. A replay runs one if
+    that marker exists. {} without any on_skipped hook (one stat)."""
+    if not any_hook(home, plan, "on_skipped"):
+        return {}
+    out = {}
+    for t, fields in skips():
+        hooks = hooks_for(home, plan, "on_skipped", t)
+        if hooks:
+            out[t] = _publish_pending(home, plan, g, {"kind": "skipped", "task": t, "cause": cause,
+                                                      "candidates": {"on_skipped": hooks}},
+                                      {"type": ev.TASK_STATUS, "goal": g, "task": t, "status": ev.SKIPPED, **fields})
+    return out
+
+
 def prepare_goal(home: Home, plan: Plan, finish_id: str):
     """Before summary.json is published (the goal's commit point): the pending record of the
     on_goal_finished hooks, run by a replay if the summary names this finisher."""
@@ -188,7 +210,7 @@ def any_hook(home: Home, plan: Plan, *names: str) -> bool:
 
 
 _PENDING_KEYS = ("pending", "candidates", "kind", "task", "attempt", "root", "root_attempt", "cancel_id",
-                 "finish_id")
+                 "finish_id", "cause")
 
 
 def _publish_pending(home: Home, plan: Plan, g: str, what: dict, event: dict):
@@ -479,6 +501,10 @@ def _resolve_pending(home: Home, g: str, rec: dict) -> dict | None:
         if cause is None:
             return None
         name, e = "on_blocked", {**rec["event"], "reason": f"{cause} dependency"}
+    elif kind == "skipped":
+        if not isinstance(t, str) or not _caused(home, g, rec.get("cause")):
+            return None
+        name, e = "on_skipped", rec["event"]
     elif kind == "goal":
         s = loads(fsio.read_bytes(home.summary_path(g), follow=False))
         if not isinstance(s, dict) or (s.get("finisher") or {}).get("nonce") != rec.get("finish_id"):
@@ -493,6 +519,22 @@ def _resolve_pending(home: Home, g: str, rec: dict) -> dict | None:
         return None
     rec = {k: v for k, v in rec.items() if k not in _PENDING_KEYS}
     return {**rec, "name": name, "event": {**e, "replayed": True}, "hooks": hooks}
+
+
+def _caused(home: Home, g: str, cause) -> bool:
+    """Did the commit a `prepare_skipped` record names happen: the marker of that attempt, or
+    the skipped/cancelled marker naming that skip/cancel?"""
+    if not isinstance(cause, dict) or not isinstance(cause.get("task"), str):
+        return False
+    t, marker = cause["task"], cause.get("marker")
+    if marker in ("done", "failed"):
+        return isinstance(cause.get("attempt"), int) and _marker_attempt(home, g, t, marker) == cause["attempt"]
+    if marker == "cancelled":
+        return isinstance(cause.get("id"), str) and _cancel_id(home, g, t) == cause["id"]
+    if marker == "skipped":
+        m = loads(fsio.read_bytes(home.marker_path(g, t, "skipped"), follow=False))
+        return isinstance(cause.get("id"), str) and isinstance(m, dict) and m.get("skip_id") == cause["id"]
+    return False
 
 
 def _cancel_id(home: Home, g: str, t: str) -> str | None:

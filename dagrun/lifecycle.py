@@ -197,10 +197,13 @@ def condition_facts(home: Home, plan: Plan, state_of: Callable[[str], str] | Non
     return conditions.Facts(outcome, output)
 
 
-def commit_skipped(home: Home, plan: Plan, c: Claim, *, worker: str) -> dict:
-    """A false condition: publish the `skipped` marker (the commit point), drop the claim."""
+def commit_skipped(home: Home, plan: Plan, c: Claim, *, worker: str, skip_id: str | None = None) -> dict:
+    """A false condition: publish the `skipped` marker (the commit point), drop the claim.
+    skip_id: names this skip in the marker (the hooks' pending records check it after a crash)."""
     g, t = c.goal, c.task
     body = {"reason": c.skip, "worker": worker, "ts": now_iso(), "when": plan.task(t).when}
+    if skip_id is not None:
+        body["skip_id"] = skip_id
     try:
         home.write_marker(g, t, S.SKIPPED, body)
     finally:

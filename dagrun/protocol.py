@@ -3,7 +3,8 @@
 A lobster loop calls these commands once or twice per task, so their start-up time is part of
 every task's latency. typer builds its command tree through pydantic: ~100 ms of imports
 before any command runs, against ~60 ms for the whole protocol path. So `entry.main()` has these
-commands (and `submit`, which a script calls once per goal) parsed here, with a strict little parser, and hands everything else -- other
+commands (and `submit`, which a script calls once per goal, and `mcp`, which an agent CLI
+starts and waits for) parsed here, with a strict little parser, and hands everything else -- other
 commands, --help, and any argument list it does not fully understand -- to the typer CLI,
 which stays the reference for parsing, help and error messages. Both paths call the same
 `cmd_*` functions below, which do the work and print the result.
@@ -163,6 +164,20 @@ def cmd_decide(home: Home, goal: str, task: str, *, approve: bool, text: str) ->
     return 0
 
 
+def cmd_mcp(home: Home) -> int:
+    """`dagrun mcp`: serve the Model Context Protocol over stdin/stdout until the client
+    closes them (mcpserver.py). On the fast path: an agent CLI waits for the server's
+    answer to `initialize` before its first model request, so typer and rich stay out."""
+    from .errors import UsageError
+
+    try:
+        from .mcpserver import serve
+    except ImportError as e:
+        raise UsageError(f"dagrun mcp needs the mcp SDK ({e}): pip install 'dagrun[mcp]'") from None
+    serve(home)
+    return 0
+
+
 def _note(msg: str) -> None:
     print(f"dagrun: {msg}", file=sys.stderr)
 
@@ -185,6 +200,7 @@ SPEC = {
                                "--dry-run": ("dry_run", "flag"), "--json": ("json", "flag")}),
     "approve": (("goal", "task"), {"--home": ("home", "str"), "--note": ("note", "str")}),
     "reject": (("goal", "task"), {"--home": ("home", "str"), "--reason": ("reason", "str")}),
+    "mcp": ((), {"--home": ("home", "str")}),            # --print-config goes to typer
 }
 
 
@@ -253,6 +269,8 @@ def parse_fast(argv: list[str]) -> tuple[str | None, str, dict] | None:
 
 
 def run_parsed(home: Home, cmd: str, a: dict) -> int:
+    if cmd == "mcp":
+        return cmd_mcp(home)
     if cmd == "submit":
         return cmd_submit(home, a["plans"], replace=bool(a.get("replace")), dry_run=bool(a.get("dry_run")),
                           json=bool(a.get("json")))

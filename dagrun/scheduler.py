@@ -20,6 +20,7 @@ caller then rebuilds the scheduler from the files (the safety net, not the hot p
 """
 from __future__ import annotations
 
+import copy
 import heapq
 import math
 from typing import Callable, Iterable, Mapping, Protocol, Sequence
@@ -600,6 +601,19 @@ class Scheduler:
                     out.append(self.ids[d])
                     stack.append(d)
         return out
+
+    def would_end(self, tid: str, outcome: str) -> list[tuple[str, str, str | None]] | None:
+        """What finish(tid, outcome) would return now, without changing anything: the same
+        rules run on a copy of the mutable state (the hooks' pending on_skipped records are
+        published before the commit point). O(tasks) for the copy; asked only when a plan
+        has an on_skipped hook."""
+        shadow = copy.copy(self)
+        for name in ("state", "count", "pend", "ndone", "nfail", "nskip", "rem_soft"):
+            setattr(shadow, name, list(getattr(self, name)))
+        for name in ("root", "nready", "since", "holding", "free"):
+            setattr(shadow, name, dict(getattr(self, name)))
+        shadow.heaps = {p: list(h) for p, h in self.heaps.items()}
+        return shadow.finish(tid, outcome)
 
     def failed_roots(self) -> list[str]:
         return [self.ids[i] for i in range(len(self.ids)) if self.state[i] in (FAILED, CANCELLED)]

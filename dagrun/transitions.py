@@ -115,12 +115,14 @@ def replay_hooks(home: Home, g: str, worker: str) -> int:
 
 
 def _changes(home: Home, g: str, sched_changes, worker: str, plan: Plan | None = None,
-             blocked_due: dict | None = None) -> Changes:
+             blocked_due: dict | None = None, skipped_due: dict | None = None) -> Changes:
     """Announce what a terminal transition unlocked or blocked (the first entry is the task
-    itself, announced by the caller with its details) and return it. blocked_due: the pending
-    on_blocked records published before the commit point (_prepare_blocked), settled here."""
+    itself, announced by the caller with its details) and return it. blocked_due /
+    skipped_due: the pending on_blocked / on_skipped records published before the commit
+    point (_prepare_blocked, _prepare_skipped), settled here."""
     ch = Changes()
     blocked_due = dict(blocked_due or {})
+    skipped_due = dict(skipped_due or {})
     try:
         if sched_changes is None:
             ch.rebuild = True
@@ -135,12 +137,12 @@ def _changes(home: Home, g: str, sched_changes, worker: str, plan: Plan | None =
                       reason=f"{cause} dependency", blocked_by=root, worker=worker)
                 ch.blocked.append((tid, root))
             elif state == S.SKIPPED:    # by its trigger rule (derived, like blocked: no marker)
-                _status(home, plan, g, tid, ev.SKIPPED, worker=worker, reason=f"{root} was skipped",
-                        skipped_by=root, derived=True)
+                _status(home, plan, g, tid, ev.SKIPPED, pending=skipped_due.pop(tid, None), worker=worker,
+                        reason=f"{root} was skipped", skipped_by=root, derived=True)
                 ch.skipped.append((tid, root))
         return ch
     finally:
-        for pend in blocked_due.values():      # not blocked after all (a retry, a rebuild)
+        for pend in (*blocked_due.values(), *skipped_due.values()):   # not after all (a retry, a rebuild)
             hk.abandon(pend)
 
 
@@ -148,6 +150,29 @@ def _prepare_blocked(home: Home, plan: Plan, sched: Scheduler, t: str, attempt: 
                      cancel_id: str | None = None) -> dict:
     """Before the marker that may block t's dependents: their pending on_blocked records."""
     return hk.prepare_blocked(home, plan, plan.goal, t, attempt, cancel_id, lambda: sched.would_block(t))
+
+
+def _prepare_skipped(home: Home, plan: Plan, sched: Scheduler, t: str, outcome: str, cause: dict,
+                     own: dict | None = None) -> dict:
+    """Before t's marker of `outcome` (the commit point; cause: its attempt, or the skip_id /
+    cancel_id it names): the pending on_skipped records of t's own skip (own: its event's
+    fields) and of the tasks the trigger rules skip after it (the scheduler's would_end)."""
+    def skips():
+        out = [(t, own)] if own is not None else []
+        for tid, state, root in (sched.would_end(t, outcome) or [])[1:]:
+            if state == S.SKIPPED:
+                out.append((tid, {"reason": f"{root} was skipped", "skipped_by": root, "derived": True}))
+        return out
+    return hk.prepare_skipped(home, plan, plan.goal, {"marker": outcome, "task": t, **cause}, skips)
+
+
+def _abandon(*pending) -> None:
+    for p in pending:
+        if isinstance(p, dict):
+            for q in p.values():
+                hk.abandon(q)
+        else:
+            hk.abandon(p)
 
 
 # ---------------------------------------------------------------------------------- start
@@ -216,37 +241,37 @@ def finish(home: Home, plan: Plan, sched: Scheduler, c: Claim, *, ok: bool, work
         else:
             code = exit_code if exit_code is not None else 0
         pending = hk.prepare_pending(home, plan, g, t, c.attempt, ("on_done",))
+        skipped_due = _prepare_skipped(home, plan, sched, t, S.DONE, {"attempt": c.attempt})
         try:
             body = commit_done(home, plan, c, ended=ended, exit_code=code, output_data=output_data,
                                extra=extra or None, **forced)
         except BaseException:
-            hk.abandon(pending)
+            _abandon(pending, skipped_due)
             raise
         _status(home, plan, g, t, ev.DONE, pending=pending, attempt=c.attempt, worker=worker, duration=body["duration"],
                 exit_code=code, output_bytes=body["output_bytes"], usage=body.get("usage"), node=body.get("node"),
                 cached=True if cached else None, **(fields or {}), **forced)
-        return Finished(S.DONE, body, _changes(home, g, sched.finish(t, S.DONE), worker, plan))
+        return Finished(S.DONE, body, _changes(home, g, sched.finish(t, S.DONE), worker, plan,
+                                               skipped_due=skipped_due))
     pending = hk.prepare_pending(home, plan, g, t, c.attempt, ("on_failed", "on_retrying"))
     blocked_due = _prepare_blocked(home, plan, sched, t, c.attempt)     # if this failure is final
+    skipped_due = _prepare_skipped(home, plan, sched, t, S.FAILED, {"attempt": c.attempt})
     try:
         rec = commit_failure(home, plan, c, outcome=outcome, ended=ended, exit_code=exit_code, signal=signal,
                              reason=reason, extra=extra or None, final=final, **forced)
     except BaseException:
-        hk.abandon(pending)
-        for pend in blocked_due.values():
-            hk.abandon(pend)
+        _abandon(pending, blocked_due, skipped_due)
         raise
     common = dict(attempt=c.attempt, worker=worker, duration=rec["duration"], exit_code=rec.get("exit_code"),
                   signal=rec.get("signal"), reason=rec.get("reason"), outcome=rec["outcome"], usage=rec.get("usage"),
                   node=rec.get("node"))
     if rec["final"]:
         _status(home, plan, g, t, ev.FAILED, pending=pending, **common, **forced)
-        ch = _changes(home, g, sched.finish(t, S.FAILED), worker, plan, blocked_due)
+        ch = _changes(home, g, sched.finish(t, S.FAILED), worker, plan, blocked_due, skipped_due)
         if not ch.rebuild and sched.stop_on_failure and not stop_handled:
             ch.extend(stop_goal(home, plan, sched, t, worker))
         return Finished(S.FAILED, rec, ch)
-    for pend in blocked_due.values():           # a retry blocks nobody
-        hk.abandon(pend)
+    _abandon(blocked_due, skipped_due)          # a retry blocks and skips nobody
     _status(home, plan, g, t, ev.RETRYING, pending=pending, **common, retry_at=rec["retry_at"], **forced)
     sched.retrying(t)
     if announce_ready and float(rec.get("retry_at") or 0) <= time.time():
@@ -307,9 +332,17 @@ def skip(home: Home, plan: Plan, sched: Scheduler, c: Claim, *, worker: str) -> 
     """The task's `when` is false (claim_task set c.skip): the `skipped` marker, the event,
     and what that decides for its dependents (their trigger rules)."""
     g, t = c.goal, c.task
-    commit_skipped(home, plan, c, worker=worker)
-    _status(home, plan, g, t, ev.SKIPPED, worker=worker, reason=c.skip)
-    return _changes(home, g, sched.finish(t, S.SKIPPED), worker, plan)
+    # the on_skipped hooks of this skip, published before its marker (the commit point); the
+    # marker names the skip, so a replay runs them only for this one
+    sid = os.urandom(8).hex()
+    due = _prepare_skipped(home, plan, sched, t, S.SKIPPED, {"id": sid}, own={"reason": c.skip})
+    try:
+        commit_skipped(home, plan, c, worker=worker, skip_id=sid if due else None)
+    except BaseException:
+        _abandon(due)
+        raise
+    _status(home, plan, g, t, ev.SKIPPED, pending=due.pop(t, None), worker=worker, reason=c.skip)
+    return _changes(home, g, sched.finish(t, S.SKIPPED), worker, plan, skipped_due=due)
 
 
 def await_approval(home: Home, plan: Plan, sched: Scheduler, c: Claim, *, worker: str) -> dict:
@@ -400,15 +433,16 @@ def cancel(home: Home, sched: Scheduler, g: str, t: str, *, by: str, reason: str
     """Cancel one task: the `cancelled` marker (unless it is done or cancelled already), the
     event, and the dependents it blocks. repeat: announce an existing cancel again (an earlier
     cancel died between its marker and its event). Returns (newly marked, changes)."""
-    pending, blocked_due, cid = None, {}, None
-    if plan is not None and hk.any_hook(home, plan, "on_cancelled", "on_blocked") \
+    pending, blocked_due, skipped_due, cid = None, {}, {}, None
+    if plan is not None and hk.any_hook(home, plan, "on_cancelled", "on_blocked", "on_skipped") \
             and marker_of(home, g, t) not in (S.DONE, S.CANCELLED):
         # the hooks this cancel triggers, published before its marker (the commit point); the
         # marker names the cancel, so a replay runs them only for this one
         cid = os.urandom(8).hex()
         pending = hk.prepare_cancel(home, plan, g, t, cid)
         blocked_due = _prepare_blocked(home, plan, sched, t, None, cid)
-        if pending is None and not blocked_due:
+        skipped_due = _prepare_skipped(home, plan, sched, t, S.CANCELLED, {"id": cid})
+        if pending is None and not blocked_due and not skipped_due:
             cid = None
     try:
         new = mark_cancelled(home, g, t, by=by, reason=reason, cancel_id=cid)
@@ -417,14 +451,13 @@ def cancel(home: Home, sched: Scheduler, g: str, t: str, *, by: str, reason: str
         raise
     finally:
         if not new:                  # no commit (done already, an error): nothing is due
-            for pend in (pending, *blocked_due.values()):
-                hk.abandon(pend)
-            pending, blocked_due = None, {}
+            _abandon(pending, blocked_due, skipped_due)
+            pending, blocked_due, skipped_due = None, {}, {}
     if new:
         _status(home, plan, g, t, ev.CANCELLED, pending=pending, worker=by, reason=reason)
     elif repeat:
         ev.status(home, g, t, ev.CANCELLED, worker=by, reason=reason, repeated=True)
-    return new, _changes(home, g, sched.finish(t, S.CANCELLED) or [], by, plan, blocked_due)
+    return new, _changes(home, g, sched.finish(t, S.CANCELLED) or [], by, plan, blocked_due, skipped_due)
 
 
 def stop_goal(home: Home, plan: Plan, sched: Scheduler, root: str, worker: str) -> Changes:

@@ -185,3 +185,185 @@ def test_cached_plan_makes_no_request_the_second_time(home, tmp_path):
         assert json.loads((_task(home, t, "c2") / "done").read_text())["cached"] is True
     st = json.loads(run("status", "c2", "--json", home=home).stdout)
     assert st.get("usage") is None                     # a cache hit costs nothing
+
+
+class _ScriptedModel:
+    """A Responses API "model" for Codex that uses tools, which the shared mock never does
+    (a real model cannot run here): 1st request -> a client `tool_search_call` for "dagrun
+    goal status"; 2nd (carrying Codex's tool_search_output) -> a call of the found `status`
+    tool with {"goal": GOAL}; 3rd (carrying its output) -> a call of `add` with a sub-goal;
+    4th -> an answer quoting the status output. Every request body is kept in `requests`."""
+
+    def __init__(self, goal: str):
+        import http.server
+        import threading
+        self.goal, self.requests = goal, []
+        model = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):            # model lists
+                self._send(b'{"object": "list", "data": []}', "application/json")
+
+            def do_POST(self):
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    import gzip
+                    raw = gzip.decompress(raw)
+                body = json.loads(raw)
+                model.requests.append(body)
+                item = model.reply(body, len(model.requests))
+                resp = {"id": f"resp_{len(model.requests)}", "object": "response", "created_at": 0,
+                        "model": body.get("model"), "status": "completed", "output": [item],
+                        "usage": {"input_tokens": 10, "input_tokens_details": {"cached_tokens": 0},
+                                  "output_tokens": 5, "output_tokens_details": {"reasoning_tokens": 0},
+                                  "total_tokens": 15}}
+                events = [("response.created", {"response": dict(resp, status="in_progress", output=[])}),
+                          ("response.output_item.done", {"output_index": 0, "item": item}),
+                          ("response.completed", {"response": resp})]
+                self._send(b"".join(f"event: {n}\ndata: {json.dumps(dict(o, type=n, sequence_number=i))}\n\n"
+                                    .encode() for i, (n, o) in enumerate(events)), "text/event-stream")
+
+            def _send(self, data: bytes, ctype: str):
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.srv.server_address[1]
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def reply(self, body: dict, n: int) -> dict:
+        items = [i for i in body.get("input", []) if isinstance(i, dict)]
+        calls = [i for i in items if i.get("type") == "function_call_output"]
+        found = [i for i in items if i.get("type") == "tool_search_output"]
+        if len(calls) == 1:
+            ns = next(i["namespace"] for i in items if i.get("type") == "function_call")
+            sub = {"id": "more", "deps": ["ask"], "prompt": "added by the agent", "agent": "true"}
+            return {"type": "function_call", "id": f"fc_{n}", "call_id": f"call_{n}", "status": "completed",
+                    "namespace": ns, "name": "add", "arguments": json.dumps({"goal": self.goal, "tasks": [sub]})}
+        if calls:
+            out = calls[0].get("output")
+            text = out if isinstance(out, str) else "".join(c.get("text", "") for c in out if isinstance(c, dict))
+            return {"type": "message", "id": f"msg_{n}", "status": "completed", "role": "assistant",
+                    "content": [{"type": "output_text", "text": "TOOL SAID: " + text, "annotations": []}]}
+        if found:
+            for ns in found[-1].get("tools", []):
+                for t in ns.get("tools", []):
+                    if t.get("name") == "status":
+                        return {"type": "function_call", "id": f"fc_{n}", "call_id": f"call_{n}",
+                                "status": "completed", "namespace": ns["name"], "name": "status",
+                                "arguments": json.dumps({"goal": self.goal})}
+            return {"type": "message", "id": f"msg_{n}", "status": "completed", "role": "assistant",
+                    "content": [{"type": "output_text", "text": "NO DAGRUN TOOL FOUND", "annotations": []}]}
+        return {"type": "tool_search_call", "id": f"ts_{n}", "call_id": f"ts_{n}", "status": "completed",
+                "execution": "client", "arguments": {"query": "dagrun goal status", "limit": 20}}
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+def test_codex_preset_with_dagrun_mcp_reaches_the_dagrun_tools(home, tmp_path):
+    """`"agent": "@codex --dagrun-mcp"`: the real Codex CLI gets `dagrun mcp` (this home) by
+    per-run `-c mcp_servers.dagrun.*` overrides. Codex defers MCP tools behind its client-side
+    tool_search: the first request offers `tool_search`, no dagrun tool; when the model
+    searches, Codex answers with the dagrun server's ten tools (namespace mcp__dagrun), and the
+    model's call of `status` runs on our server during the task (its answer is the goal's live
+    status, showing the task itself running), and its call of `add` puts a sub-goal into the
+    running goal, which then runs."""
+    model = _ScriptedModel("live")
+    try:
+        presets = json.loads((home / "presets.json").read_text())
+        presets["codex"]["env"] = {"MOCK_PORT": str(model.port)}         # the wrapper's API port
+        (home / "presets.json").write_text(json.dumps(presets))
+        plan = write_plan(tmp_path / "plan", [{"id": "ask", "prompt": "what is the goal's status?"}],
+                          goal="live", defaults={"agent": "@codex --dagrun-mcp", "timeout": 120})
+        run("run", plan, home=home, timeout=180)
+    finally:
+        model.close()
+    reqs = model.requests
+    assert len(reqs) == 4, [[i.get("type") for i in r["input"]] for r in reqs]
+    offered = [t.get("name") or t.get("type") for t in reqs[0]["tools"]]
+    assert "tool_search" in offered and not any("dagrun" in str(n) for n in offered), offered
+    found = [i for i in reqs[1]["input"] if isinstance(i, dict) and i.get("type") == "tool_search_output"]
+    ns = {t["name"]: {f["name"] for f in t.get("tools", [])} for t in found[-1]["tools"]}
+    assert ns.get("mcp__dagrun") == {"status", "output", "logs", "claim", "complete", "fail", "heartbeat",
+                                     "add", "cancel", "retry"}, ns
+    out = (_task(home, "ask", "live") / "output").read_text()
+    assert out.startswith("TOOL SAID: "), out
+    live = json.loads(out[out.index("{"):])        # Codex puts "Wall time: ...\nOutput:" before it
+    assert {r["task"]: r["state"] for r in live["tasks"]} == {"ask": "running"}, live
+    raw = [json.loads(x) for x in (_task(home, "ask", "live") / "raw").read_text().splitlines() if x.startswith("{")]
+    calls = [(o["item"]["tool"], o["item"]["status"]) for o in raw
+             if o.get("type") == "item.completed" and o["item"].get("type") == "mcp_tool_call"
+             and o["item"].get("server") == "dagrun"]
+    assert calls == [("status", "completed"), ("add", "completed")], calls
+    # the sub-goal the agent added ran after it, recorded as added by the task (DAGRUN_TASK reached the server)
+    assert (_task(home, "more", "live") / "done").exists()
+    origin = {t["id"]: t.get("origin") for t in json.loads((home / "goals/live/plan.json").read_text())["tasks"]}
+    assert origin["more"]["by"] == "ask", origin
+    assert "--dagrun-mcp" not in json.dumps(reqs)
+
+
+def test_gemini_preset_with_dagrun_mcp_offers_the_dagrun_tools(home, tmp_path):
+    """`"agent": "@gemini --dagrun-mcp"`: the real Gemini CLI, in a Gemini home of its own for
+    the run (GEMINI_CLI_HOME in the claim, the server entry trusted), starts `dagrun mcp` and
+    offers all ten dagrun tools to the model (the shared mock's request log). The user's
+    auth type and trusted folders still count (no GEMINI_CLI_TRUST_WORKSPACE here: the plan
+    folder is trusted in the user's trustedFolders.json); nothing is written into the task's
+    working directory or the user's ~/.gemini."""
+    user = tmp_path / "user"                                  # the user's GEMINI_CLI_HOME
+    (user / ".gemini").mkdir(parents=True)
+    (user / ".gemini/settings.json").write_text(json.dumps({"security": {"auth": {"selectedType": "gemini-api-key"}}}))
+    (user / ".gemini/trustedFolders.json").write_text(json.dumps({str(tmp_path / "plan"): "TRUST_FOLDER"}))
+    before = {p.name: p.read_bytes() for p in (user / ".gemini").iterdir()}
+    wrapper = tmp_path / "gemini-no-trust-env"                # the gemini-mock wrapper without
+    wrapper.write_text((R / "bin/gemini-mock").read_text()    # GEMINI_CLI_TRUST_WORKSPACE=true
+                       .replace("GEMINI_CLI_TRUST_WORKSPACE=true", ""))
+    wrapper.chmod(0o755)
+    assert "TRUST_WORKSPACE" not in wrapper.read_text()
+    presets = json.loads((home / "presets.json").read_text())
+    presets["gemini"] = {"command": [str(wrapper)], "env": {"GEMINI_CLI_HOME": str(user)}}
+    (home / "presets.json").write_text(json.dumps(presets))
+    token = f"dagrun-gemini-mcp-{os.getpid()}-{os.urandom(4).hex()}"
+    plan = write_plan(tmp_path / "plan", [{"id": "ask", "prompt": f"{token}: list the goal's tasks"}],
+                      goal="gm", defaults={"agent": "@gemini --dagrun-mcp", "timeout": 120})
+    log = R / "mock.log"
+    start = log.stat().st_size
+    run("run", plan, home=home, timeout=180)
+    assert (_task(home, "ask", "gm") / "output").read_text().startswith("MOCK REPLY: ")
+    with open(log, "rb") as f:
+        f.seek(start)
+        mine = [json.loads(x) for x in f.read().decode("utf-8", "replace").splitlines() if token in x]
+    offered = [{d["name"] for t in r["body"].get("tools", []) for d in t.get("functionDeclarations", [])}
+               for r in mine]
+    dagrun_tools = {"mcp_dagrun_" + t for t in ("status", "output", "logs", "claim", "complete", "fail",
+                                                 "heartbeat", "add", "cancel", "retry")}
+    assert any(o >= dagrun_tools for o in offered), [sorted(o) for o in offered]
+    assert "--dagrun-mcp" not in json.dumps(mine)
+    assert {p.name: p.read_bytes() for p in (user / ".gemini").iterdir()} == before
+    assert not any(p.name == ".gemini" for p in (tmp_path / "plan").rglob("*"))
+
+
+def test_gemini_dagrun_mcp_without_env_auth_fails_in_one_line(home, tmp_path):
+    """A user whose Gemini login is kept in ~/.gemini (oauth): the per-run Gemini home cannot
+    see it, so the attempt fails at once with the reason (no request is made)."""
+    user = tmp_path / "user"
+    (user / ".gemini").mkdir(parents=True)
+    (user / ".gemini/settings.json").write_text(json.dumps({"security": {"auth": {"selectedType": "oauth-personal"}}}))
+    presets = json.loads((home / "presets.json").read_text())
+    presets["gemini"]["env"] = {"GEMINI_CLI_HOME": str(user)}
+    (home / "presets.json").write_text(json.dumps(presets))
+    plan = write_plan(tmp_path / "plan", [{"id": "ask", "prompt": "hi"}], goal="go",
+                      defaults={"agent": "@gemini --dagrun-mcp", "timeout": 60})
+    run("run", plan, home=home, check=1, timeout=120)
+    failed = json.loads((_task(home, "ask", "go") / "failed").read_text())
+    assert "--dagrun-mcp" in failed["reason"] and "'oauth-personal'" in failed["reason"], failed
+    assert failed["exit_code"] == 2

@@ -44,7 +44,7 @@ LAYERS = {
     "metrics": 8, "graph": 8, "report": 8, "estimate": 8,
     # the MCP server (another face of the layer-7 operations) and its client configs
     "mcpserver": 8,
-    "mcpconfig": 2,      # pure: the client configs (agentrun uses them for --dagrun-mcp)
+    "mcpconfig": 2,      # the client configs (agentrun uses them for --dagrun-mcp); reads only the user's Gemini auth type
     # 9: the command line and its fast path
     "protocol": 9, "cli": 9, "entry": 9,
     # `dagrun init`: the files shipped in dagrun/share, filled in

@@ -229,3 +229,35 @@ def test_cycle_error_carries_the_cycle(spec, cycle):
         Scheduler(plan(spec))
     assert ei.value.cycle == cycle
     assert isinstance(ei.value, ValueError)
+
+
+@dataclass
+class TR(T):
+    trigger: str = "all_success"
+
+
+def test_would_end_predicts_finish_and_changes_nothing():
+    """would_end (the on_skipped records before a commit point) is finish on a copy: the same
+    changes, on random DAGs with random trigger rules and outcomes, and the scheduler as before."""
+    import random
+    rng = random.Random(11)
+    rules = ["all_success", "none_failed", "all_done", "one_success", "one_failed"]
+    skipped_seen = False
+    for trial in range(40):
+        n = rng.randint(1, 30)
+        tasks = []
+        for i in range(n):
+            prev = [f"t{j}" for j in range(i)]
+            hard = tuple(rng.sample(prev, min(len(prev), rng.randint(0, 3))))
+            soft = tuple(x for x in rng.sample(prev, min(len(prev), rng.randint(0, 1))) if x not in hard)
+            tasks.append(TR(f"t{i}", hard, soft, trigger=rng.choice(rules)))
+        s = Scheduler(tasks)
+        while (t := s.take()) is not None:
+            outcome = rng.choice(["done", "done", "failed", "cancelled", "skipped"])
+            before = (s.states(), s.count[:], dict(s.nready))
+            predicted = s.would_end(t, outcome)
+            assert (s.states(), s.count[:], dict(s.nready)) == before
+            assert s.finish(t, outcome) == predicted
+            skipped_seen = skipped_seen or any(st == "skipped" for _, st, _ in predicted[1:])
+        assert s.is_finished()
+    assert skipped_seen

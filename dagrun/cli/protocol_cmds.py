@@ -159,8 +159,6 @@ def mcp(ctx: typer.Context,
         exe = os.path.abspath(sys.argv[0]) if os.path.basename(sys.argv[0]) == "dagrun" else exe
         sys.stdout.write(client_config(print_config, home, exe))
         return
-    try:
-        from ..mcpserver import serve
-    except ImportError as e:
-        raise UsageError(f"dagrun mcp needs the mcp SDK ({e}): pip install 'dagrun[mcp]'") from None
-    serve(home)
+    from ..protocol import cmd_mcp
+
+    raise typer.Exit(cmd_mcp(home))
