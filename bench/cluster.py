@@ -2,34 +2,49 @@
 the same run.
 
 Two shapes of no-op tasks (agent `true`):
-  chain   20 tasks, each depending on the previous one (latency: one job at a time)
-  fanout  100 independent tasks, -j 100 (throughput: as many jobs as the node takes)
+  chain   CHAIN tasks (default 20), each depending on the previous one (latency: one at a time)
+  fanout  FANOUT independent tasks (default 100), -j FANOUT (throughput: as many as fit)
 
 and for each, in this order:
   local   `dagrun run` with the local runner (dagrun's own cost)
-  floor   the same shape straight on Slurm: `sbatch --parsable --wrap 'touch F'` and waiting
-          for F (stat every 10 ms) -- sbatch -> job start -> job end, nothing of dagrun's;
-          the chain submits the next job when the previous file appears
-  srun    the same shape as `srun true` job steps inside one allocation (salloc), the
-          floor of a steps mode (chain only)
+  slurm floor   the same shape straight on Slurm: `sbatch --parsable --wrap 'touch F'` and
+          waiting for F (stat every 10 ms) -- sbatch -> job start -> job end, nothing of
+          dagrun's; the chain submits the next job when the previous file appears
+  srun    the same shape as `srun true` job steps inside one allocation (salloc), chain only
   slurm   `dagrun run --runner slurm`
   steps   `dagrun run --runner slurm` with "slurm": {"mode": "steps"}, the driver inside a salloc
-          of STEPS_CPUS (default 2) CPUs, -j STEPS_CPUS; timed inside the allocation (the wait
-          for it left out); its floor: `srun --exact -n1 true` steps, STEPS_CPUS at a time
-  ray floor  a bare Ray task running `sh -c true` (ray.get of one at a time for the chain, of
-          all at once for the fan-out), from a driver already connected
-  ray     `dagrun run --runner ray` (its time includes importing Ray and connecting to the
-          head, ~1-3 s, once; the floor's own import + connect is printed beside it)
+          of STEPS_CPUS (default 2) CPUs, -j 1 (chain) / -j STEPS_CPUS (fan-out); timed inside
+          the allocation (the wait for it left out). Two floors, run the same way (xargs -P):
+            steps floor min    `srun --exact -n1 true`
+            steps floor agent  what dagrun must do per task: `sh -c 'exec srun --exact --nodes=1
+                               --ntasks=1 --cpus-per-task=1 --job-name=.. --chdir=D /bin/sh -c true
+                               <PROMPT >OUT 2>ERR'` (the local runner also starts `exec srun ...`
+                               through `sh -c`; the agent reads the prompt, its output is kept)
+  ray     `dagrun run --runner ray` (a whole program: Python start-up, import, connecting to the
+          head, Ray starting the job's workers, the tasks). Three floors:
+            ray floor min      in one connected, warmed-up process: a remote function running
+                               `sh -c true` and returning its exit code (earlier: "a bare Ray task")
+            ray floor agent    the same process: what any Ray user must write to run an agent
+                               the way dagrun does -- read the prompt file, a remote function
+                               taking the command, workdir, environment (the driver's plus the
+                               DAGRUN_* variables) and prompt, running `sh -c CMD` as a
+                               subprocess with the prompt on stdin, returning (code, stdout,
+                               stderr)
+            ray program        that same agent floor as a whole program, timed from outside like
+                               `dagrun run` (Python start-up, import ray, connect, the job's
+                               workers, the tasks)
 
-REPS=N (environment) repeats every measurement N times, interleaved (local, floor, dagrun,
-local, ...), and prints medians: on a busy shared machine one run is noise. For Ray it also
-prints dagrun ray - dagrun local (what the Ray runner adds to dagrun's own cost) per task.
-DAGRUN="python -m ..." (environment) runs another dagrun (an A/B against an older checkout).
+Per task is printed two ways: whole (the run's time / N) and marginal ((T(N) - T(1)) / (N - 1),
+T(1) a run of one task the same way): what one more task costs, start-up left out. The
+marginal ratio is the per-task overhead; the whole ratio also carries the start-up.
 
-Prints the Slurm settings (SchedulerParameters, the node's CPUs) and per-task times and the
-ratio dagrun/floor. Needs a cluster (SLURM_CONF; .ci/slurm-up.sh) and a Ray head (RAY_ADDRESS).
+REPS=N (environment) repeats every measurement N times, interleaved, and prints medians (on a
+busy shared machine one run is noise). DAGRUN="python -m ..." runs another dagrun (an A/B
+against an older checkout). Prints the Slurm settings (SchedulerParameters, the node's CPUs)
+and the load average. Needs a cluster (SLURM_CONF; .ci/slurm-up.sh) and a Ray head
+(RAY_ADDRESS).
 
-    SLURM_CONF=... RAY_ADDRESS=127.0.0.1:6379 .venv/bin/python bench/cluster.py [CHAIN] [FANOUT] [slurm,steps,ray]
+    SLURM_CONF=... RAY_ADDRESS=127.0.0.1:6379 REPS=3 .venv/bin/python bench/cluster.py [CHAIN] [FANOUT] [slurm,steps,ray]
 """
 from __future__ import annotations
 
@@ -73,8 +88,24 @@ def dagrun_steps(root: str, shape: str, n: int) -> float:
 
 
 def srun_steps(shape: str, n: int) -> float:
+    """The minimal steps floor: `srun --exact -n1 true`, xargs -P 1 (chain) / STEPS_CPUS."""
     par = 1 if shape == "chain" else STEPS_CPUS
     return _in_allocation(STEPS_CPUS, f"seq {n} | xargs -P {par} -I@ srun --exact -n1 true")
+
+
+def srun_agent_steps(root: str, shape: str, n: int) -> float:
+    """The honest steps floor: per task what dagrun's steps mode must do at the least -- a
+    `sh -c 'exec srun ...'` (the local runner starts its srun through sh -c too) of one task on
+    one node with --exact, running `/bin/sh -c true` with the prompt on stdin and stdout/stderr
+    kept in files."""
+    d = tempfile.mkdtemp(dir=root, prefix=f"srun-agent-{shape}-")
+    prompt = os.path.join(d, "prompt.md")
+    with open(prompt, "w") as f:
+        f.write("p")
+    par = 1 if shape == "chain" else STEPS_CPUS
+    one = (f"exec srun --quiet --exact --nodes=1 --ntasks=1 --cpus-per-task=1 --job-name=floor --chdir={d} "
+           f"/bin/sh -c true <{prompt} >{d}/out.$0 2>{d}/err.$0")
+    return _in_allocation(STEPS_CPUS, f"seq {n} | xargs -P {par} -I@ sh -c {shlex.quote(one)} @")
 
 
 def dagrun(root: str, shape: str, n: int, runner: str) -> float:
@@ -124,28 +155,63 @@ def srun_chain(n: int) -> float:
 RAY_FLOOR = r"""
 import time
 t0 = time.perf_counter()
-import os, subprocess, sys, ray
+import os, subprocess, sys, tempfile, ray
 ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", logging_level="ERROR", log_to_driver=False)
+
 @ray.remote(num_cpus=1, max_retries=0)
-def noop():
+def true():
     return subprocess.run(["/bin/sh", "-c", "true"]).returncode
-ray.get(noop.remote())                       # warm: a worker exists, the function is exported
-shape, n = sys.argv[1], int(sys.argv[2])
-t = time.perf_counter()
-if shape == "chain":
-    for _ in range(n):
-        ray.get(noop.remote())
-else:
-    ray.get([noop.remote() for _ in range(n)])
-print(time.perf_counter() - t, t - t0)
+
+@ray.remote(num_cpus=1, max_retries=0)
+def agent(cmd, cwd, env, prompt):
+    p = subprocess.run(["/bin/sh", "-c", cmd], cwd=cwd, env=env, input=prompt, capture_output=True)
+    return p.returncode, p.stdout, p.stderr
+
+root = tempfile.mkdtemp()
+with open(os.path.join(root, "prompt.md"), "w") as f:
+    f.write("p")
+
+def agent_task(i):
+    env = dict(os.environ)
+    env.update({k: f"{root}/{k.lower()}/t{i}" for k in ("DAGRUN_HOME", "DAGRUN_GOAL", "DAGRUN_TASK",
+                "DAGRUN_ATTEMPT", "DAGRUN_TASK_DIR", "DAGRUN_PROMPT_FILE", "DAGRUN_OUTPUT_FILE",
+                "DAGRUN_WORKER", "DAGRUN_USAGE_FILE", "DAGRUN_RAW_FILE", "DAGRUN_CHECK_FILE",
+                "DAGRUN_HEARTBEAT_FILE", "DAGRUN_RUN_ID")})
+    with open(os.path.join(root, "prompt.md"), "rb") as f:
+        prompt = f.read()
+    return agent.remote("true", root, env, prompt)
+
+def shape_run(shape, n, f):
+    t = time.perf_counter()
+    if shape == "chain":
+        for i in range(n):
+            r = ray.get(f(i))
+    else:
+        r = ray.get([f(i) for i in range(n)])[-1]
+    assert r == 0 or r[0] == 0, r
+    return time.perf_counter() - t
+
+mode, shape, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if mode == "program":               # the honest floor as a whole program: timed from outside
+    shape_run(shape, n, agent_task)
+else:                               # in one connected, warmed-up process
+    ray.get([true.remote(), agent_task(0)])
+    print(shape_run(shape, n, lambda i: true.remote()), shape_run(shape, n, agent_task))
 """
 
 
 def ray_floor(shape: str, n: int) -> tuple[float, float]:
-    """(the tasks' time from a connected driver, the driver's import + connect + first task)"""
-    r = subprocess.run([sys.executable, "-c", RAY_FLOOR, shape, str(n)], capture_output=True, text=True, check=True)
+    """(min, agent): N tasks' time from a connected, warmed-up driver."""
+    r = subprocess.run([sys.executable, "-c", RAY_FLOOR, "inproc", shape, str(n)], capture_output=True, text=True,
+                       check=True)
     a, b = r.stdout.strip().splitlines()[-1].split()
     return float(a), float(b)
+
+
+def ray_program(shape: str, n: int) -> float:
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", RAY_FLOOR, "program", shape, str(n)], capture_output=True, check=True)
+    return time.perf_counter() - t
 
 
 def settings() -> str:
@@ -160,48 +226,79 @@ def settings() -> str:
 def main() -> None:
     chain = int(sys.argv[1]) if len(sys.argv) > 1 else 20
     fan = int(sys.argv[2]) if len(sys.argv) > 2 else 100
-    which = sys.argv[3].split(",") if len(sys.argv) > 3 else ["slurm", "ray"]
+    which = sys.argv[3].split(",") if len(sys.argv) > 3 else ["slurm", "steps", "ray"]
     med = statistics.median
     if "slurm" in which or "steps" in which:
         print("Slurm settings:\n" + settings())
-    print(f"medians of {REPS} interleaved run(s); dagrun: {' '.join(DAGRUN)}")
+    print(f"medians of {REPS} interleaved run(s); dagrun: {' '.join(DAGRUN)}; load average at start: "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    m: dict[str, list] = {}
+
+    def add(k, v):
+        m.setdefault(k, []).append(v)
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as root:
-        rows = []
-        for shape, n in (("chain", chain), ("fanout", fan)):
-            m: dict[str, list] = {}
-            for _ in range(REPS):
-                m.setdefault("local", []).append(dagrun(root, shape, n, "local"))
-                if "slurm" in which:
-                    m.setdefault("slurm floor", []).append(floor(root, shape, n))
-                    if shape == "chain":
-                        m.setdefault("srun", []).append(srun_chain(n))
-                    m.setdefault("slurm", []).append(dagrun(root, shape, n, "slurm"))
-                if "steps" in which:
-                    m.setdefault("steps floor", []).append(srun_steps(shape, n))
-                    m.setdefault("steps", []).append(dagrun_steps(root, shape, n))
-                if "ray" in which:
-                    fl, connect = ray_floor(shape, n)
-                    m.setdefault("ray floor", []).append(fl)
-                    m.setdefault("ray connect", []).append(connect)
-                    m.setdefault("ray", []).append(dagrun(root, shape, n, "ray"))
-            loc = med(m["local"])
-            rows.append((shape, n, "local", loc, None, None, None))
-            if "slurm" in which:
-                rows.append((shape, n, "slurm", med(m["slurm"]), med(m["slurm floor"]),
-                             med(m["srun"]) if "srun" in m else None, None))
+        for _ in range(REPS):
+            add("one local", dagrun(root, "chain", 1, "local"))
             if "steps" in which:
-                rows.append((shape, n, "steps", med(m["steps"]), med(m["steps floor"]), None, None))
+                add("one steps", dagrun_steps(root, "chain", 1))
             if "ray" in which:
-                rows.append((shape, n, "ray", med(m["ray"]), med(m["ray floor"]), None,
-                             (med(m["ray"]) - loc, med(m["ray connect"]))))
-        print(f"\n{'shape':7} {'tasks':>5} {'runner':6} {'dagrun/task':>11} {'floor/task':>11} {'srun/task':>10} "
-              f"{'ratio':>6} {'added/task':>11} {'minus local':>12} {'floor connect':>14}")
-        for shape, n, runner, t, fl, sr, extra in rows:
-            print(f"{shape:7} {n:5d} {runner:6} {t / n * 1000:9.1f}ms "
-                  f"{(f'{fl / n * 1000:9.1f}ms' if fl else '-'):>11} {(f'{sr / n * 1000:8.1f}ms' if sr else '-'):>10} "
-                  f"{(f'{t / fl:5.2f}x' if fl else '-'):>6} {(f'{(t - fl) / n * 1000:9.1f}ms' if fl else '-'):>11} "
-                  f"{(f'{extra[0] / n * 1000:10.1f}ms' if extra else '-'):>12} "
-                  f"{(f'{extra[1]:12.2f}s' if extra else '-'):>14}")
+                add("one ray", dagrun(root, "chain", 1, "ray"))
+                add("one ray program", ray_program("chain", 1))
+            for shape, n in (("chain", chain), ("fanout", fan)):
+                add(f"{shape} local", dagrun(root, shape, n, "local"))
+                if "slurm" in which:
+                    add(f"{shape} slurm floor", floor(root, shape, n))
+                    if shape == "chain":
+                        add(f"{shape} srun", srun_chain(n))
+                    add(f"{shape} slurm", dagrun(root, shape, n, "slurm"))
+                if "steps" in which:
+                    add(f"{shape} steps floor min", srun_steps(shape, n))
+                    add(f"{shape} steps floor agent", srun_agent_steps(root, shape, n))
+                    add(f"{shape} steps", dagrun_steps(root, shape, n))
+                if "ray" in which:
+                    fmin, fagent = ray_floor(shape, n)
+                    add(f"{shape} ray floor min", fmin)
+                    add(f"{shape} ray floor agent", fagent)
+                    add(f"{shape} ray program", ray_program(shape, n))
+                    add(f"{shape} ray", dagrun(root, shape, n, "ray"))
+    print(f"load average at end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+    def ms(x):
+        return f"{x * 1000:8.1f}ms" if x is not None else f"{'-':>10}"
+    print(f"\n{'shape':7} {'N':>4} {'what':18} {'whole/task':>10} {'marginal/task':>13}")
+    for shape, n in (("chain", chain), ("fanout", fan)):
+        for what in ("local", "slurm floor", "srun", "slurm", "steps floor min", "steps floor agent", "steps",
+                     "ray floor min", "ray floor agent", "ray program", "ray"):
+            if f"{shape} {what}" not in m:
+                continue
+            t = med(m[f"{shape} {what}"])
+            one = {"local": "one local", "steps": "one steps", "ray": "one ray",
+                   "ray program": "one ray program"}.get(what)
+            marg = (t - med(m[one])) / (n - 1) if one else (t / n if "floor" in what or what == "srun" else None)
+            print(f"{shape:7} {n:4d} {what:18} {ms(t / n)} {ms(marg):>13}")
+        print()
+    print("ratios, per task (marginal for dagrun and the ray program; the floors run no start-up):")
+    for shape, n in (("chain", chain), ("fanout", fan)):
+        def marg(what, one):
+            return (med(m[f"{shape} {what}"]) - med(m[one])) / (n - 1)
+        if "slurm" in which:
+            t, fl = med(m[f"{shape} slurm"]), med(m[f"{shape} slurm floor"])
+            print(f"  {shape:7} slurm jobs   / sbatch floor       {t / fl:5.2f}x  (whole)")
+        if "steps" in which:
+            st = marg("steps", "one steps")
+            for f in ("agent", "min"):
+                fl = med(m[f"{shape} steps floor {f}"]) / n
+                print(f"  {shape:7} steps        / steps floor {f:6} {st / fl:5.2f}x  (+{(st - fl) * 1000:.1f} ms)")
+        if "ray" in which:
+            r = marg("ray", "one ray")
+            prog = marg("ray program", "one ray program")
+            print(f"  {shape:7} ray          / ray program        {r / prog:5.2f}x  (+{(r - prog) * 1000:.1f} ms)  "
+                  f"whole {med(m[f'{shape} ray']) / med(m[f'{shape} ray program']):4.2f}x")
+            for f in ("agent", "min"):
+                fl = med(m[f"{shape} ray floor {f}"]) / n
+                print(f"  {shape:7} ray          / ray floor {f:8} {r / fl:5.2f}x  (+{(r - fl) * 1000:.1f} ms)")
+        loc = marg("local", "one local")
+        print(f"  {shape:7} local runner: {loc * 1000:.1f} ms a task (dagrun's own cost, marginal)")
 
 
 if __name__ == "__main__":
