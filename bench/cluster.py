@@ -80,11 +80,25 @@ def _in_allocation(cpus: int, script: str) -> float:
     return float(r.stdout.strip().splitlines()[-1])
 
 
-def dagrun_steps(root: str, shape: str, n: int) -> float:
+def steady(home: str, goal: str) -> float:
+    """Seconds per task once running, from the goal's own events: (last `done` - first `done`)
+    / (N - 1). Start-up (Python, import, connecting, the first task) is left out."""
+    from datetime import datetime
+    ts = []
+    with open(os.path.join(home, "goals", goal, "events.jsonl")) as f:
+        for line in f:
+            e = json.loads(line)
+            if e.get("status") == "done":
+                ts.append(datetime.fromisoformat(e["ts"].replace("Z", "+00:00")).timestamp())
+    ts.sort()
+    return (ts[-1] - ts[0]) / (len(ts) - 1)
+
+
+def dagrun_steps(root: str, shape: str, n: int) -> tuple[float, float]:
     home = tempfile.mkdtemp(dir=root, prefix=f"home-steps-{shape}-")
     cmd = [*DAGRUN, f"--home={home}", "run", "-q", "-j", str(1 if shape == "chain" else STEPS_CPUS),
            "--runner", "slurm", plan(root, shape, n, steps=True)]
-    return _in_allocation(STEPS_CPUS, " ".join(shlex.quote(x) for x in cmd) + " >/dev/null")
+    return _in_allocation(STEPS_CPUS, " ".join(shlex.quote(x) for x in cmd) + " >/dev/null"), steady(home, shape)
 
 
 def srun_steps(shape: str, n: int) -> float:
@@ -108,13 +122,14 @@ def srun_agent_steps(root: str, shape: str, n: int) -> float:
     return _in_allocation(STEPS_CPUS, f"seq {n} | xargs -P {par} -I@ sh -c {shlex.quote(one)} @")
 
 
-def dagrun(root: str, shape: str, n: int, runner: str) -> float:
+def dagrun(root: str, shape: str, n: int, runner: str) -> tuple[float, float]:
+    """(the whole `dagrun run`, its steady time per task)"""
     home = tempfile.mkdtemp(dir=root, prefix=f"home-{runner}-{shape}-")
     p = plan(root, shape, n)
     t = time.perf_counter()
     subprocess.run([*DAGRUN, f"--home={home}", "run", "-q", "-j", str(n if shape == "fanout" else 1),
                     "--runner", runner, p], check=True, capture_output=True)
-    return time.perf_counter() - t
+    return time.perf_counter() - t, steady(home, shape)
 
 
 def _wait_files(paths: list[str]) -> None:
@@ -181,19 +196,28 @@ def agent_task(i):
         prompt = f.read()
     return agent.remote("true", root, env, prompt)
 
-def shape_run(shape, n, f):
+def shape_run(shape, n, f, ends=None):
     t = time.perf_counter()
     if shape == "chain":
         for i in range(n):
             r = ray.get(f(i))
+            if ends is not None:
+                ends.append(time.perf_counter())
     else:
-        r = ray.get([f(i) for i in range(n)])[-1]
+        left = [f(i) for i in range(n)]
+        while left:
+            done, left = ray.wait(left, num_returns=1)
+            r = ray.get(done[0])
+            if ends is not None:
+                ends.append(time.perf_counter())
     assert r == 0 or r[0] == 0, r
     return time.perf_counter() - t
 
 mode, shape, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 if mode == "program":               # the honest floor as a whole program: timed from outside
-    shape_run(shape, n, agent_task)
+    ends = []
+    shape_run(shape, n, agent_task, ends)
+    print((ends[-1] - ends[0]) / (n - 1))       # its steady time per task, as dagrun's
 else:                               # in one connected, warmed-up process
     ray.get([true.remote(), agent_task(0)])
     print(shape_run(shape, n, lambda i: true.remote()), shape_run(shape, n, agent_task))
@@ -208,10 +232,12 @@ def ray_floor(shape: str, n: int) -> tuple[float, float]:
     return float(a), float(b)
 
 
-def ray_program(shape: str, n: int) -> float:
+def ray_program(shape: str, n: int) -> tuple[float, float]:
+    """(the whole program, its steady time per task)"""
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", RAY_FLOOR, "program", shape, str(n)], capture_output=True, check=True)
-    return time.perf_counter() - t
+    r = subprocess.run([sys.executable, "-c", RAY_FLOOR, "program", shape, str(n)], capture_output=True, text=True,
+                       check=True)
+    return time.perf_counter() - t, float(r.stdout.strip().splitlines()[-1])
 
 
 def settings() -> str:
@@ -235,15 +261,13 @@ def main() -> None:
     m: dict[str, list] = {}
 
     def add(k, v):
-        m.setdefault(k, []).append(v)
+        if isinstance(v, tuple):
+            m.setdefault(k, []).append(v[0])
+            m.setdefault(k + " steady", []).append(v[1])
+        else:
+            m.setdefault(k, []).append(v)
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as root:
         for _ in range(REPS):
-            add("one local", dagrun(root, "chain", 1, "local"))
-            if "steps" in which:
-                add("one steps", dagrun_steps(root, "chain", 1))
-            if "ray" in which:
-                add("one ray", dagrun(root, "chain", 1, "ray"))
-                add("one ray program", ray_program("chain", 1))
             for shape, n in (("chain", chain), ("fanout", fan)):
                 add(f"{shape} local", dagrun(root, shape, n, "local"))
                 if "slurm" in which:
@@ -265,40 +289,37 @@ def main() -> None:
 
     def ms(x):
         return f"{x * 1000:8.1f}ms" if x is not None else f"{'-':>10}"
-    print(f"\n{'shape':7} {'N':>4} {'what':18} {'whole/task':>10} {'marginal/task':>13}")
+    print(f"\n{'shape':7} {'N':>4} {'what':18} {'whole/task':>10} {'steady/task':>11}")
     for shape, n in (("chain", chain), ("fanout", fan)):
         for what in ("local", "slurm floor", "srun", "slurm", "steps floor min", "steps floor agent", "steps",
                      "ray floor min", "ray floor agent", "ray program", "ray"):
-            if f"{shape} {what}" not in m:
+            k = f"{shape} {what}"
+            if k not in m:
                 continue
-            t = med(m[f"{shape} {what}"])
-            one = {"local": "one local", "steps": "one steps", "ray": "one ray",
-                   "ray program": "one ray program"}.get(what)
-            marg = (t - med(m[one])) / (n - 1) if one else (t / n if "floor" in what or what == "srun" else None)
-            print(f"{shape:7} {n:4d} {what:18} {ms(t / n)} {ms(marg):>13}")
+            st = med(m[k + " steady"]) if k + " steady" in m else (med(m[k]) / n if "floor" in what or what == "srun"
+                                                                   else None)
+            print(f"{shape:7} {n:4d} {what:18} {ms(med(m[k]) / n)} {ms(st):>11}")
         print()
-    print("ratios, per task (marginal for dagrun and the ray program; the floors run no start-up):")
+    print("ratios per task: steady (dagrun's from its events, start-up left out) against the floors, "
+          "which run warmed up; whole runs where both sides start from nothing")
     for shape, n in (("chain", chain), ("fanout", fan)):
-        def marg(what, one):
-            return (med(m[f"{shape} {what}"]) - med(m[one])) / (n - 1)
+        def r(a, b):
+            return f"{a / b:5.2f}x ({(a - b) * 1000:+.1f} ms)"
         if "slurm" in which:
-            t, fl = med(m[f"{shape} slurm"]), med(m[f"{shape} slurm floor"])
-            print(f"  {shape:7} slurm jobs   / sbatch floor       {t / fl:5.2f}x  (whole)")
+            print(f"  {shape:7} slurm jobs, whole  / sbatch floor      {r(med(m[f'{shape} slurm']) / n, med(m[f'{shape} slurm floor']) / n)}")
         if "steps" in which:
-            st = marg("steps", "one steps")
+            st = med(m[f"{shape} steps steady"])
             for f in ("agent", "min"):
-                fl = med(m[f"{shape} steps floor {f}"]) / n
-                print(f"  {shape:7} steps        / steps floor {f:6} {st / fl:5.2f}x  (+{(st - fl) * 1000:.1f} ms)")
+                print(f"  {shape:7} steps, steady      / steps floor {f:5} {r(st, med(m[f'{shape} steps floor {f}']) / n)}")
         if "ray" in which:
-            r = marg("ray", "one ray")
-            prog = marg("ray program", "one ray program")
-            print(f"  {shape:7} ray          / ray program        {r / prog:5.2f}x  (+{(r - prog) * 1000:.1f} ms)  "
-                  f"whole {med(m[f'{shape} ray']) / med(m[f'{shape} ray program']):4.2f}x")
+            st = med(m[f"{shape} ray steady"])
+            print(f"  {shape:7} ray, steady        / ray program steady {r(st, med(m[f'{shape} ray program steady']))}")
             for f in ("agent", "min"):
-                fl = med(m[f"{shape} ray floor {f}"]) / n
-                print(f"  {shape:7} ray          / ray floor {f:8} {r / fl:5.2f}x  (+{(r - fl) * 1000:.1f} ms)")
-        loc = marg("local", "one local")
-        print(f"  {shape:7} local runner: {loc * 1000:.1f} ms a task (dagrun's own cost, marginal)")
+                print(f"  {shape:7} ray, steady        / ray floor {f:5}    {r(st, med(m[f'{shape} ray floor {f}']) / n)}")
+            print(f"  {shape:7} ray, whole         / ray program whole  "
+                  f"{r(med(m[f'{shape} ray']) / n, med(m[f'{shape} ray program']) / n)}")
+        print(f"  {shape:7} local runner, steady: {med(m[f'{shape} local steady']) * 1000:.1f} ms a task "
+              f"(dagrun's own cost with a local `true`)")
 
 
 if __name__ == "__main__":
