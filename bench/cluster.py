@@ -38,6 +38,8 @@ Per task is printed two ways: whole (the run's time / N) and marginal ((T(N) - T
 T(1) a run of one task the same way): what one more task costs, start-up left out. The
 marginal ratio is the per-task overhead; the whole ratio also carries the start-up.
 
+BASELINE="cmd" (environment) also runs that dagrun for the steps and ray rows, interleaved with
+this one (an A/B in one run, e.g. BASELINE="env PYTHONPATH=/old/checkout python -m dagrun").
 REPS=N (environment) repeats every measurement N times, interleaved, and prints medians (on a
 busy shared machine one run is noise). DAGRUN="python -m ..." runs another dagrun (an A/B
 against an older checkout). Prints the Slurm settings (SchedulerParameters, the node's CPUs)
@@ -59,6 +61,7 @@ import shlex
 import statistics
 
 DAGRUN = shlex.split(os.environ.get("DAGRUN") or os.path.join(os.path.dirname(sys.executable), "dagrun"))
+BASELINE = shlex.split(os.environ.get("BASELINE") or "")
 REPS = int(os.environ.get("REPS") or 1)
 STEPS_CPUS = int(os.environ.get("STEPS_CPUS") or 2)
 
@@ -94,9 +97,9 @@ def steady(home: str, goal: str) -> float:
     return (ts[-1] - ts[0]) / (len(ts) - 1)
 
 
-def dagrun_steps(root: str, shape: str, n: int) -> tuple[float, float]:
+def dagrun_steps(root: str, shape: str, n: int, exe: list[str] = DAGRUN) -> tuple[float, float]:
     home = tempfile.mkdtemp(dir=root, prefix=f"home-steps-{shape}-")
-    cmd = [*DAGRUN, f"--home={home}", "run", "-q", "-j", str(1 if shape == "chain" else STEPS_CPUS),
+    cmd = [*exe, f"--home={home}", "run", "-q", "-j", str(1 if shape == "chain" else STEPS_CPUS),
            "--runner", "slurm", plan(root, shape, n, steps=True)]
     return _in_allocation(STEPS_CPUS, " ".join(shlex.quote(x) for x in cmd) + " >/dev/null"), steady(home, shape)
 
@@ -122,12 +125,12 @@ def srun_agent_steps(root: str, shape: str, n: int) -> float:
     return _in_allocation(STEPS_CPUS, f"seq {n} | xargs -P {par} -I@ sh -c {shlex.quote(one)} @")
 
 
-def dagrun(root: str, shape: str, n: int, runner: str) -> tuple[float, float]:
+def dagrun(root: str, shape: str, n: int, runner: str, exe: list[str] = DAGRUN) -> tuple[float, float]:
     """(the whole `dagrun run`, its steady time per task)"""
     home = tempfile.mkdtemp(dir=root, prefix=f"home-{runner}-{shape}-")
     p = plan(root, shape, n)
     t = time.perf_counter()
-    subprocess.run([*DAGRUN, f"--home={home}", "run", "-q", "-j", str(n if shape == "fanout" else 1),
+    subprocess.run([*exe, f"--home={home}", "run", "-q", "-j", str(n if shape == "fanout" else 1),
                     "--runner", runner, p], check=True, capture_output=True)
     return time.perf_counter() - t, steady(home, shape)
 
@@ -279,12 +282,16 @@ def main() -> None:
                     add(f"{shape} steps floor min", srun_steps(shape, n))
                     add(f"{shape} steps floor agent", srun_agent_steps(root, shape, n))
                     add(f"{shape} steps", dagrun_steps(root, shape, n))
+                    if BASELINE:
+                        add(f"{shape} steps base", dagrun_steps(root, shape, n, BASELINE))
                 if "ray" in which:
                     fmin, fagent = ray_floor(shape, n)
                     add(f"{shape} ray floor min", fmin)
                     add(f"{shape} ray floor agent", fagent)
                     add(f"{shape} ray program", ray_program(shape, n))
                     add(f"{shape} ray", dagrun(root, shape, n, "ray"))
+                    if BASELINE:
+                        add(f"{shape} ray base", dagrun(root, shape, n, "ray", BASELINE))
     print(f"load average at end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
     def ms(x):
@@ -292,7 +299,7 @@ def main() -> None:
     print(f"\n{'shape':7} {'N':>4} {'what':18} {'whole/task':>10} {'steady/task':>11}")
     for shape, n in (("chain", chain), ("fanout", fan)):
         for what in ("local", "slurm floor", "srun", "slurm", "steps floor min", "steps floor agent", "steps",
-                     "ray floor min", "ray floor agent", "ray program", "ray"):
+                     "ray floor min", "ray floor agent", "ray program", "ray", "steps base", "ray base"):
             k = f"{shape} {what}"
             if k not in m:
                 continue
@@ -308,16 +315,18 @@ def main() -> None:
         if "slurm" in which:
             print(f"  {shape:7} slurm jobs, whole  / sbatch floor      {r(med(m[f'{shape} slurm']) / n, med(m[f'{shape} slurm floor']) / n)}")
         if "steps" in which:
-            st = med(m[f"{shape} steps steady"])
-            for f in ("agent", "min"):
-                print(f"  {shape:7} steps, steady      / steps floor {f:5} {r(st, med(m[f'{shape} steps floor {f}']) / n)}")
+            for b in ("", " base") if BASELINE else ("",):
+                st = med(m[f"{shape} steps{b} steady"])
+                for f in ("agent", "min"):
+                    print(f"  {shape:7} steps{b:5}, steady / steps floor {f:5} {r(st, med(m[f'{shape} steps floor {f}']) / n)}")
         if "ray" in which:
-            st = med(m[f"{shape} ray steady"])
-            print(f"  {shape:7} ray, steady        / ray program steady {r(st, med(m[f'{shape} ray program steady']))}")
-            for f in ("agent", "min"):
-                print(f"  {shape:7} ray, steady        / ray floor {f:5}    {r(st, med(m[f'{shape} ray floor {f}']) / n)}")
-            print(f"  {shape:7} ray, whole         / ray program whole  "
-                  f"{r(med(m[f'{shape} ray']) / n, med(m[f'{shape} ray program']) / n)}")
+            for b in ("", " base") if BASELINE else ("",):
+                st = med(m[f"{shape} ray{b} steady"])
+                print(f"  {shape:7} ray{b:5}, steady   / ray program steady {r(st, med(m[f'{shape} ray program steady']))}")
+                for f in ("agent", "min"):
+                    print(f"  {shape:7} ray{b:5}, steady   / ray floor {f:5}    {r(st, med(m[f'{shape} ray floor {f}']) / n)}")
+                print(f"  {shape:7} ray{b:5}, whole    / ray program whole  "
+                      f"{r(med(m[f'{shape} ray{b}']) / n, med(m[f'{shape} ray program']) / n)}")
         print(f"  {shape:7} local runner, steady: {med(m[f'{shape} local steady']) * 1000:.1f} ms a task "
               f"(dagrun's own cost with a local `true`)")
 

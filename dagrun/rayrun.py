@@ -4,8 +4,11 @@ the task, and stdout, stderr and the exit status travel back; the driver writes 
 files and the engine commits them like any other attempt.
 
 The remote function runs the agent in its own session (process group) with stdin = the
-prompt and the attempt's environment (DAGRUN_* included); a guard process kills that group if
-the Ray worker dies (a forced cancel, a crash). terminate() is `ray.cancel(ref)`: it raises KeyboardInterrupt in the
+prompt and the attempt's environment (DAGRUN_* included); the worker's guard process (one per
+Ray worker, fed the groups of its running agents through a pipe) kills that group if the Ray
+worker dies (a forced cancel, a crash). An attempt still running 0.1 s after its agent started
+streams its node first (status, a `placed` event); a shorter one sends one item, its result
+with its node. terminate() is `ray.cancel(ref)`: it raises KeyboardInterrupt in the
 remote function, which sends TERM to the agent's group, waits `kill_grace`, then KILL; kill()
 is `ray.cancel(ref, force=True)` (the worker is killed; the agent with it). A node that dies,
 or a worker that crashes, ends the attempt `failed` with Ray's reason; the task's `retries`
@@ -144,8 +147,11 @@ def _guard():
         st.pid, st.w, st.proc = None, None, None
     if st.pid == os.getpid() and st.proc is not None and st.proc.poll() is None:
         return st.w
+    if st.w is not None and st.pid == os.getpid():
+        os.close(st.w)                    # its guard died: a new one
     try:
         r, w = os.pipe()                  # (not inheritable: no agent holds the write end)
+        os.set_blocking(w, False)         # a guard that stops reading never blocks the worker
         st.proc = subprocess.Popen([sys.executable, "-S", "-c", GUARD], stdin=r, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin"},
                                    start_new_session=True, close_fds=True)
