@@ -1,6 +1,6 @@
 """Issue 15's remote guarantees for the Ray runner beyond tests/test_ray.py, on a real Ray head
 (RAY_ADDRESS): a task's resources reach Ray (its CPUs and memory show in the head's usage while
-it runs), and an attempt that ends before the driver looked for its node (its first streamed
+it runs) and status names the runner and the Ray task id, and an attempt that ends before the driver looked for its node (its first streamed
 item is its result) is committed whole. Marked `ray`: skipped without a head, failing under
 CI=true."""
 from __future__ import annotations
@@ -45,6 +45,11 @@ def test_resources_reach_ray(tmp_path):
             return out if "123.00MiB/" in out and cpu and float(cpu.group(1)) >= 2.0 else None
         out = wait_for(counted, timeout=90, interval=0.5, what="ray status counting 2 CPUs and 123 MiB in use")
         assert re.search(r"123\.00MiB/[\d.]+\w+ memory", out), out
+        # status names the runner and the Ray task id of the running attempt
+        tid = json.loads((task_dir(home, "g", "big") / "claim" / "owner.json").read_text())["handle"]["task_id"]
+        row = json.loads(run("status", "g", "--json", home=home).stdout)["tasks"][0]
+        assert row["state"] == "running" and row["runner"] == "ray" and row["task_id"] == tid, row
+        assert f"ray task {tid[:16]}" in run("status", "g", home=home, env={"COLUMNS": "200"}).stdout
         run("cancel", "g", "big", home=home, timeout=60)
         assert d.wait(60) == 1
     finally:

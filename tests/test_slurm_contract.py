@@ -1,7 +1,8 @@
 """Issue 15's remote guarantees for the Slurm runner's steps mode (`"slurm": {"mode": "steps"}`),
 on a real single-node cluster (.ci/slurm-up.sh; SLURM_CONF): the example goal and a 50-task DAG
 give the local runner's outputs with every task a step of the driver's one allocation; a
-timeout stops the step and is recorded as one. (Jobs mode: tests/test_slurm.py.) Marked
+timeout stops the step and is recorded as one; status names the runner and the job of a
+running attempt. (Jobs mode: tests/test_slurm.py.) Marked
 `slurm`: skipped without a cluster, failing under CI=true. The record reader needs no cluster."""
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DAGRUN, EXAMPLES, events, need_slurm, processes_with_env, run, task_dir, wait_for, write_plan
+from conftest import DAGRUN, EXAMPLES, events, kill_group, need_slurm, processes_with_env, run, spawn, task_dir, wait_for, \
+    write_plan
 
 slurm = pytest.mark.slurm
 
@@ -93,6 +95,33 @@ def test_a_step_that_times_out_is_stopped_and_recorded_as_a_timeout(tmp_path, cl
     assert any(e["type"] == "agent.task.blocked" and e.get("task") == "after" for e in events(home, "st"))
     wait_for(lambda: not _steps_of(job), timeout=30, what="no step of the driver's job left")
     wait_for(lambda: not processes_with_env("DAGRUN_HOME", str(home)), timeout=35, what="the agent gone")
+
+
+@slurm
+def test_status_names_the_runner_and_the_job_of_a_running_attempt(tmp_path, cluster):
+    p = write_plan(tmp_path / "plans", [{"id": "a", "prompt": "p", "agent": "sleep 120"}], goal="g", runner="slurm")
+    home = tmp_path / "home"
+    d = spawn("run", "-q", p, home=home)
+    job = None
+    try:
+        def job_of():
+            try:
+                return json.loads((task_dir(home, "g", "a") / "claim" / "owner.json").read_text())["handle"].get("job")
+            except (OSError, ValueError, KeyError):
+                return None
+        job = wait_for(job_of, timeout=60, what="the job id in owner.json")
+        row = json.loads(run("status", "g", "--json", home=home).stdout)["tasks"][0]
+        assert row["state"] == "running" and row["runner"] == "slurm" and row["job"] == job, row
+        assert f"slurm job {job}" in run("status", "g", home=home, env={"COLUMNS": "200"}).stdout
+        run("cancel", "g", "a", home=home, timeout=60)
+        assert d.wait(60) == 1
+    finally:
+        kill_group(d)
+        if job:
+            subprocess.run(["scancel", str(job)], capture_output=True)
+        wait_for(lambda: not processes_with_env("DAGRUN_HOME", str(home)), timeout=35, what="the job's agent gone")
+    row = json.loads(run("status", "g", "--json", home=home).stdout)["tasks"][0]
+    assert row["state"] == "cancelled" and "runner" not in row          # only while it runs
 
 
 def test_a_node_record_is_read_only_once_whole(tmp_path):
