@@ -2,34 +2,51 @@
 the same run.
 
 Two shapes of no-op tasks (agent `true`):
-  chain   20 tasks, each depending on the previous one (latency: one job at a time)
-  fanout  100 independent tasks, -j 100 (throughput: as many jobs as the node takes)
+  chain   CHAIN tasks (default 20), each depending on the previous one (latency: one at a time)
+  fanout  FANOUT independent tasks (default 100), -j FANOUT (throughput: as many as fit)
 
 and for each, in this order:
   local   `dagrun run` with the local runner (dagrun's own cost)
-  floor   the same shape straight on Slurm: `sbatch --parsable --wrap 'touch F'` and waiting
-          for F (stat every 10 ms) -- sbatch -> job start -> job end, nothing of dagrun's;
-          the chain submits the next job when the previous file appears
-  srun    the same shape as `srun true` job steps inside one allocation (salloc), the
-          floor of a steps mode (chain only)
+  slurm floor   the same shape straight on Slurm: `sbatch --parsable --wrap 'touch F'` and
+          waiting for F (stat every 10 ms) -- sbatch -> job start -> job end, nothing of
+          dagrun's; the chain submits the next job when the previous file appears
+  srun    the same shape as `srun true` job steps inside one allocation (salloc), chain only
   slurm   `dagrun run --runner slurm`
   steps   `dagrun run --runner slurm` with "slurm": {"mode": "steps"}, the driver inside a salloc
-          of STEPS_CPUS (default 2) CPUs, -j STEPS_CPUS; timed inside the allocation (the wait
-          for it left out); its floor: `srun --exact -n1 true` steps, STEPS_CPUS at a time
-  ray floor  a bare Ray task running `sh -c true` (ray.get of one at a time for the chain, of
-          all at once for the fan-out), from a driver already connected
-  ray     `dagrun run --runner ray` (its time includes importing Ray and connecting to the
-          head, ~1-3 s, once; the floor's own import + connect is printed beside it)
+          of STEPS_CPUS (default 2) CPUs, -j 1 (chain) / -j STEPS_CPUS (fan-out); timed inside
+          the allocation (the wait for it left out). Two floors, run the same way (xargs -P):
+            steps floor min    `srun --exact -n1 true`
+            steps floor agent  what dagrun must do per task: `sh -c 'exec srun --exact --nodes=1
+                               --ntasks=1 --cpus-per-task=1 --job-name=.. --chdir=D /bin/sh -c true
+                               <PROMPT >OUT 2>ERR'` (the local runner also starts `exec srun ...`
+                               through `sh -c`; the agent reads the prompt, its output is kept)
+  ray     `dagrun run --runner ray` (a whole program: Python start-up, import, connecting to the
+          head, Ray starting the job's workers, the tasks). Three floors:
+            ray floor min      in one connected, warmed-up process: a remote function running
+                               `sh -c true` and returning its exit code (earlier: "a bare Ray task")
+            ray floor agent    the same process: what any Ray user must write to run an agent
+                               the way dagrun does -- read the prompt file, a remote function
+                               taking the command, workdir, environment (the driver's plus the
+                               DAGRUN_* variables) and prompt, running `sh -c CMD` as a
+                               subprocess with the prompt on stdin, returning (code, stdout,
+                               stderr)
+            ray program        that same agent floor as a whole program, timed from outside like
+                               `dagrun run` (Python start-up, import ray, connect, the job's
+                               workers, the tasks)
 
-REPS=N (environment) repeats every measurement N times, interleaved (local, floor, dagrun,
-local, ...), and prints medians: on a busy shared machine one run is noise. For Ray it also
-prints dagrun ray - dagrun local (what the Ray runner adds to dagrun's own cost) per task.
-DAGRUN="python -m ..." (environment) runs another dagrun (an A/B against an older checkout).
+Per task is printed two ways: whole (the run's time / N) and marginal ((T(N) - T(1)) / (N - 1),
+T(1) a run of one task the same way): what one more task costs, start-up left out. The
+marginal ratio is the per-task overhead; the whole ratio also carries the start-up.
 
-Prints the Slurm settings (SchedulerParameters, the node's CPUs) and per-task times and the
-ratio dagrun/floor. Needs a cluster (SLURM_CONF; .ci/slurm-up.sh) and a Ray head (RAY_ADDRESS).
+BASELINE="cmd" (environment) also runs that dagrun for the steps and ray rows, interleaved with
+this one (an A/B in one run, e.g. BASELINE="env PYTHONPATH=/old/checkout python -m dagrun").
+REPS=N (environment) repeats every measurement N times, interleaved, and prints medians (on a
+busy shared machine one run is noise). DAGRUN="python -m ..." runs another dagrun (an A/B
+against an older checkout). Prints the Slurm settings (SchedulerParameters, the node's CPUs)
+and the load average. Needs a cluster (SLURM_CONF; .ci/slurm-up.sh) and a Ray head
+(RAY_ADDRESS).
 
-    SLURM_CONF=... RAY_ADDRESS=127.0.0.1:6379 .venv/bin/python bench/cluster.py [CHAIN] [FANOUT] [slurm,steps,ray]
+    SLURM_CONF=... RAY_ADDRESS=127.0.0.1:6379 REPS=3 .venv/bin/python bench/cluster.py [CHAIN] [FANOUT] [slurm,steps,ray]
 """
 from __future__ import annotations
 
@@ -44,6 +61,7 @@ import shlex
 import statistics
 
 DAGRUN = shlex.split(os.environ.get("DAGRUN") or os.path.join(os.path.dirname(sys.executable), "dagrun"))
+BASELINE = shlex.split(os.environ.get("BASELINE") or "")
 REPS = int(os.environ.get("REPS") or 1)
 STEPS_CPUS = int(os.environ.get("STEPS_CPUS") or 2)
 
@@ -65,25 +83,56 @@ def _in_allocation(cpus: int, script: str) -> float:
     return float(r.stdout.strip().splitlines()[-1])
 
 
-def dagrun_steps(root: str, shape: str, n: int) -> float:
+def steady(home: str, goal: str) -> float:
+    """Seconds per task once running, from the goal's own events: (last `done` - first `done`)
+    / (N - 1). Start-up (Python, import, connecting, the first task) is left out."""
+    from datetime import datetime
+    ts = []
+    with open(os.path.join(home, "goals", goal, "events.jsonl")) as f:
+        for line in f:
+            e = json.loads(line)
+            if e.get("status") == "done":
+                ts.append(datetime.fromisoformat(e["ts"].replace("Z", "+00:00")).timestamp())
+    ts.sort()
+    return (ts[-1] - ts[0]) / (len(ts) - 1)
+
+
+def dagrun_steps(root: str, shape: str, n: int, exe: list[str] = DAGRUN) -> tuple[float, float]:
     home = tempfile.mkdtemp(dir=root, prefix=f"home-steps-{shape}-")
-    cmd = [*DAGRUN, f"--home={home}", "run", "-q", "-j", str(1 if shape == "chain" else STEPS_CPUS),
+    cmd = [*exe, f"--home={home}", "run", "-q", "-j", str(1 if shape == "chain" else STEPS_CPUS),
            "--runner", "slurm", plan(root, shape, n, steps=True)]
-    return _in_allocation(STEPS_CPUS, " ".join(shlex.quote(x) for x in cmd) + " >/dev/null")
+    return _in_allocation(STEPS_CPUS, " ".join(shlex.quote(x) for x in cmd) + " >/dev/null"), steady(home, shape)
 
 
 def srun_steps(shape: str, n: int) -> float:
+    """The minimal steps floor: `srun --exact -n1 true`, xargs -P 1 (chain) / STEPS_CPUS."""
     par = 1 if shape == "chain" else STEPS_CPUS
     return _in_allocation(STEPS_CPUS, f"seq {n} | xargs -P {par} -I@ srun --exact -n1 true")
 
 
-def dagrun(root: str, shape: str, n: int, runner: str) -> float:
+def srun_agent_steps(root: str, shape: str, n: int) -> float:
+    """The honest steps floor: per task what dagrun's steps mode must do at the least -- a
+    `sh -c 'exec srun ...'` (the local runner starts its srun through sh -c too) of one task on
+    one node with --exact, running `/bin/sh -c true` with the prompt on stdin and stdout/stderr
+    kept in files."""
+    d = tempfile.mkdtemp(dir=root, prefix=f"srun-agent-{shape}-")
+    prompt = os.path.join(d, "prompt.md")
+    with open(prompt, "w") as f:
+        f.write("p")
+    par = 1 if shape == "chain" else STEPS_CPUS
+    one = (f"exec srun --quiet --exact --nodes=1 --ntasks=1 --cpus-per-task=1 --job-name=floor --chdir={d} "
+           f"/bin/sh -c true <{prompt} >{d}/out.$0 2>{d}/err.$0")
+    return _in_allocation(STEPS_CPUS, f"seq {n} | xargs -P {par} -I@ sh -c {shlex.quote(one)} @")
+
+
+def dagrun(root: str, shape: str, n: int, runner: str, exe: list[str] = DAGRUN) -> tuple[float, float]:
+    """(the whole `dagrun run`, its steady time per task)"""
     home = tempfile.mkdtemp(dir=root, prefix=f"home-{runner}-{shape}-")
     p = plan(root, shape, n)
     t = time.perf_counter()
-    subprocess.run([*DAGRUN, f"--home={home}", "run", "-q", "-j", str(n if shape == "fanout" else 1),
+    subprocess.run([*exe, f"--home={home}", "run", "-q", "-j", str(n if shape == "fanout" else 1),
                     "--runner", runner, p], check=True, capture_output=True)
-    return time.perf_counter() - t
+    return time.perf_counter() - t, steady(home, shape)
 
 
 def _wait_files(paths: list[str]) -> None:
@@ -124,28 +173,74 @@ def srun_chain(n: int) -> float:
 RAY_FLOOR = r"""
 import time
 t0 = time.perf_counter()
-import os, subprocess, sys, ray
+import os, subprocess, sys, tempfile, ray
 ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", logging_level="ERROR", log_to_driver=False)
+
 @ray.remote(num_cpus=1, max_retries=0)
-def noop():
+def true():
     return subprocess.run(["/bin/sh", "-c", "true"]).returncode
-ray.get(noop.remote())                       # warm: a worker exists, the function is exported
-shape, n = sys.argv[1], int(sys.argv[2])
-t = time.perf_counter()
-if shape == "chain":
-    for _ in range(n):
-        ray.get(noop.remote())
-else:
-    ray.get([noop.remote() for _ in range(n)])
-print(time.perf_counter() - t, t - t0)
+
+@ray.remote(num_cpus=1, max_retries=0)
+def agent(cmd, cwd, env, prompt):
+    p = subprocess.run(["/bin/sh", "-c", cmd], cwd=cwd, env=env, input=prompt, capture_output=True)
+    return p.returncode, p.stdout, p.stderr
+
+root = tempfile.mkdtemp()
+with open(os.path.join(root, "prompt.md"), "w") as f:
+    f.write("p")
+
+def agent_task(i):
+    env = dict(os.environ)
+    env.update({k: f"{root}/{k.lower()}/t{i}" for k in ("DAGRUN_HOME", "DAGRUN_GOAL", "DAGRUN_TASK",
+                "DAGRUN_ATTEMPT", "DAGRUN_TASK_DIR", "DAGRUN_PROMPT_FILE", "DAGRUN_OUTPUT_FILE",
+                "DAGRUN_WORKER", "DAGRUN_USAGE_FILE", "DAGRUN_RAW_FILE", "DAGRUN_CHECK_FILE",
+                "DAGRUN_HEARTBEAT_FILE", "DAGRUN_RUN_ID")})
+    with open(os.path.join(root, "prompt.md"), "rb") as f:
+        prompt = f.read()
+    return agent.remote("true", root, env, prompt)
+
+def shape_run(shape, n, f, ends=None):
+    t = time.perf_counter()
+    if shape == "chain":
+        for i in range(n):
+            r = ray.get(f(i))
+            if ends is not None:
+                ends.append(time.perf_counter())
+    else:
+        left = [f(i) for i in range(n)]
+        while left:
+            done, left = ray.wait(left, num_returns=1)
+            r = ray.get(done[0])
+            if ends is not None:
+                ends.append(time.perf_counter())
+    assert r == 0 or r[0] == 0, r
+    return time.perf_counter() - t
+
+mode, shape, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if mode == "program":               # the honest floor as a whole program: timed from outside
+    ends = []
+    shape_run(shape, n, agent_task, ends)
+    print((ends[-1] - ends[0]) / (n - 1))       # its steady time per task, as dagrun's
+else:                               # in one connected, warmed-up process
+    ray.get([true.remote(), agent_task(0)])
+    print(shape_run(shape, n, lambda i: true.remote()), shape_run(shape, n, agent_task))
 """
 
 
 def ray_floor(shape: str, n: int) -> tuple[float, float]:
-    """(the tasks' time from a connected driver, the driver's import + connect + first task)"""
-    r = subprocess.run([sys.executable, "-c", RAY_FLOOR, shape, str(n)], capture_output=True, text=True, check=True)
+    """(min, agent): N tasks' time from a connected, warmed-up driver."""
+    r = subprocess.run([sys.executable, "-c", RAY_FLOOR, "inproc", shape, str(n)], capture_output=True, text=True,
+                       check=True)
     a, b = r.stdout.strip().splitlines()[-1].split()
     return float(a), float(b)
+
+
+def ray_program(shape: str, n: int) -> tuple[float, float]:
+    """(the whole program, its steady time per task)"""
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", RAY_FLOOR, "program", shape, str(n)], capture_output=True, text=True,
+                       check=True)
+    return time.perf_counter() - t, float(r.stdout.strip().splitlines()[-1])
 
 
 def settings() -> str:
@@ -160,48 +255,80 @@ def settings() -> str:
 def main() -> None:
     chain = int(sys.argv[1]) if len(sys.argv) > 1 else 20
     fan = int(sys.argv[2]) if len(sys.argv) > 2 else 100
-    which = sys.argv[3].split(",") if len(sys.argv) > 3 else ["slurm", "ray"]
+    which = sys.argv[3].split(",") if len(sys.argv) > 3 else ["slurm", "steps", "ray"]
     med = statistics.median
     if "slurm" in which or "steps" in which:
         print("Slurm settings:\n" + settings())
-    print(f"medians of {REPS} interleaved run(s); dagrun: {' '.join(DAGRUN)}")
+    print(f"medians of {REPS} interleaved run(s); dagrun: {' '.join(DAGRUN)}; load average at start: "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    m: dict[str, list] = {}
+
+    def add(k, v):
+        if isinstance(v, tuple):
+            m.setdefault(k, []).append(v[0])
+            m.setdefault(k + " steady", []).append(v[1])
+        else:
+            m.setdefault(k, []).append(v)
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as root:
-        rows = []
-        for shape, n in (("chain", chain), ("fanout", fan)):
-            m: dict[str, list] = {}
-            for _ in range(REPS):
-                m.setdefault("local", []).append(dagrun(root, shape, n, "local"))
+        for _ in range(REPS):
+            for shape, n in (("chain", chain), ("fanout", fan)):
+                add(f"{shape} local", dagrun(root, shape, n, "local"))
                 if "slurm" in which:
-                    m.setdefault("slurm floor", []).append(floor(root, shape, n))
+                    add(f"{shape} slurm floor", floor(root, shape, n))
                     if shape == "chain":
-                        m.setdefault("srun", []).append(srun_chain(n))
-                    m.setdefault("slurm", []).append(dagrun(root, shape, n, "slurm"))
+                        add(f"{shape} srun", srun_chain(n))
+                    add(f"{shape} slurm", dagrun(root, shape, n, "slurm"))
                 if "steps" in which:
-                    m.setdefault("steps floor", []).append(srun_steps(shape, n))
-                    m.setdefault("steps", []).append(dagrun_steps(root, shape, n))
+                    add(f"{shape} steps floor min", srun_steps(shape, n))
+                    add(f"{shape} steps floor agent", srun_agent_steps(root, shape, n))
+                    add(f"{shape} steps", dagrun_steps(root, shape, n))
+                    if BASELINE:
+                        add(f"{shape} steps base", dagrun_steps(root, shape, n, BASELINE))
                 if "ray" in which:
-                    fl, connect = ray_floor(shape, n)
-                    m.setdefault("ray floor", []).append(fl)
-                    m.setdefault("ray connect", []).append(connect)
-                    m.setdefault("ray", []).append(dagrun(root, shape, n, "ray"))
-            loc = med(m["local"])
-            rows.append((shape, n, "local", loc, None, None, None))
-            if "slurm" in which:
-                rows.append((shape, n, "slurm", med(m["slurm"]), med(m["slurm floor"]),
-                             med(m["srun"]) if "srun" in m else None, None))
-            if "steps" in which:
-                rows.append((shape, n, "steps", med(m["steps"]), med(m["steps floor"]), None, None))
-            if "ray" in which:
-                rows.append((shape, n, "ray", med(m["ray"]), med(m["ray floor"]), None,
-                             (med(m["ray"]) - loc, med(m["ray connect"]))))
-        print(f"\n{'shape':7} {'tasks':>5} {'runner':6} {'dagrun/task':>11} {'floor/task':>11} {'srun/task':>10} "
-              f"{'ratio':>6} {'added/task':>11} {'minus local':>12} {'floor connect':>14}")
-        for shape, n, runner, t, fl, sr, extra in rows:
-            print(f"{shape:7} {n:5d} {runner:6} {t / n * 1000:9.1f}ms "
-                  f"{(f'{fl / n * 1000:9.1f}ms' if fl else '-'):>11} {(f'{sr / n * 1000:8.1f}ms' if sr else '-'):>10} "
-                  f"{(f'{t / fl:5.2f}x' if fl else '-'):>6} {(f'{(t - fl) / n * 1000:9.1f}ms' if fl else '-'):>11} "
-                  f"{(f'{extra[0] / n * 1000:10.1f}ms' if extra else '-'):>12} "
-                  f"{(f'{extra[1]:12.2f}s' if extra else '-'):>14}")
+                    fmin, fagent = ray_floor(shape, n)
+                    add(f"{shape} ray floor min", fmin)
+                    add(f"{shape} ray floor agent", fagent)
+                    add(f"{shape} ray program", ray_program(shape, n))
+                    add(f"{shape} ray", dagrun(root, shape, n, "ray"))
+                    if BASELINE:
+                        add(f"{shape} ray base", dagrun(root, shape, n, "ray", BASELINE))
+    print(f"load average at end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+    def ms(x):
+        return f"{x * 1000:8.1f}ms" if x is not None else f"{'-':>10}"
+    print(f"\n{'shape':7} {'N':>4} {'what':18} {'whole/task':>10} {'steady/task':>11}")
+    for shape, n in (("chain", chain), ("fanout", fan)):
+        for what in ("local", "slurm floor", "srun", "slurm", "steps floor min", "steps floor agent", "steps",
+                     "ray floor min", "ray floor agent", "ray program", "ray", "steps base", "ray base"):
+            k = f"{shape} {what}"
+            if k not in m:
+                continue
+            st = med(m[k + " steady"]) if k + " steady" in m else (med(m[k]) / n if "floor" in what or what == "srun"
+                                                                   else None)
+            print(f"{shape:7} {n:4d} {what:18} {ms(med(m[k]) / n)} {ms(st):>11}")
+        print()
+    print("ratios per task: steady (dagrun's from its events, start-up left out) against the floors, "
+          "which run warmed up; whole runs where both sides start from nothing")
+    for shape, n in (("chain", chain), ("fanout", fan)):
+        def r(a, b):
+            return f"{a / b:5.2f}x ({(a - b) * 1000:+.1f} ms)"
+        if "slurm" in which:
+            print(f"  {shape:7} slurm jobs, whole  / sbatch floor      {r(med(m[f'{shape} slurm']) / n, med(m[f'{shape} slurm floor']) / n)}")
+        if "steps" in which:
+            for b in ("", " base") if BASELINE else ("",):
+                st = med(m[f"{shape} steps{b} steady"])
+                for f in ("agent", "min"):
+                    print(f"  {shape:7} steps{b:5}, steady / steps floor {f:5} {r(st, med(m[f'{shape} steps floor {f}']) / n)}")
+        if "ray" in which:
+            for b in ("", " base") if BASELINE else ("",):
+                st = med(m[f"{shape} ray{b} steady"])
+                print(f"  {shape:7} ray{b:5}, steady   / ray program steady {r(st, med(m[f'{shape} ray program steady']))}")
+                for f in ("agent", "min"):
+                    print(f"  {shape:7} ray{b:5}, steady   / ray floor {f:5}    {r(st, med(m[f'{shape} ray floor {f}']) / n)}")
+                print(f"  {shape:7} ray{b:5}, whole    / ray program whole  "
+                      f"{r(med(m[f'{shape} ray{b}']) / n, med(m[f'{shape} ray program']) / n)}")
+        print(f"  {shape:7} local runner, steady: {med(m[f'{shape} local steady']) * 1000:.1f} ms a task "
+              f"(dagrun's own cost with a local `true`)")
 
 
 if __name__ == "__main__":

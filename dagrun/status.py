@@ -83,6 +83,9 @@ def _waiting(home: Home, plan, sched) -> dict[str, str]:
     return out
 
 
+REMOTE_RUNNERS = ("slurm", "ray")     # handles that name a remote id: a Slurm job, a Ray task
+
+
 def goal_detail(home: Home, g: str) -> dict:
     plan = home.load_plan(g)
     facts = home.snapshot(g, plan, detail=True, view=True)   # one read of every task folder
@@ -101,6 +104,9 @@ def goal_detail(home: Home, g: str) -> dict:
             h = f.owner.get("handle")
             if isinstance(h, dict) and h.get("node"):      # a cluster runner's node, once placed
                 row["node"] = h["node"]
+            if isinstance(h, dict) and h.get("runner") in REMOTE_RUNNERS:   # ... its runner and remote id
+                row["runner"] = h["runner"]
+                row.update({k: h[k] for k in ("job", "task_id") if h.get(k)})
             row["started"] = f.owner.get("since")
             since = parse_ts(f.owner.get("since"))
             if since:

@@ -77,6 +77,8 @@ def status(ctx: typer.Context,
             note = f"added by {r['added_by']}"
         if r.get("retry_at"):
             note = f"retry at {r['retry_at'][11:19]}: {note}"
+        if r.get("runner") and not note:     # a running cluster attempt: its remote id
+            note = f"slurm job {r['job']}" if r.get("job") else f"ray task {str(r.get('task_id', ''))[:16]}"
         who = (r.get("worker") or "-") + (f"@{r['node']}" if r.get("node") else "")   # a cluster node
         row = [r["task"], state, str(r["attempt"] or "-"), who, started,
                fmt_duration(r.get("duration"))]

@@ -1,0 +1,94 @@
+"""Issue 15's remote guarantees for the Ray runner beyond tests/test_ray.py, on a real Ray head
+(RAY_ADDRESS): a task's resources reach Ray (its CPUs and memory show in the head's usage while
+it runs) and status names the runner and the Ray task id, and an attempt that ends before the driver looked for its node (its first streamed
+item is its result) is committed whole. Marked `ray`: skipped without a head, failing under
+CI=true."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import need_ray, run, spawn, task_dir, kill_group, wait_for, write_plan
+
+ray = pytest.mark.ray
+
+
+def _ray_usage() -> str:
+    """The head's `ray status` (Total Usage: CPU, memory)."""
+    exe = os.path.join(os.path.dirname(sys.executable), "ray")
+    r = subprocess.run([exe, "status", "--address", os.environ.get("RAY_ADDRESS", "auto")], capture_output=True,
+                       text=True, timeout=60)
+    return r.stdout
+
+
+@ray
+def test_resources_reach_ray(tmp_path):
+    """cpus -> num_cpus, mem -> memory: while the attempt runs, the head counts them in use
+    (no other test asks Ray for memory, so the memory line is exactly ours)."""
+    need_ray()
+    p = write_plan(tmp_path / "plans", [{"id": "big", "prompt": "p", "agent": "sleep 120",
+                                         "resources": {"cpus": 2, "mem": "123M"}}], goal="g", runner="ray")
+    home = tmp_path / "home"
+    d = spawn("run", "-q", p, home=home)
+    try:
+        wait_for(lambda: (task_dir(home, "g", "big") / "claim" / "owner.json").exists(), timeout=60,
+                 what="the attempt started")
+
+        def counted():
+            out = _ray_usage()
+            cpu = re.search(r"([\d.]+)/[\d.]+ CPU", out)
+            return out if "123.00MiB/" in out and cpu and float(cpu.group(1)) >= 2.0 else None
+        out = wait_for(counted, timeout=90, interval=0.5, what="ray status counting 2 CPUs and 123 MiB in use")
+        assert re.search(r"123\.00MiB/[\d.]+\w+ memory", out), out
+        # status names the runner and the Ray task id of the running attempt
+        tid = json.loads((task_dir(home, "g", "big") / "claim" / "owner.json").read_text())["handle"]["task_id"]
+        row = json.loads(run("status", "g", "--json", home=home).stdout)["tasks"][0]
+        assert row["state"] == "running" and row["runner"] == "ray" and row["task_id"] == tid, row
+        assert f"ray task {tid[:16]}" in run("status", "g", home=home, env={"COLUMNS": "200"}).stdout
+        run("cancel", "g", "big", home=home, timeout=60)
+        assert d.wait(60) == 1
+    finally:
+        kill_group(d)
+    assert (task_dir(home, "g", "big") / "cancelled").exists()
+
+
+SHORT = r"""
+import json, os, select, sys, time
+from dagrun import rayrun
+from dagrun.executor import Launch
+root = sys.argv[1]
+prompt = os.path.join(root, "prompt.md")
+open(prompt, "w").write("the prompt")
+r = rayrun.RayRunner()
+h = r.start(Launch(agent="cat; printf ' ok'; printf err >&2", cwd=root, env={"PATH": os.environ["PATH"]},
+                   stdin_path=prompt, stdout_path=os.path.join(root, "stdout"),
+                   stderr_path=os.path.join(root, "stderr"), run_id="r1", runner="ray", spec={"ray": {}}))
+t = r._tasks[r.key(h)]
+r._ray.wait([t.gen.completed()], timeout=60)            # the Ray task ended ...
+time.sleep(rayrun.PLACE_AFTER)                          # ... and the driver looks for its node first
+node = r.node(h)
+assert node and t.result is not None, (node, t.result)  # the first item was the result
+ex = None
+while ex is None:
+    w = r.wakeup()
+    ready, _, _ = select.select(list(w.fds), [], [], w.timeout)
+    r.service(set(ready))
+    ex = r.poll(h)
+assert ex.code == 0 and ex.node == node, ex
+print(json.dumps({"out": open(os.path.join(root, "stdout")).read(), "err": open(os.path.join(root, "stderr")).read(),
+                  "node": node}))
+"""
+
+
+@ray
+def test_an_attempt_that_ended_before_its_node_was_asked_is_committed_whole(tmp_path):
+    need_ray()
+    r = subprocess.run([sys.executable, "-c", SHORT, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["out"] == "the prompt ok" and res["err"] == "err" and res["node"], res

@@ -1,0 +1,139 @@
+"""Issue 15's remote guarantees for the Slurm runner's steps mode (`"slurm": {"mode": "steps"}`),
+on a real single-node cluster (.ci/slurm-up.sh; SLURM_CONF): the example goal and a 50-task DAG
+give the local runner's outputs with every task a step of the driver's one allocation; a
+timeout stops the step and is recorded as one; status names the runner and the job of a
+running attempt. (Jobs mode: tests/test_slurm.py.) Marked
+`slurm`: skipped without a cluster, failing under CI=true. The record reader needs no cluster."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import DAGRUN, EXAMPLES, events, kill_group, need_slurm, processes_with_env, run, spawn, task_dir, wait_for, \
+    write_plan
+
+slurm = pytest.mark.slurm
+
+
+@pytest.fixture
+def cluster():
+    need_slurm()
+
+
+def _outputs(home: Path, goal: str) -> dict[str, str]:
+    tasks = home / "goals" / goal / "tasks"
+    return {t: (tasks / t / "output").read_text() for t in sorted(os.listdir(tasks))
+            if (tasks / t / "done").exists()}
+
+
+def _steps_of(job: int) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-s", "-j", str(job), "-o", "%i"], capture_output=True, text=True).stdout
+    return [s for s in out.split() if s.split(".")[-1].isdigit()]
+
+
+def _in_allocation(tmp_path: Path, script: str, cpus: int = 2, timeout: float = 240) -> tuple[int, int, str]:
+    """`script` as the batch script of one job of `cpus` CPUs (sbatch --wait): (job id, exit
+    code, its output)."""
+    log = tmp_path / f"driver-{len(list(tmp_path.glob('driver-*.log')))}.log"
+    r = subprocess.run(["sbatch", "--wait", "--parsable", "-n", str(cpus), f"--output={log}", "--wrap", script],
+                       capture_output=True, text=True, timeout=timeout)
+    job = int(r.stdout.strip().split(";")[0])
+    return job, r.returncode, log.read_text() if log.exists() else ""
+
+
+@slurm
+def test_steps_mode_gives_the_local_outputs_for_the_example_goal_and_a_fifty_task_dag(tmp_path, cluster):
+    ex = tmp_path / "examples"
+    shutil.copytree(EXAMPLES / "add-auth", ex / "add-auth")
+    shutil.copy(EXAMPLES / "fake-agent.sh", ex / "fake-agent.sh")
+    doc = json.loads((ex / "add-auth" / "dag.json").read_text())
+    doc["defaults"]["slurm"] = {"mode": "steps"}
+    (ex / "add-auth" / "dag.json").write_text(json.dumps(doc))
+    tasks = [{"id": f"t{layer}-{i}", "prompt": f"task {layer}/{i}",
+              "deps": [] if layer == 0 else [f"t{layer - 1}-{i}", f"t{layer - 1}-{(i + 3) % 10}"]}
+             for layer in range(5) for i in range(10)]
+    fifty = write_plan(tmp_path / "plans", tasks, goal="fifty", defaults={
+        "agent": "printf '%s %s ' \"$DAGRUN_TASK\" \"$DAGRUN_ATTEMPT\"; cksum | cut -d' ' -f1",
+        "slurm": {"mode": "steps"}})
+    local, steps = tmp_path / "local", tmp_path / "steps"
+    run("run", "-q", ex / "add-auth" / "dag.json", home=local)
+    run("run", "-q", "-j", "8", fifty, home=local)
+    job, rc, log = _in_allocation(tmp_path, f"{DAGRUN} --home={steps} run -q -j 2 --runner slurm "
+                                            f"{ex / 'add-auth' / 'dag.json'} && "
+                                            f"{DAGRUN} --home={steps} run -q -j 2 --runner slurm {fifty}")
+    assert rc == 0, log
+    assert "goal add-auth done" in log and "goal fifty done: 50 done" in log, log
+    assert len(_outputs(local, "add-auth")) == 6 and _outputs(steps, "add-auth") == _outputs(local, "add-auth")
+    assert len(_outputs(local, "fifty")) == 50 and _outputs(steps, "fifty") == _outputs(local, "fifty")
+    for goal, n in (("add-auth", 6), ("fifty", 50)):
+        running = [e for e in events(steps, goal) if e.get("status") == "running"]
+        assert len(running) == n and all(e["runner"] == "slurm" and e["job"] == job for e in running)
+        done = [e for e in events(steps, goal) if e.get("status") == "done"]
+        assert len(done) == n and all(e.get("node") for e in done)
+    assert not list((steps / "goals" / "fifty" / "tasks").glob("*/claim"))
+
+
+@slurm
+def test_a_step_that_times_out_is_stopped_and_recorded_as_a_timeout(tmp_path, cluster):
+    p = write_plan(tmp_path / "plans", [
+        {"id": "slow", "prompt": "p", "agent": "sleep 120", "timeout": 1, "kill_grace": 1},
+        {"id": "after", "prompt": "p", "agent": "true", "deps": ["slow"]}],
+        goal="st", runner="slurm", defaults={"slurm": {"mode": "steps"}})
+    home = tmp_path / "home"
+    job, rc, log = _in_allocation(tmp_path, f"{DAGRUN} --home={home} run -q {p}", cpus=1, timeout=120)
+    assert rc == 1, log                                # the goal failed: its driver's exit code
+    rec = json.loads((task_dir(home, "st", "slow") / "attempts" / "1.json").read_text())
+    assert rec["outcome"] == "timeout" and "timed out after 1s" in rec["reason"] and rec["counted"], rec
+    assert rec["node"], rec                            # the step named its node before it was stopped
+    assert (task_dir(home, "st", "slow") / "failed").exists()
+    assert not (task_dir(home, "st", "after") / "done").exists()
+    assert any(e["type"] == "agent.task.blocked" and e.get("task") == "after" for e in events(home, "st"))
+    wait_for(lambda: not _steps_of(job), timeout=30, what="no step of the driver's job left")
+    wait_for(lambda: not processes_with_env("DAGRUN_HOME", str(home)), timeout=35, what="the agent gone")
+
+
+@slurm
+def test_status_names_the_runner_and_the_job_of_a_running_attempt(tmp_path, cluster):
+    p = write_plan(tmp_path / "plans", [{"id": "a", "prompt": "p", "agent": "sleep 120"}], goal="g", runner="slurm")
+    home = tmp_path / "home"
+    d = spawn("run", "-q", p, home=home)
+    job = None
+    try:
+        def job_of():
+            try:
+                return json.loads((task_dir(home, "g", "a") / "claim" / "owner.json").read_text())["handle"].get("job")
+            except (OSError, ValueError, KeyError):
+                return None
+        job = wait_for(job_of, timeout=60, what="the job id in owner.json")
+        row = json.loads(run("status", "g", "--json", home=home).stdout)["tasks"][0]
+        assert row["state"] == "running" and row["runner"] == "slurm" and row["job"] == job, row
+        assert f"slurm job {job}" in run("status", "g", home=home, env={"COLUMNS": "200"}).stdout
+        run("cancel", "g", "a", home=home, timeout=60)
+        assert d.wait(60) == 1
+    finally:
+        kill_group(d)
+        if job:
+            subprocess.run(["scancel", str(job)], capture_output=True)
+        wait_for(lambda: not processes_with_env("DAGRUN_HOME", str(home)), timeout=35, what="the job's agent gone")
+    row = json.loads(run("status", "g", "--json", home=home).stdout)["tasks"][0]
+    assert row["state"] == "cancelled" and "runner" not in row          # only while it runs
+
+
+def test_a_node_record_is_read_only_once_whole(tmp_path):
+    """The step writes claim/node in place (no rename, no `mv` process): a reader takes it only
+    once its newline is there, so a write cut short reads as "not known yet"."""
+    from dagrun.slurm import _read_record
+    f = tmp_path / "node"
+    assert _read_record(str(f)) is None                # not written yet
+    f.write_text("")
+    assert _read_record(str(f)) is None                # created, nothing written yet
+    f.write_text("node-1")
+    assert _read_record(str(f)) is None                # cut short: no newline
+    f.write_text("node-17\n")
+    assert _read_record(str(f)) == "node-17"
+    assert _read_record(None) is None
