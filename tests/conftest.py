@@ -35,6 +35,21 @@ DAGRUN = dagrun_bin()
 MUTMUT = bool(os.environ.get("DAGRUN_MUTMUT"))
 
 
+def pytest_configure(config):
+    """Byte-compile dagrun's modules once, before any test runs the installed command. A
+    wheel install ships them compiled; an editable install writes __pycache__ on first use,
+    except under PYTHONDONTWRITEBYTECODE=1, where every `dagrun` process the suite starts
+    (thousands) would compile all of them again: ~0.1 s of CPU each (bench/latency.py shows
+    the cold-start cost). py_compile writes them whatever that variable says; stale ones
+    are found by the usual mtime check. Once, in the xdist controller (or a plain run)."""
+    if MUTMUT or hasattr(config, "workerinput"):
+        return
+    import compileall
+    import re
+    # not dagrun/share: the examples there are copied out whole by `dagrun init --example`
+    compileall.compile_dir(str(REPO / "dagrun"), quiet=2, rx=re.compile(r"[/\\]dagrun[/\\]share[/\\]"))
+
+
 def run(*args, home: Path | str | None = None, check: bool | int = True, timeout: float = 60, env=None,
         input: bytes | str | None = None, cwd=None) -> subprocess.CompletedProcess:
     """Run `dagrun args...` and return the finished process (text mode)."""
@@ -106,22 +121,31 @@ def events(home: Path, goal: str) -> list[dict]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
 
-def processes_with_env(var: str, value: str | None = None) -> list[int]:
-    """Live processes whose environment has var (=value): finds agents dagrun started."""
+def processes_with_env(var: str, value: str | None = None, also: tuple[str, str] | None = None) -> list[int]:
+    """Live processes whose environment has var (=value, a prefix): finds agents dagrun
+    started. also=(var2, prefix2): and var2's value starts with prefix2 too."""
     needle = (f"{var}={value}" if value is not None else f"{var}=").encode()
+    needle2 = f"{also[0]}={also[1]}".encode() if also else None
     out = []
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
         try:
             env = Path(f"/proc/{d}/environ").read_bytes()
-            stat = Path(f"/proc/{d}/stat").read_text()
         except OSError:
             continue
-        if stat.rsplit(")", 1)[-1].split()[0] == "Z":
+        if needle not in env:           # (cheap first look; the exact test follows)
             continue
-        if any(part.startswith(needle) for part in env.split(b"\0")):
-            out.append(int(d))
+        parts = env.split(b"\0")
+        if not any(part.startswith(needle) for part in parts) or (
+                needle2 is not None and not any(part.startswith(needle2) for part in parts)):
+            continue
+        try:
+            if Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[-1].split()[0] == "Z":
+                continue
+        except OSError:
+            continue
+        out.append(int(d))
     return out
 
 
@@ -165,8 +189,8 @@ def _no_stray_agents(tmp_path_factory):
     sessions on the same machine have agents of their own, which are none of our business."""
     mine = str(tmp_path_factory.getbasetemp()) + os.sep
 
-    def agents():
-        return set(processes_with_env("DAGRUN_RUN_ID")) & set(processes_with_env("DAGRUN_HOME", mine))
+    def agents():         # one pass over /proc (this runs twice for every test)
+        return set(processes_with_env("DAGRUN_RUN_ID", also=("DAGRUN_HOME", mine)))
     before = agents()
     yield
     deadline = time.monotonic() + 15   # a remote runner (Ray) stops a cancelled agent asynchronously
@@ -204,7 +228,40 @@ def _allowed_skips() -> list[str]:
 
 def skip_allowed(nodeid: str) -> bool:
     import fnmatch
+    if nodeid.rfind("@") > nodeid.rfind("]"):       # `--dist loadgroup` appends @<xdist_group>
+        nodeid = nodeid[:nodeid.rfind("@")]
     return any(fnmatch.fnmatchcase(nodeid, p) for p in _allowed_skips())
+
+
+# ------------------------------------------------------------------ the xdist schedule
+# pyproject's addopts run the suite with `--dist loadgroup`: every test is its own unit of work
+# (a long file no longer holds one worker while the other idles at the end), except the tests
+# that share one outside service, which stay together on one worker, one at a time, as they
+# were written to run: the Slurm cluster (test_slurm.py and test_runners.py's slurm cases), the
+# Ray head, the real agent CLIs (one HOME for all of them, one mock API).
+SHARED_SERVICES = ("slurm", "ray", "realagents")
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one and a half workers per core (3 on 2 cores). The tests wait on real
+    things -- an agent's sleep, a lease or a grace running out, a daemon starting -- so with
+    one worker per core a core idles while its test waits: on main, 2 workers took 447 s of
+    wall for 707 s of CPU, i.e. a fifth of the workers' time was waiting. A half worker more
+    keeps both cores busy. PYTEST_XDIST_AUTO_NUM_WORKERS=N overrides it."""
+    env = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
+    if env:
+        return int(env)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores + (cores + 1) // 2
+
+
+@pytest.hookimpl(tryfirst=True)          # before xdist reads the xdist_group marks
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for name in SHARED_SERVICES:
+            if item.get_closest_marker(name) is not None:
+                item.add_marker(pytest.mark.xdist_group(name))
+                break
 
 
 @pytest.hookimpl(hookwrapper=True)

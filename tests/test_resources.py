@@ -30,6 +30,7 @@ echo ok
 """
 
 
+@pytest.fixture
 def probe(plans: Path) -> tuple[Path, Path]:
     """The probe agent (plans/probe.sh) and its folder."""
     d = plans / "probe"
@@ -38,6 +39,33 @@ def probe(plans: Path) -> tuple[Path, Path]:
     sh.write_text(PROBE_SH)
     sh.chmod(0o755)
     return sh, d
+
+
+@pytest.fixture
+def procs():
+    """Processes the test starts in their own session: killed (the group) when it ends, however it ends."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for p in started:
+        kill_group(p)
+        try:
+            p.communicate(timeout=30)
+        except (subprocess.TimeoutExpired, ValueError):
+            pass
+
+
+def submit(home: Path, plans: Path, tasks: list[dict], goal: str, **top) -> Path:
+    """plans/<goal>.json from `tasks`, submitted to home."""
+    p = write_plan(plans, tasks, name=f"{goal}.json", goal=goal, **top)
+    run("submit", p, home=home)
+    return p
+
+
+def finish(ws: list[subprocess.Popen], timeout: float = 60) -> None:
+    """Wait for each of `ws` to end; each must exit 0."""
+    for w in ws:
+        _, err = w.communicate(timeout=timeout)
+        assert w.returncode == 0, err
 
 
 def counts(d: Path) -> list[int]:
@@ -89,23 +117,19 @@ def leftovers(home: Path) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ end to end
-def test_mutex_never_exceeded_by_four_workers_and_a_bash_script(home, plans):
-    sh, d = probe(plans)
-    p = write_plan(plans, [{"id": f"t{i:02d}", "prompt": "p"} for i in range(50)], goal="mx",
-                   defaults={"agent": str(sh), "mutex": "repo"})
-    run("submit", p, home=home)
+def test_mutex_never_exceeded_by_four_workers_and_a_bash_script(home, plans, probe, procs):
+    sh, d = probe
+    submit(home, plans, [{"id": f"t{i:02d}", "prompt": "p"} for i in range(50)], "mx",
+           defaults={"agent": str(sh), "mutex": "repo"})
     env = {"PROBE": str(d), "HOLD": "0.02"}
     workers = [spawn("run", "mx", "-j", "4", home=home, env=env) for _ in range(4)]
+    procs.extend(workers)
     script = bash_loop(home, "mx", env)
-    try:
-        for w in workers:
-            w.communicate(timeout=120)
-        out, err = script.communicate(timeout=60)
-        assert script.returncode == 0, err
-    finally:
-        for w in workers:
-            kill_group(w)
-        kill_group(script)
+    procs.append(script)
+    for w in workers:
+        w.communicate(timeout=120)
+    out, err = script.communicate(timeout=60)
+    assert script.returncode == 0, err
     evs = events(home, "mx")
     assert sum(1 for e in evs if e.get("status") == "done") == 50
     assert len(counts(d)) == 50 and max(counts(d)) == 1, counts(d)        # the agents never met
@@ -115,60 +139,52 @@ def test_mutex_never_exceeded_by_four_workers_and_a_bash_script(home, plans):
     assert units_held(home)["home:repo"] == 0 and leftovers(home) == []
 
 
-def test_units_come_back_after_the_holder_is_sigkilled(home, plans):
-    sh, d = probe(plans)
+def test_units_come_back_after_the_holder_is_sigkilled(home, plans, probe, procs):
+    sh, d = probe
     run("resources", "set", "gpu", "1", home=home)
     # an engine holding the unit is SIGKILLed: the next goal's worker proves it dead and takes it
-    slow = write_plan(plans, [{"id": "hog", "prompt": "p", "resources": {"gpu": 1},
-                               "agent": '[ "$DAGRUN_ATTEMPT" = 1 ] && sleep 30; echo ok'}], name="slow.json", goal="slow")
-    fast = write_plan(plans, [{"id": "next", "prompt": "p", "resources": {"gpu": 1}, "agent": str(sh)}],
-                      name="fast.json", goal="fast")
-    run("submit", slow, home=home)
-    run("submit", fast, home=home)
+    submit(home, plans, [{"id": "hog", "prompt": "p", "resources": {"gpu": 1},
+                          "agent": '[ "$DAGRUN_ATTEMPT" = 1 ] && sleep 30; echo ok'}], "slow")
+    submit(home, plans, [{"id": "next", "prompt": "p", "resources": {"gpu": 1}, "agent": str(sh)}], "fast")
     eng = spawn("run", "slow", home=home)
-    try:
-        wait_for(lambda: units_held(home)["home:gpu"] == 1, what="the unit taken")
-        st = json.loads(run("status", "fast", "--json", home=home).stdout)
-        assert st["tasks"][0]["waiting_for"] == "waiting for resource gpu (held by slow/hog)"
-        os.kill(eng.pid, signal.SIGKILL)
-        eng.wait(timeout=10)
-        t0 = time.monotonic()
-        run("run", "fast", home=home, env={"PROBE": str(d)}, timeout=30)
-        assert time.monotonic() - t0 < 10
-        assert (task_dir(home, "fast", "next") / "done").exists()
-    finally:
-        kill_group(eng)
+    procs.append(eng)
+    wait_for(lambda: units_held(home)["home:gpu"] == 1, what="the unit taken")
+    st = json.loads(run("status", "fast", "--json", home=home).stdout)
+    assert st["tasks"][0]["waiting_for"] == "waiting for resource gpu (held by slow/hog)"
+    os.kill(eng.pid, signal.SIGKILL)
+    eng.wait(timeout=10)
+    t0 = time.monotonic()
+    run("run", "fast", home=home, env={"PROBE": str(d)}, timeout=30)
+    assert time.monotonic() - t0 < 10
+    assert (task_dir(home, "fast", "next") / "done").exists()
+    kill_group(eng)                  # (the orphaned agent of `hog` sleeps on in the group)
     # the dead engine's goal runs again: its claim is broken, the orphan reaped, attempt 2 runs
     run("run", "slow", home=home, timeout=60)
     assert units_held(home)["home:gpu"] == 0 and leftovers(home) == []
 
     # a script's claim: its holder (--pid) is SIGKILLed while it holds the unit
     run("resources", "set", "gpu", "1", home=home)
-    p3 = write_plan(plans, [{"id": f"s{i}", "prompt": "p", "resources": {"gpu": 1}} for i in range(2)],
-                    name="s.json", goal="scr", defaults={"agent": "true"})
-    run("submit", p3, home=home)
-    holder = subprocess.Popen(["sleep", "60"])
-    try:
-        info = json.loads(run("claim", "--json", "--pid", str(holder.pid), "scr", home=home).stdout)
-        assert info["resources"] == {"gpu": 1}
-        assert run("claim", "--pid", str(holder.pid), "scr", home=home, check=3)   # nothing it can start
-        holder.kill()
-        holder.wait()
-        assert units_held(home)["home:gpu"] == 0            # judged stale and broken on the look
-        info2 = json.loads(run("claim", "--json", "--pid", str(os.getpid()), "scr", home=home).stdout)
-        assert info2["resources"] == {"gpu": 1}
-    finally:
-        holder.kill()
+    submit(home, plans, [{"id": f"s{i}", "prompt": "p", "resources": {"gpu": 1}} for i in range(2)], "scr",
+           defaults={"agent": "true"})
+    holder = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    procs.append(holder)
+    info = json.loads(run("claim", "--json", "--pid", str(holder.pid), "scr", home=home).stdout)
+    assert info["resources"] == {"gpu": 1}
+    assert run("claim", "--pid", str(holder.pid), "scr", home=home, check=3)   # nothing it can start
+    holder.kill()
+    holder.wait()
+    assert units_held(home)["home:gpu"] == 0            # judged stale and broken on the look
+    info2 = json.loads(run("claim", "--json", "--pid", str(os.getpid()), "scr", home=home).stdout)
+    assert info2["resources"] == {"gpu": 1}
 
 
-def test_serial_group_runs_one_at_a_time_in_plan_order(home, plans):
-    sh, d = probe(plans)
+def test_serial_group_runs_one_at_a_time_in_plan_order(home, plans, probe):
+    sh, d = probe
     tasks = [{"id": "z-first", "prompt": "p", "serial": "deploy"},
              {"id": "a-second", "prompt": "p", "serial": "deploy", "agent": "exit 3"},   # fails: the next still runs
              {"id": "m-third", "prompt": "p", "serial": "deploy", "priority": 9},
              {"id": "free", "prompt": "p"}]
-    p = write_plan(plans, tasks, goal="ser", defaults={"agent": str(sh)})
-    run("submit", p, home=home)
+    submit(home, plans, tasks, "ser", defaults={"agent": str(sh)})
     run("run", "ser", "-j", "4", home=home, env={"PROBE": str(d), "HOLD": "0.2"}, check=1)
     evs = events(home, "ser")
     order = [e["task"] for e in evs if e.get("status") == "running" and e["task"] != "free"]
@@ -180,11 +196,10 @@ def test_serial_group_runs_one_at_a_time_in_plan_order(home, plans):
     assert max(counts(d)) == 2          # `free` ran beside the group
 
 
-def test_agent_limit_caps_one_agent_and_not_the_others(home, plans):
-    sh, d = probe(plans)
+def test_agent_limit_caps_one_agent_and_not_the_others(home, plans, probe):
+    sh, d = probe
     tasks = [{"id": f"p{i}", "prompt": "p"} for i in range(6)] + [{"id": "other", "prompt": "p", "agent": "echo x"}]
-    p = write_plan(plans, tasks, goal="al", agent_limits={"probe.sh": 2}, defaults={"agent": str(sh)})
-    run("submit", p, home=home)
+    submit(home, plans, tasks, "al", agent_limits={"probe.sh": 2}, defaults={"agent": str(sh)})
     run("run", "al", "-j", "6", home=home, env={"PROBE": str(d), "HOLD": "0.3"})
     assert max(counts(d)) == 2 and len(counts(d)) == 6
     assert overlap_from_events(events(home, "al"), "agent.probe.sh (goal al)") == 2
@@ -220,22 +235,16 @@ def test_validation_errors_exit_2_with_one_line(home, plans):
     assert r.stderr.count("\n") == 1
 
 
-def test_home_capacity_is_honoured_by_two_goals_and_tenant_limits(home, plans):
-    sh, d = probe(plans)
+def test_home_capacity_is_honoured_by_two_goals_and_tenant_limits(home, plans, probe, procs):
+    sh, d = probe
     run("resources", "set", "gpu", "1", home=home)
     for g in ("g1", "g2"):
-        p = write_plan(plans, [{"id": f"t{i}", "prompt": "p", "resources": {"gpu": 1}} for i in range(3)],
-                       name=f"{g}.json", goal=g, defaults={"agent": str(sh)})
-        run("submit", p, home=home)
+        submit(home, plans, [{"id": f"t{i}", "prompt": "p", "resources": {"gpu": 1}} for i in range(3)], g,
+               defaults={"agent": str(sh)})
     env = {"PROBE": str(d), "HOLD": "0.1"}
     ws = [spawn("run", g, "-j", "3", home=home, env=env) for g in ("g1", "g2")]
-    try:
-        for w in ws:
-            w.communicate(timeout=60)
-            assert w.returncode == 0
-    finally:
-        for w in ws:
-            kill_group(w)
+    procs.extend(ws)
+    finish(ws)
     assert len(counts(d)) == 6 and max(counts(d)) == 1
 
     # tenant limit: acme's two goals together hold one unit of "lic"; another tenant is free
@@ -244,19 +253,13 @@ def test_home_capacity_is_honoured_by_two_goals_and_tenant_limits(home, plans):
     d2 = plans / "probe2"
     d2.mkdir()
     for g, tenant in (("a1", "acme"), ("a2", "acme"), ("b1", "bolt")):
-        p = write_plan(plans, [{"id": f"t{i}", "prompt": "p", "resources": {"lic": 1}} for i in range(2)],
-                       name=f"{g}.json", goal=g, tenant=tenant, defaults={"agent": str(sh)})
-        run("submit", p, home=home)
+        submit(home, plans, [{"id": f"t{i}", "prompt": "p", "resources": {"lic": 1}} for i in range(2)], g,
+               tenant=tenant, defaults={"agent": str(sh)})
+    (d / "counts").unlink()
     ws = [spawn("run", g, "-j", "2", home=home, env={"PROBE": str(d2 if g == "b1" else d), "HOLD": "0.2"})
           for g in ("a1", "a2", "b1")]
-    (d / "counts").unlink()
-    try:
-        for w in ws:
-            w.communicate(timeout=60)
-            assert w.returncode == 0
-    finally:
-        for w in ws:
-            kill_group(w)
+    procs.extend(ws)
+    finish(ws)
     assert len(counts(d)) == 4 and max(counts(d)) == 1        # acme: one at a time
     assert max(counts(d2)) == 2                                # bolt: not limited
     rows = json.loads(run("resources", "--json", home=home).stdout)["resources"]

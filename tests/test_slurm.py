@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -57,8 +56,10 @@ def _scancel_all(jobs, home: Path | None = None) -> None:
                  what="the cancelled jobs' processes gone")
 
 
-def _sbatch_counter(tmp_path: Path) -> tuple[dict, Path]:
-    """A PATH in front of the real sbatch that logs every call: resubmissions are counted."""
+@pytest.fixture
+def sbatch_calls(tmp_path: Path) -> tuple[dict, Path]:
+    """A PATH in front of the real sbatch that logs every call: resubmissions are counted.
+    (the env to run dagrun with, the log: one line per sbatch call)"""
     shim = tmp_path / "shim"
     shim.mkdir()
     log = tmp_path / "sbatch.calls"
@@ -69,23 +70,23 @@ def _sbatch_counter(tmp_path: Path) -> tuple[dict, Path]:
 
 
 # ------------------------------------------------------------------------------ no cluster needed
-def test_a_slurm_plan_without_sbatch_is_refused_at_submit(tmp_path):
-    p = write_plan(tmp_path / "plans", [{"id": "a", "prompt": "p"}], goal="g", runner="slurm",
+def test_a_slurm_plan_without_sbatch_is_refused_at_submit(tmp_path, home, plans):
+    p = write_plan(plans, [{"id": "a", "prompt": "p"}], goal="g", runner="slurm",
                    defaults={"agent": "true"})
     empty = tmp_path / "bin"
     empty.mkdir()
-    r = run("submit", p, home=tmp_path / "home", check=2, env={"PATH": str(empty)})
+    r = run("submit", p, home=home, check=2, env={"PATH": str(empty)})
     assert r.stderr.strip().endswith("runner slurm: sbatch not found on PATH")
-    assert not (tmp_path / "home" / "goals" / "g").exists()       # nothing half-written
-    r = run("run", p, home=tmp_path / "home", check=2, env={"PATH": str(empty)})
+    assert not (home / "goals" / "g").exists()       # nothing half-written
+    r = run("run", p, home=home, check=2, env={"PATH": str(empty)})
     assert "runner slurm: sbatch not found on PATH" in r.stderr
 
 
-def test_an_unknown_runner_is_a_usage_error(tmp_path):
-    p = write_plan(tmp_path / "plans", [{"id": "a", "prompt": "p"}], goal="g", defaults={"agent": "true"})
-    r = run("run", "--runner", "nosuch", p, home=tmp_path / "home", check=2)
+def test_an_unknown_runner_is_a_usage_error(tmp_path, home, plans):
+    p = write_plan(plans, [{"id": "a", "prompt": "p"}], goal="g", defaults={"agent": "true"})
+    r = run("run", "--runner", "nosuch", p, home=home, check=2)
     assert "runner nosuch: unknown (known: local, slurm, ray)" in r.stderr
-    r = run("worker", "--runner", "nosuch", "--until-idle", home=tmp_path / "home", check=2)
+    r = run("worker", "--runner", "nosuch", "--until-idle", home=home, check=2)
     assert "runner nosuch: unknown" in r.stderr
     bad = write_plan(tmp_path / "bad", [{"id": "a", "prompt": "p", "runner": "pbs"}], goal="g",
                      defaults={"agent": "true"})
@@ -131,8 +132,8 @@ def _fifty(folder: Path) -> Path:
 
 
 @slurm
-def test_example_goal_and_a_fifty_task_dag_give_the_local_outputs(tmp_path, cluster):
-    env, calls = _sbatch_counter(tmp_path)
+def test_example_goal_and_a_fifty_task_dag_give_the_local_outputs(tmp_path, cluster, sbatch_calls, plans):
+    env, calls = sbatch_calls
     ex = EXAMPLES / "add-auth" / "dag.json"
     run("run", "-q", ex, home=tmp_path / "local")
     r = run("run", "-q", "--runner", "slurm", ex, home=tmp_path / "slurm", env=env, timeout=180)
@@ -140,7 +141,7 @@ def test_example_goal_and_a_fifty_task_dag_give_the_local_outputs(tmp_path, clus
     assert _outputs(tmp_path / "slurm", "add-auth") == _outputs(tmp_path / "local", "add-auth")
     assert len(_outputs(tmp_path / "local", "add-auth")) == 6
 
-    p = _fifty(tmp_path / "plans")
+    p = _fifty(plans)
     run("run", "-q", "-j", "8", p, home=tmp_path / "local")
     r = run("run", "-q", "-j", "8", "--runner", "slurm", p, home=tmp_path / "slurm", env=env, timeout=300)
     assert "goal fifty done: 50 done" in r.stdout
@@ -154,23 +155,22 @@ def test_example_goal_and_a_fifty_task_dag_give_the_local_outputs(tmp_path, clus
 
 
 @slurm
-def test_tasks_of_one_goal_run_on_their_own_runners(tmp_path, cluster):
-    p = write_plan(tmp_path / "plans", [
+def test_tasks_of_one_goal_run_on_their_own_runners(cluster, home, plans):
+    p = write_plan(plans, [
         {"id": "here", "prompt": "p", "agent": "printf 'slurm job:%s' \"${SLURM_JOB_ID:-none}\""},
         {"id": "there", "prompt": "p", "runner": "slurm", "deps": ["here"],
          "agent": "printf 'slurm job:%s' \"${SLURM_JOB_ID:-none}\""}], goal="mixed")
-    run("run", "-q", p, home=tmp_path / "home", timeout=120)
-    out = _outputs(tmp_path / "home", "mixed")
+    run("run", "-q", p, home=home, timeout=120)
+    out = _outputs(home, "mixed")
     assert out["here"] == "slurm job:none"
     assert out["there"].startswith("slurm job:") and out["there"][10:].isdigit()
 
 
 @slurm
-def test_a_job_scancelled_behind_dagruns_back_fails_with_the_slurm_reason(tmp_path, cluster):
-    p = write_plan(tmp_path / "plans", [{"id": "a", "prompt": "p", "agent": "sleep 120"},
+def test_a_job_scancelled_behind_dagruns_back_fails_with_the_slurm_reason(tmp_path, cluster, home, plans):
+    p = write_plan(plans, [{"id": "a", "prompt": "p", "agent": "sleep 120"},
                                         {"id": "b", "prompt": "p", "agent": "true", "deps": ["a"]}],
                    goal="g", runner="slurm")
-    home = tmp_path / "home"
     d = spawn("run", "-q", p, home=home)
     job = None
     try:
@@ -189,13 +189,12 @@ def test_a_job_scancelled_behind_dagruns_back_fails_with_the_slurm_reason(tmp_pa
 
 
 @slurm
-def test_a_sigkilled_driver_is_restarted_and_reattaches_to_its_jobs(tmp_path, cluster):
-    env, calls = _sbatch_counter(tmp_path)
+def test_a_sigkilled_driver_is_restarted_and_reattaches_to_its_jobs(tmp_path, cluster, sbatch_calls, home, plans):
+    env, calls = sbatch_calls
     agent = "sleep 4; printf 'done %s' \"$DAGRUN_TASK\""
-    p = write_plan(tmp_path / "plans", [{"id": f"a{i}", "prompt": "p"} for i in range(3)] +
+    p = write_plan(plans, [{"id": f"a{i}", "prompt": "p"} for i in range(3)] +
                    [{"id": "z", "prompt": "p", "deps": ["a0", "a1", "a2"]}],
                    goal="g", runner="slurm", defaults={"agent": agent})
-    home = tmp_path / "home"
     d = spawn("run", "-q", p, home=home, env=env)
     jobs = {}
     try:
@@ -221,12 +220,11 @@ def test_a_sigkilled_driver_is_restarted_and_reattaches_to_its_jobs(tmp_path, cl
 
 
 @slurm
-def test_resources_reach_the_job(tmp_path, cluster):
-    p = write_plan(tmp_path / "plans", [{"id": "big", "prompt": "p", "agent": "sleep 120", "timeout": 240,
+def test_resources_reach_the_job(tmp_path, cluster, home, plans):
+    p = write_plan(plans, [{"id": "big", "prompt": "p", "agent": "sleep 120", "timeout": 240,
                                          "resources": {"cpus": 2, "mem": "123M"},
                                          "slurm": {"sbatch_args": ["--nice=10"]}}],
                    goal="g", runner="slurm")
-    home = tmp_path / "home"
     d = spawn("run", "-q", p, home=home)
     job = None
     try:
@@ -245,13 +243,13 @@ def test_resources_reach_the_job(tmp_path, cluster):
 
 
 @slurm
-def test_a_job_whose_driver_died_before_publishing_its_handle_is_found_by_run_id_and_cancelled(tmp_path, cluster):
+def test_a_job_whose_driver_died_before_publishing_its_handle_is_found_by_run_id_and_cancelled(cluster, home,
+                                                                                                 plans):
     """SIGKILL between sbatch and owner.json: the claim is half-born (no owner.json); after the
     grace the breaker asks the task's runner, which finds the job by its --comment (the run id)."""
     from dagrun.lifecycle import run_id
     from dagrun.store import Home
-    p = write_plan(tmp_path / "plans", [{"id": "a", "prompt": "p", "agent": "printf ok"}], goal="g", runner="slurm")
-    home = tmp_path / "home"
+    p = write_plan(plans, [{"id": "a", "prompt": "p", "agent": "printf ok"}], goal="g", runner="slurm")
     run("submit", p, home=home)
     os.makedirs(task_dir(home, "g", "a") / "claim")
     rid = run_id(Home(str(home)), "g", "a", 1)
@@ -273,16 +271,15 @@ def _slurm_node() -> str:
 
 
 @slurm
-def test_the_node_of_each_attempt_shows_in_status_events_and_markers(tmp_path, cluster):
+def test_the_node_of_each_attempt_shows_in_status_events_and_markers(tmp_path, cluster, home, plans):
     """A pending job has no node: the `running` event is written at sbatch; once the job
     runs, its node (what the wrapper wrote as claim/node) goes into owner.json (status shows
     it), into a `placed` event, and at the end into the marker, the attempt record and the
     done / failed event."""
-    p = write_plan(tmp_path / "plans", [
+    p = write_plan(plans, [
         {"id": "ok", "prompt": "p", "agent": "sleep 5; printf ok"},
         {"id": "bad", "prompt": "p", "agent": "sleep 5; exit 3", "retries": 1, "retry_backoff": 0}],
         goal="g", runner="slurm")
-    home = tmp_path / "home"
     node = _slurm_node()
     d = spawn("run", "-q", "-j", "2", p, home=home)
     jobs = []
@@ -319,8 +316,8 @@ def test_the_node_of_each_attempt_shows_in_status_events_and_markers(tmp_path, c
 
 
 # ------------------------------------------------------------------------------ steps mode
-def test_a_bad_slurm_mode_is_refused(tmp_path):
-    p = write_plan(tmp_path / "plans", [{"id": "a", "prompt": "p"}], goal="g", runner="slurm",
+def test_a_bad_slurm_mode_is_refused(tmp_path, plans):
+    p = write_plan(plans, [{"id": "a", "prompt": "p"}], goal="g", runner="slurm",
                    defaults={"agent": "true", "slurm": {"mode": "step"}})
     r = run("validate", p, check=2)
     assert 'defaults.slurm.mode: must be one of "jobs", "steps", got "step"' in r.stderr, r.stderr
@@ -350,10 +347,9 @@ def _steps(job: int) -> list[str]:
 
 
 @slurm
-def test_steps_mode_runs_the_tasks_as_steps_of_the_drivers_allocation(tmp_path, cluster):
+def test_steps_mode_runs_the_tasks_as_steps_of_the_drivers_allocation(tmp_path, cluster, sbatch_calls, home, plans):
     agent = "printf '%s %s.%s' \"$DAGRUN_TASK\" \"$SLURM_JOB_ID\" \"$SLURM_STEP_ID\""
-    p = _steps_plan(tmp_path / "plans", [{"id": f"t{i}", "prompt": "p", "agent": agent} for i in range(20)])
-    home = tmp_path / "home"
+    p = _steps_plan(plans, [{"id": f"t{i}", "prompt": "p", "agent": agent} for i in range(20)])
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
     # outside an allocation: refused before anything runs
     r = subprocess.run([DAGRUN, f"--home={home}", "run", str(p)], capture_output=True, text=True, env=env, timeout=60)
@@ -361,7 +357,7 @@ def test_steps_mode_runs_the_tasks_as_steps_of_the_drivers_allocation(tmp_path, 
     assert len(r.stderr.strip().splitlines()) == 1
     assert not [e for e in events(home, "st") if e.get("status") == "running"]      # submitted, nothing started
     # the driver as the batch script of one job holding 2 CPUs: every task is a step of it
-    env, calls = _sbatch_counter(tmp_path)
+    env, calls = sbatch_calls
     r = subprocess.run(["sbatch", "--wait", "--parsable", "-n", "2", f"--output={tmp_path / 'driver.log'}",
                         "--wrap", f"{DAGRUN} --home={home} run -q -j 2 {p}"],
                        capture_output=True, text=True, env={**os.environ, **env}, timeout=180)
@@ -387,10 +383,9 @@ def test_steps_mode_runs_the_tasks_as_steps_of_the_drivers_allocation(tmp_path, 
 
 
 @slurm
-def test_cancel_of_a_step_task_kills_the_step(tmp_path, cluster):
-    p = _steps_plan(tmp_path / "plans", [{"id": "long", "prompt": "p", "agent": "sleep 120"},
+def test_cancel_of_a_step_task_kills_the_step(tmp_path, cluster, home, plans):
+    p = _steps_plan(plans, [{"id": "long", "prompt": "p", "agent": "sleep 120"},
                                          {"id": "after", "prompt": "p", "agent": "true", "deps": ["long"]}])
-    home = tmp_path / "home"
     r = subprocess.run(["sbatch", "--parsable", "-n", "1", f"--output={tmp_path / 'driver.log'}",
                         "--wrap", f"{DAGRUN} --home={home} run -q {p}"], capture_output=True, text=True, check=True)
     job = int(r.stdout.strip().split(";")[0])
@@ -414,12 +409,11 @@ def test_cancel_of_a_step_task_kills_the_step(tmp_path, cluster):
 
 
 @slurm
-def test_steps_die_with_a_killed_driver_and_the_next_driver_runs_them_again(tmp_path, cluster):
+def test_steps_die_with_a_killed_driver_and_the_next_driver_runs_them_again(tmp_path, cluster, home, plans):
     """The driver is the job's script: SIGKILL it and the job ends, Slurm kills its steps; a
     new driver (a new allocation) records the attempt lost and runs the task again."""
-    p = _steps_plan(tmp_path / "plans", [{"id": "a", "prompt": "p",
+    p = _steps_plan(plans, [{"id": "a", "prompt": "p",
                                           "agent": "[ \"$DAGRUN_ATTEMPT\" = 1 ] && sleep 120; printf 'ran %s' \"$SLURM_JOB_ID\""}])
-    home = tmp_path / "home"
     pidfile = tmp_path / "driver.pid"
     r = subprocess.run(["sbatch", "--parsable", "-n", "1", "--output=/dev/null",
                         "--wrap", f"{DAGRUN} --home={home} run -q {p} & echo $! >{pidfile}; wait"],

@@ -134,14 +134,16 @@ def test_worker_refreshes_its_textfile_with_the_statebus_lag(home, plans, tmp_pa
     prom = tmp_path / "prom" / "w.prom"
     p = write_plan(plans, [{"id": f"t{i}", "prompt": "p"} for i in range(6)], goal="lag",
                    defaults={"agent": "sleep 0.3"})
-    run("submit", p, home=home)
     a = spawn("worker", "-j", "1", "--name", "wa", "--metrics", prom, "--metrics-every", "0.2", home=home)
     try:
         wait_for(lambda: prom.exists(), what="the first textfile")
         first = _metrics(prom.read_text())
         assert first[("dagrun_statebus_lag_ms_count", frozenset({("worker", "wa")}))] >= 0
         t0 = first[("dagrun_metrics_timestamp_seconds", frozenset())]
-        run("run", "lag", "-j", "2", "--worker", "wb", home=home)
+        # wb submits the goal and starts two tasks at once: wa (already up) cannot have taken
+        # them all before wb starts, however slowly wb starts (a submit before wa let a loaded
+        # machine hand wa all six and wb none)
+        run("run", p, "-j", "2", "--worker", "wb", home=home)
 
         def final():
             m = _metrics(prom.read_text())

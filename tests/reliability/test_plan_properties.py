@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -51,7 +52,8 @@ anything = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_siz
                         max_leaves=8)
 
 
-def knob_value(name: str):
+@functools.lru_cache(maxsize=None)     # one strategy per field: building them all anew for every
+def knob_value(name: str):              # drawn field was 90% of this file's time (the values drawn are the same)
     f = planmod.KNOBS.get(name) or planmod.TASK_FIELDS.get(name) or planmod.TOP_FIELDS.get(name)
     good = {
         "string": st.sampled_from(["true", "cat", "sh -c 'exit 1'", "", "  ", "@claude --model 'x y'", "@nope",
