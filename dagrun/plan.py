@@ -11,13 +11,13 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from functools import cached_property
 from typing import Any, Iterable
 
 import orjson
 
-from . import conditions, fanrules, presets
+from . import bulk, conditions, fanrules, presets
 from . import states as S
 from .errors import PlanError
 from .scheduler import CycleError, topo_order
@@ -29,6 +29,10 @@ MAX_PROMPT_BYTES = 16 * 1024 * 1024
 MAX_TASKS = 100_000
 RUNNER_NAMES = ("local", "slurm", "ray")                 # "runner" in a plan; executor.PLAN_RUNNERS maps them
 CLUSTER_KEYS = ("runner", "resources", "slurm", "ray")   # Task fields left out of plan.json at their defaults
+CLUSTER_OPTIONS = ("resources", "slurm", "ray")          # Task fields that are objects
+_SHARED_NUMBERS = ("timeout", "retry_backoff", "stall_timeout", "kill_grace", "context_limit", "max_output",
+                   "check_timeout", "budget_share")
+_SHARED_STRINGS = ("agent", "workdir", "retry_context", "runner", "trigger", "prompt_file", "mutex", "serial")
 MEM_RE = re.compile(r"[0-9]{1,12}[KMGT]?")
 MAX_SECONDS = 30 * 24 * 3600          # a month: anything longer is a typo
 DEFAULT_CONTEXT_LIMIT = 64 * 1024      # bytes of each dependency's output put into a prompt
@@ -221,8 +225,13 @@ WORKSPACE_FIELDS: dict[str, F] = {
 
 
 # ------------------------------------------------------------------------------ dataclasses
-@dataclass(frozen=True)
+_NO_OPTIONS: dict = {}      # the one empty resources/slurm/ray of every task that sets none (never mutated)
+
+
+@dataclass(frozen=True, slots=True)
 class Task:
+    """One task of a plan. Slotted (no per-instance __dict__): a 100 000-task plan is held by
+    every worker serving it (ARCHITECTURE.md, "Plans of 100 000 tasks")."""
     id: str
     deps: tuple[str, ...]
     soft_deps: tuple[str, ...]
@@ -261,6 +270,7 @@ class Task:
     for_each: dict | None = field(default=None, hash=False)   # {"from", "as", "max"}: a template (fanrules.py)
     fanout: int | None = None          # plan.json only: a template's number of instances once expanded
     origin: dict | None = field(default=None, compare=False, hash=False)   # plan.json only: which edit made it
+    _digest: str | None = field(default=None, init=False, repr=False, compare=False, hash=False)   # memo
 
     def needs(self) -> dict[str, int]:
         """Resource name -> units this task holds while it runs: its `resources` (but mem),
@@ -284,12 +294,13 @@ class Task:
         return self.deps[len(self.deps) - self.fanout:] if self.fanout else ()
 
     def definition_digest(self) -> str:
-        return self._digest
-
-    @cached_property
-    def _digest(self) -> str:
         """What decides the task's result: a done task whose digest is unchanged is kept
         when a plan is replaced. Timeouts, retries and priority do not change the result."""
+        if self._digest is None:
+            object.__setattr__(self, "_digest", self._compute_digest())
+        return self._digest
+
+    def _compute_digest(self) -> str:
         d = [self.prompt, self.agent, list(self.declared_deps), list(self.soft_deps), self.workdir,
              self.context_limit, self.retry_context]
         if self.for_each:       # a template: what it fans out over (not `max`, not its instances)
@@ -303,7 +314,7 @@ class Task:
         return hashlib.sha256(orjson.dumps(d)).hexdigest()[:16]
 
     def to_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d = {k: getattr(self, k) for k in _TASK_KEYS}
         for k in CLUSTER_KEYS:         # left out at their defaults: plan.json of local plans unchanged
             if d[k] == Task.__dataclass_fields__[k].default or d[k] == {}:
                 del d[k]
@@ -331,6 +342,26 @@ class Task:
             if d[k] == dflt:      # absent unless used: older plan.json bytes hold
                 del d[k]
         return d
+
+
+_TASK_KEYS = tuple(k for k in Task.__dataclass_fields__ if not k.startswith("_"))
+_TASK_DEFAULTS = {k: (_NO_OPTIONS if f.default_factory is dict else f.default)
+                  for k, f in Task.__dataclass_fields__.items()
+                  if k.startswith("_") or f.default is not MISSING or f.default_factory is not MISSING}
+_ALL_KEYS = frozenset(Task.__dataclass_fields__)
+_SET = object.__setattr__
+
+
+def _new_task(kw: dict) -> Task:
+    """Task(**kw) for plan.json's trusted fields, about twice as fast: the frozen dataclass's
+    __init__ sets its ~45 fields one keyword at a time (Plan.from_dict builds 100 000)."""
+    d = {**_TASK_DEFAULTS, **kw}
+    if d.keys() != _ALL_KEYS:
+        return Task(**kw)             # a missing or unknown field: the constructor's own error
+    t = object.__new__(Task)
+    for k, v in d.items():
+        _SET(t, k, v)
+    return t
 
 
 @dataclass(frozen=True)
@@ -463,13 +494,52 @@ class Plan:
         return hashlib.sha256(self.canonical()).hexdigest()[:16]
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Plan":
-        """Load a normalised plan (plan.json under the home: already validated, trusted)."""
-        tasks = tuple(
-            Task(**{**t, "deps": tuple(t["deps"]), "soft_deps": tuple(t["soft_deps"]),
-                    "check": tuple(t["check"]) if t.get("check") else None,
-                    "files": tuple(t.get("files", ()))}) for t in d["tasks"])
-        return cls(goal=d["goal"], source=d["source"], plan_dir=d["plan_dir"], tasks=tasks,
+    def from_json(cls, data: bytes) -> "Plan":
+        """Load plan.json's bytes (see from_dict). The parsed task objects are dropped one by
+        one as their Tasks are built, so the peak is not the JSON tree plus the plan."""
+        with bulk.paused():
+            return cls.from_dict(orjson.loads(data), consume=True)
+
+    @classmethod
+    def from_dict(cls, d: dict, *, consume: bool = False) -> "Plan":
+        """Load a normalised plan (plan.json under the home: already validated, trusted).
+        Equal strings are shared (a dependency is the depended-on task's own id string, one
+        agent/workdir string for all tasks that have it), empty lists become the empty tuple,
+        empty option objects one shared dict. consume: d["tasks"] is emptied on the way."""
+        with bulk.paused():
+            raw = d["tasks"]
+            memo: dict = {}
+            one = memo.setdefault
+            floats, ints = {}.setdefault, {}.setdefault    # apart: 1 == 1.0 == True as dict keys
+            tasks = []
+            for k, t in enumerate(raw):
+                t = t if consume else dict(t)
+                t["id"] = one(t["id"], t["id"])
+                t["deps"] = tuple([one(x, x) for x in t["deps"]])
+                t["soft_deps"] = tuple([one(x, x) for x in t["soft_deps"]])
+                for key in _SHARED_STRINGS:
+                    v = t.get(key)
+                    if v.__class__ is str:
+                        t[key] = one(v, v)
+                for key in _SHARED_NUMBERS:      # floats and big ints are objects of their own too
+                    v = t.get(key)
+                    if v.__class__ is float:
+                        t[key] = floats(v, v)
+                    elif v.__class__ is int:
+                        t[key] = ints(v, v)
+                c = t.get("check")
+                t["check"] = tuple(c) if c else None
+                f = t.get("files")
+                t["files"] = tuple(f) if f else ()
+                for key in CLUSTER_OPTIONS:
+                    if not t.get(key):
+                        t[key] = _NO_OPTIONS
+                tasks.append(_new_task(t))
+                if consume:
+                    raw[k] = None
+            if consume:
+                raw.clear()
+        return cls(goal=d["goal"], source=d["source"], plan_dir=d["plan_dir"], tasks=tuple(tasks),
                    max_parallel=d.get("max_parallel"), on_failure=d.get("on_failure", "continue"),
                    lease=d.get("lease", DEFAULT_LEASE), description=d.get("description"),
                    workspace=d.get("workspace"), hooks=d.get("hooks"),
@@ -511,8 +581,9 @@ def parse(raw: bytes, *, shown: str, source: str, default_goal: str, home: str |
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise PlanError(f"{shown}:{line}: malformed JSON: invalid UTF-8 at byte {e.start}") from None
-    doc = _parse_json(text, shown)
-    return _Validator(text, shown, source, default_goal, home).plan(doc)
+    with bulk.paused():
+        doc = _parse_json(text, shown)
+        return _Validator(text, shown, source, default_goal, home).plan(doc)
 
 
 FRAGMENT_FIELDS: dict[str, F] = {
@@ -885,7 +956,7 @@ class _Validator:
         start), and no serial group runs against the dependencies: a task depending (directly
         or not) on a later task of its own group would wait for it forever. tasks[base:] are
         the ones being added (reported by their index among those)."""
-        for i, t in enumerate(tasks[base:]):
+        for i, t in enumerate(tasks[base:] if caps else ()):     # no capacity: nobody asks too much
             for name, n in t.needs().items():
                 cap = caps.get(name)
                 if cap is not None and n > cap:
