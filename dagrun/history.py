@@ -44,10 +44,18 @@ def read_history(home: Home, *, costs: bool = True) -> History:
     h = History()
     for g in home.goals():
         try:
+            present = set(os.listdir(home.tasks_dir(g)))
+        except OSError:
+            continue
+        if not present:            # nothing ran yet (a goal just submitted, maybe of 100 000 tasks):
+            continue               # neither its plan nor 100 000 missing markers need reading
+        try:
             plan = home.load_plan(g)
         except DagrunError:
             continue
         for t in plan.tasks:
+            if t.id not in present:
+                continue
             done = loads_obj(fsio.read_bytes(os.path.join(home.task_dir(g, t.id), "done"), follow=False))
             if not done or not isinstance(done.get("duration"), (int, float)) or done.get("cached"):
                 continue

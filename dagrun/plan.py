@@ -11,7 +11,8 @@ import json
 import math
 import os
 import re
-from dataclasses import MISSING, dataclass, field
+from dataclasses import dataclass, field, make_dataclass
+from operator import itemgetter
 from functools import cached_property
 from typing import Any, Iterable
 
@@ -228,49 +229,89 @@ WORKSPACE_FIELDS: dict[str, F] = {
 _NO_OPTIONS: dict = {}      # the one empty resources/slurm/ray of every task that sets none (never mutated)
 
 
-@dataclass(frozen=True, slots=True)
-class Task:
-    """One task of a plan. Slotted (no per-instance __dict__): a 100 000-task plan is held by
-    every worker serving it (ARCHITECTURE.md, "Plans of 100 000 tasks")."""
-    id: str
-    deps: tuple[str, ...]
-    soft_deps: tuple[str, ...]
-    prompt: str
-    prompt_file: str | None
-    agent: str
-    timeout: float | None
-    retries: int
-    retry_backoff: float
-    retry_context: str
-    stall_timeout: float | None
-    kill_grace: float
-    workdir: str
-    context_limit: int
-    max_output: int | None
-    priority: int
-    description: str | None = None
-    check: tuple[str, ...] | None = None
-    check_timeout: float = 600.0
-    cache: bool = False                       # the result cache (cache.py); not part of the definition
-    estimate_seconds: float | None = None     # `estimate` (for `dagrun plan`; not part of the definition)
-    estimate_usd: float | None = None
-    workspace: bool = True                 # false: no git worktree for this task
-    files: tuple[str, ...] = ()            # globs it may edit (the mutex)
-    hooks: dict | None = field(default=None, compare=False, hash=False)   # event -> [hook]; not in the digest
-    budget_share: float = 0.4                 # of the plan's budget (budget.py; not part of the definition)
-    runner: str = "local"                                           # plan name: local | slurm
-    resources: dict = field(default_factory=dict, hash=False)       # cpus, mem, gpu
-    slurm: dict = field(default_factory=dict, hash=False)           # the slurm runner's options
-    ray: dict = field(default_factory=dict, hash=False)             # the ray runner's options
-    mutex: str | None = None                  # a home-wide resource of capacity 1 (resources.py)
-    serial: str | None = None                 # serial group: one at a time, in plan order
-    when: dict | None = field(default=None, compare=False, hash=False)       # conditions.py expression
-    trigger: str = "all_success"                                              # scheduler.verdict rule
-    approval: dict | None = field(default=None, compare=False, hash=False)   # {"prompt", "timeout"}: a gate
-    for_each: dict | None = field(default=None, hash=False)   # {"from", "as", "max"}: a template (fanrules.py)
-    fanout: int | None = None          # plan.json only: a template's number of instances once expanded
-    origin: dict | None = field(default=None, compare=False, hash=False)   # plan.json only: which edit made it
-    _digest: str | None = field(default=None, init=False, repr=False, compare=False, hash=False)   # memo
+_REQUIRED = object()
+# The fields of a Task in order: name -> default (_REQUIRED: none). `hooks`, `when`, `approval`
+# and `origin` are left out of equality (_NOT_COMPARED); the dict-valued ones out of the hash.
+_TASK_SPEC: dict[str, Any] = {
+    "id": _REQUIRED, "deps": _REQUIRED, "soft_deps": _REQUIRED, "prompt": _REQUIRED, "prompt_file": _REQUIRED,
+    "agent": _REQUIRED, "timeout": _REQUIRED, "retries": _REQUIRED, "retry_backoff": _REQUIRED,
+    "retry_context": _REQUIRED, "stall_timeout": _REQUIRED, "kill_grace": _REQUIRED, "workdir": _REQUIRED,
+    "context_limit": _REQUIRED, "max_output": _REQUIRED, "priority": _REQUIRED,
+    "description": None,
+    "check": None,                 # tuple of argv, or None
+    "check_timeout": 600.0,
+    "cache": False,                # the result cache (cache.py); not part of the definition
+    "estimate_seconds": None,      # `estimate` (for `dagrun plan`; not part of the definition)
+    "estimate_usd": None,
+    "workspace": True,             # false: no git worktree for this task
+    "files": (),                   # globs it may edit (the mutex)
+    "hooks": None,                 # event -> [hook]; not in the digest
+    "budget_share": 0.4,           # of the plan's budget (budget.py; not part of the definition)
+    "runner": "local",             # plan name: local | slurm | ray
+    "resources": _NO_OPTIONS,      # cpus, mem, gpu, any resource name -> units
+    "slurm": _NO_OPTIONS,          # the slurm runner's options
+    "ray": _NO_OPTIONS,            # the ray runner's options
+    "mutex": None,                 # a home-wide resource of capacity 1 (resources.py)
+    "serial": None,                # serial group: one at a time, in plan order
+    "when": None,                  # conditions.py expression
+    "trigger": "all_success",      # scheduler.verdict rule
+    "approval": None,              # {"prompt", "timeout"}: a gate
+    "for_each": None,              # {"from", "as", "max"}: a template (fanrules.py)
+    "fanout": None,                # plan.json only: a template's number of instances once expanded
+    "origin": None,                # plan.json only: which edit made it
+}
+_TASK_KEYS = tuple(_TASK_SPEC)
+_ALL_KEYS = frozenset(_TASK_KEYS)
+_TASK_DEFAULTS = {k: v for k, v in _TASK_SPEC.items() if v is not _REQUIRED}
+_NOT_COMPARED = frozenset(("hooks", "when", "approval", "origin"))
+_NOT_HASHED = frozenset(("hooks", "resources", "slurm", "ray", "when", "approval", "for_each", "origin"))
+_values = itemgetter(*_TASK_KEYS)
+_compared = itemgetter(*(i for i, k in enumerate(_TASK_KEYS) if k not in _NOT_COMPARED))
+_hashed = itemgetter(*(i for i, k in enumerate(_TASK_KEYS) if k not in _NOT_HASHED))
+
+
+class Task(tuple):
+    """One task of a plan: immutable, built with keywords (`Task(id=..., deps=..., ...)`),
+    fields read as attributes. A tuple underneath, not a dataclass: a 100 000-task plan is
+    built by every `status`, `submit` and worker that loads it, and a tuple of the fields is
+    made in one step where a frozen dataclass sets ~45 attributes one by one (ARCHITECTURE.md,
+    "Plans of 100 000 tasks"). t.replace(**changes) is dataclasses.replace."""
+    __slots__ = ()
+
+    def __new__(cls, **kw):
+        d = {**_TASK_DEFAULTS, **kw}
+        if d.keys() != _ALL_KEYS:
+            unknown = sorted(set(kw) - _ALL_KEYS)
+            if unknown:
+                raise TypeError(f"Task() got an unexpected keyword argument {unknown[0]!r}")
+            raise TypeError(f"Task() missing required keyword argument {sorted(_ALL_KEYS - d.keys())[0]!r}")
+        return tuple.__new__(cls, _values(d))
+
+    def __eq__(self, other):
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return _compared(self) == _compared(other)
+
+    def __ne__(self, other):
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return _compared(self) != _compared(other)
+
+    def __hash__(self):
+        return hash(_hashed(self))
+
+    def __repr__(self) -> str:
+        return "Task(" + ", ".join(f"{k}={v!r}" for k, v in zip(_TASK_KEYS, self)) + ")"
+
+    def __reduce__(self):
+        return (_task_of, (tuple(self),))
+
+    def fields(self) -> dict:
+        """Field name -> value, every field."""
+        return dict(zip(_TASK_KEYS, self))
+
+    def replace(self, **changes) -> "Task":
+        return Task(**{**self.fields(), **changes})
 
     def needs(self) -> dict[str, int]:
         """Resource name -> units this task holds while it runs: its `resources` (but mem),
@@ -296,11 +337,6 @@ class Task:
     def definition_digest(self) -> str:
         """What decides the task's result: a done task whose digest is unchanged is kept
         when a plan is replaced. Timeouts, retries and priority do not change the result."""
-        if self._digest is None:
-            object.__setattr__(self, "_digest", self._compute_digest())
-        return self._digest
-
-    def _compute_digest(self) -> str:
         d = [self.prompt, self.agent, list(self.declared_deps), list(self.soft_deps), self.workdir,
              self.context_limit, self.retry_context]
         if self.for_each:       # a template: what it fans out over (not `max`, not its instances)
@@ -314,9 +350,9 @@ class Task:
         return hashlib.sha256(orjson.dumps(d)).hexdigest()[:16]
 
     def to_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in _TASK_KEYS}
+        d = self.fields()
         for k in CLUSTER_KEYS:         # left out at their defaults: plan.json of local plans unchanged
-            if d[k] == Task.__dataclass_fields__[k].default or d[k] == {}:
+            if d[k] == _TASK_SPEC[k] or d[k] == {}:
                 del d[k]
         d["deps"] = list(self.deps)
         d["soft_deps"] = list(self.soft_deps)
@@ -344,24 +380,29 @@ class Task:
         return d
 
 
-_TASK_KEYS = tuple(k for k in Task.__dataclass_fields__ if not k.startswith("_"))
-_TASK_DEFAULTS = {k: (_NO_OPTIONS if f.default_factory is dict else f.default)
-                  for k, f in Task.__dataclass_fields__.items()
-                  if k.startswith("_") or f.default is not MISSING or f.default_factory is not MISSING}
-_ALL_KEYS = frozenset(Task.__dataclass_fields__)
-_SET = object.__setattr__
+def _options(v: dict | None) -> dict:
+    """A task's resources/slurm/ray: a copy, or the shared empty one."""
+    return dict(v) if v else _NO_OPTIONS
 
 
-def _new_task(kw: dict) -> Task:
-    """Task(**kw) for plan.json's trusted fields, about twice as fast: the frozen dataclass's
-    __init__ sets its ~45 fields one keyword at a time (Plan.from_dict builds 100 000)."""
-    d = {**_TASK_DEFAULTS, **kw}
-    if d.keys() != _ALL_KEYS:
-        return Task(**kw)             # a missing or unknown field: the constructor's own error
-    t = object.__new__(Task)
-    for k, v in d.items():
-        _SET(t, k, v)
-    return t
+def _task_of(values: tuple) -> Task:
+    """Unpickling (Task.__reduce__): the fields in order."""
+    return tuple.__new__(Task, values)
+
+
+try:                       # the C accessor namedtuple uses; else the same through itemgetter
+    from collections import _tuplegetter
+except ImportError:        # pragma: no cover
+    def _tuplegetter(i, doc):
+        return property(itemgetter(i), doc=doc)
+for _i, _k in enumerate(_TASK_KEYS):
+    setattr(Task, _k, _tuplegetter(_i, f"Task.{_k}"))
+# the dataclass field table, so that dataclasses.fields() and dataclasses.replace() work on a Task
+Task.__dataclass_fields__ = make_dataclass("Task", [
+    (k, Any) if v is _REQUIRED else
+    (k, Any, field(default_factory=lambda v=v: v, compare=k not in _NOT_COMPARED, hash=k not in _NOT_HASHED))
+    if isinstance(v, dict) else (k, Any, field(default=v, compare=k not in _NOT_COMPARED, hash=k not in _NOT_HASHED))
+    for k, v in _TASK_SPEC.items()], frozen=True).__dataclass_fields__
 
 
 @dataclass(frozen=True)
@@ -534,7 +575,7 @@ class Plan:
                 for key in CLUSTER_OPTIONS:
                     if not t.get(key):
                         t[key] = _NO_OPTIONS
-                tasks.append(_new_task(t))
+                tasks.append(Task(**t))
                 if consume:
                     raw[k] = None
             if consume:
@@ -1136,8 +1177,8 @@ class _Validator:
             cache=bool(get("cache")), budget_share=float(get("budget_share")), estimate_seconds=(knobs.get("estimate") or {}).get("seconds"), estimate_usd=(knobs.get("estimate") or {}).get("usd"),
             workspace=use_ws and approval is None, files=tuple(files),    # a gate runs no code: no worktree
             hooks=self.hooks(path + ("hooks",), rt["hooks"], HOOK_EVENTS[:-1]) if "hooks" in rt else None,
-            runner=get("runner"), resources=dict(knobs.get("resources") or {}), slurm=dict(knobs.get("slurm") or {}),
-            ray=dict(knobs.get("ray") or {}), mutex=knobs.get("mutex"),
+            runner=get("runner"), resources=_options(knobs.get("resources")), slurm=_options(knobs.get("slurm")),
+            ray=_options(knobs.get("ray")), mutex=knobs.get("mutex"),
             serial=self.check(path + ("serial",), TASK_FIELDS["serial"], rt["serial"]) if "serial" in rt else None,
             when=when, trigger=trigger, approval=approval, for_each=fe)
 
