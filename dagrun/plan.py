@@ -380,6 +380,24 @@ class Task(tuple):
         return d
 
 
+def _knob_fields(knobs: dict) -> dict:
+    """The Task fields that come from the knobs (a task's own over the plan's defaults)."""
+    def get(k):
+        return knobs.get(k, KNOBS[k].default)
+
+    timeout, stall = get("timeout"), get("stall_timeout")
+    return dict(
+        timeout=float(timeout) if timeout is not None else None, retries=int(get("retries")),
+        retry_backoff=float(get("retry_backoff")), retry_context=get("retry_context"),
+        stall_timeout=float(stall) if stall is not None else None, kill_grace=float(get("kill_grace")),
+        context_limit=int(get("context_limit")), max_output=get("max_output"),
+        check=get("check"), check_timeout=float(get("check_timeout")),
+        cache=bool(get("cache")), budget_share=float(get("budget_share")),
+        estimate_seconds=(knobs.get("estimate") or {}).get("seconds"), estimate_usd=(knobs.get("estimate") or {}).get("usd"),
+        runner=get("runner"), resources=_options(knobs.get("resources")), slurm=_options(knobs.get("slurm")),
+        ray=_options(knobs.get("ray")), mutex=knobs.get("mutex"))
+
+
 def _options(v: dict | None) -> dict:
     """A task's resources/slurm/ray: a copy, or the shared empty one."""
     return dict(v) if v else _NO_OPTIONS
@@ -761,15 +779,21 @@ class _Validator:
         self._lines: dict | None = None
         self.home = home
         self._presets: dict | None = None
-
+        self._agents_ok: set = set()        # agents check_agent passed (100 000 tasks share a few)
+        self._workdirs: dict = {}           # workdir as written -> absolute
+        self._knob_values: tuple | None = None   # (dflt, the Task fields it gives) of the last call
     def check_agent(self, path: tuple, agent: str) -> None:
+        if agent in self._agents_ok:
+            return
         if not presets.is_preset(agent):
+            self._agents_ok.add(agent)
             return
         if self._presets is None:
             self._presets = presets.load(self.home)
         problem = presets.check(agent, self._presets)
         if problem:
             self.fail(path, problem)
+        self._agents_ok.add(agent)
 
     # -- errors
     def fail(self, path: tuple, msg: str):
@@ -1114,7 +1138,7 @@ class _Validator:
                       (" (it has both)" if has_p else ""))
         if has_p:
             prompt = self.check(path + ("prompt",), TASK_FIELDS["prompt"], rt["prompt"])
-            if len(prompt.encode("utf-8", "surrogatepass")) > MAX_PROMPT_BYTES:
+            if len(prompt) * 4 > MAX_PROMPT_BYTES and len(prompt.encode("utf-8", "surrogatepass")) > MAX_PROMPT_BYTES:
                 self.fail(path + ("prompt",), f"prompt is longer than {MAX_PROMPT_BYTES} bytes")
             pfile = None
         else:
@@ -1122,9 +1146,11 @@ class _Validator:
             prompt = self.read_prompt_file(path + ("prompt_file",), pfile, plan_dir)
         if _has_lone_surrogate(prompt):
             self.fail(path + ("prompt",), "contains an unpaired UTF-16 surrogate escape")
-        knobs = dict(dflt)
-        for k in KNOBS:
-            if k in rt:
+        knobs = dflt
+        own = [k for k in rt if k in KNOBS]
+        if own:
+            knobs = dict(dflt)
+            for k in own:
                 knobs[k] = self.check(path + (k,), KNOBS[k], rt[k])
         approval = self.check(path + ("approval",), TASK_FIELDS["approval"], rt["approval"]) \
             if rt.get("approval") is not None else None
@@ -1135,7 +1161,9 @@ class _Validator:
         if agent:
             self.check_agent(path + ("agent",) if "agent" in rt else ("defaults", "agent"), agent)
         workdir = knobs.get("workdir")
-        workdir = os.path.normpath(os.path.join(plan_dir, workdir)) if workdir else plan_dir
+        if workdir not in self._workdirs:
+            self._workdirs[workdir] = os.path.normpath(os.path.join(plan_dir, workdir)) if workdir else plan_dir
+        workdir = self._workdirs[workdir]
         prio = self.check(path + ("priority",), TASK_FIELDS["priority"], rt["priority"]) if "priority" in rt else 0
         desc = self.check(path + ("description",), TASK_FIELDS["description"], rt["description"]) if "description" in rt else None
         use_ws = rt.get("workspace", True)
@@ -1163,22 +1191,17 @@ class _Validator:
                 self.fail(path + ("when",) + e.path, str(e))
             when = rt["when"]
 
-        def get(k):
-            return knobs.get(k, KNOBS[k].default)
-
-        timeout, stall = get("timeout"), get("stall_timeout")
+        if knobs is dflt:          # the task sets no knob of its own: the defaults' fields, worked out once
+            if self._knob_values is None or self._knob_values[0] is not dflt:
+                self._knob_values = (dflt, _knob_fields(dflt))
+            fields = self._knob_values[1]
+        else:
+            fields = _knob_fields(knobs)
         return Task(
             id=tid, deps=tuple(deps), soft_deps=tuple(soft), prompt=prompt, prompt_file=pfile, agent=agent,
-            timeout=float(timeout) if timeout is not None else None, retries=int(get("retries")),
-            retry_backoff=float(get("retry_backoff")), retry_context=get("retry_context"),
-            stall_timeout=float(stall) if stall is not None else None, kill_grace=float(get("kill_grace")),
-            workdir=workdir, context_limit=int(get("context_limit")), max_output=get("max_output"),
-            priority=int(prio), description=desc, check=get("check"), check_timeout=float(get("check_timeout")),
-            cache=bool(get("cache")), budget_share=float(get("budget_share")), estimate_seconds=(knobs.get("estimate") or {}).get("seconds"), estimate_usd=(knobs.get("estimate") or {}).get("usd"),
+            workdir=workdir, priority=int(prio), description=desc, **fields,
             workspace=use_ws and approval is None, files=tuple(files),    # a gate runs no code: no worktree
             hooks=self.hooks(path + ("hooks",), rt["hooks"], HOOK_EVENTS[:-1]) if "hooks" in rt else None,
-            runner=get("runner"), resources=_options(knobs.get("resources")), slurm=_options(knobs.get("slurm")),
-            ray=_options(knobs.get("ray")), mutex=knobs.get("mutex"),
             serial=self.check(path + ("serial",), TASK_FIELDS["serial"], rt["serial"]) if "serial" in rt else None,
             when=when, trigger=trigger, approval=approval, for_each=fe)
 
