@@ -8,9 +8,12 @@
 For every size, in a fresh DAGRUN_HOME (under $BENCH_SCRATCH, default /tmp): write dag.json
 (layers of --width tasks, each depending on 2 random tasks of the layer above, agent `true`),
 then time `dagrun validate`, `dagrun submit`, `dagrun status GOAL --json` (before the run),
-`dagrun worker --until-idle -j N` (the no-op run: wall, tasks/s, the worker's peak RSS from
-wait4(2)), and `status GOAL --json` again after the run (every task done). Prints one JSON
-object per size and a table. Nothing here asserts: the numbers are for reading.
+`dagrun worker --until-idle -j N` (the no-op run: wall, tasks/s, the worker's CPU seconds and
+peak RSS from wait4(2) -- the worker's own; its agents are waited for by the worker, so their
+RSS is not in it), and `status GOAL --json` again after the run (every task done). Each command
+also records the 1-minute load average before it ran (the machine may be shared: CPU seconds
+are the figures to compare then). Prints one JSON object per size and a table. Nothing here
+asserts: the numbers are for reading.
 """
 from __future__ import annotations
 
@@ -37,12 +40,14 @@ def layered_plan(n: int, width: int, k: int = 2, seed: int = 1) -> dict:
 
 
 CPU: dict[str, float] = {}          # the last command's user+sys seconds (wait4), by name
+LOAD: dict[str, float] = {}         # the 1-minute load average when it started, by name
 
 
 def timed(argv: list[str], env: dict) -> tuple[float, int, int, bytes]:
     """wall seconds, exit code, peak RSS in kB (of the child and its waited-for children), stdout.
     The CPU seconds (user+sys, children included) land in CPU[argv[1]]: on a shared machine
     they vary far less than wall time."""
+    load = round(os.getloadavg()[0], 1)
     with tempfile.TemporaryFile() as fo, tempfile.TemporaryFile() as fe:   # files: a chatty worker never blocks
         t0 = time.perf_counter()
         p = subprocess.Popen(argv, env=env, stdout=fo, stderr=fe)
@@ -52,6 +57,7 @@ def timed(argv: list[str], env: dict) -> tuple[float, int, int, bytes]:
         fe.seek(0)
         out, err = fo.read(), fe.read()
     CPU[argv[1]] = ru.ru_utime + ru.ru_stime
+    LOAD[argv[1]] = load
     p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode != 0:
         sys.stderr.write(f"{' '.join(argv[:3])}: exit {p.returncode}: {err.decode()[-400:]}\n")
@@ -71,8 +77,10 @@ def one(n: int, a, scratch: str) -> dict:
     r["submit_s"], rc, _, _ = timed([a.dagrun, "submit", plan_path], env)
     r["validate_cpu_s"] = round(CPU["validate"], 3)
     r["submit_cpu_s"] = round(CPU["submit"], 3)
+    r["validate_load"], r["submit_load"] = LOAD["validate"], LOAD["submit"]
     r["status_before_s"], rc, _, _ = timed([a.dagrun, "status", goal, "--json"], env)
     r["status_before_cpu_s"] = round(CPU["status"], 3)
+    r["status_before_load"] = LOAD["status"]
     if a.no_run:
         if not a.keep:
             shutil.rmtree(folder, ignore_errors=True)
@@ -81,8 +89,11 @@ def one(n: int, a, scratch: str) -> dict:
     r["run_s"], r["run_ok"], r["worker_rss_mb"] = round(wall, 3), rc == 0, round(rss / 1024, 1)
     r["tasks_per_s"] = round(n / wall, 1)
     r["run_cpu_s"] = round(CPU["worker"], 3)
+    r["run_load"] = LOAD["worker"]
+    r["run_load_after"] = round(os.getloadavg()[0], 1)
     r["status_after_s"], rc, _, out = timed([a.dagrun, "status", goal, "--json"], env)
     r["status_after_cpu_s"] = round(CPU["status"], 3)
+    r["status_after_load"] = LOAD["status"]
     try:
         counts = json.loads(out).get("counts", {})
     except ValueError:
@@ -117,7 +128,7 @@ def main() -> int:
             shutil.rmtree(scratch, ignore_errors=True)
         else:
             print(f"homes kept under {scratch}", file=sys.stderr)
-    print("\nwall seconds (CPU seconds, user+sys, in brackets)")
+    print("\nwall seconds (CPU seconds, user+sys, in brackets; the 1-minute load average before each command in the JSON)")
     print("\n| tasks | validate | submit | status before | run -j %d | tasks/s | worker RSS (MB) "
           "| status after | done |" % a.jobs)
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

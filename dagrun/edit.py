@@ -5,7 +5,6 @@ by the functions that edit a goal: submitting a new goal -- `dagrun submit` on t
 -- does not pay for them."""
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import secrets
@@ -318,7 +317,7 @@ def add_tasks(home: Home, g: str, fragment: bytes | dict, *, by: str, shown: str
         added = new.ids()[len(old.tasks):]
         origin = {"edit": "add", "by": by, "at": now_iso(), **(agent or {})}
         new = new.with_tasks(list(new.tasks[:len(old.tasks)]) +
-                             [dataclasses.replace(t, origin=origin) for t in new.tasks[len(old.tasks):]])
+                             [t.replace(origin=origin) for t in new.tasks[len(old.tasks):]])
         try:
             fsio.remove(home.summary_path(g))
             fsio.write_atomic(home.plan_path(g), new.canonical())

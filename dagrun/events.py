@@ -13,6 +13,7 @@ import re
 import select
 import socket
 import time
+from typing import Iterator
 
 import orjson
 
@@ -140,6 +141,31 @@ def mentions(path: str, needle: str, tail: int | None = None) -> bool:
 
 def read_all(path: str) -> list[dict]:
     return Reader(path).read()
+
+
+def iter_all(path: str, chunk: int = 1 << 20) -> Iterator[dict]:
+    """Every complete line of an events.jsonl, one parsed event at a time: memory for one
+    chunk, not for the whole log (a 100 000-task goal's log is ~50 MB and 300 000 events)."""
+    try:
+        f = open(path, "rb", opener=_nofollow)
+    except FileNotFoundError:
+        return
+    with f:
+        rest = b""
+        while True:
+            data = f.read(chunk)
+            if not data:
+                return                          # a last line without its newline is not complete
+            data = rest + data
+            cut = data.rfind(b"\n") + 1
+            rest = data[cut:]
+            for line in data[:cut].splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    yield orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue  # never written by us (we write whole lines); skip what we cannot read
 
 
 # ---------------------------------------------------------------------------------- following

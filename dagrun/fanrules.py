@@ -7,7 +7,6 @@ a dot, so it is a safe folder name and needs no quoting in a shell (`t[k]` would
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 
@@ -119,15 +118,14 @@ def expand(template, items: list, max_prompt: int):
         prompt = substitute(template.prompt, fe["as"], item, k)
         if len(prompt.encode("utf-8", "surrogatepass")) > max_prompt:
             raise FanoutError(f"item {k} makes a prompt longer than {max_prompt} bytes")
-        out.append(dataclasses.replace(
-            template, id=instance_id(template.id, k), deps=template.declared_deps, prompt=prompt, prompt_file=None,
+        out.append(template.replace(
+            id=instance_id(template.id, k), deps=template.declared_deps, prompt=prompt, prompt_file=None,
             for_each=None, fanout=None, description=f"item {k} of {template.id}",
             origin={"edit": "fanout", "of": template.id, "index": k, "item": item}))
-    joined = dataclasses.replace(template, deps=tuple(template.declared_deps) + tuple(t.id for t in out),
-                                 fanout=len(out))
+    joined = template.replace(deps=tuple(template.declared_deps) + tuple(t.id for t in out), fanout=len(out))
     return joined, out
 
 
 def collapse(template):
     """The template as it was before expansion (a plan edit that must expand it again)."""
-    return dataclasses.replace(template, deps=template.declared_deps, fanout=None)
+    return template.replace(deps=template.declared_deps, fanout=None)

@@ -44,10 +44,18 @@ def read_history(home: Home, *, costs: bool = True) -> History:
     h = History()
     for g in home.goals():
         try:
+            present = set(os.listdir(home.tasks_dir(g)))
+        except OSError:
+            continue
+        if not present:            # nothing ran yet (a goal just submitted, maybe of 100 000 tasks):
+            continue               # neither its plan nor 100 000 missing markers need reading
+        try:
             plan = home.load_plan(g)
         except DagrunError:
             continue
         for t in plan.tasks:
+            if t.id not in present:
+                continue
             done = loads_obj(fsio.read_bytes(os.path.join(home.task_dir(g, t.id), "done"), follow=False))
             if not done or not isinstance(done.get("duration"), (int, float)) or done.get("cached"):
                 continue
@@ -74,14 +82,21 @@ class TaskGuess:
 
 def guess(plan: Plan, hist: History) -> dict[str, TaskGuess]:
     out = {}
+    medians: dict = {}      # by agent: the medians of the agent's runs, worked out once per plan
     for t in plan.tasks:
         runs = hist.by_task.get((t.id, t.agent)) or []
         src = "history" if runs else None
-        if not runs:
+        if runs:
+            sec = _median([s for s, _ in runs]) if t.estimate_seconds is None else None
+            usd = _median([u for _, u in runs if u is not None]) if t.estimate_usd is None else None
+        else:
             runs = hist.by_agent.get(t.agent) or []
             src = "agent-median" if runs else "unknown"
-        sec = t.estimate_seconds if t.estimate_seconds is not None else _median([s for s, _ in runs])
-        usd = t.estimate_usd if t.estimate_usd is not None else _median([u for _, u in runs if u is not None])
+            if t.agent not in medians:
+                medians[t.agent] = (_median([s for s, _ in runs]), _median([u for _, u in runs if u is not None]))
+            sec, usd = medians[t.agent]
+        sec = t.estimate_seconds if t.estimate_seconds is not None else sec
+        usd = t.estimate_usd if t.estimate_usd is not None else usd
         if t.estimate_seconds is not None:
             src = "estimate"
         out[t.id] = TaskGuess(float(sec) if sec is not None else 0.0, usd, src if sec is not None else "unknown")
@@ -93,4 +108,18 @@ def durations(plan: Plan, hist: History | None = None) -> dict[str, float]:
     if hist is None:
         return {t.id: float(t.estimate_seconds) if t.estimate_seconds is not None else UNKNOWN_SECONDS
                 for t in plan.tasks}
-    return {t: (x.seconds if x.source != "unknown" else UNKNOWN_SECONDS) for t, x in guess(plan, hist).items()}
+    out = {}
+    medians: dict = {}
+    for t in plan.tasks:
+        if t.estimate_seconds is not None:
+            out[t.id] = float(t.estimate_seconds)
+            continue
+        runs = hist.by_task.get((t.id, t.agent))
+        if runs:
+            out[t.id] = float(_median([s for s, _ in runs]))
+            continue
+        if t.agent not in medians:
+            m = _median([s for s, _ in hist.by_agent.get(t.agent) or []])
+            medians[t.agent] = float(m) if m is not None else UNKNOWN_SECONDS
+        out[t.id] = medians[t.agent]
+    return out

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from . import bulk
 from . import claim as claims
 from . import conditions
 from . import executor
@@ -668,6 +669,11 @@ def scheduler_for(plan: Plan, initial: dict[str, str] | None = None, *, duration
     the plan's estimates, else 1 s each); clock: a monotonic clock for aging (none: no aging).
     hold_templates=False (the simulator): a fan-out template runs as one task of its own
     duration -- its items are unknown before its `from` task has run."""
+    with bulk.paused():
+        return _scheduler_for(plan, initial, durations=durations, clock=clock, hold_templates=hold_templates)
+
+
+def _scheduler_for(plan: Plan, initial, *, durations, clock, hold_templates) -> Scheduler:
     return Scheduler(plan.tasks, initial, max_parallel=plan.max_parallel,
                      stop_on_failure=plan.on_failure == "stop", files=plan.files_of, budget=plan.budget,
                      estimates={t.id: t.estimate_usd for t in plan.tasks if t.estimate_usd},

@@ -11,13 +11,14 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
+from operator import itemgetter
 from functools import cached_property
 from typing import Any, Iterable
 
 import orjson
 
-from . import conditions, fanrules, presets
+from . import bulk, conditions, fanrules, presets
 from . import states as S
 from .errors import PlanError
 from .scheduler import CycleError, topo_order
@@ -29,6 +30,10 @@ MAX_PROMPT_BYTES = 16 * 1024 * 1024
 MAX_TASKS = 100_000
 RUNNER_NAMES = ("local", "slurm", "ray")                 # "runner" in a plan; executor.PLAN_RUNNERS maps them
 CLUSTER_KEYS = ("runner", "resources", "slurm", "ray")   # Task fields left out of plan.json at their defaults
+CLUSTER_OPTIONS = ("resources", "slurm", "ray")          # Task fields that are objects
+_SHARED_NUMBERS = ("timeout", "retry_backoff", "stall_timeout", "kill_grace", "context_limit", "max_output",
+                   "check_timeout", "budget_share")
+_SHARED_STRINGS = ("agent", "workdir", "retry_context", "runner", "trigger", "prompt_file", "mutex", "serial")
 MEM_RE = re.compile(r"[0-9]{1,12}[KMGT]?")
 MAX_SECONDS = 30 * 24 * 3600          # a month: anything longer is a typo
 DEFAULT_CONTEXT_LIMIT = 64 * 1024      # bytes of each dependency's output put into a prompt
@@ -221,46 +226,92 @@ WORKSPACE_FIELDS: dict[str, F] = {
 
 
 # ------------------------------------------------------------------------------ dataclasses
-@dataclass(frozen=True)
-class Task:
-    id: str
-    deps: tuple[str, ...]
-    soft_deps: tuple[str, ...]
-    prompt: str
-    prompt_file: str | None
-    agent: str
-    timeout: float | None
-    retries: int
-    retry_backoff: float
-    retry_context: str
-    stall_timeout: float | None
-    kill_grace: float
-    workdir: str
-    context_limit: int
-    max_output: int | None
-    priority: int
-    description: str | None = None
-    check: tuple[str, ...] | None = None
-    check_timeout: float = 600.0
-    cache: bool = False                       # the result cache (cache.py); not part of the definition
-    estimate_seconds: float | None = None     # `estimate` (for `dagrun plan`; not part of the definition)
-    estimate_usd: float | None = None
-    workspace: bool = True                 # false: no git worktree for this task
-    files: tuple[str, ...] = ()            # globs it may edit (the mutex)
-    hooks: dict | None = field(default=None, compare=False, hash=False)   # event -> [hook]; not in the digest
-    budget_share: float = 0.4                 # of the plan's budget (budget.py; not part of the definition)
-    runner: str = "local"                                           # plan name: local | slurm
-    resources: dict = field(default_factory=dict, hash=False)       # cpus, mem, gpu
-    slurm: dict = field(default_factory=dict, hash=False)           # the slurm runner's options
-    ray: dict = field(default_factory=dict, hash=False)             # the ray runner's options
-    mutex: str | None = None                  # a home-wide resource of capacity 1 (resources.py)
-    serial: str | None = None                 # serial group: one at a time, in plan order
-    when: dict | None = field(default=None, compare=False, hash=False)       # conditions.py expression
-    trigger: str = "all_success"                                              # scheduler.verdict rule
-    approval: dict | None = field(default=None, compare=False, hash=False)   # {"prompt", "timeout"}: a gate
-    for_each: dict | None = field(default=None, hash=False)   # {"from", "as", "max"}: a template (fanrules.py)
-    fanout: int | None = None          # plan.json only: a template's number of instances once expanded
-    origin: dict | None = field(default=None, compare=False, hash=False)   # plan.json only: which edit made it
+_NO_OPTIONS: dict = {}      # the one empty resources/slurm/ray of every task that sets none (never mutated)
+
+
+_REQUIRED = object()
+# The fields of a Task in order: name -> default (_REQUIRED: none). `hooks`, `when`, `approval`
+# and `origin` are left out of equality (_NOT_COMPARED); the dict-valued ones out of the hash.
+_TASK_SPEC: dict[str, Any] = {
+    "id": _REQUIRED, "deps": _REQUIRED, "soft_deps": _REQUIRED, "prompt": _REQUIRED, "prompt_file": _REQUIRED,
+    "agent": _REQUIRED, "timeout": _REQUIRED, "retries": _REQUIRED, "retry_backoff": _REQUIRED,
+    "retry_context": _REQUIRED, "stall_timeout": _REQUIRED, "kill_grace": _REQUIRED, "workdir": _REQUIRED,
+    "context_limit": _REQUIRED, "max_output": _REQUIRED, "priority": _REQUIRED,
+    "description": None,
+    "check": None,                 # tuple of argv, or None
+    "check_timeout": 600.0,
+    "cache": False,                # the result cache (cache.py); not part of the definition
+    "estimate_seconds": None,      # `estimate` (for `dagrun plan`; not part of the definition)
+    "estimate_usd": None,
+    "workspace": True,             # false: no git worktree for this task
+    "files": (),                   # globs it may edit (the mutex)
+    "hooks": None,                 # event -> [hook]; not in the digest
+    "budget_share": 0.4,           # of the plan's budget (budget.py; not part of the definition)
+    "runner": "local",             # plan name: local | slurm | ray
+    "resources": _NO_OPTIONS,      # cpus, mem, gpu, any resource name -> units
+    "slurm": _NO_OPTIONS,          # the slurm runner's options
+    "ray": _NO_OPTIONS,            # the ray runner's options
+    "mutex": None,                 # a home-wide resource of capacity 1 (resources.py)
+    "serial": None,                # serial group: one at a time, in plan order
+    "when": None,                  # conditions.py expression
+    "trigger": "all_success",      # scheduler.verdict rule
+    "approval": None,              # {"prompt", "timeout"}: a gate
+    "for_each": None,              # {"from", "as", "max"}: a template (fanrules.py)
+    "fanout": None,                # plan.json only: a template's number of instances once expanded
+    "origin": None,                # plan.json only: which edit made it
+}
+_TASK_KEYS = tuple(_TASK_SPEC)
+_ALL_KEYS = frozenset(_TASK_KEYS)
+_TASK_DEFAULTS = {k: v for k, v in _TASK_SPEC.items() if v is not _REQUIRED}
+_NOT_COMPARED = frozenset(("hooks", "when", "approval", "origin"))
+_NOT_HASHED = frozenset(("hooks", "resources", "slurm", "ray", "when", "approval", "for_each", "origin"))
+_values = itemgetter(*_TASK_KEYS)
+_compared = itemgetter(*(i for i, k in enumerate(_TASK_KEYS) if k not in _NOT_COMPARED))
+_hashed = itemgetter(*(i for i, k in enumerate(_TASK_KEYS) if k not in _NOT_HASHED))
+
+
+class Task(tuple):
+    """One task of a plan: immutable, built with keywords (`Task(id=..., deps=..., ...)`),
+    fields read as attributes. A tuple underneath, not a dataclass: a 100 000-task plan is
+    built by every `status`, `submit` and worker that loads it, and a tuple of the fields is
+    made in one step where a frozen dataclass sets ~45 attributes one by one (ARCHITECTURE.md,
+    "Plans of 100 000 tasks"). t.replace(**changes) is dataclasses.replace."""
+    __slots__ = ()
+
+    def __new__(cls, **kw):
+        d = {**_TASK_DEFAULTS, **kw}
+        if d.keys() != _ALL_KEYS:
+            unknown = sorted(set(kw) - _ALL_KEYS)
+            if unknown:
+                raise TypeError(f"Task() got an unexpected keyword argument {unknown[0]!r}")
+            raise TypeError(f"Task() missing required keyword argument {sorted(_ALL_KEYS - d.keys())[0]!r}")
+        return tuple.__new__(cls, _values(d))
+
+    def __eq__(self, other):
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return _compared(self) == _compared(other)
+
+    def __ne__(self, other):
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return _compared(self) != _compared(other)
+
+    def __hash__(self):
+        return hash(_hashed(self))
+
+    def __repr__(self) -> str:
+        return "Task(" + ", ".join(f"{k}={v!r}" for k, v in zip(_TASK_KEYS, self)) + ")"
+
+    def __reduce__(self):
+        return (_task_of, (tuple(self),))
+
+    def fields(self) -> dict:
+        """Field name -> value, every field."""
+        return dict(zip(_TASK_KEYS, self))
+
+    def replace(self, **changes) -> "Task":
+        return Task(**{**self.fields(), **changes})
 
     def needs(self) -> dict[str, int]:
         """Resource name -> units this task holds while it runs: its `resources` (but mem),
@@ -284,10 +335,6 @@ class Task:
         return self.deps[len(self.deps) - self.fanout:] if self.fanout else ()
 
     def definition_digest(self) -> str:
-        return self._digest
-
-    @cached_property
-    def _digest(self) -> str:
         """What decides the task's result: a done task whose digest is unchanged is kept
         when a plan is replaced. Timeouts, retries and priority do not change the result."""
         d = [self.prompt, self.agent, list(self.declared_deps), list(self.soft_deps), self.workdir,
@@ -303,9 +350,9 @@ class Task:
         return hashlib.sha256(orjson.dumps(d)).hexdigest()[:16]
 
     def to_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d = self.fields()
         for k in CLUSTER_KEYS:         # left out at their defaults: plan.json of local plans unchanged
-            if d[k] == Task.__dataclass_fields__[k].default or d[k] == {}:
+            if d[k] == _TASK_SPEC[k] or d[k] == {}:
                 del d[k]
         d["deps"] = list(self.deps)
         d["soft_deps"] = list(self.soft_deps)
@@ -331,6 +378,49 @@ class Task:
             if d[k] == dflt:      # absent unless used: older plan.json bytes hold
                 del d[k]
         return d
+
+
+def _knob_fields(knobs: dict) -> dict:
+    """The Task fields that come from the knobs (a task's own over the plan's defaults)."""
+    def get(k):
+        return knobs.get(k, KNOBS[k].default)
+
+    timeout, stall = get("timeout"), get("stall_timeout")
+    return dict(
+        timeout=float(timeout) if timeout is not None else None, retries=int(get("retries")),
+        retry_backoff=float(get("retry_backoff")), retry_context=get("retry_context"),
+        stall_timeout=float(stall) if stall is not None else None, kill_grace=float(get("kill_grace")),
+        context_limit=int(get("context_limit")), max_output=get("max_output"),
+        check=get("check"), check_timeout=float(get("check_timeout")),
+        cache=bool(get("cache")), budget_share=float(get("budget_share")),
+        estimate_seconds=(knobs.get("estimate") or {}).get("seconds"), estimate_usd=(knobs.get("estimate") or {}).get("usd"),
+        runner=get("runner"), resources=_options(knobs.get("resources")), slurm=_options(knobs.get("slurm")),
+        ray=_options(knobs.get("ray")), mutex=knobs.get("mutex"))
+
+
+def _options(v: dict | None) -> dict:
+    """A task's resources/slurm/ray: a copy, or the shared empty one."""
+    return dict(v) if v else _NO_OPTIONS
+
+
+def _task_of(values: tuple) -> Task:
+    """Unpickling (Task.__reduce__): the fields in order."""
+    return tuple.__new__(Task, values)
+
+
+try:                       # the C accessor namedtuple uses; else the same through itemgetter
+    from collections import _tuplegetter
+except ImportError:        # pragma: no cover
+    def _tuplegetter(i, doc):
+        return property(itemgetter(i), doc=doc)
+for _i, _k in enumerate(_TASK_KEYS):
+    setattr(Task, _k, _tuplegetter(_i, f"Task.{_k}"))
+# the dataclass field table, so that dataclasses.fields() and dataclasses.replace() work on a Task
+Task.__dataclass_fields__ = make_dataclass("Task", [
+    (k, Any) if v is _REQUIRED else
+    (k, Any, field(default_factory=lambda v=v: v, compare=k not in _NOT_COMPARED, hash=k not in _NOT_HASHED))
+    if isinstance(v, dict) else (k, Any, field(default=v, compare=k not in _NOT_COMPARED, hash=k not in _NOT_HASHED))
+    for k, v in _TASK_SPEC.items()], frozen=True).__dataclass_fields__
 
 
 @dataclass(frozen=True)
@@ -463,13 +553,52 @@ class Plan:
         return hashlib.sha256(self.canonical()).hexdigest()[:16]
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Plan":
-        """Load a normalised plan (plan.json under the home: already validated, trusted)."""
-        tasks = tuple(
-            Task(**{**t, "deps": tuple(t["deps"]), "soft_deps": tuple(t["soft_deps"]),
-                    "check": tuple(t["check"]) if t.get("check") else None,
-                    "files": tuple(t.get("files", ()))}) for t in d["tasks"])
-        return cls(goal=d["goal"], source=d["source"], plan_dir=d["plan_dir"], tasks=tasks,
+    def from_json(cls, data: bytes) -> "Plan":
+        """Load plan.json's bytes (see from_dict). The parsed task objects are dropped one by
+        one as their Tasks are built, so the peak is not the JSON tree plus the plan."""
+        with bulk.paused():
+            return cls.from_dict(orjson.loads(data), consume=True)
+
+    @classmethod
+    def from_dict(cls, d: dict, *, consume: bool = False) -> "Plan":
+        """Load a normalised plan (plan.json under the home: already validated, trusted).
+        Equal strings are shared (a dependency is the depended-on task's own id string, one
+        agent/workdir string for all tasks that have it), empty lists become the empty tuple,
+        empty option objects one shared dict. consume: d["tasks"] is emptied on the way."""
+        with bulk.paused():
+            raw = d["tasks"]
+            memo: dict = {}
+            one = memo.setdefault
+            floats, ints = {}.setdefault, {}.setdefault    # apart: 1 == 1.0 == True as dict keys
+            tasks = []
+            for k, t in enumerate(raw):
+                t = t if consume else dict(t)
+                t["id"] = one(t["id"], t["id"])
+                t["deps"] = tuple([one(x, x) for x in t["deps"]])
+                t["soft_deps"] = tuple([one(x, x) for x in t["soft_deps"]])
+                for key in _SHARED_STRINGS:
+                    v = t.get(key)
+                    if v.__class__ is str:
+                        t[key] = one(v, v)
+                for key in _SHARED_NUMBERS:      # floats and big ints are objects of their own too
+                    v = t.get(key)
+                    if v.__class__ is float:
+                        t[key] = floats(v, v)
+                    elif v.__class__ is int:
+                        t[key] = ints(v, v)
+                c = t.get("check")
+                t["check"] = tuple(c) if c else None
+                f = t.get("files")
+                t["files"] = tuple(f) if f else ()
+                for key in CLUSTER_OPTIONS:
+                    if not t.get(key):
+                        t[key] = _NO_OPTIONS
+                tasks.append(Task(**t))
+                if consume:
+                    raw[k] = None
+            if consume:
+                raw.clear()
+        return cls(goal=d["goal"], source=d["source"], plan_dir=d["plan_dir"], tasks=tuple(tasks),
                    max_parallel=d.get("max_parallel"), on_failure=d.get("on_failure", "continue"),
                    lease=d.get("lease", DEFAULT_LEASE), description=d.get("description"),
                    workspace=d.get("workspace"), hooks=d.get("hooks"),
@@ -511,8 +640,9 @@ def parse(raw: bytes, *, shown: str, source: str, default_goal: str, home: str |
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise PlanError(f"{shown}:{line}: malformed JSON: invalid UTF-8 at byte {e.start}") from None
-    doc = _parse_json(text, shown)
-    return _Validator(text, shown, source, default_goal, home).plan(doc)
+    with bulk.paused():
+        doc = _parse_json(text, shown)
+        return _Validator(text, shown, source, default_goal, home).plan(doc)
 
 
 FRAGMENT_FIELDS: dict[str, F] = {
@@ -649,15 +779,21 @@ class _Validator:
         self._lines: dict | None = None
         self.home = home
         self._presets: dict | None = None
-
+        self._agents_ok: set = set()        # agents check_agent passed (100 000 tasks share a few)
+        self._workdirs: dict = {}           # workdir as written -> absolute
+        self._knob_values: tuple | None = None   # (dflt, the Task fields it gives) of the last call
     def check_agent(self, path: tuple, agent: str) -> None:
+        if agent in self._agents_ok:
+            return
         if not presets.is_preset(agent):
+            self._agents_ok.add(agent)
             return
         if self._presets is None:
             self._presets = presets.load(self.home)
         problem = presets.check(agent, self._presets)
         if problem:
             self.fail(path, problem)
+        self._agents_ok.add(agent)
 
     # -- errors
     def fail(self, path: tuple, msg: str):
@@ -885,7 +1021,7 @@ class _Validator:
         start), and no serial group runs against the dependencies: a task depending (directly
         or not) on a later task of its own group would wait for it forever. tasks[base:] are
         the ones being added (reported by their index among those)."""
-        for i, t in enumerate(tasks[base:]):
+        for i, t in enumerate(tasks[base:] if caps else ()):     # no capacity: nobody asks too much
             for name, n in t.needs().items():
                 cap = caps.get(name)
                 if cap is not None and n > cap:
@@ -1002,7 +1138,7 @@ class _Validator:
                       (" (it has both)" if has_p else ""))
         if has_p:
             prompt = self.check(path + ("prompt",), TASK_FIELDS["prompt"], rt["prompt"])
-            if len(prompt.encode("utf-8", "surrogatepass")) > MAX_PROMPT_BYTES:
+            if len(prompt) * 4 > MAX_PROMPT_BYTES and len(prompt.encode("utf-8", "surrogatepass")) > MAX_PROMPT_BYTES:
                 self.fail(path + ("prompt",), f"prompt is longer than {MAX_PROMPT_BYTES} bytes")
             pfile = None
         else:
@@ -1010,9 +1146,11 @@ class _Validator:
             prompt = self.read_prompt_file(path + ("prompt_file",), pfile, plan_dir)
         if _has_lone_surrogate(prompt):
             self.fail(path + ("prompt",), "contains an unpaired UTF-16 surrogate escape")
-        knobs = dict(dflt)
-        for k in KNOBS:
-            if k in rt:
+        knobs = dflt
+        own = [k for k in rt if k in KNOBS]
+        if own:
+            knobs = dict(dflt)
+            for k in own:
                 knobs[k] = self.check(path + (k,), KNOBS[k], rt[k])
         approval = self.check(path + ("approval",), TASK_FIELDS["approval"], rt["approval"]) \
             if rt.get("approval") is not None else None
@@ -1023,7 +1161,9 @@ class _Validator:
         if agent:
             self.check_agent(path + ("agent",) if "agent" in rt else ("defaults", "agent"), agent)
         workdir = knobs.get("workdir")
-        workdir = os.path.normpath(os.path.join(plan_dir, workdir)) if workdir else plan_dir
+        if workdir not in self._workdirs:
+            self._workdirs[workdir] = os.path.normpath(os.path.join(plan_dir, workdir)) if workdir else plan_dir
+        workdir = self._workdirs[workdir]
         prio = self.check(path + ("priority",), TASK_FIELDS["priority"], rt["priority"]) if "priority" in rt else 0
         desc = self.check(path + ("description",), TASK_FIELDS["description"], rt["description"]) if "description" in rt else None
         use_ws = rt.get("workspace", True)
@@ -1051,22 +1191,17 @@ class _Validator:
                 self.fail(path + ("when",) + e.path, str(e))
             when = rt["when"]
 
-        def get(k):
-            return knobs.get(k, KNOBS[k].default)
-
-        timeout, stall = get("timeout"), get("stall_timeout")
+        if knobs is dflt:          # the task sets no knob of its own: the defaults' fields, worked out once
+            if self._knob_values is None or self._knob_values[0] is not dflt:
+                self._knob_values = (dflt, _knob_fields(dflt))
+            fields = self._knob_values[1]
+        else:
+            fields = _knob_fields(knobs)
         return Task(
             id=tid, deps=tuple(deps), soft_deps=tuple(soft), prompt=prompt, prompt_file=pfile, agent=agent,
-            timeout=float(timeout) if timeout is not None else None, retries=int(get("retries")),
-            retry_backoff=float(get("retry_backoff")), retry_context=get("retry_context"),
-            stall_timeout=float(stall) if stall is not None else None, kill_grace=float(get("kill_grace")),
-            workdir=workdir, context_limit=int(get("context_limit")), max_output=get("max_output"),
-            priority=int(prio), description=desc, check=get("check"), check_timeout=float(get("check_timeout")),
-            cache=bool(get("cache")), budget_share=float(get("budget_share")), estimate_seconds=(knobs.get("estimate") or {}).get("seconds"), estimate_usd=(knobs.get("estimate") or {}).get("usd"),
+            workdir=workdir, priority=int(prio), description=desc, **fields,
             workspace=use_ws and approval is None, files=tuple(files),    # a gate runs no code: no worktree
             hooks=self.hooks(path + ("hooks",), rt["hooks"], HOOK_EVENTS[:-1]) if "hooks" in rt else None,
-            runner=get("runner"), resources=dict(knobs.get("resources") or {}), slurm=dict(knobs.get("slurm") or {}),
-            ray=dict(knobs.get("ray") or {}), mutex=knobs.get("mutex"),
             serial=self.check(path + ("serial",), TASK_FIELDS["serial"], rt["serial"]) if "serial" in rt else None,
             when=when, trigger=trigger, approval=approval, for_each=fe)
 

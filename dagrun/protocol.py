@@ -95,6 +95,17 @@ def cmd_heartbeat(home: Home, goal: str, task: str, *, worker: str | None, pid: 
     return 0
 
 
+def cmd_status(home: Home, goal: str) -> int:
+    """`dagrun status GOAL --json`: the goal's detail, the same bytes as the typer command
+    prints (a script polling a 100 000-task goal pays no typer, rich or pydantic import)."""
+    from .plan import check_id
+    from .status import goal_detail
+
+    check_id("goal", goal)
+    sys.stdout.buffer.write(dumps(goal_detail(home, goal)))
+    return 0
+
+
 def cmd_submit(home: Home, plans: list[str], *, replace: bool = False, dry_run: bool = False,
                json: bool = False) -> int:
     """`dagrun submit PLAN...` (also on the fast path: a script submitting goals in a loop
@@ -201,6 +212,8 @@ SPEC = {
     "approve": (("goal", "task"), {"--home": ("home", "str"), "--note": ("note", "str")}),
     "reject": (("goal", "task"), {"--home": ("home", "str"), "--reason": ("reason", "str")}),
     "mcp": ((), {"--home": ("home", "str")}),            # --print-config goes to typer
+    # `status GOAL --json` only (scripts poll it; a table goes to typer and rich)
+    "status": (("goal",), {"--home": ("home", "str"), "--json": ("json", "flag")}),
 }
 
 
@@ -264,6 +277,8 @@ def parse_fast(argv: list[str]) -> tuple[str | None, str, dict] | None:
     else:
         if cmd == "reject" and not (args.get("reason") or "").strip():
             return None                          # typer says --reason is required
+        if cmd == "status" and not args.get("json"):
+            return None
         args.update(zip(names, pos))
     return args.pop("home", home), cmd, args
 
@@ -271,6 +286,8 @@ def parse_fast(argv: list[str]) -> tuple[str | None, str, dict] | None:
 def run_parsed(home: Home, cmd: str, a: dict) -> int:
     if cmd == "mcp":
         return cmd_mcp(home)
+    if cmd == "status":
+        return cmd_status(home, a["goal"])
     if cmd == "submit":
         return cmd_submit(home, a["plans"], replace=bool(a.get("replace")), dry_run=bool(a.get("dry_run")),
                           json=bool(a.get("json")))

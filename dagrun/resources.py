@@ -136,7 +136,24 @@ def pools_for(plan: Plan, task: Task, lim: dict) -> dict[Pool, int]:
 
 
 def plan_pools(plan: Plan, lim: dict) -> dict[str, dict[Pool, int]]:
-    return {t.id: p for t in plan.tasks if (p := pools_for(plan, t, lim))}
+    """task -> pools_for(task), for the tasks that take units somewhere. Worked out once per
+    (agent, mutex) for the tasks without `resources` (all of them, in most plans): the same
+    pools, shared."""
+    if not lim["home"] and not (plan.tenant and lim["tenants"].get(plan.tenant)) and not plan.goal_capacities() \
+            and not any(t.mutex for t in plan.tasks):
+        return {}                  # no capacity anywhere: nothing is counted
+    out, memo = {}, {}
+    for t in plan.tasks:
+        if t.resources:
+            p = pools_for(plan, t, lim)
+        else:
+            key = (t.agent, t.mutex)
+            p = memo.get(key)
+            if p is None:
+                p = memo[key] = pools_for(plan, t, lim)
+        if p:
+            out[t.id] = p
+    return out
 
 
 def too_big(plan: Plan, lim: dict) -> list[str]:

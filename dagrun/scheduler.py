@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import heapq
 import math
+from functools import cached_property
 from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
 from . import states as S
@@ -35,6 +36,8 @@ UNSUCCESSFUL = frozenset((FAILED, CANCELLED, BLOCKED))     # what a trigger rule
 # trigger rules (plan field `trigger`, docs/conditions.md)
 ALL_SUCCESS, ALL_DONE, ONE_SUCCESS, ONE_FAILED, NONE_FAILED = S.TRIGGERS
 _BY_NAME = {n: i for i, n in enumerate(NAMES)}
+_SET_DIRECTLY = frozenset((S.DONE, S.FAILED, S.CANCELLED, S.RUNNING, S.RETRYING, S.SKIPPED, S.AWAITING))
+_DERIVED = frozenset(("pending", S.WAITING, S.READY, S.BLOCKED))
 
 
 class CycleError(ValueError):
@@ -158,34 +161,33 @@ class Scheduler:
         self.needs: list[dict[str, int]] | None = None
         self.free: dict[str, int] = {}
         self.holding: dict[int, dict[str, int]] = {}   # units of tasks take() gave out, until they end
-        self.deps = [[idx[d] for d in t.deps] for t in tasks]
+        # the graph as int ids: a tuple of dependencies per task (the one empty tuple for none),
+        # dependents as lists only for the tasks that have some (ARCHITECTURE.md, "Plans of
+        # 100 000 tasks"); deps + soft deps concatenated only where a task has soft ones
+        self.deps = [tuple([idx[d] for d in t.deps]) for t in tasks]
         self.trigger = [getattr(t, "trigger", None) or ALL_SUCCESS for t in tasks]
         self.gated = [getattr(t, "approval", None) is not None for t in tasks]
-        self.soft = [[idx[d] for d in t.soft_deps] for t in tasks]
-        self.hard_out: list[list[int]] = [[] for _ in range(n)]
-        self.soft_out: list[list[int]] = [[] for _ in range(n)]
-        for i in range(n):
-            for d in self.deps[i]:
-                self.hard_out[d].append(i)
-            for d in self.soft[i]:
-                self.soft_out[d].append(i)
+        self.soft = [tuple([idx[d] for d in t.soft_deps]) if t.soft_deps else () for t in tasks]
+        self.any_soft = any(self.soft)
+        self.hard_out: list = [()] * n
+        self.soft_out: list = [()] * n
+        for outs, ins in ((self.hard_out, self.deps), (self.soft_out, self.soft if self.any_soft else ())):
+            for i, ds in enumerate(ins):
+                for d in ds:
+                    if outs[d]:
+                        outs[d].append(i)
+                    else:
+                        outs[d] = [i]
         self.order = self._topo()
-        height = [1] * n
-        for i in reversed(self.order):
-            outs = self.hard_out[i] + self.soft_out[i]
-            if outs:
-                height[i] = 1 + max(height[d] for d in outs)
-        self.height = height                          # unit weights: the plan's depth (validate)
         # the remaining path in seconds (HEFT's upward rank): own duration + the longest below
         dur = [max(0.0, float((durations or {}).get(tid, 1.0))) for tid in self.ids]
-        rank = list(dur)
+        rank = dur
         for i in reversed(self.order):
-            outs = self.hard_out[i] + self.soft_out[i]
+            outs = self._outs(i)
             if outs:
-                rank[i] = dur[i] + max(rank[d] for d in outs)
+                rank[i] += max([rank[d] for d in outs])
         self.rank = rank
         self.prio = [int(t.priority) for t in tasks]
-        self.key = [(-rank[i], i) for i in range(n)]      # order inside a priority class
         # aging (seconds per priority point; None/0: off) on the clock it is handed (the engine's
         # monotonic clock, the simulator's virtual one); without a clock base priorities hold
         self.aging = aging if aging and clock is not None else None
@@ -196,9 +198,26 @@ class Scheduler:
         """The task ids, every one after its (hard and soft) dependencies."""
         return [self.ids[i] for i in self.order]
 
+    def _outs(self, i: int):
+        """Task i's dependents, hard and soft."""
+        return [*self.hard_out[i], *self.soft_out[i]] if self.any_soft and self.soft_out[i] else self.hard_out[i]
+
     def _topo(self) -> list[int]:
-        return topo_order(self.ids, [self.deps[i] + self.soft[i] for i in range(len(self.ids))],
-                          [self.hard_out[i] + self.soft_out[i] for i in range(len(self.ids))])
+        n = len(self.ids)
+        if not self.any_soft:
+            return topo_order(self.ids, self.deps, self.hard_out)
+        return topo_order(self.ids, [self.deps[i] + self.soft[i] for i in range(n)],
+                          [self._outs(i) for i in range(n)])
+
+    @cached_property
+    def height(self) -> list[int]:
+        """Unit weights: each task's longest path to the end, in tasks (validate's depth)."""
+        height = [1] * len(self.ids)
+        for i in reversed(self.order):
+            outs = self._outs(i)
+            if outs:
+                height[i] = 1 + max([height[d] for d in outs])
+        return height
 
     # ------------------------------------------------------------------ building
     def load(self, initial: dict[str, str]) -> None:
@@ -218,17 +237,30 @@ class Scheduler:
         self.heaps: dict[int, list[tuple]] = {}      # priority -> heap of (-rank, i)
         self.nready: dict[int, int] = {}             # priority -> ready tasks in the class
         self.since: dict[int, float] = {}            # priority -> last served (or became non-empty)
+        state, pend, ndone, nfail, nskip = self.state, self.pend, self.ndone, self.nfail, self.nskip
+        ids, deps, soft, get = self.ids, self.deps, self.soft, initial.get
+        scratch: list = []
         for i in self.order:
-            for d in self.deps[i]:
-                self._tally(i, d)
-            self.rem_soft[i] = sum(1 for d in self.soft[i] if self.state[d] not in TERMINAL)
-            s = initial.get(self.ids[i], "pending")
-            if s in ("done", "failed", "cancelled", "running", "retrying", "skipped", S.AWAITING):
+            for d in deps[i]:          # _tally, inlined: this loop runs once per edge
+                sd = state[d]
+                if sd == DONE:
+                    ndone[i] += 1
+                elif sd == SKIPPED:
+                    nskip[i] += 1
+                elif sd in UNSUCCESSFUL:
+                    nfail[i] += 1
+                else:
+                    pend[i] += 1
+            if soft[i]:
+                self.rem_soft[i] = sum(1 for d in soft[i] if state[d] not in TERMINAL)
+            s = get(ids[i], "pending")
+            if s in _SET_DIRECTLY:
                 self._set(i, _BY_NAME[s])
                 continue
-            if s not in ("pending", "waiting", "ready", "blocked"):
-                raise ValueError(f"task {self.ids[i]!r}: unknown initial state {s!r}")
-            self._check(i, [])
+            if s not in _DERIVED:
+                raise ValueError(f"task {ids[i]!r}: unknown initial state {s!r}")
+            self._check(i, scratch)
+            scratch.clear()
 
     def _tally(self, i: int, d: int) -> None:
         """Count dependency d's state into task i's trigger counters."""
@@ -253,7 +285,7 @@ class Scheduler:
     def _push(self, i: int) -> None:
         """Ready task i into its priority class's heap (a held template never: nobody takes it)."""
         if i not in self.hold:
-            heapq.heappush(self.heaps.setdefault(self.prio[i], []), self.key[i])
+            heapq.heappush(self.heaps.setdefault(self.prio[i], []), (-self.rank[i], i))
 
     def expandable(self) -> list[str]:
         """Held templates that are ready: their items can be read now (fanout.expand)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from . import budget, fsio
+from . import budget, bulk, fsio
 from . import resources as res
 from . import states as S
 from .lifecycle import scheduler_from_facts
@@ -87,6 +87,11 @@ REMOTE_RUNNERS = ("slurm", "ray")     # handles that name a remote id: a Slurm j
 
 
 def goal_detail(home: Home, g: str) -> dict:
+    with bulk.paused():            # a big goal's rows are many small dicts that all survive
+        return _goal_detail(home, g)
+
+
+def _goal_detail(home: Home, g: str) -> dict:
     plan = home.load_plan(g)
     facts = home.snapshot(g, plan, detail=True, view=True)   # one read of every task folder
     sched = scheduler_from_facts(home, plan, facts)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from . import fsio
+from . import bulk, fsio
 from . import states as S
 from .errors import FsError, NotFound, os_error
 from .plan import ID_RE, Plan, check_id
@@ -111,7 +111,7 @@ def loads(data: bytes | None):
         return None
 
 
-@dataclass
+@dataclass(slots=True)
 class TaskFacts:
     """What the files say about one task (the scheduler turns pending into waiting/ready/blocked)."""
     state: str = PENDING              # done | skipped | failed | cancelled | running | awaiting_approval | pending
@@ -286,7 +286,7 @@ class Home:
         if data is None:
             raise NotFound(f"no goal {g!r} under {self.root} (submit a plan first; `dagrun status` lists goals)")
         try:
-            return Plan.from_dict(orjson.loads(data))
+            return Plan.from_json(data)
         except (orjson.JSONDecodeError, KeyError, TypeError) as e:
             raise FsError(f"corrupt plan file {self.plan_path(g)}: {e}") from None
 
@@ -440,10 +440,9 @@ class Home:
             present = set()
         except OSError as e:
             raise os_error("list", self.tasks_dir(g), e) from None
-        out = {}
-        for tid in plan.ids():
-            out[tid] = self.task_facts(g, tid, detail=detail, view=view) if tid in present else TaskFacts()
-        return out
+        with bulk.paused():
+            return {tid: self.task_facts(g, tid, detail=detail, view=view) if tid in present else TaskFacts()
+                    for tid in plan.ids()}
 
     def write_marker(self, g: str, t: str, kind: str, body: dict) -> None:
         path = self.marker_path(g, t, kind)

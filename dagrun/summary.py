@@ -18,11 +18,12 @@ is the sum of every attempt's duration; achieved parallelism is agent time / mak
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 
 from . import events as ev
-from . import fsio
+from . import bulk, fsio
 from . import states as S
 from .plan import Plan
 from .scheduler import Scheduler
@@ -42,7 +43,7 @@ from .store import (
 SLOWEST = 5
 
 
-@dataclass
+@dataclass(slots=True)
 class Attempt:
     task: str
     attempt: int
@@ -153,6 +154,12 @@ class GoalRun:
 
 
 # ---------------------------------------------------------------------------------- reading
+def _shared(v):
+    """A worker name as one string object for all the attempts it made (a big goal has
+    100 000 of them and a handful of workers)."""
+    return sys.intern(v) if isinstance(v, str) else v
+
+
 def read_attempts(home: Home, g: str, t: str) -> list[Attempt]:
     """Every attempt of one task that the files remember, in attempt order."""
     tdir = home.task_dir(g, t)
@@ -174,13 +181,13 @@ def read_attempts(home: Home, g: str, t: str) -> list[Attempt]:
             if r is None:
                 continue
             k = as_int(r.get("attempt")) or int(stem)
-            out[k] = Attempt(t, k, str(r.get("outcome") or S.FAILED), r.get("worker"), parse_ts(r.get("started")),
+            out[k] = Attempt(t, k, str(r.get("outcome") or S.FAILED), _shared(r.get("worker")), parse_ts(r.get("started")),
                              parse_ts(r.get("ended")), r.get("exit_code"), r.get("reason"),
                              r.get("usage") if isinstance(r.get("usage"), dict) else None)
     if S.DONE in names:
         m = loads_obj(fsio.read_bytes(os.path.join(tdir, S.DONE), follow=False)) or {}
         k = as_int(m.get("attempt")) or (max(out, default=0) + 1)
-        out[k] = Attempt(t, k, S.DONE, m.get("worker"), parse_ts(m.get("started")), parse_ts(m.get("ended")),
+        out[k] = Attempt(t, k, S.DONE, _shared(m.get("worker")), parse_ts(m.get("started")), parse_ts(m.get("ended")),
                          m.get("exit_code"), usage=m.get("usage") if isinstance(m.get("usage"), dict) else None)
     elif CLAIM in names and not any(x in names for x in MARKERS):
         o = loads_obj(fsio.read_bytes(os.path.join(tdir, CLAIM, OWNER), follow=False)) or {}
@@ -212,7 +219,7 @@ def tally_events(path: str) -> dict:
     blocked = 0
     started: dict[str, int] = {}
     first_bytes: list[float] = []
-    for e in ev.read_all(path):
+    for e in ev.iter_all(path):          # streamed: the log of a big goal never sits in memory whole
         typ = e.get("type")
         if typ == ev.TASK_BLOCKED:
             blocked += 1
@@ -228,6 +235,11 @@ def tally_events(path: str) -> dict:
 
 
 def goal_run(home: Home, plan: Plan, sched: Scheduler, now: float | None = None) -> GoalRun:
+    with bulk.paused():
+        return _goal_run(home, plan, sched, now)
+
+
+def _goal_run(home: Home, plan: Plan, sched: Scheduler, now: float | None) -> GoalRun:
     g = plan.goal
     attempts: list[Attempt] = []
     try:

@@ -12,6 +12,7 @@ PKG = Path(__file__).resolve().parent.parent / "dagrun"
 LAYERS = {
     # 0: vocabulary and facts about processes; no dagrun imports
     "errors": 0, "states": 0, "proc": 0,
+    "bulk": 0,           # big builds (plan, scheduler, facts) with the cyclic GC paused
     # 1: the one module that changes files
     "fsio": 1,
     # 2: pure: the plan, prompts, the scheduler (no I/O, no clock)

@@ -321,6 +321,23 @@ def test_fast_path_and_typer_agree(home, plans, args, code):
         assert fast.stderr == slow.stderr and fast.stdout == slow.stdout
 
 
+def test_status_json_on_the_fast_path_is_the_typer_commands(home, plans):
+    """`status GOAL --json` runs on the fast path (no typer): the same bytes as the typer
+    command, before and after a task ran, and the same refusal for a missing goal."""
+    run("submit", two_step(plans), home=home)
+    for _ in range(2):
+        fast = run("status", "p", "--json", home=home)
+        slow = run("status", "p", "--json", home=home, env={"DAGRUN_NO_FAST_PATH": "1"})
+        assert fast.stdout == slow.stdout and json.loads(fast.stdout)["goal"] == "p"
+        run("worker", "--until-idle", home=home)
+    fast = run("status", "nope", "--json", home=home, check=2)
+    slow = run("status", "nope", "--json", home=home, check=2, env={"DAGRUN_NO_FAST_PATH": "1"})
+    assert fast.stderr == slow.stderr and fast.stderr.startswith("dagrun: no goal 'nope'")
+    from dagrun.protocol import parse_fast
+    assert parse_fast(["status", "p", "--json"]) == (None, "status", {"goal": "p", "json": True})
+    assert parse_fast(["status", "p"]) is None and parse_fast(["status", "--json"]) is None
+
+
 def test_protocol_commands_do_not_load_heavy_modules(home, plans):
     """claim/complete/heartbeat run in a bash loop: no typer, pydantic, rich, watchdog,
     filelock or psutil on their path (cold start, see bench/latency.py)."""
