@@ -122,20 +122,23 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o644, exclusive: bool =
     src, fd = tmp, None
     pool = SPARES if _SPARE_PUBLISH and not exclusive and mode == 0o644 else None
     spare = pool.pop_file() if pool is not None and path.startswith(pool.inside) else None
-    if spare is not None:
+    if spare is not None and not data:
+        src = spare                  # an empty file (an agent that printed nothing): the spare
+    elif spare is not None:          # is one already, no open/write/close
         try:
             src, fd = spare, os.open(spare, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             src = tmp
-    if fd is None:
+    if fd is None and src == tmp:
         fd = _open_new(tmp, mode)
-    try:
-        _write_whole(fd, data)
-    except BaseException:
+    if fd is not None:
+        try:
+            _write_whole(fd, data)
+        except BaseException:
+            os.close(fd)
+            _unlink_quiet(src)
+            raise
         os.close(fd)
-        _unlink_quiet(src)
-        raise
-    os.close(fd)
     _done_step(f"create {tmp}")
     _step(f"publish {path}")
     try:
