@@ -399,6 +399,61 @@ RENAME_NOREPLACE = 1
 SPARES: "Spares | None" = None
 
 
+def _openat2():
+    """openat2(2) (Linux >= 5.6) through libc's syscall(), or None."""
+    try:
+        import ctypes
+        import platform
+        nr = {"x86_64": 437, "aarch64": 437}.get(platform.machine())
+        if nr is None:
+            return None
+        libc = ctypes.CDLL(None, use_errno=True)
+        syscall = libc.syscall
+    except (AttributeError, OSError):
+        return None
+
+    class OpenHow(ctypes.Structure):
+        _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+    syscall.restype = ctypes.c_long
+    size = ctypes.sizeof(OpenHow)
+
+    def call(dirfd: int, path: str, flags: int) -> int:
+        how = OpenHow(flags, 0, RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH)
+        fd = syscall(nr, ctypes.c_int(dirfd), ctypes.c_char_p(os.fsencode(path)), ctypes.byref(how),
+                     ctypes.c_size_t(size))
+        if fd < 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e), path)
+        return fd
+    return call
+
+
+RESOLVE_NO_SYMLINKS, RESOLVE_BENEATH = 0x04, 0x08
+_OPENAT2 = _openat2()
+
+
+def open_beneath(root: str, rel: str) -> int | None:
+    """Open root/rel for reading in one openat2(2) that follows no symbolic link anywhere in
+    `rel` and never leaves `root` (RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH). Returns the fd,
+    or None when this kernel cannot (then walk the path one O_NOFOLLOW component at a
+    time). FileNotFoundError / NotADirectoryError: no such file; OSError ELOOP or EXDEV: a
+    symbolic link or a way out of `root` on the path (the caller's walk says which)."""
+    global _OPENAT2
+    if _OPENAT2 is None:
+        return None
+    rfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return _OPENAT2(rfd, rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno in (errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.E2BIG):
+            _OPENAT2 = None          # no openat2 here (old kernel, seccomp): walk from now on
+            return None
+        raise
+    finally:
+        os.close(rfd)
+
+
 def _renameat2():
     try:
         import ctypes

@@ -309,6 +309,22 @@ class Home:
         parts = rel.split(os.sep)
         if rel.startswith("..") or os.path.isabs(rel) or not parts:
             raise FsError(f"refusing to read {path}: it is outside {self.root}")
+        try:     # one openat2(2) with the same guarantees; the walk below names what it refused
+            fd = fsio.open_beneath(self.root, rel)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as e:
+            if e.errno not in (errno.ELOOP, errno.EXDEV):
+                raise os_error("read", path, e) from None
+            fd = None
+        if fd is not None:
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise FsError(f"refusing to read {path}: not a regular file")
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd
         try:
             fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
