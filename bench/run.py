@@ -107,8 +107,8 @@ def one(runner: str, src: str, scratch: str, jobs: int, dagrun: str, home_on: st
     elif runner == "doit":
         argv, marks = [PEERS["doit"], "-n", str(jobs), "-P", "process"], "stamps/*"
     else:                           # dagrun, or dagrun-base (--baseline: another build, same run)
-        if runner == "dagrun-base":
-            dagrun = BASELINE[0]
+        if runner.startswith("dagrun-base"):      # dagrun-base, dagrun-base2, ...
+            dagrun = BASELINE[int(runner[len("dagrun-base"):] or 1) - 1]
         home = os.path.join(home_on or work, f".dagrun-{os.getpid()}")
         shutil.rmtree(home, ignore_errors=True)
         env["DAGRUN_HOME"] = home
@@ -155,11 +155,11 @@ def main() -> int:
     ap.add_argument("--home-on", default=None, help="folder for DAGRUN_HOME (e.g. /dev/shm)")
     ap.add_argument("--dagrun", default=shutil.which("dagrun") or os.path.join(os.path.dirname(sys.executable), "dagrun"))
     ap.add_argument("--json", default=None, help="also write the raw results here")
-    ap.add_argument("--baseline", default=None, metavar="CMD",
-                    help="another dagrun command (e.g. an older checkout) timed in the same run as dagrun-base")
+    ap.add_argument("--baseline", action="append", default=[], metavar="CMD",
+                    help="another dagrun command (e.g. an older checkout) timed in the same run as dagrun-base "
+                         "(repeat: dagrun-base2, ...)")
     a = ap.parse_args()
-    if a.baseline:
-        BASELINE.append(a.baseline)
+    BASELINE.extend(a.baseline)
 
     scratch = tempfile.mkdtemp(prefix="dagrun-bench-", dir=os.environ.get("BENCH_SCRATCH", "/tmp"))
     workloads = {}
@@ -170,8 +170,7 @@ def main() -> int:
     if "fanout" in a.only:
         workloads["fan-out-500"] = fanout(498)
     runners = [p for p in a.peers.split(",") if p in PEERS and shutil.which(PEERS[p])] + ["dagrun"]
-    if a.baseline:
-        runners.append("dagrun-base")
+    runners += ["dagrun-base" + (str(i + 1) if i else "") for i in range(len(BASELINE))]
     results = {}
     probes = []
     for cmd in [a.dagrun] + BASELINE:

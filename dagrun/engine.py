@@ -40,7 +40,7 @@ from .presets import shell_command
 from .history import History
 from .reconcile import GoalState, Reconciler
 from .scheduler import FairShare
-from .store import Home, as_int, loads, parse_ts
+from .store import CLAIM, Home, as_int, loads, parse_ts
 from .watcher import Doorbell, Watcher
 from .workspace import CONFLICT, GIT_REDIRECT
 
@@ -378,7 +378,7 @@ class Engine(Reconciler):
         plan, g, sched = gs.plan, gs.plan.goal, gs.sched
         if not self._spares_on:          # only once there is work: idle runs create nothing
             self._spares_on = True
-            fsio.start_spares(self.home.root, threads=2, target=max(16, 4 * self.jobs))
+            fsio.start_spares(self.home.root, threads=2, target=max(16, 4 * self.jobs), nest=CLAIM)
         try:
             c = claim_task(self.home, plan, t, worker=self.worker, kind="engine", state_of=sched.state_of,
                            publish_owner=False)

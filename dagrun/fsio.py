@@ -251,6 +251,20 @@ def mkdir(path: str, *, mode: int = 0o755) -> bool:
     return True
 
 
+def mkdir_fresh(path: str, inner: str) -> bool | None:
+    """Create folder `path` with an empty folder `inner` in it, both at once: a task folder
+    born with its claim (one rename of a spare nest, see Spares). True: made; False: `path`
+    exists already; None: no nest at hand (or no parent): the caller makes them one by one."""
+    pool = SPARES
+    if pool is None or pool.nest != inner or not pool._nests:
+        return None
+    _step(f"mkdir {path}/{inner}")
+    got = pool.take_nest(path)
+    if got:
+        _done_step(f"mkdir {path}/{inner}")
+    return got
+
+
 def makedirs(path: str, *, mode: int = 0o755) -> None:
     if os.path.isdir(path):
         return
@@ -471,7 +485,7 @@ def _renameat2():
 
 
 class Spares:
-    def __init__(self, home: str, *, threads: int = 2, target: int = 48):
+    def __init__(self, home: str, *, threads: int = 2, target: int = 48, nest: str | None = None):
         self.base = os.path.join(home, ".spare")
         self.inside = os.path.join(home, "")     # the files it may stand in for: under the home
         self.target = target
@@ -479,6 +493,11 @@ class Spares:
         self._want = threading.Condition(self._lock)
         self._files: list[str] = []
         self._dirs: list[str] = []
+        self.nest = nest                         # nests: a folder with an empty folder `nest` in it
+        self._nests: list[str] = []              # (a task folder and its claim, one rename)
+        # with nests, plain folders only serve claims in folders that exist (retries), and
+        # released claims come back to the pool anyway: a few suffice
+        self.dir_target = max(4, target // 4) if nest is not None else target
         self._stop = False
         self._noreplace = _renameat2()
         self._threads = []
@@ -512,26 +531,67 @@ class Spares:
                         self._want.wait()
                 if self._stop:
                     return
-                need_dir = self._noreplace is not None and len(self._dirs) * 3 < len(self._files) * 2
+                need_nest = self._nesting() and len(self._nests) * 3 < len(self._files) * 2
+                need_dir = not need_nest and self._noreplace is not None and \
+                    len(self._dirs) < self.dir_target and len(self._dirs) * 3 < len(self._files) * 2
+                inner = self._dirs.pop() if need_nest and len(self._dirs) > self.dir_target // 2 else None
             seq += 1
-            p = os.path.join(d, f"{'d' if need_dir else 'f'}{seq}")
+            p = os.path.join(d, f"{'n' if need_nest else 'd' if need_dir else 'f'}{seq}")
             try:
-                if need_dir:
+                if need_nest:
+                    os.mkdir(p, 0o755)
+                    if inner is not None:    # a recycled claim folder goes inside: no new inode
+                        os.rename(inner, os.path.join(p, self.nest))
+                        inner = None
+                    else:
+                        os.mkdir(os.path.join(p, self.nest), 0o755)
+                elif need_dir:
                     os.mkdir(p, 0o755)
                 else:
                     os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
             except OSError:
+                if inner is not None:
+                    _rmdir_quiet(inner)
                 time.sleep(0.5)          # disk full or folder gone: the engine creates on demand
                 continue
             with self._lock:
-                (self._dirs if need_dir else self._files).append(p)
+                (self._nests if need_nest else self._dirs if need_dir else self._files).append(p)
+
+    def _nesting(self) -> bool:
+        return self.nest is not None and self._noreplace is not None
 
     def _full(self) -> bool:
-        return len(self._files) >= self.target and (self._noreplace is None or len(self._dirs) >= self.target)
+        return len(self._files) >= self.target and (self._noreplace is None or len(self._dirs) >= self.dir_target) \
+            and (not self._nesting() or len(self._nests) >= self.target)
 
     def _low(self) -> bool:
         low = self.target // 2
-        return len(self._files) < low or (self._noreplace is not None and len(self._dirs) < low)
+        return len(self._files) < low or (self._noreplace is not None and len(self._dirs) < self.dir_target // 2) \
+            or (self._nesting() and len(self._nests) < low)
+
+    def take_nest(self, dst: str) -> bool | None:
+        """Make `dst` and `dst/<nest>` in one renameat2(RENAME_NOREPLACE) of a spare nest.
+        True: both made; False: `dst` exists already (nothing done); None: no nest at hand,
+        or `dst`'s parent is missing -- make them one by one."""
+        if not self._nesting():
+            return None
+        with self._lock:
+            if not self._nests:
+                return None
+            src = self._nests.pop()
+            if self._low():
+                self._want.notify()
+        try:
+            self._noreplace(src, dst)
+            return True
+        except OSError as e:
+            with self._lock:
+                self._nests.append(src)
+            if e.errno == errno.EEXIST:
+                return False
+            if e.errno in (errno.EINVAL, errno.ENOSYS, errno.EXDEV):
+                self._noreplace = None
+            return None
 
     def pop_file(self) -> str | None:
         """An empty spare file, now the caller's (None when the pool is empty)."""
@@ -682,6 +742,13 @@ def sweep_temps(folder: str, max_age: float = 120.0) -> int:
         if age > max_age and remove(e.path):
             n += 1
     return n
+
+
+def _rmdir_quiet(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
 
 
 def _unlink_quiet(path: str) -> None:
