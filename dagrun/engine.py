@@ -39,6 +39,7 @@ from .plan import Plan, Task
 from .presets import shell_command
 from .history import History
 from .reconcile import GoalState, Reconciler
+from . import scheduler as sc
 from .scheduler import FairShare
 from .store import CLAIM, Home, as_int, loads, parse_ts
 from .watcher import Doorbell, Watcher
@@ -349,6 +350,9 @@ class Engine(Reconciler):
             for gs in self.goals.values():   # resources: the units free now (others may have given some back)
                 if gs.sched.needs is not None and gs.sched.peek() is not None:
                     res.apply(self.home, gs.plan, gs.sched)
+        if self._spares_on:              # the spare pool keeps no more than the work left uses
+            fsio.spares_left(sum(gs.sched.n(sc.WAITING) + gs.sched.n(sc.READY) + gs.sched.n(sc.RETRYING)
+                                 for gs in self.goals.values()))
         mine: dict[str, int] = {}
         for r in self.runs.values():
             mine[r.goal] = mine.get(r.goal, 0) + 1

@@ -498,6 +498,7 @@ class Spares:
         # with nests, plain folders only serve claims in folders that exist (retries), and
         # released claims come back to the pool anyway: a few suffice
         self.dir_target = max(4, target // 4) if nest is not None else target
+        self.left: int | None = None             # tasks the engine has still to start (None: unknown)
         self._stop = False
         self._noreplace = _renameat2()
         self._threads = []
@@ -531,10 +532,11 @@ class Spares:
                         self._want.wait()
                 if self._stop:
                     return
-                need_nest = self._nesting() and len(self._nests) * 3 < len(self._files) * 2
-                need_dir = not need_nest and self._noreplace is not None and \
-                    len(self._dirs) < self.dir_target and len(self._dirs) * 3 < len(self._files) * 2
-                inner = self._dirs.pop() if need_nest and len(self._dirs) > self.dir_target // 2 else None
+                kind = self._next_kind()
+                if kind is None:             # everything at its cap (the work left is small)
+                    continue
+                need_nest, need_dir = kind == "n", kind == "d"
+                inner = self._dirs.pop() if need_nest and len(self._dirs) > self._caps()[1] // 2 else None
             seq += 1
             p = os.path.join(d, f"{'n' if need_nest else 'd' if need_dir else 'f'}{seq}")
             try:
@@ -560,14 +562,43 @@ class Spares:
     def _nesting(self) -> bool:
         return self.nest is not None and self._noreplace is not None
 
+    def _caps(self) -> tuple[int, int, int]:
+        """How many spare files, folders and nests to keep: the targets, or what the tasks
+        still to start can use (3 files, a nest, a folder for a retry's claim each) when the
+        engine said so (`left`): near the end of a goal no spare is made only to be deleted
+        again when the engine exits (rmdir is ~3 ms on a busy ext4)."""
+        left = self.left
+        files, dirs, nests = self.target, self.dir_target, self.target
+        if left is not None:
+            files, dirs, nests = min(files, 3 * left), min(dirs, left), min(nests, left)
+        return files, (dirs if self._noreplace is not None else 0), (nests if self._nesting() else 0)
+
+    def _next_kind(self) -> str | None:
+        """The kind furthest below its cap ("n", "d", "f"), None when none is below."""
+        caps = self._caps()
+        have = (len(self._files), len(self._dirs), len(self._nests))
+        best, kind = 0.0, None
+        for k, cap, n in zip("fdn", caps, have):
+            if cap > 0 and (cap - n) / cap > best:
+                best, kind = (cap - n) / cap, k
+        return kind
+
     def _full(self) -> bool:
-        return len(self._files) >= self.target and (self._noreplace is None or len(self._dirs) >= self.dir_target) \
-            and (not self._nesting() or len(self._nests) >= self.target)
+        return self._next_kind() is None
 
     def _low(self) -> bool:
-        low = self.target // 2
-        return len(self._files) < low or (self._noreplace is not None and len(self._dirs) < self.dir_target // 2) \
-            or (self._nesting() and len(self._nests) < low)
+        caps = self._caps()
+        return any(n < cap // 2 or (n == 0 and cap > 0)
+                   for n, cap in zip((len(self._files), len(self._dirs), len(self._nests)), caps))
+
+    def set_left(self, n: int) -> None:
+        """The engine's count of tasks still to start (caps the pool, see _caps)."""
+        with self._lock:
+            if n == self.left:
+                return
+            self.left = n
+            if self._low():
+                self._want.notify()
 
     def take_nest(self, dst: str) -> bool | None:
         """Make `dst` and `dst/<nest>` in one renameat2(RENAME_NOREPLACE) of a spare nest.
@@ -699,6 +730,13 @@ def start_spares(home: str, **kw) -> "Spares | None":
     except OSError:
         SPARES = None
     return SPARES
+
+
+def spares_left(n: int) -> None:
+    """Tell the pool how many tasks are still to be started (it keeps no more than they use)."""
+    pool = SPARES
+    if pool is not None:
+        pool.set_left(n)
 
 
 def stop_spares() -> None:
