@@ -187,3 +187,43 @@ def test_a_first_claim_is_its_folder_and_claim_in_one_rename(tmp_path):
         assert pool._files
     finally:
         fsio.stop_spares()
+
+
+def _drive_slow_spawns(home_root: str, goal: str) -> None:
+    from dagrun import executor
+    from dagrun.engine import Engine
+    code = 99
+    try:
+        real = executor._spawn
+
+        def slow(launch, want_pidfd):      # a fork that takes long (a loaded machine)
+            time.sleep(0.6)
+            return real(launch, want_pidfd)
+        executor._spawn = slow
+        code = Engine(Home(home_root), goal=goal, runner=ProcessRunner(), worker=f"w-{os.getpid()}",
+                      rescan_every=0.05).run()
+    finally:
+        os._exit(int(code))
+
+
+def test_a_rescan_while_an_agent_is_being_spawned_leaves_it_alone(tmp_path):
+    """The engine rebuilds the goal from the files every rescan; an attempt still being
+    spawned has no owner.json yet and must not look like a claim taken away."""
+    import json
+
+    from conftest import write_plan
+    from dagrun import edit
+    p = write_plan(tmp_path / "plans", [{"id": "a", "prompt": "p", "agent": "echo out"},
+                                        {"id": "b", "prompt": "p", "agent": "echo out", "deps": ["a"]}], goal="g")
+    home = Home(str(tmp_path / "home"))
+    edit.submit(home, str(p))
+    proc = mp.get_context("fork").Process(target=_drive_slow_spawns, args=(home.root, "g"))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 0
+    for t in ("a", "b"):
+        with open(home.marker_path("g", t, "done")) as f:
+            assert json.load(f)["attempt"] == 1
+    with open(home.events_path("g")) as f:
+        seen = [json.loads(x).get("status") for x in f if '"task":"a"' in x.replace(" ", "")]
+    assert seen == ["ready", "running", "done"], seen
