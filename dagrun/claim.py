@@ -204,24 +204,6 @@ def sweep_leftovers(home: Home, g: str, t: str) -> None:
             fsio.rmtree(os.path.join(tdir, n))
 
 
-def take_edit_lock(home: Home, g: str, *, exclusive: bool = False) -> int | None:
-    """The goal's edit lock as an fd (closing it releases the lock); None: no such goal.
-    For a holder that keeps it past one call (the engine, across an agent's spawn)."""
-    path = os.path.join(home.goal_dir(g), ".edit.lock")
-    try:
-        fd = fsio.open_lock(path)    # creating it is a counted step (crash/fault harnesses)
-    except FileNotFoundError:        # no such goal (any more): nothing to protect
-        return None
-    except OSError as e:             # disk full (the lock file is new): one clear line, exit 5
-        raise os_error("lock", path, e) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
 @contextmanager
 def edit_lock(home: Home, g: str, *, exclusive: bool = False):
     """The goal's edit lock (flock on goals/<g>/.edit.lock; the kernel drops it if we die).
@@ -231,9 +213,16 @@ def edit_lock(home: Home, g: str, *, exclusive: bool = False):
     replace, forced retry) take it exclusive. Without it a downstream task could read an
     upstream output that is being archived, or a commit could land in a folder that an
     archive just replaced, leaving a `done` built on an output that no longer exists."""
-    fd = take_edit_lock(home, g, exclusive=exclusive)
+    path = os.path.join(home.goal_dir(g), ".edit.lock")
     try:
+        fd = fsio.open_lock(path)    # creating it is a counted step (crash/fault harnesses)
+    except FileNotFoundError:        # no such goal (any more): nothing to protect
+        yield
+        return
+    except OSError as e:             # disk full (the lock file is new): one clear line, exit 5
+        raise os_error("lock", path, e) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield
     finally:
-        if fd is not None:
-            os.close(fd)             # closing the only fd of the lock releases it
+        os.close(fd)                 # closing the only fd of the lock releases it
