@@ -107,14 +107,16 @@ def one(runner: str, src: str, scratch: str, jobs: int, dagrun: str, home_on: st
     elif runner == "doit":
         argv, marks = [PEERS["doit"], "-n", str(jobs), "-P", "process"], "stamps/*"
     else:                           # dagrun, or dagrun-base (--baseline: another build, same run)
-        if runner == "dagrun-base":
-            dagrun = BASELINE[0]
+        if runner.startswith("dagrun-base"):      # dagrun-base, dagrun-base2, ...
+            dagrun = BASELINE[int(runner[len("dagrun-base"):] or 1) - 1]
         home = os.path.join(home_on or work, f".dagrun-{os.getpid()}")
         shutil.rmtree(home, ignore_errors=True)
         env["DAGRUN_HOME"] = home
+        env.pop("PYTHONDONTWRITEBYTECODE", None)    # bytecode cached, as a pip install leaves it
         argv = [dagrun, "run", os.path.join(work, "dag.json"), "-j", str(jobs), "-q"]
         marks = os.path.join(home, "goals", goal, "tasks", "*", "done")
-    time.sleep(0.3)                 # let the previous run's writeback settle
+    os.sync()                       # the previous run's dirty pages: written back now, not
+    time.sleep(0.3)                 # during this run (whoever ran after dagrun paid its 5 000 inodes)
     t0 = time.perf_counter()
     p = subprocess.run(argv, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wall = time.perf_counter() - t0
@@ -130,6 +132,19 @@ def one(runner: str, src: str, scratch: str, jobs: int, dagrun: str, home_on: st
     return wall, gap, ok
 
 
+def warm_up(dagrun: str, scratch: str) -> None:
+    """One untimed run of a one-task plan, so the build's bytecode is cached (pip compiles it
+    at install; an editable install under PYTHONDONTWRITEBYTECODE=1 would otherwise compile
+    ~50 modules at every start, ~0.3-0.6 s that doit, also Python, does not pay)."""
+    d = tempfile.mkdtemp(dir=scratch)
+    write_workload(os.path.join(d, "w"), "warm-up", ["t1"], {"t1": []})
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["DAGRUN_HOME"] = os.path.join(d, "home")
+    subprocess.run([dagrun, "run", os.path.join(d, "w", "dag.json"), "-q"], env=env,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shutil.rmtree(d, ignore_errors=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=5)
@@ -140,11 +155,11 @@ def main() -> int:
     ap.add_argument("--home-on", default=None, help="folder for DAGRUN_HOME (e.g. /dev/shm)")
     ap.add_argument("--dagrun", default=shutil.which("dagrun") or os.path.join(os.path.dirname(sys.executable), "dagrun"))
     ap.add_argument("--json", default=None, help="also write the raw results here")
-    ap.add_argument("--baseline", default=None, metavar="CMD",
-                    help="another dagrun command (e.g. an older checkout) timed in the same run as dagrun-base")
+    ap.add_argument("--baseline", action="append", default=[], metavar="CMD",
+                    help="another dagrun command (e.g. an older checkout) timed in the same run as dagrun-base "
+                         "(repeat: dagrun-base2, ...)")
     a = ap.parse_args()
-    if a.baseline:
-        BASELINE.append(a.baseline)
+    BASELINE.extend(a.baseline)
 
     scratch = tempfile.mkdtemp(prefix="dagrun-bench-", dir=os.environ.get("BENCH_SCRATCH", "/tmp"))
     workloads = {}
@@ -155,10 +170,11 @@ def main() -> int:
     if "fanout" in a.only:
         workloads["fan-out-500"] = fanout(498)
     runners = [p for p in a.peers.split(",") if p in PEERS and shutil.which(PEERS[p])] + ["dagrun"]
-    if a.baseline:
-        runners.append("dagrun-base")
+    runners += ["dagrun-base" + (str(i + 1) if i else "") for i in range(len(BASELINE))]
     results = {}
     probes = []
+    for cmd in [a.dagrun] + BASELINE:
+        warm_up(cmd, scratch)
     try:
         for name, (ids, deps) in workloads.items():
             src = os.path.join(scratch, "src", name)

@@ -52,6 +52,10 @@ def acquire(home: Home, g: str, t: str) -> bool:
     """mkdir the claim. False if somebody holds it. The caller publishes owner.json next
     (until then the claim is "being born" and others give it a grace period)."""
     tdir = home.task_dir(g, t)
+    # a task's first claim: its folder and claim/ come as one spare pair, in one rename
+    # (RENAME_NOREPLACE: it fails if the folder exists, whatever it is -- then as below)
+    if fsio.mkdir_fresh(tdir, CLAIM):
+        return True
     if os.path.islink(tdir):
         raise FsError(f"refusing to use {tdir}: it is a symbolic link (task folders are made by dagrun; "
                       f"remove it)")

@@ -39,8 +39,9 @@ from .plan import Plan, Task
 from .presets import shell_command
 from .history import History
 from .reconcile import GoalState, Reconciler
+from . import scheduler as sc
 from .scheduler import FairShare
-from .store import Home, as_int, loads, parse_ts
+from .store import CLAIM, Home, as_int, loads, parse_ts
 from .watcher import Doorbell, Watcher
 from .workspace import CONFLICT, GIT_REDIRECT
 
@@ -72,6 +73,8 @@ class Run:
     heartbeat_seen: float = 0.0
     progress_at: float = 0.0
     node: str | None = None                   # a cluster runner: where it runs, once known
+    spawning: bool = False                    # submitted to the runner's spawner, not yet running
+    claim_ino: int = 0                        # its claim folder's inode (is the claim still ours?)
 
 
 class Engine(Reconciler):
@@ -208,6 +211,7 @@ class Engine(Reconciler):
                 self._feed(gs)
         if ready:
             self.runner.service(ready)
+        self._collect_spawns()
         self._reap()
         now = time.monotonic()
         self._fire_timers(now)
@@ -346,6 +350,9 @@ class Engine(Reconciler):
             for gs in self.goals.values():   # resources: the units free now (others may have given some back)
                 if gs.sched.needs is not None and gs.sched.peek() is not None:
                     res.apply(self.home, gs.plan, gs.sched)
+        if self._spares_on:              # the spare pool keeps no more than the work left uses
+            fsio.spares_left(sum(gs.sched.n(sc.WAITING) + gs.sched.n(sc.READY) + gs.sched.n(sc.RETRYING)
+                                 for gs in self.goals.values()))
         mine: dict[str, int] = {}
         for r in self.runs.values():
             mine[r.goal] = mine.get(r.goal, 0) + 1
@@ -361,26 +368,32 @@ class Engine(Reconciler):
 
     def _start(self, gs: GoalState, t: str) -> None:
         # claim, render, spawn and owner.json under the goal's shared edit lock: a plan edit
-        # or forced retry archives folders only in between (see claim.edit_lock)
+        # or forced retry archives folders only in between (see claim.edit_lock). An agent
+        # handed to the runner's spawner is forked while the loop goes on; _spawned() takes
+        # the lock again and publishes owner.json only if the claim folder is still the one
+        # we made (an archive in between took it away: the agent is stopped, as for any run
+        # whose claim vanished).
         with claims.edit_lock(self.home, gs.plan.goal):
             self._start_locked(gs, t)
 
-    def _start_locked(self, gs: GoalState, t: str) -> None:
+    def _start_locked(self, gs: GoalState, t: str) -> bool:
+        """Claim, render and start task t; True when the start was handed to the runner's
+        spawner (_spawned() goes on from there)."""
         plan, g, sched = gs.plan, gs.plan.goal, gs.sched
         if not self._spares_on:          # only once there is work: idle runs create nothing
             self._spares_on = True
-            fsio.start_spares(self.home.root, threads=2, target=max(16, 4 * self.jobs))
+            fsio.start_spares(self.home.root, threads=2, target=max(16, 4 * self.jobs), nest=CLAIM)
         try:
             c = claim_task(self.home, plan, t, worker=self.worker, kind="engine", state_of=sched.state_of,
                            publish_owner=False)
         except Stale:
             self._resync(gs)               # a dependency was archived under us: ask the files
-            return
+            return False
         except res.Busy as e:              # another worker or script took the units first:
             sched.requeue(t)               # ready again, and that pool is full until we look again
             res.apply(self.home, plan, sched)
             sched.free[e.pool] = 0
-            return
+            return False
         except DagrunError as e:
             sched.retrying(t)
             self._add_timer(time.monotonic() + 5.0, g, t)    # try this claim again later
@@ -388,7 +401,7 @@ class Engine(Reconciler):
                 self._fs_failed(e)
             else:
                 self.log(f"error: {e}")
-            return
+            return False
         if c is None:
             m = marker_of(self.home, g, t)
             if m is not None:
@@ -396,26 +409,26 @@ class Engine(Reconciler):
                     self._resync(gs)
             else:
                 gs.foreign.add(t)          # somebody else holds it; the scheduler says running
-            return
+            return False
         if c.conflict is not None:         # code workspace: its prerequisites do not merge
             self._finish(gs, c, ok=False, outcome=CONFLICT, reason=c.conflict, final=True)
-            return
+            return False
         task = plan.task(t)
         if c.skip is not None or task.approval is not None:    # a false `when`; an approval gate
             self._gate(gs, c)
-            return
+            return False
         if task.fanout is not None:        # an expanded template: the join of its instances, no agent
             try:
                 data = fanout.join_output(self.home, plan, t)
             except (OSError, DagrunError) as e:
                 self._give_back(gs, c, f"fan-out join: {e}")
                 self.log(f"error: {g}/{t}: {e}")
-                return
+                return False
             self._finish(gs, c, ok=True, output_data=data, fields={"instances": task.fanout},
                          extra={"instances": task.fanout})
-            return
+            return False
         if task.cache and self.use_cache and self._serve_cached(gs, c, task):    # the result cache
-            return
+            return False
         cdir = self.home.claim_dir(g, t)
         env = dict(self._base_env)
         env.update({
@@ -439,18 +452,87 @@ class Engine(Reconciler):
                         run_id=c.owner["run_id"], max_output=task.max_output,
                         runner=executor.PLAN_RUNNERS.get(task.runner, task.runner), spec=_spec(task, g))
         now = time.monotonic()
+        run = Run(goal=g, task=task, claim=c, handle={}, key="", definition=task.definition_digest(), t0=now,
+                  progress_at=now, deadline=now + task.timeout if task.timeout else None,
+                  hb_at=now + self._refresh_every(plan))
+        submit = getattr(self.runner, "submit", None)
         try:
             fsio._step(f"spawn {g}/{t}")
-            handle = self.runner.start(launch)
+            if submit is not None:
+                run.claim_ino = os.stat(cdir).st_ino
+            handle = submit(launch) if submit is not None else None
+            if handle is None:
+                handle = self.runner.start(launch)
+            else:                  # forked by the runner's thread; _spawned() goes on from here
+                run.spawning = True
             fsio._done_step(f"spawn {g}/{t}")
         except StartError as e:
             claims.update_owner(self.home, g, t, c.owner)
             self._finish(gs, c, ok=False, reason=str(e))
+            return False
+        run.handle, run.key, run.node = handle, self.runner.key(handle), handle.get("node")
+        self.runs[run.key] = run
+        self.by_task[(g, t)] = run
+        if run.spawning:
+            return True
+        self._running(gs, run)
+        return False
+
+    def _collect_spawns(self) -> None:
+        """Agents the runner's spawner has forked since the last turn: on with their start."""
+        spawned = getattr(self.runner, "spawned", None)
+        if spawned is None:
             return
+        for handle, err in spawned():
+            run = next((r for r in self.runs.values() if r.handle is handle), None)
+            if run is not None:
+                self._spawned(run, err)
+
+    def _spawned(self, run: Run, err: StartError | None) -> None:
+        run.spawning = False
+        g, t = run.goal, run.task.id
+        gs = self.goals.get(g)
+        try:
+            with claims.edit_lock(self.home, g):
+                ours = gs is not None and gs.plan.has(t) and self._claim_still(run)
+                if err is not None or not ours:
+                    if err is None:          # archived or broken meanwhile: stop it, the commit
+                        self._stop_run(run, "superseded", "its claim was taken away while it started")
+                        return               # finds the claim gone and asks the files
+                    del self.runs[run.key]
+                    if self.by_task.get((g, t)) is run:
+                        del self.by_task[(g, t)]
+                    if not ours:
+                        if gs is not None:
+                            self._resync(gs)
+                        return
+                    claims.update_owner(self.home, g, t, run.claim.owner)
+                    self._finish(gs, run.claim, ok=False, reason=str(err))
+                    return
+                self._running(gs, run)
+        except (OSError, FsError) as e:
+            self._fs_failed(e)
+        except DagrunError as e:
+            self.log(f"error: {e}")
+
+    def _claim_still(self, run: Run) -> bool:
+        """Is the claim folder the one this attempt made (not archived, broken, re-made)?"""
+        try:
+            return os.stat(self.home.claim_dir(run.goal, run.task.id)).st_ino == run.claim_ino
+        except OSError:
+            return False
+
+    def _running(self, gs: GoalState, run: Run) -> None:
+        """The agent runs: owner.json (with the runner's handle) and the `running` event."""
+        plan, g, t, c, handle, sched = gs.plan, run.goal, run.task.id, run.claim, run.handle, gs.sched
+        cdir = self.home.claim_dir(g, t)
         c.owner["handle"] = handle
         try:
             claims.update_owner(self.home, g, t, c.owner)
         except OSError as e:
+            del self.runs[run.key]
+            if self.by_task.get((g, t)) is run:
+                del self.by_task[(g, t)]
             self.runner.kill(handle)
             while self.runner.poll(handle) is None:
                 time.sleep(0.01)
@@ -473,12 +555,7 @@ class Engine(Reconciler):
             self._add_timer(time.monotonic() + 5.0, g, t)
             self._fs_failed(os_error("publish", self.home.owner_path(g, t), e))
             return
-        run = Run(goal=g, task=task, claim=c, handle=handle, key=self.runner.key(handle),
-                  definition=task.definition_digest(), t0=now, progress_at=now,
-                  deadline=now + task.timeout if task.timeout else None, hb_at=now + self._refresh_every(plan),
-                  node=handle.get("node"))
-        self.runs[run.key] = run
-        self.by_task[(g, t)] = run
+        run.node = run.node or handle.get("node")
         tr.started(self.home, c, worker=self.worker, **_remote(handle))
         self._touched.add(g)
 

@@ -117,6 +117,9 @@ class Runner(Protocol):
     Optional (cluster runners): adopt(handle) follows a dead driver's attempt (reattach);
     node(handle) names the node a live attempt runs on once the engine has placed it (None
     until then; cheap: the driver asks on every loop until it knows, see node_of).
+    Optional (local processes): submit(launch) is start() without waiting for the fork (the
+    handle comes back at once, completed when spawned() reports it: [(handle, StartError or
+    None)]; its fd is in wakeup() meanwhile). The engine uses it when the runner has it.
     """
     name: str
 
@@ -276,6 +279,21 @@ class Mux:
     def start(self, launch: Launch) -> dict:
         return self._get(self.force or launch.runner).start(launch)
 
+    def submit(self, launch: Launch) -> dict | None:
+        """start() without waiting, for a runner that can (ProcessRunner.submit); None: this
+        launch's runner cannot, call start()."""
+        r = self._get(self.force or launch.runner)
+        f = getattr(r, "submit", None)
+        return f(launch) if f is not None else None
+
+    def spawned(self) -> list:
+        out: list = []
+        for r in self.runners.values():
+            f = getattr(r, "spawned", None)
+            if f is not None:
+                out += f()
+        return out
+
     def key(self, handle: dict) -> str:
         return f"{handle.get('runner')}:{self._of(handle).key(handle)}"
 
@@ -335,6 +353,111 @@ class StartError(Exception):
 
 
 @dataclass
+class _Spawned:
+    popen: subprocess.Popen
+    pid: int
+    start: str | None
+    r_out: int
+    r_err: int
+    pidfd: int | None
+
+
+def _spawn(launch: Launch, want_pidfd: bool) -> "_Spawned | StartError":
+    """Fork and exec `sh -c AGENT` for one attempt; thread-safe (no runner state touched)."""
+    env = dict(launch.env)
+    env[RUN_ID_VAR] = launch.run_id
+    opened: list[int] = []
+    try:
+        stdin = os.open(launch.stdin_path, os.O_RDONLY | os.O_CLOEXEC)
+        opened.append(stdin)
+        r_out, w_out = os.pipe2(os.O_CLOEXEC)
+        opened += [r_out, w_out]
+        r_err, w_err = os.pipe2(os.O_CLOEXEC)
+        opened += [r_err, w_err]
+        # start_new_session: own session + process group, so killpg reaches the whole
+        # agent tree and the terminal's Ctrl-C does not (we decide how agents stop).
+        # No preexec_fn, uid/gid or groups: Python can then use vfork(2) (no page-table copy)
+        p = subprocess.Popen(["/bin/sh", "-c", launch.agent], cwd=launch.cwd, env=env,
+                             stdin=stdin, stdout=w_out, stderr=w_err,
+                             start_new_session=True, close_fds=True)
+    except OSError as e:
+        for fd in opened:
+            _close(fd)
+        return StartError(f"cannot start the agent in {launch.cwd}: {e.strerror or e}")
+    for fd in (stdin, w_out, w_err):
+        _close(fd)
+    for fd in (r_out, r_err):
+        os.set_blocking(fd, False)
+    pidfd = None
+    if want_pidfd:
+        try:
+            pidfd = os.pidfd_open(p.pid)
+        except OSError:
+            pidfd = None
+    return _Spawned(p, p.pid, proc_start(p.pid), r_out, r_err, pidfd)
+
+
+class _Spawner:
+    """One thread that forks the agents handed to ProcessRunner.submit(), so the driver's
+    loop never sleeps in vfork(2) waiting for an agent's exec. Results come back through
+    collect(); a byte on a pipe (fd) wakes the loop's poll(2)."""
+
+    def __init__(self):
+        import collections
+        import threading
+        self._jobs: "collections.deque" = collections.deque()
+        self._done: "collections.deque" = collections.deque()
+        self._cv = threading.Condition()
+        self._closed = False
+        self.fd, self._w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._thread = threading.Thread(target=self._run, name="dagrun-spawner", daemon=True)
+        self._thread.start()
+
+    def submit(self, key: str, launch: Launch, want_pidfd: bool) -> None:
+        with self._cv:
+            self._jobs.append((key, launch, want_pidfd))
+            self._cv.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._jobs and not self._closed:
+                    self._cv.wait()
+                if not self._jobs:
+                    return
+                key, launch, want_pidfd = self._jobs.popleft()
+            try:
+                sp = _spawn(launch, want_pidfd)
+            except Exception as e:          # never lose a job: it comes back as a failed start
+                sp = StartError(f"cannot start the agent in {launch.cwd}: {e}")
+            self._done.append((key, sp))
+            try:
+                os.write(self._w, b"s")
+            except OSError:                 # the pipe is full: the loop has wake-ups pending
+                pass
+
+    def collect(self) -> list:
+        try:
+            while os.read(self.fd, 4096):
+                pass
+        except OSError:
+            pass
+        out = []
+        while self._done:
+            out.append(self._done.popleft())
+        return out
+
+    def close(self) -> None:
+        """Finish what was submitted (those spawns are then collected and killed), stop."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join()
+        # the fds are closed by the ProcessRunner after its last collect()
+
+
+
+@dataclass
 class _Stream:
     fd: int
     path: str
@@ -372,59 +495,86 @@ class ProcessRunner:
         self.pidfd_ok = hasattr(os, "pidfd_open")
         self._subreaper: bool | None = None       # set on the first start()
         self._ended_groups: dict[int, None] = {}   # pgids of ended attempts (recent ones), killed already
+        self._spawner: _Spawner | None = None    # submit(): forks off the caller's thread
+        self._pending: dict[str, tuple[Launch, dict]] = {}   # key -> submitted, not yet collected
+        self._stops: dict[str, int] = {}         # key -> signal asked for while it was pending
 
     def key(self, handle: dict) -> str:
-        return str(handle["pid"])
+        rid = handle.get("run_id")
+        return rid if isinstance(rid, str) and rid else str(handle["pid"])
 
     # ------------------------------------------------------------------ start
     def start(self, launch: Launch) -> dict:
         if self._subreaper is None:
             self._subreaper = _become_subreaper()
-        env = dict(launch.env)
-        env[RUN_ID_VAR] = launch.run_id
-        opened: list[int] = []
-        try:
-            stdin = os.open(launch.stdin_path, os.O_RDONLY | os.O_CLOEXEC)
-            opened.append(stdin)
-            r_out, w_out = os.pipe2(os.O_CLOEXEC)
-            opened += [r_out, w_out]
-            r_err, w_err = os.pipe2(os.O_CLOEXEC)
-            opened += [r_err, w_err]
-            # start_new_session: own session + process group, so killpg reaches the whole
-            # agent tree and the terminal's Ctrl-C does not (we decide how agents stop).
-            p = subprocess.Popen(["/bin/sh", "-c", launch.agent], cwd=launch.cwd, env=env,
-                                 stdin=stdin, stdout=w_out, stderr=w_err,
-                                 start_new_session=True, close_fds=True)
-        except OSError as e:
-            for fd in opened:
-                _close(fd)
-            raise StartError(f"cannot start the agent in {launch.cwd}: {e.strerror or e}") from None
-        for fd in (stdin, w_out, w_err):
-            _close(fd)
-        for fd in (r_out, r_err):
-            os.set_blocking(fd, False)
-        k = str(p.pid)
-        handle = {"runner": self.name, "host": HOST, "boot_id": BOOT_ID, "pid": p.pid, "pgid": p.pid,
-                  "start": proc_start(p.pid), "run_id": launch.run_id}
-        proc = _Proc(popen=p, handle=handle, last_output=time.monotonic())
-        proc.streams["out"] = _Stream(r_out, launch.stdout_path, cap=launch.max_output)
-        proc.streams["err"] = _Stream(r_err, launch.stderr_path)
-        self._fd_owner[r_out] = (k, "out")
-        self._fd_owner[r_err] = (k, "err")
-        if self.pidfd_ok:
-            try:
-                proc.pidfd = os.pidfd_open(p.pid)
-                self._fd_owner[proc.pidfd] = (k, "pid")
-            except OSError:
-                self.pidfd_ok = False
-        self._procs[k] = proc
+        sp = _spawn(launch, self.pidfd_ok)
+        if isinstance(sp, StartError):
+            raise sp
+        handle = {"runner": self.name, "host": HOST, "boot_id": BOOT_ID, "run_id": launch.run_id}
+        self._register(launch, handle, sp)
         return handle
+
+    def submit(self, launch: Launch) -> dict:
+        """start() without waiting for the fork: the spawner thread forks and execs the agent
+        while the caller's loop goes on (vfork(2) parks the calling thread until the child has
+        exec'd; Python >= 3.11.6 releases the GIL meanwhile). Returns the attempt's handle at
+        once -- without pid/pgid/start until the loop has collected the spawn through
+        spawned(); poll() says None and terminate()/kill() are remembered and applied at
+        registration until then. key() is the run id's, stable across both states."""
+        if self._subreaper is None:
+            self._subreaper = _become_subreaper()
+        if self._spawner is None:
+            self._spawner = _Spawner()
+        handle = {"runner": self.name, "host": HOST, "boot_id": BOOT_ID, "run_id": launch.run_id}
+        k = self.key(handle)
+        self._pending[k] = (launch, handle)
+        self._spawner.submit(k, launch, self.pidfd_ok)
+        return handle
+
+    def spawned(self) -> list[tuple[dict, "StartError | None"]]:
+        """The submitted attempts whose spawn finished since the last call, registered (their
+        handle now has pid, pgid and start) or failed (StartError; the runner forgets them)."""
+        if self._spawner is None or not self._pending:
+            return []
+        out: list[tuple[dict, StartError | None]] = []
+        for k, sp in self._spawner.collect():
+            launch, handle = self._pending.pop(k)
+            if isinstance(sp, StartError):
+                self._stops.pop(k, None)
+                out.append((handle, sp))
+                continue
+            self._register(launch, handle, sp)
+            sig = self._stops.pop(k, None)
+            if sig is not None:             # stopped while it was being spawned
+                self._procs[k].stopping = True
+                _killpg(handle["pgid"], sig)
+                kill_strays(launch.run_id, sig)
+            out.append((handle, None))
+        return out
+
+    def _register(self, launch: Launch, handle: dict, sp: "_Spawned") -> None:
+        handle.update({"pid": sp.pid, "pgid": sp.pid, "start": sp.start})
+        k = self.key(handle)
+        proc = _Proc(popen=sp.popen, handle=handle, last_output=time.monotonic())
+        proc.streams["out"] = _Stream(sp.r_out, launch.stdout_path, cap=launch.max_output)
+        proc.streams["err"] = _Stream(sp.r_err, launch.stderr_path)
+        self._fd_owner[sp.r_out] = (k, "out")
+        self._fd_owner[sp.r_err] = (k, "err")
+        if sp.pidfd is not None:
+            proc.pidfd = sp.pidfd
+            self._fd_owner[sp.pidfd] = (k, "pid")
+        elif self.pidfd_ok:
+            self.pidfd_ok = False
+        self._procs[k] = proc
 
     # ------------------------------------------------------------------ the loop's side
     def wakeup(self) -> Wakeup:
         """The pipes and pidfds; without pidfd_open a child's exit wakes nobody, so then
         the loop comes back every NO_PIDFD_POLL while an agent runs."""
-        return Wakeup(tuple(self._fd_owner), None if self.pidfd_ok or not self._procs else NO_PIDFD_POLL)
+        fds = tuple(self._fd_owner)
+        if self._pending:
+            fds += (self._spawner.fd,)
+        return Wakeup(fds, None if self.pidfd_ok or not self._procs else NO_PIDFD_POLL)
 
     def service(self, ready: set[int]) -> None:
         """Drain the readable pipes (bounded per call, so a flood cannot starve the loop)."""
@@ -480,6 +630,8 @@ class ProcessRunner:
         k = self.key(handle)
         proc = self._procs.get(k)
         if proc is None:
+            if k in self._pending:
+                return None                 # being spawned: spawned() registers it first
             return Exit(None, signal.SIGKILL)
         if proc.rc is None:
             rc = proc.popen.poll()
@@ -557,14 +709,26 @@ class ProcessRunner:
                 _close(s.out)
 
     def terminate(self, handle: dict) -> None:
+        if self._stop_pending(handle, signal.SIGTERM):
+            return
         self._mark_stopping(handle)
         _killpg(handle["pgid"], signal.SIGTERM)
         kill_strays(handle.get("run_id"), signal.SIGTERM)   # escapees of the group get the same grace
 
     def kill(self, handle: dict) -> None:
+        if self._stop_pending(handle, signal.SIGKILL):
+            return
         self._mark_stopping(handle)
         _killpg(handle["pgid"], signal.SIGKILL)
         kill_strays(handle.get("run_id"))
+
+    def _stop_pending(self, handle: dict, sig: int) -> bool:
+        k = self.key(handle)
+        if k not in self._pending:
+            return False
+        if self._stops.get(k) != signal.SIGKILL:
+            self._stops[k] = sig
+        return True
 
     def _mark_stopping(self, handle: dict) -> None:
         p = self._procs.get(self.key(handle))
@@ -610,6 +774,14 @@ class ProcessRunner:
         return True
 
     def close(self) -> None:
+        if self._spawner is not None:      # what is still being spawned is killed once it runs
+            self._spawner.close()
+            for k in list(self._pending):
+                self._stops[k] = signal.SIGKILL
+            self.spawned()
+            _close(self._spawner.fd)
+            _close(self._spawner._w)
+            self._spawner = None
         for k in list(self._procs):
             self._forget(k)
         # orphans adopted after the last agent ended (their parent died a moment later)

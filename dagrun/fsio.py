@@ -122,20 +122,23 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o644, exclusive: bool =
     src, fd = tmp, None
     pool = SPARES if _SPARE_PUBLISH and not exclusive and mode == 0o644 else None
     spare = pool.pop_file() if pool is not None and path.startswith(pool.inside) else None
-    if spare is not None:
+    if spare is not None and not data:
+        src = spare                  # an empty file (an agent that printed nothing): the spare
+    elif spare is not None:          # is one already, no open/write/close
         try:
             src, fd = spare, os.open(spare, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             src = tmp
-    if fd is None:
+    if fd is None and src == tmp:
         fd = _open_new(tmp, mode)
-    try:
-        _write_whole(fd, data)
-    except BaseException:
+    if fd is not None:
+        try:
+            _write_whole(fd, data)
+        except BaseException:
+            os.close(fd)
+            _unlink_quiet(src)
+            raise
         os.close(fd)
-        _unlink_quiet(src)
-        raise
-    os.close(fd)
     _done_step(f"create {tmp}")
     _step(f"publish {path}")
     try:
@@ -246,6 +249,20 @@ def mkdir(path: str, *, mode: int = 0o755) -> bool:
         return False
     _done_step(f"mkdir {path}")
     return True
+
+
+def mkdir_fresh(path: str, inner: str) -> bool | None:
+    """Create folder `path` with an empty folder `inner` in it, both at once: a task folder
+    born with its claim (one rename of a spare nest, see Spares). True: made; False: `path`
+    exists already; None: no nest at hand (or no parent): the caller makes them one by one."""
+    pool = SPARES
+    if pool is None or pool.nest != inner or not pool._nests:
+        return None
+    _step(f"mkdir {path}/{inner}")
+    got = pool.take_nest(path)
+    if got:
+        _done_step(f"mkdir {path}/{inner}")
+    return got
 
 
 def makedirs(path: str, *, mode: int = 0o755) -> None:
@@ -396,6 +413,61 @@ RENAME_NOREPLACE = 1
 SPARES: "Spares | None" = None
 
 
+def _openat2():
+    """openat2(2) (Linux >= 5.6) through libc's syscall(), or None."""
+    try:
+        import ctypes
+        import platform
+        nr = {"x86_64": 437, "aarch64": 437}.get(platform.machine())
+        if nr is None:
+            return None
+        libc = ctypes.CDLL(None, use_errno=True)
+        syscall = libc.syscall
+    except (AttributeError, OSError):
+        return None
+
+    class OpenHow(ctypes.Structure):
+        _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+    syscall.restype = ctypes.c_long
+    size = ctypes.sizeof(OpenHow)
+
+    def call(dirfd: int, path: str, flags: int) -> int:
+        how = OpenHow(flags, 0, RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH)
+        fd = syscall(nr, ctypes.c_int(dirfd), ctypes.c_char_p(os.fsencode(path)), ctypes.byref(how),
+                     ctypes.c_size_t(size))
+        if fd < 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e), path)
+        return fd
+    return call
+
+
+RESOLVE_NO_SYMLINKS, RESOLVE_BENEATH = 0x04, 0x08
+_OPENAT2 = _openat2()
+
+
+def open_beneath(root: str, rel: str) -> int | None:
+    """Open root/rel for reading in one openat2(2) that follows no symbolic link anywhere in
+    `rel` and never leaves `root` (RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH). Returns the fd,
+    or None when this kernel cannot (then walk the path one O_NOFOLLOW component at a
+    time). FileNotFoundError / NotADirectoryError: no such file; OSError ELOOP or EXDEV: a
+    symbolic link or a way out of `root` on the path (the caller's walk says which)."""
+    global _OPENAT2
+    if _OPENAT2 is None:
+        return None
+    rfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return _OPENAT2(rfd, rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno in (errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.E2BIG):
+            _OPENAT2 = None          # no openat2 here (old kernel, seccomp): walk from now on
+            return None
+        raise
+    finally:
+        os.close(rfd)
+
+
 def _renameat2():
     try:
         import ctypes
@@ -413,7 +485,7 @@ def _renameat2():
 
 
 class Spares:
-    def __init__(self, home: str, *, threads: int = 2, target: int = 48):
+    def __init__(self, home: str, *, threads: int = 2, target: int = 48, nest: str | None = None):
         self.base = os.path.join(home, ".spare")
         self.inside = os.path.join(home, "")     # the files it may stand in for: under the home
         self.target = target
@@ -421,6 +493,12 @@ class Spares:
         self._want = threading.Condition(self._lock)
         self._files: list[str] = []
         self._dirs: list[str] = []
+        self.nest = nest                         # nests: a folder with an empty folder `nest` in it
+        self._nests: list[str] = []              # (a task folder and its claim, one rename)
+        # with nests, plain folders only serve claims in folders that exist (retries), and
+        # released claims come back to the pool anyway: a few suffice
+        self.dir_target = max(4, target // 4) if nest is not None else target
+        self.left: int | None = None             # tasks the engine has still to start (None: unknown)
         self._stop = False
         self._noreplace = _renameat2()
         self._threads = []
@@ -454,26 +532,97 @@ class Spares:
                         self._want.wait()
                 if self._stop:
                     return
-                need_dir = self._noreplace is not None and len(self._dirs) * 3 < len(self._files) * 2
+                kind = self._next_kind()
+                if kind is None:             # everything at its cap (the work left is small)
+                    continue
+                need_nest, need_dir = kind == "n", kind == "d"
+                inner = self._dirs.pop() if need_nest and len(self._dirs) > self._caps()[1] // 2 else None
             seq += 1
-            p = os.path.join(d, f"{'d' if need_dir else 'f'}{seq}")
+            p = os.path.join(d, f"{'n' if need_nest else 'd' if need_dir else 'f'}{seq}")
             try:
-                if need_dir:
+                if need_nest:
+                    os.mkdir(p, 0o755)
+                    if inner is not None:    # a recycled claim folder goes inside: no new inode
+                        os.rename(inner, os.path.join(p, self.nest))
+                        inner = None
+                    else:
+                        os.mkdir(os.path.join(p, self.nest), 0o755)
+                elif need_dir:
                     os.mkdir(p, 0o755)
                 else:
                     os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
             except OSError:
+                if inner is not None:
+                    _rmdir_quiet(inner)
                 time.sleep(0.5)          # disk full or folder gone: the engine creates on demand
                 continue
             with self._lock:
-                (self._dirs if need_dir else self._files).append(p)
+                (self._nests if need_nest else self._dirs if need_dir else self._files).append(p)
+
+    def _nesting(self) -> bool:
+        return self.nest is not None and self._noreplace is not None
+
+    def _caps(self) -> tuple[int, int, int]:
+        """How many spare files, folders and nests to keep: the targets, or what the tasks
+        still to start can use (3 files, a nest, a folder for a retry's claim each) when the
+        engine said so (`left`): near the end of a goal no spare is made only to be deleted
+        again when the engine exits (rmdir is ~3 ms on a busy ext4)."""
+        left = self.left
+        files, dirs, nests = self.target, self.dir_target, self.target
+        if left is not None:
+            files, dirs, nests = min(files, 3 * left), min(dirs, left), min(nests, left)
+        return files, (dirs if self._noreplace is not None else 0), (nests if self._nesting() else 0)
+
+    def _next_kind(self) -> str | None:
+        """The kind furthest below its cap ("n", "d", "f"), None when none is below."""
+        caps = self._caps()
+        have = (len(self._files), len(self._dirs), len(self._nests))
+        best, kind = 0.0, None
+        for k, cap, n in zip("fdn", caps, have):
+            if cap > 0 and (cap - n) / cap > best:
+                best, kind = (cap - n) / cap, k
+        return kind
 
     def _full(self) -> bool:
-        return len(self._files) >= self.target and (self._noreplace is None or len(self._dirs) >= self.target)
+        return self._next_kind() is None
 
     def _low(self) -> bool:
-        low = self.target // 2
-        return len(self._files) < low or (self._noreplace is not None and len(self._dirs) < low)
+        caps = self._caps()
+        return any(n < cap // 2 or (n == 0 and cap > 0)
+                   for n, cap in zip((len(self._files), len(self._dirs), len(self._nests)), caps))
+
+    def set_left(self, n: int) -> None:
+        """The engine's count of tasks still to start (caps the pool, see _caps)."""
+        with self._lock:
+            if n == self.left:
+                return
+            self.left = n
+            if self._low():
+                self._want.notify()
+
+    def take_nest(self, dst: str) -> bool | None:
+        """Make `dst` and `dst/<nest>` in one renameat2(RENAME_NOREPLACE) of a spare nest.
+        True: both made; False: `dst` exists already (nothing done); None: no nest at hand,
+        or `dst`'s parent is missing -- make them one by one."""
+        if not self._nesting():
+            return None
+        with self._lock:
+            if not self._nests:
+                return None
+            src = self._nests.pop()
+            if self._low():
+                self._want.notify()
+        try:
+            self._noreplace(src, dst)
+            return True
+        except OSError as e:
+            with self._lock:
+                self._nests.append(src)
+            if e.errno == errno.EEXIST:
+                return False
+            if e.errno in (errno.EINVAL, errno.ENOSYS, errno.EXDEV):
+                self._noreplace = None
+            return None
 
     def pop_file(self) -> str | None:
         """An empty spare file, now the caller's (None when the pool is empty)."""
@@ -583,6 +732,13 @@ def start_spares(home: str, **kw) -> "Spares | None":
     return SPARES
 
 
+def spares_left(n: int) -> None:
+    """Tell the pool how many tasks are still to be started (it keeps no more than they use)."""
+    pool = SPARES
+    if pool is not None:
+        pool.set_left(n)
+
+
 def stop_spares() -> None:
     global SPARES
     pool, SPARES = SPARES, None
@@ -624,6 +780,13 @@ def sweep_temps(folder: str, max_age: float = 120.0) -> int:
         if age > max_age and remove(e.path):
             n += 1
     return n
+
+
+def _rmdir_quiet(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
 
 
 def _unlink_quiet(path: str) -> None:

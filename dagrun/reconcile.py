@@ -146,7 +146,9 @@ class Reconciler:
             if f is not None and f.state == S.CANCELLED:
                 self._stop_run(run, S.CANCELLED, S.CANCELLED)
             elif f is None or plan.task(t).definition_digest() != run.definition or \
-                    not claims.holds(self.home, g, t, run.claim.nonce):
+                    (not run.spawning and not claims.holds(self.home, g, t, run.claim.nonce)):
+                # (a run still being spawned has no owner.json yet: Engine._spawned checks
+                # that its claim folder is still the one it made)
                 self._stop_run(run, "superseded", "the plan changed or the claim was taken away")
             if f is not None:
                 # running until its process is reaped, even when being stopped: a second

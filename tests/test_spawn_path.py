@@ -1,0 +1,229 @@
+"""The hot path of a task start (issue 20): agents forked by the runner's spawner thread
+(ProcessRunner.submit/spawned), a task file read with one openat2, a first claim made by one
+rename of a spare nest. Runner checks run in a forked child, so the subreaper setting and the
+spawner thread stay out of the test process (as in test_runners.py)."""
+from __future__ import annotations
+
+import errno
+import multiprocessing as mp
+import os
+import select
+import signal
+import time
+
+import pytest
+
+from dagrun import claim as claims
+from dagrun import fsio
+from dagrun.executor import Exit, Launch, ProcessRunner, StartError
+from dagrun.store import CLAIM, Home
+
+
+def _launch(tmp, agent: str, cwd: str | None = None) -> Launch:
+    prompt = os.path.join(tmp, "prompt.md")
+    with open(prompt, "w") as f:
+        f.write("p\n")
+    return Launch(agent=agent, cwd=cwd or tmp, env=dict(os.environ), stdin_path=prompt,
+                  stdout_path=os.path.join(tmp, "stdout"), stderr_path=os.path.join(tmp, "stderr"),
+                  run_id=f"test:{os.getpid()}:{time.monotonic_ns()}")
+
+
+def _spawned(r: ProcessRunner, timeout: float = 20.0) -> list:
+    """Wait on the runner's wake-up fds, as the engine's loop does, until a spawn is reported."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = r.spawned()
+        if got:
+            return got
+        p = select.poll()
+        for fd in r.wakeup().fds:
+            p.register(fd, select.POLLIN)
+        p.poll(100)
+    raise AssertionError("the spawn was never reported")
+
+
+def _exit(r: ProcessRunner, h: dict, timeout: float = 20.0) -> Exit:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        r.service(set(r.wakeup().fds))
+        ex = r.poll(h)
+        if ex is not None:
+            return ex
+        time.sleep(0.02)
+    raise AssertionError("the attempt never ended")
+
+
+def _in_child(fn, tmp) -> None:
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+
+    def body():
+        try:
+            fn(str(tmp))
+            q.put("ok")
+        except BaseException as e:   # report, do not hang the queue
+            q.put(f"{type(e).__name__}: {e}")
+    p = ctx.Process(target=body)
+    p.start()
+    try:
+        res = q.get(timeout=60)
+    finally:
+        p.join(10)
+    assert res == "ok", res
+
+
+def _submit_then_exit(tmp: str) -> None:
+    r = ProcessRunner()
+    h = r.submit(_launch(tmp, "sleep 0.5; echo hi; echo err >&2"))
+    key = r.key(h)
+    assert "pid" not in h and r.poll(h) is None          # spawning: no pid yet, not ended
+    [(got, err)] = _spawned(r)
+    assert got is h and err is None
+    assert h["pid"] == h["pgid"] > 0 and h["start"] and r.key(h) == key   # completed in place, same key
+    ex = _exit(r, h)
+    assert ex.ok, ex.describe()
+    with open(os.path.join(tmp, "stdout")) as f:
+        assert f.read() == "hi\n"
+    with open(os.path.join(tmp, "stderr")) as f:
+        assert f.read() == "err\n"
+    r.close()
+
+
+def _stop_while_spawning(tmp: str) -> None:
+    r = ProcessRunner()
+    h = r.submit(_launch(tmp, "sleep 30"))
+    r.terminate(h)                       # asked before the process exists
+    _spawned(r)
+    t0 = time.monotonic()
+    ex = _exit(r, h)
+    assert ex.signal == signal.SIGTERM, ex.describe()
+    assert time.monotonic() - t0 < 10
+    r.close()
+
+
+def _failed_spawn(tmp: str) -> None:
+    r = ProcessRunner()
+    h = r.submit(_launch(tmp, "true", cwd=os.path.join(tmp, "no-such-folder")))
+    [(got, err)] = _spawned(r)
+    assert got is h and isinstance(err, StartError) and "cannot start the agent" in str(err)
+    assert r.poll(h) == Exit(None, signal.SIGKILL)      # forgotten: nothing runs
+    r.close()
+
+
+def _close_kills_what_is_being_spawned(tmp: str) -> None:
+    r = ProcessRunner()
+    marker = os.path.join(tmp, "still-running")
+    r.submit(_launch(tmp, f"sleep 3; touch {marker}"))
+    r.close()                            # before spawned(): the spawn finishes, then is killed
+    time.sleep(4)
+    assert not os.path.exists(marker)
+
+
+def test_submit_reports_the_spawn_then_the_exit(tmp_path):
+    _in_child(_submit_then_exit, tmp_path)
+
+
+def test_a_stop_asked_while_spawning_is_applied_when_the_process_exists(tmp_path):
+    _in_child(_stop_while_spawning, tmp_path)
+
+
+def test_a_spawn_that_fails_comes_back_as_start_error(tmp_path):
+    _in_child(_failed_spawn, tmp_path)
+
+
+def test_closing_the_runner_kills_what_is_being_spawned(tmp_path):
+    _in_child(_close_kills_what_is_being_spawned, tmp_path)
+
+
+def test_open_beneath_follows_no_link_and_never_leaves_the_root(tmp_path):
+    if fsio._OPENAT2 is None:
+        pytest.skip("no openat2(2) here: open_task_file walks the path (tests/reliability/test_security.py)")
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "f").write_text("x")
+    (tmp_path / "a" / "b" / "l").symlink_to("/etc/passwd")
+    (tmp_path / "la").symlink_to(tmp_path / "a")
+    fd = fsio.open_beneath(str(tmp_path), "a/b/f")
+    assert os.read(fd, 10) == b"x"
+    os.close(fd)
+    for rel, want in [("a/b/l", errno.ELOOP), ("la/b/f", errno.ELOOP), ("a/../../etc/passwd", errno.EXDEV),
+                      ("a/b/nope", errno.ENOENT), ("a/b/f/x", errno.ENOTDIR)]:
+        with pytest.raises(OSError) as e:
+            fsio.open_beneath(str(tmp_path), rel)
+        assert e.value.errno == want, rel
+    home = Home(str(tmp_path))
+    with pytest.raises(Exception, match="symbolic link"):   # the walk names what it refused
+        home.open_task_file(str(tmp_path / "a" / "b" / "l"))
+
+
+def test_a_first_claim_is_its_folder_and_claim_in_one_rename(tmp_path):
+    home = Home(str(tmp_path / "home"))
+    home.ensure()
+    os.makedirs(home.tasks_dir("g"))
+    pool = fsio.start_spares(home.root, threads=1, target=4, nest=CLAIM)
+    try:
+        assert pool is not None
+        end = time.monotonic() + 20
+        while not pool._nests and time.monotonic() < end:
+            time.sleep(0.02)
+        if not pool._nests:
+            pytest.skip("no renameat2(RENAME_NOREPLACE) on this file system: claims use mkdir")
+        assert claims.acquire(home, "g", "t1")
+        assert os.path.isdir(home.claim_dir("g", "t1")) and os.listdir(home.claim_dir("g", "t1")) == []
+        assert os.listdir(home.task_dir("g", "t1")) == [CLAIM]
+        assert not claims.acquire(home, "g", "t1")          # held: exclusive like mkdir
+        claims.release(home, "g", "t1")
+        assert claims.acquire(home, "g", "t1")              # the folder exists: claim/ alone
+        assert os.listdir(home.task_dir("g", "t1")) == [CLAIM]
+        # no task left to start: an emptied pool is not refilled (nothing made to be deleted)
+        pool.set_left(0)
+        while pool.pop_file() is not None:
+            pass
+        time.sleep(0.5)
+        assert pool._files == []
+        pool.set_left(10)                                    # work again: it refills
+        end = time.monotonic() + 20
+        while not pool._files and time.monotonic() < end:
+            time.sleep(0.02)
+        assert pool._files
+    finally:
+        fsio.stop_spares()
+
+
+def _drive_slow_spawns(home_root: str, goal: str) -> None:
+    from dagrun import executor
+    from dagrun.engine import Engine
+    code = 99
+    try:
+        real = executor._spawn
+
+        def slow(launch, want_pidfd):      # a fork that takes long (a loaded machine)
+            time.sleep(0.6)
+            return real(launch, want_pidfd)
+        executor._spawn = slow
+        code = Engine(Home(home_root), goal=goal, runner=ProcessRunner(), worker=f"w-{os.getpid()}",
+                      rescan_every=0.05).run()
+    finally:
+        os._exit(int(code))
+
+
+def test_a_rescan_while_an_agent_is_being_spawned_leaves_it_alone(tmp_path):
+    """The engine rebuilds the goal from the files every rescan; an attempt still being
+    spawned has no owner.json yet and must not look like a claim taken away."""
+    import json
+
+    from conftest import write_plan
+    from dagrun import edit
+    p = write_plan(tmp_path / "plans", [{"id": "a", "prompt": "p", "agent": "echo out"},
+                                        {"id": "b", "prompt": "p", "agent": "echo out", "deps": ["a"]}], goal="g")
+    home = Home(str(tmp_path / "home"))
+    edit.submit(home, str(p))
+    proc = mp.get_context("fork").Process(target=_drive_slow_spawns, args=(home.root, "g"))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 0
+    for t in ("a", "b"):
+        with open(home.marker_path("g", t, "done")) as f:
+            assert json.load(f)["attempt"] == 1
+    with open(home.events_path("g")) as f:
+        seen = [json.loads(x).get("status") for x in f if '"task":"a"' in x.replace(" ", "")]
+    assert seen == ["ready", "running", "done"], seen
