@@ -40,12 +40,15 @@ from .proc import HOST
 
 EXIT_POLL = (0.02, 0.1)   # s: stat of the running jobs' exit files: 2 ms per job, within these bounds
 QUEUE_POLL = 2.0          # s: one squeue for every running job of this driver
+SETTLE = 10.0             # s: the longest wait for Slurm's end state after an exit by a signal we did not send
 GONE_GRACE = 1.5          # s: a job out of the queue gets this long for its exit file to show (NFS)
 SUBMIT_INTERVAL = 0.02    # s: at most 50 sbatch calls a second from one driver
 CMD_TIMEOUT = 30.0        # s: a Slurm command that takes longer is treated as failed
 LIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING",
                "SIGNALING", "STAGE_OUT", "STOPPED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD",
                "UNKNOWN-LIVE"}     # squeue did not answer: nothing is judged on a controller hiccup
+# end states in which Slurm itself stopped the job (not the agent's own exit)
+STOPPED_STATES = {"CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "DEADLINE", "BOOT_FAIL"}
 TOOLS = ("sbatch", "squeue", "scancel", "scontrol")
 STEPS = "steps"
 NO_ALLOCATION = ("runner slurm: mode \"steps\" needs the driver inside a Slurm allocation (SLURM_JOB_ID is not set): "
@@ -140,6 +143,8 @@ class _Job:
     first_sig: int | None = None         # ... and first
     state: str | None = None             # last squeue state
     node: str | None = None              # where it runs: claim/node (the wrapper) or squeue's %N
+    exit_seen: float | None = None       # monotonic: a 128+N exit file seen while Slurm still ends the job
+    settle_at: float | None = None       # ... and when to ask Slurm again
 
 
 class SlurmRunner:
@@ -285,8 +290,26 @@ class SlurmRunner:
             return Exit(None, signal.SIGKILL)
         code = _read_exit(handle.get("exit"))
         if code is not None:
+            node = j.node or _read_line(handle.get("node_file"))
+            if code > 128 and j.stop_sig is None:
+                # the agent died of a signal we did not send: Slurm's scancel by a human, its
+                # time limit, an OOM kill... Slurm signals the agent and the wrapper together,
+                # so the wrapper may still have written the agent's 128+N: say what Slurm says
+                # once it has ended the job (scontrol shows COMPLETING until then)
+                now = time.monotonic()
+                if j.settle_at is not None and now < j.settle_at:
+                    return None
+                state = (self.describe(handle["job"])[0] or "").split(" ")[0]
+                if state in STOPPED_STATES:
+                    del self._jobs[k]
+                    return Exit(None, code - 128, self._final_progress(handle), node=node,
+                                reason=f"slurm job {handle['job']} {state} (the agent ended by signal {code - 128})")
+                if state in LIVE_STATES and now - (j.exit_seen or now) < SETTLE:
+                    j.exit_seen = j.exit_seen or now
+                    j.settle_at = now + 0.2
+                    return None
             del self._jobs[k]
-            return Exit(code, None, self._final_progress(handle), node=j.node or _read_line(handle.get("node_file")))
+            return Exit(code, None, self._final_progress(handle), node=node)
         now = time.monotonic()
         if now >= self._next_queue:
             self._next_queue = now + (0.5 if any(x.stop_sig for x in self._jobs.values()) else QUEUE_POLL)
