@@ -493,27 +493,37 @@ class Engine(Reconciler):
         g, t = run.goal, run.task.id
         gs = self.goals.get(g)
         try:
-            with claims.edit_lock(self.home, g):
-                ours = gs is not None and gs.plan.has(t) and self._claim_still(run)
-                if err is not None or not ours:
-                    if err is None:          # archived or broken meanwhile: stop it, the commit
-                        self._stop_run(run, "superseded", "its claim was taken away while it started")
-                        return               # finds the claim gone and asks the files
-                    del self.runs[run.key]
-                    if self.by_task.get((g, t)) is run:
-                        del self.by_task[(g, t)]
-                    if not ours:
-                        if gs is not None:
-                            self._resync(gs)
-                        return
-                    claims.update_owner(self.home, g, t, run.claim.owner)
-                    self._finish(gs, run.claim, ok=False, reason=str(err))
+            lock = claims.edit_lock(self.home, g)
+            lock.__enter__()
+        except (OSError, FsError) as e:      # the disk fails: the agent runs, unrecorded
+            if err is None:
+                self._abandon(gs, run, e, f"could not lock the goal: {e}", e)
+            else:
+                self._fs_failed(e)
+            return
+        try:
+            ours = gs is not None and gs.plan.has(t) and self._claim_still(run)
+            if err is not None or not ours:
+                if err is None:          # archived or broken meanwhile: stop it, the commit
+                    self._stop_run(run, "superseded", "its claim was taken away while it started")
+                    return               # finds the claim gone and asks the files
+                del self.runs[run.key]
+                if self.by_task.get((g, t)) is run:
+                    del self.by_task[(g, t)]
+                if not ours:
+                    if gs is not None:
+                        self._resync(gs)
                     return
-                self._running(gs, run)
+                claims.update_owner(self.home, g, t, run.claim.owner)
+                self._finish(gs, run.claim, ok=False, reason=str(err))
+                return
+            self._running(gs, run)
         except (OSError, FsError) as e:
             self._fs_failed(e)
         except DagrunError as e:
             self.log(f"error: {e}")
+        finally:
+            lock.__exit__(None, None, None)
 
     def _claim_still(self, run: Run) -> bool:
         """Is the claim folder the one this attempt made (not archived, broken, re-made)?"""
@@ -524,40 +534,50 @@ class Engine(Reconciler):
 
     def _running(self, gs: GoalState, run: Run) -> None:
         """The agent runs: owner.json (with the runner's handle) and the `running` event."""
-        plan, g, t, c, handle, sched = gs.plan, run.goal, run.task.id, run.claim, run.handle, gs.sched
-        cdir = self.home.claim_dir(g, t)
+        g, t, c, handle = run.goal, run.task.id, run.claim, run.handle
         c.owner["handle"] = handle
         try:
             claims.update_owner(self.home, g, t, c.owner)
         except OSError as e:
-            del self.runs[run.key]
-            if self.by_task.get((g, t)) is run:
-                del self.by_task[(g, t)]
-            self.runner.kill(handle)
-            while self.runner.poll(handle) is None:
-                time.sleep(0.01)
-            if isinstance(e, FileNotFoundError) and not os.path.isdir(cdir):
-                # our claim was broken while we started the agent (we looked dead: a very
-                # slow start, past the half-born grace): the breaker recorded the attempt
-                self.log(f"warning: the claim of {g}/{t} was broken while its agent started; it runs again")
-                sched.retrying(t)
-                self._add_timer(time.monotonic() + 1.0, g, t)
-                return
-            try:                # the agent ran (perhaps to its end): its attempt number is used up
-                record_unfinished(self.home, g, t, c.attempt, outcome="interrupted", worker=self.worker,
-                                  reason=f"could not publish owner.json: {e.strerror or e}",
-                                  started=c.owner.get("since"), captures_from=cdir)
-                res.release_attempt(self.home, g, t, c.owner)
-                claims.release(self.home, g, t)
-            except (OSError, DagrunError):
-                pass            # a claim without owner.json: the next engine breaks it after the grace
-            sched.retrying(t)
-            self._add_timer(time.monotonic() + 5.0, g, t)
-            self._fs_failed(os_error("publish", self.home.owner_path(g, t), e))
+            self._abandon(gs, run, e, f"could not publish owner.json: {e.strerror or e}",
+                          os_error("publish", self.home.owner_path(g, t), e))
             return
         run.node = run.node or handle.get("node")
         tr.started(self.home, c, worker=self.worker, **_remote(handle))
         self._touched.add(g)
+
+    def _abandon(self, gs: GoalState | None, run: Run, e: Exception, reason: str, report: Exception) -> None:
+        """The agent started but its owner.json cannot be published (the disk fails): stop it,
+        record the attempt `interrupted` (its number is used up), give the claim back and stop
+        the engine with `report` -- one error line, the task runs again later."""
+        g, t, c, handle = run.goal, run.task.id, run.claim, run.handle
+        cdir = self.home.claim_dir(g, t)
+        del self.runs[run.key]
+        if self.by_task.get((g, t)) is run:
+            del self.by_task[(g, t)]
+        self.runner.kill(handle)
+        while self.runner.poll(handle) is None:
+            time.sleep(0.01)
+        requeue = gs is not None and gs.plan.has(t)
+        if isinstance(e, FileNotFoundError) and not os.path.isdir(cdir):
+            # our claim was broken while we started the agent (we looked dead: a very
+            # slow start, past the half-born grace): the breaker recorded the attempt
+            self.log(f"warning: the claim of {g}/{t} was broken while its agent started; it runs again")
+            if requeue:
+                gs.sched.retrying(t)
+                self._add_timer(time.monotonic() + 1.0, g, t)
+            return
+        try:                # the agent ran (perhaps to its end): its attempt number is used up
+            record_unfinished(self.home, g, t, c.attempt, outcome="interrupted", worker=self.worker,
+                              reason=reason, started=c.owner.get("since"), captures_from=cdir)
+            res.release_attempt(self.home, g, t, c.owner)
+            claims.release(self.home, g, t)
+        except (OSError, DagrunError):
+            pass            # a claim without owner.json: the next engine breaks it after the grace
+        if requeue:
+            gs.sched.retrying(t)
+            self._add_timer(time.monotonic() + 5.0, g, t)
+        self._fs_failed(report)
 
     # ================================================================== endings
     def _reap(self) -> None:
