@@ -44,6 +44,7 @@
 static const char *dir;
 static size_t dirlen;
 static const char *flag;
+static const char *only_kind, *only_suffix;   /* FAULT_KIND / FAULT_SUFFIX: count only these */
 static long at = -1, bg_at = -1;
 static long seen, bg_seen;
 static int err_no = ENOSPC;
@@ -67,6 +68,8 @@ __attribute__((constructor)) static void init(void) {
     if (a) at = atol(a);
     const char *b = getenv("FAULT_BG_AT");
     if (b) bg_at = atol(b);
+    only_kind = getenv("FAULT_KIND");
+    only_suffix = getenv("FAULT_SUFFIX");
     const char *e = getenv("FAULT_ERRNO");
     if (e && strcmp(e, "EIO") == 0) err_no = EIO;
 }
@@ -107,6 +110,11 @@ static void note(const char *env, const char *prefix, long k, const char *kind, 
 /* 1 if this mutation must fail (errno set) */
 static int fault(const char *kind, const char *path) {
     if (!active() || !under(path)) return 0;
+    if (only_kind && strcmp(kind, only_kind) != 0) return 0;
+    if (only_suffix) {
+        size_t n = strlen(path), m = strlen(only_suffix);
+        if (n < m || strcmp(path + n - m, only_suffix) != 0 || strstr(path, "/.new-")) return 0;
+    }
     if (flag) {
         struct stat st;
         if (syscall(SYS_newfstatat, AT_FDCWD, flag, &st, 0) == 0) { errno = err_no; return 1; }
