@@ -13,15 +13,18 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from dagrun import claim as claims
 from dagrun import edit
+from dagrun import events as ev
 from dagrun import lifecycle as lc
 from dagrun import transitions as tr
-from dagrun.store import Home, now_iso
+from dagrun.errors import Refused
+from dagrun.store import Home, now_iso, parse_ts
 from dagrun.usage import RAW_FILE
 
 
@@ -209,3 +212,200 @@ def test_fair_share_alternates_equal_goals_and_forgets():
     full = Scheduler([_T("x")], max_parallel=1)
     full.take()
     assert fs.take({"F": (full, 1, 1.0)}) is None                # may not start: not picked
+
+
+# ------------------------------------------------------------------ transitions without a test before
+def _sched(home):
+    return lc.build_scheduler(home, home.load_plan("g"))[0]
+
+
+# ------------------------------------------------------------------ approval gates
+def test_an_approval_gate_awaits_then_approve_commits_the_decision(tmp_path):
+    home = _home(tmp_path, [{"id": "gate", "prompt": "x", "approval": {"prompt": "Merge?", "timeout": 3600}},
+                            {"id": "after", "prompt": "y", "agent": "true", "deps": ["gate"]}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    assert sched.take() == "gate"
+    c = lc.claim_task(home, plan, "gate", worker="w1", kind="engine")
+    before = time.time()
+    body = tr.await_approval(home, plan, sched, c, worker="w1")
+    since = body["since"]
+    assert body == {"prompt": "Merge?", "since": since, "worker": "w1", "timeout": 3600,
+                    "timeout_at": body["timeout_at"]}
+    assert before - 1 <= parse_ts(since) <= time.time() and parse_ts(body["timeout_at"]) == pytest.approx(parse_ts(since) + 3600, abs=1e-3)
+    assert lc.awaiting_of(home, "g", "gate") == body
+    assert not os.path.exists(home.claim_dir("g", "gate")) and sched.state_of("gate") == "awaiting_approval"
+    aw = [e for e in _events(home, ev.TASK_STATUS) if e["status"] == "awaiting_approval"]
+    assert len(aw) == 1 and aw[0]["prompt"] == "Merge?" and aw[0]["timeout_at"] == body["timeout_at"] and aw[0]["worker"] == "w1"
+    # claimed again while it awaits (another engine): the same file, no second event, no claim left
+    c2 = lc.claim_task(home, plan, "gate", worker="w2", kind="engine")
+    assert tr.await_approval(home, plan, sched, c2, worker="w2") == body
+    assert not os.path.exists(home.claim_dir("g", "gate"))
+    assert len([e for e in _events(home, ev.TASK_STATUS) if e["status"] == "awaiting_approval"]) == 1
+    with pytest.raises(Refused, match="not awaiting approval"):
+        tr.decide(home, plan, sched, "after", approve=True, by="alice")
+    assert not os.path.exists(home.claim_dir("g", "after"))
+    fin = tr.decide(home, plan, sched, "gate", approve=True, by="alice", text="looks good")
+    assert fin.outcome == "done" and fin.changes.ready == ["after"]
+    assert Path(home.output_path("g", "gate")).read_bytes() == b"looks good\n"
+    done = _json(home.marker_path("g", "gate", "done"))
+    assert done["approved"] is True and done["decided_by"] == "alice" and done["note"] == "looks good"
+    assert done["approval_since"] == since and done["exit_code"] == 0 and done["worker"] == "alice"
+    assert lc.awaiting_of(home, "g", "gate") is None and not os.path.exists(home.claim_dir("g", "gate"))
+    last = [e for e in _events(home, ev.TASK_STATUS) if e["task"] == "gate"][-1]
+    assert (last["status"], last["approved"], last["decided_by"]) == ("done", True, "alice")
+    with pytest.raises(Refused, match="already done"):
+        tr.decide(home, plan, sched, "gate", approve=False, by="bob")
+
+
+def test_an_approval_gate_past_its_timeout_is_rejected_by_whoever_looks(tmp_path):
+    home = _home(tmp_path, [{"id": "gate", "prompt": "x", "approval": {"prompt": "Go?", "timeout": 5}},
+                            {"id": "after", "prompt": "y", "agent": "true", "deps": ["gate"]},
+                            {"id": "free", "prompt": "y", "agent": "true", "approval": {"prompt": "Other?"}}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    for t in ("gate", "free"):
+        assert sched.take() == t
+        tr.await_approval(home, plan, sched, lc.claim_task(home, plan, t, worker="w1", kind="engine"), worker="w1")
+    at = parse_ts(lc.awaiting_of(home, "g", "gate")["timeout_at"])
+    assert lc.awaiting_of(home, "g", "free")["timeout_at"] is None
+    assert tr.expire_approvals(home, plan, sched, worker="w2", now=at - 1) == ([], at)
+    assert tr.expire_approvals(home, plan, sched, worker="w2", now=at) == (["gate"], None)
+    failed = _json(home.marker_path("g", "gate", "failed"))
+    assert failed["outcome"] == "approval_timeout" and failed["reason"] == "approval timed out: nobody decided within 5s"
+    assert failed["approved"] is False and failed["decided_by"] == "w2"
+    assert sched.state_of("after") == "blocked" and sched.awaiting() == ["free"]
+    assert lc.awaiting_of(home, "g", "gate") is None
+    fin = tr.decide(home, plan, sched, "free", approve=False, by="bob", text="no")
+    assert fin.outcome == "failed" and _json(home.marker_path("g", "free", "failed"))["outcome"] == "rejected"
+    assert sched.is_finished()
+
+
+# ------------------------------------------------------------------ a false condition
+def test_a_false_condition_skips_the_task_with_its_reason(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                            {"id": "b", "prompt": "y", "agent": "true", "deps": ["a"],
+                             "when": {"output_of": "a", "contains": "YES"}},
+                            {"id": "c", "prompt": "z", "agent": "true", "deps": ["b"]}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    ca = _claim(home, "a")
+    tr.finish(home, plan, sched, ca, ok=True, worker="w1", output_data=b"no\n")
+    assert sched.take() == "b"
+    cb = lc.claim_task(home, plan, "b", worker="w1", kind="external")
+    assert cb.skip.startswith("condition false: ") and not os.path.exists(home.prompt_path("g", "b"))
+    ch = tr.skip(home, plan, sched, cb, worker="w1")
+    m = _json(home.marker_path("g", "b", "skipped"))
+    assert m["reason"] == cb.skip and m["worker"] == "w1" and m["when"] == {"output_of": "a", "contains": "YES"}
+    assert not os.path.exists(home.claim_dir("g", "b")) and lc.marker_of(home, "g", "b") == "skipped"
+    assert ch.skipped == [("c", "b")]
+    sk = [e for e in _events(home, ev.TASK_STATUS) if e["status"] == "skipped"]
+    assert [(e["task"], e["reason"]) for e in sk] == [("b", cb.skip), ("c", "b was skipped")]
+    assert sk[1]["skipped_by"] == "b" and sk[1]["derived"] is True
+
+
+def test_a_true_condition_runs_the_task(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                            {"id": "b", "prompt": "y", "agent": "true", "deps": ["a"],
+                             "when": {"output_of": "a", "contains": "YES"}}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"YES\n")
+    cb = lc.claim_task(home, plan, "b", worker="w1", kind="external")
+    assert cb.skip is None and cb.attempt == 1 and "YES" in Path(home.prompt_path("g", "b")).read_text()
+
+
+# ------------------------------------------------------------------ an attempt without a verdict
+def test_an_interrupted_attempt_is_recorded_uncounted_and_the_task_is_ready_again(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 0}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    c = _claim(home, "a")
+    cdir = home.claim_dir("g", "a")
+    Path(cdir, "stdout").write_bytes(b"partial")
+    Path(cdir, "stderr").write_bytes(b"oops")
+    tr.interrupted(home, sched, c, outcome="interrupted", reason="engine stopped", worker="w9",
+                   extra={"usage": {"usd": 0.5}})
+    rec = _json(home.attempt_path("g", "a", 1, "json"))
+    assert rec == {"attempt": 1, "outcome": "interrupted", "reason": "engine stopped", "worker": "w9",
+                   "started": c.owner["since"], "ended": rec["ended"], "counted": False, "failures": 0,
+                   "retry_at": None, "final": False, "usage": {"usd": 0.5}}
+    assert Path(home.attempt_path("g", "a", 1, "out")).read_bytes() == b"partial"
+    assert Path(home.attempt_path("g", "a", 1, "err")).read_bytes() == b"oops"
+    assert os.path.samefile(home.stderr_path("g", "a"), home.attempt_path("g", "a", 1, "err"))
+    assert Path(home.attempt_path("g", "a", 1, "prompt.md")).read_text().startswith("x")
+    assert not os.path.exists(cdir) and lc.marker_of(home, "g", "a") is None
+    ready = _events(home, ev.TASK_STATUS)[-1]
+    assert (ready["status"], ready["attempt"], ready["reason"], ready["usage"], ready["worker"]) == (
+        "ready", 2, "attempt 1: engine stopped", {"usd": 0.5}, "w9")
+    assert sched.state_of("a") == "ready"
+    c2 = _claim(home, "a")
+    assert c2.attempt == 2          # the interrupted attempt used a number, not a retry
+    n = len(_events(home))
+    tr.interrupted(home, sched, c2, outcome="cancelled", reason="cancelled by me", worker="w9")
+    assert len(_events(home)) == n and _json(home.attempt_path("g", "a", 2, "json"))["outcome"] == "cancelled"
+    quiet = _claim(home, "a")
+    tr.interrupted(home, None, quiet, outcome="superseded", reason="plan edit", worker="w9", announce=False)
+    assert len(_events(home)) == n and not os.path.exists(home.claim_dir("g", "a"))
+
+
+# ------------------------------------------------------------------ events that change no file
+def test_the_thin_transitions_append_exactly_their_event(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    c = _claim(home, "a")
+    n = len(_events(home))
+    tr.retry_due(home, "g", "a", attempt=3, worker="w1")
+    tr.stalled(home, c, reason="no output for 5s", worker="w1")
+    tr.reset(home, "g", "a", by="me", reason="retry", forced=True)
+    tr.plan_replaced(home, "g", by="me", changed=["a"])
+    tr.placed(home, c, worker="w1", node="n1")
+    tr.budget_held(home, "g", "a", reason="over budget", worker="w1")
+    tr.over_share(home, c, reason="past its share", share={"usd": 1}, worker="w1")
+    tr.budget_raised(home, "g", by="me", added={"usd": 2}, pool={"usd": 3})
+    tr.started(home, c, worker="w1", pid=42)
+    strip = lambda e: {k: v for k, v in e.items() if k not in ("ts", "goal")}
+    assert [strip(e) for e in _events(home)[n:]] == [
+        {"type": ev.TASK_STATUS, "task": "a", "status": "ready", "attempt": 3, "worker": "w1", "reason": "retry backoff ended"},
+        {"type": ev.TASK_BLOCKED, "task": "a", "reason": "no output for 5s", "attempt": 1, "worker": "w1"},
+        {"type": ev.TASK_STATUS, "task": "a", "status": "reset", "worker": "me", "reason": "retry", "forced": True},
+        {"type": ev.PLAN_REPLACED, "worker": "me", "changed": ["a"]},
+        {"type": ev.TASK_PLACED, "task": "a", "attempt": 1, "worker": "w1", "node": "n1"},
+        {"type": ev.TASK_BLOCKED, "task": "a", "reason": "over budget", "blocked_by": "budget", "worker": "w1"},
+        {"type": ev.TASK_BUDGET, "task": "a", "attempt": 1, "reason": "past its share", "share": {"usd": 1}, "worker": "w1"},
+        {"type": ev.GOAL_BUDGET, "worker": "me", "added": {"usd": 2}, "pool": {"usd": 3}},
+        {"type": ev.TASK_STATUS, "task": "a", "status": "running", "attempt": 1, "worker": "w1", "pid": 42},
+    ]
+    os.makedirs(home.hooks_due_dir("g"))        # made by hooks.prepare when a hook is due
+    tr.hook_failed(home, "g", hook="h1", error="exit 1")
+    e = _events(home)[-1]
+    assert e["type"] == ev.HOOK_FAILED and e["hook"] == "h1" and e["error"] == "exit 1"
+    assert _json(os.path.join(home.hooks_due_dir("g"), "last_failure.json")) == e
+
+
+# ------------------------------------------------------------------ claim: take over, sweep
+def test_take_over_reattaches_a_stale_claim_whose_attempt_lives(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    _claim(home, "a")
+    dead = {**claims.read_owner(home, "g", "a"), "pid": _dead_pid(), "handle": {"runner": "x", "id": 7},
+            "run_id": "r1", "reattached": 1}
+    claims.update_owner(home, "g", "a", dead)
+    seen = []
+    assert claims.take_over(home, "g", "a", "wrong-nonce", "w2", lease=60, adopt=lambda o: True) is None
+    assert claims.take_over(home, "g", "a", dead["nonce"], "w2", lease=60, adopt=lambda o: seen.append(o) or False) is None
+    assert seen == [dead] and claims.read_owner(home, "g", "a") == dead
+    new = claims.take_over(home, "g", "a", dead["nonce"], "w2", lease=60, adopt=lambda o: True)
+    assert claims.read_owner(home, "g", "a") == new
+    assert new["worker"] == "w2" and new["pid"] == os.getpid() and new["nonce"] != dead["nonce"]
+    assert (new["attempt"], new["handle"], new["run_id"], new["since"], new["reattached"]) == (
+        1, {"runner": "x", "id": 7}, "r1", dead["since"], 2)
+    assert claims.judge(home, "g", "a", new, lease=60) is None
+    assert claims.take_over(home, "g", "a", new["nonce"], "w3", lease=60, adopt=lambda o: True) is None   # live
+
+
+def test_sweep_leftovers_removes_only_claims_renamed_away(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    tdir = Path(home.task_dir("g", "a"))
+    (tdir / ".claim.broken.ab12" / "x").mkdir(parents=True)
+    (tdir / ".claim.released.cd34").mkdir()
+    (tdir / "claimx").mkdir()
+    claims.sweep_leftovers(home, "g", "a")
+    assert sorted(os.listdir(tdir)) == ["claimx"]
+    claims.sweep_leftovers(home, "g", "nosuch")
