@@ -9,6 +9,7 @@ survivors they kill are named in tests/reliability/mutants.md.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -409,3 +410,207 @@ def test_sweep_leftovers_removes_only_claims_renamed_away(tmp_path):
     claims.sweep_leftovers(home, "g", "a")
     assert sorted(os.listdir(tdir)) == ["claimx"]
     claims.sweep_leftovers(home, "g", "nosuch")
+
+
+# ------------------------------------------------------------------ lifecycle: records, backoff, retry prompt, stale claims
+T0 = 1_700_000_000.0
+
+
+def test_failure_records_count_retries_back_off_and_end_in_the_failed_marker(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 10}])
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    c.started = T0
+    rec = lc.commit_failure(home, plan, c, outcome="failed", ended=T0 + 3.2104, exit_code=3, reason="boom",
+                            extra={"usage": {"usd": 1}})
+    assert 5.0 + T0 + 3.2104 <= rec["retry_at"] <= 15.0 + T0 + 3.2104
+    assert rec == {"attempt": 1, "outcome": "failed", "exit_code": 3, "signal": None, "reason": "boom", "worker": "w1",
+                   "started": now_iso(T0), "ended": now_iso(T0 + 3.2104), "duration": 3.21, "counted": True,
+                   "failures": 1, "retry_at": rec["retry_at"], "final": False, "usage": {"usd": 1}}
+    assert _json(home.attempt_path("g", "a", 1, "json")) == rec
+    assert lc.marker_of(home, "g", "a") is None and not os.path.exists(home.claim_dir("g", "a"))
+    c = _claim(home, "a")
+    rec = lc.commit_failure(home, plan, c, outcome="timeout", ended=T0 + 50, signal=15)
+    assert (rec["failures"], rec["counted"], rec["final"], rec["signal"], rec["exit_code"]) == (2, True, False, 15, None)
+    assert 10.0 + T0 + 50 <= rec["retry_at"] <= 30.0 + T0 + 50           # 10 * 2**(2-1), +-50 %
+    c = _claim(home, "a")
+    rec = lc.commit_failure(home, plan, c, outcome="interrupted", ended=T0 + 60)
+    assert (rec["failures"], rec["counted"], rec["final"], rec["retry_at"]) == (2, False, False, None)
+    c = _claim(home, "a")
+    assert c.attempt == 4
+    rec = lc.commit_failure(home, plan, c, outcome="failed", ended=T0 + 70, exit_code=1, reason="again",
+                            forced_by="admin", held_by="w1 (pid 1)")
+    assert (rec["failures"], rec["final"], rec["retry_at"], rec["forced_by"], rec["held_by"]) == (3, True, None, "admin", "w1 (pid 1)")
+    failed = _json(home.marker_path("g", "a", "failed"))
+    assert failed == {k: rec[k] for k in ("attempt", "outcome", "exit_code", "signal", "reason", "worker", "started",
+                                          "ended", "duration", "forced_by", "held_by")}
+    assert lc.marker_of(home, "g", "a") == "failed"
+
+
+def test_a_final_failure_can_be_forced_and_the_count_can_be_handed_in(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 5}])
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    rec = lc.commit_failure(home, plan, c, outcome="failed", ended=time.time(), prev_failures=7, final=True,
+                            extra={"check": {"ok": False}})
+    assert (rec["failures"], rec["final"], rec["retry_at"]) == (8, True, None)
+    assert _json(home.marker_path("g", "a", "failed"))["check"] == {"ok": False}
+
+
+def test_backoff_doubles_per_failure_up_to_the_cap_with_jitter():
+    class Tk:
+        retry_backoff = 4.0
+    samples = lambda n: [lc.backoff(Tk, n) for _ in range(300)]
+    for n, base in ((0, 4.0), (1, 4.0), (2, 8.0), (3, 16.0)):
+        s = samples(n)
+        assert base * 0.5 <= min(s) and max(s) <= base * 1.5 and max(s) - min(s) > base * 0.5, n
+    Tk.retry_backoff = 400.0
+    s = samples(3)                                    # 1600 capped at 600
+    assert 300.0 <= min(s) and max(s) <= 900.0 and max(s) > 700.0
+    Tk.retry_backoff = 0.0
+    assert lc.backoff(Tk, 3) == 0.0
+    Tk.retry_backoff = -1.0
+    assert lc.backoff(Tk, 3) == 0.0
+
+
+def test_a_success_after_failures_is_kept_beside_them(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 0}])
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    Path(home.claim_dir("g", "a"), "stderr").write_bytes(b"first err")
+    lc.commit_failure(home, plan, c, outcome="failed", ended=time.time(), exit_code=1)
+    assert Path(home.stderr_path("g", "a")).read_bytes() == b"first err"
+    c = _claim(home, "a")
+    c.started = T0
+    Path(home.claim_dir("g", "a"), "stdout").write_bytes(b"good\n")
+    body = lc.commit_done(home, plan, c, ended=T0 + 2.5, exit_code=0, extra={"usage": {"usd": 0.25}, "node": "n7"})
+    assert body["usage"] == {"usd": 0.25} and body["node"] == "n7"
+    rec = _json(home.attempt_path("g", "a", 2, "json"))
+    assert rec == {"attempt": 2, "outcome": "done", "exit_code": 0, "signal": None, "reason": "", "worker": "w1",
+                   "started": now_iso(T0), "ended": now_iso(T0 + 2.5), "duration": 2.5, "counted": False,
+                   "failures": 1, "retry_at": None, "final": True, "usage": {"usd": 0.25}, "node": "n7"}
+    assert os.path.samefile(home.output_path("g", "a"), home.attempt_path("g", "a", 2, "out"))
+    assert os.path.samefile(home.prompt_path("g", "a"), home.attempt_path("g", "a", 2, "prompt.md"))
+    assert not os.path.exists(home.stderr_path("g", "a"))          # no stderr this time: the old one goes
+    assert not os.path.exists(home.attempt_path("g", "a", 2, "err"))
+    assert Path(home.attempt_path("g", "a", 1, "err")).read_bytes() == b"first err"
+    # again with a stderr: it is linked beside the attempt
+    home2 = _home(tmp_path / "2", [{"id": "a", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 0}])
+    plan2 = home2.load_plan("g")
+    lc.commit_failure(home2, plan2, _claim(home2, "a"), outcome="failed", ended=time.time())
+    c = _claim(home2, "a")
+    Path(home2.claim_dir("g", "a"), "stderr").write_bytes(b"second err")
+    lc.commit_done(home2, plan2, c, ended=time.time())
+    assert os.path.samefile(home2.stderr_path("g", "a"), home2.attempt_path("g", "a", 2, "err"))
+    assert _json(home2.attempt_path("g", "a", 2, "json"))["failures"] == 1
+    assert "usage" not in _json(home2.attempt_path("g", "a", 2, "json"))
+
+
+def test_done_from_a_file_or_bytes_and_forced(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}, {"id": "b", "prompt": "x", "agent": "true"},
+                            {"id": "c", "prompt": "x", "agent": "true"}])
+    plan = home.load_plan("g")
+    src = tmp_path / "out.txt"
+    src.write_bytes(b"from a file")
+    body = lc.commit_done(home, plan, _claim(home, "a"), ended=time.time(), output_from=str(src),
+                          forced_by="admin", held_by="w0 (pid 9)")
+    assert not src.exists() and Path(home.output_path("g", "a")).read_bytes() == b"from a file"
+    assert (body["forced_by"], body["held_by"], body["output_bytes"]) == ("admin", "w0 (pid 9)", 11)
+    body = lc.commit_done(home, plan, _claim(home, "b"), ended=time.time(), output_data=b"data", exit_code=None)
+    assert Path(home.output_path("g", "b")).read_bytes() == b"data" and body["exit_code"] is None
+    assert "forced_by" not in body and "held_by" not in body
+    body = lc.commit_done(home, plan, _claim(home, "c"), ended=time.time())     # nothing captured: empty output
+    assert Path(home.output_path("g", "c")).read_bytes() == b"" and body["output_bytes"] == 0
+    assert not os.path.exists(home.stderr_path("g", "c"))
+
+
+def test_the_retry_prompt_carries_the_last_lines_of_the_failed_attempts_stderr(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "do it", "agent": "true", "retries": 1, "retry_context": "error",
+                             "timeout": 30, "retry_backoff": 0}])
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    lines = [f"line {i:03d} " + "x" * 120 for i in range(40)]
+    Path(home.claim_dir("g", "a"), "stderr").write_text("\n".join(lines) + "\n")
+    lc.commit_failure(home, plan, c, outcome="timeout", ended=time.time(), signal=9)
+    _claim(home, "a")
+    text = Path(home.prompt_path("g", "a")).read_text()
+    assert "# Previous attempt 1 failed" in text and "It was killed after its timeout of 30s." in text
+    tail = text.split("```\n", 1)[1].split("\n```", 1)[0].splitlines()
+    assert tail == lines[-15:]        # the last 2000 bytes from their first whole line: 15 lines of 130 bytes
+    home2 = _home(tmp_path / "2", [{"id": "a", "prompt": "do it", "agent": "true", "retries": 1, "retry_context": "error", "retry_backoff": 0}])
+    plan2 = home2.load_plan("g")
+    c = _claim(home2, "a")
+    short = [f"e{i}" for i in range(30)]
+    Path(home2.claim_dir("g", "a"), "stderr").write_text("\n".join(short) + "\n")
+    lc.commit_failure(home2, plan2, c, outcome="failed", ended=time.time(), exit_code=4)
+    _claim(home2, "a")
+    text = Path(home2.prompt_path("g", "a")).read_text()
+    assert "It exited with code 4." in text
+    assert text.split("```\n", 1)[1].split("\n```", 1)[0].splitlines() == short[-20:]   # at most 20 lines
+
+
+def test_run_id_names_the_home_the_folder_and_the_attempt(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    _claim(home, "a")
+    h = hashlib.sha1(home.root.encode()).hexdigest()[:8]
+    ino = os.stat(home.task_dir("g", "a")).st_ino
+    assert lc.run_id(home, "g", "a", 3) == f"{h}:g/a/{ino:x}/3"
+    assert lc.run_id(home, "g", "nosuch", 1) == f"{h}:g/nosuch/0/1"
+    assert claims.read_owner(home, "g", "a")["run_id"] == lc.run_id(home, "g", "a", 1)
+
+
+def test_break_if_stale_reaps_the_orphan_by_its_handle_or_run_id_and_records_it_lost(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "kill_grace": 2.5},
+                            {"id": "b", "prompt": "x", "agent": "true"}])
+    plan = home.load_plan("g")
+    _claim(home, "a")
+    o = claims.read_owner(home, "g", "a")
+    claims.update_owner(home, "g", "a", {**o, "pid": _dead_pid()})
+    Path(home.claim_dir("g", "a"), "stdout").write_bytes(b"half")
+    reaped = []
+    got = lc.break_if_stale(home, plan, "a", worker="w2", reap=lambda h, grace, run_id: reaped.append((h, grace, run_id)))
+    assert got is not None and got[1:] == (1, None) and got[0].endswith("is gone")
+    assert reaped == [({"runner": "process"}, 2.5, o["run_id"])]
+    rec = _json(home.attempt_path("g", "a", 1, "json"))
+    assert (rec["outcome"], rec["reason"], rec["worker"], rec["started"], rec["counted"]) == ("lost", got[0], "w1", o["since"], False)
+    assert Path(home.attempt_path("g", "a", 1, "out")).read_bytes() == b"half"
+    assert not os.path.exists(home.claim_dir("g", "a"))
+    assert [n for n in os.listdir(home.task_dir("g", "a")) if n.startswith(".claim")] == []
+    # its handle, when published, is what the reaper gets; a claim that died after its marker: no record
+    c = _claim(home, "b")
+    lc.commit_done(home, plan, c, ended=time.time())
+    os.mkdir(home.claim_dir("g", "b"))
+    claims.update_owner(home, "g", "b", {**c.owner, "pid": _dead_pid(), "handle": {"runner": "process", "pid": 1}})
+    reaped.clear()
+    n = len(_events(home))
+    assert tr.break_stale(home, plan, "b", worker="w2", reap=lambda h, grace, run_id: reaped.append(h)).endswith("is gone")
+    assert reaped == [{"runner": "process", "pid": 1}]
+    assert not os.path.exists(home.attempt_path("g", "b", 1, "json")) and len(_events(home)) == n   # ended: no `ready`
+    assert lc.break_if_stale(home, plan, "b", worker="w2") is None                                # nothing left
+
+
+def test_mark_cancelled_names_the_cancel_and_never_covers_done(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}, {"id": "b", "prompt": "x", "agent": "true"}])
+    plan = home.load_plan("g")
+    assert lc.mark_cancelled(home, "g", "a", by="me", reason="r", cancel_id="c1") is True
+    m = _json(home.marker_path("g", "a", "cancelled"))
+    assert (m["by"], m["reason"], m["cancel_id"]) == ("me", "r", "c1")
+    assert lc.mark_cancelled(home, "g", "a", by="me", reason="again") is False
+    lc.commit_done(home, plan, _claim(home, "b"), ended=time.time())
+    assert lc.mark_cancelled(home, "g", "b", by="me", reason="r") is False and lc.marker_of(home, "g", "b") == "done"
+    assert lc.mark_cancelled(home, "g", "new", by="me", reason="r") is True
+    assert "cancel_id" not in _json(home.marker_path("g", "new", "cancelled"))
+
+
+def test_the_rescan_keeps_a_retry_in_its_backoff(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 100},
+                            {"id": "b", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 0}])
+    plan = home.load_plan("g")
+    lc.commit_failure(home, plan, _claim(home, "a"), outcome="failed", ended=time.time())
+    lc.commit_failure(home, plan, _claim(home, "b"), outcome="failed", ended=time.time())   # no backoff
+    sched, facts = lc.build_scheduler(home, plan)
+    assert sched.states() == {"a": "retrying", "b": "ready"} and set(facts) == {"a", "b"}
+    later = lc.build_scheduler(home, plan, now=time.time() + 1000)[0]
+    assert later.states() == {"a": "ready", "b": "ready"}
+    assert lc.claim_task(home, plan, "a", worker="w", kind="engine") is None           # still backing off
+    assert not os.path.exists(home.claim_dir("g", "a"))
