@@ -614,3 +614,119 @@ def test_the_rescan_keeps_a_retry_in_its_backoff(tmp_path):
     assert later.states() == {"a": "ready", "b": "ready"}
     assert lc.claim_task(home, plan, "a", worker="w", kind="engine") is None           # still backing off
     assert not os.path.exists(home.claim_dir("g", "a"))
+
+
+# ------------------------------------------------------------------ transitions.finish and the goal's end
+
+
+def _strip(e):
+    return {k: v for k, v in e.items() if k not in ("ts", "goal", "type")}
+
+
+def test_finish_done_announces_exactly_the_marker_s_numbers(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}, {"id": "b", "prompt": "x", "agent": "true", "deps": ["a"]},
+                            {"id": "c", "prompt": "x", "agent": "true"}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    c = _claim(home, "a")
+    c.started = time.time() - 2
+    fin = tr.finish(home, plan, sched, c, ok=True, worker="w5", output_data=b"12345", extra={"usage": {"usd": 0.1}},
+                    fields={"first_byte": 0.5})
+    assert fin.outcome == "done" and fin.record == _json(home.marker_path("g", "a", "done"))
+    assert fin.changes.ready == ["b"] and fin.changes.blocked == [] and not fin.changes.rebuild
+    e = [x for x in _events(home, ev.TASK_STATUS) if x["task"] == "a"][-1]
+    assert _strip(e) == {"task": "a", "status": "done", "attempt": 1, "worker": "w5", "duration": fin.record["duration"],
+                         "exit_code": 0, "output_bytes": 5, "usage": {"usd": 0.1}, "first_byte": 0.5}
+    assert [_strip(x) for x in _events(home, ev.TASK_STATUS)][-1] == {"task": "b", "status": "ready", "worker": "w5"}
+    # a cache hit: no exit code, `cached` in the marker and the event
+    sched.take()
+    fin = tr.finish(home, plan, sched, _claim(home, "c"), ok=True, worker="w5", output_data=b"hit", cached="k1",
+                    exit_code=7)
+    assert fin.record["cached"] is True and fin.record["cache_key"] == "k1" and fin.record["exit_code"] is None
+    e = _events(home, ev.TASK_STATUS)[-1]
+    assert e["cached"] is True and "exit_code" not in e and e["status"] == "done"
+
+
+def test_finish_failed_retrying_announces_the_retry_and_ready_when_asked(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 0},
+                            {"id": "b", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 100},
+                            {"id": "d", "prompt": "x", "agent": "true", "deps": ["a"]}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    c = _claim(home, "a")
+    fin = tr.finish(home, plan, sched, c, ok=False, worker="w1", exit_code=2, signal=None, reason="bad",
+                    announce_ready=True, extra={"usage": {"usd": 2}}, fields={"strays_killed": 1})
+    assert fin.outcome == "retrying" and fin.changes == tr.Changes() and sched.state_of("a") == "retrying"
+    r, ready = _events(home, ev.TASK_STATUS)[-2:]
+    assert _strip(r) == {"task": "a", "status": "retrying", "attempt": 1, "worker": "w1", "duration": fin.record["duration"],
+                         "exit_code": 2, "reason": "bad", "outcome": "failed", "usage": {"usd": 2},
+                         "retry_at": fin.record["retry_at"]}
+    assert _strip(ready) == {"task": "a", "status": "ready", "attempt": 2, "worker": "w1", "reason": "attempt 1: bad"}
+    sched.take()
+    n = len(_events(home))
+    fin = tr.finish(home, plan, sched, _claim(home, "b"), ok=False, worker="w1", outcome="timeout", signal=9,
+                    announce_ready=True)
+    assert fin.outcome == "retrying" and len(_events(home)) == n + 1      # its backoff has not ended: no `ready`
+    assert _events(home)[-1]["signal"] == 9 and _events(home)[-1]["outcome"] == "timeout"
+    sched.requeue("a")
+    assert sched.take() == "a"
+    n = len(_events(home))
+    fin = tr.finish(home, plan, sched, _claim(home, "a"), ok=False, worker="w1", reason="conflict", final=True)
+    assert fin.outcome == "failed" and fin.record["final"] and fin.changes.blocked == [("d", "a")]
+    assert [(_strip(x).get("status"), x.get("task")) for x in _events(home)[n:]] == [("failed", "a"), (None, "d")]
+
+
+def test_finish_a_final_failure_stops_the_goal_unless_already_handled(tmp_path):
+    tasks = [{"id": "a", "prompt": "x", "agent": "true", "retries": 0, "priority": 1},
+             {"id": "b", "prompt": "x", "agent": "true"}, {"id": "c", "prompt": "x", "agent": "true"}]
+    home = _home(tmp_path, tasks, on_failure="stop")
+    plan, sched = home.load_plan("g"), _sched(home)
+    assert sched.take() == "a"
+    fin = tr.finish(home, plan, sched, _claim(home, "a"), ok=False, worker="w1", reason="x")
+    assert fin.outcome == "failed" and sorted(fin.changes.cancelled) == ["b", "c"]
+    assert lc.marker_of(home, "g", "b") == "cancelled"
+    assert _json(home.marker_path("g", "b", "cancelled"))["reason"] == "goal stopped: a failed (on_failure=stop)"
+    home2 = _home(tmp_path / "2", tasks, on_failure="stop")
+    plan2, sched2 = home2.load_plan("g"), _sched(home2)
+    sched2.take()
+    fin = tr.finish(home2, plan2, sched2, _claim(home2, "a"), ok=False, worker="w1", reason="x", stop_handled=True)
+    assert fin.changes.cancelled == [] and lc.marker_of(home2, "g", "b") is None
+
+
+def test_the_goal_end_is_published_once_with_its_finisher(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    assert tr.end_goal_if_finished(home, plan, sched, "w1") is None          # not finished
+    sched.take()
+    tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"x")
+    size = os.stat(home.events_path("g")).st_size
+    s = tr.end_goal_if_finished(home, plan, sched, "w1")
+    assert s == _json(home.summary_path("g")) and s["events_size"] == size and s["outcome"] == "done"
+    fin = s["finisher"]
+    assert set(fin) == {"worker", "host", "boot_id", "pid", "pid_start", "nonce"}
+    assert (fin["worker"], fin["pid"], fin["host"]) == ("w1", os.getpid(), claims.HOST)
+    e = _events(home, ev.GOAL_FINISHED)
+    assert len(e) == 1 and _strip(e[0]) == {"worker": "w1", "outcome": "done", "counts": {"done": 1},
+                                           "failed_roots": [], "finish_id": fin["nonce"]}
+    assert tr.end_goal_if_finished(home, plan, sched, "w2") is None           # once
+    assert len(_events(home, ev.GOAL_FINISHED)) == 1
+
+
+def test_a_lost_goal_end_of_another_host_waits_a_minute(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"x")
+    s = {"outcome": "done", "counts": {"done": 1}, "failed_roots": [],
+         "finisher": {"worker": "far1", "host": "far", "boot_id": "b", "pid": 1, "pid_start": "1", "nonce": "n1"}}
+    Path(home.summary_path("g")).write_text(json.dumps(s))
+    assert tr.announce_if_lost(home, "g", "w2") is False                     # written just now: give it a minute
+    old = time.time() - 61
+    os.utime(home.summary_path("g"), (old, old))
+    assert tr.announce_if_lost(home, "g", "w2") is True
+    e = _events(home, ev.GOAL_FINISHED)
+    assert len(e) == 1 and _strip(e[0]) == {"worker": "w2", "outcome": "done", "counts": {"done": 1}, "failed_roots": [],
+                                           "finish_id": "n1", "recovered": True}
+    assert tr.announce_if_lost(home, "g", "w3") is False and len(_events(home, ev.GOAL_FINISHED)) == 1
+    Path(home.summary_path("g")).write_text(json.dumps({**s, "finisher": {}}))
+    assert tr.announce_if_lost(home, "g", "w3") is False
