@@ -215,6 +215,55 @@ def test_fair_share_alternates_equal_goals_and_forgets():
     assert fs.take({"F": (full, 1, 1.0)}) is None                # may not start: not picked
 
 
+
+def test_aging_divides_the_wait_by_its_period_and_only_for_a_waiting_class():
+    now = [0.0]
+    s = Scheduler([_T("hi", priority=3), _T("lo", priority=0)], aging=2.0, clock=lambda: now[0])
+    now[0] = 5.0
+    assert s.effective_priority(0) == 2 and s.effective_priority(0, now=9.0) == 4
+    assert s.effective_priority(7) == 7                   # no ready task of priority 7: no wait
+    assert s.ready_ids() == ["hi", "lo"]                  # both classes age alike: 3 + 2 > 0 + 2
+
+
+def test_a_held_template_is_ready_but_never_handed_out():
+    s = Scheduler([_T("tpl"), _T("join", ["tpl"])], hold=["tpl"])
+    assert s.state_of("tpl") == "ready" and s.expandable() == ["tpl"]
+    assert s.ready_ids() == [] and s.peek() is None and s.take() is None and not s.may_start()
+    s.finish("tpl", "done")
+    assert s.expandable() == [] and s.take() == "join"
+
+
+def test_a_requeued_task_is_listed_once():
+    s = Scheduler([_T("a", priority=1), _T("b")])
+    assert s.take() == "a"
+    assert s.requeue("a") == [("a", "ready", None)]
+    assert s.ready_ids() == ["a", "b"] and s.take() == "a" and s.take() == "b"
+
+
+def test_requeue_of_a_task_whose_dependency_failed_meanwhile_blocks_it_and_what_is_below():
+    s = Scheduler([_T("x"), _T("t", ["x"]), _T("u", ["t"])], {"x": "failed", "t": "running"})
+    assert s.state_of("u") == "waiting"
+    assert s.requeue("t") == [("t", "blocked", "x"), ("u", "blocked", "x")]
+    assert s.blocked_by("u") == "x" and s.is_finished()
+
+
+def test_fair_share_strides_by_weight_and_counts_running_tasks_per_weight():
+    fs = FairShare()
+    fs.served("A", 2.0)                                   # a goal never seen: from the current pass
+    assert fs.passes == {"A": 0.5} and fs.vtime == 0.0
+    fs.served("A", 2.0)
+    assert fs.passes == {"A": 1.0} and fs.vtime == 0.5
+    assert fs.pick({"A": (0, 2.0), "B": (0, 1.0)}) == "B"  # B joins at the current pass (0.5): below A's 1.0
+    assert fs.passes["B"] == 0.5
+    assert FairShare().pick({"A": (2, 4.0), "B": (1, 1.0)}) == "A"    # 2 running / weight 4 < 1 / 1
+    assert FairShare().pick({"B": (0, 1.0), "A": (0, 1.0)}) == "A"    # a tie: the goal id
+    fs2 = FairShare()
+    a = Scheduler([_T(f"a{i}") for i in range(6)])
+    b = Scheduler([_T(f"b{i}") for i in range(6)])
+    got = [fs2.take({"A": (a, 0, 2.0), "B": (b, 0, 1.0)})[0] for _ in range(6)]
+    assert got == ["A", "B", "A", "A", "B", "A"]
+
+
 # ------------------------------------------------------------------ transitions without a test before
 def _sched(home):
     return lc.build_scheduler(home, home.load_plan("g"))[0]
