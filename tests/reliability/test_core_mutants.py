@@ -9,6 +9,7 @@ survivors they kill are named in tests/reliability/mutants.md.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -24,7 +25,9 @@ from dagrun import edit
 from dagrun import events as ev
 from dagrun import lifecycle as lc
 from dagrun import transitions as tr
-from dagrun.errors import Refused
+from dagrun.errors import FsError, Refused
+from dagrun.proc import BOOT_ID, HOST, proc_start, self_start
+from dagrun.scheduler import FairShare, Scheduler
 from dagrun.store import Home, now_iso, parse_ts
 from dagrun.usage import RAW_FILE
 
@@ -89,7 +92,6 @@ def test_the_done_marker_records_exactly_the_attempt(tmp_path):
 
 
 # ------------------------------------------------------------------ scheduler: the capacity rules
-from dagrun.scheduler import FairShare, Scheduler  # noqa: E402
 
 
 class _T:
@@ -779,3 +781,91 @@ def test_a_lost_goal_end_of_another_host_waits_a_minute(tmp_path):
     assert tr.announce_if_lost(home, "g", "w3") is False and len(_events(home, ev.GOAL_FINISHED)) == 1
     Path(home.summary_path("g")).write_text(json.dumps({**s, "finisher": {}}))
     assert tr.announce_if_lost(home, "g", "w3") is False
+
+
+# ------------------------------------------------------------------ claim.py: the primitives
+
+
+def test_env_seconds_takes_a_non_negative_number_or_the_default(monkeypatch):
+    for raw, want in (("2.5", 2.5), ("0", 0.0), ("-1", 10.0), ("x", 10.0), ("", 10.0)):
+        monkeypatch.setenv("DAGRUN_TEST_SECONDS", raw)
+        assert claims._env_seconds("DAGRUN_TEST_SECONDS", 10.0) == want, raw
+    monkeypatch.delenv("DAGRUN_TEST_SECONDS")
+    assert claims._env_seconds("DAGRUN_TEST_SECONDS", 3.0) == 3.0
+
+
+def test_new_owner_names_this_process_or_the_given_one():
+    before = time.time()
+    o = claims.new_owner("w1", 4, kind="external")
+    assert set(o) == {"worker", "host", "boot_id", "pid", "pid_start", "attempt", "since", "kind", "nonce", "handle"}
+    assert (o["worker"], o["host"], o["boot_id"], o["pid"], o["pid_start"], o["attempt"], o["kind"], o["handle"]) == (
+        "w1", HOST, BOOT_ID, os.getpid(), self_start(), 4, "external", None)
+    assert len(o["nonce"]) == 12 and int(o["nonce"], 16) >= 0 and o["nonce"] != claims.new_owner("w1", 4, kind="x")["nonce"]
+    assert before - 1 <= parse_ts(o["since"]) <= time.time() + 1
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        o = claims.new_owner("w2", 1, kind="external", pid=child.pid)
+        assert o["pid"] == child.pid and o["pid_start"] == proc_start(child.pid) and o["pid_start"] != self_start()
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_release_removes_a_claim_with_files_left_in_it(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    assert claims.acquire(home, "g", "a")
+    Path(home.claim_dir("g", "a"), "stdout").write_bytes(b"x")
+    claims.release(home, "g", "a")
+    assert [n for n in os.listdir(home.task_dir("g", "a")) if "claim" in n] == []
+    claims.release(home, "g", "a")                         # nothing to release: no error
+    assert claims.acquire(home, "g", "a") and not claims.acquire(home, "g", "a")
+
+
+def test_a_symlinked_task_folder_is_refused_and_a_missing_one_made(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    os.symlink(tmp_path, home.task_dir("g", "b"))
+    with pytest.raises(FsError, match="symbolic link"):
+        claims.acquire(home, "g", "b")
+    assert not os.path.exists(tmp_path / "claim")
+    assert claims.acquire(home, "g", "c") and os.path.isdir(home.claim_dir("g", "c"))
+
+
+def test_holds_and_heartbeat_age(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    assert claims.heartbeat_age(home, "g", "a") is None and not claims.holds(home, "g", "a", "n")
+    assert claims.acquire(home, "g", "a")
+    o = claims.new_owner("w1", 1, kind="engine")
+    claims.update_owner(home, "g", "a", o)
+    assert claims.holds(home, "g", "a", o["nonce"]) and not claims.holds(home, "g", "a", "other")
+    now = time.time()
+    os.utime(home.owner_path("g", "a"), (now - 50, now - 50))
+    assert claims.heartbeat_age(home, "g", "a", now) == pytest.approx(50, abs=0.01)
+    Path(home.heartbeat_path("g", "a")).write_bytes(b"")
+    os.utime(home.heartbeat_path("g", "a"), (now - 20, now - 20))
+    assert claims.heartbeat_age(home, "g", "a", now) == pytest.approx(20, abs=0.01)     # the newest of the two
+    os.utime(home.heartbeat_path("g", "a"), (now - 80, now - 80))
+    assert claims.heartbeat_age(home, "g", "a", now) == pytest.approx(50, abs=0.01)
+    assert 49 < claims.heartbeat_age(home, "g", "a") < 60
+
+
+def test_the_edit_lock_is_shared_or_exclusive(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    path = os.path.join(home.goal_dir("g"), ".edit.lock")
+
+    def can(mode):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+    with claims.edit_lock(home, "g"):
+        assert can(fcntl.LOCK_SH) and not can(fcntl.LOCK_EX)
+    with claims.edit_lock(home, "g", exclusive=True):
+        assert not can(fcntl.LOCK_SH)
+    assert can(fcntl.LOCK_EX)                              # released
+    with claims.edit_lock(home, "nosuch"):                 # no goal: nothing to lock, nothing made
+        pass
+    assert not os.path.exists(home.goal_dir("nosuch"))
