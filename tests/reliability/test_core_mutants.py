@@ -452,6 +452,30 @@ def test_take_over_reattaches_a_stale_claim_whose_attempt_lives(tmp_path):
     assert claims.take_over(home, "g", "a", new["nonce"], "w3", lease=60, adopt=lambda o: True) is None   # live
 
 
+def test_take_over_waits_for_the_break_lock_and_judges_another_host_by_its_lease(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    assert claims.acquire(home, "g", "a")
+    far = {**claims.new_owner("w1", 2, kind="engine"), "host": "elsewhere", "boot_id": "b", "pid": 1}
+    claims.update_owner(home, "g", "a", far)
+    assert claims.take_over(home, "g", "a", far["nonce"], "w2", lease=60, adopt=lambda o: True) is None   # fresh
+    old = time.time() - 120
+    os.utime(home.owner_path("g", "a"), (old, old))
+    lock = os.path.join(home.goal_dir("g"), ".break.lock")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom filelock import FileLock\n"
+                               f"with FileLock({lock!r}):\n    print('held', flush=True)\n    time.sleep(0.8)\n"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        new = claims.take_over(home, "g", "a", far["nonce"], "w2", lease=60, adopt=lambda o: True)
+        assert time.monotonic() - t0 > 0.3                  # it waited for the other breaker
+    finally:
+        holder.kill()
+        holder.wait()
+    assert new is not None and new["host"] == HOST and new["attempt"] == 2 and new["reattached"] == 1
+    assert new["kind"] == "engine" and claims.read_owner(home, "g", "a") == new
+
+
 def test_sweep_leftovers_removes_only_claims_renamed_away(tmp_path):
     home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
     tdir = Path(home.task_dir("g", "a"))
