@@ -476,6 +476,32 @@ def test_take_over_waits_for_the_break_lock_and_judges_another_host_by_its_lease
     assert new["kind"] == "engine" and claims.read_owner(home, "g", "a") == new
 
 
+def test_a_symlinked_owner_json_is_not_read_and_a_symlinked_claim_is_stale(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}, {"id": "b", "prompt": "x", "agent": "true"}])
+    assert claims.acquire(home, "g", "a")
+    fake = tmp_path / "fake.json"
+    fake.write_text(json.dumps(claims.new_owner("intruder", 1, kind="engine")))
+    os.symlink(fake, home.owner_path("g", "a"))
+    assert claims.read_owner(home, "g", "a") is None            # never read through a link
+    os.makedirs(home.task_dir("g", "b"), exist_ok=True)
+    os.symlink(tmp_path, home.claim_dir("g", "b"))
+    assert claims.read_owner(home, "g", "b") is None
+    assert claims.judge(home, "g", "b", None, lease=60) == "the claim is a symbolic link (not made by dagrun)"
+
+
+def test_a_claim_being_born_is_live_for_exactly_its_grace(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    assert claims.acquire(home, "g", "a")
+    ctime = os.stat(home.claim_dir("g", "a")).st_ctime
+    now = ctime + 10.0
+    grace = now - ctime                                          # the age judge computes, to the bit
+    assert claims.judge(home, "g", "a", None, lease=60, grace=grace, now=now) is None
+    assert claims.judge(home, "g", "a", None, lease=60, grace=grace - 0.01, now=now) == \
+        "half-created claim (no owner.json) for 10s"
+    claims.release(home, "g", "a")
+    assert claims.judge(home, "g", "a", None, lease=60, grace=0, now=now) is None   # gone: nothing to break
+
+
 def test_sweep_leftovers_removes_only_claims_renamed_away(tmp_path):
     home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
     tdir = Path(home.task_dir("g", "a"))
