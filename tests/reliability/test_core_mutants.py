@@ -310,15 +310,16 @@ def test_an_approval_gate_awaits_then_approve_commits_the_decision(tmp_path):
 
 
 def test_an_approval_gate_past_its_timeout_is_rejected_by_whoever_looks(tmp_path):
-    home = _home(tmp_path, [{"id": "gate", "prompt": "x", "approval": {"prompt": "Go?", "timeout": 5}},
-                            {"id": "after", "prompt": "y", "agent": "true", "deps": ["gate"]},
-                            {"id": "free", "prompt": "y", "agent": "true", "approval": {"prompt": "Other?"}}])
+    home = _home(tmp_path, [{"id": "free", "prompt": "y", "agent": "true", "approval": {"prompt": "Other?"}},
+                            {"id": "gate", "prompt": "x", "approval": {"prompt": "Go?", "timeout": 5}},
+                            {"id": "after", "prompt": "y", "agent": "true", "deps": ["gate"]}])
     plan, sched = home.load_plan("g"), _sched(home)
-    for t in ("gate", "free"):
-        assert sched.take() == t
+    for _ in range(2):                 # `free`, a gate without a timeout, is first in plan order: the
+        t = sched.take()               # gates after it are still looked at
         tr.await_approval(home, plan, sched, lc.claim_task(home, plan, t, worker="w1", kind="engine"), worker="w1")
     at = parse_ts(lc.awaiting_of(home, "g", "gate")["timeout_at"])
     assert lc.awaiting_of(home, "g", "free")["timeout_at"] is None
+    assert tr.expire_approvals(home, plan, sched, worker="w2") == ([], at)           # now: not yet
     assert tr.expire_approvals(home, plan, sched, worker="w2", now=at - 1) == ([], at)
     assert tr.expire_approvals(home, plan, sched, worker="w2", now=at) == (["gate"], None)
     failed = _json(home.marker_path("g", "gate", "failed"))
@@ -329,6 +330,47 @@ def test_an_approval_gate_past_its_timeout_is_rejected_by_whoever_looks(tmp_path
     fin = tr.decide(home, plan, sched, "free", approve=False, by="bob", text="no")
     assert fin.outcome == "failed" and _json(home.marker_path("g", "free", "failed"))["outcome"] == "rejected"
     assert sched.is_finished()
+
+
+def test_an_ended_attempt_gives_its_resource_units_back_before_anything_else(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "mutex": "db", "retries": 1, "retry_backoff": 0},
+                            {"id": "b", "prompt": "x", "agent": "true", "mutex": "db"}])
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    assert c.resources == {"db": 1} and c.owner["units"]
+    from dagrun import resources as res
+    with pytest.raises(res.Busy):                           # the one unit of db is held
+        lc.claim_task(home, plan, "b", worker="w2", kind="external")
+    tr.interrupted(home, None, c, outcome="interrupted", reason="stop", worker="w9")
+    e = _events(home, ev.TASK_RESOURCES)
+    assert len(e) == 1 and _strip(e[0]) == {"task": "a", "attempt": 1, "released": ["db"], "why": "interrupted",
+                                           "worker": "w9"}
+    assert [x["type"] for x in _events(home)][-2:] == [ev.TASK_RESOURCES, ev.TASK_STATUS]   # released first
+    cb = lc.claim_task(home, plan, "b", worker="w2", kind="external")                      # the unit is free
+    sched = _sched(home)
+    tr.finish(home, plan, sched, cb, ok=False, worker="w2", reason="x")
+    assert _strip(_events(home, ev.TASK_RESOURCES)[-1])["why"] == "failed"
+    ca = _claim(home, "a")
+    tr.finish(home, plan, sched, ca, ok=True, worker="w3", output_data=b"")
+    last = _strip(_events(home, ev.TASK_RESOURCES)[-1])
+    assert (last["task"], last["why"], last["worker"], last["attempt"]) == ("a", "done", "w3", 2)
+
+
+def test_decided_at_is_the_decision_s_time_in_utc_whatever_the_local_zone(tmp_path, monkeypatch):
+    home = _home(tmp_path, [{"id": "gate", "prompt": "x", "approval": {"prompt": "Go?"}}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    tr.await_approval(home, plan, sched, lc.claim_task(home, plan, "gate", worker="w1", kind="engine"), worker="w1")
+    monkeypatch.setenv("TZ", "Asia/Kolkata")               # +05:30: a local time would show
+    time.tzset()
+    try:
+        tr.decide(home, plan, sched, "gate", approve=True, by="alice")      # no note
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    done = _json(home.marker_path("g", "gate", "done"))
+    assert done["decided_at"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(parse_ts(done["ended"])))
+    assert "note" not in done and Path(home.output_path("g", "gate")).read_bytes() == b""
 
 
 # ------------------------------------------------------------------ a false condition
@@ -386,8 +428,8 @@ def test_an_interrupted_attempt_is_recorded_uncounted_and_the_task_is_ready_agai
     assert Path(home.attempt_path("g", "a", 1, "prompt.md")).read_text().startswith("x")
     assert not os.path.exists(cdir) and lc.marker_of(home, "g", "a") is None
     ready = _events(home, ev.TASK_STATUS)[-1]
-    assert (ready["status"], ready["attempt"], ready["reason"], ready["usage"], ready["worker"]) == (
-        "ready", 2, "attempt 1: engine stopped", {"usd": 0.5}, "w9")
+    assert (ready["task"], ready["status"], ready["attempt"], ready["reason"], ready["usage"], ready["worker"]) == (
+        "a", "ready", 2, "attempt 1: engine stopped", {"usd": 0.5}, "w9")
     assert sched.state_of("a") == "ready"
     c2 = _claim(home, "a")
     assert c2.attempt == 2          # the interrupted attempt used a number, not a retry
