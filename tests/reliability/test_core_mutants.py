@@ -961,3 +961,71 @@ def test_the_edit_lock_is_shared_or_exclusive(tmp_path):
     with claims.edit_lock(home, "nosuch"):                 # no goal: nothing to lock, nothing made
         pass
     assert not os.path.exists(home.goal_dir("nosuch"))
+
+
+# ------------------------------------------------------------------ hooks of a cascade, Changes, finishers of another boot
+
+
+def _wait_files(d: Path, n: int, timeout: float = 15.0) -> list[str]:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        names = sorted(os.listdir(d))
+        if len(names) >= n:
+            return names
+        time.sleep(0.05)
+    return sorted(os.listdir(d))
+
+
+def test_a_final_failure_under_stop_runs_the_failed_blocked_and_cancelled_hooks_once(tmp_path):
+    got = tmp_path / "hooks-ran"
+    got.mkdir()
+    hook = ["sh", "-c", f'cat > "{got}/$DAGRUN_HOOK_EVENT-$DAGRUN_TASK"']
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 0, "priority": 1},
+                            {"id": "b", "prompt": "x", "agent": "true", "deps": ["a"]},
+                            {"id": "c", "prompt": "x", "agent": "true"}],
+                 on_failure="stop", hooks={"on_failed": [hook], "on_blocked": [hook], "on_cancelled": [hook]})
+    plan, sched = home.load_plan("g"), _sched(home)
+    assert sched.take() == "a"
+    fin = tr.finish(home, plan, sched, _claim(home, "a"), ok=False, worker="w1", reason="bad")
+    assert fin.changes.blocked == [("b", "a")] and fin.changes.cancelled == ["c"]
+    assert _wait_files(got, 3) == ["on_blocked-b", "on_cancelled-c", "on_failed-a"]
+    blocked = json.loads((got / "on_blocked-b").read_text())
+    assert (blocked["type"], blocked["task"], blocked["blocked_by"], blocked["reason"]) == (
+        ev.TASK_BLOCKED, "b", "a", "failed dependency")
+    cancelled = json.loads((got / "on_cancelled-c").read_text())
+    assert (cancelled["status"], cancelled["worker"], cancelled["reason"]) == (
+        "cancelled", "w1", "goal stopped: a failed (on_failure=stop)")
+    assert json.loads((got / "on_failed-a").read_text())["reason"] == "bad"
+    assert _json(home.marker_path("g", "c", "cancelled"))["by"] == "w1"
+    end = time.monotonic() + 15
+    while time.monotonic() < end and [n for n in os.listdir(home.hooks_due_dir("g")) if n.endswith(".json")]:
+        time.sleep(0.05)
+    assert [n for n in os.listdir(home.hooks_due_dir("g")) if n.endswith(".json")] == []   # all delivered
+    time.sleep(0.2)
+    assert len(os.listdir(got)) == 3                                                     # once each
+
+
+def test_changes_extend_concatenates_and_keeps_a_rebuild():
+    a = tr.Changes(ready=["r1"], blocked=[("b1", "x")], cancelled=["c1"], skipped=[("s1", "y")])
+    a.extend(tr.Changes(ready=["r2"], blocked=[("b2", "z")], cancelled=["c2"], skipped=[("s2", "w")], rebuild=True))
+    assert a == tr.Changes(ready=["r1", "r2"], blocked=[("b1", "x"), ("b2", "z")], cancelled=["c1", "c2"],
+                           skipped=[("s1", "y"), ("s2", "w")], rebuild=True)
+    a.extend(tr.Changes())
+    assert a.rebuild is True and a.ready == ["r1", "r2"]
+
+
+def test_a_goal_end_of_a_finisher_before_a_reboot_or_with_a_reused_pid(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"x")
+    base = {"outcome": "done", "counts": {"done": 1}, "failed_roots": []}
+    # this host, an earlier boot: judged like another host's (its summary is fresh: wait)
+    Path(home.summary_path("g")).write_text(json.dumps({**base, "finisher": {
+        "worker": "old", "host": HOST, "boot_id": "an-earlier-boot", "pid": _dead_pid(), "pid_start": "1", "nonce": "n1"}}))
+    assert tr.announce_if_lost(home, "g", "w2") is False
+    # this host and boot, our pid with another start time: the finisher is dead, announce for it
+    Path(home.summary_path("g")).write_text(json.dumps({**base, "finisher": {
+        "worker": "old", "host": HOST, "boot_id": BOOT_ID, "pid": os.getpid(), "pid_start": "1", "nonce": "n2"}}))
+    assert tr.announce_if_lost(home, "g", "w2") is True
+    assert [e["finish_id"] for e in _events(home, ev.GOAL_FINISHED)] == ["n2"]
