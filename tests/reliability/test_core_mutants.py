@@ -338,6 +338,8 @@ def test_an_ended_attempt_gives_its_resource_units_back_before_anything_else(tmp
     plan = home.load_plan("g")
     c = _claim(home, "a")
     assert c.resources == {"db": 1} and c.owner["units"]
+    tr.started(home, c, worker="w1")
+    assert _events(home, ev.TASK_STATUS)[-1]["resources"] == {"db": 1}       # the running event names them
     from dagrun import resources as res
     with pytest.raises(res.Busy):                           # the one unit of db is held
         lc.claim_task(home, plan, "b", worker="w2", kind="external")
@@ -811,6 +813,7 @@ def test_finish_failed_retrying_announces_the_retry_and_ready_when_asked(tmp_pat
                     announce_ready=True)
     assert fin.outcome == "retrying" and len(_events(home)) == n + 1      # its backoff has not ended: no `ready`
     assert _events(home)[-1]["signal"] == 9 and _events(home)[-1]["outcome"] == "timeout"
+    assert fin.record["reason"] == "" and _events(home)[-1]["reason"] == ""     # none given: empty
     sched.requeue("a")
     assert sched.take() == "a"
     n = len(_events(home))
