@@ -972,17 +972,18 @@ def test_the_edit_lock_is_shared_or_exclusive(tmp_path):
 def _wait_files(d: Path, n: int, timeout: float = 15.0) -> list[str]:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        names = sorted(os.listdir(d))
+        names = sorted(x for x in os.listdir(d) if not x.startswith("."))
         if len(names) >= n:
             return names
         time.sleep(0.05)
-    return sorted(os.listdir(d))
+    return sorted(x for x in os.listdir(d) if not x.startswith("."))
 
 
 def test_a_final_failure_under_stop_runs_the_failed_blocked_and_cancelled_hooks_once(tmp_path):
     got = tmp_path / "hooks-ran"
     got.mkdir()
-    hook = ["sh", "-c", f'cat > "{got}/$DAGRUN_HOOK_EVENT-$DAGRUN_TASK"']
+    name = '"$DAGRUN_HOOK_EVENT-$DAGRUN_TASK"'          # published by rename: never read half-written
+    hook = ["sh", "-c", f'cat > "{got}"/.{name} && mv "{got}"/.{name} "{got}"/{name}']
     home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 0, "priority": 1},
                             {"id": "b", "prompt": "x", "agent": "true", "deps": ["a"]},
                             {"id": "c", "prompt": "x", "agent": "true"}],
