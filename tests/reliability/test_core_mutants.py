@@ -23,6 +23,7 @@ import pytest
 from dagrun import claim as claims
 from dagrun import edit
 from dagrun import events as ev
+from dagrun import fanout
 from dagrun import lifecycle as lc
 from dagrun import transitions as tr
 from dagrun.errors import FsError, Refused
@@ -692,6 +693,35 @@ def test_the_retry_prompt_carries_the_last_lines_of_the_failed_attempts_stderr(t
     text = Path(home2.prompt_path("g", "a")).read_text()
     assert "It exited with code 4." in text
     assert text.split("```\n", 1)[1].split("\n```", 1)[0].splitlines() == short[-20:]   # at most 20 lines
+
+
+def test_a_join_over_a_fan_out_shares_its_context_budget_between_the_instances(tmp_path):
+    home = _home(tmp_path, [{"id": "src", "prompt": "x", "agent": "true"},
+                            {"id": "tpl", "for_each": {"from": "src"}, "prompt": "do {{item}}", "agent": "true"},
+                            {"id": "join", "deps": ["tpl"], "prompt": "Summarise", "agent": "true", "context_limit": 90}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    assert sched.take() == "src"
+    tr.finish(home, plan, sched, _claim(home, "src"), ok=True, worker="w1", output_data=json.dumps(["a", "b", "c"]).encode())
+    assert fanout.expand_one(home, "g", "tpl", "w1") is True
+    plan = home.load_plan("g")
+    sched = _sched(home)
+    for k in range(3):
+        t = f"tpl.{k}"
+        c = lc.claim_task(home, plan, t, worker="w1", kind="external")
+        assert Path(home.prompt_path("g", t)).read_text().startswith(f"do {'abc'[k]}")
+        tr.finish(home, plan, sched, c, ok=True, worker="w1", output_data=(f"<{k}>" + "x" * 26 + "TAIL" * 5).encode())
+    fanout.join(home, plan, sched, lc.claim_task(home, plan, "tpl", worker="w1", kind="engine"), "w1")
+    assert lc.marker_of(home, "g", "tpl") == "done"
+    c = lc.claim_task(home, plan, "join", worker="w1", kind="external")
+    text = Path(home.prompt_path("g", "join")).read_text()
+    for k in range(3):                   # 90 // 3 = 30 bytes of each instance's 50
+        assert f"<{k}>" + "x" * 26 + "T" in text and f"<{k}>" + "x" * 26 + "TA" not in text, text
+    assert text.index("<0>") < text.index("<1>") < text.index("<2>")
+    os.remove(home.output_path("g", "tpl.1"))        # an instance's output vanished (archived): stale view
+    lc.commit_failure(home, plan, c, outcome="interrupted", ended=time.time())
+    with pytest.raises(lc.Stale, match="g/tpl.1 is no longer done"):
+        lc.claim_task(home, plan, "join", worker="w1", kind="external")
+    assert not os.path.exists(home.claim_dir("g", "join"))
 
 
 def test_run_id_names_the_home_the_folder_and_the_attempt(tmp_path):
