@@ -392,6 +392,7 @@ def test_a_false_condition_skips_the_task_with_its_reason(tmp_path):
     ch = tr.skip(home, plan, sched, cb, worker="w1")
     m = _json(home.marker_path("g", "b", "skipped"))
     assert m["reason"] == cb.skip and m["worker"] == "w1" and m["when"] == {"output_of": "a", "contains": "YES"}
+    assert abs(parse_ts(m["ts"]) - time.time()) < 60 and set(m) == {"reason", "worker", "ts", "when"}
     assert not os.path.exists(home.claim_dir("g", "b")) and lc.marker_of(home, "g", "b") == "skipped"
     assert ch.skipped == [("c", "b")]
     sk = [e for e in _events(home, ev.TASK_STATUS) if e["status"] == "skipped"]
@@ -722,6 +723,46 @@ def test_a_join_over_a_fan_out_shares_its_context_budget_between_the_instances(t
     with pytest.raises(lc.Stale, match="g/tpl.1 is no longer done"):
         lc.claim_task(home, plan, "join", worker="w1", kind="external")
     assert not os.path.exists(home.claim_dir("g", "join"))
+
+
+def _retry_prompt(tmp_path, sub: str, stderr: bytes | None) -> str:
+    home = _home(tmp_path / sub, [{"id": "a", "prompt": "do it", "agent": "true", "retries": 1, "retry_context": "error",
+                                   "retry_backoff": 0}])
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    if stderr is not None:
+        Path(home.claim_dir("g", "a"), "stderr").write_bytes(stderr)
+    lc.commit_failure(home, plan, c, outcome="failed", ended=time.time(), exit_code=3)
+    _claim(home, "a")
+    return Path(home.prompt_path("g", "a")).read_text()
+
+
+def _tail_of(text: str) -> str:
+    return text.split("```\n", 1)[1].split("\n```", 1)[0]
+
+
+def test_the_stderr_tail_of_a_retry_prompt_at_its_edges(tmp_path):
+    assert _tail_of(_retry_prompt(tmp_path, "short", b"e0\ne1\ne2\n")) == "e0\ne1\ne2"        # a short file whole
+    text = _retry_prompt(tmp_path, "none", None)                                        # no stderr at all
+    assert "It exited with code 3." in text and "stderr" not in text.split("# Previous attempt 1 failed", 1)[1]
+    assert _tail_of(_retry_prompt(tmp_path, "bad", b"ok \xff\xfe end\n")) == "ok \ufffd\ufffd end"   # not UTF-8
+    exact = b"first line\n" + b"y" * (2000 - 11 - 1) + b"\n"                              # exactly 2000 bytes
+    assert _tail_of(_retry_prompt(tmp_path, "exact", exact)).startswith("first line\n")
+    words = b"".join(b"w%03d " % i + b"ab " * 48 + b"\n" for i in range(60))           # 151-byte lines with spaces
+    tail = _tail_of(_retry_prompt(tmp_path, "words", words)).splitlines()              # the cut line is dropped whole
+    assert tail == words[-2000:].decode().split("\n", 1)[1].splitlines() and len(tail) == 13
+    assert tail[0].startswith("w047 ") and tail[-1].startswith("w059 ")
+    one = b"z" * 3000                                                                   # one long line, no newline
+    assert _tail_of(_retry_prompt(tmp_path, "one", one)) == "z" * 2000
+
+
+def test_a_symlinked_awaiting_file_is_not_read(tmp_path):
+    home = _home(tmp_path, [{"id": "gate", "prompt": "x", "approval": {"prompt": "Go?"}}])
+    os.makedirs(home.task_dir("g", "gate"), exist_ok=True)
+    fake = tmp_path / "fake.json"
+    fake.write_text(json.dumps({"prompt": "forged", "since": "2020-01-01T00:00:00Z"}))
+    os.symlink(fake, os.path.join(home.task_dir("g", "gate"), "awaiting"))
+    assert lc.awaiting_of(home, "g", "gate") is None
 
 
 def test_run_id_names_the_home_the_folder_and_the_attempt(tmp_path):
