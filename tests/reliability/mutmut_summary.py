@@ -4,7 +4,8 @@
 
 Columns: mutants; run (a verdict exists); killed (a test failed); timeout (the mutant's tests
 ran past mutmut's CPU limit); survived; no test (no selected test calls the function);
-not run; and the score killed / (run - no test), with timeouts counted as killed beside it.
+not run; and the score killed / run (a mutant without a test counts as not killed), with
+timeouts counted as killed beside it.
 -s lists the surviving, timed-out and untested mutants by name (for tests/reliability/mutants.md).
 Not a test (no test_ prefix): a helper for README.md "Mutation testing".
 """
@@ -37,7 +38,7 @@ def tally(module: str, root: str = "mutants/dagrun") -> dict[str, collections.Co
 def row(name: str, c: collections.Counter) -> str:
     total = sum(c.values())
     run = total - c["not run"]
-    judged = run - c["no test"] - c["skipped"]
+    judged = run - c["skipped"]        # a mutant no test calls is not killed: it counts against the score
     score = 100.0 * c["killed"] / judged if judged else 0.0
     with_t = 100.0 * (c["killed"] + c["timeout"]) / judged if judged else 0.0
     return (f"| {name} | {total} | {run} | {c['killed']} | {c['timeout']} | {c['survived']} | {c['no test']} | "

@@ -1104,3 +1104,52 @@ def test_a_goal_end_of_a_finisher_before_a_reboot_or_with_a_reused_pid(tmp_path)
         "worker": "old", "host": HOST, "boot_id": BOOT_ID, "pid": os.getpid(), "pid_start": "1", "nonce": "n2"}}))
     assert tr.announce_if_lost(home, "g", "w2") is True
     assert [e["finish_id"] for e in _events(home, ev.GOAL_FINISHED)] == ["n2"]
+
+
+def _ended_goal(tmp_path, **top):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}], **top)
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"x")
+    return home
+
+
+def _far_summary(home, nonce: str, age: float) -> None:
+    s = {"outcome": "done", "counts": {"done": 1}, "failed_roots": [],
+         "finisher": {"worker": "far1", "host": "far", "boot_id": "b", "pid": 1, "pid_start": "1", "nonce": nonce}}
+    Path(home.summary_path("g")).write_text(json.dumps(s))
+    old = time.time() - age
+    os.utime(home.summary_path("g"), (old, old))
+
+
+def test_a_lost_goal_end_is_announced_after_exactly_a_minute_under_the_break_lock_without_hooks(tmp_path):
+    got = tmp_path / "hooks-ran"
+    got.mkdir()
+    home = _ended_goal(tmp_path, hooks={"on_goal_finished": [["sh", "-c", f"cat > {got}/ran"]]})
+    _far_summary(home, "n1", 60.5)
+    lock = os.path.join(home.goal_dir("g"), ".break.lock")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom filelock import FileLock\n"
+                               f"with FileLock({lock!r}):\n    print('held', flush=True)\n    time.sleep(0.8)\n"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        assert tr.announce_if_lost(home, "g", "w2") is True
+        assert time.monotonic() - t0 > 0.3                       # it waited for the other process's lock
+    finally:
+        holder.kill()
+        holder.wait()
+    assert [e["finish_id"] for e in _events(home, ev.GOAL_FINISHED)] == ["n1"]
+    time.sleep(0.5)
+    assert os.listdir(got) == []      # the hooks are the dead finisher's pending record's business
+
+
+def test_a_goal_end_announced_long_ago_is_found_in_the_whole_file(tmp_path):
+    home = _ended_goal(tmp_path)
+    _far_summary(home, "n9", 120)
+    assert tr.announce_if_lost(home, "g", "w2") is True
+    for i in range(700):                                         # > 64 KiB of later events
+        ev.emit(home, "g", ev.TASK_STATUS, task="a", status="note", pad="p" * 100, i=i)
+    assert os.path.getsize(home.events_path("g")) > 70000
+    assert tr.announce_if_lost(home, "g", "w3") is False         # beyond the tail: found under the lock
+    assert [e["finish_id"] for e in _events(home, ev.GOAL_FINISHED)] == ["n9"]
