@@ -305,7 +305,7 @@ def test_an_approval_gate_awaits_then_approve_commits_the_decision(tmp_path):
     assert done["approval_since"] == since and done["exit_code"] == 0 and done["worker"] == "alice"
     assert lc.awaiting_of(home, "g", "gate") is None and not os.path.exists(home.claim_dir("g", "gate"))
     last = [e for e in _events(home, ev.TASK_STATUS) if e["task"] == "gate"][-1]
-    assert (last["status"], last["approved"], last["decided_by"]) == ("done", True, "alice")
+    assert (last["status"], last["approved"], last["decided_by"], last["worker"]) == ("done", True, "alice", "alice")
     with pytest.raises(Refused, match="already done"):
         tr.decide(home, plan, sched, "gate", approve=False, by="bob")
 
@@ -330,6 +330,8 @@ def test_an_approval_gate_past_its_timeout_is_rejected_by_whoever_looks(tmp_path
     assert lc.awaiting_of(home, "g", "gate") is None
     fin = tr.decide(home, plan, sched, "free", approve=False, by="bob", text="no")
     assert fin.outcome == "failed" and _json(home.marker_path("g", "free", "failed"))["outcome"] == "rejected"
+    e = [x for x in _events(home, ev.TASK_STATUS) if x["task"] == "free"][-1]
+    assert (e["status"], e["decided_by"], e["worker"], e["reason"]) == ("failed", "bob", "bob", "no")
     assert sched.is_finished()
 
 
@@ -397,7 +399,7 @@ def test_a_false_condition_skips_the_task_with_its_reason(tmp_path):
     assert ch.skipped == [("c", "b")]
     sk = [e for e in _events(home, ev.TASK_STATUS) if e["status"] == "skipped"]
     assert [(e["task"], e["reason"]) for e in sk] == [("b", cb.skip), ("c", "b was skipped")]
-    assert sk[1]["skipped_by"] == "b" and sk[1]["derived"] is True
+    assert sk[1]["skipped_by"] == "b" and sk[1]["derived"] is True and [e["worker"] for e in sk] == ["w1", "w1"]
 
 
 def test_a_true_condition_runs_the_task(tmp_path):
@@ -854,6 +856,10 @@ def test_finish_done_announces_exactly_the_marker_s_numbers(tmp_path):
     assert _strip(e) == {"task": "a", "status": "done", "attempt": 1, "worker": "w5", "duration": fin.record["duration"],
                          "exit_code": 0, "output_bytes": 5, "usage": {"usd": 0.1}, "first_byte": 0.5}
     assert [_strip(x) for x in _events(home, ev.TASK_STATUS)][-1] == {"task": "b", "status": "ready", "worker": "w5"}
+    assert tr.finish(home, plan, sched, _claim(home, "b"), ok=True, worker="w5", output_data=b"", exit_code=3,
+                     ended=c.started + 100, extra={"node": "n4"}).record["exit_code"] == 3
+    e = _events(home, ev.TASK_STATUS)[-1]
+    assert (e["task"], e["exit_code"], e["node"], e["duration"]) == ("b", 3, "n4", round(c.started + 100 - e["duration"], 3) and e["duration"])
     # a cache hit: no exit code, `cached` in the marker and the event
     sched.take()
     fin = tr.finish(home, plan, sched, _claim(home, "c"), ok=True, worker="w5", output_data=b"hit", cached="k1",
@@ -876,7 +882,7 @@ def test_finish_failed_retrying_announces_the_retry_and_ready_when_asked(tmp_pat
     r, ready = _events(home, ev.TASK_STATUS)[-2:]
     assert _strip(r) == {"task": "a", "status": "retrying", "attempt": 1, "worker": "w1", "duration": fin.record["duration"],
                          "exit_code": 2, "reason": "bad", "outcome": "failed", "usage": {"usd": 2},
-                         "retry_at": fin.record["retry_at"]}
+                         "retry_at": fin.record["retry_at"], "strays_killed": 1}     # `fields` too
     assert _strip(ready) == {"task": "a", "status": "ready", "attempt": 2, "worker": "w1", "reason": "attempt 1: bad"}
     sched.take()
     n = len(_events(home))
@@ -885,6 +891,10 @@ def test_finish_failed_retrying_announces_the_retry_and_ready_when_asked(tmp_pat
     assert fin.outcome == "retrying" and len(_events(home)) == n + 1      # its backoff has not ended: no `ready`
     assert _events(home)[-1]["signal"] == 9 and _events(home)[-1]["outcome"] == "timeout"
     assert fin.record["reason"] == "" and _events(home)[-1]["reason"] == ""     # none given: empty
+    sched.requeue("a")
+    assert sched.take() == "a"
+    fin = tr.finish(home, plan, sched, _claim(home, "a"), ok=False, worker="w1", reason="again")
+    assert fin.outcome == "retrying" and _events(home)[-1]["status"] == "retrying"     # no `ready` unless asked
     sched.requeue("a")
     assert sched.take() == "a"
     n = len(_events(home))
