@@ -219,6 +219,41 @@ def test_fair_share_alternates_equal_goals_and_forgets():
 
 
 
+def test_scheduler_rules_at_their_defaults_and_edges():
+    FairShare().forget("never-seen")                              # nothing to forget: no error
+    s = Scheduler([_T("a")])
+    s.set_resources({"a": {"gpu": 1}}, {})                         # a pool the files say nothing about: 0 free
+    assert s.resource_held() == {"a": ["gpu"]} and s.take() is None
+    r = Scheduler([_T("free", priority=1), _T("b")])
+    r.set_resources({"free": {}, "b": {"gpu": 1}}, {"gpu": 0})     # a task needing nothing does not end the list
+    assert r.resource_held() == {"b": ["gpu"]}
+    b = Scheduler([_T("a")], budget={"usd": 5.0}, estimates={"a": 4.5})
+    b.set_budget({"usd": 5.0}, {})                                 # nothing spent yet
+    assert b.fits_budget("a")
+    b.set_budget({"usd": 5.0}, {"usd": 0.5})                       # 0.5 + 4.5 == 5: fits exactly
+    assert b.fits_budget("a")
+    b.set_budget({"tokens": 1}, {})
+    assert b.fits_budget("a")
+
+
+def test_keep_waits_only_for_classes_that_were_waiting():
+    now = [0.0]
+    clock = lambda: now[0]
+    old = Scheduler([_T("hi", priority=2)], aging=1.0, clock=clock)
+    now[0] = 3.0
+    new = Scheduler([_T("hi", priority=2), _T("lo", priority=0)], aging=1.0, clock=clock)
+    new.keep_waits(old)                                            # lo's class is new: no wait to keep
+    assert new.effective_priority(0) == 0 and new.effective_priority(2) == 5
+    now[0] = 0.0
+    served = Scheduler([_T("x", priority=0)], aging=1.0, clock=clock)
+    now[0] = 1.0
+    assert served.take() == "x"                                    # its class served and now empty
+    now[0] = 5.0
+    again = Scheduler([_T("x", priority=0)], aging=1.0, clock=clock)
+    again.keep_waits(served)
+    assert again.effective_priority(0) == 0                        # the old class was not waiting
+
+
 def test_aging_divides_the_wait_by_its_period_and_only_for_a_waiting_class():
     now = [0.0]
     s = Scheduler([_T("hi", priority=3), _T("lo", priority=0)], aging=2.0, clock=lambda: now[0])
