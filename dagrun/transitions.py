@@ -265,6 +265,7 @@ def finish(home: Home, plan: Plan, sched: Scheduler, c: Claim, *, ok: bool, work
     common = dict(attempt=c.attempt, worker=worker, duration=rec["duration"], exit_code=rec.get("exit_code"),
                   signal=rec.get("signal"), reason=rec.get("reason"), outcome=rec["outcome"], usage=rec.get("usage"),
                   node=rec.get("node"))
+    common.update(fields or {})     # e.g. a rejected gate's decided_by (docs/conditions.md), like a success's
     if rec["final"]:
         _status(home, plan, g, t, ev.FAILED, pending=pending, **common, **forced)
         ch = _changes(home, g, sched.finish(t, S.FAILED), worker, plan, blocked_due, skipped_due)

@@ -1,0 +1,1200 @@
+"""The claim / commit / transition code's records, pinned field by field (issue 21, mutation
+testing of claim.py, lifecycle.py, transitions.py; README.md "Mutation testing").
+
+Each test drives the public functions of lifecycle / transitions / claim on a real home
+under tmp_path (real files, real processes for holders) and checks what a user or another
+process reads: the markers, attempts/<n>.json, the captures, events.jsonl. mutmut swaps
+functions inside the test process, so these are the tests that see its mutants; the
+survivors they kill are named in tests/reliability/mutants.md.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dagrun import claim as claims
+from dagrun import edit
+from dagrun import events as ev
+from dagrun import fanout
+from dagrun import lifecycle as lc
+from dagrun import transitions as tr
+from dagrun.errors import FsError, Refused
+from dagrun.proc import BOOT_ID, HOST, proc_start, self_start
+from dagrun.scheduler import FairShare, Scheduler
+from dagrun.store import Home, now_iso, parse_ts
+from dagrun.usage import RAW_FILE
+
+
+def _home(tmp_path: Path, tasks: list[dict], **top) -> Home:
+    doc = {"goal": "g", **top, "tasks": tasks}
+    p = tmp_path / "plan" / "dag.json"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(doc))
+    home = Home(str(tmp_path / "home"))
+    assert edit.submit(home, str(p)).goal == "g"
+    return home
+
+
+def _json(path: str) -> dict:
+    with open(path, "rb") as f:
+        return json.loads(f.read())
+
+
+def _events(home: Home, kind: str | None = None) -> list[dict]:
+    with open(home.events_path("g"), "rb") as f:
+        out = [json.loads(x) for x in f.read().splitlines()]
+    return [e for e in out if kind is None or e["type"] == kind]
+
+
+def _claim(home: Home, t: str, worker: str = "w1") -> lc.Claim:
+    c = lc.claim_task(home, home.load_plan("g"), t, worker=worker, kind="external")
+    assert c is not None and c.attempt >= 1
+    return c
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+# ------------------------------------------------------------------ commit_done: the done marker
+def test_the_done_marker_records_exactly_the_attempt(tmp_path):
+    """Every field of `done`, from a claim that started at a known time: the captures of the
+    claim (stdout, stderr, a preset's raw output) move into the task folder."""
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    c.started = 1_700_000_000.25
+    cdir = home.claim_dir("g", "a")
+    Path(cdir, "stdout").write_bytes(b"OUT\n")
+    Path(cdir, "stderr").write_bytes(b"ERR\n")
+    Path(cdir, RAW_FILE).write_bytes(b"RAW")
+    body = lc.commit_done(home, plan, c, ended=1_700_000_012.3456789, exit_code=0)
+    done = _json(home.marker_path("g", "a", "done"))
+    assert done == body
+    assert done == {"attempt": 1, "worker": "w1", "started": now_iso(1_700_000_000.25),
+                    "ended": now_iso(1_700_000_012.3456789), "duration": 12.096, "exit_code": 0,
+                    "definition": plan.task("a").definition_digest(), "output_bytes": 4}
+    assert done["started"] == "2023-11-14T22:13:20.250000Z"
+    tdir = Path(home.task_dir("g", "a"))
+    assert (tdir / "output").read_bytes() == b"OUT\n"
+    assert (tdir / "stderr.log").read_bytes() == b"ERR\n"
+    assert (tdir / RAW_FILE).read_bytes() == b"RAW"
+    assert not os.path.exists(cdir) and not (tdir / "attempts").exists()
+
+
+# ------------------------------------------------------------------ scheduler: the capacity rules
+
+
+class _T:
+    def __init__(self, id, deps=(), priority=0, soft=()):
+        self.id, self.deps, self.soft_deps, self.priority = id, tuple(deps), tuple(soft), priority
+
+
+def test_a_serial_group_starts_its_tasks_one_at_a_time_in_plan_order():
+    s = Scheduler([_T("a"), _T("b"), _T("c"), _T("d")], serial={"a": "grp", "b": "grp", "d": "grp"})
+    assert s.ready_ids() == ["a", "b", "c", "d"]
+    assert (s.serial_wait("a"), s.serial_wait("b"), s.serial_wait("c"), s.serial_wait("d")) == (None, "a", None, "a")
+    assert s.may_start() and s.take() == "a"
+    assert s.take() == "c"                      # b and d wait for a; c is in no group
+    assert s.take() is None and not s.may_start()
+    assert s.serial_wait("b") == "a" and s.ready_ids() == ["b", "d"]
+    s.finish("a", "failed")                     # ended, whatever the outcome
+    assert (s.serial_wait("b"), s.serial_wait("d")) == (None, "b")
+    assert s.may_start() and s.take() == "b" and s.take() is None
+    s.finish("b", "done")
+    assert s.take() == "d"
+    assert Scheduler([_T("a")]).serial_wait("a") is None           # no groups: the rule is off
+
+
+def test_resources_hold_a_task_until_its_units_are_free_and_give_them_back():
+    s = Scheduler([_T("a", priority=2), _T("b", priority=1), _T("c")])
+    s.set_resources({"a": {"gpu": 2}, "b": {"gpu": 1}, "c": {}}, {"gpu": 1})
+    # a lacks a unit; b would fit but a (ranked above it) waits for the same pool: b does not jump it
+    assert s.resource_held() == {"a": ["gpu"], "b": ["gpu"]}
+    assert s.may_start() and s.take() == "c"
+    assert s.take() is None and not s.may_start()
+    s.set_resources(None, {"gpu": 2})           # None: the needs stay, the free units are re-read
+    assert s.resource_held() == {}              # both units free: a fits, and so would b
+    assert s.take() == "a"
+    assert s.resource_held() == {"b": ["gpu"]} and s.take() is None   # a holds both units now
+    s.retrying("a")                             # the attempt ended: its units come back
+    assert s.resource_held() == {} and s.take() == "b"
+    assert s.resource_held() == {} and s.take() is None
+    s.requeue("a")
+    assert s.resource_held() == {"a": ["gpu"]}  # b holds one of the two
+    s.finish("b", "done")
+    assert s.take() == "a"
+    s.finish("a", "done")
+    s.finish("c", "done")
+    assert s.resource_held() == {} and s.is_finished()
+
+
+def test_resources_of_several_pools_and_no_needs_at_all():
+    s = Scheduler([_T("a", priority=1), _T("b")])
+    s.set_resources({"a": {"gpu": 1, "disk": 1}, "b": {"disk": 1}}, {"gpu": 0, "disk": 1})
+    assert s.resource_held() == {"a": ["gpu"], "b": ["disk"]}   # b waits for a's pool, not for gpu
+    assert not s.may_start() and s.take() is None
+    off = Scheduler([_T("a")])
+    off.set_resources({"a": {}}, {"gpu": 3})                    # nobody needs any: the rule is off
+    assert off.resource_held() == {} and off.take() == "a"
+
+
+def test_budget_holds_what_does_not_fit_and_a_raise_lets_it_go():
+    s = Scheduler([_T("a", priority=1), _T("b")], budget={"usd": 1.0}, estimates={"a": 2.0})
+    assert s.budget_held() == ["a"] and not s.fits_budget("a") and s.fits_budget("b")
+    assert not s.may_start() and s.take() is None               # b does not jump the held a
+    s.set_budget({"usd": 5.0}, {"usd": 3.5})
+    assert s.budget_held() == ["a"]                             # 3.5 + 2.0 > 5
+    s.set_budget({"usd": 5.0}, {"usd": 3.0})
+    assert s.budget_held() == [] and s.may_start() and s.take() == "a"
+    s.set_budget({"usd": 5.0}, {"usd": 5.0})
+    assert s.budget_held() == ["b"]                             # spent it all: even a free task waits
+    s.set_budget({"tokens": 10}, {"tokens": 9})
+    assert s.budget_held() == [] and s.fits_budget("b")
+    s.set_budget({"tokens": 10}, {"tokens": 10})
+    assert s.budget_held() == ["b"]
+    s.set_budget(None, {"usd": 99.0})
+    assert s.budget_held() == [] and s.take() == "b"
+
+
+def test_would_block_lists_the_dependents_a_failure_would_block_without_changing_anything():
+    s = Scheduler([_T("a"), _T("b", ["a"]), _T("c", ["b"]), _T("d", ["a"]), _T("e"), _T("f", soft=["a"])])
+    assert sorted(s.would_block("a")) == ["b", "c", "d"]        # soft dependents are not blocked
+    assert s.states()["b"] == "waiting" and s.would_block("e") == []
+    s.take()
+    s.finish("a", "done")
+    s.finish(s.take(), "done")
+    assert s.would_block("b") == ["c"]
+    s.start("c")
+    assert s.would_block("b") == []                             # running: not blocked by anything now
+
+
+def test_an_approval_gate_waits_on_a_person_until_it_is_decided():
+    s = Scheduler([_T("gate"), _T("after", ["gate"])])
+    s.wait_approval("gate")
+    assert s.state_of("gate") == "awaiting_approval" and s.awaiting() == ["gate"]
+    assert not s.is_finished() and s.take() is None
+    s.finish("gate", "done")
+    assert s.awaiting() == [] and s.state_of("after") == "ready"
+    s.wait_approval("gate")                                     # ended: no longer a gate
+    assert s.state_of("gate") == "done"
+
+
+def test_a_rebuilt_scheduler_keeps_a_waiting_class_s_wait():
+    now = [0.0]
+    tasks = [_T("hi", priority=2), _T("lo", priority=0)]
+    old = Scheduler(tasks, aging=1.0, clock=lambda: now[0])
+    now[0] = 5.0
+    new = Scheduler(tasks, aging=1.0, clock=lambda: now[0])
+    assert new.effective_priority(0) == 0
+    new.keep_waits(old)
+    assert new.effective_priority(0) == 5 and new.effective_priority(2) == 7
+    assert new.effective_priority(0, now=2.5) == 2
+    plain = Scheduler(tasks)
+    plain.keep_waits(old)                                       # no aging: nothing kept
+    assert plain.effective_priority(0) == 0 and plain.ready_ids() == ["hi", "lo"]
+
+
+def test_fair_share_alternates_equal_goals_and_forgets():
+    fs = FairShare()
+    a, b = Scheduler([_T("a1"), _T("a2"), _T("a3")]), Scheduler([_T("b1"), _T("b2"), _T("b3")])
+    got = [fs.take({"A": (a, 0, 1.0), "B": (b, 0, 1.0)}) for _ in range(4)]
+    assert got == [("A", "a1"), ("B", "b1"), ("A", "a2"), ("B", "b2")]
+    assert fs.pick({}) is None and fs.take({}) is None
+    fs.forget("A")
+    assert "A" not in fs.passes
+    full = Scheduler([_T("x")], max_parallel=1)
+    full.take()
+    assert fs.take({"F": (full, 1, 1.0)}) is None                # may not start: not picked
+
+
+
+def test_scheduler_rules_at_their_defaults_and_edges():
+    FairShare().forget("never-seen")                              # nothing to forget: no error
+    s = Scheduler([_T("a")])
+    s.set_resources({"a": {"gpu": 1}}, {})                         # a pool the files say nothing about: 0 free
+    assert s.resource_held() == {"a": ["gpu"]} and s.take() is None
+    r = Scheduler([_T("free", priority=1), _T("b")])
+    r.set_resources({"free": {}, "b": {"gpu": 1}}, {"gpu": 0})     # a task needing nothing does not end the list
+    assert r.resource_held() == {"b": ["gpu"]}
+    b = Scheduler([_T("a")], budget={"usd": 5.0}, estimates={"a": 4.5})
+    b.set_budget({"usd": 5.0}, {})                                 # nothing spent yet
+    assert b.fits_budget("a")
+    b.set_budget({"usd": 5.0}, {"usd": 0.5})                       # 0.5 + 4.5 == 5: fits exactly
+    assert b.fits_budget("a")
+    b.set_budget({"tokens": 1}, {})
+    assert b.fits_budget("a")
+
+
+def test_keep_waits_only_for_classes_that_were_waiting():
+    now = [0.0]
+    clock = lambda: now[0]
+    old = Scheduler([_T("hi", priority=2)], aging=1.0, clock=clock)
+    now[0] = 3.0
+    new = Scheduler([_T("hi", priority=2), _T("lo", priority=0)], aging=1.0, clock=clock)
+    new.keep_waits(old)                                            # lo's class is new: no wait to keep
+    assert new.effective_priority(0) == 0 and new.effective_priority(2) == 5
+    now[0] = 0.0
+    served = Scheduler([_T("x", priority=0)], aging=1.0, clock=clock)
+    now[0] = 1.0
+    assert served.take() == "x"                                    # its class served and now empty
+    now[0] = 5.0
+    again = Scheduler([_T("x", priority=0)], aging=1.0, clock=clock)
+    again.keep_waits(served)
+    assert again.effective_priority(0) == 0                        # the old class was not waiting
+
+
+def test_aging_divides_the_wait_by_its_period_and_only_for_a_waiting_class():
+    now = [0.0]
+    s = Scheduler([_T("hi", priority=3), _T("lo", priority=0)], aging=2.0, clock=lambda: now[0])
+    now[0] = 5.0
+    assert s.effective_priority(0) == 2 and s.effective_priority(0, now=9.0) == 4
+    assert s.effective_priority(7) == 7                   # no ready task of priority 7: no wait
+    assert s.ready_ids() == ["hi", "lo"]                  # both classes age alike: 3 + 2 > 0 + 2
+
+
+def test_a_held_template_is_ready_but_never_handed_out():
+    s = Scheduler([_T("tpl"), _T("join", ["tpl"])], hold=["tpl"])
+    assert s.state_of("tpl") == "ready" and s.expandable() == ["tpl"]
+    assert s.ready_ids() == [] and s.peek() is None and s.take() is None and not s.may_start()
+    s.finish("tpl", "done")
+    assert s.expandable() == [] and s.take() == "join"
+
+
+def test_a_requeued_task_is_listed_once():
+    s = Scheduler([_T("a", priority=1), _T("b")])
+    assert s.take() == "a"
+    assert s.requeue("a") == [("a", "ready", None)]
+    assert s.ready_ids() == ["a", "b"] and s.take() == "a" and s.take() == "b"
+
+
+def test_requeue_of_a_task_whose_dependency_failed_meanwhile_blocks_it_and_what_is_below():
+    s = Scheduler([_T("x"), _T("t", ["x"]), _T("u", ["t"])], {"x": "failed", "t": "running"})
+    assert s.state_of("u") == "waiting"
+    assert s.requeue("t") == [("t", "blocked", "x"), ("u", "blocked", "x")]
+    assert s.blocked_by("u") == "x" and s.is_finished()
+
+
+def test_fair_share_strides_by_weight_and_counts_running_tasks_per_weight():
+    fs = FairShare()
+    fs.served("A", 2.0)                                   # a goal never seen: from the current pass
+    assert fs.passes == {"A": 0.5} and fs.vtime == 0.0
+    fs.served("A", 2.0)
+    assert fs.passes == {"A": 1.0} and fs.vtime == 0.5
+    assert fs.pick({"A": (0, 2.0), "B": (0, 1.0)}) == "B"  # B joins at the current pass (0.5): below A's 1.0
+    assert fs.passes["B"] == 0.5
+    assert FairShare().pick({"A": (2, 4.0), "B": (1, 1.0)}) == "A"    # 2 running / weight 4 < 1 / 1
+    assert FairShare().pick({"B": (0, 1.0), "A": (0, 1.0)}) == "A"    # a tie: the goal id
+    fs2 = FairShare()
+    a = Scheduler([_T(f"a{i}") for i in range(6)])
+    b = Scheduler([_T(f"b{i}") for i in range(6)])
+    got = [fs2.take({"A": (a, 0, 2.0), "B": (b, 0, 1.0)})[0] for _ in range(6)]
+    assert got == ["A", "B", "A", "A", "B", "A"]
+
+
+# ------------------------------------------------------------------ transitions without a test before
+def _sched(home):
+    return lc.build_scheduler(home, home.load_plan("g"))[0]
+
+
+# ------------------------------------------------------------------ approval gates
+def test_an_approval_gate_awaits_then_approve_commits_the_decision(tmp_path):
+    home = _home(tmp_path, [{"id": "gate", "prompt": "x", "approval": {"prompt": "Merge?", "timeout": 3600}},
+                            {"id": "after", "prompt": "y", "agent": "true", "deps": ["gate"]}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    assert sched.take() == "gate"
+    c = lc.claim_task(home, plan, "gate", worker="w1", kind="engine")
+    before = time.time()
+    body = tr.await_approval(home, plan, sched, c, worker="w1")
+    since = body["since"]
+    assert body == {"prompt": "Merge?", "since": since, "worker": "w1", "timeout": 3600,
+                    "timeout_at": body["timeout_at"]}
+    assert before - 1 <= parse_ts(since) <= time.time() and parse_ts(body["timeout_at"]) == pytest.approx(parse_ts(since) + 3600, abs=1e-3)
+    assert lc.awaiting_of(home, "g", "gate") == body
+    assert not os.path.exists(home.claim_dir("g", "gate")) and sched.state_of("gate") == "awaiting_approval"
+    aw = [e for e in _events(home, ev.TASK_STATUS) if e["status"] == "awaiting_approval"]
+    assert len(aw) == 1 and aw[0]["prompt"] == "Merge?" and aw[0]["timeout_at"] == body["timeout_at"] and aw[0]["worker"] == "w1"
+    # claimed again while it awaits (another engine): the same file, no second event, no claim left
+    c2 = lc.claim_task(home, plan, "gate", worker="w2", kind="engine")
+    assert tr.await_approval(home, plan, sched, c2, worker="w2") == body
+    assert not os.path.exists(home.claim_dir("g", "gate"))
+    assert len([e for e in _events(home, ev.TASK_STATUS) if e["status"] == "awaiting_approval"]) == 1
+    with pytest.raises(Refused, match="not awaiting approval"):
+        tr.decide(home, plan, sched, "after", approve=True, by="alice")
+    assert not os.path.exists(home.claim_dir("g", "after"))
+    fin = tr.decide(home, plan, sched, "gate", approve=True, by="alice", text="looks good")
+    assert fin.outcome == "done" and fin.changes.ready == ["after"]
+    assert Path(home.output_path("g", "gate")).read_bytes() == b"looks good\n"
+    done = _json(home.marker_path("g", "gate", "done"))
+    assert done["approved"] is True and done["decided_by"] == "alice" and done["note"] == "looks good"
+    assert done["approval_since"] == since and done["exit_code"] == 0 and done["worker"] == "alice"
+    assert lc.awaiting_of(home, "g", "gate") is None and not os.path.exists(home.claim_dir("g", "gate"))
+    last = [e for e in _events(home, ev.TASK_STATUS) if e["task"] == "gate"][-1]
+    assert (last["status"], last["approved"], last["decided_by"], last["worker"]) == ("done", True, "alice", "alice")
+    with pytest.raises(Refused, match="already done"):
+        tr.decide(home, plan, sched, "gate", approve=False, by="bob")
+
+
+def test_an_approval_gate_past_its_timeout_is_rejected_by_whoever_looks(tmp_path):
+    home = _home(tmp_path, [{"id": "free", "prompt": "y", "agent": "true", "approval": {"prompt": "Other?"}},
+                            {"id": "gate", "prompt": "x", "approval": {"prompt": "Go?", "timeout": 5}},
+                            {"id": "after", "prompt": "y", "agent": "true", "deps": ["gate"]}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    for _ in range(2):                 # `free`, a gate without a timeout, is first in plan order: the
+        t = sched.take()               # gates after it are still looked at
+        tr.await_approval(home, plan, sched, lc.claim_task(home, plan, t, worker="w1", kind="engine"), worker="w1")
+    at = parse_ts(lc.awaiting_of(home, "g", "gate")["timeout_at"])
+    assert lc.awaiting_of(home, "g", "free")["timeout_at"] is None
+    assert tr.expire_approvals(home, plan, sched, worker="w2") == ([], at)           # now: not yet
+    assert tr.expire_approvals(home, plan, sched, worker="w2", now=at - 1) == ([], at)
+    assert tr.expire_approvals(home, plan, sched, worker="w2", now=at) == (["gate"], None)
+    failed = _json(home.marker_path("g", "gate", "failed"))
+    assert failed["outcome"] == "approval_timeout" and failed["reason"] == "approval timed out: nobody decided within 5s"
+    assert failed["approved"] is False and failed["decided_by"] == "w2"
+    assert sched.state_of("after") == "blocked" and sched.awaiting() == ["free"]
+    assert lc.awaiting_of(home, "g", "gate") is None
+    fin = tr.decide(home, plan, sched, "free", approve=False, by="bob", text="no")
+    assert fin.outcome == "failed" and _json(home.marker_path("g", "free", "failed"))["outcome"] == "rejected"
+    e = [x for x in _events(home, ev.TASK_STATUS) if x["task"] == "free"][-1]
+    assert (e["status"], e["decided_by"], e["worker"], e["reason"]) == ("failed", "bob", "bob", "no")
+    assert sched.is_finished()
+
+
+def test_an_ended_attempt_gives_its_resource_units_back_before_anything_else(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "mutex": "db", "retries": 1, "retry_backoff": 0},
+                            {"id": "b", "prompt": "x", "agent": "true", "mutex": "db"}])
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    assert c.resources == {"db": 1} and c.owner["units"]
+    tr.started(home, c, worker="w1")
+    assert _events(home, ev.TASK_STATUS)[-1]["resources"] == {"db": 1}       # the running event names them
+    from dagrun import resources as res
+    with pytest.raises(res.Busy):                           # the one unit of db is held
+        lc.claim_task(home, plan, "b", worker="w2", kind="external")
+    tr.interrupted(home, None, c, outcome="interrupted", reason="stop", worker="w9")
+    e = _events(home, ev.TASK_RESOURCES)
+    assert len(e) == 1 and _strip(e[0]) == {"task": "a", "attempt": 1, "released": ["db"], "why": "interrupted",
+                                           "worker": "w9"}
+    assert [x["type"] for x in _events(home)][-2:] == [ev.TASK_RESOURCES, ev.TASK_STATUS]   # released first
+    cb = lc.claim_task(home, plan, "b", worker="w2", kind="external")                      # the unit is free
+    sched = _sched(home)
+    tr.finish(home, plan, sched, cb, ok=False, worker="w2", reason="x")
+    assert _strip(_events(home, ev.TASK_RESOURCES)[-1])["why"] == "failed"
+    ca = _claim(home, "a")
+    tr.finish(home, plan, sched, ca, ok=True, worker="w3", output_data=b"")
+    last = _strip(_events(home, ev.TASK_RESOURCES)[-1])
+    assert (last["task"], last["why"], last["worker"], last["attempt"]) == ("a", "done", "w3", 2)
+
+
+def test_decided_at_is_the_decision_s_time_in_utc_whatever_the_local_zone(tmp_path, monkeypatch):
+    home = _home(tmp_path, [{"id": "gate", "prompt": "x", "approval": {"prompt": "Go?"}}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    tr.await_approval(home, plan, sched, lc.claim_task(home, plan, "gate", worker="w1", kind="engine"), worker="w1")
+    monkeypatch.setenv("TZ", "Asia/Kolkata")               # +05:30: a local time would show
+    time.tzset()
+    try:
+        tr.decide(home, plan, sched, "gate", approve=True, by="alice")      # no note
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    done = _json(home.marker_path("g", "gate", "done"))
+    assert done["decided_at"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(parse_ts(done["ended"])))
+    assert "note" not in done and Path(home.output_path("g", "gate")).read_bytes() == b""
+
+
+# ------------------------------------------------------------------ a false condition
+def test_a_false_condition_skips_the_task_with_its_reason(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                            {"id": "b", "prompt": "y", "agent": "true", "deps": ["a"],
+                             "when": {"output_of": "a", "contains": "YES"}},
+                            {"id": "c", "prompt": "z", "agent": "true", "deps": ["b"]}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    ca = _claim(home, "a")
+    tr.finish(home, plan, sched, ca, ok=True, worker="w1", output_data=b"no\n")
+    assert sched.take() == "b"
+    cb = lc.claim_task(home, plan, "b", worker="w1", kind="external")
+    assert cb.skip.startswith("condition false: ") and not os.path.exists(home.prompt_path("g", "b"))
+    ch = tr.skip(home, plan, sched, cb, worker="w1")
+    m = _json(home.marker_path("g", "b", "skipped"))
+    assert m["reason"] == cb.skip and m["worker"] == "w1" and m["when"] == {"output_of": "a", "contains": "YES"}
+    assert abs(parse_ts(m["ts"]) - time.time()) < 60 and set(m) == {"reason", "worker", "ts", "when"}
+    assert not os.path.exists(home.claim_dir("g", "b")) and lc.marker_of(home, "g", "b") == "skipped"
+    assert ch.skipped == [("c", "b")]
+    sk = [e for e in _events(home, ev.TASK_STATUS) if e["status"] == "skipped"]
+    assert [(e["task"], e["reason"]) for e in sk] == [("b", cb.skip), ("c", "b was skipped")]
+    assert sk[1]["skipped_by"] == "b" and sk[1]["derived"] is True and [e["worker"] for e in sk] == ["w1", "w1"]
+
+
+def test_a_true_condition_runs_the_task(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                            {"id": "b", "prompt": "y", "agent": "true", "deps": ["a"],
+                             "when": {"output_of": "a", "contains": "YES"}}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"YES\n")
+    cb = lc.claim_task(home, plan, "b", worker="w1", kind="external")
+    assert cb.skip is None and cb.attempt == 1 and "YES" in Path(home.prompt_path("g", "b")).read_text()
+
+
+# ------------------------------------------------------------------ an attempt without a verdict
+def test_an_interrupted_attempt_is_recorded_uncounted_and_the_task_is_ready_again(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 0}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    c = _claim(home, "a")
+    cdir = home.claim_dir("g", "a")
+    Path(cdir, "stdout").write_bytes(b"partial")
+    Path(cdir, "stderr").write_bytes(b"oops")
+    tr.interrupted(home, sched, c, outcome="interrupted", reason="engine stopped", worker="w9",
+                   extra={"usage": {"usd": 0.5}})
+    rec = _json(home.attempt_path("g", "a", 1, "json"))
+    assert rec == {"attempt": 1, "outcome": "interrupted", "reason": "engine stopped", "worker": "w9",
+                   "started": c.owner["since"], "ended": rec["ended"], "counted": False, "failures": 0,
+                   "retry_at": None, "final": False, "usage": {"usd": 0.5}}
+    assert Path(home.attempt_path("g", "a", 1, "out")).read_bytes() == b"partial"
+    assert Path(home.attempt_path("g", "a", 1, "err")).read_bytes() == b"oops"
+    assert os.path.samefile(home.stderr_path("g", "a"), home.attempt_path("g", "a", 1, "err"))
+    assert Path(home.attempt_path("g", "a", 1, "prompt.md")).read_text().startswith("x")
+    assert not os.path.exists(cdir) and lc.marker_of(home, "g", "a") is None
+    ready = _events(home, ev.TASK_STATUS)[-1]
+    assert (ready["task"], ready["status"], ready["attempt"], ready["reason"], ready["usage"], ready["worker"]) == (
+        "a", "ready", 2, "attempt 1: engine stopped", {"usd": 0.5}, "w9")
+    assert sched.state_of("a") == "ready"
+    c2 = _claim(home, "a")
+    assert c2.attempt == 2          # the interrupted attempt used a number, not a retry
+    n = len(_events(home))
+    tr.interrupted(home, sched, c2, outcome="cancelled", reason="cancelled by me", worker="w9")
+    assert len(_events(home)) == n and _json(home.attempt_path("g", "a", 2, "json"))["outcome"] == "cancelled"
+    quiet = _claim(home, "a")
+    tr.interrupted(home, None, quiet, outcome="superseded", reason="plan edit", worker="w9", announce=False)
+    assert len(_events(home)) == n and not os.path.exists(home.claim_dir("g", "a"))
+
+
+# ------------------------------------------------------------------ events that change no file
+def test_the_thin_transitions_append_exactly_their_event(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    c = _claim(home, "a")
+    n = len(_events(home))
+    tr.retry_due(home, "g", "a", attempt=3, worker="w1")
+    tr.stalled(home, c, reason="no output for 5s", worker="w1")
+    tr.reset(home, "g", "a", by="me", reason="retry", forced=True)
+    tr.plan_replaced(home, "g", by="me", changed=["a"])
+    tr.placed(home, c, worker="w1", node="n1")
+    tr.budget_held(home, "g", "a", reason="over budget", worker="w1")
+    tr.over_share(home, c, reason="past its share", share={"usd": 1}, worker="w1")
+    tr.budget_raised(home, "g", by="me", added={"usd": 2}, pool={"usd": 3})
+    tr.started(home, c, worker="w1", pid=42)
+    strip = lambda e: {k: v for k, v in e.items() if k not in ("ts", "goal")}
+    assert [strip(e) for e in _events(home)[n:]] == [
+        {"type": ev.TASK_STATUS, "task": "a", "status": "ready", "attempt": 3, "worker": "w1", "reason": "retry backoff ended"},
+        {"type": ev.TASK_BLOCKED, "task": "a", "reason": "no output for 5s", "attempt": 1, "worker": "w1"},
+        {"type": ev.TASK_STATUS, "task": "a", "status": "reset", "worker": "me", "reason": "retry", "forced": True},
+        {"type": ev.PLAN_REPLACED, "worker": "me", "changed": ["a"]},
+        {"type": ev.TASK_PLACED, "task": "a", "attempt": 1, "worker": "w1", "node": "n1"},
+        {"type": ev.TASK_BLOCKED, "task": "a", "reason": "over budget", "blocked_by": "budget", "worker": "w1"},
+        {"type": ev.TASK_BUDGET, "task": "a", "attempt": 1, "reason": "past its share", "share": {"usd": 1}, "worker": "w1"},
+        {"type": ev.GOAL_BUDGET, "worker": "me", "added": {"usd": 2}, "pool": {"usd": 3}},
+        {"type": ev.TASK_STATUS, "task": "a", "status": "running", "attempt": 1, "worker": "w1", "pid": 42},
+    ]
+    os.makedirs(home.hooks_due_dir("g"))        # made by hooks.prepare when a hook is due
+    tr.hook_failed(home, "g", hook="h1", error="exit 1")
+    e = _events(home)[-1]
+    assert e["type"] == ev.HOOK_FAILED and e["hook"] == "h1" and e["error"] == "exit 1"
+    assert _json(os.path.join(home.hooks_due_dir("g"), "last_failure.json")) == e
+
+
+# ------------------------------------------------------------------ claim: take over, sweep
+def test_take_over_reattaches_a_stale_claim_whose_attempt_lives(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    _claim(home, "a")
+    dead = {**claims.read_owner(home, "g", "a"), "pid": _dead_pid(), "handle": {"runner": "x", "id": 7},
+            "run_id": "r1", "reattached": 1}
+    claims.update_owner(home, "g", "a", dead)
+    seen = []
+    assert claims.take_over(home, "g", "a", "wrong-nonce", "w2", lease=60, adopt=lambda o: True) is None
+    assert claims.take_over(home, "g", "a", dead["nonce"], "w2", lease=60, adopt=lambda o: seen.append(o) or False) is None
+    assert seen == [dead] and claims.read_owner(home, "g", "a") == dead
+    new = claims.take_over(home, "g", "a", dead["nonce"], "w2", lease=60, adopt=lambda o: True)
+    assert claims.read_owner(home, "g", "a") == new
+    assert new["worker"] == "w2" and new["pid"] == os.getpid() and new["nonce"] != dead["nonce"]
+    assert (new["attempt"], new["handle"], new["run_id"], new["since"], new["reattached"]) == (
+        1, {"runner": "x", "id": 7}, "r1", dead["since"], 2)
+    assert claims.judge(home, "g", "a", new, lease=60) is None
+    assert claims.take_over(home, "g", "a", new["nonce"], "w3", lease=60, adopt=lambda o: True) is None   # live
+
+
+def test_take_over_waits_for_the_break_lock_and_judges_another_host_by_its_lease(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    assert claims.acquire(home, "g", "a")
+    far = {**claims.new_owner("w1", 2, kind="engine"), "host": "elsewhere", "boot_id": "b", "pid": 1}
+    claims.update_owner(home, "g", "a", far)
+    assert claims.take_over(home, "g", "a", far["nonce"], "w2", lease=60, adopt=lambda o: True) is None   # fresh
+    old = time.time() - 120
+    os.utime(home.owner_path("g", "a"), (old, old))
+    lock = os.path.join(home.goal_dir("g"), ".break.lock")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom filelock import FileLock\n"
+                               f"with FileLock({lock!r}):\n    print('held', flush=True)\n    time.sleep(0.8)\n"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        new = claims.take_over(home, "g", "a", far["nonce"], "w2", lease=60, adopt=lambda o: True)
+        assert time.monotonic() - t0 > 0.3                  # it waited for the other breaker
+    finally:
+        holder.kill()
+        holder.wait()
+    assert new is not None and new["host"] == HOST and new["attempt"] == 2 and new["reattached"] == 1
+    assert new["kind"] == "engine" and claims.read_owner(home, "g", "a") == new
+
+
+def test_a_symlinked_owner_json_is_not_read_and_a_symlinked_claim_is_stale(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}, {"id": "b", "prompt": "x", "agent": "true"}])
+    assert claims.acquire(home, "g", "a")
+    fake = tmp_path / "fake.json"
+    fake.write_text(json.dumps(claims.new_owner("intruder", 1, kind="engine")))
+    os.symlink(fake, home.owner_path("g", "a"))
+    assert claims.read_owner(home, "g", "a") is None            # never read through a link
+    os.makedirs(home.task_dir("g", "b"), exist_ok=True)
+    os.symlink(tmp_path, home.claim_dir("g", "b"))
+    assert claims.read_owner(home, "g", "b") is None
+    assert claims.judge(home, "g", "b", None, lease=60) == "the claim is a symbolic link (not made by dagrun)"
+
+
+def test_a_claim_being_born_is_live_for_exactly_its_grace(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    assert claims.acquire(home, "g", "a")
+    ctime = os.stat(home.claim_dir("g", "a")).st_ctime
+    now = ctime + 10.0
+    grace = now - ctime                                          # the age judge computes, to the bit
+    assert claims.judge(home, "g", "a", None, lease=60, grace=grace, now=now) is None
+    assert claims.judge(home, "g", "a", None, lease=60, grace=grace - 0.01, now=now) == \
+        "half-created claim (no owner.json) for 10s"
+    claims.release(home, "g", "a")
+    assert claims.judge(home, "g", "a", None, lease=60, grace=0, now=now) is None   # gone: nothing to break
+
+
+def test_sweep_leftovers_removes_only_claims_renamed_away(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    tdir = Path(home.task_dir("g", "a"))
+    (tdir / ".claim.broken.ab12" / "x").mkdir(parents=True)
+    (tdir / ".claim.released.cd34").mkdir()
+    (tdir / "claimx").mkdir()
+    claims.sweep_leftovers(home, "g", "a")
+    assert sorted(os.listdir(tdir)) == ["claimx"]
+    claims.sweep_leftovers(home, "g", "nosuch")
+
+
+# ------------------------------------------------------------------ lifecycle: records, backoff, retry prompt, stale claims
+T0 = 1_700_000_000.0
+
+
+def test_failure_records_count_retries_back_off_and_end_in_the_failed_marker(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 10}])
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    c.started = T0
+    rec = lc.commit_failure(home, plan, c, outcome="failed", ended=T0 + 3.2104, exit_code=3, reason="boom",
+                            extra={"usage": {"usd": 1}})
+    assert 5.0 + T0 + 3.2104 <= rec["retry_at"] <= 15.0 + T0 + 3.2104
+    assert rec == {"attempt": 1, "outcome": "failed", "exit_code": 3, "signal": None, "reason": "boom", "worker": "w1",
+                   "started": now_iso(T0), "ended": now_iso(T0 + 3.2104), "duration": 3.21, "counted": True,
+                   "failures": 1, "retry_at": rec["retry_at"], "final": False, "usage": {"usd": 1}}
+    assert _json(home.attempt_path("g", "a", 1, "json")) == rec
+    assert lc.marker_of(home, "g", "a") is None and not os.path.exists(home.claim_dir("g", "a"))
+    c = _claim(home, "a")
+    rec = lc.commit_failure(home, plan, c, outcome="timeout", ended=T0 + 50, signal=15)
+    assert (rec["failures"], rec["counted"], rec["final"], rec["signal"], rec["exit_code"]) == (2, True, False, 15, None)
+    assert 10.0 + T0 + 50 <= rec["retry_at"] <= 30.0 + T0 + 50           # 10 * 2**(2-1), +-50 %
+    c = _claim(home, "a")
+    rec = lc.commit_failure(home, plan, c, outcome="interrupted", ended=T0 + 60)
+    assert (rec["failures"], rec["counted"], rec["final"], rec["retry_at"]) == (2, False, False, None)
+    c = _claim(home, "a")
+    assert c.attempt == 4
+    rec = lc.commit_failure(home, plan, c, outcome="failed", ended=T0 + 70, exit_code=1, reason="again",
+                            forced_by="admin", held_by="w1 (pid 1)")
+    assert (rec["failures"], rec["final"], rec["retry_at"], rec["forced_by"], rec["held_by"]) == (3, True, None, "admin", "w1 (pid 1)")
+    failed = _json(home.marker_path("g", "a", "failed"))
+    assert failed == {k: rec[k] for k in ("attempt", "outcome", "exit_code", "signal", "reason", "worker", "started",
+                                          "ended", "duration", "forced_by", "held_by")}
+    assert lc.marker_of(home, "g", "a") == "failed"
+
+
+def test_a_final_failure_can_be_forced_and_the_count_can_be_handed_in(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 5}])
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    rec = lc.commit_failure(home, plan, c, outcome="failed", ended=time.time(), prev_failures=7, final=True,
+                            extra={"check": {"ok": False}})
+    assert (rec["failures"], rec["final"], rec["retry_at"]) == (8, True, None)
+    assert _json(home.marker_path("g", "a", "failed"))["check"] == {"ok": False}
+
+
+def test_backoff_doubles_per_failure_up_to_the_cap_with_jitter():
+    class Tk:
+        retry_backoff = 4.0
+    samples = lambda n: [lc.backoff(Tk, n) for _ in range(300)]
+    for n, base in ((0, 4.0), (1, 4.0), (2, 8.0), (3, 16.0)):
+        s = samples(n)
+        assert base * 0.5 <= min(s) and max(s) <= base * 1.5 and max(s) - min(s) > base * 0.5, n
+    Tk.retry_backoff = 400.0
+    s = samples(3)                                    # 1600 capped at 600
+    assert 300.0 <= min(s) and max(s) <= 900.0 and max(s) > 700.0
+    Tk.retry_backoff = 0.0
+    assert lc.backoff(Tk, 3) == 0.0
+    Tk.retry_backoff = -1.0
+    assert lc.backoff(Tk, 3) == 0.0
+
+
+def test_a_success_after_failures_is_kept_beside_them(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 0}])
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    Path(home.claim_dir("g", "a"), "stderr").write_bytes(b"first err")
+    lc.commit_failure(home, plan, c, outcome="failed", ended=time.time(), exit_code=1)
+    assert Path(home.stderr_path("g", "a")).read_bytes() == b"first err"
+    c = _claim(home, "a")
+    c.started = T0
+    Path(home.claim_dir("g", "a"), "stdout").write_bytes(b"good\n")
+    body = lc.commit_done(home, plan, c, ended=T0 + 2.5, exit_code=0, extra={"usage": {"usd": 0.25}, "node": "n7"})
+    assert body["usage"] == {"usd": 0.25} and body["node"] == "n7"
+    rec = _json(home.attempt_path("g", "a", 2, "json"))
+    assert rec == {"attempt": 2, "outcome": "done", "exit_code": 0, "signal": None, "reason": "", "worker": "w1",
+                   "started": now_iso(T0), "ended": now_iso(T0 + 2.5), "duration": 2.5, "counted": False,
+                   "failures": 1, "retry_at": None, "final": True, "usage": {"usd": 0.25}, "node": "n7"}
+    assert os.path.samefile(home.output_path("g", "a"), home.attempt_path("g", "a", 2, "out"))
+    assert os.path.samefile(home.prompt_path("g", "a"), home.attempt_path("g", "a", 2, "prompt.md"))
+    assert not os.path.exists(home.stderr_path("g", "a"))          # no stderr this time: the old one goes
+    assert not os.path.exists(home.attempt_path("g", "a", 2, "err"))
+    assert Path(home.attempt_path("g", "a", 1, "err")).read_bytes() == b"first err"
+    # again with a stderr: it is linked beside the attempt
+    home2 = _home(tmp_path / "2", [{"id": "a", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 0}])
+    plan2 = home2.load_plan("g")
+    lc.commit_failure(home2, plan2, _claim(home2, "a"), outcome="failed", ended=time.time())
+    c = _claim(home2, "a")
+    Path(home2.claim_dir("g", "a"), "stderr").write_bytes(b"second err")
+    lc.commit_done(home2, plan2, c, ended=time.time())
+    assert os.path.samefile(home2.stderr_path("g", "a"), home2.attempt_path("g", "a", 2, "err"))
+    assert _json(home2.attempt_path("g", "a", 2, "json"))["failures"] == 1
+    assert "usage" not in _json(home2.attempt_path("g", "a", 2, "json"))
+
+
+def test_done_from_a_file_or_bytes_and_forced(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}, {"id": "b", "prompt": "x", "agent": "true"},
+                            {"id": "c", "prompt": "x", "agent": "true"}])
+    plan = home.load_plan("g")
+    src = tmp_path / "out.txt"
+    src.write_bytes(b"from a file")
+    body = lc.commit_done(home, plan, _claim(home, "a"), ended=time.time(), output_from=str(src),
+                          forced_by="admin", held_by="w0 (pid 9)")
+    assert not src.exists() and Path(home.output_path("g", "a")).read_bytes() == b"from a file"
+    assert (body["forced_by"], body["held_by"], body["output_bytes"]) == ("admin", "w0 (pid 9)", 11)
+    body = lc.commit_done(home, plan, _claim(home, "b"), ended=time.time(), output_data=b"data", exit_code=None)
+    assert Path(home.output_path("g", "b")).read_bytes() == b"data" and body["exit_code"] is None
+    assert "forced_by" not in body and "held_by" not in body
+    body = lc.commit_done(home, plan, _claim(home, "c"), ended=time.time())     # nothing captured: empty output
+    assert Path(home.output_path("g", "c")).read_bytes() == b"" and body["output_bytes"] == 0
+    assert not os.path.exists(home.stderr_path("g", "c"))
+
+
+def test_the_retry_prompt_carries_the_last_lines_of_the_failed_attempts_stderr(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "do it", "agent": "true", "retries": 1, "retry_context": "error",
+                             "timeout": 30, "retry_backoff": 0}])
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    lines = [f"line {i:03d} " + "x" * 120 for i in range(40)]
+    Path(home.claim_dir("g", "a"), "stderr").write_text("\n".join(lines) + "\n")
+    lc.commit_failure(home, plan, c, outcome="timeout", ended=time.time(), signal=9)
+    _claim(home, "a")
+    text = Path(home.prompt_path("g", "a")).read_text()
+    assert "# Previous attempt 1 failed" in text and "It was killed after its timeout of 30s." in text
+    tail = text.split("```\n", 1)[1].split("\n```", 1)[0].splitlines()
+    assert tail == lines[-15:]        # the last 2000 bytes from their first whole line: 15 lines of 130 bytes
+    home2 = _home(tmp_path / "2", [{"id": "a", "prompt": "do it", "agent": "true", "retries": 1, "retry_context": "error", "retry_backoff": 0}])
+    plan2 = home2.load_plan("g")
+    c = _claim(home2, "a")
+    short = [f"e{i}" for i in range(30)]
+    Path(home2.claim_dir("g", "a"), "stderr").write_text("\n".join(short) + "\n")
+    lc.commit_failure(home2, plan2, c, outcome="failed", ended=time.time(), exit_code=4)
+    _claim(home2, "a")
+    text = Path(home2.prompt_path("g", "a")).read_text()
+    assert "It exited with code 4." in text
+    assert text.split("```\n", 1)[1].split("\n```", 1)[0].splitlines() == short[-20:]   # at most 20 lines
+
+
+def test_a_join_over_a_fan_out_shares_its_context_budget_between_the_instances(tmp_path):
+    home = _home(tmp_path, [{"id": "src", "prompt": "x", "agent": "true"},
+                            {"id": "tpl", "for_each": {"from": "src"}, "prompt": "do {{item}}", "agent": "true"},
+                            {"id": "join", "deps": ["tpl"], "prompt": "Summarise", "agent": "true", "context_limit": 90}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    assert sched.take() == "src"
+    tr.finish(home, plan, sched, _claim(home, "src"), ok=True, worker="w1", output_data=json.dumps(["a", "b", "c"]).encode())
+    assert fanout.expand_one(home, "g", "tpl", "w1") is True
+    plan = home.load_plan("g")
+    sched = _sched(home)
+    for k in range(3):
+        t = f"tpl.{k}"
+        c = lc.claim_task(home, plan, t, worker="w1", kind="external")
+        assert Path(home.prompt_path("g", t)).read_text().startswith(f"do {'abc'[k]}")
+        tr.finish(home, plan, sched, c, ok=True, worker="w1", output_data=(f"<{k}>" + "x" * 26 + "TAIL" * 5).encode())
+    fanout.join(home, plan, sched, lc.claim_task(home, plan, "tpl", worker="w1", kind="engine"), "w1")
+    assert lc.marker_of(home, "g", "tpl") == "done"
+    c = lc.claim_task(home, plan, "join", worker="w1", kind="external")
+    text = Path(home.prompt_path("g", "join")).read_text()
+    for k in range(3):                   # 90 // 3 = 30 bytes of each instance's 50
+        assert f"<{k}>" + "x" * 26 + "T" in text and f"<{k}>" + "x" * 26 + "TA" not in text, text
+    assert text.index("<0>") < text.index("<1>") < text.index("<2>")
+    os.remove(home.output_path("g", "tpl.1"))        # an instance's output vanished (archived): stale view
+    lc.commit_failure(home, plan, c, outcome="interrupted", ended=time.time())
+    with pytest.raises(lc.Stale, match="g/tpl.1 is no longer done"):
+        lc.claim_task(home, plan, "join", worker="w1", kind="external")
+    assert not os.path.exists(home.claim_dir("g", "join"))
+
+
+def _retry_prompt(tmp_path, sub: str, stderr: bytes | None) -> str:
+    home = _home(tmp_path / sub, [{"id": "a", "prompt": "do it", "agent": "true", "retries": 1, "retry_context": "error",
+                                   "retry_backoff": 0}])
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    if stderr is not None:
+        Path(home.claim_dir("g", "a"), "stderr").write_bytes(stderr)
+    lc.commit_failure(home, plan, c, outcome="failed", ended=time.time(), exit_code=3)
+    _claim(home, "a")
+    return Path(home.prompt_path("g", "a")).read_text()
+
+
+def _tail_of(text: str) -> str:
+    return text.split("```\n", 1)[1].split("\n```", 1)[0]
+
+
+def test_the_stderr_tail_of_a_retry_prompt_at_its_edges(tmp_path):
+    assert _tail_of(_retry_prompt(tmp_path, "short", b"e0\ne1\ne2\n")) == "e0\ne1\ne2"        # a short file whole
+    text = _retry_prompt(tmp_path, "none", None)                                        # no stderr at all
+    assert "It exited with code 3." in text and "stderr" not in text.split("# Previous attempt 1 failed", 1)[1]
+    assert _tail_of(_retry_prompt(tmp_path, "bad", b"ok \xff\xfe end\n")) == "ok \ufffd\ufffd end"   # not UTF-8
+    exact = b"first line\n" + b"y" * (2000 - 11 - 1) + b"\n"                              # exactly 2000 bytes
+    assert _tail_of(_retry_prompt(tmp_path, "exact", exact)).startswith("first line\n")
+    words = b"".join(b"w%03d " % i + b"ab " * 48 + b"\n" for i in range(60))           # 151-byte lines with spaces
+    tail = _tail_of(_retry_prompt(tmp_path, "words", words)).splitlines()              # the cut line is dropped whole
+    assert tail == words[-2000:].decode().split("\n", 1)[1].splitlines() and len(tail) == 13
+    assert tail[0].startswith("w047 ") and tail[-1].startswith("w059 ")
+    one = b"z" * 3000                                                                   # one long line, no newline
+    assert _tail_of(_retry_prompt(tmp_path, "one", one)) == "z" * 2000
+
+
+def test_a_symlinked_awaiting_file_is_not_read(tmp_path):
+    home = _home(tmp_path, [{"id": "gate", "prompt": "x", "approval": {"prompt": "Go?"}}])
+    os.makedirs(home.task_dir("g", "gate"), exist_ok=True)
+    fake = tmp_path / "fake.json"
+    fake.write_text(json.dumps({"prompt": "forged", "since": "2020-01-01T00:00:00Z"}))
+    os.symlink(fake, os.path.join(home.task_dir("g", "gate"), "awaiting"))
+    assert lc.awaiting_of(home, "g", "gate") is None
+
+
+def test_run_id_names_the_home_the_folder_and_the_attempt(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    _claim(home, "a")
+    h = hashlib.sha1(home.root.encode()).hexdigest()[:8]
+    ino = os.stat(home.task_dir("g", "a")).st_ino
+    assert lc.run_id(home, "g", "a", 3) == f"{h}:g/a/{ino:x}/3"
+    assert lc.run_id(home, "g", "nosuch", 1) == f"{h}:g/nosuch/0/1"
+    assert claims.read_owner(home, "g", "a")["run_id"] == lc.run_id(home, "g", "a", 1)
+
+
+def test_break_if_stale_reaps_the_orphan_by_its_handle_or_run_id_and_records_it_lost(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "kill_grace": 2.5},
+                            {"id": "b", "prompt": "x", "agent": "true"}])
+    plan = home.load_plan("g")
+    _claim(home, "a")
+    o = claims.read_owner(home, "g", "a")
+    claims.update_owner(home, "g", "a", {**o, "pid": _dead_pid()})
+    Path(home.claim_dir("g", "a"), "stdout").write_bytes(b"half")
+    reaped = []
+    got = lc.break_if_stale(home, plan, "a", worker="w2", reap=lambda h, grace, run_id: reaped.append((h, grace, run_id)))
+    assert got is not None and got[1:] == (1, None) and got[0].endswith("is gone")
+    assert reaped == [({"runner": "process"}, 2.5, o["run_id"])]
+    rec = _json(home.attempt_path("g", "a", 1, "json"))
+    assert (rec["outcome"], rec["reason"], rec["worker"], rec["started"], rec["counted"]) == ("lost", got[0], "w1", o["since"], False)
+    assert Path(home.attempt_path("g", "a", 1, "out")).read_bytes() == b"half"
+    assert not os.path.exists(home.claim_dir("g", "a"))
+    assert [n for n in os.listdir(home.task_dir("g", "a")) if n.startswith(".claim")] == []
+    # its handle, when published, is what the reaper gets; a claim that died after its marker: no record
+    c = _claim(home, "b")
+    lc.commit_done(home, plan, c, ended=time.time())
+    os.mkdir(home.claim_dir("g", "b"))
+    claims.update_owner(home, "g", "b", {**c.owner, "pid": _dead_pid(), "handle": {"runner": "process", "pid": 1}})
+    reaped.clear()
+    n = len(_events(home))
+    assert tr.break_stale(home, plan, "b", worker="w2", reap=lambda h, grace, run_id: reaped.append(h)).endswith("is gone")
+    assert reaped == [{"runner": "process", "pid": 1}]
+    assert not os.path.exists(home.attempt_path("g", "b", 1, "json")) and len(_events(home)) == n   # ended: no `ready`
+    assert lc.break_if_stale(home, plan, "b", worker="w2") is None                                # nothing left
+
+
+def test_mark_cancelled_names_the_cancel_and_never_covers_done(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}, {"id": "b", "prompt": "x", "agent": "true"}])
+    plan = home.load_plan("g")
+    assert lc.mark_cancelled(home, "g", "a", by="me", reason="r", cancel_id="c1") is True
+    m = _json(home.marker_path("g", "a", "cancelled"))
+    assert (m["by"], m["reason"], m["cancel_id"]) == ("me", "r", "c1")
+    assert lc.mark_cancelled(home, "g", "a", by="me", reason="again") is False
+    lc.commit_done(home, plan, _claim(home, "b"), ended=time.time())
+    assert lc.mark_cancelled(home, "g", "b", by="me", reason="r") is False and lc.marker_of(home, "g", "b") == "done"
+    assert lc.mark_cancelled(home, "g", "new", by="me", reason="r") is True
+    assert "cancel_id" not in _json(home.marker_path("g", "new", "cancelled"))
+
+
+def test_the_rescan_keeps_a_retry_in_its_backoff(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 100},
+                            {"id": "b", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 0}])
+    plan = home.load_plan("g")
+    lc.commit_failure(home, plan, _claim(home, "a"), outcome="failed", ended=time.time())
+    lc.commit_failure(home, plan, _claim(home, "b"), outcome="failed", ended=time.time())   # no backoff
+    sched, facts = lc.build_scheduler(home, plan)
+    assert sched.states() == {"a": "retrying", "b": "ready"} and set(facts) == {"a", "b"}
+    later = lc.build_scheduler(home, plan, now=time.time() + 1000)[0]
+    assert later.states() == {"a": "ready", "b": "ready"}
+    assert lc.claim_task(home, plan, "a", worker="w", kind="engine") is None           # still backing off
+    assert not os.path.exists(home.claim_dir("g", "a"))
+
+
+# ------------------------------------------------------------------ transitions.finish and the goal's end
+
+
+def _strip(e):
+    return {k: v for k, v in e.items() if k not in ("ts", "goal", "type")}
+
+
+def test_finish_done_announces_exactly_the_marker_s_numbers(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}, {"id": "b", "prompt": "x", "agent": "true", "deps": ["a"]},
+                            {"id": "c", "prompt": "x", "agent": "true"}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    c = _claim(home, "a")
+    c.started = time.time() - 2
+    fin = tr.finish(home, plan, sched, c, ok=True, worker="w5", output_data=b"12345", extra={"usage": {"usd": 0.1}},
+                    fields={"first_byte": 0.5})
+    assert fin.outcome == "done" and fin.record == _json(home.marker_path("g", "a", "done"))
+    assert fin.changes.ready == ["b"] and fin.changes.blocked == [] and not fin.changes.rebuild
+    e = [x for x in _events(home, ev.TASK_STATUS) if x["task"] == "a"][-1]
+    assert _strip(e) == {"task": "a", "status": "done", "attempt": 1, "worker": "w5", "duration": fin.record["duration"],
+                         "exit_code": 0, "output_bytes": 5, "usage": {"usd": 0.1}, "first_byte": 0.5}
+    assert [_strip(x) for x in _events(home, ev.TASK_STATUS)][-1] == {"task": "b", "status": "ready", "worker": "w5"}
+    assert tr.finish(home, plan, sched, _claim(home, "b"), ok=True, worker="w5", output_data=b"", exit_code=3,
+                     ended=c.started + 100, extra={"node": "n4"}).record["exit_code"] == 3
+    e = _events(home, ev.TASK_STATUS)[-1]
+    assert (e["task"], e["exit_code"], e["node"], e["duration"]) == ("b", 3, "n4", round(c.started + 100 - e["duration"], 3) and e["duration"])
+    # a cache hit: no exit code, `cached` in the marker and the event
+    sched.take()
+    fin = tr.finish(home, plan, sched, _claim(home, "c"), ok=True, worker="w5", output_data=b"hit", cached="k1",
+                    exit_code=7)
+    assert fin.record["cached"] is True and fin.record["cache_key"] == "k1" and fin.record["exit_code"] is None
+    e = _events(home, ev.TASK_STATUS)[-1]
+    assert e["cached"] is True and "exit_code" not in e and e["status"] == "done"
+
+
+def test_finish_failed_retrying_announces_the_retry_and_ready_when_asked(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 0},
+                            {"id": "b", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 100},
+                            {"id": "d", "prompt": "x", "agent": "true", "deps": ["a"]}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    c = _claim(home, "a")
+    fin = tr.finish(home, plan, sched, c, ok=False, worker="w1", exit_code=2, signal=None, reason="bad",
+                    announce_ready=True, extra={"usage": {"usd": 2}}, fields={"strays_killed": 1})
+    assert fin.outcome == "retrying" and fin.changes == tr.Changes() and sched.state_of("a") == "retrying"
+    r, ready = _events(home, ev.TASK_STATUS)[-2:]
+    assert _strip(r) == {"task": "a", "status": "retrying", "attempt": 1, "worker": "w1", "duration": fin.record["duration"],
+                         "exit_code": 2, "reason": "bad", "outcome": "failed", "usage": {"usd": 2},
+                         "retry_at": fin.record["retry_at"], "strays_killed": 1}     # `fields` too
+    assert _strip(ready) == {"task": "a", "status": "ready", "attempt": 2, "worker": "w1", "reason": "attempt 1: bad"}
+    sched.take()
+    n = len(_events(home))
+    fin = tr.finish(home, plan, sched, _claim(home, "b"), ok=False, worker="w1", outcome="timeout", signal=9,
+                    announce_ready=True)
+    assert fin.outcome == "retrying" and len(_events(home)) == n + 1      # its backoff has not ended: no `ready`
+    assert _events(home)[-1]["signal"] == 9 and _events(home)[-1]["outcome"] == "timeout"
+    assert fin.record["reason"] == "" and _events(home)[-1]["reason"] == ""     # none given: empty
+    sched.requeue("a")
+    assert sched.take() == "a"
+    fin = tr.finish(home, plan, sched, _claim(home, "a"), ok=False, worker="w1", reason="again")
+    assert fin.outcome == "retrying" and _events(home)[-1]["status"] == "retrying"     # no `ready` unless asked
+    sched.requeue("a")
+    assert sched.take() == "a"
+    n = len(_events(home))
+    fin = tr.finish(home, plan, sched, _claim(home, "a"), ok=False, worker="w1", reason="conflict", final=True)
+    assert fin.outcome == "failed" and fin.record["final"] and fin.changes.blocked == [("d", "a")]
+    assert [(_strip(x).get("status"), x.get("task")) for x in _events(home)[n:]] == [("failed", "a"), (None, "d")]
+
+
+def test_finish_a_final_failure_stops_the_goal_unless_already_handled(tmp_path):
+    tasks = [{"id": "a", "prompt": "x", "agent": "true", "retries": 0, "priority": 1},
+             {"id": "b", "prompt": "x", "agent": "true"}, {"id": "c", "prompt": "x", "agent": "true"}]
+    home = _home(tmp_path, tasks, on_failure="stop")
+    plan, sched = home.load_plan("g"), _sched(home)
+    assert sched.take() == "a"
+    fin = tr.finish(home, plan, sched, _claim(home, "a"), ok=False, worker="w1", reason="x")
+    assert fin.outcome == "failed" and sorted(fin.changes.cancelled) == ["b", "c"]
+    assert lc.marker_of(home, "g", "b") == "cancelled"
+    assert _json(home.marker_path("g", "b", "cancelled"))["reason"] == "goal stopped: a failed (on_failure=stop)"
+    home2 = _home(tmp_path / "2", tasks, on_failure="stop")
+    plan2, sched2 = home2.load_plan("g"), _sched(home2)
+    sched2.take()
+    fin = tr.finish(home2, plan2, sched2, _claim(home2, "a"), ok=False, worker="w1", reason="x", stop_handled=True)
+    assert fin.changes.cancelled == [] and lc.marker_of(home2, "g", "b") is None
+
+
+def test_the_goal_end_is_published_once_with_its_finisher(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    assert tr.end_goal_if_finished(home, plan, sched, "w1") is None          # not finished
+    sched.take()
+    tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"x")
+    size = os.stat(home.events_path("g")).st_size
+    s = tr.end_goal_if_finished(home, plan, sched, "w1")
+    assert s == _json(home.summary_path("g")) and s["events_size"] == size and s["outcome"] == "done"
+    fin = s["finisher"]
+    assert set(fin) == {"worker", "host", "boot_id", "pid", "pid_start", "nonce"}
+    assert (fin["worker"], fin["pid"], fin["host"]) == ("w1", os.getpid(), claims.HOST)
+    e = _events(home, ev.GOAL_FINISHED)
+    assert len(e) == 1 and _strip(e[0]) == {"worker": "w1", "outcome": "done", "counts": {"done": 1},
+                                           "failed_roots": [], "finish_id": fin["nonce"]}
+    assert tr.end_goal_if_finished(home, plan, sched, "w2") is None           # once
+    assert len(_events(home, ev.GOAL_FINISHED)) == 1
+
+
+def test_a_lost_goal_end_of_another_host_waits_a_minute(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"x")
+    s = {"outcome": "done", "counts": {"done": 1}, "failed_roots": [],
+         "finisher": {"worker": "far1", "host": "far", "boot_id": "b", "pid": 1, "pid_start": "1", "nonce": "n1"}}
+    Path(home.summary_path("g")).write_text(json.dumps(s))
+    assert tr.announce_if_lost(home, "g", "w2") is False                     # written just now: give it a minute
+    old = time.time() - 61
+    os.utime(home.summary_path("g"), (old, old))
+    assert tr.announce_if_lost(home, "g", "w2") is True
+    e = _events(home, ev.GOAL_FINISHED)
+    assert len(e) == 1 and _strip(e[0]) == {"worker": "w2", "outcome": "done", "counts": {"done": 1}, "failed_roots": [],
+                                           "finish_id": "n1", "recovered": True}
+    assert tr.announce_if_lost(home, "g", "w3") is False and len(_events(home, ev.GOAL_FINISHED)) == 1
+    Path(home.summary_path("g")).write_text(json.dumps({**s, "finisher": {}}))
+    assert tr.announce_if_lost(home, "g", "w3") is False
+
+
+# ------------------------------------------------------------------ claim.py: the primitives
+
+
+def test_env_seconds_takes_a_non_negative_number_or_the_default(monkeypatch):
+    for raw, want in (("2.5", 2.5), ("0", 0.0), ("-1", 10.0), ("x", 10.0), ("", 10.0)):
+        monkeypatch.setenv("DAGRUN_TEST_SECONDS", raw)
+        assert claims._env_seconds("DAGRUN_TEST_SECONDS", 10.0) == want, raw
+    monkeypatch.delenv("DAGRUN_TEST_SECONDS")
+    assert claims._env_seconds("DAGRUN_TEST_SECONDS", 3.0) == 3.0
+
+
+def test_new_owner_names_this_process_or_the_given_one():
+    before = time.time()
+    o = claims.new_owner("w1", 4, kind="external")
+    assert set(o) == {"worker", "host", "boot_id", "pid", "pid_start", "attempt", "since", "kind", "nonce", "handle"}
+    assert (o["worker"], o["host"], o["boot_id"], o["pid"], o["pid_start"], o["attempt"], o["kind"], o["handle"]) == (
+        "w1", HOST, BOOT_ID, os.getpid(), self_start(), 4, "external", None)
+    assert len(o["nonce"]) == 12 and int(o["nonce"], 16) >= 0 and o["nonce"] != claims.new_owner("w1", 4, kind="x")["nonce"]
+    assert before - 1 <= parse_ts(o["since"]) <= time.time() + 1
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        o = claims.new_owner("w2", 1, kind="external", pid=child.pid)
+        assert o["pid"] == child.pid and o["pid_start"] == proc_start(child.pid) and o["pid_start"] != self_start()
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_release_removes_a_claim_with_files_left_in_it(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    assert claims.acquire(home, "g", "a")
+    Path(home.claim_dir("g", "a"), "stdout").write_bytes(b"x")
+    claims.release(home, "g", "a")
+    assert [n for n in os.listdir(home.task_dir("g", "a")) if "claim" in n] == []
+    claims.release(home, "g", "a")                         # nothing to release: no error
+    assert claims.acquire(home, "g", "a") and not claims.acquire(home, "g", "a")
+
+
+def test_a_symlinked_task_folder_is_refused_and_a_missing_one_made(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    os.symlink(tmp_path, home.task_dir("g", "b"))
+    with pytest.raises(FsError, match="symbolic link"):
+        claims.acquire(home, "g", "b")
+    assert not os.path.exists(tmp_path / "claim")
+    assert claims.acquire(home, "g", "c") and os.path.isdir(home.claim_dir("g", "c"))
+
+
+def test_holds_and_heartbeat_age(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    assert claims.heartbeat_age(home, "g", "a") is None and not claims.holds(home, "g", "a", "n")
+    assert claims.acquire(home, "g", "a")
+    o = claims.new_owner("w1", 1, kind="engine")
+    claims.update_owner(home, "g", "a", o)
+    assert claims.holds(home, "g", "a", o["nonce"]) and not claims.holds(home, "g", "a", "other")
+    now = time.time()
+    os.utime(home.owner_path("g", "a"), (now - 50, now - 50))
+    assert claims.heartbeat_age(home, "g", "a", now) == pytest.approx(50, abs=0.01)
+    Path(home.heartbeat_path("g", "a")).write_bytes(b"")
+    os.utime(home.heartbeat_path("g", "a"), (now - 20, now - 20))
+    assert claims.heartbeat_age(home, "g", "a", now) == pytest.approx(20, abs=0.01)     # the newest of the two
+    os.utime(home.heartbeat_path("g", "a"), (now - 80, now - 80))
+    assert claims.heartbeat_age(home, "g", "a", now) == pytest.approx(50, abs=0.01)
+    assert 49 < claims.heartbeat_age(home, "g", "a") < 60
+
+
+def test_the_edit_lock_is_shared_or_exclusive(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    path = os.path.join(home.goal_dir("g"), ".edit.lock")
+
+    def can(mode):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+    with claims.edit_lock(home, "g"):
+        assert can(fcntl.LOCK_SH) and not can(fcntl.LOCK_EX)
+    with claims.edit_lock(home, "g", exclusive=True):
+        assert not can(fcntl.LOCK_SH)
+    assert can(fcntl.LOCK_EX)                              # released
+    with claims.edit_lock(home, "nosuch"):                 # no goal: nothing to lock, nothing made
+        pass
+    assert not os.path.exists(home.goal_dir("nosuch"))
+
+
+# ------------------------------------------------------------------ hooks of a cascade, Changes, finishers of another boot
+
+
+def _wait_files(d: Path, n: int, timeout: float = 15.0) -> list[str]:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        names = sorted(x for x in os.listdir(d) if not x.startswith("."))
+        if len(names) >= n:
+            return names
+        time.sleep(0.05)
+    return sorted(x for x in os.listdir(d) if not x.startswith("."))
+
+
+def test_a_final_failure_under_stop_runs_the_failed_blocked_and_cancelled_hooks_once(tmp_path):
+    got = tmp_path / "hooks-ran"
+    got.mkdir()
+    name = '"$DAGRUN_HOOK_EVENT-$DAGRUN_TASK"'          # published by rename: never read half-written
+    hook = ["sh", "-c", f'cat > "{got}"/.{name} && mv "{got}"/.{name} "{got}"/{name}']
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 0, "priority": 1},
+                            {"id": "b", "prompt": "x", "agent": "true", "deps": ["a"]},
+                            {"id": "c", "prompt": "x", "agent": "true"}],
+                 on_failure="stop", hooks={"on_failed": [hook], "on_blocked": [hook], "on_cancelled": [hook]})
+    plan, sched = home.load_plan("g"), _sched(home)
+    assert sched.take() == "a"
+    fin = tr.finish(home, plan, sched, _claim(home, "a"), ok=False, worker="w1", reason="bad")
+    assert fin.changes.blocked == [("b", "a")] and fin.changes.cancelled == ["c"]
+    assert _wait_files(got, 3) == ["on_blocked-b", "on_cancelled-c", "on_failed-a"]
+    blocked = json.loads((got / "on_blocked-b").read_text())
+    assert (blocked["type"], blocked["task"], blocked["blocked_by"], blocked["reason"]) == (
+        ev.TASK_BLOCKED, "b", "a", "failed dependency")
+    cancelled = json.loads((got / "on_cancelled-c").read_text())
+    assert (cancelled["status"], cancelled["worker"], cancelled["reason"]) == (
+        "cancelled", "w1", "goal stopped: a failed (on_failure=stop)")
+    assert json.loads((got / "on_failed-a").read_text())["reason"] == "bad"
+    assert _json(home.marker_path("g", "c", "cancelled"))["by"] == "w1"
+    end = time.monotonic() + 15
+    while time.monotonic() < end and [n for n in os.listdir(home.hooks_due_dir("g")) if n.endswith(".json")]:
+        time.sleep(0.05)
+    assert [n for n in os.listdir(home.hooks_due_dir("g")) if n.endswith(".json")] == []   # all delivered
+    time.sleep(0.2)
+    assert len(os.listdir(got)) == 3                                                     # once each
+
+
+def test_changes_extend_concatenates_and_keeps_a_rebuild():
+    a = tr.Changes(ready=["r1"], blocked=[("b1", "x")], cancelled=["c1"], skipped=[("s1", "y")])
+    a.extend(tr.Changes(ready=["r2"], blocked=[("b2", "z")], cancelled=["c2"], skipped=[("s2", "w")], rebuild=True))
+    assert a == tr.Changes(ready=["r1", "r2"], blocked=[("b1", "x"), ("b2", "z")], cancelled=["c1", "c2"],
+                           skipped=[("s1", "y"), ("s2", "w")], rebuild=True)
+    a.extend(tr.Changes())
+    assert a.rebuild is True and a.ready == ["r1", "r2"]
+
+
+def test_a_goal_end_of_a_finisher_before_a_reboot_or_with_a_reused_pid(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"x")
+    base = {"outcome": "done", "counts": {"done": 1}, "failed_roots": []}
+    # this host, an earlier boot: judged like another host's (its summary is fresh: wait)
+    Path(home.summary_path("g")).write_text(json.dumps({**base, "finisher": {
+        "worker": "old", "host": HOST, "boot_id": "an-earlier-boot", "pid": _dead_pid(), "pid_start": "1", "nonce": "n1"}}))
+    assert tr.announce_if_lost(home, "g", "w2") is False
+    # this host and boot, our pid with another start time: the finisher is dead, announce for it
+    Path(home.summary_path("g")).write_text(json.dumps({**base, "finisher": {
+        "worker": "old", "host": HOST, "boot_id": BOOT_ID, "pid": os.getpid(), "pid_start": "1", "nonce": "n2"}}))
+    assert tr.announce_if_lost(home, "g", "w2") is True
+    assert [e["finish_id"] for e in _events(home, ev.GOAL_FINISHED)] == ["n2"]
+
+
+def _ended_goal(tmp_path, **top):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}], **top)
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"x")
+    return home
+
+
+def _far_summary(home, nonce: str, age: float) -> None:
+    s = {"outcome": "done", "counts": {"done": 1}, "failed_roots": [],
+         "finisher": {"worker": "far1", "host": "far", "boot_id": "b", "pid": 1, "pid_start": "1", "nonce": nonce}}
+    Path(home.summary_path("g")).write_text(json.dumps(s))
+    old = time.time() - age
+    os.utime(home.summary_path("g"), (old, old))
+
+
+def test_a_lost_goal_end_is_announced_after_exactly_a_minute_under_the_break_lock_without_hooks(tmp_path):
+    got = tmp_path / "hooks-ran"
+    got.mkdir()
+    home = _ended_goal(tmp_path, hooks={"on_goal_finished": [["sh", "-c", f"cat > {got}/ran"]]})
+    _far_summary(home, "n1", 60.5)
+    lock = os.path.join(home.goal_dir("g"), ".break.lock")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom filelock import FileLock\n"
+                               f"with FileLock({lock!r}):\n    print('held', flush=True)\n    time.sleep(0.8)\n"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        assert tr.announce_if_lost(home, "g", "w2") is True
+        assert time.monotonic() - t0 > 0.3                       # it waited for the other process's lock
+    finally:
+        holder.kill()
+        holder.wait()
+    assert [e["finish_id"] for e in _events(home, ev.GOAL_FINISHED)] == ["n1"]
+    time.sleep(0.5)
+    assert os.listdir(got) == []      # the hooks are the dead finisher's pending record's business
+
+
+def test_a_goal_end_announced_long_ago_is_found_in_the_whole_file(tmp_path):
+    home = _ended_goal(tmp_path)
+    _far_summary(home, "n9", 120)
+    assert tr.announce_if_lost(home, "g", "w2") is True
+    for i in range(700):                                         # > 64 KiB of later events
+        ev.emit(home, "g", ev.TASK_STATUS, task="a", status="note", pad="p" * 100, i=i)
+    assert os.path.getsize(home.events_path("g")) > 70000
+    assert tr.announce_if_lost(home, "g", "w3") is False         # beyond the tail: found under the lock
+    assert [e["finish_id"] for e in _events(home, ev.GOAL_FINISHED)] == ["n9"]
