@@ -145,13 +145,18 @@ def test_until_idle_leaves_tasks_held_by_a_live_holder(home, plans):
 def test_until_idle_never_exits_while_holding_claims(home, plans, tmp_path):
     """A cron worker with a long agent stays until it is done, even though nothing else is
     ready; a second cron run meanwhile finds nothing and leaves at once."""
-    p = write_plan(plans, [{"id": "long", "prompt": "p", "agent": "sleep 2; echo finished"}], goal="lng")
+    go = tmp_path / "go"            # the agent runs until the second cron run is over, however long that takes
+    p = write_plan(plans, [{"id": "long", "prompt": "p",
+                            "agent": f"while [ ! -e {go} ]; do sleep 0.05; done; echo finished"}], goal="lng")
     run("submit", p, home=home)
     w = spawn("worker", "--until-idle", "--name", "first", home=home)
-    wait_for(lambda: (task_dir(home, "lng", "long") / "claim" / "owner.json").exists(), what="claim")
-    r = run("worker", "--until-idle", "--name", "second", home=home, timeout=30)
-    assert w.poll() is None
-    assert r.returncode == 0 and r.stderr == ""           # found nothing, said nothing
+    try:
+        wait_for(lambda: (task_dir(home, "lng", "long") / "claim" / "owner.json").exists(), what="claim")
+        r = run("worker", "--until-idle", "--name", "second", home=home, timeout=30)
+        assert w.poll() is None
+        assert r.returncode == 0 and r.stderr == ""           # found nothing, said nothing
+    finally:
+        go.touch()
     out, err = w.communicate(timeout=30)
     assert w.returncode == 0
     assert (task_dir(home, "lng", "long") / "output").read_text() == "finished\n"
