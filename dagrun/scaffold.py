@@ -113,8 +113,12 @@ def example(folder: str, name: str, *, force: bool) -> list[str]:
     src = share_path("examples", name)
     out = []
     for root, dirs, files in os.walk(src):
-        dirs.sort()
+        # an installer byte-compiles every .py it installs, the example's seed code included:
+        # the bytecode is not part of the example
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
         for f in sorted(files):
+            if f.endswith((".pyc", ".pyo")):
+                continue
             rel = os.path.relpath(os.path.join(root, f), src)
             dst = os.path.join(folder, name, rel)
             fsio.makedirs(os.path.dirname(dst))

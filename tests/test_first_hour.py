@@ -421,3 +421,23 @@ def test_init_example_copies_a_runnable_goal_whose_schema_resolves(tmp_path, nam
         assert schema.startswith("file://") and Path(schema[len("file://"):]).is_file(), schema
     if name != "code-edit":                   # code-edit needs `sh init.sh` (a git repo) first
         run("validate", tmp_path / name / "dag.json", home=tmp_path / "home")
+
+
+def test_init_example_leaves_out_the_bytecode_an_installer_compiles(tmp_path, monkeypatch):
+    """pip byte-compiles every .py it installs, the code-edit example's seed too: `init
+    --example` copies the example, not the installer's __pycache__ (it crashed on the .pyc)."""
+    import compileall
+    import shutil
+
+    from dagrun import scaffold
+    share = tmp_path / "share"
+    shutil.copytree(scaffold.SHARE, share, ignore=shutil.ignore_patterns("__pycache__"))
+    assert compileall.compile_dir(str(share / "examples"), quiet=1)
+    assert list((share / "examples" / "code-edit").rglob("*.pyc"))
+    monkeypatch.setattr(scaffold, "SHARE", str(share))
+    out = tmp_path / "out"
+    out.mkdir()
+    files = scaffold.example(str(out), "code-edit", force=False)
+    assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
+    assert (out / "code-edit" / "seed" / "calc.py").read_text() == (share / "examples/code-edit/seed/calc.py").read_text()
+    assert not list(out.rglob("__pycache__"))
