@@ -39,21 +39,32 @@ _counting = bool(_crash_at or _step_trace)
 del _env
 
 
+_count_lock = threading.Lock()
+_mine = threading.local()       # the thread that took step _crash_at (for a crash right after it)
+
+
 def _step(label: str) -> None:
-    """Count one file-system mutation; die here if the crash harness asked for it."""
+    """Count one file-system mutation; die here if the crash harness asked for it. Threads
+    (the spawner, the spare pool) count too: one lock makes each step one number, and a crash
+    "after" step k happens in the thread that took step k, whatever other threads counted
+    while its operation ran (a git call takes long)."""
     global _steps
     if not _counting:
         return
-    _steps += 1
-    if _step_trace:
-        with open(_step_trace, "a") as f:
-            f.write(f"{_steps} {label}\n")
-    if _steps == _crash_at and not _crash_after:
-        _die(label)
+    with _count_lock:
+        _steps += 1
+        k = _steps
+        if _step_trace:
+            with open(_step_trace, "a") as f:
+                f.write(f"{k} {label}\n")
+    if k == _crash_at:
+        if not _crash_after:
+            _die(label)
+        _mine.after = True
 
 
 def _done_step(label: str) -> None:
-    if _crash_at and _crash_after and _steps == _crash_at:
+    if _crash_after and getattr(_mine, "after", False):
         _die(label)
 
 

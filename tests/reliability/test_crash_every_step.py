@@ -155,3 +155,27 @@ def test_crash_during_recovery(tmp_path, ref_run):
     assert not any(t.problems for t in trials), _report(trials)
     # the restart's step count varies a little with timing: the last few may not be reached
     assert sum(t.restarts >= 2 for t in trials) >= n - 2, "the restarts did not crash at every gap"
+
+
+def test_a_crash_after_step_k_happens_even_if_another_thread_counted_meanwhile(tmp_path):
+    """DAGRUN_CRASH_AT=k:after dies right after step k in the thread that took it, though
+    another thread (spares, the spawner) took step k+1 while k's operation ran (a git call
+    is long): the workspace crash walk once ran through such a step without crashing."""
+    import subprocess
+    import sys
+    import textwrap
+    code = textwrap.dedent("""
+        import threading
+        from dagrun import fsio
+        fsio._step("one")                        # step 1
+        fsio._step("k")                          # step 2: the crash point, "after"
+        t = threading.Thread(target=fsio._step, args=("other thread",))
+        t.start(); t.join()                      # step 3, while step 2's operation "runs"
+        fsio._done_step("k")
+        print("survived")
+    """)
+    trace = tmp_path / "trace"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "DAGRUN_CRASH_AT": "2:after", "DAGRUN_CRASH_TRACE": str(trace)})
+    assert r.returncode == -9 and "survived" not in r.stdout, (r.returncode, r.stdout, r.stderr)
+    assert trace.read_text().split("\n")[0].endswith(" k")
