@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import need_ray, run, spawn, task_dir, kill_group, wait_for, write_plan
+from conftest import agents_of, kill_group, need_ray, run, spawn, task_dir, wait_for, write_plan
 
 ray = pytest.mark.ray
 
@@ -51,6 +51,10 @@ def test_resources_reach_ray(tmp_path):
         assert f"ray task {tid[:16]}" in run("status", "g", home=home, env={"COLUMNS": "200"}).stdout
         run("cancel", "g", "big", home=home, timeout=60)
         assert d.wait(60) == 1
+        # Ray stops a cancelled task's agent on its node asynchronously (a force-cancel kills
+        # the worker, whose guard then kills the agent's group); under CI's load that took
+        # longer than the stray-agent check's 15 s once: wait for it here, and fail if it stays
+        wait_for(lambda: not agents_of(home), timeout=60, interval=0.2, what="the cancelled agent gone on its Ray node")
     finally:
         kill_group(d)
     assert (task_dir(home, "g", "big") / "cancelled").exists()
