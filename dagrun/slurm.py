@@ -19,9 +19,13 @@ Steps mode (`"slurm": {"mode": "steps"}`): the driver runs inside an allocation 
 (`salloc ... dagrun run`, `sbatch --wrap 'dagrun worker --until-idle'`) and each attempt is a
 local child `srun --exact --nodes=1 --ntasks=1 ...` that starts one job step of that
 allocation. The srun process is run by a ProcessRunner, so liveness (pid + start time, run id),
-pipes (output streams as it comes), timeouts, cancel, stray killing and the recovery of a dead
-driver's claims are the local runner's; srun forwards TERM to the step, a KILL also
-`scancel`s the step. When the allocation ends (the driver's batch script exits) Slurm kills its
+timeouts, cancel, stray killing and the recovery of a dead driver's claims are the local
+runner's; srun forwards TERM to the step, a KILL also `scancel`s the step. The step itself
+reads prompt.md and writes claim/stdout and claim/stderr on the shared home, as a jobs-mode
+wrapper does: srun's own I/O forwarding (Slurm 22.05) lost the whole stdout of about one
+short step in 500 under load, the agent having printed it and srun exiting 0. The driver
+follows those files' sizes for stall_timeout, max_output and first-byte times (the output
+streams); srun's own messages (its pipes) are added to claim/stderr when the step ends. When the allocation ends (the driver's batch script exits) Slurm kills its
 steps. Handles carry "mode": "steps" and the allocation's job id; the step writes its node to
 claim/node and its step id to claim/step.
 """
@@ -50,6 +54,7 @@ LIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "
 # end states in which Slurm itself stopped the job (not the agent's own exit)
 STOPPED_STATES = {"CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "DEADLINE", "BOOT_FAIL"}
 TOOLS = ("sbatch", "squeue", "scancel", "scontrol")
+SRUN_OUT, SRUN_ERR = "srun.out", "srun.err"   # a step's srun process's own stdout/stderr (claim folder)
 STEPS = "steps"
 NO_ALLOCATION = ("runner slurm: mode \"steps\" needs the driver inside a Slurm allocation (SLURM_JOB_ID is not set): "
                  "run it as `salloc ... dagrun run PLAN` or `sbatch --wrap 'dagrun worker --until-idle'`")
@@ -93,7 +98,8 @@ def sbatch_args(launch: Launch, script: str) -> list[str]:
 def srun_args(launch: Launch, cdir: str) -> list[str]:
     """The srun command line of a step-mode attempt: one task on one node of the allocation,
     only the resources it asks for (--exact), the agent run as the local runner runs it after
-    the step has written its node and step id into the claim folder.
+    the step has written its node and step id into the claim folder. The agent's stdin,
+    stdout and stderr are the claim's files, opened by the step (not srun's forwarding).
 
     The step id (which a KILL scancels) is published by rename; the node is written straight
     (one `printf`, no `mv` process: each costs a fork + exec per task, 1-10 ms here) and read
@@ -105,8 +111,8 @@ def srun_args(launch: Launch, cdir: str) -> list[str]:
     node, step = os.path.join(cdir, "node"), os.path.join(cdir, "step")
     inner = (f"printf '%s\\n' \"${{SLURMD_NODENAME:-$(hostname)}}\" >{q(node)}; "
              f"printf '%s.%s\\n' \"$SLURM_JOB_ID\" \"$SLURM_STEP_ID\" >{q(step + '.tmp')} && mv -f {q(step + '.tmp')} {q(step)}; "
-             f"exec /bin/sh -c {q(launch.agent)}")
-    a = ["srun", "--quiet", "--exact", "--nodes=1", "--ntasks=1", f"--cpus-per-task={int(res.get('cpus') or 1)}",
+             f"exec /bin/sh -c {q(launch.agent)} <{q(launch.stdin_path)} >{q(launch.stdout_path)} 2>{q(launch.stderr_path)}")
+    a = ["srun", "--quiet", "--input=none", "--exact", "--nodes=1", "--ntasks=1", f"--cpus-per-task={int(res.get('cpus') or 1)}",
          f"--job-name={spec.get('name') or 'dagrun'}", f"--chdir={launch.cwd}"]
     if res.get("mem") is not None:
         a.append(f"--mem={res['mem']}")
@@ -147,6 +153,16 @@ class _Job:
     settle_at: float | None = None       # ... and when to ask Slurm again
 
 
+@dataclass
+class _StepOutput:
+    """The capture files of a running step as the driver last saw them."""
+    cap: int | None = None               # max_output
+    out: int = 0
+    err: int = 0
+    first_byte: float | None = None      # monotonic: when a check first saw stdout non-empty
+    last_output: float | None = None     # ... and when it last saw either file grow
+
+
 class SlurmRunner:
     name = "slurm"
 
@@ -156,6 +172,7 @@ class SlurmRunner:
         self._next_queue = 0.0
         self.submitted = 0                 # sbatch calls by this instance (bench, tests)
         self._steps: ProcessRunner | None = None    # runs the srun processes of steps mode
+        self._step_out: dict[str, _StepOutput] = {}  # key -> what a step's agent has written
 
     def _proc(self) -> ProcessRunner:
         if self._steps is None:
@@ -228,9 +245,13 @@ class SlurmRunner:
             raise StartError(NO_ALLOCATION)
         cdir = os.path.dirname(launch.stdout_path)
         agent = "exec " + " ".join(shlex.quote(x) for x in srun_args(launch, cdir))
-        handle = self._proc().start(replace(launch, agent=agent, runner="process"))
+        # srun's own pipes carry only srun's messages (the step writes the agent's files)
+        handle = self._proc().start(replace(launch, agent=agent, runner="process", max_output=None,
+                                            stdout_path=os.path.join(cdir, SRUN_OUT),
+                                            stderr_path=os.path.join(cdir, SRUN_ERR)))
         handle.update(runner=self.name, mode=STEPS, job=int(job), node_file=os.path.join(cdir, "node"),
-                      step_file=os.path.join(cdir, "step"))
+                      step_file=os.path.join(cdir, "step"), stdout=launch.stdout_path, stderr=launch.stderr_path)
+        self._step_out[self.key(handle)] = _StepOutput(cap=launch.max_output)
         return handle
 
     def adopt(self, handle: dict) -> bool:
@@ -270,7 +291,7 @@ class SlurmRunner:
 
     def progress(self, handle: dict) -> Progress:
         if handle.get("mode") == STEPS:
-            return self._proc().progress(handle)
+            return self._step_progress(handle)
         j = self._jobs.get(self.key(handle))
         if j is None:
             return Progress()
@@ -280,10 +301,53 @@ class SlurmRunner:
             return Progress()
         return Progress(out_bytes=st.st_size)
 
+    def _step_progress(self, handle: dict) -> Progress:
+        """What the step's agent has written so far: the sizes of claim/stdout and
+        claim/stderr (the step writes them), a byte more than last time being output."""
+        w = self._step_out.setdefault(self.key(handle), _StepOutput())
+        out, err = _size(handle.get("stdout")), _size(handle.get("stderr"))
+        if out > w.out or err > w.err:
+            now = time.monotonic()
+            w.last_output = now
+            if out and w.first_byte is None:
+                w.first_byte = now
+            w.out, w.err = out, err
+        over = w.cap is not None and out > w.cap
+        return Progress(out_bytes=min(out, w.cap) if over else out, err_bytes=err, first_byte=w.first_byte,
+                        last_output=w.last_output, over_limit=over)
+
+    def _end_step(self, handle: dict, e: Exit) -> Exit:
+        """A step's srun has exited: srun's own messages join the agent's stderr, stdout is cut
+        at max_output, and (as the local runner) a capture file exists only if written to."""
+        prog = self._step_progress(handle)
+        self._step_out.pop(self.key(handle), None)
+        out, err = handle.get("stdout"), handle.get("stderr")
+        cdir = os.path.dirname(out or "")
+        said = b""
+        for name in (SRUN_ERR, SRUN_OUT):
+            try:
+                with open(os.path.join(cdir, name), "rb") as f:
+                    said += f.read()
+            except OSError:
+                pass
+        try:
+            if said:
+                with open(err, "ab") as f:
+                    f.write(said)
+            if prog.over_limit:
+                os.truncate(out, prog.out_bytes)
+            for path in (out, err):
+                if _size(path) == 0:
+                    os.unlink(path)
+        except OSError:
+            pass
+        return replace(e, progress=replace(prog, err_bytes=prog.err_bytes + len(said)),
+                       node=_read_record(handle.get("node_file")) or handle.get("node"))
+
     def poll(self, handle: dict) -> Exit | None:
         if handle.get("mode") == STEPS:
             e = self._proc().poll(handle)
-            return None if e is None else replace(e, node=_read_record(handle.get("node_file")) or handle.get("node"))
+            return None if e is None else self._end_step(handle, e)
         k = self.key(handle)
         j = self._jobs.get(k)
         if j is None:
@@ -460,6 +524,13 @@ def _cancel_step(handle: dict) -> bool:
     if not step or not all(p.isdigit() for p in step.split(".")) or step.count(".") != 1:
         return False
     return _run(["scancel", step]).returncode == 0
+
+
+def _size(path: str | None) -> int:
+    try:
+        return os.stat(path).st_size if path else 0
+    except OSError:
+        return 0
 
 
 def _read_exit(path: str | None) -> int | None:

@@ -350,9 +350,10 @@ def test_srun_command_line_of_a_step():
                 run_id="r1", runner="slurm", spec={"resources": {"cpus": 3, "mem": "2G"}, "name": "dagrun.g.t",
                                                    "slurm": {"mode": "steps"}})
     a = srun_args(la, "/c")
-    assert a[:6] == ["srun", "--quiet", "--exact", "--nodes=1", "--ntasks=1", "--cpus-per-task=3"]
+    assert a[:7] == ["srun", "--quiet", "--input=none", "--exact", "--nodes=1", "--ntasks=1", "--cpus-per-task=3"]
     assert "--mem=2G" in a and "--job-name=dagrun.g.t" in a and "--chdir=/w" in a
-    assert a[-3:-1] == ["/bin/sh", "-c"] and a[-1].endswith("exec /bin/sh -c 'claude -p'")
+    # the step opens the agent's files itself: srun's forwarding once lost a short step's output
+    assert a[-3:-1] == ["/bin/sh", "-c"] and a[-1].endswith("exec /bin/sh -c 'claude -p' </p >/c/stdout 2>/e")
 
 
 def _steps_plan(folder: Path, tasks: list[dict], goal: str = "st") -> Path:

@@ -98,6 +98,45 @@ def test_a_step_that_times_out_is_stopped_and_recorded_as_a_timeout(tmp_path, cl
 
 
 @slurm
+def test_a_steps_output_streams_to_the_driver_and_its_stderr_is_kept(tmp_path, cluster):
+    """The step writes the agent's stdout/stderr into the claim itself (srun's forwarding lost
+    a short step's whole output about once in 500 under load): the driver still sees it grow
+    (max_output stops a flood, stall_timeout a silent agent), a failed attempt keeps its
+    stderr, and srun's own messages land in it too."""
+    p = write_plan(tmp_path / "plans", [
+        {"id": "flood", "prompt": "p", "agent": "yes flood", "max_output": 20000, "kill_grace": 1},
+        {"id": "quiet", "prompt": "p", "agent": "echo once; sleep 120", "stall_timeout": 2, "kill_grace": 1},
+        {"id": "bad", "prompt": "the prompt", "agent": "cat; echo to-stderr >&2; exit 3"},
+        {"id": "empty", "prompt": "p", "agent": "true"},
+        {"id": "nomem", "prompt": "p", "agent": "true", "resources": {"cpus": 64}}],
+        goal="so", runner="slurm", defaults={"slurm": {"mode": "steps"}})
+    home = tmp_path / "home"
+    job, rc, log = _in_allocation(tmp_path, f"{DAGRUN} --home={home} run -q -j 5 {p}", cpus=2, timeout=180)
+    assert rc == 1, log
+
+    def record(t):
+        return json.loads((task_dir(home, "so", t) / "attempts" / "1.json").read_text())
+    assert record("flood")["outcome"] == "output_limit", record("flood")
+    out = (task_dir(home, "so", "flood") / "attempts" / "1.out").read_bytes()
+    assert len(out) == 20000 and out.startswith(b"flood\nflood\n")         # cut at max_output
+    assert record("quiet")["outcome"] == "stalled", record("quiet")
+    assert (task_dir(home, "so", "quiet") / "attempts" / "1.out").read_text() == "once\n"
+    bad = record("bad")
+    assert bad["exit_code"] == 3, bad
+    assert (task_dir(home, "so", "bad") / "attempts" / "1.out").read_text() == \
+        (task_dir(home, "so", "bad") / "prompt.md").read_text()          # stdin = prompt.md
+    err = (task_dir(home, "so", "bad") / "attempts" / "1.err").read_text()
+    assert err.startswith("to-stderr\n") and "srun: error:" in err and "exit code 3" in err, err   # srun's own line too
+    assert (task_dir(home, "so", "empty") / "done").exists()
+    assert (task_dir(home, "so", "empty") / "output").read_bytes() == b""
+    assert not (task_dir(home, "so", "empty") / "stderr.log").exists()
+    err = (task_dir(home, "so", "nomem") / "attempts" / "1.err").read_text()     # srun's own refusal
+    assert "srun" in err and err.strip(), err
+    wait_for(lambda: not _steps_of(job), timeout=30, what="no step of the driver's job left")
+    wait_for(lambda: not processes_with_env("DAGRUN_HOME", str(home)), timeout=35, what="the agents gone")
+
+
+@slurm
 def test_status_names_the_runner_and_the_job_of_a_running_attempt(tmp_path, cluster):
     p = write_plan(tmp_path / "plans", [{"id": "a", "prompt": "p", "agent": "sleep 120"}], goal="g", runner="slurm")
     home = tmp_path / "home"
