@@ -18,8 +18,8 @@ VALUES = [None, "", "0", "7", "007", "-1", "-0", " 3", "3 ", "+2", "1_0", "1e3",
           "12345678901234567890123", "1.", ".5", "٣", 0, 1, 7, -3, 1.5, True, False, (), ("a", "b"), ["x"]]
 
 
-def _params():
-    """(command path, param) for every typed parameter of the whole tree."""
+def _params(tree):
+    """(command path, param) for every typed parameter of the tree."""
     out = []
 
     def walk(cmd, path):
@@ -28,7 +28,7 @@ def _params():
                 out.append((path, p))
         for name, sub in getattr(cmd, "commands", {}).items():
             walk(sub, path + [name])
-    walk(get_cli(), [])
+    walk(tree, [])
     return out
 
 
@@ -37,12 +37,13 @@ def test_plain_conversions_equal_the_adapters_for_every_parameter():
     from typer._coercion import build_runtime_param
 
     seen, taken = set(), 0
-    for path, p in _params():
+    tree = get_cli()
+    ctx = Context(tree, info_name="dagrun")
+    for path, p in _params(tree):
         d = p.type_descriptor
         seen.add(repr(d.annotation))
         multi = p.multiple or p.nargs == -1
         real = build_runtime_param(d)
-        ctx = Context(get_cli(), info_name="dagrun")
         for v in VALUES:
             if v is None:
                 continue
