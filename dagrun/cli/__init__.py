@@ -105,12 +105,16 @@ def hoist_globals(argv: list[str]) -> list[str]:
     return head + moved + rest
 
 
-def get_cli():
-    """The click command tree of the app (help, completion and the man page use it)."""
+def get_cli(argv: list[str] | None = None):
+    """The click command tree of the app (help, completion and the man page use it); with
+    argv, of the command it invokes only (startup.py)."""
     from typer.main import get_command
 
     from .helpfmt import polish
-    return polish(get_command(app))
+    from .startup import cheap_coercion, command_name, only
+    group = polish(get_command(only(app, None if argv is None else command_name(app, argv))))
+    cheap_coercion(group)
+    return group
 
 
 def _take_back_sigint() -> None:
@@ -133,8 +137,9 @@ def main(argv: list[str] | None = None) -> None:
         argv = hoist_globals(sys.argv[1:] if argv is None else argv)
     except Exception as e:  # noqa: BLE001 - a usage error: one line
         sys.exit(report(e))
-    cmd = get_cli()
-    if os.environ.get("_DAGRUN_COMPLETE"):        # a completion request from the shell script
+    completing = bool(os.environ.get("_DAGRUN_COMPLETE"))     # a completion request from the shell script
+    cmd = get_cli(None if completing else argv)
+    if completing:
         from typer._completion_classes import completion_init
         completion_init()
     try:

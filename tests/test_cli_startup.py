@@ -1,0 +1,96 @@
+"""The CLI's start-up shortcuts (dagrun/cli/startup.py) say what typer says: the plain value
+conversions give the adapter's values, anything else is left to the adapter, a command built
+alone parses and fails as it does in the whole tree, and the shortcut is taken (no pydantic)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from typer._click import Context
+
+from conftest import run, write_plan
+
+from dagrun.cli import app, get_cli
+from dagrun.cli.startup import _ASK, _plain, command_name
+
+VALUES = [None, "", "0", "7", "007", "-1", "-0", " 3", "3 ", "+2", "1_0", "1e3", "1.5", "0.5", "-0.0", "abc",
+          "12345678901234567890123", "1.", ".5", "٣", 0, 1, 7, -3, 1.5, True, False, (), ("a", "b"), ["x"]]
+
+
+def _params(tree):
+    """(command path, param) for every typed parameter of the tree."""
+    out = []
+
+    def walk(cmd, path):
+        for p in cmd.params:
+            if hasattr(p, "type_descriptor"):
+                out.append((path, p))
+        for name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, path + [name])
+    walk(tree, [])
+    return out
+
+
+def test_plain_conversions_equal_the_adapters_for_every_parameter():
+    from typer._click.exceptions import BadParameter
+    from typer._coercion import build_runtime_param
+
+    seen, taken = set(), 0
+    tree = get_cli()
+    ctx = Context(tree, info_name="dagrun")
+    for path, p in _params(tree):
+        d = p.type_descriptor
+        seen.add(repr(d.annotation))
+        multi = p.multiple or p.nargs == -1
+        real = build_runtime_param(d)
+        for v in VALUES:
+            if v is None:
+                continue
+            got = _plain(v, d, multi)
+            if got is _ASK:
+                continue
+            taken += 1
+            try:
+                want = real.coerce(v, param=p, ctx=ctx)
+            except BadParameter as e:
+                pytest.fail(f"{path} {p.name}: {v!r} -> {got!r} here, the adapter refuses it: {e}")
+            assert type(got) is type(want) and got == want, (path, p.name, v, got, want)
+    assert {"<class 'str'>", "<class 'int'>", "<class 'float'>"} <= seen
+    assert taken > 100
+
+
+def test_the_command_is_found_after_global_options_and_only_it_is_built():
+    assert command_name(app, ["--home", "h", "--color=never", "status", "g"]) == "status"
+    assert command_name(app, ["resources", "set"]) == "resources"
+    assert command_name(app, ["--version"]) is None and command_name(app, ["stat"]) is None
+    assert command_name(app, ["--home"]) is None and command_name(app, []) is None
+    assert list(get_cli(["--home=h", "retry", "g"]).commands) == ["retry"]
+    assert len(get_cli(["nosuch"]).commands) == len(get_cli().commands) > 30
+
+
+def test_a_typer_command_with_plain_values_does_not_import_pydantic(tmp_path):
+    plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "agent": "true"}], goal="g")
+    home = tmp_path / "home"
+    run("run", plan, "-j", "2", "--poll", "0.5", home=home)
+    code = ("import sys\nfrom dagrun.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
+            "print('pydantic' in sys.modules, code, file=sys.stderr)\n")
+    for argv, ends in ((["status", "g"], "False 0"), (["run", "g", "-q", "-j", "3"], "False 0"),
+                       (["events", "g", "--type", "task.blocked", "--type", "goal.finished"], "False 0"),
+                       (["run", "g", "-j", "abc"], "True 2"), (["run", "g", "-j", "0"], "True 2")):
+        p = subprocess.run([sys.executable, "-c", code, "--home", str(home), *argv], capture_output=True, text=True,
+                           timeout=60)
+        assert p.stderr.splitlines()[-1] == ends, (argv, p.stderr)
+
+
+def test_bad_values_are_worded_by_typer(tmp_path):
+    p = run("run", "x.json", "-j", "abc", home=tmp_path / "h", check=2)
+    assert p.stderr == ("dagrun: Invalid value for '-j' / '--jobs': Input should be a valid integer, unable to "
+                        "parse string as an integer (see: dagrun run --help)\n")
+    p = run("run", "x.json", "--jobs=0", home=tmp_path / "h", check=2)
+    assert "'-j' / '--jobs'" in p.stderr and "1" in p.stderr and p.stderr.count("\n") == 1
+    p = run("status", "--nosuch", home=tmp_path / "h", check=2)
+    assert p.stderr == "dagrun: No such option: --nosuch (see: dagrun status --help)\n"
+    p = run("stat", home=tmp_path / "h", check=2)
+    assert p.stderr.startswith("dagrun: No such command 'stat'")
