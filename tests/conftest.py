@@ -296,6 +296,30 @@ def pytest_terminal_summary(terminalreporter, config):
         tr.line(f"{'allowed    ' if allowed else 'NOT ALLOWED'} {nodeid}: {reason}")
 
 
+REALAGENTS = Path("/tmp/realagents")     # ../shared/realagents/agents.sh installs the CLIs and the mock here
+
+
+def need_realagents(*binaries: str) -> None:
+    """Skip (fail under CI=true) unless the real agent CLIs are installed under /tmp/realagents
+    (`binaries`: these of its bin/) and their mock LLM API answers on its port (a mock.port
+    left by a mock that died does not count)."""
+    import socket
+    why = None
+    missing = [b for b in binaries if not os.access(REALAGENTS / "bin" / b, os.X_OK)]
+    if not (REALAGENTS / "bin").is_dir() or missing:
+        why = f"{REALAGENTS}/bin{'/' + missing[0] if missing else ''} is missing"
+    else:
+        try:
+            port = int((REALAGENTS / "mock.port").read_text())
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        except (OSError, ValueError) as e:
+            why = f"the mock LLM API is not running ({e})"
+    if why:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{why} (CI must install them: sh ../shared/realagents/agents.sh)")
+        pytest.skip(f"{why}: run `sh ../shared/realagents/agents.sh`")
+
+
 def need_slurm() -> None:
     """Skip (fail under CI=true) unless a Slurm cluster answers here: sbatch & co on PATH and
     `scontrol ping` UP (SLURM_CONF from the environment; .ci/run starts one with .ci/slurm-up.sh)."""

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
 
-from conftest import run, write_plan
+from conftest import need_realagents, run, write_plan
 
 R = Path("/tmp/realagents")
 pytestmark = pytest.mark.realagents
@@ -31,24 +30,9 @@ PRESETS = {
 NAMES = ["claude", "codex", "gemini", "aider", "llm"]
 
 
-def _mock_up() -> str | None:
-    if not (R / "bin").is_dir():
-        return f"{R}/bin is missing: run `sh ../shared/realagents/agents.sh`"
-    try:
-        port = int((R / "mock.port").read_text())
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    except (OSError, ValueError) as e:
-        return f"the mock LLM API is not running ({e}): run `sh ../shared/realagents/agents.sh`"
-    return None
-
-
 @pytest.fixture(scope="module", autouse=True)
 def realagents():
-    why = _mock_up()
-    if why:
-        if os.environ.get("CI") == "true":
-            pytest.fail(why)
-        pytest.skip(why)
+    need_realagents()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import tomllib
 
 import pytest
 
-from conftest import DAGRUN, run, write_plan
+from conftest import DAGRUN, need_realagents, run, write_plan
 
 try:
     import anyio
@@ -177,18 +177,7 @@ class _ClaudeMock:
 
 @pytest.fixture
 def claude_mock():
-    alive = False
-    try:
-        with open(os.path.join(REAL, "mock.pid")) as f:
-            os.kill(int(f.read().strip()), 0)
-        alive = True
-    except (OSError, ValueError):
-        pass
-    if not (os.access(_ClaudeMock.cli, os.X_OK) and alive):
-        why = f"{_ClaudeMock.cli} or its mock LLM is not there (see /work/shared/realagents/README.md)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(why)
-        pytest.skip(why)
+    need_realagents("claude-mock")
     return _ClaudeMock()
 
 

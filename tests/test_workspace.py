@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run, write_plan
+from conftest import need_realagents, run, write_plan
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None and os.environ.get("CI") != "true",
                                 reason="git is not installed")
@@ -434,10 +434,7 @@ def test_real_agent_cli_runs_in_its_worktree(tmp_path, cli):
     the mock only answers in text, so the task's patch is empty -- what is checked is that
     the CLIs accept the worktree (Codex wants a git repository) and the capture runs."""
     binary = Path("/tmp/realagents/bin") / cli.split()[0]
-    if not binary.exists() or not Path("/tmp/realagents/mock.port").exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{binary} or its mock LLM API is missing")
-        pytest.skip(f"{binary} or its mock LLM API is missing (see /work/shared/realagents/README.md)")
+    need_realagents(binary.name)
     repo = make_repo(tmp_path / "repo")
     ws_plan(tmp_path, [{"id": "A", "prompt": "Say hello.", "agent": f"{binary} {' '.join(cli.split()[1:])}",
                         "timeout": 120}])
