@@ -95,16 +95,16 @@ def srun_args(launch: Launch, cdir: str) -> list[str]:
     only the resources it asks for (--exact), the agent run as the local runner runs it after
     the step has written its node and step id into the claim folder.
 
-    The step id (which a KILL scancels) is published by rename; the node is written straight
-    (one `printf`, no `mv` process: each costs a fork + exec per task, 1-10 ms here) and read
-    only once it ends with its newline (_read_record): the file is written once per attempt,
-    so a torn or interrupted write is a prefix without one, read as "not yet known"."""
+    The node and the step id (which a KILL scancels) are written straight (one `printf` each,
+    no `mv` process: each costs a fork + exec per task, 1-10 ms here) and read only once they
+    end with their newline (_read_record): each file is written once per attempt, so a torn or
+    interrupted write is a prefix without one, read as "not yet known"."""
     spec = launch.spec or {}
     res = spec.get("resources") or {}
     q = shlex.quote
     node, step = os.path.join(cdir, "node"), os.path.join(cdir, "step")
     inner = (f"printf '%s\\n' \"${{SLURMD_NODENAME:-$(hostname)}}\" >{q(node)}; "
-             f"printf '%s.%s\\n' \"$SLURM_JOB_ID\" \"$SLURM_STEP_ID\" >{q(step + '.tmp')} && mv -f {q(step + '.tmp')} {q(step)}; "
+             f"printf '%s.%s\\n' \"$SLURM_JOB_ID\" \"$SLURM_STEP_ID\" >{q(step)}; "
              f"exec /bin/sh -c {q(launch.agent)}")
     a = ["srun", "--quiet", "--exact", "--nodes=1", "--ntasks=1", f"--cpus-per-task={int(res.get('cpus') or 1)}",
          f"--job-name={spec.get('name') or 'dagrun'}", f"--chdir={launch.cwd}"]
@@ -456,7 +456,7 @@ class SlurmRunner:
 def _cancel_step(handle: dict) -> bool:
     """scancel the step a steps-mode attempt wrote into claim/step (KILL to its tasks, on
     whatever node); False when it never named itself or is gone."""
-    step = _read_line(handle.get("step_file"))
+    step = _read_record(handle.get("step_file"))
     if not step or not all(p.isdigit() for p in step.split(".")) or step.count(".") != 1:
         return False
     return _run(["scancel", step]).returncode == 0
