@@ -21,8 +21,10 @@ ways, and prints medians per task:
 
 Each shape: chain (ray.get of one task at a time) and fanout (all N submitted, then waited
 for). Ratios are printed against both the honest (agent) and the minimal (true) floor.
-RUNNER=path/to/rayrun.py measures another version of the module (an A/B against an older
-checkout). Needs a Ray head (RAY_ADDRESS).
+RUNNER=path/to/rayrun.py measures another version of the module instead; RUNNER=A,B,... (paths,
+or "-" for this checkout's) measures each, interleaved with the floors in the same process (an
+A/B in one run: on a loaded machine separate runs differ by more than the change). Needs a Ray
+head (RAY_ADDRESS).
 
     RAY_ADDRESS=127.0.0.1:6379 .venv/bin/python bench/ray_runner.py [N] [REPS]
 """
@@ -38,12 +40,11 @@ import tempfile
 import time
 
 
-def load_runner():
-    path = os.environ.get("RUNNER")
-    if not path:
+def load_runner(path: str | None = None, i: int = 0):
+    if not path or path == "-":
         from dagrun import rayrun
         return rayrun
-    spec = importlib.util.spec_from_file_location("dagrun.rayrun_under_test", path)
+    spec = importlib.util.spec_from_file_location(f"dagrun.rayrun_under_test{i}", path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
@@ -135,8 +136,9 @@ def main() -> None:
             e.seek(0)
             return code, o.read(), e.read()
 
-    mod = load_runner()
-    runner = mod.RayRunner()
+    mods = [load_runner(p, i) for i, p in enumerate((os.environ.get("RUNNER") or "-").split(","))]
+    runners = [m.RayRunner() for m in mods]
+    names = ["runner"] if len(mods) == 1 else [f"runner{i + 1}" for i in range(len(mods))]
     m: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-rayrunner-") as root:
         prompt_path = os.path.join(root, "prompt-floor.md")
@@ -159,7 +161,8 @@ def main() -> None:
             return ray.get(next(x)) if isinstance(x, ray.ObjectRefGenerator) else ray.get(x)
         for f in floors.values():
             get(f(0))
-        run_runner(mod, runner, root, 2, True)          # warm: the functions exported, workers up
+        for mod, runner in zip(mods, runners):
+            run_runner(mod, runner, root, 2, True)      # warm: the functions exported, workers up
         for _ in range(reps):
             for shape in ("chain", "fanout"):
                 for name, f in floors.items():
@@ -171,15 +174,19 @@ def main() -> None:
                         r = get([f(i) for i in range(n)])[-1]
                     m.setdefault(f"{shape} {name}", []).append(time.perf_counter() - t)
                     assert r in (None, 0) or r[0] == 0, r
-                m.setdefault(f"{shape} runner", []).append(run_runner(mod, runner, root, n, shape == "chain"))
-    print(f"{mod.__file__}: {n} tasks, medians of {reps} interleaved runs, ms per task")
-    cols = ("empty", "true", "agent", "stream", "files", "runner")
-    print("  shape   " + " ".join(f"{k:>7}" for k in cols) + f"  {'runner/agent':>12} {'runner/true':>11} "
-          f"{'added to agent':>14}")
+                for name, mod, runner in zip(names, mods, runners):
+                    m.setdefault(f"{shape} {name}", []).append(run_runner(mod, runner, root, n, shape == "chain"))
+    for name, mod in zip(names, mods):
+        print(f"{name}: {mod.__file__}")
+    print(f"{n} tasks, medians of {reps} interleaved runs, ms per task; load average {os.getloadavg()[0]:.1f}")
+    cols = ("empty", "true", "agent", "stream", "files", *names)
+    print("  shape   " + " ".join(f"{k:>7}" for k in cols))
     for shape in ("chain", "fanout"):
         v = {k: statistics.median(m[f"{shape} {k}"]) / n * 1000 for k in cols}
-        print(f"  {shape:7} " + " ".join(f"{v[k]:7.2f}" for k in cols) + "  "
-              f"{v['runner'] / v['agent']:11.2f}x {v['runner'] / v['true']:10.2f}x {v['runner'] - v['agent']:12.2f}ms")
+        print(f"  {shape:7} " + " ".join(f"{v[k]:7.2f}" for k in cols))
+        for name in names:
+            print(f"  {'':7} {name}: {v[name] / v['agent']:.2f}x the agent floor, {v[name] / v['true']:.2f}x the "
+                  f"true floor, {v[name] - v['agent']:+.2f} ms over the agent floor")
 
 
 if __name__ == "__main__":

@@ -6,9 +6,11 @@ files and the engine commits them like any other attempt.
 The remote function runs the agent in its own session (process group) with stdin = the
 prompt and the attempt's environment (DAGRUN_* included); the worker's guard process (one per
 Ray worker, fed the groups of its running agents through a pipe) kills that group if the Ray
-worker dies (a forced cancel, a crash). An attempt still running 0.1 s after its agent started
-streams its node first (status, a `placed` event); a shorter one sends one item, its result
-with its node. terminate() is `ray.cancel(ref)`: it raises KeyboardInterrupt in the
+worker dies (a forced cancel, a crash, its driver's death). An attempt still running 0.1 s
+after its agent started streams its node first (status, a `placed` event); a shorter one
+sends one item, its result with its node. The driver is woken by each streamed item as it
+arrives (a callback on the next item's ref rings a pipe), so an attempt ends for the driver
+when its result arrives, not when Ray has also wound its task up (~1 ms later). terminate() is `ray.cancel(ref)`: it raises KeyboardInterrupt in the
 remote function, which sends TERM to the agent's group, waits `kill_grace`, then KILL; kill()
 is `ray.cancel(ref, force=True)` (the worker is killed; the agent with it). A node that dies,
 or a worker that crashes, ends the attempt `failed` with Ray's reason; the task's `retries`
@@ -31,7 +33,6 @@ from dataclasses import dataclass
 from .executor import RUN_ID_VAR, Exit, Launch, Progress, StartError, Wakeup
 
 PLACE_AFTER = 0.1          # s: an attempt still running this long after its agent started says where it runs
-PLACE_POLL = (0.01, 0.05)   # s: then attempts not yet placed are looked at (a peek in memory) within these
 MB = 1024 * 1024
 
 
@@ -243,10 +244,8 @@ class _Task:
     gen: object                      # the Ray ObjectRefGenerator of the attempt
     handle: dict
     launch: Launch
-    t0: float = 0.0                  # monotonic: submitted
     stop_sig: int | None = None
     node: str | None = None
-    result: object = None            # the last item, if the node poll met it first (a short attempt)
 
 
 class RayRunner:
@@ -339,21 +338,42 @@ class RayRunner:
             o["num_gpus"] = res["gpu"]
         env = dict(launch.env)
         env[RUN_ID_VAR] = launch.run_id
+        tid = None
         try:
             gen = self._remote.options(**o, name=spec.get("name") or "dagrun").remote(
                 launch.agent, launch.cwd, env, prompt, launch.max_output, float(spec.get("kill_grace") or 5.0),
                 PLACE_AFTER)
             tid = gen._generator_ref.task_id().hex()
+            handle = {"runner": self.name, "task_id": tid, "driver": os.getpid(),
+                      "host": socket.gethostname(), "run_id": launch.run_id}
+            t = self._tasks[tid] = _Task(gen, handle, launch)
+            # woken by the first item (the node of a long attempt, else the result), and by the
+            # task's end whatever happens (a failure is an item too, but the end is certain)
             gen.completed().future().add_done_callback(lambda _f, k=tid: self._ring(k))
+            self._arm(t, tid)
         except Exception as e:      # noqa: BLE001
+            self._tasks.pop(tid, None)
             raise StartError(f"ray: {e}") from None
-        handle = {"runner": self.name, "task_id": tid, "driver": os.getpid(),
-                  "host": socket.gethostname(), "run_id": launch.run_id}
-        self._tasks[tid] = _Task(gen, handle, launch, time.monotonic())
         return handle
 
+    def _arm(self, t: _Task, key: str) -> None:
+        """Ring the bell when the attempt's next item arrives (a callback on its ref: a peek in
+        the driver's memory, no call to the raylet)."""
+        try:
+            ref, ready = self._ray._private.worker.global_worker.core_worker.peek_object_ref_stream(
+                t.gen._generator_ref)
+            if not ready:
+                ref.future().add_done_callback(lambda _f: self._ring(key))
+                return
+        except Exception:           # noqa: BLE001 -- the stream ended or failed: poll reads it
+            pass
+        self._ring(key)
+
     def _ring(self, key: str) -> None:
-        """Ray's callback thread: the attempt's Ray task ended (any way)."""
+        """Ray's callback thread (or the loop): an item of the attempt arrived, or its Ray task
+        ended (any way)."""
+        if key not in self._tasks:  # (the end of a task whose result was taken already)
+            return
         with self._lock:
             self._ended.add(key)
         try:
@@ -362,15 +382,7 @@ class RayRunner:
             pass
 
     def wakeup(self) -> Wakeup:
-        if not self._tasks:
-            return Wakeup((self._bell[0],), None)
-        # ends ring the bell; only an attempt not yet placed, and old enough to have said where
-        # it runs, is looked at on a timer (its node)
-        first = min((t.t0 for t in self._tasks.values() if t.node is None), default=None)
-        if first is None:
-            return Wakeup((self._bell[0],), None)
-        return Wakeup((self._bell[0],), max(PLACE_POLL[0], first + PLACE_AFTER - time.monotonic(),
-                                            min(PLACE_POLL[1], 0.0002 * len(self._tasks))))
+        return Wakeup((self._bell[0],), None)       # every item and every end rings the bell
 
     def service(self, ready: set[int]) -> None:
         if self._bell[0] in ready:
@@ -385,34 +397,28 @@ class RayRunner:
 
     def node(self, handle: dict) -> str | None:
         t = self._tasks.get(self.key(handle))
-        if t is None:
-            return handle.get("node")
-        if t.node is None and time.monotonic() >= t.t0 + PLACE_AFTER:
-            self._first(t)
-        return t.node
+        return handle.get("node") if t is None else t.node
 
-    def _first(self, t: _Task) -> None:
-        """The attempt's first item (where it runs), if Ray has it already: a peek in the
-        driver's memory, no call to Ray's raylet. A short attempt's first item is its
-        result (kept for poll)."""
-        try:
-            if not self._ray._private.worker.global_worker.core_worker.peek_object_ref_stream(
-                    t.gen._generator_ref)[1]:
-                return
-            ref = t.gen._next_sync(timeout_s=0)
-        except Exception:           # noqa: BLE001 -- the stream ended or failed: poll reports it
-            t.node = t.node or ""
-            return
-        if ref.is_nil():
-            return
-        try:
-            item = self._ray.get(ref)
-        except Exception as e:      # noqa: BLE001 -- it failed before it started: poll reports it
-            t.node, t.result = t.node or "", e
-            return
-        t.node = item.get("node") or ""
-        if "node" not in item or len(item) > 1:
-            t.result = item
+    def _items(self, t: _Task):
+        """Read what has arrived of the attempt: its node (kept), then its result. Returns the
+        result dict, an exception (the task failed: cancelled, its worker or node died), or
+        None (nothing more yet)."""
+        while True:
+            try:
+                ref = t.gen._next_sync(timeout_s=0)
+            except StopIteration:
+                return RuntimeError("the attempt ended without a result")
+            except Exception as e:  # noqa: BLE001
+                return e
+            if ref.is_nil():
+                return None
+            try:
+                item = self._ray.get(ref)
+            except Exception as e:  # noqa: BLE001 -- cancelled, worker crashed, node died
+                return e
+            if "code" in item or "start_error" in item:
+                return item
+            t.node = item.get("node") or t.node or ""
 
     def poll(self, handle: dict) -> Exit | None:
         k = self.key(handle)
@@ -423,22 +429,18 @@ class RayRunner:
             if k not in self._ended:
                 return None
             self._ended.discard(k)
+        r = self._items(t)
+        if r is None:
+            self._arm(t, k)
+            return None
         del self._tasks[k]
-        try:
-            if isinstance(t.result, BaseException):
-                raise t.result
-            items = [t.result] if t.result is not None else []
-            items += [self._ray.get(ref) for ref in t.gen]      # ended: nothing here blocks
-            r = items[-1] if items else {}
-            if "code" not in r and "start_error" not in r:
-                raise RuntimeError("the attempt ended without a result")
-        except Exception as e:      # noqa: BLE001 -- cancelled, worker crashed, node died
+        if isinstance(r, BaseException):
             node = t.node or None
             if t.stop_sig is not None:
                 return Exit(None, t.stop_sig, Progress(), node=node,
                             reason=f"ray task cancelled ({signal.Signals(t.stop_sig).name})")
             return Exit(None, None, Progress(), node=node,
-                        reason=f"ray: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
+                        reason=f"ray: {type(r).__name__}: {str(r).splitlines()[0][:300] if str(r) else ''}")
         node = r.get("node") or t.node or None
         if "start_error" in r:
             return Exit(127, None, Progress(), reason=r["start_error"], node=node)
