@@ -9,8 +9,8 @@ Ray worker, fed the groups of its running agents through a pipe) kills that grou
 worker dies (a forced cancel, a crash, its driver's death). An attempt still running 0.1 s
 after its agent started streams its node first (status, a `placed` event); a shorter one
 sends one item, its result with its node. The driver is woken by each streamed item as it
-arrives (a callback on the next item's ref rings a pipe), so an attempt ends for the driver
-when its result arrives, not when Ray has also wound its task up (~1 ms later). terminate() is `ray.cancel(ref)`: it raises KeyboardInterrupt in the
+arrives (a callback on the next item's ref rings a pipe) and by the end of its Ray task; the
+attempt ends with its Ray task (its worker is free then). terminate() is `ray.cancel(ref)`: it raises KeyboardInterrupt in the
 remote function, which sends TERM to the agent's group, waits `kill_grace`, then KILL; kill()
 is `ray.cancel(ref, force=True)` (the worker is killed; the agent with it). A node that dies,
 or a worker that crashes, ends the attempt `failed` with Ray's reason; the task's `retries`
@@ -246,6 +246,8 @@ class _Task:
     launch: Launch
     stop_sig: int | None = None
     node: str | None = None
+    result: object = None            # its result (a dict) or failure (an exception), once read
+    ended: bool = False              # its Ray task ended (set by Ray's callback thread)
 
 
 class RayRunner:
@@ -349,7 +351,7 @@ class RayRunner:
             t = self._tasks[tid] = _Task(gen, handle, launch)
             # woken by the first item (the node of a long attempt, else the result), and by the
             # task's end whatever happens (a failure is an item too, but the end is certain)
-            gen.completed().future().add_done_callback(lambda _f, k=tid: self._ring(k))
+            gen.completed().future().add_done_callback(lambda _f, k=tid: self._ring(k, end=True))
             self._arm(t, tid)
         except Exception as e:      # noqa: BLE001
             self._tasks.pop(tid, None)
@@ -369,11 +371,14 @@ class RayRunner:
             pass
         self._ring(key)
 
-    def _ring(self, key: str) -> None:
+    def _ring(self, key: str, end: bool = False) -> None:
         """Ray's callback thread (or the loop): an item of the attempt arrived, or its Ray task
         ended (any way)."""
-        if key not in self._tasks:  # (the end of a task whose result was taken already)
+        t = self._tasks.get(key)
+        if t is None:
             return
+        if end:
+            t.ended = True
         with self._lock:
             self._ended.add(key)
         try:
@@ -429,11 +434,26 @@ class RayRunner:
             if k not in self._ended:
                 return None
             self._ended.discard(k)
-        r = self._items(t)
-        if r is None:
-            self._arm(t, k)
+        if t.result is None:
+            t.result = self._items(t)
+        if not t.ended:
+            # the result is not the end: the attempt ends with its Ray task, when its worker is
+            # free again (a chain's next task then runs on the same worker, not on a new one
+            # Ray would start for it: a second or more in a new job)
+            if t.result is None:
+                self._arm(t, k)
             return None
         del self._tasks[k]
+        with self._lock:
+            self._ended.discard(k)   # (rung again by its end after this poll looked)
+        r = t.result
+        if r is None:                # ended: whatever it sent is there; nothing here blocks
+            try:
+                items = [self._ray.get(ref) for ref in t.gen]
+                r = next((i for i in reversed(items) if "code" in i or "start_error" in i), None) or \
+                    RuntimeError("the attempt ended without a result")
+            except Exception as e:  # noqa: BLE001 -- cancelled, worker crashed, node died
+                r = e
         if isinstance(r, BaseException):
             node = t.node or None
             if t.stop_sig is not None:
