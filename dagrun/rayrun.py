@@ -64,8 +64,11 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
     # of the attempt (by its run id, which every process of the agent carries in its
     # environment) *before* the agent exists: a worker killed in the instant after the agent
     # started, before it could say the agent's group, must not leave the agent running
+    if not rid or b"\n" in rid or b" " in rid:
+        yield {"start_error": f"cannot start the agent on {node}: the attempt has no usable run id", "node": node}
+        return
     guard = _guard()
-    if guard is None or not rid or b"\n" in rid or b" " in rid:
+    if guard is None:
         yield {"start_error": f"cannot start the agent on {node}: no guard process for the Ray worker", "node": node}
         return
     with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
