@@ -11,14 +11,20 @@ ways, and prints medians per task:
            dict the runner sends: the driver's environment plus the DAGRUN_* variables) and
            the prompt (read from the prompt file on the driver), runs `sh -c CMD` as a
            subprocess with the prompt on stdin, and returns (exit code, stdout, stderr)
+  stream   the agent floor as a Ray streaming task (a generator yielding its one result; the
+           driver reads it with next()): what a streaming task costs over a plain one
+  files    the agent floor with temporary files for stdin/stdout/stderr (as the runner does:
+           a prompt or output bigger than a pipe's buffer needs them or threads) instead of pipes
   runner   RayRunner.start() of a Launch running `true` with that environment and prompt,
            then the engine's loop in miniature (poll on runner.wakeup(), service, node, poll)
            until every attempt has its Exit
 
 Each shape: chain (ray.get of one task at a time) and fanout (all N submitted, then waited
 for). Ratios are printed against both the honest (agent) and the minimal (true) floor.
-RUNNER=path/to/rayrun.py measures another version of the module (an A/B against an older
-checkout). Needs a Ray head (RAY_ADDRESS).
+RUNNER=path/to/rayrun.py measures another version of the module instead; RUNNER=A,B,... (paths,
+or "-" for this checkout's) measures each, interleaved with the floors in the same process (an
+A/B in one run: on a loaded machine separate runs differ by more than the change). Needs a Ray
+head (RAY_ADDRESS).
 
     RAY_ADDRESS=127.0.0.1:6379 .venv/bin/python bench/ray_runner.py [N] [REPS]
 """
@@ -34,12 +40,11 @@ import tempfile
 import time
 
 
-def load_runner():
-    path = os.environ.get("RUNNER")
-    if not path:
+def load_runner(path: str | None = None, i: int = 0):
+    if not path or path == "-":
         from dagrun import rayrun
         return rayrun
-    spec = importlib.util.spec_from_file_location("dagrun.rayrun_under_test", path)
+    spec = importlib.util.spec_from_file_location(f"dagrun.rayrun_under_test{i}", path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
@@ -116,42 +121,72 @@ def main() -> None:
         p = subprocess.run(["/bin/sh", "-c", cmd], cwd=cwd, env=env, input=prompt, capture_output=True)
         return p.returncode, p.stdout, p.stderr
 
-    mod = load_runner()
-    runner = mod.RayRunner()
+    @ray.remote(num_cpus=1, max_retries=0, num_returns="streaming")
+    def stream(cmd: str, cwd: str, env: dict, prompt: bytes):
+        p = subprocess.run(["/bin/sh", "-c", cmd], cwd=cwd, env=env, input=prompt, capture_output=True)
+        yield p.returncode, p.stdout, p.stderr
+
+    @ray.remote(num_cpus=1, max_retries=0)
+    def files(cmd: str, cwd: str, env: dict, prompt: bytes):
+        with tempfile.TemporaryFile() as i, tempfile.TemporaryFile() as o, tempfile.TemporaryFile() as e:
+            i.write(prompt)
+            i.seek(0)
+            code = subprocess.run(["/bin/sh", "-c", cmd], cwd=cwd, env=env, stdin=i, stdout=o, stderr=e).returncode
+            o.seek(0)
+            e.seek(0)
+            return code, o.read(), e.read()
+
+    mods = [load_runner(p, i) for i, p in enumerate((os.environ.get("RUNNER") or "-").split(","))]
+    runners = [m.RayRunner() for m in mods]
+    names = ["runner"] if len(mods) == 1 else [f"runner{i + 1}" for i in range(len(mods))]
     m: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-rayrunner-") as root:
         prompt_path = os.path.join(root, "prompt-floor.md")
         with open(prompt_path, "w") as f:
             f.write("p")
 
-        def agent_task(i):
+        def agent_task(i, fn=agent):
             with open(prompt_path, "rb") as f:
                 prompt = f.read()
-            return agent.remote("true", root, agent_env(root, i), prompt)
+            return fn.remote("true", root, agent_env(root, i), prompt)
 
-        floors = {"empty": lambda i: empty.remote(), "true": lambda i: true.remote(), "agent": agent_task}
+        def stream_task(i):
+            return agent_task(i, stream)
+
+        floors = {"empty": lambda i: empty.remote(), "true": lambda i: true.remote(), "agent": agent_task,
+                  "stream": stream_task, "files": lambda i: agent_task(i, files)}
+        def get(x):
+            if isinstance(x, list):
+                return [get(y) for y in x]
+            return ray.get(next(x)) if isinstance(x, ray.ObjectRefGenerator) else ray.get(x)
         for f in floors.values():
-            ray.get(f(0))
-        run_runner(mod, runner, root, 2, True)          # warm: the functions exported, workers up
+            get(f(0))
+        for mod, runner in zip(mods, runners):
+            run_runner(mod, runner, root, 2, True)      # warm: the functions exported, workers up
         for _ in range(reps):
             for shape in ("chain", "fanout"):
                 for name, f in floors.items():
                     t = time.perf_counter()
                     if shape == "chain":
                         for i in range(n):
-                            r = ray.get(f(i))
+                            r = get(f(i))
                     else:
-                        r = ray.get([f(i) for i in range(n)])[-1]
+                        r = get([f(i) for i in range(n)])[-1]
                     m.setdefault(f"{shape} {name}", []).append(time.perf_counter() - t)
                     assert r in (None, 0) or r[0] == 0, r
-                m.setdefault(f"{shape} runner", []).append(run_runner(mod, runner, root, n, shape == "chain"))
-    print(f"{mod.__file__}: {n} tasks, medians of {reps} interleaved runs, ms per task")
-    print(f"  {'shape':7} {'empty':>7} {'true':>7} {'agent':>7} {'runner':>7}  {'runner/agent':>12} "
-          f"{'runner/true':>11} {'added to agent':>14}")
+                for name, mod, runner in zip(names, mods, runners):
+                    m.setdefault(f"{shape} {name}", []).append(run_runner(mod, runner, root, n, shape == "chain"))
+    for name, mod in zip(names, mods):
+        print(f"{name}: {mod.__file__}")
+    print(f"{n} tasks, medians of {reps} interleaved runs, ms per task; load average {os.getloadavg()[0]:.1f}")
+    cols = ("empty", "true", "agent", "stream", "files", *names)
+    print("  shape   " + " ".join(f"{k:>7}" for k in cols))
     for shape in ("chain", "fanout"):
-        v = {k: statistics.median(m[f"{shape} {k}"]) / n * 1000 for k in ("empty", "true", "agent", "runner")}
-        print(f"  {shape:7} {v['empty']:7.2f} {v['true']:7.2f} {v['agent']:7.2f} {v['runner']:7.2f}  "
-              f"{v['runner'] / v['agent']:11.2f}x {v['runner'] / v['true']:10.2f}x {v['runner'] - v['agent']:12.2f}ms")
+        v = {k: statistics.median(m[f"{shape} {k}"]) / n * 1000 for k in cols}
+        print(f"  {shape:7} " + " ".join(f"{v[k]:7.2f}" for k in cols))
+        for name in names:
+            print(f"  {'':7} {name}: {v[name] / v['agent']:.2f}x the agent floor, {v[name] / v['true']:.2f}x the "
+                  f"true floor, {v[name] - v['agent']:+.2f} ms over the agent floor")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,13 @@ the task, and stdout, stderr and the exit status travel back; the driver writes 
 files and the engine commits them like any other attempt.
 
 The remote function runs the agent in its own session (process group) with stdin = the
-prompt and the attempt's environment (DAGRUN_* included); a guard process kills that group if
-the Ray worker dies (a forced cancel, a crash). terminate() is `ray.cancel(ref)`: it raises KeyboardInterrupt in the
+prompt and the attempt's environment (DAGRUN_* included); the worker's guard process (one per
+Ray worker, fed the groups of its running agents through a pipe) kills that group if the Ray
+worker dies (a forced cancel, a crash, its driver's death). An attempt still running 0.1 s
+after its agent started streams its node first (status, a `placed` event); a shorter one
+sends one item, its result with its node. The driver is woken by each streamed item as it
+arrives (a callback on the next item's ref rings a pipe) and by the end of its Ray task; the
+attempt ends with its Ray task (its worker is free then). terminate() is `ray.cancel(ref)`: it raises KeyboardInterrupt in the
 remote function, which sends TERM to the agent's group, waits `kill_grace`, then KILL; kill()
 is `ray.cancel(ref, force=True)` (the worker is killed; the agent with it). A node that dies,
 or a worker that crashes, ends the attempt `failed` with Ray's reason; the task's `retries`
@@ -27,7 +32,7 @@ from dataclasses import dataclass
 
 from .executor import RUN_ID_VAR, Exit, Launch, Progress, StartError, Wakeup
 
-PLACE_POLL = (0.01, 0.05)   # s: attempts not yet placed are asked for their node (0.5 ms each), within these
+PLACE_AFTER = 0.1          # s: an attempt still running this long after its agent started says where it runs
 MB = 1024 * 1024
 
 
@@ -38,34 +43,48 @@ def _mem_bytes(mem) -> int:
     return n * {"K": 1024, "M": MB, "G": 1024 * MB, "T": 1024 * 1024 * MB}[unit]
 
 
-def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | None, grace: float):
+def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | None, grace: float,
+              place_after: float = 0.0):
     """On the node: the agent as the local runner runs it. A generator (a Ray streaming task):
-    it first yields where it runs (the driver learns the node as soon as the attempt starts),
-    then what the driver commits."""
+    if the agent is still running `place_after` seconds after it started, it yields where it
+    runs (the driver learns the node of a long attempt while it runs: status, a `placed`
+    event); then it yields what the driver commits. A short attempt yields once (its node
+    comes with its result): one report to the driver per attempt, not two."""
     import select
     import subprocess
     import tempfile
 
     node = socket.gethostname()
-    yield {"node": node}
     if not os.path.isdir(cwd):
         yield {"start_error": f"cannot start the agent in {cwd} on {node}: No such file or directory", "node": node}
+        return
+    rid = env.get(RUN_ID_VAR, "").encode()
+    # the worker's guard (one process per Ray worker, started once) kills the attempt's
+    # processes if the worker dies (a forced cancel, a crash, its driver's death). It is told
+    # of the attempt (by its run id, which every process of the agent carries in its
+    # environment) *before* the agent exists: a worker killed in the instant after the agent
+    # started, before it could say the agent's group, must not leave the agent running
+    if not rid or b"\n" in rid or b" " in rid:
+        yield {"start_error": f"cannot start the agent on {node}: the attempt has no usable run id", "node": node}
+        return
+    guard = _guard()
+    if guard is None:
+        yield {"start_error": f"cannot start the agent on {node}: no guard process for the Ray worker", "node": node}
         return
     with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         stdin.write(prompt)
         stdin.seek(0)
-        p = guard = None
+        p = None
+        told = False
         try:
+            told = _tell(guard, b"+%s\n" % rid)
+            if not told:
+                raise OSError("the Ray worker's guard does not listen")
             # its own session (process group); no preexec_fn: that would make Python fork the
             # whole Ray worker (~28 ms a task here) instead of vfork + exec (~1 ms)
             p = subprocess.Popen(["/bin/sh", "-c", agent], cwd=cwd, env=env, stdin=stdin, stdout=out, stderr=err,
                                  start_new_session=True, close_fds=True)
-            # a guard outside the worker: if the worker dies (force cancel, crash), the agent's
-            # whole group goes too
-            guard = subprocess.Popen(["/bin/sh", "-c", "while kill -0 \"$0\" 2>/dev/null; do sleep 0.5; done; "
-                                      "kill -KILL \"-$1\" 2>/dev/null", str(os.getpid()), str(p.pid)],
-                                     env={"PATH": "/usr/bin:/bin"}, start_new_session=True, close_fds=True,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            _tell(guard, b"=%s %d\n" % (rid, p.pid))      # its group: killed first, no /proc scan needed
             # its exit wakes us at once (a pidfd); ray.cancel's KeyboardInterrupt is seen
             # between two selects (it does not interrupt a system call)
             try:
@@ -73,11 +92,18 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
             except (AttributeError, OSError):
                 fd = None
             try:
+                t0, placed = time.monotonic(), place_after <= 0
+                if placed:
+                    yield {"node": node}
                 while p.poll() is None:
+                    wait = 0.1 if placed else max(0.0, min(0.1, t0 + place_after - time.monotonic()))
                     if fd is not None:
-                        select.select([fd], [], [], 0.1)
+                        select.select([fd], [], [], wait)
                     else:
-                        time.sleep(0.02)
+                        time.sleep(min(wait, 0.02))
+                    if not placed and time.monotonic() >= t0 + place_after and p.poll() is None:
+                        placed = True
+                        yield {"node": node}
             finally:
                 if fd is not None:
                     os.close(fd)
@@ -92,15 +118,116 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
                 except ProcessLookupError:
                     pass
                 p.wait()
-            if guard is not None:
-                guard.kill()
-                guard.wait()
+            elif told:
+                # interrupted (ray.cancel) between telling the guard and knowing the agent's
+                # pid: it may have started all the same; find it by its run id
+                ns: dict = {}
+                exec(SWEEP, ns)
+                ns["sweep"]({rid: None})
+            if told:
+                _tell(guard, b"-%s\n" % rid)
         out.seek(0)
         data = out.read(max_output + 1 if max_output is not None else -1)
         over = max_output is not None and len(data) > max_output
         err.seek(0)
         yield {"code": p.returncode, "stdout": data[:max_output] if over else data, "over_limit": over,
                "stderr": err.read(), "node": node}
+
+
+# The guard of a Ray worker: a small process in its own session that reads lines from a pipe
+# only this worker writes to: "+RUNID" before an attempt's agent starts, "=RUNID PGID" once it
+# runs, "-RUNID" after its group was killed and reaped. When the pipe closes (the worker died:
+# a forced cancel, a crash, its driver's death) it kills what is left of every attempt still
+# registered: its process group, then every process whose environment carries its run id
+# (DAGRUN_RUN_ID: the agent and all it started, even one that left the group, and an agent
+# whose pgid the worker did not live to say), until none is found. Started once per worker
+# (spawning one per attempt cost ~5 ms an attempt) and kept in a module of sys.modules: this
+# module travels by value, so its own globals are not the worker's.
+SWEEP = r"""
+import os, signal, time
+def sweep(live, limit=5.0):
+    for pg in live.values():
+        if pg:
+            try:
+                os.killpg(pg, signal.SIGKILL)
+            except OSError:
+                pass
+    needles = [b"\0DAGRUN_RUN_ID=" + rid + b"\0" for rid in live]
+    me = os.getpid()
+    deadline = time.monotonic() + limit
+    while needles:
+        found = 0
+        for d in os.listdir("/proc"):
+            if not d.isdigit() or int(d) == me:
+                continue
+            try:
+                with open("/proc/" + d + "/environ", "rb") as f:
+                    env = b"\0" + f.read() + b"\0"
+            except OSError:
+                continue
+            if any(n in env for n in needles):
+                found += 1
+                try:
+                    os.kill(int(d), signal.SIGKILL)
+                except OSError:
+                    pass
+        if not found or time.monotonic() > deadline:
+            return
+        time.sleep(0.05)       # (a zombie still shows its environment: until its parent reaps it)
+"""
+
+GUARD = SWEEP + r"""
+import sys
+live = {}
+for line in sys.stdin.buffer:
+    line = line.rstrip(b"\n")
+    if line[:1] == b"+":
+        live[line[1:]] = None
+    elif line[:1] == b"=":
+        rid, _, pg = line[1:].partition(b" ")
+        if rid in live:
+            live[rid] = int(pg)
+    elif line[:1] == b"-":
+        live.pop(line[1:], None)
+if live:
+    sweep(live)
+"""
+
+
+def _guard():
+    """The write end of this worker's guard's pipe (None if it cannot be started)."""
+    import subprocess
+    import sys
+    import types
+    st = sys.modules.get("_dagrun_ray_guard")
+    if st is None:
+        st = sys.modules["_dagrun_ray_guard"] = types.ModuleType("_dagrun_ray_guard")
+        st.pid, st.w, st.proc = None, None, None
+    if st.pid == os.getpid() and st.proc is not None and st.proc.poll() is None:
+        return st.w
+    if st.w is not None and st.pid == os.getpid():
+        os.close(st.w)                    # its guard died: a new one
+    st.w = st.proc = None
+    try:
+        r, w = os.pipe()                  # (not inheritable: no agent holds the write end)
+        st.proc = subprocess.Popen([sys.executable, "-S", "-c", GUARD], stdin=r, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin"},
+                                   start_new_session=True, close_fds=True)
+        os.close(r)
+        st.pid, st.w = os.getpid(), w
+    except OSError:
+        return None
+    return st.w
+
+
+def _tell(w, line: bytes) -> bool:
+    """One line to the guard (a pipe write of < PIPE_BUF bytes: whole or not at all). Blocks
+    if the pipe is full (a guard that reads nothing more is a dead one: the write fails)."""
+    try:
+        os.write(w, line)
+        return True
+    except OSError:
+        return False
 
 
 def _stop_group(p, grace: float) -> None:
@@ -122,6 +249,8 @@ class _Task:
     launch: Launch
     stop_sig: int | None = None
     node: str | None = None
+    result: object = None            # its result (a dict) or failure (an exception), once read
+    ended: bool = False              # its Ray task ended (set by Ray's callback thread)
 
 
 class RayRunner:
@@ -214,20 +343,45 @@ class RayRunner:
             o["num_gpus"] = res["gpu"]
         env = dict(launch.env)
         env[RUN_ID_VAR] = launch.run_id
+        tid = None
         try:
             gen = self._remote.options(**o, name=spec.get("name") or "dagrun").remote(
-                launch.agent, launch.cwd, env, prompt, launch.max_output, float(spec.get("kill_grace") or 5.0))
+                launch.agent, launch.cwd, env, prompt, launch.max_output, float(spec.get("kill_grace") or 5.0),
+                PLACE_AFTER)
             tid = gen._generator_ref.task_id().hex()
-            gen.completed().future().add_done_callback(lambda _f, k=tid: self._ring(k))
+            handle = {"runner": self.name, "task_id": tid, "driver": os.getpid(),
+                      "host": socket.gethostname(), "run_id": launch.run_id}
+            t = self._tasks[tid] = _Task(gen, handle, launch)
+            # woken by the first item (the node of a long attempt, else the result), and by the
+            # task's end whatever happens (a failure is an item too, but the end is certain)
+            gen.completed().future().add_done_callback(lambda _f, k=tid: self._ring(k, end=True))
+            self._arm(t, tid)
         except Exception as e:      # noqa: BLE001
+            self._tasks.pop(tid, None)
             raise StartError(f"ray: {e}") from None
-        handle = {"runner": self.name, "task_id": tid, "driver": os.getpid(),
-                  "host": socket.gethostname(), "run_id": launch.run_id}
-        self._tasks[tid] = _Task(gen, handle, launch)
         return handle
 
-    def _ring(self, key: str) -> None:
-        """Ray's callback thread: the attempt's Ray task ended (any way)."""
+    def _arm(self, t: _Task, key: str) -> None:
+        """Ring the bell when the attempt's next item arrives (a callback on its ref: a peek in
+        the driver's memory, no call to the raylet)."""
+        try:
+            ref, ready = self._ray._private.worker.global_worker.core_worker.peek_object_ref_stream(
+                t.gen._generator_ref)
+            if not ready:
+                ref.future().add_done_callback(lambda _f: self._ring(key))
+                return
+        except Exception:           # noqa: BLE001 -- the stream ended or failed: poll reads it
+            pass
+        self._ring(key)
+
+    def _ring(self, key: str, end: bool = False) -> None:
+        """Ray's callback thread (or the loop): an item of the attempt arrived, or its Ray task
+        ended (any way)."""
+        t = self._tasks.get(key)
+        if t is None:
+            return
+        if end:
+            t.ended = True
         with self._lock:
             self._ended.add(key)
         try:
@@ -236,11 +390,7 @@ class RayRunner:
             pass
 
     def wakeup(self) -> Wakeup:
-        if not self._tasks:
-            return Wakeup((self._bell[0],), None)
-        waiting = sum(1 for t in self._tasks.values() if t.node is None)
-        # ends ring the bell; only an attempt not yet placed is looked at on a timer (its node)
-        return Wakeup((self._bell[0],), min(PLACE_POLL[1], max(PLACE_POLL[0], 0.0005 * waiting)) if waiting else None)
+        return Wakeup((self._bell[0],), None)       # every item and every end rings the bell
 
     def service(self, ready: set[int]) -> None:
         if self._bell[0] in ready:
@@ -255,20 +405,28 @@ class RayRunner:
 
     def node(self, handle: dict) -> str | None:
         t = self._tasks.get(self.key(handle))
-        if t is None:
-            return handle.get("node")
-        if t.node is None:
-            self._first(t)
-        return t.node
+        return handle.get("node") if t is None else t.node
 
-    def _first(self, t: _Task) -> None:
-        """The attempt's first item (where it runs), if Ray has it already."""
-        try:
-            ref = t.gen._next_sync(timeout_s=0)
-            if not ref.is_nil():
-                t.node = self._ray.get(ref)["node"]
-        except Exception:           # noqa: BLE001 -- it failed before it started: poll reports it
-            t.node = t.node or ""
+    def _items(self, t: _Task):
+        """Read what has arrived of the attempt: its node (kept), then its result. Returns the
+        result dict, an exception (the task failed: cancelled, its worker or node died), or
+        None (nothing more yet)."""
+        while True:
+            try:
+                ref = t.gen._next_sync(timeout_s=0)
+            except StopIteration:
+                return RuntimeError("the attempt ended without a result")
+            except Exception as e:  # noqa: BLE001
+                return e
+            if ref.is_nil():
+                return None
+            try:
+                item = self._ray.get(ref)
+            except Exception as e:  # noqa: BLE001 -- cancelled, worker crashed, node died
+                return e
+            if "code" in item or "start_error" in item:
+                return item
+            t.node = item.get("node") or t.node or ""
 
     def poll(self, handle: dict) -> Exit | None:
         k = self.key(handle)
@@ -279,19 +437,33 @@ class RayRunner:
             if k not in self._ended:
                 return None
             self._ended.discard(k)
+        if t.result is None:
+            t.result = self._items(t)
+        if not t.ended:
+            # the result is not the end: the attempt ends with its Ray task, when its worker is
+            # free again (a chain's next task then runs on the same worker, not on a new one
+            # Ray would start for it: a second or more in a new job)
+            if t.result is None:
+                self._arm(t, k)
+            return None
         del self._tasks[k]
-        try:
-            items = [self._ray.get(ref) for ref in t.gen]      # ended: nothing here blocks
-            r = items[-1] if items else {}
-            if "node" in r and "code" not in r and "start_error" not in r:
-                raise RuntimeError("the attempt ended without a result")
-        except Exception as e:      # noqa: BLE001 -- cancelled, worker crashed, node died
+        with self._lock:
+            self._ended.discard(k)   # (rung again by its end after this poll looked)
+        r = t.result
+        if r is None:                # ended: whatever it sent is there; nothing here blocks
+            try:
+                items = [self._ray.get(ref) for ref in t.gen]
+                r = next((i for i in reversed(items) if "code" in i or "start_error" in i), None) or \
+                    RuntimeError("the attempt ended without a result")
+            except Exception as e:  # noqa: BLE001 -- cancelled, worker crashed, node died
+                r = e
+        if isinstance(r, BaseException):
             node = t.node or None
             if t.stop_sig is not None:
                 return Exit(None, t.stop_sig, Progress(), node=node,
                             reason=f"ray task cancelled ({signal.Signals(t.stop_sig).name})")
             return Exit(None, None, Progress(), node=node,
-                        reason=f"ray: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
+                        reason=f"ray: {type(r).__name__}: {str(r).splitlines()[0][:300] if str(r) else ''}")
         node = r.get("node") or t.node or None
         if "start_error" in r:
             return Exit(127, None, Progress(), reason=r["start_error"], node=node)

@@ -122,3 +122,26 @@ def test_the_node_of_each_attempt_shows_in_status_events_and_markers(tmp_path):
     assert all(e["node"] == node and e["runner"] == "ray" for e in placed)
     ends = [e for e in evs if e.get("status") in ("done", "retrying")]
     assert len(ends) == 3 and all(e["node"] == node for e in ends)
+
+
+@ray
+def test_an_agent_that_kills_its_ray_worker_at_once_does_not_outlive_it(tmp_path):
+    """The Ray worker dies in the very instant its agent starts (here the agent kills it
+    itself, before the remote function has done anything after starting it): the agent's
+    process group still goes, the attempt fails with Ray's reason and the retry runs. (A guard
+    told of the agent only after it started missed it: the agent ran on, orphaned.)"""
+    from conftest import agents_of
+    need_ray()
+    agent = "if [ \"$DAGRUN_ATTEMPT\" = 1 ]; then kill -KILL $PPID; sleep 60; fi; printf ok"
+    p = write_plan(tmp_path / "plans", [{"id": "a", "prompt": "p", "agent": agent, "retries": 1,
+                                         "retry_backoff": 0}], goal="g", runner="ray")
+    home = tmp_path / "home"
+    d = spawn("run", "-q", p, home=home)
+    try:
+        assert d.wait(90) == 0
+        wait_for(lambda: not agents_of(home), timeout=10, interval=0.1, what="the orphaned agent killed")
+    finally:
+        kill_group(d)
+    rec = json.loads((task_dir(home, "g", "a") / "attempts" / "1.json").read_text())
+    assert rec["outcome"] == "failed" and rec["reason"].startswith("ray: ") and rec["counted"]
+    assert (task_dir(home, "g", "a") / "output").read_text() == "ok"

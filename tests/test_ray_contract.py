@@ -58,3 +58,42 @@ def test_resources_reach_ray(tmp_path):
     finally:
         kill_group(d)
     assert (task_dir(home, "g", "big") / "cancelled").exists()
+
+
+ITEMS = r"""
+import json, os, select, sys
+from dagrun import rayrun
+from dagrun.executor import Launch
+root = sys.argv[1]
+prompt = os.path.join(root, "prompt.md")
+open(prompt, "w").write("the prompt")
+r = rayrun.RayRunner()
+h = r.start(Launch(agent="sleep 0.5; cat; printf ' ok'; printf err >&2", cwd=root,
+                   env={"PATH": os.environ["PATH"]}, stdin_path=prompt, stdout_path=os.path.join(root, "stdout"),
+                   stderr_path=os.path.join(root, "stderr"), run_id="r1", runner="ray", spec={"ray": {}}))
+t = r._tasks[r.key(h)]
+r._ray.wait([t.gen.completed()], timeout=60)     # the Ray task ended before the driver looked at all:
+ex = None                                       # its node and its result are both waiting
+polls = 0
+while ex is None:
+    w = r.wakeup()
+    ready, _, _ = select.select(list(w.fds), [], [], w.timeout)
+    r.service(set(ready))
+    ex = r.poll(h)
+    polls += 1
+assert ex.code == 0 and ex.node, ex
+print(json.dumps({"out": open(os.path.join(root, "stdout")).read(), "err": open(os.path.join(root, "stderr")).read(),
+                  "node": ex.node, "polls": polls}))
+"""
+
+
+@ray
+def test_an_attempt_whose_node_and_result_both_wait_is_committed_whole(tmp_path):
+    """A long attempt streams its node, then its result; a driver that looks only after both
+    arrived (and the Ray task ended) reads them together: the result, with the node, whole."""
+    need_ray()
+    r = subprocess.run([sys.executable, "-c", ITEMS, str(tmp_path)], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "DAGRUN_RUN_ID": ""})
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["out"] == "the prompt ok" and res["err"] == "err" and res["node"], res

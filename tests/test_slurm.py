@@ -411,7 +411,9 @@ def test_cancel_of_a_step_task_kills_the_step(tmp_path, cluster, home, plans):
     job = int(r.stdout.strip().split(";")[0])
     try:
         step_file = task_dir(home, "st", "long") / "claim" / "step"
-        wait_for(step_file.exists, timeout=60, what="the step started")
+        # (written in place by the step: whole once its newline is there)
+        wait_for(lambda: step_file.exists() and step_file.read_text().endswith("\n"), timeout=60,
+                 what="the step started")
         step = step_file.read_text().strip()
         assert step.split(".")[0] == str(job) and step in _steps(job)
         assert processes_with_env("DAGRUN_HOME", str(home))
@@ -440,8 +442,10 @@ def test_steps_die_with_a_killed_driver_and_the_next_driver_runs_them_again(tmp_
                        capture_output=True, text=True, check=True)
     job = int(r.stdout.strip().split(";")[0])
     try:
-        wait_for((task_dir(home, "st", "a") / "claim" / "step").exists, timeout=60, what="the step started")
-        step = (task_dir(home, "st", "a") / "claim" / "step").read_text().strip()
+        step_file = task_dir(home, "st", "a") / "claim" / "step"
+        wait_for(lambda: step_file.exists() and step_file.read_text().endswith("\n"), timeout=60,
+                 what="the step started")
+        step = step_file.read_text().strip()
         os.kill(int(pidfile.read_text()), signal.SIGKILL)          # the driver dies; its script ends
         wait_for(lambda: _scontrol(job).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", None), timeout=60,
                  what="the driver's job ended")
