@@ -99,10 +99,10 @@ def cmd_status(home: Home, goal: str) -> int:
     """`dagrun status GOAL --json`: the goal's detail, the same bytes as the typer command
     prints (a script polling a 100 000-task goal pays no typer, rich or pydantic import)."""
     from .plan import check_id
-    from .status import goal_detail
+    from .status import goal_detail_json
 
     check_id("goal", goal)
-    sys.stdout.buffer.write(dumps(goal_detail(home, goal)))
+    sys.stdout.buffer.write(goal_detail_json(home, goal))
     return 0
 
 
