@@ -177,11 +177,23 @@ def _current(home: Home, g: str, head: dict, published: int) -> bool:
         return False
     racy = published - RACY_NS
     join = os.path.join
-    for n, s in dirs.items():
-        if _dir_stamp(join(tdir, n)) != s:
-            return False
-        if s is not None and s[1] >= racy and listing(join(tdir, n)) != lists.get(n, False):
-            return False
+    try:
+        fd = os.open(tdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return not dirs
+    try:        # one stat per task folder, relative to tasks/: the bulk of a big goal's check
+        stat_at, isdir = os.stat, stat.S_ISDIR
+        for n, s in dirs.items():
+            try:
+                st = stat_at(n, dir_fd=fd, follow_symlinks=False)
+            except (FileNotFoundError, NotADirectoryError):
+                return False
+            if s is None or s[0] != st.st_ino or s[1] != st.st_mtime_ns or (len(s) == 2) != isdir(st.st_mode):
+                return False
+            if s[1] >= racy and listing(join(tdir, n)) != lists.get(n, False):
+                return False
+    finally:
+        os.close(fd)
     for t, s in head["attempts"].items():
         p = join(tdir, t, ATTEMPTS)
         if _dir_stamp(p) != s:
