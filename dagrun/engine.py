@@ -333,8 +333,11 @@ class Engine(Reconciler):
         writes it then. Best effort: a snapshot is never needed."""
         if len(gs.plan.tasks) > self.SNAPSHOT_MAX_TASKS:
             return
+        from . import statuscache
         from .status import refresh_snapshot
         try:
+            if statuscache.load(self.home, gs.plan.goal) is not None:
+                return           # a goal that had ended before this worker came: it is current
             refresh_snapshot(self.home, gs.plan.goal, gs.plan, gs.stamp)
         except (OSError, DagrunError) as e:
             self.log(f"warning: {gs.plan.goal}: status snapshot not written: {e}")
