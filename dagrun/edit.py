@@ -253,7 +253,7 @@ def _create_goal(home: Home, plan: Plan, by: str, pinned: dict | None = None) ->
 
 # A big goal's first `status` would parse plan.json again, build the scheduler and its rows
 # (~2 s of CPU at 100 000 tasks); submit has the plan parsed and derives the status snapshot
-# (statuscache.py) for ~0.4 of that. Small goals' status is cheap, and submit of a small plan
+# (statuscache.py) for ~0.9 s of that (load 15-20). Small goals' status is cheap, and submit of a small plan
 # stays free of the status imports.
 SNAPSHOT_MIN_TASKS = 2_000
 
