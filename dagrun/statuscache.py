@@ -63,9 +63,9 @@ def _files(home: Home, g: str) -> dict:
             "limits": _stat(res.limits_path(home))}
 
 
-def _dir_stamp(p: str) -> list | None:
+def _dir_stamp(p: str, dir_fd: int | None = None) -> list | None:
     try:
-        st = os.stat(p, follow_symlinks=False)
+        st = os.stat(p, dir_fd=dir_fd, follow_symlinks=False)
     except (FileNotFoundError, NotADirectoryError):
         return None
     if not stat.S_ISDIR(st.st_mode):
@@ -96,11 +96,17 @@ class Stamps:
         self.home, self.g = home, g
         self.files = _files(home, g)
         tdir = home.tasks_dir(g)
+        self.dirs: dict[str, list | None] = {}
         try:
-            names = os.listdir(tdir)
-        except FileNotFoundError:
-            names = []
-        self.dirs = {n: _dir_stamp(os.path.join(tdir, n)) for n in names}
+            fd = os.open(tdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            fd = None
+        if fd is not None:
+            try:
+                for n in os.listdir(fd):
+                    self.dirs[n] = _dir_stamp(n, fd)
+            finally:
+                os.close(fd)
         self.lists = {}
         self.attempts: dict[str, list | None] = {}
         # listings of the folders that changed recently: the racy ones (see the module doc)
