@@ -4,6 +4,7 @@
     python3 bench/scale.py                       # 10 000 and 100 000 tasks, -j 16
     python3 bench/scale.py --sizes 10000 --jobs 16 --json /tmp/scale.json
     python3 bench/scale.py --sizes 100000 --no-run   # validate, submit, status only
+    python3 bench/scale.py --sizes 10000 --baseline /work/main/.venv/bin/dagrun   # two builds, same run
 
 For every size, in a fresh DAGRUN_HOME (under $BENCH_SCRATCH, default /tmp): write dag.json
 (layers of --width tasks, each depending on 2 random tasks of the layer above, agent `true`),
@@ -12,8 +13,12 @@ then time `dagrun validate`, `dagrun submit`, `dagrun status GOAL --json` (befor
 peak RSS from wait4(2) -- the worker's own; its agents are waited for by the worker, so their
 RSS is not in it), and `status GOAL --json` again after the run (every task done). Each command
 also records the 1-minute load average before it ran (the machine may be shared: CPU seconds
-are the figures to compare then). Prints one JSON object per size and a table. Nothing here
-asserts: the numbers are for reading.
+are the figures to compare then). `status GOAL --json` is timed twice each time: the first
+call, and a second one (`status_before2`, `status_after2`), which finds what the first left
+(the status snapshot of statuscache.py). --baseline DAGRUN (repeatable) runs the same
+sequence with other dagrun builds, one size at a time, builds alternating, so both are
+measured at the same moment of a shared machine. Prints one JSON object per size and build
+and a table. Nothing here asserts: the numbers are for reading.
 """
 from __future__ import annotations
 
@@ -64,42 +69,46 @@ def timed(argv: list[str], env: dict) -> tuple[float, int, int, bytes]:
     return wall, p.returncode, ru.ru_maxrss, out
 
 
-def one(n: int, a, scratch: str) -> dict:
-    folder = os.path.join(scratch, f"scale-{n}")
+def one(n: int, a, scratch: str, dagrun: str, build: str) -> dict:
+    folder = os.path.join(scratch, f"scale-{n}-{build}")
     os.makedirs(folder)
     plan_path = os.path.join(folder, "dag.json")
     with open(plan_path, "w") as f:
         json.dump(layered_plan(n, a.width), f)
     env = dict(os.environ, DAGRUN_HOME=os.path.join(folder, "home"))
     goal = f"scale-{n}"
-    r: dict = {"tasks": n, "width": a.width, "jobs": a.jobs}
-    r["validate_s"], rc, _, _ = timed([a.dagrun, "validate", plan_path], env)
-    r["submit_s"], rc, _, _ = timed([a.dagrun, "submit", plan_path], env)
+    r: dict = {"build": build, "tasks": n, "width": a.width, "jobs": a.jobs}
+    r["validate_s"], rc, _, _ = timed([dagrun, "validate", plan_path], env)
+    r["submit_s"], rc, _, _ = timed([dagrun, "submit", plan_path], env)
     r["validate_cpu_s"] = round(CPU["validate"], 3)
     r["submit_cpu_s"] = round(CPU["submit"], 3)
     r["validate_load"], r["submit_load"] = LOAD["validate"], LOAD["submit"]
-    r["status_before_s"], rc, _, _ = timed([a.dagrun, "status", goal, "--json"], env)
+    r["status_before_s"], rc, _, _ = timed([dagrun, "status", goal, "--json"], env)
     r["status_before_cpu_s"] = round(CPU["status"], 3)
     r["status_before_load"] = LOAD["status"]
+    r["status_before2_s"], rc, _, _ = timed([dagrun, "status", goal, "--json"], env)
+    r["status_before2_cpu_s"] = round(CPU["status"], 3)
     if a.no_run:
         if not a.keep:
             shutil.rmtree(folder, ignore_errors=True)
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}
-    wall, rc, rss, _ = timed([a.dagrun, "worker", "--until-idle", "-j", str(a.jobs)], env)
+    wall, rc, rss, _ = timed([dagrun, "worker", "--until-idle", "-j", str(a.jobs)], env)
     r["run_s"], r["run_ok"], r["worker_rss_mb"] = round(wall, 3), rc == 0, round(rss / 1024, 1)
     r["tasks_per_s"] = round(n / wall, 1)
     r["run_cpu_s"] = round(CPU["worker"], 3)
     r["run_load"] = LOAD["worker"]
     r["run_load_after"] = round(os.getloadavg()[0], 1)
-    r["status_after_s"], rc, _, out = timed([a.dagrun, "status", goal, "--json"], env)
+    r["status_after_s"], rc, _, out = timed([dagrun, "status", goal, "--json"], env)
     r["status_after_cpu_s"] = round(CPU["status"], 3)
     r["status_after_load"] = LOAD["status"]
+    r["status_after2_s"], rc, _, _ = timed([dagrun, "status", goal, "--json"], env)
+    r["status_after2_cpu_s"] = round(CPU["status"], 3)
     try:
         counts = json.loads(out).get("counts", {})
     except ValueError:
         counts = {}
     r["done"] = counts.get("done", 0)
-    for key in ("validate_s", "submit_s", "status_before_s", "status_after_s"):
+    for key in ("validate_s", "submit_s", "status_before_s", "status_after_s", "status_before2_s", "status_after2_s"):
         r[key] = round(r[key], 3)
     if not a.keep:
         shutil.rmtree(folder, ignore_errors=True)
@@ -112,6 +121,8 @@ def main() -> int:
     ap.add_argument("--width", type=int, default=100, help="tasks per layer")
     ap.add_argument("--jobs", type=int, default=16)
     ap.add_argument("--dagrun", default=shutil.which("dagrun") or os.path.join(os.path.dirname(sys.executable), "dagrun"))
+    ap.add_argument("--baseline", action="append", default=[], metavar="DAGRUN",
+                    help="another dagrun build to measure in the same run (repeatable)")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--keep", action="store_true", help="keep the homes (printed)")
     ap.add_argument("--no-run", action="store_true", help="validate, submit and status only (no worker run)")
@@ -119,26 +130,32 @@ def main() -> int:
     scratch = tempfile.mkdtemp(prefix="dagrun-scale-", dir=os.environ.get("BENCH_SCRATCH", "/tmp"))
     rows = []
     try:
+        builds = [("this", a.dagrun)] + [(f"baseline{i + 1}", b) for i, b in enumerate(a.baseline)]
         for n in (int(s) for s in a.sizes.split(",")):
-            r = one(n, a, scratch)
-            rows.append(r)
-            print(json.dumps(r))
+            for build, dagrun in builds:
+                r = one(n, a, scratch, dagrun, build)
+                rows.append(r)
+                print(json.dumps(r), flush=True)
     finally:
         if not a.keep:
             shutil.rmtree(scratch, ignore_errors=True)
         else:
             print(f"homes kept under {scratch}", file=sys.stderr)
     print("\nwall seconds (CPU seconds, user+sys, in brackets; the 1-minute load average before each command in the JSON)")
-    print("\n| tasks | validate | submit | status before | run -j %d | tasks/s | worker RSS (MB) "
-          "| status after | done |" % a.jobs)
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    if a.baseline:
+        print("builds: this = %s; %s" % (a.dagrun, "; ".join(f"baseline{i + 1} = {b}" for i, b in enumerate(a.baseline))))
+    print("\n| build | tasks | validate | submit | status before | again | run -j %d | tasks/s | worker RSS (MB) "
+          "| status after | again | done |" % a.jobs)
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        r = {"run_s": "-", "tasks_per_s": "-", "worker_rss_mb": "-", "status_after_s": "-", "done": "-", **r}
+        r = {"run_s": "-", "tasks_per_s": "-", "worker_rss_mb": "-", "status_after_s": "-", "status_after2_s": "-",
+             "done": "-", **r}
 
         def c(k):
             return f"{r[k + '_s']} ({r[k + '_cpu_s']})" if k + "_cpu_s" in r else f"{r[k + '_s']}"
-        print(f"| {r['tasks']} | {c('validate')} | {c('submit')} | {c('status_before')} | {c('run')} | "
-              f"{r['tasks_per_s']} | {r['worker_rss_mb']} | {c('status_after')} | {r['done']} |")
+        print(f"| {r['build']} | {r['tasks']} | {c('validate')} | {c('submit')} | {c('status_before')} | "
+              f"{c('status_before2')} | {c('run')} | {r['tasks_per_s']} | {r['worker_rss_mb']} | {c('status_after')} | "
+              f"{c('status_after2')} | {r['done']} |")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -24,3 +24,12 @@ def paused() -> Iterator[None]:
     finally:
         if was:
             gc.enable()
+
+
+def one_shot() -> None:
+    """For a command whose process ends when it returns (status, submit, validate): the cyclic
+    collector stays off for good. Pausing it only defers the walk -- the first young
+    collection after paused() ends walks every container allocated during the pause, once:
+    0.5 s of a 100 000-task submit's CPU -- and the few cycles such a command makes are
+    freed when it exits. Never for a worker, `run`, `watch` or the MCP server."""
+    gc.disable()

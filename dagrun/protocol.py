@@ -98,11 +98,13 @@ def cmd_heartbeat(home: Home, goal: str, task: str, *, worker: str | None, pid: 
 def cmd_status(home: Home, goal: str) -> int:
     """`dagrun status GOAL --json`: the goal's detail, the same bytes as the typer command
     prints (a script polling a 100 000-task goal pays no typer, rich or pydantic import)."""
+    from .bulk import one_shot
     from .plan import check_id
-    from .status import goal_detail
+    from .status import goal_detail_json
 
+    one_shot()
     check_id("goal", goal)
-    sys.stdout.buffer.write(dumps(goal_detail(home, goal)))
+    sys.stdout.buffer.write(goal_detail_json(home, goal))
     return 0
 
 
@@ -113,9 +115,11 @@ def cmd_submit(home: Home, plans: list[str], *, replace: bool = False, dry_run: 
     nothing (edit.submit_many): one `dagrun: ...` line per bad file and nothing submitted,
     else one goal id per line (--json: {"goals": [...]})."""
     from .agentcheck import plan_warnings
+    from .bulk import one_shot
     from .edit import BadPlans, submit, submit_many
     from .plan import load
 
+    one_shot()
     loaded = {}
     bad = []
     for p in plans:

@@ -56,7 +56,8 @@ class Reconciler:
                 continue
             if not self.only and self._still_dormant(g):
                 continue
-            try:
+            stamp = self.home.plan_stamp(g)       # before the read: a plan replaced meanwhile
+            try:                                  # shows as a change, never the other way round
                 plan = self.home.load_plan(g)
             except DagrunError as e:
                 if self.only:
@@ -66,7 +67,7 @@ class Reconciler:
             fsio.sweep_temps(self.home.goal_dir(g))   # e.g. .summary.json.<pid>.tmp of a killed finisher
             reader = ev.Reader(self.home.events_path(g))
             reader.offset = _size(reader.path)        # the past is in the snapshot
-            gs = GoalState(plan=plan, sched=None, reader=reader, stamp=self.home.plan_stamp(g))  # type: ignore[arg-type]
+            gs = GoalState(plan=plan, sched=None, reader=reader, stamp=stamp)  # type: ignore[arg-type]
             self.goals[g] = gs
             if self.watcher is not None:
                 self.watcher.watch_goal(g)

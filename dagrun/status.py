@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import time
 
-from . import budget, bulk, fsio
+import orjson
+
+from . import budget, bulk, fsio, statuscache
 from . import resources as res
 from . import states as S
 from .lifecycle import scheduler_from_facts
-from .store import Home, loads, now_iso, parse_ts
+from .store import Home, dumps, loads, now_iso, parse_ts
 from .summary import ended, usage_by_task
 from .usage import add as add_usage
 
@@ -22,6 +24,9 @@ def goal_overview(home: Home, g: str) -> dict:
     row = ended_overview(home, g)
     if row is not None:
         return row
+    hit = statuscache.load(home, g)          # a quiet goal's status snapshot, when current
+    if hit is not None:
+        return hit[0]
     plan = home.load_plan(g)
     sched = scheduler_from_facts(home, plan, home.snapshot(g, plan, view=True))
     counts = sched.counts()
@@ -87,12 +92,66 @@ REMOTE_RUNNERS = ("slurm", "ray")     # handles that name a remote id: a Slurm j
 
 
 def goal_detail(home: Home, g: str) -> dict:
+    """Goal g's state, counts and one row per task (`dagrun status GOAL --json`)."""
     with bulk.paused():            # a big goal's rows are many small dicts that all survive
-        return _goal_detail(home, g)
+        hit = statuscache.load(home, g)
+        if hit is not None:
+            return orjson.loads(hit[1])
+        return _computed(home, g)[0]
 
 
-def _goal_detail(home: Home, g: str) -> dict:
-    plan = home.load_plan(g)
+def goal_detail_json(home: Home, g: str) -> bytes:
+    """goal_detail as the bytes `status GOAL --json` prints: a current status snapshot's as
+    they are (nothing parsed), else computed from the files."""
+    hit = statuscache.load(home, g)
+    if hit is not None:
+        return hit[1]
+    with bulk.paused():
+        return _computed(home, g)[1]
+
+
+def refresh_snapshot(home: Home, g: str, plan=None, plan_stamp: tuple | None = None) -> bool:
+    """Derive goal g's status snapshot now (a worker, when a goal it served ended). plan: the
+    caller's Plan, used only if plan_stamp (the plan.json it was read from) is still the
+    file's. True when a snapshot was published."""
+    with bulk.paused():
+        return _computed(home, g, plan, plan_stamp)[2]
+
+
+def _computed(home: Home, g: str, plan=None, plan_stamp=None) -> tuple[dict, bytes, bool]:
+    """(detail, its bytes, snapshot published?). The stamps are taken before any file is
+    read, so whatever changes while this runs makes the snapshot stale, never wrong."""
+    stamps = statuscache.Stamps(home, g)
+    if plan is not None and (plan_stamp is None or list(plan_stamp) != stamps.files["plan"]):
+        plan = None                               # the caller's plan is not the file's now
+    d, plan, facts = _goal_detail(home, g, plan)
+    body = dumps(d)
+    wrote = False
+    if _snapshottable(home, plan, d):
+        again = [t for t, f in facts.items() if f.extra.get("attempts")]
+        stamps.add_attempts(again)    # stamped after the read: the records are read again
+        if all(home.task_facts(g, t, detail=True, view=True) == facts[t] for t in again):
+            try:
+                wrote = statuscache.write(stamps, {"goal": g, "state": d["state"], "tasks": len(plan.tasks),
+                                                   "counts": d["counts"], "source": d["source"]}, body)
+            except OSError:     # a read-only home (another user's), a full disk: status still answers
+                wrote = False
+    return d, body, wrote
+
+
+_LIVE = (S.RUNNING, S.RETRYING)
+
+
+def _snapshottable(home: Home, plan, d: dict) -> bool:
+    """Rows that stay true until a file changes: no running attempt (its duration grows, its
+    holder may die), no retry timer, no budget, no resource pool (other goals hold units)."""
+    if plan.budget or any(r["state"] in _LIVE for r in d["tasks"]):
+        return False
+    return not res.plan_pools(plan, res.limits(home))
+
+
+def _goal_detail(home: Home, g: str, plan=None) -> tuple[dict, object, dict]:
+    plan = plan if plan is not None else home.load_plan(g)
     facts = home.snapshot(g, plan, detail=True, view=True)   # one read of every task folder
     sched = scheduler_from_facts(home, plan, facts)
     now = time.time()
@@ -170,7 +229,8 @@ def _goal_detail(home: Home, g: str) -> dict:
     return {"goal": g, "state": _goal_state(sched, len(plan.tasks)), "counts": sched.counts(),
             "tasks": rows, "summary": summary, "source": plan.source, "usage": total,
             "hook_failure": hook_failure,
-            **({"budget": {"pool": sched.budget, "spent": sched.spent, "held": sorted(held)}} if plan.budget else {})}
+            **({"budget": {"pool": sched.budget, "spent": sched.spent, "held": sorted(held)}} if plan.budget else {})}, \
+        plan, facts
 
 
 

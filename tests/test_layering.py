@@ -30,7 +30,7 @@ LAYERS = {
     "agentrun": 4, "agentio": 4, "cache": 4,
     "workspace": 4,      # git plumbing of code workspaces: runs git, so it may use subprocess
     # 5: the files of one task transition; the aggregator over them
-    "lifecycle": 5, "summary": 5, "hooks": 5, "budget": 5,
+    "lifecycle": 5, "summary": 5, "hooks": 5, "budget": 5, "statuscache": 5,
     "history": 5,        # durations of done runs (estimates, history, agent medians) for ranking
     # 6: the one transition path (markers -> events -> scheduler changes)
     "transitions": 6,

@@ -21,10 +21,12 @@ def validate(ctx: typer.Context,
     tree); exit 0 if it is valid, 2 with the problem otherwise. Writes nothing. Warns
     (stderr) about agents whose command is not on PATH."""
     from ..agentcheck import plan_warnings
+    from ..bulk import one_shot
     from ..edit import load_checked
     from ..errors import PlanError
     from ..scheduler import Scheduler
 
+    one_shot()
     try:
         p, _ = load_checked(plan, home_of(ctx))   # the home's presets.json extends @presets
     except PlanError as e:

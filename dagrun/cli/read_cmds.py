@@ -24,9 +24,12 @@ def status(ctx: typer.Context,
     """A table of goals, or one goal's tasks with state, attempt, worker, start and duration.
     On a terminal the table is cut to its width and states are coloured; elsewhere plain
     aligned columns (awk-able)."""
-    from ..status import goal_detail, goal_overview
+    from ..bulk import one_shot
+    from ..status import goal_detail, goal_detail_json, goal_overview
     from ..plan import check_id
     from ..usage import fmt as fmt_usage
+
+    one_shot()
 
     home = home_of(ctx)
     tty = is_tty()
@@ -47,10 +50,11 @@ def status(ctx: typer.Context,
             print(line)
         return
     check_id("goal", goal)
-    d = goal_detail(home, goal)
     if json:
-        print_json(d)
+        sys.stdout.buffer.write(goal_detail_json(home, goal))
+        sys.stdout.flush()
         return
+    d = goal_detail(home, goal)
     table, states = [], []
     usage = d.get("usage")
     today = time.strftime("%Y-%m-%d", time.gmtime())

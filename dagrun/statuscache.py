@@ -1,0 +1,209 @@
+"""The status snapshot of a goal: `dagrun status GOAL --json`'s bytes, kept in
+goals/<g>/status.cache with what they were derived from, so that status of a quiet goal does
+not parse plan.json, build the scheduler and read every task's files again.
+
+Derived, never authoritative: a reader uses the snapshot only when every stamp in it still
+matches the files, and otherwise status computes from the files as it always did (and writes
+a new snapshot). What is stamped, and why each is needed:
+
+- plan.json (inode, mtime, size): submit --replace, `dagrun add`, a fan-out expansion;
+- events.jsonl (inode, size): every transition appends to it (transitions.py);
+- the names in tasks/ (all of them): a first claim, an archive, gc of a folder, `rm -rf`;
+- every task folder's (inode, mtime): a marker, a claim or a temp file created, renamed or
+  removed -- by a transition whose event never got written (a crash between the two), or by
+  hand (`rm -rf claim`, `rm done`, `touch done`);
+- attempts/ of the tasks that have one (inode, mtime): records written or removed;
+- summary.json, hooks/last_failure.json and resources/limits.json: shown or used by status.
+
+A folder's mtime has the file system's granularity (a few ms on ext4, 1 s on some): a change
+in the same tick as the stamp would leave it equal. Like git's "racily clean" index entries,
+a stamp taken less than RACY_NS before the snapshot was published (the snapshot file's own
+mtime, the same clock) is racy: the writer also keeps the folder's full listing (name, inode,
+size, mtime of each entry) for it, and the reader compares that listing too.
+
+Only a goal with no running or retrying task, no budget and no resource pool is snapshotted:
+those rows depend on the clock (a duration, a retry_at), on a holder's liveness, or on other
+goals' claims. The file is one header line (JSON: stamps and the goal overview) and then the
+bytes status prints.
+"""
+from __future__ import annotations
+
+import os
+import stat
+import time
+
+import orjson
+
+from . import fsio
+from .store import ATTEMPTS, Home
+
+VERSION = 1
+RACY_NS = 2_000_000_000      # > the coarsest mtime granularity (1 s) with a margin
+NAME = "status.cache"
+
+
+def path(home: Home, g: str) -> str:
+    return os.path.join(home.goal_dir(g), NAME)
+
+
+def _stat(p: str) -> list | None:
+    try:
+        st = os.stat(p, follow_symlinks=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return [st.st_ino, st.st_mtime_ns, st.st_size]
+
+
+def _files(home: Home, g: str) -> dict:
+    """The goal-level stamps (taken before anything is read)."""
+    from . import resources as res
+    return {"plan": _stat(home.plan_path(g)), "events": _stat(home.events_path(g)),
+            "summary": _stat(home.summary_path(g)),
+            "hook_failure": _stat(os.path.join(home.hooks_due_dir(g), "last_failure.json")),
+            "limits": _stat(res.limits_path(home))}
+
+
+def _dir_stamp(p: str, dir_fd: int | None = None) -> list | None:
+    try:
+        st = os.stat(p, dir_fd=dir_fd, follow_symlinks=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not stat.S_ISDIR(st.st_mode):
+        return [st.st_ino, st.st_mtime_ns, -1]
+    return [st.st_ino, st.st_mtime_ns]
+
+
+def listing(p: str) -> list | None:
+    """A folder's entries: [name, inode, size, mtime] each, sorted (the racy check)."""
+    try:
+        names = sorted(os.listdir(p))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    out = []
+    for n in names:
+        try:
+            st = os.stat(os.path.join(p, n), follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        out.append([n, st.st_ino, st.st_size, st.st_mtime_ns])
+    return out
+
+
+class Stamps:
+    """What the writer saw before it read the goal's files."""
+
+    def __init__(self, home: Home, g: str):
+        self.home, self.g = home, g
+        self.files = _files(home, g)
+        tdir = home.tasks_dir(g)
+        self.dirs: dict[str, list | None] = {}
+        try:
+            fd = os.open(tdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            fd = None
+        if fd is not None:
+            try:
+                for n in os.listdir(fd):
+                    self.dirs[n] = _dir_stamp(n, fd)
+            finally:
+                os.close(fd)
+        self.lists = {}
+        self.attempts: dict[str, list | None] = {}
+        # listings of the folders that changed recently: the racy ones (see the module doc)
+        recent = time.time_ns() - 4 * RACY_NS
+        for n, s in self.dirs.items():
+            if s is not None and s[1] >= recent:
+                self.lists[n] = listing(os.path.join(tdir, n))
+
+    def add_attempts(self, tasks) -> None:
+        """Stamp attempts/ of these tasks (taken after the read: the caller re-reads them)."""
+        tdir = self.home.tasks_dir(self.g)
+        recent = time.time_ns() - 4 * RACY_NS
+        for t in tasks:
+            p = os.path.join(tdir, t, ATTEMPTS)
+            s = self.attempts[t] = _dir_stamp(p)
+            if s is not None and s[1] >= recent:
+                self.lists[f"{t}/{ATTEMPTS}"] = listing(p)
+
+
+def write(stamps: Stamps, overview: dict, body: bytes) -> bool:
+    """Publish the snapshot (by rename). False when the files changed while it was derived
+    (the goal-level stamps differ now): nothing is written then."""
+    home, g = stamps.home, stamps.g
+    if _files(home, g) != stamps.files:
+        return False
+    head = {"v": VERSION, "files": stamps.files, "dirs": stamps.dirs, "attempts": stamps.attempts,
+            "lists": stamps.lists, "overview": overview}
+    fsio.write_atomic(path(home, g), orjson.dumps(head) + b"\n" + body)
+    return True
+
+
+def remove(home: Home, g: str) -> None:
+    fsio.remove(path(home, g))
+
+
+def load(home: Home, g: str) -> tuple[dict, bytes] | None:
+    """(overview, status bytes) when the snapshot is current, else None."""
+    p = path(home, g)
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        published = os.fstat(fd).st_mtime_ns
+        with os.fdopen(fd, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    head_bytes, nl, body = data.partition(b"\n")
+    try:
+        head = orjson.loads(head_bytes)
+    except orjson.JSONDecodeError:
+        return None
+    if not nl or not isinstance(head, dict) or head.get("v") != VERSION or not body:
+        return None
+    try:
+        if not _current(home, g, head, published):
+            return None
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None                 # a hand-edited header: not ours to trust
+    return head["overview"], body
+
+
+def _current(home: Home, g: str, head: dict, published: int) -> bool:
+    if _files(home, g) != head["files"]:
+        return False
+    tdir = home.tasks_dir(g)
+    dirs, lists = head["dirs"], head["lists"]
+    try:
+        names = os.listdir(tdir)
+    except FileNotFoundError:
+        names = []
+    if len(names) != len(dirs) or any(n not in dirs for n in names):
+        return False
+    racy = published - RACY_NS
+    join = os.path.join
+    try:
+        fd = os.open(tdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return not dirs
+    try:        # one stat per task folder, relative to tasks/: the bulk of a big goal's check
+        stat_at, isdir = os.stat, stat.S_ISDIR
+        for n, s in dirs.items():
+            try:
+                st = stat_at(n, dir_fd=fd, follow_symlinks=False)
+            except (FileNotFoundError, NotADirectoryError):
+                return False
+            if s is None or s[0] != st.st_ino or s[1] != st.st_mtime_ns or (len(s) == 2) != isdir(st.st_mode):
+                return False
+            if s[1] >= racy and listing(join(tdir, n)) != lists.get(n, False):
+                return False
+    finally:
+        os.close(fd)
+    for t, s in head["attempts"].items():
+        p = join(tdir, t, ATTEMPTS)
+        if _dir_stamp(p) != s:
+            return False
+        if s is not None and s[1] >= racy and listing(p) != lists.get(f"{t}/{ATTEMPTS}", False):
+            return False
+    return True
