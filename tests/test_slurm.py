@@ -14,21 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DAGRUN, EXAMPLES, events, kill_group, need_slurm, processes_with_env, run, spawn, task_dir, wait_for, \
+from conftest import DAGRUN, EXAMPLES, events, kill_group, outputs, processes_with_env, run, spawn, task_dir, wait_for, \
     write_plan
 
 slurm = pytest.mark.slurm
-
-
-@pytest.fixture
-def cluster():
-    need_slurm()
-
-
-def _outputs(home: Path, goal: str) -> dict[str, str]:
-    tasks = home / "goals" / goal / "tasks"
-    return {t: (tasks / t / "output").read_text() for t in sorted(os.listdir(tasks))
-            if (tasks / t / "done").exists()}
 
 
 def _job_of(home: Path, goal: str, task: str) -> int | None:
@@ -132,20 +121,20 @@ def _fifty(folder: Path) -> Path:
 
 
 @slurm
-def test_example_goal_and_a_fifty_task_dag_give_the_local_outputs(tmp_path, cluster, sbatch_calls, plans):
+def test_example_goal_and_a_fifty_task_dag_give_the_local_outputs(tmp_path, slurm_cluster, sbatch_calls, plans):
     env, calls = sbatch_calls
     ex = EXAMPLES / "add-auth" / "dag.json"
     run("run", "-q", ex, home=tmp_path / "local")
     r = run("run", "-q", "--runner", "slurm", ex, home=tmp_path / "slurm", env=env, timeout=180)
     assert "goal add-auth done" in r.stdout
-    assert _outputs(tmp_path / "slurm", "add-auth") == _outputs(tmp_path / "local", "add-auth")
-    assert len(_outputs(tmp_path / "local", "add-auth")) == 6
+    assert outputs(tmp_path / "slurm", "add-auth") == outputs(tmp_path / "local", "add-auth")
+    assert len(outputs(tmp_path / "local", "add-auth")) == 6
 
     p = _fifty(plans)
     run("run", "-q", "-j", "8", p, home=tmp_path / "local")
     r = run("run", "-q", "-j", "8", "--runner", "slurm", p, home=tmp_path / "slurm", env=env, timeout=300)
     assert "goal fifty done: 50 done" in r.stdout
-    local, remote = _outputs(tmp_path / "local", "fifty"), _outputs(tmp_path / "slurm", "fifty")
+    local, remote = outputs(tmp_path / "local", "fifty"), outputs(tmp_path / "slurm", "fifty")
     assert len(local) == 50 and remote == local
     assert len(calls.read_text().splitlines()) == 56          # one job per task, nothing twice
     running = [e for e in events(tmp_path / "slurm", "fifty") if e.get("status") == "running"]
@@ -155,13 +144,13 @@ def test_example_goal_and_a_fifty_task_dag_give_the_local_outputs(tmp_path, clus
 
 
 @slurm
-def test_tasks_of_one_goal_run_on_their_own_runners(cluster, home, plans):
+def test_tasks_of_one_goal_run_on_their_own_runners(slurm_cluster, home, plans):
     p = write_plan(plans, [
         {"id": "here", "prompt": "p", "agent": "printf 'slurm job:%s' \"${SLURM_JOB_ID:-none}\""},
         {"id": "there", "prompt": "p", "runner": "slurm", "deps": ["here"],
          "agent": "printf 'slurm job:%s' \"${SLURM_JOB_ID:-none}\""}], goal="mixed")
     run("run", "-q", p, home=home, timeout=120)
-    out = _outputs(home, "mixed")
+    out = outputs(home, "mixed")
     assert out["here"] == "slurm job:none"
     assert out["there"].startswith("slurm job:") and out["there"][10:].isdigit()
 
@@ -178,7 +167,7 @@ def _agent_running(home, argv0: bytes) -> bool:
 
 
 @slurm
-def test_a_job_scancelled_behind_dagruns_back_fails_with_the_slurm_reason(tmp_path, cluster, home, plans):
+def test_a_job_scancelled_behind_dagruns_back_fails_with_the_slurm_reason(tmp_path, slurm_cluster, home, plans):
     p = write_plan(plans, [{"id": "a", "prompt": "p", "agent": "sleep 120"},
                                         {"id": "b", "prompt": "p", "agent": "true", "deps": ["a"]}],
                    goal="g", runner="slurm")
@@ -208,7 +197,7 @@ def test_a_job_scancelled_behind_dagruns_back_fails_with_the_slurm_reason(tmp_pa
 
 
 @slurm
-def test_a_sigkilled_driver_is_restarted_and_reattaches_to_its_jobs(tmp_path, cluster, sbatch_calls, home, plans):
+def test_a_sigkilled_driver_is_restarted_and_reattaches_to_its_jobs(tmp_path, slurm_cluster, sbatch_calls, home, plans):
     env, calls = sbatch_calls
     agent = "sleep 4; printf 'done %s' \"$DAGRUN_TASK\""
     p = write_plan(plans, [{"id": f"a{i}", "prompt": "p"} for i in range(3)] +
@@ -239,7 +228,7 @@ def test_a_sigkilled_driver_is_restarted_and_reattaches_to_its_jobs(tmp_path, cl
 
 
 @slurm
-def test_resources_reach_the_job(tmp_path, cluster, home, plans):
+def test_resources_reach_the_job(tmp_path, slurm_cluster, home, plans):
     p = write_plan(plans, [{"id": "big", "prompt": "p", "agent": "sleep 120", "timeout": 240,
                                          "resources": {"cpus": 2, "mem": "123M"},
                                          "slurm": {"sbatch_args": ["--nice=10"]}}],
@@ -262,7 +251,7 @@ def test_resources_reach_the_job(tmp_path, cluster, home, plans):
 
 
 @slurm
-def test_a_job_whose_driver_died_before_publishing_its_handle_is_found_by_run_id_and_cancelled(cluster, home,
+def test_a_job_whose_driver_died_before_publishing_its_handle_is_found_by_run_id_and_cancelled(slurm_cluster, home,
                                                                                                  plans):
     """SIGKILL between sbatch and owner.json: the claim is half-born (no owner.json); after the
     grace the breaker asks the task's runner, which finds the job by its --comment (the run id)."""
@@ -290,7 +279,7 @@ def _slurm_node() -> str:
 
 
 @slurm
-def test_the_node_of_each_attempt_shows_in_status_events_and_markers(tmp_path, cluster, home, plans):
+def test_the_node_of_each_attempt_shows_in_status_events_and_markers(tmp_path, slurm_cluster, home, plans):
     """A pending job has no node: the `running` event is written at sbatch; once the job
     runs, its node (what the wrapper wrote as claim/node) goes into owner.json (status shows
     it), into a `placed` event, and at the end into the marker, the attempt record and the
@@ -366,7 +355,7 @@ def _steps(job: int) -> list[str]:
 
 
 @slurm
-def test_steps_mode_runs_the_tasks_as_steps_of_the_drivers_allocation(tmp_path, cluster, sbatch_calls, home, plans):
+def test_steps_mode_runs_the_tasks_as_steps_of_the_drivers_allocation(tmp_path, slurm_cluster, sbatch_calls, home, plans):
     agent = "printf '%s %s.%s' \"$DAGRUN_TASK\" \"$SLURM_JOB_ID\" \"$SLURM_STEP_ID\""
     p = _steps_plan(plans, [{"id": f"t{i}", "prompt": "p", "agent": agent} for i in range(20)])
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
@@ -384,7 +373,7 @@ def test_steps_mode_runs_the_tasks_as_steps_of_the_drivers_allocation(tmp_path, 
     job = int(r.stdout.strip().split(";")[0])
     assert "goal st done: 20 done" in (tmp_path / "driver.log").read_text()
     assert len(calls.read_text().splitlines()) == 1                 # our sbatch only: no job per task
-    outs = _outputs(home, "st")
+    outs = outputs(home, "st")
     assert len(outs) == 20
     steps = set()
     for t, o in outs.items():
@@ -402,7 +391,7 @@ def test_steps_mode_runs_the_tasks_as_steps_of_the_drivers_allocation(tmp_path, 
 
 
 @slurm
-def test_cancel_of_a_step_task_kills_the_step(tmp_path, cluster, home, plans):
+def test_cancel_of_a_step_task_kills_the_step(tmp_path, slurm_cluster, home, plans):
     p = _steps_plan(plans, [{"id": "long", "prompt": "p", "agent": "sleep 120"},
                                          {"id": "after", "prompt": "p", "agent": "true", "deps": ["long"]}])
     r = subprocess.run(["sbatch", "--parsable", "-n", "1", f"--output={tmp_path / 'driver.log'}",
@@ -428,7 +417,7 @@ def test_cancel_of_a_step_task_kills_the_step(tmp_path, cluster, home, plans):
 
 
 @slurm
-def test_steps_die_with_a_killed_driver_and_the_next_driver_runs_them_again(tmp_path, cluster, home, plans):
+def test_steps_die_with_a_killed_driver_and_the_next_driver_runs_them_again(tmp_path, slurm_cluster, home, plans):
     """The driver is the job's script: SIGKILL it and the job ends, Slurm kills its steps; a
     new driver (a new allocation) records the attempt lost and runs the task again."""
     p = _steps_plan(plans, [{"id": "a", "prompt": "p",
