@@ -5,6 +5,7 @@ are reattached (never resubmitted), resources reach sbatch. Marked `slurm`: skip
 cluster, failing under CI=true. The runner checks (exit 2) need no cluster."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -43,6 +44,22 @@ def _scancel_all(jobs, home: Path | None = None) -> None:
     if home is not None:
         wait_for(lambda: not processes_with_env("DAGRUN_HOME", str(home)), timeout=35,
                  what="the cancelled jobs' processes gone")
+
+
+@contextlib.contextmanager
+def _driving(p: Path, home: Path, task: str):
+    """`dagrun run -q p` (goal g) in the background, and the Slurm job of `task` once
+    owner.json names it: the body gets (driver, job); then the driver is killed and the job
+    cancelled (its agents waited out)."""
+    d = spawn("run", "-q", p, home=home)
+    job = None
+    try:
+        wait_for(lambda: _job_of(home, "g", task), timeout=60, what="the job id in owner.json")
+        job = _job_of(home, "g", task)
+        yield d, job
+    finally:
+        kill_group(d)
+        _scancel_all([job], home)
 
 
 @pytest.fixture
@@ -171,11 +188,7 @@ def test_a_job_scancelled_behind_dagruns_back_fails_with_the_slurm_reason(tmp_pa
     p = write_plan(plans, [{"id": "a", "prompt": "p", "agent": "sleep 120"},
                                         {"id": "b", "prompt": "p", "agent": "true", "deps": ["a"]}],
                    goal="g", runner="slurm")
-    d = spawn("run", "-q", p, home=home)
-    job = None
-    try:
-        wait_for(lambda: _job_of(home, "g", "a"), timeout=60, what="the job id in owner.json")
-        job = _job_of(home, "g", "a")
+    with _driving(p, home, "a") as (d, job):
         wait_for(lambda: _scontrol(job).get("JobState") == "RUNNING", timeout=30, what="the job running")
         # the agent itself running: with proctrack/linuxproc (this cluster), a scancel in the
         # very instant the wrapper forks the agent can miss the agent (Slurm finds a job's
@@ -183,9 +196,6 @@ def test_a_job_scancelled_behind_dagruns_back_fails_with_the_slurm_reason(tmp_pa
         wait_for(lambda: _agent_running(home, b"sleep"), timeout=30, what="the agent running")
         subprocess.run(["scancel", str(job)], check=True)          # a human, not dagrun
         assert d.wait(60) == 1
-    finally:
-        kill_group(d)
-        _scancel_all([job], home)
     failed = json.loads((task_dir(home, "g", "a") / "failed").read_text())
     # Slurm TERMs the agent and the job's wrapper together: either the wrapper died before it
     # wrote the agent's exit status, or it wrote 143 -- either way the reason is Slurm's state
@@ -233,19 +243,12 @@ def test_resources_reach_the_job(tmp_path, slurm_cluster, home, plans):
                                          "resources": {"cpus": 2, "mem": "123M"},
                                          "slurm": {"sbatch_args": ["--nice=10"]}}],
                    goal="g", runner="slurm")
-    d = spawn("run", "-q", p, home=home)
-    job = None
-    try:
-        wait_for(lambda: _job_of(home, "g", "big"), timeout=60, what="the job id")
-        job = _job_of(home, "g", "big")
+    with _driving(p, home, "big") as (d, job):
         info = _scontrol(job)
         assert info["NumCPUs"] == "2" and info.get("MinMemoryNode") == "123M", info
         assert info["TimeLimit"] == "00:06:00" and info["Nice"] == "10" and info["JobName"] == "dagrun.g.big"
         run("cancel", "g", "big", home=home, timeout=60)
         assert d.wait(60) == 1
-    finally:
-        kill_group(d)
-        _scancel_all([job], home)
     assert json.loads((task_dir(home, "g", "big") / "cancelled").read_text())
     wait_for(lambda: _scontrol(job).get("JobState") in ("CANCELLED", "FAILED", None), timeout=30, what="the job gone")
 
