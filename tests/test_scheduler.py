@@ -246,8 +246,9 @@ class TR(T):
 
 
 def test_would_end_predicts_finish_and_changes_nothing():
-    """would_end (the on_skipped records before a commit point) is finish on a copy: the same
-    changes, on random DAGs with random trigger rules and outcomes, and the scheduler as before."""
+    """would_end is finish on a shadow: the same changes, on random DAGs with random trigger
+    rules and outcomes, and the scheduler as before; would_skip (the on_skipped records before
+    a commit point) is its skipped part, none for a failure or a cancel."""
     import random
     rng = random.Random(11)
     rules = ["all_success", "none_failed", "all_done", "one_success", "one_failed"]
@@ -260,8 +261,45 @@ def test_would_end_predicts_finish_and_changes_nothing():
             outcome = rng.choice(["done", "done", "failed", "cancelled", "skipped"])
             before = (s.states(), s.count[:], dict(s.nready))
             predicted = s.would_end(t, outcome)
+            skips = s.would_skip(t, outcome)
             assert (s.states(), s.count[:], dict(s.nready)) == before
+            assert skips == [(x, root) for x, st, root in predicted[1:] if st == "skipped"]   # failures skip none
             assert s.finish(t, outcome) == predicted
             skipped_seen = skipped_seen or any(st == "skipped" for _, st, _ in predicted[1:])
         assert s.is_finished()
     assert skipped_seen
+
+
+def test_would_block_names_exactly_the_tasks_a_failure_blocks_under_every_trigger_rule():
+    """would_block (the on_blocked records before a commit point) lists what finish(t, failed
+    or cancelled) then blocks -- no task whose rule lets it run anyway (all_done, one_failed,
+    one_success with a done dependency), none twice -- and changes nothing."""
+    import random
+    rng = random.Random(5)
+    rules = ["all_success", "none_failed", "all_done", "one_success", "one_failed"]
+    spared = 0
+    for trial in range(60):
+        tasks = random_dag(rng, rng.randint(1, 30), most_soft=1,
+                           make=lambda *a: TR(*a, trigger=rng.choice(rules)))
+        s = Scheduler(tasks)
+        while (t := s.take()) is not None:
+            outcome = rng.choice(["done", "failed", "cancelled"])
+            before = (s.states(), s.count[:], dict(s.nready))
+            predicted = s.would_block(t)
+            assert (s.states(), s.count[:], dict(s.nready)) == before
+            reachable = len(predicted)
+            changes = s.finish(t, outcome)
+            if outcome != "done":
+                assert predicted == [x for x, st, _ in changes[1:] if st == "blocked"]
+                spared += sum(1 for x, st, _ in changes[1:] if st == "ready")
+            assert len(set(predicted)) == reachable
+    assert spared                     # some dependents of a failure were made ready, not blocked
+
+
+def test_would_block_follows_each_rule():
+    s = Scheduler([TR("a"), TR("b"), TR("all", ("a",), trigger="all_done"), TR("one", ("a", "b"), trigger="one_success"),
+                   TR("nf", ("a",), trigger="none_failed"), TR("x", ("nf", "all")), TR("y", ("nf", "one"))])
+    assert sorted(s.would_block("a")) == ["nf", "x", "y"]  # all_done runs anyway; one_success waits for b
+    assert s.take() in ("a", "b") and s.take() in ("a", "b")
+    s.finish("b", "failed")
+    assert sorted(s.would_block("a")) == ["nf", "one", "x", "y"]   # now one_success has no chance left
