@@ -368,7 +368,7 @@ def need_slurm() -> None:
 
 
 @pytest.fixture
-def slurm_cluster() -> None:
+def cluster() -> None:
     """A Slurm cluster answers here (need_slurm): skipped without one, failing under CI=true."""
     need_slurm()
 

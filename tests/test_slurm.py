@@ -138,7 +138,7 @@ def _fifty(folder: Path) -> Path:
 
 
 @slurm
-def test_example_goal_and_a_fifty_task_dag_give_the_local_outputs(tmp_path, slurm_cluster, sbatch_calls, plans):
+def test_example_goal_and_a_fifty_task_dag_give_the_local_outputs(tmp_path, cluster, sbatch_calls, plans):
     env, calls = sbatch_calls
     ex = EXAMPLES / "add-auth" / "dag.json"
     run("run", "-q", ex, home=tmp_path / "local")
@@ -161,7 +161,7 @@ def test_example_goal_and_a_fifty_task_dag_give_the_local_outputs(tmp_path, slur
 
 
 @slurm
-def test_tasks_of_one_goal_run_on_their_own_runners(slurm_cluster, home, plans):
+def test_tasks_of_one_goal_run_on_their_own_runners(cluster, home, plans):
     p = write_plan(plans, [
         {"id": "here", "prompt": "p", "agent": "printf 'slurm job:%s' \"${SLURM_JOB_ID:-none}\""},
         {"id": "there", "prompt": "p", "runner": "slurm", "deps": ["here"],
@@ -184,7 +184,7 @@ def _agent_running(home, argv0: bytes) -> bool:
 
 
 @slurm
-def test_a_job_scancelled_behind_dagruns_back_fails_with_the_slurm_reason(tmp_path, slurm_cluster, home, plans):
+def test_a_job_scancelled_behind_dagruns_back_fails_with_the_slurm_reason(tmp_path, cluster, home, plans):
     p = write_plan(plans, [{"id": "a", "prompt": "p", "agent": "sleep 120"},
                                         {"id": "b", "prompt": "p", "agent": "true", "deps": ["a"]}],
                    goal="g", runner="slurm")
@@ -207,7 +207,7 @@ def test_a_job_scancelled_behind_dagruns_back_fails_with_the_slurm_reason(tmp_pa
 
 
 @slurm
-def test_a_sigkilled_driver_is_restarted_and_reattaches_to_its_jobs(tmp_path, slurm_cluster, sbatch_calls, home, plans):
+def test_a_sigkilled_driver_is_restarted_and_reattaches_to_its_jobs(tmp_path, cluster, sbatch_calls, home, plans):
     env, calls = sbatch_calls
     agent = "sleep 4; printf 'done %s' \"$DAGRUN_TASK\""
     p = write_plan(plans, [{"id": f"a{i}", "prompt": "p"} for i in range(3)] +
@@ -238,7 +238,7 @@ def test_a_sigkilled_driver_is_restarted_and_reattaches_to_its_jobs(tmp_path, sl
 
 
 @slurm
-def test_resources_reach_the_job(tmp_path, slurm_cluster, home, plans):
+def test_resources_reach_the_job(tmp_path, cluster, home, plans):
     p = write_plan(plans, [{"id": "big", "prompt": "p", "agent": "sleep 120", "timeout": 240,
                                          "resources": {"cpus": 2, "mem": "123M"},
                                          "slurm": {"sbatch_args": ["--nice=10"]}}],
@@ -254,7 +254,7 @@ def test_resources_reach_the_job(tmp_path, slurm_cluster, home, plans):
 
 
 @slurm
-def test_a_job_whose_driver_died_before_publishing_its_handle_is_found_by_run_id_and_cancelled(slurm_cluster, home,
+def test_a_job_whose_driver_died_before_publishing_its_handle_is_found_by_run_id_and_cancelled(cluster, home,
                                                                                                  plans):
     """SIGKILL between sbatch and owner.json: the claim is half-born (no owner.json); after the
     grace the breaker asks the task's runner, which finds the job by its --comment (the run id)."""
@@ -282,7 +282,7 @@ def _slurm_node() -> str:
 
 
 @slurm
-def test_the_node_of_each_attempt_shows_in_status_events_and_markers(tmp_path, slurm_cluster, home, plans):
+def test_the_node_of_each_attempt_shows_in_status_events_and_markers(tmp_path, cluster, home, plans):
     """A pending job has no node: the `running` event is written at sbatch; once the job
     runs, its node (what the wrapper wrote as claim/node) goes into owner.json (status shows
     it), into a `placed` event, and at the end into the marker, the attempt record and the
@@ -358,7 +358,7 @@ def _steps(job: int) -> list[str]:
 
 
 @slurm
-def test_steps_mode_runs_the_tasks_as_steps_of_the_drivers_allocation(tmp_path, slurm_cluster, sbatch_calls, home, plans):
+def test_steps_mode_runs_the_tasks_as_steps_of_the_drivers_allocation(tmp_path, cluster, sbatch_calls, home, plans):
     agent = "printf '%s %s.%s' \"$DAGRUN_TASK\" \"$SLURM_JOB_ID\" \"$SLURM_STEP_ID\""
     p = _steps_plan(plans, [{"id": f"t{i}", "prompt": "p", "agent": agent} for i in range(20)])
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
@@ -394,7 +394,7 @@ def test_steps_mode_runs_the_tasks_as_steps_of_the_drivers_allocation(tmp_path, 
 
 
 @slurm
-def test_cancel_of_a_step_task_kills_the_step(tmp_path, slurm_cluster, home, plans):
+def test_cancel_of_a_step_task_kills_the_step(tmp_path, cluster, home, plans):
     p = _steps_plan(plans, [{"id": "long", "prompt": "p", "agent": "sleep 120"},
                                          {"id": "after", "prompt": "p", "agent": "true", "deps": ["long"]}])
     r = subprocess.run(["sbatch", "--parsable", "-n", "1", f"--output={tmp_path / 'driver.log'}",
@@ -420,7 +420,7 @@ def test_cancel_of_a_step_task_kills_the_step(tmp_path, slurm_cluster, home, pla
 
 
 @slurm
-def test_steps_die_with_a_killed_driver_and_the_next_driver_runs_them_again(tmp_path, slurm_cluster, home, plans):
+def test_steps_die_with_a_killed_driver_and_the_next_driver_runs_them_again(tmp_path, cluster, home, plans):
     """The driver is the job's script: SIGKILL it and the job ends, Slurm kills its steps; a
     new driver (a new allocation) records the attempt lost and runs the task again."""
     p = _steps_plan(plans, [{"id": "a", "prompt": "p",

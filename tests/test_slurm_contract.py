@@ -35,7 +35,7 @@ def _in_allocation(tmp_path: Path, script: str, cpus: int = 2, timeout: float = 
 
 
 @slurm
-def test_steps_mode_gives_the_local_outputs_for_the_example_goal_and_a_fifty_task_dag(tmp_path, slurm_cluster):
+def test_steps_mode_gives_the_local_outputs_for_the_example_goal_and_a_fifty_task_dag(tmp_path, cluster):
     ex = tmp_path / "examples"
     shutil.copytree(EXAMPLES / "add-auth", ex / "add-auth")
     shutil.copy(EXAMPLES / "fake-agent.sh", ex / "fake-agent.sh")
@@ -67,7 +67,7 @@ def test_steps_mode_gives_the_local_outputs_for_the_example_goal_and_a_fifty_tas
 
 
 @slurm
-def test_a_step_that_times_out_is_stopped_and_recorded_as_a_timeout(tmp_path, slurm_cluster):
+def test_a_step_that_times_out_is_stopped_and_recorded_as_a_timeout(tmp_path, cluster):
     p = write_plan(tmp_path / "plans", [
         {"id": "slow", "prompt": "p", "agent": "sleep 120", "timeout": 1, "kill_grace": 1},
         {"id": "after", "prompt": "p", "agent": "true", "deps": ["slow"]}],
@@ -86,7 +86,7 @@ def test_a_step_that_times_out_is_stopped_and_recorded_as_a_timeout(tmp_path, sl
 
 
 @slurm
-def test_status_names_the_runner_and_the_job_of_a_running_attempt(tmp_path, slurm_cluster):
+def test_status_names_the_runner_and_the_job_of_a_running_attempt(tmp_path, cluster):
     p = write_plan(tmp_path / "plans", [{"id": "a", "prompt": "p", "agent": "sleep 120"}], goal="g", runner="slurm")
     home = tmp_path / "home"
     d = spawn("run", "-q", p, home=home)
