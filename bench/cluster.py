@@ -170,20 +170,14 @@ def srun_chain(n: int) -> float:
     return float(r.stdout.strip().splitlines()[-1])
 
 
+BENCH = os.path.dirname(os.path.abspath(__file__))   # bench/rayfloor.py: the floor's remote functions
 RAY_FLOOR = r"""
 import time
 t0 = time.perf_counter()
-import os, subprocess, sys, tempfile, ray
-ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", logging_level="ERROR", log_to_driver=False)
-
-@ray.remote(num_cpus=1, max_retries=0)
-def true():
-    return subprocess.run(["/bin/sh", "-c", "true"]).returncode
-
-@ray.remote(num_cpus=1, max_retries=0)
-def agent(cmd, cwd, env, prompt):
-    p = subprocess.run(["/bin/sh", "-c", cmd], cwd=cwd, env=env, input=prompt, capture_output=True)
-    return p.returncode, p.stdout, p.stderr
+import os, sys, tempfile
+sys.path.insert(0, sys.argv[4])
+import rayfloor
+ray, true, agent = rayfloor.connect()
 
 root = tempfile.mkdtemp()
 with open(os.path.join(root, "prompt.md"), "w") as f:
@@ -229,7 +223,7 @@ else:                               # in one connected, warmed-up process
 
 def ray_floor(shape: str, n: int) -> tuple[float, float]:
     """(min, agent): N tasks' time from a connected, warmed-up driver."""
-    r = subprocess.run([sys.executable, "-c", RAY_FLOOR, "inproc", shape, str(n)], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", RAY_FLOOR, "inproc", shape, str(n), BENCH], capture_output=True, text=True,
                        check=True)
     a, b = r.stdout.strip().splitlines()[-1].split()
     return float(a), float(b)
@@ -238,7 +232,7 @@ def ray_floor(shape: str, n: int) -> tuple[float, float]:
 def ray_program(shape: str, n: int) -> tuple[float, float]:
     """(the whole program, its steady time per task)"""
     t = time.perf_counter()
-    r = subprocess.run([sys.executable, "-c", RAY_FLOOR, "program", shape, str(n)], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", RAY_FLOOR, "program", shape, str(n), BENCH], capture_output=True, text=True,
                        check=True)
     return time.perf_counter() - t, float(r.stdout.strip().splitlines()[-1])
 

@@ -39,6 +39,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import rayfloor  # noqa: E402
+
 
 def load_runner(path: str | None = None, i: int = 0):
     if not path or path == "-":
@@ -105,21 +108,11 @@ def run_runner(mod, runner, root: str, n: int, chain: bool) -> float:
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 50
     reps = int(sys.argv[2]) if len(sys.argv) > 2 else 5
-    import ray
-    ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", logging_level="ERROR", log_to_driver=False)
+    ray, true, agent = rayfloor.connect()
 
     @ray.remote(num_cpus=1, max_retries=0)
     def empty():
         return None
-
-    @ray.remote(num_cpus=1, max_retries=0)
-    def true():
-        return subprocess.run(["/bin/sh", "-c", "true"]).returncode
-
-    @ray.remote(num_cpus=1, max_retries=0)
-    def agent(cmd: str, cwd: str, env: dict, prompt: bytes):
-        p = subprocess.run(["/bin/sh", "-c", cmd], cwd=cwd, env=env, input=prompt, capture_output=True)
-        return p.returncode, p.stdout, p.stderr
 
     @ray.remote(num_cpus=1, max_retries=0, num_returns="streaming")
     def stream(cmd: str, cwd: str, env: dict, prompt: bytes):

@@ -617,23 +617,7 @@ class Spares:
         or `dst`'s parent is missing -- make them one by one."""
         if not self._nesting():
             return None
-        with self._lock:
-            if not self._nests:
-                return None
-            src = self._nests.pop()
-            if self._low():
-                self._want.notify()
-        try:
-            self._noreplace(src, dst)
-            return True
-        except OSError as e:
-            with self._lock:
-                self._nests.append(src)
-            if e.errno == errno.EEXIST:
-                return False
-            if e.errno in (errno.EINVAL, errno.ENOSYS, errno.EXDEV):
-                self._noreplace = None
-            return None
+        return self._take(self._nests, dst, keep=True)
 
     def pop_file(self) -> str | None:
         """An empty spare file, now the caller's (None when the pool is empty)."""
@@ -659,19 +643,28 @@ class Spares:
         """True: created `dst`; False: `dst` exists already; None: no spare, use mkdir."""
         if self._noreplace is None:
             return None
+        return self._take(self._dirs, dst, keep=False)
+
+    def _take(self, pool: list[str], dst: str, *, keep: bool) -> bool | None:
+        """Rename a spare of `pool` (folders or nests) to `dst` with renameat2(RENAME_NOREPLACE),
+        exactly as exclusive as mkdir(2). True: made; False: `dst` exists already (the spare
+        goes back to the pool); None: the pool is empty, or the rename failed otherwise (the
+        caller makes `dst` by hand) -- the spare goes back only if `keep` (a nest: its
+        failure is mostly `dst`'s missing parent, the nest is still good)."""
         with self._lock:
-            if not self._dirs:
+            if not pool:
                 return None
-            src = self._dirs.pop()
+            src = pool.pop()
             if self._low():
                 self._want.notify()
         try:
             self._noreplace(src, dst)
             return True
         except OSError as e:
-            if e.errno == errno.EEXIST:
+            if keep or e.errno == errno.EEXIST:
                 with self._lock:
-                    self._dirs.append(src)
+                    pool.append(src)
+            if e.errno == errno.EEXIST:
                 return False
             if e.errno in (errno.EINVAL, errno.ENOSYS, errno.EXDEV):
                 self._noreplace = None   # this file system cannot: plain mkdir from now on

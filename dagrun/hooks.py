@@ -20,7 +20,7 @@ transitions a commit point causes: before a `cancelled` marker (on_cancelled,
 `prepare_cancel`), before a marker that blocks dependents (one on_blocked record per task
 the scheduler's `would_block` names, `prepare_blocked`), before a marker that skips tasks (a
 task's own `skipped` marker, or any marker after which a trigger rule skips dependents: one
-on_skipped record per task the scheduler's `would_end` names, `prepare_skipped`), before
+on_skipped record per task the scheduler's `would_skip` names, `prepare_skipped`), before
 summary.json (on_goal_finished, `prepare_goal`); each is settled just before its own event
 is appended.
 
@@ -174,7 +174,7 @@ def prepare_skipped(home: Home, plan: Plan, g: str, cause: dict, skips) -> dict:
     "task", "attempt" of a done/failed marker, "id": the skip_id/cancel_id it names}): one
     pending record per task in `skips()` -- [(task, its coming skipped event's fields)]: the
     task's own skip (its `when` was false) and those its trigger rule skips, as the
-    scheduler's would_end says -- with an on_skipped hook, {task: record}. A replay runs one if
+    scheduler's would_skip says -- with an on_skipped hook, {task: record}. A replay runs one if
     that marker exists. {} without any on_skipped hook (one stat)."""
     if not any_hook(home, plan, "on_skipped"):
         return {}

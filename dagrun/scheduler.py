@@ -20,7 +20,6 @@ caller then rebuilds the scheduler from the files (the safety net, not the hot p
 """
 from __future__ import annotations
 
-import copy
 import heapq
 import math
 from functools import cached_property
@@ -621,37 +620,98 @@ class Scheduler:
 
     def would_block(self, tid: str) -> list[str]:
         """The tasks finish(tid, failed|cancelled) would block now, without changing anything
-        (the hooks' pending records are published before the commit point)."""
+        (the hooks' pending records are published before the commit point): its waiting (or
+        ready) hard dependents whose trigger rule that failure decides as blocked, and theirs
+        in turn -- only the tasks it reaches are looked at, each judged with the counts it
+        would have. (A failure never skips a task: the rules decide blocked or ready.) If tid
+        has ended already, as if it had failed instead."""
+        start = self._i(tid)
+        was = self.state[start]
+        # the counts of the dependents judged, as they would be -- only for the rules that
+        # need them: all_success and none_failed block at the first failure. tid's end takes
+        # a pending dependency off them (an ended tid: the tally of the outcome it has), the
+        # failure adds one
+        pend, ndone, nfail, nskip = (_Overlay(x) for x in (self.pend, self.ndone, self.nfail, self.nskip))
+        undo = pend if was not in TERMINAL else ndone if was == DONE else nskip if was == SKIPPED else nfail
+        state, trigger, ids = self.state, self.trigger, self.ids
         seen: set[int] = set()
-        stack = [self._i(tid)]
+        stack = [start]
         out = []
         while stack:
             j = stack.pop()
             for d in self.hard_out[j]:
-                if d not in seen and self.state[d] in (WAITING, READY):
-                    seen.add(d)
-                    out.append(self.ids[d])
-                    stack.append(d)
+                if d in seen or state[d] not in (WAITING, READY):
+                    continue
+                rule = trigger[d]
+                if rule != ALL_SUCCESS and rule != NONE_FAILED:
+                    (undo if j == start else pend)[d] -= 1      # (j != start: blocked, no longer pending)
+                    nfail[d] += 1
+                    if verdict(rule, pend[d], ndone[d], nfail[d], nskip[d]) != BLOCKED:
+                        continue
+                seen.add(d)
+                out.append(ids[d])
+                stack.append(d)
         return out
 
     def would_end(self, tid: str, outcome: str) -> list[tuple[str, str, str | None]] | None:
-        """What finish(tid, outcome) would return now, without changing anything: the same
-        rules run on a copy of the mutable state (the hooks' pending on_skipped records are
-        published before the commit point). O(tasks) for the copy; asked only when a plan
-        has an on_skipped hook."""
-        shadow = copy.copy(self)
-        for name in ("state", "count", "pend", "ndone", "nfail", "nskip", "rem_soft"):
-            setattr(shadow, name, list(getattr(self, name)))
-        for name in ("root", "nready", "since", "holding", "free"):
-            setattr(shadow, name, dict(getattr(self, name)))
-        shadow.heaps = {p: list(h) for p, h in self.heaps.items()}
-        return shadow.finish(tid, outcome)
+        """What finish(tid, outcome) would return now, without changing anything (the hooks'
+        pending on_skipped records are published before the commit point): finish's own
+        rules run on a _Shadow, whose writes stay in overlays -- the work is that of the
+        tasks the outcome reaches, not a copy of the scheduler."""
+        return _Shadow(self).finish(tid, outcome)
+
+    def would_skip(self, tid: str, outcome: str) -> list[tuple[str, str]]:
+        """The tasks finish(tid, outcome) would skip by their trigger rules, each with the
+        skipped task it names: [(task, root)] (the on_skipped records before a commit point).
+        A failure or a cancel never skips a task -- it counts as a failed dependency, and every
+        rule then decides blocked or ready, down the whole cascade -- so for those nothing is
+        worked out; otherwise would_end's changes, filtered."""
+        if outcome in (S.FAILED, S.CANCELLED):
+            return []
+        return [(t, root) for t, st, root in (self.would_end(tid, outcome) or [])[1:] if st == S.SKIPPED]
 
     def failed_roots(self) -> list[str]:
         return [self.ids[i] for i in range(len(self.ids)) if self.state[i] in (FAILED, CANCELLED)]
 
     def not_started(self) -> Iterable[str]:
         return (self.ids[i] for i in range(len(self.ids)) if self.state[i] in (WAITING, READY, RETRYING, AWAITING))
+
+
+class _Overlay(dict):
+    """A list or dict seen through a layer of writes (this dict): a read of what was not
+    written falls through to `base`, which is never changed."""
+    __slots__ = ("base",)
+
+    def __init__(self, base) -> None:
+        super().__init__()
+        self.base = base
+
+    def __missing__(self, k):
+        return self.base[k]
+
+    def get(self, k, default=None):
+        return self[k] if k in self else self.base.get(k, default)
+
+
+class _Shadow(Scheduler):
+    """A scheduler's finish() without its effects (would_end): the same rules (finish,
+    _propagate, _check, _root) over overlays of what they read and write -- the states, the
+    dependency counts, the roots -- and none of the bookkeeping they would update besides
+    (state counts, ready heaps, class waits, resource units), which no verdict reads."""
+
+    def __init__(self, sched: Scheduler) -> None:      # noqa: super().__init__ would rebuild
+        self.__dict__.update(sched.__dict__)
+        for name in ("state", "pend", "ndone", "nfail", "nskip", "rem_soft", "root"):
+            setattr(self, name, _Overlay(getattr(sched, name)))
+
+    def _set(self, i: int, s: int) -> None:
+        self.state[i] = s
+
+    def _push(self, i: int) -> None:
+        pass
+
+    def _give_back(self, i: int) -> None:
+        pass
 
 
 class FairShare:

@@ -365,27 +365,42 @@ class SlurmRunner:
         if j is None:
             return Exit(None, signal.SIGKILL)
         code = _read_exit(handle.get("exit"))
-        if code is not None:
-            node = j.node or _read_line(handle.get("node_file"))
-            if code > 128 and j.stop_sig is None:
-                # the agent died of a signal we did not send: Slurm's scancel by a human, its
-                # time limit, an OOM kill... Slurm signals the agent and the wrapper together,
-                # so the wrapper may still have written the agent's 128+N: say what Slurm says
-                # once it has ended the job (scontrol shows COMPLETING until then)
-                now = time.monotonic()
-                if j.settle_at is not None and now < j.settle_at:
-                    return None
-                state = (self.describe(handle["job"])[0] or "").split(" ")[0]
-                if state in STOPPED_STATES:
-                    del self._jobs[k]
-                    return Exit(None, code - 128, self._final_progress(handle), node=node,
-                                reason=f"slurm job {handle['job']} {state} (the agent ended by signal {code - 128})")
-                if state in LIVE_STATES and now - (j.exit_seen or now) < SETTLE:
-                    j.exit_seen = j.exit_seen or now
-                    j.settle_at = now + 0.2
-                    return None
+        if code is None:                         # no exit file (yet): Slurm's word once it is gone
+            e = self._gone(handle, j)
+        elif code > 128 and j.stop_sig is None:  # a signal we did not send: Slurm's word once it settles
+            e = self._signalled(handle, j, code)
+        else:                                    # the agent's own exit, or the end of our scancel
+            e = Exit(code, None, self._final_progress(handle), node=self._node(handle, j))
+        if e is not None:
             del self._jobs[k]
-            return Exit(code, None, self._final_progress(handle), node=node)
+        return e
+
+    def _node(self, handle: dict, j: _Job) -> str | None:
+        return j.node or _read_line(handle.get("node_file"))
+
+    def _signalled(self, handle: dict, j: _Job, code: int) -> Exit | None:
+        """The exit file says the agent died of signal code-128 and we sent none: Slurm's
+        scancel by a human, its time limit, an OOM kill... Slurm signals the agent and the
+        wrapper together, so the wrapper may still have written the agent's 128+N: say what
+        Slurm says once it has ended the job (scontrol shows COMPLETING until then; asked every
+        0.2 s, for up to SETTLE s, then the exit file stands). None: not settled yet."""
+        now = time.monotonic()
+        if j.settle_at is not None and now < j.settle_at:
+            return None
+        state = (self.describe(handle["job"])[0] or "").split(" ")[0]
+        if state in STOPPED_STATES:
+            return Exit(None, code - 128, self._final_progress(handle), node=self._node(handle, j),
+                        reason=f"slurm job {handle['job']} {state} (the agent ended by signal {code - 128})")
+        if state in LIVE_STATES and now - (j.exit_seen or now) < SETTLE:
+            j.exit_seen = j.exit_seen or now
+            j.settle_at = now + 0.2
+            return None
+        return Exit(code, None, self._final_progress(handle), node=self._node(handle, j))
+
+    def _gone(self, handle: dict, j: _Job) -> Exit | None:
+        """No exit file: the job ends once squeue (one call for every job of this driver, every
+        QUEUE_POLL s; 0.5 s while one is being stopped) has not shown it for GONE_GRACE s (at
+        once after our scancel), with Slurm's state and exit code. None: still running."""
         now = time.monotonic()
         if now >= self._next_queue:
             self._next_queue = now + (0.5 if any(x.stop_sig for x in self._jobs.values()) else QUEUE_POLL)
@@ -400,10 +415,9 @@ class SlurmRunner:
                     x.gone_since = now
         if j.gone_since is None or now - j.gone_since < (0.0 if j.stop_sig else GONE_GRACE):
             return None
-        del self._jobs[k]
         state, exitcode, reason = self.describe(handle["job"])
         code, sig = _split_exitcode(exitcode)
-        node = j.node or _read_line(handle.get("node_file"))
+        node = self._node(handle, j)
         if j.stop_sig is not None:       # we stopped it: the wrapper died with the agent
             return Exit(None, sig or j.first_sig, self._final_progress(handle), node=node,
                         reason=f"slurm job {handle['job']} {state or 'ended'} after dagrun's scancel")

@@ -156,12 +156,11 @@ def _prepare_skipped(home: Home, plan: Plan, sched: Scheduler, t: str, outcome: 
                      own: dict | None = None) -> dict:
     """Before t's marker of `outcome` (the commit point; cause: its attempt, or the skip_id /
     cancel_id it names): the pending on_skipped records of t's own skip (own: its event's
-    fields) and of the tasks the trigger rules skip after it (the scheduler's would_end)."""
+    fields) and of the tasks the trigger rules skip after it (the scheduler's would_skip)."""
     def skips():
         out = [(t, own)] if own is not None else []
-        for tid, state, root in (sched.would_end(t, outcome) or [])[1:]:
-            if state == S.SKIPPED:
-                out.append((tid, {"reason": f"{root} was skipped", "skipped_by": root, "derived": True}))
+        for tid, root in sched.would_skip(t, outcome):
+            out.append((tid, {"reason": f"{root} was skipped", "skipped_by": root, "derived": True}))
         return out
     return hk.prepare_skipped(home, plan, plan.goal, {"marker": outcome, "task": t, **cause}, skips)
 

@@ -1,6 +1,7 @@
 """Shared helpers: real files, real processes, the installed `dagrun` binary."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -50,15 +51,22 @@ def pytest_configure(config):
     compileall.compile_dir(str(REPO / "dagrun"), quiet=2, rx=re.compile(r"[/\\]dagrun[/\\]share[/\\]"))
 
 
-def run(*args, home: Path | str | None = None, check: bool | int = True, timeout: float = 60, env=None,
-        input: bytes | str | None = None, cwd=None) -> subprocess.CompletedProcess:
-    """Run `dagrun args...` and return the finished process (text mode)."""
+def _child_env(env: dict | None) -> dict:
+    """The environment of a `dagrun` the tests start: ours without DAGRUN_HOME (--home names
+    it), plus `env`. Under mutmut the test is skipped (the binary does not see the mutants)."""
     if MUTMUT:
         pytest.skip("runs the installed dagrun, which mutmut does not mutate")
     e = dict(os.environ)
     e.pop("DAGRUN_HOME", None)
     if env:
         e.update(env)
+    return e
+
+
+def run(*args, home: Path | str | None = None, check: bool | int = True, timeout: float = 60, env=None,
+        input: bytes | str | None = None, cwd=None) -> subprocess.CompletedProcess:
+    """Run `dagrun args...` and return the finished process (text mode)."""
+    e = _child_env(env)
     argv = [DAGRUN] + ([f"--home={home}"] if home is not None else []) + [str(a) for a in args]
     p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=e, input=input, cwd=cwd)
     if check is True and p.returncode != 0:
@@ -72,12 +80,7 @@ def run(*args, home: Path | str | None = None, check: bool | int = True, timeout
 
 def spawn(*args, home: Path | str, env=None, cwd=None, **kw) -> subprocess.Popen:
     """Start `dagrun args...` in the background (own session, so tests can signal it)."""
-    if MUTMUT:
-        pytest.skip("runs the installed dagrun, which mutmut does not mutate")
-    e = dict(os.environ)
-    e.pop("DAGRUN_HOME", None)
-    if env:
-        e.update(env)
+    e = _child_env(env)
     argv = [DAGRUN, f"--home={home}"] + [str(a) for a in args]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=e, cwd=cwd,
                             start_new_session=True, **kw)
@@ -119,6 +122,63 @@ def events(home: Path, goal: str) -> list[dict]:
     if not p.exists():
         return []
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def outputs(home: Path, goal: str) -> dict[str, str]:
+    """The outputs of the goal's done tasks, by task id."""
+    tasks = Path(home) / "goals" / goal / "tasks"
+    return {t: (tasks / t / "output").read_text() for t in sorted(os.listdir(tasks))
+            if (tasks / t / "done").exists()}
+
+
+def submit_home(tmp_path: Path, tasks: list[dict], **top):
+    """A store.Home at tmp_path/home with goal "g" (tmp_path/plan/dag.json) submitted in this
+    process (edit.submit): for the tests that call the library, which mutmut's mutants reach."""
+    from dagrun import edit
+    from dagrun.store import Home
+    doc = {"goal": "g", **top, "tasks": tasks}
+    p = tmp_path / "plan" / "dag.json"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(doc))
+    home = Home(str(tmp_path / "home"))
+    assert edit.submit(home, str(p)).goal == "g"
+    return home
+
+
+def goal_events(home, kind: str | None = None, goal: str = "g") -> list[dict]:
+    """A store.Home's events of `goal` (of type `kind`), read in this process."""
+    with open(home.events_path(goal), "rb") as f:
+        out = [json.loads(x) for x in f.read().splitlines()]
+    return [e for e in out if kind is None or e["type"] == kind]
+
+
+def read_json(path: str) -> dict:
+    with open(path, "rb") as f:
+        return json.loads(f.read())
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (reaped): a claim naming it has a dead holder."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+@contextlib.contextmanager
+def break_lock_held(home, seconds: float = 0.8, goal: str = "g"):
+    """Another process holds the goal's `.break.lock` (filelock, as a claim breaker does) for
+    `seconds`; the body runs once it holds it."""
+    lock = os.path.join(home.goal_dir(goal), ".break.lock")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom filelock import FileLock\n"
+                               f"with FileLock({lock!r}):\n    print('held', flush=True)\n    time.sleep({seconds})\n"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
 
 
 def processes_with_env(var: str, value: str | None = None, also: tuple[str, str] | None = None) -> list[int]:
@@ -329,6 +389,12 @@ def need_slurm() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{why} (CI must start Slurm: .ci/slurm-up.sh)")
         pytest.skip(f"{why}; start one with .ci/slurm-up.sh and export SLURM_CONF")
+
+
+@pytest.fixture
+def cluster() -> None:
+    """A Slurm cluster answers here (need_slurm): skipped without one, failing under CI=true."""
+    need_slurm()
 
 
 def need_ray() -> None:

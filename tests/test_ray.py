@@ -10,16 +10,10 @@ import signal
 
 import pytest
 
-from conftest import EXAMPLES, events, kill_group, need_ray, processes_with_env, run, spawn, task_dir, wait_for, \
+from conftest import EXAMPLES, events, kill_group, need_ray, outputs, processes_with_env, run, spawn, task_dir, wait_for, \
     write_plan
 
 ray = pytest.mark.ray
-
-
-def _outputs(home, goal: str) -> dict[str, str]:
-    tasks = home / "goals" / goal / "tasks"
-    return {t: (tasks / t / "output").read_text() for t in sorted(os.listdir(tasks))
-            if (tasks / t / "done").exists()}
 
 
 def test_a_ray_plan_without_a_reachable_head_is_refused_at_submit(tmp_path):
@@ -38,7 +32,7 @@ def test_example_goal_and_a_fifty_task_dag_give_the_local_outputs(tmp_path):
     run("run", "-q", ex, home=tmp_path / "local")
     r = run("run", "-q", "--runner", "ray", ex, home=tmp_path / "ray", timeout=180)
     assert "goal add-auth done" in r.stdout
-    assert _outputs(tmp_path / "ray", "add-auth") == _outputs(tmp_path / "local", "add-auth")
+    assert outputs(tmp_path / "ray", "add-auth") == outputs(tmp_path / "local", "add-auth")
 
     tasks = [{"id": f"t{layer}-{i}", "prompt": f"task {layer}/{i}",
               "deps": [] if layer == 0 else [f"t{layer - 1}-{i}", f"t{layer - 1}-{(i + 3) % 10}"]}
@@ -48,7 +42,7 @@ def test_example_goal_and_a_fifty_task_dag_give_the_local_outputs(tmp_path):
     run("run", "-q", "-j", "8", p, home=tmp_path / "local")
     r = run("run", "-q", "-j", "8", "--runner", "ray", p, home=tmp_path / "ray", timeout=300)
     assert "goal fifty done: 50 done" in r.stdout
-    assert _outputs(tmp_path / "ray", "fifty") == _outputs(tmp_path / "local", "fifty")
+    assert outputs(tmp_path / "ray", "fifty") == outputs(tmp_path / "local", "fifty")
     running = [e for e in events(tmp_path / "ray", "fifty") if e.get("status") == "running"]
     assert len(running) == 50 and all(e["runner"] == "ray" and len(e["task_id"]) > 10 for e in running)
 

@@ -33,7 +33,28 @@ def plan(spec: str) -> list[T]:
     return out
 
 
+def random_dag(rng, n: int, *, most_soft: int, make=T) -> list:
+    """Tasks t0..t<n-1>, each with up to 3 hard and `most_soft` soft deps on earlier tasks
+    (picked by `rng`); make(id, deps, soft_deps) builds each."""
+    tasks = []
+    for i in range(n):
+        prev = [f"t{j}" for j in range(i)]
+        hard = tuple(rng.sample(prev, min(len(prev), rng.randint(0, 3))))
+        soft = tuple(x for x in rng.sample(prev, min(len(prev), rng.randint(0, most_soft))) if x not in hard)
+        tasks.append(make(f"t{i}", hard, soft))
+    return tasks
+
+
+def taken(s: Scheduler) -> list[str]:
+    """Every task s.take() hands out until it says None, in order."""
+    got = []
+    while (t := s.take()) is not None:
+        got.append(t)
+    return got
+
+
 DIAMOND = "a; b<a; c<a; d<b,c"
+THREE, FOUR = "a; b; c", "a; b; c; d"          # independent tasks
 
 # (plan, initial states, expected ready order, expected states of interest)
 LOAD_CASES = [
@@ -133,13 +154,7 @@ def test_incremental_matches_rebuild_on_random_dags():
     import random
     rng = random.Random(7)
     for trial in range(50):
-        n = rng.randint(1, 40)
-        tasks = []
-        for i in range(n):
-            prev = [f"t{j}" for j in range(i)]
-            hard = tuple(rng.sample(prev, min(len(prev), rng.randint(0, 3))))
-            soft = tuple(x for x in rng.sample(prev, min(len(prev), rng.randint(0, 2))) if x not in hard)
-            tasks.append(T(f"t{i}", hard, soft))
+        tasks = random_dag(rng, rng.randint(1, 40), most_soft=2)
         s = Scheduler(tasks)
         facts = {}
         while True:
@@ -158,28 +173,25 @@ def test_incremental_matches_rebuild_on_random_dags():
 # ---------------------------------------------------------------------------- capacity rules
 # (plan, initial states, max_parallel, stop_on_failure, the tasks take() hands out in order)
 CAPACITY_CASES = [
-    ("a; b; c; d", {}, 2, False, ["a", "b"]),
-    ("a; b; c; d", {"a": "running"}, 2, False, ["b"]),                  # another worker's run counts
-    ("a; b; c; d", {"a": "running", "b": "running"}, 2, False, []),
-    ("a; b; c", {}, None, False, ["a", "b", "c"]),
-    ("a; b; c", {"a": "failed"}, None, True, []),                      # on_failure=stop: nothing new
-    ("a; b; c", {"a": "failed"}, None, False, ["b", "c"]),
-    ("a; b; c", {"a": "cancelled"}, None, True, ["b", "c"]),           # a cancel is not a failure
+    (FOUR, {}, 2, False, ["a", "b"]),
+    (FOUR, {"a": "running"}, 2, False, ["b"]),                  # another worker's run counts
+    (FOUR, {"a": "running", "b": "running"}, 2, False, []),
+    (THREE, {}, None, False, ["a", "b", "c"]),
+    (THREE, {"a": "failed"}, None, True, []),                      # on_failure=stop: nothing new
+    (THREE, {"a": "failed"}, None, False, ["b", "c"]),
+    (THREE, {"a": "cancelled"}, None, True, ["b", "c"]),           # a cancel is not a failure
 ]
 
 
 @pytest.mark.parametrize("spec,initial,mp,stop,expect", CAPACITY_CASES)
 def test_capacity_is_decided_by_the_scheduler(spec, initial, mp, stop, expect):
     s = Scheduler(plan(spec), initial, max_parallel=mp, stop_on_failure=stop)
-    got = []
-    while (t := s.take()) is not None:
-        got.append(t)
-    assert got == expect
+    assert taken(s) == expect
     assert s.may_start() is False
 
 
 def test_a_finish_frees_capacity_and_a_failure_stops_the_goal():
-    s = Scheduler(plan("a; b; c; d"), max_parallel=1, stop_on_failure=True)
+    s = Scheduler(plan(FOUR), max_parallel=1, stop_on_failure=True)
     assert s.take() == "a" and s.take() is None and s.may_start() is False
     s.finish("a", "done")
     assert s.may_start() and s.take() == "b"
@@ -198,18 +210,15 @@ FILES_CASES = [
 
 @pytest.mark.parametrize("files,initial,expect", FILES_CASES)
 def test_overlapping_files_are_a_rule_of_the_scheduler(files, initial, expect):
-    s = Scheduler(plan("a; b; c"), initial, files=files)
-    got = []
-    while (t := s.take()) is not None:
-        got.append(t)
-    assert got == expect
+    s = Scheduler(plan(THREE), initial, files=files)
+    assert taken(s) == expect
     assert s.may_start() is False
     held = [t for t in "abc" if s.state_of(t) == "ready"]
     assert s.ready_ids() == held                      # passed over, still ready, once each
 
 
 def test_a_finish_releases_the_files_it_held():
-    s = Scheduler(plan("a; b; c"), files={"a": ["src/**"], "b": ["src/auth/*"], "c": ["src/auth/x.py"]})
+    s = Scheduler(plan(THREE), files={"a": ["src/**"], "b": ["src/auth/*"], "c": ["src/auth/x.py"]})
     assert s.take() == "a" and s.take() is None and not s.may_start()
     s.finish("a", "done")
     assert s.may_start() and s.take() == "b" and s.take() is None
@@ -237,27 +246,60 @@ class TR(T):
 
 
 def test_would_end_predicts_finish_and_changes_nothing():
-    """would_end (the on_skipped records before a commit point) is finish on a copy: the same
-    changes, on random DAGs with random trigger rules and outcomes, and the scheduler as before."""
+    """would_end is finish on a shadow: the same changes, on random DAGs with random trigger
+    rules and outcomes, and the scheduler as before; would_skip (the on_skipped records before
+    a commit point) is its skipped part, none for a failure or a cancel."""
     import random
     rng = random.Random(11)
     rules = ["all_success", "none_failed", "all_done", "one_success", "one_failed"]
     skipped_seen = False
     for trial in range(40):
-        n = rng.randint(1, 30)
-        tasks = []
-        for i in range(n):
-            prev = [f"t{j}" for j in range(i)]
-            hard = tuple(rng.sample(prev, min(len(prev), rng.randint(0, 3))))
-            soft = tuple(x for x in rng.sample(prev, min(len(prev), rng.randint(0, 1))) if x not in hard)
-            tasks.append(TR(f"t{i}", hard, soft, trigger=rng.choice(rules)))
+        tasks = random_dag(rng, rng.randint(1, 30), most_soft=1,
+                           make=lambda *a: TR(*a, trigger=rng.choice(rules)))
         s = Scheduler(tasks)
         while (t := s.take()) is not None:
             outcome = rng.choice(["done", "done", "failed", "cancelled", "skipped"])
             before = (s.states(), s.count[:], dict(s.nready))
             predicted = s.would_end(t, outcome)
+            skips = s.would_skip(t, outcome)
             assert (s.states(), s.count[:], dict(s.nready)) == before
+            assert skips == [(x, root) for x, st, root in predicted[1:] if st == "skipped"]   # failures skip none
             assert s.finish(t, outcome) == predicted
             skipped_seen = skipped_seen or any(st == "skipped" for _, st, _ in predicted[1:])
         assert s.is_finished()
     assert skipped_seen
+
+
+def test_would_block_names_exactly_the_tasks_a_failure_blocks_under_every_trigger_rule():
+    """would_block (the on_blocked records before a commit point) lists what finish(t, failed
+    or cancelled) then blocks -- no task whose rule lets it run anyway (all_done, one_failed,
+    one_success with a done dependency), none twice -- and changes nothing."""
+    import random
+    rng = random.Random(5)
+    rules = ["all_success", "none_failed", "all_done", "one_success", "one_failed"]
+    spared = 0
+    for trial in range(60):
+        tasks = random_dag(rng, rng.randint(1, 30), most_soft=1,
+                           make=lambda *a: TR(*a, trigger=rng.choice(rules)))
+        s = Scheduler(tasks)
+        while (t := s.take()) is not None:
+            outcome = rng.choice(["done", "failed", "cancelled"])
+            before = (s.states(), s.count[:], dict(s.nready))
+            predicted = s.would_block(t)
+            assert (s.states(), s.count[:], dict(s.nready)) == before
+            reachable = len(predicted)
+            changes = s.finish(t, outcome)
+            if outcome != "done":
+                assert predicted == [x for x, st, _ in changes[1:] if st == "blocked"]
+                spared += sum(1 for x, st, _ in changes[1:] if st == "ready")
+            assert len(set(predicted)) == reachable
+    assert spared                     # some dependents of a failure were made ready, not blocked
+
+
+def test_would_block_follows_each_rule():
+    s = Scheduler([TR("a"), TR("b"), TR("all", ("a",), trigger="all_done"), TR("one", ("a", "b"), trigger="one_success"),
+                   TR("nf", ("a",), trigger="none_failed"), TR("x", ("nf", "all")), TR("y", ("nf", "one"))])
+    assert sorted(s.would_block("a")) == ["nf", "x", "y"]  # all_done runs anyway; one_success waits for b
+    assert s.take() in ("a", "b") and s.take() in ("a", "b")
+    s.finish("b", "failed")
+    assert sorted(s.would_block("a")) == ["nf", "one", "x", "y"]   # now one_success has no chance left

@@ -5,6 +5,7 @@ are reattached (never resubmitted), resources reach sbatch. Marked `slurm`: skip
 cluster, failing under CI=true. The runner checks (exit 2) need no cluster."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,21 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DAGRUN, EXAMPLES, events, kill_group, need_slurm, processes_with_env, run, spawn, task_dir, wait_for, \
+from conftest import DAGRUN, EXAMPLES, events, kill_group, outputs, processes_with_env, run, spawn, task_dir, wait_for, \
     write_plan
 
 slurm = pytest.mark.slurm
-
-
-@pytest.fixture
-def cluster():
-    need_slurm()
-
-
-def _outputs(home: Path, goal: str) -> dict[str, str]:
-    tasks = home / "goals" / goal / "tasks"
-    return {t: (tasks / t / "output").read_text() for t in sorted(os.listdir(tasks))
-            if (tasks / t / "done").exists()}
 
 
 def _job_of(home: Path, goal: str, task: str) -> int | None:
@@ -54,6 +44,22 @@ def _scancel_all(jobs, home: Path | None = None) -> None:
     if home is not None:
         wait_for(lambda: not processes_with_env("DAGRUN_HOME", str(home)), timeout=35,
                  what="the cancelled jobs' processes gone")
+
+
+@contextlib.contextmanager
+def _driving(p: Path, home: Path, task: str):
+    """`dagrun run -q p` (goal g) in the background, and the Slurm job of `task` once
+    owner.json names it: the body gets (driver, job); then the driver is killed and the job
+    cancelled (its agents waited out)."""
+    d = spawn("run", "-q", p, home=home)
+    job = None
+    try:
+        wait_for(lambda: _job_of(home, "g", task), timeout=60, what="the job id in owner.json")
+        job = _job_of(home, "g", task)
+        yield d, job
+    finally:
+        kill_group(d)
+        _scancel_all([job], home)
 
 
 @pytest.fixture
@@ -138,14 +144,14 @@ def test_example_goal_and_a_fifty_task_dag_give_the_local_outputs(tmp_path, clus
     run("run", "-q", ex, home=tmp_path / "local")
     r = run("run", "-q", "--runner", "slurm", ex, home=tmp_path / "slurm", env=env, timeout=180)
     assert "goal add-auth done" in r.stdout
-    assert _outputs(tmp_path / "slurm", "add-auth") == _outputs(tmp_path / "local", "add-auth")
-    assert len(_outputs(tmp_path / "local", "add-auth")) == 6
+    assert outputs(tmp_path / "slurm", "add-auth") == outputs(tmp_path / "local", "add-auth")
+    assert len(outputs(tmp_path / "local", "add-auth")) == 6
 
     p = _fifty(plans)
     run("run", "-q", "-j", "8", p, home=tmp_path / "local")
     r = run("run", "-q", "-j", "8", "--runner", "slurm", p, home=tmp_path / "slurm", env=env, timeout=300)
     assert "goal fifty done: 50 done" in r.stdout
-    local, remote = _outputs(tmp_path / "local", "fifty"), _outputs(tmp_path / "slurm", "fifty")
+    local, remote = outputs(tmp_path / "local", "fifty"), outputs(tmp_path / "slurm", "fifty")
     assert len(local) == 50 and remote == local
     assert len(calls.read_text().splitlines()) == 56          # one job per task, nothing twice
     running = [e for e in events(tmp_path / "slurm", "fifty") if e.get("status") == "running"]
@@ -161,7 +167,7 @@ def test_tasks_of_one_goal_run_on_their_own_runners(cluster, home, plans):
         {"id": "there", "prompt": "p", "runner": "slurm", "deps": ["here"],
          "agent": "printf 'slurm job:%s' \"${SLURM_JOB_ID:-none}\""}], goal="mixed")
     run("run", "-q", p, home=home, timeout=120)
-    out = _outputs(home, "mixed")
+    out = outputs(home, "mixed")
     assert out["here"] == "slurm job:none"
     assert out["there"].startswith("slurm job:") and out["there"][10:].isdigit()
 
@@ -182,11 +188,7 @@ def test_a_job_scancelled_behind_dagruns_back_fails_with_the_slurm_reason(tmp_pa
     p = write_plan(plans, [{"id": "a", "prompt": "p", "agent": "sleep 120"},
                                         {"id": "b", "prompt": "p", "agent": "true", "deps": ["a"]}],
                    goal="g", runner="slurm")
-    d = spawn("run", "-q", p, home=home)
-    job = None
-    try:
-        wait_for(lambda: _job_of(home, "g", "a"), timeout=60, what="the job id in owner.json")
-        job = _job_of(home, "g", "a")
+    with _driving(p, home, "a") as (d, job):
         wait_for(lambda: _scontrol(job).get("JobState") == "RUNNING", timeout=30, what="the job running")
         # the agent itself running: with proctrack/linuxproc (this cluster), a scancel in the
         # very instant the wrapper forks the agent can miss the agent (Slurm finds a job's
@@ -194,9 +196,6 @@ def test_a_job_scancelled_behind_dagruns_back_fails_with_the_slurm_reason(tmp_pa
         wait_for(lambda: _agent_running(home, b"sleep"), timeout=30, what="the agent running")
         subprocess.run(["scancel", str(job)], check=True)          # a human, not dagrun
         assert d.wait(60) == 1
-    finally:
-        kill_group(d)
-        _scancel_all([job], home)
     failed = json.loads((task_dir(home, "g", "a") / "failed").read_text())
     # Slurm TERMs the agent and the job's wrapper together: either the wrapper died before it
     # wrote the agent's exit status, or it wrote 143 -- either way the reason is Slurm's state
@@ -244,19 +243,12 @@ def test_resources_reach_the_job(tmp_path, cluster, home, plans):
                                          "resources": {"cpus": 2, "mem": "123M"},
                                          "slurm": {"sbatch_args": ["--nice=10"]}}],
                    goal="g", runner="slurm")
-    d = spawn("run", "-q", p, home=home)
-    job = None
-    try:
-        wait_for(lambda: _job_of(home, "g", "big"), timeout=60, what="the job id")
-        job = _job_of(home, "g", "big")
+    with _driving(p, home, "big") as (d, job):
         info = _scontrol(job)
         assert info["NumCPUs"] == "2" and info.get("MinMemoryNode") == "123M", info
         assert info["TimeLimit"] == "00:06:00" and info["Nice"] == "10" and info["JobName"] == "dagrun.g.big"
         run("cancel", "g", "big", home=home, timeout=60)
         assert d.wait(60) == 1
-    finally:
-        kill_group(d)
-        _scancel_all([job], home)
     assert json.loads((task_dir(home, "g", "big") / "cancelled").read_text())
     wait_for(lambda: _scontrol(job).get("JobState") in ("CANCELLED", "FAILED", None), timeout=30, what="the job gone")
 
@@ -385,7 +377,7 @@ def test_steps_mode_runs_the_tasks_as_steps_of_the_drivers_allocation(tmp_path, 
     job = int(r.stdout.strip().split(";")[0])
     assert "goal st done: 20 done" in (tmp_path / "driver.log").read_text()
     assert len(calls.read_text().splitlines()) == 1                 # our sbatch only: no job per task
-    outs = _outputs(home, "st")
+    outs = outputs(home, "st")
     assert len(outs) == 20
     steps = set()
     for t, o in outs.items():

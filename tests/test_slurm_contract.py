@@ -7,28 +7,16 @@ running attempt. (Jobs mode: tests/test_slurm.py.) Marked
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import DAGRUN, EXAMPLES, events, kill_group, need_slurm, processes_with_env, run, spawn, task_dir, wait_for, \
+from conftest import DAGRUN, EXAMPLES, events, kill_group, outputs, processes_with_env, run, spawn, task_dir, wait_for, \
     write_plan
 
 slurm = pytest.mark.slurm
-
-
-@pytest.fixture
-def cluster():
-    need_slurm()
-
-
-def _outputs(home: Path, goal: str) -> dict[str, str]:
-    tasks = home / "goals" / goal / "tasks"
-    return {t: (tasks / t / "output").read_text() for t in sorted(os.listdir(tasks))
-            if (tasks / t / "done").exists()}
 
 
 def _steps_of(job: int) -> list[str]:
@@ -68,8 +56,8 @@ def test_steps_mode_gives_the_local_outputs_for_the_example_goal_and_a_fifty_tas
                                             f"{DAGRUN} --home={steps} run -q -j 2 --runner slurm {fifty}")
     assert rc == 0, log
     assert "goal add-auth done" in log and "goal fifty done: 50 done" in log, log
-    assert len(_outputs(local, "add-auth")) == 6 and _outputs(steps, "add-auth") == _outputs(local, "add-auth")
-    assert len(_outputs(local, "fifty")) == 50 and _outputs(steps, "fifty") == _outputs(local, "fifty")
+    assert len(outputs(local, "add-auth")) == 6 and outputs(steps, "add-auth") == outputs(local, "add-auth")
+    assert len(outputs(local, "fifty")) == 50 and outputs(steps, "fifty") == outputs(local, "fifty")
     for goal, n in (("add-auth", 6), ("fifty", 50)):
         running = [e for e in events(steps, goal) if e.get("status") == "running"]
         assert len(running) == n and all(e["runner"] == "slurm" and e["job"] == job for e in running)

@@ -294,6 +294,17 @@ def test_sigkill_between_commit_and_done_then_resume_is_consistent(tmp_path):
                    or "/A/.patch." in label, (":after",))
 
 
+def _crash_then_resume(base: Path, at: str, label: str = "") -> Path:
+    """A fresh repo and CRASH_TASKS goal under base, `dagrun run` SIGKILLed at step `at`
+    (DAGRUN_CRASH_AT), then `dagrun run g` to its end: the repo."""
+    repo = make_repo(base / "repo")
+    ws_plan(base, CRASH_TASKS)
+    r = run("run", base / "dag.json", "-j", "1", home=base / "home", check=False, env={"DAGRUN_CRASH_AT": at})
+    assert r.returncode == -signal.SIGKILL, (at, label, r.returncode, r.stderr)
+    run("run", "g", home=base / "home")
+    return repo
+
+
 def _crash_capture(tmp_path, select, whens):
     steps = _capture_steps(tmp_path)
     assert any("commit-tree" in label for _n, label in steps) and any("update-ref" in label for _n, label in steps)
@@ -302,12 +313,7 @@ def _crash_capture(tmp_path, select, whens):
     for n, label in picked:
         for when in whens:
             base = tmp_path / f"k{n}{when.replace(':', '-')}"
-            repo = make_repo(base / "repo")
-            ws_plan(base, CRASH_TASKS)
-            r = run("run", base / "dag.json", "-j", "1", home=base / "home", check=False,
-                    env={"DAGRUN_CRASH_AT": f"{n}{when}"})
-            assert r.returncode == -signal.SIGKILL, (n, label, r.returncode, r.stderr)
-            run("run", "g", home=base / "home")
+            repo = _crash_then_resume(base, f"{n}{when}", label)
             # no change lost, no second commit, the dependent saw A's work, fsck clean
             assert git(repo, "rev-list", "--count", "main..dagrun/g/A") == "1", (n, label)
             assert git(repo, "show", "dagrun/g/A:a.txt") == "a"
@@ -332,12 +338,7 @@ def test_sigkill_during_prepare_then_resume(tmp_path):
     wt_add = [int(n) for n, label in steps if label.startswith("git worktree ")]
     for n in wt_add:
         base = tmp_path / f"k{n}"
-        repo = make_repo(base / "repo")
-        ws_plan(base, CRASH_TASKS)
-        r = run("run", base / "dag.json", "-j", "1", home=base / "home", check=False,
-                env={"DAGRUN_CRASH_AT": f"{n}:after"})
-        assert r.returncode == -signal.SIGKILL
-        run("run", "g", home=base / "home")
+        repo = _crash_then_resume(base, f"{n}:after")
         assert git(repo, "show", "dagrun/g/B:b.txt") == "same\nb"
         fsck_clean(repo)
         shutil.rmtree(base)

@@ -19,43 +19,18 @@ from pathlib import Path
 import pytest
 
 from dagrun import claim as claims
-from dagrun import commands, control, edit
+from dagrun import commands, control
 from dagrun import transitions as tr
 from dagrun.errors import ExitCode, Refused
 from dagrun.lifecycle import build_scheduler, marker_of
 from dagrun.store import Home
 
-
-def _home(tmp_path: Path, tasks: list[dict], **top) -> Home:
-    doc = {"goal": "g", **top, "tasks": tasks}
-    p = tmp_path / "plan" / "dag.json"
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(doc))
-    home = Home(str(tmp_path / "home"))
-    assert edit.submit(home, str(p)).goal == "g"
-    return home
-
-
-def _events(home: Home, kind: str | None = None) -> list[dict]:
-    with open(home.events_path("g"), "rb") as f:
-        out = [json.loads(x) for x in f.read().splitlines()]
-    return [e for e in out if kind is None or e["type"] == kind]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from conftest import break_lock_held, dead_pid, goal_events, read_json, submit_home  # noqa: E402
 
 
 def _status(home: Home, t: str) -> list[str]:
-    return [e["status"] for e in _events(home, "agent.task.status.updated") if e.get("task") == t]
-
-
-def _json(path: str) -> dict:
-    with open(path, "rb") as f:
-        return json.loads(f.read())
-
-
-def _dead_pid() -> int:
-    """The pid of a process that has exited (reaped): a claim naming it has a dead holder."""
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
-    return p.pid
+    return [e["status"] for e in goal_events(home, "agent.task.status.updated") if e.get("task") == t]
 
 
 def _claim(home: Home, worker: str = "w1", pid: int | None = None) -> dict:
@@ -71,12 +46,12 @@ def _complete(home: Home, t: str, out: bytes, tmp_path: Path, worker: str = "w1"
 
 
 def test_claim_complete_unlocks_the_dependent_and_ends_the_goal(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "first", "agent": "true"},
-                            {"id": "b", "prompt": "second", "agent": "true", "deps": ["a"]}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "first", "agent": "true"},
+                                  {"id": "b", "prompt": "second", "agent": "true", "deps": ["a"]}])
     a = _claim(home)
     assert (a["task"], a["attempt"], a["worker"]) == ("a", 1, "w1")
     assert os.path.isdir(home.claim_dir("g", "a"))
-    owner = _json(os.path.join(home.claim_dir("g", "a"), "owner.json"))
+    owner = read_json(os.path.join(home.claim_dir("g", "a"), "owner.json"))
     assert owner["worker"] == "w1" and owner["attempt"] == 1 and owner["kind"] == "external"
     assert Path(home.prompt_path("g", "a")).read_text().startswith("first")
     assert commands.claim_external(home, "g", worker="w2")[0] == ExitCode.NOTHING_READY   # b waits for a
@@ -84,7 +59,7 @@ def test_claim_complete_unlocks_the_dependent_and_ends_the_goal(tmp_path):
     assert body["attempt"] == 1 and body["output_bytes"] == 9 and body["exit_code"] == 0
     assert not os.path.exists(home.claim_dir("g", "a"))
     assert Path(home.output_path("g", "a")).read_bytes() == b"A-OUTPUT\n"
-    done = _json(home.marker_path("g", "a", "done"))
+    done = read_json(home.marker_path("g", "a", "done"))
     assert done["attempt"] == 1 and done["worker"] == "w1"
     assert _status(home, "a") == ["ready", "running", "done"]
     assert _status(home, "b") == ["ready"]                   # announced once a is done
@@ -92,45 +67,45 @@ def test_claim_complete_unlocks_the_dependent_and_ends_the_goal(tmp_path):
     b = _claim(home, "w2")
     assert b["task"] == "b" and "A-OUTPUT" in Path(home.prompt_path("g", "b")).read_text()
     _complete(home, "b", b"B\n", tmp_path, worker="w2")
-    s = _json(home.summary_path("g"))
+    s = read_json(home.summary_path("g"))
     assert s["outcome"] == "done" and s["counts"] == {"done": 2}
-    fin = _events(home, "agent.goal.finished")
+    fin = goal_events(home, "agent.goal.finished")
     assert len(fin) == 1 and fin[0]["outcome"] == "done" and fin[0]["finish_id"] == s["finisher"]["nonce"]
     assert commands.claim_external(home, "g", worker="w3")[0] == ExitCode.GOAL_FAILED       # the goal ended
-    assert len(_events(home, "agent.goal.finished")) == 1
+    assert len(goal_events(home, "agent.goal.finished")) == 1
 
 
 def test_a_failure_is_retried_then_final_and_blocks_the_dependents(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 1, "retry_backoff": 0},
-                            {"id": "b", "prompt": "x", "agent": "true", "deps": ["a"]},
-                            {"id": "c", "prompt": "x", "agent": "true", "deps": ["b"]},
-                            {"id": "d", "prompt": "x", "agent": "true"}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 1, "retry_backoff": 0},
+                                  {"id": "b", "prompt": "x", "agent": "true", "deps": ["a"]},
+                                  {"id": "c", "prompt": "x", "agent": "true", "deps": ["b"]},
+                                  {"id": "d", "prompt": "x", "agent": "true"}])
     assert _claim(home)["task"] == "a"
     rec = commands.fail(home, "g", "a", reason="boom", worker="w1", pid=None, force=False, exit_code=3)
     assert rec["final"] is False and rec["counted"] and rec["attempt"] == 1 and rec["exit_code"] == 3
     assert rec["reason"] == "boom" and rec["failures"] == 1
     assert marker_of(home, "g", "a") is None and not os.path.exists(home.claim_dir("g", "a"))
-    assert _json(home.attempt_path("g", "a", 1, "json"))["final"] is False
+    assert read_json(home.attempt_path("g", "a", 1, "json"))["final"] is False
     assert _status(home, "a")[-2:] == ["retrying", "ready"]       # no backoff: ready at once
     again = _claim(home)
     assert (again["task"], again["attempt"]) == ("a", 2)
     rec = commands.fail(home, "g", "a", reason="boom again", worker="w1", pid=None, force=False)
     assert rec["final"] is True and rec["failures"] == 2 and rec["attempt"] == 2
-    failed = _json(home.marker_path("g", "a", "failed"))
+    failed = read_json(home.marker_path("g", "a", "failed"))
     assert failed["attempt"] == 2 and failed["reason"] == "boom again"
-    blocked = _events(home, "agent.task.blocked")
+    blocked = goal_events(home, "agent.task.blocked")
     assert sorted((e["task"], e["blocked_by"], e["reason"]) for e in blocked) == [
         ("b", "a", "failed dependency"), ("c", "a", "failed dependency")]
     assert not os.path.exists(home.summary_path("g"))          # d can still run
     assert _claim(home)["task"] == "d"
     _complete(home, "d", b"d\n", tmp_path)
-    s = _json(home.summary_path("g"))
+    s = read_json(home.summary_path("g"))
     assert s["outcome"] == "failed" and s["failed_roots"] == ["a"]
     assert s["counts"] == {"done": 1, "failed": 1, "blocked": 2}
 
 
 def test_only_the_holder_completes_and_force_records_who(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
     _claim(home, "w1")
     with pytest.raises(Refused):
         commands.complete(home, "g", "a", output=None, worker="intruder", pid=os.getpid(), force=False)
@@ -139,31 +114,31 @@ def test_only_the_holder_completes_and_force_records_who(tmp_path):
     f.write_bytes(b"forced\n")
     body = commands.complete(home, "g", "a", output=str(f), worker="admin", pid=os.getpid(), force=True)
     assert body["forced_by"] == "admin" and body["held_by"].startswith("w1 (pid ")
-    assert _events(home, "agent.task.status.updated")[-1]["forced_by"] == "admin"
+    assert goal_events(home, "agent.task.status.updated")[-1]["forced_by"] == "admin"
 
 
 def test_a_dead_holders_claim_is_broken_and_its_attempt_recorded_lost(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 0}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 0}])
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         first = _claim(home, "w1", pid=holder.pid)        # a script's claim names its shell's pid
     finally:
         holder.kill()
         holder.wait()
-    assert first["attempt"] == 1 and _json(os.path.join(home.claim_dir("g", "a"), "owner.json"))["pid"] == holder.pid
+    assert first["attempt"] == 1 and read_json(os.path.join(home.claim_dir("g", "a"), "owner.json"))["pid"] == holder.pid
     second = _claim(home, "w2")                 # breaks the dead holder's claim, takes the task again
     assert (second["task"], second["attempt"]) == ("a", 2)
-    lost = _json(home.attempt_path("g", "a", 1, "json"))
+    lost = read_json(home.attempt_path("g", "a", 1, "json"))
     assert lost["outcome"] == "lost" and not lost.get("counted") and "is gone" in lost["reason"]
-    assert _json(os.path.join(home.claim_dir("g", "a"), "owner.json"))["worker"] == "w2"
-    ready = [e for e in _events(home, "agent.task.status.updated") if e["status"] == "ready" and e.get("attempt") == 2]
+    assert read_json(os.path.join(home.claim_dir("g", "a"), "owner.json"))["worker"] == "w2"
+    ready = [e for e in goal_events(home, "agent.task.status.updated") if e["status"] == "ready" and e.get("attempt") == 2]
     assert len(ready) == 1 and ready[0]["reason"].startswith("claim broken")
     _complete(home, "a", b"ok\n", tmp_path, worker="w2")          # retries: 0 -- a lost attempt is not counted
-    assert _json(home.marker_path("g", "a", "done"))["attempt"] == 2
+    assert read_json(home.marker_path("g", "a", "done"))["attempt"] == 2
 
 
 def test_a_live_holders_claim_is_not_broken(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
     _claim(home, "w1", pid=os.getpid())
     plan = home.load_plan("g")
     assert tr.break_stale(home, plan, "a", worker="w2") is None
@@ -172,69 +147,71 @@ def test_a_live_holders_claim_is_not_broken(tmp_path):
 
 
 def test_cancel_marks_blocks_and_a_second_cancel_changes_nothing(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
-                            {"id": "b", "prompt": "x", "agent": "true", "deps": ["a"]},
-                            {"id": "c", "prompt": "x", "agent": "true"}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                                  {"id": "b", "prompt": "x", "agent": "true", "deps": ["a"]},
+                                  {"id": "c", "prompt": "x", "agent": "true"}])
     control.cancel(home, "g", "a", by="me", reason="not needed", wait=0)
-    m = _json(home.marker_path("g", "a", "cancelled"))
+    m = read_json(home.marker_path("g", "a", "cancelled"))
     assert m["by"] == "me" and m["reason"] == "not needed"
-    assert [(e["task"], e["blocked_by"], e["reason"]) for e in _events(home, "agent.task.blocked")] == [
+    assert [(e["task"], e["blocked_by"], e["reason"]) for e in goal_events(home, "agent.task.blocked")] == [
         ("b", "a", "cancelled dependency")]
-    n = len(_events(home))
+    n = len(goal_events(home))
     with pytest.raises(Refused, match="already cancelled"):
         control.cancel(home, "g", "a", by="me", reason="again", wait=0)
-    assert _json(home.marker_path("g", "a", "cancelled"))["reason"] == "not needed"
-    assert len(_events(home)) == n
+    assert read_json(home.marker_path("g", "a", "cancelled"))["reason"] == "not needed"
+    assert len(goal_events(home)) == n
     assert _claim(home)["task"] == "c"
     _complete(home, "c", b"c\n", tmp_path)
-    s = _json(home.summary_path("g"))
+    s = read_json(home.summary_path("g"))
     assert s["outcome"] != "done" and s["counts"] == {"done": 1, "cancelled": 1, "blocked": 1}
 
 
 def test_on_failure_stop_cancels_what_has_not_started(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 0, "priority": 1},
-                            {"id": "b", "prompt": "x", "agent": "true"},
-                            {"id": "c", "prompt": "x", "agent": "true"}], on_failure="stop")
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 0, "priority": 1},
+                                  {"id": "b", "prompt": "x", "agent": "true"},
+                                  {"id": "c", "prompt": "x", "agent": "true"}], on_failure="stop")
     assert _claim(home)["task"] == "a"
     commands.fail(home, "g", "a", reason="x", worker="w1", pid=None, force=False)
     for t in ("b", "c"):
         assert marker_of(home, "g", t) == "cancelled"
-        assert "a failed (on_failure=stop)" in _json(home.marker_path("g", t, "cancelled"))["reason"]
-    assert _json(home.summary_path("g"))["counts"] == {"failed": 1, "cancelled": 2}
+        assert "a failed (on_failure=stop)" in read_json(home.marker_path("g", t, "cancelled"))["reason"]
+    assert read_json(home.summary_path("g"))["counts"] == {"failed": 1, "cancelled": 2}
     assert commands.claim_external(home, "g", worker="w1")[0] == ExitCode.GOAL_FAILED
 
 
-def test_the_goal_end_lost_by_a_dead_finisher_is_announced_once(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+def _ended_without_its_event(tmp_path: Path) -> Home:
+    """Goal g (one task) run to its end, then its agent.goal.finished line cut off the log:
+    summary.json is written, the event is not (yet)."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
     _claim(home)
     _complete(home, "a", b"x\n", tmp_path)
     path = home.events_path("g")
     lines = Path(path).read_bytes().splitlines(keepends=True)
     assert json.loads(lines[-1])["type"] == "agent.goal.finished"
-    Path(path).write_bytes(b"".join(lines[:-1]))           # its finisher died before the event line ...
-    s = _json(home.summary_path("g"))
-    s["finisher"]["pid"] = _dead_pid()                       # ... and is gone
+    Path(path).write_bytes(b"".join(lines[:-1]))
+    return home
+
+
+def test_the_goal_end_lost_by_a_dead_finisher_is_announced_once(tmp_path):
+    home = _ended_without_its_event(tmp_path)              # its finisher died before the event line ...
+    s = read_json(home.summary_path("g"))
+    s["finisher"]["pid"] = dead_pid()                       # ... and is gone
     Path(home.summary_path("g")).write_text(json.dumps(s))
     assert tr.announce_if_lost(home, "g", "w9") is True
-    fin = _events(home, "agent.goal.finished")
+    fin = goal_events(home, "agent.goal.finished")
     assert len(fin) == 1 and fin[0]["recovered"] is True and fin[0]["finish_id"] == s["finisher"]["nonce"]
     assert fin[0]["outcome"] == "done" and fin[0]["worker"] == "w9"
     assert tr.announce_if_lost(home, "g", "w9") is False
     plan = home.load_plan("g")
     sched, _ = build_scheduler(home, plan)
     assert tr.end_goal_if_finished(home, plan, sched, "w9") is None          # written already
-    assert len(_events(home, "agent.goal.finished")) == 1
+    assert len(goal_events(home, "agent.goal.finished")) == 1
 
 
 def test_a_live_finisher_is_left_to_announce_it_itself(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
-    _claim(home)
-    _complete(home, "a", b"x\n", tmp_path)
-    path = home.events_path("g")
-    lines = Path(path).read_bytes().splitlines(keepends=True)
-    Path(path).write_bytes(b"".join(lines[:-1]))     # between summary.json and its event; the finisher (us) lives
+    home = _ended_without_its_event(tmp_path)        # between summary.json and its event; the finisher (us) lives
     assert tr.announce_if_lost(home, "g", "w9") is False
-    assert _events(home, "agent.goal.finished") == []
+    assert goal_events(home, "agent.goal.finished") == []
 
 
 # ------------------------------------------------------------------------- the claim primitives
@@ -260,7 +237,7 @@ def test_judge_and_break_a_dead_holders_claim(tmp_path):
     claims.update_owner(home, "g", "t", live)
     assert claims.judge(home, "g", "t", live, lease=60) is None                # we are alive
     assert claims.break_claim(home, "g", "t", live["nonce"], lease=60, grace=0.0) is None
-    dead = {**live, "pid": _dead_pid(), "nonce": "deadbeef0000"}
+    dead = {**live, "pid": dead_pid(), "nonce": "deadbeef0000"}
     claims.update_owner(home, "g", "t", dead)
     assert claims.judge(home, "g", "t", dead, lease=60) is not None
     assert claims.break_claim(home, "g", "t", "somebody-else", lease=60, grace=0.0) is None   # re-taken: kept
@@ -295,7 +272,7 @@ def test_another_hosts_claim_lives_by_its_heartbeat(tmp_path):
 
 
 def test_complete_takes_the_scripts_captures_and_keeps_every_attempt(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 1, "retry_backoff": 0}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 1, "retry_backoff": 0}])
     first = _claim(home)
     Path(first["stdout_file"]).write_bytes(b"partial\n")
     Path(first["stderr_file"]).write_bytes(b"err of attempt 1\n")
@@ -315,14 +292,14 @@ def test_complete_takes_the_scripts_captures_and_keeps_every_attempt(tmp_path):
     out2 = home.attempt_path("g", "a", 2, "out")
     assert os.stat(out2).st_ino == os.stat(home.output_path("g", "a")).st_ino      # a link, not a copy
     assert os.path.exists(home.attempt_path("g", "a", 2, "prompt.md"))
-    rec = _json(home.attempt_path("g", "a", 2, "json"))
+    rec = read_json(home.attempt_path("g", "a", 2, "json"))
     assert (rec["outcome"], rec["failures"], rec["counted"], rec["final"], rec["exit_code"]) == ("done", 1, False,
                                                                                                True, 0)
-    assert _json(home.attempt_path("g", "a", 1, "json"))["outcome"] == "failed"
+    assert read_json(home.attempt_path("g", "a", 1, "json"))["outcome"] == "failed"
 
 
 def test_a_done_task_has_no_attempts_folder(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
     info = _claim(home)
     Path(info["stderr_file"]).write_bytes(b"warn\n")
     commands.complete(home, "g", "a", output="-", worker="w1", pid=None, force=False, stdin=_Bytes(b"via stdin"))
@@ -341,7 +318,7 @@ class _Bytes:
 
 def _dead_claim(home: Home, g: str = "g", t: str = "t", **over) -> dict:
     assert claims.acquire(home, g, t)
-    owner = {**claims.new_owner("w", 1, kind="engine"), "pid": _dead_pid(), **over}
+    owner = {**claims.new_owner("w", 1, kind="engine"), "pid": dead_pid(), **over}
     claims.update_owner(home, g, t, owner)
     return owner
 
@@ -359,7 +336,7 @@ def test_break_claim_moves_the_claim_aside_in_the_task_folder_and_settles_first(
     assert o == owner and "is gone" in reason
     assert seen == [(owner, reason, True)]                  # settled while the claim still stood
     assert os.path.dirname(folder) == home.task_dir("g", "t") and os.path.basename(folder).startswith(".claim.")
-    assert _json(os.path.join(folder, "owner.json")) == owner
+    assert read_json(os.path.join(folder, "owner.json")) == owner
     assert os.path.exists(os.path.join(home.goal_dir("g"), ".break.lock"))
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())       # nothing in the cwd
 
@@ -368,18 +345,10 @@ def test_break_claim_waits_for_another_breaker(tmp_path):
     """Breakers exclude each other with goals/<g>/.break.lock (another process holding it)."""
     home = Home(str(tmp_path / "home"))
     owner = _dead_claim(home)
-    lock = os.path.join(home.goal_dir("g"), ".break.lock")
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom filelock import FileLock\n"
-                               f"with FileLock({lock!r}):\n    print('held', flush=True)\n    time.sleep(1.5)\n"],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with break_lock_held(home, 1.5):
         t0 = time.monotonic()
         assert claims.break_claim(home, "g", "t", owner["nonce"], lease=60, grace=0.0) is not None
         assert time.monotonic() - t0 > 0.5
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_break_claim_of_another_host_uses_the_lease(tmp_path):
@@ -395,7 +364,7 @@ def test_break_claim_of_another_host_uses_the_lease(tmp_path):
 def test_a_commit_that_cannot_publish_says_so_in_one_line_and_keeps_the_claim(tmp_path):
     from dagrun.errors import FsError
 
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
     info = _claim(home)
     Path(info["stdout_file"]).write_bytes(b"result")
     os.mkdir(home.output_path("g", "a"))            # `output` cannot be replaced: the commit fails
@@ -415,7 +384,7 @@ def test_judge_names_why_a_holder_is_dead(tmp_path):
     assert claims.acquire(home, "g", "t")
     me = claims.new_owner("w7", 1, kind="engine")
     assert claims.judge(home, "g", "t", me, lease=60) is None
-    gone = {**me, "pid": _dead_pid()}
+    gone = {**me, "pid": dead_pid()}
     assert claims.judge(home, "g", "t", gone, lease=60) == f"holder w7 (pid {gone['pid']}) is gone"
     reused = {**me, "pid_start": "1"}                       # our pid, another process's start time
     assert claims.judge(home, "g", "t", reused, lease=60) == f"pid {os.getpid()} of holder w7 now belongs to another process"

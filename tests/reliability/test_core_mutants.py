@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from dagrun import claim as claims
-from dagrun import edit
 from dagrun import events as ev
 from dagrun import fanout
 from dagrun import lifecycle as lc
@@ -32,26 +31,8 @@ from dagrun.scheduler import FairShare, Scheduler
 from dagrun.store import Home, now_iso, parse_ts
 from dagrun.usage import RAW_FILE
 
-
-def _home(tmp_path: Path, tasks: list[dict], **top) -> Home:
-    doc = {"goal": "g", **top, "tasks": tasks}
-    p = tmp_path / "plan" / "dag.json"
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(doc))
-    home = Home(str(tmp_path / "home"))
-    assert edit.submit(home, str(p)).goal == "g"
-    return home
-
-
-def _json(path: str) -> dict:
-    with open(path, "rb") as f:
-        return json.loads(f.read())
-
-
-def _events(home: Home, kind: str | None = None) -> list[dict]:
-    with open(home.events_path("g"), "rb") as f:
-        out = [json.loads(x) for x in f.read().splitlines()]
-    return [e for e in out if kind is None or e["type"] == kind]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from conftest import break_lock_held, dead_pid, goal_events, read_json, submit_home  # noqa: E402
 
 
 def _claim(home: Home, t: str, worker: str = "w1") -> lc.Claim:
@@ -60,17 +41,11 @@ def _claim(home: Home, t: str, worker: str = "w1") -> lc.Claim:
     return c
 
 
-def _dead_pid() -> int:
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
-    return p.pid
-
-
 # ------------------------------------------------------------------ commit_done: the done marker
 def test_the_done_marker_records_exactly_the_attempt(tmp_path):
     """Every field of `done`, from a claim that started at a known time: the captures of the
     claim (stdout, stderr, a preset's raw output) move into the task folder."""
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
     plan = home.load_plan("g")
     c = _claim(home, "a")
     c.started = 1_700_000_000.25
@@ -79,7 +54,7 @@ def test_the_done_marker_records_exactly_the_attempt(tmp_path):
     Path(cdir, "stderr").write_bytes(b"ERR\n")
     Path(cdir, RAW_FILE).write_bytes(b"RAW")
     body = lc.commit_done(home, plan, c, ended=1_700_000_012.3456789, exit_code=0)
-    done = _json(home.marker_path("g", "a", "done"))
+    done = read_json(home.marker_path("g", "a", "done"))
     assert done == body
     assert done == {"attempt": 1, "worker": "w1", "started": now_iso(1_700_000_000.25),
                     "ended": now_iso(1_700_000_012.3456789), "duration": 12.096, "exit_code": 0,
@@ -218,7 +193,6 @@ def test_fair_share_alternates_equal_goals_and_forgets():
     assert fs.take({"F": (full, 1, 1.0)}) is None                # may not start: not picked
 
 
-
 def test_scheduler_rules_at_their_defaults_and_edges():
     FairShare().forget("never-seen")                              # nothing to forget: no error
     s = Scheduler([_T("a")])
@@ -309,8 +283,8 @@ def _sched(home):
 
 # ------------------------------------------------------------------ approval gates
 def test_an_approval_gate_awaits_then_approve_commits_the_decision(tmp_path):
-    home = _home(tmp_path, [{"id": "gate", "prompt": "x", "approval": {"prompt": "Merge?", "timeout": 3600}},
-                            {"id": "after", "prompt": "y", "agent": "true", "deps": ["gate"]}])
+    home = submit_home(tmp_path, [{"id": "gate", "prompt": "x", "approval": {"prompt": "Merge?", "timeout": 3600}},
+                                  {"id": "after", "prompt": "y", "agent": "true", "deps": ["gate"]}])
     plan, sched = home.load_plan("g"), _sched(home)
     assert sched.take() == "gate"
     c = lc.claim_task(home, plan, "gate", worker="w1", kind="engine")
@@ -322,33 +296,33 @@ def test_an_approval_gate_awaits_then_approve_commits_the_decision(tmp_path):
     assert before - 1 <= parse_ts(since) <= time.time() and parse_ts(body["timeout_at"]) == pytest.approx(parse_ts(since) + 3600, abs=1e-3)
     assert lc.awaiting_of(home, "g", "gate") == body
     assert not os.path.exists(home.claim_dir("g", "gate")) and sched.state_of("gate") == "awaiting_approval"
-    aw = [e for e in _events(home, ev.TASK_STATUS) if e["status"] == "awaiting_approval"]
+    aw = [e for e in goal_events(home, ev.TASK_STATUS) if e["status"] == "awaiting_approval"]
     assert len(aw) == 1 and aw[0]["prompt"] == "Merge?" and aw[0]["timeout_at"] == body["timeout_at"] and aw[0]["worker"] == "w1"
     # claimed again while it awaits (another engine): the same file, no second event, no claim left
     c2 = lc.claim_task(home, plan, "gate", worker="w2", kind="engine")
     assert tr.await_approval(home, plan, sched, c2, worker="w2") == body
     assert not os.path.exists(home.claim_dir("g", "gate"))
-    assert len([e for e in _events(home, ev.TASK_STATUS) if e["status"] == "awaiting_approval"]) == 1
+    assert len([e for e in goal_events(home, ev.TASK_STATUS) if e["status"] == "awaiting_approval"]) == 1
     with pytest.raises(Refused, match="not awaiting approval"):
         tr.decide(home, plan, sched, "after", approve=True, by="alice")
     assert not os.path.exists(home.claim_dir("g", "after"))
     fin = tr.decide(home, plan, sched, "gate", approve=True, by="alice", text="looks good")
     assert fin.outcome == "done" and fin.changes.ready == ["after"]
     assert Path(home.output_path("g", "gate")).read_bytes() == b"looks good\n"
-    done = _json(home.marker_path("g", "gate", "done"))
+    done = read_json(home.marker_path("g", "gate", "done"))
     assert done["approved"] is True and done["decided_by"] == "alice" and done["note"] == "looks good"
     assert done["approval_since"] == since and done["exit_code"] == 0 and done["worker"] == "alice"
     assert lc.awaiting_of(home, "g", "gate") is None and not os.path.exists(home.claim_dir("g", "gate"))
-    last = [e for e in _events(home, ev.TASK_STATUS) if e["task"] == "gate"][-1]
+    last = [e for e in goal_events(home, ev.TASK_STATUS) if e["task"] == "gate"][-1]
     assert (last["status"], last["approved"], last["decided_by"], last["worker"]) == ("done", True, "alice", "alice")
     with pytest.raises(Refused, match="already done"):
         tr.decide(home, plan, sched, "gate", approve=False, by="bob")
 
 
 def test_an_approval_gate_past_its_timeout_is_rejected_by_whoever_looks(tmp_path):
-    home = _home(tmp_path, [{"id": "free", "prompt": "y", "agent": "true", "approval": {"prompt": "Other?"}},
-                            {"id": "gate", "prompt": "x", "approval": {"prompt": "Go?", "timeout": 5}},
-                            {"id": "after", "prompt": "y", "agent": "true", "deps": ["gate"]}])
+    home = submit_home(tmp_path, [{"id": "free", "prompt": "y", "agent": "true", "approval": {"prompt": "Other?"}},
+                                  {"id": "gate", "prompt": "x", "approval": {"prompt": "Go?", "timeout": 5}},
+                                  {"id": "after", "prompt": "y", "agent": "true", "deps": ["gate"]}])
     plan, sched = home.load_plan("g"), _sched(home)
     for _ in range(2):                 # `free`, a gate without a timeout, is first in plan order: the
         t = sched.take()               # gates after it are still looked at
@@ -358,46 +332,46 @@ def test_an_approval_gate_past_its_timeout_is_rejected_by_whoever_looks(tmp_path
     assert tr.expire_approvals(home, plan, sched, worker="w2") == ([], at)           # now: not yet
     assert tr.expire_approvals(home, plan, sched, worker="w2", now=at - 1) == ([], at)
     assert tr.expire_approvals(home, plan, sched, worker="w2", now=at) == (["gate"], None)
-    failed = _json(home.marker_path("g", "gate", "failed"))
+    failed = read_json(home.marker_path("g", "gate", "failed"))
     assert failed["outcome"] == "approval_timeout" and failed["reason"] == "approval timed out: nobody decided within 5s"
     assert failed["approved"] is False and failed["decided_by"] == "w2"
     assert sched.state_of("after") == "blocked" and sched.awaiting() == ["free"]
     assert lc.awaiting_of(home, "g", "gate") is None
     fin = tr.decide(home, plan, sched, "free", approve=False, by="bob", text="no")
-    assert fin.outcome == "failed" and _json(home.marker_path("g", "free", "failed"))["outcome"] == "rejected"
-    e = [x for x in _events(home, ev.TASK_STATUS) if x["task"] == "free"][-1]
+    assert fin.outcome == "failed" and read_json(home.marker_path("g", "free", "failed"))["outcome"] == "rejected"
+    e = [x for x in goal_events(home, ev.TASK_STATUS) if x["task"] == "free"][-1]
     assert (e["status"], e["decided_by"], e["worker"], e["reason"]) == ("failed", "bob", "bob", "no")
     assert sched.is_finished()
 
 
 def test_an_ended_attempt_gives_its_resource_units_back_before_anything_else(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "mutex": "db", "retries": 1, "retry_backoff": 0},
-                            {"id": "b", "prompt": "x", "agent": "true", "mutex": "db"}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "mutex": "db", "retries": 1, "retry_backoff": 0},
+                                  {"id": "b", "prompt": "x", "agent": "true", "mutex": "db"}])
     plan = home.load_plan("g")
     c = _claim(home, "a")
     assert c.resources == {"db": 1} and c.owner["units"]
     tr.started(home, c, worker="w1")
-    assert _events(home, ev.TASK_STATUS)[-1]["resources"] == {"db": 1}       # the running event names them
+    assert goal_events(home, ev.TASK_STATUS)[-1]["resources"] == {"db": 1}       # the running event names them
     from dagrun import resources as res
     with pytest.raises(res.Busy):                           # the one unit of db is held
         lc.claim_task(home, plan, "b", worker="w2", kind="external")
     tr.interrupted(home, None, c, outcome="interrupted", reason="stop", worker="w9")
-    e = _events(home, ev.TASK_RESOURCES)
+    e = goal_events(home, ev.TASK_RESOURCES)
     assert len(e) == 1 and _strip(e[0]) == {"task": "a", "attempt": 1, "released": ["db"], "why": "interrupted",
                                            "worker": "w9"}
-    assert [x["type"] for x in _events(home)][-2:] == [ev.TASK_RESOURCES, ev.TASK_STATUS]   # released first
+    assert [x["type"] for x in goal_events(home)][-2:] == [ev.TASK_RESOURCES, ev.TASK_STATUS]   # released first
     cb = lc.claim_task(home, plan, "b", worker="w2", kind="external")                      # the unit is free
     sched = _sched(home)
     tr.finish(home, plan, sched, cb, ok=False, worker="w2", reason="x")
-    assert _strip(_events(home, ev.TASK_RESOURCES)[-1])["why"] == "failed"
+    assert _strip(goal_events(home, ev.TASK_RESOURCES)[-1])["why"] == "failed"
     ca = _claim(home, "a")
     tr.finish(home, plan, sched, ca, ok=True, worker="w3", output_data=b"")
-    last = _strip(_events(home, ev.TASK_RESOURCES)[-1])
+    last = _strip(goal_events(home, ev.TASK_RESOURCES)[-1])
     assert (last["task"], last["why"], last["worker"], last["attempt"]) == ("a", "done", "w3", 2)
 
 
 def test_decided_at_is_the_decision_s_time_in_utc_whatever_the_local_zone(tmp_path, monkeypatch):
-    home = _home(tmp_path, [{"id": "gate", "prompt": "x", "approval": {"prompt": "Go?"}}])
+    home = submit_home(tmp_path, [{"id": "gate", "prompt": "x", "approval": {"prompt": "Go?"}}])
     plan, sched = home.load_plan("g"), _sched(home)
     sched.take()
     tr.await_approval(home, plan, sched, lc.claim_task(home, plan, "gate", worker="w1", kind="engine"), worker="w1")
@@ -408,17 +382,17 @@ def test_decided_at_is_the_decision_s_time_in_utc_whatever_the_local_zone(tmp_pa
     finally:
         monkeypatch.undo()
         time.tzset()
-    done = _json(home.marker_path("g", "gate", "done"))
+    done = read_json(home.marker_path("g", "gate", "done"))
     assert done["decided_at"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(parse_ts(done["ended"])))
     assert "note" not in done and Path(home.output_path("g", "gate")).read_bytes() == b""
 
 
 # ------------------------------------------------------------------ a false condition
 def test_a_false_condition_skips_the_task_with_its_reason(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
-                            {"id": "b", "prompt": "y", "agent": "true", "deps": ["a"],
-                             "when": {"output_of": "a", "contains": "YES"}},
-                            {"id": "c", "prompt": "z", "agent": "true", "deps": ["b"]}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                                  {"id": "b", "prompt": "y", "agent": "true", "deps": ["a"],
+                                   "when": {"output_of": "a", "contains": "YES"}},
+                                  {"id": "c", "prompt": "z", "agent": "true", "deps": ["b"]}])
     plan, sched = home.load_plan("g"), _sched(home)
     sched.take()
     ca = _claim(home, "a")
@@ -427,20 +401,20 @@ def test_a_false_condition_skips_the_task_with_its_reason(tmp_path):
     cb = lc.claim_task(home, plan, "b", worker="w1", kind="external")
     assert cb.skip.startswith("condition false: ") and not os.path.exists(home.prompt_path("g", "b"))
     ch = tr.skip(home, plan, sched, cb, worker="w1")
-    m = _json(home.marker_path("g", "b", "skipped"))
+    m = read_json(home.marker_path("g", "b", "skipped"))
     assert m["reason"] == cb.skip and m["worker"] == "w1" and m["when"] == {"output_of": "a", "contains": "YES"}
     assert abs(parse_ts(m["ts"]) - time.time()) < 60 and set(m) == {"reason", "worker", "ts", "when"}
     assert not os.path.exists(home.claim_dir("g", "b")) and lc.marker_of(home, "g", "b") == "skipped"
     assert ch.skipped == [("c", "b")]
-    sk = [e for e in _events(home, ev.TASK_STATUS) if e["status"] == "skipped"]
+    sk = [e for e in goal_events(home, ev.TASK_STATUS) if e["status"] == "skipped"]
     assert [(e["task"], e["reason"]) for e in sk] == [("b", cb.skip), ("c", "b was skipped")]
     assert sk[1]["skipped_by"] == "b" and sk[1]["derived"] is True and [e["worker"] for e in sk] == ["w1", "w1"]
 
 
 def test_a_true_condition_runs_the_task(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
-                            {"id": "b", "prompt": "y", "agent": "true", "deps": ["a"],
-                             "when": {"output_of": "a", "contains": "YES"}}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                                  {"id": "b", "prompt": "y", "agent": "true", "deps": ["a"],
+                                   "when": {"output_of": "a", "contains": "YES"}}])
     plan, sched = home.load_plan("g"), _sched(home)
     sched.take()
     tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"YES\n")
@@ -450,7 +424,7 @@ def test_a_true_condition_runs_the_task(tmp_path):
 
 # ------------------------------------------------------------------ an attempt without a verdict
 def test_an_interrupted_attempt_is_recorded_uncounted_and_the_task_is_ready_again(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 0}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 0}])
     plan, sched = home.load_plan("g"), _sched(home)
     sched.take()
     c = _claim(home, "a")
@@ -459,7 +433,7 @@ def test_an_interrupted_attempt_is_recorded_uncounted_and_the_task_is_ready_agai
     Path(cdir, "stderr").write_bytes(b"oops")
     tr.interrupted(home, sched, c, outcome="interrupted", reason="engine stopped", worker="w9",
                    extra={"usage": {"usd": 0.5}})
-    rec = _json(home.attempt_path("g", "a", 1, "json"))
+    rec = read_json(home.attempt_path("g", "a", 1, "json"))
     assert rec == {"attempt": 1, "outcome": "interrupted", "reason": "engine stopped", "worker": "w9",
                    "started": c.owner["since"], "ended": rec["ended"], "counted": False, "failures": 0,
                    "retry_at": None, "final": False, "usage": {"usd": 0.5}}
@@ -468,25 +442,25 @@ def test_an_interrupted_attempt_is_recorded_uncounted_and_the_task_is_ready_agai
     assert os.path.samefile(home.stderr_path("g", "a"), home.attempt_path("g", "a", 1, "err"))
     assert Path(home.attempt_path("g", "a", 1, "prompt.md")).read_text().startswith("x")
     assert not os.path.exists(cdir) and lc.marker_of(home, "g", "a") is None
-    ready = _events(home, ev.TASK_STATUS)[-1]
+    ready = goal_events(home, ev.TASK_STATUS)[-1]
     assert (ready["task"], ready["status"], ready["attempt"], ready["reason"], ready["usage"], ready["worker"]) == (
         "a", "ready", 2, "attempt 1: engine stopped", {"usd": 0.5}, "w9")
     assert sched.state_of("a") == "ready"
     c2 = _claim(home, "a")
     assert c2.attempt == 2          # the interrupted attempt used a number, not a retry
-    n = len(_events(home))
+    n = len(goal_events(home))
     tr.interrupted(home, sched, c2, outcome="cancelled", reason="cancelled by me", worker="w9")
-    assert len(_events(home)) == n and _json(home.attempt_path("g", "a", 2, "json"))["outcome"] == "cancelled"
+    assert len(goal_events(home)) == n and read_json(home.attempt_path("g", "a", 2, "json"))["outcome"] == "cancelled"
     quiet = _claim(home, "a")
     tr.interrupted(home, None, quiet, outcome="superseded", reason="plan edit", worker="w9", announce=False)
-    assert len(_events(home)) == n and not os.path.exists(home.claim_dir("g", "a"))
+    assert len(goal_events(home)) == n and not os.path.exists(home.claim_dir("g", "a"))
 
 
 # ------------------------------------------------------------------ events that change no file
 def test_the_thin_transitions_append_exactly_their_event(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
     c = _claim(home, "a")
-    n = len(_events(home))
+    n = len(goal_events(home))
     tr.retry_due(home, "g", "a", attempt=3, worker="w1")
     tr.stalled(home, c, reason="no output for 5s", worker="w1")
     tr.reset(home, "g", "a", by="me", reason="retry", forced=True)
@@ -497,7 +471,7 @@ def test_the_thin_transitions_append_exactly_their_event(tmp_path):
     tr.budget_raised(home, "g", by="me", added={"usd": 2}, pool={"usd": 3})
     tr.started(home, c, worker="w1", pid=42)
     strip = lambda e: {k: v for k, v in e.items() if k not in ("ts", "goal")}
-    assert [strip(e) for e in _events(home)[n:]] == [
+    assert [strip(e) for e in goal_events(home)[n:]] == [
         {"type": ev.TASK_STATUS, "task": "a", "status": "ready", "attempt": 3, "worker": "w1", "reason": "retry backoff ended"},
         {"type": ev.TASK_BLOCKED, "task": "a", "reason": "no output for 5s", "attempt": 1, "worker": "w1"},
         {"type": ev.TASK_STATUS, "task": "a", "status": "reset", "worker": "me", "reason": "retry", "forced": True},
@@ -510,16 +484,16 @@ def test_the_thin_transitions_append_exactly_their_event(tmp_path):
     ]
     os.makedirs(home.hooks_due_dir("g"))        # made by hooks.prepare when a hook is due
     tr.hook_failed(home, "g", hook="h1", error="exit 1")
-    e = _events(home)[-1]
+    e = goal_events(home)[-1]
     assert e["type"] == ev.HOOK_FAILED and e["hook"] == "h1" and e["error"] == "exit 1"
-    assert _json(os.path.join(home.hooks_due_dir("g"), "last_failure.json")) == e
+    assert read_json(os.path.join(home.hooks_due_dir("g"), "last_failure.json")) == e
 
 
 # ------------------------------------------------------------------ claim: take over, sweep
 def test_take_over_reattaches_a_stale_claim_whose_attempt_lives(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
     _claim(home, "a")
-    dead = {**claims.read_owner(home, "g", "a"), "pid": _dead_pid(), "handle": {"runner": "x", "id": 7},
+    dead = {**claims.read_owner(home, "g", "a"), "pid": dead_pid(), "handle": {"runner": "x", "id": 7},
             "run_id": "r1", "reattached": 1}
     claims.update_owner(home, "g", "a", dead)
     seen = []
@@ -536,31 +510,23 @@ def test_take_over_reattaches_a_stale_claim_whose_attempt_lives(tmp_path):
 
 
 def test_take_over_waits_for_the_break_lock_and_judges_another_host_by_its_lease(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
     assert claims.acquire(home, "g", "a")
     far = {**claims.new_owner("w1", 2, kind="engine"), "host": "elsewhere", "boot_id": "b", "pid": 1}
     claims.update_owner(home, "g", "a", far)
     assert claims.take_over(home, "g", "a", far["nonce"], "w2", lease=60, adopt=lambda o: True) is None   # fresh
     old = time.time() - 120
     os.utime(home.owner_path("g", "a"), (old, old))
-    lock = os.path.join(home.goal_dir("g"), ".break.lock")
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom filelock import FileLock\n"
-                               f"with FileLock({lock!r}):\n    print('held', flush=True)\n    time.sleep(0.8)\n"],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with break_lock_held(home):
         t0 = time.monotonic()
         new = claims.take_over(home, "g", "a", far["nonce"], "w2", lease=60, adopt=lambda o: True)
         assert time.monotonic() - t0 > 0.3                  # it waited for the other breaker
-    finally:
-        holder.kill()
-        holder.wait()
     assert new is not None and new["host"] == HOST and new["attempt"] == 2 and new["reattached"] == 1
     assert new["kind"] == "engine" and claims.read_owner(home, "g", "a") == new
 
 
 def test_a_symlinked_owner_json_is_not_read_and_a_symlinked_claim_is_stale(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}, {"id": "b", "prompt": "x", "agent": "true"}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}, {"id": "b", "prompt": "x", "agent": "true"}])
     assert claims.acquire(home, "g", "a")
     fake = tmp_path / "fake.json"
     fake.write_text(json.dumps(claims.new_owner("intruder", 1, kind="engine")))
@@ -573,7 +539,7 @@ def test_a_symlinked_owner_json_is_not_read_and_a_symlinked_claim_is_stale(tmp_p
 
 
 def test_a_claim_being_born_is_live_for_exactly_its_grace(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
     assert claims.acquire(home, "g", "a")
     ctime = os.stat(home.claim_dir("g", "a")).st_ctime
     now = ctime + 10.0
@@ -586,7 +552,7 @@ def test_a_claim_being_born_is_live_for_exactly_its_grace(tmp_path):
 
 
 def test_sweep_leftovers_removes_only_claims_renamed_away(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
     tdir = Path(home.task_dir("g", "a"))
     (tdir / ".claim.broken.ab12" / "x").mkdir(parents=True)
     (tdir / ".claim.released.cd34").mkdir()
@@ -601,7 +567,7 @@ T0 = 1_700_000_000.0
 
 
 def test_failure_records_count_retries_back_off_and_end_in_the_failed_marker(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 10}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 10}])
     plan = home.load_plan("g")
     c = _claim(home, "a")
     c.started = T0
@@ -611,7 +577,7 @@ def test_failure_records_count_retries_back_off_and_end_in_the_failed_marker(tmp
     assert rec == {"attempt": 1, "outcome": "failed", "exit_code": 3, "signal": None, "reason": "boom", "worker": "w1",
                    "started": now_iso(T0), "ended": now_iso(T0 + 3.2104), "duration": 3.21, "counted": True,
                    "failures": 1, "retry_at": rec["retry_at"], "final": False, "usage": {"usd": 1}}
-    assert _json(home.attempt_path("g", "a", 1, "json")) == rec
+    assert read_json(home.attempt_path("g", "a", 1, "json")) == rec
     assert lc.marker_of(home, "g", "a") is None and not os.path.exists(home.claim_dir("g", "a"))
     c = _claim(home, "a")
     rec = lc.commit_failure(home, plan, c, outcome="timeout", ended=T0 + 50, signal=15)
@@ -625,20 +591,20 @@ def test_failure_records_count_retries_back_off_and_end_in_the_failed_marker(tmp
     rec = lc.commit_failure(home, plan, c, outcome="failed", ended=T0 + 70, exit_code=1, reason="again",
                             forced_by="admin", held_by="w1 (pid 1)")
     assert (rec["failures"], rec["final"], rec["retry_at"], rec["forced_by"], rec["held_by"]) == (3, True, None, "admin", "w1 (pid 1)")
-    failed = _json(home.marker_path("g", "a", "failed"))
+    failed = read_json(home.marker_path("g", "a", "failed"))
     assert failed == {k: rec[k] for k in ("attempt", "outcome", "exit_code", "signal", "reason", "worker", "started",
                                           "ended", "duration", "forced_by", "held_by")}
     assert lc.marker_of(home, "g", "a") == "failed"
 
 
 def test_a_final_failure_can_be_forced_and_the_count_can_be_handed_in(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 5}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 5}])
     plan = home.load_plan("g")
     c = _claim(home, "a")
     rec = lc.commit_failure(home, plan, c, outcome="failed", ended=time.time(), prev_failures=7, final=True,
                             extra={"check": {"ok": False}})
     assert (rec["failures"], rec["final"], rec["retry_at"]) == (8, True, None)
-    assert _json(home.marker_path("g", "a", "failed"))["check"] == {"ok": False}
+    assert read_json(home.marker_path("g", "a", "failed"))["check"] == {"ok": False}
 
 
 def test_backoff_doubles_per_failure_up_to_the_cap_with_jitter():
@@ -658,7 +624,7 @@ def test_backoff_doubles_per_failure_up_to_the_cap_with_jitter():
 
 
 def test_a_success_after_failures_is_kept_beside_them(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 0}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 0}])
     plan = home.load_plan("g")
     c = _claim(home, "a")
     Path(home.claim_dir("g", "a"), "stderr").write_bytes(b"first err")
@@ -669,7 +635,7 @@ def test_a_success_after_failures_is_kept_beside_them(tmp_path):
     Path(home.claim_dir("g", "a"), "stdout").write_bytes(b"good\n")
     body = lc.commit_done(home, plan, c, ended=T0 + 2.5, exit_code=0, extra={"usage": {"usd": 0.25}, "node": "n7"})
     assert body["usage"] == {"usd": 0.25} and body["node"] == "n7"
-    rec = _json(home.attempt_path("g", "a", 2, "json"))
+    rec = read_json(home.attempt_path("g", "a", 2, "json"))
     assert rec == {"attempt": 2, "outcome": "done", "exit_code": 0, "signal": None, "reason": "", "worker": "w1",
                    "started": now_iso(T0), "ended": now_iso(T0 + 2.5), "duration": 2.5, "counted": False,
                    "failures": 1, "retry_at": None, "final": True, "usage": {"usd": 0.25}, "node": "n7"}
@@ -679,20 +645,20 @@ def test_a_success_after_failures_is_kept_beside_them(tmp_path):
     assert not os.path.exists(home.attempt_path("g", "a", 2, "err"))
     assert Path(home.attempt_path("g", "a", 1, "err")).read_bytes() == b"first err"
     # again with a stderr: it is linked beside the attempt
-    home2 = _home(tmp_path / "2", [{"id": "a", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 0}])
+    home2 = submit_home(tmp_path / "2", [{"id": "a", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 0}])
     plan2 = home2.load_plan("g")
     lc.commit_failure(home2, plan2, _claim(home2, "a"), outcome="failed", ended=time.time())
     c = _claim(home2, "a")
     Path(home2.claim_dir("g", "a"), "stderr").write_bytes(b"second err")
     lc.commit_done(home2, plan2, c, ended=time.time())
     assert os.path.samefile(home2.stderr_path("g", "a"), home2.attempt_path("g", "a", 2, "err"))
-    assert _json(home2.attempt_path("g", "a", 2, "json"))["failures"] == 1
-    assert "usage" not in _json(home2.attempt_path("g", "a", 2, "json"))
+    assert read_json(home2.attempt_path("g", "a", 2, "json"))["failures"] == 1
+    assert "usage" not in read_json(home2.attempt_path("g", "a", 2, "json"))
 
 
 def test_done_from_a_file_or_bytes_and_forced(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}, {"id": "b", "prompt": "x", "agent": "true"},
-                            {"id": "c", "prompt": "x", "agent": "true"}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}, {"id": "b", "prompt": "x", "agent": "true"},
+                                  {"id": "c", "prompt": "x", "agent": "true"}])
     plan = home.load_plan("g")
     src = tmp_path / "out.txt"
     src.write_bytes(b"from a file")
@@ -709,8 +675,8 @@ def test_done_from_a_file_or_bytes_and_forced(tmp_path):
 
 
 def test_the_retry_prompt_carries_the_last_lines_of_the_failed_attempts_stderr(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "do it", "agent": "true", "retries": 1, "retry_context": "error",
-                             "timeout": 30, "retry_backoff": 0}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "do it", "agent": "true", "retries": 1, "retry_context": "error",
+                                   "timeout": 30, "retry_backoff": 0}])
     plan = home.load_plan("g")
     c = _claim(home, "a")
     lines = [f"line {i:03d} " + "x" * 120 for i in range(40)]
@@ -721,7 +687,7 @@ def test_the_retry_prompt_carries_the_last_lines_of_the_failed_attempts_stderr(t
     assert "# Previous attempt 1 failed" in text and "It was killed after its timeout of 30s." in text
     tail = text.split("```\n", 1)[1].split("\n```", 1)[0].splitlines()
     assert tail == lines[-15:]        # the last 2000 bytes from their first whole line: 15 lines of 130 bytes
-    home2 = _home(tmp_path / "2", [{"id": "a", "prompt": "do it", "agent": "true", "retries": 1, "retry_context": "error", "retry_backoff": 0}])
+    home2 = submit_home(tmp_path / "2", [{"id": "a", "prompt": "do it", "agent": "true", "retries": 1, "retry_context": "error", "retry_backoff": 0}])
     plan2 = home2.load_plan("g")
     c = _claim(home2, "a")
     short = [f"e{i}" for i in range(30)]
@@ -734,9 +700,9 @@ def test_the_retry_prompt_carries_the_last_lines_of_the_failed_attempts_stderr(t
 
 
 def test_a_join_over_a_fan_out_shares_its_context_budget_between_the_instances(tmp_path):
-    home = _home(tmp_path, [{"id": "src", "prompt": "x", "agent": "true"},
-                            {"id": "tpl", "for_each": {"from": "src"}, "prompt": "do {{item}}", "agent": "true"},
-                            {"id": "join", "deps": ["tpl"], "prompt": "Summarise", "agent": "true", "context_limit": 90}])
+    home = submit_home(tmp_path, [{"id": "src", "prompt": "x", "agent": "true"},
+                                  {"id": "tpl", "for_each": {"from": "src"}, "prompt": "do {{item}}", "agent": "true"},
+                                  {"id": "join", "deps": ["tpl"], "prompt": "Summarise", "agent": "true", "context_limit": 90}])
     plan, sched = home.load_plan("g"), _sched(home)
     assert sched.take() == "src"
     tr.finish(home, plan, sched, _claim(home, "src"), ok=True, worker="w1", output_data=json.dumps(["a", "b", "c"]).encode())
@@ -763,8 +729,8 @@ def test_a_join_over_a_fan_out_shares_its_context_budget_between_the_instances(t
 
 
 def _retry_prompt(tmp_path, sub: str, stderr: bytes | None) -> str:
-    home = _home(tmp_path / sub, [{"id": "a", "prompt": "do it", "agent": "true", "retries": 1, "retry_context": "error",
-                                   "retry_backoff": 0}])
+    home = submit_home(tmp_path / sub, [{"id": "a", "prompt": "do it", "agent": "true", "retries": 1, "retry_context": "error",
+                                         "retry_backoff": 0}])
     plan = home.load_plan("g")
     c = _claim(home, "a")
     if stderr is not None:
@@ -794,7 +760,7 @@ def test_the_stderr_tail_of_a_retry_prompt_at_its_edges(tmp_path):
 
 
 def test_a_symlinked_awaiting_file_is_not_read(tmp_path):
-    home = _home(tmp_path, [{"id": "gate", "prompt": "x", "approval": {"prompt": "Go?"}}])
+    home = submit_home(tmp_path, [{"id": "gate", "prompt": "x", "approval": {"prompt": "Go?"}}])
     os.makedirs(home.task_dir("g", "gate"), exist_ok=True)
     fake = tmp_path / "fake.json"
     fake.write_text(json.dumps({"prompt": "forged", "since": "2020-01-01T00:00:00Z"}))
@@ -803,7 +769,7 @@ def test_a_symlinked_awaiting_file_is_not_read(tmp_path):
 
 
 def test_run_id_names_the_home_the_folder_and_the_attempt(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
     _claim(home, "a")
     h = hashlib.sha1(home.root.encode()).hexdigest()[:8]
     ino = os.stat(home.task_dir("g", "a")).st_ino
@@ -813,18 +779,18 @@ def test_run_id_names_the_home_the_folder_and_the_attempt(tmp_path):
 
 
 def test_break_if_stale_reaps_the_orphan_by_its_handle_or_run_id_and_records_it_lost(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "kill_grace": 2.5},
-                            {"id": "b", "prompt": "x", "agent": "true"}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "kill_grace": 2.5},
+                                  {"id": "b", "prompt": "x", "agent": "true"}])
     plan = home.load_plan("g")
     _claim(home, "a")
     o = claims.read_owner(home, "g", "a")
-    claims.update_owner(home, "g", "a", {**o, "pid": _dead_pid()})
+    claims.update_owner(home, "g", "a", {**o, "pid": dead_pid()})
     Path(home.claim_dir("g", "a"), "stdout").write_bytes(b"half")
     reaped = []
     got = lc.break_if_stale(home, plan, "a", worker="w2", reap=lambda h, grace, run_id: reaped.append((h, grace, run_id)))
     assert got is not None and got[1:] == (1, None) and got[0].endswith("is gone")
     assert reaped == [({"runner": "process"}, 2.5, o["run_id"])]
-    rec = _json(home.attempt_path("g", "a", 1, "json"))
+    rec = read_json(home.attempt_path("g", "a", 1, "json"))
     assert (rec["outcome"], rec["reason"], rec["worker"], rec["started"], rec["counted"]) == ("lost", got[0], "w1", o["since"], False)
     assert Path(home.attempt_path("g", "a", 1, "out")).read_bytes() == b"half"
     assert not os.path.exists(home.claim_dir("g", "a"))
@@ -833,31 +799,31 @@ def test_break_if_stale_reaps_the_orphan_by_its_handle_or_run_id_and_records_it_
     c = _claim(home, "b")
     lc.commit_done(home, plan, c, ended=time.time())
     os.mkdir(home.claim_dir("g", "b"))
-    claims.update_owner(home, "g", "b", {**c.owner, "pid": _dead_pid(), "handle": {"runner": "process", "pid": 1}})
+    claims.update_owner(home, "g", "b", {**c.owner, "pid": dead_pid(), "handle": {"runner": "process", "pid": 1}})
     reaped.clear()
-    n = len(_events(home))
+    n = len(goal_events(home))
     assert tr.break_stale(home, plan, "b", worker="w2", reap=lambda h, grace, run_id: reaped.append(h)).endswith("is gone")
     assert reaped == [{"runner": "process", "pid": 1}]
-    assert not os.path.exists(home.attempt_path("g", "b", 1, "json")) and len(_events(home)) == n   # ended: no `ready`
+    assert not os.path.exists(home.attempt_path("g", "b", 1, "json")) and len(goal_events(home)) == n   # ended: no `ready`
     assert lc.break_if_stale(home, plan, "b", worker="w2") is None                                # nothing left
 
 
 def test_mark_cancelled_names_the_cancel_and_never_covers_done(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}, {"id": "b", "prompt": "x", "agent": "true"}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}, {"id": "b", "prompt": "x", "agent": "true"}])
     plan = home.load_plan("g")
     assert lc.mark_cancelled(home, "g", "a", by="me", reason="r", cancel_id="c1") is True
-    m = _json(home.marker_path("g", "a", "cancelled"))
+    m = read_json(home.marker_path("g", "a", "cancelled"))
     assert (m["by"], m["reason"], m["cancel_id"]) == ("me", "r", "c1")
     assert lc.mark_cancelled(home, "g", "a", by="me", reason="again") is False
     lc.commit_done(home, plan, _claim(home, "b"), ended=time.time())
     assert lc.mark_cancelled(home, "g", "b", by="me", reason="r") is False and lc.marker_of(home, "g", "b") == "done"
     assert lc.mark_cancelled(home, "g", "new", by="me", reason="r") is True
-    assert "cancel_id" not in _json(home.marker_path("g", "new", "cancelled"))
+    assert "cancel_id" not in read_json(home.marker_path("g", "new", "cancelled"))
 
 
 def test_the_rescan_keeps_a_retry_in_its_backoff(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 100},
-                            {"id": "b", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 0}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 100},
+                                  {"id": "b", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 0}])
     plan = home.load_plan("g")
     lc.commit_failure(home, plan, _claim(home, "a"), outcome="failed", ended=time.time())
     lc.commit_failure(home, plan, _claim(home, "b"), outcome="failed", ended=time.time())   # no backoff
@@ -877,78 +843,78 @@ def _strip(e):
 
 
 def test_finish_done_announces_exactly_the_marker_s_numbers(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}, {"id": "b", "prompt": "x", "agent": "true", "deps": ["a"]},
-                            {"id": "c", "prompt": "x", "agent": "true"}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}, {"id": "b", "prompt": "x", "agent": "true", "deps": ["a"]},
+                                  {"id": "c", "prompt": "x", "agent": "true"}])
     plan, sched = home.load_plan("g"), _sched(home)
     sched.take()
     c = _claim(home, "a")
     c.started = time.time() - 2
     fin = tr.finish(home, plan, sched, c, ok=True, worker="w5", output_data=b"12345", extra={"usage": {"usd": 0.1}},
                     fields={"first_byte": 0.5})
-    assert fin.outcome == "done" and fin.record == _json(home.marker_path("g", "a", "done"))
+    assert fin.outcome == "done" and fin.record == read_json(home.marker_path("g", "a", "done"))
     assert fin.changes.ready == ["b"] and fin.changes.blocked == [] and not fin.changes.rebuild
-    e = [x for x in _events(home, ev.TASK_STATUS) if x["task"] == "a"][-1]
+    e = [x for x in goal_events(home, ev.TASK_STATUS) if x["task"] == "a"][-1]
     assert _strip(e) == {"task": "a", "status": "done", "attempt": 1, "worker": "w5", "duration": fin.record["duration"],
                          "exit_code": 0, "output_bytes": 5, "usage": {"usd": 0.1}, "first_byte": 0.5}
-    assert [_strip(x) for x in _events(home, ev.TASK_STATUS)][-1] == {"task": "b", "status": "ready", "worker": "w5"}
+    assert [_strip(x) for x in goal_events(home, ev.TASK_STATUS)][-1] == {"task": "b", "status": "ready", "worker": "w5"}
     assert tr.finish(home, plan, sched, _claim(home, "b"), ok=True, worker="w5", output_data=b"", exit_code=3,
                      ended=c.started + 100, extra={"node": "n4"}).record["exit_code"] == 3
-    e = _events(home, ev.TASK_STATUS)[-1]
+    e = goal_events(home, ev.TASK_STATUS)[-1]
     assert (e["task"], e["exit_code"], e["node"], e["duration"]) == ("b", 3, "n4", round(c.started + 100 - e["duration"], 3) and e["duration"])
     # a cache hit: no exit code, `cached` in the marker and the event
     sched.take()
     fin = tr.finish(home, plan, sched, _claim(home, "c"), ok=True, worker="w5", output_data=b"hit", cached="k1",
                     exit_code=7)
     assert fin.record["cached"] is True and fin.record["cache_key"] == "k1" and fin.record["exit_code"] is None
-    e = _events(home, ev.TASK_STATUS)[-1]
+    e = goal_events(home, ev.TASK_STATUS)[-1]
     assert e["cached"] is True and "exit_code" not in e and e["status"] == "done"
 
 
 def test_finish_failed_retrying_announces_the_retry_and_ready_when_asked(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 0},
-                            {"id": "b", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 100},
-                            {"id": "d", "prompt": "x", "agent": "true", "deps": ["a"]}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 0},
+                                  {"id": "b", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 100},
+                                  {"id": "d", "prompt": "x", "agent": "true", "deps": ["a"]}])
     plan, sched = home.load_plan("g"), _sched(home)
     sched.take()
     c = _claim(home, "a")
     fin = tr.finish(home, plan, sched, c, ok=False, worker="w1", exit_code=2, signal=None, reason="bad",
                     announce_ready=True, extra={"usage": {"usd": 2}}, fields={"strays_killed": 1})
     assert fin.outcome == "retrying" and fin.changes == tr.Changes() and sched.state_of("a") == "retrying"
-    r, ready = _events(home, ev.TASK_STATUS)[-2:]
+    r, ready = goal_events(home, ev.TASK_STATUS)[-2:]
     assert _strip(r) == {"task": "a", "status": "retrying", "attempt": 1, "worker": "w1", "duration": fin.record["duration"],
                          "exit_code": 2, "reason": "bad", "outcome": "failed", "usage": {"usd": 2},
                          "retry_at": fin.record["retry_at"], "strays_killed": 1}     # `fields` too
     assert _strip(ready) == {"task": "a", "status": "ready", "attempt": 2, "worker": "w1", "reason": "attempt 1: bad"}
     sched.take()
-    n = len(_events(home))
+    n = len(goal_events(home))
     fin = tr.finish(home, plan, sched, _claim(home, "b"), ok=False, worker="w1", outcome="timeout", signal=9,
                     announce_ready=True)
-    assert fin.outcome == "retrying" and len(_events(home)) == n + 1      # its backoff has not ended: no `ready`
-    assert _events(home)[-1]["signal"] == 9 and _events(home)[-1]["outcome"] == "timeout"
-    assert fin.record["reason"] == "" and _events(home)[-1]["reason"] == ""     # none given: empty
+    assert fin.outcome == "retrying" and len(goal_events(home)) == n + 1      # its backoff has not ended: no `ready`
+    assert goal_events(home)[-1]["signal"] == 9 and goal_events(home)[-1]["outcome"] == "timeout"
+    assert fin.record["reason"] == "" and goal_events(home)[-1]["reason"] == ""     # none given: empty
     sched.requeue("a")
     assert sched.take() == "a"
     fin = tr.finish(home, plan, sched, _claim(home, "a"), ok=False, worker="w1", reason="again")
-    assert fin.outcome == "retrying" and _events(home)[-1]["status"] == "retrying"     # no `ready` unless asked
+    assert fin.outcome == "retrying" and goal_events(home)[-1]["status"] == "retrying"     # no `ready` unless asked
     sched.requeue("a")
     assert sched.take() == "a"
-    n = len(_events(home))
+    n = len(goal_events(home))
     fin = tr.finish(home, plan, sched, _claim(home, "a"), ok=False, worker="w1", reason="conflict", final=True)
     assert fin.outcome == "failed" and fin.record["final"] and fin.changes.blocked == [("d", "a")]
-    assert [(_strip(x).get("status"), x.get("task")) for x in _events(home)[n:]] == [("failed", "a"), (None, "d")]
+    assert [(_strip(x).get("status"), x.get("task")) for x in goal_events(home)[n:]] == [("failed", "a"), (None, "d")]
 
 
 def test_finish_a_final_failure_stops_the_goal_unless_already_handled(tmp_path):
     tasks = [{"id": "a", "prompt": "x", "agent": "true", "retries": 0, "priority": 1},
              {"id": "b", "prompt": "x", "agent": "true"}, {"id": "c", "prompt": "x", "agent": "true"}]
-    home = _home(tmp_path, tasks, on_failure="stop")
+    home = submit_home(tmp_path, tasks, on_failure="stop")
     plan, sched = home.load_plan("g"), _sched(home)
     assert sched.take() == "a"
     fin = tr.finish(home, plan, sched, _claim(home, "a"), ok=False, worker="w1", reason="x")
     assert fin.outcome == "failed" and sorted(fin.changes.cancelled) == ["b", "c"]
     assert lc.marker_of(home, "g", "b") == "cancelled"
-    assert _json(home.marker_path("g", "b", "cancelled"))["reason"] == "goal stopped: a failed (on_failure=stop)"
-    home2 = _home(tmp_path / "2", tasks, on_failure="stop")
+    assert read_json(home.marker_path("g", "b", "cancelled"))["reason"] == "goal stopped: a failed (on_failure=stop)"
+    home2 = submit_home(tmp_path / "2", tasks, on_failure="stop")
     plan2, sched2 = home2.load_plan("g"), _sched(home2)
     sched2.take()
     fin = tr.finish(home2, plan2, sched2, _claim(home2, "a"), ok=False, worker="w1", reason="x", stop_handled=True)
@@ -956,26 +922,26 @@ def test_finish_a_final_failure_stops_the_goal_unless_already_handled(tmp_path):
 
 
 def test_the_goal_end_is_published_once_with_its_finisher(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
     plan, sched = home.load_plan("g"), _sched(home)
     assert tr.end_goal_if_finished(home, plan, sched, "w1") is None          # not finished
     sched.take()
     tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"x")
     size = os.stat(home.events_path("g")).st_size
     s = tr.end_goal_if_finished(home, plan, sched, "w1")
-    assert s == _json(home.summary_path("g")) and s["events_size"] == size and s["outcome"] == "done"
+    assert s == read_json(home.summary_path("g")) and s["events_size"] == size and s["outcome"] == "done"
     fin = s["finisher"]
     assert set(fin) == {"worker", "host", "boot_id", "pid", "pid_start", "nonce"}
     assert (fin["worker"], fin["pid"], fin["host"]) == ("w1", os.getpid(), claims.HOST)
-    e = _events(home, ev.GOAL_FINISHED)
+    e = goal_events(home, ev.GOAL_FINISHED)
     assert len(e) == 1 and _strip(e[0]) == {"worker": "w1", "outcome": "done", "counts": {"done": 1},
                                            "failed_roots": [], "finish_id": fin["nonce"]}
     assert tr.end_goal_if_finished(home, plan, sched, "w2") is None           # once
-    assert len(_events(home, ev.GOAL_FINISHED)) == 1
+    assert len(goal_events(home, ev.GOAL_FINISHED)) == 1
 
 
 def test_a_lost_goal_end_of_another_host_waits_a_minute(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
     plan, sched = home.load_plan("g"), _sched(home)
     sched.take()
     tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"x")
@@ -986,10 +952,10 @@ def test_a_lost_goal_end_of_another_host_waits_a_minute(tmp_path):
     old = time.time() - 61
     os.utime(home.summary_path("g"), (old, old))
     assert tr.announce_if_lost(home, "g", "w2") is True
-    e = _events(home, ev.GOAL_FINISHED)
+    e = goal_events(home, ev.GOAL_FINISHED)
     assert len(e) == 1 and _strip(e[0]) == {"worker": "w2", "outcome": "done", "counts": {"done": 1}, "failed_roots": [],
                                            "finish_id": "n1", "recovered": True}
-    assert tr.announce_if_lost(home, "g", "w3") is False and len(_events(home, ev.GOAL_FINISHED)) == 1
+    assert tr.announce_if_lost(home, "g", "w3") is False and len(goal_events(home, ev.GOAL_FINISHED)) == 1
     Path(home.summary_path("g")).write_text(json.dumps({**s, "finisher": {}}))
     assert tr.announce_if_lost(home, "g", "w3") is False
 
@@ -1023,7 +989,7 @@ def test_new_owner_names_this_process_or_the_given_one():
 
 
 def test_release_removes_a_claim_with_files_left_in_it(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
     assert claims.acquire(home, "g", "a")
     Path(home.claim_dir("g", "a"), "stdout").write_bytes(b"x")
     claims.release(home, "g", "a")
@@ -1033,7 +999,7 @@ def test_release_removes_a_claim_with_files_left_in_it(tmp_path):
 
 
 def test_a_symlinked_task_folder_is_refused_and_a_missing_one_made(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
     os.symlink(tmp_path, home.task_dir("g", "b"))
     with pytest.raises(FsError, match="symbolic link"):
         claims.acquire(home, "g", "b")
@@ -1042,7 +1008,7 @@ def test_a_symlinked_task_folder_is_refused_and_a_missing_one_made(tmp_path):
 
 
 def test_holds_and_heartbeat_age(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
     assert claims.heartbeat_age(home, "g", "a") is None and not claims.holds(home, "g", "a", "n")
     assert claims.acquire(home, "g", "a")
     o = claims.new_owner("w1", 1, kind="engine")
@@ -1060,7 +1026,7 @@ def test_holds_and_heartbeat_age(tmp_path):
 
 
 def test_the_edit_lock_is_shared_or_exclusive(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
     path = os.path.join(home.goal_dir("g"), ".edit.lock")
 
     def can(mode):
@@ -1100,10 +1066,10 @@ def test_a_final_failure_under_stop_runs_the_failed_blocked_and_cancelled_hooks_
     got.mkdir()
     name = '"$DAGRUN_HOOK_EVENT-$DAGRUN_TASK"'          # published by rename: never read half-written
     hook = ["sh", "-c", f'cat > "{got}"/.{name} && mv "{got}"/.{name} "{got}"/{name}']
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 0, "priority": 1},
-                            {"id": "b", "prompt": "x", "agent": "true", "deps": ["a"]},
-                            {"id": "c", "prompt": "x", "agent": "true"}],
-                 on_failure="stop", hooks={"on_failed": [hook], "on_blocked": [hook], "on_cancelled": [hook]})
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 0, "priority": 1},
+                                  {"id": "b", "prompt": "x", "agent": "true", "deps": ["a"]},
+                                  {"id": "c", "prompt": "x", "agent": "true"}],
+                       on_failure="stop", hooks={"on_failed": [hook], "on_blocked": [hook], "on_cancelled": [hook]})
     plan, sched = home.load_plan("g"), _sched(home)
     assert sched.take() == "a"
     fin = tr.finish(home, plan, sched, _claim(home, "a"), ok=False, worker="w1", reason="bad")
@@ -1116,7 +1082,7 @@ def test_a_final_failure_under_stop_runs_the_failed_blocked_and_cancelled_hooks_
     assert (cancelled["status"], cancelled["worker"], cancelled["reason"]) == (
         "cancelled", "w1", "goal stopped: a failed (on_failure=stop)")
     assert json.loads((got / "on_failed-a").read_text())["reason"] == "bad"
-    assert _json(home.marker_path("g", "c", "cancelled"))["by"] == "w1"
+    assert read_json(home.marker_path("g", "c", "cancelled"))["by"] == "w1"
     end = time.monotonic() + 15
     while time.monotonic() < end and [n for n in os.listdir(home.hooks_due_dir("g")) if n.endswith(".json")]:
         time.sleep(0.05)
@@ -1135,24 +1101,24 @@ def test_changes_extend_concatenates_and_keeps_a_rebuild():
 
 
 def test_a_goal_end_of_a_finisher_before_a_reboot_or_with_a_reused_pid(tmp_path):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
     plan, sched = home.load_plan("g"), _sched(home)
     sched.take()
     tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"x")
     base = {"outcome": "done", "counts": {"done": 1}, "failed_roots": []}
     # this host, an earlier boot: judged like another host's (its summary is fresh: wait)
     Path(home.summary_path("g")).write_text(json.dumps({**base, "finisher": {
-        "worker": "old", "host": HOST, "boot_id": "an-earlier-boot", "pid": _dead_pid(), "pid_start": "1", "nonce": "n1"}}))
+        "worker": "old", "host": HOST, "boot_id": "an-earlier-boot", "pid": dead_pid(), "pid_start": "1", "nonce": "n1"}}))
     assert tr.announce_if_lost(home, "g", "w2") is False
     # this host and boot, our pid with another start time: the finisher is dead, announce for it
     Path(home.summary_path("g")).write_text(json.dumps({**base, "finisher": {
         "worker": "old", "host": HOST, "boot_id": BOOT_ID, "pid": os.getpid(), "pid_start": "1", "nonce": "n2"}}))
     assert tr.announce_if_lost(home, "g", "w2") is True
-    assert [e["finish_id"] for e in _events(home, ev.GOAL_FINISHED)] == ["n2"]
+    assert [e["finish_id"] for e in goal_events(home, ev.GOAL_FINISHED)] == ["n2"]
 
 
 def _ended_goal(tmp_path, **top):
-    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}], **top)
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}], **top)
     plan, sched = home.load_plan("g"), _sched(home)
     sched.take()
     tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"x")
@@ -1172,19 +1138,11 @@ def test_a_lost_goal_end_is_announced_after_exactly_a_minute_under_the_break_loc
     got.mkdir()
     home = _ended_goal(tmp_path, hooks={"on_goal_finished": [["sh", "-c", f"cat > {got}/ran"]]})
     _far_summary(home, "n1", 60.5)
-    lock = os.path.join(home.goal_dir("g"), ".break.lock")
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom filelock import FileLock\n"
-                               f"with FileLock({lock!r}):\n    print('held', flush=True)\n    time.sleep(0.8)\n"],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with break_lock_held(home):
         t0 = time.monotonic()
         assert tr.announce_if_lost(home, "g", "w2") is True
         assert time.monotonic() - t0 > 0.3                       # it waited for the other process's lock
-    finally:
-        holder.kill()
-        holder.wait()
-    assert [e["finish_id"] for e in _events(home, ev.GOAL_FINISHED)] == ["n1"]
+    assert [e["finish_id"] for e in goal_events(home, ev.GOAL_FINISHED)] == ["n1"]
     time.sleep(0.5)
     assert os.listdir(got) == []      # the hooks are the dead finisher's pending record's business
 
@@ -1197,4 +1155,4 @@ def test_a_goal_end_announced_long_ago_is_found_in_the_whole_file(tmp_path):
         ev.emit(home, "g", ev.TASK_STATUS, task="a", status="note", pad="p" * 100, i=i)
     assert os.path.getsize(home.events_path("g")) > 70000
     assert tr.announce_if_lost(home, "g", "w3") is False         # beyond the tail: found under the lock
-    assert [e["finish_id"] for e in _events(home, ev.GOAL_FINISHED)] == ["n9"]
+    assert [e["finish_id"] for e in goal_events(home, ev.GOAL_FINISHED)] == ["n9"]
