@@ -204,12 +204,13 @@ def rewrite(path: str, data: bytes) -> None:
     _done_step(f"rewrite {path}")
 
 
-def append_line(path: str, line: bytes) -> None:
+def append_line(path: str, line: bytes, *, lines: int = 1) -> None:
     """Append one line with a single write(2) on an O_APPEND fd: on a local file system
-    concurrent appenders never interleave or tear lines (the inode lock covers the write)."""
+    concurrent appenders never interleave or tear lines (the inode lock covers the write).
+    `lines`: that many whole lines in one write (events.flush); the step says how many."""
     if not line.endswith(b"\n"):
         line += b"\n"
-    _step(f"append {path}")
+    _step(f"append {path}" if lines == 1 else f"append {path} ({lines} lines)")
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     try:
         n = os.write(fd, line)
@@ -220,7 +221,7 @@ def append_line(path: str, line: bytes) -> None:
             os.fsync(fd)
     finally:
         os.close(fd)
-    _done_step(f"append {path}")
+    _done_step(f"append {path}" if lines == 1 else f"append {path} ({lines} lines)")
 
 
 def _cut_partial(fd: int, written: bytes) -> None:
