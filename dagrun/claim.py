@@ -226,3 +226,22 @@ def edit_lock(home: Home, g: str, *, exclusive: bool = False):
         yield
     finally:
         os.close(fd)                 # closing the only fd of the lock releases it
+
+
+def lock_shared(home: Home, g: str) -> int | None:
+    """The goal's edit lock taken shared (as edit_lock), left to the caller to drop by closing
+    the fd it returns -- the engine holds it for the rest of its loop's turn, so the claims,
+    spawns and commits of a turn take it once. None: no such goal (nothing to protect)."""
+    path = os.path.join(home.goal_dir(g), ".edit.lock")
+    try:
+        fd = fsio.open_lock(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise os_error("lock", path, e) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

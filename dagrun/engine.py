@@ -26,6 +26,7 @@ from typing import Callable
 from . import budget as bud
 from . import cache
 from . import claim as claims
+from . import events as ev
 from . import executor, fanout, fsio
 from . import resources as res
 from . import states as S
@@ -108,6 +109,7 @@ class Engine(Reconciler):
         self._seq = 0
         self.bell = Doorbell()
         self._ready: set[int] = set()
+        self._turn_locks: dict[str, int] = {}      # goal -> fd of its shared edit lock, held this turn
         self._touched: set[str] = set()          # goals we appended events to this turn
         self.stopping = 0                         # the signal that asked us to stop
         self.signals = 0
@@ -133,6 +135,7 @@ class Engine(Reconciler):
         self.home.sweep_unborn_goals()     # left by a submit that was killed half-way
         fsio.sweep_spares(self.home.root)  # pools of engines that were killed
         old = self._install_signals()
+        ev.hold()        # the loop's event lines go out once per turn (events.hold)
         try:
             self.watcher = Watcher(self.home.goals_dir, poll=self.poll, log=self.log)
             self._discover()
@@ -147,6 +150,12 @@ class Engine(Reconciler):
                     self._loop_once()
                 except (OSError, FsError) as e:
                     self._fs_failed(e)
+                finally:
+                    self._unlock_turn()
+                try:
+                    ev.flush()                     # before we sleep: what the turn appended
+                except FsError as e:
+                    self._fs_failed(e)
                 if self.tick is not None and time.monotonic() >= self._next_tick:
                     self._run_tick()
                 if self._should_exit():
@@ -155,6 +164,10 @@ class Engine(Reconciler):
             if self.tick is not None:
                 self._run_tick()                   # the final state, for --until-idle
         finally:
+            try:
+                ev.release()
+            except FsError as e:
+                self._fs_failed(e)
             self._restore_signals(old)
             fsio.stop_spares()
             if self.watcher:
@@ -350,6 +363,7 @@ class Engine(Reconciler):
         for gs in list(self.goals.values()):
             if not gs.plan.unexpanded or gs.expand_error or not gs.sched.expandable():
                 continue
+            self._unlock_turn()          # expanding takes the lock exclusive (on another fd)
             try:
                 changed = fanout.expand_due(self.home, gs.plan, gs.sched, self.worker)
             except (OSError, FsError) as e:
@@ -386,6 +400,20 @@ class Engine(Reconciler):
             self._start(gs, t)
             mine[g] = mine.get(g, 0) + (len(self.runs) - n)
 
+    def _lock_turn(self, g: str) -> None:
+        """The goal's edit lock, shared (claim.edit_lock), held until the turn ends
+        (_unlock_turn): a turn's spawns, commits and claims take it once, not once each. A
+        plan edit or forced retry (exclusive) waits for the end of the turn."""
+        if g not in self._turn_locks:
+            fd = claims.lock_shared(self.home, g)
+            if fd is not None:
+                self._turn_locks[g] = fd
+
+    def _unlock_turn(self) -> None:
+        locks, self._turn_locks = self._turn_locks, {}
+        for fd in locks.values():
+            os.close(fd)                 # closing the only fd of the lock releases it
+
     def _start(self, gs: GoalState, t: str) -> None:
         # claim, render, spawn and owner.json under the goal's shared edit lock: a plan edit
         # or forced retry archives folders only in between (see claim.edit_lock). An agent
@@ -393,8 +421,8 @@ class Engine(Reconciler):
         # the lock again and publishes owner.json only if the claim folder is still the one
         # we made (an archive in between took it away: the agent is stopped, as for any run
         # whose claim vanished).
-        with claims.edit_lock(self.home, gs.plan.goal):
-            self._start_locked(gs, t)
+        self._lock_turn(gs.plan.goal)
+        self._start_locked(gs, t)
 
     def _start_locked(self, gs: GoalState, t: str) -> bool:
         """Claim, render and start task t; True when the start was handed to the runner's
@@ -513,8 +541,7 @@ class Engine(Reconciler):
         g, t = run.goal, run.task.id
         gs = self.goals.get(g)
         try:
-            lock = claims.edit_lock(self.home, g)
-            lock.__enter__()
+            self._lock_turn(g)
         except (OSError, FsError) as e:      # the disk fails: the agent runs, unrecorded
             if err is None:
                 self._abandon(gs, run, e, f"could not lock the goal: {e}", e)
@@ -542,8 +569,6 @@ class Engine(Reconciler):
             self._fs_failed(e)
         except DagrunError as e:
             self.log(f"error: {e}")
-        finally:
-            lock.__exit__(None, None, None)
 
     def _claim_still(self, run: Run) -> bool:
         """Is the claim folder the one this attempt made (not archived, broken, re-made)?"""
@@ -641,8 +666,8 @@ class Engine(Reconciler):
         self._touched.add(c.goal)
 
     def _commit(self, run: Run, ex: Exit) -> None:
-        with claims.edit_lock(self.home, run.goal):   # the claim cannot be archived mid-commit
-            self._commit_locked(run, ex)
+        self._lock_turn(run.goal)        # the claim cannot be archived mid-commit
+        self._commit_locked(run, ex)
 
     def _commit_locked(self, run: Run, ex: Exit) -> None:
         g, t, c = run.goal, run.task.id, run.claim

@@ -12,6 +12,7 @@ import os
 import re
 import select
 import socket
+import threading
 import time
 from typing import Iterator
 
@@ -70,13 +71,71 @@ def emit(home: Home, goal: str, type_: str, **fields) -> dict:
 
 
 def append(home: Home, goal: str, ev: dict) -> dict:
-    """Append an event made by make() (one write(2), see fsio.append_line)."""
+    """Append an event made by make() (one write(2), see fsio.append_line). In a thread that
+    holds its events (hold(): the engine's loop, for one turn) the line waits in memory for
+    flush(), which writes each goal's lines of the turn with one write(2)."""
     path = home.events_path(goal)
+    held = getattr(_held, "lines", None)
+    if held is not None:
+        held.setdefault(path, []).append(encode(ev))
+        return ev
     try:
         fsio.append_line(path, encode(ev))
     except OSError as e:
         raise os_error("append to", path, e) from None
     return ev
+
+
+# The engine's loop appends ~3 lines per task (running, done, the dependents' ready), most
+# of them in the same turn: held in memory until the turn ends they cost one open/write/close
+# per goal and turn instead of one per line. Nothing another process waits for is delayed
+# longer than the turn (the loop flushes before it sleeps); a reader in the same thread
+# (Reader, iter_all, mentions, the goal's summary) flushes first; a line that must be on disk
+# before a next step (a hook's event before the hook runs, a resource `released` before the
+# units go back) is flushed right after it is appended. A crash loses at most the lines of
+# the turn -- like a crash between a marker and its event always could: events are the change
+# feed, the files are the truth, and the rescan repairs what a lost line would have said.
+_held = threading.local()
+_FLUSH_CHUNK = 1 << 16
+
+
+def hold() -> None:
+    """This thread's appends wait in memory until flush() (or release())."""
+    if getattr(_held, "lines", None) is None:
+        _held.lines = {}
+
+
+def flush() -> None:
+    """Write this thread's held lines (one write(2) per goal; in order). Raises the first
+    append error (FsError) after trying every goal."""
+    held = getattr(_held, "lines", None)
+    if not held:
+        return
+    first = None
+    for path in list(held):
+        lines = held.pop(path)
+        i = 0
+        while i < len(lines):       # whole lines, up to _FLUSH_CHUNK bytes per write(2)
+            j, n = i, 0
+            while j < len(lines) and (j == i or n + len(lines[j]) <= _FLUSH_CHUNK):
+                n += len(lines[j])
+                j += 1
+            try:
+                fsio.append_line(path, b"".join(lines[i:j]), lines=j - i)
+            except OSError as e:
+                first = first or os_error("append to", path, e)
+                break
+            i = j
+    if first is not None:
+        raise first
+
+
+def release() -> None:
+    """Flush and stop holding."""
+    try:
+        flush()
+    finally:
+        _held.lines = None
 
 
 def status(home: Home, goal: str, task: str, st: str, **fields) -> dict:
@@ -92,12 +151,14 @@ class Reader:
         self._partial = b""
 
     def size_changed(self) -> bool:
+        flush()
         try:
             return os.stat(self.path).st_size != self.offset + len(self._partial)
         except FileNotFoundError:
             return False
 
     def read(self) -> list[dict]:
+        flush()
         try:
             with open(self.path, "rb", opener=_nofollow) as f:
                 f.seek(self.offset + len(self._partial))
@@ -129,6 +190,7 @@ def _nofollow(path: str, flags: int) -> int:
 def mentions(path: str, needle: str, tail: int | None = None) -> bool:
     """Does events.jsonl (or its last `tail` bytes) contain `needle`? (A cheap look for one
     event by its id, without parsing.)"""
+    flush()
     try:
         with open(path, "rb", opener=_nofollow) as f:
             if tail is not None:
@@ -146,6 +208,7 @@ def read_all(path: str) -> list[dict]:
 def iter_all(path: str, chunk: int = 1 << 20) -> Iterator[dict]:
     """Every complete line of an events.jsonl, one parsed event at a time: memory for one
     chunk, not for the whole log (a 100 000-task goal's log is ~50 MB and 300 000 events)."""
+    flush()
     try:
         f = open(path, "rb", opener=_nofollow)
     except FileNotFoundError:

@@ -672,12 +672,15 @@ class ProcessRunner:
         the agent waits for); it is killed when that attempt ends. Returns how many were killed."""
         if not self._subreaper:
             return 0
+        children = _children()
+        if not children:
+            return 0                    # the usual case: agents are the spawner thread's children
         # the agents of every ProcessRunner of this process are ours (Mux's, Slurm steps')
         procs = [p for r in list(_INSTANCES) for p in r._procs.values()]
         mine = {p.popen.pid for p in procs}
         active = {p.handle.get("run_id") for p in procs}
         n = 0
-        for pid in _children():
+        for pid in children:
             if pid in mine or pid in _COMMANDS:   # an agent of ours; a hook (run_command)
                 continue
             if _is_zombie(pid):
@@ -833,13 +836,32 @@ def _become_subreaper() -> bool:
         return False
 
 
+_CHILDREN_PATH: tuple[int, bytes] = (0, b"")
+
+
 def _children() -> list[int]:
+    """Children of our main thread, where orphans of our agents are re-parented (os.open and
+    a path built once per pid: it is read at every agent's end)."""
+    global _CHILDREN_PATH
     me = os.getpid()
+    if _CHILDREN_PATH[0] != me:
+        _CHILDREN_PATH = (me, f"/proc/{me}/task/{me}/children".encode())
     try:
-        with open(f"/proc/{me}/task/{me}/children") as f:
-            return [int(x) for x in f.read().split()]
+        fd = os.open(_CHILDREN_PATH[1], os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return []
+    try:
+        data = b""
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        return []
+    finally:
+        os.close(fd)
+    return [int(x) for x in data.split()]
 
 
 def _is_zombie(pid: int) -> bool:

@@ -63,6 +63,13 @@ def _step(label: str) -> None:
         _mine.after = True
 
 
+def _done_step_if_after(label: str) -> None:
+    """A crash asked for right after a step that is not followed by its own mutation (a held
+    event line whose write comes with the last of its group): die now, before the write."""
+    if _crash_after and getattr(_mine, "after", False):
+        _die(label)
+
+
 def _done_step(label: str) -> None:
     if _crash_after and getattr(_mine, "after", False):
         _die(label)
@@ -204,11 +211,18 @@ def rewrite(path: str, data: bytes) -> None:
     _done_step(f"rewrite {path}")
 
 
-def append_line(path: str, line: bytes) -> None:
+def append_line(path: str, line: bytes, *, lines: int = 1) -> None:
     """Append one line with a single write(2) on an O_APPEND fd: on a local file system
-    concurrent appenders never interleave or tear lines (the inode lock covers the write)."""
+    concurrent appenders never interleave or tear lines (the inode lock covers the write).
+    `lines`: that many whole lines in one write (events.flush). Each line is counted as a
+    step of its own, as when every line had its write: the crash harnesses see the same
+    number of steps however the lines were grouped (a crash at or after any line but the
+    last dies before the write -- the same files as before the first)."""
     if not line.endswith(b"\n"):
         line += b"\n"
+    for i in range(lines - 1):
+        _step(f"append {path}")
+        _done_step_if_after(f"append {path}")
     _step(f"append {path}")
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     try:

@@ -15,6 +15,7 @@ leftover claim is swept, and the task never runs again.
 """
 from __future__ import annotations
 
+import functools
 import os
 import random
 import time
@@ -273,14 +274,19 @@ def drop_awaiting(home: Home, g: str, t: str) -> None:
         pass            # the marker wins over it anyway
 
 
+@functools.lru_cache(maxsize=16)
+def _root_tag(root: str) -> str:
+    import hashlib
+    return hashlib.sha1(root.encode()).hexdigest()[:8]
+
+
 def run_id(home: Home, g: str, t: str, attempt: int) -> str:
     """Identifies one attempt's processes (DAGRUN_RUN_ID): derivable from the files, so even a
     claim whose owner.json was never written can have its orphaned agent found and stopped.
     The task folder's inode is part of it: after a plan edit or a forced retry archived the
     folder, attempt numbers start again at 1 in a new folder, and stopping an old attempt's
     strays must not hit the new attempt's processes."""
-    import hashlib
-    h = hashlib.sha1(home.root.encode()).hexdigest()[:8]
+    h = _root_tag(home.root)
     try:
         ino = os.stat(home.task_dir(g, t)).st_ino
     except OSError:

@@ -270,6 +270,10 @@ _compared = itemgetter(*(i for i, k in enumerate(_TASK_KEYS) if k not in _NOT_CO
 _hashed = itemgetter(*(i for i, k in enumerate(_TASK_KEYS) if k not in _NOT_HASHED))
 
 
+_DIGESTS: dict[int, tuple] = {}     # id(Task) -> (the Task, its definition digest)
+_DIGESTS_MAX = 4096                  # the running attempts' tasks: cleared when full (bounded memory)
+
+
 class Task(tuple):
     """One task of a plan: immutable, built with keywords (`Task(id=..., deps=..., ...)`),
     fields read as attributes. A tuple underneath, not a dataclass: a 100 000-task plan is
@@ -336,7 +340,18 @@ class Task(tuple):
 
     def definition_digest(self) -> str:
         """What decides the task's result: a done task whose digest is unchanged is kept
-        when a plan is replaced. Timeouts, retries and priority do not change the result."""
+        when a plan is replaced. Timeouts, retries and priority do not change the result.
+        Remembered per Task object (an engine asks three times per attempt)."""
+        hit = _DIGESTS.get(id(self))
+        if hit is not None and hit[0] is self:
+            return hit[1]
+        digest = self._digest()
+        if len(_DIGESTS) >= _DIGESTS_MAX:
+            _DIGESTS.clear()
+        _DIGESTS[id(self)] = (self, digest)     # the Task is kept alive: its id is not reused
+        return digest
+
+    def _digest(self) -> str:
         d = [self.prompt, self.agent, list(self.declared_deps), list(self.soft_deps), self.workdir,
              self.context_limit, self.retry_context]
         if self.for_each:       # a template: what it fans out over (not `max`, not its instances)

@@ -45,6 +45,7 @@ class Reconciler:
     """The engine's side that follows the files (see the module docstring)."""
 
     def _discover(self) -> None:
+        ev.flush()          # our held lines first: a goal's reader starts at the log's end
         names = [self.only] if self.only else self.home.goals()
         if not self.only:
             for g in set(self.dormant) - set(names):      # removed (dagrun gc)

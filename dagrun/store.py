@@ -57,9 +57,19 @@ def default_home() -> str:
     return os.environ.get("DAGRUN_HOME") or os.path.join(os.getcwd(), ".dagrun")
 
 
+_ISO_SECOND = (-1, "")     # the last whole second formatted (an engine stamps ~6 times per task);
+                           # one tuple, swapped whole: threads never see a half-updated pair
+
+
 def now_iso(t: float | None = None) -> str:
+    global _ISO_SECOND
     t = time.time() if t is None else t
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
+    s = int(t // 1)
+    sec, text = _ISO_SECOND
+    if sec != s:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s))
+        _ISO_SECOND = (s, text)
+    return f"{text}.{int(t % 1 * 1e6):06d}Z"
 
 
 def parse_iso(s: str) -> float:

@@ -95,6 +95,8 @@ def _emit(home: Home, plan: Plan | None, g: str, type_: str, *, pending=None, ho
         if plan is not None:
             due = hk.prepare(home, plan, e)
     ev.append(home, g, e)
+    if due is not None:
+        ev.flush()          # a held line (the engine's turn) is on disk before its hooks run
     hk.start(due, hook_failed)
     return e
 
@@ -190,6 +192,7 @@ def release_resources(home: Home, c: Claim, *, worker: str, why: str) -> None:
         return
     names = sorted({res.describe(res.key_of(home, u)) for u in units if isinstance(u, str)})
     ev.emit(home, c.goal, ev.TASK_RESOURCES, task=c.task, attempt=c.attempt, released=names, why=why, worker=worker)
+    ev.flush()              # on disk before another process can take the units (held lines: events.hold)
     res.release(home, units, c.owner.get("run_id"))
 
 
@@ -492,6 +495,7 @@ def end_goal_if_finished(home: Home, plan: Plan, sched: Scheduler, worker: str) 
         announce_if_lost(home, plan.goal, worker)   # its writer may have died before announcing it
         return None     # already written: the analysis reads every task's files
     from .summary import build_summary
+    ev.flush()  # the summary reads the whole log: this turn's held lines too
     try:        # taken first: summary.ended() reads only what was appended after it
         at = os.stat(home.events_path(plan.goal)).st_size
     except OSError:

@@ -273,3 +273,63 @@ def test_a_scripts_fail_without_backoff_announces_ready(home, plans):
     b = [e for e in _lines(home, "sf") if e.get("task") == "b"]
     assert [e["status"] for e in b] == ["ready", "running", "retrying"]   # ready comes when the backoff ends
     assert run("claim", "sf", "--worker", "bash1", home=home).stdout.strip() == "s"
+
+
+def test_a_holding_thread_writes_its_lines_at_flush_in_order_one_write_per_goal(tmp_path):
+    """events.hold (the engine's loop, one turn): lines wait in memory and go out whole and in
+    order at flush(), one write(2) per goal; a reader in the same thread flushes first; another
+    thread's appends are not held."""
+    import threading
+
+    from dagrun import events as ev
+    from dagrun import fsio
+    from dagrun.store import Home
+
+    h = Home(str(tmp_path / "home"))
+    for g in ("a", "b"):
+        os.makedirs(h.goal_dir(g))
+    path_a = h.events_path("a")
+    writes = []
+    real = fsio.append_line
+    try:
+        fsio.append_line = lambda p, data, lines=1: (writes.append((p, lines)), real(p, data, lines=lines))[1]
+        ev.hold()
+        for i in range(3):
+            ev.emit(h, "a", ev.TASK_STATUS, task=f"t{i}", status="ready")
+        ev.emit(h, "b", ev.TASK_STATUS, task="x", status="ready")
+        assert not os.path.exists(path_a)                 # held: nothing on disk yet
+        other = threading.Thread(target=lambda: ev.emit(h, "b", ev.TASK_STATUS, task="y", status="done"))
+        other.start()
+        other.join()
+        assert [json.loads(x)["task"] for x in open(h.events_path("b"), "rb")] == ["y"]   # not held
+        got = ev.Reader(path_a).read()                    # the holder reads: its lines first
+        assert [e["task"] for e in got] == ["t0", "t1", "t2"]
+        assert writes[-2:] == [(path_a, 3), (h.events_path("b"), 1)]     # every goal's held lines
+        ev.emit(h, "a", ev.TASK_STATUS, task="t3", status="ready")
+        ev.release()                                      # flushes, then stops holding
+        ev.emit(h, "a", ev.TASK_STATUS, task="t4", status="ready")
+        assert writes[-2:] == [(path_a, 1), (path_a, 1)]
+    finally:
+        fsio.append_line = real
+        ev.release()
+    raw = open(path_a, "rb").read()
+    assert [json.loads(x)["task"] for x in raw.splitlines()] == ["t0", "t1", "t2", "t3", "t4"]
+
+
+def test_a_held_flush_that_fails_raises_the_one_line_error_and_keeps_other_goals(tmp_path):
+    from dagrun import events as ev
+    from dagrun.errors import FsError
+    from dagrun.store import Home
+
+    h = Home(str(tmp_path / "home"))
+    os.makedirs(h.goal_dir("b"))          # goal a has no folder: its append fails
+    ev.hold()
+    try:
+        ev.emit(h, "a", ev.TASK_STATUS, task="t", status="ready")
+        ev.emit(h, "b", ev.TASK_STATUS, task="u", status="ready")
+        with pytest.raises(FsError, match="append to .*events.jsonl"):
+            ev.flush()
+        assert [json.loads(x)["task"] for x in open(h.events_path("b"), "rb")] == ["u"]
+        ev.flush()                        # the failed lines are not retried forever
+    finally:
+        ev.release()

@@ -389,3 +389,36 @@ def test_heartbeat_waits_for_a_claim_being_born(home, plans):
     _, err = hb.communicate(timeout=20)
     assert hb.returncode == 0, err
     assert (cdir / "heartbeat").exists()
+
+
+def test_run_quiet_on_the_fast_path_is_the_typer_commands(home, plans, tmp_path):
+    """`run TARGET -q [-j N]` runs on the fast path (no typer, click, pydantic, rich: ~0.1 s of
+    CPU less before the first task starts): the same output and exit code as the typer
+    command, for a goal that ends done and one that fails; anything else goes to typer."""
+    from dagrun.protocol import parse_fast
+    ok = write_plan(plans, [{"id": "a", "prompt": "p"}, {"id": "b", "prompt": "p", "deps": ["a"]}],
+                    name="ok.json", goal="ok", defaults={"agent": "true"})
+    bad = write_plan(plans, [{"id": "a", "prompt": "p", "agent": "false", "retries": 0},
+                             {"id": "b", "prompt": "p", "deps": ["a"], "agent": "true"}], name="bad.json", goal="bad")
+    for plan, code in ((ok, 0), (bad, 1)):
+        fast = run("run", plan, "-q", "-j", "2", home=tmp_path / "fast", check=code)
+        slow = run("run", plan, "-q", "-j", "2", home=tmp_path / "slow", check=code,
+                   env={"DAGRUN_NO_FAST_PATH": "1"})
+        assert (fast.stdout, fast.stderr) == (slow.stdout, slow.stderr)
+        again = run("run", json.loads(plan.read_text())["goal"], "--quiet",
+                    home=tmp_path / "fast", check=code)          # a submitted goal by its id
+        assert again.stdout == fast.stdout
+    assert "goal bad failed" in fast.stdout and "failed: a" in fast.stdout
+    assert run("run", "nope.json", "-q", home=home, check=2).stderr == "dagrun: no plan file nope.json\n"
+    assert parse_fast(["run", "x.json", "-q", "-j", "8"]) == (None, "run", {"target": "x.json", "quiet": True,
+                                                                            "jobs": 8})
+    for argv in (["run", "x.json"], ["run", "x.json", "-q", "-j", "0"], ["run", "x.json", "-q", "--watch"],
+                 ["run", "-q"], ["run", "x.json", "-q", "--dry-run"]):
+        assert parse_fast(argv) is None, argv
+    probe = ("import sys\nfrom dagrun.entry import main\n"
+             "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
+             "heavy = {m.split('.')[0] for m in sys.modules} & {'typer', 'click', 'pydantic', 'rich'}\n"
+             "print(code, sorted(heavy), file=sys.stderr)\n")
+    p = subprocess.run([sys.executable, "-c", probe, f"--home={tmp_path / 'probe'}", "run", str(ok), "-q"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.stderr.strip().endswith("0 []"), p.stderr

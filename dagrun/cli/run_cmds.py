@@ -6,33 +6,9 @@ import sys
 
 import typer
 
-from ..errors import one_line
 from . import app
 from .common import (POLL_OPT, RUN, RUNNER_OPT, WORKER_NAME, LogLine, complete_goal, examples, fmt_event, home_of,
                      is_tty, parse_age)
-
-
-def _resolve(ctx, target: str, replace: bool) -> str:
-    """A path to a plan (submitted if needed) or the id of a submitted goal."""
-    from ..errors import UsageError
-    from ..edit import submit
-    from ..plan import valid_id
-
-    home = home_of(ctx)
-    if os.path.isfile(target):
-        from ..agentcheck import plan_warnings
-        from ..plan import load
-        parsed = load(target, home.root)
-        for w in plan_warnings(parsed, home.root):
-            print(f"dagrun: {w}", file=sys.stderr)
-        return submit(home, target, replace=replace, plan=parsed).goal
-    if valid_id(target) and home.has_goal(target):
-        return target
-    if os.path.exists(target):
-        raise UsageError(f"{target} is not a plan file")
-    if target.endswith(".json") or os.sep in target:
-        raise UsageError(f"no plan file {target}")
-    raise UsageError(f"no plan file and no goal named {target!r} under {home.root}")
 
 
 @app.command(rich_help_panel=RUN, epilog=examples(
@@ -58,18 +34,12 @@ def run(ctx: typer.Context,
     if dry_run:
         _dry_run(ctx, target, jobs)
         return
-    from ..engine import Engine
+    from ..protocol import resolve_target, run_goal
     from ..status import goal_detail
 
     home = home_of(ctx)
-    goal = _resolve(ctx, target, replace)
-    plan = home.load_plan(goal)
-    from ..executor import for_driver
-    runners = for_driver([plan], runner)        # exit 2 if a runner cannot start anything here
-    jobs = jobs or plan.max_parallel or 4
-    log = _stderr_log
-    view = live = None
-    on_event = None
+    goal = resolve_target(home, target, replace)
+    on_event = wrap = None
     if not quiet and is_tty():
         from rich.live import Live
 
@@ -78,38 +48,15 @@ def run(ctx: typer.Context,
         view = GoalView(goal_detail(home, goal))
         live = Live(view, console=console(), auto_refresh=True, refresh_per_second=4, transient=False)
         on_event = view.apply
+
+        def wrap(go):
+            with live:
+                return go()
     elif not quiet:
         def on_event(e):
             print(fmt_event(e), flush=True)
-    eng = Engine(home, worker=name, jobs=jobs, goal=goal, poll=poll, log=log, on_event=on_event,
-                 use_cache=not no_cache, runner=runners)
-    if live is not None:
-        with live:
-            rc = eng.run()
-    else:
-        rc = eng.run()
-    d = goal_detail(home, goal)
-    c = d["counts"]
-    parts = ", ".join(f"{v} {k}" for k, v in c.items())
-    if rc == 130 or rc >= 128:
-        print(f"goal {goal} interrupted: {parts} (run it again to resume)", file=sys.stderr)
-    else:
-        print(f"goal {goal} {d['state']}: {parts}")
-        if d["state"] != "done":
-            failed = [r for r in d["tasks"] if r["state"] in ("failed", "cancelled")]
-            for r in failed:
-                print(f"  {r['state']}: {r['task']}" + (f" ({r['reason']})" if r.get("reason") else ""))
-            by_root: dict = {}
-            for r in d["tasks"]:
-                if r["state"] == "blocked":
-                    by_root.setdefault(r.get("blocked_by") or "?", []).append(r["task"])
-            for root, tasks in by_root.items():
-                print(f"  blocked by {root}: {' '.join(tasks)}")
-            if failed:
-                plan_arg = target if os.path.isfile(target) else "PLAN"
-                print(f"dagrun: to run the failed and cancelled tasks again: dagrun retry {goal} "
-                      f"(then: dagrun run {goal}); after editing the plan: dagrun run --replace {plan_arg}",
-                      file=sys.stderr)
+    rc = run_goal(home, goal, target, jobs=jobs, name=name, poll=poll, runner=runner, no_cache=no_cache,
+                  on_event=on_event, wrap=wrap)
     raise typer.Exit(rc)
 
 
@@ -194,9 +141,3 @@ def worker(ctx: typer.Context,
                                         else f"exit {rc}"), 6 if rc in (0, 130, 143) else 3)
     raise typer.Exit(rc)
 
-
-def _stderr_log(msg: str) -> None:
-    try:
-        print(f"dagrun: {one_line(msg)}", file=sys.stderr, flush=True)
-    except OSError:
-        pass
