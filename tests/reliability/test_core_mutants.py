@@ -345,6 +345,16 @@ def test_an_approval_gate_awaits_then_approve_commits_the_decision(tmp_path):
         tr.decide(home, plan, sched, "gate", approve=False, by="bob")
 
 
+def test_an_approval_note_ending_in_a_newline_is_the_output_as_it_is(tmp_path):
+    home = _home(tmp_path, [{"id": "gate", "prompt": "x", "approval": {"prompt": "Merge?"}}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    tr.await_approval(home, plan, sched, lc.claim_task(home, plan, "gate", worker="w1", kind="engine"), worker="w1")
+    tr.decide(home, plan, sched, "gate", approve=True, by="alice", text="two\nlines\n")
+    assert Path(home.output_path("g", "gate")).read_bytes() == b"two\nlines\n"          # no second newline
+    assert _json(home.marker_path("g", "gate", "done"))["note"] == "two\nlines\n"
+
+
 def test_an_approval_gate_past_its_timeout_is_rejected_by_whoever_looks(tmp_path):
     home = _home(tmp_path, [{"id": "free", "prompt": "y", "agent": "true", "approval": {"prompt": "Other?"}},
                             {"id": "gate", "prompt": "x", "approval": {"prompt": "Go?", "timeout": 5}},
@@ -891,10 +901,13 @@ def test_finish_done_announces_exactly_the_marker_s_numbers(tmp_path):
     assert _strip(e) == {"task": "a", "status": "done", "attempt": 1, "worker": "w5", "duration": fin.record["duration"],
                          "exit_code": 0, "output_bytes": 5, "usage": {"usd": 0.1}, "first_byte": 0.5}
     assert [_strip(x) for x in _events(home, ev.TASK_STATUS)][-1] == {"task": "b", "status": "ready", "worker": "w5"}
-    assert tr.finish(home, plan, sched, _claim(home, "b"), ok=True, worker="w5", output_data=b"", exit_code=3,
-                     ended=c.started + 100, extra={"node": "n4"}).record["exit_code"] == 3
+    cb = _claim(home, "b")
+    cb.started = c.started
+    rec = tr.finish(home, plan, sched, cb, ok=True, worker="w5", output_data=b"", exit_code=3,
+                    ended=c.started + 100.25, extra={"node": "n4"}).record
+    assert (rec["exit_code"], rec["ended"], rec["duration"]) == (3, now_iso(c.started + 100.25), 100.25)   # `ended` as given
     e = _events(home, ev.TASK_STATUS)[-1]
-    assert (e["task"], e["exit_code"], e["node"], e["duration"]) == ("b", 3, "n4", round(c.started + 100 - e["duration"], 3) and e["duration"])
+    assert (e["task"], e["exit_code"], e["node"], e["duration"]) == ("b", 3, "n4", 100.25)
     # a cache hit: no exit code, `cached` in the marker and the event
     sched.take()
     fin = tr.finish(home, plan, sched, _claim(home, "c"), ok=True, worker="w5", output_data=b"hit", cached="k1",
@@ -1095,11 +1108,16 @@ def _wait_files(d: Path, n: int, timeout: float = 15.0) -> list[str]:
     return sorted(x for x in os.listdir(d) if not x.startswith("."))
 
 
-def test_a_final_failure_under_stop_runs_the_failed_blocked_and_cancelled_hooks_once(tmp_path):
+def _recorder(tmp_path: Path) -> tuple[Path, list[str]]:
+    """A hook that saves its stdin (the event) as <folder>/<hook event>-<task>."""
     got = tmp_path / "hooks-ran"
     got.mkdir()
     name = '"$DAGRUN_HOOK_EVENT-$DAGRUN_TASK"'          # published by rename: never read half-written
-    hook = ["sh", "-c", f'cat > "{got}"/.{name} && mv "{got}"/.{name} "{got}"/{name}']
+    return got, ["sh", "-c", f'cat > "{got}"/.{name} && mv "{got}"/.{name} "{got}"/{name}']
+
+
+def test_a_final_failure_under_stop_runs_the_failed_blocked_and_cancelled_hooks_once(tmp_path):
+    got, hook = _recorder(tmp_path)
     home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 0, "priority": 1},
                             {"id": "b", "prompt": "x", "agent": "true", "deps": ["a"]},
                             {"id": "c", "prompt": "x", "agent": "true"}],
@@ -1198,3 +1216,65 @@ def test_a_goal_end_announced_long_ago_is_found_in_the_whole_file(tmp_path):
     assert os.path.getsize(home.events_path("g")) > 70000
     assert tr.announce_if_lost(home, "g", "w3") is False         # beyond the tail: found under the lock
     assert [e["finish_id"] for e in _events(home, ev.GOAL_FINISHED)] == ["n9"]
+
+
+def _due(home: Home) -> list[str]:
+    d = home.hooks_due_dir("g")
+    return sorted(os.path.join(d, n) for n in os.listdir(d) if n.startswith("due-") and n.endswith(".json"))
+
+
+def _skip_b(tmp_path: Path, hook: list[str]):
+    """a done with "no"; b's `when` wants "yes" (claimed: skip set); c below b."""
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                            {"id": "b", "prompt": "y", "agent": "true", "deps": ["a"],
+                             "when": {"output_of": "a", "contains": "yes"}},
+                            {"id": "c", "prompt": "z", "agent": "true", "deps": ["b"]}],
+                 hooks={"on_skipped": [hook]})
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"no\n")
+    assert sched.take() == "b"
+    cb = lc.claim_task(home, plan, "b", worker="w1", kind="external")
+    assert cb.skip
+    return home, plan, sched, cb
+
+
+def test_a_skip_runs_the_on_skipped_hooks_of_the_task_and_of_those_its_rule_skips(tmp_path):
+    got, hook = _recorder(tmp_path)
+    home, plan, sched, cb = _skip_b(tmp_path, hook)
+    ch = tr.skip(home, plan, sched, cb, worker="w1")
+    assert ch.skipped == [("c", "b")]
+    sid = _json(home.marker_path("g", "b", "skipped"))["skip_id"]     # the marker names the skip (hooks)
+    assert isinstance(sid, str) and len(sid) == 16
+    assert _wait_files(got, 2) == ["on_skipped-b", "on_skipped-c"]
+    b, c = (json.loads((got / n).read_text()) for n in ("on_skipped-b", "on_skipped-c"))
+    assert (b["task"], b["status"], b["reason"], b["worker"]) == ("b", "skipped", cb.skip, "w1")
+    assert (c["task"], c["status"], c["reason"], c["skipped_by"], c["derived"]) == ("c", "skipped", "b was skipped", "b", True)
+
+
+def test_on_skipped_hooks_of_a_skip_cut_off_before_its_event_run_from_their_records(tmp_path, monkeypatch):
+    """The process dies between b's `skipped` marker (the commit point) and its event: the
+    pending on_skipped records (b's own, and c's by its trigger rule), published before the
+    marker, are replayed by the next process with the events the dead one was going to append."""
+    got, hook = _recorder(tmp_path)
+    home, plan, sched, cb = _skip_b(tmp_path, hook)
+
+    def dies(*a, **k):
+        raise SystemExit("killed between the marker and the event")
+    monkeypatch.setattr(tr, "_status", dies)
+    with pytest.raises(SystemExit):
+        tr.skip(home, plan, sched, cb, worker="w1")
+    monkeypatch.undo()
+    assert lc.marker_of(home, "g", "b") == "skipped" and len(_due(home)) == 2
+    assert os.listdir(got) == []
+    dead = _dead_pid()
+    for path in _due(home):                        # as the dead process left them
+        rec = _json(path)
+        assert rec["pending"] is True
+        rec["owner"]["pid"] = dead
+        Path(path).write_bytes(json.dumps(rec).encode())
+    assert tr.replay_hooks(home, "g", "w2") == 2
+    assert _wait_files(got, 2) == ["on_skipped-b", "on_skipped-c"]
+    b, c = (json.loads((got / n).read_text()) for n in ("on_skipped-b", "on_skipped-c"))
+    assert (b["task"], b["status"], b["reason"]) == ("b", "skipped", cb.skip)
+    assert (c["task"], c["status"], c["reason"], c["skipped_by"], c["derived"]) == ("c", "skipped", "b was skipped", "b", True)
