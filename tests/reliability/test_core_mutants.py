@@ -1278,3 +1278,88 @@ def test_on_skipped_hooks_of_a_skip_cut_off_before_its_event_run_from_their_reco
     b, c = (json.loads((got / n).read_text()) for n in ("on_skipped-b", "on_skipped-c"))
     assert (b["task"], b["status"], b["reason"]) == ("b", "skipped", cb.skip)
     assert (c["task"], c["status"], c["reason"], c["skipped_by"], c["derived"]) == ("c", "skipped", "b was skipped", "b", True)
+
+
+@pytest.mark.parametrize("hook_on, named, ran", [("on_cancelled", True, ["on_cancelled-a"]),
+                                                 ("on_blocked", True, ["on_blocked-b", "on_blocked-c"]),
+                                                 ("on_skipped", False, []), (None, False, [])])
+def test_a_cancel_names_itself_in_its_marker_when_hooks_are_due_for_it(tmp_path, hook_on, named, ran):
+    """The hooks a cancel causes (its own on_cancelled, its dependents' on_blocked) have their
+    records published before the marker, which names the cancel (a replay runs them only for
+    it); with none due the marker names nothing. A cancel never skips a task (every trigger
+    rule counts a cancelled dependency as failed), so an on_skipped hook alone is not due."""
+    got, hook = _recorder(tmp_path)
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                            {"id": "b", "prompt": "x", "agent": "true", "deps": ["a"]},
+                            {"id": "c", "prompt": "x", "agent": "true", "deps": ["a"], "trigger": "one_success"}],
+                 **({"hooks": {hook_on: [hook]}} if hook_on else {}))
+    plan, sched = home.load_plan("g"), _sched(home)
+    new, ch = tr.cancel(home, sched, "g", "a", by="me", reason="not needed", plan=plan)
+    assert new and ch.blocked == [("b", "a"), ("c", "a")] and ch.skipped == []
+    m = _json(home.marker_path("g", "a", "cancelled"))
+    assert (m["by"], m["reason"]) == ("me", "not needed")
+    assert ("cancel_id" in m) is named and (not named or len(m["cancel_id"]) == 16)
+    assert _wait_files(got, len(ran)) == ran
+    n = len(_events(home))
+    assert tr.cancel(home, sched, "g", "a", by="me", reason="again", plan=plan)[0] is False   # no repeat unless asked
+    assert len(_events(home)) == n and _json(home.marker_path("g", "a", "cancelled"))["reason"] == "not needed"
+    time.sleep(0.3)
+    assert sorted(os.listdir(got)) == ran
+
+
+def test_a_cancel_without_the_plan_marks_and_announces_it(tmp_path):
+    """cancel's plan is optional: without it nothing is published before the marker (which
+    names no cancel); the event's hooks are found from the goal's plan after it."""
+    got, hook = _recorder(tmp_path)
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}, {"id": "b", "prompt": "x", "agent": "true"}],
+                 hooks={"on_cancelled": [hook]})
+    sched = _sched(home)
+    new, ch = tr.cancel(home, sched, "g", "a", by="me", reason="r")
+    assert new and ch == tr.Changes() and "cancel_id" not in _json(home.marker_path("g", "a", "cancelled"))
+    assert _wait_files(got, 1) == ["on_cancelled-a"]
+    assert tr.cancel(home, sched, "g", "a", by="me", reason="r", repeat=True)[0] is False
+    e = _events(home, ev.TASK_STATUS)[-1]
+    assert (e["task"], e["status"], e["repeated"], e["worker"]) == ("a", "cancelled", True, "me")
+
+
+def _unpublishable(home: Home, t: str, marker: str) -> None:
+    """t's `marker` cannot be published: a folder stands where its temporary file goes."""
+    from dagrun import fsio
+    os.makedirs(os.path.join(fsio.tmp_name(home.marker_path("g", t, marker)), "x"))
+
+
+@pytest.mark.parametrize("which", ["skip", "finish", "cancel"])
+def test_hook_records_published_for_a_commit_that_fails_are_withdrawn(tmp_path, which):
+    """The pending records published before a commit point (on_skipped of the task and of
+    those its rule would skip, on_done, on_cancelled / on_blocked) go when the marker cannot
+    be written: nothing is due, nothing runs."""
+    got, hook = _recorder(tmp_path)
+    hooks = {"on_skipped": [hook], "on_done": [hook], "on_cancelled": [hook], "on_blocked": [hook]}
+    if which == "skip":
+        home, plan, sched, cb = _skip_b(tmp_path, hook)
+        _unpublishable(home, "b", "skipped")
+        n = len(_due(home)) if os.path.isdir(home.hooks_due_dir("g")) else 0
+        with pytest.raises(FsError):
+            tr.skip(home, plan, sched, cb, worker="w1")
+    else:
+        home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                                {"id": "d", "prompt": "x", "agent": "true", "deps": ["a"], "trigger": "one_failed"},
+                                {"id": "e", "prompt": "x", "agent": "true", "deps": ["a"]}], hooks=hooks)
+        plan, sched = home.load_plan("g"), _sched(home)
+        n = 0
+        if which == "finish":
+            sched.take()
+            c = _claim(home, "a")
+            _unpublishable(home, "a", "done")
+            with pytest.raises(FsError):
+                tr.finish(home, plan, sched, c, ok=True, worker="w1", output_data=b"x")
+            assert lc.marker_of(home, "g", "a") is None and os.path.exists(home.owner_path("g", "a"))
+        else:
+            _unpublishable(home, "a", "cancelled")
+            with pytest.raises(FsError):
+                tr.cancel(home, sched, "g", "a", by="me", reason="r", plan=plan)
+            assert lc.marker_of(home, "g", "a") is None
+    assert os.path.isdir(home.hooks_due_dir("g"))         # records were published, then withdrawn
+    assert len(_due(home)) == n
+    time.sleep(0.3)
+    assert os.listdir(got) == []
