@@ -1252,32 +1252,52 @@ def test_a_skip_runs_the_on_skipped_hooks_of_the_task_and_of_those_its_rule_skip
     assert (c["task"], c["status"], c["reason"], c["skipped_by"], c["derived"]) == ("c", "skipped", "b was skipped", "b", True)
 
 
-def test_on_skipped_hooks_of_a_skip_cut_off_before_its_event_run_from_their_records(tmp_path, monkeypatch):
-    """The process dies between b's `skipped` marker (the commit point) and its event: the
-    pending on_skipped records (b's own, and c's by its trigger rule), published before the
-    marker, are replayed by the next process with the events the dead one was going to append."""
-    got, hook = _recorder(tmp_path)
-    home, plan, sched, cb = _skip_b(tmp_path, hook)
-
+def _cut_off_then_replayed(home: Home, monkeypatch, commit, records: int) -> None:
+    """commit() dies between its marker (the commit point) and its event (an exception where
+    the event's append would be); its pending hook records, published before the marker, are
+    left as by a dead process and the next process replays them."""
     def dies(*a, **k):
         raise SystemExit("killed between the marker and the event")
     monkeypatch.setattr(tr, "_status", dies)
     with pytest.raises(SystemExit):
-        tr.skip(home, plan, sched, cb, worker="w1")
+        commit()
     monkeypatch.undo()
-    assert lc.marker_of(home, "g", "b") == "skipped" and len(_due(home)) == 2
-    assert os.listdir(got) == []
+    assert len(_due(home)) == records
     dead = _dead_pid()
-    for path in _due(home):                        # as the dead process left them
+    for path in _due(home):
         rec = _json(path)
         assert rec["pending"] is True
         rec["owner"]["pid"] = dead
         Path(path).write_bytes(json.dumps(rec).encode())
-    assert tr.replay_hooks(home, "g", "w2") == 2
+    assert tr.replay_hooks(home, "g", "w2") == records
+
+
+def test_on_skipped_hooks_of_a_skip_cut_off_before_its_event_run_from_their_records(tmp_path, monkeypatch):
+    """b's own record and c's (skipped by its trigger rule) run with the events the dead
+    process was going to append."""
+    got, hook = _recorder(tmp_path)
+    home, plan, sched, cb = _skip_b(tmp_path, hook)
+    _cut_off_then_replayed(home, monkeypatch, lambda: tr.skip(home, plan, sched, cb, worker="w1"), 2)
+    assert lc.marker_of(home, "g", "b") == "skipped"
     assert _wait_files(got, 2) == ["on_skipped-b", "on_skipped-c"]
     b, c = (json.loads((got / n).read_text()) for n in ("on_skipped-b", "on_skipped-c"))
     assert (b["task"], b["status"], b["reason"]) == ("b", "skipped", cb.skip)
     assert (c["task"], c["status"], c["reason"], c["skipped_by"], c["derived"]) == ("c", "skipped", "b was skipped", "b", True)
+
+
+def test_hooks_of_a_cancel_cut_off_before_its_event_run_from_their_records(tmp_path, monkeypatch):
+    got, hook = _recorder(tmp_path)
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                            {"id": "b", "prompt": "x", "agent": "true", "deps": ["a"]}],
+                 hooks={"on_cancelled": [hook], "on_blocked": [hook]})
+    plan, sched = home.load_plan("g"), _sched(home)
+    _cut_off_then_replayed(home, monkeypatch,
+                           lambda: tr.cancel(home, sched, "g", "a", by="me", reason="r", plan=plan), 2)
+    assert lc.marker_of(home, "g", "a") == "cancelled"
+    assert _wait_files(got, 2) == ["on_blocked-b", "on_cancelled-a"]
+    a, b = (json.loads((got / n).read_text()) for n in ("on_cancelled-a", "on_blocked-b"))
+    assert (a["task"], a["status"]) == ("a", "cancelled")
+    assert (b["type"], b["task"], b["blocked_by"]) == (ev.TASK_BLOCKED, "b", "a")
 
 
 @pytest.mark.parametrize("hook_on, named, ran", [("on_cancelled", True, ["on_cancelled-a"]),
