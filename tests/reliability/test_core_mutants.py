@@ -1383,3 +1383,14 @@ def test_hook_records_published_for_a_commit_that_fails_are_withdrawn(tmp_path, 
     assert len(_due(home)) == n
     time.sleep(0.3)
     assert os.listdir(got) == []
+
+
+def test_a_goal_end_lost_by_its_finisher_is_announced_by_the_next_to_look(tmp_path):
+    home = _ended_goal(tmp_path)
+    _far_summary(home, "n7", 61)
+    plan = home.load_plan("g")
+    sched = _sched(home)
+    assert sched.is_finished()
+    assert tr.end_goal_if_finished(home, plan, sched, "w7") is None        # written already: not again
+    e = _events(home, ev.GOAL_FINISHED)
+    assert [(x["finish_id"], x["worker"], x["outcome"]) for x in e] == [("n7", "w7", "done")]
