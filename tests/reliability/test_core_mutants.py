@@ -1394,3 +1394,16 @@ def test_a_goal_end_lost_by_its_finisher_is_announced_by_the_next_to_look(tmp_pa
     assert tr.end_goal_if_finished(home, plan, sched, "w7") is None        # written already: not again
     e = _events(home, ev.GOAL_FINISHED)
     assert [(x["finish_id"], x["worker"], x["outcome"]) for x in e] == [("n7", "w7", "done")]
+
+
+def test_a_goal_end_without_events_jsonl_has_no_events_size(tmp_path):
+    """events.jsonl is the change feed, not the truth: removed, the summary is still written
+    (without the size it had when the summary was built) and the file starts again."""
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"x")
+    os.remove(home.events_path("g"))
+    s = tr.end_goal_if_finished(home, plan, sched, "w1")
+    assert s["outcome"] == "done" and "events_size" not in s and "events_size" not in _json(home.summary_path("g"))
+    assert [e["type"] for e in _events(home)] == [ev.GOAL_FINISHED]
