@@ -1252,13 +1252,13 @@ def test_a_skip_runs_the_on_skipped_hooks_of_the_task_and_of_those_its_rule_skip
     assert (c["task"], c["status"], c["reason"], c["skipped_by"], c["derived"]) == ("c", "skipped", "b was skipped", "b", True)
 
 
-def _cut_off_then_replayed(home: Home, monkeypatch, commit, records: int) -> None:
+def _cut_off_then_replayed(home: Home, monkeypatch, commit, records: int, where: str = "_status") -> None:
     """commit() dies between its marker (the commit point) and its event (an exception where
     the event's append would be); its pending hook records, published before the marker, are
     left as by a dead process and the next process replays them."""
     def dies(*a, **k):
         raise SystemExit("killed between the marker and the event")
-    monkeypatch.setattr(tr, "_status", dies)
+    monkeypatch.setattr(tr, where, dies)
     with pytest.raises(SystemExit):
         commit()
     monkeypatch.undo()
@@ -1407,3 +1407,54 @@ def test_a_goal_end_without_events_jsonl_has_no_events_size(tmp_path):
     s = tr.end_goal_if_finished(home, plan, sched, "w1")
     assert s["outcome"] == "done" and "events_size" not in s and "events_size" not in _json(home.summary_path("g"))
     assert [e["type"] for e in _events(home)] == [ev.GOAL_FINISHED]
+
+
+def _finished_but_not_ended(tmp_path: Path, **top):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}], **top)
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"x")
+    assert sched.is_finished() and not os.path.exists(home.summary_path("g"))
+    return home, plan, sched
+
+
+def test_the_goal_end_of_a_finisher_cut_off_before_its_event_runs_its_hooks_from_their_record(tmp_path, monkeypatch):
+    got, hook = _recorder(tmp_path)
+    home, plan, sched = _finished_but_not_ended(tmp_path, hooks={"on_goal_finished": [hook]})
+    _cut_off_then_replayed(home, monkeypatch, lambda: tr.end_goal_if_finished(home, plan, sched, "w1"), 1, "_emit")
+    nonce = _json(home.summary_path("g"))["finisher"]["nonce"]
+    assert _wait_files(got, 1) == ["on_goal_finished-"]
+    e = json.loads((got / "on_goal_finished-").read_text())
+    assert (e["type"], e["finish_id"]) == (ev.GOAL_FINISHED, nonce)
+
+
+def test_a_finisher_that_loses_the_race_for_summary_json_leaves_the_winner_s(tmp_path, monkeypatch):
+    """Two processes find the goal ended at once: the summary is published exclusively (link),
+    so the one that comes second keeps the first's and announces nothing itself."""
+    home, plan, sched = _finished_but_not_ended(tmp_path)
+    from dagrun import fsio, summary
+    build = summary.build_summary
+    theirs = {"outcome": "done", "counts": {"done": 1}, "failed_roots": [],
+              "finisher": {"worker": "far1", "host": "far", "boot_id": "b", "pid": 1, "pid_start": "1", "nonce": "n1"}}
+
+    def meanwhile(*a, **k):            # the other finisher publishes while this one builds its own
+        out = build(*a, **k)
+        fsio.write_atomic(home.summary_path("g"), json.dumps(theirs).encode())
+        return out
+    monkeypatch.setattr(summary, "build_summary", meanwhile)
+    s = tr.end_goal_if_finished(home, plan, sched, "w1")
+    assert s["finisher"]["worker"] == "w1" and _json(home.summary_path("g")) == theirs
+    assert _events(home, ev.GOAL_FINISHED) == []          # theirs to announce (a fresh one of another host)
+
+
+def test_a_summary_that_cannot_be_written_is_one_line_and_withdraws_its_hook_record(tmp_path):
+    got, hook = _recorder(tmp_path)
+    home, plan, sched = _finished_but_not_ended(tmp_path, hooks={"on_goal_finished": [hook]})
+    from dagrun import fsio
+    os.makedirs(os.path.join(fsio.tmp_name(home.summary_path("g")), "x"))
+    with pytest.raises(FsError) as e:
+        tr.end_goal_if_finished(home, plan, sched, "w1")
+    assert str(e.value).startswith(f"cannot write {home.summary_path('g')}: ") and "\n" not in str(e.value)
+    assert not os.path.exists(home.summary_path("g")) and _due(home) == [] and _events(home, ev.GOAL_FINISHED) == []
+    time.sleep(0.3)
+    assert os.listdir(got) == []
