@@ -1252,11 +1252,17 @@ def test_a_skip_runs_the_on_skipped_hooks_of_the_task_and_of_those_its_rule_skip
     assert (c["task"], c["status"], c["reason"], c["skipped_by"], c["derived"]) == ("c", "skipped", "b was skipped", "b", True)
 
 
-def _cut_off_then_replayed(home: Home, monkeypatch, commit, records: int, where: str = "_status") -> None:
+def _cut_off_then_replayed(home: Home, monkeypatch, commit, records: int, where: str = "_status",
+                           status: str | None = None) -> None:
     """commit() dies between its marker (the commit point) and its event (an exception where
-    the event's append would be); its pending hook records, published before the marker, are
-    left as by a dead process and the next process replays them."""
+    the event's append would be; status: only at the event of that status); its pending hook
+    records, published before the marker, are left as by a dead process and the next process
+    replays them."""
+    real = getattr(tr, where)
+
     def dies(*a, **k):
+        if status is not None and a[4] != status:
+            return real(*a, **k)
         raise SystemExit("killed between the marker and the event")
     monkeypatch.setattr(tr, where, dies)
     with pytest.raises(SystemExit):
@@ -1458,3 +1464,35 @@ def test_a_summary_that_cannot_be_written_is_one_line_and_withdraws_its_hook_rec
     assert not os.path.exists(home.summary_path("g")) and _due(home) == [] and _events(home, ev.GOAL_FINISHED) == []
     time.sleep(0.3)
     assert os.listdir(got) == []
+
+
+def test_hooks_of_a_final_failure_cut_off_before_its_event_run_from_their_records(tmp_path, monkeypatch):
+    got, hook = _recorder(tmp_path)
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 0},
+                            {"id": "b", "prompt": "x", "agent": "true", "deps": ["a"]}],
+                 hooks={"on_failed": [hook], "on_blocked": [hook]})
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    c = _claim(home, "a")
+    _cut_off_then_replayed(home, monkeypatch,
+                           lambda: tr.finish(home, plan, sched, c, ok=False, worker="w1", reason="bad"), 2)
+    assert _wait_files(got, 2) == ["on_blocked-b", "on_failed-a"]
+    b = json.loads((got / "on_blocked-b").read_text())
+    assert (b["type"], b["task"], b["blocked_by"]) == (ev.TASK_BLOCKED, "b", "a")
+
+
+def test_hooks_of_a_stop_s_cancel_cut_off_before_its_event_run_from_their_records(tmp_path, monkeypatch):
+    """on_failure=stop: the cancels of the tasks not started publish their on_cancelled
+    records before their markers too (stop_goal hands cancel the plan)."""
+    got, hook = _recorder(tmp_path)
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 0, "priority": 1},
+                            {"id": "c", "prompt": "x", "agent": "true"}],
+                 on_failure="stop", hooks={"on_cancelled": [hook]})
+    plan, sched = home.load_plan("g"), _sched(home)
+    assert sched.take() == "a"
+    c = _claim(home, "a")
+    _cut_off_then_replayed(home, monkeypatch,
+                           lambda: tr.finish(home, plan, sched, c, ok=False, worker="w1", reason="bad"), 1,
+                           status="cancelled")
+    assert lc.marker_of(home, "g", "c") == "cancelled"
+    assert _wait_files(got, 1) == ["on_cancelled-c"]
