@@ -1496,3 +1496,20 @@ def test_hooks_of_a_stop_s_cancel_cut_off_before_its_event_run_from_their_record
                            status="cancelled")
     assert lc.marker_of(home, "g", "c") == "cancelled"
     assert _wait_files(got, 1) == ["on_cancelled-c"]
+
+
+def test_break_stale_judges_another_host_by_the_lease_it_is_given_and_announces_the_task_ready(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])       # the plan's lease: 60 s
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    claims.update_owner(home, "g", "a", {**c.owner, "host": "elsewhere", "boot_id": "b", "pid": 1})
+    old = time.time() - 5
+    os.utime(home.owner_path("g", "a"), (old, old))
+    assert tr.break_stale(home, plan, "a", worker="w2") is None                 # 5 s < the plan's 60 s
+    n = len(_events(home))
+    why = tr.break_stale(home, plan, "a", worker="w2", lease=2.0)              # 5 s > the lease given
+    assert why is not None and not os.path.exists(home.claim_dir("g", "a"))
+    assert _json(home.attempt_path("g", "a", 1, "json"))["outcome"] == "lost"
+    e = _events(home)[n:]
+    assert [_strip(x) for x in e] == [{"task": "a", "status": "ready", "attempt": 2, "worker": "w2",
+                                       "reason": f"claim broken: {why}"}]
