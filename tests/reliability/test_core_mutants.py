@@ -1513,3 +1513,44 @@ def test_break_stale_judges_another_host_by_the_lease_it_is_given_and_announces_
     e = _events(home)[n:]
     assert [_strip(x) for x in e] == [{"task": "a", "status": "ready", "attempt": 2, "worker": "w2",
                                        "reason": f"claim broken: {why}"}]
+
+
+@pytest.mark.parametrize("conflict", [False, True])
+def test_the_finisher_integrates_a_code_workspace_goal_that_ended_done(tmp_path, conflict):
+    """workspace.integrate: the task branches merged once every task is done -- the event
+    names the branch, its head and what was merged, or the conflict; a failed goal is not
+    integrated."""
+    from test_workspace import git, make_repo
+    repo = make_repo(tmp_path / "plan" / "repo")
+    home = _home(tmp_path, [{"id": "A", "prompt": "x", "agent": "true"}, {"id": "B", "prompt": "x", "agent": "true"}],
+                 workspace={"repo": "repo", "integrate": True})
+    plan, sched = home.load_plan("g"), _sched(home)
+    for t in ("A", "B"):
+        assert sched.take() == t
+        c = _claim(home, t)
+        Path(c.workspace.path, "a.txt" if conflict else f"{t}.txt").write_text(t + "\n")
+        tr.finish(home, plan, sched, c, ok=True, worker="w1", output_data=b"")
+    s = tr.end_goal_if_finished(home, plan, sched, "w9")
+    assert s["outcome"] == "done"
+    e = _events(home, ev.GOAL_INTEGRATED)
+    assert len(e) == 1 and e[0]["worker"] == "w9"
+    if conflict:
+        assert "error" in e[0] and "B" in e[0]["error"] and "branch" not in e[0]
+    else:
+        assert e[0]["branch"] == "dagrun/g/_integrated" and e[0]["merged"] == ["A", "B"]
+        assert e[0]["head"] == git(repo, "rev-parse", "dagrun/g/_integrated")
+        assert git(repo, "show", "dagrun/g/_integrated:B.txt") == "B"
+        # a finisher that died before announcing: whoever announces for it integrates too
+        _far_summary(home, "n5", 61)
+        assert tr.announce_if_lost(home, "g", "w2") is True
+        e = _events(home, ev.GOAL_INTEGRATED)
+        assert len(e) == 2 and e[1]["worker"] == "w2" and e[1]["branch"] == "dagrun/g/_integrated"
+    # a goal that did not end done: nothing integrated
+    make_repo(tmp_path / "2" / "plan" / "repo")
+    home2 = _home(tmp_path / "2", [{"id": "A", "prompt": "x", "agent": "true", "retries": 0}],
+                  workspace={"repo": "repo", "integrate": True})
+    plan2, sched2 = home2.load_plan("g"), _sched(home2)
+    sched2.take()
+    tr.finish(home2, plan2, sched2, _claim(home2, "A"), ok=False, worker="w1", reason="x")
+    assert tr.end_goal_if_finished(home2, plan2, sched2, "w9")["outcome"] != "done"
+    assert _events(home2, ev.GOAL_INTEGRATED) == []
