@@ -177,6 +177,21 @@ def test_would_block_lists_the_dependents_a_failure_would_block_without_changing
     assert s.would_block("b") == ["c"]
     s.start("c")
     assert s.would_block("b") == []                             # running: not blocked by anything now
+    diamond = Scheduler([_T("a"), _T("b", ["a"]), _T("c", ["a"]), _T("d", ["b", "c"]), _T("e", ["d"])])
+    assert sorted(diamond.would_block("a")) == ["b", "c", "d", "e"]   # d (two paths) and below it once each
+    assert diamond.would_block("a") and sorted(diamond.would_block("a")) == sorted(set(diamond.would_block("a")))
+
+
+def test_a_task_requeued_while_it_ran_gives_its_units_back():
+    """A broken or released claim: the running task goes back to ready, and the units take()
+    gave it come back at once (not at the next attempt's end)."""
+    s = Scheduler([_T("a"), _T("b")])
+    s.set_resources({"a": {"gpu": 1}, "b": {"gpu": 1}}, {"gpu": 1})
+    assert s.take() == "a" and s.resource_held() == {"b": ["gpu"]}
+    s.requeue("a")
+    assert s.state_of("a") == "ready" and s.resource_held() == {}
+    assert s.take() == "a"                     # a again (plan order), holding the unit again
+    assert s.resource_held() == {"b": ["gpu"]} and s.take() is None
 
 
 def test_an_approval_gate_waits_on_a_person_until_it_is_decided():
