@@ -788,7 +788,7 @@ def test_a_join_over_a_fan_out_shares_its_context_budget_between_the_instances(t
     assert not os.path.exists(home.claim_dir("g", "join"))
 
 
-def _retry_prompt(tmp_path, sub: str, stderr: bytes | None) -> str:
+def _retry_prompt(tmp_path, sub: str, stderr: bytes | None, link_to: Path | None = None) -> str:
     home = _home(tmp_path / sub, [{"id": "a", "prompt": "do it", "agent": "true", "retries": 1, "retry_context": "error",
                                    "retry_backoff": 0}])
     plan = home.load_plan("g")
@@ -796,6 +796,10 @@ def _retry_prompt(tmp_path, sub: str, stderr: bytes | None) -> str:
     if stderr is not None:
         Path(home.claim_dir("g", "a"), "stderr").write_bytes(stderr)
     lc.commit_failure(home, plan, c, outcome="failed", ended=time.time(), exit_code=3)
+    if link_to is not None:              # the attempt's stderr replaced by a symbolic link
+        err = home.attempt_path("g", "a", 1, "err")
+        os.remove(err)
+        os.symlink(link_to, err)
     _claim(home, "a")
     return Path(home.prompt_path("g", "a")).read_text()
 
@@ -817,6 +821,11 @@ def test_the_stderr_tail_of_a_retry_prompt_at_its_edges(tmp_path):
     assert tail[0].startswith("w047 ") and tail[-1].startswith("w059 ")
     one = b"z" * 3000                                                                   # one long line, no newline
     assert _tail_of(_retry_prompt(tmp_path, "one", one)) == "z" * 2000
+    secret = tmp_path / "secret"
+    secret.write_text("SECRET\n")
+    text = _retry_prompt(tmp_path, "link", b"e0\n", link_to=secret)                    # never read through a link
+    assert "SECRET" not in text and "It exited with code 3." in text
+    assert "stderr" not in text.split("# Previous attempt 1 failed", 1)[1]               # as with no stderr at all
 
 
 def test_a_symlinked_awaiting_file_is_not_read(tmp_path):
