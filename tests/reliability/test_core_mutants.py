@@ -1351,9 +1351,14 @@ def test_a_cancel_names_itself_in_its_marker_when_hooks_are_due_for_it(tmp_path,
     assert (m["by"], m["reason"]) == ("me", "not needed")
     assert ("cancel_id" in m) is named and (not named or len(m["cancel_id"]) == 16)
     assert _wait_files(got, len(ran)) == ran
+    assert [(e["task"], e["worker"]) for e in _events(home, ev.TASK_BLOCKED)] == [("b", "me"), ("c", "me")]
     n = len(_events(home))
     assert tr.cancel(home, sched, "g", "a", by="me", reason="again", plan=plan)[0] is False   # no repeat unless asked
     assert len(_events(home)) == n and _json(home.marker_path("g", "a", "cancelled"))["reason"] == "not needed"
+    end = time.monotonic() + 15
+    while time.monotonic() < end and os.path.isdir(home.hooks_due_dir("g")) and _due(home):
+        time.sleep(0.05)
+    assert not os.path.isdir(home.hooks_due_dir("g")) or _due(home) == []   # every record settled and delivered
     time.sleep(0.3)
     assert sorted(os.listdir(got)) == ran
 
@@ -1461,12 +1466,13 @@ def test_the_goal_end_of_a_finisher_cut_off_before_its_event_runs_its_hooks_from
 
 def test_a_finisher_that_loses_the_race_for_summary_json_leaves_the_winner_s(tmp_path, monkeypatch):
     """Two processes find the goal ended at once: the summary is published exclusively (link),
-    so the one that comes second keeps the first's and announces nothing itself."""
+    so the one that comes second keeps the first's -- and announces it for the first, which died."""
     home, plan, sched = _finished_but_not_ended(tmp_path)
     from dagrun import fsio, summary
     build = summary.build_summary
-    theirs = {"outcome": "done", "counts": {"done": 1}, "failed_roots": [],
-              "finisher": {"worker": "far1", "host": "far", "boot_id": "b", "pid": 1, "pid_start": "1", "nonce": "n1"}}
+    theirs = {"outcome": "done", "counts": {"done": 1}, "failed_roots": [],       # a finisher that died at once
+              "finisher": {"worker": "w0", "host": HOST, "boot_id": BOOT_ID, "pid": _dead_pid(), "pid_start": "1",
+                           "nonce": "n1"}}
 
     def meanwhile(*a, **k):            # the other finisher publishes while this one builds its own
         out = build(*a, **k)
@@ -1475,7 +1481,8 @@ def test_a_finisher_that_loses_the_race_for_summary_json_leaves_the_winner_s(tmp
     monkeypatch.setattr(summary, "build_summary", meanwhile)
     s = tr.end_goal_if_finished(home, plan, sched, "w1")
     assert s["finisher"]["worker"] == "w1" and _json(home.summary_path("g")) == theirs
-    assert _events(home, ev.GOAL_FINISHED) == []          # theirs to announce (a fresh one of another host)
+    e = _events(home, ev.GOAL_FINISHED)                   # announced once, for the dead winner
+    assert [(x["finish_id"], x["worker"]) for x in e] == [("n1", "w1")]
 
 
 def test_a_summary_that_cannot_be_written_is_one_line_and_withdraws_its_hook_record(tmp_path):
@@ -1579,3 +1586,17 @@ def test_the_finisher_integrates_a_code_workspace_goal_that_ended_done(tmp_path,
     tr.finish(home2, plan2, sched2, _claim(home2, "A"), ok=False, worker="w1", reason="x")
     assert tr.end_goal_if_finished(home2, plan2, sched2, "w9")["outcome"] != "done"
     assert _events(home2, ev.GOAL_INTEGRATED) == []
+
+
+def test_the_goal_end_runs_its_hooks_once_from_the_record_published_before_the_summary(tmp_path):
+    got, hook = _recorder(tmp_path)
+    home, plan, sched = _finished_but_not_ended(tmp_path, hooks={"on_goal_finished": [hook]})
+    s = tr.end_goal_if_finished(home, plan, sched, "w1")
+    assert _wait_files(got, 1) == ["on_goal_finished-"]
+    assert json.loads((got / "on_goal_finished-").read_text())["finish_id"] == s["finisher"]["nonce"]
+    end = time.monotonic() + 15
+    while time.monotonic() < end and _due(home):
+        time.sleep(0.05)
+    assert _due(home) == []              # the record published before the summary was settled, run, removed
+    time.sleep(0.3)
+    assert os.listdir(got) == ["on_goal_finished-"]
