@@ -1600,3 +1600,21 @@ def test_the_goal_end_runs_its_hooks_once_from_the_record_published_before_the_s
     assert _due(home) == []              # the record published before the summary was settled, run, removed
     time.sleep(0.3)
     assert os.listdir(got) == ["on_goal_finished-"]
+
+
+def test_hooks_of_a_success_cut_off_before_its_event_run_from_their_records(tmp_path, monkeypatch):
+    """a's done marker skips d (one_failed: none failed): a's on_done record and d's on_skipped
+    record, both published before the marker, run after the cut-off."""
+    got, hook = _recorder(tmp_path)
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                            {"id": "d", "prompt": "x", "agent": "true", "deps": ["a"], "trigger": "one_failed"}],
+                 hooks={"on_done": [hook], "on_skipped": [hook]})
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    c = _claim(home, "a")
+    _cut_off_then_replayed(home, monkeypatch,
+                           lambda: tr.finish(home, plan, sched, c, ok=True, worker="w1", output_data=b"x"), 2)
+    assert _wait_files(got, 2) == ["on_done-a", "on_skipped-d"]
+    d = json.loads((got / "on_skipped-d").read_text())
+    assert (d["task"], d["status"], d["derived"]) == ("d", "skipped", True)
+    assert d["skipped_by"] == "d"        # no dependency was skipped: its own rule is the origin (Scheduler._root)
