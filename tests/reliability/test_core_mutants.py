@@ -1618,3 +1618,21 @@ def test_hooks_of_a_success_cut_off_before_its_event_run_from_their_records(tmp_
     d = json.loads((got / "on_skipped-d").read_text())
     assert (d["task"], d["status"], d["derived"]) == ("d", "skipped", True)
     assert d["skipped_by"] == "d"        # no dependency was skipped: its own rule is the origin (Scheduler._root)
+
+
+def test_a_success_runs_the_on_skipped_hooks_of_what_it_skips_once_from_their_records(tmp_path):
+    got, hook = _recorder(tmp_path)
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                            {"id": "d", "prompt": "x", "agent": "true", "deps": ["a"], "trigger": "one_failed"}],
+                 hooks={"on_skipped": [hook]})
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    fin = tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"x")
+    assert fin.changes.skipped == [("d", "d")]
+    assert _wait_files(got, 1) == ["on_skipped-d"]
+    end = time.monotonic() + 15
+    while time.monotonic() < end and _due(home):
+        time.sleep(0.05)
+    assert _due(home) == []              # the record published before a's marker was settled, run, removed
+    time.sleep(0.3)
+    assert os.listdir(got) == ["on_skipped-d"]
