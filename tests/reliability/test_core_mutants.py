@@ -182,6 +182,16 @@ def test_would_block_lists_the_dependents_a_failure_would_block_without_changing
     assert diamond.would_block("a") and sorted(diamond.would_block("a")) == sorted(set(diamond.would_block("a")))
 
 
+def test_a_ready_task_cancelled_is_never_handed_out():
+    """Its heap entry goes stale (removed lazily): take() skips it, alone or before another."""
+    s = Scheduler([_T("a")])
+    s.finish("a", "cancelled")
+    assert s.take() is None and not s.may_start()
+    s = Scheduler([_T("a", priority=1), _T("b")])
+    s.finish("a", "cancelled")
+    assert s.take() == "b" and s.take() is None
+
+
 def test_a_task_requeued_while_it_ran_gives_its_units_back():
     """A broken or released claim: the running task goes back to ready, and the units take()
     gave it come back at once (not at the next attempt's end)."""
