@@ -1394,7 +1394,7 @@ def _unpublishable(home: Home, t: str, marker: str) -> None:
     os.makedirs(os.path.join(fsio.tmp_name(home.marker_path("g", t, marker)), "x"))
 
 
-@pytest.mark.parametrize("which", ["skip", "finish", "cancel"])
+@pytest.mark.parametrize("which", ["skip", "finish", "fail", "cancel"])
 def test_hook_records_published_for_a_commit_that_fails_are_withdrawn(tmp_path, which):
     """The pending records published before a commit point (on_skipped of the task and of
     those its rule would skip, on_done, on_cancelled / on_blocked) go when the marker cannot
@@ -1413,12 +1413,12 @@ def test_hook_records_published_for_a_commit_that_fails_are_withdrawn(tmp_path, 
                                 {"id": "e", "prompt": "x", "agent": "true", "deps": ["a"]}], hooks=hooks)
         plan, sched = home.load_plan("g"), _sched(home)
         n = 0
-        if which == "finish":
+        if which in ("finish", "fail"):
             sched.take()
             c = _claim(home, "a")
-            _unpublishable(home, "a", "done")
+            _unpublishable(home, "a", "done" if which == "finish" else "failed")
             with pytest.raises(FsError):
-                tr.finish(home, plan, sched, c, ok=True, worker="w1", output_data=b"x")
+                tr.finish(home, plan, sched, c, ok=which == "finish", worker="w1", output_data=b"x", final=True)
             assert lc.marker_of(home, "g", "a") is None and os.path.exists(home.owner_path("g", "a"))
         else:
             _unpublishable(home, "a", "cancelled")
@@ -1646,3 +1646,28 @@ def test_a_success_runs_the_on_skipped_hooks_of_what_it_skips_once_from_their_re
     assert _due(home) == []              # the record published before a's marker was settled, run, removed
     time.sleep(0.3)
     assert os.listdir(got) == ["on_skipped-d"]
+
+
+def test_a_forced_failure_records_who_forced_it_and_its_event_names_the_node(tmp_path):
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 0}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    fin = tr.finish(home, plan, sched, _claim(home, "a"), ok=False, worker="me", reason="stuck",
+                    forced={"forced_by": "me", "held_by": "w1"}, extra={"node": "n4"})
+    m = _json(home.marker_path("g", "a", "failed"))
+    assert (fin.record["forced_by"], fin.record["held_by"]) == ("me", "w1") == (m["forced_by"], m["held_by"])
+    e = _events(home, ev.TASK_STATUS)[-1]
+    assert (e["status"], e["node"], e["forced_by"], e["held_by"]) == ("failed", "n4", "me", "w1")
+
+
+def test_the_on_retrying_hook_of_a_retry_cut_off_before_its_event_runs_from_its_record(tmp_path, monkeypatch):
+    got, hook = _recorder(tmp_path)
+    home = _home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 1, "retry_backoff": 0}],
+                 hooks={"on_retrying": [hook]})
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    c = _claim(home, "a")
+    _cut_off_then_replayed(home, monkeypatch,
+                           lambda: tr.finish(home, plan, sched, c, ok=False, worker="w1", reason="bad"), 1)
+    assert _wait_files(got, 1) == ["on_retrying-a"]
+    assert json.loads((got / "on_retrying-a").read_text())["task"] == "a"
