@@ -375,9 +375,20 @@ def test_an_approval_note_ending_in_a_newline_is_the_output_as_it_is(tmp_path):
     plan, sched = home.load_plan("g"), _sched(home)
     sched.take()
     tr.await_approval(home, plan, sched, lc.claim_task(home, plan, "gate", worker="w1", kind="engine"), worker="w1")
-    tr.decide(home, plan, sched, "gate", approve=True, by="alice", text="two\nlines\n")
-    assert Path(home.output_path("g", "gate")).read_bytes() == b"two\nlines\n"          # no second newline
-    assert _json(home.marker_path("g", "gate", "done"))["note"] == "two\nlines\n"
+    tr.decide(home, plan, sched, "gate", approve=True, by="alice", text="two\nlines \udcff\n")   # argv bytes, not UTF-8
+    assert Path(home.output_path("g", "gate")).read_bytes() == b"two\nlines \xff\n"      # as given, no second newline
+    assert _json(home.marker_path("g", "gate", "done"))["note"] == "two\nlines \ufffd\n"   # JSON: U+FFFD in its place
+    assert _events(home, ev.TASK_STATUS)[-1]["status"] == "done" and not os.path.exists(home.claim_dir("g", "gate"))
+
+
+def test_a_rejection_whose_reason_is_not_utf8_is_recorded_not_crashed_on(tmp_path):
+    home = _home(tmp_path, [{"id": "gate", "prompt": "x", "approval": {"prompt": "Merge?"}}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    tr.await_approval(home, plan, sched, lc.claim_task(home, plan, "gate", worker="w1", kind="engine"), worker="w1")
+    fin = tr.decide(home, plan, sched, "gate", approve=False, by="bob", text="no \udcff")
+    assert fin.outcome == "failed" and _json(home.marker_path("g", "gate", "failed"))["reason"] == "no \ufffd"
+    assert _events(home, ev.TASK_STATUS)[-1]["reason"] == "no \ufffd" and not os.path.exists(home.claim_dir("g", "gate"))
 
 
 def test_an_approval_gate_past_its_timeout_is_rejected_by_whoever_looks(tmp_path):
