@@ -1396,7 +1396,7 @@ def test_a_cancel_without_the_plan_marks_and_announces_it(tmp_path):
     assert _wait_files(got, 1) == ["on_cancelled-a"]
     assert tr.cancel(home, sched, "g", "a", by="me", reason="r", repeat=True)[0] is False
     e = _events(home, ev.TASK_STATUS)[-1]
-    assert (e["task"], e["status"], e["repeated"], e["worker"]) == ("a", "cancelled", True, "me")
+    assert (e["task"], e["status"], e["repeated"], e["worker"], e["reason"]) == ("a", "cancelled", True, "me", "r")
 
 
 def _unpublishable(home: Home, t: str, marker: str) -> None:
