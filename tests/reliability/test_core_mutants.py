@@ -1296,6 +1296,10 @@ def test_a_skip_runs_the_on_skipped_hooks_of_the_task_and_of_those_its_rule_skip
     b, c = (json.loads((got / n).read_text()) for n in ("on_skipped-b", "on_skipped-c"))
     assert (b["task"], b["status"], b["reason"], b["worker"]) == ("b", "skipped", cb.skip, "w1")
     assert (c["task"], c["status"], c["reason"], c["skipped_by"], c["derived"]) == ("c", "skipped", "b was skipped", "b", True)
+    end = time.monotonic() + 15
+    while time.monotonic() < end and _due(home):
+        time.sleep(0.05)
+    assert _due(home) == []              # both records published before b's marker were settled and delivered
 
 
 def _cut_off_then_replayed(home: Home, monkeypatch, commit, records: int, where: str = "_status",
