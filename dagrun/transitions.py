@@ -371,6 +371,9 @@ def decide(home: Home, plan: Plan, sched: Scheduler, t: str, *, approve: bool, b
     """`dagrun approve` (done; the note is its output) or `dagrun reject` / a timeout (failed
     for good, the usual cascade) of an awaiting gate: under its claim, through finish() --
     the marker records who decided and when; then the `awaiting` file goes."""
+    # a note from argv may hold bytes that are not UTF-8 (surrogate escapes): the output keeps
+    # them as given; the JSON records (marker, attempt record, event) get U+FFFD in their place
+    shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     c = claim_gate(home, plan, t, by=by)
     now = time.time()
     gate = awaiting_of(home, plan.goal, t) or {}
@@ -380,11 +383,11 @@ def decide(home: Home, plan: Plan, sched: Scheduler, t: str, *, approve: bool, b
         note = text if not text or text.endswith("\n") else text + "\n"
         done = finish(home, plan, sched, c, ok=True, worker=by, ended=now, exit_code=None,
                       output_data=note.encode("utf-8", "surrogateescape"),
-                      extra={"approved": True, **when, **({"note": text} if text else {})},
+                      extra={"approved": True, **when, **({"note": shown} if text else {})},
                       fields={"approved": True, "decided_by": by})
     else:
         outcome = "approval_timeout" if timed_out else "rejected"
-        done = finish(home, plan, sched, c, ok=False, worker=by, ended=now, outcome=outcome, reason=text,
+        done = finish(home, plan, sched, c, ok=False, worker=by, ended=now, outcome=outcome, reason=shown,
                       final=True, extra={"approved": False, **when},
                       fields={"decided_by": by})
     drop_awaiting(home, plan.goal, t)

@@ -167,7 +167,10 @@ def test_a_first_claim_is_its_folder_and_claim_in_one_rename(tmp_path):
             time.sleep(0.02)
         if not pool._nests:
             pytest.skip("no renameat2(RENAME_NOREPLACE) on this file system: claims use mkdir")
+        took, take = [], pool.take_nest          # which way acquire went: the nest, or mkdir
+        pool.take_nest = lambda dst: took.append((dst, take(dst))) or took[-1][1]
         assert claims.acquire(home, "g", "t1")
+        assert took == [(home.task_dir("g", "t1"), True)]
         assert os.path.isdir(home.claim_dir("g", "t1")) and os.listdir(home.claim_dir("g", "t1")) == []
         assert os.listdir(home.task_dir("g", "t1")) == [CLAIM]
         assert not claims.acquire(home, "g", "t1")          # held: exclusive like mkdir

@@ -1,12 +1,16 @@
 """Tally mutmut's results per module (and per function with -f) from mutants/dagrun/*.meta.
 
     .venv/bin/python tests/reliability/mutmut_summary.py [-f] [-s] [module ...]
+    .venv/bin/python tests/reliability/mutmut_summary.py -p module [function ...]
 
 Columns: mutants; run (a verdict exists); killed (a test failed); timeout (the mutant's tests
 ran past mutmut's CPU limit); survived; no test (no selected test calls the function);
 not run; and the score killed / run (a mutant without a test counts as not killed), with
 timeouts counted as killed beside it.
 -s lists the surviving, timed-out and untested mutants by name (for tests/reliability/mutants.md).
+-p lists the mutants of one module (of the named functions only, e.g. `claim_task`,
+`Scheduler.load`) that have no result yet: `mutmut run PATTERN` re-runs *every* mutant
+the pattern matches, finished ones too, so a resumed run of part of a module takes these names.
 Not a test (no test_ prefix): a helper for README.md "Mutation testing".
 """
 from __future__ import annotations
@@ -45,7 +49,22 @@ def row(name: str, c: collections.Counter) -> str:
             f"{c['not run']} | {score:.1f} % | {with_t:.1f} % |")
 
 
+def pending(module: str, functions: list[str], root: str = "mutants/dagrun") -> list[str]:
+    with open(os.path.join(root, module + ".py.meta")) as f:
+        codes = json.load(f)["exit_code_by_key"]
+    out = []
+    for name, code in codes.items():
+        fn = re.sub(r"__mutmut_\d+$", "", name.split(".", 2)[2])
+        fn = re.sub(r"^x_", "", fn) if fn.startswith("x_") else fn[2:].replace("\u01c1", ".")
+        if code is None and (not functions or fn in functions):
+            out.append(name)
+    return out
+
+
 def main(argv: list[str]) -> None:
+    if argv[:1] == ["-p"]:
+        print("\n".join(pending(argv[1], argv[2:])))
+        return
     by_fn, names = "-f" in argv, "-s" in argv
     mods = [a for a in argv if not a.startswith("-")] or list(MODULES)
     if names:

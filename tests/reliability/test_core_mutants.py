@@ -152,6 +152,31 @@ def test_would_block_lists_the_dependents_a_failure_would_block_without_changing
     assert s.would_block("b") == ["c"]
     s.start("c")
     assert s.would_block("b") == []                             # running: not blocked by anything now
+    diamond = Scheduler([_T("a"), _T("b", ["a"]), _T("c", ["a"]), _T("d", ["b", "c"]), _T("e", ["d"])])
+    assert sorted(diamond.would_block("a")) == ["b", "c", "d", "e"]   # d (two paths) and below it once each
+    assert diamond.would_block("a") and sorted(diamond.would_block("a")) == sorted(set(diamond.would_block("a")))
+
+
+def test_a_ready_task_cancelled_is_never_handed_out():
+    """Its heap entry goes stale (removed lazily): take() skips it, alone or before another."""
+    s = Scheduler([_T("a")])
+    s.finish("a", "cancelled")
+    assert s.take() is None and not s.may_start()
+    s = Scheduler([_T("a", priority=1), _T("b")])
+    s.finish("a", "cancelled")
+    assert s.take() == "b" and s.take() is None
+
+
+def test_a_task_requeued_while_it_ran_gives_its_units_back():
+    """A broken or released claim: the running task goes back to ready, and the units take()
+    gave it come back at once (not at the next attempt's end)."""
+    s = Scheduler([_T("a"), _T("b")])
+    s.set_resources({"a": {"gpu": 1}, "b": {"gpu": 1}}, {"gpu": 1})
+    assert s.take() == "a" and s.resource_held() == {"b": ["gpu"]}
+    s.requeue("a")
+    assert s.state_of("a") == "ready" and s.resource_held() == {}
+    assert s.take() == "a"                     # a again (plan order), holding the unit again
+    assert s.resource_held() == {"b": ["gpu"]} and s.take() is None
 
 
 def test_an_approval_gate_waits_on_a_person_until_it_is_decided():
@@ -317,6 +342,27 @@ def test_an_approval_gate_awaits_then_approve_commits_the_decision(tmp_path):
     assert (last["status"], last["approved"], last["decided_by"], last["worker"]) == ("done", True, "alice", "alice")
     with pytest.raises(Refused, match="already done"):
         tr.decide(home, plan, sched, "gate", approve=False, by="bob")
+
+
+def test_an_approval_note_ending_in_a_newline_is_the_output_as_it_is(tmp_path):
+    home = submit_home(tmp_path, [{"id": "gate", "prompt": "x", "approval": {"prompt": "Merge?"}}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    tr.await_approval(home, plan, sched, lc.claim_task(home, plan, "gate", worker="w1", kind="engine"), worker="w1")
+    tr.decide(home, plan, sched, "gate", approve=True, by="alice", text="two\nlines \udcff\n")   # argv bytes, not UTF-8
+    assert Path(home.output_path("g", "gate")).read_bytes() == b"two\nlines \xff\n"      # as given, no second newline
+    assert read_json(home.marker_path("g", "gate", "done"))["note"] == "two\nlines \ufffd\n"   # JSON: U+FFFD in its place
+    assert goal_events(home, ev.TASK_STATUS)[-1]["status"] == "done" and not os.path.exists(home.claim_dir("g", "gate"))
+
+
+def test_a_rejection_whose_reason_is_not_utf8_is_recorded_not_crashed_on(tmp_path):
+    home = submit_home(tmp_path, [{"id": "gate", "prompt": "x", "approval": {"prompt": "Merge?"}}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    tr.await_approval(home, plan, sched, lc.claim_task(home, plan, "gate", worker="w1", kind="engine"), worker="w1")
+    fin = tr.decide(home, plan, sched, "gate", approve=False, by="bob", text="no \udcff")
+    assert fin.outcome == "failed" and read_json(home.marker_path("g", "gate", "failed"))["reason"] == "no \ufffd"
+    assert goal_events(home, ev.TASK_STATUS)[-1]["reason"] == "no \ufffd" and not os.path.exists(home.claim_dir("g", "gate"))
 
 
 def test_an_approval_gate_past_its_timeout_is_rejected_by_whoever_looks(tmp_path):
@@ -701,8 +747,8 @@ def test_the_retry_prompt_carries_the_last_lines_of_the_failed_attempts_stderr(t
 
 def test_a_join_over_a_fan_out_shares_its_context_budget_between_the_instances(tmp_path):
     home = submit_home(tmp_path, [{"id": "src", "prompt": "x", "agent": "true"},
-                                  {"id": "tpl", "for_each": {"from": "src"}, "prompt": "do {{item}}", "agent": "true"},
-                                  {"id": "join", "deps": ["tpl"], "prompt": "Summarise", "agent": "true", "context_limit": 90}])
+                            {"id": "tpl", "for_each": {"from": "src"}, "prompt": "do {{item}}", "agent": "true"},
+                            {"id": "join", "deps": ["tpl"], "prompt": "Summarise", "agent": "true", "context_limit": 90}])
     plan, sched = home.load_plan("g"), _sched(home)
     assert sched.take() == "src"
     tr.finish(home, plan, sched, _claim(home, "src"), ok=True, worker="w1", output_data=json.dumps(["a", "b", "c"]).encode())
@@ -718,8 +764,9 @@ def test_a_join_over_a_fan_out_shares_its_context_budget_between_the_instances(t
     assert lc.marker_of(home, "g", "tpl") == "done"
     c = lc.claim_task(home, plan, "join", worker="w1", kind="external")
     text = Path(home.prompt_path("g", "join")).read_text()
-    for k in range(3):                   # 90 // 3 = 30 bytes of each instance's 50
-        assert f"<{k}>" + "x" * 26 + "T" in text and f"<{k}>" + "x" * 26 + "TA" not in text, text
+    for k in range(3):                   # 90 // 3 = 30 bytes of each instance's 49, each in its own section
+        assert (f"## Output of tpl.{k}\n\n<{k}>" + "x" * 26 + "T\n[... truncated: the first 30 of 49 bytes are shown; "
+                f"the whole output is in {home.output_path('g', f'tpl.{k}')}]\n") in text, text
     assert text.index("<0>") < text.index("<1>") < text.index("<2>")
     os.remove(home.output_path("g", "tpl.1"))        # an instance's output vanished (archived): stale view
     lc.commit_failure(home, plan, c, outcome="interrupted", ended=time.time())
@@ -728,14 +775,18 @@ def test_a_join_over_a_fan_out_shares_its_context_budget_between_the_instances(t
     assert not os.path.exists(home.claim_dir("g", "join"))
 
 
-def _retry_prompt(tmp_path, sub: str, stderr: bytes | None) -> str:
+def _retry_prompt(tmp_path, sub: str, stderr: bytes | None, link_to: Path | None = None) -> str:
     home = submit_home(tmp_path / sub, [{"id": "a", "prompt": "do it", "agent": "true", "retries": 1, "retry_context": "error",
-                                         "retry_backoff": 0}])
+                                   "retry_backoff": 0}])
     plan = home.load_plan("g")
     c = _claim(home, "a")
     if stderr is not None:
         Path(home.claim_dir("g", "a"), "stderr").write_bytes(stderr)
     lc.commit_failure(home, plan, c, outcome="failed", ended=time.time(), exit_code=3)
+    if link_to is not None:              # the attempt's stderr replaced by a symbolic link
+        err = home.attempt_path("g", "a", 1, "err")
+        os.remove(err)
+        os.symlink(link_to, err)
     _claim(home, "a")
     return Path(home.prompt_path("g", "a")).read_text()
 
@@ -757,6 +808,11 @@ def test_the_stderr_tail_of_a_retry_prompt_at_its_edges(tmp_path):
     assert tail[0].startswith("w047 ") and tail[-1].startswith("w059 ")
     one = b"z" * 3000                                                                   # one long line, no newline
     assert _tail_of(_retry_prompt(tmp_path, "one", one)) == "z" * 2000
+    secret = tmp_path / "secret"
+    secret.write_text("SECRET\n")
+    text = _retry_prompt(tmp_path, "link", b"e0\n", link_to=secret)                    # never read through a link
+    assert "SECRET" not in text and "It exited with code 3." in text
+    assert "stderr" not in text.split("# Previous attempt 1 failed", 1)[1]               # as with no stderr at all
 
 
 def test_a_symlinked_awaiting_file_is_not_read(tmp_path):
@@ -844,7 +900,7 @@ def _strip(e):
 
 def test_finish_done_announces_exactly_the_marker_s_numbers(tmp_path):
     home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}, {"id": "b", "prompt": "x", "agent": "true", "deps": ["a"]},
-                                  {"id": "c", "prompt": "x", "agent": "true"}])
+                            {"id": "c", "prompt": "x", "agent": "true"}])
     plan, sched = home.load_plan("g"), _sched(home)
     sched.take()
     c = _claim(home, "a")
@@ -857,10 +913,13 @@ def test_finish_done_announces_exactly_the_marker_s_numbers(tmp_path):
     assert _strip(e) == {"task": "a", "status": "done", "attempt": 1, "worker": "w5", "duration": fin.record["duration"],
                          "exit_code": 0, "output_bytes": 5, "usage": {"usd": 0.1}, "first_byte": 0.5}
     assert [_strip(x) for x in goal_events(home, ev.TASK_STATUS)][-1] == {"task": "b", "status": "ready", "worker": "w5"}
-    assert tr.finish(home, plan, sched, _claim(home, "b"), ok=True, worker="w5", output_data=b"", exit_code=3,
-                     ended=c.started + 100, extra={"node": "n4"}).record["exit_code"] == 3
+    cb = _claim(home, "b")
+    cb.started = c.started
+    rec = tr.finish(home, plan, sched, cb, ok=True, worker="w5", output_data=b"", exit_code=3,
+                    ended=c.started + 100.25, extra={"node": "n4"}).record
+    assert (rec["exit_code"], rec["ended"], rec["duration"]) == (3, now_iso(c.started + 100.25), 100.25)   # `ended` as given
     e = goal_events(home, ev.TASK_STATUS)[-1]
-    assert (e["task"], e["exit_code"], e["node"], e["duration"]) == ("b", 3, "n4", round(c.started + 100 - e["duration"], 3) and e["duration"])
+    assert (e["task"], e["exit_code"], e["node"], e["duration"]) == ("b", 3, "n4", 100.25)
     # a cache hit: no exit code, `cached` in the marker and the event
     sched.take()
     fin = tr.finish(home, plan, sched, _claim(home, "c"), ok=True, worker="w5", output_data=b"hit", cached="k1",
@@ -1061,15 +1120,20 @@ def _wait_files(d: Path, n: int, timeout: float = 15.0) -> list[str]:
     return sorted(x for x in os.listdir(d) if not x.startswith("."))
 
 
-def test_a_final_failure_under_stop_runs_the_failed_blocked_and_cancelled_hooks_once(tmp_path):
+def _recorder(tmp_path: Path) -> tuple[Path, list[str]]:
+    """A hook that saves its stdin (the event) as <folder>/<hook event>-<task>."""
     got = tmp_path / "hooks-ran"
     got.mkdir()
     name = '"$DAGRUN_HOOK_EVENT-$DAGRUN_TASK"'          # published by rename: never read half-written
-    hook = ["sh", "-c", f'cat > "{got}"/.{name} && mv "{got}"/.{name} "{got}"/{name}']
+    return got, ["sh", "-c", f'cat > "{got}"/.{name} && mv "{got}"/.{name} "{got}"/{name}']
+
+
+def test_a_final_failure_under_stop_runs_the_failed_blocked_and_cancelled_hooks_once(tmp_path):
+    got, hook = _recorder(tmp_path)
     home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 0, "priority": 1},
-                                  {"id": "b", "prompt": "x", "agent": "true", "deps": ["a"]},
-                                  {"id": "c", "prompt": "x", "agent": "true"}],
-                       on_failure="stop", hooks={"on_failed": [hook], "on_blocked": [hook], "on_cancelled": [hook]})
+                            {"id": "b", "prompt": "x", "agent": "true", "deps": ["a"]},
+                            {"id": "c", "prompt": "x", "agent": "true"}],
+                 on_failure="stop", hooks={"on_failed": [hook], "on_blocked": [hook], "on_cancelled": [hook]})
     plan, sched = home.load_plan("g"), _sched(home)
     assert sched.take() == "a"
     fin = tr.finish(home, plan, sched, _claim(home, "a"), ok=False, worker="w1", reason="bad")
@@ -1156,3 +1220,427 @@ def test_a_goal_end_announced_long_ago_is_found_in_the_whole_file(tmp_path):
     assert os.path.getsize(home.events_path("g")) > 70000
     assert tr.announce_if_lost(home, "g", "w3") is False         # beyond the tail: found under the lock
     assert [e["finish_id"] for e in goal_events(home, ev.GOAL_FINISHED)] == ["n9"]
+
+
+def _due(home: Home) -> list[str]:
+    d = home.hooks_due_dir("g")
+    return sorted(os.path.join(d, n) for n in os.listdir(d) if n.startswith("due-") and n.endswith(".json"))
+
+
+def _skip_b(tmp_path: Path, hook: list[str]):
+    """a done with "no"; b's `when` wants "yes" (claimed: skip set); c below b."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                            {"id": "b", "prompt": "y", "agent": "true", "deps": ["a"],
+                             "when": {"output_of": "a", "contains": "yes"}},
+                            {"id": "c", "prompt": "z", "agent": "true", "deps": ["b"]}],
+                 hooks={"on_skipped": [hook]})
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"no\n")
+    assert sched.take() == "b"
+    cb = lc.claim_task(home, plan, "b", worker="w1", kind="external")
+    assert cb.skip
+    return home, plan, sched, cb
+
+
+def test_a_skip_runs_the_on_skipped_hooks_of_the_task_and_of_those_its_rule_skips(tmp_path):
+    got, hook = _recorder(tmp_path)
+    home, plan, sched, cb = _skip_b(tmp_path, hook)
+    ch = tr.skip(home, plan, sched, cb, worker="w1")
+    assert ch.skipped == [("c", "b")]
+    sid = read_json(home.marker_path("g", "b", "skipped"))["skip_id"]     # the marker names the skip (hooks)
+    assert isinstance(sid, str) and len(sid) == 16
+    assert _wait_files(got, 2) == ["on_skipped-b", "on_skipped-c"]
+    b, c = (json.loads((got / n).read_text()) for n in ("on_skipped-b", "on_skipped-c"))
+    assert (b["task"], b["status"], b["reason"], b["worker"]) == ("b", "skipped", cb.skip, "w1")
+    assert (c["task"], c["status"], c["reason"], c["skipped_by"], c["derived"]) == ("c", "skipped", "b was skipped", "b", True)
+    end = time.monotonic() + 15
+    while time.monotonic() < end and _due(home):
+        time.sleep(0.05)
+    assert _due(home) == []              # both records published before b's marker were settled and delivered
+
+
+def _cut_off_then_replayed(home: Home, monkeypatch, commit, records: int, where: str = "_status",
+                           status: str | None = None) -> None:
+    """commit() dies between its marker (the commit point) and its event (an exception where
+    the event's append would be; status: only at the event of that status); its pending hook
+    records, published before the marker, are left as by a dead process and the next process
+    replays them."""
+    real = getattr(tr, where)
+
+    def dies(*a, **k):
+        if status is not None and a[4] != status:
+            return real(*a, **k)
+        raise SystemExit("killed between the marker and the event")
+    monkeypatch.setattr(tr, where, dies)
+    with pytest.raises(SystemExit):
+        commit()
+    monkeypatch.undo()
+    assert len(_due(home)) == records
+    dead = dead_pid()
+    for path in _due(home):
+        rec = read_json(path)
+        assert rec["pending"] is True
+        rec["owner"]["pid"] = dead
+        Path(path).write_bytes(json.dumps(rec).encode())
+    assert tr.replay_hooks(home, "g", "w2") == records
+
+
+def test_on_skipped_hooks_of_a_skip_cut_off_before_its_event_run_from_their_records(tmp_path, monkeypatch):
+    """b's own record and c's (skipped by its trigger rule) run with the events the dead
+    process was going to append."""
+    got, hook = _recorder(tmp_path)
+    home, plan, sched, cb = _skip_b(tmp_path, hook)
+    _cut_off_then_replayed(home, monkeypatch, lambda: tr.skip(home, plan, sched, cb, worker="w1"), 2)
+    assert lc.marker_of(home, "g", "b") == "skipped"
+    assert _wait_files(got, 2) == ["on_skipped-b", "on_skipped-c"]
+    b, c = (json.loads((got / n).read_text()) for n in ("on_skipped-b", "on_skipped-c"))
+    assert (b["task"], b["status"], b["reason"]) == ("b", "skipped", cb.skip)
+    assert (c["task"], c["status"], c["reason"], c["skipped_by"], c["derived"]) == ("c", "skipped", "b was skipped", "b", True)
+
+
+def test_hooks_of_a_cancel_cut_off_before_its_event_run_from_their_records(tmp_path, monkeypatch):
+    got, hook = _recorder(tmp_path)
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                            {"id": "b", "prompt": "x", "agent": "true", "deps": ["a"]}],
+                 hooks={"on_cancelled": [hook], "on_blocked": [hook]})
+    plan, sched = home.load_plan("g"), _sched(home)
+    _cut_off_then_replayed(home, monkeypatch,
+                           lambda: tr.cancel(home, sched, "g", "a", by="me", reason="r", plan=plan), 2)
+    assert lc.marker_of(home, "g", "a") == "cancelled"
+    assert _wait_files(got, 2) == ["on_blocked-b", "on_cancelled-a"]
+    a, b = (json.loads((got / n).read_text()) for n in ("on_cancelled-a", "on_blocked-b"))
+    assert (a["task"], a["status"]) == ("a", "cancelled")
+    assert (b["type"], b["task"], b["blocked_by"]) == (ev.TASK_BLOCKED, "b", "a")
+
+
+@pytest.mark.parametrize("hook_on, named, ran", [("on_cancelled", True, ["on_cancelled-a"]),
+                                                 ("on_blocked", True, ["on_blocked-b", "on_blocked-c"]),
+                                                 ("on_skipped", False, []), (None, False, [])])
+def test_a_cancel_names_itself_in_its_marker_when_hooks_are_due_for_it(tmp_path, hook_on, named, ran):
+    """The hooks a cancel causes (its own on_cancelled, its dependents' on_blocked) have their
+    records published before the marker, which names the cancel (a replay runs them only for
+    it); with none due the marker names nothing. A cancel never skips a task (every trigger
+    rule counts a cancelled dependency as failed), so an on_skipped hook alone is not due."""
+    got, hook = _recorder(tmp_path)
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                            {"id": "b", "prompt": "x", "agent": "true", "deps": ["a"]},
+                            {"id": "c", "prompt": "x", "agent": "true", "deps": ["a"], "trigger": "one_success"}],
+                 **({"hooks": {hook_on: [hook]}} if hook_on else {}))
+    plan, sched = home.load_plan("g"), _sched(home)
+    new, ch = tr.cancel(home, sched, "g", "a", by="me", reason="not needed", plan=plan)
+    assert new and ch.blocked == [("b", "a"), ("c", "a")] and ch.skipped == []
+    m = read_json(home.marker_path("g", "a", "cancelled"))
+    assert (m["by"], m["reason"]) == ("me", "not needed")
+    assert ("cancel_id" in m) is named and (not named or len(m["cancel_id"]) == 16)
+    assert _wait_files(got, len(ran)) == ran
+    assert [(e["task"], e["worker"]) for e in goal_events(home, ev.TASK_BLOCKED)] == [("b", "me"), ("c", "me")]
+    n = len(goal_events(home))
+    assert tr.cancel(home, sched, "g", "a", by="me", reason="again", plan=plan)[0] is False   # no repeat unless asked
+    assert len(goal_events(home)) == n and read_json(home.marker_path("g", "a", "cancelled"))["reason"] == "not needed"
+    end = time.monotonic() + 15
+    while time.monotonic() < end and os.path.isdir(home.hooks_due_dir("g")) and _due(home):
+        time.sleep(0.05)
+    assert not os.path.isdir(home.hooks_due_dir("g")) or _due(home) == []   # every record settled and delivered
+    time.sleep(0.3)
+    assert sorted(os.listdir(got)) == ran
+
+
+def test_a_cancel_without_the_plan_marks_and_announces_it(tmp_path):
+    """cancel's plan is optional: without it nothing is published before the marker (which
+    names no cancel); the event's hooks are found from the goal's plan after it."""
+    got, hook = _recorder(tmp_path)
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}, {"id": "b", "prompt": "x", "agent": "true"}],
+                 hooks={"on_cancelled": [hook]})
+    sched = _sched(home)
+    new, ch = tr.cancel(home, sched, "g", "a", by="me", reason="r")
+    assert new and ch == tr.Changes() and "cancel_id" not in read_json(home.marker_path("g", "a", "cancelled"))
+    assert _wait_files(got, 1) == ["on_cancelled-a"]
+    assert tr.cancel(home, sched, "g", "a", by="me", reason="r", repeat=True)[0] is False
+    e = goal_events(home, ev.TASK_STATUS)[-1]
+    assert (e["task"], e["status"], e["repeated"], e["worker"], e["reason"]) == ("a", "cancelled", True, "me", "r")
+
+
+def _unpublishable(home: Home, t: str, marker: str) -> None:
+    """t's `marker` cannot be published: a folder stands where its temporary file goes."""
+    from dagrun import fsio
+    os.makedirs(os.path.join(fsio.tmp_name(home.marker_path("g", t, marker)), "x"))
+
+
+@pytest.mark.parametrize("which", ["skip", "finish", "fail", "cancel"])
+def test_hook_records_published_for_a_commit_that_fails_are_withdrawn(tmp_path, which):
+    """The pending records published before a commit point (on_skipped of the task and of
+    those its rule would skip, on_done, on_cancelled / on_blocked) go when the marker cannot
+    be written: nothing is due, nothing runs."""
+    got, hook = _recorder(tmp_path)
+    hooks = {"on_skipped": [hook], "on_done": [hook], "on_cancelled": [hook], "on_blocked": [hook]}
+    if which == "skip":
+        home, plan, sched, cb = _skip_b(tmp_path, hook)
+        _unpublishable(home, "b", "skipped")
+        n = len(_due(home)) if os.path.isdir(home.hooks_due_dir("g")) else 0
+        with pytest.raises(FsError):
+            tr.skip(home, plan, sched, cb, worker="w1")
+    else:
+        home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                                {"id": "d", "prompt": "x", "agent": "true", "deps": ["a"], "trigger": "one_failed"},
+                                {"id": "e", "prompt": "x", "agent": "true", "deps": ["a"]}], hooks=hooks)
+        plan, sched = home.load_plan("g"), _sched(home)
+        n = 0
+        if which in ("finish", "fail"):
+            sched.take()
+            c = _claim(home, "a")
+            _unpublishable(home, "a", "done" if which == "finish" else "failed")
+            with pytest.raises(FsError):
+                tr.finish(home, plan, sched, c, ok=which == "finish", worker="w1", output_data=b"x", final=True)
+            assert lc.marker_of(home, "g", "a") is None and os.path.exists(home.owner_path("g", "a"))
+        else:
+            _unpublishable(home, "a", "cancelled")
+            with pytest.raises(FsError):
+                tr.cancel(home, sched, "g", "a", by="me", reason="r", plan=plan)
+            assert lc.marker_of(home, "g", "a") is None
+    assert os.path.isdir(home.hooks_due_dir("g"))         # records were published, then withdrawn
+    assert len(_due(home)) == n
+    time.sleep(0.3)
+    assert os.listdir(got) == []
+
+
+def test_a_goal_end_lost_by_its_finisher_is_announced_by_the_next_to_look(tmp_path):
+    home = _ended_goal(tmp_path)
+    _far_summary(home, "n7", 61)
+    plan = home.load_plan("g")
+    sched = _sched(home)
+    assert sched.is_finished()
+    assert tr.end_goal_if_finished(home, plan, sched, "w7") is None        # written already: not again
+    e = goal_events(home, ev.GOAL_FINISHED)
+    assert [(x["finish_id"], x["worker"], x["outcome"]) for x in e] == [("n7", "w7", "done")]
+
+
+def test_a_goal_end_without_events_jsonl_has_no_events_size(tmp_path):
+    """events.jsonl is the change feed, not the truth: removed, the summary is still written
+    (without the size it had when the summary was built) and the file starts again."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"x")
+    os.remove(home.events_path("g"))
+    s = tr.end_goal_if_finished(home, plan, sched, "w1")
+    assert s["outcome"] == "done" and "events_size" not in s and "events_size" not in read_json(home.summary_path("g"))
+    assert [e["type"] for e in goal_events(home)] == [ev.GOAL_FINISHED]
+
+
+def _finished_but_not_ended(tmp_path: Path, **top):
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}], **top)
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"x")
+    assert sched.is_finished() and not os.path.exists(home.summary_path("g"))
+    return home, plan, sched
+
+
+def test_the_goal_end_of_a_finisher_cut_off_before_its_event_runs_its_hooks_from_their_record(tmp_path, monkeypatch):
+    got, hook = _recorder(tmp_path)
+    home, plan, sched = _finished_but_not_ended(tmp_path, hooks={"on_goal_finished": [hook]})
+    _cut_off_then_replayed(home, monkeypatch, lambda: tr.end_goal_if_finished(home, plan, sched, "w1"), 1, "_emit")
+    nonce = read_json(home.summary_path("g"))["finisher"]["nonce"]
+    assert _wait_files(got, 1) == ["on_goal_finished-"]
+    e = json.loads((got / "on_goal_finished-").read_text())
+    assert (e["type"], e["finish_id"]) == (ev.GOAL_FINISHED, nonce)
+
+
+def test_a_finisher_that_loses_the_race_for_summary_json_leaves_the_winner_s(tmp_path, monkeypatch):
+    """Two processes find the goal ended at once: the summary is published exclusively (link),
+    so the one that comes second keeps the first's -- and announces it for the first, which died."""
+    home, plan, sched = _finished_but_not_ended(tmp_path)
+    from dagrun import fsio, summary
+    build = summary.build_summary
+    theirs = {"outcome": "done", "counts": {"done": 1}, "failed_roots": [],       # a finisher that died at once
+              "finisher": {"worker": "w0", "host": HOST, "boot_id": BOOT_ID, "pid": dead_pid(), "pid_start": "1",
+                           "nonce": "n1"}}
+
+    def meanwhile(*a, **k):            # the other finisher publishes while this one builds its own
+        out = build(*a, **k)
+        fsio.write_atomic(home.summary_path("g"), json.dumps(theirs).encode())
+        return out
+    monkeypatch.setattr(summary, "build_summary", meanwhile)
+    s = tr.end_goal_if_finished(home, plan, sched, "w1")
+    assert s["finisher"]["worker"] == "w1" and read_json(home.summary_path("g")) == theirs
+    e = goal_events(home, ev.GOAL_FINISHED)                   # announced once, for the dead winner
+    assert [(x["finish_id"], x["worker"]) for x in e] == [("n1", "w1")]
+
+
+def test_a_summary_that_cannot_be_written_is_one_line_and_withdraws_its_hook_record(tmp_path):
+    got, hook = _recorder(tmp_path)
+    home, plan, sched = _finished_but_not_ended(tmp_path, hooks={"on_goal_finished": [hook]})
+    from dagrun import fsio
+    os.makedirs(os.path.join(fsio.tmp_name(home.summary_path("g")), "x"))
+    with pytest.raises(FsError) as e:
+        tr.end_goal_if_finished(home, plan, sched, "w1")
+    assert str(e.value).startswith(f"cannot write {home.summary_path('g')}: ") and "\n" not in str(e.value)
+    assert not os.path.exists(home.summary_path("g")) and _due(home) == [] and goal_events(home, ev.GOAL_FINISHED) == []
+    time.sleep(0.3)
+    assert os.listdir(got) == []
+
+
+def test_hooks_of_a_final_failure_cut_off_before_its_event_run_from_their_records(tmp_path, monkeypatch):
+    got, hook = _recorder(tmp_path)
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 0},
+                            {"id": "b", "prompt": "x", "agent": "true", "deps": ["a"]}],
+                 hooks={"on_failed": [hook], "on_blocked": [hook]})
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    c = _claim(home, "a")
+    _cut_off_then_replayed(home, monkeypatch,
+                           lambda: tr.finish(home, plan, sched, c, ok=False, worker="w1", reason="bad"), 2)
+    assert _wait_files(got, 2) == ["on_blocked-b", "on_failed-a"]
+    b = json.loads((got / "on_blocked-b").read_text())
+    assert (b["type"], b["task"], b["blocked_by"]) == (ev.TASK_BLOCKED, "b", "a")
+
+
+def test_hooks_of_a_stop_s_cancel_cut_off_before_its_event_run_from_their_records(tmp_path, monkeypatch):
+    """on_failure=stop: the cancels of the tasks not started publish their on_cancelled
+    records before their markers too (stop_goal hands cancel the plan)."""
+    got, hook = _recorder(tmp_path)
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 0, "priority": 1},
+                            {"id": "c", "prompt": "x", "agent": "true"}],
+                 on_failure="stop", hooks={"on_cancelled": [hook]})
+    plan, sched = home.load_plan("g"), _sched(home)
+    assert sched.take() == "a"
+    c = _claim(home, "a")
+    _cut_off_then_replayed(home, monkeypatch,
+                           lambda: tr.finish(home, plan, sched, c, ok=False, worker="w1", reason="bad"), 1,
+                           status="cancelled")
+    assert lc.marker_of(home, "g", "c") == "cancelled"
+    assert _wait_files(got, 1) == ["on_cancelled-c"]
+
+
+def test_break_stale_judges_another_host_by_the_lease_it_is_given_and_announces_the_task_ready(tmp_path):
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])       # the plan's lease: 60 s
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    claims.update_owner(home, "g", "a", {**c.owner, "host": "elsewhere", "boot_id": "b", "pid": 1})
+    old = time.time() - 5
+    os.utime(home.owner_path("g", "a"), (old, old))
+    assert tr.break_stale(home, plan, "a", worker="w2") is None                 # 5 s < the plan's 60 s
+    n = len(goal_events(home))
+    why = tr.break_stale(home, plan, "a", worker="w2", lease=2.0)              # 5 s > the lease given
+    assert why is not None and not os.path.exists(home.claim_dir("g", "a"))
+    assert read_json(home.attempt_path("g", "a", 1, "json"))["outcome"] == "lost"
+    e = goal_events(home)[n:]
+    assert [_strip(x) for x in e] == [{"task": "a", "status": "ready", "attempt": 2, "worker": "w2",
+                                       "reason": f"claim broken: {why}"}]
+
+
+@pytest.mark.parametrize("conflict", [False, True])
+def test_the_finisher_integrates_a_code_workspace_goal_that_ended_done(tmp_path, conflict):
+    """workspace.integrate: the task branches merged once every task is done -- the event
+    names the branch, its head and what was merged, or the conflict; a failed goal is not
+    integrated."""
+    from test_workspace import git, make_repo
+    repo = make_repo(tmp_path / "plan" / "repo")
+    home = submit_home(tmp_path, [{"id": "A", "prompt": "x", "agent": "true"}, {"id": "B", "prompt": "x", "agent": "true"}],
+                 workspace={"repo": "repo", "integrate": True})
+    plan, sched = home.load_plan("g"), _sched(home)
+    for t in ("A", "B"):
+        assert sched.take() == t
+        c = _claim(home, t)
+        Path(c.workspace.path, "a.txt" if conflict else f"{t}.txt").write_text(t + "\n")
+        tr.finish(home, plan, sched, c, ok=True, worker="w1", output_data=b"")
+    s = tr.end_goal_if_finished(home, plan, sched, "w9")
+    assert s["outcome"] == "done"
+    e = goal_events(home, ev.GOAL_INTEGRATED)
+    assert len(e) == 1 and e[0]["worker"] == "w9"
+    if conflict:
+        assert "error" in e[0] and "B" in e[0]["error"] and "branch" not in e[0]
+    else:
+        assert e[0]["branch"] == "dagrun/g/_integrated" and e[0]["merged"] == ["A", "B"]
+        assert e[0]["head"] == git(repo, "rev-parse", "dagrun/g/_integrated")
+        assert git(repo, "show", "dagrun/g/_integrated:B.txt") == "B"
+        # a finisher that died before announcing: whoever announces for it integrates too
+        _far_summary(home, "n5", 61)
+        assert tr.announce_if_lost(home, "g", "w2") is True
+        e = goal_events(home, ev.GOAL_INTEGRATED)
+        assert len(e) == 2 and e[1]["worker"] == "w2" and e[1]["branch"] == "dagrun/g/_integrated"
+    # a goal that did not end done: nothing integrated
+    make_repo(tmp_path / "2" / "plan" / "repo")
+    home2 = submit_home(tmp_path / "2", [{"id": "A", "prompt": "x", "agent": "true", "retries": 0}],
+                  workspace={"repo": "repo", "integrate": True})
+    plan2, sched2 = home2.load_plan("g"), _sched(home2)
+    sched2.take()
+    tr.finish(home2, plan2, sched2, _claim(home2, "A"), ok=False, worker="w1", reason="x")
+    assert tr.end_goal_if_finished(home2, plan2, sched2, "w9")["outcome"] != "done"
+    assert goal_events(home2, ev.GOAL_INTEGRATED) == []
+
+
+def test_the_goal_end_runs_its_hooks_once_from_the_record_published_before_the_summary(tmp_path):
+    got, hook = _recorder(tmp_path)
+    home, plan, sched = _finished_but_not_ended(tmp_path, hooks={"on_goal_finished": [hook]})
+    s = tr.end_goal_if_finished(home, plan, sched, "w1")
+    assert _wait_files(got, 1) == ["on_goal_finished-"]
+    assert json.loads((got / "on_goal_finished-").read_text())["finish_id"] == s["finisher"]["nonce"]
+    end = time.monotonic() + 15
+    while time.monotonic() < end and _due(home):
+        time.sleep(0.05)
+    assert _due(home) == []              # the record published before the summary was settled, run, removed
+    time.sleep(0.3)
+    assert os.listdir(got) == ["on_goal_finished-"]
+
+
+def test_hooks_of_a_success_cut_off_before_its_event_run_from_their_records(tmp_path, monkeypatch):
+    """a's done marker skips d (one_failed: none failed): a's on_done record and d's on_skipped
+    record, both published before the marker, run after the cut-off."""
+    got, hook = _recorder(tmp_path)
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                            {"id": "d", "prompt": "x", "agent": "true", "deps": ["a"], "trigger": "one_failed"}],
+                 hooks={"on_done": [hook], "on_skipped": [hook]})
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    c = _claim(home, "a")
+    _cut_off_then_replayed(home, monkeypatch,
+                           lambda: tr.finish(home, plan, sched, c, ok=True, worker="w1", output_data=b"x"), 2)
+    assert _wait_files(got, 2) == ["on_done-a", "on_skipped-d"]
+    d = json.loads((got / "on_skipped-d").read_text())
+    assert (d["task"], d["status"], d["derived"]) == ("d", "skipped", True)
+    assert d["skipped_by"] == "d"        # no dependency was skipped: its own rule is the origin (Scheduler._root)
+
+
+def test_a_success_runs_the_on_skipped_hooks_of_what_it_skips_once_from_their_records(tmp_path):
+    got, hook = _recorder(tmp_path)
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                            {"id": "d", "prompt": "x", "agent": "true", "deps": ["a"], "trigger": "one_failed"}],
+                 hooks={"on_skipped": [hook]})
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    fin = tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"x")
+    assert fin.changes.skipped == [("d", "d")]
+    assert _wait_files(got, 1) == ["on_skipped-d"]
+    end = time.monotonic() + 15
+    while time.monotonic() < end and _due(home):
+        time.sleep(0.05)
+    assert _due(home) == []              # the record published before a's marker was settled, run, removed
+    time.sleep(0.3)
+    assert os.listdir(got) == ["on_skipped-d"]
+
+
+def test_a_forced_failure_records_who_forced_it_and_its_event_names_the_node(tmp_path):
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 0}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    fin = tr.finish(home, plan, sched, _claim(home, "a"), ok=False, worker="me", reason="stuck",
+                    forced={"forced_by": "me", "held_by": "w1"}, extra={"node": "n4"})
+    m = read_json(home.marker_path("g", "a", "failed"))
+    assert (fin.record["forced_by"], fin.record["held_by"]) == ("me", "w1") == (m["forced_by"], m["held_by"])
+    e = goal_events(home, ev.TASK_STATUS)[-1]
+    assert (e["status"], e["node"], e["forced_by"], e["held_by"]) == ("failed", "n4", "me", "w1")
+
+
+def test_the_on_retrying_hook_of_a_retry_cut_off_before_its_event_runs_from_its_record(tmp_path, monkeypatch):
+    got, hook = _recorder(tmp_path)
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 1, "retry_backoff": 0}],
+                 hooks={"on_retrying": [hook]})
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    c = _claim(home, "a")
+    _cut_off_then_replayed(home, monkeypatch,
+                           lambda: tr.finish(home, plan, sched, c, ok=False, worker="w1", reason="bad"), 1)
+    assert _wait_files(got, 1) == ["on_retrying-a"]
+    assert json.loads((got / "on_retrying-a").read_text())["task"] == "a"
