@@ -330,6 +330,14 @@ def link(src: str, dst: str) -> None:
     _done_step(f"link {src} -> {dst}")
 
 
+def size(path: str | None) -> int:
+    """A file's size, 0 when it is not there (or no path)."""
+    try:
+        return os.stat(path).st_size if path else 0
+    except OSError:
+        return 0
+
+
 def remove(path: str) -> bool:
     """unlink(2); False if it was already gone."""
     _step(f"unlink {path}")

@@ -67,7 +67,7 @@ class Reconciler:
                 continue
             fsio.sweep_temps(self.home.goal_dir(g))   # e.g. .summary.json.<pid>.tmp of a killed finisher
             reader = ev.Reader(self.home.events_path(g))
-            reader.offset = _size(reader.path)        # the past is in the snapshot
+            reader.offset = fsio.size(reader.path)        # the past is in the snapshot
             gs = GoalState(plan=plan, sched=None, reader=reader, stamp=stamp)  # type: ignore[arg-type]
             self.goals[g] = gs
             if self.watcher is not None:
@@ -97,7 +97,7 @@ class Reconciler:
 
     def _still_dormant(self, g: str) -> bool:
         """True: g is (or now becomes) dormant. Re-checked only when its events.jsonl grew."""
-        size = _size(self.home.events_path(g))
+        size = fsio.size(self.home.events_path(g))
         if self.dormant.get(g) == size:
             return True
         if not self._settled(g):
@@ -334,8 +334,3 @@ class Reconciler:
                 self._check_ended(gs)
 
 
-def _size(path: str) -> int:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0

@@ -39,6 +39,7 @@ import subprocess
 import time
 from dataclasses import dataclass, replace
 
+from . import fsio
 from .executor import RUN_ID_VAR, Exit, Launch, ProcessRunner, Progress, StartError, Wakeup
 from .proc import HOST
 
@@ -307,17 +308,13 @@ class SlurmRunner:
         j = self._jobs.get(self.key(handle))
         if j is None:
             return Progress()
-        try:
-            st = os.stat(handle["stdout"])
-        except OSError:
-            return Progress()
-        return Progress(out_bytes=st.st_size)
+        return Progress(out_bytes=fsio.size(handle["stdout"]))
 
     def _step_progress(self, handle: dict) -> Progress:
         """What the step's agent has written so far: the sizes of claim/stdout and
         claim/stderr (the step writes them), a byte more than last time being output."""
         w = self._step_out.setdefault(self.key(handle), _StepOutput())
-        out, err = _size(handle.get("stdout")), _size(handle.get("stderr"))
+        out, err = fsio.size(handle.get("stdout")), fsio.size(handle.get("stderr"))
         if out > w.out or err > w.err:
             now = time.monotonic()
             w.last_output = now
@@ -349,7 +346,7 @@ class SlurmRunner:
             if prog.over_limit:
                 os.truncate(out, prog.out_bytes)
             for path in (out, err):
-                if _size(path) == 0:
+                if fsio.size(path) == 0:
                     os.unlink(path)
         except OSError:
             pass
@@ -429,11 +426,7 @@ class SlurmRunner:
                     self._final_progress(handle), reason=why, node=node)
 
     def _final_progress(self, handle: dict) -> Progress:
-        try:
-            n = os.stat(handle["stdout"]).st_size
-        except OSError:
-            n = 0
-        return Progress(out_bytes=n)
+        return Progress(out_bytes=fsio.size(handle["stdout"]))
 
     # ------------------------------------------------------------------ Slurm queries
     def _states(self, jobs: list[int], nodes: dict | None = None) -> dict[int, str]:
@@ -550,13 +543,6 @@ def _cancel_step(handle: dict) -> bool:
     if not step or not all(p.isdigit() for p in step.split(".")) or step.count(".") != 1:
         return False
     return _run(["scancel", step]).returncode == 0
-
-
-def _size(path: str | None) -> int:
-    try:
-        return os.stat(path).st_size if path else 0
-    except OSError:
-        return 0
 
 
 def _read_exit(path: str | None) -> int | None:
