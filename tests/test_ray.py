@@ -47,14 +47,19 @@ def test_example_goal_and_a_fifty_task_dag_give_the_local_outputs(tmp_path):
     assert len(running) == 50 and all(e["runner"] == "ray" and len(e["task_id"]) > 10 for e in running)
 
 
+def _run_retried_once(tmp_path, agent: str):
+    """A driver (`dagrun run -q`) of goal g: one Ray task "a" running `agent`, one retry at once."""
+    p = write_plan(tmp_path / "plans", [{"id": "a", "prompt": "p", "agent": agent, "retries": 1,
+                                         "retry_backoff": 0}], goal="g", runner="ray")
+    home = tmp_path / "home"
+    return home, spawn("run", "-q", p, home=home)
+
+
 @ray
 def test_a_ray_worker_that_dies_fails_the_attempt_with_rays_reason_then_retries(tmp_path):
     need_ray()
     agent = "if [ \"$DAGRUN_ATTEMPT\" = 1 ]; then sleep 60; fi; printf ok"
-    p = write_plan(tmp_path / "plans", [{"id": "a", "prompt": "p", "agent": agent, "retries": 1,
-                                         "retry_backoff": 0}], goal="g", runner="ray")
-    home = tmp_path / "home"
-    d = spawn("run", "-q", p, home=home)
+    home, d = _run_retried_once(tmp_path, agent)
     try:
         def parent(q):
             return int(open(f"/proc/{q}/stat").read().rsplit(")", 1)[1].split()[1])
@@ -127,10 +132,7 @@ def test_an_agent_that_kills_its_ray_worker_at_once_does_not_outlive_it(tmp_path
     from conftest import agents_of
     need_ray()
     agent = "if [ \"$DAGRUN_ATTEMPT\" = 1 ]; then kill -KILL $PPID; sleep 60; fi; printf ok"
-    p = write_plan(tmp_path / "plans", [{"id": "a", "prompt": "p", "agent": agent, "retries": 1,
-                                         "retry_backoff": 0}], goal="g", runner="ray")
-    home = tmp_path / "home"
-    d = spawn("run", "-q", p, home=home)
+    home, d = _run_retried_once(tmp_path, agent)
     try:
         assert d.wait(90) == 0
         wait_for(lambda: not agents_of(home), timeout=10, interval=0.1, what="the orphaned agent killed")
