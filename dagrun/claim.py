@@ -98,10 +98,18 @@ def judge(home: Home, g: str, t: str, owner: dict | None, *, lease: float,
     if os.path.islink(home.claim_dir(g, t)):
         return "the claim is a symbolic link (not made by dagrun)"
     if owner is None:
-        try:   # ctime: a claim made by renaming a spare folder keeps the spare's old mtime
-            age = now - os.stat(home.claim_dir(g, t)).st_ctime
+        # How long it has been born: ctime, not mtime (a claim made by renaming a spare folder
+        # keeps the spare's old mtime; a rename sets its ctime). But a task's first claim comes
+        # inside a spare nest, and renaming the nest into place sets only the nest's ctime,
+        # not the claim's, which stays as old as the nest -- then the task folder's ctime (the
+        # nest itself) is the younger, true one. The newer of the two is never older than the
+        # claim. Judging by the claim's alone broke live claims of engines between mkdir and
+        # owner.json, and the task ran twice (tests/test_race.py in CI).
+        try:
+            born = max(os.stat(home.claim_dir(g, t)).st_ctime, os.stat(home.task_dir(g, t)).st_ctime)
         except FileNotFoundError:
             return None  # gone already
+        age = now - born
         return f"half-created claim (no owner.json) for {age:.0f}s" if age > grace else None
     if owner.get("host") == HOST:
         pid = as_int(owner.get("pid"))

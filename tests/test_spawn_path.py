@@ -192,6 +192,32 @@ def test_a_first_claim_is_its_folder_and_claim_in_one_rename(tmp_path):
         fsio.stop_spares()
 
 
+def test_a_claim_born_in_an_old_spare_nest_is_judged_by_its_birth(tmp_path):
+    """A nest waits in the pool for a while; renaming it into place as a task folder sets the
+    nest's ctime but not that of the claim inside it. A claim without owner.json (its engine
+    is between mkdir and publishing owner.json) must still get its grace from the moment it
+    was taken, not from when the spare was made -- else a live claim is broken and the task
+    runs twice (tests/test_race.py found it)."""
+    home = Home(str(tmp_path / "home"))
+    home.ensure()
+    os.makedirs(home.tasks_dir("g"))
+    pool = fsio.start_spares(home.root, threads=1, target=4, nest=CLAIM)
+    try:
+        end = time.monotonic() + 20
+        while not pool._nests and time.monotonic() < end:
+            time.sleep(0.02)
+        if not pool._nests:
+            pytest.skip("no renameat2(RENAME_NOREPLACE) on this file system: claims use mkdir")
+        time.sleep(2.5)                                      # the nest grows old in the pool
+        assert claims.acquire(home, "g", "t1")
+        assert time.time() - os.stat(home.claim_dir("g", "t1")).st_ctime > 2   # the trap is there
+        assert claims.judge(home, "g", "t1", None, lease=60, grace=2.0) is None
+        assert "half-created claim" in claims.judge(home, "g", "t1", None, lease=60, grace=2.0,
+                                                    now=time.time() + 3)
+    finally:
+        fsio.stop_spares()
+
+
 def _drive_slow_spawns(home_root: str, goal: str) -> None:
     from dagrun import executor
     from dagrun.engine import Engine
