@@ -165,17 +165,21 @@ def test_worker_lease_is_a_floor(home, plans):
 
 def test_half_created_claim_gets_a_grace_period(home, plans):
     """claim/ without owner.json: a claim being born (or a holder that died between mkdir and
-    publishing owner.json). Left alone for 10 s, then recovered."""
+    publishing owner.json). Left alone for the grace (10 s by default; 3 s here through
+    DAGRUN_CLAIM_GRACE, so the test waits 3 s rather than 10), then recovered."""
+    from dagrun import claim
+    assert claim.HALF_BORN_GRACE == 10.0 or "DAGRUN_CLAIM_GRACE" in os.environ     # the default
+    grace = 3.0
     p = write_plan(plans, [{"id": "a", "prompt": "p"}], goal="half", defaults={"agent": "true"})
     run("submit", p, home=home)
     (task_dir(home, "half", "a") / "claim").mkdir(parents=True)
     t0 = time.monotonic()
-    w = spawn("worker", "--name", "w", home=home)
+    w = spawn("worker", "--name", "w", home=home, env={"DAGRUN_CLAIM_GRACE": str(grace)})
     try:
-        time.sleep(4)
+        time.sleep(grace / 2)
         assert (task_dir(home, "half", "a") / "claim").is_dir() and not recovered(home, "half", "a")
         wait_for(lambda: (task_dir(home, "half", "a") / "done").exists(), timeout=20, what="grace to expire")
-        assert time.monotonic() - t0 > 9
+        assert time.monotonic() - t0 > grace - 0.5     # (the claim's ctime is a little before t0)
     finally:
         stop(w)
     ev = recovered(home, "half", "a")
