@@ -240,7 +240,7 @@ class Scheduler:
         ids, deps, soft, get = self.ids, self.deps, self.soft, initial.get
         scratch: list = []
         for i in self.order:
-            for d in deps[i]:          # _tally, inlined: this loop runs once per edge
+            for d in deps[i]:          # d's state into i's trigger counters (once per edge)
                 sd = state[d]
                 if sd == DONE:
                     ndone[i] += 1
@@ -260,18 +260,6 @@ class Scheduler:
                 raise ValueError(f"task {ids[i]!r}: unknown initial state {s!r}")
             self._check(i, scratch)
             scratch.clear()
-
-    def _tally(self, i: int, d: int) -> None:
-        """Count dependency d's state into task i's trigger counters."""
-        s = self.state[d]
-        if s == DONE:
-            self.ndone[i] += 1
-        elif s == SKIPPED:
-            self.nskip[i] += 1
-        elif s in UNSUCCESSFUL:
-            self.nfail[i] += 1
-        else:
-            self.pend[i] += 1
 
     def _root(self, i: int, states: frozenset) -> int:
         """The task at the origin of i's verdict: the first dependency in one of `states`,
