@@ -115,6 +115,12 @@ def verdict(rule: str, pending: int, done: int, failed: int, skipped: int) -> in
     raise ValueError(f"unknown trigger rule {rule!r}")
 
 
+def skip_reason(root: str | None) -> str:
+    """The reason a task skipped by its trigger rule records: the skipped task behind it
+    (root, its `skipped_by`), or -- none: one_failed, every dependency done -- its rule."""
+    return f"{root} was skipped" if root is not None else f"trigger {ONE_FAILED}: no dependency failed"
+
+
 class Scheduler:
     def __init__(self, tasks: Sequence[TaskLike], initial: dict[str, str] | None = None, *,
                  max_parallel: int | None = None, stop_on_failure: bool = False,
@@ -347,7 +353,8 @@ class Scheduler:
 
     def blocked_by(self, tid: str) -> str | None:
         """The failed/cancelled task that blocks tid -- or, for a task skipped by its trigger
-        rule, the task whose condition skipped it."""
+        rule, the skipped task behind it (None when no dependency was skipped: one_failed with
+        none failed, see skip_reason)."""
         r = self.root.get(self._i(tid))
         return None if r is None else self.ids[r]
 
@@ -584,6 +591,9 @@ class Scheduler:
             return False
         root = self._root(d, UNSUCCESSFUL if v == BLOCKED else frozenset((SKIPPED,)))
         self._set(d, v)
+        if root == d:       # skipped by its own rule, no dependency skipped (one_failed: none failed)
+            changes.append((self.ids[d], NAMES[v], None))
+            return True
         self.root[d] = root
         changes.append((self.ids[d], NAMES[v], self.ids[root]))
         return True
