@@ -79,10 +79,7 @@ def sbatch_args(launch: Launch, script: str) -> list[str]:
          f"--chdir={launch.cwd}", "--output=/dev/null", "--error=/dev/null", "--ntasks=1"]
     if res.get("cpus"):
         a.append(f"--cpus-per-task={int(res['cpus'])}")
-    if res.get("mem") is not None:
-        a.append(f"--mem={res['mem']}")
-    if res.get("gpu"):
-        a.append(f"--gres=gpu:{int(res['gpu'])}")
+    a += _mem_gpu(res)
     if spec.get("timeout"):
         # Slurm's limit is the backstop: dagrun's own timeout (TERM, kill_grace, KILL) fires first
         secs = float(spec["timeout"]) + float(spec.get("kill_grace") or 0) + 60
@@ -114,12 +111,16 @@ def srun_args(launch: Launch, cdir: str) -> list[str]:
              f"printf '%s.%s\\n' \"$SLURM_JOB_ID\" \"$SLURM_STEP_ID\" >{q(step)}; "
              f"exec /bin/sh -c {q(launch.agent)} <{q(launch.stdin_path)} >{q(launch.stdout_path)} 2>{q(launch.stderr_path)}")
     a = ["srun", "--quiet", "--input=none", "--exact", "--nodes=1", "--ntasks=1", f"--cpus-per-task={int(res.get('cpus') or 1)}",
-         f"--job-name={spec.get('name') or 'dagrun'}", f"--chdir={launch.cwd}"]
-    if res.get("mem") is not None:
-        a.append(f"--mem={res['mem']}")
-    if res.get("gpu"):
-        a.append(f"--gres=gpu:{int(res['gpu'])}")
+         f"--job-name={spec.get('name') or 'dagrun'}", f"--chdir={launch.cwd}", *_mem_gpu(res)]
     return a + ["/bin/sh", "-c", inner]
+
+
+def _mem_gpu(res: dict) -> list[str]:
+    """The memory and GPUs a task's resources ask for, as sbatch and srun options."""
+    out = [f"--mem={res['mem']}"] if res.get("mem") is not None else []
+    if res.get("gpu"):
+        out.append(f"--gres=gpu:{int(res['gpu'])}")
+    return out
 
 
 def wrapper(launch: Launch, exit_path: str) -> str:
