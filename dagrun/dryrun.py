@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from . import fsio
+from . import fsio, history
 from . import resources as res
 from . import states as S
 from .errors import Refused
 from .executor import Launch
-from .lifecycle import build_scheduler, scheduler_for
+from .lifecycle import ranked_scheduler, ranking_history, scheduler_for
 from .plan import Plan
 from .simrun import DryRunner
 from .store import Home
@@ -43,9 +43,9 @@ def dry_run(home: Home, plan: Plan, *, jobs: int) -> list[Step]:
         if fsio.read_bytes(home.plan_path(g)) != plan.canonical():
             raise Refused(f"goal {g!r} already exists with a different plan; `dagrun diff {plan.source}` "
                           f"shows what a --replace would re-run")
-        sched, _facts = build_scheduler(home, plan)
-    else:
-        sched = scheduler_for(plan)
+        sched, _facts = ranked_scheduler(home, plan)
+    else:                                # ranked as the engine would: the home's history too
+        sched = scheduler_for(plan, durations=history.durations(plan, ranking_history(home, plan)))
         res.apply(home, plan, sched)     # the capacities and what other goals hold now
     runner = DryRunner()
     steps: list[Step] = []

@@ -645,6 +645,24 @@ def build_scheduler(home: Home, plan: Plan, now: float | None = None, *, duratio
     return scheduler_from_facts(home, plan, facts, now, durations=durations, clock=clock), facts
 
 
+def ranked_scheduler(home: Home, plan: Plan, hist: "history.History | None" = None, *,
+                     clock=None) -> tuple[Scheduler, dict[str, TaskFacts]]:
+    """build_scheduler ranking the ready tasks as every driver does -- the engine's rescans
+    and a script's `dagrun claim` alike: each task's duration from its estimate, else the
+    home's history (hist: already read, ranking_history; None: read now if needed)."""
+    if hist is None:
+        hist = ranking_history(home, plan)
+    return build_scheduler(home, plan, durations=history.durations(plan, hist), clock=clock)
+
+
+def ranking_history(home: Home, plan: Plan) -> "history.History | None":
+    """The home's history of done runs, if the plan's ranking needs it (a task without an
+    estimate of its seconds): one read of the done markers of every goal under the home."""
+    if all(t.estimate_seconds is not None for t in plan.tasks):
+        return None
+    return history.read_history(home, costs=False)
+
+
 def scheduler_from_facts(home: Home, plan: Plan, facts: dict[str, TaskFacts], now: float | None = None, *,
                          durations: dict[str, float] | None = None, clock=None) -> Scheduler:
     """The scheduler for facts already read (home.snapshot): a caller that needs both reads

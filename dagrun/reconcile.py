@@ -18,8 +18,8 @@ from . import fsio
 from . import states as S
 from . import transitions as tr
 from .errors import DagrunError, FsError
-from .history import durations, read_history
-from .lifecycle import build_scheduler, latest_attempt, marker_of
+from .history import read_history
+from .lifecycle import latest_attempt, marker_of, ranked_scheduler
 from .plan import Plan
 from .scheduler import Scheduler
 from .summary import ended
@@ -136,7 +136,7 @@ class Reconciler:
         gs.expand_error = False
         if self.history is None:
             self.history = read_history(self.home, costs=False)
-        sched, facts = build_scheduler(self.home, plan, durations=durations(plan, self.history), clock=time.monotonic)
+        sched, facts = ranked_scheduler(self.home, plan, self.history, clock=time.monotonic)
         if gs.sched is not None:
             sched.keep_waits(gs.sched)        # aging survives the rebuild
         gs.sched = sched

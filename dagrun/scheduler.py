@@ -115,6 +115,12 @@ def verdict(rule: str, pending: int, done: int, failed: int, skipped: int) -> in
     raise ValueError(f"unknown trigger rule {rule!r}")
 
 
+def skip_reason(root: str | None) -> str:
+    """The reason a task skipped by its trigger rule records: the skipped task behind it
+    (root, its `skipped_by`), or -- none: one_failed, every dependency done -- its rule."""
+    return f"{root} was skipped" if root is not None else f"trigger {ONE_FAILED}: no dependency failed"
+
+
 class Scheduler:
     def __init__(self, tasks: Sequence[TaskLike], initial: dict[str, str] | None = None, *,
                  max_parallel: int | None = None, stop_on_failure: bool = False,
@@ -240,7 +246,7 @@ class Scheduler:
         ids, deps, soft, get = self.ids, self.deps, self.soft, initial.get
         scratch: list = []
         for i in self.order:
-            for d in deps[i]:          # _tally, inlined: this loop runs once per edge
+            for d in deps[i]:          # d's state into i's trigger counters (once per edge)
                 sd = state[d]
                 if sd == DONE:
                     ndone[i] += 1
@@ -260,18 +266,6 @@ class Scheduler:
                 raise ValueError(f"task {ids[i]!r}: unknown initial state {s!r}")
             self._check(i, scratch)
             scratch.clear()
-
-    def _tally(self, i: int, d: int) -> None:
-        """Count dependency d's state into task i's trigger counters."""
-        s = self.state[d]
-        if s == DONE:
-            self.ndone[i] += 1
-        elif s == SKIPPED:
-            self.nskip[i] += 1
-        elif s in UNSUCCESSFUL:
-            self.nfail[i] += 1
-        else:
-            self.pend[i] += 1
 
     def _root(self, i: int, states: frozenset) -> int:
         """The task at the origin of i's verdict: the first dependency in one of `states`,
@@ -359,7 +353,8 @@ class Scheduler:
 
     def blocked_by(self, tid: str) -> str | None:
         """The failed/cancelled task that blocks tid -- or, for a task skipped by its trigger
-        rule, the task whose condition skipped it."""
+        rule, the skipped task behind it (None when no dependency was skipped: one_failed with
+        none failed, see skip_reason)."""
         r = self.root.get(self._i(tid))
         return None if r is None else self.ids[r]
 
@@ -596,6 +591,9 @@ class Scheduler:
             return False
         root = self._root(d, UNSUCCESSFUL if v == BLOCKED else frozenset((SKIPPED,)))
         self._set(d, v)
+        if root == d:       # skipped by its own rule, no dependency skipped (one_failed: none failed)
+            changes.append((self.ids[d], NAMES[v], None))
+            return True
         self.root[d] = root
         changes.append((self.ids[d], NAMES[v], self.ids[root]))
         return True

@@ -79,10 +79,7 @@ def sbatch_args(launch: Launch, script: str) -> list[str]:
          f"--chdir={launch.cwd}", "--output=/dev/null", "--error=/dev/null", "--ntasks=1"]
     if res.get("cpus"):
         a.append(f"--cpus-per-task={int(res['cpus'])}")
-    if res.get("mem") is not None:
-        a.append(f"--mem={res['mem']}")
-    if res.get("gpu"):
-        a.append(f"--gres=gpu:{int(res['gpu'])}")
+    a += _mem_gpu(res)
     if spec.get("timeout"):
         # Slurm's limit is the backstop: dagrun's own timeout (TERM, kill_grace, KILL) fires first
         secs = float(spec["timeout"]) + float(spec.get("kill_grace") or 0) + 60
@@ -114,12 +111,16 @@ def srun_args(launch: Launch, cdir: str) -> list[str]:
              f"printf '%s.%s\\n' \"$SLURM_JOB_ID\" \"$SLURM_STEP_ID\" >{q(step)}; "
              f"exec /bin/sh -c {q(launch.agent)} <{q(launch.stdin_path)} >{q(launch.stdout_path)} 2>{q(launch.stderr_path)}")
     a = ["srun", "--quiet", "--input=none", "--exact", "--nodes=1", "--ntasks=1", f"--cpus-per-task={int(res.get('cpus') or 1)}",
-         f"--job-name={spec.get('name') or 'dagrun'}", f"--chdir={launch.cwd}"]
-    if res.get("mem") is not None:
-        a.append(f"--mem={res['mem']}")
-    if res.get("gpu"):
-        a.append(f"--gres=gpu:{int(res['gpu'])}")
+         f"--job-name={spec.get('name') or 'dagrun'}", f"--chdir={launch.cwd}", *_mem_gpu(res)]
     return a + ["/bin/sh", "-c", inner]
+
+
+def _mem_gpu(res: dict) -> list[str]:
+    """The memory and GPUs a task's resources ask for, as sbatch and srun options."""
+    out = [f"--mem={res['mem']}"] if res.get("mem") is not None else []
+    if res.get("gpu"):
+        out.append(f"--gres=gpu:{int(res['gpu'])}")
+    return out
 
 
 def wrapper(launch: Launch, exit_path: str) -> str:
@@ -305,9 +306,14 @@ class SlurmRunner:
     def progress(self, handle: dict) -> Progress:
         if handle.get("mode") == STEPS:
             return self._step_progress(handle)
-        j = self._jobs.get(self.key(handle))
-        if j is None:
+        if self.key(handle) not in self._jobs:
             return Progress()
+        return self._job_progress(handle)
+
+    @staticmethod
+    def _job_progress(handle: dict) -> Progress:
+        """What a job's agent has written: the size of claim/stdout (the wrapper's redirect);
+        both while it runs and in its Exit."""
         return Progress(out_bytes=fsio.size(handle["stdout"]))
 
     def _step_progress(self, handle: dict) -> Progress:
@@ -367,7 +373,7 @@ class SlurmRunner:
         elif code > 128 and j.stop_sig is None:  # a signal we did not send: Slurm's word once it settles
             e = self._signalled(handle, j, code)
         else:                                    # the agent's own exit, or the end of our scancel
-            e = Exit(code, None, self._final_progress(handle), node=self._node(handle, j))
+            e = Exit(code, None, self._job_progress(handle), node=self._node(handle, j))
         if e is not None:
             del self._jobs[k]
         return e
@@ -386,13 +392,13 @@ class SlurmRunner:
             return None
         state = (self.describe(handle["job"])[0] or "").split(" ")[0]
         if state in STOPPED_STATES:
-            return Exit(None, code - 128, self._final_progress(handle), node=self._node(handle, j),
+            return Exit(None, code - 128, self._job_progress(handle), node=self._node(handle, j),
                         reason=f"slurm job {handle['job']} {state} (the agent ended by signal {code - 128})")
         if state in LIVE_STATES and now - (j.exit_seen or now) < SETTLE:
             j.exit_seen = j.exit_seen or now
             j.settle_at = now + 0.2
             return None
-        return Exit(code, None, self._final_progress(handle), node=self._node(handle, j))
+        return Exit(code, None, self._job_progress(handle), node=self._node(handle, j))
 
     def _gone(self, handle: dict, j: _Job) -> Exit | None:
         """No exit file: the job ends once squeue (one call for every job of this driver, every
@@ -416,17 +422,14 @@ class SlurmRunner:
         code, sig = _split_exitcode(exitcode)
         node = self._node(handle, j)
         if j.stop_sig is not None:       # we stopped it: the wrapper died with the agent
-            return Exit(None, sig or j.first_sig, self._final_progress(handle), node=node,
+            return Exit(None, sig or j.first_sig, self._job_progress(handle), node=node,
                         reason=f"slurm job {handle['job']} {state or 'ended'} after dagrun's scancel")
         why = f"slurm job {handle['job']} {state or 'vanished from the queue'}"
         if exitcode:
             why += f" (exit code {exitcode}" + (f", {reason}" if reason and reason != "None" else "") + ")"
         why += " without writing its exit file"
         return Exit(code if code else None, sig if sig else (None if code else signal.SIGKILL),
-                    self._final_progress(handle), reason=why, node=node)
-
-    def _final_progress(self, handle: dict) -> Progress:
-        return Progress(out_bytes=fsio.size(handle["stdout"]))
+                    self._job_progress(handle), reason=why, node=node)
 
     # ------------------------------------------------------------------ Slurm queries
     def _states(self, jobs: list[int], nodes: dict | None = None) -> dict[int, str]:

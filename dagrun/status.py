@@ -11,6 +11,7 @@ from . import budget, bulk, fsio, statuscache
 from . import resources as res
 from . import states as S
 from .lifecycle import scheduler_from_facts
+from .scheduler import skip_reason
 from .store import Home, dumps, loads, now_iso, parse_ts
 from .summary import ended, usage_by_task
 from .usage import add as add_usage
@@ -200,8 +201,10 @@ def _goal_detail(home: Home, g: str, plan=None) -> tuple[dict, object, dict]:
             row["decided_by"] = f.marker["decided_by"]
             row["decided_at"] = f.marker.get("decided_at")
         if st == S.SKIPPED and not f.marker:        # skipped by its trigger rule (derived)
-            row["skipped_by"] = sched.blocked_by(t)
-            row["reason"] = f"{row['skipped_by']} was skipped"
+            root = sched.blocked_by(t)
+            if root is not None:
+                row["skipped_by"] = root
+            row["reason"] = skip_reason(root)
         task = plan.task(t)
         if task.for_each:            # fan-out: a template (its instances once expanded)
             row["template"] = {"from": task.for_each["from"], "instances": task.fanout}

@@ -43,7 +43,7 @@ from .lifecycle import (
 )
 from .plan import Plan
 from .proc import BOOT_ID, HOST, is_alive
-from .scheduler import Scheduler
+from .scheduler import Scheduler, skip_reason
 from .store import Home, as_int, dumps, loads
 
 
@@ -54,7 +54,7 @@ class Changes:
     blocked: list[tuple[str, str]] = field(default_factory=list)  # (task, root that blocks it)
     cancelled: list[str] = field(default_factory=list)          # cancelled by on_failure=stop
     rebuild: bool = False     # outside the scheduler's incremental rules: rebuild from the files
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (task, the task whose condition skipped it)
+    skipped: list[tuple[str, str | None]] = field(default_factory=list)  # (task, the skipped task behind it, if any)
 
     def extend(self, other: "Changes") -> None:
         self.ready += other.ready
@@ -140,12 +140,18 @@ def _changes(home: Home, g: str, sched_changes, worker: str, plan: Plan | None =
                 ch.blocked.append((tid, root))
             elif state == S.SKIPPED:    # by its trigger rule (derived, like blocked: no marker)
                 _status(home, plan, g, tid, ev.SKIPPED, pending=skipped_due.pop(tid, None), worker=worker,
-                        reason=f"{root} was skipped", skipped_by=root, derived=True)
+                        **_rule_skipped(root))
                 ch.skipped.append((tid, root))
         return ch
     finally:
         for pend in (*blocked_due.values(), *skipped_due.values()):   # not after all (a retry, a rebuild)
             hk.abandon(pend)
+
+
+def _rule_skipped(root: str | None) -> dict:
+    """The fields of a task skipped by its trigger rule (derived: no marker): the skipped task
+    behind it, if any, as `skipped_by`."""
+    return {"reason": skip_reason(root), **({"skipped_by": root} if root is not None else {}), "derived": True}
 
 
 def _prepare_blocked(home: Home, plan: Plan, sched: Scheduler, t: str, attempt: int | None,
@@ -162,7 +168,7 @@ def _prepare_skipped(home: Home, plan: Plan, sched: Scheduler, t: str, outcome: 
     def skips():
         out = [(t, own)] if own is not None else []
         for tid, root in sched.would_skip(t, outcome):
-            out.append((tid, {"reason": f"{root} was skipped", "skipped_by": root, "derived": True}))
+            out.append((tid, _rule_skipped(root)))
         return out
     return hk.prepare_skipped(home, plan, plan.goal, {"marker": outcome, "task": t, **cause}, skips)
 

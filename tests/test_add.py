@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import DAGRUN, run, write_plan
+from conftest import DAGRUN, events, run, write_plan
 
 
 def _goal(tmp_path):
@@ -48,7 +48,7 @@ def test_add_to_a_finished_goal_reopens_it(tmp_path):
     assert st["state"] == "ready" and st["counts"] == {"done": 2, "ready": 1}
     run("run", "g", home=home)
     assert (home / "goals/g/tasks/c/output").read_text() == "c\n"
-    ev = [json.loads(x) for x in (home / "goals/g/events.jsonl").read_text().splitlines()]
+    ev = events(home, "g")
     add = [e for e in ev if e["type"] == "agent.plan.replaced"]
     assert add[0]["edit"] == "add" and add[0]["added"] == ["c"] and add[0]["worker"]
     assert [e["type"] for e in ev].count("agent.goal.finished") == 2
@@ -106,7 +106,7 @@ def test_an_agent_adds_three_sub_goals_with_its_dagrun_variables(tmp_path):
     assert [(tasks / f"sub{i}/output").read_text() for i in range(3)] == [f"sub-goal {i}\n" for i in range(3)]
     s = json.loads((home / "goals/g/summary.json").read_text())
     assert s["counts"] == {"done": 5}
-    ev = [json.loads(x) for x in (home / "goals/g/events.jsonl").read_text().splitlines()]
+    ev = events(home, "g")
     add = [e for e in ev if e["type"] == "agent.plan.replaced"]
     assert len(add) == 1 and add[0]["worker"] == "g/boss" and add[0]["by_task"] == "boss" and add[0]["by_attempt"] == 1
     assert add[0]["added"] == ["sub0", "sub1", "sub2"]

@@ -10,17 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run, write_plan
+from conftest import events, run, write_plan
 
 PY = sys.executable
 
 
 def _task(home: Path, g: str, t: str) -> Path:
     return home / "goals" / g / "tasks" / t
-
-
-def _events(home: Path, g: str) -> list[dict]:
-    return [json.loads(x) for x in (home / "goals" / g / "events.jsonl").read_text().splitlines()]
 
 
 USAGE_AGENT = r"""
@@ -46,7 +42,7 @@ def test_usage_file_lines_add_up_and_bad_lines_are_ignored_with_a_warning(tmp_pa
     assert done["usage"] == {"tokens_in": 150, "tokens_out": 15, "tokens_cached": 20, "cost_usd": 0.75, "model": "m1"}
     assert (_task(home, "u", "a") / "output").read_text() == "answer\n"
     # events: on the done line
-    dl = [e for e in _events(home, "u") if e.get("status") == "done"]
+    dl = [e for e in events(home, "u") if e.get("status") == "done"]
     assert [e["usage"]["cost_usd"] for e in dl] == [0.75, 0.75]
     # status: per task and the goal's total
     st = json.loads(run("status", "u", "--json", home=home).stdout)
@@ -77,7 +73,7 @@ def test_failed_attempts_keep_their_usage_and_count_in_the_total(tmp_path):
     run("run", plan, home=home)
     rec = json.loads((_task(home, "f", "a") / "attempts" / "1.json").read_text())
     assert rec["usage"] == {"tokens_in": 7, "cost_usd": 0.1}
-    retrying = [e for e in _events(home, "f") if e.get("status") == "retrying"]
+    retrying = [e for e in events(home, "f") if e.get("status") == "retrying"]
     assert retrying[0]["usage"]["cost_usd"] == 0.1
     st = json.loads(run("status", "f", "--json", home=home).stdout)
     assert st["usage"]["cost_usd"] == 0.2 and st["usage"]["tokens_in"] == 14

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import need_realagents, run, write_plan
+from conftest import events, need_realagents, run, write_plan
 
 R = Path("/tmp/realagents")
 pytestmark = pytest.mark.realagents
@@ -74,8 +74,7 @@ def test_preset_runs_a_diamond_on_the_real_cli(home, tmp_path, name):
     assert "## Output of a\n\nMOCK REPLY: alpha says hello" in prompt_b
     assert '"result"' not in prompt_b and '"type"' not in prompt_b
     # usage on the done event lines
-    done_lines = [json.loads(x) for x in (home / "goals/dia/events.jsonl").read_text().splitlines()]
-    done_lines = [e for e in done_lines if e.get("status") == "done"]
+    done_lines = [e for e in events(home, "dia") if e.get("status") == "done"]
     assert len(done_lines) == 4 and all(e["usage"]["tokens_out"] > 0 for e in done_lines)
 
 

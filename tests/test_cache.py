@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run, write_plan
+from conftest import events, run, write_plan
 
 AGENT = 'echo "$DAGRUN_GOAL/$DAGRUN_TASK" >> {log}; echo "out of $DAGRUN_TASK: $(cksum)"'
 
@@ -45,7 +45,7 @@ def test_second_run_starts_no_agent_and_a_changed_upstream_reruns_exactly_its_de
         done = json.loads((_task(home, "two", t) / "done").read_text())
         assert done["cached"] is True and len(done["cache_key"]) == 64 and done["exit_code"] is None
     assert "cached=True" in p2.stdout
-    ev = [json.loads(x) for x in (home / "goals/two/events.jsonl").read_text().splitlines()]
+    ev = events(home, "two")
     assert [e["task"] for e in ev if e.get("status") == "running"] == []          # no agent started
     assert sum(1 for e in ev if e.get("status") == "done" and e.get("cached")) == 5
     # a changed root: it and everything that reads its output (transitively) run; d does not

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run, write_plan
+from conftest import events, run, write_plan
 
 PY = sys.executable
 
@@ -25,10 +25,6 @@ AGENT = 'cat >/dev/null; if [ "$DAGRUN_ATTEMPT" = 1 ]; then echo wrong; else ech
 
 def _task(home: Path, g: str, t: str) -> Path:
     return home / "goals" / g / "tasks" / t
-
-
-def _events(home: Path, g: str) -> list[dict]:
-    return [json.loads(x) for x in (home / "goals" / g / "events.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture
@@ -57,7 +53,7 @@ def test_failing_check_fails_the_attempt_and_its_output_reaches_the_retry(tmp_pa
     assert (tdir / "output").read_text() == "right\n"
     done = json.loads((tdir / "done").read_text())
     assert done["check"]["passed"] is True and done["check"]["exit_code"] == 0
-    retrying = [e for e in _events(home, "ck") if e.get("status") == "retrying"]
+    retrying = [e for e in events(home, "ck") if e.get("status") == "retrying"]
     assert retrying[0]["outcome"] == "check_failed" and "check failed: exit code 3" in retrying[0]["reason"]
     s = json.loads((home / "goals/ck/summary.json").read_text())
     assert s["attempts_by_outcome"] == {"check_failed": 1, "done": 1}

@@ -97,7 +97,8 @@ def test_each_rule_on_a_diamond_in_the_scheduler(second, want):
         assert s.state_of(f"j_{r}") == st, r
         if st in ("blocked", "skipped"):           # propagates to all_success dependents, like Airflow
             assert s.state_of(f"after_{r}") == st
-            assert s.blocked_by(f"after_{r}") == s.blocked_by(f"j_{r}")
+            # (the same origin; j itself when its own rule skipped it: one_failed, none failed)
+            assert s.blocked_by(f"after_{r}") == (s.blocked_by(f"j_{r}") or f"j_{r}")
     # a rebuild from the same facts derives the same states
     facts = {t: st for t, st in s.states().items() if st in ("done", "failed", "skipped")}
     assert Scheduler(_diamond_tasks(), facts).states() == s.states()
@@ -119,6 +120,14 @@ def test_one_success_waits_for_every_dependency_to_end():
     s.finish("y", "failed")
     assert s.state_of("j") == "ready"
     assert not s.is_finished()
+
+
+def test_a_skip_by_ones_own_rule_names_no_task():
+    s = Scheduler([T("x"), T("k", ["x"], "one_failed"), T("m", ["k"])])
+    s.start("x")
+    assert s.finish("x", "done") == [("x", "done", None), ("k", "skipped", None), ("m", "skipped", "k")]
+    assert s.blocked_by("k") is None and s.blocked_by("m") == "k"
+    assert Scheduler([T("x"), T("k", ["x"], "one_failed"), T("m", ["k"])], {"x": "done"}).blocked_by("k") is None
 
 
 def test_a_rule_that_cannot_be_met_never_hangs():
@@ -205,12 +214,23 @@ def test_one_failed_is_skipped_when_nothing_failed_and_the_goal_is_done(tmp_path
         {"id": "a", "prompt": "x", "agent": "echo a"},
         {"id": "on-failure", "deps": ["a"], "trigger": "one_failed", "prompt": "x", "agent": "echo alert"},
         {"id": "cleanup", "deps": ["a", "on-failure"], "trigger": "all_done", "prompt": "x", "agent": "echo c"},
+        {"id": "after", "deps": ["on-failure"], "prompt": "x", "agent": "echo never"},
     ], goal="f")
     run("run", p, home=home)
     st = _status(home, "f")
     assert st["on-failure"]["state"] == "skipped" and st["cleanup"]["state"] == "done"
     assert not (task_dir(home, "f", "on-failure") / "skipped").exists()      # by its rule: no marker
     assert json.loads(run("status", "f", "--json", home=home).stdout)["state"] == "done"
+    # nothing was skipped before it: no skipped_by (not itself), the reason is its rule; what
+    # comes after it names it -- in status, the events and summary.json alike
+    why = "trigger one_failed: no dependency failed"
+    assert "skipped_by" not in st["on-failure"] and st["on-failure"]["reason"] == why
+    assert st["after"]["skipped_by"] == "on-failure" and st["after"]["reason"] == "on-failure was skipped"
+    ev = {e["task"]: e for e in events(home, "f") if e.get("status") == "skipped"}
+    assert "skipped_by" not in ev["on-failure"] and ev["on-failure"]["reason"] == why and ev["on-failure"]["derived"]
+    assert ev["after"]["skipped_by"] == "on-failure"
+    summary = json.loads((home / "goals/f/summary.json").read_text())
+    assert summary["skipped"] == [{"task": "on-failure"}, {"task": "after", "skipped_by": "on-failure"}]
 
 
 def test_bash_protocol_claim_skips_a_false_condition(tmp_path):

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import DAGRUN, agents_of, run, spawn, wait_for, write_plan
+from conftest import DAGRUN, agents_of, events, run, spawn, wait_for, write_plan
 
 PY = sys.executable
 
@@ -24,10 +24,6 @@ def _plan(tmp_path, output: str, *, template: dict | None = None, more: list | N
     tasks = [{"id": "plan-files", "prompt": "list the files", "agent": f"cat {tmp_path / 'items.txt'}"}, tpl,
              {"id": "join", "deps": ["migrate"], "prompt": "Summarise", "agent": "cat"}] + (more or [])
     return write_plan(tmp_path / "p", tasks, goal="g", **top)
-
-
-def _events(home):
-    return [json.loads(x) for x in (home / "goals/g/events.jsonl").read_text().splitlines()]
 
 
 def test_twenty_items_fan_out_to_twenty_tasks_and_the_join_sees_twenty_outputs(tmp_path):
@@ -49,7 +45,7 @@ def test_twenty_items_fan_out_to_twenty_tasks_and_the_join_sees_twenty_outputs(t
     assert marker["instances"] == 20
     st = json.loads(run("status", "g", "--json", home=home).stdout)
     assert st["counts"] == {"done": 23}
-    edits = [e for e in _events(home) if e["type"] == "agent.plan.replaced"]
+    edits = [e for e in events(home, "g") if e["type"] == "agent.plan.replaced"]
     assert len(edits) == 1 and edits[0]["edit"] == "fanout" and edits[0]["template"] == "migrate"
     assert edits[0]["added"] == [f"migrate.{k}" for k in range(20)] and edits[0]["source"] == "plan-files"
     pj = json.loads((home / "goals/g/plan.json").read_text())
@@ -93,7 +89,7 @@ def test_a_bad_output_fails_the_template_cleanly(tmp_path, output, reason):
     assert [t["id"] for t in pj["tasks"]] == ["plan-files", "migrate", "join"] and "fanout" not in pj["tasks"][1]
     st = json.loads(run("status", "g", "--json", home=home).stdout)
     assert st["counts"] == {"done": 1, "failed": 1, "blocked": 1}
-    assert not any(e["type"] == "agent.plan.replaced" for e in _events(home))
+    assert not any(e["type"] == "agent.plan.replaced" for e in events(home, "g"))
 
 
 def test_fenced_json_and_zero_items(tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DAGRUN, MUTMUT
+from conftest import DAGRUN, MUTMUT, events
 
 ITEMS = ["a", "b", "c", "d"]
 TASKS = ["plan-files", "migrate", *(f"migrate.{k}" for k in range(len(ITEMS))), "join"]
@@ -84,8 +84,7 @@ def _check(home: Path, log: Path) -> list[str]:
             rec = json.loads((g / "tasks" / t / "attempts" / f"{a}.json").read_text())
             if rec["outcome"] not in ("lost", "interrupted"):
                 bad.append(f"{t}: attempt {a} ran and was recorded {rec['outcome']}")
-    events = [json.loads(x) for x in (g / "events.jsonl").read_text().splitlines()]
-    if sum(1 for e in events if e.get("edit") == "fanout") > 1:
+    if sum(1 for e in events(home, "g") if e.get("edit") == "fanout") > 1:
         bad.append("expanded twice")
     for t in TASKS:
         if (g / "tasks" / t / "claim").exists():
@@ -208,7 +207,6 @@ def test_crash_at_every_step_of_add(tmp_path):
         for t in ids:
             if ran.count(t) != 1 or not (g / "tasks" / t / "done").exists():   # boss logs only when it got through
                 problems.append(f"step {k}: {t} ran {ran.count(t)} times")
-        events = [json.loads(x) for x in (g / "events.jsonl").read_text().splitlines()]
-        if sum(1 for e in events if e.get("edit") == "add") > 1:
+        if sum(1 for e in events(home, "g") if e.get("edit") == "add") > 1:
             problems.append(f"step {k}: added twice")
     assert not problems, "\n".join(problems)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run, write_plan
+from conftest import events, run, write_plan
 
 RECORDER = r'''
 import json, os, sys
@@ -60,10 +60,6 @@ def home(tmp_path) -> Path:
     return tmp_path / "home"
 
 
-def _events(home: Path, g: str) -> list[dict]:
-    return [json.loads(x) for x in (home / "goals" / g / "events.jsonl").read_text().splitlines()]
-
-
 def _due(home: Path, g: str) -> list[str]:
     d = home / "goals" / g / "hooks"
     return sorted(p.name for p in d.glob("due-*.json")) if d.exists() else []
@@ -94,7 +90,7 @@ def test_hook_order_and_stdin_per_transition(tmp_path, rec, home):
                                          "home-fin"]
     by = {x["label"]: x for x in got}
     # stdin is exactly the event line that was appended
-    evs = _events(home, "g")
+    evs = events(home, "g")
     for label in ("plan-done", "plan-failed", "plan-blocked", "plan-fin"):
         assert by[label]["stdin"] in evs
     assert by["plan-done"]["stdin"]["status"] == "done" and by["plan-done"]["stdin"]["task"] == "a"
@@ -116,7 +112,7 @@ def test_failing_hook_changes_nothing_and_shows_in_status(tmp_path, home):
     p = run("run", plan, home=home)
     assert "hook on_done of g/a (sh -c echo boom >&2; exit 7) failed: exit code 7: boom" in p.stderr
     assert (home / "goals/g/tasks/a/done").exists()
-    fails = [e for e in _events(home, "g") if e["type"] == "agent.hook.failed"]
+    fails = [e for e in events(home, "g") if e["type"] == "agent.hook.failed"]
     assert [f["reason"] for f in fails] == ["exit code 7: boom", "cannot start /nonexistent/hook: No such file or directory"]
     st = json.loads(run("status", "g", "--json", home=home).stdout)
     assert st["state"] == "done"
@@ -137,7 +133,7 @@ def test_hanging_hook_is_killed_at_its_timeout_and_the_goal_ends(tmp_path, home)
     took = time.monotonic() - t0
     assert (home / "goals/g/tasks/b/done").exists() and (home / "goals/g/summary.json").exists()
     assert took < 15, took
-    fails = [e for e in _events(home, "g") if e["type"] == "agent.hook.failed"]
+    fails = [e for e in events(home, "g") if e["type"] == "agent.hook.failed"]
     assert len(fails) == 2 and all("timed out after 1s" in f["reason"] for f in fails)
     left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
     assert left == []
@@ -295,8 +291,8 @@ def test_webhook_retries_with_backoff_and_secrets_stay_out_of_the_home(tmp_path,
     assert headers["X-Dagrun-Event"] == "on_goal_finished"
     assert headers["X-Dagrun-Signature"] == "sha256=" + hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
     e = json.loads(body)
-    assert e["type"] == "agent.goal.finished" and e in _events(home, "g")
-    assert not any(x["type"] == "agent.hook.failed" for x in _events(home, "g"))
+    assert e["type"] == "agent.goal.finished" and e in events(home, "g")
+    assert not any(x["type"] == "agent.hook.failed" for x in events(home, "g"))
     for root, _dirs, files in os.walk(home):
         for f in files:
             data = Path(root, f).read_bytes()
@@ -308,7 +304,7 @@ def test_webhook_that_keeps_failing_is_reported(tmp_path, home, server):
     plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "agent": "echo ok"}], goal="g",
                       hooks={"on_done": [{"url": s.url, "retries": 1, "timeout": 5}]})
     run("run", plan, home=home)
-    fails = [e for e in _events(home, "g") if e["type"] == "agent.hook.failed"]
+    fails = [e for e in events(home, "g") if e["type"] == "agent.hook.failed"]
     assert len(s.requests) == 2 and len(fails) == 1
     assert fails[0]["reason"] == f"HTTP 500 from {s.url} (after 2 attempts)"
 
@@ -400,7 +396,7 @@ def test_caused_hooks_due_at_a_crash_run_after_restart(tmp_path, rec, event):
     assert len(set(clean)) == len(clean) >= 1, clean
     steps = _steps(trace)
     appends = [k for k, label, what in steps if label == "append" and what.endswith("/g/events.jsonl")]
-    lines = _events(h0, "g")
+    lines = events(h0, "g")
     lines = lines[len(lines) - len(appends):]        # the first ones came with the goal (by rename)
     assert lines[0]["status"] == "running"
     nth = next(i for i, e in enumerate(lines) if all(e.get(k) == v for k, v in want.items()))

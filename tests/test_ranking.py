@@ -167,6 +167,26 @@ def test_duration_aware_order_beats_unit_weights_in_a_real_run(tmp_path):
     assert ma < mu - 0.15, (ma, mu)
 
 
+def test_a_scripts_claim_takes_ready_tasks_in_the_engines_order(tmp_path):
+    """`dagrun claim` (and `run --dry-run`) rank ready tasks as `dagrun run` does: the remaining
+    path in seconds from the home's history of done runs too, not only the plan's estimates
+    (one path: lifecycle.ranked_scheduler)."""
+    home = tmp_path / "home"
+    tasks = [{"id": "quick", "prompt": "x", "agent": "sleep 0.05"}, {"id": "slow", "prompt": "x", "agent": "sleep 0.6"}]
+    run("run", write_plan(tmp_path / "a", tasks, goal="first"), "-j", "1", home=home)     # nothing known
+    assert [t for _, t in _starts(home, "first")] == ["quick", "slow"]                    # plan order
+    run("run", write_plan(tmp_path / "b", tasks, goal="engine"), "-j", "1", home=home)    # ranked by the history
+    assert [t for _, t in _starts(home, "engine")] == ["slow", "quick"]
+    plan = write_plan(tmp_path / "c", tasks, goal="script")
+    dry = run("run", "--dry-run", "-j", "1", plan, home=home).stdout     # a plan not submitted yet
+    assert [x.split("\t")[1] for x in dry.splitlines()] == ["script/slow", "script/quick"]
+    run("submit", plan, home=home)
+    dry = run("run", "--dry-run", "-j", "1", "script", home=home).stdout  # the goal's files
+    assert [x.split("\t")[1] for x in dry.splitlines()] == ["script/slow", "script/quick"]
+    claims = [run("claim", "script", "--worker", "w", home=home).stdout.strip() for _ in range(2)]
+    assert claims == ["slow", "quick"]
+
+
 def test_simulate_predicts_a_real_run_within_10_percent(tmp_path):
     # tasks of 0.45-1.8 s: dagrun's own cost per task (tens of ms, more on a loaded machine)
     # stays well inside the 10 %

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import need_ray, need_slurm, wait_for, write_plan
+from conftest import goal_events, need_ray, need_slurm, wait_for, write_plan
 from dagrun import control, edit, executor
 from dagrun.engine import Engine
 from dagrun.simrun import DryRunner, FakeRunner, Outcome
@@ -91,13 +91,8 @@ def finish(p: mp.Process, timeout: float = 30.0) -> int:
     return p.exitcode
 
 
-def events(home: Home, goal: str) -> list[dict]:
-    with open(home.events_path(goal)) as f:
-        return [json.loads(x) for x in f]
-
-
 def statuses(home: Home, goal: str, task: str) -> list[str]:
-    return [e["status"] for e in events(home, goal) if e.get("task") == task and "status" in e]
+    return [e["status"] for e in goal_events(home, goal=goal) if e.get("task") == task and "status" in e]
 
 
 def record(home: Home, goal: str, task: str, n: int) -> dict:
@@ -119,7 +114,7 @@ def test_start_and_exit_commit_outputs_in_order(tmp_path, runner):
     assert statuses(home, "g", "a") == ["ready", "running", "done"]
     assert statuses(home, "g", "c")[-2:] == ["running", "failed"]
     assert not os.path.exists(home.claim_dir("g", "a"))
-    assert [e["outcome"] for e in events(home, "g") if e["type"] == "agent.goal.finished"] == ["failed"]
+    assert [e["outcome"] for e in goal_events(home) if e["type"] == "agent.goal.finished"] == ["failed"]
 
 
 @pytest.mark.parametrize("runner", RUNNERS)
@@ -152,7 +147,7 @@ def test_cancel_stops_a_running_attempt_and_blocks_nothing_it_should_not(tmp_pat
     assert record(home, "g", "a", 1)["outcome"] == "cancelled"
     assert not os.path.exists(home.prompt_path("g", "b"))         # never started
     assert any(e["type"] == "agent.task.blocked" and e["task"] == "b" and e["blocked_by"] == "a"
-               for e in events(home, "g"))
+               for e in goal_events(home))
     assert os.path.exists(home.marker_path("g", "c", "done"))
 
 

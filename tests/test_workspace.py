@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import need_realagents, run, write_plan
+from conftest import events, need_realagents, run, write_plan
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None and os.environ.get("CI") != "true",
                                 reason="git is not installed")
@@ -76,7 +76,7 @@ def test_parallel_tasks_and_dependents_see_exactly_their_prerequisites(tmp_path)
                  "GIT_INDEX_FILE": str(tmp_path / "idx")})
     assert r.returncode == 0, r.stderr + r.stdout
     # A and B overlapped in time (they ran in parallel, each in its own worktree)
-    ev = [json.loads(x) for x in (tmp_path / "home/goals/g/events.jsonl").read_text().splitlines()]
+    ev = events(tmp_path / "home", "g")
     order = [(e.get("task"), e.get("status")) for e in ev if e.get("status") in ("running", "done")]
     assert order.index(("B", "running")) < order.index(("A", "done"))
     # workspace: false runs where it always did

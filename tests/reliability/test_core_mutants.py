@@ -1600,7 +1600,8 @@ def test_hooks_of_a_success_cut_off_before_its_event_run_from_their_records(tmp_
     assert _wait_files(got, 2) == ["on_done-a", "on_skipped-d"]
     d = json.loads((got / "on_skipped-d").read_text())
     assert (d["task"], d["status"], d["derived"]) == ("d", "skipped", True)
-    assert d["skipped_by"] == "d"        # no dependency was skipped: its own rule is the origin (Scheduler._root)
+    # no dependency was skipped: no skipped_by (not itself), its rule is the reason (scheduler.skip_reason)
+    assert "skipped_by" not in d and d["reason"] == "trigger one_failed: no dependency failed"
 
 
 def test_a_success_runs_the_on_skipped_hooks_of_what_it_skips_once_from_their_records(tmp_path):
@@ -1611,7 +1612,7 @@ def test_a_success_runs_the_on_skipped_hooks_of_what_it_skips_once_from_their_re
     plan, sched = home.load_plan("g"), _sched(home)
     sched.take()
     fin = tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"x")
-    assert fin.changes.skipped == [("d", "d")]
+    assert fin.changes.skipped == [("d", None)]
     assert _wait_files(got, 1) == ["on_skipped-d"]
     end = time.monotonic() + 15
     while time.monotonic() < end and _due(home):
