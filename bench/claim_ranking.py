@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""What ranking by the home's history costs a script's `dagrun claim` (and `run --dry-run`):
-the scheduler built from a goal's files as before (lifecycle.build_scheduler, durations from
+"""What ranking by the home's history costs per call -- why `run --dry-run` does it and a
+script's `dagrun claim` (one call per task) does not: the scheduler built from a goal's files as before (lifecycle.build_scheduler, durations from
 the plan's estimates only) against lifecycle.ranked_scheduler (the engine's order: durations
 from the history too, one read of every done marker under the home).
 

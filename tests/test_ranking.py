@@ -167,10 +167,10 @@ def test_duration_aware_order_beats_unit_weights_in_a_real_run(tmp_path):
     assert ma < mu - 0.15, (ma, mu)
 
 
-def test_a_scripts_claim_takes_ready_tasks_in_the_engines_order(tmp_path):
-    """`dagrun claim` (and `run --dry-run`) rank ready tasks as `dagrun run` does: the remaining
-    path in seconds from the home's history of done runs too, not only the plan's estimates
-    (one path: lifecycle.ranked_scheduler)."""
+def test_dry_run_ranks_ready_tasks_in_the_engines_order(tmp_path):
+    """`run --dry-run` ranks ready tasks as `dagrun run` does: the remaining path in seconds
+    from the home's history of done runs too, not only the plan's estimates (one path:
+    lifecycle.ranked_scheduler). A script's `dagrun claim` ranks by the estimates only."""
     home = tmp_path / "home"
     tasks = [{"id": "quick", "prompt": "x", "agent": "sleep 0.05"}, {"id": "slow", "prompt": "x", "agent": "sleep 0.6"}]
     run("run", write_plan(tmp_path / "a", tasks, goal="first"), "-j", "1", home=home)     # nothing known
@@ -183,7 +183,13 @@ def test_a_scripts_claim_takes_ready_tasks_in_the_engines_order(tmp_path):
     run("submit", plan, home=home)
     dry = run("run", "--dry-run", "-j", "1", "script", home=home).stdout  # the goal's files
     assert [x.split("\t")[1] for x in dry.splitlines()] == ["script/slow", "script/quick"]
+    # a script's claim ranks by the estimates only (no history read per claim): plan order here,
+    # and the estimates' order once the plan has them
     claims = [run("claim", "script", "--worker", "w", home=home).stdout.strip() for _ in range(2)]
+    assert claims == ["quick", "slow"]
+    est = [dict(t, estimate={"seconds": s}) for t, s in zip(tasks, (0.05, 0.6))]
+    run("submit", write_plan(tmp_path / "d", est, goal="scripted"), home=home)
+    claims = [run("claim", "scripted", "--worker", "w", home=home).stdout.strip() for _ in range(2)]
     assert claims == ["slow", "quick"]
 
 
