@@ -348,6 +348,10 @@ class Engine(Reconciler):
         writes it then. Best effort: a snapshot is never needed."""
         if len(gs.plan.tasks) > self.SNAPSHOT_MAX_TASKS:
             return
+        # the turn's held event lines (the goal's last `done`, goal.finished) go out first:
+        # the snapshot stamps events.jsonl's size, and lines flushed after it made every
+        # snapshot stale at once (`dagrun run`'s closing status derived it all again)
+        ev.flush()
         from . import statuscache
         from .status import refresh_snapshot
         try:
