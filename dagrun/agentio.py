@@ -26,10 +26,9 @@ __all__ = ["RAW_FILE", "USAGE_FILE", "CHECK_FILE", "agent_env", "attempt_extra",
 
 def agent_env(claim_dir: str) -> dict[str, str]:
     """What an attempt's environment gets besides the DAGRUN_* basics."""
-    return {"DAGRUN_USAGE_FILE": os.path.join(claim_dir, USAGE_FILE),
-            "DAGRUN_RAW_FILE": os.path.join(claim_dir, RAW_FILE),
-            "DAGRUN_CHECK_FILE": os.path.join(claim_dir, CHECK_FILE),
-            "DAGRUN_HEARTBEAT_FILE": os.path.join(claim_dir, HEARTBEAT)}
+    d = claim_dir + "/" if claim_dir and not claim_dir.endswith("/") else claim_dir   # os.path.join, inlined
+    return {"DAGRUN_USAGE_FILE": d + USAGE_FILE, "DAGRUN_RAW_FILE": d + RAW_FILE,
+            "DAGRUN_CHECK_FILE": d + CHECK_FILE, "DAGRUN_HEARTBEAT_FILE": d + HEARTBEAT}
 
 
 def read_check(claim_dir: str) -> dict | None:

@@ -222,10 +222,12 @@ class Engine(Reconciler):
             gs = self.goals.get(g)
             if gs is not None:
                 self._feed(gs)
+        exits = getattr(self.runner, "exits", None)
+        due = exits(ready) if exits is not None else None   # None: poll every run
         if ready:
             self.runner.service(ready)
-        self._collect_spawns()
-        self._reap()
+        fresh = self._collect_spawns()
+        self._reap(None if due is None else due | fresh)
         now = time.monotonic()
         self._fire_timers(now)
         if now >= self._next_house:
@@ -346,6 +348,10 @@ class Engine(Reconciler):
         writes it then. Best effort: a snapshot is never needed."""
         if len(gs.plan.tasks) > self.SNAPSHOT_MAX_TASKS:
             return
+        # the turn's held event lines (the goal's last `done`, goal.finished) go out first:
+        # the snapshot stamps events.jsonl's size, and lines flushed after it made every
+        # snapshot stale at once (`dagrun run`'s closing status derived it all again)
+        ev.flush()
         from . import statuscache
         from .status import refresh_snapshot
         try:
@@ -526,15 +532,20 @@ class Engine(Reconciler):
         self._running(gs, run)
         return False
 
-    def _collect_spawns(self) -> None:
-        """Agents the runner's spawner has forked since the last turn: on with their start."""
+    def _collect_spawns(self) -> set[str]:
+        """Agents the runner's spawner has forked since the last turn: on with their start.
+        Returns their keys: their pidfds were not in this turn's poll(2), so _reap polls
+        them now (an agent that exits at once is committed in this turn, not the next)."""
         spawned = getattr(self.runner, "spawned", None)
         if spawned is None:
-            return
+            return set()
+        fresh: set[str] = set()
         for handle, err in spawned():
             run = next((r for r in self.runs.values() if r.handle is handle), None)
             if run is not None:
+                fresh.add(run.key)
                 self._spawned(run, err)
+        return fresh
 
     def _spawned(self, run: Run, err: StartError | None) -> None:
         run.spawning = False
@@ -625,8 +636,11 @@ class Engine(Reconciler):
         self._fs_failed(report)
 
     # ================================================================== endings
-    def _reap(self) -> None:
-        for key, run in list(self.runs.items()):
+    def _reap(self, due: set[str] | None = None) -> None:
+        """Commit the runs that ended. `due`: the keys that can have ended this turn (the
+        runner's exits(): their pidfd fired, or they were just spawned); None: poll them all."""
+        runs = self.runs.items()
+        for key, run in list(runs) if due is None else [(k, r) for k, r in runs if k in due]:
             ex = self.runner.poll(run.handle)
             if ex is None:
                 if run.node is None and run.handle.get("runner") not in _LOCAL:

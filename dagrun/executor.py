@@ -120,6 +120,10 @@ class Runner(Protocol):
     Optional (local processes): submit(launch) is start() without waiting for the fork (the
     handle comes back at once, completed when spawned() reports it: [(handle, StartError or
     None)]; its fd is in wakeup() meanwhile). The engine uses it when the runner has it.
+    Optional (a runner whose every exit wakes the driver through a wakeup() fd): exits(ready)
+    gives the keys of the attempts that may have ended, given the fds poll(2) found readable;
+    the driver then polls only those (and the ones whose spawn it just collected). None: it
+    cannot tell, poll every attempt. Without the method every attempt is polled every turn.
     """
     name: str
 
@@ -319,6 +323,18 @@ class Mux:
     def service(self, ready: set[int]) -> None:
         for r in self.runners.values():
             r.service(ready)
+
+    def exits(self, ready: set[int]) -> set[str] | None:
+        """exits() of every runner in use, in this Mux's keys; None if one of them cannot
+        tell (has no exits(), or says None): then every attempt is polled."""
+        out: set[str] = set()
+        for name, r in self.runners.items():
+            f = getattr(r, "exits", None)
+            keys = f(ready) if f is not None else None
+            if keys is None:
+                return None
+            out.update(f"{name}:{k}" for k in keys)
+        return out
 
     def progress(self, handle: dict) -> Progress:
         return self._of(handle).progress(handle)
@@ -585,6 +601,15 @@ class ProcessRunner:
             proc = self._procs.get(owner[0])
             if proc is not None:
                 self._drain(proc, proc.streams[owner[1]], FAIR_SHARE)
+
+    def exits(self, ready: set[int]) -> set[str] | None:
+        """The attempts whose pidfd is among the readable fds: only they can have ended
+        since the last poll (a pidfd stays readable once its process has exited, so one whose
+        turn was missed is reported again). None without pidfds: any may have ended."""
+        if not self.pidfd_ok:
+            return None
+        owners = self._fd_owner
+        return {o[0] for fd in ready if (o := owners.get(fd)) is not None and o[1] == "pid"}
 
     def _drain(self, proc: _Proc, s: _Stream, budget: int | None) -> None:
         while not s.eof and (budget is None or budget > 0):

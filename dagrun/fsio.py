@@ -105,8 +105,8 @@ def read_bytes(path: str, *, follow: bool = True) -> bytes | None:
 
 # ---------------------------------------------------------------------------------- writes
 def tmp_name(path: str) -> str:
-    d, name = os.path.split(path)
-    return os.path.join(d, f".{name}.{os.getpid()}.tmp")
+    i = path.rfind("/") + 1                  # folder/.name.<pid>.tmp (split + join, inlined)
+    return f"{path[:i]}.{path[i:]}.{os.getpid()}.tmp"
 
 
 def _write_whole(fd: int, data: bytes) -> None:

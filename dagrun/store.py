@@ -47,9 +47,16 @@ UNCOUNTED = {"lost", "interrupted", S.CANCELLED, "superseded", "budget"}
 HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]   # in names of scratch folders
 
 
+_VALID: set[str] = set()      # ids that passed ID_RE: a pure check, so remembered (bounded)
+
+
 def _id(kind: str, s: str) -> str:
-    if ID_RE.fullmatch(s) is None:           # cheap: every path of the home goes through here
-        check_id(kind, s)                    # raises the usual one-line error
+    if s not in _VALID:                      # every path of the home goes through here
+        if ID_RE.fullmatch(s) is None:
+            check_id(kind, s)                # raises the usual one-line error
+        if len(_VALID) >= 65536:
+            _VALID.clear()
+        _VALID.add(s)
     return s
 
 
@@ -163,13 +170,13 @@ class Home:
     # -- paths: built only from validated ids, so no path can leave the home (a "../x" or
     # "a/b" id raises here even if a caller forgot to check it)
     def goal_dir(self, g: str) -> str:
-        return os.path.join(self.goals_dir, _id("goal", g))
+        return f"{self.goals_dir}/{g if g in _VALID else _id('goal', g)}"
 
     def plan_path(self, g: str) -> str:
-        return os.path.join(self.goal_dir(g), "plan.json")
+        return self.goal_dir(g) + "/plan.json"
 
     def events_path(self, g: str) -> str:
-        return os.path.join(self.goal_dir(g), "events.jsonl")
+        return self.goal_dir(g) + "/events.jsonl"
 
     def summary_path(self, g: str) -> str:
         return os.path.join(self.goal_dir(g), "summary.json")
@@ -180,7 +187,7 @@ class Home:
 
     def home_hooks_dir(self, event: str) -> str:
         """$DAGRUN_HOME/hooks/<event>.d: run-parts style hooks for every goal."""
-        return os.path.join(self.root, "hooks", event + ".d")
+        return f"{self.root}/hooks/{event}.d"
 
     def archive_dir(self, g: str) -> str:
         return os.path.join(self.goal_dir(g), "archive")
@@ -191,7 +198,10 @@ class Home:
     def task_dir(self, g: str, t: str) -> str:
         # concatenation, not os.path.join: the ids are checked (no "/"), and the engine builds
         # ~90 task paths per task it runs
-        return f"{self.goals_dir}/{_id('goal', g)}/tasks/{_id('task', t)}"
+        if g not in _VALID or t not in _VALID:     # (checked once per id: _id remembers)
+            _id("goal", g)
+            _id("task", t)
+        return f"{self.goals_dir}/{g}/tasks/{t}"
 
     def claim_dir(self, g: str, t: str) -> str:
         return f"{self.task_dir(g, t)}/{CLAIM}"
@@ -317,7 +327,12 @@ class Home:
         so a symlinked task folder, claim or output (planted by a sandboxed agent, or by
         another user of a shared home) cannot make dagrun read -- and put into a prompt, or
         print -- a file outside the home. None when the file does not exist."""
-        rel = os.path.relpath(path, self.root)
+        prefix = self.root + "/"
+        if path.startswith(prefix) and "/." not in path[len(prefix) - 1:] and "//" not in path \
+                and not path.endswith("/"):
+            rel = path[len(prefix):]          # a plain path under the home (as Home builds them):
+        else:                                 # relpath would return exactly this, at ~25 calls
+            rel = os.path.relpath(path, self.root)
         parts = rel.split(os.sep)
         if rel.startswith("..") or os.path.isabs(rel) or not parts:
             raise FsError(f"refusing to read {path}: it is outside {self.root}")

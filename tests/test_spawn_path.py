@@ -119,6 +119,42 @@ def _close_kills_what_is_being_spawned(tmp: str) -> None:
     assert not os.path.exists(marker)
 
 
+def _exits_names_the_ended_attempts(tmp: str) -> None:
+    from dagrun.executor import Mux
+    r = ProcessRunner()
+    mux = Mux({"process": r})
+    short, long_ = mux.submit(_launch(tmp, "true")), mux.submit(_launch(tmp, "sleep 30"))
+    got: list = []
+    while len(got) < 2:
+        got += _spawned(r)
+    if not r.pidfd_ok:
+        assert mux.exits(set(r.wakeup().fds)) is None     # no pidfds: the engine polls every run
+        r.close()
+        return
+    assert mux.exits(set()) == set()
+    ended: set = set()
+    end = time.monotonic() + 20
+    while not ended and time.monotonic() < end:           # wait as the loop does
+        p = select.poll()
+        for fd in mux.wakeup().fds:
+            p.register(fd, select.POLLIN)
+        ready = {fd for fd, _ in p.poll(100)}
+        mux.service(ready)
+        ended = mux.exits(ready)
+    assert ended == {mux.key(short)}                      # only the one that exited; not the sleeper
+    assert mux.poll(long_) is None and mux.poll(short).ok
+    mux.kill(long_)
+    while mux.poll(long_) is None:
+        time.sleep(0.02)
+    r.close()
+
+
+def test_exits_names_only_the_attempts_whose_process_ended(tmp_path):
+    """The engine polls only these runs each turn (Engine._reap(due)): a pidfd stays
+    readable once its process has exited, so a run is never missed."""
+    _in_child(_exits_names_the_ended_attempts, tmp_path)
+
+
 def test_submit_reports_the_spawn_then_the_exit(tmp_path):
     _in_child(_submit_then_exit, tmp_path)
 

@@ -197,6 +197,17 @@ def test_plan_edits_fan_out_and_the_workers_snapshot_at_the_end(home, plans, tmp
     assert d["state"] == "done" and {"each.0", "each.1", "each.2"} <= set(states(d))
 
 
+def test_the_workers_snapshot_at_the_end_is_current(home, plans):
+    """The engine derives the snapshot when the goal ends, after the turn's held event lines
+    (goal.finished) are written: stamped before them, it was stale at once and the first
+    status (`dagrun run`'s closing line) derived everything again."""
+    _submit(home, plans)
+    assert not cache(home).exists()
+    run("worker", "--until-idle", home=home)          # prints no status: only the engine's snapshot
+    assert cache(home).exists() and hit(home)
+    assert states(checked(home)) == {"a": "done", "b": "done", "c": "done"}
+
+
 def test_retry_and_gc(home, plans):
     p = _submit(home, plans, [{"id": "a", "prompt": "A"}], agent="false")
     run("run", p, home=home, check=False)
