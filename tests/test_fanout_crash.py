@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(MUTMUT, reason="runs the installed dagrun, which
 
 def _dagrun(args, home, env=None, timeout=60):
     e = dict(os.environ)
-    for k in ("DAGRUN_HOME", "DAGRUN_CRASH_AT", "DAGRUN_CRASH_TRACE", "DAGRUN_STEP_TRACE", "DAGRUN_GOAL",
+    for k in ("DAGRUN_HOME", "DAGRUN_CRASH_AT", "DAGRUN_CRASH_ON", "DAGRUN_CRASH_TRACE", "DAGRUN_STEP_TRACE", "DAGRUN_GOAL",
               "DAGRUN_TASK"):
         e.pop(k, None)
     e["DAGRUN_CLAIM_GRACE"] = "0"          # one engine at a time: a claim without owner.json is dead

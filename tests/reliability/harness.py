@@ -78,7 +78,7 @@ class Done:
 
 def dagrun(args: list, home: Path, env: dict | None = None, timeout: float = 60) -> Done:
     e = dict(os.environ)
-    for k in ("DAGRUN_HOME", "DAGRUN_CRASH_AT", "DAGRUN_CRASH_TRACE", "DAGRUN_STEP_TRACE"):
+    for k in ("DAGRUN_HOME", "DAGRUN_CRASH_AT", "DAGRUN_CRASH_ON", "DAGRUN_CRASH_TRACE", "DAGRUN_STEP_TRACE"):
         e.pop(k, None)
     e["DAGRUN_CLAIM_GRACE"] = "0"     # one engine at a time: a claim without owner.json is dead
     e.update(env or {})
