@@ -8,6 +8,10 @@ Every mutation goes through `_step()`, so a crash can be injected at the k-th fi
 operation (`DAGRUN_CRASH_AT=k` kills the process with SIGKILL right before that operation;
 `DAGRUN_CRASH_AT=k:after` right after it). The reliability tests use it to crash at every step;
 `DAGRUN_STEP_TRACE=file` appends "k label" for every step (how many steps a clean run takes).
+`DAGRUN_CRASH_ON=pattern` (fnmatch, on the label, e.g. "publish */hooks/due-*") makes k count
+only the steps whose label matches: "the k-th hooks record" is the same step in every run,
+where the engine's threads (spawner, spare pool) and its batched event appends make "the k-th
+step" differ from run to run.
 
 `DAGRUN_FSYNC=1` fsyncs data and the folder around each publish: needed to survive power
 loss, not process crashes (the kernel keeps written pages whatever happens to the process).
@@ -31,6 +35,8 @@ _crash_after = False
 _steps = 0
 _step_trace = os.environ.get("DAGRUN_STEP_TRACE", "")
 _env = os.environ.get("DAGRUN_CRASH_AT", "")
+_crash_on = os.environ.get("DAGRUN_CRASH_ON", "")
+_matched = 0
 if _env:
     _n, _, _when = _env.partition(":")
     _crash_at = int(_n)
@@ -48,7 +54,7 @@ def _step(label: str) -> None:
     (the spawner, the spare pool) count too: one lock makes each step one number, and a crash
     "after" step k happens in the thread that took step k, whatever other threads counted
     while its operation ran (a git call takes long)."""
-    global _steps
+    global _steps, _matched
     if not _counting:
         return
     with _count_lock:
@@ -57,6 +63,12 @@ def _step(label: str) -> None:
         if _step_trace:
             with open(_step_trace, "a") as f:
                 f.write(f"{k} {label}\n")
+        if _crash_on:
+            from fnmatch import fnmatchcase   # only under the crash harness
+            if not fnmatchcase(label, _crash_on):
+                return
+            _matched += 1
+            k = _matched
     if k == _crash_at:
         if not _crash_after:
             _die(label)

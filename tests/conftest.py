@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -111,6 +113,24 @@ def wait_for(pred, timeout: float = 20.0, interval: float = 0.02, what: str = "c
             return v
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def step_pattern(label: str, home: Path | str) -> str:
+    """An fnmatch pattern (fsio's DAGRUN_CRASH_ON) of one step label of a DAGRUN_STEP_TRACE that
+    matches the same step in another run: the run's home, pids and ids (hex with a digit, the
+    clock) become `*`."""
+    s = re.sub(r"[][*?]", lambda m: f"[{m.group(0)}]", label).replace(str(home), "*")
+    return re.sub(r"\*+", "*", re.sub(r"[0-9a-f]*[0-9][0-9a-f]*", "*", s))
+
+
+def crash_step(labels: list[str], k: int, home: Path | str, after: bool = False) -> dict:
+    """The environment that SIGKILLs a dagrun right before (after: after) the step that was
+    the k-th (1-based) of a clean run whose labels and home these are -- named by its label
+    and its rank among the steps with such a label (DAGRUN_CRASH_ON), not by k: the engine's
+    threads and its batched event appends make the k-th step another one from run to run."""
+    pat = step_pattern(labels[k - 1], home)
+    j = sum(fnmatch.fnmatchcase(lab, pat) for lab in labels[:k])
+    return {"DAGRUN_CRASH_AT": f"{j}{':after' if after else ''}", "DAGRUN_CRASH_ON": pat}
 
 
 def task_dir(home: Path, goal: str, task: str) -> Path:

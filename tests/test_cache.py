@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import events, run, write_plan
+from conftest import crash_step, events, run, write_plan
 
 AGENT = 'echo "$DAGRUN_GOAL/$DAGRUN_TASK" >> {log}; echo "out of $DAGRUN_TASK: $(cksum)"'
 
@@ -115,15 +115,17 @@ def test_crash_around_the_cache_publish_leaves_a_consistent_state(tmp_path, worl
     plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x"}], goal="g", defaults=dflt)
     trace = tmp_path / "trace"
     run("run", plan, home=tmp_path / "probe", env={"DAGRUN_STEP_TRACE": str(trace)})
-    steps = [int(line.split()[0]) for line in trace.read_text().splitlines()
-             if "cache" in line and ("store" in line or "/cache/" in line)]
+    labels = [line.split(" ", 1)[1] for line in trace.read_text().splitlines()]
+    steps = [k for k, label in enumerate(labels, 1) if "cache" in label and ("store" in label or "/cache/" in label)]
     assert steps, trace.read_text()
     seen = set()
     for k in sorted(set(steps)):
         for when in ("", ":after"):
             home = tmp_path / f"h{k}{when.strip(':')}"
             log.unlink(missing_ok=True)
-            r = run("run", plan, home=home, check=False, env={"DAGRUN_CRASH_AT": f"{k}{when}"})
+            # the step named by its label (crash_step): its number differs from run to run
+            crash = crash_step(labels, k, tmp_path / "probe", after=when == ":after")
+            r = run("run", plan, home=home, check=False, env=crash)
             assert r.returncode in (0, -9, 137), r
             run("run", plan, home=home)                                  # resume: ends done
             assert (_task(home, "g", "a") / "done").exists()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DAGRUN, MUTMUT, events
+from conftest import DAGRUN, MUTMUT, crash_step, events
 
 ITEMS = ["a", "b", "c", "d"]
 TASKS = ["plan-files", "migrate", *(f"migrate.{k}" for k in range(len(ITEMS))), "join"]
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(MUTMUT, reason="runs the installed dagrun, which
 
 def _dagrun(args, home, env=None, timeout=60):
     e = dict(os.environ)
-    for k in ("DAGRUN_HOME", "DAGRUN_CRASH_AT", "DAGRUN_CRASH_TRACE", "DAGRUN_STEP_TRACE", "DAGRUN_GOAL",
+    for k in ("DAGRUN_HOME", "DAGRUN_CRASH_AT", "DAGRUN_CRASH_ON", "DAGRUN_CRASH_TRACE", "DAGRUN_STEP_TRACE", "DAGRUN_GOAL",
               "DAGRUN_TASK"):
         e.pop(k, None)
     e["DAGRUN_CLAIM_GRACE"] = "0"          # one engine at a time: a claim without owner.json is dead
@@ -100,15 +100,26 @@ def reference(tmp_path_factory):
     r = _dagrun(["run", plan, "-j", "2"], base / "home", {"DAGRUN_STEP_TRACE": str(trace)})
     assert r.returncode == 0, r.stdout + r.stderr
     assert _check(base / "home", base / "ran.log") == []
-    return [ln.split(" ", 1)[1] for ln in trace.read_text().splitlines()]
+    return _Labels([ln.split(" ", 1)[1] for ln in trace.read_text().splitlines()], base / "home")
 
 
-def _trial(base: Path, k: int, after: bool) -> tuple[str, list[str]]:
+class _Labels(list):
+    """The step labels of the clean reference run, and its home (for crash_step)."""
+    def __init__(self, labels: list[str], home: Path):
+        super().__init__(labels)
+        self.home = home
+
+
+def _trial(base: Path, k: int, after: bool, ref: _Labels | None = None) -> tuple[str, list[str]]:
+    """ref: crash at the step that was the k-th of the reference run, named by its label
+    (crash_step); else at the k-th step of this run."""
     plan = _plan(base)
     home = base / "home"
     trace = base / "died"
-    r = _dagrun(["run", plan, "-j", "2"], home,
-                {"DAGRUN_CRASH_AT": f"{k}:after" if after else str(k), "DAGRUN_CRASH_TRACE": str(trace)})
+    crash = {"DAGRUN_CRASH_AT": f"{k}:after" if after else str(k), "DAGRUN_CRASH_TRACE": str(trace)}
+    if ref is not None:
+        crash.update(crash_step(ref, k, ref.home, after))
+    r = _dagrun(["run", plan, "-j", "2"], home, crash)
     where = trace.read_text().strip() if trace.exists() else "(no crash)"
     assert r.returncode in (0, -9), r.stdout + r.stderr
     for _ in range(3):
@@ -120,10 +131,10 @@ def _trial(base: Path, k: int, after: bool) -> tuple[str, list[str]]:
     return where, _check(home, base / "ran.log")
 
 
-def _walk(tmp_path, gaps):
+def _walk(tmp_path, gaps, ref: _Labels | None = None):
     problems = []
     for k, after in gaps:
-        where, bad = _trial(tmp_path / f"k{k}{'a' if after else ''}", k, after)
+        where, bad = _trial(tmp_path / f"k{k}{'a' if after else ''}", k, after, ref)
         if bad:
             problems.append(f"crash {'after' if after else 'at'} step {k} ({where}): {'; '.join(bad)}")
     assert not problems, "\n".join(problems)
@@ -134,8 +145,10 @@ def test_crash_at_the_steps_of_the_expansion_and_the_join(tmp_path, reference):
     engine), every step of the expansion (plan.json published, its event), the join's marker."""
     at = [i for i, lb in enumerate(reference, 1) if lb.endswith("tasks/plan-files/done")
           or lb.endswith("goals/g/plan.json") or lb.endswith("tasks/migrate/done")]
-    steps = sorted({k for i in at for k in (i - 1, i, i + 1)})
-    _walk(tmp_path, [(k, False) for k in steps] + [(max(at), True)])
+    # right before the step ahead of each, before it and after it -- each named by its label:
+    # with two agents at a time the k-th step of another run is another one
+    points = sorted({p for i in at for p in ((i - 1, False), (i, False), (i, True))})
+    _walk(tmp_path, points, reference)
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import events, run, write_plan
+from conftest import crash_step, events, run, write_plan
 
 RECORDER = r'''
 import json, os, sys
@@ -147,14 +147,23 @@ def _steps(trace: Path) -> list[tuple[int, str, str]]:
     return out
 
 
-def _crash_at_each_step(tmp_path: Path, plan: Path, points: list[str], rec: _Recorder, label: str, check) -> None:
-    """For every crash point: a run of `plan` SIGKILLed there (before any hook ran), then a
-    restart, after which `check(at, runs of label)` holds and no hooks record is left; a
-    further run repeats none of those hooks."""
-    for at in points:
+def _crash_points(trace: Path, h0: Path, first: int, last: int) -> list[dict]:
+    """Crash before each step first..last of the clean run traced in `trace` (home h0) and
+    after the last -- each named by its label and rank among such steps (crash_step), so it is
+    the same step in every run."""
+    labels = [label + (" " + what if what else "") for _k, label, what in _steps(trace)]
+    return [crash_step(labels, k, h0) for k in range(first, last + 1)] + [crash_step(labels, last, h0, after=True)]
+
+
+def _crash_at_each_step(tmp_path: Path, plan: Path, points: list[dict], rec: _Recorder, label: str, check) -> None:
+    """For every crash point (the environment of crash_step): a run of `plan` SIGKILLed there
+    (before any hook ran), then a restart, after which `check(at, runs of label)` holds and no
+    hooks record is left; a further run repeats none of those hooks."""
+    for i, crash in enumerate(points):
         rec.clear()
-        home = tmp_path / ("home-" + at.replace(":", "-"))
-        p = run("run", plan, home=home, check=False, env={"DAGRUN_CRASH_AT": at})
+        at = f"{crash['DAGRUN_CRASH_AT']} of {crash['DAGRUN_CRASH_ON']!r}"
+        home = tmp_path / f"home-{i}"
+        p = run("run", plan, home=home, check=False, env=crash)
         assert p.returncode == -9, (at, p.stderr)
         assert rec.runs() == [], at                                  # the engine died before the hook
         run("run", "g", home=home, check=False)                      # the restart
@@ -178,10 +187,15 @@ def test_hook_due_at_a_crash_runs_after_restart(tmp_path, rec, agent, event, sta
     owner = next(k for k, label, what in steps if label == "publish" and what.endswith("/claim/owner.json"))
     first = owner + 1      # the agent runs (its `running` line may go out with the turn's others: events.hold)
     marker = next(k for k, label, what in steps if label == "rename" and what.endswith("/tasks/a/" + status))
-    last = next(k for k, label, what in steps if k > marker and label == "append" and what.endswith("events.jsonl"))
+    # the step of the task's status line: each line of a batched append is a step of its own
+    appends = [k for k, label, what in steps if label == "append" and what.endswith("/g/events.jsonl")]
+    lines = _events(tmp_path / "h0", "g")
+    lines = lines[len(lines) - len(appends):]        # the first ones came with the goal (by rename)
+    last = appends[next(i for i, e in enumerate(lines) if e.get("task") == "a" and e.get("status") == status)]
+    assert last > marker
     due = [k for k, label, what in steps if label == "publish" and "/hooks/due-" in what]
     assert due and due[0] < marker                # the record is durable before the commit point
-    points = [f"{k}" for k in range(first, last + 1)] + [f"{last}:after"]
+    points = _crash_points(trace, tmp_path / "h0", first, last)
     assert len(points) >= 8
 
     def check(at, got):
@@ -206,12 +220,13 @@ def test_pending_record_of_a_commit_that_never_happened_is_discarded(tmp_path, r
     (its hook runs once, for the attempt that committed), the stale record is dropped."""
     plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "agent": "echo ok"}], goal="g",
                       hooks={"on_done": [rec.hook("done")]})
-    trace = tmp_path / "trace"
-    run("run", plan, home=tmp_path / "h0", env={"DAGRUN_STEP_TRACE": str(trace)})
-    rec.clear()
-    k = next(k for k, label, what in _steps(trace) if label == "publish" and "/hooks/due-" in what)
-    p = run("run", plan, home=home, check=False, env={"DAGRUN_CRASH_AT": f"{k}:after"})
-    assert p.returncode == -9
+    # right after the first hooks record is published, counted among such steps only
+    # (DAGRUN_CRASH_ON): the n-th step of the whole run is a different one from run to run
+    trace = tmp_path / "died"
+    p = run("run", plan, home=home, check=False, env={"DAGRUN_CRASH_AT": "1:after", "DAGRUN_CRASH_TRACE": str(trace),
+                                                      "DAGRUN_CRASH_ON": "publish */goals/g/hooks/due-*"})
+    assert p.returncode == -9, p.stderr
+    assert "/goals/g/hooks/due-" in trace.read_text()
     assert not (home / "goals/g/tasks/a/done").exists() and len(_due(home, "g")) == 1
     run("run", "g", home=home)
     got = rec.runs()
@@ -408,7 +423,7 @@ def test_caused_hooks_due_at_a_crash_run_after_restart(tmp_path, rec, event):
                   and any(k < d for d in dues))
     first = min(d for d in dues if d > started)
     assert first < last
-    points = [f"{k}" for k in range(first, last + 1)] + [f"{last}:after"]
+    points = _crash_points(trace, h0, first, last)
 
     def check(at, got):
         assert set(ran(got)) == set(clean), (at, ran(got))               # each at least once

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DAGRUN, events, kill_group, run, spawn, task_dir, wait_for, write_plan
+from conftest import DAGRUN, crash_step, events, kill_group, run, spawn, task_dir, wait_for, write_plan
 
 from dagrun.plan import Task
 from dagrun.scheduler import Scheduler
@@ -336,18 +336,24 @@ def _crash_walk_units(tmp_path, points=None) -> int:
         shutil.copytree(template, tmp_path / "traced")
         run("run", "cu", home=tmp_path / "traced", check=1, env={"DAGRUN_STEP_TRACE": str(trace)})
         steps = [ln.split(" ", 2) for ln in trace.read_text().splitlines()]
+        labels = [ln.split(" ", 1)[1] for ln in trace.read_text().splitlines()]
         renames = [int(n) for n, what, path in steps if what == "renameat2"]
         gone = [int(n) for n, what, path in steps if what == "rename" and "/.gone." in path]
-        points = [renames[0], renames[0] + 1, gone[0] + 1]   # before/after a unit is placed, mid-release
+        # before/after a unit is placed, mid-release -- each named by its label (crash_step):
+        # the k-th step of another run is another one
+        points = [crash_step(labels, renames[0], tmp_path / "traced"),
+                  crash_step(labels, renames[0], tmp_path / "traced", after=True),
+                  crash_step(labels, gone[0], tmp_path / "traced", after=True)]
     k, crashed = 1, 0
     while True:
+        crash = {"DAGRUN_CRASH_AT": str(k)}
         if points is not None:
             if crashed == len(points):
                 break
-            k = points[crashed]
+            k, crash = crashed, points[crashed]
         home = tmp_path / f"k{k}"
         shutil.copytree(template, home)
-        r = run("run", "cu", home=home, check=False, env={"DAGRUN_CRASH_AT": str(k)})
+        r = run("run", "cu", home=home, check=False, env=crash)
         if r.returncode != -signal.SIGKILL:
             assert r.returncode == 1 and points is None, (k, r.stderr)   # b fails for good
             break

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import events, need_realagents, run, write_plan
+from conftest import crash_step, events, need_realagents, run, write_plan
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None and os.environ.get("CI") != "true",
                                 reason="git is not installed")
@@ -262,8 +262,9 @@ def test_files_globs_serialise_overlapping_tasks(tmp_path):
 
 
 # ------------------------------------------------------------------------------ crash safety
-def _capture_steps(tmp_path) -> list[tuple[int, str]]:
-    """The step numbers (fsio._step, git calls included) of A's capture in a clean run."""
+def _capture_steps(tmp_path) -> tuple[list[tuple[int, str]], list[str], Path]:
+    """The step numbers (fsio._step, git calls included) of A's capture in a clean run; all
+    its labels and its home (for crash_step)."""
     base = tmp_path / "trace"
     make_repo(base / "repo")
     ws_plan(base, CRASH_TASKS)
@@ -272,7 +273,7 @@ def _capture_steps(tmp_path) -> list[tuple[int, str]]:
     steps = [(int(n), label) for n, label in (x.split(" ", 1) for x in trace.read_text().splitlines())]
     first = next(n for n, label in steps if label.startswith("git add ") and "/A/worktree" in label)
     last = next(n for n, label in steps if label.endswith("/A/done"))
-    return [(n, label) for n, label in steps if first <= n <= last]
+    return [(n, label) for n, label in steps if first <= n <= last], [label for _n, label in steps], base / "home"
 
 
 CRASH_TASKS = [
@@ -294,26 +295,28 @@ def test_sigkill_between_commit_and_done_then_resume_is_consistent(tmp_path):
                    or "/A/.patch." in label, (":after",))
 
 
-def _crash_then_resume(base: Path, at: str, label: str = "") -> Path:
+def _crash_then_resume(base: Path, at: str | dict, label: str = "") -> Path:
     """A fresh repo and CRASH_TASKS goal under base, `dagrun run` SIGKILLed at step `at`
-    (DAGRUN_CRASH_AT), then `dagrun run g` to its end: the repo."""
+    (DAGRUN_CRASH_AT, or the environment of crash_step), then `dagrun run g` to its end: the repo."""
     repo = make_repo(base / "repo")
     ws_plan(base, CRASH_TASKS)
-    r = run("run", base / "dag.json", "-j", "1", home=base / "home", check=False, env={"DAGRUN_CRASH_AT": at})
+    env = at if isinstance(at, dict) else {"DAGRUN_CRASH_AT": at}
+    r = run("run", base / "dag.json", "-j", "1", home=base / "home", check=False, env=env)
     assert r.returncode == -signal.SIGKILL, (at, label, r.returncode, r.stderr)
     run("run", "g", home=base / "home")
     return repo
 
 
 def _crash_capture(tmp_path, select, whens):
-    steps = _capture_steps(tmp_path)
+    steps, labels, h0 = _capture_steps(tmp_path)
     assert any("commit-tree" in label for _n, label in steps) and any("update-ref" in label for _n, label in steps)
     picked = [(n, label) for n, label in steps if select(label)]
     assert picked
     for n, label in picked:
         for when in whens:
             base = tmp_path / f"k{n}{when.replace(':', '-')}"
-            repo = _crash_then_resume(base, f"{n}{when}", label)
+            # the step named by its label (crash_step): its number differs from run to run
+            repo = _crash_then_resume(base, crash_step(labels, n, h0, after=when == ":after"), label)
             # no change lost, no second commit, the dependent saw A's work, fsck clean
             assert git(repo, "rev-list", "--count", "main..dagrun/g/A") == "1", (n, label)
             assert git(repo, "show", "dagrun/g/A:a.txt") == "a"

@@ -18,6 +18,12 @@
  *   FAULT_TRACE=file       gets "n kind path" appended for every counted mutation
  *   FAULT_SHORT=1          a faulted write(2) first writes half of its bytes and returns that
  *                          short count (what a disk with a little space left does)
+ *   FAULT_KIND=kind        count (and fail, trace) only mutations of this kind ...
+ *   FAULT_SUFFIX=s         ... only paths ending in s (not a goal under construction, .new-*)
+ *   FAULT_MATCH=regex      ... only paths matching this POSIX extended regex: with FAULT_AT=n,
+ *                          "the n-th mutation of that kind and path", the same one in every
+ *                          run, where the n-th mutation of the whole run is not (the engine's
+ *                          threads and its batched event appends vary from run to run)
  *
  * Mutations and their kinds: open/openat with O_CREAT ("create") or other write access
  * ("open-w"), write/pwrite ("write", or "append" on an O_APPEND fd), ftruncate ("truncate"),
@@ -32,6 +38,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <regex.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +52,8 @@ static const char *dir;
 static size_t dirlen;
 static const char *flag;
 static const char *only_kind, *only_suffix;   /* FAULT_KIND / FAULT_SUFFIX: count only these */
+static regex_t only_match;                    /* FAULT_MATCH */
+static int has_match;
 static long at = -1, bg_at = -1;
 static long seen, bg_seen;
 static int err_no = ENOSPC;
@@ -70,6 +79,14 @@ __attribute__((constructor)) static void init(void) {
     if (b) bg_at = atol(b);
     only_kind = getenv("FAULT_KIND");
     only_suffix = getenv("FAULT_SUFFIX");
+    const char *m = getenv("FAULT_MATCH");
+    if (m && *m) {
+        if (regcomp(&only_match, m, REG_EXTENDED | REG_NOSUB) != 0) {
+            fprintf(stderr, "faultfs: bad FAULT_MATCH regex: %s\n", m);
+            abort();
+        }
+        has_match = 1;
+    }
     const char *e = getenv("FAULT_ERRNO");
     if (e && strcmp(e, "EIO") == 0) err_no = EIO;
 }
@@ -115,6 +132,7 @@ static int fault(const char *kind, const char *path) {
         size_t n = strlen(path), m = strlen(only_suffix);
         if (n < m || strcmp(path + n - m, only_suffix) != 0 || strstr(path, "/.new-")) return 0;
     }
+    if (has_match && regexec(&only_match, path, 0, NULL, 0) != 0) return 0;
     if (flag) {
         struct stat st;
         if (syscall(SYS_newfstatat, AT_FDCWD, flag, &st, 0) == 0) { errno = err_no; return 1; }

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from conftest import DAGRUN, write_plan  # noqa: E402
+from conftest import DAGRUN, crash_step, write_plan  # noqa: E402
 
 GOAL = "crash"
 TASKS = ["a", "b", "c", "d"] + [f"k{i}" for i in range(6)]
@@ -78,7 +78,7 @@ class Done:
 
 def dagrun(args: list, home: Path, env: dict | None = None, timeout: float = 60) -> Done:
     e = dict(os.environ)
-    for k in ("DAGRUN_HOME", "DAGRUN_CRASH_AT", "DAGRUN_CRASH_TRACE", "DAGRUN_STEP_TRACE"):
+    for k in ("DAGRUN_HOME", "DAGRUN_CRASH_AT", "DAGRUN_CRASH_ON", "DAGRUN_CRASH_TRACE", "DAGRUN_STEP_TRACE"):
         e.pop(k, None)
     e["DAGRUN_CLAIM_GRACE"] = "0"     # one engine at a time: a claim without owner.json is dead
     e.update(env or {})
@@ -98,6 +98,7 @@ class Reference:
     prompts: dict[str, bytes]
     steps: int
     labels: list[str]
+    home: Path | None = None         # of the clean run (its labels name paths under it)
 
 
 def reference_run(base: Path, mode: str = "run") -> Reference:
@@ -114,7 +115,7 @@ def reference_run(base: Path, mode: str = "run") -> Reference:
     assert any(lab.startswith("utime ") for lab in labels), "no lease renewal in the clean run"
     return Reference(outputs={t: (tdir / t / "output").read_bytes() for t in TASKS},
                      prompts={t: (tdir / t / "prompt.md").read_bytes() for t in TASKS},
-                     steps=len(labels), labels=labels)
+                     steps=len(labels), labels=labels, home=home)
 
 
 def drive(mode: str, plan, home: Path, env: dict):
@@ -138,10 +139,11 @@ class Trial:
 
 
 def crash_trial(base: Path, ref: Reference, k: int, after: bool, mode: str = "run",
-                restart_env: dict | None = None) -> Trial:
+                restart_env: dict | None = None, by_label: bool = False) -> Trial:
     """Crash at step k (before it, or after it), restart until the goal ends, check.
     restart_env: extra environment of the first restart (e.g. DAGRUN_CRASH_AT to crash the
-    recovery too; later restarts are clean)."""
+    recovery too; later restarts are clean). by_label: at the step that was the k-th of the
+    reference run, named by its label (conftest.crash_step), not the k-th of this run."""
     if base.exists():
         shutil.rmtree(base)
     base.mkdir(parents=True)
@@ -151,6 +153,8 @@ def crash_trial(base: Path, ref: Reference, k: int, after: bool, mode: str = "ru
     trace = base / "trace"
     tr = Trial(k, after)
     crash = {"DAGRUN_CRASH_AT": f"{k}:after" if after else str(k), "DAGRUN_CRASH_TRACE": str(trace)}
+    if by_label:
+        crash.update(crash_step(ref.labels, k, ref.home, after))
     first = drive(mode, plan, home, crash)
     tr.crashed = first.returncode == -9
     if not tr.crashed:

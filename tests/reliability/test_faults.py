@@ -70,6 +70,7 @@ class FaultTrial:
     bg: bool = False
     kind: str = ""          # what was faulted: create, write, append, rename, mkdir, ... ("" = nothing)
     path: str = ""
+    only: dict = field(default_factory=dict)   # FAULT_KIND/FAULT_MATCH: n counts only those mutations
     exit: int | None = None
     problems: list[str] = field(default_factory=list)
 
@@ -79,11 +80,11 @@ class FaultTrial:
 
 
 def fault_trial(base: Path, ref: H.Reference, so: str, n: int, errname: str, short: bool = False,
-                bg: bool = False) -> FaultTrial:
-    """Fail the n-th mutation of `dagrun run` (bg: of its spare-pool threads), then run again
-    without faults and check. The shim must have injected the fault: a trial where it did not
-    is a problem, not a pass."""
-    tr = FaultTrial(n, errname, short, bg)
+                bg: bool = False, only: dict | None = None) -> FaultTrial:
+    """Fail the n-th mutation of `dagrun run` (bg: of its spare-pool threads; only: the n-th
+    of those matching FAULT_KIND/FAULT_MATCH), then run again without faults and check. The
+    shim must have injected the fault: a trial where it did not is a problem, not a pass."""
+    tr = FaultTrial(n, errname, short, bg, only=dict(only or {}))
     if base.exists():
         shutil.rmtree(base)
     base.mkdir(parents=True)
@@ -91,7 +92,7 @@ def fault_trial(base: Path, ref: H.Reference, so: str, n: int, errname: str, sho
     plan = H.make_plan(base / "plan", log)
     home = base / "home"
     env = fault_env(so, base, **{"FAULT_BG_AT" if bg else "FAULT_AT": n}, FAULT_ERRNO=errname,
-                    FAULT_LOG=base / "fault.log", **({"FAULT_SHORT": 1} if short else {}))
+                    FAULT_LOG=base / "fault.log", **({"FAULT_SHORT": 1} if short else {}), **tr.only)
     first = H.dagrun(["run", plan], home, env)
     tr.exit = first.returncode
     problems = tr.problems
@@ -99,7 +100,7 @@ def fault_trial(base: Path, ref: H.Reference, so: str, n: int, errname: str, sho
     if flog.exists():
         _n, tr.kind, tr.path = flog.read_text().splitlines()[0].split(" ", 2)
     what = f"{tr.kind} {tr.path}" if tr.kind else "(no fault injected)"
-    tag = f"{'bg ' if bg else ''}n={n} {tr.mode} ({what})"
+    tag = f"{'bg ' if bg else ''}n={n}{' ' + _only(tr.only) if tr.only else ''} {tr.mode} ({what})"
     if not tr.kind:
         problems.append(f"{tag}: the shim injected no fault (exit {first.returncode})")
     if first.returncode not in (0, 5):
@@ -116,8 +117,9 @@ def fault_trial(base: Path, ref: H.Reference, so: str, n: int, errname: str, sho
     done_before = {t for t in H.TASKS if (tdir / t / "done").exists()}
     log_before = H._log_lines(log)
     for t in done_before:   # consistent right after the failure: a done task has its output
-        if (tdir / t / "output").read_bytes() != ref.outputs[t]:
-            problems.append(f"{tag}: {t} is done but its output is wrong")
+        out = tdir / t / "output"
+        if not out.exists() or out.read_bytes() != ref.outputs[t]:
+            problems.append(f"{tag}: {t} is done but its output is {'wrong' if out.exists() else 'missing'}")
     again = H.dagrun(["run", plan], home)
     if again.returncode != 0:
         problems.append(f"{tag}: the run after the fault exited {again.returncode}: "
@@ -150,7 +152,7 @@ def _count(so: str, tmp: Path) -> list[tuple[str, str]]:
 
 
 def _run_trials(tmp_path, ref, so, plan: list[tuple]) -> list[FaultTrial]:
-    """plan: (n, errname, short[, bg]) per trial, three at a time."""
+    """plan: (n, errname, short[, bg[, only]]) per trial, three at a time."""
     with ThreadPoolExecutor(3) as pool:
         return list(pool.map(lambda ip: fault_trial(tmp_path / f"f{ip[0]}", ref, so, *ip[1]), enumerate(plan)))
 
@@ -176,25 +178,64 @@ def _check(trials: list[FaultTrial], name: str, total: int) -> None:
     assert not problems, f"{len(problems)} problems over {len(trials)} fault points:\n" + "\n".join(problems[:30])
 
 
-def _kind(path: str) -> str:
-    s = re.sub(r"^.*/home", "", path)
-    s = re.sub(r"\.new-[^/]+", ".new", s)
-    s = re.sub(r"\.\d+\.tmp$", ".tmp", s)
-    s = re.sub(r"/\.spare/\d+-\d+/[a-z]+\d+", "/.spare/P/S", s)
-    return re.sub(r"tasks/[^/]+", "tasks/T", s)
+# the parts of a path that differ from run to run: (regex of the part, its name in a kind, the
+# POSIX ERE that matches every spelling of it -- for the shim's FAULT_MATCH)
+_VARYING = [
+    # a spare (f3, d4, n5, r<id>-<ns>: a recycled folder) of either filler thread's nest: which
+    # thread made the spare the engine takes is timing
+    (r"/\.spare/\d+-\d+/[a-z]+\d+(?:-\d+)?", "/.spare/P/S", r"/\.spare/[0-9]+-[0-9]+/[a-z]+[0-9]+(-[0-9]+)?"),
+    (r"/\.spare/\d+-(\d+)", r"/.spare/P-\1", r"/\.spare/[0-9]+-\1"),      # a pool's nest: <pid>-<thread>
+    (r"\.new-[^/]+", ".new", r"\.new-[^/]+"),                                 # a goal under construction
+    (r"\.\d+\.tmp$", ".tmp", r"\.[0-9]+\.tmp"),                              # a temp: .<name>.<pid>.tmp
+    (r"tasks/[^/]+", "tasks/T", r"tasks/[^/]+"),
+]
+
+
+def _ere(literal: str) -> str:
+    return re.sub(r"([.\\[\](){}*+?|^$])", r"\\\1", literal)
+
+
+def _kind(path: str) -> tuple[str, str]:
+    """(kind, regex) of a path under a home: the path with what differs between runs (pids,
+    task ids, spare names, the clock) normalised, and the POSIX ERE matching every such path."""
+    s = re.sub(r"^.*/home", "/home", path)
+    name, rx, at = "", "", 0
+    for m in re.finditer("|".join(f"(?:{v[0]})" for v in _VARYING), s):
+        part = m.group(0)
+        pat, nm, ere = next(v for v in _VARYING if re.fullmatch(v[0], part))
+        name += s[at:m.start()] + re.sub(pat, nm, part)
+        rx += _ere(s[at:m.start()]) + re.sub(pat, ere, part)
+        at = m.end()
+    return name + s[at:], rx + _ere(s[at:]) + "$"
+
+
+def _only(only: dict) -> str:
+    return f"[{only['FAULT_KIND']} ~ {only['FAULT_MATCH']}]"
 
 
 def test_enospc_at_each_kind_of_commit_step(tmp_path, ref, faultfs):
-    """One fault per kind of mutation (kind x path, task ids and pids normalised) of a task's
-    claim, capture, commit -- and of the spare files that stand in for its temps;
-    test_fault_at_every_step (slow) does every mutation."""
-    kinds: dict[str, int] = {}
-    for i, (kind, p) in enumerate(_count(faultfs, tmp_path), 1):
-        k = f"{kind} {_kind(p)}"
+    """One fault per kind of mutation (kind x path, task ids, pids and spare names normalised)
+    of a task's claim, capture, commit -- and of the spare files that stand in for its temps;
+    test_fault_at_every_step (slow) does every mutation. Each trial fails the FIRST mutation
+    of its kind (FAULT_KIND + FAULT_MATCH, FAULT_AT=1): the same step in every run, where its
+    index among all mutations of the run changes with the engine's threads and its batched
+    appends (an index from a clean run was a different step, or past the end, in a loaded one)."""
+    kinds: dict[str, dict] = {}
+    for kind, p in _count(faultfs, tmp_path):
+        name, rx = _kind(p)
+        k = f"{kind} {name}"
         if "/tasks/T" in k or "/.spare/" in k:
-            kinds.setdefault(k, i)
-    _check(_run_trials(tmp_path, ref, faultfs, [(n, "ENOSPC", False) for n in sorted(kinds.values())]),
-           "fault-quick", len(kinds))
+            kinds.setdefault(k, {"FAULT_KIND": kind, "FAULT_MATCH": rx})
+    plan = [(1, "ENOSPC", False, False, o) for o in kinds.values()]
+    trials = _run_trials(tmp_path, ref, faultfs, plan)
+    for r in range(2):   # a run that made no such mutation (a spare taken only if the pool had one): again
+        redo = [i for i, t in enumerate(trials) if not t.kind and t.exit == 0]
+        for i, t in zip(redo, _run_trials(tmp_path / f"again{r}", ref, faultfs, [plan[i] for i in redo])):
+            trials[i] = t
+    for k, t in zip(kinds, trials):
+        if t.kind and f"{t.kind} {_kind(t.path)[0]}" != k:
+            t.problems.append(f"{_only(t.only)}: faulted {t.kind} {t.path}, not a mutation of kind {k}")
+    _check(trials, "fault-quick", len(kinds))
 
 
 MODES = [("ENOSPC", False), ("EIO", False), ("ENOSPC", True)]
