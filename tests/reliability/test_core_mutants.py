@@ -1644,3 +1644,80 @@ def test_the_on_retrying_hook_of_a_retry_cut_off_before_its_event_runs_from_its_
                            lambda: tr.finish(home, plan, sched, c, ok=False, worker="w1", reason="bad"), 1)
     assert _wait_files(got, 1) == ["on_retrying-a"]
     assert json.loads((got / "on_retrying-a").read_text())["task"] == "a"
+
+
+# ------------------------------------------------------------------ break_if_stale: which attempt was lost
+class _ClockAhead:
+    """claim.py's `time`, 30 s ahead: a claim made just now is past its half-born grace (10 s)."""
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    @staticmethod
+    def time() -> float:
+        return time.time() + 30.0
+
+
+def test_break_if_stale_numbers_the_lost_attempt_and_gives_its_units_back(tmp_path, monkeypatch):
+    """The attempt recorded `lost` is the holder's own (a breaker that died after its record
+    leaves it there: it is rewritten, not followed by a phantom next one); a claim that died
+    before owner.json is the attempt after the last recorded one; the reaper gets the run id
+    the owner published (else the derived one) and the task's runner; the units come back at
+    once; a symlinked claim's files are never taken as the attempt's output."""
+    from dagrun import resources as res
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "kill_grace": 1.5, "mutex": "db"},
+                                  {"id": "b", "prompt": "x", "agent": "true"},
+                                  {"id": "c", "prompt": "x", "agent": "true", "kill_grace": 4},
+                                  {"id": "d", "prompt": "x", "agent": "true"},
+                                  {"id": "e", "prompt": "x", "agent": "true"}])
+    plan = home.load_plan("g")
+    plan._index["c"] = plan.task("c").replace(runner="slurm")      # (submit would ask a Slurm controller)
+    reaped = []
+
+    def reap(h, grace, run_id):
+        reaped.append((h, grace, run_id))
+
+    c = _claim(home, "a")
+    units = c.owner["units"]
+    assert units and all(os.path.isdir(res.unit_path(home, u)) for u in units)
+    claims.update_owner(home, "g", "a", {**c.owner, "pid": dead_pid()})
+    lc.record_unfinished(home, "g", "a", 1, outcome="lost", reason="earlier", worker="w0")
+    got = lc.break_if_stale(home, plan, "a", worker="w2", reap=reap)
+    assert got is not None and got[1:] == (1, None)
+    assert reaped == [({"runner": "process"}, 1.5, c.owner["run_id"])]
+    rec = read_json(home.attempt_path("g", "a", 1, "json"))
+    assert (rec["reason"], rec["worker"], rec["started"]) == (got[0], "w1", c.owner["since"])
+    assert not os.path.exists(home.attempt_path("g", "a", 2, "json"))
+    assert not any(os.path.exists(res.unit_path(home, u)) for u in units)        # given back
+
+    cb = _claim(home, "b")                       # the owner's own run id, whatever its handle
+    claims.update_owner(home, "g", "b", {**cb.owner, "pid": dead_pid(), "run_id": "elsewhere:g/b/1", "handle": "junk"})
+    reaped.clear()
+    assert lc.break_if_stale(home, plan, "b", worker="w2", reap=reap)[1] == 1
+    assert reaped == [({"runner": "process"}, plan.task("b").kill_grace, "elsewhere:g/b/1")]
+
+    monkeypatch.setattr(claims, "time", _ClockAhead())
+    assert claims.acquire(home, "g", "c")       # died between mkdir and owner.json, after attempts 1, 2
+    for n in (1, 2):
+        lc.record_unfinished(home, "g", "c", n, outcome="lost", reason="earlier", worker="w0")
+    reaped.clear()
+    got = lc.break_if_stale(home, plan, "c", worker="w2", reap=reap)
+    assert got is not None and got[0].startswith("half-created claim") and got[1:] == (3, None)
+    assert reaped == [({"runner": "slurm"}, 4, lc.run_id(home, "g", "c", 3))]
+    rec = read_json(home.attempt_path("g", "c", 3, "json"))
+    assert (rec["outcome"], rec["worker"], rec["started"]) == ("lost", None, None)
+
+    assert claims.acquire(home, "g", "d")       # the same with no attempt recorded yet: the first
+    reaped.clear()
+    assert lc.break_if_stale(home, plan, "d", worker="w2", reap=reap)[1:] == (1, None)
+    assert reaped == [({"runner": "process"}, plan.task("d").kill_grace, lc.run_id(home, "g", "d", 1))]
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "stdout").write_bytes(b"not ours")
+    os.makedirs(home.task_dir("g", "e"), exist_ok=True)
+    os.symlink(elsewhere, home.claim_dir("g", "e"))
+    got = lc.break_if_stale(home, plan, "e", worker="w2")
+    assert got is not None and got[0] == "the claim is a symbolic link (not made by dagrun)" and got[1] == 1
+    assert not os.path.exists(home.attempt_path("g", "e", 1, "out"))
+    assert (elsewhere / "stdout").read_bytes() == b"not ours" and not os.path.lexists(home.claim_dir("g", "e"))
