@@ -1721,3 +1721,33 @@ def test_break_if_stale_numbers_the_lost_attempt_and_gives_its_units_back(tmp_pa
     assert got is not None and got[0] == "the claim is a symbolic link (not made by dagrun)" and got[1] == 1
     assert not os.path.exists(home.attempt_path("g", "e", 1, "out"))
     assert (elsewhere / "stdout").read_bytes() == b"not ours" and not os.path.lexists(home.claim_dir("g", "e"))
+
+
+# ------------------------------------------------------------------ Scheduler.load: the trigger counters
+class _R(_T):
+    def __init__(self, id, deps=(), trigger=None):
+        super().__init__(id, deps)
+        self.trigger = trigger
+
+
+def test_counters_loaded_from_the_files_add_up_with_the_outcomes_that_follow():
+    """A task's trigger counters start from its dependencies' states on disk (load) and go on
+    counting the outcomes that follow: one failed dependency loaded + one failing later is two,
+    not zero (one_failed is met), likewise for done (one_success) and skipped (all_success)."""
+    s = Scheduler([_R("f1"), _R("r1"), _R("x", ["f1", "r1"], "one_failed"),
+                   _R("d1"), _R("r2"), _R("y", ["d1", "r2"], "one_success"),
+                   _R("s1"), _R("r3"), _R("z", ["s1", "r3"], "all_success")],
+                  {"f1": "failed", "r1": "running", "d1": "done", "r2": "running", "s1": "skipped", "r3": "running"})
+    assert [s.state_of(t) for t in "xyz"] == ["waiting"] * 3
+    assert s.finish("r1", "failed")[1:] == [("x", "ready", None)]
+    assert s.finish("r2", "done")[1:] == [("y", "ready", None)]
+    assert s.finish("r3", "skipped")[1:] == [("z", "skipped", "s1")]
+
+
+def test_would_block_undoes_the_loaded_outcome_of_an_ended_task():
+    """would_block of a task that is done already: as if it had failed instead -- a one_success
+    task with another done dependency stays ready, one with none would be blocked."""
+    s = Scheduler([_R("d1"), _R("d2"), _R("p", ["d1", "d2"], "one_success"), _R("d3"), _R("q", ["d3"], "one_success")],
+                  {"d1": "done", "d2": "done", "d3": "done"})
+    assert s.state_of("p") == "ready" and s.state_of("q") == "ready"
+    assert s.would_block("d1") == [] and s.would_block("d3") == ["q"]
