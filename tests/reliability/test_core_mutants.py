@@ -717,6 +717,7 @@ def test_done_from_a_file_or_bytes_and_forced(tmp_path):
     assert "forced_by" not in body and "held_by" not in body
     body = lc.commit_done(home, plan, _claim(home, "c"), ended=time.time())     # nothing captured: empty output
     assert Path(home.output_path("g", "c")).read_bytes() == b"" and body["output_bytes"] == 0
+    assert body["exit_code"] == 0 and read_json(home.marker_path("g", "c", "done"))["exit_code"] == 0   # the default
     assert not os.path.exists(home.stderr_path("g", "c"))
 
 
@@ -1751,3 +1752,18 @@ def test_would_block_undoes_the_loaded_outcome_of_an_ended_task():
                   {"d1": "done", "d2": "done", "d3": "done"})
     assert s.state_of("p") == "ready" and s.state_of("q") == "ready"
     assert s.would_block("d1") == [] and s.would_block("d3") == ["q"]
+
+
+def test_a_done_marker_that_cannot_be_renamed_into_place_puts_the_holder_s_owner_json_back(tmp_path):
+    """owner.json was renamed out and rewritten as the marker, then the last rename failed (a
+    folder stands at `done`): owner.json comes back with the holder's own record -- not the
+    marker's body, which would name no live holder -- so the claim stays provably held."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    before = Path(home.owner_path("g", "a")).read_bytes()
+    os.makedirs(os.path.join(home.marker_path("g", "a", "done"), "x"))
+    with pytest.raises(FsError):
+        lc.commit_done(home, plan, c, ended=time.time(), output_data=b"out")
+    assert read_json(home.owner_path("g", "a")) == c.owner == json.loads(before)
+    assert claims.judge(home, "g", "a", claims.read_owner(home, "g", "a"), lease=60) is None    # still held, by us
