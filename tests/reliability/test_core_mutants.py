@@ -1767,3 +1767,65 @@ def test_a_done_marker_that_cannot_be_renamed_into_place_puts_the_holder_s_owner
         lc.commit_done(home, plan, c, ended=time.time(), output_data=b"out")
     assert read_json(home.owner_path("g", "a")) == c.owner == json.loads(before)
     assert claims.judge(home, "g", "a", claims.read_owner(home, "g", "a"), lease=60) is None    # still held, by us
+
+
+# ------------------------------------------------------------------ claim_task: what it gives back, what it cleans
+def test_claim_task_sweeps_a_dead_breaker_s_leftovers_and_never_claims_an_ended_task(tmp_path):
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}, {"id": "b", "prompt": "x", "agent": "true"}])
+    plan = home.load_plan("g")
+    lc.commit_done(home, plan, _claim(home, "a"), ended=time.time())
+    # it ended between the caller's look and its mkdir: the claim it made goes again
+    assert lc.claim_task(home, plan, "a", worker="w2", kind="external") is None
+    assert not os.path.lexists(home.claim_dir("g", "a")) and lc.marker_of(home, "g", "a") == "done"
+    os.makedirs(home.task_dir("g", "b"))
+    for n in (".claim.broken.1a2b", ".claim.gone.3c4d"):     # a breaker / releaser killed half-way
+        os.makedirs(os.path.join(home.task_dir("g", "b"), n, "sub"))
+        Path(home.task_dir("g", "b"), n, "owner.json").write_text("{}")
+    Path(home.task_dir("g", "b"), ".claimed-by-hand").write_text("kept")
+    c = lc.claim_task(home, plan, "b", worker="w2", kind="external")
+    assert c is not None and c.attempt == 1
+    assert sorted(os.listdir(home.task_dir("g", "b"))) == [".claimed-by-hand", "claim", "prompt.md"]
+
+
+class _ListdirFails:
+    """lifecycle's `os` with listdir failing on one path (EIO: as root, no permission stops it)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def listdir(self, p):
+        if p == self.path:
+            raise OSError(5, "Input/output error")
+        return os.listdir(p)
+
+
+def test_claim_task_that_cannot_list_the_task_folder_releases_the_claim_with_one_line(tmp_path, monkeypatch):
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    plan = home.load_plan("g")
+    monkeypatch.setattr(lc, "os", _ListdirFails(home.task_dir("g", "a")))
+    with pytest.raises(FsError) as e:
+        lc.claim_task(home, plan, "a", worker="w1", kind="external")
+    assert str(e.value) == f"cannot list {home.task_dir('g', 'a')}: Input/output error"
+    monkeypatch.undo()
+    assert not os.path.lexists(home.claim_dir("g", "a"))
+    assert lc.claim_task(home, plan, "a", worker="w1", kind="external").attempt == 1
+
+
+def test_a_condition_sees_the_scheduler_s_view_and_a_skip_claim_is_attempt_zero_of_its_holder(tmp_path):
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                                  {"id": "b", "prompt": "y", "agent": "true", "deps": ["a"], "trigger": "all_done",
+                                   "when": {"outcome_of": "a", "is": "cancelled"}}])
+    plan = home.load_plan("g")
+    # the scheduler says a was cancelled (its marker not read): the condition holds
+    c = lc.claim_task(home, plan, "b", worker="w1", kind="external", state_of={"a": "cancelled"}.get)
+    assert c.skip is None and c.attempt == 1
+    claims.release(home, "g", "b")
+    pid = dead_pid()
+    before = time.time()
+    c = lc.claim_task(home, plan, "b", worker="w3", kind="external", pid=pid)    # by the markers: a never ended
+    assert c.skip == "condition false: a ended blocked (not cancelled)"
+    assert c.attempt == 0 and isinstance(c.started, float) and before <= c.started <= time.time()
+    assert (c.owner["worker"], c.owner["attempt"], c.owner["pid"], c.owner["kind"]) == ("w3", 0, pid, "external")
