@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -1829,3 +1830,49 @@ def test_a_condition_sees_the_scheduler_s_view_and_a_skip_claim_is_attempt_zero_
     assert c.skip == "condition false: a ended blocked (not cancelled)"
     assert c.attempt == 0 and isinstance(c.started, float) and before <= c.started <= time.time()
     assert (c.owner["worker"], c.owner["attempt"], c.owner["pid"], c.owner["kind"]) == ("w3", 0, pid, "external")
+
+
+def test_claim_task_waits_out_a_retry_backoff_recorded_by_a_peer(tmp_path):
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    plan = home.load_plan("g")
+    os.makedirs(home.task_dir("g", "a"))
+    lc.record_unfinished(home, "g", "a", 1, outcome="failed", reason="r", worker="w0",
+                         extra={"retry_at": time.time() + 0.6})
+    assert lc.claim_task(home, plan, "a", worker="w1", kind="external") is None
+    assert not os.path.lexists(home.claim_dir("g", "a"))
+    time.sleep(0.7)
+    assert lc.claim_task(home, plan, "a", worker="w1", kind="external").attempt == 2
+
+
+def test_a_unit_names_the_attempt_that_holds_it(tmp_path):
+    from dagrun import resources as res
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                                  {"id": "b", "prompt": "y", "agent": "true", "deps": ["a"], "mutex": "db"}],
+                       lease=42)
+    plan = home.load_plan("g")
+    lc.commit_done(home, plan, _claim(home, "a"), ended=time.time())
+    c = _claim(home, "b", worker="w7")
+    [unit] = c.owner["units"]
+    rec = res.read_unit(res.unit_path(home, unit))
+    assert (rec["goal"], rec["task"], rec["run_id"], rec["attempt"], rec["worker"], rec["lease"]) == \
+        ("g", "b", c.owner["run_id"], 1, "w7", 42)
+
+
+def test_a_claim_whose_prompt_or_units_cannot_be_written_gives_everything_back_with_one_line(tmp_path):
+    from dagrun import resources as res
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "mutex": "db"},
+                                  {"id": "b", "prompt": "x", "agent": "true", "mutex": "db"}])
+    plan = home.load_plan("g")
+    os.makedirs(os.path.join(home.prompt_path("g", "a"), "x"))      # prompt.md cannot be renamed into place
+    with pytest.raises(FsError) as e:
+        lc.claim_task(home, plan, "a", worker="w1", kind="external")
+    assert str(e.value).startswith(f"cannot prepare {home.task_dir('g', 'a')}: ")
+    assert not os.path.lexists(home.claim_dir("g", "a"))
+    pools = os.path.join(res.root(home), "pools")
+    assert [n for _r, _d, files in os.walk(pools) for n in files if n != ".lock"] == []     # the unit came back
+    shutil.rmtree(pools)
+    Path(pools).write_text("")                                        # no pool can be made
+    with pytest.raises(FsError) as e:
+        lc.claim_task(home, plan, "b", worker="w1", kind="external")
+    assert str(e.value).startswith(f"cannot take the resources of {home.task_dir('g', 'b')}: ")
+    assert not os.path.lexists(home.claim_dir("g", "b"))
