@@ -1876,3 +1876,29 @@ def test_a_claim_whose_prompt_or_units_cannot_be_written_gives_everything_back_w
         lc.claim_task(home, plan, "b", worker="w1", kind="external")
     assert str(e.value).startswith(f"cannot take the resources of {home.task_dir('g', 'b')}: ")
     assert not os.path.lexists(home.claim_dir("g", "b"))
+
+
+def test_a_retry_withdraws_the_on_blocked_records_of_its_dependents_and_its_event_names_who_forced_it(tmp_path):
+    """The on_blocked records published before the commit (the failure might have been final)
+    go when it turns out a retry: nothing is left due that a later replay would run; the
+    on_retrying hook runs once; a forced retry's event says who forced it."""
+    got, hook = _recorder(tmp_path)
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 1, "retry_backoff": 0},
+                                  {"id": "b", "prompt": "x", "agent": "true", "deps": ["a"]}],
+                       hooks={"on_blocked": [hook], "on_retrying": [hook]})
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    c = _claim(home, "a")
+    f = tr.finish(home, plan, sched, c, ok=False, worker="w1", reason="bad",
+                  forced={"forced_by": "admin", "held_by": "w0 (pid 9)"})
+    assert f.outcome == "retrying"
+    e = goal_events(home, ev.TASK_STATUS)[-1]
+    assert (e["status"], e["forced_by"], e["held_by"]) == ("retrying", "admin", "w0 (pid 9)")
+    assert _wait_files(got, 1) == ["on_retrying-a"]
+    end = time.monotonic() + 10
+    while _due(home) and time.monotonic() < end:
+        time.sleep(0.05)
+    assert _due(home) == []
+    assert tr.replay_hooks(home, "g", "w2") == 0
+    time.sleep(0.3)
+    assert sorted(os.listdir(got)) == ["on_retrying-a"]
