@@ -1902,3 +1902,15 @@ def test_a_retry_withdraws_the_on_blocked_records_of_its_dependents_and_its_even
     assert tr.replay_hooks(home, "g", "w2") == 0
     time.sleep(0.3)
     assert sorted(os.listdir(got)) == ["on_retrying-a"]
+
+
+def test_the_prompt_names_a_soft_dependency_s_outcome_as_the_scheduler_sees_it(tmp_path):
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                                  {"id": "b", "prompt": "y", "agent": "true", "soft_deps": ["a"]}])
+    plan = home.load_plan("g")
+    lc.claim_task(home, plan, "b", worker="w1", kind="external", state_of={"a": "cancelled"}.get)
+    seen = Path(home.prompt_path("g", "b")).read_text()
+    claims.release(home, "g", "b")
+    lc.claim_task(home, plan, "b", worker="w1", kind="external")          # by the markers: a never ended
+    assert "cancelled" in seen and "blocked" not in seen
+    assert "blocked" in Path(home.prompt_path("g", "b")).read_text()
