@@ -1375,7 +1375,7 @@ def test_hook_records_published_for_a_commit_that_fails_are_withdrawn(tmp_path, 
     those its rule would skip, on_done, on_cancelled / on_blocked) go when the marker cannot
     be written: nothing is due, nothing runs."""
     got, hook = _recorder(tmp_path)
-    hooks = {"on_skipped": [hook], "on_done": [hook], "on_cancelled": [hook], "on_blocked": [hook]}
+    hooks = {"on_skipped": [hook], "on_done": [hook], "on_cancelled": [hook], "on_blocked": [hook], "on_failed": [hook]}
     if which == "skip":
         home, plan, sched, cb = _skip_b(tmp_path, hook)
         _unpublishable(home, "b", "skipped")
@@ -1914,3 +1914,22 @@ def test_the_prompt_names_a_soft_dependency_s_outcome_as_the_scheduler_sees_it(t
     lc.claim_task(home, plan, "b", worker="w1", kind="external")          # by the markers: a never ended
     assert "cancelled" in seen and "blocked" not in seen
     assert "blocked" in Path(home.prompt_path("g", "b")).read_text()
+
+
+def test_a_success_settles_its_on_done_record_and_a_final_failure_s_blocked_events_name_its_worker(tmp_path):
+    got, hook = _recorder(tmp_path)
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}, {"id": "b", "prompt": "x", "agent": "true"},
+                                  {"id": "c", "prompt": "x", "agent": "true", "deps": ["b"]}],
+                       hooks={"on_done": [hook]})
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take(), sched.take()
+    tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"")
+    assert _wait_files(got, 1) == ["on_done-a"]
+    end = time.monotonic() + 10
+    while _due(home) and time.monotonic() < end:
+        time.sleep(0.05)
+    assert _due(home) == [] and tr.replay_hooks(home, "g", "w2") == 0
+    tr.finish(home, plan, sched, _claim(home, "b"), ok=False, worker="w5", reason="bad", final=True)
+    assert [(e["task"], e["worker"], e["blocked_by"]) for e in goal_events(home, ev.TASK_BLOCKED)] == [("c", "w5", "b")]
+    time.sleep(0.3)
+    assert sorted(os.listdir(got)) == ["on_done-a"]
