@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -717,6 +718,7 @@ def test_done_from_a_file_or_bytes_and_forced(tmp_path):
     assert "forced_by" not in body and "held_by" not in body
     body = lc.commit_done(home, plan, _claim(home, "c"), ended=time.time())     # nothing captured: empty output
     assert Path(home.output_path("g", "c")).read_bytes() == b"" and body["output_bytes"] == 0
+    assert body["exit_code"] == 0 and read_json(home.marker_path("g", "c", "done"))["exit_code"] == 0   # the default
     assert not os.path.exists(home.stderr_path("g", "c"))
 
 
@@ -1373,7 +1375,7 @@ def test_hook_records_published_for_a_commit_that_fails_are_withdrawn(tmp_path, 
     those its rule would skip, on_done, on_cancelled / on_blocked) go when the marker cannot
     be written: nothing is due, nothing runs."""
     got, hook = _recorder(tmp_path)
-    hooks = {"on_skipped": [hook], "on_done": [hook], "on_cancelled": [hook], "on_blocked": [hook]}
+    hooks = {"on_skipped": [hook], "on_done": [hook], "on_cancelled": [hook], "on_blocked": [hook], "on_failed": [hook]}
     if which == "skip":
         home, plan, sched, cb = _skip_b(tmp_path, hook)
         _unpublishable(home, "b", "skipped")
@@ -1645,3 +1647,290 @@ def test_the_on_retrying_hook_of_a_retry_cut_off_before_its_event_runs_from_its_
                            lambda: tr.finish(home, plan, sched, c, ok=False, worker="w1", reason="bad"), 1)
     assert _wait_files(got, 1) == ["on_retrying-a"]
     assert json.loads((got / "on_retrying-a").read_text())["task"] == "a"
+
+
+# ------------------------------------------------------------------ break_if_stale: which attempt was lost
+class _ClockAhead:
+    """claim.py's `time`, 30 s ahead: a claim made just now is past its half-born grace (10 s)."""
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    @staticmethod
+    def time() -> float:
+        return time.time() + 30.0
+
+
+def test_break_if_stale_numbers_the_lost_attempt_and_gives_its_units_back(tmp_path, monkeypatch):
+    """The attempt recorded `lost` is the holder's own (a breaker that died after its record
+    leaves it there: it is rewritten, not followed by a phantom next one); a claim that died
+    before owner.json is the attempt after the last recorded one; the reaper gets the run id
+    the owner published (else the derived one) and the task's runner; the units come back at
+    once; a symlinked claim's files are never taken as the attempt's output."""
+    from dagrun import resources as res
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "kill_grace": 1.5, "mutex": "db"},
+                                  {"id": "b", "prompt": "x", "agent": "true"},
+                                  {"id": "c", "prompt": "x", "agent": "true", "kill_grace": 4},
+                                  {"id": "d", "prompt": "x", "agent": "true"},
+                                  {"id": "e", "prompt": "x", "agent": "true"}])
+    plan = home.load_plan("g")
+    plan._index["c"] = plan.task("c").replace(runner="slurm")      # (submit would ask a Slurm controller)
+    reaped = []
+
+    def reap(h, grace, run_id):
+        reaped.append((h, grace, run_id))
+
+    c = _claim(home, "a")
+    units = c.owner["units"]
+    assert units and all(os.path.isdir(res.unit_path(home, u)) for u in units)
+    claims.update_owner(home, "g", "a", {**c.owner, "pid": dead_pid()})
+    lc.record_unfinished(home, "g", "a", 1, outcome="lost", reason="earlier", worker="w0")
+    got = lc.break_if_stale(home, plan, "a", worker="w2", reap=reap)
+    assert got is not None and got[1:] == (1, None)
+    assert reaped == [({"runner": "process"}, 1.5, c.owner["run_id"])]
+    rec = read_json(home.attempt_path("g", "a", 1, "json"))
+    assert (rec["reason"], rec["worker"], rec["started"]) == (got[0], "w1", c.owner["since"])
+    assert not os.path.exists(home.attempt_path("g", "a", 2, "json"))
+    assert not any(os.path.exists(res.unit_path(home, u)) for u in units)        # given back
+
+    cb = _claim(home, "b")                       # the owner's own run id, whatever its handle
+    claims.update_owner(home, "g", "b", {**cb.owner, "pid": dead_pid(), "run_id": "elsewhere:g/b/1", "handle": "junk"})
+    reaped.clear()
+    assert lc.break_if_stale(home, plan, "b", worker="w2", reap=reap)[1] == 1
+    assert reaped == [({"runner": "process"}, plan.task("b").kill_grace, "elsewhere:g/b/1")]
+
+    monkeypatch.setattr(claims, "time", _ClockAhead())
+    assert claims.acquire(home, "g", "c")       # died between mkdir and owner.json, after attempts 1, 2
+    for n in (1, 2):
+        lc.record_unfinished(home, "g", "c", n, outcome="lost", reason="earlier", worker="w0")
+    reaped.clear()
+    got = lc.break_if_stale(home, plan, "c", worker="w2", reap=reap)
+    assert got is not None and got[0].startswith("half-created claim") and got[1:] == (3, None)
+    assert reaped == [({"runner": "slurm"}, 4, lc.run_id(home, "g", "c", 3))]
+    rec = read_json(home.attempt_path("g", "c", 3, "json"))
+    assert (rec["outcome"], rec["worker"], rec["started"]) == ("lost", None, None)
+
+    assert claims.acquire(home, "g", "d")       # the same with no attempt recorded yet: the first
+    reaped.clear()
+    assert lc.break_if_stale(home, plan, "d", worker="w2", reap=reap)[1:] == (1, None)
+    assert reaped == [({"runner": "process"}, plan.task("d").kill_grace, lc.run_id(home, "g", "d", 1))]
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "stdout").write_bytes(b"not ours")
+    os.makedirs(home.task_dir("g", "e"), exist_ok=True)
+    os.symlink(elsewhere, home.claim_dir("g", "e"))
+    got = lc.break_if_stale(home, plan, "e", worker="w2")
+    assert got is not None and got[0] == "the claim is a symbolic link (not made by dagrun)" and got[1] == 1
+    assert not os.path.exists(home.attempt_path("g", "e", 1, "out"))
+    assert (elsewhere / "stdout").read_bytes() == b"not ours" and not os.path.lexists(home.claim_dir("g", "e"))
+
+
+# ------------------------------------------------------------------ Scheduler.load: the trigger counters
+class _R(_T):
+    def __init__(self, id, deps=(), trigger=None):
+        super().__init__(id, deps)
+        self.trigger = trigger
+
+
+def test_counters_loaded_from_the_files_add_up_with_the_outcomes_that_follow():
+    """A task's trigger counters start from its dependencies' states on disk (load) and go on
+    counting the outcomes that follow: one failed dependency loaded + one failing later is two,
+    not zero (one_failed is met), likewise for done (one_success) and skipped (all_success)."""
+    s = Scheduler([_R("f1"), _R("r1"), _R("x", ["f1", "r1"], "one_failed"),
+                   _R("d1"), _R("r2"), _R("y", ["d1", "r2"], "one_success"),
+                   _R("s1"), _R("r3"), _R("z", ["s1", "r3"], "all_success")],
+                  {"f1": "failed", "r1": "running", "d1": "done", "r2": "running", "s1": "skipped", "r3": "running"})
+    assert [s.state_of(t) for t in "xyz"] == ["waiting"] * 3
+    assert s.finish("r1", "failed")[1:] == [("x", "ready", None)]
+    assert s.finish("r2", "done")[1:] == [("y", "ready", None)]
+    assert s.finish("r3", "skipped")[1:] == [("z", "skipped", "s1")]
+
+
+def test_would_block_undoes_the_loaded_outcome_of_an_ended_task():
+    """would_block of a task that is done already: as if it had failed instead -- a one_success
+    task with another done dependency stays ready, one with none would be blocked."""
+    s = Scheduler([_R("d1"), _R("d2"), _R("p", ["d1", "d2"], "one_success"), _R("d3"), _R("q", ["d3"], "one_success")],
+                  {"d1": "done", "d2": "done", "d3": "done"})
+    assert s.state_of("p") == "ready" and s.state_of("q") == "ready"
+    assert s.would_block("d1") == [] and s.would_block("d3") == ["q"]
+
+
+def test_a_done_marker_that_cannot_be_renamed_into_place_puts_the_holder_s_owner_json_back(tmp_path):
+    """owner.json was renamed out and rewritten as the marker, then the last rename failed (a
+    folder stands at `done`): owner.json comes back with the holder's own record -- not the
+    marker's body, which would name no live holder -- so the claim stays provably held."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    before = Path(home.owner_path("g", "a")).read_bytes()
+    os.makedirs(os.path.join(home.marker_path("g", "a", "done"), "x"))
+    with pytest.raises(FsError):
+        lc.commit_done(home, plan, c, ended=time.time(), output_data=b"out")
+    assert read_json(home.owner_path("g", "a")) == c.owner == json.loads(before)
+    assert claims.judge(home, "g", "a", claims.read_owner(home, "g", "a"), lease=60) is None    # still held, by us
+
+
+# ------------------------------------------------------------------ claim_task: what it gives back, what it cleans
+def test_claim_task_sweeps_a_dead_breaker_s_leftovers_and_never_claims_an_ended_task(tmp_path):
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}, {"id": "b", "prompt": "x", "agent": "true"}])
+    plan = home.load_plan("g")
+    lc.commit_done(home, plan, _claim(home, "a"), ended=time.time())
+    # it ended between the caller's look and its mkdir: the claim it made goes again
+    assert lc.claim_task(home, plan, "a", worker="w2", kind="external") is None
+    assert not os.path.lexists(home.claim_dir("g", "a")) and lc.marker_of(home, "g", "a") == "done"
+    os.makedirs(home.task_dir("g", "b"))
+    for n in (".claim.broken.1a2b", ".claim.gone.3c4d"):     # a breaker / releaser killed half-way
+        os.makedirs(os.path.join(home.task_dir("g", "b"), n, "sub"))
+        Path(home.task_dir("g", "b"), n, "owner.json").write_text("{}")
+    Path(home.task_dir("g", "b"), ".claimed-by-hand").write_text("kept")
+    c = lc.claim_task(home, plan, "b", worker="w2", kind="external")
+    assert c is not None and c.attempt == 1
+    assert sorted(os.listdir(home.task_dir("g", "b"))) == [".claimed-by-hand", "claim", "prompt.md"]
+
+
+class _ListdirFails:
+    """lifecycle's `os` with listdir failing on one path (EIO: as root, no permission stops it)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def listdir(self, p):
+        if p == self.path:
+            raise OSError(5, "Input/output error")
+        return os.listdir(p)
+
+
+def test_claim_task_that_cannot_list_the_task_folder_releases_the_claim_with_one_line(tmp_path, monkeypatch):
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    plan = home.load_plan("g")
+    monkeypatch.setattr(lc, "os", _ListdirFails(home.task_dir("g", "a")))
+    with pytest.raises(FsError) as e:
+        lc.claim_task(home, plan, "a", worker="w1", kind="external")
+    assert str(e.value) == f"cannot list {home.task_dir('g', 'a')}: Input/output error"
+    monkeypatch.undo()
+    assert not os.path.lexists(home.claim_dir("g", "a"))
+    assert lc.claim_task(home, plan, "a", worker="w1", kind="external").attempt == 1
+
+
+def test_a_condition_sees_the_scheduler_s_view_and_a_skip_claim_is_attempt_zero_of_its_holder(tmp_path):
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                                  {"id": "b", "prompt": "y", "agent": "true", "deps": ["a"], "trigger": "all_done",
+                                   "when": {"outcome_of": "a", "is": "cancelled"}}])
+    plan = home.load_plan("g")
+    # the scheduler says a was cancelled (its marker not read): the condition holds
+    c = lc.claim_task(home, plan, "b", worker="w1", kind="external", state_of={"a": "cancelled"}.get)
+    assert c.skip is None and c.attempt == 1
+    claims.release(home, "g", "b")
+    pid = dead_pid()
+    before = time.time()
+    c = lc.claim_task(home, plan, "b", worker="w3", kind="external", pid=pid)    # by the markers: a never ended
+    assert c.skip == "condition false: a ended blocked (not cancelled)"
+    assert c.attempt == 0 and isinstance(c.started, float) and before <= c.started <= time.time()
+    assert (c.owner["worker"], c.owner["attempt"], c.owner["pid"], c.owner["kind"]) == ("w3", 0, pid, "external")
+
+
+def test_claim_task_waits_out_a_retry_backoff_recorded_by_a_peer(tmp_path):
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    plan = home.load_plan("g")
+    os.makedirs(home.task_dir("g", "a"))
+    lc.record_unfinished(home, "g", "a", 1, outcome="failed", reason="r", worker="w0",
+                         extra={"retry_at": time.time() + 0.6})
+    assert lc.claim_task(home, plan, "a", worker="w1", kind="external") is None
+    assert not os.path.lexists(home.claim_dir("g", "a"))
+    time.sleep(0.7)
+    assert lc.claim_task(home, plan, "a", worker="w1", kind="external").attempt == 2
+
+
+def test_a_unit_names_the_attempt_that_holds_it(tmp_path):
+    from dagrun import resources as res
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                                  {"id": "b", "prompt": "y", "agent": "true", "deps": ["a"], "mutex": "db"}],
+                       lease=42)
+    plan = home.load_plan("g")
+    lc.commit_done(home, plan, _claim(home, "a"), ended=time.time())
+    c = _claim(home, "b", worker="w7")
+    [unit] = c.owner["units"]
+    rec = res.read_unit(res.unit_path(home, unit))
+    assert (rec["goal"], rec["task"], rec["run_id"], rec["attempt"], rec["worker"], rec["lease"]) == \
+        ("g", "b", c.owner["run_id"], 1, "w7", 42)
+
+
+def test_a_claim_whose_prompt_or_units_cannot_be_written_gives_everything_back_with_one_line(tmp_path):
+    from dagrun import resources as res
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "mutex": "db"},
+                                  {"id": "b", "prompt": "x", "agent": "true", "mutex": "db"}])
+    plan = home.load_plan("g")
+    os.makedirs(os.path.join(home.prompt_path("g", "a"), "x"))      # prompt.md cannot be renamed into place
+    with pytest.raises(FsError) as e:
+        lc.claim_task(home, plan, "a", worker="w1", kind="external")
+    assert str(e.value).startswith(f"cannot prepare {home.task_dir('g', 'a')}: ")
+    assert not os.path.lexists(home.claim_dir("g", "a"))
+    pools = os.path.join(res.root(home), "pools")
+    assert [n for _r, _d, files in os.walk(pools) for n in files if n != ".lock"] == []     # the unit came back
+    shutil.rmtree(pools)
+    Path(pools).write_text("")                                        # no pool can be made
+    with pytest.raises(FsError) as e:
+        lc.claim_task(home, plan, "b", worker="w1", kind="external")
+    assert str(e.value).startswith(f"cannot take the resources of {home.task_dir('g', 'b')}: ")
+    assert not os.path.lexists(home.claim_dir("g", "b"))
+
+
+def test_a_retry_withdraws_the_on_blocked_records_of_its_dependents_and_its_event_names_who_forced_it(tmp_path):
+    """The on_blocked records published before the commit (the failure might have been final)
+    go when it turns out a retry: nothing is left due that a later replay would run; the
+    on_retrying hook runs once; a forced retry's event says who forced it."""
+    got, hook = _recorder(tmp_path)
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 1, "retry_backoff": 0},
+                                  {"id": "b", "prompt": "x", "agent": "true", "deps": ["a"]}],
+                       hooks={"on_blocked": [hook], "on_retrying": [hook]})
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    c = _claim(home, "a")
+    f = tr.finish(home, plan, sched, c, ok=False, worker="w1", reason="bad",
+                  forced={"forced_by": "admin", "held_by": "w0 (pid 9)"})
+    assert f.outcome == "retrying"
+    e = goal_events(home, ev.TASK_STATUS)[-1]
+    assert (e["status"], e["forced_by"], e["held_by"]) == ("retrying", "admin", "w0 (pid 9)")
+    assert _wait_files(got, 1) == ["on_retrying-a"]
+    end = time.monotonic() + 10
+    while _due(home) and time.monotonic() < end:
+        time.sleep(0.05)
+    assert _due(home) == []
+    assert tr.replay_hooks(home, "g", "w2") == 0
+    time.sleep(0.3)
+    assert sorted(os.listdir(got)) == ["on_retrying-a"]
+
+
+def test_the_prompt_names_a_soft_dependency_s_outcome_as_the_scheduler_sees_it(tmp_path):
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                                  {"id": "b", "prompt": "y", "agent": "true", "soft_deps": ["a"]}])
+    plan = home.load_plan("g")
+    lc.claim_task(home, plan, "b", worker="w1", kind="external", state_of={"a": "cancelled"}.get)
+    seen = Path(home.prompt_path("g", "b")).read_text()
+    claims.release(home, "g", "b")
+    lc.claim_task(home, plan, "b", worker="w1", kind="external")          # by the markers: a never ended
+    assert "cancelled" in seen and "blocked" not in seen
+    assert "blocked" in Path(home.prompt_path("g", "b")).read_text()
+
+
+def test_a_success_settles_its_on_done_record_and_a_final_failure_s_blocked_events_name_its_worker(tmp_path):
+    got, hook = _recorder(tmp_path)
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}, {"id": "b", "prompt": "x", "agent": "true"},
+                                  {"id": "c", "prompt": "x", "agent": "true", "deps": ["b"]}],
+                       hooks={"on_done": [hook]})
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take(), sched.take()
+    tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"")
+    assert _wait_files(got, 1) == ["on_done-a"]
+    end = time.monotonic() + 10
+    while _due(home) and time.monotonic() < end:
+        time.sleep(0.05)
+    assert _due(home) == [] and tr.replay_hooks(home, "g", "w2") == 0
+    tr.finish(home, plan, sched, _claim(home, "b"), ok=False, worker="w5", reason="bad", final=True)
+    assert [(e["task"], e["worker"], e["blocked_by"]) for e in goal_events(home, ev.TASK_BLOCKED)] == [("c", "w5", "b")]
+    time.sleep(0.3)
+    assert sorted(os.listdir(got)) == ["on_done-a"]
