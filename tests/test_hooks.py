@@ -189,7 +189,7 @@ def test_hook_due_at_a_crash_runs_after_restart(tmp_path, rec, agent, event, sta
     marker = next(k for k, label, what in steps if label == "rename" and what.endswith("/tasks/a/" + status))
     # the step of the task's status line: each line of a batched append is a step of its own
     appends = [k for k, label, what in steps if label == "append" and what.endswith("/g/events.jsonl")]
-    lines = _events(tmp_path / "h0", "g")
+    lines = events(tmp_path / "h0", "g")
     lines = lines[len(lines) - len(appends):]        # the first ones came with the goal (by rename)
     last = appends[next(i for i, e in enumerate(lines) if e.get("task") == "a" and e.get("status") == status)]
     assert last > marker
