@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from .executor import RUN_ID_VAR, Exit, Launch, Progress, StartError, Wakeup
 
 PLACE_AFTER = 0.1          # s: an attempt still running this long after its agent started says where it runs
+PARK_LIMIT = 5.0           # s: an attempt's generator left at its `placed` yield this long is abandoned (below)
 MB = 1024 * 1024
 
 
@@ -44,7 +45,7 @@ def _mem_bytes(mem) -> int:
 
 
 def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | None, grace: float,
-              place_after: float = 0.0):
+              place_after: float = 0.0, park_limit: float = PARK_LIMIT):
     """On the node: the agent as the local runner runs it. A generator (a Ray streaming task):
     if the agent is still running `place_after` seconds after it started, it yields where it
     runs (the driver learns the node of a long attempt while it runs: status, a `placed`
@@ -91,10 +92,20 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
                 fd = os.pidfd_open(p.pid)
             except (AttributeError, OSError):
                 fd = None
+            # While the agent runs, the generator yields once (its node) and Ray, not this frame,
+            # runs until it asks for the next item. A ray.cancel landing in that instant raises
+            # in Ray's frame: this generator is left suspended at the yield, and Ray may keep it
+            # alive (a reference cycle through the exception) -- none of the handlers here run,
+            # the worker lives on, so its guard never sees EOF, and the agent would run on with
+            # nobody to stop it (seen in CI: an agent alive 15 s after its cancel). So the guard
+            # is told around the yield ("?RUNID" parked, "!RUNID" resumed): an attempt parked
+            # for `park_limit` seconds is swept as if its worker had died.
             try:
                 t0, placed = time.monotonic(), place_after <= 0
                 if placed:
+                    _tell(guard, b"?%s %g\n" % (rid, park_limit))
                     yield {"node": node}
+                    _tell(guard, b"!%s\n" % rid)
                 while p.poll() is None:
                     wait = 0.1 if placed else max(0.0, min(0.1, t0 + place_after - time.monotonic()))
                     if fd is not None:
@@ -103,7 +114,9 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
                         time.sleep(min(wait, 0.02))
                     if not placed and time.monotonic() >= t0 + place_after and p.poll() is None:
                         placed = True
+                        _tell(guard, b"?%s %g\n" % (rid, park_limit))
                         yield {"node": node}
+                        _tell(guard, b"!%s\n" % rid)
             finally:
                 if fd is not None:
                     os.close(fd)
@@ -136,7 +149,8 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
 
 # The guard of a Ray worker: a small process in its own session that reads lines from a pipe
 # only this worker writes to: "+RUNID" before an attempt's agent starts, "=RUNID PGID" once it
-# runs, "-RUNID" after its group was killed and reaped. When the pipe closes (the worker died:
+# runs, "-RUNID" after its group was killed and reaped; "?RUNID SECONDS" / "!RUNID" around the
+# yield of a running attempt (run_agent: parked longer than that, it is swept). When the pipe closes (the worker died:
 # a forced cancel, a crash, its driver's death) it kills what is left of every attempt still
 # registered: its process group, then every process whose environment carries its run id
 # (DAGRUN_RUN_ID: the agent and all it started, even one that left the group, and an agent
@@ -177,18 +191,38 @@ def sweep(live, limit=5.0):
 """
 
 GUARD = SWEEP + r"""
-import sys
+import select
 live = {}
-for line in sys.stdin.buffer:
-    line = line.rstrip(b"\n")
-    if line[:1] == b"+":
-        live[line[1:]] = None
-    elif line[:1] == b"=":
-        rid, _, pg = line[1:].partition(b" ")
+parked = {}            # run id -> when its attempt, parked at a yield, counts as abandoned
+buf = b""
+while True:
+    wait = max(0.0, min(parked.values()) - time.monotonic()) if parked else None
+    if select.select([0], [], [], wait)[0]:
+        data = os.read(0, 65536)
+        if not data:
+            break
+        *lines, buf = (buf + data).split(b"\n")
+        for line in lines:
+            op, rid = line[:1], line[1:]
+            if op == b"+":
+                live[rid] = None
+            elif op == b"=":
+                rid, _, pg = rid.partition(b" ")
+                if rid in live:
+                    live[rid] = int(pg)
+            elif op == b"-":
+                live.pop(rid, None)
+                parked.pop(rid, None)
+            elif op == b"?":
+                rid, _, limit = rid.partition(b" ")
+                parked[rid] = time.monotonic() + float(limit)
+            elif op == b"!":
+                parked.pop(rid, None)
+    now = time.monotonic()
+    for rid in [r for r, t in parked.items() if t <= now]:
+        del parked[rid]
         if rid in live:
-            live[rid] = int(pg)
-    elif line[:1] == b"-":
-        live.pop(line[1:], None)
+            sweep({rid: live.pop(rid)})
 if live:
     sweep(live)
 """

@@ -97,3 +97,28 @@ def test_an_attempt_whose_node_and_result_both_wait_is_committed_whole(tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["out"] == "the prompt ok" and res["err"] == "err" and res["node"], res
+
+
+def test_an_attempt_left_at_its_placed_yield_is_swept_by_the_guard(tmp_path):
+    """A ray.cancel that lands while Ray reports the `placed` item raises in Ray's frame, not in
+    run_agent: the generator stays suspended at its yield (Ray may keep it alive), its handlers
+    never run and the worker lives, so the guard sees no EOF. The guard is told around the yield
+    and sweeps an attempt parked longer than park_limit. Run here without Ray: run_agent is a
+    plain generator, advanced to that yield and then abandoned (held, never closed), as Ray
+    leaves it. Fails without the parking: the agent runs its whole 60 s."""
+    from dagrun import rayrun
+    home = tmp_path / "home"
+    home.mkdir()
+    env = dict(os.environ, DAGRUN_HOME=str(home.resolve()), DAGRUN_RUN_ID=f"park-{os.getpid()}-{tmp_path.name}")
+    gen = rayrun.run_agent("sleep 60", str(tmp_path), env, b"", None, 1.0, 0.1, 1.5)
+    assert next(gen) == {"node": rayrun.socket.gethostname()}     # parked at the `placed` yield
+    assert agents_of(home)                                        # the agent runs
+    wait_for(lambda: not agents_of(home), timeout=10, what="the guard to sweep the abandoned attempt")
+    held = gen                       # (kept alive until here: nothing closed it)
+    assert held is gen
+    # a generator driven normally is not touched: the yield is answered within the limit
+    env2 = dict(env, DAGRUN_RUN_ID=env["DAGRUN_RUN_ID"] + "-b")
+    gen2 = rayrun.run_agent("sleep 3; echo fine", str(tmp_path), env2, b"", None, 1.0, 0.1, 1.5)
+    assert "node" in next(gen2)
+    last = next(gen2)
+    assert last["code"] == 0 and last["stdout"] == b"fine\n"
