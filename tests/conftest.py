@@ -323,22 +323,16 @@ SHARED_SERVICES = ("slurm", "ray", "realagents")
 
 
 def pytest_xdist_auto_num_workers(config):
-    """`-n auto`: two workers per core (4 on 2 cores). The tests wait on real things -- an
-    agent's sleep, a lease or a grace running out, a daemon starting, a Slurm job's poll --
-    so a worker per core leaves a core idle while its test waits. After the CLI's start-up
-    went from ~0.22 to ~0.13 s of CPU a call, the default suite needs ~310 s of CPU without
-    the outside services (user+sys of `pytest -q`), while CI took 314 s of wall with 3
-    workers on 2 idle cores (628 core-seconds): a third or more of the cores' time was
-    unused. And the tests of each outside
-    service (Slurm, Ray, the real agent CLIs) run one at a time on one worker (their
-    xdist_group, dispatched first): with 3 workers all three sat on those groups at the start
-    and nothing else ran beside them. A fourth worker runs the rest from the first second.
-    PYTEST_XDIST_AUTO_NUM_WORKERS=N overrides it."""
+    """`-n auto`: one and a half workers per core (3 on 2 cores). The tests wait on real
+    things -- an agent's sleep, a lease or a grace running out, a daemon starting -- so with
+    one worker per core a core idles while its test waits: on main, 2 workers took 447 s of
+    wall for 707 s of CPU, i.e. a fifth of the workers' time was waiting. A half worker more
+    keeps both cores busy. PYTEST_XDIST_AUTO_NUM_WORKERS=N overrides it."""
     env = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
     if env:
         return int(env)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 2 * cores
+    return cores + (cores + 1) // 2
 
 
 @pytest.hookimpl(tryfirst=True)          # before xdist reads the xdist_group marks
