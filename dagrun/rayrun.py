@@ -97,15 +97,13 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
             # in Ray's frame: this generator is left suspended at the yield, and Ray may keep it
             # alive (a reference cycle through the exception) -- none of the handlers here run,
             # the worker lives on, so its guard never sees EOF, and the agent would run on with
-            # nobody to stop it (seen in CI: an agent alive 15 s after its cancel). So the guard
-            # is told around the yield ("?RUNID" parked, "!RUNID" resumed): an attempt parked
-            # for `park_limit` seconds is swept as if its worker had died.
+            # nobody to stop it. So the guard is told around the yield (_placed): an attempt
+            # parked for `park_limit` seconds is swept as if its worker had died. (CI's cancelled
+            # Ray agents that outlived their tests are not explained by this window alone.)
             try:
                 t0, placed = time.monotonic(), place_after <= 0
                 if placed:
-                    _tell(guard, b"?%s %g\n" % (rid, park_limit))
-                    yield {"node": node}
-                    _tell(guard, b"!%s\n" % rid)
+                    yield from _placed(guard, rid, park_limit, {"node": node})
                 while p.poll() is None:
                     wait = 0.1 if placed else max(0.0, min(0.1, t0 + place_after - time.monotonic()))
                     if fd is not None:
@@ -114,9 +112,7 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
                         time.sleep(min(wait, 0.02))
                     if not placed and time.monotonic() >= t0 + place_after and p.poll() is None:
                         placed = True
-                        _tell(guard, b"?%s %g\n" % (rid, park_limit))
-                        yield {"node": node}
-                        _tell(guard, b"!%s\n" % rid)
+                        yield from _placed(guard, rid, park_limit, {"node": node})
             finally:
                 if fd is not None:
                     os.close(fd)
@@ -252,6 +248,14 @@ def _guard():
     except OSError:
         return None
     return st.w
+
+
+def _placed(guard, rid: bytes, limit: float, item: dict):
+    """Yield a running attempt's `placed` item with the guard told around it: "?RUNID LIMIT"
+    (parked: swept if not resumed within LIMIT seconds), "!RUNID" (resumed)."""
+    _tell(guard, b"?%s %g\n" % (rid, limit))
+    yield item
+    _tell(guard, b"!%s\n" % rid)
 
 
 def _tell(w, line: bytes) -> bool:
