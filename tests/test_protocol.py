@@ -241,9 +241,10 @@ def test_live_script_claim_is_never_taken_and_dead_one_is_recovered(home, plans)
     p = write_plan(plans, [{"id": "a", "prompt": "p"}], goal="lv", defaults={"agent": "echo worker-did-it"})
     run("submit", p, home=home)
     h = holder(home, 'x=$(dagrun claim lv 2>/dev/null || true); echo "$x" > /dev/null')
+    # the script claims first: a worker started alongside could win the race and run the task
+    wait_for(lambda: (task_dir(home, "lv", "a") / "claim" / "owner.json").exists(), what="claim")
     w = spawn("worker", "--name", "w1", home=home)
     try:
-        wait_for(lambda: (task_dir(home, "lv", "a") / "claim" / "owner.json").exists(), what="claim")
         nonce = owner(home, "lv", "a")["nonce"]
         time.sleep(3.5)                              # > 3 liveness checks by the worker
         assert owner(home, "lv", "a")["nonce"] == nonce
