@@ -280,12 +280,118 @@ def _no_stray_agents(tmp_path_factory):
         if not left:
             break
         time.sleep(0.05)
+    why = "\n".join(stray_report(p) for p in left)      # what the stray was, before it is killed
     for p in left:
         try:
             os.kill(p, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    assert not left, f"agent processes left running after the test: {left}"
+    assert not left, f"agent processes left running after the test: {left}\n{why}"
+
+
+def _proc(pid, name: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/{name}").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError as e:
+        return f"<{e.strerror}>"
+
+
+def _stat(pid) -> tuple[str, int, float]:
+    """(state, ppid, age in seconds) of a process, ('?', 0, 0) if it is gone."""
+    try:
+        st = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        up = float(Path("/proc/uptime").read_text().split()[0])
+        return st[0], int(st[1]), round(up - int(st[19]) / os.sysconf("SC_CLK_TCK"), 1)
+    except (OSError, IndexError, ValueError):
+        return "?", 0, 0.0
+
+
+def _line(pid) -> str:
+    state, ppid, age = _stat(pid)
+    return f"pid {pid} ({state}, age {age}s, ppid {ppid}): {_proc(pid, 'cmdline')[:160]}"
+
+
+def _fds(pid) -> dict[str, str]:
+    out = {}
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                out[fd] = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return out
+
+
+def stray_report(pid: int) -> str:
+    """Why an agent outlived its test, in facts read from /proc before it is killed: the agent
+    (age, run id, task), its ancestors, the Ray worker it ran under (`ray::IDLE`: Ray thinks
+    the task ended; `ray::run_agent`: it still runs it; gone: the agent was orphaned) and that
+    worker's guard (alive? still fed by the worker's pipe?), the task's last events, and the
+    Ray logs' lines about its Ray task (cancel requests, worker exits)."""
+    lines = [f"stray {_line(pid)}"]
+    try:
+        env = dict(kv.split(b"=", 1) for kv in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in kv)
+    except OSError:
+        env = {}
+    rid, home = env.get(b"DAGRUN_RUN_ID", b"?").decode(), env.get(b"DAGRUN_HOME", b"").decode()
+    goal, task = env.get(b"DAGRUN_GOAL", b"?").decode(), env.get(b"DAGRUN_TASK", b"?").decode()
+    lines.append(f"  run id {rid}, {goal}/{task}, home {home}")
+    worker, p = None, pid
+    for _ in range(6):                       # its ancestors, up to the Ray worker or init
+        p = _stat(p)[1]
+        if p <= 1:
+            break
+        cmd = _proc(p, "cmdline")
+        lines.append(f"  ancestor {_line(p)}")
+        if cmd.startswith("ray::") or "default_worker.py" in cmd:
+            worker = p
+            break
+    if worker is None:
+        lines.append("  no Ray worker among its ancestors (it died, or this is not a Ray agent)")
+    guards = [int(d) for d in os.listdir("/proc") if d.isdigit() and "DAGRUN_RUN_ID=" in _proc(d, "cmdline")
+              and "parked" in _proc(d, "cmdline")]
+    for g in guards:                         # the Ray workers' guards (rayrun.GUARD)
+        gp = _stat(g)[1]
+        pipe = _fds(g).get("0", "?")
+        fed = sorted({w for w in (worker, gp) if w and pipe in _fds(w).values()})
+        lines.append(f"  guard pid {g} (state {_stat(g)[0]}, age {_stat(g)[2]}s), parent {gp} "
+                     f"{_proc(gp, 'cmdline')[:40]!r}, stdin {pipe}, write end held by {fed or 'nobody it knows'}"
+                     + (" <- this worker's" if worker and gp == worker else ""))
+    if not guards:
+        lines.append("  no guard process alive on this machine")
+    tids = set()
+    if home:
+        for evf in Path(home).glob("goals/*/events.jsonl"):
+            try:
+                evs = [json.loads(x) for x in evf.read_text().splitlines() if f'"{task}"' in x]
+            except (OSError, ValueError):
+                continue
+            for e in evs[-5:]:
+                tids.update([e["task_id"]] if e.get("task_id") else [])
+                lines.append("  event " + " ".join(f"{k}={e[k]}" for k in ("ts", "type", "status", "attempt", "reason",
+                                                                          "task_id", "node") if k in e)[:240])
+    logdirs = {os.path.dirname(t) for w in [worker] if w for t in _fds(w).values() if t.endswith((".log", ".out", ".err"))}
+    if not logdirs and os.environ.get("RAY_ROOT"):
+        logdirs = {os.path.join(os.environ["RAY_ROOT"], "session_latest", "logs")}
+    for d in logdirs:                         # what Ray logged about the Ray task(s) of the attempt
+        hits = []
+        for f in sorted(Path(d).glob("*")) if os.path.isdir(d) else []:
+            try:
+                text = f.read_text(errors="replace") if f.stat().st_size < 20_000_000 else ""
+            except OSError:
+                continue
+            # the lines naming the Ray task, and in the log of the worker that ran it (its
+            # own, or one naming the task) the cancels and the worker's exit (which children
+            # Ray killed as the worker exited)
+            ours = (worker and f.name.endswith(f"_{worker}.log")) or any(len(t) > 16 and t in text for t in tids)
+            hits += [f"{f.name}: {x.strip()[:220]}" for x in text.splitlines() if x.startswith("[") and (
+                     any(len(t) > 16 and t in x for t in tids)
+                     or (ours and f.name.startswith("python-core-worker") and any(
+                         w in x for w in ("ancel", "child process", "exit_type", "Quick exit"))))]
+        lines += [f"  ray log {h}" for h in hits[-25:]]
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------ CI cannot skip silently
