@@ -79,6 +79,9 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
         told = False
         try:
             told = _tell(guard, b"+%s\n" % rid)
+            if not told:                  # its guard died (no reader): a new one
+                guard = _guard(renew=True)
+                told = guard is not None and _tell(guard, b"+%s\n" % rid)
             if not told:
                 raise OSError("the Ray worker's guard does not listen")
             # its own session (process group); no preexec_fn: that would make Python fork the
@@ -98,8 +101,8 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
             # alive (a reference cycle through the exception) -- none of the handlers here run,
             # the worker lives on, so its guard never sees EOF, and the agent would run on with
             # nobody to stop it. So the guard is told around the yield (_placed): an attempt
-            # parked for `park_limit` seconds is swept as if its worker had died. (CI's cancelled
-            # Ray agents that outlived their tests are not explained by this window alone.)
+            # parked for `park_limit` seconds is swept as if its worker had died (and if the
+            # idle worker exits first, its guard, no child of it, sweeps it then: see GUARD).
             try:
                 t0, placed = time.monotonic(), place_after <= 0
                 if placed:
@@ -153,6 +156,12 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
 # whose pgid the worker did not live to say), until none is found. Started once per worker
 # (spawning one per attempt cost ~5 ms an attempt) and kept in a module of sys.modules: this
 # module travels by value, so its own globals are not the worker's.
+# The guard is NOT a child of the Ray worker (its launcher forks it and exits): a Ray worker
+# that exits on purpose -- ray.cancel(force=True), its owner gone -- first SIGKILLs its own
+# children (Ray's kill_child_processes_on_worker_exit, on by default), which took the guard
+# with the agent's shell and left the rest of the agent's group running with nobody to sweep
+# it (CI's cancelled Ray agents that outlived their tests). A guard that died all the same is
+# noticed when a line to it fails (no reader: EPIPE) and replaced.
 SWEEP = r"""
 import os, signal, time
 def sweep(live, limit=5.0):
@@ -188,6 +197,8 @@ def sweep(live, limit=5.0):
 
 GUARD = SWEEP + r"""
 import select
+if os.fork():          # the launcher exits at once: the guard is no child of the Ray worker
+    os._exit(0)
 live = {}
 parked = {}            # run id -> when its attempt, parked at a yield, counts as abandoned
 buf = b""
@@ -224,26 +235,34 @@ if live:
 """
 
 
-def _guard():
-    """The write end of this worker's guard's pipe (None if it cannot be started)."""
+def _guard(renew: bool = False):
+    """The write end of this worker's guard's pipe (None if it cannot be started). renew: its
+    guard is gone (a line to it failed): start another."""
     import subprocess
     import sys
     import types
-    st = sys.modules.get("_dagrun_ray_guard")
+    # (not the name of the earlier guard's state, which kept the guard's Popen: one worker
+    # never mixes the two)
+    st = sys.modules.get("_dagrun_ray_guard_v2")
     if st is None:
-        st = sys.modules["_dagrun_ray_guard"] = types.ModuleType("_dagrun_ray_guard")
-        st.pid, st.w, st.proc = None, None, None
-    if st.pid == os.getpid() and st.proc is not None and st.proc.poll() is None:
+        st = sys.modules["_dagrun_ray_guard_v2"] = types.ModuleType("_dagrun_ray_guard_v2")
+        st.pid, st.w = None, None
+    if st.pid == os.getpid() and st.w is not None and not renew:
         return st.w
     if st.w is not None and st.pid == os.getpid():
-        os.close(st.w)                    # its guard died: a new one
-    st.w = st.proc = None
+        os.close(st.w)
+    st.w = None
     try:
         r, w = os.pipe()                  # (not inheritable: no agent holds the write end)
-        st.proc = subprocess.Popen([sys.executable, "-S", "-c", GUARD], stdin=r, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin"},
-                                   start_new_session=True, close_fds=True)
-        os.close(r)
+        try:
+            launcher = subprocess.Popen([sys.executable, "-S", "-c", GUARD], stdin=r, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin"},
+                                        start_new_session=True, close_fds=True)
+        finally:
+            os.close(r)
+        if launcher.wait() != 0:          # it exits as soon as the guard is forked
+            os.close(w)
+            return None
         st.pid, st.w = os.getpid(), w
     except OSError:
         return None
@@ -544,6 +563,13 @@ class RayRunner:
                 and h.get("task_id") in self._tasks}
 
     def close(self) -> None:
+        # an attempt still running when its driver ends is stopped here (Ray would stop it
+        # too once it sees the driver gone -- sooner or later, and not if the driver lingers)
+        for t in list(self._tasks.values()):
+            try:
+                self._ray.cancel(t.gen, force=True)
+            except Exception:       # noqa: BLE001 -- it ended meanwhile; Ray is gone
+                pass
         self._tasks.clear()
         bell, self._bell = self._bell, (-1, -1)     # a late callback writes to -1, not a reused fd
         for fd in bell:

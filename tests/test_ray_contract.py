@@ -99,6 +99,64 @@ def test_an_attempt_whose_node_and_result_both_wait_is_committed_whole(tmp_path)
     assert res["out"] == "the prompt ok" and res["err"] == "err" and res["node"], res
 
 
+FORCED = r"""
+import os, select, sys, time
+from dagrun import rayrun
+from dagrun.executor import Launch
+root, home = sys.argv[1], sys.argv[2]
+prompt = os.path.join(root, "prompt.md")
+open(prompt, "w").write("p")
+r = rayrun.RayRunner()
+# `sleep` is the shell's child, not the Ray worker's: Ray kills only the worker's own children
+h = r.start(Launch(agent="sleep 60; echo never", cwd=root, env={"PATH": os.environ["PATH"], "DAGRUN_HOME": home},
+                   stdin_path=prompt, stdout_path=os.path.join(root, "stdout"),
+                   stderr_path=os.path.join(root, "stderr"), run_id="forced-" + str(os.getpid()), runner="ray",
+                   spec={"ray": {}}))
+t0 = time.monotonic()
+while r.node(h) is None:                  # the agent runs (its node streamed back)
+    w = r.wakeup()
+    r.service(set(select.select(list(w.fds), [], [], 0.1)[0]))
+    r.poll(h)
+    assert time.monotonic() - t0 < 60, "the attempt never ran"
+print("running", flush=True)
+sys.stdin.readline()                      # the test saw the agent
+r.kill(h)                                 # ray.cancel(force=True): the worker exits
+ex = None
+while ex is None:
+    w = r.wakeup()
+    r.service(set(select.select(list(w.fds), [], [], 0.1)[0]))
+    ex = r.poll(h)
+print(ex.describe(), flush=True)
+"""
+
+
+@ray
+def test_a_force_cancelled_attempt_leaves_no_process_of_its_agent(tmp_path):
+    """kill() is ray.cancel(force=True): the Ray worker exits, and as it exits Ray SIGKILLs the
+    worker's own children (kill_child_processes_on_worker_exit) -- the agent's shell, and a
+    guard that was the worker's child too. The agent's other processes (here the `sleep` the
+    shell started) were left running with nobody to sweep them: CI's cancelled Ray agents that
+    outlived their tests (the engine force-cancels an attempt its terminate did not stop within
+    kill_grace). The guard is no child of the worker: it sees the worker go and sweeps the rest."""
+    need_ray()
+    home = tmp_path / "home"
+    home.mkdir()
+    d = subprocess.Popen([sys.executable, "-c", FORCED, str(tmp_path), str(home.resolve())], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "DAGRUN_RUN_ID": ""}, start_new_session=True)
+    try:
+        assert d.stdout.readline().strip() == "running", d.stderr.read()[-3000:]
+        wait_for(lambda: len(agents_of(home)) == 2, timeout=10, what="the agent's shell and its sleep")
+        d.stdin.write("\n")
+        d.stdin.flush()
+        assert "cancelled" in d.stdout.readline()
+        assert d.wait(30) == 0
+        wait_for(lambda: not agents_of(home), timeout=10, interval=0.1,
+                 what="no process of the force-cancelled agent left")
+    finally:
+        kill_group(d)
+
+
 def test_an_attempt_left_at_its_placed_yield_is_swept_by_the_guard(tmp_path):
     """A ray.cancel that lands while Ray reports the `placed` item raises in Ray's frame, not in
     run_agent: the generator stays suspended at its yield (Ray may keep it alive), its handlers
