@@ -514,6 +514,11 @@ class Plan:
         return out
 
     @cached_property
+    def has_mutex(self) -> bool:
+        """Some task names a mutex (resources.plan_pools asks on every status and submit)."""
+        return any(t.mutex for t in self.tasks)
+
+    @cached_property
     def serial_of(self) -> dict[str, str] | None:
         """task -> its serial group; None when no task has one (the rule is off)."""
         return {t.id: t.serial for t in self.tasks if t.serial} or None

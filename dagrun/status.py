@@ -11,7 +11,7 @@ from . import budget, bulk, fsio, statuscache
 from . import resources as res
 from . import states as S
 from .lifecycle import scheduler_from_facts
-from .scheduler import skip_reason
+from .scheduler import NAMES, skip_reason
 from .store import Home, dumps, loads, now_iso, parse_ts
 from .summary import ended, usage_by_task
 from .usage import add as add_usage
@@ -159,12 +159,15 @@ def _goal_detail(home: Home, g: str, plan=None) -> tuple[dict, object, dict]:
     held = set(sched.budget_held())
     waits = _waiting(home, plan, sched)
     rows = []
-    for t in plan.ids():
+    RUNNING, RETRYING, AWAITING, SKIPPED, BLOCKED, READY = S.RUNNING, S.RETRYING, S.AWAITING, S.SKIPPED, \
+        S.BLOCKED, S.READY
+    # the scheduler's ids are the plan's, in order: its states by position (no lookup per task)
+    for t, task, st in zip(sched.ids, plan.tasks, map(NAMES.__getitem__, sched.state)):
         f = facts[t]
-        st = sched.state_of(t)
+        marker = f.marker
         row = {"task": t, "state": st, "attempt": f.attempt, "worker": None, "started": None,
                "duration": None}
-        if st == S.RUNNING and f.owner:
+        if st == RUNNING and f.owner:
             row["worker"] = f.owner.get("worker")
             h = f.owner.get("handle")
             if isinstance(h, dict) and h.get("node"):      # a cluster runner's node, once placed
@@ -176,49 +179,51 @@ def _goal_detail(home: Home, g: str, plan=None) -> tuple[dict, object, dict]:
             since = parse_ts(f.owner.get("since"))
             if since:
                 row["duration"] = round(now - since, 3)
-        elif f.marker:
-            row["worker"] = f.marker.get("worker") or f.marker.get("by")
-            row["started"] = f.marker.get("started")
-            row["duration"] = f.marker.get("duration")
-            if f.marker.get("reason"):
-                row["reason"] = f.marker["reason"]
-            if f.marker.get("node"):
-                row["node"] = f.marker["node"]
-            if f.marker.get("cached") is True:
+        elif marker:
+            row["worker"] = marker.get("worker") or marker.get("by")
+            row["started"] = marker.get("started")
+            row["duration"] = marker.get("duration")
+            if marker.get("reason"):
+                row["reason"] = marker["reason"]
+            if marker.get("node"):
+                row["node"] = marker["node"]
+            if marker.get("cached") is True:
                 row["cached"] = True
-            if f.marker.get("exit_code") is not None and st == S.FAILED:
-                row["exit_code"] = f.marker["exit_code"]
-        elif st == S.RETRYING and f.record:
+            if marker.get("exit_code") is not None and st == S.FAILED:
+                row["exit_code"] = marker["exit_code"]
+        elif st == RETRYING and f.record:
             row["retry_at"] = now_iso(f.retry_at)
             row["reason"] = f.record.get("reason")
-        if st == S.AWAITING:              # an approval gate: what it asks, since when, until when
+        if st == AWAITING:              # an approval gate: what it asks, since when, until when
             gate = f.extra.get("awaiting") or {}
             row["started"] = gate.get("since")
             row["reason"] = gate.get("prompt")
             if gate.get("timeout_at"):
                 row["timeout_at"] = gate["timeout_at"]
-        if f.marker and f.marker.get("decided_by"):
-            row["decided_by"] = f.marker["decided_by"]
-            row["decided_at"] = f.marker.get("decided_at")
-        if st == S.SKIPPED and not f.marker:        # skipped by its trigger rule (derived)
+        if marker and marker.get("decided_by"):
+            row["decided_by"] = marker["decided_by"]
+            row["decided_at"] = marker.get("decided_at")
+        if st == SKIPPED and not marker:        # skipped by its trigger rule (derived)
             root = sched.blocked_by(t)
             if root is not None:
                 row["skipped_by"] = root
             row["reason"] = skip_reason(root)
-        task = plan.task(t)
         if task.for_each:            # fan-out: a template (its instances once expanded)
             row["template"] = {"from": task.for_each["from"], "instances": task.fanout}
-        elif task.origin and task.origin.get("edit") == "fanout":
-            row["instance_of"] = task.origin.get("of")
-        elif task.origin and task.origin.get("edit") == "add":
-            row["added_by"] = task.origin.get("by")
-        if st == S.BLOCKED:
+        elif task.origin:
+            edit = task.origin.get("edit")
+            if edit == "fanout":
+                row["instance_of"] = task.origin.get("of")
+            elif edit == "add":
+                row["added_by"] = task.origin.get("by")
+        if st == BLOCKED:
             row["blocked_by"] = sched.blocked_by(t)
-        elif st == S.READY and t in held:       # the budget pool keeps it from starting
-            row["state"], row["blocked_by"] = S.BLOCKED, "budget"
-            row["reason"] = f"budget: spent {budget.fmt(sched.spent, sched.budget)} of {budget.fmt(sched.budget)}"
-        elif st == S.READY and t in waits:      # resources or its serial group keep it from starting
-            row["waiting_for"] = row["reason"] = waits[t]
+        elif st == READY:
+            if t in held:       # the budget pool keeps it from starting
+                row["state"], row["blocked_by"] = BLOCKED, "budget"
+                row["reason"] = f"budget: spent {budget.fmt(sched.spent, sched.budget)} of {budget.fmt(sched.budget)}"
+            elif t in waits:      # resources or its serial group keep it from starting
+                row["waiting_for"] = row["reason"] = waits[t]
         rows.append(row)
     summary = loads(fsio.read_bytes(home.summary_path(g)))
     per = usage_by_task(home, g, facts)                   # usage: every attempt's, failed ones too
