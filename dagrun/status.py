@@ -7,14 +7,14 @@ import time
 
 import orjson
 
-from . import budget, bulk, fsio, statuscache
-from . import resources as res
+from . import bulk, fsio, statuscache
 from . import states as S
-from .lifecycle import scheduler_from_facts
-from .scheduler import NAMES, skip_reason
 from .store import Home, dumps, loads, now_iso, parse_ts
-from .summary import ended, usage_by_task
-from .usage import add as add_usage
+
+# What computing a status needs (the scheduler, lifecycle, budget, resources, summary, usage)
+# is imported by the functions that compute one: `status GOAL --json` of a quiet goal prints
+# its snapshot (statuscache.py) and pays none of those imports (~0.04 s of a ~0.12 s call at
+# 10 000 tasks; ARCHITECTURE.md, "Plans of 100 000 tasks").
 
 
 def goal_overview(home: Home, g: str) -> dict:
@@ -28,6 +28,7 @@ def goal_overview(home: Home, g: str) -> dict:
     hit = statuscache.load(home, g)          # a quiet goal's status snapshot, when current
     if hit is not None:
         return hit[0]
+    from .lifecycle import scheduler_from_facts
     plan = home.load_plan(g)
     sched = scheduler_from_facts(home, plan, home.snapshot(g, plan, view=True))
     counts = sched.counts()
@@ -37,6 +38,7 @@ def goal_overview(home: Home, g: str) -> dict:
 
 def ended_overview(home: Home, g: str) -> dict | None:
     """goal_overview from summary.json (summary.ended), or None when the goal has not ended."""
+    from .summary import ended
     s = ended(home, g)
     if s is None or "source" not in s:
         return None
@@ -63,6 +65,7 @@ def _goal_state(sched, n: int) -> str:
 def _waiting(home: Home, plan, sched) -> dict[str, str]:
     """Ready tasks that cannot start yet, and why: "waiting for resource gpu (held by g/t)",
     "needs 3 units of gpu; its capacity is 2", "serial group s: a runs first"."""
+    from . import resources as res
     out: dict[str, str] = {}
     if sched.serial_before is not None:
         for t in sched.ready_ids():
@@ -146,12 +149,19 @@ _LIVE = (S.RUNNING, S.RETRYING)
 def _snapshottable(home: Home, plan, d: dict) -> bool:
     """Rows that stay true until a file changes: no running attempt (its duration grows, its
     holder may die), no retry timer, no budget, no resource pool (other goals hold units)."""
+    from . import resources as res
     if plan.budget or any(r["state"] in _LIVE for r in d["tasks"]):
         return False
     return not res.plan_pools(plan, res.limits(home))
 
 
 def _goal_detail(home: Home, g: str, plan=None) -> tuple[dict, object, dict]:
+    from . import budget
+    from .lifecycle import scheduler_from_facts
+    from .scheduler import NAMES, skip_reason
+    from .summary import usage_by_task
+    from .usage import add as add_usage
+
     plan = plan if plan is not None else home.load_plan(g)
     facts = home.snapshot(g, plan, detail=True, view=True)   # one read of every task folder
     sched = scheduler_from_facts(home, plan, facts)
