@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import time
 from dataclasses import dataclass, field
 
 import orjson
 
 from . import events as ev
-from . import executor, fanrules
+from . import fanrules
 from . import fsio
 from . import plan as planmod
 from . import resources as res
@@ -77,7 +76,10 @@ def submit(home: Home, path: str, *, replace: bool = False, dry_run: bool = Fals
     if plan is None:
         plan = planmod.load(path, home.root)   # raises PlanError before anything is written (home: presets.json)
     check_capacities(home, plan, path)
-    executor.require({t.runner for t in plan.tasks if t.runner != "local"}, options=executor.options_of([plan]))
+    runners = {t.runner for t in plan.tasks if t.runner != "local"}
+    if runners:         # the local runner is always there: submitting a local plan imports no runner code
+        from . import executor
+        executor.require(runners, options=executor.options_of([plan]))
     g = plan.goal
     old_raw = home.plan_bytes(g) if os.path.isdir(home.goals_dir) else None
     if old_raw is None:
@@ -351,6 +353,7 @@ def _archive(home: Home, plan: Plan, g: str, targets: set[str]) -> tuple[str, li
     stays consistent, and running the same command again finishes the job."""
     from .scheduler import Scheduler
 
+    import secrets
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
     adir = os.path.join(home.archive_dir(g), stamp)
     order = [plan.tasks[i].id for i in reversed(Scheduler(plan.tasks).order)]

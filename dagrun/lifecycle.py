@@ -668,13 +668,13 @@ def scheduler_from_facts(home: Home, plan: Plan, facts: dict[str, TaskFacts], no
     """The scheduler for facts already read (home.snapshot): a caller that needs both reads
     every task folder once, not twice."""
     now = time.time() if now is None else now
-    initial = {}
+    initial = {}           # pending is the scheduler's default: only the others (a fresh goal: none)
+    PENDING = S.PENDING
     for tid, f in facts.items():
-        if f.state == S.PENDING and f.record and f.record.get("retry_at") and not f.record.get("final") \
-                and f.retry_at > now:
-            initial[tid] = S.RETRYING
-        else:
+        if f.state != PENDING:
             initial[tid] = f.state
+        elif f.record and f.record.get("retry_at") and not f.record.get("final") and f.retry_at > now:
+            initial[tid] = S.RETRYING
     sched = scheduler_for(plan, initial, durations=durations, clock=clock)
     if plan.budget:
         from . import budget        # the pool as raised and the spend so far, from the files

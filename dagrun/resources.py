@@ -140,7 +140,7 @@ def plan_pools(plan: Plan, lim: dict) -> dict[str, dict[Pool, int]]:
     (agent, mutex) for the tasks without `resources` (all of them, in most plans): the same
     pools, shared."""
     if not lim["home"] and not (plan.tenant and lim["tenants"].get(plan.tenant)) and not plan.goal_capacities() \
-            and not any(t.mutex for t in plan.tasks):
+            and not plan.has_mutex:
         return {}                  # no capacity anywhere: nothing is counted
     out, memo = {}, {}
     for t in plan.tasks:

@@ -80,6 +80,24 @@ def topo_order(ids: Sequence[str], preds: Sequence[Sequence[int]], succs: Sequen
     raise CycleError([ids[i] for i in cyc])
 
 
+def depth(tasks: Sequence["TaskLike"]) -> int:
+    """The most tasks on one chain of dependencies, hard and soft (`dagrun validate`'s
+    "longest path"; Scheduler.height's maximum). One pass when every task comes after its
+    dependencies, as plans are mostly written (100 000 tasks: ~0.05 s, where building the
+    Scheduler took ~0.3 s); else from the Scheduler's topological order."""
+    level: dict[str, int] = {}
+    at = level.__getitem__
+    try:
+        for t in tasks:
+            h = max(map(at, t.deps), default=0)
+            if t.soft_deps:
+                h = max(h, max(map(at, t.soft_deps)))
+            level[t.id] = h + 1
+    except KeyError:           # a dependency listed after its dependent
+        return max(Scheduler(tasks).height, default=0)
+    return max(level.values(), default=0)
+
+
 class TaskLike(Protocol):
     id: str
     deps: Sequence[str]
@@ -169,10 +187,11 @@ class Scheduler:
         # the graph as int ids: a tuple of dependencies per task (the one empty tuple for none),
         # dependents as lists only for the tasks that have some (ARCHITECTURE.md, "Plans of
         # 100 000 tasks"); deps + soft deps concatenated only where a task has soft ones
-        self.deps = [tuple([idx[d] for d in t.deps]) for t in tasks]
+        at = idx.__getitem__          # map(): no comprehension frame per task (100 000 tasks: -0.05 s)
+        self.deps = [tuple(map(at, t.deps)) for t in tasks]
         self.trigger = [getattr(t, "trigger", None) or ALL_SUCCESS for t in tasks]
         self.gated = [getattr(t, "approval", None) is not None for t in tasks]
-        self.soft = [tuple([idx[d] for d in t.soft_deps]) if t.soft_deps else () for t in tasks]
+        self.soft = [tuple(map(at, t.soft_deps)) if t.soft_deps else () for t in tasks]
         self.any_soft = any(self.soft)
         self.hard_out: list = [()] * n
         self.soft_out: list = [()] * n
@@ -185,12 +204,20 @@ class Scheduler:
                         outs[d] = [i]
         self.order = self._topo()
         # the remaining path in seconds (HEFT's upward rank): own duration + the longest below
-        dur = [max(0.0, float((durations or {}).get(tid, 1.0))) for tid in self.ids]
-        rank = dur
-        for i in reversed(self.order):
-            outs = self._outs(i)
-            if outs:
-                rank[i] += max([rank[d] for d in outs])
+        seconds = (durations or {}).get
+        rank = [max(0.0, float(seconds(tid, 1.0))) for tid in self.ids]
+        below = rank.__getitem__
+        if self.any_soft:
+            for i in reversed(self.order):
+                outs = self._outs(i)
+                if outs:
+                    rank[i] += max(map(below, outs))
+        else:
+            hard_out = self.hard_out
+            for i in reversed(self.order):
+                outs = hard_out[i]
+                if outs:
+                    rank[i] += max(map(below, outs))
         self.rank = rank
         self.prio = [int(t.priority) for t in tasks]
         # aging (seconds per priority point; None/0: off) on the clock it is handed (the engine's
@@ -264,6 +291,8 @@ class Scheduler:
                 continue
             if s not in _DERIVED:
                 raise ValueError(f"task {ids[i]!r}: unknown initial state {s!r}")
+            if pend[i] and not nfail[i]:
+                continue        # waiting, whatever its rule: _check's verdict would be None
             self._check(i, scratch)
             scratch.clear()
 

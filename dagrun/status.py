@@ -7,14 +7,14 @@ import time
 
 import orjson
 
-from . import budget, bulk, fsio, statuscache
-from . import resources as res
+from . import bulk, fsio, statuscache
 from . import states as S
-from .lifecycle import scheduler_from_facts
-from .scheduler import skip_reason
 from .store import Home, dumps, loads, now_iso, parse_ts
-from .summary import ended, usage_by_task
-from .usage import add as add_usage
+
+# What computing a status needs (the scheduler, lifecycle, budget, resources, summary, usage)
+# is imported by the functions that compute one: `status GOAL --json` of a quiet goal prints
+# its snapshot (statuscache.py) and pays none of those imports (~0.04 s of a ~0.12 s call at
+# 10 000 tasks; ARCHITECTURE.md, "Plans of 100 000 tasks").
 
 
 def goal_overview(home: Home, g: str) -> dict:
@@ -28,6 +28,7 @@ def goal_overview(home: Home, g: str) -> dict:
     hit = statuscache.load(home, g)          # a quiet goal's status snapshot, when current
     if hit is not None:
         return hit[0]
+    from .lifecycle import scheduler_from_facts
     plan = home.load_plan(g)
     sched = scheduler_from_facts(home, plan, home.snapshot(g, plan, view=True))
     counts = sched.counts()
@@ -37,6 +38,7 @@ def goal_overview(home: Home, g: str) -> dict:
 
 def ended_overview(home: Home, g: str) -> dict | None:
     """goal_overview from summary.json (summary.ended), or None when the goal has not ended."""
+    from .summary import ended
     s = ended(home, g)
     if s is None or "source" not in s:
         return None
@@ -63,6 +65,7 @@ def _goal_state(sched, n: int) -> str:
 def _waiting(home: Home, plan, sched) -> dict[str, str]:
     """Ready tasks that cannot start yet, and why: "waiting for resource gpu (held by g/t)",
     "needs 3 units of gpu; its capacity is 2", "serial group s: a runs first"."""
+    from . import resources as res
     out: dict[str, str] = {}
     if sched.serial_before is not None:
         for t in sched.ready_ids():
@@ -146,12 +149,19 @@ _LIVE = (S.RUNNING, S.RETRYING)
 def _snapshottable(home: Home, plan, d: dict) -> bool:
     """Rows that stay true until a file changes: no running attempt (its duration grows, its
     holder may die), no retry timer, no budget, no resource pool (other goals hold units)."""
+    from . import resources as res
     if plan.budget or any(r["state"] in _LIVE for r in d["tasks"]):
         return False
     return not res.plan_pools(plan, res.limits(home))
 
 
 def _goal_detail(home: Home, g: str, plan=None) -> tuple[dict, object, dict]:
+    from . import budget
+    from .lifecycle import scheduler_from_facts
+    from .scheduler import NAMES, skip_reason
+    from .summary import usage_by_task
+    from .usage import add as add_usage
+
     plan = plan if plan is not None else home.load_plan(g)
     facts = home.snapshot(g, plan, detail=True, view=True)   # one read of every task folder
     sched = scheduler_from_facts(home, plan, facts)
@@ -159,12 +169,15 @@ def _goal_detail(home: Home, g: str, plan=None) -> tuple[dict, object, dict]:
     held = set(sched.budget_held())
     waits = _waiting(home, plan, sched)
     rows = []
-    for t in plan.ids():
+    RUNNING, RETRYING, AWAITING, SKIPPED, BLOCKED, READY = S.RUNNING, S.RETRYING, S.AWAITING, S.SKIPPED, \
+        S.BLOCKED, S.READY
+    # the scheduler's ids are the plan's, in order: its states by position (no lookup per task)
+    for t, task, st in zip(sched.ids, plan.tasks, map(NAMES.__getitem__, sched.state)):
         f = facts[t]
-        st = sched.state_of(t)
+        marker = f.marker
         row = {"task": t, "state": st, "attempt": f.attempt, "worker": None, "started": None,
                "duration": None}
-        if st == S.RUNNING and f.owner:
+        if st == RUNNING and f.owner:
             row["worker"] = f.owner.get("worker")
             h = f.owner.get("handle")
             if isinstance(h, dict) and h.get("node"):      # a cluster runner's node, once placed
@@ -176,49 +189,51 @@ def _goal_detail(home: Home, g: str, plan=None) -> tuple[dict, object, dict]:
             since = parse_ts(f.owner.get("since"))
             if since:
                 row["duration"] = round(now - since, 3)
-        elif f.marker:
-            row["worker"] = f.marker.get("worker") or f.marker.get("by")
-            row["started"] = f.marker.get("started")
-            row["duration"] = f.marker.get("duration")
-            if f.marker.get("reason"):
-                row["reason"] = f.marker["reason"]
-            if f.marker.get("node"):
-                row["node"] = f.marker["node"]
-            if f.marker.get("cached") is True:
+        elif marker:
+            row["worker"] = marker.get("worker") or marker.get("by")
+            row["started"] = marker.get("started")
+            row["duration"] = marker.get("duration")
+            if marker.get("reason"):
+                row["reason"] = marker["reason"]
+            if marker.get("node"):
+                row["node"] = marker["node"]
+            if marker.get("cached") is True:
                 row["cached"] = True
-            if f.marker.get("exit_code") is not None and st == S.FAILED:
-                row["exit_code"] = f.marker["exit_code"]
-        elif st == S.RETRYING and f.record:
+            if marker.get("exit_code") is not None and st == S.FAILED:
+                row["exit_code"] = marker["exit_code"]
+        elif st == RETRYING and f.record:
             row["retry_at"] = now_iso(f.retry_at)
             row["reason"] = f.record.get("reason")
-        if st == S.AWAITING:              # an approval gate: what it asks, since when, until when
+        if st == AWAITING:              # an approval gate: what it asks, since when, until when
             gate = f.extra.get("awaiting") or {}
             row["started"] = gate.get("since")
             row["reason"] = gate.get("prompt")
             if gate.get("timeout_at"):
                 row["timeout_at"] = gate["timeout_at"]
-        if f.marker and f.marker.get("decided_by"):
-            row["decided_by"] = f.marker["decided_by"]
-            row["decided_at"] = f.marker.get("decided_at")
-        if st == S.SKIPPED and not f.marker:        # skipped by its trigger rule (derived)
+        if marker and marker.get("decided_by"):
+            row["decided_by"] = marker["decided_by"]
+            row["decided_at"] = marker.get("decided_at")
+        if st == SKIPPED and not marker:        # skipped by its trigger rule (derived)
             root = sched.blocked_by(t)
             if root is not None:
                 row["skipped_by"] = root
             row["reason"] = skip_reason(root)
-        task = plan.task(t)
         if task.for_each:            # fan-out: a template (its instances once expanded)
             row["template"] = {"from": task.for_each["from"], "instances": task.fanout}
-        elif task.origin and task.origin.get("edit") == "fanout":
-            row["instance_of"] = task.origin.get("of")
-        elif task.origin and task.origin.get("edit") == "add":
-            row["added_by"] = task.origin.get("by")
-        if st == S.BLOCKED:
+        elif task.origin:
+            edit = task.origin.get("edit")
+            if edit == "fanout":
+                row["instance_of"] = task.origin.get("of")
+            elif edit == "add":
+                row["added_by"] = task.origin.get("by")
+        if st == BLOCKED:
             row["blocked_by"] = sched.blocked_by(t)
-        elif st == S.READY and t in held:       # the budget pool keeps it from starting
-            row["state"], row["blocked_by"] = S.BLOCKED, "budget"
-            row["reason"] = f"budget: spent {budget.fmt(sched.spent, sched.budget)} of {budget.fmt(sched.budget)}"
-        elif st == S.READY and t in waits:      # resources or its serial group keep it from starting
-            row["waiting_for"] = row["reason"] = waits[t]
+        elif st == READY:
+            if t in held:       # the budget pool keeps it from starting
+                row["state"], row["blocked_by"] = BLOCKED, "budget"
+                row["reason"] = f"budget: spent {budget.fmt(sched.spent, sched.budget)} of {budget.fmt(sched.budget)}"
+            elif t in waits:      # resources or its serial group keep it from starting
+                row["waiting_for"] = row["reason"] = waits[t]
         rows.append(row)
     summary = loads(fsio.read_bytes(home.summary_path(g)))
     per = usage_by_task(home, g, facts)                   # usage: every attempt's, failed ones too

@@ -24,7 +24,7 @@ def validate(ctx: typer.Context,
     from ..bulk import one_shot
     from ..edit import load_checked
     from ..errors import PlanError
-    from ..scheduler import Scheduler
+    from ..scheduler import depth
 
     one_shot()
     try:
@@ -36,14 +36,13 @@ def validate(ctx: typer.Context,
     warnings = plan_warnings(p, home_of(ctx).root)
     for w in warnings:
         print(f"dagrun: {w}", file=sys.stderr)
-    s = Scheduler(p.tasks)
     edges = sum(len(t.deps) + len(t.soft_deps) for t in p.tasks)
-    depth = max(s.height) if s.height else 0
+    longest = depth(p.tasks)
     if json:
-        print_json({"ok": True, "goal": p.goal, "tasks": len(p.tasks), "edges": edges, "depth": depth,
+        print_json({"ok": True, "goal": p.goal, "tasks": len(p.tasks), "edges": edges, "depth": longest,
                     "warnings": warnings})
     else:
-        print(f"ok: goal {p.goal}: {len(p.tasks)} tasks, {edges} dependencies, longest path {depth} tasks")
+        print(f"ok: goal {p.goal}: {len(p.tasks)} tasks, {edges} dependencies, longest path {longest} tasks")
 
 
 _WHERE = re.compile(r"^.*?:(\d+)(?::\d+)?: (?:([A-Za-z_$][\w$]*(?:\[\d+\]|\.[\w$]+)*|\(top level\)): )?")
