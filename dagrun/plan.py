@@ -708,6 +708,7 @@ def parse_fragment(raw: bytes, *, shown: str, plan: Plan) -> Plan:
         raise PlanError(f"{shown}: malformed JSON: invalid UTF-8 at byte {e.start}") from None
     doc = _parse_json(text, shown)
     v = _Validator(text, shown, plan.source, plan.goal)
+    v.no_lone_surrogates(doc)
     top = v.obj((), doc, FRAGMENT_FIELDS, "a fragment")
     defaults = v.obj(("defaults",), top.get("defaults", {}), KNOBS, "defaults")
     dflt = {k: v.check(("defaults", k), KNOBS[k], x) for k, x in defaults.items()}
@@ -847,6 +848,26 @@ class _Validator:
         err = PlanError(f"{where}: {p}: {msg}" if path else f"{where}: {msg}")
         err.line, err.json_path = line, (p if path else None)     # for `validate --json`
         raise err
+
+    def no_lone_surrogates(self, doc) -> None:
+        """A lone UTF-16 surrogate (only a \\u escape makes one) in any string or key of the
+        document is refused here, naming where: no such string can be written as UTF-8 later
+        (plan.json, events, the prompt). Searched only when the text has such an escape."""
+        if _SURROGATE_ESCAPE.search(self.text) is None:
+            return
+        todo = [((), doc)]
+        while todo:
+            path, v = todo.pop()
+            if isinstance(v, str):
+                if _has_lone_surrogate(v):
+                    self.fail(path, "contains an unpaired UTF-16 surrogate escape")
+            elif isinstance(v, dict):
+                for k in v:
+                    if _has_lone_surrogate(k):
+                        self.fail(path, f"the key {_show(k)} contains an unpaired UTF-16 surrogate escape")
+                todo.extend(((*path, k), x) for k, x in reversed(v.items()))
+            elif isinstance(v, list):
+                todo.extend(((*path, i), x) for i, x in reversed(list(enumerate(v))))
 
     def line(self, path: tuple) -> int | None:
         if self._lines is None:
@@ -1002,6 +1023,7 @@ class _Validator:
 
     # -- the plan
     def plan(self, doc) -> Plan:
+        self.no_lone_surrogates(doc)
         top = self.obj((), doc, TOP_FIELDS, "the plan")
         goal = self.check(("goal",), TOP_FIELDS["goal"], top["goal"]) if "goal" in top else None
         if goal is None:

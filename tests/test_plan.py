@@ -95,6 +95,29 @@ def test_cli_rejects_invalid_plan_with_exit_2_and_writes_nothing(plans, home, cm
     assert not home.exists()
 
 
+@pytest.mark.parametrize("where,text,expect", [
+    ("description", '{"defaults": {"agent": "true"}, "tasks": [{"id": "a", "prompt": "p", "description": "x\\ud800"}]}',
+     "tasks[0].description: contains an unpaired UTF-16 surrogate escape"),
+    ("env key", '{"defaults": {"agent": "true"}, "tasks": [{"id": "a", "prompt": "p", "env": {"K\\udc00": "v"}}]}',
+     'tasks[0].env: the key "K\\udc00" contains an unpaired UTF-16 surrogate escape'),
+    ("defaults", '{"defaults": {"agent": "true", "description": "\\udbff"}, "tasks": [{"id": "a", "prompt": "p"}]}',
+     "defaults.description: contains an unpaired UTF-16 surrogate escape")])
+def test_a_lone_surrogate_anywhere_is_refused_before_anything_is_written(plans, home, where, text, expect):
+    """Such a string can never be written as UTF-8: submit used to accept it and then die
+    with an internal error writing plan.json. Now every command refuses it, one line, exit 2."""
+    p = plans / "dag.json"
+    p.write_text(text)
+    for cmd in ("validate", "submit"):
+        r = run(cmd, p, home=home, check=2)
+        assert r.stderr == f"dagrun: {p}:1: {expect}\n"
+    assert not (home / "goals" / "dag").exists()
+    run("submit", _write(plans, {"tasks": [OK_TASK], "defaults": AGENT}, {}), home=home)
+    frag = plans / "frag.json"
+    frag.write_text(text.replace('"id": "a"', '"id": "z"'))
+    r = run("add", "dag", frag, home=home, check=2)
+    assert "contains an unpaired UTF-16 surrogate escape" in r.stderr and r.stderr.count("\n") == 1
+
+
 def test_error_line_points_at_the_line(plans):
     text = '{\n "defaults": {"agent": "true"},\n "tasks": [\n  {"id": "a", "prompt": "p"},\n  {"id": "b",\n   "prompt": "q",\n   "timeout": -1}\n ]\n}\n'
     p = plans / "dag.json"
