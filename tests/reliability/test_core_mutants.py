@@ -1934,3 +1934,118 @@ def test_a_success_settles_its_on_done_record_and_a_final_failure_s_blocked_even
     assert [(e["task"], e["worker"], e["blocked_by"]) for e in goal_events(home, ev.TASK_BLOCKED)] == [("c", "w5", "b")]
     time.sleep(0.3)
     assert sorted(os.listdir(got)) == ["on_done-a"]
+
+
+# ------------------------------------------------------------------ the record before an attempt (fifth session)
+def _after_a_first_failure(tmp_path: Path, first: bytes | None):
+    """Task a failed once (attempts/1.json), that record then replaced by `first` (a hand-edited
+    or older file), and claimed again: attempt 2's claim."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 5, "retry_backoff": 0}])
+    plan = home.load_plan("g")
+    lc.commit_failure(home, plan, _claim(home, "a"), outcome="failed", ended=time.time(), exit_code=1, reason="r")
+    if first == b"symlink":
+        (tmp_path / "elsewhere.json").write_bytes(b'{"attempt": 1, "failures": 3}')
+        os.unlink(home.attempt_path("g", "a", 1, "json"))
+        os.symlink(tmp_path / "elsewhere.json", home.attempt_path("g", "a", 1, "json"))
+    elif first is not None:
+        Path(home.attempt_path("g", "a", 1, "json")).write_bytes(first)
+    c = _claim(home, "a")
+    assert c.attempt == 2
+    return home, plan, c
+
+
+# (record 1 as found, the failures it counts): garbage and a JSON value that is not an object
+# count nothing (before the fifth session the commit crashed on `[1, 2]`: AttributeError after
+# the done marker, claim left behind), so does a symlinked record; one of an older dagrun
+# without "failures" counts 0
+_RECORDS = [(None, 1), (b'{"attempt": 1, "outcome": "failed", "failures": 3}', 3), (b"not json", 0),
+            (b'{"attempt": 1, "outcome": "lost"}', 0), (b"[1, 2]", 0), (b'"failed"', 0), (b"symlink", 0)]
+
+
+@pytest.mark.parametrize("first,failures", _RECORDS)
+def test_every_record_of_an_attempt_carries_on_the_count_of_the_record_before_it(tmp_path, first, failures):
+    """A success, a failure and an attempt that ended without a verdict each write `failures`
+    from the record of the attempt before (a failure adds one); a record that cannot be read
+    as an object counts as none -- never a crash of the commit."""
+    home, plan, c = _after_a_first_failure(tmp_path / "done", first)
+    lc.commit_done(home, plan, c, ended=time.time(), output_data=b"ok")
+    assert read_json(home.attempt_path("g", "a", 2, "json"))["failures"] == failures
+    home, plan, c = _after_a_first_failure(tmp_path / "failed", first)
+    rec = lc.commit_failure(home, plan, c, outcome="failed", ended=time.time())
+    assert rec["failures"] == failures + 1 and rec["reason"] == ""        # no reason given: none recorded
+    assert read_json(home.attempt_path("g", "a", 2, "json")) == rec
+    home, plan, c = _after_a_first_failure(tmp_path / "lost", first)
+    rec = lc.record_unfinished(home, "g", "a", 2, outcome="lost", reason="gone", worker="w9")
+    assert (rec["failures"], rec["counted"], rec["final"]) == (failures, False, False)
+    assert read_json(home.attempt_path("g", "a", 2, "json")) == rec
+
+
+def test_a_failed_attempt_keeps_a_preset_s_raw_output_beside_its_captures(tmp_path):
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 1, "retry_backoff": 0}])
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    Path(home.claim_dir("g", "a"), RAW_FILE).write_bytes(b"RAW 1")
+    Path(home.claim_dir("g", "a"), "stdout").write_bytes(b"OUT 1")
+    lc.commit_failure(home, plan, c, outcome="failed", ended=time.time(), exit_code=1)
+    assert Path(home.attempt_path("g", "a", 1, RAW_FILE)).read_bytes() == b"RAW 1"
+    assert Path(home.attempt_path("g", "a", 1, "out")).read_bytes() == b"OUT 1"
+    assert not os.path.exists(home.claim_dir("g", "a")) and not os.path.exists(os.path.join(home.task_dir("g", "a"), RAW_FILE))
+    c = _claim(home, "a")                                   # an attempt without raw output leaves none
+    lc.commit_failure(home, plan, c, outcome="failed", ended=time.time(), exit_code=1)
+    assert not os.path.exists(home.attempt_path("g", "a", 2, RAW_FILE))
+
+
+@pytest.mark.parametrize("final", [False, True])
+def test_a_commit_whose_owner_json_is_gone_still_publishes_its_marker(tmp_path, final):
+    """claim/owner.json cannot be recycled into the marker (it is gone): the marker is written
+    as a new file, with the same body."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 0}])
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    os.unlink(home.owner_path("g", "a"))
+    if final:
+        rec = lc.commit_failure(home, plan, c, outcome="failed", ended=time.time(), exit_code=4, reason="no")
+        assert rec["final"]
+        assert read_json(home.marker_path("g", "a", "failed")) == {k: rec[k] for k in (
+            "attempt", "outcome", "exit_code", "signal", "reason", "worker", "started", "ended", "duration")}
+        assert lc.marker_of(home, "g", "a") == "failed"
+    else:
+        body = lc.commit_done(home, plan, c, ended=time.time(), output_data=b"out")
+        assert read_json(home.marker_path("g", "a", "done")) == body and lc.marker_of(home, "g", "a") == "done"
+    assert not os.path.exists(home.claim_dir("g", "a"))
+    assert not [n for n in os.listdir(home.task_dir("g", "a")) if n.endswith(".tmp")]
+
+
+def test_a_failed_marker_that_cannot_be_renamed_into_place_puts_the_holder_s_owner_json_back(tmp_path):
+    """Like the done marker's: a folder stands at `failed`; the commit fails with one line naming
+    the task folder, owner.json is the holder's record again and the claim stays held."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 0}])
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    before = Path(home.owner_path("g", "a")).read_bytes()
+    os.makedirs(os.path.join(home.marker_path("g", "a", "failed"), "x"))
+    with pytest.raises(FsError) as e:
+        lc.commit_failure(home, plan, c, outcome="failed", ended=time.time(), exit_code=1)
+    assert str(e.value).startswith(f"cannot commit {home.task_dir('g', 'a')}: ")
+    assert read_json(home.owner_path("g", "a")) == c.owner == json.loads(before)
+    assert claims.judge(home, "g", "a", claims.read_owner(home, "g", "a"), lease=60) is None    # still held, by us
+
+
+def test_release_resources_gives_the_units_back_while_the_claim_still_stands(tmp_path):
+    """The units go back before the commit: another task can take them while the ended
+    attempt's claim is still there (its commit has not run yet)."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "mutex": "db"},
+                                  {"id": "b", "prompt": "x", "agent": "true", "mutex": "db"}])
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    from dagrun import resources as res
+    with pytest.raises(res.Busy):
+        lc.claim_task(home, plan, "b", worker="w2", kind="external")
+    tr.release_resources(home, c, worker="w1", why="failed")
+    assert os.path.exists(home.claim_dir("g", "a"))
+    cb = lc.claim_task(home, plan, "b", worker="w2", kind="external")        # a's unit is free
+    assert cb is not None and cb.owner["units"] == c.owner["units"]
+    e = goal_events(home, ev.TASK_RESOURCES)
+    assert [_strip(x) for x in e] == [{"task": "a", "attempt": 1, "released": ["db"], "why": "failed", "worker": "w1"}]
+    tr.release_resources(home, lc.Claim("g", "a", 1, {}, time.time()), worker="w1", why="x")   # no units: no event
+    assert len(goal_events(home, ev.TASK_RESOURCES)) == 1
