@@ -2049,3 +2049,86 @@ def test_release_resources_gives_the_units_back_while_the_claim_still_stands(tmp
     assert [_strip(x) for x in e] == [{"task": "a", "attempt": 1, "released": ["db"], "why": "failed", "worker": "w1"}]
     tr.release_resources(home, lc.Claim("g", "a", 1, {}, time.time()), worker="w1", why="x")   # no units: no event
     assert len(goal_events(home, ev.TASK_RESOURCES)) == 1
+
+
+def test_the_holder_check_refuses_with_the_whole_line_naming_the_holder():
+    """`complete`/`fail`/`heartbeat` by someone else: the one line names the holder's worker,
+    pid and host, and what the caller can give instead."""
+    owner = {"worker": "w1", "pid": 4242, "pid_start": "77", "host": HOST}
+    with pytest.raises(Refused) as e:
+        lc.check_holder(owner, worker="w2", caller=[(4243, "77"), (4242, "78")], force=False, what="fail", g="g", t="a")
+    assert str(e.value) == (f"cannot fail g/a: it is held by worker w1 (pid 4242 on {HOST}), not by you; "
+                            "give the --worker or --pid used to claim it, or --force")
+    with pytest.raises(Refused) as e:
+        lc.check_holder(None, worker="w1", caller=[], force=True, what="heartbeat", g="g", t="b")
+    assert str(e.value) == "cannot heartbeat g/b: it is not claimed (claim it first: dagrun claim g)"
+    assert lc.check_holder(owner, worker=None, caller=[(4242, "77")], force=False, what="fail", g="g", t="a") is False
+    assert lc.check_holder(owner, worker="w2", caller=[(4242, "78")], force=True, what="fail", g="g", t="a") is True
+
+
+def test_the_engine_s_shared_edit_lock_is_held_until_its_fd_is_closed(tmp_path):
+    """claims.lock_shared: the goal's .edit.lock taken shared for a loop's turn (others may
+    share it, an edit waits) until the caller closes the fd; no goal: None, nothing made; a
+    lock that cannot be opened: one line naming it."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    path = os.path.join(home.goal_dir("g"), ".edit.lock")
+
+    def can(mode):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+    fd = claims.lock_shared(home, "g")
+    assert isinstance(fd, int)
+    try:
+        assert can(fcntl.LOCK_SH) and not can(fcntl.LOCK_EX)
+    finally:
+        os.close(fd)
+    assert can(fcntl.LOCK_EX)
+    assert claims.lock_shared(home, "nosuch") is None and not os.path.exists(home.goal_dir("nosuch"))
+    os.unlink(path)
+    os.mkdir(path)                                       # .edit.lock cannot be opened for writing
+    with pytest.raises(FsError) as e:
+        claims.lock_shared(home, "g")
+    assert str(e.value).startswith(f"cannot lock {path}: ")
+
+
+def _awaiting_gate(tmp_path: Path):
+    home = submit_home(tmp_path, [{"id": "gate", "prompt": "x", "approval": {"prompt": "Merge?", "timeout": 3600}}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    assert sched.take() == "gate"
+    tr.await_approval(home, plan, sched, lc.claim_task(home, plan, "gate", worker="w1", kind="engine"), worker="w1")
+    return home, plan
+
+
+def test_a_gate_held_by_another_live_decider_is_refused_after_the_wait_and_a_dead_one_s_claim_is_broken(tmp_path):
+    """claim_gate: another process holds the gate's claim (a decider in the middle of its
+    decision): wait up to `wait` s, then one line; once that decider is dead its claim is
+    broken (its attempt recorded lost) and the gate is claimed for this decider."""
+    home, plan = _awaiting_gate(tmp_path)
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        assert claims.acquire(home, "g", "gate")
+        claims.update_owner(home, "g", "gate", claims.new_owner("bob", 1, kind="approval", pid=other.pid))
+        t0 = time.monotonic()
+        with pytest.raises(Refused) as e:
+            lc.claim_gate(home, plan, "gate", by="alice", wait=0.4)
+        assert str(e.value) == "cannot decide g/gate: it is held by another process right now; try again"
+        assert 0.4 <= time.monotonic() - t0 < 5
+        assert read_json(home.owner_path("g", "gate"))["worker"] == "bob"        # not broken: bob lives
+    finally:
+        other.kill()
+        other.wait()
+    t0 = time.monotonic()
+    c = lc.claim_gate(home, plan, "gate", by="alice", wait=0.0)     # bob is dead: broken at once, no wait
+    assert time.monotonic() - t0 < 5
+    assert (c.goal, c.task, c.attempt) == ("g", "gate", 2)
+    assert read_json(home.attempt_path("g", "gate", 1, "json"))["outcome"] == "lost"
+    owner = read_json(home.owner_path("g", "gate"))
+    assert owner == c.owner and (owner["worker"], owner["kind"], owner["attempt"]) == ("alice", "approval", 2)
+    assert owner["run_id"] == lc.run_id(home, "g", "gate", 2)
+    assert c.started == parse_ts(lc.awaiting_of(home, "g", "gate")["since"])     # the gate's wait began then
