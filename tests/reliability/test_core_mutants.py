@@ -2132,3 +2132,30 @@ def test_a_gate_held_by_another_live_decider_is_refused_after_the_wait_and_a_dea
     assert owner == c.owner and (owner["worker"], owner["kind"], owner["attempt"]) == ("alice", "approval", 2)
     assert owner["run_id"] == lc.run_id(home, "g", "gate", 2)
     assert c.started == parse_ts(lc.awaiting_of(home, "g", "gate")["since"])     # the gate's wait began then
+
+
+def test_a_shared_edit_lock_interrupted_while_it_waits_closes_its_fd_and_raises_the_interrupt(tmp_path):
+    """An edit holds the lock exclusively; the engine's lock_shared waits in flock and is
+    interrupted (SIGTERM's handler raising, here SIGALRM's): the interrupt comes out as it
+    was, and the fd it opened is closed, not leaked."""
+    import signal
+
+    class Stop(Exception):
+        pass
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    held = os.open(os.path.join(home.goal_dir("g"), ".edit.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(held, fcntl.LOCK_EX)
+
+    def stop(*_):
+        raise Stop()
+    old = signal.signal(signal.SIGALRM, stop)
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(Stop):
+            claims.lock_shared(home, "g")
+        assert len(os.listdir("/proc/self/fd")) == before
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        os.close(held)
