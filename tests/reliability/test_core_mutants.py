@@ -2159,3 +2159,26 @@ def test_a_shared_edit_lock_interrupted_while_it_waits_closes_its_fd_and_raises_
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
         os.close(held)
+
+
+def test_a_condition_looks_at_the_first_4_mib_of_an_output_only(tmp_path):
+    """`contains` sees the first CONDITION_READ_LIMIT (4 MiB) bytes of the output: a needle
+    ending exactly there is found, one just past it is not."""
+    for n, runs in ((lc.CONDITION_READ_LIMIT - 3, True), (lc.CONDITION_READ_LIMIT - 2, False)):
+        home = submit_home(tmp_path / str(n), [{"id": "a", "prompt": "x", "agent": "true"},
+                                               {"id": "b", "prompt": "y", "agent": "true", "deps": ["a"],
+                                                "when": {"output_of": "a", "contains": "YES"}}])
+        plan, sched = home.load_plan("g"), _sched(home)
+        sched.take()
+        tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"x" * n + b"YES")
+        cb = lc.claim_task(home, plan, "b", worker="w1", kind="external")
+        assert (cb.skip is None) is runs, n
+
+
+def test_a_backoff_of_a_second_or_less_still_waits():
+    class Tk:
+        retry_backoff = 1.0
+    for b in (1.0, 0.5):
+        Tk.retry_backoff = b
+        s = [lc.backoff(Tk, 1) for _ in range(50)]
+        assert b * 0.5 <= min(s) and max(s) <= b * 1.5, b
