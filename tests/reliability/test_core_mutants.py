@@ -2182,3 +2182,47 @@ def test_a_backoff_of_a_second_or_less_still_waits():
         Tk.retry_backoff = b
         s = [lc.backoff(Tk, 1) for _ in range(50)]
         assert b * 0.5 <= min(s) and max(s) <= b * 1.5, b
+
+
+def test_would_block_undoes_a_loaded_skip_or_failure_from_its_own_counter():
+    """would_block of a task that ended skipped (or failed): its outcome is taken off the
+    skipped (failed) count, not the done count -- a one_success task with a done dependency
+    beside it stays ready."""
+    s = Scheduler([_R("s1"), _R("d4"), _R("p", ["s1", "d4"], "one_success"),
+                   _R("f1"), _R("d5"), _R("q", ["f1", "d5"], "one_success")],
+                  {"s1": "skipped", "d4": "done", "f1": "failed", "d5": "done"})
+    assert s.state_of("p") == "ready" and s.state_of("q") == "ready"
+    assert s.would_block("s1") == [] and s.would_block("f1") == []
+    assert s.state_of("p") == "ready" and s.state_of("q") == "ready"       # nothing changed
+
+
+def test_the_engine_ranks_ready_tasks_by_the_home_s_history_unless_every_task_has_an_estimate(tmp_path):
+    """lifecycle.ranked_scheduler (the engine's rescans, `run --dry-run`): a task's seconds are
+    its estimate, else its median in the home's done runs (ranking_history: read only when a
+    task has no estimate); the longest remaining path starts first."""
+    from dagrun import edit, history
+    tasks = [{"id": "quick", "prompt": "x", "agent": "true"}, {"id": "slow", "prompt": "x", "agent": "true"}]
+    home = submit_home(tmp_path, tasks)
+    plan = home.load_plan("g")
+    for t, secs in (("quick", 0.05), ("slow", 5.0)):
+        c = _claim(home, t)
+        c.started = T0
+        lc.commit_done(home, plan, c, ended=T0 + secs, output_data=b"")
+
+    def submit(goal, ts):
+        p = tmp_path / goal / "dag.json"
+        p.parent.mkdir()
+        p.write_text(json.dumps({"goal": goal, "tasks": ts}))
+        edit.submit(home, str(p))
+        return home.load_plan(goal)
+    again = submit("again", tasks)
+    hist = lc.ranking_history(home, again)
+    assert hist is not None and [s for s, _ in hist.by_task[("slow", "true")]] == [5.0]
+    sched, facts = lc.ranked_scheduler(home, again)
+    assert [sched.take(), sched.take()] == ["slow", "quick"] and set(facts) == {"quick", "slow"}
+    sched, _ = lc.ranked_scheduler(home, again, history.History())     # a history given: not read again
+    assert [sched.take(), sched.take()] == ["quick", "slow"]           # nothing known: plan order
+    est = submit("est", [dict(tasks[0], estimate={"seconds": 9}), dict(tasks[1], estimate={"seconds": 1})])
+    assert lc.ranking_history(home, est) is None                       # every task has an estimate
+    sched, _ = lc.ranked_scheduler(home, est)
+    assert [sched.take(), sched.take()] == ["quick", "slow"]
