@@ -872,6 +872,7 @@ def test_mark_cancelled_names_the_cancel_and_never_covers_done(tmp_path):
     assert lc.mark_cancelled(home, "g", "a", by="me", reason="r", cancel_id="c1") is True
     m = read_json(home.marker_path("g", "a", "cancelled"))
     assert (m["by"], m["reason"], m["cancel_id"]) == ("me", "r", "c1")
+    assert set(m) == {"by", "reason", "ts", "cancel_id"} and abs(parse_ts(m["ts"]) - time.time()) < 60
     assert lc.mark_cancelled(home, "g", "a", by="me", reason="again") is False
     lc.commit_done(home, plan, _claim(home, "b"), ended=time.time())
     assert lc.mark_cancelled(home, "g", "b", by="me", reason="r") is False and lc.marker_of(home, "g", "b") == "done"
@@ -2194,6 +2195,10 @@ def test_would_block_undoes_a_loaded_skip_or_failure_from_its_own_counter():
     assert s.state_of("p") == "ready" and s.state_of("q") == "ready"
     assert s.would_block("s1") == [] and s.would_block("f1") == []
     assert s.state_of("p") == "ready" and s.state_of("q") == "ready"       # nothing changed
+    # a done task as if failed, and the cascade below it: r's one pending dependency (q) is
+    # blocked, not a done one undone
+    s = Scheduler([_R("d3"), _R("q", ["d3"], "one_success"), _R("r", ["q"], "one_success")], {"d3": "done"})
+    assert s.would_block("d3") == ["q", "r"]
 
 
 def test_the_engine_ranks_ready_tasks_by_the_home_s_history_unless_every_task_has_an_estimate(tmp_path):
