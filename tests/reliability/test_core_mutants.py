@@ -2225,8 +2225,10 @@ def test_the_engine_ranks_ready_tasks_by_the_home_s_history_unless_every_task_ha
     assert hist is not None and [s for s, _ in hist.by_task[("slow", "true")]] == [5.0]
     sched, facts = lc.ranked_scheduler(home, again)
     assert [sched.take(), sched.take()] == ["slow", "quick"] and set(facts) == {"quick", "slow"}
-    sched, _ = lc.ranked_scheduler(home, again, history.History())     # a history given: not read again
+    clock = lambda: 1234.5                                               # noqa: E731  (aging's clock)
+    sched, _ = lc.ranked_scheduler(home, again, history.History(), clock=clock)   # a history given: not read again
     assert [sched.take(), sched.take()] == ["quick", "slow"]           # nothing known: plan order
+    assert sched.clock is clock
     est = submit("est", [dict(tasks[0], estimate={"seconds": 9}), dict(tasks[1], estimate={"seconds": 1})])
     assert lc.ranking_history(home, est) is None                       # every task has an estimate
     sched, _ = lc.ranked_scheduler(home, est)
