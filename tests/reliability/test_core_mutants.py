@@ -1452,8 +1452,10 @@ def test_the_goal_end_of_a_finisher_cut_off_before_its_event_runs_its_hooks_from
 
 def test_a_finisher_that_loses_the_race_for_summary_json_leaves_the_winner_s(tmp_path, monkeypatch):
     """Two processes find the goal ended at once: the summary is published exclusively (link),
-    so the one that comes second keeps the first's -- and announces it for the first, which died."""
-    home, plan, sched = _finished_but_not_ended(tmp_path)
+    so the one that comes second keeps the first's -- and announces it for the first, which died --
+    and withdraws the on_goal_finished record it had published before trying."""
+    got, hook = _recorder(tmp_path)
+    home, plan, sched = _finished_but_not_ended(tmp_path, hooks={"on_goal_finished": [hook]})
     from dagrun import fsio, summary
     build = summary.build_summary
     theirs = {"outcome": "done", "counts": {"done": 1}, "failed_roots": [],       # a finisher that died at once
@@ -1469,6 +1471,7 @@ def test_a_finisher_that_loses_the_race_for_summary_json_leaves_the_winner_s(tmp
     assert s["finisher"]["worker"] == "w1" and read_json(home.summary_path("g")) == theirs
     e = goal_events(home, ev.GOAL_FINISHED)                   # announced once, for the dead winner
     assert [(x["finish_id"], x["worker"]) for x in e] == [("n1", "w1")]
+    assert _due(home) == []                                   # the loser's own record withdrawn
 
 
 def test_a_summary_that_cannot_be_written_is_one_line_and_withdraws_its_hook_record(tmp_path):
