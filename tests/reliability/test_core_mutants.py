@@ -2236,3 +2236,17 @@ def test_the_engine_ranks_ready_tasks_by_the_home_s_history_unless_every_task_ha
     assert lc.ranking_history(home, est) is None                       # every task has an estimate
     sched, _ = lc.ranked_scheduler(home, est)
     assert [sched.take(), sched.take()] == ["quick", "slow"]
+
+
+def test_the_record_before_is_the_latest_readable_one_counting_down(tmp_path):
+    """Attempts 1 and 2 failed (failures 1, 2), attempt 3's record is unreadable: attempt 4
+    carries on from attempt 2's count, the latest readable record below it."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 9, "retry_backoff": 0}])
+    plan = home.load_plan("g")
+    for _ in range(3):
+        lc.commit_failure(home, plan, _claim(home, "a"), outcome="failed", ended=time.time(), exit_code=1)
+    assert read_json(home.attempt_path("g", "a", 2, "json"))["failures"] == 2
+    Path(home.attempt_path("g", "a", 3, "json")).write_bytes(b"{torn")
+    c = _claim(home, "a")
+    assert c.attempt == 4
+    assert lc.record_unfinished(home, "g", "a", 4, outcome="lost", reason="gone", worker="w9")["failures"] == 2
