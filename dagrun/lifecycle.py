@@ -36,7 +36,7 @@ from .plan import Plan, Task
 from .proc import HOST
 from .prompt import Upstream, failure_note, render
 from .scheduler import Scheduler
-from .store import COUNTED, MARKERS, Home, TaskFacts, as_int, dumps, loads, loads_obj, now_iso, parse_ts
+from .store import COUNTED, MARKERS, Home, TaskFacts, as_int, dumps, loads_obj, now_iso, parse_ts
 from .usage import RAW_FILE
 
 BACKOFF_CAP = 600.0
@@ -564,8 +564,10 @@ def record_unfinished(home: Home, g: str, t: str, attempt: int, *, outcome: str,
 
 
 def _record_before(home: Home, g: str, t: str, attempt: int) -> dict | None:
+    """The latest readable record before `attempt`: a JSON object (a hand-edited `[1]` or a
+    symlinked record counts as none, as in Home._latest_attempt -- never a crash of the commit)."""
     for n in range(attempt - 1, 0, -1):
-        r = loads(fsio.read_bytes(home.attempt_path(g, t, n, "json")))
+        r = loads_obj(fsio.read_bytes(home.attempt_path(g, t, n, "json"), follow=False))
         if r is not None:
             return r
     return None

@@ -872,6 +872,7 @@ def test_mark_cancelled_names_the_cancel_and_never_covers_done(tmp_path):
     assert lc.mark_cancelled(home, "g", "a", by="me", reason="r", cancel_id="c1") is True
     m = read_json(home.marker_path("g", "a", "cancelled"))
     assert (m["by"], m["reason"], m["cancel_id"]) == ("me", "r", "c1")
+    assert set(m) == {"by", "reason", "ts", "cancel_id"} and abs(parse_ts(m["ts"]) - time.time()) < 60
     assert lc.mark_cancelled(home, "g", "a", by="me", reason="again") is False
     lc.commit_done(home, plan, _claim(home, "b"), ended=time.time())
     assert lc.mark_cancelled(home, "g", "b", by="me", reason="r") is False and lc.marker_of(home, "g", "b") == "done"
@@ -1451,8 +1452,10 @@ def test_the_goal_end_of_a_finisher_cut_off_before_its_event_runs_its_hooks_from
 
 def test_a_finisher_that_loses_the_race_for_summary_json_leaves_the_winner_s(tmp_path, monkeypatch):
     """Two processes find the goal ended at once: the summary is published exclusively (link),
-    so the one that comes second keeps the first's -- and announces it for the first, which died."""
-    home, plan, sched = _finished_but_not_ended(tmp_path)
+    so the one that comes second keeps the first's -- and announces it for the first, which died --
+    and withdraws the on_goal_finished record it had published before trying."""
+    got, hook = _recorder(tmp_path)
+    home, plan, sched = _finished_but_not_ended(tmp_path, hooks={"on_goal_finished": [hook]})
     from dagrun import fsio, summary
     build = summary.build_summary
     theirs = {"outcome": "done", "counts": {"done": 1}, "failed_roots": [],       # a finisher that died at once
@@ -1468,6 +1471,7 @@ def test_a_finisher_that_loses_the_race_for_summary_json_leaves_the_winner_s(tmp
     assert s["finisher"]["worker"] == "w1" and read_json(home.summary_path("g")) == theirs
     e = goal_events(home, ev.GOAL_FINISHED)                   # announced once, for the dead winner
     assert [(x["finish_id"], x["worker"]) for x in e] == [("n1", "w1")]
+    assert _due(home) == []                                   # the loser's own record withdrawn
 
 
 def test_a_summary_that_cannot_be_written_is_one_line_and_withdraws_its_hook_record(tmp_path):
@@ -1934,3 +1938,315 @@ def test_a_success_settles_its_on_done_record_and_a_final_failure_s_blocked_even
     assert [(e["task"], e["worker"], e["blocked_by"]) for e in goal_events(home, ev.TASK_BLOCKED)] == [("c", "w5", "b")]
     time.sleep(0.3)
     assert sorted(os.listdir(got)) == ["on_done-a"]
+
+
+# ------------------------------------------------------------------ the record before an attempt (fifth session)
+def _after_a_first_failure(tmp_path: Path, first: bytes | None):
+    """Task a failed once (attempts/1.json), that record then replaced by `first` (a hand-edited
+    or older file), and claimed again: attempt 2's claim."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 5, "retry_backoff": 0}])
+    plan = home.load_plan("g")
+    lc.commit_failure(home, plan, _claim(home, "a"), outcome="failed", ended=time.time(), exit_code=1, reason="r")
+    if first == b"symlink":
+        (tmp_path / "elsewhere.json").write_bytes(b'{"attempt": 1, "failures": 3}')
+        os.unlink(home.attempt_path("g", "a", 1, "json"))
+        os.symlink(tmp_path / "elsewhere.json", home.attempt_path("g", "a", 1, "json"))
+    elif first is not None:
+        Path(home.attempt_path("g", "a", 1, "json")).write_bytes(first)
+    c = _claim(home, "a")
+    assert c.attempt == 2
+    return home, plan, c
+
+
+# (record 1 as found, the failures it counts): garbage and a JSON value that is not an object
+# count nothing (before the fifth session the commit crashed on `[1, 2]`: AttributeError after
+# the done marker, claim left behind), so does a symlinked record; one of an older dagrun
+# without "failures" counts 0
+_RECORDS = [(None, 1), (b'{"attempt": 1, "outcome": "failed", "failures": 3}', 3), (b"not json", 0),
+            (b'{"attempt": 1, "outcome": "lost"}', 0), (b"[1, 2]", 0), (b'"failed"', 0), (b"symlink", 0)]
+
+
+@pytest.mark.parametrize("first,failures", _RECORDS)
+def test_every_record_of_an_attempt_carries_on_the_count_of_the_record_before_it(tmp_path, first, failures):
+    """A success, a failure and an attempt that ended without a verdict each write `failures`
+    from the record of the attempt before (a failure adds one); a record that cannot be read
+    as an object counts as none -- never a crash of the commit."""
+    home, plan, c = _after_a_first_failure(tmp_path / "done", first)
+    lc.commit_done(home, plan, c, ended=time.time(), output_data=b"ok")
+    assert read_json(home.attempt_path("g", "a", 2, "json"))["failures"] == failures
+    home, plan, c = _after_a_first_failure(tmp_path / "failed", first)
+    rec = lc.commit_failure(home, plan, c, outcome="failed", ended=time.time())
+    assert rec["failures"] == failures + 1 and rec["reason"] == ""        # no reason given: none recorded
+    assert read_json(home.attempt_path("g", "a", 2, "json")) == rec
+    home, plan, c = _after_a_first_failure(tmp_path / "lost", first)
+    rec = lc.record_unfinished(home, "g", "a", 2, outcome="lost", reason="gone", worker="w9")
+    assert (rec["failures"], rec["counted"], rec["final"]) == (failures, False, False)
+    assert read_json(home.attempt_path("g", "a", 2, "json")) == rec
+
+
+def test_a_failed_attempt_keeps_a_preset_s_raw_output_beside_its_captures(tmp_path):
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 1, "retry_backoff": 0}])
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    Path(home.claim_dir("g", "a"), RAW_FILE).write_bytes(b"RAW 1")
+    Path(home.claim_dir("g", "a"), "stdout").write_bytes(b"OUT 1")
+    lc.commit_failure(home, plan, c, outcome="failed", ended=time.time(), exit_code=1)
+    assert Path(home.attempt_path("g", "a", 1, RAW_FILE)).read_bytes() == b"RAW 1"
+    assert Path(home.attempt_path("g", "a", 1, "out")).read_bytes() == b"OUT 1"
+    assert not os.path.exists(home.claim_dir("g", "a")) and not os.path.exists(os.path.join(home.task_dir("g", "a"), RAW_FILE))
+    c = _claim(home, "a")                                   # an attempt without raw output leaves none
+    lc.commit_failure(home, plan, c, outcome="failed", ended=time.time(), exit_code=1)
+    assert not os.path.exists(home.attempt_path("g", "a", 2, RAW_FILE))
+
+
+@pytest.mark.parametrize("final", [False, True])
+def test_a_commit_whose_owner_json_is_gone_still_publishes_its_marker(tmp_path, final):
+    """claim/owner.json cannot be recycled into the marker (it is gone): the marker is written
+    as a new file, with the same body."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 0}])
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    os.unlink(home.owner_path("g", "a"))
+    if final:
+        rec = lc.commit_failure(home, plan, c, outcome="failed", ended=time.time(), exit_code=4, reason="no")
+        assert rec["final"]
+        assert read_json(home.marker_path("g", "a", "failed")) == {k: rec[k] for k in (
+            "attempt", "outcome", "exit_code", "signal", "reason", "worker", "started", "ended", "duration")}
+        assert lc.marker_of(home, "g", "a") == "failed"
+    else:
+        body = lc.commit_done(home, plan, c, ended=time.time(), output_data=b"out")
+        assert read_json(home.marker_path("g", "a", "done")) == body and lc.marker_of(home, "g", "a") == "done"
+    assert not os.path.exists(home.claim_dir("g", "a"))
+    assert not [n for n in os.listdir(home.task_dir("g", "a")) if n.endswith(".tmp")]
+
+
+def test_a_failed_marker_that_cannot_be_renamed_into_place_puts_the_holder_s_owner_json_back(tmp_path):
+    """Like the done marker's: a folder stands at `failed`; the commit fails with one line naming
+    the task folder, owner.json is the holder's record again and the claim stays held."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 0}])
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    before = Path(home.owner_path("g", "a")).read_bytes()
+    os.makedirs(os.path.join(home.marker_path("g", "a", "failed"), "x"))
+    with pytest.raises(FsError) as e:
+        lc.commit_failure(home, plan, c, outcome="failed", ended=time.time(), exit_code=1)
+    assert str(e.value).startswith(f"cannot commit {home.task_dir('g', 'a')}: ")
+    assert read_json(home.owner_path("g", "a")) == c.owner == json.loads(before)
+    assert claims.judge(home, "g", "a", claims.read_owner(home, "g", "a"), lease=60) is None    # still held, by us
+
+
+def test_release_resources_gives_the_units_back_while_the_claim_still_stands(tmp_path):
+    """The units go back before the commit: another task can take them while the ended
+    attempt's claim is still there (its commit has not run yet)."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "mutex": "db"},
+                                  {"id": "b", "prompt": "x", "agent": "true", "mutex": "db"}])
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    from dagrun import resources as res
+    with pytest.raises(res.Busy):
+        lc.claim_task(home, plan, "b", worker="w2", kind="external")
+    tr.release_resources(home, c, worker="w1", why="failed")
+    assert os.path.exists(home.claim_dir("g", "a"))
+    cb = lc.claim_task(home, plan, "b", worker="w2", kind="external")        # a's unit is free
+    assert cb is not None and cb.owner["units"] == c.owner["units"]
+    e = goal_events(home, ev.TASK_RESOURCES)
+    assert [_strip(x) for x in e] == [{"task": "a", "attempt": 1, "released": ["db"], "why": "failed", "worker": "w1"}]
+    tr.release_resources(home, lc.Claim("g", "a", 1, {}, time.time()), worker="w1", why="x")   # no units: no event
+    assert len(goal_events(home, ev.TASK_RESOURCES)) == 1
+
+
+def test_the_holder_check_refuses_with_the_whole_line_naming_the_holder():
+    """`complete`/`fail`/`heartbeat` by someone else: the one line names the holder's worker,
+    pid and host, and what the caller can give instead."""
+    owner = {"worker": "w1", "pid": 4242, "pid_start": "77", "host": HOST}
+    with pytest.raises(Refused) as e:
+        lc.check_holder(owner, worker="w2", caller=[(4243, "77"), (4242, "78")], force=False, what="fail", g="g", t="a")
+    assert str(e.value) == (f"cannot fail g/a: it is held by worker w1 (pid 4242 on {HOST}), not by you; "
+                            "give the --worker or --pid used to claim it, or --force")
+    with pytest.raises(Refused) as e:
+        lc.check_holder(None, worker="w1", caller=[], force=True, what="heartbeat", g="g", t="b")
+    assert str(e.value) == "cannot heartbeat g/b: it is not claimed (claim it first: dagrun claim g)"
+    assert lc.check_holder(owner, worker=None, caller=[(4242, "77")], force=False, what="fail", g="g", t="a") is False
+    assert lc.check_holder(owner, worker="w2", caller=[(4242, "78")], force=True, what="fail", g="g", t="a") is True
+
+
+def test_the_engine_s_shared_edit_lock_is_held_until_its_fd_is_closed(tmp_path):
+    """claims.lock_shared: the goal's .edit.lock taken shared for a loop's turn (others may
+    share it, an edit waits) until the caller closes the fd; no goal: None, nothing made; a
+    lock that cannot be opened: one line naming it."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    path = os.path.join(home.goal_dir("g"), ".edit.lock")
+
+    def can(mode):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+    fd = claims.lock_shared(home, "g")
+    assert isinstance(fd, int)
+    try:
+        assert can(fcntl.LOCK_SH) and not can(fcntl.LOCK_EX)
+    finally:
+        os.close(fd)
+    assert can(fcntl.LOCK_EX)
+    assert claims.lock_shared(home, "nosuch") is None and not os.path.exists(home.goal_dir("nosuch"))
+    os.unlink(path)
+    os.mkdir(path)                                       # .edit.lock cannot be opened for writing
+    with pytest.raises(FsError) as e:
+        claims.lock_shared(home, "g")
+    assert str(e.value).startswith(f"cannot lock {path}: ")
+
+
+def _awaiting_gate(tmp_path: Path):
+    home = submit_home(tmp_path, [{"id": "gate", "prompt": "x", "approval": {"prompt": "Merge?", "timeout": 3600}}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    assert sched.take() == "gate"
+    tr.await_approval(home, plan, sched, lc.claim_task(home, plan, "gate", worker="w1", kind="engine"), worker="w1")
+    return home, plan
+
+
+def test_a_gate_held_by_another_live_decider_is_refused_after_the_wait_and_a_dead_one_s_claim_is_broken(tmp_path):
+    """claim_gate: another process holds the gate's claim (a decider in the middle of its
+    decision): wait up to `wait` s, then one line; once that decider is dead its claim is
+    broken (its attempt recorded lost) and the gate is claimed for this decider."""
+    home, plan = _awaiting_gate(tmp_path)
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        assert claims.acquire(home, "g", "gate")
+        claims.update_owner(home, "g", "gate", claims.new_owner("bob", 1, kind="approval", pid=other.pid))
+        t0 = time.monotonic()
+        with pytest.raises(Refused) as e:
+            lc.claim_gate(home, plan, "gate", by="alice", wait=0.4)
+        assert str(e.value) == "cannot decide g/gate: it is held by another process right now; try again"
+        assert 0.4 <= time.monotonic() - t0 < 5
+        assert read_json(home.owner_path("g", "gate"))["worker"] == "bob"        # not broken: bob lives
+    finally:
+        other.kill()
+        other.wait()
+    t0 = time.monotonic()
+    c = lc.claim_gate(home, plan, "gate", by="alice", wait=0.0)     # bob is dead: broken at once, no wait
+    assert time.monotonic() - t0 < 5
+    assert (c.goal, c.task, c.attempt) == ("g", "gate", 2)
+    assert read_json(home.attempt_path("g", "gate", 1, "json"))["outcome"] == "lost"
+    owner = read_json(home.owner_path("g", "gate"))
+    assert owner == c.owner and (owner["worker"], owner["kind"], owner["attempt"]) == ("alice", "approval", 2)
+    assert owner["run_id"] == lc.run_id(home, "g", "gate", 2)
+    assert c.started == parse_ts(lc.awaiting_of(home, "g", "gate")["since"])     # the gate's wait began then
+
+
+def test_a_shared_edit_lock_interrupted_while_it_waits_closes_its_fd_and_raises_the_interrupt(tmp_path):
+    """An edit holds the lock exclusively; the engine's lock_shared waits in flock and is
+    interrupted (SIGTERM's handler raising, here SIGALRM's): the interrupt comes out as it
+    was, and the fd it opened is closed, not leaked."""
+    import signal
+
+    class Stop(Exception):
+        pass
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    held = os.open(os.path.join(home.goal_dir("g"), ".edit.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(held, fcntl.LOCK_EX)
+
+    def stop(*_):
+        raise Stop()
+    old = signal.signal(signal.SIGALRM, stop)
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(Stop):
+            claims.lock_shared(home, "g")
+        assert len(os.listdir("/proc/self/fd")) == before
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        os.close(held)
+
+
+def test_a_condition_looks_at_the_first_4_mib_of_an_output_only(tmp_path):
+    """`contains` sees the first CONDITION_READ_LIMIT (4 MiB) bytes of the output: a needle
+    ending exactly there is found, one just past it is not."""
+    for n, runs in ((lc.CONDITION_READ_LIMIT - 3, True), (lc.CONDITION_READ_LIMIT - 2, False)):
+        home = submit_home(tmp_path / str(n), [{"id": "a", "prompt": "x", "agent": "true"},
+                                               {"id": "b", "prompt": "y", "agent": "true", "deps": ["a"],
+                                                "when": {"output_of": "a", "contains": "YES"}}])
+        plan, sched = home.load_plan("g"), _sched(home)
+        sched.take()
+        tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"x" * n + b"YES")
+        cb = lc.claim_task(home, plan, "b", worker="w1", kind="external")
+        assert (cb.skip is None) is runs, n
+
+
+def test_a_backoff_of_a_second_or_less_still_waits():
+    class Tk:
+        retry_backoff = 1.0
+    for b in (1.0, 0.5):
+        Tk.retry_backoff = b
+        s = [lc.backoff(Tk, 1) for _ in range(50)]
+        assert b * 0.5 <= min(s) and max(s) <= b * 1.5, b
+
+
+def test_would_block_undoes_a_loaded_skip_or_failure_from_its_own_counter():
+    """would_block of a task that ended skipped (or failed): its outcome is taken off the
+    skipped (failed) count, not the done count -- a one_success task with a done dependency
+    beside it stays ready."""
+    s = Scheduler([_R("s1"), _R("d4"), _R("p", ["s1", "d4"], "one_success"),
+                   _R("f1"), _R("d5"), _R("q", ["f1", "d5"], "one_success")],
+                  {"s1": "skipped", "d4": "done", "f1": "failed", "d5": "done"})
+    assert s.state_of("p") == "ready" and s.state_of("q") == "ready"
+    assert s.would_block("s1") == [] and s.would_block("f1") == []
+    assert s.state_of("p") == "ready" and s.state_of("q") == "ready"       # nothing changed
+    # a done task as if failed, and the cascade below it: r's one pending dependency (q) is
+    # blocked, not a done one undone
+    s = Scheduler([_R("d3"), _R("q", ["d3"], "one_success"), _R("r", ["q"], "one_success")], {"d3": "done"})
+    assert s.would_block("d3") == ["q", "r"]
+
+
+def test_the_engine_ranks_ready_tasks_by_the_home_s_history_unless_every_task_has_an_estimate(tmp_path):
+    """lifecycle.ranked_scheduler (the engine's rescans, `run --dry-run`): a task's seconds are
+    its estimate, else its median in the home's done runs (ranking_history: read only when a
+    task has no estimate); the longest remaining path starts first."""
+    from dagrun import edit, history
+    tasks = [{"id": "quick", "prompt": "x", "agent": "true"}, {"id": "slow", "prompt": "x", "agent": "true"}]
+    home = submit_home(tmp_path, tasks)
+    plan = home.load_plan("g")
+    for t, secs in (("quick", 0.05), ("slow", 5.0)):
+        c = _claim(home, t)
+        c.started = T0
+        lc.commit_done(home, plan, c, ended=T0 + secs, output_data=b"")
+
+    def submit(goal, ts):
+        p = tmp_path / goal / "dag.json"
+        p.parent.mkdir()
+        p.write_text(json.dumps({"goal": goal, "tasks": ts}))
+        edit.submit(home, str(p))
+        return home.load_plan(goal)
+    again = submit("again", tasks)
+    hist = lc.ranking_history(home, again)
+    assert hist is not None and [s for s, _ in hist.by_task[("slow", "true")]] == [5.0]
+    sched, facts = lc.ranked_scheduler(home, again)
+    assert [sched.take(), sched.take()] == ["slow", "quick"] and set(facts) == {"quick", "slow"}
+    clock = lambda: 1234.5                                               # noqa: E731  (aging's clock)
+    sched, _ = lc.ranked_scheduler(home, again, history.History(), clock=clock)   # a history given: not read again
+    assert [sched.take(), sched.take()] == ["quick", "slow"]           # nothing known: plan order
+    assert sched.clock is clock
+    est = submit("est", [dict(tasks[0], estimate={"seconds": 9}), dict(tasks[1], estimate={"seconds": 1})])
+    assert lc.ranking_history(home, est) is None                       # every task has an estimate
+    sched, _ = lc.ranked_scheduler(home, est)
+    assert [sched.take(), sched.take()] == ["quick", "slow"]
+
+
+def test_the_record_before_is_the_latest_readable_one_counting_down(tmp_path):
+    """Attempts 1 and 2 failed (failures 1, 2), attempt 3's record is unreadable: attempt 4
+    carries on from attempt 2's count, the latest readable record below it."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 9, "retry_backoff": 0}])
+    plan = home.load_plan("g")
+    for _ in range(3):
+        lc.commit_failure(home, plan, _claim(home, "a"), outcome="failed", ended=time.time(), exit_code=1)
+    assert read_json(home.attempt_path("g", "a", 2, "json"))["failures"] == 2
+    Path(home.attempt_path("g", "a", 3, "json")).write_bytes(b"{torn")
+    c = _claim(home, "a")
+    assert c.attempt == 4
+    assert lc.record_unfinished(home, "g", "a", 4, outcome="lost", reason="gone", worker="w9")["failures"] == 2

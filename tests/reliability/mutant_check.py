@@ -1,0 +1,55 @@
+"""Check one test of test_core_mutants.py against many mutants by hand, in one process.
+
+    cd mutants && ../.venv/bin/python ../tests/reliability/mutant_check.py TEST[:i] NAME ...
+
+TEST is a test function of tests/reliability/test_core_mutants.py (its copy under mutants/:
+`cp` the file there first when it changed since mutmut's last run), `:i` picks the i-th case
+of a parametrized one; NAME is a mutant (`dagrun.lifecycle.x_keep_captures__mutmut_62`, "" for
+the original code, which must pass). Prints KILLED or SURVIVED per name. The same as
+`MUTANT_UNDER_TEST=NAME pytest -n 0 ... -k TEST` per mutant (mutmut's trampolines read that
+variable at each call), but mutants/dagrun/plan.py (19 MB of mutants) is imported once, not
+once per mutant: about a second per mutant instead of a minute on the loaded machine.
+Only for tests whose fixtures are tmp_path and their parameters. Not a test (no test_ prefix):
+a helper for README.md "Mutation testing".
+"""
+import inspect
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ["DAGRUN_MUTMUT"] = "1"
+sys.path.insert(0, os.getcwd())
+sys.path.insert(0, os.path.join(os.getcwd(), "tests", "reliability"))
+import test_core_mutants as M  # noqa: E402
+
+
+def main(spec: str, names: list[str]) -> None:
+    fname, _, pidx = spec.partition(":")
+    fn = getattr(M, fname)
+    params = {}
+    for m in getattr(fn, "pytestmark", []):
+        if m.name == "parametrize":
+            argnames = [a.strip() for a in m.args[0].split(",")] if isinstance(m.args[0], str) else list(m.args[0])
+            v = m.args[1][int(pidx or 0)]
+            params.update(dict(zip(argnames, v if len(argnames) > 1 else (v,))))
+    for name in names:
+        os.environ["MUTANT_UNDER_TEST"] = name
+        d = tempfile.mkdtemp(prefix="mutant-check-")
+        kw = dict(params)
+        if "tmp_path" in inspect.signature(fn).parameters:
+            kw["tmp_path"] = Path(d)
+        try:
+            fn(**kw)
+            print("SURVIVED", name, flush=True)
+        except BaseException as e:    # what the mutant raised, a failed assertion, pytest's Failed
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            print("KILLED", name, type(e).__name__, (str(e).splitlines() or [""])[0][:100], flush=True)
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2:])
