@@ -26,6 +26,11 @@ _LOG = os.environ.get("DAGRUN_SUITE_TIMELINE")
 
 
 def _group(item) -> str:
+    """The outside service a test shares (tests/xdist_schedule.py's markers), else its
+    xdist_group mark, else ""."""
+    for name in ("slurm", "ray", "realagents"):
+        if item.get_closest_marker(name) is not None:
+            return name
     m = item.get_closest_marker("xdist_group")
     if m is None:
         return ""
