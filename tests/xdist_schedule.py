@@ -13,9 +13,8 @@ scheduler reads it; nothing depends on node ids.
 The order: the service tests first (each service's are a chain that cannot be split), then
 the other tests longest first by tests/durations.txt (the tests it does not name keep their
 collection order, after the ones it does), so no long test starts in the last minute. A
-service's next test goes to the worker that asks next, unless that worker's queued test is
-a long one: xdist runs a worker's test only once the next one is queued, so the test queued
-behind a worker's current one waits for it, and a service chain would wait with it.
+service's next test goes to the worker that asks next; a worker that holds a service's test
+gets the shortest tests left (see _assign_work_unit).
 """
 from __future__ import annotations
 
@@ -31,7 +30,6 @@ import pytest
 SHARED_SERVICES = ("slurm", "ray", "realagents")
 DURATIONS_FILE = Path(os.environ.get("DAGRUN_TEST_DURATIONS") or Path(__file__).resolve().parent / "durations.txt")
 GROUPS_KEY = "dagrun_groups_file"       # workerinput: where the workers write the groups
-LONG_QUEUED = 3.0                        # s: a service test is not queued behind a test this long
 
 
 def recorded_durations(path: Path = DURATIONS_FILE) -> dict[str, float]:
@@ -120,7 +118,6 @@ def make_scheduler(config, log, groups_path: str):
         def __init__(self, config, log):
             super().__init__(config, log)
             self._groups: dict[str, str] | None = None
-            self._durations = recorded_durations()
             self._busy: dict[str, tuple[object, set[str]]] = {}   # group -> (worker, its tests in flight)
 
         def _group(self, nodeid: str) -> str | None:
@@ -137,34 +134,36 @@ def make_scheduler(config, log, groups_path: str):
         def _split_scope(self, nodeid: str) -> str:
             return nodeid
 
-        def _queued_is_long(self, node) -> bool:
-            """The test that runs next on `node` (its first not-completed one) is long."""
-            for scope, unit in self.assigned_work.get(node, {}).items():
-                if not all(unit.values()):
-                    return self._durations.get(scope, 0.0) > LONG_QUEUED
-            return False
+        def _holds_service(self, node) -> bool:
+            return any(worker is node for worker, _tests in self._busy.values())
 
         def _assign_work_unit(self, node) -> None:
-            """In this order: the first test of a service with no test in flight (unless this
-            worker's queued test is long and another test is left: the service's chain would
-            wait for it), the first other test, the next test of a service whose tests in
-            flight are this worker's (they run one after the other here). Nothing when only
-            services busy on other workers are left: a completion reschedules this worker."""
-            free = plain = mine = None
+            """In this order: the first test of a service with no test in flight; the next
+            other test -- the shortest one left if this worker holds a service test, else
+            the longest; the next test of a service whose tests in flight are this worker's
+            (they run one after the other here). Nothing when only services busy on other
+            workers are left: a completion reschedules this worker.
+
+            Why the shortest: xdist runs a worker's test only once the next one is queued
+            behind it, so the service's next test, given to this worker when its current
+            one ends, waits for the test queued meanwhile -- a short one keeps the service's
+            chain moving, while the long tests start on the workers that hold no service."""
+            free = mine = None
+            plains = []
             for scope in self.workqueue:
                 g = self._group(scope)
                 if g is None:
-                    plain = plain or scope
+                    plains.append(scope)
                 elif g not in self._busy:
                     free = free or scope
                 elif self._busy[g][0] is node:
                     mine = mine or scope
-                if free is not None and plain is not None:
-                    break
-            if free is not None and (plain is None or not self._queued_is_long(node)):
+            if free is not None:
                 pick = free
+            elif plains:
+                pick = plains[-1] if self._holds_service(node) else plains[0]
             else:
-                pick = plain or mine
+                pick = mine
             if pick is None:
                 return
             g = self._group(pick)
