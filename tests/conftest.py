@@ -317,7 +317,7 @@ def skip_allowed(nodeid: str) -> bool:
 # pyproject's addopts run the suite with `--dist loadgroup`, which tests/xdist_schedule.py
 # makes this suite's own schedule: every test is its own unit of work (a long file no longer
 # holds one worker while the other idles at the end), the longest tests start first
-# (tests/durations.txt), and the tests that share one outside service (SHARED_SERVICES: Slurm,
+# (tests/durations.txt), and the tests that share one outside service (its SHARED_SERVICES: Slurm,
 # Ray, the real agent CLIs) run one at a time, as they were written to.
 from xdist_schedule import pytest_collection_modifyitems, pytest_configure_node, \
     pytest_xdist_make_scheduler  # noqa: E402,F401  (the hooks: pytest finds them in this module)
