@@ -41,8 +41,8 @@ def test_r(i):
 def _run(tmp_path: Path, *args: str, workers: int = 3) -> list[list]:
     log = tmp_path / "log.jsonl"
     log.unlink(missing_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "SCHED_LOG": str(log),
-           "DAGRUN_TEST_DURATIONS": str(tmp_path / "durations.txt")}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_ADDOPTS", "DAGRUN_SUITE_TIMELINE")}
+    env.update({"PYTHONPATH": str(TESTS), "SCHED_LOG": str(log), "DAGRUN_TEST_DURATIONS": str(tmp_path / "durations.txt")})
     p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "xdist_schedule", "-p", "no:cacheprovider",
                         "-n", str(workers), "--dist", "loadgroup", "-W", "ignore::pytest.PytestUnknownMarkWarning",
                         "test_synthetic.py", *args],
