@@ -420,12 +420,13 @@ def skip_allowed(nodeid: str) -> bool:
 
 
 # ------------------------------------------------------------------ the xdist schedule
-# pyproject's addopts run the suite with `--dist loadgroup`: every test is its own unit of work
-# (a long file no longer holds one worker while the other idles at the end), except the tests
-# that share one outside service, which stay together on one worker, one at a time, as they
-# were written to run: the Slurm cluster (test_slurm.py and test_runners.py's slurm cases), the
-# Ray head, the real agent CLIs (one HOME for all of them, one mock API).
-SHARED_SERVICES = ("slurm", "ray", "realagents")
+# pyproject's addopts run the suite with `--dist loadgroup`, which tests/xdist_schedule.py
+# makes this suite's own schedule: every test is its own unit of work (a long file no longer
+# holds one worker while the other idles at the end), the longest tests start first
+# (tests/durations.txt), and the tests that share one outside service (its SHARED_SERVICES: Slurm,
+# Ray, the real agent CLIs) run one at a time, as they were written to.
+from xdist_schedule import pytest_collection_modifyitems, pytest_configure_node, \
+    pytest_xdist_make_scheduler  # noqa: E402,F401  (the hooks: pytest finds them in this module)
 
 
 def pytest_xdist_auto_num_workers(config):
@@ -439,15 +440,6 @@ def pytest_xdist_auto_num_workers(config):
         return int(env)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return cores + (cores + 1) // 2
-
-
-@pytest.hookimpl(tryfirst=True)          # before xdist reads the xdist_group marks
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        for name in SHARED_SERVICES:
-            if item.get_closest_marker(name) is not None:
-                item.add_marker(pytest.mark.xdist_group(name))
-                break
 
 
 @pytest.hookimpl(hookwrapper=True)
