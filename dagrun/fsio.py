@@ -223,9 +223,12 @@ def rewrite(path: str, data: bytes) -> None:
     _done_step(f"rewrite {path}")
 
 
-def append_line(path: str, line: bytes, *, lines: int = 1) -> None:
+def append_line(path: str, line: bytes, *, lines: int = 1) -> int:
     """Append one line with a single write(2) on an O_APPEND fd: on a local file system
     concurrent appenders never interleave or tear lines (the inode lock covers the write).
+    Returns the file's offset just past the line (O_APPEND put the write at the end: the
+    line starts at that offset minus its length -- events.flush remembers it for the
+    writer's own Reader).
     `lines`: that many whole lines in one write (events.flush). Each line is counted as a
     step of its own, as when every line had its write: the crash harnesses see the same
     number of steps however the lines were grouped (a crash at or after any line but the
@@ -242,11 +245,13 @@ def append_line(path: str, line: bytes, *, lines: int = 1) -> None:
         if n != len(line):  # only on a full disk; a partial line must not stay half-written
             _cut_partial(fd, line[:n])
             raise OSError(errno.ENOSPC, "No space left on device (short write)", path)
+        end = os.lseek(fd, 0, os.SEEK_CUR)
         if DURABLE:
             os.fsync(fd)
     finally:
         os.close(fd)
     _done_step(f"append {path}")
+    return end
 
 
 def _cut_partial(fd: int, written: bytes) -> None:
