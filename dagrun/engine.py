@@ -126,6 +126,7 @@ class Engine(Reconciler):
         self._wake = Wakeup()                     # the runner's wake-up, as of _next_wakeup
         self._next_budget = 0.0
         self._held: dict[str, set[str]] = {}      # goal -> ready tasks its budget holds (announced)
+        self.fresh: dict = {}      # goal -> the status snapshot derived when it ended (statuscache.Fresh)
         self._share_told: set[tuple[str, str, int]] = set()   # attempts told they are past their share
         self.use_cache = use_cache                # --no-cache: neither look up nor store results
 
@@ -357,7 +358,7 @@ class Engine(Reconciler):
         try:
             if statuscache.load(self.home, gs.plan.goal) is not None:
                 return           # a goal that had ended before this worker came: it is current
-            refresh_snapshot(self.home, gs.plan.goal, gs.plan, gs.stamp)
+            self.fresh[gs.plan.goal] = refresh_snapshot(self.home, gs.plan.goal, gs.plan, gs.stamp)
         except (OSError, DagrunError) as e:
             self.log(f"warning: {gs.plan.goal}: status snapshot not written: {e}")
 

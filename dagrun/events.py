@@ -99,10 +99,22 @@ _held = threading.local()
 _FLUSH_CHUNK = 1 << 16
 
 
+# What a holding thread flushed is also kept, per file, as the run of bytes it wrote and the
+# offset they start at (fsio.append_line returns where each write ended): that thread's own
+# Reader of the file takes its next lines from there instead of opening the file and reading
+# them back -- only when they start exactly where the Reader stands, so lines another process
+# appended in between (not in the run: the offsets do not meet) are read from the file as
+# before. Lines appended by others after ours are seen at the next look: the watcher reports
+# the file changed (a Reader with nothing of ours to take then stats the file and reads only
+# when it grew past its offset).
+_MINE_MAX = 1 << 22          # bytes kept per file at most (a Reader that never comes: dropped)
+
+
 def hold() -> None:
     """This thread's appends wait in memory until flush() (or release())."""
     if getattr(_held, "lines", None) is None:
         _held.lines = {}
+        _held.mine = {}
 
 
 def flush() -> None:
@@ -120,14 +132,40 @@ def flush() -> None:
             while j < len(lines) and (j == i or n + len(lines[j]) <= _FLUSH_CHUNK):
                 n += len(lines[j])
                 j += 1
+            chunk = b"".join(lines[i:j])
             try:
-                fsio.append_line(path, b"".join(lines[i:j]), lines=j - i)
+                end = fsio.append_line(path, chunk, lines=j - i)
             except OSError as e:
                 first = first or os_error("append to", path, e)
                 break
+            _remember(path, end - len(chunk), chunk, end)
             i = j
     if first is not None:
         raise first
+
+
+def _remember(path: str, start: int, chunk: bytes, end: int) -> None:
+    """Keep what this thread just wrote at [start, end) of path (see _MINE_MAX above)."""
+    mine = getattr(_held, "mine", None)
+    if mine is None:
+        return
+    run = mine.get(path)
+    if run is not None and run[1] == start and run[2] + len(chunk) <= _MINE_MAX:
+        run[1] = end                         # right after the last write: the run goes on
+        run[2] += len(chunk)
+        run[3].append(chunk)
+    else:                                     # somebody else wrote in between: a new run
+        mine[path] = [start, end, len(chunk), [chunk]]
+
+
+def _take_mine(path: str, pos: int) -> bytes | None:
+    """The bytes this thread wrote to path from offset pos on, if it wrote all of them."""
+    mine = getattr(_held, "mine", None)
+    run = mine.get(path) if mine else None
+    if run is None or run[0] != pos:
+        return None
+    del mine[path]
+    return b"".join(run[3])
 
 
 def release() -> None:
@@ -136,6 +174,7 @@ def release() -> None:
         flush()
     finally:
         _held.lines = None
+        _held.mine = None
 
 
 def status(home: Home, goal: str, task: str, st: str, **fields) -> dict:
@@ -159,12 +198,23 @@ class Reader:
 
     def read(self) -> list[dict]:
         flush()
-        try:
-            with open(self.path, "rb", opener=_nofollow) as f:
-                f.seek(self.offset + len(self._partial))
-                data = f.read()
-        except FileNotFoundError:
-            return []
+        pos = self.offset + len(self._partial)
+        data = _take_mine(self.path, pos) if not self._partial else None
+        if data is None:
+            mine = getattr(_held, "mine", None)
+            if mine is not None:          # a holding thread (the engine): a stat says whether to read
+                mine.pop(self.path, None)     # a run that does not start here: the file has it
+                try:
+                    if os.stat(self.path, follow_symlinks=False).st_size == pos:
+                        return []
+                except FileNotFoundError:
+                    return []
+            try:
+                with open(self.path, "rb", opener=_nofollow) as f:
+                    f.seek(pos)
+                    data = f.read()
+            except FileNotFoundError:
+                return []
         if not data:
             return []
         data = self._partial + data

@@ -111,8 +111,27 @@ def read_bytes(path: str, *, follow: bool = True) -> bytes | None:
         if e.errno == errno.ELOOP and not follow:
             return None
         raise
-    with os.fdopen(fd, "rb") as f:
-        return f.read()
+    try:
+        return read_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def read_fd(fd: int, limit: int | None = None, size_hint: int = 0) -> bytes:
+    """Read fd from where it stands to its end (or `limit` bytes) with plain read(2) calls:
+    no file object -- a buffered one costs an fstat, an ioctl and an lseek per file, and the
+    engine reads a few small files per task. size_hint: the size if known (one read then)."""
+    parts = []
+    n = 0
+    chunk = max(size_hint + 1, 1 << 16)
+    while limit is None or n < limit:
+        b = os.read(fd, chunk if limit is None else min(chunk, limit - n))
+        if not b:
+            break
+        parts.append(b)
+        n += len(b)
+        chunk = min(chunk * 2, 1 << 24)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 # ---------------------------------------------------------------------------------- writes
@@ -223,9 +242,12 @@ def rewrite(path: str, data: bytes) -> None:
     _done_step(f"rewrite {path}")
 
 
-def append_line(path: str, line: bytes, *, lines: int = 1) -> None:
+def append_line(path: str, line: bytes, *, lines: int = 1) -> int:
     """Append one line with a single write(2) on an O_APPEND fd: on a local file system
     concurrent appenders never interleave or tear lines (the inode lock covers the write).
+    Returns the file's offset just past the line (O_APPEND put the write at the end: the
+    line starts at that offset minus its length -- events.flush remembers it for the
+    writer's own Reader).
     `lines`: that many whole lines in one write (events.flush). Each line is counted as a
     step of its own, as when every line had its write: the crash harnesses see the same
     number of steps however the lines were grouped (a crash at or after any line but the
@@ -242,11 +264,13 @@ def append_line(path: str, line: bytes, *, lines: int = 1) -> None:
         if n != len(line):  # only on a full disk; a partial line must not stay half-written
             _cut_partial(fd, line[:n])
             raise OSError(errno.ENOSPC, "No space left on device (short write)", path)
+        end = os.lseek(fd, 0, os.SEEK_CUR)
         if DURABLE:
             os.fsync(fd)
     finally:
         os.close(fd)
     _done_step(f"append {path}")
+    return end
 
 
 def _cut_partial(fd: int, written: bytes) -> None:
@@ -475,12 +499,15 @@ def _openat2():
         _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
     syscall.restype = ctypes.c_long
-    size = ctypes.sizeof(OpenHow)
+    size = ctypes.c_size_t(ctypes.sizeof(OpenHow))
+    nr = ctypes.c_long(nr)
+    hows: dict[int, object] = {}     # flags -> the open_how, built once (one per call was ~5 calls)
 
     def call(dirfd: int, path: str, flags: int) -> int:
-        how = OpenHow(flags, 0, RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH)
-        fd = syscall(nr, ctypes.c_int(dirfd), ctypes.c_char_p(os.fsencode(path)), ctypes.byref(how),
-                     ctypes.c_size_t(size))
+        how = hows.get(flags)
+        if how is None:
+            how = hows[flags] = OpenHow(flags, 0, RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH)
+        fd = syscall(nr, ctypes.c_int(dirfd), os.fsencode(path), ctypes.byref(how), size)
         if fd < 0:
             e = ctypes.get_errno()
             raise OSError(e, os.strerror(e), path)

@@ -233,7 +233,7 @@ def run_goal(home: Home, goal: str, target: str, *, jobs: int | None, name: str 
     eng = Engine(home, worker=name, jobs=jobs or plan.max_parallel or 4, goal=goal, poll=poll, log=stderr_log,
                  on_event=on_event, use_cache=not no_cache, runner=runners)
     rc = wrap(eng.run) if wrap is not None else eng.run()
-    d = goal_detail(home, goal)
+    d = goal_detail(home, goal, fresh=eng.fresh.get(goal))   # the snapshot the engine derived at the end
     c = d["counts"]
     parts = ", ".join(f"{v} {k}" for k, v in c.items())
     if rc == 130 or rc >= 128:

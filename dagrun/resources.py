@@ -124,6 +124,8 @@ def pools_for(plan: Plan, task: Task, lim: dict) -> dict[Pool, int]:
     out: dict[Pool, int] = {}
     goal_caps = plan.goal_capacities()
     tenant_caps = lim["tenants"].get(plan.tenant, {}) if plan.tenant else {}
+    if not lim["home"] and not tenant_caps and not goal_caps and not task.mutex:
+        return out             # no capacity anywhere (most plans): nothing to count, per claim
     for name, n in task.needs().items():
         home_cap = lim["home"].get(name)
         if home_cap is None and name == task.mutex:

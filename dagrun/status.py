@@ -95,9 +95,13 @@ def _waiting(home: Home, plan, sched) -> dict[str, str]:
 REMOTE_RUNNERS = ("slurm", "ray")     # handles that name a remote id: a Slurm job, a Ray task
 
 
-def goal_detail(home: Home, g: str) -> dict:
-    """Goal g's state, counts and one row per task (`dagrun status GOAL --json`)."""
+def goal_detail(home: Home, g: str, fresh: statuscache.Fresh | None = None) -> dict:
+    """Goal g's state, counts and one row per task (`dagrun status GOAL --json`). fresh: the
+    snapshot this process just derived (refresh_snapshot), used while the goal's own files
+    (plan, events, summary, ...) are still the ones it was derived with."""
     with bulk.paused():            # a big goal's rows are many small dicts that all survive
+        if fresh is not None and fresh.unchanged():
+            return orjson.loads(fresh.body)
         hit = statuscache.load(home, g)
         if hit is not None:
             return orjson.loads(hit[1])
@@ -114,23 +118,23 @@ def goal_detail_json(home: Home, g: str) -> bytes:
         return _computed(home, g)[1]
 
 
-def refresh_snapshot(home: Home, g: str, plan=None, plan_stamp: tuple | None = None) -> bool:
+def refresh_snapshot(home: Home, g: str, plan=None, plan_stamp: tuple | None = None) -> statuscache.Fresh | None:
     """Derive goal g's status snapshot now (a worker, when a goal it served ended). plan: the
     caller's Plan, used only if plan_stamp (the plan.json it was read from) is still the
-    file's. True when a snapshot was published."""
+    file's. The snapshot when one was published (goal_detail(fresh=) takes it), else None."""
     with bulk.paused():
         return _computed(home, g, plan, plan_stamp)[2]
 
 
-def _computed(home: Home, g: str, plan=None, plan_stamp=None) -> tuple[dict, bytes, bool]:
-    """(detail, its bytes, snapshot published?). The stamps are taken before any file is
+def _computed(home: Home, g: str, plan=None, plan_stamp=None) -> tuple[dict, bytes, statuscache.Fresh | None]:
+    """(detail, its bytes, the snapshot if one was published). The stamps are taken before any file is
     read, so whatever changes while this runs makes the snapshot stale, never wrong."""
     stamps = statuscache.Stamps(home, g)
     if plan is not None and (plan_stamp is None or list(plan_stamp) != stamps.files["plan"]):
         plan = None                               # the caller's plan is not the file's now
     d, plan, facts = _goal_detail(home, g, plan)
     body = dumps(d)
-    wrote = False
+    wrote = None
     if _snapshottable(home, plan, d):
         again = [t for t, f in facts.items() if f.extra.get("attempts")]
         stamps.add_attempts(again)    # stamped after the read: the records are read again
@@ -139,7 +143,7 @@ def _computed(home: Home, g: str, plan=None, plan_stamp=None) -> tuple[dict, byt
                 wrote = statuscache.write(stamps, {"goal": g, "state": d["state"], "tasks": len(plan.tasks),
                                                    "counts": d["counts"], "source": d["source"]}, body)
             except OSError:     # a read-only home (another user's), a full disk: status still answers
-                wrote = False
+                wrote = None
     return d, body, wrote
 
 

@@ -126,16 +126,30 @@ class Stamps:
                 self.lists[f"{t}/{ATTEMPTS}"] = listing(p)
 
 
-def write(stamps: Stamps, overview: dict, body: bytes) -> bool:
-    """Publish the snapshot (by rename). False when the files changed while it was derived
+class Fresh:
+    """A snapshot this process has just published (write): its status bytes, good for as long
+    as the goal-level files are the ones it was derived with (`dagrun run`'s closing line,
+    right after its engine derived the snapshot at the goal's end, takes them without
+    reading the snapshot back and checking every task folder: the same process saw those
+    folders a moment ago; any transition since then appended to events.jsonl)."""
+
+    def __init__(self, home: Home, g: str, files: dict, body: bytes):
+        self.home, self.g, self.files, self.body = home, g, files, body
+
+    def unchanged(self) -> bool:
+        return _files(self.home, self.g) == self.files
+
+
+def write(stamps: Stamps, overview: dict, body: bytes) -> Fresh | None:
+    """Publish the snapshot (by rename). None when the files changed while it was derived
     (the goal-level stamps differ now): nothing is written then."""
     home, g = stamps.home, stamps.g
     if _files(home, g) != stamps.files:
-        return False
+        return None
     head = {"v": VERSION, "files": stamps.files, "dirs": stamps.dirs, "attempts": stamps.attempts,
             "lists": stamps.lists, "overview": overview}
     fsio.write_atomic(path(home, g), orjson.dumps(head) + b"\n" + body)
-    return True
+    return Fresh(home, g, stamps.files, body)
 
 
 def remove(home: Home, g: str) -> None:

@@ -327,6 +327,11 @@ class Home:
         so a symlinked task folder, claim or output (planted by a sandboxed agent, or by
         another user of a shared home) cannot make dagrun read -- and put into a prompt, or
         print -- a file outside the home. None when the file does not exist."""
+        got = self._open_task_file(path)
+        return None if got is None else got[0]
+
+    def _open_task_file(self, path: str) -> tuple[int, int] | None:
+        """open_task_file's (fd, the file's size from the fstat that proved it regular)."""
         prefix = self.root + "/"
         if path.startswith(prefix) and "/." not in path[len(prefix) - 1:] and "//" not in path \
                 and not path.endswith("/"):
@@ -346,12 +351,13 @@ class Home:
             fd = None
         if fd is not None:
             try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
                     raise FsError(f"refusing to read {path}: not a regular file")
             except BaseException:
                 os.close(fd)
                 raise
-            return fd
+            return fd, st.st_size
         try:
             fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -376,10 +382,11 @@ class Home:
                     raise os_error("read", path, e) from None
                 os.close(fd)
                 fd = nxt
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
                 raise FsError(f"refusing to read {path}: not a regular file")
             out, fd = fd, -1
-            return out
+            return out, st.st_size
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -391,11 +398,15 @@ class Home:
 
     def read_task_file_sized(self, path: str, limit: int | None = None) -> tuple[bytes, int] | None:
         """(the first `limit` bytes, the whole size) of the file read by read_task_file."""
-        fd = self.open_task_file(path)
-        if fd is None:
+        got = self._open_task_file(path)
+        if got is None:
             return None
-        with os.fdopen(fd, "rb") as f:
-            return (f.read() if limit is None else f.read(limit)), os.fstat(f.fileno()).st_size
+        fd, size = got
+        try:
+            data = fsio.read_fd(fd, limit, size_hint=size if limit is None else min(size, limit))
+        finally:
+            os.close(fd)
+        return data, (size if limit is not None else max(size, len(data)))
 
     def file_size(self, path: str) -> int:
         try:

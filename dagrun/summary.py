@@ -163,6 +163,13 @@ def _shared(v):
 def read_attempts(home: Home, g: str, t: str) -> list[Attempt]:
     """Every attempt of one task that the files remember, in attempt order."""
     tdir = home.task_dir(g, t)
+    # a task done at its first attempt is all in its `done` marker (the marker wins over
+    # anything else in the folder; attempt 1 means no earlier attempts/ -- the same reading
+    # as Home.task_facts(view=True)): one read, no listing of the folder
+    m = loads_obj(fsio.read_bytes(os.path.join(tdir, S.DONE), follow=False))
+    if m is not None and as_int(m.get("attempt")) == 1:
+        return [Attempt(t, 1, S.DONE, _shared(m.get("worker")), parse_ts(m.get("started")), parse_ts(m.get("ended")),
+                        m.get("exit_code"), usage=m.get("usage") if isinstance(m.get("usage"), dict) else None)]
     try:
         names = set(os.listdir(tdir))
     except (FileNotFoundError, NotADirectoryError):

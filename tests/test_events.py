@@ -316,6 +316,53 @@ def test_a_holding_thread_writes_its_lines_at_flush_in_order_one_write_per_goal(
     assert [json.loads(x)["task"] for x in raw.splitlines()] == ["t0", "t1", "t2", "t3", "t4"]
 
 
+def test_a_holding_threads_reader_takes_its_own_lines_from_memory_and_others_from_the_file(tmp_path, monkeypatch):
+    """The engine reads its own lines back without opening events.jsonl (they start where its
+    Reader stands); a line another process appended in between, before or after them, is
+    read from the file, in file order, and nothing is seen twice or skipped."""
+    import builtins
+
+    from dagrun import events as ev
+    from dagrun import fsio
+    from dagrun.store import Home
+
+    h = Home(str(tmp_path / "home"))
+    os.makedirs(h.goal_dir("a"))
+    path = h.events_path("a")
+    opens = []
+    real_open = builtins.open
+    monkeypatch.setattr(ev, "open", lambda p, *a, **k: (opens.append(p), real_open(p, *a, **k))[1], raising=False)
+
+    def foreign(task):            # another process's append: never held, never remembered
+        fsio.append_line(path, ev.encode(ev.make(ev.TASK_STATUS, "a", task=task, status="done")))
+
+    ev.hold()
+    try:
+        r = ev.Reader(path)
+        ev.emit(h, "a", ev.TASK_STATUS, task="m1", status="ready")
+        ev.emit(h, "a", ev.TASK_STATUS, task="m2", status="ready")
+        assert [e["task"] for e in r.read()] == ["m1", "m2"]
+        assert opens == []                                   # ours: from memory
+        assert r.read() == [] and opens == []                # nothing new: a stat, no open
+        foreign("f1")                                        # before our next lines
+        ev.emit(h, "a", ev.TASK_STATUS, task="m3", status="ready")
+        assert [e["task"] for e in r.read()] == ["f1", "m3"]
+        assert opens == [path]                               # the gap: read from the file
+        ev.emit(h, "a", ev.TASK_STATUS, task="m4", status="ready")
+        ev.flush()
+        foreign("f2")                                        # after ours
+        assert [e["task"] for e in r.read()] == ["m4"]       # ours now; f2 at the next look
+        assert [e["task"] for e in r.read()] == ["f2"]       # the file grew: read
+        assert len(opens) == 2
+        ev.emit(h, "a", ev.TASK_STATUS, task="m5", status="ready")
+        assert [e["task"] for e in r.read()] == ["m5"] and len(opens) == 2
+    finally:
+        ev.release()
+    raw = open(path, "rb").read()
+    assert [json.loads(x)["task"] for x in raw.splitlines()] == ["m1", "m2", "f1", "m3", "m4", "f2", "m5"]
+    assert r.offset == len(raw)
+
+
 def test_a_held_flush_that_fails_raises_the_one_line_error_and_keeps_other_goals(tmp_path):
     from dagrun import events as ev
     from dagrun.errors import FsError

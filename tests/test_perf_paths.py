@@ -77,3 +77,20 @@ def test_the_spare_pool_refills_once_it_runs_low_and_stays_full(tmp_path):
         assert len(set(taken)) == n and not set(taken) & set(pool._files)
     finally:
         fsio.stop_spares()
+
+
+def test_reads_without_a_file_object_return_the_whole_file_or_its_first_bytes(tmp_path):
+    """fsio.read_fd (read_bytes, read_task_file_sized): plain read(2) calls to the end of the
+    file, across the chunk size, and a limit that stops early; the size is the file's."""
+    h = Home(str(tmp_path / "home"))
+    d = tmp_path / "home" / "goals" / "g" / "tasks" / "t"
+    d.mkdir(parents=True)
+    big = bytes(range(256)) * 1200 + b"tail"               # > the first 64 KiB read
+    for name, data in (("empty", b""), ("small", b"hello\n"), ("big", big)):
+        (d / name).write_bytes(data)
+        p = str(d / name)
+        assert fsio.read_bytes(p) == data
+        assert h.read_task_file_sized(p) == (data, len(data))
+        assert h.read_task_file_sized(p, 5) == (data[:5], len(data))
+        assert h.read_task_file_sized(p, 100_000) == (data[:100_000], len(data))
+    assert fsio.read_bytes(str(d / "missing")) is None and h.read_task_file_sized(str(d / "missing")) is None

@@ -265,3 +265,28 @@ def _step_of(home: Path, tmp_path: Path, argv: list, *words: str) -> int:
         if all(w in label for w in words):
             return int(n)
     raise AssertionError(f"no step with {words}: {trace.read_text()}")
+
+
+def test_the_snapshot_a_process_just_derived_answers_its_own_next_status_until_the_goal_changes(home, plans, monkeypatch):
+    """`dagrun run`'s closing line takes the snapshot its engine derived at the goal's end
+    (status.goal_detail(fresh=)) without reading it back and checking every task folder --
+    only while the goal's own files are the ones it was derived from: a transition since
+    (an event appended) sends it back to the files."""
+    from dagrun import status as st
+
+    _submit(home, plans)
+    run("run", "g", home=home)
+    h = Home(str(home))
+    want = json.loads(status(home))
+    fresh = st.refresh_snapshot(h, "g")
+    assert fresh is not None and cache(home).exists()
+    real_load = statuscache.load
+    loads = []
+    monkeypatch.setattr(statuscache, "load", lambda *a: (loads.append(a), real_load(*a))[1])
+    assert st.goal_detail(h, "g", fresh=fresh) == want
+    assert loads == []                                # nothing read back
+    run("retry", "--force", "g", "c", home=home)      # a transition: events.jsonl grew
+    assert not fresh.unchanged()
+    d = st.goal_detail(h, "g", fresh=fresh)
+    assert states(d)["c"] != "done" and len(loads) == 1      # from the files, not the stale snapshot
+    assert st.goal_detail(h, "g") == d
