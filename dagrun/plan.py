@@ -1195,12 +1195,12 @@ class _Validator:
         knob from the defaults: (i, rt, seen) -> its Task, or None for any other task and for
         any value that is not plainly valid (then task() checks it and words the error). What
         it leaves out cannot happen in such a task: its other fields are those of a plain task
-        built once by task() itself (the prototype), and a NUL or a lone surrogate can only
-        come from a \\u escape: the strings are searched for them only when the plan's text
-        has such an escape. 100 000 tasks: ~0.3 s instead of ~1.2 s (ARCHITECTURE.md, "Plans
-        of 100 000 tasks"). None when a plain task would be an error (no agent)."""
+        built once by task() itself (the prototype), a NUL can only come from a \\u escape:
+        the strings are searched for one only when the plan's text has such an escape (a lone
+        surrogate was refused before any task, no_lone_surrogates). 100 000 tasks: ~0.3 s
+        instead of ~1.2 s (ARCHITECTURE.md, "Plans of 100 000 tasks"). None when a plain task
+        would be an error (no agent)."""
         nul = _NUL_ESCAPE in self.text
-        surrogates = _SURROGATE_ESCAPE.search(self.text) is not None
         try:
             proto = list(self.task(0, {"id": "x", "prompt": "x"}, dflt, plan_dir, {}))
         except PlanError:
@@ -1231,8 +1231,7 @@ class _Validator:
             desc = rt.get("description")
             if desc is not None and desc.__class__ is not str or desc is None and "description" in rt:
                 return None
-            if nul and ("\x00" in prompt or desc is not None and "\x00" in desc) or \
-                    surrogates and _has_lone_surrogate(prompt):
+            if nul and ("\x00" in prompt or desc is not None and "\x00" in desc):
                 return None
             seen[tid] = i
             v = proto.copy()
@@ -1272,8 +1271,6 @@ class _Validator:
         else:
             pfile = self.check(path + ("prompt_file",), TASK_FIELDS["prompt_file"], rt["prompt_file"])
             prompt = self.read_prompt_file(path + ("prompt_file",), pfile, plan_dir)
-        if _has_lone_surrogate(prompt):
-            self.fail(path + ("prompt",), "contains an unpaired UTF-16 surrogate escape")
         knobs = dflt
         own = [k for k in rt if k in KNOBS]
         if own:
