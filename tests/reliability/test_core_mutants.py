@@ -1087,24 +1087,26 @@ def test_holds_and_heartbeat_age(tmp_path):
     assert 49 < claims.heartbeat_age(home, "g", "a") < 60
 
 
+def _can_flock(path: str, mode: int) -> bool:
+    """Whether another open file description could take `mode` (LOCK_SH/LOCK_EX) on path now."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def test_the_edit_lock_is_shared_or_exclusive(tmp_path):
     home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
     path = os.path.join(home.goal_dir("g"), ".edit.lock")
-
-    def can(mode):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, mode | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            return False
-        finally:
-            os.close(fd)
     with claims.edit_lock(home, "g"):
-        assert can(fcntl.LOCK_SH) and not can(fcntl.LOCK_EX)
+        assert _can_flock(path, fcntl.LOCK_SH) and not _can_flock(path, fcntl.LOCK_EX)
     with claims.edit_lock(home, "g", exclusive=True):
-        assert not can(fcntl.LOCK_SH)
-    assert can(fcntl.LOCK_EX)                              # released
+        assert not _can_flock(path, fcntl.LOCK_SH)
+    assert _can_flock(path, fcntl.LOCK_EX)                 # released
     with claims.edit_lock(home, "nosuch"):                 # no goal: nothing to lock, nothing made
         pass
     assert not os.path.exists(home.goal_dir("nosuch"))
@@ -2076,23 +2078,13 @@ def test_the_engine_s_shared_edit_lock_is_held_until_its_fd_is_closed(tmp_path):
     lock that cannot be opened: one line naming it."""
     home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
     path = os.path.join(home.goal_dir("g"), ".edit.lock")
-
-    def can(mode):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, mode | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            return False
-        finally:
-            os.close(fd)
     fd = claims.lock_shared(home, "g")
     assert isinstance(fd, int)
     try:
-        assert can(fcntl.LOCK_SH) and not can(fcntl.LOCK_EX)
+        assert _can_flock(path, fcntl.LOCK_SH) and not _can_flock(path, fcntl.LOCK_EX)
     finally:
         os.close(fd)
-    assert can(fcntl.LOCK_EX)
+    assert _can_flock(path, fcntl.LOCK_EX)
     assert claims.lock_shared(home, "nosuch") is None and not os.path.exists(home.goal_dir("nosuch"))
     os.unlink(path)
     os.mkdir(path)                                       # .edit.lock cannot be opened for writing
