@@ -16,8 +16,9 @@ ways, and prints medians per task:
   files    the agent floor with temporary files for stdin/stdout/stderr (as the runner does:
            a prompt or output bigger than a pipe's buffer needs them or threads) instead of pipes
   runner   RayRunner.start() of a Launch running `true` with that environment and prompt,
-           then the engine's loop in miniature (poll on runner.wakeup(), service, node, poll)
-           until every attempt has its Exit
+           then the engine's loop in miniature (poll on runner.wakeup(), exits() if the runner
+           has it, service, poll -- every attempt, or those exits() names -- and node() of
+           those still running) until every attempt has its Exit
 
 Each shape: chain (ray.get of one task at a time) and fanout (all N submitted, then waited
 for). Ratios are printed against both the honest (agent) and the minimal (true) floor.
@@ -81,20 +82,23 @@ def run_runner(mod, runner, root: str, n: int, chain: bool) -> float:
                       stdout_path=os.path.join(d, "stdout"), stderr_path=os.path.join(d, "stderr"),
                       run_id=f"r{i}", runner="ray", spec={"ray": {}})
 
+    exits = getattr(runner, "exits", None)
+
     def wait(handles):
-        left = list(handles)
+        left = {runner.key(h): h for h in handles}
         while left:
             w = runner.wakeup()
             r, _, _ = select.select(list(w.fds), [], [], w.timeout)
+            due = exits(set(r)) if exits is not None else None     # as the engine: None polls all
             runner.service(set(r))
-            for h in list(left):
+            for k, h in list(left.items()) if due is None else [(k, left[k]) for k in due if k in left]:
                 ex = runner.poll(h)
                 if ex is None:
                     if hasattr(runner, "node"):
                         runner.node(h)          # as the engine does for attempts not yet placed
                     continue
                 assert ex.code == 0, ex
-                left.remove(h)
+                del left[k]
 
     t = time.perf_counter()
     if chain:

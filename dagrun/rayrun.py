@@ -6,17 +6,18 @@ files and the engine commits them like any other attempt.
 The remote function runs the agent in its own session (process group) with stdin = the
 prompt and the attempt's environment (DAGRUN_* included); the worker's guard process (one per
 Ray worker, fed the groups of its running agents through a pipe) kills that group if the Ray
-worker dies (a forced cancel, a crash, its driver's death). An attempt still running 0.1 s
-after its agent started streams its node first (status, a `placed` event); a shorter one
-sends one item, its result with its node. The driver is woken by each streamed item as it
-arrives (a callback on the next item's ref rings a pipe) and by the end of its Ray task; the
-attempt ends with its Ray task (its worker is free then). terminate() is `ray.cancel(ref)`: it raises KeyboardInterrupt in the
-remote function, which sends TERM to the agent's group, waits `kill_grace`, then KILL; kill()
-is `ray.cancel(ref, force=True)` (the worker is killed; the agent with it). A node that dies,
-or a worker that crashes, ends the attempt `failed` with Ray's reason; the task's `retries`
-apply. Ray tasks are owned by the driver that submitted them: when a driver dies, Ray stops
-its tasks, so there is nothing to reattach -- the next driver records the attempt `lost` and
-runs it again.
+worker dies (a forced cancel, a crash, its driver's death). Each attempt is one plain Ray task
+whose result is its one report (exit status, outputs, node); a callback on its result rings a
+pipe the driver's poll(2) waits on, so the attempt ends with its Ray task (its worker is free
+then). An attempt still running 0.1 s after its agent started puts its node into Ray's
+internal KV (under its run id); the driver reads the node of its attempts older than that from
+there, all due ones in one call (status, a `placed` event). terminate() is `ray.cancel(ref)`:
+it raises KeyboardInterrupt in the remote function, which sends TERM to the agent's group,
+waits `kill_grace`, then KILL; kill() is `ray.cancel(ref, force=True)` (the worker is killed;
+the agent with it). A node that dies, or a worker that crashes, ends the attempt `failed` with
+Ray's reason; the task's `retries` apply. Ray tasks are owned by the driver that submitted
+them: when a driver dies, Ray stops its tasks, so there is nothing to reattach -- the next
+driver records the attempt `lost` and runs it again.
 
 `import ray` happens on the first start (never at import): only drivers that use Ray pay it.
 """
@@ -33,7 +34,8 @@ from dataclasses import dataclass
 from .executor import RUN_ID_VAR, Exit, Launch, Progress, StartError, Wakeup
 
 PLACE_AFTER = 0.1          # s: an attempt still running this long after its agent started says where it runs
-PARK_LIMIT = 5.0           # s: an attempt's generator left at its `placed` yield this long is abandoned (below)
+LOOK_EVERY = 0.05          # s: the driver reads a long attempt's node this long after it is due, then
+LOOK_MAX = 1.0             # ... twice as long each time it is not there yet, up to this
 MB = 1024 * 1024
 
 
@@ -45,20 +47,21 @@ def _mem_bytes(mem) -> int:
 
 
 def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | None, grace: float,
-              place_after: float = 0.0, park_limit: float = PARK_LIMIT):
-    """On the node: the agent as the local runner runs it. A generator (a Ray streaming task):
-    if the agent is still running `place_after` seconds after it started, it yields where it
-    runs (the driver learns the node of a long attempt while it runs: status, a `placed`
-    event); then it yields what the driver commits. A short attempt yields once (its node
-    comes with its result): one report to the driver per attempt, not two."""
+              place_after: float = PLACE_AFTER):
+    """On the node: the agent as the local runner runs it; returns what the driver commits
+    (with the node). A plain Ray task: its result is its one report to the driver. If the
+    agent is still running `place_after` seconds after it started, its node goes into Ray's
+    internal KV under its run id (one call to the GCS, only for long attempts): the driver,
+    which cannot ask Ray where a running task is without the state API's delay, reads it
+    there for attempts older than that (status, a `placed` event). The key is deleted when the
+    attempt ends here."""
     import select
     import subprocess
     import tempfile
 
     node = socket.gethostname()
     if not os.path.isdir(cwd):
-        yield {"start_error": f"cannot start the agent in {cwd} on {node}: No such file or directory", "node": node}
-        return
+        return {"start_error": f"cannot start the agent in {cwd} on {node}: No such file or directory", "node": node}
     rid = env.get(RUN_ID_VAR, "").encode()
     # the worker's guard (one process per Ray worker, started once) kills the attempt's
     # processes if the worker dies (a forced cancel, a crash, its driver's death). It is told
@@ -66,17 +69,15 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
     # environment) *before* the agent exists: a worker killed in the instant after the agent
     # started, before it could say the agent's group, must not leave the agent running
     if not rid or b"\n" in rid or b" " in rid:
-        yield {"start_error": f"cannot start the agent on {node}: the attempt has no usable run id", "node": node}
-        return
+        return {"start_error": f"cannot start the agent on {node}: the attempt has no usable run id", "node": node}
     guard = _guard()
     if guard is None:
-        yield {"start_error": f"cannot start the agent on {node}: no guard process for the Ray worker", "node": node}
-        return
+        return {"start_error": f"cannot start the agent on {node}: no guard process for the Ray worker", "node": node}
     with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         stdin.write(prompt)
         stdin.seek(0)
         p = None
-        told = False
+        told = placed = False
         try:
             told = _tell(guard, b"+%s\n" % rid)
             if not told:                  # its guard died (no reader): a new one
@@ -95,18 +96,8 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
                 fd = os.pidfd_open(p.pid)
             except (AttributeError, OSError):
                 fd = None
-            # While the agent runs, the generator yields once (its node) and Ray, not this frame,
-            # runs until it asks for the next item. A ray.cancel landing in that instant raises
-            # in Ray's frame: this generator is left suspended at the yield, and Ray may keep it
-            # alive (a reference cycle through the exception) -- none of the handlers here run,
-            # the worker lives on, so its guard never sees EOF, and the agent would run on with
-            # nobody to stop it. So the guard is told around the yield (_placed): an attempt
-            # parked for `park_limit` seconds is swept as if its worker had died (and if the
-            # idle worker exits first, its guard, no child of it, sweeps it then: see GUARD).
             try:
-                t0, placed = time.monotonic(), place_after <= 0
-                if placed:
-                    yield from _placed(guard, rid, park_limit, {"node": node})
+                t0 = time.monotonic()
                 while p.poll() is None:
                     wait = 0.1 if placed else max(0.0, min(0.1, t0 + place_after - time.monotonic()))
                     if fd is not None:
@@ -115,7 +106,7 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
                         time.sleep(min(wait, 0.02))
                     if not placed and time.monotonic() >= t0 + place_after and p.poll() is None:
                         placed = True
-                        yield from _placed(guard, rid, park_limit, {"node": node})
+                        _kv("put", rid, node.encode())
             finally:
                 if fd is not None:
                     os.close(fd)
@@ -138,18 +129,36 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
                 ns["sweep"]({rid: None})
             if told:
                 _tell(guard, b"-%s\n" % rid)
+            if placed:
+                _kv("del", rid)
         out.seek(0)
         data = out.read(max_output + 1 if max_output is not None else -1)
         over = max_output is not None and len(data) > max_output
         err.seek(0)
-        yield {"code": p.returncode, "stdout": data[:max_output] if over else data, "over_limit": over,
-               "stderr": err.read(), "node": node}
+        return {"code": p.returncode, "stdout": data[:max_output] if over else data, "over_limit": over,
+                "stderr": err.read(), "node": node}
+
+
+KV_NS = b"dagrun"          # Ray's internal KV: b"node/RUNID" -> the node of a long attempt
+
+
+def _kv(op: str, rid: bytes, value: bytes = b"") -> None:
+    """The node of a long attempt in Ray's internal KV (on the node: put, then del at its end).
+    Best effort: an attempt whose node cannot be said still runs (status shows no node until
+    its end)."""
+    try:
+        from ray.experimental import internal_kv as kv
+        if op == "put":
+            kv._internal_kv_put(b"node/" + rid, value, namespace=KV_NS)
+        else:
+            kv._internal_kv_del(b"node/" + rid, namespace=KV_NS)
+    except Exception:               # noqa: BLE001 -- the GCS unreachable, or Ray's internals moved
+        pass
 
 
 # The guard of a Ray worker: a small process in its own session that reads lines from a pipe
 # only this worker writes to: "+RUNID" before an attempt's agent starts, "=RUNID PGID" once it
-# runs, "-RUNID" after its group was killed and reaped; "?RUNID SECONDS" / "!RUNID" around the
-# yield of a running attempt (run_agent: parked longer than that, it is swept). When the pipe closes (the worker died:
+# runs, "-RUNID" after its group was killed and reaped. When the pipe closes (the worker died:
 # a forced cancel, a crash, its driver's death) it kills what is left of every attempt still
 # registered: its process group, then every process whose environment carries its run id
 # (DAGRUN_RUN_ID: the agent and all it started, even one that left the group, and an agent
@@ -162,6 +171,9 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
 # with the agent's shell and left the rest of the agent's group running with nobody to sweep
 # it (CI's cancelled Ray agents that outlived their tests). A guard that died all the same is
 # noticed when a line to it fails (no reader: EPIPE) and replaced.
+# (An earlier version ran the attempt as a Ray streaming task and told the guard around the
+# yield of its node, sweeping an attempt parked there too long: a cancel landing while Ray,
+# not run_agent, ran could leave it suspended. A plain task has no such point.)
 SWEEP = r"""
 import os, signal, time
 def sweep(live, limit=5.0):
@@ -196,40 +208,26 @@ def sweep(live, limit=5.0):
 """
 
 GUARD = SWEEP + r"""
-import select
+# the dagrun Ray worker guard
 if os.fork():          # the launcher exits at once: the guard is no child of the Ray worker
     os._exit(0)
 live = {}
-parked = {}            # run id -> when its attempt, parked at a yield, counts as abandoned
 buf = b""
 while True:
-    wait = max(0.0, min(parked.values()) - time.monotonic()) if parked else None
-    if select.select([0], [], [], wait)[0]:
-        data = os.read(0, 65536)
-        if not data:
-            break
-        *lines, buf = (buf + data).split(b"\n")
-        for line in lines:
-            op, rid = line[:1], line[1:]
-            if op == b"+":
-                live[rid] = None
-            elif op == b"=":
-                rid, _, pg = rid.partition(b" ")
-                if rid in live:
-                    live[rid] = int(pg)
-            elif op == b"-":
-                live.pop(rid, None)
-                parked.pop(rid, None)
-            elif op == b"?":
-                rid, _, limit = rid.partition(b" ")
-                parked[rid] = time.monotonic() + float(limit)
-            elif op == b"!":
-                parked.pop(rid, None)
-    now = time.monotonic()
-    for rid in [r for r, t in parked.items() if t <= now]:
-        del parked[rid]
-        if rid in live:
-            sweep({rid: live.pop(rid)})
+    data = os.read(0, 65536)
+    if not data:
+        break
+    *lines, buf = (buf + data).split(b"\n")
+    for line in lines:
+        op, rid = line[:1], line[1:]
+        if op == b"+":
+            live[rid] = None
+        elif op == b"=":
+            rid, _, pg = rid.partition(b" ")
+            if rid in live:
+                live[rid] = int(pg)
+        elif op == b"-":
+            live.pop(rid, None)
 if live:
     sweep(live)
 """
@@ -269,14 +267,6 @@ def _guard(renew: bool = False):
     return st.w
 
 
-def _placed(guard, rid: bytes, limit: float, item: dict):
-    """Yield a running attempt's `placed` item with the guard told around it: "?RUNID LIMIT"
-    (parked: swept if not resumed within LIMIT seconds), "!RUNID" (resumed)."""
-    _tell(guard, b"?%s %g\n" % (rid, limit))
-    yield item
-    _tell(guard, b"!%s\n" % rid)
-
-
 def _tell(w, line: bytes) -> bool:
     """One line to the guard (a pipe write of < PIPE_BUF bytes: whole or not at all). Blocks
     if the pipe is full (a guard that reads nothing more is a dead one: the write fails)."""
@@ -299,15 +289,19 @@ def _stop_group(p, grace: float) -> None:
     p.wait()
 
 
+_PENDING = object()          # a _Task's result before Ray's callback set it
+
+
 @dataclass
 class _Task:
-    gen: object                      # the Ray ObjectRefGenerator of the attempt
+    ref: object                      # the Ray ObjectRef of the attempt's result
     handle: dict
     launch: Launch
+    look_at: float                   # when the driver reads its node from the KV next (a long attempt)
+    look_every: float = LOOK_EVERY
     stop_sig: int | None = None
     node: str | None = None
-    result: object = None            # its result (a dict) or failure (an exception), once read
-    ended: bool = False              # its Ray task ended (set by Ray's callback thread)
+    result: object = _PENDING        # its result (a dict) or failure (an exception), set by Ray's callback
 
 
 class RayRunner:
@@ -317,15 +311,16 @@ class RayRunner:
         self._tasks: dict[str, _Task] = {}
         self._ray = None
         self._remote = None
+        self._fns: dict = {}               # (resources, name) -> the remote function with those options
         self._warm: threading.Thread | None = None
         self._warm_error: BaseException | None = None
-        self._ended: set[str] = set()      # keys whose Ray task ended (set by Ray's callback thread)
+        self._ended: set[str] = set()      # keys whose result arrived (set by Ray's callback thread)
+        self._next_look: float | None = None   # the earliest look_at of an attempt without a node
         self._lock = threading.Lock()
         self._bell = os.pipe()             # the callback rings it: the driver's poll(2) wakes at once
         for fd in self._bell:
             os.set_blocking(fd, False)
             os.set_inheritable(fd, False)
-
     @staticmethod
     def unusable(opts: dict | None = None) -> str | None:
         if importlib.util.find_spec("ray") is None:
@@ -380,7 +375,7 @@ class RayRunner:
         import ray.cloudpickle as cp
         import sys
         cp.register_pickle_by_value(sys.modules[__name__])
-        self._remote = ray.remote(max_retries=0, num_returns="streaming")(run_agent)
+        self._remote = ray.remote(max_retries=0)(run_agent)
         self._ray = ray
 
     def start(self, launch: Launch) -> dict:
@@ -393,52 +388,55 @@ class RayRunner:
         except Exception as e:      # noqa: BLE001 -- Ray raises many kinds; none may escape the loop
             raise StartError(f"ray: {e}") from None
         res = spec.get("resources") or {}
-        o: dict = {"num_cpus": res.get("cpus", 1)}
-        if res.get("mem") is not None:
-            o["memory"] = _mem_bytes(res["mem"])
-        if res.get("gpu"):
-            o["num_gpus"] = res["gpu"]
         env = dict(launch.env)
         env[RUN_ID_VAR] = launch.run_id
         tid = None
         try:
-            gen = self._remote.options(**o, name=spec.get("name") or "dagrun").remote(
-                launch.agent, launch.cwd, env, prompt, launch.max_output, float(spec.get("kill_grace") or 5.0),
-                PLACE_AFTER)
-            tid = gen._generator_ref.task_id().hex()
+            fn = self._fn(res, spec.get("name") or "dagrun")
+            ref = fn.remote(launch.agent, launch.cwd, env, prompt, launch.max_output,
+                            float(spec.get("kill_grace") or 5.0), PLACE_AFTER)
+            tid = ref.task_id().hex()
             handle = {"runner": self.name, "task_id": tid, "driver": os.getpid(),
                       "host": socket.gethostname(), "run_id": launch.run_id}
-            t = self._tasks[tid] = _Task(gen, handle, launch)
-            # woken by the first item (the node of a long attempt, else the result), and by the
-            # task's end whatever happens (a failure is an item too, but the end is certain)
-            gen.completed().future().add_done_callback(lambda _f, k=tid: self._ring(k, end=True))
-            self._arm(t, tid)
+            now = time.monotonic()
+            t = self._tasks[tid] = _Task(ref, handle, launch, now + PLACE_AFTER + LOOK_EVERY)
+            if self._next_look is None or t.look_at < self._next_look:
+                self._next_look = t.look_at
+            # its result wakes the driver, whatever it is (a failure is one too); the callback
+            # gets it deserialized: no ray.get afterwards
+            on = getattr(ref, "_on_completed", None)
+            if on is not None:
+                on(lambda r, k=tid: self._done(k, r))
+            else:                   # (Ray's private hook gone: its public wrapper)
+                ref.future().add_done_callback(lambda f, k=tid: self._done(k, f.exception() or f.result()))
         except Exception as e:      # noqa: BLE001
             self._tasks.pop(tid, None)
             raise StartError(f"ray: {e}") from None
         return handle
 
-    def _arm(self, t: _Task, key: str) -> None:
-        """Ring the bell when the attempt's next item arrives (a callback on its ref: a peek in
-        the driver's memory, no call to the raylet)."""
-        try:
-            ref, ready = self._ray._private.worker.global_worker.core_worker.peek_object_ref_stream(
-                t.gen._generator_ref)
-            if not ready:
-                ref.future().add_done_callback(lambda _f: self._ring(key))
-                return
-        except Exception:           # noqa: BLE001 -- the stream ended or failed: poll reads it
-            pass
-        self._ring(key)
+    def _fn(self, res: dict, name: str):
+        """The remote function with this attempt's options (num_cpus, memory, num_gpus, its name),
+        made once per distinct set (Ray's .options() builds a new wrapper each call)."""
+        key = (res.get("cpus", 1), res.get("mem"), res.get("gpu"), name)
+        fn = self._fns.get(key)
+        if fn is None:
+            o: dict = {"num_cpus": key[0]}
+            if key[1] is not None:
+                o["memory"] = _mem_bytes(key[1])
+            if key[2]:
+                o["num_gpus"] = key[2]
+            if len(self._fns) >= 1024:      # (a plan of many distinct names: bounded)
+                self._fns.clear()
+            fn = self._fns[key] = self._remote.options(**o, name=name)
+        return fn
 
-    def _ring(self, key: str, end: bool = False) -> None:
-        """Ray's callback thread (or the loop): an item of the attempt arrived, or its Ray task
-        ended (any way)."""
+    def _done(self, key: str, result) -> None:
+        """Ray's callback thread: the attempt's result (or failure) arrived -- its Ray task has
+        returned, so its worker is free again."""
         t = self._tasks.get(key)
         if t is None:
             return
-        if end:
-            t.ended = True
+        t.result = result
         with self._lock:
             self._ended.add(key)
         try:
@@ -447,7 +445,12 @@ class RayRunner:
             pass
 
     def wakeup(self) -> Wakeup:
-        return Wakeup((self._bell[0],), None)       # every item and every end rings the bell
+        # every result rings the bell; a long attempt's node is read from the KV when due
+        nl = self._next_look
+        if nl is not None and nl <= time.monotonic():
+            nl = self._next_look = min((t.look_at for t in self._tasks.values()
+                                        if t.node is None and t.result is _PENDING), default=None)
+        return Wakeup((self._bell[0],), None if nl is None else max(0.0, nl - time.monotonic()))
 
     def service(self, ready: set[int]) -> None:
         if self._bell[0] in ready:
@@ -457,33 +460,49 @@ class RayRunner:
             except BlockingIOError:
                 pass
 
+    def exits(self, ready: set[int]) -> set[str]:
+        """The attempts to poll this turn: those whose result arrived, and those due for a look
+        at their node (their poll returns None, then the engine asks node())."""
+        with self._lock:
+            keys = set(self._ended)
+        nl = self._next_look
+        if nl is not None and nl <= time.monotonic():
+            now = time.monotonic()
+            keys.update(k for k, t in self._tasks.items() if t.node is None and t.look_at <= now)
+        return keys
+
     def progress(self, handle: dict) -> Progress:
         return Progress()
 
     def node(self, handle: dict) -> str | None:
         t = self._tasks.get(self.key(handle))
-        return handle.get("node") if t is None else t.node
+        if t is None:
+            return handle.get("node")
+        if t.node is None and t.result is _PENDING and t.look_at <= time.monotonic():
+            self._look()
+        return t.node
 
-    def _items(self, t: _Task):
-        """Read what has arrived of the attempt: its node (kept), then its result. Returns the
-        result dict, an exception (the task failed: cancelled, its worker or node died), or
-        None (nothing more yet)."""
-        while True:
-            try:
-                ref = t.gen._next_sync(timeout_s=0)
-            except StopIteration:
-                return RuntimeError("the attempt ended without a result")
-            except Exception as e:  # noqa: BLE001
-                return e
-            if ref.is_nil():
-                return None
-            try:
-                item = self._ray.get(ref)
-            except Exception as e:  # noqa: BLE001 -- cancelled, worker crashed, node died
-                return e
-            if "code" in item or "start_error" in item:
-                return item
-            t.node = item.get("node") or t.node or ""
+    def _look(self) -> None:
+        """Read the node of every attempt due for a look from Ray's internal KV, in one call
+        (run_agent puts it there once its agent ran PLACE_AFTER seconds); look again later,
+        less and less often, at those not there yet (still queued for a worker)."""
+        now = time.monotonic()
+        due = [t for t in self._tasks.values() if t.node is None and t.result is _PENDING and t.look_at <= now]
+        keys = [b"node/" + t.handle["run_id"].encode() for t in due]
+        try:
+            from ray.experimental import internal_kv as kv
+            got = kv.internal_kv_get_gcs_client().internal_kv_multi_get(keys, KV_NS)
+        except Exception:           # noqa: BLE001 -- the GCS unreachable: later
+            got = {}
+        for t, k in zip(due, keys):
+            v = got.get(k)
+            if v:
+                t.node = v.decode(errors="replace")
+            else:
+                t.look_every = min(t.look_every * 2, LOOK_MAX)
+                t.look_at = now + t.look_every
+        self._next_look = min((t.look_at for t in self._tasks.values()
+                               if t.node is None and t.result is _PENDING), default=None)
 
     def poll(self, handle: dict) -> Exit | None:
         k = self.key(handle)
@@ -494,33 +513,19 @@ class RayRunner:
             if k not in self._ended:
                 return None
             self._ended.discard(k)
-        if t.result is None:
-            t.result = self._items(t)
-        if not t.ended:
-            # the result is not the end: the attempt ends with its Ray task, when its worker is
-            # free again (a chain's next task then runs on the same worker, not on a new one
-            # Ray would start for it: a second or more in a new job)
-            if t.result is None:
-                self._arm(t, k)
-            return None
         del self._tasks[k]
-        with self._lock:
-            self._ended.discard(k)   # (rung again by its end after this poll looked)
         r = t.result
-        if r is None:                # ended: whatever it sent is there; nothing here blocks
-            try:
-                items = [self._ray.get(ref) for ref in t.gen]
-                r = next((i for i in reversed(items) if "code" in i or "start_error" in i), None) or \
-                    RuntimeError("the attempt ended without a result")
-            except Exception as e:  # noqa: BLE001 -- cancelled, worker crashed, node died
-                r = e
         if isinstance(r, BaseException):
             node = t.node or None
+            if node is not None:    # its worker may have died before it deleted its node's key
+                _kv("del", t.handle["run_id"].encode())
             if t.stop_sig is not None:
                 return Exit(None, t.stop_sig, Progress(), node=node,
                             reason=f"ray task cancelled ({signal.Signals(t.stop_sig).name})")
             return Exit(None, None, Progress(), node=node,
                         reason=f"ray: {type(r).__name__}: {str(r).splitlines()[0][:300] if str(r) else ''}")
+        if not isinstance(r, dict):
+            return Exit(None, None, Progress(), node=t.node or None, reason=f"ray: unexpected result {type(r).__name__}")
         node = r.get("node") or t.node or None
         if "start_error" in r:
             return Exit(127, None, Progress(), reason=r["start_error"], node=node)
@@ -544,14 +549,14 @@ class RayRunner:
         t = self._tasks.get(self.key(handle))
         if t is not None and t.stop_sig is None:
             t.stop_sig = signal.SIGTERM
-            self._ray.cancel(t.gen, force=False)
+            self._ray.cancel(t.ref, force=False)
 
     def kill(self, handle: dict) -> None:
         t = self._tasks.get(self.key(handle))
         if t is not None and t.stop_sig != signal.SIGKILL:
             t.stop_sig = t.stop_sig or signal.SIGKILL
             try:
-                self._ray.cancel(t.gen, force=True)
+                self._ray.cancel(t.ref, force=True)
             except Exception:       # noqa: BLE001 -- already finished
                 pass
 
@@ -567,7 +572,7 @@ class RayRunner:
         # too once it sees the driver gone -- sooner or later, and not if the driver lingers)
         for t in list(self._tasks.values()):
             try:
-                self._ray.cancel(t.gen, force=True)
+                self._ray.cancel(t.ref, force=True)
             except Exception:       # noqa: BLE001 -- it ended meanwhile; Ray is gone
                 pass
         self._tasks.clear()

@@ -351,7 +351,7 @@ def stray_report(pid: int) -> str:
     if worker is None:
         lines.append("  no Ray worker among its ancestors (it died, or this is not a Ray agent)")
     guards = [int(d) for d in os.listdir("/proc") if d.isdigit() and "DAGRUN_RUN_ID=" in _proc(d, "cmdline")
-              and "parked" in _proc(d, "cmdline")]
+              and "dagrun Ray worker guard" in _proc(d, "cmdline")]
     for g in guards:                         # the Ray workers' guards (rayrun.GUARD)
         gp = _stat(g)[1]
         pipe = _fds(g).get("0", "?")

@@ -72,8 +72,8 @@ h = r.start(Launch(agent="sleep 0.5; cat; printf ' ok'; printf err >&2", cwd=roo
                    env={"PATH": os.environ["PATH"]}, stdin_path=prompt, stdout_path=os.path.join(root, "stdout"),
                    stderr_path=os.path.join(root, "stderr"), run_id="r1", runner="ray", spec={"ray": {}}))
 t = r._tasks[r.key(h)]
-r._ray.wait([t.gen.completed()], timeout=60)     # the Ray task ended before the driver looked at all:
-ex = None                                       # its node and its result are both waiting
+r._ray.wait([t.ref], timeout=60)     # the Ray task ended before the driver looked at all: its
+ex = None                            # node (in the KV, while it ran) and its result both wait
 polls = 0
 while ex is None:
     w = r.wakeup()
@@ -89,8 +89,8 @@ print(json.dumps({"out": open(os.path.join(root, "stdout")).read(), "err": open(
 
 @ray
 def test_an_attempt_whose_node_and_result_both_wait_is_committed_whole(tmp_path):
-    """A long attempt streams its node, then its result; a driver that looks only after both
-    arrived (and the Ray task ended) reads them together: the result, with the node, whole."""
+    """A long attempt puts its node into Ray's KV, then returns its result; a driver that looks
+    only after both (the Ray task ended) reads the result, with the node, whole."""
     need_ray()
     r = subprocess.run([sys.executable, "-c", ITEMS, str(tmp_path)], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "DAGRUN_RUN_ID": ""})
@@ -155,28 +155,3 @@ def test_a_force_cancelled_attempt_leaves_no_process_of_its_agent(tmp_path):
                  what="no process of the force-cancelled agent left")
     finally:
         kill_group(d)
-
-
-def test_an_attempt_left_at_its_placed_yield_is_swept_by_the_guard(tmp_path):
-    """A ray.cancel that lands while Ray reports the `placed` item raises in Ray's frame, not in
-    run_agent: the generator stays suspended at its yield (Ray may keep it alive), its handlers
-    never run and the worker lives, so the guard sees no EOF. The guard is told around the yield
-    and sweeps an attempt parked longer than park_limit. Run here without Ray: run_agent is a
-    plain generator, advanced to that yield and then abandoned (held, never closed), as Ray
-    leaves it. Fails without the parking: the agent runs its whole 60 s."""
-    from dagrun import rayrun
-    home = tmp_path / "home"
-    home.mkdir()
-    env = dict(os.environ, DAGRUN_HOME=str(home.resolve()), DAGRUN_RUN_ID=f"park-{os.getpid()}-{tmp_path.name}")
-    gen = rayrun.run_agent("sleep 60", str(tmp_path), env, b"", None, 1.0, 0.1, 1.5)
-    assert next(gen) == {"node": rayrun.socket.gethostname()}     # parked at the `placed` yield
-    assert agents_of(home)                                        # the agent runs
-    wait_for(lambda: not agents_of(home), timeout=10, what="the guard to sweep the abandoned attempt")
-    held = gen                       # (kept alive until here: nothing closed it)
-    assert held is gen
-    # a generator driven normally is not touched: the yield is answered within the limit
-    env2 = dict(env, DAGRUN_RUN_ID=env["DAGRUN_RUN_ID"] + "-b")
-    gen2 = rayrun.run_agent("sleep 3; echo fine", str(tmp_path), env2, b"", None, 1.0, 0.1, 1.5)
-    assert "node" in next(gen2)
-    last = next(gen2)
-    assert last["code"] == 0 and last["stdout"] == b"fine\n"
