@@ -76,10 +76,9 @@ def run_runner(mod, runner, root: str, n: int, chain: bool) -> float:
     with open(prompt, "w") as f:
         f.write("p")
 
-    def launch(i):
-        d = tempfile.mkdtemp(dir=root)
+    def launch(i):          # (the capture paths' folder is the engine's claim, not timed here)
         return Launch(agent="true", cwd=root, env=agent_env(root, i), stdin_path=prompt,
-                      stdout_path=os.path.join(d, "stdout"), stderr_path=os.path.join(d, "stderr"),
+                      stdout_path=os.path.join(root, f"{i}.stdout"), stderr_path=os.path.join(root, f"{i}.stderr"),
                       run_id=f"r{i}", runner="ray", spec={"ray": {}})
 
     exits = getattr(runner, "exits", None)

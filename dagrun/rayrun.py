@@ -73,23 +73,23 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
     guard = _guard()
     if guard is None:
         return {"start_error": f"cannot start the agent on {node}: no guard process for the Ray worker", "node": node}
+    # (written to the guard's state file, which it reads only once the worker is gone: no
+    # wake-up of the guard per attempt -- its pipe, written three times an attempt, cost
+    # ~0.25 ms of the attempt's time on a loaded machine)
     with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         stdin.write(prompt)
         stdin.seek(0)
         p = None
         told = placed = False
         try:
-            told = _tell(guard, b"+%s\n" % rid)
-            if not told:                  # its guard died (no reader): a new one
-                guard = _guard(renew=True)
-                told = guard is not None and _tell(guard, b"+%s\n" % rid)
+            told = _tell(guard, b"%s 0\n" % rid)
             if not told:
-                raise OSError("the Ray worker's guard does not listen")
+                raise OSError("the Ray worker's guard cannot be told of the attempt")
             # its own session (process group); no preexec_fn: that would make Python fork the
             # whole Ray worker (~28 ms a task here) instead of vfork + exec (~1 ms)
             p = subprocess.Popen(["/bin/sh", "-c", agent], cwd=cwd, env=env, stdin=stdin, stdout=out, stderr=err,
                                  start_new_session=True, close_fds=True)
-            _tell(guard, b"=%s %d\n" % (rid, p.pid))      # its group: killed first, no /proc scan needed
+            _tell(guard, b"%s %d\n" % (rid, p.pid))       # its group: killed first, no /proc scan needed
             # its exit wakes us at once (a pidfd); ray.cancel's KeyboardInterrupt is seen
             # between two selects (it does not interrupt a system call)
             try:
@@ -128,7 +128,7 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
                 exec(SWEEP, ns)
                 ns["sweep"]({rid: None})
             if told:
-                _tell(guard, b"-%s\n" % rid)
+                _tell(guard, b"\n")                     # no attempt (its group is gone)
             if placed:
                 _kv("del", rid)
         out.seek(0)
@@ -156,21 +156,24 @@ def _kv(op: str, rid: bytes, value: bytes = b"") -> None:
         pass
 
 
-# The guard of a Ray worker: a small process in its own session that reads lines from a pipe
-# only this worker writes to: "+RUNID" before an attempt's agent starts, "=RUNID PGID" once it
-# runs, "-RUNID" after its group was killed and reaped. When the pipe closes (the worker died:
-# a forced cancel, a crash, its driver's death) it kills what is left of every attempt still
-# registered: its process group, then every process whose environment carries its run id
-# (DAGRUN_RUN_ID: the agent and all it started, even one that left the group, and an agent
-# whose pgid the worker did not live to say), until none is found. Started once per worker
-# (spawning one per attempt cost ~5 ms an attempt) and kept in a module of sys.modules: this
-# module travels by value, so its own globals are not the worker's.
+# The guard of a Ray worker: a small process in its own session that waits for the end of a
+# pipe only this worker holds the write end of. When the pipe closes (the worker died: a forced
+# cancel, a crash, its driver's death) it reads the worker's state file (a memfd the worker
+# overwrites in place, never read while the worker lives: "RUNID 0" before an attempt's agent
+# starts, "RUNID PGID" once it runs, empty after its group was killed and reaped; one attempt at
+# a time, as a Ray worker runs one task at a time) and kills what is left of the attempt there:
+# its process group, then every process whose environment carries its run id (DAGRUN_RUN_ID: the
+# agent and all it started, even one that left the group, and an agent whose pgid the worker did
+# not live to say), until none is found. Started once per worker (spawning one per attempt cost
+# ~5 ms an attempt) and kept in a module of sys.modules: this module travels by value, so its own
+# globals are not the worker's. Nothing wakes the guard while the worker lives (the pipe carried
+# three lines an attempt before: ~0.25 ms of each attempt's time at load 4).
 # The guard is NOT a child of the Ray worker (its launcher forks it and exits): a Ray worker
 # that exits on purpose -- ray.cancel(force=True), its owner gone -- first SIGKILLs its own
 # children (Ray's kill_child_processes_on_worker_exit, on by default), which took the guard
 # with the agent's shell and left the rest of the agent's group running with nobody to sweep
 # it (CI's cancelled Ray agents that outlived their tests). A guard that died all the same is
-# noticed when a line to it fails (no reader: EPIPE) and replaced.
+# noticed before the next attempt (the pipe's write end reports POLLERR: no reader) and replaced.
 # (An earlier version ran the attempt as a Ray streaming task and told the guard around the
 # yield of its node, sweeping an attempt parked there too long: a cancel landing while Ray,
 # not run_agent, ran could leave it suspended. A plain task has no such point.)
@@ -209,69 +212,73 @@ def sweep(live, limit=5.0):
 
 GUARD = SWEEP + r"""
 # the dagrun Ray worker guard
+import sys
+state = int(sys.argv[1])
 if os.fork():          # the launcher exits at once: the guard is no child of the Ray worker
     os._exit(0)
-live = {}
-buf = b""
-while True:
-    data = os.read(0, 65536)
-    if not data:
-        break
-    *lines, buf = (buf + data).split(b"\n")
-    for line in lines:
-        op, rid = line[:1], line[1:]
-        if op == b"+":
-            live[rid] = None
-        elif op == b"=":
-            rid, _, pg = rid.partition(b" ")
-            if rid in live:
-                live[rid] = int(pg)
-        elif op == b"-":
-            live.pop(rid, None)
-if live:
-    sweep(live)
+while os.read(0, 4096):    # nothing is written: EOF when the worker is gone
+    pass
+rid, _, pg = os.pread(state, 4096, 0).split(b"\n", 1)[0].partition(b" ")
+if rid:
+    sweep({rid: int(pg or 0) or None})
 """
 
 
-def _guard(renew: bool = False):
-    """The write end of this worker's guard's pipe (None if it cannot be started). renew: its
-    guard is gone (a line to it failed): start another."""
+def _guard():
+    """This worker's guard (its state: .w the pipe's write end, .m the state file), started if
+    it has none or its guard is gone; None if it cannot be started."""
     import subprocess
     import sys
     import types
-    # (not the name of the earlier guard's state, which kept the guard's Popen: one worker
-    # never mixes the two)
-    st = sys.modules.get("_dagrun_ray_guard_v2")
+    # (not the names of the earlier guards' states, which kept a Popen, then a pipe fed by
+    # lines: a worker that ran an earlier version keeps that one's guard apart)
+    st = sys.modules.get("_dagrun_ray_guard_v3")
     if st is None:
-        st = sys.modules["_dagrun_ray_guard_v2"] = types.ModuleType("_dagrun_ray_guard_v2")
-        st.pid, st.w = None, None
-    if st.pid == os.getpid() and st.w is not None and not renew:
-        return st.w
-    if st.w is not None and st.pid == os.getpid():
-        os.close(st.w)
-    st.w = None
+        st = sys.modules["_dagrun_ray_guard_v3"] = types.ModuleType("_dagrun_ray_guard_v3")
+        st.pid, st.w, st.m = None, None, None
+    if st.pid == os.getpid() and st.w is not None:
+        if not st.gone.poll(0):           # POLLERR on the write end: no reader (the guard died)
+            return st
+    if st.pid == os.getpid():
+        for fd in (st.w, st.m):
+            if fd is not None:
+                os.close(fd)
+    st.pid = st.w = st.m = None
     try:
+        m = os.memfd_create("dagrun-ray-guard") if hasattr(os, "memfd_create") else _tmpfd()
         r, w = os.pipe()                  # (not inheritable: no agent holds the write end)
         try:
-            launcher = subprocess.Popen([sys.executable, "-S", "-c", GUARD], stdin=r, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin"},
-                                        start_new_session=True, close_fds=True)
+            launcher = subprocess.Popen([sys.executable, "-S", "-c", GUARD, str(m)], stdin=r,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        env={"PATH": "/usr/bin:/bin"}, start_new_session=True,
+                                        close_fds=True, pass_fds=(m,))
         finally:
             os.close(r)
         if launcher.wait() != 0:          # it exits as soon as the guard is forked
             os.close(w)
+            os.close(m)
             return None
-        st.pid, st.w = os.getpid(), w
     except OSError:
         return None
-    return st.w
+    import select
+    st.gone = select.poll()
+    st.gone.register(w, 0)                # (POLLERR/POLLHUP are reported whatever the mask)
+    st.pid, st.w, st.m = os.getpid(), w, m
+    return st
 
 
-def _tell(w, line: bytes) -> bool:
-    """One line to the guard (a pipe write of < PIPE_BUF bytes: whole or not at all). Blocks
-    if the pipe is full (a guard that reads nothing more is a dead one: the write fails)."""
+def _tmpfd() -> int:
+    import tempfile
+    with tempfile.TemporaryFile() as f:
+        return os.dup(f.fileno())         # (dup: not inheritable)
+
+
+def _tell(guard, state: bytes) -> bool:
+    """The worker's state for its guard, in place (one pwrite: the guard reads it only after
+    the worker is gone, so no reader sees half of it). A shorter state leaves bytes of the
+    longer one after its newline: the guard reads up to the first."""
     try:
-        os.write(w, line)
+        os.pwrite(guard.m, state, 0)
         return True
     except OSError:
         return False

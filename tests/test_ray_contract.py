@@ -155,3 +155,54 @@ def test_a_force_cancelled_attempt_leaves_no_process_of_its_agent(tmp_path):
                  what="no process of the force-cancelled agent left")
     finally:
         kill_group(d)
+
+
+WORKER = r"""
+import os, signal, sys, time
+from dagrun import rayrun
+cwd, rid = sys.argv[1], sys.argv[2]
+
+
+def guard_pid():                 # the process reading this worker's guard pipe
+    pipe = os.readlink(f"/proc/self/fd/{sys.modules['_dagrun_ray_guard_v3'].w}")
+    for d in os.listdir("/proc"):
+        try:
+            if d.isdigit() and int(d) != os.getpid() and os.readlink(f"/proc/{d}/fd/0") == pipe:
+                return int(d)
+        except OSError:
+            pass
+
+
+env = {**os.environ, "DAGRUN_RUN_ID": rid + "-1"}
+assert rayrun.run_agent("true", cwd, env, b"", None, 1.0)["code"] == 0
+g1 = guard_pid()
+os.kill(g1, signal.SIGKILL)      # the guard dies: the next attempt must start another one
+while os.path.exists(f"/proc/{g1}") and open(f"/proc/{g1}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+    time.sleep(0.01)
+print(g1, flush=True)
+env["DAGRUN_RUN_ID"] = rid + "-2"
+rayrun.run_agent("setsid sleep 60 & sleep 60", cwd, env, b"", None, 1.0)
+"""
+
+
+def test_a_worker_that_dies_mid_attempt_leaves_no_process_of_its_agent_even_after_its_guard_died(tmp_path):
+    """The guard of a Ray worker, without Ray (run_agent is a plain function; a plain Python
+    process plays the worker): the worker's first guard is killed between two attempts, the
+    next attempt starts another one, and when the worker is SIGKILLed mid-attempt that guard
+    kills the agent's group and the process that left it (`setsid`), found by its run id in the
+    state file the worker wrote (the guard is never woken before). Fails if the dead guard is
+    not replaced or does not read the state: the agent runs its whole 60 s."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "DAGRUN_RUN_ID"}
+    env["DAGRUN_HOME"] = str(home.resolve())
+    w = subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path), f"guard-{os.getpid()}-{tmp_path.name}"],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert w.stdout.readline().strip().isdigit(), w.stderr.read()[-3000:]
+        wait_for(lambda: len(agents_of(home)) == 3, timeout=10, what="the agent's shell and its two sleeps")
+        os.kill(w.pid, 9)
+        w.wait(10)
+        wait_for(lambda: not agents_of(home), timeout=10, interval=0.1, what="the guard to sweep the dead worker's agent")
+    finally:
+        kill_group(w)
