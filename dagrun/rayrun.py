@@ -323,6 +323,7 @@ class RayRunner:
         self._warm_error: BaseException | None = None
         self._ended: set[str] = set()      # keys whose result arrived (set by Ray's callback thread)
         self._next_look: float | None = None   # the earliest look_at of an attempt without a node
+        self._took = False                 # exits() drained the bell this turn
         self._lock = threading.Lock()
         self._bell = os.pipe()             # the callback rings it: the driver's poll(2) wakes at once
         for fd in self._bell:
@@ -459,17 +460,27 @@ class RayRunner:
                                         if t.node is None and t.result is _PENDING), default=None)
         return Wakeup((self._bell[0],), None if nl is None else max(0.0, nl - time.monotonic()))
 
-    def service(self, ready: set[int]) -> None:
-        if self._bell[0] in ready:
-            try:
-                while os.read(self._bell[0], 4096):
-                    pass
-            except BlockingIOError:
+    def _drain(self) -> None:
+        try:
+            while os.read(self._bell[0], 4096):
                 pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def service(self, ready: set[int]) -> None:
+        if self._took:              # exits() drained the bell before it looked (below)
+            self._took = False
+        elif self._bell[0] in ready:
+            self._drain()
 
     def exits(self, ready: set[int]) -> set[str]:
         """The attempts to poll this turn: those whose result arrived, and those due for a look
-        at their node (their poll returns None, then the engine asks node())."""
+        at their node (their poll returns None, then the engine asks node()). The bell is
+        drained first, then the results looked at: one arriving after that rings it again (a
+        drain after the look -- service()'s, called after this -- could swallow its ring and
+        leave it unseen until the next timeout)."""
+        self._drain()
+        self._took = True
         with self._lock:
             keys = set(self._ended)
         nl = self._next_look
@@ -496,9 +507,12 @@ class RayRunner:
         now = time.monotonic()
         due = [t for t in self._tasks.values() if t.node is None and t.result is _PENDING and t.look_at <= now]
         keys = [b"node/" + t.handle["run_id"].encode() for t in due]
+        from ray.experimental import internal_kv as kv
         try:
-            from ray.experimental import internal_kv as kv
-            got = kv.internal_kv_get_gcs_client().internal_kv_multi_get(keys, KV_NS)
+            try:
+                got = kv.internal_kv_get_gcs_client().internal_kv_multi_get(keys, KV_NS)
+            except AttributeError:  # (a Ray without the batched call: one call each)
+                got = {k: kv._internal_kv_get(k, namespace=KV_NS) for k in keys}
         except Exception:           # noqa: BLE001 -- the GCS unreachable: later
             got = {}
         for t, k in zip(due, keys):
