@@ -4,11 +4,12 @@ tasks, ms per task):
 
   plain get    a plain remote function; the driver blocks in ray.get (the bench floors)
   plain cb     the same; the driver sleeps in select(2) on a pipe that the ref's future's
-               callback writes to (how an event loop that also waits for other things learns it)
+               callback writes to (how an event loop that also waits for other things learns it;
+               the Ray runner's way since it runs plain tasks, with the ref's _on_completed)
   stream get   a streaming remote function (generator) yielding its one result; next() + get
   stream cb    the same; woken by the completion callback of gen.completed(), then the items
-               read (what the Ray runner does: streaming so that a long attempt can say its
-               node first)
+               read (what the Ray runner did up to main b10aab8: streaming so that a long
+               attempt could say its node first; it now puts it into Ray's internal KV)
 
     RAY_ADDRESS=127.0.0.1:6379 .venv/bin/python bench/ray_wakeup.py [N] [REPS]
 """
