@@ -36,6 +36,7 @@ from .executor import RUN_ID_VAR, Exit, Launch, Progress, StartError, Wakeup
 PLACE_AFTER = 0.1          # s: an attempt still running this long after its agent started says where it runs
 LOOK_EVERY = 0.05          # s: the driver reads a long attempt's node this long after it is due, then
 LOOK_MAX = 1.0             # ... twice as long each time it is not there yet, up to this
+KV_TIMEOUT = 2.0           # s: the longest the driver's loop waits for the GCS to say where attempts run
 MB = 1024 * 1024
 
 
@@ -305,6 +306,7 @@ class _Task:
     handle: dict
     launch: Launch
     look_at: float                   # when the driver reads its node from the KV next (a long attempt)
+    born: float = 0.0                # when it was submitted (monotonic)
     look_every: float = LOOK_EVERY
     stop_sig: int | None = None
     node: str | None = None
@@ -407,7 +409,7 @@ class RayRunner:
             handle = {"runner": self.name, "task_id": tid, "driver": os.getpid(),
                       "host": socket.gethostname(), "run_id": launch.run_id}
             now = time.monotonic()
-            t = self._tasks[tid] = _Task(ref, handle, launch, now + PLACE_AFTER + LOOK_EVERY)
+            t = self._tasks[tid] = _Task(ref, handle, launch, now + PLACE_AFTER + LOOK_EVERY, now)
             if self._next_look is None or t.look_at < self._next_look:
                 self._next_look = t.look_at
             # its result wakes the driver, whatever it is (a failure is one too); the callback
@@ -510,7 +512,7 @@ class RayRunner:
         from ray.experimental import internal_kv as kv
         try:
             try:
-                got = kv.internal_kv_get_gcs_client().internal_kv_multi_get(keys, KV_NS)
+                got = kv.internal_kv_get_gcs_client().internal_kv_multi_get(keys, KV_NS, timeout=KV_TIMEOUT)
             except AttributeError:  # (a Ray without the batched call: one call each)
                 got = {k: kv._internal_kv_get(k, namespace=KV_NS) for k in keys}
         except Exception:           # noqa: BLE001 -- the GCS unreachable: later
@@ -538,8 +540,8 @@ class RayRunner:
         r = t.result
         if isinstance(r, BaseException):
             node = t.node or None
-            if node is not None:    # its worker may have died before it deleted its node's key
-                _kv("del", t.handle["run_id"].encode())
+            if time.monotonic() - t.born > PLACE_AFTER:     # its worker may have died after it
+                _kv("del", t.handle["run_id"].encode())     # said its node, before it deleted it
             if t.stop_sig is not None:
                 return Exit(None, t.stop_sig, Progress(), node=node,
                             reason=f"ray task cancelled ({signal.Signals(t.stop_sig).name})")

@@ -206,3 +206,76 @@ def test_a_worker_that_dies_mid_attempt_leaves_no_process_of_its_agent_even_afte
         wait_for(lambda: not agents_of(home), timeout=10, interval=0.1, what="the guard to sweep the dead worker's agent")
     finally:
         kill_group(w)
+
+
+KV = r"""
+import json, os, select, sys, time
+from dagrun import rayrun
+from dagrun.executor import Launch
+from ray.experimental import internal_kv as kv
+root = sys.argv[1]
+prompt = os.path.join(root, "prompt.md")
+open(prompt, "w").write("p")
+r = rayrun.RayRunner()
+
+
+def launch(agent, rid):
+    return Launch(agent=agent, cwd=root, env={"PATH": os.environ["PATH"]}, stdin_path=prompt,
+                  stdout_path=os.path.join(root, rid + ".out"), stderr_path=os.path.join(root, rid + ".err"),
+                  run_id=rid, runner="ray", spec={"ray": {}})
+
+
+def key(rid):
+    return kv._internal_kv_get(b"node/" + rid.encode(), namespace=rayrun.KV_NS)
+
+
+def turn(h):
+    w = r.wakeup()
+    ready = set(select.select(list(w.fds), [], [], w.timeout)[0])
+    due = r.exits(ready)
+    r.service(ready)
+    ex = r.poll(h) if r.key(h) in due else None
+    if ex is None and r.key(h) in due:
+        r.node(h)                  # as the engine does for a running attempt without a node
+    return ex
+
+
+out = {}
+for name, agent, stop in (("ends", "sleep 1.5; printf ok", False), ("killed", "sleep 60", True)):
+    rid = f"kv-{name}-{os.getpid()}"
+    h = r.start(launch(agent, rid))
+    t0 = time.monotonic()
+    while r.node(h) is None:      # learnt from the KV while it runs, by the loop's own timeout
+        assert turn(h) is None and time.monotonic() - t0 < 60, "no node while it ran"
+    out[name + " node"] = r.node(h)
+    out[name + " key while running"] = (key(rid) or b"").decode()
+    if stop:
+        r.kill(h)
+    ex = None
+    while ex is None:
+        ex = turn(h)
+    out[name + " exit"] = ex.describe()
+    out[name + " exit node"] = ex.node
+    time.sleep(0.2)
+    out[name + " key after"] = key(rid)
+print(json.dumps(out))
+"""
+
+
+@ray
+def test_a_long_attempts_node_is_learnt_from_rays_kv_and_its_key_goes_with_it(tmp_path):
+    """An attempt running past PLACE_AFTER puts its node into Ray's internal KV; the driver's
+    loop (woken by wakeup()'s timeout, polling what exits() names, then node()) learns it while
+    the attempt runs; the key is gone once the attempt ended (deleted by the remote function),
+    and once a force-cancelled attempt ended (its worker died: deleted by the driver)."""
+    need_ray()
+    import socket
+    r = subprocess.run([sys.executable, "-c", KV, str(tmp_path)], capture_output=True, text=True, timeout=180,
+                       env={**os.environ, "DAGRUN_RUN_ID": ""})
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    node = socket.gethostname()
+    for name in ("ends", "killed"):
+        assert res[f"{name} node"] == res[f"{name} key while running"] == res[f"{name} exit node"] == node, res
+        assert res[f"{name} key after"] is None, res
+    assert res["ends exit"] == "exit code 0" and res["killed exit"] == "ray task cancelled (SIGKILL)", res
