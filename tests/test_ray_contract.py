@@ -241,7 +241,7 @@ def turn(h):
 
 
 out = {}
-for name, agent, stop in (("ends", "sleep 1.5; printf ok", False), ("killed", "sleep 60", True)):
+for name, agent, stop in (("ends", "sleep 4; printf ok", False), ("killed", "sleep 60", True)):
     rid = f"kv-{name}-{os.getpid()}"
     h = r.start(launch(agent, rid))
     t0 = time.monotonic()
