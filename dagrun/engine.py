@@ -28,6 +28,7 @@ from . import cache
 from . import claim as claims
 from . import events as ev
 from . import executor, fanout, fsio
+from . import hooks as hk
 from . import resources as res
 from . import states as S
 from . import transitions as tr
@@ -137,6 +138,7 @@ class Engine(Reconciler):
         fsio.sweep_spares(self.home.root)  # pools of engines that were killed
         old = self._install_signals()
         ev.hold()        # the loop's event lines go out once per turn (events.hold)
+        hk.hold_turn()   # ... and the home's hooks folder is looked for once per turn
         try:
             self.watcher = Watcher(self.home.goals_dir, poll=self.poll, log=self.log)
             self._discover()
@@ -153,6 +155,7 @@ class Engine(Reconciler):
                     self._fs_failed(e)
                 finally:
                     self._unlock_turn()
+                    hk.end_turn()
                 try:
                     ev.flush()                     # before we sleep: what the turn appended
                 except FsError as e:
@@ -165,6 +168,7 @@ class Engine(Reconciler):
             if self.tick is not None:
                 self._run_tick()                   # the final state, for --until-idle
         finally:
+            hk.release_turn()
             try:
                 ev.release()
             except FsError as e:
@@ -273,14 +277,15 @@ class Engine(Reconciler):
         if self.timers:
             t = min(t, self.timers[0][0])
         needs_house = any(gs.foreign for gs in self.goals.values())
-        for r in self.runs.values():
-            if r.deadline is not None:
-                t = min(t, r.deadline)
-            if r.kill_at is not None:
-                t = min(t, r.kill_at)
+        for r in self.runs.values():     # every turn, every run: comparisons, not min() calls
+            if r.deadline is not None and r.deadline < t:
+                t = r.deadline
+            if r.kill_at is not None and r.kill_at < t:
+                t = r.kill_at
             if r.task.stall_timeout or r.task.max_output:
                 needs_house = True
-            t = min(t, r.hb_at)
+            if r.hb_at < t:
+                t = r.hb_at
         if needs_house:
             t = min(t, self._next_house)
         if any(gs.plan.budget and not gs.sched.is_finished() for gs in self.goals.values()):
