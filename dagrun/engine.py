@@ -339,14 +339,29 @@ class Engine(Reconciler):
             if not gs.finished:
                 gs.finished = True
                 self._touched.add(gs.plan.goal)
-                tr.end_goal_if_finished(self.home, gs.plan, gs.sched, self.worker)
-                self._snapshot_status(gs)
+                pre = self._read_for_end(gs)
+                tr.end_goal_if_finished(self.home, gs.plan, gs.sched, self.worker,
+                                        facts=pre.facts if pre is not None else None)
+                self._snapshot_status(gs, pre)
         else:
             gs.finished = False
 
     SNAPSHOT_MAX_TASKS = 20_000
 
-    def _snapshot_status(self, gs: GoalState) -> None:
+    def _read_for_end(self, gs: GoalState):
+        """The goal ended: stamp its files and read its task facts once, for summary.json and
+        the status snapshot both (status.read_for_end). None when no snapshot is derived
+        (too many tasks) or the read failed: each then reads the files itself, as before."""
+        if len(gs.plan.tasks) > self.SNAPSHOT_MAX_TASKS or os.path.exists(self.home.summary_path(gs.plan.goal)):
+            return None      # (summary.json there: the goal had ended, nothing to build)
+        ev.flush()           # the turn's lines first: the stamps take events.jsonl's size
+        from .status import read_for_end
+        try:
+            return read_for_end(self.home, gs.plan.goal, gs.plan, gs.stamp)
+        except (OSError, DagrunError):
+            return None
+
+    def _snapshot_status(self, gs: GoalState, pre=None) -> None:
         """The goal ended: derive its status snapshot now (statuscache.py), so the first
         `status` after the run does not read every task's files. Skipped above
         SNAPSHOT_MAX_TASKS: deriving it holds every task's marker and row in memory at once
@@ -359,11 +374,14 @@ class Engine(Reconciler):
         # snapshot stale at once (`dagrun run`'s closing status derived it all again)
         ev.flush()
         from . import statuscache
-        from .status import refresh_snapshot
+        from .status import refresh_snapshot, snapshot_after_end
         try:
             if statuscache.load(self.home, gs.plan.goal) is not None:
                 return           # a goal that had ended before this worker came: it is current
-            self.fresh[gs.plan.goal] = refresh_snapshot(self.home, gs.plan.goal, gs.plan, gs.stamp)
+            if pre is not None:  # the facts read for summary.json (_read_for_end): not read again
+                self.fresh[gs.plan.goal] = snapshot_after_end(self.home, gs.plan.goal, pre)
+            else:
+                self.fresh[gs.plan.goal] = refresh_snapshot(self.home, gs.plan.goal, gs.plan, gs.stamp)
         except (OSError, DagrunError) as e:
             self.log(f"warning: {gs.plan.goal}: status snapshot not written: {e}")
 
