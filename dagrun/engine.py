@@ -85,8 +85,12 @@ class Engine(Reconciler):
                  log: Callable[[str], None] | None = None, on_event: Callable[[dict], None] | None = None,
                  rescan_every: float = 10.0, lease: float | None = None,
                  tick: Callable[["Engine"], None] | None = None, tick_every: float = 15.0,
-                 use_cache: bool = True):
+                 use_cache: bool = True, plans: dict[str, tuple[tuple, Plan]] | None = None):
+        """plans: {goal: (plan_stamp, Plan)} the caller has just loaded (the stamp taken
+        before the load, as _discover takes it): used at start-up instead of parsing
+        plan.json again if the file's stamp is still that one."""
         self.home = home
+        self._loaded = dict(plans or {})
         self.worker = worker or default_worker_name()
         self.jobs = max(1, jobs)
         self.only = goal

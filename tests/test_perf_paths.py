@@ -172,3 +172,24 @@ def test_a_folders_listing_is_what_os_path_join_and_stat_give(tmp_path):
     assert statuscache.listing(str(d) + "/") == slow(str(d) + "/")
     assert statuscache.listing(str(tmp_path / "missing")) is None
     assert statuscache.listing(str(d / "done")) is None
+
+
+def test_the_engine_takes_the_plan_its_caller_loaded_only_while_plan_json_is_that_file(tmp_path):
+    """`dagrun run` loads the plan (runners, -j) and hands it to its Engine with the stamp it
+    took before the load: the engine's start-up uses it instead of parsing plan.json again,
+    but only if plan.json's stamp is still that one -- a replaced plan is read from the file."""
+    from dagrun.engine import Engine
+
+    h = Home(str(tmp_path / "home"))
+    p = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x"}], goal="pl", defaults={"agent": "true"})
+    run("submit", p, home=h.root)
+    stamp, plan = h.plan_stamp("pl"), h.load_plan("pl")
+    eng = Engine(h, goal="pl", plans={"pl": (stamp, plan)})
+    eng._discover()
+    assert eng.goals["pl"].plan is plan and eng.goals["pl"].stamp == stamp
+    eng = Engine(h, goal="pl", plans={"pl": ((0, 0, 0), plan)})       # not plan.json's stamp
+    eng._discover()
+    assert eng.goals["pl"].plan is not plan and eng.goals["pl"].plan.ids() == plan.ids()
+    eng = Engine(h, goal="pl")                                        # nothing handed over
+    eng._discover()
+    assert eng.goals["pl"].plan is not plan and eng.goals["pl"].stamp == stamp
