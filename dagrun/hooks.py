@@ -71,6 +71,8 @@ def event_name(e: dict) -> str | None:
 
 def hooks_for(home: Home, plan: Plan, name: str, task: str | None) -> list[dict]:
     """The hooks of one event: plan's, then the task's, then the home's run-parts folder."""
+    if name not in plan.hook_events and not _home_hooks(home):
+        return []          # neither the plan nor any task names it, no home hooks: the usual case
     out = []
     if plan.hooks:
         out += [{**h, "from": "plan"} for h in plan.hooks.get(name, ())]

@@ -193,3 +193,30 @@ def test_the_engine_takes_the_plan_its_caller_loaded_only_while_plan_json_is_tha
     eng = Engine(h, goal="pl")                                        # nothing handed over
     eng._discover()
     assert eng.goals["pl"].plan is not plan and eng.goals["pl"].stamp == stamp
+
+
+def test_hooks_for_answers_the_same_with_and_without_its_shortcut(tmp_path):
+    """hooks_for returns [] at once when neither the plan nor any task has a hook of that name
+    and the home has no hooks folder; with a plan-level, a task-level or a home hook it lists
+    them as before."""
+    import stat as st_
+
+    from dagrun import hooks as hk
+
+    h = Home(str(tmp_path / "home"))
+    h.ensure()
+    p = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "hooks": {"on_failed": [["echo", "task"]]}},
+                                    {"id": "b", "prompt": "y"}],
+                   goal="hs", defaults={"agent": "true"}, hooks={"on_done": [["echo", "plan"]]})
+    run("submit", p, home=h.root)
+    plan = h.load_plan("hs")
+    assert plan.hook_events == {"on_done", "on_failed"}
+    assert [x["from"] for x in hk.hooks_for(h, plan, "on_done", "b")] == ["plan"]
+    assert [x["from"] for x in hk.hooks_for(h, plan, "on_failed", "a")] == ["task"]
+    assert hk.hooks_for(h, plan, "on_failed", "b") == [] and hk.hooks_for(h, plan, "on_retrying", "a") == []
+    home_hook = tmp_path / "home" / "hooks" / "on_retrying.d" / "x"
+    home_hook.parent.mkdir(parents=True)
+    home_hook.write_text("#!/bin/sh\n")
+    home_hook.chmod(home_hook.stat().st_mode | st_.S_IXUSR)
+    assert [x["from"] for x in hk.hooks_for(h, plan, "on_retrying", "a")] == ["home"]
+    assert [x["from"] for x in hk.hooks_for(h, plan, "on_done", "b")] == ["plan"]
