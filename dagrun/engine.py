@@ -28,6 +28,7 @@ from . import cache
 from . import claim as claims
 from . import events as ev
 from . import executor, fanout, fsio
+from . import hooks as hk
 from . import resources as res
 from . import states as S
 from . import transitions as tr
@@ -84,8 +85,12 @@ class Engine(Reconciler):
                  log: Callable[[str], None] | None = None, on_event: Callable[[dict], None] | None = None,
                  rescan_every: float = 10.0, lease: float | None = None,
                  tick: Callable[["Engine"], None] | None = None, tick_every: float = 15.0,
-                 use_cache: bool = True):
+                 use_cache: bool = True, plans: dict[str, tuple[tuple, Plan]] | None = None):
+        """plans: {goal: (plan_stamp, Plan)} the caller has just loaded (the stamp taken
+        before the load, as _discover takes it): used at start-up instead of parsing
+        plan.json again if the file's stamp is still that one."""
         self.home = home
+        self._loaded = dict(plans or {})
         self.worker = worker or default_worker_name()
         self.jobs = max(1, jobs)
         self.only = goal
@@ -137,6 +142,7 @@ class Engine(Reconciler):
         fsio.sweep_spares(self.home.root)  # pools of engines that were killed
         old = self._install_signals()
         ev.hold()        # the loop's event lines go out once per turn (events.hold)
+        hk.hold_turn()   # ... and the home's hooks folder is looked for once per turn
         try:
             self.watcher = Watcher(self.home.goals_dir, poll=self.poll, log=self.log)
             self._discover()
@@ -153,6 +159,7 @@ class Engine(Reconciler):
                     self._fs_failed(e)
                 finally:
                     self._unlock_turn()
+                    hk.end_turn()
                 try:
                     ev.flush()                     # before we sleep: what the turn appended
                 except FsError as e:
@@ -165,6 +172,7 @@ class Engine(Reconciler):
             if self.tick is not None:
                 self._run_tick()                   # the final state, for --until-idle
         finally:
+            hk.release_turn()
             try:
                 ev.release()
             except FsError as e:
@@ -273,14 +281,15 @@ class Engine(Reconciler):
         if self.timers:
             t = min(t, self.timers[0][0])
         needs_house = any(gs.foreign for gs in self.goals.values())
-        for r in self.runs.values():
-            if r.deadline is not None:
-                t = min(t, r.deadline)
-            if r.kill_at is not None:
-                t = min(t, r.kill_at)
+        for r in self.runs.values():     # every turn, every run: comparisons, not min() calls
+            if r.deadline is not None and r.deadline < t:
+                t = r.deadline
+            if r.kill_at is not None and r.kill_at < t:
+                t = r.kill_at
             if r.task.stall_timeout or r.task.max_output:
                 needs_house = True
-            t = min(t, r.hb_at)
+            if r.hb_at < t:
+                t = r.hb_at
         if needs_house:
             t = min(t, self._next_house)
         if any(gs.plan.budget and not gs.sched.is_finished() for gs in self.goals.values()):
@@ -334,14 +343,29 @@ class Engine(Reconciler):
             if not gs.finished:
                 gs.finished = True
                 self._touched.add(gs.plan.goal)
-                tr.end_goal_if_finished(self.home, gs.plan, gs.sched, self.worker)
-                self._snapshot_status(gs)
+                pre = self._read_for_end(gs)
+                tr.end_goal_if_finished(self.home, gs.plan, gs.sched, self.worker,
+                                        facts=pre.facts if pre is not None else None)
+                self._snapshot_status(gs, pre)
         else:
             gs.finished = False
 
     SNAPSHOT_MAX_TASKS = 20_000
 
-    def _snapshot_status(self, gs: GoalState) -> None:
+    def _read_for_end(self, gs: GoalState):
+        """The goal ended: stamp its files and read its task facts once, for summary.json and
+        the status snapshot both (status.read_for_end). None when no snapshot is derived
+        (too many tasks) or the read failed: each then reads the files itself, as before."""
+        if len(gs.plan.tasks) > self.SNAPSHOT_MAX_TASKS or os.path.exists(self.home.summary_path(gs.plan.goal)):
+            return None      # (summary.json there: the goal had ended, nothing to build)
+        ev.flush()           # the turn's lines first: the stamps take events.jsonl's size
+        from .status import read_for_end
+        try:
+            return read_for_end(self.home, gs.plan.goal, gs.plan, gs.stamp)
+        except (OSError, DagrunError):
+            return None
+
+    def _snapshot_status(self, gs: GoalState, pre=None) -> None:
         """The goal ended: derive its status snapshot now (statuscache.py), so the first
         `status` after the run does not read every task's files. Skipped above
         SNAPSHOT_MAX_TASKS: deriving it holds every task's marker and row in memory at once
@@ -354,11 +378,14 @@ class Engine(Reconciler):
         # snapshot stale at once (`dagrun run`'s closing status derived it all again)
         ev.flush()
         from . import statuscache
-        from .status import refresh_snapshot
+        from .status import refresh_snapshot, snapshot_after_end
         try:
             if statuscache.load(self.home, gs.plan.goal) is not None:
                 return           # a goal that had ended before this worker came: it is current
-            self.fresh[gs.plan.goal] = refresh_snapshot(self.home, gs.plan.goal, gs.plan, gs.stamp)
+            if pre is not None:  # the facts read for summary.json (_read_for_end): not read again
+                self.fresh[gs.plan.goal] = snapshot_after_end(self.home, gs.plan.goal, pre)
+            else:
+                self.fresh[gs.plan.goal] = refresh_snapshot(self.home, gs.plan.goal, gs.plan, gs.stamp)
         except (OSError, DagrunError) as e:
             self.log(f"warning: {gs.plan.goal}: status snapshot not written: {e}")
 

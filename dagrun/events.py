@@ -168,6 +168,17 @@ def _take_mine(path: str, pos: int) -> bytes | None:
     return b"".join(run[3])
 
 
+def wrote_all(path: str, start: int, end: int) -> bool:
+    """Did this holding thread write every byte of path in [start, end) (flushed, see
+    _remember)? False when it cannot tell -- another writer in between, a Reader took the
+    run, the run outgrew _MINE_MAX -- so a caller only ever trusts it the safe way round."""
+    if start == end:
+        return True
+    mine = getattr(_held, "mine", None)
+    run = mine.get(path) if mine else None
+    return run is not None and run[0] <= start and run[1] == end
+
+
 def release() -> None:
     """Flush and stop holding."""
     try:

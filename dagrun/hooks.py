@@ -71,6 +71,8 @@ def event_name(e: dict) -> str | None:
 
 def hooks_for(home: Home, plan: Plan, name: str, task: str | None) -> list[dict]:
     """The hooks of one event: plan's, then the task's, then the home's run-parts folder."""
+    if name not in plan.hook_events and not _home_hooks(home):
+        return []          # neither the plan nor any task names it, no home hooks: the usual case
     out = []
     if plan.hooks:
         out += [{**h, "from": "plan"} for h in plan.hooks.get(name, ())]
@@ -78,9 +80,9 @@ def hooks_for(home: Home, plan: Plan, name: str, task: str | None) -> list[dict]
         th = plan.task(task).hooks
         if th:
             out += [{**h, "from": "task"} for h in th.get(name, ())]
-    d = home.home_hooks_dir(name)
-    if not os.path.isdir(os.path.dirname(d)):     # no $DAGRUN_HOME/hooks: the usual case, one stat
+    if not _home_hooks(home):                   # no $DAGRUN_HOME/hooks: the usual case, one stat
         return out
+    d = home.home_hooks_dir(name)
     try:
         names = sorted(os.listdir(d))
     except OSError:
@@ -91,6 +93,41 @@ def hooks_for(home: Home, plan: Plan, name: str, task: str | None) -> list[dict]
             continue
         out.append({"argv": [p], "timeout": DEFAULT_HOOK_TIMEOUT, "from": "home", "cwd": home.root})
     return out
+
+
+# Whether $DAGRUN_HOME/hooks exists is one stat per look, and a task's commit looks three
+# times (its pending record, its on_skipped check, its event). A thread that holds a turn
+# (hold_turn: the engine's loop) asks once per turn: the answer is remembered until
+# end_turn(). A hooks folder made during a turn counts from the next turn, a few
+# milliseconds later -- as if it had been made a moment after the look, which it may as well
+# have been. Other threads (scripts' commands, tests) stat every time, as before.
+_turn = threading.local()
+
+
+def hold_turn() -> None:
+    """This thread remembers the home's hooks folder's existence until end_turn()."""
+    _turn.seen = {}
+
+
+def end_turn() -> None:
+    seen = getattr(_turn, "seen", None)
+    if seen:
+        seen.clear()
+
+
+def release_turn() -> None:
+    _turn.seen = None
+
+
+def _home_hooks(home: Home) -> bool:
+    """Does $DAGRUN_HOME/hooks exist (is a folder)?"""
+    seen = getattr(_turn, "seen", None)
+    if seen is None:
+        return os.path.isdir(home.root + "/hooks")
+    v = seen.get(home.root)
+    if v is None:
+        v = seen[home.root] = os.path.isdir(home.root + "/hooks")
+    return v
 
 
 # ---------------------------------------------------------------------------------- firing
@@ -204,7 +241,7 @@ def any_hook(home: Home, plan: Plan, *names: str) -> bool:
     but a stat when there is none."""
     if any(n in plan.hook_events for n in names):
         return True
-    if not os.path.isdir(os.path.dirname(home.home_hooks_dir(names[0]))):
+    if not _home_hooks(home):
         return False
     return any(hooks_for(home, plan, n, None) for n in names)
 

@@ -57,14 +57,20 @@ class Reconciler:
                 continue
             if not self.only and self._still_dormant(g):
                 continue
-            stamp = self.home.plan_stamp(g)       # before the read: a plan replaced meanwhile
-            try:                                  # shows as a change, never the other way round
-                plan = self.home.load_plan(g)
-            except DagrunError as e:
-                if self.only:
-                    raise
-                self.log(f"warning: skipping goal {g}: {e}")
-                continue
+            # the stamp before the read: a plan replaced meanwhile shows as a change, never the
+            # other way round (so does a plan the caller loaded after taking the same stamp)
+            stamp = self.home.plan_stamp(g)
+            pre = self._loaded.pop(g, None) if getattr(self, "_loaded", None) else None
+            if pre is not None and pre[0] == stamp and stamp:
+                plan = pre[1]        # the caller's load (`dagrun run`), after this same stamp
+            else:
+                try:
+                    plan = self.home.load_plan(g)
+                except DagrunError as e:
+                    if self.only:
+                        raise
+                    self.log(f"warning: skipping goal {g}: {e}")
+                    continue
             fsio.sweep_temps(self.home.goal_dir(g))   # e.g. .summary.json.<pid>.tmp of a killed finisher
             reader = ev.Reader(self.home.events_path(g))
             reader.offset = fsio.size(reader.path)        # the past is in the snapshot

@@ -83,13 +83,24 @@ def root(home: Home) -> str:
     return os.path.join(home.root, "resources")
 
 
+_LIMITS_PATHS: dict[str, str] = {}      # home root -> its limits.json (looked up at every claim)
+
+
 def limits_path(home: Home) -> str:
-    return os.path.join(root(home), "limits.json")
+    p = _LIMITS_PATHS.get(home.root)
+    if p is None:
+        if len(_LIMITS_PATHS) >= 64:
+            _LIMITS_PATHS.clear()
+        p = _LIMITS_PATHS[home.root] = os.path.join(root(home), "limits.json")
+    return p
 
 
 def limits(home: Home) -> dict:
     """{"home": {name: n}, "tenants": {tenant: {name: n}}} (empty when never set)."""
-    d = loads_obj(fsio.read_bytes(limits_path(home))) or {}
+    raw = fsio.read_bytes(limits_path(home))
+    if raw is None:                 # never set (most homes): read at every claim, nothing to parse
+        return {"home": {}, "tenants": {}}
+    d = loads_obj(raw) or {}
     return {"home": dict(d.get("home") or {}), "tenants": {k: dict(v) for k, v in (d.get("tenants") or {}).items()}}
 
 

@@ -126,13 +126,59 @@ def refresh_snapshot(home: Home, g: str, plan=None, plan_stamp: tuple | None = N
         return _computed(home, g, plan, plan_stamp)[2]
 
 
-def _computed(home: Home, g: str, plan=None, plan_stamp=None) -> tuple[dict, bytes, statuscache.Fresh | None]:
+class EndRead:
+    """A goal's files read once for both things its end derives (the engine, when a goal it
+    serves ends): the status snapshot's stamps, taken first, and the task facts read after
+    them. summary.json is built from the facts (summary.goal_run(facts=)); the snapshot is
+    then derived from the same facts (snapshot_after_end) instead of reading every task
+    folder a second time."""
+
+    def __init__(self, stamps: statuscache.Stamps, plan, facts: dict):
+        self.stamps, self.plan, self.facts = stamps, plan, facts
+
+
+def read_for_end(home: Home, g: str, plan, plan_stamp: tuple | None) -> EndRead | None:
+    """Stamp goal g's files, then read its task facts (view=True: what status reads). None
+    when the caller's plan is not plan.json's any more (the ordinary path then reads it all)."""
+    with bulk.paused():
+        stamps = statuscache.Stamps(home, g)
+        if plan is None or plan_stamp is None or list(plan_stamp) != stamps.files["plan"]:
+            return None
+        return EndRead(stamps, plan, home.snapshot(g, plan, detail=True, view=True))
+
+
+def snapshot_after_end(home: Home, g: str, pre: EndRead) -> statuscache.Fresh | None:
+    """The status snapshot from what read_for_end read, once summary.json and the goal's last
+    event lines are out. Between the stamps and now this very process wrote two of the
+    stamped files: summary.json (published by end_goal_if_finished) and events.jsonl (its
+    lines). They are stamped again, before the detail reads summary.json -- events.jsonl only
+    when every byte appended since its stamp is this thread's own (events.wrote_all):
+    another process's line there is a transition the facts may not show, and then the old
+    stamp stays and nothing is written (statuscache.write finds the file changed). Every
+    other stamp (task folders, plan, limits, the hook failure) is the one taken before the
+    facts were read, as always."""
+    from . import events as ev
+
+    st = pre.stamps
+    path = home.events_path(g)
+    old, now = st.files["events"], statuscache._stat(path)
+    if old is not None and now is not None and old[0] == now[0] and ev.wrote_all(path, old[2], now[2]):
+        st.files["events"] = now
+    st.files["summary"] = statuscache._stat(home.summary_path(g))
+    with bulk.paused():
+        return _computed(home, g, pre.plan, None, stamps=st, facts=pre.facts)[2]
+
+
+def _computed(home: Home, g: str, plan=None, plan_stamp=None, *, stamps: statuscache.Stamps | None = None,
+              facts: dict | None = None) -> tuple[dict, bytes, statuscache.Fresh | None]:
     """(detail, its bytes, the snapshot if one was published). The stamps are taken before any file is
-    read, so whatever changes while this runs makes the snapshot stale, never wrong."""
-    stamps = statuscache.Stamps(home, g)
-    if plan is not None and (plan_stamp is None or list(plan_stamp) != stamps.files["plan"]):
-        plan = None                               # the caller's plan is not the file's now
-    d, plan, facts = _goal_detail(home, g, plan)
+    read, so whatever changes while this runs makes the snapshot stale, never wrong. stamps and
+    facts: taken and read by read_for_end (plan: the one the facts were read for)."""
+    if stamps is None:
+        stamps = statuscache.Stamps(home, g)
+        if plan is not None and (plan_stamp is None or list(plan_stamp) != stamps.files["plan"]):
+            plan = None                               # the caller's plan is not the file's now
+    d, plan, facts = _goal_detail(home, g, plan, facts)
     body = dumps(d)
     wrote = None
     if _snapshottable(home, plan, d):
@@ -159,7 +205,7 @@ def _snapshottable(home: Home, plan, d: dict) -> bool:
     return not res.plan_pools(plan, res.limits(home))
 
 
-def _goal_detail(home: Home, g: str, plan=None) -> tuple[dict, object, dict]:
+def _goal_detail(home: Home, g: str, plan=None, facts: dict | None = None) -> tuple[dict, object, dict]:
     from . import budget
     from .lifecycle import scheduler_from_facts
     from .scheduler import NAMES, skip_reason
@@ -167,7 +213,8 @@ def _goal_detail(home: Home, g: str, plan=None) -> tuple[dict, object, dict]:
     from .usage import add as add_usage
 
     plan = plan if plan is not None else home.load_plan(g)
-    facts = home.snapshot(g, plan, detail=True, view=True)   # one read of every task folder
+    if facts is None:
+        facts = home.snapshot(g, plan, detail=True, view=True)   # one read of every task folder
     sched = scheduler_from_facts(home, plan, facts)
     now = time.time()
     held = set(sched.budget_held())

@@ -80,12 +80,14 @@ def listing(p: str) -> list | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     out = []
+    pre = p if p.endswith("/") else p + "/"     # os.path.join(p, n) for a listed name n
+    stat_, append = os.stat, out.append         # a goal's end lists every task folder: no join per entry
     for n in names:
         try:
-            st = os.stat(os.path.join(p, n), follow_symlinks=False)
+            st = stat_(pre + n, follow_symlinks=False)
         except FileNotFoundError:
             continue
-        out.append([n, st.st_ino, st.st_size, st.st_mtime_ns])
+        append([n, st.st_ino, st.st_size, st.st_mtime_ns])
     return out
 
 

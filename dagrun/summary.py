@@ -71,6 +71,11 @@ class GoalRun:
     blocked_total: int = 0
     repeat_total: int = 0
     first_bytes: list[float] = field(default_factory=list)
+    # spans() and agent_time() once per GoalRun (built from the files, never changed after):
+    # summarize asks for them five and two times over (window, makespan, parallelism, the
+    # critical path, the slowest tasks)
+    _spans: dict | None = field(default=None, init=False, repr=False, compare=False)
+    _agent_time: float | None = field(default=None, init=False, repr=False, compare=False)
 
     def by_task(self) -> dict[str, list[Attempt]]:
         out: dict[str, list[Attempt]] = {t: [] for t in self.plan.ids()}
@@ -80,6 +85,8 @@ class GoalRun:
 
     def spans(self) -> dict[str, tuple[float, float]]:
         """task -> (first start, last end) over its timed attempts."""
+        if self._spans is not None:
+            return self._spans
         out: dict[str, tuple[float, float]] = {}
         for a in self.attempts:
             if a.start is None:
@@ -87,6 +94,7 @@ class GoalRun:
             end = a.end if a.end is not None else self.now
             s, e = out.get(a.task, (a.start, end))
             out[a.task] = (min(s, a.start), max(e, end))
+        self._spans = out
         return out
 
     def window(self) -> tuple[float, float] | None:
@@ -100,7 +108,9 @@ class GoalRun:
         return round(w[1] - w[0], 3) if w else 0.0
 
     def agent_time(self) -> float:
-        return round(sum(a.duration(self.now) for a in self.attempts), 3)
+        if self._agent_time is None:
+            self._agent_time = round(sum(a.duration(self.now) for a in self.attempts), 3)
+        return self._agent_time
 
     def parallelism(self) -> float | None:
         m = self.makespan()
@@ -160,6 +170,12 @@ def _shared(v):
     return sys.intern(v) if isinstance(v, str) else v
 
 
+def _first_done(t: str, m: dict) -> Attempt:
+    """The attempt a first-attempt `done` marker m tells of (its whole story)."""
+    return Attempt(t, 1, S.DONE, _shared(m.get("worker")), parse_ts(m.get("started")), parse_ts(m.get("ended")),
+                   m.get("exit_code"), usage=m.get("usage") if isinstance(m.get("usage"), dict) else None)
+
+
 def read_attempts(home: Home, g: str, t: str) -> list[Attempt]:
     """Every attempt of one task that the files remember, in attempt order."""
     tdir = home.task_dir(g, t)
@@ -168,8 +184,7 @@ def read_attempts(home: Home, g: str, t: str) -> list[Attempt]:
     # as Home.task_facts(view=True)): one read, no listing of the folder
     m = loads_obj(fsio.read_bytes(os.path.join(tdir, S.DONE), follow=False))
     if m is not None and as_int(m.get("attempt")) == 1:
-        return [Attempt(t, 1, S.DONE, _shared(m.get("worker")), parse_ts(m.get("started")), parse_ts(m.get("ended")),
-                        m.get("exit_code"), usage=m.get("usage") if isinstance(m.get("usage"), dict) else None)]
+        return [_first_done(t, m)]
     try:
         names = set(os.listdir(tdir))
     except (FileNotFoundError, NotADirectoryError):
@@ -241,19 +256,31 @@ def tally_events(path: str) -> dict:
             "first_bytes": first_bytes}
 
 
-def goal_run(home: Home, plan: Plan, sched: Scheduler, now: float | None = None) -> GoalRun:
+def goal_run(home: Home, plan: Plan, sched: Scheduler, now: float | None = None, facts: dict | None = None) -> GoalRun:
+    """facts: the goal's task facts as Home.snapshot(detail=True, view=True) read them a
+    moment ago (the engine's end of a goal, which reads them for the status snapshot anyway):
+    a task whose facts hold a first-attempt `done` marker is taken from it -- exactly what
+    read_attempts makes of that marker -- instead of reading the marker again; every other
+    task is read from its files."""
     with bulk.paused():
-        return _goal_run(home, plan, sched, now)
+        return _goal_run(home, plan, sched, now, facts)
 
 
-def _goal_run(home: Home, plan: Plan, sched: Scheduler, now: float | None) -> GoalRun:
+def _goal_run(home: Home, plan: Plan, sched: Scheduler, now: float | None, facts: dict | None = None) -> GoalRun:
     g = plan.goal
     attempts: list[Attempt] = []
     try:
         present = set(os.listdir(home.tasks_dir(g)))
     except FileNotFoundError:
         present = set()
+    DONE = S.DONE
     for t in plan.ids():
+        if facts is not None:
+            f = facts.get(t)
+            m = f.marker if f is not None and f.state == DONE else None
+            if isinstance(m, dict) and as_int(m.get("attempt")) == 1:
+                attempts.append(_first_done(t, m))
+                continue
         if t in present:
             attempts.extend(read_attempts(home, g, t))
     tl = tally_events(home.events_path(g))
@@ -295,14 +322,16 @@ def summarize(run: GoalRun, counts: dict[str, int], blocked: list[dict], failed_
     }
 
 
-def build_summary(home: Home, plan: Plan, sched: Scheduler, run: GoalRun | None = None) -> dict:
-    """summary.json of the goal as the scheduler sees it (`run`: already read by the caller)."""
+def build_summary(home: Home, plan: Plan, sched: Scheduler, run: GoalRun | None = None,
+                  facts: dict | None = None) -> dict:
+    """summary.json of the goal as the scheduler sees it (`run`: already read by the caller;
+    `facts`: the task facts just read, see goal_run)."""
     states = sched.states()
     failed_roots = [t for t in plan.ids() if states[t] in (S.FAILED, S.CANCELLED)]
     blocked = [{"task": t, "blocked_by": sched.blocked_by(t)} for t in plan.ids() if states[t] == S.BLOCKED]
     skipped = [{"task": t, **({"skipped_by": sched.blocked_by(t)} if sched.blocked_by(t) else {})}
                for t in plan.ids() if states[t] == S.SKIPPED]
-    out = summarize(run or goal_run(home, plan, sched), sched.counts(), blocked, failed_roots, skipped)
+    out = summarize(run or goal_run(home, plan, sched, facts=facts), sched.counts(), blocked, failed_roots, skipped)
     grown = {t.id: {"from": t.for_each["from"], "instances": t.fanout} for t in plan.tasks if t.for_each}
     if grown:                       # fan-out templates: what each became
         out["templates"] = grown

@@ -94,3 +94,129 @@ def test_reads_without_a_file_object_return_the_whole_file_or_its_first_bytes(tm
         assert h.read_task_file_sized(p, 5) == (data[:5], len(data))
         assert h.read_task_file_sized(p, 100_000) == (data[:100_000], len(data))
     assert fsio.read_bytes(str(d / "missing")) is None and h.read_task_file_sized(str(d / "missing")) is None
+
+
+def test_the_home_hooks_folder_is_looked_for_once_per_turn_and_only_in_a_holding_thread(tmp_path):
+    """hooks.hold_turn (the engine's loop): hooks_for/any_hook remember whether
+    $DAGRUN_HOME/hooks exists until end_turn(); a folder made during the turn counts from
+    the next turn, and then they give what a thread that does not hold a turn gets."""
+    import os
+    import stat as st_
+
+    from dagrun import hooks as hk
+
+    h = Home(str(tmp_path / "home"))
+    h.ensure()
+    plan_file = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x"}], goal="hk", defaults={"agent": "true"})
+    run("submit", plan_file, home=h.root)
+    plan = h.load_plan("hk")
+    hook = tmp_path / "home" / "hooks" / "on_done.d" / "10-note"
+
+    def install():
+        hook.parent.mkdir(parents=True)
+        hook.write_text("#!/bin/sh\ntrue\n")
+        hook.chmod(hook.stat().st_mode | st_.S_IXUSR)
+
+    assert hk.hooks_for(h, plan, "on_done", "a") == [] and not hk.any_hook(h, plan, "on_done")
+    hk.hold_turn()
+    try:
+        assert hk.hooks_for(h, plan, "on_done", "a") == []
+        install()                                              # made during the turn
+        assert hk.hooks_for(h, plan, "on_done", "a") == [] and not hk.any_hook(h, plan, "on_done")
+        hk.end_turn()                                          # the next turn sees it
+        held = hk.hooks_for(h, plan, "on_done", "a")
+        assert held and held[0]["argv"] == [str(hook)] and hk.any_hook(h, plan, "on_done")
+    finally:
+        hk.release_turn()
+    assert hk.hooks_for(h, plan, "on_done", "a") == held       # the long way says the same
+    os.remove(hook)
+    assert hk.hooks_for(h, plan, "on_done", "a") == []         # no memo outside a turn
+
+
+def test_limits_without_a_limits_file_and_with_one(tmp_path):
+    """resources.limits: the quick answer when limits.json does not exist is what parsing an
+    empty one gives; once a capacity is set it is read (the path is remembered per home)."""
+    from dagrun import resources as res
+
+    h = Home(str(tmp_path / "home"))
+    h.ensure()
+    assert res.limits(h) == {"home": {}, "tenants": {}}
+    assert res.limits_path(h) == str(tmp_path / "home" / "resources" / "limits.json")
+    res.set_capacity(h, "gpu", 2)
+    res.set_capacity(h, "gpu", 1, tenant="acme")
+    assert res.limits(h) == {"home": {"gpu": 2}, "tenants": {"acme": {"gpu": 1}}}
+    other = Home(str(tmp_path / "other"))
+    assert res.limits_path(other) == str(tmp_path / "other" / "resources" / "limits.json")
+    assert res.limits(other) == {"home": {}, "tenants": {}}
+
+
+def test_a_folders_listing_is_what_os_path_join_and_stat_give(tmp_path):
+    """statuscache.listing (the racy check: a goal's end lists every task folder) builds the
+    entry paths by concatenation: the same entries as joining and stat-ing each name."""
+    import os
+
+    from dagrun import statuscache
+
+    d = tmp_path / "t"
+    d.mkdir()
+    (d / "done").write_text("{}")
+    (d / "output").write_bytes(b"x" * 10)
+    (d / "claim").mkdir()
+    os.symlink("nowhere", d / "link")
+
+    def slow(p):
+        return [[n, s.st_ino, s.st_size, s.st_mtime_ns]
+                for n in sorted(os.listdir(p)) for s in [os.stat(os.path.join(p, n), follow_symlinks=False)]]
+
+    assert statuscache.listing(str(d)) == slow(str(d)) and len(slow(str(d))) == 4
+    assert statuscache.listing(str(d) + "/") == slow(str(d) + "/")
+    assert statuscache.listing(str(tmp_path / "missing")) is None
+    assert statuscache.listing(str(d / "done")) is None
+
+
+def test_the_engine_takes_the_plan_its_caller_loaded_only_while_plan_json_is_that_file(tmp_path):
+    """`dagrun run` loads the plan (runners, -j) and hands it to its Engine with the stamp it
+    took before the load: the engine's start-up uses it instead of parsing plan.json again,
+    but only if plan.json's stamp is still that one -- a replaced plan is read from the file."""
+    from dagrun.engine import Engine
+
+    h = Home(str(tmp_path / "home"))
+    p = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x"}], goal="pl", defaults={"agent": "true"})
+    run("submit", p, home=h.root)
+    stamp, plan = h.plan_stamp("pl"), h.load_plan("pl")
+    eng = Engine(h, goal="pl", plans={"pl": (stamp, plan)})
+    eng._discover()
+    assert eng.goals["pl"].plan is plan and eng.goals["pl"].stamp == stamp
+    eng = Engine(h, goal="pl", plans={"pl": ((0, 0, 0), plan)})       # not plan.json's stamp
+    eng._discover()
+    assert eng.goals["pl"].plan is not plan and eng.goals["pl"].plan.ids() == plan.ids()
+    eng = Engine(h, goal="pl")                                        # nothing handed over
+    eng._discover()
+    assert eng.goals["pl"].plan is not plan and eng.goals["pl"].stamp == stamp
+
+
+def test_hooks_for_answers_the_same_with_and_without_its_shortcut(tmp_path):
+    """hooks_for returns [] at once when neither the plan nor any task has a hook of that name
+    and the home has no hooks folder; with a plan-level, a task-level or a home hook it lists
+    them as before."""
+    import stat as st_
+
+    from dagrun import hooks as hk
+
+    h = Home(str(tmp_path / "home"))
+    h.ensure()
+    p = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "hooks": {"on_failed": [["echo", "task"]]}},
+                                    {"id": "b", "prompt": "y"}],
+                   goal="hs", defaults={"agent": "true"}, hooks={"on_done": [["echo", "plan"]]})
+    run("submit", p, home=h.root)
+    plan = h.load_plan("hs")
+    assert plan.hook_events == {"on_done", "on_failed"}
+    assert [x["from"] for x in hk.hooks_for(h, plan, "on_done", "b")] == ["plan"]
+    assert [x["from"] for x in hk.hooks_for(h, plan, "on_failed", "a")] == ["task"]
+    assert hk.hooks_for(h, plan, "on_failed", "b") == [] and hk.hooks_for(h, plan, "on_retrying", "a") == []
+    home_hook = tmp_path / "home" / "hooks" / "on_retrying.d" / "x"
+    home_hook.parent.mkdir(parents=True)
+    home_hook.write_text("#!/bin/sh\n")
+    home_hook.chmod(home_hook.stat().st_mode | st_.S_IXUSR)
+    assert [x["from"] for x in hk.hooks_for(h, plan, "on_retrying", "a")] == ["home"]
+    assert [x["from"] for x in hk.hooks_for(h, plan, "on_done", "b")] == ["plan"]

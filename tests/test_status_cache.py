@@ -290,3 +290,87 @@ def test_the_snapshot_a_process_just_derived_answers_its_own_next_status_until_t
     d = st.goal_detail(h, "g", fresh=fresh)
     assert states(d)["c"] != "done" and len(loads) == 1      # from the files, not the stale snapshot
     assert st.goal_detail(h, "g") == d
+
+
+def _slow_summary(h: Home, g: str) -> dict:
+    """summary.json as the files say it now, each task read the long way (no facts)."""
+    from dagrun.lifecycle import build_scheduler
+    from dagrun.summary import build_summary
+
+    plan = h.load_plan(g)
+    return build_summary(h, plan, build_scheduler(h, plan)[0])
+
+
+def test_the_goals_end_reads_the_task_folders_once_and_says_what_the_long_way_says(home, plans, tmp_path):
+    """The engine's end of a goal (status.read_for_end, summary.goal_run(facts=),
+    status.snapshot_after_end): summary.json built from the facts read for the status
+    snapshot is the summary read from the files task by task, the snapshot it publishes is
+    current and byte for byte what status computes from the files -- first-attempt
+    successes, a success after a retry (attempts/), a failure and the task it blocks,
+    usage reported by the agent."""
+    agent = tmp_path / "agent.sh"
+    agent.write_text(
+        'cat >/dev/null; echo \'{"tokens_in": 5, "cost_usd": 0.25}\' >> "$DAGRUN_USAGE_FILE"\n'
+        'case "$DAGRUN_TASK" in r) [ "$DAGRUN_ATTEMPT" = 2 ] || exit 3;; f) exit 4;; esac; echo ok\n')
+    tasks = [{"id": "a", "prompt": "A"}, {"id": "b", "deps": ["a"], "prompt": "B"},
+             {"id": "r", "prompt": "R", "retries": 1, "retry_backoff": 0},
+             {"id": "f", "prompt": "F", "retries": 0}, {"id": "x", "deps": ["f"], "prompt": "X"}]
+    _submit(home, plans, tasks, agent=f"sh {agent}")
+    run("run", "g", home=home, check=False)
+    h = Home(str(home))
+    got = json.loads((home / "goals" / "g" / "summary.json").read_text())
+    want = _slow_summary(h, "g")
+    for k in ("finished", "events_size", "finisher"):
+        got.pop(k, None)
+        want.pop(k, None)
+    assert got == want and got["attempts"] == 5 and got["counts"] == {"done": 3, "failed": 1, "blocked": 1}
+    assert got["usage_by_task"]["r"]["tokens_in"] == 10          # both attempts of r
+    assert hit(home)                                             # the engine's snapshot is current
+    from dagrun import status as st
+    assert statuscache.load(h, "g")[1] == st._computed(h, "g")[1]
+
+
+def _ended_goal_without_its_end(home: Path, plans: Path) -> Home:
+    """A goal whose tasks all ended, with summary.json and the snapshot taken away (what the
+    engine finds at the moment the goal ends)."""
+    _submit(home, plans)
+    run("run", "g", home=home)
+    (home / "goals" / "g" / "summary.json").unlink()
+    cache(home).unlink()
+    return Home(str(home))
+
+
+def test_the_goals_end_snapshot_takes_events_jsonl_again_only_when_the_new_bytes_are_its_own(home, plans):
+    """snapshot_after_end stamps events.jsonl again when every byte appended since the stamps
+    is this thread's (its own summary and goal.finished lines): a line another process
+    appended in between -- before or after ours -- leaves the old stamp, and no snapshot is
+    written; the ordinary path (refresh_snapshot) then derives it."""
+    from dagrun import events as ev
+    from dagrun import fsio
+    from dagrun import status as st
+
+    h = _ended_goal_without_its_end(home, plans)
+    plan, path = h.load_plan("g"), h.events_path("g")
+
+    def end(foreign_before: bool, foreign_after: bool):
+        ev.hold()
+        try:
+            pre = st.read_for_end(h, "g", plan, h.plan_stamp("g"))
+            assert pre is not None and pre.facts["a"].marker["attempt"] == 1
+            if foreign_before:
+                fsio.append_line(path, b'{"type": "agent.note", "goal": "g"}\n')
+            ev.emit(h, "g", "agent.note", worker="me")          # "ours": held, then flushed
+            ev.flush()
+            if foreign_after:
+                fsio.append_line(path, b'{"type": "agent.note", "goal": "g"}\n')
+            return st.snapshot_after_end(h, "g", pre)
+        finally:
+            ev.release()
+
+    assert end(True, False) is None and not cache(home).exists()
+    assert end(False, True) is None and not cache(home).exists()
+    fresh = end(False, False)
+    assert fresh is not None and fresh.unchanged() and hit(home)
+    assert json.loads(fresh.body) == checked(home)
+    # a plan that is not plan.json's any more: no shared read, the ordinary path
+    assert st.read_for_end(h, "g", plan, (0, 0, 0)) is None
