@@ -25,12 +25,17 @@ reads prompt.md and writes claim/stdout and claim/stderr on the shared home, as 
 wrapper does: srun's own I/O forwarding (Slurm 22.05) lost the whole stdout of about one
 short step in 500 under load, the agent having printed it and srun exiting 0. The driver
 follows those files' sizes for stall_timeout, max_output and first-byte times (the output
-streams); srun's own messages (its pipes) are added to claim/stderr when the step ends. When the allocation ends (the driver's batch script exits) Slurm kills its
-steps. Handles carry "mode": "steps" and the allocation's job id; the step writes its node to
-claim/node and its step id to claim/step.
+streams); srun's own messages (its pipes) are added to claim/stderr when the step ends. When
+the allocation ends (the driver's batch script exits) Slurm kills its steps. srun is exec'd
+straight (Launch.argv: no `sh -c` in between) and the step's one shell runs the agent's text
+itself. Handles carry "mode": "steps" and the allocation's job id; the step writes its step id
+to claim/step and, unless the allocation has one node (then the handle names it from the
+start), its node to claim/node; both are removed when the step ends, so the claim folder is
+empty again for its release.
 """
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import shutil
@@ -259,13 +264,17 @@ class SlurmRunner:
         job = str(launch.env.get("SLURM_JOB_ID") or "")
         if not job.isdigit():
             raise StartError(NO_ALLOCATION)
+        srun = _which("srun", launch.env.get("PATH"))
+        if srun is None:
+            raise StartError("runner slurm: srun not found on PATH")
         cdir = os.path.dirname(launch.stdout_path)
         node = allocation_node(launch.env)
-        agent = "exec " + " ".join(shlex.quote(x) for x in srun_args(launch, cdir, node))
-        # srun's own pipes carry only srun's messages (the step writes the agent's files)
+        argv = (srun, *srun_args(launch, cdir, node)[1:])
+        # srun is exec'd straight, not through `sh -c` (one exec of /bin/sh less a task, 1-4 ms
+        # here); its own pipes carry only srun's messages (the step writes the agent's files)
         proc = self._proc()
-        handle = (proc.start if wait else proc.submit)(replace(launch, agent=agent, runner="process", max_output=None,
-                                                               stdout_path=os.path.join(cdir, SRUN_OUT),
+        handle = (proc.start if wait else proc.submit)(replace(launch, agent=shlex.join(argv), argv=argv, runner="process",
+                                                               max_output=None, stdout_path=os.path.join(cdir, SRUN_OUT),
                                                                stderr_path=os.path.join(cdir, SRUN_ERR)))
         # the node: known now in an allocation of one node (the `running` event says it, and no
         # `placed` event and owner.json rewrite follow), else the step writes it
@@ -573,6 +582,11 @@ def _cancel_step(handle: dict) -> bool:
     if not step or not all(p.isdigit() for p in step.split(".")) or step.count(".") != 1:
         return False
     return _run(["scancel", step]).returncode == 0
+
+
+@functools.lru_cache(maxsize=8)
+def _which(name: str, path: str | None) -> str | None:
+    return shutil.which(name, path=path)
 
 
 def _unlink(path: str | None) -> None:
