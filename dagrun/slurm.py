@@ -100,8 +100,8 @@ def sbatch_args(launch: Launch, script: str) -> list[str]:
 
 def srun_args(launch: Launch, cdir: str, node: str | None = None) -> list[str]:
     """The srun command line of a step-mode attempt: one task on one node of the allocation,
-    only the resources it asks for (--exact), the agent run as the local runner runs it
-    (`sh -c AGENT` with stdin = the prompt, stdout and stderr the claim's capture files,
+    only the resources it asks for (--exact), the agent run as the local runner runs it (a
+    /bin/sh running AGENT, stdin = the prompt, stdout and stderr the claim's capture files,
     opened by the step: not srun's forwarding). The step's shell first writes its step id
     (which a KILL scancels) into the claim folder and, unless the driver already knows the
     `node` (an allocation of one node), its node; then it redirects its own stdin, stdout and
