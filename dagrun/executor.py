@@ -48,6 +48,8 @@ class Launch:
     runner: str = "process"  # registry name of the runner that starts it (Mux picks by it)
     spec: dict = field(default_factory=dict, hash=False)   # for cluster runners: resources,
     #                          timeout, kill_grace, the runner's plan options, a job name
+    argv: tuple = ()         # ProcessRunner: exec this instead of `/bin/sh -c agent` (a cluster
+    #                          runner's own client, e.g. Slurm steps' srun: no shell in between)
 
 
 @dataclass(frozen=True)
@@ -393,7 +395,7 @@ def _spawn(launch: Launch, want_pidfd: bool) -> "_Spawned | StartError":
         # start_new_session: own session + process group, so killpg reaches the whole
         # agent tree and the terminal's Ctrl-C does not (we decide how agents stop).
         # No preexec_fn, uid/gid or groups: Python can then use vfork(2) (no page-table copy)
-        p = subprocess.Popen(["/bin/sh", "-c", launch.agent], cwd=launch.cwd, env=env,
+        p = subprocess.Popen(list(launch.argv) or ["/bin/sh", "-c", launch.agent], cwd=launch.cwd, env=env,
                              stdin=stdin, stdout=w_out, stderr=w_err,
                              start_new_session=True, close_fds=True)
     except OSError as e:

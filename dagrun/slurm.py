@@ -25,12 +25,17 @@ reads prompt.md and writes claim/stdout and claim/stderr on the shared home, as 
 wrapper does: srun's own I/O forwarding (Slurm 22.05) lost the whole stdout of about one
 short step in 500 under load, the agent having printed it and srun exiting 0. The driver
 follows those files' sizes for stall_timeout, max_output and first-byte times (the output
-streams); srun's own messages (its pipes) are added to claim/stderr when the step ends. When the allocation ends (the driver's batch script exits) Slurm kills its
-steps. Handles carry "mode": "steps" and the allocation's job id; the step writes its node to
-claim/node and its step id to claim/step.
+streams); srun's own messages (its pipes) are added to claim/stderr when the step ends. When
+the allocation ends (the driver's batch script exits) Slurm kills its steps. srun is exec'd
+straight (Launch.argv: no `sh -c` in between) and the step's one shell runs the agent's text
+itself. Handles carry "mode": "steps" and the allocation's job id; the step writes its step id
+to claim/step and, unless the allocation has one node (then the handle names it from the
+start), its node to claim/node; both are removed when the step ends, so the claim folder is
+empty again for its release.
 """
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import shutil
@@ -93,26 +98,40 @@ def sbatch_args(launch: Launch, script: str) -> list[str]:
     return a
 
 
-def srun_args(launch: Launch, cdir: str) -> list[str]:
+def srun_args(launch: Launch, cdir: str, node: str | None = None) -> list[str]:
     """The srun command line of a step-mode attempt: one task on one node of the allocation,
-    only the resources it asks for (--exact), the agent run as the local runner runs it after
-    the step has written its node and step id into the claim folder. The agent's stdin,
-    stdout and stderr are the claim's files, opened by the step (not srun's forwarding).
+    only the resources it asks for (--exact), the agent run as the local runner runs it (a
+    /bin/sh running AGENT, stdin = the prompt, stdout and stderr the claim's capture files,
+    opened by the step: not srun's forwarding). The step's shell first writes its step id
+    (which a KILL scancels) into the claim folder and, unless the driver already knows the
+    `node` (an allocation of one node), its node; then it redirects its own stdin, stdout and
+    stderr and runs the agent's command itself -- one shell, not a shell that execs the
+    agent's `sh -c` (one exec of /bin/sh less a task). The agent's text follows on the same
+    line, so it is parsed with the prefix: a syntax error in it runs nothing and reads as it
+    would locally (line 1).
 
-    The node and the step id (which a KILL scancels) are written straight (one `printf` each,
-    no `mv` process: each costs a fork + exec per task, 1-10 ms here) and read only once they
-    end with their newline (_read_record): each file is written once per attempt, so a torn or
-    interrupted write is a prefix without one, read as "not yet known"."""
+    The records are written straight (one `printf` each, no `mv` process: each costs a fork +
+    exec per task, 1-10 ms here) and read only once they end with their newline
+    (_read_record): each file is written once per attempt, so a torn or interrupted write is
+    a prefix without one, read as "not yet known"."""
     spec = launch.spec or {}
     res = spec.get("resources") or {}
     q = shlex.quote
-    node, step = os.path.join(cdir, "node"), os.path.join(cdir, "step")
-    inner = (f"printf '%s\\n' \"${{SLURMD_NODENAME:-$(hostname)}}\" >{q(node)}; "
-             f"printf '%s.%s\\n' \"$SLURM_JOB_ID\" \"$SLURM_STEP_ID\" >{q(step)}; "
-             f"exec /bin/sh -c {q(launch.agent)} <{q(launch.stdin_path)} >{q(launch.stdout_path)} 2>{q(launch.stderr_path)}")
+    inner = "" if node else f"printf '%s\\n' \"${{SLURMD_NODENAME:-$(hostname)}}\" >{q(os.path.join(cdir, 'node'))}; "
+    inner += (f"printf '%s.%s\\n' \"$SLURM_JOB_ID\" \"$SLURM_STEP_ID\" >{q(os.path.join(cdir, 'step'))}; "
+              f"exec <{q(launch.stdin_path)} >{q(launch.stdout_path)} 2>{q(launch.stderr_path)}; {launch.agent}")
     a = ["srun", "--quiet", "--input=none", "--exact", "--nodes=1", "--ntasks=1", f"--cpus-per-task={int(res.get('cpus') or 1)}",
          f"--job-name={spec.get('name') or 'dagrun'}", f"--chdir={launch.cwd}", *_mem_gpu(res)]
     return a + ["/bin/sh", "-c", inner]
+
+
+def allocation_node(env: dict) -> str | None:
+    """The node of an allocation of exactly one node (every step of it runs there), from the
+    variables Slurm sets in it; None when it has more, or they do not say plainly."""
+    if env.get("SLURM_JOB_NUM_NODES") != "1":
+        return None
+    n = env.get("SLURM_JOB_NODELIST") or ""
+    return n if n and not any(c in n for c in "[],") else None
 
 
 def _mem_gpu(res: dict) -> list[str]:
@@ -245,15 +264,23 @@ class SlurmRunner:
         job = str(launch.env.get("SLURM_JOB_ID") or "")
         if not job.isdigit():
             raise StartError(NO_ALLOCATION)
+        srun = _which("srun", launch.env.get("PATH"))
+        if srun is None:
+            raise StartError("runner slurm: srun not found on PATH")
         cdir = os.path.dirname(launch.stdout_path)
-        agent = "exec " + " ".join(shlex.quote(x) for x in srun_args(launch, cdir))
-        # srun's own pipes carry only srun's messages (the step writes the agent's files)
+        node = allocation_node(launch.env)
+        argv = (srun, *srun_args(launch, cdir, node)[1:])
+        # srun is exec'd straight, not through `sh -c` (one exec of /bin/sh less a task, 1-4 ms
+        # here); its own pipes carry only srun's messages (the step writes the agent's files)
         proc = self._proc()
-        handle = (proc.start if wait else proc.submit)(replace(launch, agent=agent, runner="process", max_output=None,
-                                                               stdout_path=os.path.join(cdir, SRUN_OUT),
+        handle = (proc.start if wait else proc.submit)(replace(launch, agent=shlex.join(argv), argv=argv, runner="process",
+                                                               max_output=None, stdout_path=os.path.join(cdir, SRUN_OUT),
                                                                stderr_path=os.path.join(cdir, SRUN_ERR)))
-        handle.update(runner=self.name, mode=STEPS, job=int(job), node_file=os.path.join(cdir, "node"),
-                      step_file=os.path.join(cdir, "step"), stdout=launch.stdout_path, stderr=launch.stderr_path)
+        # the node: known now in an allocation of one node (the `running` event says it, and no
+        # `placed` event and owner.json rewrite follow), else the step writes it
+        handle.update(runner=self.name, mode=STEPS, job=int(job), step_file=os.path.join(cdir, "step"),
+                      stdout=launch.stdout_path, stderr=launch.stderr_path,
+                      **({"node": node} if node else {"node_file": os.path.join(cdir, "node")}))
         self._step_out[self.key(handle)] = _StepOutput(cap=launch.max_output)
         return handle
 
@@ -333,31 +360,40 @@ class SlurmRunner:
 
     def _end_step(self, handle: dict, e: Exit) -> Exit:
         """A step's srun has exited: srun's own messages join the agent's stderr, stdout is cut
-        at max_output, and (as the local runner) a capture file exists only if written to."""
+        at max_output, and (as the local runner) a capture file exists only if written to. The
+        step's node and step-id records and srun's own capture files are removed once read, so
+        the claim folder holds only owner.json again when the attempt is committed: its release
+        is then one rename into the spare pool, not a listing, a rename and an rmtree on the
+        driver's loop (2-3 ms a task here, more on NFS)."""
         prog = self._step_progress(handle)
         self._step_out.pop(self.key(handle), None)
         out, err = handle.get("stdout"), handle.get("stderr")
         cdir = os.path.dirname(out or "")
         said = b""
-        for name in (SRUN_ERR, SRUN_OUT):
+        srun = (e.progress.out_bytes or e.progress.err_bytes) if e.progress is not None else True
+        for name in (SRUN_ERR, SRUN_OUT) if srun else ():      # (created on srun's first byte only)
             try:
                 with open(os.path.join(cdir, name), "rb") as f:
                     said += f.read()
             except OSError:
                 pass
+        node = handle.get("node") or _read_record(handle.get("node_file"))
         try:
             if said:
                 with open(err, "ab") as f:
                     f.write(said)
             if prog.over_limit:
                 os.truncate(out, prog.out_bytes)
-            for path in (out, err):
-                if fsio.size(path) == 0:
-                    os.unlink(path)
+            if not prog.out_bytes:
+                _unlink(out)
+            if not prog.err_bytes and not said:
+                _unlink(err)
         except OSError:
             pass
-        return replace(e, progress=replace(prog, err_bytes=prog.err_bytes + len(said)),
-                       node=_read_record(handle.get("node_file")) or handle.get("node"))
+        for path in (handle.get("node_file"), handle.get("step_file"), *(
+                os.path.join(cdir, n) for n in ((SRUN_ERR, SRUN_OUT) if srun else ()))):
+            _unlink(path)
+        return replace(e, progress=replace(prog, err_bytes=prog.err_bytes + len(said)), node=node)
 
     def poll(self, handle: dict) -> Exit | None:
         if handle.get("mode") == STEPS:
@@ -546,6 +582,19 @@ def _cancel_step(handle: dict) -> bool:
     if not step or not all(p.isdigit() for p in step.split(".")) or step.count(".") != 1:
         return False
     return _run(["scancel", step]).returncode == 0
+
+
+@functools.lru_cache(maxsize=8)
+def _which(name: str, path: str | None) -> str | None:
+    return shutil.which(name, path=path)
+
+
+def _unlink(path: str | None) -> None:
+    if path:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def _read_exit(path: str | None) -> int | None:

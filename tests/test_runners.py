@@ -197,6 +197,25 @@ def test_a_handle_of_an_unknown_runner_is_not_reaped():
     assert executor.get("fake").name == "fake" and executor.get("dry").name == "dry"
 
 
+def test_a_launch_with_argv_is_exec_d_without_a_shell(tmp_path):
+    """A cluster runner's own client (Slurm steps' srun) is exec'd straight by the
+    ProcessRunner: its arguments reach it as given, no `sh -c` parses them; stdin, the capture
+    pipes, the run id and the exit status work as for an agent."""
+    from dagrun.executor import Launch, ProcessRunner
+    (tmp_path / "prompt").write_text("the prompt")
+    r = ProcessRunner()
+    try:
+        h = r.start(Launch(agent="(display only)", argv=("/bin/sh", "-c", 'cat; printf " %s %s" "$0" "$DAGRUN_RUN_ID"; exit 3',
+                                                          "a;b $HOME"),
+                           cwd=str(tmp_path), env={"PATH": os.environ["PATH"]}, stdin_path=str(tmp_path / "prompt"),
+                           stdout_path=str(tmp_path / "out"), stderr_path=str(tmp_path / "err"), run_id="r-argv"))
+        ex = wait_for(lambda: r.poll(h), timeout=10, what="the process ended")
+    finally:
+        r.close()
+    assert ex.code == 3
+    assert (tmp_path / "out").read_text() == "the prompt a;b $HOME r-argv"     # $0 as given, unexpanded
+
+
 def test_dry_runner_starts_nothing_and_reports_success():
     r = DryRunner()
     from dagrun.executor import Launch

@@ -344,8 +344,21 @@ def test_srun_command_line_of_a_step():
     a = srun_args(la, "/c")
     assert a[:7] == ["srun", "--quiet", "--input=none", "--exact", "--nodes=1", "--ntasks=1", "--cpus-per-task=3"]
     assert "--mem=2G" in a and "--job-name=dagrun.g.t" in a and "--chdir=/w" in a
-    # the step opens the agent's files itself: srun's forwarding once lost a short step's output
-    assert a[-3:-1] == ["/bin/sh", "-c"] and a[-1].endswith("exec /bin/sh -c 'claude -p' </p >/c/stdout 2>/e")
+    # the step opens the agent's files itself (srun's forwarding once lost a short step's
+    # output) and runs the agent's text in the same shell: no second /bin/sh exec'd
+    assert a[-3:-1] == ["/bin/sh", "-c"] and a[-1].endswith("; exec </p >/c/stdout 2>/e; claude -p")
+    assert "/c/node" in a[-1] and "/c/step" in a[-1]              # the node is not known: the step says it
+    one = srun_args(la, "/c", node="n1")[-1]                       # an allocation of one node: known
+    assert "/c/node" not in one and "/c/step" in one and "SLURMD_NODENAME" not in one
+
+
+def test_the_node_of_an_allocation_of_one_node():
+    from dagrun.slurm import allocation_node
+    assert allocation_node({"SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "gpu07"}) == "gpu07"
+    assert allocation_node({"SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "gpu[07-08]"}) is None
+    assert allocation_node({"SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "gpu[07]"}) is None    # not plain
+    assert allocation_node({"SLURM_JOB_NODELIST": "gpu07"}) is None
+    assert allocation_node({}) is None
 
 
 def _steps_plan(folder: Path, tasks: list[dict], goal: str = "st") -> Path:

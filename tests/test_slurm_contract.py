@@ -67,6 +67,43 @@ def test_steps_mode_gives_the_local_outputs_for_the_example_goal_and_a_fifty_tas
 
 
 @slurm
+def test_a_steps_node_is_known_from_a_one_node_allocation_else_the_step_says_it(tmp_path, cluster):
+    """In an allocation of one node every step runs there: the `running` event already names
+    the node and the step writes no node record. In one that spans nodes (forced here with
+    SLURM_JOB_NUM_NODES=2: a one-node cluster cannot hold a two-node allocation) the step writes
+    claim/node and the node reaches the `done` events and markers. Either way the step's
+    records are gone by the commit, so the claim folder is released by one rename into the
+    spare pool, never by an rmtree of what was left in it."""
+    tasks = [{"id": f"t{i}", "prompt": "p", "agent": "printf '%s' \"$SLURM_STEP_ID\""} for i in range(6)]
+    one = write_plan(tmp_path / "plans", tasks, "one.json", goal="one", runner="slurm", defaults={"slurm": {"mode": "steps"}})
+    many = write_plan(tmp_path / "plans", tasks, "many.json", goal="many", runner="slurm",
+                      defaults={"slurm": {"mode": "steps"}})
+    home = tmp_path / "home"
+    job, rc, log = _in_allocation(tmp_path, f"DAGRUN_STEP_TRACE={tmp_path / 'one.trace'} {DAGRUN} --home={home} "
+                                            f"run -q -j 2 {one} && SLURM_JOB_NUM_NODES=2 DAGRUN_STEP_TRACE="
+                                            f"{tmp_path / 'many.trace'} {DAGRUN} --home={home} run -q -j 2 {many}")
+    assert rc == 0, log
+    node = subprocess.run(["sinfo", "-h", "-o", "%N"], capture_output=True, text=True, check=True).stdout.split()[0]
+    for goal in ("one", "many"):
+        assert len(set(outputs(home, goal).values())) == 6             # six distinct steps
+        evs = events(home, goal)
+        running = [e for e in evs if e.get("status") == "running"]
+        assert len(running) == 6 and all(e["job"] == job for e in running)
+        if goal == "one":                                   # known when it started: no `placed` to follow
+            assert all(e["node"] == node for e in running), running
+            assert not [e for e in evs if e["type"] == "agent.task.placed"]
+        else:
+            assert not [e for e in running if "node" in e], running
+        done = [e for e in evs if e.get("status") == "done"]
+        assert len(done) == 6 and all(e["node"] == node for e in done), done
+        assert all(json.loads((task_dir(home, goal, f"t{i}") / "done").read_text())["node"] == node for i in range(6))
+        steps = (tmp_path / f"{goal}.trace").read_text().splitlines()
+        assert not [s for s in steps if "rmtree" in s and ".claim.released" in s], steps   # nothing left in a claim
+        assert len([s for s in steps if s.split()[1] == "rmdir" and s.endswith("/claim")]) == 6, steps
+    assert not list((home / "goals").glob("*/tasks/*/claim"))
+
+
+@slurm
 def test_a_step_that_times_out_is_stopped_and_recorded_as_a_timeout(tmp_path, cluster):
     p = write_plan(tmp_path / "plans", [
         {"id": "slow", "prompt": "p", "agent": "sleep 120", "timeout": 1, "kill_grace": 1},
