@@ -46,9 +46,11 @@ def random_dag(rng, n: int, *, most_soft: int, make=T) -> list:
 
 
 def taken(s: Scheduler) -> list[str]:
-    """Every task s.take() hands out until it says None, in order."""
+    """Every task s.take() hands out until it says None, in order (each once: take() marks
+    the task it hands out running)."""
     got = []
     while (t := s.take()) is not None:
+        assert t not in got, f"take() handed out {t!r} twice"
         got.append(t)
     return got
 

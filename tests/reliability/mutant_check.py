@@ -1,9 +1,10 @@
 """Check one test of test_core_mutants.py against many mutants by hand, in one process.
 
-    cd mutants && ../.venv/bin/python ../tests/reliability/mutant_check.py TEST[:i] NAME ...
+    cd mutants && ../.venv/bin/python ../tests/reliability/mutant_check.py [FILE::]TEST[:i] NAME ...
 
-TEST is a test function of tests/reliability/test_core_mutants.py (its copy under mutants/:
-`cp` the file there first when it changed since mutmut's last run), `:i` picks the i-th case
+TEST is a test function of tests/reliability/test_core_mutants.py, or of FILE (a test file's
+path from the repository root, e.g. tests/test_scheduler.py) -- its copy under mutants/: `cp`
+the file there first when it changed since mutmut's last run; `:i` picks the i-th case
 of a parametrized one; NAME is a mutant (`dagrun.lifecycle.x_keep_captures__mutmut_62`, "" for
 the original code, which must pass). Prints KILLED or SURVIVED per name. The same as
 `MUTANT_UNDER_TEST=NAME pytest -n 0 ... -k TEST` per mutant (mutmut's trampolines read that
@@ -12,6 +13,7 @@ once per mutant: about a second per mutant instead of a minute on the loaded mac
 Only for tests whose fixtures are tmp_path and their parameters. Not a test (no test_ prefix):
 a helper for README.md "Mutation testing".
 """
+import importlib.util
 import inspect
 import os
 import shutil
@@ -22,10 +24,21 @@ from pathlib import Path
 os.environ["DAGRUN_MUTMUT"] = "1"
 sys.path.insert(0, os.getcwd())
 sys.path.insert(0, os.path.join(os.getcwd(), "tests", "reliability"))
-import test_core_mutants as M  # noqa: E402
+sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
+
+
+def load(path: str):
+    """The test module at path (relative to mutants/), imported once."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def main(spec: str, names: list[str]) -> None:
+    path, _, spec = spec.rpartition("::")
+    M = load(path or "tests/reliability/test_core_mutants.py")
     fname, _, pidx = spec.partition(":")
     fn = getattr(M, fname)
     params = {}
