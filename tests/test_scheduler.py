@@ -298,6 +298,20 @@ def test_would_block_names_exactly_the_tasks_a_failure_blocks_under_every_trigge
     assert spared                     # some dependents of a failure were made ready, not blocked
 
 
+def test_an_ended_task_s_would_block_takes_back_exactly_its_own_outcome():
+    """would_block of a task that has ended already judges as if it had failed instead: its
+    outcome is taken off each dependent's count of that outcome, one, whatever the others
+    (the counts finish() kept, one per dependency)."""
+    for other, want in (("done", []), ("failed", ["d"])):
+        s = Scheduler([TR("x"), TR("y"), TR("d", ("x", "y"), trigger="one_success")])
+        assert taken(s) == ["x", "y"]
+        s.finish("x", "done")
+        s.finish("y", other)
+        assert s.state_of("d") == "ready"
+        # y done: d keeps one done dependency; y failed: d is left with none, so blocked
+        assert s.would_block("x") == want, other
+
+
 def test_would_block_follows_each_rule():
     s = Scheduler([TR("a"), TR("b"), TR("all", ("a",), trigger="all_done"), TR("one", ("a", "b"), trigger="one_success"),
                    TR("nf", ("a",), trigger="none_failed"), TR("x", ("nf", "all")), TR("y", ("nf", "one"))])

@@ -31,7 +31,7 @@ def load(path: str):
     """The test module at path (relative to mutants/), imported once."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
     spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-    mod = importlib.util.module_from_spec(spec)
+    mod = sys.modules[spec.name] = importlib.util.module_from_spec(spec)     # (dataclasses look it up)
     spec.loader.exec_module(mod)
     return mod
 
