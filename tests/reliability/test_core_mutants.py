@@ -880,6 +880,21 @@ def test_mark_cancelled_names_the_cancel_and_never_covers_done(tmp_path):
     assert "cancel_id" not in read_json(home.marker_path("g", "new", "cancelled"))
 
 
+def test_the_scheduler_read_from_the_files_holds_a_task_the_goal_s_spend_leaves_no_room_for(tmp_path):
+    """build_scheduler (a script's claim, cancel, retry) hands the budget rule the pool and
+    what the goal spent so far -- here a running attempt's usage file: $0.50 of $1 spent, so
+    b's $0.60 estimate waits and c (no estimate) may start."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                                  {"id": "b", "prompt": "x", "agent": "true", "priority": 1,
+                                   "estimate": {"usd": 0.6}},
+                                  {"id": "c", "prompt": "x", "agent": "true"}], budget={"usd": 1.0})
+    _claim(home, "a")
+    Path(home.claim_dir("g", "a"), "usage.jsonl").write_text('{"cost_usd": 0.5, "tokens_out": 7}\n')
+    sched = _sched(home)
+    assert sched.budget == {"usd": 1.0} and sched.spent == {"usd": 0.5, "tokens": 7}
+    assert sched.budget_held() == ["b"] and sched.take() is None      # c does not jump the held b
+
+
 def test_the_rescan_keeps_a_retry_in_its_backoff(tmp_path):
     home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 100},
                                   {"id": "b", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 0}])
