@@ -947,6 +947,22 @@ def test_finish_done_announces_exactly_the_marker_s_numbers(tmp_path):
     assert e["cached"] is True and "exit_code" not in e and e["status"] == "done"
 
 
+def test_every_event_a_transition_appends_names_its_goal(tmp_path):
+    """The line a reader filters on (`jq 'select(.goal == "g")'`, a hook's $DAGRUN_GOAL):
+    every event transitions appends -- a task's end, the ready dependent, the goal's end --
+    carries the goal's id (the other tests compare events without it)."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                                  {"id": "b", "prompt": "x", "agent": "true", "deps": ["a"]}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    for t in ("a", "b"):
+        assert sched.take() == t
+        tr.finish(home, plan, sched, _claim(home, t), ok=True, worker="w5", output_data=b"x")
+    tr.end_goal_if_finished(home, plan, sched, "w5")
+    got = goal_events(home)
+    assert {e["type"] for e in got} >= {ev.TASK_STATUS, ev.GOAL_FINISHED}
+    assert [e for e in got if e.get("goal") != "g"] == []
+
+
 def test_finish_failed_retrying_announces_the_retry_and_ready_when_asked(tmp_path):
     home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 0},
                                   {"id": "b", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 100},
