@@ -1191,6 +1191,55 @@ def test_a_final_failure_under_stop_runs_the_failed_blocked_and_cancelled_hooks_
     assert len(os.listdir(got)) == 3                                                     # once each
 
 
+def test_a_hook_that_fails_after_a_transition_is_reported_as_an_event(tmp_path):
+    """The hooks a transition starts report a failure back: a `hook.failed` event naming the
+    hook and the goal's last_failure.json (what `dagrun status` shows)."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}],
+                       hooks={"on_done": [["sh", "-c", "exit 1"]]})
+    plan, sched = home.load_plan("g"), _sched(home)
+    assert sched.take() == "a"
+    tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"x")
+    end = time.monotonic() + 15
+    while time.monotonic() < end and not goal_events(home, ev.HOOK_FAILED):
+        time.sleep(0.05)
+    e = goal_events(home, ev.HOOK_FAILED)
+    assert [(x["task"], x["hook_event"], x["hook"]) for x in e] == [("a", "on_done", "sh -c exit 1")], e
+    assert read_json(os.path.join(home.hooks_due_dir("g"), "last_failure.json")) == e[0]
+
+
+def test_a_held_event_is_on_disk_before_the_hooks_it_starts_read_it(tmp_path):
+    """In the engine's turn (events held in memory, written once per turn) an event with hooks
+    is written out before its hooks start: a hook reading events.jsonl finds its own event."""
+    got = tmp_path / "seen"
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}],
+                       hooks={"on_done": [["sh", "-c", f'cp "$DAGRUN_HOME/goals/g/events.jsonl" {got}.tmp && mv {got}.tmp {got}']]})
+    plan, sched = home.load_plan("g"), _sched(home)
+    assert sched.take() == "a"
+    ev.hold()
+    try:
+        tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"x")
+        end = time.monotonic() + 15
+        while time.monotonic() < end and not got.exists():
+            time.sleep(0.05)
+        seen = [json.loads(x) for x in got.read_bytes().splitlines()]
+    finally:
+        ev.release()
+    assert [(e["task"], e["status"]) for e in seen if e["type"] == ev.TASK_STATUS][-1] == ("a", "done")
+
+
+def test_an_event_of_a_goal_whose_plan_cannot_be_read_is_appended_without_hooks(tmp_path):
+    """A cancel handed no plan finds the event's hooks from the goal's plan.json; when that
+    cannot be read (a goal being replaced or removed) the event is still appended, no hook."""
+    got, hook = _recorder(tmp_path)
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}], hooks={"on_cancelled": [hook]})
+    sched = _sched(home)
+    Path(home.plan_path("g")).write_text("{not json")
+    new, _ = tr.cancel(home, sched, "g", "a", by="me", reason="r")
+    assert new and goal_events(home, ev.TASK_STATUS)[-1]["status"] == "cancelled"
+    time.sleep(0.3)
+    assert os.listdir(got) == [] and not os.path.isdir(home.hooks_due_dir("g"))
+
+
 def test_changes_extend_concatenates_and_keeps_a_rebuild():
     a = tr.Changes(ready=["r1"], blocked=[("b1", "x")], cancelled=["c1"], skipped=[("s1", "y")])
     a.extend(tr.Changes(ready=["r2"], blocked=[("b2", "z")], cancelled=["c2"], skipped=[("s2", "w")], rebuild=True))
