@@ -880,6 +880,28 @@ def test_mark_cancelled_names_the_cancel_and_never_covers_done(tmp_path):
     assert "cancel_id" not in read_json(home.marker_path("g", "new", "cancelled"))
 
 
+def test_scheduler_for_hands_the_scheduler_every_rule_of_the_plan(tmp_path):
+    """lifecycle.scheduler_for is the one place the plan's rules reach the scheduler (engine,
+    claim, status): max_parallel, on_failure=stop, the files mutex, the budget pool and the usd
+    estimates, serial groups, held fan-out templates, aging on the clock it is handed."""
+    from dagrun.plan import parse
+    from dagrun.simrun import VirtualClock
+    doc = {"goal": "g", "max_parallel": 2, "on_failure": "stop", "budget": {"usd": 5}, "aging": 7,
+           "tasks": [{"id": "a", "prompt": "x", "agent": "true", "files": ["src/*"], "serial": "s",
+                      "estimate": {"usd": 1.5}},
+                     {"id": "b", "prompt": "x", "agent": "true", "serial": "s"},
+                     {"id": "tpl", "for_each": {"from": "a"}, "prompt": "do {{item}}", "agent": "true"}]}
+    plan = parse(json.dumps(doc).encode(), shown="dag.json", source=str(tmp_path / "dag.json"), default_goal="g",
+                 home=str(tmp_path))
+    clock = VirtualClock()
+    s = lc.scheduler_for(plan, clock=clock)
+    assert (s.max_parallel, s.stop_on_failure, s.budget, s.estimates) == (2, True, {"usd": 5}, {"a": 1.5})
+    assert s.files == [("src/*",), (), ()] and s.serial_before == [(), (0,), ()]
+    assert s.hold == frozenset({2}) and (s.aging, s.clock) == (7.0, clock)
+    assert lc.scheduler_for(plan).aging is None                          # no clock, no aging
+    assert lc.scheduler_for(plan, hold_templates=False).hold == frozenset()   # the simulator's
+
+
 def test_the_scheduler_read_from_the_files_holds_a_task_the_goal_s_spend_leaves_no_room_for(tmp_path):
     """build_scheduler (a script's claim, cancel, retry) hands the budget rule the pool and
     what the goal spent so far -- here a running attempt's usage file: $0.50 of $1 spent, so
