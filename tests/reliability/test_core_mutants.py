@@ -777,6 +777,28 @@ def test_a_join_over_a_fan_out_shares_its_context_budget_between_the_instances(t
     assert not os.path.exists(home.claim_dir("g", "join"))
 
 
+@pytest.mark.parametrize("items", [["a"], ["a", "b", "c"]])
+def test_an_expanded_template_s_own_prompt_holds_its_deps_and_each_instance_s_output_once(tmp_path, items):
+    """The join (the expanded template, claimed once its instances are done) writes prompt.md
+    like any task: its own dependencies' outputs, then one section per instance -- each once,
+    in item order, sharing one context budget -- for one instance as for several."""
+    home = submit_home(tmp_path, [{"id": "src", "prompt": "x", "agent": "true"},
+                                  {"id": "tpl", "deps": ["src"], "for_each": {"from": "src"}, "prompt": "do {{item}}",
+                                   "agent": "true"}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    assert sched.take() == "src"
+    tr.finish(home, plan, sched, _claim(home, "src"), ok=True, worker="w1", output_data=json.dumps(items).encode())
+    assert fanout.expand_one(home, "g", "tpl", "w1") is True
+    plan, sched = home.load_plan("g"), _sched(home)
+    for k in range(len(items)):
+        tr.finish(home, plan, sched, _claim(home, f"tpl.{k}"), ok=True, worker="w1", output_data=f"<out {k}>".encode())
+    lc.claim_task(home, plan, "tpl", worker="w1", kind="engine")
+    text = Path(home.prompt_path("g", "tpl")).read_text()
+    heads = [x for x in text.splitlines() if x.startswith("## Output of ")]
+    assert heads == ["## Output of src"] + [f"## Output of tpl.{k}" for k in range(len(items))], text
+    assert [text.count(f"<out {k}>") for k in range(len(items))] == [1] * len(items)
+
+
 def _retry_prompt(tmp_path, sub: str, stderr: bytes | None, link_to: Path | None = None) -> str:
     home = submit_home(tmp_path / sub, [{"id": "a", "prompt": "do it", "agent": "true", "retries": 1, "retry_context": "error",
                                    "retry_backoff": 0}])
