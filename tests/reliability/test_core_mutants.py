@@ -905,12 +905,13 @@ def test_mark_cancelled_names_the_cancel_and_never_covers_done(tmp_path):
 def test_scheduler_for_hands_the_scheduler_every_rule_of_the_plan(tmp_path):
     """lifecycle.scheduler_for is the one place the plan's rules reach the scheduler (engine,
     claim, status): max_parallel, on_failure=stop, the files mutex, the budget pool and the usd
-    estimates, serial groups, held fan-out templates, aging on the clock it is handed."""
+    estimates, serial groups, held fan-out templates, aging on the clock it is handed, the
+    durations that rank the ready tasks."""
     from dagrun.plan import parse
     from dagrun.simrun import VirtualClock
     doc = {"goal": "g", "max_parallel": 2, "on_failure": "stop", "budget": {"usd": 5}, "aging": 7,
            "tasks": [{"id": "a", "prompt": "x", "agent": "true", "files": ["src/*"], "serial": "s",
-                      "estimate": {"usd": 1.5}},
+                      "estimate": {"usd": 1.5, "seconds": 30}},
                      {"id": "b", "prompt": "x", "agent": "true", "serial": "s"},
                      {"id": "tpl", "for_each": {"from": "a"}, "prompt": "do {{item}}", "agent": "true"}]}
     plan = parse(json.dumps(doc).encode(), shown="dag.json", source=str(tmp_path / "dag.json"), default_goal="g",
@@ -920,6 +921,8 @@ def test_scheduler_for_hands_the_scheduler_every_rule_of_the_plan(tmp_path):
     assert (s.max_parallel, s.stop_on_failure, s.budget, s.estimates) == (2, True, {"usd": 5}, {"a": 1.5})
     assert s.files == [("src/*",), (), ()] and s.serial_before == [(), (0,), ()]
     assert s.hold == frozenset({2}) and (s.aging, s.clock) == (7.0, clock)
+    assert s.rank[0] >= 30 and s.rank[1] == 1.0           # the remaining path: the plan's estimates, else 1 s
+    assert lc.scheduler_for(plan, durations={"b": 4}).rank[1] == 4.0   # the home's history, when handed
     assert lc.scheduler_for(plan).aging is None                          # no clock, no aging
     assert lc.scheduler_for(plan, hold_templates=False).hold == frozenset()   # the simulator's
 
