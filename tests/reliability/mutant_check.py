@@ -10,7 +10,7 @@ the original code, which must pass). Prints KILLED or SURVIVED per name. The sam
 `MUTANT_UNDER_TEST=NAME pytest -n 0 ... -k TEST` per mutant (mutmut's trampolines read that
 variable at each call), but mutants/dagrun/plan.py (19 MB of mutants) is imported once, not
 once per mutant: about a second per mutant instead of a minute on the loaded machine.
-Only for tests whose fixtures are tmp_path and their parameters. Not a test (no test_ prefix):
+Only for tests whose fixtures are tmp_path, plans, home, monkeypatch and their parameters. Not a test (no test_ prefix):
 a helper for README.md "Mutation testing".
 """
 import importlib.util
@@ -20,6 +20,8 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+import pytest
 
 os.environ["DAGRUN_MUTMUT"] = "1"
 sys.path.insert(0, os.getcwd())
@@ -51,8 +53,17 @@ def main(spec: str, names: list[str]) -> None:
         os.environ["MUTANT_UNDER_TEST"] = name
         d = tempfile.mkdtemp(prefix="mutant-check-")
         kw = dict(params)
-        if "tmp_path" in inspect.signature(fn).parameters:
+        wants = inspect.signature(fn).parameters
+        mp = pytest.MonkeyPatch()
+        if "tmp_path" in wants:
             kw["tmp_path"] = Path(d)
+        if "plans" in wants:                 # conftest's fixtures of the same names
+            kw["plans"] = Path(d, "plans")
+            kw["plans"].mkdir()
+        if "home" in wants:
+            kw["home"] = Path(d, "home")
+        if "monkeypatch" in wants:
+            kw["monkeypatch"] = mp
         try:
             fn(**kw)
             print("SURVIVED", name, flush=True)
@@ -61,6 +72,7 @@ def main(spec: str, names: list[str]) -> None:
                 raise
             print("KILLED", name, type(e).__name__, (str(e).splitlines() or [""])[0][:100], flush=True)
         finally:
+            mp.undo()
             shutil.rmtree(d, ignore_errors=True)
 
 
