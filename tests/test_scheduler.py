@@ -219,6 +219,13 @@ def test_overlapping_files_are_a_rule_of_the_scheduler(files, initial, expect):
     assert s.ready_ids() == held                      # passed over, still ready, once each
 
 
+def test_a_task_absent_from_the_files_map_declares_no_files():
+    """files= may name only the tasks that declare globs: the others edit nothing and run
+    beside anything."""
+    s = Scheduler(plan(THREE), files={"a": ["src/**"], "b": ["src/x.py"]})
+    assert taken(s) == ["a", "c"] and s.files[2] == ()
+
+
 def test_a_finish_releases_the_files_it_held():
     s = Scheduler(plan(THREE), files={"a": ["src/**"], "b": ["src/auth/*"], "c": ["src/auth/x.py"]})
     assert s.take() == "a" and s.take() is None and not s.may_start()
