@@ -95,13 +95,27 @@ def test_cli_rejects_invalid_plan_with_exit_2_and_writes_nothing(plans, home, cm
     assert not home.exists()
 
 
-@pytest.mark.parametrize("where,text,expect", [
+LONE_SURROGATES = [
     ("description", '{"defaults": {"agent": "true"}, "tasks": [{"id": "a", "prompt": "p", "description": "x\\ud800"}]}',
      "tasks[0].description: contains an unpaired UTF-16 surrogate escape"),
     ("env key", '{"defaults": {"agent": "true"}, "tasks": [{"id": "a", "prompt": "p", "env": {"K\\udc00": "v"}}]}',
      'tasks[0].env: the key "K\\udc00" contains an unpaired UTF-16 surrogate escape'),
     ("defaults", '{"defaults": {"agent": "true", "description": "\\udbff"}, "tasks": [{"id": "a", "prompt": "p"}]}',
-     "defaults.description: contains an unpaired UTF-16 surrogate escape")])
+     "defaults.description: contains an unpaired UTF-16 surrogate escape")]
+
+
+@pytest.mark.parametrize("where,text,expect", LONE_SURROGATES)
+def test_a_lone_surrogate_is_refused_by_the_validator_naming_where(plans, where, text, expect):
+    """The validator itself (what mutation testing sees: the test below runs the binary):
+    the one line names the JSON path, and for a key the key."""
+    p = plans / "dag.json"
+    p.write_text(text)
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert str(ei.value) == f"{p}:1: {expect}"
+
+
+@pytest.mark.parametrize("where,text,expect", LONE_SURROGATES)
 def test_a_lone_surrogate_anywhere_is_refused_before_anything_is_written(plans, home, where, text, expect):
     """Such a string can never be written as UTF-8: submit used to accept it and then die
     with an internal error writing plan.json. Now every command refuses it, one line, exit 2."""
