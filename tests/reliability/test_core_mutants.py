@@ -781,13 +781,15 @@ def test_a_join_over_a_fan_out_shares_its_context_budget_between_the_instances(t
 def test_an_expanded_template_s_own_prompt_holds_its_deps_and_each_instance_s_output_once(tmp_path, items):
     """The join (the expanded template, claimed once its instances are done) writes prompt.md
     like any task: its own dependencies' outputs, then one section per instance -- each once,
-    in item order, sharing one context budget -- for one instance as for several."""
+    in item order, sharing one context budget -- for one instance as for several, then its
+    soft dependencies'."""
     home = submit_home(tmp_path, [{"id": "src", "prompt": "x", "agent": "true"},
-                                  {"id": "tpl", "deps": ["src"], "for_each": {"from": "src"}, "prompt": "do {{item}}",
-                                   "agent": "true"}])
+                                  {"id": "side", "prompt": "x", "agent": "true"},
+                                  {"id": "tpl", "deps": ["src"], "soft_deps": ["side"], "for_each": {"from": "src"},
+                                   "prompt": "do {{item}}", "agent": "true"}])
     plan, sched = home.load_plan("g"), _sched(home)
-    assert sched.take() == "src"
     tr.finish(home, plan, sched, _claim(home, "src"), ok=True, worker="w1", output_data=json.dumps(items).encode())
+    tr.finish(home, plan, sched, _claim(home, "side"), ok=True, worker="w1", output_data=b"<side>")
     assert fanout.expand_one(home, "g", "tpl", "w1") is True
     plan, sched = home.load_plan("g"), _sched(home)
     for k in range(len(items)):
@@ -795,8 +797,31 @@ def test_an_expanded_template_s_own_prompt_holds_its_deps_and_each_instance_s_ou
     lc.claim_task(home, plan, "tpl", worker="w1", kind="engine")
     text = Path(home.prompt_path("g", "tpl")).read_text()
     heads = [x for x in text.splitlines() if x.startswith("## Output of ")]
-    assert heads == ["## Output of src"] + [f"## Output of tpl.{k}" for k in range(len(items))], text
+    assert heads == (["## Output of src"] + [f"## Output of tpl.{k}" for k in range(len(items))]
+                     + ["## Output of side"]), text
     assert [text.count(f"<out {k}>") for k in range(len(items))] == [1] * len(items)
+
+
+def test_a_task_after_a_fan_out_gets_every_dependency_s_section_whatever_their_order(tmp_path):
+    """A dependency on an expanded template gives one section per instance; the task's other
+    dependencies keep theirs, listed before or after the template."""
+    home = submit_home(tmp_path, [{"id": "src", "prompt": "x", "agent": "true"},
+                                  {"id": "tpl", "deps": ["src"], "for_each": {"from": "src"}, "prompt": "do {{item}}",
+                                   "agent": "true"},
+                                  {"id": "side", "prompt": "x", "agent": "true"},
+                                  {"id": "after", "deps": ["side", "tpl", "src"], "prompt": "Summarise", "agent": "true"}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    for t, out in (("src", json.dumps(["a", "b"])), ("side", "<side>")):
+        tr.finish(home, plan, sched, _claim(home, t), ok=True, worker="w1", output_data=out.encode())
+    assert fanout.expand_one(home, "g", "tpl", "w1") is True
+    plan, sched = home.load_plan("g"), _sched(home)
+    for k in range(2):
+        tr.finish(home, plan, sched, _claim(home, f"tpl.{k}"), ok=True, worker="w1", output_data=f"<out {k}>".encode())
+    fanout.join(home, plan, sched, lc.claim_task(home, plan, "tpl", worker="w1", kind="engine"), "w1")
+    lc.claim_task(home, plan, "after", worker="w1", kind="external")
+    text = Path(home.prompt_path("g", "after")).read_text()
+    heads = [x for x in text.splitlines() if x.startswith("## Output of ")]
+    assert heads == ["## Output of side", "## Output of tpl.0", "## Output of tpl.1", "## Output of src"], text
 
 
 def _retry_prompt(tmp_path, sub: str, stderr: bytes | None, link_to: Path | None = None) -> str:
