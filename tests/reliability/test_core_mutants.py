@@ -824,6 +824,16 @@ def test_a_task_after_a_fan_out_gets_every_dependency_s_section_whatever_their_o
     assert heads == ["## Output of side", "## Output of tpl.0", "## Output of tpl.1", "## Output of src"], text
 
 
+def test_an_upstream_output_of_exactly_the_context_limit_is_shown_whole(tmp_path):
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                                  {"id": "b", "deps": ["a"], "prompt": "y", "agent": "true", "context_limit": 100}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"x" * 99 + b"Z")
+    _claim(home, "b")
+    text = Path(home.prompt_path("g", "b")).read_text()
+    assert "x" * 99 + "Z" in text and "truncated" not in text, text
+
+
 def _retry_prompt(tmp_path, sub: str, stderr: bytes | None, link_to: Path | None = None) -> str:
     home = submit_home(tmp_path / sub, [{"id": "a", "prompt": "do it", "agent": "true", "retries": 1, "retry_context": "error",
                                    "retry_backoff": 0}])
