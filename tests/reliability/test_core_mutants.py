@@ -834,6 +834,24 @@ def test_an_upstream_output_of_exactly_the_context_limit_is_shown_whole(tmp_path
     assert "x" * 99 + "Z" in text and "truncated" not in text, text
 
 
+def test_a_dependency_archived_after_the_caller_looked_is_stale_not_an_empty_input(tmp_path):
+    """The caller's view says a is done, but a was archived since (a forced retry: output and
+    marker gone): the claim is given up with Stale, never run on an empty input. A done
+    dependency whose output file is missing but whose marker stands is an empty output."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                                  {"id": "b", "deps": ["a"], "prompt": "y", "agent": "true"}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"out")
+    os.remove(home.output_path("g", "a"))
+    c = lc.claim_task(home, plan, "b", worker="w1", kind="external", state_of=lambda t: "done")
+    assert c is not None and "## Output of a" in Path(home.prompt_path("g", "b")).read_text()   # marker stands
+    lc.commit_failure(home, plan, c, outcome="interrupted", ended=time.time())
+    os.remove(home.marker_path("g", "a", "done"))
+    with pytest.raises(lc.Stale, match="^g/a is no longer done$"):
+        lc.claim_task(home, plan, "b", worker="w1", kind="external", state_of=lambda t: "done")
+    assert not os.path.exists(home.claim_dir("g", "b"))
+
+
 def _retry_prompt(tmp_path, sub: str, stderr: bytes | None, link_to: Path | None = None) -> str:
     home = submit_home(tmp_path / sub, [{"id": "a", "prompt": "do it", "agent": "true", "retries": 1, "retry_context": "error",
                                    "retry_backoff": 0}])
