@@ -41,6 +41,17 @@ def test_scheduler_budget_rule():
     assert s2.take() == "x"
 
 
+def test_the_budget_counts_the_task_s_own_estimate_when_a_mutex_or_a_serial_group_is_on():
+    """take() with the files mutex, a serial group or resources goes the long way (each ready
+    task in turn): there too a task whose usd estimate does not fit what is left waits."""
+    for rule in ({"files": {"a": ["src/*"]}}, {"serial": {"a": "g"}}):
+        s = Scheduler([T("a")], budget={"usd": 1.0}, estimates={"a": 0.6}, **rule)
+        s.set_budget({"usd": 1.0}, {"usd": 0.5})
+        assert s.take() is None and s.budget_held() == ["a"], rule     # 0.5 + 0.6 > 1
+        s.set_budget({"usd": 1.0}, {"usd": 0.4})
+        assert s.take() == "a", rule                                    # 0.4 + 0.6 = 1: fits
+
+
 @pytest.mark.parametrize("top,msg", [
     ({"budget": {}}, "an empty budget limits nothing"),
     ({"budget": {"usd": -1}}, "expected a positive number"),

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import events, run, task_dir, write_plan
 from dagrun import conditions as C
-from dagrun.scheduler import Scheduler
+from dagrun.scheduler import BLOCKED, SKIPPED, Scheduler, verdict
 
 
 # ------------------------------------------------------------------------------ the evaluator (pure)
@@ -120,6 +120,24 @@ def test_one_success_waits_for_every_dependency_to_end():
     s.finish("y", "failed")
     assert s.state_of("j") == "ready"
     assert not s.is_finished()
+
+
+def test_one_success_with_no_dependency_done_is_skipped_unless_one_failed():
+    """one_success whose dependencies all ended without a success: skipped when none of them
+    failed (every one skipped), blocked when one did."""
+    for second, want in (("skipped", "skipped"), ("failed", "blocked")):
+        s = Scheduler([T("x"), T("y"), T("j", ["x", "y"], "one_success")])
+        s.start("x")
+        s.start("y")
+        s.finish("x", "skipped")
+        s.finish("y", second)
+        assert s.state_of("j") == want, second
+    assert verdict("one_success", 0, 0, 0, 2) == SKIPPED and verdict("one_success", 0, 0, 1, 1) == BLOCKED
+
+
+def test_an_unknown_trigger_rule_is_named_in_the_error():
+    with pytest.raises(ValueError, match="^unknown trigger rule 'some_success'$"):
+        verdict("some_success", 0, 1, 0, 0)
 
 
 def test_a_skip_by_ones_own_rule_names_no_task():

@@ -95,13 +95,27 @@ def test_cli_rejects_invalid_plan_with_exit_2_and_writes_nothing(plans, home, cm
     assert not home.exists()
 
 
-@pytest.mark.parametrize("where,text,expect", [
+LONE_SURROGATES = [
     ("description", '{"defaults": {"agent": "true"}, "tasks": [{"id": "a", "prompt": "p", "description": "x\\ud800"}]}',
      "tasks[0].description: contains an unpaired UTF-16 surrogate escape"),
     ("env key", '{"defaults": {"agent": "true"}, "tasks": [{"id": "a", "prompt": "p", "env": {"K\\udc00": "v"}}]}',
      'tasks[0].env: the key "K\\udc00" contains an unpaired UTF-16 surrogate escape'),
     ("defaults", '{"defaults": {"agent": "true", "description": "\\udbff"}, "tasks": [{"id": "a", "prompt": "p"}]}',
-     "defaults.description: contains an unpaired UTF-16 surrogate escape")])
+     "defaults.description: contains an unpaired UTF-16 surrogate escape")]
+
+
+@pytest.mark.parametrize("where,text,expect", LONE_SURROGATES)
+def test_a_lone_surrogate_is_refused_by_the_validator_naming_where(plans, where, text, expect):
+    """The validator itself (what mutation testing sees: the test below runs the binary):
+    the one line names the JSON path, and for a key the key."""
+    p = plans / "dag.json"
+    p.write_text(text)
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert str(ei.value) == f"{p}:1: {expect}"
+
+
+@pytest.mark.parametrize("where,text,expect", LONE_SURROGATES)
 def test_a_lone_surrogate_anywhere_is_refused_before_anything_is_written(plans, home, where, text, expect):
     """Such a string can never be written as UTF-8: submit used to accept it and then die
     with an internal error writing plan.json. Now every command refuses it, one line, exit 2."""
@@ -135,6 +149,67 @@ def test_cycle_of_1000_is_reported_without_recursion(plans):
         planmod.load(str(p))
     msg = str(ei.value)
     assert "dependency cycle: t0 -> t1 -> t2" in msg and msg.endswith("-> t0")
+
+
+@pytest.mark.parametrize("n,shown", [
+    (12, " -> ".join(f"t{i}" for i in range(12)) + " -> t0"),
+    (13, "t0 -> t1 -> t2 -> t3 -> ... 6 more of 13 tasks ... -> t10 -> t11 -> t12 -> t0"),
+    (20, "t0 -> t1 -> t2 -> t3 -> ... 13 more of 20 tasks ... -> t17 -> t18 -> t19 -> t0")])
+def test_a_long_cycle_is_shortened_and_says_how_many_tasks_it_left_out(plans, n, shown):
+    """Up to 12 tasks the whole cycle; past that its first 4 and last 3 tasks and the count
+    of the ones between -- one line, the count exact."""
+    tasks = [{"id": f"t{i}", "prompt": "p", "deps": [f"t{(i + 1) % n}"]} for i in range(n)]
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(write_plan(plans, tasks, defaults=AGENT)))
+    assert str(ei.value).endswith(": tasks[0]: dependency cycle: " + shown), str(ei.value)
+
+
+def test_a_prompt_file_over_the_limit_is_refused_by_name_and_size(plans):
+    big = plans / "big.md"
+    with open(big, "wb") as f:
+        f.truncate(planmod.MAX_PROMPT_BYTES + 1)          # sparse: nothing written
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(write_plan(plans, [{"id": "a", "prompt_file": "big.md"}], defaults=AGENT)))
+    assert str(ei.value).endswith(f': tasks[0].prompt_file: "big.md" is {planmod.MAX_PROMPT_BYTES + 1} bytes; '
+                                  f"the limit is {planmod.MAX_PROMPT_BYTES}"), str(ei.value)
+
+
+def test_a_prompt_file_that_cannot_be_opened_is_named_in_one_line(plans, monkeypatch):
+    """open() failing after the stat (EACCES for a user without read permission; the suite
+    may run as root, whom no mode stops, so open is made to fail as it would)."""
+    (plans / "x.md").write_text("hi")
+    p = write_plan(plans, [{"id": "a", "prompt_file": "x.md"}], defaults=AGENT)
+
+    def denied(path, *a, **k):
+        if str(path).endswith("x.md"):
+            raise PermissionError(13, "Permission denied")
+        return open(path, *a, **k)
+    monkeypatch.setattr(planmod, "open", denied, raising=False)
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert str(ei.value).endswith(': tasks[0].prompt_file: cannot read "x.md": Permission denied'), str(ei.value)
+
+
+def test_a_fragment_is_validated_like_a_plan_cycles_through_soft_dependencies_included(plans):
+    """parse_fragment (`dagrun add`): new tasks may depend on the goal's tasks; a cycle among
+    them, also one closed by a soft dependency, an unknown dependency and an id that exists
+    already are refused, one line each."""
+    pl = planmod.load(str(write_plan(plans, [{"id": "a", "prompt": "p"}], defaults=AGENT)))
+
+    def add(tasks):
+        raw = json.dumps({"defaults": AGENT, "tasks": tasks}).encode()
+        return planmod.parse_fragment(raw, shown="frag.json", plan=pl)
+    got = add([{"id": "x", "prompt": "p", "deps": ["a"]}, {"id": "y", "prompt": "p", "soft_deps": ["x"]}])
+    assert [t.id for t in got.tasks] == ["a", "x", "y"] and got.task("y").soft_deps == ("x",)
+    for tasks, expect in [
+        ([{"id": "x", "prompt": "p", "deps": ["y"]}, {"id": "y", "prompt": "p", "soft_deps": ["x"]}],
+         "frag.json:1: tasks[0]: dependency cycle: x -> y -> x"),
+        ([{"id": "x", "prompt": "p", "deps": ["zz"]}],
+         'frag.json:1: tasks[0].deps[0]: unknown dependency "zz" (asked for by task "x")'),
+        ([{"id": "a", "prompt": "p"}], 'frag.json:1: tasks[0].id: task id "a" already exists in goal "dag"')]:
+        with pytest.raises(PlanError) as ei:
+            add(tasks)
+        assert str(ei.value) == expect
 
 
 def test_valid_plan_normalises_defaults_and_prompt_file(plans):

@@ -51,6 +51,7 @@ def test_aging_lifts_a_waiting_priority_class_on_the_clock_it_is_given():
     s = Scheduler(tasks, aging=1.0, clock=clock)
     order = []
     while (t := s.take()) is not None:
+        assert t not in order, f"take() handed out {t!r} twice"
         order.append(t)
         clock.advance(1.0)             # each start a second after the last
     # waits: low 1, 2, 3 s -> effective 1, 2, 3; the high class is served every second (+1):
@@ -60,6 +61,27 @@ def test_aging_lifts_a_waiting_priority_class_on_the_clock_it_is_given():
     assert [flat.take() for _ in tasks][-1] == "low"
     # no clock (a script's `dagrun claim`): base priorities only
     assert Scheduler(tasks, aging=1.0).ready_ids()[-1] == "low"
+
+
+def test_ready_classes_are_ranked_at_one_reading_of_the_clock():
+    """Every class's aging credit is worked out at the same instant: a clock read once per
+    class would hand the class ranked last the most credit (here a step of 10 s per read lifts
+    the low class over the high one of the same wait)."""
+    class Stepping:
+        def __init__(self):
+            self.t, self.step, self.reads = 0.0, 0.0, 0
+        def __call__(self):
+            self.reads += 1
+            t, self.t = self.t, self.t + self.step
+            return t
+    for order in (("hi", "lo"), ("lo", "hi")):      # whichever class the ranking looks at first
+        clock = Stepping()
+        tasks = [_T(t, priority=1 if t == "hi" else 0) for t in order]
+        s = Scheduler(tasks, aging=1.0, clock=clock)    # both classes wait from t=0
+        clock.t, clock.step, clock.reads = 5.0, 10.0, 0
+        assert s.ready_ids() == ["hi", "lo"], order     # 1 + 5 against 0 + 5, at one instant
+        assert clock.reads == 1
+        assert s.take() == "hi"
 
 
 def test_aging_survives_a_rebuild_from_the_files():

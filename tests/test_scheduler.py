@@ -46,9 +46,11 @@ def random_dag(rng, n: int, *, most_soft: int, make=T) -> list:
 
 
 def taken(s: Scheduler) -> list[str]:
-    """Every task s.take() hands out until it says None, in order."""
+    """Every task s.take() hands out until it says None, in order (each once: take() marks
+    the task it hands out running)."""
     got = []
     while (t := s.take()) is not None:
+        assert t not in got, f"take() handed out {t!r} twice"
         got.append(t)
     return got
 
@@ -217,6 +219,13 @@ def test_overlapping_files_are_a_rule_of_the_scheduler(files, initial, expect):
     assert s.ready_ids() == held                      # passed over, still ready, once each
 
 
+def test_a_task_absent_from_the_files_map_declares_no_files():
+    """files= may name only the tasks that declare globs: the others edit nothing and run
+    beside anything."""
+    s = Scheduler(plan(THREE), files={"a": ["src/**"], "b": ["src/x.py"]})
+    assert taken(s) == ["a", "c"] and s.files[2] == ()
+
+
 def test_a_finish_releases_the_files_it_held():
     s = Scheduler(plan(THREE), files={"a": ["src/**"], "b": ["src/auth/*"], "c": ["src/auth/x.py"]})
     assert s.take() == "a" and s.take() is None and not s.may_start()
@@ -294,6 +303,20 @@ def test_would_block_names_exactly_the_tasks_a_failure_blocks_under_every_trigge
                 spared += sum(1 for x, st, _ in changes[1:] if st == "ready")
             assert len(set(predicted)) == reachable
     assert spared                     # some dependents of a failure were made ready, not blocked
+
+
+def test_an_ended_task_s_would_block_takes_back_exactly_its_own_outcome():
+    """would_block of a task that has ended already judges as if it had failed instead: its
+    outcome is taken off each dependent's count of that outcome, one, whatever the others
+    (the counts finish() kept, one per dependency)."""
+    for other, want in (("done", []), ("failed", ["d"])):
+        s = Scheduler([TR("x"), TR("y"), TR("d", ("x", "y"), trigger="one_success")])
+        assert taken(s) == ["x", "y"]
+        s.finish("x", "done")
+        s.finish("y", other)
+        assert s.state_of("d") == "ready"
+        # y done: d keeps one done dependency; y failed: d is left with none, so blocked
+        assert s.would_block("x") == want, other
 
 
 def test_would_block_follows_each_rule():

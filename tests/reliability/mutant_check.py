@@ -1,17 +1,19 @@
 """Check one test of test_core_mutants.py against many mutants by hand, in one process.
 
-    cd mutants && ../.venv/bin/python ../tests/reliability/mutant_check.py TEST[:i] NAME ...
+    cd mutants && ../.venv/bin/python ../tests/reliability/mutant_check.py [FILE::]TEST[:i] NAME ...
 
-TEST is a test function of tests/reliability/test_core_mutants.py (its copy under mutants/:
-`cp` the file there first when it changed since mutmut's last run), `:i` picks the i-th case
+TEST is a test function of tests/reliability/test_core_mutants.py, or of FILE (a test file's
+path from the repository root, e.g. tests/test_scheduler.py) -- its copy under mutants/: `cp`
+the file there first when it changed since mutmut's last run; `:i` picks the i-th case
 of a parametrized one; NAME is a mutant (`dagrun.lifecycle.x_keep_captures__mutmut_62`, "" for
 the original code, which must pass). Prints KILLED or SURVIVED per name. The same as
 `MUTANT_UNDER_TEST=NAME pytest -n 0 ... -k TEST` per mutant (mutmut's trampolines read that
 variable at each call), but mutants/dagrun/plan.py (19 MB of mutants) is imported once, not
 once per mutant: about a second per mutant instead of a minute on the loaded machine.
-Only for tests whose fixtures are tmp_path and their parameters. Not a test (no test_ prefix):
+Only for tests whose fixtures are tmp_path, plans, home, monkeypatch and their parameters. Not a test (no test_ prefix):
 a helper for README.md "Mutation testing".
 """
+import importlib.util
 import inspect
 import os
 import shutil
@@ -19,13 +21,26 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 os.environ["DAGRUN_MUTMUT"] = "1"
 sys.path.insert(0, os.getcwd())
 sys.path.insert(0, os.path.join(os.getcwd(), "tests", "reliability"))
-import test_core_mutants as M  # noqa: E402
+sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
+
+
+def load(path: str):
+    """The test module at path (relative to mutants/), imported once."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    mod = sys.modules[spec.name] = importlib.util.module_from_spec(spec)     # (dataclasses look it up)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def main(spec: str, names: list[str]) -> None:
+    path, _, spec = spec.rpartition("::")
+    M = load(path or "tests/reliability/test_core_mutants.py")
     fname, _, pidx = spec.partition(":")
     fn = getattr(M, fname)
     params = {}
@@ -38,8 +53,17 @@ def main(spec: str, names: list[str]) -> None:
         os.environ["MUTANT_UNDER_TEST"] = name
         d = tempfile.mkdtemp(prefix="mutant-check-")
         kw = dict(params)
-        if "tmp_path" in inspect.signature(fn).parameters:
+        wants = inspect.signature(fn).parameters
+        mp = pytest.MonkeyPatch()
+        if "tmp_path" in wants:
             kw["tmp_path"] = Path(d)
+        if "plans" in wants:                 # conftest's fixtures of the same names
+            kw["plans"] = Path(d, "plans")
+            kw["plans"].mkdir()
+        if "home" in wants:
+            kw["home"] = Path(d, "home")
+        if "monkeypatch" in wants:
+            kw["monkeypatch"] = mp
         try:
             fn(**kw)
             print("SURVIVED", name, flush=True)
@@ -48,6 +72,7 @@ def main(spec: str, names: list[str]) -> None:
                 raise
             print("KILLED", name, type(e).__name__, (str(e).splitlines() or [""])[0][:100], flush=True)
         finally:
+            mp.undo()
             shutil.rmtree(d, ignore_errors=True)
 
 

@@ -777,6 +777,81 @@ def test_a_join_over_a_fan_out_shares_its_context_budget_between_the_instances(t
     assert not os.path.exists(home.claim_dir("g", "join"))
 
 
+@pytest.mark.parametrize("items", [["a"], ["a", "b", "c"]])
+def test_an_expanded_template_s_own_prompt_holds_its_deps_and_each_instance_s_output_once(tmp_path, items):
+    """The join (the expanded template, claimed once its instances are done) writes prompt.md
+    like any task: its own dependencies' outputs, then one section per instance -- each once,
+    in item order, sharing one context budget -- for one instance as for several, then its
+    soft dependencies'."""
+    home = submit_home(tmp_path, [{"id": "src", "prompt": "x", "agent": "true"},
+                                  {"id": "side", "prompt": "x", "agent": "true"},
+                                  {"id": "tpl", "deps": ["src"], "soft_deps": ["side"], "for_each": {"from": "src"},
+                                   "prompt": "do {{item}}", "agent": "true"}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    tr.finish(home, plan, sched, _claim(home, "src"), ok=True, worker="w1", output_data=json.dumps(items).encode())
+    tr.finish(home, plan, sched, _claim(home, "side"), ok=True, worker="w1", output_data=b"<side>")
+    assert fanout.expand_one(home, "g", "tpl", "w1") is True
+    plan, sched = home.load_plan("g"), _sched(home)
+    for k in range(len(items)):
+        tr.finish(home, plan, sched, _claim(home, f"tpl.{k}"), ok=True, worker="w1", output_data=f"<out {k}>".encode())
+    lc.claim_task(home, plan, "tpl", worker="w1", kind="engine")
+    text = Path(home.prompt_path("g", "tpl")).read_text()
+    heads = [x for x in text.splitlines() if x.startswith("## Output of ")]
+    assert heads == (["## Output of src"] + [f"## Output of tpl.{k}" for k in range(len(items))]
+                     + ["## Output of side"]), text
+    assert [text.count(f"<out {k}>") for k in range(len(items))] == [1] * len(items)
+
+
+def test_a_task_after_a_fan_out_gets_every_dependency_s_section_whatever_their_order(tmp_path):
+    """A dependency on an expanded template gives one section per instance; the task's other
+    dependencies keep theirs, listed before or after the template."""
+    home = submit_home(tmp_path, [{"id": "src", "prompt": "x", "agent": "true"},
+                                  {"id": "tpl", "deps": ["src"], "for_each": {"from": "src"}, "prompt": "do {{item}}",
+                                   "agent": "true"},
+                                  {"id": "side", "prompt": "x", "agent": "true"},
+                                  {"id": "after", "deps": ["side", "tpl", "src"], "prompt": "Summarise", "agent": "true"}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    for t, out in (("src", json.dumps(["a", "b"])), ("side", "<side>")):
+        tr.finish(home, plan, sched, _claim(home, t), ok=True, worker="w1", output_data=out.encode())
+    assert fanout.expand_one(home, "g", "tpl", "w1") is True
+    plan, sched = home.load_plan("g"), _sched(home)
+    for k in range(2):
+        tr.finish(home, plan, sched, _claim(home, f"tpl.{k}"), ok=True, worker="w1", output_data=f"<out {k}>".encode())
+    fanout.join(home, plan, sched, lc.claim_task(home, plan, "tpl", worker="w1", kind="engine"), "w1")
+    lc.claim_task(home, plan, "after", worker="w1", kind="external")
+    text = Path(home.prompt_path("g", "after")).read_text()
+    heads = [x for x in text.splitlines() if x.startswith("## Output of ")]
+    assert heads == ["## Output of side", "## Output of tpl.0", "## Output of tpl.1", "## Output of src"], text
+
+
+def test_an_upstream_output_of_exactly_the_context_limit_is_shown_whole(tmp_path):
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                                  {"id": "b", "deps": ["a"], "prompt": "y", "agent": "true", "context_limit": 100}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"x" * 99 + b"Z")
+    _claim(home, "b")
+    text = Path(home.prompt_path("g", "b")).read_text()
+    assert "x" * 99 + "Z" in text and "truncated" not in text, text
+
+
+def test_a_dependency_archived_after_the_caller_looked_is_stale_not_an_empty_input(tmp_path):
+    """The caller's view says a is done, but a was archived since (a forced retry: output and
+    marker gone): the claim is given up with Stale, never run on an empty input. A done
+    dependency whose output file is missing but whose marker stands is an empty output."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                                  {"id": "b", "deps": ["a"], "prompt": "y", "agent": "true"}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"out")
+    os.remove(home.output_path("g", "a"))
+    c = lc.claim_task(home, plan, "b", worker="w1", kind="external", state_of=lambda t: "done")
+    assert c is not None and "## Output of a" in Path(home.prompt_path("g", "b")).read_text()   # marker stands
+    lc.commit_failure(home, plan, c, outcome="interrupted", ended=time.time())
+    os.remove(home.marker_path("g", "a", "done"))
+    with pytest.raises(lc.Stale, match="^g/a is no longer done$"):
+        lc.claim_task(home, plan, "b", worker="w1", kind="external", state_of=lambda t: "done")
+    assert not os.path.exists(home.claim_dir("g", "b"))
+
+
 def _retry_prompt(tmp_path, sub: str, stderr: bytes | None, link_to: Path | None = None) -> str:
     home = submit_home(tmp_path / sub, [{"id": "a", "prompt": "do it", "agent": "true", "retries": 1, "retry_context": "error",
                                    "retry_backoff": 0}])
@@ -880,6 +955,46 @@ def test_mark_cancelled_names_the_cancel_and_never_covers_done(tmp_path):
     assert "cancel_id" not in read_json(home.marker_path("g", "new", "cancelled"))
 
 
+def test_scheduler_for_hands_the_scheduler_every_rule_of_the_plan(tmp_path):
+    """lifecycle.scheduler_for is the one place the plan's rules reach the scheduler (engine,
+    claim, status): max_parallel, on_failure=stop, the files mutex, the budget pool and the usd
+    estimates, serial groups, held fan-out templates, aging on the clock it is handed, the
+    durations that rank the ready tasks."""
+    from dagrun.plan import parse
+    from dagrun.simrun import VirtualClock
+    doc = {"goal": "g", "max_parallel": 2, "on_failure": "stop", "budget": {"usd": 5}, "aging": 7,
+           "tasks": [{"id": "a", "prompt": "x", "agent": "true", "files": ["src/*"], "serial": "s",
+                      "estimate": {"usd": 1.5, "seconds": 30}},
+                     {"id": "b", "prompt": "x", "agent": "true", "serial": "s"},
+                     {"id": "tpl", "for_each": {"from": "a"}, "prompt": "do {{item}}", "agent": "true"}]}
+    plan = parse(json.dumps(doc).encode(), shown="dag.json", source=str(tmp_path / "dag.json"), default_goal="g",
+                 home=str(tmp_path))
+    clock = VirtualClock()
+    s = lc.scheduler_for(plan, clock=clock)
+    assert (s.max_parallel, s.stop_on_failure, s.budget, s.estimates) == (2, True, {"usd": 5}, {"a": 1.5})
+    assert s.files == [("src/*",), (), ()] and s.serial_before == [(), (0,), ()]
+    assert s.hold == frozenset({2}) and (s.aging, s.clock) == (7.0, clock)
+    assert s.rank[0] >= 30 and s.rank[1] == 1.0           # the remaining path: the plan's estimates, else 1 s
+    assert lc.scheduler_for(plan, durations={"b": 4}).rank[1] == 4.0   # the home's history, when handed
+    assert lc.scheduler_for(plan).aging is None                          # no clock, no aging
+    assert lc.scheduler_for(plan, hold_templates=False).hold == frozenset()   # the simulator's
+
+
+def test_the_scheduler_read_from_the_files_holds_a_task_the_goal_s_spend_leaves_no_room_for(tmp_path):
+    """build_scheduler (a script's claim, cancel, retry) hands the budget rule the pool and
+    what the goal spent so far -- here a running attempt's usage file: $0.50 of $1 spent, so
+    b's $0.60 estimate waits and c (no estimate) may start."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                                  {"id": "b", "prompt": "x", "agent": "true", "priority": 1,
+                                   "estimate": {"usd": 0.6}},
+                                  {"id": "c", "prompt": "x", "agent": "true"}], budget={"usd": 1.0})
+    _claim(home, "a")
+    Path(home.claim_dir("g", "a"), "usage.jsonl").write_text('{"cost_usd": 0.5, "tokens_out": 7}\n')
+    sched = _sched(home)
+    assert sched.budget == {"usd": 1.0} and sched.spent == {"usd": 0.5, "tokens": 7}
+    assert sched.budget_held() == ["b"] and sched.take() is None      # c does not jump the held b
+
+
 def test_the_rescan_keeps_a_retry_in_its_backoff(tmp_path):
     home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 100},
                                   {"id": "b", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 0}])
@@ -930,6 +1045,22 @@ def test_finish_done_announces_exactly_the_marker_s_numbers(tmp_path):
     assert fin.record["cached"] is True and fin.record["cache_key"] == "k1" and fin.record["exit_code"] is None
     e = goal_events(home, ev.TASK_STATUS)[-1]
     assert e["cached"] is True and "exit_code" not in e and e["status"] == "done"
+
+
+def test_every_event_a_transition_appends_names_its_goal(tmp_path):
+    """The line a reader filters on (`jq 'select(.goal == "g")'`, a hook's $DAGRUN_GOAL):
+    every event transitions appends -- a task's end, the ready dependent, the goal's end --
+    carries the goal's id (the other tests compare events without it)."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                                  {"id": "b", "prompt": "x", "agent": "true", "deps": ["a"]}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    for t in ("a", "b"):
+        assert sched.take() == t
+        tr.finish(home, plan, sched, _claim(home, t), ok=True, worker="w5", output_data=b"x")
+    tr.end_goal_if_finished(home, plan, sched, "w5")
+    got = goal_events(home)
+    assert {e["type"] for e in got} >= {ev.TASK_STATUS, ev.GOAL_FINISHED}
+    assert [e for e in got if e.get("goal") != "g"] == []
 
 
 def test_finish_failed_retrying_announces_the_retry_and_ready_when_asked(tmp_path):
@@ -1158,6 +1289,55 @@ def test_a_final_failure_under_stop_runs_the_failed_blocked_and_cancelled_hooks_
     assert [n for n in os.listdir(home.hooks_due_dir("g")) if n.endswith(".json")] == []   # all delivered
     time.sleep(0.2)
     assert len(os.listdir(got)) == 3                                                     # once each
+
+
+def test_a_hook_that_fails_after_a_transition_is_reported_as_an_event(tmp_path):
+    """The hooks a transition starts report a failure back: a `hook.failed` event naming the
+    hook and the goal's last_failure.json (what `dagrun status` shows)."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}],
+                       hooks={"on_done": [["sh", "-c", "exit 1"]]})
+    plan, sched = home.load_plan("g"), _sched(home)
+    assert sched.take() == "a"
+    tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"x")
+    end = time.monotonic() + 15
+    while time.monotonic() < end and not goal_events(home, ev.HOOK_FAILED):
+        time.sleep(0.05)
+    e = goal_events(home, ev.HOOK_FAILED)
+    assert [(x["task"], x["hook_event"], x["hook"]) for x in e] == [("a", "on_done", "sh -c exit 1")], e
+    assert read_json(os.path.join(home.hooks_due_dir("g"), "last_failure.json")) == e[0]
+
+
+def test_a_held_event_is_on_disk_before_the_hooks_it_starts_read_it(tmp_path):
+    """In the engine's turn (events held in memory, written once per turn) an event with hooks
+    is written out before its hooks start: a hook reading events.jsonl finds its own event."""
+    got = tmp_path / "seen"
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}],
+                       hooks={"on_done": [["sh", "-c", f'cp "$DAGRUN_HOME/goals/g/events.jsonl" {got}.tmp && mv {got}.tmp {got}']]})
+    plan, sched = home.load_plan("g"), _sched(home)
+    assert sched.take() == "a"
+    ev.hold()
+    try:
+        tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"x")
+        end = time.monotonic() + 15
+        while time.monotonic() < end and not got.exists():
+            time.sleep(0.05)
+        seen = [json.loads(x) for x in got.read_bytes().splitlines()]
+    finally:
+        ev.release()
+    assert [(e["task"], e["status"]) for e in seen if e["type"] == ev.TASK_STATUS][-1] == ("a", "done")
+
+
+def test_an_event_of_a_goal_whose_plan_cannot_be_read_is_appended_without_hooks(tmp_path):
+    """A cancel handed no plan finds the event's hooks from the goal's plan.json; when that
+    cannot be read (a goal being replaced or removed) the event is still appended, no hook."""
+    got, hook = _recorder(tmp_path)
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}], hooks={"on_cancelled": [hook]})
+    sched = _sched(home)
+    Path(home.plan_path("g")).write_text("{not json")
+    new, _ = tr.cancel(home, sched, "g", "a", by="me", reason="r")
+    assert new and goal_events(home, ev.TASK_STATUS)[-1]["status"] == "cancelled"
+    time.sleep(0.3)
+    assert os.listdir(got) == [] and not os.path.isdir(home.hooks_due_dir("g"))
 
 
 def test_changes_extend_concatenates_and_keeps_a_rebuild():
