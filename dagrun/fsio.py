@@ -479,6 +479,7 @@ def _open_new(path: str, mode: int = 0o644) -> int:
 # $DAGRUN_HOME/.spare/, and the engine renames them into place. Spares are scratch: a crash
 # leaves a few empty files that the next engine sweeps.
 RENAME_NOREPLACE = 1
+_S_IFREG = 0o100000
 SPARES: "Spares | None" = None
 
 
@@ -623,8 +624,8 @@ class Spares:
                         os.mkdir(os.path.join(p, self.nest), 0o755)
                 elif need_dir:
                     os.mkdir(p, 0o755)
-                else:
-                    os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+                else:                        # mknod(2) of a regular file: open+close in one call
+                    os.mknod(p, _S_IFREG | 0o644)
             except OSError:
                 if inner is not None:
                     _rmdir_quiet(inner)

@@ -149,6 +149,37 @@ def _exits_names_the_ended_attempts(tmp: str) -> None:
     r.close()
 
 
+def _a_slow_spawn_does_not_hold_up_the_next(tmp: str) -> None:
+    """A spawn whose prompt is a FIFO blocks its spawner thread in open(2) until a writer
+    comes; the second agent is spawned and reported meanwhile by the other spawner thread."""
+    from dagrun import executor
+    assert executor.SPAWNERS >= 2
+    r = ProcessRunner()
+    fifo = os.path.join(tmp, "slow-prompt")
+    os.mkfifo(fifo)
+    slow = _launch(tmp, "cat >/dev/null")
+    slow = Launch(**{**slow.__dict__, "stdin_path": fifo,
+                     "stdout_path": os.path.join(tmp, "slow.out"), "stderr_path": os.path.join(tmp, "slow.err")})
+    hs = r.submit(slow)
+    time.sleep(0.2)                        # let a spawner thread block in open(fifo)
+    hf = r.submit(_launch(tmp, "true"))
+    [(got, err)] = _spawned(r)
+    assert got is hf and err is None, "the second spawn waited for the first"
+    assert "pid" not in hs and r.poll(hs) is None
+    assert _exit(r, hf).ok
+    w = os.open(fifo, os.O_WRONLY)        # the first spawn's open returns; it runs and ends
+    os.close(w)
+    [(got, err)] = _spawned(r)
+    assert got is hs and err is None
+    assert _exit(r, hs).ok
+    r.close()
+
+
+def test_a_slow_spawn_does_not_hold_up_the_next(tmp_path):
+    """Two spawner threads (executor.SPAWNERS): the vfork waits of two spawns overlap."""
+    _in_child(_a_slow_spawn_does_not_hold_up_the_next, tmp_path)
+
+
 def test_exits_names_only_the_attempts_whose_process_ended(tmp_path):
     """The engine polls only these runs each turn (Engine._reap(due)): a pidfd stays
     readable once its process has exited, so a run is never missed."""
