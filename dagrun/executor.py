@@ -424,8 +424,8 @@ SPAWNERS = max(1, int(os.environ.get("DAGRUN_SPAWNERS", "") or 2))
 class _Spawner:
     """Threads (SPAWNERS) that fork the agents handed to ProcessRunner.submit(), so the
     driver's loop never sleeps in vfork(2) waiting for an agent's exec. Results come back
-    through collect(), in the order the spawns finished; a byte on a pipe (fd) wakes the
-    loop's poll(2)."""
+    through collect(), in the order the spawns finished (ProcessRunner.spawned reports them
+    in submission order); a byte on a pipe (fd) wakes the loop's poll(2)."""
 
     def __init__(self):
         import collections
@@ -526,6 +526,7 @@ class ProcessRunner:
         self._spawner: _Spawner | None = None    # submit(): forks off the caller's thread
         self._pending: dict[str, tuple[Launch, dict]] = {}   # key -> submitted, not yet collected
         self._stops: dict[str, int] = {}         # key -> signal asked for while it was pending
+        self._finished: dict[str, object] = {}   # key -> spawn result not yet reported (an earlier one runs)
 
     def key(self, handle: dict) -> str:
         rid = handle.get("run_id")
@@ -565,7 +566,14 @@ class ProcessRunner:
         if self._spawner is None or not self._pending:
             return []
         out: list[tuple[dict, StartError | None]] = []
-        for k, sp in self._spawner.collect():
+        self._finished.update(self._spawner.collect())
+        # reported in the order they were submitted (the engine's `running` lines follow the
+        # dispatch order, as with one spawner thread): a spawn that finished before an earlier
+        # one waits for it -- its agent runs meanwhile, only its registration waits
+        for k in list(self._pending):
+            if k not in self._finished:
+                break
+            sp = self._finished.pop(k)
             launch, handle = self._pending.pop(k)
             if isinstance(sp, StartError):
                 self._stops.pop(k, None)
