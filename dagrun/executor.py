@@ -415,10 +415,19 @@ def _spawn(launch: Launch, want_pidfd: bool) -> "_Spawned | StartError":
     return _Spawned(p, p.pid, proc_start(p.pid), r_out, r_err, pidfd)
 
 
+# Spawner threads. One spawn is ~0.25 ms of the thread's CPU but 1.5-2.5 ms of wall time on
+# a 2-core VM: vfork(2) parks the thread until the child has exec'd, and the child first waits
+# for a CPU. With one thread the spawner was the bottleneck of a wide plan (busy 93 % of the
+# time between the first and the last spawn of fan-out-500); two overlap those waits
+# (docs/performance.md, "sixth round"). DAGRUN_SPAWNERS=N: for A/B runs only.
+SPAWNERS = max(1, int(os.environ.get("DAGRUN_SPAWNERS", "") or 2))
+
+
 class _Spawner:
-    """One thread that forks the agents handed to ProcessRunner.submit(), so the driver's
-    loop never sleeps in vfork(2) waiting for an agent's exec. Results come back through
-    collect(); a byte on a pipe (fd) wakes the loop's poll(2)."""
+    """Threads (SPAWNERS) that fork the agents handed to ProcessRunner.submit(), so the
+    driver's loop never sleeps in vfork(2) waiting for an agent's exec. Results come back
+    through collect(), in the order the spawns finished (ProcessRunner.spawned reports them
+    in submission order); a byte on a pipe (fd) wakes the loop's poll(2)."""
 
     def __init__(self):
         import collections
@@ -428,8 +437,10 @@ class _Spawner:
         self._cv = threading.Condition()
         self._closed = False
         self.fd, self._w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self._thread = threading.Thread(target=self._run, name="dagrun-spawner", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, name=f"dagrun-spawner-{i}", daemon=True)
+                         for i in range(SPAWNERS)]
+        for th in self._threads:
+            th.start()
 
     def submit(self, key: str, launch: Launch, want_pidfd: bool) -> None:
         with self._cv:
@@ -469,8 +480,9 @@ class _Spawner:
         """Finish what was submitted (those spawns are then collected and killed), stop."""
         with self._cv:
             self._closed = True
-            self._cv.notify()
-        self._thread.join()
+            self._cv.notify_all()
+        for th in self._threads:
+            th.join()
         # the fds are closed by the ProcessRunner after its last collect()
 
 
@@ -516,6 +528,7 @@ class ProcessRunner:
         self._spawner: _Spawner | None = None    # submit(): forks off the caller's thread
         self._pending: dict[str, tuple[Launch, dict]] = {}   # key -> submitted, not yet collected
         self._stops: dict[str, int] = {}         # key -> signal asked for while it was pending
+        self._finished: dict[str, object] = {}   # key -> spawn result not yet reported (an earlier one runs)
 
     def key(self, handle: dict) -> str:
         rid = handle.get("run_id")
@@ -533,7 +546,7 @@ class ProcessRunner:
         return handle
 
     def submit(self, launch: Launch) -> dict:
-        """start() without waiting for the fork: the spawner thread forks and execs the agent
+        """start() without waiting for the fork: a spawner thread forks and execs the agent
         while the caller's loop goes on (vfork(2) parks the calling thread until the child has
         exec'd; Python >= 3.11.6 releases the GIL meanwhile). Returns the attempt's handle at
         once -- without pid/pgid/start until the loop has collected the spawn through
@@ -555,7 +568,14 @@ class ProcessRunner:
         if self._spawner is None or not self._pending:
             return []
         out: list[tuple[dict, StartError | None]] = []
-        for k, sp in self._spawner.collect():
+        self._finished.update(self._spawner.collect())
+        # reported in the order they were submitted (the engine's `running` lines follow the
+        # dispatch order, as with one spawner thread): a spawn that finished before an earlier
+        # one waits for it -- its agent runs meanwhile, only its registration waits
+        for k in list(self._pending):
+            if k not in self._finished:
+                break
+            sp = self._finished.pop(k)
             launch, handle = self._pending.pop(k)
             if isinstance(sp, StartError):
                 self._stops.pop(k, None)

@@ -479,6 +479,7 @@ def _open_new(path: str, mode: int = 0o644) -> int:
 # $DAGRUN_HOME/.spare/, and the engine renames them into place. Spares are scratch: a crash
 # leaves a few empty files that the next engine sweeps.
 RENAME_NOREPLACE = 1
+_S_IFREG = 0o100000
 SPARES: "Spares | None" = None
 
 
@@ -578,6 +579,8 @@ class Spares:
             _step(f"makedirs {self.base}")
             os.makedirs(self.base, mode=0o700, exist_ok=True)
             _done_step(f"makedirs {self.base}")
+        if SPREAD:
+            mark_top_dir(self.base)
         self._sweep()
         for k in range(threads):
             d = os.path.join(self.base, f"{os.getpid()}-{k}")
@@ -621,8 +624,8 @@ class Spares:
                         os.mkdir(os.path.join(p, self.nest), 0o755)
                 elif need_dir:
                     os.mkdir(p, 0o755)
-                else:
-                    os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+                else:                        # mknod(2) of a regular file: open+close in one call
+                    os.mknod(p, _S_IFREG | 0o644)
             except OSError:
                 if inner is not None:
                     _rmdir_quiet(inner)
@@ -770,6 +773,41 @@ class Spares:
             th.join(timeout=2)
         for k in range(len(self._threads)):
             rmtree(os.path.join(self.base, f"{os.getpid()}-{k}"))
+
+
+SPREAD = os.environ.get("DAGRUN_SPARE_SPREAD", "1") not in ("", "0")
+FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_TOPDIR_FL = 0x80086601, 0x40086602, 0x00020000
+
+
+def mark_top_dir(path: str) -> bool:
+    """Give folder `path` the "top of a directory hierarchy" attribute (`chattr +T`,
+    FS_TOPDIR_FL): ext4's Orlov allocator then places each folder made in it in a block group
+    of its own choosing (one with more free inodes than average and the fewest folders)
+    instead of next to its parent -- and a file's inode goes to its folder's group. Where the
+    parent's group has many recently deleted inodes (test suites and benchmark homes come and
+    go under /tmp), an ext4 without a journal skips each of them one by one on every inode it
+    allocates there (find_inode_bit -> recently_deleted): 110-160 us of system time per
+    create instead of 9 us, measured. Only an allocation hint: no effect on what the folder
+    holds; False where the file system has no such flag (tmpfs, xfs, NFS ...)."""
+    import fcntl
+    import struct
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        buf = bytearray(8)
+        fcntl.ioctl(fd, FS_IOC_GETFLAGS, buf)
+        flags = struct.unpack_from("i", buf)[0]
+        if flags & FS_TOPDIR_FL:
+            return True
+        struct.pack_into("i", buf, 0, flags | FS_TOPDIR_FL)
+        fcntl.ioctl(fd, FS_IOC_SETFLAGS, buf)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def sweep_spares(home: str) -> None:

@@ -25,13 +25,23 @@ BOOT_ID = _boot_id()
 def stat_fields(pid: int) -> list[bytes] | None:
     """Fields of /proc/<pid>/stat after the command name (state first); None when there is
     no such process (or no /proc), [] when it cannot be read."""
+    # plain open/read/close: a file object adds an fstat, an ioctl and an lseek, and this runs
+    # once per spawned agent (proc_start) in a spawner thread
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError:
         return []
+    try:
+        parts = []
+        while b := os.read(fd, 4096):
+            parts.append(b)
+    except OSError:
+        return []
+    finally:
+        os.close(fd)
+    data = b"".join(parts)
     return data[data.rfind(b")") + 2:].split()
 
 

@@ -4,6 +4,8 @@ from the same snapshot, usage from the markers), and the spare pool's batched re
 from __future__ import annotations
 
 import json
+import os
+import stat
 import time
 from pathlib import Path
 
@@ -77,6 +79,52 @@ def test_the_spare_pool_refills_once_it_runs_low_and_stays_full(tmp_path):
         assert len(set(taken)) == n and not set(taken) & set(pool._files)
     finally:
         fsio.stop_spares()
+
+
+def _flags(path) -> int | None:
+    import fcntl
+    import struct
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        buf = bytearray(8)
+        fcntl.ioctl(fd, fsio.FS_IOC_GETFLAGS, buf)
+        return struct.unpack_from("i", buf)[0]
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def test_the_spare_pool_is_a_top_of_hierarchy_folder_of_empty_regular_files(tmp_path):
+    """.spare carries FS_TOPDIR_FL (chattr +T) where the file system has the flag, so ext4
+    places the pool's inodes away from its parent's block group; the spares are empty regular
+    files (made by mknod(2)) that the engine writes and renames like any temporary file."""
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    supported = fsio.mark_top_dir(str(probe)) and (_flags(probe) or 0) & fsio.FS_TOPDIR_FL
+    pool = fsio.start_spares(str(tmp_path), threads=1, target=4)
+    assert pool is not None
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not pool._full():
+            time.sleep(0.01)
+        spare = tmp_path / ".spare"
+        if supported:
+            assert _flags(spare) & fsio.FS_TOPDIR_FL
+        else:
+            assert not fsio.mark_top_dir(str(spare))     # no such flag here: nothing changes
+        f = pool.pop_file()
+        st = os.stat(f)
+        assert stat.S_ISREG(st.st_mode) and st.st_size == 0
+        assert stat.S_IMODE(st.st_mode) == 0o644 & ~_umask()
+    finally:
+        fsio.stop_spares()
+
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
 
 
 def test_reads_without_a_file_object_return_the_whole_file_or_its_first_bytes(tmp_path):

@@ -149,6 +149,42 @@ def _exits_names_the_ended_attempts(tmp: str) -> None:
     r.close()
 
 
+def _a_slow_spawn_does_not_hold_up_the_next(tmp: str) -> None:
+    """A spawn whose prompt is a FIFO blocks its spawner thread in open(2) until a writer
+    comes; the other spawner thread starts the second agent meanwhile. Spawns are reported in
+    the order they were submitted: the second waits for the first to be registered."""
+    from dagrun import executor
+    assert executor.SPAWNERS >= 2
+    r = ProcessRunner()
+    fifo = os.path.join(tmp, "slow-prompt")
+    os.mkfifo(fifo)
+    marker = os.path.join(tmp, "second-ran")
+    slow = _launch(tmp, "cat >/dev/null")
+    slow = Launch(**{**slow.__dict__, "stdin_path": fifo,
+                     "stdout_path": os.path.join(tmp, "slow.out"), "stderr_path": os.path.join(tmp, "slow.err")})
+    hs = r.submit(slow)
+    time.sleep(0.2)                        # let a spawner thread block in open(fifo)
+    hf = r.submit(_launch(tmp, f"touch {marker}"))
+    end = time.monotonic() + 20
+    while not os.path.exists(marker) and time.monotonic() < end:
+        time.sleep(0.02)
+    assert os.path.exists(marker), "the second agent waited for the first spawn"
+    assert r.spawned() == [] and r.poll(hs) is None and r.poll(hf) is None   # reported in order
+    w = os.open(fifo, os.O_WRONLY)        # the first spawn's open returns; it runs and ends
+    os.close(w)
+    got: list = []
+    while len(got) < 2:
+        got += _spawned(r)
+    assert [h for h, _ in got] == [hs, hf] and not any(e for _, e in got)
+    assert _exit(r, hs).ok and _exit(r, hf).ok
+    r.close()
+
+
+def test_a_slow_spawn_does_not_hold_up_the_next(tmp_path):
+    """Two spawner threads (executor.SPAWNERS): the vfork waits of two spawns overlap."""
+    _in_child(_a_slow_spawn_does_not_hold_up_the_next, tmp_path)
+
+
 def test_exits_names_only_the_attempts_whose_process_ended(tmp_path):
     """The engine polls only these runs each turn (Engine._reap(due)): a pidfd stays
     readable once its process has exited, so a run is never missed."""

@@ -25,8 +25,8 @@
  *                          run, where the n-th mutation of the whole run is not (the engine's
  *                          threads and its batched event appends vary from run to run)
  *
- * Mutations and their kinds: open/openat with O_CREAT ("create") or other write access
- * ("open-w"), write/pwrite ("write", or "append" on an O_APPEND fd), ftruncate ("truncate"),
+ * Mutations and their kinds: open/openat with O_CREAT and mknod/mknodat ("create") or other
+ * write access ("open-w"), write/pwrite ("write", or "append" on an O_APPEND fd), ftruncate ("truncate"),
  * fsync ("fsync"), mkdir ("mkdir"), rename/renameat/renameat2 ("rename"), link/linkat ("link"),
  * utimensat on a path ("utime"). Reads, unlink and rmdir are left alone (a full disk still
  * lets you delete).
@@ -227,6 +227,16 @@ int mkdir(const char *path, mode_t mode) {
     REAL(int, mkdir, const char *, mode_t);
     if (fault("mkdir", path)) return -1;
     return real_mkdir(path, mode);
+}
+int mknod(const char *path, mode_t mode, dev_t dev) {   /* the spare pool's empty files */
+    REAL(int, mknod, const char *, mode_t, dev_t);
+    if (fault("create", path)) return -1;
+    return real_mknod(path, mode, dev);
+}
+int mknodat(int dfd, const char *path, mode_t mode, dev_t dev) {
+    REAL(int, mknodat, int, const char *, mode_t, dev_t);
+    if (dfd == AT_FDCWD && fault("create", path)) return -1;
+    return real_mknodat(dfd, path, mode, dev);
 }
 int rename(const char *a, const char *b) {
     REAL(int, rename, const char *, const char *);
