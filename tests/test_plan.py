@@ -286,3 +286,19 @@ def test_symlinked_prompt_file_pointing_outside_is_refused(plans, tmp_path):
     p = write_plan(plans, [{"id": "a", "prompt_file": "link.md"}], defaults=AGENT)
     with pytest.raises(PlanError, match="resolves outside"):
         planmod.load(str(p))
+
+
+def test_the_plans_own_runner_is_every_tasks_runner_unless_the_task_names_one(plans):
+    """`"runner"` at the top of a plan is the default of every task (what the validator does
+    in-process: the cluster tests that also show it run the binary, which mutation testing
+    cannot see); a task's own `runner` wins; a bad name is refused naming the field."""
+    p = write_plan(plans, [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y", "runner": "local"}],
+                   defaults=AGENT, runner="slurm")
+    pl = planmod.load(str(p))
+    assert {t.id: t.runner for t in pl.tasks} == {"a": "slurm", "b": "local"}
+    p = write_plan(plans, [{"id": "a", "prompt": "x"}], defaults=AGENT)
+    assert [t.runner for t in planmod.load(str(p)).tasks] == ["local"]
+    p = write_plan(plans, [{"id": "a", "prompt": "x"}], defaults=AGENT, runner="k8s")
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert "runner" in str(ei.value) and "k8s" in str(ei.value)
