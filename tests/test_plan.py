@@ -301,4 +301,5 @@ def test_the_plans_own_runner_is_every_tasks_runner_unless_the_task_names_one(pl
     p = write_plan(plans, [{"id": "a", "prompt": "x"}], defaults=AGENT, runner="k8s")
     with pytest.raises(PlanError) as ei:
         planmod.load(str(p))
-    assert "runner" in str(ei.value) and "k8s" in str(ei.value)
+    line = next(i for i, t in enumerate(p.read_text().splitlines(), 1) if '"runner"' in t)
+    assert str(ei.value) == f'{p}:{line}: runner: must be one of "local", "slurm", "ray", got "k8s"'
