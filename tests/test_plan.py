@@ -303,3 +303,26 @@ def test_the_plans_own_runner_is_every_tasks_runner_unless_the_task_names_one(pl
         planmod.load(str(p))
     line = next(i for i, t in enumerate(p.read_text().splitlines(), 1) if '"runner"' in t)
     assert str(ei.value) == f'{p}:{line}: runner: must be one of "local", "slurm", "ray", got "k8s"'
+
+
+def test_every_top_level_option_reaches_the_plan_and_each_has_its_default(plans):
+    """What the validator hands on from the top of the plan, in-process (the scheduling,
+    budget and lease tests that show each option's effect run the binary)."""
+    p = write_plan(plans, [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"}], defaults=AGENT,
+                   goal="g1", description="d", max_parallel=3, on_failure="stop", lease=12.5,
+                   budget={"usd": 2.5}, resources={"gpu": 2}, agent_limits={"claude": 1}, tenant="t1",
+                   max_tasks=40, weight=2.5, aging=7)
+    pl = planmod.load(str(p))
+    got = {k: getattr(pl, k) for k in ("goal", "description", "max_parallel", "on_failure", "lease", "budget",
+                                       "capacities", "agent_limits", "tenant", "max_tasks", "weight", "aging")}
+    assert got == {"goal": "g1", "description": "d", "max_parallel": 3, "on_failure": "stop", "lease": 12.5,
+                   "budget": {"usd": 2.5}, "capacities": {"gpu": 2}, "agent_limits": {"claude": 1},
+                   "tenant": "t1", "max_tasks": 40, "weight": 2.5, "aging": 7.0}
+    assert [t.id for t in pl.tasks] == ["a", "b"]
+    pl = planmod.load(str(write_plan(plans, [{"id": "a", "prompt": "x"}], defaults=AGENT)))
+    got = {k: getattr(pl, k) for k in ("goal", "description", "max_parallel", "on_failure", "lease", "budget",
+                                       "capacities", "agent_limits", "tenant", "max_tasks", "weight", "aging")}
+    assert got == {"goal": "dag", "description": None, "max_parallel": None, "on_failure": "continue",
+                   "lease": planmod.DEFAULT_LEASE, "budget": None, "capacities": None, "agent_limits": None,
+                   "tenant": None, "max_tasks": None, "weight": 1.0, "aging": planmod.DEFAULT_AGING}
+    assert isinstance(pl.lease, float) and isinstance(pl.weight, float) and isinstance(pl.aging, float)
