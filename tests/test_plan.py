@@ -326,3 +326,15 @@ def test_every_top_level_option_reaches_the_plan_and_each_has_its_default(plans)
                    "lease": planmod.DEFAULT_LEASE, "budget": None, "capacities": None, "agent_limits": None,
                    "tenant": None, "max_tasks": None, "weight": 1.0, "aging": planmod.DEFAULT_AGING}
     assert isinstance(pl.lease, float) and isinstance(pl.weight, float) and isinstance(pl.aging, float)
+
+
+def test_a_bad_plan_hook_is_named_by_its_path_under_hooks(plans):
+    """The plan-level hooks are checked under the path `hooks` (in-process; the hook tests run
+    the binary)."""
+    for hooks, said in (({"bogus": "x"}, 'hooks.bogus: unknown hook event "bogus" (known: '),
+                        ({"on_done": 5}, "hooks.on_done: expected an array of hooks, got a number")):
+        p = write_plan(plans, [{"id": "a", "prompt": "x"}], defaults=AGENT, hooks=hooks)
+        with pytest.raises(PlanError) as ei:
+            planmod.load(str(p))
+        line = next(i for i, t in enumerate(p.read_text().splitlines(), 1) if f'"{next(iter(hooks))}"' in t)
+        assert str(ei.value).startswith(f"{p}:{line}: {said}")
