@@ -338,3 +338,36 @@ def test_a_bad_plan_hook_is_named_by_its_path_under_hooks(plans):
             planmod.load(str(p))
         line = next(i for i, t in enumerate(p.read_text().splitlines(), 1) if f'"{next(iter(hooks))}"' in t)
         assert str(ei.value).startswith(f"{p}:{line}: {said}")
+
+
+@pytest.mark.parametrize("top,task_res,said", [
+    ({"resources": {"gpu": 1}}, {"gpu": 2},
+     'tasks[1].resources.gpu: task "b" asks for 2 units of "gpu" but the plan\'s capacity of "gpu" is 1: it could never start'),
+    ({"agent_limits": {"true": 1}}, {"agent.true": 2},
+     'tasks[1].resources.agent.true: task "b" asks for 2 units of "agent.true" but the plan\'s agent limit of true is 1: '
+     'it could never start'),
+    ({"max_tasks": 1}, None, "max_tasks: 1 is less than the plan's 2 tasks"),
+])
+def test_a_plan_whose_own_limits_a_task_can_never_fit_is_refused_naming_the_task(plans, top, task_res, said):
+    """The plan's capacities and agent limits are checked against every task's needs, and
+    max_tasks against the plan's size, in-process (the resource tests run the binary)."""
+    b = {"id": "b", "prompt": "y", **({"resources": task_res} if task_res else {})}
+    p = write_plan(plans, [{"id": "a", "prompt": "x"}, b], defaults=AGENT, **top)
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert str(ei.value).split(": ", 1)[1] == said and str(ei.value).startswith(f"{p}:")
+
+
+def test_a_serial_group_against_the_dependencies_is_refused_naming_the_first_task_of_it(plans):
+    """In-process, with a task before the group (the serial tests run the binary)."""
+    p = write_plan(plans, [{"id": "z", "prompt": "x"}, {"id": "a", "prompt": "x", "serial": "s", "deps": ["b"]},
+                           {"id": "b", "prompt": "x", "serial": "s"}], defaults=AGENT)
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert str(ei.value).split(": ", 1)[1] == ('tasks[1].serial: serial group "s" runs in plan order, but that order '
+                                               'contradicts the dependencies: dependency cycle: a -> b -> a')
+
+
+def test_a_plan_may_hold_exactly_its_max_tasks(plans):
+    p = write_plan(plans, [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"}], defaults=AGENT, max_tasks=2)
+    assert planmod.load(str(p)).max_tasks == 2
