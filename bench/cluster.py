@@ -83,9 +83,8 @@ def _in_allocation(cpus: int, script: str) -> float:
     return float(r.stdout.strip().splitlines()[-1])
 
 
-def steady(home: str, goal: str) -> float:
-    """Seconds per task once running, from the goal's own events: (last `done` - first `done`)
-    / (N - 1). Start-up (Python, import, connecting, the first task) is left out."""
+def done_times(home: str, goal: str) -> list[float]:
+    """The goal's `done` events' times (epoch seconds), in order, from its events.jsonl."""
     from datetime import datetime
     ts = []
     with open(os.path.join(home, "goals", goal, "events.jsonl")) as f:
@@ -94,6 +93,13 @@ def steady(home: str, goal: str) -> float:
             if e.get("status") == "done":
                 ts.append(datetime.fromisoformat(e["ts"].replace("Z", "+00:00")).timestamp())
     ts.sort()
+    return ts
+
+
+def steady(home: str, goal: str) -> float:
+    """Seconds per task once running, from the goal's own events: (last `done` - first `done`)
+    / (N - 1). Start-up (Python, import, connecting, the first task) is left out."""
+    ts = done_times(home, goal)
     return (ts[-1] - ts[0]) / (len(ts) - 1)
 
 

@@ -35,7 +35,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cluster import done_times  # noqa: E402  (bench/cluster.py: the same events reader)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CPUS = int(os.environ.get("STEPS_CPUS") or 2)
@@ -87,13 +89,7 @@ def dagrun(root: str, shape: str, n: int, exe: list[str]) -> tuple[list[float], 
     subprocess.run([*exe, f"--home={home}", "run", "-q", "-j", str(1 if shape == "chain" else CPUS),
                     "--runner", "slurm", plan(root, shape, n)], check=True, stdout=subprocess.DEVNULL)
     cpu = (_children_cpu() - cpu0) / n
-    ts = []
-    with open(os.path.join(home, "goals", shape, "events.jsonl")) as f:
-        for line in f:
-            e = json.loads(line)
-            if e.get("status") == "done":
-                ts.append(datetime.fromisoformat(e["ts"].replace("Z", "+00:00")).timestamp())
-    ts.sort()
+    ts = done_times(home, shape)
     return [b - a for a, b in zip(ts, ts[1:])], (ts[-1] - ts[0]) / (len(ts) - 1), cpu
 
 
