@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import shutil
 import signal
 import threading
@@ -479,7 +480,6 @@ def _open_new(path: str, mode: int = 0o644) -> int:
 # $DAGRUN_HOME/.spare/, and the engine renames them into place. Spares are scratch: a crash
 # leaves a few empty files that the next engine sweeps.
 RENAME_NOREPLACE = 1
-_S_IFREG = 0o100000
 SPARES: "Spares | None" = None
 
 
@@ -625,7 +625,7 @@ class Spares:
                 elif need_dir:
                     os.mkdir(p, 0o755)
                 else:                        # mknod(2) of a regular file: open+close in one call
-                    os.mknod(p, _S_IFREG | 0o644)
+                    os.mknod(p, stat.S_IFREG | 0o644)
             except OSError:
                 if inner is not None:
                     _rmdir_quiet(inner)
