@@ -278,4 +278,7 @@ def test_a_long_attempts_node_is_learnt_from_rays_kv_and_its_key_goes_with_it(tm
     for name in ("ends", "killed"):
         assert res[f"{name} node"] == res[f"{name} key while running"] == res[f"{name} exit node"] == node, res
         assert res[f"{name} key after"] is None, res
-    assert res["ends exit"] == "exit code 0" and res["killed exit"] == "ray task cancelled (SIGKILL)", res
+    # a force cancel ends either way, both the SIGKILL dagrun asked for: Ray kills the task
+    # (its ref raises) or the remote function sees its agent killed first and returns that
+    assert res["ends exit"] == "exit code 0", res
+    assert res["killed exit"] in ("ray task cancelled (SIGKILL)", "killed by SIGKILL"), res
