@@ -123,10 +123,10 @@ def _home_hooks(home: Home) -> bool:
     """Does $DAGRUN_HOME/hooks exist (is a folder)?"""
     seen = getattr(_turn, "seen", None)
     if seen is None:
-        return os.path.isdir(home.root + "/hooks")
+        return os.path.isdir(home.hooks_root())
     v = seen.get(home.root)
     if v is None:
-        v = seen[home.root] = os.path.isdir(home.root + "/hooks")
+        v = seen[home.root] = os.path.isdir(home.hooks_root())
     return v
 
 

@@ -83,16 +83,9 @@ def root(home: Home) -> str:
     return os.path.join(home.root, "resources")
 
 
-_LIMITS_PATHS: dict[str, str] = {}      # home root -> its limits.json (looked up at every claim)
-
-
 def limits_path(home: Home) -> str:
-    p = _LIMITS_PATHS.get(home.root)
-    if p is None:
-        if len(_LIMITS_PATHS) >= 64:
-            _LIMITS_PATHS.clear()
-        p = _LIMITS_PATHS[home.root] = os.path.join(root(home), "limits.json")
-    return p
+    """resources/limits.json (looked up at every claim: a concatenation, no os.path.join)."""
+    return home.root + "/resources/limits.json"
 
 
 def limits(home: Home) -> dict:

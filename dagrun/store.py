@@ -185,9 +185,13 @@ class Home:
         """Hooks due for this goal: one record per transition, removed once they ran."""
         return os.path.join(self.goal_dir(g), "hooks")
 
+    def hooks_root(self) -> str:
+        """$DAGRUN_HOME/hooks: the run-parts folders of the hooks every goal runs."""
+        return self.root + "/hooks"
+
     def home_hooks_dir(self, event: str) -> str:
         """$DAGRUN_HOME/hooks/<event>.d: run-parts style hooks for every goal."""
-        return f"{self.root}/hooks/{event}.d"
+        return f"{self.hooks_root()}/{event}.d"
 
     def archive_dir(self, g: str) -> str:
         return os.path.join(self.goal_dir(g), "archive")

@@ -183,7 +183,7 @@ def test_the_home_hooks_folder_is_looked_for_once_per_turn_and_only_in_a_holding
 
 def test_limits_without_a_limits_file_and_with_one(tmp_path):
     """resources.limits: the quick answer when limits.json does not exist is what parsing an
-    empty one gives; once a capacity is set it is read (the path is remembered per home)."""
+    empty one gives; once a capacity is set it is read (the path is each home's own)."""
     from dagrun import resources as res
 
     h = Home(str(tmp_path / "home"))
