@@ -121,6 +121,7 @@ class Engine(Reconciler):
         self._stop_begun = False
         self._killed_all = False
         self._spares_on = False
+        self._left: int | None = None             # tasks still to start, as of the last _dispatch
         self.share = FairShare()                  # which goal the next start comes from
         self.history: History | None = None       # durations of done runs (ranking), read once
         self._next_house = 0.0
@@ -418,9 +419,12 @@ class Engine(Reconciler):
             for gs in self.goals.values():   # resources: the units free now (others may have given some back)
                 if gs.sched.needs is not None and gs.sched.peek() is not None:
                     res.apply(self.home, gs.plan, gs.sched)
-        if self._spares_on:              # the spare pool keeps no more than the work left uses
-            fsio.spares_left(sum(gs.sched.n(sc.WAITING) + gs.sched.n(sc.READY) + gs.sched.n(sc.RETRYING)
-                                 for gs in self.goals.values()))
+        # the spare pool keeps no more than the work left uses (and starts knowing it: a
+        # one-task goal makes a nest and a few files, not a full pool to remove at exit)
+        self._left = sum(gs.sched.n(sc.WAITING) + gs.sched.n(sc.READY) + gs.sched.n(sc.RETRYING)
+                         for gs in self.goals.values())
+        if self._spares_on:
+            fsio.spares_left(self._left)
         mine: dict[str, int] = {}
         for r in self.runs.values():
             mine[r.goal] = mine.get(r.goal, 0) + 1
@@ -464,7 +468,7 @@ class Engine(Reconciler):
         plan, g, sched = gs.plan, gs.plan.goal, gs.sched
         if not self._spares_on:          # only once there is work: idle runs create nothing
             self._spares_on = True
-            fsio.start_spares(self.home.root, threads=2, target=max(16, 4 * self.jobs), nest=CLAIM)
+            fsio.start_spares(self.home.root, threads=2, target=max(16, 4 * self.jobs), nest=CLAIM, left=self._left)
         try:
             c = claim_task(self.home, plan, t, worker=self.worker, kind="engine", state_of=sched.state_of,
                            publish_owner=False)
