@@ -18,7 +18,6 @@ import heapq
 import os
 import select
 import signal
-import socket
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -54,7 +53,7 @@ IDLE_RETRY_HORIZON = 60.0  # s: --until-idle waits for a retry due this soon; a 
 
 
 def default_worker_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+    return f"{os.uname().nodename}-{os.getpid()}"
 
 
 @dataclass
