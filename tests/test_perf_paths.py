@@ -120,6 +120,42 @@ def test_the_spare_pool_makes_and_keeps_no_more_than_the_work_left_uses(tmp_path
         fsio.stop_spares()
 
 
+def test_the_pool_left_at_exit_is_removed_by_several_threads(tmp_path, monkeypatch):
+    """What the pool holds when the engine exits -- empty files, folders, nests (a folder
+    holding an empty claim folder) -- is removed by several threads at once (their unlinks
+    and rmdirs share the file system journal's waits), and every kind goes."""
+    import threading
+    pool = fsio.start_spares(str(tmp_path), threads=2, target=16, nest="claim")
+    assert pool is not None
+    assert _wait(pool._full)
+    base = tmp_path / ".spare"
+    assert any(base.rglob("*"))
+    names = set()
+    real = fsio.remove_many
+
+    def spy(paths, *a, **kw):
+        names.update(th.name for th in threading.enumerate())
+        seen = threading.Thread.start
+
+        def start(th):
+            names.add(th.name)
+            seen(th)
+        monkeypatch.setattr(threading.Thread, "start", start)
+        try:
+            real(paths, *a, **kw)
+        finally:
+            monkeypatch.setattr(threading.Thread, "start", seen)
+    monkeypatch.setattr(fsio, "remove_many", spy)
+    fsio.stop_spares()
+    assert sorted(os.listdir(base)) == []
+    assert sum(n.startswith("dagrun-remove-") for n in names) >= 1
+    odd = tmp_path / "odd"                                     # a folder with something in it
+    (odd / "x" / "y").mkdir(parents=True)
+    (odd / "f").write_text("")
+    real([str(odd / "x"), str(odd / "f"), str(tmp_path / "missing")])
+    assert os.listdir(odd) == []
+
+
 def _flags(path) -> int | None:
     import fcntl
     import struct
