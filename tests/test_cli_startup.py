@@ -94,3 +94,25 @@ def test_bad_values_are_worded_by_typer(tmp_path):
     assert p.stderr == "dagrun: No such option: --nosuch (see: dagrun status --help)\n"
     p = run("stat", home=tmp_path / "h", check=2)
     assert p.stderr.startswith("dagrun: No such command 'stat'")
+
+
+def test_a_quiet_run_imports_none_of_the_heavy_modules(tmp_path):
+    """`dagrun run PLAN -q` (the protocol fast path: submit, engine, one task, the goal's
+    end) imports no typer, click, pydantic or rich (the CLI's), no watchdog (inotify is three
+    libc calls), and none of the standard modules that cost milliseconds for a name or a
+    number: socket (the host name is uname's), secrets (nonces are os.urandom), statistics
+    (fractions, decimal), logging, concurrent.futures. Start-up is issue 20's fixed cost of
+    every run (docs/performance.md, "Start-up of `dagrun run`"); this guards it without timing."""
+    plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "agent": "true"},
+                                       {"id": "b", "prompt": "y", "agent": "true", "deps": ["a"]}], goal="g")
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print(' '.join(sorted(sys.modules)), file=sys.stderr))\n"
+            "from dagrun.entry import main\nmain(sys.argv[1:])\n")
+    p = subprocess.run([sys.executable, "-c", code, "--home", str(tmp_path / "home"), "run", str(plan), "-q",
+                        "-j", "2"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout == "goal g done: 2 done\n", p.stderr
+    loaded = set(p.stderr.split("\n")[-2].split())
+    assert {"dagrun.engine", "dagrun.executor", "dagrun.edit", "dagrun.watcher"} <= loaded   # the run happened here
+    heavy = {"typer", "click", "pydantic", "rich", "watchdog", "socket", "secrets", "statistics", "logging",
+             "concurrent.futures", "filelock", "psutil"}
+    assert sorted(heavy & loaded) == []
