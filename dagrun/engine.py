@@ -178,9 +178,9 @@ class Engine(Reconciler):
             except FsError as e:
                 self._fs_failed(e)
             self._restore_signals(old)
-            fsio.stop_spares()
             if self.watcher:
-                self.watcher.close()
+                self.watcher.close()       # (its close(2) waits in a thread: started first)
+            fsio.stop_spares()
             self.runner.close()
             self.bell.close()
         if self.fs_error is not None:

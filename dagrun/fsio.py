@@ -808,8 +808,7 @@ class Spares:
             th.join(timeout=2)
         folders = [os.path.join(self.base, f"{os.getpid()}-{k}") for k in range(len(self._threads))]
         remove_many([e.path for d in folders for e in _scandir_quiet(d)])
-        for d in folders:
-            rmtree(d)
+        remove_many(folders)             # (a folder still holding something: rmtree)
 
 
 def _scandir_quiet(path: str) -> list:
@@ -847,7 +846,7 @@ def remove_many(paths: list[str], threads: int = REMOVERS) -> None:
                     shutil.rmtree(p, ignore_errors=True)
             except OSError:
                 pass
-    n = min(threads, (len(todo) + 3) // 4)
+    n = min(threads, len(todo))
     helpers = [threading.Thread(target=work, name=f"dagrun-remove-{k}", daemon=True) for k in range(n - 1)]
     for th in helpers:
         th.start()
