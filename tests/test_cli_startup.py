@@ -116,3 +116,29 @@ def test_a_quiet_run_imports_none_of_the_heavy_modules(tmp_path):
     heavy = {"typer", "click", "pydantic", "rich", "watchdog", "socket", "secrets", "statistics", "logging",
              "concurrent.futures", "filelock", "psutil"}
     assert sorted(heavy & loaded) == []
+
+
+def test_the_console_command_skips_the_interpreters_finalization_and_keeps_its_output_and_code(tmp_path):
+    """`dagrun` on the fast path, as its own process (main() without argv: the console
+    script), ends with os._exit once stdout and stderr are flushed: no module teardown
+    (10-20 ms a call) -- atexit handlers do not run -- while its output and exit code are
+    the command's. main(argv), a library call, raises SystemExit as before."""
+    plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "agent": "echo hi"}], goal="g")
+    home = str(tmp_path / "home")
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print('finalized', file=sys.stderr))\n"
+            "from dagrun.entry import main\n"
+            "if sys.argv[1] == 'lib':\n    main(sys.argv[2:])\n"
+            "else:\n    sys.argv = ['dagrun'] + sys.argv[2:]\n    main()\n")
+
+    def call(how, *argv):
+        return subprocess.run([sys.executable, "-c", code, how, "--home", home, *argv], capture_output=True,
+                              text=True, timeout=60)
+    p = call("own", "run", str(plan), "-q")
+    assert (p.returncode, p.stdout, p.stderr) == (0, "goal g done: 1 done\n", "")
+    p = call("own", "claim", "g")                        # the goal has ended: exit 1, said on stderr
+    assert p.returncode == 1 and "finalized" not in p.stderr
+    p = call("own", "claim", "nosuch")                   # a one-line error, its code
+    assert p.returncode == 2 and p.stderr.startswith("dagrun: ") and "finalized" not in p.stderr
+    p = call("lib", "claim", "nosuch")
+    assert p.returncode == 2 and p.stderr.endswith("finalized\n")
