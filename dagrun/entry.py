@@ -8,7 +8,7 @@ A fast-path command run as the process's own command line (the console script: a
 ends with os._exit once its output is flushed: the interpreter's finalization -- tearing
 down ~150 modules, nothing of which writes a file -- was 10-20 ms of every call (measured,
 docs/performance.md "Start-up of `dagrun run`"). Called with an argv (a library, the tests'
-probes) it raises SystemExit as before."""
+probes), or under a profiler or tracer, it raises SystemExit as before."""
 from __future__ import annotations
 
 import os
@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> None:
         from .cli import main as full
         full(argv)
         return
-    if not own or parsed[1] == "mcp":      # mcp: the SDK's threads and streams end their own way
+    if not own or parsed[1] == "mcp" or sys.getprofile() is not None or sys.gettrace() is not None:
+        # mcp: the SDK's threads and streams end their own way; a profiler or tracer
+        # (cProfile, bench/loop_calls.py, coverage) writes its results after we return
         run_fast(parsed)
         return
     try:

@@ -122,13 +122,16 @@ def test_the_console_command_skips_the_interpreters_finalization_and_keeps_its_o
     """`dagrun` on the fast path, as its own process (main() without argv: the console
     script), ends with os._exit once stdout and stderr are flushed: no module teardown
     (10-20 ms a call) -- atexit handlers do not run -- while its output and exit code are
-    the command's. main(argv), a library call, raises SystemExit as before."""
+    the command's. main(argv), a library call, and a run under a profiler (cProfile,
+    bench/loop_calls.py) raise SystemExit as before."""
     plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "agent": "echo hi"}], goal="g")
     home = str(tmp_path / "home")
     code = ("import atexit, sys\n"
             "atexit.register(lambda: print('finalized', file=sys.stderr))\n"
             "from dagrun.entry import main\n"
             "if sys.argv[1] == 'lib':\n    main(sys.argv[2:])\n"
+            "elif sys.argv[1] == 'profiled':\n    sys.argv = ['dagrun'] + sys.argv[2:]\n"
+            "    sys.setprofile(lambda *a: None)\n    main()\n"
             "else:\n    sys.argv = ['dagrun'] + sys.argv[2:]\n    main()\n")
 
     def call(how, *argv):
@@ -140,5 +143,6 @@ def test_the_console_command_skips_the_interpreters_finalization_and_keeps_its_o
     assert p.returncode == 1 and "finalized" not in p.stderr
     p = call("own", "claim", "nosuch")                   # a one-line error, its code
     assert p.returncode == 2 and p.stderr.startswith("dagrun: ") and "finalized" not in p.stderr
-    p = call("lib", "claim", "nosuch")
-    assert p.returncode == 2 and p.stderr.endswith("finalized\n")
+    for how in ("lib", "profiled"):                      # a profiler writes its results after main()
+        p = call(how, "claim", "nosuch")
+        assert p.returncode == 2 and p.stderr.endswith("finalized\n"), how
