@@ -91,7 +91,16 @@ def inode_probe(folder: str, n: int = 50) -> float:
     return statistics.median(times)
 
 
-PEERS = {"make": "make", "ninja": "ninja", "doit": os.environ.get("DOIT", "doit")}
+def _doit() -> str:
+    """doit: $DOIT, else the one installed beside the running Python (a venv with
+    `pip install -e '.[bench]'` need not be activated), else doit on PATH."""
+    if os.environ.get("DOIT"):
+        return os.environ["DOIT"]
+    here = os.path.join(os.path.dirname(sys.executable), "doit")
+    return here if os.access(here, os.X_OK) else "doit"
+
+
+PEERS = {"make": "make", "ninja": "ninja", "doit": _doit()}
 BASELINE: list[str] = []            # --baseline: the dagrun command of the build to compare with
 
 
@@ -151,7 +160,7 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=8)
     ap.add_argument("--only", default="chain,layered,fanout")
     ap.add_argument("--peers", default="make,ninja,doit",
-                    help="peers to time beside dagrun, those installed (doit: $DOIT or on PATH)")
+                    help="peers to time beside dagrun, those installed (doit: $DOIT, beside this python, or on PATH; pip install -e '.[bench]')")
     ap.add_argument("--home-on", default=None, help="folder for DAGRUN_HOME (e.g. /dev/shm)")
     ap.add_argument("--dagrun", default=shutil.which("dagrun") or os.path.join(os.path.dirname(sys.executable), "dagrun"))
     ap.add_argument("--json", default=None, help="also write the raw results here")
@@ -170,6 +179,9 @@ def main() -> int:
     if "fanout" in a.only:
         workloads["fan-out-500"] = fanout(498)
     runners = [p for p in a.peers.split(",") if p in PEERS and shutil.which(PEERS[p])] + ["dagrun"]
+    for p in a.peers.split(","):
+        if p and p not in runners:
+            print(f"bench: peer {p} left out: " + (f"{PEERS[p]} not found" if p in PEERS else "unknown"), file=sys.stderr)
     runners += ["dagrun-base" + (str(i + 1) if i else "") for i in range(len(BASELINE))]
     results = {}
     probes = []

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import secrets
 import time
 from contextlib import contextmanager
 
@@ -43,7 +42,7 @@ def new_owner(worker: str, attempt: int, *, kind: str, pid: int | None = None) -
     start = self_start() if pid == os.getpid() else proc_start(pid)
     return {
         "worker": worker, "host": HOST, "boot_id": BOOT_ID, "pid": pid, "pid_start": start,
-        "attempt": attempt, "since": now_iso(), "kind": kind, "nonce": secrets.token_hex(6),
+        "attempt": attempt, "since": now_iso(), "kind": kind, "nonce": os.urandom(6).hex(),
         "handle": None,
     }
 
@@ -151,7 +150,7 @@ def break_claim(home: Home, g: str, t: str, expect_nonce: str | None, *, lease: 
             return None
         if settle is not None:
             settle(owner, reason)
-        gone = os.path.join(home.task_dir(g, t), f".claim.broken.{secrets.token_hex(4)}")
+        gone = os.path.join(home.task_dir(g, t), f".claim.broken.{os.urandom(4).hex()}")
         try:
             fsio.rename(home.claim_dir(g, t), gone)
         except FileNotFoundError:
@@ -192,7 +191,7 @@ def release(home: Home, g: str, t: str) -> None:
         return
     except OSError:
         pass
-    gone = os.path.join(home.task_dir(g, t), f".claim.released.{secrets.token_hex(4)}")
+    gone = os.path.join(home.task_dir(g, t), f".claim.released.{os.urandom(4).hex()}")
     try:
         fsio.rename(cdir, gone)
     except FileNotFoundError:

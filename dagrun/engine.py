@@ -18,7 +18,6 @@ import heapq
 import os
 import select
 import signal
-import socket
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -54,7 +53,7 @@ IDLE_RETRY_HORIZON = 60.0  # s: --until-idle waits for a retry due this soon; a 
 
 
 def default_worker_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+    return f"{os.uname().nodename}-{os.getpid()}"
 
 
 @dataclass
@@ -121,6 +120,7 @@ class Engine(Reconciler):
         self._stop_begun = False
         self._killed_all = False
         self._spares_on = False
+        self._left: int | None = None             # tasks still to start, as of the last _dispatch
         self.share = FairShare()                  # which goal the next start comes from
         self.history: History | None = None       # durations of done runs (ranking), read once
         self._next_house = 0.0
@@ -178,9 +178,9 @@ class Engine(Reconciler):
             except FsError as e:
                 self._fs_failed(e)
             self._restore_signals(old)
-            fsio.stop_spares()
             if self.watcher:
-                self.watcher.close()
+                self.watcher.close()       # (its close(2) waits in a thread: started first)
+            fsio.stop_spares()
             self.runner.close()
             self.bell.close()
         if self.fs_error is not None:
@@ -418,9 +418,12 @@ class Engine(Reconciler):
             for gs in self.goals.values():   # resources: the units free now (others may have given some back)
                 if gs.sched.needs is not None and gs.sched.peek() is not None:
                     res.apply(self.home, gs.plan, gs.sched)
-        if self._spares_on:              # the spare pool keeps no more than the work left uses
-            fsio.spares_left(sum(gs.sched.n(sc.WAITING) + gs.sched.n(sc.READY) + gs.sched.n(sc.RETRYING)
-                                 for gs in self.goals.values()))
+        # the spare pool keeps no more than the work left uses (and starts knowing it: a
+        # one-task goal makes a nest and a few files, not a full pool to remove at exit)
+        self._left = sum(gs.sched.n(sc.WAITING) + gs.sched.n(sc.READY) + gs.sched.n(sc.RETRYING)
+                         for gs in self.goals.values())
+        if self._spares_on:
+            fsio.spares_left(self._left)
         mine: dict[str, int] = {}
         for r in self.runs.values():
             mine[r.goal] = mine.get(r.goal, 0) + 1
@@ -464,7 +467,7 @@ class Engine(Reconciler):
         plan, g, sched = gs.plan, gs.plan.goal, gs.sched
         if not self._spares_on:          # only once there is work: idle runs create nothing
             self._spares_on = True
-            fsio.start_spares(self.home.root, threads=2, target=max(16, 4 * self.jobs), nest=CLAIM)
+            fsio.start_spares(self.home.root, threads=2, target=max(16, 4 * self.jobs), nest=CLAIM, left=self._left)
         try:
             c = claim_task(self.home, plan, t, worker=self.worker, kind="engine", state_of=sched.state_of,
                            publish_owner=False)

@@ -2,7 +2,13 @@
 (claim/complete/fail/heartbeat) are parsed by protocol.py's strict little parser and run
 without importing typer, rich or watchdog; anything it does not fully understand -- other
 commands, --help, a bad argument -- goes to the typer app (cli), the reference for parsing,
-help and errors. Kept apart from both so that neither imports the other."""
+help and errors. Kept apart from both so that neither imports the other.
+
+A fast-path command run as the process's own command line (the console script: argv None)
+ends with os._exit once its output is flushed: the interpreter's finalization -- tearing
+down ~150 modules, nothing of which writes a file -- was 10-20 ms of every call (measured,
+docs/performance.md "Start-up of `dagrun run`"). Called with an argv (a library, the tests'
+probes), or under a profiler or tracer, it raises SystemExit as before."""
 from __future__ import annotations
 
 import os
@@ -10,6 +16,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> None:
+    own = argv is None
     argv = sys.argv[1:] if argv is None else argv
     from .protocol import parse_fast, run_fast
 
@@ -18,4 +25,33 @@ def main(argv: list[str] | None = None) -> None:
         from .cli import main as full
         full(argv)
         return
-    run_fast(parsed)
+    if not own or parsed[1] == "mcp" or sys.getprofile() is not None or sys.gettrace() is not None:
+        # mcp: the SDK's threads and streams end their own way; a profiler or tracer
+        # (cProfile, bench/loop_calls.py, coverage) writes its results after we return
+        run_fast(parsed)
+        return
+    try:
+        run_fast(parsed)
+    except SystemExit as e:
+        _exit_now(e.code)
+
+
+def _exit_now(code) -> None:
+    """sys.exit(code) without the interpreter's finalization: flush what was written to
+    stdout and stderr, then os._exit. Every file dagrun writes is closed (and published by
+    rename) before the command returns; the threads left are daemons (spare pool, spawners)."""
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        try:
+            print(code, file=sys.stderr)
+        except Exception:  # noqa: BLE001
+            pass
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a closed pipe: nothing more to say
+            if stream is sys.stdout and code == 0:
+                code = 5           # ExitCode.IO, as run_fast's own flush says
+    os._exit(code)

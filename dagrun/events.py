@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import select
-import socket
 import threading
 import time
 from typing import Iterator
@@ -41,7 +40,7 @@ from .states import AWAITING, CANCELLED, DONE, FAILED, READY, RETRYING, RUNNING,
 RESET = "reset"              # a retry took the marker away: the task is pending again
 
 MAX_LINE = 3800   # one write(2) well under a page; long text fields are cut to fit
-_HOST = socket.gethostname()
+_HOST = os.uname().nodename     # gethostname(2) on Linux: no socket import
 
 
 def make(type_: str, goal: str, **fields) -> dict:

@@ -12,7 +12,6 @@ as a goal and the next gc (or worker gc) removes first.
 from __future__ import annotations
 
 import os
-import secrets
 import time
 from dataclasses import dataclass
 
@@ -119,7 +118,7 @@ def gc_goals(home: Home, *, older_than: float | None = None, keep: int | None = 
 
 
 def _take(home: Home, g: str, t: float, archive: bool) -> GoalGc | None:
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + os.urandom(3).hex()
     dest_root = archive_root(home) if archive else trash_dir(home)
     dest = os.path.join(dest_root, f"{g}.{stamp}")
     with claims.edit_lock(home, g, exclusive=True):

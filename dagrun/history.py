@@ -16,7 +16,6 @@ rescan reads); an engine reads it once and then adds what its events feed tells 
 from __future__ import annotations
 
 import os
-import statistics
 from dataclasses import dataclass, field
 
 from . import fsio
@@ -70,7 +69,12 @@ def read_history(home: Home, *, costs: bool = True) -> History:
 
 
 def _median(xs: list[float]) -> float | None:
-    return statistics.median(xs) if xs else None
+    """statistics.median, without importing statistics (fractions, decimal: ~3 ms of every
+    engine start)."""
+    if not xs:
+        return None
+    s, n = sorted(xs), len(xs)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
 
 
 @dataclass

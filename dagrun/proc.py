@@ -6,9 +6,8 @@ there are judged by their lease instead, in claim.py). The bottom layer: no dagr
 from __future__ import annotations
 
 import os
-import socket
 
-HOST = socket.gethostname()
+HOST = os.uname().nodename      # = socket.gethostname() (uname(2)), without importing socket
 
 
 def _boot_id() -> str:

@@ -37,7 +37,6 @@ import errno
 import fcntl
 import hashlib
 import os
-import secrets
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -277,7 +276,7 @@ def reclaim(home: Home, d: str) -> int:
             again = read_unit(path)
             if again != rec or judge(home, path, again) is None:
                 continue                      # released, re-taken or alive after all
-            gone = os.path.join(d, f".gone.{secrets.token_hex(4)}")
+            gone = os.path.join(d, f".gone.{os.urandom(4).hex()}")
             try:
                 fsio.rename(path, gone)
             except FileNotFoundError:
@@ -309,7 +308,7 @@ def _sweep_born(d: str) -> None:
 
 def _new_name() -> str:
     """`.new.<host key>.<pid>.<start>.<random>`: whoever finds it can tell its creator died."""
-    return f".new.{_HOST_KEY}.{os.getpid()}.{self_start() or 0}.{secrets.token_hex(4)}"
+    return f".new.{_HOST_KEY}.{os.getpid()}.{self_start() or 0}.{os.urandom(4).hex()}"
 
 
 def _creator_dead(name: str) -> bool:
@@ -420,7 +419,7 @@ def release(home: Home, units, run_id: str | None) -> int:
                 rec = read_unit(path)
                 if not rec or rec.get("run_id") != run_id:
                     continue
-                gone = os.path.join(d, f".gone.{secrets.token_hex(4)}")
+                gone = os.path.join(d, f".gone.{os.urandom(4).hex()}")
                 fsio.rename(path, gone)
         except FileNotFoundError:
             continue

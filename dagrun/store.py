@@ -20,7 +20,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import socket
 import stat
 import time
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ COUNTED = {S.FAILED, "timeout", "stalled", "output_limit", "check_failed"}
 UNCOUNTED = {"lost", "interrupted", S.CANCELLED, "superseded", "budget"}
 
 
-HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]   # in names of scratch folders
+HOST_TAG = hashlib.sha1(os.uname().nodename.encode()).hexdigest()[:8]   # in names of scratch folders
 
 
 _VALID: set[str] = set()      # ids that passed ID_RE: a pure check, so remembered (bounded)
@@ -268,8 +267,7 @@ class Home:
     def unborn_goal_dir(self, g: str) -> str:
         """Where `submit` builds a goal before renaming it into place. The name carries host
         and pid, so a folder left by a submit that died can be proved dead and swept."""
-        import secrets
-        return os.path.join(self.goals_dir, f".new-{g}.{HOST_TAG}.{os.getpid()}.{secrets.token_hex(4)}")
+        return os.path.join(self.goals_dir, f".new-{g}.{HOST_TAG}.{os.getpid()}.{os.urandom(4).hex()}")
 
     def sweep_unborn_goals(self, max_age: float = 3600.0) -> int:
         """Remove goal folders whose submit died before renaming them into place: on this

@@ -94,3 +94,55 @@ def test_bad_values_are_worded_by_typer(tmp_path):
     assert p.stderr == "dagrun: No such option: --nosuch (see: dagrun status --help)\n"
     p = run("stat", home=tmp_path / "h", check=2)
     assert p.stderr.startswith("dagrun: No such command 'stat'")
+
+
+def test_a_quiet_run_imports_none_of_the_heavy_modules(tmp_path):
+    """`dagrun run PLAN -q` (the protocol fast path: submit, engine, one task, the goal's
+    end) imports no typer, click, pydantic or rich (the CLI's), no watchdog (inotify is three
+    libc calls), and none of the standard modules that cost milliseconds for a name or a
+    number: socket (the host name is uname's), secrets (nonces are os.urandom), statistics
+    (fractions, decimal), logging, concurrent.futures. Start-up is issue 20's fixed cost of
+    every run (docs/performance.md, "Start-up of `dagrun run`"); this guards it without timing."""
+    plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "agent": "true"},
+                                       {"id": "b", "prompt": "y", "agent": "true", "deps": ["a"]}], goal="g")
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print(' '.join(sorted(sys.modules)), file=sys.stderr))\n"
+            "from dagrun.entry import main\nmain(sys.argv[1:])\n")
+    p = subprocess.run([sys.executable, "-c", code, "--home", str(tmp_path / "home"), "run", str(plan), "-q",
+                        "-j", "2"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout == "goal g done: 2 done\n", p.stderr
+    loaded = set(p.stderr.split("\n")[-2].split())
+    assert {"dagrun.engine", "dagrun.executor", "dagrun.edit", "dagrun.watcher"} <= loaded   # the run happened here
+    heavy = {"typer", "click", "pydantic", "rich", "watchdog", "socket", "secrets", "statistics", "logging",
+             "concurrent.futures", "filelock", "psutil"}
+    assert sorted(heavy & loaded) == []
+
+
+def test_the_console_command_skips_the_interpreters_finalization_and_keeps_its_output_and_code(tmp_path):
+    """`dagrun` on the fast path, as its own process (main() without argv: the console
+    script), ends with os._exit once stdout and stderr are flushed: no module teardown
+    (10-20 ms a call) -- atexit handlers do not run -- while its output and exit code are
+    the command's. main(argv), a library call, and a run under a profiler (cProfile,
+    bench/loop_calls.py) raise SystemExit as before."""
+    plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "agent": "echo hi"}], goal="g")
+    home = str(tmp_path / "home")
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print('finalized', file=sys.stderr))\n"
+            "from dagrun.entry import main\n"
+            "if sys.argv[1] == 'lib':\n    main(sys.argv[2:])\n"
+            "elif sys.argv[1] == 'profiled':\n    sys.argv = ['dagrun'] + sys.argv[2:]\n"
+            "    sys.setprofile(lambda *a: None)\n    main()\n"
+            "else:\n    sys.argv = ['dagrun'] + sys.argv[2:]\n    main()\n")
+
+    def call(how, *argv):
+        return subprocess.run([sys.executable, "-c", code, how, "--home", home, *argv], capture_output=True,
+                              text=True, timeout=60)
+    p = call("own", "run", str(plan), "-q")
+    assert (p.returncode, p.stdout, p.stderr) == (0, "goal g done: 1 done\n", "")
+    p = call("own", "claim", "g")                        # the goal has ended: exit 1, said on stderr
+    assert p.returncode == 1 and "finalized" not in p.stderr
+    p = call("own", "claim", "nosuch")                   # a one-line error, its code
+    assert p.returncode == 2 and p.stderr.startswith("dagrun: ") and "finalized" not in p.stderr
+    for how in ("lib", "profiled"):                      # a profiler writes its results after main()
+        p = call(how, "claim", "nosuch")
+        assert p.returncode == 2 and p.stderr.endswith("finalized\n"), how

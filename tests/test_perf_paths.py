@@ -81,6 +81,81 @@ def test_the_spare_pool_refills_once_it_runs_low_and_stays_full(tmp_path):
         fsio.stop_spares()
 
 
+def _wait(cond, timeout: float = 20.0) -> bool:
+    end = time.monotonic() + timeout
+    while not cond() and time.monotonic() < end:
+        time.sleep(0.01)
+    return cond()
+
+
+def test_the_spare_pool_makes_and_keeps_no_more_than_the_work_left_uses(tmp_path):
+    """A pool told at its start that one task is left makes spares for that task only (a
+    one-task `dagrun run` used to make 70 and remove them on its way out, 0.15-0.35 s of
+    rmdir); and when the work left falls, the folders beyond what it can use (recycled claim
+    folders, nests) are removed by the filler in the background, not at the engine's exit."""
+    pool = fsio.start_spares(str(tmp_path), threads=1, target=16, nest="claim", left=1)
+    assert pool is not None
+    try:
+        nesting = pool._nesting()
+        assert _wait(pool._full)
+        time.sleep(0.3)                                          # nothing more comes
+        assert len(pool._files) <= 3 and len(pool._nests) <= 1 and len(pool._dirs) <= 1
+        made = os.listdir(os.path.join(str(tmp_path), ".spare", f"{os.getpid()}-0"))
+        assert len(made) == len(pool._files) + len(pool._nests) + len(pool._dirs)
+        if not nesting:
+            return                                               # no renameat2: no folders pooled
+        pool.set_left(40)
+        assert _wait(lambda: len(pool._nests) == 16)
+        given = []
+        for i in range(12):                                      # released claims, recycled
+            d = tmp_path / f"c{i}"
+            d.mkdir()
+            assert pool.give_dir(str(d))
+            given.append(d)
+        pool.set_left(0)                                         # the last task started
+        assert _wait(lambda: not pool._nests and not pool._dirs)
+        assert sorted(os.listdir(os.path.join(str(tmp_path), ".spare", f"{os.getpid()}-0"))) == \
+            sorted(os.path.basename(f) for f in pool._files)     # removed from the disk too
+    finally:
+        fsio.stop_spares()
+
+
+def test_the_pool_left_at_exit_is_removed_by_several_threads(tmp_path, monkeypatch):
+    """What the pool holds when the engine exits -- empty files, folders, nests (a folder
+    holding an empty claim folder) -- is removed by several threads at once (their unlinks
+    and rmdirs share the file system journal's waits), and every kind goes."""
+    import threading
+    pool = fsio.start_spares(str(tmp_path), threads=2, target=16, nest="claim")
+    assert pool is not None
+    assert _wait(pool._full)
+    base = tmp_path / ".spare"
+    assert any(base.rglob("*"))
+    names = set()
+    real = fsio.remove_many
+
+    def spy(paths, *a, **kw):
+        names.update(th.name for th in threading.enumerate())
+        seen = threading.Thread.start
+
+        def start(th):
+            names.add(th.name)
+            seen(th)
+        monkeypatch.setattr(threading.Thread, "start", start)
+        try:
+            real(paths, *a, **kw)
+        finally:
+            monkeypatch.setattr(threading.Thread, "start", seen)
+    monkeypatch.setattr(fsio, "remove_many", spy)
+    fsio.stop_spares()
+    assert sorted(os.listdir(base)) == []
+    assert sum(n.startswith("dagrun-remove-") for n in names) >= 1
+    odd = tmp_path / "odd"                                     # a folder with something in it
+    (odd / "x" / "y").mkdir(parents=True)
+    (odd / "f").write_text("")
+    real([str(odd / "x"), str(odd / "f"), str(tmp_path / "missing")])
+    assert os.listdir(odd) == []
+
+
 def _flags(path) -> int | None:
     import fcntl
     import struct
