@@ -1,12 +1,9 @@
-"""Wake-ups: inotify through libc (ctypes), read in the engine's own thread.
+"""Wake-ups. The only module that imports watchdog.
 
-Three libc calls (inotify_init1, inotify_add_watch, inotify_rm_watch) and a struct parser, not
-watchdog's observer threads: the inotify fd goes straight into the engine's select(), so a
-change costs one read(2) in the engine's own thread -- no three-thread hand-off fighting the
-engine for the GIL on every append (measured: that hand-off cost more than the rest of
-dispatch). Not watchdog's binding either, which this module used until issue 20's start-up
-round: importing it (its observers package, logging, its event classes) was ~15-20 ms of
-every `dagrun run`'s start, for three function pointers.
+We use watchdog's inotify binding (inotify_init / inotify_add_watch and its event parser) but
+not its observer threads: the inotify fd goes straight into the engine's select(), so a change
+costs one read(2) in the engine's own thread -- no three-thread hand-off fighting the engine
+for the GIL on every append (measured: that hand-off cost more than the rest of dispatch).
 
 Events are only a doorbell: they say "look at goal g" (or "look for new goals"); the engine
 then reads what changed from the files. Watches are non-recursive, one per goal folder plus
@@ -24,7 +21,6 @@ from __future__ import annotations
 
 import errno
 import os
-import struct
 import threading
 
 from . import fsio
@@ -145,17 +141,21 @@ class Watcher:
     def _start(self) -> None:
         if os.environ.get("DAGRUN_NO_INOTIFY"):
             raise OSError("disabled by DAGRUN_NO_INOTIFY")
-        self._ic = ic = _libc_inotify()
-        fd = ic.init1(IN_NONBLOCK | IN_CLOEXEC)
+        from watchdog.observers import inotify_c as ic
+
+        self._ic = ic
+        fd = ic.inotify_init()
         if fd < 0:
             e = _errno()
             raise OSError(e, os.strerror(e))
+        os.set_blocking(fd, False)
+        os.set_inheritable(fd, False)
         self.fd = fd
         fsio.makedirs(self.goals_dir)   # a counted step when it creates the folder
         self._add(self.goals_dir, ROOT_MASK, None)
 
     def _add(self, path: str, mask: int, goal: str | None) -> None:
-        wd = self._ic.add_watch(self.fd, os.fsencode(path), mask)
+        wd = self._ic.inotify_add_watch(self.fd, os.fsencode(path), mask)
         if wd < 0:
             e = _errno()
             raise OSError(e, f"{os.strerror(e)} (inotify_add_watch {path})")
@@ -189,7 +189,7 @@ class Watcher:
         wd = self._goal_wd.pop(goal, None)
         if wd is not None and self.fd is not None:
             self._wd_goal.pop(wd, None)
-            self._ic.rm_watch(self.fd, wd)
+            self._ic.inotify_rm_watch(self.fd, wd)
 
     def read(self) -> tuple[set[str], bool]:
         """Drain the inotify fd: (goals whose folder changed, whether goals/ changed)."""
@@ -207,7 +207,7 @@ class Watcher:
                 return dirty, True
             if not buf:
                 break
-            for wd, mask in parse_events(buf):
+            for wd, mask, _cookie, _name in self._ic.InotifyFD._parse_event_buffer(buf):
                 if mask & IN_Q_OVERFLOW:
                     rescan = True               # events were lost: look at everything
                     dirty.update(self._goal_wd)
@@ -247,43 +247,3 @@ def _close_quiet(fd: int) -> None:
 def _errno() -> int:
     import ctypes
     return ctypes.get_errno() or errno.EIO
-
-
-IN_NONBLOCK, IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC     # inotify_init1's flags are these (Linux)
-_EVENT = struct.Struct("iIII")          # struct inotify_event: wd, mask, cookie, len; then len bytes of name
-
-
-class _Inotify:
-    """libc's inotify calls, errno kept for _errno()."""
-
-    def __init__(self):
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        c_int, c_uint32 = ctypes.c_int, ctypes.c_uint32
-        self.init1 = ctypes.CFUNCTYPE(c_int, c_int, use_errno=True)(("inotify_init1", libc))
-        self.add_watch = ctypes.CFUNCTYPE(c_int, c_int, ctypes.c_char_p, c_uint32, use_errno=True)(
-            ("inotify_add_watch", libc))
-        self.rm_watch = ctypes.CFUNCTYPE(c_int, c_int, c_int, use_errno=True)(("inotify_rm_watch", libc))
-
-
-_INOTIFY: _Inotify | None = None
-
-
-def _libc_inotify() -> _Inotify:
-    """The binding, made once; OSError where libc has no inotify (the Watcher then polls)."""
-    global _INOTIFY
-    if _INOTIFY is None:
-        try:
-            _INOTIFY = _Inotify()
-        except AttributeError as e:      # a libc without inotify_* (not Linux)
-            raise OSError(errno.ENOSYS, f"no inotify in this libc: {e}") from None
-    return _INOTIFY
-
-
-def parse_events(buf: bytes):
-    """(wd, mask) of each struct inotify_event in a read(2) of the inotify fd."""
-    i, n, size = 0, len(buf), _EVENT.size
-    while i + size <= n:
-        wd, mask, _cookie, length = _EVENT.unpack_from(buf, i)
-        yield wd, mask
-        i += size + length

@@ -1,5 +1,5 @@
 """The architecture, enforced: a lower layer never imports a higher one; typer/rich only in cli/,
-process control only in executor.py. See ARCHITECTURE.md."""
+watchdog only in watcher.py, process control only in executor.py. See ARCHITECTURE.md."""
 from __future__ import annotations
 
 import ast
@@ -54,7 +54,7 @@ LAYERS = {
 # agentrun: the preset adapter runs the agent CLI; workspace: git, short synchronous commands;
 # slurm: the Slurm runner drives sbatch/squeue/scancel/scontrol (the cluster engine's only interface);
 # rayrun: its remote function starts the agent on the Ray node
-ONLY_IN = {"typer": {"cli"}, "rich": {"cli"},
+ONLY_IN = {"typer": {"cli"}, "rich": {"cli"}, "watchdog": {"watcher"},
            "subprocess": {"executor", "agentrun", "workspace", "slurm", "rayrun"}, "ray": {"rayrun"}}
 
 

@@ -214,35 +214,3 @@ def test_network_file_systems_are_detected(tmp_path):
         assert not w.polling and w.fd is not None
     finally:
         w.close()
-
-
-def test_the_inotify_binding_reports_new_goals_and_goal_changes(tmp_path):
-    """watcher.py's own libc binding (inotify_init1 / add_watch / rm_watch and the struct
-    parser, in place of watchdog's): a new goal folder says "look for goals", a write in a
-    watched goal folder names that goal, an unwatched goal says nothing, and a name of any
-    length in the events buffer does not shift the next event."""
-    import select
-    import struct
-
-    from dagrun.watcher import IN_CREATE, IN_MODIFY, Watcher, parse_events
-    goals = tmp_path / "goals"
-    w = Watcher(str(goals))
-    try:
-        assert not w.polling and w.fd is not None
-        assert w.read() == (set(), False)                       # nothing yet, no blocking read
-        (goals / "g1").mkdir()
-        assert select.select([w.fd], [], [], 5)[0]
-        assert w.read() == (set(), True)
-        w.watch_goal("g1")
-        (goals / "g1" / "events.jsonl").write_text("x\n")
-        assert select.select([w.fd], [], [], 5)[0]
-        assert w.read() == ({"g1"}, False)
-        w.unwatch_goal("g1")
-        (goals / "g1" / "events.jsonl").write_text("y\n")
-        time.sleep(0.1)
-        dirty, _ = w.read()
-        assert dirty == set()
-    finally:
-        w.close()
-    buf = struct.pack("iIII", 3, IN_CREATE, 0, 16) + b"a-long-name\0\0\0\0\0" + struct.pack("iIII", 4, IN_MODIFY, 0, 0)
-    assert list(parse_events(buf)) == [(3, IN_CREATE), (4, IN_MODIFY)]
