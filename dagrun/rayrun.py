@@ -87,8 +87,11 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
             if not told:
                 raise OSError("the Ray worker's guard cannot be told of the attempt")
             # its own process group (setpgid), the unit the guard and a cancel kill; not its own
-            # session: setsid(2) in the child made every attempt ~0.8 ms slower here (a Ray
-            # worker has no controlling terminal, so a session would shield it from nothing).
+            # session: with the kernel's scheduler autogroups on (kernel.sched_autogroup_enabled,
+            # the default of most distributions) setsid(2) makes a new autogroup, which is
+            # created and torn down with each attempt -- 0.2-1.5 ms an attempt here
+            # (bench/ray_guard.py, bench/ray_edge.py). A Ray worker has no controlling terminal,
+            # so a session would shield the agent from nothing.
             # No preexec_fn: that would make Python fork the whole Ray worker (~28 ms a task
             # here) instead of vfork + exec (~1 ms)
             p = subprocess.Popen(["/bin/sh", "-c", agent], cwd=cwd, env=env, stdin=stdin, stdout=out, stderr=err,

@@ -146,8 +146,9 @@ def test_an_agent_that_kills_its_ray_worker_at_once_does_not_outlive_it(tmp_path
 @ray
 def test_a_ray_agent_leads_its_own_process_group_inside_its_workers_session(tmp_path):
     """The agent's shell leads its own process group (what a cancel and the worker's guard kill),
-    but is no session leader: setsid(2) cost every attempt 0.2-1.5 ms (bench/ray_guard.py,
-    bench/ray_edge.py) and a Ray worker has no terminal a session would shield it from."""
+    but is no session leader: setsid(2) makes a new scheduler autogroup per attempt (0.2-1.5 ms
+    an attempt here: bench/ray_guard.py, bench/ray_edge.py) and a Ray worker has no terminal a
+    session would shield it from."""
     need_ray()
     p = write_plan(tmp_path / "plans", [{"id": "a", "prompt": "p"}], goal="g", runner="ray",
                    defaults={"agent": "set -- $(cut -d')' -f2 /proc/$$/stat); echo \"$$ $3 $4 $(cut -d')' -f2 "
