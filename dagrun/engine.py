@@ -113,6 +113,7 @@ class Engine(Reconciler):
         self._seq = 0
         self.bell = Doorbell()
         self._ready: set[int] = set()
+        self._carry: tuple[set[str], bool] = (set(), False)   # inotify news read before a sleep (_absorb_own)
         self._turn_locks: dict[str, int] = {}      # goal -> fd of its shared edit lock, held this turn
         self._touched: set[str] = set()          # goals we appended events to this turn
         self.stopping = 0                         # the signal that asked us to stop
@@ -168,7 +169,8 @@ class Engine(Reconciler):
                     self._run_tick()
                 if self._should_exit():
                     break
-                self._ready = self._wait(self._next_wakeup())
+                self._absorb_own()
+                self._ready = self._wait(0.0 if self._carry[0] or self._carry[1] else self._next_wakeup())
             if self.tick is not None:
                 self._run_tick()                   # the final state, for --until-idle
         finally:
@@ -213,10 +215,12 @@ class Engine(Reconciler):
     def _loop_once(self) -> None:
         ready, self._ready = self._ready, set()
         _, rescan = self.bell.take()
-        dirty: set[str] = set()
+        (dirty, carried), self._carry = self._carry, (set(), False)    # left by _absorb_own
+        rescan = rescan or carried
         w = self.watcher
         if w is not None and w.fd is not None and w.fd in ready:
-            dirty, root_changed = w.read()
+            more, root_changed = w.read()
+            dirty |= more
             rescan = rescan or root_changed
         now = time.monotonic()
         if w is None or w.polling:
@@ -272,6 +276,27 @@ class Engine(Reconciler):
             return {fd for fd, _ in p.poll(timeout * 1000.0)}
         except InterruptedError:
             return set()
+
+    def _absorb_own(self) -> None:
+        """Before the loop sleeps: take the inotify events of the turn's own writes (its
+        events lines, owner.json, markers change the goal's folder), which would otherwise
+        wake it at once for a turn with nothing to do -- one such turn per task, run while the
+        next task's agent starts, on the same CPUs. A goal whose events.jsonl holds no byte
+        the engine has not read (its reader took our own lines from memory) and whose plan
+        file is unchanged has nothing for _feed; any other goal (or goals/ itself) is carried
+        into the next turn, which then comes at once. The fd is read before the files are
+        looked at: whatever another process writes after the read rings it again."""
+        w = self.watcher
+        if w is None or w.fd is None or w.polling:
+            return
+        dirty, root_changed = w.read()
+        try:
+            keep = {g for g in dirty if g not in self.goals or self.goals[g].reader.size_changed()
+                    or self.home.plan_stamp(g) != self.goals[g].stamp}
+        except (OSError, DagrunError):     # cannot tell: the next turn looks at them all
+            keep = dirty
+        if keep or root_changed:
+            self._carry = (self._carry[0] | keep, self._carry[1] or root_changed)
 
     def _next_wakeup(self) -> float:
         now = time.monotonic()

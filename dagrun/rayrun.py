@@ -3,7 +3,7 @@
 the task, and stdout, stderr and the exit status travel back; the driver writes the capture
 files and the engine commits them like any other attempt.
 
-The remote function runs the agent in its own session (process group) with stdin = the
+The remote function runs the agent in its own process group (not session) with stdin = the
 prompt and the attempt's environment (DAGRUN_* included); the worker's guard process (one per
 Ray worker, fed the groups of its running agents through a pipe) kills that group if the Ray
 worker dies (a forced cancel, a crash, its driver's death). Each attempt is one plain Ray task
@@ -86,10 +86,16 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
             told = _tell(guard, b"%s 0\n" % rid)
             if not told:
                 raise OSError("the Ray worker's guard cannot be told of the attempt")
-            # its own session (process group); no preexec_fn: that would make Python fork the
-            # whole Ray worker (~28 ms a task here) instead of vfork + exec (~1 ms)
+            # its own process group (setpgid), the unit the guard and a cancel kill; not its own
+            # session: with the kernel's scheduler autogroups on (kernel.sched_autogroup_enabled,
+            # the default of most distributions) setsid(2) makes a new autogroup, which is
+            # created and torn down with each attempt -- 0.2-1.5 ms an attempt here
+            # (bench/ray_guard.py, bench/ray_edge.py). A Ray worker has no controlling terminal,
+            # so a session would shield the agent from nothing.
+            # No preexec_fn: that would make Python fork the whole Ray worker (~28 ms a task
+            # here) instead of vfork + exec (~1 ms)
             p = subprocess.Popen(["/bin/sh", "-c", agent], cwd=cwd, env=env, stdin=stdin, stdout=out, stderr=err,
-                                 start_new_session=True, close_fds=True)
+                                 process_group=0, close_fds=True)
             _tell(guard, b"%s %d\n" % (rid, p.pid))       # its group: killed first, no /proc scan needed
             # its exit wakes us at once (a pidfd); ray.cancel's KeyboardInterrupt is seen
             # between two selects (it does not interrupt a system call)

@@ -343,3 +343,71 @@ def test_hooks_for_answers_the_same_with_and_without_its_shortcut(tmp_path):
     home_hook.chmod(home_hook.stat().st_mode | st_.S_IXUSR)
     assert [x["from"] for x in hk.hooks_for(h, plan, "on_retrying", "a")] == ["home"]
     assert [x["from"] for x in hk.hooks_for(h, plan, "on_done", "b")] == ["plan"]
+
+
+def _turns_of_a_chain(tmp_path, n: int) -> int:
+    """The engine's loop turns for a chain of n fake tasks of 20 ms each, in this process."""
+    from dagrun.engine import Engine
+    from dagrun.simrun import FakeRunner, Outcome
+
+    h = Home(str(tmp_path / "home"))
+    p = write_plan(tmp_path / "p", [{"id": f"t{i}", "prompt": "x", "deps": [f"t{i - 1}"] if i else []}
+                                    for i in range(n)], goal="ch", defaults={"agent": "true"})
+    run("submit", p, home=h.root)
+    eng = Engine(h, goal="ch", jobs=1, runner=FakeRunner(lambda launch: Outcome(after=0.02)))
+    turns = 0
+    once = eng._loop_once
+
+    def counted():
+        nonlocal turns
+        turns += 1
+        once()
+    eng._loop_once = counted
+    assert eng.run() == 0
+    return turns
+
+
+def test_the_engines_own_writes_do_not_wake_it_for_an_empty_turn(tmp_path):
+    """Each task's own writes (its events lines, owner.json, the marker) change the goal's
+    folder; the inotify event of that woke the loop at once for a turn with nothing to do,
+    one per task, on the same CPUs as the next agent's start (bench/ray_edge.py: "turns while
+    it runs" 1 -> 0, Ray's submission-to-node 1.69 -> 1.22 ms). _absorb_own reads them before
+    the loop sleeps: a chain takes about one turn per task (its end), not two."""
+    n = 15
+    assert _turns_of_a_chain(tmp_path, n) <= n + 5
+
+
+def test_another_processs_lines_read_before_a_sleep_are_not_lost(tmp_path):
+    """What _absorb_own takes from inotify and cannot prove to be the engine's own -- a line
+    another process appended, a replaced plan -- is carried into the next turn, which comes at
+    once (a zero timeout) and feeds that goal; the engine's own lines are not."""
+    from dagrun import events as ev
+    from dagrun.engine import Engine
+
+    h = Home(str(tmp_path / "home"))
+    p = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x"}], goal="w", defaults={"agent": "true"})
+    run("submit", p, home=h.root)
+    eng = Engine(h, goal="w")
+    from dagrun.watcher import Watcher
+    eng.watcher = Watcher(h.goals_dir)
+    eng._discover()
+    gs = eng.goals["w"]
+    ev.hold()
+    try:
+        ev.emit(h, "w", "test.mine", worker=eng.worker)          # our own line, read back by our reader
+        ev.flush()
+        gs.reader.read()
+        eng._absorb_own()
+        assert eng._carry == (set(), False)
+        with open(h.events_path("w"), "ab") as f:                # another process's line
+            f.write(b'{"type": "test.theirs", "goal": "w", "worker": "other"}\n')
+        eng._absorb_own()
+        assert eng._carry == ({"w"}, False)
+        seen = []
+        eng.on_event = seen.append
+        eng._ready = set()
+        eng._loop_once()
+        assert [e["type"] for e in seen] == ["test.theirs"] and eng._carry == (set(), False)
+    finally:
+        ev.release()
+        eng.watcher.close()

@@ -141,3 +141,20 @@ def test_an_agent_that_kills_its_ray_worker_at_once_does_not_outlive_it(tmp_path
     rec = json.loads((task_dir(home, "g", "a") / "attempts" / "1.json").read_text())
     assert rec["outcome"] == "failed" and rec["reason"].startswith("ray: ") and rec["counted"]
     assert (task_dir(home, "g", "a") / "output").read_text() == "ok"
+
+
+@ray
+def test_a_ray_agent_leads_its_own_process_group_inside_its_workers_session(tmp_path):
+    """The agent's shell leads its own process group (what a cancel and the worker's guard kill),
+    but is no session leader: setsid(2) makes a new scheduler autogroup per attempt (0.2-1.5 ms
+    an attempt here: bench/ray_guard.py, bench/ray_edge.py) and a Ray worker has no terminal a
+    session would shield it from."""
+    need_ray()
+    p = write_plan(tmp_path / "plans", [{"id": "a", "prompt": "p"}], goal="g", runner="ray",
+                   defaults={"agent": "set -- $(cut -d')' -f2 /proc/$$/stat); echo \"$$ $3 $4 $(cut -d')' -f2 "
+                                      "/proc/$PPID/stat | cut -d' ' -f5)\""})
+    r = run("run", "-q", p, home=tmp_path / "home", timeout=120)
+    assert "goal g done" in r.stdout
+    pid, pgid, sid, worker_sid = (task_dir(tmp_path / "home", "g", "a") / "output").read_text().split()
+    assert pgid == pid                      # its own group: killpg reaches all of it
+    assert sid != pid and sid == worker_sid    # the Ray worker's session, not a new one
