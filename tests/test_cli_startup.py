@@ -145,3 +145,34 @@ def test_the_console_command_skips_the_interpreters_finalization_and_keeps_its_o
     for how in ("lib", "profiled"):                      # a profiler writes its results after main()
         p = call(how, "claim", "nosuch")
         assert p.returncode == 2 and p.stderr.endswith("finalized\n"), how
+
+
+def test_the_console_command_waits_for_its_threads_and_ctrl_c_there_exits_130(tmp_path):
+    """The os._exit of the console command comes after the threads that are not daemons
+    (hooks.py's) have ended, as the interpreter's exit would; a Ctrl-C while it waits exits
+    130 with one line, no traceback."""
+    import signal
+    import time
+
+    mark = tmp_path / "mark"
+    code = ("import sys, threading, time\n"
+            "def late(wait, path):\n    time.sleep(float(wait))\n    open(path, 'w').write('ran')\n"
+            "threading.Thread(target=late, args=sys.argv[1:3]).start()\n"
+            "sys.argv = ['dagrun', '--home', sys.argv[3], 'claim', 'nosuch']\n"
+            "from dagrun.entry import main\nmain()\n")
+    home = str(tmp_path / "home")
+    p = subprocess.run([sys.executable, "-c", code, "0.5", str(mark), home], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 2 and p.stderr.startswith("dagrun: ") and mark.read_text() == "ran"
+    p = subprocess.Popen([sys.executable, "-c", code, "30", str(mark), home], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        first = p.stderr.readline()              # the command's error line: it now waits for the thread
+        time.sleep(0.2)
+        assert first.startswith("dagrun: no goal") and p.poll() is None
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+    finally:
+        p.kill()
+    assert p.returncode == 130, err
+    assert err == "dagrun: interrupted\n"
