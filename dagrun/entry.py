@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
         from .cli import main as full
         full(argv)
         return
-    if not own or parsed[1] == "mcp" or sys.getprofile() is not None or sys.gettrace() is not None:
+    if not own or parsed[1] == "mcp" or _watched():
         # mcp: the SDK's threads and streams end their own way; a profiler or tracer
         # (cProfile, bench/loop_calls.py, coverage) writes its results after we return
         run_fast(parsed)
@@ -34,6 +34,15 @@ def main(argv: list[str] | None = None) -> None:
         run_fast(parsed)
     except SystemExit as e:
         _exit_now(e.code)
+
+
+def _watched() -> bool:
+    """Is a profiler or tracer on: sys.setprofile/settrace, or (Python 3.12+) a tool of
+    sys.monitoring -- coverage's "sysmon" core, which saves its data at exit?"""
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        return True
+    mon = getattr(sys, "monitoring", None)
+    return mon is not None and any(mon.get_tool(i) is not None for i in range(6))
 
 
 def _exit_now(code) -> None:

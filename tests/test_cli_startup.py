@@ -122,7 +122,8 @@ def test_the_console_command_skips_the_interpreters_finalization_and_keeps_its_o
     script), ends with os._exit once stdout and stderr are flushed: no module teardown
     (10-20 ms a call) -- atexit handlers do not run -- while its output and exit code are
     the command's. main(argv), a library call, and a run under a profiler (cProfile,
-    bench/loop_calls.py) raise SystemExit as before."""
+    bench/loop_calls.py) or a sys.monitoring tool (Python 3.12+: coverage's sysmon core;
+    here its API stands in on 3.11) raise SystemExit as before."""
     plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "agent": "echo hi"}], goal="g")
     home = str(tmp_path / "home")
     code = ("import atexit, sys\n"
@@ -131,6 +132,10 @@ def test_the_console_command_skips_the_interpreters_finalization_and_keeps_its_o
             "if sys.argv[1] == 'lib':\n    main(sys.argv[2:])\n"
             "elif sys.argv[1] == 'profiled':\n    sys.argv = ['dagrun'] + sys.argv[2:]\n"
             "    sys.setprofile(lambda *a: None)\n    main()\n"
+            "elif sys.argv[1] == 'monitored':\n    sys.argv = ['dagrun'] + sys.argv[2:]\n"
+            "    import types\n    mon = getattr(sys, 'monitoring', None) or types.SimpleNamespace(\n"
+            "        get_tool=lambda i: 'coverage' if i == 1 else None)\n"
+            "    sys.monitoring = mon\n    mon.get_tool(1) or mon.use_tool_id(1, 'coverage')\n    main()\n"
             "else:\n    sys.argv = ['dagrun'] + sys.argv[2:]\n    main()\n")
 
     def call(how, *argv):
@@ -142,7 +147,7 @@ def test_the_console_command_skips_the_interpreters_finalization_and_keeps_its_o
     assert p.returncode == 1 and "finalized" not in p.stderr
     p = call("own", "claim", "nosuch")                   # a one-line error, its code
     assert p.returncode == 2 and p.stderr.startswith("dagrun: ") and "finalized" not in p.stderr
-    for how in ("lib", "profiled"):                      # a profiler writes its results after main()
+    for how in ("lib", "profiled", "monitored"):         # a profiler writes its results after main()
         p = call(how, "claim", "nosuch")
         assert p.returncode == 2 and p.stderr.endswith("finalized\n"), how
 
