@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
         from .cli import main as full
         full(argv)
         return
-    if not own or parsed[1] == "mcp" or sys.getprofile() is not None or sys.gettrace() is not None:
+    if not own or parsed[1] == "mcp" or _watched():
         # mcp: the SDK's threads and streams end their own way; a profiler or tracer
         # (cProfile, bench/loop_calls.py, coverage) writes its results after we return
         run_fast(parsed)
@@ -36,10 +36,22 @@ def main(argv: list[str] | None = None) -> None:
         _exit_now(e.code)
 
 
+def _watched() -> bool:
+    """Is a profiler or tracer on: sys.setprofile/settrace, or (Python 3.12+) a tool of
+    sys.monitoring -- coverage's "sysmon" core, which saves its data at exit?"""
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        return True
+    mon = getattr(sys, "monitoring", None)
+    return mon is not None and any(mon.get_tool(i) is not None for i in range(6))
+
+
 def _exit_now(code) -> None:
-    """sys.exit(code) without the interpreter's finalization: flush what was written to
-    stdout and stderr, then os._exit. Every file dagrun writes is closed (and published by
-    rename) before the command returns; the threads left are daemons (spare pool, spawners)."""
+    """sys.exit(code) without the interpreter's finalization: wait for the threads that are
+    not daemons (hooks.py runs a transition's hooks on one: `dagrun complete` and `dagrun run`
+    wait for them, as the interpreter's exit does), flush what was written to stdout and
+    stderr, then os._exit. Every file dagrun writes is closed (and published by rename)
+    before the command returns; the other threads left are daemons (spare pool, spawners).
+    Ctrl-C while hooks run: exit 130 at once (their records stay: the next engine runs them)."""
     if code is None:
         code = 0
     elif not isinstance(code, int):
@@ -48,6 +60,14 @@ def _exit_now(code) -> None:
         except Exception:  # noqa: BLE001
             pass
         code = 1
+    try:
+        _join_threads()
+    except KeyboardInterrupt:
+        code = 130                 # ExitCode.INTERRUPTED
+        try:
+            print("dagrun: interrupted", file=sys.stderr)
+        except Exception:  # noqa: BLE001
+            pass
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -55,3 +75,18 @@ def _exit_now(code) -> None:
             if stream is sys.stdout and code == 0:
                 code = 5           # ExitCode.IO, as run_fast's own flush says
     os._exit(code)
+
+
+def _join_threads() -> None:
+    """Join every live non-daemon thread but this one, and those they start meanwhile (what
+    threading._shutdown does at the interpreter's exit)."""
+    threading = sys.modules.get("threading")
+    if threading is None:          # never imported: no thread was started
+        return
+    me = threading.current_thread()
+    while True:
+        left = [t for t in threading.enumerate() if t is not me and not t.daemon]
+        if not left:
+            return
+        for t in left:
+            t.join()

@@ -122,7 +122,8 @@ def test_the_console_command_skips_the_interpreters_finalization_and_keeps_its_o
     script), ends with os._exit once stdout and stderr are flushed: no module teardown
     (10-20 ms a call) -- atexit handlers do not run -- while its output and exit code are
     the command's. main(argv), a library call, and a run under a profiler (cProfile,
-    bench/loop_calls.py) raise SystemExit as before."""
+    bench/loop_calls.py) or a sys.monitoring tool (Python 3.12+: coverage's sysmon core;
+    here its API stands in on 3.11) raise SystemExit as before."""
     plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "agent": "echo hi"}], goal="g")
     home = str(tmp_path / "home")
     code = ("import atexit, sys\n"
@@ -131,6 +132,10 @@ def test_the_console_command_skips_the_interpreters_finalization_and_keeps_its_o
             "if sys.argv[1] == 'lib':\n    main(sys.argv[2:])\n"
             "elif sys.argv[1] == 'profiled':\n    sys.argv = ['dagrun'] + sys.argv[2:]\n"
             "    sys.setprofile(lambda *a: None)\n    main()\n"
+            "elif sys.argv[1] == 'monitored':\n    sys.argv = ['dagrun'] + sys.argv[2:]\n"
+            "    import types\n    mon = getattr(sys, 'monitoring', None) or types.SimpleNamespace(\n"
+            "        get_tool=lambda i: 'coverage' if i == 1 else None)\n"
+            "    sys.monitoring = mon\n    mon.get_tool(1) or mon.use_tool_id(1, 'coverage')\n    main()\n"
             "else:\n    sys.argv = ['dagrun'] + sys.argv[2:]\n    main()\n")
 
     def call(how, *argv):
@@ -142,6 +147,37 @@ def test_the_console_command_skips_the_interpreters_finalization_and_keeps_its_o
     assert p.returncode == 1 and "finalized" not in p.stderr
     p = call("own", "claim", "nosuch")                   # a one-line error, its code
     assert p.returncode == 2 and p.stderr.startswith("dagrun: ") and "finalized" not in p.stderr
-    for how in ("lib", "profiled"):                      # a profiler writes its results after main()
+    for how in ("lib", "profiled", "monitored"):         # a profiler writes its results after main()
         p = call(how, "claim", "nosuch")
         assert p.returncode == 2 and p.stderr.endswith("finalized\n"), how
+
+
+def test_the_console_command_waits_for_its_threads_and_ctrl_c_there_exits_130(tmp_path):
+    """The os._exit of the console command comes after the threads that are not daemons
+    (hooks.py's) have ended, as the interpreter's exit would; a Ctrl-C while it waits exits
+    130 with one line, no traceback."""
+    import signal
+    import time
+
+    mark = tmp_path / "mark"
+    code = ("import sys, threading, time\n"
+            "def late(wait, path):\n    time.sleep(float(wait))\n    open(path, 'w').write('ran')\n"
+            "threading.Thread(target=late, args=sys.argv[1:3]).start()\n"
+            "sys.argv = ['dagrun', '--home', sys.argv[3], 'claim', 'nosuch']\n"
+            "from dagrun.entry import main\nmain()\n")
+    home = str(tmp_path / "home")
+    p = subprocess.run([sys.executable, "-c", code, "0.5", str(mark), home], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 2 and p.stderr.startswith("dagrun: ") and mark.read_text() == "ran"
+    p = subprocess.Popen([sys.executable, "-c", code, "30", str(mark), home], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        first = p.stderr.readline()              # the command's error line: it now waits for the thread
+        time.sleep(0.2)
+        assert first.startswith("dagrun: no goal") and p.poll() is None
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+    finally:
+        p.kill()
+    assert p.returncode == 130, err
+    assert err == "dagrun: interrupted\n"

@@ -245,6 +245,19 @@ echo out | {run.__globals__['DAGRUN']} --home {home} complete g "$t" --output -
     subprocess.run(["sh", "-c", sh], check=True, timeout=60)
     assert rec.labels() == ["done", "fin"]
     assert rec.runs()[0]["env"]["DAGRUN_TASK"] == "a"
+    assert _due(home, "g") == []
+
+
+def test_a_quiet_run_runs_the_goals_hooks_before_it_exits(tmp_path, rec, home):
+    """`dagrun run -q` (the fast path, which ends with os._exit) waits for the hooks of the
+    goal's end -- on_goal_finished runs on a hook thread after the last task -- before it
+    exits: when it returns they have run and their records are gone."""
+    plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "agent": "true"}], goal="g",
+                      hooks={"on_done": [rec.hook("done")], "on_goal_finished": [rec.hook("fin")]})
+    p = run("run", "-q", plan, home=home)
+    assert p.stdout == "goal g done: 1 done\n"
+    assert rec.labels() == ["done", "fin"]
+    assert _due(home, "g") == []
 
 
 # ---------------------------------------------------------------------------------- webhooks
