@@ -17,6 +17,8 @@ import sys
 
 def main(argv: list[str] | None = None) -> None:
     own = argv is None
+    if sys.stdin is None or sys.stdout is None or sys.stderr is None:
+        _null_std_fds()
     argv = sys.argv[1:] if argv is None else argv
     from .protocol import parse_fast, run_fast
 
@@ -34,6 +36,24 @@ def main(argv: list[str] | None = None) -> None:
         run_fast(parsed)
     except SystemExit as e:
         _exit_now(e.code)
+
+
+def _null_std_fds() -> None:
+    """Started with stdin, stdout or stderr closed (`dagrun status >&-`): Python then has no
+    sys.stdout, and the first file dagrun opens would get fd 1 -- which a child inherits as
+    its stdout. Put /dev/null on each closed one (lowest first, so os.open lands on it), as
+    daemons do: the command's output is discarded, as with `>/dev/null`, never a traceback."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        if getattr(sys, name) is not None:
+            continue
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))
 
 
 def _watched() -> bool:

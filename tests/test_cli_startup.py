@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer._click import Context
@@ -181,3 +182,22 @@ def test_the_console_command_waits_for_its_threads_and_ctrl_c_there_exits_130(tm
         p.kill()
     assert p.returncode == 130, err
     assert err == "dagrun: interrupted\n"
+
+
+@pytest.mark.parametrize("closed", ["stdout", "stdout and stderr", "all three"])
+def test_a_command_started_with_its_standard_fds_closed_writes_nowhere_and_keeps_its_code(tmp_path, closed):
+    """`dagrun status >&-` (and 2>&-, <&-): no traceback (Python has no sys.stdout then), the
+    exit code of the same command with /dev/null there, and /dev/null put on the closed fds
+    first, so no file dagrun opens lands on fd 1 -- where a child would take it as its stdout.
+    Both the typer path (status) and the fast path (run -q, heartbeat) are checked."""
+    plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "agent": "echo hi"}],
+                      goal="g")
+    home = str(tmp_path / "home")
+    redir = {"stdout": ">&-", "stdout and stderr": ">&- 2>&-", "all three": ">&- 2>&- <&-"}[closed]
+    dagrun = str(Path(sys.executable).with_name("dagrun"))
+    for argv, code in (("status", 0), (f"run {plan} -q", 0), ("heartbeat g a", 4), ("status g --json", 0)):
+        p = subprocess.run(["bash", "-c", f"'{dagrun}' --home '{home}' {argv} {redir}; echo rc=$?"],
+                           capture_output=True, text=True, timeout=60)
+        assert "Traceback" not in p.stderr and p.stdout == f"rc={code}\n", (argv, p.stdout, p.stderr)
+    out = Path(home, "goals", "g", "tasks", "a", "output").read_text()
+    assert out == "hi\n"                    # the agent's stdout is its pipe, as always
