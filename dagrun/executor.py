@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -728,7 +729,7 @@ class ProcessRunner:
         active = {p.handle.get("run_id") for p in procs}
         n = 0
         for pid in children:
-            if pid in mine or pid in _COMMANDS:   # an agent of ours; a hook (run_command)
+            if pid in mine or pid in _COMMANDS or pid in _SERVICES:   # an agent; a hook; a service
                 continue
             if _is_zombie(pid):
                 _reap(pid)
@@ -845,6 +846,23 @@ class ProcessRunner:
 
 # ---------------------------------------------------------------------------------- hooks
 _COMMANDS: set[int] = set()    # pids of run_command's processes: never swept as strays
+_SERVICES: set[int] = set()    # children this process started for itself (a local Ray head): never swept
+
+
+def keep_children() -> None:
+    """Whatever child of this process runs now and is neither an agent of ours nor carries an
+    attempt's run id was started by this process for itself -- call it right after starting
+    such services (ray.init of a local cluster: its GCS, raylet, dashboard ...) -- and is
+    never swept as an agent's orphan."""
+    procs = [p for r in list(_INSTANCES) for p in r._procs.values()]
+    mine = {p.popen.pid for p in procs}
+    kids = set(_children())
+    try:                 # the calling thread's own (a process started in a thread is its child
+        with open(f"/proc/self/task/{threading.get_native_id()}/children", "rb") as f:   # until it ends)
+            kids.update(int(x) for x in f.read().split())
+    except OSError:
+        pass
+    _SERVICES.update(pid for pid in kids if pid not in mine and _env_value(pid, RUN_ID_VAR) is None)
 
 
 def run_command(argv: list[str], *, stdin: bytes, env: dict, cwd: str, timeout: float) -> tuple[int | None, bool, bytes]:

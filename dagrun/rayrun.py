@@ -360,8 +360,12 @@ class RayRunner:
 
     def warm(self, opts: dict) -> None:
         """Import Ray and connect in the background (seconds) while the driver scans its
-        home; the first start() waits for it."""
-        if self._ray is None and self._warm is None:
+        home; the first start() waits for it. Not for "local": the processes of a cluster
+        started here die with the thread that started them (Ray sets their parent-death
+        signal, which fires when that thread ends), so the first start() starts it, in the
+        engine's own thread."""
+        addr = opts.get("address") or os.environ.get("RAY_ADDRESS") or "auto"
+        if self._ray is None and self._warm is None and addr != "local":
             def connect():
                 try:
                     self._init(opts)
@@ -382,11 +386,16 @@ class RayRunner:
         import ray
         addr = opts.get("address") or os.environ.get("RAY_ADDRESS") or "auto"
         if not ray.is_initialized():
-            kw = {"address": None if addr == "local" else addr, "logging_level": "ERROR",
+            kw = {"address": addr, "logging_level": "ERROR",
                   "log_to_driver": False, "ignore_reinit_error": True}
             if opts.get("runtime_env"):
                 kw["runtime_env"] = opts["runtime_env"]
             ray.init(**kw)
+            if addr == "local":
+                # the new cluster's processes (GCS, raylet, ...) are this driver's children:
+                # the local runner's sweep of agents' orphans must leave them alone
+                from .executor import keep_children
+                keep_children()
         # shipped by value: the nodes need Ray, not dagrun
         import ray.cloudpickle as cp
         import sys

@@ -158,3 +158,28 @@ def test_a_ray_agent_leads_its_own_process_group_inside_its_workers_session(tmp_
     pid, pgid, sid, worker_sid = (task_dir(tmp_path / "home", "g", "a") / "output").read_text().split()
     assert pgid == pid                      # its own group: killpg reaches all of it
     assert sid != pid and sid == worker_sid    # the Ray worker's session, not a new one
+
+
+@ray
+def test_a_local_ray_cluster_started_by_the_driver_lives_through_the_goal(tmp_path, monkeypatch):
+    """`"ray": {"address": "local"}` starts a Ray of its own in the driver: it is started in the
+    engine's thread, not the background connect (Ray's processes get a parent-death signal
+    that fires when the thread that started them ends: the GCS died at once and the driver
+    gave up after 60 s), and the local runner's sweep of agents' orphans, which kills the
+    driver's unknown children when no attempt runs, leaves its processes alone (a local task
+    between two Ray tasks killed them)."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the ray package is missing (CI installs .[ray])")
+        pytest.skip("pip install -e '.[ray]'")
+    local_ray = {"runner": "ray", "ray": {"address": "local"}}
+    p = write_plan(tmp_path / "plans", [
+        {"id": "a", "prompt": "p", "agent": "echo ray-a", **local_ray},
+        {"id": "b", "prompt": "p", "agent": "echo local-b", "deps": ["a"], "runner": "local"},
+        {"id": "c", "prompt": "p", "agent": "echo ray-c", "deps": ["b"], **local_ray}], goal="lr")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    r = run("run", "-q", p, home=tmp_path / "home", timeout=180, check=False)
+    assert r.stdout == "goal lr done: 3 done\n", r.stderr
+    assert outputs(tmp_path / "home", "lr") == {"a": "ray-a\n", "b": "local-b\n", "c": "ray-c\n"}
