@@ -2,9 +2,11 @@
 
 A pytest plugin (measurement only) that writes one JSON line per test to
 $DAGRUN_SUITE_TIMELINE -- worker, xdist group, start and end (wall clock), setup/call/
-teardown seconds, outcome -- and a report that reads such a log: the wall time each worker
-was busy, when each worker finished, the groups' spans, the longest tests and what ran at
-the end of the run (the tail that decides the wall time).
+teardown seconds, outcome, CPU seconds (the worker's own and its reaped children's: the
+`dagrun` processes and agents the test ran) -- and a report that reads such a log: the wall
+time each worker was busy, when each worker finished, the groups' spans, the longest tests,
+the tests and files that took the most CPU (on 2 cores the suite is CPU-bound: its wall is
+about its CPU over 2), and what ran at the end of the run (the tail that decides the wall).
 
     PYTHONPATH=bench DAGRUN_SUITE_TIMELINE=/tmp/tl.jsonl .venv/bin/python -m pytest -q -p suite_timeline
     .venv/bin/python bench/suite_timeline.py /tmp/tl.jsonl [--top 20]
@@ -45,11 +47,18 @@ def pytest_runtest_protocol(item, nextitem):
     phases: dict[str, float] = {}
     outcome = {"v": "passed"}
     item._suite_timeline = (phases, outcome)
+    c0 = os.times()
     t0 = time.time()
     yield
     t1 = time.time()
+    c1 = os.times()
+    # CPU seconds: the worker's own, and its children's that it reaped during the test (the
+    # `dagrun` processes it ran, with their agents; not a daemon that double-forked away)
+    cpu = round(c1.user + c1.system - c0.user - c0.system, 3)
+    child = round(c1.children_user + c1.children_system - c0.children_user - c0.children_system, 3)
     rec = {"test": item.nodeid.split("@")[0], "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
-           "group": _group(item), "start": t0, "end": t1, "outcome": outcome["v"], **phases}
+           "group": _group(item), "start": t0, "end": t1, "outcome": outcome["v"], "cpu": cpu,
+           "child_cpu": child, **phases}
     with open(_LOG, "a") as f:
         f.write(json.dumps(rec) + "\n")
 
@@ -100,6 +109,20 @@ def report(path: str, top: int = 20) -> None:
         print(f"{r['end'] - r['start']:6.1f}  {r.get('setup', 0):5.1f} {r.get('call', 0):6.1f} "
               f"{r.get('teardown', 0):5.1f}  {r['start'] - t0:6.1f}..{r['end'] - t0:6.1f} {r['worker']:5} "
               f"{r['group'] or '-':10} {r['test']}")
+    if any("cpu" in r for r in recs):
+        cpu = sum(r.get("cpu", 0) + r.get("child_cpu", 0) for r in recs)
+        print(f"\nCPU of the tests (worker + reaped children): {cpu:.1f} s; the {top} that took the most "
+              f"(own / children s, wall s)")
+        for r in sorted(recs, key=lambda r: -(r.get("cpu", 0) + r.get("child_cpu", 0)))[:top]:
+            print(f"{r.get('cpu', 0) + r.get('child_cpu', 0):6.1f}  {r.get('cpu', 0):5.1f} {r.get('child_cpu', 0):6.1f} "
+                  f"{r['end'] - r['start']:6.1f}  {r['group'] or '-':10} {r['test']}")
+        files: dict[str, float] = {}
+        for r in recs:
+            f = r["test"].split("::")[0]
+            files[f] = files.get(f, 0.0) + r.get("cpu", 0) + r.get("child_cpu", 0)
+        print(f"\nCPU by file (the {top} most)")
+        for f, c in sorted(files.items(), key=lambda x: -x[1])[:top]:
+            print(f"{c:7.1f}  {f}")
     print("\nthe last 60 s of the run: what each worker ran")
     for w in sorted(by_worker):
         tail = [r for r in by_worker[w] if r["end"] > t1 - 60]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLES, events, processes_with_env, run, spawn, task_dir, wait_for, write_plan
+from conftest import EXAMPLES, events, outputs, processes_with_env, run, spawn, task_dir, wait_for, write_plan
 
 SIX = ["research-api", "research-auth", "design-schema", "implement", "test", "review"]
 UPSTREAM = {"design-schema": ["research-api"], "implement": ["design-schema", "research-auth"],
@@ -49,12 +49,19 @@ def test_example_goal_runs_end_to_end(home):
     assert len(events(home, "add-auth")) == len(ev)
 
 
-def test_parallelism_is_real(home, plans):
-    """Four independent 0.5 s tasks with -j 4 finish in well under 4 x 0.5 s."""
-    p = write_plan(plans, [{"id": f"t{i}", "prompt": "p"} for i in range(4)], defaults={"agent": "sleep 0.5"})
-    t0 = time.monotonic()
+def test_parallelism_is_real(home, plans, tmp_path):
+    """Four independent tasks with -j 4 run at the same time: each agent checks in and waits
+    (up to 30 s) until all four have, so the goal is done only if the four ran at once. (It
+    used to time the whole `dagrun run` against 1.9 s for four `sleep 0.5`, which a loaded
+    machine's slow start-up of the command alone could exceed.)"""
+    here = tmp_path / "here"
+    here.mkdir()
+    barrier = (f'touch "{here}/$DAGRUN_TASK"; i=0; while [ "$(ls "{here}" | wc -l)" -lt 4 ]; do '
+               f'i=$((i+1)); [ $i -gt 600 ] && exit 1; sleep 0.05; done; echo all four')
+    p = write_plan(plans, [{"id": f"t{i}", "prompt": "p"} for i in range(4)],
+                   defaults={"agent": barrier, "retries": 0})
     run("run", p, "-j", "4", home=home)
-    assert time.monotonic() - t0 < 1.9
+    assert outputs(home, "dag") == {f"t{i}": "all four\n" for i in range(4)}
 
 
 def test_agent_environment_and_cwd(home, plans):

@@ -158,7 +158,12 @@ def _crash_points(trace: Path, h0: Path, first: int, last: int) -> list[dict]:
 def _crash_at_each_step(tmp_path: Path, plan: Path, points: list[dict], rec: _Recorder, label: str, check) -> None:
     """For every crash point (the environment of crash_step): a run of `plan` SIGKILLed there
     (before any hook ran), then a restart, after which `check(at, runs of label)` holds and no
-    hooks record is left; a further run repeats none of those hooks."""
+    hooks record is left; a further run repeats none of those hooks. The restarts run with
+    DAGRUN_CLAIM_GRACE=0, as the other crash walks do (tests/reliability/harness.py): one
+    engine at a time, so a claim folder without owner.json -- the dead engine's, when it died
+    between moving owner.json into the done marker and removing the folder -- is dead at once,
+    not after the 10 s that a live creator gets (tests/test_stale_claims.py checks that)."""
+    grace0 = {"DAGRUN_CLAIM_GRACE": "0"}
     for i, crash in enumerate(points):
         rec.clear()
         at = f"{crash['DAGRUN_CRASH_AT']} of {crash['DAGRUN_CRASH_ON']!r}"
@@ -166,11 +171,11 @@ def _crash_at_each_step(tmp_path: Path, plan: Path, points: list[dict], rec: _Re
         p = run("run", plan, home=home, check=False, env=crash)
         assert p.returncode == -9, (at, p.stderr)
         assert rec.runs() == [], at                                  # the engine died before the hook
-        run("run", "g", home=home, check=False)                      # the restart
+        run("run", "g", home=home, check=False, env=grace0)          # the restart
         got = rec.runs(label)
         check(at, got)
         assert _due(home, "g") == [], at
-        run("run", "g", home=home, check=False)                      # and never again
+        run("run", "g", home=home, check=False, env=grace0)          # and never again
         assert len(rec.runs(label)) == len(got), at
 
 
