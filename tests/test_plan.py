@@ -371,3 +371,81 @@ def test_a_serial_group_against_the_dependencies_is_refused_naming_the_first_tas
 def test_a_plan_may_hold_exactly_its_max_tasks(plans):
     p = write_plan(plans, [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"}], defaults=AGENT, max_tasks=2)
     assert planmod.load(str(p)).max_tasks == 2
+
+
+# ---- issue 21 (seventh session): the pure functions behind agent limits, resources and digests,
+# in-process (their callers' tests run the binary; mutant_sweep.py found them unchecked here)
+
+@pytest.mark.parametrize("agent,key", [
+    ("@claude --model x", "claude"), ("/usr/bin/claude -p", "claude"), ("  codex  exec  ", "codex"),
+    ("@", None), ("/usr/bin/", None), ("", None), ("   ", None), (None, None), ("a b/c", "a"),
+    ("@bad!name", None)])
+def test_agent_key_is_the_preset_or_the_program_name_or_none(agent, key):
+    """The name an agent limit counts a task under (plan.agent_key)."""
+    assert planmod.agent_key(agent) == key
+
+
+def _task(plans, **fields):
+    p = write_plan(plans, [{"id": "a", "prompt": "x", **fields}], defaults=AGENT)
+    return planmod.load(str(p)).task("a")
+
+
+def test_a_task_needs_its_whole_positive_units_but_mem_its_mutex_and_one_unit_of_its_agent(plans):
+    """Task.needs: what the scheduler counts against the capacities (the resource tests run the
+    binary). A float, zero or negative unit and `mem` are never counted; a mutex is at least 1
+    (a resource of the same name keeps its units); the agent's unit is one."""
+    t = _task(plans, agent="/usr/bin/claude -p", mutex="m")
+    assert t.replace(resources={"gpu": 2, "one": 1, "mem": 4096, "zero": 0, "neg": -1, "half": 1.5}).needs() == \
+        {"gpu": 2, "one": 1, "m": 1, "agent.claude": 1}
+    assert t.replace(resources={"m": 3}).needs() == {"m": 3, "agent.claude": 1}
+    assert t.replace(resources={"agent.claude": 2}, mutex=None).needs() == {"agent.claude": 2}
+    assert t.replace(agent="@", mutex=None).needs() == {}
+
+
+def test_a_task_s_digest_is_computed_once_per_task_object(plans, monkeypatch):
+    """definition_digest is remembered per Task (an engine asks three times per attempt)."""
+    calls = []
+    real = planmod.Task._digest
+    monkeypatch.setattr(planmod.Task, "_digest", lambda self: calls.append(self.id) or real(self))
+    planmod._DIGESTS.clear()
+    t = _task(plans)
+    first = t.definition_digest()
+    assert [t.definition_digest(), t.definition_digest()] == [first, first] and calls == ["a"]
+    u = t.replace(id="b")
+    assert u.definition_digest() == first and calls == ["a", "b"]
+
+
+def _digest_of(t, *extra):
+    import hashlib
+    import orjson
+    d = [t.prompt, t.agent, list(t.declared_deps), list(t.soft_deps), t.workdir, t.context_limit,
+         t.retry_context, *extra]
+    return hashlib.sha256(orjson.dumps(d)).hexdigest()[:16]
+
+
+def test_the_definition_digest_holds_exactly_what_decides_the_result(plans):
+    """A done task is kept when a plan is replaced iff its definition_digest is unchanged, so
+    the digest of a plan written before a field existed must not change: each optional part
+    is appended only when used, in this form."""
+    t = _task(plans)
+    assert t.workspace is True and t.definition_digest() == _digest_of(t)
+    assert t.replace(workspace=False).definition_digest() == _digest_of(t, "no-workspace")
+    assert t.replace(workspace=True).definition_digest() == _digest_of(t)
+    w = t.replace(workspace=True)
+    assert w.replace(for_each={"from": "d", "as": "x", "max": 3}).definition_digest() == \
+        _digest_of(w, ["for_each", "d", "x"])
+    assert w.replace(check=("true", "-x")).definition_digest() == _digest_of(w, ["true", "-x"])
+    for when, trigger, approval in (("a.done", "all_success", None), (None, "one_success", None),
+                                    (None, "all_success", {"prompt": "ok?"})):
+        assert w.replace(when=when, trigger=trigger, approval=approval).definition_digest() == \
+            _digest_of(w, [when, trigger, approval])
+
+
+def test_a_task_s_check_and_check_timeout_reach_the_task(plans):
+    """The acceptance check knobs, from the task and from the defaults (the check tests run the binary)."""
+    t = _task(plans, check=["true", "-x"], check_timeout=7)
+    assert (t.check, t.check_timeout) == (("true", "-x"), 7.0)
+    p = write_plan(plans, [{"id": "a", "prompt": "x"}], defaults={**AGENT, "check": ["false"], "check_timeout": 3})
+    t = planmod.load(str(p)).task("a")
+    assert (t.check, t.check_timeout) == (("false",), 3.0)
+    assert (_task(plans).check, _task(plans).check_timeout) == (None, 600.0)
