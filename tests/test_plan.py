@@ -449,3 +449,41 @@ def test_a_task_s_check_and_check_timeout_reach_the_task(plans):
     t = planmod.load(str(p)).task("a")
     assert (t.check, t.check_timeout) == (("false",), 3.0)
     assert (_task(plans).check, _task(plans).check_timeout) == (None, 600.0)
+
+
+# (task fields, top-level fields, the end of the one-line error): the validator's words for a
+# bad value, path and all, in-process (test_invalid_plans_are_one_precise_line checks a
+# substring; these were checked only through the binary or not at all)
+BAD_VALUES = [
+    ({"cache": "yes"}, {}, "tasks[0].cache: expected true or false, got a string"),
+    ({"estimate": 5}, {}, 'tasks[0].estimate: expected an object like {"seconds": 120, "usd": 0.5}, got a number'),
+    ({"estimate": {"minutes": 1}}, {}, 'tasks[0].estimate.minutes: unknown field "minutes" in estimate (known: seconds, usd)'),
+    ({"estimate": {"usd": -1}}, {}, "tasks[0].estimate.usd: expected a non-negative number, got -1"),
+    ({"estimate": {"usd": True}}, {}, "tasks[0].estimate.usd: expected a non-negative number, got true"),
+    ({"estimate": {"seconds": "9"}}, {}, 'tasks[0].estimate.seconds: expected a non-negative number, got "9"'),
+    ({}, {"budget": 5}, 'budget: expected an object like {"usd": 10, "tokens": 2000000}, got a number'),
+    ({}, {"budget": {"usd": 0}}, "budget.usd: expected a positive number, got 0"),
+    ({}, {"budget": {"usd": True}}, "budget.usd: expected a positive number, got true"),
+    ({}, {"budget": {"usd": "1"}}, 'budget.usd: expected a positive number, got "1"'),
+    ({}, {"budget": {"tokens": 1.5}}, "budget.tokens: expected a whole number of tokens, got 1.5"),
+    ({}, {"budget": {}}, 'budget: an empty budget limits nothing: give "usd" and/or "tokens"'),
+    ({"check": "true"}, {}, "tasks[0].check: expected an array of strings (a program and its arguments; no shell), got a string"),
+    ({"check": []}, {}, "tasks[0].check: must name a program: an empty array runs nothing"),
+]
+
+
+@pytest.mark.parametrize("task,top,said", BAD_VALUES, ids=[s.split(":")[0] + "-" + str(i) for i, (_, _, s) in enumerate(BAD_VALUES)])
+def test_a_bad_value_is_named_by_its_path_in_the_validator_s_words(plans, task, top, said):
+    p = write_plan(plans, [{"id": "a", "prompt": "x", **task}], defaults=AGENT, **top)
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert str(ei.value).startswith(f"{p}:") and str(ei.value).endswith(f": {said}"), str(ei.value)
+    assert "\n" not in str(ei.value)
+
+
+def test_an_estimate_of_zero_is_fine_and_budget_tokens_stay_whole(plans):
+    t = _task(plans, estimate={"usd": 0, "seconds": 0})
+    assert (t.estimate_usd, t.estimate_seconds) == (0, 0)
+    p = write_plan(plans, [{"id": "a", "prompt": "x"}], defaults=AGENT, budget={"usd": 2, "tokens": 2000000.0})
+    b = planmod.load(str(p)).budget
+    assert b == {"usd": 2.0, "tokens": 2000000} and type(b["tokens"]) is int and type(b["usd"]) is float
