@@ -469,6 +469,39 @@ BAD_VALUES = [
     ({}, {"budget": {}}, 'budget: an empty budget limits nothing: give "usd" and/or "tokens"'),
     ({"check": "true"}, {}, "tasks[0].check: expected an array of strings (a program and its arguments; no shell), got a string"),
     ({"check": []}, {}, "tasks[0].check: must name a program: an empty array runs nothing"),
+    ({"check": ["true", 5]}, {}, "tasks[0].check[1]: expected a string, got a number"),
+    ({"check": ["true", "a\u0000b"]}, {}, "tasks[0].check[1]: contains a NUL character"),
+    ({"check": [" ", "x"]}, {}, "tasks[0].check[0]: the program name must not be empty"),
+    ({}, {"budget": {"eur": 1}}, 'budget.eur: unknown field "eur" in budget (known: usd, tokens)'),
+    ({"resources": 5}, {}, 'tasks[0].resources: expected an object of resource name -> units, like {"gpu": 1}, got a number'),
+    ({"resources": {"bad name": 1}}, {}, 'tasks[0].resources.bad name: invalid resource name "bad name": use 1-128 of '
+     "A-Z a-z 0-9 . _ - , starting with a letter or digit"),
+    ({"resources": {"gpu": -1}}, {}, "tasks[0].resources.gpu: must be at least 0, got -1"),
+    ({"resources": {"gpu": 1.5}}, {}, "tasks[0].resources.gpu: expected an integer, got 1.5"),
+    ({"resources": {"mem": "lots"}}, {}, 'tasks[0].resources.mem: expected megabytes or a size like "512M" or "2G", got "lots"'),
+    ({"resources": {"mem": True}}, {}, 'tasks[0].resources.mem: expected megabytes or a size like "512M" or "2G", got true'),
+    ({}, {"resources": 5}, 'resources: expected an object of name -> count, like {"gpu": 2}, got a number'),
+    ({}, {"resources": {"bad name": 1}}, 'resources.bad name: invalid name "bad name": use 1-128 of A-Z a-z 0-9 . _ - , '
+     "starting with a letter or digit"),
+    ({}, {"agent_limits": {"@claude": 1, "claude": 2}}, 'agent_limits.claude: "claude" is given twice'),
+    ({}, {"agent_limits": {"@": 1}}, 'agent_limits.@: invalid name "@": use 1-128 of A-Z a-z 0-9 . _ - , starting with a letter or digit'),
+    ({}, {"resources": {"gpu": -1}}, "resources.gpu: must be at least 1, got -1"),
+    ({"files": 5}, {}, "tasks[0].files: expected an array of globs, got a number"),
+    ({"files": ["a", 5]}, {}, "tasks[0].files[1]: expected a glob (string), got a number"),
+    ({"approval": {"timeout": "1h"}}, {}, 'tasks[0].approval: approval needs "prompt": the question shown to the person who decides'),
+    ({"approval": {"prompt": "ok?", "timeout": "soon"}}, {},
+     'tasks[0].approval.timeout: expected seconds or a duration like "90s", "30m", "2h", "1d", got "soon"'),
+    ({"timeout": "soon"}, {}, "tasks[0].timeout: expected a number, got a string"),
+    ({"trigger": "sometimes"}, {}, 'tasks[0].trigger: must be one of "all_success", "all_done", "one_success", "one_failed", '
+     '"none_failed", got "sometimes"'),
+    ({"retries": 1.5}, {}, "tasks[0].retries: expected an integer, got 1.5"),
+    ({"retries": -1}, {}, "tasks[0].retries: must be at least 0, got -1"),
+    ({"retries": "2"}, {}, "tasks[0].retries: expected an integer, got a string"),
+    ({"timeout": 0}, {}, "tasks[0].timeout: must be greater than 0, got 0"),
+    ({"context_limit": 10 ** 12}, {}, "tasks[0].context_limit: must be at most 1.67772e+07, got 1000000000000"),
+    ({"priority": True}, {}, "tasks[0].priority: expected an integer, got a boolean"),
+    ({"slurm": {"partition": 5}}, {}, "tasks[0].slurm.partition: expected a string, got a number"),
+    ({"slurm": 5}, {}, "tasks[0].slurm: expected an object, got a number"),
 ]
 
 
@@ -487,3 +520,17 @@ def test_an_estimate_of_zero_is_fine_and_budget_tokens_stay_whole(plans):
     p = write_plan(plans, [{"id": "a", "prompt": "x"}], defaults=AGENT, budget={"usd": 2, "tokens": 2000000.0})
     b = planmod.load(str(p)).budget
     assert b == {"usd": 2.0, "tokens": 2000000} and type(b["tokens"]) is int and type(b["usd"]) is float
+
+
+def test_good_values_reach_the_task_and_the_plan_as_read(plans):
+    """What the validator hands on for an approval, an agent limit, a task's resources and files."""
+    t = _task(plans, approval={"prompt": "ok?", "timeout": "2h"}, resources={"gpu": 2.0, "mem": "2G"}, files=["a/*"],
+              retries=2.0)
+    assert (t.approval, t.resources, t.files, t.trigger, t.retries) == \
+        ({"prompt": "ok?", "timeout": 7200.0}, {"gpu": 2, "mem": "2G"}, ("a/*",), "all_success", 2)
+    assert type(t.retries) is int and type(t.resources["gpu"]) is int
+    assert _task(plans, approval={"prompt": "ok?"}).approval == {"prompt": "ok?", "timeout": None}
+    p = write_plan(plans, [{"id": "a", "prompt": "x"}], defaults=AGENT, agent_limits={"@claude": 1, "codex": 2},
+                   resources={"gpu": 3})
+    pl = planmod.load(str(p))
+    assert (pl.agent_limits, pl.capacities) == ({"claude": 1, "codex": 2}, {"gpu": 3})
