@@ -502,6 +502,8 @@ BAD_VALUES = [
     ({"priority": True}, {}, "tasks[0].priority: expected an integer, got a boolean"),
     ({"slurm": {"partition": 5}}, {}, "tasks[0].slurm.partition: expected a string, got a number"),
     ({"slurm": 5}, {}, "tasks[0].slurm: expected an object, got a number"),
+    ({"slurm": {"bogus": 1}}, {}, 'tasks[0].slurm.bogus: unknown field "bogus" in slurm options (known: partition, account, '
+     'sbatch_args, mode)'),
 ]
 
 
