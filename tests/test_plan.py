@@ -536,3 +536,116 @@ def test_good_values_reach_the_task_and_the_plan_as_read(plans):
                    resources={"gpu": 3})
     pl = planmod.load(str(p))
     assert (pl.agent_limits, pl.capacities) == ({"claude": 1, "codex": 2}, {"gpu": 3})
+
+
+def _hook(*hs):
+    return {"hooks": {"on_done": list(hs)}}
+
+
+_AUTHOR = 'workspace.author: expected {"name": "...", "email": "..."} (non-empty strings without <, > or newlines)'
+_ARGV = "hooks.on_done[0].argv: expected a non-empty array of non-empty strings (the command and its arguments; no shell)"
+_HEADERS = "hooks.on_done[0].headers: expected an object of header names to string values"
+_TPL = [{"id": "b", "prompt": "y"}]
+# (tasks, top-level fields, the end of the one-line error): hooks, templates, the workspace
+BAD_DOCS = [
+    ([], _hook(5), "hooks.on_done[0]: expected an argv array or an object, got a number"),
+    ([], _hook({}), 'hooks.on_done[0]: a hook needs "argv" (a command) or "url" (a webhook)'),
+    ([], _hook({"argv": ["x"], "bogus": 1}), 'hooks.on_done[0].bogus: unknown field "bogus" in a hook (known: argv, timeout)'),
+    ([], _hook({"url": "https://h", "bogus": 1}),
+     'hooks.on_done[0].bogus: unknown field "bogus" in a hook (known: headers, headers_env, retries, secret_env, timeout, url)'),
+    ([], _hook({"argv": ["x"], "timeout": 0}), "hooks.on_done[0].timeout: must be a number of seconds in (0, 3600], got 0"),
+    ([], _hook({"argv": ["x"], "timeout": 3601}), "hooks.on_done[0].timeout: must be a number of seconds in (0, 3600], got 3601"),
+    ([], _hook({"argv": ["x"], "timeout": True}), "hooks.on_done[0].timeout: must be a number of seconds in (0, 3600], got true"),
+    ([], _hook({"argv": ["x"], "timeout": "5"}), 'hooks.on_done[0].timeout: must be a number of seconds in (0, 3600], got "5"'),
+    ([], _hook({"argv": []}), _ARGV), ([], _hook({"argv": "x"}), _ARGV), ([], _hook({"argv": ["x", ""]}), _ARGV),
+    ([], _hook({"argv": ["x", 5]}), _ARGV), ([], _hook({"argv": ["x\u0000"]}), _ARGV),
+    ([], _hook({"url": "ftp://h"}), 'hooks.on_done[0].url: expected an http:// or https:// URL, got "ftp://h"'),
+    ([], _hook({"url": 5}), "hooks.on_done[0].url: expected an http:// or https:// URL, got 5"),
+    ([], _hook({"url": "https://h x"}), 'hooks.on_done[0].url: expected an http:// or https:// URL, got "https://h x"'),
+    ([], _hook({"url": "https://h", "headers": {"a b": "v"}}), _HEADERS),
+    ([], _hook({"url": "https://h", "headers": {"A": "v\n"}}), _HEADERS),
+    ([], _hook({"url": "https://h", "headers": {"A": "v\r"}}), _HEADERS),
+    ([], _hook({"url": "https://h", "headers": {"A": 5}}), _HEADERS),
+    ([], _hook({"url": "https://h", "headers": 5}), _HEADERS),
+    ([], _hook({"url": "https://h", "headers_env": {"A": "not env"}}),
+     "hooks.on_done[0].headers_env: values must be environment variable names (the secret itself never goes in the plan)"),
+    ([], _hook({"url": "https://h", "headers_env": {"A b": "ENV"}}),
+     "hooks.on_done[0].headers_env: expected an object of header names to string values"),
+    ([], _hook({"url": "https://h", "secret_env": "no env"}),
+     'hooks.on_done[0].secret_env: expected an environment variable name, got "no env"'),
+    ([], _hook({"url": "https://h", "secret_env": 5}), "hooks.on_done[0].secret_env: expected an environment variable name, got 5"),
+    ([], _hook({"url": "https://h", "retries": 21}), "hooks.on_done[0].retries: must be an integer 0-20, got 21"),
+    ([], _hook({"url": "https://h", "retries": -1}), "hooks.on_done[0].retries: must be an integer 0-20, got -1"),
+    ([], _hook({"url": "https://h", "retries": True}), "hooks.on_done[0].retries: must be an integer 0-20, got true"),
+    ([], _hook({"url": "https://h", "retries": 1.0}), "hooks.on_done[0].retries: must be an integer 0-20, got 1.0"),
+    ([], {"hooks": 5}, "hooks: expected an object of hook lists (on_done, on_failed, on_retrying, on_cancelled, on_blocked, "
+     "on_skipped, on_approval_needed, on_goal_finished), got a number"),
+    ([], {"hooks": {"on_done": 5}}, "hooks.on_done: expected an array of hooks, got a number"),
+    (_TPL + [{"id": "a", "prompt": "x", "deps": ["b"], "for_each": {"as": "x"}}], {},
+     'tasks[1].for_each: for_each needs "from": the task whose output lists the items'),
+    (_TPL + [{"id": "a", "prompt": "x", "deps": ["b"], "for_each": {"from": "a"}}], {},
+     "tasks[1].for_each.from: a template cannot fan out over its own output"),
+    (_TPL + [{"id": "a", "prompt": "x", "deps": ["b"], "for_each": {"from": "b", "as": "1x"}}], {},
+     'tasks[1].for_each.as: expected a name of letters, digits and _ (like "item"), got "1x"'),
+    (_TPL + [{"id": "a", "prompt": "x", "deps": ["b"], "for_each": {"from": "b", "as": 5}}], {},
+     'tasks[1].for_each.as: expected a name of letters, digits and _ (like "item"), got 5'),
+    (_TPL + [{"id": "a" * 126, "prompt": "x", "deps": ["b"], "for_each": {"from": "b", "max": 100}}], {},
+     f"tasks[1].for_each.max: the instance ids {'a' * 126}.<k> would be longer than 128 characters: shorten the template's id"),
+    ([], {"workspace": {}}, "workspace: workspace needs \"repo\" (the git repository, relative to the plan's folder)"),
+    ([], {"workspace": {"repo": "r", "base": "-x"}}, 'workspace.base: "-x" is not a branch or commit name'),
+    ([], {"workspace": {"repo": "r", "base": "a b"}}, 'workspace.base: "a b" is not a branch or commit name'),
+    ([], {"workspace": {"repo": "r", "author": {"name": "n"}}}, _AUTHOR),
+    ([], {"workspace": {"repo": "r", "author": {"name": "n", "email": "<e>"}}}, _AUTHOR),
+    ([], {"workspace": {"repo": "r", "author": {"name": "n", "email": "e>"}}}, _AUTHOR),
+    ([], {"workspace": {"repo": "r", "author": {"name": "n\nm", "email": "e"}}}, _AUTHOR),
+    ([], {"workspace": {"repo": "r", "author": {"name": " ", "email": "e"}}}, _AUTHOR),
+    ([], {"workspace": {"repo": "r", "author": {"name": 5, "email": "e"}}}, _AUTHOR),
+    ([], {"workspace": {"repo": "r", "author": "x"}}, _AUTHOR),
+    ([], {"workspace": {"repo": "r", "integrate": "yes"}}, "workspace.integrate: expected true or false, got a string"),
+    ([{"id": "a", "prompt": "x", "approval": {"prompt": "p", "timeout": "0m"}}], {},
+     'tasks[0].approval.timeout: expected seconds or a duration like "90s", "30m", "2h", "1d", got "0m"'),
+    ([{"id": "a", "prompt": "x", "approval": {"prompt": "p", "timeout": True}}], {},
+     'tasks[0].approval.timeout: expected seconds or a duration like "90s", "30m", "2h", "1d", got true'),
+    ([{"id": "a", "prompt": "x", "approval": {"prompt": "p", "timeout": "1y"}}], {},
+     'tasks[0].approval.timeout: expected seconds or a duration like "90s", "30m", "2h", "1d", got "1y"'),
+    ([{"id": "a", "prompt": "x", "approval": {"prompt": "p", "timeout": 30 * 86400 + 1}}], {},
+     'tasks[0].approval.timeout: expected seconds or a duration like "90s", "30m", "2h", "1d", got 2592001'),
+]
+
+
+@pytest.mark.parametrize("tasks,top,said", BAD_DOCS, ids=[s.split(":")[0] + "-" + str(i) for i, (_, _, s) in enumerate(BAD_DOCS)])
+def test_a_bad_hook_template_or_workspace_is_named_by_its_path_in_the_validator_s_words(plans, tasks, top, said):
+    p = write_plan(plans, tasks or [{"id": "a", "prompt": "x"}], defaults=AGENT, **top)
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert str(ei.value).startswith(f"{p}:") and str(ei.value).endswith(f": {said}"), str(ei.value)
+    assert "\n" not in str(ei.value)
+
+
+def test_hooks_a_template_and_the_workspace_reach_the_plan_normalised(plans):
+    web = {"url": "https://h/x", "headers": {"X-A": "b"}, "headers_env": {"Authorization": "TOKEN"}, "secret_env": "SEC",
+           "timeout": 5, "retries": 0}
+    p = write_plan(plans, _TPL + [{"id": "a", "prompt": "x", "deps": ["b"], "for_each": {"from": "b", "max": 7}}],
+                   defaults=AGENT, hooks={"on_done": [["notify", "x"], web], "on_failed": []},
+                   workspace={"repo": "r", "base": "main", "author": {"name": "N", "email": "e@x"}, "integrate": False})
+    pl = planmod.load(str(p))
+    assert pl.hooks == {"on_done": [{"timeout": 30.0, "argv": ["notify", "x"]},
+                                    {"timeout": 5.0, "url": "https://h/x", "headers": {"X-A": "b"},
+                                     "headers_env": {"Authorization": "TOKEN"}, "secret_env": "SEC", "retries": 0}]}
+    assert pl.task("a").for_each == {"from": "b", "as": "item", "max": 7}
+    assert pl.workspace == {"repo": str(plans / "r"), "base": "main", "author": {"name": "N", "email": "e@x"},
+                            "integrate": False}
+    p = write_plan(plans, [{"id": "a", "prompt": "x"}], defaults=AGENT, hooks={"on_done": [{"url": "http://h"}]},
+                   workspace={"repo": "../r"})
+    pl = planmod.load(str(p))
+    assert pl.hooks == {"on_done": [{"timeout": 30.0, "url": "http://h", "headers": {}, "headers_env": {},
+                                     "secret_env": None, "retries": 3}]}
+    assert pl.workspace == {"repo": str(plans.parent / "r"), "base": "HEAD"}
+
+
+@pytest.mark.parametrize("v,secs", [(90, 90.0), (1.5, 1.5), ("90", 90.0), ("90s", 90.0), (" 30m ", 1800.0), ("2h", 7200.0),
+                                    ("1d", 86400.0), ("0.5h", 1800.0), ("30d", 2592000.0), ("31d", None), (0, None),
+                                    ("0s", None), (-1, None), (True, None), ("1y", None), ("h", None), (None, None),
+                                    (float("inf"), None)])
+def test_parse_duration(v, secs):
+    assert planmod.parse_duration(v) == secs
