@@ -624,16 +624,16 @@ def test_a_bad_hook_template_or_workspace_is_named_by_its_path_in_the_validator_
 
 def test_hooks_a_template_and_the_workspace_reach_the_plan_normalised(plans):
     web = {"url": "https://h/x", "headers": {"X-A": "b"}, "headers_env": {"Authorization": "TOKEN"}, "secret_env": "SEC",
-           "timeout": 5, "retries": 0}
+           "timeout": 5, "retries": 20}
     p = write_plan(plans, _TPL + [{"id": "a", "prompt": "x", "deps": ["b"], "for_each": {"from": "b", "max": 7}}],
                    defaults=AGENT, hooks={"on_done": [["notify", "x"], web], "on_failed": []},
-                   workspace={"repo": "r", "base": "main", "author": {"name": "N", "email": "e@x"}, "integrate": False})
+                   workspace={"repo": "r", "base": "main", "author": {"name": "Xavier", "email": "e@x"}, "integrate": False})
     pl = planmod.load(str(p))
     assert pl.hooks == {"on_done": [{"timeout": 30.0, "argv": ["notify", "x"]},
                                     {"timeout": 5.0, "url": "https://h/x", "headers": {"X-A": "b"},
-                                     "headers_env": {"Authorization": "TOKEN"}, "secret_env": "SEC", "retries": 0}]}
+                                     "headers_env": {"Authorization": "TOKEN"}, "secret_env": "SEC", "retries": 20}]}
     assert pl.task("a").for_each == {"from": "b", "as": "item", "max": 7}
-    assert pl.workspace == {"repo": str(plans / "r"), "base": "main", "author": {"name": "N", "email": "e@x"},
+    assert pl.workspace == {"repo": str(plans / "r"), "base": "main", "author": {"name": "Xavier", "email": "e@x"},
                             "integrate": False}
     p = write_plan(plans, [{"id": "a", "prompt": "x"}], defaults=AGENT, hooks={"on_done": [{"url": "http://h"}]},
                    workspace={"repo": "../r"})
