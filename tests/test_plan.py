@@ -610,6 +610,17 @@ BAD_DOCS = [
      'tasks[0].approval.timeout: expected seconds or a duration like "90s", "30m", "2h", "1d", got "1y"'),
     ([{"id": "a", "prompt": "x", "approval": {"prompt": "p", "timeout": 30 * 86400 + 1}}], {},
      'tasks[0].approval.timeout: expected seconds or a duration like "90s", "30m", "2h", "1d", got 2592001'),
+    (_TPL + [{"id": "a", "prompt": "x", "soft_deps": ["b"], "for_each": {"from": "b"}}], {},
+     'tasks[1].for_each.from: "b" must be a dependency (deps), not a soft one'),
+    ([{"id": "a", "prompt": "x", "workspace": "yes"}], {}, "tasks[0].workspace: expected true or false, got a string"),
+    ([{"id": "a", "prompt": "x", "files": ["/abs"]}], {}, 'tasks[0].files[0]: glob "/abs" must be relative to the repository root'),
+    ([{"id": "a", "prompt": "x", "files": ["../up"]}], {}, 'tasks[0].files[0]: glob "../up" must not contain . or .. segments'),
+    ([{"id": "a", "prompt": "x", "files": [""]}], {}, 'tasks[0].files[0]: glob "" must not be empty'),
+    ([{"id": "a", "prompt": "x", "trigger": "one_success"}], {}, 'tasks[0].trigger: trigger "one_success" needs at least one task in deps'),
+    (_TPL + [{"id": "a", "prompt": "x", "deps": ["b"], "when": {"bogus": 1}}], {},
+     'tasks[1].when.bogus: unknown operator "bogus" (known: output_of, json_of, outcome_of, all, any, not)'),
+    (_TPL + [{"id": "a", "prompt": "x", "deps": ["b"], "for_each": {"from": "b"}}, {"id": "a.1", "prompt": "z"}], {},
+     'tasks[2].id: task id "a.1" is reserved for the instances of the template "a" (for_each)'),
 ]
 
 
@@ -649,3 +660,11 @@ def test_hooks_a_template_and_the_workspace_reach_the_plan_normalised(plans):
                                     (float("inf"), None)])
 def test_parse_duration(v, secs):
     assert planmod.parse_duration(v) == secs
+
+
+def test_a_template_added_later_may_not_name_its_instances_like_an_existing_task(plans):
+    pl = planmod.load(str(write_plan(plans, [{"id": "b", "prompt": "p"}, {"id": "a.1", "prompt": "p"}], defaults=AGENT)))
+    raw = json.dumps({"defaults": AGENT, "tasks": [{"id": "a", "prompt": "p", "deps": ["b"], "for_each": {"from": "b"}}]})
+    with pytest.raises(PlanError) as ei:
+        planmod.parse_fragment(raw.encode(), shown="frag.json", plan=pl)
+    assert str(ei.value) == 'frag.json:1: tasks[0].id: template "a" would name its instances like the existing task "a.1"'
