@@ -281,19 +281,28 @@ class Sweep:
 
     # -- the loop ------------------------------------------------------------------------------
     def coverage(self, session, byid) -> dict:
-        path = self.args.coverage
-        if path and os.path.exists(path) and not self.args.fresh:
+        """Per test: its time and the lines it executes in the mutated modules (unmutated run,
+        traced). Cached in --coverage; only the tests missing from the cache are measured (the
+        cache must be removed, or --fresh given, when the code or a test changed)."""
+        path = self.args.coverage or "sweep-coverage.json"
+        cov: dict = {}
+        if os.path.exists(path) and not self.args.fresh:
             with open(path) as f:
                 cov = json.load(f)
-            if set(cov) >= set(byid):
-                return cov
-            print("sweep: the coverage file lacks collected tests: measuring it again", flush=True)
-        ids = sorted(byid, key=lambda i: (self.duration.get(i, 0.0), i))
-        st, to, failed, secs = self.fork([byid[i] for i in ids], "", 0, 7200, cover=path or "sweep-coverage.json")
-        with open(path or "sweep-coverage.json") as f:
-            cov = json.load(f)
-        print(f"sweep: baseline (traced) {len(ids)} tests in {secs:.0f} s, "
-              f"{sum(1 for v in cov.values() if v['failed'])} fail unmutated", flush=True)
+        missing = [i for i in byid if i not in cov]
+        if not missing:
+            return cov
+        ids = sorted(missing, key=lambda i: (self.duration.get(i, 0.0), i))
+        st, to, failed, secs = self.fork([byid[i] for i in ids], "", 0, 7200, cover=path + ".new")
+        with open(path + ".new") as f:
+            new = json.load(f)
+        print(f"sweep: baseline (traced) of {len(ids)} tests in {secs:.0f} s, "
+              f"{sum(1 for v in new.values() if v['failed'])} fail unmutated", flush=True)
+        cov.update(new)
+        with open(path + ".tmp", "w") as f:
+            json.dump(cov, f)
+        os.replace(path + ".tmp", path)
+        os.unlink(path + ".new")
         return cov
 
     def plan_tests(self, name: str, cov: dict, index: dict, stats_ok) -> tuple[list[str], str]:
