@@ -504,6 +504,15 @@ BAD_VALUES = [
     ({"slurm": 5}, {}, "tasks[0].slurm: expected an object, got a number"),
     ({"slurm": {"bogus": 1}}, {}, 'tasks[0].slurm.bogus: unknown field "bogus" in slurm options (known: partition, account, '
      'sbatch_args, mode)'),
+    ({"slurm": {"sbatch_args": 5}}, {}, "tasks[0].slurm.sbatch_args: expected an array of strings, got a number"),
+    ({"slurm": {"sbatch_args": ["--x", 5]}}, {}, "tasks[0].slurm.sbatch_args[1]: expected a string, got a number"),
+    ({"ray": {"runtime_env": 5}}, {}, "tasks[0].ray.runtime_env: expected an object, got a number"),
+    ({"approval": 5}, {}, "tasks[0].approval: expected an object, got a number"),
+    ({"approval": {"prompt": "p", "bogus": 1}}, {}, 'tasks[0].approval.bogus: unknown field "bogus" in approval (known: prompt, timeout)'),
+    ({"approval": {"prompt": 5}}, {}, "tasks[0].approval.prompt: expected a string, got a number"),
+    ({"resources": {"licenses": -1}}, {}, "tasks[0].resources.licenses: must be at least 0, got -1"),
+    ({"resources": {"licenses": 100001}}, {}, "tasks[0].resources.licenses: must be at most 100000, got 100001"),
+    ({}, {"resources": {"gpu": 100001}}, "resources.gpu: must be at most 100000, got 100001"),
 ]
 
 
@@ -532,6 +541,10 @@ def test_good_values_reach_the_task_and_the_plan_as_read(plans):
         ({"prompt": "ok?", "timeout": 7200.0}, {"gpu": 2, "mem": "2G"}, ("a/*",), "all_success", 2)
     assert type(t.retries) is int and type(t.resources["gpu"]) is int
     assert _task(plans, approval={"prompt": "ok?"}).approval == {"prompt": "ok?", "timeout": None}
+    t = _task(plans, resources={"licenses": 0, "seats": 100000}, slurm={"sbatch_args": ["--qos=short"]},
+              ray={"runtime_env": {"env_vars": {"A": "b"}}})
+    assert (t.resources, t.slurm, t.ray) == ({"licenses": 0, "seats": 100000}, {"sbatch_args": ["--qos=short"]},
+                                             {"runtime_env": {"env_vars": {"A": "b"}}})
     p = write_plan(plans, [{"id": "a", "prompt": "x"}], defaults=AGENT, agent_limits={"@claude": 1, "codex": 2},
                    resources={"gpu": 3})
     pl = planmod.load(str(p))
