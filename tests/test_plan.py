@@ -681,3 +681,17 @@ def test_a_template_added_later_may_not_name_its_instances_like_an_existing_task
     with pytest.raises(PlanError) as ei:
         planmod.parse_fragment(raw.encode(), shown="frag.json", plan=pl)
     assert str(ei.value) == 'frag.json:1: tasks[0].id: template "a" would name its instances like the existing task "a.1"'
+
+
+def test_a_task_is_a_value_equal_hashable_picklable_and_shown_by_its_fields(plans):
+    """Task is a tuple subclass with its own ==, !=, hash, pickling and repr (in-process: the
+    workers that pickle tasks and the sets of tasks run in the binary's tests)."""
+    import pickle
+    t = _task(plans, resources={"gpu": 1})
+    same, other = t.replace(), t.replace(prompt="y")
+    assert (t != same, t != other, t == same, t.__ne__(5)) == (False, True, True, NotImplemented)
+    assert hash(t) == hash(same) and hash(t) != hash(other) and len({t, same, other}) == 2
+    back = pickle.loads(pickle.dumps(t))
+    assert type(back) is planmod.Task and back == t and back.fields() == t.fields()
+    assert repr(t) == "Task(" + ", ".join(f"{k}={v!r}" for k, v in t.fields().items()) + ")"
+    assert t.to_dict()["resources"] == {"gpu": 1}
