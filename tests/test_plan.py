@@ -695,3 +695,18 @@ def test_a_task_is_a_value_equal_hashable_picklable_and_shown_by_its_fields(plan
     assert type(back) is planmod.Task and back == t and back.fields() == t.fields()
     assert repr(t) == "Task(" + ", ".join(f"{k}={v!r}" for k, v in t.fields().items()) + ")"
     assert t.to_dict()["resources"] == {"gpu": 1}
+
+
+def test_an_unknown_preset_is_named_where_it_is_given_and_a_task_without_agent_is_refused(plans):
+    """check_agent's path: the task's own agent or the defaults' (in-process)."""
+    for tasks, defaults, where in (([{"id": "a", "prompt": "x", "agent": "@nope"}], {}, "tasks[0].agent"),
+                                   ([{"id": "a", "prompt": "x"}], {"agent": "@nope"}, "defaults.agent"),
+                                   ([{"id": "a", "prompt": "x", "agent": "@nope"}], {"agent": "true"}, "tasks[0].agent")):
+        p = write_plan(plans, tasks, defaults=defaults)
+        with pytest.raises(PlanError) as ei:
+            planmod.load(str(p))
+        assert str(ei.value).startswith(f"{p}:") and f": {where}: unknown agent preset @nope (known: " in str(ei.value)
+    p = write_plan(plans, [{"id": "a", "prompt": "x"}])
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert str(ei.value).endswith(': tasks[0]: task "a" has no agent: set "agent" on it or in "defaults"')
