@@ -710,3 +710,5 @@ def test_an_unknown_preset_is_named_where_it_is_given_and_a_task_without_agent_i
     with pytest.raises(PlanError) as ei:
         planmod.load(str(p))
     assert str(ei.value).endswith(': tasks[0]: task "a" has no agent: set "agent" on it or in "defaults"')
+    p = write_plan(plans, [{"id": "a", "prompt": "x", "approval": {"prompt": "ok?"}}])
+    assert planmod.load(str(p)).task("a").agent == ""          # a gate needs no agent: a person decides it
