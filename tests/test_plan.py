@@ -371,3 +371,344 @@ def test_a_serial_group_against_the_dependencies_is_refused_naming_the_first_tas
 def test_a_plan_may_hold_exactly_its_max_tasks(plans):
     p = write_plan(plans, [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"}], defaults=AGENT, max_tasks=2)
     assert planmod.load(str(p)).max_tasks == 2
+
+
+# ---- issue 21 (seventh session): the pure functions behind agent limits, resources and digests,
+# in-process (their callers' tests run the binary; mutant_sweep.py found them unchecked here)
+
+@pytest.mark.parametrize("agent,key", [
+    ("@claude --model x", "claude"), ("/usr/bin/claude -p", "claude"), ("  codex  exec  ", "codex"),
+    ("@", None), ("/usr/bin/", None), ("", None), ("   ", None), (None, None), ("a b/c", "a"),
+    ("@bad!name", None)])
+def test_agent_key_is_the_preset_or_the_program_name_or_none(agent, key):
+    """The name an agent limit counts a task under (plan.agent_key)."""
+    assert planmod.agent_key(agent) == key
+
+
+def _task(plans, **fields):
+    p = write_plan(plans, [{"id": "a", "prompt": "x", **fields}], defaults=AGENT)
+    return planmod.load(str(p)).task("a")
+
+
+def test_a_task_needs_its_whole_positive_units_but_mem_its_mutex_and_one_unit_of_its_agent(plans):
+    """Task.needs: what the scheduler counts against the capacities (the resource tests run the
+    binary). A float, zero or negative unit and `mem` are never counted; a mutex is at least 1
+    (a resource of the same name keeps its units); the agent's unit is one."""
+    t = _task(plans, agent="/usr/bin/claude -p", mutex="m")
+    assert t.replace(resources={"gpu": 2, "one": 1, "mem": 4096, "zero": 0, "neg": -1, "half": 1.5}).needs() == \
+        {"gpu": 2, "one": 1, "m": 1, "agent.claude": 1}
+    assert t.replace(resources={"m": 3}).needs() == {"m": 3, "agent.claude": 1}
+    assert t.replace(resources={"agent.claude": 2}, mutex=None).needs() == {"agent.claude": 2}
+    assert t.replace(agent="@", mutex=None).needs() == {}
+
+
+def test_a_task_s_digest_is_computed_once_per_task_object(plans, monkeypatch):
+    """definition_digest is remembered per Task (an engine asks three times per attempt)."""
+    calls = []
+    real = planmod.Task._digest
+    monkeypatch.setattr(planmod.Task, "_digest", lambda self: calls.append(self.id) or real(self))
+    planmod._DIGESTS.clear()
+    t = _task(plans)
+    first = t.definition_digest()
+    assert [t.definition_digest(), t.definition_digest()] == [first, first] and calls == ["a"]
+    u = t.replace(id="b")
+    assert u.definition_digest() == first and calls == ["a", "b"]
+
+
+def _digest_of(t, *extra):
+    import hashlib
+    import orjson
+    d = [t.prompt, t.agent, list(t.declared_deps), list(t.soft_deps), t.workdir, t.context_limit,
+         t.retry_context, *extra]
+    return hashlib.sha256(orjson.dumps(d)).hexdigest()[:16]
+
+
+def test_the_definition_digest_holds_exactly_what_decides_the_result(plans):
+    """A done task is kept when a plan is replaced iff its definition_digest is unchanged, so
+    the digest of a plan written before a field existed must not change: each optional part
+    is appended only when used, in this form."""
+    t = _task(plans)
+    assert t.workspace is True and t.definition_digest() == _digest_of(t)
+    assert t.replace(workspace=False).definition_digest() == _digest_of(t, "no-workspace")
+    assert t.replace(workspace=True).definition_digest() == _digest_of(t)
+    w = t.replace(workspace=True)
+    assert w.replace(for_each={"from": "d", "as": "x", "max": 3}).definition_digest() == \
+        _digest_of(w, ["for_each", "d", "x"])
+    assert w.replace(check=("true", "-x")).definition_digest() == _digest_of(w, ["true", "-x"])
+    for when, trigger, approval in (("a.done", "all_success", None), (None, "one_success", None),
+                                    (None, "all_success", {"prompt": "ok?"})):
+        assert w.replace(when=when, trigger=trigger, approval=approval).definition_digest() == \
+            _digest_of(w, [when, trigger, approval])
+
+
+def test_a_task_s_check_and_check_timeout_reach_the_task(plans):
+    """The acceptance check knobs, from the task and from the defaults (the check tests run the binary)."""
+    t = _task(plans, check=["true", "-x"], check_timeout=7)
+    assert (t.check, t.check_timeout) == (("true", "-x"), 7.0)
+    p = write_plan(plans, [{"id": "a", "prompt": "x"}], defaults={**AGENT, "check": ["false"], "check_timeout": 3})
+    t = planmod.load(str(p)).task("a")
+    assert (t.check, t.check_timeout) == (("false",), 3.0)
+    assert (_task(plans).check, _task(plans).check_timeout) == (None, 600.0)
+
+
+# (task fields, top-level fields, the end of the one-line error): the validator's words for a
+# bad value, path and all, in-process (test_invalid_plans_are_one_precise_line checks a
+# substring; these were checked only through the binary or not at all)
+BAD_VALUES = [
+    ({"cache": "yes"}, {}, "tasks[0].cache: expected true or false, got a string"),
+    ({"estimate": 5}, {}, 'tasks[0].estimate: expected an object like {"seconds": 120, "usd": 0.5}, got a number'),
+    ({"estimate": {"minutes": 1}}, {}, 'tasks[0].estimate.minutes: unknown field "minutes" in estimate (known: seconds, usd)'),
+    ({"estimate": {"usd": -1}}, {}, "tasks[0].estimate.usd: expected a non-negative number, got -1"),
+    ({"estimate": {"usd": True}}, {}, "tasks[0].estimate.usd: expected a non-negative number, got true"),
+    ({"estimate": {"seconds": "9"}}, {}, 'tasks[0].estimate.seconds: expected a non-negative number, got "9"'),
+    ({}, {"budget": 5}, 'budget: expected an object like {"usd": 10, "tokens": 2000000}, got a number'),
+    ({}, {"budget": {"usd": 0}}, "budget.usd: expected a positive number, got 0"),
+    ({}, {"budget": {"usd": True}}, "budget.usd: expected a positive number, got true"),
+    ({}, {"budget": {"usd": "1"}}, 'budget.usd: expected a positive number, got "1"'),
+    ({}, {"budget": {"tokens": 1.5}}, "budget.tokens: expected a whole number of tokens, got 1.5"),
+    ({}, {"budget": {}}, 'budget: an empty budget limits nothing: give "usd" and/or "tokens"'),
+    ({"check": "true"}, {}, "tasks[0].check: expected an array of strings (a program and its arguments; no shell), got a string"),
+    ({"check": []}, {}, "tasks[0].check: must name a program: an empty array runs nothing"),
+    ({"check": ["true", 5]}, {}, "tasks[0].check[1]: expected a string, got a number"),
+    ({"check": ["true", "a\u0000b"]}, {}, "tasks[0].check[1]: contains a NUL character"),
+    ({"check": [" ", "x"]}, {}, "tasks[0].check[0]: the program name must not be empty"),
+    ({}, {"budget": {"eur": 1}}, 'budget.eur: unknown field "eur" in budget (known: usd, tokens)'),
+    ({"resources": 5}, {}, 'tasks[0].resources: expected an object of resource name -> units, like {"gpu": 1}, got a number'),
+    ({"resources": {"bad name": 1}}, {}, 'tasks[0].resources.bad name: invalid resource name "bad name": use 1-128 of '
+     "A-Z a-z 0-9 . _ - , starting with a letter or digit"),
+    ({"resources": {"gpu": -1}}, {}, "tasks[0].resources.gpu: must be at least 0, got -1"),
+    ({"resources": {"gpu": 1.5}}, {}, "tasks[0].resources.gpu: expected an integer, got 1.5"),
+    ({"resources": {"mem": "lots"}}, {}, 'tasks[0].resources.mem: expected megabytes or a size like "512M" or "2G", got "lots"'),
+    ({"resources": {"mem": True}}, {}, 'tasks[0].resources.mem: expected megabytes or a size like "512M" or "2G", got true'),
+    ({}, {"resources": 5}, 'resources: expected an object of name -> count, like {"gpu": 2}, got a number'),
+    ({}, {"resources": {"bad name": 1}}, 'resources.bad name: invalid name "bad name": use 1-128 of A-Z a-z 0-9 . _ - , '
+     "starting with a letter or digit"),
+    ({}, {"agent_limits": {"@claude": 1, "claude": 2}}, 'agent_limits.claude: "claude" is given twice'),
+    ({}, {"agent_limits": {"@": 1}}, 'agent_limits.@: invalid name "@": use 1-128 of A-Z a-z 0-9 . _ - , starting with a letter or digit'),
+    ({}, {"resources": {"gpu": -1}}, "resources.gpu: must be at least 1, got -1"),
+    ({"files": 5}, {}, "tasks[0].files: expected an array of globs, got a number"),
+    ({"files": ["a", 5]}, {}, "tasks[0].files[1]: expected a glob (string), got a number"),
+    ({"approval": {"timeout": "1h"}}, {}, 'tasks[0].approval: approval needs "prompt": the question shown to the person who decides'),
+    ({"approval": {"prompt": "ok?", "timeout": "soon"}}, {},
+     'tasks[0].approval.timeout: expected seconds or a duration like "90s", "30m", "2h", "1d", got "soon"'),
+    ({"timeout": "soon"}, {}, "tasks[0].timeout: expected a number, got a string"),
+    ({"trigger": "sometimes"}, {}, 'tasks[0].trigger: must be one of "all_success", "all_done", "one_success", "one_failed", '
+     '"none_failed", got "sometimes"'),
+    ({"retries": 1.5}, {}, "tasks[0].retries: expected an integer, got 1.5"),
+    ({"retries": -1}, {}, "tasks[0].retries: must be at least 0, got -1"),
+    ({"retries": "2"}, {}, "tasks[0].retries: expected an integer, got a string"),
+    ({"timeout": 0}, {}, "tasks[0].timeout: must be greater than 0, got 0"),
+    ({"context_limit": 10 ** 12}, {}, "tasks[0].context_limit: must be at most 1.67772e+07, got 1000000000000"),
+    ({"priority": True}, {}, "tasks[0].priority: expected an integer, got a boolean"),
+    ({"slurm": {"partition": 5}}, {}, "tasks[0].slurm.partition: expected a string, got a number"),
+    ({"slurm": 5}, {}, "tasks[0].slurm: expected an object, got a number"),
+    ({"slurm": {"bogus": 1}}, {}, 'tasks[0].slurm.bogus: unknown field "bogus" in slurm options (known: partition, account, '
+     'sbatch_args, mode)'),
+    ({"slurm": {"sbatch_args": 5}}, {}, "tasks[0].slurm.sbatch_args: expected an array of strings, got a number"),
+    ({"slurm": {"sbatch_args": ["--x", 5]}}, {}, "tasks[0].slurm.sbatch_args[1]: expected a string, got a number"),
+    ({"ray": {"runtime_env": 5}}, {}, "tasks[0].ray.runtime_env: expected an object, got a number"),
+    ({"approval": 5}, {}, "tasks[0].approval: expected an object, got a number"),
+    ({"approval": {"prompt": "p", "bogus": 1}}, {}, 'tasks[0].approval.bogus: unknown field "bogus" in approval (known: prompt, timeout)'),
+    ({"approval": {"prompt": 5}}, {}, "tasks[0].approval.prompt: expected a string, got a number"),
+    ({"resources": {"licenses": -1}}, {}, "tasks[0].resources.licenses: must be at least 0, got -1"),
+    ({"resources": {"licenses": 100001}}, {}, "tasks[0].resources.licenses: must be at most 100000, got 100001"),
+    ({}, {"resources": {"gpu": 100001}}, "resources.gpu: must be at most 100000, got 100001"),
+]
+
+
+@pytest.mark.parametrize("task,top,said", BAD_VALUES, ids=[s.split(":")[0] + "-" + str(i) for i, (_, _, s) in enumerate(BAD_VALUES)])
+def test_a_bad_value_is_named_by_its_path_in_the_validator_s_words(plans, task, top, said):
+    p = write_plan(plans, [{"id": "a", "prompt": "x", **task}], defaults=AGENT, **top)
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert str(ei.value).startswith(f"{p}:") and str(ei.value).endswith(f": {said}"), str(ei.value)
+    assert "\n" not in str(ei.value)
+
+
+def test_an_estimate_of_zero_is_fine_and_budget_tokens_stay_whole(plans):
+    t = _task(plans, estimate={"usd": 0, "seconds": 0})
+    assert (t.estimate_usd, t.estimate_seconds) == (0, 0)
+    p = write_plan(plans, [{"id": "a", "prompt": "x"}], defaults=AGENT, budget={"usd": 2, "tokens": 2000000.0})
+    b = planmod.load(str(p)).budget
+    assert b == {"usd": 2.0, "tokens": 2000000} and type(b["tokens"]) is int and type(b["usd"]) is float
+
+
+def test_good_values_reach_the_task_and_the_plan_as_read(plans):
+    """What the validator hands on for an approval, an agent limit, a task's resources and files."""
+    t = _task(plans, approval={"prompt": "ok?", "timeout": "2h"}, resources={"gpu": 2.0, "mem": "2G"}, files=["a/*"],
+              retries=2.0)
+    assert (t.approval, t.resources, t.files, t.trigger, t.retries) == \
+        ({"prompt": "ok?", "timeout": 7200.0}, {"gpu": 2, "mem": "2G"}, ("a/*",), "all_success", 2)
+    assert type(t.retries) is int and type(t.resources["gpu"]) is int
+    assert _task(plans, approval={"prompt": "ok?"}).approval == {"prompt": "ok?", "timeout": None}
+    t = _task(plans, resources={"licenses": 0, "seats": 100000}, slurm={"sbatch_args": ["--qos=short"]},
+              ray={"runtime_env": {"env_vars": {"A": "b"}}})
+    assert (t.resources, t.slurm, t.ray) == ({"licenses": 0, "seats": 100000}, {"sbatch_args": ["--qos=short"]},
+                                             {"runtime_env": {"env_vars": {"A": "b"}}})
+    p = write_plan(plans, [{"id": "a", "prompt": "x"}], defaults=AGENT, agent_limits={"@claude": 1, "codex": 2},
+                   resources={"gpu": 3})
+    pl = planmod.load(str(p))
+    assert (pl.agent_limits, pl.capacities) == ({"claude": 1, "codex": 2}, {"gpu": 3})
+
+
+def _hook(*hs):
+    return {"hooks": {"on_done": list(hs)}}
+
+
+_AUTHOR = 'workspace.author: expected {"name": "...", "email": "..."} (non-empty strings without <, > or newlines)'
+_ARGV = "hooks.on_done[0].argv: expected a non-empty array of non-empty strings (the command and its arguments; no shell)"
+_HEADERS = "hooks.on_done[0].headers: expected an object of header names to string values"
+_TPL = [{"id": "b", "prompt": "y"}]
+# (tasks, top-level fields, the end of the one-line error): hooks, templates, the workspace
+BAD_DOCS = [
+    ([], _hook(5), "hooks.on_done[0]: expected an argv array or an object, got a number"),
+    ([], _hook({}), 'hooks.on_done[0]: a hook needs "argv" (a command) or "url" (a webhook)'),
+    ([], _hook({"argv": ["x"], "bogus": 1}), 'hooks.on_done[0].bogus: unknown field "bogus" in a hook (known: argv, timeout)'),
+    ([], _hook({"url": "https://h", "bogus": 1}),
+     'hooks.on_done[0].bogus: unknown field "bogus" in a hook (known: headers, headers_env, retries, secret_env, timeout, url)'),
+    ([], _hook({"argv": ["x"], "timeout": 0}), "hooks.on_done[0].timeout: must be a number of seconds in (0, 3600], got 0"),
+    ([], _hook({"argv": ["x"], "timeout": 3601}), "hooks.on_done[0].timeout: must be a number of seconds in (0, 3600], got 3601"),
+    ([], _hook({"argv": ["x"], "timeout": True}), "hooks.on_done[0].timeout: must be a number of seconds in (0, 3600], got true"),
+    ([], _hook({"argv": ["x"], "timeout": "5"}), 'hooks.on_done[0].timeout: must be a number of seconds in (0, 3600], got "5"'),
+    ([], _hook({"argv": []}), _ARGV), ([], _hook({"argv": "x"}), _ARGV), ([], _hook({"argv": ["x", ""]}), _ARGV),
+    ([], _hook({"argv": ["x", 5]}), _ARGV), ([], _hook({"argv": ["x\u0000"]}), _ARGV),
+    ([], _hook({"url": "ftp://h"}), 'hooks.on_done[0].url: expected an http:// or https:// URL, got "ftp://h"'),
+    ([], _hook({"url": 5}), "hooks.on_done[0].url: expected an http:// or https:// URL, got 5"),
+    ([], _hook({"url": "https://h x"}), 'hooks.on_done[0].url: expected an http:// or https:// URL, got "https://h x"'),
+    ([], _hook({"url": "https://h", "headers": {"a b": "v"}}), _HEADERS),
+    ([], _hook({"url": "https://h", "headers": {"A": "v\n"}}), _HEADERS),
+    ([], _hook({"url": "https://h", "headers": {"A": "v\r"}}), _HEADERS),
+    ([], _hook({"url": "https://h", "headers": {"A": 5}}), _HEADERS),
+    ([], _hook({"url": "https://h", "headers": 5}), _HEADERS),
+    ([], _hook({"url": "https://h", "headers_env": {"A": "not env"}}),
+     "hooks.on_done[0].headers_env: values must be environment variable names (the secret itself never goes in the plan)"),
+    ([], _hook({"url": "https://h", "headers_env": {"A b": "ENV"}}),
+     "hooks.on_done[0].headers_env: expected an object of header names to string values"),
+    ([], _hook({"url": "https://h", "secret_env": "no env"}),
+     'hooks.on_done[0].secret_env: expected an environment variable name, got "no env"'),
+    ([], _hook({"url": "https://h", "secret_env": 5}), "hooks.on_done[0].secret_env: expected an environment variable name, got 5"),
+    ([], _hook({"url": "https://h", "retries": 21}), "hooks.on_done[0].retries: must be an integer 0-20, got 21"),
+    ([], _hook({"url": "https://h", "retries": -1}), "hooks.on_done[0].retries: must be an integer 0-20, got -1"),
+    ([], _hook({"url": "https://h", "retries": True}), "hooks.on_done[0].retries: must be an integer 0-20, got true"),
+    ([], _hook({"url": "https://h", "retries": 1.0}), "hooks.on_done[0].retries: must be an integer 0-20, got 1.0"),
+    ([], {"hooks": 5}, "hooks: expected an object of hook lists (on_done, on_failed, on_retrying, on_cancelled, on_blocked, "
+     "on_skipped, on_approval_needed, on_goal_finished), got a number"),
+    ([], {"hooks": {"on_done": 5}}, "hooks.on_done: expected an array of hooks, got a number"),
+    (_TPL + [{"id": "a", "prompt": "x", "deps": ["b"], "for_each": {"as": "x"}}], {},
+     'tasks[1].for_each: for_each needs "from": the task whose output lists the items'),
+    (_TPL + [{"id": "a", "prompt": "x", "deps": ["b"], "for_each": {"from": "a"}}], {},
+     "tasks[1].for_each.from: a template cannot fan out over its own output"),
+    (_TPL + [{"id": "a", "prompt": "x", "deps": ["b"], "for_each": {"from": "b", "as": "1x"}}], {},
+     'tasks[1].for_each.as: expected a name of letters, digits and _ (like "item"), got "1x"'),
+    (_TPL + [{"id": "a", "prompt": "x", "deps": ["b"], "for_each": {"from": "b", "as": 5}}], {},
+     'tasks[1].for_each.as: expected a name of letters, digits and _ (like "item"), got 5'),
+    (_TPL + [{"id": "a" * 126, "prompt": "x", "deps": ["b"], "for_each": {"from": "b", "max": 100}}], {},
+     f"tasks[1].for_each.max: the instance ids {'a' * 126}.<k> would be longer than 128 characters: shorten the template's id"),
+    ([], {"workspace": {}}, "workspace: workspace needs \"repo\" (the git repository, relative to the plan's folder)"),
+    ([], {"workspace": {"repo": "r", "base": "-x"}}, 'workspace.base: "-x" is not a branch or commit name'),
+    ([], {"workspace": {"repo": "r", "base": "a b"}}, 'workspace.base: "a b" is not a branch or commit name'),
+    ([], {"workspace": {"repo": "r", "author": {"name": "n"}}}, _AUTHOR),
+    ([], {"workspace": {"repo": "r", "author": {"name": "n", "email": "<e>"}}}, _AUTHOR),
+    ([], {"workspace": {"repo": "r", "author": {"name": "n", "email": "e>"}}}, _AUTHOR),
+    ([], {"workspace": {"repo": "r", "author": {"name": "n\nm", "email": "e"}}}, _AUTHOR),
+    ([], {"workspace": {"repo": "r", "author": {"name": " ", "email": "e"}}}, _AUTHOR),
+    ([], {"workspace": {"repo": "r", "author": {"name": 5, "email": "e"}}}, _AUTHOR),
+    ([], {"workspace": {"repo": "r", "author": "x"}}, _AUTHOR),
+    ([], {"workspace": {"repo": "r", "integrate": "yes"}}, "workspace.integrate: expected true or false, got a string"),
+    ([{"id": "a", "prompt": "x", "approval": {"prompt": "p", "timeout": "0m"}}], {},
+     'tasks[0].approval.timeout: expected seconds or a duration like "90s", "30m", "2h", "1d", got "0m"'),
+    ([{"id": "a", "prompt": "x", "approval": {"prompt": "p", "timeout": True}}], {},
+     'tasks[0].approval.timeout: expected seconds or a duration like "90s", "30m", "2h", "1d", got true'),
+    ([{"id": "a", "prompt": "x", "approval": {"prompt": "p", "timeout": "1y"}}], {},
+     'tasks[0].approval.timeout: expected seconds or a duration like "90s", "30m", "2h", "1d", got "1y"'),
+    ([{"id": "a", "prompt": "x", "approval": {"prompt": "p", "timeout": 30 * 86400 + 1}}], {},
+     'tasks[0].approval.timeout: expected seconds or a duration like "90s", "30m", "2h", "1d", got 2592001'),
+    (_TPL + [{"id": "a", "prompt": "x", "soft_deps": ["b"], "for_each": {"from": "b"}}], {},
+     'tasks[1].for_each.from: "b" must be a dependency (deps), not a soft one'),
+    ([{"id": "a", "prompt": "x", "workspace": "yes"}], {}, "tasks[0].workspace: expected true or false, got a string"),
+    ([{"id": "a", "prompt": "x", "files": ["/abs"]}], {}, 'tasks[0].files[0]: glob "/abs" must be relative to the repository root'),
+    ([{"id": "a", "prompt": "x", "files": ["../up"]}], {}, 'tasks[0].files[0]: glob "../up" must not contain . or .. segments'),
+    ([{"id": "a", "prompt": "x", "files": [""]}], {}, 'tasks[0].files[0]: glob "" must not be empty'),
+    ([{"id": "a", "prompt": "x", "trigger": "one_success"}], {}, 'tasks[0].trigger: trigger "one_success" needs at least one task in deps'),
+    (_TPL + [{"id": "a", "prompt": "x", "deps": ["b"], "when": {"bogus": 1}}], {},
+     'tasks[1].when.bogus: unknown operator "bogus" (known: output_of, json_of, outcome_of, all, any, not)'),
+    (_TPL + [{"id": "a", "prompt": "x", "deps": ["b"], "for_each": {"from": "b"}}, {"id": "a.1", "prompt": "z"}], {},
+     'tasks[2].id: task id "a.1" is reserved for the instances of the template "a" (for_each)'),
+]
+
+
+@pytest.mark.parametrize("tasks,top,said", BAD_DOCS, ids=[s.split(":")[0] + "-" + str(i) for i, (_, _, s) in enumerate(BAD_DOCS)])
+def test_a_bad_hook_template_or_workspace_is_named_by_its_path_in_the_validator_s_words(plans, tasks, top, said):
+    p = write_plan(plans, tasks or [{"id": "a", "prompt": "x"}], defaults=AGENT, **top)
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert str(ei.value).startswith(f"{p}:") and str(ei.value).endswith(f": {said}"), str(ei.value)
+    assert "\n" not in str(ei.value)
+
+
+def test_hooks_a_template_and_the_workspace_reach_the_plan_normalised(plans):
+    web = {"url": "https://h/x", "headers": {"X-A": "b"}, "headers_env": {"Authorization": "TOKEN"}, "secret_env": "SEC",
+           "timeout": 5, "retries": 20}
+    p = write_plan(plans, _TPL + [{"id": "a", "prompt": "x", "deps": ["b"], "for_each": {"from": "b", "max": 7}}],
+                   defaults=AGENT, hooks={"on_done": [["notify", "x"], web], "on_failed": []},
+                   workspace={"repo": "r", "base": "main", "author": {"name": "Xavier", "email": "e@x"}, "integrate": False})
+    pl = planmod.load(str(p))
+    assert pl.hooks == {"on_done": [{"timeout": 30.0, "argv": ["notify", "x"]},
+                                    {"timeout": 5.0, "url": "https://h/x", "headers": {"X-A": "b"},
+                                     "headers_env": {"Authorization": "TOKEN"}, "secret_env": "SEC", "retries": 20}]}
+    assert pl.task("a").for_each == {"from": "b", "as": "item", "max": 7}
+    assert pl.workspace == {"repo": str(plans / "r"), "base": "main", "author": {"name": "Xavier", "email": "e@x"},
+                            "integrate": False}
+    p = write_plan(plans, [{"id": "a", "prompt": "x"}], defaults=AGENT, hooks={"on_done": [{"url": "http://h"}]},
+                   workspace={"repo": "../r"})
+    pl = planmod.load(str(p))
+    assert pl.hooks == {"on_done": [{"timeout": 30.0, "url": "http://h", "headers": {}, "headers_env": {},
+                                     "secret_env": None, "retries": 3}]}
+    assert pl.workspace == {"repo": str(plans.parent / "r"), "base": "HEAD"}
+
+
+@pytest.mark.parametrize("v,secs", [(90, 90.0), (1.5, 1.5), ("90", 90.0), ("90s", 90.0), (" 30m ", 1800.0), ("2h", 7200.0),
+                                    ("1d", 86400.0), ("0.5h", 1800.0), ("30d", 2592000.0), ("31d", None), (0, None),
+                                    ("0s", None), (-1, None), (True, None), ("1y", None), ("h", None), (None, None),
+                                    (float("inf"), None)])
+def test_parse_duration(v, secs):
+    assert planmod.parse_duration(v) == secs
+
+
+def test_a_template_added_later_may_not_name_its_instances_like_an_existing_task(plans):
+    pl = planmod.load(str(write_plan(plans, [{"id": "b", "prompt": "p"}, {"id": "a.1", "prompt": "p"}], defaults=AGENT)))
+    raw = json.dumps({"defaults": AGENT, "tasks": [{"id": "a", "prompt": "p", "deps": ["b"], "for_each": {"from": "b"}}]})
+    with pytest.raises(PlanError) as ei:
+        planmod.parse_fragment(raw.encode(), shown="frag.json", plan=pl)
+    assert str(ei.value) == 'frag.json:1: tasks[0].id: template "a" would name its instances like the existing task "a.1"'
+
+
+def test_a_task_is_a_value_equal_hashable_picklable_and_shown_by_its_fields(plans):
+    """Task is a tuple subclass with its own ==, !=, hash, pickling and repr (in-process: the
+    workers that pickle tasks and the sets of tasks run in the binary's tests)."""
+    import pickle
+    t = _task(plans, resources={"gpu": 1})
+    same, other = t.replace(), t.replace(prompt="y")
+    assert (t != same, t != other, t == same, t.__ne__(5)) == (False, True, True, NotImplemented)
+    assert hash(t) == hash(same) and hash(t) != hash(other) and len({t, same, other}) == 2
+    back = pickle.loads(pickle.dumps(t))
+    assert type(back) is planmod.Task and back == t and back.fields() == t.fields()
+    assert repr(t) == "Task(" + ", ".join(f"{k}={v!r}" for k, v in t.fields().items()) + ")"
+    assert t.to_dict()["resources"] == {"gpu": 1}
+
+
+def test_an_unknown_preset_is_named_where_it_is_given_and_a_task_without_agent_is_refused(plans):
+    """check_agent's path: the task's own agent or the defaults' (in-process)."""
+    for tasks, defaults, where in (([{"id": "a", "prompt": "x", "agent": "@nope"}], {}, "tasks[0].agent"),
+                                   ([{"id": "a", "prompt": "x"}], {"agent": "@nope"}, "defaults.agent"),
+                                   ([{"id": "a", "prompt": "x", "agent": "@nope"}], {"agent": "true"}, "tasks[0].agent")):
+        p = write_plan(plans, tasks, defaults=defaults)
+        with pytest.raises(PlanError) as ei:
+            planmod.load(str(p))
+        assert str(ei.value).startswith(f"{p}:") and f": {where}: unknown agent preset @nope (known: " in str(ei.value)
+    p = write_plan(plans, [{"id": "a", "prompt": "x"}])
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert str(ei.value).endswith(': tasks[0]: task "a" has no agent: set "agent" on it or in "defaults"')
+    p = write_plan(plans, [{"id": "a", "prompt": "x", "approval": {"prompt": "ok?"}}])
+    assert planmod.load(str(p)).task("a").agent == ""          # a gate needs no agent: a person decides it

@@ -1,0 +1,466 @@
+"""Run mutmut's mutants in one pytest session: collect once, fork per mutant, fastest test first.
+
+    cd mutants && DAGRUN_MUTMUT=1 nice -n 19 ../.venv/bin/python ../tests/reliability/mutant_sweep.py \\
+        [--pending] [--meta] [--log FILE] [--limit N] PATTERN ...
+
+mutmut 3.8.1 forks one child per mutant that starts a fresh `pytest.main` (collection of the
+whole selection, then the function's tests in collection order, `-x`): on this machine 2-40
+mutants a minute. This driver uses mutmut's own generated tree (`mutants/`, from a first
+`mutmut run`) and its map of function -> tests (`mutants/mutmut-stats.json`), collects the
+selection of setup.cfg ONCE, and then per mutant forks the collected session and runs in the
+child, with MUTANT_UNDER_TEST set (mutmut's trampolines read it at each call), the tests that
+call the mutant's function, **fastest first** (mutmut's recorded durations), stopping at the
+first failing report (setup, call or teardown): killed. All pass: survived. The function has
+no test: "no test". The child runs under mutmut's CPU limit (RLIMIT_CPU = ceil((sum of the
+tests' durations + timeout_constant) * timeout_multiplier * 2), as mutmut), with a wall-clock
+backstop (4 x that + 30 s) that kills its process group: both are **timeouts** (not kills).
+
+Before the mutants, the selected tests run once unmutated in a child in the same order (the
+baseline): a test that fails there is left out of every mutant's run and named (a kill by a
+test that fails anyway would be false).
+
+PATTERN: fnmatch patterns or names of mutants (`dagrun.plan.*`, `dagrun.claim.x_judge__mutmut_3`).
+--pending: only mutants without a result in the .meta files. --meta: write each verdict into
+mutants/dagrun/<module>.py.meta with mutmut's exit codes (1 killed, 0 survived, 33 no tests,
+36 timeout), so `mutmut results` and tests/reliability/mutmut_summary.py report them.
+--log: one JSON line per mutant (name, status, the killing test, seconds), appended; default
+mutants/sweep.jsonl. --limit N: stop after N mutants. --no-baseline: skip the baseline.
+Not a test (no test_ prefix): a helper for README.md "Mutation testing".
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import configparser
+import difflib
+import fnmatch
+import glob
+import json
+import math
+import os
+import resource
+import select
+import signal
+import sys
+import threading
+import time
+
+os.environ["DAGRUN_MUTMUT"] = "1"
+os.environ["MUTANT_UNDER_TEST"] = ""
+sys.path.insert(0, os.getcwd())
+
+import pytest  # noqa: E402
+from _pytest.runner import runtestprotocol  # noqa: E402
+
+EXIT = {"killed": 1, "survived": 0, "no test": 33, "timeout": 36}
+MODULES = ("plan", "scheduler", "claim", "lifecycle", "transitions")
+
+
+def fn_key(mutant: str) -> str:
+    return mutant.partition("__mutmut_")[0]
+
+
+def all_mutants(root: str = "dagrun") -> dict[str, tuple[str, object]]:
+    """Every mutant name -> (its .meta path, its current exit code)."""
+    out = {}
+    for meta in sorted(glob.glob(os.path.join(root, "*.py.meta"))):
+        with open(meta) as f:
+            for name, code in json.load(f)["exit_code_by_key"].items():
+                out[name] = (meta, code)
+    return out
+
+
+def write_meta(verdicts: dict[str, int], known: dict[str, tuple[str, object]]) -> None:
+    by_meta: dict[str, dict[str, int]] = {}
+    for name, code in verdicts.items():
+        by_meta.setdefault(known[name][0], {})[name] = code
+    for meta, codes in by_meta.items():
+        with open(meta) as f:
+            data = json.load(f)
+        data["exit_code_by_key"].update(codes)
+        tmp = meta + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=4)
+        os.replace(tmp, meta)
+
+
+# -- which lines of the original function a mutant changes --------------------------------------
+def _stmt_ranges(fn: ast.AST) -> list[tuple[int, int, int]]:
+    """(start, end of header, end) of every statement and except/case clause inside fn."""
+    out = []
+    for node in ast.walk(fn):
+        if node is fn or not isinstance(node, (ast.stmt, ast.ExceptHandler, ast.match_case)):
+            continue
+        start = node.lineno if hasattr(node, "lineno") else node.pattern.lineno
+        end = getattr(node, "end_lineno", None) or max(getattr(n, "end_lineno", start) or start for n in ast.walk(node))
+        body = getattr(node, "body", None)
+        head = body[0].lineno - 1 if isinstance(body, list) and body and hasattr(body[0], "lineno") else end
+        out.append((start, max(start, head), end))
+    return out
+
+
+def reach_lines(module: str) -> dict[str, list[int]]:
+    """For each mutant of mutants/dagrun/<module>.py: the lines of its original function (in that
+    file) one of which the unmutated run must execute for the mutant to behave differently at all:
+    the innermost statement (or its header, for a compound one) around each line the mutant
+    changes; the def line for a change of the signature (a call event records it). [] = unknown
+    (every test that calls the function is run)."""
+    path = os.path.join("dagrun", module + ".py")
+    with open(path) as f:
+        text = f.read()
+    lines = text.splitlines()
+    tree = ast.parse(text)
+    funcs: dict[str, ast.AST] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and "__mutmut_" in node.name:
+            funcs[node.name] = node
+    out: dict[str, list[int]] = {}
+    for name, node in funcs.items():
+        base, _, num = name.partition("__mutmut_")
+        if num == "orig" or base + "__mutmut_orig" not in funcs:
+            continue
+        o = funcs[base + "__mutmut_orig"]
+        first = min([o.lineno] + [d.lineno for d in o.decorator_list])
+        a = lines[o.lineno - 1:o.end_lineno]
+        b = lines[node.lineno - 1:node.end_lineno]
+        if a and b:
+            b = [b[0].replace(name, base + "__mutmut_orig", 1)] + b[1:]
+        changed: set[int] = set()
+        for tag, i1, i2, _, _ in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+            if tag != "equal":
+                changed |= set(range(o.lineno + i1, o.lineno + max(i2, i1 + 1)))
+        body_start = o.body[0].lineno if o.body else o.lineno
+        reach: set[int] = set()
+        ranges = _stmt_ranges(o)
+        for ln in changed:
+            if ln < body_start:               # the signature: its defaults, annotations
+                reach |= set(range(first, body_start))
+                continue
+            inner = [r for r in ranges if r[0] <= ln <= r[2]]
+            if not inner:
+                reach = set()
+                break
+            st, head, end = max(inner, key=lambda r: r[0] + 1e-6 * (r[0] - r[2]))     # the innermost
+            reach |= set(range(st, (head if ln <= head else end) + 1))
+        out[f"dagrun.{module}.{name}"] = sorted(reach) if changed else []
+    return out
+
+
+class Tracer:
+    """Lines executed in the mutated modules' files, per test (sys.settrace, threads too)."""
+    def __init__(self, files: dict[str, str]):
+        self.files = files            # absolute path -> module
+        self.hit: set[tuple[str, int]] = set()
+
+    def _local(self, frame, event, arg):
+        if event == "line":
+            self.hit.add((self.files[frame.f_code.co_filename], frame.f_lineno))
+        return self._local
+
+    def _global(self, frame, event, arg):
+        m = self.files.get(frame.f_code.co_filename)
+        if m is None:
+            return None
+        self.hit.add((m, frame.f_code.co_firstlineno))
+        self.hit.add((m, frame.f_lineno))
+        return self._local
+
+    def start(self):
+        threading.settrace(self._global)
+        sys.settrace(self._global)
+
+    def take(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for m, ln in self.hit:
+            out.setdefault(m, []).append(ln)
+        self.hit = set()
+        return out
+
+
+class Sweep:
+    def __init__(self, mutants, tests_of, duration, cfg, args, reach):
+        self.mutants, self.tests_of, self.duration, self.cfg, self.args = mutants, tests_of, duration, cfg, args
+        self.reach = reach
+        self.verdicts: dict[str, int] = {}
+
+    # -- the child: run items in order, report the first failing one -------------------------
+    def child(self, items, name: str, cpu_limit: int, wfd: int, cover: str | None) -> None:
+        os.setpgid(0, 0)
+        if not self.args.verbose:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)
+            os.dup2(null, 2)
+        os.environ["MUTANT_UNDER_TEST"] = name
+        try:
+            from mutmut.mutation.trampoline import set_mutant_under_test
+            set_mutant_under_test(name)
+        except ImportError:
+            pass
+        if cpu_limit:
+            resource.setrlimit(resource.RLIMIT_CPU, (cpu_limit, cpu_limit + 1))
+        tracer = None
+        if cover:
+            tracer = Tracer({os.path.abspath(os.path.join("dagrun", m + ".py")): m for m in MODULES})
+            tracer.start()
+        code, failed, per_test = 0, [], {}
+        try:
+            for i, item in enumerate(items):
+                nxt = items[i + 1] if i + 1 < len(items) else None
+                t0 = time.perf_counter()
+                reports = runtestprotocol(item, log=False, nextitem=nxt)
+                bad = [r for r in reports if r.failed]
+                if tracer:
+                    per_test[item.nodeid] = {"secs": time.perf_counter() - t0, "failed": bool(bad),
+                                             "lines": tracer.take()}
+                if bad:
+                    code = 1
+                    failed.append(f"{item.nodeid} ({bad[0].when})")
+                    if not cover:
+                        break
+        except BaseException as e:           # pytest.exit, KeyboardInterrupt from a mutant
+            code = 2
+            failed.append(f"{type(e).__name__}: {e}"[:200])
+        if cover:
+            sys.settrace(None)
+            with open(cover, "w") as f:
+                json.dump(per_test, f)
+        os.write(wfd, json.dumps(failed).encode()[:60000])
+        os._exit(code)
+
+    def fork(self, items, name: str, cpu_limit: int, wall: float, cover: str | None = None):
+        r, w = os.pipe()
+        t0 = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            try:
+                self.child(items, name, cpu_limit, w, cover)
+            finally:
+                os._exit(3)
+        os.close(w)
+        pfd = os.pidfd_open(pid)
+        chunks, status, timed_out = [], None, False
+        deadline = t0 + wall
+        while status is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                _, status = os.waitpid(pid, 0)
+                break
+            ready, _, _ = select.select([pfd, r], [], [], left)
+            if r in ready:
+                b = os.read(r, 65536)
+                if b:
+                    chunks.append(b)
+                else:
+                    select.select([pfd], [], [], None)      # writer closed: the child is exiting
+            if pfd in ready or r in ready:
+                p, st = os.waitpid(pid, os.WNOHANG)
+                if p:
+                    status = st
+        while True:
+            b = os.read(r, 65536)
+            if not b:
+                break
+            chunks.append(b)
+        os.close(r)
+        os.close(pfd)
+        try:
+            os.killpg(pid, signal.SIGKILL)       # what the tests left running
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            failed = json.loads(b"".join(chunks) or b"[]")
+        except ValueError:
+            failed = []
+        return status, timed_out, failed, time.monotonic() - t0
+
+    # -- the loop ------------------------------------------------------------------------------
+    def coverage(self, session, byid) -> dict:
+        """Per test: its time and the lines it executes in the mutated modules (unmutated run,
+        traced). Cached in --coverage; only the tests missing from the cache are measured (the
+        cache must be removed, or --fresh given, when the code or a test changed)."""
+        path = self.args.coverage or "sweep-coverage.json"
+        cov: dict = {}
+        if os.path.exists(path) and not self.args.fresh:
+            with open(path) as f:
+                cov = json.load(f)
+        missing = [i for i in byid if i not in cov]
+        if not missing:
+            return cov
+        ids = sorted(missing, key=lambda i: (self.duration.get(i, 0.0), i))
+        st, to, failed, secs = self.fork([byid[i] for i in ids], "", 0, 7200, cover=path + ".new")
+        with open(path + ".new") as f:
+            new = json.load(f)
+        print(f"sweep: baseline (traced) of {len(ids)} tests in {secs:.0f} s, "
+              f"{sum(1 for v in new.values() if v['failed'])} fail unmutated", flush=True)
+        cov.update(new)
+        with open(path + ".tmp", "w") as f:
+            json.dump(cov, f)
+        os.replace(path + ".tmp", path)
+        os.unlink(path + ".new")
+        return cov
+
+    def plan_tests(self, name: str, cov: dict, index: dict, stats_ok) -> tuple[list[str], str]:
+        """The tests to run for a mutant, fastest first, and why."""
+        fk = fn_key(name)
+        calls = [t for t in self.tests_of.get(fk, ()) if stats_ok(t)]
+        module = name.split(".")[1]
+        always = [t for t in calls if any(a in t for a in self.args.always)]
+        reach = self.reach.get(name) or []
+        if self.args.function_level or not reach:
+            ids, why = set(calls), "function"
+        else:
+            ids = set()
+            idx = index.get(module, {})
+            for ln in reach:
+                ids |= idx.get(ln, set())
+            ids = {t for t in ids if stats_ok(t) or t not in self.duration}     # new tests count too
+            ids |= set(always)
+            why = "line"
+        secs = lambda t: cov[t]["secs"] if t in cov else self.duration.get(t, 0.0)
+        return sorted(ids, key=lambda t: (secs(t), t)), why
+
+    def pytest_runtestloop(self, session):
+        byid = {it.nodeid: it for it in session.items}
+        cov = self.coverage(session, byid) if not self.args.function_level else {}
+        broken = {t for t, v in cov.items() if v["failed"]}
+        if broken:
+            print(f"sweep: left out (fail unmutated): {sorted(broken)}", flush=True)
+        index: dict[str, dict[int, set]] = {}
+        for t, v in cov.items():
+            if t in byid and t not in broken:
+                for m, lns in v["lines"].items():
+                    d = index.setdefault(m, {})
+                    for ln in lns:
+                        d.setdefault(ln, set()).add(t)
+        stats_ok = lambda t: t in byid and t not in broken
+        # the forced failure: the trampolines must be reached
+        probe = next((m for m in self.mutants if self.tests_of.get(fn_key(m))), None)
+        if probe:
+            ids = sorted((t for t in self.tests_of[fn_key(probe)] if stats_ok(t)), key=lambda t: self.duration.get(t, 0))[:1]
+            st, to, failed, _ = self.fork([byid[i] for i in ids], "fail", 0, 600)
+            assert failed, "MUTANT_UNDER_TEST=fail killed nothing: the trampolines are not reached"
+        log = open(self.args.log, "a")
+        t_start, n = time.monotonic(), 0
+        mult, const = self.cfg
+        for name in self.mutants:
+            ids, why = self.plan_tests(name, cov, index, stats_ok)
+            if not any(stats_ok(t) for t in self.tests_of.get(fn_key(name), ())) and not (why == "line" and ids):
+                rec = {"name": name, "status": "no test", "secs": 0.0}
+            elif not ids:
+                rec = {"name": name, "status": "survived", "how": "no test executes the changed line", "tests": 0,
+                       "secs": 0.0}
+            else:
+                est = sum(cov[t]["secs"] if t in cov else self.duration.get(t, 0.0) for t in ids)
+                cpu = math.ceil((est + const) * mult * 2)
+                st, to, failed, secs = self.fork([byid[i] for i in ids], name, cpu, 4 * cpu + 30)
+                if to or (os.WIFSIGNALED(st) and os.WTERMSIG(st) in (signal.SIGXCPU, signal.SIGKILL)):
+                    status = "timeout"
+                    how = "wall" if to else signal.Signals(os.WTERMSIG(st)).name
+                elif os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0:
+                    status, how = "survived", ""
+                elif os.WIFEXITED(st) and os.WEXITSTATUS(st) == 1:
+                    status, how = "killed", ""
+                else:
+                    status = "killed"        # the child died otherwise (the mutant crashed it)
+                    how = f"exit {os.WEXITSTATUS(st)}" if os.WIFEXITED(st) else f"signal {os.WTERMSIG(st)}"
+                rec = {"name": name, "status": status, "by": failed[:1], "how": how, "tests": len(ids),
+                       "select": why, "secs": round(secs, 3)}
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            self.verdicts[name] = EXIT[rec["status"]]
+            n += 1
+            if self.args.meta and n % 50 == 0:
+                write_meta(self.verdicts, self.args.known)
+            if n % 100 == 0:
+                el = time.monotonic() - t_start
+                print(f"sweep: {n}/{len(self.mutants)} in {el:.0f} s ({60 * n / el:.0f}/min), load {os.getloadavg()[0]:.1f}",
+                      flush=True)
+        if self.args.meta:
+            write_meta(self.verdicts, self.args.known)
+        el = time.monotonic() - t_start
+        print(f"sweep: done, {n} mutants in {el:.0f} s", flush=True)
+        return True
+
+
+def load_reach(modules: list[str], fresh: bool) -> dict[str, list[int]]:
+    """reach_lines of each module, cached in sweep-reach-<module>.json (computed in a child:
+    the syntax tree of plan.py's 19 MB of mutants is large)."""
+    out: dict[str, list[int]] = {}
+    for m in modules:
+        path = f"sweep-reach-{m}.json"
+        if fresh or not os.path.exists(path) or os.path.getmtime(path) < os.path.getmtime(f"dagrun/{m}.py"):
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    data = reach_lines(m)
+                    with open(path + ".tmp", "w") as f:
+                        json.dump(data, f)
+                    os.replace(path + ".tmp", path)
+                finally:
+                    os._exit(0)
+            os.waitpid(pid, 0)
+        with open(path) as f:
+            out.update(json.load(f))
+    return out
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("patterns", nargs="+")
+    ap.add_argument("--pending", action="store_true")
+    ap.add_argument("--skip-logged", action="store_true", help="leave out the mutants already in --log")
+    ap.add_argument("--meta", action="store_true")
+    ap.add_argument("--log", default="sweep.jsonl")
+    ap.add_argument("--coverage", default="sweep-coverage.json")
+    ap.add_argument("--fresh", action="store_true", help="measure the coverage and the changed lines again")
+    ap.add_argument("--function-level", action="store_true",
+                    help="run every test that calls the function (as mutmut), not only those that execute the changed line")
+    ap.add_argument("--always", nargs="*", default=["test_plan_properties.py"],
+                    help="tests (substrings) run whenever they call the function: their inputs are random")
+    ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    if not os.path.exists("mutmut-stats.json"):
+        sys.exit("run from mutants/ after a first `mutmut run` (it writes mutmut-stats.json)")
+    with open("mutmut-stats.json") as f:
+        stats = json.load(f)
+    tests_of = stats["tests_by_mangled_function_name"]
+    duration = stats["duration_by_test"]
+    known = all_mutants()
+    args.known = known
+    names = []
+    for p in args.patterns:
+        hit = [n for n in known if fnmatch.fnmatchcase(n, p)] if any(c in p for c in "*?[") else [p] if p in known else []
+        if not hit:
+            sys.exit(f"no mutant matches {p}")
+        names += hit
+    names = list(dict.fromkeys(names))
+    if args.pending:
+        names = [n for n in names if known[n][1] is None]
+    if args.skip_logged and os.path.exists(args.log):
+        with open(args.log) as f:
+            done = {json.loads(line)["name"] for line in f if line.strip()}
+        names = [n for n in names if n not in done]
+    if args.limit:
+        names = names[:args.limit]
+    reach = {} if args.function_level else load_reach(sorted({n.split(".")[1] for n in names}), args.fresh)
+    cp = configparser.ConfigParser()
+    cp.read("setup.cfg")
+    sec = cp["mutmut"]
+    cfg = (float(sec.get("timeout_multiplier", "15")), float(sec.get("timeout_constant", "1")))
+    pargs = [a.strip() for a in sec.get("pytest_add_cli_args", "").splitlines() if a.strip()]
+    sel = [a.strip() for a in sec.get("pytest_add_cli_args_test_selection", "").splitlines() if a.strip()]
+    print(f"sweep: {len(names)} mutants", flush=True)
+    plugin = Sweep(names, tests_of, duration, cfg, args, reach)
+    rc = pytest.main(["--rootdir=.", "--tb=no", "-p", "no:randomly", *pargs, *sel], plugins=[plugin])
+    return 0 if rc in (0, 5) else int(rc)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
