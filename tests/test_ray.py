@@ -168,9 +168,8 @@ def test_a_local_ray_cluster_started_by_the_driver_lives_through_the_goal(tmp_pa
     gave up after 60 s), and the local runner's sweep of agents' orphans, which kills the
     driver's unknown children when no attempt runs, leaves its processes alone (a local task
     between two Ray tasks killed them)."""
-    try:
-        import ray  # noqa: F401
-    except ImportError:
+    import importlib.util
+    if importlib.util.find_spec("ray") is None:
         if os.environ.get("CI") == "true":
             pytest.fail("the ray package is missing (CI installs .[ray])")
         pytest.skip("pip install -e '.[ray]'")
