@@ -161,7 +161,10 @@ def test_the_console_command_waits_for_its_threads_and_ctrl_c_there_exits_130(tm
     import time
 
     mark = tmp_path / "mark"
-    code = ("import sys, threading, time\n"
+    # SIGINT as in a terminal: a background job of a non-interactive shell (CI) starts its
+    # processes with SIGINT ignored, and Python then installs no KeyboardInterrupt for it
+    code = ("import signal, sys, threading, time\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
             "def late(wait, path):\n    time.sleep(float(wait))\n    open(path, 'w').write('ran')\n"
             "threading.Thread(target=late, args=sys.argv[1:3]).start()\n"
             "sys.argv = ['dagrun', '--home', sys.argv[3], 'claim', 'nosuch']\n"

@@ -179,6 +179,9 @@ def test_a_local_ray_cluster_started_by_the_driver_lives_through_the_goal(tmp_pa
         {"id": "b", "prompt": "p", "agent": "echo local-b", "deps": ["a"], "runner": "local"},
         {"id": "c", "prompt": "p", "agent": "echo ray-c", "deps": ["b"], **local_ray}], goal="lr")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    r = run("run", "-q", p, home=tmp_path / "home", timeout=180, check=False)
+    # HOME of its own: a new local Ray turns on token authentication and writes its token to
+    # ~/.ray/auth_token, which every later driver on this machine would then present to
+    # other clusters (CI's head, started without one, refuses them)
+    r = run("run", "-q", p, home=tmp_path / "home", timeout=180, check=False, env={"HOME": str(tmp_path)})
     assert r.stdout == "goal lr done: 3 done\n", r.stderr
     assert outputs(tmp_path / "home", "lr") == {"a": "ray-a\n", "b": "local-b\n", "c": "ray-c\n"}
