@@ -319,6 +319,11 @@ class _Task:
     result: object = _PENDING        # its result (a dict) or failure (an exception), set by Ray's callback
 
 
+def _address(opts: dict) -> str:
+    """The head to join: the plan's `ray.address`, else $RAY_ADDRESS, else "auto"."""
+    return opts.get("address") or os.environ.get("RAY_ADDRESS") or "auto"
+
+
 class RayRunner:
     name = "ray"
 
@@ -341,8 +346,8 @@ class RayRunner:
     def unusable(opts: dict | None = None) -> str | None:
         if importlib.util.find_spec("ray") is None:
             return "runner ray: the ray package is not installed (pip install 'dagrun[ray]')"
-        addr = (opts or {}).get("address") or os.environ.get("RAY_ADDRESS") or ""
-        if addr in ("", "auto"):
+        addr = _address(opts or {})
+        if addr == "auto":
             if not os.path.exists("/tmp/ray/ray_current_cluster"):
                 return "runner ray: no Ray cluster to join (set RAY_ADDRESS, or \"ray\": {\"address\": ...} in the plan)"
             return None
@@ -364,8 +369,7 @@ class RayRunner:
         started here die with the thread that started them (Ray sets their parent-death
         signal, which fires when that thread ends), so the first start() starts it, in the
         engine's own thread."""
-        addr = opts.get("address") or os.environ.get("RAY_ADDRESS") or "auto"
-        if self._ray is None and self._warm is None and addr != "local":
+        if self._ray is None and self._warm is None and _address(opts) != "local":
             def connect():
                 try:
                     self._init(opts)
@@ -384,7 +388,7 @@ class RayRunner:
         if self._ray is not None:
             return
         import ray
-        addr = opts.get("address") or os.environ.get("RAY_ADDRESS") or "auto"
+        addr = _address(opts)
         if not ray.is_initialized():
             kw = {"address": addr, "logging_level": "ERROR",
                   "log_to_driver": False, "ignore_reinit_error": True}
