@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from . import fsio
+from .fsio import close_quiet
 from .proc import BOOT_ID, HOST, is_alive, proc_start, stat_fields
 from .store import as_int
 
@@ -401,10 +402,10 @@ def _spawn(launch: Launch, want_pidfd: bool) -> "_Spawned | StartError":
                              start_new_session=True, close_fds=True)
     except OSError as e:
         for fd in opened:
-            _close(fd)
+            close_quiet(fd)
         return StartError(f"cannot start the agent in {launch.cwd}: {e.strerror or e}")
     for fd in (stdin, w_out, w_err):
-        _close(fd)
+        close_quiet(fd)
     for fd in (r_out, r_err):
         os.set_blocking(fd, False)
     pidfd = None
@@ -645,7 +646,7 @@ class ProcessRunner:
             if not data:
                 s.eof = True
                 self._fd_owner.pop(s.fd, None)
-                _close(s.fd)
+                close_quiet(s.fd)
                 return
             now = time.monotonic()
             if proc.first_byte is None and s is proc.streams["out"]:
@@ -701,10 +702,10 @@ class ProcessRunner:
             self._drain(proc, s, None)
             if not s.eof:               # held open by a process outside the group: stop listening
                 self._fd_owner.pop(s.fd, None)
-                _close(s.fd)
+                close_quiet(s.fd)
                 s.eof = True
             if s.out is not None:
-                _close(s.out)
+                close_quiet(s.out)
                 s.out = None
         st = self.progress(handle)
         self._forget(k)
@@ -723,8 +724,7 @@ class ProcessRunner:
         children = _children()
         if not children:
             return 0                    # the usual case: agents are the spawner thread's children
-        # the agents of every ProcessRunner of this process are ours (Mux's, Slurm steps')
-        procs = [p for r in list(_INSTANCES) for p in r._procs.values()]
+        procs = _agent_procs()
         mine = {p.popen.pid for p in procs}
         active = {p.handle.get("run_id") for p in procs}
         n = 0
@@ -751,13 +751,13 @@ class ProcessRunner:
             return
         if proc.pidfd is not None:
             self._fd_owner.pop(proc.pidfd, None)
-            _close(proc.pidfd)
+            close_quiet(proc.pidfd)
         for s in proc.streams.values():
             if not s.eof:
                 self._fd_owner.pop(s.fd, None)
-                _close(s.fd)
+                close_quiet(s.fd)
             if s.out is not None:
-                _close(s.out)
+                close_quiet(s.out)
 
     def terminate(self, handle: dict) -> None:
         if self._stop_pending(handle, signal.SIGTERM):
@@ -830,8 +830,8 @@ class ProcessRunner:
             for k in list(self._pending):
                 self._stops[k] = signal.SIGKILL
             self.spawned()
-            _close(self._spawner.fd)
-            _close(self._spawner._w)
+            close_quiet(self._spawner.fd)
+            close_quiet(self._spawner._w)
             self._spawner = None
         for k in list(self._procs):
             self._forget(k)
@@ -854,14 +854,10 @@ def keep_children() -> None:
     attempt's run id was started by this process for itself -- call it right after starting
     such services (ray.init of a local cluster: its GCS, raylet, dashboard ...) -- and is
     never swept as an agent's orphan."""
-    procs = [p for r in list(_INSTANCES) for p in r._procs.values()]
-    mine = {p.popen.pid for p in procs}
-    kids = set(_children())
-    try:                 # the calling thread's own (a process started in a thread is its child
-        with open(f"/proc/self/task/{threading.get_native_id()}/children", "rb") as f:   # until it ends)
-            kids.update(int(x) for x in f.read().split())
-    except OSError:
-        pass
+    mine = {p.popen.pid for p in _agent_procs()}
+    # the main thread's children, and the calling thread's own (a process started in a thread
+    # is that thread's child until the thread ends)
+    kids = set(_children()) | set(_children(threading.get_native_id()))
     _SERVICES.update(pid for pid in kids if pid not in mine and _env_value(pid, RUN_ID_VAR) is None)
 
 
@@ -904,15 +900,25 @@ def _become_subreaper() -> bool:
 _CHILDREN_PATH: tuple[int, bytes] = (0, b"")
 
 
-def _children() -> list[int]:
-    """Children of our main thread, where orphans of our agents are re-parented (os.open and
-    a path built once per pid: it is read at every agent's end)."""
+def _agent_procs() -> list[_Proc]:
+    """The running agents of every ProcessRunner of this process (Mux's, Slurm steps')."""
+    return [p for r in list(_INSTANCES) for p in r._procs.values()]
+
+
+def _children(tid: int | None = None) -> list[int]:
+    """Children of one of our threads -- by default the main thread, where orphans of our
+    agents are re-parented (os.open and that path built once per pid: it is read at every
+    agent's end)."""
     global _CHILDREN_PATH
     me = os.getpid()
-    if _CHILDREN_PATH[0] != me:
-        _CHILDREN_PATH = (me, f"/proc/{me}/task/{me}/children".encode())
+    if tid is not None and tid != me:
+        path = f"/proc/{me}/task/{tid}/children".encode()
+    else:
+        if _CHILDREN_PATH[0] != me:
+            _CHILDREN_PATH = (me, f"/proc/{me}/task/{me}/children".encode())
+        path = _CHILDREN_PATH[1]
     try:
-        fd = os.open(_CHILDREN_PATH[1], os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return []
     try:
@@ -1008,8 +1014,3 @@ def _kill(pid: int, sig: int) -> None:
         pass
 
 
-def _close(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError:
-        pass

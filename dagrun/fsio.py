@@ -118,6 +118,15 @@ def read_bytes(path: str, *, follow: bool = True) -> bytes | None:
         os.close(fd)
 
 
+def close_quiet(fd: int) -> None:
+    """close(2) that ignores errors: for fds being given up (an ended agent's pipes, an
+    inotify instance) where a failed close changes nothing the caller could act on."""
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
 def read_fd(fd: int, limit: int | None = None, size_hint: int = 0) -> bytes:
     """Read fd from where it stands to its end (or `limit` bytes) with plain read(2) calls:
     no file object -- a buffered one costs an fstat, an ioctl and an lseek per file, and the

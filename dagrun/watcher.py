@@ -232,16 +232,9 @@ class Watcher:
         with the rest of its work (the spare pool's removal) instead of waiting for it."""
         fd, self.fd = self.fd, None
         if fd is not None:
-            threading.Thread(target=_close_quiet, args=(fd,), name="dagrun-inotify-close", daemon=True).start()
+            threading.Thread(target=fsio.close_quiet, args=(fd,), name="dagrun-inotify-close", daemon=True).start()
         self._wd_goal.clear()
         self._goal_wd.clear()
-
-
-def _close_quiet(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError:
-        pass
 
 
 def _errno() -> int:
