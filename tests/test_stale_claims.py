@@ -11,6 +11,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import agents_of, events, run, spawn, task_dir, wait_for, write_plan
 
 
@@ -203,3 +205,77 @@ def test_live_worker_claim_survives_past_the_lease(home, plans):
     done = json.loads((task_dir(home, "keep", "long") / "done").read_text())
     assert done["attempt"] == 1 and done["worker"] == "owner"
     assert not recovered(home, "keep", "long")
+
+
+# A holder stopped between mkdir claim/ and owner.json: sitecustomize (on the holder's
+# PYTHONPATH only) makes the holder SIGSTOP itself once its prompt is rendered -- the claim
+# exists, owner.json does not yet (an engine that far has not spawned the agent either).
+STALL_HOOK = '''
+import os, signal
+import dagrun.lifecycle as _lc
+_render = _lc.render_prompt
+def render_prompt(*a, **kw):
+    text = _render(*a, **kw)
+    os.kill(os.getpid(), signal.SIGSTOP)      # stalled here until the test sends SIGCONT
+    return text
+_lc.render_prompt = render_prompt
+'''
+
+
+def proc_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.parametrize("holder", ["claim", "worker"])
+def test_a_live_holder_stalled_before_owner_json_keeps_its_claim_past_the_grace(home, plans, tmp_path, holder):
+    """The race test's double run (tests/reliability/README.md, "The race"): a holder --
+    `dagrun claim` of a script, or an engine -- is stopped between creating claim/ and
+    publishing owner.json for longer than the half-born grace. Its claim used to be judged
+    half-born and broken ("half-created claim"), and the task ran a second time. Its creator
+    holds the birth lock (a shared flock on the task folder) until owner.json, so a peer sees
+    a live creator: it neither breaks the claim nor runs the task. Resumed, the holder finishes
+    it as attempt 1."""
+    log = tmp_path / "ran.log"
+    p = write_plan(plans, [{"id": "a", "prompt": "p"}], goal="stall",
+                   defaults={"agent": f'echo "$DAGRUN_WORKER" >> {log}'})
+    run("submit", p, home=home)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(STALL_HOOK)
+    hook = {"PYTHONPATH": str(site)}
+    script = subprocess.Popen(["sleep", "60"], start_new_session=True)    # the claim's holder (a script)
+    if holder == "claim":
+        h = spawn("claim", "--pid", script.pid, "stall", home=home, env=hook)
+    else:
+        h = spawn("worker", "--until-idle", "--name", "holder", home=home, env=hook)
+    cdir = task_dir(home, "stall", "a") / "claim"
+    try:
+        wait_for(lambda: proc_state(h.pid) == "T", timeout=30, what="the holder to stop itself")
+        assert cdir.is_dir() and not (cdir / "owner.json").exists()
+        time.sleep(0.6)                        # past the grace the peers are given below
+        grace = {"DAGRUN_CLAIM_GRACE": "0.5"}
+        r = run("worker", "--until-idle", "--name", "peer", home=home, env=grace, timeout=30)
+        assert not recovered(home, "stall", "a"), r.stderr     # "claim broken: half-created claim"
+        assert not log.exists() and cdir.is_dir() and not (task_dir(home, "stall", "a") / "attempts").exists()
+        other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        try:
+            run("claim", "--pid", other.pid, "stall", home=home, env=grace, check=3)   # nothing ready
+        finally:
+            other.kill()
+            other.wait()
+        assert not recovered(home, "stall", "a") and cdir.is_dir()
+    finally:
+        os.kill(h.pid, signal.SIGCONT)
+    out, err = h.communicate(timeout=30)
+    assert h.returncode == 0, err
+    try:
+        if holder == "claim":                  # the script runs the agent and completes it
+            assert out.decode().strip() == "a"
+            subprocess.run(f'echo script >> {log}', shell=True, check=True)
+            run("complete", "--pid", script.pid, "stall", "a", home=home)
+    finally:
+        script.kill()
+        script.wait()
+    assert log.read_text().split() == ["script" if holder == "claim" else "holder"]
+    done = json.loads((task_dir(home, "stall", "a") / "done").read_text())
+    assert done["attempt"] == 1 and not recovered(home, "stall", "a")
