@@ -36,9 +36,10 @@ def plan_500(plans: Path, log: Path) -> Path:
 
 def drain(pr: subprocess.Popen) -> threading.Thread:
     """Read the worker's stderr (and stdout) as it writes them, into pr.err. Left in the pipe,
-    a daemon's log -- one line per event of the goal, ~150 KB here -- fills it (64 KiB) and
-    the daemon blocks in write(2) mid-turn, holding the claims it is starting: that stall is
-    what made a live holder's claim look half-born to its peers (tests/reliability/README.md,
+    a daemon's log -- a line of ~78 bytes per event of its own, 28 KB in a typical run --
+    fills it (64 KiB) when the daemon runs ~420 of the 500 tasks, as one did in each failing
+    run; it then blocks in write(2) mid-turn, holding the claims it is starting: the stall
+    that made a live holder's claim look half-born to its peers (tests/reliability/README.md,
     "The race")."""
     pr.err = b""
 
