@@ -54,12 +54,16 @@ def _lock_shared(path: str) -> int | None:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH)      # waits only for a judge's probe (microseconds)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
+    for _ in range(100):                    # only a judge's probe holds it (exclusive, for
+        try:                                # microseconds): a judge stopped in there must
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)   # not stop us -- then no lock
+            return fd
+        except BlockingIOError:
+            time.sleep(0.001)
+        except OSError:
+            break
+    os.close(fd)
+    return None
 
 
 def born(home: Home, g: str, t: str) -> None:

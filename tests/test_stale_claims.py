@@ -280,3 +280,36 @@ def test_a_live_holder_stalled_before_owner_json_keeps_its_claim_past_the_grace(
     assert log.read_text().split() == ["script" if holder == "claim" else "holder"]
     done = json.loads((task_dir(home, "stall", "a") / "done").read_text())
     assert done["attempt"] == 1 and not recovered(home, "stall", "a")
+
+
+def test_the_birth_lock_in_process(tmp_path):
+    """claim.acquire(hold=True) without a spare pool (the task folder exists: a retry, or mkdir):
+    the birth lock is held from the mkdir until owner.json or the release; a half-born claim past
+    its grace is live while it is held, stale once it is dropped. A judge stopped in its probe
+    (the task folder held exclusive) does not stop a claimer: it claims without the lock."""
+    import fcntl
+
+    from dagrun import claim as claims
+    from dagrun.store import Home
+    home = Home(str(tmp_path / "home"))
+    os.makedirs(home.task_dir("g", "t"))
+    assert claims.acquire(home, "g", "t", hold=True) and claims.being_born(home, "g", "t")
+    later = time.time() + 60                               # far past any grace
+    assert claims.judge(home, "g", "t", None, lease=60, grace=1, now=later) is None
+    assert claims.break_claim(home, "g", "t", None, lease=60, grace=0) is None
+    claims.born(home, "g", "t")                            # as if its creator had died
+    assert not claims.being_born(home, "g", "t")
+    assert claims.judge(home, "g", "t", None, lease=60, grace=1, now=later).startswith("half-created claim")
+    claims.release(home, "g", "t")
+    assert claims.acquire(home, "g", "t", hold=True) and claims.being_born(home, "g", "t")
+    claims.release(home, "g", "t")                         # released: the lock goes with it
+    assert not claims.being_born(home, "g", "t")
+    fd = os.open(home.task_dir("g", "t"), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)                     # a judge stopped mid-probe
+        t0 = time.monotonic()
+        assert claims.acquire(home, "g", "t", hold=True)
+        assert time.monotonic() - t0 < 5 and home.claim_dir("g", "t") not in claims._BIRTHS
+    finally:
+        os.close(fd)
+    assert not claims.being_born(home, "g", "t")
