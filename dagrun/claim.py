@@ -5,7 +5,11 @@ Liveness is proved, not guessed (like filelock / nq):
     (a recycled pid has another start time) on the same boot (boot_id);
   * another host (a home shared over NFS): the newest of owner.json's and claim/heartbeat's
     mtimes must be younger than the lease;
-  * a claim folder without owner.json is a claim being born: it gets a grace period.
+  * a claim folder without owner.json is a claim being born. Its creator holds a shared
+    flock(2) on the task folder from before the claim appears until owner.json is published
+    (the birth lock): while that lock is held the claim is live, however long the birth takes
+    (an engine spawning the agent on a loaded machine, a stopped process); once it is free
+    (the creator died: the kernel dropped it; or a claim made by hand) it gets a grace period.
 A stale claim is broken by renaming it away under a per-goal lock (fcntl, released by the
 kernel if the breaker dies), after re-reading the owner inside the lock, so two breakers
 never both win and a breaker never removes a claim that was re-taken in the meantime.
@@ -31,10 +35,62 @@ def _env_seconds(name: str, default: float) -> float:
 
 
 # A claim folder without owner.json: its creator is between mkdir and publishing owner.json
-# (the engine spawns the agent in between), or died there. Nothing proves which, so it gets
-# this long. DAGRUN_CLAIM_GRACE overrides it (the crash tests, which run one engine at a
-# time, set 0; a slow NFS home may want more).
+# (the engine spawns the agent in between), or died there. A creator that holds the birth
+# lock proves it lives; a claim without it (its creator died, or it was made by hand or on a
+# file system without flock) gets this long. DAGRUN_CLAIM_GRACE overrides it (the crash
+# tests, which run one engine at a time, set 0; a slow NFS home may want more).
 HALF_BORN_GRACE = _env_seconds("DAGRUN_CLAIM_GRACE", 10.0)
+
+# The birth locks this process holds: claim folder -> fd of its task folder, flock'ed shared.
+# Taken by acquire(hold=True) before the claim exists, dropped by born() -- owner.json is
+# published (update_owner) or the claim is given up (release).
+_BIRTHS: dict[str, int] = {}
+
+
+def _lock_shared(path: str) -> int | None:
+    """An fd of folder `path` holding a shared flock, or None if it cannot be had (then the
+    claim is judged as before the birth lock: its grace)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    for _ in range(100):                    # only a judge's probe holds it (exclusive, for
+        try:                                # microseconds): a judge stopped in there must
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)   # not stop us -- then no lock
+            return fd
+        except BlockingIOError:
+            time.sleep(0.001)
+        except OSError:
+            break
+    os.close(fd)
+    return None
+
+
+def born(home: Home, g: str, t: str) -> None:
+    """Our claim of g/t names its holder now (owner.json), or is gone: drop its birth lock."""
+    fd = _BIRTHS.pop(home.claim_dir(g, t), None)
+    if fd is not None:
+        os.close(fd)                        # closing the only fd of the lock releases it
+
+
+def being_born(home: Home, g: str, t: str) -> bool:
+    """Does a live process hold the birth lock of g/t's claim (its creator, before owner.json)?
+    The probe is a non-blocking exclusive flock of the task folder (it conflicts with any
+    shared holder, this process's own included); any error -- no folder, no flock on this
+    file system -- says no."""
+    try:
+        fd = os.open(home.task_dir(g, t), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)                        # (and with it the probe's lock, if it got it)
+    return False
 
 
 def new_owner(worker: str, attempt: int, *, kind: str, pid: int | None = None) -> dict:
@@ -47,24 +103,53 @@ def new_owner(worker: str, attempt: int, *, kind: str, pid: int | None = None) -
     }
 
 
-def acquire(home: Home, g: str, t: str) -> bool:
+def acquire(home: Home, g: str, t: str, *, hold: bool = False) -> bool:
     """mkdir the claim. False if somebody holds it. The caller publishes owner.json next
-    (until then the claim is "being born" and others give it a grace period)."""
+    (until then the claim is "being born"). hold: take the birth lock first -- the task
+    folder flock'ed shared before the claim appears, kept until owner.json is published or
+    the claim released (born()) -- so that nobody breaks the claim while we live, however
+    long the birth takes. Without it (or when flock fails) others give it a grace period."""
     tdir = home.task_dir(g, t)
-    # a task's first claim: its folder and claim/ come as one spare pair, in one rename
-    # (RENAME_NOREPLACE: it fails if the folder exists, whatever it is -- then as below)
-    if fsio.mkdir_fresh(tdir, CLAIM):
-        return True
-    if os.path.islink(tdir):
-        raise FsError(f"refusing to use {tdir}: it is a symbolic link (task folders are made by dagrun; "
-                      f"remove it)")
-    if not os.path.isdir(tdir):
-        fsio.makedirs(tdir)
-    return fsio.mkdir(os.path.join(tdir, CLAIM))
+    cdir = os.path.join(tdir, CLAIM)
+    fd: int | None = None
+
+    def lock(nest: str) -> None:
+        nonlocal fd
+        fd = _lock_shared(nest)
+
+    try:
+        # a task's first claim: its folder and claim/ come as one spare pair, in one rename
+        # (RENAME_NOREPLACE: it fails if the folder exists, whatever it is -- then as below)
+        if fsio.mkdir_fresh(tdir, CLAIM, lock if hold else None):
+            got = True
+        else:
+            if fd is not None:
+                os.close(fd)
+                fd = None
+            if os.path.islink(tdir):
+                raise FsError(f"refusing to use {tdir}: it is a symbolic link (task folders are made by dagrun; "
+                              f"remove it)")
+            if not os.path.isdir(tdir):
+                fsio.makedirs(tdir)
+            if hold:
+                lock(tdir)
+            got = fsio.mkdir(cdir)
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        raise
+    if got:
+        born(home, g, t)              # a lock left from an earlier claim of ours (taken away since)
+        if fd is not None:
+            _BIRTHS[cdir] = fd
+    elif fd is not None:
+        os.close(fd)
+    return got
 
 
 def update_owner(home: Home, g: str, t: str, owner: dict) -> None:
     fsio.write_atomic(home.owner_path(g, t), dumps(owner))
+    born(home, g, t)                  # owner.json proves the holder now: the birth lock goes
 
 
 def read_owner(home: Home, g: str, t: str) -> dict | None:
@@ -105,11 +190,13 @@ def judge(home: Home, g: str, t: str, owner: dict | None, *, lease: float,
         # claim. Judging by the claim's alone broke live claims of engines between mkdir and
         # owner.json, and the task ran twice (tests/test_race.py in CI).
         try:
-            born = max(os.stat(home.claim_dir(g, t)).st_ctime, os.stat(home.task_dir(g, t)).st_ctime)
+            birth = max(os.stat(home.claim_dir(g, t)).st_ctime, os.stat(home.task_dir(g, t)).st_ctime)
         except FileNotFoundError:
             return None  # gone already
-        age = now - born
-        return f"half-created claim (no owner.json) for {age:.0f}s" if age > grace else None
+        age = now - birth
+        if age <= grace or being_born(home, g, t):
+            return None              # within its grace, or its creator lives (birth lock held)
+        return f"half-created claim (no owner.json) for {age:.0f}s"
     if owner.get("host") == HOST:
         pid = as_int(owner.get("pid"))
         why = why_dead(owner.get("boot_id"), pid, owner.get("pid_start"))
@@ -187,15 +274,18 @@ def release(home: Home, g: str, t: str) -> None:
     between leaves only a dot-folder that the next claim of the task sweeps."""
     cdir = home.claim_dir(g, t)
     try:
-        fsio.rmdir(cdir)
-        return
-    except OSError:
-        pass
-    gone = os.path.join(home.task_dir(g, t), f".claim.released.{os.urandom(4).hex()}")
-    try:
-        fsio.rename(cdir, gone)
-    except FileNotFoundError:
-        return
+        try:
+            fsio.rmdir(cdir)
+            return
+        except OSError:
+            pass
+        gone = os.path.join(home.task_dir(g, t), f".claim.released.{os.urandom(4).hex()}")
+        try:
+            fsio.rename(cdir, gone)
+        except FileNotFoundError:
+            return
+    finally:
+        born(home, g, t)              # after the claim is gone (a half-born one never looks free)
     fsio.rmtree(gone)
 
 

@@ -617,6 +617,8 @@ class Engine(Reconciler):
             return
         try:
             ours = gs is not None and gs.plan.has(t) and self._claim_still(run)
+            if not ours:
+                claims.born(self.home, g, t)   # not ours any more: its birth lock goes too
             if err is not None or not ours:
                 if err is None:          # archived or broken meanwhile: stop it, the commit
                     self._stop_run(run, "superseded", "its claim was taken away while it started")
@@ -672,8 +674,10 @@ class Engine(Reconciler):
             time.sleep(0.01)
         requeue = gs is not None and gs.plan.has(t)
         if isinstance(e, FileNotFoundError) and not os.path.isdir(cdir):
-            # our claim was broken while we started the agent (we looked dead: a very
-            # slow start, past the half-born grace): the breaker recorded the attempt
+            # our claim was taken away while we started the agent (archived by a plan edit; or
+            # broken: we held no birth lock -- no flock here -- and a very slow start took us
+            # past the half-born grace): the breaker recorded the attempt
+            claims.born(self.home, g, t)
             self.log(f"warning: the claim of {g}/{t} was broken while its agent started; it runs again")
             if requeue:
                 gs.sched.retrying(t)

@@ -126,7 +126,7 @@ def _fail(home: Home, g: str, tid: str, reason: str, worker: str) -> bool:
     reason = f"for_each: {reason}"
     with claims.edit_lock(home, g):
         plan = home.load_plan(g)
-        if not _due(home, plan, tid) or not claims.acquire(home, g, tid):
+        if not _due(home, plan, tid) or not claims.acquire(home, g, tid, hold=True):
             return False
         try:
             if marker_of(home, g, tid) is not None:

@@ -322,15 +322,17 @@ def mkdir(path: str, *, mode: int = 0o755) -> bool:
     return True
 
 
-def mkdir_fresh(path: str, inner: str) -> bool | None:
+def mkdir_fresh(path: str, inner: str, before=None) -> bool | None:
     """Create folder `path` with an empty folder `inner` in it, both at once: a task folder
     born with its claim (one rename of a spare nest, see Spares). True: made; False: `path`
-    exists already; None: no nest at hand (or no parent): the caller makes them one by one."""
+    exists already; None: no nest at hand (or no parent): the caller makes them one by one.
+    before(nest): called with the nest's path right before it is renamed to `path` (a claim's
+    creator locks it there: the lock is on the folder, so it is already held when it appears)."""
     pool = SPARES
     if pool is None or pool.nest != inner or not pool._nests:
         return None
     _step(f"mkdir {path}/{inner}")
-    got = pool.take_nest(path)
+    got = pool.take_nest(path, before)
     if got:
         _done_step(f"mkdir {path}/{inner}")
     return got
@@ -717,13 +719,13 @@ class Spares:
             if self._low() or self._surplus() is not None:
                 self._want.notify()
 
-    def take_nest(self, dst: str) -> bool | None:
+    def take_nest(self, dst: str, before=None) -> bool | None:
         """Make `dst` and `dst/<nest>` in one renameat2(RENAME_NOREPLACE) of a spare nest.
         True: both made; False: `dst` exists already (nothing done); None: no nest at hand,
-        or `dst`'s parent is missing -- make them one by one."""
+        or `dst`'s parent is missing -- make them one by one. before(nest): see mkdir_fresh."""
         if not self._nesting():
             return None
-        return self._take(self._nests, dst, keep=True)
+        return self._take(self._nests, dst, keep=True, before=before)
 
     def pop_file(self) -> str | None:
         """An empty spare file, now the caller's (None when the pool is empty)."""
@@ -751,7 +753,7 @@ class Spares:
             return None
         return self._take(self._dirs, dst, keep=False)
 
-    def _take(self, pool: list[str], dst: str, *, keep: bool) -> bool | None:
+    def _take(self, pool: list[str], dst: str, *, keep: bool, before=None) -> bool | None:
         """Rename a spare of `pool` (folders or nests) to `dst` with renameat2(RENAME_NOREPLACE),
         exactly as exclusive as mkdir(2). True: made; False: `dst` exists already (the spare
         goes back to the pool); None: the pool is empty, or the rename failed otherwise (the
@@ -763,6 +765,8 @@ class Spares:
             src = pool.pop()
             if self._low():
                 self._want.notify()
+        if before is not None:
+            before(src)
         try:
             self._noreplace(src, dst)
             return True

@@ -100,7 +100,7 @@ def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: i
     the attempt (transitions.finish, outcome workspace.CONFLICT, final)."""
     g = plan.goal
     tdir = home.task_dir(g, t)
-    if not claims.acquire(home, g, t):
+    if not claims.acquire(home, g, t, hold=True):     # held by us until owner.json (claim.born)
         return None
     # Under the claim nobody else changes this task: read its history now (one listdir).
     try:
@@ -243,7 +243,7 @@ def claim_gate(home: Home, plan: Plan, t: str, *, by: str, wait: float | None = 
     g = plan.goal
     # long enough for a claim left half-born by a decider that died to be judged stale
     deadline = time.monotonic() + (claims.HALF_BORN_GRACE + 1.0 if wait is None else wait)
-    while not claims.acquire(home, g, t):
+    while not claims.acquire(home, g, t, hold=True):
         if break_if_stale(home, plan, t, worker=by) is not None:
             continue                # a decider (or claimer) killed half-way: its claim is broken
         if time.monotonic() > deadline:

@@ -240,15 +240,22 @@ def test_a_first_claim_is_its_folder_and_claim_in_one_rename(tmp_path):
         if not pool._nests:
             pytest.skip("no renameat2(RENAME_NOREPLACE) on this file system: claims use mkdir")
         took, take = [], pool.take_nest          # which way acquire went: the nest, or mkdir
-        pool.take_nest = lambda dst: took.append((dst, take(dst))) or took[-1][1]
+        pool.take_nest = lambda dst, before=None: took.append((dst, take(dst, before))) or took[-1][1]
         assert claims.acquire(home, "g", "t1")
         assert took == [(home.task_dir("g", "t1"), True)]
         assert os.path.isdir(home.claim_dir("g", "t1")) and os.listdir(home.claim_dir("g", "t1")) == []
         assert os.listdir(home.task_dir("g", "t1")) == [CLAIM]
         assert not claims.acquire(home, "g", "t1")          # held: exclusive like mkdir
+        assert not claims.being_born(home, "g", "t1")       # (made without the birth lock)
         claims.release(home, "g", "t1")
         assert claims.acquire(home, "g", "t1")              # the folder exists: claim/ alone
         assert os.listdir(home.task_dir("g", "t1")) == [CLAIM]
+        # the birth lock comes with the nest: taken on it before the rename, so the task
+        # folder appears locked; owner.json drops it
+        assert claims.acquire(home, "g", "t2", hold=True)
+        assert took[-1] == (home.task_dir("g", "t2"), True) and claims.being_born(home, "g", "t2")
+        claims.update_owner(home, "g", "t2", claims.new_owner("w", 1, kind="engine"))
+        assert not claims.being_born(home, "g", "t2")
         # no task left to start: an emptied pool is not refilled (nothing made to be deleted)
         pool.set_left(0)
         while pool.pop_file() is not None:

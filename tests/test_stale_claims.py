@@ -11,6 +11,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import agents_of, events, run, spawn, task_dir, wait_for, write_plan
 
 
@@ -203,3 +205,111 @@ def test_live_worker_claim_survives_past_the_lease(home, plans):
     done = json.loads((task_dir(home, "keep", "long") / "done").read_text())
     assert done["attempt"] == 1 and done["worker"] == "owner"
     assert not recovered(home, "keep", "long")
+
+
+# A holder stopped between mkdir claim/ and owner.json: sitecustomize (on the holder's
+# PYTHONPATH only) makes the holder SIGSTOP itself once its prompt is rendered -- the claim
+# exists, owner.json does not yet (an engine that far has not spawned the agent either).
+STALL_HOOK = '''
+import os, signal
+import dagrun.lifecycle as _lc
+_render = _lc.render_prompt
+def render_prompt(*a, **kw):
+    text = _render(*a, **kw)
+    os.kill(os.getpid(), signal.SIGSTOP)      # stalled here until the test sends SIGCONT
+    return text
+_lc.render_prompt = render_prompt
+'''
+
+
+def proc_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.parametrize("holder", ["claim", "worker"])
+def test_a_live_holder_stalled_before_owner_json_keeps_its_claim_past_the_grace(home, plans, tmp_path, holder):
+    """The race test's double run (tests/reliability/README.md, "The race"): a holder --
+    `dagrun claim` of a script, or an engine -- is stopped between creating claim/ and
+    publishing owner.json for longer than the half-born grace. Its claim used to be judged
+    half-born and broken ("half-created claim"), and the task ran a second time. Its creator
+    holds the birth lock (a shared flock on the task folder) until owner.json, so a peer sees
+    a live creator: it neither breaks the claim nor runs the task. Resumed, the holder finishes
+    it as attempt 1."""
+    log = tmp_path / "ran.log"
+    p = write_plan(plans, [{"id": "a", "prompt": "p"}], goal="stall",
+                   defaults={"agent": f'echo "$DAGRUN_WORKER" >> {log}'})
+    run("submit", p, home=home)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(STALL_HOOK)
+    hook = {"PYTHONPATH": str(site)}
+    script = subprocess.Popen(["sleep", "60"], start_new_session=True)    # the claim's holder (a script)
+    if holder == "claim":
+        h = spawn("claim", "--pid", script.pid, "stall", home=home, env=hook)
+    else:
+        h = spawn("worker", "--until-idle", "--name", "holder", home=home, env=hook)
+    cdir = task_dir(home, "stall", "a") / "claim"
+    try:
+        wait_for(lambda: proc_state(h.pid) == "T", timeout=30, what="the holder to stop itself")
+        assert cdir.is_dir() and not (cdir / "owner.json").exists()
+        time.sleep(0.6)                        # past the grace the peers are given below
+        grace = {"DAGRUN_CLAIM_GRACE": "0.5"}
+        r = run("worker", "--until-idle", "--name", "peer", home=home, env=grace, timeout=30)
+        assert not recovered(home, "stall", "a"), r.stderr     # "claim broken: half-created claim"
+        assert not log.exists() and cdir.is_dir() and not (task_dir(home, "stall", "a") / "attempts").exists()
+        if holder == "worker":                 # a script's claim judges it too (once: it is slow)
+            other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+            try:
+                run("claim", "--pid", other.pid, "stall", home=home, env=grace, check=3)   # nothing ready
+            finally:
+                other.kill()
+                other.wait()
+            assert not recovered(home, "stall", "a") and cdir.is_dir()
+    finally:
+        os.kill(h.pid, signal.SIGCONT)
+    out, err = h.communicate(timeout=30)
+    assert h.returncode == 0, err
+    try:
+        if holder == "claim":                  # the script runs the agent and completes it
+            assert out.decode().strip() == "a"
+            subprocess.run(f'echo script >> {log}', shell=True, check=True)
+            run("complete", "--pid", script.pid, "stall", "a", home=home)
+    finally:
+        script.kill()
+        script.wait()
+    assert log.read_text().split() == ["script" if holder == "claim" else "holder"]
+    done = json.loads((task_dir(home, "stall", "a") / "done").read_text())
+    assert done["attempt"] == 1 and not recovered(home, "stall", "a")
+
+
+def test_the_birth_lock_in_process(tmp_path):
+    """claim.acquire(hold=True) without a spare pool (the task folder exists: a retry, or mkdir):
+    the birth lock is held from the mkdir until owner.json or the release; a half-born claim past
+    its grace is live while it is held, stale once it is dropped. A judge stopped in its probe
+    (the task folder held exclusive) does not stop a claimer: it claims without the lock."""
+    import fcntl
+
+    from dagrun import claim as claims
+    from dagrun.store import Home
+    home = Home(str(tmp_path / "home"))
+    os.makedirs(home.task_dir("g", "t"))
+    assert claims.acquire(home, "g", "t", hold=True) and claims.being_born(home, "g", "t")
+    later = time.time() + 60                               # far past any grace
+    assert claims.judge(home, "g", "t", None, lease=60, grace=1, now=later) is None
+    assert claims.break_claim(home, "g", "t", None, lease=60, grace=0) is None
+    claims.born(home, "g", "t")                            # as if its creator had died
+    assert not claims.being_born(home, "g", "t")
+    assert claims.judge(home, "g", "t", None, lease=60, grace=1, now=later).startswith("half-created claim")
+    claims.release(home, "g", "t")
+    assert claims.acquire(home, "g", "t", hold=True) and claims.being_born(home, "g", "t")
+    claims.release(home, "g", "t")                         # released: the lock goes with it
+    assert not claims.being_born(home, "g", "t")
+    fd = os.open(home.task_dir("g", "t"), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)                     # a judge stopped mid-probe
+        t0 = time.monotonic()
+        assert claims.acquire(home, "g", "t", hold=True)
+        assert time.monotonic() - t0 < 5 and home.claim_dir("g", "t") not in claims._BIRTHS
+    finally:
+        os.close(fd)
+    assert not claims.being_born(home, "g", "t")
