@@ -29,6 +29,7 @@ FOREIGN_RETRY_GRACE = 1.0  # s: past another worker's retry_at before we requeue
 
 @dataclass
 class GoalState:
+    """An engine's view of one goal: its plan, scheduler, event reader and rescan times."""
     plan: Plan
     sched: Scheduler
     reader: ev.Reader
