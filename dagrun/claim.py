@@ -50,10 +50,10 @@ def new_owner(worker: str, attempt: int, *, kind: str, pid: int | None = None) -
 NEW = 2    # acquire(): claimed, and the task's folder came with the claim (it holds nothing else)
 
 
-def acquire(home: Home, g: str, t: str) -> int:
-    """mkdir the claim: NEW (2) when the task's folder was made with it, 1 when claimed in a
-    folder that existed, 0 if somebody holds it. The caller publishes owner.json next
-    (until then the claim is "being born" and others give it a grace period)."""
+def acquire(home: Home, g: str, t: str) -> bool | int:
+    """mkdir the claim: True, or NEW (truthy too) when the task's folder was made with it;
+    False if somebody holds it. The caller publishes owner.json next (until then the claim
+    is "being born" and others give it a grace period)."""
     tdir = home.task_dir(g, t)
     # a task's first claim: its folder and claim/ come as one spare pair, in one rename
     # (RENAME_NOREPLACE: it fails if the folder exists, whatever it is -- then as below)
@@ -64,7 +64,7 @@ def acquire(home: Home, g: str, t: str) -> int:
                       f"remove it)")
     if not os.path.isdir(tdir):
         fsio.makedirs(tdir)
-    return int(fsio.mkdir(os.path.join(tdir, CLAIM)))
+    return fsio.mkdir(os.path.join(tdir, CLAIM))
 
 
 def update_owner(home: Home, g: str, t: str, owner: dict) -> None:
