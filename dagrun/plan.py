@@ -454,10 +454,12 @@ except ImportError:        # pragma: no cover
         return property(itemgetter(i), doc=doc)
 for _i, _k in enumerate(_TASK_KEYS):
     setattr(Task, _k, _tuplegetter(_i, f"Task.{_k}"))
+
+
 class _TaskFields:
     """Task.__dataclass_fields__, the dataclass field table that dataclasses.fields() and
     dataclasses.replace() (and orjson) read on a Task, built on its first use: make_dataclass
-    of 45 fields is ~2.5 ms of every start, and the run path never asks for it."""
+    of 38 fields is ~2.5 ms of every start, and the run path never asks for it."""
 
     def __get__(self, obj, cls=None):
         table = make_dataclass("Task", [

@@ -209,7 +209,7 @@ def test_a_command_started_with_its_standard_fds_closed_writes_nowhere_and_keeps
 def test_a_quiet_run_builds_no_dataclass_docstring_and_not_the_task_field_table(tmp_path):
     """Two start-up costs of `dagrun run -q` that no run uses: a dataclass without a
     docstring gets one made from `inspect.signature` of the class (0.1-0.3 ms each, 19 on the
-    run path), and plan.Task's dataclass field table (make_dataclass of 45 fields, ~2.5 ms)
+    run path), and plan.Task's dataclass field table (make_dataclass of 38 fields, ~2.5 ms)
     is only for dataclasses.fields()/replace() and orjson on a Task -- built on first use.
     Guarded without timing: after a quiet run every dataclass of a loaded dagrun module has
     a docstring of its own, and the field table is still the lazy one (and works when asked)."""
