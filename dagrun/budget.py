@@ -33,6 +33,7 @@ OUTCOME = "budget"              # a running attempt stopped at the pool
 
 @dataclass
 class Spend:
+    """A goal's budget pool and what it spent, in all and per task."""
     pool: dict | None                                   # {"usd", "tokens"} as raised; None: no budget
     total: dict = field(default_factory=dict)           # {"usd": float, "tokens": int}
     by_task: dict = field(default_factory=dict)         # task -> usage (usage.add sums)

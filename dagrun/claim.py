@@ -103,9 +103,13 @@ def new_owner(worker: str, attempt: int, *, kind: str, pid: int | None = None) -
     }
 
 
-def acquire(home: Home, g: str, t: str, *, hold: bool = False) -> bool:
-    """mkdir the claim. False if somebody holds it. The caller publishes owner.json next
-    (until then the claim is "being born"). hold: take the birth lock first -- the task
+NEW = 2    # acquire(): claimed, and the task's folder came with the claim (it holds nothing else)
+
+
+def acquire(home: Home, g: str, t: str, *, hold: bool = False) -> bool | int:
+    """mkdir the claim: True, or NEW (truthy too) when the task's folder was made with it;
+    False if somebody holds it. The caller publishes owner.json next (until then the claim
+    is "being born"). hold: take the birth lock first -- the task
     folder flock'ed shared before the claim appears, kept until owner.json is published or
     the claim released (born()) -- so that nobody breaks the claim while we live, however
     long the birth takes. Without it (or when flock fails) others give it a grace period."""
@@ -121,7 +125,7 @@ def acquire(home: Home, g: str, t: str, *, hold: bool = False) -> bool:
         # a task's first claim: its folder and claim/ come as one spare pair, in one rename
         # (RENAME_NOREPLACE: it fails if the folder exists, whatever it is -- then as below)
         if fsio.mkdir_fresh(tdir, CLAIM, lock if hold else None):
-            got = True
+            got = NEW
         else:
             if fd is not None:
                 os.close(fd)

@@ -26,6 +26,7 @@ from .store import Home, dumps, loads, loads_obj, now_iso
 
 @dataclass
 class Diff:
+    """Tasks a plan replacement adds, removes or changes, and those below a change."""
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)        # definition differs
@@ -46,6 +47,7 @@ class Diff:
 
 @dataclass
 class SubmitResult:
+    """What a submit did to a goal (created, unchanged, replaced), and the plan's diff."""
     goal: str
     action: str                 # created | unchanged | replaced | would-replace
     diff: Diff | None = None

@@ -122,6 +122,9 @@ class Engine(Reconciler):
         self._killed_all = False
         self._spares_on = False
         self._left: int | None = None             # tasks still to start, as of the last _dispatch
+        # ... over every goal's scheduler, kept by the schedulers themselves (attached in
+        # _resync, detached when a goal is dropped): O(1) per dispatch however many goals
+        self._tally = sc.Tally()
         self.share = FairShare()                  # which goal the next start comes from
         self.history: History | None = None       # durations of done runs (ranking), read once
         self._next_house = 0.0
@@ -445,8 +448,7 @@ class Engine(Reconciler):
                     res.apply(self.home, gs.plan, gs.sched)
         # the spare pool keeps no more than the work left uses (and starts knowing it: a
         # one-task goal makes a nest and a few files, not a full pool to remove at exit)
-        self._left = sum(gs.sched.n(sc.WAITING) + gs.sched.n(sc.READY) + gs.sched.n(sc.RETRYING)
-                         for gs in self.goals.values())
+        self._left = self._tally.left
         if self._spares_on:
             fsio.spares_left(self._left)
         mine: dict[str, int] = {}

@@ -39,6 +39,7 @@ FAIR_SHARE = 4 * 1024 * 1024     # bytes drained from one pipe before others get
 
 @dataclass(frozen=True)
 class Launch:
+    """What a runner needs to start one attempt of a task."""
     agent: str               # the shell command; never contains prompt or output text
     cwd: str
     env: dict
@@ -73,6 +74,7 @@ class Wakeup:
 
 @dataclass(frozen=True)
 class Exit:
+    """How an attempt's process ended (and its progress as of the exit)."""
     code: int | None         # exit status, or None when killed by a signal
     signal: int | None = None
     progress: Progress | None = field(default=None, compare=False)   # as of the exit (the
@@ -374,6 +376,7 @@ class StartError(Exception):
 
 @dataclass
 class _Spawned:
+    """A child _spawn started (in a spawner thread or the loop), before the loop adopts it."""
     popen: subprocess.Popen
     pid: int
     start: str | None
@@ -491,6 +494,7 @@ class _Spawner:
 
 @dataclass
 class _Stream:
+    """One of an agent's output pipes and its capture file."""
     fd: int
     path: str
     out: int | None = None           # capture file fd, opened on the first byte
@@ -502,6 +506,7 @@ class _Stream:
 
 @dataclass
 class _Proc:
+    """A running agent of a ProcessRunner: its process, pipes and pidfd."""
     popen: subprocess.Popen
     handle: dict
     streams: dict = field(default_factory=dict)   # "out"/"err" -> _Stream

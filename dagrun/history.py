@@ -79,6 +79,7 @@ def _median(xs: list[float]) -> float | None:
 
 @dataclass
 class TaskGuess:
+    """A task's expected seconds and cost, and where the guess came from."""
     seconds: float
     usd: float | None
     source: str              # estimate | history | agent-median | unknown

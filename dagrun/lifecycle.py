@@ -36,7 +36,7 @@ from .plan import Plan, Task
 from .proc import HOST
 from .prompt import Upstream, failure_note, render
 from .scheduler import Scheduler
-from .store import COUNTED, MARKERS, Home, TaskFacts, as_int, dumps, loads_obj, now_iso, parse_ts
+from .store import CLAIM, COUNTED, MARKERS, Home, TaskFacts, as_int, dumps, loads_obj, now_iso, parse_ts
 from .usage import RAW_FILE
 
 BACKOFF_CAP = 600.0
@@ -49,6 +49,7 @@ class Stale(Exception):
 
 @dataclass
 class Claim:
+    """A claim this process holds on a task's attempt, and what it prepared for it."""
     goal: str
     task: str
     attempt: int
@@ -100,11 +101,14 @@ def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: i
     the attempt (transitions.finish, outcome workspace.CONFLICT, final)."""
     g = plan.goal
     tdir = home.task_dir(g, t)
-    if not claims.acquire(home, g, t, hold=True):     # held by us until owner.json (claim.born)
+    got = claims.acquire(home, g, t, hold=True)     # held by us until owner.json (claim.born)
+    if not got:
         return None
-    # Under the claim nobody else changes this task: read its history now (one listdir).
+    # Under the claim nobody else changes this task: read its history now (one listdir) --
+    # unless the folder came with the claim, in one rename of a spare that held only claim/
+    # (what a listdir would say at that instant; a marker written later was always possible)
     try:
-        names = os.listdir(tdir)
+        names = [CLAIM] if got == claims.NEW else os.listdir(tdir)
     except OSError as e:
         claims.release(home, g, t)
         raise os_error("list", tdir, e) from None

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Upstream:
+    """A dependency as a prompt shows it: its state and (the head of) its output."""
     id: str
     state: str              # done | failed | cancelled | blocked
     data: bytes | None      # the first `limit`+1 bytes of its output (None when unavailable)

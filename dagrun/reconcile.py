@@ -29,6 +29,7 @@ FOREIGN_RETRY_GRACE = 1.0  # s: past another worker's retry_at before we requeue
 
 @dataclass
 class GoalState:
+    """An engine's view of one goal: its plan, scheduler, event reader and rescan times."""
     plan: Plan
     sched: Scheduler
     reader: ev.Reader
@@ -120,7 +121,7 @@ class Reconciler:
         if self.only or not gs.finished or gs.foreign or any(gg == g for (gg, _t) in self.by_task):
             return
         if self._still_dormant(g):
-            self.goals.pop(g, None)
+            self._forget_goal(g)
 
     def _resync(self, gs: GoalState) -> None:
         """Rebuild the goal's scheduler from the files (start-up, plan change, periodic)."""
@@ -145,6 +146,8 @@ class Reconciler:
         sched, facts = ranked_scheduler(self.home, plan, self.history, clock=time.monotonic)
         if gs.sched is not None:
             sched.keep_waits(gs.sched)        # aging survives the rebuild
+            gs.sched.detach()
+        sched.attach(self._tally)             # the engine's count of tasks left, all goals
         gs.sched = sched
         gs.foreign = set()
         mine = {t for (gg, t) in self.by_task if gg == g}
@@ -209,12 +212,18 @@ class Reconciler:
             if res is not None:
                 fsio.rmtree(res[2])
 
+    def _forget_goal(self, g: str) -> None:
+        """g leaves self.goals (dormant or removed): its tasks leave the engine's tally."""
+        gs = self.goals.pop(g, None)
+        if gs is not None and gs.sched is not None:
+            gs.sched.detach()
+
     def _drop_goal(self, g: str) -> None:
         for (gg, _t), run in list(self.by_task.items()):
             if gg == g:
                 self._stop_run(run, "superseded", "the goal was removed")
         if not any(gg == g for (gg, _t) in self.by_task):
-            self.goals.pop(g, None)
+            self._forget_goal(g)
             self.share.forget(g)
             if self.watcher is not None:
                 self.watcher.unwatch_goal(g)

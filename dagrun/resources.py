@@ -64,6 +64,7 @@ class Busy(Exception):
 
 @dataclass(frozen=True)
 class Pool:
+    """A resource pool a task draws units from: its scope, name and capacity."""
     key: str          # "<scope>/<name>": the scheduler's name for it
     scope: str        # home | tenant.<T> | goal.<g>
     name: str

@@ -45,6 +45,7 @@ SLOWEST = 5
 
 @dataclass(slots=True)
 class Attempt:
+    """One attempt of a task as its files tell it."""
     task: str
     attempt: int
     outcome: str                 # done | running | failed | timeout | stalled | output_limit | lost | ...

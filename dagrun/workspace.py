@@ -199,6 +199,7 @@ def goal_branch(g: str) -> str:
 
 @dataclass(frozen=True)
 class Prepared:
+    """A task's git worktree, made before its attempt starts."""
     path: str                 # the worktree
     branch: str
     base: str                 # the base's name as in the plan
@@ -390,6 +391,7 @@ def diffstat(home: Home, g: str, t: str) -> tuple[str, str] | None:
 # ================================================================================ integrate
 @dataclass
 class Integration:
+    """What integrating a goal's task branches did: the branches merged, those skipped, the head."""
     goal: str
     branch: str
     head: str
@@ -452,6 +454,7 @@ def integrate(home: Home, plan: Plan, into: str | None = None) -> Integration:
 # ================================================================================ gc
 @dataclass
 class GcItem:
+    """A worktree or branch that `dagrun workspace gc` removes."""
     goal: str
     what: str          # worktree | branch
     name: str

@@ -411,3 +411,46 @@ def test_another_processs_lines_read_before_a_sleep_are_not_lost(tmp_path):
     finally:
         ev.release()
         eng.watcher.close()
+
+
+def test_the_engines_count_of_tasks_left_is_kept_by_its_schedulers_not_summed_per_dispatch(tmp_path):
+    """Engine._dispatch sizes the spare pool by the tasks left over every goal it serves. It
+    used to sum each goal's counts on every dispatch (O(goals) a turn in a long-lived home);
+    now the schedulers keep one tally (scheduler.Tally), attached when a goal's scheduler is
+    built, swapped on a rebuild, taken out when the goal is dropped. Checked at every dispatch
+    of a three-goal engine whose goals are rebuilt on every other turn, and one goal (its tasks
+    behind an approval gate, none running) dropped half-way and found again."""
+    from dagrun import scheduler as sc
+    from dagrun.engine import Engine
+    from dagrun.simrun import FakeRunner, Outcome
+
+    h = Home(str(tmp_path / "home"))
+    for g, n in (("a", 12), ("b", 8), ("c", 30)):
+        tasks = [{"id": f"t{i}", "prompt": "x", "deps": [f"t{i - 1}"] if i % 3 else []} for i in range(n)]
+        if g == "c":
+            tasks = [{"id": "gate", "prompt": "x", "approval": {"prompt": "go?"}},
+                     *({**x, "deps": x["deps"] or ["gate"]} for x in tasks)]
+        run("submit", write_plan(tmp_path / g, tasks, goal=g, defaults={"agent": "true"}), home=h.root)
+    eng = Engine(h, jobs=3, until_idle=True, runner=FakeRunner(lambda launch: Outcome(after=0.005)))
+    dispatch, seen, dropped = eng._dispatch, [], []
+
+    def left():
+        return sum(gs.sched.n(sc.WAITING) + gs.sched.n(sc.READY) + gs.sched.n(sc.RETRYING)
+                   for gs in eng.goals.values())
+
+    def checked():
+        for gs in list(eng.goals.values()):
+            if len(seen) % 2:
+                eng._resync(gs)                                    # a rebuilt scheduler replaces the old one
+        if len(seen) == 5:
+            dropped.append(eng.goals["c"].sched.left())
+            eng._drop_goal("c")                                    # removed with 30 tasks left
+            dropped.append("c" in eng.goals)
+        before = left()
+        dispatch()
+        seen.append((eng._left, before, eng._tally.left, left()))
+    eng._dispatch = checked
+    eng.run()
+    assert len(seen) > 6 and dropped == [30, False]
+    assert [(x[0], x[2]) for x in seen] == [(x[1], x[3]) for x in seen]
+    assert seen[-1] == (30, 30, 30, 30)                            # c's, found again, behind its gate

@@ -326,3 +326,46 @@ def test_would_block_follows_each_rule():
     assert s.take() in ("a", "b") and s.take() in ("a", "b")
     s.finish("b", "failed")
     assert sorted(s.would_block("a")) == ["nf", "one", "x", "y"]   # now one_success has no chance left
+
+
+def test_a_tally_counts_the_tasks_left_of_every_attached_scheduler_through_every_change():
+    """Tally: the engine's dispatch reads the tasks still to start (waiting, ready, retrying)
+    over all its goals as one number, which each scheduler keeps current as its tasks change
+    state (take, finish, retrying, requeue, a rebuild's load) and gives back on detach --
+    instead of summing every goal's counts on every turn."""
+    import random
+    from dagrun.scheduler import Tally, _Shadow
+    rng = random.Random(11)
+    tally = Tally()
+    live: list[Scheduler] = []
+    for step in range(600):
+        op = rng.random()
+        if op < 0.08 or not live:
+            s = Scheduler(random_dag(rng, rng.randint(1, 25), most_soft=1))
+            s.attach(tally)
+            live.append(s)
+        elif op < 0.12:
+            live.pop(rng.randrange(len(live))).detach()            # a goal dropped
+        elif op < 0.16:
+            s = rng.choice(live)
+            s.load({t: "done" for t in rng.sample(s.ids, len(s.ids) // 2)})   # rebuilt in place
+        else:
+            s = rng.choice(live)
+            running = [t for t in s.ids if s.state_of(t) == "running"]
+            retrying = [t for t in s.ids if s.state_of(t) == "retrying"]
+            if retrying and rng.random() < 0.5:
+                s.requeue(rng.choice(retrying))
+            elif running and rng.random() < 0.6:
+                t = rng.choice(running)
+                if rng.random() < 0.2:
+                    s.retrying(t)
+                else:
+                    _Shadow(s).finish(t, "failed")                   # a prediction counts nothing
+                    s.finish(t, rng.choice(["done", "done", "failed", "cancelled"]))
+            else:
+                s.take()
+        assert tally.left == sum(x.left() for x in live), step
+        assert all(x.left() == x.n(0) + x.n(1) + x.n(3) for x in live)
+    for s in live:
+        s.detach()
+    assert tally.left == 0

@@ -271,6 +271,44 @@ def test_a_first_claim_is_its_folder_and_claim_in_one_rename(tmp_path):
         fsio.stop_spares()
 
 
+def test_a_task_folder_born_with_its_claim_is_not_listed_again(tmp_path, monkeypatch):
+    """claim_task reads a task's folder (markers, attempts/, half-done breaks) once it holds
+    the claim. A first claim made the folder itself, in one rename of a spare nest holding
+    only claim/: that listdir (5 syscalls a task: open, fstat, 2 getdents, close) can only
+    say [claim], so acquire() says NEW and claim_task skips it; a folder that existed (a
+    retry, a claim without a nest) is still listed, and a marker there still refuses."""
+    from dagrun import lifecycle
+    from dagrun.plan import parse
+    home = Home(str(tmp_path / "home"))
+    home.ensure()
+    os.makedirs(home.tasks_dir("g"))
+    plan = parse(b'{"goal": "g", "defaults": {"agent": "true"}, "tasks": [{"id": "t1", "prompt": "x"}, '
+                 b'{"id": "t2", "prompt": "y"}]}', shown="p", source=str(tmp_path / "p.json"), default_goal="g")
+    listed, listdir = [], os.listdir
+    tasks = home.tasks_dir("g")                              # (the pool's threads list .spare/)
+    monkeypatch.setattr(os, "listdir", lambda p: (listed.append(p) if os.path.dirname(str(p)) == tasks else None) or listdir(p))
+    pool = fsio.start_spares(home.root, threads=1, target=4, nest=CLAIM)
+    try:
+        end = time.monotonic() + 20
+        while pool is not None and not pool._nests and time.monotonic() < end:
+            time.sleep(0.02)
+        if pool is None or not pool._nests:
+            pytest.skip("no renameat2(RENAME_NOREPLACE) on this file system: claims use mkdir")
+        c = lifecycle.claim_task(home, plan, "t1", worker="w", kind="engine")
+        assert c is not None and c.attempt == 1 and listed == []
+        assert sorted(os.listdir(home.task_dir("g", "t1"))) == [CLAIM, "prompt.md"]
+        claims.release(home, "g", "t1")
+        c = lifecycle.claim_task(home, plan, "t1", worker="w", kind="engine")     # the folder exists
+        assert c is not None and set(listed) == {home.task_dir("g", "t1")}
+        claims.release(home, "g", "t1")
+        os.makedirs(home.task_dir("g", "t2"))
+        open(os.path.join(home.task_dir("g", "t2"), "done"), "w").close()
+        assert lifecycle.claim_task(home, plan, "t2", worker="w", kind="engine") is None
+        assert listed[-1] == home.task_dir("g", "t2")
+    finally:
+        fsio.stop_spares()
+
+
 def test_a_claim_born_in_an_old_spare_nest_is_judged_by_its_birth(tmp_path):
     """A nest waits in the pool for a while; renaming it into place as a task folder sets the
     nest's ctime but not that of the claim inside it. A claim without owner.json (its engine
