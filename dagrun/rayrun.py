@@ -569,7 +569,10 @@ class RayRunner:
         if self._looking is not None:
             return
         now = time.monotonic()
-        due = [t for t in self._tasks.values() if t.node is None and t.result is _PENDING and t.look_at <= now]
+        # with those due now, those due within LOOK_EVERY: a fan-out's attempts, submitted one
+        # after the other over a few turns, are read together, not in a read per turn or two
+        soon = now + LOOK_EVERY
+        due = [t for t in self._tasks.values() if t.node is None and t.result is _PENDING and t.look_at <= soon]
         for t in due:
             t.look_every = min(t.look_every * 2, LOOK_MAX)
             t.look_at = now + t.look_every
