@@ -28,6 +28,7 @@ venv, each in its own child process (default: this checkout). Needs RAY_ADDRESS.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -56,6 +57,7 @@ def child(root: str, n: int) -> None:
         if f is None:
             return
 
+        @functools.wraps(f)         # (its signature stays the function's: rayrun inspects it)
         def w(*a, **k):
             if before:
                 marks.append((before, now()))
