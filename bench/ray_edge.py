@@ -19,13 +19,16 @@ its functions are wrapped to take a timestamp at each step:
 and of the Ray task: submission -> run_agent begins on the node -> it returns -> the callback.
 
 and prints the median of each gap over the chain's edges, REPS runs interleaved between the
-checkouts given. CHECKOUTS=name=DIR;... measures other source trees (e.g. main) with this
+checkouts given. FANOUT=N also runs a fan-out of N no-op tasks (-j N) in the same process after
+the chain: its steady time a task (first commit to last, over N-1) and the process's CPU a
+task, beside the floor's (N agent tasks submitted at once, ray.wait one at a time). CHECKOUTS=name=DIR;... measures other source trees (e.g. main) with this
 venv, each in its own child process (default: this checkout). Needs RAY_ADDRESS.
 
-    RAY_ADDRESS=127.0.0.1:6379 REPS=5 CHECKOUTS="base=/tmp/old;now=." .venv/bin/python bench/ray_edge.py 40
+    RAY_ADDRESS=127.0.0.1:6379 REPS=5 FANOUT=100 CHECKOUTS="base=/tmp/old;now=." .venv/bin/python bench/ray_edge.py 40
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -54,6 +57,7 @@ def child(root: str, n: int) -> None:
         if f is None:
             return
 
+        @functools.wraps(f)         # (its signature stays the function's: rayrun inspects it)
         def w(*a, **k):
             if before:
                 marks.append((before, now()))
@@ -116,6 +120,26 @@ def child(root: str, n: int) -> None:
         rc = eng.run()
         assert rc == 0, rc
         floor = floor_chain(ray, d, n)
+        fan = int(os.environ.get("FANOUT") or 0)
+        if fan > 1:                 # the fan-out: steady time a task (first commit to last) and CPU
+            at = len(marks)
+            p = os.path.join(d, "fan.json")
+            with open(p, "w") as f:
+                json.dump({"goal": "fan", "defaults": {"agent": "true", "runner": "ray"},
+                           "tasks": [{"id": f"f{i}", "prompt": "p"} for i in range(fan)]}, f)
+            g = submit(home, p).goal
+            r = rayrun.RayRunner()
+            r._init({})
+            eng = engine.Engine(home, jobs=fan, goal=g, until_idle=True, runner=r)
+            c0 = time.process_time()
+            rc = eng.run()
+            cpu = time.process_time() - c0
+            assert rc == 0, rc
+            ends = [t for k, t in marks[at:] if k == "commit1"]
+            fan_out = {"fan-out steady a task": [(ends[-1] - ends[0]) / (len(ends) - 1) * 1000],
+                       "fan-out driver CPU a task": [cpu / fan * 1000]}
+            fan_out.update(floor_fanout(ray, d, fan))
+        del marks[at if fan > 1 else len(marks):]
     # split at each callback: one edge is cb(i) .. the next submission
     edges: list[dict] = []
     cur: dict | None = None
@@ -151,7 +175,17 @@ def child(root: str, n: int) -> None:
     gaps["task (cb to cb)"] = [(b - a) * 1000 for a, b in zip(cbs, cbs[1:])]
     for k, v in floor.items():
         gaps[k] = v
+    if fan > 1:
+        gaps.update(fan_out)
     print(json.dumps({k: statistics.median(v) for k, v in gaps.items()}))
+
+
+def floor_env(d: str) -> dict:
+    """The floor's environment: the driver's plus the DAGRUN_* variables dagrun sends."""
+    return {**os.environ, **{k: os.path.join(d, k) for k in (
+        "DAGRUN_HOME", "DAGRUN_GOAL", "DAGRUN_TASK", "DAGRUN_ATTEMPT", "DAGRUN_TASK_DIR", "DAGRUN_PROMPT_FILE",
+        "DAGRUN_OUTPUT_FILE", "DAGRUN_WORKER", "DAGRUN_USAGE_FILE", "DAGRUN_RAW_FILE", "DAGRUN_CHECK_FILE",
+        "DAGRUN_HEARTBEAT_FILE", "DAGRUN_RUN_ID")}}
 
 
 def floor_chain(ray, d: str, n: int) -> dict[str, list[float]]:
@@ -167,10 +201,7 @@ def floor_chain(ray, d: str, n: int) -> dict[str, list[float]]:
     prompt_path = os.path.join(d, "prompt-floor.md")
     with open(prompt_path, "w") as f:
         f.write("p")
-    env = {**os.environ, **{k: os.path.join(d, k) for k in (
-        "DAGRUN_HOME", "DAGRUN_GOAL", "DAGRUN_TASK", "DAGRUN_ATTEMPT", "DAGRUN_TASK_DIR", "DAGRUN_PROMPT_FILE",
-        "DAGRUN_OUTPUT_FILE", "DAGRUN_WORKER", "DAGRUN_USAGE_FILE", "DAGRUN_RAW_FILE", "DAGRUN_CHECK_FILE",
-        "DAGRUN_HEARTBEAT_FILE", "DAGRUN_RUN_ID")}}
+    env = floor_env(d)
     ray.get([agent.remote("true", d, env, b"p") for _ in range(2)])
     out: dict[str, list[float]] = {}
     last = None
@@ -189,6 +220,33 @@ def floor_chain(ray, d: str, n: int) -> dict[str, list[float]]:
             out.setdefault("floor task", []).append((t2 - last) * 1000)
         last = t2
     return out
+
+
+def floor_fanout(ray, d: str, n: int) -> dict[str, list[float]]:
+    """The honest floor of a fan-out (bench/cluster.py's): n agent tasks submitted at once,
+    their results taken as they come (ray.wait, one at a time); steady time a task (first
+    result to last) and this process's CPU a task."""
+    @ray.remote(num_cpus=1, max_retries=0)
+    def agent(cmd, cwd, env, prompt):
+        p = subprocess.run(["/bin/sh", "-c", cmd], cwd=cwd, env=env, input=prompt, capture_output=True)
+        return p.returncode, p.stdout, p.stderr
+
+    prompt_path = os.path.join(d, "prompt-floor.md")
+    env = floor_env(d)
+    ray.get(agent.remote("true", d, env, b"p"))
+    c0 = time.process_time()
+    left = []
+    for i in range(n):
+        with open(prompt_path, "rb") as f:
+            prompt = f.read()
+        left.append(agent.remote("true", d, {**env, "DAGRUN_TASK": f"f{i}", "DAGRUN_RUN_ID": f"r{i}"}, prompt))
+    ends = []
+    while left:
+        done, left = ray.wait(left, num_returns=1)
+        ray.get(done[0])
+        ends.append(time.time())
+    cpu = time.process_time() - c0
+    return {"floor fan-out steady": [(ends[-1] - ends[0]) / (n - 1) * 1000], "floor fan-out CPU": [cpu / n * 1000]}
 
 
 def main() -> None:

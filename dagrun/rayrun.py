@@ -58,7 +58,6 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
     attempt ends here."""
     import select
     import subprocess
-    import tempfile
 
     node = socket.gethostname()
     if not os.path.isdir(cwd):
@@ -77,7 +76,7 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
     # (written to the guard's state file, which it reads only once the worker is gone: no
     # wake-up of the guard per attempt -- its pipe, written three times an attempt, cost
     # ~0.25 ms of the attempt's time on a loaded machine)
-    with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with _scratch() as stdin, _scratch() as out, _scratch() as err:
         stdin.write(prompt)
         stdin.seek(0)
         p = None
@@ -144,6 +143,17 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
         err.seek(0)
         return {"code": p.returncode, "stdout": data[:max_output] if over else data, "over_limit": over,
                 "stderr": err.read(), "node": node}
+
+
+def _scratch():
+    """A file for the agent's stdin, stdout or stderr on the node: an anonymous in-memory file
+    (memfd_create(2): no directory entry, no file system's journal or inode allocation), else
+    an unnamed temporary file. Its content is held in memory on its way back anyway."""
+    try:
+        return open(os.memfd_create("dagrun-ray-io"), "w+b")
+    except (AttributeError, OSError):
+        import tempfile
+        return tempfile.TemporaryFile()
 
 
 KV_NS = b"dagrun"          # Ray's internal KV: b"node/RUNID" -> the node of a long attempt
@@ -331,11 +341,16 @@ class RayRunner:
         self._tasks: dict[str, _Task] = {}
         self._ray = None
         self._remote = None
-        self._fns: dict = {}               # (resources, name) -> the remote function with those options
+        self._fns: dict = {}               # resources -> the options of run_agent's Ray task (checked once)
+        self._direct = None                # the remote function's submission (_submit)
+        self._env_info = None
+        self._base_opts: dict = {}
         self._warm: threading.Thread | None = None
         self._warm_error: BaseException | None = None
         self._ended: set[str] = set()      # keys whose result arrived (set by Ray's callback thread)
         self._next_look: float | None = None   # the earliest look_at of an attempt without a node
+        self._looking: threading.Thread | None = None   # the read of nodes from Ray's KV under way
+        self._found: set[str] = set()      # keys whose node that read found (exits() names them once)
         self._took = False                 # exits() drained the bell this turn
         self._lock = threading.Lock()
         self._bell = os.pipe()             # the callback rings it: the driver's poll(2) wakes at once
@@ -405,6 +420,18 @@ class RayRunner:
         import sys
         cp.register_pickle_by_value(sys.modules[__name__])
         self._remote = ray.remote(max_retries=0)(run_agent)
+        # the remote function's own submission (what .options(...).remote() calls, with the
+        # options merged), if this Ray has it as 2.x does
+        import inspect
+        direct = getattr(self._remote, "_remote", None)
+        try:
+            ok = direct is not None and {"args", "kwargs", "serialized_runtime_env_info"} <= set(
+                inspect.signature(direct).parameters) and hasattr(self._remote, "_serialized_base_runtime_env_info")
+        except (TypeError, ValueError):
+            ok = False
+        self._direct = direct if ok else None
+        self._env_info = getattr(self._remote, "_serialized_base_runtime_env_info", None)
+        self._base_opts = {k: v for k, v in getattr(self._remote, "_default_options", {}).items() if k != "max_calls"}
         self._ray = ray
 
     def start(self, launch: Launch) -> dict:
@@ -421,9 +448,8 @@ class RayRunner:
         env[RUN_ID_VAR] = launch.run_id
         tid = None
         try:
-            fn = self._fn(res, spec.get("name") or "dagrun")
-            ref = fn.remote(launch.agent, launch.cwd, env, prompt, launch.max_output,
-                            float(spec.get("kill_grace") or 5.0), PLACE_AFTER)
+            ref = self._submit(res, spec.get("name") or "dagrun", (launch.agent, launch.cwd, env, prompt,
+                               launch.max_output, float(spec.get("kill_grace") or 5.0), PLACE_AFTER))
             tid = ref.task_id().hex()
             handle = {"runner": self.name, "task_id": tid, "driver": os.getpid(),
                       "host": socket.gethostname(), "run_id": launch.run_id}
@@ -443,21 +469,28 @@ class RayRunner:
             raise StartError(f"ray: {e}") from None
         return handle
 
-    def _fn(self, res: dict, name: str):
-        """The remote function with this attempt's options (num_cpus, memory, num_gpus, its name),
-        made once per distinct set (Ray's .options() builds a new wrapper each call)."""
-        key = (res.get("cpus", 1), res.get("mem"), res.get("gpu"), name)
-        fn = self._fns.get(key)
-        if fn is None:
-            o: dict = {"num_cpus": key[0]}
+    def _submit(self, res: dict, name: str, args: tuple):
+        """Submit run_agent with this attempt's options (num_cpus, memory, num_gpus; its name).
+        The options are checked by Ray's .options() once per distinct resources; each attempt
+        then goes to the remote function's own submission with them and its name -- the name
+        is the task's, so a wrapper made by .options() per name was a new one per task (a class
+        built, the options merged and checked again: ~0.04 ms of each chain edge). A Ray
+        whose RemoteFunction lacks that entry gets .options(...).remote() each time."""
+        key = (res.get("cpus", 1), res.get("mem"), res.get("gpu"))
+        o = self._fns.get(key)
+        if o is None:
+            o = {"num_cpus": key[0]}
             if key[1] is not None:
                 o["memory"] = _mem_bytes(key[1])
             if key[2]:
                 o["num_gpus"] = key[2]
-            if len(self._fns) >= 1024:      # (a plan of many distinct names: bounded)
+            self._remote.options(**o, name=name)        # invalid options raise here, once
+            if len(self._fns) >= 1024:      # (a plan of many distinct resources: bounded)
                 self._fns.clear()
-            fn = self._fns[key] = self._remote.options(**o, name=name)
-        return fn
+            o = self._fns[key] = {**self._base_opts, **o}
+        if self._direct is None:
+            return self._remote.options(**o, name=name).remote(*args)
+        return self._direct(args=args, kwargs=None, serialized_runtime_env_info=self._env_info, **o, name=name)
 
     def _done(self, key: str, result) -> None:
         """Ray's callback thread: the attempt's result (or failure) arrived -- its Ray task has
@@ -504,6 +537,9 @@ class RayRunner:
         self._took = True
         with self._lock:
             keys = set(self._ended)
+            if self._found:
+                keys |= self._found
+                self._found = set()
         nl = self._next_look
         if nl is not None and nl <= time.monotonic():
             now = time.monotonic()
@@ -523,28 +559,56 @@ class RayRunner:
 
     def _look(self) -> None:
         """Read the node of every attempt due for a look from Ray's internal KV, in one call
-        (run_agent puts it there once its agent ran PLACE_AFTER seconds); look again later,
-        less and less often, at those not there yet (still queued for a worker)."""
+        (run_agent puts it there once its agent ran PLACE_AFTER seconds) made by a thread of
+        its own: the loop never waits for the GCS (a round trip of ~1 ms, up to KV_TIMEOUT
+        when the GCS is slow; a fan-out of queued attempts made ~20 such reads a run, each
+        stalling the commits and submissions behind it). One read at a time; the attempts
+        in it are due again later, less and less often (still queued for a worker), unless it
+        found them: those go into _found, which exits() names once (the engine then asks
+        node() and gets it), and the read rings the bell."""
+        if self._looking is not None:
+            return
         now = time.monotonic()
-        due = [t for t in self._tasks.values() if t.node is None and t.result is _PENDING and t.look_at <= now]
+        # with those due now, those due within LOOK_EVERY: a fan-out's attempts, submitted one
+        # after the other over a few turns, are read together, not in a read per turn or two
+        soon = now + LOOK_EVERY
+        due = [t for t in self._tasks.values() if t.node is None and t.result is _PENDING and t.look_at <= soon]
+        for t in due:
+            t.look_every = min(t.look_every * 2, LOOK_MAX)
+            t.look_at = now + t.look_every
+        self._next_look = min((t.look_at for t in self._tasks.values()
+                               if t.node is None and t.result is _PENDING), default=None)
+        if not due:
+            return
+        self._looking = threading.Thread(target=self._read_nodes, args=(due,), name="dagrun-ray-nodes", daemon=True)
+        self._looking.start()
+
+    def _read_nodes(self, due: list) -> None:
+        """The look's thread: one batched read of the KV, the nodes found into their _Task."""
         keys = [b"node/" + t.handle["run_id"].encode() for t in due]
-        from ray.experimental import internal_kv as kv
+        got: dict = {}
         try:
+            from ray.experimental import internal_kv as kv
             try:
                 got = kv.internal_kv_get_gcs_client().internal_kv_multi_get(keys, KV_NS, timeout=KV_TIMEOUT)
             except AttributeError:  # (a Ray without the batched call: one call each)
                 got = {k: kv._internal_kv_get(k, namespace=KV_NS) for k in keys}
         except Exception:           # noqa: BLE001 -- the GCS unreachable: later
             got = {}
+        found = set()
         for t, k in zip(due, keys):
             v = got.get(k)
             if v:
                 t.node = v.decode(errors="replace")
-            else:
-                t.look_every = min(t.look_every * 2, LOOK_MAX)
-                t.look_at = now + t.look_every
-        self._next_look = min((t.look_at for t in self._tasks.values()
-                               if t.node is None and t.result is _PENDING), default=None)
+                found.add(t.handle["task_id"])
+        with self._lock:
+            self._found |= found
+            self._looking = None
+        if found:                   # (nothing found: the next look is already in wakeup()'s timeout)
+            try:
+                os.write(self._bell[1], b"x")
+            except OSError:
+                pass
 
     def poll(self, handle: dict) -> Exit | None:
         k = self.key(handle)
@@ -612,6 +676,9 @@ class RayRunner:
     def close(self) -> None:
         # an attempt still running when its driver ends is stopped here (Ray would stop it
         # too once it sees the driver gone -- sooner or later, and not if the driver lingers)
+        looking = self._looking
+        if looking is not None:      # (a read of the KV under way: over within KV_TIMEOUT)
+            looking.join(KV_TIMEOUT + 1.0)
         for t in list(self._tasks.values()):
             try:
                 self._ray.cancel(t.ref, force=True)

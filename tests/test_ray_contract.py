@@ -282,3 +282,56 @@ def test_a_long_attempts_node_is_learnt_from_rays_kv_and_its_key_goes_with_it(tm
     # (its ref raises) or the remote function sees its agent killed first and returns that
     assert res["ends exit"] == "exit code 0", res
     assert res["killed exit"] in ("ray task cancelled (SIGKILL)", "killed by SIGKILL"), res
+
+
+def test_the_loop_never_waits_for_rays_kv_to_learn_where_an_attempt_runs(tmp_path, monkeypatch):
+    """node() of an attempt due for a look at Ray's KV returns at once, whatever the GCS takes:
+    the read runs in a thread of its own; when it found the node, the runner's wakeup() fd
+    rings, exits() names the attempt, and node() says where it runs. (No Ray needed: a stand-in
+    for Ray's internal KV that answers after 0.6 s.)"""
+    import select
+    import threading
+    import time
+    import types
+
+    from dagrun import rayrun
+    from dagrun.executor import Launch
+
+    calls: list[list[bytes]] = []
+
+    class Gcs:
+        def internal_kv_multi_get(self, keys, ns, timeout=None):
+            calls.append(list(keys))
+            time.sleep(0.6)
+            return {k: b"node7" for k in keys}
+
+    kv = types.ModuleType("ray.experimental.internal_kv")
+    kv.internal_kv_get_gcs_client = lambda: Gcs()
+    exp = types.ModuleType("ray.experimental")
+    exp.internal_kv = kv
+    fake_ray = types.ModuleType("ray")
+    fake_ray.experimental = exp
+    for name, mod in (("ray", fake_ray), ("ray.experimental", exp), ("ray.experimental.internal_kv", kv)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    r = rayrun.RayRunner()
+    try:
+        launch = Launch(agent="true", cwd=str(tmp_path), env={}, stdin_path="", stdout_path="", stderr_path="",
+                        run_id="rid-1", runner="ray", spec={})
+        h = {"runner": "ray", "task_id": "t1", "run_id": "rid-1"}
+        now = time.monotonic()
+        r._tasks["t1"] = rayrun._Task(threading.Event(), h, launch, now - 0.01, now - 1.0)   # due for a look
+        r._next_look = now - 0.01
+        t0 = time.monotonic()
+        assert r.node(h) is None
+        assert time.monotonic() - t0 < 0.3, "node() waited for the KV"
+        assert r.node(h) is None and len(calls) == 1          # one read at a time
+        w = r.wakeup()
+        assert select.select(list(w.fds), [], [], 5.0)[0], "the read's end did not ring"
+        ready = set(w.fds)
+        assert r.exits(ready) == {"t1"}
+        r.service(ready)
+        assert r.node(h) == "node7"
+        assert calls == [[b"node/rid-1"]]
+        assert r.exits(set()) == set()                         # named once
+    finally:
+        r.close()
