@@ -434,12 +434,25 @@ def pytest_xdist_auto_num_workers(config):
     things -- an agent's sleep, a lease or a grace running out, a daemon starting -- so with
     one worker per core a core idles while its test waits: on main, 2 workers took 447 s of
     wall for 707 s of CPU, i.e. a fifth of the workers' time was waiting. A half worker more
-    keeps both cores busy. PYTEST_XDIST_AUTO_NUM_WORKERS=N overrides it."""
+    keeps both cores busy. PYTEST_XDIST_AUTO_NUM_WORKERS=N overrides it.
+
+    One worker more when a Slurm cluster is configured (SLURM_CONF names a file, sbatch is on
+    PATH: the `slurm` tests will run, as in CI): the schedule keeps one worker on the Slurm
+    tests from the first second (tests/xdist_schedule.py), and that worker mostly waits for
+    the cluster (~17 s of CPU in a 150 s chain, `pytest -n 0 -m slurm`), so without it the
+    Slurm, Ray and real-CLI chains held all three workers at the start of CI's run and the
+    cores idled (docs/performance.md, "The services' chains")."""
     env = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
     if env:
         return int(env)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return cores + (cores + 1) // 2
+    return cores + (cores + 1) // 2 + (1 if slurm_configured() else 0)
+
+
+def slurm_configured() -> bool:
+    """A Slurm cluster is configured here (cheap: no Slurm command is run)."""
+    conf = os.environ.get("SLURM_CONF") or "/etc/slurm/slurm.conf"
+    return os.path.isfile(conf) and shutil.which("sbatch") is not None
 
 
 @pytest.hookimpl(hookwrapper=True)
