@@ -522,6 +522,33 @@ def need_slurm() -> None:
         pytest.skip(f"{why}; start one with .ci/slurm-up.sh and export SLURM_CONF")
 
 
+SLURM_END_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
+                    "BOOT_FAIL", "DEADLINE"}
+
+
+def sbatch_wait(args: list[str], env: dict | None = None, timeout: float = 240) -> tuple[int, int]:
+    """`sbatch --wait args...` without its waits: (job id, the job's exit code; 128+N for a
+    signal). sbatch --wait asks for the job's state after 2 s, then 8 s, then 32 s (Slurm
+    22.05's _job_wait), so a driver job that ran 3 s returned after 10 s; this asks
+    `scontrol` every 0.1 s until the job is in an end state (COMPLETING is not one: the batch
+    script's output is whole only after it)."""
+    r = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True, env=env, timeout=60)
+    if r.returncode != 0:
+        raise AssertionError(f"sbatch {args} exited {r.returncode}: {r.stderr}")
+    job = int(r.stdout.strip().split(";")[0])
+    deadline = time.monotonic() + timeout
+    while True:
+        out = subprocess.run(["scontrol", "-o", "show", "job", str(job)], capture_output=True, text=True).stdout
+        info = dict(x.split("=", 1) for x in out.split() if "=" in x)
+        if info.get("JobState") in SLURM_END_STATES:
+            code, _, sig = info.get("ExitCode", "0:0").partition(":")
+            return job, (128 + int(sig)) if sig and int(sig) else int(code)
+        if time.monotonic() > deadline:
+            subprocess.run(["scancel", str(job)], capture_output=True)
+            raise AssertionError(f"slurm job {job} still {info.get('JobState')} after {timeout} s")
+        time.sleep(0.1)
+
+
 @pytest.fixture
 def cluster() -> None:
     """A Slurm cluster answers here (need_slurm): skipped without one, failing under CI=true."""

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DAGRUN, EXAMPLES, events, kill_group, outputs, processes_with_env, run, spawn, task_dir, wait_for, \
-    write_plan
+from conftest import DAGRUN, EXAMPLES, events, kill_group, outputs, processes_with_env, run, sbatch_wait, spawn, \
+    task_dir, wait_for, write_plan
 
 slurm = pytest.mark.slurm
 
@@ -408,11 +408,9 @@ def test_steps_mode_runs_the_tasks_as_steps_of_the_drivers_allocation(tmp_path, 
     assert not [e for e in events(home, "st") if e.get("status") == "running"]      # submitted, nothing started
     # the driver as the batch script of one job holding 2 CPUs: every task is a step of it
     env, calls = sbatch_calls
-    r = subprocess.run(["sbatch", "--wait", "--parsable", "-n", "2", f"--output={tmp_path / 'driver.log'}",
-                        "--wrap", f"{DAGRUN} --home={home} run -q -j 2 {p}"],
-                       capture_output=True, text=True, env={**os.environ, **env}, timeout=180)
-    assert r.returncode == 0, (r.stderr, (tmp_path / "driver.log").read_text())
-    job = int(r.stdout.strip().split(";")[0])
+    job, rc = sbatch_wait(["-n", "2", f"--output={tmp_path / 'driver.log'}", "--wrap", f"{DAGRUN} --home={home} run -q -j 2 {p}"],
+                          env={**os.environ, **env}, timeout=180)
+    assert rc == 0, (tmp_path / "driver.log").read_text()
     assert "goal st done: 20 done" in (tmp_path / "driver.log").read_text()
     assert len(calls.read_text().splitlines()) == 1                 # our sbatch only: no job per task
     outs = outputs(home, "st")
@@ -481,10 +479,9 @@ def test_steps_die_with_a_killed_driver_and_the_next_driver_runs_them_again(tmp_
                  what="the driver's job ended")
         wait_for(lambda: step not in _steps(job), timeout=30, what="the step gone")
         wait_for(lambda: not processes_with_env("DAGRUN_HOME", str(home)), timeout=35, what="the agent killed")
-        r = subprocess.run(["sbatch", "--wait", "--parsable", "-n", "1", f"--output={tmp_path / 'driver2.log'}",
-                            "--wrap", f"{DAGRUN} --home={home} run -q {p}"], capture_output=True, text=True, timeout=120)
-        job2 = int(r.stdout.strip().split(";")[0])
-        assert r.returncode == 0, (tmp_path / "driver2.log").read_text()
+        job2, rc = sbatch_wait(["-n", "1", f"--output={tmp_path / 'driver2.log'}", "--wrap", f"{DAGRUN} --home={home} run -q {p}"],
+                               timeout=120)
+        assert rc == 0, (tmp_path / "driver2.log").read_text()
     finally:
         _scancel_all([job])
     assert (task_dir(home, "st", "a") / "output").read_text() == f"ran {job2}"
