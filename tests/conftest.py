@@ -434,12 +434,25 @@ def pytest_xdist_auto_num_workers(config):
     things -- an agent's sleep, a lease or a grace running out, a daemon starting -- so with
     one worker per core a core idles while its test waits: on main, 2 workers took 447 s of
     wall for 707 s of CPU, i.e. a fifth of the workers' time was waiting. A half worker more
-    keeps both cores busy. PYTEST_XDIST_AUTO_NUM_WORKERS=N overrides it."""
+    keeps both cores busy. PYTEST_XDIST_AUTO_NUM_WORKERS=N overrides it.
+
+    One worker more when a Slurm cluster is configured (SLURM_CONF names a file, sbatch is on
+    PATH: the `slurm` tests will run, as in CI): the schedule keeps one worker on the Slurm
+    tests from the first second (tests/xdist_schedule.py), and that worker mostly waits for
+    the cluster (~17 s of CPU in a 150 s chain, `pytest -n 0 -m slurm`), so without it the
+    Slurm, Ray and real-CLI chains held all three workers at the start of CI's run and the
+    cores idled (docs/performance.md, "The services' chains")."""
     env = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
     if env:
         return int(env)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return cores + (cores + 1) // 2
+    return cores + (cores + 1) // 2 + (1 if slurm_configured() else 0)
+
+
+def slurm_configured() -> bool:
+    """A Slurm cluster is configured here (cheap: no Slurm command is run)."""
+    conf = os.environ.get("SLURM_CONF") or "/etc/slurm/slurm.conf"
+    return os.path.isfile(conf) and shutil.which("sbatch") is not None
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -507,6 +520,33 @@ def need_slurm() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{why} (CI must start Slurm: .ci/slurm-up.sh)")
         pytest.skip(f"{why}; start one with .ci/slurm-up.sh and export SLURM_CONF")
+
+
+SLURM_END_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
+                    "BOOT_FAIL", "DEADLINE"}
+
+
+def sbatch_wait(args: list[str], env: dict | None = None, timeout: float = 240) -> tuple[int, int]:
+    """`sbatch --wait args...` without its waits: (job id, the job's exit code; 128+N for a
+    signal). sbatch --wait asks for the job's state after 2 s, then 8 s, then 32 s (Slurm
+    22.05's _job_wait), so a driver job that ran 3 s returned after 10 s; this asks
+    `scontrol` every 0.1 s until the job is in an end state (COMPLETING is not one: the batch
+    script's output is whole only after it)."""
+    r = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True, env=env, timeout=60)
+    if r.returncode != 0:
+        raise AssertionError(f"sbatch {args} exited {r.returncode}: {r.stderr}")
+    job = int(r.stdout.strip().split(";")[0])
+    deadline = time.monotonic() + timeout
+    while True:
+        out = subprocess.run(["scontrol", "-o", "show", "job", str(job)], capture_output=True, text=True).stdout
+        info = dict(x.split("=", 1) for x in out.split() if "=" in x)
+        if info.get("JobState") in SLURM_END_STATES:
+            code, _, sig = info.get("ExitCode", "0:0").partition(":")
+            return job, (128 + int(sig)) if sig and int(sig) else int(code)
+        if time.monotonic() > deadline:
+            subprocess.run(["scancel", str(job)], capture_output=True)
+            raise AssertionError(f"slurm job {job} still {info.get('JobState')} after {timeout} s")
+        time.sleep(0.1)
 
 
 @pytest.fixture

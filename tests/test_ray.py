@@ -88,8 +88,9 @@ def test_the_node_of_each_attempt_shows_in_status_events_and_markers(tmp_path):
     import socket
     need_ray()
     node = socket.gethostname()        # the one-node Ray head of the tests runs on this host
+    go = tmp_path / "go"        # a runs until the test has seen it running on its node
     p = write_plan(tmp_path / "plans", [
-        {"id": "a", "prompt": "p", "agent": "sleep 5; printf ok"},
+        {"id": "a", "prompt": "p", "agent": f"until [ -e {go} ]; do sleep 0.05; done; printf ok"},
         {"id": "b", "prompt": "p", "agent": "[ \"$DAGRUN_ATTEMPT\" = 2 ] || exit 4; printf ok", "retries": 1,
          "retry_backoff": 0}], goal="g", runner="ray")
     home = tmp_path / "home"
@@ -102,12 +103,14 @@ def test_the_node_of_each_attempt_shows_in_status_events_and_markers(tmp_path):
             rows = json.loads(r.stdout)["tasks"] if r.returncode == 0 else []
             seen.update({r["task"]: r["node"] for r in rows if r["state"] == "running" and r.get("node")})
             return "a" in seen
-        wait_for(placed_running, timeout=60, what="task a running on a known node")
+        wait_for(placed_running, timeout=60, interval=0.2, what="task a running on a known node")
         assert seen["a"] == node
-        table = run("status", "g", home=home).stdout      # the table: WORKER@NODE (if still running)
-        assert f"@{node}" in table or "done" in table, table
+        table = run("status", "g", home=home).stdout      # the table: WORKER@NODE (a still runs)
+        assert f"@{node}" in table, table
+        go.touch()
         assert d.wait(90) == 0
     finally:
+        go.touch()                  # (a failed test's agent ends too)
         kill_group(d)
     for t in ("a", "b"):
         assert json.loads((task_dir(home, "g", t) / "done").read_text())["node"] == node

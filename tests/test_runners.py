@@ -135,8 +135,9 @@ def test_cancel_stops_a_running_attempt_and_blocks_nothing_it_should_not(tmp_pat
     home = plan_of(tmp_path, "g", spec, deps={"b": ["a"]})
     p = engine(home, "g", runner, spec)
     try:
+        # (60 s: at a load of ~22 the Ray engine's first two tasks took over 20 s to start and end)
         wait_for(lambda: "running" in statuses(home, "g", "a") and os.path.exists(home.marker_path("g", "c", "done")),
-                 what="a running, c done")
+                 timeout=60, what="a running, c done")
         res = control.cancel(home, "g", "a", by="tester", wait=10)
         assert res.cancelled == ["a"] and res.still_running == []
         assert finish(p) == 1

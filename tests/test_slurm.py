@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DAGRUN, EXAMPLES, events, kill_group, outputs, processes_with_env, run, spawn, task_dir, wait_for, \
-    write_plan
+from conftest import DAGRUN, EXAMPLES, events, kill_group, outputs, processes_with_env, run, sbatch_wait, spawn, \
+    task_dir, wait_for, write_plan
 
 slurm = pytest.mark.slurm
 
@@ -209,24 +209,40 @@ def test_a_job_scancelled_behind_dagruns_back_fails_with_the_slurm_reason(tmp_pa
 @slurm
 def test_a_sigkilled_driver_is_restarted_and_reattaches_to_its_jobs(tmp_path, cluster, sbatch_calls, home, plans):
     env, calls = sbatch_calls
-    agent = "sleep 4; printf 'done %s' \"$DAGRUN_TASK\""
+    go = tmp_path / "go"            # the agents run until the test creates it: after the reattach
+    agent = f"until [ -e {go} ]; do sleep 0.05; done; printf 'done %s' \"$DAGRUN_TASK\""
     p = write_plan(plans, [{"id": f"a{i}", "prompt": "p"} for i in range(3)] +
                    [{"id": "z", "prompt": "p", "deps": ["a0", "a1", "a2"]}],
                    goal="g", runner="slurm", defaults={"agent": agent})
     d = spawn("run", "-q", p, home=home, env=env)
+    d2 = None
     jobs = {}
     try:
         wait_for(lambda: all(_job_of(home, "g", f"a{i}") for i in range(3)), timeout=60, what="3 jobs submitted")
         jobs = {f"a{i}": _job_of(home, "g", f"a{i}") for i in range(3)}
         kill_group(d, signal.SIGKILL)                               # the driver dies; the jobs live on
         d.wait(10)
-        assert all(_scontrol(j).get("JobState") in ("RUNNING", "PENDING", "COMPLETING", "COMPLETED")
-                   for j in jobs.values())
-        r = run("run", "-q", p, home=home, env=env, timeout=120)
-        assert "goal g done: 4 done" in r.stdout
+        assert all(_scontrol(j).get("JobState") in ("RUNNING", "PENDING") for j in jobs.values())
+        d2 = spawn("run", "-q", p, home=home, env=env)
+        # the new driver has taken over the three claims of the live jobs (owner.json says so)
+
+        def reattached(t):
+            try:
+                o = json.loads((task_dir(home, "g", t) / "claim" / "owner.json").read_text())
+            except (OSError, ValueError):
+                return False
+            return o.get("reattached") == 1 and o["handle"]["job"] == jobs[t]
+        wait_for(lambda: all(reattached(t) for t in jobs), timeout=60, what="the jobs reattached")
+        go.touch()
+        out, err = d2.communicate(timeout=120)
+        assert d2.returncode == 0, err
+        assert b"goal g done: 4 done" in out
     finally:
+        go.touch()                  # (a failed test's agents end too)
         kill_group(d)
-        _scancel_all(jobs.values())
+        if d2 is not None:
+            kill_group(d2)
+        _scancel_all(jobs.values(), home)
     lines = calls.read_text().splitlines()
     assert len(lines) == 4, lines                                    # a0-a2 once, z once: nothing resubmitted
     for t, j in jobs.items():
@@ -257,7 +273,9 @@ def test_resources_reach_the_job(tmp_path, cluster, home, plans):
 def test_a_job_whose_driver_died_before_publishing_its_handle_is_found_by_run_id_and_cancelled(cluster, home,
                                                                                                  plans):
     """SIGKILL between sbatch and owner.json: the claim is half-born (no owner.json); after the
-    grace the breaker asks the task's runner, which finds the job by its --comment (the run id)."""
+    grace the breaker asks the task's runner, which finds the job by its --comment (the run id).
+    The grace is 1 s here (DAGRUN_CLAIM_GRACE; its 10 s default is test_stale_claims.py's):
+    its length is not what this test checks, and it was 10 of the test's 12 s."""
     from dagrun.lifecycle import run_id
     from dagrun.store import Home
     p = write_plan(plans, [{"id": "a", "prompt": "p", "agent": "printf ok"}], goal="g", runner="slurm")
@@ -268,7 +286,7 @@ def test_a_job_whose_driver_died_before_publishing_its_handle_is_found_by_run_id
                              capture_output=True, text=True, check=True).stdout.strip())
     try:
         wait_for(lambda: _scontrol(job).get("JobState") == "RUNNING", timeout=30, what="the orphan job running")
-        r = run("run", "-q", p, home=home, timeout=120)
+        r = run("run", "-q", p, home=home, timeout=120, env={"DAGRUN_CLAIM_GRACE": "1"})
         assert "goal g done" in r.stdout
         assert _scontrol(job).get("JobState") in ("CANCELLED", "COMPLETING", "FAILED")
         lost = json.loads((task_dir(home, "g", "a") / "attempts" / "1.json").read_text())
@@ -287,9 +305,12 @@ def test_the_node_of_each_attempt_shows_in_status_events_and_markers(tmp_path, c
     runs, its node (what the wrapper wrote as claim/node) goes into owner.json (status shows
     it), into a `placed` event, and at the end into the marker, the attempt record and the
     done / failed event."""
+    # each attempt runs until the test creates go<attempt>: the first ones once status has shown
+    # both running on their node, bad's second once its `placed` event is written
+    wait = f"until [ -e {tmp_path}/go$DAGRUN_ATTEMPT ]; do sleep 0.05; done"
     p = write_plan(plans, [
-        {"id": "ok", "prompt": "p", "agent": "sleep 5; printf ok"},
-        {"id": "bad", "prompt": "p", "agent": "sleep 5; exit 3", "retries": 1, "retry_backoff": 0}],
+        {"id": "ok", "prompt": "p", "agent": f"{wait}; printf ok"},
+        {"id": "bad", "prompt": "p", "agent": f"{wait}; exit 3", "retries": 1, "retry_backoff": 0}],
         goal="g", runner="slurm")
     node = _slurm_node()
     d = spawn("run", "-q", "-j", "2", p, home=home)
@@ -302,13 +323,20 @@ def test_the_node_of_each_attempt_shows_in_status_events_and_markers(tmp_path, c
             rows = json.loads(r.stdout)["tasks"] if r.returncode == 0 else []
             seen.update({r["task"]: r["node"] for r in rows if r["state"] == "running" and r.get("node")})
             return len(seen) == 2
-        wait_for(placed, timeout=60, what="both jobs placed on a node")
+        wait_for(placed, timeout=60, interval=0.2, what="both jobs placed on a node")
         assert seen == {"ok": node, "bad": node}
         jobs = [_job_of(home, "g", t) for t in ("ok", "bad")]
+        (tmp_path / "go1").touch()
+        wait_for(lambda: any(e["type"] == "agent.task.placed" and e.get("task") == "bad" and e.get("attempt") == 2
+                             for e in events(home, "g")), timeout=60, what="bad's second attempt placed")
+        jobs.append(_job_of(home, "g", "bad"))
+        (tmp_path / "go2").touch()
         assert d.wait(120) == 1
     finally:
+        for n in (1, 2):            # (a failed test's agents end too)
+            (tmp_path / f"go{n}").touch()
         kill_group(d)
-        _scancel_all(jobs)
+        _scancel_all(jobs, home)
     done = json.loads((task_dir(home, "g", "ok") / "done").read_text())
     assert done["node"] == node
     failed = json.loads((task_dir(home, "g", "bad") / "failed").read_text())
@@ -383,11 +411,9 @@ def test_steps_mode_runs_the_tasks_as_steps_of_the_drivers_allocation(tmp_path, 
     assert not [e for e in events(home, "st") if e.get("status") == "running"]      # submitted, nothing started
     # the driver as the batch script of one job holding 2 CPUs: every task is a step of it
     env, calls = sbatch_calls
-    r = subprocess.run(["sbatch", "--wait", "--parsable", "-n", "2", f"--output={tmp_path / 'driver.log'}",
-                        "--wrap", f"{DAGRUN} --home={home} run -q -j 2 {p}"],
-                       capture_output=True, text=True, env={**os.environ, **env}, timeout=180)
-    assert r.returncode == 0, (r.stderr, (tmp_path / "driver.log").read_text())
-    job = int(r.stdout.strip().split(";")[0])
+    job, rc = sbatch_wait(["-n", "2", f"--output={tmp_path / 'driver.log'}", "--wrap", f"{DAGRUN} --home={home} run -q -j 2 {p}"],
+                          env={**os.environ, **env}, timeout=180)
+    assert rc == 0, (tmp_path / "driver.log").read_text()
     assert "goal st done: 20 done" in (tmp_path / "driver.log").read_text()
     assert len(calls.read_text().splitlines()) == 1                 # our sbatch only: no job per task
     outs = outputs(home, "st")
@@ -456,10 +482,9 @@ def test_steps_die_with_a_killed_driver_and_the_next_driver_runs_them_again(tmp_
                  what="the driver's job ended")
         wait_for(lambda: step not in _steps(job), timeout=30, what="the step gone")
         wait_for(lambda: not processes_with_env("DAGRUN_HOME", str(home)), timeout=35, what="the agent killed")
-        r = subprocess.run(["sbatch", "--wait", "--parsable", "-n", "1", f"--output={tmp_path / 'driver2.log'}",
-                            "--wrap", f"{DAGRUN} --home={home} run -q {p}"], capture_output=True, text=True, timeout=120)
-        job2 = int(r.stdout.strip().split(";")[0])
-        assert r.returncode == 0, (tmp_path / "driver2.log").read_text()
+        job2, rc = sbatch_wait(["-n", "1", f"--output={tmp_path / 'driver2.log'}", "--wrap", f"{DAGRUN} --home={home} run -q {p}"],
+                               timeout=120)
+        assert rc == 0, (tmp_path / "driver2.log").read_text()
     finally:
         _scancel_all([job])
     assert (task_dir(home, "st", "a") / "output").read_text() == f"ran {job2}"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DAGRUN, EXAMPLES, events, kill_group, outputs, processes_with_env, run, spawn, task_dir, wait_for, \
-    write_plan
+from conftest import DAGRUN, EXAMPLES, events, kill_group, outputs, processes_with_env, run, sbatch_wait, spawn, \
+    task_dir, wait_for, write_plan
 
 slurm = pytest.mark.slurm
 
@@ -25,13 +25,11 @@ def _steps_of(job: int) -> list[str]:
 
 
 def _in_allocation(tmp_path: Path, script: str, cpus: int = 2, timeout: float = 240) -> tuple[int, int, str]:
-    """`script` as the batch script of one job of `cpus` CPUs (sbatch --wait): (job id, exit
-    code, its output)."""
+    """`script` as the batch script of one job of `cpus` CPUs, waited for (conftest's
+    sbatch_wait): (job id, exit code, its output)."""
     log = tmp_path / f"driver-{len(list(tmp_path.glob('driver-*.log')))}.log"
-    r = subprocess.run(["sbatch", "--wait", "--parsable", "-n", str(cpus), f"--output={log}", "--wrap", script],
-                       capture_output=True, text=True, timeout=timeout)
-    job = int(r.stdout.strip().split(";")[0])
-    return job, r.returncode, log.read_text() if log.exists() else ""
+    job, rc = sbatch_wait(["-n", str(cpus), f"--output={log}", "--wrap", script], timeout=timeout)
+    return job, rc, log.read_text() if log.exists() else ""
 
 
 @slurm

@@ -75,3 +75,26 @@ def test_one_services_tests_alone_end(tmp_path):
     recs = _run(tmp_path, "-m", "slurm", workers=2)
     assert sorted(r[0] for r in recs) == [f"slurm{i}" for i in range(4)]
     assert len({r[1] for r in recs}) == 1          # one worker: the chain's next test is queued behind
+
+
+def test_auto_workers_add_one_for_a_configured_slurm_cluster(tmp_path, monkeypatch):
+    """`-n auto`: 1.5 workers per core, and one more when the Slurm tests will run (their
+    worker mostly waits for the cluster); PYTEST_XDIST_AUTO_NUM_WORKERS overrides both."""
+    import conftest
+    cores = len(os.sched_getaffinity(0))
+    plain = cores + (cores + 1) // 2
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "sbatch").write_text("#!/bin/sh\n")
+    (tmp_path / "bin" / "sbatch").chmod(0o755)
+    (tmp_path / "slurm.conf").write_text("ClusterName=x\n")
+    monkeypatch.delenv("PYTEST_XDIST_AUTO_NUM_WORKERS", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "slurm.conf"))
+    assert conftest.pytest_xdist_auto_num_workers(None) == plain + 1
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "none.conf"))       # no cluster configured
+    assert conftest.pytest_xdist_auto_num_workers(None) == plain
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "slurm.conf"))
+    monkeypatch.setenv("PATH", str(tmp_path))                          # no sbatch
+    assert conftest.pytest_xdist_auto_num_workers(None) == plain
+    monkeypatch.setenv("PYTEST_XDIST_AUTO_NUM_WORKERS", "5")
+    assert conftest.pytest_xdist_auto_num_workers(None) == 5
