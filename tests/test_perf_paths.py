@@ -411,6 +411,8 @@ def test_another_processs_lines_read_before_a_sleep_are_not_lost(tmp_path):
     finally:
         ev.release()
         eng.watcher.close()
+        fsio.stop_spares()          # the turn started task a: its spare pool and its agent
+        eng.runner.close()
 
 
 def test_the_engines_count_of_tasks_left_is_kept_by_its_schedulers_not_summed_per_dispatch(tmp_path):
