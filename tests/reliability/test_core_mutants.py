@@ -2422,3 +2422,237 @@ def test_the_record_before_is_the_latest_readable_one_counting_down(tmp_path):
     c = _claim(home, "a")
     assert c.attempt == 4
     assert lc.record_unfinished(home, "g", "a", 4, outcome="lost", reason="gone", worker="w9")["failures"] == 2
+
+
+# ------------------------------------------------------------------ mut8: the core's survivors of the sweep
+def test_a_first_claim_is_the_task_folder_and_its_claim_in_one_rename_of_a_spare_nest(tmp_path, monkeypatch):
+    """The engine's spare pool hands a task's first claim over as a nest (the task folder with
+    claim/ inside, one renameat2): acquire says True, and the claim is exclusive afterwards.
+    Only `dagrun run` starts the pool, so only tests of the binary saw this path."""
+    from dagrun import fsio
+    home = Home(str(tmp_path / "home"))
+    tdir = home.task_dir("g", "t")
+    os.makedirs(os.path.dirname(tdir))
+    pool = fsio.start_spares(home.root, threads=1, target=4, nest="claim")
+    try:
+        if pool is None or not pool._nesting():
+            pytest.skip("no renameat2(RENAME_NOREPLACE) here: the pool makes no nests")
+        deadline = time.monotonic() + 20
+        while not pool._nests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pool._nests
+        taken = []
+        real = pool.take_nest
+
+        def spy(dst):
+            got = real(dst)
+            taken.append((dst, got))
+            return got
+        monkeypatch.setattr(pool, "take_nest", spy)
+        assert claims.acquire(home, "g", "t") is True
+        assert taken == [(tdir, True)]
+        assert sorted(os.listdir(tdir)) == ["claim"] and os.listdir(home.claim_dir("g", "t")) == []
+        assert claims.acquire(home, "g", "t") is False                # held: a second claim fails
+        assert taken[1:] == [(tdir, False)]
+    finally:
+        fsio.stop_spares()
+
+
+def test_a_release_cut_off_after_its_rename_leaves_the_claim_in_the_task_folder_for_the_sweep(tmp_path, monkeypatch):
+    """release() renames a claim with files in it away, then deletes it: a death in between
+    leaves a `.claim.released.*` folder in the task folder, where sweep_leftovers finds it."""
+    from dagrun import fsio
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    assert claims.acquire(home, "g", "a")
+    Path(home.claim_dir("g", "a"), "stdout").write_bytes(b"x")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    def die(path, *a, **kw):
+        raise KeyboardInterrupt("died between the rename and the delete")
+    monkeypatch.setattr(fsio, "rmtree", die)
+    with pytest.raises(KeyboardInterrupt):
+        claims.release(home, "g", "a")
+    monkeypatch.undo()
+    left = [n for n in os.listdir(home.task_dir("g", "a")) if "claim" in n]
+    assert len(left) == 1 and left[0].startswith(".claim.released.")
+    assert os.listdir(os.path.join(home.task_dir("g", "a"), left[0])) == ["stdout"]
+    assert os.listdir(elsewhere) == []
+    claims.sweep_leftovers(home, "g", "a")
+    assert [n for n in os.listdir(home.task_dir("g", "a")) if "claim" in n] == []
+
+
+def test_a_workspace_that_does_not_merge_or_cannot_be_made_ends_the_claim_the_right_way(tmp_path, monkeypatch):
+    """claim_task's two workspace failures, injected at workspace.prepare (the tests of real
+    code workspaces run the binary): prerequisites that do not merge come back as a claim still
+    held, `conflict` saying why and no prompt (the caller fails the task for good); an OS error
+    gives the claim and its units back and says in one line what could not be done where."""
+    import errno
+
+    from dagrun import resources as res
+    from dagrun import workspace as wsp
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "mutex": "db"}])
+    plan = home.load_plan("g")
+    pools = os.path.join(res.root(home), "pools")
+    units = lambda: [n for _r, _d, files in os.walk(pools) for n in files if n != ".lock"]
+
+    def conflict(*a):
+        raise wsp.Conflict(["b: CONFLICT (content): f.txt", "c: x"])
+    monkeypatch.setattr(wsp, "prepare", conflict)
+    c = lc.claim_task(home, plan, "a", worker="w1", kind="external")
+    assert c is not None and c.conflict == "b: CONFLICT (content): f.txt; c: x" and c.attempt == 1
+    assert os.path.isdir(home.claim_dir("g", "a")) and not os.path.exists(home.prompt_path("g", "a"))
+    assert len(units()) == 1
+    res.release_attempt(home, "g", "a", c.owner)
+    claims.release(home, "g", "a")
+
+    def full(*a):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(wsp, "prepare", full)
+    with pytest.raises(FsError) as e:
+        lc.claim_task(home, plan, "a", worker="w1", kind="external")
+    assert str(e.value) == f"cannot prepare the workspace of {home.task_dir('g', 'a')}: No space left on device"
+    assert not os.path.lexists(home.claim_dir("g", "a")) and units() == []
+
+
+def test_a_commit_the_scheduler_cannot_take_incrementally_asks_for_a_rebuild_and_announces_nothing_more(tmp_path):
+    """The scheduler already holds another end for the task (a cancel it took before our commit
+    landed): finish() still commits and announces the task's own end, but its changes say
+    `rebuild` (the engine rebuilds the goal from the files) and unlock nobody."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                                  {"id": "b", "prompt": "x", "agent": "true", "deps": ["a"]}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    assert sched.take() == "a"
+    c = _claim(home, "a")
+    assert sched.finish("a", "cancelled") is not None
+    f = tr.finish(home, plan, sched, c, ok=True, worker="w1")
+    assert f.outcome == "done" and os.path.exists(home.marker_path("g", "a", "done"))
+    assert f.changes.rebuild is True and f.changes.ready == [] and f.changes.blocked == []
+    assert [e for e in goal_events(home, ev.TASK_STATUS) if e.get("task") == "b" and e.get("status") == ev.READY] == []
+    plan, sched = home.load_plan("g"), _sched(home)             # a normal end: no rebuild
+    assert sched.take() == "b"
+    f = tr.finish(home, plan, sched, _claim(home, "b"), ok=True, worker="w1")
+    assert f.changes.rebuild is False
+
+
+def _counting_hook(tmp_path: Path) -> tuple[Path, list[str]]:
+    """A hook that leaves one file per run, <folder>/<hook event>-<task>.<random>: runs counted."""
+    got = tmp_path / "hook-runs"
+    got.mkdir()
+    return got, ["sh", "-c", f'f=$(mktemp "{got}/$DAGRUN_HOOK_EVENT-$DAGRUN_TASK.XXXXXX") && cat > "$f"']
+
+
+def _runs(got: Path) -> list[str]:
+    from dagrun import hooks as hk
+    assert hk.wait(15)
+    return sorted(n.rpartition(".")[0] for n in os.listdir(got))
+
+
+def test_a_skip_that_dies_after_its_events_leaves_no_record_a_replay_would_run_again(tmp_path, monkeypatch):
+    """The on_skipped record published before the marker is settled into the event's own
+    record (not left beside a second one): when the process dies after the skipped events were
+    appended -- no `finally` of it runs -- the next process's replay finds nothing more to run,
+    and each on_skipped hook ran once."""
+    from dagrun import hooks as hk
+    got, hook = _counting_hook(tmp_path)
+    home, plan, sched, cb = _skip_b(tmp_path, hook)
+    real = tr._status
+
+    def dies_after(*a, **k):
+        e = real(*a, **k)
+        if a[3] == "c" and a[4] == ev.SKIPPED:
+            raise SystemExit("killed right after c's skipped event")
+        return e
+    monkeypatch.setattr(tr, "_status", dies_after)
+    monkeypatch.setattr(hk, "abandon", lambda pending: None)        # a dead process cleans nothing up
+    with pytest.raises(SystemExit):
+        tr.skip(home, plan, sched, cb, worker="w1")
+    monkeypatch.undo()
+    assert _runs(got) == ["on_skipped-b", "on_skipped-c"]
+    dead = dead_pid()
+    for path in _due(home):
+        rec = read_json(path)
+        rec["owner"]["pid"] = dead
+        Path(path).write_bytes(json.dumps(rec).encode())
+    tr.replay_hooks(home, "g", "w2")
+    assert _runs(got) == ["on_skipped-b", "on_skipped-c"]
+    assert _due(home) == []
+
+
+def test_a_commit_that_asks_for_a_rebuild_withdraws_the_skip_records_it_published(tmp_path, monkeypatch):
+    """Before a's marker the on_skipped record of c (one_failed: skipped when a succeeds) is
+    published; the scheduler then cannot take a's end incrementally (finish() returns None:
+    rebuild): the record is withdrawn -- the rebuild decides c -- and no hook runs for it."""
+    got, hook = _counting_hook(tmp_path)
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                                  {"id": "c", "prompt": "x", "agent": "true", "deps": ["a"], "trigger": "one_failed"}],
+                       hooks={"on_skipped": [hook]})
+    plan, sched = home.load_plan("g"), _sched(home)
+    assert sched.take() == "a"
+    c = _claim(home, "a")
+    seen = []
+    real = Scheduler.finish
+
+    def outside_the_rules(self, t, outcome):
+        if self is not sched:                   # would_skip's shadow copy: the real rules
+            return real(self, t, outcome)
+        seen.append((t, outcome, [read_json(p)["task"] for p in _due(home)]))
+        return None
+    monkeypatch.setattr(Scheduler, "finish", outside_the_rules)
+    f = tr.finish(home, plan, sched, c, ok=True, worker="w1")
+    assert seen == [("a", "done", ["c"])]                           # c's record was out before the marker
+    assert f.changes.rebuild is True and f.changes.skipped == []
+    assert _runs(got) == [] and _due(home) == []
+
+
+def test_a_failure_that_dies_after_the_blocked_events_leaves_no_record_a_replay_would_run_again(tmp_path, monkeypatch):
+    """As for a skip: the on_blocked record of b, published before a's failed marker, becomes
+    the record of b's blocked event; a death right after that event (no `finally` runs) leaves
+    nothing a replay would run a second time."""
+    from dagrun import hooks as hk
+    got, hook = _counting_hook(tmp_path)
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 0},
+                                  {"id": "b", "prompt": "x", "agent": "true", "deps": ["a"]}],
+                       hooks={"on_blocked": [hook]})
+    plan, sched = home.load_plan("g"), _sched(home)
+    assert sched.take() == "a"
+    c = _claim(home, "a")
+    real = tr._emit
+
+    def dies_after(*a, **k):
+        e = real(*a, **k)
+        if a[3] == ev.TASK_BLOCKED and k.get("task") == "b":
+            raise SystemExit("killed right after b's blocked event")
+        return e
+    monkeypatch.setattr(tr, "_emit", dies_after)
+    monkeypatch.setattr(hk, "abandon", lambda pending: None)        # a dead process cleans nothing up
+    with pytest.raises(SystemExit):
+        tr.finish(home, plan, sched, c, ok=False, worker="w1", reason="bad")
+    monkeypatch.undo()
+    assert _runs(got) == ["on_blocked-b"]
+    dead = dead_pid()
+    for path in _due(home):
+        rec = read_json(path)
+        rec["owner"]["pid"] = dead
+        Path(path).write_bytes(json.dumps(rec).encode())
+    tr.replay_hooks(home, "g", "w2")
+    assert _runs(got) == ["on_blocked-b"] and _due(home) == []
+
+
+def test_a_claim_whose_owner_json_cannot_be_published_gives_everything_back_with_one_line(tmp_path, monkeypatch):
+    import errno
+
+    from dagrun import resources as res
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "mutex": "db"}])
+    plan = home.load_plan("g")
+    pools = os.path.join(res.root(home), "pools")
+
+    def full(*a):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(claims, "update_owner", full)
+    with pytest.raises(FsError) as e:
+        lc.claim_task(home, plan, "a", worker="w1", kind="external")
+    assert str(e.value) == f"cannot publish {home.owner_path('g', 'a')}: No space left on device"
+    assert not os.path.lexists(home.claim_dir("g", "a"))
+    assert [n for _r, _d, files in os.walk(pools) for n in files if n != ".lock"] == []     # the unit came back
