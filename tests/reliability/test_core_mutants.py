@@ -2656,3 +2656,43 @@ def test_a_claim_whose_owner_json_cannot_be_published_gives_everything_back_with
     assert str(e.value) == f"cannot publish {home.owner_path('g', 'a')}: No space left on device"
     assert not os.path.lexists(home.claim_dir("g", "a"))
     assert [n for _r, _d, files in os.walk(pools) for n in files if n != ".lock"] == []     # the unit came back
+
+
+def test_a_gate_whose_awaiting_file_cannot_be_published_says_so_in_one_line_and_drops_its_claim(tmp_path, monkeypatch):
+    import errno
+
+    from dagrun import fsio
+    home = submit_home(tmp_path, [{"id": "gate", "prompt": "x", "approval": {"prompt": "Merge?", "timeout": 3600}}])
+    assert claims.acquire(home, "g", "gate")
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(fsio, "write_atomic", full)
+    with pytest.raises(FsError) as e:
+        lc.publish_awaiting(home, "g", "gate", {"prompt": "Merge?"})
+    monkeypatch.undo()
+    awaiting = os.path.join(home.task_dir("g", "gate"), "awaiting")
+    assert str(e.value) == f"cannot publish {awaiting}: No space left on device"
+    assert not os.path.lexists(home.claim_dir("g", "gate")) and not os.path.lexists(awaiting)
+
+
+def test_the_prompt_of_a_task_in_a_code_workspace_says_where_its_worktree_is(tmp_path, monkeypatch):
+    """claim_task hands the workspace it prepared to the prompt (the tests of real git
+    worktrees run the binary; here workspace.prepare is stood in for): prompt.md carries the
+    workspace's note, and the claim carries the workspace."""
+    from dagrun import workspace as wsp
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "do it", "agent": "true"}])
+    plan = home.load_plan("g")
+    ws = wsp.Prepared(path=str(tmp_path / "wt"), branch="dagrun/g/a", base="main", base_commit="1" * 40,
+                      snapshot="2" * 40, merged=[], cwd=str(tmp_path / "wt"), plan_dir=str(tmp_path / "plan"))
+    asked = []
+
+    def prepare(h, p, t):
+        asked.append((h, p, t))
+        return ws
+    monkeypatch.setattr(wsp, "prepare", prepare)
+    c = lc.claim_task(home, plan, "a", worker="w1", kind="external")
+    assert asked == [(home, plan, "a")] and asked[0][0] is home and c.workspace is ws
+    note = wsp.prompt_note(ws)
+    assert str(tmp_path / "wt") in note
+    assert Path(home.prompt_path("g", "a")).read_text() == "do it\n\n---\n\n" + note.rstrip("\n") + "\n"
