@@ -2696,3 +2696,17 @@ def test_the_prompt_of_a_task_in_a_code_workspace_says_where_its_worktree_is(tmp
     note = wsp.prompt_note(ws)
     assert str(tmp_path / "wt") in note
     assert Path(home.prompt_path("g", "a")).read_text() == "do it\n\n---\n\n" + note.rstrip("\n") + "\n"
+
+
+def test_a_worktree_path_that_is_not_utf8_reaches_the_prompt_byte_for_byte(tmp_path, monkeypatch):
+    """A path is bytes: one that is not UTF-8 (decoded by Python with surrogateescape) is
+    written into prompt.md as the same bytes, not refused (nor replaced)."""
+    from dagrun import workspace as wsp
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "do it", "agent": "true"}])
+    plan = home.load_plan("g")
+    wt = os.fsdecode(os.fsencode(str(tmp_path)) + b"/wt-caf\xe9")
+    ws = wsp.Prepared(path=wt, branch="dagrun/g/a", base="main", base_commit="1" * 40, snapshot="2" * 40,
+                      merged=[], cwd=wt, plan_dir=str(tmp_path / "plan"))
+    monkeypatch.setattr(wsp, "prepare", lambda h, p, t: ws)
+    lc.claim_task(home, plan, "a", worker="w1", kind="external")
+    assert os.fsencode(str(tmp_path)) + b"/wt-caf\xe9" in Path(home.prompt_path("g", "a")).read_bytes()
