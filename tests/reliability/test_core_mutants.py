@@ -2710,3 +2710,20 @@ def test_a_worktree_path_that_is_not_utf8_reaches_the_prompt_byte_for_byte(tmp_p
     monkeypatch.setattr(wsp, "prepare", lambda h, p, t: ws)
     lc.claim_task(home, plan, "a", worker="w1", kind="external")
     assert os.fsencode(str(tmp_path)) + b"/wt-caf\xe9" in Path(home.prompt_path("g", "a")).read_bytes()
+
+
+@pytest.mark.parametrize("exit_code", [None, 3])
+def test_a_success_whose_workspace_cannot_be_committed_fails_with_git_s_reason(tmp_path, monkeypatch, exit_code):
+    """ok, but the worktree's commit fails (lifecycle.capture_workspace returns why; stood in
+    for here, the tests of real worktrees run the binary): the attempt fails with that reason,
+    its exit code kept (0 when the agent's was not given), and no `done` appears."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 0}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    assert sched.take() == "a"
+    monkeypatch.setattr(tr, "capture_workspace", lambda h, p, c: "cannot commit the workspace: git says no")
+    f = tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", exit_code=exit_code,
+                  output_data=b"out\n")
+    assert f.outcome == "failed" and not os.path.exists(home.marker_path("g", "a", "done"))
+    rec = read_json(home.attempt_path("g", "a", 1, "json"))
+    assert (rec["outcome"], rec["reason"], rec["exit_code"], rec["final"]) == \
+        ("failed", "cannot commit the workspace: git says no", 0 if exit_code is None else exit_code, True)
