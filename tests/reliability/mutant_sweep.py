@@ -316,16 +316,17 @@ class Sweep:
         if not missing:
             return cov
         ids = sorted(missing, key=lambda i: (self.duration.get(i, 0.0), i))
-        st, to, failed, secs = self.fork([byid[i] for i in ids], "", 0, 7200, cover=path + ".new")
-        with open(path + ".new") as f:
+        new_path = f"{path}.new.{os.getpid()}"      # sweeps started together each measure theirs
+        st, to, failed, secs = self.fork([byid[i] for i in ids], "", 0, 7200, cover=new_path)
+        with open(new_path) as f:
             new = json.load(f)
         print(f"sweep: baseline (traced) of {len(ids)} tests in {secs:.0f} s, "
               f"{sum(1 for v in new.values() if v['failed'])} fail unmutated", flush=True)
         cov.update(new)
-        with open(path + ".tmp", "w") as f:
+        with open(new_path + ".tmp", "w") as f:
             json.dump(cov, f)
-        os.replace(path + ".tmp", path)
-        os.unlink(path + ".new")
+        os.replace(new_path + ".tmp", path)
+        os.unlink(new_path)
         return cov
 
     def plan_tests(self, name: str, cov: dict, index: dict, stats_ok) -> tuple[list[str], str]:

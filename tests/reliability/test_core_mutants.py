@@ -2727,3 +2727,16 @@ def test_a_success_whose_workspace_cannot_be_committed_fails_with_git_s_reason(t
     rec = read_json(home.attempt_path("g", "a", 1, "json"))
     assert (rec["outcome"], rec["reason"], rec["exit_code"], rec["final"]) == \
         ("failed", "cannot commit the workspace: git says no", 0 if exit_code is None else exit_code, True)
+
+
+def test_a_replayed_hook_that_fails_is_reported_like_any_hook(tmp_path, monkeypatch):
+    """The hooks a replay runs for a dead process report their failure as the engine's own do:
+    an agent.hook.failed event and the goal's last_failure.json."""
+    from dagrun import hooks as hk
+    home, plan, sched, cb = _skip_b(tmp_path, ["sh", "-c", "cat >/dev/null; exit 3"])
+    _cut_off_then_replayed(home, monkeypatch, lambda: tr.skip(home, plan, sched, cb, worker="w1"), 2)
+    assert hk.wait(15)
+    failed = goal_events(home, ev.HOOK_FAILED)
+    assert sorted((e["hook_event"], e["task"]) for e in failed) == [("on_skipped", "b"), ("on_skipped", "c")]
+    last = read_json(os.path.join(home.hooks_due_dir("g"), "last_failure.json"))
+    assert last["type"] == ev.HOOK_FAILED and last["hook_event"] == "on_skipped"
