@@ -2740,3 +2740,20 @@ def test_a_replayed_hook_that_fails_is_reported_like_any_hook(tmp_path, monkeypa
     assert sorted((e["hook_event"], e["task"]) for e in failed) == [("on_skipped", "b"), ("on_skipped", "c")]
     last = read_json(os.path.join(home.hooks_due_dir("g"), "last_failure.json"))
     assert last["type"] == ev.HOOK_FAILED and last["hook_event"] == "on_skipped"
+
+
+def test_under_a_serial_group_the_best_startable_task_must_fit_the_budget_with_its_own_estimate():
+    """may_start's slow path (files, serial groups, resources) asks the budget about the task it
+    would start: its estimate counts."""
+    s = Scheduler([_T("a"), _T("b")], serial={"a": "grp"}, budget={"usd": 1.0}, estimates={"a": 2.0, "b": 0.5})
+    assert s.ready_ids() == ["a", "b"] and s.may_start() is False         # a first, and it does not fit
+    s = Scheduler([_T("a"), _T("b")], serial={"a": "grp"}, budget={"usd": 1.0}, estimates={"a": 0.5})
+    assert s.may_start() is True
+
+
+def test_an_approval_gate_s_awaiting_body_is_dated_by_the_time_given(tmp_path):
+    home = submit_home(tmp_path, [{"id": "gate", "prompt": "x", "approval": {"prompt": "Merge?", "timeout": 60}}])
+    plan = home.load_plan("g")
+    assert lc.gate_body(plan, "gate", "w1", now=1_700_000_000.5) == {
+        "prompt": "Merge?", "since": now_iso(1_700_000_000.5), "worker": "w1", "timeout": 60,
+        "timeout_at": now_iso(1_700_000_060.5)}
