@@ -2453,7 +2453,7 @@ def test_a_first_claim_is_the_task_folder_and_its_claim_in_one_rename_of_a_spare
         assert taken == [(tdir, True)]
         assert sorted(os.listdir(tdir)) == ["claim"] and os.listdir(home.claim_dir("g", "t")) == []
         assert claims.acquire(home, "g", "t") is False                # held: a second claim fails
-        assert taken[1:] == [(tdir, False)]
+        assert taken[1:] in ([], [(tdir, False)])                     # (a nest, if the pool has one again)
     finally:
         fsio.stop_spares()
 
