@@ -2757,3 +2757,32 @@ def test_an_approval_gate_s_awaiting_body_is_dated_by_the_time_given(tmp_path):
     assert lc.gate_body(plan, "gate", "w1", now=1_700_000_000.5) == {
         "prompt": "Merge?", "since": now_iso(1_700_000_000.5), "worker": "w1", "timeout": 60,
         "timeout_at": now_iso(1_700_000_060.5)}
+
+
+def test_a_done_marker_whose_rewrite_fails_half_way_puts_the_holder_s_owner_json_back(tmp_path, monkeypatch):
+    """The marker is written over owner.json's inode; the disk fills up half-way through that
+    write: owner.json goes back holding the holder's record -- whole, not half marker and half
+    owner -- so the claim keeps a provable holder (released by the caller, or broken as soon as
+    it is gone) instead of looking half-born or foreign."""
+    import errno
+
+    from dagrun import fsio
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    holder = claims.read_owner(home, "g", "a")
+    Path(home.claim_dir("g", "a"), "stdout").write_bytes(b"OUT\n")
+    real, calls = fsio._write_whole, []
+
+    def half_then_full(fd, data):
+        calls.append(len(data))
+        if len(calls) == 1:
+            os.write(fd, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
+    monkeypatch.setattr(fsio, "_write_whole", half_then_full)
+    with pytest.raises(FsError):
+        lc.commit_done(home, plan, c, ended=time.time())
+    monkeypatch.undo()
+    assert not os.path.exists(home.marker_path("g", "a", "done"))
+    assert claims.read_owner(home, "g", "a") == holder
