@@ -484,19 +484,21 @@ def _publish_from_owner(home: Home, g: str, t: str, kind: str, body: dict, holde
     except FileNotFoundError:
         home.write_marker(g, t, kind, body)
         return
-    rewritten = False
     try:
         fsio.rewrite(tmp, dumps(body))
-        rewritten = True
         fsio.rename(tmp, home.marker_path(g, t, kind))
     except OSError:
-        # disk full / I/O error half-way: put owner.json back (with the holder's record again
-        # if it was already overwritten) so the claim keeps a provable holder -- released
-        # now, or broken as soon as we are gone -- instead of looking half-born (grace) or
-        # like another host's claim (lease)
-        try:
-            if rewritten and holder is not None:
+        # disk full / I/O error half-way: put owner.json back (with the holder's record again:
+        # a rewrite that failed half-way has overwritten part of it -- mutation testing found
+        # the flag that restored it only after a whole rewrite) so the claim keeps a provable
+        # holder -- released now, or broken as soon as we are gone -- instead of looking
+        # half-born (grace) or like another host's claim (lease)
+        if holder is not None:
+            try:
                 fsio.rewrite(tmp, dumps(holder))
+            except OSError:
+                pass
+        try:
             fsio.rename(tmp, owner)
         except OSError:
             pass

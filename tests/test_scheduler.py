@@ -128,6 +128,21 @@ def test_cycle_is_a_value_error():
         Scheduler(plan("a<b; b<a"))
 
 
+def test_a_cycle_error_carries_its_cycle_in_its_args_like_graphlib_s():
+    """CycleError(ValueError) is built like graphlib.CycleError: args = (message, cycle)."""
+    import graphlib
+    from dagrun.scheduler import CycleError
+    with pytest.raises(CycleError) as e:
+        Scheduler(plan("a<b; b<a"))
+    msg, cycle = e.value.args
+    assert cycle is e.value.cycle and cycle[0] == cycle[-1] and sorted(cycle[:-1]) == ["a", "b"]
+    assert msg == str(e.value) == "dependency cycle: " + " -> ".join(cycle)
+    ts = graphlib.TopologicalSorter({"a": ["b"], "b": ["a"]})
+    with pytest.raises(graphlib.CycleError) as g:
+        ts.prepare()
+    assert len(g.value.args) == len(e.value.args) == 2
+
+
 def test_critical_path_first_then_priority():
     # the chain a->b->c->d is longer than the single tasks x, y: a goes first
     tasks = plan("x; y; a; b<a; c<b; d<c")

@@ -24,7 +24,28 @@ PATTERN: fnmatch patterns or names of mutants (`dagrun.plan.*`, `dagrun.claim.x_
 mutants/dagrun/<module>.py.meta with mutmut's exit codes (1 killed, 0 survived, 33 no tests,
 36 timeout), so `mutmut results` and tests/reliability/mutmut_summary.py report them.
 --log: one JSON line per mutant (name, status, the killing test, seconds), appended; default
-mutants/sweep.jsonl. --limit N: stop after N mutants. --no-baseline: skip the baseline.
+mutants/sweep.jsonl (the last line of a name counts). --meta-from-log: copy the log's verdicts
+of the mutants matched into the .meta files (after sweeps that were stopped), run nothing. --unsure-only: only the mutants --log has as "unsure" (the second pass
+while first passes still run). --limit N: stop after N mutants. --no-baseline: skip the baseline.
+
+Only the tests that call a function of the chosen mutants (mutmut-stats.json), and tests newer
+than that file, are traced and run: a sweep of the core modules does not trace plan.py's tests.
+
+Two passes (--budget SECS, then the same command without it): the first pass runs each mutant's
+tests, fastest first, only while their recorded times add up to at most SECS (at least one
+test); a mutant none of those kills is logged "unsure" (no verdict in the .meta files) with the
+number of tests run and a digest of their ids. The second pass (no --budget, --skip-logged: a
+logged "unsure" is not skipped) runs every remaining mutant with its whole test set, leaving
+out the first tests an "unsure" record ran when the ordering is the same (same digest). A kill
+in either pass is a kill; "survived" only after the whole set passed. The cheap kills of every
+module come first, and the survivors to study are known early.
+
+Subprocesses: the sweep runs in mutants/, with MUTANT_UNDER_TEST in the environment. A child
+`python -c "import dagrun..."` started there (cwd = mutants/, sys.path[0] = '') imports the
+mutated tree and its trampolines read the inherited variable: it runs the mutant. The installed
+`dagrun` command (the venv's console script: sys.path[0] is .venv/bin, the editable install
+points at the repository's dagrun/) runs the original code: conftest skips the tests that start
+it under DAGRUN_MUTMUT=1, so no kill is claimed through a process that cannot see the mutant.
 Not a test (no test_ prefix): a helper for README.md "Mutation testing".
 """
 from __future__ import annotations
@@ -35,6 +56,7 @@ import configparser
 import difflib
 import fnmatch
 import glob
+import hashlib
 import json
 import math
 import os
@@ -182,6 +204,7 @@ class Sweep:
         self.mutants, self.tests_of, self.duration, self.cfg, self.args = mutants, tests_of, duration, cfg, args
         self.reach = reach
         self.verdicts: dict[str, int] = {}
+        self.unsure: dict[str, dict] = {}       # name -> the first pass's record (--budget)
 
     # -- the child: run items in order, report the first failing one -------------------------
     def child(self, items, name: str, cpu_limit: int, wfd: int, cover: str | None) -> None:
@@ -293,16 +316,17 @@ class Sweep:
         if not missing:
             return cov
         ids = sorted(missing, key=lambda i: (self.duration.get(i, 0.0), i))
-        st, to, failed, secs = self.fork([byid[i] for i in ids], "", 0, 7200, cover=path + ".new")
-        with open(path + ".new") as f:
+        new_path = f"{path}.new.{os.getpid()}"      # sweeps started together each measure theirs
+        st, to, failed, secs = self.fork([byid[i] for i in ids], "", 0, 7200, cover=new_path)
+        with open(new_path) as f:
             new = json.load(f)
         print(f"sweep: baseline (traced) of {len(ids)} tests in {secs:.0f} s, "
               f"{sum(1 for v in new.values() if v['failed'])} fail unmutated", flush=True)
         cov.update(new)
-        with open(path + ".tmp", "w") as f:
+        with open(new_path + ".tmp", "w") as f:
             json.dump(cov, f)
-        os.replace(path + ".tmp", path)
-        os.unlink(path + ".new")
+        os.replace(new_path + ".tmp", path)
+        os.unlink(new_path)
         return cov
 
     def plan_tests(self, name: str, cov: dict, index: dict, stats_ok) -> tuple[list[str], str]:
@@ -326,7 +350,13 @@ class Sweep:
         return sorted(ids, key=lambda t: (secs(t), t)), why
 
     def pytest_runtestloop(self, session):
-        byid = {it.nodeid: it for it in session.items}
+        # only the tests that call a chosen mutant's function, and tests mutmut-stats.json does
+        # not know (added since): no other test can execute a changed line
+        wanted = set()
+        for fk in self.args.functions:       # of every mutant the patterns name (before --limit)
+            wanted |= set(self.tests_of.get(fk, ()))
+        byid = {it.nodeid: it for it in session.items if it.nodeid in wanted or it.nodeid not in self.duration}
+        print(f"sweep: {len(byid)} of {len(session.items)} tests call the chosen mutants' functions (or are new)", flush=True)
         cov = self.coverage(session, byid) if not self.args.function_level else {}
         broken = {t for t, v in cov.items() if v["failed"]}
         if broken:
@@ -356,7 +386,21 @@ class Sweep:
                 rec = {"name": name, "status": "survived", "how": "no test executes the changed line", "tests": 0,
                        "secs": 0.0}
             else:
-                est = sum(cov[t]["secs"] if t in cov else self.duration.get(t, 0.0) for t in ids)
+                secs_of = lambda t: cov[t]["secs"] if t in cov else self.duration.get(t, 0.0)
+                skipped, left = 0, 0
+                prev = self.unsure.get(name)
+                if prev and not self.args.budget and 0 < prev["ran"] < len(ids) and digest(ids[:prev["ran"]]) == prev["digest"]:
+                    skipped = prev["ran"]           # the first pass ran (and passed) these
+                    ids = ids[skipped:]
+                total = len(ids) + skipped
+                if self.args.budget:
+                    k, acc = 0, 0.0
+                    while k < len(ids) and (k == 0 or acc + secs_of(ids[k]) <= self.args.budget):
+                        acc += secs_of(ids[k])
+                        k += 1
+                    left = len(ids) - k
+                    ids = ids[:k]
+                est = sum(secs_of(t) for t in ids)
                 cpu = math.ceil((est + const) * mult * 2)
                 st, to, failed, secs = self.fork([byid[i] for i in ids], name, cpu, 4 * cpu + 30)
                 if to or (os.WIFSIGNALED(st) and os.WTERMSIG(st) in (signal.SIGXCPU, signal.SIGKILL)):
@@ -369,11 +413,18 @@ class Sweep:
                 else:
                     status = "killed"        # the child died otherwise (the mutant crashed it)
                     how = f"exit {os.WEXITSTATUS(st)}" if os.WIFEXITED(st) else f"signal {os.WTERMSIG(st)}"
-                rec = {"name": name, "status": status, "by": failed[:1], "how": how, "tests": len(ids),
+                if status == "survived" and left:
+                    status = "unsure"                # passed the first pass's tests only
+                rec = {"name": name, "status": status, "by": failed[:1], "how": how, "tests": total,
                        "select": why, "secs": round(secs, 3)}
+                if skipped:
+                    rec["skipped"] = skipped
+                if status == "unsure":
+                    rec.update(ran=len(ids), digest=digest(ids))
             log.write(json.dumps(rec) + "\n")
             log.flush()
-            self.verdicts[name] = EXIT[rec["status"]]
+            if rec["status"] != "unsure":
+                self.verdicts[name] = EXIT[rec["status"]]
             n += 1
             if self.args.meta and n % 50 == 0:
                 write_meta(self.verdicts, self.args.known)
@@ -386,6 +437,10 @@ class Sweep:
         el = time.monotonic() - t_start
         print(f"sweep: done, {n} mutants in {el:.0f} s", flush=True)
         return True
+
+
+def digest(ids: list[str]) -> str:
+    return hashlib.sha1("\n".join(ids).encode()).hexdigest()[:16]
 
 
 def load_reach(modules: list[str], fresh: bool) -> dict[str, list[int]]:
@@ -424,6 +479,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--always", nargs="*", default=["test_plan_properties.py"],
                     help="tests (substrings) run whenever they call the function: their inputs are random")
     ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--unsure-only", action="store_true",
+                    help="only the mutants whose last record in --log is 'unsure' (the second pass)")
+    ap.add_argument("--meta-from-log", action="store_true",
+                    help="write the last verdict --log holds for each mutant matched into the .meta files, run nothing")
+    ap.add_argument("--budget", type=float, default=0.0,
+                    help="first pass: per mutant only the fastest tests whose recorded times add up to SECS; "
+                         "a mutant they do not kill is logged 'unsure'")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args(argv)
     if not os.path.exists("mutmut-stats.json"):
@@ -443,10 +505,26 @@ def main(argv: list[str]) -> int:
     names = list(dict.fromkeys(names))
     if args.pending:
         names = [n for n in names if known[n][1] is None]
-    if args.skip_logged and os.path.exists(args.log):
+    unsure: dict[str, dict] = {}
+    if os.path.exists(args.log):
         with open(args.log) as f:
-            done = {json.loads(line)["name"] for line in f if line.strip()}
-        names = [n for n in names if n not in done]
+            last = {}
+            for line in f:
+                if line.strip():
+                    r = json.loads(line)
+                    last[r["name"]] = r
+        unsure = {n: r for n, r in last.items() if r["status"] == "unsure"}
+        if args.meta_from_log:              # the log's verdicts of the names matched, into the .meta files
+            got = {n: EXIT[last[n]["status"]] for n in names if n in last and last[n]["status"] != "unsure"}
+            write_meta(got, known)
+            print(f"sweep: {len(got)} verdicts written from {args.log}")
+            return 0
+        if args.skip_logged:
+            # the first pass skips every logged mutant; the second only those with a verdict
+            names = [n for n in names if n not in last or (n in unsure and not args.budget)]
+        if args.unsure_only:                # the second pass alone, beside a first pass still running
+            names = [n for n in names if n in unsure]
+    args.functions = {fn_key(n) for n in names}
     if args.limit:
         names = names[:args.limit]
     reach = {} if args.function_level else load_reach(sorted({n.split(".")[1] for n in names}), args.fresh)
@@ -458,6 +536,7 @@ def main(argv: list[str]) -> int:
     sel = [a.strip() for a in sec.get("pytest_add_cli_args_test_selection", "").splitlines() if a.strip()]
     print(f"sweep: {len(names)} mutants", flush=True)
     plugin = Sweep(names, tests_of, duration, cfg, args, reach)
+    plugin.unsure = unsure
     rc = pytest.main(["--rootdir=.", "--tb=no", "-p", "no:randomly", *pargs, *sel], plugins=[plugin])
     return 0 if rc in (0, 5) else int(rc)
 

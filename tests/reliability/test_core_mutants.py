@@ -2422,3 +2422,367 @@ def test_the_record_before_is_the_latest_readable_one_counting_down(tmp_path):
     c = _claim(home, "a")
     assert c.attempt == 4
     assert lc.record_unfinished(home, "g", "a", 4, outcome="lost", reason="gone", worker="w9")["failures"] == 2
+
+
+# ------------------------------------------------------------------ mut8: the core's survivors of the sweep
+def test_a_first_claim_is_the_task_folder_and_its_claim_in_one_rename_of_a_spare_nest(tmp_path, monkeypatch):
+    """The engine's spare pool hands a task's first claim over as a nest (the task folder with
+    claim/ inside, one renameat2): acquire says True, and the claim is exclusive afterwards.
+    Only `dagrun run` starts the pool, so only tests of the binary saw this path."""
+    from dagrun import fsio
+    home = Home(str(tmp_path / "home"))
+    tdir = home.task_dir("g", "t")
+    os.makedirs(os.path.dirname(tdir))
+    pool = fsio.start_spares(home.root, threads=1, target=4, nest="claim")
+    try:
+        if pool is None or not pool._nesting():
+            pytest.skip("no renameat2(RENAME_NOREPLACE) here: the pool makes no nests")
+        deadline = time.monotonic() + 20
+        while not pool._nests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pool._nests
+        taken = []
+        real = pool.take_nest
+
+        def spy(dst):
+            got = real(dst)
+            taken.append((dst, got))
+            return got
+        monkeypatch.setattr(pool, "take_nest", spy)
+        assert claims.acquire(home, "g", "t") is True
+        assert taken == [(tdir, True)]
+        assert sorted(os.listdir(tdir)) == ["claim"] and os.listdir(home.claim_dir("g", "t")) == []
+        assert claims.acquire(home, "g", "t") is False                # held: a second claim fails
+        assert taken[1:] in ([], [(tdir, False)])                     # (a nest, if the pool has one again)
+    finally:
+        fsio.stop_spares()
+
+
+def test_a_release_cut_off_after_its_rename_leaves_the_claim_in_the_task_folder_for_the_sweep(tmp_path, monkeypatch):
+    """release() renames a claim with files in it away, then deletes it: a death in between
+    leaves a `.claim.released.*` folder in the task folder, where sweep_leftovers finds it."""
+    from dagrun import fsio
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    assert claims.acquire(home, "g", "a")
+    Path(home.claim_dir("g", "a"), "stdout").write_bytes(b"x")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    def die(path, *a, **kw):
+        raise KeyboardInterrupt("died between the rename and the delete")
+    monkeypatch.setattr(fsio, "rmtree", die)
+    with pytest.raises(KeyboardInterrupt):
+        claims.release(home, "g", "a")
+    monkeypatch.undo()
+    left = [n for n in os.listdir(home.task_dir("g", "a")) if "claim" in n]
+    assert len(left) == 1 and left[0].startswith(".claim.released.")
+    assert os.listdir(os.path.join(home.task_dir("g", "a"), left[0])) == ["stdout"]
+    assert os.listdir(elsewhere) == []
+    claims.sweep_leftovers(home, "g", "a")
+    assert [n for n in os.listdir(home.task_dir("g", "a")) if "claim" in n] == []
+
+
+def test_a_workspace_that_does_not_merge_or_cannot_be_made_ends_the_claim_the_right_way(tmp_path, monkeypatch):
+    """claim_task's two workspace failures, injected at workspace.prepare (the tests of real
+    code workspaces run the binary): prerequisites that do not merge come back as a claim still
+    held, `conflict` saying why and no prompt (the caller fails the task for good); an OS error
+    gives the claim and its units back and says in one line what could not be done where."""
+    import errno
+
+    from dagrun import resources as res
+    from dagrun import workspace as wsp
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "mutex": "db"}])
+    plan = home.load_plan("g")
+    pools = os.path.join(res.root(home), "pools")
+    units = lambda: [n for _r, _d, files in os.walk(pools) for n in files if n != ".lock"]
+
+    def conflict(*a):
+        raise wsp.Conflict(["b: CONFLICT (content): f.txt", "c: x"])
+    monkeypatch.setattr(wsp, "prepare", conflict)
+    c = lc.claim_task(home, plan, "a", worker="w1", kind="external")
+    assert c is not None and c.conflict == "b: CONFLICT (content): f.txt; c: x" and c.attempt == 1
+    assert os.path.isdir(home.claim_dir("g", "a")) and not os.path.exists(home.prompt_path("g", "a"))
+    assert len(units()) == 1
+    res.release_attempt(home, "g", "a", c.owner)
+    claims.release(home, "g", "a")
+
+    def full(*a):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(wsp, "prepare", full)
+    with pytest.raises(FsError) as e:
+        lc.claim_task(home, plan, "a", worker="w1", kind="external")
+    assert str(e.value) == f"cannot prepare the workspace of {home.task_dir('g', 'a')}: No space left on device"
+    assert not os.path.lexists(home.claim_dir("g", "a")) and units() == []
+
+
+def test_a_commit_the_scheduler_cannot_take_incrementally_asks_for_a_rebuild_and_announces_nothing_more(tmp_path):
+    """The scheduler already holds another end for the task (a cancel it took before our commit
+    landed): finish() still commits and announces the task's own end, but its changes say
+    `rebuild` (the engine rebuilds the goal from the files) and unlock nobody."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                                  {"id": "b", "prompt": "x", "agent": "true", "deps": ["a"]}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    assert sched.take() == "a"
+    c = _claim(home, "a")
+    assert sched.finish("a", "cancelled") is not None
+    f = tr.finish(home, plan, sched, c, ok=True, worker="w1")
+    assert f.outcome == "done" and os.path.exists(home.marker_path("g", "a", "done"))
+    assert f.changes.rebuild is True and f.changes.ready == [] and f.changes.blocked == []
+    assert [e for e in goal_events(home, ev.TASK_STATUS) if e.get("task") == "b" and e.get("status") == ev.READY] == []
+    plan, sched = home.load_plan("g"), _sched(home)             # a normal end: no rebuild
+    assert sched.take() == "b"
+    f = tr.finish(home, plan, sched, _claim(home, "b"), ok=True, worker="w1")
+    assert f.changes.rebuild is False
+
+
+def _counting_hook(tmp_path: Path) -> tuple[Path, list[str]]:
+    """A hook that leaves one file per run, <folder>/<hook event>-<task>.<random>: runs counted."""
+    got = tmp_path / "hook-runs"
+    got.mkdir()
+    return got, ["sh", "-c", f'f=$(mktemp "{got}/$DAGRUN_HOOK_EVENT-$DAGRUN_TASK.XXXXXX") && cat > "$f"']
+
+
+def _runs(got: Path) -> list[str]:
+    from dagrun import hooks as hk
+    assert hk.wait(15)
+    return sorted(n.rpartition(".")[0] for n in os.listdir(got))
+
+
+def test_a_skip_that_dies_after_its_events_leaves_no_record_a_replay_would_run_again(tmp_path, monkeypatch):
+    """The on_skipped record published before the marker is settled into the event's own
+    record (not left beside a second one): when the process dies after the skipped events were
+    appended -- no `finally` of it runs -- the next process's replay finds nothing more to run,
+    and each on_skipped hook ran once."""
+    from dagrun import hooks as hk
+    got, hook = _counting_hook(tmp_path)
+    home, plan, sched, cb = _skip_b(tmp_path, hook)
+    real = tr._status
+
+    def dies_after(*a, **k):
+        e = real(*a, **k)
+        if a[3] == "c" and a[4] == ev.SKIPPED:
+            raise SystemExit("killed right after c's skipped event")
+        return e
+    monkeypatch.setattr(tr, "_status", dies_after)
+    monkeypatch.setattr(hk, "abandon", lambda pending: None)        # a dead process cleans nothing up
+    with pytest.raises(SystemExit):
+        tr.skip(home, plan, sched, cb, worker="w1")
+    monkeypatch.undo()
+    assert _runs(got) == ["on_skipped-b", "on_skipped-c"]
+    dead = dead_pid()
+    for path in _due(home):
+        rec = read_json(path)
+        rec["owner"]["pid"] = dead
+        Path(path).write_bytes(json.dumps(rec).encode())
+    tr.replay_hooks(home, "g", "w2")
+    assert _runs(got) == ["on_skipped-b", "on_skipped-c"]
+    assert _due(home) == []
+
+
+def test_a_commit_that_asks_for_a_rebuild_withdraws_the_skip_records_it_published(tmp_path, monkeypatch):
+    """Before a's marker the on_skipped record of c (one_failed: skipped when a succeeds) is
+    published; the scheduler then cannot take a's end incrementally (finish() returns None:
+    rebuild): the record is withdrawn -- the rebuild decides c -- and no hook runs for it."""
+    got, hook = _counting_hook(tmp_path)
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                                  {"id": "c", "prompt": "x", "agent": "true", "deps": ["a"], "trigger": "one_failed"}],
+                       hooks={"on_skipped": [hook]})
+    plan, sched = home.load_plan("g"), _sched(home)
+    assert sched.take() == "a"
+    c = _claim(home, "a")
+    seen = []
+    real = Scheduler.finish
+
+    def outside_the_rules(self, t, outcome):
+        if self is not sched:                   # would_skip's shadow copy: the real rules
+            return real(self, t, outcome)
+        seen.append((t, outcome, [read_json(p)["task"] for p in _due(home)]))
+        return None
+    monkeypatch.setattr(Scheduler, "finish", outside_the_rules)
+    f = tr.finish(home, plan, sched, c, ok=True, worker="w1")
+    assert seen == [("a", "done", ["c"])]                           # c's record was out before the marker
+    assert f.changes.rebuild is True and f.changes.skipped == []
+    assert _runs(got) == [] and _due(home) == []
+
+
+def test_a_failure_that_dies_after_the_blocked_events_leaves_no_record_a_replay_would_run_again(tmp_path, monkeypatch):
+    """As for a skip: the on_blocked record of b, published before a's failed marker, becomes
+    the record of b's blocked event; a death right after that event (no `finally` runs) leaves
+    nothing a replay would run a second time."""
+    from dagrun import hooks as hk
+    got, hook = _counting_hook(tmp_path)
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 0},
+                                  {"id": "b", "prompt": "x", "agent": "true", "deps": ["a"]}],
+                       hooks={"on_blocked": [hook]})
+    plan, sched = home.load_plan("g"), _sched(home)
+    assert sched.take() == "a"
+    c = _claim(home, "a")
+    real = tr._emit
+
+    def dies_after(*a, **k):
+        e = real(*a, **k)
+        if a[3] == ev.TASK_BLOCKED and k.get("task") == "b":
+            raise SystemExit("killed right after b's blocked event")
+        return e
+    monkeypatch.setattr(tr, "_emit", dies_after)
+    monkeypatch.setattr(hk, "abandon", lambda pending: None)        # a dead process cleans nothing up
+    with pytest.raises(SystemExit):
+        tr.finish(home, plan, sched, c, ok=False, worker="w1", reason="bad")
+    monkeypatch.undo()
+    assert _runs(got) == ["on_blocked-b"]
+    dead = dead_pid()
+    for path in _due(home):
+        rec = read_json(path)
+        rec["owner"]["pid"] = dead
+        Path(path).write_bytes(json.dumps(rec).encode())
+    tr.replay_hooks(home, "g", "w2")
+    assert _runs(got) == ["on_blocked-b"] and _due(home) == []
+
+
+def test_a_claim_whose_owner_json_cannot_be_published_gives_everything_back_with_one_line(tmp_path, monkeypatch):
+    import errno
+
+    from dagrun import resources as res
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "mutex": "db"}])
+    plan = home.load_plan("g")
+    pools = os.path.join(res.root(home), "pools")
+
+    def full(*a):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(claims, "update_owner", full)
+    with pytest.raises(FsError) as e:
+        lc.claim_task(home, plan, "a", worker="w1", kind="external")
+    assert str(e.value) == f"cannot publish {home.owner_path('g', 'a')}: No space left on device"
+    assert not os.path.lexists(home.claim_dir("g", "a"))
+    assert [n for _r, _d, files in os.walk(pools) for n in files if n != ".lock"] == []     # the unit came back
+
+
+def test_a_gate_whose_awaiting_file_cannot_be_published_says_so_in_one_line_and_drops_its_claim(tmp_path, monkeypatch):
+    import errno
+
+    from dagrun import fsio
+    home = submit_home(tmp_path, [{"id": "gate", "prompt": "x", "approval": {"prompt": "Merge?", "timeout": 3600}}])
+    assert claims.acquire(home, "g", "gate")
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(fsio, "write_atomic", full)
+    with pytest.raises(FsError) as e:
+        lc.publish_awaiting(home, "g", "gate", {"prompt": "Merge?"})
+    monkeypatch.undo()
+    awaiting = os.path.join(home.task_dir("g", "gate"), "awaiting")
+    assert str(e.value) == f"cannot publish {awaiting}: No space left on device"
+    assert not os.path.lexists(home.claim_dir("g", "gate")) and not os.path.lexists(awaiting)
+
+
+def test_the_prompt_of_a_task_in_a_code_workspace_says_where_its_worktree_is(tmp_path, monkeypatch):
+    """claim_task hands the workspace it prepared to the prompt (the tests of real git
+    worktrees run the binary; here workspace.prepare is stood in for): prompt.md carries the
+    workspace's note, and the claim carries the workspace."""
+    from dagrun import workspace as wsp
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "do it", "agent": "true"}])
+    plan = home.load_plan("g")
+    ws = wsp.Prepared(path=str(tmp_path / "wt"), branch="dagrun/g/a", base="main", base_commit="1" * 40,
+                      snapshot="2" * 40, merged=[], cwd=str(tmp_path / "wt"), plan_dir=str(tmp_path / "plan"))
+    asked = []
+
+    def prepare(h, p, t):
+        asked.append((h, p, t))
+        return ws
+    monkeypatch.setattr(wsp, "prepare", prepare)
+    c = lc.claim_task(home, plan, "a", worker="w1", kind="external")
+    assert asked == [(home, plan, "a")] and asked[0][0] is home and c.workspace is ws
+    note = wsp.prompt_note(ws)
+    assert str(tmp_path / "wt") in note
+    assert Path(home.prompt_path("g", "a")).read_text() == "do it\n\n---\n\n" + note.rstrip("\n") + "\n"
+
+
+def test_a_worktree_path_that_is_not_utf8_reaches_the_prompt_byte_for_byte(tmp_path, monkeypatch):
+    """A path is bytes: one that is not UTF-8 (decoded by Python with surrogateescape) is
+    written into prompt.md as the same bytes, not refused (nor replaced)."""
+    from dagrun import workspace as wsp
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "do it", "agent": "true"}])
+    plan = home.load_plan("g")
+    wt = os.fsdecode(os.fsencode(str(tmp_path)) + b"/wt-caf\xe9")
+    ws = wsp.Prepared(path=wt, branch="dagrun/g/a", base="main", base_commit="1" * 40, snapshot="2" * 40,
+                      merged=[], cwd=wt, plan_dir=str(tmp_path / "plan"))
+    monkeypatch.setattr(wsp, "prepare", lambda h, p, t: ws)
+    lc.claim_task(home, plan, "a", worker="w1", kind="external")
+    assert os.fsencode(str(tmp_path)) + b"/wt-caf\xe9" in Path(home.prompt_path("g", "a")).read_bytes()
+
+
+@pytest.mark.parametrize("exit_code", [None, 3])
+def test_a_success_whose_workspace_cannot_be_committed_fails_with_git_s_reason(tmp_path, monkeypatch, exit_code):
+    """ok, but the worktree's commit fails (lifecycle.capture_workspace returns why; stood in
+    for here, the tests of real worktrees run the binary): the attempt fails with that reason,
+    its exit code kept (0 when the agent's was not given), and no `done` appears."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 0}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    assert sched.take() == "a"
+    monkeypatch.setattr(tr, "capture_workspace", lambda h, p, c: "cannot commit the workspace: git says no")
+    f = tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", exit_code=exit_code,
+                  output_data=b"out\n")
+    assert f.outcome == "failed" and not os.path.exists(home.marker_path("g", "a", "done"))
+    rec = read_json(home.attempt_path("g", "a", 1, "json"))
+    assert (rec["outcome"], rec["reason"], rec["exit_code"], rec["final"]) == \
+        ("failed", "cannot commit the workspace: git says no", 0 if exit_code is None else exit_code, True)
+
+
+def test_a_replayed_hook_that_fails_is_reported_like_any_hook(tmp_path, monkeypatch):
+    """The hooks a replay runs for a dead process report their failure as the engine's own do:
+    an agent.hook.failed event and the goal's last_failure.json."""
+    from dagrun import hooks as hk
+    home, plan, sched, cb = _skip_b(tmp_path, ["sh", "-c", "cat >/dev/null; exit 3"])
+    _cut_off_then_replayed(home, monkeypatch, lambda: tr.skip(home, plan, sched, cb, worker="w1"), 2)
+    assert hk.wait(15)
+    failed = goal_events(home, ev.HOOK_FAILED)
+    assert sorted((e["hook_event"], e["task"]) for e in failed) == [("on_skipped", "b"), ("on_skipped", "c")]
+    last = read_json(os.path.join(home.hooks_due_dir("g"), "last_failure.json"))
+    assert last["type"] == ev.HOOK_FAILED and last["hook_event"] == "on_skipped"
+
+
+def test_under_a_serial_group_the_best_startable_task_must_fit_the_budget_with_its_own_estimate():
+    """may_start's slow path (files, serial groups, resources) asks the budget about the task it
+    would start: its estimate counts."""
+    s = Scheduler([_T("a"), _T("b")], serial={"a": "grp"}, budget={"usd": 1.0}, estimates={"a": 2.0, "b": 0.5})
+    assert s.ready_ids() == ["a", "b"] and s.may_start() is False         # a first, and it does not fit
+    s = Scheduler([_T("a"), _T("b")], serial={"a": "grp"}, budget={"usd": 1.0}, estimates={"a": 0.5})
+    assert s.may_start() is True
+
+
+def test_an_approval_gate_s_awaiting_body_is_dated_by_the_time_given(tmp_path):
+    home = submit_home(tmp_path, [{"id": "gate", "prompt": "x", "approval": {"prompt": "Merge?", "timeout": 60}}])
+    plan = home.load_plan("g")
+    assert lc.gate_body(plan, "gate", "w1", now=1_700_000_000.5) == {
+        "prompt": "Merge?", "since": now_iso(1_700_000_000.5), "worker": "w1", "timeout": 60,
+        "timeout_at": now_iso(1_700_000_060.5)}
+
+
+def test_a_done_marker_whose_rewrite_fails_half_way_puts_the_holder_s_owner_json_back(tmp_path, monkeypatch):
+    """The marker is written over owner.json's inode; the disk fills up half-way through that
+    write: owner.json goes back holding the holder's record -- whole, not half marker and half
+    owner -- so the claim keeps a provable holder (released by the caller, or broken as soon as
+    it is gone) instead of looking half-born or foreign."""
+    import errno
+
+    from dagrun import fsio
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    holder = claims.read_owner(home, "g", "a")
+    Path(home.claim_dir("g", "a"), "stdout").write_bytes(b"OUT\n")
+    real, calls = fsio._write_whole, []
+
+    def half_then_full(fd, data):
+        calls.append(len(data))
+        if len(calls) == 1:
+            os.write(fd, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
+    monkeypatch.setattr(fsio, "_write_whole", half_then_full)
+    with pytest.raises(FsError):
+        lc.commit_done(home, plan, c, ended=time.time())
+    monkeypatch.undo()
+    assert not os.path.exists(home.marker_path("g", "a", "done"))
+    assert claims.read_owner(home, "g", "a") == holder
