@@ -712,3 +712,57 @@ def test_an_unknown_preset_is_named_where_it_is_given_and_a_task_without_agent_i
     assert str(ei.value).endswith(': tasks[0]: task "a" has no agent: set "agent" on it or in "defaults"')
     p = write_plan(plans, [{"id": "a", "prompt": "x", "approval": {"prompt": "ok?"}}])
     assert planmod.load(str(p)).task("a").agent == ""          # a gate needs no agent: a person decides it
+
+
+def test_a_task_s_own_hooks_reach_it_normalised_and_on_goal_finished_is_the_plan_s_alone(plans):
+    """A task's own `hooks` (in-process; the hook tests run the binary): every event but
+    on_goal_finished, normalised like the plan's, a bad one named under tasks[i].hooks."""
+    own = {"on_done": [["a"]], "on_failed": [{"argv": ["f"], "timeout": 2}], "on_approval_needed": [["ask"]],
+           "on_skipped": []}
+    t = _task(plans, hooks=own)
+    assert t.hooks == {"on_done": [{"timeout": 30.0, "argv": ["a"]}], "on_failed": [{"timeout": 2.0, "argv": ["f"]}],
+                       "on_approval_needed": [{"timeout": 30.0, "argv": ["ask"]}]}
+    assert _task(plans).hooks is None
+    events = "on_done, on_failed, on_retrying, on_cancelled, on_blocked, on_skipped, on_approval_needed"
+    for hooks, said in (({"on_goal_finished": [["x"]]},
+                         f'tasks[0].hooks.on_goal_finished: unknown hook event "on_goal_finished" (known: {events})'),
+                        ({"on_done": [5]}, "tasks[0].hooks.on_done[0]: expected an argv array or an object, got a number"),
+                        (5, f"tasks[0].hooks: expected an object of hook lists ({events}), got a number")):
+        p = write_plan(plans, [{"id": "a", "prompt": "x", "hooks": hooks}], defaults=AGENT)
+        with pytest.raises(PlanError) as ei:
+            planmod.load(str(p))
+        assert str(ei.value).startswith(f"{p}:") and str(ei.value).endswith(f": {said}"), str(ei.value)
+
+
+def test_a_bad_serial_group_and_a_lone_one_failed_trigger_are_named_by_their_path(plans):
+    for task, said in (({"serial": "a b"}, 'tasks[0].serial: invalid id "a b": use 1-128 of A-Z a-z 0-9 . _ - , starting with a letter or digit'),
+                       ({"serial": 5}, "tasks[0].serial: expected a string, got a number"),
+                       ({"trigger": "one_failed"}, 'tasks[0].trigger: trigger "one_failed" needs at least one task in deps')):
+        p = write_plan(plans, [{"id": "a", "prompt": "x", **task}], defaults=AGENT)
+        with pytest.raises(PlanError) as ei:
+            planmod.load(str(p))
+        assert str(ei.value).startswith(f"{p}:") and str(ei.value).endswith(f": {said}"), str(ei.value)
+    assert _task(plans, serial="g").serial == "g"
+    p = write_plan(plans, [{"id": "b", "prompt": "x"}, {"id": "a", "prompt": "x", "deps": ["b"], "trigger": "one_failed"}],
+                   defaults=AGENT)
+    assert planmod.load(str(p)).task("a").trigger == "one_failed"
+
+
+def test_a_task_runs_in_a_worktree_unless_it_says_workspace_false_or_is_an_approval_gate(plans):
+    gate = {"approval": {"prompt": "ok?"}}
+    assert [_task(plans, **f).workspace for f in ({}, {"workspace": True}, {"workspace": False}, gate,
+                                                   {**gate, "workspace": True}, {**gate, "workspace": False})] == \
+        [True, True, False, False, False, False]
+
+
+def test_the_defaults_knob_fields_are_worked_out_once_per_plan(plans, monkeypatch):
+    """Tasks that set no knob of their own share the fields the defaults give, worked out once
+    per plan (a 100 000-task plan); a task with its own knob gets its own."""
+    calls = []
+    real = planmod._knob_fields
+    monkeypatch.setattr(planmod, "_knob_fields", lambda knobs: calls.append(dict(knobs)) or real(knobs))
+    tasks = [{"id": f"t{i}", "prompt": "x", "workspace": True} for i in range(4)]
+    pl = planmod.load(str(write_plan(plans, tasks + [{"id": "own", "prompt": "x", "timeout": 7}],
+                                     defaults={**AGENT, "timeout": 5})))
+    assert calls == [{**AGENT, "timeout": 5}, {**AGENT, "timeout": 7}]
+    assert [t.timeout for t in pl.tasks] == [5.0] * 4 + [7.0]
