@@ -766,3 +766,92 @@ def test_the_defaults_knob_fields_are_worked_out_once_per_plan(plans, monkeypatc
                                      defaults={**AGENT, "timeout": 5})))
     assert calls == [{**AGENT, "timeout": 5}, {**AGENT, "timeout": 7}]
     assert [t.timeout for t in pl.tasks] == [5.0] * 4 + [7.0]
+
+
+# ---- issue 21 (eighth session): what the sweep of plan.py's remaining mutants found unchecked
+
+def test_a_plan_may_hold_exactly_the_task_limit(plans, monkeypatch):
+    """MAX_TASKS is the most a plan may hold (lowered here: 100 000 tasks is the scale bench)."""
+    monkeypatch.setattr(planmod, "MAX_TASKS", 3)
+    assert len(planmod.load(str(write_plan(plans, [{"id": f"t{i}", "prompt": "x"} for i in range(3)],
+                                           defaults=AGENT))).tasks) == 3
+    p = write_plan(plans, [{"id": f"t{i}", "prompt": "x"} for i in range(4)], defaults=AGENT)
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert str(ei.value).endswith(": tasks: 4 tasks; the limit is 3"), str(ei.value)
+
+
+def test_a_hook_s_timeout_may_be_any_number_of_seconds_above_0_up_to_3600(plans):
+    for timeout in (0.5, 1, 3600):
+        pl = planmod.load(str(write_plan(plans, [{"id": "a", "prompt": "x"}], defaults=AGENT,
+                                         hooks={"on_done": [{"argv": ["x"], "timeout": timeout}]})))
+        assert pl.hooks == {"on_done": [{"timeout": float(timeout), "argv": ["x"]}]}
+
+
+def test_an_error_inside_a_value_not_written_points_at_the_line_of_the_nearest_value_written(plans):
+    """A hook given as an argv array is read as {"argv": [...]}: its error path ends in "argv",
+    which is not in the file; the line is that of the array (the nearest enclosing value)."""
+    p = plans / "dag.json"
+    p.write_text('{"defaults": {"agent": "true"},\n "tasks": [{"id": "a", "prompt": "x"}],\n "hooks": {"on_done":\n'
+                 '  [\n   ["ok"],\n   []]}}')
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert str(ei.value) == f"{p}:6: hooks.on_done[1].argv: expected a non-empty array of non-empty strings " \
+                            "(the command and its arguments; no shell)"
+    assert (ei.value.line, ei.value.json_path) == (6, "hooks.on_done[1].argv")
+
+
+def test_an_agent_preset_is_checked_once_per_plan(plans, monkeypatch):
+    calls = []
+    real = planmod.presets.check
+    monkeypatch.setattr(planmod.presets, "check", lambda agent, table: calls.append(agent) or real(agent, table))
+    pl = planmod.load(str(write_plan(plans, [{"id": f"t{i}", "prompt": "x", "agent": "@claude"} for i in range(3)])))
+    assert calls == ["@claude"] and {t.agent for t in pl.tasks} == {"@claude"}
+
+
+def test_plan_json_holds_the_goal_s_limits_tenant_weight_and_aging_only_when_set(plans):
+    top = {"resources": {"gpu": 2}, "agent_limits": {"claude": 1}, "tenant": "team", "weight": 2.5, "aging": 30}
+    pl = planmod.load(str(write_plan(plans, [{"id": "a", "prompt": "x"}], defaults=AGENT, **top)))
+    d = pl.to_dict()
+    assert {k: d[k] for k in top} == {"resources": {"gpu": 2}, "agent_limits": {"claude": 1}, "tenant": "team",
+                                      "weight": 2.5, "aging": 30.0}
+    back = planmod.Plan.from_json(pl.canonical())
+    assert (back.capacities, back.agent_limits, back.tenant, back.weight, back.aging) == \
+        ({"gpu": 2}, {"claude": 1}, "team", 2.5, 30.0)
+    plain = planmod.load(str(write_plan(plans, [{"id": "a", "prompt": "x"}], defaults=AGENT))).to_dict()
+    assert not set(top) & set(plain)
+
+
+def test_a_fragment_without_tasks_or_over_the_goal_s_max_tasks_is_refused_in_one_line(plans):
+    pl = planmod.load(str(write_plan(plans, [{"id": "a", "prompt": "p"}, {"id": "b", "prompt": "p"}],
+                                     defaults=AGENT, max_tasks=3)))
+
+    def add(doc, plan=pl):
+        raw = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+        with pytest.raises(PlanError) as ei:
+            planmod.parse_fragment(raw, shown="frag.json", plan=plan)
+        return str(ei.value)
+    need = 'a fragment needs "tasks": a non-empty array of tasks'
+    assert add(b'{"tasks": [\xff]}') == "frag.json: malformed JSON: invalid UTF-8 at byte 11"
+    assert add({"defaults": AGENT}) == f"frag.json:1: {need}"
+    assert add(b'{\n"tasks": []}') == f"frag.json:2: tasks: {need}"
+    two = [{"id": "x", "prompt": "p"}, {"id": "y", "prompt": "p"}]
+    assert add({"defaults": AGENT, "tasks": two}) == "frag.json:1: tasks: the goal would have 4 tasks; its max_tasks is 3"
+    big = planmod.load(str(write_plan(plans, [{"id": f"t{i}", "prompt": "p"} for i in range(planmod.DEFAULT_MAX_TASKS - 1)],
+                                      defaults=AGENT)))
+    assert add({"defaults": AGENT, "tasks": two}, big) == \
+        'frag.json:1: tasks: the goal would have 1001 tasks; its max_tasks is 1000 (the default; set "max_tasks" in the plan)'
+
+
+def test_a_plan_path_that_is_no_regular_file_or_cannot_be_read_is_named_in_one_line(plans, monkeypatch):
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(plans))
+    assert str(ei.value) == f"cannot read plan {plans}: not a regular file"
+    p = write_plan(plans, [{"id": "a", "prompt": "p"}], defaults=AGENT)
+
+    def failing(path, *a, **k):
+        raise OSError(5, "Input/output error")
+    monkeypatch.setattr(planmod, "open", failing, raising=False)
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert str(ei.value) == f"cannot read plan {p}: Input/output error"
