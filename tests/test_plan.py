@@ -634,6 +634,9 @@ BAD_DOCS = [
      'tasks[1].when.bogus: unknown operator "bogus" (known: output_of, json_of, outcome_of, all, any, not)'),
     (_TPL + [{"id": "a", "prompt": "x", "deps": ["b"], "for_each": {"from": "b"}}, {"id": "a.1", "prompt": "z"}], {},
      'tasks[2].id: task id "a.1" is reserved for the instances of the template "a" (for_each)'),
+    ([], {"workspace": "r"}, "workspace: expected an object, got a string"),
+    ([], {"workspace": {"repo": "r", "bogus": 1}}, 'workspace.bogus: unknown field "bogus" in workspace (known: repo, base, '
+     'author, integrate)'),
 ]
 
 
@@ -781,11 +784,14 @@ def test_a_plan_may_hold_exactly_the_task_limit(plans, monkeypatch):
     assert str(ei.value).endswith(": tasks: 4 tasks; the limit is 3"), str(ei.value)
 
 
-def test_a_hook_s_timeout_may_be_any_number_of_seconds_above_0_up_to_3600(plans):
+def test_a_hook_s_timeout_may_be_any_number_of_seconds_above_0_up_to_3600_and_a_webhook_may_have_no_retry(plans):
     for timeout in (0.5, 1, 3600):
         pl = planmod.load(str(write_plan(plans, [{"id": "a", "prompt": "x"}], defaults=AGENT,
                                          hooks={"on_done": [{"argv": ["x"], "timeout": timeout}]})))
         assert pl.hooks == {"on_done": [{"timeout": float(timeout), "argv": ["x"]}]}
+    pl = planmod.load(str(write_plan(plans, [{"id": "a", "prompt": "x"}], defaults=AGENT,
+                                     hooks={"on_done": [{"url": "https://h", "retries": 0}]})))
+    assert pl.hooks["on_done"][0]["retries"] == 0
 
 
 def test_an_error_inside_a_value_not_written_points_at_the_line_of_the_nearest_value_written(plans):
