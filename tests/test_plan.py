@@ -637,6 +637,17 @@ BAD_DOCS = [
     ([], {"workspace": "r"}, "workspace: expected an object, got a string"),
     ([], {"workspace": {"repo": "r", "bogus": 1}}, 'workspace.bogus: unknown field "bogus" in workspace (known: repo, base, '
      'author, integrate)'),
+    ([], {"workspace": {"repo": 5}}, "workspace.repo: expected a string, got a number"),
+    ([], {"workspace": {"repo": "r", "base": 5}}, "workspace.base: expected a string, got a number"),
+    (_TPL + [{"id": "a", "prompt": "x", "deps": ["b"], "for_each": 5}], {}, "tasks[1].for_each: expected an object, got a number"),
+    (_TPL + [{"id": "a", "prompt": "x", "deps": ["b"], "for_each": {"from": "b", "bogus": 1}}], {},
+     'tasks[1].for_each.bogus: unknown field "bogus" in for_each (known: from, as, max)'),
+    (_TPL + [{"id": "a", "prompt": "x", "deps": ["b"], "for_each": {"from": 5}}], {},
+     "tasks[1].for_each.from: expected a string, got a number"),
+    (_TPL + [{"id": "a", "prompt": "x", "deps": ["b"], "for_each": {"from": "b", "max": 0}}], {},
+     "tasks[1].for_each.max: must be at least 1, got 0"),
+    (_TPL + [{"id": "a", "prompt": "x", "deps": ["b"], "for_each": {"from": "b", "max": 10001}}], {},
+     "tasks[1].for_each.max: must be at most 10000, got 10001"),
 ]
 
 
