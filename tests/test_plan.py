@@ -872,3 +872,10 @@ def test_a_plan_path_that_is_no_regular_file_or_cannot_be_read_is_named_in_one_l
     with pytest.raises(PlanError) as ei:
         planmod.load(str(p))
     assert str(ei.value) == f"cannot read plan {p}: Input/output error"
+
+
+def test_a_template_s_instance_ids_may_be_exactly_128_characters(plans):
+    tid = "a" * 125                                     # its last instance: a...a.99, 128 characters
+    pl = planmod.load(str(write_plan(plans, _TPL + [{"id": tid, "prompt": "x", "deps": ["b"],
+                                                     "for_each": {"from": "b", "max": 100}}], defaults=AGENT)))
+    assert pl.task(tid).for_each == {"from": "b", "as": "item", "max": 100}
