@@ -222,4 +222,4 @@ def test_every_plainly_valid_task_takes_the_plain_path(plans, monkeypatch):
     assert built == ["a", "b", "c", "d", "e"] and general == ["x"]          # "x": the prototype
     assert [(t.id, t.deps, t.description) for t in pl.tasks] == \
         [("a", (), None), ("b", ("a",), None), ("c", ("d", "a"), "after d"), ("d", (), None), ("e", ("d",), "")]
-    assert pl.task("d").prompt == longest
+    assert pl.task("d").prompt == longest and {t.workdir for t in pl.tasks} == {str(plans)}
