@@ -879,3 +879,29 @@ def test_a_template_s_instance_ids_may_be_exactly_128_characters(plans):
     pl = planmod.load(str(write_plan(plans, _TPL + [{"id": tid, "prompt": "x", "deps": ["b"],
                                                      "for_each": {"from": "b", "max": 100}}], defaults=AGENT)))
     assert pl.task(tid).for_each == {"from": "b", "as": "item", "max": 100}
+
+
+def test_a_resource_that_is_also_the_task_s_mutex_is_named_under_resources(plans):
+    p = write_plan(plans, [{"id": "a", "prompt": "x", "mutex": "m", "resources": {"m": 3}}], defaults=AGENT,
+                   resources={"m": 2})
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert str(ei.value).split(": ", 1)[1] == \
+        'tasks[0].resources.m: task "a" asks for 3 units of "m" but the plan\'s capacity of "m" is 2: it could never start'
+
+
+def test_each_serial_group_orders_only_its_own_tasks(plans):
+    """b (group t) may depend on c, which comes after it in plan order: c is in group s."""
+    tasks = [{"id": "a", "prompt": "x", "serial": "s"}, {"id": "b", "prompt": "x", "serial": "t", "deps": ["c"]},
+             {"id": "c", "prompt": "x", "serial": "s"}, {"id": "d", "prompt": "x", "serial": "t"}]
+    assert [t.serial for t in planmod.load(str(write_plan(plans, tasks, defaults=AGENT))).tasks] == ["s", "t", "s", "t"]
+
+
+def test_a_fragment_whose_serial_group_contradicts_its_dependencies_names_the_task_by_its_index_in_the_fragment(plans):
+    pl = planmod.load(str(write_plan(plans, [{"id": "a", "prompt": "p"}, {"id": "b", "prompt": "p"}], defaults=AGENT)))
+    raw = json.dumps({"defaults": AGENT, "tasks": [{"id": "x", "prompt": "p", "serial": "s", "deps": ["y"]},
+                                                   {"id": "y", "prompt": "p", "serial": "s"}]}).encode()
+    with pytest.raises(PlanError) as ei:
+        planmod.parse_fragment(raw, shown="frag.json", plan=pl)
+    assert str(ei.value) == ('frag.json:1: tasks[0].serial: serial group "s" runs in plan order, but that order '
+                             'contradicts the dependencies: dependency cycle: x -> y -> x')
