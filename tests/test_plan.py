@@ -905,3 +905,17 @@ def test_a_fragment_whose_serial_group_contradicts_its_dependencies_names_the_ta
         planmod.parse_fragment(raw, shown="frag.json", plan=pl)
     assert str(ei.value) == ('frag.json:1: tasks[0].serial: serial group "s" runs in plan order, but that order '
                              'contradicts the dependencies: dependency cycle: x -> y -> x')
+
+
+def test_every_knob_reaches_the_task_typed_and_an_unset_one_is_its_default(plans):
+    """_knob_fields, field by field (a task's own knobs; the plan's defaults reach it the same way)."""
+    t = _task(plans, timeout=90, stall_timeout=30, cache=True, budget_share=0.7, estimate={"seconds": 12, "usd": 0.5},
+              mutex="m")
+    got = (t.timeout, t.stall_timeout, t.cache, t.budget_share, t.estimate_seconds, t.estimate_usd, t.mutex)
+    assert got == (90.0, 30.0, True, 0.7, 12, 0.5, "m") and [type(v) for v in got[:4]] == [float, float, bool, float]
+    t = _task(plans, estimate={"usd": 0.25})
+    assert (t.timeout, t.stall_timeout, t.cache, t.budget_share, t.estimate_seconds, t.estimate_usd, t.mutex) == \
+        (None, None, False, 0.4, None, 0.25, None)
+    t = planmod.load(str(write_plan(plans, [{"id": "a", "prompt": "x"}],
+                                    defaults={**AGENT, "timeout": 5, "estimate": {"seconds": 3}}))).task("a")
+    assert (t.timeout, t.estimate_seconds, t.estimate_usd) == (5.0, 3, None)
