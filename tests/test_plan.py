@@ -174,6 +174,25 @@ def test_a_prompt_file_over_the_limit_is_refused_by_name_and_size(plans):
                                   f"the limit is {planmod.MAX_PROMPT_BYTES}"), str(ei.value)
 
 
+def test_a_prompt_file_that_grows_past_the_limit_after_it_was_measured_is_refused(plans, monkeypatch):
+    """The size is checked by stat, then the file is read: what grew in between is caught by the
+    read itself (MAX_PROMPT_BYTES + 1 bytes read), not taken as a prompt cut at the limit. The
+    growth is simulated: open hands the validator more bytes than the stat saw."""
+    import io
+    (plans / "x.md").write_text("hi")
+    p = write_plan(plans, [{"id": "a", "prompt_file": "x.md"}], defaults=AGENT)
+
+    def grown(path, *a, **k):
+        if str(path).endswith("x.md"):
+            return io.BytesIO(b"x" * (planmod.MAX_PROMPT_BYTES + 5))
+        return open(path, *a, **k)
+    monkeypatch.setattr(planmod, "open", grown, raising=False)
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert str(ei.value).endswith(f': tasks[0].prompt_file: "x.md" grew past the limit of {planmod.MAX_PROMPT_BYTES} '
+                                  "bytes while it was read"), str(ei.value)
+
+
 def test_a_prompt_file_that_cannot_be_opened_is_named_in_one_line(plans, monkeypatch):
     """open() failing after the stat (EACCES for a user without read permission; the suite
     may run as root, whom no mode stops, so open is made to fail as it would)."""
