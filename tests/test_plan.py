@@ -838,11 +838,26 @@ def test_an_error_inside_a_value_not_written_points_at_the_line_of_the_nearest_v
 
 
 def test_an_agent_preset_is_checked_once_per_plan(plans, monkeypatch):
-    calls = []
-    real = planmod.presets.check
+    calls, asked = [], []
+    real, real_is = planmod.presets.check, planmod.presets.is_preset
     monkeypatch.setattr(planmod.presets, "check", lambda agent, table: calls.append(agent) or real(agent, table))
-    pl = planmod.load(str(write_plan(plans, [{"id": f"t{i}", "prompt": "x", "agent": "@claude"} for i in range(3)])))
-    assert calls == ["@claude"] and {t.agent for t in pl.tasks} == {"@claude"}
+    monkeypatch.setattr(planmod.presets, "is_preset", lambda agent: asked.append(agent) or real_is(agent))
+    tasks = [{"id": f"t{i}", "prompt": "x", "agent": a} for i, a in enumerate(["@claude", "mine -x"] * 3)]
+    pl = planmod.load(str(write_plan(plans, tasks)))
+    assert calls == ["@claude"] and asked.count("mine -x") == 1        # (presets.check asks about "@claude" too)
+    assert [t.agent for t in pl.tasks] == ["@claude", "mine -x"] * 3
+
+
+def test_the_presets_of_the_home_the_plan_is_loaded_for_are_known(plans, tmp_path, monkeypatch):
+    home = tmp_path / "h"
+    home.mkdir()
+    (home / "presets.json").write_text(json.dumps({"mine": {"command": ["true"]}}))
+    monkeypatch.setenv("DAGRUN_HOME", str(tmp_path / "other"))
+    p = write_plan(plans, [{"id": "a", "prompt": "x", "agent": "@mine"}])
+    assert planmod.load(str(p), home=str(home)).task("a").agent == "@mine"
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert ": tasks[0].agent: unknown agent preset @mine (known: " in str(ei.value)
 
 
 def test_plan_json_holds_the_goal_s_limits_tenant_weight_and_aging_only_when_set(plans):
