@@ -835,6 +835,10 @@ def test_an_error_inside_a_value_not_written_points_at_the_line_of_the_nearest_v
     assert str(ei.value) == f"{p}:6: hooks.on_done[1].argv: expected a non-empty array of non-empty strings " \
                             "(the command and its arguments; no shell)"
     assert (ei.value.line, ei.value.json_path) == (6, "hooks.on_done[1].argv")
+    p.write_text('\n{"defaults": {"agent": "true"}}')          # an error of the whole document: no path
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert (str(ei.value), ei.value.line, ei.value.json_path) == (f'{p}:2: missing "tasks" (an array of tasks)', 2, None)
 
 
 def test_an_agent_preset_is_checked_once_per_plan(plans, monkeypatch):
