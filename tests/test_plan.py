@@ -700,7 +700,7 @@ def test_hooks_a_template_and_the_workspace_reach_the_plan_normalised(plans):
     assert pl.workspace == {"repo": str(plans.parent / "r"), "base": "HEAD"}
 
 
-@pytest.mark.parametrize("v,secs", [(90, 90.0), (1.5, 1.5), ("90", 90.0), ("90s", 90.0), (" 30m ", 1800.0), ("2h", 7200.0),
+@pytest.mark.parametrize("v,secs", [(90, 90.0), (1.5, 1.5), (1, 1.0), (0.5, 0.5), ("90", 90.0), ("90s", 90.0), (" 30m ", 1800.0), ("2h", 7200.0),
                                     ("1d", 86400.0), ("0.5h", 1800.0), ("30d", 2592000.0), ("31d", None), (0, None),
                                     ("0s", None), (-1, None), (True, None), ("1y", None), ("h", None), (None, None),
                                     (float("inf"), None)])
