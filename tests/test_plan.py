@@ -957,3 +957,19 @@ def test_every_knob_reaches_the_task_typed_and_an_unset_one_is_its_default(plans
     t = planmod.load(str(write_plan(plans, [{"id": "a", "prompt": "x"}],
                                     defaults={**AGENT, "timeout": 5, "estimate": {"seconds": 3}}))).task("a")
     assert (t.timeout, t.estimate_seconds, t.estimate_usd) == (5.0, 3, None)
+
+
+def test_a_plan_with_other_tasks_keeps_every_other_field_and_its_capacities_name_the_agents(plans):
+    """Plan.with_tasks (a plan edit: add, fan-out) and Plan.goal_capacities, in-process."""
+    import dataclasses
+    top = {"max_parallel": 3, "on_failure": "stop", "lease": 20, "description": "d", "workspace": {"repo": "r"},
+           "hooks": {"on_done": [["x"]]}, "budget": {"usd": 5}, "max_tasks": 9, "resources": {"gpu": 2},
+           "agent_limits": {"claude": 1}, "tenant": "team", "weight": 2.0, "aging": 30}
+    pl = planmod.load(str(write_plan(plans, [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"}], defaults=AGENT,
+                                     **top)))
+    other = pl.with_tasks(pl.tasks[:1])
+    assert [t.id for t in other.tasks] == ["a"] and other.task("a") is pl.tasks[0] and not other.has("b")
+    for f in dataclasses.fields(planmod.Plan):
+        if f.name not in ("tasks", "_index"):
+            assert getattr(other, f.name) == getattr(pl, f.name) and getattr(pl, f.name) not in (None, 1.0), f.name
+    assert pl.goal_capacities() == {"gpu": 2, "agent.claude": 1}
