@@ -865,14 +865,15 @@ def test_the_presets_of_the_home_the_plan_is_loaded_for_are_known(plans, tmp_pat
 
 
 def test_plan_json_holds_the_goal_s_limits_tenant_weight_and_aging_only_when_set(plans):
-    top = {"resources": {"gpu": 2}, "agent_limits": {"claude": 1}, "tenant": "team", "weight": 2.5, "aging": 30}
+    top = {"resources": {"gpu": 2}, "agent_limits": {"claude": 1}, "tenant": "team", "weight": 2.5, "aging": 30,
+           "max_tasks": 9, "budget": {"usd": 5}}
     pl = planmod.load(str(write_plan(plans, [{"id": "a", "prompt": "x"}], defaults=AGENT, **top)))
     d = pl.to_dict()
     assert {k: d[k] for k in top} == {"resources": {"gpu": 2}, "agent_limits": {"claude": 1}, "tenant": "team",
-                                      "weight": 2.5, "aging": 30.0}
+                                      "weight": 2.5, "aging": 30.0, "max_tasks": 9, "budget": {"usd": 5.0}}
     back = planmod.Plan.from_json(pl.canonical())
-    assert (back.capacities, back.agent_limits, back.tenant, back.weight, back.aging) == \
-        ({"gpu": 2}, {"claude": 1}, "team", 2.5, 30.0)
+    assert (back.capacities, back.agent_limits, back.tenant, back.weight, back.aging, back.max_tasks, back.budget) == \
+        ({"gpu": 2}, {"claude": 1}, "team", 2.5, 30.0, 9, {"usd": 5.0})
     plain = planmod.load(str(write_plan(plans, [{"id": "a", "prompt": "x"}], defaults=AGENT))).to_dict()
     assert not set(top) & set(plain)
 
