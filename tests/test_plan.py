@@ -974,3 +974,12 @@ def test_a_plan_with_other_tasks_keeps_every_other_field_and_its_capacities_name
         if f.name not in ("tasks", "_index"):
             assert getattr(other, f.name) == getattr(pl, f.name) and getattr(pl, f.name) not in (None, 1.0), f.name
     assert pl.goal_capacities() == {"gpu": 2, "agent.claude": 1}
+
+
+def test_a_plan_read_from_a_dict_leaves_the_dict_as_it_was_unless_told_to_consume_it(plans):
+    pl = planmod.load(str(write_plan(plans, [{"id": "a", "prompt": "x", "check": ["true"]},
+                                             {"id": "b", "prompt": "y", "deps": ["a"], "files": ["src/*"]}],
+                                     defaults=AGENT)))
+    d = pl.to_dict()
+    assert planmod.Plan.from_dict(d) == pl and d == pl.to_dict()
+    assert planmod.Plan.from_dict(d, consume=True) == pl
