@@ -983,3 +983,5 @@ def test_a_plan_read_from_a_dict_leaves_the_dict_as_it_was_unless_told_to_consum
     d = pl.to_dict()
     assert planmod.Plan.from_dict(d) == pl and d == pl.to_dict()
     assert planmod.Plan.from_dict(d, consume=True) == pl
+    back = planmod.Plan.from_json(pl.canonical())      # equal strings shared: one agent / workdir string for all
+    assert back == pl and back.tasks[0].agent is back.tasks[2].agent and back.tasks[0].workdir is back.tasks[2].workdir
