@@ -985,3 +985,4 @@ def test_a_plan_read_from_a_dict_leaves_the_dict_as_it_was_unless_told_to_consum
     assert planmod.Plan.from_dict(d, consume=True) == pl
     back = planmod.Plan.from_json(pl.canonical())      # equal strings shared: one agent / workdir string for all
     assert back == pl and back.tasks[0].agent is back.tasks[2].agent and back.tasks[0].workdir is back.tasks[2].workdir
+    assert back.tasks[0].kill_grace is back.tasks[2].kill_grace          # and equal numbers (floats are objects too)
