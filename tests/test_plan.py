@@ -978,8 +978,8 @@ def test_a_plan_with_other_tasks_keeps_every_other_field_and_its_capacities_name
 
 def test_a_plan_read_from_a_dict_leaves_the_dict_as_it_was_unless_told_to_consume_it(plans):
     pl = planmod.load(str(write_plan(plans, [{"id": "a", "prompt": "x", "check": ["true"], "soft_deps": ["c"]},
-                                             {"id": "b", "prompt": "y", "deps": ["a"], "files": ["src/*"]},
-                                             {"id": "c", "prompt": "z"}], defaults=AGENT)))
+                                             {"id": "b", "prompt": "y", "deps": ["a"], "files": ["src/*"],
+                                              "resources": {"gpu": 1}}, {"id": "c", "prompt": "z"}], defaults=AGENT)))
     d = pl.to_dict()
     assert planmod.Plan.from_dict(d) == pl and d == pl.to_dict()
     assert planmod.Plan.from_dict(d, consume=True) == pl
