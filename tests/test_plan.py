@@ -986,3 +986,30 @@ def test_a_plan_read_from_a_dict_leaves_the_dict_as_it_was_unless_told_to_consum
     back = planmod.Plan.from_json(pl.canonical())      # equal strings shared: one agent / workdir string for all
     assert back == pl and back.tasks[0].agent is back.tasks[2].agent and back.tasks[0].workdir is back.tasks[2].workdir
     assert back.tasks[0].kill_grace is back.tasks[2].kill_grace          # and equal numbers (floats are objects too)
+
+
+def test_a_fragment_s_shape_defaults_text_and_limits_are_checked_like_a_plan_s(plans):
+    (plans / "p.md").write_text("from a file")
+    pl = planmod.load(str(write_plan(plans, [{"id": "a", "prompt": "p"}, {"id": "b", "prompt": "p"}], defaults=AGENT,
+                                     max_tasks=3, resources={"gpu": 1})))
+
+    def add(doc):
+        raw = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+        try:
+            return planmod.parse_fragment(raw, shown="frag.json", plan=pl)
+        except PlanError as e:
+            return str(e)
+    one = [{"id": "x", "prompt": "p"}]
+    assert add(b"[1]") == "frag.json:1: expected an object, got an array"
+    assert add({"tasks": one, "bogus": 1}) == 'frag.json:1: bogus: unknown field "bogus" in a fragment (known: defaults, tasks)'
+    assert add({"tasks": one, "defaults": 5}) == "frag.json:1: defaults: expected an object, got a number"
+    assert add({"tasks": one, "defaults": {"bogus": 1}}).startswith('frag.json:1: defaults.bogus: unknown field "bogus" in defaults (known: ')
+    assert add({"tasks": one, "defaults": {"retries": -1}}).startswith("frag.json:1: defaults.retries: ")
+    assert add({"tasks": [{"id": "x", "prompt": "p", "retries": -1}]}).startswith("frag.json:1: tasks[0].retries: ")
+    assert add(b'{"tasks": [').startswith("frag.json:1:12: malformed JSON: ")
+    assert add(b'{"tasks": [{"id": "\\ud800", "prompt": "p"}]}') == \
+        "frag.json:1: tasks[0].id: contains an unpaired UTF-16 surrogate escape"
+    assert add({"defaults": AGENT, "tasks": [{"id": "x", "prompt": "p", "resources": {"gpu": 2}}]}) == \
+        'frag.json:1: tasks[0].resources.gpu: task "x" asks for 2 units of "gpu" but the plan\'s capacity of "gpu" is 1: it could never start'
+    got = add({"defaults": AGENT, "tasks": [{"id": "x", "prompt_file": "p.md"}]})      # exactly max_tasks: fine
+    assert [t.id for t in got.tasks] == ["a", "b", "x"] and got.task("x").prompt == "from a file"
