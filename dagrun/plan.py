@@ -1445,6 +1445,8 @@ class _Validator:
                 data = f.read(MAX_PROMPT_BYTES + 1)
         except OSError as e:
             self.fail(path, f"cannot read {_show(pfile)}: {e.strerror}")
+        if len(data) > MAX_PROMPT_BYTES:       # it grew since the stat above
+            self.fail(path, f"{_show(pfile)} grew past the limit of {MAX_PROMPT_BYTES} bytes while it was read")
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:

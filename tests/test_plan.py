@@ -174,6 +174,25 @@ def test_a_prompt_file_over_the_limit_is_refused_by_name_and_size(plans):
                                   f"the limit is {planmod.MAX_PROMPT_BYTES}"), str(ei.value)
 
 
+def test_a_prompt_file_that_grows_past_the_limit_after_it_was_measured_is_refused(plans, monkeypatch):
+    """The size is checked by stat, then the file is read: what grew in between is caught by the
+    read itself (MAX_PROMPT_BYTES + 1 bytes read), not taken as a prompt cut at the limit. The
+    growth is simulated: open hands the validator more bytes than the stat saw."""
+    import io
+    (plans / "x.md").write_text("hi")
+    p = write_plan(plans, [{"id": "a", "prompt_file": "x.md"}], defaults=AGENT)
+
+    def grown(path, *a, **k):
+        if str(path).endswith("x.md"):
+            return io.BytesIO(b"x" * (planmod.MAX_PROMPT_BYTES + 5))
+        return open(path, *a, **k)
+    monkeypatch.setattr(planmod, "open", grown, raising=False)
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert str(ei.value).endswith(f': tasks[0].prompt_file: "x.md" grew past the limit of {planmod.MAX_PROMPT_BYTES} '
+                                  "bytes while it was read"), str(ei.value)
+
+
 def test_a_prompt_file_that_cannot_be_opened_is_named_in_one_line(plans, monkeypatch):
     """open() failing after the stat (EACCES for a user without read permission; the suite
     may run as root, whom no mode stops, so open is made to fail as it would)."""
@@ -634,6 +653,20 @@ BAD_DOCS = [
      'tasks[1].when.bogus: unknown operator "bogus" (known: output_of, json_of, outcome_of, all, any, not)'),
     (_TPL + [{"id": "a", "prompt": "x", "deps": ["b"], "for_each": {"from": "b"}}, {"id": "a.1", "prompt": "z"}], {},
      'tasks[2].id: task id "a.1" is reserved for the instances of the template "a" (for_each)'),
+    ([], {"workspace": "r"}, "workspace: expected an object, got a string"),
+    ([], {"workspace": {"repo": "r", "bogus": 1}}, 'workspace.bogus: unknown field "bogus" in workspace (known: repo, base, '
+     'author, integrate)'),
+    ([], {"workspace": {"repo": 5}}, "workspace.repo: expected a string, got a number"),
+    ([], {"workspace": {"repo": "r", "base": 5}}, "workspace.base: expected a string, got a number"),
+    (_TPL + [{"id": "a", "prompt": "x", "deps": ["b"], "for_each": 5}], {}, "tasks[1].for_each: expected an object, got a number"),
+    (_TPL + [{"id": "a", "prompt": "x", "deps": ["b"], "for_each": {"from": "b", "bogus": 1}}], {},
+     'tasks[1].for_each.bogus: unknown field "bogus" in for_each (known: from, as, max)'),
+    (_TPL + [{"id": "a", "prompt": "x", "deps": ["b"], "for_each": {"from": 5}}], {},
+     "tasks[1].for_each.from: expected a string, got a number"),
+    (_TPL + [{"id": "a", "prompt": "x", "deps": ["b"], "for_each": {"from": "b", "max": 0}}], {},
+     "tasks[1].for_each.max: must be at least 1, got 0"),
+    (_TPL + [{"id": "a", "prompt": "x", "deps": ["b"], "for_each": {"from": "b", "max": 10001}}], {},
+     "tasks[1].for_each.max: must be at most 10000, got 10001"),
 ]
 
 
@@ -667,7 +700,7 @@ def test_hooks_a_template_and_the_workspace_reach_the_plan_normalised(plans):
     assert pl.workspace == {"repo": str(plans.parent / "r"), "base": "HEAD"}
 
 
-@pytest.mark.parametrize("v,secs", [(90, 90.0), (1.5, 1.5), ("90", 90.0), ("90s", 90.0), (" 30m ", 1800.0), ("2h", 7200.0),
+@pytest.mark.parametrize("v,secs", [(90, 90.0), (1.5, 1.5), (1, 1.0), (0.5, 0.5), ("90", 90.0), ("90s", 90.0), (" 30m ", 1800.0), ("2h", 7200.0),
                                     ("1d", 86400.0), ("0.5h", 1800.0), ("30d", 2592000.0), ("31d", None), (0, None),
                                     ("0s", None), (-1, None), (True, None), ("1y", None), ("h", None), (None, None),
                                     (float("inf"), None)])
@@ -712,3 +745,271 @@ def test_an_unknown_preset_is_named_where_it_is_given_and_a_task_without_agent_i
     assert str(ei.value).endswith(': tasks[0]: task "a" has no agent: set "agent" on it or in "defaults"')
     p = write_plan(plans, [{"id": "a", "prompt": "x", "approval": {"prompt": "ok?"}}])
     assert planmod.load(str(p)).task("a").agent == ""          # a gate needs no agent: a person decides it
+
+
+def test_a_task_s_own_hooks_reach_it_normalised_and_on_goal_finished_is_the_plan_s_alone(plans):
+    """A task's own `hooks` (in-process; the hook tests run the binary): every event but
+    on_goal_finished, normalised like the plan's, a bad one named under tasks[i].hooks."""
+    own = {"on_done": [["a"]], "on_failed": [{"argv": ["f"], "timeout": 2}], "on_approval_needed": [["ask"]],
+           "on_skipped": []}
+    t = _task(plans, hooks=own)
+    assert t.hooks == {"on_done": [{"timeout": 30.0, "argv": ["a"]}], "on_failed": [{"timeout": 2.0, "argv": ["f"]}],
+                       "on_approval_needed": [{"timeout": 30.0, "argv": ["ask"]}]}
+    assert _task(plans).hooks is None
+    events = "on_done, on_failed, on_retrying, on_cancelled, on_blocked, on_skipped, on_approval_needed"
+    for hooks, said in (({"on_goal_finished": [["x"]]},
+                         f'tasks[0].hooks.on_goal_finished: unknown hook event "on_goal_finished" (known: {events})'),
+                        ({"on_done": [5]}, "tasks[0].hooks.on_done[0]: expected an argv array or an object, got a number"),
+                        (5, f"tasks[0].hooks: expected an object of hook lists ({events}), got a number")):
+        p = write_plan(plans, [{"id": "a", "prompt": "x", "hooks": hooks}], defaults=AGENT)
+        with pytest.raises(PlanError) as ei:
+            planmod.load(str(p))
+        assert str(ei.value).startswith(f"{p}:") and str(ei.value).endswith(f": {said}"), str(ei.value)
+
+
+def test_a_bad_serial_group_and_a_lone_one_failed_trigger_are_named_by_their_path(plans):
+    for task, said in (({"serial": "a b"}, 'tasks[0].serial: invalid id "a b": use 1-128 of A-Z a-z 0-9 . _ - , starting with a letter or digit'),
+                       ({"serial": 5}, "tasks[0].serial: expected a string, got a number"),
+                       ({"trigger": "one_failed"}, 'tasks[0].trigger: trigger "one_failed" needs at least one task in deps')):
+        p = write_plan(plans, [{"id": "a", "prompt": "x", **task}], defaults=AGENT)
+        with pytest.raises(PlanError) as ei:
+            planmod.load(str(p))
+        assert str(ei.value).startswith(f"{p}:") and str(ei.value).endswith(f": {said}"), str(ei.value)
+    assert _task(plans, serial="g").serial == "g"
+    p = write_plan(plans, [{"id": "b", "prompt": "x"}, {"id": "a", "prompt": "x", "deps": ["b"], "trigger": "one_failed"}],
+                   defaults=AGENT)
+    assert planmod.load(str(p)).task("a").trigger == "one_failed"
+
+
+def test_a_task_runs_in_a_worktree_unless_it_says_workspace_false_or_is_an_approval_gate(plans):
+    gate = {"approval": {"prompt": "ok?"}}
+    assert [_task(plans, **f).workspace for f in ({}, {"workspace": True}, {"workspace": False}, gate,
+                                                   {**gate, "workspace": True}, {**gate, "workspace": False})] == \
+        [True, True, False, False, False, False]
+
+
+def test_the_defaults_knob_fields_are_worked_out_once_per_plan(plans, monkeypatch):
+    """Tasks that set no knob of their own share the fields the defaults give, worked out once
+    per plan (a 100 000-task plan); a task with its own knob gets its own."""
+    calls = []
+    real = planmod._knob_fields
+    monkeypatch.setattr(planmod, "_knob_fields", lambda knobs: calls.append(dict(knobs)) or real(knobs))
+    tasks = [{"id": f"t{i}", "prompt": "x", "workspace": True} for i in range(4)]
+    pl = planmod.load(str(write_plan(plans, tasks + [{"id": "own", "prompt": "x", "timeout": 7}],
+                                     defaults={**AGENT, "timeout": 5})))
+    assert calls == [{**AGENT, "timeout": 5}, {**AGENT, "timeout": 7}]
+    assert [t.timeout for t in pl.tasks] == [5.0] * 4 + [7.0]
+
+
+# ---- issue 21 (eighth session): what the sweep of plan.py's remaining mutants found unchecked
+
+def test_a_plan_may_hold_exactly_the_task_limit(plans, monkeypatch):
+    """MAX_TASKS is the most a plan may hold (lowered here: 100 000 tasks is the scale bench)."""
+    monkeypatch.setattr(planmod, "MAX_TASKS", 3)
+    assert len(planmod.load(str(write_plan(plans, [{"id": f"t{i}", "prompt": "x"} for i in range(3)],
+                                           defaults=AGENT))).tasks) == 3
+    p = write_plan(plans, [{"id": f"t{i}", "prompt": "x"} for i in range(4)], defaults=AGENT)
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert str(ei.value).endswith(": tasks: 4 tasks; the limit is 3"), str(ei.value)
+
+
+def test_a_hook_s_timeout_may_be_any_number_of_seconds_above_0_up_to_3600_and_a_webhook_may_have_no_retry(plans):
+    for timeout in (0.5, 1, 3600):
+        pl = planmod.load(str(write_plan(plans, [{"id": "a", "prompt": "x"}], defaults=AGENT,
+                                         hooks={"on_done": [{"argv": ["x"], "timeout": timeout}]})))
+        assert pl.hooks == {"on_done": [{"timeout": float(timeout), "argv": ["x"]}]}
+    pl = planmod.load(str(write_plan(plans, [{"id": "a", "prompt": "x"}], defaults=AGENT,
+                                     hooks={"on_done": [{"url": "https://h", "retries": 0}]})))
+    assert pl.hooks["on_done"][0]["retries"] == 0
+
+
+def test_an_error_inside_a_value_not_written_points_at_the_line_of_the_nearest_value_written(plans):
+    """A hook given as an argv array is read as {"argv": [...]}: its error path ends in "argv",
+    which is not in the file; the line is that of the array (the nearest enclosing value)."""
+    p = plans / "dag.json"
+    p.write_text('{"defaults": {"agent": "true"},\n "tasks": [{"id": "a", "prompt": "x"}],\n "hooks": {"on_done":\n'
+                 '  [\n   ["ok"],\n   []]}}')
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert str(ei.value) == f"{p}:6: hooks.on_done[1].argv: expected a non-empty array of non-empty strings " \
+                            "(the command and its arguments; no shell)"
+    assert (ei.value.line, ei.value.json_path) == (6, "hooks.on_done[1].argv")
+    p.write_text('\n{"defaults": {"agent": "true"}}')          # an error of the whole document: no path
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert (str(ei.value), ei.value.line, ei.value.json_path) == (f'{p}:2: missing "tasks" (an array of tasks)', 2, None)
+
+
+def test_an_agent_preset_is_checked_once_per_plan(plans, monkeypatch):
+    calls, asked = [], []
+    real, real_is = planmod.presets.check, planmod.presets.is_preset
+    monkeypatch.setattr(planmod.presets, "check", lambda agent, table: calls.append(agent) or real(agent, table))
+    monkeypatch.setattr(planmod.presets, "is_preset", lambda agent: asked.append(agent) or real_is(agent))
+    tasks = [{"id": f"t{i}", "prompt": "x", "agent": a} for i, a in enumerate(["@claude", "mine -x"] * 3)]
+    pl = planmod.load(str(write_plan(plans, tasks)))
+    assert calls == ["@claude"] and asked.count("mine -x") == 1        # (presets.check asks about "@claude" too)
+    assert [t.agent for t in pl.tasks] == ["@claude", "mine -x"] * 3
+
+
+def test_the_presets_of_the_home_the_plan_is_loaded_for_are_known(plans, tmp_path, monkeypatch):
+    home = tmp_path / "h"
+    home.mkdir()
+    (home / "presets.json").write_text(json.dumps({"mine": {"command": ["true"]}}))
+    monkeypatch.setenv("DAGRUN_HOME", str(tmp_path / "other"))
+    p = write_plan(plans, [{"id": "a", "prompt": "x", "agent": "@mine"}])
+    assert planmod.load(str(p), home=str(home)).task("a").agent == "@mine"
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert ": tasks[0].agent: unknown agent preset @mine (known: " in str(ei.value)
+
+
+def test_plan_json_holds_the_goal_s_limits_tenant_weight_and_aging_only_when_set(plans):
+    top = {"resources": {"gpu": 2}, "agent_limits": {"claude": 1}, "tenant": "team", "weight": 2.5, "aging": 30,
+           "max_tasks": 9, "budget": {"usd": 5}}
+    pl = planmod.load(str(write_plan(plans, [{"id": "a", "prompt": "x"}], defaults=AGENT, **top)))
+    d = pl.to_dict()
+    assert {k: d[k] for k in top} == {"resources": {"gpu": 2}, "agent_limits": {"claude": 1}, "tenant": "team",
+                                      "weight": 2.5, "aging": 30.0, "max_tasks": 9, "budget": {"usd": 5.0}}
+    back = planmod.Plan.from_json(pl.canonical())
+    assert (back.capacities, back.agent_limits, back.tenant, back.weight, back.aging, back.max_tasks, back.budget) == \
+        ({"gpu": 2}, {"claude": 1}, "team", 2.5, 30.0, 9, {"usd": 5.0})
+    plain = planmod.load(str(write_plan(plans, [{"id": "a", "prompt": "x"}], defaults=AGENT))).to_dict()
+    assert not set(top) & set(plain)
+
+
+def test_a_fragment_without_tasks_or_over_the_goal_s_max_tasks_is_refused_in_one_line(plans):
+    pl = planmod.load(str(write_plan(plans, [{"id": "a", "prompt": "p"}, {"id": "b", "prompt": "p"}],
+                                     defaults=AGENT, max_tasks=3)))
+
+    def add(doc, plan=pl):
+        raw = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+        with pytest.raises(PlanError) as ei:
+            planmod.parse_fragment(raw, shown="frag.json", plan=plan)
+        return str(ei.value)
+    need = 'a fragment needs "tasks": a non-empty array of tasks'
+    assert add(b'{"tasks": [\xff]}') == "frag.json: malformed JSON: invalid UTF-8 at byte 11"
+    assert add({"defaults": AGENT}) == f"frag.json:1: {need}"
+    assert add(b'{\n"tasks": []}') == f"frag.json:2: tasks: {need}"
+    two = [{"id": "x", "prompt": "p"}, {"id": "y", "prompt": "p"}]
+    assert add({"defaults": AGENT, "tasks": two}) == "frag.json:1: tasks: the goal would have 4 tasks; its max_tasks is 3"
+    big = planmod.load(str(write_plan(plans, [{"id": f"t{i}", "prompt": "p"} for i in range(planmod.DEFAULT_MAX_TASKS - 1)],
+                                      defaults=AGENT)))
+    assert add({"defaults": AGENT, "tasks": two}, big) == \
+        'frag.json:1: tasks: the goal would have 1001 tasks; its max_tasks is 1000 (the default; set "max_tasks" in the plan)'
+
+
+def test_a_plan_path_that_is_no_regular_file_or_cannot_be_read_is_named_in_one_line(plans, monkeypatch):
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(plans))
+    assert str(ei.value) == f"cannot read plan {plans}: not a regular file"
+    p = write_plan(plans, [{"id": "a", "prompt": "p"}], defaults=AGENT)
+
+    def failing(path, *a, **k):
+        raise OSError(5, "Input/output error")
+    monkeypatch.setattr(planmod, "open", failing, raising=False)
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert str(ei.value) == f"cannot read plan {p}: Input/output error"
+
+
+def test_a_template_s_instance_ids_may_be_exactly_128_characters(plans):
+    tid = "a" * 125                                     # its last instance: a...a.99, 128 characters
+    pl = planmod.load(str(write_plan(plans, _TPL + [{"id": tid, "prompt": "x", "deps": ["b"],
+                                                     "for_each": {"from": "b", "max": 100}}], defaults=AGENT)))
+    assert pl.task(tid).for_each == {"from": "b", "as": "item", "max": 100}
+
+
+def test_a_resource_that_is_also_the_task_s_mutex_is_named_under_resources(plans):
+    p = write_plan(plans, [{"id": "a", "prompt": "x", "mutex": "m", "resources": {"m": 3}}], defaults=AGENT,
+                   resources={"m": 2})
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert str(ei.value).split(": ", 1)[1] == \
+        'tasks[0].resources.m: task "a" asks for 3 units of "m" but the plan\'s capacity of "m" is 2: it could never start'
+
+
+def test_each_serial_group_orders_only_its_own_tasks(plans):
+    """b (group t) may depend on c, which comes after it in plan order: c is in group s."""
+    tasks = [{"id": "a", "prompt": "x", "serial": "s"}, {"id": "b", "prompt": "x", "serial": "t", "deps": ["c"]},
+             {"id": "c", "prompt": "x", "serial": "s"}, {"id": "d", "prompt": "x", "serial": "t"}]
+    assert [t.serial for t in planmod.load(str(write_plan(plans, tasks, defaults=AGENT))).tasks] == ["s", "t", "s", "t"]
+
+
+def test_a_fragment_whose_serial_group_contradicts_its_dependencies_names_the_task_by_its_index_in_the_fragment(plans):
+    pl = planmod.load(str(write_plan(plans, [{"id": "a", "prompt": "p"}, {"id": "b", "prompt": "p"}], defaults=AGENT)))
+    raw = json.dumps({"defaults": AGENT, "tasks": [{"id": "x", "prompt": "p", "serial": "s", "deps": ["y"]},
+                                                   {"id": "y", "prompt": "p", "serial": "s"}]}).encode()
+    with pytest.raises(PlanError) as ei:
+        planmod.parse_fragment(raw, shown="frag.json", plan=pl)
+    assert str(ei.value) == ('frag.json:1: tasks[0].serial: serial group "s" runs in plan order, but that order '
+                             'contradicts the dependencies: dependency cycle: x -> y -> x')
+
+
+def test_every_knob_reaches_the_task_typed_and_an_unset_one_is_its_default(plans):
+    """_knob_fields, field by field (a task's own knobs; the plan's defaults reach it the same way)."""
+    t = _task(plans, timeout=90, stall_timeout=30, cache=True, budget_share=0.7, estimate={"seconds": 12, "usd": 0.5},
+              mutex="m")
+    got = (t.timeout, t.stall_timeout, t.cache, t.budget_share, t.estimate_seconds, t.estimate_usd, t.mutex)
+    assert got == (90.0, 30.0, True, 0.7, 12, 0.5, "m") and [type(v) for v in got[:4]] == [float, float, bool, float]
+    t = _task(plans, estimate={"usd": 0.25})
+    assert (t.timeout, t.stall_timeout, t.cache, t.budget_share, t.estimate_seconds, t.estimate_usd, t.mutex) == \
+        (None, None, False, 0.4, None, 0.25, None)
+    t = planmod.load(str(write_plan(plans, [{"id": "a", "prompt": "x"}],
+                                    defaults={**AGENT, "timeout": 5, "estimate": {"seconds": 3}}))).task("a")
+    assert (t.timeout, t.estimate_seconds, t.estimate_usd) == (5.0, 3, None)
+
+
+def test_a_plan_with_other_tasks_keeps_every_other_field_and_its_capacities_name_the_agents(plans):
+    """Plan.with_tasks (a plan edit: add, fan-out) and Plan.goal_capacities, in-process."""
+    import dataclasses
+    top = {"max_parallel": 3, "on_failure": "stop", "lease": 20, "description": "d", "workspace": {"repo": "r"},
+           "hooks": {"on_done": [["x"]]}, "budget": {"usd": 5}, "max_tasks": 9, "resources": {"gpu": 2},
+           "agent_limits": {"claude": 1}, "tenant": "team", "weight": 2.0, "aging": 30}
+    pl = planmod.load(str(write_plan(plans, [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"}], defaults=AGENT,
+                                     **top)))
+    other = pl.with_tasks(pl.tasks[:1])
+    assert [t.id for t in other.tasks] == ["a"] and other.task("a") is pl.tasks[0] and not other.has("b")
+    for f in dataclasses.fields(planmod.Plan):
+        if f.name not in ("tasks", "_index"):
+            assert getattr(other, f.name) == getattr(pl, f.name) and getattr(pl, f.name) not in (None, 1.0), f.name
+    assert pl.goal_capacities() == {"gpu": 2, "agent.claude": 1}
+
+
+def test_a_plan_read_from_a_dict_leaves_the_dict_as_it_was_unless_told_to_consume_it(plans):
+    pl = planmod.load(str(write_plan(plans, [{"id": "a", "prompt": "x", "check": ["true"], "soft_deps": ["c"]},
+                                             {"id": "b", "prompt": "y", "deps": ["a"], "files": ["src/*"],
+                                              "resources": {"gpu": 1}}, {"id": "c", "prompt": "z"}], defaults=AGENT)))
+    d = pl.to_dict()
+    assert planmod.Plan.from_dict(d) == pl and d == pl.to_dict()
+    assert planmod.Plan.from_dict(d, consume=True) == pl
+    back = planmod.Plan.from_json(pl.canonical())      # equal strings shared: one agent / workdir string for all
+    assert back == pl and back.tasks[0].agent is back.tasks[2].agent and back.tasks[0].workdir is back.tasks[2].workdir
+    assert back.tasks[0].kill_grace is back.tasks[2].kill_grace          # and equal numbers (floats are objects too)
+
+
+def test_a_fragment_s_shape_defaults_text_and_limits_are_checked_like_a_plan_s(plans):
+    (plans / "p.md").write_text("from a file")
+    pl = planmod.load(str(write_plan(plans, [{"id": "a", "prompt": "p"}, {"id": "b", "prompt": "p"}], defaults=AGENT,
+                                     max_tasks=3, resources={"gpu": 1})))
+
+    def add(doc):
+        raw = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+        try:
+            return planmod.parse_fragment(raw, shown="frag.json", plan=pl)
+        except PlanError as e:
+            return str(e)
+    one = [{"id": "x", "prompt": "p"}]
+    assert add(b"[1]") == "frag.json:1: expected an object, got an array"
+    assert add({"tasks": one, "bogus": 1}) == 'frag.json:1: bogus: unknown field "bogus" in a fragment (known: defaults, tasks)'
+    assert add({"tasks": one, "defaults": 5}) == "frag.json:1: defaults: expected an object, got a number"
+    assert add({"tasks": one, "defaults": {"bogus": 1}}).startswith('frag.json:1: defaults.bogus: unknown field "bogus" in defaults (known: ')
+    assert add({"tasks": one, "defaults": {"retries": -1}}).startswith("frag.json:1: defaults.retries: ")
+    assert add({"tasks": [{"id": "x", "prompt": "p", "retries": -1}]}).startswith("frag.json:1: tasks[0].retries: ")
+    assert add(b'{"tasks": [').startswith("frag.json:1:12: malformed JSON: ")
+    assert add(b'{"tasks": [{"id": "\\ud800", "prompt": "p"}]}') == \
+        "frag.json:1: tasks[0].id: contains an unpaired UTF-16 surrogate escape"
+    assert add({"defaults": AGENT, "tasks": [{"id": "x", "prompt": "p", "resources": {"gpu": 2}}]}) == \
+        'frag.json:1: tasks[0].resources.gpu: task "x" asks for 2 units of "gpu" but the plan\'s capacity of "gpu" is 1: it could never start'
+    got = add({"defaults": AGENT, "tasks": [{"id": "x", "prompt_file": "p.md"}]})      # exactly max_tasks: fine
+    assert [t.id for t in got.tasks] == ["a", "b", "x"] and got.task("x").prompt == "from a file"

@@ -204,3 +204,22 @@ def test_depth_is_the_schedulers_longest_path():
         rng.shuffle(tasks)              # dependencies after their dependents: the general order
         assert depth(tasks) == want
     assert depth([]) == 0
+
+
+def test_every_plainly_valid_task_takes_the_plain_path(plans, monkeypatch):
+    """The plain path takes every task of only id, deps, prompt and description whose values
+    are plainly valid -- the general validator builds only its prototype (issue 21: mutants
+    that sent such a task to task() changed no result, only the time of a 100 000-task plan)."""
+    built = _count_plain(monkeypatch)
+    general = []
+    real = planmod._Validator.task
+    monkeypatch.setattr(planmod._Validator, "task", lambda self, i, rt, *a: general.append(rt["id"]) or real(self, i, rt, *a))
+    longest = "p" * (planmod.MAX_PROMPT_BYTES // 4)
+    tasks = [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y", "deps": ["a"]},
+             {"id": "c", "prompt": "z", "deps": ["d", "a"], "description": "after d"},
+             {"id": "d", "prompt": longest, "deps": []}, {"id": "e", "prompt": "q", "deps": ["d"], "description": ""}]
+    pl = planmod.load(str(write_plan(plans, tasks, defaults={"agent": "true"})))
+    assert built == ["a", "b", "c", "d", "e"] and general == ["x"]          # "x": the prototype
+    assert [(t.id, t.deps, t.description) for t in pl.tasks] == \
+        [("a", (), None), ("b", ("a",), None), ("c", ("d", "a"), "after d"), ("d", (), None), ("e", ("d",), "")]
+    assert pl.task("d").prompt == longest and {t.workdir for t in pl.tasks} == {str(plans)}

@@ -27,6 +27,10 @@ mutants/dagrun/<module>.py.meta with mutmut's exit codes (1 killed, 0 survived, 
 mutants/sweep.jsonl (the last line of a name counts). --meta-from-log: copy the log's verdicts
 of the mutants matched into the .meta files (after sweeps that were stopped), run nothing. --unsure-only: only the mutants --log has as "unsure" (the second pass
 while first passes still run). --limit N: stop after N mutants. --no-baseline: skip the baseline.
+--killers-first K: run first the (up to K) tests that killed the latest mutants of the same
+function (read from --log, then as the run goes), then the rest fastest first: the verdict is
+the same (killed iff one test fails), but a killed mutant whose killer is a slow or late test
+is found at once instead of after every faster test (the validator's: 20-40 s -> ~0.2 s).
 
 Only the tests that call a function of the chosen mutants (mutmut-stats.json), and tests newer
 than that file, are traced and run: a sweep of the core modules does not trace plan.py's tests.
@@ -205,6 +209,14 @@ class Sweep:
         self.reach = reach
         self.verdicts: dict[str, int] = {}
         self.unsure: dict[str, dict] = {}       # name -> the first pass's record (--budget)
+        self.killers: dict[str, list[str]] = {}      # function -> the tests that killed its mutants, latest first
+        if args.killers_first and os.path.exists(args.log):
+            with open(args.log) as f:
+                for line in f:
+                    if line.strip():
+                        r = json.loads(line)
+                        if r.get("status") == "killed":
+                            self.note_killer(r["name"], r.get("by"))
 
     # -- the child: run items in order, report the first failing one -------------------------
     def child(self, items, name: str, cpu_limit: int, wfd: int, cover: str | None) -> None:
@@ -347,7 +359,20 @@ class Sweep:
             ids |= set(always)
             why = "line"
         secs = lambda t: cov[t]["secs"] if t in cov else self.duration.get(t, 0.0)
-        return sorted(ids, key=lambda t: (secs(t), t)), why
+        out = sorted(ids, key=lambda t: (secs(t), t))
+        if self.args.killers_first:     # the tests that killed this function's last mutants go first
+            first = [t for t in self.killers.get(fk, ()) if t in ids]
+            out = first + [t for t in out if t not in set(first)]
+        return out, why
+
+    def note_killer(self, name: str, by: list) -> None:
+        if by and " (" in by[0]:
+            fk, t = fn_key(name), by[0].rpartition(" (")[0]
+            lst = self.killers.setdefault(fk, [])
+            if t in lst:
+                lst.remove(t)
+            lst.insert(0, t)
+            del lst[self.args.killers_first:]
 
     def pytest_runtestloop(self, session):
         # only the tests that call a chosen mutant's function, and tests mutmut-stats.json does
@@ -425,10 +450,12 @@ class Sweep:
             log.flush()
             if rec["status"] != "unsure":
                 self.verdicts[name] = EXIT[rec["status"]]
+            if rec["status"] == "killed":
+                self.note_killer(name, rec.get("by"))
             n += 1
             if self.args.meta and n % 50 == 0:
                 write_meta(self.verdicts, self.args.known)
-            if n % 100 == 0:
+            if n % 25 == 0:
                 el = time.monotonic() - t_start
                 print(f"sweep: {n}/{len(self.mutants)} in {el:.0f} s ({60 * n / el:.0f}/min), load {os.getloadavg()[0]:.1f}",
                       flush=True)
@@ -478,6 +505,9 @@ def main(argv: list[str]) -> int:
                     help="run every test that calls the function (as mutmut), not only those that execute the changed line")
     ap.add_argument("--always", nargs="*", default=["test_plan_properties.py"],
                     help="tests (substrings) run whenever they call the function: their inputs are random")
+    ap.add_argument("--killers-first", type=int, default=0, metavar="K",
+                    help="run first the K tests that killed the function's latest mutants (from --log and this run), "
+                         "then the rest fastest first: the same verdicts, a kill found sooner")
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--unsure-only", action="store_true",
                     help="only the mutants whose last record in --log is 'unsure' (the second pass)")
