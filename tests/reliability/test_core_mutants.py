@@ -2427,7 +2427,7 @@ def test_the_record_before_is_the_latest_readable_one_counting_down(tmp_path):
 # ------------------------------------------------------------------ mut8: the core's survivors of the sweep
 def test_a_first_claim_is_the_task_folder_and_its_claim_in_one_rename_of_a_spare_nest(tmp_path, monkeypatch):
     """The engine's spare pool hands a task's first claim over as a nest (the task folder with
-    claim/ inside, one renameat2): acquire says True, and the claim is exclusive afterwards.
+    claim/ inside, one renameat2): acquire says NEW, and the claim is exclusive afterwards.
     Only `dagrun run` starts the pool, so only tests of the binary saw this path."""
     from dagrun import fsio
     home = Home(str(tmp_path / "home"))
@@ -2444,12 +2444,12 @@ def test_a_first_claim_is_the_task_folder_and_its_claim_in_one_rename_of_a_spare
         taken = []
         real = pool.take_nest
 
-        def spy(dst):
-            got = real(dst)
+        def spy(dst, before=None):
+            got = real(dst, before)
             taken.append((dst, got))
             return got
         monkeypatch.setattr(pool, "take_nest", spy)
-        assert claims.acquire(home, "g", "t") is True
+        assert claims.acquire(home, "g", "t") == claims.NEW            # the folder came with the claim
         assert taken == [(tdir, True)]
         assert sorted(os.listdir(tdir)) == ["claim"] and os.listdir(home.claim_dir("g", "t")) == []
         assert claims.acquire(home, "g", "t") is False                # held: a second claim fails
