@@ -3003,3 +3003,85 @@ def test_the_critical_path_in_seconds_counts_a_task_s_own_duration_and_the_longe
     assert s.ready_ids() == ["x", "z", "w"], s.ready_ids()
     s = Scheduler([_T("w"), _T("v")], durations={"v": 1.5})
     assert s.ready_ids() == ["v", "w"]                # w's unknown duration counts 1 s, not more
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_the_birth_lock_is_seen_while_held_and_never_through_a_symlinked_task_folder(tmp_path):
+    """being_born: True while a claim's creator holds the birth lock (acquire(hold=True) until
+    owner.json), False after; a task folder that is a symbolic link -- even to a folder whose
+    claim is being born -- is not followed: False."""
+    home = Home(str(tmp_path / "home"))
+    os.makedirs(home.task_dir("g", "t"))
+    assert claims.acquire(home, "g", "t", hold=True) is True
+    assert claims.being_born(home, "g", "t") is True
+    os.symlink(home.task_dir("g", "t"), home.task_dir("g", "u"))
+    assert claims.being_born(home, "g", "u") is False
+    claims.update_owner(home, "g", "t", claims.new_owner("w1", 1, kind="external"))
+    assert claims.being_born(home, "g", "t") is False
+
+
+def test_a_claim_that_cannot_be_made_under_the_birth_lock_lets_the_lock_go(tmp_path, monkeypatch):
+    """acquire(hold=True): the task folder is locked, then mkdir of claim/ fails (disk full):
+    the error comes out as it was, and the lock's fd is closed (not leaked, not held)."""
+    import errno
+
+    from dagrun import fsio
+    home = Home(str(tmp_path / "home"))
+    os.makedirs(home.task_dir("g", "t"))
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(fsio, "mkdir", full)
+    before = _fds()
+    with pytest.raises(OSError) as e:
+        claims.acquire(home, "g", "t", hold=True)
+    assert e.value.errno == errno.ENOSPC and _fds() == before
+    monkeypatch.undo()
+    assert not claims.being_born(home, "g", "t")
+
+
+def test_a_spare_nest_that_cannot_become_the_task_folder_is_unlocked_and_the_folder_checked(tmp_path, monkeypatch):
+    """With the engine's spare pool: the nest is locked for the birth, then its rename fails
+    (the task folder exists). The nest's lock is closed; a folder that is a symbolic link is
+    refused in one line (no fd left), an ordinary one gets its claim the usual way (True, not
+    NEW) under a lock of its own."""
+    from dagrun import fsio
+    home = Home(str(tmp_path / "home"))
+    os.makedirs(home.task_dir("g", "t"))
+    os.makedirs(tmp_path / "elsewhere")
+    os.symlink(tmp_path / "elsewhere", home.task_dir("g", "s"))
+    pool = fsio.start_spares(home.root, threads=1, target=4, nest="claim")
+    try:
+        if pool is None or not pool._nesting():
+            pytest.skip("no renameat2(RENAME_NOREPLACE) here: the pool makes no nests")
+
+        def wait_nest():
+            deadline = time.monotonic() + 20
+            while not pool._nests and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert pool._nests
+        taken = []
+        real = pool.take_nest
+
+        def spy(dst, before=None):
+            got = real(dst, before)
+            taken.append((dst, got))
+            return got
+        monkeypatch.setattr(pool, "take_nest", spy)
+        wait_nest()
+        before = _fds()
+        with pytest.raises(FsError) as e:
+            claims.acquire(home, "g", "s", hold=True)
+        assert str(e.value).startswith(f"refusing to use {home.task_dir('g', 's')}: it is a symbolic link")
+        assert taken == [(home.task_dir("g", "s"), False)] and _fds() == before
+        wait_nest()
+        assert claims.acquire(home, "g", "t", hold=True) is True
+        assert taken[1] == (home.task_dir("g", "t"), False) and _fds() == before + 1     # the folder's own lock
+        assert claims.being_born(home, "g", "t")
+        claims.release(home, "g", "t")
+        assert _fds() == before
+    finally:
+        fsio.stop_spares()
