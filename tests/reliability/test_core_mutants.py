@@ -3085,3 +3085,39 @@ def test_a_spare_nest_that_cannot_become_the_task_folder_is_unlocked_and_the_fol
         assert _fds() == before
     finally:
         fsio.stop_spares()
+
+
+def test_a_claim_task_or_gate_holds_the_birth_lock_until_its_owner_json_is_published(tmp_path, monkeypatch):
+    """claim_task and claim_gate take their claim with the birth lock (acquire(hold=True)): at
+    the moment owner.json is written a live creator's half-born claim cannot be judged stale;
+    right after, the lock is gone."""
+    home, plan = _awaiting_gate(tmp_path)
+    seen = []
+    real = claims.update_owner
+
+    def spy(h, g, t, owner):
+        seen.append((t, claims.being_born(h, g, t)))
+        real(h, g, t, owner)
+        seen.append((t, claims.being_born(h, g, t)))
+    monkeypatch.setattr(claims, "update_owner", spy)
+    lc.claim_gate(home, plan, "gate", by="alice", wait=0.0)
+    home2 = submit_home(tmp_path / "2", [{"id": "a", "prompt": "x", "agent": "true"}])
+    lc.claim_task(home2, home2.load_plan("g"), "a", worker="w1", kind="external")
+    assert seen == [("gate", True), ("gate", False), ("a", True), ("a", False)]
+
+
+def test_the_workspace_of_a_claim_whose_task_left_the_plan_is_not_captured(tmp_path):
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    gone = lc.Claim("g", "b", 1, dict(c.owner), c.started)          # b is not (or no longer) in the plan
+    assert lc.capture_workspace(home, plan, gone) is None and lc.capture_workspace(home, plan, c) is None
+
+
+def test_the_units_of_a_timed_out_attempt_are_given_back_naming_its_outcome(tmp_path):
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "mutex": "db", "retries": 0}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    assert sched.take() == "a"
+    tr.finish(home, plan, sched, _claim(home, "a"), ok=False, worker="w1", outcome="timeout", reason="too slow")
+    rel = [e for e in goal_events(home, ev.TASK_RESOURCES) if e.get("released")]
+    assert [(e["task"], e["why"]) for e in rel] == [("a", "timeout")], rel
