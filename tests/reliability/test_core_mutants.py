@@ -3083,6 +3083,14 @@ def test_a_spare_nest_that_cannot_become_the_task_folder_is_unlocked_and_the_fol
         assert claims.being_born(home, "g", "t")
         claims.release(home, "g", "t")
         assert _fds() == before
+        wait_nest()                      # a first claim: the nest becomes the folder, locked if asked
+        assert claims.acquire(home, "g", "n", hold=True) == claims.NEW and taken[-1] == (home.task_dir("g", "n"), True)
+        assert claims.being_born(home, "g", "n")
+        claims.update_owner(home, "g", "n", claims.new_owner("w1", 1, kind="external"))
+        assert not claims.being_born(home, "g", "n") and _fds() == before
+        wait_nest()
+        assert claims.acquire(home, "g", "m") == claims.NEW and taken[-1] == (home.task_dir("g", "m"), True)
+        assert not claims.being_born(home, "g", "m") and _fds() == before        # not asked: no lock
     finally:
         fsio.stop_spares()
 
