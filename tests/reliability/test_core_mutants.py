@@ -3129,3 +3129,21 @@ def test_the_units_of_a_timed_out_attempt_are_given_back_naming_its_outcome(tmp_
     tr.finish(home, plan, sched, _claim(home, "a"), ok=False, worker="w1", outcome="timeout", reason="too slow")
     rel = [e for e in goal_events(home, ev.TASK_RESOURCES) if e.get("released")]
     assert [(e["task"], e["why"]) for e in rel] == [("a", "timeout")], rel
+
+
+def test_a_claimer_does_not_wait_on_a_judge_stopped_in_its_probe(tmp_path):
+    """The task folder is held exclusive (a judge stopped between its probe's flock and close):
+    acquire(hold=True) tries the shared lock for ~0.1 s, then claims without it (the grace
+    applies), its fd closed."""
+    home = Home(str(tmp_path / "home"))
+    os.makedirs(home.task_dir("g", "t"))
+    fd = os.open(home.task_dir("g", "t"), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        before = _fds()
+        t0 = time.monotonic()
+        assert claims.acquire(home, "g", "t", hold=True) is True
+        assert time.monotonic() - t0 < 5 and _fds() == before
+        assert home.claim_dir("g", "t") not in claims._BIRTHS
+    finally:
+        os.close(fd)
