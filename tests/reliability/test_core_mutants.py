@@ -3147,3 +3147,21 @@ def test_a_claimer_does_not_wait_on_a_judge_stopped_in_its_probe(tmp_path):
         assert home.claim_dir("g", "t") not in claims._BIRTHS
     finally:
         os.close(fd)
+
+
+def test_a_gate_held_by_a_live_decider_is_waited_for_the_half_born_grace_and_a_second_by_default(tmp_path, monkeypatch):
+    """claim_gate without `wait`: long enough for a decider that died half-born to be judged
+    stale (HALF_BORN_GRACE), and one second more; then one line (the clock is stood in for)."""
+    home, plan = _awaiting_gate(tmp_path)
+    assert claims.acquire(home, "g", "gate")
+    claims.update_owner(home, "g", "gate", claims.new_owner("bob", 1, kind="approval"))      # this live process
+    grace = claims.HALF_BORN_GRACE
+    readings = iter([100.0, 100.0 + grace + 0.5, 100.0 + grace + 1.5, 100.0 + grace + 2.5])
+    clock = _Clock(time.time())
+    clock.monotonic = lambda: next(readings)
+    clock.sleep = clock.slept.append
+    monkeypatch.setattr(lc, "time", clock)
+    with pytest.raises(Refused, match="held by another process right now"):
+        lc.claim_gate(home, plan, "gate", by="alice")
+    monkeypatch.undo()
+    assert clock.slept == [0.02]          # refused at the first reading past grace + 1 s
