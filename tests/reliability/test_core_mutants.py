@@ -3165,3 +3165,19 @@ def test_a_gate_held_by_a_live_decider_is_waited_for_the_half_born_grace_and_a_s
         lc.claim_gate(home, plan, "gate", by="alice")
     monkeypatch.undo()
     assert clock.slept == [0.02]          # refused at the first reading past grace + 1 s
+
+
+def test_without_flock_a_claim_is_born_without_its_lock_and_no_probe_says_it_is_being_born(tmp_path, monkeypatch):
+    """A file system where flock fails (ENOLCK): acquire(hold=True) claims without the birth
+    lock (the grace applies), leaving no fd; being_born says no."""
+    import errno
+    home = Home(str(tmp_path / "home"))
+    os.makedirs(home.task_dir("g", "t"))
+
+    def nolock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(claims.fcntl, "flock", nolock)
+    before = _fds()
+    assert claims.acquire(home, "g", "t", hold=True) is True
+    assert _fds() == before and home.claim_dir("g", "t") not in claims._BIRTHS
+    assert claims.being_born(home, "g", "t") is False and _fds() == before
