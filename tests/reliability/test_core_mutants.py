@@ -2786,3 +2786,398 @@ def test_a_done_marker_whose_rewrite_fails_half_way_puts_the_holder_s_owner_json
     monkeypatch.undo()
     assert not os.path.exists(home.marker_path("g", "a", "done"))
     assert claims.read_owner(home, "g", "a") == holder
+
+
+# ------------------------------------------------------------------ ninth pass: claim_gate, decide, render_prompt
+def test_a_gate_whose_owner_json_cannot_be_published_drops_its_claim_with_one_line(tmp_path, monkeypatch):
+    """claim_gate holds the gate's claim, then owner.json cannot be written (disk full): the
+    claim goes (nobody is left holding a gate no process owns) and one line names the file;
+    the gate still awaits."""
+    import errno
+    home, plan = _awaiting_gate(tmp_path)
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(claims, "update_owner", full)
+    with pytest.raises(FsError) as e:
+        lc.claim_gate(home, plan, "gate", by="alice", wait=0.0)
+    monkeypatch.undo()
+    assert str(e.value) == f"cannot publish {home.owner_path('g', 'gate')}: No space left on device"
+    assert not os.path.lexists(home.claim_dir("g", "gate"))
+    assert lc.awaiting_of(home, "g", "gate")["prompt"] == "Merge?"
+
+
+class _Clock:
+    """A stand-in for a module's `time`: time() is `first` at the first call, 5 s later after
+    it; the rest is the real module's."""
+    def __init__(self, first: float):
+        self.first, self.calls, self.slept = first, 0, []
+
+    def time(self) -> float:
+        self.calls += 1
+        return self.first if self.calls == 1 else self.first + 5.0
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+def test_a_gate_held_for_a_moment_is_tried_again_every_20_ms(tmp_path, monkeypatch):
+    """A live decider holds the gate: claim_gate polls (0.02 s between tries), and takes the
+    gate as soon as that decider lets go."""
+    home, plan = _awaiting_gate(tmp_path)
+    assert claims.acquire(home, "g", "gate")
+    claims.update_owner(home, "g", "gate", claims.new_owner("bob", 1, kind="approval"))      # this live process
+    clock = _Clock(time.time())
+
+    def sleep(s):
+        clock.slept.append(s)
+        claims.release(home, "g", "gate")          # bob is done with it
+    clock.sleep = sleep
+    monkeypatch.setattr(lc, "time", clock)
+    c = lc.claim_gate(home, plan, "gate", by="alice", wait=30)
+    monkeypatch.undo()
+    assert clock.slept == [0.02]
+    assert read_json(home.owner_path("g", "gate"))["worker"] == "alice" and c.attempt == 1
+
+
+@pytest.mark.parametrize("approve", [True, False])
+def test_a_decision_is_dated_by_one_reading_of_the_clock(tmp_path, monkeypatch, approve):
+    """approve / reject read the clock once: the marker's `ended` and its `decided_at` are that
+    instant (a later reading -- here 5 s on -- dates nothing)."""
+    home, plan = _awaiting_gate(tmp_path)
+    sched = _sched(home)
+    t0 = 1_700_000_000.25
+    monkeypatch.setattr(tr, "time", _Clock(t0))
+    tr.decide(home, plan, sched, "gate", approve=approve, by="alice", text="why")
+    monkeypatch.undo()
+    marker = read_json(home.marker_path("g", "gate", "done" if approve else "failed"))
+    assert marker["decided_at"] == "2023-11-14T22:13:20Z" and marker["ended"] == now_iso(t0), marker
+    if not approve:
+        rec = read_json(home.attempt_path("g", "gate", 1, "json"))
+        assert (rec["outcome"], rec["ended"], rec["decided_at"]) == ("rejected", now_iso(t0), "2023-11-14T22:13:20Z")
+
+
+def _render(home: Home, plan, t: str, record=None, state_of=None) -> str:
+    return lc.render_prompt(home, plan, plan.task(t), record, state_of)
+
+
+def test_a_dependency_s_section_names_it_and_points_at_its_whole_output_past_the_limit(tmp_path):
+    """A done dependency past context_limit: its head, then where the whole output is; one that
+    did not end well: its id and why it is unavailable."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                                  {"id": "f", "prompt": "x", "agent": "true"},
+                                  {"id": "b", "deps": ["a"], "soft_deps": ["f"], "prompt": "y", "agent": "true",
+                                   "context_limit": 10}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"0123456789ABCDEF")
+    text = _render(home, plan, "b", state_of={"a": "done", "f": "failed"}.get)
+    assert text == ("y\n\n---\n\n# Outputs of the tasks this one depends on\n\n## Output of a\n\n0123456789\n"
+                    f"[... truncated: the first 10 of 16 bytes are shown; the whole output is in {home.output_path('g', 'a')}]\n\n"
+                    "## Output of f (unavailable: it failed)\n"), text
+
+
+@pytest.mark.parametrize("limit", [0, 5])
+def test_a_done_dependency_whose_output_file_is_gone_shows_an_empty_section(tmp_path, limit):
+    """Its `done` marker stands, its output file was removed: an empty section (no claim on a
+    vanished input is refused while the marker says done), with no truncation note."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                                  {"id": "b", "deps": ["a"], "prompt": "y", "agent": "true", "context_limit": limit}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"out")
+    os.remove(home.output_path("g", "a"))
+    assert _render(home, plan, "b") == "y\n\n---\n\n# Outputs of the tasks this one depends on\n\n## Output of a\n\n\n"
+
+
+def test_the_files_a_workspace_dependency_changed_are_listed_under_its_output(tmp_path, monkeypatch):
+    """In a plan with a code workspace, each done dependency's section -- a plain one, and each
+    instance of an expanded template -- lists the files it changed (workspace.diffstat of
+    that task, stood in for here: the tests of real worktrees run the binary)."""
+    import dataclasses
+
+    from dagrun import workspace as wsp
+    home = submit_home(tmp_path, [{"id": "src", "prompt": "x", "agent": "true"},
+                                  {"id": "tpl", "for_each": {"from": "src"}, "prompt": "do {{item}}", "agent": "true"},
+                                  {"id": "join", "deps": ["src", "tpl"], "prompt": "Summarise", "agent": "true"}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    tr.finish(home, plan, sched, _claim(home, "src"), ok=True, worker="w1", output_data=b'["a"]')
+    assert fanout.expand_one(home, "g", "tpl", "w1") is True
+    plan, sched = home.load_plan("g"), _sched(home)
+    tr.finish(home, plan, sched, _claim(home, "tpl.0"), ok=True, worker="w1", output_data=b"<0>")
+    fanout.join(home, plan, sched, lc.claim_task(home, plan, "tpl", worker="w1", kind="engine"), "w1")
+    asked = []
+
+    def diffstat(h, g, t):
+        asked.append((h, g, t))
+        return f" {t}.py | 1 +", f"/patches/{t}"
+    monkeypatch.setattr(wsp, "diffstat", diffstat)
+    wplan = dataclasses.replace(plan, workspace={"repo": str(tmp_path), "base": "main"})
+    text = _render(home, wplan, "join")
+    assert asked == [(home, "g", "src"), (home, "g", "tpl.0")] and asked[0][0] is home
+    for t, out in (("src", '["a"]'), ("tpl.0", "<0>")):
+        assert (f"## Output of {t}\n\n{out}\n\nFiles {t} changed in the workspace (the whole patch is in "
+                f"/patches/{t}):\n\n```\n {t}.py | 1 +\n```\n") in text, text
+    assert "changed in the workspace" not in _render(home, plan, "join")      # no workspace: not asked
+
+
+def test_a_join_over_a_single_instance_gives_it_the_whole_context_limit(tmp_path):
+    home = submit_home(tmp_path, [{"id": "src", "prompt": "x", "agent": "true"},
+                                  {"id": "tpl", "for_each": {"from": "src"}, "prompt": "do {{item}}", "agent": "true"},
+                                  {"id": "join", "deps": ["tpl"], "prompt": "S", "agent": "true", "context_limit": 40}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    tr.finish(home, plan, sched, _claim(home, "src"), ok=True, worker="w1", output_data=b'["a"]')
+    assert fanout.expand_one(home, "g", "tpl", "w1") is True
+    plan, sched = home.load_plan("g"), _sched(home)
+    tr.finish(home, plan, sched, _claim(home, "tpl.0"), ok=True, worker="w1", output_data=b"x" * 30)
+    fanout.join(home, plan, sched, lc.claim_task(home, plan, "tpl", worker="w1", kind="engine"), "w1")
+    text = _render(home, plan, "join")
+    assert "x" * 30 + "\n" in text and "truncated" not in text, text
+
+
+def test_a_failed_acceptance_check_s_own_output_and_command_go_into_the_retry_s_prompt(tmp_path):
+    """retry_context "error" after a check_failed attempt: the note names the check's command
+    (every argument) and shows the check's output tail from the record -- not the agent's
+    stderr; a record whose `check` is not an object is ignored (the stderr tail instead)."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "do it", "agent": "true", "retry_context": "error",
+                                   "check": ["pytest", "-q", "tests"]}])
+    plan = home.load_plan("g")
+    os.makedirs(os.path.dirname(home.attempt_path("g", "a", 1, "err")), exist_ok=True)
+    Path(home.attempt_path("g", "a", 1, "err")).write_bytes(b"AGENT STDERR\n")
+    rec = {"attempt": 1, "outcome": "check_failed", "exit_code": 1,
+           "check": {"passed": False, "argv": ["pytest", "-q", "tests"], "exit_code": 1, "tail": "CHECK SAYS NO"}}
+    text = _render(home, plan, "a", record=rec)
+    assert text.endswith("# Previous attempt 1 failed\n\nIt finished, but its result failed the acceptance check "
+                         "`pytest -q tests`.\nThe last lines of the check's output:\n\n```\nCHECK SAYS NO\n```\n"), text
+    text = _render(home, plan, "a", record={**rec, "check": "not an object"})
+    assert "`check`" in text and "AGENT STDERR" in text and "CHECK SAYS NO" not in text, text
+
+
+def test_a_stderr_tail_that_cannot_be_read_is_left_out_of_the_retry_s_note(tmp_path, monkeypatch):
+    """retry_context "error": the previous attempt's stderr opened but could not be read (an
+    I/O error): the note says how the attempt ended and shows no tail, rather than failing."""
+    import errno
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "do it", "agent": "true", "retry_context": "error"}])
+    plan = home.load_plan("g")
+    os.makedirs(os.path.dirname(home.attempt_path("g", "a", 1, "err")), exist_ok=True)
+    Path(home.attempt_path("g", "a", 1, "err")).write_bytes(b"AGENT STDERR\n")
+    rec = {"attempt": 1, "outcome": "failed", "exit_code": 3}
+    assert "AGENT STDERR" in _render(home, plan, "a", record=rec)
+
+    def eio(*a, **k):
+        raise OSError(errno.EIO, "Input/output error")
+    monkeypatch.setattr(lc.os, "fdopen", eio)
+    text = _render(home, plan, "a", record=rec)
+    monkeypatch.undo()
+    assert text.endswith("# Previous attempt 1 failed\n\nIt exited with code 3.\n"), text
+
+
+def test_a_lost_goal_end_whose_summary_vanishes_before_its_age_is_read_is_not_announced(tmp_path, monkeypatch):
+    """Another host's summary.json, read, then gone before its age could be read (the goal was
+    archived meanwhile): nothing is appended and announce_if_lost says so (False)."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    sched.take()
+    tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"x")
+    s = {"outcome": "done", "counts": {"done": 1}, "failed_roots": [],
+         "finisher": {"worker": "far1", "host": "far", "boot_id": "b", "pid": 1, "pid_start": "1", "nonce": "n1"}}
+    Path(home.summary_path("g")).write_text(json.dumps(s))
+    real = os.stat
+
+    def stat(path, *a, **k):
+        if path == home.summary_path("g"):
+            raise FileNotFoundError(2, "No such file or directory", path)
+        return real(path, *a, **k)
+    monkeypatch.setattr(tr.os, "stat", stat)
+    got = tr.announce_if_lost(home, "g", "w2")
+    monkeypatch.undo()
+    assert got is False and goal_events(home, ev.GOAL_FINISHED) == []
+
+
+def test_the_critical_path_in_seconds_counts_a_task_s_own_duration_and_the_longest_soft_chain_below():
+    """Ranking by the remaining path in seconds (HEFT's upward rank), with durations handed in
+    for some tasks (1 s for the others): a task with a soft dependent counts its own seconds
+    plus that dependent's path -- x (1 s) before y (2.5 s) outranks the lone z (3 s), which
+    outranks w (no duration: 1 s)."""
+    tasks = [_T("w"), _T("x"), _T("y", soft=["x"]), _T("z")]
+    s = Scheduler(tasks, durations={"x": 1.0, "y": 2.5, "z": 3.0})
+    assert s.rank == [1.0, 3.5, 2.5, 3.0]
+    assert s.ready_ids() == ["x", "z", "w"], s.ready_ids()
+    s = Scheduler([_T("w"), _T("v")], durations={"v": 1.5})
+    assert s.ready_ids() == ["v", "w"]                # w's unknown duration counts 1 s, not more
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_the_birth_lock_is_seen_while_held_and_never_through_a_symlinked_task_folder(tmp_path):
+    """being_born: True while a claim's creator holds the birth lock (acquire(hold=True) until
+    owner.json), False after; a task folder that is a symbolic link -- even to a folder whose
+    claim is being born -- is not followed: False."""
+    home = Home(str(tmp_path / "home"))
+    os.makedirs(home.task_dir("g", "t"))
+    assert claims.acquire(home, "g", "t", hold=True) is True
+    assert claims.being_born(home, "g", "t") is True
+    os.symlink(home.task_dir("g", "t"), home.task_dir("g", "u"))
+    assert claims.being_born(home, "g", "u") is False
+    claims.update_owner(home, "g", "t", claims.new_owner("w1", 1, kind="external"))
+    assert claims.being_born(home, "g", "t") is False
+
+
+def test_a_claim_that_cannot_be_made_under_the_birth_lock_lets_the_lock_go(tmp_path, monkeypatch):
+    """acquire(hold=True): the task folder is locked, then mkdir of claim/ fails (disk full):
+    the error comes out as it was, and the lock's fd is closed (not leaked, not held)."""
+    import errno
+
+    from dagrun import fsio
+    home = Home(str(tmp_path / "home"))
+    os.makedirs(home.task_dir("g", "t"))
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(fsio, "mkdir", full)
+    before = _fds()
+    with pytest.raises(OSError) as e:
+        claims.acquire(home, "g", "t", hold=True)
+    assert e.value.errno == errno.ENOSPC and _fds() == before
+    monkeypatch.undo()
+    assert not claims.being_born(home, "g", "t")
+
+
+def test_a_spare_nest_that_cannot_become_the_task_folder_is_unlocked_and_the_folder_checked(tmp_path, monkeypatch):
+    """With the engine's spare pool: the nest is locked for the birth, then its rename fails
+    (the task folder exists). The nest's lock is closed; a folder that is a symbolic link is
+    refused in one line (no fd left), an ordinary one gets its claim the usual way (True, not
+    NEW) under a lock of its own."""
+    from dagrun import fsio
+    home = Home(str(tmp_path / "home"))
+    os.makedirs(home.task_dir("g", "t"))
+    os.makedirs(tmp_path / "elsewhere")
+    os.symlink(tmp_path / "elsewhere", home.task_dir("g", "s"))
+    pool = fsio.start_spares(home.root, threads=1, target=4, nest="claim")
+    try:
+        if pool is None or not pool._nesting():
+            pytest.skip("no renameat2(RENAME_NOREPLACE) here: the pool makes no nests")
+
+        def wait_nest():
+            deadline = time.monotonic() + 20
+            while not pool._nests and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert pool._nests
+        taken = []
+        real = pool.take_nest
+
+        def spy(dst, before=None):
+            got = real(dst, before)
+            taken.append((dst, got))
+            return got
+        monkeypatch.setattr(pool, "take_nest", spy)
+        wait_nest()
+        before = _fds()
+        with pytest.raises(FsError) as e:
+            claims.acquire(home, "g", "s", hold=True)
+        assert str(e.value).startswith(f"refusing to use {home.task_dir('g', 's')}: it is a symbolic link")
+        assert taken == [(home.task_dir("g", "s"), False)] and _fds() == before
+        wait_nest()
+        assert claims.acquire(home, "g", "t", hold=True) is True
+        assert taken[1] == (home.task_dir("g", "t"), False) and _fds() == before + 1     # the folder's own lock
+        assert claims.being_born(home, "g", "t")
+        claims.release(home, "g", "t")
+        assert _fds() == before
+        wait_nest()                      # a first claim: the nest becomes the folder, locked if asked
+        assert claims.acquire(home, "g", "n", hold=True) == claims.NEW and taken[-1] == (home.task_dir("g", "n"), True)
+        assert claims.being_born(home, "g", "n")
+        claims.update_owner(home, "g", "n", claims.new_owner("w1", 1, kind="external"))
+        assert not claims.being_born(home, "g", "n") and _fds() == before
+        wait_nest()
+        assert claims.acquire(home, "g", "m") == claims.NEW and taken[-1] == (home.task_dir("g", "m"), True)
+        assert not claims.being_born(home, "g", "m") and _fds() == before        # not asked: no lock
+    finally:
+        fsio.stop_spares()
+
+
+def test_a_claim_task_or_gate_holds_the_birth_lock_until_its_owner_json_is_published(tmp_path, monkeypatch):
+    """claim_task and claim_gate take their claim with the birth lock (acquire(hold=True)): at
+    the moment owner.json is written a live creator's half-born claim cannot be judged stale;
+    right after, the lock is gone."""
+    home, plan = _awaiting_gate(tmp_path)
+    seen = []
+    real = claims.update_owner
+
+    def spy(h, g, t, owner):
+        seen.append((t, claims.being_born(h, g, t)))
+        real(h, g, t, owner)
+        seen.append((t, claims.being_born(h, g, t)))
+    monkeypatch.setattr(claims, "update_owner", spy)
+    lc.claim_gate(home, plan, "gate", by="alice", wait=0.0)
+    home2 = submit_home(tmp_path / "2", [{"id": "a", "prompt": "x", "agent": "true"}])
+    lc.claim_task(home2, home2.load_plan("g"), "a", worker="w1", kind="external")
+    assert seen == [("gate", True), ("gate", False), ("a", True), ("a", False)]
+
+
+def test_the_workspace_of_a_claim_whose_task_left_the_plan_is_not_captured(tmp_path):
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    gone = lc.Claim("g", "b", 1, dict(c.owner), c.started)          # b is not (or no longer) in the plan
+    assert lc.capture_workspace(home, plan, gone) is None and lc.capture_workspace(home, plan, c) is None
+
+
+def test_the_units_of_a_timed_out_attempt_are_given_back_naming_its_outcome(tmp_path):
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "mutex": "db", "retries": 0}])
+    plan, sched = home.load_plan("g"), _sched(home)
+    assert sched.take() == "a"
+    tr.finish(home, plan, sched, _claim(home, "a"), ok=False, worker="w1", outcome="timeout", reason="too slow")
+    rel = [e for e in goal_events(home, ev.TASK_RESOURCES) if e.get("released")]
+    assert [(e["task"], e["why"]) for e in rel] == [("a", "timeout")], rel
+
+
+def test_a_claimer_does_not_wait_on_a_judge_stopped_in_its_probe(tmp_path):
+    """The task folder is held exclusive (a judge stopped between its probe's flock and close):
+    acquire(hold=True) tries the shared lock for ~0.1 s, then claims without it (the grace
+    applies), its fd closed."""
+    home = Home(str(tmp_path / "home"))
+    os.makedirs(home.task_dir("g", "t"))
+    fd = os.open(home.task_dir("g", "t"), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        before = _fds()
+        t0 = time.monotonic()
+        assert claims.acquire(home, "g", "t", hold=True) is True
+        assert time.monotonic() - t0 < 5 and _fds() == before
+        assert home.claim_dir("g", "t") not in claims._BIRTHS
+    finally:
+        os.close(fd)
+
+
+def test_a_gate_held_by_a_live_decider_is_waited_for_the_half_born_grace_and_a_second_by_default(tmp_path, monkeypatch):
+    """claim_gate without `wait`: long enough for a decider that died half-born to be judged
+    stale (HALF_BORN_GRACE), and one second more; then one line (the clock is stood in for)."""
+    home, plan = _awaiting_gate(tmp_path)
+    assert claims.acquire(home, "g", "gate")
+    claims.update_owner(home, "g", "gate", claims.new_owner("bob", 1, kind="approval"))      # this live process
+    grace = claims.HALF_BORN_GRACE
+    readings = iter([100.0, 100.0 + grace + 0.5, 100.0 + grace + 1.5, 100.0 + grace + 2.5])
+    clock = _Clock(time.time())
+    clock.monotonic = lambda: next(readings)
+    clock.sleep = clock.slept.append
+    monkeypatch.setattr(lc, "time", clock)
+    with pytest.raises(Refused, match="held by another process right now"):
+        lc.claim_gate(home, plan, "gate", by="alice")
+    monkeypatch.undo()
+    assert clock.slept == [0.02]          # refused at the first reading past grace + 1 s
+
+
+def test_without_flock_a_claim_is_born_without_its_lock_and_no_probe_says_it_is_being_born(tmp_path, monkeypatch):
+    """A file system where flock fails (ENOLCK): acquire(hold=True) claims without the birth
+    lock (the grace applies), leaving no fd; being_born says no."""
+    import errno
+    home = Home(str(tmp_path / "home"))
+    os.makedirs(home.task_dir("g", "t"))
+
+    def nolock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(claims.fcntl, "flock", nolock)
+    before = _fds()
+    assert claims.acquire(home, "g", "t", hold=True) is True
+    assert _fds() == before and home.claim_dir("g", "t") not in claims._BIRTHS
+    assert claims.being_born(home, "g", "t") is False and _fds() == before
