@@ -569,6 +569,16 @@ def record_unfinished(home: Home, g: str, t: str, attempt: int, *, outcome: str,
     return rec
 
 
+def _own_verdict(home: Home, g: str, t: str, attempt: int) -> bool:
+    """Has attempt `attempt` of g/t a record of its own that leaves a retry (commit_failure
+    writes it before it releases the claim)? A final one is not enough: its `failed` marker
+    may not have been published, and the attempt is then recorded as lost, as before."""
+    if attempt < 1:
+        return False
+    r = loads_obj(fsio.read_bytes(home.attempt_path(g, t, attempt, "json"), follow=False))
+    return r is not None and as_int(r.get("attempt")) == attempt and r.get("final") is False
+
+
 def _record_before(home: Home, g: str, t: str, attempt: int) -> dict | None:
     """The latest readable record before `attempt`: a JSON object (a hand-edited `[1]` or a
     symlinked record counts as none, as in Home._latest_attempt -- never a crash of the commit)."""
@@ -630,7 +640,11 @@ def break_if_stale(home: Home, plan: Plan, t: str, *, worker: str, lease: float 
                  run_id=(owner or {}).get("run_id") or run_id(home, g, t, attempt))
         res.release_attempt(home, g, t, owner)     # its units come back at once
         ended = marker_of(home, g, t)
-        if ended is None:
+        if ended is None and _own_verdict(home, g, t, attempt):
+            pass    # its holder recorded the attempt's failure (a retry to come) and died before
+            #         releasing: that record, with its count and retry_at, stands -- a "lost"
+            #         one written over it gave the task a retry more, at once, without its reason
+        elif ended is None:
             cdir = home.claim_dir(g, t)
             record_unfinished(home, g, t, attempt, outcome="lost", reason=reason,
                               worker=owner.get("worker") if owner else None,

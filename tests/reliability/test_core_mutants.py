@@ -3181,3 +3181,31 @@ def test_without_flock_a_claim_is_born_without_its_lock_and_no_probe_says_it_is_
     assert claims.acquire(home, "g", "t", hold=True) is True
     assert _fds() == before and home.claim_dir("g", "t") not in claims._BIRTHS
     assert claims.being_born(home, "g", "t") is False and _fds() == before
+
+
+def test_a_failure_recorded_before_its_holder_died_is_kept_when_the_claim_is_broken(tmp_path, monkeypatch):
+    """A holder that wrote a failed attempt's record (a retry to come: failures 1, retry_at
+    after the backoff) and died before releasing its claim: breaking the stale claim keeps
+    that record. It used to be written over as "lost" (failures 0, no retry_at): the task got a
+    retry more than `retries`, at once instead of after the backoff, and the reason was gone
+    (found by mutation testing: lifecycle.x__record_before_7)."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 2, "retry_backoff": 60}])
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+
+    def die(*a, **k):
+        raise SystemExit("died before the release")
+    monkeypatch.setattr(claims, "release", die)
+    with pytest.raises(SystemExit):
+        lc.commit_failure(home, plan, c, outcome="failed", ended=time.time(), exit_code=3, reason="exit code 3")
+    monkeypatch.undo()
+    rec = read_json(home.attempt_path("g", "a", 1, "json"))
+    assert rec["failures"] == 1 and rec["retry_at"] is not None and not rec["final"]
+    owner = claims.read_owner(home, "g", "a")
+    owner["pid"] = dead_pid()
+    claims.update_owner(home, "g", "a", owner)
+    broke = lc.break_if_stale(home, plan, "a", worker="w2")
+    assert broke is not None and broke[1] == 1 and broke[2] is None
+    assert read_json(home.attempt_path("g", "a", 1, "json")) == rec       # the holder's verdict stands
+    assert not os.path.exists(home.claim_dir("g", "a"))
+    assert lc.claim_task(home, plan, "a", worker="w3", kind="external") is None   # backing off, as recorded
