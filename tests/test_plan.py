@@ -1013,3 +1013,31 @@ def test_a_fragment_s_shape_defaults_text_and_limits_are_checked_like_a_plan_s(p
         'frag.json:1: tasks[0].resources.gpu: task "x" asks for 2 units of "gpu" but the plan\'s capacity of "gpu" is 1: it could never start'
     got = add({"defaults": AGENT, "tasks": [{"id": "x", "prompt_file": "p.md"}]})      # exactly max_tasks: fine
     assert [t.id for t in got.tasks] == ["a", "b", "x"] and got.task("x").prompt == "from a file"
+
+
+def test_a_plan_of_exactly_the_size_limit_is_read_to_its_last_byte(plans, monkeypatch):
+    """The size is checked by stat, then MAX_PLAN_BYTES + 1 bytes are read: a plan of exactly
+    the limit is read whole -- its last byte (here the closing brace) too -- and one byte over
+    is refused by its size. The limit is lowered to the plan's size (64 MiB of text otherwise)."""
+    p = write_plan(plans, [{"id": "a", "prompt": "p"}], defaults=AGENT)
+    size = p.stat().st_size
+    assert p.read_bytes().endswith(b"}")
+    monkeypatch.setattr(planmod, "MAX_PLAN_BYTES", size)
+    assert [t.id for t in planmod.load(str(p)).tasks] == ["a"]
+    monkeypatch.setattr(planmod, "MAX_PLAN_BYTES", size - 1)
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert str(ei.value) == f"{p}: plan is {size} bytes; the limit is {size - 1} bytes"
+
+
+def test_a_duplicate_key_with_non_ascii_characters_is_found_on_its_line(plans):
+    """The duplicate's line is found by searching the key's text: a key written with its
+    non-ASCII characters as they are (the usual way) was searched only \\u-escaped, found
+    nowhere, and the error said line 1. Both spellings are searched now."""
+    p = plans / "dag.json"
+    for written in ("été", "\\u00e9t\\u00e9"):
+        p.write_text('{"defaults": {"agent": "true"},\n "tasks": [{"id": "a", "prompt": "p"}],\n'
+                     f' "resources": {{"{written}": 1,\n  "{written}": 2}}}}', encoding="utf-8")
+        with pytest.raises(PlanError) as ei:
+            planmod.load(str(p))
+        assert str(ei.value) == f'{p}:4: duplicate key "\\u00e9t\\u00e9" in one object'
