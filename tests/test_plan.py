@@ -1041,3 +1041,25 @@ def test_a_duplicate_key_with_non_ascii_characters_is_found_on_its_line(plans):
         with pytest.raises(PlanError) as ei:
             planmod.load(str(p))
         assert str(ei.value) == f'{p}:4: duplicate key "\\u00e9t\\u00e9" in one object'
+
+
+def test_a_plan_that_is_only_nan_or_infinity_is_refused_without_a_line(plans):
+    """NaN and Infinity are no JSON: inside the document the error names the line of the value;
+    as the whole document there is nothing before it to count lines from, and the file alone is named."""
+    p = plans / "dag.json"
+    for text, word, where in (("NaN", "NaN", ""), ("\n-Infinity", "-Infinity", ""), ('{"tasks":\n [NaN]}', "NaN", ":2")):
+        p.write_text(text)
+        with pytest.raises(PlanError) as ei:
+            planmod.load(str(p))
+        assert str(ei.value) == f"{p}{where}: malformed JSON: {word} is not valid JSON"
+
+
+def test_a_duplicate_key_spelt_with_escapes_of_ascii_characters_is_reported_at_line_1(plans):
+    """The duplicate's line is found by searching the key as json.dumps writes it (raw or
+    \\u-escaped non-ASCII); a key spelt otherwise ("\\u0061" for "a") is not found, and the
+    error falls back to line 1 -- still one line, naming the key."""
+    p = plans / "dag.json"
+    p.write_text('\n{"tasks": [],\n "\\u0061": 1,\n "\\u0061": 2}')
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert str(ei.value) == f'{p}:1: duplicate key "a" in one object'
