@@ -1063,3 +1063,14 @@ def test_a_duplicate_key_spelt_with_escapes_of_ascii_characters_is_reported_at_l
     with pytest.raises(PlanError) as ei:
         planmod.load(str(p))
     assert str(ei.value) == f'{p}:1: duplicate key "a" in one object'
+
+
+def test_an_error_in_a_value_written_at_the_very_start_of_a_line_names_that_line(plans):
+    """The line of an error is that of the value's first character, also when nothing (no
+    indentation) stands before it on its line: the character after a newline is read, not skipped."""
+    assert planmod._value_lines('[\n1,\n2]') == {(): 1, (0,): 2, (1,): 3}
+    p = plans / "dag.json"
+    p.write_text('{"defaults": {"agent": "true"}, "tasks": [{"id": "a", "prompt": "p", "timeout":\n0}]}')
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert str(ei.value) == f"{p}:2: tasks[0].timeout: must be greater than 0, got 0"
