@@ -1074,3 +1074,29 @@ def test_an_error_in_a_value_written_at_the_very_start_of_a_line_names_that_line
     with pytest.raises(PlanError) as ei:
         planmod.load(str(p))
     assert str(ei.value) == f"{p}:2: tasks[0].timeout: must be greater than 0, got 0"
+
+
+def test_the_task_field_table_is_built_once_on_first_use_and_agrees_with_the_task(plans, monkeypatch):
+    """Task is a tuple, not a dataclass; its dataclass field table (for dataclasses.fields(),
+    replace(), asdict() and orjson) is built on first use and then kept as a plain class
+    attribute. It must say what a Task does: each field's default is the value a Task built
+    without it has, a field is compared iff two Tasks differing in it are unequal, and hashed
+    iff their hashes differ."""
+    import dataclasses
+    monkeypatch.setattr(planmod.Task, "__dataclass_fields__", planmod._TaskFields())      # as at start-up
+    table = planmod.Task.__dataclass_fields__
+    assert planmod.Task.__dict__["__dataclass_fields__"] is table and planmod.Task.__dataclass_fields__ is table
+    assert list(table) == list(planmod._TASK_KEYS) == [f.name for f in dataclasses.fields(planmod.Task)]
+    t = planmod.load(str(write_plan(plans, [{"id": "a", "prompt": "p"}], defaults=AGENT))).tasks[0]
+    bare = planmod.Task(**{k: getattr(t, k) for k, f in table.items()
+                           if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING})
+    required = {"id", "deps", "soft_deps", "prompt", "prompt_file", "agent", "workdir"}
+    assert required <= {k for k in table if k not in planmod._TASK_DEFAULTS}
+    for k, f in table.items():
+        if k in planmod._TASK_DEFAULTS:
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            assert default == getattr(bare, k), k
+        other = t.replace(**{k: ("another value",)})
+        hashed = f.compare if f.hash is None else f.hash          # (None: as compare, dataclasses' rule)
+        assert (f.compare, hashed) == (other != t, hash(other) != hash(t)), k
+    assert dataclasses.replace(t, prompt="z") == t.replace(prompt="z")
