@@ -796,8 +796,9 @@ def _parse_json(text: str, shown: str):
 
 
 def _line_of_key(text: str, key: str) -> int:
-    """Line of the second occurrence of "key": (good enough to point at a duplicate)."""
-    pat = re.compile(re.escape(json.dumps(key)) + r"\s*:")
+    """Line of the second occurrence of "key": (good enough to point at a duplicate), the key
+    written with its non-ASCII characters as they are or as \\u escapes."""
+    pat = re.compile(r"(?:%s|%s)\s*:" % (re.escape(json.dumps(key)), re.escape(json.dumps(key, ensure_ascii=False))))
     hits = [m.start() for m in pat.finditer(text)]
     pos = hits[1] if len(hits) > 1 else (hits[0] if hits else 0)
     return text.count("\n", 0, pos) + 1

@@ -1013,3 +1013,90 @@ def test_a_fragment_s_shape_defaults_text_and_limits_are_checked_like_a_plan_s(p
         'frag.json:1: tasks[0].resources.gpu: task "x" asks for 2 units of "gpu" but the plan\'s capacity of "gpu" is 1: it could never start'
     got = add({"defaults": AGENT, "tasks": [{"id": "x", "prompt_file": "p.md"}]})      # exactly max_tasks: fine
     assert [t.id for t in got.tasks] == ["a", "b", "x"] and got.task("x").prompt == "from a file"
+
+
+def test_a_plan_of_exactly_the_size_limit_is_read_to_its_last_byte(plans, monkeypatch):
+    """The size is checked by stat, then MAX_PLAN_BYTES + 1 bytes are read: a plan of exactly
+    the limit is read whole -- its last byte (here the closing brace) too -- and one byte over
+    is refused by its size. The limit is lowered to the plan's size (64 MiB of text otherwise)."""
+    p = write_plan(plans, [{"id": "a", "prompt": "p"}], defaults=AGENT)
+    size = p.stat().st_size
+    assert p.read_bytes().endswith(b"}")
+    monkeypatch.setattr(planmod, "MAX_PLAN_BYTES", size)
+    assert [t.id for t in planmod.load(str(p)).tasks] == ["a"]
+    monkeypatch.setattr(planmod, "MAX_PLAN_BYTES", size - 1)
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert str(ei.value) == f"{p}: plan is {size} bytes; the limit is {size - 1} bytes"
+
+
+def test_a_duplicate_key_with_non_ascii_characters_is_found_on_its_line(plans):
+    """The duplicate's line is found by searching the key's text: a key written with its
+    non-ASCII characters as they are (the usual way) was searched only \\u-escaped, found
+    nowhere, and the error said line 1. Both spellings are searched now."""
+    p = plans / "dag.json"
+    for written in ("été", "\\u00e9t\\u00e9"):
+        p.write_text('{"defaults": {"agent": "true"},\n "tasks": [{"id": "a", "prompt": "p"}],\n'
+                     f' "resources": {{"{written}": 1,\n  "{written}": 2}}}}', encoding="utf-8")
+        with pytest.raises(PlanError) as ei:
+            planmod.load(str(p))
+        assert str(ei.value) == f'{p}:4: duplicate key "\\u00e9t\\u00e9" in one object'
+
+
+def test_a_plan_that_is_only_nan_or_infinity_is_refused_without_a_line(plans):
+    """NaN and Infinity are no JSON: inside the document the error names the line of the value;
+    as the whole document there is nothing before it to count lines from, and the file alone is named."""
+    p = plans / "dag.json"
+    for text, word, where in (("NaN", "NaN", ""), ("\n-Infinity", "-Infinity", ""), ('{"tasks":\n [NaN]}', "NaN", ":2")):
+        p.write_text(text)
+        with pytest.raises(PlanError) as ei:
+            planmod.load(str(p))
+        assert str(ei.value) == f"{p}{where}: malformed JSON: {word} is not valid JSON"
+
+
+def test_a_duplicate_key_spelt_with_escapes_of_ascii_characters_is_reported_at_line_1(plans):
+    """The duplicate's line is found by searching the key as json.dumps writes it (raw or
+    \\u-escaped non-ASCII); a key spelt otherwise ("\\u0061" for "a") is not found, and the
+    error falls back to line 1 -- still one line, naming the key."""
+    p = plans / "dag.json"
+    p.write_text('\n{"tasks": [],\n "\\u0061": 1,\n "\\u0061": 2}')
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert str(ei.value) == f'{p}:1: duplicate key "a" in one object'
+
+
+def test_an_error_in_a_value_written_at_the_very_start_of_a_line_names_that_line(plans):
+    """The line of an error is that of the value's first character, also when nothing (no
+    indentation) stands before it on its line: the character after a newline is read, not skipped."""
+    assert planmod._value_lines('[\n1,\n2]') == {(): 1, (0,): 2, (1,): 3}
+    p = plans / "dag.json"
+    p.write_text('{"defaults": {"agent": "true"}, "tasks": [{"id": "a", "prompt": "p", "timeout":\n0}]}')
+    with pytest.raises(PlanError) as ei:
+        planmod.load(str(p))
+    assert str(ei.value) == f"{p}:2: tasks[0].timeout: must be greater than 0, got 0"
+
+
+def test_the_task_field_table_is_built_once_on_first_use_and_agrees_with_the_task(plans, monkeypatch):
+    """Task is a tuple, not a dataclass; its dataclass field table (for dataclasses.fields(),
+    replace(), asdict() and orjson) is built on first use and then kept as a plain class
+    attribute. It must say what a Task does: each field's default is the value a Task built
+    without it has, a field is compared iff two Tasks differing in it are unequal, and hashed
+    iff their hashes differ."""
+    import dataclasses
+    monkeypatch.setattr(planmod.Task, "__dataclass_fields__", planmod._TaskFields())      # as at start-up
+    table = planmod.Task.__dataclass_fields__
+    assert planmod.Task.__dict__["__dataclass_fields__"] is table and planmod.Task.__dataclass_fields__ is table
+    assert list(table) == list(planmod._TASK_KEYS) == [f.name for f in dataclasses.fields(planmod.Task)]
+    t = planmod.load(str(write_plan(plans, [{"id": "a", "prompt": "p"}], defaults=AGENT))).tasks[0]
+    bare = planmod.Task(**{k: getattr(t, k) for k, f in table.items()
+                           if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING})
+    required = {"id", "deps", "soft_deps", "prompt", "prompt_file", "agent", "workdir"}
+    assert required <= {k for k in table if k not in planmod._TASK_DEFAULTS}
+    for k, f in table.items():
+        if k in planmod._TASK_DEFAULTS:
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            assert default == getattr(bare, k), k
+        other = t.replace(**{k: ("another value",)})
+        hashed = f.compare if f.hash is None else f.hash          # (None: as compare, dataclasses' rule)
+        assert (f.compare, hashed) == (other != t, hash(other) != hash(t)), k
+    assert dataclasses.replace(t, prompt="z") == t.replace(prompt="z")
