@@ -573,9 +573,8 @@ def _own_verdict(home: Home, g: str, t: str, attempt: int) -> bool:
     """Has attempt `attempt` of g/t a counted failure record of its own that leaves a retry
     (commit_failure writes it before it releases the claim)? A final one is not enough (its
     `failed` marker may not have been published), nor an uncounted one (a "lost" record of a
-    breaker that died after writing it is rewritten): those are recorded as lost, as before."""
-    if attempt < 1:
-        return False
+    breaker that died after writing it is rewritten): those are recorded as lost, as before.
+    A symlinked record is none (as everywhere records are read)."""
     r = loads_obj(fsio.read_bytes(home.attempt_path(g, t, attempt, "json"), follow=False))
     return (r is not None and as_int(r.get("attempt")) == attempt and r.get("counted") is True
             and r.get("final") is False)

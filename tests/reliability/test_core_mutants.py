@@ -3209,3 +3209,24 @@ def test_a_failure_recorded_before_its_holder_died_is_kept_when_the_claim_is_bro
     assert read_json(home.attempt_path("g", "a", 1, "json")) == rec       # the holder's verdict stands
     assert not os.path.exists(home.claim_dir("g", "a"))
     assert lc.claim_task(home, plan, "a", worker="w3", kind="external") is None   # backing off, as recorded
+
+
+def test_a_symlinked_failure_record_is_not_taken_for_the_attempt_s_own_when_its_claim_is_broken(tmp_path):
+    """The record kept when a stale claim is broken must be the attempt's own file: a symlink
+    at attempts/1.json to a counted failure record elsewhere is replaced by the lost record,
+    and its target is left alone (found by mutation testing: lifecycle.x__own_verdict_7/_9/_20)."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 2}])
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    elsewhere = tmp_path / "elsewhere.json"
+    body = json.dumps({"attempt": 1, "outcome": "failed", "counted": True, "final": False, "failures": 1,
+                       "retry_at": time.time() + 600, "reason": "not mine"})
+    elsewhere.write_text(body)
+    os.makedirs(home.attempts_dir("g", "a"), exist_ok=True)
+    os.symlink(elsewhere, home.attempt_path("g", "a", 1, "json"))
+    claims.update_owner(home, "g", "a", {**c.owner, "pid": dead_pid()})
+    broke = lc.break_if_stale(home, plan, "a", worker="w2")
+    assert broke is not None and broke[1] == 1
+    path = home.attempt_path("g", "a", 1, "json")
+    assert not os.path.islink(path) and read_json(path)["outcome"] == "lost"
+    assert elsewhere.read_text() == body
