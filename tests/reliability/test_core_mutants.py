@@ -3230,3 +3230,31 @@ def test_a_symlinked_failure_record_is_not_taken_for_the_attempt_s_own_when_its_
     path = home.attempt_path("g", "a", 1, "json")
     assert not os.path.islink(path) and read_json(path)["outcome"] == "lost"
     assert elsewhere.read_text() == body
+
+
+def test_a_final_failure_whose_marker_was_never_published_is_recorded_lost_with_the_count_before_it(tmp_path, monkeypatch):
+    """A holder that wrote its attempt's final failure record and died before publishing the
+    `failed` marker left no verdict (the marker is the commit point): breaking the claim
+    records the attempt as lost, counting the failures of the records *before* it -- not the
+    unpublished record's own (lifecycle.x__record_before_7 read it first)."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true", "retries": 1}])
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    assert not lc.commit_failure(home, plan, c, outcome="failed", ended=time.time(), exit_code=3, reason="one")["final"]
+    rec1 = read_json(home.attempt_path("g", "a", 1, "json"))
+    Path(home.attempt_path("g", "a", 1, "json")).write_text(json.dumps({**rec1, "retry_at": time.time() - 1}))  # backoff over
+    c = _claim(home, "a")
+    assert c.attempt == 2
+
+    def die(*a, **k):
+        raise SystemExit("died before the failed marker")
+    monkeypatch.setattr(lc, "_publish_from_owner", die)
+    with pytest.raises(SystemExit):
+        lc.commit_failure(home, plan, c, outcome="failed", ended=time.time(), exit_code=3, reason="two")
+    monkeypatch.undo()
+    assert read_json(home.attempt_path("g", "a", 2, "json"))["final"] is True and lc.marker_of(home, "g", "a") is None
+    claims.update_owner(home, "g", "a", {**claims.read_owner(home, "g", "a"), "pid": dead_pid()})
+    broke = lc.break_if_stale(home, plan, "a", worker="w2")
+    assert broke is not None and broke[1:] == (2, None)
+    rec2 = read_json(home.attempt_path("g", "a", 2, "json"))
+    assert (rec2["outcome"], rec2["counted"], rec2["failures"], rec2["final"]) == ("lost", False, 1, False)
