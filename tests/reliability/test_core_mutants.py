@@ -9,6 +9,7 @@ survivors they kill are named in tests/reliability/mutants.md.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -2425,22 +2426,21 @@ def test_the_record_before_is_the_latest_readable_one_counting_down(tmp_path):
 
 
 # ------------------------------------------------------------------ mut8: the core's survivors of the sweep
-def test_a_first_claim_is_the_task_folder_and_its_claim_in_one_rename_of_a_spare_nest(tmp_path, monkeypatch):
-    """The engine's spare pool hands a task's first claim over as a nest (the task folder with
-    claim/ inside, one renameat2): acquire says NEW, and the claim is exclusive afterwards.
-    Only `dagrun run` starts the pool, so only tests of the binary saw this path."""
+@contextlib.contextmanager
+def _spied_nest_pool(home: Home, monkeypatch):
+    """The engine's spare pool of claim nests for `home` (skipped where renameat2 cannot make
+    nests), its take_nest spied: yields (taken: [(dst, got), ...], wait_nest()); stopped after."""
     from dagrun import fsio
-    home = Home(str(tmp_path / "home"))
-    tdir = home.task_dir("g", "t")
-    os.makedirs(os.path.dirname(tdir))
     pool = fsio.start_spares(home.root, threads=1, target=4, nest="claim")
     try:
         if pool is None or not pool._nesting():
             pytest.skip("no renameat2(RENAME_NOREPLACE) here: the pool makes no nests")
-        deadline = time.monotonic() + 20
-        while not pool._nests and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert pool._nests
+
+        def wait_nest():
+            deadline = time.monotonic() + 20
+            while not pool._nests and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert pool._nests
         taken = []
         real = pool.take_nest
 
@@ -2449,13 +2449,25 @@ def test_a_first_claim_is_the_task_folder_and_its_claim_in_one_rename_of_a_spare
             taken.append((dst, got))
             return got
         monkeypatch.setattr(pool, "take_nest", spy)
+        yield taken, wait_nest
+    finally:
+        fsio.stop_spares()
+
+
+def test_a_first_claim_is_the_task_folder_and_its_claim_in_one_rename_of_a_spare_nest(tmp_path, monkeypatch):
+    """The engine's spare pool hands a task's first claim over as a nest (the task folder with
+    claim/ inside, one renameat2): acquire says NEW, and the claim is exclusive afterwards.
+    Only `dagrun run` starts the pool, so only tests of the binary saw this path."""
+    home = Home(str(tmp_path / "home"))
+    tdir = home.task_dir("g", "t")
+    os.makedirs(os.path.dirname(tdir))
+    with _spied_nest_pool(home, monkeypatch) as (taken, wait_nest):
+        wait_nest()
         assert claims.acquire(home, "g", "t") == claims.NEW            # the folder came with the claim
         assert taken == [(tdir, True)]
         assert sorted(os.listdir(tdir)) == ["claim"] and os.listdir(home.claim_dir("g", "t")) == []
         assert claims.acquire(home, "g", "t") is False                # held: a second claim fails
         assert taken[1:] in ([], [(tdir, False)])                     # (a nest, if the pool has one again)
-    finally:
-        fsio.stop_spares()
 
 
 def test_a_release_cut_off_after_its_rename_leaves_the_claim_in_the_task_folder_for_the_sweep(tmp_path, monkeypatch):
@@ -3048,29 +3060,11 @@ def test_a_spare_nest_that_cannot_become_the_task_folder_is_unlocked_and_the_fol
     (the task folder exists). The nest's lock is closed; a folder that is a symbolic link is
     refused in one line (no fd left), an ordinary one gets its claim the usual way (True, not
     NEW) under a lock of its own."""
-    from dagrun import fsio
     home = Home(str(tmp_path / "home"))
     os.makedirs(home.task_dir("g", "t"))
     os.makedirs(tmp_path / "elsewhere")
     os.symlink(tmp_path / "elsewhere", home.task_dir("g", "s"))
-    pool = fsio.start_spares(home.root, threads=1, target=4, nest="claim")
-    try:
-        if pool is None or not pool._nesting():
-            pytest.skip("no renameat2(RENAME_NOREPLACE) here: the pool makes no nests")
-
-        def wait_nest():
-            deadline = time.monotonic() + 20
-            while not pool._nests and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert pool._nests
-        taken = []
-        real = pool.take_nest
-
-        def spy(dst, before=None):
-            got = real(dst, before)
-            taken.append((dst, got))
-            return got
-        monkeypatch.setattr(pool, "take_nest", spy)
+    with _spied_nest_pool(home, monkeypatch) as (taken, wait_nest):
         wait_nest()
         before = _fds()
         with pytest.raises(FsError) as e:
@@ -3091,8 +3085,6 @@ def test_a_spare_nest_that_cannot_become_the_task_folder_is_unlocked_and_the_fol
         wait_nest()
         assert claims.acquire(home, "g", "m") == claims.NEW and taken[-1] == (home.task_dir("g", "m"), True)
         assert not claims.being_born(home, "g", "m") and _fds() == before        # not asked: no lock
-    finally:
-        fsio.stop_spares()
 
 
 def test_a_claim_task_or_gate_holds_the_birth_lock_until_its_owner_json_is_published(tmp_path, monkeypatch):
