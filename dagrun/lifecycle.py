@@ -575,7 +575,7 @@ def _own_verdict(home: Home, g: str, t: str, attempt: int) -> bool:
     `failed` marker may not have been published), nor an uncounted one (a "lost" record of a
     breaker that died after writing it is rewritten): those are recorded as lost, as before.
     A symlinked record is none (as everywhere records are read)."""
-    r = loads_obj(fsio.read_bytes(home.attempt_path(g, t, attempt, "json"), follow=False))
+    r = home.attempt_record(g, t, attempt)
     return (r is not None and as_int(r.get("attempt")) == attempt and r.get("counted") is True
             and r.get("final") is False)
 
@@ -584,7 +584,7 @@ def _record_before(home: Home, g: str, t: str, attempt: int) -> dict | None:
     """The latest readable record before `attempt`: a JSON object (a hand-edited `[1]` or a
     symlinked record counts as none, as in Home._latest_attempt -- never a crash of the commit)."""
     for n in range(attempt - 1, 0, -1):
-        r = loads_obj(fsio.read_bytes(home.attempt_path(g, t, n, "json"), follow=False))
+        r = home.attempt_record(g, t, n)
         if r is not None:
             return r
     return None

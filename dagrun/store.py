@@ -254,6 +254,11 @@ class Home:
     def attempt_path(self, g: str, t: str, n: int, ext: str) -> str:
         return os.path.join(self.attempts_dir(g, t), f"{int(n)}.{ext}")
 
+    def attempt_record(self, g: str, t: str, n: int) -> dict | None:
+        """attempts/<n>.json as a JSON object; None if missing, unreadable, not an object, or
+        a symbolic link (a hand-edited `[1]` or a link is no record: never a crash)."""
+        return loads_obj(fsio.read_bytes(self.attempt_path(g, t, n, "json"), follow=False))
+
     # -- goals
     def goals(self) -> list[str]:
         try:
@@ -484,7 +489,7 @@ class Home:
         top = max(nums, default=0)
         rec = None
         if with_record and recs:
-            rec = loads_obj(fsio.read_bytes(self.attempt_path(g, t, max(recs), "json"), follow=False))
+            rec = self.attempt_record(g, t, max(recs))
         return top, rec
 
     def snapshot(self, g: str, plan: Plan, *, detail: bool = False, view: bool = False) -> dict[str, TaskFacts]:
