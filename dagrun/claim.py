@@ -109,10 +109,10 @@ NEW = 2    # acquire(): claimed, and the task's folder came with the claim (it h
 def acquire(home: Home, g: str, t: str, *, hold: bool = False) -> bool | int:
     """mkdir the claim: True, or NEW (truthy too) when the task's folder was made with it;
     False if somebody holds it. The caller publishes owner.json next (until then the claim
-    is "being born"). hold: take the birth lock first -- the task
-    folder flock'ed shared before the claim appears, kept until owner.json is published or
-    the claim released (born()) -- so that nobody breaks the claim while we live, however
-    long the birth takes. Without it (or when flock fails) others give it a grace period."""
+    is "being born"). hold: take the birth lock first -- the task folder flock'ed shared
+    before the claim appears, kept until owner.json is published or the claim released
+    (born()) -- so that nobody breaks the claim while we live, however long the birth
+    takes. Without it (or when flock fails) others give it a grace period."""
     tdir = home.task_dir(g, t)
     cdir = os.path.join(tdir, CLAIM)
     fd: int | None = None
