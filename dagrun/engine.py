@@ -262,8 +262,12 @@ class Engine(Reconciler):
         touched, self._touched = self._touched, set()
         for g in touched:                  # read back our own events: the on_event view
             gs = self.goals.get(g)
-            if gs is not None:
-                self._feed(gs)
+            if gs is not None and self._feed(gs):
+                # another process's lines came with ours (their inotify event may be spent):
+                # what they made ready waits for a dispatch, and this turn's has run -- the
+                # next turn comes at once (was: a sleep until the rescan, 10 s, seen with a
+                # `dagrun run` and a `dagrun worker` on one goal)
+                self._carry = (self._carry[0] | {g}, self._carry[1])
 
     def _wait(self, timeout: float) -> set[int]:
         # A fresh poll set every time: epoll would keep a registration for an fd number that

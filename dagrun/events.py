@@ -103,9 +103,10 @@ _FLUSH_CHUNK = 1 << 16
 # Reader of the file takes its next lines from there instead of opening the file and reading
 # them back -- only when they start exactly where the Reader stands, so lines another process
 # appended in between (not in the run: the offsets do not meet) are read from the file as
-# before. Lines appended by others after ours are seen at the next look: the watcher reports
-# the file changed (a Reader with nothing of ours to take then stats the file and reads only
-# when it grew past its offset).
+# before. Lines appended by others after ours are read in the same call (one stat says the
+# file is longer than our run: Reader._after) -- not left for a next look that the watcher may
+# never ring for (its event can be the one that woke this very read). A Reader with nothing of
+# ours to take stats the file and reads only when it grew past its offset.
 _MINE_MAX = 1 << 22          # bytes kept per file at most (a Reader that never comes: dropped)
 
 
@@ -206,11 +207,29 @@ class Reader:
         except FileNotFoundError:
             return False
 
+    def _after(self, end: int) -> bytes:
+        """What others appended after our own run of lines that ends at `end` (one stat; a
+        read only when the file is longer). Needed: the inotify event of such an append may
+        already have been taken -- it woke the turn that now reads our run from memory -- and
+        nothing else would ring for it until the periodic rescan (seen: a `dagrun run` and a
+        `dagrun worker --until-idle` on one goal, the run waiting 10 s for the worker's last
+        `done` lines, 1 run in 8)."""
+        try:
+            if os.stat(self.path, follow_symlinks=False).st_size <= end:
+                return b""
+            with open(self.path, "rb", opener=_nofollow) as f:
+                f.seek(end)
+                return f.read()
+        except FileNotFoundError:
+            return b""
+
     def read(self) -> list[dict]:
         flush()
         pos = self.offset + len(self._partial)
         data = _take_mine(self.path, pos) if not self._partial else None
-        if data is None:
+        if data is not None:
+            data += self._after(pos + len(data))
+        else:
             mine = getattr(_held, "mine", None)
             if mine is not None:          # a holding thread (the engine): a stat says whether to read
                 mine.pop(self.path, None)     # a run that does not start here: the file has it

@@ -228,17 +228,22 @@ class Reconciler:
             if self.watcher is not None:
                 self.watcher.unwatch_goal(g)
 
-    def _feed(self, gs: GoalState) -> None:
-        resync = False
+    def _feed(self, gs: GoalState) -> bool:
+        """Apply the goal's new event lines. True when a line of another process was among them
+        (it may have made work ready)."""
+        resync = foreign = False
         for e in gs.reader.read():
             if e.get("type") == ev.TASK_STATUS and e.get("status") == ev.DONE and self.history is not None \
                     and isinstance(e.get("duration"), (int, float)) and not e.get("cached") and gs.plan.has(e.get("task")):
                 self.history.add(e["task"], gs.plan.task(e["task"]).agent, float(e["duration"]), None)
             if e.get("worker") != self.worker:
+                foreign = True
                 resync = self._apply(gs, e) or resync
             self.on_event(e)
         if resync or self.home.plan_stamp(gs.plan.goal) != gs.stamp:
             self._resync(gs)
+            foreign = True
+        return foreign
 
     def _apply(self, gs: GoalState, e: dict) -> bool:
         """Update the scheduler from another process's event. True: rebuild from the files."""

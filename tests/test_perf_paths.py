@@ -456,3 +456,48 @@ def test_the_engines_count_of_tasks_left_is_kept_by_its_schedulers_not_summed_pe
     assert len(seen) > 6 and dropped == [30, False]
     assert [(x[0], x[2]) for x in seen] == [(x[1], x[3]) for x in seen]
     assert seen[-1] == (30, 30, 30, 30)                            # c's, found again, behind its gate
+
+
+def test_work_another_process_makes_ready_while_the_engine_reads_its_own_lines_starts_at_once(tmp_path, monkeypatch):
+    """A turn ends by reading back its own event lines (the touched goals); lines another
+    process appended right after ours come with them (events.Reader._after) -- and their
+    inotify event may be spent already. What they make ready must start at once: this turn's
+    dispatch has run, so the next turn comes without a sleep. It used to wait for the rescan
+    (10 s): seen with `dagrun run` and `dagrun worker --until-idle` on one goal, 1 run in 8.
+    Here the other process is a person approving a gate (commands.decide, in another thread:
+    its appends are not held) at the exact moment the engine flushes the turn that committed
+    y; c waits for the gate and must start within a second, not after the 30 s rescan."""
+    import threading
+
+    from dagrun import events as ev
+    from dagrun.commands import decide
+    from dagrun.engine import Engine
+
+    h = Home(str(tmp_path / "home"))
+    p = write_plan(tmp_path / "p", [
+        {"id": "gate", "prompt": "x", "approval": {"prompt": "go?"}},
+        {"id": "y", "prompt": "x", "agent": "true"},
+        {"id": "c", "prompt": "x", "deps": ["gate"], "agent": "true"},
+    ], goal="w")
+    run("submit", p, home=h.root)
+    real_flush = ev.flush
+    fired = []
+
+    def flush():
+        held = getattr(ev._held, "lines", None) or {}
+        mine = b"".join(b"".join(x) for x in held.values())
+        real_flush()
+        caller = __import__("sys")._getframe(1).f_code.co_name
+        if not fired and caller == "read" and b'"task":"y","status":"done"' in mine:
+            fired.append(time.monotonic())
+            th = threading.Thread(target=decide, args=(h, "w", "gate"), kwargs={"approve": True, "text": "ok"})
+            th.start()
+            th.join()
+    monkeypatch.setattr(ev, "flush", flush)
+    eng = Engine(h, goal="w", jobs=2, rescan_every=30.0)
+    t0 = time.monotonic()
+    assert eng.run() == 0
+    assert fired, "the approval was never made at the flush of y's done line"
+    assert time.monotonic() - fired[0] < 5.0, "c waited for the rescan"
+    assert time.monotonic() - t0 < 10.0
+    assert (Path(h.task_dir("w", "c")) / "done").exists()

@@ -111,3 +111,35 @@ def test_eight_workers_500_tasks_exactly_once(home, plans, tmp_path, mode):
     lobster_runs = sum(n for w, n in by.items() if w not in engines)
     assert lobster_runs > 0 and len(lines) - lobster_runs > 0, by
     print(f"\n{mode}: runs per worker {dict(by)}")
+
+
+@pytest.mark.slow
+def test_a_run_and_a_worker_on_one_goal_never_wait_for_the_rescan(home, plans):
+    """`dagrun run -j 4` and `dagrun worker --until-idle -j 4` share a fan-out of 200 no-op
+    tasks; the last task needs all the others, so whichever engine starts it must have read
+    the other's last `done` lines. Before the fix, 1 pair in ~8 took 10 s: the run's engine
+    had read the worker's final lines (or taken their inotify event) in a turn whose dispatch
+    had already run, then slept until its periodic rescan (engine.py `_loop_once`, events.py
+    `Reader._after`). Eight pairs, each well under the 10 s rescan."""
+    tasks = [{"id": "root", "prompt": "r"}]
+    tasks += [{"id": f"t{i}", "prompt": "x", "deps": ["root"]} for i in range(198)]
+    tasks.append({"id": "end", "prompt": "e", "deps": [f"t{i}" for i in range(198)]})
+    took = []
+    for k in range(8):
+        p = write_plan(plans, tasks, name=f"p{k}.json", goal=f"pair{k}", defaults={"agent": "true"})
+        run("submit", p, home=home)
+        t0 = time.monotonic()
+        w = spawn("worker", "--until-idle", "-j", "4", home=home)
+        drain(w)
+        r = spawn("run", f"pair{k}", "-j", "4", "-q", home=home)
+        drain(r)
+        try:
+            assert r.wait(timeout=60) == 0
+            assert w.wait(timeout=60) == 0
+        finally:
+            for pr in (r, w):
+                if pr.poll() is None:
+                    os.killpg(pr.pid, signal.SIGKILL)
+        took.append(round(time.monotonic() - t0, 2))
+        assert (task_dir(home, f"pair{k}", "end") / "done").exists()
+    assert max(took) < 7.0, f"a pair waited for the rescan: {took}"
