@@ -277,7 +277,7 @@ class Engine(Reconciler):
             p.register(self.watcher.fd, select.POLLIN)
         for fd in self._wake.fds:
             p.register(fd, select.POLLIN)
-        outs = {s.wfd: s for s in linesink.waiting() if s.wfd is not None}
+        outs = {s.wfd: s for s in tuple(linesink.waiting()) if s.wfd is not None}   # (hooks' threads add)
         for fd in outs:                    # log lines wait for a reader of stderr/stdout (linesink)
             p.register(fd, select.POLLOUT)
         try:
