@@ -54,8 +54,9 @@ class LineSink:
         self.dropped = 0                       # lines dropped since the last notice
         self.lock = threading.Lock()           # hooks and the watcher log from other threads
         try:
-            stream = sys.stdout if fd == 1 else sys.stderr
-            if stream.fileno() == fd and stat.S_ISFIFO(os.fstat(fd).st_mode):   # (not a test's capture)
+            stream = sys.stdout if fd == 1 else sys.stderr if fd == 2 else None
+            ours = stream is None or stream.fileno() == fd          # (not a test's capture of it)
+            if ours and stat.S_ISFIFO(os.fstat(fd).st_mode):
                 self.wfd = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except (OSError, ValueError, AttributeError):   # no /proc, a stream without a fd: as before
             self.wfd = None

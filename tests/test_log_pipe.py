@@ -180,3 +180,62 @@ def test_a_slow_reader_gets_every_line(home, plans):
     assert len(lines) == 1 + 2 * N + 1 + 1
     done = {m.group("who")[4:] for m in map(EVENT.match, lines) if m and m.group("what") == "done"}
     assert done == set(IDS)
+
+
+def test_a_sink_keeps_what_the_pipe_cannot_take_drops_beyond_its_bound_and_says_so_where_the_gap_is():
+    """In-process (dagrun.linesink on an os.pipe): whole lines in writes of at most PIPE_BUF,
+    the buffer's bound, the one notice at the gap, and a line longer than PIPE_BUF."""
+    from dagrun import linesink
+    r, w = os.pipe()
+    s = linesink.LineSink(w, bound=1000)
+    try:
+        assert s.wfd is not None and s.wfd != w
+        k = 0
+        while not s.pending:                       # fill the pipe: the first line that does not fit waits
+            s.line(f"line {k:05d} " + "x" * 80)
+            k += 1
+        assert s in linesink.waiting()
+        for j in range(k, k + 50):                 # ~10 more fit the 1000 bytes; the rest are dropped
+            s.line(f"line {j:05d} " + "x" * 80)
+        assert s.size <= 1000 and s.dropped > 0
+        kept, dropped = len(s.pending), s.dropped
+        assert kept + dropped == 51
+        s.line("the answer", must=True)            # kept beyond the bound, after the notice
+        data = bytearray()
+        while not s.pump():
+            data += os.read(r, 65536)
+        data += os.read(r, 65536)
+        assert s not in linesink.waiting()
+        lines = data.decode().splitlines()
+        # k - 1 lines went straight in, then the kept ones (the k-th first), the notice, the answer
+        assert data.endswith(b"\n") and len(lines) == k - 1 + kept + 2
+        assert [int(x.split()[1]) for x in lines[:k - 1 + kept]] == list(range(k - 1 + kept))
+        assert lines[-2] == (f"dagrun: {dropped} log lines dropped (fd {w} not read); "
+                             "the events are in events.jsonl")
+        assert lines[-1] == "the answer"
+        long = "y" * (3 * linesink.PIPE_BUF)       # longer than PIPE_BUF: written whole when read
+        s.line(long)
+        s.line("after")
+        got = bytearray()
+        while not s.pump() or len(got) < len(long) + 7:
+            got += os.read(r, 65536)
+        assert got.decode().splitlines() == [long, "after"]
+        s.finish(time.monotonic())
+        assert s.wfd is None
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_a_sink_writes_chunks_of_whole_lines_of_at_most_pipe_buf():
+    from dagrun import linesink
+    s = linesink.LineSink(os.open(os.devnull, os.O_WRONLY), bound=1 << 20)
+    try:
+        s.pending.extend([b"a" * 1000 + b"\n"] * 5)
+        assert len(s._chunk()) == 4 * 1001          # 4 whole lines fit 4096, a 5th does not
+        s.pending.clear()
+        s.pending.extend([b"b" * 5000 + b"\n", b"c\n"])
+        assert s._chunk() == b"b" * 5000 + b"\n"   # one long line alone
+        s.pending.clear()
+    finally:
+        os.close(s.fd)
