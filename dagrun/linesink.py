@@ -53,6 +53,7 @@ class LineSink:
         self.size = 0
         self.dropped = 0                       # lines dropped since the last notice
         self.lock = threading.Lock()           # hooks and the watcher log from other threads
+        self.gone = False                      # the pipe's reader closed it: nothing more to write
         try:
             stream = sys.stdout if fd == 1 else sys.stderr if fd == 2 else None
             ours = stream is None or stream.fileno() == fd          # (not a test's capture of it)
@@ -66,6 +67,8 @@ class LineSink:
         """Write text and a newline; never blocks on a pipe. must: kept even beyond the bound
         (`dagrun run`'s result lines: a few, the command's answer)."""
         if self.wfd is None:
+            if self.gone:
+                return
             stream = sys.stdout if self.fd == 1 else sys.stderr
             try:
                 stream.write(text + "\n")
@@ -75,6 +78,8 @@ class LineSink:
             return
         data = (text + "\n").encode("utf-8", "backslashreplace")
         with self.lock:
+            if self.wfd is None:               # the reader went away meanwhile (another thread saw EPIPE)
+                return
             if self.pending or self.dropped:
                 self._keep(data, must)
                 return
@@ -86,7 +91,7 @@ class LineSink:
                 self._gone()
                 return
             if n < len(data):
-                self._keep(data[n:] if n else data, True)    # (the rest of a line that went out in part)
+                self._keep(data[n:], must or n > 0)     # the rest of a line that went out in part: kept
 
     def _keep(self, data: bytes, must: bool = False) -> None:
         if self.wfd is None:
@@ -158,6 +163,7 @@ class LineSink:
 
     def _gone(self) -> None:
         """The reader closed the pipe: nothing will ever be read; write nothing more."""
+        self.gone = True
         self.pending.clear()
         self.size = 0
         self.dropped = 0

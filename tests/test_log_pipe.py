@@ -239,3 +239,20 @@ def test_a_sink_writes_chunks_of_whole_lines_of_at_most_pipe_buf():
         s.pending.clear()
     finally:
         os.close(s.fd)
+
+
+def test_a_sink_whose_reader_went_away_writes_nothing_more_and_waits_for_nothing(capfd):
+    from dagrun import linesink
+    r, w = os.pipe()
+    s = linesink.LineSink(w, bound=1 << 20)
+    try:
+        while not s.pending:
+            s.line("x" * 100)
+        os.close(r)
+        assert s.pump() is True                    # EPIPE: dropped, nothing waits
+        assert s.wfd is None and not s.pending and s not in linesink.waiting()
+        s.line("after")
+        assert s.wfd is None and not s.pending
+        assert capfd.readouterr().err == ""         # not written elsewhere either
+    finally:
+        os.close(w)
