@@ -84,7 +84,7 @@ def test_worker_runs_its_goal_while_nobody_reads_its_stderr(home, plans):
     big_goal(home, plans)
     p, r = start(home, "worker", "--name", "w1", stream="stderr", buffer=8192)
     try:
-        wait_for(lambda: all_done(home), timeout=8, what="the goal done with its stderr not read")
+        wait_for(lambda: all_done(home), timeout=20, what="the goal done with its stderr not read")
         wait_for(lambda: b"goal.finished" in (home / "goals" / "big" / "events.jsonl").read_bytes(), timeout=5,
                  what="goal.finished")
         data = read_until(r, lambda b: b"log lines dropped" in b and b.endswith(b"\n"))
@@ -116,7 +116,7 @@ def test_until_idle_and_run_finish_their_goal_and_wait_a_bounded_time_for_a_read
     big_goal(home, plans)
     p, r = start(home, *args, stream=stream, buffer=4096)
     try:
-        wait_for(lambda: all_done(home), timeout=8, what=f"{args[0]}: the goal done with its {stream} not read")
+        wait_for(lambda: all_done(home), timeout=20, what=f"{args[0]}: the goal done with its {stream} not read")
         lines = whole_lines(read_until(r, lambda b: False))
         assert p.wait(timeout=10) == 0
     finally:
@@ -138,7 +138,7 @@ def test_nobody_ever_reads_and_the_worker_still_exits(home, plans):
     big_goal(home, plans)
     p, r = start(home, "worker", "--name", "w1", stream="stderr")
     try:
-        wait_for(lambda: all_done(home), timeout=8, what="the goal done with its stderr not read")
+        wait_for(lambda: all_done(home), timeout=20, what="the goal done with its stderr not read")
         t0 = time.monotonic()
         os.killpg(p.pid, signal.SIGTERM)
         assert p.wait(timeout=10) == 128 + 15
