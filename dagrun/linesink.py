@@ -12,11 +12,11 @@ someone reads. The record is events.jsonl; these lines are a convenience view. S
   writing to the same pipe, whose writes would then fail with EAGAIN. Our own description
   (close-on-exec: the agents inherit nothing; their stdout/stderr are the engine's capture
   pipes anyway) changes nothing for them.
-- What does not fit now waits in a bounded buffer (BOUND bytes, $DAGRUN_LOG_BUFFER); the engine's poll(2) waits for
-  POLLOUT on the pipe while something waits (Engine._wait: waiting()) and pump()s it. Beyond the
-  bound whole lines are dropped and counted; where the gap is, once there is room again, one
-  line says how many: "dagrun: N log lines dropped (stderr not read); the events are in
-  events.jsonl".
+- What does not fit now waits in a bounded buffer (BOUND bytes, or $DAGRUN_LOG_BUFFER); while
+  something waits, the engine's poll(2) waits for POLLOUT on the pipe too (Engine._wait:
+  waiting()) and pump()s it. Beyond the bound whole lines are dropped and counted; where the
+  gap is, once there is room again, one line says how many: "dagrun: N log lines dropped
+  (stderr not read); the events are in events.jsonl".
 - Lines are written in chunks of at most PIPE_BUF bytes of whole lines: such a write to a pipe
   is all or nothing (pipe(7)), so the reader never sees half a line (a single line longer than
   PIPE_BUF may go out in pieces, never interleaved with another line of ours).
