@@ -2,8 +2,9 @@
 
 One engine serves one goal (`dagrun run`) or every goal under the home (`dagrun worker`).
 It sleeps in a single select() on: the inotify fd, a self-pipe for signals, one pidfd and two
-output pipes per running agent, and the nearest timer (timeouts, backoffs, heartbeats,
-rescans). Nothing polls in a busy loop; an idle engine uses no CPU.
+output pipes per running agent, the nearest timer (timeouts, backoffs, heartbeats,
+rescans), and -- while log lines wait for a reader of its stderr/stdout pipe (linesink) -- that
+pipe's room. Nothing polls in a busy loop; an idle engine uses no CPU.
 
 Hot path (per state change, no rescan): an agent exits -> its pidfd wakes us -> commit its
 files -> scheduler.finish() hands back exactly the tasks it unlocked -> claim and start them.
@@ -27,6 +28,7 @@ from . import cache
 from . import claim as claims
 from . import events as ev
 from . import executor, fanout, fsio
+from . import linesink
 from . import hooks as hk
 from . import resources as res
 from . import states as S
@@ -279,10 +281,18 @@ class Engine(Reconciler):
             p.register(self.watcher.fd, select.POLLIN)
         for fd in self._wake.fds:
             p.register(fd, select.POLLIN)
+        outs = {s.wfd: s for s in tuple(linesink.waiting()) if s.wfd is not None}   # (hooks' threads add)
+        for fd in outs:                    # log lines wait for a reader of stderr/stdout (linesink)
+            p.register(fd, select.POLLOUT)
         try:
-            return {fd for fd, _ in p.poll(timeout * 1000.0)}
+            got = {fd for fd, _ in p.poll(timeout * 1000.0)}
         except InterruptedError:
             return set()
+        if outs:
+            for fd in got & outs.keys():
+                outs[fd].pump()
+            got -= outs.keys()
+        return got
 
     def _absorb_own(self) -> None:
         """Before the loop sleeps: take the inotify events of the turn's own writes (its

@@ -88,6 +88,9 @@ def _exit_now(code) -> None:
             print("dagrun: interrupted", file=sys.stderr)
         except Exception:  # noqa: BLE001
             pass
+    sinks = sys.modules.get("dagrun.linesink")
+    if sinks is not None:
+        sinks.finish()             # lines still waiting for a reader of a pipe: a bounded wait
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

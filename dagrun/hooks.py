@@ -37,13 +37,12 @@ import contextlib
 import hashlib
 import hmac
 import os
-import sys
 import threading
 import time
 
 import orjson
 
-from . import fsio
+from . import fsio, linesink
 from . import events as ev
 from .plan import DEFAULT_HOOK_TIMEOUT, Plan
 from .proc import BOOT_ID, HOST, is_alive, self_start
@@ -615,8 +614,4 @@ def _me() -> dict:
 
 
 def _log(msg: str) -> None:
-    try:
-        sys.stderr.write(f"dagrun: {msg}\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
+    linesink.err(f"dagrun: {msg}")     # on the engine's path: never blocks on a pipe nobody reads

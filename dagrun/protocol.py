@@ -224,6 +224,7 @@ def run_goal(home: Home, goal: str, target: str, *, jobs: int | None, name: str 
     what failed or is blocked). wrap(go): the typer path's live view around the run."""
     import os
 
+    from . import linesink
     from .engine import Engine
     from .executor import for_driver
     from .status import goal_detail
@@ -237,25 +238,26 @@ def run_goal(home: Home, goal: str, target: str, *, jobs: int | None, name: str 
     d = goal_detail(home, goal, fresh=eng.fresh.get(goal))   # the snapshot the engine derived at the end
     c = d["counts"]
     parts = ", ".join(f"{v} {k}" for k, v in c.items())
+    # after the lines still waiting for a reader (linesink), in order; at most a bounded wait
     if rc == 130 or rc >= 128:
-        print(f"goal {goal} interrupted: {parts} (run it again to resume)", file=sys.stderr)
+        linesink.err(f"goal {goal} interrupted: {parts} (run it again to resume)", True)
     else:
-        print(f"goal {goal} {d['state']}: {parts}")
+        linesink.out(f"goal {goal} {d['state']}: {parts}", True)
         if d["state"] != "done":
             failed = [r for r in d["tasks"] if r["state"] in ("failed", "cancelled")]
             for r in failed:
-                print(f"  {r['state']}: {r['task']}" + (f" ({r['reason']})" if r.get("reason") else ""))
+                linesink.out(f"  {r['state']}: {r['task']}" + (f" ({r['reason']})" if r.get("reason") else ""), True)
             by_root: dict = {}
             for r in d["tasks"]:
                 if r["state"] == "blocked":
                     by_root.setdefault(r.get("blocked_by") or "?", []).append(r["task"])
             for root, tasks in by_root.items():
-                print(f"  blocked by {root}: {' '.join(tasks)}")
+                linesink.out(f"  blocked by {root}: {' '.join(tasks)}", True)
             if failed:
                 plan_arg = target if os.path.isfile(target) else "PLAN"
-                print(f"dagrun: to run the failed and cancelled tasks again: dagrun retry {goal} "
-                      f"(then: dagrun run {goal}); after editing the plan: dagrun run --replace {plan_arg}",
-                      file=sys.stderr)
+                linesink.err(f"dagrun: to run the failed and cancelled tasks again: dagrun retry {goal} "
+                             f"(then: dagrun run {goal}); after editing the plan: dagrun run --replace {plan_arg}", True)
+    linesink.finish()
     return rc
 
 
@@ -266,11 +268,10 @@ def cmd_run(home: Home, target: str, *, jobs: int | None, replace: bool, no_cach
 
 
 def stderr_log(msg: str) -> None:
+    """`dagrun run`'s log: one line on stderr that never blocks the engine (linesink)."""
     from .errors import one_line
-    try:
-        print(f"dagrun: {one_line(msg)}", file=sys.stderr, flush=True)
-    except OSError:
-        pass
+    from .linesink import err
+    err(f"dagrun: {one_line(msg)}")
 
 
 def _note(msg: str) -> None:

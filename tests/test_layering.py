@@ -15,6 +15,7 @@ LAYERS = {
     "bulk": 0,           # big builds (plan, scheduler, facts) with the cyclic GC paused
     # 1: the one module that changes files
     "fsio": 1,
+    "linesink": 1,       # the log lines to stderr/stdout that never block the engine (a pipe nobody reads)
     # 2: pure: the plan, prompts, the scheduler (no I/O, no clock)
     "plan": 2, "prompt": 2, "scheduler": 2, "agentcheck": 2, "conditions": 2,
     # agent presets (the table + $DAGRUN_HOME/presets.json) and the usage-line format

@@ -166,6 +166,9 @@ def main(argv: list[str] | None = None) -> None:
         code = report(e)
     except KeyboardInterrupt as e:
         code = report(e)
+    sinks = sys.modules.get("dagrun.linesink")
+    if sinks is not None:
+        sinks.finish()             # lines still waiting for a reader of a pipe: a bounded wait
     try:
         sys.stdout.flush()
     except (BrokenPipeError, OSError):

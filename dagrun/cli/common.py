@@ -7,6 +7,7 @@ import sys
 import typer
 
 
+from ..linesink import err
 from ..store import Home, dumps
 
 
@@ -200,7 +201,8 @@ class LogLine:
     """The worker's stderr log. Plain: `dagrun: ...` lines (a cron log file). Under journald:
     `<N>` priority prefixes (sd-daemon(3): 3 error, 4 warning, 6 info) and no name or time,
     which the journal records itself. `quiet`: the start line is held back until there is
-    something else to say, so an idle cron run writes nothing."""
+    something else to say, so an idle cron run writes nothing. A pipe nobody reads never stops
+    the worker: linesink keeps or drops what does not fit (events.jsonl is the record)."""
 
     def __init__(self, *, journal: bool | None = None, quiet: bool = False):
         self.journal = journald_stderr() if journal is None else journal
@@ -230,11 +232,7 @@ class LogLine:
 
     def _write(self, msg: str, prio: int) -> None:
         self.said = True
-        line = f"<{prio}>{msg}" if self.journal else f"dagrun: {msg}"
-        try:
-            print(line, file=sys.stderr, flush=True)
-        except OSError:
-            pass
+        err(f"<{prio}>{msg}" if self.journal else f"dagrun: {msg}")     # never blocks (linesink)
 
 
 # ------------------------------------------------------------------ help: panels, examples, arguments

@@ -53,8 +53,10 @@ def run(ctx: typer.Context,
             with live:
                 return go()
     elif not quiet:
+        from ..linesink import out
+
         def on_event(e):
-            print(fmt_event(e), flush=True)
+            out(fmt_event(e))              # a stdout pipe nobody reads never stops the run
     rc = run_goal(home, goal, target, jobs=jobs, name=name, poll=poll, runner=runner, no_cache=no_cache,
                   on_event=on_event, wrap=wrap)
     raise typer.Exit(rc)
@@ -139,5 +141,7 @@ def worker(ctx: typer.Context,
     if log.said or rc != 0:       # an idle cron run that did nothing stays silent
         log(f"worker {me} exiting: " + ("idle" if rc == 0 else f"stopped by signal {rc - 128}" if rc > 128
                                         else f"exit {rc}"), 6 if rc in (0, 130, 143) else 3)
+    from ..linesink import finish
+    finish()                      # what waits for a reader: written, or dropped after a bounded wait
     raise typer.Exit(rc)
 
