@@ -18,20 +18,24 @@ away (SIGPIPE on its next write) instead of being waited for.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import threading
 import time
 import weakref
 from dataclasses import dataclass, field
+from stat import S_ISREG
 from typing import Protocol
 
 from . import fsio
 from .fsio import close_quiet
 from .proc import BOOT_ID, HOST, is_alive, proc_start, stat_fields
+from .shellwords import plain_argv
 from .store import as_int
 
 RUN_ID_VAR = "DAGRUN_RUN_ID"
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")    # the environment names dash passes on
 NO_PIDFD_POLL = 0.02      # s: child-exit polling where pidfd_open is missing
 CHUNK = 65536
 FAIR_SHARE = 4 * 1024 * 1024     # bytes drained from one pipe before others get a turn
@@ -385,10 +389,71 @@ class _Spawned:
     pidfd: int | None
 
 
+# Exec a plain agent command directly, as GNU make does with a plain recipe line: `sh -c
+# "true"` costs an exec of dash, its start-up and its PATH search before the agent's own exec
+# (docs/performance.md, "ninth round"). DAGRUN_DIRECT_EXEC=0: always `sh -c` (A/B runs only).
+DIRECT_EXEC = os.environ.get("DAGRUN_DIRECT_EXEC", "1") != "0"
+
+
+def _on_path(word: str, env: dict, cwd: str) -> str | None:
+    """The file dash would exec for `word` -- the path string it hands to execve(2) (a word
+    with a slash as it is, else `dir/word` of the first PATH entry holding an executable
+    regular file); None when there is none, or when only the shell can tell (no PATH, an
+    empty entry: then the shell runs it and says what it says, 127 not found, 126 ...)."""
+    if "/" in word:
+        found = [word]
+    else:
+        path = env.get("PATH")
+        if not path:
+            return None
+        found = [d + "/" + word if d else "" for d in path.split(":")]
+    for c in found:
+        if not c:
+            return None
+        try:
+            st = os.stat(c if c[0] == "/" else os.path.join(cwd, c))
+        except OSError:
+            continue
+        if S_ISREG(st.st_mode) and st.st_mode & 0o111:
+            return c
+    return None
+
+
+def _direct(launch: Launch, env: dict) -> "tuple[list[str], str, dict] | None":
+    """argv, the file to exec and the environment when the agent can run without `sh -c` to
+    the same effect (shellwords.plain_argv): the environment as dash passes it on -- only
+    names a shell variable can have, and PWD kept when it names the cwd, else the cwd's
+    physical path (what dash's getcwd() says)."""
+    argv = plain_argv(launch.agent)
+    if argv is None:
+        return None
+    exe = _on_path(argv[0], env, launch.cwd)
+    if exe is None:
+        return None
+    try:
+        here = os.stat(launch.cwd)
+    except OSError:
+        return None
+    out = {k: v for k, v in env.items() if _NAME.fullmatch(k)}
+    pwd = out.get("PWD")
+    same = False
+    if pwd and pwd[0] == "/":
+        try:
+            st = os.stat(pwd)
+            same = (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino)
+        except OSError:
+            pass
+    if not same:
+        out["PWD"] = os.path.realpath(launch.cwd)
+    return argv, exe, out
+
+
 def _spawn(launch: Launch, want_pidfd: bool) -> "_Spawned | StartError":
-    """Fork and exec `sh -c AGENT` for one attempt; thread-safe (no runner state touched)."""
+    """Fork and exec the agent for one attempt -- `sh -c AGENT`, or AGENT's words directly when
+    the shell would add nothing (_direct); thread-safe (no runner state touched)."""
     env = dict(launch.env)
     env[RUN_ID_VAR] = launch.run_id
+    direct = _direct(launch, env) if DIRECT_EXEC and not launch.argv else None
     opened: list[int] = []
     try:
         stdin = os.open(launch.stdin_path, os.O_RDONLY | os.O_CLOEXEC)
@@ -400,9 +465,18 @@ def _spawn(launch: Launch, want_pidfd: bool) -> "_Spawned | StartError":
         # start_new_session: own session + process group, so killpg reaches the whole
         # agent tree and the terminal's Ctrl-C does not (we decide how agents stop).
         # No preexec_fn, uid/gid or groups: Python can then use vfork(2) (no page-table copy)
-        p = subprocess.Popen(list(launch.argv) or ["/bin/sh", "-c", launch.agent], cwd=launch.cwd, env=env,
-                             stdin=stdin, stdout=w_out, stderr=w_err,
-                             start_new_session=True, close_fds=True)
+        p = None
+        if direct is not None:
+            try:
+                p = subprocess.Popen(direct[0], executable=direct[1], cwd=launch.cwd, env=direct[2],
+                                     stdin=stdin, stdout=w_out, stderr=w_err,
+                                     start_new_session=True, close_fds=True)
+            except OSError:      # ENOEXEC (a script without #!), EACCES, gone since the look-up:
+                p = None         # the shell does what it does with it (runs it, 126, 127)
+        if p is None:
+            p = subprocess.Popen(list(launch.argv) or ["/bin/sh", "-c", launch.agent], cwd=launch.cwd, env=env,
+                                 stdin=stdin, stdout=w_out, stderr=w_err,
+                                 start_new_session=True, close_fds=True)
     except OSError as e:
         for fd in opened:
             close_quiet(fd)
