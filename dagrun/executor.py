@@ -17,6 +17,7 @@ away (SIGPIPE on its next write) instead of being waited for.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
@@ -25,7 +26,6 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from stat import S_ISREG
 from typing import Protocol
 
 from . import fsio
@@ -395,57 +395,71 @@ class _Spawned:
 DIRECT_EXEC = os.environ.get("DAGRUN_DIRECT_EXEC", "1") != "0"
 
 
-def _on_path(word: str, env: dict, cwd: str) -> str | None:
-    """The file dash would exec for `word` -- the path string it hands to execve(2) (a word
-    with a slash as it is, else `dir/word` of the first PATH entry holding an executable
-    regular file); None when there is none, or when only the shell can tell (no PATH, an
-    empty entry: then the shell runs it and says what it says, 127 not found, 126 ...)."""
-    if "/" in word:
-        found = [word]
-    else:
-        path = env.get("PATH")
-        if not path:
-            return None
-        found = [d + "/" + word if d else "" for d in path.split(":")]
-    for c in found:
-        if not c:
-            return None
-        try:
-            st = os.stat(c if c[0] == "/" else os.path.join(cwd, c))
-        except OSError:
-            continue
-        if S_ISREG(st.st_mode) and st.st_mode & 0o111:
-            return c
-    return None
+@functools.lru_cache(maxsize=256)
+def _plain(command: str) -> "tuple[str, ...] | None":
+    argv = plain_argv(command)
+    return None if argv is None else tuple(argv)
 
 
-def _direct(launch: Launch, env: dict) -> "tuple[list[str], str, dict] | None":
-    """argv, the file to exec and the environment when the agent can run without `sh -c` to
-    the same effect (shellwords.plain_argv): the environment as dash passes it on -- only
-    names a shell variable can have, and PWD kept when it names the cwd, else the cwd's
-    physical path (what dash's getcwd() says)."""
-    argv = plain_argv(launch.agent)
-    if argv is None:
-        return None
-    exe = _on_path(argv[0], env, launch.cwd)
-    if exe is None:
-        return None
+@functools.lru_cache(maxsize=64)
+def _unnamed(names: tuple) -> frozenset:
+    """The environment names dash drops (not a shell variable's name)."""
+    return frozenset(k for k in names if not _NAME.fullmatch(k))
+
+
+_PWDS: dict = {}      # (inherited PWD, cwd) -> (cwd's dev and inode, the PWD dash would export)
+
+
+def _pwd(inherited: str | None, cwd: str) -> str | None:
+    """The PWD dash exports: the inherited one when it is absolute and names the cwd, else
+    the cwd's physical path (its getcwd()). Remembered per (PWD, cwd) while the cwd is the
+    same inode: one stat(2) a spawn instead of a stat of each and a realpath's lstats (every
+    call that releases the GIL makes the spawner thread queue for it behind the loop's)."""
     try:
-        here = os.stat(launch.cwd)
+        st = os.stat(cwd)
     except OSError:
         return None
-    out = {k: v for k, v in env.items() if _NAME.fullmatch(k)}
-    pwd = out.get("PWD")
-    same = False
-    if pwd and pwd[0] == "/":
+    key, here = (inherited, cwd), (st.st_dev, st.st_ino)
+    hit = _PWDS.get(key)
+    if hit is not None and hit[0] == here:
+        return hit[1]
+    out = None
+    if inherited and inherited[0] == "/":
         try:
-            st = os.stat(pwd)
-            same = (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino)
+            p = os.stat(inherited)
+            out = inherited if (p.st_dev, p.st_ino) == here else None
         except OSError:
             pass
-    if not same:
-        out["PWD"] = os.path.realpath(launch.cwd)
-    return argv, exe, out
+    out = out or os.path.realpath(cwd)
+    if len(_PWDS) > 1024:
+        _PWDS.clear()
+    _PWDS[key] = (here, out)
+    return out
+
+
+def _direct(launch: Launch, env: dict) -> "tuple[list[str], dict] | None":
+    """argv and environment when the agent can run without `sh -c` to the same effect
+    (shellwords.plain_argv), the environment as dash passes it on: only names a shell
+    variable can have, PWD as dash sets it. The PATH search is the child's (subprocess
+    tries execve(2) on `dir/word` for each PATH entry in turn, as dash does; a word with a
+    slash is exec'd as it is); when it finds nothing (or ENOEXEC: a script without #!)
+    Popen raises and _spawn runs `sh -c` instead, which says what the shell says (127, 126).
+    A PATH with an entry ending in `/` is left to the shell (dash execs `dir//word`: a
+    script's $0 would differ)."""
+    argv = _plain(launch.agent)
+    if argv is None:
+        return None
+    if "/" not in argv[0]:
+        path = env.get("PATH")
+        if not path or "/:" in path or path.endswith("/"):
+            return None
+    bad = _unnamed(tuple(env))
+    out = {k: v for k, v in env.items() if k not in bad} if bad else dict(env)
+    pwd = _pwd(out.get("PWD"), launch.cwd)
+    if pwd is None:
+        return None
+    out["PWD"] = pwd
+    return list(argv), out
 
 
 def _spawn(launch: Launch, want_pidfd: bool) -> "_Spawned | StartError":
@@ -468,11 +482,11 @@ def _spawn(launch: Launch, want_pidfd: bool) -> "_Spawned | StartError":
         p = None
         if direct is not None:
             try:
-                p = subprocess.Popen(direct[0], executable=direct[1], cwd=launch.cwd, env=direct[2],
+                p = subprocess.Popen(direct[0], cwd=launch.cwd, env=direct[1],
                                      stdin=stdin, stdout=w_out, stderr=w_err,
                                      start_new_session=True, close_fds=True)
-            except OSError:      # ENOEXEC (a script without #!), EACCES, gone since the look-up:
-                p = None         # the shell does what it does with it (runs it, 126, 127)
+            except OSError:      # not found, not executable, ENOEXEC (a script without #!): the
+                p = None         # shell does what it does with it (127, 126, runs it)
         if p is None:
             p = subprocess.Popen(list(launch.argv) or ["/bin/sh", "-c", launch.agent], cwd=launch.cwd, env=env,
                                  stdin=stdin, stdout=w_out, stderr=w_err,

@@ -29,9 +29,13 @@ def _launch(tmp: str, agent: str, env: dict | None = None, cwd: str | None = Non
                   stderr_path=os.path.join(tmp, "stderr"), run_id=f"test:{os.getpid()}:{time.monotonic_ns()}")
 
 
+RAN: list = []      # the argv each _run exec'd first ("/bin/sh" or the agent's own words)
+
+
 def _run(launch: Launch) -> tuple[int, bytes, bytes]:
     """_spawn (the spawner thread's work) and wait: exit code, stdout, stderr."""
     sp = executor._spawn(launch, False)
+    RAN.append(list(sp.popen.args))
     assert not isinstance(sp, executor.StartError), sp
     assert os.getpgid(sp.pid) == sp.pid and os.getsid(sp.pid) == sp.pid   # own session, leader
     rc = sp.popen.wait(30)
@@ -92,7 +96,7 @@ TABLE = [
     ("exec ./script.sh", True),                     # exec dropped: it is what running it does
     ("tool2", True),                                # PATH: p1's is not executable, p2's runs
     ("tool3", True),                                # PATH: p1's is a folder
-    ("./noshebang", True),                          # ENOEXEC: the shell runs it after all
+    ("./noshebang", False),                         # ENOEXEC: the shell runs it after all
     ("no-such-command-x9 a", False),                # 127 and the shell's own message
     ("./notexec.sh", False),                        # 126 and the shell's own message
     ("./missing/tool", False),
@@ -129,10 +133,11 @@ TABLE = [
 def test_same_result_both_ways(tree, monkeypatch, cmd, direct):
     env = dict(os.environ, PATH=f"{tree}/p1:{tree}/p2:{os.environ.get('PATH', '/usr/bin:/bin')}")
     launch = _launch(str(tree), cmd, env=env)
-    got = executor._direct(launch, dict(env, DAGRUN_RUN_ID=launch.run_id))
-    assert (got is not None) == direct, got
+    RAN.clear()
     d, s = _both(monkeypatch, launch)
     assert d == s
+    assert (RAN[0][0] != "/bin/sh") == direct, RAN[0]
+    assert RAN[1] == ["/bin/sh", "-c", cmd]
 
 
 def test_environment_as_dash_passes_it(tmp_path, monkeypatch):
@@ -143,11 +148,12 @@ def test_environment_as_dash_passes_it(tmp_path, monkeypatch):
     (tmp_path / "link").symlink_to(real)
     cwd = str(tmp_path / "link")
     base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "A-B": "1", "é": "2", "_x": "3"}
-    for pwd in ("/", str(tmp_path / "nowhere"), "relative", cwd, cwd + "/", str(real), None):
+    for pwd in ("/", str(tmp_path / "nowhere"), "relative", cwd, cwd + "/", str(real), None, "/"):
         env = dict(base) if pwd is None else dict(base, PWD=pwd)
         launch = _launch(str(tmp_path), "env", env=env, cwd=cwd)
-        assert executor._direct(launch, env) is not None
+        RAN.clear()
         (rd, od, ed), (rs, os_, es) = _both(monkeypatch, launch)
+        assert RAN[0] == ["env"], RAN[0]
         assert (rd, ed) == (rs, es) == (0, b"")
         assert sorted(od.splitlines()) == sorted(os_.splitlines()), pwd
         assert b"A-B=1" not in od and b"_x=3" in od
@@ -236,3 +242,15 @@ def _tree_check(tmp: str) -> None:
 def test_plain_command_runs_without_sh(tmp_path):
     _in_child(_tree_check, tmp_path)
 
+
+
+def test_path_entry_with_trailing_slash(tree, monkeypatch):
+    """dash execs `dir//word` for a PATH entry `dir/` (a script's $0 shows it): the shell's."""
+    env = dict(os.environ, PATH=f"{tree}/p2/:/usr/bin:/bin")
+    RAN.clear()
+    d, s = _both(monkeypatch, _launch(str(tree), "tool3", env=env))
+    assert d == s == (0, b"p2 tool3\n", b"") and RAN[0][0] == "/bin/sh"
+    env["PATH"] = f"{tree}/p2:/usr/bin:/bin"
+    RAN.clear()
+    d, s = _both(monkeypatch, _launch(str(tree), "tool3", env=env))
+    assert d == s == (0, b"p2 tool3\n", b"") and RAN[0] == ["tool3"]
