@@ -5,7 +5,9 @@ is written into claim/owner.json, so a restarted driver (or a Slurm/Ray runner l
 handle is a job id) can find the attempt again; poll/terminate/kill/reap_orphan work on it.
 The task's files are committed by the engine, whatever runner ran the attempt.
 
-ProcessRunner runs `sh -c "$agent"` in a new session (own process group) with stdin = the
+ProcessRunner runs `sh -c "$agent"` in a new session (own process group) -- or, when the shell
+would add nothing (shellwords.plain_argv: a plain command, as GNU make decides for a recipe
+line), the agent's words directly, with the environment dash would pass on -- with stdin = the
 rendered prompt.md (a file: an agent that never reads it, or closes it early, blocks nobody).
 stdout and stderr are pipes that the engine's loop drains into capture files, created on the
 first byte (an agent that prints nothing costs no inode: on slow disks inode creation is
