@@ -204,8 +204,16 @@ def _in_child(fn, tmp) -> None:
 
 
 def _cmdline(pid: int) -> list[bytes]:
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        return f.read().split(b"\0")[:-1]
+    """The process's argv as soon as its exec has set it up: Popen returns when the
+    close-on-exec error pipe closes, which the kernel does before it writes the new argv
+    (until then the file is empty)."""
+    end = time.monotonic() + 10
+    while True:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            got = f.read().split(b"\0")[:-1]
+        if got or time.monotonic() > end:
+            return got
+        time.sleep(0.0005)
 
 
 def _wait_exit(r: ProcessRunner, h: dict):
@@ -222,8 +230,8 @@ def _wait_exit(r: ProcessRunner, h: dict):
 def _tree_check(tmp: str) -> None:
     r = ProcessRunner()
     h = r.start(_launch(tmp, "sleep 30"))
-    # start() returns once the child has exec'd: a shell would still be /bin/sh here (or just
-    # have exec'd sleep -- it would not be sleep from the first moment on every run)
+    # start() returns once the child has exec'd: the first argv it shows is the program exec'd
+    # (a shell would be /bin/sh here, and only become sleep when dash execs it a moment later)
     assert _cmdline(h["pid"]) == [b"sleep", b"30"], _cmdline(h["pid"])
     assert os.readlink(f"/proc/{h['pid']}/exe").endswith("/sleep")
     assert os.getpgid(h["pid"]) == h["pgid"] == h["pid"] and os.getsid(h["pid"]) == h["pid"]
