@@ -5,7 +5,9 @@ is written into claim/owner.json, so a restarted driver (or a Slurm/Ray runner l
 handle is a job id) can find the attempt again; poll/terminate/kill/reap_orphan work on it.
 The task's files are committed by the engine, whatever runner ran the attempt.
 
-ProcessRunner runs `sh -c "$agent"` in a new session (own process group) with stdin = the
+ProcessRunner runs `sh -c "$agent"` in a new session (own process group) -- or, when the shell
+would add nothing (shellwords.plain_argv: a plain command, as GNU make decides for a recipe
+line), the agent's words directly, with the environment dash would pass on -- with stdin = the
 rendered prompt.md (a file: an agent that never reads it, or closes it early, blocks nobody).
 stdout and stderr are pipes that the engine's loop drains into capture files, created on the
 first byte (an agent that prints nothing costs no inode: on slow disks inode creation is
@@ -17,7 +19,9 @@ away (SIGPIPE on its next write) instead of being waited for.
 """
 from __future__ import annotations
 
+import functools
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -29,9 +33,11 @@ from typing import Protocol
 from . import fsio
 from .fsio import close_quiet
 from .proc import BOOT_ID, HOST, is_alive, proc_start, stat_fields
+from .shellwords import plain_argv
 from .store import as_int
 
 RUN_ID_VAR = "DAGRUN_RUN_ID"
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")    # the environment names dash passes on
 NO_PIDFD_POLL = 0.02      # s: child-exit polling where pidfd_open is missing
 CHUNK = 65536
 FAIR_SHARE = 4 * 1024 * 1024     # bytes drained from one pipe before others get a turn
@@ -385,10 +391,85 @@ class _Spawned:
     pidfd: int | None
 
 
+# Exec a plain agent command directly, as GNU make does with a plain recipe line: `sh -c
+# "true"` costs an exec of dash, its start-up and its PATH search before the agent's own exec
+# (docs/performance.md, "ninth round"). DAGRUN_DIRECT_EXEC=0: always `sh -c` (A/B runs only).
+DIRECT_EXEC = os.environ.get("DAGRUN_DIRECT_EXEC", "1") != "0"
+
+
+@functools.lru_cache(maxsize=256)
+def _plain(command: str) -> "tuple[str, ...] | None":
+    argv = plain_argv(command)
+    return None if argv is None else tuple(argv)
+
+
+@functools.lru_cache(maxsize=64)
+def _unnamed(names: tuple) -> frozenset:
+    """The environment names dash drops (not a shell variable's name)."""
+    return frozenset(k for k in names if not _NAME.fullmatch(k))
+
+
+_PWDS: dict = {}      # (inherited PWD, cwd) -> (cwd's dev and inode, the PWD dash would export)
+
+
+def _pwd(inherited: str | None, cwd: str) -> str | None:
+    """The PWD dash exports: the inherited one when it is absolute and names the cwd, else
+    the cwd's physical path (its getcwd()). Remembered per (PWD, cwd) while the cwd is the
+    same inode: one stat(2) a spawn instead of a stat of each and a realpath's lstats (every
+    call that releases the GIL makes the spawner thread queue for it behind the loop's)."""
+    try:
+        st = os.stat(cwd)
+    except OSError:
+        return None
+    key, here = (inherited, cwd), (st.st_dev, st.st_ino)
+    hit = _PWDS.get(key)
+    if hit is not None and hit[0] == here:
+        return hit[1]
+    out = None
+    if inherited and inherited[0] == "/":
+        try:
+            p = os.stat(inherited)
+            out = inherited if (p.st_dev, p.st_ino) == here else None
+        except OSError:
+            pass
+    out = out or os.path.realpath(cwd)
+    if len(_PWDS) > 1024:
+        _PWDS.clear()
+    _PWDS[key] = (here, out)
+    return out
+
+
+def _direct(launch: Launch, env: dict) -> "tuple[list[str], dict] | None":
+    """argv and environment when the agent can run without `sh -c` to the same effect
+    (shellwords.plain_argv), the environment as dash passes it on: only names a shell
+    variable can have, PWD as dash sets it. The PATH search is the child's (subprocess
+    tries execve(2) on `dir/word` for each PATH entry in turn, as dash does; a word with a
+    slash is exec'd as it is); when it finds nothing (or ENOEXEC: a script without #!)
+    Popen raises and _spawn runs `sh -c` instead, which says what the shell says (127, 126).
+    A PATH with an entry ending in `/` is left to the shell (dash execs `dir//word`: a
+    script's $0 would differ)."""
+    argv = _plain(launch.agent)
+    if argv is None:
+        return None
+    if "/" not in argv[0]:
+        path = env.get("PATH")
+        if not path or "/:" in path or path.endswith("/"):
+            return None
+    bad = _unnamed(tuple(env))
+    out = {k: v for k, v in env.items() if k not in bad} if bad else dict(env)
+    pwd = _pwd(out.get("PWD"), launch.cwd)
+    if pwd is None:
+        return None
+    out["PWD"] = pwd
+    return list(argv), out
+
+
 def _spawn(launch: Launch, want_pidfd: bool) -> "_Spawned | StartError":
-    """Fork and exec `sh -c AGENT` for one attempt; thread-safe (no runner state touched)."""
+    """Fork and exec the agent for one attempt -- `sh -c AGENT`, or AGENT's words directly when
+    the shell would add nothing (_direct); thread-safe (no runner state touched)."""
     env = dict(launch.env)
     env[RUN_ID_VAR] = launch.run_id
+    direct = _direct(launch, env) if DIRECT_EXEC and not launch.argv else None
     opened: list[int] = []
     try:
         stdin = os.open(launch.stdin_path, os.O_RDONLY | os.O_CLOEXEC)
@@ -400,9 +481,18 @@ def _spawn(launch: Launch, want_pidfd: bool) -> "_Spawned | StartError":
         # start_new_session: own session + process group, so killpg reaches the whole
         # agent tree and the terminal's Ctrl-C does not (we decide how agents stop).
         # No preexec_fn, uid/gid or groups: Python can then use vfork(2) (no page-table copy)
-        p = subprocess.Popen(list(launch.argv) or ["/bin/sh", "-c", launch.agent], cwd=launch.cwd, env=env,
-                             stdin=stdin, stdout=w_out, stderr=w_err,
-                             start_new_session=True, close_fds=True)
+        p = None
+        if direct is not None:
+            try:
+                p = subprocess.Popen(direct[0], cwd=launch.cwd, env=direct[1],
+                                     stdin=stdin, stdout=w_out, stderr=w_err,
+                                     start_new_session=True, close_fds=True)
+            except OSError:      # not found, not executable, ENOEXEC (a script without #!): the
+                p = None         # shell does what it does with it (127, 126, runs it)
+        if p is None:
+            p = subprocess.Popen(list(launch.argv) or ["/bin/sh", "-c", launch.agent], cwd=launch.cwd, env=env,
+                                 stdin=stdin, stdout=w_out, stderr=w_err,
+                                 start_new_session=True, close_fds=True)
     except OSError as e:
         for fd in opened:
             close_quiet(fd)

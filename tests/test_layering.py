@@ -22,6 +22,7 @@ LAYERS = {
     "presets": 2, "usage": 2,
     "wsrules": 2,        # pure rules of code workspaces (snapshot order, files mutex, conflicts)
     "fanrules": 2,       # pure rules of fan-out: instance ids, items from an output, {{item}}
+    "shellwords": 2,     # pure: the words of a plain agent command (exec'd without sh -c)
     # 3: the on-disk layout
     "store": 3,
     # 4: adapters at the edge: the events log, claims, the inotify doorbell, the runners
