@@ -295,9 +295,12 @@ class Reconciler:
                 sched.retrying(t)
                 gs.foreign.discard(t)
                 when = float(e.get("retry_at") or 0.0)
-                # the worker that recorded the retry announces `ready` when its backoff ends and
-                # we requeue on that line; this timer only matters if that worker is gone
-                self._add_timer(time.monotonic() + max(0.0, when - time.time()) + FOREIGN_RETRY_GRACE, g, t)
+                # the engine that recorded the retry announces `ready` when its backoff ends and
+                # we requeue on that line; this timer only matters if that engine is gone. A
+                # script's `fail` announces nothing (`announced: false`): requeue at retry_at
+                # (was: a grace later, 1 s lost per retry a bash script recorded)
+                grace = 0.01 if e.get("announced") is False else FOREIGN_RETRY_GRACE
+                self._add_timer(time.monotonic() + max(0.0, when - time.time()) + grace, g, t)
         elif st == ev.READY:
             s = sched.state_of(t)
             if not mine and (s == S.RETRYING or (s == S.RUNNING and not os.path.isdir(self.home.claim_dir(g, t)))):

@@ -275,6 +275,32 @@ def test_a_scripts_fail_without_backoff_announces_ready(home, plans):
     assert run("claim", "sf", "--worker", "bash1", home=home).stdout.strip() == "s"
 
 
+def test_a_scripts_retry_with_a_backoff_starts_at_its_retry_at_under_an_engine(home, plans):
+    """A bash script's `fail` leaves a retry with a backoff; nobody announces its `ready`. An
+    engine serving the goal must start it at retry_at: it waited FOREIGN_RETRY_GRACE (1 s)
+    longer, the grace meant for an engine that would announce it (README.md #33: 1.01-1.04 s
+    late in 4 of 4 runs before, 0.03-0.05 s after)."""
+    from datetime import datetime
+    p = write_plan(plans, [{"id": "t", "prompt": "p", "retries": 1, "retry_backoff": 0.6},
+                           {"id": "w", "prompt": "p"}], goal="sb", defaults={"agent": "true"})
+    run("submit", p, home=home)
+    assert run("claim", "sb", "--worker", "bash1", home=home).stdout.strip() == "t"
+    eng = spawn("run", "sb", "-q", home=home)
+    try:
+        wait_for(lambda: any(e.get("task") == "w" and e.get("status") == "done" for e in _lines(home, "sb")),
+                 what="the engine's own task")
+        run("fail", "sb", "t", "--worker", "bash1", home=home)
+        assert eng.wait(30) == 0
+    finally:
+        if eng.poll() is None:
+            os.killpg(eng.pid, signal.SIGKILL)
+    t = [e for e in _lines(home, "sb") if e.get("task") == "t"]
+    assert [e["status"] for e in t] == ["ready", "running", "retrying", "running", "done"]
+    assert t[2]["announced"] is False and t[3]["worker"] != "bash1"
+    late = datetime.fromisoformat(t[3]["ts"].replace("Z", "+00:00")).timestamp() - t[2]["retry_at"]
+    assert -0.05 < late < 0.5, f"the retry started {late:.2f}s after its retry_at"
+
+
 def test_a_holding_thread_writes_its_lines_at_flush_in_order_one_write_per_goal(tmp_path):
     """events.hold (the engine's loop, one turn): lines wait in memory and go out whole and in
     order at flush(), one write(2) per goal; a reader in the same thread flushes first; another
