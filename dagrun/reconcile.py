@@ -370,7 +370,8 @@ class Reconciler:
                 wait = float(rec.get("retry_at") or 0.0) - time.time() if not rec.get("final") else 0.0
                 if wait > 0:
                     gs.sched.retrying(t)
-                    self._add_timer(time.monotonic() + wait + FOREIGN_RETRY_GRACE, g, t)
+                    self._foreign_retry(g, t, float(rec["retry_at"]), False if rec.get("announced") is False
+                                        else rec.get("announcer"))
                 else:
                     gs.sched.requeue(t)
             elif gs.sched.finish(t, m) is None:
