@@ -298,7 +298,7 @@ def test_a_scripts_retry_with_a_backoff_starts_at_its_retry_at_under_an_engine(h
     assert [e["status"] for e in t] == ["ready", "running", "retrying", "running", "done"]
     assert t[2]["announced"] is False and t[3]["worker"] != "bash1"
     late = datetime.fromisoformat(t[3]["ts"].replace("Z", "+00:00")).timestamp() - t[2]["retry_at"]
-    assert -0.05 < late < 0.5, f"the retry started {late:.2f}s after its retry_at"
+    assert -0.05 < late < 0.7, f"the retry started {late:.2f}s after its retry_at"
 
 
 def test_a_retry_whose_engine_stopped_during_the_backoff_starts_at_its_retry_at(home, plans):
@@ -331,7 +331,7 @@ def test_a_retry_whose_engine_stopped_during_the_backoff_starts_at_its_retry_at(
     second = next(e for e in t if e.get("status") == "running" and e.get("attempt") == 2)
     assert second["worker"] == "other"
     late = datetime.fromisoformat(second["ts"].replace("Z", "+00:00")).timestamp() - retry_at
-    assert -0.05 < late < 0.5, f"the retry started {late:.2f}s after its retry_at"
+    assert -0.05 < late < 0.7, f"the retry started {late:.2f}s after its retry_at"
 
 
 def test_a_holding_thread_writes_its_lines_at_flush_in_order_one_write_per_goal(tmp_path):
