@@ -235,8 +235,8 @@ def fail(home: Home, g: str, t: str, *, reason: str, worker: str | None, pid: in
     by = _by(c, worker, forced)
     extra = _forced_fields(c, forced, by)
     sched, _ = build_scheduler(home, plan)
-    # a retry without backoff is announced ready at once: nobody else will say so (a running
-    # worker would requeue it silently after its grace for a foreign retry)
+    # a retry without backoff is announced ready at once: nobody else will say so; one with a
+    # backoff says `announced: false`, and running workers requeue it (silently) at retry_at
     done = tr.finish(home, plan, sched, c, ok=False, worker=by, exit_code=exit_code,
                      reason=reason or "reported failed by the worker", forced=extra, announce_ready=True,
                      extra=attempt_extra(home.claim_dir(g, t)))

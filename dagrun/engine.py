@@ -112,6 +112,7 @@ class Engine(Reconciler):
         self.runs: dict[str, Run] = {}            # runner key -> Run
         self.by_task: dict[tuple[str, str], Run] = {}
         self.timers: list[tuple[float, int, str, str, int]] = []   # retry timers: (mono, seq, goal, task, announce)
+        self._announcers: dict = {}   # (goal, task) -> the engine process to announce another's retry (_foreign_retry)
         self._seq = 0
         self.bell = Doorbell()
         self._ready: set[int] = set()
@@ -977,6 +978,8 @@ class Engine(Reconciler):
             if gs is None or not gs.plan.has(t):
                 continue
             if gs.sched.state_of(t) == S.RETRYING:
+                if not announce and self._wait_for_announcer(g, t, now):
+                    continue        # another engine's retry, and it lives: its `ready` line should come
                 gs.sched.requeue(t)
                 requeued.add((g, t))
             elif gs.sched.state_of(t) == S.AWAITING:      # an approval gate's timeout

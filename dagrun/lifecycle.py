@@ -515,10 +515,13 @@ def backoff(task: Task, failures: int) -> float:
 def commit_failure(home: Home, plan: Plan, c: Claim, *, outcome: str, ended: float,
                    exit_code: int | None = None, signal: int | None = None, reason: str = "",
                    prev_failures: int | None = None, forced_by: str | None = None,
-                   held_by: str | None = None, extra: dict | None = None, final: bool | None = None) -> dict:
+                   held_by: str | None = None, extra: dict | None = None, final: bool | None = None,
+                   announcer: dict | bool | None = None) -> dict:
     """Record a failed attempt; write `failed` when no retry is left. Returns the record
     (record["final"] tells which). `extra`: more fields for the record and the marker
-    (the attempt's `usage`)."""
+    (the attempt's `usage`). `announcer`, for a retry: the engine process that will
+    announce its `ready` (host, boot_id, pid, pid_start), or False when nobody will (a
+    script's `fail`): other engines requeue at retry_at when it is gone (reconcile)."""
     g, t = c.goal, c.task
     task = plan.task(t)
     if prev_failures is None:
@@ -537,6 +540,8 @@ def commit_failure(home: Home, plan: Plan, c: Claim, *, outcome: str, ended: flo
     if forced_by:
         rec["forced_by"] = forced_by
         rec["held_by"] = held_by
+    if rec["retry_at"] is not None and announcer is not None:
+        rec["announcer" if announcer else "announced"] = announcer
     rec.update(extra or {})
     try:
         keep_captures(home, g, t, home.claim_dir(g, t), c.attempt)

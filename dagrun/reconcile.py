@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from . import claim as claims
 from . import events as ev
 from . import fsio
+from . import proc
 from . import states as S
 from . import transitions as tr
 from .errors import DagrunError, FsError
@@ -180,9 +181,13 @@ class Reconciler:
             if sched.state_of(t) == S.RETRYING:
                 # a retry this worker recorded is announced by whichever of its timers fires
                 # first; another's waits a grace longer for that announcement (one `ready` line)
-                ours = (f.record or {}).get("worker") == self.worker
-                delay = max(0.0, f.retry_at - now_wall) + (0.0 if ours else FOREIGN_RETRY_GRACE)
-                self._add_timer(time.monotonic() + delay, g, t, announce=f.attempt + 1 if ours else 0)
+                # -- unless nobody will make it (_foreign_retry)
+                rec = f.record or {}
+                if rec.get("worker") == self.worker:
+                    self._add_timer(time.monotonic() + max(0.0, f.retry_at - now_wall), g, t, announce=f.attempt + 1)
+                else:
+                    self._foreign_retry(g, t, f.retry_at, False if rec.get("announced") is False
+                                        else rec.get("announcer"))
         if sched.awaiting():               # approval gates: reject those past their timeout, time the rest
             _gone, nxt = tr.expire_approvals(self.home, plan, sched, worker=self.worker)
             if _gone:
@@ -294,17 +299,59 @@ class Reconciler:
             if not mine:
                 sched.retrying(t)
                 gs.foreign.discard(t)
-                when = float(e.get("retry_at") or 0.0)
-                # the worker that recorded the retry announces `ready` when its backoff ends and
-                # we requeue on that line; this timer only matters if that worker is gone
-                self._add_timer(time.monotonic() + max(0.0, when - time.time()) + FOREIGN_RETRY_GRACE, g, t)
+                # the engine that recorded the retry announces `ready` when its backoff ends and
+                # we requeue on that line; our own timer only matters if that engine is gone
+                self._foreign_retry(g, t, float(e.get("retry_at") or 0.0),
+                                    False if e.get("announced") is False else e.get("announcer"))
         elif st == ev.READY:
             s = sched.state_of(t)
             if not mine and (s == S.RETRYING or (s == S.RUNNING and not os.path.isdir(self.home.claim_dir(g, t)))):
                 gs.foreign.discard(t)
+                self._announcers.pop((g, t), None)
                 sched.requeue(t)
         elif st == ev.RESET:
             return True
+        return False
+
+    def _foreign_retry(self, g: str, t: str, retry_at: float, announcer) -> None:
+        """Time another process's retry of g/t. announcer: the engine process that will
+        announce its `ready` (a dict: host, boot_id, pid, pid_start), False when nobody will
+        (a script's `fail`), None when unknown (a line or record of an older dagrun). We
+        requeue at retry_at when nobody will announce it or its announcer is gone by then
+        (checked when the timer fires: _fire_timers); else a grace later, so that its one
+        `ready` line comes first. Was: always the grace -- 1 s lost per retry left by a bash
+        script, or by an engine stopped during the backoff (README.md #33, #34)."""
+        when = time.monotonic() + max(0.0, retry_at - time.time())
+        self._announcers.pop((g, t), None)
+        if announcer is None:
+            self._add_timer(when + FOREIGN_RETRY_GRACE, g, t)
+            return
+        if isinstance(announcer, dict):
+            self._announcers[(g, t)] = announcer
+        self._add_timer(when + 0.01, g, t)
+
+    def _wait_for_announcer(self, g: str, t: str, now: float) -> bool:
+        """A timer for another process's retry of g/t fired (see _foreign_retry): True to wait
+        on -- its announcer may be alive (one of another host cannot be judged), so its
+        `ready` line gets a grace (once: a second timer of the same retry, from a rescan,
+        waits for the end of that grace too); False to requeue now."""
+        who = self._announcers.get((g, t))
+        if isinstance(who, float):          # in its grace already
+            if now < who:
+                return True
+        elif isinstance(who, dict):
+            alive = who.get("host") != proc.HOST
+            if not alive:
+                try:
+                    alive = int(who.get("pid") or 0) > 0 and proc.why_dead(
+                        who.get("boot_id"), int(who["pid"]), who.get("pid_start")) is None
+                except (TypeError, ValueError):
+                    alive = False
+            if alive:
+                self._announcers[(g, t)] = now + FOREIGN_RETRY_GRACE
+                self._add_timer(now + FOREIGN_RETRY_GRACE, g, t)
+                return True
+        self._announcers.pop((g, t), None)
         return False
 
     def _check_foreign(self, gs: GoalState, t: str) -> None:
@@ -323,7 +370,8 @@ class Reconciler:
                 wait = float(rec.get("retry_at") or 0.0) - time.time() if not rec.get("final") else 0.0
                 if wait > 0:
                     gs.sched.retrying(t)
-                    self._add_timer(time.monotonic() + wait + FOREIGN_RETRY_GRACE, g, t)
+                    self._foreign_retry(g, t, float(rec["retry_at"]), False if rec.get("announced") is False
+                                        else rec.get("announcer"))
                 else:
                     gs.sched.requeue(t)
             elif gs.sched.finish(t, m) is None:

@@ -223,7 +223,7 @@ def finish(home: Home, plan: Plan, sched: Scheduler, c: Claim, *, ok: bool, work
     forced: {"forced_by", "held_by"} of a `--force` complete/fail (marker, record and event).
     fields: more fields for the task's own event (first_byte, strays_killed, ...).
     announce_ready: a retry without backoff is announced `ready` at once (a script's `fail`:
-    nobody else would say so).
+    nobody else would say so); one with a backoff says `announced: false` in its event.
     extra: what the agent handed back (agentio.attempt_extra: `usage`, the acceptance
     `check`): into the marker and the attempt record; `usage` also into the event.
     cached: the result cache's key when `output_data` is a cache hit (no agent ran): the
@@ -261,11 +261,16 @@ def finish(home: Home, plan: Plan, sched: Scheduler, c: Claim, *, ok: bool, work
                 cached=True if cached else None, **(fields or {}), **forced)
         return Finished(S.DONE, body, _changes(home, g, sched.finish(t, S.DONE), worker, plan,
                                                skipped_due=skipped_due))
+    # who announces a retry's `ready` when its backoff ends: the engine process that holds the
+    # claim, or nobody (a script's `fail`); other engines requeue at retry_at once it is gone
+    announcer = False if announce_ready else (
+        {k: c.owner.get(k) for k in ("host", "boot_id", "pid", "pid_start")} if c.owner.get("kind") == "engine" else None)
     pending = hk.prepare_pending(home, plan, g, t, c.attempt, ("on_failed", "on_retrying"))
     blocked_due = _prepare_blocked(home, plan, sched, t, c.attempt)     # if this failure is final
     skipped_due = _prepare_skipped(home, plan, sched, t, S.FAILED, {"attempt": c.attempt})
     try:
         rec = commit_failure(home, plan, c, outcome=outcome, ended=ended, exit_code=exit_code, signal=signal,
+                             announcer=announcer,
                              reason=reason, extra=extra or None, final=final, **forced)
     except BaseException:
         _abandon(pending, blocked_due, skipped_due)
@@ -281,9 +286,15 @@ def finish(home: Home, plan: Plan, sched: Scheduler, c: Claim, *, ok: bool, work
             ch.extend(stop_goal(home, plan, sched, t, worker))
         return Finished(S.FAILED, rec, ch)
     _abandon(blocked_due, skipped_due)          # a retry blocks and skips nobody
-    _status(home, plan, g, t, ev.RETRYING, pending=pending, **common, retry_at=rec["retry_at"], **forced)
+    # a script's retry (announce_ready) has no engine behind it to announce `ready` when its
+    # backoff ends: `announced: false` tells the engines reading the line to requeue it at
+    # retry_at, not a grace later (tests/reliability/README.md #33)
+    due = float(rec.get("retry_at") or 0) <= time.time()
+    _status(home, plan, g, t, ev.RETRYING, pending=pending, **common, retry_at=rec["retry_at"],
+            announced=False if announce_ready and not due else None,
+            announcer=announcer or None, **forced)
     sched.retrying(t)
-    if announce_ready and float(rec.get("retry_at") or 0) <= time.time():
+    if announce_ready and due:
         ev.status(home, g, t, ev.READY, attempt=c.attempt + 1, worker=worker,
                   reason=f"attempt {c.attempt}: {rec['reason']}")
     return Finished(S.RETRYING, rec, Changes())

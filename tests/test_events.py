@@ -275,6 +275,65 @@ def test_a_scripts_fail_without_backoff_announces_ready(home, plans):
     assert run("claim", "sf", "--worker", "bash1", home=home).stdout.strip() == "s"
 
 
+def test_a_scripts_retry_with_a_backoff_starts_at_its_retry_at_under_an_engine(home, plans):
+    """A bash script's `fail` leaves a retry with a backoff; nobody announces its `ready`. An
+    engine serving the goal must start it at retry_at: it waited FOREIGN_RETRY_GRACE (1 s)
+    longer, the grace meant for an engine that would announce it (README.md #33: 1.01-1.04 s
+    late in 4 of 4 runs before, 0.03-0.05 s after)."""
+    from datetime import datetime
+    p = write_plan(plans, [{"id": "t", "prompt": "p", "retries": 1, "retry_backoff": 0.6},
+                           {"id": "w", "prompt": "p"}], goal="sb", defaults={"agent": "true"})
+    run("submit", p, home=home)
+    assert run("claim", "sb", "--worker", "bash1", home=home).stdout.strip() == "t"
+    eng = spawn("run", "sb", "-q", home=home)
+    try:
+        wait_for(lambda: any(e.get("task") == "w" and e.get("status") == "done" for e in _lines(home, "sb")),
+                 what="the engine's own task")
+        run("fail", "sb", "t", "--worker", "bash1", home=home)
+        assert eng.wait(30) == 0
+    finally:
+        if eng.poll() is None:
+            os.killpg(eng.pid, signal.SIGKILL)
+    t = [e for e in _lines(home, "sb") if e.get("task") == "t"]
+    assert [e["status"] for e in t] == ["ready", "running", "retrying", "running", "done"]
+    assert t[2]["announced"] is False and t[3]["worker"] != "bash1"
+    late = datetime.fromisoformat(t[3]["ts"].replace("Z", "+00:00")).timestamp() - t[2]["retry_at"]
+    assert -0.05 < late < 0.7, f"the retry started {late:.2f}s after its retry_at"
+
+
+def test_a_retry_whose_engine_stopped_during_the_backoff_starts_at_its_retry_at(home, plans):
+    """`dagrun run` records a retry with a backoff and is stopped (Ctrl-C) before it ends; a
+    worker that serves the goal must start the retry at retry_at: it waited a grace (1 s)
+    more for the `ready` line of an engine that was gone (README.md #34: 1.01-1.02 s late in
+    3 of 4 runs before, 0.02-0.04 s after)."""
+    from datetime import datetime
+    flag = plans / "failed-once"
+    p = write_plan(plans, [{"id": "t", "prompt": "p", "agent": f"test -e {flag} || {{ touch {flag}; exit 3; }}",
+                            "retries": 1, "retry_backoff": 4}], goal="gone", defaults={"agent": "true"})
+    run("submit", p, home=home)
+    first = spawn("run", "gone", "-q", home=home)
+    other = None
+    try:
+        wait_for(lambda: any(e.get("status") == "retrying" for e in _lines(home, "gone")), what="the retry")
+        other = spawn("worker", "--name", "other", home=home)
+        assert b"serving" in other.stderr.readline()          # it has read the goal's files
+        first.send_signal(signal.SIGINT)
+        assert first.wait(20) == 130
+        stopped = time.time()
+        wait_for(lambda: any(e.get("status") == "done" for e in _lines(home, "gone")), what="the retry's end")
+    finally:
+        for pr in (first, other):
+            if pr is not None and pr.poll() is None:
+                os.killpg(pr.pid, signal.SIGKILL)
+    t = [e for e in _lines(home, "gone") if e.get("task") == "t"]
+    retry_at = next(e for e in t if e.get("status") == "retrying")["retry_at"]
+    assert stopped < retry_at, "the run was stopped after the backoff: nothing to test"
+    second = next(e for e in t if e.get("status") == "running" and e.get("attempt") == 2)
+    assert second["worker"] == "other"
+    late = datetime.fromisoformat(second["ts"].replace("Z", "+00:00")).timestamp() - retry_at
+    assert -0.05 < late < 0.7, f"the retry started {late:.2f}s after its retry_at"
+
+
 def test_a_holding_thread_writes_its_lines_at_flush_in_order_one_write_per_goal(tmp_path):
     """events.hold (the engine's loop, one turn): lines wait in memory and go out whole and in
     order at flush(), one write(2) per goal; a reader in the same thread flushes first; another
