@@ -23,7 +23,7 @@ from contextlib import contextmanager
 
 from . import fsio
 from .errors import FsError, os_error
-from .proc import BOOT_ID, GONE, HOST, REBOOTED, proc_start, self_start, why_dead
+from .proc import BOOT_ID, GONE, HOST, REBOOTED, my_pid, proc_start, self_start, why_dead
 from .store import CLAIM, Home, as_int, dumps, loads_obj, now_iso
 
 def _env_seconds(name: str, default: float) -> float:
@@ -94,8 +94,9 @@ def being_born(home: Home, g: str, t: str) -> bool:
 
 
 def new_owner(worker: str, attempt: int, *, kind: str, pid: int | None = None) -> dict:
-    pid = os.getpid() if pid is None else pid
-    start = self_start() if pid == os.getpid() else proc_start(pid)
+    me = my_pid()
+    pid = me if pid is None else pid
+    start = self_start() if pid == me else proc_start(pid)
     return {
         "worker": worker, "host": HOST, "boot_id": BOOT_ID, "pid": pid, "pid_start": start,
         "attempt": attempt, "since": now_iso(), "kind": kind, "nonce": os.urandom(6).hex(),

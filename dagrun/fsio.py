@@ -27,7 +27,7 @@ import threading
 import time
 
 from .errors import os_error
-from .proc import pid_alive
+from .proc import my_pid, pid_alive
 
 DURABLE = os.environ.get("DAGRUN_FSYNC", "") not in ("", "0")
 
@@ -147,7 +147,7 @@ def read_fd(fd: int, limit: int | None = None, size_hint: int = 0) -> bytes:
 # ---------------------------------------------------------------------------------- writes
 def tmp_name(path: str) -> str:
     i = path.rfind("/") + 1                  # folder/.name.<pid>.tmp (split + join, inlined)
-    return f"{path[:i]}.{path[i:]}.{os.getpid()}.tmp"
+    return f"{path[:i]}.{path[i:]}.{my_pid()}.tmp"
 
 
 def _write_whole(fd: int, data: bytes) -> None:
@@ -595,7 +595,7 @@ class Spares:
             mark_top_dir(self.base)
         self._sweep()
         for k in range(threads):
-            d = os.path.join(self.base, f"{os.getpid()}-{k}")
+            d = os.path.join(self.base, f"{my_pid()}-{k}")
             _step(f"mkdir {d}")
             os.makedirs(d, exist_ok=True)
             _done_step(f"mkdir {d}")
@@ -795,7 +795,7 @@ class Spares:
         with self._lock:
             if self._stop or len(self._dirs) >= 2 * self.target:
                 return False
-            dst = os.path.join(self.base, f"{os.getpid()}-0", f"r{id(path)}-{time.monotonic_ns()}")
+            dst = os.path.join(self.base, f"{my_pid()}-0", f"r{id(path)}-{time.monotonic_ns()}")
         try:
             os.rename(path, dst)
         except OSError:
