@@ -237,16 +237,17 @@ def write_named(path: str, data: bytes) -> None:
 def rewrite(path: str, data: bytes) -> None:
     """Replace the content of an existing private (temporary-named) file in place.
 
-    Cut to the new length (when shorter), then written over the old bytes -- not opened
+    Written over the old bytes, then cut to the new length -- not opened
     with O_TRUNC: on ext4 a truncate-to-zero followed by a write makes close(2) start
     writeback at once (auto_da_alloc, the replace-via-truncate heuristic), which costs
     ~0.1 ms per task."""
     _step(f"rewrite {path}")
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
-        if os.fstat(fd).st_size > len(data):
-            os.ftruncate(fd, len(data))       # shrinking keeps the block: no writeback at close
         _write_whole(fd, data)
+        # then cut what the old content had past it (shrinking keeps the block: no writeback
+        # at close); after the write, not before: no fstat needed to know whether to cut
+        os.ftruncate(fd, len(data))
     finally:
         os.close(fd)
     _done_step(f"rewrite {path}")
@@ -398,7 +399,9 @@ def remove(path: str) -> bool:
 
 
 def rmdir(path: str) -> bool:
-    """Remove an empty folder (recycled into the spare pool when there is one)."""
+    """Remove a folder whose content the caller discards (a released claim): recycled into
+    the spare pool when there is one (whatever is in it deleted there, see Spares.give_dir),
+    else rmdir(2) -- which refuses a folder with something in it (OSError ENOTEMPTY)."""
     _step(f"rmdir {path}")
     pool = SPARES
     if pool is not None and pool.give_dir(path):
@@ -781,16 +784,15 @@ class Spares:
             return None
 
     def give_dir(self, path: str) -> bool:
-        """Recycle an empty folder instead of rmdir + a later mkdir. A folder with something
-        in it is refused (rmdir(2) semantics: the caller gets ENOTEMPTY from os.rmdir); rename(2)
-        would happily move it, and its files would turn up inside the next folder taken from
-        the pool (a claim's owner.json inside a task's attempts/)."""
+        """Recycle a folder whose content the caller discards (a released claim: its only
+        caller is `rmdir`, claim.release's) instead of rmdir + a later mkdir. It is renamed
+        into the pool first and looked into there, once: anything in it -- left by the
+        caller, or landed before the rename -- is deleted in the pool, never recycled
+        (its files would turn up inside the next folder taken from the pool: a claim's
+        owner.json inside a task's attempts/). That is what claim.release did with a
+        folder rmdir refused (renamed away, then rmtree); a look before the rename as well
+        (rmdir's ENOTEMPTY) was a second listing per task, 5 system calls, for nothing."""
         if self._noreplace is None:
-            return False
-        try:
-            if os.listdir(path):
-                return False
-        except OSError:
             return False
         with self._lock:
             if self._stop or len(self._dirs) >= 2 * self.target:
@@ -801,11 +803,14 @@ class Spares:
         except OSError:
             return False
         try:
-            dirty = bool(os.listdir(dst))    # a file landed between our look and the rename
+            dirty = bool(os.listdir(dst))    # something was in it, or landed before the rename
         except OSError:
             dirty = True
         if dirty:
-            shutil.rmtree(dst, ignore_errors=True)
+            if os.path.islink(dst):          # a symlinked claim: the link goes, never its target
+                _unlink_quiet(dst)
+            else:
+                shutil.rmtree(dst, ignore_errors=True)
             return True
         with self._lock:
             self._dirs.append(dst)

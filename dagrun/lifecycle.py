@@ -431,7 +431,7 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
             body["held_by"] = held_by
         body.update(extra or {})
         _publish_from_owner(home, g, t, S.DONE, body, c.owner)
-        if os.path.isdir(home.attempts_dir(g, t)):
+        if home.has_attempts(g, t):
             # earlier attempts are kept under attempts/: keep this one beside them (links, no
             # copies). A task that succeeds at once has no attempts/ and pays nothing here.
             # After the done marker, not before: a crash in between must not leave a record

@@ -251,6 +251,18 @@ class Home:
             raise FsError(f"refusing to use {p}: it is a symbolic link (attempts/ is made by dagrun; remove it)")
         return p
 
+    def has_attempts(self, g: str, t: str) -> bool:
+        """Is there an attempts/ folder? One lstat: isdir(attempts_dir()) was an lstat (the
+        symlink refusal) and a stat. A symbolic link there is refused as attempts_dir does."""
+        p = os.path.join(self.task_dir(g, t), ATTEMPTS)
+        try:
+            mode = os.lstat(p).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        if stat.S_ISLNK(mode):
+            self.attempts_dir(g, t)          # raises: the same refusal, the same words
+        return stat.S_ISDIR(mode)
+
     def attempt_path(self, g: str, t: str, n: int, ext: str) -> str:
         return os.path.join(self.attempts_dir(g, t), f"{int(n)}.{ext}")
 
