@@ -315,7 +315,7 @@ def render_prompt(home: Home, plan: Plan, task: Task, record: dict | None,
             ups += _instance_outputs(home, plan, plan.task(dep), task.context_limit, soft)
             continue
         if state == S.DONE:
-            got = home.read_task_file_sized(out, task.context_limit + 1)
+            got = home.read_output(out, task.context_limit + 1)
             if got is None and marker_of(home, g, dep) != S.DONE:
                 # a done task always has an output file; without one it was archived (plan
                 # edit, forced retry) after the caller looked: never run on a vanished input
@@ -347,7 +347,7 @@ def _instance_outputs(home: Home, plan: Plan, tpl: Task, limit: int, soft: bool)
     out = []
     for iid in ids:
         path = home.output_path(g, iid)
-        got = home.read_task_file_sized(path, share + 1)
+        got = home.read_output(path, share + 1)
         if got is None:
             raise Stale(f"{g}/{iid} is no longer done")
         data, size = got
