@@ -275,12 +275,14 @@ def take_over(home: Home, g: str, t: str, expect_nonce: str | None, worker: str,
 
 def release(home: Home, g: str, t: str) -> None:
     """Drop our claim. Usually the folder is empty by now (owner.json became the marker) and
-    one rmdir(2) does it; otherwise rename it away in one step, then delete it -- a crash in
-    between leaves only a dot-folder that the next claim of the task sweeps."""
+    one rmdir(2) does it -- or one rename into the engine's spare pool, which deletes there
+    whatever was still in it (a crash in between: a dead pid's pool, swept by the next
+    engine); otherwise rename it away in one step, then delete it -- a crash in between
+    leaves only a dot-folder that the next claim of the task sweeps."""
     cdir = home.claim_dir(g, t)
     try:
         try:
-            fsio.rmdir(cdir)
+            fsio.rmdir(cdir, discard=True)    # (its content goes either way: see below)
             return
         except OSError:
             pass

@@ -398,13 +398,15 @@ def remove(path: str) -> bool:
     return True
 
 
-def rmdir(path: str) -> bool:
-    """Remove a folder whose content the caller discards (a released claim): recycled into
-    the spare pool when there is one (whatever is in it deleted there, see Spares.give_dir),
-    else rmdir(2) -- which refuses a folder with something in it (OSError ENOTEMPTY)."""
+def rmdir(path: str, *, discard: bool = False) -> bool:
+    """Remove an empty folder (recycled into the spare pool when there is one); a folder with
+    something in it is refused (OSError ENOTEMPTY). discard=True (claim.release, which
+    deletes a claim's content either way): the pool takes it whatever is in it and deletes
+    that there (Spares.give_dir) -- one listing instead of two; without a pool rmdir(2)
+    still refuses it."""
     _step(f"rmdir {path}")
     pool = SPARES
-    if pool is not None and pool.give_dir(path):
+    if pool is not None and pool.give_dir(path, discard=discard):
         _done_step(f"rmdir {path}")
         return True
     try:
@@ -783,17 +785,24 @@ class Spares:
                 self._noreplace = None   # this file system cannot: plain mkdir from now on
             return None
 
-    def give_dir(self, path: str) -> bool:
-        """Recycle a folder whose content the caller discards (a released claim: its only
-        caller is `rmdir`, claim.release's) instead of rmdir + a later mkdir. It is renamed
-        into the pool first and looked into there, once: anything in it -- left by the
-        caller, or landed before the rename -- is deleted in the pool, never recycled
-        (its files would turn up inside the next folder taken from the pool: a claim's
-        owner.json inside a task's attempts/). That is what claim.release did with a
-        folder rmdir refused (renamed away, then rmtree); a look before the rename as well
-        (rmdir's ENOTEMPTY) was a second listing per task, 5 system calls, for nothing."""
+    def give_dir(self, path: str, *, discard: bool = False) -> bool:
+        """Recycle an empty folder instead of rmdir + a later mkdir. A folder with something
+        in it is refused (rmdir(2) semantics: the caller gets ENOTEMPTY from os.rmdir); rename(2)
+        would happily move it, and its files would turn up inside the next folder taken from
+        the pool (a claim's owner.json inside a task's attempts/). After the rename it is
+        looked into again (a file landed in between) and emptied there if so.
+        discard=True (a released claim, whose content claim.release deletes either way: a
+        folder rmdir refused was renamed away and rmtree'd): no look before the rename --
+        the one after it decides, and whatever is in it is deleted in the pool, never
+        recycled. One listing a task instead of two (5 system calls)."""
         if self._noreplace is None:
             return False
+        if not discard:
+            try:
+                if os.listdir(path):
+                    return False
+            except OSError:
+                return False
         with self._lock:
             if self._stop or len(self._dirs) >= 2 * self.target:
                 return False
@@ -803,7 +812,7 @@ class Spares:
         except OSError:
             return False
         try:
-            dirty = bool(os.listdir(dst))    # something was in it, or landed before the rename
+            dirty = bool(os.listdir(dst))    # something landed before the rename (or was in it: discard)
         except OSError:
             dirty = True
         if dirty:
