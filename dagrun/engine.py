@@ -576,7 +576,7 @@ class Engine(Reconciler):
         try:
             fsio._step(f"spawn {g}/{t}")
             if submit is not None:
-                run.claim_ino = os.stat(cdir).st_ino
+                run.claim_ino = c.claim_ino or os.stat(cdir).st_ino
             handle = submit(launch) if submit is not None else None
             if handle is None:
                 handle = self.runner.start(launch)

@@ -339,6 +339,13 @@ def mkdir_fresh(path: str, inner: str, before=None) -> bool | None:
     return got
 
 
+def nest_inodes(path: str) -> tuple[int, int] | None:
+    """(inode of `path`, of its inner folder) if this thread's last mkdir_fresh made `path`
+    from a spare nest; None otherwise (then stat them)."""
+    pool = SPARES
+    return None if pool is None else pool.nest_inodes(path)
+
+
 def makedirs(path: str, *, mode: int = 0o755) -> None:
     if os.path.isdir(path):
         return
@@ -585,6 +592,8 @@ class Spares:
         self._dirs: list[str] = []
         self.nest = nest                         # nests: a folder with an empty folder `nest` in it
         self._nests: list[str] = []              # (a task folder and its claim, one rename)
+        self._inos: dict[str, tuple[int, int]] = {}   # nest -> (its inode, its inner folder's)
+        self._taken = threading.local()          # .last: (dst, inodes) of this thread's last nest taken
         # with nests, plain folders only serve claims in folders that exist (retries), and
         # released claims come back to the pool anyway: a few suffice
         self.dir_target = max(4, target // 4) if nest is not None else target
@@ -628,6 +637,7 @@ class Spares:
                 if extra is not None:        # more than the work left can use: removed here,
                     pool = extra             # not by the engine's exit (see _surplus)
                     victim = pool.pop()
+                    self._inos.pop(victim, None)
                 else:
                     victim = None
             if victim is not None:
@@ -662,8 +672,15 @@ class Spares:
                     _rmdir_quiet(inner)
                 time.sleep(0.5)          # disk full or folder gone: the engine creates on demand
                 continue
+            if need_nest:                # its inodes, for the claim that takes it (nest_inodes):
+                try:                     # stat'ed here, off the engine's thread
+                    inos = (os.lstat(p).st_ino, os.lstat(os.path.join(p, self.nest)).st_ino)
+                except OSError:
+                    inos = None
             with self._lock:
                 (self._nests if need_nest else self._dirs if need_dir else self._files).append(p)
+                if need_nest and inos is not None:
+                    self._inos[p] = inos
 
     def _nesting(self) -> bool:
         return self.nest is not None and self._noreplace is not None
@@ -730,7 +747,16 @@ class Spares:
         or `dst`'s parent is missing -- make them one by one. before(nest): see mkdir_fresh."""
         if not self._nesting():
             return None
-        return self._take(self._nests, dst, keep=True, before=before)
+        self._taken.last = None
+        got = self._take(self._nests, dst, keep=True, before=before)
+        return got
+
+    def nest_inodes(self, dst: str) -> tuple[int, int] | None:
+        """(inode of `dst`, inode of `dst/<nest>`) when this thread's last take_nest made
+        `dst` (rename(2) keeps inodes: the filler thread stat'ed them when it made the nest),
+        else None. Asked right after a take that returned True (claim.acquire's NEW)."""
+        last = getattr(self._taken, "last", None)
+        return last[1] if last is not None and last[0] == dst else None
 
     def pop_file(self) -> str | None:
         """An empty spare file, now the caller's (None when the pool is empty)."""
@@ -768,17 +794,22 @@ class Spares:
             if not pool:
                 return None
             src = pool.pop()
+            inos = self._inos.pop(src, None) if pool is self._nests else None
             if self._low():
                 self._want.notify()
         if before is not None:
             before(src)
         try:
             self._noreplace(src, dst)
+            if inos is not None:
+                self._taken.last = (dst, inos)
             return True
         except OSError as e:
             if keep or e.errno == errno.EEXIST:
                 with self._lock:
                     pool.append(src)
+                    if inos is not None:
+                        self._inos[src] = inos
             if e.errno == errno.EEXIST:
                 return False
             if e.errno in (errno.EINVAL, errno.ENOSYS, errno.EXDEV):

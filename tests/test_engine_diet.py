@@ -4,6 +4,7 @@ went, the case that look covered still behaving."""
 from __future__ import annotations
 
 import os
+import re
 import threading
 
 import pytest
@@ -27,7 +28,8 @@ def _fanout_calls(tmp_path, monkeypatch, n: int = 24) -> dict[str, int]:
     p = write_plan(tmp_path / "p", tasks, goal="fo", defaults={"agent": "true"})
     run("submit", p, home=h.root)
     loop = threading.get_ident()
-    counts = {"limits": 0, "plan_stat": 0, "a_output": 0, "getpid": 0, "listdir_claims": 0, "attempts": 0}
+    counts = {"limits": 0, "plan_stat": 0, "a_output": 0, "getpid": 0, "listdir_claims": 0, "attempts": 0,
+              "folder_ino": 0}
     real_open, real_stat, real_lstat = os.open, os.stat, os.lstat
     real_listdir, real_getpid, real_beneath = os.listdir, os.getpid, fsio.open_beneath
 
@@ -42,6 +44,7 @@ def _fanout_calls(tmp_path, monkeypatch, n: int = 24) -> dict[str, int]:
     def c_stat(path, *a, **k):
         if mine() and isinstance(path, str):
             counts["plan_stat"] += path.endswith("/goals/fo/plan.json")
+            counts["folder_ino"] += bool(re.search(r"/tasks/m\d\d(/claim)?$", path))
             counts["attempts"] += path.endswith("/attempts")
         return real_stat(path, *a, **k)
 
@@ -82,7 +85,9 @@ def test_the_loop_thread_does_per_turn_what_it_did_per_task(tmp_path, monkeypatc
     once per turn for the commits; attempts/ is one lstat per commit, not lstat + stat; a
     released claim is listed once (in the spare pool), not before and after its rename; and
     getpid(2) is not asked at all. Before (9fe0146): limits 25, a_output 24, attempts 48,
-    listdir 48, getpid > 150 for n = 24."""
+    listdir 48, getpid > 150 for n = 24. And the task folder's and claim's inodes (run_id,
+    the engine's is-it-still-ours check) come from the spare thread that made the nest, not
+    from two stats a task."""
     n = 24
     c = _fanout_calls(tmp_path, monkeypatch, n)
     assert c["limits"] <= 3, c
@@ -91,6 +96,7 @@ def test_the_loop_thread_does_per_turn_what_it_did_per_task(tmp_path, monkeypatc
     assert c["listdir_claims"] <= n + 2, c      # one listing per released claim
     assert c["getpid"] <= n + 8, c              # the fake runner asks once per start
     assert c["plan_stat"] < n, c                # commits ending in the same turns share one look
+    assert c["folder_ino"] <= n // 2, c         # the nests' inodes come from the spare thread
 
 
 # ---------------------------------------------------------------------------------- limits.json
@@ -197,8 +203,7 @@ def test_a_released_claim_with_something_in_it_is_emptied_never_recycled_with_it
         assert not os.path.lexists(cdir) and (target / "keep").read_text() == "k"
         assert all(not os.path.islink(d) for d in pool._dirs)
     finally:
-        pool.close()
-        fsio.SPARES = None
+        fsio.stop_spares()
 
 
 # ---------------------------------------------------------------------------------- outputs
@@ -299,3 +304,34 @@ def test_the_remembered_pid_is_the_childs_own_after_fork():
     os.close(r)
     os.waitpid(pid, 0)
     assert got == b"True"
+
+
+def test_a_claim_born_in_a_spare_nest_knows_its_folders_inodes_without_a_stat(tmp_path):
+    """claim_task of a task whose folder comes from a spare nest: the claim's inode and the
+    task folder's (in run_id) are the ones the files have -- rename(2) keeps them; a claim
+    made without a nest (a folder that exists: a retry) stats them as before."""
+    from dagrun.lifecycle import claim_task
+
+    h = Home(str(tmp_path / "home"))
+    p = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "x"}],
+                   goal="ni", defaults={"agent": "true"})
+    run("submit", p, home=h.root)
+    plan = h.load_plan("ni")
+    pool = fsio.start_spares(h.root, threads=1, target=4, nest="claim")
+    try:
+        if pool is None or not pool._nesting():
+            pytest.skip("no renameat2 here: no nests")
+        for _ in range(200):
+            if pool._nests and all(n in pool._inos for n in pool._nests):
+                break
+            threading.Event().wait(0.01)
+        c = claim_task(h, plan, "a", worker="w", kind="engine")
+        tdir = task_dir(h.root, "ni", "a")
+        assert c is not None and c.claim_ino == os.stat(tdir / "claim").st_ino
+        assert c.owner["run_id"].split("/")[-2] == f"{os.stat(tdir).st_ino:x}"
+        os.makedirs(task_dir(h.root, "ni", "b"))                 # no nest for a folder that exists
+        c2 = claim_task(h, plan, "b", worker="w", kind="engine")
+        assert c2 is not None and c2.claim_ino == 0
+        assert c2.owner["run_id"].split("/")[-2] == f"{os.stat(task_dir(h.root, 'ni', 'b')).st_ino:x}"
+    finally:
+        fsio.stop_spares()
