@@ -747,9 +747,8 @@ class Spares:
         or `dst`'s parent is missing -- make them one by one. before(nest): see mkdir_fresh."""
         if not self._nesting():
             return None
-        self._taken.last = None
-        got = self._take(self._nests, dst, keep=True, before=before)
-        return got
+        self._taken.last = None          # (set again by _take if this take renames a nest)
+        return self._take(self._nests, dst, keep=True, before=before)
 
     def nest_inodes(self, dst: str) -> tuple[int, int] | None:
         """(inode of `dst`, inode of `dst/<nest>`) when this thread's last take_nest made
