@@ -23,7 +23,7 @@ from contextlib import contextmanager
 
 from . import fsio
 from .errors import FsError, os_error
-from .proc import BOOT_ID, GONE, HOST, REBOOTED, proc_start, self_start, why_dead
+from .proc import BOOT_ID, GONE, HOST, REBOOTED, my_pid, proc_start, self_start, why_dead
 from .store import CLAIM, Home, as_int, dumps, loads_obj, now_iso
 
 def _env_seconds(name: str, default: float) -> float:
@@ -94,8 +94,9 @@ def being_born(home: Home, g: str, t: str) -> bool:
 
 
 def new_owner(worker: str, attempt: int, *, kind: str, pid: int | None = None) -> dict:
-    pid = os.getpid() if pid is None else pid
-    start = self_start() if pid == os.getpid() else proc_start(pid)
+    me = my_pid()
+    pid = me if pid is None else pid
+    start = self_start() if pid == me else proc_start(pid)
     return {
         "worker": worker, "host": HOST, "boot_id": BOOT_ID, "pid": pid, "pid_start": start,
         "attempt": attempt, "since": now_iso(), "kind": kind, "nonce": os.urandom(6).hex(),
@@ -274,12 +275,14 @@ def take_over(home: Home, g: str, t: str, expect_nonce: str | None, worker: str,
 
 def release(home: Home, g: str, t: str) -> None:
     """Drop our claim. Usually the folder is empty by now (owner.json became the marker) and
-    one rmdir(2) does it; otherwise rename it away in one step, then delete it -- a crash in
-    between leaves only a dot-folder that the next claim of the task sweeps."""
+    one rmdir(2) does it -- or one rename into the engine's spare pool, which deletes there
+    whatever was still in it (a crash in between: a dead pid's pool, swept by the next
+    engine); otherwise rename it away in one step, then delete it -- a crash in between
+    leaves only a dot-folder that the next claim of the task sweeps."""
     cdir = home.claim_dir(g, t)
     try:
         try:
-            fsio.rmdir(cdir)
+            fsio.rmdir(cdir, discard=True)    # (its content goes either way: see below)
             return
         except OSError:
             pass

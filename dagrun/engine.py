@@ -118,6 +118,7 @@ class Engine(Reconciler):
         self._ready: set[int] = set()
         self._carry: tuple[set[str], bool] = (set(), False)   # inotify news read before a sleep (_absorb_own)
         self._turn_locks: dict[str, int] = {}      # goal -> fd of its shared edit lock, held this turn
+        self._stamp_seen: set[str] = set()         # goals whose plan.json stamp was compared under that lock
         self._touched: set[str] = set()          # goals we appended events to this turn
         self.stopping = 0                         # the signal that asked us to stop
         self.signals = 0
@@ -150,6 +151,7 @@ class Engine(Reconciler):
         old = self._install_signals()
         ev.hold()        # the loop's event lines go out once per turn (events.hold)
         hk.hold_turn()   # ... and the home's hooks folder is looked for once per turn
+        res.hold_turn()  # ... and resources/limits.json read once per turn (claims)
         try:
             self.watcher = Watcher(self.home.goals_dir, poll=self.poll, log=self.log)
             self._discover()
@@ -167,6 +169,7 @@ class Engine(Reconciler):
                 finally:
                     self._unlock_turn()
                     hk.end_turn()
+                    res.end_turn()
                 try:
                     ev.flush()                     # before we sleep: what the turn appended
                 except FsError as e:
@@ -181,6 +184,7 @@ class Engine(Reconciler):
                 self._run_tick()                   # the final state, for --until-idle
         finally:
             hk.release_turn()
+            res.release_turn()
             try:
                 ev.release()
             except FsError as e:
@@ -490,6 +494,7 @@ class Engine(Reconciler):
 
     def _unlock_turn(self) -> None:
         locks, self._turn_locks = self._turn_locks, {}
+        self._stamp_seen.clear()
         for fd in locks.values():
             os.close(fd)                 # closing the only fd of the lock releases it
 
@@ -586,7 +591,7 @@ class Engine(Reconciler):
         try:
             fsio._step(f"spawn {g}/{t}")
             if submit is not None:
-                run.claim_ino = os.stat(cdir).st_ino
+                run.claim_ino = c.claim_ino or os.stat(cdir).st_ino
             handle = submit(launch) if submit is not None else None
             if handle is None:
                 handle = self.runner.start(launch)
@@ -763,11 +768,19 @@ class Engine(Reconciler):
     def _commit_locked(self, run: Run, ex: Exit) -> None:
         g, t, c = run.goal, run.task.id, run.claim
         gs = self.goals.get(g)
-        if gs is not None and self.home.plan_stamp(g) != gs.stamp:
-            self._resync(gs)         # a plan edit landed while it ran: judge against the new plan
-        if gs is not None and gs.plan.has(t) and self._vanished(gs, c, ex):
+        if gs is not None and g not in self._stamp_seen:
+            # Every writer of plan.json holds the goal's edit lock exclusive, and we hold it
+            # shared until the turn ends: one look per goal and turn is as good as one per commit
+            if self.home.plan_stamp(g) != gs.stamp:
+                self._resync(gs)     # a plan edit landed while it ran: judge against the new plan
+            elif g in self._turn_locks:
+                self._stamp_seen.add(g)
+        # owner.json with our nonce proves claim/ is a folder (a symlinked one is never read),
+        # so _vanished (whose first look is exactly that) is asked only when it is not ours
+        held = gs is not None and gs.plan.has(t) and claims.holds(self.home, g, t, c.nonce)
+        if not held and gs is not None and gs.plan.has(t) and self._vanished(gs, c, ex):
             return
-        if gs is None or not gs.plan.has(t) or not claims.holds(self.home, g, t, c.nonce):
+        if not held:
             if gs is not None:       # taken away (plan edit, forced retry, broken claim): not
                 self._resync(gs)     # ours to commit; the files say what the task is now
             return

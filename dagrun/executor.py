@@ -32,7 +32,7 @@ from typing import Protocol
 
 from . import fsio
 from .fsio import close_quiet
-from .proc import BOOT_ID, HOST, is_alive, proc_start, stat_fields
+from .proc import BOOT_ID, HOST, is_alive, my_pid, proc_start, stat_fields
 from .shellwords import plain_argv
 from .store import as_int
 
@@ -1005,7 +1005,7 @@ def _children(tid: int | None = None) -> list[int]:
     agents are re-parented (os.open and that path built once per pid: it is read at every
     agent's end)."""
     global _CHILDREN_PATH
-    me = os.getpid()
+    me = my_pid()
     if tid is not None and tid != me:
         path = f"/proc/{me}/task/{tid}/children".encode()
     else:

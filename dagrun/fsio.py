@@ -27,7 +27,7 @@ import threading
 import time
 
 from .errors import os_error
-from .proc import pid_alive
+from .proc import my_pid, pid_alive
 
 DURABLE = os.environ.get("DAGRUN_FSYNC", "") not in ("", "0")
 
@@ -147,7 +147,7 @@ def read_fd(fd: int, limit: int | None = None, size_hint: int = 0) -> bytes:
 # ---------------------------------------------------------------------------------- writes
 def tmp_name(path: str) -> str:
     i = path.rfind("/") + 1                  # folder/.name.<pid>.tmp (split + join, inlined)
-    return f"{path[:i]}.{path[i:]}.{os.getpid()}.tmp"
+    return f"{path[:i]}.{path[i:]}.{my_pid()}.tmp"
 
 
 def _write_whole(fd: int, data: bytes) -> None:
@@ -237,16 +237,17 @@ def write_named(path: str, data: bytes) -> None:
 def rewrite(path: str, data: bytes) -> None:
     """Replace the content of an existing private (temporary-named) file in place.
 
-    Cut to the new length (when shorter), then written over the old bytes -- not opened
+    Written over the old bytes, then cut to the new length -- not opened
     with O_TRUNC: on ext4 a truncate-to-zero followed by a write makes close(2) start
     writeback at once (auto_da_alloc, the replace-via-truncate heuristic), which costs
     ~0.1 ms per task."""
     _step(f"rewrite {path}")
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
-        if os.fstat(fd).st_size > len(data):
-            os.ftruncate(fd, len(data))       # shrinking keeps the block: no writeback at close
         _write_whole(fd, data)
+        # then cut what the old content had past it (shrinking keeps the block: no writeback
+        # at close); after the write, not before: no fstat needed to know whether to cut
+        os.ftruncate(fd, len(data))
     finally:
         os.close(fd)
     _done_step(f"rewrite {path}")
@@ -338,6 +339,13 @@ def mkdir_fresh(path: str, inner: str, before=None) -> bool | None:
     return got
 
 
+def nest_inodes(path: str) -> tuple[int, int] | None:
+    """(inode of `path`, of its inner folder) if this thread's last mkdir_fresh made `path`
+    from a spare nest; None otherwise (then stat them)."""
+    pool = SPARES
+    return None if pool is None else pool.nest_inodes(path)
+
+
 def makedirs(path: str, *, mode: int = 0o755) -> None:
     if os.path.isdir(path):
         return
@@ -397,11 +405,15 @@ def remove(path: str) -> bool:
     return True
 
 
-def rmdir(path: str) -> bool:
-    """Remove an empty folder (recycled into the spare pool when there is one)."""
+def rmdir(path: str, *, discard: bool = False) -> bool:
+    """Remove an empty folder (recycled into the spare pool when there is one); a folder with
+    something in it is refused (OSError ENOTEMPTY). discard=True (claim.release, which
+    deletes a claim's content either way): the pool takes it whatever is in it and deletes
+    that there (Spares.give_dir) -- one listing instead of two; without a pool rmdir(2)
+    still refuses it."""
     _step(f"rmdir {path}")
     pool = SPARES
-    if pool is not None and pool.give_dir(path):
+    if pool is not None and pool.give_dir(path, discard=discard):
         _done_step(f"rmdir {path}")
         return True
     try:
@@ -580,6 +592,8 @@ class Spares:
         self._dirs: list[str] = []
         self.nest = nest                         # nests: a folder with an empty folder `nest` in it
         self._nests: list[str] = []              # (a task folder and its claim, one rename)
+        self._inos: dict[str, tuple[int, int]] = {}   # nest -> (its inode, its inner folder's)
+        self._taken = threading.local()          # .last: (dst, inodes) of this thread's last nest taken
         # with nests, plain folders only serve claims in folders that exist (retries), and
         # released claims come back to the pool anyway: a few suffice
         self.dir_target = max(4, target // 4) if nest is not None else target
@@ -595,7 +609,7 @@ class Spares:
             mark_top_dir(self.base)
         self._sweep()
         for k in range(threads):
-            d = os.path.join(self.base, f"{os.getpid()}-{k}")
+            d = os.path.join(self.base, f"{my_pid()}-{k}")
             _step(f"mkdir {d}")
             os.makedirs(d, exist_ok=True)
             _done_step(f"mkdir {d}")
@@ -623,6 +637,7 @@ class Spares:
                 if extra is not None:        # more than the work left can use: removed here,
                     pool = extra             # not by the engine's exit (see _surplus)
                     victim = pool.pop()
+                    self._inos.pop(victim, None)
                 else:
                     victim = None
             if victim is not None:
@@ -657,8 +672,15 @@ class Spares:
                     _rmdir_quiet(inner)
                 time.sleep(0.5)          # disk full or folder gone: the engine creates on demand
                 continue
+            if need_nest:                # its inodes, for the claim that takes it (nest_inodes):
+                try:                     # stat'ed here, off the engine's thread
+                    inos = (os.lstat(p).st_ino, os.lstat(os.path.join(p, self.nest)).st_ino)
+                except OSError:
+                    inos = None
             with self._lock:
                 (self._nests if need_nest else self._dirs if need_dir else self._files).append(p)
+                if need_nest and inos is not None:
+                    self._inos[p] = inos
 
     def _nesting(self) -> bool:
         return self.nest is not None and self._noreplace is not None
@@ -725,7 +747,15 @@ class Spares:
         or `dst`'s parent is missing -- make them one by one. before(nest): see mkdir_fresh."""
         if not self._nesting():
             return None
+        self._taken.last = None          # (set again by _take if this take renames a nest)
         return self._take(self._nests, dst, keep=True, before=before)
+
+    def nest_inodes(self, dst: str) -> tuple[int, int] | None:
+        """(inode of `dst`, inode of `dst/<nest>`) when this thread's last take_nest made
+        `dst` (rename(2) keeps inodes: the filler thread stat'ed them when it made the nest),
+        else None. Asked right after a take that returned True (claim.acquire's NEW)."""
+        last = getattr(self._taken, "last", None)
+        return last[1] if last is not None and last[0] == dst else None
 
     def pop_file(self) -> str | None:
         """An empty spare file, now the caller's (None when the pool is empty)."""
@@ -763,49 +793,63 @@ class Spares:
             if not pool:
                 return None
             src = pool.pop()
+            inos = self._inos.pop(src, None) if pool is self._nests else None
             if self._low():
                 self._want.notify()
         if before is not None:
             before(src)
         try:
             self._noreplace(src, dst)
+            if inos is not None:
+                self._taken.last = (dst, inos)
             return True
         except OSError as e:
             if keep or e.errno == errno.EEXIST:
                 with self._lock:
                     pool.append(src)
+                    if inos is not None:
+                        self._inos[src] = inos
             if e.errno == errno.EEXIST:
                 return False
             if e.errno in (errno.EINVAL, errno.ENOSYS, errno.EXDEV):
                 self._noreplace = None   # this file system cannot: plain mkdir from now on
             return None
 
-    def give_dir(self, path: str) -> bool:
+    def give_dir(self, path: str, *, discard: bool = False) -> bool:
         """Recycle an empty folder instead of rmdir + a later mkdir. A folder with something
         in it is refused (rmdir(2) semantics: the caller gets ENOTEMPTY from os.rmdir); rename(2)
         would happily move it, and its files would turn up inside the next folder taken from
-        the pool (a claim's owner.json inside a task's attempts/)."""
+        the pool (a claim's owner.json inside a task's attempts/). After the rename it is
+        looked into again (a file landed in between) and emptied there if so.
+        discard=True (a released claim, whose content claim.release deletes either way: a
+        folder rmdir refused was renamed away and rmtree'd): no look before the rename --
+        the one after it decides, and whatever is in it is deleted in the pool, never
+        recycled. One listing a task instead of two (5 system calls)."""
         if self._noreplace is None:
             return False
-        try:
-            if os.listdir(path):
+        if not discard:
+            try:
+                if os.listdir(path):
+                    return False
+            except OSError:
                 return False
-        except OSError:
-            return False
         with self._lock:
             if self._stop or len(self._dirs) >= 2 * self.target:
                 return False
-            dst = os.path.join(self.base, f"{os.getpid()}-0", f"r{id(path)}-{time.monotonic_ns()}")
+            dst = os.path.join(self.base, f"{my_pid()}-0", f"r{id(path)}-{time.monotonic_ns()}")
         try:
             os.rename(path, dst)
         except OSError:
             return False
         try:
-            dirty = bool(os.listdir(dst))    # a file landed between our look and the rename
+            dirty = bool(os.listdir(dst))    # something landed before the rename (or was in it: discard)
         except OSError:
             dirty = True
         if dirty:
-            shutil.rmtree(dst, ignore_errors=True)
+            if os.path.islink(dst):          # a symlinked claim: the link goes, never its target
+                _unlink_quiet(dst)
+            else:
+                shutil.rmtree(dst, ignore_errors=True)
             return True
         with self._lock:
             self._dirs.append(dst)

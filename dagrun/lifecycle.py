@@ -60,6 +60,7 @@ class Claim:
     #                               ends the attempt with transitions.finish, outcome CONFLICT)
     resources: dict | None = None   # the units it holds ({pool as shown: n}, resources.py)
     skip: str | None = None       # its `when` is false: why (the caller ends it: transitions.skip)
+    claim_ino: int = 0            # claim/'s inode when known without a stat (born in a spare nest)
 
     @property
     def nonce(self) -> str:
@@ -104,6 +105,9 @@ def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: i
     got = claims.acquire(home, g, t, hold=True)     # held by us until owner.json (claim.born)
     if not got:
         return None
+    # a nest's inodes were stat'ed by the spare thread that made it (rename keeps them): the
+    # task folder's for run_id, claim/'s for the engine's is-it-still-ours check
+    inos = fsio.nest_inodes(tdir) if got == claims.NEW else None
     # Under the claim nobody else changes this task: read its history now (one listdir) --
     # unless the folder came with the claim, in one rename of a spare that held only claim/
     # (what a listdir would say at that instant; a marker written later was always possible)
@@ -133,9 +137,9 @@ def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: i
         return None
     attempt += 1
     owner = claims.new_owner(worker, attempt, kind=kind, pid=pid)
-    owner["run_id"] = run_id(home, g, t, attempt)
+    owner["run_id"] = run_id(home, g, t, attempt, inos[0] if inos else None)
     owner.update(owner_extra or {})
-    c = Claim(g, t, attempt, owner, time.time())
+    c = Claim(g, t, attempt, owner, time.time(), claim_ino=inos[1] if inos else 0)
 
     def give_up() -> None:          # units first, then the claim they live under
         res.release_attempt(home, g, t, owner)
@@ -284,17 +288,18 @@ def _root_tag(root: str) -> str:
     return hashlib.sha1(root.encode()).hexdigest()[:8]
 
 
-def run_id(home: Home, g: str, t: str, attempt: int) -> str:
+def run_id(home: Home, g: str, t: str, attempt: int, ino: int | None = None) -> str:
     """Identifies one attempt's processes (DAGRUN_RUN_ID): derivable from the files, so even a
     claim whose owner.json was never written can have its orphaned agent found and stopped.
     The task folder's inode is part of it: after a plan edit or a forced retry archived the
     folder, attempt numbers start again at 1 in a new folder, and stopping an old attempt's
     strays must not hit the new attempt's processes."""
     h = _root_tag(home.root)
-    try:
-        ino = os.stat(home.task_dir(g, t)).st_ino
-    except OSError:
-        ino = 0
+    if ino is None:                      # (given: the folder's inode, known without a stat)
+        try:
+            ino = os.stat(home.task_dir(g, t)).st_ino
+        except OSError:
+            ino = 0
     return f"{h}:{g}/{t}/{ino:x}/{attempt}"
 
 
@@ -315,7 +320,7 @@ def render_prompt(home: Home, plan: Plan, task: Task, record: dict | None,
             ups += _instance_outputs(home, plan, plan.task(dep), task.context_limit, soft)
             continue
         if state == S.DONE:
-            got = home.read_task_file_sized(out, task.context_limit + 1)
+            got = home.read_output(out, task.context_limit + 1)
             if got is None and marker_of(home, g, dep) != S.DONE:
                 # a done task always has an output file; without one it was archived (plan
                 # edit, forced retry) after the caller looked: never run on a vanished input
@@ -347,7 +352,7 @@ def _instance_outputs(home: Home, plan: Plan, tpl: Task, limit: int, soft: bool)
     out = []
     for iid in ids:
         path = home.output_path(g, iid)
-        got = home.read_task_file_sized(path, share + 1)
+        got = home.read_output(path, share + 1)
         if got is None:
             raise Stale(f"{g}/{iid} is no longer done")
         data, size = got
@@ -431,7 +436,7 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
             body["held_by"] = held_by
         body.update(extra or {})
         _publish_from_owner(home, g, t, S.DONE, body, c.owner)
-        if os.path.isdir(home.attempts_dir(g, t)):
+        if home.has_attempts(g, t):
             # earlier attempts are kept under attempts/: keep this one beside them (links, no
             # copies). A task that succeeds at once has no attempts/ and pays nothing here.
             # After the done marker, not before: a crash in between must not leave a record

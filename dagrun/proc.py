@@ -110,13 +110,24 @@ def lineage(pid: int) -> list[tuple[int, str | None]]:
     return out
 
 
+_PID = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
+
+
+def my_pid() -> int:
+    """os.getpid() without the system call (getpid(2) is not cached by glibc): the engine's
+    thread asked ~9 times a task (temporary names, owner.json, the children list). Kept right
+    across os.fork() by an at-fork hook; a vfork+exec child runs no Python to need it."""
+    return _PID[0]
+
+
 _SELF: tuple[int, str | None] = (0, None)
 
 
 def self_start() -> str | None:
     """This process's start time, read once per process (a forked child reads its own)."""
     global _SELF
-    pid = os.getpid()
+    pid = _PID[0]
     if _SELF[0] != pid:
         _SELF = (pid, proc_start(pid))
     return _SELF[1]

@@ -37,6 +37,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -88,8 +89,42 @@ def limits_path(home: Home) -> str:
     return home.root + "/resources/limits.json"
 
 
+# limits.json was read at every claim (an openat, ENOENT in most homes). A thread that holds
+# a turn (hold_turn: the engine's loop) reads it once per turn: the answer is remembered until
+# end_turn(), as hooks.py does for the hooks folder. A capacity set during a turn counts from
+# the next one, a few milliseconds later -- as if it had been set a moment after those claims,
+# which it may as well have been (a capacity never revokes the claims made before it). Other
+# threads (`dagrun claim` from a script, `dagrun resources`, tests) read it every time.
+_turn = threading.local()
+
+
+def hold_turn() -> None:
+    """This thread remembers limits.json until end_turn()."""
+    _turn.seen = {}
+
+
+def end_turn() -> None:
+    seen = getattr(_turn, "seen", None)
+    if seen:
+        seen.clear()
+
+
+def release_turn() -> None:
+    _turn.seen = None
+
+
 def limits(home: Home) -> dict:
     """{"home": {name: n}, "tenants": {tenant: {name: n}}} (empty when never set)."""
+    seen = getattr(_turn, "seen", None)
+    if seen is None:
+        return _read_limits(home)
+    got = seen.get(home.root)
+    if got is None:
+        got = seen[home.root] = _read_limits(home)
+    return {"home": dict(got["home"]), "tenants": {k: dict(v) for k, v in got["tenants"].items()}}
+
+
+def _read_limits(home: Home) -> dict:
     raw = fsio.read_bytes(limits_path(home))
     if raw is None:                 # never set (most homes): read at every claim, nothing to parse
         return {"home": {}, "tenants": {}}
@@ -193,7 +228,11 @@ def apply(home: Home, plan: Plan, sched) -> dict[str, dict[Pool, int]]:
         if need:
             sched.set_resources(None, free(home, {p for ps in need.values() for p in ps}))
         return need
-    need = plan_pools(plan, limits(home))
+    lim = _read_limits(home)          # read after the stamp, never from the turn's memory
+    seen = getattr(_turn, "seen", None)
+    if seen is not None:              # (the claims of the turn then use what this read)
+        seen[home.root] = lim
+    need = plan_pools(plan, lim)
     sched._resources_of = (stamp, plan, need)
     if not need and sched.needs is None:
         return need

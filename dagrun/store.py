@@ -154,6 +154,7 @@ class Home:
     def __init__(self, root: str | None = None):
         self.root = os.path.abspath(root or default_home())
         self.goals_dir = os.path.join(self.root, "goals")
+        self._outputs: dict[str, tuple] = {}     # read_output's memory: path -> (identity, limit, data, size)
 
     # -- creation
     def ensure(self) -> None:
@@ -251,6 +252,18 @@ class Home:
             raise FsError(f"refusing to use {p}: it is a symbolic link (attempts/ is made by dagrun; remove it)")
         return p
 
+    def has_attempts(self, g: str, t: str) -> bool:
+        """Is there an attempts/ folder? One lstat: isdir(attempts_dir()) was an lstat (the
+        symlink refusal) and a stat. A symbolic link there is refused as attempts_dir does."""
+        p = os.path.join(self.task_dir(g, t), ATTEMPTS)
+        try:
+            mode = os.lstat(p).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        if stat.S_ISLNK(mode):
+            self.attempts_dir(g, t)          # raises: the same refusal, the same words
+        return stat.S_ISDIR(mode)
+
     def attempt_path(self, g: str, t: str, n: int, ext: str) -> str:
         return os.path.join(self.attempts_dir(g, t), f"{int(n)}.{ext}")
 
@@ -337,8 +350,8 @@ class Home:
         got = self._open_task_file(path)
         return None if got is None else got[0]
 
-    def _open_task_file(self, path: str) -> tuple[int, int] | None:
-        """open_task_file's (fd, the file's size from the fstat that proved it regular)."""
+    def _open_task_file(self, path: str) -> tuple[int, os.stat_result] | None:
+        """open_task_file's (fd, the fstat that proved it regular)."""
         prefix = self.root + "/"
         if path.startswith(prefix) and "/." not in path[len(prefix) - 1:] and "//" not in path \
                 and not path.endswith("/"):
@@ -364,7 +377,7 @@ class Home:
             except BaseException:
                 os.close(fd)
                 raise
-            return fd, st.st_size
+            return fd, st
         try:
             fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -393,7 +406,7 @@ class Home:
             if not stat.S_ISREG(st.st_mode):
                 raise FsError(f"refusing to read {path}: not a regular file")
             out, fd = fd, -1
-            return out, st.st_size
+            return out, st
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -405,15 +418,49 @@ class Home:
 
     def read_task_file_sized(self, path: str, limit: int | None = None) -> tuple[bytes, int] | None:
         """(the first `limit` bytes, the whole size) of the file read by read_task_file."""
+        got = self._read_task_file_stat(path, limit)
+        return None if got is None else got[:2]
+
+    def _read_task_file_stat(self, path: str, limit: int | None) -> tuple[bytes, int, os.stat_result] | None:
         got = self._open_task_file(path)
         if got is None:
             return None
-        fd, size = got
+        fd, st = got
+        size = st.st_size
         try:
             data = fsio.read_fd(fd, limit, size_hint=size if limit is None else min(size, limit))
         finally:
             os.close(fd)
-        return data, (size if limit is not None else max(size, len(data)))
+        return data, (size if limit is not None else max(size, len(data))), st
+
+    def read_output(self, path: str, limit: int) -> tuple[bytes, int] | None:
+        """read_task_file_sized(path, limit) of a committed output, remembered: the prompts of
+        a fan-out's 500 tasks read the same upstream output 500 times, six system calls each
+        (the safe walk: open the home, openat2, close, fstat, read, close). The second time
+        one stat(2) of the path says whether it is still the inode read then, unchanged
+        (device, inode, size, mtime and ctime all equal): then its bytes are the ones read.
+        Anything else -- the output archived by a plan edit or a forced retry (ENOENT: the
+        caller's Stale check), replaced, written to, or the path now through a symbolic link
+        to another file -- is read again the safe way. A symbolic link can only lead back to
+        the very inode the safe walk read, whose bytes were in the home when read. Outputs of
+        up to 64 KiB are remembered, 512 at most (then forgotten all at once)."""
+        got = self._outputs.get(path)
+        if got is not None and got[1] == limit:
+            try:
+                st = os.stat(path)
+            except OSError:
+                st = None
+            if st is not None and (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) == got[0]:
+                return got[2], got[3]
+        got = self._read_task_file_stat(path, limit)
+        if got is None:
+            return None
+        data, size, st = got
+        if st.st_size <= 65536:
+            if len(self._outputs) >= 512:
+                self._outputs.clear()
+            self._outputs[path] = ((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), limit, data, size)
+        return data, size
 
     def file_size(self, path: str) -> int:
         try:
