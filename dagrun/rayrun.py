@@ -76,11 +76,18 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
     # (written to the guard's state file, which it reads only once the worker is gone: no
     # wake-up of the guard per attempt -- its pipe, written three times an attempt, cost
     # ~0.25 ms of the attempt's time on a loaded machine)
-    with _scratch() as stdin, _scratch() as out, _scratch() as err:
-        stdin.write(prompt)
-        stdin.seek(0)
-        p = None
-        told = placed = False
+    # the agent's stdin, stdout and stderr: three in-memory files held as bare descriptors
+    # (no Python file objects around them); the prompt is written at offset 0 with pwrite(2),
+    # which leaves the shared offset there for the agent to read from
+    fds = []
+    p = None
+    told = placed = False
+    try:
+        for _ in range(3):
+            fds.append(_scratch())
+        stdin, out, err = fds
+        if prompt:
+            _pwrite_all(stdin, prompt)
         try:
             told = _tell(guard, b"%s 0\n" % rid)
             if not told:
@@ -104,13 +111,15 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
                 fd = None
             try:
                 t0 = time.monotonic()
-                while p.poll() is None:
+                while True:         # (the pidfd first: a waitpid(2) before it finds a new agent alive)
                     wait = 0.1 if placed else max(0.0, min(0.1, t0 + place_after - time.monotonic()))
                     if fd is not None:
                         select.select([fd], [], [], wait)
-                    else:
+                    elif p.poll() is None:
                         time.sleep(min(wait, 0.02))
-                    if not placed and time.monotonic() >= t0 + place_after and p.poll() is None:
+                    if p.poll() is not None:
+                        break
+                    if not placed and time.monotonic() >= t0 + place_after:
                         placed = True
                         _kv("put", rid, node.encode())
             finally:
@@ -137,23 +146,51 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
                 _tell(guard, b"\n")                     # no attempt (its group is gone)
             if placed:
                 _kv("del", rid)
-        out.seek(0)
-        data = out.read(max_output + 1 if max_output is not None else -1)
+        size = os.fstat(out).st_size
+        data = _pread_all(out, size if max_output is None else min(size, max_output + 1))
         over = max_output is not None and len(data) > max_output
-        err.seek(0)
         return {"code": p.returncode, "stdout": data[:max_output] if over else data, "over_limit": over,
-                "stderr": err.read(), "node": node}
+                "stderr": _pread_all(err, os.fstat(err).st_size), "node": node}
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
-def _scratch():
-    """A file for the agent's stdin, stdout or stderr on the node: an anonymous in-memory file
-    (memfd_create(2): no directory entry, no file system's journal or inode allocation), else
-    an unnamed temporary file. Its content is held in memory on its way back anyway."""
+def attempt(args: tuple):
+    """The Ray task of an attempt: run_agent with its arguments packed in one tuple, which Ray
+    serializes (and the worker deserializes) as one argument -- each argument of a remote
+    function is a serialization of its own, with its own metadata: seven cost ~0.07 ms more of
+    the driver's submission than one (bench/ray_runner.py's `args` note in docs/cluster.md)."""
+    return run_agent(*args)
+
+
+def _scratch() -> int:
+    """A descriptor for the agent's stdin, stdout or stderr on the node: an anonymous in-memory
+    file (memfd_create(2): no directory entry, no file system's journal or inode allocation),
+    else an unnamed temporary file. Its content is held in memory on its way back anyway.
+    Not inheritable: Popen dup2()s it onto the agent's 0, 1 or 2."""
     try:
-        return open(os.memfd_create("dagrun-ray-io"), "w+b")
+        return os.memfd_create("dagrun-ray-io", os.MFD_CLOEXEC)
     except (AttributeError, OSError):
-        import tempfile
-        return tempfile.TemporaryFile()
+        return _tmpfd()
+
+
+def _pwrite_all(fd: int, data: bytes) -> None:
+    done = 0
+    while done < len(data):
+        done += os.pwrite(fd, data[done:], done)
+
+
+def _pread_all(fd: int, n: int) -> bytes:
+    """The first n bytes of the file (one pread(2) unless it is bigger than one call returns)."""
+    parts, got = [], 0
+    while got < n:
+        b = os.pread(fd, n - got, got)
+        if not b:
+            break
+        parts.append(b)
+        got += len(b)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 KV_NS = b"dagrun"          # Ray's internal KV: b"node/RUNID" -> the node of a long attempt
@@ -419,7 +456,7 @@ class RayRunner:
         import ray.cloudpickle as cp
         import sys
         cp.register_pickle_by_value(sys.modules[__name__])
-        self._remote = ray.remote(max_retries=0)(run_agent)
+        self._remote = ray.remote(max_retries=0)(attempt)
         # the remote function's own submission (what .options(...).remote() calls, with the
         # options merged), if this Ray has it as 2.x does
         import inspect
@@ -470,7 +507,7 @@ class RayRunner:
         return handle
 
     def _submit(self, res: dict, name: str, args: tuple):
-        """Submit run_agent with this attempt's options (num_cpus, memory, num_gpus; its name).
+        """Submit the attempt (run_agent's arguments, one tuple) with its options (num_cpus, memory, num_gpus; its name).
         The options are checked by Ray's .options() once per distinct resources; each attempt
         then goes to the remote function's own submission with them and its name -- the name
         is the task's, so a wrapper made by .options() per name was a new one per task (a class
@@ -489,8 +526,8 @@ class RayRunner:
                 self._fns.clear()
             o = self._fns[key] = {**self._base_opts, **o}
         if self._direct is None:
-            return self._remote.options(**o, name=name).remote(*args)
-        return self._direct(args=args, kwargs=None, serialized_runtime_env_info=self._env_info, **o, name=name)
+            return self._remote.options(**o, name=name).remote(args)
+        return self._direct(args=(args,), kwargs=None, serialized_runtime_env_info=self._env_info, **o, name=name)
 
     def _done(self, key: str, result) -> None:
         """Ray's callback thread: the attempt's result (or failure) arrived -- its Ray task has
@@ -648,7 +685,11 @@ class RayRunner:
         prog = Progress(out_bytes=len(out), err_bytes=len(err), first_byte=now if out else None, last_output=now,
                         over_limit=r["over_limit"])
         if code < 0:
-            return Exit(None, -code, prog, node=node)
+            # a cancel that reached the agent before its Ray task ended: the remote function
+            # saw its agent die of the signal and returned that (a forced cancel's worker can
+            # still send its result in the instant before it exits)
+            why = None if t.stop_sig is None else f"ray task cancelled ({signal.Signals(t.stop_sig).name})"
+            return Exit(None, -code, prog, node=node, reason=why)
         return Exit(code, None, prog, node=node)
 
     def terminate(self, handle: dict) -> None:
