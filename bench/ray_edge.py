@@ -114,7 +114,9 @@ def child(root: str, n: int) -> None:
         r = rayrun.RayRunner()
         r._init({})
         import ray
-        ray.get([r._remote.remote("true", d, {"DAGRUN_RUN_ID": "warm"}, b"", None, 1.0)
+        warm = ("true", d, {"DAGRUN_RUN_ID": "warm"}, b"", None, 1.0)
+        packed = hasattr(rayrun, "attempt")       # (its arguments in one tuple since session 9)
+        ray.get([r._remote.remote(warm) if packed else r._remote.remote(*warm)
                  for _ in range(2)])              # the workers exist before the chain starts
         eng = engine.Engine(home, jobs=1, goal=g, until_idle=True, runner=r)
         rc = eng.run()

@@ -6,12 +6,18 @@ attempts: wall time, this process's CPU (the "worker") and the CPU of the guard 
 ones) per attempt.
 
     .venv/bin/python bench/ray_guard.py [N] [REPS]          RUNNER=/old/dagrun/rayrun.py,- for an A/B
+
+The first arm, "floor", is the honest Ray floor's remote function run the same way (the
+command, workdir, environment and prompt in; `subprocess.run` of `sh -c` with the prompt on a
+pipe, stdout and stderr captured; exit code and both outputs back): what run_agent is to be
+compared with.
 """
 from __future__ import annotations
 
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -54,6 +60,16 @@ def main() -> None:
     mods = [load_runner(p, i) for i, p in enumerate(paths)]
     env = dict(os.environ)
     cwd = tempfile.gettempdir()
+
+    class Floor:
+        __file__ = "floor (subprocess.run, pipes)"
+
+        @staticmethod
+        def run_agent(cmd, cwd, env, prompt, *_):
+            p = subprocess.run(["/bin/sh", "-c", cmd], cwd=cwd, env=env, input=prompt, capture_output=True)
+            return {"code": p.returncode, "stdout": p.stdout, "stderr": p.stderr}
+
+    mods.insert(0, Floor)
 
     def attempt(mod, rid):
         r = mod.run_agent("true", cwd, dict(env, DAGRUN_RUN_ID=rid), b"p", None, 5.0, 0.1)

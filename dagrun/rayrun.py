@@ -76,11 +76,18 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
     # (written to the guard's state file, which it reads only once the worker is gone: no
     # wake-up of the guard per attempt -- its pipe, written three times an attempt, cost
     # ~0.25 ms of the attempt's time on a loaded machine)
-    with _scratch() as stdin, _scratch() as out, _scratch() as err:
-        stdin.write(prompt)
-        stdin.seek(0)
-        p = None
-        told = placed = False
+    # the agent's stdin, stdout and stderr: three in-memory files held as bare descriptors
+    # (no Python file objects around them); the prompt is written at offset 0 with pwrite(2),
+    # which leaves the shared offset there for the agent to read from
+    fds = []
+    p = None
+    told = placed = False
+    try:
+        for _ in range(3):
+            fds.append(_scratch())
+        stdin, out, err = fds
+        if prompt:
+            _pwrite_all(stdin, prompt)
         try:
             told = _tell(guard, b"%s 0\n" % rid)
             if not told:
@@ -104,13 +111,15 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
                 fd = None
             try:
                 t0 = time.monotonic()
-                while p.poll() is None:
+                while True:         # (the pidfd first: a waitpid(2) before it finds a new agent alive)
                     wait = 0.1 if placed else max(0.0, min(0.1, t0 + place_after - time.monotonic()))
                     if fd is not None:
                         select.select([fd], [], [], wait)
-                    else:
+                    elif p.poll() is None:
                         time.sleep(min(wait, 0.02))
-                    if not placed and time.monotonic() >= t0 + place_after and p.poll() is None:
+                    if p.poll() is not None:
+                        break
+                    if not placed and time.monotonic() >= t0 + place_after:
                         placed = True
                         _kv("put", rid, node.encode())
             finally:
@@ -137,23 +146,51 @@ def run_agent(agent: str, cwd: str, env: dict, prompt: bytes, max_output: int | 
                 _tell(guard, b"\n")                     # no attempt (its group is gone)
             if placed:
                 _kv("del", rid)
-        out.seek(0)
-        data = out.read(max_output + 1 if max_output is not None else -1)
+        size = os.fstat(out).st_size
+        data = _pread_all(out, size if max_output is None else min(size, max_output + 1))
         over = max_output is not None and len(data) > max_output
-        err.seek(0)
         return {"code": p.returncode, "stdout": data[:max_output] if over else data, "over_limit": over,
-                "stderr": err.read(), "node": node}
+                "stderr": _pread_all(err, os.fstat(err).st_size), "node": node}
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
-def _scratch():
-    """A file for the agent's stdin, stdout or stderr on the node: an anonymous in-memory file
-    (memfd_create(2): no directory entry, no file system's journal or inode allocation), else
-    an unnamed temporary file. Its content is held in memory on its way back anyway."""
+def attempt(args: tuple):
+    """The Ray task of an attempt: run_agent with its arguments packed in one tuple, which Ray
+    serializes (and the worker deserializes) as one argument -- each argument of a remote
+    function is a serialization of its own, with its own metadata: seven cost ~0.07 ms more of
+    the driver's submission than one (bench/ray_runner.py's `args` note in docs/cluster.md)."""
+    return run_agent(*args)
+
+
+def _scratch() -> int:
+    """A descriptor for the agent's stdin, stdout or stderr on the node: an anonymous in-memory
+    file (memfd_create(2): no directory entry, no file system's journal or inode allocation),
+    else an unnamed temporary file. Its content is held in memory on its way back anyway.
+    Not inheritable: Popen dup2()s it onto the agent's 0, 1 or 2."""
     try:
-        return open(os.memfd_create("dagrun-ray-io"), "w+b")
+        return os.memfd_create("dagrun-ray-io", os.MFD_CLOEXEC)
     except (AttributeError, OSError):
-        import tempfile
-        return tempfile.TemporaryFile()
+        return _tmpfd()
+
+
+def _pwrite_all(fd: int, data: bytes) -> None:
+    done = 0
+    while done < len(data):
+        done += os.pwrite(fd, data[done:], done)
+
+
+def _pread_all(fd: int, n: int) -> bytes:
+    """The first n bytes of the file (one pread(2) unless it is bigger than one call returns)."""
+    parts, got = [], 0
+    while got < n:
+        b = os.pread(fd, n - got, got)
+        if not b:
+            break
+        parts.append(b)
+        got += len(b)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 KV_NS = b"dagrun"          # Ray's internal KV: b"node/RUNID" -> the node of a long attempt
@@ -313,6 +350,66 @@ def _stop_group(p, grace: float) -> None:
     p.wait()
 
 
+# The Ray versions whose RemoteFunction._remote the fast submission below was read from (and
+# tested with): another version gets Ray's own entry for every attempt.
+FAST_RAY = ("2.60.",)
+
+
+def _fast_submit(ray, remote, opts: dict):
+    """The remote function's submission without the Python around it: what
+    RemoteFunction._remote does for each call -- the ~30 task options filled in from their
+    defaults, the resources and the placement group worked out, the arguments checked
+    against the signature, the usage recorded -- is the same for every attempt with the same
+    resources, so it is done once here and each attempt goes straight to the core worker's
+    submit_task with it: ~0.14 ms less a submission at load 8 (0.28 -> 0.14 ms; docs/cluster.md,
+    session 9). Only for a Ray this was read from (FAST_RAY), only in the plain case
+    _remote would handle the same way (no Ray client, tracing, launch hook, placement group,
+    generator or cross-language function), and only once _remote has exported the function to
+    this cluster; else None (Ray's own entry is used)."""
+    try:
+        if not ray.__version__.startswith(FAST_RAY):
+            return None
+        from ray import remote_function as rf
+        from ray._common import ray_option_utils as ou
+        from ray._common.signature import DUMMY_TYPE
+        from ray._common.utils import resources_from_ray_options
+        from ray._private.client_mode_hook import client_mode_should_convert
+        from ray.util.tracing.tracing_helper import _is_tracing_enabled as is_tracing_enabled
+        w = ray._private.worker.global_worker
+        if (client_mode_should_convert() or is_tracing_enabled() or rf._task_launch_hook is not None
+                or remote._decorator is not None or remote._is_cross_language or remote._is_generator
+                or remote._last_export_cluster_and_job != w.current_cluster_and_job
+                or w.mode == ray._private.worker.WORKER_MODE or w.should_capture_child_tasks_in_placement_group):
+            return None
+        full = {k: v.default_value for k, v in ou.task_options.items()}
+        full.update(opts)
+        full["max_retries"] = int(os.environ.get("RAY_TASK_MAX_RETRIES", full["max_retries"]))
+        if (full.get("placement_group") not in (None, "default") or full.get("scheduling_strategy") is not None
+                or full.get("num_returns") not in (None, 1) or isinstance(full.get("retry_exceptions"), (list, tuple))):
+            return None
+        resources = resources_from_ray_options(full)
+        submit = w.core_worker.submit_task
+        lang, fd = remote._language, remote._function_descriptor
+        env_info = remote._serialized_base_runtime_env_info or "{}"
+        max_retries, retry_exc = full["max_retries"], full["retry_exceptions"]
+        backpressure = full.get("_generator_backpressure_num_objects")
+        per_yield = full.get("_num_objects_per_yield")
+        backpressure = -1 if backpressure is None else backpressure
+        per_yield = 1 if per_yield is None else per_yield
+        events, labels = full.get("enable_task_events"), full.get("_labels")
+        selector, fallback = full.get("label_selector"), full.get("fallback_strategy")
+    except Exception:               # noqa: BLE001 -- Ray's internals moved: its own entry
+        return None
+
+    def go(name: str, args: tuple):
+        refs = submit(lang, fd, [DUMMY_TYPE, args], name or "", 1, resources, max_retries, retry_exc, None,
+                      "DEFAULT", w.debugger_breakpoint, env_info, backpressure, per_yield, events, labels,
+                      selector, fallback)
+        w.debugger_breakpoint = b""
+        return refs[0]
+    return go
+
+
 _PENDING = object()          # a _Task's result before Ray's callback set it
 
 
@@ -343,6 +440,7 @@ class RayRunner:
         self._remote = None
         self._fns: dict = {}               # resources -> the options of run_agent's Ray task (checked once)
         self._direct = None                # the remote function's submission (_submit)
+        self._fast: dict = {}              # resources -> the core worker's submission with them (_fast_submit)
         self._env_info = None
         self._base_opts: dict = {}
         self._warm: threading.Thread | None = None
@@ -419,7 +517,7 @@ class RayRunner:
         import ray.cloudpickle as cp
         import sys
         cp.register_pickle_by_value(sys.modules[__name__])
-        self._remote = ray.remote(max_retries=0)(run_agent)
+        self._remote = ray.remote(max_retries=0)(attempt)
         # the remote function's own submission (what .options(...).remote() calls, with the
         # options merged), if this Ray has it as 2.x does
         import inspect
@@ -470,7 +568,7 @@ class RayRunner:
         return handle
 
     def _submit(self, res: dict, name: str, args: tuple):
-        """Submit run_agent with this attempt's options (num_cpus, memory, num_gpus; its name).
+        """Submit the attempt (run_agent's arguments, one tuple) with its options (num_cpus, memory, num_gpus; its name).
         The options are checked by Ray's .options() once per distinct resources; each attempt
         then goes to the remote function's own submission with them and its name -- the name
         is the task's, so a wrapper made by .options() per name was a new one per task (a class
@@ -487,10 +585,18 @@ class RayRunner:
             self._remote.options(**o, name=name)        # invalid options raise here, once
             if len(self._fns) >= 1024:      # (a plan of many distinct resources: bounded)
                 self._fns.clear()
+                self._fast.clear()
             o = self._fns[key] = {**self._base_opts, **o}
         if self._direct is None:
-            return self._remote.options(**o, name=name).remote(*args)
-        return self._direct(args=args, kwargs=None, serialized_runtime_env_info=self._env_info, **o, name=name)
+            return self._remote.options(**o, name=name).remote(args)
+        fast = self._fast.get(key)
+        if fast is not None:
+            return fast(name, args)
+        ref = self._direct(args=(args,), kwargs=None, serialized_runtime_env_info=self._env_info, **o, name=name)
+        # (after a submission through Ray's own entry: the function is exported to this cluster)
+        self._fast[key] = _fast_submit(self._ray, self._remote, o) or (lambda n, a, o=o: self._direct(
+            args=(a,), kwargs=None, serialized_runtime_env_info=self._env_info, **o, name=n))
+        return ref
 
     def _done(self, key: str, result) -> None:
         """Ray's callback thread: the attempt's result (or failure) arrived -- its Ray task has
@@ -648,7 +754,11 @@ class RayRunner:
         prog = Progress(out_bytes=len(out), err_bytes=len(err), first_byte=now if out else None, last_output=now,
                         over_limit=r["over_limit"])
         if code < 0:
-            return Exit(None, -code, prog, node=node)
+            # a cancel that reached the agent before its Ray task ended: the remote function
+            # saw its agent die of the signal and returned that (a forced cancel's worker can
+            # still send its result in the instant before it exits)
+            why = None if t.stop_sig is None else f"ray task cancelled ({signal.Signals(t.stop_sig).name})"
+            return Exit(None, -code, prog, node=node, reason=why)
         return Exit(code, None, prog, node=node)
 
     def terminate(self, handle: dict) -> None:

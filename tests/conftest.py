@@ -339,7 +339,7 @@ def _fds(pid) -> dict[str, str]:
 def stray_report(pid: int) -> str:
     """Why an agent outlived its test, in facts read from /proc before it is killed: the agent
     (age, run id, task), its ancestors, the Ray worker it ran under (`ray::IDLE`: Ray thinks
-    the task ended; `ray::run_agent`: it still runs it; gone: the agent was orphaned) and that
+    the task ended; `ray::attempt` (`ray::run_agent` before session 9): it still runs it; gone: the agent was orphaned) and that
     worker's guard (alive? still fed by the worker's pipe?), the task's last events, and the
     Ray logs' lines about its Ray task (cancel requests, worker exits)."""
     lines = [f"stray {_line(pid)}"]

@@ -335,3 +335,69 @@ def test_the_loop_never_waits_for_rays_kv_to_learn_where_an_attempt_runs(tmp_pat
         assert r.exits(set()) == set()                         # named once
     finally:
         r.close()
+
+
+FAST = r"""
+import os, select, sys
+import ray
+from dagrun import rayrun
+from dagrun.executor import Launch
+ray.init(address=os.environ["RAY_ADDRESS"], logging_level="ERROR", log_to_driver=False)
+
+
+@ray.remote(max_retries=0)
+def probe(a):
+    ctx = ray.get_runtime_context()
+    return a, ctx.get_task_name(), ctx.get_assigned_resources()
+
+
+opts = {k: v for k, v in probe._default_options.items() if k != "max_calls"}
+opts.update(num_cpus=1, memory=64 * 1024 * 1024)
+first = ray.get(probe._remote(args=((1, "x"),), kwargs=None, **opts, name="by-ray"))     # (exports it)
+fast = rayrun._fast_submit(ray, probe, opts)
+assert fast is not None, "no fast submission on this Ray"
+second = ray.get(fast("by-dagrun", (1, "x")))
+assert first == ((1, "x"), "by-ray", {"CPU": 1.0, "memory": 67108864.0}), first
+assert second == ((1, "x"), "by-dagrun", first[2]), second
+
+root = sys.argv[1]
+prompt = os.path.join(root, "prompt.md")
+open(prompt, "w").write("hello")
+r = rayrun.RayRunner()
+hs = []
+for i in range(3):
+    hs.append(r.start(Launch(agent="cat; echo $DAGRUN_RUN_ID >&2; exit 4", cwd=root, env={"PATH": os.environ["PATH"]},
+                             stdin_path=prompt, stdout_path=os.path.join(root, f"out{i}"),
+                             stderr_path=os.path.join(root, f"err{i}"), run_id=f"fast{i}-{os.getpid()}", runner="ray",
+                             spec={"ray": {}, "resources": {"cpus": 1, "mem": "64M"}, "name": f"t{i}"})))
+exits = {}
+while len(exits) < 3:
+    w = r.wakeup()
+    r.service(set(select.select(list(w.fds), [], [], 0.1)[0]))
+    for i, h in enumerate(hs):
+        if i not in exits:
+            ex = r.poll(h)
+            if ex is not None:
+                exits[i] = ex
+for i in range(3):
+    assert exits[i].code == 4, exits[i]
+    assert open(os.path.join(root, f"out{i}")).read() == "hello"
+    assert open(os.path.join(root, f"err{i}")).read() == f"fast{i}-{os.getpid()}\n"
+assert [f.__name__ for f in r._fast.values()] == ["go"], r._fast
+r.close()
+print("ok", flush=True)
+"""
+
+
+@ray
+def test_the_fast_submission_gives_ray_the_task_its_own_entry_would(tmp_path):
+    """rayrun._fast_submit goes to the core worker's submit_task with the options worked out
+    once: the task Ray runs must be the one RemoteFunction._remote would have submitted -- the
+    same argument, its own name, the same resources (CPU and memory) -- and the runner must
+    take that path from its second attempt on, with each attempt's stdin, stdout, stderr and
+    exit code intact. Fails if the name, the resources or the argument differ, or if the
+    runner falls back to Ray's entry."""
+    need_ray()
+    p = subprocess.run([sys.executable, "-c", FAST, str(tmp_path)], capture_output=True, text=True, timeout=180,
+                       env={**os.environ, "DAGRUN_RUN_ID": ""})
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr[-3000:]
