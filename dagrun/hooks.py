@@ -46,7 +46,7 @@ from . import fsio, linesink
 from . import events as ev
 from .plan import DEFAULT_HOOK_TIMEOUT, Plan
 from .proc import BOOT_ID, HOST, is_alive, self_start
-from .store import Home, loads
+from .store import Home, TurnMemo, loads
 
 FOREIGN_GRACE = 300.0      # a record run by another host is taken over after this long
 
@@ -95,38 +95,19 @@ def hooks_for(home: Home, plan: Plan, name: str, task: str | None) -> list[dict]
 
 
 # Whether $DAGRUN_HOME/hooks exists is one stat per look, and a task's commit looks three
-# times (its pending record, its on_skipped check, its event). A thread that holds a turn
-# (hold_turn: the engine's loop) asks once per turn: the answer is remembered until
-# end_turn(). A hooks folder made during a turn counts from the next turn, a few
-# milliseconds later -- as if it had been made a moment after the look, which it may as well
-# have been. Other threads (scripts' commands, tests) stat every time, as before.
-_turn = threading.local()
+# times (its pending record, its on_skipped check, its event): the engine's loop asks once
+# per turn (store.TurnMemo; hold_turn/end_turn/release_turn), other threads every time.
+_TURN = TurnMemo()
+hold_turn, end_turn, release_turn = _TURN.hold, _TURN.end, _TURN.release
 
 
-def hold_turn() -> None:
-    """This thread remembers the home's hooks folder's existence until end_turn()."""
-    _turn.seen = {}
-
-
-def end_turn() -> None:
-    seen = getattr(_turn, "seen", None)
-    if seen:
-        seen.clear()
-
-
-def release_turn() -> None:
-    _turn.seen = None
+def _hooks_folder(home: Home) -> bool:
+    return os.path.isdir(home.hooks_root())
 
 
 def _home_hooks(home: Home) -> bool:
     """Does $DAGRUN_HOME/hooks exist (is a folder)?"""
-    seen = getattr(_turn, "seen", None)
-    if seen is None:
-        return os.path.isdir(home.hooks_root())
-    v = seen.get(home.root)
-    if v is None:
-        v = seen[home.root] = os.path.isdir(home.hooks_root())
-    return v
+    return _TURN.get(home, _hooks_folder)
 
 
 # ---------------------------------------------------------------------------------- firing

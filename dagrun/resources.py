@@ -37,7 +37,6 @@ import errno
 import fcntl
 import hashlib
 import os
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,7 +46,7 @@ from . import fsio
 from .errors import UsageError, os_error
 from .plan import AGENT_RES, MAX_UNITS, Plan, Task, check_id
 from .proc import BOOT_ID, HOST, is_alive, self_start
-from .store import Home, dumps, loads_obj, now_iso
+from .store import Home, TurnMemo, dumps, loads_obj, now_iso
 
 UNIT = "unit.json"
 _HOST_KEY = hashlib.sha1(HOST.encode()).hexdigest()[:8]
@@ -89,38 +88,17 @@ def limits_path(home: Home) -> str:
     return home.root + "/resources/limits.json"
 
 
-# limits.json was read at every claim (an openat, ENOENT in most homes). A thread that holds
-# a turn (hold_turn: the engine's loop) reads it once per turn: the answer is remembered until
-# end_turn(), as hooks.py does for the hooks folder. A capacity set during a turn counts from
-# the next one, a few milliseconds later -- as if it had been set a moment after those claims,
-# which it may as well have been (a capacity never revokes the claims made before it). Other
-# threads (`dagrun claim` from a script, `dagrun resources`, tests) read it every time.
-_turn = threading.local()
-
-
-def hold_turn() -> None:
-    """This thread remembers limits.json until end_turn()."""
-    _turn.seen = {}
-
-
-def end_turn() -> None:
-    seen = getattr(_turn, "seen", None)
-    if seen:
-        seen.clear()
-
-
-def release_turn() -> None:
-    _turn.seen = None
+# limits.json was read at every claim (an openat, ENOENT in most homes): the engine's loop
+# reads it once per turn (store.TurnMemo, as hooks.py does for the hooks folder; a capacity
+# never revokes the claims made before it), other threads (`dagrun claim` from a script,
+# `dagrun resources`, tests) every time.
+_TURN = TurnMemo()
+hold_turn, end_turn, release_turn = _TURN.hold, _TURN.end, _TURN.release
 
 
 def limits(home: Home) -> dict:
     """{"home": {name: n}, "tenants": {tenant: {name: n}}} (empty when never set)."""
-    seen = getattr(_turn, "seen", None)
-    if seen is None:
-        return _read_limits(home)
-    got = seen.get(home.root)
-    if got is None:
-        got = seen[home.root] = _read_limits(home)
+    got = _TURN.get(home, _read_limits)
     return {"home": dict(got["home"]), "tenants": {k: dict(v) for k, v in got["tenants"].items()}}
 
 
@@ -229,9 +207,7 @@ def apply(home: Home, plan: Plan, sched) -> dict[str, dict[Pool, int]]:
             sched.set_resources(None, free(home, {p for ps in need.values() for p in ps}))
         return need
     lim = _read_limits(home)          # read after the stamp, never from the turn's memory
-    seen = getattr(_turn, "seen", None)
-    if seen is not None:              # (the claims of the turn then use what this read)
-        seen[home.root] = lim
+    _TURN.put(home, lim)              # (the claims of the turn then use what this read)
     need = plan_pools(plan, lim)
     sched._resources_of = (stamp, plan, need)
     if not need and sched.needs is None:

@@ -21,6 +21,7 @@ import errno
 import hashlib
 import os
 import stat
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -125,6 +126,46 @@ def loads(data: bytes | None):
         return orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
+
+
+class TurnMemo:
+    """Answers about the home a thread remembers for one turn of the engine's loop (which
+    calls hold() before its first turn, end() after each, release() at the end): a look made
+    once per task or more is then made once per turn. Whatever changes during a turn counts
+    from the next one, a few milliseconds later -- as if it had changed a moment after the
+    look, which it may as well have. Threads that do not hold (scripts' commands, tests)
+    look every time. Used by hooks.py (does the home's hooks folder exist) and resources.py
+    (limits.json)."""
+
+    def __init__(self) -> None:
+        self._t = threading.local()
+
+    def hold(self) -> None:
+        self._t.seen = {}
+
+    def end(self) -> None:
+        seen = getattr(self._t, "seen", None)
+        if seen:
+            seen.clear()
+
+    def release(self) -> None:
+        self._t.seen = None
+
+    def get(self, home: "Home", look):
+        """look(home), remembered per home while this thread holds a turn."""
+        seen = getattr(self._t, "seen", None)
+        if seen is None:
+            return look(home)
+        got = seen.get(home.root)
+        if got is None:
+            got = seen[home.root] = look(home)
+        return got
+
+    def put(self, home: "Home", value) -> None:
+        """What the thread has just read itself, as the turn's answer (when it holds one)."""
+        seen = getattr(self._t, "seen", None)
+        if seen is not None:
+            seen[home.root] = value
 
 
 @dataclass(slots=True)
