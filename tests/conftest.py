@@ -105,6 +105,29 @@ def run_goal(base: Path, tasks: list[dict], *, check: bool | int = True, **top) 
     return base / "home", plan
 
 
+def in_child(fn, tmp) -> None:
+    """fn(str(tmp)) in a forked child, its exception reported back as the assertion's message:
+    for checks of a runner whose process-wide settings (the child subreaper, started threads)
+    must stay out of the test process."""
+    import multiprocessing as mp
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+
+    def body():
+        try:
+            fn(str(tmp))
+            q.put("ok")
+        except BaseException as e:   # report, do not hang the queue
+            q.put(f"{type(e).__name__}: {e}")
+    p = ctx.Process(target=body)
+    p.start()
+    try:
+        res = q.get(timeout=60)
+    finally:
+        p.join(10)
+    assert res == "ok", res
+
+
 def wait_for(pred, timeout: float = 20.0, interval: float = 0.02, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -7,13 +7,13 @@ a plain `sleep` is the attempt's process from the first moment (never a shell), 
 session and group leader, stopped by the runner's TERM/KILL as before."""
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import signal
 import time
 
 import pytest
 
+from conftest import in_child
 from dagrun import executor
 from dagrun.executor import Launch, ProcessRunner
 from dagrun.shellwords import plain_argv
@@ -183,26 +183,6 @@ def test_presets_go_direct(monkeypatch, tmp_path):
         assert argv == shlex.split(line)[1:]
 
 
-def _in_child(fn, tmp) -> None:
-    """Runner checks in a forked child: the subreaper setting stays out of the test process."""
-    ctx = mp.get_context("fork")
-    q = ctx.Queue()
-
-    def body():
-        try:
-            fn(str(tmp))
-            q.put("ok")
-        except BaseException as e:
-            q.put(f"{type(e).__name__}: {e}")
-    p = ctx.Process(target=body)
-    p.start()
-    try:
-        res = q.get(timeout=60)
-    finally:
-        p.join(10)
-    assert res == "ok", res
-
-
 def _cmdline(pid: int) -> list[bytes]:
     """The process's argv as soon as its exec has set it up: Popen returns when the
     close-on-exec error pipe closes, which the kernel does before it writes the new argv
@@ -248,7 +228,7 @@ def _tree_check(tmp: str) -> None:
 
 
 def test_plain_command_runs_without_sh(tmp_path):
-    _in_child(_tree_check, tmp_path)
+    in_child(_tree_check, tmp_path)
 
 
 

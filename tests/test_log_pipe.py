@@ -54,6 +54,14 @@ def read_until(r: int, pred, timeout: float = 20.0) -> bytes:
     return bytes(got)
 
 
+def stop(p: subprocess.Popen, r: int) -> None:
+    """A test's end: its dagrun killed (group) if still running, the pipe's read end closed."""
+    if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    os.close(r)
+
+
 def all_done(home: Path) -> bool:
     return all((task_dir(home, "big", t) / "done").exists() for t in (IDS[0], IDS[-1]))
 
@@ -99,10 +107,7 @@ def test_worker_runs_its_goal_while_nobody_reads_its_stderr(home, plans):
         assert whole_lines(rest)[-1] == "dagrun: worker w1 exiting: stopped by signal 15"
         assert p.wait(timeout=10) == 128 + 15
     finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-        os.close(r)
+        stop(p, r)
 
 
 @pytest.mark.parametrize("args, stream, total", [
@@ -120,10 +125,7 @@ def test_until_idle_and_run_finish_their_goal_and_wait_a_bounded_time_for_a_read
         lines = whole_lines(read_until(r, lambda b: False))
         assert p.wait(timeout=10) == 0
     finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-        os.close(r)
+        stop(p, r)
     n = dropped(lines)
     assert n > 0
     assert len(lines) - 1 + n == total
@@ -145,10 +147,7 @@ def test_nobody_ever_reads_and_the_worker_still_exits(home, plans):
         assert time.monotonic() - t0 < 8
         data = read_until(r, lambda b: False)
     finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-        os.close(r)
+        stop(p, r)
     lines = whole_lines(data)
     assert 60000 < len(data) <= 65536             # the pipe's 64 KiB: whole lines, the rest dropped
     assert len(lines) < 1 + 2 * N + 1
@@ -171,10 +170,7 @@ def test_a_slow_reader_gets_every_line(home, plans):
             got += chunk
         assert p.wait(timeout=10) == 0
     finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-        os.close(r)
+        stop(p, r)
     lines = whole_lines(bytes(got))
     assert dropped(lines) == 0
     assert len(lines) == 1 + 2 * N + 1 + 1

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from conftest import in_child
 from dagrun import claim as claims
 from dagrun import fsio
 from dagrun.executor import Exit, Launch, ProcessRunner, StartError
@@ -51,25 +52,6 @@ def _exit(r: ProcessRunner, h: dict, timeout: float = 20.0) -> Exit:
             return ex
         time.sleep(0.02)
     raise AssertionError("the attempt never ended")
-
-
-def _in_child(fn, tmp) -> None:
-    ctx = mp.get_context("fork")
-    q = ctx.Queue()
-
-    def body():
-        try:
-            fn(str(tmp))
-            q.put("ok")
-        except BaseException as e:   # report, do not hang the queue
-            q.put(f"{type(e).__name__}: {e}")
-    p = ctx.Process(target=body)
-    p.start()
-    try:
-        res = q.get(timeout=60)
-    finally:
-        p.join(10)
-    assert res == "ok", res
 
 
 def _submit_then_exit(tmp: str) -> None:
@@ -182,29 +164,29 @@ def _a_slow_spawn_does_not_hold_up_the_next(tmp: str) -> None:
 
 def test_a_slow_spawn_does_not_hold_up_the_next(tmp_path):
     """Two spawner threads (executor.SPAWNERS): the vfork waits of two spawns overlap."""
-    _in_child(_a_slow_spawn_does_not_hold_up_the_next, tmp_path)
+    in_child(_a_slow_spawn_does_not_hold_up_the_next, tmp_path)
 
 
 def test_exits_names_only_the_attempts_whose_process_ended(tmp_path):
     """The engine polls only these runs each turn (Engine._reap(due)): a pidfd stays
     readable once its process has exited, so a run is never missed."""
-    _in_child(_exits_names_the_ended_attempts, tmp_path)
+    in_child(_exits_names_the_ended_attempts, tmp_path)
 
 
 def test_submit_reports_the_spawn_then_the_exit(tmp_path):
-    _in_child(_submit_then_exit, tmp_path)
+    in_child(_submit_then_exit, tmp_path)
 
 
 def test_a_stop_asked_while_spawning_is_applied_when_the_process_exists(tmp_path):
-    _in_child(_stop_while_spawning, tmp_path)
+    in_child(_stop_while_spawning, tmp_path)
 
 
 def test_a_spawn_that_fails_comes_back_as_start_error(tmp_path):
-    _in_child(_failed_spawn, tmp_path)
+    in_child(_failed_spawn, tmp_path)
 
 
 def test_closing_the_runner_kills_what_is_being_spawned(tmp_path):
-    _in_child(_close_kills_what_is_being_spawned, tmp_path)
+    in_child(_close_kills_what_is_being_spawned, tmp_path)
 
 
 def test_open_beneath_follows_no_link_and_never_leaves_the_root(tmp_path):

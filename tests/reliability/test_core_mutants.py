@@ -1135,13 +1135,8 @@ def test_the_goal_end_is_published_once_with_its_finisher(tmp_path):
 
 
 def test_a_lost_goal_end_of_another_host_waits_a_minute(tmp_path):
-    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
-    plan, sched = home.load_plan("g"), _sched(home)
-    sched.take()
-    tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"x")
-    s = {"outcome": "done", "counts": {"done": 1}, "failed_roots": [],
-         "finisher": {"worker": "far1", "host": "far", "boot_id": "b", "pid": 1, "pid_start": "1", "nonce": "n1"}}
-    Path(home.summary_path("g")).write_text(json.dumps(s))
+    home = _ended_goal(tmp_path)
+    s = _far_summary(home, "n1", 0)
     assert tr.announce_if_lost(home, "g", "w2") is False                     # written just now: give it a minute
     old = time.time() - 61
     os.utime(home.summary_path("g"), (old, old))
@@ -1375,12 +1370,14 @@ def _ended_goal(tmp_path, **top):
     return home
 
 
-def _far_summary(home, nonce: str, age: float) -> None:
+def _far_summary(home, nonce: str, age: float) -> dict:
+    """Another host's summary.json for goal g, `age` seconds old; returned as written."""
     s = {"outcome": "done", "counts": {"done": 1}, "failed_roots": [],
          "finisher": {"worker": "far1", "host": "far", "boot_id": "b", "pid": 1, "pid_start": "1", "nonce": nonce}}
     Path(home.summary_path("g")).write_text(json.dumps(s))
     old = time.time() - age
     os.utime(home.summary_path("g"), (old, old))
+    return s
 
 
 def test_a_lost_goal_end_is_announced_after_exactly_a_minute_under_the_break_lock_without_hooks(tmp_path):
@@ -2985,13 +2982,8 @@ def test_a_stderr_tail_that_cannot_be_read_is_left_out_of_the_retry_s_note(tmp_p
 def test_a_lost_goal_end_whose_summary_vanishes_before_its_age_is_read_is_not_announced(tmp_path, monkeypatch):
     """Another host's summary.json, read, then gone before its age could be read (the goal was
     archived meanwhile): nothing is appended and announce_if_lost says so (False)."""
-    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
-    plan, sched = home.load_plan("g"), _sched(home)
-    sched.take()
-    tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"x")
-    s = {"outcome": "done", "counts": {"done": 1}, "failed_roots": [],
-         "finisher": {"worker": "far1", "host": "far", "boot_id": "b", "pid": 1, "pid_start": "1", "nonce": "n1"}}
-    Path(home.summary_path("g")).write_text(json.dumps(s))
+    home = _ended_goal(tmp_path)
+    _far_summary(home, "n1", 0)
     real = os.stat
 
     def stat(path, *a, **k):
