@@ -104,7 +104,7 @@ _FLUSH_CHUNK = 1 << 16
 # them back -- only when they start exactly where the Reader stands, so lines another process
 # appended in between (not in the run: the offsets do not meet) are read from the file as
 # before. Lines appended by others after ours are read in the same call (one stat says the
-# file is longer than our run: Reader._after) -- not left for a next look that the watcher may
+# file is longer than our run: Reader.read) -- not left for a next look that the watcher may
 # never ring for (its event can be the one that woke this very read). A Reader with nothing of
 # ours to take stats the file and reads only when it grew past its offset.
 _MINE_MAX = 1 << 22          # bytes kept per file at most (a Reader that never comes: dropped)
@@ -207,18 +207,14 @@ class Reader:
         except FileNotFoundError:
             return False
 
-    def _after(self, end: int) -> bytes:
-        """What others appended after our own run of lines that ends at `end` (one stat; a
-        read only when the file is longer). Needed: the inotify event of such an append may
-        already have been taken -- it woke the turn that now reads our run from memory -- and
-        nothing else would ring for it until the periodic rescan (seen: a `dagrun run` and a
-        `dagrun worker --until-idle` on one goal, the run waiting 10 s for the worker's last
-        `done` lines, 1 run in 8)."""
+    def _from(self, pos: int, look: bool) -> bytes:
+        """The file's bytes from offset pos on; look: one stat first, and no open when the file
+        is not longer than pos."""
         try:
-            if os.stat(self.path, follow_symlinks=False).st_size <= end:
+            if look and os.stat(self.path, follow_symlinks=False).st_size <= pos:
                 return b""
             with open(self.path, "rb", opener=_nofollow) as f:
-                f.seek(end)
+                f.seek(pos)
                 return f.read()
         except FileNotFoundError:
             return b""
@@ -228,22 +224,17 @@ class Reader:
         pos = self.offset + len(self._partial)
         data = _take_mine(self.path, pos) if not self._partial else None
         if data is not None:
-            data += self._after(pos + len(data))
+            # ours from memory, and what others appended after it from the file, in the same
+            # call: the inotify event of such an append may already have been taken -- it woke
+            # the turn that now reads our run -- and nothing else would ring for it until the
+            # periodic rescan (seen: a `dagrun run` and a `dagrun worker --until-idle` on one
+            # goal, the run waiting 10 s for the worker's last `done` lines, 1 run in 8)
+            data += self._from(pos + len(data), look=True)
         else:
             mine = getattr(_held, "mine", None)
             if mine is not None:          # a holding thread (the engine): a stat says whether to read
                 mine.pop(self.path, None)     # a run that does not start here: the file has it
-                try:
-                    if os.stat(self.path, follow_symlinks=False).st_size == pos:
-                        return []
-                except FileNotFoundError:
-                    return []
-            try:
-                with open(self.path, "rb", opener=_nofollow) as f:
-                    f.seek(pos)
-                    data = f.read()
-            except FileNotFoundError:
-                return []
+            data = self._from(pos, look=mine is not None)
         if not data:
             return []
         data = self._partial + data

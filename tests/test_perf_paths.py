@@ -460,7 +460,7 @@ def test_the_engines_count_of_tasks_left_is_kept_by_its_schedulers_not_summed_pe
 
 def test_work_another_process_makes_ready_while_the_engine_reads_its_own_lines_starts_at_once(tmp_path, monkeypatch):
     """A turn ends by reading back its own event lines (the touched goals); lines another
-    process appended right after ours come with them (events.Reader._after) -- and their
+    process appended right after ours come with them (events.Reader.read) -- and their
     inotify event may be spent already. What they make ready must start at once: this turn's
     dispatch has run, so the next turn comes without a sleep. It used to wait for the rescan
     (10 s): seen with `dagrun run` and `dagrun worker --until-idle` on one goal, 1 run in 8.

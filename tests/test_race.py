@@ -120,7 +120,7 @@ def test_a_run_and_a_worker_on_one_goal_never_wait_for_the_rescan(home, plans):
     the other's last `done` lines. Before the fix, 1 pair in ~8 took 10 s: the run's engine
     had read the worker's final lines (or taken their inotify event) in a turn whose dispatch
     had already run, then slept until its periodic rescan (engine.py `_loop_once`, events.py
-    `Reader._after`). Eight pairs, each well under the 10 s rescan."""
+    `Reader.read`). Eight pairs, each well under the 10 s rescan."""
     tasks = [{"id": "root", "prompt": "r"}]
     tasks += [{"id": f"t{i}", "prompt": "x", "deps": ["root"]} for i in range(198)]
     tasks.append({"id": "end", "prompt": "e", "deps": [f"t{i}" for i in range(198)]})
