@@ -7,12 +7,21 @@ far, which at 100 000 tasks was half the CPU time of loading a plan and building
 scheduler (bench/scale.py; ARCHITECTURE.md, "Plans of 100 000 tasks"). Nothing built here
 forms a reference cycle, so reference counting frees it all the same; the collector runs
 again as soon as the outermost build ends. Nested and concurrent builds are fine: only the
-build that paused the collector resumes it."""
+build that paused the collector resumes it.
+
+A command's start is such a build too: its imports make ~80 000 containers (modules,
+classes, functions, the dataclasses' generated methods) that live as long as the process,
+and ~30 collections walked them on the way -- 10-25 ms of a `dagrun run`'s start
+(docs/performance.md, "2026-12-06: start-up and exit"). entry.main() calls start_up() before
+any import; a command that ends when it returns leaves the collector off (as one_shot()), a
+long-lived one calls settled() once its start is built."""
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
+
+_starting = False              # start_up() turned the collector off; settled() not yet called
 
 
 @contextmanager
@@ -33,3 +42,24 @@ def one_shot() -> None:
     0.5 s of a 100 000-task submit's CPU -- and the few cycles such a command makes are
     freed when it exits. Never for a worker, `run`, `watch` or the MCP server."""
     gc.disable()
+
+
+def start_up() -> None:
+    """entry.main(), before it imports anything else: the collector off for the start."""
+    global _starting
+    if gc.isenabled():
+        gc.disable()
+        _starting = True
+
+
+def settled() -> None:
+    """A long-lived process has built what it keeps for its lifetime (`dagrun run`'s engine
+    after its first discovery, the MCP server, the typer path before its imports): move
+    all of it into the collector's permanent generation (gc.freeze: never walked again,
+    freed by reference counting as always) and turn the collector back on. Does nothing
+    unless start_up() turned it off: an engine run in a library or a test is left alone."""
+    global _starting
+    if _starting:
+        _starting = False
+        gc.freeze()
+        gc.enable()

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import budget as bud
+from . import bulk
 from . import cache
 from . import claim as claims
 from . import events as ev
@@ -155,6 +156,7 @@ class Engine(Reconciler):
         try:
             self.watcher = Watcher(self.home.goals_dir, poll=self.poll, log=self.log)
             self._discover()
+            bulk.settled()     # the process's start is built (entry.main paused the collector)
             while True:
                 if (self.stopping or self.fs_error) and not self._stop_begun:
                     self._begin_stop()
@@ -389,6 +391,8 @@ class Engine(Reconciler):
         if gs.sched.is_finished() and not any(k[0] == gs.plan.goal for k in self.by_task):
             if not gs.finished:
                 gs.finished = True
+                if gs.plan.goal == self.only and self.watcher is not None:
+                    self.watcher.release()   # we exit after this end: its grace period overlaps it
                 self._touched.add(gs.plan.goal)
                 pre = self._read_for_end(gs)
                 tr.end_goal_if_finished(self.home, gs.plan, gs.sched, self.worker,

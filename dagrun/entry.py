@@ -17,6 +17,9 @@ import sys
 
 def main(argv: list[str] | None = None) -> None:
     own = argv is None
+    from . import bulk
+    if own:                        # the process is this command's (not a library's, a test's)
+        bulk.start_up()            # the collector off while the imports build it
     if sys.stdin is None or sys.stdout is None or sys.stderr is None:
         _null_std_fds()
     argv = sys.argv[1:] if argv is None else argv
@@ -24,9 +27,12 @@ def main(argv: list[str] | None = None) -> None:
 
     parsed = None if os.environ.get("DAGRUN_NO_FAST_PATH") else parse_fast(argv)
     if parsed is None:
+        bulk.settled()             # typer's commands include long-lived ones (worker, watch)
         from .cli import main as full
         full(argv)
         return
+    if parsed[1] == "mcp":
+        bulk.settled()             # a server: lives until its client goes
     if not own or parsed[1] == "mcp" or _watched():
         # mcp: the SDK's threads and streams end their own way; a profiler or tracer
         # (cProfile, bench/loop_calls.py, coverage) writes its results after we return

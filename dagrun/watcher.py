@@ -225,6 +225,27 @@ class Watcher:
                     dirty.add(goal)
         return dirty, rescan
 
+    def release(self) -> None:
+        """The engine is about to exit (its only goal ended): remove the watches now. The
+        kernel frees a removed watch's mark after an SRCU grace period (10-20 ms) in a
+        worker of its own, and close(2) waits only for marks still being freed: removed
+        20 ms before, the close at the exit takes ~10 us instead of 15 ms (measured) --
+        and the process's exit waits for that close. From here on the engine polls
+        (should it not exit after all: a goal whose plan was replaced at its very end)."""
+        if self.fd is None or self.polling:
+            return
+        for wd in self._wd_goal:
+            self._ic.inotify_rm_watch(self.fd, wd)
+        try:
+            while os.read(self.fd, 65536):   # their IN_IGNORED (and nothing else is wanted now)
+                pass
+        except OSError:
+            pass
+        self._wd_goal.clear()
+        self._goal_wd.clear()
+        self.poll = AUTO_POLL
+        self.reason = "the engine is ending"
+
     def close(self) -> None:
         """Close the inotify fd -- in a thread of its own: the kernel destroys the inotify
         instance inside close(2) and waits there for an SRCU grace period (10-20 ms measured
