@@ -18,7 +18,6 @@ from . import fsio
 from . import plan as planmod
 from . import resources as res
 from . import states as S
-from . import workspace as wsp
 from .errors import DagrunError, PlanError, Refused, os_error
 from .plan import Plan, check_id
 from .store import Home, dumps, loads, loads_obj, now_iso
@@ -60,7 +59,16 @@ def load_checked(path: str, home: Home | None = None) -> tuple[Plan, dict | None
     plan = planmod.load(path, home.root if home is not None else None)
     if home is not None:
         check_capacities(home, plan, path)
-    return plan, wsp.check_plan(plan, home.root if home is not None else None)
+    return plan, _pin(plan, home.root if home is not None else None)
+
+
+def _pin(plan: Plan, home_root: str | None) -> dict | None:
+    """workspace.check_plan: the code workspace's pin, None for a plan without one -- for
+    which the git side (workspace.py) is not even imported (`dagrun submit`'s start-up)."""
+    if not plan.workspace:
+        return None
+    from .workspace import check_plan
+    return check_plan(plan, home_root)
 
 
 def check_capacities(home: Home, plan: Plan, path: str) -> None:
@@ -87,7 +95,7 @@ def submit(home: Home, path: str, *, replace: bool = False, dry_run: bool = Fals
     if old_raw is None:
         # the code workspace's repository is checked (and its base pinned) only when the goal
         # is born: resuming it never depends on the state of the user's work tree
-        pinned = wsp.check_plan(plan, home.root)
+        pinned = _pin(plan, home.root)
         if dry_run:
             return SubmitResult(g, "would-create")
         home.ensure()
@@ -98,7 +106,7 @@ def submit(home: Home, path: str, *, replace: bool = False, dry_run: bool = Fals
         plan = carry_over(home, old, plan)
     if old_raw == plan.canonical():
         return SubmitResult(g, "unchanged")
-    pinned = wsp.check_plan(plan, home.root)
+    pinned = _pin(plan, home.root)
     was = loads_obj(fsio.read_bytes(home.goal_workspace_path(g), follow=False))
     if pinned and was and was.get("repo") != pinned["repo"]:
         raise Refused(f"goal {g!r} works in the repository {was.get('repo')}; a plan edit cannot move it to "

@@ -509,14 +509,13 @@ SPARES: "Spares | None" = None
 def _openat2():
     """openat2(2) (Linux >= 5.6) through libc's syscall(), or None."""
     try:
-        import ctypes
-        import platform
-        nr = {"x86_64": 437, "aarch64": 437}.get(platform.machine())
+        nr = {"x86_64": 437, "aarch64": 437}.get(os.uname().machine)
         if nr is None:
             return None
+        import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
         syscall = libc.syscall
-    except (AttributeError, OSError):
+    except (AttributeError, ImportError, OSError):
         return None
 
     class OpenHow(ctypes.Structure):
@@ -540,7 +539,7 @@ def _openat2():
 
 
 RESOLVE_NO_SYMLINKS, RESOLVE_BENEATH = 0x04, 0x08
-_OPENAT2 = _openat2()
+_OPENAT2 = False      # not looked up yet: on the first open_beneath (ctypes: ~3 ms of an import)
 
 
 def open_beneath(root: str, rel: str) -> int | None:
@@ -550,6 +549,8 @@ def open_beneath(root: str, rel: str) -> int | None:
     time). FileNotFoundError / NotADirectoryError: no such file; OSError ELOOP or EXDEV: a
     symbolic link or a way out of `root` on the path (the caller's walk says which)."""
     global _OPENAT2
+    if _OPENAT2 is False:
+        _OPENAT2 = _openat2()
     if _OPENAT2 is None:
         return None
     rfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -141,9 +141,7 @@ class Watcher:
     def _start(self) -> None:
         if os.environ.get("DAGRUN_NO_INOTIFY"):
             raise OSError("disabled by DAGRUN_NO_INOTIFY")
-        from watchdog.observers import inotify_c as ic
-
-        self._ic = ic
+        ic = self._ic = _binding()
         fd = ic.inotify_init()
         if fd < 0:
             e = _errno()
@@ -256,6 +254,39 @@ class Watcher:
             threading.Thread(target=fsio.close_quiet, args=(fd,), name="dagrun-inotify-close", daemon=True).start()
         self._wd_goal.clear()
         self._goal_wd.clear()
+
+
+def _binding():
+    """watchdog's inotify binding, `watchdog.observers.inotify_c`. Imported the usual way, its
+    package's __init__ first picks an observer class -- importing watchdog's InotifyObserver,
+    its event classes, buffers and queues, none of which we use: ~10 ms of every engine's
+    start, half of the binding's import (docs/performance.md, "2026-12-06: start-up and
+    exit"). So the module is loaded from its file under its own name without running the
+    package's __init__ (a later `import watchdog.observers` by anyone gets this same module
+    for inotify_c). Any surprise in watchdog's layout: the usual import."""
+    import sys
+    name = "watchdog.observers.inotify_c"
+    if name in sys.modules:
+        return sys.modules[name]
+    try:
+        import importlib.util
+
+        import watchdog
+        spec = importlib.util.spec_from_file_location(
+            name, os.path.join(os.path.dirname(watchdog.__file__), "observers", "inotify_c.py"))
+        if spec is None or spec.loader is None:
+            raise ImportError(name)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod          # (dataclasses looks its module up while the file runs)
+        try:
+            spec.loader.exec_module(mod)
+        except BaseException:
+            del sys.modules[name]
+            raise
+        return mod
+    except (ImportError, OSError):
+        from watchdog.observers import inotify_c
+        return inotify_c
 
 
 def _errno() -> int:
