@@ -238,3 +238,63 @@ def test_a_quiet_run_builds_no_dataclass_docstring_and_not_the_task_field_table(
     from dagrun.plan import load
     t = load(str(plan)).tasks[0]
     assert dataclasses.replace(t, prompt="z").prompt == "z" and len(dataclasses.fields(t)) > 30
+
+
+def test_the_console_command_starts_without_the_cyclic_collector_and_a_run_freezes_its_start(tmp_path):
+    """The imports of a `dagrun` process build ~30 000 containers that all live as long as it
+    does; the collector walked them ~30 times on the way (7-25 ms of a run's start). The
+    console command (main() without argv) turns it off first (bulk.start_up): a command that
+    ends when it returns leaves it off, `dagrun run`'s engine moves its start into the
+    permanent generation and turns it back on (bulk.settled), so a long run collects its
+    own garbage as before. main(argv) -- a library call, a test -- leaves the collector alone.
+    Guarded without timing: gc.callbacks count the collections before the freeze."""
+    plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "agent": "true"},
+                                       {"id": "b", "prompt": "y", "agent": "true", "deps": ["a"]}], goal="g")
+    home = str(tmp_path / "home")
+    code = ("import gc, os, sys\n"
+            "seen = []\n"
+            "gc.callbacks.append(lambda phase, info: phase == 'start' and seen.append(gc.get_freeze_count()))\n"
+            "def report(code=0):\n"
+            "    early = sum(1 for f in seen if f == 0)\n"
+            "    print(early, gc.get_freeze_count() > 10000, gc.isenabled(), file=sys.stderr, flush=True)\n"
+            "    real(code)\n"
+            "real, os._exit = os._exit, report\n"
+            "from dagrun.entry import main\n"
+            "if sys.argv[1] == 'lib':\n"
+            "    try:\n        main(sys.argv[2:])\n    except SystemExit as e:\n        report(e.code)\n"
+            "sys.argv = ['dagrun'] + sys.argv[2:]\nmain()\n")
+
+    def call(how, *argv):
+        p = subprocess.run([sys.executable, "-c", code, how, "--home", home, *argv], capture_output=True, text=True,
+                           timeout=60)
+        return p.returncode, p.stderr.splitlines()[-1]
+    assert call("own", "run", str(plan), "-q", "-j", "2") == (0, "0 True True")   # none before the freeze; back on
+    assert call("own", "status", "g", "--json") == (0, "0 False False")           # a one-shot command: off for good
+    rc, line = call("lib", "run", str(plan), "-q", "-j", "2")                      # a library's process: untouched
+    assert rc == 0 and line.split()[1:] == ["False", "True"]
+
+
+def test_a_run_loads_watchdogs_inotify_binding_alone_and_submit_loads_no_git_side_nor_ctypes(tmp_path):
+    """watchdog's binding (watchdog.observers.inotify_c) is all the watcher uses: a run loads
+    it without the package's observer pick (watchdog's InotifyObserver, event classes,
+    buffers: ~8 ms of CPU a start). `dagrun submit` of a plan without a code workspace
+    imports no workspace.py (git), and neither it nor `claim` imports ctypes (openat2's
+    binding is made on the first open_beneath, by the engine's prompt reads)."""
+    plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "agent": "true"}], goal="g")
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print(' '.join(sorted(sys.modules)), file=sys.stderr))\n"
+            "from dagrun.entry import main\nmain(sys.argv[1:])\n")
+
+    def modules(*argv, code_=0):
+        p = subprocess.run([sys.executable, "-c", code, "--home", str(tmp_path / "home"), *argv],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == code_, p.stderr
+        return set(p.stderr.split("\n")[-2].split())
+    loaded = modules("submit", str(plan))
+    assert "dagrun.edit" in loaded and sorted({"dagrun.workspace", "ctypes"} & loaded) == []
+    loaded = modules("run", "g", "-q")
+    assert "watchdog.observers.inotify_c" in loaded and "dagrun.engine" in loaded
+    assert sorted({"watchdog.observers", "watchdog.observers.inotify", "watchdog.observers.api",
+                   "watchdog.events"} & loaded) == []
+    loaded = modules("claim", "g", "--json", code_=1)        # (the goal has ended: nothing to claim)
+    assert "dagrun.claim" in loaded and "ctypes" not in loaded

@@ -214,3 +214,36 @@ def test_network_file_systems_are_detected(tmp_path):
         assert not w.polling and w.fd is not None
     finally:
         w.close()
+
+
+def test_a_run_removes_its_watches_when_its_goal_ends_so_the_exit_does_not_wait_for_the_kernel(tmp_path):
+    """close(2) of an inotify fd waits for an SRCU grace period while the kernel frees the
+    watches' marks (15-25 ms, and the process's exit waits for that close); watches removed
+    before are freed by a kernel worker meanwhile. `dagrun run`'s engine removes its watches
+    as soon as its only goal ends (Watcher.release), before the goal's end work: at the
+    close, the fd has no watch left (/proc/self/fdinfo lists one `inotify wd:` line per watch).
+    A worker serving every goal keeps its watches to the end."""
+    from conftest import submit_home
+    from dagrun.engine import Engine
+    from dagrun.watcher import Watcher
+
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                                  {"id": "b", "prompt": "y", "agent": "true", "deps": ["a"]}])
+    at_close = []
+    real = Watcher.close
+
+    def close(self):
+        if self.fd is not None:
+            with open(f"/proc/self/fdinfo/{self.fd}") as f:
+                at_close.append(sum(1 for line in f if line.startswith("inotify wd:")))
+        real(self)
+    Watcher.close = close
+    try:
+        eng = Engine(home, goal="g", jobs=2)
+        assert eng.run() == 0
+        assert at_close == [0] and eng.watcher.reason == "the engine is ending"
+        eng = Engine(home, until_idle=True)            # a worker (no goal of its own): watches kept
+        assert eng.run() == 0
+        assert at_close[1] >= 1
+    finally:
+        Watcher.close = real
