@@ -492,6 +492,12 @@ class Engine(Reconciler):
             if fd is not None:
                 self._turn_locks[g] = fd
 
+    def _stamp_held(self, g: str) -> bool:
+        # _commit_locked compared the stamp under the goal's shared edit lock, held until
+        # _unlock_turn (which forgets it): the turn's read-back of our own lines (_feed) does
+        # not stat plan.json a second time
+        return g in self._stamp_seen
+
     def _unlock_turn(self) -> None:
         locks, self._turn_locks = self._turn_locks, {}
         self._stamp_seen.clear()

@@ -1,0 +1,93 @@
+"""The loop thread's Python per task (issue 20, 2026-12-06): what a turn no longer looks at
+twice -- counted in calls, not timed -- and the case each dropped look covered still
+behaving."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from conftest import run, task_dir, write_plan
+
+from dagrun.store import Home
+
+
+def _engine(tmp_path, n: int, after: float = 0.3):
+    from dagrun.engine import Engine
+    from dagrun.simrun import FakeRunner, Outcome
+
+    h = Home(str(tmp_path / "home"))
+    tasks = [{"id": "a", "prompt": "x"}] + [{"id": f"m{i:02d}", "prompt": "x", "deps": ["a"]} for i in range(n)]
+    p = write_plan(tmp_path / "p", tasks, goal="fo", defaults={"agent": "true"})
+    run("submit", p, home=h.root)
+    return h, Engine(h, goal="fo", jobs=n, runner=FakeRunner(lambda launch: Outcome(after=after)))
+
+
+def test_a_turn_that_commits_stats_plan_json_once_for_the_commits_and_its_read_back(tmp_path, monkeypatch):
+    """The commits of a turn compare plan.json's stamp once, under the goal's shared edit lock
+    (held to the end of the turn: no writer of plan.json can come in between); the read-back
+    of the turn's own event lines (_feed) takes that look instead of a stat of its own. Before:
+    one more stat of plan.json in every turn that committed something."""
+    from dagrun import engine as eng_mod
+
+    n = 12
+    h, eng = _engine(tmp_path, n)
+    loop = threading.get_ident()
+    turn = {"in": False, "plan": 0, "commits": 0}
+    per_turn: list[tuple[int, int]] = []          # (commits, plan.json stats) of each turn
+    real_stat = os.stat
+
+    def c_stat(path, *a, **k):
+        if turn["in"] and threading.get_ident() == loop and isinstance(path, str) \
+                and path.endswith("/goals/fo/plan.json"):
+            turn["plan"] += 1
+        return real_stat(path, *a, **k)
+
+    real_once, real_commit = eng_mod.Engine._loop_once, eng_mod.Engine._commit_locked
+
+    def once(self):
+        turn.update({"in": True, "plan": 0, "commits": 0})
+        try:
+            return real_once(self)
+        finally:
+            turn["in"] = False
+            per_turn.append((turn["commits"], turn["plan"]))
+
+    def commit(self, run, ex):
+        turn["commits"] += 1
+        return real_commit(self, run, ex)
+
+    monkeypatch.setattr(os, "stat", c_stat)
+    monkeypatch.setattr(eng_mod.Engine, "_loop_once", once)
+    monkeypatch.setattr(eng_mod.Engine, "_commit_locked", commit)
+    assert eng.run() == 0
+    monkeypatch.undo()
+    assert all((task_dir(h.root, "fo", f"m{i:02d}") / "done").exists() for i in range(n))
+    assert sum(c for c, _ in per_turn) == n + 1, per_turn
+    # inside a turn that committed (a's, at least; not the last: the goal's end reads its
+    # files): the one look for its commits, under the lock -- not a second one for the
+    # read-back of its own lines (_absorb_own looks again after the turn, the lock gone)
+    committing = [looks for commits, looks in per_turn[:-1] if commits]
+    assert committing and all(looks == 1 for looks in committing), per_turn
+
+
+def test_the_turns_look_at_plan_json_is_forgotten_with_its_lock(tmp_path):
+    """The look is good only while the turn holds the goal's edit lock: once the turn ends, a
+    plan replaced in between is seen by the next read of the goal's lines (the memo must not
+    serve the old stamp)."""
+    h, eng = _engine(tmp_path, 2)
+    eng._discover()
+    gs = eng.goals["fo"]
+    eng._lock_turn("fo")
+    eng._stamp_seen.add("fo")              # what _commit_locked records after its look
+    assert eng._stamp_held("fo")
+    eng._unlock_turn()
+    assert not eng._stamp_held("fo")
+    old = gs.stamp
+    tasks = [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "changed"}]
+    p = write_plan(tmp_path / "p2", tasks, goal="fo", defaults={"agent": "true"})
+    time.sleep(0.01)
+    run("submit", p, "--replace", home=h.root)
+    eng._feed(eng.goals["fo"])
+    assert eng.goals["fo"].stamp != old
+    assert eng.goals["fo"].plan.has("b") and not eng.goals["fo"].plan.has("m00")
