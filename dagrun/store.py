@@ -251,6 +251,12 @@ class Home:
     def claim_dir(self, g: str, t: str) -> str:
         return f"{self.task_dir(g, t)}/{CLAIM}"
 
+    def task_paths(self, g: str, t: str) -> tuple[str, str, str, str]:
+        """(task_dir, claim_dir, prompt_path, output_path) of g/t from one task_dir: what an
+        attempt's start needs (its environment, its launch), built once."""
+        d = self.task_dir(g, t)
+        return d, f"{d}/{CLAIM}", d + "/prompt.md", d + "/output"
+
     def owner_path(self, g: str, t: str) -> str:
         return f"{self.task_dir(g, t)}/{CLAIM}/{OWNER}"
 

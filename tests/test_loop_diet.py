@@ -91,3 +91,9 @@ def test_the_turns_look_at_plan_json_is_forgotten_with_its_lock(tmp_path):
     eng._feed(eng.goals["fo"])
     assert eng.goals["fo"].stamp != old
     assert eng.goals["fo"].plan.has("b") and not eng.goals["fo"].plan.has("m00")
+
+
+def test_task_paths_are_the_homes_own_paths(tmp_path):
+    h = Home(str(tmp_path / "home"))
+    assert h.task_paths("g", "t") == (h.task_dir("g", "t"), h.claim_dir("g", "t"), h.prompt_path("g", "t"),
+                                      h.output_path("g", "t"))
