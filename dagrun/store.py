@@ -261,10 +261,11 @@ class Home:
         return f"{self.task_dir(g, t)}/{CLAIM}/{OWNER}"
 
     def heartbeat_path(self, g: str, t: str) -> str:
-        return os.path.join(self.task_dir(g, t), CLAIM, HEARTBEAT)
+        return f"{self.task_dir(g, t)}/{CLAIM}/{HEARTBEAT}"
 
     def marker_path(self, g: str, t: str, kind: str) -> str:
-        return os.path.join(self.task_dir(g, t), kind)
+        # kind: a marker's name (done, failed, ...), never a path: concatenation, as task_dir
+        return f"{self.task_dir(g, t)}/{kind}"
 
     def prompt_path(self, g: str, t: str) -> str:
         return self.task_dir(g, t) + "/prompt.md"
@@ -273,7 +274,7 @@ class Home:
         return self.task_dir(g, t) + "/output"
 
     def stderr_path(self, g: str, t: str) -> str:
-        return os.path.join(self.task_dir(g, t), "stderr.log")
+        return self.task_dir(g, t) + "/stderr.log"
 
     # -- code workspaces (workspace.py): a task's git worktree and what capture publishes
     def worktree_path(self, g: str, t: str) -> str:

@@ -97,3 +97,6 @@ def test_task_paths_are_the_homes_own_paths(tmp_path):
     h = Home(str(tmp_path / "home"))
     assert h.task_paths("g", "t") == (h.task_dir("g", "t"), h.claim_dir("g", "t"), h.prompt_path("g", "t"),
                                       h.output_path("g", "t"))
+    d = os.path.join(h.root, "goals", "g", "tasks", "t")        # the concatenations are os.path.join's
+    assert (h.marker_path("g", "t", "done"), h.heartbeat_path("g", "t"), h.stderr_path("g", "t")) == \
+        (os.path.join(d, "done"), os.path.join(d, "claim", "heartbeat"), os.path.join(d, "stderr.log"))
