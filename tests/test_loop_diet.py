@@ -100,3 +100,80 @@ def test_task_paths_are_the_homes_own_paths(tmp_path):
     d = os.path.join(h.root, "goals", "g", "tasks", "t")        # the concatenations are os.path.join's
     assert (h.marker_path("g", "t", "done"), h.heartbeat_path("g", "t"), h.stderr_path("g", "t")) == \
         (os.path.join(d, "done"), os.path.join(d, "claim", "heartbeat"), os.path.join(d, "stderr.log"))
+
+
+# ---------------------------------------------------------------------------------- outputs
+def test_an_empty_output_remembered_at_its_commit_is_read_again_once_it_changes(tmp_path):
+    """Home.file_size (the commit's output_bytes) remembers an empty output for read_output at
+    any limit -- the dependent's prompt costs one stat -- and never serves it once the path is
+    another inode, written to, or a symbolic link (to an empty file or not): then the safe way."""
+    import pytest
+
+    from dagrun import fsio
+    from dagrun.errors import FsError
+
+    h = Home(str(tmp_path / "home"))
+    out = task_dir(h.root, "g", "a") / "output"
+    out.parent.mkdir(parents=True)
+    out.write_bytes(b"")
+    walks = []
+    real = fsio.open_beneath
+
+    def counted(root, rel, *a, **k):
+        walks.append(rel)
+        return real(root, rel, *a, **k)
+
+    fsio.open_beneath = counted
+    try:
+        assert h.file_size(str(out)) == 0
+        assert h.read_output(str(out), 100) == (b"", 0) and h.read_output(str(out), 7) == (b"", 0)
+        assert walks == []                                      # no safe walk: one stat each
+        with open(out, "r+b") as f:                             # written in place
+            f.write(b"late")
+        st = out.stat()
+        os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000))
+        assert h.read_output(str(out), 100) == (b"late", 4) and len(walks) == 1
+        tmp = out.parent / ".o.tmp"
+        tmp.write_bytes(b"")
+        os.rename(tmp, out)                                     # another inode, empty too
+        assert h.read_output(str(out), 100) == (b"", 0) and len(walks) == 2
+        assert h.file_size(str(tmp_path / "nothing")) == 0
+        os.unlink(out)
+        elsewhere = tmp_path / "empty"
+        elsewhere.write_bytes(b"")
+        os.symlink(elsewhere, out)                              # a symlink to an empty file
+        h.file_size(str(out))                                   # lstat: the link itself, not remembered
+        with pytest.raises(FsError, match="symbolic link"):
+            h.read_output(str(out), 100)
+    finally:
+        fsio.open_beneath = real
+
+
+def test_a_chains_prompts_read_their_empty_inputs_without_the_safe_walk(tmp_path, monkeypatch):
+    """No-op agents print nothing: each task's commit remembers its empty output, and the next
+    task's prompt reads it with one stat (before: the safe walk, six calls, on a chain's
+    critical path)."""
+    from dagrun import fsio
+    from dagrun.engine import Engine
+    from dagrun.simrun import FakeRunner, Outcome
+
+    h = Home(str(tmp_path / "home"))
+    ids = [f"c{i}" for i in range(6)]
+    tasks = [{"id": t, "prompt": "x", "deps": [ids[i - 1]] if i else []} for i, t in enumerate(ids)]
+    run("submit", write_plan(tmp_path / "p", tasks, goal="ch", defaults={"agent": "true"}), home=h.root)
+    walks = []
+    real = fsio.open_beneath
+
+    def counted(root, rel, *a, **k):
+        if rel.endswith("/output"):
+            walks.append(rel)
+        return real(root, rel, *a, **k)
+
+    monkeypatch.setattr(fsio, "open_beneath", counted)
+    eng = Engine(h, goal="ch", jobs=2, runner=FakeRunner(lambda launch: Outcome()))
+    assert eng.run() == 0
+    monkeypatch.undo()
+    assert all((task_dir(h.root, "ch", t) / "done").exists() for t in ids)
+    assert walks == [], walks
+    prompt = (task_dir(h.root, "ch", "c3") / "prompt.md").read_text()
+    assert "## Output of c2" in prompt
