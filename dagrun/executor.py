@@ -612,8 +612,8 @@ def _lean(argv: list, cwd: str, env: dict, stdin: int, stdout: int, stderr: int)
     kind = getattr(builtins, name.decode("ascii", "replace"), subprocess.SubprocessError)
     if isinstance(kind, type) and issubclass(kind, OSError) and hex_errno:
         num = int(hex_errno, 16)
-        where = cwd if msg.startswith("noexec") else argv[0]
-        raise kind(num, os.strerror(num) if num else "", where)
+        noexec = msg.startswith("noexec")       # (3.11: "noexec"; 3.13: "noexec:chdir") the chdir failed
+        raise kind(num, os.strerror(num) if num else ("" if noexec else msg), cwd if noexec else argv[0])
     raise (kind if isinstance(kind, type) and issubclass(kind, Exception) else subprocess.SubprocessError)(msg)
 
 
