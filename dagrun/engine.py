@@ -79,6 +79,7 @@ class Run:
     node: str | None = None                   # a cluster runner: where it runs, once known
     spawning: bool = False                    # submitted to the runner's spawner, not yet running
     claim_ino: int = 0                        # its claim folder's inode (is the claim still ours?)
+    cdir: str = ""                            # its claim folder's path (Home.claim_dir), built once
 
 
 class Engine(Reconciler):
@@ -496,6 +497,12 @@ class Engine(Reconciler):
             if fd is not None:
                 self._turn_locks[g] = fd
 
+    def _stamp_held(self, g: str) -> bool:
+        # _commit_locked compared the stamp under the goal's shared edit lock, held until
+        # _unlock_turn (which forgets it): the turn's read-back of our own lines (_feed) does
+        # not stat plan.json a second time
+        return g in self._stamp_seen
+
     def _unlock_turn(self) -> None:
         locks, self._turn_locks = self._turn_locks, {}
         self._stamp_seen.clear()
@@ -565,15 +572,12 @@ class Engine(Reconciler):
             return False
         if task.cache and self.use_cache and self._serve_cached(gs, c, task):    # the result cache
             return False
-        cdir = self.home.claim_dir(g, t)
-        env = dict(self._base_env)
-        env.update({
-            "DAGRUN_HOME": self.home.root, "DAGRUN_GOAL": g, "DAGRUN_TASK": t,
-            "DAGRUN_ATTEMPT": str(c.attempt), "DAGRUN_TASK_DIR": self.home.task_dir(g, t),
-            "DAGRUN_PROMPT_FILE": self.home.prompt_path(g, t),
-            "DAGRUN_OUTPUT_FILE": self.home.output_path(g, t), "DAGRUN_WORKER": self.worker,
-        })
-        env.update(agent_env(cdir))                # agents: DAGRUN_USAGE_FILE, _RAW_, _CHECK_, _HEARTBEAT_FILE
+        tdir, cdir, prompt, output = self.home.task_paths(g, t)     # (one task_dir, not five)
+        env = {**self._base_env,
+               "DAGRUN_HOME": self.home.root, "DAGRUN_GOAL": g, "DAGRUN_TASK": t,
+               "DAGRUN_ATTEMPT": str(c.attempt), "DAGRUN_TASK_DIR": tdir,
+               "DAGRUN_PROMPT_FILE": prompt, "DAGRUN_OUTPUT_FILE": output, "DAGRUN_WORKER": self.worker,
+               **agent_env(cdir)}                  # agents: DAGRUN_USAGE_FILE, _RAW_, _CHECK_, _HEARTBEAT_FILE
         if plan.budget:                            # written when the task is past its share of the budget
             env["DAGRUN_BUDGET_FILE"] = os.path.join(cdir, bud.FILE)
         agent = shell_command(task.agent, task.check, task.check_timeout)   # agents: presets and checks
@@ -583,17 +587,18 @@ class Engine(Reconciler):
             env.update(c.workspace.env())
             for k in GIT_REDIRECT:
                 env.pop(k, None)
-        launch = Launch(agent=agent, cwd=cwd, env=env, stdin_path=self.home.prompt_path(g, t),
-                        stdout_path=os.path.join(cdir, "stdout"), stderr_path=os.path.join(cdir, "stderr"),
+        launch = Launch(agent=agent, cwd=cwd, env=env, stdin_path=prompt,
+                        stdout_path=cdir + "/stdout", stderr_path=cdir + "/stderr",
                         run_id=c.owner["run_id"], max_output=task.max_output,
                         runner=executor.PLAN_RUNNERS.get(task.runner, task.runner), spec=_spec(task, g))
         now = time.monotonic()
         run = Run(goal=g, task=task, claim=c, handle={}, key="", definition=task.definition_digest(), t0=now,
                   progress_at=now, deadline=now + task.timeout if task.timeout else None,
-                  hb_at=now + self._refresh_every(plan))
+                  hb_at=now + self._refresh_every(plan), cdir=cdir)
         submit = getattr(self.runner, "submit", None)
         try:
-            fsio._step(f"spawn {g}/{t}")
+            step = f"spawn {g}/{t}"
+            fsio._step(step)
             if submit is not None:
                 run.claim_ino = c.claim_ino or os.stat(cdir).st_ino
             handle = submit(launch) if submit is not None else None
@@ -601,7 +606,7 @@ class Engine(Reconciler):
                 handle = self.runner.start(launch)
             else:                  # forked by the runner's thread; _spawned() goes on from here
                 run.spawning = True
-            fsio._done_step(f"spawn {g}/{t}")
+            fsio._done_step(step)
         except StartError as e:
             claims.update_owner(self.home, g, t, c.owner)
             self._finish(gs, c, ok=False, reason=str(e))
@@ -668,7 +673,7 @@ class Engine(Reconciler):
     def _claim_still(self, run: Run) -> bool:
         """Is the claim folder the one this attempt made (not archived, broken, re-made)?"""
         try:
-            return os.stat(self.home.claim_dir(run.goal, run.task.id)).st_ino == run.claim_ino
+            return os.stat(run.cdir or self.home.claim_dir(run.goal, run.task.id)).st_ino == run.claim_ino
         except OSError:
             return False
 
@@ -794,7 +799,7 @@ class Engine(Reconciler):
         prog = ex.progress if ex.progress is not None else self.runner.progress(run.handle)
         if run.stop_outcome is None and plan.task(t).definition_digest() != run.definition:
             run.stop_outcome, run.stop_reason = "superseded", "the task's definition changed while it ran"
-        cdir = self.home.claim_dir(g, t)
+        cdir = run.cdir or self.home.claim_dir(g, t)
         used = attempt_extra(cdir, lambda w: self.log(f"warning: {g}/{t}: {w}"))   # usage, the check's verdict
         node = ex.node or run.node         # a cluster runner's node: into the marker, record and event
         if node:

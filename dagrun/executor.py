@@ -24,6 +24,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -383,7 +384,7 @@ class StartError(Exception):
 @dataclass
 class _Spawned:
     """A child _spawn started (in a spawner thread or the loop), before the loop adopts it."""
-    popen: subprocess.Popen
+    popen: "subprocess.Popen | _Child"
     pid: int
     start: str | None
     r_out: int
@@ -464,6 +465,158 @@ def _direct(launch: Launch, env: dict) -> "tuple[list[str], dict] | None":
     return list(argv), out
 
 
+# The fork itself. subprocess.Popen costs ~100-150 us of Python per spawn (its argument
+# checks, the environment encoded name by name through os.fsencode, os.get_exec_path under
+# warnings.catch_warnings, the audit, the bookkeeping for __del__), all of it holding the GIL in
+# a spawner thread -- time the engine's loop thread, the critical path of a wide plan, waits
+# for (docs/performance.md, "2026-12-06"). _fork_exec passes _posixsubprocess.fork_exec the
+# very arguments Popen(argv, cwd=, env=, stdin=fd, stdout=fd, stderr=fd,
+# start_new_session=True, close_fds=True) passes it on CPython 3.11-3.13 (vfork allowed:
+# no preexec_fn, uid, gid or groups; restore_signals; the same error pipe, read the same way,
+# raising the same OSError), the environment encoded in one piece (_env_bytes). Another
+# interpreter, a fork_exec that refuses the arguments (TypeError, before any fork), or
+# DAGRUN_LEAN_SPAWN=0 (A/B runs only): Popen.
+try:
+    import _posixsubprocess
+    _LEAN = (3, 11) <= sys.version_info[:2] <= (3, 13) and sys.implementation.name == "cpython" \
+        and os.environ.get("DAGRUN_LEAN_SPAWN", "1") != "0"
+except ImportError:           # (not CPython on Linux)
+    _posixsubprocess = None
+    _LEAN = False
+
+
+class _Child:
+    """What the runner uses of a subprocess.Popen (pid, args, returncode, poll, wait), for a
+    child _fork_exec started. Polled by one thread (the loop's), as the runner's are."""
+    __slots__ = ("pid", "args", "returncode")
+
+    def __init__(self, pid: int, args: list):
+        self.pid, self.args, self.returncode = pid, args, None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, sts = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:       # reaped elsewhere (as Popen: dead, status unknown)
+                self.returncode = 0
+            else:
+                if pid == self.pid:
+                    self.returncode = -os.WSTOPSIG(sts) if os.WIFSTOPPED(sts) else os.waitstatus_to_exitcode(sts)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            time.sleep(0.005)
+        return self.returncode
+
+
+@functools.lru_cache(maxsize=64)
+def _exec_list(exe: bytes, path: str | None) -> tuple:
+    """Where the child looks for exe (Popen's executable_list): exe itself when it has a
+    slash, else each entry of PATH (os.get_exec_path's default when there is none)."""
+    if b"/" in exe:
+        return (exe,)
+    dirs = (path if path is not None else os.defpath).split(os.pathsep)
+    return tuple(os.path.join(os.fsencode(d), exe) for d in dirs)
+
+
+def _fork_exec(argv: list, cwd: str, env: dict, stdin: int, stdout: int, stderr: int):
+    """Popen(argv, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr,
+    start_new_session=True, close_fds=True), lean when it can be (see above)."""
+    global _LEAN
+    if _LEAN:
+        try:
+            return _lean(argv, cwd, env, stdin, stdout, stderr)
+        except _Unsupported:      # this fork_exec takes other arguments: Popen from now on
+            _LEAN = False
+    return subprocess.Popen(argv, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr,
+                            start_new_session=True, close_fds=True)
+
+
+class _Unsupported(Exception):
+    """fork_exec refused the arguments (another CPython's signature): nothing was started."""
+
+
+_FS_ENCODING = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
+
+
+def _env_bytes(env: dict) -> list:
+    """["NAME=value" as bytes] as Popen encodes them (os.fsencode), with one encode of the
+    whole environment instead of two os.fsencode calls per name (~6 us instead of ~45 us
+    for 50 names). A name with "=", a NUL anywhere (ValueError, as Popen and fork_exec
+    raise), a value that is not a str: the name-by-name way, which says what Popen says."""
+    try:
+        if "=" not in "".join(env):
+            out = "\0".join(map("=".join, env.items())).encode(*_FS_ENCODING).split(b"\0")
+            if len(out) == len(env):
+                return out
+    except TypeError:
+        pass
+    out = []
+    for k, v in env.items():
+        kb = os.fsencode(k)
+        if b"=" in kb:
+            raise ValueError("illegal environment variable name")
+        vb = os.fsencode(v)
+        if b"\0" in kb or b"\0" in vb:
+            raise ValueError("embedded null byte")
+        out.append(kb + b"=" + vb)
+    return out
+
+
+def _lean(argv: list, cwd: str, env: dict, stdin: int, stdout: int, stderr: int) -> _Child:
+    sys.audit("subprocess.Popen", argv[0], argv, cwd, env)
+    env_list = _env_bytes(env)
+    exe = _exec_list(os.fsencode(argv[0]), env.get("PATH"))
+    r, w = os.pipe2(os.O_CLOEXEC)      # the child's exec error, if any ("name:hex errno:text")
+    low = []
+    while w < 3:                       # (never one of the fds it dup2()s onto 0-2)
+        low.append(w)
+        w = os.dup(w)
+    for fd in low:
+        os.close(fd)
+    try:
+        try:
+            try:
+                pid = _posixsubprocess.fork_exec(
+                    argv, exe, True, (w,), cwd, env_list, stdin, -1, -1, stdout, -1, stderr, r, w,
+                    True, True, -1, None, None, None, -1, None, subprocess._USE_VFORK)
+            except TypeError as e:       # (its arguments are checked before any fork)
+                raise _Unsupported(str(e)) from None
+        finally:
+            os.close(w)
+        data = b""
+        while True:
+            part = os.read(r, 50000)
+            data += part
+            if not part or len(data) > 50000:
+                break
+    finally:
+        os.close(r)
+    child = _Child(pid, argv)
+    if not data:
+        return child
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+    import builtins
+    try:
+        name, hex_errno, msg = data.split(b":", 2)
+        msg = msg.decode()
+    except ValueError:
+        raise subprocess.SubprocessError(f"Bad exception data from child: {data!r}") from None
+    kind = getattr(builtins, name.decode("ascii", "replace"), subprocess.SubprocessError)
+    if isinstance(kind, type) and issubclass(kind, OSError) and hex_errno:
+        num = int(hex_errno, 16)
+        noexec = msg.startswith("noexec")       # (3.11: "noexec"; 3.13: "noexec:chdir") the chdir failed
+        raise kind(num, os.strerror(num) if num else ("" if noexec else msg), cwd if noexec else argv[0])
+    raise (kind if isinstance(kind, type) and issubclass(kind, Exception) else subprocess.SubprocessError)(msg)
+
+
 def _spawn(launch: Launch, want_pidfd: bool) -> "_Spawned | StartError":
     """Fork and exec the agent for one attempt -- `sh -c AGENT`, or AGENT's words directly when
     the shell would add nothing (_direct); thread-safe (no runner state touched)."""
@@ -484,15 +637,12 @@ def _spawn(launch: Launch, want_pidfd: bool) -> "_Spawned | StartError":
         p = None
         if direct is not None:
             try:
-                p = subprocess.Popen(direct[0], cwd=launch.cwd, env=direct[1],
-                                     stdin=stdin, stdout=w_out, stderr=w_err,
-                                     start_new_session=True, close_fds=True)
+                p = _fork_exec(direct[0], launch.cwd, direct[1], stdin, w_out, w_err)
             except OSError:      # not found, not executable, ENOEXEC (a script without #!): the
                 p = None         # shell does what it does with it (127, 126, runs it)
         if p is None:
-            p = subprocess.Popen(list(launch.argv) or ["/bin/sh", "-c", launch.agent], cwd=launch.cwd, env=env,
-                                 stdin=stdin, stdout=w_out, stderr=w_err,
-                                 start_new_session=True, close_fds=True)
+            p = _fork_exec(list(launch.argv) or ["/bin/sh", "-c", launch.agent], launch.cwd, env,
+                           stdin, w_out, w_err)
     except OSError as e:
         for fd in opened:
             close_quiet(fd)
@@ -597,7 +747,7 @@ class _Stream:
 @dataclass
 class _Proc:
     """A running agent of a ProcessRunner: its process, pipes and pidfd."""
-    popen: subprocess.Popen
+    popen: "subprocess.Popen | _Child"
     handle: dict
     streams: dict = field(default_factory=dict)   # "out"/"err" -> _Stream
     pidfd: int | None = None

@@ -251,14 +251,21 @@ class Home:
     def claim_dir(self, g: str, t: str) -> str:
         return f"{self.task_dir(g, t)}/{CLAIM}"
 
+    def task_paths(self, g: str, t: str) -> tuple[str, str, str, str]:
+        """(task_dir, claim_dir, prompt_path, output_path) of g/t from one task_dir: what an
+        attempt's start needs (its environment, its launch), built once."""
+        d = self.task_dir(g, t)
+        return d, f"{d}/{CLAIM}", d + "/prompt.md", d + "/output"
+
     def owner_path(self, g: str, t: str) -> str:
         return f"{self.task_dir(g, t)}/{CLAIM}/{OWNER}"
 
     def heartbeat_path(self, g: str, t: str) -> str:
-        return os.path.join(self.task_dir(g, t), CLAIM, HEARTBEAT)
+        return f"{self.task_dir(g, t)}/{CLAIM}/{HEARTBEAT}"
 
     def marker_path(self, g: str, t: str, kind: str) -> str:
-        return os.path.join(self.task_dir(g, t), kind)
+        # kind: a marker's name (done, failed, ...), never a path: concatenation, as task_dir
+        return f"{self.task_dir(g, t)}/{kind}"
 
     def prompt_path(self, g: str, t: str) -> str:
         return self.task_dir(g, t) + "/prompt.md"
@@ -267,7 +274,7 @@ class Home:
         return self.task_dir(g, t) + "/output"
 
     def stderr_path(self, g: str, t: str) -> str:
-        return os.path.join(self.task_dir(g, t), "stderr.log")
+        return self.task_dir(g, t) + "/stderr.log"
 
     # -- code workspaces (workspace.py): a task's git worktree and what capture publishes
     def worktree_path(self, g: str, t: str) -> str:
@@ -484,9 +491,10 @@ class Home:
         caller's Stale check), replaced, written to, or the path now through a symbolic link
         to another file -- is read again the safe way. A symbolic link can only lead back to
         the very inode the safe walk read, whose bytes were in the home when read. Outputs of
-        up to 64 KiB are remembered, 512 at most (then forgotten all at once)."""
+        up to 64 KiB are remembered, 512 at most (then forgotten all at once). An empty output
+        is b"" whatever the limit: one remembered by file_size (at its commit) serves any."""
         got = self._outputs.get(path)
-        if got is not None and got[1] == limit:
+        if got is not None and (got[1] == limit or got[3] == 0):
             try:
                 st = os.stat(path)
             except OSError:
@@ -498,16 +506,28 @@ class Home:
             return None
         data, size, st = got
         if st.st_size <= 65536:
-            if len(self._outputs) >= 512:
-                self._outputs.clear()
-            self._outputs[path] = ((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), limit, data, size)
+            self._remember_output(path, st, limit, data, size)
         return data, size
 
+    def _remember_output(self, path: str, st: os.stat_result, limit: int | None, data: bytes, size: int) -> None:
+        if len(self._outputs) >= 512:
+            self._outputs.clear()
+        self._outputs[path] = ((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), limit, data, size)
+
     def file_size(self, path: str) -> int:
+        """The size of a task's just-committed output (lifecycle.commit_done: the done marker's
+        output_bytes), one lstat. An empty regular file is remembered for read_output as if
+        read -- its bytes are b"" whatever resolves to that inode, so nothing is served that
+        the safe walk could have refused to show -- and the first dependent's prompt then
+        costs one stat, not the safe walk's six calls (no-op agents print nothing: a chain's
+        every edge, a fan-out's sink reading 500 outputs)."""
         try:
-            return os.lstat(path).st_size
+            st = os.lstat(path)
         except FileNotFoundError:
             return 0
+        if not st.st_size and stat.S_ISREG(st.st_mode):
+            self._remember_output(path, st, None, b"", 0)
+        return st.st_size
 
     # -- facts
     def task_facts(self, g: str, t: str, *, detail: bool = False, view: bool = False) -> TaskFacts:

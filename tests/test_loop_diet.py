@@ -1,0 +1,179 @@
+"""The loop thread's Python per task (issue 20, 2026-12-06): what a turn no longer looks at
+twice -- counted in calls, not timed -- and the case each dropped look covered still
+behaving."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from conftest import run, task_dir, write_plan
+
+from dagrun.store import Home
+
+
+def _engine(tmp_path, n: int, after: float = 0.3):
+    from dagrun.engine import Engine
+    from dagrun.simrun import FakeRunner, Outcome
+
+    h = Home(str(tmp_path / "home"))
+    tasks = [{"id": "a", "prompt": "x"}] + [{"id": f"m{i:02d}", "prompt": "x", "deps": ["a"]} for i in range(n)]
+    p = write_plan(tmp_path / "p", tasks, goal="fo", defaults={"agent": "true"})
+    run("submit", p, home=h.root)
+    return h, Engine(h, goal="fo", jobs=n, runner=FakeRunner(lambda launch: Outcome(after=after)))
+
+
+def test_a_turn_that_commits_stats_plan_json_once_for_the_commits_and_its_read_back(tmp_path, monkeypatch):
+    """The commits of a turn compare plan.json's stamp once, under the goal's shared edit lock
+    (held to the end of the turn: no writer of plan.json can come in between); the read-back
+    of the turn's own event lines (_feed) takes that look instead of a stat of its own. Before:
+    one more stat of plan.json in every turn that committed something."""
+    from dagrun import engine as eng_mod
+
+    n = 12
+    h, eng = _engine(tmp_path, n)
+    loop = threading.get_ident()
+    turn = {"in": False, "plan": 0, "commits": 0}
+    per_turn: list[tuple[int, int]] = []          # (commits, plan.json stats) of each turn
+    real_stat = os.stat
+
+    def c_stat(path, *a, **k):
+        if turn["in"] and threading.get_ident() == loop and isinstance(path, str) \
+                and path.endswith("/goals/fo/plan.json"):
+            turn["plan"] += 1
+        return real_stat(path, *a, **k)
+
+    real_once, real_commit = eng_mod.Engine._loop_once, eng_mod.Engine._commit_locked
+
+    def once(self):
+        turn.update({"in": True, "plan": 0, "commits": 0})
+        try:
+            return real_once(self)
+        finally:
+            turn["in"] = False
+            per_turn.append((turn["commits"], turn["plan"]))
+
+    def commit(self, run, ex):
+        turn["commits"] += 1
+        return real_commit(self, run, ex)
+
+    monkeypatch.setattr(os, "stat", c_stat)
+    monkeypatch.setattr(eng_mod.Engine, "_loop_once", once)
+    monkeypatch.setattr(eng_mod.Engine, "_commit_locked", commit)
+    assert eng.run() == 0
+    monkeypatch.undo()
+    assert all((task_dir(h.root, "fo", f"m{i:02d}") / "done").exists() for i in range(n))
+    assert sum(c for c, _ in per_turn) == n + 1, per_turn
+    # inside a turn that committed (a's, at least; not the last: the goal's end reads its
+    # files): the one look for its commits, under the lock -- not a second one for the
+    # read-back of its own lines (_absorb_own looks again after the turn, the lock gone)
+    committing = [looks for commits, looks in per_turn[:-1] if commits]
+    assert committing and all(looks == 1 for looks in committing), per_turn
+
+
+def test_the_turns_look_at_plan_json_is_forgotten_with_its_lock(tmp_path):
+    """The look is good only while the turn holds the goal's edit lock: once the turn ends, a
+    plan replaced in between is seen by the next read of the goal's lines (the memo must not
+    serve the old stamp)."""
+    h, eng = _engine(tmp_path, 2)
+    eng._discover()
+    gs = eng.goals["fo"]
+    eng._lock_turn("fo")
+    eng._stamp_seen.add("fo")              # what _commit_locked records after its look
+    assert eng._stamp_held("fo")
+    eng._unlock_turn()
+    assert not eng._stamp_held("fo")
+    old = gs.stamp
+    tasks = [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "changed"}]
+    p = write_plan(tmp_path / "p2", tasks, goal="fo", defaults={"agent": "true"})
+    time.sleep(0.01)
+    run("submit", p, "--replace", home=h.root)
+    eng._feed(eng.goals["fo"])
+    assert eng.goals["fo"].stamp != old
+    assert eng.goals["fo"].plan.has("b") and not eng.goals["fo"].plan.has("m00")
+
+
+def test_task_paths_are_the_homes_own_paths(tmp_path):
+    h = Home(str(tmp_path / "home"))
+    assert h.task_paths("g", "t") == (h.task_dir("g", "t"), h.claim_dir("g", "t"), h.prompt_path("g", "t"),
+                                      h.output_path("g", "t"))
+    d = os.path.join(h.root, "goals", "g", "tasks", "t")        # the concatenations are os.path.join's
+    assert (h.marker_path("g", "t", "done"), h.heartbeat_path("g", "t"), h.stderr_path("g", "t")) == \
+        (os.path.join(d, "done"), os.path.join(d, "claim", "heartbeat"), os.path.join(d, "stderr.log"))
+
+
+# ---------------------------------------------------------------------------------- outputs
+def test_an_empty_output_remembered_at_its_commit_is_read_again_once_it_changes(tmp_path):
+    """Home.file_size (the commit's output_bytes) remembers an empty output for read_output at
+    any limit -- the dependent's prompt costs one stat -- and never serves it once the path is
+    another inode, written to, or a symbolic link (to an empty file or not): then the safe way."""
+    import pytest
+
+    from dagrun import fsio
+    from dagrun.errors import FsError
+
+    h = Home(str(tmp_path / "home"))
+    out = task_dir(h.root, "g", "a") / "output"
+    out.parent.mkdir(parents=True)
+    out.write_bytes(b"")
+    walks = []
+    real = fsio.open_beneath
+
+    def counted(root, rel, *a, **k):
+        walks.append(rel)
+        return real(root, rel, *a, **k)
+
+    fsio.open_beneath = counted
+    try:
+        assert h.file_size(str(out)) == 0
+        assert h.read_output(str(out), 100) == (b"", 0) and h.read_output(str(out), 7) == (b"", 0)
+        assert walks == []                                      # no safe walk: one stat each
+        with open(out, "r+b") as f:                             # written in place
+            f.write(b"late")
+        st = out.stat()
+        os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000))
+        assert h.read_output(str(out), 100) == (b"late", 4) and len(walks) == 1
+        tmp = out.parent / ".o.tmp"
+        tmp.write_bytes(b"")
+        os.rename(tmp, out)                                     # another inode, empty too
+        assert h.read_output(str(out), 100) == (b"", 0) and len(walks) == 2
+        assert h.file_size(str(tmp_path / "nothing")) == 0
+        os.unlink(out)
+        elsewhere = tmp_path / "empty"
+        elsewhere.write_bytes(b"")
+        os.symlink(elsewhere, out)                              # a symlink to an empty file
+        h.file_size(str(out))                                   # lstat: the link itself, not remembered
+        with pytest.raises(FsError, match="symbolic link"):
+            h.read_output(str(out), 100)
+    finally:
+        fsio.open_beneath = real
+
+
+def test_a_chains_prompts_read_their_empty_inputs_without_the_safe_walk(tmp_path, monkeypatch):
+    """No-op agents print nothing: each task's commit remembers its empty output, and the next
+    task's prompt reads it with one stat (before: the safe walk, six calls, on a chain's
+    critical path)."""
+    from dagrun import fsio
+    from dagrun.engine import Engine
+    from dagrun.simrun import FakeRunner, Outcome
+
+    h = Home(str(tmp_path / "home"))
+    ids = [f"c{i}" for i in range(6)]
+    tasks = [{"id": t, "prompt": "x", "deps": [ids[i - 1]] if i else []} for i, t in enumerate(ids)]
+    run("submit", write_plan(tmp_path / "p", tasks, goal="ch", defaults={"agent": "true"}), home=h.root)
+    walks = []
+    real = fsio.open_beneath
+
+    def counted(root, rel, *a, **k):
+        if rel.endswith("/output"):
+            walks.append(rel)
+        return real(root, rel, *a, **k)
+
+    monkeypatch.setattr(fsio, "open_beneath", counted)
+    eng = Engine(h, goal="ch", jobs=2, runner=FakeRunner(lambda launch: Outcome()))
+    assert eng.run() == 0
+    monkeypatch.undo()
+    assert all((task_dir(h.root, "ch", t) / "done").exists() for t in ids)
+    assert walks == [], walks
+    prompt = (task_dir(h.root, "ch", "c3") / "prompt.md").read_text()
+    assert "## Output of c2" in prompt
