@@ -20,6 +20,7 @@ import os
 import random
 import time
 from dataclasses import dataclass
+from stat import S_ISLNK
 from typing import Callable
 
 from . import bulk
@@ -407,14 +408,23 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
     out = home.output_path(g, t)
     try:
         captured = os.path.join(cdir, "stdout")
+        size: int | None = None         # the output's size, when known without a look
         if output_from is not None:
             fsio.rename(output_from, out)
         elif output_data is not None:
             fsio.write_atomic(out, output_data)
-        elif os.path.exists(captured):
-            fsio.rename(captured, out)
+            size = len(output_data)
         else:
-            fsio.write_atomic(out, b"")
+            try:                        # one look says whether it is there and its size
+                st = os.lstat(captured)
+                size = None if S_ISLNK(st.st_mode) and not os.path.exists(captured) else st.st_size
+            except FileNotFoundError:
+                size = None
+            if size is None:
+                fsio.write_atomic(out, b"")
+                size = 0
+            else:
+                fsio.rename(captured, out)
         err = os.path.join(cdir, "stderr")
         have_err = os.path.exists(err)
         if have_err:
@@ -425,7 +435,7 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
         body = {
             "attempt": c.attempt, "worker": c.owner.get("worker"), "started": now_iso(c.started),
             "ended": now_iso(ended), "duration": round(ended - c.started, 3), "exit_code": exit_code,
-            "definition": plan.task(t).definition_digest(), "output_bytes": home.file_size(out),
+            "definition": plan.task(t).definition_digest(), "output_bytes": home.file_size(out) if size is None else size,
         }
         if forced_by:
             body["forced_by"] = forced_by

@@ -703,6 +703,25 @@ def test_a_success_after_failures_is_kept_beside_them(tmp_path):
     assert "usage" not in read_json(home2.attempt_path("g", "a", 2, "json"))
 
 
+def test_the_capture_s_size_is_the_one_look_at_it_and_a_dangling_link_is_no_capture(tmp_path):
+    """commit_done looks at claim/stdout once (lstat: there? how big?) and the marker's
+    output_bytes is that size, not a second look at `output`. A claim/stdout that is a
+    symbolic link to nothing counts as no capture, as os.path.exists said: an empty output
+    is published and the link is left in the claim (removed with it)."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}, {"id": "b", "prompt": "x", "agent": "true"}])
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    Path(home.claim_dir("g", "a"), "stdout").write_bytes(b"seven b")
+    body = lc.commit_done(home, plan, c, ended=time.time())
+    assert body["output_bytes"] == 7 and Path(home.output_path("g", "a")).read_bytes() == b"seven b"
+    c = _claim(home, "b")
+    os.symlink(tmp_path / "nowhere", os.path.join(home.claim_dir("g", "b"), "stdout"))
+    body = lc.commit_done(home, plan, c, ended=time.time())
+    out = Path(home.output_path("g", "b"))
+    assert not out.is_symlink() and out.read_bytes() == b"" and body["output_bytes"] == 0
+    assert not os.path.lexists(home.claim_dir("g", "b"))
+
+
 def test_done_from_a_file_or_bytes_and_forced(tmp_path):
     home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}, {"id": "b", "prompt": "x", "agent": "true"},
                                   {"id": "c", "prompt": "x", "agent": "true"}])
