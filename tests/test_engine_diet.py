@@ -304,3 +304,38 @@ def test_the_remembered_pid_is_the_childs_own_after_fork():
     os.waitpid(pid, 0)
     assert got == b"True"
 
+
+
+# ---------------------------------------------------------------------------------- no spare pool
+def test_a_run_makes_no_spare_folder_and_sweeps_the_dead_pools_older_versions_left(tmp_path):
+    """The spare-inode pool is gone (2026-12-06): a run creates no `$DAGRUN_HOME/.spare`, and
+    its start removes the pools (`.spare/<pid>-<k>/`, empty files and nests) that killed
+    engines of older versions left -- a live pid's pool stays (an older engine may be using
+    it on a shared home), and `.spare` itself goes once it is empty."""
+    import subprocess
+    from dagrun.engine import Engine
+    from dagrun.simrun import FakeRunner, Outcome
+
+    h = Home(str(tmp_path / "home"))
+    p = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "x", "deps": ["a"]}],
+                   goal="ns", defaults={"agent": "true"})
+    run("submit", p, home=h.root)
+    assert Engine(h, goal="ns", jobs=2, runner=FakeRunner(lambda launch: Outcome(after=0.01))).run() == 0
+    assert (task_dir(h.root, "ns", "b") / "done").exists()
+    assert not os.path.lexists(os.path.join(h.root, ".spare"))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    spare = tmp_path / "home" / ".spare"
+    for pid in (dead.pid, os.getppid()):
+        (spare / f"{pid}-0" / "n1" / "claim").mkdir(parents=True)
+        (spare / f"{pid}-1").mkdir()
+        (spare / f"{pid}-1" / "f2").write_bytes(b"")
+    p2 = write_plan(tmp_path / "p2", [{"id": "c", "prompt": "x"}], goal="ns2", defaults={"agent": "true"})
+    run("submit", p2, home=h.root)
+    assert Engine(h, goal="ns2", jobs=1, runner=FakeRunner(lambda launch: Outcome(after=0.01))).run() == 0
+    assert sorted(os.listdir(spare)) == [f"{os.getppid()}-0", f"{os.getppid()}-1"]
+    for d in os.listdir(spare):
+        fsio.rmtree(str(spare / d))
+    (spare / f"{dead.pid}-0").mkdir()
+    assert Engine(h, goal="ns2", jobs=1, runner=FakeRunner(lambda launch: Outcome())).run() == 0
+    assert not os.path.lexists(spare)
