@@ -6,7 +6,7 @@
 Prints, per repetition: wall seconds, user and system CPU seconds (the engine and its agents),
 peak RSS, and the voluntary / involuntary context switches of the engine process -- the
 number that shows how often the loop's thread gave up the CPU (a sleep in vfork, a lock, the
-GIL handed to a spare-pool thread). Generate a plan with bench/run.py or bench/scale.py.
+GIL handed to a spawner thread). Generate a plan with bench/run.py or bench/scale.py.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Per-thread CPU of one command (e.g. `dagrun run PLAN -j 8 -q`): samples
 /proc/PID/task/*/stat and status every 5 ms and prints, for each thread (by thread id: the
-engine's loop first, then the spare-pool fillers and the spawners in the order they
+engine's loop first, then the spawners in the order they
 started), user / system seconds / voluntary context switches, plus the total.
 
     DAGRUN_HOME=$(mktemp -d) python3 bench/threads.py .venv/bin/dagrun run PLAN -j 8 -q

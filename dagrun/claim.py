@@ -104,7 +104,7 @@ def new_owner(worker: str, attempt: int, *, kind: str, pid: int | None = None) -
     }
 
 
-NEW = 2    # acquire(): claimed, and the task's folder came with the claim (it holds nothing else)
+NEW = 2    # acquire(): claimed, and the task's folder was made with it (it holds nothing else)
 
 
 def acquire(home: Home, g: str, t: str, *, hold: bool = False) -> bool | int:
@@ -113,32 +113,25 @@ def acquire(home: Home, g: str, t: str, *, hold: bool = False) -> bool | int:
     is "being born"). hold: take the birth lock first -- the task folder flock'ed shared
     before the claim appears, kept until owner.json is published or the claim released
     (born()) -- so that nobody breaks the claim while we live, however long the birth
-    takes. Without it (or when flock fails) others give it a grace period."""
+    takes. Without it (or when flock fails) others give it a grace period.
+
+    System calls (a first claim: mkdir, open + flock, mkdir; a retry's: the same, the first
+    mkdir failing with EEXIST): the task folder is made without looking first, and a folder
+    that was there already is checked for a symbolic link only when the birth lock's
+    open(O_NOFOLLOW) did not prove it a folder (docs/performance.md, 2026-12-06)."""
     tdir = home.task_dir(g, t)
     cdir = os.path.join(tdir, CLAIM)
-    fd: int | None = None
-
-    def lock(nest: str) -> None:
-        nonlocal fd
-        fd = _lock_shared(nest)
-
     try:
-        # a task's first claim: its folder and claim/ come as one spare pair, in one rename
-        # (RENAME_NOREPLACE: it fails if the folder exists, whatever it is -- then as below)
-        if fsio.mkdir_fresh(tdir, CLAIM, lock if hold else None):
-            got = NEW
-        else:
-            if fd is not None:
-                os.close(fd)
-                fd = None
-            if os.path.islink(tdir):
-                raise FsError(f"refusing to use {tdir}: it is a symbolic link (task folders are made by dagrun; "
-                              f"remove it)")
-            if not os.path.isdir(tdir):
-                fsio.makedirs(tdir)
-            if hold:
-                lock(tdir)
-            got = fsio.mkdir(cdir)
+        fresh = fsio.mkdir(tdir)          # False: it was there (a retry, a claim held)
+    except FileNotFoundError:             # no tasks/ folder yet
+        fsio.makedirs(tdir)
+        fresh = False
+    fd = _lock_shared(tdir) if hold else None
+    try:
+        if not fresh and fd is None and os.path.islink(tdir):
+            raise FsError(f"refusing to use {tdir}: it is a symbolic link (task folders are made by dagrun; "
+                          f"remove it)")
+        got = fsio.mkdir(cdir)
     except BaseException:
         if fd is not None:
             os.close(fd)
@@ -147,9 +140,10 @@ def acquire(home: Home, g: str, t: str, *, hold: bool = False) -> bool | int:
         born(home, g, t)              # a lock left from an earlier claim of ours (taken away since)
         if fd is not None:
             _BIRTHS[cdir] = fd
-    elif fd is not None:
+        return NEW if fresh else True
+    if fd is not None:
         os.close(fd)
-    return got
+    return False
 
 
 def update_owner(home: Home, g: str, t: str, owner: dict) -> None:
@@ -187,15 +181,12 @@ def judge(home: Home, g: str, t: str, owner: dict | None, *, lease: float,
     if os.path.islink(home.claim_dir(g, t)):
         return "the claim is a symbolic link (not made by dagrun)"
     if owner is None:
-        # How long it has been born: ctime, not mtime (a claim made by renaming a spare folder
-        # keeps the spare's old mtime; a rename sets its ctime). But a task's first claim comes
-        # inside a spare nest, and renaming the nest into place sets only the nest's ctime,
-        # not the claim's, which stays as old as the nest -- then the task folder's ctime (the
-        # nest itself) is the younger, true one. The newer of the two is never older than the
-        # claim. Judging by the claim's alone broke live claims of engines between mkdir and
-        # owner.json, and the task ran twice (tests/test_race.py in CI).
+        # How long it has been born: the claim folder's ctime (its mkdir; anything made in it
+        # since only makes it younger). Judging a live claim of an engine between mkdir and
+        # owner.json stale would run the task twice (tests/test_race.py); the birth lock
+        # (being_born) covers a birth longer than the grace.
         try:
-            birth = max(os.stat(home.claim_dir(g, t)).st_ctime, os.stat(home.task_dir(g, t)).st_ctime)
+            birth = os.stat(home.claim_dir(g, t)).st_ctime
         except FileNotFoundError:
             return None  # gone already
         age = now - birth
@@ -275,14 +266,12 @@ def take_over(home: Home, g: str, t: str, expect_nonce: str | None, worker: str,
 
 def release(home: Home, g: str, t: str) -> None:
     """Drop our claim. Usually the folder is empty by now (owner.json became the marker) and
-    one rmdir(2) does it -- or one rename into the engine's spare pool, which deletes there
-    whatever was still in it (a crash in between: a dead pid's pool, swept by the next
-    engine); otherwise rename it away in one step, then delete it -- a crash in between
-    leaves only a dot-folder that the next claim of the task sweeps."""
+    one rmdir(2) does it; otherwise rename it away in one step, then delete it -- a crash in
+    between leaves only a dot-folder that the next claim of the task sweeps."""
     cdir = home.claim_dir(g, t)
     try:
         try:
-            fsio.rmdir(cdir, discard=True)    # (its content goes either way: see below)
+            fsio.rmdir(cdir)
             return
         except OSError:
             pass

@@ -43,9 +43,8 @@ from .plan import Plan, Task
 from .presets import shell_command
 from .history import History
 from .reconcile import GoalState, Reconciler
-from . import scheduler as sc
 from .scheduler import FairShare
-from .store import CLAIM, Home, as_int, loads, parse_ts
+from .store import Home, as_int, loads, parse_ts
 from .watcher import Doorbell, Watcher
 from .workspace import CONFLICT, GIT_REDIRECT
 
@@ -126,11 +125,6 @@ class Engine(Reconciler):
         self.signals = 0
         self._stop_begun = False
         self._killed_all = False
-        self._spares_on = False
-        self._left: int | None = None             # tasks still to start, as of the last _dispatch
-        # ... over every goal's scheduler, kept by the schedulers themselves (attached in
-        # _resync, detached when a goal is dropped): O(1) per dispatch however many goals
-        self._tally = sc.Tally()
         self.share = FairShare()                  # which goal the next start comes from
         self.history: History | None = None       # durations of done runs (ranking), read once
         self._next_house = 0.0
@@ -149,7 +143,7 @@ class Engine(Reconciler):
     def run(self) -> int:
         self.home.ensure()
         self.home.sweep_unborn_goals()     # left by a submit that was killed half-way
-        fsio.sweep_spares(self.home.root)  # pools of engines that were killed
+        fsio.sweep_old_spares(self.home.root)  # .spare/ pools left by older versions (killed)
         old = self._install_signals()
         ev.hold()        # the loop's event lines go out once per turn (events.hold)
         hk.hold_turn()   # ... and the home's hooks folder is looked for once per turn
@@ -195,7 +189,6 @@ class Engine(Reconciler):
             self._restore_signals(old)
             if self.watcher:
                 self.watcher.close()       # (its close(2) waits in a thread: started first)
-            fsio.stop_spares()
             self.runner.close()
             self.bell.close()
         if self.fs_error is not None:
@@ -470,11 +463,6 @@ class Engine(Reconciler):
             for gs in self.goals.values():   # resources: the units free now (others may have given some back)
                 if gs.sched.needs is not None and gs.sched.peek() is not None:
                     res.apply(self.home, gs.plan, gs.sched)
-        # the spare pool keeps no more than the work left uses (and starts knowing it: a
-        # one-task goal makes a nest and a few files, not a full pool to remove at exit)
-        self._left = self._tally.left
-        if self._spares_on:
-            fsio.spares_left(self._left)
         mine: dict[str, int] = {}
         for r in self.runs.values():
             mine[r.goal] = mine.get(r.goal, 0) + 1
@@ -523,9 +511,6 @@ class Engine(Reconciler):
         """Claim, render and start task t; True when the start was handed to the runner's
         spawner (_spawned() goes on from there)."""
         plan, g, sched = gs.plan, gs.plan.goal, gs.sched
-        if not self._spares_on:          # only once there is work: idle runs create nothing
-            self._spares_on = True
-            fsio.start_spares(self.home.root, threads=2, target=max(16, 4 * self.jobs), nest=CLAIM, left=self._left)
         try:
             c = claim_task(self.home, plan, t, worker=self.worker, kind="engine", state_of=sched.state_of,
                            publish_owner=False)
@@ -600,7 +585,7 @@ class Engine(Reconciler):
             step = f"spawn {g}/{t}"
             fsio._step(step)
             if submit is not None:
-                run.claim_ino = c.claim_ino or os.stat(cdir).st_ino
+                run.claim_ino = os.stat(cdir).st_ino
             handle = submit(launch) if submit is not None else None
             if handle is None:
                 handle = self.runner.start(launch)

@@ -76,7 +76,7 @@ def _exit_now(code) -> None:
     not daemons (hooks.py runs a transition's hooks on one: `dagrun complete` and `dagrun run`
     wait for them, as the interpreter's exit does), flush what was written to stdout and
     stderr, then os._exit. Every file dagrun writes is closed (and published by rename)
-    before the command returns; the other threads left are daemons (spare pool, spawners).
+    before the command returns; the other threads left are daemons (the spawners).
     Ctrl-C while hooks run: exit 130 at once (their records stay: the next engine runs them)."""
     if code is None:
         code = 0

@@ -20,6 +20,7 @@ import os
 import random
 import time
 from dataclasses import dataclass
+from stat import S_ISLNK
 from typing import Callable
 
 from . import bulk
@@ -60,7 +61,6 @@ class Claim:
     #                               ends the attempt with transitions.finish, outcome CONFLICT)
     resources: dict | None = None   # the units it holds ({pool as shown: n}, resources.py)
     skip: str | None = None       # its `when` is false: why (the caller ends it: transitions.skip)
-    claim_ino: int = 0            # claim/'s inode when known without a stat (born in a spare nest)
 
     @property
     def nonce(self) -> str:
@@ -105,12 +105,9 @@ def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: i
     got = claims.acquire(home, g, t, hold=True)     # held by us until owner.json (claim.born)
     if not got:
         return None
-    # a nest's inodes were stat'ed by the spare thread that made it (rename keeps them): the
-    # task folder's for run_id, claim/'s for the engine's is-it-still-ours check
-    inos = fsio.nest_inodes(tdir) if got == claims.NEW else None
     # Under the claim nobody else changes this task: read its history now (one listdir) --
-    # unless the folder came with the claim, in one rename of a spare that held only claim/
-    # (what a listdir would say at that instant; a marker written later was always possible)
+    # unless the folder was made with the claim: it holds only claim/ (what a listdir would
+    # say at that instant; a marker written later was always possible)
     try:
         names = [CLAIM] if got == claims.NEW else os.listdir(tdir)
     except OSError as e:
@@ -137,9 +134,9 @@ def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: i
         return None
     attempt += 1
     owner = claims.new_owner(worker, attempt, kind=kind, pid=pid)
-    owner["run_id"] = run_id(home, g, t, attempt, inos[0] if inos else None)
+    owner["run_id"] = run_id(home, g, t, attempt)
     owner.update(owner_extra or {})
-    c = Claim(g, t, attempt, owner, time.time(), claim_ino=inos[1] if inos else 0)
+    c = Claim(g, t, attempt, owner, time.time())
 
     def give_up() -> None:          # units first, then the claim they live under
         res.release_attempt(home, g, t, owner)
@@ -411,14 +408,23 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
     out = home.output_path(g, t)
     try:
         captured = os.path.join(cdir, "stdout")
+        size: int | None = None         # the output's size, when known without a look
         if output_from is not None:
             fsio.rename(output_from, out)
         elif output_data is not None:
             fsio.write_atomic(out, output_data)
-        elif os.path.exists(captured):
-            fsio.rename(captured, out)
+            size = len(output_data)
         else:
-            fsio.write_atomic(out, b"")
+            try:                        # one look says whether it is there and its size
+                st = os.lstat(captured)
+                size = None if S_ISLNK(st.st_mode) and not os.path.exists(captured) else st.st_size
+            except FileNotFoundError:
+                size = None
+            if size is None:
+                fsio.write_atomic(out, b"")
+                size = 0
+            else:
+                fsio.rename(captured, out)
         err = os.path.join(cdir, "stderr")
         have_err = os.path.exists(err)
         if have_err:
@@ -429,7 +435,7 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
         body = {
             "attempt": c.attempt, "worker": c.owner.get("worker"), "started": now_iso(c.started),
             "ended": now_iso(ended), "duration": round(ended - c.started, 3), "exit_code": exit_code,
-            "definition": plan.task(t).definition_digest(), "output_bytes": home.file_size(out),
+            "definition": plan.task(t).definition_digest(), "output_bytes": home.file_size(out) if size is None else size,
         }
         if forced_by:
             body["forced_by"] = forced_by

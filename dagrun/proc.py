@@ -135,7 +135,7 @@ def self_start() -> str | None:
 
 def pid_alive(pid: int) -> bool:
     """A process with this pid exists (any owner): for names that carry only a pid, like
-    the spare pools and unborn goal folders of this host."""
+    unborn goal folders of this host (and the spare pools older versions left)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

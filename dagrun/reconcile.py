@@ -147,8 +147,6 @@ class Reconciler:
         sched, facts = ranked_scheduler(self.home, plan, self.history, clock=time.monotonic)
         if gs.sched is not None:
             sched.keep_waits(gs.sched)        # aging survives the rebuild
-            gs.sched.detach()
-        sched.attach(self._tally)             # the engine's count of tasks left, all goals
         gs.sched = sched
         gs.foreign = set()
         mine = {t for (gg, t) in self.by_task if gg == g}
@@ -218,10 +216,8 @@ class Reconciler:
                 fsio.rmtree(res[2])
 
     def _forget_goal(self, g: str) -> None:
-        """g leaves self.goals (dormant or removed): its tasks leave the engine's tally."""
-        gs = self.goals.pop(g, None)
-        if gs is not None and gs.sched is not None:
-            gs.sched.detach()
+        """g leaves self.goals (dormant or removed)."""
+        self.goals.pop(g, None)
 
     def _drop_goal(self, g: str) -> None:
         for (gg, _t), run in list(self.by_task.items()):

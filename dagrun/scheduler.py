@@ -37,21 +37,6 @@ ALL_SUCCESS, ALL_DONE, ONE_SUCCESS, ONE_FAILED, NONE_FAILED = S.TRIGGERS
 _BY_NAME = {n: i for i, n in enumerate(NAMES)}
 _SET_DIRECTLY = frozenset((S.DONE, S.FAILED, S.CANCELLED, S.RUNNING, S.RETRYING, S.SKIPPED, S.AWAITING))
 _DERIVED = frozenset(("pending", S.WAITING, S.READY, S.BLOCKED))
-# 1 for the states of a task still to start (Scheduler.left, Tally)
-_LEFT = tuple(int(s in (WAITING, READY, RETRYING)) for s in range(len(NAMES)))
-
-
-class Tally:
-    """Tasks still to start (waiting, ready, retrying) over every scheduler attached to it
-    (Scheduler.attach): each keeps it current as its tasks change state, so a reader serving
-    many goals (the engine's dispatch sizing the spare pool) reads one number instead of
-    summing every goal's counts on every turn."""
-    __slots__ = ("left",)
-
-    def __init__(self) -> None:
-        self.left = 0
-
-
 class CycleError(ValueError):
     """The graph has a dependency cycle; `.cycle` is one of them as [a, b, ..., a], each
     depending on the next (like graphlib.CycleError's second argument)."""
@@ -153,8 +138,6 @@ def skip_reason(root: str | None) -> str:
 
 
 class Scheduler:
-    tally: Tally | None = None          # attach()ed: told of every change of left()
-
     def __init__(self, tasks: Sequence[TaskLike], initial: dict[str, str] | None = None, *,
                  max_parallel: int | None = None, stop_on_failure: bool = False,
                  files: Mapping[str, Sequence[str]] | None = None,
@@ -272,9 +255,6 @@ class Scheduler:
         awaiting_approval/pending. The rest (waiting/ready/blocked/skipped by the rule) is
         derived from the dependencies, in topological order."""
         n = len(self.ids)
-        tally = self.tally
-        if tally is not None:             # the counts start over: so does this scheduler's share
-            self.detach()
         self.state = [WAITING] * n
         self.root: dict[int, int] = {}
         self.count = [0] * len(NAMES)
@@ -313,8 +293,6 @@ class Scheduler:
                 continue        # waiting, whatever its rule: _check's verdict would be None
             self._check(i, scratch)
             scratch.clear()
-        if tally is not None:
-            self.attach(tally)
 
     def _root(self, i: int, states: frozenset) -> int:
         """The task at the origin of i's verdict: the first dependency in one of `states`,
@@ -338,8 +316,6 @@ class Scheduler:
         self.count[old] -= 1
         self.state[i] = s
         self.count[s] += 1
-        if self.tally is not None:
-            self.tally.left += _LEFT[s] - _LEFT[old]
         if old == READY:
             self.nready[self.prio[i]] -= 1
         if s == READY:
@@ -421,22 +397,6 @@ class Scheduler:
 
     def n(self, state: int) -> int:
         return self.count[state]
-
-    def left(self) -> int:
-        """Tasks still to start: waiting, ready or retrying."""
-        return self.count[WAITING] + self.count[READY] + self.count[RETRYING]
-
-    def attach(self, tally: Tally) -> None:
-        """Count this scheduler's left() in tally from now on (one tally at a time)."""
-        self.detach()
-        tally.left += self.left()
-        self.tally = tally
-
-    def detach(self) -> None:
-        """Take this scheduler's share out of its tally (a goal dropped or rebuilt)."""
-        if self.tally is not None:
-            self.tally.left -= self.left()
-            self.tally = None
 
     def is_finished(self) -> bool:
         """Nothing waiting, ready, running, retrying or awaiting approval: the goal has ended."""
@@ -766,7 +726,6 @@ class _Shadow(Scheduler):
 
     def __init__(self, sched: Scheduler) -> None:      # noqa: super().__init__ would rebuild
         self.__dict__.update(sched.__dict__)
-        self.tally = None                              # what would happen is counted nowhere
         for name in ("state", "pend", "ndone", "nfail", "nskip", "rem_soft", "root"):
             setattr(self, name, _Overlay(getattr(sched, name)))
 

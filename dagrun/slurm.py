@@ -363,8 +363,8 @@ class SlurmRunner:
         at max_output, and (as the local runner) a capture file exists only if written to. The
         step's node and step-id records and srun's own capture files are removed once read, so
         the claim folder holds only owner.json again when the attempt is committed: its release
-        is then one rename into the spare pool, not a listing, a rename and an rmtree on the
-        driver's loop (2-3 ms a task here, more on NFS)."""
+        is then one rmdir(2), not a listing, a rename and an rmtree on the driver's loop (2-3 ms
+        a task here, more on NFS)."""
         prog = self._step_progress(handle)
         self._step_out.pop(self.key(handle), None)
         out, err = handle.get("stdout"), handle.get("stderr")

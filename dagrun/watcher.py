@@ -248,7 +248,7 @@ class Watcher:
         """Close the inotify fd -- in a thread of its own: the kernel destroys the inotify
         instance inside close(2) and waits there for an SRCU grace period (10-20 ms measured
         with `strace -T`, whatever the number of watches), which the engine's exit overlaps
-        with the rest of its work (the spare pool's removal) instead of waiting for it."""
+        with the rest of its work instead of waiting for it."""
         fd, self.fd = self.fd, None
         if fd is not None:
             threading.Thread(target=fsio.close_quiet, args=(fd,), name="dagrun-inotify-close", daemon=True).start()

@@ -286,18 +286,6 @@ def agents_of(home) -> list[int]:
 
 
 @pytest.fixture(autouse=True)
-def _no_spare_pool_left():
-    """A test that started dagrun's process-wide spare pool (an in-process engine's, or its
-    own) stops it: a pool left behind hands the next test of this worker task folders born
-    with their claim (claim.NEW) from another home, which changes what that test sees."""
-    yield
-    fsio = sys.modules.get("dagrun.fsio")
-    if fsio is not None and fsio.SPARES is not None:
-        fsio.stop_spares()
-        pytest.fail("the test left dagrun's spare pool running (fsio.stop_spares() in a finally)", pytrace=False)
-
-
-@pytest.fixture(autouse=True)
 def _no_stray_agents(tmp_path_factory):
     """Every test must leave no agent processes behind (agents carry DAGRUN_RUN_ID). Only
     agents of this pytest session count (their DAGRUN_HOME is under its basetemp): other test

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 
 import pytest
 
@@ -71,7 +72,15 @@ def _fanout_calls(tmp_path, monkeypatch, n: int = 24) -> dict[str, int]:
     for mod, name, fn in ((os, "open", c_open), (os, "stat", c_stat), (os, "lstat", c_lstat),
                           (os, "listdir", c_listdir), (os, "getpid", c_getpid), (fsio, "open_beneath", c_beneath)):
         monkeypatch.setattr(mod, name, fn)
-    eng = Engine(h, goal="fo", jobs=n, runner=FakeRunner(lambda launch: Outcome(after=0.3)))
+    ends: list[float] = []
+
+    def together(launch):                # every m ends at one instant (a turn's starts are
+        if launch.env["DAGRUN_TASK"] == "a":      # spread over time on a loaded machine)
+            return Outcome(after=0.05)
+        if not ends:
+            ends.append(time.monotonic() + 0.3)
+        return Outcome(after=max(0.0, ends[0] - time.monotonic()))
+    eng = Engine(h, goal="fo", jobs=n, runner=FakeRunner(together))
     assert eng.run() == 0
     monkeypatch.undo()
     assert all((task_dir(h.root, "fo", f"m{i:02d}") / "done").exists() for i in range(n))
@@ -83,20 +92,19 @@ def test_the_loop_thread_does_per_turn_what_it_did_per_task(tmp_path, monkeypatc
     limits.json is read once per turn, not at every claim; the shared upstream output is read
     the safe way once, then one stat says it is the same inode; plan.json's stamp is taken
     once per turn for the commits; attempts/ is one lstat per commit, not lstat + stat; a
-    released claim is listed once (in the spare pool), not before and after its rename; and
-    getpid(2) is not asked at all. Before (9fe0146): limits 25, a_output 24, attempts 48,
-    listdir 48, getpid > 150 for n = 24. And the task folder's and claim's inodes (run_id,
-    the engine's is-it-still-ours check) come from the spare thread that made the nest, not
-    from two stats a task."""
+    released (empty) claim is one rmdir(2), never listed (the spare pool, removed 2026-12-06,
+    listed each one it recycled: n listings); and getpid(2) is not asked at all. Before
+    (9fe0146): limits 25, a_output 24, attempts 48, listdir 48, getpid > 150 for n = 24. The
+    task folder's inode (run_id) is one stat a task (the pool's nests came with it: n // 2)."""
     n = 24
     c = _fanout_calls(tmp_path, monkeypatch, n)
     assert c["limits"] <= 3, c
     assert c["a_output"] <= 2, c
     assert c["attempts"] <= n + 2, c            # one lstat per commit of a first attempt
-    assert c["listdir_claims"] <= n + 2, c      # one listing per released claim
+    assert c["listdir_claims"] == 0, c          # a released claim is not listed
     assert c["getpid"] <= n + 8, c              # the fake runner asks once per start
     assert c["plan_stat"] < n, c                # commits ending in the same turns share one look
-    assert c["folder_ino"] <= n // 2, c         # the nests' inodes come from the spare thread
+    assert c["folder_ino"] <= n + 2, c          # the task folder's inode, for run_id
 
 
 # ---------------------------------------------------------------------------------- limits.json
@@ -171,39 +179,30 @@ def test_an_engine_applies_a_capacity_set_while_it_runs(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- release
-def test_a_released_claim_with_something_in_it_is_emptied_never_recycled_with_it(tmp_path):
-    """claim.release through the spare pool: the folder is renamed into the pool and looked
-    into once there; a file in it (left by an agent's orphan) is deleted with it, never handed
-    out inside the next spare folder; a symlinked claim loses the link, never its target."""
+def test_a_released_claim_with_something_in_it_is_removed_and_a_symlinked_one_loses_only_the_link(tmp_path):
+    """claim.release: an empty claim goes in one rmdir; one with a file in it (left by an
+    agent's orphan) is renamed away and deleted; a symlinked claim loses the link, never its
+    target. Nothing is kept for reuse: no `.spare` folder appears in the home."""
     from dagrun import claim as claims
 
     h = Home(str(tmp_path / "home"))
     h.ensure()
-    pool = fsio.start_spares(h.root, threads=1, target=4)
-    assert pool is not None
-    try:
-        if pool._noreplace is None:
-            pytest.skip("no renameat2 here: release does not recycle")
-        cdir = h.claim_dir("g", "t")
-        os.makedirs(cdir)
-        with open(os.path.join(cdir, "late.txt"), "w") as f:
-            f.write("x")
-        claims.release(h, "g", "t")
-        assert not os.path.exists(cdir)
-        for d in list(pool._dirs):
-            assert os.listdir(d) == [], d
-        os.makedirs(cdir)
-        claims.release(h, "g", "t")                              # an empty one is recycled
-        assert not os.path.exists(cdir) and any(os.path.isdir(d) for d in pool._dirs)
-        target = tmp_path / "outside"
-        target.mkdir()
-        (target / "keep").write_text("k")
-        os.symlink(target, cdir)
-        claims.release(h, "g", "t")
-        assert not os.path.lexists(cdir) and (target / "keep").read_text() == "k"
-        assert all(not os.path.islink(d) for d in pool._dirs)
-    finally:
-        fsio.stop_spares()
+    cdir = h.claim_dir("g", "t")
+    os.makedirs(cdir)
+    with open(os.path.join(cdir, "late.txt"), "w") as f:
+        f.write("x")
+    claims.release(h, "g", "t")
+    assert not os.path.exists(cdir) and os.listdir(h.task_dir("g", "t")) == []
+    os.makedirs(cdir)
+    claims.release(h, "g", "t")
+    assert not os.path.exists(cdir)
+    target = tmp_path / "outside"
+    target.mkdir()
+    (target / "keep").write_text("k")
+    os.symlink(target, cdir)
+    claims.release(h, "g", "t")
+    assert not os.path.lexists(cdir) and (target / "keep").read_text() == "k"
+    assert os.listdir(h.task_dir("g", "t")) == [] and not os.path.lexists(os.path.join(h.root, ".spare"))
 
 
 # ---------------------------------------------------------------------------------- outputs
@@ -306,32 +305,37 @@ def test_the_remembered_pid_is_the_childs_own_after_fork():
     assert got == b"True"
 
 
-def test_a_claim_born_in_a_spare_nest_knows_its_folders_inodes_without_a_stat(tmp_path):
-    """claim_task of a task whose folder comes from a spare nest: the claim's inode and the
-    task folder's (in run_id) are the ones the files have -- rename(2) keeps them; a claim
-    made without a nest (a folder that exists: a retry) stats them as before."""
-    from dagrun.lifecycle import claim_task
+
+# ---------------------------------------------------------------------------------- no spare pool
+def test_a_run_makes_no_spare_folder_and_sweeps_the_dead_pools_older_versions_left(tmp_path):
+    """The spare-inode pool is gone (2026-12-06): a run creates no `$DAGRUN_HOME/.spare`, and
+    its start removes the pools (`.spare/<pid>-<k>/`, empty files and nests) that killed
+    engines of older versions left -- a live pid's pool stays (an older engine may be using
+    it on a shared home), and `.spare` itself goes once it is empty."""
+    import subprocess
+    from dagrun.engine import Engine
+    from dagrun.simrun import FakeRunner, Outcome
 
     h = Home(str(tmp_path / "home"))
-    p = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "x"}],
-                   goal="ni", defaults={"agent": "true"})
+    p = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "x", "deps": ["a"]}],
+                   goal="ns", defaults={"agent": "true"})
     run("submit", p, home=h.root)
-    plan = h.load_plan("ni")
-    pool = fsio.start_spares(h.root, threads=1, target=4, nest="claim")
-    try:
-        if pool is None or not pool._nesting():
-            pytest.skip("no renameat2 here: no nests")
-        for _ in range(200):
-            if pool._nests and all(n in pool._inos for n in pool._nests):
-                break
-            threading.Event().wait(0.01)
-        c = claim_task(h, plan, "a", worker="w", kind="engine")
-        tdir = task_dir(h.root, "ni", "a")
-        assert c is not None and c.claim_ino == os.stat(tdir / "claim").st_ino
-        assert c.owner["run_id"].split("/")[-2] == f"{os.stat(tdir).st_ino:x}"
-        os.makedirs(task_dir(h.root, "ni", "b"))                 # no nest for a folder that exists
-        c2 = claim_task(h, plan, "b", worker="w", kind="engine")
-        assert c2 is not None and c2.claim_ino == 0
-        assert c2.owner["run_id"].split("/")[-2] == f"{os.stat(task_dir(h.root, 'ni', 'b')).st_ino:x}"
-    finally:
-        fsio.stop_spares()
+    assert Engine(h, goal="ns", jobs=2, runner=FakeRunner(lambda launch: Outcome(after=0.01))).run() == 0
+    assert (task_dir(h.root, "ns", "b") / "done").exists()
+    assert not os.path.lexists(os.path.join(h.root, ".spare"))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    spare = tmp_path / "home" / ".spare"
+    for pid in (dead.pid, os.getppid()):
+        (spare / f"{pid}-0" / "n1" / "claim").mkdir(parents=True)
+        (spare / f"{pid}-1").mkdir()
+        (spare / f"{pid}-1" / "f2").write_bytes(b"")
+    p2 = write_plan(tmp_path / "p2", [{"id": "c", "prompt": "x"}], goal="ns2", defaults={"agent": "true"})
+    run("submit", p2, home=h.root)
+    assert Engine(h, goal="ns2", jobs=1, runner=FakeRunner(lambda launch: Outcome(after=0.01))).run() == 0
+    assert sorted(os.listdir(spare)) == [f"{os.getppid()}-0", f"{os.getppid()}-1"]
+    for d in os.listdir(spare):
+        fsio.rmtree(str(spare / d))
+    (spare / f"{dead.pid}-0").mkdir()
+    assert Engine(h, goal="ns2", jobs=1, runner=FakeRunner(lambda launch: Outcome())).run() == 0
+    assert not os.path.lexists(spare)

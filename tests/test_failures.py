@@ -11,30 +11,21 @@ import pytest
 from conftest import events, run, spawn, task_dir, wait_for, write_plan  # noqa: F401
 
 
-def test_spare_pool_never_recycles_a_folder_with_files(tmp_path):
-    """Regression: releasing a claim that still held owner.json (cancel, superseded) moved the
-    whole folder into the spare pool, and owner.json later showed up in a task's attempts/."""
+def test_rmdir_refuses_a_folder_with_files(tmp_path):
+    """Regression: releasing a claim that still held owner.json (cancel, superseded) once
+    moved the whole folder away for reuse (the spare pool, removed 2026-12-06), and owner.json
+    later showed up in a task's attempts/. fsio.rmdir refuses a folder with something in it."""
     from dagrun import fsio
 
-    fsio.start_spares(str(tmp_path), threads=1, target=4)
-    try:
-        c = tmp_path / "claim"
-        c.mkdir()
-        (c / "owner.json").write_text("{}")
-        try:
-            fsio.rmdir(str(c))
-            raise AssertionError("rmdir of a non-empty folder succeeded")
-        except OSError:
-            pass
-        assert (c / "owner.json").exists()
-        (c / "owner.json").unlink()
-        assert fsio.rmdir(str(c)) and not c.exists()
-        for i in range(12):
-            p = tmp_path / f"n{i}"
-            fsio.makedirs(str(p))
-            assert list(p.iterdir()) == []
-    finally:
-        fsio.stop_spares()
+    c = tmp_path / "claim"
+    c.mkdir()
+    (c / "owner.json").write_text("{}")
+    with pytest.raises(OSError):
+        fsio.rmdir(str(c))
+    assert (c / "owner.json").exists()
+    (c / "owner.json").unlink()
+    assert fsio.rmdir(str(c)) and not c.exists()
+    assert not fsio.rmdir(str(c))                    # gone already: False
 
 
 # ------------------------------------------------------------------------------ timeouts

@@ -1,11 +1,9 @@
 """The shortcuts taken for speed (issue 20) say the same as the long way: status's view of the
 files (a first-attempt `done` marker read instead of listing the folder, the scheduler built
-from the same snapshot, usage from the markers), and the spare pool's batched refill."""
+from the same snapshot, usage from the markers)."""
 from __future__ import annotations
 
 import json
-import os
-import stat
 import time
 from pathlib import Path
 
@@ -60,146 +58,6 @@ def test_a_done_marker_of_a_later_attempt_is_read_the_long_way(tmp_path):
     (tdir / "done").write_text(json.dumps({"attempt": 4, "worker": "x"}))
     view, full = h.task_facts("w", "a", view=True, detail=True), h.task_facts("w", "a", detail=True)
     assert view == full and view.attempt == 4 and view.extra.get("attempts")
-
-
-def test_the_spare_pool_refills_once_it_runs_low_and_stays_full(tmp_path):
-    pool = fsio.start_spares(str(tmp_path), threads=1, target=8)
-    assert pool is not None
-    try:
-        def wait_full():
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and not pool._full():
-                time.sleep(0.01)
-            return pool._full()
-        assert wait_full()
-        n = len(pool._files) - 3                        # below half: the filler wakes, fills up
-        taken = [pool.pop_file() for _ in range(n)]
-        assert all(taken) and all(Path(p).is_file() for p in taken)
-        assert wait_full() and len(pool._files) >= 8
-        assert len(set(taken)) == n and not set(taken) & set(pool._files)
-    finally:
-        fsio.stop_spares()
-
-
-def _wait(cond, timeout: float = 20.0) -> bool:
-    end = time.monotonic() + timeout
-    while not cond() and time.monotonic() < end:
-        time.sleep(0.01)
-    return cond()
-
-
-def test_the_spare_pool_makes_and_keeps_no_more_than_the_work_left_uses(tmp_path):
-    """A pool told at its start that one task is left makes spares for that task only (a
-    one-task `dagrun run` used to make 70 and remove them on its way out, 0.15-0.35 s of
-    rmdir); and when the work left falls, the folders beyond what it can use (recycled claim
-    folders, nests) are removed by the filler in the background, not at the engine's exit."""
-    pool = fsio.start_spares(str(tmp_path), threads=1, target=16, nest="claim", left=1)
-    assert pool is not None
-    try:
-        nesting = pool._nesting()
-        assert _wait(pool._full)
-        time.sleep(0.3)                                          # nothing more comes
-        assert len(pool._files) <= 3 and len(pool._nests) <= 1 and len(pool._dirs) <= 1
-        made = os.listdir(os.path.join(str(tmp_path), ".spare", f"{os.getpid()}-0"))
-        assert len(made) == len(pool._files) + len(pool._nests) + len(pool._dirs)
-        if not nesting:
-            return                                               # no renameat2: no folders pooled
-        pool.set_left(40)
-        assert _wait(lambda: len(pool._nests) == 16)
-        given = []
-        for i in range(12):                                      # released claims, recycled
-            d = tmp_path / f"c{i}"
-            d.mkdir()
-            assert pool.give_dir(str(d))
-            given.append(d)
-        pool.set_left(0)                                         # the last task started
-        assert _wait(lambda: not pool._nests and not pool._dirs)
-        assert sorted(os.listdir(os.path.join(str(tmp_path), ".spare", f"{os.getpid()}-0"))) == \
-            sorted(os.path.basename(f) for f in pool._files)     # removed from the disk too
-    finally:
-        fsio.stop_spares()
-
-
-def test_the_pool_left_at_exit_is_removed_by_several_threads(tmp_path, monkeypatch):
-    """What the pool holds when the engine exits -- empty files, folders, nests (a folder
-    holding an empty claim folder) -- is removed by several threads at once (their unlinks
-    and rmdirs share the file system journal's waits), and every kind goes."""
-    import threading
-    pool = fsio.start_spares(str(tmp_path), threads=2, target=16, nest="claim")
-    assert pool is not None
-    assert _wait(pool._full)
-    base = tmp_path / ".spare"
-    assert any(base.rglob("*"))
-    names = set()
-    real = fsio.remove_many
-
-    def spy(paths, *a, **kw):
-        names.update(th.name for th in threading.enumerate())
-        seen = threading.Thread.start
-
-        def start(th):
-            names.add(th.name)
-            seen(th)
-        monkeypatch.setattr(threading.Thread, "start", start)
-        try:
-            real(paths, *a, **kw)
-        finally:
-            monkeypatch.setattr(threading.Thread, "start", seen)
-    monkeypatch.setattr(fsio, "remove_many", spy)
-    fsio.stop_spares()
-    assert sorted(os.listdir(base)) == []
-    assert sum(n.startswith("dagrun-remove-") for n in names) >= 1
-    odd = tmp_path / "odd"                                     # a folder with something in it
-    (odd / "x" / "y").mkdir(parents=True)
-    (odd / "f").write_text("")
-    real([str(odd / "x"), str(odd / "f"), str(tmp_path / "missing")])
-    assert os.listdir(odd) == []
-
-
-def _flags(path) -> int | None:
-    import fcntl
-    import struct
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        buf = bytearray(8)
-        fcntl.ioctl(fd, fsio.FS_IOC_GETFLAGS, buf)
-        return struct.unpack_from("i", buf)[0]
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def test_the_spare_pool_is_a_top_of_hierarchy_folder_of_empty_regular_files(tmp_path):
-    """.spare carries FS_TOPDIR_FL (chattr +T) where the file system has the flag, so ext4
-    places the pool's inodes away from its parent's block group; the spares are empty regular
-    files (made by mknod(2)) that the engine writes and renames like any temporary file."""
-    probe = tmp_path / "probe"
-    probe.mkdir()
-    supported = fsio.mark_top_dir(str(probe)) and (_flags(probe) or 0) & fsio.FS_TOPDIR_FL
-    pool = fsio.start_spares(str(tmp_path), threads=1, target=4)
-    assert pool is not None
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not pool._full():
-            time.sleep(0.01)
-        spare = tmp_path / ".spare"
-        if supported:
-            assert _flags(spare) & fsio.FS_TOPDIR_FL
-        else:
-            assert not fsio.mark_top_dir(str(spare))     # no such flag here: nothing changes
-        f = pool.pop_file()
-        st = os.stat(f)
-        assert stat.S_ISREG(st.st_mode) and st.st_size == 0
-        assert stat.S_IMODE(st.st_mode) == 0o644 & ~_umask()
-    finally:
-        fsio.stop_spares()
-
-
-def _umask() -> int:
-    m = os.umask(0)
-    os.umask(m)
-    return m
 
 
 def test_reads_without_a_file_object_return_the_whole_file_or_its_first_bytes(tmp_path):
@@ -411,51 +269,7 @@ def test_another_processs_lines_read_before_a_sleep_are_not_lost(tmp_path):
     finally:
         ev.release()
         eng.watcher.close()
-        fsio.stop_spares()          # the turn started task a: its spare pool and its agent
         eng.runner.close()
-
-
-def test_the_engines_count_of_tasks_left_is_kept_by_its_schedulers_not_summed_per_dispatch(tmp_path):
-    """Engine._dispatch sizes the spare pool by the tasks left over every goal it serves. It
-    used to sum each goal's counts on every dispatch (O(goals) a turn in a long-lived home);
-    now the schedulers keep one tally (scheduler.Tally), attached when a goal's scheduler is
-    built, swapped on a rebuild, taken out when the goal is dropped. Checked at every dispatch
-    of a three-goal engine whose goals are rebuilt on every other turn, and one goal (its tasks
-    behind an approval gate, none running) dropped half-way and found again."""
-    from dagrun import scheduler as sc
-    from dagrun.engine import Engine
-    from dagrun.simrun import FakeRunner, Outcome
-
-    h = Home(str(tmp_path / "home"))
-    for g, n in (("a", 12), ("b", 8), ("c", 30)):
-        tasks = [{"id": f"t{i}", "prompt": "x", "deps": [f"t{i - 1}"] if i % 3 else []} for i in range(n)]
-        if g == "c":
-            tasks = [{"id": "gate", "prompt": "x", "approval": {"prompt": "go?"}},
-                     *({**x, "deps": x["deps"] or ["gate"]} for x in tasks)]
-        run("submit", write_plan(tmp_path / g, tasks, goal=g, defaults={"agent": "true"}), home=h.root)
-    eng = Engine(h, jobs=3, until_idle=True, runner=FakeRunner(lambda launch: Outcome(after=0.005)))
-    dispatch, seen, dropped = eng._dispatch, [], []
-
-    def left():
-        return sum(gs.sched.n(sc.WAITING) + gs.sched.n(sc.READY) + gs.sched.n(sc.RETRYING)
-                   for gs in eng.goals.values())
-
-    def checked():
-        for gs in list(eng.goals.values()):
-            if len(seen) % 2:
-                eng._resync(gs)                                    # a rebuilt scheduler replaces the old one
-        if len(seen) == 5:
-            dropped.append(eng.goals["c"].sched.left())
-            eng._drop_goal("c")                                    # removed with 30 tasks left
-            dropped.append("c" in eng.goals)
-        before = left()
-        dispatch()
-        seen.append((eng._left, before, eng._tally.left, left()))
-    eng._dispatch = checked
-    eng.run()
-    assert len(seen) > 6 and dropped == [30, False]
-    assert [(x[0], x[2]) for x in seen] == [(x[1], x[3]) for x in seen]
-    assert seen[-1] == (30, 30, 30, 30)                            # c's, found again, behind its gate
 
 
 def test_work_another_process_makes_ready_while_the_engine_reads_its_own_lines_starts_at_once(tmp_path, monkeypatch):

@@ -70,8 +70,8 @@ def test_a_steps_node_is_known_from_a_one_node_allocation_else_the_step_says_it(
     the node and the step writes no node record. In one that spans nodes (forced here with
     SLURM_JOB_NUM_NODES=2: a one-node cluster cannot hold a two-node allocation) the step writes
     claim/node and the node reaches the `done` events and markers. Either way the step's
-    records are gone by the commit, so the claim folder is released by one rename into the
-    spare pool, never by an rmtree of what was left in it."""
+    records are gone by the commit, so the claim folder is released by one rmdir, never by an
+    rmtree of what was left in it."""
     tasks = [{"id": f"t{i}", "prompt": "p", "agent": "printf '%s' \"$SLURM_STEP_ID\""} for i in range(6)]
     one = write_plan(tmp_path / "plans", tasks, "one.json", goal="one", runner="slurm", defaults={"slurm": {"mode": "steps"}})
     many = write_plan(tmp_path / "plans", tasks, "many.json", goal="many", runner="slurm",

@@ -1,6 +1,6 @@
 """The hot path of a task start (issue 20): agents forked by the runner's spawner thread
-(ProcessRunner.submit/spawned), a task file read with one openat2, a first claim made by one
-rename of a spare nest. Runner checks run in a forked child, so the subreaper setting and the
+(ProcessRunner.submit/spawned), a task file read with one openat2, a first claim that makes
+its task folder without looking first. Runner checks run in a forked child, so the subreaper setting and the
 spawner thread stay out of the test process (as in test_runners.py)."""
 from __future__ import annotations
 
@@ -209,56 +209,35 @@ def test_open_beneath_follows_no_link_and_never_leaves_the_root(tmp_path):
         home.open_task_file(str(tmp_path / "a" / "b" / "l"))
 
 
-def test_a_first_claim_is_its_folder_and_claim_in_one_rename(tmp_path):
+def test_a_first_claim_makes_its_folder_and_says_so(tmp_path):
+    """acquire() makes the task folder, then claim/ in it (two mkdirs, no look first): NEW
+    when the folder was made with the claim, True when it was there (a retry), False while
+    held; with hold=True the birth lock is on the folder before the claim appears, and
+    owner.json drops it."""
     home = Home(str(tmp_path / "home"))
     home.ensure()
     os.makedirs(home.tasks_dir("g"))
-    pool = fsio.start_spares(home.root, threads=1, target=4, nest=CLAIM)
-    try:
-        assert pool is not None
-        end = time.monotonic() + 20
-        while not pool._nests and time.monotonic() < end:
-            time.sleep(0.02)
-        if not pool._nests:
-            pytest.skip("no renameat2(RENAME_NOREPLACE) on this file system: claims use mkdir")
-        took, take = [], pool.take_nest          # which way acquire went: the nest, or mkdir
-        pool.take_nest = lambda dst, before=None: took.append((dst, take(dst, before))) or took[-1][1]
-        assert claims.acquire(home, "g", "t1")
-        assert took == [(home.task_dir("g", "t1"), True)]
-        assert os.path.isdir(home.claim_dir("g", "t1")) and os.listdir(home.claim_dir("g", "t1")) == []
-        assert os.listdir(home.task_dir("g", "t1")) == [CLAIM]
-        assert not claims.acquire(home, "g", "t1")          # held: exclusive like mkdir
-        assert not claims.being_born(home, "g", "t1")       # (made without the birth lock)
-        claims.release(home, "g", "t1")
-        assert claims.acquire(home, "g", "t1")              # the folder exists: claim/ alone
-        assert os.listdir(home.task_dir("g", "t1")) == [CLAIM]
-        # the birth lock comes with the nest: taken on it before the rename, so the task
-        # folder appears locked; owner.json drops it
-        assert claims.acquire(home, "g", "t2", hold=True)
-        assert took[-1] == (home.task_dir("g", "t2"), True) and claims.being_born(home, "g", "t2")
-        claims.update_owner(home, "g", "t2", claims.new_owner("w", 1, kind="engine"))
-        assert not claims.being_born(home, "g", "t2")
-        # no task left to start: an emptied pool is not refilled (nothing made to be deleted)
-        pool.set_left(0)
-        while pool.pop_file() is not None:
-            pass
-        time.sleep(0.5)
-        assert pool._files == []
-        pool.set_left(10)                                    # work again: it refills
-        end = time.monotonic() + 20
-        while not pool._files and time.monotonic() < end:
-            time.sleep(0.02)
-        assert pool._files
-    finally:
-        fsio.stop_spares()
+    assert claims.acquire(home, "g", "t1") == claims.NEW
+    assert os.path.isdir(home.claim_dir("g", "t1")) and os.listdir(home.claim_dir("g", "t1")) == []
+    assert os.listdir(home.task_dir("g", "t1")) == [CLAIM]
+    assert not claims.acquire(home, "g", "t1")          # held: exclusive like mkdir
+    assert not claims.being_born(home, "g", "t1")       # (made without the birth lock)
+    claims.release(home, "g", "t1")
+    got = claims.acquire(home, "g", "t1")               # the folder exists: claim/ alone
+    assert got is True and os.listdir(home.task_dir("g", "t1")) == [CLAIM]
+    assert claims.acquire(home, "g", "t2", hold=True) == claims.NEW and claims.being_born(home, "g", "t2")
+    claims.update_owner(home, "g", "t2", claims.new_owner("w", 1, kind="engine"))
+    assert not claims.being_born(home, "g", "t2")
+    assert claims.acquire(home, "g2", "t", hold=True) is True    # no tasks/ folder yet: made
+    assert claims.being_born(home, "g2", "t")
 
 
 def test_a_task_folder_born_with_its_claim_is_not_listed_again(tmp_path, monkeypatch):
     """claim_task reads a task's folder (markers, attempts/, half-done breaks) once it holds
-    the claim. A first claim made the folder itself, in one rename of a spare nest holding
-    only claim/: that listdir (5 syscalls a task: open, fstat, 2 getdents, close) can only
-    say [claim], so acquire() says NEW and claim_task skips it; a folder that existed (a
-    retry, a claim without a nest) is still listed, and a marker there still refuses."""
+    the claim. A first claim made the folder itself, which then holds only claim/: that
+    listdir (5 syscalls a task: open, fstat, 2 getdents, close) can only say [claim], so
+    acquire() says NEW and claim_task skips it; a folder that existed (a retry) is still
+    listed, and a marker there still refuses."""
     from dagrun import lifecycle
     from dagrun.plan import parse
     home = Home(str(tmp_path / "home"))
@@ -267,54 +246,19 @@ def test_a_task_folder_born_with_its_claim_is_not_listed_again(tmp_path, monkeyp
     plan = parse(b'{"goal": "g", "defaults": {"agent": "true"}, "tasks": [{"id": "t1", "prompt": "x"}, '
                  b'{"id": "t2", "prompt": "y"}]}', shown="p", source=str(tmp_path / "p.json"), default_goal="g")
     listed, listdir = [], os.listdir
-    tasks = home.tasks_dir("g")                              # (the pool's threads list .spare/)
+    tasks = home.tasks_dir("g")
     monkeypatch.setattr(os, "listdir", lambda p: (listed.append(p) if os.path.dirname(str(p)) == tasks else None) or listdir(p))
-    pool = fsio.start_spares(home.root, threads=1, target=4, nest=CLAIM)
-    try:
-        end = time.monotonic() + 20
-        while pool is not None and not pool._nests and time.monotonic() < end:
-            time.sleep(0.02)
-        if pool is None or not pool._nests:
-            pytest.skip("no renameat2(RENAME_NOREPLACE) on this file system: claims use mkdir")
-        c = lifecycle.claim_task(home, plan, "t1", worker="w", kind="engine")
-        assert c is not None and c.attempt == 1 and listed == []
-        assert sorted(os.listdir(home.task_dir("g", "t1"))) == [CLAIM, "prompt.md"]
-        claims.release(home, "g", "t1")
-        c = lifecycle.claim_task(home, plan, "t1", worker="w", kind="engine")     # the folder exists
-        assert c is not None and set(listed) == {home.task_dir("g", "t1")}
-        claims.release(home, "g", "t1")
-        os.makedirs(home.task_dir("g", "t2"))
-        open(os.path.join(home.task_dir("g", "t2"), "done"), "w").close()
-        assert lifecycle.claim_task(home, plan, "t2", worker="w", kind="engine") is None
-        assert listed[-1] == home.task_dir("g", "t2")
-    finally:
-        fsio.stop_spares()
-
-
-def test_a_claim_born_in_an_old_spare_nest_is_judged_by_its_birth(tmp_path):
-    """A nest waits in the pool for a while; renaming it into place as a task folder sets the
-    nest's ctime but not that of the claim inside it. A claim without owner.json (its engine
-    is between mkdir and publishing owner.json) must still get its grace from the moment it
-    was taken, not from when the spare was made -- else a live claim is broken and the task
-    runs twice (tests/test_race.py found it)."""
-    home = Home(str(tmp_path / "home"))
-    home.ensure()
-    os.makedirs(home.tasks_dir("g"))
-    pool = fsio.start_spares(home.root, threads=1, target=4, nest=CLAIM)
-    try:
-        end = time.monotonic() + 20
-        while not pool._nests and time.monotonic() < end:
-            time.sleep(0.02)
-        if not pool._nests:
-            pytest.skip("no renameat2(RENAME_NOREPLACE) on this file system: claims use mkdir")
-        time.sleep(2.5)                                      # the nest grows old in the pool
-        assert claims.acquire(home, "g", "t1")
-        assert time.time() - os.stat(home.claim_dir("g", "t1")).st_ctime > 2   # the trap is there
-        assert claims.judge(home, "g", "t1", None, lease=60, grace=2.0) is None
-        assert "half-created claim" in claims.judge(home, "g", "t1", None, lease=60, grace=2.0,
-                                                    now=time.time() + 3)
-    finally:
-        fsio.stop_spares()
+    c = lifecycle.claim_task(home, plan, "t1", worker="w", kind="engine")
+    assert c is not None and c.attempt == 1 and listed == []
+    assert sorted(os.listdir(home.task_dir("g", "t1"))) == [CLAIM, "prompt.md"]
+    claims.release(home, "g", "t1")
+    c = lifecycle.claim_task(home, plan, "t1", worker="w", kind="engine")     # the folder exists
+    assert c is not None and set(listed) == {home.task_dir("g", "t1")}
+    claims.release(home, "g", "t1")
+    os.makedirs(home.task_dir("g", "t2"))
+    open(os.path.join(home.task_dir("g", "t2"), "done"), "w").close()
+    assert lifecycle.claim_task(home, plan, "t2", worker="w", kind="engine") is None
+    assert listed[-1] == home.task_dir("g", "t2")
 
 
 def _drive_slow_spawns(home_root: str, goal: str) -> None:

@@ -283,7 +283,7 @@ def test_a_live_holder_stalled_before_owner_json_keeps_its_claim_past_the_grace(
 
 
 def test_the_birth_lock_in_process(tmp_path):
-    """claim.acquire(hold=True) without a spare pool (the task folder exists: a retry, or mkdir):
+    """claim.acquire(hold=True) (the task folder exists: a retry, or mkdir):
     the birth lock is held from the mkdir until owner.json or the release; a half-born claim past
     its grace is live while it is held, stale once it is dropped. A judge stopped in its probe
     (the task folder held exclusive) does not stop a claimer: it claims without the lock."""

@@ -7,13 +7,12 @@
  * different getpid() and the shim does nothing there (no fault, no count, no trace). So the
  * indices below are the dagrun process's own mutations, whatever its agents do.
  *
- *   FAULT_DIR=/abs/path    only paths (and fds of files) under this folder are affected,
- *                          including the spare pool under .spare/
+ *   FAULT_DIR=/abs/path    only paths (and fds of files) under this folder are affected
  *   FAULT_ERRNO=ENOSPC|EIO the error to inject (default ENOSPC)
  *   FAULT_FLAG=/abs/file   while this file exists, every mutation under FAULT_DIR fails
  *   FAULT_AT=n             the n-th mutation of the main thread fails (once)
- *   FAULT_BG_AT=n          the n-th mutation of the other threads (the spare-pool fillers,
- *                          whose order against the main thread depends on timing) fails (once)
+ *   FAULT_BG_AT=n          the n-th mutation of the other threads (whose order against the
+ *                          main thread depends on timing) fails (once)
  *   FAULT_LOG=file         gets "n kind path" appended for the failed one ("bgN" for FAULT_BG_AT)
  *   FAULT_TRACE=file       gets "n kind path" appended for every counted mutation
  *   FAULT_SHORT=1          a faulted write(2) first writes half of its bytes and returns that
@@ -228,7 +227,7 @@ int mkdir(const char *path, mode_t mode) {
     if (fault("mkdir", path)) return -1;
     return real_mkdir(path, mode);
 }
-int mknod(const char *path, mode_t mode, dev_t dev) {   /* the spare pool's empty files */
+int mknod(const char *path, mode_t mode, dev_t dev) {   /* an empty file in one call */
     REAL(int, mknod, const char *, mode_t, dev_t);
     if (fault("create", path)) return -1;
     return real_mknod(path, mode, dev);

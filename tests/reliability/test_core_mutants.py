@@ -9,7 +9,6 @@ survivors they kill are named in tests/reliability/mutants.md.
 """
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import json
@@ -702,6 +701,25 @@ def test_a_success_after_failures_is_kept_beside_them(tmp_path):
     assert os.path.samefile(home2.stderr_path("g", "a"), home2.attempt_path("g", "a", 2, "err"))
     assert read_json(home2.attempt_path("g", "a", 2, "json"))["failures"] == 1
     assert "usage" not in read_json(home2.attempt_path("g", "a", 2, "json"))
+
+
+def test_the_capture_s_size_is_the_one_look_at_it_and_a_dangling_link_is_no_capture(tmp_path):
+    """commit_done looks at claim/stdout once (lstat: there? how big?) and the marker's
+    output_bytes is that size, not a second look at `output`. A claim/stdout that is a
+    symbolic link to nothing counts as no capture, as os.path.exists said: an empty output
+    is published and the link is left in the claim (removed with it)."""
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}, {"id": "b", "prompt": "x", "agent": "true"}])
+    plan = home.load_plan("g")
+    c = _claim(home, "a")
+    Path(home.claim_dir("g", "a"), "stdout").write_bytes(b"seven b")
+    body = lc.commit_done(home, plan, c, ended=time.time())
+    assert body["output_bytes"] == 7 and Path(home.output_path("g", "a")).read_bytes() == b"seven b"
+    c = _claim(home, "b")
+    os.symlink(tmp_path / "nowhere", os.path.join(home.claim_dir("g", "b"), "stdout"))
+    body = lc.commit_done(home, plan, c, ended=time.time())
+    out = Path(home.output_path("g", "b"))
+    assert not out.is_symlink() and out.read_bytes() == b"" and body["output_bytes"] == 0
+    assert not os.path.lexists(home.claim_dir("g", "b"))
 
 
 def test_done_from_a_file_or_bytes_and_forced(tmp_path):
@@ -1991,6 +2009,7 @@ class _ListdirFails:
 def test_claim_task_that_cannot_list_the_task_folder_releases_the_claim_with_one_line(tmp_path, monkeypatch):
     home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
     plan = home.load_plan("g")
+    os.makedirs(home.task_dir("g", "a"))           # a retry's folder (a first claim's is not listed)
     monkeypatch.setattr(lc, "os", _ListdirFails(home.task_dir("g", "a")))
     with pytest.raises(FsError) as e:
         lc.claim_task(home, plan, "a", worker="w1", kind="external")
@@ -2423,50 +2442,6 @@ def test_the_record_before_is_the_latest_readable_one_counting_down(tmp_path):
 
 
 # ------------------------------------------------------------------ mut8: the core's survivors of the sweep
-@contextlib.contextmanager
-def _spied_nest_pool(home: Home, monkeypatch):
-    """The engine's spare pool of claim nests for `home` (skipped where renameat2 cannot make
-    nests), its take_nest spied: yields (taken: [(dst, got), ...], wait_nest()); stopped after."""
-    from dagrun import fsio
-    pool = fsio.start_spares(home.root, threads=1, target=4, nest="claim")
-    try:
-        if pool is None or not pool._nesting():
-            pytest.skip("no renameat2(RENAME_NOREPLACE) here: the pool makes no nests")
-
-        def wait_nest():
-            deadline = time.monotonic() + 20
-            while not pool._nests and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert pool._nests
-        taken = []
-        real = pool.take_nest
-
-        def spy(dst, before=None):
-            got = real(dst, before)
-            taken.append((dst, got))
-            return got
-        monkeypatch.setattr(pool, "take_nest", spy)
-        yield taken, wait_nest
-    finally:
-        fsio.stop_spares()
-
-
-def test_a_first_claim_is_the_task_folder_and_its_claim_in_one_rename_of_a_spare_nest(tmp_path, monkeypatch):
-    """The engine's spare pool hands a task's first claim over as a nest (the task folder with
-    claim/ inside, one renameat2): acquire says NEW, and the claim is exclusive afterwards.
-    Only `dagrun run` starts the pool, so only tests of the binary saw this path."""
-    home = Home(str(tmp_path / "home"))
-    tdir = home.task_dir("g", "t")
-    os.makedirs(os.path.dirname(tdir))
-    with _spied_nest_pool(home, monkeypatch) as (taken, wait_nest):
-        wait_nest()
-        assert claims.acquire(home, "g", "t") == claims.NEW            # the folder came with the claim
-        assert taken == [(tdir, True)]
-        assert sorted(os.listdir(tdir)) == ["claim"] and os.listdir(home.claim_dir("g", "t")) == []
-        assert claims.acquire(home, "g", "t") is False                # held: a second claim fails
-        assert taken[1:] in ([], [(tdir, False)])                     # (a nest, if the pool has one again)
-
-
 def test_a_release_cut_off_after_its_rename_leaves_the_claim_in_the_task_folder_for_the_sweep(tmp_path, monkeypatch):
     """release() renames a claim with files in it away, then deletes it: a death in between
     leaves a `.claim.released.*` folder in the task folder, where sweep_leftovers finds it."""
@@ -3047,36 +3022,33 @@ def test_a_claim_that_cannot_be_made_under_the_birth_lock_lets_the_lock_go(tmp_p
     assert not claims.being_born(home, "g", "t")
 
 
-def test_a_spare_nest_that_cannot_become_the_task_folder_is_unlocked_and_the_folder_checked(tmp_path, monkeypatch):
-    """With the engine's spare pool: the nest is locked for the birth, then its rename fails
-    (the task folder exists). The nest's lock is closed; a folder that is a symbolic link is
-    refused in one line (no fd left), an ordinary one gets its claim the usual way (True, not
-    NEW) under a lock of its own."""
+def test_a_task_folder_that_was_there_is_checked_and_its_lock_kept_or_closed(tmp_path, monkeypatch):
+    """acquire() makes the task folder without looking first. One that was there already (a
+    retry) is checked: a symbolic link is refused in one line (no fd left), an ordinary one
+    gets its claim (True, not NEW) under its birth lock. A folder made now says NEW, locked
+    only if asked; a claim held by another is False with no fd left."""
     home = Home(str(tmp_path / "home"))
     os.makedirs(home.task_dir("g", "t"))
     os.makedirs(tmp_path / "elsewhere")
     os.symlink(tmp_path / "elsewhere", home.task_dir("g", "s"))
-    with _spied_nest_pool(home, monkeypatch) as (taken, wait_nest):
-        wait_nest()
-        before = _fds()
+    before = _fds()
+    for hold in (True, False):
         with pytest.raises(FsError) as e:
-            claims.acquire(home, "g", "s", hold=True)
+            claims.acquire(home, "g", "s", hold=hold)
         assert str(e.value).startswith(f"refusing to use {home.task_dir('g', 's')}: it is a symbolic link")
-        assert taken == [(home.task_dir("g", "s"), False)] and _fds() == before
-        wait_nest()
-        assert claims.acquire(home, "g", "t", hold=True) is True
-        assert taken[1] == (home.task_dir("g", "t"), False) and _fds() == before + 1     # the folder's own lock
-        assert claims.being_born(home, "g", "t")
-        claims.release(home, "g", "t")
-        assert _fds() == before
-        wait_nest()                      # a first claim: the nest becomes the folder, locked if asked
-        assert claims.acquire(home, "g", "n", hold=True) == claims.NEW and taken[-1] == (home.task_dir("g", "n"), True)
-        assert claims.being_born(home, "g", "n")
-        claims.update_owner(home, "g", "n", claims.new_owner("w1", 1, kind="external"))
-        assert not claims.being_born(home, "g", "n") and _fds() == before
-        wait_nest()
-        assert claims.acquire(home, "g", "m") == claims.NEW and taken[-1] == (home.task_dir("g", "m"), True)
-        assert not claims.being_born(home, "g", "m") and _fds() == before        # not asked: no lock
+        assert _fds() == before and os.listdir(tmp_path / "elsewhere") == []
+    assert claims.acquire(home, "g", "t", hold=True) is True
+    assert _fds() == before + 1                                   # the folder's own lock
+    assert claims.being_born(home, "g", "t")
+    assert claims.acquire(home, "g", "t", hold=True) is False and _fds() == before + 1
+    claims.release(home, "g", "t")
+    assert _fds() == before
+    assert claims.acquire(home, "g", "n", hold=True) == claims.NEW
+    assert claims.being_born(home, "g", "n")
+    claims.update_owner(home, "g", "n", claims.new_owner("w1", 1, kind="external"))
+    assert not claims.being_born(home, "g", "n") and _fds() == before
+    assert claims.acquire(home, "g", "m") == claims.NEW
+    assert not claims.being_born(home, "g", "m") and _fds() == before        # not asked: no lock
 
 
 def test_a_claim_task_or_gate_holds_the_birth_lock_until_its_owner_json_is_published(tmp_path, monkeypatch):

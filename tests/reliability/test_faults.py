@@ -81,7 +81,7 @@ class FaultTrial:
 
 def fault_trial(base: Path, ref: H.Reference, so: str, n: int, errname: str, short: bool = False,
                 bg: bool = False, only: dict | None = None) -> FaultTrial:
-    """Fail the n-th mutation of `dagrun run` (bg: of its spare-pool threads; only: the n-th
+    """Fail the n-th mutation of `dagrun run` (bg: of its other threads; only: the n-th
     of those matching FAULT_KIND/FAULT_MATCH), then run again without faults and check. The
     shim must have injected the fault: a trial where it did not is a problem, not a pass."""
     tr = FaultTrial(n, errname, short, bg, only=dict(only or {}))
@@ -181,10 +181,6 @@ def _check(trials: list[FaultTrial], name: str, total: int) -> None:
 # the parts of a path that differ from run to run: (regex of the part, its name in a kind, the
 # POSIX ERE that matches every spelling of it -- for the shim's FAULT_MATCH)
 _VARYING = [
-    # a spare (f3, d4, n5, r<id>-<ns>: a recycled folder) of either filler thread's nest: which
-    # thread made the spare the engine takes is timing
-    (r"/\.spare/\d+-\d+/[a-z]+\d+(?:-\d+)?", "/.spare/P/S", r"/\.spare/[0-9]+-[0-9]+/[a-z]+[0-9]+(-[0-9]+)?"),
-    (r"/\.spare/\d+-(\d+)", r"/.spare/P-\1", r"/\.spare/[0-9]+-\1"),      # a pool's nest: <pid>-<thread>
     (r"\.new-[^/]+", ".new", r"\.new-[^/]+"),                                 # a goal under construction
     (r"\.\d+\.tmp$", ".tmp", r"\.[0-9]+\.tmp"),                              # a temp: .<name>.<pid>.tmp
     (r"tasks/[^/]+", "tasks/T", r"tasks/[^/]+"),
@@ -197,7 +193,7 @@ def _ere(literal: str) -> str:
 
 def _kind(path: str) -> tuple[str, str]:
     """(kind, regex) of a path under a home: the path with what differs between runs (pids,
-    task ids, spare names, the clock) normalised, and the POSIX ERE matching every such path."""
+    task ids, the clock) normalised, and the POSIX ERE matching every such path."""
     s = re.sub(r"^.*/home", "/home", path)
     name, rx, at = "", "", 0
     for m in re.finditer("|".join(f"(?:{v[0]})" for v in _VARYING), s):
@@ -214,29 +210,28 @@ def _only(only: dict) -> str:
 
 
 def test_enospc_at_each_kind_of_commit_step(tmp_path, ref, faultfs):
-    """One fault per kind of mutation (kind x path, task ids, pids and spare names normalised)
-    of a task's claim, capture, commit -- and of the spare files that stand in for its temps;
-    test_fault_at_every_step (slow) does every mutation. Each trial fails the FIRST mutation
+    """One fault per kind of mutation (kind x path, task ids and pids normalised) of a task's
+    claim, capture, commit; test_fault_at_every_step (slow) does every mutation. Each trial fails the FIRST mutation
     of its kind (FAULT_KIND + FAULT_MATCH, FAULT_AT=1): the same step in every run, where its
     index among all mutations of the run changes with the engine's threads and its batched
     appends (an index from a clean run was a different step, or past the end, in a loaded one)."""
-    # the kinds every one of three clean runs made: some are made only when the timing says so
-    # (a claim from a plain spare folder when no nest was at hand -- a trial of that kind in a
-    # run that took nests injected nothing, three times, in CI)
+    # the kinds every one of three clean runs made: some may be made only when the timing says
+    # so (the spare pool, removed 2026-12-06, made claims from a nest or a plain folder: a
+    # trial of a kind a run did not make injected nothing, three times, in CI)
     seen: list[dict[str, dict]] = []
     for i in range(3):
         kinds: dict[str, dict] = {}
         for kind, p in _count(faultfs, tmp_path / f"clean{i}"):
             name, rx = _kind(p)
             k = f"{kind} {name}"
-            if "/tasks/T" in k or "/.spare/" in k:
+            if "/tasks/T" in k:
                 kinds.setdefault(k, {"FAULT_KIND": kind, "FAULT_MATCH": rx})
         seen.append(kinds)
     kinds = {k: o for k, o in seen[0].items() if all(k in other for other in seen[1:])}
     assert len(kinds) >= 12, sorted(kinds)      # a claim, capture and commit's kinds at least
     plan = [(1, "ENOSPC", False, False, o) for o in kinds.values()]
     trials = _run_trials(tmp_path, ref, faultfs, plan)
-    for r in range(2):   # a run that made no such mutation (a spare taken only if the pool had one): again
+    for r in range(2):   # a run that made no such mutation (timing): again
         redo = [i for i, t in enumerate(trials) if not t.kind and t.exit == 0]
         for i, t in zip(redo, _run_trials(tmp_path / f"again{r}", ref, faultfs, [plan[i] for i in redo])):
             trials[i] = t
@@ -251,9 +246,10 @@ MODES = [("ENOSPC", False), ("EIO", False), ("ENOSPC", True)]
 
 @pytest.mark.slow
 def test_fault_at_every_step(tmp_path, ref, faultfs):
-    """Every mutation of the dagrun process in a clean run (main thread, spare files included)
-    fails once, the mode rotating with n: ENOSPC, EIO, ENOSPC after a short write (part of the
-    bytes reached the disk); plus the first mutations of the spare-pool threads in each mode.
+    """Every mutation of the dagrun process in a clean run (main thread) fails once, the mode
+    rotating with n: ENOSPC, EIO, ENOSPC after a short write (part of the bytes reached the
+    disk). (Its other threads -- the spawners -- make none since the spare pool's fillers
+    went, 2026-12-06: the first three of theirs were faulted in each mode until then.)
     Every trial must inject its fault. DAGRUN_FAULT_FULL=1: every mutation in all three modes."""
     # the engine writes a turn's event lines in one append, so how many mutations a run makes
     # depends on which tasks end in the same turn -- the busier the machine, the more tasks a
@@ -266,7 +262,6 @@ def test_fault_at_every_step(tmp_path, ref, faultfs):
         plan = [(k, e, sh) for k in range(1, n + 1) for e, sh in MODES]
     else:
         plan = [(k, *MODES[k % 3]) for k in range(1, n + 1)]
-    plan += [(k, e, sh, True) for k in (1, 2, 3) for e, sh in MODES]
     trials = _run_trials(tmp_path, ref, faultfs, plan)
     for r in range(2):       # a run that ended before its n-th mutation (fewer turns' appends): again,
         redo = [i for i, t in enumerate(trials) if not t.kind and t.exit == 0]     # one at a time

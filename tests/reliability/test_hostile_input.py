@@ -138,8 +138,7 @@ def check_case(name: str, path: Path, wants: tuple[str, str], home: Path, comman
 
 
 def home_state(home: Path) -> dict[str, tuple]:
-    """Every name under the home with its type, mode, size and mtime (the spare pool aside:
-    scratch of a running engine, none here)."""
+    """Every name under the home with its type, mode, size and mtime."""
     out = {}
     for p in [home, *home.rglob("*")]:
         st = p.lstat()
@@ -230,7 +229,7 @@ def test_a_refused_plan_leaves_an_existing_home_untouched(tmp_path, plans):
 
     def state():
         return {str(p.relative_to(home)): (p.stat().st_mtime_ns, p.stat().st_size)
-                for p in home.rglob("*") if ".spare" not in p.parts}
+                for p in home.rglob("*")}
     before = state()
     for name in ("cycle-2", "id-slash", "goal-traversal", "prompt-file-dotdot", "truncated"):
         r = run("submit", DATA / f"{name}.json", home=home, check=2)
