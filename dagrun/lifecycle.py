@@ -432,10 +432,12 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
         raw = os.path.join(cdir, RAW_FILE)        # a preset's raw tool output, beside `output`
         if os.path.exists(raw):
             fsio.rename(raw, os.path.join(tdir, RAW_FILE))
+        # an empty output is looked at once more (file_size): remembered for the dependents'
+        # prompts, which then read it with one stat instead of the safe walk's six calls
         body = {
             "attempt": c.attempt, "worker": c.owner.get("worker"), "started": now_iso(c.started),
             "ended": now_iso(ended), "duration": round(ended - c.started, 3), "exit_code": exit_code,
-            "definition": plan.task(t).definition_digest(), "output_bytes": home.file_size(out) if size is None else size,
+            "definition": plan.task(t).definition_digest(), "output_bytes": home.file_size(out) if not size else size,
         }
         if forced_by:
             body["forced_by"] = forced_by
