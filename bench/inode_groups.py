@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """What a new inode costs next to recently deleted ones, with and without `chattr +T` on the
-parent (mark_top_dir below; the engine's spare pool folder, removed 2026-12-06, carried it).
+parent (fsio.mark_top_dir: what the engine gives each goal's tasks/ folder).
 
     python3 bench/inode_groups.py [--parent /tmp] [-n 2000] [--reps 3]
 
@@ -23,38 +23,8 @@ import sys
 import tempfile
 import time
 
-FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_TOPDIR_FL = 0x80086601, 0x40086602, 0x00020000
-
-
-def mark_top_dir(path: str) -> bool:
-    """Give folder `path` the "top of a directory hierarchy" attribute (`chattr +T`,
-    FS_TOPDIR_FL): ext4's Orlov allocator then places each folder made in it in a block group
-    of its own choosing (one with more free inodes than average and the fewest folders)
-    instead of next to its parent -- and a file's inode goes to its folder's group. Where the
-    parent's group has many recently deleted inodes (test suites and benchmark homes come and
-    go under /tmp), an ext4 without a journal skips each of them one by one on every inode it
-    allocates there (find_inode_bit -> recently_deleted): 110-160 us of system time per
-    create instead of 9 us, measured. Only an allocation hint: no effect on what the folder
-    holds; False where the file system has no such flag (tmpfs, xfs, NFS ...)."""
-    import fcntl
-    import struct
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        return False
-    try:
-        buf = bytearray(8)
-        fcntl.ioctl(fd, FS_IOC_GETFLAGS, buf)
-        flags = struct.unpack_from("i", buf)[0]
-        if flags & FS_TOPDIR_FL:
-            return True
-        struct.pack_into("i", buf, 0, flags | FS_TOPDIR_FL)
-        fcntl.ioctl(fd, FS_IOC_SETFLAGS, buf)
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from dagrun.fsio import mark_top_dir  # noqa: E402
 
 
 def creates(folder: str, n: int) -> tuple[float, float, int]:
