@@ -15,10 +15,11 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run as workloads  # noqa: E402
 
 
 def main() -> int:
@@ -30,22 +31,11 @@ def main() -> int:
     plan = os.path.join(d, "one.json")
     with open(plan, "w") as f:
         json.dump({"goal": "one", "defaults": {"agent": "true"}, "tasks": [{"id": "t1", "prompt": "x"}]}, f)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}   # bytecode cached
     res: dict[str, list] = {c: [] for c in a.commands}
     try:
-        for r in range(a.reps + 1):                 # the first round: untimed (bytecode written)
-            for c in (a.commands if r % 2 == 0 else a.commands[::-1]):
-                home = os.path.join(d, "home")
-                shutil.rmtree(home, ignore_errors=True)
-                env["DAGRUN_HOME"] = home
-                t = time.perf_counter()
-                p = subprocess.Popen(c.split() + ["run", plan, "-j", "8", "-q"], env=env, stdout=subprocess.DEVNULL)
-                _, status, ru = os.wait4(p.pid, 0)
-                wall = time.perf_counter() - t
-                if os.waitstatus_to_exitcode(status) != 0:
-                    print(f"{c}: exit {os.waitstatus_to_exitcode(status)}", file=sys.stderr)
-                elif r:
-                    res[c].append((wall, ru.ru_utime + ru.ru_stime))
+        for r, c, _home, t0, t1, ru in workloads.alternating(a.commands, a.reps, plan, d):
+            if r:
+                res[c].append((t1 - t0, ru.ru_utime + ru.ru_stime))
     finally:
         shutil.rmtree(d, ignore_errors=True)
     print(f"one-task `dagrun run -q -j 8`, {a.reps} runs each, load average {os.getloadavg()[0]:.1f} at the end\n")

@@ -141,6 +141,28 @@ def one(runner: str, src: str, scratch: str, jobs: int, dagrun: str, home_on: st
     return wall, gap, ok
 
 
+def alternating(commands: list[str], reps: int, plan: str, scratch: str):
+    """`CMD run PLAN -q -j 8` for each dagrun command (split on spaces) in reps + 1 rounds, the
+    first untimed (bytecode written), the order reversed every other round, a fresh
+    DAGRUN_HOME under scratch each run. Yields (round, command, home, t0, t1, rusage) of each
+    run that exited 0 -- t0/t1 the wall clock (time.time) before the fork and after wait4 --
+    and names the others on stderr (bench/one_task.py, bench/run_edges.py)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}   # bytecode cached
+    home = os.path.join(scratch, "home")
+    for r in range(reps + 1):
+        for c in (commands if r % 2 == 0 else commands[::-1]):
+            shutil.rmtree(home, ignore_errors=True)
+            env["DAGRUN_HOME"] = home
+            t0 = time.time()
+            p = subprocess.Popen(c.split() + ["run", plan, "-j", "8", "-q"], env=env, stdout=subprocess.DEVNULL)
+            _, status, ru = os.wait4(p.pid, 0)
+            t1 = time.time()
+            if os.waitstatus_to_exitcode(status) != 0:
+                print(f"{c}: exit {os.waitstatus_to_exitcode(status)}", file=sys.stderr)
+                continue
+            yield r, c, home, t0, t1, ru
+
+
 def warm_up(dagrun: str, scratch: str) -> None:
     """One untimed run of a one-task plan, so the build's bytecode is cached (pip compiles it
     at install; an editable install under PYTHONDONTWRITEBYTECODE=1 would otherwise compile

@@ -22,10 +22,8 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as workloads  # noqa: E402
@@ -65,24 +63,12 @@ def main() -> int:
         ids, deps = workloads.layered(int(w), int(depth))
     workloads.write_workload(os.path.join(d, "w"), "g", ids, deps)
     plan = os.path.join(d, "w", "dag.json")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     res: dict[str, list] = {c: [] for c in a.commands}
     try:
-        for r in range(a.reps + 1):                 # the first round: untimed (bytecode written)
-            for c in (a.commands if r % 2 == 0 else a.commands[::-1]):
-                home = os.path.join(d, "home")
-                shutil.rmtree(home, ignore_errors=True)
-                env["DAGRUN_HOME"] = home
-                t0 = time.time()
-                p = subprocess.Popen(c.split() + ["run", plan, "-j", "8", "-q"], env=env, stdout=subprocess.DEVNULL)
-                _, status, ru = os.wait4(p.pid, 0)
-                t1 = time.time()
-                if os.waitstatus_to_exitcode(status) != 0:
-                    print(f"{c}: exit {os.waitstatus_to_exitcode(status)}", file=sys.stderr)
-                    continue
+        for r, c, home, t0, t1, ru in workloads.alternating(a.commands, a.reps, plan, d):
+            if r:
                 first, last = edges(home, "g")
-                if r:
-                    res[c].append((first - t0, t1 - last, t1 - t0, ru.ru_utime + ru.ru_stime))
+                res[c].append((first - t0, t1 - last, t1 - t0, ru.ru_utime + ru.ru_stime))
     finally:
         shutil.rmtree(d, ignore_errors=True)
     print(f"`dagrun run {a.plan} -q -j 8`, {a.reps} runs each, load average {os.getloadavg()[0]:.1f} at the end\n")
