@@ -658,7 +658,7 @@ class Engine(Reconciler):
     def _claim_still(self, run: Run) -> bool:
         """Is the claim folder the one this attempt made (not archived, broken, re-made)?"""
         try:
-            return os.stat(run.cdir or self.home.claim_dir(run.goal, run.task.id)).st_ino == run.claim_ino
+            return os.stat(run.cdir).st_ino == run.claim_ino
         except OSError:
             return False
 
@@ -784,7 +784,7 @@ class Engine(Reconciler):
         prog = ex.progress if ex.progress is not None else self.runner.progress(run.handle)
         if run.stop_outcome is None and plan.task(t).definition_digest() != run.definition:
             run.stop_outcome, run.stop_reason = "superseded", "the task's definition changed while it ran"
-        cdir = run.cdir or self.home.claim_dir(g, t)
+        cdir = run.cdir
         used = attempt_extra(cdir, lambda w: self.log(f"warning: {g}/{t}: {w}"))   # usage, the check's verdict
         node = ex.node or run.node         # a cluster runner's node: into the marker, record and event
         if node:
@@ -1050,7 +1050,8 @@ class Engine(Reconciler):
         now = time.monotonic()
         run = Run(goal=g, task=task, claim=c, handle=new["handle"], key=self.runner.key(new["handle"]),
                   definition=task.definition_digest(), t0=now, progress_at=now,
-                  deadline=now + task.timeout if task.timeout else None, hb_at=now, node=new["handle"].get("node"))
+                  deadline=now + task.timeout if task.timeout else None, hb_at=now, node=new["handle"].get("node"),
+                  cdir=self.home.claim_dir(g, t))
         self.runs[run.key] = run
         self.by_task[(g, t)] = run
         self.log(f"reattached {g}/{t} attempt {c.attempt} to {h.get('runner')} job {h.get('job', '?')}")
