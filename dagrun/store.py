@@ -168,6 +168,12 @@ class TurnMemo:
             seen[home.root] = value
 
 
+def _identity(st: os.stat_result) -> tuple:
+    """A file unchanged since this stat has the same (device, inode, size, mtime, ctime):
+    what Home.read_output compares with the stat of an output it remembers."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 @dataclass(slots=True)
 class TaskFacts:
     """What the files say about one task (the scheduler turns pending into waiting/ready/blocked)."""
@@ -499,7 +505,7 @@ class Home:
                 st = os.stat(path)
             except OSError:
                 st = None
-            if st is not None and (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) == got[0]:
+            if st is not None and _identity(st) == got[0]:
                 return got[2], got[3]
         got = self._read_task_file_stat(path, limit)
         if got is None:
@@ -512,7 +518,7 @@ class Home:
     def _remember_output(self, path: str, st: os.stat_result, limit: int | None, data: bytes, size: int) -> None:
         if len(self._outputs) >= 512:
             self._outputs.clear()
-        self._outputs[path] = ((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), limit, data, size)
+        self._outputs[path] = (_identity(st), limit, data, size)
 
     def file_size(self, path: str) -> int:
         """The size of a task's just-committed output (lifecycle.commit_done: the done marker's
