@@ -43,6 +43,13 @@ class GoalState:
     #                           process): run it once. What may start is the scheduler's call.
 
 
+def _announcer(d: dict):
+    """Who announces a retry's `ready`, as a `retrying` line or a failure record says it (the
+    announcer argument of Reconciler._foreign_retry): False for a line that says nobody will,
+    else the "announcer" field (None from an older dagrun)."""
+    return False if d.get("announced") is False else d.get("announcer")
+
+
 class Reconciler:
     """The engine's side that follows the files (see the module docstring)."""
 
@@ -184,8 +191,7 @@ class Reconciler:
                 if rec.get("worker") == self.worker:
                     self._add_timer(time.monotonic() + max(0.0, f.retry_at - now_wall), g, t, announce=f.attempt + 1)
                 else:
-                    self._foreign_retry(g, t, f.retry_at, False if rec.get("announced") is False
-                                        else rec.get("announcer"))
+                    self._foreign_retry(g, t, f.retry_at, _announcer(rec))
         if sched.awaiting():               # approval gates: reject those past their timeout, time the rest
             _gone, nxt = tr.expire_approvals(self.home, plan, sched, worker=self.worker)
             if _gone:
@@ -303,8 +309,7 @@ class Reconciler:
                 gs.foreign.discard(t)
                 # the engine that recorded the retry announces `ready` when its backoff ends and
                 # we requeue on that line; our own timer only matters if that engine is gone
-                self._foreign_retry(g, t, float(e.get("retry_at") or 0.0),
-                                    False if e.get("announced") is False else e.get("announcer"))
+                self._foreign_retry(g, t, float(e.get("retry_at") or 0.0), _announcer(e))
         elif st == ev.READY:
             s = sched.state_of(t)
             if not mine and (s == S.RETRYING or (s == S.RUNNING and not os.path.isdir(self.home.claim_dir(g, t)))):
@@ -372,8 +377,7 @@ class Reconciler:
                 wait = float(rec.get("retry_at") or 0.0) - time.time() if not rec.get("final") else 0.0
                 if wait > 0:
                     gs.sched.retrying(t)
-                    self._foreign_retry(g, t, float(rec["retry_at"]), False if rec.get("announced") is False
-                                        else rec.get("announcer"))
+                    self._foreign_retry(g, t, float(rec["retry_at"]), _announcer(rec))
                 else:
                     gs.sched.requeue(t)
             elif gs.sched.finish(t, m) is None:
