@@ -360,17 +360,16 @@ def test_a_goals_tasks_folder_is_a_top_of_hierarchy_so_its_task_folders_get_bloc
     h = Home(str(tmp_path / "home"))
     p = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x"}], goal="tt", defaults={"agent": "true"})
     run("submit", p, home=h.root)
-    fd = os.open(os.path.join(h.root, "goals", "tt", "tasks"), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        buf = bytearray(8)
-        fcntl.ioctl(fd, fsio.FS_IOC_GETFLAGS, buf)
-    finally:
-        os.close(fd)
-    assert struct.unpack_from("i", buf)[0] & fsio.FS_TOPDIR_FL
+
+    def flags(path: str) -> int:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            buf = bytearray(8)
+            fcntl.ioctl(fd, fsio.FS_IOC_GETFLAGS, buf)
+        finally:
+            os.close(fd)
+        return struct.unpack_from("i", buf)[0]
+
+    assert flags(os.path.join(h.root, "goals", "tt", "tasks")) & fsio.FS_TOPDIR_FL
     # only the tasks folder: the goal's own folder and the home stay as they were
-    fd = os.open(os.path.join(h.root, "goals", "tt"), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.ioctl(fd, fsio.FS_IOC_GETFLAGS, buf)
-    finally:
-        os.close(fd)
-    assert not struct.unpack_from("i", buf)[0] & fsio.FS_TOPDIR_FL
+    assert not flags(os.path.join(h.root, "goals", "tt")) & fsio.FS_TOPDIR_FL
