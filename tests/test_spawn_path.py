@@ -167,6 +167,42 @@ def test_a_slow_spawn_does_not_hold_up_the_next(tmp_path):
     in_child(_a_slow_spawn_does_not_hold_up_the_next, tmp_path)
 
 
+def _three_slow_spawns_do_not_hold_up_a_fourth(tmp: str) -> None:
+    """Three spawns blocked in open(2) of a FIFO prompt hold three spawner threads; a fourth
+    agent is still started by the fourth thread (with two threads it waited in the queue)."""
+    r = ProcessRunner()
+    slow = []
+    for i in range(3):
+        fifo = os.path.join(tmp, f"slow-prompt-{i}")
+        os.mkfifo(fifo)
+        base = _launch(tmp, "cat >/dev/null")
+        slow.append((fifo, r.submit(Launch(**{**base.__dict__, "stdin_path": fifo,
+                                               "stdout_path": os.path.join(tmp, f"slow{i}.out"),
+                                               "stderr_path": os.path.join(tmp, f"slow{i}.err")}))))
+    time.sleep(0.3)                        # let three spawner threads block in open(fifo)
+    marker = os.path.join(tmp, "fourth-ran")
+    hf = r.submit(_launch(tmp, f"touch {marker}"))
+    end = time.monotonic() + 20
+    while not os.path.exists(marker) and time.monotonic() < end:
+        time.sleep(0.02)
+    ran = os.path.exists(marker)
+    for fifo, _h in slow:                  # the slow spawns' opens return; they run and end
+        os.close(os.open(fifo, os.O_WRONLY))
+    got: list = []
+    while len(got) < 4:
+        got += _spawned(r)
+    assert ran, "the fourth agent waited for a spawner thread"
+    assert [h for h, _ in got] == [h for _, h in slow] + [hf] and not any(e for _, e in got)
+    assert all(_exit(r, h).ok for h, _ in got)
+    r.close()
+
+
+def test_four_spawns_in_flight_at_once(tmp_path):
+    """Four spawner threads (executor.SPAWNERS, docs/performance.md "2026-12-06 (2)"): a
+    fan-out's launches no longer queue for two threads parked in vfork(2)."""
+    in_child(_three_slow_spawns_do_not_hold_up_a_fourth, tmp_path)
+
+
 def test_exits_names_only_the_attempts_whose_process_ended(tmp_path):
     """The engine polls only these runs each turn (Engine._reap(due)): a pidfd stays
     readable once its process has exited, so a run is never missed."""
