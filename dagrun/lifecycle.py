@@ -61,6 +61,11 @@ class Claim:
     #                               ends the attempt with transitions.finish, outcome CONFLICT)
     resources: dict | None = None   # the units it holds ({pool as shown: n}, resources.py)
     skip: str | None = None       # its `when` is false: why (the caller ends it: transitions.skip)
+    kept: bool | None = None      # had the task an attempts/ folder at the claim? (claim_task's
+    #                               listing says; None: not known, commit_done looks) -- under
+    #                               the claim only its holder writes one, so False spares the
+    #                               commit of a first attempt its lstat of attempts/
+
 
     @property
     def nonce(self) -> str:
@@ -136,7 +141,7 @@ def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: i
     owner = claims.new_owner(worker, attempt, kind=kind, pid=pid)
     owner["run_id"] = run_id(home, g, t, attempt)
     owner.update(owner_extra or {})
-    c = Claim(g, t, attempt, owner, time.time())
+    c = Claim(g, t, attempt, owner, time.time(), kept="attempts" in names)
 
     def give_up() -> None:          # units first, then the claim they live under
         res.release_attempt(home, g, t, owner)
@@ -444,9 +449,10 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
             body["held_by"] = held_by
         body.update(extra or {})
         _publish_from_owner(home, g, t, S.DONE, body, c.owner)
-        if home.has_attempts(g, t):
+        if c.kept is not False and home.has_attempts(g, t):
             # earlier attempts are kept under attempts/: keep this one beside them (links, no
-            # copies). A task that succeeds at once has no attempts/ and pays nothing here.
+            # copies). A task that succeeds at once has no attempts/ and pays nothing here
+            # (not even the look, when its claim listed the folder: Claim.kept).
             # After the done marker, not before: a crash in between must not leave a record
             # saying "done" for an attempt that never committed (found by the crash tests).
             _keep_success(home, g, t, c.attempt, body, have_err)

@@ -91,7 +91,9 @@ def test_the_loop_thread_does_per_turn_what_it_did_per_task(tmp_path, monkeypatc
     """A fan-out's n tasks claimed in one turn and ending together (fake agents, this process):
     limits.json is read once per turn, not at every claim; the shared upstream output is read
     the safe way once, then one stat says it is the same inode; plan.json's stamp is taken
-    once per turn for the commits; attempts/ is one lstat per commit, not lstat + stat; a
+    once per turn for the commits; attempts/ is not looked at by the commit of a first
+    attempt (its claim's listing said there was none: Claim.kept; was one lstat per commit,
+    n, on 9a12c26, and lstat + stat before); a
     released (empty) claim is one rmdir(2), never listed (the spare pool, removed 2026-12-06,
     listed each one it recycled: n listings); and getpid(2) is not asked at all. Before
     (9fe0146): limits 25, a_output 24, attempts 48, listdir 48, getpid > 150 for n = 24. The
@@ -100,7 +102,7 @@ def test_the_loop_thread_does_per_turn_what_it_did_per_task(tmp_path, monkeypatc
     c = _fanout_calls(tmp_path, monkeypatch, n)
     assert c["limits"] <= 3, c
     assert c["a_output"] <= 2, c
-    assert c["attempts"] <= n + 2, c            # one lstat per commit of a first attempt
+    assert c["attempts"] == 0, c                # a first attempt's commit: its claim listed no attempts/ (Claim.kept)
     assert c["listdir_claims"] == 0, c          # a released claim is not listed
     assert c["getpid"] <= n + 8, c              # the fake runner asks once per start
     assert c["plan_stat"] < n, c                # commits ending in the same turns share one look
