@@ -660,14 +660,16 @@ def _spawn(launch: Launch, want_pidfd: bool) -> "_Spawned | StartError":
     return _Spawned(p, p.pid, proc_start(p.pid), r_out, r_err, pidfd)
 
 
-# Spawner threads. One spawn is ~0.13 ms of the thread's CPU but 1.3-2.3 ms of wall time on
+# Spawner threads. One spawn is ~0.12-0.22 ms of the thread's CPU but 1.2-3.5 ms of wall time on
 # a 2-core VM: vfork(2) parks the thread until the child has exec'd, and the child first waits
 # for a CPU. With one thread the spawner was the bottleneck of a wide plan (busy 93 % of the
 # time between the first and the last spawn of fan-out-500; docs/performance.md, "sixth
 # round"); with two, once the lean spawn had cut a spawn's CPU, still: both busy ~90 % of
-# fan-out-500's spawning window, a launch waiting 3-8 ms in the queue for a thread. Four
-# overlap those waits (queue 0.2-0.4 ms); each holds the GIL only between its system calls
-# (docs/performance.md, "2026-12-06 (2)"). DAGRUN_SPAWNERS=N: for A/B runs only.
+# fan-out-500's spawning window on tmpfs, a launch waiting 3-11 ms in the queue for a thread.
+# Four overlap those waits (queue 0.3-0.8 ms); each holds the GIL only between its system
+# calls. On the home disk (ext4 without a journal) the loop, not the spawners, is the
+# bottleneck and the A/B runs there were mixed (docs/performance.md, "2026-12-06 (2)").
+# DAGRUN_SPAWNERS=N: for A/B runs only.
 SPAWNERS = max(1, int(os.environ.get("DAGRUN_SPAWNERS", "") or 4))
 
 
