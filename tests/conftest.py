@@ -74,9 +74,13 @@ def rewrite_test_modules_once(config) -> None:
     if config.getoption("assertmode", "rewrite") != "rewrite":
         return
     patterns = ["conftest.py", *config.getini("python_files")]
+    files = set((REPO / "tests").rglob("conftest.py"))
+    for arg in config.args:                # what this run collects: the files named, or under the folders
+        path = (config.invocation_params.dir / arg.split("::")[0]).resolve()
+        files.update(path.rglob("*.py") if path.is_dir() else [path])
     todo = []
-    for f in sorted((REPO / "tests").rglob("*.py")):
-        if any(fnmatch.fnmatch(f.name, p) for p in patterns):
+    for f in sorted(files):
+        if f.suffix == ".py" and f.is_file() and any(fnmatch.fnmatch(f.name, p) for p in patterns):
             pyc = cache_dir(f) / (f.name[:-3] + tail)
             if read_pyc(f, pyc) is None and makedirs(pyc.parent):
                 todo.append((f, pyc))
