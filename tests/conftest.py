@@ -51,6 +51,63 @@ def pytest_configure(config):
     import re
     # not dagrun/share: the examples there are copied out whole by `dagrun init --example`
     compileall.compile_dir(str(REPO / "dagrun"), quiet=2, rx=re.compile(r"[/\\]dagrun[/\\]share[/\\]"))
+    if getattr(config.option, "numprocesses", None):
+        rewrite_test_modules_once(config)
+
+
+def rewrite_test_modules_once(config) -> None:
+    """Write the assertion-rewritten code of the test modules (pytest's own cached pyc in
+    tests/**/__pycache__) before the xdist workers start, which then load it instead of each
+    rewriting every module itself: ~3.4 s of CPU per worker (pytest's AST pass over ~70
+    modules; every worker collects them all), i.e. 4-5 x that on CI's fresh clone, where no
+    cache exists yet -- and in every run under PYTHONDONTWRITEBYTECODE=1, where pytest never
+    writes it. Done here once, split over the cores (forked children). Through pytest's
+    rewrite module (private names): if they change, nothing is written and every worker
+    rewrites as before; the workers check each pyc's source hash whoever wrote it."""
+    try:
+        from _pytest.assertion import rewrite as rw
+        state = config.stash[rw.assertstate_key]
+        read_pyc, rewrite, write_pyc = rw._read_pyc, rw._rewrite_test, rw._write_pyc
+        cache_dir, tail, makedirs = rw.get_cache_dir, rw.PYC_TAIL, rw.try_makedirs
+    except (ImportError, AttributeError, KeyError):
+        return
+    if config.getoption("assertmode", "rewrite") != "rewrite":
+        return
+    patterns = ["conftest.py", *config.getini("python_files")]
+    files = set((REPO / "tests").rglob("conftest.py"))
+    for arg in config.args:                # what this run collects: the files named, or under the folders
+        path = (config.invocation_params.dir / arg.split("::")[0]).resolve()
+        files.update(path.rglob("*.py") if path.is_dir() else [path])
+    todo = []
+    for f in sorted(files):
+        if f.suffix == ".py" and f.is_file() and any(fnmatch.fnmatch(f.name, p) for p in patterns):
+            pyc = cache_dir(f) / (f.name[:-3] + tail)
+            if read_pyc(f, pyc) is None and makedirs(pyc.parent):
+                todo.append((f, pyc))
+
+    def write(part):
+        for f, pyc in part:
+            try:
+                source_hash, co = rewrite(f, config)
+            except SyntaxError:
+                continue                   # the worker's own import reports it
+            write_pyc(state, co, source_hash, pyc)
+
+    n = max(1, min(len(todo), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+    pids = []
+    for i in range(1, n):
+        pid = os.fork()
+        if pid == 0:                       # a child: its share, then out without pytest's atexit
+            code = 0
+            try:
+                write(todo[i::n])
+            except BaseException:
+                code = 1
+            os._exit(code)
+        pids.append(pid)
+    write(todo[0::n])
+    for pid in pids:
+        os.waitpid(pid, 0)
 
 
 def _child_env(env: dict | None) -> dict:
@@ -464,18 +521,30 @@ def pytest_xdist_auto_num_workers(config):
     tests from the first second (tests/xdist_schedule.py), and that worker mostly waits for
     the cluster (~17 s of CPU in a 150 s chain, `pytest -n 0 -m slurm`), so without it the
     Slurm, Ray and real-CLI chains held all three workers at the start of CI's run and the
-    cores idled (docs/performance.md, "The services' chains")."""
+    cores idled (docs/performance.md, "The services' chains").
+
+    And one more when a Ray head is configured (RAY_ADDRESS set, the ray package installed:
+    the `ray` tests will run): the Ray chain is waiting too -- 15 s of the tests' CPU in a
+    153 s chain with Slurm, Ray and the real CLIs up (docs/performance.md, "The test suite
+    under CI conditions") -- so in CI one worker would otherwise hold it idle for two minutes."""
     env = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
     if env:
         return int(env)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return cores + (cores + 1) // 2 + (1 if slurm_configured() else 0)
+    return cores + (cores + 1) // 2 + (1 if slurm_configured() else 0) + (1 if ray_configured() else 0)
 
 
 def slurm_configured() -> bool:
     """A Slurm cluster is configured here (cheap: no Slurm command is run)."""
     conf = os.environ.get("SLURM_CONF") or "/etc/slurm/slurm.conf"
     return os.path.isfile(conf) and shutil.which("sbatch") is not None
+
+
+def ray_configured() -> bool:
+    """A Ray head is named here (RAY_ADDRESS) and the ray package is installed (cheap: ray
+    is not imported, the head not asked)."""
+    import importlib.util
+    return bool(os.environ.get("RAY_ADDRESS")) and importlib.util.find_spec("ray") is not None
 
 
 @pytest.hookimpl(hookwrapper=True)

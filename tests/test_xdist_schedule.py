@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 TESTS = Path(__file__).resolve().parent
 
 SYNTHETIC = '''
@@ -79,7 +81,10 @@ def test_one_services_tests_alone_end(tmp_path):
 
 def test_auto_workers_add_one_for_a_configured_slurm_cluster(tmp_path, monkeypatch):
     """`-n auto`: 1.5 workers per core, and one more when the Slurm tests will run (their
-    worker mostly waits for the cluster); PYTEST_XDIST_AUTO_NUM_WORKERS overrides both."""
+    worker mostly waits for the cluster), one more when the Ray tests will (the same);
+    PYTEST_XDIST_AUTO_NUM_WORKERS overrides them."""
+    import importlib.util
+
     import conftest
     cores = len(os.sched_getaffinity(0))
     plain = cores + (cores + 1) // 2
@@ -88,6 +93,17 @@ def test_auto_workers_add_one_for_a_configured_slurm_cluster(tmp_path, monkeypat
     (tmp_path / "bin" / "sbatch").chmod(0o755)
     (tmp_path / "slurm.conf").write_text("ClusterName=x\n")
     monkeypatch.delenv("PYTEST_XDIST_AUTO_NUM_WORKERS", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if importlib.util.find_spec("ray") is not None:
+        monkeypatch.setenv("SLURM_CONF", str(tmp_path / "none.conf"))
+        monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")                # a head named: its tests run
+        assert conftest.pytest_xdist_auto_num_workers(None) == plain + 1
+        monkeypatch.setenv("SLURM_CONF", str(tmp_path / "slurm.conf"))
+        monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+        assert conftest.pytest_xdist_auto_num_workers(None) == plain + 2   # both services
+        monkeypatch.setenv("RAY_ADDRESS", "")
+    elif os.environ.get("CI") == "true":
+        pytest.fail("the ray package is missing (CI installs .[ray])")
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     monkeypatch.setenv("SLURM_CONF", str(tmp_path / "slurm.conf"))
     assert conftest.pytest_xdist_auto_num_workers(None) == plain + 1
