@@ -40,9 +40,10 @@ times: (last - first) / (N - 1), start-up left out). For Ray also:
           N/2)), for dagrun, the Ray program and the warm agent floor alike. A whole run is a
           fresh Ray job: Ray starts its workers at its first submission, and in a fan-out the
           second worker's start (its Python, `import ray`, its first task) falls inside the
-          steady window -- 0.14-0.33 s after the first `done` at load 6, when the whole window
-          is 0.2-0.6 s -- so steady/task swings with how long that start takes (1.17x-1.60x the
-          warm floor at 9a12c26, the Ray program as much). The late half is past it.
+          steady window -- its first task is done 31-630 ms after the job's first at load 7
+          (bench/ray_workers.py), when the whole window is 0.2-0.7 s -- so steady/task swings
+          with how long that start takes (1.17x-1.60x the warm floor at 9a12c26, the Ray
+          program as much). The late half is past it.
   cpu     the CPU time (user + system) of the whole `dagrun run` / Ray program process (all
           threads, start-up included) / N: what the driver spends, which the machine's load
           moves much less than wall time.

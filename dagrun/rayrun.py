@@ -228,11 +228,12 @@ def _kv(op: str, rid: bytes, value: bytes = b"") -> None:
 # with the agent's shell and left the rest of the agent's group running with nobody to sweep
 # it (CI's cancelled Ray agents that outlived their tests). A guard that died all the same is
 # noticed before the next attempt (the pipe's write end reports POLLERR: no reader) and replaced.
-# The launcher is a shell, not the guard's Python: the worker waits only for a `sh` to fork
-# and exit (~1-3 ms), not for an interpreter to start (16-70 ms at load 6 -- in the first
-# attempt of every worker, i.e. inside a fresh job's first tasks). The guard holds the pipe's
-# read end from its fork on, so a worker that dies while the guard's Python is still starting
-# is seen all the same: its first read returns EOF.
+# The launcher is a shell, and so is the guard until it is needed: the worker waits only for a
+# `sh` to fork and exit (~1-5 ms), not for an interpreter to start (16-70 ms at load 6 -- in the
+# first attempt of every worker, i.e. inside a fresh job's first tasks), and the guard waits
+# for the pipe's end as the forked shell itself (its `read` builtin: one process, no CPU), then
+# execs the guard's Python to read the state and sweep. The ~12 ms of CPU an interpreter's
+# start costs is paid only when a worker dies, not once per worker while the first tasks run.
 # (An earlier version ran the attempt as a Ray streaming task and told the guard around the
 # yield of its node, sweeping an attempt parked there too long: a cancel landing while Ray,
 # not run_agent, ran could leave it suspended. A plain task has no such point.)
@@ -270,7 +271,8 @@ def sweep(live, limit=5.0):
 """
 
 GUARD = SWEEP + r"""
-# the dagrun Ray worker guard (forked by its launcher, a shell that exits at once: no child of the Ray worker)
+# the dagrun Ray worker guard (forked by its launcher, a shell that exits at once: no child of the
+# Ray worker; exec'd by the forked shell once the pipe's end came: the read below sees it at once)
 import sys
 state = int(sys.argv[1])
 while os.read(0, 4096):    # nothing is written: EOF when the worker is gone
@@ -280,11 +282,11 @@ if rid:
     sweep({rid: int(pg or 0) or None})
 """
 
-# the guard's launcher: the pipe (its stdin) goes to the guard, forked in the background (a
-# background command's stdin would be /dev/null: the pipe is moved to fd N -- 3, or 4 if the
-# state file is 3; dash redirects single-digit descriptors only -- and back); the shell exits
-# at once
-LAUNCH = 'exec N<&0 </dev/null; "$0" -S -c "$1" "$2" <&N N<&- &'
+# the guard's launcher: the pipe (its stdin) goes to the guard, a shell forked in the
+# background (a background command's stdin would be /dev/null: the pipe is moved to fd N -- 3,
+# or 4 if the state file is 3; dash redirects single-digit descriptors only -- and back), which
+# reads it until its end and then becomes the guard's Python (GUARD); the launcher exits at once
+LAUNCH = 'exec N<&0 </dev/null; { while read -r _; do :; done; exec "$0" -S -c "$1" "$2"; } <&N N<&- &'
 
 
 def _guard():

@@ -223,11 +223,12 @@ rayrun.run_agent("setsid sleep 60 & sleep 60", cwd, {**os.environ, "DAGRUN_RUN_I
 def test_a_workers_first_attempt_does_not_wait_for_its_guards_python_and_is_guarded_meanwhile(tmp_path):
     """A Ray worker's first attempt starts its guard; the worker waits only for the guard's
     launcher (a shell that forks it), not for the guard's Python to start (16-70 ms an attempt
-    at load 6, in every fresh worker's first task). Here the guard's interpreter is held back
-    until the test says so: the agent must start all the same, and a worker SIGKILLed in that
-    time must still have its agent swept once the guard runs (it holds the pipe from its fork
-    on, so its first read sees the worker gone). Fails on 9a12c26, whose worker waited for a
-    Python launcher to start and fork: the agent never starts while the interpreter is held."""
+    at load 6, in every fresh worker's first task): the guard waits for the worker's end as a
+    shell and becomes its Python only then. Here the guard's interpreter is held back until
+    the test says so: the agent must start all the same, and a worker SIGKILLed in that time
+    must still have its agent swept once the interpreter runs (the guard holds the pipe from
+    its fork on). Fails on 9a12c26, whose worker waited for a Python launcher to start and
+    fork: the agent never starts while the interpreter is held."""
     home = tmp_path / "home"
     home.mkdir()
     go = tmp_path / "go"
