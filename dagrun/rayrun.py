@@ -283,10 +283,10 @@ if rid:
 """
 
 # the guard's launcher: the pipe (its stdin) goes to the guard, a shell forked in the
-# background (a background command's stdin would be /dev/null: the pipe is moved to fd N -- 3,
-# or 4 if the state file is 3; dash redirects single-digit descriptors only -- and back), which
+# background (a background command's stdin would be /dev/null: the pipe is moved to fd 3, or 4
+# if the state file is 3 -- dash redirects single-digit descriptors only -- and back), which
 # reads it until its end and then becomes the guard's Python (GUARD); the launcher exits at once
-LAUNCH = 'exec N<&0 </dev/null; { while read -r _; do :; done; exec "$0" -S -c "$1" "$2"; } <&N N<&- &'
+LAUNCH = 'exec %(fd)d<&0 </dev/null; { while read -r _; do :; done; exec "$0" -S -c "$1" "$2"; } <&%(fd)d %(fd)d<&- &'
 
 
 def _guard():
@@ -313,7 +313,8 @@ def _guard():
         m = os.memfd_create("dagrun-ray-guard") if hasattr(os, "memfd_create") else _tmpfd()
         r, w = os.pipe()                  # (not inheritable: no agent holds the write end)
         try:
-            launcher = subprocess.Popen(["/bin/sh", "-c", LAUNCH.replace("N", "4" if m == 3 else "3"), sys.executable, GUARD, str(m)], stdin=r,
+            launch = LAUNCH % {"fd": 4 if m == 3 else 3}
+            launcher = subprocess.Popen(["/bin/sh", "-c", launch, sys.executable, GUARD, str(m)], stdin=r,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                         env={"PATH": "/usr/bin:/bin"}, start_new_session=True,
                                         close_fds=True, pass_fds=(m,))

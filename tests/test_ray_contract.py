@@ -165,7 +165,8 @@ cwd, rid = sys.argv[1], sys.argv[2]
 
 def guard_pid():                 # the process holding this worker's guard pipe (on its fd 0, or
     pipe = os.readlink(f"/proc/self/fd/{sys.modules['_dagrun_ray_guard_v3'].w}")   # 3/4 just forked)
-    while True:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
         for d in os.listdir("/proc"):
             try:
                 if d.isdigit() and int(d) != os.getpid() and any(
@@ -233,7 +234,7 @@ def test_a_workers_first_attempt_does_not_wait_for_its_guards_python_and_is_guar
     home.mkdir()
     go = tmp_path / "go"
     slow = tmp_path / "python"
-    slow.write_text(f"#!/bin/sh\nwhile [ ! -e {go} ]; do sleep 0.05; done\nexec {sys.executable} \"$@\"\n")
+    slow.write_text(f"#!/bin/sh\nwhile [ ! -e '{go}' ]; do sleep 0.05; done\nexec '{sys.executable}' \"$@\"\n")
     slow.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k != "DAGRUN_RUN_ID"}
     env["DAGRUN_HOME"] = str(home.resolve())
@@ -252,6 +253,7 @@ def test_a_workers_first_attempt_does_not_wait_for_its_guards_python_and_is_guar
     finally:
         go.touch()
         kill_group(w)
+
 
 KV = r"""
 import json, os, select, sys, time
