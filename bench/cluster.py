@@ -47,6 +47,10 @@ times: (last - first) / (N - 1), start-up left out). For Ray also:
   cpu     the CPU time (user + system) of the whole `dagrun run` / Ray program process (all
           threads, start-up included) / N: what the driver spends, which the machine's load
           moves much less than wall time.
+  head    with RAY_HEAD_ROOT=DIR (the head's --temp-dir, e.g. .ci/ray-up.sh's RAY_ROOT): the CPU
+          time of the head's processes (GCS, raylet and the rest named after DIR, the raylet's
+          live children -- the workers -- and what they reaped) over the run / N: the node side
+          of the same tasks (the workers' guards, which are no children of them, left out).
 
 BASELINE="cmd" (environment) also runs that dagrun for the steps and ray rows, interleaved with
 this one (an A/B in one run, e.g. BASELINE="env PYTHONPATH=/old/checkout python -m dagrun").
@@ -152,19 +156,59 @@ def _late(ts: list[float]) -> float:
     return (ts[-1] - ts[h]) / (len(ts) - 1 - h)
 
 
+def head_cpu() -> float | None:
+    """CPU seconds used so far by the Ray head under $RAY_HEAD_ROOT (None without it): every
+    process whose command line names that folder, and the raylet's children, each with what
+    it reaped (utime + stime + cutime + cstime)."""
+    root = os.environ.get("RAY_HEAD_ROOT")
+    if not root:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu(pid: str) -> int:
+        with open(f"/proc/{pid}/stat") as f:
+            st = f.read().rsplit(")", 1)[1].split()
+        return sum(int(x) for x in st[11:15])
+    total, raylets = 0, []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read()
+            if (root.rstrip("/") + "/").encode() in cmd:
+                total += cpu(d)
+                if b"/raylet/raylet" in cmd:
+                    raylets.append(d)
+        except OSError:
+            pass
+    for r in raylets:
+        try:
+            kids = " ".join(open(f"/proc/{r}/task/{t}/children").read() for t in os.listdir(f"/proc/{r}/task")).split()
+        except OSError:
+            kids = []
+        for k in kids:
+            try:
+                total += cpu(k)
+            except OSError:
+                pass
+    return total / tick
+
+
 def _cpu_children() -> float:
     import resource
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
 
 
-def dagrun_ray(root: str, shape: str, n: int, exe: list[str] = DAGRUN) -> tuple[float, float, float, float]:
+def dagrun_ray(root: str, shape: str, n: int, exe: list[str] = DAGRUN) -> tuple:
     """(the whole `dagrun run --runner ray`, its steady time per task, its late-half time per task,
-    the process's CPU seconds)"""
-    c = _cpu_children()
+    the process's CPU seconds, the head's CPU seconds or None)"""
+    c, h = _cpu_children(), head_cpu()
     whole, _ = dagrun(root, shape, n, "ray", exe)
     home = dagrun.last_home
-    return whole, steady(home, shape), late(home, shape), _cpu_children() - c
+    h2 = head_cpu()
+    return whole, steady(home, shape), late(home, shape), _cpu_children() - c, None if h is None else h2 - h
 
 
 def dagrun(root: str, shape: str, n: int, runner: str, exe: list[str] = DAGRUN) -> tuple[float, float]:
@@ -278,15 +322,17 @@ def ray_floor(shape: str, n: int) -> tuple[float, float, float]:
     return float(a), float(b), float(c)
 
 
-def ray_program(shape: str, n: int) -> tuple[float, float, float, float]:
-    """(the whole program, its steady time per task, its late-half time per task, its CPU seconds)"""
-    c = _cpu_children()
+def ray_program(shape: str, n: int) -> tuple:
+    """(the whole program, its steady time per task, its late-half time per task, its CPU seconds,
+    the head's CPU seconds or None)"""
+    c, h = _cpu_children(), head_cpu()
     t = time.perf_counter()
     r = subprocess.run([sys.executable, "-c", RAY_FLOOR, "program", shape, str(n), BENCH], capture_output=True, text=True,
                        check=True)
     whole = time.perf_counter() - t
     st, lt = r.stdout.strip().splitlines()[-1].split()
-    return whole, float(st), float(lt), _cpu_children() - c
+    h2 = head_cpu()
+    return whole, float(st), float(lt), _cpu_children() - c, None if h is None else h2 - h
 
 
 def settings() -> str:
@@ -312,8 +358,9 @@ def main() -> None:
     def add(k, v):
         if isinstance(v, tuple):
             m.setdefault(k, []).append(v[0])
-            for extra, x in zip((" steady", " late", " cpu"), v[1:]):
-                m.setdefault(k + extra, []).append(x)
+            for extra, x in zip((" steady", " late", " cpu", " head"), v[1:]):
+                if x is not None:
+                    m.setdefault(k + extra, []).append(x)
         else:
             m.setdefault(k, []).append(v)
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as root:
@@ -344,7 +391,7 @@ def main() -> None:
 
     def ms(x):
         return f"{x * 1000:8.1f}ms" if x is not None else f"{'-':>10}"
-    print(f"\n{'shape':7} {'N':>4} {'what':18} {'whole/task':>10} {'steady/task':>11} {'late/task':>10} {'cpu/task':>10}")
+    print(f"\n{'shape':7} {'N':>4} {'what':18} {'whole/task':>10} {'steady/task':>11} {'late/task':>10} {'cpu/task':>10} {'head/task':>10}")
     for shape, n in (("chain", chain), ("fanout", fan)):
         for what in ("local", "slurm floor", "srun", "slurm", "steps floor min", "steps floor agent", "steps",
                      "ray floor min", "ray floor agent", "ray program", "ray", "steps base", "ray base"):
@@ -355,7 +402,8 @@ def main() -> None:
                                                                    else None)
             lt = med(m[k + " late"]) if k + " late" in m else None
             cpu = med(m[k + " cpu"]) / n if k + " cpu" in m else None
-            print(f"{shape:7} {n:4d} {what:18} {ms(med(m[k]) / n)} {ms(st):>11} {ms(lt)} {ms(cpu)}")
+            head = med(m[k + " head"]) / n if k + " head" in m else None
+            print(f"{shape:7} {n:4d} {what:18} {ms(med(m[k]) / n)} {ms(st):>11} {ms(lt)} {ms(cpu)} {ms(head)}")
         print()
     print("ratios per task: steady (dagrun's from its events, start-up left out) against the floors, "
           "which run warmed up; whole runs where both sides start from nothing")
@@ -382,6 +430,9 @@ def main() -> None:
                 print(f"  {shape:7} ray{b:5}, late     / ray program late   {r(lt, med(m[f'{shape} ray program late']))}")
                 print(f"  {shape:7} ray{b:5}, cpu      / ray program cpu    "
                       f"{r(med(m[f'{shape} ray{b} cpu']) / n, med(m[f'{shape} ray program cpu']) / n)}")
+                if f"{shape} ray{b} head" in m:
+                    print(f"  {shape:7} ray{b:5}, head cpu / ray program head   "
+                          f"{r(med(m[f'{shape} ray{b} head']) / n, med(m[f'{shape} ray program head']) / n)}")
         print(f"  {shape:7} local runner, steady: {med(m[f'{shape} local steady']) * 1000:.1f} ms a task "
               f"(dagrun's own cost with a local `true`)")
 
