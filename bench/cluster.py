@@ -34,9 +34,23 @@ and for each, in this order:
                                `dagrun run` (Python start-up, import ray, connect, the job's
                                workers, the tasks)
 
-Per task is printed two ways: whole (the run's time / N) and marginal ((T(N) - T(1)) / (N - 1),
-T(1) a run of one task the same way): what one more task costs, start-up left out. The
-marginal ratio is the per-task overhead; the whole ratio also carries the start-up.
+Per task is printed two ways: whole (the run's time / N) and steady (from the run's own `done`
+times: (last - first) / (N - 1), start-up left out). For Ray also:
+  late    the steady time of the second half of the tasks only ((last - the N/2-th) / (N - 1 -
+          N/2)), for dagrun, the Ray program and the warm agent floor alike. A whole run is a
+          fresh Ray job: Ray starts its workers at its first submission, and in a fan-out the
+          second worker's start (its Python, `import ray`, its first task) falls inside the
+          steady window -- its first task is done 31-630 ms after the job's first at load 7
+          (bench/ray_workers.py), when the whole window is 0.2-0.7 s -- so steady/task swings
+          with how long that start takes (1.17x-1.60x the warm floor at 9a12c26, the Ray
+          program as much). The late half is past it.
+  cpu     the CPU time (user + system) of the whole `dagrun run` / Ray program process (all
+          threads, start-up included) / N: what the driver spends, which the machine's load
+          moves much less than wall time.
+  head    with RAY_HEAD_ROOT=DIR (the head's --temp-dir, e.g. .ci/ray-up.sh's RAY_ROOT): the CPU
+          time of the head's processes (GCS, raylet and the rest named after DIR, the raylet's
+          live children -- the workers -- and what they reaped) over the run / N: the node side
+          of the same tasks (the workers' guards, which are no children of them, left out).
 
 BASELINE="cmd" (environment) also runs that dagrun for the steps and ray rows, interleaved with
 this one (an A/B in one run, e.g. BASELINE="env PYTHONPATH=/old/checkout python -m dagrun").
@@ -131,6 +145,72 @@ def srun_agent_steps(root: str, shape: str, n: int) -> float:
     return _in_allocation(STEPS_CPUS, f"seq {n} | xargs -P {par} -I@ sh -c {shlex.quote(one)} @")
 
 
+def late(home: str, goal: str) -> float:
+    """Seconds per task over the second half of the goal's `done` events (past a fresh Ray
+    job's worker start-up)."""
+    return _late(done_times(home, goal))
+
+
+def _late(ts: list[float]) -> float:
+    h = len(ts) // 2
+    return (ts[-1] - ts[h]) / (len(ts) - 1 - h)
+
+
+def head_cpu() -> float | None:
+    """CPU seconds used so far by the Ray head under $RAY_HEAD_ROOT (None without it): every
+    process whose command line names that folder, and the raylet's children, each with what
+    it reaped (utime + stime + cutime + cstime)."""
+    root = os.environ.get("RAY_HEAD_ROOT")
+    if not root:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu(pid: str) -> int:
+        with open(f"/proc/{pid}/stat") as f:
+            st = f.read().rsplit(")", 1)[1].split()
+        return sum(int(x) for x in st[11:15])
+    total, raylets = 0, []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read()
+            if (root.rstrip("/") + "/").encode() in cmd:
+                total += cpu(d)
+                if b"/raylet/raylet" in cmd:
+                    raylets.append(d)
+        except OSError:
+            pass
+    for r in raylets:
+        try:
+            kids = " ".join(open(f"/proc/{r}/task/{t}/children").read() for t in os.listdir(f"/proc/{r}/task")).split()
+        except OSError:
+            kids = []
+        for k in kids:
+            try:
+                total += cpu(k)
+            except OSError:
+                pass
+    return total / tick
+
+
+def _cpu_children() -> float:
+    import resource
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def dagrun_ray(root: str, shape: str, n: int, exe: list[str] = DAGRUN) -> tuple:
+    """(the whole `dagrun run --runner ray`, its steady time per task, its late-half time per task,
+    the process's CPU seconds, the head's CPU seconds or None)"""
+    c, h = _cpu_children(), head_cpu()
+    whole, _ = dagrun(root, shape, n, "ray", exe)
+    home = dagrun.last_home
+    h2 = head_cpu()
+    return whole, steady(home, shape), late(home, shape), _cpu_children() - c, None if h is None else h2 - h
+
+
 def dagrun(root: str, shape: str, n: int, runner: str, exe: list[str] = DAGRUN) -> tuple[float, float]:
     """(the whole `dagrun run`, its steady time per task)"""
     home = tempfile.mkdtemp(dir=root, prefix=f"home-{runner}-{shape}-")
@@ -138,6 +218,7 @@ def dagrun(root: str, shape: str, n: int, runner: str, exe: list[str] = DAGRUN) 
     t = time.perf_counter()
     subprocess.run([*exe, f"--home={home}", "run", "-q", "-j", str(n if shape == "fanout" else 1),
                     "--runner", runner, p], check=True, capture_output=True)
+    dagrun.last_home = home
     return time.perf_counter() - t, steady(home, shape)
 
 
@@ -216,31 +297,42 @@ def shape_run(shape, n, f, ends=None):
     assert r == 0 or r[0] == 0, r
     return time.perf_counter() - t
 
+def late(ends):                     # the second half's time per task (cluster._late)
+    h = len(ends) // 2
+    return (ends[-1] - ends[h]) / (len(ends) - 1 - h)
+
 mode, shape, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 if mode == "program":               # the honest floor as a whole program: timed from outside
     ends = []
     shape_run(shape, n, agent_task, ends)
-    print((ends[-1] - ends[0]) / (n - 1))       # its steady time per task, as dagrun's
+    print((ends[-1] - ends[0]) / (n - 1), late(ends))   # its steady and late time per task, as dagrun's
 else:                               # in one connected, warmed-up process
     ray.get([true.remote(), agent_task(0)])
-    print(shape_run(shape, n, lambda i: true.remote()), shape_run(shape, n, agent_task))
+    ends = []
+    print(shape_run(shape, n, lambda i: true.remote()), shape_run(shape, n, agent_task, ends), late(ends))
 """
 
 
-def ray_floor(shape: str, n: int) -> tuple[float, float]:
-    """(min, agent): N tasks' time from a connected, warmed-up driver."""
+def ray_floor(shape: str, n: int) -> tuple[float, float, float]:
+    """(min, agent, the agent floor's late-half time per task): N tasks' time from a connected,
+    warmed-up driver."""
     r = subprocess.run([sys.executable, "-c", RAY_FLOOR, "inproc", shape, str(n), BENCH], capture_output=True, text=True,
                        check=True)
-    a, b = r.stdout.strip().splitlines()[-1].split()
-    return float(a), float(b)
+    a, b, c = r.stdout.strip().splitlines()[-1].split()
+    return float(a), float(b), float(c)
 
 
-def ray_program(shape: str, n: int) -> tuple[float, float]:
-    """(the whole program, its steady time per task)"""
+def ray_program(shape: str, n: int) -> tuple:
+    """(the whole program, its steady time per task, its late-half time per task, its CPU seconds,
+    the head's CPU seconds or None)"""
+    c, h = _cpu_children(), head_cpu()
     t = time.perf_counter()
     r = subprocess.run([sys.executable, "-c", RAY_FLOOR, "program", shape, str(n), BENCH], capture_output=True, text=True,
                        check=True)
-    return time.perf_counter() - t, float(r.stdout.strip().splitlines()[-1])
+    whole = time.perf_counter() - t
+    st, lt = r.stdout.strip().splitlines()[-1].split()
+    h2 = head_cpu()
+    return whole, float(st), float(lt), _cpu_children() - c, None if h is None else h2 - h
 
 
 def settings() -> str:
@@ -266,7 +358,9 @@ def main() -> None:
     def add(k, v):
         if isinstance(v, tuple):
             m.setdefault(k, []).append(v[0])
-            m.setdefault(k + " steady", []).append(v[1])
+            for extra, x in zip((" steady", " late", " cpu", " head"), v[1:]):
+                if x is not None:
+                    m.setdefault(k + extra, []).append(x)
         else:
             m.setdefault(k, []).append(v)
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as root:
@@ -285,18 +379,19 @@ def main() -> None:
                     if BASELINE:
                         add(f"{shape} steps base", dagrun_steps(root, shape, n, BASELINE))
                 if "ray" in which:
-                    fmin, fagent = ray_floor(shape, n)
+                    fmin, fagent, flate = ray_floor(shape, n)
                     add(f"{shape} ray floor min", fmin)
                     add(f"{shape} ray floor agent", fagent)
+                    add(f"{shape} ray floor agent late", flate)
                     add(f"{shape} ray program", ray_program(shape, n))
-                    add(f"{shape} ray", dagrun(root, shape, n, "ray"))
+                    add(f"{shape} ray", dagrun_ray(root, shape, n))
                     if BASELINE:
-                        add(f"{shape} ray base", dagrun(root, shape, n, "ray", BASELINE))
+                        add(f"{shape} ray base", dagrun_ray(root, shape, n, BASELINE))
     print(f"load average at end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
     def ms(x):
         return f"{x * 1000:8.1f}ms" if x is not None else f"{'-':>10}"
-    print(f"\n{'shape':7} {'N':>4} {'what':18} {'whole/task':>10} {'steady/task':>11}")
+    print(f"\n{'shape':7} {'N':>4} {'what':18} {'whole/task':>10} {'steady/task':>11} {'late/task':>10} {'cpu/task':>10} {'head/task':>10}")
     for shape, n in (("chain", chain), ("fanout", fan)):
         for what in ("local", "slurm floor", "srun", "slurm", "steps floor min", "steps floor agent", "steps",
                      "ray floor min", "ray floor agent", "ray program", "ray", "steps base", "ray base"):
@@ -305,7 +400,10 @@ def main() -> None:
                 continue
             st = med(m[k + " steady"]) if k + " steady" in m else (med(m[k]) / n if "floor" in what or what == "srun"
                                                                    else None)
-            print(f"{shape:7} {n:4d} {what:18} {ms(med(m[k]) / n)} {ms(st):>11}")
+            lt = med(m[k + " late"]) if k + " late" in m else None
+            cpu = med(m[k + " cpu"]) / n if k + " cpu" in m else None
+            head = med(m[k + " head"]) / n if k + " head" in m else None
+            print(f"{shape:7} {n:4d} {what:18} {ms(med(m[k]) / n)} {ms(st):>11} {ms(lt)} {ms(cpu)} {ms(head)}")
         print()
     print("ratios per task: steady (dagrun's from its events, start-up left out) against the floors, "
           "which run warmed up; whole runs where both sides start from nothing")
@@ -327,6 +425,14 @@ def main() -> None:
                     print(f"  {shape:7} ray{b:5}, steady   / ray floor {f:5}    {r(st, med(m[f'{shape} ray floor {f}']) / n)}")
                 print(f"  {shape:7} ray{b:5}, whole    / ray program whole  "
                       f"{r(med(m[f'{shape} ray{b}']) / n, med(m[f'{shape} ray program']) / n)}")
+                lt = med(m[f"{shape} ray{b} late"])
+                print(f"  {shape:7} ray{b:5}, late     / ray floor agent late {r(lt, med(m[f'{shape} ray floor agent late']))}")
+                print(f"  {shape:7} ray{b:5}, late     / ray program late   {r(lt, med(m[f'{shape} ray program late']))}")
+                print(f"  {shape:7} ray{b:5}, cpu      / ray program cpu    "
+                      f"{r(med(m[f'{shape} ray{b} cpu']) / n, med(m[f'{shape} ray program cpu']) / n)}")
+                if f"{shape} ray{b} head" in m:
+                    print(f"  {shape:7} ray{b:5}, head cpu / ray program head   "
+                          f"{r(med(m[f'{shape} ray{b} head']) / n, med(m[f'{shape} ray program head']) / n)}")
         print(f"  {shape:7} local runner, steady: {med(m[f'{shape} local steady']) * 1000:.1f} ms a task "
               f"(dagrun's own cost with a local `true`)")
 

@@ -222,12 +222,18 @@ def _kv(op: str, rid: bytes, value: bytes = b"") -> None:
 # ~5 ms an attempt) and kept in a module of sys.modules: this module travels by value, so its own
 # globals are not the worker's. Nothing wakes the guard while the worker lives (the pipe carried
 # three lines an attempt before: ~0.25 ms of each attempt's time at load 4).
-# The guard is NOT a child of the Ray worker (its launcher forks it and exits): a Ray worker
+# The guard is NOT a child of the Ray worker (its launcher, a /bin/sh, forks it and exits): a Ray worker
 # that exits on purpose -- ray.cancel(force=True), its owner gone -- first SIGKILLs its own
 # children (Ray's kill_child_processes_on_worker_exit, on by default), which took the guard
 # with the agent's shell and left the rest of the agent's group running with nobody to sweep
 # it (CI's cancelled Ray agents that outlived their tests). A guard that died all the same is
 # noticed before the next attempt (the pipe's write end reports POLLERR: no reader) and replaced.
+# The launcher is a shell, and so is the guard until it is needed: the worker waits only for a
+# `sh` to fork and exit (~1-5 ms), not for an interpreter to start (16-70 ms at load 6 -- in the
+# first attempt of every worker, i.e. inside a fresh job's first tasks), and the guard waits
+# for the pipe's end as the forked shell itself (its `read` builtin: one process, no CPU), then
+# execs the guard's Python to read the state and sweep. The ~12 ms of CPU an interpreter's
+# start costs is paid only when a worker dies, not once per worker while the first tasks run.
 # (An earlier version ran the attempt as a Ray streaming task and told the guard around the
 # yield of its node, sweeping an attempt parked there too long: a cancel landing while Ray,
 # not run_agent, ran could leave it suspended. A plain task has no such point.)
@@ -265,17 +271,22 @@ def sweep(live, limit=5.0):
 """
 
 GUARD = SWEEP + r"""
-# the dagrun Ray worker guard
+# the dagrun Ray worker guard (forked by its launcher, a shell that exits at once: no child of the
+# Ray worker; exec'd by the forked shell once the pipe's end came: the read below sees it at once)
 import sys
 state = int(sys.argv[1])
-if os.fork():          # the launcher exits at once: the guard is no child of the Ray worker
-    os._exit(0)
 while os.read(0, 4096):    # nothing is written: EOF when the worker is gone
     pass
 rid, _, pg = os.pread(state, 4096, 0).split(b"\n", 1)[0].partition(b" ")
 if rid:
     sweep({rid: int(pg or 0) or None})
 """
+
+# the guard's launcher: the pipe (its stdin) goes to the guard, a shell forked in the
+# background (a background command's stdin would be /dev/null: the pipe is moved to fd 3, or 4
+# if the state file is 3 -- dash redirects single-digit descriptors only -- and back), which
+# reads it until its end and then becomes the guard's Python (GUARD); the launcher exits at once
+LAUNCH = 'exec %(fd)d<&0 </dev/null; { while read -r _; do :; done; exec "$0" -S -c "$1" "$2"; } <&%(fd)d %(fd)d<&- &'
 
 
 def _guard():
@@ -302,13 +313,14 @@ def _guard():
         m = os.memfd_create("dagrun-ray-guard") if hasattr(os, "memfd_create") else _tmpfd()
         r, w = os.pipe()                  # (not inheritable: no agent holds the write end)
         try:
-            launcher = subprocess.Popen([sys.executable, "-S", "-c", GUARD, str(m)], stdin=r,
+            launch = LAUNCH % {"fd": 4 if m == 3 else 3}
+            launcher = subprocess.Popen(["/bin/sh", "-c", launch, sys.executable, GUARD, str(m)], stdin=r,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                         env={"PATH": "/usr/bin:/bin"}, start_new_session=True,
                                         close_fds=True, pass_fds=(m,))
         finally:
             os.close(r)
-        if launcher.wait() != 0:          # it exits as soon as the guard is forked
+        if launcher.wait() != 0:          # it exits as soon as the guard is forked (not started)
             os.close(w)
             os.close(m)
             return None

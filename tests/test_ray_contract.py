@@ -163,14 +163,18 @@ from dagrun import rayrun
 cwd, rid = sys.argv[1], sys.argv[2]
 
 
-def guard_pid():                 # the process reading this worker's guard pipe
-    pipe = os.readlink(f"/proc/self/fd/{sys.modules['_dagrun_ray_guard_v3'].w}")
-    for d in os.listdir("/proc"):
-        try:
-            if d.isdigit() and int(d) != os.getpid() and os.readlink(f"/proc/{d}/fd/0") == pipe:
-                return int(d)
-        except OSError:
-            pass
+def guard_pid():                 # the process holding this worker's guard pipe (on its fd 0, or
+    pipe = os.readlink(f"/proc/self/fd/{sys.modules['_dagrun_ray_guard_v3'].w}")   # 3/4 just forked)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for d in os.listdir("/proc"):
+            try:
+                if d.isdigit() and int(d) != os.getpid() and any(
+                        os.readlink(f"/proc/{d}/fd/{fd}") == pipe for fd in os.listdir(f"/proc/{d}/fd")):
+                    return int(d)
+            except OSError:
+                pass
+        time.sleep(0.01)
 
 
 env = {**os.environ, "DAGRUN_RUN_ID": rid + "-1"}
@@ -205,6 +209,49 @@ def test_a_worker_that_dies_mid_attempt_leaves_no_process_of_its_agent_even_afte
         w.wait(10)
         wait_for(lambda: not agents_of(home), timeout=10, interval=0.1, what="the guard to sweep the dead worker's agent")
     finally:
+        kill_group(w)
+
+
+SLOW_GUARD = r"""
+import os, sys
+from dagrun import rayrun
+cwd, rid, slow = sys.argv[1], sys.argv[2], sys.argv[3]
+sys.executable = slow            # the guard's interpreter: a wrapper that starts it only when told
+rayrun.run_agent("setsid sleep 60 & sleep 60", cwd, {**os.environ, "DAGRUN_RUN_ID": rid}, b"", None, 1.0)
+"""
+
+
+def test_a_workers_first_attempt_does_not_wait_for_its_guards_python_and_is_guarded_meanwhile(tmp_path):
+    """A Ray worker's first attempt starts its guard; the worker waits only for the guard's
+    launcher (a shell that forks it), not for the guard's Python to start (16-70 ms an attempt
+    at load 6, in every fresh worker's first task): the guard waits for the worker's end as a
+    shell and becomes its Python only then. Here the guard's interpreter is held back until
+    the test says so: the agent must start all the same, and a worker SIGKILLed in that time
+    must still have its agent swept once the interpreter runs (the guard holds the pipe from
+    its fork on). Fails on 9a12c26, whose worker waited for a Python launcher to start and
+    fork: the agent never starts while the interpreter is held."""
+    home = tmp_path / "home"
+    home.mkdir()
+    go = tmp_path / "go"
+    slow = tmp_path / "python"
+    slow.write_text(f"#!/bin/sh\nwhile [ ! -e '{go}' ]; do sleep 0.05; done\nexec '{sys.executable}' \"$@\"\n")
+    slow.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "DAGRUN_RUN_ID"}
+    env["DAGRUN_HOME"] = str(home.resolve())
+    w = subprocess.Popen([sys.executable, "-c", SLOW_GUARD, str(tmp_path), f"slow-{os.getpid()}-{tmp_path.name}",
+                          str(slow)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        wait_for(lambda: len(agents_of(home)) == 3 or w.poll() is not None, timeout=20,
+                 what="the agent's shell and its two sleeps, with the guard's Python not started")
+        assert w.poll() is None, w.stderr.read()[-3000:]
+        assert not go.exists()
+        os.kill(w.pid, 9)
+        w.wait(10)
+        go.touch()                 # the guard's Python starts now: the worker is gone already
+        wait_for(lambda: not agents_of(home), timeout=20, interval=0.1, what="the guard to sweep the dead worker's agent")
+    finally:
+        go.touch()
         kill_group(w)
 
 
