@@ -50,6 +50,9 @@ class SubmitResult:
     goal: str
     action: str                 # created | unchanged | replaced | would-replace
     diff: Diff | None = None
+    # created: (plan.json's stamp, the Plan it holds) -- what `dagrun run` hands its engine
+    # instead of parsing the file it just wrote again (store.Home.plan_stamp's tuple)
+    written: tuple | None = None
 
 
 def load_checked(path: str, home: Home | None = None) -> tuple[Plan, dict | None]:
@@ -99,7 +102,8 @@ def submit(home: Home, path: str, *, replace: bool = False, dry_run: bool = Fals
         if dry_run:
             return SubmitResult(g, "would-create")
         home.ensure()
-        return SubmitResult(g, _create_goal(home, plan, by, pinned))
+        action, stamp = _create_goal(home, plan, by, pinned)
+        return SubmitResult(g, action, written=(stamp, plan) if action == "created" else None)
     old = Plan.from_dict(loads(old_raw) or {})
     if old_raw != plan.canonical():
         # what the goal grew by itself stays: tasks `dagrun add` put in, templates' expansions
@@ -220,9 +224,11 @@ def _keep_valid(new: Plan, kept: list) -> Plan:
     return new.with_tasks(list(new.tasks) + sorted(out, key=lambda t: order[t.id]))
 
 
-def _create_goal(home: Home, plan: Plan, by: str, pinned: dict | None = None) -> str:
+def _create_goal(home: Home, plan: Plan, by: str, pinned: dict | None = None) -> tuple[str, tuple]:
     """Build the goal folder under a dot-name and rename it into place: a goal is there
-    whole (plan.json, events.jsonl, tasks/, the code workspace's pinned base) or not at all."""
+    whole (plan.json, events.jsonl, tasks/, the code workspace's pinned base) or not at all.
+    (action, the stamp of the plan.json this call wrote -- the file's identity, kept by the
+    folder's rename; meaningful when the action is "created")."""
     g = plan.goal
     home.sweep_unborn_goals()
     tmp = home.unborn_goal_dir(g)
@@ -247,7 +253,7 @@ def _create_goal(home: Home, plan: Plan, by: str, pinned: dict | None = None) ->
             fsio.rmtree(tmp)                  # a concurrent submit won
             existing = fsio.read_bytes(home.plan_path(g))
             if existing == plan.canonical():
-                return "unchanged"
+                return "unchanged", stamp
             if existing is None:
                 raise DagrunError(f"cannot create goal folder {home.goal_dir(g)}: it exists but has no plan.json; "
                                   f"remove it or pick another goal id") from None
@@ -261,7 +267,7 @@ def _create_goal(home: Home, plan: Plan, by: str, pinned: dict | None = None) ->
             refresh_snapshot(home, g, plan, stamp)
         except (OSError, DagrunError):
             pass               # best effort: status computes from the files without it
-    return "created"
+    return "created", stamp
 
 
 # A big goal's first `status` would parse plan.json again, build the scheduler and its rows
