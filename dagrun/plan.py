@@ -6,7 +6,6 @@ dagrun/schema/ are generated from it, so they cannot disagree. Errors are one li
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -20,6 +19,7 @@ import orjson
 
 from . import bulk, conditions, fanrules, presets
 from . import states as S
+from .digests import sha256
 from .errors import PlanError
 from .scheduler import CycleError, topo_order
 from .wsrules import check_glob
@@ -363,7 +363,7 @@ class Task(tuple):
             d.append("no-workspace")
         if self.when is not None or self.trigger != "all_success" or self.approval is not None:
             d.append([self.when, self.trigger, self.approval])     # absent: older digests hold
-        return hashlib.sha256(orjson.dumps(d)).hexdigest()[:16]
+        return sha256(orjson.dumps(d)).hexdigest()[:16]
 
     def to_dict(self) -> dict:
         if _optional(self) == _OPTIONAL_UNUSED:      # most tasks: plan.json has the always-there fields only
@@ -608,7 +608,7 @@ class Plan:
                                 orjson.OPT_APPEND_NEWLINE)
 
     def digest(self) -> str:
-        return hashlib.sha256(self.canonical()).hexdigest()[:16]
+        return sha256(self.canonical()).hexdigest()[:16]
 
     @classmethod
     def from_json(cls, data: bytes) -> "Plan":

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 import time
 from contextlib import contextmanager
@@ -43,13 +42,14 @@ from dataclasses import dataclass
 
 from . import claim as claims
 from . import fsio
+from .digests import sha1
 from .errors import UsageError, os_error
 from .plan import AGENT_RES, MAX_UNITS, Plan, Task, check_id
 from .proc import BOOT_ID, HOST, is_alive, self_start
 from .store import Home, TurnMemo, dumps, loads_obj, now_iso
 
 UNIT = "unit.json"
-_HOST_KEY = hashlib.sha1(HOST.encode()).hexdigest()[:8]
+_HOST_KEY = sha1(HOST.encode()).hexdigest()[:8]
 BORN_GRACE = 60.0        # s: a `.new.*` folder of a dead or slow creator is swept after this
 
 

@@ -18,7 +18,6 @@ done > cancelled > failed. A claim with a marker beside it is a leftover and is 
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
 import threading
@@ -29,6 +28,7 @@ import orjson
 
 from . import bulk, fsio
 from . import states as S
+from .digests import sha1
 from .errors import FsError, NotFound, os_error
 from .plan import ID_RE, Plan, check_id
 from .proc import pid_alive
@@ -44,7 +44,7 @@ COUNTED = {S.FAILED, "timeout", "stalled", "output_limit", "check_failed"}
 UNCOUNTED = {"lost", "interrupted", S.CANCELLED, "superseded", "budget"}
 
 
-HOST_TAG = hashlib.sha1(os.uname().nodename.encode()).hexdigest()[:8]   # in names of scratch folders
+HOST_TAG = sha1(os.uname().nodename.encode()).hexdigest()[:8]   # in names of scratch folders
 
 
 _VALID: set[str] = set()      # ids that passed ID_RE: a pure check, so remembered (bounded)

@@ -101,7 +101,8 @@ def test_a_quiet_run_imports_none_of_the_heavy_modules(tmp_path):
     """`dagrun run PLAN -q` (the protocol fast path: submit, engine, one task, the goal's
     end) imports no typer, click, pydantic or rich (the CLI's), and none of the standard modules that cost milliseconds for a name or a
     number: socket (the host name is uname's), secrets (nonces are os.urandom), statistics
-    (fractions, decimal), concurrent.futures (logging comes with watchdog's inotify binding). Start-up is issue 20's fixed cost of
+    (fractions, decimal), concurrent.futures (logging comes with watchdog's inotify binding), hashlib
+    or hmac (OpenSSL's libcrypto and its configuration: dagrun.digests). Start-up is issue 20's fixed cost of
     every run (docs/performance.md, "Start-up of `dagrun run`"); this guards it without timing."""
     plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "agent": "true"},
                                        {"id": "b", "prompt": "y", "agent": "true", "deps": ["a"]}], goal="g")
@@ -114,8 +115,16 @@ def test_a_quiet_run_imports_none_of_the_heavy_modules(tmp_path):
     loaded = set(p.stderr.split("\n")[-2].split())
     assert {"dagrun.engine", "dagrun.executor", "dagrun.edit", "dagrun.watcher"} <= loaded   # the run happened here
     heavy = {"typer", "click", "pydantic", "rich", "socket", "secrets", "statistics",
-             "concurrent.futures", "filelock", "psutil"}
+             "concurrent.futures", "filelock", "psutil", "hashlib", "_hashlib", "hmac"}
     assert sorted(heavy & loaded) == []
+    import hashlib
+
+    from dagrun import digests            # the interpreter's own SHA-1/SHA-256: hashlib's digests
+    for data in (b"", b"abc", bytes(range(256)) * 300):
+        assert digests.sha1(data).hexdigest() == hashlib.sha1(data).hexdigest()
+        h = digests.sha256()
+        h.update(data)
+        assert h.hexdigest() == digests.sha256(data).hexdigest() == hashlib.sha256(data).hexdigest()
 
 
 def test_the_console_command_skips_the_interpreters_finalization_and_keeps_its_output_and_code(tmp_path):
