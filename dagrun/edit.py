@@ -20,10 +20,11 @@ from . import resources as res
 from . import states as S
 from .errors import DagrunError, PlanError, Refused, os_error
 from .plan import Plan, check_id
+from .records import NEW, plain_methods
 from .store import Home, dumps, loads, loads_obj, now_iso
 
 
-@dataclass
+@dataclass(init=False, repr=False, eq=False)   # methods written out (records.py: start-up)
 class Diff:
     """Tasks a plan replacement adds, removes or changes, and those below a change."""
     added: list[str] = field(default_factory=list)
@@ -31,6 +32,15 @@ class Diff:
     changed: list[str] = field(default_factory=list)        # definition differs
     downstream: list[str] = field(default_factory=list)     # unchanged, but below a changed task
     kept_done: list[str] = field(default_factory=list)
+
+    def __init__(self, added=NEW, removed=NEW, changed=NEW, downstream=NEW, kept_done=NEW):
+        self.added = [] if added is NEW else added
+        self.removed = [] if removed is NEW else removed
+        self.changed = [] if changed is NEW else changed
+        self.downstream = [] if downstream is NEW else downstream
+        self.kept_done = [] if kept_done is NEW else kept_done
+
+    __repr__, __eq__ = plain_methods("added", "removed", "changed", "downstream", "kept_done")
 
     @property
     def rerun(self) -> list[str]:
@@ -44,7 +54,7 @@ class Diff:
                 "downstream": self.downstream, "kept_done": self.kept_done}
 
 
-@dataclass
+@dataclass(init=False, repr=False, eq=False)   # methods written out (records.py: start-up)
 class SubmitResult:
     """What a submit did to a goal (created, unchanged, replaced), and the plan's diff."""
     goal: str
@@ -53,6 +63,11 @@ class SubmitResult:
     # created: (plan.json's stamp, the Plan it holds) -- what `dagrun run` hands its engine
     # instead of parsing the file it just wrote again (store.Home.plan_stamp's tuple)
     written: tuple | None = None
+
+    def __init__(self, goal, action, diff=None, written=None):
+        self.goal, self.action, self.diff, self.written = goal, action, diff, written
+
+    __repr__, __eq__ = plain_methods("goal", "action", "diff", "written")
 
 
 def load_checked(path: str, home: Home | None = None) -> tuple[Plan, dict | None]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from . import events as ev
 from . import bulk, fsio
+from .records import NEW, plain_methods
 from . import states as S
 from .plan import Plan
 from .scheduler import Scheduler
@@ -62,7 +63,7 @@ class Attempt:
         return max(0.0, (self.end if self.end is not None else now) - self.start)
 
 
-@dataclass
+@dataclass(init=False, repr=False, eq=False)   # methods written out (records.py: start-up)
 class GoalRun:
     """A goal's run so far: attempts from the files, tallies from the events."""
     plan: Plan
@@ -77,6 +78,16 @@ class GoalRun:
     # critical path, the slowest tasks)
     _spans: dict | None = field(default=None, init=False, repr=False, compare=False)
     _agent_time: float | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __init__(self, plan, order, attempts, now, blocked_total=0, repeat_total=0, first_bytes=NEW):
+        self.plan, self.order, self.attempts, self.now = plan, order, attempts, now
+        self.blocked_total, self.repeat_total = blocked_total, repeat_total
+        self.first_bytes = [] if first_bytes is NEW else first_bytes
+        self._spans = None
+        self._agent_time = None
+
+    __repr__, __eq__ = plain_methods("plan", "order", "attempts", "now", "blocked_total", "repeat_total",
+                                     "first_bytes")
 
     def by_task(self) -> dict[str, list[Attempt]]:
         out: dict[str, list[Attempt]] = {t: [] for t in self.plan.ids()}
