@@ -6,10 +6,13 @@ source text and compiling it with exec, class by class: ~0.4 ms a class, ~80 M i
 "2026-12-06 (2): start-up and exit"). A class declared `@dataclass(init=False, repr=False,
 eq=False)` keeps its field table (dataclasses.fields, replace, asdict work as before) and
 compiles nothing; it writes its __init__ out (the same assignments, a default_factory field
-taking NEW as "not given"), and takes __repr__ and __eq__ from plain_methods -- the same
+taking NEW as "not given"; a frozen one sets its fields with object.__setattr__), and takes
+__repr__ and __eq__ from plain_methods (and a frozen one frozen_methods) -- the same
 output and the same comparison as the generated ones (tests/test_cli_startup.py checks each
 against @dataclass's own)."""
 from __future__ import annotations
+
+from dataclasses import FrozenInstanceError
 
 NEW = object()     # "not given" for a field with a default_factory (dataclasses' _HAS_DEFAULT_FACTORY)
 
@@ -27,3 +30,19 @@ def plain_methods(*names: str):
             return tuple(getattr(self, n) for n in names) == tuple(getattr(other, n) for n in names)
         return NotImplemented
     return __repr__, __eq__
+
+
+def frozen_methods(*names: str):
+    """(__setattr__, __delattr__, __hash__) of @dataclass(frozen=True) with eq=True, for a class
+    declared without frozen (whose __init__ sets its fields with object.__setattr__): any
+    assignment or deletion on an instance raises FrozenInstanceError, worded as the generated
+    methods word it, and the hash is that of the tuple of the compared fields `names`."""
+    def __setattr__(self, name, value):
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name):
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __hash__(self):
+        return hash(tuple(getattr(self, n) for n in names))
+    return __setattr__, __delattr__, __hash__

@@ -44,7 +44,7 @@ from .store import (
 SLOWEST = 5
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False, repr=False, eq=False)   # methods written out (records.py: start-up)
 class Attempt:
     """One attempt of a task as its files tell it."""
     task: str
@@ -56,6 +56,13 @@ class Attempt:
     exit_code: int | None = None
     reason: str | None = None
     usage: dict | None = None    # tokens/cost the attempt reported (usage.py)
+
+    def __init__(self, task, attempt, outcome, worker, start, end, exit_code=None, reason=None, usage=None):
+        self.task, self.attempt, self.outcome, self.worker, self.start, self.end = task, attempt, outcome, worker, start, end
+        self.exit_code, self.reason, self.usage = exit_code, reason, usage
+
+    __repr__, __eq__ = plain_methods("task", "attempt", "outcome", "worker", "start", "end", "exit_code", "reason",
+                                     "usage")
 
     def duration(self, now: float) -> float:
         if self.start is None:

@@ -338,7 +338,9 @@ def test_a_run_that_creates_its_goal_does_not_parse_the_plan_json_it_just_wrote(
 
 WRITTEN_OUT = [("dagrun.transitions", "Changes"), ("dagrun.transitions", "Finished"), ("dagrun.edit", "Diff"),
                ("dagrun.edit", "SubmitResult"), ("dagrun.history", "History"), ("dagrun.budget", "Spend"),
-               ("dagrun.reconcile", "GoalState"), ("dagrun.summary", "GoalRun")]
+               ("dagrun.reconcile", "GoalState"), ("dagrun.summary", "GoalRun"),
+               ("dagrun.store", "TaskFacts"), ("dagrun.summary", "Attempt")]
+FROZEN = [("dagrun.prompt", "Upstream"), ("dagrun.conditions", "Facts"), ("dagrun.resources", "Pool")]
 
 
 def test_dataclasses_that_write_their_methods_out_compile_nothing_and_behave_as_generated():
@@ -380,3 +382,39 @@ def test_dataclasses_that_write_their_methods_out_compile_nothing_and_behave_as_
         if flds and flds[-1].init:
             last = flds[-1].name
             assert getattr(dataclasses.replace(a, **{last: "z"}), last) == "z"
+
+
+def test_frozen_dataclasses_that_write_their_methods_out_behave_as_generated():
+    """The frozen ones of records.py's classes (FROZEN): declared without frozen, so that no
+    __setattr__/__delattr__/__hash__ is compiled, they take those from records.frozen_methods:
+    assigning or deleting raises FrozenInstanceError with the generated wording, the hash and
+    == are the generated ones', dataclasses.replace makes a new object."""
+    import dataclasses
+    import importlib
+
+    for mod, name in FROZEN:
+        cls = getattr(importlib.import_module(mod), name)
+        for meth in ("__init__", "__repr__", "__eq__", "__setattr__", "__delattr__", "__hash__"):
+            assert getattr(cls, meth).__code__.co_filename != "<string>", (name, meth)
+        flds = dataclasses.fields(cls)
+        ref = dataclasses.make_dataclass(name, [
+            (f.name, f.type, dataclasses.field(default=f.default, default_factory=f.default_factory, init=f.init,
+                                               repr=f.repr, compare=f.compare)) for f in flds], frozen=True)
+        required = [f.name for f in flds if f.default is dataclasses.MISSING]
+        given = {n: f"{n}{i}" for i, n in enumerate(required)}
+        a, b = cls(**given), ref(**given)
+        assert repr(a) == repr(b) and hash(a) == hash(b) and a == cls(**given) and a != b
+        assert repr(cls(*given.values())) == repr(ref(*given.values()))
+        for f in flds:
+            assert getattr(a, f.name) == getattr(b, f.name)
+            for obj in (a, b):
+                with pytest.raises(dataclasses.FrozenInstanceError) as e:
+                    setattr(obj, f.name, 1)
+                with pytest.raises(dataclasses.FrozenInstanceError) as d:
+                    delattr(obj, f.name)
+                assert str(e.value) == f"cannot assign to field {f.name!r}"
+                assert str(d.value) == f"cannot delete field {f.name!r}"
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            a.other = 1
+        last = flds[-1].name
+        assert getattr(dataclasses.replace(a, **{last: "z"}), last) == "z" and getattr(a, last) != "z"
