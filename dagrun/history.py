@@ -84,12 +84,17 @@ def _median(xs: list[float]) -> float | None:
     return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
 
 
-@dataclass
+@dataclass(init=False, repr=False, eq=False)   # methods written out (records.py: start-up)
 class TaskGuess:
     """A task's expected seconds and cost, and where the guess came from."""
     seconds: float
     usd: float | None
     source: str              # estimate | history | agent-median | unknown
+
+    def __init__(self, seconds, usd, source):
+        self.seconds, self.usd, self.source = seconds, usd, source
+
+    __repr__, __eq__ = plain_methods("seconds", "usd", "source")
 
 
 def guess(plan: Plan, hist: History) -> dict[str, TaskGuess]:

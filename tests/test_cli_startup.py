@@ -339,9 +339,10 @@ def test_a_run_that_creates_its_goal_does_not_parse_the_plan_json_it_just_wrote(
 WRITTEN_OUT = [("dagrun.transitions", "Changes"), ("dagrun.transitions", "Finished"), ("dagrun.edit", "Diff"),
                ("dagrun.edit", "SubmitResult"), ("dagrun.history", "History"), ("dagrun.budget", "Spend"),
                ("dagrun.reconcile", "GoalState"), ("dagrun.summary", "GoalRun"),
-               ("dagrun.store", "TaskFacts"), ("dagrun.summary", "Attempt")]
+               ("dagrun.store", "TaskFacts"), ("dagrun.summary", "Attempt"), ("dagrun.history", "TaskGuess"),
+               ("dagrun.workspace", "Integration"), ("dagrun.workspace", "GcItem")]
 FROZEN = [("dagrun.prompt", "Upstream"), ("dagrun.conditions", "Facts"), ("dagrun.resources", "Pool"), ("dagrun.plan", "F"),
-          ("dagrun.plan", "Plan")]
+          ("dagrun.plan", "Plan"), ("dagrun.workspace", "Prepared")]
 
 
 def test_dataclasses_that_write_their_methods_out_compile_nothing_and_behave_as_generated():
