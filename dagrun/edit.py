@@ -60,8 +60,8 @@ class SubmitResult:
     goal: str
     action: str                 # created | unchanged | replaced | would-replace
     diff: Diff | None = None
-    # created: (plan.json's stamp, the Plan it holds) -- what `dagrun run` hands its engine
-    # instead of parsing the file it just wrote again (store.Home.plan_stamp's tuple)
+    # created or unchanged: (plan.json's stamp, the Plan it holds) -- what `dagrun run` hands
+    # its engine instead of parsing the file again (store.Home.plan_stamp's tuple)
     written: tuple | None = None
 
     def __init__(self, goal, action, diff=None, written=None):
@@ -109,6 +109,9 @@ def submit(home: Home, path: str, *, replace: bool = False, dry_run: bool = Fals
         from . import executor
         executor.require(runners, options=executor.options_of([plan]))
     g = plan.goal
+    # plan.json's stamp before its read: a file replaced in between has another stamp, and the
+    # engine given (stamp, plan) as SubmitResult.written then reads the file (store.plan_stamp)
+    stamp = home.plan_stamp(g) if os.path.isdir(home.goals_dir) else ()
     old_raw = home.plan_bytes(g) if os.path.isdir(home.goals_dir) else None
     if old_raw is None:
         # the code workspace's repository is checked (and its base pinned) only when the goal
@@ -119,12 +122,13 @@ def submit(home: Home, path: str, *, replace: bool = False, dry_run: bool = Fals
         home.ensure()
         action, stamp = _create_goal(home, plan, by, pinned)
         return SubmitResult(g, action, written=(stamp, plan) if action == "created" else None)
+    if old_raw == plan.canonical():   # the same plan again (`dagrun run PLAN` resumed): nothing to parse
+        return SubmitResult(g, "unchanged", written=(stamp, plan) if stamp else None)
     old = Plan.from_dict(loads(old_raw) or {})
-    if old_raw != plan.canonical():
-        # what the goal grew by itself stays: tasks `dagrun add` put in, templates' expansions
-        plan = carry_over(home, old, plan)
+    # what the goal grew by itself stays: tasks `dagrun add` put in, templates' expansions
+    plan = carry_over(home, old, plan)
     if old_raw == plan.canonical():
-        return SubmitResult(g, "unchanged")
+        return SubmitResult(g, "unchanged", written=(stamp, plan) if stamp else None)
     pinned = _pin(plan, home.root)
     was = loads_obj(fsio.read_bytes(home.goal_workspace_path(g), follow=False))
     if pinned and was and was.get("repo") != pinned["repo"]:

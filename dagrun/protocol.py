@@ -196,7 +196,8 @@ def cmd_mcp(home: Home) -> int:
 def resolve_target(home: Home, target: str, replace: bool) -> tuple[str, tuple | None]:
     """`dagrun run`'s target: a path to a plan (submitted if needed) or the id of a submitted
     goal. (goal, written): written is (plan.json's stamp, its Plan) when this call created
-    the goal (edit.SubmitResult.written), for run_goal; None otherwise."""
+    the goal or found it with this very plan (edit.SubmitResult.written), for run_goal; None
+    otherwise."""
     import os
 
     from .errors import UsageError
