@@ -13,6 +13,7 @@ against @dataclass's own)."""
 from __future__ import annotations
 
 from dataclasses import FrozenInstanceError
+from operator import attrgetter
 
 NEW = object()     # "not given" for a field with a default_factory (dataclasses' _HAS_DEFAULT_FACTORY)
 
@@ -25,9 +26,11 @@ def plain_methods(*names: str):
     def __repr__(self):
         return self.__class__.__qualname__ + "(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in names) + ")"
 
+    values = _values(names)
+
     def __eq__(self, other):
         if other.__class__ is self.__class__:
-            return tuple(getattr(self, n) for n in names) == tuple(getattr(other, n) for n in names)
+            return values(self) == values(other)
         return NotImplemented
     return __repr__, __eq__
 
@@ -43,6 +46,13 @@ def frozen_methods(*names: str):
     def __delattr__(self, name):
         raise FrozenInstanceError(f"cannot delete field {name!r}")
 
+    values = _values(names)
+
     def __hash__(self):
-        return hash(tuple(getattr(self, n) for n in names))
+        return hash(values(self))
     return __setattr__, __delattr__, __hash__
+
+
+def _values(names: tuple) -> "attrgetter":
+    """The fields' values as one tuple (attrgetter of one name gives the value alone)."""
+    return attrgetter(*names) if len(names) > 1 else (lambda obj, n=names[0]: (getattr(obj, n),))
