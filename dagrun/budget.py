@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass, field
 
 from . import claim as claims
+from .records import NEW, plain_methods
 from . import fsio
 from .plan import Plan
 from .scheduler import Scheduler
@@ -31,12 +32,19 @@ FILE = "budget.json"            # goals/<g>/budget.json: the raises; claim/budge
 OUTCOME = "budget"              # a running attempt stopped at the pool
 
 
-@dataclass
+@dataclass(init=False, repr=False, eq=False)   # methods written out (records.py: start-up)
 class Spend:
     """A goal's budget pool and what it spent, in all and per task."""
     pool: dict | None                                   # {"usd", "tokens"} as raised; None: no budget
     total: dict = field(default_factory=dict)           # {"usd": float, "tokens": int}
     by_task: dict = field(default_factory=dict)         # task -> usage (usage.add sums)
+
+    def __init__(self, pool, total=NEW, by_task=NEW):
+        self.pool = pool
+        self.total = {} if total is NEW else total
+        self.by_task = {} if by_task is NEW else by_task
+
+    __repr__, __eq__ = plain_methods("pool", "total", "by_task")
 
     def over(self) -> bool:
         """The spend is past the pool (usd or tokens)."""

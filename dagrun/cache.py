@@ -21,13 +21,13 @@ was not committed.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 
 import orjson
 
 from . import fsio, proc
+from .digests import sha256
 from .errors import UsageError
 from .plan import Plan, Task
 from .store import Home, loads_obj, now_iso
@@ -43,7 +43,7 @@ def normalise(prompt: str) -> str:
 
 
 def _sha256_file(path: str) -> str | None:
-    h = hashlib.sha256()
+    h = sha256()
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
@@ -73,7 +73,7 @@ def key_for(home: Home, plan: Plan, task: Task) -> str | None:
             inputs.append([dep, soft, state])
     doc = {"v": VERSION, "agent": task.agent, "check": list(task.check or ()), "context_limit": task.context_limit,
            "prompt": normalise(task.prompt), "inputs": inputs}
-    return hashlib.sha256(orjson.dumps(doc)).hexdigest()
+    return sha256(orjson.dumps(doc)).hexdigest()
 
 
 def _dir(home: Home) -> str:
@@ -93,7 +93,7 @@ def lookup(home: Home, key: str) -> tuple[bytes, dict] | None:
     if meta is None:
         return None
     data = fsio.read_bytes(os.path.join(e, "output"), follow=False)
-    if data is None or hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+    if data is None or sha256(data).hexdigest() != meta.get("sha256"):
         remove(home, key)
         return None
     try:
@@ -116,7 +116,7 @@ def store(home: Home, key: str, output_path: str, meta: dict) -> bool:
     fsio.rmtree(tmp)
     fsio.mkdir(tmp, mode=0o700)
     fsio.write_atomic(os.path.join(tmp, "output"), data)
-    body = {"key": key, "created": now_iso(), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), **meta}
+    body = {"key": key, "created": now_iso(), "bytes": len(data), "sha256": sha256(data).hexdigest(), **meta}
     fsio.write_atomic(os.path.join(tmp, "meta.json"), orjson.dumps(body, option=orjson.OPT_INDENT_2))
     try:
         fsio.rename(tmp, final)

@@ -22,6 +22,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from .records import frozen_methods, plain_methods
+
 OUTCOMES = ("done", "skipped", "failed", "cancelled", "blocked")
 OUTPUT_OPS = ("contains", "equals", "empty")
 JSON_OPS = ("equals", "in", "exists", "gt", "lt", "contains")
@@ -38,11 +40,18 @@ class ConditionError(ValueError):
         self.path = path
 
 
-@dataclass(frozen=True)
+@dataclass(init=False, repr=False, eq=False)   # frozen; methods written out (records.py: start-up)
 class Facts:
     """What the caller read from the files: each referenced dependency's outcome and output."""
     outcome: Callable[[str], str]            # done | skipped | failed | cancelled | blocked
     output: Callable[[str], bytes | None]    # its output (None: no output file)
+
+    def __init__(self, outcome, output):
+        object.__setattr__(self, "outcome", outcome)
+        object.__setattr__(self, "output", output)
+
+    __repr__, __eq__ = plain_methods("outcome", "output")
+    __setattr__, __delattr__, __hash__ = frozen_methods("outcome", "output")
 
 
 def _kind(v: Any) -> str:

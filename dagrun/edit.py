@@ -20,10 +20,11 @@ from . import resources as res
 from . import states as S
 from .errors import DagrunError, PlanError, Refused, os_error
 from .plan import Plan, check_id
+from .records import NEW, plain_methods
 from .store import Home, dumps, loads, loads_obj, now_iso
 
 
-@dataclass
+@dataclass(init=False, repr=False, eq=False)   # methods written out (records.py: start-up)
 class Diff:
     """Tasks a plan replacement adds, removes or changes, and those below a change."""
     added: list[str] = field(default_factory=list)
@@ -31,6 +32,15 @@ class Diff:
     changed: list[str] = field(default_factory=list)        # definition differs
     downstream: list[str] = field(default_factory=list)     # unchanged, but below a changed task
     kept_done: list[str] = field(default_factory=list)
+
+    def __init__(self, added=NEW, removed=NEW, changed=NEW, downstream=NEW, kept_done=NEW):
+        self.added = [] if added is NEW else added
+        self.removed = [] if removed is NEW else removed
+        self.changed = [] if changed is NEW else changed
+        self.downstream = [] if downstream is NEW else downstream
+        self.kept_done = [] if kept_done is NEW else kept_done
+
+    __repr__, __eq__ = plain_methods("added", "removed", "changed", "downstream", "kept_done")
 
     @property
     def rerun(self) -> list[str]:
@@ -44,12 +54,20 @@ class Diff:
                 "downstream": self.downstream, "kept_done": self.kept_done}
 
 
-@dataclass
+@dataclass(init=False, repr=False, eq=False)   # methods written out (records.py: start-up)
 class SubmitResult:
     """What a submit did to a goal (created, unchanged, replaced), and the plan's diff."""
     goal: str
     action: str                 # created | unchanged | replaced | would-replace
     diff: Diff | None = None
+    # created or unchanged: (plan.json's stamp, the Plan it holds) -- what `dagrun run` hands
+    # its engine instead of parsing the file again (store.Home.plan_stamp's tuple)
+    written: tuple | None = None
+
+    def __init__(self, goal, action, diff=None, written=None):
+        self.goal, self.action, self.diff, self.written = goal, action, diff, written
+
+    __repr__, __eq__ = plain_methods("goal", "action", "diff", "written")
 
 
 def load_checked(path: str, home: Home | None = None) -> tuple[Plan, dict | None]:
@@ -91,6 +109,9 @@ def submit(home: Home, path: str, *, replace: bool = False, dry_run: bool = Fals
         from . import executor
         executor.require(runners, options=executor.options_of([plan]))
     g = plan.goal
+    # plan.json's stamp before its read: a file replaced in between has another stamp, and the
+    # engine given (stamp, plan) as SubmitResult.written then reads the file (store.plan_stamp)
+    stamp = home.plan_stamp(g) if os.path.isdir(home.goals_dir) else ()
     old_raw = home.plan_bytes(g) if os.path.isdir(home.goals_dir) else None
     if old_raw is None:
         # the code workspace's repository is checked (and its base pinned) only when the goal
@@ -99,13 +120,15 @@ def submit(home: Home, path: str, *, replace: bool = False, dry_run: bool = Fals
         if dry_run:
             return SubmitResult(g, "would-create")
         home.ensure()
-        return SubmitResult(g, _create_goal(home, plan, by, pinned))
+        action, stamp = _create_goal(home, plan, by, pinned)
+        return SubmitResult(g, action, written=(stamp, plan) if action == "created" else None)
+    if old_raw == plan.canonical():   # the same plan again (`dagrun run PLAN` resumed): nothing to parse
+        return SubmitResult(g, "unchanged", written=(stamp, plan) if stamp else None)
     old = Plan.from_dict(loads(old_raw) or {})
-    if old_raw != plan.canonical():
-        # what the goal grew by itself stays: tasks `dagrun add` put in, templates' expansions
-        plan = carry_over(home, old, plan)
+    # what the goal grew by itself stays: tasks `dagrun add` put in, templates' expansions
+    plan = carry_over(home, old, plan)
     if old_raw == plan.canonical():
-        return SubmitResult(g, "unchanged")
+        return SubmitResult(g, "unchanged", written=(stamp, plan) if stamp else None)
     pinned = _pin(plan, home.root)
     was = loads_obj(fsio.read_bytes(home.goal_workspace_path(g), follow=False))
     if pinned and was and was.get("repo") != pinned["repo"]:
@@ -220,9 +243,11 @@ def _keep_valid(new: Plan, kept: list) -> Plan:
     return new.with_tasks(list(new.tasks) + sorted(out, key=lambda t: order[t.id]))
 
 
-def _create_goal(home: Home, plan: Plan, by: str, pinned: dict | None = None) -> str:
+def _create_goal(home: Home, plan: Plan, by: str, pinned: dict | None = None) -> tuple[str, tuple]:
     """Build the goal folder under a dot-name and rename it into place: a goal is there
-    whole (plan.json, events.jsonl, tasks/, the code workspace's pinned base) or not at all."""
+    whole (plan.json, events.jsonl, tasks/, the code workspace's pinned base) or not at all.
+    (action, the stamp of the plan.json this call wrote -- the file's identity, kept by the
+    folder's rename; meaningful when the action is "created")."""
     g = plan.goal
     home.sweep_unborn_goals()
     tmp = home.unborn_goal_dir(g)
@@ -247,7 +272,7 @@ def _create_goal(home: Home, plan: Plan, by: str, pinned: dict | None = None) ->
             fsio.rmtree(tmp)                  # a concurrent submit won
             existing = fsio.read_bytes(home.plan_path(g))
             if existing == plan.canonical():
-                return "unchanged"
+                return "unchanged", stamp
             if existing is None:
                 raise DagrunError(f"cannot create goal folder {home.goal_dir(g)}: it exists but has no plan.json; "
                                   f"remove it or pick another goal id") from None
@@ -261,7 +286,7 @@ def _create_goal(home: Home, plan: Plan, by: str, pinned: dict | None = None) ->
             refresh_snapshot(home, g, plan, stamp)
         except (OSError, DagrunError):
             pass               # best effort: status computes from the files without it
-    return "created"
+    return "created", stamp
 
 
 # A big goal's first `status` would parse plan.json again, build the scheduler and its rows

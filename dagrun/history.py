@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass, field
 
 from . import fsio
+from .records import NEW, plain_methods
 from .errors import DagrunError
 from .plan import Plan
 from .store import Home, loads_obj
@@ -27,11 +28,17 @@ from .summary import read_attempts
 UNKNOWN_SECONDS = 1.0      # the scheduler's duration of a task nothing is known about
 
 
-@dataclass
+@dataclass(init=False, repr=False, eq=False)   # methods written out (records.py: start-up)
 class History:
     """Durations and costs of done tasks in a home, by (task id, agent) and by agent."""
     by_task: dict[tuple[str, str], list[tuple[float, float | None]]] = field(default_factory=dict)
     by_agent: dict[str, list[tuple[float, float | None]]] = field(default_factory=dict)
+
+    def __init__(self, by_task=NEW, by_agent=NEW):
+        self.by_task = {} if by_task is NEW else by_task
+        self.by_agent = {} if by_agent is NEW else by_agent
+
+    __repr__, __eq__ = plain_methods("by_task", "by_agent")
 
     def add(self, task: str, agent: str, seconds: float, usd: float | None) -> None:
         self.by_task.setdefault((task, agent), []).append((seconds, usd))
@@ -77,12 +84,17 @@ def _median(xs: list[float]) -> float | None:
     return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
 
 
-@dataclass
+@dataclass(init=False, repr=False, eq=False)   # methods written out (records.py: start-up)
 class TaskGuess:
     """A task's expected seconds and cost, and where the guess came from."""
     seconds: float
     usd: float | None
     source: str              # estimate | history | agent-median | unknown
+
+    def __init__(self, seconds, usd, source):
+        self.seconds, self.usd, self.source = seconds, usd, source
+
+    __repr__, __eq__ = plain_methods("seconds", "usd", "source")
 
 
 def guess(plan: Plan, hist: History) -> dict[str, TaskGuess]:

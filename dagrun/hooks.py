@@ -34,8 +34,6 @@ hooks before it exits. With no hook configured `prepare()` costs a dict lookup a
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
 import os
 import threading
 import time
@@ -413,6 +411,8 @@ def post(h: dict, body: bytes, rec: dict) -> str | None:
         key = os.environ.get(h["secret_env"])
         if key is None:
             return f"environment variable {h['secret_env']} (secret_env) is not set"
+        import hashlib             # lazily (with hmac): OpenSSL's load is not every start's
+        import hmac
         headers["X-Dagrun-Signature"] = "sha256=" + hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
     import urllib.error            # lazily: the protocol fast path imports this module
     import urllib.request

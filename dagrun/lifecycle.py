@@ -31,6 +31,7 @@ from . import fsio
 from . import resources as res
 from . import history
 from . import states as S
+from .digests import sha1
 from . import workspace as wsp
 from .errors import DagrunError, Refused, os_error
 from .plan import Plan, Task
@@ -286,8 +287,7 @@ def drop_awaiting(home: Home, g: str, t: str) -> None:
 
 @functools.lru_cache(maxsize=16)
 def _root_tag(root: str) -> str:
-    import hashlib
-    return hashlib.sha1(root.encode()).hexdigest()[:8]
+    return sha1(root.encode()).hexdigest()[:8]
 
 
 def run_id(home: Home, g: str, t: str, attempt: int, ino: int | None = None) -> str:

@@ -6,7 +6,6 @@ dagrun/schema/ are generated from it, so they cannot disagree. Errors are one li
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -20,6 +19,8 @@ import orjson
 
 from . import bulk, conditions, fanrules, presets
 from . import states as S
+from .digests import sha256
+from .records import NEW, frozen_methods, plain_methods
 from .errors import PlanError
 from .scheduler import CycleError, topo_order
 from .wsrules import check_glob
@@ -66,7 +67,11 @@ def check_id(kind: str, s: str) -> str:
 
 
 # ------------------------------------------------------------------------------ the field table
-@dataclass(frozen=True)
+_set = object.__setattr__     # the frozen classes' __init__ (as @dataclass(frozen=True) sets fields)
+_F_FIELDS = ("kind", "doc", "lo", "hi", "gt", "choices", "default", "nullable", "fields")
+
+
+@dataclass(init=False, repr=False, eq=False)   # frozen; methods written out (records.py: start-up)
 class F:
     """One field of the plan's field table: its kind, documentation and bounds."""
     kind: str                        # string|text|id|ids|integer|number|enum|object|tasks|argv|estimate|boolean
@@ -78,6 +83,20 @@ class F:
     default: Any = None
     nullable: bool = False
     fields: Any = None               # kind "object" of a runner's options: its own field table
+
+    def __init__(self, kind, doc, lo=None, hi=None, gt=None, choices=(), default=None, nullable=False, fields=None):
+        _set(self, "kind", kind)
+        _set(self, "doc", doc)
+        _set(self, "lo", lo)
+        _set(self, "hi", hi)
+        _set(self, "gt", gt)
+        _set(self, "choices", choices)
+        _set(self, "default", default)
+        _set(self, "nullable", nullable)
+        _set(self, "fields", fields)
+
+    __repr__, __eq__ = plain_methods(*_F_FIELDS)
+    __setattr__, __delattr__, __hash__ = frozen_methods(*_F_FIELDS)
 
 
 KNOBS: dict[str, F] = {  # allowed in "defaults" and on every task
@@ -363,7 +382,7 @@ class Task(tuple):
             d.append("no-workspace")
         if self.when is not None or self.trigger != "all_success" or self.approval is not None:
             d.append([self.when, self.trigger, self.approval])     # absent: older digests hold
-        return hashlib.sha256(orjson.dumps(d)).hexdigest()[:16]
+        return sha256(orjson.dumps(d)).hexdigest()[:16]
 
     def to_dict(self) -> dict:
         if _optional(self) == _OPTIONAL_UNUSED:      # most tasks: plan.json has the always-there fields only
@@ -474,7 +493,12 @@ class _TaskFields:
 Task.__dataclass_fields__ = _TaskFields()
 
 
-@dataclass(frozen=True)
+_PLAN_SHOWN = ("goal", "source", "plan_dir", "tasks", "max_parallel", "on_failure", "lease", "description", "workspace",
+               "hooks", "budget", "capacities", "agent_limits", "tenant", "max_tasks", "weight", "aging")
+_PLAN_COMPARED = tuple(k for k in _PLAN_SHOWN if k != "hooks")
+
+
+@dataclass(init=False, repr=False, eq=False)   # frozen; methods written out (records.py: start-up)
 class Plan:
     """A validated plan: the goal, where it came from, its tasks and its goal-wide settings."""
     goal: str
@@ -495,6 +519,33 @@ class Plan:
     weight: float = 1.0            # fair share across goals (scheduler.FairShare)
     aging: float = DEFAULT_AGING   # seconds per priority point (scheduler.Scheduler)
     _index: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __init__(self, goal, source, plan_dir, tasks, max_parallel=None, on_failure="continue", lease=DEFAULT_LEASE,
+                 description=None, workspace=None, hooks=None, budget=None, capacities=None, agent_limits=None,
+                 tenant=None, max_tasks=None, weight=1.0, aging=DEFAULT_AGING, _index=NEW):
+        _set(self, "goal", goal)
+        _set(self, "source", source)
+        _set(self, "plan_dir", plan_dir)
+        _set(self, "tasks", tasks)
+        _set(self, "max_parallel", max_parallel)
+        _set(self, "on_failure", on_failure)
+        _set(self, "lease", lease)
+        _set(self, "description", description)
+        _set(self, "workspace", workspace)
+        _set(self, "hooks", hooks)
+        _set(self, "budget", budget)
+        _set(self, "capacities", capacities)
+        _set(self, "agent_limits", agent_limits)
+        _set(self, "tenant", tenant)
+        _set(self, "max_tasks", max_tasks)
+        _set(self, "weight", weight)
+        _set(self, "aging", aging)
+        _set(self, "_index", {} if _index is NEW else _index)
+        self.__post_init__()
+
+    __repr__ = plain_methods(*_PLAN_SHOWN)[0]
+    __eq__ = plain_methods(*_PLAN_COMPARED)[1]
+    __setattr__, __delattr__, __hash__ = frozen_methods(*_PLAN_COMPARED)
 
     def __post_init__(self):
         self._index.update((t.id, t) for t in self.tasks)
@@ -608,7 +659,7 @@ class Plan:
                                 orjson.OPT_APPEND_NEWLINE)
 
     def digest(self) -> str:
-        return hashlib.sha256(self.canonical()).hexdigest()[:16]
+        return sha256(self.canonical()).hexdigest()[:16]
 
     @classmethod
     def from_json(cls, data: bytes) -> "Plan":

@@ -8,8 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .records import frozen_methods, plain_methods
 
-@dataclass(frozen=True)
+_set = object.__setattr__
+_UPSTREAM = ("id", "state", "data", "size", "path", "soft", "changes", "limit")
+
+
+@dataclass(init=False, repr=False, eq=False)   # frozen; methods written out (records.py: start-up)
 class Upstream:
     """A dependency as a prompt shows it: its state and (the head of) its output."""
     id: str
@@ -20,6 +25,19 @@ class Upstream:
     soft: bool = False
     changes: tuple[str, str] | None = None   # (diffstat, patch path) of its workspace commits
     limit: int | None = None        # its own share of the budget (a fan-out instance), else `limit`
+
+    def __init__(self, id, state, data, size, path, soft=False, changes=None, limit=None):
+        _set(self, "id", id)
+        _set(self, "state", state)
+        _set(self, "data", data)
+        _set(self, "size", size)
+        _set(self, "path", path)
+        _set(self, "soft", soft)
+        _set(self, "changes", changes)
+        _set(self, "limit", limit)
+
+    __repr__, __eq__ = plain_methods(*_UPSTREAM)
+    __setattr__, __delattr__, __hash__ = frozen_methods(*_UPSTREAM)
 
 
 def render(prompt: str, upstream: list[Upstream], limit: int, previous_failure: str | None = None,

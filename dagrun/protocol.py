@@ -193,8 +193,11 @@ def cmd_mcp(home: Home) -> int:
     return 0
 
 
-def resolve_target(home: Home, target: str, replace: bool) -> str:
-    """`dagrun run`'s target: a path to a plan (submitted if needed) or the id of a submitted goal."""
+def resolve_target(home: Home, target: str, replace: bool) -> tuple[str, tuple | None]:
+    """`dagrun run`'s target: a path to a plan (submitted if needed) or the id of a submitted
+    goal. (goal, written): written is (plan.json's stamp, its Plan) when this call created
+    the goal or found it with this very plan (edit.SubmitResult.written), for run_goal; None
+    otherwise."""
     import os
 
     from .errors import UsageError
@@ -207,9 +210,10 @@ def resolve_target(home: Home, target: str, replace: bool) -> str:
         parsed = load(target, home.root)
         for w in plan_warnings(parsed, home.root):
             print(f"dagrun: {w}", file=sys.stderr)
-        return submit(home, target, replace=replace, plan=parsed).goal
+        r = submit(home, target, replace=replace, plan=parsed)
+        return r.goal, r.written
     if valid_id(target) and home.has_goal(target):
-        return target
+        return target, None
     if os.path.exists(target):
         raise UsageError(f"{target} is not a plan file")
     if target.endswith(".json") or os.sep in target:
@@ -219,9 +223,12 @@ def resolve_target(home: Home, target: str, replace: bool) -> str:
 
 def run_goal(home: Home, goal: str, target: str, *, jobs: int | None, name: str | None = None,
              poll: float | None = None, runner: str | None = None, no_cache: bool = False,
-             on_event=None, wrap=None) -> int:
+             on_event=None, wrap=None, written: tuple | None = None) -> int:
     """`dagrun run`: the goal in the foreground until it ends, then its one-line result (and
-    what failed or is blocked). wrap(go): the typer path's live view around the run."""
+    what failed or is blocked). wrap(go): the typer path's live view around the run.
+    written: (stamp, plan) of the plan.json the submit just wrote (resolve_target): not
+    parsed again (~5 ms of a 500-task run's start); the engine still takes it only while
+    plan.json is that file."""
     import os
 
     from . import linesink
@@ -229,8 +236,11 @@ def run_goal(home: Home, goal: str, target: str, *, jobs: int | None, name: str 
     from .executor import for_driver
     from .status import goal_detail
 
-    stamp = home.plan_stamp(goal)               # before the load: the engine takes this plan if
-    plan = home.load_plan(goal)                 # plan.json is still that file (no second parse)
+    if written is not None:
+        stamp, plan = written
+    else:
+        stamp = home.plan_stamp(goal)           # before the load: the engine takes this plan if
+        plan = home.load_plan(goal)             # plan.json is still that file (no second parse)
     runners = for_driver([plan], runner)        # exit 2 if a runner cannot start anything here
     eng = Engine(home, worker=name, jobs=jobs or plan.max_parallel or 4, goal=goal, poll=poll, log=stderr_log,
                  on_event=on_event, use_cache=not no_cache, runner=runners, plans={goal: (stamp, plan)})
@@ -264,7 +274,8 @@ def run_goal(home: Home, goal: str, target: str, *, jobs: int | None, name: str 
 def cmd_run(home: Home, target: str, *, jobs: int | None, replace: bool, no_cache: bool) -> int:
     """`dagrun run TARGET -q [-j N]` on the fast path: no progress output to draw, so neither
     typer nor rich is imported (~0.1 s of CPU before the first task starts)."""
-    return run_goal(home, resolve_target(home, target, replace), target, jobs=jobs, no_cache=no_cache)
+    goal, written = resolve_target(home, target, replace)
+    return run_goal(home, goal, target, jobs=jobs, no_cache=no_cache, written=written)
 
 
 def stderr_log(msg: str) -> None:

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import claim as claims
+from .records import NEW, plain_methods
 from . import events as ev
 from . import fsio
 from . import proc
@@ -28,7 +29,7 @@ from .summary import ended
 FOREIGN_RETRY_GRACE = 1.0  # s: past another worker's retry_at before we requeue without its `ready`
 
 
-@dataclass
+@dataclass(init=False, repr=False, eq=False)   # methods written out (records.py: start-up)
 class GoalState:
     """An engine's view of one goal: its plan, scheduler, event reader and rescan times."""
     plan: Plan
@@ -41,6 +42,15 @@ class GoalState:
     expand_error: bool = False   # a fan-out expansion failed with an error: retried at the next rescan
     stopped: bool = False     # on_failure=stop was acted on (stop_goal ran, here or in another
     #                           process): run it once. What may start is the scheduler's call.
+
+    def __init__(self, plan, sched, reader, stamp, foreign=NEW, next_rescan=0.0, finished=False,
+                 expand_error=False, stopped=False):
+        self.plan, self.sched, self.reader, self.stamp = plan, sched, reader, stamp
+        self.foreign = set() if foreign is NEW else foreign
+        self.next_rescan, self.finished, self.expand_error, self.stopped = next_rescan, finished, expand_error, stopped
+
+    __repr__, __eq__ = plain_methods("plan", "sched", "reader", "stamp", "foreign", "next_rescan", "finished",
+                                     "expand_error", "stopped")
 
 
 def _announcer(d: dict):

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 import time
 from contextlib import contextmanager
@@ -43,13 +42,15 @@ from dataclasses import dataclass
 
 from . import claim as claims
 from . import fsio
+from .digests import sha1
+from .records import frozen_methods, plain_methods
 from .errors import UsageError, os_error
 from .plan import AGENT_RES, MAX_UNITS, Plan, Task, check_id
 from .proc import BOOT_ID, HOST, is_alive, self_start
 from .store import Home, TurnMemo, dumps, loads_obj, now_iso
 
 UNIT = "unit.json"
-_HOST_KEY = hashlib.sha1(HOST.encode()).hexdigest()[:8]
+_HOST_KEY = sha1(HOST.encode()).hexdigest()[:8]
 BORN_GRACE = 60.0        # s: a `.new.*` folder of a dead or slow creator is swept after this
 
 
@@ -62,13 +63,22 @@ class Busy(Exception):
                          (f" (held by {', '.join(held_by[:3])}{' ...' if len(held_by) > 3 else ''})" if held_by else ""))
 
 
-@dataclass(frozen=True)
+@dataclass(init=False, repr=False, eq=False)   # frozen; methods written out (records.py: start-up)
 class Pool:
     """A resource pool a task draws units from: its scope, name and capacity."""
     key: str          # "<scope>/<name>": the scheduler's name for it
     scope: str        # home | tenant.<T> | goal.<g>
     name: str
     cap: int
+
+    def __init__(self, key, scope, name, cap):
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "scope", scope)
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "cap", cap)
+
+    __repr__, __eq__ = plain_methods("key", "scope", "name", "cap")
+    __setattr__, __delattr__, __hash__ = frozen_methods("key", "scope", "name", "cap")
 
 
 def describe(key: str) -> str:

@@ -18,7 +18,6 @@ done > cancelled > failed. A claim with a marker beside it is a leftover and is 
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
 import threading
@@ -29,9 +28,11 @@ import orjson
 
 from . import bulk, fsio
 from . import states as S
+from .digests import sha1
 from .errors import FsError, NotFound, os_error
 from .plan import ID_RE, Plan, check_id
 from .proc import pid_alive
+from .records import NEW, plain_methods
 from .states import CANCELLED, DONE, FAILED, MARKERS, PENDING, RUNNING  # noqa: F401 (re-exported)
 
 CLAIM = "claim"
@@ -44,7 +45,7 @@ COUNTED = {S.FAILED, "timeout", "stalled", "output_limit", "check_failed"}
 UNCOUNTED = {"lost", "interrupted", S.CANCELLED, "superseded", "budget"}
 
 
-HOST_TAG = hashlib.sha1(os.uname().nodename.encode()).hexdigest()[:8]   # in names of scratch folders
+HOST_TAG = sha1(os.uname().nodename.encode()).hexdigest()[:8]   # in names of scratch folders
 
 
 _VALID: set[str] = set()      # ids that passed ID_RE: a pure check, so remembered (bounded)
@@ -174,7 +175,7 @@ def _identity(st: os.stat_result) -> tuple:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False, repr=False, eq=False)   # methods written out (records.py: start-up)
 class TaskFacts:
     """What the files say about one task (the scheduler turns pending into waiting/ready/blocked)."""
     state: str = PENDING              # done | skipped | failed | cancelled | running | awaiting_approval | pending
@@ -184,6 +185,13 @@ class TaskFacts:
     record: dict | None = None          # attempts/<attempt>.json of the latest ended attempt
     claim_mtime: float = 0.0
     extra: dict = field(default_factory=dict)
+
+    def __init__(self, state=PENDING, attempt=0, owner=None, marker=None, record=None, claim_mtime=0.0, extra=NEW):
+        self.state, self.attempt, self.owner, self.marker, self.record = state, attempt, owner, marker, record
+        self.claim_mtime = claim_mtime
+        self.extra = {} if extra is NEW else extra
+
+    __repr__, __eq__ = plain_methods("state", "attempt", "owner", "marker", "record", "claim_mtime", "extra")
 
     @property
     def failures(self) -> int:

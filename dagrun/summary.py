@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from . import events as ev
 from . import bulk, fsio
+from .records import NEW, plain_methods
 from . import states as S
 from .plan import Plan
 from .scheduler import Scheduler
@@ -43,7 +44,7 @@ from .store import (
 SLOWEST = 5
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False, repr=False, eq=False)   # methods written out (records.py: start-up)
 class Attempt:
     """One attempt of a task as its files tell it."""
     task: str
@@ -56,13 +57,20 @@ class Attempt:
     reason: str | None = None
     usage: dict | None = None    # tokens/cost the attempt reported (usage.py)
 
+    def __init__(self, task, attempt, outcome, worker, start, end, exit_code=None, reason=None, usage=None):
+        self.task, self.attempt, self.outcome, self.worker, self.start, self.end = task, attempt, outcome, worker, start, end
+        self.exit_code, self.reason, self.usage = exit_code, reason, usage
+
+    __repr__, __eq__ = plain_methods("task", "attempt", "outcome", "worker", "start", "end", "exit_code", "reason",
+                                     "usage")
+
     def duration(self, now: float) -> float:
         if self.start is None:
             return 0.0
         return max(0.0, (self.end if self.end is not None else now) - self.start)
 
 
-@dataclass
+@dataclass(init=False, repr=False, eq=False)   # methods written out (records.py: start-up)
 class GoalRun:
     """A goal's run so far: attempts from the files, tallies from the events."""
     plan: Plan
@@ -77,6 +85,16 @@ class GoalRun:
     # critical path, the slowest tasks)
     _spans: dict | None = field(default=None, init=False, repr=False, compare=False)
     _agent_time: float | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __init__(self, plan, order, attempts, now, blocked_total=0, repeat_total=0, first_bytes=NEW):
+        self.plan, self.order, self.attempts, self.now = plan, order, attempts, now
+        self.blocked_total, self.repeat_total = blocked_total, repeat_total
+        self.first_bytes = [] if first_bytes is NEW else first_bytes
+        self._spans = None
+        self._agent_time = None
+
+    __repr__, __eq__ = plain_methods("plan", "order", "attempts", "now", "blocked_total", "repeat_total",
+                                     "first_bytes")
 
     def by_task(self) -> dict[str, list[Attempt]]:
         out: dict[str, list[Attempt]] = {t: [] for t in self.plan.ids()}

@@ -43,11 +43,12 @@ from .lifecycle import (
 )
 from .plan import Plan
 from .proc import BOOT_ID, HOST, is_alive
+from .records import NEW, plain_methods
 from .scheduler import Scheduler, skip_reason
 from .store import Home, as_int, dumps, loads
 
 
-@dataclass
+@dataclass(init=False, repr=False, eq=False)   # methods written out (records.py: start-up)
 class Changes:
     """What a transition did to the rest of the goal, as the scheduler computed it."""
     ready: list[str] = field(default_factory=list)              # became ready
@@ -55,6 +56,15 @@ class Changes:
     cancelled: list[str] = field(default_factory=list)          # cancelled by on_failure=stop
     rebuild: bool = False     # outside the scheduler's incremental rules: rebuild from the files
     skipped: list[tuple[str, str | None]] = field(default_factory=list)  # (task, the skipped task behind it, if any)
+
+    def __init__(self, ready=NEW, blocked=NEW, cancelled=NEW, rebuild=False, skipped=NEW):
+        self.ready = [] if ready is NEW else ready
+        self.blocked = [] if blocked is NEW else blocked
+        self.cancelled = [] if cancelled is NEW else cancelled
+        self.rebuild = rebuild
+        self.skipped = [] if skipped is NEW else skipped
+
+    __repr__, __eq__ = plain_methods("ready", "blocked", "cancelled", "rebuild", "skipped")
 
     def extend(self, other: "Changes") -> None:
         self.ready += other.ready
@@ -64,12 +74,17 @@ class Changes:
         self.rebuild = self.rebuild or other.rebuild
 
 
-@dataclass
+@dataclass(init=False, repr=False, eq=False)   # methods written out (records.py: start-up)
 class Finished:
     """The result of finish(): the done marker's body or the attempt record, and the changes."""
     outcome: str              # done | failed | retrying
     record: dict
     changes: Changes
+
+    def __init__(self, outcome, record, changes):
+        self.outcome, self.record, self.changes = outcome, record, changes
+
+    __repr__, __eq__ = plain_methods("outcome", "record", "changes")
 
 
 # ---------------------------------------------------------------------------------- hooks

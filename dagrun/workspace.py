@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from . import fsio
 from .errors import DagrunError, ExitCode, PlanError, Refused, UsageError
 from .plan import Plan, Task
+from .records import NEW, frozen_methods, plain_methods
 from .scheduler import Scheduler
 from .store import Home, dumps, loads_obj
 from .wsrules import conflict_parties, describe_conflict, prerequisites
@@ -197,7 +198,10 @@ def goal_branch(g: str) -> str:
     return f"dagrun/{g}/_integrated"
 
 
-@dataclass(frozen=True)
+_PREPARED = ("path", "branch", "base", "base_commit", "snapshot", "merged", "cwd", "plan_dir")
+
+
+@dataclass(init=False, repr=False, eq=False)   # frozen; methods written out (records.py: start-up)
 class Prepared:
     """A task's git worktree, made before its attempt starts."""
     path: str                 # the worktree
@@ -208,6 +212,13 @@ class Prepared:
     merged: list              # [[task, head commit]] merged into the snapshot, in order
     cwd: str                  # where the agent runs
     plan_dir: str             # where it would run without a workspace (scripts next to the plan)
+
+    def __init__(self, path, branch, base, base_commit, snapshot, merged, cwd, plan_dir):
+        for k, v in zip(_PREPARED, (path, branch, base, base_commit, snapshot, merged, cwd, plan_dir)):
+            object.__setattr__(self, k, v)
+
+    __repr__, __eq__ = plain_methods(*_PREPARED)
+    __setattr__, __delattr__, __hash__ = frozen_methods(*_PREPARED)
 
     def env(self) -> dict:
         return {"DAGRUN_WORKSPACE": self.path, "DAGRUN_WORKSPACE_BRANCH": self.branch,
@@ -389,7 +400,7 @@ def diffstat(home: Home, g: str, t: str) -> tuple[str, str] | None:
 
 
 # ================================================================================ integrate
-@dataclass
+@dataclass(init=False, repr=False, eq=False)   # methods written out (records.py: start-up)
 class Integration:
     """What integrating a goal's task branches did: the branches merged, those skipped, the head."""
     goal: str
@@ -398,6 +409,14 @@ class Integration:
     merged: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)     # not done, or without workspace
     updated: bool = False
+
+    def __init__(self, goal, branch, head, merged=NEW, skipped=NEW, updated=False):
+        self.goal, self.branch, self.head = goal, branch, head
+        self.merged = [] if merged is NEW else merged
+        self.skipped = [] if skipped is NEW else skipped
+        self.updated = updated
+
+    __repr__, __eq__ = plain_methods("goal", "branch", "head", "merged", "skipped", "updated")
 
     def to_dict(self) -> dict:
         return {"goal": self.goal, "branch": self.branch, "head": self.head, "merged": self.merged,
@@ -452,12 +471,17 @@ def integrate(home: Home, plan: Plan, into: str | None = None) -> Integration:
 
 
 # ================================================================================ gc
-@dataclass
+@dataclass(init=False, repr=False, eq=False)   # methods written out (records.py: start-up)
 class GcItem:
     """A worktree or branch that `dagrun workspace gc` removes."""
     goal: str
     what: str          # worktree | branch
     name: str
+
+    def __init__(self, goal, what, name):
+        self.goal, self.what, self.name = goal, what, name
+
+    __repr__, __eq__ = plain_methods("goal", "what", "name")
 
 
 def gc(home: Home, plans: list[Plan], *, ended: set[str], dry_run: bool = False) -> list[GcItem]:

@@ -101,7 +101,8 @@ def test_a_quiet_run_imports_none_of_the_heavy_modules(tmp_path):
     """`dagrun run PLAN -q` (the protocol fast path: submit, engine, one task, the goal's
     end) imports no typer, click, pydantic or rich (the CLI's), and none of the standard modules that cost milliseconds for a name or a
     number: socket (the host name is uname's), secrets (nonces are os.urandom), statistics
-    (fractions, decimal), concurrent.futures (logging comes with watchdog's inotify binding). Start-up is issue 20's fixed cost of
+    (fractions, decimal), concurrent.futures (logging comes with watchdog's inotify binding), hashlib
+    or hmac (OpenSSL's libcrypto and its configuration: dagrun.digests). Start-up is issue 20's fixed cost of
     every run (docs/performance.md, "Start-up of `dagrun run`"); this guards it without timing."""
     plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "agent": "true"},
                                        {"id": "b", "prompt": "y", "agent": "true", "deps": ["a"]}], goal="g")
@@ -114,8 +115,16 @@ def test_a_quiet_run_imports_none_of_the_heavy_modules(tmp_path):
     loaded = set(p.stderr.split("\n")[-2].split())
     assert {"dagrun.engine", "dagrun.executor", "dagrun.edit", "dagrun.watcher"} <= loaded   # the run happened here
     heavy = {"typer", "click", "pydantic", "rich", "socket", "secrets", "statistics",
-             "concurrent.futures", "filelock", "psutil"}
+             "concurrent.futures", "filelock", "psutil", "hashlib", "_hashlib", "hmac"}
     assert sorted(heavy & loaded) == []
+    import hashlib
+
+    from dagrun import digests            # the interpreter's own SHA-1/SHA-256: hashlib's digests
+    for data in (b"", b"abc", bytes(range(256)) * 300):
+        assert digests.sha1(data).hexdigest() == hashlib.sha1(data).hexdigest()
+        h = digests.sha256()
+        h.update(data)
+        assert h.hexdigest() == digests.sha256(data).hexdigest() == hashlib.sha256(data).hexdigest()
 
 
 def test_the_console_command_skips_the_interpreters_finalization_and_keeps_its_output_and_code(tmp_path):
@@ -298,3 +307,133 @@ def test_a_run_loads_watchdogs_inotify_binding_alone_and_submit_loads_no_git_sid
                    "watchdog.events"} & loaded) == []
     loaded = modules("claim", "g", "--json", code_=1)        # (the goal has ended: nothing to claim)
     assert "dagrun.claim" in loaded and "ctypes" not in loaded
+
+
+def test_a_run_that_creates_its_goal_does_not_parse_the_plan_json_it_just_wrote(tmp_path):
+    """`dagrun run PLAN` on a new goal: the submit parsed and validated PLAN and wrote
+    plan.json from it; the engine gets that Plan and the file's stamp (edit.SubmitResult.written)
+    instead of parsing plan.json again (~5 ms of a 500-task run's start). Run again with the
+    same plan (a resumed run), the submit finds plan.json's bytes equal to the plan's and
+    neither parses the old plan nor has the engine parse it (one parse fewer than a run by
+    goal id; before, the two parsed as many). With a changed plan the old one is parsed. Counted with a wrapper around Plan.from_json, both on the
+    fast path (-q) and typer's."""
+    tasks = [{"id": f"t{i}", "prompt": "x", "agent": "true", "deps": ["t0"] if i else []} for i in range(5)]
+    code = ("import sys\nfrom dagrun.plan import Plan\nn = [0]\nparse = Plan.from_json.__func__\n"
+            "def counted(cls, data):\n    n[0] += 1\n    return parse(cls, data)\n"
+            "Plan.from_json = classmethod(counted)\n"
+            "from dagrun.entry import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    print('parsed', n[0], 'exit', e.code, file=sys.stderr)\n")
+
+    def run_(*argv, home="home"):
+        p = subprocess.run([sys.executable, "-c", code, "--home", str(tmp_path / home), "run", *argv],
+                           capture_output=True, text=True, timeout=60)
+        return p.stdout.splitlines()[-1], p.stderr.splitlines()[-1]
+    plan = write_plan(tmp_path / "p", tasks, goal="g")
+    assert run_(str(plan), "-q", "-j", "2") == ("goal g done: 5 done", "parsed 0 exit 0")
+    # again: the engine's history of durations reads the plans of goals that ran (this one too);
+    # by goal id plan.json is parsed once more for the run, with the same plan not
+    same, by_id = run_(str(plan), "-q"), run_("g", "-q")
+    assert same[0] == by_id[0] == "goal g done: 5 done", (same, by_id)
+    assert int(same[1].split()[1]) == int(by_id[1].split()[1]) - 1, (same, by_id)
+    plan.write_text(plan.read_text().replace('"x"', '"y"', 1))      # a changed plan: the old one is parsed
+    out, parsed = run_(str(plan), "-q", "--replace")
+    assert out == "goal g done: 5 done" and parsed.startswith("parsed ") and parsed != "parsed 0 exit 0"
+    plan = write_plan(tmp_path / "p2", tasks, goal="h")
+    assert run_(str(plan), "-j", "2", home="h2") == ("goal h done: 5 done", "parsed 0 exit 0")   # typer's path
+    # (a home with other goals: the history of their durations reads their plans)
+
+
+WRITTEN_OUT = [("dagrun.transitions", "Changes"), ("dagrun.transitions", "Finished"), ("dagrun.edit", "Diff"),
+               ("dagrun.edit", "SubmitResult"), ("dagrun.history", "History"), ("dagrun.budget", "Spend"),
+               ("dagrun.reconcile", "GoalState"), ("dagrun.summary", "GoalRun"),
+               ("dagrun.store", "TaskFacts"), ("dagrun.summary", "Attempt"), ("dagrun.history", "TaskGuess"),
+               ("dagrun.workspace", "Integration"), ("dagrun.workspace", "GcItem")]
+FROZEN = [("dagrun.prompt", "Upstream"), ("dagrun.conditions", "Facts"), ("dagrun.resources", "Pool"), ("dagrun.plan", "F"),
+          ("dagrun.plan", "Plan"), ("dagrun.workspace", "Prepared")]
+
+
+def test_dataclasses_that_write_their_methods_out_compile_nothing_and_behave_as_generated():
+    """@dataclass compiles each class's __init__, __repr__ and __eq__ from source text with
+    exec (~0.4 ms a class; a quarter of a one-task run's instructions for ~30 classes). The
+    classes of WRITTEN_OUT (records.py) keep the field table and write the methods out: none
+    of their methods comes from exec ("<string>"), and each behaves as the one @dataclass
+    generates for the same fields -- defaults, default factories (a new object each time;
+    an explicit None kept), positional and keyword arguments, repr, ==, hashability, and
+    dataclasses.replace."""
+    import dataclasses
+    import importlib
+
+    for mod, name in WRITTEN_OUT:
+        cls = getattr(importlib.import_module(mod), name)
+        for meth in ("__init__", "__repr__", "__eq__"):
+            assert getattr(cls, meth).__code__.co_filename != "<string>", (name, meth)
+        flds = dataclasses.fields(cls)
+        ref = dataclasses.make_dataclass(name, [
+            (f.name, f.type, dataclasses.field(default=f.default, default_factory=f.default_factory, init=f.init,
+                                               repr=f.repr, compare=f.compare)) for f in flds])
+        required = [f.name for f in flds if f.init and f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING]
+        given = {n: [n, i] for i, n in enumerate(required)}
+        a, b = cls(**given), ref(**given)
+        for f in flds:
+            assert getattr(a, f.name) == getattr(b, f.name), (name, f.name)
+            if f.default_factory is not dataclasses.MISSING:
+                assert getattr(a, f.name) is not getattr(cls(**given), f.name), (name, f.name)
+        assert repr(a) == repr(b) and (a == cls(**given)) == (b == ref(**given)) and a.__hash__ is None
+        assert (a == b) is False and a != object()
+        for f in flds:
+            if f.init:
+                other = dict(given, **{f.name: None})
+                x, y = cls(**other), ref(**other)
+                assert getattr(x, f.name) is None and repr(x) == repr(y), (name, f.name)
+                assert (x == cls(**given)) == (y == ref(**given)), (name, f.name)
+        assert repr(cls(*given.values())) == repr(ref(*given.values()))
+        if flds and flds[-1].init:
+            last = flds[-1].name
+            assert getattr(dataclasses.replace(a, **{last: "z"}), last) == "z"
+
+
+def test_frozen_dataclasses_that_write_their_methods_out_behave_as_generated():
+    """The frozen ones of records.py's classes (FROZEN): declared without frozen, so that no
+    __setattr__/__delattr__/__hash__ is compiled, they take those from records.frozen_methods:
+    assigning or deleting raises FrozenInstanceError with the generated wording, the hash and
+    == are the generated ones', dataclasses.replace makes a new object."""
+    import dataclasses
+    import importlib
+
+    for mod, name in FROZEN:
+        cls = getattr(importlib.import_module(mod), name)
+        for meth in ("__init__", "__repr__", "__eq__", "__setattr__", "__delattr__", "__hash__"):
+            assert getattr(cls, meth).__code__.co_filename != "<string>", (name, meth)
+        flds = dataclasses.fields(cls)
+        ref = dataclasses.make_dataclass(name, [
+            (f.name, f.type, dataclasses.field(default=f.default, default_factory=f.default_factory, init=f.init,
+                                               repr=f.repr, compare=f.compare, hash=f.hash)) for f in flds],
+            frozen=True)
+        required = [f.name for f in flds if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        given = {n: () if n == "tasks" else f"{n}{i}" for i, n in enumerate(required)}   # (Plan's __post_init__)
+        a, b = cls(**given), ref(**given)
+        assert repr(a) == repr(b) and hash(a) == hash(b) and a == cls(**given) and a != b
+        assert repr(cls(*given.values())) == repr(ref(*given.values()))
+        for f in flds:
+            if f.name == "tasks":  # (Plan's __post_init__ indexes them)
+                pass
+            elif f.compare:        # a field out of == and hash (Plan's hooks): different objects still equal
+                other = dict(given, **{f.name: "x"})
+                assert (cls(**other) == a) == (ref(**other) == b), (name, f.name)
+                assert (hash(cls(**other)) == hash(a)) == (hash(ref(**other)) == hash(b)), (name, f.name)
+            else:
+                other = dict(given, **{f.name: {}})
+                assert cls(**other) == a and hash(cls(**other)) == hash(a), (name, f.name)
+            assert getattr(a, f.name) == getattr(b, f.name)
+            for obj in (a, b):
+                with pytest.raises(dataclasses.FrozenInstanceError) as e:
+                    setattr(obj, f.name, 1)
+                with pytest.raises(dataclasses.FrozenInstanceError) as d:
+                    delattr(obj, f.name)
+                assert str(e.value) == f"cannot assign to field {f.name!r}"
+                assert str(d.value) == f"cannot delete field {f.name!r}"
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            a.other = 1
+        first = flds[0].name
+        assert getattr(dataclasses.replace(a, **{first: "z"}), first) == "z" and getattr(a, first) != "z"

@@ -38,7 +38,7 @@ def run(ctx: typer.Context,
     from ..status import goal_detail
 
     home = home_of(ctx)
-    goal = resolve_target(home, target, replace)
+    goal, written = resolve_target(home, target, replace)
     on_event = wrap = None
     if not quiet and is_tty():
         from rich.live import Live
@@ -58,7 +58,7 @@ def run(ctx: typer.Context,
         def on_event(e):
             out(fmt_event(e))              # a stdout pipe nobody reads never stops the run
     rc = run_goal(home, goal, target, jobs=jobs, name=name, poll=poll, runner=runner, no_cache=no_cache,
-                  on_event=on_event, wrap=wrap)
+                  on_event=on_event, wrap=wrap, written=written)
     raise typer.Exit(rc)
 
 
