@@ -133,6 +133,7 @@ class Reconciler:
 
     def _resync(self, gs: GoalState) -> None:
         """Rebuild the goal's scheduler from the files (start-up, plan change, periodic)."""
+        self.reaper.drain()      # our done tasks' claim folders gone first: not read as leftovers
         g = gs.plan.goal
         t0 = time.monotonic()
         stamp = self.home.plan_stamp(g)
