@@ -66,7 +66,7 @@ class Reaper:
             claims.release(self.home, g, t)
             return
         claims.born(self.home, g, t)        # (a no-op: owner.json was published)
-        self._put((_RELEASE, g, t))
+        self._put((_RELEASE, g, t), wake=False)   # the thread is woken once a turn (unlock)
 
     def unlock(self, fd: int) -> None:
         """Close fd (a goal's edit lock held shared) after the releases queued before it."""
@@ -78,6 +78,7 @@ class Reaper:
     def drain(self) -> None:
         """Return when every queued release is done; raise the thread's error, if any."""
         if self._pending:
+            self._wake()
             with self._cv:
                 while self._pending:
                     self._cv.wait()
@@ -97,14 +98,22 @@ class Reaper:
             e, self._error = self._error, None
             raise e
 
-    def _put(self, job: tuple) -> None:
-        with self._cv:
+    def _put(self, job: tuple, wake: bool = True) -> None:
+        # a release only queues (deque.append is atomic): waking the thread for each one cost
+        # ~3 context switches a task (GIL hand-overs) -- a loss on tmpfs, where the rmdir
+        # itself is ~20 us; the turn's end (unlock), drain and close wake it once
+        with self._cv:                      # (uncontended but for the thread's bookkeeping)
             self._pending += 1
             self._jobs.append(job)
-            self._cv.notify_all()
+        if wake:
+            self._wake()
+
+    def _wake(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="dagrun-reaper", daemon=True)
             self._thread.start()
+        with self._cv:
+            self._cv.notify_all()
 
     def _run(self) -> None:
         while True:
