@@ -181,3 +181,21 @@ def test_an_error_of_the_reaper_thread_is_raised_on_the_loop(tmp_path, monkeypat
     else:
         raise AssertionError("the thread's error was dropped")
     r.close()
+
+
+def test_a_claim_renamed_away_beside_a_marker_is_swept_by_the_next_engine(tmp_path):
+    """More done tasks can now be left with their claim/ by a crash; the next engine breaks
+    such a claim by renaming it to .claim.broken.* and then deletes it. A crash between the
+    two left the dot-folder for ever (the task is done: nobody claims it again to sweep it):
+    the crash harness's I3, found by test_crash_during_recovery (k=63:after)."""
+    from dagrun.engine import Engine
+    from dagrun.simrun import FakeRunner, Outcome
+
+    h, eng = _fanout(tmp_path, 2)
+    assert eng.run() == 0
+    left = task_dir(h.root, "fo", "m00") / ".claim.broken.0badc0de"
+    left.mkdir()
+    (left / "stdout").write_bytes(b"x")
+    again = Engine(h, goal="fo", jobs=2, runner=FakeRunner(lambda launch: Outcome()))
+    assert again.run() == 0
+    assert not left.exists()
