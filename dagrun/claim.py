@@ -268,31 +268,21 @@ def release(home: Home, g: str, t: str) -> None:
     """Drop our claim. Usually the folder is empty by now (owner.json became the marker) and
     one rmdir(2) does it; otherwise rename it away in one step, then delete it -- a crash in
     between leaves only a dot-folder that the next claim of the task sweeps."""
-    try:
-        gone = take_away(home, g, t)
-    finally:
-        born(home, g, t)              # after the claim is gone (a half-born one never looks free)
-    if gone is not None:
-        fsio.rmtree(gone)
-
-
-def take_away(home: Home, g: str, t: str) -> str | None:
-    """release() without the birth lock's bookkeeping: remove the claim folder (rmdir), or
-    rename it to a dot-folder and return that folder for the caller to delete (None: nothing
-    left to delete). reaper.Reaper calls it off the loop thread, for a claim whose done
-    marker is published (its birth lock went with owner.json: born() is the loop's)."""
     cdir = home.claim_dir(g, t)
     try:
-        fsio.rmdir(cdir)
-        return None
-    except OSError:
-        pass
-    gone = os.path.join(home.task_dir(g, t), f".claim.released.{os.urandom(4).hex()}")
-    try:
-        fsio.rename(cdir, gone)
-    except FileNotFoundError:
-        return None
-    return gone
+        try:
+            fsio.rmdir(cdir)
+            return
+        except OSError:
+            pass
+        gone = os.path.join(home.task_dir(g, t), f".claim.released.{os.urandom(4).hex()}")
+        try:
+            fsio.rename(cdir, gone)
+        except FileNotFoundError:
+            return
+    finally:
+        born(home, g, t)              # after the claim is gone (a half-born one never looks free)
+    fsio.rmtree(gone)
 
 
 def sweep_leftovers(home: Home, g: str, t: str) -> None:

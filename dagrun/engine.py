@@ -42,7 +42,6 @@ from .lifecycle import Claim, Stale, claim_task, marker_of, record_unfinished
 from .plan import Plan, Task
 from .presets import shell_command
 from .history import History
-from .reaper import Reaper
 from .reconcile import GoalState, Reconciler
 from .scheduler import FairShare
 from .store import Home, as_int, loads, parse_ts
@@ -139,7 +138,6 @@ class Engine(Reconciler):
         self.fresh: dict = {}      # goal -> the status snapshot derived when it ended (statuscache.Fresh)
         self._share_told: set[tuple[str, str, int]] = set()   # attempts told they are past their share
         self.use_cache = use_cache                # --no-cache: neither look up nor store results
-        self.reaper = Reaper(home)                # done tasks' claim folders, removed off this thread
 
     # ================================================================== public
     def run(self) -> int:
@@ -182,10 +180,6 @@ class Engine(Reconciler):
             if self.tick is not None:
                 self._run_tick()                   # the final state, for --until-idle
         finally:
-            try:
-                self.reaper.close()        # the last claim folders gone before we report or exit
-            except (OSError, FsError) as e:
-                self._fs_failed(e)
             hk.release_turn()
             res.release_turn()
             try:
@@ -394,7 +388,6 @@ class Engine(Reconciler):
                 if gs.plan.goal == self.only and self.watcher is not None:
                     self.watcher.release()   # we exit after this end: its grace period overlaps it
                 self._touched.add(gs.plan.goal)
-                self.reaper.drain()          # its tasks' claim folders gone before its end is told
                 pre = self._read_for_end(gs)
                 tr.end_goal_if_finished(self.home, gs.plan, gs.sched, self.worker,
                                         facts=pre.facts if pre is not None else None)
@@ -502,9 +495,7 @@ class Engine(Reconciler):
         locks, self._turn_locks = self._turn_locks, {}
         self._stamp_seen.clear()
         for fd in locks.values():
-            # closed (and the lock released) once the claim folders the turn's commits left
-            # to the reaper are gone: an archive (exclusive) never meets one (reaper.py)
-            self.reaper.unlock(fd)
+            os.close(fd)                 # closing the only fd of the lock releases it
 
     def _start(self, gs: GoalState, t: str) -> None:
         # claim, render, spawn and owner.json under the goal's shared edit lock: a plan edit
@@ -911,11 +902,7 @@ class Engine(Reconciler):
         """An attempt of ours ended with a verdict: the transition, then what this engine does
         next (rebuild, a retry timer, the goal's end)."""
         g, t = c.goal, c.task
-        # a done task's claim folder goes off this thread while the turn holds the goal's edit
-        # lock (reaper.py); without that lock (no goal folder any more) it goes at once
-        rel = self.reaper.release if g in self._turn_locks else None
-        done = tr.finish(self.home, gs.plan, gs.sched, c, ok=ok, worker=self.worker, stop_handled=gs.stopped,
-                         release=rel, **kw)
+        done = tr.finish(self.home, gs.plan, gs.sched, c, ok=ok, worker=self.worker, stop_handled=gs.stopped, **kw)
         self._touched.add(g)
         if done.outcome == S.RETRYING:
             # this engine recorded the retry, so it announces `ready` when the backoff ends

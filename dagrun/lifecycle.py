@@ -400,15 +400,13 @@ def capture_workspace(home: Home, plan: Plan, c: Claim) -> str | None:
 
 def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: int | None = 0,
                 output_from: str | None = None, output_data: bytes | None = None,
-                forced_by: str | None = None, held_by: str | None = None, extra: dict | None = None,
-                release=None) -> dict:
+                forced_by: str | None = None, held_by: str | None = None, extra: dict | None = None) -> dict:
     """Publish output, stderr.log and the done marker, then drop the claim.
 
     The output is the capture file claim/stdout (renamed), or `output_from` / `output_data`;
     the done marker is claim/owner.json renamed out of the claim and rewritten under a
     temporary name, then renamed to `done` -- no new inode for it. `extra`: more fields for
-    the marker (the attempt's `usage`). `release(g, t)`: how the claim is dropped (an
-    engine's reaper.Reaper.release: off its loop thread); claim.release when None."""
+    the marker (the attempt's `usage`)."""
     g, t = c.goal, c.task
     tdir = home.task_dir(g, t)
     cdir = home.claim_dir(g, t)
@@ -460,10 +458,7 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
             _keep_success(home, g, t, c.attempt, body, have_err)
     except OSError as e:
         raise os_error("commit", tdir, e) from None
-    if release is None:
-        claims.release(home, g, t)
-    else:
-        release(g, t)               # the marker is published: the empty claim may go later
+    claims.release(home, g, t)
     return body
 
 

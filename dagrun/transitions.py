@@ -229,7 +229,7 @@ def finish(home: Home, plan: Plan, sched: Scheduler, c: Claim, *, ok: bool, work
            signal: int | None = None, reason: str = "", output_data: bytes | None = None,
            forced: dict | None = None, fields: dict | None = None, stop_handled: bool = False,
            announce_ready: bool = False, extra: dict | None = None, cached: str | None = None,
-           final: bool | None = None, release=None) -> Finished:
+           final: bool | None = None) -> Finished:
     """An attempt ended with a verdict. ok: publish output, stderr.log and `done`; else record
     the attempt (`failed` when no retry is left, `retrying` otherwise). Then the events and
     the scheduler's consequences. A final failure under on_failure=stop cancels what has
@@ -244,8 +244,6 @@ def finish(home: Home, plan: Plan, sched: Scheduler, c: Claim, *, ok: bool, work
     cached: the result cache's key when `output_data` is a cache hit (no agent ran): the
     marker says `"cached": true` (no exit code) and so does the event.
     final: True fails the task for good whatever its retries (a workspace conflict).
-    release(g, t): how a done task's claim is dropped (lifecycle.commit_done; an engine's
-    reaper: off its loop thread).
 
     With a code workspace, ok first commits the worktree (lifecycle.capture_workspace); if
     that fails the attempt fails with git's reason instead (and is retried like any failure)."""
@@ -269,7 +267,7 @@ def finish(home: Home, plan: Plan, sched: Scheduler, c: Claim, *, ok: bool, work
         skipped_due = _prepare_skipped(home, plan, sched, t, S.DONE, {"attempt": c.attempt})
         try:
             body = commit_done(home, plan, c, ended=ended, exit_code=code, output_data=output_data,
-                               extra=extra or None, release=release, **forced)
+                               extra=extra or None, **forced)
         except BaseException:
             _abandon(pending, skipped_due)
             raise

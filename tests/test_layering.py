@@ -28,7 +28,7 @@ LAYERS = {
     # 3: the on-disk layout
     "store": 3,
     # 4: adapters at the edge: the events log, claims, the inotify doorbell, the runners
-    "events": 4, "claim": 4, "reaper": 4, "resources": 4, "watcher": 4, "executor": 4, "simrun": 4, "slurm": 4, "rayrun": 4,
+    "events": 4, "claim": 4, "resources": 4, "watcher": 4, "executor": 4, "simrun": 4, "slurm": 4, "rayrun": 4,
     # the preset adapter, run as the agent (python -m dagrun.agentrun); the claim files an agent
     # hands back; the content-addressed result cache
     "agentrun": 4, "agentio": 4, "cache": 4,
