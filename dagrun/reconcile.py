@@ -193,6 +193,11 @@ class Reconciler:
                 gs.foreign.add(t)
             elif f.owner is not None or f.claim_mtime:
                 self._sweep_leftover_claim(gs, t, f.owner)
+            if f.extra.get("claim_leftovers") and f.state in S.MARKERS:
+                # a claim renamed away beside a marker, its remover dead before the rmtree
+                # (a crash in _sweep_leftover_claim, or in a release): nobody claims the
+                # task again to sweep it (claim_task), so the rescan does
+                claims.sweep_leftovers(self.home, g, t)
             if sched.state_of(t) == S.RETRYING:
                 # a retry this worker recorded is announced by whichever of its timers fires
                 # first; another's waits a grace longer for that announcement (one `ready` line)

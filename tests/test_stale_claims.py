@@ -313,3 +313,25 @@ def test_the_birth_lock_in_process(tmp_path):
     finally:
         os.close(fd)
     assert not claims.being_born(home, "g", "t")
+
+
+def test_a_claim_renamed_away_beside_a_marker_is_swept_by_the_next_engine(tmp_path):
+    """The next engine breaks a claim left beside a marker by renaming it to .claim.broken.*
+    and then deleting it. A crash between the two left the dot-folder for ever -- the task
+    is ended, nobody claims it again, and only claim_task swept `.claim.*` -- which the crash
+    harness's I3 caught (test_crash_during_recovery, k=63:after; bug 33 in
+    tests/reliability/README.md). A rescan now sweeps it."""
+    from dagrun.engine import Engine
+    from dagrun.simrun import FakeRunner, Outcome
+    from dagrun.store import Home
+
+    h = Home(str(tmp_path / "home"))
+    tasks = [{"id": "a", "prompt": "x"}] + [{"id": f"m{i:02d}", "prompt": "x", "deps": ["a"]} for i in range(2)]
+    run("submit", write_plan(tmp_path / "p", tasks, goal="fo", defaults={"agent": "true"}), home=h.root)
+    assert Engine(h, goal="fo", jobs=2, runner=FakeRunner(lambda launch: Outcome())).run() == 0
+    left = task_dir(h.root, "fo", "m00") / ".claim.broken.0badc0de"
+    left.mkdir()
+    (left / "stdout").write_bytes(b"x")
+    again = Engine(h, goal="fo", jobs=2, runner=FakeRunner(lambda launch: Outcome()))
+    assert again.run() == 0
+    assert not left.exists()
