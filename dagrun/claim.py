@@ -104,7 +104,9 @@ def new_owner(worker: str, attempt: int, *, kind: str, pid: int | None = None) -
     }
 
 
-NEW = 2    # acquire(): claimed, and the task's folder was made with it (it holds nothing else)
+NEW = 2    # acquire(): claimed, and the task's folder was made by this acquire -- which does not
+#            mean it holds only our claim: another worker may have claimed, run and released in
+#            it between the two mkdirs (lifecycle.claim_task lists it all the same)
 
 
 def acquire(home: Home, g: str, t: str, *, hold: bool = False) -> bool | int:

@@ -38,7 +38,7 @@ from .plan import Plan, Task
 from .proc import HOST
 from .prompt import Upstream, failure_note, render
 from .scheduler import Scheduler
-from .store import CLAIM, COUNTED, MARKERS, Home, TaskFacts, as_int, dumps, loads_obj, now_iso, parse_ts
+from .store import COUNTED, MARKERS, Home, TaskFacts, as_int, dumps, loads_obj, now_iso, parse_ts
 from .usage import RAW_FILE
 
 BACKOFF_CAP = 600.0
@@ -111,11 +111,12 @@ def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: i
     got = claims.acquire(home, g, t, hold=True)     # held by us until owner.json (claim.born)
     if not got:
         return None
-    # Under the claim nobody else changes this task: read its history now (one listdir) --
-    # unless the folder was made with the claim: it holds only claim/ (what a listdir would
-    # say at that instant; a marker written later was always possible)
+    # Under the claim nobody else changes this task: read its history now (one listdir).
+    # Also when our acquire made the task's folder: between that mkdir and the claim's,
+    # another worker can claim, run and commit the task in it and release its claim, so the
+    # folder may hold a marker by now (bug 34: the task ran twice when this was skipped)
     try:
-        names = [CLAIM] if got == claims.NEW else os.listdir(tdir)
+        names = os.listdir(tdir)
     except OSError as e:
         claims.release(home, g, t)
         raise os_error("list", tdir, e) from None

@@ -335,3 +335,36 @@ def test_a_claim_renamed_away_beside_a_marker_is_swept_by_the_next_engine(tmp_pa
     again = Engine(h, goal="fo", jobs=2, runner=FakeRunner(lambda launch: Outcome()))
     assert again.run() == 0
     assert not left.exists()
+
+
+def test_a_task_another_worker_ran_between_our_folder_and_our_claim_is_not_run_again(tmp_path, monkeypatch):
+    """A first claim makes the task's folder (mkdir), then its claim (mkdir claim/). Between
+    the two another worker can make its own claim in that folder, run the task, publish
+    `done` and release: our claim then succeeds in a folder holding a marker. The claim must
+    look at the folder's names even though it made the folder -- when it did not (the
+    claim took "we made the folder" for "it holds only our claim"), the task ran twice:
+    test_race.py::test_eight_workers_500_tasks_exactly_once, 1 run in 3-4 under load (a cron
+    worker's done 44 ms before a daemon's `running attempt=1` of the same task)."""
+    from dagrun import claim as claims
+    from dagrun.lifecycle import claim_task
+    from dagrun.store import Home
+
+    home = tmp_path / "home"
+    run("submit", write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "agent": "true"}], goal="g"), home=home)
+    h = Home(str(home))
+    plan = h.load_plan("g")
+    tdir = task_dir(home, "g", "a")
+    assert not tdir.exists()            # a task's folder comes with its first claim
+    real = claims._lock_shared
+
+    def the_other_worker_runs_it_here(path):
+        # between our mkdir of the task's folder and our mkdir of its claim: another worker's
+        # whole attempt (its claim made and released around a published `done`)
+        (tdir / "claim").mkdir()
+        (tdir / "output").write_text("")
+        (tdir / "done").write_text(json.dumps({"attempt": 1, "worker": "other"}))
+        (tdir / "claim").rmdir()
+        return real(path)
+    monkeypatch.setattr(claims, "_lock_shared", the_other_worker_runs_it_here)
+    assert claim_task(h, plan, "a", worker="w", kind="engine", state_of=lambda t: "done") is None
+    assert sorted(os.listdir(tdir)) == ["done", "output"]     # no claim left, nothing rendered
