@@ -268,12 +268,13 @@ def test_a_first_claim_makes_its_folder_and_says_so(tmp_path):
     assert claims.being_born(home, "g2", "t")
 
 
-def test_a_task_folder_born_with_its_claim_is_not_listed_again(tmp_path, monkeypatch):
+def test_a_task_folder_is_listed_once_after_every_claim_even_one_the_claim_made(tmp_path, monkeypatch):
     """claim_task reads a task's folder (markers, attempts/, half-done breaks) once it holds
-    the claim. A first claim made the folder itself, which then holds only claim/: that
-    listdir (5 syscalls a task: open, fstat, 2 getdents, close) can only say [claim], so
-    acquire() says NEW and claim_task skips it; a folder that existed (a retry) is still
-    listed, and a marker there still refuses."""
+    the claim: one listdir, also when the claim's acquire made the folder itself. An earlier
+    version skipped that listing (the folder "can only hold claim/"), but another worker can
+    claim, run and commit the task between the folder's mkdir and the claim's, and the task
+    then ran twice (bug 34; test_stale_claims.py plays that interleaving). A folder that
+    existed (a retry) is listed too, and a marker there refuses."""
     from dagrun import lifecycle
     from dagrun.plan import parse
     home = Home(str(tmp_path / "home"))
@@ -285,11 +286,12 @@ def test_a_task_folder_born_with_its_claim_is_not_listed_again(tmp_path, monkeyp
     tasks = home.tasks_dir("g")
     monkeypatch.setattr(os, "listdir", lambda p: (listed.append(p) if os.path.dirname(str(p)) == tasks else None) or listdir(p))
     c = lifecycle.claim_task(home, plan, "t1", worker="w", kind="engine")
-    assert c is not None and c.attempt == 1 and listed == []
+    assert c is not None and c.attempt == 1 and listed == [home.task_dir("g", "t1")]
     assert sorted(os.listdir(home.task_dir("g", "t1"))) == [CLAIM, "prompt.md"]
     claims.release(home, "g", "t1")
+    listed.clear()
     c = lifecycle.claim_task(home, plan, "t1", worker="w", kind="engine")     # the folder exists
-    assert c is not None and set(listed) == {home.task_dir("g", "t1")}
+    assert c is not None and listed == [home.task_dir("g", "t1")]
     claims.release(home, "g", "t1")
     os.makedirs(home.task_dir("g", "t2"))
     open(os.path.join(home.task_dir("g", "t2"), "done"), "w").close()
