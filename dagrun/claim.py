@@ -287,13 +287,15 @@ def release(home: Home, g: str, t: str) -> None:
     fsio.rmtree(gone)
 
 
-def sweep_leftovers(home: Home, g: str, t: str) -> None:
-    """Remove claim folders renamed away by a process that died before deleting them."""
+def sweep_leftovers(home: Home, g: str, t: str, names=None) -> None:
+    """Remove claim folders renamed away by a process that died before deleting them. names:
+    the task folder's listing, when the caller has it (else it is listed here)."""
     tdir = home.task_dir(g, t)
-    try:
-        names = os.listdir(tdir)
-    except FileNotFoundError:
-        return
+    if names is None:
+        try:
+            names = os.listdir(tdir)
+        except FileNotFoundError:
+            return
     for n in names:
         if n.startswith(".claim."):
             fsio.rmtree(os.path.join(tdir, n))

@@ -123,9 +123,7 @@ def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: i
     if any(m in names for m in MARKERS):       # it ended between our look and our mkdir
         claims.release(home, g, t)
         return None
-    for n in names:
-        if n.startswith(".claim."):
-            fsio.rmtree(os.path.join(tdir, n))   # a breaker or releaser died half-way
+    claims.sweep_leftovers(home, g, t, names)   # a breaker or releaser died half-way
     task = plan.task(t)
     if task.when is not None and S.AWAITING_FILE not in names:
         # its condition, over the dependencies' outcomes and outputs (all ended: the scheduler

@@ -197,7 +197,7 @@ class Reconciler:
                 # a claim renamed away beside a marker, its remover dead before the rmtree
                 # (a crash in _sweep_leftover_claim, or in a release): nobody claims the
                 # task again to sweep it (claim_task), so the rescan does
-                claims.sweep_leftovers(self.home, g, t)
+                claims.sweep_leftovers(self.home, g, t, f.extra["claim_leftovers"])
             if sched.state_of(t) == S.RETRYING:
                 # a retry this worker recorded is announced by whichever of its timers fires
                 # first; another's waits a grace longer for that announcement (one `ready` line)

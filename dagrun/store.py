@@ -563,7 +563,7 @@ class Home:
         if any(n.endswith(".tmp") and n.startswith(".") for n in names):
             f.extra["temps"] = True       # a writer died mid-publish here: sweep when old
         if any(n.startswith(".claim.") for n in names):
-            f.extra["claim_leftovers"] = True   # a breaker or releaser died before its rmtree
+            f.extra["claim_leftovers"] = names  # a breaker or releaser died before its rmtree
         for m in MARKERS:
             if m in names:
                 f.state = m
