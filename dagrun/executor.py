@@ -677,15 +677,23 @@ class _Spawner:
     """Threads (SPAWNERS) that fork the agents handed to ProcessRunner.submit(), so the
     driver's loop never sleeps in vfork(2) waiting for an agent's exec. Results come back
     through collect(), in the order the spawns finished (ProcessRunner.spawned reports them
-    in submission order); a byte on a pipe (fd) wakes the loop's poll(2)."""
+    in submission order); a byte on a pipe (fd) wakes the loop's poll(2).
+
+    What a spawner thread costs the loop is mostly its GIL hand-offs: each call that releases
+    the GIL lets the loop's thread park on a futex until the spawner next releases it
+    (docs/performance.md, "twelfth session"). So the jobs come through a queue.SimpleQueue (C:
+    put() and get() take no Python-level lock, where a threading.Condition took an RLock and a
+    waiter lock of its own per job), and the wake-up byte is written only when the loop has
+    collected since the last one (`_armed`): spawns that finish before the loop comes round
+    share one write(2) and the loop's read(2) of it."""
 
     def __init__(self):
         import collections
+        import queue
         import threading
-        self._jobs: "collections.deque" = collections.deque()
+        self._jobs: "queue.SimpleQueue" = queue.SimpleQueue()   # (key, launch, want_pidfd); None: stop
         self._done: "collections.deque" = collections.deque()
-        self._cv = threading.Condition()
-        self._closed = False
+        self._armed = True                 # no wake-up byte written since the loop's last collect()
         self.fd, self._w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._threads = [threading.Thread(target=self._run, name=f"dagrun-spawner-{i}", daemon=True)
                          for i in range(SPAWNERS)]
@@ -693,34 +701,36 @@ class _Spawner:
             th.start()
 
     def submit(self, key: str, launch: Launch, want_pidfd: bool) -> None:
-        with self._cv:
-            self._jobs.append((key, launch, want_pidfd))
-            self._cv.notify()
+        self._jobs.put((key, launch, want_pidfd))
 
     def _run(self) -> None:
         while True:
-            with self._cv:
-                while not self._jobs and not self._closed:
-                    self._cv.wait()
-                if not self._jobs:
-                    return
-                key, launch, want_pidfd = self._jobs.popleft()
+            job = self._jobs.get()
+            if job is None:
+                return
+            key, launch, want_pidfd = job
             try:
                 sp = _spawn(launch, want_pidfd)
             except Exception as e:          # never lose a job: it comes back as a failed start
                 sp = StartError(f"cannot start the agent in {launch.cwd}: {e}")
             self._done.append((key, sp))
-            try:
-                os.write(self._w, b"s")
-            except OSError:                 # the pipe is full: the loop has wake-ups pending
-                pass
+            # (the append comes first: see collect)
+            if self._armed:
+                self._armed = False
+                try:
+                    os.write(self._w, b"s")
+                except OSError:             # the pipe is full: the loop has wake-ups pending
+                    pass
 
     def collect(self) -> list:
         try:
-            while os.read(self.fd, 4096):
-                pass
+            os.read(self.fd, 4096)          # (one byte or a few: a byte written after it wakes the loop once more)
         except OSError:
             pass
+        # re-armed after the read and before the pops: a spawner that finds it disarmed then
+        # has its result popped below, or one that disarmed it after this line writes a byte
+        # this read did not take
+        self._armed = True
         out = []
         while self._done:
             out.append(self._done.popleft())
@@ -728,13 +738,11 @@ class _Spawner:
 
     def close(self) -> None:
         """Finish what was submitted (those spawns are then collected and killed), stop."""
-        with self._cv:
-            self._closed = True
-            self._cv.notify_all()
+        for _ in self._threads:
+            self._jobs.put(None)            # (after every job: each thread takes one and ends)
         for th in self._threads:
             th.join()
         # the fds are closed by the ProcessRunner after its last collect()
-
 
 
 @dataclass
