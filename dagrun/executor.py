@@ -636,17 +636,20 @@ def _spawn(launch: Launch, want_pidfd: bool) -> "_Spawned | StartError":
         # No preexec_fn, uid/gid or groups: Python can then use vfork(2) (no page-table copy)
         p = None
         if direct is not None:
+            t0 = _boottime()
             try:
                 p = _fork_exec(direct[0], launch.cwd, direct[1], stdin, w_out, w_err)
             except OSError:      # not found, not executable, ENOEXEC (a script without #!): the
                 p = None         # shell does what it does with it (127, 126, runs it)
         if p is None:
+            t0 = _boottime()
             p = _fork_exec(list(launch.argv) or ["/bin/sh", "-c", launch.agent], launch.cwd, env,
                            stdin, w_out, w_err)
     except OSError as e:
         for fd in opened:
             close_quiet(fd)
         return StartError(f"cannot start the agent in {launch.cwd}: {e.strerror or e}")
+    t1 = _boottime()
     for fd in (stdin, w_out, w_err):
         close_quiet(fd)
     for fd in (r_out, r_err):
@@ -657,7 +660,42 @@ def _spawn(launch: Launch, want_pidfd: bool) -> "_Spawned | StartError":
             pidfd = os.pidfd_open(p.pid)
         except OSError:
             pidfd = None
-    return _Spawned(p, p.pid, proc_start(p.pid), r_out, r_err, pidfd)
+    return _Spawned(p, p.pid, _start_of(p.pid, t0, t1), r_out, r_err, pidfd)
+
+
+# The child's start time (proc_start: field 22 of /proc/PID/stat, clock ticks since boot) is the
+# kernel's CLOCK_BOOTTIME at its fork, in ticks: between two readings of that clock taken before
+# and after the fork. When both readings fall in the same tick, that tick is the start time,
+# with no open/read/close of /proc (three calls that release the GIL in a spawner thread, each
+# a hand-off the loop's thread may wait for: docs/performance.md, "twelfth session"). Trusted
+# once a readable /proc/PID/stat has agreed with it in this process (another kernel, a time
+# namespace, a USER_HZ that does not divide a second: it disagrees, and /proc is read from then
+# on); otherwise, and when the readings straddle a tick, /proc is read as before.
+# DAGRUN_START_CLOCK=0: always /proc (A/B runs only).
+try:
+    _TICK_NS = 10**9 // os.sysconf("SC_CLK_TCK") if 10**9 % os.sysconf("SC_CLK_TCK") == 0 else None
+    _BOOTTIME_ID = time.CLOCK_BOOTTIME
+except (AttributeError, ValueError, OSError):    # (no CLOCK_BOOTTIME, no SC_CLK_TCK: not Linux)
+    _TICK_NS = _BOOTTIME_ID = None
+_START_CLOCK: "bool | None" = None if _TICK_NS and os.environ.get("DAGRUN_START_CLOCK", "1") != "0" else False
+
+
+def _boottime() -> int:
+    return time.clock_gettime_ns(_BOOTTIME_ID) if _START_CLOCK is not False else 0
+
+
+def _start_of(pid: int, t0: int, t1: int) -> str | None:
+    """proc_start(pid) of a child forked between CLOCK_BOOTTIME readings t0 and t1."""
+    global _START_CLOCK
+    if _START_CLOCK is False or t0 // _TICK_NS != t1 // _TICK_NS:
+        return proc_start(pid)
+    guess = str(t0 // _TICK_NS)
+    if _START_CLOCK:
+        return guess
+    real = proc_start(pid)
+    if real is not None:                 # (None: it has exited already, nothing to compare)
+        _START_CLOCK = real == guess
+    return real
 
 
 # Spawner threads. One spawn is ~0.12-0.22 ms of the thread's CPU but 1.2-3.5 ms of wall time on
