@@ -337,3 +337,120 @@ def test_a_rescan_while_an_agent_is_being_spawned_leaves_it_alone(tmp_path):
     with open(home.events_path("g")) as f:
         seen = [json.loads(x).get("status") for x in f if '"task":"a"' in x.replace(" ", "")]
     assert seen == ["ready", "running", "done"], seen
+
+
+def _spawner_wakes_once_per_collect(tmp: str) -> None:
+    """Spawns that finish before the loop collects share one wake-up byte (executor._Spawner,
+    docs/performance.md "twelfth session"); after a collect the next spawn writes one again."""
+    from dagrun import executor
+    sp = executor._Spawner()
+    try:
+        for i in range(6):
+            sp.submit(f"k{i}", _launch(tmp, "true"), True)
+        end = time.monotonic() + 20
+        while len(sp._done) < 6 and time.monotonic() < end:
+            time.sleep(0.01)
+        assert len(sp._done) == 6
+        assert os.read(sp.fd, 4096) == b"s"          # one byte for six spawns
+        got = sp.collect()
+        assert sorted(k for k, _ in got) == [f"k{i}" for i in range(6)]
+        sp.submit("k6", _launch(tmp, "true"), True)
+        p = select.poll()
+        p.register(sp.fd, select.POLLIN)
+        assert p.poll(20000), "the spawn after a collect woke nobody"
+        assert [k for k, _ in sp.collect()] == ["k6"]
+        for _k, s in got:
+            assert not isinstance(s, StartError), s
+    finally:
+        sp.close()
+        os.close(sp.fd)
+        os.close(sp._w)
+
+
+def test_spawns_between_two_collects_share_one_wakeup_byte(tmp_path):
+    in_child(_spawner_wakes_once_per_collect, tmp_path)
+
+
+def _no_spawn_is_left_without_a_wakeup(tmp: str) -> None:
+    """The loop's side as the engine does it (poll the fd, collect) while four threads finish
+    spawns at random moments: every result is collected, no poll(2) sleeps on a result that
+    came without a byte."""
+    import random
+    from dagrun import executor
+    sp = executor._Spawner()
+    p = select.poll()
+    p.register(sp.fd, select.POLLIN)
+    rng = random.Random(7)
+    launch = _launch(tmp, "true")
+    try:
+        for rnd in range(150):
+            n = rng.randint(1, 8)
+            for i in range(n):
+                sp.submit(f"{rnd}.{i}", launch, False)
+            got = 0
+            while got < n:
+                if rng.random() < 0.5:
+                    time.sleep(rng.random() * 0.002)
+                assert p.poll(5000), f"round {rnd}: {n - got} spawns outstanding ({len(sp._done)} done), no wake-up"
+                for _k, s in sp.collect():
+                    got += 1
+                    assert not isinstance(s, StartError), s
+                    os.close(s.r_out)
+                    os.close(s.r_err)
+                    s.popen.wait()
+    finally:
+        sp.close()
+        os.close(sp.fd)
+        os.close(sp._w)
+
+
+def test_no_spawn_result_waits_without_a_wakeup(tmp_path):
+    in_child(_no_spawn_is_left_without_a_wakeup, tmp_path)
+
+
+def _start_from_the_clock(tmp: str) -> None:
+    """A spawned agent's start time is /proc/PID/stat's; read from CLOCK_BOOTTIME readings
+    around the fork when both fall in one tick, /proc read only to check that once, when the
+    readings straddle a tick, or after a disagreement (executor._start_of)."""
+    import subprocess
+    from dagrun import executor
+    from dagrun.proc import proc_start
+    if executor._START_CLOCK is False:
+        pytest.skip("no CLOCK_BOOTTIME ticks here")
+    tick = executor._TICK_NS
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        real = proc_start(child.pid)
+        inside = int(real) * tick + tick // 2
+        executor._START_CLOCK = None              # not yet checked: /proc read, and it agrees
+        assert executor._start_of(child.pid, inside - 1, inside) == real
+        assert executor._START_CLOCK is True
+        reads = []
+        executor.proc_start = lambda pid: reads.append(pid) or real
+        assert executor._start_of(child.pid, inside - 1, inside) == real and reads == []   # no /proc
+        assert executor._start_of(child.pid, inside - tick, inside) == real and reads == [child.pid]   # straddles
+        executor.proc_start = proc_start
+        executor._START_CLOCK = None              # a clock that disagrees: /proc from then on
+        assert executor._start_of(child.pid, inside + 3 * tick, inside + 3 * tick) == real
+        assert executor._START_CLOCK is False
+        executor.proc_start = lambda pid: reads.append(pid) or real
+        assert executor._start_of(child.pid, inside - 1, inside) == real and len(reads) == 2
+    finally:
+        executor.proc_start = proc_start
+        child.kill()
+        child.wait()
+    # spawned agents, the clock trusted: the handle's start is the one /proc shows
+    executor._START_CLOCK = None
+    r = ProcessRunner()
+    hs = [r.start(_launch(tmp, "sleep 30")) for _ in range(12)]
+    assert executor._START_CLOCK is True
+    for h in hs:
+        assert h["start"] == proc_start(h["pid"]), h
+    for h in hs:
+        r.kill(h)
+        _exit(r, h)
+    r.close()
+
+
+def test_the_start_time_comes_from_the_clock_and_matches_proc(tmp_path):
+    in_child(_start_from_the_clock, tmp_path)
