@@ -488,10 +488,11 @@ except ImportError:           # (not CPython on Linux)
 class _Child:
     """What the runner uses of a subprocess.Popen (pid, args, returncode, poll, wait), for a
     child _fork_exec started. Polled by one thread (the loop's), as the runner's are."""
-    __slots__ = ("pid", "args", "returncode")
+    __slots__ = ("pid", "args", "returncode", "born")
 
-    def __init__(self, pid: int, args: list):
+    def __init__(self, pid: int, args: list, born: tuple = (0, 0)):
         self.pid, self.args, self.returncode = pid, args, None
+        self.born = born        # CLOCK_BOOTTIME just before and after the fork (_start_of)
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -581,9 +582,11 @@ def _lean(argv: list, cwd: str, env: dict, stdin: int, stdout: int, stderr: int)
     try:
         try:
             try:
+                t0 = _boottime()
                 pid = _posixsubprocess.fork_exec(
                     argv, exe, True, (w,), cwd, env_list, stdin, -1, -1, stdout, -1, stderr, r, w,
                     True, True, -1, None, None, None, -1, None, subprocess._USE_VFORK)
+                t1 = _boottime()
             except TypeError as e:       # (its arguments are checked before any fork)
                 raise _Unsupported(str(e)) from None
         finally:
@@ -596,7 +599,7 @@ def _lean(argv: list, cwd: str, env: dict, stdin: int, stdout: int, stderr: int)
                 break
     finally:
         os.close(r)
-    child = _Child(pid, argv)
+    child = _Child(pid, argv, (t0, t1))
     if not data:
         return child
     try:
@@ -660,6 +663,8 @@ def _spawn(launch: Launch, want_pidfd: bool) -> "_Spawned | StartError":
             pidfd = os.pidfd_open(p.pid)
         except OSError:
             pidfd = None
+    if isinstance(p, _Child):       # (its own readings: closer around the fork than ours)
+        t0, t1 = p.born
     return _Spawned(p, p.pid, _start_of(p.pid, t0, t1), r_out, r_err, pidfd)
 
 
