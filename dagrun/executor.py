@@ -699,7 +699,10 @@ def _start_of(pid: int, t0: int, t1: int) -> str | None:
         return guess
     real = proc_start(pid)
     if real is not None:                 # (None: it has exited already, nothing to compare)
-        _START_CLOCK = real == guess
+        if real != guess:
+            _START_CLOCK = False         # (for good: another thread's agreement cannot undo it)
+        elif _START_CLOCK is None:
+            _START_CLOCK = True
     return real
 
 
