@@ -18,8 +18,8 @@ a new snapshot). What is stamped, and why each is needed:
 A folder's mtime has the file system's granularity (a few ms on ext4, 1 s on some): a change
 in the same tick as the stamp would leave it equal. Like git's "racily clean" index entries,
 a stamp taken less than RACY_NS before the snapshot was published (the snapshot file's own
-mtime, the same clock) is racy: the writer also keeps the folder's full listing (name, inode,
-size, mtime of each entry) for it, and the reader compares that listing too.
+mtime, the same clock) is racy: the writer also keeps the folder's listing (the name and inode
+of each entry) for it, and the reader compares that listing too.
 
 Only a goal with no running or retrying task, no budget and no resource pool is snapshotted:
 those rows depend on the clock (a duration, a retry_at), on a holder's liveness, or on other
@@ -37,7 +37,7 @@ import orjson
 from . import fsio
 from .store import ATTEMPTS, Home
 
-VERSION = 1
+VERSION = 2      # 2: a racy listing is [name, inode] (was [name, inode, size, mtime])
 RACY_NS = 2_000_000_000      # > the coarsest mtime granularity (1 s) with a margin
 NAME = "status.cache"
 
@@ -74,20 +74,19 @@ def _dir_stamp(p: str, dir_fd: int | None = None) -> list | None:
 
 
 def listing(p: str) -> list | None:
-    """A folder's entries: [name, inode, size, mtime] each, sorted (the racy check)."""
+    """A folder's entries: [name, inode] each, sorted (the racy check). The names and inodes
+    come with the listing itself (getdents64's d_ino, os.scandir): no stat per entry. What a
+    listing must catch is what a folder stamp catches outside the racy window -- an entry
+    created, renamed (over another: a new inode under an old name) or removed in the same
+    mtime tick; a file rewritten in place changes no folder's mtime and is no change of a
+    stamp either (a goal's end lists every task folder: was listdir and a stat per entry,
+    ~3/4 of the stamps' cost, docs/performance.md "twelfth session")."""
     try:
-        names = sorted(os.listdir(p))
+        with os.scandir(p) as it:
+            out = [[e.name, e.inode()] for e in it]
     except (FileNotFoundError, NotADirectoryError):
         return None
-    out = []
-    pre = p if p.endswith("/") else p + "/"     # os.path.join(p, n) for a listed name n
-    stat_, append = os.stat, out.append         # a goal's end lists every task folder: no join per entry
-    for n in names:
-        try:
-            st = stat_(pre + n, follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        append([n, st.st_ino, st.st_size, st.st_mtime_ns])
+    out.sort()
     return out
 
 
