@@ -347,3 +347,40 @@ def test_work_another_process_makes_ready_while_the_engine_reads_its_own_lines_s
     assert time.monotonic() - fired[0] < 5.0, "c waited for the rescan"
     assert time.monotonic() - t0 < 10.0
     assert (Path(h.task_dir("w", "c")) / "done").exists()
+
+
+def test_the_view_snapshot_opens_markers_relative_to_tasks_and_says_what_task_facts_says(tmp_path, monkeypatch):
+    """Home.snapshot(view=True) (a goal's end, `status`) opens each first-attempt `done`
+    relative to one fd of tasks/ -- no absolute path per task -- and gives, task by task, what
+    task_facts(view=True) gives: markers of later attempts, other markers, a claim, a
+    symbolic link for a marker, a folder never made."""
+    import os
+
+    h = Home(str(tmp_path / "home"))
+    ids = [f"t{i}" for i in range(8)]
+    plan = write_plan(tmp_path / "p", [{"id": t, "prompt": t} for t in ids], goal="w", defaults={"agent": "true"})
+    run("submit", plan, home=h.root)
+    tasks = Path(h.tasks_dir("w"))
+    for t in ids[:6]:
+        (tasks / t).mkdir()
+    (tasks / "t0" / "done").write_text(json.dumps({"attempt": 1, "worker": "a"}))
+    (tasks / "t1" / "done").write_text(json.dumps({"attempt": 2, "worker": "b"}))
+    (tasks / "t1" / "attempts").mkdir()
+    (tasks / "t1" / "attempts" / "1.json").write_text(json.dumps({"attempt": 1, "outcome": "failed"}))
+    (tasks / "t2" / "failed").write_text(json.dumps({"attempt": 1, "reason": "x"}))
+    (tasks / "t3" / "claim").mkdir()
+    (tasks / "t3" / "claim" / "owner.json").write_text(json.dumps({"attempt": 1, "worker": "c"}))
+    (tasks / "t4" / "real").write_text(json.dumps({"attempt": 1}))
+    os.symlink("real", tasks / "t4" / "done")
+    (tasks / "t5" / "done").write_text("not json")
+    p = h.load_plan("w")
+    want = {t: h.task_facts("w", t, detail=True, view=True) for t in ids}
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, *a, **k: opened.append(str(path)) or real_open(path, *a, **k))
+    got = h.snapshot("w", p, detail=True, view=True)
+    assert got == want
+    assert got["t0"].marker == {"attempt": 1, "worker": "a"} and got["t1"].attempt == 2
+    assert got["t3"].state == "running" and got["t6"].state == "pending"
+    # t0 is read relative to tasks/; the odd ones (t1, t2, t4, t5) go the long way
+    assert f"{tasks}/t0/done" not in opened and "t0/done" in opened
