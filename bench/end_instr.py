@@ -12,8 +12,8 @@ Each DIR is a source tree (`.` for this checkout, /tmp/basee4 for main). A goal 
 then for each tree, `valgrind --tool=callgrind` runs a small driver twice: once that only
 builds an Engine on the goal (imports, plan, scheduler), once that also ends the goal
 --reps times (summary.json and status.cache taken away before each end, every task folder's
-mtime set a minute ahead so that each is "racy" as it is at a real end, within seconds of
-its last change). The difference / reps is one end. Nothing is asserted.
+mtime moved forward by the time since the run's last change: each folder as recent as it
+was at the run's real end). The difference / reps is one end. Nothing is asserted.
 """
 from __future__ import annotations
 
@@ -41,15 +41,18 @@ from dagrun.store import Home
 h = Home(home)
 tdir = h.tasks_dir(g)
 
+orig = {n: os.stat(os.path.join(tdir, n)).st_mtime_ns for n in os.listdir(tdir)}
+last = max(orig.values())
+
 def reopen():
     for p in (h.summary_path(g), statuscache.path(h, g)):
         try:
             os.remove(p)
         except FileNotFoundError:
             pass
-    soon = time.time_ns() + 60 * 10**9        # racy: as every folder is at a real end
-    for n in os.listdir(tdir):
-        os.utime(os.path.join(tdir, n), ns=(soon, soon))
+    shift = time.time_ns() - last      # every folder as recent as it was when the run ended
+    for n, m in orig.items():
+        os.utime(os.path.join(tdir, n), ns=(m + shift, m + shift))
 
 reopen()
 eng = Engine(h, goal=g, jobs=8)

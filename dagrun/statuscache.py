@@ -21,6 +21,16 @@ a stamp taken less than RACY_NS before the snapshot was published (the snapshot 
 mtime, the same clock) is racy: the writer also keeps the folder's listing (the name and inode
 of each entry) for it, and the reader compares that listing too.
 
+The fine window: on a local file system that keeps sub-second times (LOCAL_FS, _fine) a
+folder's time comes from this kernel's coarse clock, whose tick is <= 10 ms -- a change in
+the same tick as a stamp taken at t0 has a time > t0 - one tick. Such a snapshot is
+published with its file's mtime set to t0 (the time before its first stamp, set before the
+rename) and says "racy_ns": FINE_RACY_NS (50 ms); the reader's racy window is then
+[t0 - 50 ms, ...), and the writer lists only the folders changed in the last 100 ms before
+t0 instead of the last 8 s -- at a goal's end, right after its run, that was every task
+folder (one listing each; fan-out-500: ~500 of them, docs/performance.md "twelfth
+session"). Any other file system keeps RACY_NS and the snapshot's own mtime.
+
 Only a goal with no running or retrying task, no budget and no resource pool is snapshotted:
 those rows depend on the clock (a duration, a retry_at), on a holder's liveness, or on other
 goals' claims. The file is one header line (JSON: stamps and the goal overview) and then the
@@ -39,7 +49,14 @@ from .store import ATTEMPTS, Home
 
 VERSION = 2      # 2: a racy listing is [name, inode] (was [name, inode, size, mtime])
 RACY_NS = 2_000_000_000      # > the coarsest mtime granularity (1 s) with a margin
+FINE_RACY_NS = 50_000_000    # a local file system with sub-second times: > its clock's tick (<= 10 ms)
 NAME = "status.cache"
+# File systems whose times this kernel's clock stamps (the coarse real-time clock, one tick
+# <= 10 ms, the times kept to the nanosecond unless the inodes are too small for it -- then
+# to the second, and every time's sub-second part is 0): a snapshot of a goal there may
+# use the fine racy window (Stamps). Any other (network, FUSE, FAT-like) keeps RACY_NS.
+LOCAL_FS = frozenset({"ext4", "ext3", "ext2", "xfs", "btrfs", "tmpfs", "f2fs", "zfs", "bcachefs"})
+_fs_kind: dict[str, str | None] = {}    # tasks/ folder -> its file system type (watcher.fs_type), once
 
 
 def path(home: Home, g: str) -> str:
@@ -95,6 +112,7 @@ class Stamps:
 
     def __init__(self, home: Home, g: str):
         self.home, self.g = home, g
+        self.t0 = time.time_ns()             # before any stamp: the fine window's time (write)
         self.files = _files(home, g)
         tdir = home.tasks_dir(g)
         self.dirs: dict[str, list | None] = {}
@@ -111,20 +129,38 @@ class Stamps:
         self.lists = {}
         self.attempts: dict[str, list | None] = {}
         # listings of the folders that changed recently: the racy ones (see the module doc)
-        recent = time.time_ns() - 4 * RACY_NS
-        for n, s in self.dirs.items():
-            if s is not None and s[1] >= recent:
-                self.lists[n] = listing(os.path.join(tdir, n))
+        recent = self.t0 - 4 * RACY_NS
+        racy = [n for n, s in self.dirs.items() if s is not None and s[1] >= recent]
+        self.fine = bool(racy) and _fine(tdir, self.dirs)
+        if self.fine:        # the fine window: only the folders changed in its last 2 windows
+            recent = self.t0 - 2 * FINE_RACY_NS
+            racy = [n for n in racy if self.dirs[n][1] >= recent]
+        for n in racy:
+            self.lists[n] = listing(os.path.join(tdir, n))
 
     def add_attempts(self, tasks) -> None:
         """Stamp attempts/ of these tasks (taken after the read: the caller re-reads them)."""
         tdir = self.home.tasks_dir(self.g)
-        recent = time.time_ns() - 4 * RACY_NS
+        recent = self.t0 - 2 * FINE_RACY_NS if self.fine else time.time_ns() - 4 * RACY_NS
         for t in tasks:
             p = os.path.join(tdir, t, ATTEMPTS)
             s = self.attempts[t] = _dir_stamp(p)
             if s is not None and s[1] >= recent:
                 self.lists[f"{t}/{ATTEMPTS}"] = listing(p)
+
+
+def _fine(tdir: str, dirs: dict) -> bool:
+    """May a snapshot of these task folders use the fine racy window? Their file system is a
+    local one (LOCAL_FS: its times come from this kernel's clock, the clock that
+    time.time_ns() reads) and keeps sub-second times (one folder's time has a sub-second
+    part: a file system that keeps whole seconds -- ext4 with 128-byte inodes -- never
+    shows one)."""
+    if tdir not in _fs_kind:
+        from .watcher import fs_type
+        _fs_kind[tdir] = fs_type(tdir)
+    if _fs_kind[tdir] not in LOCAL_FS:
+        return False
+    return any(s is not None and s[1] % 1_000_000_000 for s in dirs.values())
 
 
 class Fresh:
@@ -149,7 +185,14 @@ def write(stamps: Stamps, overview: dict, body: bytes) -> Fresh | None:
         return None
     head = {"v": VERSION, "files": stamps.files, "dirs": stamps.dirs, "attempts": stamps.attempts,
             "lists": stamps.lists, "overview": overview}
-    fsio.write_atomic(path(home, g), orjson.dumps(head) + b"\n" + body)
+    if stamps.fine:
+        # published at the stamps' time (t0, the file's mtime set before its rename), with the
+        # fine window: a folder changed again after its stamp in the same tick of the clock
+        # had its time >= t0 - one tick > t0 - FINE_RACY_NS, so the reader compares its listing
+        head["racy_ns"] = FINE_RACY_NS
+        fsio.write_atomic(path(home, g), orjson.dumps(head) + b"\n" + body, mtime_ns=stamps.t0)
+    else:
+        fsio.write_atomic(path(home, g), orjson.dumps(head) + b"\n" + body)
     return Fresh(home, g, stamps.files, body)
 
 
@@ -196,7 +239,7 @@ def _current(home: Home, g: str, head: dict, published: int) -> bool:
         names = []
     if len(names) != len(dirs) or any(n not in dirs for n in names):
         return False
-    racy = published - RACY_NS
+    racy = published - head.get("racy_ns", RACY_NS)
     join = os.path.join
     try:
         fd = os.open(tdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
