@@ -149,10 +149,12 @@ def tmp_name(path: str) -> str:
     return f"{path[:i]}.{path[i:]}.{my_pid()}.tmp"
 
 
-def _write_whole(fd: int, data: bytes) -> None:
+def _write_whole(fd: int, data: bytes, mtime_ns: int | None = None) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+    if mtime_ns is not None:        # before the fsync: the time is as durable as the bytes
+        os.utime(fd, ns=(mtime_ns, mtime_ns))
     if DURABLE:
         os.fsync(fd)
 
@@ -175,9 +177,7 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o644, exclusive: bool =
     _step(f"create {tmp}")
     fd = _open_new(tmp, mode)
     try:
-        _write_whole(fd, data)
-        if mtime_ns is not None:
-            os.utime(fd, ns=(mtime_ns, mtime_ns))
+        _write_whole(fd, data, mtime_ns)
     except BaseException:
         os.close(fd)
         _unlink_quiet(tmp)
