@@ -177,7 +177,10 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o644, exclusive: bool =
     _step(f"create {tmp}")
     fd = _open_new(tmp, mode)
     try:
-        _write_whole(fd, data, mtime_ns)
+        if mtime_ns is None:
+            _write_whole(fd, data)
+        else:
+            _write_whole(fd, data, mtime_ns)
     except BaseException:
         os.close(fd)
         _unlink_quiet(tmp)
