@@ -645,11 +645,15 @@ class Home:
         flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
         sfx = "/" + DONE
         read_fd, open_, close = fsio.read_fd, os.open, os.close
+        if g not in _VALID:
+            _id("goal", g)
         try:
             for tid in plan.ids():
                 if tid not in present:
                     out[tid] = TaskFacts()
                     continue
+                if tid not in _VALID:          # the check task_dir makes (a hand-edited plan.json)
+                    _id("task", tid)
                 try:
                     fd = open_(tid + sfx, flags, dir_fd=tfd)
                 except (FileNotFoundError, NotADirectoryError):
