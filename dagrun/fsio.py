@@ -149,15 +149,18 @@ def tmp_name(path: str) -> str:
     return f"{path[:i]}.{path[i:]}.{my_pid()}.tmp"
 
 
-def _write_whole(fd: int, data: bytes) -> None:
+def _write_whole(fd: int, data: bytes, mtime_ns: int | None = None) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+    if mtime_ns is not None:        # before the fsync: the time is as durable as the bytes
+        os.utime(fd, ns=(mtime_ns, mtime_ns))
     if DURABLE:
         os.fsync(fd)
 
 
-def write_atomic(path: str, data: bytes, *, mode: int = 0o644, exclusive: bool = False) -> bool:
+def write_atomic(path: str, data: bytes, *, mode: int = 0o644, exclusive: bool = False,
+                 mtime_ns: int | None = None) -> bool:
     """Publish `data` at `path` whole or not at all: written to `.<name>.<pid>.tmp` next to
     `path`, then renamed over it (a file outside the home -- `--metrics` textfile, `report
     --out` -- may be on another file system, and its folder may be watched for a name pattern
@@ -166,12 +169,18 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o644, exclusive: bool =
     exclusive=True publishes only if `path` does not exist yet (link(2) instead of rename(2):
     link fails with EEXIST, so exactly one of several racing writers wins). Returns False when
     another writer won, True otherwise.
+
+    mtime_ns: the file's modification time (and access time), set before it is published
+    (the status snapshot's time of its stamps: statuscache.write).
     """
     tmp = tmp_name(path)
     _step(f"create {tmp}")
     fd = _open_new(tmp, mode)
     try:
-        _write_whole(fd, data)
+        if mtime_ns is None:
+            _write_whole(fd, data)
+        else:
+            _write_whole(fd, data, mtime_ns)
     except BaseException:
         os.close(fd)
         _unlink_quiet(tmp)

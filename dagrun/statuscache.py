@@ -18,8 +18,18 @@ a new snapshot). What is stamped, and why each is needed:
 A folder's mtime has the file system's granularity (a few ms on ext4, 1 s on some): a change
 in the same tick as the stamp would leave it equal. Like git's "racily clean" index entries,
 a stamp taken less than RACY_NS before the snapshot was published (the snapshot file's own
-mtime, the same clock) is racy: the writer also keeps the folder's full listing (name, inode,
-size, mtime of each entry) for it, and the reader compares that listing too.
+mtime, the same clock) is racy: the writer also keeps the folder's listing (the name and inode
+of each entry) for it, and the reader compares that listing too.
+
+The fine window: on a local file system that keeps sub-second times (LOCAL_FS, _fine) a
+folder's time comes from this kernel's coarse clock, whose tick is <= 10 ms -- a change in
+the same tick as a stamp taken at t0 has a time > t0 - one tick. Such a snapshot is
+published with its file's mtime set to t0 (the time before its first stamp, set before the
+rename) and says "racy_ns": FINE_RACY_NS (50 ms); the reader's racy window is then
+[t0 - 50 ms, ...), and the writer lists only the folders changed in the last 100 ms before
+t0 instead of the last 8 s -- at a goal's end, right after its run, that was every task
+folder (one listing each; fan-out-500: ~500 of them, docs/performance.md "twelfth
+session"). Any other file system keeps RACY_NS and the snapshot's own mtime.
 
 Only a goal with no running or retrying task, no budget and no resource pool is snapshotted:
 those rows depend on the clock (a duration, a retry_at), on a holder's liveness, or on other
@@ -37,9 +47,16 @@ import orjson
 from . import fsio
 from .store import ATTEMPTS, Home
 
-VERSION = 1
+VERSION = 2      # 2: a racy listing is [name, inode] (was [name, inode, size, mtime])
 RACY_NS = 2_000_000_000      # > the coarsest mtime granularity (1 s) with a margin
+FINE_RACY_NS = 50_000_000    # a local file system with sub-second times: > its clock's tick (<= 10 ms)
 NAME = "status.cache"
+# File systems whose times this kernel's clock stamps (the coarse real-time clock, one tick
+# <= 10 ms, the times kept to the nanosecond unless the inodes are too small for it -- then
+# to the second, and every time's sub-second part is 0): a snapshot of a goal there may
+# use the fine racy window (Stamps). Any other (network, FUSE, FAT-like) keeps RACY_NS.
+LOCAL_FS = frozenset({"ext4", "ext3", "ext2", "xfs", "btrfs", "tmpfs", "f2fs", "zfs", "bcachefs"})
+_fs_kind: dict[str, str | None] = {}    # tasks/ folder -> its file system type (watcher.fs_type), once
 
 
 def path(home: Home, g: str) -> str:
@@ -74,20 +91,19 @@ def _dir_stamp(p: str, dir_fd: int | None = None) -> list | None:
 
 
 def listing(p: str) -> list | None:
-    """A folder's entries: [name, inode, size, mtime] each, sorted (the racy check)."""
+    """A folder's entries: [name, inode] each, sorted (the racy check). The names and inodes
+    come with the listing itself (getdents64's d_ino, os.scandir): no stat per entry. What a
+    listing must catch is what a folder stamp catches outside the racy window -- an entry
+    created, renamed (over another: a new inode under an old name) or removed in the same
+    mtime tick; a file rewritten in place changes no folder's mtime and is no change of a
+    stamp either (a goal's end lists every task folder: was listdir and a stat per entry,
+    ~3/4 of the stamps' cost, docs/performance.md "twelfth session")."""
     try:
-        names = sorted(os.listdir(p))
+        with os.scandir(p) as it:
+            out = [[e.name, e.inode()] for e in it]
     except (FileNotFoundError, NotADirectoryError):
         return None
-    out = []
-    pre = p if p.endswith("/") else p + "/"     # os.path.join(p, n) for a listed name n
-    stat_, append = os.stat, out.append         # a goal's end lists every task folder: no join per entry
-    for n in names:
-        try:
-            st = stat_(pre + n, follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        append([n, st.st_ino, st.st_size, st.st_mtime_ns])
+    out.sort()
     return out
 
 
@@ -96,6 +112,7 @@ class Stamps:
 
     def __init__(self, home: Home, g: str):
         self.home, self.g = home, g
+        self.t0 = time.time_ns()             # before any stamp: the fine window's time (write)
         self.files = _files(home, g)
         tdir = home.tasks_dir(g)
         self.dirs: dict[str, list | None] = {}
@@ -112,20 +129,38 @@ class Stamps:
         self.lists = {}
         self.attempts: dict[str, list | None] = {}
         # listings of the folders that changed recently: the racy ones (see the module doc)
-        recent = time.time_ns() - 4 * RACY_NS
-        for n, s in self.dirs.items():
-            if s is not None and s[1] >= recent:
-                self.lists[n] = listing(os.path.join(tdir, n))
+        recent = self.t0 - 4 * RACY_NS
+        racy = [n for n, s in self.dirs.items() if s is not None and s[1] >= recent]
+        self.fine = bool(racy) and _fine(tdir, self.dirs)
+        if self.fine:        # the fine window: only the folders changed in its last 2 windows
+            recent = self.t0 - 2 * FINE_RACY_NS
+            racy = [n for n in racy if self.dirs[n][1] >= recent]
+        for n in racy:
+            self.lists[n] = listing(os.path.join(tdir, n))
 
     def add_attempts(self, tasks) -> None:
         """Stamp attempts/ of these tasks (taken after the read: the caller re-reads them)."""
         tdir = self.home.tasks_dir(self.g)
-        recent = time.time_ns() - 4 * RACY_NS
+        recent = self.t0 - 2 * FINE_RACY_NS if self.fine else time.time_ns() - 4 * RACY_NS
         for t in tasks:
             p = os.path.join(tdir, t, ATTEMPTS)
             s = self.attempts[t] = _dir_stamp(p)
             if s is not None and s[1] >= recent:
                 self.lists[f"{t}/{ATTEMPTS}"] = listing(p)
+
+
+def _fine(tdir: str, dirs: dict) -> bool:
+    """May a snapshot of these task folders use the fine racy window? Their file system is a
+    local one (LOCAL_FS: its times come from this kernel's clock, the clock that
+    time.time_ns() reads) and keeps sub-second times (one folder's time has a sub-second
+    part: a file system that keeps whole seconds -- ext4 with 128-byte inodes -- never
+    shows one)."""
+    if tdir not in _fs_kind:
+        from .watcher import fs_type
+        _fs_kind[tdir] = fs_type(tdir)
+    if _fs_kind[tdir] not in LOCAL_FS:
+        return False
+    return any(s is not None and s[1] % 1_000_000_000 for s in dirs.values())
 
 
 class Fresh:
@@ -150,7 +185,14 @@ def write(stamps: Stamps, overview: dict, body: bytes) -> Fresh | None:
         return None
     head = {"v": VERSION, "files": stamps.files, "dirs": stamps.dirs, "attempts": stamps.attempts,
             "lists": stamps.lists, "overview": overview}
-    fsio.write_atomic(path(home, g), orjson.dumps(head) + b"\n" + body)
+    if stamps.fine:
+        # published at the stamps' time (t0, the file's mtime set before its rename), with the
+        # fine window: a folder changed again after its stamp in the same tick of the clock
+        # had its time >= t0 - one tick > t0 - FINE_RACY_NS, so the reader compares its listing
+        head["racy_ns"] = FINE_RACY_NS
+        fsio.write_atomic(path(home, g), orjson.dumps(head) + b"\n" + body, mtime_ns=stamps.t0)
+    else:
+        fsio.write_atomic(path(home, g), orjson.dumps(head) + b"\n" + body)
     return Fresh(home, g, stamps.files, body)
 
 
@@ -197,7 +239,7 @@ def _current(home: Home, g: str, head: dict, published: int) -> bool:
         names = []
     if len(names) != len(dirs) or any(n not in dirs for n in names):
         return False
-    racy = published - RACY_NS
+    racy = published - head.get("racy_ns", RACY_NS)
     join = os.path.join
     try:
         fd = os.open(tdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

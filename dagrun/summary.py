@@ -288,10 +288,7 @@ def goal_run(home: Home, plan: Plan, sched: Scheduler, now: float | None = None,
 def _goal_run(home: Home, plan: Plan, sched: Scheduler, now: float | None, facts: dict | None = None) -> GoalRun:
     g = plan.goal
     attempts: list[Attempt] = []
-    try:
-        present = set(os.listdir(home.tasks_dir(g)))
-    except FileNotFoundError:
-        present = set()
+    present: set | None = None      # tasks/ listed once, when a task is not in the facts' markers
     DONE = S.DONE
     for t in plan.ids():
         if facts is not None:
@@ -300,6 +297,11 @@ def _goal_run(home: Home, plan: Plan, sched: Scheduler, now: float | None, facts
             if isinstance(m, dict) and as_int(m.get("attempt")) == 1:
                 attempts.append(_first_done(t, m))
                 continue
+        if present is None:
+            try:
+                present = set(os.listdir(home.tasks_dir(g)))
+            except FileNotFoundError:
+                present = set()
         if t in present:
             attempts.extend(read_attempts(home, g, t))
     tl = tally_events(home.events_path(g))

@@ -131,9 +131,10 @@ def test_limits_without_a_limits_file_and_with_one(tmp_path):
     assert res.limits(other) == {"home": {}, "tenants": {}}
 
 
-def test_a_folders_listing_is_what_os_path_join_and_stat_give(tmp_path):
-    """statuscache.listing (the racy check: a goal's end lists every task folder) builds the
-    entry paths by concatenation: the same entries as joining and stat-ing each name."""
+def test_a_folders_listing_is_its_names_and_inodes_without_a_stat_per_entry(tmp_path, monkeypatch):
+    """statuscache.listing (the racy check: a goal's end lists every task folder) is each
+    entry's name and inode, sorted, as the listing itself gives them: the same inodes as a
+    stat of each entry, and no stat is made (was one per entry: ~3 per task folder)."""
     import os
 
     from dagrun import statuscache
@@ -146,13 +147,44 @@ def test_a_folders_listing_is_what_os_path_join_and_stat_give(tmp_path):
     os.symlink("nowhere", d / "link")
 
     def slow(p):
-        return [[n, s.st_ino, s.st_size, s.st_mtime_ns]
-                for n in sorted(os.listdir(p)) for s in [os.stat(os.path.join(p, n), follow_symlinks=False)]]
+        return [[n, os.stat(os.path.join(p, n), follow_symlinks=False).st_ino] for n in sorted(os.listdir(p))]
 
-    assert statuscache.listing(str(d)) == slow(str(d)) and len(slow(str(d))) == 4
-    assert statuscache.listing(str(d) + "/") == slow(str(d) + "/")
+    want = slow(str(d))
+    calls = []
+    real_stat = os.stat
+    monkeypatch.setattr(os, "stat", lambda *a, **k: calls.append(a) or real_stat(*a, **k))
+    assert statuscache.listing(str(d)) == want and len(want) == 4
+    assert statuscache.listing(str(d) + "/") == want
     assert statuscache.listing(str(tmp_path / "missing")) is None
     assert statuscache.listing(str(d / "done")) is None
+    assert calls == []
+
+
+def test_a_racy_listing_sees_an_entry_replaced_by_rename_in_the_same_tick(home, plans):
+    """What the listing is for: a folder changed in its mtime tick after the stamp. A marker
+    renamed over another (a new inode under the same name) leaves the names as they were."""
+    import os
+    import shutil
+
+    p = write_plan(plans, [{"id": "a", "prompt": "x"}], goal="g", defaults={"agent": "true"})
+    run("run", p, "-q", home=home)
+    a = home / "goals" / "g" / "tasks" / "a"
+    st = a.stat()
+    want = run("status", "g", "--json", home=home).stdout
+    assert statuscache_hit(home)
+    shutil.copy(a / "done", a / ".done.new")
+    body = json.loads((a / "done").read_text())
+    body["worker"] = "by-hand"
+    (a / ".done.new").write_text(json.dumps(body))
+    os.rename(a / ".done.new", a / "done")
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))      # as if in the same tick
+    got = run("status", "g", "--json", home=home).stdout
+    assert got != want and json.loads(got)["tasks"][0]["worker"] == "by-hand"
+
+
+def statuscache_hit(home) -> bool:
+    from dagrun import statuscache
+    return statuscache.load(Home(str(home)), "g") is not None
 
 
 def test_the_engine_takes_the_plan_its_caller_loaded_only_while_plan_json_is_that_file(tmp_path):
@@ -315,3 +347,40 @@ def test_work_another_process_makes_ready_while_the_engine_reads_its_own_lines_s
     assert time.monotonic() - fired[0] < 5.0, "c waited for the rescan"
     assert time.monotonic() - t0 < 10.0
     assert (Path(h.task_dir("w", "c")) / "done").exists()
+
+
+def test_the_view_snapshot_opens_markers_relative_to_tasks_and_says_what_task_facts_says(tmp_path, monkeypatch):
+    """Home.snapshot(view=True) (a goal's end, `status`) opens each first-attempt `done`
+    relative to one fd of tasks/ -- no absolute path per task -- and gives, task by task, what
+    task_facts(view=True) gives: markers of later attempts, other markers, a claim, a
+    symbolic link for a marker, a folder never made."""
+    import os
+
+    h = Home(str(tmp_path / "home"))
+    ids = [f"t{i}" for i in range(8)]
+    plan = write_plan(tmp_path / "p", [{"id": t, "prompt": t} for t in ids], goal="w", defaults={"agent": "true"})
+    run("submit", plan, home=h.root)
+    tasks = Path(h.tasks_dir("w"))
+    for t in ids[:6]:
+        (tasks / t).mkdir()
+    (tasks / "t0" / "done").write_text(json.dumps({"attempt": 1, "worker": "a"}))
+    (tasks / "t1" / "done").write_text(json.dumps({"attempt": 2, "worker": "b"}))
+    (tasks / "t1" / "attempts").mkdir()
+    (tasks / "t1" / "attempts" / "1.json").write_text(json.dumps({"attempt": 1, "outcome": "failed"}))
+    (tasks / "t2" / "failed").write_text(json.dumps({"attempt": 1, "reason": "x"}))
+    (tasks / "t3" / "claim").mkdir()
+    (tasks / "t3" / "claim" / "owner.json").write_text(json.dumps({"attempt": 1, "worker": "c"}))
+    (tasks / "t4" / "real").write_text(json.dumps({"attempt": 1}))
+    os.symlink("real", tasks / "t4" / "done")
+    (tasks / "t5" / "done").write_text("not json")
+    p = h.load_plan("w")
+    want = {t: h.task_facts("w", t, detail=True, view=True) for t in ids}
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, *a, **k: opened.append(str(path)) or real_open(path, *a, **k))
+    got = h.snapshot("w", p, detail=True, view=True)
+    assert got == want
+    assert got["t0"].marker == {"attempt": 1, "worker": "a"} and got["t1"].attempt == 2
+    assert got["t3"].state == "running" and got["t6"].state == "pending"
+    # t0 is read relative to tasks/; the odd ones (t1, t2, t4, t5) go the long way
+    assert f"{tasks}/t0/done" not in opened and "t0/done" in opened

@@ -374,3 +374,85 @@ def test_the_goals_end_snapshot_takes_events_jsonl_again_only_when_the_new_bytes
     assert json.loads(fresh.body) == checked(home)
     # a plan that is not plan.json's any more: no shared read, the ordinary path
     assert st.read_for_end(h, "g", plan, (0, 0, 0)) is None
+
+
+def _head(home: Path, g: str = "g") -> dict:
+    return json.loads(cache(home, g).read_bytes().split(b"\n", 1)[0])
+
+
+def _set_mtime(p: Path, ns: int) -> None:
+    os.utime(p, ns=(ns, ns))
+
+
+def test_a_local_file_system_with_sub_second_times_lists_only_folders_of_the_fine_window(home, plans):
+    """statuscache's fine window: the task folders' file system is a local one that keeps
+    sub-second times (the tests' tmp folder), so the snapshot lists only the folders changed
+    in the last 2 x FINE_RACY_NS before its stamps (was: the last 8 s -- every folder, right
+    after a run) and is published with its file's mtime at the stamps' time."""
+    from dagrun import status as st
+
+    tasks = [{"id": t, "prompt": t} for t in "abcd"]
+    _submit(home, plans, tasks)
+    run("run", "g", home=home)
+    tdir = home / "goals" / "g" / "tasks"
+    now = time.time_ns()
+    for i, t in enumerate("abc"):          # 1 s, 0.5 s and 0.2 s ago: quiet for the fine window
+        _set_mtime(tdir / t, now - (1_000_000_123, 500_000_123, 200_000_123)[i])
+    _set_mtime(tdir / "d", now + 60 * 10**9)    # "changed just now", however slow this machine is
+    h = Home(str(home))
+    before = time.time_ns()
+    fresh = st.refresh_snapshot(h, "g")
+    assert fresh is not None
+    head = _head(home)
+    assert head["racy_ns"] == statuscache.FINE_RACY_NS
+    assert list(head["lists"]) == ["d"]
+    assert before <= cache(home).stat().st_mtime_ns <= before + 10**9   # the stamps' time, set
+    assert hit(home) and checked(home)["tasks"][3]["state"] == "done"
+
+
+def test_whole_second_times_or_a_network_file_system_keep_the_two_second_window(home, plans, monkeypatch):
+    """A file system that keeps whole seconds (every folder time's sub-second part 0), or one
+    whose times another machine's clock may stamp (nfs), keeps RACY_NS: every folder
+    changed in the last 8 s is listed, the snapshot file keeps its own mtime, no racy_ns."""
+    from dagrun import status as st
+
+    tasks = [{"id": t, "prompt": t} for t in "abc"]
+    _submit(home, plans, tasks)
+    run("run", "g", home=home)
+    tdir = home / "goals" / "g" / "tasks"
+    whole = (time.time_ns() // 10**9 - 3) * 10**9
+    for t in "abc":
+        _set_mtime(tdir / t, whole)
+    h = Home(str(home))
+    assert st.refresh_snapshot(h, "g") is not None
+    head = _head(home)
+    assert "racy_ns" not in head and sorted(head["lists"]) == ["a", "b", "c"]
+    cache(home).unlink()
+    for i, t in enumerate("abc"):
+        _set_mtime(tdir / t, whole + 1_234_567 * (i + 1))
+    monkeypatch.setattr(statuscache, "_fs_kind", {str(tdir): "nfs"})
+    assert st.refresh_snapshot(h, "g") is not None
+    head = _head(home)
+    assert "racy_ns" not in head and sorted(head["lists"]) == ["a", "b", "c"]
+    assert cache(home).stat().st_mtime_ns > whole + 2 * 10**9
+
+
+def test_a_change_in_the_same_clock_tick_after_a_fine_snapshot_is_caught(home, plans):
+    """The fine window's promise: a folder changed a few ms before the stamps (in the clock's
+    tick) and changed again after them, its mtime put back as if in the same tick, is seen --
+    its listing was kept and the reader compares it."""
+    from dagrun import status as st
+
+    _submit(home, plans)
+    run("run", "g", home=home)
+    a = home / "goals" / "g" / "tasks" / "a"
+    h = Home(str(home))
+    tick = time.time_ns() - 5_000_000          # 5 ms before the stamps
+    _set_mtime(a, tick)
+    assert st.refresh_snapshot(h, "g") is not None
+    assert _head(home).get("racy_ns") == statuscache.FINE_RACY_NS and "a" in _head(home)["lists"]
+    assert hit(home)
+    os.rename(a / "done", a / "failed")        # another process's change, in the same tick
+    _set_mtime(a, tick)
+    assert not hit(home)
+    assert states(checked(home))["a"] == "failed"
