@@ -198,6 +198,34 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o644, exclusive: bool =
     return True
 
 
+def write_fresh(path: str, data: bytes, *, mode: int = 0o644) -> None:
+    """write_atomic for a file no reader looks at before its writer says so: a task's
+    prompt.md before its agent starts, its output before its `done` marker. Created under
+    its own name (O_EXCL: never through a symbolic link, never over another file) and written
+    there -- one rename(2) less than the temporary name; a file that is there already (an
+    earlier attempt's, perhaps linked under attempts/, or one a crash cut short) is replaced
+    by write_atomic as before, so it is never rewritten in place."""
+    _step(f"create {path}")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except FileExistsError:
+        write_atomic(path, data, mode=mode)
+        return
+    try:
+        if data:
+            _write_whole(fd, data)
+        elif DURABLE:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quiet(path)          # ours (O_EXCL made it): no part of it is left behind
+        raise
+    os.close(fd)
+    _done_step(f"create {path}")
+    if DURABLE:
+        fsync_dir(os.path.dirname(path))
+
+
 def write_named(path: str, data: bytes) -> None:
     """write_atomic for a file the user named (`report --out`, `metrics --textfile`): an OS
     error becomes the one-line FsError naming it."""

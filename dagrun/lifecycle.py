@@ -173,8 +173,10 @@ def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: i
         give_up()
         raise os_error("prepare the workspace of", tdir, e) from None
     try:
-        text = render_prompt(home, plan, plan.task(t), record, state_of, c.workspace)
-        fsio.write_atomic(home.prompt_path(g, t), text.encode("utf-8", "surrogateescape"))
+        text = render_prompt(home, plan, plan.task(t), record, state_of, c.workspace).encode("utf-8", "surrogateescape")
+        # no agent reads it before we start one: a first prompt.md (the listing under the
+        # claim says there is none) is written under its own name, without a temporary one
+        (fsio.write_fresh if "prompt.md" not in names else fsio.write_atomic)(home.prompt_path(g, t), text)
     except OSError as e:
         give_up()
         raise os_error("prepare", tdir, e) from None
@@ -424,8 +426,8 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
                 size = None if S_ISLNK(st.st_mode) and not os.path.exists(captured) else st.st_size
             except FileNotFoundError:
                 size = None
-            if size is None:
-                fsio.write_atomic(out, b"")
+            if size is None:            # nobody reads it before `done`: made under its own name
+                fsio.write_fresh(out, b"")
                 size = 0
             else:
                 fsio.rename(captured, out)
