@@ -198,6 +198,30 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o644, exclusive: bool =
     return True
 
 
+def publish_held(path: str, data: bytes, *, mode: int = 0o644) -> tuple[int, int, int]:
+    """write_atomic, keeping the file open: (fd, st_dev, st_ino) of the file published at
+    `path`. While the fd is open the inode cannot be freed, so its number cannot name another
+    file: a later lstat(path) with this device and inode proves `path` is still this very file
+    (claim.Held). The caller closes the fd."""
+    tmp = tmp_name(path)
+    _step(f"create {tmp}")
+    fd = _open_new(tmp, mode)
+    try:
+        _write_whole(fd, data)
+        st = os.fstat(fd)
+        _done_step(f"create {tmp}")
+        _step(f"publish {path}")
+        os.rename(tmp, path)
+    except BaseException:
+        os.close(fd)
+        _unlink_quiet(tmp)
+        raise
+    _done_step(f"publish {path}")
+    if DURABLE:
+        fsync_dir(os.path.dirname(path))
+    return fd, st.st_dev, st.st_ino
+
+
 def write_fresh(path: str, data: bytes, *, mode: int = 0o644) -> None:
     """write_atomic for a file no reader looks at before its writer says so: a task's
     prompt.md before its agent starts, its output before its `done` marker. Created under

@@ -66,6 +66,7 @@ class Claim:
     #                               listing says; None: not known, commit_done looks) -- under
     #                               the claim only its holder writes one, so False spares the
     #                               commit of a first attempt its lstat of attempts/
+    held: "claims.Held | None" = None   # its owner.json, kept open by the engine (claim.holds)
 
 
     @property
