@@ -212,6 +212,7 @@ def holds(home: Home, g: str, t: str, nonce: str, held: Held | None = None) -> b
                 return True
         except OSError:
             pass
+        held.close()          # it names owner.json no more: the commit must not write through it
     o = read_owner(home, g, t)
     return bool(o) and o.get("nonce") == nonce
 

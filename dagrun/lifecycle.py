@@ -450,7 +450,7 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
             body["forced_by"] = forced_by
             body["held_by"] = held_by
         body.update(extra or {})
-        _publish_from_owner(home, g, t, S.DONE, body, c.owner)
+        _publish_from_owner(home, g, t, S.DONE, body, c.owner, c.held)
         if c.kept is not False and home.has_attempts(g, t):
             # earlier attempts are kept under attempts/: keep this one beside them (links, no
             # copies). A task that succeeds at once has no attempts/ and pays nothing here
@@ -496,8 +496,12 @@ def _link_over(src: str, dst: str) -> None:
     fsio.rename(tmp, dst)
 
 
-def _publish_from_owner(home: Home, g: str, t: str, kind: str, body: dict, holder: dict | None = None) -> None:
-    """Publish a marker by recycling claim/owner.json's inode (rename out, rewrite, rename)."""
+def _publish_from_owner(home: Home, g: str, t: str, kind: str, body: dict, holder: dict | None = None,
+                        held: "claims.Held | None" = None) -> None:
+    """Publish a marker by recycling claim/owner.json's inode (rename out, rewrite, rename).
+    held: that owner.json kept open by the engine, its identity proven by the caller's last
+    claim.holds (which lets go of a Held that no longer names owner.json): rewritten through
+    that fd, not opened again by its new name."""
     owner = home.owner_path(g, t)
     tmp = fsio.tmp_name(home.marker_path(g, t, kind))
     try:
@@ -505,8 +509,9 @@ def _publish_from_owner(home: Home, g: str, t: str, kind: str, body: dict, holde
     except FileNotFoundError:
         home.write_marker(g, t, kind, body)
         return
+    fd = held.fd if held is not None else -1
     try:
-        fsio.rewrite(tmp, dumps(body))
+        fsio.rewrite(tmp, dumps(body), fd=fd)
         fsio.rename(tmp, home.marker_path(g, t, kind))
     except OSError:
         # disk full / I/O error half-way: put owner.json back (with the holder's record again:
@@ -516,7 +521,7 @@ def _publish_from_owner(home: Home, g: str, t: str, kind: str, body: dict, holde
         # half-born (grace) or like another host's claim (lease)
         if holder is not None:
             try:
-                fsio.rewrite(tmp, dumps(holder))
+                fsio.rewrite(tmp, dumps(holder), fd=fd)
             except OSError:
                 pass
         try:

@@ -183,7 +183,8 @@ def test_a_chains_prompts_read_their_empty_inputs_without_the_safe_walk(tmp_path
 def test_a_commit_proves_its_claim_by_the_owner_json_it_keeps_open(tmp_path, monkeypatch):
     """The engine keeps the owner.json it published open until the commit (claim.Held): the
     commit's "is the claim still ours" is one lstat of claim/owner.json showing that inode --
-    owner.json is not read back (before: lstat of claim/, open, two reads, close, a parse), and
+    owner.json is not read back (before: lstat of claim/, open, two reads, close, a parse) --
+    and the done marker (that inode, renamed) is rewritten through the fd, not opened again;
     every descriptor is closed once its attempt has ended."""
     from dagrun import claim as claims
     from dagrun import fsio
@@ -208,12 +209,21 @@ def test_a_commit_proves_its_claim_by_the_owner_json_it_keeps_open(tmp_path, mon
             helds.append(r)
         return r
 
+    opened: list[str] = []
+    real_open = os.open
+
+    def c_open(path, *a, **k):
+        if threading.get_ident() == loop and "/.done." in str(path):
+            opened.append(str(path))
+        return real_open(path, *a, **k)
+
     monkeypatch.setattr(fsio, "read_bytes", counted)
     monkeypatch.setattr(claims, "update_owner", update)
+    monkeypatch.setattr(os, "open", c_open)
     assert eng.run() == 0
     monkeypatch.undo()
     assert all((task_dir(h.root, "fo", t) / "done").exists() for t in ["a"] + [f"m{i:02d}" for i in range(n)])
-    assert reads == [], reads
+    assert reads == [] and opened == [], (reads, opened)
     assert len(helds) == n + 1 and all(x.fd == -1 for x in helds)      # all closed again
 
 
@@ -242,14 +252,14 @@ def test_a_held_owner_json_proves_only_while_it_is_that_very_file(tmp_path):
         f.write(dumps(other))
     os.rename(tmp, path)                                                # another claim's file
     assert not claims.holds(h, "g", "t", mine["nonce"], held)
+    assert held.fd == -1        # let go: it names owner.json no more (no commit writes through it)
     with open(tmp, "wb") as f:
         f.write(dumps(mine))
     os.rename(tmp, path)                                                # ours again, a new inode
     assert claims.holds(h, "g", "t", mine["nonce"], held)
     os.unlink(path)
     assert not claims.holds(h, "g", "t", mine["nonce"], held)
-    held.close()
-    assert held.fd == -1 and not claims.holds(h, "g", "t", mine["nonce"], held)
+    assert not claims.holds(h, "g", "t", mine["nonce"], held)
 
 
 def test_a_first_prompt_and_an_empty_output_are_made_without_a_temporary_name(tmp_path, monkeypatch):
