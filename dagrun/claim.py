@@ -170,11 +170,11 @@ class Held:
 
 
 # Held fds stay under this (one per running attempt beside its pidfd and two pipes): past it
-# owner.json is closed as before and holds() reads it (RLIMIT_NOFILE soft limit / 2).
+# owner.json is closed as before and holds() reads it. Half the RLIMIT_NOFILE soft limit
+# (sysconf's OPEN_MAX is that limit; the resource module would cost a shared library's load).
 try:
-    import resource as _resource
-    HOLD_FD_MAX = max(64, _resource.getrlimit(_resource.RLIMIT_NOFILE)[0] // 2)
-except (ImportError, OSError, ValueError):
+    HOLD_FD_MAX = max(64, os.sysconf("SC_OPEN_MAX") // 2)
+except (OSError, ValueError):
     HOLD_FD_MAX = 64
 
 

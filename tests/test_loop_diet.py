@@ -288,3 +288,28 @@ def test_a_first_prompt_and_an_empty_output_are_made_without_a_temporary_name(tm
         assert (d / "done").exists() and (d / "output").read_bytes() == b""
         assert (d / "prompt.md").read_text().startswith("x") and not list(d.glob(".*.tmp"))
     assert (stale / "kept").read_text() == "half a prom"          # the old inode was not rewritten
+
+
+def test_past_the_descriptor_budget_owner_json_is_closed_and_read_back_as_before(tmp_path, monkeypatch):
+    """claim.HOLD_FD_MAX (half the open-files limit): a run so wide that holding every
+    owner.json open would spend the descriptors its pidfds and pipes need closes it at once
+    and proves its claims the old way (read, nonce); every task still commits."""
+    from dagrun import claim as claims
+    from dagrun import fsio
+
+    n = 4
+    h, eng = _engine(tmp_path, n, after=0.05)
+    reads: list[str] = []
+    real = fsio.read_bytes
+
+    def counted(path, *a, **k):
+        if str(path).endswith("/claim/owner.json"):
+            reads.append(str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(claims, "HOLD_FD_MAX", 0)
+    monkeypatch.setattr(fsio, "read_bytes", counted)
+    assert eng.run() == 0
+    monkeypatch.undo()
+    assert all((task_dir(h.root, "fo", t) / "done").exists() for t in ["a"] + [f"m{i:02d}" for i in range(n)])
+    assert len(reads) >= n + 1, reads
