@@ -160,10 +160,10 @@ class Held:
     def __init__(self, fd: int, dev: int, ino: int) -> None:
         self.fd, self.dev, self.ino = fd, dev, ino
 
-    def close(self) -> None:
+    def close(self, _close=os.close) -> None:    # (bound now: __del__ may run at interpreter exit)
         fd, self.fd = self.fd, -1
         if fd >= 0:
-            os.close(fd)
+            _close(fd)
 
     def __del__(self) -> None:
         self.close()
