@@ -410,11 +410,9 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
     temporary name, then renamed to `done` -- no new inode for it. `extra`: more fields for
     the marker (the attempt's `usage`)."""
     g, t = c.goal, c.task
-    tdir = home.task_dir(g, t)
-    cdir = home.claim_dir(g, t)
-    out = home.output_path(g, t)
+    tdir, cdir, _, out = home.task_paths(g, t)      # (concatenations: the ids are checked)
     try:
-        captured = os.path.join(cdir, "stdout")
+        captured = cdir + "/stdout"
         size: int | None = None         # the output's size, when known without a look
         if output_from is not None:
             fsio.rename(output_from, out)
@@ -432,13 +430,13 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
                 size = 0
             else:
                 fsio.rename(captured, out)
-        err = os.path.join(cdir, "stderr")
+        err = cdir + "/stderr"
         have_err = os.path.exists(err)
         if have_err:
             fsio.rename(err, home.stderr_path(g, t))
-        raw = os.path.join(cdir, RAW_FILE)        # a preset's raw tool output, beside `output`
+        raw = f"{cdir}/{RAW_FILE}"                # a preset's raw tool output, beside `output`
         if os.path.exists(raw):
-            fsio.rename(raw, os.path.join(tdir, RAW_FILE))
+            fsio.rename(raw, f"{tdir}/{RAW_FILE}")
         # an empty output is looked at once more (file_size): remembered for the dependents'
         # prompts, which then read it with one stat instead of the safe walk's six calls
         body = {
