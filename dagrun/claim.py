@@ -148,9 +148,50 @@ def acquire(home: Home, g: str, t: str, *, hold: bool = False) -> bool | int:
     return False
 
 
-def update_owner(home: Home, g: str, t: str, owner: dict) -> None:
-    fsio.write_atomic(home.owner_path(g, t), dumps(owner))
-    born(home, g, t)                  # owner.json proves the holder now: the birth lock goes
+class Held:
+    """The owner.json this process published for its claim, kept open (update_owner(hold=True)):
+    while the fd is open its inode cannot be freed, so no other file can get its number, and
+    one lstat of claim/owner.json showing this device and inode proves the claim still holds
+    the very file we published -- with our nonce in it (owner.json is only ever replaced by
+    rename, never rewritten in place, while it has that name) -- instead of reading and parsing
+    it (holds). Closed by the engine when the attempt ends, else when dropped."""
+    __slots__ = ("fd", "dev", "ino")
+
+    def __init__(self, fd: int, dev: int, ino: int) -> None:
+        self.fd, self.dev, self.ino = fd, dev, ino
+
+    def close(self, _close=os.close) -> None:    # (bound now: __del__ may run at interpreter exit)
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            _close(fd)
+
+    def __del__(self) -> None:
+        self.close()
+
+
+# Held fds stay under this (one per running attempt beside its pidfd and two pipes): past it
+# owner.json is closed as before and holds() reads it. Half the RLIMIT_NOFILE soft limit
+# (sysconf's OPEN_MAX is that limit; the resource module would cost a shared library's load).
+try:
+    HOLD_FD_MAX = max(64, os.sysconf("SC_OPEN_MAX") // 2)
+except (OSError, ValueError):
+    HOLD_FD_MAX = 64
+
+
+def update_owner(home: Home, g: str, t: str, owner: dict, *, hold: bool = False) -> Held | None:
+    """Publish owner.json; hold: keep it open and return it (Held), for holds() to prove by
+    one lstat that the claim is still ours."""
+    path = home.owner_path(g, t)
+    if not hold:
+        fsio.write_atomic(path, dumps(owner))
+        born(home, g, t)              # owner.json proves the holder now: the birth lock goes
+        return None
+    fd, dev, ino = fsio.publish_held(path, dumps(owner))
+    born(home, g, t)
+    if fd >= HOLD_FD_MAX:             # a very wide run: do not spend its descriptors on this
+        os.close(fd)
+        return None
+    return Held(fd, dev, ino)
 
 
 def read_owner(home: Home, g: str, t: str) -> dict | None:
@@ -160,7 +201,18 @@ def read_owner(home: Home, g: str, t: str) -> dict | None:
     return loads_obj(fsio.read_bytes(path, follow=False))
 
 
-def holds(home: Home, g: str, t: str, nonce: str) -> bool:
+def holds(home: Home, g: str, t: str, nonce: str, held: Held | None = None) -> bool:
+    """Is claim/owner.json ours (our nonce)? held: the owner.json we published and keep open --
+    claim/owner.json still being that inode proves it with one lstat; anything else (another
+    file there, none, a claim re-published by rename) is read as before."""
+    if held is not None and held.fd >= 0:
+        try:
+            st = os.lstat(home.owner_path(g, t))
+            if st.st_ino == held.ino and st.st_dev == held.dev:
+                return True
+        except OSError:
+            pass
+        held.close()          # it names owner.json no more: the commit must not write through it
     o = read_owner(home, g, t)
     return bool(o) and o.get("nonce") == nonce
 

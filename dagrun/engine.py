@@ -667,7 +667,7 @@ class Engine(Reconciler):
         g, t, c, handle = run.goal, run.task.id, run.claim, run.handle
         c.owner["handle"] = handle
         try:
-            claims.update_owner(self.home, g, t, c.owner)
+            c.held = claims.update_owner(self.home, g, t, c.owner, hold=True)   # open until the commit
         except OSError as e:
             self._abandon(gs, run, e, f"could not publish owner.json: {e.strerror or e}",
                           os_error("publish", self.home.owner_path(g, t), e))
@@ -735,6 +735,9 @@ class Engine(Reconciler):
                 gs = self.goals.get(run.goal)
                 if gs is not None:
                     self._give_back(gs, run.claim, f"could not commit the attempt: {e}")
+            finally:
+                if run.claim.held is not None:
+                    run.claim.held.close()      # the attempt has ended: its owner.json's fd goes
 
     def _placed(self, run: Run) -> None:
         """A cluster runner placed an attempt that was queued when it started (a pending Slurm
@@ -748,8 +751,10 @@ class Engine(Reconciler):
         c = run.claim
         c.owner["handle"] = run.handle
         try:
-            if claims.holds(self.home, c.goal, c.task, c.nonce):
-                claims.update_owner(self.home, c.goal, c.task, c.owner)
+            if claims.holds(self.home, c.goal, c.task, c.nonce, c.held):
+                old, c.held = c.held, claims.update_owner(self.home, c.goal, c.task, c.owner, hold=True)
+                if old is not None:
+                    old.close()
         except (OSError, DagrunError) as e:     # status misses the node; the attempt goes on
             self.log(f"warning: {c.goal}/{c.task}: could not record its node {node}: {e}")
         tr.placed(self.home, c, worker=self.worker, **_remote(run.handle))
@@ -771,7 +776,7 @@ class Engine(Reconciler):
                 self._stamp_seen.add(g)
         # owner.json with our nonce proves claim/ is a folder (a symlinked one is never read),
         # so _vanished (whose first look is exactly that) is asked only when it is not ours
-        held = gs is not None and gs.plan.has(t) and claims.holds(self.home, g, t, c.nonce)
+        held = gs is not None and gs.plan.has(t) and claims.holds(self.home, g, t, c.nonce, c.held)
         if not held and gs is not None and gs.plan.has(t) and self._vanished(gs, c, ex):
             return
         if not held:

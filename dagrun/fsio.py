@@ -207,6 +207,58 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o644, exclusive: bool =
     return True
 
 
+def publish_held(path: str, data: bytes, *, mode: int = 0o644) -> tuple[int, int, int]:
+    """write_atomic, keeping the file open: (fd, st_dev, st_ino) of the file published at
+    `path`. While the fd is open the inode cannot be freed, so its number cannot name another
+    file: a later lstat(path) with this device and inode proves `path` is still this very file
+    (claim.Held). The caller closes the fd."""
+    tmp = tmp_name(path)
+    _step(f"create {tmp}")
+    fd = _open_new(tmp, mode)
+    try:
+        _write_whole(fd, data)
+        st = os.fstat(fd)
+        _done_step(f"create {tmp}")
+        _step(f"publish {path}")
+        os.rename(tmp, path)
+    except BaseException:
+        os.close(fd)
+        _unlink_quiet(tmp)
+        raise
+    _done_step(f"publish {path}")
+    if DURABLE:
+        fsync_dir(os.path.dirname(path))
+    return fd, st.st_dev, st.st_ino
+
+
+def write_fresh(path: str, data: bytes, *, mode: int = 0o644) -> None:
+    """write_atomic for a file no reader looks at before its writer says so: a task's
+    prompt.md before its agent starts, its output before its `done` marker. Created under
+    its own name (O_EXCL: never through a symbolic link, never over another file) and written
+    there -- one rename(2) less than the temporary name; a file that is there already (an
+    earlier attempt's, perhaps linked under attempts/, or one a crash cut short) is replaced
+    by write_atomic as before, so it is never rewritten in place."""
+    _step(f"create {path}")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except FileExistsError:
+        write_atomic(path, data, mode=mode)
+        return
+    try:
+        if data:
+            _write_whole(fd, data)
+        elif DURABLE:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quiet(path)          # ours (O_EXCL made it): no part of it is left behind
+        raise
+    os.close(fd)
+    _done_step(f"create {path}")
+    if DURABLE:
+        fsync_dir(os.path.dirname(path))
+
+
 def write_named(path: str, data: bytes) -> None:
     """write_atomic for a file the user named (`report --out`, `metrics --textfile`): an OS
     error becomes the one-line FsError naming it."""
@@ -216,22 +268,33 @@ def write_named(path: str, data: bytes) -> None:
         raise os_error("write", path, e) from None
 
 
-def rewrite(path: str, data: bytes) -> None:
+def rewrite(path: str, data: bytes, *, fd: int = -1) -> None:
     """Replace the content of an existing private (temporary-named) file in place.
 
     Written over the old bytes, then cut to the new length -- not opened
     with O_TRUNC: on ext4 a truncate-to-zero followed by a write makes close(2) start
     writeback at once (auto_da_alloc, the replace-via-truncate heuristic), which costs
-    ~0.1 ms per task."""
+    ~0.1 ms per task. fd: the file open for writing already (written from offset 0; left
+    open), instead of opening `path`."""
     _step(f"rewrite {path}")
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    own = fd < 0
+    if own:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
-        _write_whole(fd, data)
+        if own:
+            _write_whole(fd, data)
+        else:
+            view, at = memoryview(data), 0
+            while at < len(view):
+                at += os.pwrite(fd, view[at:], at)
+            if DURABLE:
+                os.fsync(fd)
         # then cut what the old content had past it (shrinking keeps the block: no writeback
         # at close); after the write, not before: no fstat needed to know whether to cut
         os.ftruncate(fd, len(data))
     finally:
-        os.close(fd)
+        if own:
+            os.close(fd)
     _done_step(f"rewrite {path}")
 
 

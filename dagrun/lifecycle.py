@@ -66,6 +66,7 @@ class Claim:
     #                               listing says; None: not known, commit_done looks) -- under
     #                               the claim only its holder writes one, so False spares the
     #                               commit of a first attempt its lstat of attempts/
+    held: "claims.Held | None" = None   # its owner.json, kept open by the engine (claim.holds)
 
 
     @property
@@ -173,8 +174,10 @@ def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: i
         give_up()
         raise os_error("prepare the workspace of", tdir, e) from None
     try:
-        text = render_prompt(home, plan, plan.task(t), record, state_of, c.workspace)
-        fsio.write_atomic(home.prompt_path(g, t), text.encode("utf-8", "surrogateescape"))
+        text = render_prompt(home, plan, plan.task(t), record, state_of, c.workspace).encode("utf-8", "surrogateescape")
+        # no agent reads it before we start one: a first prompt.md (the listing under the
+        # claim says there is none) is written under its own name, without a temporary one
+        (fsio.write_fresh if "prompt.md" not in names else fsio.write_atomic)(home.prompt_path(g, t), text)
     except OSError as e:
         give_up()
         raise os_error("prepare", tdir, e) from None
@@ -407,11 +410,9 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
     temporary name, then renamed to `done` -- no new inode for it. `extra`: more fields for
     the marker (the attempt's `usage`)."""
     g, t = c.goal, c.task
-    tdir = home.task_dir(g, t)
-    cdir = home.claim_dir(g, t)
-    out = home.output_path(g, t)
+    tdir, cdir, _, out = home.task_paths(g, t)      # (concatenations: the ids are checked)
     try:
-        captured = os.path.join(cdir, "stdout")
+        captured = cdir + "/stdout"
         size: int | None = None         # the output's size, when known without a look
         if output_from is not None:
             fsio.rename(output_from, out)
@@ -424,18 +425,18 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
                 size = None if S_ISLNK(st.st_mode) and not os.path.exists(captured) else st.st_size
             except FileNotFoundError:
                 size = None
-            if size is None:
-                fsio.write_atomic(out, b"")
+            if size is None:            # nobody reads it before `done`: made under its own name
+                fsio.write_fresh(out, b"")
                 size = 0
             else:
                 fsio.rename(captured, out)
-        err = os.path.join(cdir, "stderr")
+        err = cdir + "/stderr"
         have_err = os.path.exists(err)
         if have_err:
             fsio.rename(err, home.stderr_path(g, t))
-        raw = os.path.join(cdir, RAW_FILE)        # a preset's raw tool output, beside `output`
+        raw = f"{cdir}/{RAW_FILE}"                # a preset's raw tool output, beside `output`
         if os.path.exists(raw):
-            fsio.rename(raw, os.path.join(tdir, RAW_FILE))
+            fsio.rename(raw, f"{tdir}/{RAW_FILE}")
         # an empty output is looked at once more (file_size): remembered for the dependents'
         # prompts, which then read it with one stat instead of the safe walk's six calls
         body = {
@@ -447,7 +448,7 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
             body["forced_by"] = forced_by
             body["held_by"] = held_by
         body.update(extra or {})
-        _publish_from_owner(home, g, t, S.DONE, body, c.owner)
+        _publish_from_owner(home, g, t, S.DONE, body, c.owner, c.held)
         if c.kept is not False and home.has_attempts(g, t):
             # earlier attempts are kept under attempts/: keep this one beside them (links, no
             # copies). A task that succeeds at once has no attempts/ and pays nothing here
@@ -493,8 +494,12 @@ def _link_over(src: str, dst: str) -> None:
     fsio.rename(tmp, dst)
 
 
-def _publish_from_owner(home: Home, g: str, t: str, kind: str, body: dict, holder: dict | None = None) -> None:
-    """Publish a marker by recycling claim/owner.json's inode (rename out, rewrite, rename)."""
+def _publish_from_owner(home: Home, g: str, t: str, kind: str, body: dict, holder: dict | None = None,
+                        held: "claims.Held | None" = None) -> None:
+    """Publish a marker by recycling claim/owner.json's inode (rename out, rewrite, rename).
+    held: that owner.json kept open by the engine, its identity proven by the caller's last
+    claim.holds (which lets go of a Held that no longer names owner.json): rewritten through
+    that fd, not opened again by its new name."""
     owner = home.owner_path(g, t)
     tmp = fsio.tmp_name(home.marker_path(g, t, kind))
     try:
@@ -502,8 +507,9 @@ def _publish_from_owner(home: Home, g: str, t: str, kind: str, body: dict, holde
     except FileNotFoundError:
         home.write_marker(g, t, kind, body)
         return
+    fd = held.fd if held is not None else -1
     try:
-        fsio.rewrite(tmp, dumps(body))
+        fsio.rewrite(tmp, dumps(body), fd=fd)
         fsio.rename(tmp, home.marker_path(g, t, kind))
     except OSError:
         # disk full / I/O error half-way: put owner.json back (with the holder's record again:
@@ -513,7 +519,7 @@ def _publish_from_owner(home: Home, g: str, t: str, kind: str, body: dict, holde
         # half-born (grace) or like another host's claim (lease)
         if holder is not None:
             try:
-                fsio.rewrite(tmp, dumps(holder))
+                fsio.rewrite(tmp, dumps(holder), fd=fd)
             except OSError:
                 pass
         try:

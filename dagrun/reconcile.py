@@ -173,7 +173,7 @@ class Reconciler:
             if f is not None and f.state == S.CANCELLED:
                 self._stop_run(run, S.CANCELLED, S.CANCELLED)
             elif f is None or plan.task(t).definition_digest() != run.definition or \
-                    (not run.spawning and not claims.holds(self.home, g, t, run.claim.nonce)):
+                    (not run.spawning and not claims.holds(self.home, g, t, run.claim.nonce, run.claim.held)):
                 # (a run still being spawned has no owner.json yet: Engine._spawned checks
                 # that its claim folder is still the one it made)
                 self._stop_run(run, "superseded", "the plan changed or the claim was taken away")

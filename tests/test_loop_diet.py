@@ -177,3 +177,139 @@ def test_a_chains_prompts_read_their_empty_inputs_without_the_safe_walk(tmp_path
     assert walks == [], walks
     prompt = (task_dir(h.root, "ch", "c3") / "prompt.md").read_text()
     assert "## Output of c2" in prompt
+
+
+# ---------------------------------------------------------------------------------- twelfth session
+def test_a_commit_proves_its_claim_by_the_owner_json_it_keeps_open(tmp_path, monkeypatch):
+    """The engine keeps the owner.json it published open until the commit (claim.Held): the
+    commit's "is the claim still ours" is one lstat of claim/owner.json showing that inode --
+    owner.json is not read back (before: lstat of claim/, open, two reads, close, a parse) --
+    and the done marker (that inode, renamed) is rewritten through the fd, not opened again;
+    every descriptor is closed once its attempt has ended."""
+    from dagrun import claim as claims
+    from dagrun import fsio
+
+    n = 6
+    h, eng = _engine(tmp_path, n, after=0.1)
+    loop = threading.get_ident()
+    reads: list[str] = []
+    real = fsio.read_bytes
+
+    def counted(path, *a, **k):
+        if threading.get_ident() == loop and str(path).endswith("/claim/owner.json"):
+            reads.append(str(path))
+        return real(path, *a, **k)
+
+    helds: list = []
+    real_update = claims.update_owner
+
+    def update(*a, **k):
+        r = real_update(*a, **k)
+        if r is not None:
+            helds.append(r)
+        return r
+
+    opened: list[str] = []
+    real_open = os.open
+
+    def c_open(path, *a, **k):
+        if threading.get_ident() == loop and "/.done." in str(path):
+            opened.append(str(path))
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(fsio, "read_bytes", counted)
+    monkeypatch.setattr(claims, "update_owner", update)
+    monkeypatch.setattr(os, "open", c_open)
+    assert eng.run() == 0
+    monkeypatch.undo()
+    assert all((task_dir(h.root, "fo", t) / "done").exists() for t in ["a"] + [f"m{i:02d}" for i in range(n)])
+    assert reads == [] and opened == [], (reads, opened)
+    assert len(helds) == n + 1 and all(x.fd == -1 for x in helds)      # all closed again
+
+
+def test_a_held_owner_json_proves_only_while_it_is_that_very_file(tmp_path):
+    """holds() with a Held: the published file itself says yes without a read; another file
+    renamed over it (a breaker and a new claimer), or none, is read and judged by its nonce as
+    before -- the same nonce in a new file still holds, another nonce does not."""
+    from dagrun import claim as claims
+    from dagrun.store import dumps
+
+    h = Home(str(tmp_path / "home"))
+    os.makedirs(h.claim_dir("g", "t"))
+    mine = claims.new_owner("w", 1, kind="engine")
+    held = claims.update_owner(h, "g", "t", mine, hold=True)
+    assert held is not None and held.fd >= 0
+    path = h.owner_path("g", "t")
+    real = claims.read_owner
+    try:
+        claims.read_owner = lambda *a: (_ for _ in ()).throw(AssertionError("read"))
+        assert claims.holds(h, "g", "t", mine["nonce"], held)           # one lstat, no read
+    finally:
+        claims.read_owner = real
+    other = dict(mine, nonce="0" * 12)
+    tmp = path + ".x"
+    with open(tmp, "wb") as f:
+        f.write(dumps(other))
+    os.rename(tmp, path)                                                # another claim's file
+    assert not claims.holds(h, "g", "t", mine["nonce"], held)
+    assert held.fd == -1        # let go: it names owner.json no more (no commit writes through it)
+    with open(tmp, "wb") as f:
+        f.write(dumps(mine))
+    os.rename(tmp, path)                                                # ours again, a new inode
+    assert claims.holds(h, "g", "t", mine["nonce"], held)
+    os.unlink(path)
+    assert not claims.holds(h, "g", "t", mine["nonce"], held)
+    assert not claims.holds(h, "g", "t", mine["nonce"], held)
+
+
+def test_a_first_prompt_and_an_empty_output_are_made_without_a_temporary_name(tmp_path, monkeypatch):
+    """fsio.write_fresh: a first attempt's prompt.md and an empty output are created under their
+    own names (O_EXCL), no rename(2) each; a task folder that has a prompt.md already -- left by
+    an attempt cut short, or linked under attempts/ -- gets a whole new one by rename, never
+    written in place."""
+    h, eng = _engine(tmp_path, 3, after=0.0)
+    stale = task_dir(h.root, "fo", "m01")
+    stale.mkdir(parents=True)
+    (stale / "prompt.md").write_text("half a prom")              # a crash cut its write short
+    os.link(stale / "prompt.md", stale / "kept")                  # as if linked under attempts/
+    renamed: list[str] = []
+    real = os.rename
+
+    def counted(src, dst, *a, **k):
+        renamed.append(os.path.basename(str(dst)))
+        return real(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "rename", counted)
+    assert eng.run() == 0
+    monkeypatch.undo()
+    assert renamed.count("prompt.md") == 1 and "output" not in renamed, renamed
+    for t in ("a", "m00", "m01", "m02"):
+        d = task_dir(h.root, "fo", t)
+        assert (d / "done").exists() and (d / "output").read_bytes() == b""
+        assert (d / "prompt.md").read_text().startswith("x") and not list(d.glob(".*.tmp"))
+    assert (stale / "kept").read_text() == "half a prom"          # the old inode was not rewritten
+
+
+def test_past_the_descriptor_budget_owner_json_is_closed_and_read_back_as_before(tmp_path, monkeypatch):
+    """claim.HOLD_FD_MAX (half the open-files limit): a run so wide that holding every
+    owner.json open would spend the descriptors its pidfds and pipes need closes it at once
+    and proves its claims the old way (read, nonce); every task still commits."""
+    from dagrun import claim as claims
+    from dagrun import fsio
+
+    n = 4
+    h, eng = _engine(tmp_path, n, after=0.05)
+    reads: list[str] = []
+    real = fsio.read_bytes
+
+    def counted(path, *a, **k):
+        if str(path).endswith("/claim/owner.json"):
+            reads.append(str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(claims, "HOLD_FD_MAX", 0)
+    monkeypatch.setattr(fsio, "read_bytes", counted)
+    assert eng.run() == 0
+    monkeypatch.undo()
+    assert all((task_dir(h.root, "fo", t) / "done").exists() for t in ["a"] + [f"m{i:02d}" for i in range(n)])
+    assert len(reads) >= n + 1, reads
