@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from . import fsio
+from . import fsio, lazyre
 from .fsio import close_quiet
 from .proc import BOOT_ID, HOST, is_alive, my_pid, proc_start, stat_fields
 from .records import NEW, frozen_methods, plain_methods
@@ -39,7 +38,7 @@ from .shellwords import plain_argv
 from .store import as_int
 
 RUN_ID_VAR = "DAGRUN_RUN_ID"
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")    # the environment names dash passes on
+_NAME = lazyre.Pattern(r"[A-Za-z_][A-Za-z0-9_]*")    # the environment names dash passes on
 NO_PIDFD_POLL = 0.02      # s: child-exit polling where pidfd_open is missing
 CHUNK = 65536
 FAIR_SHARE = 4 * 1024 * 1024     # bytes drained from one pipe before others get a turn

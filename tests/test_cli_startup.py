@@ -387,6 +387,60 @@ def test_a_quiet_run_compiles_no_dataclass_method(tmp_path):
     assert p.stderr.splitlines()[-1] == "-", p.stderr
 
 
+def test_a_quiet_run_compiles_only_the_regular_expressions_it_uses(tmp_path):
+    """re.compile costs 0.6-1.1 M instructions a pattern (its parser is Python). No module
+    that `dagrun run PLAN -q` loads compiles a pattern at import (a module-level
+    `re.compile(...)`, found with ast): they are lazyre.Pattern, compiled on first use -- a
+    one-task run compiles the id check, the plan's escape check and the agent command's
+    words, not the fan-out, duration, memory or glob patterns. And a Pattern is its
+    compiled pattern: the same answers, `.pattern` without compiling."""
+    import ast
+    import re
+
+    from dagrun import lazyre
+
+    plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "agent": "A=1 true"}], goal="g")
+    code = ("import atexit, re, sys\n"
+            "def report():\n"
+            "    print(' '.join(sorted(n for n, m in sys.modules.items() if n.startswith('dagrun'))), file=sys.stderr)\n"
+            "    from dagrun import fanrules, lazyre, plan\n"
+            "    lazy = [v for m in list(sys.modules.values()) if (m.__name__ or '').startswith('dagrun')\n"
+            "            for v in vars(m).values() if isinstance(v, lazyre.Pattern)]\n"
+            "    print(len(lazy), repr(plan.DURATION_RE.__dict__), repr(fanrules._FENCE.__dict__), file=sys.stderr)\n"
+            "atexit.register(report)\n"
+            "from dagrun.entry import main\nmain(sys.argv[1:])\n")
+    p = subprocess.run([sys.executable, "-c", code, "--home", str(tmp_path / "home"), "run", str(plan), "-q"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout == "goal g done: 1 done\n", p.stderr
+    lines = p.stderr.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("dagrun dagrun."))
+    loaded, counts = lines[at], lines[at + 1:] and lines[at + 1]
+    root = Path(__file__).resolve().parent.parent
+    compiled_at_import = []
+    for mod in loaded.split():
+        path = root / (mod.replace(".", "/") + ".py")
+        if not path.exists():
+            path = root / mod.replace(".", "/") / "__init__.py"
+        todo = list(ast.parse(path.read_text()).body)       # what runs at import: not the functions' bodies
+        while todo:
+            node = todo.pop()
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "re.compile":
+                compiled_at_import.append(f"{mod}:{node.lineno}")
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                todo.extend(ast.iter_child_nodes(node))
+    assert compiled_at_import == [], compiled_at_import
+    n, rest = counts.split(" ", 1)          # none compiled that the run did not use
+    assert int(n) >= 10 and rest.count("'_flags'") == 2 and "match" not in rest, counts
+    pat = lazyre.Pattern(r"(a+)(b)?", re.I)
+    assert pat.pattern == "(a+)(b)?" and "fullmatch" not in vars(pat)
+    ref = re.compile(r"(a+)(b)?", re.I)
+    for s in ("", "A", "aab", "xaab", "aabb"):
+        for meth in ("match", "fullmatch", "search", "findall", "split"):
+            got, want = getattr(pat, meth)(s), getattr(ref, meth)(s)
+            assert (got.groups() if hasattr(got, "groups") else got) == (want.groups() if hasattr(want, "groups") else want)
+    assert pat.sub("-", "xAAbx") == ref.sub("-", "xAAbx") == "x-x" and pat.groups == 2
+
+
 def test_dataclasses_that_write_their_methods_out_compile_nothing_and_behave_as_generated():
     """@dataclass compiles each class's __init__, __repr__ and __eq__ from source text with
     exec (~0.4 ms a class; a quarter of a one-task run's instructions for ~30 classes). The
