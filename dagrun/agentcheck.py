@@ -7,14 +7,13 @@ home's presets.json)."""
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import shutil
 
-from . import presets
+from . import lazyre, presets
 from .errors import PlanError
 
-_ASSIGN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+_ASSIGN = lazyre.Pattern(r"^[A-Za-z_][A-Za-z0-9_]*=")
 # words sh runs without a file on PATH (builtins, keywords); a command behind them is not judged
 _SHELL_WORDS = frozenset(
     "! { ( [[ [ . : alias bg break case cd command continue echo eval exec exit export false fg "

@@ -41,6 +41,7 @@ from .agentio import agent_env, attempt_extra, failure_verdict
 from .lifecycle import Claim, Stale, claim_task, marker_of, record_unfinished
 from .plan import Plan, Task
 from .presets import shell_command
+from .records import plain_methods
 from .history import History
 from .reconcile import GoalState, Reconciler
 from .scheduler import FairShare
@@ -58,7 +59,7 @@ def default_worker_name() -> str:
     return f"{os.uname().nodename}-{os.getpid()}"
 
 
-@dataclass
+@dataclass(init=False, repr=False, eq=False)   # methods written out (records.py: start-up)
 class Run:
     """An attempt this engine started."""
     goal: str
@@ -79,6 +80,32 @@ class Run:
     spawning: bool = False                    # submitted to the runner's spawner, not yet running
     claim_ino: int = 0                        # its claim folder's inode (is the claim still ours?)
     cdir: str = ""                            # its claim folder's path (Home.claim_dir), built once
+
+    def __init__(self, goal, task, claim, handle, key, definition, t0, deadline=None, kill_at=None,
+                 stop_outcome=None, stop_reason="", hb_at=0.0, heartbeat_seen=0.0, progress_at=0.0, node=None,
+                 spawning=False, claim_ino=0, cdir=""):
+        self.goal = goal
+        self.task = task
+        self.claim = claim
+        self.handle = handle
+        self.key = key
+        self.definition = definition
+        self.t0 = t0
+        self.deadline = deadline
+        self.kill_at = kill_at
+        self.stop_outcome = stop_outcome
+        self.stop_reason = stop_reason
+        self.hb_at = hb_at
+        self.heartbeat_seen = heartbeat_seen
+        self.progress_at = progress_at
+        self.node = node
+        self.spawning = spawning
+        self.claim_ino = claim_ino
+        self.cdir = cdir
+
+    __repr__, __eq__ = plain_methods("goal", "task", "claim", "handle", "key", "definition", "t0", "deadline",
+                                     "kill_at", "stop_outcome", "stop_reason", "hb_at", "heartbeat_seen",
+                                     "progress_at", "node", "spawning", "claim_ino", "cdir")
 
 
 class Engine(Reconciler):

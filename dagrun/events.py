@@ -9,7 +9,6 @@ before the scheduler believes it, and a periodic rescan repairs anything a crash
 from __future__ import annotations
 
 import os
-import re
 import select
 import threading
 import time
@@ -17,7 +16,7 @@ from typing import Iterator
 
 import orjson
 
-from . import fsio
+from . import fsio, lazyre
 from .errors import UsageError, os_error
 from .store import Home, now_iso, parse_iso
 
@@ -391,7 +390,7 @@ class Follower:
 
 
 # ---------------------------------------------------------------------------------- filtering
-_REL = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
+_REL = lazyre.Pattern(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
 
 
 def parse_since(text: str, now: float | None = None) -> str:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -31,20 +30,26 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from . import fsio
+from . import fsio, lazyre
 from .fsio import close_quiet
 from .proc import BOOT_ID, HOST, is_alive, my_pid, proc_start, stat_fields
+from .records import NEW, frozen_methods, plain_methods
 from .shellwords import plain_argv
 from .store import as_int
 
 RUN_ID_VAR = "DAGRUN_RUN_ID"
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")    # the environment names dash passes on
+_NAME = lazyre.Pattern(r"[A-Za-z_][A-Za-z0-9_]*")    # the environment names dash passes on
 NO_PIDFD_POLL = 0.02      # s: child-exit polling where pidfd_open is missing
 CHUNK = 65536
 FAIR_SHARE = 4 * 1024 * 1024     # bytes drained from one pipe before others get a turn
 
 
-@dataclass(frozen=True)
+_set = object.__setattr__     # the frozen classes' __init__ (as @dataclass(frozen=True) sets fields)
+_LAUNCH = ("agent", "cwd", "env", "stdin_path", "stdout_path", "stderr_path", "run_id", "max_output", "runner", "spec",
+           "argv")
+
+
+@dataclass(init=False, repr=False, eq=False)   # frozen; methods written out (records.py: start-up)
 class Launch:
     """What a runner needs to start one attempt of a task."""
     agent: str               # the shell command; never contains prompt or output text
@@ -61,8 +66,28 @@ class Launch:
     argv: tuple = ()         # ProcessRunner: exec this instead of `/bin/sh -c agent` (a cluster
     #                          runner's own client, e.g. Slurm steps' srun: no shell in between)
 
+    def __init__(self, agent, cwd, env, stdin_path, stdout_path, stderr_path, run_id, max_output=None,
+                 runner="process", spec=NEW, argv=()):
+        _set(self, "agent", agent)
+        _set(self, "cwd", cwd)
+        _set(self, "env", env)
+        _set(self, "stdin_path", stdin_path)
+        _set(self, "stdout_path", stdout_path)
+        _set(self, "stderr_path", stderr_path)
+        _set(self, "run_id", run_id)
+        _set(self, "max_output", max_output)
+        _set(self, "runner", runner)
+        _set(self, "spec", {} if spec is NEW else spec)
+        _set(self, "argv", argv)
 
-@dataclass(frozen=True)
+    __repr__, __eq__ = plain_methods(*_LAUNCH)
+    __setattr__, __delattr__, __hash__ = frozen_methods(*(n for n in _LAUNCH if n != "spec"))   # (spec: hash=False)
+
+
+_PROGRESS = ("out_bytes", "err_bytes", "first_byte", "last_output", "over_limit")
+
+
+@dataclass(init=False, repr=False, eq=False)   # frozen; methods written out (records.py: start-up)
 class Progress:
     """What an attempt has printed so far: stall detection, max_output, first-byte latency."""
     out_bytes: int = 0
@@ -71,15 +96,35 @@ class Progress:
     last_output: float | None = None   # monotonic time of the last byte on stdout or stderr
     over_limit: bool = False           # stdout went past max_output (cut there): stop it
 
+    def __init__(self, out_bytes=0, err_bytes=0, first_byte=None, last_output=None, over_limit=False):
+        _set(self, "out_bytes", out_bytes)
+        _set(self, "err_bytes", err_bytes)
+        _set(self, "first_byte", first_byte)
+        _set(self, "last_output", last_output)
+        _set(self, "over_limit", over_limit)
 
-@dataclass(frozen=True)
+    __repr__, __eq__ = plain_methods(*_PROGRESS)
+    __setattr__, __delattr__, __hash__ = frozen_methods(*_PROGRESS)
+
+
+@dataclass(init=False, repr=False, eq=False)   # frozen; methods written out (records.py: start-up)
 class Wakeup:
     """How the driver's loop learns that something happened to a runner's attempts."""
     fds: tuple = ()                    # poll(2) these: readable = call service()/poll()
     timeout: float | None = None       # and come back within this many seconds (None: no need)
 
+    def __init__(self, fds=(), timeout=None):
+        _set(self, "fds", fds)
+        _set(self, "timeout", timeout)
 
-@dataclass(frozen=True)
+    __repr__, __eq__ = plain_methods("fds", "timeout")
+    __setattr__, __delattr__, __hash__ = frozen_methods("fds", "timeout")
+
+
+_EXIT_COMPARED = ("code", "signal", "strays", "reason", "node")    # (progress: compare=False)
+
+
+@dataclass(init=False, repr=False, eq=False)   # frozen; methods written out (records.py: start-up)
 class Exit:
     """How an attempt's process ended (and its progress as of the exit)."""
     code: int | None         # exit status, or None when killed by a signal
@@ -89,6 +134,18 @@ class Exit:
     strays: int = 0          # processes it left behind outside its group, killed by us
     reason: str | None = None   # a cluster engine's own account of the end (Slurm state + exit code)
     node: str | None = None     # a cluster runner: the node the attempt ran on, when it knows
+
+    def __init__(self, code, signal=None, progress=None, strays=0, reason=None, node=None):
+        _set(self, "code", code)
+        _set(self, "signal", signal)
+        _set(self, "progress", progress)
+        _set(self, "strays", strays)
+        _set(self, "reason", reason)
+        _set(self, "node", node)
+
+    __repr__ = plain_methods("code", "signal", "progress", "strays", "reason", "node")[0]
+    __eq__ = plain_methods(*_EXIT_COMPARED)[1]
+    __setattr__, __delattr__, __hash__ = frozen_methods(*_EXIT_COMPARED)
 
     @property
     def ok(self) -> bool:
@@ -381,7 +438,7 @@ class StartError(Exception):
     """The agent could not be started (cwd missing, sh missing, fork failed)."""
 
 
-@dataclass
+@dataclass(init=False, repr=False, eq=False)   # methods written out (records.py: start-up)
 class _Spawned:
     """A child _spawn started (in a spawner thread or the loop), before the loop adopts it."""
     popen: "subprocess.Popen | _Child"
@@ -390,6 +447,16 @@ class _Spawned:
     r_out: int
     r_err: int
     pidfd: int | None
+
+    def __init__(self, popen, pid, start, r_out, r_err, pidfd):
+        self.popen = popen
+        self.pid = pid
+        self.start = start
+        self.r_out = r_out
+        self.r_err = r_err
+        self.pidfd = pidfd
+
+    __repr__, __eq__ = plain_methods("popen", "pid", "start", "r_out", "r_err", "pidfd")
 
 
 # Exec a plain agent command directly, as GNU make does with a plain recipe line: `sh -c
@@ -791,7 +858,7 @@ class _Spawner:
         # the fds are closed by the ProcessRunner after its last collect()
 
 
-@dataclass
+@dataclass(init=False, repr=False, eq=False)   # methods written out (records.py: start-up)
 class _Stream:
     """One of an agent's output pipes and its capture file."""
     fd: int
@@ -802,8 +869,19 @@ class _Stream:
     eof: bool = False
     lost: bool = False               # the capture file's folder vanished: output is discarded
 
+    def __init__(self, fd, path, out=None, bytes=0, cap=None, eof=False, lost=False):
+        self.fd = fd
+        self.path = path
+        self.out = out
+        self.bytes = bytes
+        self.cap = cap
+        self.eof = eof
+        self.lost = lost
 
-@dataclass
+    __repr__, __eq__ = plain_methods("fd", "path", "out", "bytes", "cap", "eof", "lost")
+
+
+@dataclass(init=False, repr=False, eq=False)   # methods written out (records.py: start-up)
 class _Proc:
     """A running agent of a ProcessRunner: its process, pipes and pidfd."""
     popen: "subprocess.Popen | _Child"
@@ -816,6 +894,22 @@ class _Proc:
     over_limit: bool = False
     exited_at: float | None = None
     stopping: bool = False          # we sent TERM/KILL: nothing of this attempt may outlive it
+
+    def __init__(self, popen, handle, streams=NEW, pidfd=None, rc=None, first_byte=None, last_output=0.0,
+                 over_limit=False, exited_at=None, stopping=False):
+        self.popen = popen
+        self.handle = handle
+        self.streams = {} if streams is NEW else streams
+        self.pidfd = pidfd
+        self.rc = rc
+        self.first_byte = first_byte
+        self.last_output = last_output
+        self.over_limit = over_limit
+        self.exited_at = exited_at
+        self.stopping = stopping
+
+    __repr__, __eq__ = plain_methods("popen", "handle", "streams", "pidfd", "rc", "first_byte", "last_output",
+                                     "over_limit", "exited_at", "stopping")
 
 
 _INSTANCES: "weakref.WeakSet[ProcessRunner]" = weakref.WeakSet()   # every live ProcessRunner of this process

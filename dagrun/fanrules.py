@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import re
 
+from . import lazyre
+
 MAX_ITEMS_BYTES = 16 * 1024 * 1024      # the most of an upstream output read for its items
-_INSTANCE = re.compile(r"(.+)\.(0|[1-9][0-9]{0,5})")
-_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)((?:\.[A-Za-z0-9_-]+)*)\s*\}\}")
-_FENCE = re.compile(r"\A\s*```[A-Za-z0-9_-]*[ \t]*\n(.*?)\n```\s*\Z", re.S)
+_INSTANCE = lazyre.Pattern(r"(.+)\.(0|[1-9][0-9]{0,5})")
+_PLACEHOLDER = lazyre.Pattern(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)((?:\.[A-Za-z0-9_-]+)*)\s*\}\}")
+_FENCE = lazyre.Pattern(r"\A\s*```[A-Za-z0-9_-]*[ \t]*\n(.*?)\n```\s*\Z", re.S)
 
 
 class FanoutError(Exception):

@@ -37,6 +37,7 @@ from .errors import DagrunError, Refused, os_error
 from .plan import Plan, Task
 from .proc import HOST
 from .prompt import Upstream, failure_note, render
+from .records import plain_methods
 from .scheduler import Scheduler
 from .store import COUNTED, MARKERS, Home, TaskFacts, as_int, dumps, loads_obj, now_iso, parse_ts
 from .usage import RAW_FILE
@@ -49,7 +50,7 @@ class Stale(Exception):
     (a plan edit or a forced retry archived it). Rebuild from the files and try again."""
 
 
-@dataclass
+@dataclass(init=False, repr=False, eq=False)   # methods written out (records.py: start-up)
 class Claim:
     """A claim this process holds on a task's attempt, and what it prepared for it."""
     goal: str
@@ -68,6 +69,21 @@ class Claim:
     #                               commit of a first attempt its lstat of attempts/
     held: "claims.Held | None" = None   # its owner.json, kept open by the engine (claim.holds)
 
+    def __init__(self, goal, task, attempt, owner, started, workspace=None, conflict=None, resources=None,
+                 skip=None, kept=None):
+        self.goal = goal
+        self.task = task
+        self.attempt = attempt
+        self.owner = owner
+        self.started = started
+        self.workspace = workspace
+        self.conflict = conflict
+        self.resources = resources
+        self.skip = skip
+        self.kept = kept
+
+    __repr__, __eq__ = plain_methods("goal", "task", "attempt", "owner", "started", "workspace", "conflict",
+                                     "resources", "skip", "kept")
 
     @property
     def nonce(self) -> str:

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 import orjson
 
-from . import bulk, conditions, fanrules, presets
+from . import bulk, conditions, fanrules, lazyre, presets
 from . import states as S
 from .digests import sha256
 from .records import NEW, frozen_methods, plain_methods
@@ -25,7 +25,7 @@ from .errors import PlanError
 from .scheduler import CycleError, topo_order
 from .wsrules import check_glob
 
-ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+ID_RE = lazyre.Pattern(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_PLAN_BYTES = 64 * 1024 * 1024
 MAX_PROMPT_BYTES = 16 * 1024 * 1024
 MAX_TASKS = 100_000
@@ -35,7 +35,7 @@ CLUSTER_OPTIONS = ("resources", "slurm", "ray")          # Task fields that are 
 _SHARED_NUMBERS = ("timeout", "retry_backoff", "stall_timeout", "kill_grace", "context_limit", "max_output",
                    "check_timeout", "budget_share")
 _SHARED_STRINGS = ("agent", "workdir", "retry_context", "runner", "trigger", "prompt_file", "mutex", "serial")
-MEM_RE = re.compile(r"[0-9]{1,12}[KMGT]?")
+MEM_RE = lazyre.Pattern(r"[0-9]{1,12}[KMGT]?")
 MAX_SECONDS = 30 * 24 * 3600          # a month: anything longer is a typo
 DEFAULT_CONTEXT_LIMIT = 64 * 1024      # bytes of each dependency's output put into a prompt
 DEFAULT_LEASE = 60.0
@@ -43,7 +43,7 @@ DEFAULT_AGING = 60.0                   # seconds per priority point a waiting cl
 HOOK_EVENTS = ("on_done", "on_failed", "on_retrying", "on_cancelled", "on_blocked", "on_skipped", "on_approval_needed",
                "on_goal_finished")
 DEFAULT_HOOK_TIMEOUT = 30.0
-ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+ENV_RE = lazyre.Pattern(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
 def valid_id(s: object) -> bool:
@@ -192,7 +192,7 @@ FOR_EACH_FIELDS: dict[str, F] = {
     "as": F("string", "The name the item has in the prompt: {{item}}, {{item.field}}.", default="item"),
     "max": F("integer", "The most items accepted: more fails the template.", lo=1, hi=10_000, default=100),
 }
-AS_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+AS_RE = lazyre.Pattern(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 DEFAULT_MAX_TASKS = 1000
 
 TOP_FIELDS: dict[str, F] = {
@@ -1513,7 +1513,7 @@ _PLAIN_KEYS = frozenset(("id", "deps", "prompt", "description"))
 # characters are a JSON error, and the text was strictly decoded UTF-8); an escaped backslash
 # before "u0000" matches too, which only costs the plain path a check per string
 _NUL_ESCAPE = "\\u0000"
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE = lazyre.Pattern(r"\\u[dD][89a-fA-F]")
 
 
 def _has_lone_surrogate(s: str) -> bool:
@@ -1764,7 +1764,7 @@ def _condition_schema() -> dict:
             ]}
 
 
-DURATION_RE = re.compile(r"[0-9]+(\.[0-9]+)?[smhd]?")
+DURATION_RE = lazyre.Pattern(r"[0-9]+(\.[0-9]+)?[smhd]?")
 
 
 def parse_duration(v) -> float | None:

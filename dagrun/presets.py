@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import sys
 
+from . import lazyre
 from . import mcpconfig
 from .errors import PlanError
 
 PACKAGE_TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets.json")
 HOME_TABLE = "presets.json"          # under $DAGRUN_HOME
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+NAME_RE = lazyre.Pattern(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 PARSERS = ("claude-json", "codex-jsonl", "gemini-json", "aider-text", "llm-text", "text")
 FIELDS = {"command", "args", "parser", "model_flags", "env", "doc"}
 

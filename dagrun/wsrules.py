@@ -8,6 +8,8 @@ import fnmatch
 import re
 from typing import Iterable, Mapping, Sequence
 
+from . import lazyre
+
 
 # ------------------------------------------------------------------------------ snapshot order
 def prerequisites(deps: Mapping[str, Sequence[str]], topo: Sequence[str], t: str,
@@ -26,7 +28,7 @@ def prerequisites(deps: Mapping[str, Sequence[str]], topo: Sequence[str], t: str
 
 
 # ------------------------------------------------------------------------------ globs
-_MAGIC = re.compile(r"[*?\[]")
+_MAGIC = lazyre.Pattern(r"[*?\[]")
 
 
 def check_glob(g: str) -> str | None:

@@ -217,12 +217,14 @@ def test_plain_commands_ignore_presets_json(tmp_path):
 
 
 def test_adapter_imports_stay_small():
-    """The adapter runs on every agent start: standard library + presets/usage/mcpconfig only."""
+    """The adapter runs on every agent start: standard library + presets/usage/mcpconfig only
+    (and lazyre, presets' pattern compiled on first use)."""
     code = ("import sys; import dagrun.agentrun; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('orjson','typer','rich','watchdog','filelock','psutil') or m.startswith('dagrun.')))")
     out = subprocess.run([PY, "-I", "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['dagrun.agentrun', 'dagrun.errors', 'dagrun.mcpconfig', 'dagrun.presets', 'dagrun.usage']"
+    assert out.strip() == ("['dagrun.agentrun', 'dagrun.errors', 'dagrun.lazyre', 'dagrun.mcpconfig', "
+                           "'dagrun.presets', 'dagrun.usage']")
 
 
 def test_a_presets_stdout_counts_as_progress_for_stall_timeout(tmp_path):

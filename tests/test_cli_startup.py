@@ -351,9 +351,94 @@ WRITTEN_OUT = [("dagrun.transitions", "Changes"), ("dagrun.transitions", "Finish
                ("dagrun.edit", "SubmitResult"), ("dagrun.history", "History"), ("dagrun.budget", "Spend"),
                ("dagrun.reconcile", "GoalState"), ("dagrun.summary", "GoalRun"),
                ("dagrun.store", "TaskFacts"), ("dagrun.summary", "Attempt"), ("dagrun.history", "TaskGuess"),
-               ("dagrun.workspace", "Integration"), ("dagrun.workspace", "GcItem")]
+               ("dagrun.workspace", "Integration"), ("dagrun.workspace", "GcItem"), ("dagrun.engine", "Run"),
+               ("dagrun.executor", "_Spawned"), ("dagrun.executor", "_Stream"), ("dagrun.executor", "_Proc"),
+               ("dagrun.lifecycle", "Claim")]
 FROZEN = [("dagrun.prompt", "Upstream"), ("dagrun.conditions", "Facts"), ("dagrun.resources", "Pool"), ("dagrun.plan", "F"),
-          ("dagrun.plan", "Plan"), ("dagrun.workspace", "Prepared")]
+          ("dagrun.plan", "Plan"), ("dagrun.workspace", "Prepared"), ("dagrun.executor", "Launch"),
+          ("dagrun.executor", "Progress"), ("dagrun.executor", "Wakeup"), ("dagrun.executor", "Exit")]
+
+
+def test_a_quiet_run_compiles_no_dataclass_method(tmp_path):
+    """No class of a module that `dagrun run PLAN -q` loads has a method @dataclass compiled
+    from source text at import (exec: "<string>"): every dataclass of the run path -- the
+    engine's Run, the executor's Launch, Progress, Wakeup, Exit and its process records,
+    lifecycle's Claim too -- writes its methods out (records.py). A new dataclass on the run
+    path that does not fails here (WRITTEN_OUT/FROZEN below check each behaves as generated)."""
+    plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "agent": "true"},
+                                       {"id": "b", "prompt": "y", "agent": "echo hi", "deps": ["a"]}], goal="g")
+    code = ("import atexit, dataclasses, sys\n"
+            "def report():\n"
+            "    made = []\n"
+            "    for name, mod in list(sys.modules.items()):\n"
+            "        if name.startswith('dagrun'):\n"
+            "            for c in vars(mod).values():\n"
+            "                if isinstance(c, type) and c.__module__ == name and dataclasses.is_dataclass(c):\n"
+            "                    for m in ('__init__', '__repr__', '__eq__', '__setattr__', '__delattr__', '__hash__'):\n"
+            "                        f = c.__dict__.get(m)\n"
+            "                        if getattr(getattr(f, '__code__', None), 'co_filename', '') == '<string>':\n"
+            "                            made.append(f'{name}.{c.__name__}.{m}')\n"
+            "    print(' '.join(sorted(made)) or '-', file=sys.stderr)\n"
+            "atexit.register(report)\n"
+            "from dagrun.entry import main\nmain(sys.argv[1:])\n")
+    p = subprocess.run([sys.executable, "-c", code, "--home", str(tmp_path / "home"), "run", str(plan), "-q",
+                        "-j", "2"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout == "goal g done: 2 done\n", p.stderr
+    assert p.stderr.splitlines()[-1] == "-", p.stderr
+
+
+def test_a_quiet_run_compiles_only_the_regular_expressions_it_uses(tmp_path):
+    """re.compile costs 0.6-1.1 M instructions a pattern (its parser is Python). No module
+    that `dagrun run PLAN -q` loads compiles a pattern at import (a module-level
+    `re.compile(...)`, found with ast): they are lazyre.Pattern, compiled on first use -- a
+    one-task run compiles the id check, the plan's escape check and the agent command's
+    words, not the fan-out, duration, memory or glob patterns. And a Pattern is its
+    compiled pattern: the same answers, `.pattern` without compiling."""
+    import ast
+    import re
+
+    from dagrun import lazyre
+
+    plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "agent": "A=1 true"}], goal="g")
+    code = ("import atexit, re, sys\n"
+            "def report():\n"
+            "    print(' '.join(sorted(n for n, m in sys.modules.items() if n.startswith('dagrun'))), file=sys.stderr)\n"
+            "    from dagrun import fanrules, lazyre, plan\n"
+            "    lazy = [v for m in list(sys.modules.values()) if (m.__name__ or '').startswith('dagrun')\n"
+            "            for v in vars(m).values() if isinstance(v, lazyre.Pattern)]\n"
+            "    print(len(lazy), repr(plan.DURATION_RE.__dict__), repr(fanrules._FENCE.__dict__), file=sys.stderr)\n"
+            "atexit.register(report)\n"
+            "from dagrun.entry import main\nmain(sys.argv[1:])\n")
+    p = subprocess.run([sys.executable, "-c", code, "--home", str(tmp_path / "home"), "run", str(plan), "-q"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout == "goal g done: 1 done\n", p.stderr
+    lines = p.stderr.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("dagrun dagrun."))
+    loaded, counts = lines[at], lines[at + 1:] and lines[at + 1]
+    root = Path(__file__).resolve().parent.parent
+    compiled_at_import = []
+    for mod in loaded.split():
+        path = root / (mod.replace(".", "/") + ".py")
+        if not path.exists():
+            path = root / mod.replace(".", "/") / "__init__.py"
+        todo = list(ast.parse(path.read_text()).body)       # what runs at import: not the functions' bodies
+        while todo:
+            node = todo.pop()
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "re.compile":
+                compiled_at_import.append(f"{mod}:{node.lineno}")
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                todo.extend(ast.iter_child_nodes(node))
+    assert compiled_at_import == [], compiled_at_import
+    n, rest = counts.split(" ", 1)          # none compiled that the run did not use
+    assert int(n) >= 10 and rest.count("'_flags'") == 2 and "match" not in rest, counts
+    pat = lazyre.Pattern(r"(a+)(b)?", re.I)
+    assert pat.pattern == "(a+)(b)?" and "fullmatch" not in vars(pat)
+    ref = re.compile(r"(a+)(b)?", re.I)
+    for s in ("", "A", "aab", "xaab", "aabb"):
+        for meth in ("match", "fullmatch", "search", "findall", "split"):
+            got, want = getattr(pat, meth)(s), getattr(ref, meth)(s)
+            assert (got.groups() if hasattr(got, "groups") else got) == (want.groups() if hasattr(want, "groups") else want)
+    assert pat.sub("-", "xAAbx") == ref.sub("-", "xAAbx") == "x-x" and pat.groups == 2
 
 
 def test_dataclasses_that_write_their_methods_out_compile_nothing_and_behave_as_generated():

@@ -15,6 +15,7 @@ LAYERS = {
     "bulk": 0,           # big builds (plan, scheduler, facts) with the cyclic GC paused
     "records": 0,        # @dataclass's __repr__/__eq__ without exec (start-up)
     "digests": 0,        # SHA-1/SHA-256 without hashlib's OpenSSL load (start-up)
+    "lazyre": 0,         # module-level regular expressions compiled on first use (start-up)
     # 1: the one module that changes files
     "fsio": 1,
     "linesink": 1,       # the log lines to stderr/stdout that never block the engine (a pipe nobody reads)
