@@ -70,7 +70,7 @@ class Claim:
     held: "claims.Held | None" = None   # its owner.json, kept open by the engine (claim.holds)
 
     def __init__(self, goal, task, attempt, owner, started, workspace=None, conflict=None, resources=None,
-                 skip=None, kept=None):
+                 skip=None, kept=None, held=None):
         self.goal = goal
         self.task = task
         self.attempt = attempt
@@ -81,9 +81,10 @@ class Claim:
         self.resources = resources
         self.skip = skip
         self.kept = kept
+        self.held = held
 
     __repr__, __eq__ = plain_methods("goal", "task", "attempt", "owner", "started", "workspace", "conflict",
-                                     "resources", "skip", "kept")
+                                     "resources", "skip", "kept", "held")
 
     @property
     def nonce(self) -> str:
