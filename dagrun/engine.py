@@ -422,7 +422,10 @@ class Engine(Reconciler):
         else:
             gs.finished = False
 
-    SNAPSHOT_MAX_TASKS = 20_000
+    # A 100 000-task layered goal (bench/scale.py) derived at its end: the worker's peak RSS
+    # 369 MB (309-312 MB without), the first `status --json` after the run 0.39-0.41 s instead
+    # of 2.9-3.2 s (docs/performance.md, twelfth session). Above it the first status derives it.
+    SNAPSHOT_MAX_TASKS = 100_000
 
     def _read_for_end(self, gs: GoalState):
         """The goal ended: stamp its files and read its task facts once, for summary.json and
@@ -441,8 +444,8 @@ class Engine(Reconciler):
         """The goal ended: derive its status snapshot now (statuscache.py), so the first
         `status` after the run does not read every task's files. Skipped above
         SNAPSHOT_MAX_TASKS: deriving it holds every task's marker and row in memory at once
-        (a 100 000-task goal's would add ~200 MB to the worker's peak); the first status
-        writes it then. Best effort: a snapshot is never needed."""
+        (a 100 000-task goal's adds ~60 MB to the worker's peak); the first status writes it
+        then. Best effort: a snapshot is never needed."""
         if len(gs.plan.tasks) > self.SNAPSHOT_MAX_TASKS:
             return
         # the turn's held event lines (the goal's last `done`, goal.finished) go out first:
