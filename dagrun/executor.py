@@ -593,15 +593,19 @@ def _exec_list(exe: bytes, path: str | None) -> tuple:
 
 def _fork_exec(argv: list, cwd: str, env: dict, stdin: int, stdout: int, stderr: int):
     """Popen(argv, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr,
-    start_new_session=True, close_fds=True), lean when it can be (see above)."""
+    start_new_session=True, close_fds=True), lean when it can be (see above). The child's
+    `born`: CLOCK_BOOTTIME read right before and after the fork (_start_of)."""
     global _LEAN
     if _LEAN:
         try:
             return _lean(argv, cwd, env, stdin, stdout, stderr)
         except _Unsupported:      # this fork_exec takes other arguments: Popen from now on
             _LEAN = False
-    return subprocess.Popen(argv, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr,
-                            start_new_session=True, close_fds=True)
+    t0 = _boottime()
+    p = subprocess.Popen(argv, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr,
+                         start_new_session=True, close_fds=True)
+    p.born = (t0, _boottime())        # as a _Child's (_start_of)
+    return p
 
 
 class _Unsupported(Exception):
@@ -706,20 +710,17 @@ def _spawn(launch: Launch, want_pidfd: bool) -> "_Spawned | StartError":
         # No preexec_fn, uid/gid or groups: Python can then use vfork(2) (no page-table copy)
         p = None
         if direct is not None:
-            t0 = _boottime()
             try:
                 p = _fork_exec(direct[0], launch.cwd, direct[1], stdin, w_out, w_err)
             except OSError:      # not found, not executable, ENOEXEC (a script without #!): the
                 p = None         # shell does what it does with it (127, 126, runs it)
         if p is None:
-            t0 = _boottime()
             p = _fork_exec(list(launch.argv) or ["/bin/sh", "-c", launch.agent], launch.cwd, env,
                            stdin, w_out, w_err)
     except OSError as e:
         for fd in opened:
             close_quiet(fd)
         return StartError(f"cannot start the agent in {launch.cwd}: {e.strerror or e}")
-    t1 = _boottime()
     for fd in (stdin, w_out, w_err):
         close_quiet(fd)
     for fd in (r_out, r_err):
@@ -730,9 +731,7 @@ def _spawn(launch: Launch, want_pidfd: bool) -> "_Spawned | StartError":
             pidfd = os.pidfd_open(p.pid)
         except OSError:
             pidfd = None
-    if isinstance(p, _Child):       # (its own readings: closer around the fork than ours)
-        t0, t1 = p.born
-    return _Spawned(p, p.pid, _start_of(p.pid, t0, t1), r_out, r_err, pidfd)
+    return _Spawned(p, p.pid, _start_of(p.pid, *p.born), r_out, r_err, pidfd)
 
 
 # The child's start time (proc_start: field 22 of /proc/PID/stat, clock ticks since boot) is the
