@@ -190,9 +190,8 @@ def write(stamps: Stamps, overview: dict, body: bytes) -> Fresh | None:
         # fine window: a folder changed again after its stamp in the same tick of the clock
         # had its time >= t0 - one tick > t0 - FINE_RACY_NS, so the reader compares its listing
         head["racy_ns"] = FINE_RACY_NS
-        fsio.write_atomic(path(home, g), orjson.dumps(head) + b"\n" + body, mtime_ns=stamps.t0)
-    else:
-        fsio.write_atomic(path(home, g), orjson.dumps(head) + b"\n" + body)
+    fsio.write_atomic(path(home, g), orjson.dumps(head) + b"\n" + body,
+                      mtime_ns=stamps.t0 if stamps.fine else None)
     return Fresh(home, g, stamps.files, body)
 
 
