@@ -119,11 +119,7 @@ def main() -> int:
     a = ap.parse_args()
     d = tempfile.mkdtemp(prefix="dagrun-end-instr-", dir=os.environ.get("BENCH_SCRATCH", "/tmp"))
     try:
-        if a.plan.startswith("fanout-"):
-            ids, deps = workloads.fanout(int(a.plan.split("-")[1]))
-        else:
-            w, depth = a.plan.split("-")[1].split("x")
-            ids, deps = workloads.layered(int(w), int(depth))
+        ids, deps = workloads.by_name(a.plan)
         workloads.write_workload(os.path.join(d, "w"), "g", ids, deps)
         home = os.path.join(d, "home")
         subprocess.run([os.path.join(os.path.dirname(sys.executable), "dagrun"), "run",

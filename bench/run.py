@@ -54,6 +54,16 @@ def fanout(n: int):
     return [src] + mids + [sink], deps
 
 
+def by_name(name: str):
+    """ids, deps of a workload named on a command line: one, fanout-N or layered-WxD."""
+    if name == "one":
+        return ["t1"], {"t1": []}
+    if name.startswith("fanout-"):
+        return fanout(int(name.split("-")[1]))
+    w, depth = name.split("-")[1].split("x")
+    return layered(int(w), int(depth))
+
+
 def write_workload(folder: str, goal: str, ids, deps) -> None:
     os.makedirs(folder)
     plan = {"goal": goal, "defaults": {"agent": "true"},

@@ -54,13 +54,7 @@ def main() -> int:
     ap.add_argument("commands", nargs="+")
     a = ap.parse_args()
     d = tempfile.mkdtemp(prefix="dagrun-edges-", dir=os.environ.get("BENCH_SCRATCH", "/tmp"))
-    if a.plan == "one":
-        ids, deps = ["t1"], {"t1": []}
-    elif a.plan.startswith("fanout-"):
-        ids, deps = workloads.fanout(int(a.plan.split("-")[1]))
-    else:
-        w, depth = a.plan.split("-")[1].split("x")
-        ids, deps = workloads.layered(int(w), int(depth))
+    ids, deps = workloads.by_name(a.plan)
     workloads.write_workload(os.path.join(d, "w"), "g", ids, deps)
     plan = os.path.join(d, "w", "dag.json")
     res: dict[str, list] = {c: [] for c in a.commands}
