@@ -417,7 +417,7 @@ class Engine(Reconciler):
                 self._touched.add(gs.plan.goal)
                 pre = self._read_for_end(gs)
                 tr.end_goal_if_finished(self.home, gs.plan, gs.sched, self.worker,
-                                        facts=pre.facts if pre is not None else None)
+                                        facts=pre.facts if pre is not None else None, tally=gs.tally)
                 self._snapshot_status(gs, pre)
         else:
             gs.finished = False

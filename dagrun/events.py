@@ -251,6 +251,22 @@ class Reader:
         return out
 
 
+def at_line_start(path: str, pos: int) -> bool:
+    """Does a line of the log begin at offset pos (its start, or right after a newline, and
+    the log at least that long)?"""
+    if pos == 0:
+        return True
+    flush()
+    try:
+        fd = _nofollow(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        return os.pread(fd, 1, pos - 1) == b"\n"
+    finally:
+        os.close(fd)
+
+
 def _nofollow(path: str, flags: int) -> int:
     """events.jsonl is never read through a symbolic link (ELOOP: see fsio.append_line)."""
     return os.open(path, flags | os.O_NOFOLLOW)
@@ -274,18 +290,26 @@ def read_all(path: str) -> list[dict]:
     return Reader(path).read()
 
 
-def iter_all(path: str, chunk: int = 1 << 20) -> Iterator[dict]:
+def iter_all(path: str, chunk: int = 1 << 20, *, start: int = 0, stop: int | None = None) -> Iterator[dict]:
     """Every complete line of an events.jsonl, one parsed event at a time: memory for one
-    chunk, not for the whole log (a 100 000-task goal's log is ~50 MB and 300 000 events)."""
+    chunk, not for the whole log (a 100 000-task goal's log is ~50 MB and 300 000 events).
+    start, stop: only the bytes [start, stop) (offsets where lines begin, see at_line_start)."""
     flush()
     try:
         f = open(path, "rb", opener=_nofollow)
     except FileNotFoundError:
         return
     with f:
+        if start:
+            f.seek(start)
+        left = None if stop is None else max(0, stop - start)
         rest = b""
         while True:
-            data = f.read(chunk)
+            if left is None:
+                data = f.read(chunk)
+            else:
+                data = f.read(min(chunk, left)) if left else b""
+                left -= len(data)
             if not data:
                 return                          # a last line without its newline is not complete
             data = rest + data

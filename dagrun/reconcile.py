@@ -24,7 +24,7 @@ from .history import read_history
 from .lifecycle import latest_attempt, marker_of, ranked_scheduler
 from .plan import Plan
 from .scheduler import Scheduler
-from .summary import ended
+from .summary import EventTally, ended
 
 FOREIGN_RETRY_GRACE = 1.0  # s: past another worker's retry_at before we requeue without its `ready`
 
@@ -42,12 +42,14 @@ class GoalState:
     expand_error: bool = False   # a fan-out expansion failed with an error: retried at the next rescan
     stopped: bool = False     # on_failure=stop was acted on (stop_goal ran, here or in another
     #                           process): run it once. What may start is the scheduler's call.
+    tally: EventTally = field(default_factory=EventTally)   # the lines _feed read, for the goal's summary
 
     def __init__(self, plan, sched, reader, stamp, foreign=NEW, next_rescan=0.0, finished=False,
                  expand_error=False, stopped=False):
         self.plan, self.sched, self.reader, self.stamp = plan, sched, reader, stamp
         self.foreign = set() if foreign is NEW else foreign
         self.next_rescan, self.finished, self.expand_error, self.stopped = next_rescan, finished, expand_error, stopped
+        self.tally = EventTally()
 
     __repr__, __eq__ = plain_methods("plan", "sched", "reader", "stamp", "foreign", "next_rescan", "finished",
                                      "expand_error", "stopped")
@@ -260,7 +262,11 @@ class Reconciler:
         """Apply the goal's new event lines. True when a line of another process was among them
         (it may have made work ready)."""
         resync = foreign = False
-        for e in gs.reader.read():
+        r = gs.reader
+        at = r.offset
+        evs = r.read()
+        gs.tally.add(evs, at, r.offset)     # the summary's event counts, as the lines pass (tally_events)
+        for e in evs:
             if e.get("type") == ev.TASK_STATUS and e.get("status") == ev.DONE and self.history is not None \
                     and isinstance(e.get("duration"), (int, float)) and not e.get("cached") and gs.plan.has(e.get("task")):
                 self.history.add(e["task"], gs.plan.task(e["task"]).agent, float(e["duration"]), None)

@@ -254,38 +254,92 @@ def usage_by_task(home: Home, g: str, facts: dict) -> dict[str, dict]:
     return out
 
 
-def tally_events(path: str) -> dict:
-    """What only the event log knows: blocked events, attempts started (repeats), first-byte
-    latencies of done attempts."""
-    blocked = 0
-    started: dict[str, int] = {}
-    first_bytes: list[float] = []
-    for e in ev.iter_all(path):          # streamed: the log of a big goal never sits in memory whole
+class EventTally:
+    """tally_events of the lines [start, end) of a goal's events.jsonl, counted as a reader
+    that goes through the log anyway hands them over (the engine's Reconciler._feed: every
+    line of its goals passes there, parsed). At the goal's end tally_events(known=) then
+    parses only the lines before start (those of the submit, for a `dagrun run`) and after
+    end, instead of the whole log again."""
+
+    __slots__ = ("start", "end", "blocked", "started", "first_bytes")
+
+    def __init__(self):
+        self.start: int | None = None
+        self.end: int | None = None
+        self.blocked = 0
+        self.started: dict[str, int] = {}
+        self.first_bytes: list[float] = []
+
+    def add(self, events: list[dict], start: int, end: int) -> None:
+        """events: every complete line of the log in [start, end), parsed, in order."""
+        if start != self.end:         # the first lines, or the reader was moved: count from here
+            self.__init__()
+            self.start = start
+        self.end = end
+        if events:
+            _count(events, self)
+
+
+def _count(events, t: EventTally) -> None:
+    blocked, started, first_bytes = 0, t.started, t.first_bytes
+    BLOCKED, STATUS, RUNNING, DONE = ev.TASK_BLOCKED, ev.TASK_STATUS, ev.RUNNING, ev.DONE
+    for e in events:
         typ = e.get("type")
-        if typ == ev.TASK_BLOCKED:
-            blocked += 1
-        elif typ == ev.TASK_STATUS:
+        if typ == STATUS:
             st = e.get("status")
-            if st == ev.RUNNING:
-                t = str(e.get("task"))
-                started[t] = started.get(t, 0) + 1
-            elif st == ev.DONE and isinstance(e.get("first_byte"), (int, float)):
-                first_bytes.append(float(e["first_byte"]))
+            if st == RUNNING:
+                k = str(e.get("task"))
+                started[k] = started.get(k, 0) + 1
+            elif st == DONE:
+                fb = e.get("first_byte")
+                if isinstance(fb, (int, float)):
+                    first_bytes.append(float(fb))
+        elif typ == BLOCKED:
+            blocked += 1
+    t.blocked += blocked
+
+
+def tally_events(path: str, known: EventTally | None = None) -> dict:
+    """What only the event log knows: blocked events, attempts started (repeats), first-byte
+    latencies of done attempts. known: the tally of a part of the log its caller has read
+    already (EventTally): only the lines before and after that part are read here -- the
+    same numbers as a read of the whole log, which is what happens when the part's edges are
+    not where lines begin (or the log is shorter than the part)."""
+    parts: tuple = ()
+    if known is not None and known.start is not None and ev.at_line_start(path, known.start) \
+            and ev.at_line_start(path, known.end):
+        head, tail = EventTally(), EventTally()
+        _count(ev.iter_all(path, stop=known.start), head)
+        _count(ev.iter_all(path, start=known.end), tail)
+        parts = (head, known, tail)
+    else:
+        whole = EventTally()
+        _count(ev.iter_all(path), whole)      # streamed: a big goal's log never sits in memory whole
+        parts = (whole,)
+    blocked, started, first_bytes = 0, {}, []
+    for p in parts:
+        blocked += p.blocked
+        for t, n in p.started.items():
+            started[t] = started.get(t, 0) + n
+        first_bytes += p.first_bytes
     return {"blocked_total": blocked, "repeat_total": sum(n - 1 for n in started.values()),
             "first_bytes": first_bytes}
 
 
-def goal_run(home: Home, plan: Plan, sched: Scheduler, now: float | None = None, facts: dict | None = None) -> GoalRun:
+def goal_run(home: Home, plan: Plan, sched: Scheduler, now: float | None = None, facts: dict | None = None,
+             tally: EventTally | None = None) -> GoalRun:
     """facts: the goal's task facts as Home.snapshot(detail=True, view=True) read them a
     moment ago (the engine's end of a goal, which reads them for the status snapshot anyway):
     a task whose facts hold a first-attempt `done` marker is taken from it -- exactly what
     read_attempts makes of that marker -- instead of reading the marker again; every other
-    task is read from its files."""
+    task is read from its files. tally: the part of the event log the caller has counted
+    (tally_events)."""
     with bulk.paused():
-        return _goal_run(home, plan, sched, now, facts)
+        return _goal_run(home, plan, sched, now, facts, tally)
 
 
-def _goal_run(home: Home, plan: Plan, sched: Scheduler, now: float | None, facts: dict | None = None) -> GoalRun:
+def _goal_run(home: Home, plan: Plan, sched: Scheduler, now: float | None, facts: dict | None = None,
+              tally: EventTally | None = None) -> GoalRun:
     g = plan.goal
     attempts: list[Attempt] = []
     present: set | None = None      # tasks/ listed once, when a task is not in the facts' markers
@@ -304,7 +358,7 @@ def _goal_run(home: Home, plan: Plan, sched: Scheduler, now: float | None, facts
                 present = set()
         if t in present:
             attempts.extend(read_attempts(home, g, t))
-    tl = tally_events(home.events_path(g))
+    tl = tally_events(home.events_path(g), tally)
     return GoalRun(plan, sched.topo_ids(), attempts, time.time() if now is None else now,
                    blocked_total=tl["blocked_total"], repeat_total=tl["repeat_total"],
                    first_bytes=tl["first_bytes"])
@@ -344,15 +398,15 @@ def summarize(run: GoalRun, counts: dict[str, int], blocked: list[dict], failed_
 
 
 def build_summary(home: Home, plan: Plan, sched: Scheduler, run: GoalRun | None = None,
-                  facts: dict | None = None) -> dict:
+                  facts: dict | None = None, tally: EventTally | None = None) -> dict:
     """summary.json of the goal as the scheduler sees it (`run`: already read by the caller;
-    `facts`: the task facts just read, see goal_run)."""
+    `facts`: the task facts just read, `tally`: the events counted, see goal_run)."""
     states = sched.states()
     failed_roots = [t for t in plan.ids() if states[t] in (S.FAILED, S.CANCELLED)]
     blocked = [{"task": t, "blocked_by": sched.blocked_by(t)} for t in plan.ids() if states[t] == S.BLOCKED]
     skipped = [{"task": t, **({"skipped_by": sched.blocked_by(t)} if sched.blocked_by(t) else {})}
                for t in plan.ids() if states[t] == S.SKIPPED]
-    out = summarize(run or goal_run(home, plan, sched, facts=facts), sched.counts(), blocked, failed_roots, skipped)
+    out = summarize(run or goal_run(home, plan, sched, facts=facts, tally=tally), sched.counts(), blocked, failed_roots, skipped)
     grown = {t.id: {"from": t.for_each["from"], "instances": t.fanout} for t in plan.tasks if t.for_each}
     if grown:                       # fan-out templates: what each became
         out["templates"] = grown

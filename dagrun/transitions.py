@@ -521,10 +521,12 @@ def plan_replaced(home: Home, g: str, *, by: str, **fields) -> None:
 
 
 # ---------------------------------------------------------------------------------- the goal
-def end_goal_if_finished(home: Home, plan: Plan, sched: Scheduler, worker: str, facts: dict | None = None) -> dict | None:
+def end_goal_if_finished(home: Home, plan: Plan, sched: Scheduler, worker: str, facts: dict | None = None,
+                         tally=None) -> dict | None:
     """When nothing can run any more, publish summary.json exactly once (link(2) is
     exclusive) and let the winner announce agent.goal.finished. facts: the goal's task facts
-    the caller has just read (summary.goal_run)."""
+    the caller has just read; tally: the part of the event log it has counted
+    (summary.goal_run)."""
     if not sched.is_finished():
         return None
     if os.path.exists(home.summary_path(plan.goal)):
@@ -536,7 +538,7 @@ def end_goal_if_finished(home: Home, plan: Plan, sched: Scheduler, worker: str, 
         at = os.stat(home.events_path(plan.goal)).st_size
     except OSError:
         at = None
-    summary = build_summary(home, plan, sched, facts=facts)
+    summary = build_summary(home, plan, sched, facts=facts, tally=tally)
     if at is not None:
         summary["events_size"] = at
     me = claims.new_owner(worker, 0, kind="finisher")

@@ -1,0 +1,110 @@
+"""The fixed cost of a goal's end in the engine (issue 20, bench/end_instr.py): what it derives
+from lines or files it has read already says the same as a read of the whole thing."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import run, write_plan
+
+from dagrun import events as ev
+from dagrun import summary as sm
+from dagrun.store import Home
+
+LOG = [
+    {"type": ev.PLAN_CREATED, "goal": "g"},
+    {"type": ev.TASK_STATUS, "task": "a", "status": "ready"},
+    {"type": ev.TASK_STATUS, "task": "a", "status": "running", "attempt": 1},
+    {"type": ev.TASK_STATUS, "task": "a", "status": "retrying"},
+    None,                                                       # a blank line
+    {"type": ev.TASK_STATUS, "task": "a", "status": "running", "attempt": 2},
+    {"type": ev.TASK_STATUS, "task": "a", "status": "done", "first_byte": 0.25},
+    b"{not json",                                               # a line nobody can read
+    {"type": ev.TASK_STATUS, "task": "b", "status": "running", "attempt": 1},
+    {"type": ev.TASK_STATUS, "task": "b", "status": "failed"},
+    {"type": ev.TASK_BLOCKED, "task": "c", "blocked_by": "b"},
+    {"type": ev.TASK_BLOCKED, "task": "d", "blocked_by": "b"},
+    {"type": ev.TASK_STATUS, "task": "b", "status": "running", "attempt": 2},
+    {"type": ev.TASK_STATUS, "task": "b", "status": "done", "first_byte": 1.5},
+    {"type": ev.TASK_STATUS, "task": "e", "status": "done", "first_byte": "soon"},
+    {"type": ev.GOAL_FINISHED, "goal": "g"},
+]
+
+
+def _log(tmp_path: Path) -> tuple[str, list[int]]:
+    path = str(tmp_path / "events.jsonl")
+    starts = [0]
+    with open(path, "wb") as f:
+        for e in LOG:
+            f.write(b"\n" if e is None else (e if isinstance(e, bytes) else json.dumps(e).encode()) + b"\n")
+            starts.append(f.tell())
+    return path, starts
+
+
+def test_a_tally_of_part_of_the_log_plus_the_rest_read_says_what_the_whole_log_says(tmp_path):
+    """summary.tally_events(known=): the engine hands over its count of the lines its reader
+    read (EventTally); the end reads only the lines before and after them. For every part
+    (any line boundaries) the numbers are those of the whole log; a part whose edge is not
+    where a line begins (or past the log's end) makes it read the whole log."""
+    path, starts = _log(tmp_path)
+    whole = sm.tally_events(path)
+    assert whole == {"blocked_total": 2, "repeat_total": 2, "first_bytes": [0.25, 1.5]}
+    for i, s in enumerate(starts):
+        for e in starts[i:]:
+            t = sm.EventTally()
+            t.add(list(ev.iter_all(path, start=s, stop=e)), s, e)
+            assert sm.tally_events(path, t) == whole, (s, e)
+    for s, e in ((starts[2] + 3, starts[5]), (starts[1], starts[3] + 1), (starts[0], starts[-1] + 40)):
+        t = sm.EventTally()
+        t.add([LOG[2]] * 5, s, e)          # what a wrong count would add, if it were believed
+        assert sm.tally_events(path, t) == whole, (s, e)
+
+
+def test_a_tally_starts_over_when_the_reader_was_moved(tmp_path):
+    """EventTally.add: lines that do not follow the ones counted (a reader moved past a gap)
+    restart the count at their offset -- never a count with a hole in it."""
+    path, starts = _log(tmp_path)
+    t = sm.EventTally()
+    t.add(list(ev.iter_all(path, start=starts[0], stop=starts[3])), starts[0], starts[3])
+    t.add(list(ev.iter_all(path, start=starts[6], stop=starts[9])), starts[6], starts[9])
+    assert (t.start, t.end) == (starts[6], starts[9])
+    assert sm.tally_events(path, t) == sm.tally_events(path)
+
+
+def test_the_goal_end_parses_only_the_event_lines_the_engine_did_not_read(tmp_path, monkeypatch):
+    """The engine's end of a goal built summary.json's event counts (blocked_total,
+    repeat_total, generation latency) by parsing the whole events.jsonl again -- ~1 500 lines
+    at the end of a 500-task fan-out, 3 ms of its ~20 ms (bench/end_instr.py). Its reader
+    has parsed every line since the engine started (Reconciler._feed); the end now parses
+    only the submit's lines before that and the last ones after it. The numbers are the same
+    as from the whole log."""
+    from dagrun.engine import Engine
+
+    n = 30
+    tasks = [{"id": "flaky", "prompt": "x",
+              "agent": f"sh -c 'test -e {tmp_path}/once || {{ touch {tmp_path}/once; exit 1; }}; echo hi'"},
+             {"id": "bad", "prompt": "x", "agent": "false", "retries": 0},
+             {"id": "after_bad", "deps": ["bad"], "prompt": "x"}]
+    tasks += [{"id": f"t{i:02d}", "prompt": "x", **({"deps": [f"t{i - 1:02d}"]} if i else {})} for i in range(n)]
+    h = Home(str(tmp_path / "home"))
+    p = write_plan(tmp_path / "p", tasks, goal="g",
+                   defaults={"agent": "echo out", "retries": 1, "retry_backoff": 0})
+    run("submit", p, home=h.root)
+    parsed = []
+    real = ev.iter_all
+
+    def counted(*a, **kw):
+        for e in real(*a, **kw):
+            parsed.append(e)
+            yield e
+
+    monkeypatch.setattr(sm.ev, "iter_all", counted)
+    assert Engine(h, goal="g", jobs=4).run() != 0
+    monkeypatch.setattr(sm.ev, "iter_all", real)
+    lines = sum(1 for _ in real(h.events_path("g")))
+    s = json.loads(Path(h.summary_path("g")).read_text())
+    want = sm.tally_events(h.events_path("g"))
+    assert (s["blocked_total"], s["repeat_total"]) == (want["blocked_total"], want["repeat_total"]) == (1, 1)
+    assert s["generation_latency"]["max"] == round(max(want["first_bytes"]), 3)
+    assert len(want["first_bytes"]) == n + 1
+    assert lines > 3 * n and len(parsed) <= 8, (lines, len(parsed))
