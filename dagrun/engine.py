@@ -436,7 +436,7 @@ class Engine(Reconciler):
         ev.flush()           # the turn's lines first: the stamps take events.jsonl's size
         from .status import read_for_end
         try:
-            return read_for_end(self.home, gs.plan.goal, gs.plan, gs.stamp)
+            return read_for_end(self.home, gs.plan.goal, gs.plan, gs.stamp, gs.sched)
         except (OSError, DagrunError):
             return None
 

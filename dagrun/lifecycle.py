@@ -38,7 +38,7 @@ from .plan import Plan, Task
 from .proc import HOST
 from .prompt import Upstream, failure_note, render
 from .records import plain_methods
-from .scheduler import Scheduler
+from .scheduler import READY, Scheduler
 from .store import COUNTED, MARKERS, Home, TaskFacts, as_int, dumps, loads_obj, now_iso, parse_ts
 from .usage import RAW_FILE
 
@@ -733,9 +733,13 @@ def ranking_history(home: Home, plan: Plan) -> "history.History | None":
 
 
 def scheduler_from_facts(home: Home, plan: Plan, facts: dict[str, TaskFacts], now: float | None = None, *,
-                         durations: dict[str, float] | None = None, clock=None) -> Scheduler:
+                         durations: dict[str, float] | None = None, clock=None,
+                         like: Scheduler | None = None) -> Scheduler:
     """The scheduler for facts already read (home.snapshot): a caller that needs both reads
-    every task folder once, not twice."""
+    every task folder once, not twice. like: a scheduler the caller holds for this very plan
+    (the engine's, at a goal's end): its graph is taken instead of built again (Scheduler.again)
+    -- unless the facts leave a task ready, whose place in the ready order would come from
+    like's ranks instead of the defaults -- or it was built from other tasks."""
     now = time.time() if now is None else now
     initial = {}           # pending is the scheduler's default: only the others (a fresh goal: none)
     PENDING = S.PENDING
@@ -744,7 +748,13 @@ def scheduler_from_facts(home: Home, plan: Plan, facts: dict[str, TaskFacts], no
             initial[tid] = f.state
         elif f.record and f.record.get("retry_at") and not f.record.get("final") and f.retry_at > now:
             initial[tid] = S.RETRYING
-    sched = scheduler_for(plan, initial, durations=durations, clock=clock)
+    sched = None
+    if like is not None and like.tasks is plan.tasks and durations is None and clock is None:
+        sched = like.again(initial, plan.budget)
+        if sched.n(READY):
+            sched = None
+    if sched is None:
+        sched = scheduler_for(plan, initial, durations=durations, clock=clock)
     if plan.budget:
         from . import budget        # the pool as raised and the spend so far, from the files
         budget.apply(home, plan, sched)

@@ -155,6 +155,7 @@ class Scheduler:
         self.budget = dict(budget) if budget else None
         self.spent: dict = {}
         self.estimates = dict(estimates or {})
+        self.tasks = tasks        # what it was built from (again(): the same plan's tasks)
         self.ids = [t.id for t in tasks]
         # the files mutex (code workspaces): a task whose declared globs overlap those of a
         # running task stays ready until that one ends (wsrules.may_start); None: no task
@@ -223,6 +224,23 @@ class Scheduler:
         self.aging = aging if aging and clock is not None else None
         self.clock = clock
         self.load(initial or {})
+
+    def again(self, initial: dict[str, str], budget: dict | None = None) -> "Scheduler":
+        """A scheduler of the same tasks and rules with its states set from `initial` (load),
+        as the constructor builds it -- the graph, its order, the ranks, the serial groups
+        shared with this one (never changed after __init__), at the cost of load() alone; no
+        clock (aging off), the budget pool as the plan states it, no spend, no resources
+        (the caller applies the files', as to a new one). Its ranks are this one's: a caller
+        whose answer depends on the order ready tasks are taken in builds a new one instead."""
+        new = object.__new__(Scheduler)
+        new.__dict__.update(self.__dict__)
+        new.__dict__.pop("_resources_of", None)      # resources.apply's memo of this one's needs
+        new.budget = dict(budget) if budget else None
+        new.spent = {}
+        new.needs, new.free, new.holding = None, {}, {}
+        new.aging = new.clock = None
+        new.load(initial)
+        return new
 
     def topo_ids(self) -> list[str]:
         """The task ids, every one after its (hard and soft) dependencies."""

@@ -133,18 +133,20 @@ class EndRead:
     then derived from the same facts (snapshot_after_end) instead of reading every task
     folder a second time."""
 
-    def __init__(self, stamps: statuscache.Stamps, plan, facts: dict):
-        self.stamps, self.plan, self.facts = stamps, plan, facts
+    def __init__(self, stamps: statuscache.Stamps, plan, facts: dict, sched=None):
+        self.stamps, self.plan, self.facts, self.sched = stamps, plan, facts, sched
 
 
-def read_for_end(home: Home, g: str, plan, plan_stamp: tuple | None) -> EndRead | None:
+def read_for_end(home: Home, g: str, plan, plan_stamp: tuple | None, sched=None) -> EndRead | None:
     """Stamp goal g's files, then read its task facts (view=True: what status reads). None
-    when the caller's plan is not plan.json's any more (the ordinary path then reads it all)."""
+    when the caller's plan is not plan.json's any more (the ordinary path then reads it all).
+    sched: the caller's scheduler of that plan, whose graph the snapshot's scheduler takes
+    (lifecycle.scheduler_from_facts(like=))."""
     with bulk.paused():
         stamps = statuscache.Stamps(home, g)
         if plan is None or plan_stamp is None or list(plan_stamp) != stamps.files["plan"]:
             return None
-        return EndRead(stamps, plan, home.snapshot(g, plan, detail=True, view=True))
+        return EndRead(stamps, plan, home.snapshot(g, plan, detail=True, view=True), sched)
 
 
 def snapshot_after_end(home: Home, g: str, pre: EndRead) -> statuscache.Fresh | None:
@@ -166,11 +168,11 @@ def snapshot_after_end(home: Home, g: str, pre: EndRead) -> statuscache.Fresh | 
         st.files["events"] = now
     st.files["summary"] = statuscache._stat(home.summary_path(g))
     with bulk.paused():
-        return _computed(home, g, pre.plan, None, stamps=st, facts=pre.facts)[2]
+        return _computed(home, g, pre.plan, None, stamps=st, facts=pre.facts, like=pre.sched)[2]
 
 
 def _computed(home: Home, g: str, plan=None, plan_stamp=None, *, stamps: statuscache.Stamps | None = None,
-              facts: dict | None = None) -> tuple[dict, bytes, statuscache.Fresh | None]:
+              facts: dict | None = None, like=None) -> tuple[dict, bytes, statuscache.Fresh | None]:
     """(detail, its bytes, the snapshot if one was published). The stamps are taken before any file is
     read, so whatever changes while this runs makes the snapshot stale, never wrong. stamps and
     facts: taken and read by read_for_end (plan: the one the facts were read for)."""
@@ -178,7 +180,7 @@ def _computed(home: Home, g: str, plan=None, plan_stamp=None, *, stamps: statusc
         stamps = statuscache.Stamps(home, g)
         if plan is not None and (plan_stamp is None or list(plan_stamp) != stamps.files["plan"]):
             plan = None                               # the caller's plan is not the file's now
-    d, plan, facts = _goal_detail(home, g, plan, facts)
+    d, plan, facts = _goal_detail(home, g, plan, facts, like)
     body = dumps(d)
     wrote = None
     if _snapshottable(home, plan, d):
@@ -205,7 +207,7 @@ def _snapshottable(home: Home, plan, d: dict) -> bool:
     return not res.plan_pools(plan, res.limits(home))
 
 
-def _goal_detail(home: Home, g: str, plan=None, facts: dict | None = None) -> tuple[dict, object, dict]:
+def _goal_detail(home: Home, g: str, plan=None, facts: dict | None = None, like=None) -> tuple[dict, object, dict]:
     from . import budget
     from .lifecycle import scheduler_from_facts
     from .scheduler import NAMES, skip_reason
@@ -215,7 +217,7 @@ def _goal_detail(home: Home, g: str, plan=None, facts: dict | None = None) -> tu
     plan = plan if plan is not None else home.load_plan(g)
     if facts is None:
         facts = home.snapshot(g, plan, detail=True, view=True)   # one read of every task folder
-    sched = scheduler_from_facts(home, plan, facts)
+    sched = scheduler_from_facts(home, plan, facts, like=like)
     now = time.time()
     held = set(sched.budget_held())
     waits = _waiting(home, plan, sched)
