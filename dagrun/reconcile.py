@@ -42,14 +42,13 @@ class GoalState:
     expand_error: bool = False   # a fan-out expansion failed with an error: retried at the next rescan
     stopped: bool = False     # on_failure=stop was acted on (stop_goal ran, here or in another
     #                           process): run it once. What may start is the scheduler's call.
-    tally: EventTally = field(default_factory=EventTally)   # the lines _feed read, for the goal's summary
 
     def __init__(self, plan, sched, reader, stamp, foreign=NEW, next_rescan=0.0, finished=False,
                  expand_error=False, stopped=False):
         self.plan, self.sched, self.reader, self.stamp = plan, sched, reader, stamp
         self.foreign = set() if foreign is NEW else foreign
         self.next_rescan, self.finished, self.expand_error, self.stopped = next_rescan, finished, expand_error, stopped
-        self.tally = EventTally()
+        self.tally = EventTally()     # (not a field) the lines _feed read, counted for the goal's summary
 
     __repr__, __eq__ = plain_methods("plan", "sched", "reader", "stamp", "foreign", "next_rescan", "finished",
                                      "expand_error", "stopped")
