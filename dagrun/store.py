@@ -81,32 +81,6 @@ def now_iso(t: float | None = None) -> str:
 
 
 def parse_iso(s: str) -> float:
-    # now_iso's own form, YYYY-MM-DDTHH:MM:SS.ffffffZ: its whole second parsed once (a goal's
-    # end reads two stamps per task, ~1 000 of a 500-task goal in a few distinct seconds),
-    # the microseconds added as datetime.timestamp() does -- the same float, bit for bit
-    if len(s) == 27 and s[26] == "Z" and s[19] == "." and s[10] == "T":
-        us = s[20:26]
-        sec = _ISO_SECONDS.get(s[:19])
-        if sec is None:
-            sec = _whole_second(s[:19])
-        if us.isdigit() and us.isascii():
-            return (sec * 1_000_000 + int(us)) / 1_000_000
-    return _parse_iso(s)
-
-
-_ISO_SECONDS: dict[str, int] = {}      # "YYYY-MM-DDTHH:MM:SS" (UTC) -> its epoch second
-
-
-def _whole_second(text: str) -> int:
-    """The epoch second of a UTC "YYYY-MM-DDTHH:MM:SS" (ValueError as fromisoformat's)."""
-    sec = int(_parse_iso(text + "Z"))
-    if len(_ISO_SECONDS) >= 4096:
-        _ISO_SECONDS.clear()
-    _ISO_SECONDS[text] = sec
-    return sec
-
-
-def _parse_iso(s: str) -> float:
     import datetime as dt
     return dt.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
 
