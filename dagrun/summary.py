@@ -288,11 +288,13 @@ def _count(events, t: EventTally) -> None:
         if typ == STATUS:
             st = e.get("status")
             if st == RUNNING:
-                k = str(e.get("task"))
+                k = e.get("task")
+                if k.__class__ is not str:         # (a hand-written line's; str() of a str is itself)
+                    k = str(k)
                 started[k] = started.get(k, 0) + 1
             elif st == DONE:
                 fb = e.get("first_byte")
-                if isinstance(fb, (int, float)):
+                if fb is not None and isinstance(fb, (int, float)):
                     first_bytes.append(float(fb))
         elif typ == BLOCKED:
             blocked += 1

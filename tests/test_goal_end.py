@@ -27,6 +27,9 @@ LOG = [
     {"type": ev.TASK_STATUS, "task": "b", "status": "running", "attempt": 2},
     {"type": ev.TASK_STATUS, "task": "b", "status": "done", "first_byte": 1.5},
     {"type": ev.TASK_STATUS, "task": "e", "status": "done", "first_byte": "soon"},
+    {"type": ev.TASK_STATUS, "task": 7, "status": "running"},           # hand-written: the task "7"
+    {"type": ev.TASK_STATUS, "task": "7", "status": "running"},
+    {"type": ev.TASK_STATUS, "task": "f", "status": "done", "first_byte": True},
     {"type": ev.GOAL_FINISHED, "goal": "g"},
 ]
 
@@ -48,7 +51,7 @@ def test_a_tally_of_part_of_the_log_plus_the_rest_read_says_what_the_whole_log_s
     where a line begins (or past the log's end) makes it read the whole log."""
     path, starts = _log(tmp_path)
     whole = sm.tally_events(path)
-    assert whole == {"blocked_total": 2, "repeat_total": 2, "first_bytes": [0.25, 1.5]}
+    assert whole == {"blocked_total": 2, "repeat_total": 3, "first_bytes": [0.25, 1.5, 1.0]}
     for i, s in enumerate(starts):
         for e in starts[i:]:
             t = sm.EventTally()
