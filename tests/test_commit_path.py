@@ -3,6 +3,7 @@ the loop from its exit to its `done` -- counted in calls, not timed -- and the c
 dropped look covered still behaving."""
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -80,3 +81,99 @@ def test_a_group_member_left_running_is_still_killed_when_its_leader_exits(tmp_p
         time.sleep(0.02)
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert (task_dir(h.root, "fo", "m00") / "output").read_text() == "ok\n"
+
+
+def _count_commit_looks(tmp_path, monkeypatch, agent: str, n: int = 4, **top):
+    """Run a fan-out in this process and count, on the loop thread inside its commits, the
+    looks at the claim's capture files and the hooks' prepares."""
+    from dagrun import engine as eng_mod
+    from dagrun import hooks
+
+    h, eng = _fanout(tmp_path, n, agent=agent, **top)
+    loop = threading.get_ident()
+    names = ("/claim/stdout", "/claim/stderr", "/claim/raw", "/claim/usage.jsonl", "/claim/check.json")
+    seen = {"probes": 0, "prepares": 0, "in": False}
+    real = {f: getattr(os, f) for f in ("stat", "lstat", "open")}
+
+    def wrap(f):
+        def look(path, *a, **k):
+            if seen["in"] and threading.get_ident() == loop and isinstance(path, str) and path.endswith(names):
+                seen["probes"] += 1
+            return real[f](path, *a, **k)
+        return look
+
+    def prep(fn):
+        def counted(*a, **k):
+            if seen["in"]:
+                seen["prepares"] += 1
+            return fn(*a, **k)
+        return counted
+
+    real_commit, real_ended = eng_mod.Engine._commit_locked, eng_mod.Engine._check_ended
+
+    def commit(self, run, ex):
+        seen["in"] = True
+        try:
+            return real_commit(self, run, ex)
+        finally:
+            seen["in"] = False
+
+    def ended(self, gs):                # the goal's end (its summary, goal.finished): not counted
+        was, seen["in"] = seen["in"], False
+        try:
+            return real_ended(self, gs)
+        finally:
+            seen["in"] = was
+
+    for f in real:
+        monkeypatch.setattr(os, f, wrap(f))
+    for f in ("prepare", "prepare_pending", "prepare_skipped", "prepare_blocked"):
+        monkeypatch.setattr(hooks, f, prep(getattr(hooks, f)))
+    monkeypatch.setattr(eng_mod.Engine, "_commit_locked", commit)
+    monkeypatch.setattr(eng_mod.Engine, "_check_ended", ended)
+    assert eng.run() == 0
+    monkeypatch.undo()
+    return h, seen
+
+
+def test_a_commit_lists_the_claim_once_instead_of_looking_for_each_capture_file(tmp_path, monkeypatch):
+    """An agent that printed nothing and wrote no usage, check or raw file: one listing of
+    its claim says so -- not five failed looks (claim/stdout, stderr, raw, usage.jsonl,
+    check.json) per commit."""
+    n = 4
+    h, seen = _count_commit_looks(tmp_path, monkeypatch, "true", n)
+    assert all((task_dir(h.root, "fo", f"m{i:02d}") / "done").exists() for i in range(n))
+    assert (task_dir(h.root, "fo", "m00") / "output").read_bytes() == b""
+    assert seen["probes"] == 0, seen
+
+
+def test_what_the_listing_names_is_committed_as_before(tmp_path, monkeypatch):
+    """Every capture file an agent leaves is still found through the listing: stdout becomes
+    output, stderr stderr.log, the raw file raw, usage lines the marker's usage."""
+    agent = ('echo out; echo err >&2; printf raw > "$DAGRUN_RAW_FILE"; '
+             'echo \'{"tokens_in": 3, "tokens_out": 4}\' > "$DAGRUN_USAGE_FILE"')
+    h, seen = _count_commit_looks(tmp_path, monkeypatch, agent, 2)
+    d = task_dir(h.root, "fo", "m01")
+    assert (d / "output").read_text() == "out\n"
+    assert (d / "stderr.log").read_text() == "err\n"
+    assert (d / "raw").read_text() == "raw"
+    done = json.loads((d / "done").read_text())
+    assert done["usage"]["tokens_in"] == 3 and done["usage"]["tokens_out"] == 4
+    assert not (d / "claim").exists()
+
+
+def test_a_commit_without_any_hook_prepares_none(tmp_path, monkeypatch):
+    """No hook in the plan, its tasks or $DAGRUN_HOME/hooks: a commit prepares nothing (it
+    asked three times, for its pending record, its on_skipped check and its event)."""
+    _, seen = _count_commit_looks(tmp_path, monkeypatch, "true", 3)
+    assert seen["prepares"] == 0, seen
+
+
+def test_a_commit_with_a_hook_still_prepares_and_runs_it(tmp_path, monkeypatch):
+    log = tmp_path / "hook.log"
+    hook = {"on_done": [["sh", "-c", f"cat >/dev/null; echo ran >> {log}"]]}
+    h, seen = _count_commit_looks(tmp_path, monkeypatch, "true", 2, hooks=hook)
+    from dagrun import hooks
+    assert hooks.wait(10)
+    assert seen["prepares"] > 0
+    assert log.read_text().count("ran") == 3          # a and both m's
