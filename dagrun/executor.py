@@ -1343,7 +1343,7 @@ def _children(tid: int | None = None) -> list[int]:
         return []
     finally:
         os.close(fd)
-    return [int(x) for x in data.split()]
+    return [int(x) for x in data.split()] if data else []
 
 
 def _is_zombie(pid: int) -> bool:

@@ -138,6 +138,8 @@ def _changes(home: Home, g: str, sched_changes, worker: str, plan: Plan | None =
     itself, announced by the caller with its details) and return it. blocked_due /
     skipped_due: the pending on_blocked / on_skipped records published before the commit
     point (_prepare_blocked, _prepare_skipped), settled here."""
+    if sched_changes is not None and len(sched_changes) == 1 and not blocked_due and not skipped_due:
+        return Changes()       # nothing else changed, nothing pending to settle: the usual commit
     ch = Changes()
     blocked_due = dict(blocked_due or {})
     skipped_due = dict(skipped_due or {})
