@@ -1092,7 +1092,7 @@ class ProcessRunner:
             # re-parents orphans and sweep() looks. Agents are the spawner threads' children,
             # so that list is empty in the usual case: then nothing of the attempt is left,
             # and there is no group to kill (the kill would say ESRCH) and nothing to sweep.
-            alone = self._subreaper is True and not proc.stopping and not _children()
+            alone = self._subreaper is True and not proc.stopping and _childless()
             if not alone:
                 # the shell is gone; whatever it left running in its group goes too (its
                 # output still sits in the pipes and is read below)
@@ -1319,7 +1319,17 @@ def _agent_procs() -> list[_Proc]:
 def _children(tid: int | None = None) -> list[int]:
     """Children of one of our threads -- by default the main thread, where orphans of our
     agents are re-parented (os.open and that path built once per pid: it is read at every
-    agent's end)."""
+    agent's end). [] when the list cannot be read."""
+    data = _children_bytes(tid)
+    return [int(x) for x in data.split()] if data else []
+
+
+def _childless() -> bool:
+    """Has the main thread no child at all -- read, not assumed (an unreadable list: False)?"""
+    return _children_bytes(None) == b""
+
+
+def _children_bytes(tid: int | None) -> bytes | None:
     global _CHILDREN_PATH
     me = my_pid()
     if tid is not None and tid != me:
@@ -1331,7 +1341,7 @@ def _children(tid: int | None = None) -> list[int]:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
-        return []
+        return None
     try:
         data = b""
         while True:
@@ -1340,10 +1350,10 @@ def _children(tid: int | None = None) -> list[int]:
                 break
             data += chunk
     except OSError:
-        return []
+        return None
     finally:
         os.close(fd)
-    return [int(x) for x in data.split()] if data else []
+    return data
 
 
 def _is_zombie(pid: int) -> bool:

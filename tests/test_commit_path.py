@@ -36,7 +36,7 @@ def test_an_agent_that_leaves_nothing_behind_costs_no_group_kill(tmp_path, monke
     h, eng = _fanout(tmp_path, n)
     loop = threading.get_ident()
     seen = {"killpg": 0, "children": 0, "reaping": False}
-    real_killpg, real_children, real_reap = os.killpg, executor._children, eng._reap
+    real_killpg, real_children, real_reap = os.killpg, executor._children_bytes, eng._reap
 
     def reap(due=None):
         seen["reaping"] = True
@@ -50,19 +50,42 @@ def test_an_agent_that_leaves_nothing_behind_costs_no_group_kill(tmp_path, monke
             seen["killpg"] += 1
         return real_killpg(pgid, sig)
 
-    def c_children(tid=None):
+    def c_children(tid):
         if threading.get_ident() == loop and seen["reaping"]:
             seen["children"] += 1
         return real_children(tid)
 
     monkeypatch.setattr(os, "killpg", c_killpg)
-    monkeypatch.setattr(executor, "_children", c_children)
+    monkeypatch.setattr(executor, "_children_bytes", c_children)
     monkeypatch.setattr(eng, "_reap", reap)
     assert eng.run() == 0
     monkeypatch.undo()
     assert all((task_dir(h.root, "fo", f"m{i:02d}") / "done").exists() for i in range(n))
     assert seen["killpg"] == 0, seen
     assert seen["children"] == n + 1, seen          # one look per agent's end (the sweep's)
+
+
+def test_an_unreadable_children_list_proves_nothing_and_the_group_is_killed(tmp_path, monkeypatch):
+    """Only a list read and found empty proves the group empty: when it cannot be read
+    (/proc not mounted, a failing read) every ended group is killed, as before."""
+    from dagrun import executor
+
+    n = 3
+    h, eng = _fanout(tmp_path, n)
+    loop = threading.get_ident()
+    kills = []
+    real_killpg = os.killpg
+
+    def c_killpg(pgid, sig):
+        if threading.get_ident() == loop:
+            kills.append(pgid)
+        return real_killpg(pgid, sig)
+
+    monkeypatch.setattr(os, "killpg", c_killpg)
+    monkeypatch.setattr(executor, "_children_bytes", lambda tid: None)
+    assert eng.run() == 0
+    monkeypatch.undo()
+    assert len(kills) == n + 1, kills
 
 
 def test_a_group_member_left_running_is_still_killed_when_its_leader_exits(tmp_path):
