@@ -52,19 +52,23 @@ def read_check(claim_dir: str) -> dict | None:
     return out
 
 
-def attempt_extra(claim_dir: str, warn=None) -> dict | None:
+def attempt_extra(claim_dir: str, warn=None, listing: frozenset | set | None = None) -> dict | None:
     """The fields an ending attempt adds to its marker and record: `usage` (summed usage
-    lines) and `check` (the acceptance check's verdict, with its output tail when it failed)."""
+    lines) and `check` (the acceptance check's verdict, with its output tail when it failed).
+    listing: the claim folder's names (the caller listed it after the attempt ended): a file
+    not among them is not looked for."""
     out = {}
-    u, warnings = read_usage(os.path.join(claim_dir, USAGE_FILE))
-    for w in warnings:
-        if warn:
-            warn(w)
-    if u:
-        out["usage"] = u
-    c = read_check(claim_dir)
-    if c:
-        out["check"] = c
+    if listing is None or USAGE_FILE in listing:
+        u, warnings = read_usage(os.path.join(claim_dir, USAGE_FILE))
+        for w in warnings:
+            if warn:
+                warn(w)
+        if u:
+            out["usage"] = u
+    if listing is None or CHECK_FILE in listing:
+        c = read_check(claim_dir)
+        if c:
+            out["check"] = c
     return out or None
 
 

@@ -318,11 +318,13 @@ def take_over(home: Home, g: str, t: str, expect_nonce: str | None, worker: str,
         return new
 
 
-def release(home: Home, g: str, t: str) -> None:
+def release(home: Home, g: str, t: str, *, cdir: str | None = None) -> None:
     """Drop our claim. Usually the folder is empty by now (owner.json became the marker) and
     one rmdir(2) does it; otherwise rename it away in one step, then delete it -- a crash in
-    between leaves only a dot-folder that the next claim of the task sweeps."""
-    cdir = home.claim_dir(g, t)
+    between leaves only a dot-folder that the next claim of the task sweeps. cdir:
+    home.claim_dir(g, t), when the caller has it."""
+    if cdir is None:
+        cdir = home.claim_dir(g, t)
     try:
         try:
             fsio.rmdir(cdir)
@@ -335,7 +337,10 @@ def release(home: Home, g: str, t: str) -> None:
         except FileNotFoundError:
             return
     finally:
-        born(home, g, t)              # after the claim is gone (a half-born one never looks free)
+        # after the claim is gone (a half-born one never looks free): born(), its path at hand
+        fd = _BIRTHS.pop(cdir, None)
+        if fd is not None:
+            os.close(fd)
     fsio.rmtree(gone)
 
 

@@ -820,7 +820,13 @@ class Engine(Reconciler):
         if run.stop_outcome is None and plan.task(t).definition_digest() != run.definition:
             run.stop_outcome, run.stop_reason = "superseded", "the task's definition changed while it ran"
         cdir = run.cdir
-        used = attempt_extra(cdir, lambda w: self.log(f"warning: {g}/{t}: {w}"))   # usage, the check's verdict
+        # what the attempt left in its claim, in one listing (the agent has ended): the
+        # capture files and usage/check files not named there are not looked for one by one
+        try:
+            listing = set(os.listdir(cdir))
+        except OSError:
+            listing = None           # each is looked for, as without the listing
+        used = attempt_extra(cdir, lambda w: self.log(f"warning: {g}/{t}: {w}"), listing)   # usage, the check's verdict
         node = ex.node or run.node         # a cluster runner's node: into the marker, record and event
         if node:
             used = {**(used or {}), "node": node}
@@ -831,7 +837,7 @@ class Engine(Reconciler):
             self._touched.add(g)
             return
         if run.stop_outcome is None and ex.ok:
-            done = self._finish(gs, c, ok=True, extra=used,
+            done = self._finish(gs, c, ok=True, extra=used, listing=listing,
                                 fields={"first_byte": _first_byte(prog.first_byte, c.started),
                                         "strays_killed": ex.strays or None})
             if done.outcome == S.DONE and run.task.cache and self.use_cache:

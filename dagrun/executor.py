@@ -1079,23 +1079,34 @@ class ProcessRunner:
             if k in self._pending:
                 return None                 # being spawned: spawned() registers it first
             return Exit(None, signal.SIGKILL)
+        alone = False
         if proc.rc is None:
             rc = proc.popen.poll()
             if rc is None:
                 return None
             proc.rc = rc
-            # the shell is gone; whatever it left running in its group goes too (its output
-            # still sits in the pipes and is read below)
-            _killpg(handle["pgid"], signal.SIGKILL)
-            self._ended_groups[handle["pgid"]] = None
-            if len(self._ended_groups) > 1024:
-                del self._ended_groups[next(iter(self._ended_groups))]
-            if proc.stopping:
-                # a stopped attempt (timeout, stall, cancel, Ctrl-C): also what escaped the
-                # group (setsid, daemonised children), found by DAGRUN_RUN_ID. The shell may
-                # have died of the TERM long before its TERM-ignoring escapees would.
-                kill_strays(handle.get("run_id"))
-        for s in proc.streams.values():
+            # The leader is reaped. As a child subreaper we inherit every orphan of its process
+            # tree at the leader's exit, before wait4 can report it; so any process of its group
+            # (or one that escaped it) still alive descends from the leader, and the top-most
+            # live one of its line is a child of ours -- of the main thread, where the kernel
+            # re-parents orphans and sweep() looks. Agents are the spawner threads' children,
+            # so that list is empty in the usual case: then nothing of the attempt is left,
+            # and there is no group to kill (the kill would say ESRCH) and nothing to sweep.
+            alone = self._subreaper is True and not proc.stopping and _childless()
+            if not alone:
+                # the shell is gone; whatever it left running in its group goes too (its
+                # output still sits in the pipes and is read below)
+                _killpg(handle["pgid"], signal.SIGKILL)
+                self._ended_groups[handle["pgid"]] = None
+                if len(self._ended_groups) > 1024:
+                    del self._ended_groups[next(iter(self._ended_groups))]
+                if proc.stopping:
+                    # a stopped attempt (timeout, stall, cancel, Ctrl-C): also what escaped the
+                    # group (setsid, daemonised children), found by DAGRUN_RUN_ID. The shell may
+                    # have died of the TERM long before its TERM-ignoring escapees would.
+                    kill_strays(handle.get("run_id"))
+        out, err = proc.streams["out"], proc.streams["err"]
+        for s in (out, err):
             self._drain(proc, s, None)
             if not s.eof:               # held open by a process outside the group: stop listening
                 self._fd_owner.pop(s.fd, None)
@@ -1104,9 +1115,12 @@ class ProcessRunner:
             if s.out is not None:
                 close_quiet(s.out)
                 s.out = None
-        st = self.progress(handle)
-        self._forget(k)
-        strays = self.sweep()
+        st = Progress(out.bytes, err.bytes, proc.first_byte, proc.last_output, proc.over_limit)
+        del self._procs[k]              # (_forget: its pipes and capture files are closed above)
+        if proc.pidfd is not None:
+            self._fd_owner.pop(proc.pidfd, None)
+            close_quiet(proc.pidfd)
+        strays = 0 if alone else self.sweep()
         rc = proc.rc
         return Exit(rc if rc >= 0 else None, -rc if rc < 0 else None, st, strays=strays)
 
@@ -1305,7 +1319,17 @@ def _agent_procs() -> list[_Proc]:
 def _children(tid: int | None = None) -> list[int]:
     """Children of one of our threads -- by default the main thread, where orphans of our
     agents are re-parented (os.open and that path built once per pid: it is read at every
-    agent's end)."""
+    agent's end). [] when the list cannot be read."""
+    data = _children_bytes(tid)
+    return [int(x) for x in data.split()] if data else []
+
+
+def _childless() -> bool:
+    """Has the main thread no child at all -- read, not assumed (an unreadable list: False)?"""
+    return _children_bytes(None) == b""
+
+
+def _children_bytes(tid: int | None) -> bytes | None:
     global _CHILDREN_PATH
     me = my_pid()
     if tid is not None and tid != me:
@@ -1317,7 +1341,7 @@ def _children(tid: int | None = None) -> list[int]:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
-        return []
+        return None
     try:
         data = b""
         while True:
@@ -1326,10 +1350,10 @@ def _children(tid: int | None = None) -> list[int]:
                 break
             data += chunk
     except OSError:
-        return []
+        return None
     finally:
         os.close(fd)
-    return [int(x) for x in data.split()]
+    return data
 
 
 def _is_zombie(pid: int) -> bool:

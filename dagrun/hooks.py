@@ -99,6 +99,13 @@ _TURN = TurnMemo()
 hold_turn, end_turn, release_turn = _TURN.hold, _TURN.end, _TURN.release
 
 
+def none_for(home: Home, plan: Plan) -> bool:
+    """Can no event of this plan have a hook -- none in the plan or its tasks, and no
+    $DAGRUN_HOME/hooks folder (the turn's look)? hooks_for then says [] for every event, so
+    a transition may skip every prepare (transitions.finish: a commit's three looks)."""
+    return not plan.hook_events and not _home_hooks(home)
+
+
 def _hooks_folder(home: Home) -> bool:
     return os.path.isdir(home.hooks_root())
 

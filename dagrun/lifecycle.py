@@ -39,7 +39,7 @@ from .proc import HOST
 from .prompt import Upstream, failure_note, render
 from .records import plain_methods
 from .scheduler import READY, Scheduler
-from .store import COUNTED, MARKERS, Home, TaskFacts, as_int, dumps, loads_obj, now_iso, parse_ts
+from .store import CLAIM, COUNTED, MARKERS, OWNER, Home, TaskFacts, as_int, dumps, loads_obj, now_iso, parse_ts
 from .usage import RAW_FILE
 
 BACKOFF_CAP = 600.0
@@ -419,13 +419,16 @@ def capture_workspace(home: Home, plan: Plan, c: Claim) -> str | None:
 
 def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: int | None = 0,
                 output_from: str | None = None, output_data: bytes | None = None,
-                forced_by: str | None = None, held_by: str | None = None, extra: dict | None = None) -> dict:
+                forced_by: str | None = None, held_by: str | None = None, extra: dict | None = None,
+                listing: frozenset | set | None = None) -> dict:
     """Publish output, stderr.log and the done marker, then drop the claim.
 
     The output is the capture file claim/stdout (renamed), or `output_from` / `output_data`;
     the done marker is claim/owner.json renamed out of the claim and rewritten under a
     temporary name, then renamed to `done` -- no new inode for it. `extra`: more fields for
-    the marker (the attempt's `usage`)."""
+    the marker (the attempt's `usage`). `listing`: the claim folder's names, listed by the
+    caller after the agent ended (the engine: one listing instead of a look per capture
+    file, and an absent name is not looked for again); None: each is looked for."""
     g, t = c.goal, c.task
     tdir, cdir, _, out = home.task_paths(g, t)      # (concatenations: the ids are checked)
     try:
@@ -437,23 +440,25 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
             fsio.write_atomic(out, output_data)
             size = len(output_data)
         else:
-            try:                        # one look says whether it is there and its size
-                st = os.lstat(captured)
-                size = None if S_ISLNK(st.st_mode) and not os.path.exists(captured) else st.st_size
-            except FileNotFoundError:
-                size = None
+            if listing is None or "stdout" in listing:
+                try:                    # one look says whether it is there and its size
+                    st = os.lstat(captured)
+                    size = None if S_ISLNK(st.st_mode) and not os.path.exists(captured) else st.st_size
+                except FileNotFoundError:
+                    size = None
             if size is None:            # nobody reads it before `done`: made under its own name
                 fsio.write_fresh(out, b"")
                 size = 0
             else:
                 fsio.rename(captured, out)
         err = cdir + "/stderr"
-        have_err = os.path.exists(err)
+        have_err = (listing is None or "stderr" in listing) and os.path.exists(err)
         if have_err:
             fsio.rename(err, home.stderr_path(g, t))
-        raw = f"{cdir}/{RAW_FILE}"                # a preset's raw tool output, beside `output`
-        if os.path.exists(raw):
-            fsio.rename(raw, f"{tdir}/{RAW_FILE}")
+        if listing is None or RAW_FILE in listing:
+            raw = f"{cdir}/{RAW_FILE}"            # a preset's raw tool output, beside `output`
+            if os.path.exists(raw):
+                fsio.rename(raw, f"{tdir}/{RAW_FILE}")
         # an empty output is looked at once more (file_size): remembered for the dependents'
         # prompts, which then read it with one stat instead of the safe walk's six calls
         body = {
@@ -465,7 +470,7 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
             body["forced_by"] = forced_by
             body["held_by"] = held_by
         body.update(extra or {})
-        _publish_from_owner(home, g, t, S.DONE, body, c.owner, c.held)
+        _publish_from_owner(home, g, t, S.DONE, body, c.owner, c.held, tdir=tdir)
         if c.kept is not False and home.has_attempts(g, t):
             # earlier attempts are kept under attempts/: keep this one beside them (links, no
             # copies). A task that succeeds at once has no attempts/ and pays nothing here
@@ -475,7 +480,7 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
             _keep_success(home, g, t, c.attempt, body, have_err)
     except OSError as e:
         raise os_error("commit", tdir, e) from None
-    claims.release(home, g, t)
+    claims.release(home, g, t, cdir=cdir)
     return body
 
 
@@ -512,13 +517,22 @@ def _link_over(src: str, dst: str) -> None:
 
 
 def _publish_from_owner(home: Home, g: str, t: str, kind: str, body: dict, holder: dict | None = None,
-                        held: "claims.Held | None" = None) -> None:
+                        held: "claims.Held | None" = None, tdir: str | None = None) -> None:
     """Publish a marker by recycling claim/owner.json's inode (rename out, rewrite, rename).
     held: that owner.json kept open by the engine, its identity proven by the caller's last
     claim.holds (which lets go of a Held that no longer names owner.json): rewritten through
-    that fd, not opened again by its new name."""
-    owner = home.owner_path(g, t)
-    tmp = fsio.tmp_name(home.marker_path(g, t, kind))
+    that fd, not opened again by its new name. tdir: home.task_dir(g, t), when the caller has it.
+
+    Why two renames and not one: the marker's bytes must be whole before its name exists
+    (status, summary and peers read `done`; a crash must not leave a part), and owner.json
+    must never be rewritten in place while it has that name (peers judge the claim by it;
+    claim.holds proves it by its inode). So the inode is rewritten under a private name in
+    between -- where no reader looks, and which a crash leaves to the sweeps."""
+    if tdir is None:
+        tdir = home.task_dir(g, t)
+    owner = f"{tdir}/{CLAIM}/{OWNER}"            # (home.owner_path, home.marker_path: concatenations)
+    marker = f"{tdir}/{kind}"
+    tmp = fsio.tmp_name(marker)
     try:
         fsio.rename(owner, tmp)
     except FileNotFoundError:
@@ -527,7 +541,7 @@ def _publish_from_owner(home: Home, g: str, t: str, kind: str, body: dict, holde
     fd = held.fd if held is not None else -1
     try:
         fsio.rewrite(tmp, dumps(body), fd=fd)
-        fsio.rename(tmp, home.marker_path(g, t, kind))
+        fsio.rename(tmp, marker)
     except OSError:
         # disk full / I/O error half-way: put owner.json back (with the holder's record again:
         # a rewrite that failed half-way has overwritten part of it -- mutation testing found

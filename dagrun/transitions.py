@@ -112,12 +112,13 @@ def _emit(home: Home, plan: Plan | None, g: str, type_: str, *, pending=None, ho
     ev.append(home, g, e)
     if due is not None:
         ev.flush()          # a held line (the engine's turn) is on disk before its hooks run
-    hk.start(due, hook_failed)
+        hk.start(due, hook_failed)
     return e
 
 
-def _status(home: Home, plan: Plan | None, g: str, t: str, st: str, *, pending=None, **fields) -> dict:
-    return _emit(home, plan, g, ev.TASK_STATUS, pending=pending, task=t, status=st, **fields)
+def _status(home: Home, plan: Plan | None, g: str, t: str, st: str, *, pending=None, hooks: bool = True,
+            **fields) -> dict:
+    return _emit(home, plan, g, ev.TASK_STATUS, pending=pending, hooks=hooks, task=t, status=st, **fields)
 
 
 def hook_failed(home: Home, g: str, **fields) -> None:
@@ -137,6 +138,8 @@ def _changes(home: Home, g: str, sched_changes, worker: str, plan: Plan | None =
     itself, announced by the caller with its details) and return it. blocked_due /
     skipped_due: the pending on_blocked / on_skipped records published before the commit
     point (_prepare_blocked, _prepare_skipped), settled here."""
+    if sched_changes is not None and len(sched_changes) == 1 and not blocked_due and not skipped_due:
+        return Changes()       # nothing else changed, nothing pending to settle: the usual commit
     ch = Changes()
     blocked_due = dict(blocked_due or {})
     skipped_due = dict(skipped_due or {})
@@ -229,7 +232,7 @@ def finish(home: Home, plan: Plan, sched: Scheduler, c: Claim, *, ok: bool, work
            signal: int | None = None, reason: str = "", output_data: bytes | None = None,
            forced: dict | None = None, fields: dict | None = None, stop_handled: bool = False,
            announce_ready: bool = False, extra: dict | None = None, cached: str | None = None,
-           final: bool | None = None) -> Finished:
+           final: bool | None = None, listing: frozenset | set | None = None) -> Finished:
     """An attempt ended with a verdict. ok: publish output, stderr.log and `done`; else record
     the attempt (`failed` when no retry is left, `retrying` otherwise). Then the events and
     the scheduler's consequences. A final failure under on_failure=stop cancels what has
@@ -244,45 +247,57 @@ def finish(home: Home, plan: Plan, sched: Scheduler, c: Claim, *, ok: bool, work
     cached: the result cache's key when `output_data` is a cache hit (no agent ran): the
     marker says `"cached": true` (no exit code) and so does the event.
     final: True fails the task for good whatever its retries (a workspace conflict).
+    listing: the names in the claim folder, listed by the caller after the agent ended
+    (the engine): commit_done looks only for the capture files it names.
 
     With a code workspace, ok first commits the worktree (lifecycle.capture_workspace); if
     that fails the attempt fails with git's reason instead (and is retried like any failure)."""
     g, t = c.goal, c.task
     ended = time.time() if ended is None else ended
     forced = forced or {}
-    extra = dict(extra or {})
-    release_resources(home, c, worker=worker, why=S.DONE if ok else (outcome or S.FAILED))
+    extra = dict(extra) if extra else {}
+    if c.owner and c.owner.get("units"):      # (release_resources' own first look)
+        release_resources(home, c, worker=worker, why=S.DONE if ok else (outcome or S.FAILED))
     if ok:
         why = capture_workspace(home, plan, c)
         if why is not None:
             ok, outcome, reason = False, S.FAILED, why
             exit_code = 0 if exit_code is None else exit_code
+    # no hook anywhere for this plan (the usual case): nothing to prepare before the marker
+    # nor for the event -- each prepare would ask the same two questions and find nothing
+    hooked = not hk.none_for(home, plan)
     if ok:
         if cached is not None:
             extra.update(cached=True, cache_key=cached)
             code = None
         else:
             code = exit_code if exit_code is not None else 0
-        pending = hk.prepare_pending(home, plan, g, t, c.attempt, ("on_done",))
-        skipped_due = _prepare_skipped(home, plan, sched, t, S.DONE, {"attempt": c.attempt})
+        if hooked:
+            pending = hk.prepare_pending(home, plan, g, t, c.attempt, ("on_done",))
+            skipped_due = _prepare_skipped(home, plan, sched, t, S.DONE, {"attempt": c.attempt})
+        else:
+            pending, skipped_due = None, {}
         try:
             body = commit_done(home, plan, c, ended=ended, exit_code=code, output_data=output_data,
-                               extra=extra or None, **forced)
+                               extra=extra or None, listing=listing, **forced)
         except BaseException:
             _abandon(pending, skipped_due)
             raise
-        _status(home, plan, g, t, ev.DONE, pending=pending, attempt=c.attempt, worker=worker, duration=body["duration"],
-                exit_code=code, output_bytes=body["output_bytes"], usage=body.get("usage"), node=body.get("node"),
-                cached=True if cached else None, **(fields or {}), **forced)
+        _status(home, plan, g, t, ev.DONE, pending=pending, hooks=hooked, attempt=c.attempt, worker=worker,
+                duration=body["duration"], exit_code=code, output_bytes=body["output_bytes"], usage=body.get("usage"),
+                node=body.get("node"), cached=True if cached else None, **(fields or {}), **forced)
         return Finished(S.DONE, body, _changes(home, g, sched.finish(t, S.DONE), worker, plan,
                                                skipped_due=skipped_due))
     # who announces a retry's `ready` when its backoff ends: the engine process that holds the
     # claim, or nobody (a script's `fail`); other engines requeue at retry_at once it is gone
     announcer = False if announce_ready else (
         {k: c.owner.get(k) for k in ("host", "boot_id", "pid", "pid_start")} if c.owner.get("kind") == "engine" else None)
-    pending = hk.prepare_pending(home, plan, g, t, c.attempt, ("on_failed", "on_retrying"))
-    blocked_due = _prepare_blocked(home, plan, sched, t, c.attempt)     # if this failure is final
-    skipped_due = _prepare_skipped(home, plan, sched, t, S.FAILED, {"attempt": c.attempt})
+    if hooked:
+        pending = hk.prepare_pending(home, plan, g, t, c.attempt, ("on_failed", "on_retrying"))
+        blocked_due = _prepare_blocked(home, plan, sched, t, c.attempt)     # if this failure is final
+        skipped_due = _prepare_skipped(home, plan, sched, t, S.FAILED, {"attempt": c.attempt})
+    else:
+        pending, blocked_due, skipped_due = None, {}, {}
     try:
         rec = commit_failure(home, plan, c, outcome=outcome, ended=ended, exit_code=exit_code, signal=signal,
                              announcer=announcer,
@@ -295,7 +310,7 @@ def finish(home: Home, plan: Plan, sched: Scheduler, c: Claim, *, ok: bool, work
                   node=rec.get("node"))
     common.update(fields or {})     # e.g. a rejected gate's decided_by (docs/conditions.md), like a success's
     if rec["final"]:
-        _status(home, plan, g, t, ev.FAILED, pending=pending, **common, **forced)
+        _status(home, plan, g, t, ev.FAILED, pending=pending, hooks=hooked, **common, **forced)
         ch = _changes(home, g, sched.finish(t, S.FAILED), worker, plan, blocked_due, skipped_due)
         if not ch.rebuild and sched.stop_on_failure and not stop_handled:
             ch.extend(stop_goal(home, plan, sched, t, worker))
@@ -305,7 +320,7 @@ def finish(home: Home, plan: Plan, sched: Scheduler, c: Claim, *, ok: bool, work
     # backoff ends: `announced: false` tells the engines reading the line to requeue it at
     # retry_at, not a grace later (tests/reliability/README.md #33)
     due = float(rec.get("retry_at") or 0) <= time.time()
-    _status(home, plan, g, t, ev.RETRYING, pending=pending, **common, retry_at=rec["retry_at"],
+    _status(home, plan, g, t, ev.RETRYING, pending=pending, hooks=hooked, **common, retry_at=rec["retry_at"],
             announced=False if announce_ready and not due else None,
             announcer=announcer or None, **forced)
     sched.retrying(t)

@@ -103,7 +103,10 @@ def test_the_loop_thread_does_per_turn_what_it_did_per_task(tmp_path, monkeypatc
     assert c["limits"] <= 3, c
     assert c["a_output"] <= 2, c
     assert c["attempts"] == 0, c                # a first attempt's commit: its claim listed no attempts/ (Claim.kept)
-    assert c["listdir_claims"] == 0, c          # a released claim is not listed
+    # a released claim is not listed; each commit lists its claim once, for the capture files
+    # the agent left (commit13: instead of five looks for claim/stdout, stderr, raw, usage.jsonl
+    # and check.json)
+    assert c["listdir_claims"] == n + 1, c
     assert c["getpid"] <= n + 8, c              # the fake runner asks once per start
     assert c["plan_stat"] < n, c                # commits ending in the same turns share one look
     assert c["folder_ino"] <= n + 2, c          # the task folder's inode, for run_id

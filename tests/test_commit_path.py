@@ -1,0 +1,202 @@
+"""The loop thread's commit path (issue 20, 2026-12-06, commit13): what an agent's end costs
+the loop from its exit to its `done` -- counted in calls, not timed -- and the cases each
+dropped look covered still behaving."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import psutil
+
+from conftest import run, task_dir, write_plan
+
+from dagrun.store import Home
+
+
+def _fanout(tmp_path, n: int, agent: str = "true", **top):
+    from dagrun.engine import Engine
+
+    h = Home(str(tmp_path / "home"))
+    tasks = [{"id": "a", "prompt": "x"}] + [{"id": f"m{i:02d}", "prompt": "x", "deps": ["a"]} for i in range(n)]
+    p = write_plan(tmp_path / "p", tasks, goal="fo", defaults={"agent": agent}, **top)
+    run("submit", p, home=h.root)
+    return h, Engine(h, goal="fo", jobs=4)
+
+
+def test_an_agent_that_leaves_nothing_behind_costs_no_group_kill(tmp_path, monkeypatch):
+    """The engine is a child subreaper: when an agent's leader is reaped, every process of
+    its group still alive descends from it and the top-most live one of each line is a child
+    of ours (the main thread's). An empty children list proves the group empty: no
+    kill(-pgid) (ESRCH every time before) and no second read of the list for the sweep."""
+    from dagrun import executor
+
+    n = 6
+    h, eng = _fanout(tmp_path, n)
+    loop = threading.get_ident()
+    seen = {"killpg": 0, "children": 0, "reaping": False}
+    real_killpg, real_children, real_reap = os.killpg, executor._children_bytes, eng._reap
+
+    def reap(due=None):
+        seen["reaping"] = True
+        try:
+            return real_reap(due)
+        finally:
+            seen["reaping"] = False
+
+    def c_killpg(pgid, sig):
+        if threading.get_ident() == loop:
+            seen["killpg"] += 1
+        return real_killpg(pgid, sig)
+
+    def c_children(tid):
+        if threading.get_ident() == loop and seen["reaping"]:
+            seen["children"] += 1
+        return real_children(tid)
+
+    monkeypatch.setattr(os, "killpg", c_killpg)
+    monkeypatch.setattr(executor, "_children_bytes", c_children)
+    monkeypatch.setattr(eng, "_reap", reap)
+    assert eng.run() == 0
+    monkeypatch.undo()
+    assert all((task_dir(h.root, "fo", f"m{i:02d}") / "done").exists() for i in range(n))
+    assert seen["killpg"] == 0, seen
+    assert seen["children"] == n + 1, seen          # one look per agent's end (the sweep's)
+
+
+def test_an_unreadable_children_list_proves_nothing_and_the_group_is_killed(tmp_path, monkeypatch):
+    """Only a list read and found empty proves the group empty: when it cannot be read
+    (/proc not mounted, a failing read) every ended group is killed, as before."""
+    from dagrun import executor
+
+    n = 3
+    h, eng = _fanout(tmp_path, n)
+    loop = threading.get_ident()
+    kills = []
+    real_killpg = os.killpg
+
+    def c_killpg(pgid, sig):
+        if threading.get_ident() == loop:
+            kills.append(pgid)
+        return real_killpg(pgid, sig)
+
+    monkeypatch.setattr(os, "killpg", c_killpg)
+    monkeypatch.setattr(executor, "_children_bytes", lambda tid: None)
+    assert eng.run() == 0
+    monkeypatch.undo()
+    assert len(kills) == n + 1, kills
+
+
+def test_a_group_member_left_running_is_still_killed_when_its_leader_exits(tmp_path):
+    """The case the group kill is for: the agent's shell leaves a background child in its
+    group (its streams closed, so nothing waits for it). Re-parented to the engine, it is in
+    the children list: the group is killed as before."""
+    pidfile = tmp_path / "bg.pid"
+    agent = f"sleep 300 </dev/null >/dev/null 2>&1 & echo $! > {pidfile}; echo ok"
+    h, eng = _fanout(tmp_path, 1, agent=agent)
+    assert eng.run() == 0
+    pid = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            break
+        time.sleep(0.02)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert (task_dir(h.root, "fo", "m00") / "output").read_text() == "ok\n"
+
+
+def _count_commit_looks(tmp_path, monkeypatch, agent: str, n: int = 4, **top):
+    """Run a fan-out in this process and count, on the loop thread inside its commits, the
+    looks at the claim's capture files and the hooks' prepares."""
+    from dagrun import engine as eng_mod
+    from dagrun import hooks
+
+    h, eng = _fanout(tmp_path, n, agent=agent, **top)
+    loop = threading.get_ident()
+    names = ("/claim/stdout", "/claim/stderr", "/claim/raw", "/claim/usage.jsonl", "/claim/check.json")
+    seen = {"probes": 0, "prepares": 0, "in": False}
+    real = {f: getattr(os, f) for f in ("stat", "lstat", "open")}
+
+    def wrap(f):
+        def look(path, *a, **k):
+            if seen["in"] and threading.get_ident() == loop and isinstance(path, str) and path.endswith(names):
+                seen["probes"] += 1
+            return real[f](path, *a, **k)
+        return look
+
+    def prep(fn):
+        def counted(*a, **k):
+            if seen["in"]:
+                seen["prepares"] += 1
+            return fn(*a, **k)
+        return counted
+
+    real_commit, real_ended = eng_mod.Engine._commit_locked, eng_mod.Engine._check_ended
+
+    def commit(self, run, ex):
+        seen["in"] = True
+        try:
+            return real_commit(self, run, ex)
+        finally:
+            seen["in"] = False
+
+    def ended(self, gs):                # the goal's end (its summary, goal.finished): not counted
+        was, seen["in"] = seen["in"], False
+        try:
+            return real_ended(self, gs)
+        finally:
+            seen["in"] = was
+
+    for f in real:
+        monkeypatch.setattr(os, f, wrap(f))
+    for f in ("prepare", "prepare_pending", "prepare_skipped", "prepare_blocked"):
+        monkeypatch.setattr(hooks, f, prep(getattr(hooks, f)))
+    monkeypatch.setattr(eng_mod.Engine, "_commit_locked", commit)
+    monkeypatch.setattr(eng_mod.Engine, "_check_ended", ended)
+    assert eng.run() == 0
+    monkeypatch.undo()
+    return h, seen
+
+
+def test_a_commit_lists_the_claim_once_instead_of_looking_for_each_capture_file(tmp_path, monkeypatch):
+    """An agent that printed nothing and wrote no usage, check or raw file: one listing of
+    its claim says so -- not five failed looks (claim/stdout, stderr, raw, usage.jsonl,
+    check.json) per commit."""
+    n = 4
+    h, seen = _count_commit_looks(tmp_path, monkeypatch, "true", n)
+    assert all((task_dir(h.root, "fo", f"m{i:02d}") / "done").exists() for i in range(n))
+    assert (task_dir(h.root, "fo", "m00") / "output").read_bytes() == b""
+    assert seen["probes"] == 0, seen
+
+
+def test_what_the_listing_names_is_committed_as_before(tmp_path, monkeypatch):
+    """Every capture file an agent leaves is still found through the listing: stdout becomes
+    output, stderr stderr.log, the raw file raw, usage lines the marker's usage."""
+    agent = ('echo out; echo err >&2; printf raw > "$DAGRUN_RAW_FILE"; '
+             'echo \'{"tokens_in": 3, "tokens_out": 4}\' > "$DAGRUN_USAGE_FILE"')
+    h, seen = _count_commit_looks(tmp_path, monkeypatch, agent, 2)
+    d = task_dir(h.root, "fo", "m01")
+    assert (d / "output").read_text() == "out\n"
+    assert (d / "stderr.log").read_text() == "err\n"
+    assert (d / "raw").read_text() == "raw"
+    done = json.loads((d / "done").read_text())
+    assert done["usage"]["tokens_in"] == 3 and done["usage"]["tokens_out"] == 4
+    assert not (d / "claim").exists()
+
+
+def test_a_commit_without_any_hook_prepares_none(tmp_path, monkeypatch):
+    """No hook in the plan, its tasks or $DAGRUN_HOME/hooks: a commit prepares nothing (it
+    asked three times, for its pending record, its on_skipped check and its event)."""
+    _, seen = _count_commit_looks(tmp_path, monkeypatch, "true", 3)
+    assert seen["prepares"] == 0, seen
+
+
+def test_a_commit_with_a_hook_still_prepares_and_runs_it(tmp_path, monkeypatch):
+    log = tmp_path / "hook.log"
+    hook = {"on_done": [["sh", "-c", f"cat >/dev/null; echo ran >> {log}"]]}
+    h, seen = _count_commit_looks(tmp_path, monkeypatch, "true", 2, hooks=hook)
+    from dagrun import hooks
+    assert hooks.wait(10)
+    assert seen["prepares"] > 0
+    assert log.read_text().count("ran") == 3          # a and both m's
