@@ -21,6 +21,7 @@ import bisect
 import datetime
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -247,6 +248,9 @@ def main() -> int:
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"tasks": a.tasks, "scratch": a.scratch, "wall": wall, "tenths": tenths, "samples": samples, "states": states}, f)
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    print(f"\nthe samplers' own CPU: {me.ru_utime + me.ru_stime:.1f} s over the {wall:.1f} s run "
+          f"(submit and the plan's writing included)")
     if a.keep:
         print(f"home kept: {home}", file=sys.stderr)
     else:
