@@ -93,13 +93,28 @@ def being_born(home: Home, g: str, t: str) -> bool:
     return False
 
 
+# Claim nonces (owner.json's "nonce": 6 random bytes, 12 hex digits) are cut from a pool of
+# random bytes drawn 64 at a time -- one getrandom(2) per 64 claims, not one per claim --
+# and drawn anew in a forked child (the pool is the process's: [pid, bytes hex, next offset]).
+_NONCE_POOL: list = [0, "", 0]
+_NONCE_DRAW = 64
+
+
+def _nonce(me: int, pool=_NONCE_POOL) -> str:
+    i = pool[2]
+    if i >= len(pool[1]) or pool[0] != me:
+        pool[0], pool[1], i = me, os.urandom(6 * _NONCE_DRAW).hex(), 0
+    pool[2] = i + 12
+    return pool[1][i:i + 12]
+
+
 def new_owner(worker: str, attempt: int, *, kind: str, pid: int | None = None) -> dict:
     me = my_pid()
     pid = me if pid is None else pid
     start = self_start() if pid == me else proc_start(pid)
     return {
         "worker": worker, "host": HOST, "boot_id": BOOT_ID, "pid": pid, "pid_start": start,
-        "attempt": attempt, "since": now_iso(), "kind": kind, "nonce": os.urandom(6).hex(),
+        "attempt": attempt, "since": now_iso(), "kind": kind, "nonce": _nonce(me),
         "handle": None,
     }
 
@@ -180,13 +195,17 @@ except (OSError, ValueError):
 
 def update_owner(home: Home, g: str, t: str, owner: dict, *, hold: bool = False) -> Held | None:
     """Publish owner.json; hold: keep it open and return it (Held), for holds() to prove by
-    one lstat that the claim is still ours."""
+    one lstat that the claim is still ours. The engine's claim folder is fresh (its mkdir made
+    it; no owner.json yet): held, owner.json is written straight into it under its own name
+    (fsio.create_held: no temporary name, no rename) -- a peer that reads it half-written sees
+    no owner yet, a claim being born, which the birth lock (held until born() below) and the
+    half-born grace already cover, as for a claim before its owner.json."""
     path = home.owner_path(g, t)
     if not hold:
         fsio.write_atomic(path, dumps(owner))
         born(home, g, t)              # owner.json proves the holder now: the birth lock goes
         return None
-    fd, dev, ino = fsio.publish_held(path, dumps(owner))
+    fd, dev, ino = fsio.create_held(path, dumps(owner))
     born(home, g, t)
     if fd >= HOLD_FD_MAX:             # a very wide run: do not spend its descriptors on this
         os.close(fd)
