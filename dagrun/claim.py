@@ -137,7 +137,7 @@ def acquire(home: Home, g: str, t: str, *, hold: bool = False) -> bool | int:
     that was there already is checked for a symbolic link only when the birth lock's
     open(O_NOFOLLOW) did not prove it a folder (docs/performance.md, 2026-12-06)."""
     tdir = home.task_dir(g, t)
-    cdir = os.path.join(tdir, CLAIM)
+    cdir = f"{tdir}/{CLAIM}"              # (os.path.join, inlined: the ids are checked)
     try:
         fresh = fsio.mkdir(tdir)          # False: it was there (a retry, a claim held)
     except FileNotFoundError:             # no tasks/ folder yet
@@ -154,7 +154,9 @@ def acquire(home: Home, g: str, t: str, *, hold: bool = False) -> bool | int:
             os.close(fd)
         raise
     if got:
-        born(home, g, t)              # a lock left from an earlier claim of ours (taken away since)
+        old = _BIRTHS.pop(cdir, None)     # a lock left from an earlier claim of ours (taken
+        if old is not None:               # away since): born(), inlined
+            os.close(old)
         if fd is not None:
             _BIRTHS[cdir] = fd
         return NEW if fresh else True

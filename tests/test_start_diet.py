@@ -153,3 +153,20 @@ def test_claim_nonces_are_drawn_in_batches_unique_and_anew_after_a_fork(tmp_path
     os.waitpid(pid, 0)
     mine = [claims.new_owner("w", 1, kind="engine")["nonce"] for _ in range(3)]
     assert len(child) == 3 and not set(child) & set(mine) and not set(child) & set(nonces)
+
+
+def test_a_claim_still_sweeps_claims_left_renamed_away_beside_it(tmp_path):
+    """claim_task lists the task folder under its claim; the sweep of `.claim.*` folders that
+    a breaker or releaser left half-way is skipped only when the listing holds nothing but
+    claim/ (a fresh folder) -- with anything beside it, the leftovers still go."""
+    from dagrun import lifecycle
+
+    h = Home(str(tmp_path / "home"))
+    p = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x"}], goal="sw", defaults={"agent": "true"})
+    run("submit", p, home=h.root)
+    left = task_dir(h.root, "sw", "a") / ".claim.broken.1234"
+    (left / "sub").mkdir(parents=True)
+    plan = h.load_plan("sw")
+    c = lifecycle.claim_task(h, plan, "a", worker="w", kind="engine")
+    assert c is not None and not left.exists()
+    assert (task_dir(h.root, "sw", "a") / "prompt.md").read_text().startswith("x")
