@@ -170,3 +170,45 @@ def test_a_claim_still_sweeps_claims_left_renamed_away_beside_it(tmp_path):
     c = lifecycle.claim_task(h, plan, "a", worker="w", kind="engine")
     assert c is not None and not left.exists()
     assert (task_dir(h.root, "sw", "a") / "prompt.md").read_text().startswith("x")
+
+
+class _T:
+    def __init__(self, id, deps=(), priority=0):
+        self.id, self.deps, self.soft_deps, self.priority = id, tuple(deps), (), priority
+
+
+def test_one_goals_fair_share_asks_its_scheduler_once_per_start_with_the_same_rules(monkeypatch):
+    """FairShare.take with one goal: its scheduler's take() alone (before: may_start(), which
+    looks at the best ready task, then take(), which looks again, then the pick's min over
+    one goal). The same starts come out as with two goals' full pick: max_parallel, a
+    failure under on_failure=stop and the budget still say wait, and the goal's pass
+    advances as a start's must."""
+    from dagrun.scheduler import FairShare, Scheduler
+
+    tasks = [_T("a"), _T("b"), _T("c", ["a"])]
+    asked: list[str] = []
+    real = Scheduler.may_start
+
+    def counted(self):
+        asked.append("may_start")
+        return real(self)
+
+    monkeypatch.setattr(Scheduler, "may_start", counted)
+    share = FairShare()
+    s = Scheduler(tasks, max_parallel=2)
+    assert share.take({"g": (s, 0, 1.0)}) == ("g", "a")
+    assert share.take({"g": (s, 1, 1.0)}) == ("g", "b")
+    assert share.take({"g": (s, 2, 1.0)}) is None             # max_parallel
+    assert asked == [] and share.passes == {"g": 2.0} and share.vtime == 1.0
+    s.finish("a", "done")
+    assert share.take({"g": (s, 1, 1.0)}) == ("g", "c")
+    stop = Scheduler([_T("x"), _T("y")], stop_on_failure=True)
+    assert share.take({"s": (stop, 0, 1.0)}) == ("s", "x")
+    stop.finish("x", "failed")
+    assert share.take({"s": (stop, 0, 1.0)}) is None           # on_failure=stop
+    broke = Scheduler([_T("p")], budget={"usd": 1.0}, estimates={"p": 2.0})
+    assert share.take({"b": (broke, 0, 1.0)}) is None          # past the budget
+    assert broke.state_of("p") == "ready" and asked == []
+    # two goals: the pick still asks each may_start()
+    s2 = Scheduler([_T("q")])
+    assert share.take({"g": (s, 0, 1.0), "h": (s2, 0, 1.0)}) == ("h", "q") and len(asked) == 2
