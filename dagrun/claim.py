@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from . import fsio
 from .errors import FsError, os_error
 from .proc import BOOT_ID, GONE, HOST, REBOOTED, my_pid, proc_start, self_start, why_dead
-from .store import CLAIM, Home, as_int, dumps, loads_obj, now_iso
+from .store import CLAIM, OWNER, Home, as_int, dumps, loads_obj, now_iso
 
 def _env_seconds(name: str, default: float) -> float:
     try:
@@ -202,13 +202,16 @@ def update_owner(home: Home, g: str, t: str, owner: dict, *, hold: bool = False)
     (fsio.create_held: no temporary name, no rename) -- a peer that reads it half-written sees
     no owner yet, a claim being born, which the birth lock (held until born() below) and the
     half-born grace already cover, as for a claim before its owner.json."""
-    path = home.owner_path(g, t)
+    cdir = home.claim_dir(g, t)
+    path = f"{cdir}/{OWNER}"
     if not hold:
         fsio.write_atomic(path, dumps(owner))
         born(home, g, t)              # owner.json proves the holder now: the birth lock goes
         return None
     fd, dev, ino = fsio.create_held(path, dumps(owner))
-    born(home, g, t)
+    lock = _BIRTHS.pop(cdir, None)    # born(), inlined
+    if lock is not None:
+        os.close(lock)
     if fd >= HOLD_FD_MAX:             # a very wide run: do not spend its descriptors on this
         os.close(fd)
         return None
