@@ -169,9 +169,10 @@ class Held:
     """The owner.json this process published for its claim, kept open (update_owner(hold=True)):
     while the fd is open its inode cannot be freed, so no other file can get its number, and
     one lstat of claim/owner.json showing this device and inode proves the claim still holds
-    the very file we published -- with our nonce in it (owner.json is only ever replaced by
-    rename, never rewritten in place, while it has that name) -- instead of reading and parsing
-    it (holds). Closed by the engine when the attempt ends, else when dropped."""
+    the very file we published -- with our nonce in it (owner.json is written whole before its
+    Held exists -- fsio.create_held, or by rename -- and after that only ever replaced by
+    rename, never rewritten in place, while it has that name) -- instead of reading and
+    parsing it (holds). Closed by the engine when the attempt ends, else when dropped."""
     __slots__ = ("fd", "dev", "ino")
 
     def __init__(self, fd: int, dev: int, ino: int) -> None:
