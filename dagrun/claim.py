@@ -93,19 +93,25 @@ def being_born(home: Home, g: str, t: str) -> bool:
     return False
 
 
-# Claim nonces (owner.json's "nonce": 6 random bytes, 12 hex digits) are cut from a pool of
-# random bytes drawn 64 at a time -- one getrandom(2) per 64 claims, not one per claim --
-# and drawn anew in a forked child (the pool is the process's: [pid, bytes hex, next offset]).
-_NONCE_POOL: list = [0, "", 0]
+# Claim nonces (owner.json's "nonce": 6 random bytes, 12 hex digits) are cut from random
+# bytes drawn 64 nonces at a time -- one getrandom(2) per 64 claims, not one per claim. They
+# are handed out by list.pop() (one C call: two threads never get the same one) and thrown
+# away in a forked child (the list is the process's, by pid: proc.my_pid), which draws its own.
+_NONCES: list[str] = []
+_NONCE_PID = [0]
 _NONCE_DRAW = 64
 
 
-def _nonce(me: int, pool=_NONCE_POOL) -> str:
-    i = pool[2]
-    if i >= len(pool[1]) or pool[0] != me:
-        pool[0], pool[1], i = me, os.urandom(6 * _NONCE_DRAW).hex(), 0
-    pool[2] = i + 12
-    return pool[1][i:i + 12]
+def _nonce(me: int) -> str:
+    if _NONCE_PID[0] != me:
+        _NONCES.clear()
+        _NONCE_PID[0] = me
+    try:
+        return _NONCES.pop()
+    except IndexError:
+        h = os.urandom(6 * _NONCE_DRAW).hex()
+        _NONCES.extend([h[i:i + 12] for i in range(12, len(h), 12)])
+        return h[:12]
 
 
 def new_owner(worker: str, attempt: int, *, kind: str, pid: int | None = None) -> dict:

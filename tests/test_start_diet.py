@@ -212,3 +212,26 @@ def test_one_goals_fair_share_asks_its_scheduler_once_per_start_with_the_same_ru
     # two goals: the pick still asks each may_start()
     s2 = Scheduler([_T("q")])
     assert share.take({"g": (s, 0, 1.0), "h": (s2, 0, 1.0)}) == ("h", "q") and len(asked) == 2
+
+
+def test_claim_nonces_handed_out_by_threads_at_once_are_all_different():
+    """Threads claiming at once (the engine's loop and a protocol command's thread in one
+    process) each get their own nonces: list.pop() hands each one out once."""
+    import sys
+
+    from dagrun import claim as claims
+
+    got: list[list[str]] = [[] for _ in range(4)]
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        ths = [threading.Thread(target=lambda out=out: out.extend(claims._nonce(os.getpid()) for _ in range(3000)))
+               for out in got]
+        for th in ths:
+            th.start()
+        for th in ths:
+            th.join()
+    finally:
+        sys.setswitchinterval(old)
+    every = [x for out in got for x in out]
+    assert len(every) == 12000 and len(set(every)) == 12000
