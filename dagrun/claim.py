@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from . import fsio
 from .errors import FsError, os_error
 from .proc import BOOT_ID, GONE, HOST, REBOOTED, my_pid, proc_start, self_start, why_dead
-from .store import CLAIM, Home, as_int, dumps, loads_obj, now_iso
+from .store import CLAIM, OWNER, Home, as_int, dumps, loads_obj, now_iso
 
 def _env_seconds(name: str, default: float) -> float:
     try:
@@ -93,13 +93,34 @@ def being_born(home: Home, g: str, t: str) -> bool:
     return False
 
 
+# Claim nonces (owner.json's "nonce": 6 random bytes, 12 hex digits) are cut from random
+# bytes drawn 64 nonces at a time -- one getrandom(2) per 64 claims, not one per claim. They
+# are handed out by list.pop() (one C call: two threads never get the same one) and thrown
+# away in a forked child (the list is the process's, by pid: proc.my_pid), which draws its own.
+_NONCES: list[str] = []
+_NONCE_PID = [0]
+_NONCE_DRAW = 64
+
+
+def _nonce(me: int) -> str:
+    if _NONCE_PID[0] != me:
+        _NONCES.clear()
+        _NONCE_PID[0] = me
+    try:
+        return _NONCES.pop()
+    except IndexError:
+        h = os.urandom(6 * _NONCE_DRAW).hex()
+        _NONCES.extend([h[i:i + 12] for i in range(12, len(h), 12)])
+        return h[:12]
+
+
 def new_owner(worker: str, attempt: int, *, kind: str, pid: int | None = None) -> dict:
     me = my_pid()
     pid = me if pid is None else pid
     start = self_start() if pid == me else proc_start(pid)
     return {
         "worker": worker, "host": HOST, "boot_id": BOOT_ID, "pid": pid, "pid_start": start,
-        "attempt": attempt, "since": now_iso(), "kind": kind, "nonce": os.urandom(6).hex(),
+        "attempt": attempt, "since": now_iso(), "kind": kind, "nonce": _nonce(me),
         "handle": None,
     }
 
@@ -122,7 +143,7 @@ def acquire(home: Home, g: str, t: str, *, hold: bool = False) -> bool | int:
     that was there already is checked for a symbolic link only when the birth lock's
     open(O_NOFOLLOW) did not prove it a folder (docs/performance.md, 2026-12-06)."""
     tdir = home.task_dir(g, t)
-    cdir = os.path.join(tdir, CLAIM)
+    cdir = f"{tdir}/{CLAIM}"              # (os.path.join, inlined: the ids are checked)
     try:
         fresh = fsio.mkdir(tdir)          # False: it was there (a retry, a claim held)
     except FileNotFoundError:             # no tasks/ folder yet
@@ -139,7 +160,9 @@ def acquire(home: Home, g: str, t: str, *, hold: bool = False) -> bool | int:
             os.close(fd)
         raise
     if got:
-        born(home, g, t)              # a lock left from an earlier claim of ours (taken away since)
+        old = _BIRTHS.pop(cdir, None)     # a lock left from an earlier claim of ours (taken
+        if old is not None:               # away since): born(), inlined
+            os.close(old)
         if fd is not None:
             _BIRTHS[cdir] = fd
         return NEW if fresh else True
@@ -152,9 +175,10 @@ class Held:
     """The owner.json this process published for its claim, kept open (update_owner(hold=True)):
     while the fd is open its inode cannot be freed, so no other file can get its number, and
     one lstat of claim/owner.json showing this device and inode proves the claim still holds
-    the very file we published -- with our nonce in it (owner.json is only ever replaced by
-    rename, never rewritten in place, while it has that name) -- instead of reading and parsing
-    it (holds). Closed by the engine when the attempt ends, else when dropped."""
+    the very file we published -- with our nonce in it (owner.json is written whole before its
+    Held exists -- fsio.create_held, or by rename -- and after that only ever replaced by
+    rename, never rewritten in place, while it has that name) -- instead of reading and
+    parsing it (holds). Closed by the engine when the attempt ends, else when dropped."""
     __slots__ = ("fd", "dev", "ino")
 
     def __init__(self, fd: int, dev: int, ino: int) -> None:
@@ -180,14 +204,21 @@ except (OSError, ValueError):
 
 def update_owner(home: Home, g: str, t: str, owner: dict, *, hold: bool = False) -> Held | None:
     """Publish owner.json; hold: keep it open and return it (Held), for holds() to prove by
-    one lstat that the claim is still ours."""
-    path = home.owner_path(g, t)
+    one lstat that the claim is still ours. The engine's claim folder is fresh (its mkdir made
+    it; no owner.json yet): held, owner.json is written straight into it under its own name
+    (fsio.create_held: no temporary name, no rename) -- a peer that reads it half-written sees
+    no owner yet, a claim being born, which the birth lock (held until born() below) and the
+    half-born grace already cover, as for a claim before its owner.json."""
+    cdir = home.claim_dir(g, t)
+    path = f"{cdir}/{OWNER}"
     if not hold:
         fsio.write_atomic(path, dumps(owner))
         born(home, g, t)              # owner.json proves the holder now: the birth lock goes
         return None
-    fd, dev, ino = fsio.publish_held(path, dumps(owner))
-    born(home, g, t)
+    fd, dev, ino = fsio.create_held(path, dumps(owner))
+    lock = _BIRTHS.pop(cdir, None)    # born(), inlined
+    if lock is not None:
+        os.close(lock)
     if fd >= HOLD_FD_MAX:             # a very wide run: do not spend its descriptors on this
         os.close(fd)
         return None

@@ -231,6 +231,32 @@ def publish_held(path: str, data: bytes, *, mode: int = 0o644) -> tuple[int, int
     return fd, st.st_dev, st.st_ino
 
 
+def create_held(path: str, data: bytes, *, mode: int = 0o644) -> tuple[int, int, int]:
+    """publish_held for a file made in a folder just created by its writer (the engine's
+    claim/owner.json): created under its own name (O_EXCL, O_NOFOLLOW) and written there -- no
+    temporary name, no rename(2). A reader that comes in between the create and the write
+    reads an empty or partial file, which is one that does not parse: the same as none there
+    yet (for owner.json: a claim being born, covered by the birth lock and the half-born
+    grace). A file there already is replaced by publish_held, never written in place; a
+    failed write removes the file (ours: O_EXCL made it)."""
+    _step(f"create {path}")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except FileExistsError:
+        return publish_held(path, data, mode=mode)
+    try:
+        _write_whole(fd, data)
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quiet(path)
+        raise
+    _done_step(f"create {path}")
+    if DURABLE:
+        fsync_dir(os.path.dirname(path))
+    return fd, st.st_dev, st.st_ino
+
+
 def write_fresh(path: str, data: bytes, *, mode: int = 0o644) -> None:
     """write_atomic for a file no reader looks at before its writer says so: a task's
     prompt.md before its agent starts, its output before its `done` marker. Created under

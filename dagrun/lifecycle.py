@@ -108,6 +108,9 @@ def latest_attempt(home: Home, g: str, t: str) -> tuple[int, dict | None]:
 
 
 # ---------------------------------------------------------------------------------- claiming
+_MARKER_SET = frozenset(MARKERS)
+
+
 def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: int | None = None,
                state_of: Callable[[str], str] | None = None, publish_owner: bool = True,
                owner_extra: dict | None = None) -> Claim | None:
@@ -138,10 +141,11 @@ def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: i
     except OSError as e:
         claims.release(home, g, t)
         raise os_error("list", tdir, e) from None
-    if any(m in names for m in MARKERS):       # it ended between our look and our mkdir
+    if not _MARKER_SET.isdisjoint(names):      # it ended between our look and our mkdir
         claims.release(home, g, t)
         return None
-    claims.sweep_leftovers(home, g, t, names)   # a breaker or releaser died half-way
+    if len(names) > 1:                          # (a fresh folder holds only claim/)
+        claims.sweep_leftovers(home, g, t, names)   # a breaker or releaser died half-way
     task = plan.task(t)
     if task.when is not None and S.AWAITING_FILE not in names:
         # its condition, over the dependencies' outcomes and outputs (all ended: the scheduler
@@ -168,7 +172,7 @@ def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: i
     # resources: every unit the task needs, or none (Busy) -- taken under the claim, so a
     # crash from here on leaves units whose claim's holder is dead: both are stale
     try:
-        pools = res.pools_for(plan, plan.task(t), res.limits(home))
+        pools = res.claim_pools(home, plan, task)
         if pools:
             owner["units"] = res.acquire(home, g, t, pools, owner, plan.lease)
             c.resources = res.names_of(pools)
@@ -191,10 +195,10 @@ def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: i
         give_up()
         raise os_error("prepare the workspace of", tdir, e) from None
     try:
-        text = render_prompt(home, plan, plan.task(t), record, state_of, c.workspace).encode("utf-8", "surrogateescape")
+        text = render_prompt(home, plan, task, record, state_of, c.workspace).encode("utf-8", "surrogateescape")
         # no agent reads it before we start one: a first prompt.md (the listing under the
         # claim says there is none) is written under its own name, without a temporary one
-        (fsio.write_fresh if "prompt.md" not in names else fsio.write_atomic)(home.prompt_path(g, t), text)
+        (fsio.write_fresh if "prompt.md" not in names else fsio.write_atomic)(tdir + "/prompt.md", text)
     except OSError as e:
         give_up()
         raise os_error("prepare", tdir, e) from None

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 from .records import frozen_methods, plain_methods
 
-_set = object.__setattr__
 _UPSTREAM = ("id", "state", "data", "size", "path", "soft", "changes", "limit")
 
 
@@ -27,14 +26,10 @@ class Upstream:
     limit: int | None = None        # its own share of the budget (a fan-out instance), else `limit`
 
     def __init__(self, id, state, data, size, path, soft=False, changes=None, limit=None):
-        _set(self, "id", id)
-        _set(self, "state", state)
-        _set(self, "data", data)
-        _set(self, "size", size)
-        _set(self, "path", path)
-        _set(self, "soft", soft)
-        _set(self, "changes", changes)
-        _set(self, "limit", limit)
+        # one update of the instance's dict, not eight object.__setattr__ calls: a prompt
+        # builds one of these per upstream output, on the engine's start path
+        self.__dict__.update(id=id, state=state, data=data, size=size, path=path, soft=soft,
+                             changes=changes, limit=limit)
 
     __repr__, __eq__ = plain_methods(*_UPSTREAM)
     __setattr__, __delattr__, __hash__ = frozen_methods(*_UPSTREAM)
@@ -72,6 +67,8 @@ def render(prompt: str, upstream: list[Upstream], limit: int, previous_failure: 
 
 def _clip(data: bytes, limit: int) -> str:
     """At most `limit` bytes, cut on a character boundary; invalid UTF-8 shown as U+FFFD."""
+    if not data:                    # (an empty output: nothing to cut or decode)
+        return ""
     if len(data) > limit:
         return data[:limit].decode("utf-8", "ignore") if _is_text(data[:limit]) else data[:limit].decode("utf-8", "replace")
     return data.decode("utf-8", "replace")

@@ -112,6 +112,12 @@ def limits(home: Home) -> dict:
     return {"home": dict(got["home"]), "tenants": {k: dict(v) for k, v in got["tenants"].items()}}
 
 
+def claim_pools(home: Home, plan: Plan, task: Task) -> dict[Pool, int]:
+    """pools_for(plan, task, limits(home)) for a claim, without limits()'s copy of the
+    capacities (pools_for only reads them)."""
+    return pools_for(plan, task, _TURN.get(home, _read_limits))
+
+
 def _read_limits(home: Home) -> dict:
     raw = fsio.read_bytes(limits_path(home))
     if raw is None:                 # never set (most homes): read at every claim, nothing to parse

@@ -785,7 +785,19 @@ class FairShare:
         """The next start of a worker: goals maps goal -> (its scheduler, this worker's running
         tasks of it, its weight). Picks the goal (pick), takes its best ready task (marked
         running in its scheduler), counts the start; None when no goal may start one. The
-        engine's dispatch and the simulator both start tasks only through this."""
+        engine's dispatch and the simulator both start tasks only through this.
+
+        One goal (an engine serving one plan, the common case): nothing to pick, and its
+        scheduler's take() applies the very rules may_start() would (stopped, max_parallel,
+        the best ready task the files, serial groups and resources let start, the budget) --
+        asked once instead of twice (may_start, then take), without the pick's key function."""
+        if len(goals) == 1:
+            for g, (s, _mine, w) in goals.items():
+                t = s.take()
+                if t is None:
+                    return None
+                self.served(g, w)
+                return g, t
         g = self.pick({g: (mine, w) for g, (s, mine, w) in goals.items() if s.may_start()})
         if g is None:
             return None
