@@ -125,14 +125,10 @@ def new_owner(worker: str, attempt: int, *, kind: str, pid: int | None = None) -
     }
 
 
-NEW = 2    # acquire(): claimed, and the task's folder was made by this acquire -- which does not
-#            mean it holds only our claim: another worker may have claimed, run and released in
-#            it between the two mkdirs (lifecycle.claim_task lists it all the same)
-
-
-def acquire(home: Home, g: str, t: str, *, hold: bool = False) -> bool | int:
-    """mkdir the claim: True, or NEW (truthy too) when the task's folder was made with it;
-    False if somebody holds it. The caller publishes owner.json next (until then the claim
+def acquire(home: Home, g: str, t: str, *, hold: bool = False) -> bool:
+    """mkdir the claim: True, or False if somebody holds it. (Whether the task's folder was
+    made by this call says nothing about what is in it: another worker may have claimed, run
+    and released in it between the two mkdirs -- lifecycle.claim_task lists it always.) The caller publishes owner.json next (until then the claim
     is "being born"). hold: take the birth lock first -- the task folder flock'ed shared
     before the claim appears, kept until owner.json is published or the claim released
     (born()) -- so that nobody breaks the claim while we live, however long the birth
@@ -165,7 +161,7 @@ def acquire(home: Home, g: str, t: str, *, hold: bool = False) -> bool | int:
             os.close(old)
         if fd is not None:
             _BIRTHS[cdir] = fd
-        return NEW if fresh else True
+        return True
     if fd is not None:
         os.close(fd)
     return False

@@ -246,14 +246,14 @@ def test_open_beneath_follows_no_link_and_never_leaves_the_root(tmp_path):
 
 
 def test_a_first_claim_makes_its_folder_and_says_so(tmp_path):
-    """acquire() makes the task folder, then claim/ in it (two mkdirs, no look first): NEW
-    when the folder was made with the claim, True when it was there (a retry), False while
-    held; with hold=True the birth lock is on the folder before the claim appears, and
-    owner.json drops it."""
+    """acquire() makes the task folder, then claim/ in it (two mkdirs, no look first): True
+    whether the folder was made with the claim or was there (a retry), False while held;
+    with hold=True the birth lock is on the folder before the claim appears, and owner.json
+    drops it."""
     home = Home(str(tmp_path / "home"))
     home.ensure()
     os.makedirs(home.tasks_dir("g"))
-    assert claims.acquire(home, "g", "t1") == claims.NEW
+    assert claims.acquire(home, "g", "t1") is True
     assert os.path.isdir(home.claim_dir("g", "t1")) and os.listdir(home.claim_dir("g", "t1")) == []
     assert os.listdir(home.task_dir("g", "t1")) == [CLAIM]
     assert not claims.acquire(home, "g", "t1")          # held: exclusive like mkdir
@@ -261,7 +261,7 @@ def test_a_first_claim_makes_its_folder_and_says_so(tmp_path):
     claims.release(home, "g", "t1")
     got = claims.acquire(home, "g", "t1")               # the folder exists: claim/ alone
     assert got is True and os.listdir(home.task_dir("g", "t1")) == [CLAIM]
-    assert claims.acquire(home, "g", "t2", hold=True) == claims.NEW and claims.being_born(home, "g", "t2")
+    assert claims.acquire(home, "g", "t2", hold=True) is True and claims.being_born(home, "g", "t2")
     claims.update_owner(home, "g", "t2", claims.new_owner("w", 1, kind="engine"))
     assert not claims.being_born(home, "g", "t2")
     assert claims.acquire(home, "g2", "t", hold=True) is True    # no tasks/ folder yet: made

@@ -3043,11 +3043,11 @@ def test_a_task_folder_that_was_there_is_checked_and_its_lock_kept_or_closed(tmp
     assert claims.acquire(home, "g", "t", hold=True) is False and _fds() == before + 1
     claims.release(home, "g", "t")
     assert _fds() == before
-    assert claims.acquire(home, "g", "n", hold=True) == claims.NEW
+    assert claims.acquire(home, "g", "n", hold=True) is True
     assert claims.being_born(home, "g", "n")
     claims.update_owner(home, "g", "n", claims.new_owner("w1", 1, kind="external"))
     assert not claims.being_born(home, "g", "n") and _fds() == before
-    assert claims.acquire(home, "g", "m") == claims.NEW
+    assert claims.acquire(home, "g", "m") is True
     assert not claims.being_born(home, "g", "m") and _fds() == before        # not asked: no lock
 
 
