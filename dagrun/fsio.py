@@ -2,7 +2,14 @@
 
 Every file another process may read is published whole or not at all: written to
 `.<name>.<pid>.tmp` in the *same* folder (rename is only atomic within one file system),
-then renamed over the final name. Appends to logs are a single write(2) on an O_APPEND fd.
+then renamed over the final name (write_atomic; publish_held keeps the new file open). Two
+exceptions skip the temporary name, each made under its own name with O_EXCL and falling
+back to the rename when a file is there already: write_fresh, for a file nobody reads before
+its writer says so (a first prompt.md before the agent starts, an empty output before
+`done`), and create_held, for the engine's owner.json in the claim folder its own mkdir just
+made (a reader that finds it empty or cut short reads no owner: a claim being born, which
+the birth lock and the half-born grace cover). Appends to logs are a single write(2) on an
+O_APPEND fd.
 
 Every mutation goes through `_step()`, so a crash can be injected at the k-th file-system
 operation (`DAGRUN_CRASH_AT=k` kills the process with SIGKILL right before that operation;
