@@ -171,10 +171,9 @@ class Held:
     """The owner.json this process published for its claim, kept open (update_owner(hold=True)):
     while the fd is open its inode cannot be freed, so no other file can get its number, and
     one lstat of claim/owner.json showing this device and inode proves the claim still holds
-    the very file we published -- with our nonce in it (owner.json is written whole before its
-    Held exists -- fsio.create_held, or by rename -- and after that only ever replaced by
-    rename, never rewritten in place, while it has that name) -- instead of reading and
-    parsing it (holds). Closed by the engine when the attempt ends, else when dropped."""
+    the very file we published -- with our nonce in it (owner.json is only ever replaced by
+    rename, never rewritten in place, while it has that name) -- instead of reading and parsing
+    it (holds). Closed by the engine when the attempt ends, else when dropped."""
     __slots__ = ("fd", "dev", "ino")
 
     def __init__(self, fd: int, dev: int, ino: int) -> None:
@@ -199,19 +198,17 @@ except (OSError, ValueError):
 
 
 def update_owner(home: Home, g: str, t: str, owner: dict, *, hold: bool = False) -> Held | None:
-    """Publish owner.json; hold: keep it open and return it (Held), for holds() to prove by
-    one lstat that the claim is still ours. The engine's claim folder is fresh (its mkdir made
-    it; no owner.json yet): held, owner.json is written straight into it under its own name
-    (fsio.create_held: no temporary name, no rename) -- a peer that reads it half-written sees
-    no owner yet, a claim being born, which the birth lock (held until born() below) and the
-    half-born grace already cover, as for a claim before its owner.json."""
+    """Publish owner.json (whole or not at all: by rename, as every file a peer or a script
+    may read -- one that waits for the name and reads it must never find it empty); hold:
+    keep it open and return it (Held), for holds() to prove by one lstat that the claim is
+    still ours."""
     cdir = home.claim_dir(g, t)
     path = f"{cdir}/{OWNER}"
     if not hold:
         fsio.write_atomic(path, dumps(owner))
         born(home, g, t)              # owner.json proves the holder now: the birth lock goes
         return None
-    fd, dev, ino = fsio.create_held(path, dumps(owner))
+    fd, dev, ino = fsio.publish_held(path, dumps(owner))
     lock = _BIRTHS.pop(cdir, None)    # born(), inlined
     if lock is not None:
         os.close(lock)

@@ -2,14 +2,13 @@
 
 Every file another process may read is published whole or not at all: written to
 `.<name>.<pid>.tmp` in the *same* folder (rename is only atomic within one file system),
-then renamed over the final name (write_atomic; publish_held keeps the new file open). Two
-exceptions skip the temporary name, each made under its own name with O_EXCL and falling
-back to the rename when a file is there already: write_fresh, for a file nobody reads before
-its writer says so (a first prompt.md before the agent starts, an empty output before
-`done`), and create_held, for the engine's owner.json in the claim folder its own mkdir just
-made (a reader that finds it empty or cut short reads no owner: a claim being born, which
-the birth lock and the half-born grace cover). Appends to logs are a single write(2) on an
-O_APPEND fd.
+then renamed over the final name (write_atomic; publish_held keeps the new file open). The
+one exception, write_fresh, is for a file nobody reads before its writer says so (a first
+prompt.md before the agent starts, an empty output before `done`): made under its own name
+with O_EXCL, falling back to the rename when a file is there already. (owner.json is not
+such a file: a script or a test that waits for it and reads it would find it empty -- the
+thirteenth session tried, tests/test_runners.py caught it.) Appends to logs are a single
+write(2) on an O_APPEND fd.
 
 Every mutation goes through `_step()`, so a crash can be injected at the k-th file-system
 operation (`DAGRUN_CRASH_AT=k` kills the process with SIGKILL right before that operation;
@@ -233,32 +232,6 @@ def publish_held(path: str, data: bytes, *, mode: int = 0o644) -> tuple[int, int
         _unlink_quiet(tmp)
         raise
     _done_step(f"publish {path}")
-    if DURABLE:
-        fsync_dir(os.path.dirname(path))
-    return fd, st.st_dev, st.st_ino
-
-
-def create_held(path: str, data: bytes, *, mode: int = 0o644) -> tuple[int, int, int]:
-    """publish_held for a file made in a folder just created by its writer (the engine's
-    claim/owner.json): created under its own name (O_EXCL, O_NOFOLLOW) and written there -- no
-    temporary name, no rename(2). A reader that comes in between the create and the write
-    reads an empty or partial file, which is one that does not parse: the same as none there
-    yet (for owner.json: a claim being born, covered by the birth lock and the half-born
-    grace). A file there already is replaced by publish_held, never written in place; a
-    failed write removes the file (ours: O_EXCL made it)."""
-    _step(f"create {path}")
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    except FileExistsError:
-        return publish_held(path, data, mode=mode)
-    try:
-        _write_whole(fd, data)
-        st = os.fstat(fd)
-    except BaseException:
-        os.close(fd)
-        _unlink_quiet(path)
-        raise
-    _done_step(f"create {path}")
     if DURABLE:
         fsync_dir(os.path.dirname(path))
     return fd, st.st_dev, st.st_ino

@@ -194,9 +194,7 @@ def test_hook_due_at_a_crash_runs_after_restart(tmp_path, rec, agent, event, sta
     run("run", plan, home=tmp_path / "h0", check=False, env={"DAGRUN_STEP_TRACE": str(trace)})
     assert rec.labels() == [status]                              # a clean run: exactly once
     steps = _steps(trace)
-    # owner.json: created in its fresh claim folder by the engine (fsio.create_held), published
-    # by rename (publish_held) when a file was there
-    owner = next(k for k, label, what in steps if label in ("create", "publish") and what.endswith("/claim/owner.json"))
+    owner = next(k for k, label, what in steps if label == "publish" and what.endswith("/claim/owner.json"))
     first = owner + 1      # the agent runs (its `running` line may go out with the turn's others: events.hold)
     marker = next(k for k, label, what in steps if label == "rename" and what.endswith("/tasks/a/" + status))
     # the step of the task's status line: each line of a batched append is a step of its own
@@ -444,7 +442,7 @@ def test_caused_hooks_due_at_a_crash_run_after_restart(tmp_path, rec, event):
     # from the first hooks record published after the last agent started (its owner.json: the
     # `running` line itself may go out later, with its turn's other lines) to the event's line
     dues = [k for k, label, what in steps if k < last and label == "publish" and "/hooks/due-" in what]
-    started = max(k for k, label, what in steps if label in ("create", "publish") and what.endswith("/claim/owner.json")
+    started = max(k for k, label, what in steps if label == "publish" and what.endswith("/claim/owner.json")
                   and any(k < d for d in dues))
     first = min(d for d in dues if d > started)
     assert first < last

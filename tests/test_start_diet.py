@@ -23,23 +23,31 @@ def _engine(tmp_path, n: int, after: float = 0.05):
     return h, Engine(h, goal="fo", jobs=n, runner=FakeRunner(lambda launch: Outcome(after=after)))
 
 
-def test_the_engine_writes_owner_json_straight_into_its_fresh_claim_folder(tmp_path, monkeypatch):
-    """The engine's claim folder is fresh (its own mkdir, no owner.json in it): owner.json is
-    created there under its own name (O_EXCL) and written -- no temporary name, no rename(2)
-    (before: .owner.json.<pid>.tmp, written, renamed). It is still kept open (claim.Held)
-    and proves the claim at the commit; every task commits."""
+def test_the_engines_owner_json_appears_only_whole_by_rename(tmp_path, monkeypatch):
+    """owner.json is published by rename, never created under its own name and written there:
+    a peer or a script that waits for claim/owner.json and reads it must never find it empty
+    (the thirteenth session wrote it in place, O_EXCL then write, to save the rename;
+    tests/test_runners.py's crash-resume test, which waits for the name and json.loads it,
+    caught an empty file under Ray). Every task's owner.json comes by one rename from a
+    temporary name; it is still kept open (claim.Held) and proves the claim at the commit."""
     from dagrun import claim as claims
 
     n = 5
     h, eng = _engine(tmp_path, n)
     loop = threading.get_ident()
     renamed: list[str] = []
-    real_rename = os.rename
+    created: list[str] = []
+    real_rename, real_open = os.rename, os.open
 
     def c_rename(src, dst, *a, **k):
         if threading.get_ident() == loop and str(dst).endswith("/claim/owner.json"):
             renamed.append(str(src))
         return real_rename(src, dst, *a, **k)
+
+    def c_open(path, flags, *a, **k):
+        if str(path).endswith("/claim/owner.json") and flags & os.O_CREAT:
+            created.append(str(path))
+        return real_open(path, flags, *a, **k)
 
     helds: list = []
     real_update = claims.update_owner
@@ -51,19 +59,20 @@ def test_the_engine_writes_owner_json_straight_into_its_fresh_claim_folder(tmp_p
         return r
 
     monkeypatch.setattr(os, "rename", c_rename)
+    monkeypatch.setattr(os, "open", c_open)
     monkeypatch.setattr(claims, "update_owner", update)
     assert eng.run() == 0
     monkeypatch.undo()
     assert all((task_dir(h.root, "fo", t) / "done").exists() for t in ["a"] + [f"m{i:02d}" for i in range(n)])
-    assert renamed == [], renamed
+    assert created == [], created
+    assert len(renamed) == n + 1 and all(os.path.basename(src).startswith(".owner.json.") for src in renamed), renamed
     assert len(helds) == n + 1 and all(x.fd == -1 for x in helds)
 
 
 def test_an_owner_json_there_already_is_replaced_whole_never_written_in_place(tmp_path):
-    """create_held's O_EXCL finds a file at owner.json (not the engine's fresh claim): it is
-    replaced by a rename (publish_held), its old inode -- which another name may share -- is
-    not rewritten, and the Held is the new file; a symbolic link there is replaced, not
-    followed."""
+    """A file at owner.json already (not the engine's fresh claim): it is replaced by a rename
+    (publish_held), its old inode -- which another name may share -- is not rewritten, and
+    the Held is the new file; a symbolic link there is replaced, not followed."""
     from dagrun import claim as claims
     from dagrun.store import loads
 
@@ -90,10 +99,11 @@ def test_an_owner_json_there_already_is_replaced_whole_never_written_in_place(tm
 
 
 def test_a_half_written_owner_json_is_a_claim_being_born(tmp_path, monkeypatch):
-    """What a peer may see between create_held's create and its write: an empty or cut
-    owner.json. It does not parse, so it is judged as no owner.json yet -- live while its
-    creator holds the birth lock (the task folder flock'ed shared), then live for the
-    half-born grace only -- never as a holder that is gone or another host's claim."""
+    """What a peer sees while owner.json is being written: no owner.json (the bytes go to a
+    temporary name first) -- a claim being born, live while its creator holds the birth lock
+    (the task folder flock'ed shared). And an owner.json cut short (a writer outside dagrun,
+    a full disk) does not parse: judged the same, live for the half-born grace only -- never
+    as a holder that is gone or another host's claim."""
     from dagrun import claim as claims
     from dagrun import fsio
 
@@ -102,7 +112,7 @@ def test_a_half_written_owner_json_is_a_claim_being_born(tmp_path, monkeypatch):
     real = fsio._write_whole
     seen: list = []
 
-    def cut(fd, data, *a, **k):       # the peer looks in between the create and the write
+    def cut(fd, data, *a, **k):       # the peer looks while the bytes are being written
         seen.append((claims.read_owner(h, "g", "t"),
                      claims.judge(h, "g", "t", claims.read_owner(h, "g", "t"), lease=60, grace=0)))
         os.write(fd, data[:7])
