@@ -154,6 +154,21 @@ def write_plan(folder: Path, tasks: list[dict], name: str = "dag.json", **top) -
     return p
 
 
+def fanout_engine(tmp_path: Path, n: int, after: float):
+    """(home, an in-process Engine) for a submitted 1 -> n fan-out (goal "fo", agent `true`,
+    tasks a, m00, m01, ...; -j n) whose runs are simulated (simrun.FakeRunner): each ends
+    `after` seconds after it started. For tests that count what the loop thread does."""
+    from dagrun.engine import Engine
+    from dagrun.simrun import FakeRunner, Outcome
+    from dagrun.store import Home
+
+    h = Home(str(tmp_path / "home"))
+    tasks = [{"id": "a", "prompt": "x"}] + [{"id": f"m{i:02d}", "prompt": "x", "deps": ["a"]} for i in range(n)]
+    p = write_plan(tmp_path / "p", tasks, goal="fo", defaults={"agent": "true"})
+    run("submit", p, home=h.root)
+    return h, Engine(h, goal="fo", jobs=n, runner=FakeRunner(lambda launch: Outcome(after=after)))
+
+
 def run_goal(base: Path, tasks: list[dict], *, check: bool | int = True, **top) -> tuple[Path, Path]:
     """base/plans/dag.json from `tasks`, run to its end with `dagrun run` in base/home:
     (home, plan). For module fixtures that look at one finished goal from many tests."""

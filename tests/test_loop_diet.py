@@ -7,20 +7,9 @@ import os
 import threading
 import time
 
-from conftest import run, task_dir, write_plan
+from conftest import fanout_engine, run, task_dir, write_plan
 
 from dagrun.store import Home
-
-
-def _engine(tmp_path, n: int, after: float = 0.3):
-    from dagrun.engine import Engine
-    from dagrun.simrun import FakeRunner, Outcome
-
-    h = Home(str(tmp_path / "home"))
-    tasks = [{"id": "a", "prompt": "x"}] + [{"id": f"m{i:02d}", "prompt": "x", "deps": ["a"]} for i in range(n)]
-    p = write_plan(tmp_path / "p", tasks, goal="fo", defaults={"agent": "true"})
-    run("submit", p, home=h.root)
-    return h, Engine(h, goal="fo", jobs=n, runner=FakeRunner(lambda launch: Outcome(after=after)))
 
 
 def test_a_turn_that_commits_stats_plan_json_once_for_the_commits_and_its_read_back(tmp_path, monkeypatch):
@@ -31,7 +20,7 @@ def test_a_turn_that_commits_stats_plan_json_once_for_the_commits_and_its_read_b
     from dagrun import engine as eng_mod
 
     n = 12
-    h, eng = _engine(tmp_path, n)
+    h, eng = fanout_engine(tmp_path, n, 0.3)
     loop = threading.get_ident()
     turn = {"in": False, "plan": 0, "commits": 0}
     per_turn: list[tuple[int, int]] = []          # (commits, plan.json stats) of each turn
@@ -75,7 +64,7 @@ def test_the_turns_look_at_plan_json_is_forgotten_with_its_lock(tmp_path):
     """The look is good only while the turn holds the goal's edit lock: once the turn ends, a
     plan replaced in between is seen by the next read of the goal's lines (the memo must not
     serve the old stamp)."""
-    h, eng = _engine(tmp_path, 2)
+    h, eng = fanout_engine(tmp_path, 2, 0.3)
     eng._discover()
     gs = eng.goals["fo"]
     eng._lock_turn("fo")
@@ -190,7 +179,7 @@ def test_a_commit_proves_its_claim_by_the_owner_json_it_keeps_open(tmp_path, mon
     from dagrun import fsio
 
     n = 6
-    h, eng = _engine(tmp_path, n, after=0.1)
+    h, eng = fanout_engine(tmp_path, n, 0.1)
     loop = threading.get_ident()
     reads: list[str] = []
     real = fsio.read_bytes
@@ -267,7 +256,7 @@ def test_a_first_prompt_and_an_empty_output_are_made_without_a_temporary_name(tm
     own names (O_EXCL), no rename(2) each; a task folder that has a prompt.md already -- left by
     an attempt cut short, or linked under attempts/ -- gets a whole new one by rename, never
     written in place."""
-    h, eng = _engine(tmp_path, 3, after=0.0)
+    h, eng = fanout_engine(tmp_path, 3, 0.0)
     stale = task_dir(h.root, "fo", "m01")
     stale.mkdir(parents=True)
     (stale / "prompt.md").write_text("half a prom")              # a crash cut its write short
@@ -298,7 +287,7 @@ def test_past_the_descriptor_budget_owner_json_is_closed_and_read_back_as_before
     from dagrun import fsio
 
     n = 4
-    h, eng = _engine(tmp_path, n, after=0.05)
+    h, eng = fanout_engine(tmp_path, n, 0.05)
     reads: list[str] = []
     real = fsio.read_bytes
 

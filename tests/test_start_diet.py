@@ -7,20 +7,9 @@ from __future__ import annotations
 import os
 import threading
 
-from conftest import run, task_dir, write_plan
+from conftest import fanout_engine, run, task_dir, write_plan
 
 from dagrun.store import Home
-
-
-def _engine(tmp_path, n: int, after: float = 0.05):
-    from dagrun.engine import Engine
-    from dagrun.simrun import FakeRunner, Outcome
-
-    h = Home(str(tmp_path / "home"))
-    tasks = [{"id": "a", "prompt": "x"}] + [{"id": f"m{i:02d}", "prompt": "x", "deps": ["a"]} for i in range(n)]
-    p = write_plan(tmp_path / "p", tasks, goal="fo", defaults={"agent": "true"})
-    run("submit", p, home=h.root)
-    return h, Engine(h, goal="fo", jobs=n, runner=FakeRunner(lambda launch: Outcome(after=after)))
 
 
 def test_the_engines_owner_json_appears_only_whole_by_rename(tmp_path, monkeypatch):
@@ -33,7 +22,7 @@ def test_the_engines_owner_json_appears_only_whole_by_rename(tmp_path, monkeypat
     from dagrun import claim as claims
 
     n = 5
-    h, eng = _engine(tmp_path, n)
+    h, eng = fanout_engine(tmp_path, n, 0.05)
     loop = threading.get_ident()
     renamed: list[str] = []
     created: list[str] = []
