@@ -256,8 +256,7 @@ def finish(home: Home, plan: Plan, sched: Scheduler, c: Claim, *, ok: bool, work
     ended = time.time() if ended is None else ended
     forced = forced or {}
     extra = dict(extra) if extra else {}
-    if c.owner and c.owner.get("units"):      # (release_resources' own first look)
-        release_resources(home, c, worker=worker, why=S.DONE if ok else (outcome or S.FAILED))
+    release_resources(home, c, worker=worker, why=S.DONE if ok else (outcome or S.FAILED))
     if ok:
         why = capture_workspace(home, plan, c)
         if why is not None:
