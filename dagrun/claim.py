@@ -68,7 +68,12 @@ def _lock_shared(path: str) -> int | None:
 
 def born(home: Home, g: str, t: str) -> None:
     """Our claim of g/t names its holder now (owner.json), or is gone: drop its birth lock."""
-    fd = _BIRTHS.pop(home.claim_dir(g, t), None)
+    _born_at(home.claim_dir(g, t))
+
+
+def _born_at(cdir: str) -> None:
+    """born() for a caller that has the claim folder's path at hand."""
+    fd = _BIRTHS.pop(cdir, None)
     if fd is not None:
         os.close(fd)                        # closing the only fd of the lock releases it
 
@@ -156,9 +161,7 @@ def acquire(home: Home, g: str, t: str, *, hold: bool = False) -> bool:
             os.close(fd)
         raise
     if got:
-        old = _BIRTHS.pop(cdir, None)     # a lock left from an earlier claim of ours (taken
-        if old is not None:               # away since): born(), inlined
-            os.close(old)
+        _born_at(cdir)                    # a lock left from an earlier claim of ours (taken away since)
         if fd is not None:
             _BIRTHS[cdir] = fd
         return True
@@ -209,9 +212,7 @@ def update_owner(home: Home, g: str, t: str, owner: dict, *, hold: bool = False)
         born(home, g, t)              # owner.json proves the holder now: the birth lock goes
         return None
     fd, dev, ino = fsio.publish_held(path, dumps(owner))
-    lock = _BIRTHS.pop(cdir, None)    # born(), inlined
-    if lock is not None:
-        os.close(lock)
+    _born_at(cdir)                    # owner.json proves the holder now: the birth lock goes
     if fd >= HOLD_FD_MAX:             # a very wide run: do not spend its descriptors on this
         os.close(fd)
         return None
@@ -361,10 +362,7 @@ def release(home: Home, g: str, t: str, *, cdir: str | None = None) -> None:
         except FileNotFoundError:
             return
     finally:
-        # after the claim is gone (a half-born one never looks free): born(), its path at hand
-        fd = _BIRTHS.pop(cdir, None)
-        if fd is not None:
-            os.close(fd)
+        _born_at(cdir)                # after the claim is gone (a half-born one never looks free)
     fsio.rmtree(gone)
 
 
