@@ -1067,10 +1067,7 @@ class ProcessRunner:
 
     def progress(self, handle: dict) -> Progress:
         p = self._procs.get(self.key(handle))
-        if p is None:
-            return Progress()
-        return Progress(out_bytes=p.streams["out"].bytes, err_bytes=p.streams["err"].bytes,
-                        first_byte=p.first_byte, last_output=p.last_output, over_limit=p.over_limit)
+        return Progress() if p is None else _progress_of(p)
 
     def poll(self, handle: dict) -> Exit | None:
         k = self.key(handle)
@@ -1105,8 +1102,7 @@ class ProcessRunner:
                     # group (setsid, daemonised children), found by DAGRUN_RUN_ID. The shell may
                     # have died of the TERM long before its TERM-ignoring escapees would.
                     kill_strays(handle.get("run_id"))
-        out, err = proc.streams["out"], proc.streams["err"]
-        for s in (out, err):
+        for s in proc.streams.values():
             self._drain(proc, s, None)
             if not s.eof:               # held open by a process outside the group: stop listening
                 self._fd_owner.pop(s.fd, None)
@@ -1115,11 +1111,8 @@ class ProcessRunner:
             if s.out is not None:
                 close_quiet(s.out)
                 s.out = None
-        st = Progress(out.bytes, err.bytes, proc.first_byte, proc.last_output, proc.over_limit)
-        del self._procs[k]              # (_forget: its pipes and capture files are closed above)
-        if proc.pidfd is not None:
-            self._fd_owner.pop(proc.pidfd, None)
-            close_quiet(proc.pidfd)
+        st = _progress_of(proc)
+        self._forget(k)
         strays = 0 if alone else self.sweep()
         rc = proc.rc
         return Exit(rc if rc >= 0 else None, -rc if rc < 0 else None, st, strays=strays)
@@ -1314,6 +1307,12 @@ _CHILDREN_PATH: tuple[int, bytes] = (0, b"")
 def _agent_procs() -> list[_Proc]:
     """The running agents of every ProcessRunner of this process (Mux's, Slurm steps')."""
     return [p for r in list(_INSTANCES) for p in r._procs.values()]
+
+
+def _progress_of(p: "_Proc") -> Progress:
+    """What an attempt's output has been so far, from its process's streams."""
+    return Progress(out_bytes=p.streams["out"].bytes, err_bytes=p.streams["err"].bytes,
+                    first_byte=p.first_byte, last_output=p.last_output, over_limit=p.over_limit)
 
 
 def _children(tid: int | None = None) -> list[int]:
