@@ -281,7 +281,7 @@ class Engine(Reconciler):
             self._housekeeping(now)
         for gs in list(self.goals.values()):
             if now >= gs.next_rescan:
-                self._resync(gs)
+                self._rescan(gs)
                 self._maybe_sleep(gs)
         if now >= self._next_budget:
             self._next_budget = now + BUDGET_EVERY

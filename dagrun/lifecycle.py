@@ -725,21 +725,22 @@ def break_if_stale(home: Home, plan: Plan, t: str, *, worker: str, lease: float 
 
 
 def build_scheduler(home: Home, plan: Plan, now: float | None = None, *, durations: dict[str, float] | None = None,
-                    clock=None) -> tuple[Scheduler, dict[str, TaskFacts]]:
+                    clock=None, like: Scheduler | None = None) -> tuple[Scheduler, dict[str, TaskFacts]]:
     """A scheduler that reflects the files right now (the rescan). durations/clock: see
-    scheduler_for."""
+    scheduler_for; like: see scheduler_from_facts."""
     facts = home.snapshot(plan.goal, plan)
-    return scheduler_from_facts(home, plan, facts, now, durations=durations, clock=clock), facts
+    return scheduler_from_facts(home, plan, facts, now, durations=durations, clock=clock, like=like), facts
 
 
 def ranked_scheduler(home: Home, plan: Plan, hist: "history.History | None" = None, *,
-                     clock=None) -> tuple[Scheduler, dict[str, TaskFacts]]:
+                     clock=None, like: Scheduler | None = None) -> tuple[Scheduler, dict[str, TaskFacts]]:
     """build_scheduler ranking the ready tasks as every driver does -- the engine's rescans
     and a script's `dagrun claim` alike: each task's duration from its estimate, else the
-    home's history (hist: already read, ranking_history; None: read now if needed)."""
+    home's history (hist: already read, ranking_history; None: read now if needed). like:
+    the engine's periodic rescan (build_scheduler)."""
     if hist is None:
         hist = ranking_history(home, plan)
-    return build_scheduler(home, plan, durations=history.durations(plan, hist), clock=clock)
+    return build_scheduler(home, plan, durations=history.durations(plan, hist), clock=clock, like=like)
 
 
 def ranking_history(home: Home, plan: Plan) -> "history.History | None":
@@ -750,6 +751,20 @@ def ranking_history(home: Home, plan: Plan) -> "history.History | None":
     return history.read_history(home, costs=False)
 
 
+def initial_states(facts: dict[str, TaskFacts], now: float) -> dict[str, str]:
+    """The scheduler's initial states (Scheduler.load) that the facts give: pending is its
+    default, so only the others (a fresh goal: none) -- a pending task whose latest attempt
+    failed with a retry due after `now` is retrying."""
+    initial = {}
+    PENDING = S.PENDING
+    for tid, f in facts.items():
+        if f.state != PENDING:
+            initial[tid] = f.state
+        elif f.record and f.record.get("retry_at") and not f.record.get("final") and f.retry_at > now:
+            initial[tid] = S.RETRYING
+    return initial
+
+
 def scheduler_from_facts(home: Home, plan: Plan, facts: dict[str, TaskFacts], now: float | None = None, *,
                          durations: dict[str, float] | None = None, clock=None,
                          like: Scheduler | None = None) -> Scheduler:
@@ -757,20 +772,18 @@ def scheduler_from_facts(home: Home, plan: Plan, facts: dict[str, TaskFacts], no
     every task folder once, not twice. like: a scheduler the caller holds for this very plan
     (the engine's, at a goal's end): its graph is taken instead of built again (Scheduler.again)
     -- unless the facts leave a task ready, whose place in the ready order would come from
-    like's ranks instead of the defaults -- or it was built from other tasks."""
+    like's ranks instead of the defaults -- or it was built from other tasks. With durations
+    (the engine's rescan) the graph is taken and the ranks worked out again from them, if like
+    was built on the same clock."""
     now = time.time() if now is None else now
-    initial = {}           # pending is the scheduler's default: only the others (a fresh goal: none)
-    PENDING = S.PENDING
-    for tid, f in facts.items():
-        if f.state != PENDING:
-            initial[tid] = f.state
-        elif f.record and f.record.get("retry_at") and not f.record.get("final") and f.retry_at > now:
-            initial[tid] = S.RETRYING
+    initial = initial_states(facts, now)
     sched = None
     if like is not None and like.tasks is plan.tasks and durations is None and clock is None:
         sched = like.again(initial, plan.budget)
         if sched.n(READY):
             sched = None
+    elif like is not None and like.tasks is plan.tasks and durations is not None and like.clock is clock:
+        sched = like.again(initial, plan.budget, durations=durations, clock=clock)
     if sched is None:
         sched = scheduler_for(plan, initial, durations=durations, clock=clock)
     if plan.budget:

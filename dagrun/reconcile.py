@@ -12,6 +12,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from . import bulk
 from . import claim as claims
 from .records import NEW, plain_methods
 from . import events as ev
@@ -21,12 +22,14 @@ from . import states as S
 from . import transitions as tr
 from .errors import DagrunError, FsError
 from .history import read_history
-from .lifecycle import latest_attempt, marker_of, ranked_scheduler
+from .lifecycle import initial_states, latest_attempt, marker_of, ranked_scheduler
 from .plan import Plan
-from .scheduler import Scheduler
+from .scheduler import FAILED as SCHED_FAILED, Scheduler
 from .summary import EventTally, ended
 
 FOREIGN_RETRY_GRACE = 1.0  # s: past another worker's retry_at before we requeue without its `ready`
+RESCAN_FACTOR = 50     # a periodic rescan at most every RESCAN_FACTOR x its own cost (<= 2 % of the time)
+FULL_FACTOR = 200      # a periodic full one at most every FULL_FACTOR x its cost (<= 0.5 %; _rescan)
 
 
 @dataclass(init=False, repr=False, eq=False)   # methods written out (records.py: start-up)
@@ -49,6 +52,9 @@ class GoalState:
         self.foreign = set() if foreign is NEW else foreign
         self.next_rescan, self.finished, self.expand_error, self.stopped = next_rescan, finished, expand_error, stopped
         self.tally = EventTally()     # (not a field) the lines _feed read, counted for the goal's summary
+        self.next_full = 0.0          # (not a field) when the next periodic rescan is a full one (_rescan)
+        self.light_cost = 0.0         # (not a field) seconds the last light rescan took
+        self.fulls = 0                # (not a field) full rescans so far (_resync)
 
     __repr__, __eq__ = plain_methods("plan", "sched", "reader", "stamp", "foreign", "next_rescan", "finished",
                                      "expand_error", "stopped")
@@ -142,6 +148,44 @@ class Reconciler:
         if self._still_dormant(g):
             self._forget_goal(g)
 
+    def _rescan(self, gs: GoalState) -> None:
+        """The periodic safety net: what a missed inotify event (another process's line, a
+        marker written by a script, a claim whose holder died) or a change made without an
+        event line left unseen. Light unless a full rescan (_resync) is due: the goal's unread
+        event lines first (_feed: a reset, a plan replaced or an unexplained outcome rebuild as
+        always), then the folders of the tasks that no marker ended in the scheduler -- one
+        listdir of tasks/ and a task_facts per such folder -- checked against the scheduler
+        (Scheduler.to_read/agrees); any difference, or a task of ours not among them, rebuilds
+        from the files (_resync). What only the full rescan looks at is the folders of tasks
+        ended by a marker: a marker removed by hand without `dagrun retry`, a claim or temp
+        file left beside a marker by a process that died (housekeeping: an ended task waits
+        for nothing). It runs at start-up, on any change above, and at most every FULL_FACTOR
+        x its cost (ARCHITECTURE.md, "The periodic rescan").
+        Was: a full rescan every max(--rescan, 50 x its cost): 1.6 s once in the middle of a
+        100 000-task run (docs/performance.md, fourteenth session)."""
+        t0 = time.monotonic()
+        if gs.sched is None or t0 >= gs.next_full:
+            self._resync(gs)
+            return
+        g = gs.plan.goal
+        fulls = gs.fulls
+        self._feed(gs)
+        if gs.fulls != fulls or self.goals.get(g) is not gs:
+            return                    # _feed rebuilt it, or dropped the goal
+        sched = gs.sched
+        read = sched.to_read(self.home.task_folders(g))
+        if read is None:
+            self._resync(gs)
+            return
+        with bulk.paused():
+            facts = {t: self.home.task_facts(g, t) for t in read}
+        if not sched.agrees(read, initial_states(facts, time.time())) or \
+                any(gg == g and t not in facts for (gg, t) in self.by_task) or \
+                (gs.plan.on_failure == "stop" and sched.n(SCHED_FAILED)):
+            self._resync(gs)          # (a stopped goal: _settle's stop check needs every marker)
+            return
+        self._settle(gs, facts, t0, light=True)
+
     def _resync(self, gs: GoalState) -> None:
         """Rebuild the goal's scheduler from the files (start-up, plan change, periodic)."""
         g = gs.plan.goal
@@ -150,6 +194,7 @@ class Reconciler:
         if not stamp:
             self._drop_goal(g)
             return
+        like = gs.sched         # its graph serves again if the plan is the same (Scheduler.again)
         if stamp != gs.stamp:
             try:
                 gs.plan = self.home.load_plan(g)
@@ -158,14 +203,25 @@ class Reconciler:
                 return
             gs.stamp = stamp
             gs.finished = gs.stopped = False
+            like = None
         plan = gs.plan
-        gs.expand_error = False
         if self.history is None:
             self.history = read_history(self.home, costs=False)
-        sched, facts = ranked_scheduler(self.home, plan, self.history, clock=time.monotonic)
+        sched, facts = ranked_scheduler(self.home, plan, self.history, clock=time.monotonic, like=like)
         if gs.sched is not None:
             sched.keep_waits(gs.sched)        # aging survives the rebuild
         gs.sched = sched
+        gs.fulls += 1
+        self._settle(gs, facts, t0, light=False)
+
+    def _settle(self, gs: GoalState, facts: dict, t0: float, light: bool) -> None:
+        """The rescan's findings acted on: our runs the files no longer back, other workers'
+        claims to watch, leftovers to sweep, retries and approval gates to time, a stop to
+        finish, hooks left due; then when the next one is due. facts: every task's (a full
+        rescan), or those of the light one's folders (_rescan)."""
+        g = gs.plan.goal
+        plan, sched = gs.plan, gs.sched
+        gs.expand_error = False           # a failed fan-out expansion is tried again
         gs.foreign = set()
         mine = {t for (gg, t) in self.by_task if gg == g}
         for t in mine:
@@ -214,16 +270,22 @@ class Reconciler:
                 self._touched.add(g)
             if nxt is not None:
                 self._add_timer(time.monotonic() + max(0.0, nxt - time.time()) + 0.01, g, sched.awaiting()[0])
-        gs.stopped = plan.on_failure == "stop" and any(f.state == S.FAILED for f in facts.values())
-        if gs.stopped and any(True for _ in sched.not_started()):
+        if not light:         # (a light rescan of a goal with a failure under on_failure=stop is a full one)
+            gs.stopped = plan.on_failure == "stop" and any(f.state == S.FAILED for f in facts.values())
+        if gs.stopped and not light and any(True for _ in sched.not_started()):
             # a stop that was cut short (a crash inside stop_goal, or a failure committed by
             # another process): finish it, or the goal would wait for ever
             root = next(t for t, f in facts.items() if f.state == S.FAILED)
             tr.stop_goal(self.home, plan, sched, root, self.worker)
             self._touched.add(g)
         tr.replay_hooks(self.home, g, self.worker)    # hooks left due by a process that died
-        cost = time.monotonic() - t0
-        gs.next_rescan = time.monotonic() + max(self.rescan_every, 50 * cost)
+        now = time.monotonic()
+        cost = now - t0
+        if light:
+            gs.light_cost = cost
+        else:
+            gs.next_full = now + max(self.rescan_every, FULL_FACTOR * cost)
+        gs.next_rescan = now + max(self.rescan_every, RESCAN_FACTOR * (cost if light else gs.light_cost))
         self._check_ended(gs)
 
     def _sweep_leftover_claim(self, gs: GoalState, t: str, owner: dict | None) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import heapq
 import math
 from functools import cached_property
-from typing import Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Callable, Container, Iterable, Mapping, Protocol, Sequence
 
 from . import states as S
 from .wsrules import may_start as files_free
@@ -35,6 +35,8 @@ UNSUCCESSFUL = frozenset((FAILED, CANCELLED, BLOCKED))     # what a trigger rule
 # trigger rules (plan field `trigger`, docs/conditions.md)
 ALL_SUCCESS, ALL_DONE, ONE_SUCCESS, ONE_FAILED, NONE_FAILED = S.TRIGGERS
 _BY_NAME = {n: i for i, n in enumerate(NAMES)}
+_BY_MARKER = frozenset((DONE, FAILED, CANCELLED))     # states only a marker sets (to_read)
+_FROM_DEPS = frozenset((WAITING, READY, BLOCKED, SKIPPED))     # what load() derives for a pending task
 _SET_DIRECTLY = frozenset((S.DONE, S.FAILED, S.CANCELLED, S.RUNNING, S.RETRYING, S.SKIPPED, S.AWAITING))
 _DERIVED = frozenset(("pending", S.WAITING, S.READY, S.BLOCKED))
 class CycleError(ValueError):
@@ -202,7 +204,16 @@ class Scheduler:
                     else:
                         outs[d] = [i]
         self.order = self._topo()
-        # the remaining path in seconds (HEFT's upward rank): own duration + the longest below
+        self.rank = self._ranks(durations)
+        self.prio = [int(t.priority) for t in tasks]
+        # aging (seconds per priority point; None/0: off) on the clock it is handed (the engine's
+        # monotonic clock, the simulator's virtual one); without a clock base priorities hold
+        self.aging = aging if aging and clock is not None else None
+        self.clock = clock
+        self.load(initial or {})
+
+    def _ranks(self, durations: Mapping[str, float] | None) -> list[float]:
+        """The remaining path in seconds (HEFT's upward rank): own duration + the longest below."""
         seconds = (durations or {}).get
         rank = [max(0.0, float(seconds(tid, 1.0))) for tid in self.ids]
         below = rank.__getitem__
@@ -217,30 +228,66 @@ class Scheduler:
                 outs = hard_out[i]
                 if outs:
                     rank[i] += max(map(below, outs))
-        self.rank = rank
-        self.prio = [int(t.priority) for t in tasks]
-        # aging (seconds per priority point; None/0: off) on the clock it is handed (the engine's
-        # monotonic clock, the simulator's virtual one); without a clock base priorities hold
-        self.aging = aging if aging and clock is not None else None
-        self.clock = clock
-        self.load(initial or {})
+        return rank
 
-    def again(self, initial: dict[str, str], budget: dict | None = None) -> "Scheduler":
+    def again(self, initial: dict[str, str], budget: dict | None = None, *,
+              durations: Mapping[str, float] | None = None, clock: Callable[[], float] | None = None) -> "Scheduler":
         """A scheduler of the same tasks and rules with its states set from `initial` (load),
-        as the constructor builds it -- the graph, its order, the ranks, the serial groups
-        shared with this one (never changed after __init__), at the cost of load() alone; no
-        clock (aging off), the budget pool as the plan states it, no spend, no resources
-        (the caller applies the files', as to a new one). Its ranks are this one's: a caller
-        whose answer depends on the order ready tasks are taken in builds a new one instead."""
+        as the constructor builds it -- the graph, its order, the serial groups shared with
+        this one (never changed after __init__), at the cost of load() alone; the budget pool
+        as the plan states it, no spend, no resources (the caller applies the files', as to a
+        new one). Without durations its ranks are this one's (a caller whose answer depends on
+        the order ready tasks are taken in builds a new one instead, or passes them) and it
+        has no clock (aging off); with durations the ranks are worked out again from them, as
+        the constructor does, and clock -- which must be this one's, the one aging was set up
+        on -- keeps this one's aging (the engine's rescan: Reconciler._resync)."""
+        if clock is not None and clock is not self.clock:
+            raise ValueError("again(): a clock other than the one this scheduler was built with")
         new = object.__new__(Scheduler)
         new.__dict__.update(self.__dict__)
         new.__dict__.pop("_resources_of", None)      # resources.apply's memo of this one's needs
         new.budget = dict(budget) if budget else None
         new.spent = {}
         new.needs, new.free, new.holding = None, {}, {}
-        new.aging = new.clock = None
+        if clock is None:
+            new.aging = new.clock = None
+        if durations is not None:
+            new.rank = new._ranks(durations)
         new.load(initial)
         return new
+
+    def to_read(self, present: Container[str]) -> list[str] | None:
+        """The periodic rescan's light look (Reconciler._rescan): the tasks whose folders it
+        reads -- those with a folder (present: the names in tasks/) that no marker ended here
+        (done, failed, cancelled) -- or None when the files cannot give these states without a
+        rebuild: a task that only its files put in its state here (a marker, a claim, a
+        retry's record, an approval's file) has no folder."""
+        ids = self.ids
+        out = []
+        for i, s in enumerate(self.state):
+            if s in _BY_MARKER:
+                if ids[i] not in present:
+                    return None
+            elif ids[i] in present:
+                out.append(ids[i])
+            elif s not in _FROM_DEPS:
+                return None
+        return out
+
+    def agrees(self, read: Iterable[str], initial: Mapping[str, str]) -> bool:
+        """Does each task of `read` stand here as load() would set it from the files?
+        initial: their states from the files (lifecycle.initial_states; none: pending, which
+        load derives from the dependencies)."""
+        state, index, get = self.state, self.index, initial.get
+        for tid in read:
+            s = state[index[tid]]
+            f = get(tid)
+            if f is None:
+                if s not in _FROM_DEPS:
+                    return False
+            elif _BY_NAME.get(f) != s:
+                return False
+        return True
 
     def topo_ids(self) -> list[str]:
         """The task ids, every one after its (hard and soft) dependencies."""

@@ -616,15 +616,19 @@ class Home:
             rec = self.attempt_record(g, t, max(recs))
         return top, rec
 
+    def task_folders(self, g: str) -> set[str]:
+        """The names in the goal's tasks/: the tasks that have a folder (one listdir)."""
+        try:
+            return set(os.listdir(self.tasks_dir(g)))
+        except FileNotFoundError:
+            return set()
+        except OSError as e:
+            raise os_error("list", self.tasks_dir(g), e) from None
+
     def snapshot(self, g: str, plan: Plan, *, detail: bool = False, view: bool = False) -> dict[str, TaskFacts]:
         """Facts for every task of the plan: one listdir of tasks/ plus one per existing task
         folder (view=True: a done marker of a first attempt instead, see task_facts)."""
-        try:
-            present = set(os.listdir(self.tasks_dir(g)))
-        except FileNotFoundError:
-            present = set()
-        except OSError as e:
-            raise os_error("list", self.tasks_dir(g), e) from None
+        present = self.task_folders(g)
         with bulk.paused():
             if view and present:
                 return self._view_snapshot(g, plan, present, detail)
