@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 _starting = False              # start_up() turned the collector off; settled() not yet called
+_owned = False                 # start_up() ran: the process is a dagrun command's (its collector ours)
 
 
 @contextmanager
@@ -46,20 +47,26 @@ def one_shot() -> None:
 
 def start_up() -> None:
     """entry.main(), before it imports anything else: the collector off for the start."""
-    global _starting
+    global _starting, _owned
     if gc.isenabled():
         gc.disable()
-        _starting = True
+        _starting = _owned = True
 
 
 def settled() -> None:
     """A long-lived process has built what it keeps for its lifetime (`dagrun run`'s engine
     after its first discovery, the MCP server, the typer path before its imports): move
     all of it into the collector's permanent generation (gc.freeze: never walked again,
-    freed by reference counting as always) and turn the collector back on. Does nothing
-    unless start_up() turned it off: an engine run in a library or a test is left alone."""
+    freed by reference counting as always) and turn the collector back on. Called again
+    once more is built -- `dagrun worker`'s engine after its first discovery, the typer path
+    having settled its imports: the goals' plans and schedulers, which every full collection
+    walked otherwise (four to five of them, 1.2-1.4 s, in a 100 000-task run; docs/
+    performance.md, "2026-12-06 (8)") -- it freezes that too. Does nothing unless start_up()
+    turned the collector off: an engine run in a library or a test is left alone."""
     global _starting
     if _starting:
         _starting = False
         gc.freeze()
         gc.enable()
+    elif _owned and gc.isenabled():
+        gc.freeze()
