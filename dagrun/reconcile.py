@@ -160,7 +160,7 @@ class Reconciler:
         ended by a marker: a marker removed by hand without `dagrun retry`, a claim or temp
         file left beside a marker by a process that died (housekeeping: an ended task waits
         for nothing). It runs at start-up, on any change above, and at most every FULL_FACTOR
-        x its cost (ARCHITECTURE.md, "The periodic rescan").
+        x its cost (ARCHITECTURE.md, "Safety net").
         Was: a full rescan every max(--rescan, 50 x its cost): 1.6 s once in the middle of a
         100 000-task run (docs/performance.md, fourteenth session)."""
         t0 = time.monotonic()
