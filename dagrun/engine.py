@@ -746,7 +746,12 @@ class Engine(Reconciler):
         """Commit the runs that ended. `due`: the keys that can have ended this turn (the
         runner's exits(): their pidfd fired, or they were just spawned); None: poll them all."""
         runs = self.runs.items()
-        for key, run in list(runs) if due is None else [(k, r) for k, r in runs if k in due]:
+        todo = list(runs) if due is None else [(k, r) for k, r in runs if k in due]
+        if len(todo) > 1:           # leaders reaped first, then one children read for all
+            together = getattr(self.runner, "reap_together", None)
+            if together is not None:
+                together([r.handle for _, r in todo])
+        for key, run in todo:
             ex = self.runner.poll(run.handle)
             if ex is None:
                 if run.node is None and run.handle.get("runner") not in _LOCAL:
