@@ -509,11 +509,13 @@ class Home:
         is b"" whatever the limit: one remembered by file_size (at its commit) serves any."""
         got = self._outputs.get(path)
         if got is not None and (got[1] == limit or got[3] == 0):
-            try:
-                st = os.stat(path)
+            ident = got[0]
+            try:            # (made_empty's: no identity -- the name itself, not followed)
+                st = os.stat(path) if ident is not None else os.lstat(path)
             except OSError:
                 st = None
-            if st is not None and _identity(st) == got[0]:
+            if st is not None and (_identity(st) == ident if ident is not None
+                                   else not st.st_size and stat.S_ISREG(st.st_mode)):
                 return got[2], got[3]
         got = self._read_task_file_stat(path, limit)
         if got is None:
@@ -523,10 +525,19 @@ class Home:
             self._remember_output(path, st, limit, data, size)
         return data, size
 
-    def _remember_output(self, path: str, st: os.stat_result, limit: int | None, data: bytes, size: int) -> None:
+    def _remember_output(self, path: str, st: os.stat_result | None, limit: int | None, data: bytes,
+                         size: int) -> None:
         if len(self._outputs) >= 512:
             self._outputs.clear()
-        self._outputs[path] = (_identity(st), limit, data, size)
+        self._outputs[path] = (None if st is None else _identity(st), limit, data, size)
+
+    def made_empty(self, path: str) -> None:
+        """A task's output that lifecycle.commit_done has just created empty (fsio.write_fresh),
+        remembered for read_output without a look at it (file_size's lstat): while the name
+        itself (lstat, not followed) is an empty regular file, its bytes are b"" -- whichever
+        inode it is, nothing is served that is not there. Anything else there (written to,
+        a symbolic link, gone) is read the safe way."""
+        self._remember_output(path, None, None, b"", 0)
 
     def file_size(self, path: str) -> int:
         """The size of a task's just-committed output (lifecycle.commit_done: the done marker's
