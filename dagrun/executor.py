@@ -373,6 +373,12 @@ class Mux:
 
     def reap_together(self, handles: list[dict]) -> None:
         """reap_together() of each runner that has it, with its own handles."""
+        if len(self.runners) == 1:          # (the usual case: every handle is that runner's)
+            for r in self.runners.values():
+                f = getattr(r, "reap_together", None)
+                if f is not None:
+                    f(handles)
+            return
         by: dict[int, tuple[Runner, list[dict]]] = {}
         for h in handles:
             r = self._of(h)
@@ -1056,8 +1062,9 @@ class ProcessRunner:
         if self._subreaper is not True:
             return
         reaped = []
+        procs, key = self._procs, self.key
         for h in handles:
-            proc = self._procs.get(self.key(h))
+            proc = procs.get(key(h))
             if proc is not None and proc.rc is None:
                 rc = proc.popen.poll()
                 if rc is not None:
