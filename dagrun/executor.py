@@ -911,10 +911,9 @@ class _Proc:
     exited_at: float | None = None
     stopping: bool = False          # we sent TERM/KILL: nothing of this attempt may outlive it
     alone: bool = False             # reaped by reap_together(): the children list read after it was empty
-    running: bool = False           # reap_together()'s wait4 said it runs: poll() need not ask again
 
     def __init__(self, popen, handle, streams=NEW, pidfd=None, rc=None, first_byte=None, last_output=0.0,
-                 over_limit=False, exited_at=None, stopping=False, alone=False, running=False):
+                 over_limit=False, exited_at=None, stopping=False, alone=False):
         self.popen = popen
         self.handle = handle
         self.streams = {} if streams is NEW else streams
@@ -926,10 +925,9 @@ class _Proc:
         self.exited_at = exited_at
         self.stopping = stopping
         self.alone = alone
-        self.running = running
 
     __repr__, __eq__ = plain_methods("popen", "handle", "streams", "pidfd", "rc", "first_byte", "last_output",
-                                     "over_limit", "exited_at", "stopping", "alone", "running")
+                                     "over_limit", "exited_at", "stopping", "alone")
 
 
 _INSTANCES: "weakref.WeakSet[ProcessRunner]" = weakref.WeakSet()   # every live ProcessRunner of this process
@@ -1070,8 +1068,6 @@ class ProcessRunner:
                 if rc is not None:
                     proc.rc = rc
                     reaped.append(proc)
-                else:                   # (its pidfd fires again when it ends: a later turn)
-                    proc.running = True
         if reaped and _childless():
             for proc in reaped:
                 proc.alone = True
@@ -1120,11 +1116,8 @@ class ProcessRunner:
             if k in self._pending:
                 return None                 # being spawned: spawned() registers it first
             return Exit(None, signal.SIGKILL)
-        if proc.rc is None:
-            if proc.running:            # reap_together() asked wait4 a moment ago, this turn
-                proc.running = False
-                return None
-            rc = proc.popen.poll()
+        if proc.rc is None:             # (asked again after the commits before it in this
+            rc = proc.popen.poll()      # turn: one just spawned has had that long to end)
             if rc is None:
                 return None
             proc.rc = rc
