@@ -61,7 +61,7 @@ def settled() -> None:
     once more is built -- `dagrun worker`'s engine after its first discovery, the typer path
     having settled its imports: the goals' plans and schedulers, which every full collection
     walked otherwise (four to five of them, 1.2-1.4 s, in a 100 000-task run; docs/
-    performance.md, "2026-12-06 (8)") -- it freezes that too. Does nothing unless start_up()
+    performance.md, "2026-12-06 (9)") -- it freezes that too. Does nothing unless start_up()
     turned the collector off: an engine run in a library or a test is left alone."""
     global _starting
     if _starting:

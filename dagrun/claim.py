@@ -242,6 +242,36 @@ def holds(home: Home, g: str, t: str, nonce: str, held: Held | None = None) -> b
     return bool(o) and o.get("nonce") == nonce
 
 
+def listing(folder: str, name: str) -> tuple[set, int | None]:
+    """The names in `folder` and the inode number of the one called `name` (None: not there),
+    from one listing -- getdents gives each entry's inode (d_ino) with its name, no stat.
+    (An OSError of the listing is the caller's.)"""
+    ino = None
+    names = set()
+    with os.scandir(folder) as it:
+        for e in it:
+            n = e.name
+            names.add(n)
+            if n == name:
+                ino = e.inode()
+    return names, ino
+
+
+def holds_listed(home: Home, g: str, t: str, nonce: str, held: Held | None, cdir: str) -> tuple[bool, set | None]:
+    """holds() and the claim folder's names (None: it cannot be listed) from one listing:
+    the listing's entry for owner.json carries its inode number (getdents' d_ino), and
+    that being the inode of the owner.json we keep open (held) proves the claim ours as
+    holds()'s lstat did -- the inode cannot be freed while we hold it, so no other file has
+    its number. Anything else (no such entry, another inode, no Held) is holds() as before."""
+    try:
+        names, ino = listing(cdir, OWNER)
+    except OSError:
+        names, ino = None, None
+    if ino is not None and held is not None and held.fd >= 0 and ino == held.ino:
+        return True, names
+    return holds(home, g, t, nonce, held), names
+
+
 def heartbeat_age(home: Home, g: str, t: str, now: float | None = None) -> float | None:
     now = time.time() if now is None else now
     newest = 0.0

@@ -45,7 +45,7 @@ from .records import plain_methods
 from .history import History
 from .reconcile import GoalState, Reconciler
 from .scheduler import FairShare
-from .store import Home, as_int, loads, parse_ts
+from .store import CLAIM, Home, as_int, loads, parse_ts
 from .watcher import Doorbell, Watcher
 from .workspace import CONFLICT, GIT_REDIRECT
 
@@ -614,8 +614,8 @@ class Engine(Reconciler):
         try:
             step = f"spawn {g}/{t}"
             fsio._step(step)
-            if submit is not None:
-                run.claim_ino = os.stat(cdir).st_ino
+            if submit is not None:     # (the claim's listing gave its number: no stat)
+                run.claim_ino = c.ino or os.stat(cdir).st_ino
             handle = submit(launch) if submit is not None else None
             if handle is None:
                 handle = self.runner.start(launch)
@@ -686,9 +686,14 @@ class Engine(Reconciler):
             self.log(f"error: {e}")
 
     def _claim_still(self, run: Run) -> bool:
-        """Is the claim folder the one this attempt made (not archived, broken, re-made)?"""
+        """Is the claim folder the one this attempt made (not archived, broken, re-made)?
+        claim_ino came from claim_task's listing (getdents' d_ino): where stat's number is
+        another (a file system whose d_ino is not st_ino, such as some overlayfs setups) the
+        listing is asked again, so a claim is never taken for another one by that alone."""
         try:
-            return os.stat(run.cdir).st_ino == run.claim_ino
+            if os.stat(run.cdir).st_ino == run.claim_ino:
+                return True
+            return claims.listing(run.cdir[:-len(CLAIM) - 1], CLAIM)[1] == run.claim_ino
         except OSError:
             return False
 
@@ -746,7 +751,12 @@ class Engine(Reconciler):
         """Commit the runs that ended. `due`: the keys that can have ended this turn (the
         runner's exits(): their pidfd fired, or they were just spawned); None: poll them all."""
         runs = self.runs.items()
-        for key, run in list(runs) if due is None else [(k, r) for k, r in runs if k in due]:
+        todo = list(runs) if due is None else [(k, r) for k, r in runs if k in due]
+        if len(todo) > 1:           # leaders reaped first, then one children read for all
+            together = getattr(self.runner, "reap_together", None)
+            if together is not None:
+                together([r.handle for _, r in todo])
+        for key, run in todo:
             ex = self.runner.poll(run.handle)
             if ex is None:
                 if run.node is None and run.handle.get("runner") not in _LOCAL:
@@ -805,8 +815,13 @@ class Engine(Reconciler):
             elif g in self._turn_locks:
                 self._stamp_seen.add(g)
         # owner.json with our nonce proves claim/ is a folder (a symlinked one is never read),
-        # so _vanished (whose first look is exactly that) is asked only when it is not ours
-        held = gs is not None and gs.plan.has(t) and claims.holds(self.home, g, t, c.nonce, c.held)
+        # so _vanished (whose first look is exactly that) is asked only when it is not ours.
+        # One listing of the claim proves it (owner.json's inode: claim.holds_listed) and
+        # names what the attempt left there (the agent has ended): the capture files and
+        # usage/check files it does not name are not looked for one by one
+        held, listing = False, None
+        if gs is not None and gs.plan.has(t):
+            held, listing = claims.holds_listed(self.home, g, t, c.nonce, c.held, run.cdir)
         if not held and gs is not None and gs.plan.has(t) and self._vanished(gs, c, ex):
             return
         if not held:
@@ -819,13 +834,7 @@ class Engine(Reconciler):
         prog = ex.progress if ex.progress is not None else self.runner.progress(run.handle)
         if run.stop_outcome is None and plan.task(t).definition_digest() != run.definition:
             run.stop_outcome, run.stop_reason = "superseded", "the task's definition changed while it ran"
-        cdir = run.cdir
-        # what the attempt left in its claim, in one listing (the agent has ended): the
-        # capture files and usage/check files not named there are not looked for one by one
-        try:
-            listing = set(os.listdir(cdir))
-        except OSError:
-            listing = None           # each is looked for, as without the listing
+        cdir = run.cdir             # (listing None: each capture file is looked for)
         used = attempt_extra(cdir, lambda w: self.log(f"warning: {g}/{t}: {w}"), listing)   # usage, the check's verdict
         node = ex.node or run.node         # a cluster runner's node: into the marker, record and event
         if node:

@@ -371,6 +371,23 @@ class Mux:
     def key(self, handle: dict) -> str:
         return f"{handle.get('runner')}:{self._of(handle).key(handle)}"
 
+    def reap_together(self, handles: list[dict]) -> None:
+        """reap_together() of each runner that has it, with its own handles."""
+        if len(self.runners) == 1:          # (the usual case: every handle is that runner's)
+            for r in self.runners.values():
+                f = getattr(r, "reap_together", None)
+                if f is not None:
+                    f(handles)
+            return
+        by: dict[int, tuple[Runner, list[dict]]] = {}
+        for h in handles:
+            r = self._of(h)
+            by.setdefault(id(r), (r, []))[1].append(h)
+        for r, hs in by.values():
+            f = getattr(r, "reap_together", None)
+            if f is not None and len(hs) > 1:
+                f(hs)
+
     def poll(self, handle: dict) -> Exit | None:
         return self._of(handle).poll(handle)
 
@@ -893,9 +910,10 @@ class _Proc:
     over_limit: bool = False
     exited_at: float | None = None
     stopping: bool = False          # we sent TERM/KILL: nothing of this attempt may outlive it
+    alone: bool = False             # reaped by reap_together(): the children list read after it was empty
 
     def __init__(self, popen, handle, streams=NEW, pidfd=None, rc=None, first_byte=None, last_output=0.0,
-                 over_limit=False, exited_at=None, stopping=False):
+                 over_limit=False, exited_at=None, stopping=False, alone=False):
         self.popen = popen
         self.handle = handle
         self.streams = {} if streams is NEW else streams
@@ -906,9 +924,10 @@ class _Proc:
         self.over_limit = over_limit
         self.exited_at = exited_at
         self.stopping = stopping
+        self.alone = alone
 
     __repr__, __eq__ = plain_methods("popen", "handle", "streams", "pidfd", "rc", "first_byte", "last_output",
-                                     "over_limit", "exited_at", "stopping")
+                                     "over_limit", "exited_at", "stopping", "alone")
 
 
 _INSTANCES: "weakref.WeakSet[ProcessRunner]" = weakref.WeakSet()   # every live ProcessRunner of this process
@@ -1032,6 +1051,27 @@ class ProcessRunner:
         owners = self._fd_owner
         return {o[0] for fd in ready if (o := owners.get(fd)) is not None and o[1] == "pid"}
 
+    def reap_together(self, handles: list[dict]) -> None:
+        """The attempts the loop is about to poll (their pidfds fired, or they were just
+        spawned): wait4 each leader now, then read the children list once for all those that
+        ended (poll() takes the verdict from proc.alone) -- not once per exit. The list read
+        after the last wait4 covers every leader reaped before it: each one's orphans were
+        re-parented to us at its exit, before wait4 could report it (see poll)."""
+        if self._subreaper is not True:
+            return
+        reaped = []
+        procs, key = self._procs, self.key
+        for h in handles:
+            proc = procs.get(key(h))
+            if proc is not None and proc.rc is None:
+                rc = proc.popen.poll()
+                if rc is not None:
+                    proc.rc = rc
+                    reaped.append(proc)
+        if reaped and _childless():
+            for proc in reaped:
+                proc.alone = True
+
     def _drain(self, proc: _Proc, s: _Stream, budget: int | None) -> None:
         while not s.eof and (budget is None or budget > 0):
             try:
@@ -1076,9 +1116,8 @@ class ProcessRunner:
             if k in self._pending:
                 return None                 # being spawned: spawned() registers it first
             return Exit(None, signal.SIGKILL)
-        alone = False
-        if proc.rc is None:
-            rc = proc.popen.poll()
+        if proc.rc is None:             # (asked again after the commits before it in this
+            rc = proc.popen.poll()      # turn: one just spawned has had that long to end)
             if rc is None:
                 return None
             proc.rc = rc
@@ -1090,18 +1129,20 @@ class ProcessRunner:
             # so that list is empty in the usual case: then nothing of the attempt is left,
             # and there is no group to kill (the kill would say ESRCH) and nothing to sweep.
             alone = self._subreaper is True and not proc.stopping and _childless()
-            if not alone:
-                # the shell is gone; whatever it left running in its group goes too (its
-                # output still sits in the pipes and is read below)
-                _killpg(handle["pgid"], signal.SIGKILL)
-                self._ended_groups[handle["pgid"]] = None
-                if len(self._ended_groups) > 1024:
-                    del self._ended_groups[next(iter(self._ended_groups))]
-                if proc.stopping:
-                    # a stopped attempt (timeout, stall, cancel, Ctrl-C): also what escaped the
-                    # group (setsid, daemonised children), found by DAGRUN_RUN_ID. The shell may
-                    # have died of the TERM long before its TERM-ignoring escapees would.
-                    kill_strays(handle.get("run_id"))
+        else:                           # reaped by reap_together(): one list read for all
+            alone = proc.alone and not proc.stopping
+        if not alone:
+            # the shell is gone; whatever it left running in its group goes too (its
+            # output still sits in the pipes and is read below)
+            _killpg(handle["pgid"], signal.SIGKILL)
+            self._ended_groups[handle["pgid"]] = None
+            if len(self._ended_groups) > 1024:
+                del self._ended_groups[next(iter(self._ended_groups))]
+            if proc.stopping:
+                # a stopped attempt (timeout, stall, cancel, Ctrl-C): also what escaped the
+                # group (setsid, daemonised children), found by DAGRUN_RUN_ID. The shell may
+                # have died of the TERM long before its TERM-ignoring escapees would.
+                kill_strays(handle.get("run_id"))
         for s in proc.streams.values():
             self._drain(proc, s, None)
             if not s.eof:               # held open by a process outside the group: stop listening

@@ -68,9 +68,11 @@ class Claim:
     #                               the claim only its holder writes one, so False spares the
     #                               commit of a first attempt its lstat of attempts/
     held: "claims.Held | None" = None   # its owner.json, kept open by the engine (claim.holds)
+    ino: int = 0                  # its claim folder's inode number, as claim_task's listing of
+    #                               the task folder gave it (d_ino); 0: not known
 
     def __init__(self, goal, task, attempt, owner, started, workspace=None, conflict=None, resources=None,
-                 skip=None, kept=None, held=None):
+                 skip=None, kept=None, held=None, ino=0):
         self.goal = goal
         self.task = task
         self.attempt = attempt
@@ -82,9 +84,10 @@ class Claim:
         self.skip = skip
         self.kept = kept
         self.held = held
+        self.ino = ino
 
     __repr__, __eq__ = plain_methods("goal", "task", "attempt", "owner", "started", "workspace", "conflict",
-                                     "resources", "skip", "kept", "held")
+                                     "resources", "skip", "kept", "held", "ino")
 
     @property
     def nonce(self) -> str:
@@ -136,8 +139,9 @@ def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: i
     # Also when our acquire made the task's folder: between that mkdir and the claim's,
     # another worker can claim, run and commit the task in it and release its claim, so the
     # folder may hold a marker by now (bug 34: the task ran twice when this was skipped)
+    # (the listing also gives our claim folder's inode number: Claim.ino)
     try:
-        names = os.listdir(tdir)
+        names, ino = claims.listing(tdir, CLAIM)
     except OSError as e:
         claims.release(home, g, t)
         raise os_error("list", tdir, e) from None
@@ -164,6 +168,7 @@ def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: i
     owner["run_id"] = run_id(home, g, t, attempt)
     owner.update(owner_extra or {})
     c = Claim(g, t, attempt, owner, time.time(), kept="attempts" in names)
+    c.ino = ino or 0
 
     def give_up() -> None:          # units first, then the claim they live under
         res.release_attempt(home, g, t, owner)
@@ -452,7 +457,8 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
                     size = None
             if size is None:            # nobody reads it before `done`: made under its own name
                 fsio.write_fresh(out, b"")
-                size = 0
+                home.made_empty(out)    # (remembered for the dependents' prompts, no look)
+                size = -1
             else:
                 fsio.rename(captured, out)
         err = cdir + "/stderr"
@@ -464,11 +470,13 @@ def commit_done(home: Home, plan: Plan, c: Claim, *, ended: float, exit_code: in
             if os.path.exists(raw):
                 fsio.rename(raw, f"{tdir}/{RAW_FILE}")
         # an empty output is looked at once more (file_size): remembered for the dependents'
-        # prompts, which then read it with one stat instead of the safe walk's six calls
+        # prompts, which then read it with one stat instead of the safe walk's six calls (one
+        # made here empty, size -1, is remembered without that look: Home.made_empty)
         body = {
             "attempt": c.attempt, "worker": c.owner.get("worker"), "started": now_iso(c.started),
             "ended": now_iso(ended), "duration": round(ended - c.started, 3), "exit_code": exit_code,
-            "definition": plan.task(t).definition_digest(), "output_bytes": home.file_size(out) if not size else size,
+            "definition": plan.task(t).definition_digest(),
+            "output_bytes": 0 if size == -1 else (size if size else home.file_size(out)),
         }
         if forced_by:
             body["forced_by"] = forced_by

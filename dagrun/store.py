@@ -205,11 +205,20 @@ class TaskFacts:
             return 0.0
 
 
+# Home.read_output's memory: how many outputs, and how many of their bytes (512 outputs of the
+# 64 KiB it keeps at most). Empty outputs (no-op agents: every one of a wide plan's) cost
+# an entry and no bytes: with 512 entries at most a layered-1000 plan forgot them all at
+# once twice and read ~0.3 outputs a task the safe way again (six system calls each).
+OUTPUTS_KEPT = 16384
+OUTPUT_BYTES_KEPT = 512 * 65536
+
+
 class Home:
     def __init__(self, root: str | None = None):
         self.root = os.path.abspath(root or default_home())
         self.goals_dir = os.path.join(self.root, "goals")
         self._outputs: dict[str, tuple] = {}     # read_output's memory: path -> (identity, limit, data, size)
+        self._output_bytes = 0                   # the bytes it holds
 
     # -- creation
     def ensure(self) -> None:
@@ -505,15 +514,18 @@ class Home:
         caller's Stale check), replaced, written to, or the path now through a symbolic link
         to another file -- is read again the safe way. A symbolic link can only lead back to
         the very inode the safe walk read, whose bytes were in the home when read. Outputs of
-        up to 64 KiB are remembered, 512 at most (then forgotten all at once). An empty output
+        up to 64 KiB are remembered, OUTPUTS_KEPT at most and OUTPUT_BYTES_KEPT bytes in all
+        (then forgotten all at once). An empty output
         is b"" whatever the limit: one remembered by file_size (at its commit) serves any."""
         got = self._outputs.get(path)
         if got is not None and (got[1] == limit or got[3] == 0):
-            try:
-                st = os.stat(path)
+            ident = got[0]
+            try:            # (made_empty's: no identity -- the name itself, not followed)
+                st = os.stat(path) if ident is not None else os.lstat(path)
             except OSError:
                 st = None
-            if st is not None and _identity(st) == got[0]:
+            if st is not None and (_identity(st) == ident if ident is not None
+                                   else not st.st_size and stat.S_ISREG(st.st_mode)):
                 return got[2], got[3]
         got = self._read_task_file_stat(path, limit)
         if got is None:
@@ -523,10 +535,25 @@ class Home:
             self._remember_output(path, st, limit, data, size)
         return data, size
 
-    def _remember_output(self, path: str, st: os.stat_result, limit: int | None, data: bytes, size: int) -> None:
-        if len(self._outputs) >= 512:
-            self._outputs.clear()
-        self._outputs[path] = (_identity(st), limit, data, size)
+    def _remember_output(self, path: str, st: os.stat_result | None, limit: int | None, data: bytes,
+                         size: int) -> None:
+        outputs = self._outputs
+        old = outputs.pop(path, None)
+        if old is not None:
+            self._output_bytes -= len(old[2])
+        if len(outputs) >= OUTPUTS_KEPT or self._output_bytes + len(data) > OUTPUT_BYTES_KEPT:
+            outputs.clear()
+            self._output_bytes = 0
+        outputs[path] = (None if st is None else _identity(st), limit, data, size)
+        self._output_bytes += len(data)
+
+    def made_empty(self, path: str) -> None:
+        """A task's output that lifecycle.commit_done has just created empty (fsio.write_fresh),
+        remembered for read_output without a look at it (file_size's lstat): while the name
+        itself (lstat, not followed) is an empty regular file, its bytes are b"" -- whichever
+        inode it is, nothing is served that is not there. Anything else there (written to,
+        a symbolic link, gone) is read the safe way."""
+        self._remember_output(path, None, None, b"", 0)
 
     def file_size(self, path: str) -> int:
         """The size of a task's just-committed output (lifecycle.commit_done: the done marker's

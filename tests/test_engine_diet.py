@@ -59,6 +59,13 @@ def _fanout_calls(tmp_path, monkeypatch, n: int = 24) -> dict[str, int]:
             counts["listdir_claims"] += 1
         return real_listdir(path, *a, **k)
 
+    real_scandir = os.scandir
+
+    def c_scandir(path=".", *a, **k):    # (the commit's listing of its claim: claim.holds_listed)
+        if mine() and isinstance(path, str) and ("/claim" in path or "/.spare/" in path):
+            counts["listdir_claims"] += 1
+        return real_scandir(path, *a, **k)
+
     def c_getpid():
         if mine():
             counts["getpid"] += 1
@@ -70,7 +77,7 @@ def _fanout_calls(tmp_path, monkeypatch, n: int = 24) -> dict[str, int]:
         return real_beneath(root, rel, *a, **k)
 
     for mod, name, fn in ((os, "open", c_open), (os, "stat", c_stat), (os, "lstat", c_lstat),
-                          (os, "listdir", c_listdir), (os, "getpid", c_getpid), (fsio, "open_beneath", c_beneath)):
+                          (os, "listdir", c_listdir), (os, "scandir", c_scandir), (os, "getpid", c_getpid), (fsio, "open_beneath", c_beneath)):
         monkeypatch.setattr(mod, name, fn)
     ends: list[float] = []
 

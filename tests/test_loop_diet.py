@@ -302,3 +302,37 @@ def test_past_the_descriptor_budget_owner_json_is_closed_and_read_back_as_before
     monkeypatch.undo()
     assert all((task_dir(h.root, "fo", t) / "done").exists() for t in ["a"] + [f"m{i:02d}" for i in range(n)])
     assert len(reads) >= n + 1, reads
+
+
+def test_more_empty_outputs_than_512_are_all_remembered_and_bytes_bound_the_memory(tmp_path, monkeypatch):
+    """Home.read_output's memory holds entries, not only bytes: 2 000 empty outputs (a
+    layered-1000 plan has 1 000) are all served without the safe walk -- with 512 entries at
+    most it forgot them all at once and read ~0.3 outputs a task the safe way again. What
+    bounds its memory is the bytes it holds (store.OUTPUT_BYTES_KEPT): past them it forgets."""
+    from dagrun import fsio, store
+
+    h = Home(str(tmp_path / "home"))
+    paths = []
+    for i in range(2000):
+        out = task_dir(h.root, "g", f"t{i}") / "output"
+        out.parent.mkdir(parents=True)
+        fsio.write_fresh(str(out), b"")
+        assert h.file_size(str(out)) == 0       # (the commit's look: remembered)
+        paths.append(str(out))
+    walks = []
+    real = fsio.open_beneath
+
+    def counted(root, rel, *a, **k):
+        walks.append(rel)
+        return real(root, rel, *a, **k)
+
+    monkeypatch.setattr(fsio, "open_beneath", counted)
+    assert all(h.read_output(p, 100) == (b"", 0) for p in paths)
+    assert walks == []
+    monkeypatch.setattr(store, "OUTPUT_BYTES_KEPT", 10)       # bytes: 4 + 4 fit, the third forgets
+    for i, data in enumerate((b"abcd", b"efgh", b"ijkl")):
+        out = task_dir(h.root, "g", f"w{i}") / "output"
+        out.parent.mkdir(parents=True)
+        out.write_bytes(data)
+        assert h.read_output(str(out), 100) == (data, 4)
+    assert len(walks) == 3 and h._output_bytes == 4 and len(h._outputs) == 1

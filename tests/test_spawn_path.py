@@ -270,7 +270,7 @@ def test_a_first_claim_makes_its_folder_and_says_so(tmp_path):
 
 def test_a_task_folder_is_listed_once_after_every_claim_even_one_the_claim_made(tmp_path, monkeypatch):
     """claim_task reads a task's folder (markers, attempts/, half-done breaks) once it holds
-    the claim: one listdir, also when the claim's acquire made the folder itself. An earlier
+    the claim: one listing, also when the claim's acquire made the folder itself. An earlier
     version skipped that listing (the folder "can only hold claim/"), but another worker can
     claim, run and commit the task between the folder's mkdir and the claim's, and the task
     then ran twice (bug 34; test_stale_claims.py plays that interleaving). A folder that
@@ -282,9 +282,10 @@ def test_a_task_folder_is_listed_once_after_every_claim_even_one_the_claim_made(
     os.makedirs(home.tasks_dir("g"))
     plan = parse(b'{"goal": "g", "defaults": {"agent": "true"}, "tasks": [{"id": "t1", "prompt": "x"}, '
                  b'{"id": "t2", "prompt": "y"}]}', shown="p", source=str(tmp_path / "p.json"), default_goal="g")
-    listed, listdir = [], os.listdir
+    listed, listdir, scandir = [], os.listdir, os.scandir
     tasks = home.tasks_dir("g")
     monkeypatch.setattr(os, "listdir", lambda p: (listed.append(p) if os.path.dirname(str(p)) == tasks else None) or listdir(p))
+    monkeypatch.setattr(os, "scandir", lambda p: (listed.append(p) if os.path.dirname(str(p)) == tasks else None) or scandir(p))
     c = lifecycle.claim_task(home, plan, "t1", worker="w", kind="engine")
     assert c is not None and c.attempt == 1 and listed == [home.task_dir("g", "t1")]
     assert sorted(os.listdir(home.task_dir("g", "t1"))) == [CLAIM, "prompt.md"]

@@ -9,7 +9,8 @@ import threading
 
 from conftest import fanout_engine, run, task_dir, write_plan
 
-from dagrun.store import Home
+from dagrun import claim as claims
+from dagrun.store import CLAIM, Home
 
 
 def test_the_engines_owner_json_appears_only_whole_by_rename(tmp_path, monkeypatch):
@@ -234,3 +235,63 @@ def test_claim_nonces_handed_out_by_threads_at_once_are_all_different():
         sys.setswitchinterval(old)
     every = [x for out in got for x in out]
     assert len(every) == 12000 and len(set(every)) == 12000
+
+
+def test_a_start_stats_its_claim_folder_once_its_number_comes_from_the_claims_listing(tmp_path, monkeypatch):
+    """claim_task's listing of the task folder gives the claim folder's inode number (d_ino):
+    the engine no longer stats claim/ before handing the agent to the spawner -- only once
+    after the spawn, to see it is still the claim it made (was two stats per start)."""
+    from dagrun.engine import Engine
+
+    h = Home(str(tmp_path / "home"))
+    n = 4
+    tasks = [{"id": "a", "prompt": "x"}] + [{"id": f"m{i}", "prompt": "x", "deps": ["a"]} for i in range(n)]
+    run("submit", write_plan(tmp_path / "p", tasks, goal="fo", defaults={"agent": "true"}), home=h.root)
+    loop = threading.get_ident()
+    stats = []
+    real = os.stat
+
+    def c_stat(path, *a, **k):
+        if threading.get_ident() == loop and isinstance(path, str) and path.endswith("/" + CLAIM):
+            stats.append(path)
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(os, "stat", c_stat)
+    assert Engine(h, goal="fo", jobs=4).run() == 0
+    monkeypatch.undo()
+    assert all((task_dir(h.root, "fo", f"m{i}") / "done").exists() for i in range(n))
+    assert len(stats) == n + 1, stats
+
+
+def test_a_claim_whose_listed_number_is_not_stats_is_still_known_as_ours(tmp_path, monkeypatch):
+    """Engine._claim_still with the claim's number from the listing (d_ino): on a file system
+    whose stat shows another number (overlayfs without xino may), the listing is asked again
+    -- the claim is ours; a claim folder made anew (archived and re-claimed) is not."""
+    import types
+
+    from dagrun.engine import Engine
+
+    h = Home(str(tmp_path / "home"))
+    assert claims.acquire(h, "g", "t")
+    cdir = h.claim_dir("g", "t")
+    listed = claims.listing(h.task_dir("g", "t"), CLAIM)[1]
+    run_ = types.SimpleNamespace(cdir=cdir, claim_ino=listed)
+    assert Engine._claim_still(None, run_)
+    real = os.stat
+
+    def other_number(path, *a, **k):
+        st = real(path, *a, **k)
+        if isinstance(path, str) and path == cdir:
+            return os.stat_result((st.st_mode, st.st_ino + 1) + tuple(st)[2:10])
+        return st
+
+    monkeypatch.setattr(os, "stat", other_number)
+    assert Engine._claim_still(None, run_)
+    monkeypatch.undo()
+    os.rename(cdir, cdir + ".gone")
+    os.mkdir(cdir)
+    os.rmdir(cdir + ".gone")
+    if claims.listing(h.task_dir("g", "t"), CLAIM)[1] != listed:      # (a new inode, normally)
+        assert not Engine._claim_still(None, run_)
+    os.rmdir(cdir)
+    assert not Engine._claim_still(None, run_)

@@ -1992,7 +1992,8 @@ def test_claim_task_sweeps_a_dead_breaker_s_leftovers_and_never_claims_an_ended_
 
 
 class _ListdirFails:
-    """lifecycle's `os` with listdir failing on one path (EIO: as root, no permission stops it)."""
+    """lifecycle's (and claim's) `os` with listdir and scandir failing on one path (EIO: as
+    root, no permission stops it)."""
 
     def __init__(self, path: str):
         self.path = path
@@ -2005,12 +2006,18 @@ class _ListdirFails:
             raise OSError(5, "Input/output error")
         return os.listdir(p)
 
+    def scandir(self, p):                          # (claim.listing: the claim's own listing)
+        if p == self.path:
+            raise OSError(5, "Input/output error")
+        return os.scandir(p)
+
 
 def test_claim_task_that_cannot_list_the_task_folder_releases_the_claim_with_one_line(tmp_path, monkeypatch):
     home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
     plan = home.load_plan("g")
     os.makedirs(home.task_dir("g", "a"))           # a retry's folder (a first claim's is not listed)
     monkeypatch.setattr(lc, "os", _ListdirFails(home.task_dir("g", "a")))
+    monkeypatch.setattr(claims, "os", _ListdirFails(home.task_dir("g", "a")))
     with pytest.raises(FsError) as e:
         lc.claim_task(home, plan, "a", worker="w1", kind="external")
     assert str(e.value) == f"cannot list {home.task_dir('g', 'a')}: Input/output error"
