@@ -389,6 +389,8 @@ class Engine(Reconciler):
             t = min(t, now + RESOURCE_EVERY)   # units given back by other processes: look again soon
         if self.watcher is None or self.watcher.polling:
             t = min(t, self._next_poll)
+            if self.watcher is not None and self.watcher.pending:
+                t = min(t, self._watch_at)     # inotify's late start (watch_after)
         if self.tick is not None:
             t = min(t, self._next_tick)
         self._wake = self.runner.wakeup()
