@@ -55,7 +55,7 @@ RESOURCE_EVERY = 0.25     # s: ready tasks wait for resource units: the pools ar
 IDLE_RETRY_HORIZON = 60.0  # s: --until-idle waits for a retry due this soon; a later one is the next run's
 # s: `dagrun run` polls (watcher.EARLY_POLL) this long before it brings inotify up: a run that
 # ends sooner never pays watchdog's import nor reads its own writes' events back (watcher.py)
-WATCH_AFTER = 1.0
+WATCH_AFTER = 2.0
 
 
 def default_worker_name() -> str:

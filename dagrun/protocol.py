@@ -244,7 +244,7 @@ def run_goal(home: Home, goal: str, target: str, *, jobs: int | None, name: str 
     runners = for_driver([plan], runner)        # exit 2 if a runner cannot start anything here
     eng = Engine(home, worker=name, jobs=jobs or plan.max_parallel or 4, goal=goal, poll=poll, log=stderr_log,
                  on_event=on_event, use_cache=not no_cache, runner=runners, plans={goal: (stamp, plan)},
-                 watch_after=WATCH_AFTER)     # inotify only for a run still going after its first second
+                 watch_after=WATCH_AFTER)     # inotify only for a run still going after 2 s
     rc = wrap(eng.run) if wrap is not None else eng.run()
     d = goal_detail(home, goal, fresh=eng.fresh.get(goal))   # the snapshot the engine derived at the end
     c = d["counts"]

@@ -17,7 +17,7 @@ exhausted max_user_watches / max_user_instances, a platform without inotify -- t
 says `polling`, and the engine wakes every `poll` seconds and compares the events files'
 sizes (one stat per goal). A periodic full rescan backs both modes.
 
-`dagrun run` starts its watcher late (`later=`): for its first second the engine polls
+`dagrun run` starts its watcher late (`later=`): for its first seconds the engine polls
 every EARLY_POLL, and inotify comes up only if the run is still going then -- a run that
 ends sooner never imports watchdog's binding (~27 M instructions, ~11 % of a one-task run,
 docs/performance.md "(8)") nor reads its own writes' events back every turn. Watches are

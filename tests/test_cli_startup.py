@@ -290,7 +290,7 @@ def test_the_console_command_starts_without_the_cyclic_collector_and_a_run_freez
 def test_a_run_loads_watchdogs_inotify_binding_alone_and_submit_loads_no_git_side_nor_ctypes(tmp_path):
     """watchdog's binding (watchdog.observers.inotify_c) is all the watcher uses: a watcher
     loads it without the package's observer pick (watchdog's InotifyObserver, event classes,
-    buffers: ~8 ms of CPU a start), and a `dagrun run` that ends within its first second
+    buffers: ~8 ms of CPU a start), and a `dagrun run` that ends within its first seconds
     (engine.WATCH_AFTER: it polls meanwhile) loads none of watchdog. `dagrun submit` of a
     plan without a code workspace imports no workspace.py (git), and neither it nor `claim`
     imports ctypes (openat2's binding is made on the first open_beneath, by the engine's

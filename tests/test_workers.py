@@ -218,7 +218,7 @@ def test_network_file_systems_are_detected(tmp_path):
 
 
 def test_a_late_watcher_looks_at_the_goal_once_its_watches_are_placed(tmp_path, monkeypatch):
-    """`dagrun run` polls for its first second (Engine(watch_after=), watcher.EARLY_POLL) and
+    """`dagrun run` polls for its first seconds (Engine(watch_after=), watcher.EARLY_POLL) and
     brings inotify up only if it is still going then (Watcher.start_late). What another
     process wrote before a watch existed raised no event: the engine looks at every goal once
     the watches are placed. Here the polls are made too rare to see anything (EARLY_POLL
