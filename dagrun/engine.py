@@ -21,7 +21,7 @@ import select
 import signal
 import time
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 from . import budget as bud
 from . import bulk
