@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from .records import frozen_methods, plain_methods
 
@@ -54,18 +54,18 @@ class Facts:
     __setattr__, __delattr__, __hash__ = frozen_methods("outcome", "output")
 
 
-def _kind(v: Any) -> str:
+def _kind(v: object) -> str:
     return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
             type(None): "null"}.get(type(v), "a number")
 
 
-def check(expr: Any, deps: Sequence[str]) -> None:
+def check(expr: object, deps: Sequence[str]) -> None:
     """Validate an expression; raise ConditionError naming the problem and where it is."""
     count = [0]
     _check(expr, set(deps), (), 0, count)
 
 
-def _check(e: Any, deps: set, path: tuple, depth: int, count: list) -> None:
+def _check(e: object, deps: set, path: tuple, depth: int, count: list) -> None:
     count[0] += 1
     if count[0] > MAX_NODES:
         raise ConditionError(path, f"the condition has more than {MAX_NODES} nodes")
@@ -134,7 +134,7 @@ def _only(e: dict, allowed: tuple, path: tuple) -> None:
                                  f" (allowed here: {', '.join(allowed)})")
 
 
-def refs(expr: Any) -> list[str]:
+def refs(expr: object) -> list[str]:
     """The tasks an expression looks at."""
     out: list[str] = []
     stack = [expr]
@@ -154,7 +154,7 @@ def refs(expr: Any) -> list[str]:
 _MISSING = object()
 
 
-def _walk(doc: Any, path: str) -> Any:
+def _walk(doc: object, path: str) -> object:
     if path == "":
         return doc
     for part in path.split("."):
@@ -171,7 +171,7 @@ def _text(b: bytes | None) -> str:
     return (b or b"").decode("utf-8", "replace")
 
 
-def evaluate(expr: Any, facts: Facts) -> tuple[bool, str]:
+def evaluate(expr: object, facts: Facts) -> tuple[bool, str]:
     """(value, why) of a checked expression. A dependency that ended without output reads as
     empty; json_of over an output that is not JSON (or a path that is missing) is false for
     every operator but `exists: false`."""
@@ -242,5 +242,5 @@ def evaluate(expr: Any, facts: Facts) -> tuple[bool, str]:
     return ok, f"{where} is {shown}" + ("" if ok else f", not {'>' if op == 'gt' else '<'} {expr[op]}")
 
 
-def _num(v: Any) -> bool:
+def _num(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)

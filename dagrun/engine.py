@@ -21,7 +21,7 @@ import select
 import signal
 import time
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 from . import budget as bud
 from . import bulk
@@ -53,6 +53,9 @@ HOUSEKEEPING = 1.0        # s: liveness of other workers' claims, stall checks
 BUDGET_EVERY = 0.2        # s: a goal with a budget: the spend of running attempts is read this often
 RESOURCE_EVERY = 0.25     # s: ready tasks wait for resource units: the pools are read again this often
 IDLE_RETRY_HORIZON = 60.0  # s: --until-idle waits for a retry due this soon; a later one is the next run's
+# s: `dagrun run` polls (watcher.EARLY_POLL) this long before it brings inotify up: a run that
+# ends sooner never pays watchdog's import nor reads its own writes' events back (watcher.py)
+WATCH_AFTER = 2.0
 
 
 def default_worker_name() -> str:
@@ -114,10 +117,13 @@ class Engine(Reconciler):
                  log: Callable[[str], None] | None = None, on_event: Callable[[dict], None] | None = None,
                  rescan_every: float = 10.0, lease: float | None = None,
                  tick: Callable[["Engine"], None] | None = None, tick_every: float = 15.0,
-                 use_cache: bool = True, plans: dict[str, tuple[tuple, Plan]] | None = None):
+                 use_cache: bool = True, plans: dict[str, tuple[tuple, Plan]] | None = None,
+                 watch_after: float | None = None):
         """plans: {goal: (plan_stamp, Plan)} the caller has just loaded (the stamp taken
         before the load, as _discover takes it): used at start-up instead of parsing
-        plan.json again if the file's stamp is still that one."""
+        plan.json again if the file's stamp is still that one. watch_after: seconds of
+        polling (watcher.EARLY_POLL) before inotify comes up (`dagrun run`: WATCH_AFTER);
+        None: inotify from the start."""
         self.home = home
         self._loaded = dict(plans or {})
         self.worker = worker or default_worker_name()
@@ -165,6 +171,8 @@ class Engine(Reconciler):
         self.fresh: dict = {}      # goal -> the status snapshot derived when it ended (statuscache.Fresh)
         self._share_told: set[tuple[str, str, int]] = set()   # attempts told they are past their share
         self.use_cache = use_cache                # --no-cache: neither look up nor store results
+        self.watch_after = watch_after
+        self._watch_at = 0.0                      # monotonic: a late watcher's start_late() is due
 
     # ================================================================== public
     def run(self) -> int:
@@ -176,7 +184,9 @@ class Engine(Reconciler):
         hk.hold_turn()   # ... and the home's hooks folder is looked for once per turn
         res.hold_turn()  # ... and resources/limits.json read once per turn (claims)
         try:
-            self.watcher = Watcher(self.home.goals_dir, poll=self.poll, log=self.log)
+            self.watcher = Watcher(self.home.goals_dir, poll=self.poll, log=self.log,
+                                   later=self.watch_after is not None)
+            self._watch_at = time.monotonic() + (self.watch_after or 0.0)
             self._discover()
             bulk.settled()     # the process's start is built (entry.main paused the collector)
             while True:
@@ -202,6 +212,8 @@ class Engine(Reconciler):
                     self._run_tick()
                 if self._should_exit():
                     break
+                if self.watcher.pending and time.monotonic() >= self._watch_at:
+                    self._watch_late()
                 self._absorb_own()
                 self._ready = self._wait(0.0 if self._carry[0] or self._carry[1] else self._next_wakeup())
             if self.tick is not None:
@@ -232,6 +244,14 @@ class Engine(Reconciler):
             if gs is not None and c.get(S.DONE, 0) + c.get(S.SKIPPED, 0) != len(gs.plan.tasks):
                 return ExitCode.GOAL_FAILED     # done or skipped (a false condition) is success
         return ExitCode.OK
+
+    def _watch_late(self) -> None:
+        """The run outlived its polling start (watch_after): inotify comes up, every goal is
+        watched, then every goal is looked at once in the next turn (fed, its plan stamp
+        compared; goals/ listed for a worker): what another process wrote before a watch
+        existed raised no event, and the polls saw only up to their last look."""
+        if self.watcher.start_late(list(self.goals) + list(self.dormant)):
+            self._carry = (self._carry[0] | set(self.goals), True)
 
     def _run_tick(self) -> None:
         self._next_tick = time.monotonic() + self.tick_every
@@ -369,6 +389,8 @@ class Engine(Reconciler):
             t = min(t, now + RESOURCE_EVERY)   # units given back by other processes: look again soon
         if self.watcher is None or self.watcher.polling:
             t = min(t, self._next_poll)
+            if self.watcher is not None and self.watcher.pending:
+                t = min(t, self._watch_at)     # inotify's late start (watch_after)
         if self.tick is not None:
             t = min(t, self._next_tick)
         self._wake = self.runner.wakeup()

@@ -12,7 +12,7 @@ import os
 import select
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import orjson
 

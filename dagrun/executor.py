@@ -28,7 +28,6 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from . import fsio, lazyre
 from .fsio import close_quiet
@@ -163,7 +162,7 @@ class Exit:
         return f"exit code {self.code}"
 
 
-class Runner(Protocol):
+class Runner:     # a protocol (not a base class: typing is not imported on the run path)
     """The contract between a driver (the engine) and whatever runs agents. ARCHITECTURE.md
     ("The Runner protocol") says what each method must guarantee; summary:
 

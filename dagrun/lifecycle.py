@@ -21,7 +21,7 @@ import random
 import time
 from dataclasses import dataclass
 from stat import S_ISLNK
-from typing import Callable
+from collections.abc import Callable
 
 from . import bulk
 from . import claim as claims

@@ -4,10 +4,10 @@ No SDK needed: printing a config must work anywhere. Nothing secret goes in: the
 `--home`, `mcp`."""
 from __future__ import annotations
 
+import collections
 import json
 import os
 import sys
-from typing import NamedTuple
 
 OPTION = "--dagrun-mcp"          # the preset option (`"agent": "@claude --dagrun-mcp"`)
 CLIENTS = ("claude", "codex", "gemini")
@@ -25,10 +25,10 @@ class Unavailable(Exception):
     """This run cannot be given the server (one line: why)."""
 
 
-class RunConfig(NamedTuple):
-    args: list[str]                 # put before the task's own extra arguments
-    files: dict[str, str]           # path -> content, written (parents made) before the run
-    env: dict[str, str]             # added to the CLI's environment
+# args: put before the task's own extra arguments; files: path -> content, written (parents
+# made) before the run; env: added to the CLI's environment. (A collections.namedtuple, not
+# typing.NamedTuple: typing is not imported on the run path, docs/performance.md "(10)".)
+RunConfig = collections.namedtuple("RunConfig", "args files env")
 
 
 def _root(home) -> str:

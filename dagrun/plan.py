@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field, make_dataclass
 from operator import itemgetter
 from functools import cached_property
-from typing import Any, Iterable
+from collections.abc import Iterable
 
 import orjson
 
@@ -80,9 +80,9 @@ class F:
     hi: float | None = None          # inclusive maximum
     gt: float | None = None          # exclusive minimum
     choices: tuple[str, ...] = ()
-    default: Any = None
+    default: object = None
     nullable: bool = False
-    fields: Any = None               # kind "object" of a runner's options: its own field table
+    fields: object = None              # kind "object" of a runner's options: its own field table
 
     def __init__(self, kind, doc, lo=None, hi=None, gt=None, choices=(), default=None, nullable=False, fields=None):
         _set(self, "kind", kind)
@@ -252,7 +252,7 @@ _NO_OPTIONS: dict = {}      # the one empty resources/slurm/ray of every task th
 _REQUIRED = object()
 # The fields of a Task in order: name -> default (_REQUIRED: none). `hooks`, `when`, `approval`
 # and `origin` are left out of equality (_NOT_COMPARED); the dict-valued ones out of the hash.
-_TASK_SPEC: dict[str, Any] = {
+_TASK_SPEC: dict[str, object] = {
     "id": _REQUIRED, "deps": _REQUIRED, "soft_deps": _REQUIRED, "prompt": _REQUIRED, "prompt_file": _REQUIRED,
     "agent": _REQUIRED, "timeout": _REQUIRED, "retries": _REQUIRED, "retry_backoff": _REQUIRED,
     "retry_context": _REQUIRED, "stall_timeout": _REQUIRED, "kill_grace": _REQUIRED, "workdir": _REQUIRED,
@@ -481,6 +481,7 @@ class _TaskFields:
     of 38 fields is ~2.5 ms of every start, and the run path never asks for it."""
 
     def __get__(self, obj, cls=None):
+        from typing import Any
         table = make_dataclass("Task", [
             (k, Any) if v is _REQUIRED else
             (k, Any, field(default_factory=lambda v=v: v, compare=k not in _NOT_COMPARED, hash=k not in _NOT_HASHED))

@@ -232,7 +232,7 @@ def run_goal(home: Home, goal: str, target: str, *, jobs: int | None, name: str 
     import os
 
     from . import linesink
-    from .engine import Engine
+    from .engine import WATCH_AFTER, Engine
     from .executor import for_driver
     from .status import goal_detail
 
@@ -243,7 +243,8 @@ def run_goal(home: Home, goal: str, target: str, *, jobs: int | None, name: str 
         plan = home.load_plan(goal)             # plan.json is still that file (no second parse)
     runners = for_driver([plan], runner)        # exit 2 if a runner cannot start anything here
     eng = Engine(home, worker=name, jobs=jobs or plan.max_parallel or 4, goal=goal, poll=poll, log=stderr_log,
-                 on_event=on_event, use_cache=not no_cache, runner=runners, plans={goal: (stamp, plan)})
+                 on_event=on_event, use_cache=not no_cache, runner=runners, plans={goal: (stamp, plan)},
+                 watch_after=WATCH_AFTER)     # inotify only for a run still going after 2 s
     rc = wrap(eng.run) if wrap is not None else eng.run()
     d = goal_detail(home, goal, fresh=eng.fresh.get(goal))   # the snapshot the engine derived at the end
     c = d["counts"]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import heapq
 import math
 from functools import cached_property
-from typing import Callable, Container, Iterable, Mapping, Protocol, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 
 from . import states as S
 from .wsrules import may_start as files_free
@@ -98,7 +98,9 @@ def depth(tasks: Sequence["TaskLike"]) -> int:
     return max(level.values(), default=0)
 
 
-class TaskLike(Protocol):
+class TaskLike:
+    """What the scheduler reads of a task (a protocol: plan.Task has it; not a base class --
+    typing is not imported on the run path, docs/performance.md "(10)")."""
     id: str
     deps: Sequence[str]
     soft_deps: Sequence[str]

@@ -16,6 +16,13 @@ hosts' writes raise no inotify events here, so a watch would silently miss them)
 exhausted max_user_watches / max_user_instances, a platform without inotify -- the Watcher
 says `polling`, and the engine wakes every `poll` seconds and compares the events files'
 sizes (one stat per goal). A periodic full rescan backs both modes.
+
+`dagrun run` starts its watcher late (`later=`): for its first seconds the engine polls
+every EARLY_POLL, and inotify comes up only if the run is still going then -- a run that
+ends sooner never imports watchdog's binding (~27 M instructions, ~11 % of a one-task run,
+docs/performance.md "(10)") nor reads its own writes' events back every turn. Watches are
+placed before the engine looks at the files again (Engine.run: every goal fed once after
+start_late), so nothing written before a watch existed is missed.
 """
 from __future__ import annotations
 
@@ -47,6 +54,7 @@ NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs",
               "ocfs2", "gfs2", "beegfs", "orangefs", "fuse.sshfs", "fuse.glusterfs", "fuse.ceph",
               "fuse.s3fs", "fuse.rclone", "fuse.juicefs", "fuse.gcsfuse", "fuse.beegfs"}
 AUTO_POLL = 1.0
+EARLY_POLL = 0.05     # s: the poll of a watcher started late (`later=`), until start_late()
 
 
 def fs_type(path: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
@@ -113,12 +121,15 @@ class Doorbell:
 class Watcher:
     """inotify watches on goals/ and on each goal folder, read in the caller's thread."""
 
-    def __init__(self, goals_dir: str, *, poll: float | None = None, log=None):
+    def __init__(self, goals_dir: str, *, poll: float | None = None, log=None, later: bool = False):
+        """later: poll every EARLY_POLL until the caller's start_late() brings inotify up (it
+        is the caller's to call, and to look at every goal after it)."""
         self.goals_dir = goals_dir
         self.log = log or (lambda msg: None)
         self.poll = poll               # None: inotify; a number: poll every `poll` seconds
         self.reason = "polling requested (--poll)" if poll else ""
         self.fd: int | None = None
+        self.pending = False           # later=True: inotify not started yet (start_late)
         self._wd_goal: dict[int, str | None] = {}
         self._goal_wd: dict[str, int] = {}
         if poll is None:
@@ -129,10 +140,33 @@ class Watcher:
                                f"polling every {AUTO_POLL:g}s (--poll to change)")
                 self.log(f"warning: {self.reason}")
                 return
+            if later:
+                self.pending = True
+                self.poll = EARLY_POLL
+                self.reason = "inotify not started yet"
+                return
             try:
                 self._start()
             except Exception as e:  # noqa: BLE001 - any failure of the backend means: poll
                 self._degrade(e)
+
+    def start_late(self, goals) -> bool:
+        """Bring up inotify now (a watcher made with later=True): goals/ and each of `goals`
+        watched. True when it is up; the caller must then look at every goal once -- whatever
+        was written before a watch was placed raised no event. False: it stays polling (every
+        AUTO_POLL, with the warning, as a watcher whose start failed)."""
+        if not self.pending:
+            return False
+        self.pending = False
+        self.poll, self.reason = None, ""
+        try:
+            self._start()
+        except Exception as e:  # noqa: BLE001 - any failure of the backend means: poll
+            self._degrade(e)
+            return False
+        for g in goals:
+            self.watch_goal(g)
+        return not self.polling
 
     @property
     def polling(self) -> bool:
@@ -229,7 +263,12 @@ class Watcher:
         worker of its own, and close(2) waits only for marks still being freed: removed
         20 ms before, the close at the exit takes ~10 us instead of 15 ms (measured) --
         and the process's exit waits for that close. From here on the engine polls
-        (should it not exit after all: a goal whose plan was replaced at its very end)."""
+        (should it not exit after all: a goal whose plan was replaced at its very end); a
+        watcher not started yet (later=True) never starts."""
+        if self.pending:
+            self.pending = False
+            self.poll, self.reason = AUTO_POLL, "the engine is ending"
+            return
         if self.fd is None or self.polling:
             return
         for wd in self._wd_goal:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from . import lazyre
 

@@ -102,8 +102,10 @@ def test_a_quiet_run_imports_none_of_the_heavy_modules(tmp_path):
     end) imports no typer, click, pydantic or rich (the CLI's), and none of the standard modules that cost milliseconds for a name or a
     number: socket (the host name is uname's), secrets (nonces are os.urandom), statistics
     (fractions, decimal), concurrent.futures (logging comes with watchdog's inotify binding), hashlib
-    or hmac (OpenSSL's libcrypto and its configuration: dagrun.digests). Start-up is issue 20's fixed cost of
-    every run (docs/performance.md, "Start-up of `dagrun run`"); this guards it without timing."""
+    or hmac (OpenSSL's libcrypto and its configuration: dagrun.digests), typing (~11 M instructions:
+    collections.abc's names in annotations, protocols as plain classes), and -- a run that ends
+    within engine.WATCH_AFTER -- none of watchdog, logging or ctypes.util. Start-up is issue 20's fixed cost of
+    every run (docs/performance.md, "Start-up of `dagrun run`", "2026-12-06 (10)"); this guards it without timing."""
     plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "agent": "true"},
                                        {"id": "b", "prompt": "y", "agent": "true", "deps": ["a"]}], goal="g")
     code = ("import atexit, sys\n"
@@ -115,7 +117,8 @@ def test_a_quiet_run_imports_none_of_the_heavy_modules(tmp_path):
     loaded = set(p.stderr.split("\n")[-2].split())
     assert {"dagrun.engine", "dagrun.executor", "dagrun.edit", "dagrun.watcher"} <= loaded   # the run happened here
     heavy = {"typer", "click", "pydantic", "rich", "socket", "secrets", "statistics",
-             "concurrent.futures", "filelock", "psutil", "hashlib", "_hashlib", "hmac"}
+             "concurrent.futures", "filelock", "psutil", "hashlib", "_hashlib", "hmac", "typing",
+             "watchdog", "logging", "ctypes.util"}
     assert sorted(heavy & loaded) == []
     import hashlib
 
@@ -288,11 +291,13 @@ def test_the_console_command_starts_without_the_cyclic_collector_and_a_run_freez
 
 
 def test_a_run_loads_watchdogs_inotify_binding_alone_and_submit_loads_no_git_side_nor_ctypes(tmp_path):
-    """watchdog's binding (watchdog.observers.inotify_c) is all the watcher uses: a run loads
-    it without the package's observer pick (watchdog's InotifyObserver, event classes,
-    buffers: ~8 ms of CPU a start). `dagrun submit` of a plan without a code workspace
-    imports no workspace.py (git), and neither it nor `claim` imports ctypes (openat2's
-    binding is made on the first open_beneath, by the engine's prompt reads)."""
+    """watchdog's binding (watchdog.observers.inotify_c) is all the watcher uses: a watcher
+    loads it without the package's observer pick (watchdog's InotifyObserver, event classes,
+    buffers: ~8 ms of CPU a start), and a `dagrun run` that ends within its first seconds
+    (engine.WATCH_AFTER: it polls meanwhile) loads none of watchdog. `dagrun submit` of a
+    plan without a code workspace imports no workspace.py (git), and neither it nor `claim`
+    imports ctypes (openat2's binding is made on the first open_beneath, by the engine's
+    prompt reads)."""
     plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "agent": "true"}], goal="g")
     code = ("import atexit, sys\n"
             "atexit.register(lambda: print(' '.join(sorted(sys.modules)), file=sys.stderr))\n"
@@ -306,7 +311,13 @@ def test_a_run_loads_watchdogs_inotify_binding_alone_and_submit_loads_no_git_sid
     loaded = modules("submit", str(plan))
     assert "dagrun.edit" in loaded and sorted({"dagrun.workspace", "ctypes"} & loaded) == []
     loaded = modules("run", "g", "-q")
-    assert "watchdog.observers.inotify_c" in loaded and "dagrun.engine" in loaded
+    assert "dagrun.engine" in loaded and sorted(m for m in loaded if m.startswith("watchdog")) == []
+    p = subprocess.run([sys.executable, "-c", "import sys\nfrom dagrun.watcher import Watcher\n"
+                        "w = Watcher(sys.argv[1])\nprint(w.fd is not None, ' '.join(sorted(sys.modules)))",
+                        str(tmp_path)], capture_output=True, text=True, timeout=60)
+    up, loaded = p.stdout.split(" ", 1)
+    loaded = set(loaded.split())
+    assert up == "True" and "watchdog.observers.inotify_c" in loaded
     assert sorted({"watchdog.observers", "watchdog.observers.inotify", "watchdog.observers.api",
                    "watchdog.events"} & loaded) == []
     loaded = modules("claim", "g", "--json", code_=1)        # (the goal has ended: nothing to claim)

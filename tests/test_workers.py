@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -214,6 +215,60 @@ def test_network_file_systems_are_detected(tmp_path):
         assert not w.polling and w.fd is not None
     finally:
         w.close()
+
+
+def test_a_late_watcher_looks_at_the_goal_once_its_watches_are_placed(tmp_path, monkeypatch):
+    """`dagrun run` polls for its first seconds (Engine(watch_after=), watcher.EARLY_POLL) and
+    brings inotify up only if it is still going then (Watcher.start_late). What another
+    process wrote before a watch existed raised no event: the engine looks at every goal once
+    the watches are placed. Here the polls are made too rare to see anything (EARLY_POLL
+    100 s), and another process cancels the running task just before the watches are placed
+    (inside start_late, before the real one): the engine acts on it at once -- not when the
+    agent ends (8 s) or the rescan (60 s)."""
+    from conftest import submit_home
+    from dagrun import watcher
+    from dagrun.engine import Engine
+
+    monkeypatch.setattr(watcher, "EARLY_POLL", 100.0)
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "sleep 8", "kill_grace": 1}])
+    late = []
+    real = watcher.Watcher.start_late
+
+    def start_late(self, goals):
+        assert self.fd is None                                  # no watch yet
+        subprocess.run([sys.executable, "-c", "import sys\nfrom dagrun.control import cancel\n"
+                        "from dagrun.store import Home\ncancel(Home(sys.argv[1]), 'g', 'a', by='test', wait=0)",
+                        home.root], check=True, timeout=30)      # (typer's `dagrun cancel` starts slower)
+        up = real(self, goals)
+        late.append((up, self.fd is not None))
+        return up
+    monkeypatch.setattr(watcher.Watcher, "start_late", start_late)
+    t0 = time.monotonic()
+    eng = Engine(home, goal="g", jobs=1, watch_after=0.3, rescan_every=60.0)
+    rc = eng.run()
+    took = time.monotonic() - t0
+    assert late == [(True, True)]                               # inotify came up, late, once
+    assert rc == 1 and took < 6.0, took
+    assert os.path.exists(os.path.join(home.task_dir("g", "a"), "cancelled"))
+
+
+def test_a_run_shorter_than_its_polling_start_never_starts_inotify(tmp_path, monkeypatch):
+    """A run that ends within watch_after never starts its watcher: no inotify fd, no watch,
+    none of watchdog's binding's work (the CLI's `dagrun run`: WATCH_AFTER)."""
+    from conftest import submit_home
+    from dagrun import watcher
+    from dagrun.engine import WATCH_AFTER, Engine
+
+    starts = []
+    real = watcher.Watcher._start
+    monkeypatch.setattr(watcher.Watcher, "_start", lambda self: (starts.append(1), real(self))[1])
+    home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"},
+                                  {"id": "b", "prompt": "y", "agent": "true", "deps": ["a"]}])
+    eng = Engine(home, goal="g", jobs=2, watch_after=WATCH_AFTER)
+    assert eng.run() == 0 and starts == [] and eng.watcher.fd is None
+    assert eng.watcher.reason == "the engine is ending"         # released: it never starts now
+    eng = Engine(home, goal="g", jobs=2)                        # watch_after None: from the start
+    assert eng.run() == 0 and starts == [1]
 
 
 def test_a_run_removes_its_watches_when_its_goal_ends_so_the_exit_does_not_wait_for_the_kernel(tmp_path):
