@@ -585,13 +585,55 @@ class _Child:
 
 
 @functools.lru_cache(maxsize=64)
-def _exec_list(exe: bytes, path: str | None) -> tuple:
-    """Where the child looks for exe (Popen's executable_list): exe itself when it has a
+def _search_list(exe: bytes, path: str | None) -> tuple:
+    """Where a PATH search looks for exe (Popen's executable_list): exe itself when it has a
     slash, else each entry of PATH (os.get_exec_path's default when there is none)."""
     if b"/" in exe:
         return (exe,)
     dirs = (path if path is not None else os.defpath).split(os.pathsep)
     return tuple(os.path.join(os.fsencode(d), exe) for d in dirs)
+
+
+# The child's PATH search, shortened. The child tries execve(2) on each entry in turn and goes
+# on past ENOENT/ENOTDIR (and past any other error, reporting the first such): `true` with this
+# machine's PATH cost every agent 8 failed execve before /usr/bin/true. _exec_list drops the
+# leading entries where a stat(2) -- the same path walk as execve's -- found nothing
+# (ENOENT/ENOTDIR), as the child would, and keeps all the rest: the child then does exactly
+# what the full search does from there on (a file gone meanwhile: it goes on to the next
+# entries; a script with a missing interpreter: ENOENT, the next entry, as before). A relative
+# entry (the child's cwd, not ours) stops the trimming. The stats are remembered per (name,
+# PATH) for PATH_TTL seconds, so the one difference from a search per spawn: a program put into
+# an earlier PATH directory during a run is found by the agents started up to PATH_TTL later,
+# not at once. DAGRUN_PATH_TTL=0: the full search in every child (A/B runs only).
+PATH_TTL = float(os.environ.get("DAGRUN_PATH_TTL", "") or 1.0)
+_EXEC_LISTS: dict = {}      # (exe, PATH) -> (time.monotonic() of the stats, the list)
+
+
+def _exec_list(exe: bytes, path: str | None) -> tuple:
+    full = _search_list(exe, path)
+    if len(full) < 2 or PATH_TTL <= 0:
+        return full
+    key, now = (exe, path), time.monotonic()
+    hit = _EXEC_LISTS.get(key)
+    if hit is not None and now - hit[0] < PATH_TTL:
+        return hit[1]
+    out = full
+    for i, f in enumerate(full):
+        if f[:1] != b"/":                 # relative: the child's cwd decides
+            out = full[i:]
+            break
+        try:
+            os.stat(f)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except (OSError, ValueError):     # (EACCES, ELOOP, ...: the child's execve gets it too)
+            pass
+        out = full[i:]
+        break
+    if len(_EXEC_LISTS) > 256:
+        _EXEC_LISTS.clear()
+    _EXEC_LISTS[key] = (now, out)
+    return out
 
 
 def _fork_exec(argv: list, cwd: str, env: dict, stdin: int, stdout: int, stderr: int, errpipe: "list | None" = None):
