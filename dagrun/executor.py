@@ -809,7 +809,7 @@ def _spawn(launch: Launch, want_pidfd: bool) -> "_Spawned | StartError":
         sp = _start_error(launch, e)
     finally:
         io.close(isinstance(sp, _Spawned))
-    return sp
+    return _started(sp)
 
 
 _ASK = object()     # _exec's `here` when the caller did not stat the cwd
@@ -846,7 +846,22 @@ def _exec(launch: Launch, want_pidfd: bool, io: _Stdio, here=_ASK) -> "_Spawned 
             pidfd = os.pidfd_open(p.pid)
         except OSError:
             pidfd = None
-    return _Spawned(p, p.pid, _start_of(p.pid, *p.born), io.r_out, io.r_err, pidfd)
+    t0, t1 = p.born
+    if _START_CLOCK is True and t0 // _TICK_NS != t1 // _TICK_NS:
+        start = _LATER         # /proc/PID/stat's three calls: the caller's (_Spawner.collect: the loop's)
+    else:
+        start = _start_of(p.pid, t0, t1)
+    return _Spawned(p, p.pid, start, io.r_out, io.r_err, pidfd)
+
+
+_LATER = object()     # _Spawned.start to be read from /proc/PID/stat by whoever takes the spawn
+
+
+def _started(sp: "_Spawned | StartError") -> "_Spawned | StartError":
+    """sp with its start time (read from /proc when _exec left it for later)."""
+    if isinstance(sp, _Spawned) and sp.start is _LATER:
+        sp.start = proc_start(sp.pid)
+    return sp
 
 
 # The child's start time (proc_start: field 22 of /proc/PID/stat, clock ticks since boot) is the
@@ -988,7 +1003,7 @@ class _Spawner:
             key, sp, io = self._done.popleft()
             if io is not None:              # the child's ends (all of them when it did not start)
                 io.close(isinstance(sp, _Spawned))
-            out.append((key, sp))
+            out.append((key, _started(sp)))
         return out
 
     def close(self) -> None:

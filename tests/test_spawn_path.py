@@ -460,8 +460,9 @@ def _calls_by_thread(tmp: str) -> None:
     """Of a spawn's system calls that release the GIL (each one a hand-off the engine's loop
     thread may park on until the spawner's next release), the spawner thread makes only the
     prompt's open, the fork, and the error pipe's close and read; the loop's thread makes the
-    pipes and the cwd's stat in submit() and closes the child's ends when it collects
-    (executor._Stdio, docs/performance.md "2026-12-06 (8)")."""
+    pipes and the cwd's stat in submit(), closes the child's ends when it collects, and reads
+    /proc/PID/stat for a start time whose clock readings straddle a tick (executor._Stdio,
+    _started; docs/performance.md "2026-12-06 (8)")."""
     import collections
     import threading
     from dagrun import executor
@@ -474,16 +475,20 @@ def _calls_by_thread(tmp: str) -> None:
             calls[who, name] += 1
             return real[name](*a, **k)
         return f
+    from dagrun.proc import proc_start
     r = ProcessRunner()
-    r.submit(_launch(tmp, "true"))           # (starts the spawner threads, reads no clock yet)
+    executor.PATH_TTL = 600.0                # (sleep's PATH search stat'ed once, here)
+    r.submit(_launch(tmp, "sleep 0"))        # (starts the spawner threads)
     _spawned(r)
-    executor._start_of = lambda pid, t0, t1: None     # (the /proc/PID/stat read of a start time
-    #                                                    whose clock readings straddle a tick: its own test)
+    if executor._START_CLOCK is False or not executor._TICK_NS:
+        pytest.skip("no CLOCK_BOOTTIME ticks here")
+    executor._START_CLOCK = True             # the clock trusted, every spawn's readings straddling a
+    executor._TICK_NS = 1                    # tick: the /proc/PID/stat reads are the loop's thread's
     calls.clear()
     for n in real:
         setattr(os, n, wrap(n))
     try:
-        hs = [r.submit(_launch(tmp, "true")) for _ in range(8)]
+        hs = [r.submit(_launch(tmp, "sleep 30")) for _ in range(8)]
         got: list = []
         while len(got) < 8:
             got += _spawned(r)
@@ -495,8 +500,10 @@ def _calls_by_thread(tmp: str) -> None:
     writes = spawner.pop("write", 0)           # the wake-up byte: one per collect at most
     assert spawner == {"open": 8, "close": 8, "read": 8}, calls
     assert writes <= 8
-    assert calls["loop", "pipe2"] == 24 and calls["loop", "stat"] == 8, calls
+    assert calls["loop", "pipe2"] == 24 and calls["loop", "stat"] == 8 and calls["loop", "open"] >= 8, calls
     for h in hs:
+        assert h["start"] == proc_start(h["pid"]) and h["start"] is not None, h
+        r.kill(h)
         _exit(r, h)
     r.close()
 
