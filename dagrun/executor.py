@@ -496,16 +496,19 @@ def _unnamed(names: tuple) -> frozenset:
 _PWDS: dict = {}      # (inherited PWD, cwd) -> (cwd's dev and inode, the PWD dash would export)
 
 
-def _pwd(inherited: str | None, cwd: str) -> str | None:
+def _pwd(inherited: str | None, cwd: str, here=None) -> str | None:
     """The PWD dash exports: the inherited one when it is absolute and names the cwd, else
     the cwd's physical path (its getcwd()). Remembered per (PWD, cwd) while the cwd is the
     same inode: one stat(2) a spawn instead of a stat of each and a realpath's lstats (every
-    call that releases the GIL makes the spawner thread queue for it behind the loop's)."""
-    try:
-        st = os.stat(cwd)
-    except OSError:
-        return None
-    key, here = (inherited, cwd), (st.st_dev, st.st_ino)
+    call that releases the GIL makes the spawner thread queue for it behind the loop's).
+    here: the cwd's (st_dev, st_ino) when the caller stat'ed it."""
+    if here is None:
+        try:
+            st = os.stat(cwd)
+        except OSError:
+            return None
+        here = (st.st_dev, st.st_ino)
+    key = (inherited, cwd)
     hit = _PWDS.get(key)
     if hit is not None and hit[0] == here:
         return hit[1]
@@ -523,7 +526,7 @@ def _pwd(inherited: str | None, cwd: str) -> str | None:
     return out
 
 
-def _direct(launch: Launch, env: dict) -> "tuple[list[str], dict] | None":
+def _direct(launch: Launch, env: dict, here=None) -> "tuple[list[str], dict] | None":
     """argv and environment when the agent can run without `sh -c` to the same effect
     (shellwords.plain_argv), the environment as dash passes it on: only names a shell
     variable can have, PWD as dash sets it. The PATH search is the child's (subprocess
@@ -541,7 +544,7 @@ def _direct(launch: Launch, env: dict) -> "tuple[list[str], dict] | None":
             return None
     bad = _unnamed(tuple(env))
     out = {k: v for k, v in env.items() if k not in bad} if bad else dict(env)
-    pwd = _pwd(out.get("PWD"), launch.cwd)
+    pwd = _pwd(out.get("PWD"), launch.cwd, here)
     if pwd is None:
         return None
     out["PWD"] = pwd
@@ -598,8 +601,8 @@ class _Child:
 
 
 @functools.lru_cache(maxsize=64)
-def _exec_list(exe: bytes, path: str | None) -> tuple:
-    """Where the child looks for exe (Popen's executable_list): exe itself when it has a
+def _search_list(exe: bytes, path: str | None) -> tuple:
+    """Where a PATH search looks for exe (Popen's executable_list): exe itself when it has a
     slash, else each entry of PATH (os.get_exec_path's default when there is none)."""
     if b"/" in exe:
         return (exe,)
@@ -607,14 +610,57 @@ def _exec_list(exe: bytes, path: str | None) -> tuple:
     return tuple(os.path.join(os.fsencode(d), exe) for d in dirs)
 
 
-def _fork_exec(argv: list, cwd: str, env: dict, stdin: int, stdout: int, stderr: int):
+# The child's PATH search, shortened. The child tries execve(2) on each entry in turn and goes
+# on past ENOENT/ENOTDIR (and past any other error, reporting the first such): `true` with this
+# machine's PATH cost every agent 8 failed execve before /usr/bin/true. _exec_list drops the
+# leading entries where a stat(2) -- the same path walk as execve's -- found nothing
+# (ENOENT/ENOTDIR), as the child would, and keeps all the rest: the child then does exactly
+# what the full search does from there on (a file gone meanwhile: it goes on to the next
+# entries; a script with a missing interpreter: ENOENT, the next entry, as before). A relative
+# entry (the child's cwd, not ours) stops the trimming. The stats are remembered per (name,
+# PATH) for PATH_TTL seconds, so the one difference from a search per spawn: a program put into
+# an earlier PATH directory during a run is found by the agents started up to PATH_TTL later,
+# not at once. DAGRUN_PATH_TTL=0: the full search in every child (A/B runs only).
+PATH_TTL = float(os.environ.get("DAGRUN_PATH_TTL", "") or 1.0)
+_EXEC_LISTS: dict = {}      # (exe, PATH) -> (time.monotonic() of the stats, the list)
+
+
+def _exec_list(exe: bytes, path: str | None) -> tuple:
+    full = _search_list(exe, path)
+    if len(full) < 2 or PATH_TTL <= 0:
+        return full
+    key, now = (exe, path), time.monotonic()
+    hit = _EXEC_LISTS.get(key)
+    if hit is not None and now - hit[0] < PATH_TTL:
+        return hit[1]
+    out = full
+    for i, f in enumerate(full):
+        if f[:1] != b"/":                 # relative: the child's cwd decides
+            out = full[i:]
+            break
+        try:
+            os.stat(f)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except (OSError, ValueError):     # (EACCES, ELOOP, ...: the child's execve gets it too)
+            pass
+        out = full[i:]
+        break
+    if len(_EXEC_LISTS) > 256:
+        _EXEC_LISTS.clear()
+    _EXEC_LISTS[key] = (now, out)
+    return out
+
+
+def _fork_exec(argv: list, cwd: str, env: dict, stdin: int, stdout: int, stderr: int, errpipe: "list | None" = None):
     """Popen(argv, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr,
     start_new_session=True, close_fds=True), lean when it can be (see above). The child's
-    `born`: CLOCK_BOOTTIME read right before and after the fork (_start_of)."""
+    `born`: CLOCK_BOOTTIME read right before and after the fork (_start_of). errpipe: see _lean
+    (Popen leaves it alone)."""
     global _LEAN
     if _LEAN:
         try:
-            return _lean(argv, cwd, env, stdin, stdout, stderr)
+            return _lean(argv, cwd, env, stdin, stdout, stderr, errpipe)
         except _Unsupported:      # this fork_exec takes other arguments: Popen from now on
             _LEAN = False
     t0 = _boottime()
@@ -655,17 +701,29 @@ def _env_bytes(env: dict) -> list:
     return out
 
 
-def _lean(argv: list, cwd: str, env: dict, stdin: int, stdout: int, stderr: int) -> _Child:
-    sys.audit("subprocess.Popen", argv[0], argv, cwd, env)
-    env_list = _env_bytes(env)
-    exe = _exec_list(os.fsencode(argv[0]), env.get("PATH"))
-    r, w = os.pipe2(os.O_CLOEXEC)      # the child's exec error, if any ("name:hex errno:text")
+def _error_pipe() -> list:
+    """[r, w]: the pipe a lean child reports its exec error on ("name:hex errno:text"), both
+    ends close-on-exec, w never one of the fds the child dup2()s onto 0-2."""
+    r, w = os.pipe2(os.O_CLOEXEC)
     low = []
-    while w < 3:                       # (never one of the fds it dup2()s onto 0-2)
+    while w < 3:
         low.append(w)
         w = os.dup(w)
     for fd in low:
         os.close(fd)
+    return [r, w]
+
+
+def _lean(argv: list, cwd: str, env: dict, stdin: int, stdout: int, stderr: int, errpipe: "list | None" = None) -> _Child:
+    """errpipe: an _error_pipe() the caller made; its w is taken (closed here, errpipe[1] set
+    to None), its r left to the caller. Without one (or once taken) the pipe is made here."""
+    sys.audit("subprocess.Popen", argv[0], argv, cwd, env)
+    env_list = _env_bytes(env)
+    exe = _exec_list(os.fsencode(argv[0]), env.get("PATH"))
+    if errpipe is not None and errpipe[1] is not None:
+        (r, w), errpipe[1], own = errpipe, None, False
+    else:
+        (r, w), own = _error_pipe(), True
     try:
         try:
             try:
@@ -685,7 +743,8 @@ def _lean(argv: list, cwd: str, env: dict, stdin: int, stdout: int, stderr: int)
             if not part or len(data) > 50000:
                 break
     finally:
-        os.close(r)
+        if own:
+            os.close(r)
     child = _Child(pid, argv, (t0, t1))
     if not data:
         return child
@@ -707,47 +766,118 @@ def _lean(argv: list, cwd: str, env: dict, stdin: int, stdout: int, stderr: int)
     raise (kind if isinstance(kind, type) and issubclass(kind, Exception) else subprocess.SubprocessError)(msg)
 
 
+class _Stdio:
+    """The fds of one spawn: the agent's stdin (prompt.md), its two output pipes, and the
+    error pipe of its exec when the caller made one; all close-on-exec (the child gets its
+    ends as 0-2). A spawn made by a spawner thread has all but stdin made by the loop's thread
+    (_Spawner.submit), which closes the parent's copies of the child's ends when it collects
+    the spawn: each of those calls in the spawner thread was a GIL release and reacquisition,
+    a hand-off the loop's thread could park on for far longer than the call (docs/performance.md,
+    "2026-12-06 (11)")."""
+    __slots__ = ("stdin", "r_out", "w_out", "r_err", "w_err", "errpipe")
+
+    def __init__(self, errpipe: bool):
+        self.stdin = None
+        self.errpipe = None
+        self.r_out, self.w_out = os.pipe2(os.O_CLOEXEC)
+        try:
+            self.r_err, self.w_err = os.pipe2(os.O_CLOEXEC)
+        except OSError:
+            os.close(self.r_out)
+            os.close(self.w_out)
+            raise
+        if errpipe and _LEAN:
+            try:
+                self.errpipe = _error_pipe()
+            except OSError:
+                self.close(False)
+                raise
+
+    def open_stdin(self, launch: Launch) -> None:
+        self.stdin = os.open(launch.stdin_path, os.O_RDONLY | os.O_CLOEXEC)
+
+    def close(self, spawned: bool) -> None:
+        """Close the child's ends (and the error pipe); with spawned=False the read ends too."""
+        fds = [self.stdin, self.w_out, self.w_err] + (self.errpipe or [])
+        if not spawned:
+            fds += [self.r_out, self.r_err]
+        for fd in fds:
+            if fd is not None:
+                close_quiet(fd)
+
+
+def _start_error(launch: Launch, e: OSError) -> StartError:
+    return StartError(f"cannot start the agent in {launch.cwd}: {e.strerror or e}")
+
+
 def _spawn(launch: Launch, want_pidfd: bool) -> "_Spawned | StartError":
     """Fork and exec the agent for one attempt -- `sh -c AGENT`, or AGENT's words directly when
     the shell would add nothing (_direct); thread-safe (no runner state touched)."""
+    try:
+        io = _Stdio(False)
+    except OSError as e:
+        return _start_error(launch, e)
+    sp = None
+    try:
+        io.open_stdin(launch)
+        sp = _exec(launch, want_pidfd, io)
+    except OSError as e:
+        sp = _start_error(launch, e)
+    finally:
+        io.close(isinstance(sp, _Spawned))
+    return _started(sp)
+
+
+_ASK = object()     # _exec's `here` when the caller did not stat the cwd
+
+
+def _exec(launch: Launch, want_pidfd: bool, io: _Stdio, here=_ASK) -> "_Spawned | StartError":
+    """_spawn's fork and exec with the fds of io (closes none of them but io.errpipe's w, when
+    it uses it). here: the cwd's (st_dev, st_ino) when the caller stat'ed it (None: it failed)."""
     env = dict(launch.env)
     env[RUN_ID_VAR] = launch.run_id
-    direct = _direct(launch, env) if DIRECT_EXEC and not launch.argv else None
-    opened: list[int] = []
+    direct = None
+    if DIRECT_EXEC and not launch.argv and here is not None:     # (None: the cwd is not there; sh says so)
+        direct = _direct(launch, env, None if here is _ASK else here)
     try:
-        stdin = os.open(launch.stdin_path, os.O_RDONLY | os.O_CLOEXEC)
-        opened.append(stdin)
-        r_out, w_out = os.pipe2(os.O_CLOEXEC)
-        opened += [r_out, w_out]
-        r_err, w_err = os.pipe2(os.O_CLOEXEC)
-        opened += [r_err, w_err]
         # start_new_session: own session + process group, so killpg reaches the whole
         # agent tree and the terminal's Ctrl-C does not (we decide how agents stop).
         # No preexec_fn, uid/gid or groups: Python can then use vfork(2) (no page-table copy)
         p = None
         if direct is not None:
             try:
-                p = _fork_exec(direct[0], launch.cwd, direct[1], stdin, w_out, w_err)
+                p = _fork_exec(direct[0], launch.cwd, direct[1], io.stdin, io.w_out, io.w_err, io.errpipe)
             except OSError:      # not found, not executable, ENOEXEC (a script without #!): the
                 p = None         # shell does what it does with it (127, 126, runs it)
         if p is None:
             p = _fork_exec(list(launch.argv) or ["/bin/sh", "-c", launch.agent], launch.cwd, env,
-                           stdin, w_out, w_err)
+                           io.stdin, io.w_out, io.w_err, io.errpipe)
     except OSError as e:
-        for fd in opened:
-            close_quiet(fd)
-        return StartError(f"cannot start the agent in {launch.cwd}: {e.strerror or e}")
-    for fd in (stdin, w_out, w_err):
-        close_quiet(fd)
-    for fd in (r_out, r_err):
-        os.set_blocking(fd, False)
+        return _start_error(launch, e)
+    os.set_blocking(io.r_out, False)        # (ioctl FIONBIO: keeps the GIL)
+    os.set_blocking(io.r_err, False)
     pidfd = None
     if want_pidfd:
         try:
             pidfd = os.pidfd_open(p.pid)
         except OSError:
             pidfd = None
-    return _Spawned(p, p.pid, _start_of(p.pid, *p.born), r_out, r_err, pidfd)
+    t0, t1 = p.born
+    if _START_CLOCK is True and t0 // _TICK_NS != t1 // _TICK_NS:
+        start = _LATER         # /proc/PID/stat's three calls: the caller's (_Spawner.collect: the loop's)
+    else:
+        start = _start_of(p.pid, t0, t1)
+    return _Spawned(p, p.pid, start, io.r_out, io.r_err, pidfd)
+
+
+_LATER = object()     # _Spawned.start to be read from /proc/PID/stat by whoever takes the spawn
+
+
+def _started(sp: "_Spawned | StartError") -> "_Spawned | StartError":
+    """sp with its start time (read from /proc when _exec left it for later)."""
+    if isinstance(sp, _Spawned) and sp.start is _LATER:
+        sp.start = proc_start(sp.pid)
+    return sp
 
 
 # The child's start time (proc_start: field 22 of /proc/PID/stat, clock ticks since boot) is the
@@ -829,19 +959,44 @@ class _Spawner:
             th.start()
 
     def submit(self, key: str, launch: Launch, want_pidfd: bool) -> None:
-        self._jobs.put((key, launch, want_pidfd))
+        """Called by the loop's thread, which makes the spawn's pipes (_Stdio) and stat's the
+        cwd for a direct exec's PWD itself (~1-2 us each) and closes the child's ends when it
+        collects: in a spawner thread each of those calls was a GIL release and reacquisition,
+        a hand-off the loop's thread could park on for far longer (docs/performance.md,
+        "2026-12-06 (11)"). The prompt's open stays the spawner's (it may block: a FIFO, a slow
+        disk)."""
+        here = _ASK
+        if DIRECT_EXEC and not launch.argv and _plain(launch.agent) is not None:
+            try:
+                st = os.stat(launch.cwd)
+                here = (st.st_dev, st.st_ino)
+            except OSError:
+                here = None
+        try:
+            io = _Stdio(True)
+        except OSError as e:                # comes back through collect() like any failed start
+            io = _start_error(launch, e)
+        self._jobs.put((key, launch, want_pidfd, io, here))
 
     def _run(self) -> None:
         while True:
             job = self._jobs.get()
             if job is None:
                 return
-            key, launch, want_pidfd = job
+            key, launch, want_pidfd, io, here = job
             try:
-                sp = _spawn(launch, want_pidfd)
+                if isinstance(io, StartError):
+                    sp, io = io, None
+                else:
+                    try:
+                        io.open_stdin(launch)
+                    except OSError as e:
+                        sp = _start_error(launch, e)
+                    else:
+                        sp = _exec(launch, want_pidfd, io, here)
             except Exception as e:          # never lose a job: it comes back as a failed start
                 sp = StartError(f"cannot start the agent in {launch.cwd}: {e}")
-            self._done.append((key, sp))
+            self._done.append((key, sp, io))
             # (the append comes first: see collect)
             if self._armed:
                 self._armed = False
@@ -861,7 +1016,10 @@ class _Spawner:
         self._armed = True
         out = []
         while self._done:
-            out.append(self._done.popleft())
+            key, sp, io = self._done.popleft()
+            if io is not None:              # the child's ends (all of them when it did not start)
+                io.close(isinstance(sp, _Spawned))
+            out.append((key, _started(sp)))
         return out
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ import errno
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -122,3 +123,74 @@ def test_poll_and_wait_say_what_popen_says(monkeypatch, tmp_path):
             q.wait(0.05)
         os.kill(q.pid, 9)
         assert q.wait(30) == -9
+
+
+def _prog(folder, name: str, says: str, mode: int = 0o755) -> str:
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, name)
+    with open(path, "w") as f:
+        f.write(f"#!/bin/sh\necho {says}\n")
+    os.chmod(path, mode)
+    return path
+
+
+def test_the_childs_path_search_starts_at_the_first_entry_that_has_the_name(monkeypatch, tmp_path):
+    """executor._exec_list: the entries where the name is not there (ENOENT, ENOTDIR: the
+    execve the child would try fails with those and it goes on) are left out, everything from
+    the first entry that has it on is kept, in order; a relative entry stops the trimming
+    (it is the child's cwd's). Without the trimming the child tried all 15 entries of this
+    machine's PATH for `true`."""
+    monkeypatch.setattr(executor, "_EXEC_LISTS", {})
+    monkeypatch.setattr(executor, "PATH_TTL", 60.0)
+    a, b, c, d = (str(tmp_path / x) for x in "abcd")
+    os.makedirs(a)
+    _prog(c, "prog", "c")
+    _prog(d, "prog", "d")
+    notdir = _prog(str(tmp_path), "file", "x")             # an entry that is a file: ENOTDIR
+    path = os.pathsep.join([a, str(tmp_path / "gone"), notdir, b, c, d])
+    assert executor._exec_list(b"prog", path) == (os.fsencode(c) + b"/prog", os.fsencode(d) + b"/prog")
+    rel = os.pathsep.join([a, "rel", c])
+    assert executor._exec_list(b"prog", rel) == (b"rel/prog", os.fsencode(c) + b"/prog")
+    assert executor._exec_list(b"nowhere", path) == executor._search_list(b"nowhere", path)   # the child says so
+    assert executor._exec_list(b"/bin/sh", path) == (b"/bin/sh",)
+
+
+def test_a_trimmed_path_search_runs_what_the_full_one_runs(monkeypatch, tmp_path):
+    """The program found first is removed: the next spawn runs the next entry's at once (the
+    child goes on past the ENOENT, as a full search does); a non-executable file in front
+    (EACCES) is passed over as a full search passes it; a name nowhere fails as Popen fails.
+    A program put into an earlier entry is run once PATH_TTL has passed (the documented
+    difference: not before)."""
+    monkeypatch.setattr(executor, "_EXEC_LISTS", {})
+    monkeypatch.setattr(executor, "PATH_TTL", 0.3)
+    a, c, d = (str(tmp_path / x) for x in "acd")
+    os.makedirs(a)
+    first = _prog(c, "prog", "c")
+    _prog(d, "prog", "d")
+    env = {"PATH": os.pathsep.join([a, c, d])}
+    assert _run(monkeypatch, True, ["prog"], str(tmp_path), env)[:2] == (0, b"c\n")
+    os.unlink(first)
+    assert _run(monkeypatch, True, ["prog"], str(tmp_path), env)[:2] == (0, b"d\n")
+    _prog(a, "prog", "a", mode=0o644)                        # there, but not executable
+    time.sleep(0.35)
+    assert _run(monkeypatch, True, ["prog"], str(tmp_path), env)[:2] == (0, b"d\n")
+    os.chmod(os.path.join(a, "prog"), 0o755)
+    assert _run(monkeypatch, True, ["prog"], str(tmp_path), env)[:2] == (0, b"a\n")
+    with pytest.raises(FileNotFoundError):
+        _run(monkeypatch, True, ["nowhere"], str(tmp_path), env)
+
+
+def test_a_program_put_earlier_on_path_is_found_after_path_ttl(monkeypatch, tmp_path):
+    monkeypatch.setattr(executor, "_EXEC_LISTS", {})
+    monkeypatch.setattr(executor, "PATH_TTL", 0.3)
+    a, c = str(tmp_path / "a"), str(tmp_path / "c")
+    os.makedirs(a)
+    _prog(c, "prog", "c")
+    env = {"PATH": os.pathsep.join([a, c])}
+    assert _run(monkeypatch, True, ["prog"], str(tmp_path), env)[:2] == (0, b"c\n")
+    _prog(a, "prog", "a")
+    assert _run(monkeypatch, True, ["prog"], str(tmp_path), env)[:2] == (0, b"c\n")   # within PATH_TTL
+    time.sleep(0.35)
+    assert _run(monkeypatch, True, ["prog"], str(tmp_path), env)[:2] == (0, b"a\n")
+    monkeypatch.setattr(executor, "PATH_TTL", 0.0)            # DAGRUN_PATH_TTL=0: every child searches
+    assert executor._exec_list(b"prog", env["PATH"]) == executor._search_list(b"prog", env["PATH"])

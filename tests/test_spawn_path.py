@@ -455,3 +455,88 @@ def _start_from_the_clock(tmp: str) -> None:
 
 def test_the_start_time_comes_from_the_clock_and_matches_proc(tmp_path):
     in_child(_start_from_the_clock, tmp_path)
+
+
+def _calls_by_thread(tmp: str) -> None:
+    """Of a spawn's system calls that release the GIL (each one a hand-off the engine's loop
+    thread may park on until the spawner's next release), the spawner thread makes only the
+    prompt's open, the fork, and the error pipe's close and read; the loop's thread makes the
+    pipes and the cwd's stat in submit(), closes the child's ends when it collects, and reads
+    /proc/PID/stat for a start time whose clock readings straddle a tick (executor._Stdio,
+    _started; docs/performance.md "2026-12-06 (11)")."""
+    import collections
+    import threading
+    from dagrun import executor
+    calls: collections.Counter = collections.Counter()
+    real = {n: getattr(os, n) for n in ("pipe2", "open", "close", "read", "stat", "write")}
+
+    def wrap(name):
+        def f(*a, **k):
+            who = "spawner" if threading.current_thread().name.startswith("dagrun-spawner") else "loop"
+            calls[who, name] += 1
+            return real[name](*a, **k)
+        return f
+    from dagrun.proc import proc_start
+    r = ProcessRunner()
+    executor.PATH_TTL = 600.0                # (sleep's PATH search stat'ed once, here)
+    r.submit(_launch(tmp, "sleep 0"))        # (starts the spawner threads)
+    _spawned(r)
+    if executor._START_CLOCK is False or not executor._TICK_NS:
+        pytest.skip("no CLOCK_BOOTTIME ticks here")
+    executor._START_CLOCK = True             # the clock trusted, every spawn's readings straddling a
+    executor._TICK_NS = 1                    # tick: the /proc/PID/stat reads are the loop's thread's
+    calls.clear()
+    for n in real:
+        setattr(os, n, wrap(n))
+    try:
+        hs = [r.submit(_launch(tmp, "sleep 30")) for _ in range(8)]
+        got: list = []
+        while len(got) < 8:
+            got += _spawned(r)
+    finally:
+        for n, f in real.items():
+            setattr(os, n, f)
+    assert [h for h, _ in got] == hs and not any(e for _, e in got)
+    spawner = {n: c for (who, n), c in calls.items() if who == "spawner"}
+    writes = spawner.pop("write", 0)           # the wake-up byte: one per collect at most
+    assert spawner == {"open": 8, "close": 8, "read": 8}, calls
+    assert writes <= 8
+    assert calls["loop", "pipe2"] == 24 and calls["loop", "stat"] == 8 and calls["loop", "open"] >= 8, calls
+    for h in hs:
+        assert h["start"] == proc_start(h["pid"]) and h["start"] is not None, h
+        r.kill(h)
+        _exit(r, h)
+    r.close()
+
+
+def test_a_spawner_thread_makes_only_the_open_the_fork_and_the_exec_error_read(tmp_path):
+    in_child(_calls_by_thread, tmp_path)
+
+
+def _no_fd_is_left(tmp: str) -> None:
+    """Every outcome of a submitted spawn leaves the runner's process with the fds it had:
+    started (the child's ends closed at collect, the read ends at the exit), a prompt that
+    cannot be opened, a cwd that is not there, a program that is not there (direct exec, then
+    sh's 127), and the runner's close()."""
+    def fds() -> set:
+        return set(os.listdir("/proc/self/fd"))
+    r = ProcessRunner()
+    h0 = r.submit(_launch(tmp, "true"))           # (the spawner threads and their pipe exist)
+    _spawned(r)
+    _exit(r, h0)
+    before = fds()
+    for launch, ok in [(_launch(tmp, "echo out; echo err >&2"), True),
+                       (Launch(**{**_launch(tmp, "true").__dict__, "stdin_path": os.path.join(tmp, "gone.md")}), False),
+                       (_launch(tmp, "true", cwd=os.path.join(tmp, "no-such-folder")), False),
+                       (_launch(tmp, "no-such-program-here"), True)]:
+        h = r.submit(launch)
+        [(got, err)] = _spawned(r)
+        assert got is h and (err is None) == ok, (launch.agent, err)
+        if ok:
+            _exit(r, h)
+        assert fds() == before, (launch.agent, fds() - before)
+    r.close()
+
+
+def test_no_fd_is_left_by_any_outcome_of_a_spawn(tmp_path):
+    in_child(_no_fd_is_left, tmp_path)
