@@ -25,15 +25,13 @@ def _fanout(tmp_path, n: int, agent: str = "true", **top):
     return h, Engine(h, goal="fo", jobs=4)
 
 
-def test_an_agent_that_leaves_nothing_behind_costs_no_group_kill(tmp_path, monkeypatch):
-    """The engine is a child subreaper: when an agent's leader is reaped, every process of
-    its group still alive descends from it and the top-most live one of each line is a child
-    of ours (the main thread's). An empty children list proves the group empty: no
-    kill(-pgid) (ESRCH every time before) and no second read of the list for the sweep."""
+def _nothing_behind_no_group_kill(tmp: str) -> None:
+    import pathlib
+
     from dagrun import executor
 
     n = 6
-    h, eng = _fanout(tmp_path, n)
+    h, eng = _fanout(pathlib.Path(tmp), n)
     loop = threading.get_ident()
     seen = {"killpg": 0, "children": 0, "reaping": False}
     real_killpg, real_children, real_reap = os.killpg, executor._children_bytes, eng._reap
@@ -55,15 +53,28 @@ def test_an_agent_that_leaves_nothing_behind_costs_no_group_kill(tmp_path, monke
             seen["children"] += 1
         return real_children(tid)
 
-    monkeypatch.setattr(os, "killpg", c_killpg)
-    monkeypatch.setattr(executor, "_children_bytes", c_children)
-    monkeypatch.setattr(eng, "_reap", reap)
-    assert eng.run() == 0
-    monkeypatch.undo()
+    os.killpg, executor._children_bytes, eng._reap = c_killpg, c_children, reap
+    try:
+        assert eng.run() == 0
+    finally:
+        os.killpg, executor._children_bytes = real_killpg, real_children
     assert all((task_dir(h.root, "fo", f"m{i:02d}") / "done").exists() for i in range(n))
     assert seen["killpg"] == 0, seen
     # at most one look per agent's end; agents that ended in one turn share one (reap_together)
     assert 1 <= seen["children"] <= n + 1, seen
+
+
+def test_an_agent_that_leaves_nothing_behind_costs_no_group_kill(tmp_path):
+    """The engine is a child subreaper: when an agent's leader is reaped, every process of
+    its group still alive descends from it and the top-most live one of each line is a child
+    of ours (the main thread's). An empty children list proves the group empty: no
+    kill(-pgid) (ESRCH every time before) and no second read of the list for the sweep.
+    Run in a forked child (in_child): a test process that has run other tests may have
+    children of its own main thread -- a daemon another test left, an orphan re-parented to
+    it since an earlier engine made it a subreaper -- and any child in the list rightly
+    makes the engine kill the ended groups (this flaked under xdist)."""
+    from conftest import in_child
+    in_child(_nothing_behind_no_group_kill, tmp_path)
 
 
 def test_an_unreadable_children_list_proves_nothing_and_the_group_is_killed(tmp_path, monkeypatch):
