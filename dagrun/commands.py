@@ -25,7 +25,7 @@ from .lifecycle import (
 from .plan import check_id
 from .presets import shell_command
 from .store import Home, as_int, parse_ts
-from .workspace import CONFLICT
+from .wsrules import CONFLICT
 
 # ====================================================================================== external protocol
 # A script's claim belongs to a process that outlives `dagrun claim`: the calling script (the

@@ -47,7 +47,7 @@ from .reconcile import GoalState, Reconciler
 from .scheduler import FairShare
 from .store import CLAIM, Home, as_int, loads, parse_ts
 from .watcher import Doorbell, Watcher
-from .workspace import CONFLICT, GIT_REDIRECT
+from .wsrules import CONFLICT, GIT_REDIRECT
 
 HOUSEKEEPING = 1.0        # s: liveness of other workers' claims, stall checks
 BUDGET_EVERY = 0.2        # s: a goal with a budget: the spend of running attempts is read this often

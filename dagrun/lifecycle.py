@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import os
-import random
 import time
 from dataclasses import dataclass
 from stat import S_ISLNK
@@ -32,7 +31,6 @@ from . import resources as res
 from . import history
 from . import states as S
 from .digests import sha1
-from . import workspace as wsp
 from .errors import DagrunError, Refused, os_error
 from .plan import Plan, Task
 from .proc import HOST
@@ -58,7 +56,7 @@ class Claim:
     attempt: int
     owner: dict
     started: float            # wall clock
-    workspace: "wsp.Prepared | None" = None   # the task's git worktree (code workspaces)
+    workspace: object = None   # workspace.Prepared: the task's git worktree (code workspaces)
     conflict: str | None = None   # its prerequisites' commits do not merge: why (the caller
     #                               ends the attempt with transitions.finish, outcome CONFLICT)
     resources: dict | None = None   # the units it holds ({pool as shown: n}, resources.py)
@@ -187,18 +185,20 @@ def claim_task(home: Home, plan: Plan, t: str, *, worker: str, kind: str, pid: i
     except OSError as e:
         claims.release(home, g, t)
         raise os_error("take the resources of", tdir, e) from None
-    try:
-        # the code workspace: a git worktree with the prerequisites' commits merged in
-        c.workspace = wsp.prepare(home, plan, t)
-    except wsp.Conflict as e:       # never starts from a wrong snapshot: the caller fails it
-        c.conflict = str(e)         # for good (claim held, no prompt rendered)
-        return c
-    except DagrunError:
-        give_up()
-        raise
-    except OSError as e:
-        give_up()
-        raise os_error("prepare the workspace of", tdir, e) from None
+    if _uses_workspace(plan, t):
+        wsp = _wsp()
+        try:
+            # the code workspace: a git worktree with the prerequisites' commits merged in
+            c.workspace = wsp.prepare(home, plan, t)
+        except wsp.Conflict as e:   # never starts from a wrong snapshot: the caller fails it
+            c.conflict = str(e)     # for good (claim held, no prompt rendered)
+            return c
+        except DagrunError:
+            give_up()
+            raise
+        except OSError as e:
+            give_up()
+            raise os_error("prepare the workspace of", tdir, e) from None
     try:
         text = render_prompt(home, plan, task, record, state_of, c.workspace).encode("utf-8", "surrogateescape")
         # no agent reads it before we start one: a first prompt.md (the listing under the
@@ -334,7 +334,7 @@ def run_id(home: Home, g: str, t: str, attempt: int, ino: int | None = None) -> 
 
 
 def render_prompt(home: Home, plan: Plan, task: Task, record: dict | None,
-                  state_of: Callable[[str], str] | None, workspace: "wsp.Prepared | None" = None) -> str:
+                  state_of: Callable[[str], str] | None, workspace: object = None) -> str:   # workspace: a workspace.Prepared
     g = plan.goal
     ups = []
     mine = set(task.instances)
@@ -357,7 +357,7 @@ def render_prompt(home: Home, plan: Plan, task: Task, record: dict | None,
                 raise Stale(f"{g}/{dep} is no longer done")
             data, size = got or (b"", 0)
             ups.append(Upstream(dep, S.DONE, data, size, out, soft,
-                                wsp.diffstat(home, g, dep) if plan.workspace else None))
+                                _wsp().diffstat(home, g, dep) if plan.workspace else None))
         else:
             ups.append(Upstream(dep, state, None, 0, out, soft))
     note = None
@@ -370,7 +370,7 @@ def render_prompt(home: Home, plan: Plan, task: Task, record: dict | None,
         note = failure_note(n, record["outcome"], record.get("exit_code"), tail, task.timeout,
                             check=" ".join(task.check) if task.check and chk else None)
     return render(task.prompt, ups, task.context_limit, note,
-                  wsp.prompt_note(workspace) if workspace is not None else None)
+                  _wsp().prompt_note(workspace) if workspace is not None else None)
 
 
 def _instance_outputs(home: Home, plan: Plan, tpl: Task, limit: int, soft: bool) -> list[Upstream]:
@@ -386,7 +386,7 @@ def _instance_outputs(home: Home, plan: Plan, tpl: Task, limit: int, soft: bool)
         if got is None:
             raise Stale(f"{g}/{iid} is no longer done")
         data, size = got
-        out.append(Upstream(iid, S.DONE, data, size, path, soft, wsp.diffstat(home, g, iid) if plan.workspace else None,
+        out.append(Upstream(iid, S.DONE, data, size, path, soft, _wsp().diffstat(home, g, iid) if plan.workspace else None,
                             limit=share))
     return out
 
@@ -417,10 +417,10 @@ def capture_workspace(home: Home, plan: Plan, c: Claim) -> str | None:
     """Before the done marker (transitions.finish): commit what the agent changed in its
     worktree and publish `patch` and changes.json (workspace.capture). Returns why that
     failed (the attempt then fails instead), or None."""
-    if not plan.has(c.task) or not wsp.uses(plan, plan.task(c.task)):
+    if not plan.has(c.task) or not _uses_workspace(plan, c.task):
         return None
     try:
-        wsp.capture(home, plan, c.task)
+        _wsp().capture(home, plan, c.task)
     except DagrunError as e:
         return f"could not commit the workspace: {e}"
     return None
@@ -576,6 +576,7 @@ def backoff(task: Task, failures: int) -> float:
     if task.retry_backoff <= 0:
         return 0.0
     base = min(BACKOFF_CAP, task.retry_backoff * (2 ** max(0, failures - 1)))
+    import random               # (here: a run without retry back-off never loads it, ~2.7 M instructions)
     return base * random.uniform(0.5, 1.5)
 
 
@@ -855,3 +856,17 @@ def check_holder(owner: dict | None, *, worker: str | None, caller: list[tuple[i
         return True
     raise Refused(f"cannot {what} {g}/{t}: it is held by worker {owner.get('worker')} (pid {owner.get('pid')} "
                   f"on {owner.get('host')}), not by you; give the --worker or --pid used to claim it, or --force")
+
+
+# ------------------------------------------------------------------------ code workspaces
+# workspace.py (git's side: ~2.5 M instructions to import) is loaded by the first task that
+# has a code workspace: a plan without one never imports it (tests/test_cli_startup.py)
+def _wsp():
+    from . import workspace
+    return workspace
+
+
+def _uses_workspace(plan: Plan, t: str) -> bool:
+    """workspace.uses(plan, plan.task(t)), without importing workspace.py."""
+    return bool(plan.workspace) and bool(plan.task(t).workspace)
+

@@ -23,7 +23,6 @@ from . import fsio
 from . import hooks as hk
 from . import resources as res
 from . import states as S
-from . import workspace as wsp
 from .errors import DagrunError, os_error
 from .lifecycle import (
     Claim,
@@ -580,6 +579,7 @@ def integrate_if_asked(home: Home, plan: Plan, outcome: str, worker: str) -> Non
     (`dagrun integrate` reports the same again)."""
     if not plan.workspace or not plan.workspace.get("integrate") or outcome != S.DONE:
         return
+    from . import workspace as wsp  # (here: a plan without a code workspace never loads git's side)
     try:
         r = wsp.integrate(home, plan)
         ev.emit(home, plan.goal, ev.GOAL_INTEGRATED, worker=worker, branch=r.branch, head=r.head, merged=r.merged)

@@ -34,11 +34,7 @@ from .store import Home, dumps, loads_obj
 from .wsrules import conflict_parties, describe_conflict, prerequisites
 
 DEFAULT_AUTHOR = {"name": "dagrun", "email": "dagrun@localhost"}
-# what an agent's own git calls must not inherit either (they would leave the worktree)
-GIT_REDIRECT = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_COMMON_DIR",
-                "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_NAMESPACE", "GIT_CEILING_DIRECTORIES")
 ZERO = "0" * 40
-CONFLICT = "workspace_conflict"    # the outcome of a task whose prerequisites do not merge
 
 
 class GitError(DagrunError):

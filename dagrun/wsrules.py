@@ -27,6 +27,15 @@ def prerequisites(deps: Mapping[str, Sequence[str]], topo: Sequence[str], t: str
     return [x for x in topo if x in seen and (uses is None or uses.get(x, True))]
 
 
+# ------------------------------------------------------------------------------ names
+# (here, not in workspace.py, so that the run path -- engine, lifecycle -- names them without
+# importing git's side: a plan without a code workspace never loads workspace.py)
+# what an agent's own git calls must not inherit either (they would leave the worktree)
+GIT_REDIRECT = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_COMMON_DIR",
+                "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_NAMESPACE", "GIT_CEILING_DIRECTORIES")
+CONFLICT = "workspace_conflict"    # the outcome of a task whose prerequisites do not merge
+
+
 # ------------------------------------------------------------------------------ globs
 _MAGIC = lazyre.Pattern(r"[*?\[]")
 
