@@ -947,16 +947,27 @@ class _Spawner:
 
     def __init__(self):
         import collections
-        import queue
-        import threading
-        self._jobs: "queue.SimpleQueue" = queue.SimpleQueue()   # (key, launch, want_pidfd); None: stop
+        from _queue import SimpleQueue     # (queue.SimpleQueue itself, without queue.py's import)
+        self._jobs: "SimpleQueue" = SimpleQueue()   # (key, launch, want_pidfd); None: stop
         self._done: "collections.deque" = collections.deque()
         self._armed = True                 # no wake-up byte written since the loop's last collect()
         self.fd, self._w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self._threads = [threading.Thread(target=self._run, name=f"dagrun-spawner-{i}", daemon=True)
-                         for i in range(SPAWNERS)]
-        for th in self._threads:
-            th.start()
+        # Threads are started as spawns pile up, up to SPAWNERS: one with the first submit,
+        # another whenever more spawns are in flight (submitted, not yet collected) than
+        # there are threads -- so a thread blocked in a spawn (a FIFO prompt's open, a slow
+        # disk) never holds up the next one while fewer than SPAWNERS are, as with all of them
+        # started at once; but a run's first agent (a fan-out's root, a one-task plan) waits
+        # for one thread's start, not four (each a thread start and its GIL hand-offs on the
+        # loop's thread before the first spawn: docs/performance.md "2026-12-06 (12)").
+        self._threads: list = []
+        self._inflight = 0                 # submitted and not yet collected (the loop's thread alone)
+        self._grow()
+
+    def _grow(self) -> None:
+        import threading
+        th = threading.Thread(target=self._run, name=f"dagrun-spawner-{len(self._threads)}", daemon=True)
+        self._threads.append(th)
+        th.start()
 
     def submit(self, key: str, launch: Launch, want_pidfd: bool) -> None:
         """Called by the loop's thread, which makes the spawn's pipes (_Stdio) and stat's the
@@ -977,6 +988,9 @@ class _Spawner:
         except OSError as e:                # comes back through collect() like any failed start
             io = _start_error(launch, e)
         self._jobs.put((key, launch, want_pidfd, io, here))
+        self._inflight += 1
+        if self._inflight > len(self._threads) and len(self._threads) < SPAWNERS:
+            self._grow()
 
     def _run(self) -> None:
         while True:
@@ -1020,6 +1034,7 @@ class _Spawner:
             if io is not None:              # the child's ends (all of them when it did not start)
                 io.close(isinstance(sp, _Spawned))
             out.append((key, _started(sp)))
+        self._inflight -= len(out)
         return out
 
     def close(self) -> None:

@@ -106,7 +106,7 @@ def test_a_quiet_run_imports_none_of_the_heavy_modules(tmp_path):
     collections.abc's names in annotations, protocols as plain classes), and -- a run that ends
     within engine.WATCH_AFTER -- none of watchdog, logging or ctypes.util; nor random (~2.7 M
     instructions: only a retry's back-off draws from it) and, for a plan without a code
-    workspace, dagrun.workspace (git's side, ~2.5 M). Start-up is issue 20's fixed cost of
+    workspace, dagrun.workspace (git's side, ~2.5 M); nor queue.py (the spawner's SimpleQueue is _queue's). Start-up is issue 20's fixed cost of
     every run (docs/performance.md, "Start-up of `dagrun run`", "2026-12-06 (10)"); this guards it without timing."""
     plan = write_plan(tmp_path / "p", [{"id": "a", "prompt": "x", "agent": "true"},
                                        {"id": "b", "prompt": "y", "agent": "true", "deps": ["a"]}], goal="g")
@@ -120,7 +120,7 @@ def test_a_quiet_run_imports_none_of_the_heavy_modules(tmp_path):
     assert {"dagrun.engine", "dagrun.executor", "dagrun.edit", "dagrun.watcher"} <= loaded   # the run happened here
     heavy = {"typer", "click", "pydantic", "rich", "socket", "secrets", "statistics",
              "concurrent.futures", "filelock", "psutil", "hashlib", "_hashlib", "hmac", "typing",
-             "watchdog", "logging", "ctypes.util", "random", "dagrun.workspace"}
+             "watchdog", "logging", "ctypes.util", "random", "dagrun.workspace", "queue"}
     assert sorted(heavy & loaded) == []
     import hashlib
 

@@ -197,6 +197,35 @@ def _three_slow_spawns_do_not_hold_up_a_fourth(tmp: str) -> None:
     r.close()
 
 
+def _threads_start_as_spawns_pile_up(tmp: str) -> None:
+    """The spawner threads start as spawns pile up (executor._Spawner._grow): the first
+    submit starts one thread -- a run's first agent waits for one thread's start, not four
+    (docs/performance.md "2026-12-06 (12)") -- and a thread more whenever more spawns are in
+    flight than there are threads, up to SPAWNERS; a one-task run never has more than one."""
+    import threading
+    from dagrun import executor
+
+    def spawners():
+        return sorted(t.name for t in threading.enumerate() if t.name.startswith("dagrun-spawner"))
+    r = ProcessRunner()
+    h = r.submit(_launch(tmp, "true"))
+    assert spawners() == ["dagrun-spawner-0"]
+    got = _spawned(r)
+    assert [x for x, _ in got] == [h] and _exit(r, h).ok
+    hs = [r.submit(_launch(tmp, "true")) for _ in range(6)]      # six in flight at once
+    assert len(spawners()) == executor.SPAWNERS
+    got = []
+    while len(got) < 6:
+        got += _spawned(r)
+    assert [x for x, _ in got] == hs and all(_exit(r, x).ok for x in hs)
+    r.close()
+    assert spawners() == []
+
+
+def test_spawner_threads_start_as_spawns_pile_up(tmp_path):
+    in_child(_threads_start_as_spawns_pile_up, tmp_path)
+
+
 def test_four_spawns_in_flight_at_once(tmp_path):
     """Four spawner threads (executor.SPAWNERS, docs/performance.md "2026-12-06 (2)"): a
     fan-out's launches no longer queue for two threads parked in vfork(2)."""
