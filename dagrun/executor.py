@@ -952,13 +952,15 @@ class _Spawner:
         self._done: "collections.deque" = collections.deque()
         self._armed = True                 # no wake-up byte written since the loop's last collect()
         self.fd, self._w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        # Threads are started as spawns pile up, up to SPAWNERS: one with the first submit,
-        # another whenever more spawns are in flight (submitted, not yet collected) than
-        # there are threads -- so a thread blocked in a spawn (a FIFO prompt's open, a slow
-        # disk) never holds up the next one while fewer than SPAWNERS are, as with all of them
-        # started at once; but a run's first agent (a fan-out's root, a one-task plan) waits
-        # for one thread's start, not four (each a thread start and its GIL hand-offs on the
-        # loop's thread before the first spawn: docs/performance.md "2026-12-06 (12)").
+        # One thread with the first submit; another whenever more spawns are in flight
+        # (submitted, not yet collected) than there are threads -- a thread blocked in a spawn
+        # (a FIFO prompt's open, a slow disk) never holds up the next one while fewer than
+        # SPAWNERS are, as with all of them started at once -- and the rest at the first
+        # collect(), while the first agent runs and the loop waits for it. So a run's first
+        # agent (a fan-out's root, a one-task plan) waits for one thread's start, not four
+        # (each a thread start and its GIL hand-offs on the loop's thread before the first
+        # spawn), and a fan-out's first wave still finds all of them up: starting them during
+        # the wave cost it more than the first edge gained (docs/performance.md "2026-12-06 (12)").
         self._threads: list = []
         self._inflight = 0                 # submitted and not yet collected (the loop's thread alone)
         self._grow()
@@ -1035,6 +1037,8 @@ class _Spawner:
                 io.close(isinstance(sp, _Spawned))
             out.append((key, _started(sp)))
         self._inflight -= len(out)
+        while len(self._threads) < SPAWNERS:  # the rest, once the first agent runs (see __init__)
+            self._grow()
         return out
 
     def close(self) -> None:

@@ -198,10 +198,11 @@ def _three_slow_spawns_do_not_hold_up_a_fourth(tmp: str) -> None:
 
 
 def _threads_start_as_spawns_pile_up(tmp: str) -> None:
-    """The spawner threads start as spawns pile up (executor._Spawner._grow): the first
-    submit starts one thread -- a run's first agent waits for one thread's start, not four
-    (docs/performance.md "2026-12-06 (12)") -- and a thread more whenever more spawns are in
-    flight than there are threads, up to SPAWNERS; a one-task run never has more than one."""
+    """The spawner threads (executor._Spawner._grow): the first submit starts one thread --
+    a run's first agent waits for one thread's start, not four (docs/performance.md
+    "2026-12-06 (12)") -- the first collect the rest, up to SPAWNERS, and a submit one more
+    whenever more spawns are in flight than there are threads (see the next test: spawns
+    submitted before any collect)."""
     import threading
     from dagrun import executor
 
@@ -212,6 +213,7 @@ def _threads_start_as_spawns_pile_up(tmp: str) -> None:
     assert spawners() == ["dagrun-spawner-0"]
     got = _spawned(r)
     assert [x for x, _ in got] == [h] and _exit(r, h).ok
+    assert len(spawners()) == executor.SPAWNERS                  # the rest: at the first collect
     hs = [r.submit(_launch(tmp, "true")) for _ in range(6)]      # six in flight at once
     assert len(spawners()) == executor.SPAWNERS
     got = []
@@ -224,6 +226,45 @@ def _threads_start_as_spawns_pile_up(tmp: str) -> None:
 
 def test_spawner_threads_start_as_spawns_pile_up(tmp_path):
     in_child(_threads_start_as_spawns_pile_up, tmp_path)
+
+
+def _threads_start_for_spawns_submitted_before_a_collect(tmp: str) -> None:
+    """Before any collect, each spawn in flight beyond the threads there are starts one more
+    (up to SPAWNERS): three spawns blocked in open(2) of a FIFO prompt, submitted one by one
+    with time for each to block, do not hold up a fourth (nothing collected meanwhile)."""
+    import threading
+    from dagrun import executor
+    sp = executor._Spawner()
+    fifos = []
+    try:
+        for i in range(3):
+            fifo = os.path.join(tmp, f"p{i}")
+            os.mkfifo(fifo)
+            fifos.append(fifo)
+            base = _launch(tmp, "cat >/dev/null")
+            sp.submit(f"s{i}", Launch(**{**base.__dict__, "stdin_path": fifo}), False)
+            time.sleep(0.1)                 # it blocks in open(fifo) before the next comes
+        marker = os.path.join(tmp, "fourth-ran")
+        sp.submit("f", _launch(tmp, f"touch {marker}"), False)
+        end = time.monotonic() + 20
+        while not os.path.exists(marker) and time.monotonic() < end:
+            time.sleep(0.02)
+        assert os.path.exists(marker), "the fourth spawn waited for a thread"
+        assert len([t for t in threading.enumerate() if t.name.startswith("dagrun-spawner")]) == 4
+    finally:
+        for fifo in fifos:
+            os.close(os.open(fifo, os.O_WRONLY))
+        sp.close()
+        for _k, s in sp.collect():
+            if not isinstance(s, StartError):
+                os.close(s.r_out)
+                os.close(s.r_err)
+        os.close(sp.fd)
+        os.close(sp._w)
+
+
+def test_spawns_submitted_before_a_collect_each_get_a_thread(tmp_path):
+    in_child(_threads_start_for_spawns_submitted_before_a_collect, tmp_path)
 
 
 def test_four_spawns_in_flight_at_once(tmp_path):
