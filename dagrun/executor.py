@@ -963,9 +963,12 @@ class _Spawner:
         # the wave cost it more than the first edge gained (docs/performance.md "2026-12-06 (12)").
         self._threads: list = []
         self._inflight = 0                 # submitted and not yet collected (the loop's thread alone)
+        self._closed = False               # close() began: no thread is started any more
         self._grow()
 
     def _grow(self) -> None:
+        if self._closed:                   # (ProcessRunner.close collects after close(): none to serve)
+            return
         import threading
         th = threading.Thread(target=self._run, name=f"dagrun-spawner-{len(self._threads)}", daemon=True)
         self._threads.append(th)
@@ -1037,12 +1040,13 @@ class _Spawner:
                 io.close(isinstance(sp, _Spawned))
             out.append((key, _started(sp)))
         self._inflight -= len(out)
-        while len(self._threads) < SPAWNERS:  # the rest, once the first agent runs (see __init__)
+        while len(self._threads) < SPAWNERS and not self._closed:  # the rest, once the first agent runs
             self._grow()
         return out
 
     def close(self) -> None:
         """Finish what was submitted (those spawns are then collected and killed), stop."""
+        self._closed = True
         for _ in self._threads:
             self._jobs.put(None)            # (after every job: each thread takes one and ends)
         for th in self._threads:

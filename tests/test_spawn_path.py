@@ -222,6 +222,10 @@ def _threads_start_as_spawns_pile_up(tmp: str) -> None:
     assert [x for x, _ in got] == hs and all(_exit(r, x).ok for x in hs)
     r.close()
     assert spawners() == []
+    r = ProcessRunner()                     # closed before its first collect: close() collects
+    r.submit(_launch(tmp, "sleep 30"))      # what was being spawned, and starts no thread then
+    r.close()
+    assert spawners() == []
 
 
 def test_spawner_threads_start_as_spawns_pile_up(tmp_path):
