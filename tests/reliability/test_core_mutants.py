@@ -2491,6 +2491,7 @@ def test_a_workspace_that_does_not_merge_or_cannot_be_made_ends_the_claim_the_ri
     def conflict(*a):
         raise wsp.Conflict(["b: CONFLICT (content): f.txt", "c: x"])
     monkeypatch.setattr(wsp, "prepare", conflict)
+    monkeypatch.setattr(lc, "_uses_workspace", lambda plan, t: True)   # (as if task a had a code workspace)
     c = lc.claim_task(home, plan, "a", worker="w1", kind="external")
     assert c is not None and c.conflict == "b: CONFLICT (content): f.txt; c: x" and c.attempt == 1
     assert os.path.isdir(home.claim_dir("g", "a")) and not os.path.exists(home.prompt_path("g", "a"))
@@ -2682,6 +2683,7 @@ def test_the_prompt_of_a_task_in_a_code_workspace_says_where_its_worktree_is(tmp
         asked.append((h, p, t))
         return ws
     monkeypatch.setattr(wsp, "prepare", prepare)
+    monkeypatch.setattr(lc, "_uses_workspace", lambda plan, t: True)   # (as if task a had a code workspace)
     c = lc.claim_task(home, plan, "a", worker="w1", kind="external")
     assert asked == [(home, plan, "a")] and asked[0][0] is home and c.workspace is ws
     note = wsp.prompt_note(ws)
@@ -2699,6 +2701,7 @@ def test_a_worktree_path_that_is_not_utf8_reaches_the_prompt_byte_for_byte(tmp_p
     ws = wsp.Prepared(path=wt, branch="dagrun/g/a", base="main", base_commit="1" * 40, snapshot="2" * 40,
                       merged=[], cwd=wt, plan_dir=str(tmp_path / "plan"))
     monkeypatch.setattr(wsp, "prepare", lambda h, p, t: ws)
+    monkeypatch.setattr(lc, "_uses_workspace", lambda plan, t: True)   # (as if task a had a code workspace)
     lc.claim_task(home, plan, "a", worker="w1", kind="external")
     assert os.fsencode(str(tmp_path)) + b"/wt-caf\xe9" in Path(home.prompt_path("g", "a")).read_bytes()
 
