@@ -715,7 +715,7 @@ class Engine(Reconciler):
         try:
             if os.stat(run.cdir).st_ino == run.claim_ino:
                 return True
-            return claims.listing(run.cdir[:-len(CLAIM) - 1], CLAIM)[1] == run.claim_ino
+            return claims.listing(os.path.dirname(run.cdir), CLAIM)[1] == run.claim_ino
         except OSError:
             return False
 
@@ -842,9 +842,10 @@ class Engine(Reconciler):
         # names what the attempt left there (the agent has ended): the capture files and
         # usage/check files it does not name are not looked for one by one
         held, listing = False, None
-        if gs is not None and gs.plan.has(t):
+        in_plan = gs is not None and gs.plan.has(t)
+        if in_plan:
             held, listing = claims.holds_listed(self.home, g, t, c.nonce, c.held, run.cdir)
-        if not held and gs is not None and gs.plan.has(t) and self._vanished(gs, c, ex):
+        if not held and in_plan and self._vanished(gs, c, ex):
             return
         if not held:
             if gs is not None:       # taken away (plan edit, forced retry, broken claim): not

@@ -819,16 +819,23 @@ def _spawn(launch: Launch, want_pidfd: bool) -> "_Spawned | StartError":
         return _start_error(launch, e)
     sp = None
     try:
-        io.open_stdin(launch)
-        sp = _exec(launch, want_pidfd, io)
-    except OSError as e:
-        sp = _start_error(launch, e)
+        sp = _open_and_exec(launch, want_pidfd, io)
     finally:
         io.close(isinstance(sp, _Spawned))
     return _started(sp)
 
 
 _ASK = object()     # _exec's `here` when the caller did not stat the cwd
+
+
+def _open_and_exec(launch: Launch, want_pidfd: bool, io: "_Stdio", here=_ASK) -> "_Spawned | StartError":
+    """The agent's stdin opened into io, then _exec; an OSError of either is a failed start.
+    (_spawn's, and a spawner thread's with the fds and the cwd's stat the loop made.)"""
+    try:
+        io.open_stdin(launch)
+        return _exec(launch, want_pidfd, io, here)
+    except OSError as e:
+        return _start_error(launch, e)
 
 
 def _exec(launch: Launch, want_pidfd: bool, io: _Stdio, here=_ASK) -> "_Spawned | StartError":
@@ -1007,12 +1014,7 @@ class _Spawner:
                 if isinstance(io, StartError):
                     sp, io = io, None
                 else:
-                    try:
-                        io.open_stdin(launch)
-                    except OSError as e:
-                        sp = _start_error(launch, e)
-                    else:
-                        sp = _exec(launch, want_pidfd, io, here)
+                    sp = _open_and_exec(launch, want_pidfd, io, here)
             except Exception as e:          # never lose a job: it comes back as a failed start
                 sp = StartError(f"cannot start the agent in {launch.cwd}: {e}")
             self._done.append((key, sp, io))
