@@ -228,6 +228,28 @@ def crash_step(labels: list[str], k: int, home: Path | str, after: bool = False)
     return {"DAGRUN_CRASH_AT": f"{j}{':after' if after else ''}", "DAGRUN_CRASH_ON": pat}
 
 
+@contextlib.contextmanager
+def safe_walks(suffix: str = ""):
+    """The paths (relative to the home) that fsio.open_beneath -- the safe walk of a task
+    file, openat2 and five more calls -- is asked for while the block runs, those ending in
+    `suffix`; a list filled as it goes."""
+    from dagrun import fsio
+
+    walks: list[str] = []
+    real = fsio.open_beneath
+
+    def counted(root, rel, *a, **k):
+        if rel.endswith(suffix):
+            walks.append(rel)
+        return real(root, rel, *a, **k)
+
+    fsio.open_beneath = counted
+    try:
+        yield walks
+    finally:
+        fsio.open_beneath = real
+
+
 def task_dir(home: Path, goal: str, task: str) -> Path:
     return Path(home) / "goals" / goal / "tasks" / task
 

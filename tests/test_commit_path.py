@@ -10,7 +10,7 @@ import time
 
 import psutil
 
-from conftest import run, task_dir, write_plan
+from conftest import run, safe_walks, task_dir, write_plan
 
 from dagrun.store import Home
 
@@ -379,15 +379,7 @@ def test_an_output_made_empty_is_served_only_while_an_empty_regular_file_is_ther
     out = task_dir(h.root, "g", "a") / "output"
     out.parent.mkdir(parents=True)
     fsio.write_fresh(str(out), b"")
-    walks = []
-    real = fsio.open_beneath
-
-    def counted(root, rel, *a, **k):
-        walks.append(rel)
-        return real(root, rel, *a, **k)
-
-    fsio.open_beneath = counted
-    try:
+    with safe_walks() as walks:
         h.made_empty(str(out))
         assert h.read_output(str(out), 100) == (b"", 0) and h.read_output(str(out), 7) == (b"", 0)
         assert walks == []
@@ -404,5 +396,3 @@ def test_an_output_made_empty_is_served_only_while_an_empty_regular_file_is_ther
         h.made_empty(str(out))
         os.unlink(out)
         assert h.read_output(str(out), 100) is None      # gone (archived): the caller's Stale
-    finally:
-        fsio.open_beneath = real

@@ -7,7 +7,7 @@ import os
 import threading
 import time
 
-from conftest import fanout_engine, run, task_dir, write_plan
+from conftest import fanout_engine, run, safe_walks, task_dir, write_plan
 
 from dagrun.store import Home
 
@@ -98,22 +98,13 @@ def test_an_empty_output_remembered_at_its_commit_is_read_again_once_it_changes(
     another inode, written to, or a symbolic link (to an empty file or not): then the safe way."""
     import pytest
 
-    from dagrun import fsio
     from dagrun.errors import FsError
 
     h = Home(str(tmp_path / "home"))
     out = task_dir(h.root, "g", "a") / "output"
     out.parent.mkdir(parents=True)
     out.write_bytes(b"")
-    walks = []
-    real = fsio.open_beneath
-
-    def counted(root, rel, *a, **k):
-        walks.append(rel)
-        return real(root, rel, *a, **k)
-
-    fsio.open_beneath = counted
-    try:
+    with safe_walks() as walks:
         assert h.file_size(str(out)) == 0
         assert h.read_output(str(out), 100) == (b"", 0) and h.read_output(str(out), 7) == (b"", 0)
         assert walks == []                                      # no safe walk: one stat each
@@ -134,15 +125,12 @@ def test_an_empty_output_remembered_at_its_commit_is_read_again_once_it_changes(
         h.file_size(str(out))                                   # lstat: the link itself, not remembered
         with pytest.raises(FsError, match="symbolic link"):
             h.read_output(str(out), 100)
-    finally:
-        fsio.open_beneath = real
 
 
-def test_a_chains_prompts_read_their_empty_inputs_without_the_safe_walk(tmp_path, monkeypatch):
+def test_a_chains_prompts_read_their_empty_inputs_without_the_safe_walk(tmp_path):
     """No-op agents print nothing: each task's commit remembers its empty output, and the next
     task's prompt reads it with one stat (before: the safe walk, six calls, on a chain's
     critical path)."""
-    from dagrun import fsio
     from dagrun.engine import Engine
     from dagrun.simrun import FakeRunner, Outcome
 
@@ -150,18 +138,9 @@ def test_a_chains_prompts_read_their_empty_inputs_without_the_safe_walk(tmp_path
     ids = [f"c{i}" for i in range(6)]
     tasks = [{"id": t, "prompt": "x", "deps": [ids[i - 1]] if i else []} for i, t in enumerate(ids)]
     run("submit", write_plan(tmp_path / "p", tasks, goal="ch", defaults={"agent": "true"}), home=h.root)
-    walks = []
-    real = fsio.open_beneath
-
-    def counted(root, rel, *a, **k):
-        if rel.endswith("/output"):
-            walks.append(rel)
-        return real(root, rel, *a, **k)
-
-    monkeypatch.setattr(fsio, "open_beneath", counted)
     eng = Engine(h, goal="ch", jobs=2, runner=FakeRunner(lambda launch: Outcome()))
-    assert eng.run() == 0
-    monkeypatch.undo()
+    with safe_walks("/output") as walks:
+        assert eng.run() == 0
     assert all((task_dir(h.root, "ch", t) / "done").exists() for t in ids)
     assert walks == [], walks
     prompt = (task_dir(h.root, "ch", "c3") / "prompt.md").read_text()
