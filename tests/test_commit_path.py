@@ -15,6 +15,22 @@ from conftest import run, safe_walks, task_dir, write_plan
 from dagrun.store import Home
 
 
+def _mark_commits(monkeypatch, seen: dict) -> None:
+    """seen["in"] is True while an Engine commits a run (_commit_locked), False otherwise."""
+    from dagrun import engine as eng_mod
+
+    real_commit = eng_mod.Engine._commit_locked
+
+    def commit(self, run, ex):
+        seen["in"] = True
+        try:
+            return real_commit(self, run, ex)
+        finally:
+            seen["in"] = False
+
+    monkeypatch.setattr(eng_mod.Engine, "_commit_locked", commit)
+
+
 def _fanout(tmp_path, n: int, agent: str = "true", **top):
     from dagrun.engine import Engine
 
@@ -144,14 +160,7 @@ def _count_commit_looks(tmp_path, monkeypatch, agent: str, n: int = 4, **top):
             return fn(*a, **k)
         return counted
 
-    real_commit, real_ended = eng_mod.Engine._commit_locked, eng_mod.Engine._check_ended
-
-    def commit(self, run, ex):
-        seen["in"] = True
-        try:
-            return real_commit(self, run, ex)
-        finally:
-            seen["in"] = False
+    real_ended = eng_mod.Engine._check_ended
 
     def ended(self, gs):                # the goal's end (its summary, goal.finished): not counted
         was, seen["in"] = seen["in"], False
@@ -164,7 +173,7 @@ def _count_commit_looks(tmp_path, monkeypatch, agent: str, n: int = 4, **top):
         monkeypatch.setattr(os, f, wrap(f))
     for f in ("prepare", "prepare_pending", "prepare_skipped", "prepare_blocked"):
         monkeypatch.setattr(hooks, f, prep(getattr(hooks, f)))
-    monkeypatch.setattr(eng_mod.Engine, "_commit_locked", commit)
+    _mark_commits(monkeypatch, seen)
     monkeypatch.setattr(eng_mod.Engine, "_check_ended", ended)
     assert eng.run() == 0
     monkeypatch.undo()
@@ -308,13 +317,12 @@ def test_a_commit_proves_its_claim_and_remembers_its_empty_output_without_a_look
     claim/owner.json; and the empty output it creates (O_EXCL) is remembered for the
     dependents' prompts without file_size's lstat (Home.made_empty). Before: one lstat of
     each per commit. The sink's prompt still reads the outputs as b"" (one lstat each)."""
-    from dagrun import engine as eng_mod
 
     n = 4
     h, eng = _fanout(tmp_path, n)
     loop = threading.get_ident()
     seen = {"owner": 0, "output": 0, "in": False}
-    real_lstat, real_commit = os.lstat, eng_mod.Engine._commit_locked
+    real_lstat = os.lstat
 
     def c_lstat(path, *a, **k):
         if seen["in"] and threading.get_ident() == loop and isinstance(path, str):
@@ -322,15 +330,8 @@ def test_a_commit_proves_its_claim_and_remembers_its_empty_output_without_a_look
             seen["output"] += path.endswith("/output")
         return real_lstat(path, *a, **k)
 
-    def commit(self, run, ex):
-        seen["in"] = True
-        try:
-            return real_commit(self, run, ex)
-        finally:
-            seen["in"] = False
-
     monkeypatch.setattr(os, "lstat", c_lstat)
-    monkeypatch.setattr(eng_mod.Engine, "_commit_locked", commit)
+    _mark_commits(monkeypatch, seen)
     assert eng.run() == 0
     monkeypatch.undo()
     for i in range(n):
