@@ -39,6 +39,7 @@ from .records import plain_methods
 from .scheduler import READY, Scheduler
 from .store import CLAIM, COUNTED, MARKERS, OWNER, Home, TaskFacts, as_int, dumps, loads_obj, now_iso, parse_ts
 from .usage import RAW_FILE
+from .wsrules import uses as uses_workspace
 
 BACKOFF_CAP = 600.0
 
@@ -867,6 +868,6 @@ def _wsp():
 
 
 def _uses_workspace(plan: Plan, t: str) -> bool:
-    """workspace.uses(plan, plan.task(t)), without importing workspace.py."""
-    return bool(plan.workspace) and bool(plan.task(t).workspace)
+    """wsrules.uses for task t (wsrules: the run path names it without importing workspace.py)."""
+    return uses_workspace(plan, plan.task(t))
 

@@ -31,7 +31,7 @@ from .plan import Plan, Task
 from .records import NEW, frozen_methods, plain_methods
 from .scheduler import Scheduler
 from .store import Home, dumps, loads_obj
-from .wsrules import conflict_parties, describe_conflict, prerequisites
+from .wsrules import conflict_parties, describe_conflict, prerequisites, uses
 
 DEFAULT_AUTHOR = {"name": "dagrun", "email": "dagrun@localhost"}
 ZERO = "0" * 40
@@ -179,10 +179,6 @@ def pin(home: Home, plan: Plan) -> dict:
 
 
 # ================================================================================ prepare
-def uses(plan: Plan, task: Task) -> bool:
-    return bool(plan.workspace) and task.workspace
-
-
 def branch_of(g: str, t: str) -> str:
     return f"dagrun/{g}/{t}"
 

@@ -36,6 +36,11 @@ GIT_REDIRECT = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECT
 CONFLICT = "workspace_conflict"    # the outcome of a task whose prerequisites do not merge
 
 
+def uses(plan, task) -> bool:
+    """Does the task work in the plan's code workspace (a git worktree of its own)?"""
+    return bool(plan.workspace) and bool(task.workspace)
+
+
 # ------------------------------------------------------------------------------ globs
 _MAGIC = lazyre.Pattern(r"[*?\[]")
 
