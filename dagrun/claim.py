@@ -13,6 +13,13 @@ Liveness is proved, not guessed (like filelock / nq):
 A stale claim is broken by renaming it away under a per-goal lock (fcntl, released by the
 kernel if the breaker dies), after re-reading the owner inside the lock, so two breakers
 never both win and a breaker never removes a claim that was re-taken in the meantime.
+
+A claim renamed away (broken, or released with files in it) goes to the goal's tasks/
+folder as `.claim.<task>.<why>.<hex>` and is deleted right after. A process killed between
+the two leaves it there: in the one folder every rescan lists anyway (Home.task_folders),
+and which the engine that ends the goal sweeps before summary.json (sweep_aside). Was: beside
+the task's marker, in its own folder, where only a full rescan looked -- a goal could end
+with it there for ever (tests/reliability/test_soak.py, 2026-12-06).
 """
 from __future__ import annotations
 
@@ -342,7 +349,7 @@ def break_claim(home: Home, g: str, t: str, expect_nonce: str | None, *, lease: 
             return None
         if settle is not None:
             settle(owner, reason)
-        gone = os.path.join(home.task_dir(g, t), f".claim.broken.{os.urandom(4).hex()}")
+        gone = aside(home, g, t, "broken")
         try:
             fsio.rename(home.claim_dir(g, t), gone)
         except FileNotFoundError:
@@ -386,7 +393,7 @@ def release(home: Home, g: str, t: str, *, cdir: str | None = None) -> None:
             return
         except OSError:
             pass
-        gone = os.path.join(home.task_dir(g, t), f".claim.released.{os.urandom(4).hex()}")
+        gone = aside(home, g, t, "released")
         try:
             fsio.rename(cdir, gone)
         except FileNotFoundError:
@@ -396,9 +403,37 @@ def release(home: Home, g: str, t: str, *, cdir: str | None = None) -> None:
     fsio.rmtree(gone)
 
 
+ASIDE = ".claim."    # the names a claim renamed away gets (in tasks/; task ids never start with ".")
+
+
+def aside(home: Home, g: str, t: str, why: str) -> str:
+    """Where g/t's claim goes when it is renamed away before being deleted: tasks/ itself,
+    under a name no task id can have (see the module doc)."""
+    return f"{home.tasks_dir(g)}/{ASIDE}{t}.{why}.{os.urandom(4).hex()}"
+
+
+def sweep_aside(home: Home, g: str, names=None) -> int:
+    """Delete the claims renamed away into g's tasks/ by processes that died before deleting
+    them (aside). names: tasks/'s listing, when the caller has it (else it is listed here).
+    Returns how many were found. Whatever is there is dead: a claim is renamed away only
+    after its attempt was settled (break_claim) or ended (release)."""
+    if names is None:
+        try:
+            names = os.listdir(home.tasks_dir(g))
+        except OSError:          # none yet, or unreadable: nothing this sweep can do
+            return 0
+    n = 0
+    for name in names:
+        if name.startswith(ASIDE):
+            fsio.rmtree(f"{home.tasks_dir(g)}/{name}")
+            n += 1
+    return n
+
+
 def sweep_leftovers(home: Home, g: str, t: str, names=None) -> None:
-    """Remove claim folders renamed away by a process that died before deleting them. names:
-    the task folder's listing, when the caller has it (else it is listed here)."""
+    """Remove claim folders renamed away into the task's own folder by a process that died
+    before deleting them (where dagrun before 2026-12-06 put them; now: aside). names: the
+    task folder's listing, when the caller has it (else it is listed here)."""
     tdir = home.task_dir(g, t)
     if names is None:
         try:

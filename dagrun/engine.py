@@ -437,6 +437,9 @@ class Engine(Reconciler):
                 if gs.plan.goal == self.only and self.watcher is not None:
                     self.watcher.release()   # we exit after this end: its grace period overlaps it
                 self._touched.add(gs.plan.goal)
+                # claims renamed away by a process killed before it deleted them: the goal
+                # ends clean (claim.sweep_aside; before the end's stamps, which list tasks/)
+                claims.sweep_aside(self.home, gs.plan.goal)
                 pre = self._read_for_end(gs)
                 tr.end_goal_if_finished(self.home, gs.plan, gs.sched, self.worker,
                                         facts=pre.facts if pre is not None else None, tally=gs.tally)

@@ -173,7 +173,10 @@ class Reconciler:
         if gs.fulls != fulls or self.goals.get(g) is not gs:
             return                    # _feed rebuilt it, or dropped the goal
         sched = gs.sched
-        read = sched.to_read(self.home.task_folders(g))
+        present = self.home.task_folders(g)
+        if any(n.startswith(claims.ASIDE) for n in present):
+            claims.sweep_aside(self.home, g, present)     # a breaker or releaser died half-way
+        read = sched.to_read(present)
         if read is None:
             self._resync(gs)
             return
@@ -205,6 +208,7 @@ class Reconciler:
             gs.finished = gs.stopped = False
             like = None
         plan = gs.plan
+        claims.sweep_aside(self.home, g)      # (the light rescan does it from its own listing)
         if self.history is None:
             self.history = read_history(self.home, costs=False)
         sched, facts = ranked_scheduler(self.home, plan, self.history, clock=time.monotonic, like=like)

@@ -337,6 +337,59 @@ def test_a_claim_renamed_away_beside_a_marker_is_swept_by_the_next_engine(tmp_pa
     assert not left.exists()
 
 
+def test_a_claim_renamed_away_is_swept_before_the_goal_ends(tmp_path):
+    """A claim renamed away (broken, or released with files in it) goes to tasks/ as
+    `.claim.<task>.<why>.<hex>` and is deleted right after. A process killed in between left
+    it -- and before, when it sat beside the task's marker where only a full rescan looked, a
+    goal could end with it there for ever (tests/reliability/test_soak.py: "soak5/t38: a claim
+    is left", CI of 2026-12-06). One appearing in the middle of a run (here: while the last
+    task runs, as a breaker killed half-way leaves it) is gone by the time summary.json is."""
+    from dagrun import claim as claims
+    from dagrun.engine import Engine
+    from dagrun.simrun import FakeRunner, Outcome
+    from dagrun.store import Home
+
+    h = Home(str(tmp_path / "home"))
+    tasks = [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "x", "deps": ["a"]}]
+    run("submit", write_plan(tmp_path / "p", tasks, goal="g", defaults={"agent": "true"}), home=h.root)
+    left = []
+
+    def decide(launch):
+        if launch.env.get("DAGRUN_TASK") == "b":      # a is done: its claim "broken" by a dead breaker
+            p = Path(claims.aside(h, "g", "a", "broken"))
+            p.mkdir()
+            (p / "stdout").write_bytes(b"x")
+            left.append(p)
+        return Outcome()
+
+    assert Engine(h, goal="g", jobs=2, runner=FakeRunner(decide)).run() == 0
+    assert left and left[0].parent == Path(h.tasks_dir("g")) and left[0].name.startswith(".claim.a.broken.")
+    assert (Path(h.goal_dir("g")) / "summary.json").exists()
+    assert not left[0].exists()
+    assert not list(Path(h.tasks_dir("g")).glob(".claim.*"))
+
+
+def test_a_broken_claim_goes_aside_into_tasks(tmp_path):
+    """break_claim and release rename the claim into tasks/ (claim.aside), not beside the
+    task's marker; sweep_aside deletes exactly those names."""
+    from dagrun import claim as claims
+    from dagrun.store import Home
+
+    h = Home(str(tmp_path / "home"))
+    assert claims.acquire(h, "g", "t")
+    claims.update_owner(h, "g", "t", {"pid": 2 ** 22 + 7, "host": "elsewhere", "nonce": "n1"})
+    (Path(h.claim_dir("g", "t")) / "stdout").write_bytes(b"x")
+    os.utime(h.owner_path("g", "t"), (1, 1))
+    broke = claims.break_claim(h, "g", "t", "n1", lease=1.0)
+    assert broke is not None
+    gone = Path(broke[2])
+    assert gone.parent == Path(h.tasks_dir("g")) and gone.name.startswith(".claim.t.broken.")
+    assert (gone / "stdout").read_bytes() == b"x" and not Path(h.claim_dir("g", "t")).exists()
+    (Path(h.tasks_dir("g")) / "u").mkdir()
+    assert claims.sweep_aside(h, "g") == 1
+    assert sorted(os.listdir(h.tasks_dir("g"))) == ["t", "u"]
+
+
 def test_a_task_another_worker_ran_between_our_folder_and_our_claim_is_not_run_again(tmp_path, monkeypatch):
     """A first claim makes the task's folder (mkdir), then its claim (mkdir claim/). Between
     the two another worker can make its own claim in that folder, run the task, publish

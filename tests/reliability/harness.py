@@ -285,7 +285,7 @@ def check_home(home: Path, ref: Reference, log: Path, log_before: list, done_bef
     # I3 nothing left held or under construction
     for p in tdir.glob("*/claim"):
         bad.append(f"claim left: {p.relative_to(home)}")
-    for p in tdir.glob("*/.claim.*"):
+    for p in [*tdir.glob("*/.claim.*"), *tdir.glob(".claim.*")]:
         bad.append(f"broken/released claim folder left: {p.relative_to(home)}")
     for p in (home / "goals").glob(".new-*"):
         bad.append(f"half-built goal folder left: {p.relative_to(home)}")

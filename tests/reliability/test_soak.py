@@ -120,6 +120,8 @@ def check_goal(home: Path, goal: str, ref_out: dict, ref_prompt: dict, lines: li
                 bad.append(f"{goal}/{t}: attempt {a} ran to its end, recorded as {rec.get('outcome')!r}")
         if (d / "claim").exists() or list(d.glob(".claim.*")):
             bad.append(f"{goal}/{t}: a claim is left")
+    for p in tdir.glob(".claim.*"):         # renamed away (claim.aside), never deleted
+        bad.append(f"{goal}: a claim renamed away is left: {p.name}")
     evs = []
     for i, line in enumerate((gdir / "events.jsonl").read_bytes().split(b"\n")[:-1]):
         try:
