@@ -75,14 +75,16 @@ def test_timeout_of_an_agent_that_dies_on_term_still_kills_its_escaped_children(
 # One agent for most tests, steered by files in a control folder `ctl`:
 #   ctl/fail.<task>  N   the first N attempts fail (exit 3, "err <n>" on stderr)
 #   ctl/hold.<task>      while it exists the agent waits (a long-running agent)
-#   ctl/n.<task>         how many times the task's agent started (a run counter)
+#   ctl/n.<task>         how many times the task's agent started (a run counter; replaced by
+#                        rename: a reader polling it never finds it empty -- CI 2026-12-06)
 #   ctl/starts, ctl/ends "<task> <DAGRUN_RUN_ID>" per start / per successful end
 # Its output is "out-<task>-<n>": unique per run, so a downstream prompt shows which run
 # of its upstream it was given.
 CTL_AGENT = r'''#!/bin/sh
 ctl="$1"
 echo "$DAGRUN_TASK $DAGRUN_RUN_ID" >> "$ctl/starts"
-n=$(cat "$ctl/n.$DAGRUN_TASK" 2>/dev/null || echo 0); n=$((n+1)); echo $n > "$ctl/n.$DAGRUN_TASK"
+n=$(cat "$ctl/n.$DAGRUN_TASK" 2>/dev/null || echo 0); n=$((n+1))
+echo $n > "$ctl/.n.$$" && mv -f "$ctl/.n.$$" "$ctl/n.$DAGRUN_TASK"   # whole or not at all: runs() reads it
 cat > /dev/null
 while [ -e "$ctl/hold.$DAGRUN_TASK" ]; do sleep 0.05; done
 fails=$(cat "$ctl/fail.$DAGRUN_TASK" 2>/dev/null || echo 0)
