@@ -12,7 +12,12 @@ then time `dagrun validate`, `dagrun submit`, `dagrun status GOAL --json` (befor
 `dagrun worker --until-idle -j N` (the no-op run: wall, tasks/s, the worker's CPU seconds and
 peak RSS: its own, `worker_hwm_mb`, /proc's VmHWM sampled every 20 ms, and wait4(2)'s
 ru_maxrss, `worker_rss_mb`, an upper bound -- it starts from this driver's RSS at the fork,
-which the kernel carries across exec), and `status GOAL --json` again after the run (every task done). Each command
+which the kernel carries across exec; `sync` before it, untimed, and after it, timed: `sync_after_s`,
+and `tasks_per_s_synced` counts the write-back of the files the run made, which a run shorter
+than the kernel's dirty_expire_centisecs -- 30 s -- leaves until after it exits, and a longer
+one pays while it runs; `machine_cpu_s`, the whole machine's busy CPU while it ran, and
+`other_cpu_s`, that beyond the worker's: kernel threads, anything else running), and `status
+GOAL --json` again after the run (every task done). Each command
 also records the 1-minute load average before it ran (the machine may be shared: CPU seconds
 are the figures to compare then). `status GOAL --json` is timed twice each time: the first
 call, and a second one (`status_before2`, `status_after2`), which finds what the first left
@@ -94,6 +99,17 @@ def _vm_hwm_kb(pid: int) -> int:
     return 0
 
 
+def _machine_busy_s() -> float:
+    """CPU seconds the machine has been busy since boot (all CPUs: /proc/stat's first line,
+    everything but idle and iowait; 0 where there is no /proc)."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def one(n: int, a, scratch: str, dagrun: str, build: str) -> dict:
     folder = os.path.join(scratch, f"scale-{n}-{build}")
     os.makedirs(folder)
@@ -117,11 +133,27 @@ def one(n: int, a, scratch: str, dagrun: str, build: str) -> dict:
         if not a.keep:
             shutil.rmtree(folder, ignore_errors=True)
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}
+    os.sync()                   # what validate/submit (or the last run) left dirty is written now,
+    #                             not by the kernel's flusher inside the timed run (untimed)
+    busy0 = _machine_busy_s()
     wall, rc, rss, _ = timed([dagrun, "worker", "--until-idle", "-j", str(a.jobs)], env)
+    busy = _machine_busy_s() - busy0
+    t0 = time.perf_counter()
+    os.sync()                   # the run's own files, still dirty when it exited: written now, timed
+    r["sync_after_s"] = round(time.perf_counter() - t0, 3)
     r["run_s"], r["run_ok"], r["worker_rss_mb"] = round(wall, 3), rc == 0, round(rss / 1024, 1)
+    # the rate counting the write-back of what the run wrote (a short run exits before the
+    # kernel's flusher starts on its files -- dirty_expire_centisecs, 30 s by default -- a
+    # long one pays for it while it runs: the fair comparison of a 10 000- and a 100 000-task
+    # run, docs/performance.md, fifteenth session)
+    r["tasks_per_s_synced"] = round(n / (wall + r["sync_after_s"]), 1)
+    # CPU the whole machine spent while the run lasted beyond the worker's and its agents'
+    # (kernel threads -- the flusher, jbd2 -- and anything else running): /proc/stat
+    r["machine_cpu_s"] = round(busy, 3)
     r["worker_hwm_mb"] = round(HWM["worker"] / 1024, 1)     # its own peak (sampled VmHWM); rss is wait4's bound
     r["tasks_per_s"] = round(n / wall, 1)
     r["run_cpu_s"] = round(CPU["worker"], 3)
+    r["other_cpu_s"] = round(busy - CPU["worker"], 3)
     r["run_load"] = LOAD["worker"]
     r["run_load_after"] = round(os.getloadavg()[0], 1)
     r["status_after_s"], rc, _, out = timed([dagrun, "status", goal, "--json"], env)
@@ -170,17 +202,17 @@ def main() -> int:
     print("\nwall seconds (CPU seconds, user+sys, in brackets; the 1-minute load average before each command in the JSON)")
     if a.baseline:
         print("builds: this = %s; %s" % (a.dagrun, "; ".join(f"baseline{i + 1} = {b}" for i, b in enumerate(a.baseline))))
-    print("\n| build | tasks | validate | submit | status before | again | run -j %d | tasks/s | worker RSS (MB): own peak, wait4's "
-          "| status after | again | done |" % a.jobs)
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| build | tasks | validate | submit | status before | again | run -j %d | tasks/s | then sync | tasks/s with it "
+          "| worker RSS (MB): own peak, wait4's | status after | again | done |" % a.jobs)
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        r = {"run_s": "-", "tasks_per_s": "-", "worker_rss_mb": "-", "worker_hwm_mb": "-", "status_after_s": "-", "status_after2_s": "-",
+        r = {"run_s": "-", "tasks_per_s": "-", "sync_after_s": "-", "tasks_per_s_synced": "-", "worker_rss_mb": "-", "worker_hwm_mb": "-", "status_after_s": "-", "status_after2_s": "-",
              "done": "-", **r}
 
         def c(k):
             return f"{r[k + '_s']} ({r[k + '_cpu_s']})" if k + "_cpu_s" in r else f"{r[k + '_s']}"
         print(f"| {r['build']} | {r['tasks']} | {c('validate')} | {c('submit')} | {c('status_before')} | "
-              f"{c('status_before2')} | {c('run')} | {r['tasks_per_s']} | {r['worker_hwm_mb']}, {r['worker_rss_mb']} | {c('status_after')} | "
+              f"{c('status_before2')} | {c('run')} | {r['tasks_per_s']} | {r['sync_after_s']} | {r['tasks_per_s_synced']} | {r['worker_hwm_mb']}, {r['worker_rss_mb']} | {c('status_after')} | "
               f"{c('status_after2')} | {r['done']} |")
     if a.json:
         with open(a.json, "w") as f:

@@ -323,7 +323,7 @@ def _dead_claim(home: Home, g: str = "g", t: str = "t", **over) -> dict:
     return owner
 
 
-def test_break_claim_moves_the_claim_aside_in_the_task_folder_and_settles_first(tmp_path, monkeypatch):
+def test_break_claim_moves_the_claim_aside_into_tasks_and_settles_first(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     home = Home(str(tmp_path / "home"))
     owner = _dead_claim(home)
@@ -335,7 +335,8 @@ def test_break_claim_moves_the_claim_aside_in_the_task_folder_and_settles_first(
     o, reason, folder = claims.break_claim(home, "g", "t", owner["nonce"], lease=60, grace=0.0, settle=settle)
     assert o == owner and "is gone" in reason
     assert seen == [(owner, reason, True)]                  # settled while the claim still stood
-    assert os.path.dirname(folder) == home.task_dir("g", "t") and os.path.basename(folder).startswith(".claim.")
+    # aside into tasks/, where every rescan and the goal's end sweep it (claim.aside)
+    assert os.path.dirname(folder) == home.tasks_dir("g") and os.path.basename(folder).startswith(".claim.t.broken.")
     assert read_json(os.path.join(folder, "owner.json")) == owner
     assert os.path.exists(os.path.join(home.goal_dir("g"), ".break.lock"))
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())       # nothing in the cwd

@@ -2449,9 +2449,9 @@ def test_the_record_before_is_the_latest_readable_one_counting_down(tmp_path):
 
 
 # ------------------------------------------------------------------ mut8: the core's survivors of the sweep
-def test_a_release_cut_off_after_its_rename_leaves_the_claim_in_the_task_folder_for_the_sweep(tmp_path, monkeypatch):
+def test_a_release_cut_off_after_its_rename_leaves_the_claim_in_tasks_for_the_sweep(tmp_path, monkeypatch):
     """release() renames a claim with files in it away, then deletes it: a death in between
-    leaves a `.claim.released.*` folder in the task folder, where sweep_leftovers finds it."""
+    leaves a `.claim.<task>.released.*` folder in the goal's tasks/, where sweep_aside finds it."""
     from dagrun import fsio
     home = submit_home(tmp_path, [{"id": "a", "prompt": "x", "agent": "true"}])
     assert claims.acquire(home, "g", "a")
@@ -2466,12 +2466,13 @@ def test_a_release_cut_off_after_its_rename_leaves_the_claim_in_the_task_folder_
     with pytest.raises(KeyboardInterrupt):
         claims.release(home, "g", "a")
     monkeypatch.undo()
-    left = [n for n in os.listdir(home.task_dir("g", "a")) if "claim" in n]
-    assert len(left) == 1 and left[0].startswith(".claim.released.")
-    assert os.listdir(os.path.join(home.task_dir("g", "a"), left[0])) == ["stdout"]
-    assert os.listdir(elsewhere) == []
-    claims.sweep_leftovers(home, "g", "a")
     assert [n for n in os.listdir(home.task_dir("g", "a")) if "claim" in n] == []
+    left = [n for n in os.listdir(home.tasks_dir("g")) if "claim" in n]
+    assert len(left) == 1 and left[0].startswith(".claim.a.released.")
+    assert os.listdir(os.path.join(home.tasks_dir("g"), left[0])) == ["stdout"]
+    assert os.listdir(elsewhere) == []
+    assert claims.sweep_aside(home, "g") == 1
+    assert sorted(os.listdir(home.tasks_dir("g"))) == ["a"]
 
 
 def test_a_workspace_that_does_not_merge_or_cannot_be_made_ends_the_claim_the_right_way(tmp_path, monkeypatch):
