@@ -5,6 +5,7 @@ import contextlib
 import fnmatch
 import json
 import os
+import queue
 import re
 import shutil
 import signal
@@ -189,14 +190,21 @@ def in_child(fn, tmp) -> None:
         try:
             fn(str(tmp))
             q.put("ok")
-        except BaseException as e:   # report, do not hang the queue
-            q.put(f"{type(e).__name__}: {e}")
+        except BaseException as e:   # report, do not hang the queue; where: the failing line
+            import traceback
+            where = "".join(traceback.format_tb(e.__traceback__)[-2:])
+            q.put(f"{type(e).__name__}: {e}\n{where}")
     p = ctx.Process(target=body)
     p.start()
     try:
         res = q.get(timeout=60)
+    except queue.Empty:              # (a bare Empty said nothing)
+        res = f"no result from the child in 60 s (pid {p.pid}, alive: {p.is_alive()})"
     finally:
         p.join(10)
+        if p.is_alive():
+            p.kill()
+            p.join(10)
     assert res == "ok", res
 
 
