@@ -328,7 +328,7 @@ def test_the_node_of_each_attempt_shows_in_status_events_and_markers(tmp_path, c
         jobs = [_job_of(home, "g", t) for t in ("ok", "bad")]
         (tmp_path / "go1").touch()
         wait_for(lambda: any(e["type"] == "agent.task.placed" and e.get("task") == "bad" and e.get("attempt") == 2
-                             for e in events(home, "g")), timeout=60, what="bad's second attempt placed")
+                             for e in events(home, "g", polling=True)), timeout=60, what="bad's second attempt placed")
         jobs.append(_job_of(home, "g", "bad"))
         (tmp_path / "go2").touch()
         assert d.wait(120) == 1
