@@ -307,6 +307,10 @@ def rewrite(path: str, data: bytes, *, fd: int = -1) -> None:
 def append_line(path: str, line: bytes, *, lines: int = 1) -> int:
     """Append one line with a single write(2) on an O_APPEND fd: on a local file system
     concurrent appenders never interleave or tear lines (the inode lock covers the write).
+    A concurrent *reader* can see one half done: the file's size grows page by page within
+    the write (ext4: 4.6 % of reads saw a torn last line with 300-byte appends, 0 with
+    256-byte ones that never cross a page; tests/conftest.events, 2026-12-06), so readers
+    leave an unterminated last line for later (events.Reader, events.read_all).
     Returns the file's offset just past the line (O_APPEND put the write at the end: the
     line starts at that offset minus its length -- events.flush remembers it for the
     writer's own Reader).

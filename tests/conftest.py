@@ -5,6 +5,7 @@ import contextlib
 import fnmatch
 import json
 import os
+import queue
 import re
 import shutil
 import signal
@@ -189,14 +190,21 @@ def in_child(fn, tmp) -> None:
         try:
             fn(str(tmp))
             q.put("ok")
-        except BaseException as e:   # report, do not hang the queue
-            q.put(f"{type(e).__name__}: {e}")
+        except BaseException as e:   # report, do not hang the queue; where: the failing line
+            import traceback
+            where = "".join(traceback.format_tb(e.__traceback__)[-2:])
+            q.put(f"{type(e).__name__}: {e}\n{where}")
     p = ctx.Process(target=body)
     p.start()
     try:
         res = q.get(timeout=60)
+    except queue.Empty:              # (a bare Empty said nothing)
+        res = f"no result from the child in 60 s (pid {p.pid}, alive: {p.is_alive()})"
     finally:
         p.join(10)
+        if p.is_alive():
+            p.kill()
+            p.join(10)
     assert res == "ok", res
 
 
@@ -254,11 +262,17 @@ def task_dir(home: Path, goal: str, task: str) -> Path:
     return Path(home) / "goals" / goal / "tasks" / task
 
 
-def events(home: Path, goal: str) -> list[dict]:
+def events(home: Path, goal: str, polling: bool = False) -> list[dict]:
+    """polling: the log is being written -- an append that crosses a page boundary can be read
+    half done (events.flush writes a batch of lines in one write(2)), so an unterminated last
+    line is left for the next poll, as events.Reader does. Otherwise it fails to parse."""
     p = Path(home) / "goals" / goal / "events.jsonl"
     if not p.exists():
         return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    text = p.read_text()
+    if polling:
+        text = text[:text.rfind("\n") + 1]
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def outputs(home: Path, goal: str) -> dict[str, str]:
@@ -282,10 +296,14 @@ def submit_home(tmp_path: Path, tasks: list[dict], **top):
     return home
 
 
-def goal_events(home, kind: str | None = None, goal: str = "g") -> list[dict]:
-    """A store.Home's events of `goal` (of type `kind`), read in this process."""
+def goal_events(home, kind: str | None = None, goal: str = "g", polling: bool = False) -> list[dict]:
+    """A store.Home's events of `goal` (of type `kind`), read in this process (polling: as
+    events())."""
     with open(home.events_path(goal), "rb") as f:
-        out = [json.loads(x) for x in f.read().splitlines()]
+        data = f.read()
+    if polling:
+        data = data[:data.rfind(b"\n") + 1]
+    out = [json.loads(x) for x in data.splitlines()]
     return [e for e in out if kind is None or e["type"] == kind]
 
 

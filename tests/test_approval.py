@@ -31,6 +31,16 @@ def _state(home, t):
     return next(r for r in rows if r["task"] == t)
 
 
+def _first_line(path) -> str | None:
+    """The file's first whole line, None before it has one: the hook's `cat >>` makes the file
+    before cat writes, so a poll that waits for it to exist can read it empty."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    return text.partition("\n")[0] if "\n" in text else None
+
+
 def test_gate_waits_without_an_agent_and_approve_lets_dependents_run(tmp_path):
     home = tmp_path / "home"
     p = _plan(tmp_path)
@@ -48,8 +58,8 @@ def test_gate_waits_without_an_agent_and_approve_lets_dependents_run(tmp_path):
         shown = run("show", "rel", "merge", home=home).stdout
         assert "awaiting_approval -- Merge the migration?" in shown and "built-ok" in shown   # upstream output
         assert "dagrun approve rel merge" in shown
-        wait_for(lambda: (tmp_path / "needed.jsonl").exists(), what="the on_approval_needed hook")
-        hook_ev = json.loads((tmp_path / "needed.jsonl").read_text().splitlines()[0])
+        hook_ev = json.loads(wait_for(lambda: _first_line(tmp_path / "needed.jsonl"),
+                                      what="the on_approval_needed hook's line"))
         assert hook_ev["status"] == "awaiting_approval" and hook_ev["prompt"] == "Merge the migration?"
         r = run("approve", "rel", "merge", "--note", "checked; go", home=home)
         assert "rel/merge approved by" in r.stderr

@@ -59,7 +59,7 @@ def test_failure_retry_stall_and_cancel_sequences(home, plans):
     ], goal="seq", defaults={"agent": "true"})
     proc = spawn("run", p, "-j", "4", home=home)
     try:
-        wait_for(lambda: any(e.get("task") == "x" and e.get("status") == "running" for e in events(home, "seq")),
+        wait_for(lambda: any(e.get("task") == "x" and e.get("status") == "running" for e in events(home, "seq", polling=True)),
                  what="x to run")
         run("cancel", "seq", "x", home=home)
         assert proc.wait(timeout=60) == 1
@@ -287,7 +287,7 @@ def test_a_scripts_retry_with_a_backoff_starts_at_its_retry_at_under_an_engine(h
     assert run("claim", "sb", "--worker", "bash1", home=home).stdout.strip() == "t"
     eng = spawn("run", "sb", "-q", home=home)
     try:
-        wait_for(lambda: any(e.get("task") == "w" and e.get("status") == "done" for e in _lines(home, "sb")),
+        wait_for(lambda: any(e.get("task") == "w" and e.get("status") == "done" for e in events(home, "sb", polling=True)),
                  what="the engine's own task")
         run("fail", "sb", "t", "--worker", "bash1", home=home)
         assert eng.wait(30) == 0
@@ -314,13 +314,13 @@ def test_a_retry_whose_engine_stopped_during_the_backoff_starts_at_its_retry_at(
     first = spawn("run", "gone", "-q", home=home)
     other = None
     try:
-        wait_for(lambda: any(e.get("status") == "retrying" for e in _lines(home, "gone")), what="the retry")
+        wait_for(lambda: any(e.get("status") == "retrying" for e in events(home, "gone", polling=True)), what="the retry")
         other = spawn("worker", "--name", "other", home=home)
         assert b"serving" in other.stderr.readline()          # it has read the goal's files
         first.send_signal(signal.SIGINT)
         assert first.wait(20) == 130
         stopped = time.time()
-        wait_for(lambda: any(e.get("status") == "done" for e in _lines(home, "gone")), what="the retry's end")
+        wait_for(lambda: any(e.get("status") == "done" for e in events(home, "gone", polling=True)), what="the retry's end")
     finally:
         for pr in (first, other):
             if pr is not None and pr.poll() is None:

@@ -91,8 +91,8 @@ def finish(p: mp.Process, timeout: float = 30.0) -> int:
     return p.exitcode
 
 
-def statuses(home: Home, goal: str, task: str) -> list[str]:
-    return [e["status"] for e in goal_events(home, goal=goal) if e.get("task") == task and "status" in e]
+def statuses(home: Home, goal: str, task: str, polling: bool = False) -> list[str]:
+    return [e["status"] for e in goal_events(home, goal=goal, polling=polling) if e.get("task") == task and "status" in e]
 
 
 def record(home: Home, goal: str, task: str, n: int) -> dict:
@@ -136,7 +136,7 @@ def test_cancel_stops_a_running_attempt_and_blocks_nothing_it_should_not(tmp_pat
     p = engine(home, "g", runner, spec)
     try:
         # (60 s: at a load of ~22 the Ray engine's first two tasks took over 20 s to start and end)
-        wait_for(lambda: "running" in statuses(home, "g", "a") and os.path.exists(home.marker_path("g", "c", "done")),
+        wait_for(lambda: "running" in statuses(home, "g", "a", polling=True) and os.path.exists(home.marker_path("g", "c", "done")),
                  timeout=60, what="a running, c done")
         res = control.cancel(home, "g", "a", by="tester", wait=10)
         assert res.cancelled == ["a"] and res.still_running == []

@@ -328,7 +328,7 @@ def test_the_node_of_each_attempt_shows_in_status_events_and_markers(tmp_path, c
         jobs = [_job_of(home, "g", t) for t in ("ok", "bad")]
         (tmp_path / "go1").touch()
         wait_for(lambda: any(e["type"] == "agent.task.placed" and e.get("task") == "bad" and e.get("attempt") == 2
-                             for e in events(home, "g")), timeout=60, what="bad's second attempt placed")
+                             for e in events(home, "g", polling=True)), timeout=60, what="bad's second attempt placed")
         jobs.append(_job_of(home, "g", "bad"))
         (tmp_path / "go2").touch()
         assert d.wait(120) == 1
@@ -477,7 +477,10 @@ def test_steps_die_with_a_killed_driver_and_the_next_driver_runs_them_again(tmp_
         wait_for(lambda: step_file.exists() and step_file.read_text().endswith("\n"), timeout=60,
                  what="the step started")
         step = step_file.read_text().strip()
-        os.kill(int(pidfile.read_text()), signal.SIGKILL)          # the driver dies; its script ends
+        # (the script's `echo $! >` may come after the step: waited for, whole, not read once)
+        pid = wait_for(lambda: pidfile.exists() and pidfile.read_text().endswith("\n") and pidfile.read_text(),
+                       timeout=60, what="the driver's pid")
+        os.kill(int(pid), signal.SIGKILL)          # the driver dies; its script ends
         wait_for(lambda: _scontrol(job).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", None), timeout=60,
                  what="the driver's job ended")
         wait_for(lambda: step not in _steps(job), timeout=30, what="the step gone")

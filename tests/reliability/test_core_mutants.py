@@ -1314,7 +1314,7 @@ def test_a_hook_that_fails_after_a_transition_is_reported_as_an_event(tmp_path):
     assert sched.take() == "a"
     tr.finish(home, plan, sched, _claim(home, "a"), ok=True, worker="w1", output_data=b"x")
     end = time.monotonic() + 15
-    while time.monotonic() < end and not goal_events(home, ev.HOOK_FAILED):
+    while time.monotonic() < end and not goal_events(home, ev.HOOK_FAILED, polling=True):
         time.sleep(0.05)
     e = goal_events(home, ev.HOOK_FAILED)
     assert [(x["task"], x["hook_event"], x["hook"]) for x in e] == [("a", "on_done", "sh -c exit 1")], e

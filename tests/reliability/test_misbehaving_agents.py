@@ -121,7 +121,10 @@ def test_daemonised_grandchild_is_killed_when_the_agent_ends(home, plans, tmp_pa
     """setsid + double fork: the grandchild leaves the agent's session and process group and
     is re-parented; dagrun (a child subreaper) adopts it and kills it when the attempt ends."""
     pidfile = tmp_path / "daemon.pid"
-    agent = f"(setsid sh -c 'echo $$ > {pidfile}; exec sleep 300' &) ; sleep 0.2; echo parent-done"
+    # the pid is published by rename and the agent ends once it is there: a fixed `sleep 0.2`
+    # let a loaded machine end the attempt (and kill the grandchild) before its `>` had written
+    agent = (f"(setsid sh -c 'echo $$ > {pidfile}.tmp && mv {pidfile}.tmp {pidfile}; exec sleep 300' &); "
+             f"until [ -e {pidfile} ]; do sleep 0.01; done; echo parent-done")
     p = write_plan(plans, [{"id": "d", "prompt": "p", "agent": agent}, {"id": "e", "prompt": "p", "deps": ["d"],
                                                                          "agent": "sleep 0.3; echo later"}], goal="daemon")
     r = run("run", p, home=home)
@@ -138,7 +141,10 @@ def test_daemon_of_a_running_worker_is_killed_when_its_attempt_ends(home, plans,
     """The stray of one attempt is not killed while that attempt runs (it may be a helper),
     and is killed when it ends, also under a long-running worker."""
     pidfile = tmp_path / "helper.pid"
-    agent = f"(setsid sh -c 'echo $$ > {pidfile}; exec sleep 300' &); sleep 1; kill -0 $(cat {pidfile}) && echo helper-alive"
+    # (the pid published by rename, waited for: `sleep 1` alone let a loaded machine's agent
+    # read a pidfile not yet written, or written to by the helper's `>` so far as to be empty)
+    agent = (f"(setsid sh -c 'echo $$ > {pidfile}.tmp && mv {pidfile}.tmp {pidfile}; exec sleep 300' &); "
+             f"until [ -e {pidfile} ]; do sleep 0.01; done; sleep 1; kill -0 $(cat {pidfile}) && echo helper-alive")
     p = write_plan(plans, [{"id": "h", "prompt": "p", "agent": agent}], goal="helper")
     run("submit", p, home=home)
     run("worker", "--until-idle", home=home)
