@@ -71,6 +71,8 @@ ev.hold()
 eng._discover()           # the goal's end happens here already (no summary.json): rep 0
 ev.flush()
 gs = eng.goals[g]
+import gc
+gc.freeze()       # what a worker's engine does after its first discovery (bulk.settled)
 from dagrun import summary
 if hasattr(summary, "EventTally"):
     # what the engine's reader counted during the run (Reconciler._feed): every line after
