@@ -157,6 +157,28 @@ def read_fd(fd: int, limit: int | None = None, size_hint: int = 0, short_eof: bo
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+def fs_type(path: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The type of the file system `path` lives on (Linux: the longest matching mount point
+    in mountinfo), or None when that cannot be told."""
+    try:
+        with open(mountinfo, "rb") as f:
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    path = os.path.realpath(path)
+    best, kind = -1, None
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5 or not right:
+            continue
+        mnt = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+        if path == mnt or path.startswith(mnt.rstrip("/") + "/"):
+            if len(mnt) >= best:          # later lines with the same mount point shadow earlier ones
+                best, kind = len(mnt), right.split()[0]
+    return kind
+
+
 # File systems whose regular files this kernel reads through its page cache (filemap_read):
 # a read(2) returns fewer bytes than asked only at the end of the file (or with an I/O error
 # or a fatal signal, which the next read would report or which ends the process). Not so on
@@ -168,10 +190,9 @@ _short_eof: dict[str, bool] = {}     # folder -> short_read_is_eof, told once pe
 
 def short_read_is_eof(folder: str) -> bool:
     """Is a short read(2) of a regular file in this folder its end (read_fd(short_eof=))?
-    The folder's file system type (watcher.fs_type, once per folder) is in SHORT_READ_EOF."""
+    The folder's file system type (fs_type, once per folder) is in SHORT_READ_EOF."""
     hit = _short_eof.get(folder)
     if hit is None:
-        from .watcher import fs_type
         hit = _short_eof[folder] = fs_type(folder) in SHORT_READ_EOF
     return hit
 

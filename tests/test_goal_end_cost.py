@@ -75,11 +75,10 @@ def test_read_fd_stops_at_a_short_read_only_where_asked(tmp_path, monkeypatch):
 
 
 def test_short_read_is_eof_on_local_file_systems_only(tmp_path, monkeypatch):
-    from dagrun import watcher
     monkeypatch.setattr(fsio, "_short_eof", {})
     for kind, want in [("ext4", True), ("tmpfs", True), ("xfs", True), ("nfs4", False), ("fuse.sshfs", False),
                        (None, False)]:
-        monkeypatch.setattr(watcher, "fs_type", lambda p, k=kind: k)
+        monkeypatch.setattr(fsio, "fs_type", lambda p, k=kind: k)
         fsio._short_eof.clear()
         assert fsio.short_read_is_eof(str(tmp_path)) is want, kind
 
