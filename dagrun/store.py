@@ -100,7 +100,7 @@ def parse_ts(v) -> float | None:
     if not v:
         return None
     if v.__class__ is str and len(v) == 27 and v[26] == "Z" and v[19] == "." and v[20:26].isdigit() \
-            and v[20:26].isascii():
+            and v[20:26].isascii() and v[10] == "T" and v[4] == v[7] == "-" and v[13] == v[16] == ":":
         head = v[:19]
         sec = _SECONDS.get(head)
         if sec is None:

@@ -46,7 +46,8 @@ def test_parse_ts_of_now_iso_form_is_datetimes_float_without_datetime_per_value(
 def test_parse_ts_of_other_forms_and_junk_is_what_it_was():
     for v in ["2026-12-06T22:51:02.123Z", "2026-12-06 22:51:02.123456Z", "2026-12-06T22:51:02+02:00",
               "2026-13-06T22:51:02.123456Z", "2026-12-06T22:51:02.12345\u0663Z", "Z026-12-06T22:51:02.123456Z",
-              "2026-12-06T22:51:02.123456", 5, 2.5, True, "", None, "soon"]:
+              "2026-12-06T22:51:02.123456", "20261206T225102.123.123456Z", "2026-W49-7T22:51:02.123456Z",
+              5, 2.5, True, "", None, "soon"]:
         try:
             want = parse_iso(str(v)) if isinstance(v, str) and v else None
         except ValueError:
