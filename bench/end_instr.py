@@ -6,6 +6,12 @@ source trees (A/B; instruction counts survive a loaded machine, wall times do no
 
     python bench/end_instr.py [--plan fanout-500] [--reps 2] DIR [DIR ...]
     python bench/end_instr.py --cpu --reps 5 DIR [DIR ...]   # CPU time instead (syscalls too)
+    python bench/end_instr.py --cpu --home H --goal G --out OUT DIR [DIR ...]   # an existing home
+
+--home/--goal: end that goal of a finished home (made once, e.g. `bench/scale.py --sizes
+100000 --keep`) instead of running a plan. --out: each tree's summary.json and status.cache
+of its last end are kept as OUT/<n>/ (n: the tree's position), to compare the trees' files
+byte for byte (cmp; summary.json's "finished" is the time of the end itself).
 
 Each DIR is a source tree (`.` for this checkout, /tmp/basee4 for main). A goal of the plan
 (bench/run.py's workloads, agent `true`) is run to its end once with this venv's dagrun;
@@ -21,6 +27,7 @@ drivers: it is not in the difference). Nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -35,6 +42,7 @@ import run as workloads  # noqa: E402
 DRIVER = r'''
 import os, sys, time
 root, home, g, reps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+out = sys.argv[5] if len(sys.argv) > 5 else None
 sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
 sys.path.insert(0, root)
 from dagrun import events as ev, statuscache
@@ -63,6 +71,8 @@ ev.hold()
 eng._discover()           # the goal's end happens here already (no summary.json): rep 0
 ev.flush()
 gs = eng.goals[g]
+import gc
+gc.freeze()       # what a worker's engine does after its first discovery (bulk.settled)
 from dagrun import summary
 if hasattr(summary, "EventTally"):
     # what the engine's reader counted during the run (Reconciler._feed): every line after
@@ -87,6 +97,12 @@ for _ in range(reps):
     goal_detail(h, g, fresh=eng.fresh.get(g))
     cpu.append(time.thread_time() - t0)
 ev.release()
+if out:
+    import shutil
+    os.makedirs(out, exist_ok=True)
+    for p in (h.summary_path(g), statuscache.path(h, g)):
+        if os.path.exists(p):
+            shutil.copy(p, out)
 print(" ".join(f"{x:.6f}" for x in cpu))
 '''
 
@@ -97,7 +113,7 @@ def driver() -> str:
     return f.name
 
 
-def cpu(roots: list[str], home: str, g: str, reps: int) -> dict[str, list[float]]:
+def cpu(roots: list[str], home: str, g: str, reps: int, keep_in: str | None = None) -> dict[str, list[float]]:
     """--cpu: the thread's CPU of each end (time.thread_time, syscalls included), the trees
     alternating, `reps` ends per driver run."""
     name = driver()
@@ -105,7 +121,8 @@ def cpu(roots: list[str], home: str, g: str, reps: int) -> dict[str, list[float]
     try:
         for rnd in range(5):
             for root in (roots if rnd % 2 == 0 else roots[::-1]):
-                p = subprocess.run([sys.executable, name, os.path.abspath(root), home, g, str(reps)],
+                keep = [os.path.join(keep_in, str(roots.index(root)))] if keep_in else []
+                p = subprocess.run([sys.executable, name, os.path.abspath(root), home, g, str(reps), *keep],
                                    capture_output=True, text=True, check=True)
                 out[root] += [float(x) for x in p.stdout.split()]
     finally:
@@ -132,18 +149,29 @@ def main() -> int:
     ap.add_argument("--plan", default="fanout-500", help="fanout-N or layered-WxD")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--cpu", action="store_true", help="CPU time per end (no valgrind): 5 rounds of --reps ends")
+    ap.add_argument("--home", help="a finished home to end a goal of (no plan is run)")
+    ap.add_argument("--goal", help="with --home: the goal")
+    ap.add_argument("--out", help="--cpu: keep each tree's summary.json and status.cache in OUT/<n>")
     ap.add_argument("roots", nargs="+")
     a = ap.parse_args()
     d = tempfile.mkdtemp(prefix="dagrun-end-instr-", dir=os.environ.get("BENCH_SCRATCH", "/tmp"))
     try:
-        ids, deps = workloads.by_name(a.plan)
-        workloads.write_workload(os.path.join(d, "w"), "g", ids, deps)
-        home = os.path.join(d, "home")
-        subprocess.run([os.path.join(os.path.dirname(sys.executable), "dagrun"), "run",
-                        os.path.join(d, "w", "dag.json"), "-j", "8", "-q"], check=True,
-                       env={**os.environ, "DAGRUN_HOME": home}, stdout=subprocess.DEVNULL)
+        if a.home:
+            if not a.goal:
+                raise SystemExit("--home needs --goal")
+            home, g = os.path.abspath(a.home), a.goal
+            with open(os.path.join(home, "goals", g, "plan.json"), "rb") as f:
+                ids = json.loads(f.read())["tasks"]
+            a.plan = f"{home}:{g}"
+        else:
+            ids, deps = workloads.by_name(a.plan)
+            workloads.write_workload(os.path.join(d, "w"), "g", ids, deps)
+            home, g = os.path.join(d, "home"), "g"
+            subprocess.run([os.path.join(os.path.dirname(sys.executable), "dagrun"), "run",
+                            os.path.join(d, "w", "dag.json"), "-j", "8", "-q"], check=True,
+                           env={**os.environ, "DAGRUN_HOME": home}, stdout=subprocess.DEVNULL)
         if a.cpu:
-            res = cpu(a.roots, home, "g", a.reps)
+            res = cpu(a.roots, home, g, a.reps, a.out)
             print(f"goal end of {a.plan} ({len(ids)} tasks): CPU of one end (time.thread_time), median of "
                   f"{5 * a.reps}, trees alternating; load average {os.getloadavg()[0]:.1f} at the end\n")
             print("| tree | one end (ms CPU) |\n|---|---:|")
@@ -154,8 +182,8 @@ def main() -> int:
               f"the difference of {a.reps} ends and none, divided by {a.reps}\n")
         print("| tree | one end (M instr) | per task (k instr) |\n|---|---:|---:|")
         for root in a.roots:
-            base = instructions(root, home, "g", 0)
-            more = instructions(root, home, "g", a.reps)
+            base = instructions(root, home, g, 0)
+            more = instructions(root, home, g, a.reps)
             one = (more - base) / a.reps
             print(f"| `{root}` | {one / 1e6:.1f} | {one / len(ids) / 1e3:.1f} |", flush=True)
     finally:

@@ -440,10 +440,17 @@ class Engine(Reconciler):
                 # claims renamed away by a process killed before it deleted them: the goal
                 # ends clean (claim.sweep_aside; before the end's stamps, which list tasks/)
                 claims.sweep_aside(self.home, gs.plan.goal)
-                pre = self._read_for_end(gs)
-                tr.end_goal_if_finished(self.home, gs.plan, gs.sched, self.worker,
-                                        facts=pre.facts if pre is not None else None, tally=gs.tally)
-                self._snapshot_status(gs, pre)
+                # the collector paused for the whole end: it builds ~4 containers per task
+                # (the facts, their markers, the attempts, the status rows) that are all
+                # garbage once it returns (freed by reference counting, no cycles); young and
+                # full collections on the way walked them again and again -- 0.3-0.6 s CPU of
+                # a 100 000-task goal's end (docs/performance.md, "2026-12-06 (13)")
+                with bulk.paused():
+                    pre = self._read_for_end(gs)
+                    tr.end_goal_if_finished(self.home, gs.plan, gs.sched, self.worker,
+                                            facts=pre.facts if pre is not None else None, tally=gs.tally)
+                    self._snapshot_status(gs, pre)
+                    del pre
         else:
             gs.finished = False
 

@@ -132,21 +132,69 @@ def close_quiet(fd: int) -> None:
         pass
 
 
-def read_fd(fd: int, limit: int | None = None, size_hint: int = 0) -> bytes:
+def read_fd(fd: int, limit: int | None = None, size_hint: int = 0, short_eof: bool = False) -> bytes:
     """Read fd from where it stands to its end (or `limit` bytes) with plain read(2) calls:
     no file object -- a buffered one costs an fstat, an ioctl and an lseek per file, and the
-    engine reads a few small files per task. size_hint: the size if known (one read then)."""
+    engine reads a few small files per task. size_hint: the size if known (one read then).
+
+    short_eof: fd is a regular file on a file system where a read(2) that returns fewer
+    bytes than asked is at the end of the file (short_read_is_eof): the read stops there
+    instead of asking once more to be told 0 -- a small file (a `done` marker) in one
+    read(2), not two. Elsewhere the end is only the read that returns 0 bytes."""
     parts = []
     n = 0
     chunk = max(size_hint + 1, 1 << 16)
     while limit is None or n < limit:
-        b = os.read(fd, chunk if limit is None else min(chunk, limit - n))
+        ask = chunk if limit is None else min(chunk, limit - n)
+        b = os.read(fd, ask)
         if not b:
             break
         parts.append(b)
         n += len(b)
+        if short_eof and len(b) < ask:
+            break
         chunk = min(chunk * 2, 1 << 24)
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def fs_type(path: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The type of the file system `path` lives on (Linux: the longest matching mount point
+    in mountinfo), or None when that cannot be told."""
+    try:
+        with open(mountinfo, "rb") as f:
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    path = os.path.realpath(path)
+    best, kind = -1, None
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5 or not right:
+            continue
+        mnt = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+        if path == mnt or path.startswith(mnt.rstrip("/") + "/"):
+            if len(mnt) >= best:          # later lines with the same mount point shadow earlier ones
+                best, kind = len(mnt), right.split()[0]
+    return kind
+
+
+# File systems whose regular files this kernel reads through its page cache (filemap_read):
+# a read(2) returns fewer bytes than asked only at the end of the file (or with an I/O error
+# or a fatal signal, which the next read would report or which ends the process). Not so on
+# network and FUSE file systems (a FUSE server in direct-I/O mode may answer short anywhere):
+# there read_fd keeps reading until a read returns 0.
+SHORT_READ_EOF = frozenset({"ext4", "ext3", "ext2", "xfs", "btrfs", "tmpfs", "f2fs"})
+_short_eof: dict[str, bool] = {}     # folder -> short_read_is_eof, told once per folder
+
+
+def short_read_is_eof(folder: str) -> bool:
+    """Is a short read(2) of a regular file in this folder its end (read_fd(short_eof=))?
+    The folder's file system type (fs_type, once per folder) is in SHORT_READ_EOF."""
+    hit = _short_eof.get(folder)
+    if hit is None:
+        hit = _short_eof[folder] = fs_type(folder) in SHORT_READ_EOF
+    return hit
 
 
 # ---------------------------------------------------------------------------------- writes

@@ -146,7 +146,7 @@ def read_for_end(home: Home, g: str, plan, plan_stamp: tuple | None, sched=None)
         stamps = statuscache.Stamps(home, g)
         if plan is None or plan_stamp is None or list(plan_stamp) != stamps.files["plan"]:
             return None
-        return EndRead(stamps, plan, home.snapshot(g, plan, detail=True, view=True), sched)
+        return EndRead(stamps, plan, home.snapshot(g, plan, detail=True, view=True, present=stamps.names()), sched)
 
 
 def snapshot_after_end(home: Home, g: str, pre: EndRead) -> statuscache.Fresh | None:
@@ -180,7 +180,7 @@ def _computed(home: Home, g: str, plan=None, plan_stamp=None, *, stamps: statusc
         stamps = statuscache.Stamps(home, g)
         if plan is not None and (plan_stamp is None or list(plan_stamp) != stamps.files["plan"]):
             plan = None                               # the caller's plan is not the file's now
-    d, plan, facts = _goal_detail(home, g, plan, facts, like)
+    d, plan, facts = _goal_detail(home, g, plan, facts, like, present=stamps.names() if facts is None else None)
     body = dumps(d)
     wrote = None
     if _snapshottable(home, plan, d):
@@ -207,7 +207,8 @@ def _snapshottable(home: Home, plan, d: dict) -> bool:
     return not res.plan_pools(plan, res.limits(home))
 
 
-def _goal_detail(home: Home, g: str, plan=None, facts: dict | None = None, like=None) -> tuple[dict, object, dict]:
+def _goal_detail(home: Home, g: str, plan=None, facts: dict | None = None, like=None,
+                 present: set | None = None) -> tuple[dict, object, dict]:
     from . import budget
     from .lifecycle import scheduler_from_facts
     from .scheduler import NAMES, skip_reason
@@ -216,7 +217,7 @@ def _goal_detail(home: Home, g: str, plan=None, facts: dict | None = None, like=
 
     plan = plan if plan is not None else home.load_plan(g)
     if facts is None:
-        facts = home.snapshot(g, plan, detail=True, view=True)   # one read of every task folder
+        facts = home.snapshot(g, plan, detail=True, view=True, present=present)   # one read of every task folder
     sched = scheduler_from_facts(home, plan, facts, like=like)
     now = time.time()
     held = set(sched.budget_held())

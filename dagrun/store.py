@@ -85,11 +85,39 @@ def parse_iso(s: str) -> float:
     return dt.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
 
 
+_SECONDS: dict[str, int] = {}     # "YYYY-MM-DDTHH:MM:SS" -> its Unix seconds (parse_ts; a run's few)
+
+
 def parse_ts(v) -> float | None:
     """A time from a record's field (ISO string or Unix seconds), None when it is missing or
-    not one -- whatever a hand-edited file put there."""
+    not one -- whatever a hand-edited file put there.
+
+    A string in now_iso's own form ("YYYY-MM-DDTHH:MM:SS.ffffffZ": every time dagrun writes)
+    is read without datetime: its whole seconds once per distinct second (parse_iso, kept in
+    _SECONDS), then (seconds * 10**6 + microseconds) / 10**6 -- exactly the float
+    datetime.timestamp() returns (timedelta.total_seconds divides the same integer), so the
+    same bits (tests/test_store.py pins it). A goal's end parses two per task (summary.py)."""
     if not v:
         return None
+    if v.__class__ is str and len(v) == 27 and v[26] == "Z" and v[19] == "." and v[20:26].isdigit() \
+            and v[20:26].isascii() and v[10] == "T" and v[4] == v[7] == "-" and v[13] == v[16] == ":":
+        head = v[:19]
+        sec = _SECONDS.get(head)
+        if sec is None:
+            if "Z" in head:
+                return _parse_slow(v)
+            try:
+                sec = int(parse_iso(head + "+00:00"))
+            except ValueError:
+                return None
+            if len(_SECONDS) > 4096:
+                _SECONDS.clear()
+            _SECONDS[head] = sec
+        return (sec * 1_000_000 + int(v[20:26])) / 1_000_000
+    return _parse_slow(v)
+
+
+def _parse_slow(v) -> float | None:
     if isinstance(v, (int, float)):
         return float(v)
     try:
@@ -652,10 +680,17 @@ class Home:
         except OSError as e:
             raise os_error("list", self.tasks_dir(g), e) from None
 
-    def snapshot(self, g: str, plan: Plan, *, detail: bool = False, view: bool = False) -> dict[str, TaskFacts]:
+    def snapshot(self, g: str, plan: Plan, *, detail: bool = False, view: bool = False,
+                 present: set | None = None) -> dict[str, TaskFacts]:
         """Facts for every task of the plan: one listdir of tasks/ plus one per existing task
-        folder (view=True: a done marker of a first attempt instead, see task_facts)."""
-        present = self.task_folders(g)
+        folder (view=True: a done marker of a first attempt instead, see task_facts).
+        present: the names in tasks/ as the caller listed them a moment ago (the status
+        snapshot's stamps, statuscache.Stamps.names): tasks/ is not listed again. A folder
+        made after that listing reads as absent, one removed since as absent too (its reads
+        find nothing) -- what a listing taken then would have shown; the stamps taken with
+        it make such a snapshot stale."""
+        if present is None:
+            present = self.task_folders(g)
         with bulk.paused():
             if view and present:
                 return self._view_snapshot(g, plan, present, detail)
@@ -675,7 +710,11 @@ class Home:
         out: dict[str, TaskFacts] = {}
         flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
         sfx = "/" + DONE
-        read_fd, open_, close = fsio.read_fd, os.open, os.close
+        read_fd, read, open_, close, parse, bad = fsio.read_fd, os.read, os.open, os.close, orjson.loads, \
+            orjson.JSONDecodeError
+        # a marker in one read(2), not two: where a short read is the end (fsio.read_fd)
+        short_eof = fsio.short_read_is_eof(tdir)
+        ASK = 1 << 16
         if g not in _VALID:
             _id("goal", g)
         try:
@@ -696,10 +735,25 @@ class Home:
                 m = None
                 if fd >= 0:
                     try:
-                        m = loads_obj(read_fd(fd))
+                        if short_eof:        # read_fd(fd, short_eof=True), its first read inlined
+                            data = read(fd, ASK)
+                            if len(data) == ASK:
+                                data += read_fd(fd, short_eof=True)
+                        else:
+                            data = read_fd(fd)
                     finally:
                         close(fd)
-                if m is not None and as_int(m.get("attempt")) == 1:
+                    try:                     # loads_obj, inlined
+                        m = parse(data)
+                    except bad:
+                        m = None
+                    if not isinstance(m, dict):
+                        m = None
+                first = False
+                if m is not None:    # as_int(m.get("attempt")) == 1 (an int as it is: a bool is not one)
+                    a = m.get("attempt")
+                    first = a == 1 if a.__class__ is int else as_int(a) == 1
+                if first:
                     out[tid] = TaskFacts(state=DONE, attempt=1, marker=m if detail else None)
                 else:
                     out[tid] = self.task_facts(g, tid, detail=detail)
