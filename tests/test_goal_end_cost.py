@@ -9,6 +9,7 @@ import gc
 import json
 import os
 import random
+from pathlib import Path
 
 from conftest import run, write_plan
 
@@ -197,3 +198,79 @@ def test_the_collector_is_paused_for_the_whole_end(tmp_path, monkeypatch):
     assert gc.isenabled()
     assert Engine(h, goal="g", jobs=4).run() != 0
     assert seen == [False, False, False] and gc.isenabled()
+
+
+# -------------------------------------------------------------------------- O_NOATIME
+def _written_since_read(path) -> None:
+    """A file whose atime is older than its mtime: under relatime its next read updates it."""
+    path.write_bytes(b'{"attempt": 1}')
+    os.utime(path, ns=(1_000_000_000, 2_000_000_000))
+
+
+def test_reads_leave_the_access_time_alone(tmp_path):
+    """fsio.read_bytes and the end's marker reads (Home._view_snapshot) open with O_NOATIME:
+    under relatime the first read of a freshly written file dirties its inode (its atime),
+    which a goal's end did for every `done` marker. A plain read here does update it -- the
+    check that this file system would have."""
+    probe = tmp_path / "probe"
+    _written_since_read(probe)
+    probe.read_bytes()
+    assert os.stat(probe).st_atime_ns != 1_000_000_000, "this file system never updates atimes"
+    f = tmp_path / "f"
+    _written_since_read(f)
+    assert fsio.read_bytes(str(f)) == b'{"attempt": 1}'
+    assert fsio.read_bytes(str(f), follow=False) == b'{"attempt": 1}'
+    assert os.stat(f).st_atime_ns == 1_000_000_000
+    home = _ended(tmp_path)
+    plan = home.load_plan("g")
+    done = [t for t in plan.ids() if os.path.exists(os.path.join(home.task_dir("g", t), "done"))]
+    assert done
+    for t in done:
+        _written_since_read(Path(home.task_dir("g", t), "done"))
+    facts = home.snapshot("g", plan, view=True)
+    assert all(os.stat(os.path.join(home.task_dir("g", t), "done")).st_atime_ns == 1_000_000_000 for t in done)
+    assert all(facts[t].state == "done" for t in done)
+
+
+def test_a_file_of_another_user_is_read_without_o_noatime(tmp_path):
+    """O_NOATIME is for the file's owner: another user's file answers EPERM, and is then opened
+    without it (fsio.open_noatime; the end's marker reads likewise). As root the reader is a
+    child that became `nobody`; as anyone else, /etc/passwd is root's."""
+    import subprocess
+    import sys
+    code = ("import os, sys\n"
+            "from dagrun import fsio\n"          # (imported first: nobody may not read the interpreter's home)
+            "want = open('/etc/passwd', 'rb').read()\n"
+            "if os.getuid() == 0:\n"
+            "    os.setgid(65534); os.setuid(65534)\n"
+            "try:\n"
+            "    os.close(os.open('/etc/passwd', os.O_RDONLY | fsio.NOATIME))\n"
+            "    sys.stdout.write('no EPERM here')\n"
+            "except PermissionError:\n"
+            "    b = fsio.read_bytes('/etc/passwd')\n"
+            "    sys.stdout.write('ok' if b == want else 'bad')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(fsio.__file__))))
+    assert r.stdout == "ok", r.stderr
+
+
+def test_the_ends_marker_reads_fall_back_without_o_noatime_on_eperm(tmp_path, monkeypatch):
+    """Home._view_snapshot's own open (dir_fd, no path walk): a marker that refuses O_NOATIME
+    (EPERM: another user's) is opened without it, and so is every marker after it."""
+    import errno
+    home = _ended(tmp_path)
+    plan = home.load_plan("g")
+    want = home.snapshot("g", plan, view=True, detail=True)
+    real, seen = os.open, []
+
+    def no_noatime(path, flags, *a, **kw):
+        if flags & fsio.NOATIME and "done" in str(path):
+            seen.append(path)
+            raise PermissionError(errno.EPERM, "Operation not permitted", path)
+        return real(path, flags, *a, **kw)
+    monkeypatch.setattr(os, "open", no_noatime)
+    got = home.snapshot("g", plan, view=True, detail=True)
+    monkeypatch.undo()
+    assert len(seen) == 1
+    assert {t: (f.state, f.attempt, f.marker) for t, f in got.items()} == \
+        {t: (f.state, f.attempt, f.marker) for t, f in want.items()}
