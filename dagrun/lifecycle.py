@@ -735,22 +735,24 @@ def break_if_stale(home: Home, plan: Plan, t: str, *, worker: str, lease: float 
 
 
 def build_scheduler(home: Home, plan: Plan, now: float | None = None, *, durations: dict[str, float] | None = None,
-                    clock=None, like: Scheduler | None = None) -> tuple[Scheduler, dict[str, TaskFacts]]:
+                    clock=None, like: Scheduler | None = None, present: set | None = None) -> tuple[Scheduler, dict[str, TaskFacts]]:
     """A scheduler that reflects the files right now (the rescan). durations/clock: see
-    scheduler_for; like: see scheduler_from_facts."""
-    facts = home.snapshot(plan.goal, plan)
+    scheduler_for; like: see scheduler_from_facts; present: tasks/ as the caller just listed
+    it (Home.snapshot)."""
+    facts = home.snapshot(plan.goal, plan, present=present)
     return scheduler_from_facts(home, plan, facts, now, durations=durations, clock=clock, like=like), facts
 
 
 def ranked_scheduler(home: Home, plan: Plan, hist: "history.History | None" = None, *,
-                     clock=None, like: Scheduler | None = None) -> tuple[Scheduler, dict[str, TaskFacts]]:
+                     clock=None, like: Scheduler | None = None, present: set | None = None) -> tuple[Scheduler, dict[str, TaskFacts]]:
     """build_scheduler ranking the ready tasks as every driver does -- the engine's rescans
     and a script's `dagrun claim` alike: each task's duration from its estimate, else the
     home's history (hist: already read, ranking_history; None: read now if needed). like:
-    the engine's periodic rescan (build_scheduler)."""
+    the engine's periodic rescan (build_scheduler); present: see build_scheduler."""
     if hist is None:
         hist = ranking_history(home, plan)
-    return build_scheduler(home, plan, durations=history.durations(plan, hist), clock=clock, like=like)
+    return build_scheduler(home, plan, durations=history.durations(plan, hist), clock=clock, like=like,
+                           present=present)
 
 
 def ranking_history(home: Home, plan: Plan) -> "history.History | None":

@@ -174,8 +174,7 @@ class Reconciler:
             return                    # _feed rebuilt it, or dropped the goal
         sched = gs.sched
         present = self.home.task_folders(g)
-        if any(n.startswith(claims.ASIDE) for n in present):
-            claims.sweep_aside(self.home, g, present)     # a breaker or releaser died half-way
+        claims.sweep_aside(self.home, g, present)     # a breaker or releaser died half-way
         read = sched.to_read(present)
         if read is None:
             self._resync(gs)
@@ -208,10 +207,12 @@ class Reconciler:
             gs.finished = gs.stopped = False
             like = None
         plan = gs.plan
-        claims.sweep_aside(self.home, g)      # (the light rescan does it from its own listing)
+        present = self.home.task_folders(g)   # one listing: the sweep's and the facts'
+        claims.sweep_aside(self.home, g, present)
         if self.history is None:
             self.history = read_history(self.home, costs=False)
-        sched, facts = ranked_scheduler(self.home, plan, self.history, clock=time.monotonic, like=like)
+        sched, facts = ranked_scheduler(self.home, plan, self.history, clock=time.monotonic, like=like,
+                                        present=present)
         if gs.sched is not None:
             sched.keep_waits(gs.sched)        # aging survives the rebuild
         gs.sched = sched
