@@ -17,7 +17,6 @@ session).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import shutil
@@ -28,6 +27,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from scale import layered_plan  # noqa: E402
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from dagrun.store import parse_iso  # noqa: E402  (the event lines' "ts": now_iso's form)
 
 # The child: wraps the methods, then runs the CLI. Each line it prints on stderr starting
 # with "PHASE " is a JSON record.
@@ -69,10 +70,6 @@ finally:
 '''
 
 
-def _ts(s: str) -> float:
-    return datetime.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tasks", type=int, default=100000)
@@ -102,7 +99,7 @@ def main() -> int:
             for line in f:
                 e = json.loads(line)
                 if e.get("status") == "done":
-                    dones.append(_ts(e["ts"]))
+                    dones.append(parse_iso(e["ts"]))
         dones.sort()
         lo, hi = dones[len(dones) // 10], dones[(len(dones) * 9) // 10]
         at = {r["phase"]: r["at"] for r in recs if r["phase"] in ("imported", "first_claim", "exit")}

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import datetime
 import json
 import os
 import resource
@@ -31,6 +30,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from scale import layered_plan  # noqa: E402
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from dagrun.store import parse_iso  # noqa: E402  (the event lines' "ts": now_iso's form)
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -152,10 +153,6 @@ def sample(pid: int) -> dict:
             "dirty": dirty, "wb": wb, "load": os.getloadavg()[0]}
 
 
-def _ts(s: str) -> float:
-    return datetime.datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc).timestamp()
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tasks", type=int, default=100000)
@@ -194,9 +191,9 @@ def main() -> int:
     with open(os.path.join(home, "goals", goal, "events.jsonl"), "rb") as f:
         for line in f:
             if b'"status":"done"' in line:
-                done.append(_ts(json.loads(line)["ts"]))
+                done.append(parse_iso(json.loads(line)["ts"]))
             elif first is None and b'"status":"running"' in line:
-                first = _ts(json.loads(line)["ts"])
+                first = parse_iso(json.loads(line)["ts"])
     done.sort()
     n = len(done)
     print(f"{a.tasks} tasks on {a.scratch}: worker exit {p.returncode}, wall {wall:.1f} s, {n} done, "
